@@ -1,0 +1,131 @@
+"""AP surrogates built on a smooth rank: Smooth-AP and SupAP (ROADMAP).
+
+Both write average precision of one list as
+
+.. math::  \\mathrm{AP} = \\frac{1}{|P|} \\sum_{k \\in P} \\frac{\\mathrm{rank}^+(k)}{\\mathrm{rank}(k)}
+
+and replace the Heaviside step in the ranks by a surrogate; the loss is ``1 - AP``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from rankax import _lists, ranking
+
+Array = jax.Array
+
+
+def _ap_from_ranks(rank: Array, rank_pos: Array, positives: ranking.Positives) -> Array:
+    """Mean of rank+/rank over the filled slots of each list ([..., C] -> [...])."""
+    ratio = jnp.where(positives.mask, rank_pos / jnp.where(positives.mask, rank, 1.0), 0.0)
+    return _lists.safe_divide(jnp.sum(ratio, axis=-1), jnp.sum(positives.mask, axis=-1))
+
+
+def _smooth_ap_kernel(scores, labels, where, positives, *, temperature):
+    diff, others = ranking.pairwise_differences(scores, where, positives)
+    step = jnp.where(others, ranking.sigmoid_step(diff, temperature), 0.0)
+    is_pos = (labels > 0)[..., None, :]
+    rank = 1.0 + jnp.sum(step, axis=-1)
+    rank_pos = 1.0 + jnp.sum(jnp.where(is_pos, step, 0.0), axis=-1)
+    return 1.0 - _ap_from_ranks(rank, rank_pos, positives)
+
+
+def smooth_ap_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+    temperature: float = 0.01,
+) -> Array:
+    """Smooth-AP loss, ``1 - AP`` with sigmoid ranks.
+
+    .. math::
+        \\mathcal{L} = 1 - \\frac{1}{|P|} \\sum_{k \\in P}
+        \\frac{1 + \\sum_{j \\in P, j \\ne k} \\sigma((s_j - s_k)/\\tau)}
+             {1 + \\sum_{j \\ne k} \\sigma((s_j - s_k)/\\tau)}
+
+    Tends to ``1 - AP`` (exact, tie-free lists) as ``temperature -> 0``.
+
+    Args:
+      scores: ``[..., N]`` similarities of one query to N items (query excluded).
+      labels: ``[..., N]`` relevance; items with ``labels > 0`` are positives.
+      where: optional ``[..., N]`` boolean mask of valid items.
+      reduce_fn: ``jnp.mean`` (over lists with a positive), ``jnp.sum`` or ``None``
+        (``[...]`` per-list values, 0 for lists without a positive).
+      max_positives: static number of positive slots per list (``None`` = N); lists with
+        more positives fall back to the exact path.
+      temperature: :math:`\\tau`, 0.01 in the paper.
+
+    Returns:
+      The reduced loss (scalar) or per-list losses ``[...]``.
+
+    References:
+      Brown, Xie, Kalogeiton, Zisserman. "Smooth-AP: Smoothing the Path Towards Large-Scale
+      Image Retrieval." ECCV 2020.
+    """
+    scores, labels, where = _lists.check_lists(scores, labels, where)
+    kernel = functools.partial(_smooth_ap_kernel, temperature=temperature)
+    values = _lists.apply_kernel(kernel, scores, labels, where, max_positives)
+    return _lists.reduce_lists(values, _lists.has_positive(labels, where), reduce_fn)
+
+
+def _supap_kernel(scores, labels, where, positives, **step_kwargs):
+    diff, others = ranking.pairwise_differences(scores, where, positives)
+    is_pos = (labels > 0)[..., None, :]
+    # rank+ is exact and carries no gradient; negatives get the piecewise upper bound.
+    rank_pos = 1.0 + jnp.sum(others & is_pos & (diff >= 0), axis=-1).astype(jnp.float32)
+    neg_step = ranking.roadmap_step(diff, **step_kwargs)
+    rank_neg = jnp.sum(jnp.where(others & ~is_pos, neg_step, 0.0), axis=-1)
+    return 1.0 - _ap_from_ranks(rank_pos + rank_neg, rank_pos, positives)
+
+
+def supap_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+    tau: float = 0.01,
+    rho: float = 100.0,
+    delta: float = 0.05,
+    start: float = 0.5,
+    offset: float = 1.44,
+    variant: str = "fixed",
+) -> Array:
+    """SupAP, the robust AP surrogate of ROADMAP: ``1 - AP`` with an upper-bounding rank.
+
+    .. math::
+        \\mathrm{rank}^+(k) = 1 + \\sum_{j \\in P, j \\ne k} H(s_j - s_k), \\quad
+        \\mathrm{rank}^-(k) = \\sum_{j \\in Neg} h(s_j - s_k), \\quad
+        \\mathcal{L} = 1 - \\frac{1}{|P|}\\sum_{k \\in P}
+            \\frac{\\mathrm{rank}^+(k)}{\\mathrm{rank}^+(k) + \\mathrm{rank}^-(k)}
+
+    with ``h = rankax.ranking.roadmap_step`` (see there for the two ``variant`` forms). The
+    positives' rank is exact, so only negatives are pushed; with the default ``start=0.5``
+    and tie-free scores :math:`\\mathcal{L} \\ge 1 - \\mathrm{AP}`.
+
+    Args:
+      scores, labels, where, reduce_fn, max_positives: as in :func:`smooth_ap_loss`.
+      tau, rho, delta, start, offset, variant: the surrogate's parameters; defaults are the
+        SOP/CUB values of the paper (iNaturalist: ``start=0.0, offset=1.0``).
+
+    References:
+      Ramzi, Thome, Rambour, Audebert, Bitot. "Robust and Decomposable Average Precision for
+      Image Retrieval." NeurIPS 2021.
+    """
+    if variant not in ranking.ROADMAP_VARIANTS:
+        raise ValueError(f"variant must be one of {ranking.ROADMAP_VARIANTS}, got {variant!r}")
+    scores, labels, where = _lists.check_lists(scores, labels, where)
+    kernel = functools.partial(
+        _supap_kernel, tau=tau, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+    )
+    values = _lists.apply_kernel(kernel, scores, labels, where, max_positives)
+    return _lists.reduce_lists(values, _lists.has_positive(labels, where), reduce_fn)

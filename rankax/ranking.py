@@ -1,0 +1,196 @@
+"""Step functions and (smooth) ranks: the primitive every rank loss and metric shares.
+
+Conventions (see ``docs/conventions.md``): a retrieval list is ``scores[..., N]`` (higher is
+closer), ``labels[..., N]`` (relevance, > 0 means positive) and ``where[..., N]`` (validity).
+The exact rank of item ``k`` is
+
+.. math::  \\mathrm{rank}(k) = 1 + \\sum_{j \\ne k} H(s_j - s_k), \\qquad H(0) = 1,
+
+so an item tied with ``k`` counts as ranked before it (this makes exact AP equal to
+scikit-learn's ``average_precision_score``).
+
+AP-type losses and metrics only need the ranks of the positives. Instead of all ``N x N``
+pairs of a list we gather the positives into a static number of slots (a *capacity*
+``C``; ``C = N`` is always exact) and work on the ``[C, N]`` differences
+``d[p, j] = s_j - s_{k_p}`` between every item ``j`` and the positive ``k_p`` in slot ``p``.
+This is what makes ``rankax.batch_loss`` cost ``O(B * K * B)`` instead of ``O(B^3)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+Array = jax.Array
+
+ROADMAP_VARIANTS = ("fixed", "neurips")
+
+
+# ----------------------------------------------------------------------------- step functions
+
+
+def heaviside(x: ArrayLike) -> Array:
+    """Heaviside step with the rankax tie convention, :math:`H(x) = 1[x \\ge 0]`.
+
+    Returns float values of ``x``'s shape; its gradient is zero everywhere.
+    """
+    x = jnp.asarray(x)
+    return (x >= 0).astype(jnp.result_type(x, jnp.float32))
+
+
+def sigmoid_step(x: ArrayLike, temperature: float = 0.01) -> Array:
+    """Sigmoid relaxation of the step, :math:`\\sigma(x / \\tau)`.
+
+    Used by Smooth-AP (Brown et al., ECCV 2020) with :math:`\\tau = 0.01`. It tends to
+    :math:`H` as :math:`\\tau \\to 0` everywhere except at :math:`x = 0`, where it is 1/2.
+    """
+    return jax.nn.sigmoid(jnp.asarray(x) / temperature)
+
+
+def roadmap_step(
+    x: ArrayLike,
+    *,
+    tau: float = 0.01,
+    rho: float = 100.0,
+    delta: float = 0.05,
+    start: float = 0.5,
+    offset: float = 1.44,
+    variant: str = "fixed",
+) -> Array:
+    """The piecewise surrogate of ROADMAP's SupAP (Ramzi et al., NeurIPS 2021).
+
+    .. math::
+        h(x) = \\begin{cases}
+            \\sigma(x/\\tau) & x \\le 0 \\\\
+            \\mathrm{start} + \\sigma(x/\\tau) & 0 < x \\le \\delta \\\\
+            \\rho (x - \\delta) + \\mathrm{offset} & x > \\delta
+        \\end{cases}
+
+    With the defaults (SOP/CUB: ``tau=0.01, rho=100, delta=0.05, start=0.5, offset=1.44``)
+    :math:`h(x) \\ge H(x)` for every :math:`x \\ne 0`, so the SupAP rank of a positive is an upper
+    bound of its exact rank and 1 - SupAP an upper bound of 1 - AP. The linear branch keeps a
+    constant slope ``rho`` for negatives ranked well before a positive, where a sigmoid's
+    gradient would vanish. ``variant="neurips"`` is the first code release, which used
+    ``rho * x + offset`` on the last branch (a jump from about 1.49 to about 6.44 at ``delta``);
+    ``"fixed"`` is the later, continuous-at-offset form. iNaturalist configs use
+    ``start=0, offset=1``.
+    """
+    if variant not in ROADMAP_VARIANTS:
+        raise ValueError(f"variant must be one of {ROADMAP_VARIANTS}, got {variant!r}")
+    x = jnp.asarray(x)
+    sig = jax.nn.sigmoid(x / tau)
+    linear_arg = x - delta if variant == "fixed" else x
+    linear = rho * linear_arg + offset
+    return jnp.where(x <= 0, sig, jnp.where(x <= delta, start + sig, linear))
+
+
+# ----------------------------------------------------------------------------- positives
+
+
+class Positives(NamedTuple):
+    """The positives of a list gathered into ``C`` static slots.
+
+    Attributes:
+      scores: ``[..., C]`` scores of the gathered items.
+      labels: ``[..., C]`` their relevance.
+      index: ``[..., C]`` their position in the list (int32).
+      mask: ``[..., C]`` True where the slot holds a positive.
+    """
+
+    scores: Array
+    labels: Array
+    index: Array
+    mask: Array
+
+
+def gather_positives(
+    scores: Array, labels: Array, where: Array, capacity: int
+) -> tuple[Positives, Array]:
+    """Gathers the valid items with ``labels > 0`` into ``capacity`` slots (first ones first).
+
+    Args:
+      scores, labels, where: ``[..., N]`` list arrays (``where`` boolean).
+      capacity: static number of slots, ``1 <= capacity``; ``capacity >= N`` is always exact.
+
+    Returns:
+      ``(positives, num_positives)``: the gathered positives and ``[...]`` the true number
+      of positives of each list. Slots beyond ``capacity`` are *not* represented: callers must
+      compare ``num_positives`` with ``capacity`` (``rankax`` losses fall back to the exact
+      path when it is exceeded).
+    """
+    n = scores.shape[-1]
+    capacity = min(int(capacity), n)
+    is_pos = (labels > 0) & where
+    num_pos = jnp.sum(is_pos, axis=-1)
+    # Key n - j for positives, 0 otherwise: top_k picks the positives in list order.
+    key = jnp.where(is_pos, n - jnp.arange(n), 0)
+    _, index = jax.lax.top_k(key, capacity)
+    take = lambda a: jnp.take_along_axis(a, index, axis=-1)
+    positives = Positives(
+        scores=take(scores),
+        labels=take(labels),
+        index=index.astype(jnp.int32),
+        mask=take(is_pos),
+    )
+    return positives, num_pos
+
+
+def pairwise_differences(scores: Array, where: Array, positives: Positives) -> tuple[Array, Array]:
+    """Differences between every item and every gathered positive.
+
+    Returns:
+      ``(diff, others)``, both ``[..., C, N]``: ``diff[..., p, j] = s_j - s_{k_p}`` and
+      ``others[..., p, j]`` True when ``j`` is a valid item other than ``k_p`` and slot
+      ``p`` holds a positive -- the terms of the sums :math:`\\sum_{j \\ne k}`.
+    """
+    n = scores.shape[-1]
+    diff = scores[..., None, :] - positives.scores[..., :, None]
+    not_self = jnp.arange(n) != positives.index[..., :, None]
+    others = not_self & where[..., None, :] & positives.mask[..., :, None]
+    return diff, others
+
+
+def exact_ranks(scores: Array, labels: Array, where: Array, positives: Positives) -> tuple[Array, Array]:
+    """Exact ranks of the gathered positives with :math:`H(0) = 1`.
+
+    Returns:
+      ``(rank, rank_pos)`` of shape ``[..., C]``: the rank among all valid items and among
+      the positives, ``1 + sum_{j != k} H(s_j - s_k)`` over the respective items (garbage in
+      empty slots: mask with ``positives.mask``).
+    """
+    diff, others = pairwise_differences(scores, where, positives)
+    before = (diff >= 0) & others
+    is_pos = (labels > 0)[..., None, :]
+    rank = 1 + jnp.sum(before, axis=-1)
+    rank_pos = 1 + jnp.sum(before & is_pos, axis=-1)
+    return rank.astype(jnp.float32), rank_pos.astype(jnp.float32)
+
+
+def smooth_rank(
+    scores: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    step_fn=sigmoid_step,
+) -> Array:
+    """Smooth rank of every item of a list, :math:`1 + \\sum_{j \\ne k} h(s_j - s_k)`.
+
+    Args:
+      scores: ``[..., N]``.
+      where: optional ``[..., N]`` validity mask; invalid items neither count nor get a rank
+        (their entry is 0).
+      step_fn: the step surrogate ``h`` (``heaviside`` gives the exact rank).
+
+    Returns:
+      ``[..., N]`` ranks (1 = first). This is the dense ``O(N^2)`` operator for exploration;
+      the losses use the gathered form above.
+    """
+    scores = jnp.asarray(scores, dtype=jnp.promote_types(jnp.asarray(scores).dtype, jnp.float32))
+    n = scores.shape[-1]
+    where = jnp.ones(scores.shape, bool) if where is None else jnp.asarray(where, bool)
+    diff = scores[..., None, :] - scores[..., :, None]  # [.., k, j] = s_j - s_k
+    others = (~jnp.eye(n, dtype=bool)) & where[..., None, :]
+    rank = 1 + jnp.sum(jnp.where(others, step_fn(diff), 0.0), axis=-1)
+    return jnp.where(where, rank, 0.0)
