@@ -1,0 +1,178 @@
+"""Graded relevance from hierarchical label paths (SupRank's H-AP and NDCG).
+
+A *label path* is one row of an integer array ``[L]``: the labels of a sample at ``L``
+levels of a hierarchy, **column 0 the finest level** and column ``L - 1`` the coarsest
+(Stanford Online Products: ``[class, super_class]``; iNaturalist: ``[species, genus, ...,
+kingdom]``). This is the column order of the official SupRank datasets.
+
+Two paths share ``t`` levels when they agree on the ``t`` coarsest columns, i.e. ``t`` is
+the depth of their lowest common ancestor, ``0 <= t <= L`` (``t = L``: same finest class).
+When ids are unique within each level (as datasets make them), ``t`` is also the number of
+columns on which the paths are equal, which is how the official code counts it.
+
+Relevance rules, for one query ``q`` and items ``j`` of its list:
+
+* ``"pop"`` (SupRank's official default): with weights :math:`w_t = (t / (L - 1))^\\alpha`,
+  :math:`\\mathrm{rel}_{qj} = w_{t_{qj}} / \\#\\{j' : t_{qj'} = t_{qj}\\}`, i.e. the weight
+  of a level is shared among the items of the list at that level, so that every level
+  present contributes :math:`w_t` in total. ``L = 1`` uses :math:`w_1 = 1`.
+* ``"levels"``: :math:`\\mathrm{rel}_{qj} = (t_{qj} / L)^\\alpha`.
+
+Items with ``t = 0`` (nothing in common) have relevance 0 under both rules.
+
+References:
+  Ramzi, Thome, Rambour, Audebert, Bitot. "Optimization of Rank Losses for Image Retrieval"
+  (SupRank), arXiv:2309.08250, 2023; "Hierarchical Average Precision Training for Pertinent
+  Image Retrieval" (HAPPIER), ECCV 2022.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+Array = jax.Array
+
+RELEVANCE_RULES = ("pop", "levels")
+
+
+def _check_paths(query_paths: ArrayLike, item_paths: ArrayLike) -> tuple[Array, Array]:
+    q = jnp.asarray(query_paths)
+    it = jnp.asarray(item_paths)
+    if q.ndim != 2:
+        raise ValueError(f"query_paths must be [Q, L] label paths, got shape {q.shape}")
+    if it.ndim != 2:
+        raise ValueError(f"item_paths must be [N, L] label paths, got shape {it.shape}")
+    if q.shape[1] != it.shape[1]:
+        raise ValueError(
+            f"query_paths and item_paths must have the same number of levels L, "
+            f"got {q.shape[1]} and {it.shape[1]}"
+        )
+    if q.shape[1] < 1:
+        raise ValueError("label paths need at least one level (L >= 1)")
+    for name, a in (("query_paths", q), ("item_paths", it)):
+        if not jnp.issubdtype(a.dtype, jnp.integer):
+            raise TypeError(f"{name} must be integer label ids, got dtype {a.dtype}")
+    return q, it
+
+
+def shared_levels(query_paths: ArrayLike, item_paths: ArrayLike) -> Array:
+    """Number of hierarchy levels shared by each query and item, ``[Q, N]`` int32.
+
+    ``t_qj`` is the length of the common part of the two paths read from the coarsest level
+    (column ``L - 1``) towards the finest (column 0): the depth of their lowest common
+    ancestor. ``t = L`` means the same finest class, ``t = 0`` nothing in common.
+
+    Args:
+      query_paths: ``[Q, L]`` integer label paths, column 0 = finest level.
+      item_paths: ``[N, L]`` integer label paths, same column order.
+    """
+    q, it = _check_paths(query_paths, item_paths)
+    equal = q[:, None, :] == it[None, :, :]  # [Q, N, L]
+    # Walk from the coarsest level: a level counts only if all coarser levels agree.
+    agree_from_top = jnp.cumprod(equal[..., ::-1].astype(jnp.int32), axis=-1)
+    return jnp.sum(agree_from_top, axis=-1).astype(jnp.int32)
+
+
+def level_weights(num_levels: int, alpha: float = 1.0) -> Array:
+    """The ``"pop"`` weights :math:`w_t = (t / (L - 1))^\\alpha`, ``t = 0..L`` (``[L + 1]``).
+
+    ``L = 1`` (flat labels) uses ``[0, 1]``.
+    """
+    t = jnp.arange(num_levels + 1, dtype=jnp.float32)
+    return (t / max(num_levels - 1, 1)) ** alpha
+
+
+def relevance_from_levels(
+    levels: ArrayLike,
+    num_levels: int,
+    *,
+    rule: str = "pop",
+    alpha: float = 1.0,
+    where: ArrayLike | None = None,
+) -> Array:
+    """Graded relevance ``[..., N]`` from shared-level counts ``t`` ``[..., N]`` (0..L).
+
+    ``where`` (``[..., N]`` bool) restricts the items that share a level's weight under
+    ``"pop"``; invalid items get relevance 0.
+    """
+    if rule not in RELEVANCE_RULES:
+        raise ValueError(f"rule must be one of {RELEVANCE_RULES}, got {rule!r}")
+    t = jnp.asarray(levels).astype(jnp.int32)
+    valid = jnp.ones(t.shape, bool) if where is None else jnp.asarray(where, bool)
+    if rule == "levels":
+        rel = (t.astype(jnp.float32) / num_levels) ** alpha
+        return jnp.where(valid & (t > 0), rel, 0.0)
+    onehot = (t[..., None] == jnp.arange(num_levels + 1)) & valid[..., None]  # [..., N, L+1]
+    count = jnp.sum(onehot, axis=-2, keepdims=True)  # [..., 1, L+1]
+    share = level_weights(num_levels, alpha) / jnp.maximum(count, 1)
+    rel = jnp.sum(jnp.where(onehot, share, 0.0), axis=-1)
+    return jnp.where(valid, rel, 0.0)
+
+
+def path_relevance(
+    query_paths: ArrayLike,
+    item_paths: ArrayLike,
+    *,
+    rule: str = "pop",
+    alpha: float = 1.0,
+    where: ArrayLike | None = None,
+) -> Array:
+    """Graded relevance ``[Q, N]`` float32 of items to queries from label paths.
+
+    Args:
+      query_paths: ``[Q, L]`` integer label paths (column 0 = finest level).
+      item_paths: ``[N, L]`` integer label paths.
+      rule: ``"pop"`` (SupRank's official rule, default) or ``"levels"`` (``(t/L)^alpha``);
+        see the module docstring.
+      alpha: exponent of the level weights (1.0 in SupRank).
+      where: optional ``[Q, N]`` (or ``[N]``) boolean mask of the items in each query's
+        list (e.g. without the query itself); under ``"pop"`` only these share a level's
+        weight; masked items get 0.
+
+    Returns:
+      ``[Q, N]`` relevance, > 0 exactly for items sharing at least one level with the query.
+    """
+    t = shared_levels(query_paths, item_paths)
+    num_levels = jnp.shape(query_paths)[1]
+    if where is not None:
+        where = jnp.broadcast_to(jnp.asarray(where, bool), t.shape)
+    return relevance_from_levels(t, num_levels, rule=rule, alpha=alpha, where=where)
+
+
+def hierarchical_relevance(
+    query_paths: ArrayLike,
+    item_paths: ArrayLike,
+    *,
+    include_self: bool = False,
+    rule: str = "pop",
+    alpha: float = 1.0,
+) -> Array:
+    """``relevance_fn`` for :func:`rankax.batch_loss` with ``[B, L]`` label paths.
+
+    ``batch_loss`` calls ``relevance_fn(paths[queries], paths)``: the items are the whole
+    batch, query included. Under ``"pop"`` an item's relevance depends on how many items of
+    the list share its level, so the query itself must be counted exactly when it is in its
+    own list: pass the same ``include_self`` as to ``batch_loss`` (e.g. with
+    ``functools.partial(hierarchical_relevance, include_self=True)``). Without self, one
+    item with ``t = L`` (the query) is removed from the count of the finest level.
+
+    Example::
+
+        loss = rankax.batch_loss(rankax.hap_loss, emb, paths, relevance_fn=hierarchical_relevance)
+    """
+    q, it = _check_paths(query_paths, item_paths)
+    num_levels = q.shape[1]
+    t = shared_levels(q, it)
+    if rule == "pop" and not include_self:
+        # Drop one identical path per query from the counts: the query itself.
+        is_top = t == num_levels
+        first_top = is_top & (jnp.cumsum(is_top, axis=-1) == 1)
+        rel = relevance_from_levels(t, num_levels, rule=rule, alpha=alpha, where=~first_top)
+        # The remaining identical paths share w_L among themselves; the dropped slot is the
+        # query (or an identical copy of it: same label path, same relevance), so give it
+        # the same value as the others of its level.
+        top_value = jnp.max(jnp.where(is_top & ~first_top, rel, 0.0), axis=-1, keepdims=True)
+        return jnp.where(first_top, top_value, rel)
+    return relevance_from_levels(t, num_levels, rule=rule, alpha=alpha)
