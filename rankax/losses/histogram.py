@@ -1,0 +1,159 @@
+"""Histogram (quantised) AP losses: the listwise AP of Revaud et al. and FastAP.
+
+Both replace ranks by soft histograms: each item spreads a unit mass over the two nearest of
+``M`` bins with triangular kernels (a partition of unity), bins are scanned from the best
+(most similar) to the worst, and AP is read from cumulative soft counts,
+
+.. math::
+    c_m = \\sum_j \\delta_m(s_j), \\quad c^+_m = \\sum_{j \\in P} \\delta_m(s_j), \\quad
+    C_m = \\sum_{m' \\le m} c_{m'}, \\quad C^+_m = \\sum_{m' \\le m} c^+_{m'},
+    \\qquad \\mathrm{AP} \\approx \\frac{1}{|P|} \\sum_m c^+_m \\frac{C^+_m}{C_m}.
+
+Cost is ``O(N M)`` per list; no positive ranks are needed, so ``max_positives`` is unused.
+When every score sits on a distinct bin centre the histogram AP is the exact AP; an item
+between two centres is split between them, which leaves an error of at most
+:math:`w(1-w)/(C+1)` per positive whatever ``M`` (see ``docs/losses.md``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from rankax import _lists
+from rankax.losses import _base
+
+Array = jax.Array
+
+
+def _triangle(x: Array, centres: Array, width: float) -> Array:
+    """``[..., N, M]`` triangular kernel ``max(0, 1 - |x - c_m| / width)``."""
+    return jax.nn.relu(1.0 - jnp.abs(x[..., None] - centres) / width)
+
+
+def _histograms(weights: Array, labels: Array, where: Array) -> tuple[Array, Array]:
+    """Soft counts ``(c, c+)`` per bin, ``[..., M]`` each, from item weights ``[..., N, M]``."""
+    weights = jnp.where(where[..., None], weights, 0.0)
+    count = jnp.sum(weights, axis=-2)
+    count_pos = jnp.sum(jnp.where((labels > 0)[..., None], weights, 0.0), axis=-2)
+    return count, count_pos
+
+
+def _quantised_ap(count: Array, count_pos: Array, tie_aware: bool) -> Array:
+    cum = jnp.cumsum(count, axis=-1)
+    cum_pos = jnp.cumsum(count_pos, axis=-1)
+    num_pos = cum_pos[..., -1]
+    if not tie_aware:
+        precision = _lists.safe_divide(cum_pos, cum)
+        return _lists.safe_divide(jnp.sum(count_pos * precision, axis=-1), num_pos)
+    # Tie-aware AP (He et al. 2018): the items of a bin are tied, each positive of the bin is
+    # at a uniformly random position among them. With C_ = C_{m-1}, the bin's positives then
+    # have mean precision (1/c) \int_{C_+1}^{C_m+1} (C+_ + 1 + r (u - C_ - 1)) / u du, where
+    # r = (c+ - 1)/(c - 1) is the chance that another item of the bin is positive.
+    prev = cum - count
+    prev_pos = cum_pos - count_pos
+    ratio = _lists.safe_divide(jax.nn.relu(count_pos - 1.0), jax.nn.relu(count - 1.0))
+    log_term = jnp.log((cum + 1.0) / (prev + 1.0))
+    integral = count * ratio + (prev_pos + 1.0 - ratio * (prev + 1.0)) * log_term
+    mean_precision = _lists.safe_divide(integral, count)
+    return _lists.safe_divide(jnp.sum(count_pos * mean_precision, axis=-1), num_pos)
+
+
+def _histogram_ap_kernel(scores, labels, where, *, num_bins, score_range, tie_aware):
+    lo, hi = score_range
+    width = (hi - lo) / (num_bins - 1)
+    centres = hi - width * jnp.arange(num_bins, dtype=scores.dtype)  # best bin first
+    weights = _triangle(scores, centres, width)
+    # The end bins extend flat beyond the range, so every item keeps a unit mass.
+    weights = weights.at[..., 0].set(jnp.where(scores >= hi, 1.0, weights[..., 0]))
+    weights = weights.at[..., -1].set(jnp.where(scores <= lo, 1.0, weights[..., -1]))
+    count, count_pos = _histograms(weights, labels, where)
+    return 1.0 - _quantised_ap(count, count_pos, tie_aware)
+
+
+def histogram_ap_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+    num_bins: int = 25,
+    score_range: tuple[float, float] = (0.0, 1.0),
+    tie_aware: bool = False,
+) -> Array:
+    """Listwise AP loss with histogram binning, ``1 - AP^Q`` (Revaud et al., ICCV 2019).
+
+    ``M = num_bins`` centres evenly spaced on ``score_range`` from high to low, triangular
+    kernels of half-width equal to the spacing; the end bins absorb scores outside the range.
+    ``tie_aware=False``: :math:`AP^Q = \\frac{1}{|P|}\\sum_m c^+_m C^+_m / C_m` (the paper's
+    AP). ``tie_aware=True``: the items of a bin are treated as tied and each positive gets its
+    expected precision over a random order of the tie (He et al.'s tie-aware AP, the
+    ``TAPLoss`` of the authors' code).
+
+    Args:
+      scores, labels, where, reduce_fn: as for every list loss.
+      max_positives: unused (common signature).
+      num_bins: ``M >= 2`` (25 in the paper's code on [0, 1]; 20 on [-1, 1] is also common).
+      score_range: ``(min, max)`` of the quantiser.
+      tie_aware: see above.
+
+    References:
+      Revaud, Almazan, Rezende, de Souza. "Learning with Average Precision: Training Image
+      Retrieval with a Listwise Loss." ICCV 2019. He, Lu, Sclaroff. "Local Descriptors
+      Optimized for Average Precision." CVPR 2018.
+    """
+    if not isinstance(num_bins, int) or num_bins < 2:
+        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
+    lo, hi = score_range
+    if not hi > lo:
+        raise ValueError(f"score_range must be (min, max) with max > min, got {score_range!r}")
+    kernel = functools.partial(
+        _histogram_ap_kernel, num_bins=num_bins, score_range=(float(lo), float(hi)),
+        tie_aware=bool(tie_aware),
+    )
+    return _base.dense_list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+
+
+def _fast_ap_kernel(scores, labels, where, *, num_bins):
+    width = 4.0 / num_bins
+    centres = width * jnp.arange(num_bins + 1, dtype=scores.dtype)  # distance 0 = best
+    distance = 2.0 - 2.0 * scores
+    count, count_pos = _histograms(_triangle(distance, centres, width), labels, where)
+    return 1.0 - _quantised_ap(count, count_pos, tie_aware=False)
+
+
+def fast_ap_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+    num_bins: int = 10,
+) -> Array:
+    """FastAP loss, ``1 - FastAP`` on histograms of squared Euclidean distances.
+
+    For L2-normalised embeddings the squared distance is :math:`d_j = 2 - 2 s_j \\in [0, 4]`;
+    ``num_bins + 1`` centres :math:`z_l = l \\Delta`, :math:`\\Delta = 4 / \\mathrm{num\\_bins}`,
+    with triangular kernels (no flat end bins, as in the authors' code), scanned from distance
+    0 upwards:
+
+    .. math::  \\mathrm{FastAP} = \\frac{1}{|P|} \\sum_l \\frac{h^+_l H^+_l}{H_l}
+
+    Args:
+      scores, labels, where, reduce_fn: as for every list loss (scores are cosine
+        similarities in [-1, 1]).
+      max_positives: unused (common signature).
+      num_bins: number of intervals of [0, 4] (10 in the paper).
+
+    References:
+      Cakir, He, Xia, Kulis, Sclaroff. "Deep Metric Learning to Rank." CVPR 2019.
+    """
+    if not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
+    kernel = functools.partial(_fast_ap_kernel, num_bins=num_bins)
+    return _base.dense_list_loss(kernel, scores, labels, where, reduce_fn, max_positives)

@@ -1,0 +1,140 @@
+"""Recall@k surrogates: SupRank's SupR@k and Patel et al.'s RS@k.
+
+Both smooth the *recall* of a query at several cut-offs ``k``,
+
+.. math::
+    R@k = \\frac{\\#\\{p \\in P : \\mathrm{rank}(p) \\le k\\}}{\\min(|P|, k)},
+
+by replacing the indicator with :math:`\\sigma((k - \\mathrm{rank}(p)) / \\tau_2)` and the rank by
+a surrogate; the loss is ``1 - mean_k R@k``. They differ in the rank: SupR@k uses SupRank's
+(exact among positives, ROADMAP's upper bound ``h`` for negatives), RS@k a sigmoid of every
+other item. With exact ranks and :math:`\\tau_2 \\to 0` both tend to this R@k (the fraction of
+the first ``min(|P|, k)`` slots that are positive, SupRank's "true recall"), for positives not
+ranked exactly at a cut-off.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from rankax import _lists, ranking
+from rankax.losses import _base
+
+Array = jax.Array
+
+DEFAULT_KS = (1, 2, 4, 8, 16)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(not isinstance(k, int | float) or k <= 0 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive cut-offs, got {ks!r}")
+    return ks
+
+
+def _smooth_recall(rank: Array, positives: ranking.Positives, num_pos: Array, ks, tau2) -> Array:
+    """``mean_k sum_p sigmoid((k - rank_p)/tau2) / min(|P|, k)`` over the filled slots."""
+    recalls = []
+    for k in ks:
+        hits = jnp.sum(jnp.where(positives.mask, jax.nn.sigmoid((k - rank) / tau2), 0.0), axis=-1)
+        recalls.append(_lists.safe_divide(hits, jnp.minimum(num_pos, float(k))))
+    return sum(recalls) / len(ks)
+
+
+def _sup_recall_kernel(scores, labels, where, positives, *, ks, tau2, **step_kwargs):
+    diff, others = ranking.pairwise_differences(scores, where, positives)
+    is_pos = (labels > 0)[..., None, :]
+    rank_pos = 1.0 + jnp.sum(others & is_pos & (diff >= 0), axis=-1).astype(jnp.float32)
+    rank_neg = jnp.sum(jnp.where(others & ~is_pos, ranking.roadmap_step(diff, **step_kwargs), 0.0), axis=-1)
+    num_pos = _base.num_positives(labels, where)
+    return 1.0 - _smooth_recall(rank_pos + rank_neg, positives, num_pos, ks, tau2)
+
+
+def sup_recall_at_k_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    tau2: float = 1.0,
+    tau: float = 0.01,
+    rho: float = 100.0,
+    delta: float = 0.05,
+    start: float = 0.5,
+    offset: float = 1.44,
+    variant: str = "fixed",
+) -> Array:
+    """SupRank's Recall@k loss, ``1 - SupR@k`` averaged over the cut-offs ``ks``.
+
+    .. math::
+        \\mathrm{rank}(p) = 1 + \\sum_{j \\in P, j \\ne p} H(s_j - s_p)
+            + \\sum_{j \\in Neg} h(s_j - s_p), \\qquad
+        \\mathrm{SupR@k} = \\frac{1}{|K|} \\sum_{k \\in K} \\frac{\\sum_{p \\in P}
+            \\sigma((k - \\mathrm{rank}(p)) / \\tau_2)}{\\min(|P|, k)}
+
+    Args:
+      scores, labels, where, reduce_fn, max_positives: as in :func:`rankax.losses.supap_loss`
+        (binary: ``labels > 0`` are the positives).
+      ks: cut-offs ``K = (1, 2, 4, 8, 16)`` (SupRank's configs).
+      tau2: temperature of the recall sigmoid (1.0).
+      tau, rho, delta, start, offset, variant: the ROADMAP step ``h`` of the negatives.
+
+    References:
+      Ramzi et al. "Optimization of Rank Losses for Image Retrieval." arXiv:2309.08250.
+    """
+    ks = _check_ks(ks)
+    _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
+    _base.check_positive("tau2", tau2)
+    kernel = functools.partial(
+        _sup_recall_kernel, ks=ks, tau2=tau2, tau=tau, rho=rho, delta=delta, start=start,
+        offset=offset, variant=variant,
+    )
+    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+
+
+def _rs_at_k_kernel(scores, labels, where, positives, *, ks, tau1, tau2):
+    diff, others = ranking.pairwise_differences(scores, where, positives)
+    rank = 1.0 + jnp.sum(jnp.where(others, ranking.sigmoid_step(diff, tau1), 0.0), axis=-1)
+    num_pos = _base.num_positives(labels, where)
+    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, tau2)
+
+
+def recall_at_k_surrogate_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    tau1: float = 0.01,
+    tau2: float = 1.0,
+) -> Array:
+    """Recall@k surrogate (RS@k), ``1 - RS@k`` averaged over the cut-offs ``ks``.
+
+    .. math::
+        \\mathrm{rank}(p) = 1 + \\sum_{j \\ne p} \\sigma((s_j - s_p) / \\tau_1), \\qquad
+        \\mathrm{RS@k} = \\frac{1}{|K|} \\sum_{k \\in K} \\frac{\\sum_{p \\in P}
+            \\sigma((k - \\mathrm{rank}(p)) / \\tau_2)}{\\min(|P|, k)}
+
+    Args:
+      scores, labels, where, reduce_fn, max_positives: as for every list loss.
+      ks: cut-offs (the paper uses ``{1, 2, 4, 8, 16}`` on SOP-like datasets).
+      tau1: rank sigmoid temperature (0.01); tau2: recall sigmoid temperature (1.0).
+
+    References:
+      Patel, Tolias, Matas. "Recall@k Surrogate Loss with Large Batches and Similarity
+      Mixup." CVPR 2022.
+    """
+    ks = _check_ks(ks)
+    _base.check_positive("tau1", tau1)
+    _base.check_positive("tau2", tau2)
+    kernel = functools.partial(_rs_at_k_kernel, ks=ks, tau1=tau1, tau2=tau2)
+    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)

@@ -1,0 +1,142 @@
+"""SupRank losses for graded relevance: H-AP and NDCG with the SupRank surrogate rank.
+
+Relevance ``rel_j >= 0`` is graded (e.g. from hierarchical label paths with
+:func:`rankax.hierarchy.path_relevance`); ``rel_j > 0`` are the positives. The SupRank rank of a
+positive ``k`` smooths only the items that *should* come after it:
+
+.. math::
+    \\mathrm{rank}(k) = 1 + \\sum_{j \\ne k,\\ rel_j < rel_k} h(s_j - s_k)
+                         + \\sum_{j \\ne k,\\ rel_j \\ge rel_k} H(s_j - s_k)
+
+with ``h`` ROADMAP's upper bound of the step (:func:`rankax.ranking.roadmap_step`), so the
+gradient only moves less relevant items below ``k``. For binary relevance this is exactly SupAP's
+rank, and :func:`hap_loss` equals :func:`rankax.losses.supap_loss`.
+
+The official code decides "less relevant" by comparing hierarchy levels, rankax by comparing
+relevance values; they agree whenever relevance increases with the shared level (rule
+``"levels"``, or ``"pop"`` with comparable level sizes).
+
+SupRank's third ingredient, the decomposability loss, is :func:`rankax.losses.calibration_loss`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from rankax import _lists, ranking
+from rankax.losses import _base
+
+Array = jax.Array
+
+
+def _hap_kernel(scores, labels, where, positives, **step_kwargs):
+    rank, diff, others = _base.graded_ranks(scores, labels, where, positives, **step_kwargs)
+    rel_k = positives.labels[..., :, None]
+    shared = jnp.minimum(labels[..., None, :], rel_k)
+    # H-rank: the relevance "earned" at k, counted with the exact step only (no gradient).
+    hrank = positives.labels + jnp.sum(
+        jnp.where(others & (diff >= 0), shared, 0.0), axis=-1
+    )
+    ratio = jnp.where(positives.mask, hrank / jnp.where(positives.mask, rank, 1.0), 0.0)
+    total_rel = jnp.sum(jnp.where(where, labels, 0.0), axis=-1)
+    return 1.0 - _lists.safe_divide(jnp.sum(ratio, axis=-1), total_rel)
+
+
+def hap_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+    tau: float = 0.01,
+    rho: float = 100.0,
+    delta: float = 0.05,
+    start: float = 0.5,
+    offset: float = 1.44,
+    variant: str = "fixed",
+) -> Array:
+    """SupRank's hierarchical AP loss, ``1 - H-AP`` with the SupRank rank.
+
+    .. math::
+        \\mathcal{H}\\text{-rank}(k) = rel_k + \\sum_{j \\in P, j \\ne k}
+            \\min(rel_j, rel_k)\\, H(s_j - s_k), \\qquad
+        \\mathcal{H}\\text{-AP} = \\frac{\\sum_{k \\in P} \\mathcal{H}\\text{-rank}(k) /
+            \\mathrm{rank}(k)}{\\sum_{k \\in P} rel_k}
+
+    with ``rank`` the SupRank rank of the module docstring. With exact steps and binary
+    relevance H-AP is AP; with this surrogate and binary relevance the loss is SupAP.
+
+    Args:
+      scores: ``[..., N]`` similarities of a query to N items.
+      labels: ``[..., N]`` graded relevance >= 0 (> 0: positive), e.g. from
+        :func:`rankax.hierarchy.path_relevance` (SupRank's "pop" rule).
+      where, reduce_fn, max_positives: as in :func:`rankax.losses.supap_loss`.
+      tau, rho, delta, start, offset, variant: the ROADMAP step ``h`` (SupRank's configs:
+        0.01, 100, 0.05, 0.5, 1.44).
+
+    References:
+      Ramzi, Thome, Rambour, Audebert, Bitot. "Optimization of Rank Losses for Image
+      Retrieval." arXiv:2309.08250 (SupRank); "Hierarchical Average Precision Training for
+      Pertinent Image Retrieval." ECCV 2022 (HAPPIER).
+    """
+    _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
+    kernel = functools.partial(
+        _hap_kernel, tau=tau, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+    )
+    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
+
+
+def _ideal_dcg(gains: Array) -> Array:
+    ordered = -jnp.sort(-gains, axis=-1)
+    discount = 1.0 / jnp.log2(2.0 + jnp.arange(gains.shape[-1], dtype=gains.dtype))
+    return jnp.sum(ordered * discount, axis=-1)
+
+
+def _sup_ndcg_kernel(scores, labels, where, positives, **step_kwargs):
+    rank, _, _ = _base.graded_ranks(scores, labels, where, positives, **step_kwargs)
+    gain_k = jnp.exp2(positives.labels) - 1.0
+    dcg = jnp.sum(jnp.where(positives.mask, gain_k / jnp.log2(1.0 + rank), 0.0), axis=-1)
+    gains = jnp.where(where, jnp.exp2(labels) - 1.0, 0.0)
+    return 1.0 - _lists.safe_divide(dcg, _ideal_dcg(gains))
+
+
+def sup_ndcg_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+    tau: float = 0.01,
+    rho: float = 100.0,
+    delta: float = 0.05,
+    start: float = 0.5,
+    offset: float = 1.44,
+    variant: str = "fixed",
+) -> Array:
+    """SupRank's NDCG loss, ``1 - NDCG`` with the SupRank rank.
+
+    .. math::
+        \\mathrm{NDCG} = \\frac{1}{\\mathrm{IDCG}} \\sum_{k \\in P}
+            \\frac{2^{rel_k} - 1}{\\log_2(1 + \\mathrm{rank}(k))}, \\qquad
+        \\mathrm{IDCG} = \\sum_{i=1}^{N} \\frac{2^{rel_{(i)}} - 1}{\\log_2(1 + i)}
+
+    with :math:`rel_{(i)}` the relevances sorted in decreasing order (the ideal ranking) and
+    ``rank`` the SupRank rank of the module docstring (an upper bound of the exact rank, so
+    the surrogate NDCG is below the exact one).
+
+    Args and defaults: as in :func:`hap_loss`.
+
+    References:
+      Ramzi et al. "Optimization of Rank Losses for Image Retrieval." arXiv:2309.08250.
+    """
+    _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
+    kernel = functools.partial(
+        _sup_ndcg_kernel, tau=tau, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+    )
+    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
