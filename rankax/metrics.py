@@ -1,9 +1,31 @@
 """Exact list-level retrieval metrics, with the losses' signature.
 
-All metrics use the exact rank with the tie convention :math:`H(0) = 1` (a tied item counts
-as ranked before), computed without sorting from the ``[C, N]`` comparisons of the positives
-with every item (``rankax.ranking``). Values are per list; ``reduce_fn=jnp.mean`` averages
-over the lists that have a positive.
+Every metric is ``fn(scores, labels, *, where=None, reduce_fn=jnp.mean, max_positives=None,
+**options)`` with lists on the last axis (``[..., N]``), like the losses:
+
+=====================  ====================================================================
+``average_precision``  AP, equal to scikit-learn's ``average_precision_score``
+``recall_at_k``        metric-learning R@k: 1 if a positive is in the first ``k``
+``precision_at_k``     fraction of the first ``k`` places held by positives
+``r_precision``        precision at R = number of positives
+``map_at_r``           MAP@R (Musgrave et al., ECCV 2020)
+``ndcg``               normalised DCG with gain ``2^rel - 1`` (graded relevance)
+``hap``                hierarchical AP (Ramzi et al., SupRank / HAPPIER)
+``asi``                average set intersection up to depth R (SupRank's evaluation)
+=====================  ====================================================================
+
+All of them use the exact rank with the tie convention :math:`H(0) = 1`,
+:math:`\\mathrm{rank}(k) = 1 + \\sum_{j \\ne k} H(s_j - s_k)`: an item tied with ``k`` counts as
+ranked before it, so tied items all take the *last* of the places they share (pessimistic).
+Ranks are computed without sorting from the ``[C, N]`` comparisons of the ``C`` positives
+with every item (``rankax.ranking``); ``max_positives`` bounds ``C`` statically (exact either
+way). ``labels`` are relevances: > 0 is relevant, larger is more relevant where the metric
+is graded (``ndcg``, ``hap``, ``asi``); binary metrics only look at ``labels > 0``.
+
+Values are per list; lists without any relevant item get no value: ``reduce_fn=jnp.mean``
+averages over the lists that have one (0 if none has), ``reduce_fn=None`` returns 0 for them
+(mask with ``jnp.any(labels > 0, -1)``). For whole datasets use :mod:`rankax.retrieval`, which
+computes the same quantities without building one list per query.
 """
 
 from __future__ import annotations
@@ -12,11 +34,31 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from rankax import _lists, ranking
 
 Array = jax.Array
+
+
+__all__ = [
+    "asi",
+    "average_precision",
+    "hap",
+    "map_at_r",
+    "ndcg",
+    "precision_at_k",
+    "r_precision",
+    "recall_at_k",
+]
+
+
+def _check_k(k: int | None, *, allow_none: bool = False) -> None:
+    if k is None and allow_none:
+        return
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive int{' or None' if allow_none else ''}, got {k!r}")
 
 
 def _metric(kernel, scores, labels, where, reduce_fn, max_positives):
@@ -76,8 +118,7 @@ def recall_at_k(
     (a pessimistic tie rule). This is the R@k of image-retrieval papers (Musgrave et al.,
     "A Metric Learning Reality Check", ECCV 2020), not the IR recall fraction.
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    _check_k(k)
     kernel = functools.partial(_recall_kernel, k=k)
     return _metric(kernel, scores, labels, where, reduce_fn, max_positives)
 
@@ -124,3 +165,167 @@ def r_precision(
 ) -> Array:
     """R-precision: the fraction of positives among the first R = |P| items."""
     return _metric(_r_precision_kernel, scores, labels, where, reduce_fn, max_positives)
+
+
+def _precision_kernel(scores, labels, where, positives, *, k):
+    rank, _ = ranking.exact_ranks(scores, labels, where, positives)
+    hits = jnp.sum(positives.mask & (rank <= k), axis=-1)
+    return hits.astype(jnp.float32) / k
+
+
+def precision_at_k(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    k: int = 1,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+) -> Array:
+    """Precision@k, :math:`\\frac{1}{k} \\#\\{p \\in P : \\mathrm{rank}(p) \\le k\\}`.
+
+    Always divides by ``k`` (also when the list has fewer than ``k`` items or positives).
+    With :math:`H(0) = 1` a positive tied with the item in place ``k`` and beyond does not
+    count. ``P@1`` equals ``R@1``.
+    """
+    _check_k(k)
+    kernel = functools.partial(_precision_kernel, k=k)
+    return _metric(kernel, scores, labels, where, reduce_fn, max_positives)
+
+
+def _ideal_positions(positives: ranking.Positives) -> Array:
+    """``[..., C]`` place of each gathered positive in the ideal order (relevance descending)."""
+    lab_p = positives.labels[..., :, None]
+    lab_o = positives.labels[..., None, :]
+    idx_p = positives.index[..., :, None]
+    idx_o = positives.index[..., None, :]
+    before = (lab_o > lab_p) | ((lab_o == lab_p) & (idx_o < idx_p))
+    before &= positives.mask[..., None, :]
+    return 1.0 + jnp.sum(before, axis=-1).astype(jnp.float32)
+
+
+def _ndcg_kernel(scores, labels, where, positives, *, k):
+    rank, _ = ranking.exact_ranks(scores, labels, where, positives)
+    ideal = _ideal_positions(positives)
+    gain = jnp.where(positives.mask, jnp.exp2(positives.labels) - 1.0, 0.0)
+    in_dcg = positives.mask if k is None else positives.mask & (rank <= k)
+    in_idcg = positives.mask if k is None else positives.mask & (ideal <= k)
+    dcg = jnp.sum(jnp.where(in_dcg, gain / jnp.log2(1.0 + rank), 0.0), axis=-1)
+    idcg = jnp.sum(jnp.where(in_idcg, gain / jnp.log2(1.0 + ideal), 0.0), axis=-1)
+    return _lists.safe_divide(dcg, idcg)
+
+
+def ndcg(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    k: int | None = None,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+) -> Array:
+    """Normalised discounted cumulative gain with graded relevance.
+
+    .. math::
+        \\mathrm{DCG} = \\sum_{j : \\mathrm{rank}(j) \\le k} \\frac{2^{\\mathrm{rel}_j} - 1}
+            {\\log_2(1 + \\mathrm{rank}(j))}, \\qquad
+        \\mathrm{NDCG} = \\mathrm{DCG} / \\mathrm{IDCG},
+
+    IDCG being the DCG of the list sorted by decreasing relevance (no ties there). Only items
+    with ``rel > 0`` contribute (their gain is > 0). ``k=None`` (default) uses the whole
+    list; an integer ``k`` gives NDCG@k. This is the NDCG of SupRank's evaluation (Ramzi et
+    al., 2023), which there is applied to the number of shared hierarchy levels.
+    """
+    _check_k(k, allow_none=True)
+    kernel = functools.partial(_ndcg_kernel, k=k)
+    return _metric(kernel, scores, labels, where, reduce_fn, max_positives)
+
+
+def _hap_kernel(scores, labels, where, positives):
+    diff, others = ranking.pairwise_differences(scores, where, positives)
+    before = (diff >= 0) & others
+    rank = 1.0 + jnp.sum(before, axis=-1)
+    rel_p = positives.labels[..., :, None]
+    is_pos = ((labels > 0) & where)[..., None, :]
+    shared = jnp.minimum(labels[..., None, :], rel_p)
+    h_rank = positives.labels + jnp.sum(jnp.where(before & is_pos, shared, 0.0), axis=-1)
+    num = jnp.sum(jnp.where(positives.mask, h_rank / rank, 0.0), axis=-1)
+    den = jnp.sum(jnp.where((labels > 0) & where, labels, 0.0), axis=-1)
+    return _lists.safe_divide(num, den)
+
+
+def hap(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+) -> Array:
+    """Hierarchical average precision (H-AP) with graded relevance ``rel = labels``.
+
+    .. math::
+        \\mathcal{H}\\text{-rank}(k) = \\mathrm{rel}(k) + \\sum_{j \\in P, j \\ne k}
+            \\min(\\mathrm{rel}(j), \\mathrm{rel}(k))\\, H(s_j - s_k), \\qquad
+        \\text{H-AP} = \\frac{\\sum_{k \\in P} \\mathcal{H}\\text{-rank}(k) / \\mathrm{rank}(k)}
+            {\\sum_{k \\in P} \\mathrm{rel}(k)}.
+
+    With binary labels H-AP is AP. Relevances from label paths come from
+    :func:`rankax.hierarchy.path_relevance`.
+
+    References:
+      Ramzi et al., "Hierarchical Average Precision Training for Pertinent Image Retrieval",
+      ECCV 2022; "Optimization of Rank Losses for Image Retrieval" (SupRank), 2023.
+    """
+    return _metric(_hap_kernel, scores, labels, where, reduce_fn, max_positives)
+
+
+def _asi_kernel(scores, labels, where, positives):
+    rank, _ = ranking.exact_ranks(scores, labels, where, positives)
+    mask_o = positives.mask[..., None, :]
+    lab_p, lab_o = positives.labels[..., :, None], positives.labels[..., None, :]
+    rank_p, rank_o = rank[..., :, None], rank[..., None, :]
+    idx_p, idx_o = positives.index[..., :, None], positives.index[..., None, :]
+    # Places before the level of p in the ideal order, and p's order within its level.
+    higher = jnp.sum((lab_o > lab_p) & mask_o, axis=-1)
+    earlier = (rank_o < rank_p) | ((rank_o == rank_p) & (idx_o < idx_p))
+    order_in_level = 1 + jnp.sum((lab_o == lab_p) & earlier & mask_o, axis=-1)
+    # p belongs to the intersection at every depth n >= depth.
+    depth = jnp.maximum(rank, (higher + order_in_level).astype(jnp.float32))
+    r = _num_positives(positives, labels, where)
+    harmonic = lambda n: jax.scipy.special.digamma(n + 1.0) + np.euler_gamma
+    terms = jnp.where(positives.mask & (depth <= r[..., None]),
+                      harmonic(r[..., None]) - harmonic(depth - 1.0), 0.0)
+    return _lists.safe_divide(jnp.sum(terms, axis=-1), r)
+
+
+def asi(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: _lists.ReduceFn = jnp.mean,
+    max_positives: int | None = None,
+) -> Array:
+    """Average set intersection up to depth R = number of relevant items.
+
+    Items with the same relevance form a level. At depth ``n`` the retrieved multiset of
+    levels (items with ``rank <= n``) is compared with the ideal one (the first ``n`` items
+    of the list sorted by decreasing relevance):
+
+    .. math::
+        \\mathrm{SI}(n) = \\frac{1}{n} \\sum_{v > 0} \\min\\big(
+            \\#\\{j : \\mathrm{rel}_j = v, \\mathrm{rank}(j) \\le n\\},\\;
+            \\#\\{j : \\mathrm{rel}_j = v, \\mathrm{ideal}(j) \\le n\\}\\big), \\qquad
+        \\mathrm{ASI} = \\frac{1}{R} \\sum_{n=1}^{R} \\mathrm{SI}(n).
+
+    This is the ASI of SupRank's evaluation code (truncated at R, its default), which
+    applies it to the number of shared hierarchy levels. With binary labels ASI is the mean
+    of the precisions at depths 1..R. Computed without sorting: item ``j`` is in the
+    intersection from depth ``max(rank(j), ideal place of the m-th item of its level)`` on,
+    ``m`` its order within its level.
+
+    References:
+      Ramzi et al., "Optimization of Rank Losses for Image Retrieval" (SupRank), 2023.
+    """
+    return _metric(_asi_kernel, scores, labels, where, reduce_fn, max_positives)
