@@ -1,0 +1,41 @@
+"""Retrieval evaluation: exact blocked kNN and ScaNN, every metric of the papers, evaluators.
+
+Main entry points
+-----------------
+``evaluate(queries, query_labels, gallery=None, gallery_labels=None, *, backend="exact",
+ks=(1, 2, 4, 8), ...) -> dict``
+    R@k, MAP@R, R-precision, full-gallery mAP (+ H-AP, NDCG, ASI for ``[N, L]`` label
+    paths), ``num_queries`` and ``num_queries_without_positive``. ``gallery=None``: the query
+    set is the gallery, self excluded. See :func:`rankax.retrieval.evaluation.evaluate`.
+
+``knn(queries, gallery=None, *, k)`` / ``scann_knn(...)`` / ``scann_recall(...)``
+    exact blocked top-k in JAX, ScaNN top-k, and ScaNN's recall against exact.
+
+``revisited_map(ranks, gnd, kappas=(1, 5, 10))``
+    the Revisited Oxford/Paris protocol (Easy / Medium / Hard mAP and mP@k).
+
+Evaluator interface (for the training loop and ``experiments/evaluate.py``)
+--------------------------------------------------------------------------
+::
+
+    evaluator = rankax.retrieval.RetrievalEvaluator(
+        inputs, labels,                      # numpy: [N, ...] model inputs, [N] or [N, L] labels
+        gallery_inputs=None, gallery_labels=None,   # None: query set = gallery, self excluded
+        batch_size=256, backend="exact", ks=(1, 2, 4, 8), normalize=False, prefix="",
+    )
+    metrics = evaluator.run(embed_fn)        # dict[str, float]
+
+``embed_fn`` maps one numpy batch of inputs ``[b, ...]`` to embeddings ``[b, D]`` (numpy or
+jax array). The training loop passes e.g. ``lambda x: model.apply(params, x)``; the CLI passes
+the identity on precomputed embeddings. ``run`` embeds the inputs batch by batch (the last
+batch padded to ``batch_size`` so that a jitted ``embed_fn`` compiles once), calls
+:func:`evaluate` and returns its scalar metrics, keys prefixed by ``prefix``.
+"""
+
+from rankax.retrieval.evaluation import evaluate
+from rankax.retrieval.evaluator import RetrievalEvaluator
+from rankax.retrieval.exact import knn
+from rankax.retrieval.revisited import revisited_map
+from rankax.retrieval.scann_backend import scann_knn, scann_recall
+
+__all__ = ["RetrievalEvaluator", "evaluate", "knn", "revisited_map", "scann_knn", "scann_recall"]

@@ -1,0 +1,244 @@
+"""``evaluate``: every retrieval metric of a query set against a gallery, in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rankax.retrieval import exact
+
+BACKENDS = ("exact", "scann")
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _as_embeddings(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a [num, dim] array of embeddings, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return a
+
+
+def _as_labels(y, name: str, num: int, emb_name: str) -> np.ndarray:
+    a = np.asarray(y)
+    if a.ndim not in (1, 2):
+        raise ValueError(
+            f"{name} must be [N] class ids or [N, L] label paths, got an array of rank {a.ndim} "
+            f"(shape {a.shape})"
+        )
+    if a.shape[0] != num:
+        raise ValueError(f"{name} has {a.shape[0]} rows but {emb_name} has {num}")
+    if a.ndim == 2 and a.shape[1] < 1:
+        raise ValueError(f"{name} label paths need at least one level, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        if np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)):
+            a = a.astype(np.int64)
+        else:
+            raise ValueError(f"{name} must hold integer ids, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
+    return tuple(int(k) for k in ks)
+
+
+def _finest_classes(query_labels: np.ndarray, gallery_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids for binary relevance: the label itself, or the whole path for ``[N, L]``."""
+    if query_labels.ndim == 1:
+        return query_labels, gallery_labels
+    both = np.concatenate([query_labels, gallery_labels])
+    _, ids = np.unique(both, axis=0, return_inverse=True)
+    ids = ids.reshape(-1)
+    return ids[: len(query_labels)], ids[len(query_labels) :]
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _binary_from_ranks(rank, rank_pos, mask, num_pos, ks) -> dict[str, np.ndarray]:
+    """Per-query binary metrics from the exact ranks of the positives (``[m, C]``)."""
+    r = np.maximum(num_pos, 1)[:, None].astype(np.float64)
+    ratio = np.where(mask, rank_pos / rank, 0.0)
+    in_top_r = mask & (rank <= r)
+    first = np.where(mask, rank, np.inf).min(axis=1)
+    out = {
+        "map": ratio.sum(1) / r[:, 0],
+        "map@r": np.where(in_top_r, ratio, 0.0).sum(1) / r[:, 0],
+        "r_precision": in_top_r.sum(1) / r[:, 0],
+    }
+    for k in ks:
+        out[f"recall@{k}"] = (first <= k).astype(np.float64)
+    return out
+
+
+def _binary_from_neighbours(match: np.ndarray, num_pos: np.ndarray, ks) -> dict[str, np.ndarray]:
+    """Per-query metrics from ``match [Q, K]``: neighbour ``i`` (place ``i + 1``) is relevant."""
+    places = np.arange(1, match.shape[1] + 1)
+    r = np.maximum(num_pos, 1).astype(np.float64)
+    in_top_r = match & (places[None, :] <= r[:, None])
+    precision = np.cumsum(match, axis=1) / places
+    out = {
+        "map@r": np.where(in_top_r, precision, 0.0).sum(1) / r,
+        "r_precision": in_top_r.sum(1) / r,
+    }
+    for k in ks:
+        out[f"recall@{k}"] = match[:, :k].any(axis=1).astype(np.float64)
+    return out
+
+
+def evaluate(
+    queries,
+    query_labels,
+    gallery=None,
+    gallery_labels=None,
+    *,
+    backend: str = "exact",
+    ks: Sequence[int] = (1, 2, 4, 8),
+    block_size: int = exact.DEFAULT_BLOCK_SIZE,
+    gallery_block_size: int = exact.DEFAULT_GALLERY_BLOCK_SIZE,
+    hierarchy_block_size: int = 64,
+    normalize: bool = False,
+    relevance_rule: str = "pop",
+    relevance_alpha: float = 1.0,
+    scann_config: str = "auto",
+    mesh=None,
+    return_per_query: bool = False,
+) -> dict:
+    """Retrieval metrics of ``queries`` against a gallery, by inner product.
+
+    Args:
+      queries: ``[Q, D]`` embeddings (L2-normalise them, or pass ``normalize=True``, for
+        cosine similarity).
+      query_labels: ``[Q]`` integer class ids, or ``[Q, L]`` integer label paths (column 0 the
+        finest level, as in :mod:`rankax.hierarchy`).
+      gallery, gallery_labels: ``[N, D]`` and labels of the same kind as ``query_labels``; both
+        None (default) means the query set is the gallery with each query removed from its own
+        list (SOP/CUB/Cars/iNat protocol).
+      backend: ``"exact"`` (blocked JAX search, sharded over the local devices) or
+        ``"scann"`` (approximate; see :mod:`rankax.retrieval.scann_backend`).
+      ks: the ``k`` of ``recall@k``.
+      block_size / gallery_block_size: queries per step and gallery rows per chunk (exact);
+        ``hierarchy_block_size`` queries per step for the hierarchical metrics.
+      relevance_rule, relevance_alpha: graded relevance for H-AP
+        (:func:`rankax.hierarchy.path_relevance`).
+      scann_config: ``"auto"``, ``"brute_force"`` or ``"tree_ah"``.
+      mesh: device mesh for the exact backend (default: all local devices).
+      return_per_query: also return ``"per_query"``: a dict of ``[Q]`` arrays (NaN for
+        queries without a positive).
+
+    Returns:
+      A dict with ``"recall@k"`` for each ``k``, ``"map@r"`` (MAP@R, Musgrave et al.,
+      ECCV 2020), ``"r_precision"``, ``"map"`` (AP over the whole gallery; exact backend
+      only), ``"num_queries"`` and ``"num_queries_without_positive"``. A positive is an item
+      of the query's class (for label paths: the same full path). Metrics are means over
+      the queries that have at least one positive; the others are only counted.
+
+      With ``[N, L]`` label paths (exact backend), also ``"hap"`` (H-AP with
+      ``relevance_rule``), ``"ndcg"`` and ``"asi"`` (gain ``2^t - 1`` and levels ``t`` =
+      number of shared hierarchy levels, as SupRank's evaluation does), averaged over the
+      queries sharing at least one level with some gallery item, and
+      ``"num_queries_without_relevant"``.
+
+    Ties: an item scoring exactly as a positive counts as ranked before it (:math:`H(0)=1`)
+    with the exact backend; ScaNN returns neighbours in its own order.
+
+    Raises:
+      ValueError: mismatched lengths, gallery dimension different from the queries',
+        labels of the wrong rank or kind, an unknown backend, bad ``ks``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    ks = _check_ks(ks)
+    queries = _as_embeddings(queries, "queries")
+    query_labels = _as_labels(query_labels, "query_labels", len(queries), "queries")
+    if (gallery is None) != (gallery_labels is None):
+        raise ValueError("gallery and gallery_labels must be given together (or both None)")
+    self_excluded = gallery is None
+    if self_excluded:
+        gallery, gallery_labels = queries, query_labels
+    else:
+        gallery = _as_embeddings(gallery, "gallery")
+        if gallery.shape[1] != queries.shape[1]:
+            raise ValueError(
+                f"gallery has dimension {gallery.shape[1]} but queries have dimension "
+                f"{queries.shape[1]}"
+            )
+        gallery_labels = _as_labels(gallery_labels, "gallery_labels", len(gallery), "gallery")
+        if gallery_labels.ndim != query_labels.ndim or gallery_labels.shape[1:] != query_labels.shape[1:]:
+            raise ValueError(
+                f"gallery_labels must be of the kind of query_labels: got shapes "
+                f"{gallery_labels.shape} and {query_labels.shape}"
+            )
+    if len(gallery) - int(self_excluded) < 1:
+        raise ValueError("the gallery must hold at least one item besides the query")
+    if normalize:
+        queries = _normalise(queries)
+        gallery = queries if self_excluded else _normalise(gallery)
+
+    q_classes, g_classes = _finest_classes(query_labels, gallery_labels)
+    positives = exact.PositiveIndex(q_classes, g_classes, self_excluded)
+    num_pos = positives.counts
+    has_pos = num_pos > 0
+    num_q = len(queries)
+
+    if backend == "exact":
+        mesh = exact.query_mesh() if mesh is None else mesh
+        gal = exact.put_gallery(gallery, gallery_block_size, mesh)
+        per_query = {key: np.full(num_q, np.nan) for key in ("map", "map@r", "r_precision")}
+        per_query.update({f"recall@{k}": np.full(num_q, np.nan) for k in ks})
+        blocks = exact.positive_ranks(queries, gal, positives, block_size=block_size, mesh=mesh)
+        for start, m, rank, rank_pos, mask in blocks:
+            values = _binary_from_ranks(rank, rank_pos, mask, num_pos[start : start + m], ks)
+            for key, v in values.items():
+                per_query[key][start : start + m] = v
+    else:
+        from rankax.retrieval import scann_backend
+
+        depth = min(max(max(ks), int(num_pos.max(initial=1))), len(gallery) - int(self_excluded))
+        _, index = scann_backend.scann_knn(
+            queries, None if self_excluded else gallery, k=depth, config=scann_config
+        )
+        match = g_classes[index] == q_classes[:, None]
+        if depth < max(ks):  # a gallery smaller than k: pad with misses
+            match = np.pad(match, ((0, 0), (0, max(ks) - depth)))
+        per_query = _binary_from_neighbours(match, num_pos, ks)
+
+    result: dict = {}
+    for k in ks:
+        result[f"recall@{k}"] = per_query[f"recall@{k}"]
+    for key in ("map@r", "r_precision", "map"):
+        if key in per_query:
+            result[key] = per_query[key]
+    result = {key: float(np.mean(v[has_pos])) if has_pos.any() else 0.0 for key, v in result.items()}
+    result["num_queries"] = num_q
+    result["num_queries_without_positive"] = int((~has_pos).sum())
+    for key in per_query:
+        per_query[key] = np.where(has_pos, per_query[key], np.nan)
+
+    if query_labels.ndim == 2 and backend == "exact":
+        h = exact.hierarchical_metrics(
+            queries, query_labels, gal, gallery_labels, self_excluded=self_excluded,
+            block_size=hierarchy_block_size, rule=relevance_rule, alpha=relevance_alpha, mesh=mesh,
+        )
+        has_rel = h.pop("has_relevant")
+        for key, v in h.items():
+            result[key] = float(np.mean(v[has_rel])) if has_rel.any() else 0.0
+            per_query[key] = np.where(has_rel, v, np.nan)
+        result["num_queries_without_relevant"] = int((~has_rel).sum())
+    if return_per_query:
+        result["per_query"] = per_query
+    return result

@@ -1,0 +1,129 @@
+"""The Revisited Oxford / Paris evaluation protocol (Radenović et al., CVPR 2018).
+
+Each query has three disjoint sets of database images: ``easy``, ``hard`` and ``junk``.
+Three setups decide which are positives and which are ignored:
+
+======== ====================== ==========================
+setup    positives              ignored ("junk")
+======== ====================== ==========================
+Easy     easy                   junk + hard
+Medium   easy + hard            junk
+Hard     hard                   junk + easy
+======== ====================== ==========================
+
+Ignored images are removed from the ranking before scoring: a positive's 0-based position
+drops by the number of ignored images ranked before it. On the resulting positions
+``r_0 < r_1 < ...`` of the ``n`` positives (``n`` = size of the positive set):
+
+* AP is the area under the precision-recall curve by trapezoids, as the official code
+  computes it: :math:`\\mathrm{AP} = \\frac{1}{n} \\sum_j \\frac{1}{2}\\big(p^0_j + p^1_j\\big)`
+  with :math:`p^0_j = j / r_j` (1 when :math:`r_j = 0`) and :math:`p^1_j = (j + 1)/(r_j + 1)`;
+  this is not the step-wise AP of :func:`rankax.metrics.average_precision`.
+* mP@k uses :math:`k_q = \\min(k, \\text{1-based position of the last positive})` and is the
+  fraction of the first :math:`k_q` (junk-free) places holding a positive.
+* A query whose positive set is empty in a setup (e.g. no ``hard`` image) gets NaN and is
+  left out of that setup's means; the means divide by the number of the other queries.
+
+Positives missing from a truncated ``ranks`` count as never retrieved (AP terms of 0); a
+query none of whose positives appears gets AP 0 and P@k 0 (the official code would fail).
+
+Reference: F. Radenović, A. Iscen, G. Tolias, Y. Avrithis, O. Chum, "Revisiting Oxford and
+Paris: Large-Scale Image Retrieval Benchmarking", CVPR 2018.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+SETUPS = {
+    "easy": (("easy",), ("junk", "hard")),
+    "medium": (("easy", "hard"), ("junk",)),
+    "hard": (("hard",), ("junk", "easy")),
+}
+
+
+def _ids(entry: Mapping, keys: Sequence[str]) -> np.ndarray:
+    parts = [np.asarray(entry.get(key, ()), dtype=np.int64).reshape(-1) for key in keys]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _query_scores(ranking: np.ndarray, ok: np.ndarray, junk: np.ndarray, kappas) -> tuple[float, np.ndarray]:
+    """``(AP, P@kappas)`` of one query; ``ranking`` = database ids, best first."""
+    places = np.arange(len(ranking))
+    pos = places[np.isin(ranking, ok)]
+    junk_places = places[np.isin(ranking, junk)]
+    pos = pos - np.searchsorted(junk_places, pos)  # junk ranked before each positive
+    if len(pos) == 0:
+        return 0.0, np.zeros(len(kappas))
+    j = np.arange(len(pos))
+    p0 = np.where(pos == 0, 1.0, j / np.maximum(pos, 1))
+    p1 = (j + 1) / (pos + 1)
+    ap = float(np.sum((p0 + p1) / 2.0) / len(ok))
+    pos1 = pos + 1
+    prs = np.empty(len(kappas))
+    for i, kappa in enumerate(kappas):
+        kq = min(int(pos1.max()), int(kappa))
+        prs[i] = np.sum(pos1 <= kq) / kq
+    return ap, prs
+
+
+def protocol_map(
+    ranks: np.ndarray, positives: Sequence[np.ndarray], junk: Sequence[np.ndarray], kappas=(1, 5, 10)
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """mAP and mP@k of one setup.
+
+    Returns ``(map, aps [Q], mpk [len(kappas)], prs [Q, len(kappas)])``; queries with no
+    positive have NaN in ``aps``/``prs`` and are excluded from ``map``/``mpk``.
+    """
+    ranks = np.asarray(ranks)
+    num_q = ranks.shape[1]
+    aps = np.full(num_q, np.nan)
+    prs = np.full((num_q, len(kappas)), np.nan)
+    for i in range(num_q):
+        if len(positives[i]) == 0:
+            continue
+        aps[i], prs[i] = _query_scores(ranks[:, i], positives[i], junk[i], kappas)
+    counted = ~np.isnan(aps)
+    if not counted.any():
+        return float("nan"), aps, np.full(len(kappas), np.nan), prs
+    return float(aps[counted].mean()), aps, prs[counted].mean(axis=0), prs
+
+
+def revisited_map(
+    ranks: np.ndarray, gnd: Sequence[Mapping], kappas: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Revisited Oxford/Paris mAP and mP@k for the Easy, Medium and Hard setups.
+
+    Args:
+      ranks: ``[num_database, num_queries]`` database ids sorted by decreasing similarity, one
+        column per query (``np.argsort(-sim, axis=0)`` of a ``[db, queries]`` similarity, as
+        the official evaluation builds it). Rows may be truncated.
+      gnd: one dict per query with integer id lists ``"easy"``, ``"hard"``, ``"junk"`` (a
+        missing key is an empty list).
+      kappas: the ``k`` of mP@k.
+
+    Returns:
+      ``{"easy/map", "easy/mp@k" (each k), "easy/num_empty", same for "medium" and
+      "hard"}``: means over the queries whose positive set is non-empty in that setup
+      (values in [0, 1]; the papers report them x 100).
+    """
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 2:
+        raise ValueError(f"ranks must be [num_database, num_queries], got shape {ranks.shape}")
+    if ranks.shape[1] != len(gnd):
+        raise ValueError(f"ranks has {ranks.shape[1]} query columns but gnd has {len(gnd)} entries")
+    kappas = tuple(int(k) for k in kappas)
+    if any(k < 1 for k in kappas):
+        raise ValueError(f"kappas must be positive, got {kappas}")
+    out: dict[str, float] = {}
+    for setup, (ok_keys, junk_keys) in SETUPS.items():
+        ok = [_ids(g, ok_keys) for g in gnd]
+        junk = [_ids(g, junk_keys) for g in gnd]
+        m, aps, mpk, _ = protocol_map(ranks, ok, junk, kappas)
+        out[f"{setup}/map"] = m
+        for kappa, v in zip(kappas, mpk, strict=True):
+            out[f"{setup}/mp@{kappa}"] = float(v)
+        out[f"{setup}/num_empty"] = int(np.isnan(aps).sum())
+    return out

@@ -1,0 +1,285 @@
+"""rankax.retrieval: exact evaluation vs brute-force numpy, ScaNN vs exact, revisited protocol,
+evaluators, input errors."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rankax import retrieval
+
+# The numpy references live in test_metrics.py; load them by path (works in any import mode).
+_REFS = pathlib.Path(__file__).with_name("test_metrics.py")
+_spec = importlib.util.spec_from_file_location("_metric_refs", _REFS)
+ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref)
+
+
+def integer_data(seed, n=160, d=6, classes=30):
+    """Small integer embeddings: dot products are exact, so ties are real ties."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
+    y = rng.integers(0, classes, size=n)
+    y[:3] = [1000, 1001, 1002]  # three singleton classes: queries without any positive
+    return x, y
+
+
+def brute_force(queries, qy, gallery, gy, ks, self_excluded):
+    """Per-query metrics from the full score matrix with the numpy references."""
+    s = queries.astype(np.float64) @ gallery.astype(np.float64).T
+    out = {key: [] for key in ["map", "map@r", "r_precision", *[f"recall@{k}" for k in ks]]}
+    without = 0
+    for i in range(len(queries)):
+        keep = np.ones(len(gallery), bool)
+        if self_excluded:
+            keep[i] = False
+        si, yi = s[i, keep], (gy[keep] == qy[i]).astype(float)
+        if yi.sum() == 0:
+            without += 1
+            continue
+        out["map"].append(ref.np_ap(si, yi))
+        out["map@r"].append(ref.np_map_at_r(si, yi))
+        out["r_precision"].append(ref.np_r_precision(si, yi))
+        for k in ks:
+            out[f"recall@{k}"].append(ref.np_recall(si, yi, k))
+    return {key: float(np.mean(v)) for key, v in out.items()}, without
+
+
+def test_exact_self_excluded_matches_brute_force():
+    x, y = integer_data(0)
+    ks = (1, 2, 4, 8)
+    got = retrieval.evaluate(x, y, ks=ks, block_size=48, gallery_block_size=64)
+    want, without = brute_force(x, y, x, y, ks, self_excluded=True)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    assert got["num_queries"] == len(x)
+    assert got["num_queries_without_positive"] == without >= 3
+
+
+def test_exact_separate_gallery_matches_brute_force():
+    x, y = integer_data(1, n=200)
+    q, qy, g, gy = x[:50], y[:50], x[50:], y[50:]
+    got = retrieval.evaluate(q, qy, g, gy, ks=(1, 5), block_size=16, gallery_block_size=32)
+    want, without = brute_force(q, qy, g, gy, (1, 5), self_excluded=False)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    assert got["num_queries_without_positive"] == without
+
+
+def test_exact_float_embeddings_match_sklearn_ap():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(120, 16)).astype(np.float32)
+    y = rng.integers(0, 10, size=120)
+    got = retrieval.evaluate(x, y, normalize=True, return_per_query=True)
+    from sklearn.metrics import average_precision_score
+
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s = xn @ xn.T
+    aps = [average_precision_score(np.delete(y == y[i], i), np.delete(s[i], i)) for i in range(120)]
+    np.testing.assert_allclose(got["per_query"]["map"], aps, atol=1e-6)
+
+
+def np_pop_relevance(qp, gp, keep, alpha=1.0):
+    """SupRank 'pop' relevance from the formula: w_t / #items of the list at level t."""
+    num_levels = qp.shape[0]
+    t = np.zeros(len(gp), int)
+    for j, p in enumerate(gp):
+        for lvl in range(num_levels - 1, -1, -1):  # from the coarsest column
+            if p[lvl] != qp[lvl]:
+                break
+            t[j] += 1
+    t[~keep] = 0
+    w = (np.arange(num_levels + 1) / max(num_levels - 1, 1)) ** alpha
+    rel = np.array([w[tj] / np.sum(t[keep] == tj) if keep[j] else 0.0 for j, tj in enumerate(t)])
+    return t, rel
+
+
+def test_hierarchical_metrics_match_references():
+    rng = np.random.default_rng(3)
+    n = 90
+    x = rng.integers(-2, 3, size=(n, 5)).astype(np.float32)
+    fine = rng.integers(0, 18, size=n)
+    paths = np.stack([fine, fine // 6], axis=1)  # [class, super-class], finest first
+    paths[0] = [500, 99]  # shares nothing with anybody
+    got = retrieval.evaluate(x, paths, ks=(1,), block_size=32, gallery_block_size=32,
+                             hierarchy_block_size=16)
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    want = {"hap": [], "ndcg": [], "asi": []}
+    for i in range(n):
+        keep = np.arange(n) != i
+        t, rel = np_pop_relevance(paths[i], paths, keep)
+        if not (t > 0).any():
+            continue
+        si = s[i, keep]
+        want["hap"].append(ref.np_hap(si, rel[keep]))
+        want["ndcg"].append(ref.np_ndcg(si, t[keep]))
+        want["asi"].append(ref.np_asi(si, t[keep]))
+    for key, values in want.items():
+        assert got[key] == pytest.approx(np.mean(values), rel=1e-5), key
+    assert got["num_queries_without_relevant"] == 1
+    # Binary metrics use the full path as the class.
+    flat_ids = np.unique(paths, axis=0, return_inverse=True)[1].reshape(-1)
+    flat = retrieval.evaluate(x, flat_ids, ks=(1,))
+    for key in ("recall@1", "map@r", "map", "num_queries_without_positive"):
+        assert got[key] == flat[key]
+
+
+def test_knn_matches_numpy_and_excludes_self():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(100, 8)).astype(np.float32)
+    scores, index = retrieval.knn(x, k=5, block_size=32, gallery_block_size=16)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    want = np.argsort(-s, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(index, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(s, want, 1), rtol=1e-5)
+    g = rng.normal(size=(37, 8)).astype(np.float32)
+    _, gi = retrieval.knn(x, g, k=37, gallery_block_size=8)
+    np.testing.assert_array_equal(gi, np.argsort(-(x @ g.T), axis=1, kind="stable"))
+
+
+def clustered(seed, n, d=32, clusters=100, noise=0.15):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, d))
+    y = rng.integers(0, clusters, size=n)
+    scale = noise * np.linalg.norm(centers[y], axis=1, keepdims=True) / np.sqrt(d)
+    x = centers[y] + scale * rng.normal(size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("config", ["brute_force", "tree_ah"])
+def test_scann_recall_at_1_close_to_exact(config):
+    x, y = clustered(5, 3000, noise=1.0)
+    exact = retrieval.evaluate(x, y, ks=(1, 4))
+    approx = retrieval.evaluate(x, y, ks=(1, 4), backend="scann", scann_config=config)
+    assert abs(approx["recall@1"] - exact["recall@1"]) <= 0.01
+    # MAP@R needs the top R (~30) neighbours, where the tree misses a few more.
+    assert abs(approx["map@r"] - exact["map@r"]) <= (1e-6 if config == "brute_force" else 0.06)
+    assert "map" not in approx
+    assert 0.5 < exact["recall@1"] < 0.97  # not a trivial data set
+
+
+def test_scann_recall_function():
+    x, _ = clustered(6, 2500)
+    out = retrieval.scann_recall(x[:500], x, k=10, config="tree_ah")
+    assert out["config"] == "tree_ah"
+    assert 0.9 <= out["recall@10"] <= 1.0
+    assert retrieval.scann_recall(x[:200], x, k=5, config="brute_force")["recall@5"] == 1.0
+
+
+def test_revisited_hand_worked():
+    # Database ids 0..9; one column per query, best first.
+    ranks = np.array([
+        [3, 0],
+        [7, 1],
+        [1, 2],
+        [5, 3],
+        [0, 4],
+        [9, 5],
+        [2, 6],
+        [4, 7],
+        [6, 8],
+        [8, 9],
+    ])
+    gnd = [
+        {"easy": [1, 2], "hard": [4], "junk": [7]},
+        {"easy": [0, 3], "hard": [], "junk": [1]},
+    ]
+    out = retrieval.revisited_map(ranks, gnd, kappas=(1, 2))
+    # Query 0, Easy: ok {1, 2}, junk {7, 4}. Raw places: 7@1(junk) 1@2 2@6 4@7(junk).
+    #   1 -> 2 - 1 junk before = 1;  2 -> 6 - 1 = 5.  AP = ((0/1 + 1/2) + (1/5 + 2/6)) / 2 / 2
+    ap0_easy = ((0 + 1 / 2) / 2 + (1 / 5 + 2 / 6) / 2) / 2
+    # Query 1, Easy: ok {0, 3}, junk {1}: places 0 and 3 -> 0 and 2.
+    #   AP = ((1 + 1/1) + (1/2 + 2/3)) / 2 / 2
+    ap1_easy = ((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2) / 2
+    assert out["easy/map"] == pytest.approx((ap0_easy + ap1_easy) / 2)
+    # Medium, query 0: ok {1, 2, 4}, junk {7}: places 2, 6, 7 -> 1, 5, 6.
+    ap0_med = ((0 + 1 / 2) / 2 + (1 / 5 + 2 / 6) / 2 + (2 / 6 + 3 / 7) / 2) / 3
+    assert out["medium/map"] == pytest.approx((ap0_med + ap1_easy) / 2)
+    # Hard: query 1 has no hard image -> excluded (NaN), counted in num_empty.
+    #   Query 0: ok {4}, junk {7, 1, 2}: place 7 -> 7 - 3 = 4.  AP = (0/4 + 1/5) / 2.
+    assert out["hard/map"] == pytest.approx((0 + 1 / 5) / 2)
+    assert out["hard/num_empty"] == 1 and out["easy/num_empty"] == 0
+    # mP@k: kq = min(k, 1-based place of the last positive).
+    # Easy q0: positives at 1-based 2, 6: P@1 = 0/1, P@2 = 1/2. q1: 1, 3: P@1 = 1, P@2 = 1/2.
+    assert out["easy/mp@1"] == pytest.approx(0.5)
+    assert out["easy/mp@2"] == pytest.approx(0.5)
+    # Hard q0: single positive at 1-based 5: P@1 = 0, P@2 = 0.
+    assert out["hard/mp@1"] == 0.0
+
+
+def test_revisited_kq_uses_last_positive():
+    # One query, one positive ranked first: P@5 = 1 (kq = 1), not 1/5.
+    out = retrieval.revisited_map(np.arange(10)[:, None], [{"easy": [0], "hard": [], "junk": []}],
+                                  kappas=(5,))
+    assert out["easy/mp@5"] == 1.0 and out["easy/map"] == 1.0
+    assert np.isnan(out["hard/map"]) and out["hard/num_empty"] == 1
+
+
+def test_evaluator_runs_embed_fn_in_batches():
+    x, y = integer_data(7, n=70)
+    calls = []
+
+    def embed(batch):
+        calls.append(len(batch))
+        return 2.0 * batch  # scaling does not change any ranking
+
+    ev = retrieval.RetrievalEvaluator(x, y, batch_size=32, ks=(1, 2), prefix="val/")
+    got = ev.run(embed)
+    assert calls == [32, 32, 32]  # the last batch is padded to one shape
+    want = retrieval.evaluate(x, y, ks=(1, 2))
+    assert got == {f"val/{k}": v for k, v in want.items()}
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"queries": np.zeros((4, 3)), "query_labels": np.zeros(5)}, "query_labels has 5 rows"),
+        ({"gallery": np.zeros((6, 2)), "gallery_labels": np.zeros(6)}, "gallery has dimension 2"),
+        ({"gallery": np.zeros((6, 3)), "gallery_labels": np.zeros(5)}, "gallery_labels has 5 rows"),
+        ({"query_labels": np.zeros((4, 2, 2))}, "query_labels must be"),
+        ({"gallery": np.zeros((6, 3)), "gallery_labels": np.zeros((6, 2))}, "gallery_labels must be of"),
+        ({"queries": np.zeros(4)}, "queries must be a"),
+        ({"gallery": np.zeros((6, 3))}, "gallery and gallery_labels"),
+        ({"query_labels": np.full(4, 0.5)}, "query_labels must hold integer"),
+        ({"backend": "faiss"}, "backend must be"),
+        ({"ks": (0,)}, "ks must be"),
+    ],
+)
+def test_bad_inputs_raise_naming_the_argument(kwargs, match):
+    args = {"queries": np.zeros((4, 3)), "query_labels": np.zeros(4, int)}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        retrieval.evaluate(**args)
+
+
+def test_sharded_equals_single_device():
+    code = (
+        "import numpy as np, jax, json\n"
+        "from rankax import retrieval\n"
+        "assert len(jax.devices()) == 4\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.integers(-2, 3, size=(90, 6)).astype(np.float32)\n"
+        "y = rng.integers(0, 12, size=90)\n"
+        "p = np.stack([y, y // 4], 1)\n"
+        "r = retrieval.evaluate(x, p, block_size=20, gallery_block_size=32, hierarchy_block_size=8)\n"
+        "print(json.dumps(r))\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    import json
+
+    sharded = json.loads(out.stdout.strip().splitlines()[-1])
+    rng = np.random.default_rng(0)
+    x = rng.integers(-2, 3, size=(90, 6)).astype(np.float32)
+    y = rng.integers(0, 12, size=90)
+    single = retrieval.evaluate(x, np.stack([y, y // 4], 1), block_size=20, gallery_block_size=32,
+                                hierarchy_block_size=8)
+    assert sharded.keys() == single.keys()
+    for key in single:
+        assert sharded[key] == pytest.approx(single[key], abs=1e-6), key
