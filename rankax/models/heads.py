@@ -1,0 +1,117 @@
+"""Embedding heads: global pooling, optional linear projection, L2 normalisation.
+
+A head turns backbone features into the unit-norm embedding the rank losses compare with
+cosine similarity:
+
+* CNN feature maps ``[B, H, W, C]`` are pooled over ``H, W`` by generalised-mean (GeM),
+  average or max pooling;
+* ViT token sequences ``[B, 1 + N, D]`` use the class token (``"cls"``) or the mean of the
+  patch tokens (``"avg"``).
+
+Pooling, the projection and the normalisation run in float32 whatever the compute dtype:
+``x ** p`` and the norm lose too much precision in bfloat16.
+
+References:
+  Radenović, Tolias & Chum, "Fine-tuning CNN image retrieval with no human annotation",
+  TPAMI 2018 (GeM pooling).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rankax.models.mlp import l2_normalize
+
+POOLINGS = ("gem", "avg", "max", "cls")
+
+
+def gem_pool(x: jax.Array, p: jax.typing.ArrayLike = 3.0, eps: float = 1e-6) -> jax.Array:
+    """Generalised-mean pooling over the spatial axes of an NHWC feature map.
+
+    ``gem(x)_c = (mean_{h,w} max(x_{hwc}, eps) ** p) ** (1 / p)``: ``p = 1`` is average
+    pooling, ``p -> inf`` approaches max pooling. Computed in float32.
+
+    Args:
+      x: feature map ``[B, H, W, C]`` (non-negative after a ReLU; values are clamped at ``eps``).
+      p: the exponent, a scalar (may be a learnable parameter).
+      eps: the clamp that keeps ``x ** p`` differentiable at zero.
+
+    Returns:
+      ``[B, C]`` float32 descriptors.
+    """
+    x = jnp.maximum(x.astype(jnp.float32), eps)
+    p = jnp.asarray(p, jnp.float32)
+    return jnp.mean(x**p, axis=(1, 2)) ** (1.0 / p)
+
+
+class GeM(nn.Module):
+    """GeM pooling with a learnable (``learnable=True``, parameter ``p``) or fixed exponent.
+
+    Attributes:
+      p: the initial (learnable) or fixed exponent; 3 in Radenović et al.
+      eps: clamp before the power, 1e-6 as in the paper's code.
+      learnable: whether ``p`` is a parameter (a scalar named ``"p"``). Radenović et al. train
+        it with a 10x learning rate and no weight decay.
+    """
+
+    p: float = 3.0
+    eps: float = 1e-6
+    learnable: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.param("p", nn.initializers.constant(self.p), (), jnp.float32) if self.learnable else self.p
+        return gem_pool(x, p, self.eps)
+
+
+class EmbeddingHead(nn.Module):
+    """Pooling -> optional ``Dense(embedding_dim)`` -> L2 normalisation.
+
+    Attributes:
+      pooling: ``"gem"``, ``"avg"`` or ``"max"`` for ``[B, H, W, C]`` feature maps;
+        ``"cls"`` (class token) or ``"avg"`` (mean of the patch tokens) for ``[B, 1 + N, D]``
+        token sequences.
+      embedding_dim: output width of the linear projection (submodule ``"proj"``); ``None``
+        keeps the pooled features (e.g. 2048 for ResNet-50) without projection.
+      gem_p: GeM's initial/fixed exponent.
+      gem_eps: GeM's clamp.
+      gem_learnable: whether GeM's exponent is a parameter (``params['pool']['p']``).
+      dtype: compute dtype of the projection; parameters stay float32.
+
+    Returns (``__call__``): ``[B, embedding_dim or C]`` float32 unit vectors.
+    """
+
+    pooling: str = "gem"
+    embedding_dim: int | None = 512
+    gem_p: float = 3.0
+    gem_eps: float = 1e-6
+    gem_learnable: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        x = self._pool(features)
+        if self.embedding_dim is not None:
+            x = nn.Dense(self.embedding_dim, dtype=self.dtype, name="proj")(x.astype(self.dtype))
+        return l2_normalize(x.astype(jnp.float32))
+
+    def _pool(self, x: jax.Array) -> jax.Array:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}: expected one of {POOLINGS}")
+        if x.ndim == 4:
+            if self.pooling == "gem":
+                return GeM(self.gem_p, self.gem_eps, self.gem_learnable, name="pool")(x)
+            if self.pooling == "avg":
+                return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+            if self.pooling == "max":
+                return jnp.max(x.astype(jnp.float32), axis=(1, 2))
+            raise ValueError("pooling='cls' needs a token sequence [B, 1 + N, D], got a feature map")
+        if x.ndim == 3:
+            if self.pooling == "cls":
+                return x[:, 0].astype(jnp.float32)
+            if self.pooling == "avg":
+                return jnp.mean(x[:, 1:].astype(jnp.float32), axis=1)
+            raise ValueError(f"pooling={self.pooling!r} is for feature maps; use 'cls' or 'avg' for tokens")
+        raise ValueError(f"features must be [B, H, W, C] or [B, T, D], got shape {x.shape}")

@@ -1,0 +1,173 @@
+"""ResNet-50/101 backbones in torchvision's layout, and the ResNet embedding model.
+
+Architecture (He et al. 2016, torchvision's "v1.5" variant, which puts the stride of a
+downsampling bottleneck on its 3x3 convolution rather than on the first 1x1):
+
+    conv1 7x7/2 -> bn1 -> relu -> maxpool 3x3/2
+    layer1..layer4: bottlenecks  1x1 (w) -> 3x3 (w, stride) -> 1x1 (4w), each conv + BN,
+                    identity or 1x1/stride ``downsample`` conv + BN on the shortcut
+    widths w = width * (1, 2, 4, 8), strides (1, 2, 2, 2)
+
+Inputs are NHWC images normalised as torchvision expects (ImageNet mean/std); a 224x224
+input gives a 7x7x2048 feature map. Submodule names follow torchvision's state-dict keys
+(``layer1.0.downsample.1`` -> ``layer1_0/downsample_bn``) so that
+:func:`rankax.models.convert.torchvision_resnet_to_flax` is a key rename.
+
+**Frozen BatchNorm.** Retrieval papers fine-tune ImageNet ResNets with batches of a few
+images per class, so they keep BatchNorm in evaluation mode (``model.apply(set_bn_eval)``
+in the PyTorch code). ``frozen_bn=True`` does the same: every BatchNorm normalises with its
+running statistics, in training too, and never updates them (no ``mutable=['batch_stats']``
+is needed). BN's affine ``scale``/``bias`` are still ordinary parameters; a paper that
+also froze them (``requires_grad=False``) is reproduced in the optimizer, e.g.
+``optax.multi_transform({..., "frozen": optax.set_to_zero()}, param_labels(params, freeze_bn=True))``
+with :func:`rankax.models.param_labels`, which labels the BN parameters ``"frozen"``.
+
+References:
+  He, Zhang, Ren & Sun, "Deep residual learning for image recognition", CVPR 2016.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rankax.models.heads import EmbeddingHead
+
+RESNET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+_BN_EPS = 1e-5  # torchvision's BatchNorm2d eps; its momentum 0.1 is flax's 0.9.
+
+
+def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
+    pad = kernel // 2  # symmetric padding, as torch does (flax's "SAME" pads stride-2 convs unevenly)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        dtype=dtype,
+        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        name=name,
+    )
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ``Bottleneck`` (expansion 4, stride on the 3x3 conv).
+
+    Attributes:
+      width: the inner width ``w``; the block outputs ``4 w`` channels.
+      stride: stride of the 3x3 conv and of the shortcut projection.
+      use_running_average: BatchNorm mode (True: running statistics).
+      dtype: compute dtype.
+    """
+
+    width: int
+    stride: int = 1
+    use_running_average: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        norm = partial(
+            nn.BatchNorm,
+            use_running_average=self.use_running_average,
+            momentum=0.9,
+            epsilon=_BN_EPS,
+            dtype=self.dtype,
+        )
+        out_ch = 4 * self.width
+        y = nn.relu(norm(name="bn1")(_conv(self.width, 1, 1, self.dtype, "conv1")(x)))
+        y = nn.relu(norm(name="bn2")(_conv(self.width, 3, self.stride, self.dtype, "conv2")(y)))
+        y = norm(name="bn3")(_conv(out_ch, 1, 1, self.dtype, "conv3")(y))
+        if self.stride != 1 or x.shape[-1] != out_ch:
+            x = _conv(out_ch, 1, self.stride, self.dtype, "downsample_conv")(x)
+            x = norm(name="downsample_bn")(x)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """Bottleneck ResNet trunk without the classifier: images -> ``[B, H/32, W/32, 32 width]``.
+
+    Attributes:
+      stage_sizes: bottlenecks per stage; ``(3, 4, 6, 3)`` is ResNet-50, ``(3, 4, 23, 3)``
+        ResNet-101 (see ``RESNET_STAGES``). Tests use e.g. ``(1, 1, 1, 1)``.
+      width: stem and first-stage width (64 in the paper); stage ``i`` is ``width * 2**i``
+        wide inside its bottlenecks and 4x that at their output.
+      frozen_bn: always normalise with running statistics and never update them.
+      dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters stay float32.
+    """
+
+    stage_sizes: Sequence[int] = RESNET_STAGES[50]
+    width: int = 64
+    frozen_bn: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        use_running_average = self.frozen_bn or not train
+        x = _conv(self.width, 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
+        x = nn.BatchNorm(
+            use_running_average=use_running_average,
+            momentum=0.9,
+            epsilon=_BN_EPS,
+            dtype=self.dtype,
+            name="bn1",
+        )(x)
+        x = nn.relu(x)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for i, n_blocks in enumerate(self.stage_sizes):
+            for j in range(n_blocks):
+                x = Bottleneck(
+                    self.width * 2**i,
+                    stride=2 if (i > 0 and j == 0) else 1,
+                    use_running_average=use_running_average,
+                    dtype=self.dtype,
+                    name=f"layer{i + 1}_{j}",
+                )(x)
+        return x
+
+
+class ResNetEmbedding(nn.Module):
+    """ResNet trunk + :class:`~rankax.models.heads.EmbeddingHead`: images -> unit embeddings.
+
+    Variables: ``params = {"backbone": ..., "head": ...}`` and
+    ``batch_stats = {"backbone": ...}``; an optimizer gives the two top-level parameter
+    collections their own learning rates (see :func:`rankax.models.param_labels`).
+
+    Attributes:
+      stage_sizes, width, frozen_bn: as in :class:`ResNet` (default: ResNet-50, frozen BN).
+      pooling: ``"gem"``, ``"avg"`` or ``"max"``.
+      embedding_dim: projection width (512); ``None`` returns the pooled ``32 * width``
+        features, L2-normalised.
+      gem_p, gem_learnable: GeM's exponent (3) and whether it is learned.
+      dtype: compute dtype; the embeddings are float32.
+
+    ``__call__(x, train=False)``: ``x`` is ``[B, H, W, 3]``; returns ``[B, embedding_dim]``.
+    With ``frozen_bn=False`` and ``train=True`` pass ``mutable=["batch_stats"]`` to ``apply``.
+    """
+
+    stage_sizes: Sequence[int] = RESNET_STAGES[50]
+    width: int = 64
+    frozen_bn: bool = True
+    pooling: str = "gem"
+    embedding_dim: int | None = 512
+    gem_p: float = 3.0
+    gem_learnable: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.backbone = ResNet(self.stage_sizes, self.width, self.frozen_bn, self.dtype)
+        self.head = EmbeddingHead(
+            pooling=self.pooling,
+            embedding_dim=self.embedding_dim,
+            gem_p=self.gem_p,
+            gem_learnable=self.gem_learnable,
+            dtype=self.dtype,
+        )
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.head(self.backbone(x, train=train))
