@@ -1,0 +1,55 @@
+"""experiments/evaluate.py on small .npz files, run in-process."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import evaluate as cli
+from rankax import retrieval
+
+
+def _write(path, x, y):
+    np.savez(path, embeddings=x, labels=y)
+    return str(path)
+
+
+def _data(seed, n=60, d=8):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, 8, size=n)
+
+
+def test_cli_prints_table_and_writes_json(tmp_path, capsys):
+    x, y = _data(0)
+    out = tmp_path / "m" / "metrics.json"
+    metrics = cli.main(["--embeddings", _write(tmp_path / "e.npz", x, y), "--ks", "1,5",
+                        "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert "recall@5" in printed and "map@r" in printed
+    record = json.loads(out.read_text())
+    want = retrieval.evaluate(x, y, ks=(1, 5))
+    for key, value in want.items():
+        assert record["metrics"][key] == pytest.approx(value)
+        assert metrics[key] == pytest.approx(value)
+
+
+def test_cli_separate_gallery_and_label_paths(tmp_path):
+    x, y = _data(1, n=80)
+    paths = np.stack([y, y // 3], axis=1)
+    q = _write(tmp_path / "q.npz", x[:30], paths[:30])
+    g = _write(tmp_path / "g.npz", x[30:], paths[30:])
+    metrics = cli.main(["--embeddings", q, "--gallery", g, "--normalize"])
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    want = retrieval.evaluate(xn[:30], paths[:30], xn[30:], paths[30:])
+    assert {"hap", "ndcg", "asi"} <= metrics.keys()
+    for key, value in want.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5)
+
+
+def test_cli_missing_key_and_checkpoint_hook(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, feats=np.zeros((3, 2)))
+    with pytest.raises(SystemExit, match="embeddings"):
+        cli.main(["--embeddings", str(bad)])
+    with pytest.raises(SystemExit, match="training system"):
+        cli.main(["--checkpoint", str(tmp_path)])
