@@ -1,0 +1,418 @@
+"""Every loss against a numpy reference written from its paper's formula, with loops.
+
+The references below do not call rankax; exact AP comes from scikit-learn. Calls are eager on
+one shared shape so that the compiled primitives are reused across tests and hparams.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import expit
+from sklearn.metrics import average_precision_score
+
+import rankax
+
+B, N = 4, 10
+RTOL, ATOL = 2e-5, 2e-5
+
+
+def _lists(seed=0):
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(-0.95, 0.95, (B, N)).astype(np.float64)
+    labels = np.zeros((B, N))
+    for i, npos in enumerate([1, 2, 3, 4]):
+        labels[i, rng.choice(N, npos, replace=False)] = 1.0
+    return scores.astype(np.float32), labels.astype(np.float32)
+
+
+def _graded(seed=0):
+    rng = np.random.default_rng(seed + 10)
+    scores = rng.uniform(-0.95, 0.95, (B, N)).astype(np.float32)
+    labels = rng.choice([0.0, 0.0, 0.5, 1.0, 2.0], size=(B, N)).astype(np.float32)
+    labels[:, 0] = 2.0
+    return scores, labels
+
+
+def sig(x):
+    return expit(np.asarray(x, np.float64))
+
+
+def roadmap_h(x, tau=0.01, rho=100.0, delta=0.05, start=0.5, offset=1.44, variant="fixed"):
+    """ROADMAP's piecewise step, branch by branch as in the paper."""
+    if x <= 0:
+        return sig(x / tau)
+    if x <= delta:
+        return start + sig(x / tau)
+    return rho * (x - delta) + offset if variant == "fixed" else rho * x + offset
+
+
+def exact_ap(s, y):
+    return average_precision_score(y > 0, s)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def ref_smooth_ap(s, y, tau):
+    pos = np.flatnonzero(y > 0)
+    total = 0.0
+    for k in pos:
+        others = [j for j in range(len(s)) if j != k]
+        rank = 1 + sum(sig((s[j] - s[k]) / tau) for j in others)
+        rank_pos = 1 + sum(sig((s[j] - s[k]) / tau) for j in others if y[j] > 0)
+        total += rank_pos / rank
+    return 1 - total / len(pos)
+
+
+def ref_supap(s, y, **kw):
+    pos = np.flatnonzero(y > 0)
+    total = 0.0
+    for k in pos:
+        rank_pos = 1 + sum(1 for j in pos if j != k and s[j] >= s[k])
+        rank_neg = sum(roadmap_h(s[j] - s[k], **kw) for j in range(len(s)) if y[j] <= 0)
+        total += rank_pos / (rank_pos + rank_neg)
+    return 1 - total / len(pos)
+
+
+def ref_calibration(S, Y, pos_margin=0.9, neg_margin=0.6):
+    pos_terms = [max(0.0, pos_margin - s) for s, y in zip(S.ravel(), Y.ravel(), strict=True) if y > 0]
+    neg_terms = [max(0.0, s - neg_margin) for s, y in zip(S.ravel(), Y.ravel(), strict=True) if y <= 0]
+    pos_terms = [t for t in pos_terms if t > 0]
+    neg_terms = [t for t in neg_terms if t > 0]
+    return (np.mean(pos_terms) if pos_terms else 0.0) + (np.mean(neg_terms) if neg_terms else 0.0)
+
+
+def ref_contrastive(S, Y, margin=1.0):
+    terms = []
+    for s, y in zip(S.ravel(), Y.ravel(), strict=True):
+        d = math.sqrt(max(2 - 2 * s, 0.0))
+        terms.append(0.5 * d * d if y > 0 else 0.5 * max(0.0, margin - d) ** 2)
+    return np.mean(terms)
+
+
+def ref_triplet(s, y, margin, mining):
+    pos = [j for j in range(len(s)) if y[j] > 0]
+    neg = [j for j in range(len(s)) if y[j] <= 0]
+    if mining == "batch_hard":
+        return max(0.0, margin + max(s[n] for n in neg) - min(s[p] for p in pos))
+    losses = []
+    for p in pos:
+        semi = [s[n] for n in neg if s[n] < s[p]]
+        s_n = max(semi) if semi else min(s[n] for n in neg)
+        losses.append(max(0.0, margin + s_n - s[p]))
+    return np.mean(losses)
+
+
+def ref_multi_similarity(s, y, alpha=2.0, beta=50.0, base=0.5, eps=0.1):
+    pos = [s[j] for j in range(len(s)) if y[j] > 0]
+    neg = [s[j] for j in range(len(s)) if y[j] <= 0]
+    kept_pos = [v for v in pos if v - eps < max(neg)]
+    kept_neg = [v for v in neg if v + eps > min(pos)]
+    if not kept_pos or not kept_neg:
+        return 0.0
+    pos_term = math.log(1 + sum(math.exp(-alpha * (v - base)) for v in kept_pos)) / alpha
+    neg_term = math.log(1 + sum(math.exp(beta * (v - base)) for v in kept_neg)) / beta
+    return pos_term + neg_term
+
+
+def _recall_from_ranks(ranks, num_pos, ks, tau2):
+    return np.mean([sum(sig((k - r) / tau2) for r in ranks) / min(num_pos, k) for k in ks])
+
+
+def ref_sup_recall(s, y, ks=(1, 2, 4, 8, 16), tau2=1.0, **kw):
+    pos = np.flatnonzero(y > 0)
+    ranks = []
+    for k in pos:
+        rank_pos = 1 + sum(1 for j in pos if j != k and s[j] >= s[k])
+        rank_neg = sum(roadmap_h(s[j] - s[k], **kw) for j in range(len(s)) if y[j] <= 0)
+        ranks.append(rank_pos + rank_neg)
+    return 1 - _recall_from_ranks(ranks, len(pos), ks, tau2)
+
+
+def ref_rs_at_k(s, y, ks=(1, 2, 4, 8, 16), tau1=0.01, tau2=1.0):
+    pos = np.flatnonzero(y > 0)
+    ranks = [1 + sum(sig((s[j] - s[k]) / tau1) for j in range(len(s)) if j != k) for k in pos]
+    return 1 - _recall_from_ranks(ranks, len(pos), ks, tau2)
+
+
+def _suprank_rank(s, rel, k, **kw):
+    step = 0.0
+    for j in range(len(s)):
+        if j == k:
+            continue
+        d = s[j] - s[k]
+        step += roadmap_h(d, **kw) if rel[j] < rel[k] else float(d >= 0)
+    return 1 + step
+
+
+def ref_hap(s, rel, **kw):
+    total = 0.0
+    for k in np.flatnonzero(rel > 0):
+        hrank = rel[k] + sum(
+            min(rel[j], rel[k]) for j in range(len(s)) if j != k and rel[j] > 0 and s[j] >= s[k]
+        )
+        total += hrank / _suprank_rank(s, rel, k, **kw)
+    return 1 - total / rel.sum()
+
+
+def exact_hap(s, rel):
+    """H-AP with exact ranks (H(0) = 1), from the definition."""
+    total = 0.0
+    for k in np.flatnonzero(rel > 0):
+        before = [j for j in range(len(s)) if j != k and s[j] >= s[k]]
+        hrank = rel[k] + sum(min(rel[j], rel[k]) for j in before)
+        total += hrank / (1 + len(before))
+    return total / rel.sum()
+
+
+def ref_sup_ndcg(s, rel, **kw):
+    dcg = sum(
+        (2 ** rel[k] - 1) / math.log2(1 + _suprank_rank(s, rel, k, **kw)) for k in np.flatnonzero(rel > 0)
+    )
+    ideal = sorted(rel, reverse=True)
+    idcg = sum((2 ** r - 1) / math.log2(1 + i) for i, r in enumerate(ideal, start=1))
+    return 1 - dcg / idcg
+
+
+def ref_pnp(s, y, variant, tau=0.01, b=2.0, alpha=4.0):
+    out = []
+    for i in np.flatnonzero(y > 0):
+        r = sum(sig((s[j] - s[i]) / tau) for j in range(len(s)) if y[j] <= 0)
+        out.append(
+            {
+                "O": r,
+                "Iu": (1 + r) * math.log(1 + r),
+                "Ib": (b * r - math.log(1 + b * r)) / b**2,
+                "Ds": math.log(1 + r),
+                "Dq": 1 - 1 / (1 + r) ** alpha,
+            }[variant]
+        )
+    return np.mean(out)
+
+
+def ref_histogram_ap(s, y, nq=25, lo=0.0, hi=1.0, tie_aware=False):
+    """Revaud et al.'s quantiser: bin k is min of a falling and a rising line, clamped at 0;
+    the first bin is flat above `hi`, the last flat below `lo`."""
+    a = (nq - 1) / (hi - lo)
+    q = np.zeros((nq, len(s)))
+    for k in range(nq):
+        centre = hi - k / a
+        falling = 1 - a * (s - centre) if k > 0 else np.ones_like(s)
+        rising = 1 + a * (s - centre) if k < nq - 1 else np.ones_like(s)
+        q[k] = np.clip(np.minimum(falling, rising), 0, None)
+    c = q.sum(1)
+    cp = (q * (y > 0)).sum(1)
+    num_pos = cp.sum()
+    if not tie_aware:
+        cum, cum_pos = np.cumsum(c), np.cumsum(cp)
+        return 1 - sum(cp[m] * cum_pos[m] / cum[m] for m in range(nq) if cum[m] > 0) / num_pos
+    total = 0.0
+    for m in range(nq):
+        if c[m] <= 0:
+            continue
+        prev, prev_pos = c[:m].sum(), cp[:m].sum()
+        r = max(cp[m] - 1, 0) / max(c[m] - 1, 0) if c[m] > 1 else 0.0
+        # mean precision of a positive at a uniformly random position t in [0, c] of the tie
+        integral = c[m] * r + (prev_pos + 1 - r * (prev + 1)) * math.log((prev + c[m] + 1) / (prev + 1))
+        total += cp[m] * integral / c[m]
+    return 1 - total / num_pos
+
+
+def ref_fast_ap(s, y, num_bins=10):
+    d = 2 - 2 * np.asarray(s, np.float64)
+    delta = 4.0 / num_bins
+    h = np.array([np.clip(1 - np.abs(d - b * delta) / delta, 0, None) for b in range(num_bins + 1)])
+    hp = (h * (y > 0)).sum(1)
+    hh = h.sum(1)
+    H, Hp = np.cumsum(hh), np.cumsum(hp)
+    return 1 - sum(hp[b] * Hp[b] / H[b] for b in range(num_bins + 1) if H[b] > 0) / (y > 0).sum()
+
+
+# ----------------------------------------------------------------------------- value tests
+
+
+def _per_list(fn, scores, labels, **kw):
+    return np.asarray(fn(scores, labels, reduce_fn=None, **kw), np.float64)
+
+
+@pytest.mark.parametrize("temperature", [0.01, 0.1])
+def test_smooth_ap_reference(temperature):
+    s, y = _lists()
+    expected = [ref_smooth_ap(s[i], y[i], temperature) for i in range(B)]
+    got = _per_list(rankax.smooth_ap_loss, s, y, temperature=temperature)
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"variant": "neurips"}, {"start": 0.0, "offset": 1.0}], ids=["sop", "neurips", "inat"]
+)
+def test_supap_reference(kw):
+    s, y = _lists()
+    expected = [ref_supap(s[i], y[i], **kw) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.supap_loss, s, y, **kw), expected, RTOL, ATOL)
+
+
+def test_roadmap_step_variants_jump_at_delta():
+    """The NeurIPS'21 branch jumps from about 1.49 to about 6.44 at delta; the fixed one not."""
+    below = roadmap_h(0.05, variant="neurips")
+    assert abs(below - 1.4933) < 1e-3
+    assert abs(roadmap_h(0.0500001, variant="neurips") - 6.44) < 1e-3
+    assert abs(roadmap_h(0.0500001) - 1.44) < 1e-3
+    got = rankax.ranking.roadmap_step(np.array([0.05, 0.0500001], np.float32), variant="neurips")
+    np.testing.assert_allclose(got, [below, 6.44], rtol=1e-4)
+
+
+def test_calibration_and_contrastive_pool_over_pairs():
+    s, y = _lists()
+    np.testing.assert_allclose(rankax.calibration_loss(s, y), ref_calibration(s, y), RTOL, ATOL)
+    per_list = [ref_calibration(s[i : i + 1], y[i : i + 1]) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.calibration_loss, s, y), per_list, RTOL, ATOL)
+    np.testing.assert_allclose(
+        rankax.calibration_loss(s, y, pos_margin=0.5, neg_margin=0.0),
+        ref_calibration(s, y, 0.5, 0.0), RTOL, ATOL,
+    )
+    np.testing.assert_allclose(rankax.contrastive_loss(s, y), ref_contrastive(s, y), RTOL, ATOL)
+    np.testing.assert_allclose(
+        rankax.contrastive_loss(s, y, margin=1.5), ref_contrastive(s, y, 1.5), RTOL, ATOL
+    )
+
+
+def test_roadmap_is_supap_plus_pooled_calibration():
+    s, y = _lists()
+    supap = np.mean([ref_supap(s[i], y[i]) for i in range(B)])
+    expected = 0.9 * supap + 0.1 * ref_calibration(s, y)
+    got = rankax.roadmap_loss(s, y, supap_weight=0.9, calibration_weight=0.1)
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
+def test_triplet_reference(mining):
+    s, y = _lists()
+    expected = [ref_triplet(s[i], y[i], 0.1, mining) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.triplet_loss, s, y, mining=mining), expected, RTOL, ATOL)
+    expected = [ref_triplet(s[i], y[i], 0.5, mining) for i in range(B)]
+    got = _per_list(rankax.triplet_loss, s, y, mining=mining, margin=0.5)
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+
+
+def test_multi_similarity_reference():
+    s, y = _lists()
+    expected = [ref_multi_similarity(s[i], y[i]) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.multi_similarity_loss, s, y), expected, RTOL, ATOL)
+    kw = dict(alpha=1.0, beta=10.0, base=0.2, epsilon=0.3)
+    expected = [ref_multi_similarity(s[i], y[i], 1.0, 10.0, 0.2, 0.3) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.multi_similarity_loss, s, y, **kw), expected, RTOL, ATOL)
+
+
+def test_recall_surrogates_reference():
+    s, y = _lists()
+    expected = [ref_sup_recall(s[i], y[i]) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.sup_recall_at_k_loss, s, y), expected, RTOL, ATOL)
+    expected = [ref_sup_recall(s[i], y[i], ks=(1, 3), tau2=0.5) for i in range(B)]
+    got = _per_list(rankax.sup_recall_at_k_loss, s, y, ks=(1, 3), tau2=0.5)
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+    expected = [ref_rs_at_k(s[i], y[i]) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.recall_at_k_surrogate_loss, s, y), expected, RTOL, ATOL)
+    expected = [ref_rs_at_k(s[i], y[i], (2, 4), 0.05, 0.5) for i in range(B)]
+    got = _per_list(rankax.recall_at_k_surrogate_loss, s, y, ks=(2, 4), tau1=0.05, tau2=0.5)
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+
+
+def test_hap_and_sup_ndcg_reference():
+    s, rel = _graded()
+    expected = [ref_hap(s[i], rel[i]) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.hap_loss, s, rel), expected, RTOL, ATOL)
+    expected = [ref_sup_ndcg(s[i], rel[i]) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.sup_ndcg_loss, s, rel), expected, RTOL, ATOL)
+
+
+@pytest.mark.parametrize("variant", ["O", "Iu", "Ib", "Ds", "Dq"])
+def test_pnp_reference(variant):
+    s, y = _lists()
+    expected = [ref_pnp(s[i], y[i], variant) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.pnp_loss, s, y, variant=variant), expected, RTOL, ATOL)
+    if variant == "Dq":
+        expected = [ref_pnp(s[i], y[i], "Dq", tau=0.1, alpha=8.0) for i in range(B)]
+        got = _per_list(rankax.pnp_loss, s, y, variant="Dq", tau=0.1, alpha=8.0)
+        np.testing.assert_allclose(got, expected, RTOL, ATOL)
+
+
+@pytest.mark.parametrize("tie_aware", [False, True])
+def test_histogram_ap_reference(tie_aware):
+    s, y = _lists()
+    expected = [ref_histogram_ap(s[i], y[i], tie_aware=tie_aware) for i in range(B)]
+    got = _per_list(rankax.histogram_ap_loss, s, y, tie_aware=tie_aware)
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+    expected = [ref_histogram_ap(s[i], y[i], 20, -1.0, 1.0, tie_aware) for i in range(B)]
+    got = _per_list(rankax.histogram_ap_loss, s, y, num_bins=20, score_range=(-1.0, 1.0), tie_aware=tie_aware)
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+
+
+def test_fast_ap_reference():
+    s, y = _lists()
+    for num_bins in (10, 4):
+        expected = [ref_fast_ap(s[i], y[i], num_bins) for i in range(B)]
+        got = _per_list(rankax.fast_ap_loss, s, y, num_bins=num_bins)
+        np.testing.assert_allclose(got, expected, RTOL, ATOL)
+
+
+def test_blackbox_ap_forward_and_rule():
+    s, y = _lists()
+    margin, lam = 0.02, 4.0
+    shifted = s - margin * ((y > 0) - 0.5)
+    expected = [1 - exact_ap(shifted[i], y[i]) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.blackbox_ap_loss, s, y), expected, RTOL, ATOL)
+
+    # Gradient of one list by the blackbox rule, written out in numpy.
+    i = 3
+    sh, yy = shifted[i].astype(np.float64), y[i] > 0
+    n = len(sh)
+
+    def ranks(v):  # normalised ranks with H(0) = 1
+        return np.array([(v >= v[k]).sum() for k in range(n)]) / n
+
+    r = ranks(sh)
+    r_pos = np.array([(sh[yy] >= sh[k]).sum() for k in range(n)]) / n
+    # L = 1 - mean_{k in P} r_pos_k / r_k  =>  dL/dr_k = r_pos_k / r_k^2 / |P| on positives.
+    g = np.where(yy, r_pos / r**2 / yy.sum(), 0.0)
+    r_prime = ranks(sh + lam * g)
+    expected_grad = -(r - r_prime) / lam
+    grad = jax.grad(lambda v: rankax.blackbox_ap_loss(v, y[i]))(jnp.asarray(s[i]))
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_blackbox_random_margin_matches_official_shift():
+    s, y = _lists()
+    key = jax.random.PRNGKey(0)
+    z = np.abs(np.asarray(jax.random.normal(key, s.shape, jnp.float32)))
+    shifted = s - 0.02 * z * ((y > 0) - 0.5)
+    expected = np.mean([1 - exact_ap(shifted[i], y[i]) for i in range(B)])
+    np.testing.assert_allclose(rankax.blackbox_ap_loss(s, y, key=key), expected, RTOL, ATOL)
+
+
+def test_normalized_softmax_reference():
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(6, 5)).astype(np.float32)
+    proxies = rng.normal(size=(3, 5)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    p = proxies / np.linalg.norm(proxies, axis=1, keepdims=True)
+    logits = e @ p.T / 0.05
+    top = logits.max(1, keepdims=True)
+    log_prob = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
+    expected = -log_prob[np.arange(6), labels]
+    got = rankax.normalized_softmax_loss(emb, labels, proxies, reduce_fn=None)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    mean = rankax.normalized_softmax_loss(emb, labels, proxies)
+    np.testing.assert_allclose(mean, expected.mean(), rtol=1e-4)
+    with pytest.raises(ValueError, match="proxies"):
+        rankax.normalized_softmax_loss(emb, labels, proxies[:, :4])
+    with pytest.raises(ValueError, match="labels"):
+        rankax.normalized_softmax_loss(emb, labels[:5], proxies)
+    with pytest.raises(TypeError, match="labels"):
+        rankax.normalized_softmax_loss(emb, labels.astype(np.float32), proxies)
