@@ -1,0 +1,6 @@
+"""Datasets and batch samplers. The embedded default is scikit-learn's digits."""
+
+from rankax.data.digits import DigitsSplit, load_digits_split
+from rankax.data.samplers import PKSampler
+
+__all__ = ["DigitsSplit", "PKSampler", "load_digits_split"]
