@@ -36,7 +36,9 @@ class PKSampler:
                 f"got {classes_per_batch}"
             )
         if samples_per_class < 2:
-            raise ValueError(f"samples_per_class must be >= 2 so that queries have positives, got {samples_per_class}")
+            raise ValueError(
+                f"samples_per_class must be >= 2 so that queries have positives, got {samples_per_class}"
+            )
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(self.classes) + 1))
         self._members = [order[bounds[c] : bounds[c + 1]] for c in range(len(self.classes))]

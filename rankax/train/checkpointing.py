@@ -47,7 +47,9 @@ class Checkpointer:
             policies=[
                 _POLICIES.LatestN(n=int(config.get("keep_checkpoints", 3))),
                 _POLICIES.BestN(
-                    get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
+                    get_metric_fn=lambda m: m[best_metric],
+                    reverse=True,
+                    n=1,
                     keep_checkpoints_without_metrics=False,
                 ),
             ]
@@ -60,7 +62,9 @@ class Checkpointer:
     def has(self, step: int) -> bool:
         return step in self._mngr.all_steps()
 
-    def save(self, state: Any, history: list[dict[str, Any]], metrics: dict[str, float] | None = None) -> None:
+    def save(
+        self, state: Any, history: list[dict[str, Any]], metrics: dict[str, float] | None = None
+    ) -> None:
         step = int(state.step)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_saved_fields(state)), history=ocp.args.JsonSave(history)
@@ -80,9 +84,13 @@ class Checkpointer:
                     ),
                 )
             except Exception as err:  # noqa: BLE001 - any read failure means "not usable"
-                logging.warning("checkpoint %s/%d is unreadable (%s); trying an older one", self.directory, step, err)
-                print(f"WARNING: checkpoint step {step} in {self.directory} is unreadable "
-                      f"({type(err).__name__}); falling back to the previous one")
+                logging.warning(
+                    "checkpoint %s/%d is unreadable (%s); trying an older one", self.directory, step, err
+                )
+                print(
+                    f"WARNING: checkpoint step {step} in {self.directory} is unreadable "
+                    f"({type(err).__name__}); falling back to the previous one"
+                )
                 continue
             fields = restored["state"]
             if int(np.asarray(fields["step"])) != step:

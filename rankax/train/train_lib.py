@@ -188,7 +188,10 @@ def make_train_step(config: ml_collections.ConfigDict, augment_fn: Callable[[Arr
 
 def embed(state: TrainState, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     apply = jax.jit(lambda v, x: state.apply_fn(v, x, train=False))
-    out = [np.asarray(apply(state.variables(), images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    out = [
+        np.asarray(apply(state.variables(), images[i : i + batch_size]))
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out).astype(np.float32)
 
 
