@@ -1,0 +1,163 @@
+"""Timing of retrieval evaluation: rankax exact and ScaNN vs faiss and pytorch-metric-learning.
+
+    python -m experiments.benchmark_retrieval [--sizes 20000x128,60000x512] [--large 200000]
+        [--large-queries 2000] [--output bench.json]
+
+For each ``N x D`` (synthetic clustered, L2-normalised embeddings; ~5 images per class as in
+Stanford Online Products; the query set is the gallery, self excluded) it times, in the same
+process and run:
+
+* ``rankax exact``: :func:`rankax.retrieval.evaluate` -- R@1/2/4/8, MAP@R, R-precision and
+  full-gallery mAP (first call, compilation included; when that takes under 30 s, a second,
+  warm call too);
+* ``rankax scann``: the same without mAP, ScaNN ``auto`` configuration (index build included);
+* ``faiss``: exact ``IndexFlatIP`` search of the top ``max(R) + 1`` neighbours plus the same
+  metrics from the neighbour lists in numpy (when ``faiss`` is installed);
+* ``pml``: pytorch-metric-learning's ``AccuracyCalculator`` (precision_at_1, r_precision,
+  mean_average_precision_at_r; its default faiss kNN) when installed;
+
+and prints each time with its ratio to ``rankax exact``. Then, on a ``--large`` gallery, it
+compares ScaNN's ``tree_ah`` configuration with rankax's exact kNN: recall@10 of the true
+neighbours and time. The optional baselines come with ``pip install 'rankax[bench]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from rankax import retrieval
+from rankax.retrieval import scann_backend
+
+
+def clustered_embeddings(n: int, d: int, per_class: float = 5.3, noise: float = 1.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    num_classes = max(int(n / per_class), 1)
+    y = rng.integers(0, num_classes, size=n)
+    centers = rng.normal(size=(num_classes, d)).astype(np.float32)
+    x = centers[y] + noise * rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), y
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def faiss_metrics(x, y, ks=(1, 2, 4, 8)):
+    import faiss
+
+    counts = np.bincount(y)[y] - 1
+    depth = int(max(max(ks), counts.max())) + 1
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, nn = index.search(x, depth)
+    # drop the query itself
+    keep = nn != np.arange(len(x))[:, None]
+    keep[keep.all(axis=1), -1] = False
+    nn = nn[keep].reshape(len(x), -1)
+    match = y[nn] == y[:, None]
+    has = counts > 0
+    places = np.arange(1, match.shape[1] + 1)
+    r = np.maximum(counts, 1)[:, None]
+    in_r = match & (places <= r)
+    out = {f"recall@{k}": float(match[has, :k].any(1).mean()) for k in ks}
+    prec = np.cumsum(match, 1) / places
+    out["map@r"] = float((np.where(in_r, prec, 0).sum(1) / r[:, 0])[has].mean())
+    out["r_precision"] = float((in_r.sum(1) / r[:, 0])[has].mean())
+    return out
+
+
+def pml_metrics(x, y):
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calc = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+        k="max_bin_count", device=torch.device("cpu"),
+    )
+    return calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(y))
+
+
+def bench_size(n: int, d: int, skip: set[str], warm_below: float = 30.0) -> list[dict]:
+    x, y = clustered_embeddings(n, d, seed=n + d)
+    rows = []
+    exact, t_exact = _timed(lambda: retrieval.evaluate(x, y))
+    rows.append({"size": f"{n}x{d}", "method": "rankax exact", "seconds": t_exact,
+                 "recall@1": exact["recall@1"], "map@r": exact["map@r"], "map": exact["map"]})
+    if t_exact < warm_below:  # second call: compiled steps are reused (as in a training loop)
+        again, t = _timed(lambda: retrieval.evaluate(x, y))
+        rows.append({"size": f"{n}x{d}", "method": "rankax exact (warm)", "seconds": t,
+                     "recall@1": again["recall@1"], "map@r": again["map@r"]})
+    if "scann" not in skip:
+        approx, t = _timed(lambda: retrieval.evaluate(x, y, backend="scann"))
+        rows.append({"size": f"{n}x{d}", "method": "rankax scann (auto: "
+                     f"{scann_backend.resolve_config('auto', n)})", "seconds": t,
+                     "recall@1": approx["recall@1"], "map@r": approx["map@r"]})
+    if "faiss" not in skip:
+        try:
+            out, t = _timed(lambda: faiss_metrics(x, y))
+            rows.append({"size": f"{n}x{d}", "method": "faiss IndexFlatIP + numpy", "seconds": t,
+                         "recall@1": out["recall@1"], "map@r": out["map@r"]})
+        except ImportError:
+            print("faiss not installed: skipped")
+    if "pml" not in skip:
+        try:
+            out, t = _timed(lambda: pml_metrics(x, y))
+            rows.append({"size": f"{n}x{d}", "method": "pytorch-metric-learning AccuracyCalculator",
+                         "seconds": t, "recall@1": out["precision_at_1"],
+                         "map@r": out["mean_average_precision_at_r"]})
+        except ImportError:
+            print("pytorch-metric-learning not installed: skipped")
+    for row in rows:
+        row["ratio_to_rankax_exact"] = row["seconds"] / t_exact
+    return rows
+
+
+def bench_large(n: int, num_queries: int, d: int = 128, k: int = 10) -> dict:
+    x, _ = clustered_embeddings(n, d, per_class=20, seed=7)
+    queries = x[np.random.default_rng(1).choice(n, num_queries, replace=False)]
+    queries = queries + 0.05 * np.random.default_rng(2).normal(size=queries.shape).astype(np.float32)
+    out = retrieval.scann_recall(queries, x, k=k, config="tree_ah")
+    out.update(gallery=n, queries=num_queries, dim=d)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="20000x128,60000x512")
+    parser.add_argument("--large", type=int, default=200_000, help="gallery size for ScaNN vs exact")
+    parser.add_argument("--large-queries", type=int, default=2000)
+    parser.add_argument("--skip", default="", help="comma-separated: scann,faiss,pml")
+    parser.add_argument("--output", help="JSON file for the results")
+    args = parser.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+    print(f"cpus: {os.cpu_count()}")
+    rows = []
+    for size in args.sizes.split(","):
+        n, d = (int(v) for v in size.split("x"))
+        for row in bench_size(n, d, skip):
+            rows.append(row)
+            print(f"{row['size']:>10}  {row['method']:<45} {row['seconds']:8.2f} s  "
+                  f"x{row['ratio_to_rankax_exact']:.2f}  R@1 {row['recall@1']:.4f}  "
+                  f"MAP@R {row['map@r']:.4f}", flush=True)
+    large = None
+    if args.large:
+        large = bench_large(args.large, args.large_queries)
+        print(f"ScaNN tree_ah vs exact on {large['gallery']} x {large['dim']} "
+              f"({large['queries']} queries): recall@10 {large['recall@10']:.4f}, "
+              f"scann {large['scann_seconds']:.2f} s (build + search), "
+              f"exact {large['exact_seconds']:.2f} s")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"rows": rows, "large": large}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
