@@ -281,7 +281,8 @@ class PositiveIndex:
         for i, r in enumerate(rows):
             slot[i, : len(r)] = np.searchsorted(union, r)
             mask[i, : len(r)] = True
-        padded_union = np.zeros(_round_up(_bucket(max(len(union), 1)), g), np.int32)
+        size = min(_bucket(max(len(union), 1)), len(self.order))  # at most the whole gallery
+        padded_union = np.zeros(_round_up(size, g), np.int32)
         padded_union[: len(union)] = union
         return slot, mask, padded_union
 
