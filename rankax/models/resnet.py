@@ -39,6 +39,8 @@ from rankax.models.heads import EmbeddingHead
 
 RESNET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 _BN_EPS = 1e-5  # torchvision's BatchNorm2d eps; its momentum 0.1 is flax's 0.9.
+# Not reproduced from torch: in training mode (frozen_bn=False) flax updates the running
+# variance with the biased batch variance, torch with the unbiased one (factor n / (n - 1)).
 
 
 def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
@@ -51,6 +53,17 @@ def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
         use_bias=False,
         dtype=dtype,
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        name=name,
+    )
+
+
+def _batch_norm(use_running_average: bool, dtype, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=use_running_average,
+        momentum=0.9,
+        epsilon=_BN_EPS,
+        use_fast_variance=False,  # two-pass batch variance as torch; E[x^2] - E[x]^2 cancels badly
+        dtype=dtype,
         name=name,
     )
 
@@ -72,13 +85,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=self.use_running_average,
-            momentum=0.9,
-            epsilon=_BN_EPS,
-            dtype=self.dtype,
-        )
+        norm = partial(_batch_norm, self.use_running_average, self.dtype)
         out_ch = 4 * self.width
         y = nn.relu(norm(name="bn1")(_conv(self.width, 1, 1, self.dtype, "conv1")(x)))
         y = nn.relu(norm(name="bn2")(_conv(self.width, 3, self.stride, self.dtype, "conv2")(y)))
@@ -110,14 +117,7 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         use_running_average = self.frozen_bn or not train
         x = _conv(self.width, 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
-        x = nn.BatchNorm(
-            use_running_average=use_running_average,
-            momentum=0.9,
-            epsilon=_BN_EPS,
-            dtype=self.dtype,
-            name="bn1",
-        )(x)
-        x = nn.relu(x)
+        x = nn.relu(_batch_norm(use_running_average, self.dtype, name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, n_blocks in enumerate(self.stage_sizes):
             for j in range(n_blocks):

@@ -1,0 +1,361 @@
+"""ImageNet-pretrained weights: torchvision ResNet / timm ViT state dicts -> rankax variables.
+
+Converting is a key rename plus a layout change:
+
+=======================================  ==========================================
+PyTorch (state-dict key, shape)          rankax (collection / path, shape)
+=======================================  ==========================================
+conv ``*.weight`` ``[O, I, kh, kw]``     ``params/.../kernel`` ``[kh, kw, I, O]``
+linear ``*.weight`` ``[O, I]``           ``params/.../kernel`` ``[I, O]``
+linear / conv ``*.bias``                 ``params/.../bias``
+BatchNorm ``weight`` / ``bias``          ``params/.../scale`` / ``bias``
+BatchNorm ``running_mean`` / ``_var``    ``batch_stats/.../mean`` / ``var``
+LayerNorm ``weight`` / ``bias``          ``params/.../scale`` / ``bias``
+``layer1.0.downsample.0`` / ``.1``       ``layer1_0/downsample_conv`` / ``downsample_bn``
+``blocks.3.attn.qkv``                    ``blocks_3/attn/qkv`` (fused q, k, v as in timm)
+=======================================  ==========================================
+
+The converted trees sit under the ``"backbone"`` key of each collection, matching
+:class:`~rankax.models.ResNetEmbedding` / :class:`~rankax.models.ViTEmbedding`; the
+ImageNet classifier (``fc.*``, ``head.*``) and BN's ``num_batches_tracked`` are dropped,
+the embedding head keeps its fresh initialisation. Typical use::
+
+    model = rankax.models.build("resnet50")
+    variables = model.init(rng, jnp.zeros((1, 224, 224, 3)))
+    variables = merge_pretrained(variables, load_pretrained("resnet50-0676ba61.pth"))
+
+Where to get the weights (nothing is downloaded by rankax; URLs as published by the
+projects at the time of writing):
+
+* ResNet-50 / 101, torchvision ``IMAGENET1K_V1`` (the weights the retrieval papers used):
+  https://download.pytorch.org/models/resnet50-0676ba61.pth,
+  https://download.pytorch.org/models/resnet101-63fe2227.pth
+  (``IMAGENET1K_V2``: ``resnet50-11ad3fa6.pth``, ``resnet101-cd907fc2.pth``).
+* DeiT-S/16, DeiT-B/16 (Touvron et al.; files hold ``{"model": state_dict}``, which
+  :func:`load_state_dict` unwraps):
+  https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth,
+  https://dl.fbaipublicfiles.com/deit/deit_base_patch16_224-b5f2ef4d.pth
+  (or ``model.safetensors`` of ``timm/deit_small_patch16_224.fb_in1k`` on the Hugging Face hub).
+* ViT-B/16: ``model.safetensors`` of ``timm/vit_base_patch16_224.augreg2_in21k_ft_in1k`` (or
+  any timm ``vit_base_patch16_224.*`` tag) on the Hugging Face hub. The original Google ``.npz``
+  files use big_vision names (``Transformer/encoderblock_0/...``) and are not accepted; load
+  them with timm and save its ``state_dict()``.
+
+``.pth``/``.pt``/``.bin`` files need ``torch``; ``.safetensors`` needs the ``safetensors``
+package; ``.npz`` (``np.savez(path, **{k: v.numpy() for k, v in sd.items()})``) needs nothing.
+rankax never imports torch at module import time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+Variables = dict[str, Any]
+
+_RESNET_KEY = re.compile(
+    r"^(?P<module>conv1|bn1|layer(?P<stage>\d+)\.(?P<block>\d+)\.(?:conv[123]|bn[123]|downsample\.[01]))"
+    r"\.(?P<leaf>weight|bias|running_mean|running_var|num_batches_tracked)$"
+)
+_VIT_KEY = re.compile(
+    r"^(?P<module>patch_embed\.proj|norm|blocks\.(?P<block>\d+)\."
+    r"(?:norm[12]|attn\.qkv|attn\.proj|mlp\.fc[12]))\.(?P<leaf>weight|bias)$"
+)
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema")
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A numpy float32 copy of an array or a torch tensor (duck-typed; torch is never imported)."""
+    if hasattr(value, "detach"):  # torch.Tensor
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()  # numpy has no bfloat16
+        value = value.numpy()
+    value = np.asarray(value)
+    return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
+
+
+def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
+
+
+def _report(kind: str, missing: set[str], unexpected: set[str], hint: str = "") -> None:
+    if not (missing or unexpected):
+        return
+
+    def show(keys: set[str]) -> str:
+        keys = sorted(keys)
+        more = f" ... (+{len(keys) - 12} more)" if len(keys) > 12 else ""
+        return ", ".join(keys[:12]) + more
+
+    lines = [f"not a {kind} state dict:"]
+    if missing:
+        lines.append(f"  missing keys: {show(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys: {show(unexpected)}")
+    if hint:
+        lines.append(f"  {hint}")
+    raise ValueError("\n".join(lines))
+
+
+def torchvision_resnet_to_flax(state_dict: Mapping[str, Any]) -> Variables:
+    """Converts a torchvision bottleneck-ResNet state dict for :class:`~rankax.models.ResNetEmbedding`.
+
+    The depth is read from the keys (``layer3.22.*`` -> 23 blocks in stage 3), so any
+    ``stage_sizes``/``width`` of the rankax model is accepted, provided the model was built
+    with the same ones (:func:`merge_pretrained` checks the shapes).
+
+    Args:
+      state_dict: ``torchvision.models.resnet50().state_dict()`` or the equivalent mapping of
+        key -> numpy array / torch tensor.
+
+    Returns:
+      ``{"params": {"backbone": ...}, "batch_stats": {"backbone": ...}}`` in float32.
+
+    Raises:
+      ValueError: naming the missing and unexpected keys when the dict is not a complete
+        torchvision bottleneck ResNet (basic-block ResNet-18/34 are not supported).
+    """
+    params: dict = {}
+    stats: dict = {}
+    stages: dict[int, int] = {}
+    seen: set[str] = set()
+    unexpected: set[str] = set()
+    for key, value in state_dict.items():
+        if key.startswith("fc."):
+            continue  # ImageNet classifier
+        m = _RESNET_KEY.match(key)
+        if m is None:
+            unexpected.add(key)
+            continue
+        if m["stage"] is not None:
+            stage, block = int(m["stage"]), int(m["block"])
+            stages[stage] = max(stages.get(stage, 0), block + 1)
+        seen.add(key)
+        leaf = m["leaf"]
+        if leaf == "num_batches_tracked":
+            continue
+        parts = (
+            m["module"]
+            .replace(".downsample.0", ".downsample_conv")
+            .replace(".downsample.1", ".downsample_bn")
+        )
+        parts = parts.split(".")
+        path = tuple(["_".join(parts[:2]), *parts[2:]] if len(parts) > 1 else parts)
+        arr = _to_numpy(value)
+        if path[-1].endswith("conv") or re.fullmatch(r"conv\d", path[-1]):
+            if leaf != "weight":
+                unexpected.add(key)  # torchvision's convolutions have no bias
+                continue
+            _set(params, (*path, "kernel"), arr.transpose(2, 3, 1, 0))
+        elif leaf in ("weight", "bias"):
+            _set(params, (*path, "scale" if leaf == "weight" else "bias"), arr)
+        else:
+            _set(stats, (*path, "mean" if leaf == "running_mean" else "var"), arr)
+
+    expected = {"conv1.weight"} | {f"bn1.{s}" for s in ("weight", "bias", "running_mean", "running_var")}
+    for stage in range(1, max([4, *stages]) + 1):
+        for block in range(stages.get(stage, 1)):
+            prefix = f"layer{stage}.{block}."
+            modules = ["conv1", "conv2", "conv3", "bn1", "bn2", "bn3"]
+            if block == 0:
+                modules += ["downsample.0", "downsample.1"]
+            for mod in modules:
+                if "conv" in mod or mod.endswith(".0"):
+                    expected.add(prefix + mod + ".weight")
+                else:
+                    expected |= {
+                        prefix + mod + "." + s for s in ("weight", "bias", "running_mean", "running_var")
+                    }
+    unexpected |= {k for k in seen if not k.endswith("num_batches_tracked") and k not in expected}
+    _report(
+        "torchvision bottleneck-ResNet",
+        expected - seen,
+        unexpected,
+        "(ResNet-50/101/152 layout: conv1, bn1, layer1-4 of Bottleneck blocks, fc)",
+    )
+    return {"params": {"backbone": params}, "batch_stats": {"backbone": stats}}
+
+
+def timm_vit_to_flax(state_dict: Mapping[str, Any]) -> Variables:
+    """Converts a timm ``VisionTransformer`` (ViT / DeiT) state dict for :class:`~rankax.models.ViTEmbedding`.
+
+    The depth is read from the keys; width, heads and patch size follow from the shapes
+    (build the rankax model with the matching ``hidden_size``, ``num_heads``, ``patch_size``
+    and ``image_size``; :func:`merge_pretrained` checks the shapes).
+
+    Args:
+      state_dict: ``timm.create_model("deit_small_patch16_224").state_dict()`` or an equivalent
+        mapping of key -> numpy array / torch tensor.
+
+    Returns:
+      ``{"params": {"backbone": ...}}`` in float32.
+
+    Raises:
+      ValueError: naming the missing and unexpected keys (e.g. ``dist_token`` of the distilled
+        DeiT, which is not supported).
+    """
+    params: dict = {}
+    depth = 0
+    seen: set[str] = set()
+    unexpected: set[str] = set()
+    for key, value in state_dict.items():
+        if key.startswith("head."):
+            continue  # ImageNet classifier
+        arr = _to_numpy(value)
+        if key in ("cls_token", "pos_embed"):
+            seen.add(key)
+            params[key] = arr
+            continue
+        m = _VIT_KEY.match(key)
+        if m is None:
+            unexpected.add(key)
+            continue
+        seen.add(key)
+        if m["block"] is not None:
+            depth = max(depth, int(m["block"]) + 1)
+        module, leaf = m["module"], m["leaf"]
+        if module == "patch_embed.proj":
+            path: tuple[str, ...] = ("patch_embed",)
+            if leaf == "weight":
+                arr = arr.transpose(2, 3, 1, 0)
+        else:
+            parts = module.split(".")
+            path = tuple(["_".join(parts[:2]), *parts[2:]] if parts[0] == "blocks" else parts)
+            if leaf == "weight" and arr.ndim == 2:
+                arr = arr.T
+        is_norm = path[-1].startswith("norm")
+        name = {"weight": "scale" if is_norm else "kernel", "bias": "bias"}[leaf]
+        _set(params, (*path, name), arr)
+
+    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"}
+    expected |= {"norm.weight", "norm.bias"}
+    for i in range(depth):
+        for mod in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            expected |= {f"blocks.{i}.{mod}.weight", f"blocks.{i}.{mod}.bias"}
+    hint = "(timm VisionTransformer with a class token; distilled DeiT and fc_norm models are not supported)"
+    _report("timm ViT", expected - seen, unexpected, hint)
+    return {"params": {"backbone": params}}
+
+
+def merge_pretrained(variables: Variables, pretrained: Variables) -> Variables:
+    """Returns ``variables`` with every array that ``pretrained`` provides replaced by it.
+
+    Every top-level subtree of ``pretrained`` (e.g. ``params["backbone"]``) must match the
+    model's exactly: same paths, same shapes. Arrays are cast to the model's dtypes; other
+    subtrees (the head) keep their values.
+
+    Raises:
+      ValueError: listing paths that are missing on either side or whose shapes differ.
+    """
+    problems: list[str] = []
+    out = dict(variables)
+    for col, subtrees in pretrained.items():
+        if col not in variables:
+            problems.append(f"collection {col!r} is not in the model")
+            continue
+        out[col] = dict(variables[col])
+        for top, tree in subtrees.items():
+            target = variables[col].get(top)
+            if target is None:
+                problems.append(f"{col}/{top} is not in the model")
+                continue
+            flat_t = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(target)}
+            flat_s = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+            for k in sorted(flat_t.keys() - flat_s.keys()):
+                problems.append(f"{col}/{top}{k}: missing from the pretrained weights")
+            for k in sorted(flat_s.keys() - flat_t.keys()):
+                problems.append(f"{col}/{top}{k}: not in the model")
+            for k in sorted(flat_t.keys() & flat_s.keys()):
+                if np.shape(flat_t[k]) != np.shape(flat_s[k]):
+                    problems.append(
+                        f"{col}/{top}{k}: model {np.shape(flat_t[k])} vs pretrained {np.shape(flat_s[k])}"
+                    )
+            if flat_t.keys() == flat_s.keys():
+                out[col][top] = jax.tree.map(lambda t, s: np.asarray(s, dtype=t.dtype), target, tree)
+    if problems:
+        more = f"\n  ... (+{len(problems) - 20} more)" if len(problems) > 20 else ""
+        raise ValueError(
+            "pretrained weights do not fit the model (was it built with the same depth, width, "
+            "patch and image size?):\n  " + "\n  ".join(problems[:20]) + more
+        )
+    return out
+
+
+def _unwrap(obj: Any) -> dict[str, Any]:
+    """Finds the state dict inside a training checkpoint; strips DataParallel's ``module.``."""
+    while isinstance(obj, Mapping) and not any(hasattr(v, "shape") for v in obj.values()):
+        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a state dict (a mapping of names to arrays), got {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in obj.items() if hasattr(v, "shape")}
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a PyTorch-layout state dict from ``.pth``/``.pt``/``.bin``, ``.npz`` or ``.safetensors``.
+
+    Checkpoints wrapping the weights (``{"model": ...}`` as DeiT's, ``{"state_dict": ...}``)
+    are unwrapped and a ``module.`` prefix is removed.
+
+    Raises:
+      ImportError: when the format needs ``torch`` or ``safetensors`` and it is not installed.
+      ValueError: for an unknown extension or a big_vision ``.npz``.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".pth", ".pt", ".bin"):
+        try:
+            import torch
+        except ImportError as e:
+            raise ImportError(
+                f"reading {path} needs torch (pip install torch); or convert it once elsewhere to .npz: "
+                "np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})"
+            ) from e
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    elif ext == ".npz":
+        with np.load(path) as f:
+            obj = {k: f[k] for k in f.files}
+        if any("/" in k for k in obj):
+            raise ValueError(
+                f"{path} uses big_vision/flax names ({next(k for k in obj if '/' in k)!r}); rankax reads "
+                "PyTorch (timm/torchvision) key names: load it with timm and save its state_dict()"
+            )
+    elif ext == ".safetensors":
+        try:
+            from safetensors.numpy import load_file
+        except ImportError as e:
+            raise ImportError(
+                f"reading {path} needs the safetensors package (pip install safetensors)"
+            ) from e
+        obj = load_file(path)
+    else:
+        raise ValueError(
+            f"{path}: unknown weight format {ext!r}; expected .pth, .pt, .bin, .npz or .safetensors"
+        )
+    return {k: _to_numpy(v) for k, v in _unwrap(obj).items()}
+
+
+def load_pretrained(path: str | os.PathLike) -> Variables:
+    """Reads a torchvision ResNet or timm ViT/DeiT weight file and converts it (see the module doc).
+
+    The architecture is recognised from the keys (``patch_embed.proj.weight``: ViT;
+    ``layer1.0.conv1.weight``: ResNet). Combine with the model's own initial variables with
+    :func:`merge_pretrained`.
+    """
+    state_dict = load_state_dict(path)
+    if "patch_embed.proj.weight" in state_dict:
+        return timm_vit_to_flax(state_dict)
+    if "layer1.0.conv1.weight" in state_dict:
+        return torchvision_resnet_to_flax(state_dict)
+    sample = ", ".join(sorted(state_dict)[:8])
+    raise ValueError(f"{path}: neither a torchvision ResNet nor a timm ViT state dict (keys: {sample}, ...)")
