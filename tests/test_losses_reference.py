@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 from scipy.special import expit
 from sklearn.metrics import average_precision_score
 
@@ -416,3 +417,126 @@ def test_normalized_softmax_reference():
         rankax.normalized_softmax_loss(emb, labels[:5], proxies)
     with pytest.raises(TypeError, match="labels"):
         rankax.normalized_softmax_loss(emb, labels.astype(np.float32), proxies)
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def _separated_list():
+    """One tie-free list: scores 0.0545 apart (so no difference falls in (0, delta])."""
+    rng = np.random.default_rng(5)
+    s = rng.permutation(np.linspace(-0.3, 0.3, 12)).astype(np.float32)
+    y = np.zeros(12, np.float32)
+    y[[0, 3, 4, 9]] = 1.0
+    return s, y
+
+
+def test_smooth_ap_tends_to_ap():
+    s, y = _separated_list()
+    target = 1 - exact_ap(s, y)
+    errors = [
+        abs(float(rankax.smooth_ap_loss(s, y, temperature=t)) - target) for t in (0.1, 0.03, 0.01, 0.003)
+    ]
+    assert all(a > b or b < 1e-6 for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert errors[-1] < 1e-5, errors
+
+
+def test_histogram_ap_tends_to_ap_as_bins_grow():
+    """Scores on the grid j/32: once the bin centres contain the grid (M - 1 a multiple of 32)
+    every item sits on its own centre and the quantised AP is the exact AP."""
+    rng = np.random.default_rng(6)
+    s = (rng.choice(33, 14, replace=False) / 32).astype(np.float32)
+    y = (rng.uniform(size=14) < 0.4).astype(np.float32)
+    y[0] = 1.0
+    target = 1 - exact_ap(s, y)
+    errors = {
+        m: abs(float(rankax.histogram_ap_loss(s, y, num_bins=m)) - target) for m in (3, 9, 33)
+    }
+    assert errors[3] > errors[9] > errors[33] and errors[33] < 1e-6, errors
+
+
+def test_supap_upper_bounds_one_minus_ap():
+    rng = np.random.default_rng(7)
+    s = rng.uniform(-1, 1, (B, N)).astype(np.float32)
+    y = (rng.uniform(size=(B, N)) < 0.35).astype(np.float32)
+    y[:, 0] = 1.0
+    target = np.array([1 - exact_ap(s[i], y[i]) for i in range(B)])
+    for variant in ("fixed", "neurips"):
+        got = _per_list(rankax.supap_loss, s, y, variant=variant)
+        assert np.all(got >= target - 1e-6), (variant, got - target)
+    # and so are the graded SupRank losses on binary labels
+    assert np.all(_per_list(rankax.hap_loss, s, y) >= target - 1e-6)
+
+
+def test_sup_recall_tends_to_recall_at_k():
+    """With h -> H (rho=0, start=0, offset=1, tau -> 0) and tau2 -> 0, SupR@k is the exact
+    R@k = #{positives in the top k} / min(|P|, k) (no positive sits exactly at a cut-off)."""
+    s, y = _separated_list()
+    ranks = [1 + int((s > s[k]).sum()) for k in np.flatnonzero(y)]
+    ks = tuple(k for k in (1, 2, 3, 5, 8, 11) if k not in ranks)
+    recall = np.mean([sum(r <= k for r in ranks) / min(len(ranks), k) for k in ks])
+    errors = []
+    for t in (0.3, 0.1, 0.01):
+        loss = rankax.sup_recall_at_k_loss(
+            s, y, ks=ks, tau2=t, tau=t / 10, rho=0.0, start=0.0, offset=1.0
+        )
+        errors.append(abs(float(loss) - (1 - recall)))
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4, errors
+
+
+def test_hap_is_ap_for_binary_relevance():
+    s, y = _lists()
+    np.testing.assert_allclose(
+        _per_list(rankax.hap_loss, s, y), _per_list(rankax.supap_loss, s, y), rtol=1e-6, atol=1e-6
+    )
+    exact = dict(tau=1e-4, rho=0.0, start=0.0, offset=1.0)
+    expected = [1 - exact_ap(s[i], y[i]) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.hap_loss, s, y, **exact), expected, atol=1e-5)
+    s, rel = _graded()
+    expected = [1 - exact_hap(s[i], rel[i]) for i in range(B)]
+    np.testing.assert_allclose(_per_list(rankax.hap_loss, s, rel, **exact), expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+_SMOOTH = [
+    (rankax.smooth_ap_loss, {"temperature": 0.1}),
+    (rankax.supap_loss, {"tau": 0.1}),
+    (rankax.calibration_loss, {}),
+    (rankax.contrastive_loss, {}),
+    (rankax.pnp_loss, {"tau": 0.1, "variant": "Dq"}),
+    (rankax.pnp_loss, {"tau": 0.1, "variant": "Ib"}),
+    (rankax.sup_recall_at_k_loss, {"tau": 0.1, "ks": (1, 2, 4)}),
+    (rankax.recall_at_k_surrogate_loss, {"tau1": 0.1, "ks": (1, 2, 4)}),
+    (rankax.hap_loss, {"tau": 0.1}),
+    (rankax.sup_ndcg_loss, {"tau": 0.1}),
+    (rankax.histogram_ap_loss, {"num_bins": 10, "score_range": (-1.0, 1.0)}),
+    (rankax.histogram_ap_loss, {"num_bins": 10, "score_range": (-1.0, 1.0), "tie_aware": True}),
+    (rankax.fast_ap_loss, {}),
+    (rankax.multi_similarity_loss, {}),
+]
+
+
+@pytest.mark.parametrize(
+    "loss_fn, kw", _SMOOTH, ids=[f"{f.__name__}-{'-'.join(map(str, k.values()))}" for f, k in _SMOOTH]
+)
+def test_gradients_match_finite_differences(loss_fn, kw):
+    s, _ = _separated_list()
+    _, rel = _graded()
+    y = rel[0, :12] if loss_fn in (rankax.hap_loss, rankax.sup_ndcg_loss) else _separated_list()[1]
+    y = np.resize(y, 12)
+    y[0] = max(y[0], 1.0)
+    with jax.enable_x64(True):
+        scores = jnp.asarray(s, jnp.float64) * 0.9
+        fn = jax.jit(lambda v: loss_fn(v, jnp.asarray(y, jnp.float64), **kw))
+        check_grads(fn, (scores,), order=1, modes=("rev",), eps=1e-5)
+
+
+def test_normalized_softmax_gradients():
+    rng = np.random.default_rng(8)
+    with jax.enable_x64(True):
+        emb = jnp.asarray(rng.normal(size=(5, 4)))
+        proxies = jnp.asarray(rng.normal(size=(3, 4)))
+        labels = jnp.array([0, 1, 2, 0, 1])
+        fn = jax.jit(lambda e, p: rankax.normalized_softmax_loss(e, labels, p))
+        check_grads(fn, (emb, proxies), order=1, modes=("rev",), eps=1e-5)
