@@ -7,6 +7,7 @@ those of ``torchvision.models.resnet.ResNet`` (Bottleneck) and
 are importable, ``test_against_real_torchvision_and_timm`` compares with them too.
 """
 
+import copy
 import math
 
 import jax
@@ -209,19 +210,19 @@ def test_resnet_outputs_match_torch(torch_resnet):
     assert maps.shape == (2, 1, 1, 256)
     assert err_maps < ATOL and err_emb < ATOL
 
-    # training-mode (batch statistics) BatchNorm agrees with torch's train() as well
-    torch_resnet.train()
-    try:
-        with torch.no_grad():
-            ref_train = torch_resnet.features(_nchw(x)).numpy().transpose(0, 2, 3, 1)
-    finally:
-        torch_resnet.eval()
+    # training-mode (batch statistics) BatchNorm agrees with torch's train() as well; 4 images
+    # so that no layer normalises over a near-degenerate batch of two values
+    x = _images(n=4)
+    with torch.no_grad():  # on a copy: train() updates the running statistics
+        ref_train = copy.deepcopy(torch_resnet).train().features(_nchw(x)).numpy().transpose(0, 2, 3, 1)
     trainable = model.clone(frozen_bn=False)
     with jax.default_matmul_precision("highest"):
         maps_train, _ = trainable.apply(
             variables, x, train=True, mutable=["batch_stats"], method=lambda m, x, train: m.backbone(x, train)
         )
-    np.testing.assert_allclose(maps_train, ref_train, atol=ATOL * np.abs(ref_train).max())
+    err_train = np.abs(np.asarray(maps_train) - ref_train).max() / np.abs(ref_train).max()
+    print(f"ResNet, BN in training mode: max |diff| feature map {err_train:.2e} (relative)")
+    assert err_train < ATOL
 
 
 def test_resnet_head_kept_and_merged(torch_resnet):

@@ -5,6 +5,7 @@ parameters into backbone / head (/ frozen BatchNorm) groups for the optimizer; w
 conversion from torchvision/timm lives in :mod:`rankax.models.convert`.
 """
 
+from rankax.models.convert import load_pretrained, merge_pretrained
 from rankax.models.factory import MODELS, build, param_labels
 from rankax.models.heads import EmbeddingHead, GeM, gem_pool
 from rankax.models.mlp import MLPEmbedding, l2_normalize
@@ -24,5 +25,7 @@ __all__ = [
     "build",
     "gem_pool",
     "l2_normalize",
+    "load_pretrained",
+    "merge_pretrained",
     "param_labels",
 ]

@@ -14,7 +14,7 @@ from rankax.models.resnet import RESNET_STAGES, ResNetEmbedding
 from rankax.models.vit import ViTEmbedding
 
 # name -> (class, default attributes). The "*_tiny" entries exist for smoke tests: same code
-# paths, a few thousand parameters, any small image size (ViT: a multiple of 4).
+# paths, 30k-130k parameters, any small image size (ViT: a multiple of 4).
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "mlp": (MLPEmbedding, {}),
     "resnet50": (ResNetEmbedding, {"stage_sizes": RESNET_STAGES[50]}),
