@@ -193,6 +193,9 @@ def test_frozen_bn_parameters_with_optax():
 def test_factory_errors_name_the_options():
     with pytest.raises(ValueError, match="valid names: .*deit_small.*resnet101.*vit_base"):
         build("resnet51")
+    model = build("resnet50", stage_sizes=[1, 1], dtype="bfloat16")
+    assert model.stage_sizes == (1, 1) and model.dtype == jnp.bfloat16
+    hash(model)
     with pytest.raises(ValueError, match=r"no attribute \['widht'\]"):
         build("resnet50", widht=8)
     with pytest.raises(ValueError, match="pooling='cls'"):

@@ -8,6 +8,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from rankax.models.mlp import MLPEmbedding
 from rankax.models.resnet import RESNET_STAGES, ResNetEmbedding
@@ -44,7 +45,8 @@ def build(name: str, **overrides: Any) -> nn.Module:
     (:class:`ResNetEmbedding`), ``"deit_small"``, ``"deit_base"``, ``"vit_base"``
     (:class:`ViTEmbedding`), and ``"resnet_tiny"`` / ``"vit_tiny"`` for tests. Any attribute of
     the class can be overridden, e.g. ``build("resnet50", pooling="avg", embedding_dim=None,
-    dtype=jnp.bfloat16)`` or ``build("resnet50", stage_sizes=(1, 1, 1, 1), width=8)``.
+    dtype=jnp.bfloat16)`` or ``build("resnet50", stage_sizes=(1, 1, 1, 1), width=8)``. Lists are
+    turned into tuples and ``dtype="bfloat16"`` into ``jnp.bfloat16`` (config-file values).
 
     Raises:
       ValueError: for an unknown name (the message lists the valid ones) or attribute.
@@ -58,6 +60,11 @@ def build(name: str, **overrides: Any) -> nn.Module:
         raise ValueError(
             f"model {name!r} ({cls.__name__}) has no attribute {unknown}; valid: {sorted(fields)}"
         )
+    # values from ml_collections / the command line: lists become tuples (module attributes
+    # must be hashable), dtype names become dtypes
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    if isinstance(overrides.get("dtype"), str):
+        overrides["dtype"] = jnp.dtype(overrides["dtype"])
     return cls(**{**defaults, **overrides})
 
 

@@ -102,7 +102,9 @@ class Block(nn.Module):
 def resample_pos_embed(pos_embed: jax.Array, grid: tuple[int, int]) -> jax.Array:
     """Resizes a ``[1, 1 + h*w, D]`` position embedding (square ``h = w``) to ``[1, 1 + grid, D]``.
 
-    The class position is kept; the patch positions are resized bicubically as an image.
+    The class position is kept; the patch positions are resized bicubically as an image with
+    ``jax.image.resize`` (Keys kernel a = -0.5, antialiased when shrinking), which is close to
+    but not the same as timm's ``F.interpolate(mode="bicubic")`` (a = -0.75).
     """
     cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
     side = int(round(patch_pos.shape[1] ** 0.5))
