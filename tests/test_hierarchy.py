@@ -1,0 +1,108 @@
+"""Hierarchical relevance from label paths, against loops written from SupRank's rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rankax import hierarchy
+
+# Column 0 = finest level. Class ids are unique within each level.
+PATHS = np.array(
+    [
+        [0, 0, 0],
+        [0, 0, 0],
+        [1, 0, 0],
+        [2, 1, 0],
+        [3, 1, 0],
+        [3, 1, 0],
+        [3, 1, 0],
+        [4, 2, 1],
+        [5, 3, 1],
+    ]
+)
+
+
+def ref_levels(p, q):
+    """Depth of the lowest common ancestor: agreeing levels counted from the coarsest."""
+    t = 0
+    for level in reversed(range(len(p))):
+        if p[level] != q[level]:
+            break
+        t += 1
+    return t
+
+
+def ref_pop(query, items, alpha=1.0, valid=None):
+    num_levels = len(query)
+    t = [ref_levels(query, it) for it in items]
+    valid = [True] * len(items) if valid is None else valid
+    rel = []
+    for j, tj in enumerate(t):
+        if not valid[j]:
+            rel.append(0.0)
+            continue
+        count = sum(1 for i, ti in enumerate(t) if ti == tj and valid[i])
+        rel.append((tj / (num_levels - 1)) ** alpha / count)
+    return rel
+
+
+def test_shared_levels_is_lca_depth():
+    got = np.asarray(hierarchy.shared_levels(PATHS, PATHS))
+    expected = [[ref_levels(p, q) for q in PATHS] for p in PATHS]
+    np.testing.assert_array_equal(got, expected)
+    # Child ids reused under different parents do not count as shared.
+    local = np.array([[0, 0], [0, 1]])
+    np.testing.assert_array_equal(hierarchy.shared_levels(local, local), [[2, 0], [0, 2]])
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_pop_relevance_matches_rule(alpha):
+    got = np.asarray(hierarchy.path_relevance(PATHS, PATHS, alpha=alpha))
+    expected = [ref_pop(p, PATHS, alpha) for p in PATHS]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert got.dtype == np.float32 and got.shape == (len(PATHS), len(PATHS))
+
+
+def test_pop_relevance_with_where_and_levels_rule():
+    where = ~np.eye(len(PATHS), dtype=bool)
+    got = np.asarray(hierarchy.path_relevance(PATHS, PATHS, where=where))
+    expected = [ref_pop(p, PATHS, valid=list(where[i])) for i, p in enumerate(PATHS)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    got = np.asarray(hierarchy.path_relevance(PATHS[:2], PATHS, rule="levels"))
+    expected = [[ref_levels(p, q) / 3 for q in PATHS] for p in PATHS[:2]]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+def test_hierarchical_relevance_counts_the_query_as_batch_loss_lists_do(include_self):
+    """``batch_loss`` passes the whole batch as items; the value must be the pop relevance of
+    the query's actual list (without or with itself)."""
+    got = np.asarray(hierarchy.hierarchical_relevance(PATHS, PATHS, include_self=include_self))
+    n = len(PATHS)
+    for i in range(n):
+        valid = [include_self or j != i for j in range(n)]
+        expected = ref_pop(PATHS[i], PATHS, valid=valid)
+        keep = np.array(valid)
+        np.testing.assert_allclose(got[i][keep], np.array(expected)[keep], rtol=1e-6)
+
+
+def test_flat_labels_one_level():
+    """L = 1: the class weight 1 is shared by the items of the class ("pop"), or 1 ("levels")."""
+    flat = np.array([[0], [0], [1]])
+    same = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], np.float32)
+    np.testing.assert_allclose(hierarchy.path_relevance(flat, flat), same / same.sum(1, keepdims=True))
+    np.testing.assert_allclose(hierarchy.path_relevance(flat, flat, rule="levels"), same)
+
+
+def test_bad_paths_name_the_argument():
+    with pytest.raises(ValueError, match="query_paths"):
+        hierarchy.path_relevance(PATHS[0], PATHS)
+    with pytest.raises(ValueError, match="item_paths"):
+        hierarchy.shared_levels(PATHS, PATHS[:, 0])
+    with pytest.raises(ValueError, match="levels"):
+        hierarchy.path_relevance(PATHS, PATHS[:, :2])
+    with pytest.raises(TypeError, match="query_paths"):
+        hierarchy.path_relevance(PATHS.astype(np.float32), PATHS)
+    with pytest.raises(ValueError, match="rule"):
+        hierarchy.path_relevance(PATHS, PATHS, rule="lca")

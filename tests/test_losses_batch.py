@@ -1,0 +1,78 @@
+"""The losses through ``rankax.batch_loss``: pair pooling and hierarchical label paths.
+
+References are built from the full similarity matrix with numpy loops, independently of the
+batch machinery.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rankax
+from rankax import hierarchy
+
+B = 12
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(B, 6)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(4), 3)
+    return emb, labels
+
+
+def _pairs(emb, labels, include_self):
+    sim = emb.astype(np.float64) @ emb.T.astype(np.float64)
+    for i in range(B):
+        for j in range(B):
+            if i != j or include_self:
+                yield sim[i, j], labels[i] == labels[j]
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+def test_calibration_pools_over_all_pairs_of_the_batch(include_self):
+    emb, labels = _batch()
+    pos = [max(0.0, 0.9 - s) for s, same in _pairs(emb, labels, include_self) if same]
+    neg = [max(0.0, s - 0.6) for s, same in _pairs(emb, labels, include_self) if not same]
+    pos, neg = [t for t in pos if t > 0], [t for t in neg if t > 0]
+    expected = np.mean(pos) + np.mean(neg)
+    got = rankax.batch_loss(rankax.calibration_loss, emb, labels, include_self=include_self)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_contrastive_and_roadmap_through_batch_loss():
+    emb, labels = _batch(1)
+    terms = []
+    for s, same in _pairs(emb, labels, False):
+        d = np.sqrt(max(2 - 2 * s, 0.0))
+        terms.append(0.5 * d * d if same else 0.5 * max(0.0, 1.0 - d) ** 2)
+    got = rankax.batch_loss(rankax.contrastive_loss, emb, labels)
+    np.testing.assert_allclose(got, np.mean(terms), rtol=1e-5)
+
+    sim = emb @ emb.T
+    rel = (labels[:, None] == labels[None, :]).astype(np.float32)
+    off = ~np.eye(B, dtype=bool)
+    supap = rankax.supap_loss(sim, rel, where=off)
+    calibration = rankax.batch_loss(rankax.calibration_loss, emb, labels)
+    got = rankax.batch_loss(rankax.roadmap_loss, emb, labels, supap_weight=0.9, calibration_weight=0.1)
+    np.testing.assert_allclose(got, 0.9 * supap + 0.1 * calibration, rtol=1e-5)
+
+
+def test_hap_with_label_paths_through_batch_loss():
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(B, 5)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    fine = np.repeat(np.arange(6), 2)
+    paths = np.stack([fine, fine // 2, fine // 4], axis=1)  # [B, L], column 0 finest
+    sim = emb @ emb.T
+    off = ~np.eye(B, dtype=bool)
+    rel = hierarchy.path_relevance(paths, paths, where=off)  # each query's own list
+    expected = rankax.hap_loss(sim, rel, where=off)
+    got = rankax.batch_loss(
+        rankax.hap_loss, emb, paths, relevance_fn=hierarchy.hierarchical_relevance, max_positives=B
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # batch_loss's default relevance for [B, L] paths is the same rule
+    np.testing.assert_allclose(rankax.batch_loss(rankax.hap_loss, emb, paths), expected, rtol=1e-5)
