@@ -121,8 +121,11 @@ def ref_multi_similarity(s, y, alpha=2.0, beta=50.0, base=0.5, eps=0.1):
     return pos_term + neg_term
 
 
-def _recall_from_ranks(ranks, num_pos, ks, tau2):
-    return np.mean([sum(sig((k - r) / tau2) for r in ranks) / min(num_pos, k) for k in ks])
+def _recall_from_ranks(ranks, num_pos, ks, tau2, cap=False):
+    hits = [sum(sig((k - r) / tau2) for r in ranks) for k in ks]
+    if cap:  # RS@k caps the soft number of hits at k
+        hits = [min(h, k) for h, k in zip(hits, ks, strict=True)]
+    return np.mean([h / min(num_pos, k) for h, k in zip(hits, ks, strict=True)])
 
 
 def ref_sup_recall(s, y, ks=(1, 2, 4, 8, 16), tau2=1.0, **kw):
@@ -138,7 +141,7 @@ def ref_sup_recall(s, y, ks=(1, 2, 4, 8, 16), tau2=1.0, **kw):
 def ref_rs_at_k(s, y, ks=(1, 2, 4, 8, 16), tau1=0.01, tau2=1.0):
     pos = np.flatnonzero(y > 0)
     ranks = [1 + sum(sig((s[j] - s[k]) / tau1) for j in range(len(s)) if j != k) for k in pos]
-    return 1 - _recall_from_ranks(ranks, len(pos), ks, tau2)
+    return 1 - _recall_from_ranks(ranks, len(pos), ks, tau2, cap=True)
 
 
 def _suprank_rank(s, rel, k, **kw):
@@ -322,6 +325,13 @@ def test_recall_surrogates_reference():
     expected = [ref_rs_at_k(s[i], y[i], (2, 4), 0.05, 0.5) for i in range(B)]
     got = _per_list(rankax.recall_at_k_surrogate_loss, s, y, ks=(2, 4), tau1=0.05, tau2=0.5)
     np.testing.assert_allclose(got, expected, RTOL, ATOL)
+    # A flat recall sigmoid makes the soft hits of the 4-positive list exceed k = 1: capped.
+    expected = [ref_rs_at_k(s[i], y[i], (1, 2), 0.01, 5.0) for i in range(B)]
+    got = _per_list(rankax.recall_at_k_surrogate_loss, s, y, ks=(1, 2), tau2=5.0)
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+    pos = np.flatnonzero(y[3])
+    ranks = [1 + sum(sig((s[3, j] - s[3, k]) / 0.01) for j in range(N) if j != k) for k in pos]
+    assert 1 - _recall_from_ranks(ranks, len(pos), (1, 2), 5.0) < got[3] - 1e-3
 
 
 def test_hap_and_sup_ndcg_reference():

@@ -37,11 +37,16 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
-def _smooth_recall(rank: Array, positives: ranking.Positives, num_pos: Array, ks, tau2) -> Array:
-    """``mean_k sum_p sigmoid((k - rank_p)/tau2) / min(|P|, k)`` over the filled slots."""
+def _smooth_recall(
+    rank: Array, positives: ranking.Positives, num_pos: Array, ks, tau2, clip: bool
+) -> Array:
+    """``mean_k sum_p sigmoid((k - rank_p)/tau2) / min(|P|, k)`` over the filled slots; with
+    ``clip`` the soft count of hits is first capped at ``k`` (RS@k's code)."""
     recalls = []
     for k in ks:
         hits = jnp.sum(jnp.where(positives.mask, jax.nn.sigmoid((k - rank) / tau2), 0.0), axis=-1)
+        if clip:
+            hits = jnp.minimum(hits, float(k))
         recalls.append(_lists.safe_divide(hits, jnp.minimum(num_pos, float(k))))
     return sum(recalls) / len(ks)
 
@@ -52,7 +57,7 @@ def _sup_recall_kernel(scores, labels, where, positives, *, ks, tau2, **step_kwa
     rank_pos = 1.0 + jnp.sum(others & is_pos & (diff >= 0), axis=-1).astype(jnp.float32)
     rank_neg = jnp.sum(jnp.where(others & ~is_pos, ranking.roadmap_step(diff, **step_kwargs), 0.0), axis=-1)
     num_pos = _base.num_positives(labels, where)
-    return 1.0 - _smooth_recall(rank_pos + rank_neg, positives, num_pos, ks, tau2)
+    return 1.0 - _smooth_recall(rank_pos + rank_neg, positives, num_pos, ks, tau2, clip=False)
 
 
 def sup_recall_at_k_loss(
@@ -103,7 +108,7 @@ def _rs_at_k_kernel(scores, labels, where, positives, *, ks, tau1, tau2):
     diff, others = ranking.pairwise_differences(scores, where, positives)
     rank = 1.0 + jnp.sum(jnp.where(others, ranking.sigmoid_step(diff, tau1), 0.0), axis=-1)
     num_pos = _base.num_positives(labels, where)
-    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, tau2)
+    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, tau2, clip=True)
 
 
 def recall_at_k_surrogate_loss(
@@ -121,8 +126,13 @@ def recall_at_k_surrogate_loss(
 
     .. math::
         \\mathrm{rank}(p) = 1 + \\sum_{j \\ne p} \\sigma((s_j - s_p) / \\tau_1), \\qquad
-        \\mathrm{RS@k} = \\frac{1}{|K|} \\sum_{k \\in K} \\frac{\\sum_{p \\in P}
-            \\sigma((k - \\mathrm{rank}(p)) / \\tau_2)}{\\min(|P|, k)}
+        \\mathrm{RS@k} = \\frac{1}{|K|} \\sum_{k \\in K} \\frac{\\min\\big(k, \\sum_{p \\in P}
+            \\sigma((k - \\mathrm{rank}(p)) / \\tau_2)\\big)}{\\min(|P|, k)}
+
+    The soft number of hits is capped at ``k`` as in the authors' code (with a soft rank many
+    positives can each look "in the top k"). Their batch code keeps the query in its own list
+    as an extra item ranked before every positive (not as a positive); rankax's default list
+    excludes it.
 
     Args:
       scores, labels, where, reduce_fn, max_positives: as for every list loss.
