@@ -76,10 +76,10 @@ def pnp_loss(
       variant: ``"O"``, ``"Iu"``, ``"Ib"``, ``"Ds"`` or ``"Dq"`` (default, the paper's best).
       tau: sigmoid temperature (0.01, the official ``anneal``).
       b: the ``Ib`` parameter (2.0).
-      alpha: the ``Dq`` exponent. Sources disagree: the official README's best SOP run uses
-        ``--alpha 4``, the paper's text reports a different value (8), and
-        pytorch-metric-learning's port defaults to 1. rankax uses 4, the value of the official
-        command line; pass ``alpha=8.0`` for the paper's.
+      alpha: the ``Dq`` exponent. Sources disagree (4 vs 8): the authors' README trains its
+        best SOP model with ``--alpha 4``, their parser and pytorch-metric-learning's port
+        default to 1, and 8 is the other value in circulation. rankax uses 4, the authors'
+        runnable command; see ``docs/losses.md``.
 
     References:
       Li, Min, Song, Zhu, Kang, Wei, Wei, Jiang. "Rethinking the Optimization of Average
