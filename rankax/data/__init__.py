@@ -1,7 +1,35 @@
-"""Datasets and batch samplers. The embedded default is scikit-learn's digits."""
+"""Datasets, augmentations and batch samplers. The embedded default is scikit-learn's digits.
+
+``load_dataset(config.dataset)`` builds any dataset of the experiments (digits, SOP, CUB,
+Cars196, iNaturalist 2018, folder/CSV); see ``docs/data.md``.
+"""
 
 from rankax.data.base import ArraySource, RetrievalDataset, Source
 from rankax.data.digits import DigitsSplit, load_digits_split
-from rankax.data.samplers import PKSampler
+from rankax.data.folder import load_folder
+from rankax.data.image_source import ImageSource
+from rankax.data.registry import DATASET_KEYS, DATASETS, load_dataset
+from rankax.data.samplers import HierarchicalSampler, PKSampler
+from rankax.data.tfds_data import DatasetNotPreparedError, load_cars, load_cub, load_inat, load_sop
+from rankax.data.transforms import ImageTransform
 
-__all__ = ["ArraySource", "DigitsSplit", "PKSampler", "RetrievalDataset", "Source", "load_digits_split"]
+__all__ = [
+    "DATASETS",
+    "DATASET_KEYS",
+    "ArraySource",
+    "DatasetNotPreparedError",
+    "DigitsSplit",
+    "HierarchicalSampler",
+    "ImageSource",
+    "ImageTransform",
+    "PKSampler",
+    "RetrievalDataset",
+    "Source",
+    "load_cars",
+    "load_cub",
+    "load_dataset",
+    "load_digits_split",
+    "load_folder",
+    "load_inat",
+    "load_sop",
+]

@@ -1,0 +1,163 @@
+"""A generic image-folder dataset described by CSV files, with hierarchical labels.
+
+Layout (see ``docs/data.md`` for DyML, H-GLDv2 and landmarks examples)::
+
+    root/
+      images/...                   any tree of image files (JPEG, PNG, ... anything PIL opens)
+      data.csv                     path,<level0>,<level1>,...,split
+
+* ``path`` is relative to ``root`` (or absolute).
+* The label columns come finest first (``class,super_class`` for SOP-like data,
+  ``landmark_id,supercategory`` for H-GLDv2, ``fine,middle,coarse`` for DyML). Values may be
+  any strings or integers; each column is remapped to ids ``0..C-1`` over all the rows of all
+  splits (so a class has the same id everywhere). One label column gives labels ``[N]``,
+  more give label paths ``[N, L]`` (column 0 = finest), as :mod:`rankax.hierarchy` expects.
+* ``split`` is ``train`` and ``test`` (queries = gallery, self excluded: SOP/CUB-style), or
+  ``train``, ``query`` and ``gallery`` (separate sets: landmarks, DyML). Rows whose split is
+  anything else (e.g. ``val``, ``ignore``) are skipped.
+
+Instead of one file with a split column, separate files may be given: ``train_csv`` plus
+``test_csv``, or plus ``query_csv`` and ``gallery_csv`` (same columns, no split column).
+A dataset used only for evaluation may have no training rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from rankax.data.base import RetrievalDataset
+from rankax.data.image_source import ImageSource
+from rankax.data.tfds_data import DatasetNotPreparedError
+from rankax.data.transforms import ImageTransform
+
+SPLITS = ("train", "test", "query", "gallery")
+
+
+def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except FileNotFoundError as e:
+        raise DatasetNotPreparedError(
+            f"CSV file {path!r} not found. A folder dataset is a root folder of images plus a CSV with "
+            "columns path,<finest label>,...,<coarsest label>[,split] (split: train/test or "
+            "train/query/gallery); see rankax.data.folder and docs/data.md."
+        ) from e
+
+
+def load_folder(
+    root: str | None = None,
+    csv_file: str | None = None,
+    *,
+    train_csv: str | None = None,
+    test_csv: str | None = None,
+    query_csv: str | None = None,
+    gallery_csv: str | None = None,
+    label_columns: Sequence[str] | None = None,
+    path_column: str = "path",
+    split_column: str = "split",
+    name: str = "folder",
+    transform: ImageTransform | None = None,
+    num_threads: int = 4,
+) -> RetrievalDataset:
+    """Builds a :class:`RetrievalDataset` from CSV files (layout in the module docstring).
+
+    Args:
+      root: folder the image paths are relative to (default: the folder of the first CSV).
+      csv_file: one CSV with a ``split_column``; or leave it ``None`` and give the per-split files.
+      train_csv, test_csv, query_csv, gallery_csv: per-split CSVs (relative to ``root`` if not absolute).
+      label_columns: label columns finest first (default: every column but path and split, in
+        file order).
+      name: the dataset's name.
+      transform: preprocessing (default :class:`ImageTransform()`: 224 px, ImageNet statistics).
+
+    Returns:
+      ``RetrievalDataset(name, train, test, gallery)``: ``test`` is the query set; ``gallery``
+      is ``None`` unless the data has a gallery split.
+    """
+    per_split = {"train": train_csv, "test": test_csv, "query": query_csv, "gallery": gallery_csv}
+    if csv_file is not None and any(v is not None for v in per_split.values()):
+        raise ValueError("give either csv_file (with a split column) or per-split CSVs, not both")
+    if csv_file is None and all(v is None for v in per_split.values()):
+        raise ValueError("a folder dataset needs csv_file or train_csv/test_csv/query_csv/gallery_csv")
+
+    def resolve(path: str) -> str:
+        path = os.path.expanduser(path)
+        return path if os.path.isabs(path) or root is None else os.path.join(os.path.expanduser(root), path)
+
+    rows: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
+    if csv_file is not None:
+        first = resolve(csv_file)
+        fields, all_rows = _read_csv(first)
+        if split_column not in fields:
+            raise ValueError(f"{first}: no split column {split_column!r} (columns: {fields})")
+        for row in all_rows:
+            split = row[split_column].strip().lower()
+            if split in rows:
+                rows[split].append(row)
+    else:
+        first = None
+        fields = None
+        for split, path in per_split.items():
+            if path is None:
+                continue
+            path = resolve(path)
+            these_fields, rows[split] = _read_csv(path)
+            first = first or path
+            if fields is not None and these_fields != fields:
+                raise ValueError(f"{path}: columns {these_fields} differ from {fields}")
+            fields = these_fields
+    base = os.path.expanduser(root) if root is not None else os.path.dirname(first)
+
+    if path_column not in fields:
+        raise ValueError(f"{first}: no path column {path_column!r} (columns: {fields})")
+    if label_columns is None:
+        label_columns = [f for f in fields if f not in (path_column, split_column)]
+    label_columns = list(label_columns)
+    missing = [c for c in label_columns if c not in fields]
+    if missing or not label_columns:
+        raise ValueError(f"{first}: label columns {missing or label_columns} not among the columns {fields}")
+    if rows["test"] and (rows["query"] or rows["gallery"]):
+        raise ValueError("use either a test split (query = gallery) or query and gallery splits, not both")
+    if rows["gallery"] and not rows["query"]:
+        raise ValueError("a gallery split needs a query split")
+    if not (rows["test"] or rows["query"]):
+        raise ValueError(f"{first}: no test or query rows")
+
+    ordered = [r for s in SPLITS for r in rows[s]]
+    columns = []
+    for c in label_columns:
+        values = [r[c].strip() for r in ordered]
+        if any(v == "" for v in values):
+            raise ValueError(f"{first}: empty value in label column {c!r}")
+        # Integer-looking labels are ordered as numbers, others as strings.
+        try:
+            keys = np.asarray([int(v) for v in values])
+        except ValueError:
+            keys = np.asarray(values)
+        columns.append(np.unique(keys, return_inverse=True)[1].reshape(-1))
+    labels = (columns[0] if len(columns) == 1 else np.stack(columns, axis=1)).astype(np.int32)
+
+    transform = transform or ImageTransform()
+    sources: dict[str, ImageSource] = {}
+    start = 0
+    for split in SPLITS:
+        paths = [os.path.join(base, r[path_column]) for r in rows[split]]
+        split_labels = labels[start : start + len(paths)]
+        start += len(paths)
+        # Checking one file per split catches a wrong root without a stat of every image.
+        if paths and not os.path.exists(paths[0]):
+            raise DatasetNotPreparedError(
+                f"image {paths[0]!r} listed in {first} does not exist: image paths are relative to "
+                f"root={base!r} (set config.dataset.root)."
+            )
+        sources[split] = ImageSource(paths.__getitem__, split_labels, transform, num_threads)
+    test = sources["test"] if rows["test"] else sources["query"]
+    gallery = sources["gallery"] if rows["gallery"] else None
+    return RetrievalDataset(name, sources["train"], test, gallery)

@@ -1,0 +1,158 @@
+"""The papers' image augmentations in numpy/PIL, deterministic given a numpy ``Generator``.
+
+Train (ROADMAP, SupRank, PNP; the official configs): optional resize of the shorter side
+(SOP only, 256), ``RandomResizedCrop(224, scale=(0.16, 1), ratio=(3/4, 4/3))``, horizontal
+flip with probability 1/2, ImageNet mean/std normalisation. Test: resize to 256 (shorter
+side, or to a 256 x 256 square as the SOP configs do), center crop 224, the same normalisation.
+
+All sizes are fields of :class:`ImageTransform`, so smoke tests can use 16-32 px images.
+Every random draw comes from the ``rng`` argument; sources derive it from
+``(seed, position in the batch)``, which makes a batch a pure function of its seed whatever
+the number of decoding threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("shorter", "square")
+
+
+def decode_image(data: bytes | np.ndarray | Image.Image | str) -> Image.Image:
+    """An RGB PIL image from encoded bytes, a ``[H, W, C]`` uint8 array, a PIL image or a path."""
+    if isinstance(data, Image.Image):
+        image = data
+    elif isinstance(data, np.ndarray):
+        array = data[..., 0] if data.ndim == 3 and data.shape[-1] == 1 else data
+        image = Image.fromarray(np.asarray(array, dtype=np.uint8))
+    elif isinstance(data, bytes | bytearray):
+        image = Image.open(io.BytesIO(data))
+    else:
+        image = Image.open(data)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def resize(image: Image.Image, size: int, mode: str = "shorter") -> Image.Image:
+    """Resizes the shorter side to ``size`` (aspect kept) or the whole image to ``size x size``."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    w, h = image.size
+    if mode == "square":
+        new = (size, size)
+    elif w <= h:
+        new = (size, max(1, round(h * size / w)))
+    else:
+        new = (max(1, round(w * size / h)), size)
+    return image if new == (w, h) else image.resize(new, Image.BILINEAR)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The central ``size x size`` window (padded by PIL with black if the image is smaller)."""
+    w, h = image.size
+    left, top = round((w - size) / 2), round((h - size) / 2)
+    return image.crop((left, top, left + size, top + size))
+
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.16, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` of a random crop covering ``scale`` of the area.
+
+    The aspect ratio is log-uniform in ``ratio``; after 10 rejected draws the crop falls back
+    to the largest centered window whose aspect ratio is within ``ratio`` (the usual rule of
+    Szegedy et al.'s Inception crop, as torchvision implements it).
+    """
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTransform:
+    """Train/test preprocessing of one image to a normalised ``[size, size, 3]`` float32 array.
+
+    Attributes:
+      image_size: side of the output (224 in the papers).
+      resize_size: test-time resize before the center crop (256).
+      test_resize_mode: ``"shorter"`` (resize the shorter side) or ``"square"`` (SOP configs).
+      train_resize_size: optional shorter-side resize before the random crop (256 for SOP in
+        the SupRank configs; ``None`` elsewhere).
+      crop_scale: area fraction range of the random crop; (0.16, 1) in ROADMAP/SupRank/PNP.
+      crop_ratio: aspect ratio range of the random crop.
+      flip: horizontal flip with probability 1/2 at train time.
+      mean, std: per-channel normalisation of [0, 1] pixels (ImageNet statistics).
+    """
+
+    image_size: int = 224
+    resize_size: int = 256
+    test_resize_mode: str = "shorter"
+    train_resize_size: int | None = None
+    crop_scale: tuple[float, float] = (0.16, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.image_size < 1 or self.resize_size < 1:
+            raise ValueError(
+                f"image_size and resize_size must be >= 1, got {self.image_size}, {self.resize_size}"
+            )
+        if self.test_resize_mode not in RESIZE_MODES:
+            raise ValueError(f"test_resize_mode must be one of {RESIZE_MODES}, got {self.test_resize_mode!r}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
+
+    def __call__(
+        self, image: Image.Image, *, train: bool, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """``[image_size, image_size, 3]`` float32; ``rng`` is required when ``train``."""
+        if train:
+            if rng is None:
+                raise ValueError("a train transform needs an rng")
+            if self.train_resize_size is not None:
+                image = resize(image, self.train_resize_size, "shorter")
+            box = random_resized_crop_box(*image.size, rng, self.crop_scale, self.crop_ratio)
+            image = image.resize((self.image_size, self.image_size), Image.BILINEAR, box=box)
+            if self.flip and rng.random() < 0.5:
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        else:
+            image = center_crop(resize(image, self.resize_size, self.test_resize_mode), self.image_size)
+        return self.normalize(np.asarray(image, dtype=np.float32) / 255.0)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """``(pixels - mean) / std`` on the channel axis, float32."""
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        return ((pixels - mean) / std).astype(np.float32)

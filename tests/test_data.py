@@ -1,0 +1,361 @@
+"""Digits splits, the dataset registry, samplers, augmentations and the folder/CSV dataset."""
+
+import csv
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+import rankax.data as data
+from rankax.data import transforms
+
+# ---------------------------------------------------------------- digits
+
+
+def test_digits_stratified_split_every_class_in_both_halves():
+    split = data.load_digits_split("stratified", seed=3)
+    assert split.train_images.shape[1:] == (8, 8, 1)
+    assert split.train_images.dtype == np.float32
+    assert len(split.train_labels) + len(split.test_labels) == 1797
+    for c in range(10):
+        n_train = int(np.sum(split.train_labels == c))
+        n_test = int(np.sum(split.test_labels == c))
+        assert n_train > 0 and n_test > 0
+        assert abs(n_train - n_test) <= 1
+
+
+def test_digits_open_set_classes_are_disjoint():
+    split = data.load_digits_split("open_set")
+    assert set(split.train_labels) == set(range(5))
+    assert set(split.test_labels) == set(range(5, 10))
+
+
+def test_digits_split_seed_changes_the_split():
+    a = data.load_digits_split("stratified", seed=0)
+    b = data.load_digits_split("stratified", seed=1)
+    assert not np.array_equal(a.train_images, b.train_images)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_load_dataset_digits_from_config_dict():
+    config = ml_collections.ConfigDict(
+        {"name": "digits", "protocol": "open_set", "split_seed": 0, "max_shift": 1}
+    )
+    ds = data.load_dataset(config)
+    assert isinstance(ds.train, data.ArraySource) and ds.gallery is None
+    assert set(ds.class_labels) == set(range(5))
+    assert ds.train.get_batch(np.array([0, 1]), train=True).shape == (2, 8, 8, 1)
+
+
+def test_load_dataset_defaults_and_plain_dict():
+    ds = data.load_dataset({"name": "digits"})
+    assert ds.name == "digits" and len(ds.train) == 901
+
+
+def test_load_dataset_unknown_name_lists_known_names():
+    with pytest.raises(ValueError, match="digits.*sop.*cub.*cars.*inat.*folder"):
+        data.load_dataset({"name": "imagenet"})
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"name": "digits", "image_size": 32}, "image_size"),
+        ({"name": "cub", "protocol": "stratified"}, "protocol"),
+        ({"name": "inat", "split_dir": "/x"}, "taxonomy_file"),
+        ({"name": "cars", "image_size": "224"}, "image_size"),
+        ({"name": "sop", "crop_scale": (0.1, 0.5, 1.0)}, "crop_scale"),
+    ],
+)
+def test_load_dataset_bad_key_names_the_key(config, key):
+    with pytest.raises(ValueError, match=f"config.dataset.{key}"):
+        data.load_dataset(config)
+
+
+def test_load_dataset_bad_protocol():
+    with pytest.raises(ValueError, match="protocol"):
+        data.load_dataset({"name": "digits", "protocol": "random"})
+
+
+# ---------------------------------------------------------------- P x K sampler
+
+
+def _labels(sizes):
+    return np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
+
+
+def test_pk_sampler_is_a_function_of_seed_and_step():
+    labels = _labels([5, 6, 7, 3, 9, 4])
+    a = data.PKSampler(labels, 3, 2, seed=1)
+    b = data.PKSampler(labels, 3, 2, seed=1)
+    np.testing.assert_array_equal(a.indices(17), b.indices(17))
+    np.testing.assert_array_equal(a.indices(17), a.indices(17))
+    assert not all(np.array_equal(a.indices(t), a.indices(t + 1)) for t in range(5))
+    assert not np.array_equal(a.indices(3), data.PKSampler(labels, 3, 2, seed=2).indices(3))
+
+
+def test_pk_sampler_batch_structure():
+    labels = _labels([5, 6, 7, 3, 9, 4])
+    sampler = data.PKSampler(labels, 4, 3, seed=0)
+    for step in range(20):
+        idx = sampler.indices(step)
+        assert idx.shape == (12,)
+        blocks = labels[idx].reshape(4, 3)
+        assert np.all(blocks == blocks[:, :1])  # class by class
+        assert len(set(blocks[:, 0])) == 4  # distinct classes
+        for block in idx.reshape(4, 3):
+            assert len(set(block)) == 3  # distinct items (classes have >= 3 items)
+
+
+def test_pk_sampler_small_classes():
+    labels = _labels([1, 2, 6, 6])
+    sampler = data.PKSampler(labels, 4, 4, seed=0)
+    idx = sampler.indices(0)
+    assert np.array_equal(np.sort(idx[labels[idx] == 0]), np.zeros(4, int))  # singleton repeated
+    dropped = data.PKSampler(labels, 3, 4, seed=0, min_class_size=2)
+    for step in range(10):
+        assert 0 not in labels[dropped.indices(step)]
+    with pytest.raises(ValueError, match="classes_per_batch"):
+        data.PKSampler(labels, 4, 4, min_class_size=2)
+    with pytest.raises(ValueError, match="min_class_size"):
+        data.PKSampler(labels, 1, 4, min_class_size=7)
+
+
+def test_pk_sampler_takes_label_paths():
+    paths = np.stack([_labels([3, 3, 3]), np.array([0] * 6 + [1] * 3)], axis=1)
+    idx = data.PKSampler(paths, 2, 2).indices(0)
+    assert idx.shape == (4,)
+
+
+# ---------------------------------------------------------------- hierarchical sampler
+
+
+def _hierarchy():
+    # 4 super-classes with 1, 3, 5, 8 fine classes of 2..6 items.
+    rng = np.random.default_rng(0)
+    rows = []
+    fine = 0
+    for s, n_classes in enumerate([1, 3, 5, 8]):
+        for _ in range(n_classes):
+            rows += [[fine, s]] * int(rng.integers(2, 7))
+            fine += 1
+    return np.asarray(rows)
+
+
+def test_hierarchical_sampler_structure():
+    paths = _hierarchy()
+    sampler = data.HierarchicalSampler(paths, batch_size=16, samples_per_class=2, super_classes_per_batch=2)
+    assert sampler.classes_per_super_class == 4
+    for step in range(30):
+        idx = sampler.indices(step)
+        assert idx.shape == (16,)
+        batch = paths[idx]
+        halves = batch.reshape(2, 8, 2)
+        for half in halves:
+            assert np.all(half[:, 1] == half[0, 1])  # one super-class per half
+            pairs = half[:, 0].reshape(4, 2)
+            assert np.all(pairs == pairs[:, :1])  # K items per class, class by class
+        assert halves[0, 0, 1] != halves[1, 0, 1]  # distinct super-classes
+        # Intermediate relevance: two different fine classes of the same super-class.
+        big = [h for h in halves if h[0, 1] != 0]
+        assert any(len(set(h[:, 0])) > 1 for h in big)
+
+
+def test_hierarchical_sampler_determinism_and_super_tuples():
+    paths = _hierarchy()
+    make = lambda seed: data.HierarchicalSampler(paths, 8, 2, batches_per_super_tuple=3, seed=seed)
+    a, b = make(5), make(5)
+    for step in range(12):
+        np.testing.assert_array_equal(a.indices(step), b.indices(step))
+    supers = [tuple(paths[a.indices(t)][::4, 1]) for t in range(12)]
+    for g in range(4):
+        assert len(set(supers[3 * g : 3 * g + 3])) == 1  # same super-classes within a group
+    assert any(not np.array_equal(make(5).indices(t), make(6).indices(t)) for t in range(3))
+
+
+def test_hierarchical_sampler_small_super_class_repeats_classes():
+    paths = _hierarchy()
+    sampler = data.HierarchicalSampler(paths, 16, 2, seed=0)
+    seen = False
+    for step in range(40):
+        batch = paths[sampler.indices(step)]
+        if 0 in batch[:, 1]:
+            seen = True
+            assert set(batch[batch[:, 1] == 0, 0]) == {0}
+    assert seen
+
+
+def test_hierarchical_sampler_validation():
+    paths = _hierarchy()
+    with pytest.raises(ValueError, match="batch_size"):
+        data.HierarchicalSampler(paths, 10, 2)
+    with pytest.raises(ValueError, match="super_classes_per_batch"):
+        data.HierarchicalSampler(paths, 40, 2, super_classes_per_batch=5)
+    with pytest.raises(ValueError, match="label paths"):
+        data.HierarchicalSampler(paths[:, 0], 8, 2)
+    with pytest.raises(ValueError, match="coarse_level"):
+        data.HierarchicalSampler(paths, 8, 2, coarse_level=2)
+
+
+# ---------------------------------------------------------------- augmentations
+
+
+def _image(h=40, w=60, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_transform_shapes_and_normalisation():
+    t = transforms.ImageTransform(image_size=16, resize_size=20)
+    image = _image()
+    test = t(image, train=False)
+    assert test.shape == (16, 16, 3) and test.dtype == np.float32
+    np.testing.assert_array_equal(test, t(image, train=False))
+    flat = Image.new("RGB", (30, 30), (124, 116, 104))  # ~ the ImageNet mean
+    assert np.abs(t(flat, train=False)).max() < 0.02
+    train = t(image, train=True, rng=np.random.default_rng(0))
+    assert train.shape == (16, 16, 3)
+    with pytest.raises(ValueError, match="rng"):
+        t(image, train=True)
+
+
+def test_transform_test_resize_modes():
+    image = _image(40, 80)
+    assert transforms.resize(image, 20, "shorter").size == (40, 20)
+    assert transforms.resize(image, 20, "square").size == (20, 20)
+    assert transforms.center_crop(transforms.resize(image, 20), 16).size == (16, 16)
+
+
+def test_random_resized_crop_box_within_bounds_and_scale():
+    rng = np.random.default_rng(0)
+    areas = []
+    for _ in range(200):
+        left, top, right, bottom = transforms.random_resized_crop_box(60, 40, rng)
+        assert 0 <= left < right <= 60 and 0 <= top < bottom <= 40
+        areas.append((right - left) * (bottom - top) / 2400)
+    assert min(areas) >= 0.14 and max(areas) <= 1.0
+    assert np.std(areas) > 0.1
+
+
+def test_transform_flip_and_grey_inputs():
+    t = transforms.ImageTransform(image_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.5, 1.5))
+    image = _image(20, 30)
+    flips = {t(image, train=True, rng=np.random.default_rng(s)).tobytes() for s in range(10)}
+    assert len(flips) == 2  # full-image crop: only the flip varies
+    grey = transforms.decode_image(np.zeros((10, 10, 1), np.uint8))
+    assert grey.mode == "RGB"
+
+
+def test_transform_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="crop_scale"):
+        transforms.ImageTransform(crop_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="test_resize_mode"):
+        transforms.ImageTransform(test_resize_mode="stretch")
+
+
+# ---------------------------------------------------------------- folder / CSV
+
+
+def _write_folder(tmp_path, rows, name="data.csv", fmt="png"):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    fields = list(rows[0])
+    out = []
+    for i, row in enumerate(rows):
+        rel = f"images/{name[:-4]}_{i}.{fmt}"
+        _image(12 + i % 3, 18, seed=i).save(tmp_path / rel)
+        out.append({**row, "path": rel})
+    with open(tmp_path / name, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path"] + fields)
+        writer.writeheader()
+        writer.writerows(out)
+    return tmp_path / name
+
+
+def _folder_config(**kw):
+    return {"name": "folder", "image_size": 8, "resize_size": 10, "num_threads": 2, **kw}
+
+
+def test_folder_single_csv_with_hierarchy(tmp_path):
+    rows = [
+        {"product": p, "category": c, "split": s}
+        for p, c, s in [
+            ("mug_a", "mug", "train"),
+            ("mug_a", "mug", "train"),
+            ("mug_b", "mug", "train"),
+            ("mug_b", "mug", "train"),
+            ("chair_a", "chair", "train"),
+            ("chair_a", "chair", "train"),
+            ("mug_c", "mug", "test"),
+            ("mug_c", "mug", "test"),
+            ("chair_b", "chair", "test"),
+            ("chair_b", "chair", "val"),
+        ]
+    ]
+    _write_folder(tmp_path, rows)
+    ds = data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", dataset_name="products"))
+    assert ds.name == "products" and ds.gallery is None
+    assert len(ds.train) == 6 and len(ds.test) == 3  # the "val" row is skipped
+    assert ds.train.labels.shape == (6, 2) and ds.train.labels.dtype == np.int32
+    # ids are shared across splits: same category -> same id
+    assert ds.train.labels[0, 1] == ds.test.labels[0, 1]
+    assert len(set(ds.train.labels[:, 0])) == 3
+    batch = ds.train.get_batch(np.array([0, 3, 5]), train=True, seed=7)
+    assert batch.shape == (3, 8, 8, 3) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, ds.train.get_batch(np.array([0, 3, 5]), train=True, seed=7))
+    assert not np.array_equal(batch, ds.train.get_batch(np.array([0, 3, 5]), train=True, seed=8))
+    test = ds.test.get_batch(np.arange(3), train=False)
+    np.testing.assert_array_equal(test, ds.test.get_batch(np.arange(3), train=False))
+    sampler = data.HierarchicalSampler(ds.train.labels, 4, 2, super_classes_per_batch=1)
+    assert ds.train.get_batch(sampler.indices(0), train=True, seed=0).shape == (4, 8, 8, 3)
+
+
+def test_folder_threads_do_not_change_batches(tmp_path):
+    rows = [{"label": str(i % 3), "split": "train" if i < 6 else "test"} for i in range(9)]
+    _write_folder(tmp_path, rows, fmt="jpg")
+    one = data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", num_threads=1))
+    many = data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", num_threads=3))
+    assert one.train.labels.shape == (6,)
+    idx = np.array([5, 0, 0, 2, 4])
+    np.testing.assert_array_equal(
+        one.train.get_batch(idx, train=True, seed=1), many.train.get_batch(idx, train=True, seed=1)
+    )
+
+
+def test_folder_query_gallery_files(tmp_path):
+    # Landmarks / DyML style: separate train, query and gallery CSVs with explicit label columns.
+    cols = lambda lm, sc: {"landmark_id": lm, "supercategory": sc, "note": "x"}
+    _write_folder(
+        tmp_path, [cols(1, "bridge"), cols(1, "bridge"), cols(2, "church"), cols(2, "church")], "train.csv"
+    )
+    _write_folder(tmp_path, [cols(3, "bridge"), cols(4, "church")], "query.csv")
+    _write_folder(tmp_path, [cols(3, "bridge"), cols(4, "church"), cols(5, "bridge")], "gallery.csv")
+    ds = data.load_dataset(
+        _folder_config(
+            root=str(tmp_path),
+            train_csv="train.csv",
+            query_csv="query.csv",
+            gallery_csv="gallery.csv",
+            label_columns=["landmark_id", "supercategory"],
+        )
+    )
+    assert ds.gallery is not None and len(ds.test) == 2 and len(ds.gallery) == 3
+    np.testing.assert_array_equal(ds.test.labels, ds.gallery.labels[:2])
+    assert ds.gallery.get_batch(np.arange(3), train=False).shape == (3, 8, 8, 3)
+
+
+def test_folder_errors(tmp_path):
+    rows = [{"label": "a", "split": "train"}, {"label": "a", "split": "test"}]
+    _write_folder(tmp_path, rows)
+    with pytest.raises(data.DatasetNotPreparedError, match="not found"):
+        data.load_dataset(_folder_config(root=str(tmp_path), csv_file="missing.csv"))
+    with pytest.raises(data.DatasetNotPreparedError, match="root"):
+        data.load_dataset(
+            _folder_config(root=str(tmp_path / "elsewhere"), csv_file=str(tmp_path / "data.csv"))
+        )
+    with pytest.raises(ValueError, match="label columns"):
+        data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", label_columns=["species"]))
+    with pytest.raises(ValueError, match="either"):
+        data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", train_csv="data.csv"))
