@@ -52,12 +52,13 @@ def _pad(scores, labels, fill, seed=1):
 
 
 def _outputs(loss_fn):
-    """One compiled function giving everything the battery compares, for one input dtype."""
+    """One compiled function giving everything the battery compares (one compilation per
+    loss): the padded batch in float32 and bfloat16, and vmap of the one-list function."""
 
     def per_list(s, y, w):
         return loss_fn(s, y, where=w, reduce_fn=None)
 
-    def outputs(s, y, w):
+    def one_dtype(s, y, w):
         value, grad = jax.value_and_grad(lambda s: jnp.sum(per_list(s, y, w)))(s)
         return {
             "per_list": per_list(s, y, w),
@@ -65,6 +66,14 @@ def _outputs(loss_fn):
             "mean": loss_fn(s, y, where=w),
             "sum": loss_fn(s, y, where=w, reduce_fn=jnp.sum),
             "small": loss_fn(s, y, where=w, reduce_fn=None, max_positives=CAPACITY),
+        }
+
+    def outputs(s, y, w, unpadded_s, unpadded_y):
+        return {
+            "f32": one_dtype(s, y, w),
+            "bf16": one_dtype(s.astype(jnp.bfloat16), y, w),
+            "rounded": per_list(s.astype(jnp.bfloat16).astype(jnp.float32), y, w),
+            "vmap": jax.vmap(lambda s, y: loss_fn(s, y, reduce_fn=None))(unpadded_s, unpadded_y),
         }
 
     return jax.jit(outputs)
@@ -78,22 +87,23 @@ def _close(a, b):
 def test_invariance_battery(loss_fn):
     scores, labels = _data()
     rng = np.random.default_rng(2)
-    run = _outputs(loss_fn)
+    compiled = _outputs(loss_fn)
+    run = lambda s, y, w: compiled(s, y, w, scores, labels)  # noqa: E731
 
     # Padding with `where`: the invalid items' scores and labels have no influence.
     s_a, y_a, w_a, idx = _pad(scores, labels, rng.uniform(-1, 1, (3, N + PAD)))
     s_b, y_b, w_b, _ = _pad(scores, labels, rng.uniform(-1, 1, (3, N + PAD)))
     y_b[~w_b] = 1.0 - y_b[~w_b]  # other garbage labels at the padded slots
-    out = run(s_a, y_a, w_a)
-    _close(run(s_b, y_b, w_b)["per_list"], out["per_list"])
+    full = run(s_a, y_a, w_a)
+    out = full["f32"]
+    _close(run(s_b, y_b, w_b)["f32"]["per_list"], out["per_list"])
 
     # vmap of the one-list function (unpadded lists) equals the batched, padded call.
-    v_vmap = jax.jit(jax.vmap(lambda s, y: loss_fn(s, y, reduce_fn=None)))(scores, labels)
-    _close(v_vmap, out["per_list"])
+    _close(full["vmap"], out["per_list"])
 
     # Permutation of the items (padding included) leaves every list's loss unchanged.
     perm = rng.permutation(N + PAD)
-    out_perm = run(s_a[:, perm], y_a[:, perm], w_a[:, perm])
+    out_perm = run(s_a[:, perm], y_a[:, perm], w_a[:, perm])["f32"]
     _close(out_perm["per_list"], out["per_list"])
     _close(out_perm["grad"], out["grad"][:, perm])
 
@@ -105,15 +115,14 @@ def test_invariance_battery(loss_fn):
     # on invalid items.
     assert np.all(np.isfinite(out["per_list"])) and np.all(np.isfinite(out["grad"]))
     np.testing.assert_array_equal(np.asarray(out["grad"])[~w_a], 0.0)
-    tied = run(np.where(w_a, 0.3, s_a).astype(np.float32), y_a, w_a)
+    tied = run(np.where(w_a, 0.3, s_a).astype(np.float32), y_a, w_a)["f32"]
     assert np.all(np.isfinite(tied["per_list"])) and np.all(np.isfinite(tied["grad"]))
 
     # bfloat16 inputs are computed in float32: the values of the float32 call on the
     # bfloat16-rounded scores, and finite bfloat16 gradients.
-    s_bf16 = jnp.asarray(s_a, jnp.bfloat16)
-    out_bf16 = _outputs(loss_fn)(s_bf16, y_a, w_a)
+    out_bf16 = full["bf16"]
     assert out_bf16["per_list"].dtype == jnp.float32 and out_bf16["grad"].dtype == jnp.bfloat16
-    _close(out_bf16["per_list"], run(np.asarray(s_bf16, np.float32), y_a, w_a)["per_list"])
+    _close(out_bf16["per_list"], full["rounded"])
     assert np.all(np.isfinite(np.asarray(out_bf16["grad"], np.float32)))
 
     # A small capacity gives the exact values, also when a list has more positives than slots
@@ -121,7 +130,7 @@ def test_invariance_battery(loss_fn):
     _close(out["small"], out["per_list"])
     y_many = y_a.copy()
     y_many[0, idx[0, :5]] = 1.0
-    out_many = run(s_a, y_many, w_a)
+    out_many = run(s_a, y_many, w_a)["f32"]
     _close(out_many["small"], out_many["per_list"])
 
     # Reductions: sum of per-list values; mean over the lists with a positive (pair-pooled
@@ -129,7 +138,7 @@ def test_invariance_battery(loss_fn):
     _close(out["sum"], np.sum(out["per_list"]))
     no_pos = y_a.copy()
     no_pos[2] = 0.0
-    out_no_pos = run(s_a, no_pos, w_a)
+    out_no_pos = run(s_a, no_pos, w_a)["f32"]
     if loss_fn not in PAIR_POOLED:
         assert out_no_pos["per_list"][2] == 0.0
         _close(out_no_pos["mean"], np.mean(out_no_pos["per_list"][:2]))

@@ -512,10 +512,8 @@ def test_hap_is_ap_for_binary_relevance():
 _SMOOTH = [
     (rankax.smooth_ap_loss, {"temperature": 0.1}),
     (rankax.supap_loss, {"tau": 0.1}),
-    (rankax.calibration_loss, {}),
     (rankax.contrastive_loss, {}),
     (rankax.pnp_loss, {"tau": 0.1, "variant": "Dq"}),
-    (rankax.pnp_loss, {"tau": 0.1, "variant": "Ib"}),
     (rankax.sup_recall_at_k_loss, {"tau": 0.1, "ks": (1, 2, 4)}),
     (rankax.recall_at_k_surrogate_loss, {"tau1": 0.1, "ks": (1, 2, 4)}),
     (rankax.hap_loss, {"tau": 0.1}),
