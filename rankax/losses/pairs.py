@@ -105,11 +105,11 @@ def calibration_loss(
       2021; Ramzi et al. "Optimization of Rank Losses for Image Retrieval." arXiv:2309.08250.
     """
     _lists.check_capacity(max_positives)
+    scores, labels, where = _lists.check_lists(scores, labels, where)
     stats = _calibration_statistics(
         scores, labels, where, pos_margin=pos_margin, neg_margin=neg_margin
     )
-    _, labels_arr, where_arr = _lists.check_lists(scores, labels, where)
-    valid = jnp.any(where_arr, axis=-1)
+    valid = jnp.any(where, axis=-1)
     return _base.pooled_or_per_list(stats, _calibration_from_statistics, valid, reduce_fn)
 
 
@@ -180,9 +180,9 @@ def contrastive_loss(
       CVPR 2006.
     """
     _lists.check_capacity(max_positives)
+    scores, labels, where = _lists.check_lists(scores, labels, where)
     stats = _contrastive_statistics(scores, labels, where, margin=margin)
-    _, _, where_arr = _lists.check_lists(scores, labels, where)
-    valid = jnp.any(where_arr, axis=-1)
+    valid = jnp.any(where, axis=-1)
     return _base.pooled_or_per_list(stats, _contrastive_from_statistics, valid, reduce_fn)
 
 
