@@ -193,3 +193,23 @@ def test_bad_inputs_name_the_argument(loss_fn):
 def test_bad_hparams_name_the_argument(loss_fn, kwargs, name):
     with pytest.raises(ValueError, match=name):
         loss_fn(np.zeros(4, np.float32), np.array([1, 0, 0, 1], np.float32), **kwargs)
+
+
+def test_temperatures_can_be_traced():
+    """Annealed temperatures are passed as arrays inside a jitted step."""
+    scores, labels = _data()
+
+    @jax.jit
+    def step(t):
+        return (
+            rankax.pnp_loss(scores, labels, tau=t)
+            + rankax.recall_at_k_surrogate_loss(scores, labels, tau1=t, tau2=10 * t)
+            + rankax.smooth_ap_loss(scores, labels, temperature=t)
+        )
+
+    expected = (
+        rankax.pnp_loss(scores, labels, tau=0.05)
+        + rankax.recall_at_k_surrogate_loss(scores, labels, tau1=0.05, tau2=0.5)
+        + rankax.smooth_ap_loss(scores, labels, temperature=0.05)
+    )
+    _close(step(jnp.float32(0.05)), expected)

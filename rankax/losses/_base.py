@@ -27,6 +27,10 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
 
 
 def check_positive(name: str, value: Any) -> None:
+    """Raises if a concrete hyperparameter is not > 0 (traced values, e.g. an annealed
+    temperature inside ``jit``, are accepted unchecked)."""
+    if isinstance(value, jax.core.Tracer):
+        return
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
 
