@@ -10,7 +10,9 @@ for all of them, so that a loss module contains only its formula.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -25,6 +27,23 @@ ReduceFn = Callable[..., Array] | None
 
 # A kernel maps (scores, labels, where, positives) of lists [..., N] to per-list values [...].
 Kernel = Callable[[Array, Array, Array, ranking.Positives], Array]
+
+
+# Set (at trace time) by callers that have already checked that no list has more positives
+# than ``max_positives`` -- ``rankax.batch_loss`` dispatches on the true count itself. Inside,
+# ``apply_kernel`` does not build its ``N``-slot fallback branch: XLA sizes a ``lax.cond`` for
+# its larger branch, so the unused fallback would cost ``O(N^2)`` memory per list.
+_CAPACITY_CHECKED = contextvars.ContextVar("rankax_capacity_checked", default=False)
+
+
+@contextlib.contextmanager
+def capacity_checked() -> Iterator[None]:
+    """Trace-time context: the caller guarantees ``max_positives`` is never exceeded."""
+    token = _CAPACITY_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _CAPACITY_CHECKED.reset(token)
 
 
 def _is_concrete(x: Any) -> bool:
@@ -59,9 +78,7 @@ def check_lists(
         scores_arr = scores_arr.astype(jnp.float32)
     labels_arr = jnp.asarray(labels)
     if labels_arr.shape != scores_arr.shape:
-        raise ValueError(
-            f"labels must have the shape of scores {scores_arr.shape}, got {labels_arr.shape}"
-        )
+        raise ValueError(f"labels must have the shape of scores {scores_arr.shape}, got {labels_arr.shape}")
     if labels_arr.dtype == jnp.bool_ or not jnp.issubdtype(labels_arr.dtype, jnp.floating):
         labels_arr = labels_arr.astype(jnp.float32)
     labels_arr = labels_arr.astype(jnp.promote_types(labels_arr.dtype, jnp.float32))
@@ -70,9 +87,7 @@ def check_lists(
     else:
         where_arr = jnp.asarray(where)
         if where_arr.shape != scores_arr.shape:
-            raise ValueError(
-                f"where must have the shape of scores {scores_arr.shape}, got {where_arr.shape}"
-            )
+            raise ValueError(f"where must have the shape of scores {scores_arr.shape}, got {where_arr.shape}")
         if where_arr.dtype != jnp.bool_:
             raise TypeError(f"where must be a boolean mask, got dtype {where_arr.dtype}")
     if _is_concrete(scores_arr) and _is_concrete(where_arr):
@@ -120,6 +135,8 @@ def apply_kernel(
 
     if max_positives is None or max_positives >= n:
         return run(n)
+    if _CAPACITY_CHECKED.get():
+        return run(max_positives)
     num_pos = jnp.sum((labels > 0) & where, axis=-1)
     overflow = jnp.any(num_pos > max_positives)
     return jax.lax.cond(overflow, lambda: run(n), lambda: run(max_positives))
@@ -174,9 +191,7 @@ def list_statistics(
     custom = getattr(loss_fn, "list_statistics", None)
     if custom is not None:
         return custom(scores, labels, where, max_positives=max_positives, **hparams)
-    values = loss_fn(
-        scores, labels, where=where, reduce_fn=None, max_positives=max_positives, **hparams
-    )
+    values = loss_fn(scores, labels, where=where, reduce_fn=None, max_positives=max_positives, **hparams)
     valid = has_positive(labels, where)
     return {"sum": jnp.where(valid, values, 0.0), "count": valid.astype(jnp.float32)}
 

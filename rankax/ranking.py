@@ -27,6 +27,8 @@ from jax.typing import ArrayLike
 Array = jax.Array
 
 ROADMAP_VARIANTS = ("fixed", "neurips")
+# gather_positives finds up to this many slots by repeated argmax, more with a prefix sum.
+_SCAN_GATHER_MAX = 8
 
 
 # ----------------------------------------------------------------------------- step functions
@@ -106,9 +108,7 @@ class Positives(NamedTuple):
     mask: Array
 
 
-def gather_positives(
-    scores: Array, labels: Array, where: Array, capacity: int
-) -> tuple[Positives, Array]:
+def gather_positives(scores: Array, labels: Array, where: Array, capacity: int) -> tuple[Positives, Array]:
     """Gathers the valid items with ``labels > 0`` into ``capacity`` slots (first ones first).
 
     Args:
@@ -125,15 +125,32 @@ def gather_positives(
     capacity = min(int(capacity), n)
     is_pos = (labels > 0) & where
     num_pos = jnp.sum(is_pos, axis=-1)
-    # Key n - j for positives, 0 otherwise: top_k picks the positives in list order.
-    key = jnp.where(is_pos, n - jnp.arange(n), 0)
-    _, index = jax.lax.top_k(key, capacity)
+    # O(C * N) like the losses themselves; lax.top_k, which sorts every list on CPU, made the
+    # gather cost more than the loss.
+    if capacity <= _SCAN_GATHER_MAX:
+        # Few slots: slot p is the first positive after the one in slot p - 1.
+        position = jnp.arange(n)
+        after = jnp.full(is_pos.shape[:-1] + (1,), -1)
+        index, mask = [], []
+        for _ in range(capacity):
+            candidate = is_pos & (position > after)
+            found = jnp.any(candidate, axis=-1)
+            first = jnp.argmax(candidate, axis=-1)
+            index.append(first)
+            mask.append(found)
+            after = jnp.where(found, first, n)[..., None]
+        index, mask = jnp.stack(index, axis=-1), jnp.stack(mask, axis=-1)
+    else:
+        # Many slots: slot of each positive = number of positives before it.
+        slot = jnp.cumsum(is_pos, axis=-1, dtype=jnp.int32) - 1
+        in_slot = is_pos[..., None, :] & (slot[..., None, :] == jnp.arange(capacity)[:, None])
+        index, mask = jnp.argmax(in_slot, axis=-1), jnp.any(in_slot, axis=-1)
     take = lambda a: jnp.take_along_axis(a, index, axis=-1)
     positives = Positives(
         scores=take(scores),
         labels=take(labels),
         index=index.astype(jnp.int32),
-        mask=take(is_pos),
+        mask=mask,
     )
     return positives, num_pos
 
