@@ -1,18 +1,44 @@
 """From a batch of embeddings to ranked lists: ``rankax.batch_loss``.
 
-Each query ``i`` of a batch ranks the other ``B - 1`` embeddings by cosine similarity
-:math:`s_{ij} = e_i^\\top e_j` (embeddings are L2-normalised by the caller); items sharing its
-label are its positives. The query itself is excluded from its own list unless
-``include_self=True`` (the official ROADMAP/SupRank PyTorch convention, which keeps it as its
-own positive).
+Each query ``i`` of a batch ranks the items of the batch by cosine similarity
+:math:`s_{ij} = e_i^\\top e_j` (embeddings are L2-normalised by the caller); items relevant
+to it (same class id, or graded relevance from ``[B, L]`` label paths) are its positives. The
+query itself is excluded from its own list unless ``include_self=True`` (the official
+ROADMAP/SupRank PyTorch convention, which keeps it as its own positive). Optionally the
+items also include a reference set that carries no gradient, e.g. a cross-batch memory
+(:mod:`rankax.xbm`).
 
-Cost: queries are processed in blocks of ``block_size`` rows (``lax.map`` over blocks, each
-block under ``jax.checkpoint``) so that only ``[block, B]`` similarities and
-``[block, C, B]`` positive-vs-item differences exist at a time, ``C = max_positives``.
+Cost
+----
+A dense implementation builds, for every query, the ``N x N`` differences of its list:
+``O(B^3)`` time and memory. AP-type losses only need the differences between each of the
+``C`` positives of a list and all ``N`` items, so rankax
+
+1. gathers each query's positives into ``C`` static slots (``C = max_positives``, e.g.
+   ``K - 1`` for a P x K batch) and the losses compute ``[queries, C, N]`` terms only --
+   ``O(B * C * N)`` work;
+2. streams over blocks of ``block_size`` queries with ``lax.map``, each block under
+   ``jax.checkpoint``: the forward pass keeps nothing per block and the backward pass
+   recomputes one block at a time, so peak memory is ``O(block * N + B * D)``
+   (plus ``O(tile)`` for the ``[q, C, N]`` terms, see ``max_tile_elements``);
+3. never drops a positive. Capacities form a ladder ``C, 4C, 16C, ..., N``; each block
+   takes (``lax.switch``) the smallest capacity that holds its largest positive count, and
+   processes its queries in sub-blocks sized so that ``queries * capacity * N`` stays below
+   ``max_tile_elements``. A list with more positives than ``max_positives`` therefore costs
+   more time, never correctness, and never more memory. When the labels are concrete
+   (outside ``jit``) the exact capacity is computed up front and the ladder is skipped.
+
+The result equals the dense per-list computation (``jax.vmap`` of the list-level loss over
+the rows of the full score matrix, averaged over the queries that have a positive) in value
+and gradient, up to float32 summation order. Losses pooled over the pairs of the whole batch
+(ROADMAP's calibration term) go through the statistics protocol of :mod:`rankax._lists`:
+per-list additive statistics are summed over blocks (and devices, :mod:`rankax.sharding`)
+before the loss is formed.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,21 +51,32 @@ from rankax import _lists
 
 Array = jax.Array
 LossFn = Callable[..., Array]
+RelevanceFn = Callable[[Array, Array], Array]
+
+#: Capacity used for the first rung of the ladder when labels are traced and
+#: ``max_positives`` is not given (a P x K batch with K <= 5 fits it).
+DEFAULT_TRACED_CAPACITY = 4
+#: Growth factor between the rungs of the capacity ladder.
+CAPACITY_GROWTH = 4
 
 
-def _check_batch(embeddings: ArrayLike, labels: ArrayLike) -> tuple[Array, Array]:
+def _is_traced(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _check_batch(embeddings: ArrayLike, labels: ArrayLike, name: str = "embeddings") -> tuple[Array, Array]:
     emb = jnp.asarray(embeddings)
     lab = jnp.asarray(labels)
     if emb.ndim != 2:
-        raise ValueError(f"embeddings must be [B, D], got shape {emb.shape}")
+        raise ValueError(f"{name} must be [B, D], got shape {emb.shape}")
     if not jnp.issubdtype(emb.dtype, jnp.floating):
-        raise TypeError(f"embeddings must be floating point, got dtype {emb.dtype}")
+        raise TypeError(f"{name} must be floating point, got dtype {emb.dtype}")
     if lab.ndim not in (1, 2) or lab.shape[0] != emb.shape[0]:
         raise ValueError(
-            f"labels must be [B] (or [B, L] label paths) with B={emb.shape[0]}, got {lab.shape}"
+            f"labels of {name} must be [B] (or [B, L] label paths) with B={emb.shape[0]}, got {lab.shape}"
         )
     if not jnp.issubdtype(lab.dtype, jnp.integer):
-        raise TypeError(f"labels must be integer class ids, got dtype {lab.dtype}")
+        raise TypeError(f"labels of {name} must be integer class ids, got dtype {lab.dtype}")
     return emb.astype(jnp.promote_types(emb.dtype, jnp.float32)), lab
 
 
@@ -53,16 +90,207 @@ def binary_relevance(query_labels: Array, item_labels: Array) -> Array:
     return (query_labels[:, None] == item_labels[None, :]).astype(jnp.float32)
 
 
-def default_capacity(labels: Any, include_self: bool) -> int | None:
-    """Exact positive capacity when ``labels`` are concrete, else ``None`` (all items).
+def default_relevance(labels: Array, include_self: bool = False) -> RelevanceFn:
+    """Binary relevance for ``[B]`` class ids, SupRank's ``"pop"`` rule for ``[B, L]`` paths."""
+    if jnp.ndim(labels) == 1:
+        return binary_relevance
+    from rankax.hierarchy import hierarchical_relevance
 
-    For concrete ``[B]`` labels this is the largest class count (minus one without self).
-    Under ``jit`` labels are traced: pass ``max_positives`` (e.g. ``K`` of a P x K batch).
+    return functools.partial(hierarchical_relevance, include_self=include_self)
+
+
+def capacity_ladder(first: int, num_items: int, growth: int = CAPACITY_GROWTH) -> tuple[int, ...]:
+    """The static positive capacities ``first, first*growth, ...`` up to ``num_items``."""
+    first = max(1, min(int(first), num_items))
+    ladder = [first]
+    while ladder[-1] < num_items:
+        ladder.append(min(ladder[-1] * growth, num_items))
+    return tuple(ladder)
+
+
+class CapacityError(ValueError):
+    """A list has more positives than ``capacity_limit`` allows."""
+
+
+def _raise_on_overflow(most: Any, limit: int) -> None:
+    if int(most) > limit:
+        raise CapacityError(
+            f"a query has {int(most)} positives but capacity_limit={limit}: raise capacity_limit "
+            "(or leave it None for the exact ladder up to the list length); positives are never "
+            "dropped"
+        )
+
+
+def _list_masks(
+    query_rows: Array,
+    query_valid: Array,
+    query_index: Array | None,
+    item_mask: Array,
+    include_self: bool,
+) -> Array:
+    """``[Q, N]`` validity of each item in each query's list."""
+    where = query_valid[:, None] & item_mask[None, :]
+    if query_index is not None and not include_self:
+        n = item_mask.shape[0]
+        where = where & (query_index[query_rows][:, None] != jnp.arange(n)[None, :])
+    return where
+
+
+def exact_capacity(
+    query_labels: ArrayLike,
+    item_labels: ArrayLike,
+    *,
+    query_index: ArrayLike | None = None,
+    item_mask: ArrayLike | None = None,
+    include_self: bool = False,
+    relevance_fn: RelevanceFn | None = None,
+    block_size: int = 1024,
+) -> int | None:
+    """Largest number of positives of any query's list, from concrete labels; else ``None``.
+
+    Computed blockwise (``O(block * N)`` memory). Returns ``None`` when any input is traced
+    (inside ``jit``), where ``batch_loss`` uses its capacity ladder instead.
     """
-    if isinstance(labels, jax.core.Tracer) or np.ndim(labels) != 1:
+    args = (query_labels, item_labels, query_index, item_mask)
+    if any(_is_traced(a) for a in args if a is not None):
         return None
-    _, counts = np.unique(np.asarray(labels), return_counts=True)
-    return max(1, int(counts.max()) - (0 if include_self else 1))
+    # Inside a jit trace, operations on concrete values would still be traced.
+    with jax.ensure_compile_time_eval():
+        ql, il = jnp.asarray(query_labels), jnp.asarray(item_labels)
+        rel_fn = default_relevance(ql, include_self) if relevance_fn is None else relevance_fn
+        n = il.shape[0]
+        mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
+        qidx = None if query_index is None else jnp.asarray(query_index)
+        best = 0
+        for start in range(0, ql.shape[0], block_size):
+            rows = jnp.arange(start, min(start + block_size, ql.shape[0]))
+            where = _list_masks(rows, jnp.ones(rows.shape, bool), qidx, mask, include_self)
+            rel = rel_fn(ql[rows], il)
+            best = max(best, int(jnp.max(jnp.sum((rel > 0) & where, axis=-1))))
+    return max(best, 1)
+
+
+def batch_statistics(
+    loss_fn: LossFn,
+    queries: ArrayLike,
+    query_labels: ArrayLike,
+    items: ArrayLike,
+    item_labels: ArrayLike,
+    *,
+    query_index: ArrayLike | None = None,
+    item_mask: ArrayLike | None = None,
+    include_self: bool = False,
+    max_positives: int | None = None,
+    block_size: int | None = 256,
+    max_tile_elements: int = 2**24,
+    capacity_limit: int | None = None,
+    relevance_fn: RelevanceFn | None = None,
+    **hparams: Any,
+) -> dict[str, Array]:
+    """Additive statistics of ``loss_fn`` summed over the lists of ``queries`` ranking ``items``.
+
+    This is the engine behind :func:`batch_loss`, the cross-batch memory and the sharded
+    loss; ``_lists.from_statistics(loss_fn, totals)`` turns its output into the loss.
+
+    Args:
+      loss_fn: list-level loss (``rankax.losses``).
+      queries: ``[Q, D]`` query embeddings.
+      query_labels: ``[Q]`` class ids or ``[Q, L]`` label paths.
+      items: ``[N, D]`` item embeddings (for a batch: the batch itself, ``N = B``).
+      item_labels: ``[N]`` or ``[N, L]``.
+      query_index: ``[Q]`` int, the position of each query among the items (the query is
+        then excluded from its own list unless ``include_self``); ``None`` if queries are
+        not items.
+      item_mask: ``[N]`` bool, items that exist (e.g. filled memory slots); default all.
+      include_self, max_positives, block_size, relevance_fn, **hparams: see
+        :func:`batch_loss`.
+      max_tile_elements: bound on ``queries * capacity * N`` of one ``[q, C, N]`` tile.
+      capacity_limit: largest rung of the capacity ladder (default ``N``: always exact).
+
+    Returns:
+      ``dict`` of scalar totals (``{"sum", "count"}`` for ordinary list losses).
+    """
+    q_emb, q_lab = _check_batch(queries, query_labels, "queries")
+    i_emb, i_lab = _check_batch(items, item_labels, "items")
+    if q_emb.shape[1] != i_emb.shape[1]:
+        raise ValueError(
+            f"queries and items must have the same dimension, got {q_emb.shape} and {i_emb.shape}"
+        )
+    if q_lab.shape[1:] != i_lab.shape[1:]:
+        raise ValueError(
+            f"query and item labels must have the same shape per sample, got {q_lab.shape} and {i_lab.shape}"
+        )
+    _lists.check_capacity(max_positives)
+    num_q, n = q_emb.shape[0], i_emb.shape[0]
+    mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
+    if mask.shape != (n,):
+        raise ValueError(f"item_mask must be [{n}], got {mask.shape}")
+    qidx = None if query_index is None else jnp.asarray(query_index, jnp.int32)
+    rel_fn = default_relevance(q_lab, include_self) if relevance_fn is None else relevance_fn
+
+    exact = exact_capacity(
+        query_labels,
+        item_labels,
+        query_index=query_index,
+        item_mask=item_mask,
+        include_self=include_self,
+        relevance_fn=rel_fn,
+    )
+    if exact is not None:
+        capacities = (min(exact, n),)
+    else:
+        first = DEFAULT_TRACED_CAPACITY if max_positives is None else max_positives
+        limit = n if capacity_limit is None else min(int(capacity_limit), n)
+        capacities = capacity_ladder(min(first, limit), limit)
+    if exact is not None and capacity_limit is not None and exact > capacity_limit:
+        _raise_on_overflow(exact, capacity_limit)
+
+    block = num_q if block_size is None else max(1, min(int(block_size), num_q))
+    num_blocks = -(-num_q // block)
+    block_rows = jnp.arange(num_blocks * block).reshape(num_blocks, block)
+
+    def tile_statistics(scores: Array, rel: Array, where: Array, capacity: int) -> dict[str, Array]:
+        stats = _lists.list_statistics(loss_fn, scores, rel, where, max_positives=capacity, **hparams)
+        return jax.tree.map(lambda v: jnp.sum(v, axis=0), stats)
+
+    def at_capacity(capacity: int) -> Callable[[Array, Array, Array], dict[str, Array]]:
+        rows = max(1, min(block, max_tile_elements // (capacity * n)))
+        if rows >= block:
+            return lambda s, r, w: tile_statistics(s, r, w, capacity)
+        num_tiles = -(-block // rows)
+        pad = num_tiles * rows - block
+
+        def run(scores: Array, rel: Array, where: Array) -> dict[str, Array]:
+            tiles = [jnp.pad(a, ((0, pad), (0, 0))).reshape(num_tiles, rows, n) for a in (scores, rel, where)]
+            # Checkpointed too: otherwise the block's backward pass would keep the residuals of
+            # all its tiles, i.e. a [block, capacity, N] tensor again.
+            tile = jax.checkpoint(lambda t: tile_statistics(*t, capacity), prevent_cse=False)
+            per_tile = jax.lax.map(tile, tuple(tiles))
+            return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_tile)
+
+        return run
+
+    branches = [at_capacity(c) for c in capacities]
+
+    def block_statistics(rows: Array) -> dict[str, Array]:
+        valid = rows < num_q
+        rows = jnp.minimum(rows, num_q - 1)
+        scores = q_emb[rows] @ i_emb.T
+        where = _list_masks(rows, valid, qidx, mask, include_self)
+        rel = rel_fn(q_lab[rows], i_lab).astype(jnp.float32)
+        if len(branches) == 1 and capacities[0] >= n:
+            return branches[0](scores, rel, where)
+        most = jnp.max(jnp.sum((rel > 0) & where, axis=-1))
+        if capacities[-1] < n and exact is None:
+            jax.debug.callback(_raise_on_overflow, most, capacities[-1])
+        if len(branches) == 1:
+            return branches[0](scores, rel, where)
+        level = jnp.searchsorted(jnp.asarray(capacities), most, side="left")
+        return jax.lax.switch(jnp.minimum(level, len(branches) - 1), branches, scores, rel, where)
+
+    with _lists.capacity_checked():
+        per_block = jax.lax.map(jax.checkpoint(block_statistics, prevent_cse=False), block_rows)
+    return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
 
 
 def batch_loss(
@@ -73,59 +301,92 @@ def batch_loss(
     include_self: bool = False,
     max_positives: int | None = None,
     block_size: int | None = 256,
-    relevance_fn: Callable[[Array, Array], Array] = binary_relevance,
+    relevance_fn: RelevanceFn | None = None,
+    references: ArrayLike | None = None,
+    reference_labels: ArrayLike | None = None,
+    reference_mask: ArrayLike | None = None,
+    memory: Any = None,
+    max_tile_elements: int = 2**24,
+    capacity_limit: int | None = None,
     **hparams: Any,
 ) -> Array:
     """Mean of a list-level loss over the queries of a batch that have a positive.
 
-    Losses that reduce over the pairs of the whole batch (calibration, contrastive, ...) define
-    ``list_statistics``/``from_statistics`` (see ``rankax._lists``) and are pooled over all
-    pairs instead of averaged per query.
-
     .. math::  \\mathcal{L} = \\frac{1}{|Q^+|} \\sum_{i \\in Q^+}
-        \\ell\\big((s_{ij})_{j \\ne i}, (y_{ij})_{j \\ne i}\\big), \\quad s = E E^\\top
+        \\ell\\big((s_{ij})_{j \\ne i}, (y_{ij})_{j \\ne i}\\big), \\quad s = E R^\\top
+
+    where the items ``R`` are the batch ``E`` itself, followed by the ``references`` (no
+    gradient) when given, and :math:`Q^+` are the queries with at least one positive. Losses
+    that reduce over the pairs of the whole batch (calibration, contrastive, ...) define
+    ``list_statistics``/``from_statistics`` (see :mod:`rankax._lists`) and are pooled over all
+    pairs instead. Cost ``O(B * C * N)`` time, ``O(block * N + B * D)`` memory (module doc).
 
     Args:
       loss_fn: a list-level loss ``fn(scores, labels, *, where, reduce_fn, max_positives,
         **hparams)`` such as :func:`rankax.losses.supap_loss`.
       embeddings: ``[B, D]`` L2-normalised embeddings.
-      labels: ``[B]`` integer class ids.
+      labels: ``[B]`` integer class ids or ``[B, L]`` label paths (column 0 finest).
       include_self: keep each query in its own list as a positive (official PyTorch code's
         convention); default False (metric-learning convention).
-      max_positives: static positive slots per query; default: exact count from concrete
-        labels, else ``B``. Lists with more positives take the exact path (never dropped).
-      block_size: queries per block (memory ``O(block * B)``); ``None`` = one block.
-      relevance_fn: ``(labels_q, labels_all) -> [Q, B]`` relevance.
+      max_positives: static positive capacity per list, e.g. ``K - 1`` for a P x K batch
+        (``K`` with ``include_self``). Only a speed hint: with concrete labels the exact
+        capacity is computed; under ``jit`` lists with more positives take a larger rung of
+        the capacity ladder (never dropped). Default under ``jit``: 4.
+      block_size: queries per block, memory ``O(block * N)``; ``None`` = one block.
+      relevance_fn: ``(query_labels [Q, ...], item_labels [N, ...]) -> [Q, N]`` relevance;
+        default binary (same class id) for ``[B]`` labels and
+        :func:`rankax.hierarchy.hierarchical_relevance` for ``[B, L]`` paths.
+      references: optional ``[M, D]`` extra items every query also ranks (gradient stopped).
+      reference_labels: ``[M]`` or ``[M, L]`` labels of the references.
+      reference_mask: optional ``[M]`` bool, which references exist.
+      memory: a :class:`rankax.xbm.XBM` cross-batch memory; shorthand for the three above.
+      max_tile_elements: bound on the size of one ``[queries, capacity, N]`` tile.
+      capacity_limit: largest positive capacity the compiled program may use (default: the
+        list length ``N``, always exact). The ladder's top rung handles lists that are all
+        positives one query at a time: ``O(N^2)`` scratch that XLA reserves even if it is never
+        taken. With a limit, the program is smaller and a list with more positives raises
+        :class:`CapacityError` (at run time under ``jit``) instead of being computed.
+        ``max_positives=K - 1, capacity_limit=K - 1`` gives a single-rung program for P x K
+        batches.
       **hparams: forwarded to ``loss_fn``.
 
     Returns:
-      Scalar loss.
+      Scalar loss (0 when no query has a positive).
+
+    Example::
+
+        loss, grads = jax.value_and_grad(
+            lambda e: rankax.batch_loss(rankax.supap_loss, e, labels, max_positives=3))(emb)
     """
     emb, lab = _check_batch(embeddings, labels)
     b = emb.shape[0]
-    if max_positives is None:
-        max_positives = default_capacity(labels, include_self)
-    _lists.check_capacity(max_positives)
-    block = b if block_size is None else max(1, min(int(block_size), b))
-    num_blocks = -(-b // block)
-    pad = num_blocks * block - b
-    query_index = jnp.arange(num_blocks * block).reshape(num_blocks, block)
-
-    def block_values(idx: Array) -> tuple[Array, Array]:
-        q_valid = idx < b
-        q = jnp.minimum(idx, b - 1)
-        scores = emb[q] @ emb.T
-        rel = relevance_fn(lab[q], lab)
-        where = jnp.ones_like(scores, dtype=bool)
-        if not include_self:
-            where = where & (q[:, None] != jnp.arange(b)[None, :])
-        where = where & q_valid[:, None]
-        stats = _lists.list_statistics(
-            loss_fn, scores, rel, where, max_positives=max_positives, **hparams
-        )
-        return jax.tree.map(lambda v: jnp.sum(v, axis=0), stats)
-
-    del pad
-    per_block = jax.lax.map(jax.checkpoint(block_values), query_index)
-    totals = jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
+    items, item_labels, item_mask = emb, lab, None
+    if memory is not None:
+        if references is not None:
+            raise ValueError("pass either memory= or references=, not both")
+        references, reference_labels, reference_mask = memory.embeddings, memory.labels, memory.valid
+    if references is not None:
+        if reference_labels is None:
+            raise ValueError("references need reference_labels")
+        ref, ref_lab = _check_batch(references, reference_labels, "references")
+        m = ref.shape[0]
+        ref_mask = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
+        items = jnp.concatenate([emb, jax.lax.stop_gradient(ref.astype(emb.dtype))])
+        item_labels = jnp.concatenate([lab, ref_lab.astype(lab.dtype)])
+        item_mask = jnp.concatenate([jnp.ones((b,), bool), ref_mask])
+    totals = batch_statistics(
+        loss_fn,
+        emb,
+        lab,
+        items,
+        item_labels,
+        query_index=np.arange(b),  # numpy: stays concrete under jit (exact capacity)
+        item_mask=item_mask,
+        include_self=include_self,
+        max_positives=max_positives,
+        block_size=block_size,
+        max_tile_elements=max_tile_elements, capacity_limit=capacity_limit,
+        relevance_fn=relevance_fn,
+        **hparams,
+    )
     return _lists.from_statistics(loss_fn, totals, **hparams)

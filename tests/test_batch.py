@@ -1,0 +1,231 @@
+"""rankax.batch_loss equals the dense per-list computation, in values and gradients.
+
+The dense reference is written here on purpose, independently of the blocked engine: build the
+full ``[B, B]`` score matrix, run the list-level loss on every row through ``jax.vmap`` with
+``max_positives=None`` (all items are slots, nothing gathered) and average over the queries
+that have a positive. Pair-pooled losses (statistics protocol) are called once on the whole
+matrix, where they pool all pairs themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rankax
+from rankax import batch, hierarchy
+from rankax.losses import smooth_ap_loss, supap_loss
+
+LIST_LOSSES = getattr(rankax.losses, "LIST_LOSSES", (smooth_ap_loss, supap_loss))
+POOLED = getattr(rankax.losses, "PAIR_POOLED_LOSSES", ())
+B, D = 22, 6
+
+
+def _name(fn):
+    return fn.__name__
+
+
+def _embeddings(b=B, d=D, seed=0):
+    # Norm 0.95, not 1: with include_self the self-score would sit exactly on a kink of the
+    # histogram losses (distance 0 = a bin centre), where float rounding of the score (full
+    # matmul vs blocked matmul) picks one side of the kink or the other.
+    e = jax.random.normal(jax.random.key(seed), (b, d))
+    return 0.95 * e / jnp.linalg.norm(e, axis=1, keepdims=True)
+
+
+def _labels(b=B, seed=0):
+    # Classes of 1 to 6 samples: singletons (queries without positive) and lists with more
+    # positives than the capacity used below.
+    rs = np.random.RandomState(seed)
+    sizes = [6, 1, 4, 3, 1, 5, 2]
+    lab = np.repeat(np.arange(len(sizes)), sizes)[:b]
+    return jnp.asarray(rs.permutation(lab), dtype=jnp.int32)
+
+
+def _paths(b=B, seed=0):
+    """[B, 2] label paths (finest class, super-class), column 0 finest."""
+    fine = np.asarray(_labels(b, seed))
+    return jnp.asarray(np.stack([fine, fine // 3], axis=1), dtype=jnp.int32)
+
+
+def dense_reference(loss_fn, emb, labels, *, include_self=False, relevance_fn=None, **hparams):
+    b = emb.shape[0]
+    scores = emb @ emb.T
+    rel_fn = batch.default_relevance(labels, include_self) if relevance_fn is None else relevance_fn
+    rel = rel_fn(labels, labels).astype(jnp.float32)
+    where = jnp.ones((b, b), bool) if include_self else ~jnp.eye(b, dtype=bool)
+    if loss_fn in POOLED:
+        return loss_fn(scores, rel, where=where, **hparams)
+    per_list = jax.vmap(
+        lambda s, y, w: loss_fn(s, y, where=w, reduce_fn=None, max_positives=None, **hparams)
+    )(scores, rel, where)
+    valid = jnp.any((rel > 0) & where, axis=-1)
+    return jnp.sum(jnp.where(valid, per_list, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _assert_close(got, want, rtol=2e-5, atol=2e-6):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("loss_fn", LIST_LOSSES, ids=_name)
+def test_blocked_equals_dense(loss_fn, include_self):
+    """Concrete labels: exact capacity, blocks of 5 queries (the last one padded)."""
+    emb, lab = _embeddings(), _labels()
+    ref_val, ref_grad = jax.value_and_grad(
+        lambda e: dense_reference(loss_fn, e, lab, include_self=include_self)
+    )(emb)
+    val, grad = jax.value_and_grad(
+        lambda e: rankax.batch_loss(loss_fn, e, lab, include_self=include_self, block_size=5)
+    )(emb)
+    _assert_close(val, ref_val)
+    _assert_close(grad, ref_grad, atol=2e-5)
+
+
+OVERFLOW_LOSSES = tuple(
+    getattr(rankax.losses, name)
+    for name in ("supap_loss", "pnp_loss", "roadmap_loss")
+    if hasattr(rankax.losses, name)
+)
+
+
+@pytest.mark.parametrize("include_self", [False])
+@pytest.mark.parametrize("loss_fn", OVERFLOW_LOSSES, ids=_name)
+def test_overflow_is_exact_under_jit(loss_fn, include_self):
+    """Traced labels and a capacity of 1 (< most class sizes): every block climbs the capacity
+    ladder (1, 4, 16, 22) and the larger rungs run in sub-blocks; nothing may be dropped."""
+    emb, lab = _embeddings(), _labels()
+    ref_val, ref_grad = jax.value_and_grad(
+        lambda e: dense_reference(loss_fn, e, lab, include_self=include_self)
+    )(emb)
+
+    @jax.jit
+    def blocked(e, y):
+        return jax.value_and_grad(
+            lambda e: rankax.batch_loss(
+                loss_fn, e, y, include_self=include_self, max_positives=1, block_size=5,
+                max_tile_elements=8 * B,
+            )
+        )(e)
+
+    val, grad = blocked(emb, lab)
+    _assert_close(val, ref_val)
+    _assert_close(grad, ref_grad, atol=2e-5)
+
+
+@pytest.mark.parametrize("loss_fn", LIST_LOSSES, ids=_name)
+def test_hierarchical_labels_equal_dense(loss_fn):
+    """[B, L] label paths with SupRank's graded relevance; concrete labels (exact capacity)."""
+    emb, paths = _embeddings(), _paths()
+    ref_val, ref_grad = jax.value_and_grad(lambda e: dense_reference(loss_fn, e, paths))(emb)
+    val, grad = jax.value_and_grad(lambda e: rankax.batch_loss(loss_fn, e, paths, block_size=8))(emb)
+    _assert_close(val, ref_val)
+    _assert_close(grad, ref_grad, atol=2e-5)
+
+
+@pytest.mark.parametrize("include_self", [True])
+def test_hierarchical_ladder_with_self(include_self):
+    """Graded relevance through the capacity ladder (traced paths), H-AP."""
+    loss_fn = getattr(rankax.losses, "hap_loss", supap_loss)
+    emb, paths = _embeddings(), _paths()
+    rel_fn = functools.partial(hierarchy.hierarchical_relevance, include_self=include_self)
+    ref_val, ref_grad = jax.value_and_grad(
+        lambda e: dense_reference(loss_fn, e, paths, include_self=include_self, relevance_fn=rel_fn)
+    )(emb)
+    val, grad = jax.jit(
+        jax.value_and_grad(
+            lambda e, p: rankax.batch_loss(
+                loss_fn, e, p, include_self=include_self, relevance_fn=rel_fn, max_positives=2,
+                block_size=4,
+            )
+        )
+    )(emb, paths)
+    _assert_close(val, ref_val)
+    _assert_close(grad, ref_grad, atol=2e-5)
+
+
+def test_concrete_and_traced_capacity_agree():
+    emb, lab = _embeddings(), _labels()
+    eager = rankax.batch_loss(supap_loss, emb, lab, block_size=7)
+    traced = jax.jit(lambda e, y: rankax.batch_loss(supap_loss, e, y, max_positives=5))(emb, lab)
+    one_block = rankax.batch_loss(supap_loss, emb, lab, block_size=None)
+    _assert_close(eager, traced)
+    _assert_close(eager, one_block)
+    _assert_close(eager, dense_reference(supap_loss, emb, lab))
+
+
+def test_capacity_helpers():
+    lab = _labels()
+    assert batch.exact_capacity(lab, lab, query_index=jnp.arange(B)) == 5
+    assert batch.exact_capacity(lab, lab, query_index=jnp.arange(B), include_self=True) == 6
+    assert batch.capacity_ladder(3, 100) == (3, 12, 48, 100)
+    assert batch.capacity_ladder(200, 100) == (100,)
+
+
+def test_no_positive_anywhere_gives_zero_and_finite_grad():
+    emb = _embeddings(8)
+    lab = jnp.arange(8, dtype=jnp.int32)
+    val, grad = jax.value_and_grad(lambda e: rankax.batch_loss(supap_loss, e, lab))(emb)
+    assert float(val) == 0.0
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_hparams_are_forwarded():
+    emb, lab = _embeddings(), _labels()
+    got = rankax.batch_loss(smooth_ap_loss, emb, lab, temperature=0.5)
+    _assert_close(got, dense_reference(smooth_ap_loss, emb, lab, temperature=0.5))
+    assert abs(float(got) - float(rankax.batch_loss(smooth_ap_loss, emb, lab))) > 1e-4
+
+
+def test_bfloat16_embeddings():
+    emb, lab = _embeddings(), _labels()
+    got = rankax.batch_loss(supap_loss, emb.astype(jnp.bfloat16), lab)
+    _assert_close(got, dense_reference(supap_loss, emb.astype(jnp.bfloat16).astype(jnp.float32), lab))
+
+
+def test_peak_memory_is_blocked():
+    """The compiled fwd+bwd program needs O(block * B) scratch, not the B^2 of the score
+    matrix (nor B^3): B = 2048, blocks of 64 queries, capacity ladder 3, 12, 48 under jit."""
+    b, d = 2048, 16
+    emb = _embeddings(b, d)
+    lab = jnp.repeat(jnp.arange(b // 4), 4)
+    loss = lambda e, y: rankax.batch_loss(
+        supap_loss, e, y, max_positives=3, capacity_limit=48, block_size=64,
+        max_tile_elements=64 * 3 * b,
+    )
+    stats = jax.jit(jax.grad(loss)).lower(emb, lab).compile().memory_analysis()
+    if stats is None:
+        pytest.skip("backend gives no memory analysis")
+    # One block of scores is 0.5 MiB, a [64, 3, B] tile 1.5 MiB; the B x B score matrix
+    # alone would be 16 MiB (and a dense per-query loss B^2 * C, a B^3 one 32 GiB).
+    assert stats.temp_size_in_bytes < 16 * 2**20, stats.temp_size_in_bytes
+
+
+def test_input_errors():
+    emb, lab = _embeddings(), _labels()
+    with pytest.raises(ValueError, match="embeddings must be"):
+        rankax.batch_loss(supap_loss, emb[0], lab)
+    with pytest.raises(ValueError, match="labels of embeddings"):
+        rankax.batch_loss(supap_loss, emb, lab[:-1])
+    with pytest.raises(TypeError, match="integer"):
+        rankax.batch_loss(supap_loss, emb, lab.astype(jnp.float32))
+    with pytest.raises(ValueError, match="max_positives"):
+        rankax.batch_loss(supap_loss, emb, lab, max_positives=0)
+    with pytest.raises(ValueError, match="reference_labels"):
+        rankax.batch_loss(supap_loss, emb, lab, references=emb)
+
+
+def test_capacity_limit_raises_instead_of_dropping():
+    emb, lab = _embeddings(), _labels()  # the largest class has 6 samples: 5 positives
+    with pytest.raises(batch.CapacityError, match="5 positives"):
+        rankax.batch_loss(supap_loss, emb, lab, capacity_limit=4)
+    fn = jax.jit(lambda e, y: rankax.batch_loss(supap_loss, e, y, max_positives=2, capacity_limit=4))
+    with pytest.raises(Exception, match="capacity_limit=4"):
+        jax.block_until_ready(fn(emb, lab))
+    # A limit that holds every list: a single rung, exact.
+    fits = jax.jit(lambda e, y: rankax.batch_loss(supap_loss, e, y, max_positives=5, capacity_limit=5))
+    _assert_close(fits(emb, lab), dense_reference(supap_loss, emb, lab))
