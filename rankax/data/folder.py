@@ -40,7 +40,7 @@ SPLITS = ("train", "test", "query", "gallery")
 def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
     try:
         with open(path, newline="") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, skipinitialspace=True)
             rows = list(reader)
             return list(reader.fieldnames or []), rows
     except FileNotFoundError as e:
