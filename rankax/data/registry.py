@@ -8,7 +8,7 @@ a missing required key.
 Image keys shared by sop, cub, cars, inat and folder (see :class:`ImageTransform`):
 ``image_size`` (224), ``resize_size`` (256), ``test_resize_mode`` ("shorter"; "square" for
 sop), ``train_resize_size`` (None; 256 for sop), ``crop_scale`` ((0.16, 1.0)), ``crop_ratio``
-((3/4, 4/3)), ``flip`` (True), ``num_threads`` (4, decoding threads).
+((0.75, 1.33)), ``flip`` (True), ``num_threads`` (4, decoding threads).
 
 * ``digits``: ``protocol`` ("stratified" | "open_set"), ``split_seed`` (0), ``max_shift``
   (0; used by the on-device augmentation of the input pipeline, not here).
@@ -39,7 +39,7 @@ _IMAGE_KEYS: dict[str, Any] = {
     "test_resize_mode": "shorter",
     "train_resize_size": None,
     "crop_scale": (0.16, 1.0),
-    "crop_ratio": (3 / 4, 4 / 3),
+    "crop_ratio": (0.75, 1.33),
     "flip": True,
     "num_threads": 4,
 }

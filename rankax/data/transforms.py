@@ -1,7 +1,7 @@
 """The papers' image augmentations in numpy/PIL, deterministic given a numpy ``Generator``.
 
 Train (ROADMAP, SupRank, PNP; the official configs): optional resize of the shorter side
-(SOP only, 256), ``RandomResizedCrop(224, scale=(0.16, 1), ratio=(3/4, 4/3))``, horizontal
+(SOP only, 256), ``RandomResizedCrop(224, scale=(0.16, 1), ratio=(0.75, 1.33))``, horizontal
 flip with probability 1/2, ImageNet mean/std normalisation. Test: resize to 256 (shorter
 side, or to a 256 x 256 square as the SOP configs do), center crop 224, the same normalisation.
 
@@ -106,7 +106,8 @@ class ImageTransform:
       train_resize_size: optional shorter-side resize before the random crop (256 for SOP in
         the SupRank configs; ``None`` elsewhere).
       crop_scale: area fraction range of the random crop; (0.16, 1) in ROADMAP/SupRank/PNP.
-      crop_ratio: aspect ratio range of the random crop.
+      crop_ratio: aspect ratio range of the random crop; (0.75, 1.33) as the official
+        ROADMAP/SupRank configs write it.
       flip: horizontal flip with probability 1/2 at train time.
       mean, std: per-channel normalisation of [0, 1] pixels (ImageNet statistics).
     """
@@ -116,7 +117,7 @@ class ImageTransform:
     test_resize_mode: str = "shorter"
     train_resize_size: int | None = None
     crop_scale: tuple[float, float] = (0.16, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_ratio: tuple[float, float] = (0.75, 1.33)
     flip: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
