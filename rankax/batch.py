@@ -371,6 +371,8 @@ def batch_loss(
         ref, ref_lab = _check_batch(references, reference_labels, "references")
         m = ref.shape[0]
         ref_mask = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
+        # Empty slots get label -1 on every level: no relevance, no share of a level's weight.
+        ref_lab = jnp.where(ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1))), ref_lab, -1)
         items = jnp.concatenate([emb, jax.lax.stop_gradient(ref.astype(emb.dtype))])
         item_labels = jnp.concatenate([lab, ref_lab.astype(lab.dtype)])
         item_mask = jnp.concatenate([jnp.ones((b,), bool), ref_mask])

@@ -1,0 +1,137 @@
+"""Cross-batch memory (XBM): rank each batch against past embeddings as well.
+
+A ring buffer of the last ``M`` embeddings and labels, kept as a pytree in the train state. The
+queries of a batch then rank the items of the batch *and* of the memory, so every list holds
+``B + M`` items and its positives come from many past batches -- a cheap way to get the
+decomposability benefits of a large batch. Memory entries are constants: they carry no gradient
+(the embeddings were produced by earlier parameters; XBM's "slow drift" argument is that they
+are still close to what the current network would produce once training has warmed up).
+
+Usage in a jitted train step::
+
+    memory = rankax.xbm.init(size=8192, dim=512)            # once, in the train state
+
+    def loss_fn(params, memory, images, labels):
+        emb = model.apply(params, images)
+        loss = rankax.batch_loss(rankax.supap_loss, emb, labels, memory=memory,
+                                 max_positives=K - 1)
+        return loss, emb
+
+    (loss, emb), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, memory, images, labels)
+    memory = rankax.xbm.update(memory, emb, labels)         # enqueue *after* the loss
+
+Enqueue after computing the loss: the official XBM code enqueues first, so every query also
+meets a gradient-free copy of itself in the memory as a positive. Queries rank memory items
+with the same blocked, exact engine as the batch (:mod:`rankax.batch`): cost
+``O(B * C * (B + M))`` and ``O(block * (B + M) + (B + M) * D)`` memory.
+
+Label paths ``[B, L]`` work the same way; empty slots hold label ``-1`` on every level and are
+masked out (``valid``), so they neither count as items nor share a level's relevance.
+
+References:
+  Wang, Zhang, Huang, Scott. "Cross-Batch Memory for Embedding Learning." CVPR 2020.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+Array = jax.Array
+
+#: Label of an empty memory slot.
+EMPTY_LABEL = -1
+
+
+class XBM(NamedTuple):
+    """The memory, a pytree (store it in a flax ``TrainState`` or any state dict).
+
+    Attributes:
+      embeddings: ``[M, D]`` stored embeddings (no gradient flows into them).
+      labels: ``[M]`` class ids or ``[M, L]`` label paths; ``-1`` in empty slots.
+      valid: ``[M]`` bool, which slots hold an entry.
+      pointer: ``[]`` int32, the slot the next entry goes to (the oldest entry once full).
+    """
+
+    embeddings: Array
+    labels: Array
+    valid: Array
+    pointer: Array
+
+    @property
+    def size(self) -> int:
+        """Capacity ``M`` (static)."""
+        return self.embeddings.shape[0]
+
+
+def init(
+    size: int,
+    dim: int,
+    *,
+    label_shape: tuple[int, ...] = (),
+    dtype: jnp.dtype = jnp.float32,
+    label_dtype: jnp.dtype = jnp.int32,
+) -> XBM:
+    """An empty memory of ``size`` slots for ``dim``-dimensional embeddings.
+
+    Args:
+      size: number of slots ``M`` (XBM uses a few thousand to the whole dataset).
+      dim: embedding dimension ``D``.
+      label_shape: ``()`` for class ids, ``(L,)`` for label paths.
+      dtype: storage dtype of the embeddings (``bfloat16`` halves the memory; the scores are
+        computed in float32 anyway).
+      label_dtype: integer dtype of the labels.
+    """
+    if size < 1 or dim < 1:
+        raise ValueError(f"size and dim must be >= 1, got size={size}, dim={dim}")
+    return XBM(
+        embeddings=jnp.zeros((size, dim), dtype),
+        labels=jnp.full((size, *label_shape), EMPTY_LABEL, label_dtype),
+        valid=jnp.zeros((size,), bool),
+        pointer=jnp.zeros((), jnp.int32),
+    )
+
+
+def update(memory: XBM, embeddings: ArrayLike, labels: ArrayLike) -> XBM:
+    """Enqueues a batch, overwriting the oldest entries (first in, first out).
+
+    Args:
+      memory: the current memory.
+      embeddings: ``[B, D]`` embeddings of the batch (the gradient is stopped here).
+      labels: ``[B]`` or ``[B, L]`` labels, same per-sample shape as ``memory.labels``.
+
+    Returns:
+      The new memory. Jit-friendly (static shapes, a scatter at ``pointer``); with ``B > M``
+      only the last ``M`` entries of the batch are kept.
+    """
+    emb = jax.lax.stop_gradient(jnp.asarray(embeddings))
+    lab = jnp.asarray(labels)
+    m = memory.size
+    if emb.ndim != 2 or emb.shape[1] != memory.embeddings.shape[1]:
+        raise ValueError(
+            f"embeddings must be [B, {memory.embeddings.shape[1]}], got {emb.shape}"
+        )
+    if lab.shape != (emb.shape[0], *memory.labels.shape[1:]):
+        raise ValueError(
+            f"labels must be {(emb.shape[0], *memory.labels.shape[1:])}, got {lab.shape}"
+        )
+    b = emb.shape[0]
+    pointer = memory.pointer
+    if b > m:  # only the newest m entries survive
+        pointer = (pointer + (b - m)) % m
+        emb, lab, b = emb[-m:], lab[-m:], m
+    slots = (pointer + jnp.arange(b)) % m
+    return XBM(
+        embeddings=memory.embeddings.at[slots].set(emb.astype(memory.embeddings.dtype)),
+        labels=memory.labels.at[slots].set(lab.astype(memory.labels.dtype)),
+        valid=memory.valid.at[slots].set(True),
+        pointer=((pointer + b) % m).astype(jnp.int32),
+    )
+
+
+def num_entries(memory: XBM) -> Array:
+    """Number of filled slots (``[]`` int32)."""
+    return jnp.sum(memory.valid).astype(jnp.int32)
