@@ -306,7 +306,8 @@ def multi_similarity_loss(
 
     and an anchor with no mined positive or no mined negative contributes 0 (as the authors'
     code skips it). Defaults :math:`\\alpha = 2, \\beta = 50, \\lambda = 0.5, \\epsilon = 0.1`
-    (the paper's scales; the released configs use ``beta=40`` on some datasets).
+    (pytorch-metric-learning's loss and miner defaults; not checked here against the authors'
+    per-dataset configs, which may differ).
 
     Args:
       scores, labels, where, reduce_fn: as for every list loss.
