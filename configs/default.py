@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"
     c.model.embedding_dim = 64
+    c.model.pretrained = ml_collections.FieldReference(None, field_type=str)  # .pth/.npz weights
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "supap"
@@ -26,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch = ml_collections.ConfigDict()
     c.batch.classes_per_batch = 10
     c.batch.samples_per_class = 16
+    c.batch.sampler = "pk"  # or "hierarchical" (SupRank)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"
@@ -38,11 +40,21 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.decay_factor = 0.3
     c.optimizer.warmup_steps = 0
     c.optimizer.grad_clip = 0.0
+    c.optimizer.freeze_bn_params = False
 
+    c.xbm = ml_collections.ConfigDict()
+    c.xbm.size = 0  # cross-batch memory slots (0 = off)
+    c.xbm.start_step = 0  # rank against the memory from this step on
+
+    c.num_devices = 0  # data-parallel devices (0 = all visible)
     c.num_steps = 300
     c.log_every = 10
     c.eval_every = 100
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
     c.best_metric = "map@r"
+    c.eval_backend = "exact"
+    c.eval_ks = (1, 2, 4, 8)
+    c.eval_batch_size = 512
+    c.eval_baselines = True  # raw pixels (in-memory data) and the untrained network
     return c

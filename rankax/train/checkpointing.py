@@ -1,7 +1,7 @@
 """Orbax checkpoints of the train state, keeping the last ``k`` and the best one.
 
 Layout: ``<dir>/<step>/{state,history}``. ``state`` is the pytree (step, params, batch stats,
-optimizer state, RNG); ``history`` the logged curve so plots survive a resume. Saving is
+optimizer state, RNG, cross-batch memory); ``history`` the logged curve so plots survive a resume. Saving is
 synchronous: when ``save`` returns, the step is on disk, so an interrupted run loses at most
 the steps since the last checkpoint. A checkpoint that cannot be read (partial write,
 corruption) is reported and the previous good one is used.
@@ -28,6 +28,7 @@ def _saved_fields(state: Any) -> dict[str, Any]:
         "batch_stats": state.batch_stats,
         "opt_state": state.opt_state,
         "rng": state.rng,
+        "memory": state.memory,
     }
 
 

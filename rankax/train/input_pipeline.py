@@ -1,4 +1,5 @@
-"""Training/evaluation data for a config: arrays in memory plus a jittable augmentation."""
+"""Data for a config: the dataset (``rankax.data.load_dataset``), its sampler, and an
+on-device augmentation for in-memory datasets."""
 
 from __future__ import annotations
 
@@ -8,19 +9,35 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rankax.data import digits
+from rankax import data as rdata
 
 
-def load(config: ml_collections.ConfigDict) -> digits.DigitsSplit:
-    """Train/test arrays of ``config.dataset``."""
-    name = config.dataset.name
-    if name == "digits":
-        return digits.load_digits_split(config.dataset.protocol, seed=config.dataset.split_seed)
-    raise ValueError(f"config.dataset.name {name!r} is not supported (known: 'digits')")
+def load(config: ml_collections.ConfigDict) -> rdata.RetrievalDataset:
+    """The :class:`~rankax.data.RetrievalDataset` of ``config.dataset``."""
+    return rdata.load_dataset(config.dataset)
+
+
+def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalDataset):
+    """``config.batch.sampler``: ``"pk"`` (P x K) or ``"hierarchical"`` (SupRank)."""
+    b = config.batch
+    kind = b.get("sampler", "pk")
+    if kind == "pk":
+        return rdata.PKSampler(dataset.train.labels, b.classes_per_batch, b.samples_per_class, seed=config.seed)
+    if kind == "hierarchical":
+        return rdata.HierarchicalSampler(
+            dataset.train.labels,
+            b.classes_per_batch * b.samples_per_class,
+            b.samples_per_class,
+            super_classes_per_batch=b.get("super_classes_per_batch", 2),
+            batches_per_super_tuple=b.get("batches_per_super_tuple", 5),
+            seed=config.seed,
+        )
+    raise ValueError(f"config.batch.sampler must be 'pk' or 'hierarchical', got {kind!r}")
 
 
 def augment_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``(images [B, H, W, C], rng) -> images``: random translation by up to ``max_shift`` px."""
+    """``(images [B, H, W, C], rng) -> images``: random translation by up to
+    ``config.dataset.max_shift`` pixels (in-memory datasets; image datasets augment on load)."""
     shift = int(config.dataset.get("max_shift", 0))
     if shift == 0:
         return lambda images, rng: images

@@ -26,8 +26,12 @@ import numpy as np
 import optax
 from flax import struct
 
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
 import rankax
-from rankax import models
+from rankax import models, xbm
+from rankax.data.base import RetrievalDataset, Source
 from rankax.train import checkpointing, input_pipeline, plotting
 
 Array = jax.Array
@@ -41,6 +45,7 @@ class TrainState(struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any
     rng: Array
+    memory: Any  # rankax.xbm.XBM cross-batch memory, or {} when disabled
     apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
@@ -52,16 +57,6 @@ class TrainState(struct.PyTreeNode):
 
 
 # ----------------------------------------------------------------------------- optimizer
-
-
-def _param_labels(params: Any) -> Any:
-    """'head' for parameters under a module named ``head*``, else 'backbone'."""
-
-    def label(path, _):
-        names = [str(getattr(k, "key", k)) for k in path]
-        return "head" if any(n.startswith("head") for n in names) else "backbone"
-
-    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def _schedule(config: ml_collections.ConfigDict, base_lr: float) -> optax.Schedule:
@@ -83,7 +78,13 @@ def _schedule(config: ml_collections.ConfigDict, base_lr: float) -> optax.Schedu
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam/AdamW/SGD with separate backbone and head learning rates (``optax.multi_transform``)."""
+    """Adam/AdamW/SGD with separate backbone and head learning rates (``optax.multi_transform``).
+
+    Parameter groups come from :func:`rankax.models.param_labels`: the ``head`` subtree gets
+    ``optimizer.head_lr`` (default: ``optimizer.lr``), the rest ``optimizer.lr``; with
+    ``optimizer.freeze_bn_params`` the backbone's BatchNorm scale/bias are not updated (as in
+    the papers that freeze BN).
+    """
     opt = config.optimizer
 
     def build(lr: float) -> optax.GradientTransformation:
@@ -100,7 +101,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         raise ValueError(f"config.optimizer.name must be adam|adamw|sgd, got {opt.name!r}")
 
     head_lr = opt.head_lr if opt.head_lr is not None else opt.lr
-    tx = optax.multi_transform({"backbone": build(opt.lr), "head": build(head_lr)}, _param_labels)
+    transforms = {"backbone": build(opt.lr), "head": build(head_lr), "frozen": optax.set_to_zero()}
+    labels = lambda params: models.param_labels(params, freeze_bn=bool(opt.freeze_bn_params))
+    tx = optax.multi_transform(transforms, labels)
     if opt.grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
     return tx
@@ -110,10 +113,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def build_model(config: ml_collections.ConfigDict) -> Any:
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
+    """``rankax.models.build(config.model.name, dtype=config.dtype, **config.model)``."""
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if config.dtype not in dtypes:
+        raise ValueError(f"config.dtype must be one of {sorted(dtypes)}, got {config.dtype!r}")
     kwargs = dict(config.model.to_dict())
     name = kwargs.pop("name")
-    return models.build(name, dtype=dtype, **kwargs)
+    kwargs.pop("pretrained", None)
+    return models.build(name, dtype=dtypes[config.dtype], **kwargs)
 
 
 def resolve_loss(name: str) -> Callable[..., Array]:
@@ -125,30 +132,64 @@ def resolve_loss(name: str) -> Callable[..., Array]:
     return fn
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: Any, sample: np.ndarray) -> TrainState:
+def create_train_state(
+    config: ml_collections.ConfigDict, model: Any, sample: np.ndarray, labels_ndim: int = 1, labels_width: int = 1
+) -> TrainState:
+    """Initial state: model variables (optionally pretrained), optimizer state, RNG, XBM."""
     rng = jax.random.PRNGKey(config.seed)
     variables = model.init(jax.random.fold_in(rng, 1), jnp.asarray(sample), train=False)
+    pretrained = config.model.get("pretrained", None)
+    if pretrained:
+        from rankax.models import convert
+
+        variables = convert.merge_pretrained(variables, convert.load_pretrained(pretrained))
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     tx = make_optimizer(config)
+    memory: Any = {}
+    if config.xbm.size:
+        dim = jax.eval_shape(lambda: model.apply(variables, jnp.asarray(sample), train=False)).shape[-1]
+        label_shape = () if labels_ndim == 1 else (labels_width,)
+        memory = xbm.init(int(config.xbm.size), dim, label_shape=label_shape)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
         opt_state=tx.init(params),
         rng=rng,
+        memory=memory,
         apply_fn=model.apply,
         tx=tx,
     )
 
 
-def make_train_step(config: ml_collections.ConfigDict, augment_fn: Callable[[Array, Array], Array]):
-    """Returns the jitted pure step ``(state, images, labels) -> (state, metrics)``."""
+def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
+    """A 1-D data-parallel mesh over ``config.num_devices`` (0 = all) local devices."""
+    devices = jax.devices()
+    n = int(config.get("num_devices", 0)) or len(devices)
+    if n > len(devices):
+        raise ValueError(f"config.num_devices={n} but only {len(devices)} devices are visible")
+    return Mesh(np.asarray(devices[:n]), ("data",))
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict, augment_fn: Callable[[Array, Array], Array], mesh: Mesh
+) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict[str, Array]]]:
+    """The jitted pure step ``(state, images, labels) -> (state, metrics)``.
+
+    Data parallel over ``mesh``: the batch is sharded on its first axis, the state replicated
+    and donated. The loss is ``rankax.batch_loss`` of the *global* batch -- every query ranks
+    all ``B`` embeddings whichever device computed them (XLA inserts the all-gather), and the
+    mean runs over all queries, so the gradient is that of the full batch on one device.
+    """
     loss_fn = resolve_loss(config.loss.name)
-    hparams = dict(config.loss.hparams.to_dict()) if "hparams" in config.loss else {}
-    include_self = bool(config.loss.get("include_self", False))
-    # A P x K batch has K - 1 positives per query (K with the query itself).
+    hparams = dict(config.loss.hparams.to_dict())
+    include_self = bool(config.loss.include_self)
+    # A P x K batch has K - 1 positives per query (K with the query itself); batch_loss checks
+    # the true count and never drops positives.
     capacity = config.batch.samples_per_class - (0 if include_self else 1)
+    use_memory = bool(config.xbm.size)
+    memory_start = int(config.xbm.start_step)
 
     def step(state: TrainState, images: Array, labels: Array) -> tuple[TrainState, dict[str, Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -160,52 +201,68 @@ def make_train_step(config: ml_collections.ConfigDict, augment_fn: Callable[[Arr
                 emb, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
             else:
                 emb, updates = state.apply_fn(variables, images, train=True), {}
+            emb = emb.astype(jnp.float32)
             loss = rankax.batch_loss(
-                loss_fn,
-                emb.astype(jnp.float32),
-                labels,
-                include_self=include_self,
-                max_positives=capacity,
-                **hparams,
+                loss_fn, emb, labels, include_self=include_self, max_positives=capacity, **hparams
             )
-            return loss, updates
+            if use_memory:  # XBM: also rank against the memory, once it has been warmed up
+                with_memory = rankax.batch_loss(
+                    loss_fn, emb, labels, include_self=include_self, memory=state.memory, **hparams
+                )
+                loss = jnp.where(state.step >= memory_start, with_memory, loss)
+            return loss, (updates, emb)
 
-        (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (loss, (updates, emb)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         tx_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        memory = xbm.update(state.memory, emb, labels) if use_memory else state.memory
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, tx_updates),
             opt_state=opt_state,
             batch_stats=updates.get("batch_stats", state.batch_stats),
+            memory=memory,
         )
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
-    return jax.jit(step, donate_argnums=0)
+    replicated = NamedSharding(mesh, P())
+    batch = NamedSharding(mesh, P("data"))
+    return jax.jit(
+        step,
+        in_shardings=(replicated, batch, batch),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def embed(state: TrainState, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def embed_source(state: TrainState, source: Source, batch_size: int = 256) -> np.ndarray:
+    """``[N, D]`` float32 embeddings of every item of ``source`` (test-time preprocessing)."""
     apply = jax.jit(lambda v, x: state.apply_fn(v, x, train=False))
-    out = [
-        np.asarray(apply(state.variables(), images[i : i + batch_size]))
-        for i in range(0, len(images), batch_size)
-    ]
+    out = []
+    for start in range(0, len(source), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(source)))
+        out.append(np.asarray(apply(state.variables(), source.get_batch(idx, train=False))))
     return np.concatenate(out).astype(np.float32)
 
 
-def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=(1, 2, 4, 8)) -> dict[str, float]:
-    """R@k, MAP@R, R-precision and mAP with the query set as gallery (self excluded)."""
-    scores = jnp.asarray(embeddings) @ jnp.asarray(embeddings).T
-    rel = jnp.asarray(labels)[:, None] == jnp.asarray(labels)[None, :]
-    where = ~jnp.eye(len(labels), dtype=bool)
-    m = rankax.metrics
-    out = {f"recall@{k}": float(m.recall_at_k(scores, rel, k=k, where=where)) for k in ks}
-    out["map@r"] = float(m.map_at_r(scores, rel, where=where))
-    out["r_precision"] = float(m.r_precision(scores, rel, where=where))
-    out["map"] = float(m.average_precision(scores, rel, where=where))
-    return out
+def evaluate_state(config: ml_collections.ConfigDict, state: TrainState, data: RetrievalDataset) -> dict[str, float]:
+    """Retrieval metrics of the test set (``rankax.retrieval.evaluate``; gallery if any)."""
+    bs = int(config.eval_batch_size)
+    queries = embed_source(state, data.test, bs)
+    gallery = None if data.gallery is None else embed_source(state, data.gallery, bs)
+    return _evaluate_embeddings(config, queries, data.test.labels, gallery, data)
+
+
+def _evaluate_embeddings(config, queries, labels, gallery, data) -> dict[str, float]:
+    from rankax import retrieval
+
+    gallery_labels = None if gallery is None else data.gallery.labels
+    out = retrieval.evaluate(
+        queries, labels, gallery, gallery_labels, backend=config.eval_backend, ks=tuple(config.eval_ks)
+    )
+    return {k: float(v) for k, v in out.items() if np.isscalar(v) or np.ndim(v) == 0}
 
 
 # ----------------------------------------------------------------------------- loop
@@ -215,48 +272,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
 
     Writes ``workdir/metrics.json`` (the final evaluation), ``workdir/history.json`` (the
-    training curve), ``workdir/checkpoints/<step>`` and PNG plots. Returns the final metrics.
+    training curve), ``workdir/checkpoints/<step>``, TensorBoard events under
+    ``workdir/tensorboard`` and PNG plots. Returns the final metrics.
     """
     os.makedirs(workdir, exist_ok=True)
     data = input_pipeline.load(config)
+    mesh = make_mesh(config)
+    sampler = input_pipeline.make_sampler(config, data)
+    if sampler.batch_size % mesh.size:
+        raise ValueError(f"the batch size {sampler.batch_size} is not divisible by the {mesh.size} devices")
     model = build_model(config)
-    state = create_train_state(config, model, data.train_images[:2])
+    train_labels = np.asarray(data.train.labels)
+    sample = data.train.get_batch(np.arange(2), train=False)
+    state = create_train_state(config, model, sample, train_labels.ndim, train_labels.shape[-1])
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
     state, history = ckpt.restore_latest(state)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
     start = int(state.step)
+    writer = _summary_writer(workdir)
 
     report: dict[str, dict[str, float]] = {}
-    if start == 0:
-        flat = data.test_images.reshape(len(data.test_images), -1)
-        flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-        report["raw pixels"] = retrieval_metrics(flat, data.test_labels)
-        report["untrained"] = retrieval_metrics(embed(state, data.test_images), data.test_labels)
+    if start == 0 and config.eval_baselines:
+        if isinstance(data.test, rankax.data.ArraySource):
+            flat = data.test.images.reshape(len(data.test), -1).astype(np.float32)
+            flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+            report["raw pixels"] = _evaluate_embeddings(config, flat, data.test.labels, None, data)
+        report["untrained"] = evaluate_state(config, state, data)
 
-    sampler = rankax.data.PKSampler(
-        data.train_labels, config.batch.classes_per_batch, config.batch.samples_per_class, seed=config.seed
-    )
-    train_step = make_train_step(config, input_pipeline.augment_fn(config))
+    train_step = make_train_step(config, input_pipeline.augment_fn(config), mesh)
     log_every = max(1, int(config.log_every))
     progress = _progress(start, config.num_steps)
     t0, seen = time.perf_counter(), 0
     for step in range(start, config.num_steps):
         idx = sampler.indices(step)
-        state, metrics = train_step(state, data.train_images[idx], data.train_labels[idx])
+        images = data.train.get_batch(idx, train=True, seed=int(config.seed) * 2**32 + step)
+        state, metrics = train_step(state, images, train_labels[idx])
         seen += len(idx)
         if (step + 1) % log_every == 0 or step + 1 == config.num_steps:
             loss = float(metrics["loss"])
             rate = seen / (time.perf_counter() - t0)
             history.append({"step": step + 1, "loss": loss, "images_per_s": rate})
+            writer.add_scalar("train/loss", loss, step + 1)
+            writer.add_scalar("train/images_per_s", rate, step + 1)
             progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
-        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.num_steps:
-            ev = retrieval_metrics(embed(state, data.test_images), data.test_labels)
+        done = step + 1 == config.num_steps
+        if config.eval_every and (step + 1) % config.eval_every == 0 and not done:
+            ev = evaluate_state(config, state, data)
             history.append({"step": step + 1, **{f"eval/{k}": v for k, v in ev.items()}})
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.num_steps:
+            for k, v in ev.items():
+                writer.add_scalar(f"eval/{k}", v, step + 1)
+        if (step + 1) % config.checkpoint_every == 0 and not done:
             ckpt.save(state, history)
         progress.update(1)
     progress.close()
 
-    final = retrieval_metrics(embed(state, data.test_images), data.test_labels)
+    final = evaluate_state(config, state, data)
+    for k, v in final.items():
+        writer.add_scalar(f"eval/{k}", v, int(state.step))
+    writer.close()
     if int(state.step) > start or not ckpt.has(int(state.step)):
         ckpt.save(state, history, metrics=final)
     ckpt.close()
@@ -267,10 +340,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, "history.json"), "w") as f:
         json.dump(history, f)
     plotting.training_curves(history, os.path.join(workdir, "training_curves.png"))
-    plotting.embedding_projection(
-        embed(state, data.test_images), data.test_labels, os.path.join(workdir, "test_embeddings.png")
-    )
+    if isinstance(data.test, rankax.data.ArraySource):
+        emb = embed_source(state, data.test, int(config.eval_batch_size))
+        labels = np.asarray(data.test.labels)
+        plotting.embedding_projection(emb, labels if labels.ndim == 1 else labels[:, 0],
+                                      os.path.join(workdir, "test_embeddings.png"))
     return final
+
+
+def _summary_writer(workdir: str):
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(os.path.join(workdir, "tensorboard"))
 
 
 def _progress(start: int, total: int):
@@ -279,8 +360,11 @@ def _progress(start: int, total: int):
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
+_TABLE_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "map")
+
+
 def _print_table(report: dict[str, dict[str, float]]) -> None:
-    keys = list(next(iter(report.values())).keys())
+    keys = [k for k in _TABLE_KEYS if k in next(iter(report.values()))]
     width = max(len(n) for n in report) + 2
     print("\n" + "".ljust(width) + "".join(k.rjust(12) for k in keys))
     for name, vals in report.items():
