@@ -45,6 +45,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 from jax.typing import ArrayLike
 
 from rankax import _lists
@@ -78,6 +79,20 @@ def _check_batch(embeddings: ArrayLike, labels: ArrayLike, name: str = "embeddin
     if not jnp.issubdtype(lab.dtype, jnp.integer):
         raise TypeError(f"labels of {name} must be integer class ids, got dtype {lab.dtype}")
     return emb.astype(jnp.promote_types(emb.dtype, jnp.float32)), lab
+
+
+def _replicated(x: Array) -> Array:
+    """Reshards an array that is sharded at the type level (explicit mesh axes) to replicated.
+
+    Blocks of queries are gathered with dynamic indices, which explicit sharding cannot type;
+    for a batch sharded over devices use :mod:`rankax.sharding`, which keeps queries local.
+    Arrays without explicit sharding (the usual ``jit`` + ``NamedSharding`` case, and inside
+    ``shard_map``) are returned unchanged.
+    """
+    spec = getattr(jax.typeof(x).sharding, "spec", None)
+    if spec is not None and any(axis is not None for axis in spec):
+        return jax.sharding.reshard(x, jax.typeof(x).sharding.update(spec=PartitionSpec()))
+    return x
 
 
 def binary_relevance(query_labels: Array, item_labels: Array) -> Array:
@@ -212,6 +227,7 @@ def batch_statistics(
     """
     q_emb, q_lab = _check_batch(queries, query_labels, "queries")
     i_emb, i_lab = _check_batch(items, item_labels, "items")
+    q_emb, q_lab, i_emb, i_lab = map(_replicated, (q_emb, q_lab, i_emb, i_lab))
     if q_emb.shape[1] != i_emb.shape[1]:
         raise ValueError(
             f"queries and items must have the same dimension, got {q_emb.shape} and {i_emb.shape}"
@@ -293,6 +309,43 @@ def batch_statistics(
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
 
 
+def with_references(
+    embeddings: Array,
+    labels: Array,
+    references: ArrayLike | None = None,
+    reference_labels: ArrayLike | None = None,
+    reference_mask: ArrayLike | None = None,
+    memory: Any = None,
+) -> tuple[Array, Array, Array | None]:
+    """The items ranked by a batch's queries: the batch, then the references (no gradient).
+
+    Returns ``(items [B + M, D], item_labels, item_mask [B + M] or None)``. Empty reference
+    slots get label ``-1`` on every level, so they neither are relevant nor share a level's
+    weight in graded relevance.
+    """
+    if memory is not None:
+        if references is not None:
+            raise ValueError("pass either memory= or references=, not both")
+        references, reference_labels, reference_mask = memory.embeddings, memory.labels, memory.valid
+    if references is None:
+        return embeddings, labels, None
+    if reference_labels is None:
+        raise ValueError("references need reference_labels")
+    ref, ref_lab = _check_batch(references, reference_labels, "references")
+    if ref.shape[1] != embeddings.shape[1] or ref_lab.shape[1:] != labels.shape[1:]:
+        raise ValueError(
+            f"references {ref.shape} / labels {ref_lab.shape} do not match the batch "
+            f"{embeddings.shape} / {labels.shape}"
+        )
+    m = ref.shape[0]
+    ref_mask = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
+    ref_lab = jnp.where(ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1))), ref_lab, -1)
+    items = jnp.concatenate([embeddings, jax.lax.stop_gradient(ref.astype(embeddings.dtype))])
+    item_labels = jnp.concatenate([labels, ref_lab.astype(labels.dtype)])
+    item_mask = jnp.concatenate([jnp.ones((embeddings.shape[0],), bool), ref_mask])
+    return items, item_labels, item_mask
+
+
 def batch_loss(
     loss_fn: LossFn,
     embeddings: ArrayLike,
@@ -360,22 +413,9 @@ def batch_loss(
     """
     emb, lab = _check_batch(embeddings, labels)
     b = emb.shape[0]
-    items, item_labels, item_mask = emb, lab, None
-    if memory is not None:
-        if references is not None:
-            raise ValueError("pass either memory= or references=, not both")
-        references, reference_labels, reference_mask = memory.embeddings, memory.labels, memory.valid
-    if references is not None:
-        if reference_labels is None:
-            raise ValueError("references need reference_labels")
-        ref, ref_lab = _check_batch(references, reference_labels, "references")
-        m = ref.shape[0]
-        ref_mask = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
-        # Empty slots get label -1 on every level: no relevance, no share of a level's weight.
-        ref_lab = jnp.where(ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1))), ref_lab, -1)
-        items = jnp.concatenate([emb, jax.lax.stop_gradient(ref.astype(emb.dtype))])
-        item_labels = jnp.concatenate([lab, ref_lab.astype(lab.dtype)])
-        item_mask = jnp.concatenate([jnp.ones((b,), bool), ref_mask])
+    items, item_labels, item_mask = with_references(
+        emb, lab, references, reference_labels, reference_mask, memory
+    )
     totals = batch_statistics(
         loss_fn,
         emb,

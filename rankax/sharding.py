@@ -1,0 +1,153 @@
+"""Global-batch ranking on a device mesh: every query ranks the whole (global) batch.
+
+With data parallelism each device holds ``B / d`` embeddings of a global batch of ``B``. Ranking
+only the local shard would make every list ``d`` times shorter -- a different, worse loss (the
+decomposability gap of AP losses shrinks with the list length). :func:`sharded_batch_loss`
+instead
+
+1. ``all_gather``\\ s the embeddings and labels of the batch over the mesh axis (differentiable:
+   its transpose is a reduce-scatter of the item gradients back to their owners);
+2. lets each device rank **its own** queries against the global batch, with the blocked exact
+   engine of :mod:`rankax.batch` (``O(B/d * C * B)`` work and ``O(block * B + B * D)`` memory
+   per device);
+3. ``psum``\\ s the additive per-list statistics (:mod:`rankax._lists`) over the axis and forms the
+   loss from the totals, so the loss is the mean over *all* queries of the global batch (or the
+   pair-pooled value of ROADMAP's calibration) and its gradient equals the single-device gradient
+   of :func:`rankax.batch_loss` on the full batch.
+
+For the training step
+---------------------
+::
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    loss_of = rankax.sharding.sharded_batch_loss(
+        rankax.supap_loss, mesh, axis_name="data", max_positives=K - 1)
+
+    @jax.jit
+    def train_step(state, images, labels):           # images/labels: NamedSharding(mesh, P("data"))
+        def loss_fn(params):
+            emb = state.apply_fn(params, images)    # [B, D], sharded over "data"
+            return loss_of(emb, labels)             # scalar, replicated
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), loss
+
+``loss_of(embeddings, labels, memory=None)`` takes the *global* ``[B, D]`` embeddings and ``[B]``
+(or ``[B, L]``) labels, sharded along their first axis over ``axis_name`` (``B`` divisible by the
+axis size), and an optional :class:`rankax.xbm.XBM` memory (replicated; every device ranks its
+queries against batch + memory). It is a ``jax.shard_map``; call it inside ``jax.jit``. Keyword
+arguments are those of :func:`rankax.batch_loss` (``include_self``, ``max_positives``,
+``block_size``, ``relevance_fn``, ``capacity_limit``, loss hyperparameters).
+
+Under ``jit`` the labels are traced, so pass ``max_positives`` (``K - 1`` for P x K batches, ``K``
+with ``include_self``): it is the first rung of the capacity ladder, and lists with more positives
+climb it exactly (see :mod:`rankax.batch`).
+
+Plain ``jax.jit`` with ``NamedSharding`` inputs and :func:`rankax.batch_loss` also gives the exact
+value and gradient (XLA's partitioner decides how to distribute the query blocks; in practice it
+gathers the batch); :func:`sharded_batch_loss` makes the distribution explicit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
+
+from rankax import _lists, batch
+
+Array = jax.Array
+AxisName = str | tuple[str, ...]
+
+
+def _axis_size(mesh: Mesh, axis_name: AxisName) -> int:
+    names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+    size = 1
+    for name in names:
+        if name not in mesh.shape:
+            raise ValueError(f"axis {name!r} is not an axis of the mesh {dict(mesh.shape)}")
+        size *= mesh.shape[name]
+    return size
+
+
+def sharded_batch_loss(
+    loss_fn: batch.LossFn,
+    mesh: Mesh,
+    axis_name: AxisName = "data",
+    *,
+    include_self: bool = False,
+    max_positives: int | None = None,
+    block_size: int | None = 256,
+    relevance_fn: batch.RelevanceFn | None = None,
+    max_tile_elements: int = 2**24,
+    capacity_limit: int | None = None,
+    **hparams: Any,
+) -> Callable[..., Array]:
+    """``rankax.batch_loss`` for a batch sharded over ``axis_name`` of ``mesh`` (module doc).
+
+    Args:
+      loss_fn: list-level loss, e.g. :func:`rankax.losses.supap_loss`.
+      mesh: the device mesh.
+      axis_name: mesh axis (or tuple of axes) the batch is sharded over.
+      include_self, max_positives, block_size, relevance_fn, max_tile_elements,
+        capacity_limit, **hparams: as in :func:`rankax.batch_loss`.
+
+    Returns:
+      ``loss_of(embeddings [B, D], labels [B] or [B, L], memory=None) -> scalar``: the mean of
+      the list loss over all queries of the global batch that have a positive, replicated on
+      every device; its gradient equals that of :func:`rankax.batch_loss` on the whole batch.
+    """
+    num_shards = _axis_size(mesh, axis_name)
+    kwargs = dict(
+        include_self=include_self,
+        max_positives=max_positives,
+        block_size=block_size,
+        relevance_fn=relevance_fn,
+        max_tile_elements=max_tile_elements,
+        capacity_limit=capacity_limit,
+        **hparams,
+    )
+
+    def local_loss(emb: Array, lab: Array, memory: Any) -> Array:
+        # emb, lab: this device's queries. Items: the global batch (then the memory).
+        emb, lab = batch._check_batch(emb, lab)
+        global_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
+        global_lab = jax.lax.all_gather(lab, axis_name, tiled=True)
+        items, item_labels, item_mask = batch.with_references(global_emb, global_lab, memory=memory)
+        local = emb.shape[0]
+        first = jax.lax.axis_index(axis_name) * local
+        totals = batch.batch_statistics(
+            loss_fn, emb, lab, items, item_labels,
+            query_index=first + jnp.arange(local), item_mask=item_mask, **kwargs,
+        )
+        totals = jax.lax.psum(totals, axis_name)
+        return _lists.from_statistics(loss_fn, totals, **hparams)
+
+    batch_spec = PartitionSpec(axis_name)
+    without_memory = jax.shard_map(
+        lambda emb, lab: local_loss(emb, lab, None),
+        mesh=mesh,
+        in_specs=(batch_spec, batch_spec),
+        out_specs=PartitionSpec(),
+    )
+    with_memory = jax.shard_map(
+        local_loss,
+        mesh=mesh,
+        in_specs=(batch_spec, batch_spec, PartitionSpec()),  # the memory is replicated
+        out_specs=PartitionSpec(),
+    )
+
+    def loss_of(embeddings: Array, labels: Array, memory: Any = None) -> Array:
+        b = jnp.shape(embeddings)[0]
+        if b % num_shards:
+            raise ValueError(
+                f"the global batch ({b}) must be divisible by the size of axis {axis_name!r} "
+                f"({num_shards})"
+            )
+        if memory is None:
+            return without_memory(embeddings, labels)
+        return with_memory(embeddings, labels, memory)
+
+    return loss_of
