@@ -22,7 +22,9 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
     b = config.batch
     kind = b.get("sampler", "pk")
     if kind == "pk":
-        return rdata.PKSampler(dataset.train.labels, b.classes_per_batch, b.samples_per_class, seed=config.seed)
+        return rdata.PKSampler(
+            dataset.train.labels, b.classes_per_batch, b.samples_per_class, seed=config.seed
+        )
     if kind == "hierarchical":
         return rdata.HierarchicalSampler(
             dataset.train.labels,

@@ -25,7 +25,6 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
-
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -133,7 +132,11 @@ def resolve_loss(name: str) -> Callable[..., Array]:
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, model: Any, sample: np.ndarray, labels_ndim: int = 1, labels_width: int = 1
+    config: ml_collections.ConfigDict,
+    model: Any,
+    sample: np.ndarray,
+    labels_ndim: int = 1,
+    labels_width: int = 1,
 ) -> TrainState:
     """Initial state: model variables (optionally pretrained), optimizer state, RNG, XBM."""
     rng = jax.random.PRNGKey(config.seed)
@@ -247,7 +250,9 @@ def embed_source(state: TrainState, source: Source, batch_size: int = 256) -> np
     return np.concatenate(out).astype(np.float32)
 
 
-def evaluate_state(config: ml_collections.ConfigDict, state: TrainState, data: RetrievalDataset) -> dict[str, float]:
+def evaluate_state(
+    config: ml_collections.ConfigDict, state: TrainState, data: RetrievalDataset
+) -> dict[str, float]:
     """Retrieval metrics of the test set (``rankax.retrieval.evaluate``; gallery if any)."""
     bs = int(config.eval_batch_size)
     queries = embed_source(state, data.test, bs)
@@ -343,8 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if isinstance(data.test, rankax.data.ArraySource):
         emb = embed_source(state, data.test, int(config.eval_batch_size))
         labels = np.asarray(data.test.labels)
-        plotting.embedding_projection(emb, labels if labels.ndim == 1 else labels[:, 0],
-                                      os.path.join(workdir, "test_embeddings.png"))
+        plotting.embedding_projection(
+            emb, labels if labels.ndim == 1 else labels[:, 0], os.path.join(workdir, "test_embeddings.png")
+        )
     return final
 
 
