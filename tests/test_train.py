@@ -1,0 +1,124 @@
+"""The training program on digits: outputs, exact resume, bad checkpoints, CLI errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import digits
+from rankax.data import samplers
+from rankax.train import train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+    c = digits.get_config()
+    c.num_steps = 12
+    c.checkpoint_every = 4
+    c.eval_every = 6
+    c.log_every = 2
+    c.batch.classes_per_batch = 5
+    c.batch.samples_per_class = 4
+    c.model.hidden = (32,)
+    c.model.embedding_dim = 16
+    c.dataset.max_shift = 1  # exercises the step RNG, which resume must restore
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return c
+
+
+def load_params(workdir, step):
+    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]
+
+
+def test_run_writes_metrics_plots_and_checkpoints(tmp_path):
+    final = train_lib.train_and_evaluate(tiny_config(), str(tmp_path))
+    with open(tmp_path / "metrics.json") as f:
+        written = json.load(f)
+    assert {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "map"} <= set(written)
+    assert written["num_queries"] == 896 and written["num_queries_without_positive"] == 0
+    assert written == pytest.approx(final)
+    assert 0.0 <= written["map@r"] <= written["r_precision"] + 1e-6 <= 1.0 + 1e-6
+    assert written["recall@1"] <= written["recall@2"] <= written["recall@4"] <= written["recall@8"]
+    for name in ("training_curves.png", "test_embeddings.png", "history.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+    assert steps[-1] == 12 and len(steps) <= 3 + 1  # last k plus possibly the best
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    full, broken = str(tmp_path / "full"), str(tmp_path / "broken")
+    want = train_lib.train_and_evaluate(tiny_config(), full)
+
+    original = samplers.PKSampler.indices
+
+    def crash_at_10(self, step):
+        if step == 10:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, step)
+
+    monkeypatch.setattr(samplers.PKSampler, "indices", crash_at_10)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train_and_evaluate(tiny_config(), broken)
+    monkeypatch.setattr(samplers.PKSampler, "indices", original)
+    # The kill happened after the step-8 checkpoint: steps 9-10 are redone on resume.
+    assert max(int(p) for p in os.listdir(os.path.join(broken, "checkpoints")) if p.isdigit()) == 8
+    got = train_lib.train_and_evaluate(tiny_config(), broken)
+
+    assert got == pytest.approx(want, abs=0)
+    a, b = load_params(full, 12), load_params(broken, 12)
+    flat_a, flat_b = ocp.tree.to_flat_dict(a), ocp.tree.to_flat_dict(b)
+    assert flat_a.keys() == flat_b.keys()
+    for k in flat_a:
+        np.testing.assert_array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k]), err_msg=str(k))
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
+    cfg = tiny_config(num_steps=8)
+    train_lib.train_and_evaluate(cfg, str(tmp_path))
+    # Corrupt step 8 by deleting its array data; step 4 must be used instead.
+    state_dir = tmp_path / "checkpoints" / "8" / "state"
+    for entry in state_dir.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    cfg = tiny_config(num_steps=10)
+    train_lib.train_and_evaluate(cfg, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "checkpoint step 8" in out and "unreadable" in out
+    assert "Resuming from checkpoint step 4" in out
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_unknown_config_key_names_it(tmp_path):
+    proc = run_cli("--config", "configs/digits.py", "--workdir", str(tmp_path), "--config.num_stepz=3")
+    assert proc.returncode != 0
+    assert "num_stepz" in proc.stderr
+
+
+def test_cli_wrong_type_names_the_key(tmp_path):
+    proc = run_cli("--config", "configs/digits.py", "--workdir", str(tmp_path), "--config.num_steps=abc")
+    assert proc.returncode != 0 and "num_steps" in proc.stderr
+
+
+def test_unknown_loss_name_lists_known_losses():
+    with pytest.raises(ValueError, match="supap"):
+        train_lib.resolve_loss("nonexistent")
