@@ -95,6 +95,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     train_lib.train_and_evaluate(cfg, str(tmp_path))
     out = capsys.readouterr().out
     assert "checkpoint step 8" in out and "unreadable" in out
+    assert (tmp_path / "checkpoints.corrupt" / "8").exists()
     assert "Resuming from checkpoint step 4" in out
 
 

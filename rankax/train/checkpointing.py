@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -85,13 +86,7 @@ class Checkpointer:
                     ),
                 )
             except Exception as err:  # noqa: BLE001 - any read failure means "not usable"
-                logging.warning(
-                    "checkpoint %s/%d is unreadable (%s); trying an older one", self.directory, step, err
-                )
-                print(
-                    f"WARNING: checkpoint step {step} in {self.directory} is unreadable "
-                    f"({type(err).__name__}); falling back to the previous one"
-                )
+                self._quarantine(step, err)
                 continue
             fields = restored["state"]
             if int(np.asarray(fields["step"])) != step:
@@ -100,6 +95,20 @@ class Checkpointer:
             print(f"Resuming from checkpoint step {step} in {self.directory}")
             return state.replace(**fields), list(restored["history"] or [])
         return state, []
+
+    def _quarantine(self, step: int, err: Exception) -> None:
+        """Moves an unreadable step to ``<directory>.corrupt/<step>`` (kept for inspection, out
+        of the way of the step that will be written again)."""
+        aside = os.path.join(self.directory + ".corrupt", str(step))
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.rmtree(aside, ignore_errors=True)
+        shutil.move(os.path.join(self.directory, str(step)), aside)
+        self._mngr.reload()
+        logging.warning("checkpoint %s/%d is unreadable: %s", self.directory, step, err)
+        print(
+            f"WARNING: checkpoint step {step} in {self.directory} is unreadable "
+            f"({type(err).__name__}); moved to {aside}, falling back to the previous one"
+        )
 
     def close(self) -> None:
         self._mngr.close()
