@@ -21,12 +21,20 @@ A dense implementation builds, for every query, the ``N x N`` differences of its
    ``jax.checkpoint``: the forward pass keeps nothing per block and the backward pass
    recomputes one block at a time, so peak memory is ``O(block * N + B * D)``
    (plus ``O(tile)`` for the ``[q, C, N]`` terms, see ``max_tile_elements``);
-3. never drops a positive. Capacities form a ladder ``C, 4C, 16C, ..., N``; each block
-   takes (``lax.switch``) the smallest capacity that holds its largest positive count, and
-   processes its queries in sub-blocks sized so that ``queries * capacity * N`` stays below
-   ``max_tile_elements``. A list with more positives than ``max_positives`` therefore costs
-   more time, never correctness, and never more memory. When the labels are concrete
-   (outside ``jit``) the exact capacity is computed up front and the ladder is skipped.
+3. never drops a positive. Capacities form a ladder ``C, 4C, 16C, ...`` up to
+   ``capacity_limit``; each block takes (``lax.switch``) the smallest capacity that holds its
+   largest positive count, and processes its queries in sub-blocks sized so that
+   ``queries * capacity * N`` stays below ``max_tile_elements``. A list with more positives
+   than ``max_positives`` therefore costs more time, never correctness, and never more
+   memory. A list with more positives than ``capacity_limit`` (by default the largest
+   capacity whose one-query tile fits ``max_tile_elements``: all of ``N`` for ``N <= 4096``)
+   raises :class:`CapacityError` -- the overflow rule is "exact or a clear error". When the
+   labels are concrete (outside ``jit``) the exact capacity is computed up front and the
+   ladder is skipped.
+
+In a P x K train step pass ``max_positives=K - 1`` (``K`` with ``include_self``); adding
+``capacity_limit=K - 1`` compiles a single rung (smaller program, faster compile), with a
+run-time error should a list ever hold more positives.
 
 The result equals the dense per-list computation (``jax.vmap`` of the list-level loss over
 the rows of the full score matrix, averaged over the queries that have a positive) in value
@@ -123,6 +131,11 @@ def capacity_ladder(first: int, num_items: int, growth: int = CAPACITY_GROWTH) -
     return tuple(ladder)
 
 
+def default_capacity_limit(num_items: int, max_tile_elements: int) -> int:
+    """Largest positive capacity ``C`` with a one-query tile ``C * N <= max_tile_elements``."""
+    return max(1, min(num_items, max_tile_elements // max(num_items, 1)))
+
+
 class CapacityError(ValueError):
     """A list has more positives than ``capacity_limit`` allows."""
 
@@ -130,9 +143,9 @@ class CapacityError(ValueError):
 def _raise_on_overflow(most: Any, limit: int) -> None:
     if int(most) > limit:
         raise CapacityError(
-            f"a query has {int(most)} positives but capacity_limit={limit}: raise capacity_limit "
-            "(or leave it None for the exact ladder up to the list length); positives are never "
-            "dropped"
+            f"a query has {int(most)} positives but capacity_limit={limit}: pass a larger "
+            "capacity_limit (up to the list length; each query then needs a [capacity, N] tile) "
+            "or max_tile_elements; positives are never dropped"
         )
 
 
@@ -220,7 +233,8 @@ def batch_statistics(
       include_self, max_positives, block_size, relevance_fn, **hparams: see
         :func:`batch_loss`.
       max_tile_elements: bound on ``queries * capacity * N`` of one ``[q, C, N]`` tile.
-      capacity_limit: largest rung of the capacity ladder (default ``N``: always exact).
+      capacity_limit: largest rung of the capacity ladder (default
+        :func:`default_capacity_limit`).
 
     Returns:
       ``dict`` of scalar totals (``{"sum", "count"}`` for ordinary list losses).
@@ -256,7 +270,8 @@ def batch_statistics(
         capacities = (min(exact, n),)
     else:
         first = DEFAULT_TRACED_CAPACITY if max_positives is None else max_positives
-        limit = n if capacity_limit is None else min(int(capacity_limit), n)
+        limit = default_capacity_limit(n, max_tile_elements) if capacity_limit is None else capacity_limit
+        limit = max(1, min(int(limit), n))
         capacities = capacity_ladder(min(first, limit), limit)
     if exact is not None and capacity_limit is not None and exact > capacity_limit:
         _raise_on_overflow(exact, capacity_limit)
@@ -394,13 +409,14 @@ def batch_loss(
       reference_mask: optional ``[M]`` bool, which references exist.
       memory: a :class:`rankax.xbm.XBM` cross-batch memory; shorthand for the three above.
       max_tile_elements: bound on the size of one ``[queries, capacity, N]`` tile.
-      capacity_limit: largest positive capacity the compiled program may use (default: the
-        list length ``N``, always exact). The ladder's top rung handles lists that are all
-        positives one query at a time: ``O(N^2)`` scratch that XLA reserves even if it is never
-        taken. With a limit, the program is smaller and a list with more positives raises
-        :class:`CapacityError` (at run time under ``jit``) instead of being computed.
-        ``max_positives=K - 1, capacity_limit=K - 1`` gives a single-rung program for P x K
-        batches.
+      capacity_limit: largest positive capacity the compiled program may use under ``jit``.
+        A list with more positives raises :class:`CapacityError` (at run time) instead of
+        being computed -- never dropped. Default :func:`default_capacity_limit`: the largest
+        capacity whose one-query tile ``[1, C, N]`` fits ``max_tile_elements`` (all of ``N``
+        up to ``N = 4096`` with the default tile), so XLA never reserves more scratch than
+        the tile budget for rungs that are rarely taken. ``max_positives=K - 1,
+        capacity_limit=K - 1`` gives a single-rung program for P x K batches; raise it (up to
+        ``N``) for lists with very many graded positives.
       **hparams: forwarded to ``loss_fn``.
 
     Returns:

@@ -164,6 +164,8 @@ def test_capacity_helpers():
     assert batch.exact_capacity(lab, lab, query_index=jnp.arange(B), include_self=True) == 6
     assert batch.capacity_ladder(3, 100) == (3, 12, 48, 100)
     assert batch.capacity_ladder(200, 100) == (100,)
+    assert batch.default_capacity_limit(4096, 2**24) == 4096
+    assert batch.default_capacity_limit(16384, 2**24) == 1024
 
 
 def test_no_positive_anywhere_gives_zero_and_finite_grad():
@@ -226,6 +228,12 @@ def test_capacity_limit_raises_instead_of_dropping():
     fn = jax.jit(lambda e, y: rankax.batch_loss(supap_loss, e, y, max_positives=2, capacity_limit=4))
     with pytest.raises(Exception, match="capacity_limit=4"):
         jax.block_until_ready(fn(emb, lab))
+    # The default limit comes from the tile budget: 4 * B elements allow 4 positives.
+    small_tile = jax.jit(
+        lambda e, y: rankax.batch_loss(supap_loss, e, y, max_positives=2, max_tile_elements=4 * B)
+    )
+    with pytest.raises(Exception, match="capacity_limit=4"):
+        jax.block_until_ready(small_tile(emb, lab))
     # A limit that holds every list: a single rung, exact.
     fits = jax.jit(lambda e, y: rankax.batch_loss(supap_loss, e, y, max_positives=5, capacity_limit=5))
     _assert_close(fits(emb, lab), dense_reference(supap_loss, emb, lab))
