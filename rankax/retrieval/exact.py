@@ -4,8 +4,9 @@ Both stream the gallery: queries are processed in blocks of ``block_size`` (a Py
 one compiled step per block shape), and inside a step the gallery is scanned in chunks of
 ``gallery_block_size`` rows, so the largest array is the ``[block, chunk]`` score tile and the
 memory is ``O(block * N)`` at most -- an ``N x N`` score matrix is never formed. Every score
-comes from the same compiled ``[chunk, D] x [D, block]`` product (:func:`_chunk_scores`), so a
-score recomputed in another pass is bitwise the same and ties stay ties.
+comes from the same ``[chunk, D] x [D, block]`` product (:func:`_chunk_scores`) with the same
+shapes, so a score computed in two passes agrees (ties between duplicated embeddings stay
+ties); a positive's count of itself is corrected by index, so its rank never depends on it.
 
 With several devices the query block is split over a one-axis mesh (``shard_map``, axis
 ``"queries"``); the gallery is replicated. Results do not depend on the number of devices.
