@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
+from numpy.typing import ArrayLike
 
 from rankax.retrieval import exact
 
@@ -101,10 +104,10 @@ def _binary_from_neighbours(match: np.ndarray, num_pos: np.ndarray, ks) -> dict[
 
 
 def evaluate(
-    queries,
-    query_labels,
-    gallery=None,
-    gallery_labels=None,
+    queries: ArrayLike,
+    query_labels: ArrayLike,
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
     *,
     backend: str = "exact",
     ks: Sequence[int] = (1, 2, 4, 8),
@@ -115,9 +118,9 @@ def evaluate(
     relevance_rule: str = "pop",
     relevance_alpha: float = 1.0,
     scann_config: str = "auto",
-    mesh=None,
+    mesh: Mesh | None = None,
     return_per_query: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Retrieval metrics of ``queries`` against a gallery, by inner product.
 
     Args:

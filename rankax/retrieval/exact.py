@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import jax
@@ -295,7 +296,7 @@ def positive_ranks(
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
     mesh: Mesh | None = None,
-):
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
     """Yields ``(start, m, rank [m, C], rank_pos [m, C], mask [m, C])`` block by block.
 
     ``rank`` counts the gallery items scoring at least as high as the positive (itself

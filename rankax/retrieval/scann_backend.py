@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def build_searcher(
     leaves_to_search: int | None = None,
     reorder_k: int | None = None,
     seed_training_sample: int = 250_000,
-):
+) -> Any:
     """Builds a ScaNN searcher over ``gallery [N, D]`` returning ``k`` neighbours by default."""
     scann_ops = _import_scann()
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
@@ -84,7 +85,7 @@ def scann_knn(
     *,
     k: int,
     config: str = "auto",
-    **config_kwargs,
+    **config_kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Approximate top-``k`` neighbours with ScaNN; same contract as :func:`~.exact.knn`.
 
@@ -118,7 +119,7 @@ def scann_recall(
     k: int = 10,
     config: str = "auto",
     block_size: int = 512,
-    **config_kwargs,
+    **config_kwargs: Any,
 ) -> dict[str, float]:
     """How many of the exact top-``k`` neighbours ScaNN finds, and how long each takes.
 
