@@ -54,7 +54,7 @@ def build_searcher(
     num_leaves: int | None = None,
     leaves_to_search: int | None = None,
     reorder_k: int | None = None,
-    seed_training_sample: int = 250_000,
+    training_sample_size: int = 250_000,
 ) -> Any:
     """Builds a ScaNN searcher over ``gallery [N, D]`` returning ``k`` neighbours by default."""
     scann_ops = _import_scann()
@@ -71,7 +71,7 @@ def build_searcher(
         builder.tree(
             num_leaves=num_leaves,
             num_leaves_to_search=leaves_to_search,
-            training_sample_size=min(n, seed_training_sample),
+            training_sample_size=min(n, training_sample_size),
         )
         .score_ah(2, anisotropic_quantization_threshold=0.2)
         .reorder(reorder_k)
