@@ -294,8 +294,9 @@ def _asi_kernel(scores, labels, where, positives):
     depth = jnp.maximum(rank, (higher + order_in_level).astype(jnp.float32))
     r = _num_positives(positives, labels, where)
     harmonic = lambda n: jax.scipy.special.digamma(n + 1.0) + np.euler_gamma
-    terms = jnp.where(positives.mask & (depth <= r[..., None]),
-                      harmonic(r[..., None]) - harmonic(depth - 1.0), 0.0)
+    terms = jnp.where(
+        positives.mask & (depth <= r[..., None]), harmonic(r[..., None]) - harmonic(depth - 1.0), 0.0
+    )
     return _lists.safe_divide(jnp.sum(terms, axis=-1), r)
 
 
