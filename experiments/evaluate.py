@@ -1,4 +1,4 @@
-"""Evaluate retrieval from precomputed embeddings (or, later, a checkpoint).
+"""Evaluate retrieval from precomputed embeddings or from a training checkpoint.
 
     python -m experiments.evaluate --embeddings test.npz [--gallery gallery.npz] \
         [--backend exact|scann] [--scann-config auto|brute_force|tree_ah] \
@@ -15,8 +15,10 @@ its own list (SOP/CUB/Cars/iNat); with it, the first file holds the queries. The
 the inner product (``--normalize`` L2-normalises first, for cosine similarity). The metrics
 are printed as a table and, with ``--output``, written as JSON.
 
-``--checkpoint DIR --config FILE`` will embed a dataset with a trained model; that part comes
-with the training system (see :func:`embed_fn_from_checkpoint`).
+``--checkpoint WORKDIR --config FILE`` restores the newest readable checkpoint of a training
+workdir (``python -m experiments.train --workdir WORKDIR``), embeds the test split of the
+config's dataset (and its gallery, if any) and evaluates it; ``--save-embeddings FILE.npz``
+also writes those embeddings in the format above.
 """
 
 from __future__ import annotations
@@ -50,13 +52,31 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def embed_fn_from_checkpoint(checkpoint: str, config: str | None):
-    """Hook for the training system: return ``(embed_fn, inputs, labels, gallery_inputs,
-    gallery_labels)`` for the evaluation split of ``config`` and the model restored from
-    ``checkpoint``; :class:`RetrievalEvaluator` does the rest."""
-    raise SystemExit(
-        "--checkpoint needs the training system (rankax.train), which does not provide a "
-        "checkpoint loader yet; export embeddings to an .npz file and use --embeddings."
-    )
+    """``(embed_fn, inputs, labels, gallery_inputs, gallery_labels)`` for the test split of
+    ``config`` embedded by the model restored from the training workdir ``checkpoint``.
+
+    The embeddings are computed here (datasets may not fit in memory as images), so
+    ``embed_fn`` is the identity on them.
+    """
+    if not config:
+        raise SystemExit("--checkpoint needs --config (the experiment config it was trained with)")
+    import runpy
+
+    from rankax.train import train_lib
+
+    try:
+        cfg = runpy.run_path(config)["get_config"]()
+    except FileNotFoundError as err:
+        raise SystemExit(f"--config {config!r} does not exist") from err
+    try:
+        state, data = train_lib.restore_for_evaluation(cfg, checkpoint)
+    except FileNotFoundError as err:
+        raise SystemExit(f"--checkpoint: {err}") from err
+    bs = int(cfg.eval_batch_size)
+    queries = train_lib.embed_source(state, data.test, bs)
+    gallery = None if data.gallery is None else train_lib.embed_source(state, data.gallery, bs)
+    gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)
+    return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels
 
 
 def format_table(metrics: dict) -> str:
@@ -81,6 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--normalize", action="store_true", help="L2-normalise embeddings")
     parser.add_argument("--block-size", type=int, default=512, help="queries per step")
     parser.add_argument("--output", help="write the metrics to this JSON file")
+    parser.add_argument("--save-embeddings", help="with --checkpoint: also write the query embeddings (.npz)")
     return parser.parse_args(argv)
 
 
@@ -95,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
         embed_fn, inputs, labels, gallery, gallery_labels = embed_fn_from_checkpoint(
             args.checkpoint, args.config
         )
+        if args.save_embeddings:
+            np.savez(args.save_embeddings, **{NPZ_EMBEDDINGS: inputs, NPZ_LABELS: labels})
     else:
         embed_fn = np.asarray  # precomputed embeddings: the identity
         inputs, labels = load_npz(args.embeddings)
@@ -113,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         out = pathlib.Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         record = {"metrics": metrics, "backend": args.backend, "embeddings": args.embeddings,
+                  "checkpoint": args.checkpoint, "config": args.config,
                   "gallery": args.gallery, "normalize": args.normalize}
         out.write_text(json.dumps(record, indent=2) + "\n")
     return metrics

@@ -123,3 +123,21 @@ def test_cli_wrong_type_names_the_key(tmp_path):
 def test_unknown_loss_name_lists_known_losses():
     with pytest.raises(ValueError, match="supap"):
         train_lib.resolve_loss("nonexistent")
+
+
+def test_evaluate_cli_restores_a_checkpoint(tmp_path):
+    from experiments import evaluate
+
+    workdir = tmp_path / "run"
+    final = train_lib.train_and_evaluate(tiny_config(num_steps=4), str(workdir))
+    cfg = tmp_path / "tiny.py"
+    cfg.write_text(
+        "from tests.test_train import tiny_config\n\ndef get_config():\n    return tiny_config(num_steps=4)\n"
+    )
+    got = evaluate.main(
+        ["--checkpoint", str(workdir), "--config", str(cfg), "--output", str(tmp_path / "e.json")]
+    )
+    for key in ("recall@1", "map@r", "map"):
+        assert got[key] == pytest.approx(final[key], abs=1e-6)
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        evaluate.main(["--checkpoint", str(tmp_path / "empty"), "--config", str(cfg)])

@@ -61,6 +61,9 @@ class Checkpointer:
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
+    def steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
+
     def has(self, step: int) -> bool:
         return step in self._mngr.all_steps()
 

@@ -270,6 +270,32 @@ def _evaluate_embeddings(config, queries, labels, gallery, data) -> dict[str, fl
     return {k: float(v) for k, v in out.items() if np.isscalar(v) or np.ndim(v) == 0}
 
 
+def restore_for_evaluation(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[TrainState, RetrievalDataset]:
+    """The newest readable checkpoint of ``workdir`` and the dataset of ``config``.
+
+    Raises:
+      FileNotFoundError: ``workdir/checkpoints`` holds no readable checkpoint.
+    """
+    data = input_pipeline.load(config)
+    model = build_model(config)
+    labels = np.asarray(data.train.labels)
+    sample = data.train.get_batch(np.arange(2), train=False)
+    state = create_train_state(config, model, sample, labels.ndim, labels.shape[-1])
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints directory in {workdir!r} (expected {directory})")
+    ckpt = checkpointing.Checkpointer(directory, config)
+    try:
+        if not ckpt.steps():
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        state, _ = ckpt.restore_latest(state)
+    finally:
+        ckpt.close()
+    return state, data
+
+
 # ----------------------------------------------------------------------------- loop
 
 
