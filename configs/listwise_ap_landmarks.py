@@ -1,0 +1,95 @@
+"""Listwise AP (histogram-binned AP loss) on landmarks, ResNet-101 + GeM.
+
+Reference: J. Revaud, J. Almazán, R. S. Rezende, C. R. de Souza. "Learning with Average
+Precision: Training Image Retrieval with a Listwise Loss", ICCV 2019. Official code (models
+and evaluation only): github.com/naver/deep-image-retrieval ("Resnet101-AP-GeM": trained on
+Landmarks-clean fine-tuning from ImageNet, single resolution, learned whitening; ROxford5K
+M/H 67.1/42.3 and RParis6K M/H 80.3/60.9 mAP).
+
+What is set from DESIGN.md §6 and the official code: ResNet-101, GeM pooling (p=3, learned),
+a linear projection (2048-d) and L2 normalisation, the AP loss with M=20 triangular bins on
+[-1, 1] (``dirtorch/loss.py``'s ``APLoss(nq=20, min=-1, max=1)``).
+Not verified here (the paper's training section was not available; placeholders, marked
+below): the optimizer and its learning rate / weight decay, the batch composition (the paper
+ranks a batch of thousands of images, 4096 in its main setting, by multi-staged
+back-propagation), the number of steps and the 800 px training resolution.
+
+Data: a folder/CSV dataset (``rankax.data.folder``, layout in ``docs/data.md``), e.g.
+``path,landmark_id,split`` with ``train`` rows for Landmarks-clean and ``query``/``gallery``
+rows for ROxford5k/RParis6k. Set ``--config.dataset.root`` and ``--config.dataset.csv_file``.
+
+Evaluation: the reported numbers use the revisited protocol (easy/hard/junk ground truth,
+``rankax.retrieval.revisited``) and a learned whitening; the training loop evaluates with
+class labels only (``train_lib.evaluate_state``), so the ROxford/RParis numbers of a run are
+not computed from this config (see the report of the configs work).
+"""
+
+import ml_collections
+
+from configs import default
+
+TRAIN_IMAGES = 42_410  # Landmarks-clean (Gordo et al.), approximate: not checked here
+BATCH = 4096  # 256 landmarks x 16 images: placeholder composition of a 4096-image batch
+
+
+def get_config():
+    c = default.get_config()
+    c.dataset = ml_collections.ConfigDict(
+        {
+            "name": "folder",
+            "dataset_name": "landmarks",
+            "root": "~/data/landmarks",
+            "csv_file": "~/data/landmarks/data.csv",
+            "label_columns": ("landmark_id",),
+            "image_size": 800,  # placeholder: the paper's training resolution, not checked
+            "resize_size": 800,
+            "test_resize_mode": "shorter",
+            "crop_scale": (0.16, 1.0),
+            "crop_ratio": (0.75, 1.33),
+        }
+    )
+    c.model = ml_collections.ConfigDict(
+        {
+            "name": "resnet101",
+            "pooling": "gem",
+            "gem_p": 3.0,
+            "gem_learnable": True,
+            "embedding_dim": 2048,
+            "frozen_bn": True,
+            "pretrained": ml_collections.FieldReference(None, field_type=str),
+        }
+    )
+    c.loss.name = "histogram_ap"
+    c.loss.hparams = ml_collections.ConfigDict(
+        {"num_bins": 20, "score_range": (-1.0, 1.0), "tie_aware": False}
+    )
+    c.batch.sampler = "pk"
+    c.batch.classes_per_batch = 256  # placeholder (see above)
+    c.batch.samples_per_class = 16
+
+    c.optimizer.name = "adam"  # placeholder values: not checked against the paper
+    c.optimizer.lr = 1e-5
+    c.optimizer.head_lr = ml_collections.FieldReference(None, field_type=float)
+    c.optimizer.weight_decay = 1e-6
+    c.optimizer.schedule = "constant"
+
+    steps_per_epoch = TRAIN_IMAGES // BATCH  # 10
+    c.num_steps = 100 * TRAIN_IMAGES // BATCH  # placeholder: 100 epochs x 42,410 / 4096 = 1,035
+    c.log_every = 10
+    c.eval_every = 10 * steps_per_epoch
+    c.checkpoint_every = 10 * steps_per_epoch
+    c.best_metric = "map"
+    c.eval_ks = (1, 5, 10)
+    c.eval_batch_size = 64
+    c.eval_baselines = False
+
+    c.reported = ml_collections.ConfigDict(
+        {
+            "roxford5k_medium_map": 67.1,
+            "roxford5k_hard_map": 42.3,
+            "rparis6k_medium_map": 80.3,
+            "rparis6k_hard_map": 60.9,
+            "note": "revisited protocol, single scale, with learned whitening (official README)",
+        }
+    )
+    return c

@@ -1,0 +1,90 @@
+"""ROADMAP on CUB-200-2011, ResNet-50 (reported R@1 68.5).
+
+Reference: E. Ramzi, N. Thome, C. Rambour, N. Audebert, X. Bitot. "Robust and Decomposable
+Average Precision for Image Retrieval" (ROADMAP), NeurIPS 2021. Official code:
+github.com/elias-ramzi/ROADMAP (README "CUB-200-2011" command: ``optimizer=cub
+model=resnet_max_ln transform=cub_big dataset=cub batch_size=128 loss=roadmap max_iter=200``).
+
+Model (``model/resnet_max_ln.yaml``): ResNet-50, global *max* pooling, a LayerNorm without
+affine parameters on the pooled features, linear to 512, frozen BatchNorm. rankax's
+``ResNetEmbedding`` has no feature-LayerNorm attribute, so this config has max pooling and the
+projection but not the LayerNorm (listed in the report of the configs work).
+Optimizer: ``roadmap/config/optimizer/cub.yaml`` was not available; the values are those of
+the repository's ``margin_ap/config/optimizer/cub.yaml`` (its earlier training package):
+Adam, lr 5e-6 for backbone and head, weight decay 4e-4, x0.3 after epoch 30.
+Images (``transform/cub_big.yaml``): random-resized crop 256 (scale 0.16-1); test: shorter
+side 288, centre crop 256.
+
+Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
+"""
+
+import ml_collections
+
+from configs import default
+
+TRAIN_IMAGES = 5_864  # CUB classes 1-100
+BATCH = 128  # 32 classes x 4 images
+EPOCHS = 200
+
+
+def get_config():
+    c = default.get_config()
+    c.dataset = ml_collections.ConfigDict(
+        {
+            "name": "cub",
+            "image_size": 256,
+            "resize_size": 288,
+            "test_resize_mode": "shorter",
+            "crop_scale": (0.16, 1.0),
+            "crop_ratio": (0.75, 1.33),
+            "data_dir": ml_collections.FieldReference(None, field_type=str),
+        }
+    )
+    c.model = ml_collections.ConfigDict(
+        {
+            "name": "resnet50",
+            "pooling": "max",
+            "embedding_dim": 512,
+            "frozen_bn": True,
+            "pretrained": ml_collections.FieldReference(None, field_type=str),
+        }
+    )
+    c.loss.name = "roadmap"
+    c.loss.hparams = ml_collections.ConfigDict(
+        {
+            "supap_weight": 1.0,
+            "calibration_weight": 1.0,
+            "tau": 0.01,
+            "rho": 100.0,
+            "delta": 0.05,
+            "start": 0.5,
+            "offset": 1.44,
+            "variant": "neurips",
+            "pos_margin": 0.9,
+            "neg_margin": 0.6,
+        }
+    )
+    c.batch.sampler = "pk"  # MPerClassSampler
+    c.batch.classes_per_batch = BATCH // 4
+    c.batch.samples_per_class = 4
+
+    c.optimizer.name = "adam"
+    c.optimizer.lr = 5e-6
+    c.optimizer.head_lr = 5e-6
+    c.optimizer.weight_decay = 4e-4
+    c.optimizer.schedule = "step"
+    c.optimizer.decay_at = (30 / EPOCHS,)  # MultiStepLR milestones [30]
+    c.optimizer.decay_factor = 0.3
+    c.optimizer.freeze_bn_params = True
+
+    steps_per_epoch = TRAIN_IMAGES // BATCH  # 45
+    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 200 epochs x 5,864 / 128 = 9,162 steps
+    c.log_every = 50
+    c.eval_every = 5 * steps_per_epoch
+    c.checkpoint_every = 10 * steps_per_epoch
+    c.best_metric = "recall@1"
+    c.eval_ks = (1, 2, 4, 8)
+    c.eval_baselines = False
+
+    c.reported = ml_collections.ConfigDict({"recall_at_1": 68.5})
+    return c
