@@ -1,0 +1,159 @@
+"""Every experiment config builds and runs end to end on mock data, shrunk to a tiny size.
+
+Each ``configs/*.py`` (except ``default.py``) goes through ``train_lib.train_and_evaluate``:
+its dataset (TFDS ``mock_data`` for sop/cub/cars/inat, generated PNG files + CSV for folder,
+digits as is), its model family at a tiny size, its loss, sampler and optimizer, one train
+step, a checkpoint and one evaluation. What is shrunk: the trunk (ResNet: one bottleneck of
+width 4; ViT: one block of width 16), the images (16 px), the batch (2 x 2), the steps (1).
+Everything else -- pooling, projection, loss and its hparams, sampler kind, optimizer and
+schedule -- is the config's own.
+"""
+
+import importlib
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from rankax.train import train_lib  # noqa: E402
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("default", "__init__"))
+DIGITS = ("digits", "digits_open_set")
+TFDS_DATASETS = ("sop", "cub", "cars", "inat")
+IMAGE = 16
+MOCK_EXAMPLES = 12
+
+
+def load_config(name):
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_prng():
+    # Compiling threefry for every parameter shape dominates model.init on CPU; the smoke
+    # test does not depend on the generator.
+    old = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    yield
+    jax.config.update("jax_default_prng_impl", old)
+
+
+def _inat_files(tmp_path):
+    """A made-up taxonomy and a class-disjoint split of the mock iNat records."""
+    records = list(tfds.data_source("i_naturalist2018", split="train+validation"))
+    names = tfds.builder("i_naturalist2018").info.features["label"].names
+    labels = sorted({int(r["label"]) for r in records})
+    taxonomy = [
+        {
+            "id": label,
+            "name": names[label],
+            "genus": f"g{i // 2}",
+            "family": f"f{i // 4}",
+            "order": f"o{i // 8}",
+            "class": "c0",
+            "phylum": "p0",
+            "kingdom": "k0",
+        }
+        for i, label in enumerate(labels)
+    ]
+    (tmp_path / "categories.json").write_text(json.dumps(taxonomy))
+    median = np.median([int(r["label"]) for r in records])
+    for split, keep in (("train", lambda x: x <= median), ("test", lambda x: x > median)):
+        ids = [f"train_val2018/x/{r['id']}.jpg" for r in records if keep(int(r["label"]))]
+        (tmp_path / f"Inaturalist_{split}_set1.txt").write_text("\n".join(ids) + "\n")
+
+
+def _landmarks_folder(tmp_path):
+    """PNG images and a CSV with train / query / gallery rows (landmarks layout)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["path,landmark_id,split"]
+    for i in range(24):
+        split = "train" if i < 12 else ("query" if i < 16 else "gallery")
+        path = f"images/{i}.png"
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / path)
+        rows.append(f"{path},{i % 4 + (0 if split == 'train' else 4)},{split}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+
+
+def tiny(config, tmp_path):
+    """``config`` shrunk for a smoke test (its kinds of model, loss, sampler, optimizer kept)."""
+    model = config.model
+    if model.name.startswith("resnet"):
+        model.stage_sizes = (1,)
+        model.width = 4
+    elif model.name.startswith(("deit", "vit")):
+        model.update({"patch_size": 4, "hidden_size": 16, "depth": 1, "num_heads": 2, "image_size": IMAGE})
+    elif model.name == "mlp":
+        model.hidden = (16,)
+    if model.get("embedding_dim") is not None:
+        model.embedding_dim = 8
+
+    ds = config.dataset
+    if ds.name != "digits":
+        ds.image_size = IMAGE
+        ds.resize_size = IMAGE + 4
+        if ds.get("train_resize_size") is not None:
+            ds.train_resize_size = IMAGE + 4
+        ds.num_threads = 1
+    if ds.name in TFDS_DATASETS:
+        ds.pil_decode = False  # mock_data serves decoded images only
+    if ds.name == "inat":
+        _inat_files(tmp_path)
+        ds.taxonomy_file = str(tmp_path / "categories.json")
+        ds.split_dir = str(tmp_path)
+    if ds.name == "folder":
+        _landmarks_folder(tmp_path)
+        ds.root = str(tmp_path)
+        ds.csv_file = str(tmp_path / "data.csv")
+
+    config.batch.classes_per_batch = 2
+    config.batch.samples_per_class = 2
+    if config.xbm.size:
+        config.xbm.size = 8
+    config.num_steps = 1
+    config.checkpoint_every = 1
+    config.eval_every = 0
+    config.log_every = 1
+    config.eval_baselines = False
+    config.eval_batch_size = 64
+    return config
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_has_the_cli_keys_and_reported_numbers(name):
+    config = load_config(name)
+    assert int(config.num_steps) > 0 and int(config.checkpoint_every) > 0
+    assert int(config.checkpoint_every) <= int(config.num_steps)
+    if name in DIGITS:
+        return
+    assert "reported" in config, f"configs/{name}.py has no `reported` field"
+    numbers = {k: v for k, v in config.reported.items() if k != "note"}
+    assert numbers, f"configs/{name}.py: `reported` names no metric"
+    # A number the paper reports, or None with a note saying why it is missing.
+    assert all(isinstance(v, float) for v in numbers.values() if v is not None)
+    assert all(v is not None for v in numbers.values()) or config.reported.get("note")
+    assert config.dataset.name in ("sop", "cub", "cars", "inat", "folder")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_trains_and_evaluates_on_mock_data(name, tmp_path):
+    workdir = tmp_path / "run"
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE):
+        (tmp_path / "data").mkdir(exist_ok=True)
+        config = tiny(load_config(name), tmp_path / "data")
+        final = train_lib.train_and_evaluate(config, str(workdir))
+    assert {"recall@1", "map@r", "map"} <= set(final)
+    assert all(np.isfinite(v) or np.isnan(v) for v in final.values())
+    assert (workdir / "metrics.json").exists()
+    assert "1" in os.listdir(workdir / "checkpoints")
+    if config.dataset.name in ("sop", "inat"):  # label paths: hierarchical metrics too
+        assert {"hap", "ndcg", "asi"} <= set(final)
