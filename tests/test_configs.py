@@ -2,9 +2,12 @@
 
 Each ``configs/*.py`` (except ``default.py``) goes through ``train_lib.train_and_evaluate``:
 its dataset (TFDS ``mock_data`` for sop/cub/cars/inat, generated PNG files + CSV for folder,
-digits as is), its model family at a tiny size, its loss, sampler and optimizer, one train
-step, a checkpoint and one evaluation. What is shrunk: the trunk (ResNet: one bottleneck of
-width 4; ViT: one block of width 16), the images (16 px), the batch (2 x 2), the steps (1).
+digits as is), its model class, its loss, sampler and optimizer, one train step, a checkpoint
+and one evaluation. What is shrunk: the images (16 px), the batch (2 x 2), the steps (1) and
+the trunk, cut to its stem -- ResNet: the 7x7 convolution, BatchNorm and max-pool with no
+bottleneck stage; ViT: patch embedding, class token, position embedding and final LayerNorm
+with no block -- because XLA's CPU compile time of the step grows with every block and
+dominates this test; the blocks themselves are tested in ``tests/test_models.py``.
 Everything else -- pooling, projection, loss and its hparams, sampler kind, optimizer and
 schedule -- is the config's own.
 """
@@ -88,10 +91,10 @@ def tiny(config, tmp_path):
     """``config`` shrunk for a smoke test (its kinds of model, loss, sampler, optimizer kept)."""
     model = config.model
     if model.name.startswith("resnet"):
-        model.stage_sizes = (1,)
+        model.stage_sizes = ()
         model.width = 4
     elif model.name.startswith(("deit", "vit")):
-        model.update({"patch_size": 4, "hidden_size": 16, "depth": 1, "num_heads": 2, "image_size": IMAGE})
+        model.update({"patch_size": 4, "hidden_size": 16, "depth": 0, "num_heads": 2, "image_size": IMAGE})
     elif model.name == "mlp":
         model.hidden = (16,)
     if model.get("embedding_dim") is not None:
