@@ -71,11 +71,15 @@ def _assert_close(got, want, rtol=2e-5, atol=2e-6):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize(
+    "label_kind, include_self", [("flat", False), ("paths", True)], ids=["flat", "paths-self"]
+)
 @pytest.mark.parametrize("loss_fn", LIST_LOSSES, ids=_name)
-def test_blocked_equals_dense(loss_fn, include_self):
-    """Concrete labels: exact capacity, blocks of 5 queries (the last one padded)."""
-    emb, lab = _embeddings(), _labels()
+def test_blocked_equals_dense(loss_fn, label_kind, include_self):
+    """Concrete labels (exact capacity), blocks of 5 queries (the last one padded): class ids
+    without self, and [B, L] label paths with SupRank's graded relevance with self."""
+    emb = _embeddings()
+    lab = _labels() if label_kind == "flat" else _paths()
     ref_val, ref_grad = jax.value_and_grad(
         lambda e: dense_reference(loss_fn, e, lab, include_self=include_self)
     )(emb)
@@ -117,18 +121,8 @@ def test_overflow_is_exact_under_jit(loss_fn, include_self):
     _assert_close(grad, ref_grad, atol=2e-5)
 
 
-@pytest.mark.parametrize("loss_fn", LIST_LOSSES, ids=_name)
-def test_hierarchical_labels_equal_dense(loss_fn):
-    """[B, L] label paths with SupRank's graded relevance; concrete labels (exact capacity)."""
-    emb, paths = _embeddings(), _paths()
-    ref_val, ref_grad = jax.value_and_grad(lambda e: dense_reference(loss_fn, e, paths))(emb)
-    val, grad = jax.value_and_grad(lambda e: rankax.batch_loss(loss_fn, e, paths, block_size=8))(emb)
-    _assert_close(val, ref_val)
-    _assert_close(grad, ref_grad, atol=2e-5)
-
-
 @pytest.mark.parametrize("include_self", [True])
-def test_hierarchical_ladder_with_self(include_self):
+def test_hierarchical_ladder(include_self):
     """Graded relevance through the capacity ladder (traced paths), H-AP."""
     loss_fn = getattr(rankax.losses, "hap_loss", supap_loss)
     emb, paths = _embeddings(), _paths()

@@ -15,6 +15,10 @@ import textwrap
 
 import pytest
 
+# One subprocess for the module: keep its tests on one xdist worker (`make test` uses
+# --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sharding_subprocess")
+
 SCRIPT = textwrap.dedent(
     """
     import json
@@ -55,7 +59,8 @@ SCRIPT = textwrap.dedent(
 
     # max_positives=2 < 3 positives per query: the capacity ladder runs on every device.
     check("supap_shard_map", explicit, rankax.supap_loss, lab, "shard_map", max_positives=2)
-    check("supap_jit_named_sharding", auto, rankax.supap_loss, lab, "jit", max_positives=2)
+    check("supap_jit_named_sharding", auto, rankax.supap_loss, lab, "jit", max_positives=3,
+          capacity_limit=3)
     check("roadmap_pooled_include_self", auto, rankax.roadmap_loss, lab, "shard_map",
           include_self=True, max_positives=4)
     hap = getattr(rankax.losses, "hap_loss", rankax.supap_loss)

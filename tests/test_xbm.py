@@ -78,7 +78,15 @@ def test_update_is_jittable_and_a_pytree():
         xbm.update(mem, _unit(0, (3, 3)), jnp.zeros((3,), jnp.int32))
 
 
-@pytest.mark.parametrize("loss_fn", LIST_LOSSES, ids=lambda f: f.__name__)
+# One loss per family: gathered positives, pair-pooled statistics, histogram, graded.
+MEMORY_LOSSES = tuple(
+    getattr(rankax.losses, name)
+    for name in ("supap_loss", "pnp_loss", "roadmap_loss", "fast_ap_loss", "sup_ndcg_loss")
+    if hasattr(rankax.losses, name)
+) or LIST_LOSSES
+
+
+@pytest.mark.parametrize("loss_fn", MEMORY_LOSSES, ids=lambda f: f.__name__)
 def test_batch_plus_memory_equals_dense(loss_fn):
     emb = _unit(0, (B, D))
     lab = jnp.asarray(np.random.RandomState(0).randint(0, 4, B), jnp.int32)
