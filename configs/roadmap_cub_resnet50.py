@@ -6,7 +6,8 @@ github.com/elias-ramzi/ROADMAP (README "CUB-200-2011" command: ``optimizer=cub
 model=resnet_max_ln transform=cub_big dataset=cub batch_size=128 loss=roadmap max_iter=200``).
 
 Model (``model/resnet_max_ln.yaml``): ResNet-50, global *max* pooling, a LayerNorm without
-affine parameters on the pooled features, linear to 512, frozen BatchNorm. rankax's
+affine parameters on the pooled features, linear to 512, BatchNorm statistics frozen (the
+official ``freeze_batch_norm`` puts BN in eval mode; its scale/bias still train). rankax's
 ``ResNetEmbedding`` has no feature-LayerNorm attribute, so this config has max pooling and the
 projection but not the LayerNorm (listed in the report of the configs work).
 Optimizer: ``roadmap/config/optimizer/cub.yaml`` was not available; the values are those of
@@ -75,7 +76,7 @@ def get_config():
     c.optimizer.schedule = "step"
     c.optimizer.decay_at = (30 / EPOCHS,)  # MultiStepLR milestones [30]
     c.optimizer.decay_factor = 0.3
-    c.optimizer.freeze_bn_params = True
+    c.optimizer.freeze_bn_params = False  # lib.freeze_batch_norm: statistics only
 
     steps_per_epoch = TRAIN_IMAGES // BATCH  # 45
     c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 200 epochs x 5,864 / 128 = 9,162 steps

@@ -12,7 +12,8 @@ those of the same authors' iNaturalist optimizer in the SupRank code (``optimize
 Adam, 1e-5 backbone / 2e-5 head, weight decay 4e-4, cosine decay over the run (there to
 1e-6; optax's cosine here decays to 0). Images (SupRank's iNat transform): random-resized
 crop 224 (scale 0.16-1); test: shorter side 256, centre crop 224. Model: average pooling,
-linear to 512, frozen BatchNorm.
+linear to 512, BatchNorm statistics frozen (the official ``freeze_batch_norm`` puts BN in
+eval mode; its scale/bias still train).
 
 Data: TFDS ``i_naturalist2018`` plus the taxonomy file and the split lists (see
 ``rankax.data.tfds_data.load_inat``); set ``--config.dataset.taxonomy_file`` and
@@ -84,7 +85,7 @@ def get_config():
     c.optimizer.head_lr = 2e-5
     c.optimizer.weight_decay = 4e-4
     c.optimizer.schedule = "cosine"
-    c.optimizer.freeze_bn_params = True
+    c.optimizer.freeze_bn_params = False  # lib.freeze_batch_norm: statistics only
 
     steps_per_epoch = TRAIN_IMAGES // BATCH  # 848
     c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 90 epochs x 325,846 / 384 = 76,370 steps

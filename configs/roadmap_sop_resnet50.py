@@ -11,7 +11,8 @@ Optimizer: DESIGN.md §6 (Adam, 1e-5 backbone / 2e-5 head, weight decay 1e-4, 10
 the official ``optimizer/sop.yaml`` of this run was not available to check the schedule, so
 the learning rate is constant. Images: ``transform/sop_big.yaml`` (train: resize 288 then
 random-resized crop 256; test: 288 x 288 then centre crop 256). Model: ``model/resnet.yaml``
-(average pooling, linear to 512, no feature LayerNorm, frozen BatchNorm).
+(average pooling, linear to 512, no feature LayerNorm); BatchNorm statistics frozen (the
+official ``freeze_batch_norm`` puts BN in eval mode; its scale/bias still train).
 
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
 ``--config.loss.include_self=True`` reproduces the official batches (query in its own list).
@@ -80,7 +81,7 @@ def get_config():
     c.optimizer.head_lr = 2e-5
     c.optimizer.weight_decay = 1e-4
     c.optimizer.schedule = "constant"
-    c.optimizer.freeze_bn_params = True
+    c.optimizer.freeze_bn_params = False  # lib.freeze_batch_norm: statistics only
 
     steps_per_epoch = TRAIN_IMAGES // BATCH  # 465
     c.num_steps = 100 * TRAIN_IMAGES // BATCH  # 100 epochs x 59,551 / 128 = 46,524 steps

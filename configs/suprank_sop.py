@@ -18,7 +18,8 @@ Sampler (``dataset/sop.yaml``): SupRank's hierarchical sampler, batch 256, 4 ima
 Optimizer (``optimizer/sop.yaml``): Adam, 5e-5 backbone / 1e-4 head, weight decay 1e-4,
 cosine decay to 0 over the run; ``warmup_step=5`` (5 epochs during which only the head is
 updated) has no equivalent here. Model (``model/resnet_ln.yaml``): ResNet-50, average pooling,
-LayerNorm on the pooled features (not available here), linear to 512, frozen BatchNorm.
+LayerNorm on the pooled features (not available here), linear to 512, BatchNorm
+statistics frozen (scale/bias trained, as the official ``freeze_batch_norm``).
 Images (``dataset/sop.yaml``): resize 256, random-resized crop 224 (scale 0.16-1), flip;
 test 256 x 256 then centre crop 224 (rankax's SOP defaults).
 
@@ -74,7 +75,7 @@ def get_config():
     c.optimizer.head_lr = 1e-4  # 2 x backbone
     c.optimizer.weight_decay = 1e-4
     c.optimizer.schedule = "cosine"
-    c.optimizer.freeze_bn_params = True
+    c.optimizer.freeze_bn_params = False  # lib.freeze_batch_norm: statistics only
 
     steps_per_epoch = TRAIN_IMAGES // BATCH  # 232
     c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 100 epochs x 59,551 / 256 = 23,262 steps
