@@ -147,6 +147,20 @@ def test_config_has_the_cli_keys_and_reported_numbers(name):
     assert config.dataset.name in ("sop", "cub", "cars", "inat", "folder")
 
 
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in DIGITS])
+def test_full_size_model_matches_the_images(name):
+    """The paper-size model takes the config's images and gives the expected embedding width
+    (abstract evaluation: shapes only, nothing is compiled)."""
+    config = load_config(name)
+    model = train_lib.build_model(config)
+    size = config.dataset.image_size
+    images = jax.ShapeDtypeStruct((1, size, size, 3), jax.numpy.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+    width = config.model.embedding_dim or {"deit_small": 384, "deit_base": 768}[config.model.name]
+    assert out.shape == (1, width)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_trains_and_evaluates_on_mock_data(name, tmp_path):
     workdir = tmp_path / "run"
