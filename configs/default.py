@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.xbm.start_step = 0  # rank against the memory from this step on
 
     c.num_devices = 0  # data-parallel devices (0 = all visible)
+    c.loss_sharding = "shard_map"  # or "jit" (see train_lib.make_train_step)
     c.num_steps = 300
     c.log_every = 10
     c.eval_every = 100

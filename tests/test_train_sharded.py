@@ -15,8 +15,8 @@ SCRIPT = textwrap.dedent(
     from rankax.train import input_pipeline, train_lib
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    def run(num_devices, dtype="float32", xbm=0):
-        c = tiny_config(num_devices=num_devices, dtype=dtype)
+    def run(num_devices, dtype="float32", xbm=0, loss_sharding="shard_map"):
+        c = tiny_config(num_devices=num_devices, dtype=dtype, loss_sharding=loss_sharding)
         c.batch.classes_per_batch, c.batch.samples_per_class = 8, 4   # 32 = 4 per device
         c.xbm.size = xbm
         data = input_pipeline.load(c)
@@ -35,9 +35,11 @@ SCRIPT = textwrap.dedent(
 
     one, l1 = run(1)
     eight, l8 = run(8)
-    np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    jit8, lj8 = run(8, loss_sharding="jit")
+    for other, lo in ((eight, l8), (jit8, lj8)):
+        np.testing.assert_allclose(lo, l1, rtol=1e-5, atol=1e-6)
+        for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(other.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     # the memory bank travels through the sharded step too
     m1, lm1 = run(1, xbm=64)
     m8, lm8 = run(8, xbm=64)

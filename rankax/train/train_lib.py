@@ -176,21 +176,44 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
 
 
 def make_train_step(
-    config: ml_collections.ConfigDict, augment_fn: Callable[[Array, Array], Array], mesh: Mesh
+    config: ml_collections.ConfigDict,
+    augment_fn: Callable[[Array, Array], Array],
+    mesh: Mesh,
+    labels_ndim: int = 1,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict[str, Array]]]:
     """The jitted pure step ``(state, images, labels) -> (state, metrics)``.
 
     Data parallel over ``mesh``: the batch is sharded on its first axis, the state replicated
-    and donated. The loss is ``rankax.batch_loss`` of the *global* batch -- every query ranks
-    all ``B`` embeddings whichever device computed them (XLA inserts the all-gather), and the
-    mean runs over all queries, so the gradient is that of the full batch on one device.
+    and donated. The loss is that of the *global* batch -- every query ranks all ``B``
+    embeddings whichever device computed them, and the mean runs over all queries, so the
+    gradient is that of the full batch on one device. ``config.loss_sharding="shard_map"``
+    (default) uses :func:`rankax.sharding.sharded_batch_loss` (explicit differentiable
+    all-gather, each device ranks its own queries, statistics ``psum``-ed); ``"jit"`` lets
+    XLA partition :func:`rankax.batch_loss`. Both are exact.
     """
     loss_fn = resolve_loss(config.loss.name)
     hparams = dict(config.loss.hparams.to_dict())
     include_self = bool(config.loss.include_self)
-    # A P x K batch has K - 1 positives per query (K with the query itself); batch_loss checks
-    # the true count and never drops positives.
+    # A P x K batch has K - 1 positives per query (K with the query itself). With class ids and
+    # the P x K sampler that is also the most there can be: compile that one capacity
+    # (capacity_limit). Otherwise (label paths, hierarchical sampler) batch_loss climbs its
+    # exact capacity ladder; it never drops positives either way.
     capacity = config.batch.samples_per_class - (0 if include_self else 1)
+    plain_pk = config.batch.get("sampler", "pk") == "pk" and labels_ndim == 1
+    batch_kw = dict(include_self=include_self, max_positives=capacity, **hparams)
+    if plain_pk:
+        batch_kw["capacity_limit"] = capacity
+    memory_kw = dict(include_self=include_self, max_positives=capacity, **hparams)
+    if config.loss_sharding == "shard_map":  # explicit all_gather + psum of the statistics
+        batch_of = rankax.sharding.sharded_batch_loss(loss_fn, mesh, "data", **batch_kw)
+        memory_of = rankax.sharding.sharded_batch_loss(loss_fn, mesh, "data", **memory_kw)
+    elif config.loss_sharding == "jit":  # XLA partitions rankax.batch_loss of the global batch
+        batch_of = lambda emb, labels: rankax.batch_loss(loss_fn, emb, labels, **batch_kw)
+        memory_of = lambda emb, labels, memory: rankax.batch_loss(
+            loss_fn, emb, labels, memory=memory, **memory_kw
+        )
+    else:
+        raise ValueError(f"config.loss_sharding must be 'jit' or 'shard_map', got {config.loss_sharding!r}")
     use_memory = bool(config.xbm.size)
     memory_start = int(config.xbm.start_step)
 
@@ -205,14 +228,14 @@ def make_train_step(
             else:
                 emb, updates = state.apply_fn(variables, images, train=True), {}
             emb = emb.astype(jnp.float32)
-            loss = rankax.batch_loss(
-                loss_fn, emb, labels, include_self=include_self, max_positives=capacity, **hparams
-            )
-            if use_memory:  # XBM: also rank against the memory, once it has been warmed up
-                with_memory = rankax.batch_loss(
-                    loss_fn, emb, labels, include_self=include_self, memory=state.memory, **hparams
+            if use_memory:  # XBM: rank against batch + memory once the memory is warmed up
+                loss = jax.lax.cond(
+                    state.step >= memory_start,
+                    lambda: memory_of(emb, labels, state.memory),
+                    lambda: batch_of(emb, labels),
                 )
-                loss = jnp.where(state.step >= memory_start, with_memory, loss)
+            else:
+                loss = batch_of(emb, labels)
             return loss, (updates, emb)
 
         (loss, (updates, emb)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -330,7 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             report["raw pixels"] = _evaluate_embeddings(config, flat, data.test.labels, None, data)
         report["untrained"] = evaluate_state(config, state, data)
 
-    train_step = make_train_step(config, input_pipeline.augment_fn(config), mesh)
+    train_step = make_train_step(config, input_pipeline.augment_fn(config), mesh, train_labels.ndim)
     log_every = max(1, int(config.log_every))
     progress = _progress(start, config.num_steps)
     t0, seen = time.perf_counter(), 0
