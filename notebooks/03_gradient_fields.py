@@ -71,7 +71,10 @@ scores, labels = jnp.asarray(scores, jnp.float32), jnp.asarray(labels)
 ap = float(rankax.metrics.average_precision(scores, labels))
 print("positives at ranks", (np.flatnonzero(np.asarray(labels)) + 1).tolist(), f"AP = {ap:.3f}")
 
-grads = {name: np.asarray(jax.grad(fn)(scores, labels)) for name, fn in LOSSES.items()}
+# jax.jit: one compilation per loss (op-by-op execution of a first grad call costs more).
+values_and_grads = {name: jax.jit(jax.value_and_grad(fn))(scores, labels) for name, fn in LOSSES.items()}
+values = {name: float(v) for name, (v, _) in values_and_grads.items()}
+grads = {name: np.asarray(g) for name, (_, g) in values_and_grads.items()}
 
 fig, axes = plt.subplots(len(LOSSES), 1, figsize=(10, 2.0 * len(LOSSES)), sharex=True)
 colours = np.where(np.asarray(labels) > 0, "tab:green", "tab:red")
@@ -79,7 +82,7 @@ for ax, (name, g) in zip(axes, grads.items(), strict=True):
     ax.bar(np.arange(1, n + 1), -g, color=colours)
     ax.axhline(0, color="k", lw=0.5)
     ax.set_ylabel("-dL/ds")
-    ax.set_title(f"{name}: loss {float(LOSSES[name](scores, labels)):.3f}", fontsize=10, loc="left")
+    ax.set_title(f"{name}: loss {values[name]:.3f}", fontsize=10, loc="left")
 axes[-1].set_xlabel("rank of the item in the list (green: positive, red: negative)")
 fig.tight_layout()
 fig.savefig(FIGURES / "03_gradients_on_a_list.png", dpi=110)
@@ -109,7 +112,7 @@ def pull_on_moving(fn, value):
 
 fig, axes = plt.subplots(len(LOSSES), 1, figsize=(10, 2.0 * len(LOSSES)), sharex=True)
 for ax, (name, fn) in zip(axes, LOSSES.items(), strict=True):
-    field = jax.vmap(lambda v, f=fn: pull_on_moving(f, v))(sweep)
+    field = jax.jit(jax.vmap(lambda v, f=fn: pull_on_moving(f, v)))(sweep)
     ax.plot(sweep, field, color="tab:green")
     for s_neg in np.asarray(scores)[np.asarray(labels) == 0]:
         ax.axvline(s_neg, color="tab:red", lw=0.4, alpha=0.6)
