@@ -22,12 +22,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "supap"
     c.loss.include_self = False
+    # With [N, L] label paths (SOP, iNat, folder): False trains the loss on the finest level
+    # (column 0: class-level positives, as the flat papers do); True hands the whole paths to
+    # rankax.batch_loss, whose relevance is then graded by the hierarchy (H-AP, SupNDCG).
+    c.loss.hierarchical = False
     c.loss.hparams = ml_collections.ConfigDict()
 
     c.batch = ml_collections.ConfigDict()
     c.batch.classes_per_batch = 10
     c.batch.samples_per_class = 16
     c.batch.sampler = "pk"  # or "hierarchical" (SupRank)
+    c.batch.super_classes_per_batch = 2  # hierarchical sampler only
+    c.batch.batches_per_super_tuple = 5  # hierarchical sampler only
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"
@@ -36,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 1e-4
     c.optimizer.momentum = 0.9
     c.optimizer.schedule = "constant"
+    c.optimizer.final_lr_ratio = 0.0  # cosine: decay to lr * final_lr_ratio
     c.optimizer.decay_at = (0.5, 0.75)
     c.optimizer.decay_factor = 0.3
     c.optimizer.warmup_steps = 0

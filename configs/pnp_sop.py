@@ -18,10 +18,6 @@ Variants: ``--config.loss.hparams.variant=O|Iu|Ib|Ds|Dq`` (``alpha`` for Dq, ``b
 The reported PNP numbers are not in DESIGN.md and the paper's tables were not available here.
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
 
-Caveat: SOP labels are ``[class, super_class]`` paths and the training step hands them to
-``rankax.batch_loss``, whose default relevance for paths is hierarchical, so images of the same
-super-class count as positives of the loss, unlike the paper's class-level loss (evaluation is
-class-level). The training system has no config key yet to train on column 0 only.
 """
 
 import ml_collections

@@ -14,11 +14,6 @@ token without projection, L2-normalised.
 Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and
 ``--config.model.pretrained=/path/to/deit_small.pth``.
 
-Caveat: iNat labels are ``[species, ...]`` paths and the training step hands them to
-``rankax.batch_loss``, whose default relevance for paths is hierarchical, so images sharing a
-coarser level count as positives of the loss, unlike the paper's species-level loss
-(evaluation is species-level). The training system has no config key yet to train on
-column 0 only.
 """
 
 import ml_collections

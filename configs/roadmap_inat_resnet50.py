@@ -20,11 +20,6 @@ Data: TFDS ``i_naturalist2018`` plus the taxonomy file and the split lists (see
 ``--config.dataset.split_dir``. Start from ImageNet weights with
 ``--config.model.pretrained=/path/to/resnet50.pth``.
 
-Caveat: iNat labels are ``[species, ...]`` paths and the training step hands them to
-``rankax.batch_loss``, whose default relevance for paths is hierarchical, so images sharing a
-coarser level count as positives of the loss, unlike the paper's species-level loss
-(evaluation is species-level). The training system has no config key yet to train on
-column 0 only.
 """
 
 import ml_collections

@@ -13,10 +13,6 @@ random-resized crop 224; test: 256 x 256 then centre crop 224).
 
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/deit_small.pth``.
 
-Caveat: SOP labels are ``[class, super_class]`` paths and the training step hands them to
-``rankax.batch_loss``, whose default relevance for paths is hierarchical, so images of the same
-super-class count as positives of the loss, unlike the paper's class-level loss (evaluation is
-class-level). The training system has no config key yet to train on column 0 only.
 """
 
 import ml_collections

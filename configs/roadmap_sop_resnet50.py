@@ -17,10 +17,6 @@ official ``freeze_batch_norm`` puts BN in eval mode; its scale/bias still train)
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
 ``--config.loss.include_self=True`` reproduces the official batches (query in its own list).
 
-Caveat: SOP labels are ``[class, super_class]`` paths and the training step hands them to
-``rankax.batch_loss``, whose default relevance for paths is hierarchical, so images of the same
-super-class count as positives of the loss, unlike the paper's class-level loss (evaluation is
-class-level). The training system has no config key yet to train on column 0 only.
 """
 
 import ml_collections

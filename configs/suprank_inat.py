@@ -62,6 +62,7 @@ def get_config():
         }
     )
     c.loss.name = "hap"
+    c.loss.hierarchical = True  # the loss sees the label paths (graded relevance)
     c.loss.hparams = ml_collections.ConfigDict(
         {"tau": 0.01, "rho": 100.0, "delta": 0.05, "start": 0.0, "offset": 1.0, "variant": "fixed"}
     )

@@ -61,6 +61,7 @@ def get_config():
         }
     )
     c.loss.name = "hap"  # graded "pop" relevance of the label paths (batch_loss default)
+    c.loss.hierarchical = True  # the loss sees the label paths (graded relevance)
     c.loss.hparams = ml_collections.ConfigDict(
         {"tau": 0.01, "rho": 100.0, "delta": 0.05, "start": 0.5, "offset": 1.44, "variant": "fixed"}
     )

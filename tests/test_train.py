@@ -141,3 +141,15 @@ def test_evaluate_cli_restores_a_checkpoint(tmp_path):
         assert got[key] == pytest.approx(final[key], abs=1e-6)
     with pytest.raises(SystemExit, match="no checkpoint"):
         evaluate.main(["--checkpoint", str(tmp_path / "empty"), "--config", str(cfg)])
+
+
+def test_flat_losses_train_on_the_finest_level_of_label_paths():
+    from rankax.data import ArraySource, RetrievalDataset
+
+    paths = np.array([[0, 0], [1, 0], [2, 1], [3, 1]])
+    src = ArraySource(np.zeros((4, 8, 8, 1), np.float32), paths)
+    data = RetrievalDataset("toy", src, src)
+    cfg = tiny_config()
+    np.testing.assert_array_equal(train_lib.training_labels(cfg, data), [0, 1, 2, 3])
+    cfg.loss.hierarchical = True
+    np.testing.assert_array_equal(train_lib.training_labels(cfg, data), paths)

@@ -30,8 +30,8 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
             dataset.train.labels,
             b.classes_per_batch * b.samples_per_class,
             b.samples_per_class,
-            super_classes_per_batch=b.get("super_classes_per_batch", 2),
-            batches_per_super_tuple=b.get("batches_per_super_tuple", 5),
+            super_classes_per_batch=b.super_classes_per_batch,
+            batches_per_super_tuple=b.batches_per_super_tuple,
             seed=config.seed,
         )
     raise ValueError(f"config.batch.sampler must be 'pk' or 'hierarchical', got {kind!r}")

@@ -64,7 +64,7 @@ def _schedule(config: ml_collections.ConfigDict, base_lr: float) -> optax.Schedu
     if opt.schedule == "constant":
         sched = optax.constant_schedule(base_lr)
     elif opt.schedule == "cosine":
-        sched = optax.cosine_decay_schedule(base_lr, steps)
+        sched = optax.cosine_decay_schedule(base_lr, steps, alpha=float(opt.get("final_lr_ratio", 0.0)))
     elif opt.schedule == "step":
         boundaries = {int(b * steps): opt.decay_factor for b in opt.decay_at}
         sched = optax.piecewise_constant_schedule(base_lr, boundaries)
@@ -260,6 +260,18 @@ def make_train_step(
     )
 
 
+def training_labels(config: ml_collections.ConfigDict, data: RetrievalDataset) -> np.ndarray:
+    """The labels the loss sees: ``[N]`` class ids, or ``[N, L]`` paths if ``loss.hierarchical``.
+
+    Label paths of SOP/iNat/folder datasets are reduced to their finest level (column 0)
+    unless ``config.loss.hierarchical``; evaluation always gets the full labels.
+    """
+    labels = np.asarray(data.train.labels)
+    if labels.ndim == 2 and not config.loss.get("hierarchical", False):
+        return labels[:, 0]
+    return labels
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -303,7 +315,7 @@ def restore_for_evaluation(
     """
     data = input_pipeline.load(config)
     model = build_model(config)
-    labels = np.asarray(data.train.labels)
+    labels = training_labels(config, data)
     sample = data.train.get_batch(np.arange(2), train=False)
     state = create_train_state(config, model, sample, labels.ndim, labels.shape[-1])
     directory = os.path.join(workdir, "checkpoints")
@@ -336,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if sampler.batch_size % mesh.size:
         raise ValueError(f"the batch size {sampler.batch_size} is not divisible by the {mesh.size} devices")
     model = build_model(config)
-    train_labels = np.asarray(data.train.labels)
+    train_labels = training_labels(config, data)
     sample = data.train.get_batch(np.arange(2), train=False)
     state = create_train_state(config, model, sample, train_labels.ndim, train_labels.shape[-1])
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
