@@ -23,6 +23,7 @@
 # label noise). Below everything is computed from `rankax.pnp_loss` with `jax.grad`/`jax.vmap`.
 
 # %%
+import functools
 import os
 from pathlib import Path
 
@@ -75,8 +76,9 @@ r = jnp.linspace(0.01, 30.0, 300)
 curves = {}
 for variant, alpha in [(v, 4.0) for v in VARIANTS] + [("Dq", 8.0)]:
     name = variant if variant != "Dq" else f"Dq (alpha={alpha:g})"
-    f = jax.vmap(lambda q, v=variant, a=alpha: pnp_of_r(q, v, a))(r)
-    df = jax.vmap(jax.grad(lambda q, v=variant, a=alpha: pnp_of_r(q, v, a)))(r)
+    f_of_r = functools.partial(pnp_of_r, variant=variant, alpha=alpha)
+    f = jax.jit(jax.vmap(f_of_r))(r)
+    df = jax.jit(jax.vmap(jax.grad(f_of_r)))(r)
     curves[name] = (f, df)
 
 # The docstring's closed forms, as a check of the construction.
@@ -117,7 +119,7 @@ negatives_before = positions - np.arange(len(positions))
 
 pull = {}
 for variant in VARIANTS:
-    g = jax.grad(lambda s, v=variant: rankax.pnp_loss(s, labels, variant=v, tau=TAU))(scores)
+    g = jax.jit(jax.grad(functools.partial(rankax.pnp_loss, labels=labels, variant=variant, tau=TAU)))(scores)
     pull[variant] = -np.asarray(g)[positions]
 
 fig, ax = plt.subplots(figsize=(7, 4))

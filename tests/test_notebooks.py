@@ -2,11 +2,13 @@
 
 The notebooks are jupytext percent-format ``.py`` files (see ``notebooks/README.md``). Each one
 is converted with jupytext and executed by nbclient in a Jupyter kernel, in a temporary
-directory, as a researcher would run it (cells in order, IPython semantics, the kernel of this
-environment). We use nbclient rather than ``runpy`` because a plain script run would not catch
-what only breaks in a kernel (IPython-only syntax, display, the working directory being the
-notebook's); the kernel is the ``python3`` kernelspec of the running interpreter (``ipykernel``
-is a test dependency; jupyter_client starts it with ``sys.executable``).
+directory, as a researcher would run it (cells in order, IPython semantics). We use nbclient
+rather than ``runpy`` because a plain script run would not catch what only breaks in a kernel
+(IPython-only syntax, display, the working directory being the notebook's).
+
+The kernel is this interpreter: the test writes a kernelspec whose command is
+``sys.executable -m ipykernel_launcher`` into a temporary ``JUPYTER_PATH`` under a name of its
+own, so no user- or system-level ``python3`` kernelspec can substitute another Python.
 
 Under test the kernel gets ``RANKAX_NOTEBOOK_FAST=1`` (smaller sweeps, fewer training steps),
 ``MPLBACKEND=Agg`` and ``RANKAX_NOTEBOOK_FIGURES`` pointing into the temporary directory, so the
@@ -15,20 +17,34 @@ committed PNGs in ``docs/notebooks/`` are never rewritten by a test run.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
 from pathlib import Path
 
+import ipykernel  # noqa: F401  (test dependency: the kernel below runs it)
+import jupytext
+import nbclient
 import pytest
-
-jupytext = pytest.importorskip("jupytext")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
 FIGURES = ROOT / "docs" / "notebooks"
 CELL_TIMEOUT_S = 300
+KERNEL_NAME = "rankax-notebook-test"
+
+
+def _install_kernelspec(jupyter_path: Path) -> None:
+    """A kernelspec that runs ipykernel with this very interpreter."""
+    spec_dir = jupyter_path / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "rankax test kernel",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
 
 
 def test_notebooks_found():
@@ -42,11 +58,15 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("RANKAX_NOTEBOOK_FIGURES", str(figures))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    _install_kernelspec(tmp_path / "jupyter")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    # The checkout's rankax, also when it is not installed in the environment.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     notebook = jupytext.read(path)
     client = nbclient.NotebookClient(
         notebook,
         timeout=CELL_TIMEOUT_S,
-        kernel_name="python3",
+        kernel_name=KERNEL_NAME,
         resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()  # raises CellExecutionError with the cell and traceback on failure
@@ -61,11 +81,3 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
         assert (FIGURES / name).is_file(), f"docs/notebooks/{name} is not committed"
         link = rf"\(\.\./docs/notebooks/{re.escape(name)}\)"
         assert re.search(link, readme), f"notebooks/README.md does not link {name}"
-
-
-def test_kernel_is_this_interpreter():
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    spec = KernelSpecManager().get_kernel_spec("python3")
-    # jupyter_client replaces a bare "python" by sys.executable when it starts the kernel.
-    assert spec.argv[0] in ("python", "python3", sys.executable), spec.argv
