@@ -46,10 +46,10 @@ def test_cli_separate_gallery_and_label_paths(tmp_path):
         assert metrics[key] == pytest.approx(value, rel=1e-5)
 
 
-def test_cli_missing_key_and_checkpoint_hook(tmp_path):
+def test_cli_missing_key_and_checkpoint_without_config(tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, feats=np.zeros((3, 2)))
     with pytest.raises(SystemExit, match="embeddings"):
         cli.main(["--embeddings", str(bad)])
-    with pytest.raises(SystemExit, match="training system"):
+    with pytest.raises(SystemExit, match="--checkpoint needs --config"):
         cli.main(["--checkpoint", str(tmp_path)])
