@@ -20,11 +20,14 @@ def training_curves(history: list[dict[str, Any]], path: str) -> None:
     """Loss per logged step and every ``eval/*`` metric against the step."""
     plt = _pyplot()
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = sorted({k for h in history for k in h if k.startswith("eval/")})
+    # rates in [0, 1] only (counts such as eval/num_queries would flatten the axis)
+    evals = sorted({k for h in history for k in h if k.startswith("eval/") and not k.startswith("eval/num_")})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if losses:
         s, v = zip(*losses, strict=True)
         axes[0].plot(s, v)
+        if min(v) > 0:
+            axes[0].set_yscale("log")
     axes[0].set(xlabel="step", ylabel="training loss", title="loss")
     for key in evals:
         pts = [(h["step"], h[key]) for h in history if key in h]

@@ -364,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
             report["raw pixels"] = _evaluate_embeddings(config, flat, data.test.labels, None, data)
         report["untrained"] = evaluate_state(config, state, data)
+        history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
 
     train_step = make_train_step(config, input_pipeline.augment_fn(config), mesh, train_labels.ndim)
     log_every = max(1, int(config.log_every))
@@ -393,6 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress.close()
 
     final = evaluate_state(config, state, data)
+    history.append({"step": int(state.step), **{f"eval/{k}": v for k, v in final.items()}})
     for k, v in final.items():
         writer.add_scalar(f"eval/{k}", v, int(state.step))
     writer.close()
