@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
     c.best_metric = "map@r"
+    c.eval_protocol = "retrieval"  # or "revisited" (ROxford/RParis, needs revisited_gnd)
+    c.revisited_gnd = ml_collections.FieldReference(None, field_type=str)  # gnd_roxford5k.pkl
     c.eval_backend = "exact"
     c.eval_ks = (1, 2, 4, 8)
     c.eval_batch_size = 512

@@ -153,3 +153,32 @@ def test_flat_losses_train_on_the_finest_level_of_label_paths():
     np.testing.assert_array_equal(train_lib.training_labels(cfg, data), [0, 1, 2, 3])
     cfg.loss.hierarchical = True
     np.testing.assert_array_equal(train_lib.training_labels(cfg, data), paths)
+
+
+def test_revisited_protocol_ranks_the_database_by_similarity(tmp_path):
+    from rankax.retrieval import revisited_map
+
+    rng = np.random.default_rng(0)
+    queries, gallery = rng.normal(size=(3, 4)), rng.normal(size=(12, 4))
+    gnd = [
+        {"easy": [0, 3], "hard": [5], "junk": [7]},
+        {"easy": [1], "hard": [], "junk": []},
+        {"easy": [], "hard": [2, 9], "junk": [4]},
+    ]
+    # Reference ranking written out per query with Python's sort.
+    ranks = np.stack(
+        [np.array(sorted(range(12), key=lambda j, q=q: -float(gallery[j] @ queries[q]))) for q in range(3)],
+        axis=1,
+    )
+    want = revisited_map(ranks, gnd, kappas=(1, 5))
+    got = train_lib.revisited_metrics(queries, gallery, gnd, (1, 5))
+    assert got == pytest.approx(want)
+    path = tmp_path / "gnd.pkl"
+    import pickle
+
+    path.write_bytes(pickle.dumps({"gnd": gnd, "imlist": [], "qimlist": []}))
+    assert train_lib.load_revisited_gnd(str(path)) == gnd
+    with pytest.raises(FileNotFoundError, match="revisited_gnd"):
+        train_lib.load_revisited_gnd(str(tmp_path / "missing.pkl"))
+    with pytest.raises(ValueError, match="3 queries"):
+        train_lib.revisited_metrics(queries[:2], gallery, gnd, (1,))

@@ -288,11 +288,68 @@ def embed_source(state: TrainState, source: Source, batch_size: int = 256) -> np
 def evaluate_state(
     config: ml_collections.ConfigDict, state: TrainState, data: RetrievalDataset
 ) -> dict[str, float]:
-    """Retrieval metrics of the test set (``rankax.retrieval.evaluate``; gallery if any)."""
+    """Metrics of the test set under ``config.eval_protocol``.
+
+    ``"retrieval"``: :func:`rankax.retrieval.evaluate` (R@k, MAP@R, R-precision, mAP, and the
+    hierarchical metrics for label paths), query set = gallery unless the dataset has one.
+    ``"revisited"``: the Revisited Oxford/Paris protocol (:func:`revisited_metrics`) with the
+    ground truth of ``config.revisited_gnd``; the dataset's test split holds the queries and
+    its gallery the database, in the order of the ground-truth file.
+    """
     bs = int(config.eval_batch_size)
     queries = embed_source(state, data.test, bs)
     gallery = None if data.gallery is None else embed_source(state, data.gallery, bs)
+    protocol = config.get("eval_protocol", "retrieval")
+    if protocol == "revisited":
+        if gallery is None:
+            raise ValueError(
+                "config.eval_protocol='revisited' needs a dataset with a gallery (query/gallery CSVs)"
+            )
+        gnd = load_revisited_gnd(config.revisited_gnd)
+        return revisited_metrics(queries, gallery, gnd, tuple(config.eval_ks))
+    if protocol != "retrieval":
+        raise ValueError(f"config.eval_protocol must be 'retrieval' or 'revisited', got {protocol!r}")
     return _evaluate_embeddings(config, queries, data.test.labels, gallery, data)
+
+
+def load_revisited_gnd(path: str | None) -> list[dict[str, Any]]:
+    """Per-query ``{"easy", "hard", "junk"}`` id lists from the official ``gnd_*.pkl``
+    (``{"gnd": [...], "imlist", "qimlist"}``) or a JSON list of such dicts."""
+    if not path:
+        raise ValueError("config.revisited_gnd must name the ground-truth file (gnd_roxford5k.pkl)")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"config.revisited_gnd={path!r} does not exist; get gnd_roxford5k.pkl / gnd_rparis6k.pkl "
+            "from the Revisited Oxford/Paris release (Radenović et al., CVPR 2018)"
+        )
+    if path.endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+    else:
+        import pickle
+
+        with open(path, "rb") as f:
+            data = pickle.load(f)  # noqa: S301 - the benchmark's own ground-truth format
+    gnd = data["gnd"] if isinstance(data, dict) else data
+    return [dict(g) for g in gnd]
+
+
+def revisited_metrics(
+    queries: np.ndarray, gallery: np.ndarray, gnd: list[dict[str, Any]], kappas: tuple[int, ...]
+) -> dict[str, float]:
+    """Revisited Oxford/Paris mAP / mP@k of ``queries [Q, D]`` against ``gallery [N, D]``.
+
+    Ranks the whole database by inner product for every query (``np.argsort`` of the
+    ``[N, Q]`` similarity, as the official evaluation does; ROxford/RParis have 5-6k images)
+    and calls :func:`rankax.retrieval.revisited_map`.
+    """
+    from rankax import retrieval
+
+    if len(gnd) != len(queries):
+        raise ValueError(f"the ground truth has {len(gnd)} queries but the test split has {len(queries)}")
+    sim = np.asarray(gallery, np.float32) @ np.asarray(queries, np.float32).T
+    ranks = np.argsort(-sim, axis=0, kind="stable")
+    return {k: float(v) for k, v in retrieval.revisited_map(ranks, gnd, kappas=kappas).items()}
 
 
 def _evaluate_embeddings(config, queries, labels, gallery, data) -> dict[str, float]:
@@ -433,7 +490,8 @@ _TABLE_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_preci
 
 
 def _print_table(report: dict[str, dict[str, float]]) -> None:
-    keys = [k for k in _TABLE_KEYS if k in next(iter(report.values()))]
+    first = next(iter(report.values()))
+    keys = [k for k in _TABLE_KEYS if k in first] or [k for k in first if "num_" not in k]
     width = max(len(n) for n in report) + 2
     print("\n" + "".ljust(width) + "".join(k.rjust(12) for k in keys))
     for name, vals in report.items():
