@@ -182,3 +182,9 @@ def test_revisited_protocol_ranks_the_database_by_similarity(tmp_path):
         train_lib.load_revisited_gnd(str(tmp_path / "missing.pkl"))
     with pytest.raises(ValueError, match="3 queries"):
         train_lib.revisited_metrics(queries[:2], gallery, gnd, (1,))
+
+
+def test_unknown_best_metric_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="best_metric"):
+        train_lib.train_and_evaluate(tiny_config(best_metric="map@10"), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")

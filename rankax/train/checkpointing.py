@@ -45,6 +45,7 @@ class Checkpointer:
     def __init__(self, directory: str, config: ml_collections.ConfigDict):
         self.directory = os.path.abspath(directory)
         best_metric = config.get("best_metric", "map@r")
+        self.best_metric = best_metric
         policy = _POLICIES.AnyPreservationPolicy(
             policies=[
                 _POLICIES.LatestN(n=int(config.get("keep_checkpoints", 3))),

@@ -312,6 +312,20 @@ def evaluate_state(
     return _evaluate_embeddings(config, queries, data.test.labels, gallery, data)
 
 
+def evaluation_keys(config: ml_collections.ConfigDict, labels_ndim: int) -> set[str]:
+    """The metric names :func:`evaluate_state` returns for ``config`` (to check config keys
+    such as ``best_metric`` before training rather than after)."""
+    ks = tuple(config.eval_ks)
+    if config.get("eval_protocol", "retrieval") == "revisited":
+        return {f"{s}/{m}" for s in ("easy", "medium", "hard") for m in ("map", *(f"mp@{k}" for k in ks))}
+    keys = {*(f"recall@{k}" for k in ks), "map@r", "r_precision"}
+    if config.eval_backend == "exact":
+        keys.add("map")
+        if labels_ndim == 2:
+            keys |= {"hap", "ndcg", "asi"}
+    return keys
+
+
 def load_revisited_gnd(path: str | None) -> list[dict[str, Any]]:
     """Per-query ``{"easy", "hard", "junk"}`` id lists from the official ``gnd_*.pkl``
     (``{"gnd": [...], "imlist", "qimlist"}``) or a JSON list of such dicts."""
@@ -408,6 +422,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_labels = training_labels(config, data)
     sample = data.train.get_batch(np.arange(2), train=False)
     state = create_train_state(config, model, sample, train_labels.ndim, train_labels.shape[-1])
+    known = evaluation_keys(config, np.asarray(data.test.labels).ndim)
+    if config.best_metric not in known:
+        raise ValueError(
+            f"config.best_metric={config.best_metric!r} is not an evaluation key; one of {sorted(known)}"
+        )
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
     state, history = ckpt.restore_latest(state)
     state = jax.device_put(state, NamedSharding(mesh, P()))
