@@ -26,10 +26,11 @@ not computed from this config (see the report of the configs work).
 
 import ml_collections
 
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 42_410  # Landmarks-clean (Gordo et al.), approximate: not checked here
 BATCH = 4096  # 256 landmarks x 16 images: placeholder composition of a 4096-image batch
+EPOCHS = 100  # placeholder
 
 
 def get_config():
@@ -48,36 +49,18 @@ def get_config():
             "crop_ratio": (0.75, 1.33),
         }
     )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "resnet101",
-            "pooling": "gem",
-            "gem_p": 3.0,
-            "gem_learnable": True,
-            "embedding_dim": 2048,
-            "frozen_bn": True,
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
+    common.resnet(c, "resnet101", pooling="gem", gem_p=3.0, gem_learnable=True, embedding_dim=2048)
     c.loss.name = "histogram_ap"
     c.loss.hparams = ml_collections.ConfigDict(
         {"num_bins": 20, "score_range": (-1.0, 1.0), "tie_aware": False}
     )
-    c.batch.sampler = "pk"
-    c.batch.classes_per_batch = 256  # placeholder (see above)
-    c.batch.samples_per_class = 16
+    common.pk_batches(c, BATCH, samples_per_class=16)  # placeholder (see above)
+    # Placeholder values: not checked against the paper.
+    c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=1e-6, schedule="constant")
 
-    c.optimizer.name = "adam"  # placeholder values: not checked against the paper
-    c.optimizer.lr = 1e-5
-    c.optimizer.head_lr = ml_collections.FieldReference(None, field_type=float)
-    c.optimizer.weight_decay = 1e-6
-    c.optimizer.schedule = "constant"
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 10
-    c.num_steps = 100 * TRAIN_IMAGES // BATCH  # placeholder: 100 epochs x 42,410 / 4096 = 1,035
+    # 10 steps an epoch; 100 epochs x 42,410 / 4096 = 1,035 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=10)
     c.log_every = 10
-    c.eval_every = 10 * steps_per_epoch
-    c.checkpoint_every = 10 * steps_per_epoch
     c.best_metric = "map"
     c.eval_ks = (1, 5, 10)
     c.eval_batch_size = 64

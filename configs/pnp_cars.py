@@ -17,9 +17,7 @@ DESIGN.md and the paper's tables were not available here.
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
 """
 
-import ml_collections
-
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 8_054  # Cars196 classes 1-98
 BATCH = 112  # 28 classes x 4 images
@@ -28,54 +26,19 @@ EPOCHS = 150
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "cars",
-            "image_size": 224,
-            "resize_size": 256,
-            "test_resize_mode": "shorter",
-            "crop_scale": (0.08, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "resnet50",
-            "pooling": "avg",
-            "embedding_dim": 512,
-            "frozen_bn": True,
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "pnp"
-    c.loss.hparams = ml_collections.ConfigDict({"variant": "Dq", "tau": 0.01, "alpha": 4.0, "b": 2.0})
-    c.batch.sampler = "pk"
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
+    common.images(c, "cars", crop_scale=(0.08, 1.0))
+    common.pnp(c)
+    common.pk_batches(c, BATCH)
+    common.step_decay(c, EPOCHS, milestones=(120,))
 
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 1e-5
-    c.optimizer.head_lr = ml_collections.FieldReference(None, field_type=float)
-    c.optimizer.weight_decay = 4e-4
-    c.optimizer.schedule = "step"
-    c.optimizer.decay_at = (120 / EPOCHS,)
-    c.optimizer.decay_factor = 0.3
-    c.optimizer.freeze_bn_params = False
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH
-    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 150 epochs x 8,054 / 112 = 10,786 steps
+    # 150 epochs x 8,054 / 112 = 10,786 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=10)
     c.log_every = 50
-    c.eval_every = 10 * steps_per_epoch
-    c.checkpoint_every = 10 * steps_per_epoch
     c.best_metric = "recall@1"
     c.eval_ks = (1, 2, 4, 8)
     c.eval_baselines = False
 
-    c.reported = ml_collections.ConfigDict(
-        {
-            "recall_at_1": ml_collections.FieldReference(None, field_type=float),
-            "note": "not in DESIGN.md; the PNP paper's tables were not available to check",
-        }
+    c.reported = common.unreported(
+        "recall_at_1", note="not in DESIGN.md; the PNP paper's tables were not available to check"
     )
     return c

@@ -20,9 +20,9 @@ Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``
 
 """
 
-import ml_collections
+from ml_collections import config_dict
 
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 59_551  # SOP train split
 BATCH = 384  # 96 classes x 4 images
@@ -31,55 +31,20 @@ EPOCHS = 400
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "sop",
-            "image_size": 224,
-            "resize_size": 256,
-            "train_resize_size": ml_collections.FieldReference(None, field_type=int),
-            "test_resize_mode": "shorter",
-            "crop_scale": (0.08, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "resnet50",
-            "pooling": "avg",
-            "embedding_dim": 512,
-            "frozen_bn": True,
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "pnp"
-    c.loss.hparams = ml_collections.ConfigDict({"variant": "Dq", "tau": 0.01, "alpha": 4.0, "b": 2.0})
-    c.batch.sampler = "pk"  # "class_random"
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
+    # No resize before the random crop ("base" augmentation); test: shorter side 256.
+    common.images(c, "sop", train_resize_size=config_dict.placeholder(int), crop_scale=(0.08, 1.0))
+    common.pnp(c)
+    common.pk_batches(c, BATCH)  # "class_random"
+    common.step_decay(c, EPOCHS, milestones=(120, 220, 250, 280))
 
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 1e-5
-    c.optimizer.head_lr = ml_collections.FieldReference(None, field_type=float)
-    c.optimizer.weight_decay = 4e-4
-    c.optimizer.schedule = "step"
-    c.optimizer.decay_at = tuple(e / EPOCHS for e in (120, 220, 250, 280))
-    c.optimizer.decay_factor = 0.3
-    c.optimizer.freeze_bn_params = False
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 155
-    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 400 epochs x 59,551 / 384 = 62,032 steps
+    # 155 steps an epoch; 400 epochs x 59,551 / 384 = 62,032 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=10)
     c.log_every = 100
-    c.eval_every = 10 * steps_per_epoch
-    c.checkpoint_every = 10 * steps_per_epoch
     c.best_metric = "recall@1"
     c.eval_ks = (1, 10, 100, 1000)
     c.eval_baselines = False
 
-    c.reported = ml_collections.ConfigDict(
-        {
-            "recall_at_1": ml_collections.FieldReference(None, field_type=float),
-            "note": "not in DESIGN.md; the PNP paper's tables were not available to check",
-        }
+    c.reported = common.unreported(
+        "recall_at_1", note="not in DESIGN.md; the PNP paper's tables were not available to check"
     )
     return c

@@ -18,7 +18,7 @@ Start from ImageNet weights: ``--config.model.pretrained=/path/to/deit_base.pth`
 
 import ml_collections
 
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 5_864  # CUB classes 1-100
 BATCH = 128  # 32 classes x 4 images
@@ -27,56 +27,15 @@ EPOCHS = 150
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "cub",
-            "image_size": 224,
-            "resize_size": 256,
-            "test_resize_mode": "shorter",
-            "crop_scale": (0.16, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "deit_base",
-            "image_size": 224,
-            "pooling": "cls",
-            "embedding_dim": ml_collections.FieldReference(None, field_type=int),
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "roadmap"
-    c.loss.hparams = ml_collections.ConfigDict(
-        {
-            "supap_weight": 1.0,
-            "calibration_weight": 1.0,
-            "tau": 0.01,
-            "rho": 100.0,
-            "delta": 0.05,
-            "start": 0.5,
-            "offset": 1.44,
-            "variant": "neurips",
-            "pos_margin": 0.9,
-            "neg_margin": 0.6,
-        }
-    )
-    c.batch.sampler = "pk"
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
+    common.images(c, "cub")
+    common.deit(c, "deit_base")
+    common.roadmap_loss(c, start=0.5, offset=1.44)
+    common.pk_batches(c, BATCH)
+    c.optimizer.update(name="adamw", lr=1e-6, head_lr=None, weight_decay=5e-4, schedule="constant")
 
-    c.optimizer.name = "adamw"
-    c.optimizer.lr = 1e-6
-    c.optimizer.head_lr = ml_collections.FieldReference(None, field_type=float)
-    c.optimizer.weight_decay = 5e-4
-    c.optimizer.schedule = "constant"
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 45
-    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 150 epochs x 5,864 / 128 = 6,871 steps
+    # 45 steps an epoch; 150 epochs x 5,864 / 128 = 6,871 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=5, checkpoint_every=10)
     c.log_every = 50
-    c.eval_every = 5 * steps_per_epoch
-    c.checkpoint_every = 10 * steps_per_epoch
     c.best_metric = "recall@1"
     c.eval_ks = (1, 2, 4, 8)
     c.eval_baselines = False

@@ -21,7 +21,7 @@ Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``
 
 import ml_collections
 
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 5_864  # CUB classes 1-100
 BATCH = 128  # 32 classes x 4 images
@@ -30,59 +30,16 @@ EPOCHS = 200
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "cub",
-            "image_size": 256,
-            "resize_size": 288,
-            "test_resize_mode": "shorter",
-            "crop_scale": (0.16, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "resnet50",
-            "pooling": "max",
-            "embedding_dim": 512,
-            "frozen_bn": True,
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "roadmap"
-    c.loss.hparams = ml_collections.ConfigDict(
-        {
-            "supap_weight": 1.0,
-            "calibration_weight": 1.0,
-            "tau": 0.01,
-            "rho": 100.0,
-            "delta": 0.05,
-            "start": 0.5,
-            "offset": 1.44,
-            "variant": "neurips",
-            "pos_margin": 0.9,
-            "neg_margin": 0.6,
-        }
-    )
-    c.batch.sampler = "pk"  # MPerClassSampler
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
+    common.images(c, "cub", image_size=256, resize_size=288)  # transform/cub_big.yaml
+    common.resnet(c, pooling="max")  # model/resnet_max_ln.yaml, without its LayerNorm
+    common.roadmap_loss(c, start=0.5, offset=1.44)
+    common.pk_batches(c, BATCH)  # MPerClassSampler
+    c.optimizer.update(name="adam", lr=5e-6, head_lr=5e-6, weight_decay=4e-4)
+    common.step_decay(c, EPOCHS, milestones=(30,))
 
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 5e-6
-    c.optimizer.head_lr = 5e-6
-    c.optimizer.weight_decay = 4e-4
-    c.optimizer.schedule = "step"
-    c.optimizer.decay_at = (30 / EPOCHS,)  # MultiStepLR milestones [30]
-    c.optimizer.decay_factor = 0.3
-    c.optimizer.freeze_bn_params = False  # lib.freeze_batch_norm: statistics only
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 45
-    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 200 epochs x 5,864 / 128 = 9,162 steps
+    # 45 steps an epoch; 200 epochs x 5,864 / 128 = 9,162 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=5, checkpoint_every=10)
     c.log_every = 50
-    c.eval_every = 5 * steps_per_epoch
-    c.checkpoint_every = 10 * steps_per_epoch
     c.best_metric = "recall@1"
     c.eval_ks = (1, 2, 4, 8)
     c.eval_baselines = False

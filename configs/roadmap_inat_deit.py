@@ -18,7 +18,7 @@ Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and
 
 import ml_collections
 
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 325_846  # iNat 2018, Brown et al.'s training species
 BATCH = 384  # 96 classes x 4 images
@@ -27,61 +27,16 @@ EPOCHS = 90
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "inat",
-            "hierarchy": "base",
-            "taxonomy_file": "~/tensorflow_datasets/downloads/manual/categories.json",
-            "split_dir": "~/tensorflow_datasets/downloads/manual/Inat_dataset_splits",
-            "image_size": 224,
-            "resize_size": 256,
-            "test_resize_mode": "shorter",
-            "crop_scale": (0.16, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "deit_small",
-            "image_size": 224,
-            "pooling": "cls",
-            "embedding_dim": ml_collections.FieldReference(None, field_type=int),
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "roadmap"
-    c.loss.hparams = ml_collections.ConfigDict(
-        {
-            "supap_weight": 1.0,
-            "calibration_weight": 1.0,
-            "tau": 0.01,
-            "rho": 100.0,
-            "delta": 0.05,
-            "start": 0.0,
-            "offset": 1.0,
-            "variant": "neurips",
-            "pos_margin": 0.9,
-            "neg_margin": 0.6,
-        }
-    )
-    c.batch.sampler = "pk"
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
+    common.inat(c, hierarchy="base")
+    common.deit(c, "deit_small")
+    common.roadmap_loss(c, start=0.0, offset=1.0)  # loss/roadmap_inat.yaml
+    common.pk_batches(c, BATCH)
+    c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=4e-4)
+    common.step_decay(c, EPOCHS, milestones=(30, 70))
 
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 1e-5
-    c.optimizer.head_lr = ml_collections.FieldReference(None, field_type=float)
-    c.optimizer.weight_decay = 4e-4
-    c.optimizer.schedule = "step"
-    c.optimizer.decay_at = (30 / EPOCHS, 70 / EPOCHS)  # MultiStepLR milestones [30, 70]
-    c.optimizer.decay_factor = 0.3
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 848
-    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 90 epochs x 325,846 / 384 = 76,370 steps
+    # 848 steps an epoch; 90 epochs x 325,846 / 384 = 76,370 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=2)
     c.log_every = 100
-    c.eval_every = 10 * steps_per_epoch
-    c.checkpoint_every = 2 * steps_per_epoch
     c.best_metric = "recall@1"
     c.eval_ks = (1, 4, 16, 32)
     c.eval_baselines = False

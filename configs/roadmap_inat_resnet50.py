@@ -24,7 +24,7 @@ Data: TFDS ``i_naturalist2018`` plus the taxonomy file and the split lists (see
 
 import ml_collections
 
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 325_846  # iNat 2018, Brown et al.'s 5,690 training species
 BATCH = 384  # 96 classes x 4 images
@@ -33,60 +33,15 @@ EPOCHS = 90
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "inat",
-            "hierarchy": "base",  # [species, supercategory]; ROADMAP trains on species
-            "taxonomy_file": "~/tensorflow_datasets/downloads/manual/categories.json",
-            "split_dir": "~/tensorflow_datasets/downloads/manual/Inat_dataset_splits",
-            "image_size": 224,
-            "resize_size": 256,
-            "test_resize_mode": "shorter",
-            "crop_scale": (0.16, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "resnet50",
-            "pooling": "avg",
-            "embedding_dim": 512,
-            "frozen_bn": True,
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "roadmap"
-    c.loss.hparams = ml_collections.ConfigDict(
-        {
-            "supap_weight": 1.0,
-            "calibration_weight": 1.0,
-            "tau": 0.01,
-            "rho": 100.0,
-            "delta": 0.05,
-            "start": 0.0,  # iNaturalist setting
-            "offset": 1.0,
-            "variant": "neurips",
-            "pos_margin": 0.9,
-            "neg_margin": 0.6,
-        }
-    )
-    c.batch.sampler = "pk"  # MPerClassSampler
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
+    common.inat(c, hierarchy="base")  # [species, supercategory]; ROADMAP trains on species
+    common.resnet(c)
+    common.roadmap_loss(c, start=0.0, offset=1.0)  # iNaturalist setting (loss/roadmap_inat.yaml)
+    common.pk_batches(c, BATCH)  # MPerClassSampler
+    c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4, schedule="cosine")
 
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 1e-5
-    c.optimizer.head_lr = 2e-5
-    c.optimizer.weight_decay = 4e-4
-    c.optimizer.schedule = "cosine"
-    c.optimizer.freeze_bn_params = False  # lib.freeze_batch_norm: statistics only
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 848
-    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 90 epochs x 325,846 / 384 = 76,370 steps
+    # 848 steps an epoch; 90 epochs x 325,846 / 384 = 76,370 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=2)
     c.log_every = 100
-    c.eval_every = 10 * steps_per_epoch
-    c.checkpoint_every = 2 * steps_per_epoch
     c.best_metric = "recall@1"
     c.eval_ks = (1, 4, 16, 32)
     c.eval_baselines = False

@@ -17,7 +17,7 @@ Start from ImageNet weights: ``--config.model.pretrained=/path/to/deit_small.pth
 
 import ml_collections
 
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 59_551  # SOP train split
 BATCH = 128  # 32 classes x 4 images
@@ -26,61 +26,16 @@ EPOCHS = 75
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "sop",
-            "image_size": 224,
-            "resize_size": 256,
-            "train_resize_size": 256,
-            "test_resize_mode": "square",
-            "crop_scale": (0.16, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "deit_small",
-            "image_size": 224,
-            "pooling": "cls",
-            "embedding_dim": ml_collections.FieldReference(None, field_type=int),  # no projection
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "roadmap"
-    c.loss.hparams = ml_collections.ConfigDict(
-        {
-            "supap_weight": 1.0,
-            "calibration_weight": 1.0,
-            "tau": 0.01,
-            "rho": 100.0,
-            "delta": 0.05,
-            "start": 0.5,
-            "offset": 1.44,
-            "variant": "neurips",
-            "pos_margin": 0.9,
-            "neg_margin": 0.6,
-        }
-    )
-    c.batch.sampler = "hierarchical"
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
-    c.batch.super_classes_per_batch = 2
-    c.batch.batches_per_super_tuple = 10
+    common.images(c, "sop", train_resize_size=256, test_resize_mode="square")  # transform/sop.yaml
+    common.deit(c, "deit_small")
+    common.roadmap_loss(c, start=0.5, offset=1.44)
+    common.hierarchical_batches(c, BATCH, batches_per_super_tuple=10)
+    c.optimizer.update(name="adamw", lr=1e-5, head_lr=None, weight_decay=5e-4)  # one group
+    common.step_decay(c, EPOCHS, milestones=(25, 50))
 
-    c.optimizer.name = "adamw"
-    c.optimizer.lr = 1e-5
-    c.optimizer.head_lr = ml_collections.FieldReference(None, field_type=float)  # one group
-    c.optimizer.weight_decay = 5e-4
-    c.optimizer.schedule = "step"
-    c.optimizer.decay_at = (25 / EPOCHS, 50 / EPOCHS)  # MultiStepLR milestones [25, 50]
-    c.optimizer.decay_factor = 0.3
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 465
-    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 75 epochs x 59,551 / 128 = 34,893 steps
+    # 465 steps an epoch; 75 epochs x 59,551 / 128 = 34,893 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=5)
     c.log_every = 100
-    c.eval_every = 10 * steps_per_epoch
-    c.checkpoint_every = 5 * steps_per_epoch
     c.best_metric = "recall@1"
     c.eval_ks = (1, 10, 100, 1000)
     c.eval_baselines = False

@@ -21,69 +21,27 @@ Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``
 
 import ml_collections
 
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 59_551  # SOP train split (11,318 classes)
 BATCH = 128  # 32 classes x 4 images
+EPOCHS = 100
 
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "sop",
-            "image_size": 256,
-            "resize_size": 288,
-            "train_resize_size": 288,
-            "test_resize_mode": "square",
-            "crop_scale": (0.16, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "resnet50",
-            "pooling": "avg",
-            "embedding_dim": 512,
-            "frozen_bn": True,
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "roadmap"
-    c.loss.hparams = ml_collections.ConfigDict(
-        {
-            "supap_weight": 1.0,
-            "calibration_weight": 1.0,
-            "tau": 0.01,  # sigmoid temperature ("temp" in the official yaml)
-            "rho": 100.0,  # slope after delta ("tau" in the official yaml)
-            "delta": 0.05,  # "margin" in the official yaml
-            "start": 0.5,
-            "offset": 1.44,
-            "variant": "neurips",  # the NeurIPS'21 release's piecewise function (docs/losses.md)
-            "pos_margin": 0.9,
-            "neg_margin": 0.6,
-        }
-    )
+    # transform/sop_big.yaml
+    common.images(c, "sop", image_size=256, resize_size=288, train_resize_size=288, test_resize_mode="square")
+    common.resnet(c)  # model/resnet.yaml: no feature LayerNorm
+    common.roadmap_loss(c, start=0.5, offset=1.44)
     # The official SOP sampler draws pairs of super-classes, 10 batches per pair.
-    c.batch.sampler = "hierarchical"
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
-    c.batch.super_classes_per_batch = 2
-    c.batch.batches_per_super_tuple = 10
+    common.hierarchical_batches(c, BATCH, batches_per_super_tuple=10)
+    # torch.optim.Adam: L2 penalty added to the gradient.
+    c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=1e-4, schedule="constant")
 
-    c.optimizer.name = "adam"  # torch.optim.Adam: L2 penalty added to the gradient
-    c.optimizer.lr = 1e-5
-    c.optimizer.head_lr = 2e-5
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.schedule = "constant"
-    c.optimizer.freeze_bn_params = False  # lib.freeze_batch_norm: statistics only
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 465
-    c.num_steps = 100 * TRAIN_IMAGES // BATCH  # 100 epochs x 59,551 / 128 = 46,524 steps
+    # 465 steps an epoch; 100 epochs x 59,551 / 128 = 46,524 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=5)
     c.log_every = 100
-    c.eval_every = 10 * steps_per_epoch
-    c.checkpoint_every = 5 * steps_per_epoch
     c.best_metric = "recall@1"
     c.eval_ks = (1, 10, 100, 1000)
     c.eval_baselines = False

@@ -27,9 +27,7 @@ Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and
 ``--config.model.pretrained=/path/to/resnet50.pth``.
 """
 
-import ml_collections
-
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 325_846  # iNat 2018, Brown et al.'s training species
 BATCH = 256  # 64 classes x 4 images
@@ -38,61 +36,24 @@ EPOCHS = 100
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "inat",
-            "hierarchy": "full",
-            "taxonomy_file": "~/tensorflow_datasets/downloads/manual/categories.json",
-            "split_dir": "~/tensorflow_datasets/downloads/manual/Inat_dataset_splits",
-            "image_size": 224,
-            "resize_size": 256,
-            "test_resize_mode": "shorter",
-            "crop_scale": (0.16, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "resnet50",
-            "pooling": "avg",
-            "embedding_dim": 512,
-            "frozen_bn": True,
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "hap"
-    c.loss.hierarchical = True  # the loss sees the label paths (graded relevance)
-    c.loss.hparams = ml_collections.ConfigDict(
-        {"tau": 0.01, "rho": 100.0, "delta": 0.05, "start": 0.0, "offset": 1.0, "variant": "fixed"}
-    )
-    c.batch.sampler = "pk"  # MPerClassSampler in the official iNat configs
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
+    common.inat(c, hierarchy="full")
+    common.resnet(c)  # model/resnet_ln.yaml, without its LayerNorm
+    common.hap_loss(c, start=0.0, offset=1.0)
+    common.pk_batches(c, BATCH)  # MPerClassSampler in the official iNat configs
+    c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4, schedule="cosine")
 
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 1e-5
-    c.optimizer.head_lr = 2e-5
-    c.optimizer.weight_decay = 4e-4
-    c.optimizer.schedule = "cosine"
-    c.optimizer.freeze_bn_params = False  # lib.freeze_batch_norm: statistics only
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 1,272
-    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 100 epochs x 325,846 / 256 = 127,283 steps
+    # 1,272 steps an epoch; 100 epochs x 325,846 / 256 = 127,283 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=20, checkpoint_every=2)
     c.log_every = 100
-    c.eval_every = 20 * steps_per_epoch
-    c.checkpoint_every = 2 * steps_per_epoch
     c.best_metric = "hap"
     c.eval_ks = (1, 4, 16, 32)
     c.eval_baselines = False
 
-    c.reported = ml_collections.ConfigDict(
-        {
-            "recall_at_1": ml_collections.FieldReference(None, field_type=float),
-            "hap": ml_collections.FieldReference(None, field_type=float),
-            "asi": ml_collections.FieldReference(None, field_type=float),
-            "ndcg": ml_collections.FieldReference(None, field_type=float),
-            "note": "not in DESIGN.md; the SupRank/HAPPIER tables were not available to check",
-        }
+    c.reported = common.unreported(
+        "recall_at_1",
+        "hap",
+        "asi",
+        "ndcg",
+        note="not in DESIGN.md; the SupRank/HAPPIER tables were not available to check",
     )
     return c

@@ -28,9 +28,7 @@ next to R@k and mAP@R. The paper's SOP numbers are not in DESIGN.md and were not
 here; ``reported`` holds None until they are filled in.
 """
 
-import ml_collections
-
-from configs import default
+from configs import common, default
 
 TRAIN_IMAGES = 59_551  # SOP train split
 BATCH = 256  # 64 classes x 4 images, 2 super-classes per batch
@@ -39,61 +37,24 @@ EPOCHS = 100
 
 def get_config():
     c = default.get_config()
-    c.dataset = ml_collections.ConfigDict(
-        {
-            "name": "sop",
-            "image_size": 224,
-            "resize_size": 256,
-            "train_resize_size": 256,
-            "test_resize_mode": "square",
-            "crop_scale": (0.16, 1.0),
-            "crop_ratio": (0.75, 1.33),
-            "data_dir": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.model = ml_collections.ConfigDict(
-        {
-            "name": "resnet50",
-            "pooling": "avg",
-            "embedding_dim": 512,
-            "frozen_bn": True,
-            "pretrained": ml_collections.FieldReference(None, field_type=str),
-        }
-    )
-    c.loss.name = "hap"  # graded "pop" relevance of the label paths (batch_loss default)
-    c.loss.hierarchical = True  # the loss sees the label paths (graded relevance)
-    c.loss.hparams = ml_collections.ConfigDict(
-        {"tau": 0.01, "rho": 100.0, "delta": 0.05, "start": 0.5, "offset": 1.44, "variant": "fixed"}
-    )
-    c.batch.sampler = "hierarchical"
-    c.batch.classes_per_batch = BATCH // 4
-    c.batch.samples_per_class = 4
-    c.batch.super_classes_per_batch = 2
-    c.batch.batches_per_super_tuple = 5
+    common.images(c, "sop", train_resize_size=256, test_resize_mode="square")
+    common.resnet(c)  # model/resnet_ln.yaml, without its LayerNorm
+    common.hap_loss(c, start=0.5, offset=1.44)  # graded "pop" relevance (batch_loss default)
+    common.hierarchical_batches(c, BATCH, batches_per_super_tuple=5)
+    c.optimizer.update(name="adam", lr=5e-5, head_lr=1e-4, weight_decay=1e-4, schedule="cosine")
 
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 5e-5
-    c.optimizer.head_lr = 1e-4  # 2 x backbone
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.schedule = "cosine"
-    c.optimizer.freeze_bn_params = False  # lib.freeze_batch_norm: statistics only
-
-    steps_per_epoch = TRAIN_IMAGES // BATCH  # 232
-    c.num_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 100 epochs x 59,551 / 256 = 23,262 steps
+    # 232 steps an epoch; 100 epochs x 59,551 / 256 = 23,262 steps
+    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=20, checkpoint_every=5)
     c.log_every = 100
-    c.eval_every = 20 * steps_per_epoch  # test_eval_freq: 20 epochs
-    c.checkpoint_every = 5 * steps_per_epoch
     c.best_metric = "hap"
     c.eval_ks = (1, 10, 100, 1000)
     c.eval_baselines = False
 
-    c.reported = ml_collections.ConfigDict(
-        {
-            "recall_at_1": ml_collections.FieldReference(None, field_type=float),
-            "hap": ml_collections.FieldReference(None, field_type=float),
-            "asi": ml_collections.FieldReference(None, field_type=float),
-            "ndcg": ml_collections.FieldReference(None, field_type=float),
-            "note": "not in DESIGN.md; the SupRank/HAPPIER tables were not available to check",
-        }
+    c.reported = common.unreported(
+        "recall_at_1",
+        "hap",
+        "asi",
+        "ndcg",
+        note="not in DESIGN.md; the SupRank/HAPPIER tables were not available to check",
     )
     return c
