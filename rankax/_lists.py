@@ -163,6 +163,40 @@ def safe_divide(num: Array, den: Array) -> Array:
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
+def kernel_lists(
+    kernel: Kernel,
+    scores: ArrayLike,
+    labels: ArrayLike,
+    where: ArrayLike | None,
+    reduce_fn: ReduceFn,
+    max_positives: int | None,
+    *,
+    graded: bool = False,
+) -> Array:
+    """Checks inputs, runs ``kernel`` on gathered positives (exactly), reduces over lists.
+
+    The whole body of a gathered-positives metric or loss (``rankax.metrics``,
+    ``rankax.losses._base.list_loss``).
+    """
+    scores, labels, where = check_lists(scores, labels, where, graded=graded)
+    values = apply_kernel(kernel, scores, labels, where, max_positives)
+    return reduce_lists(values, has_positive(labels, where), reduce_fn)
+
+
+def num_positives(labels: Array, where: Array) -> Array:
+    """``[...]`` float number of valid items with relevance > 0."""
+    return jnp.sum((labels > 0) & where, axis=-1).astype(jnp.float32)
+
+
+def ap_from_ranks(rank: Array, rank_pos: Array, positives: ranking.Positives) -> Array:
+    """Mean of ``rank_pos / rank`` over the filled slots of each list (``[..., C] -> [...]``).
+
+    With exact ranks this is average precision; empty slots neither count nor divide (the
+    guard keeps gradients finite there)."""
+    ratio = jnp.where(positives.mask, rank_pos / jnp.where(positives.mask, rank, 1.0), 0.0)
+    return safe_divide(jnp.sum(ratio, axis=-1), jnp.sum(positives.mask, axis=-1))
+
+
 # ----------------------------------------------------------------------------- batch protocol
 #
 # ``rankax.batch_loss`` (and its sharded/XBM versions) never sees a per-query value directly:

@@ -62,19 +62,13 @@ def _check_k(k: int | None, *, allow_none: bool = False) -> None:
 
 
 def _metric(kernel, scores, labels, where, reduce_fn, max_positives):
-    scores, labels, where = _lists.check_lists(scores, labels, where, graded=True)
-    values = _lists.apply_kernel(kernel, scores, labels, where, max_positives)
-    return _lists.reduce_lists(values, _lists.has_positive(labels, where), reduce_fn)
-
-
-def _num_positives(positives: ranking.Positives, labels: Array, where: Array) -> Array:
-    return jnp.sum((labels > 0) & where, axis=-1).astype(jnp.float32)
+    return _lists.kernel_lists(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
 
 
 def _ap_kernel(scores, labels, where, positives):
+    # apply_kernel gathers every positive, so the filled slots are the |P| positives.
     rank, rank_pos = ranking.exact_ranks(scores, labels, where, positives)
-    ratio = jnp.where(positives.mask, rank_pos / rank, 0.0)
-    return _lists.safe_divide(jnp.sum(ratio, axis=-1), _num_positives(positives, labels, where))
+    return _lists.ap_from_ranks(rank, rank_pos, positives)
 
 
 def average_precision(
@@ -125,7 +119,7 @@ def recall_at_k(
 
 def _map_at_r_kernel(scores, labels, where, positives):
     rank, rank_pos = ranking.exact_ranks(scores, labels, where, positives)
-    r = _num_positives(positives, labels, where)
+    r = _lists.num_positives(labels, where)
     in_top_r = positives.mask & (rank <= r[..., None])
     ratio = jnp.where(in_top_r, rank_pos / rank, 0.0)
     return _lists.safe_divide(jnp.sum(ratio, axis=-1), r)
@@ -150,7 +144,7 @@ def map_at_r(
 
 def _r_precision_kernel(scores, labels, where, positives):
     rank, _ = ranking.exact_ranks(scores, labels, where, positives)
-    r = _num_positives(positives, labels, where)
+    r = _lists.num_positives(labels, where)
     hits = jnp.sum(positives.mask & (rank <= r[..., None]), axis=-1)
     return _lists.safe_divide(hits.astype(jnp.float32), r)
 
@@ -292,7 +286,7 @@ def _asi_kernel(scores, labels, where, positives):
     order_in_level = 1 + jnp.sum((lab_o == lab_p) & earlier & mask_o, axis=-1)
     # p belongs to the intersection at every depth n >= depth.
     depth = jnp.maximum(rank, (higher + order_in_level).astype(jnp.float32))
-    r = _num_positives(positives, labels, where)
+    r = _lists.num_positives(labels, where)
     harmonic = lambda n: jax.scipy.special.digamma(n + 1.0) + np.euler_gamma
     terms = jnp.where(
         positives.mask & (depth <= r[..., None]), harmonic(r[..., None]) - harmonic(depth - 1.0), 0.0

@@ -46,9 +46,9 @@ def list_loss(
     graded: bool = False,
 ) -> Array:
     """Checks inputs, runs ``kernel`` on gathered positives (exactly), reduces over lists."""
-    scores, labels, where = _lists.check_lists(scores, labels, where, graded=graded)
-    values = _lists.apply_kernel(kernel, scores, labels, where, max_positives)
-    return _lists.reduce_lists(values, _lists.has_positive(labels, where), reduce_fn)
+    return _lists.kernel_lists(
+        kernel, scores, labels, where, reduce_fn, max_positives, graded=graded
+    )
 
 
 def dense_list_loss(
@@ -73,11 +73,6 @@ def masked_mean(values: Array, mask: Array, axis: int = -1) -> Array:
     """Mean of ``values`` over ``mask`` along ``axis`` (0 where the mask is empty)."""
     total = jnp.sum(jnp.where(mask, values, 0.0), axis=axis)
     return _lists.safe_divide(total, jnp.sum(mask, axis=axis).astype(total.dtype))
-
-
-def num_positives(labels: Array, where: Array) -> Array:
-    """``[...]`` float number of valid items with relevance > 0."""
-    return jnp.sum((labels > 0) & where, axis=-1).astype(jnp.float32)
 
 
 def graded_ranks(

@@ -21,19 +21,13 @@ from rankax.losses import _base, pairs
 Array = jax.Array
 
 
-def _ap_from_ranks(rank: Array, rank_pos: Array, positives: ranking.Positives) -> Array:
-    """Mean of rank+/rank over the filled slots of each list ([..., C] -> [...])."""
-    ratio = jnp.where(positives.mask, rank_pos / jnp.where(positives.mask, rank, 1.0), 0.0)
-    return _lists.safe_divide(jnp.sum(ratio, axis=-1), jnp.sum(positives.mask, axis=-1))
-
-
 def _smooth_ap_kernel(scores, labels, where, positives, *, temperature):
     diff, others = ranking.pairwise_differences(scores, where, positives)
     step = jnp.where(others, ranking.sigmoid_step(diff, temperature), 0.0)
     is_pos = (labels > 0)[..., None, :]
     rank = 1.0 + jnp.sum(step, axis=-1)
     rank_pos = 1.0 + jnp.sum(jnp.where(is_pos, step, 0.0), axis=-1)
-    return 1.0 - _ap_from_ranks(rank, rank_pos, positives)
+    return 1.0 - _lists.ap_from_ranks(rank, rank_pos, positives)
 
 
 def smooth_ap_loss(
@@ -84,7 +78,7 @@ def _supap_kernel(scores, labels, where, positives, **step_kwargs):
     rank_pos = 1.0 + jnp.sum(others & is_pos & (diff >= 0), axis=-1).astype(jnp.float32)
     neg_step = ranking.roadmap_step(diff, **step_kwargs)
     rank_neg = jnp.sum(jnp.where(others & ~is_pos, neg_step, 0.0), axis=-1)
-    return 1.0 - _ap_from_ranks(rank_pos + rank_neg, rank_pos, positives)
+    return 1.0 - _lists.ap_from_ranks(rank_pos + rank_neg, rank_pos, positives)
 
 
 def supap_loss(

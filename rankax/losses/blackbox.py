@@ -79,7 +79,7 @@ def _blackbox_ap_kernel(scores, labels, where, *, lambda_, margin, key):
         / jnp.maximum(jnp.sum(where, -1, keepdims=True), 1)
     )
     ratio = jnp.where(is_pos, rank_pos / jnp.where(is_pos, rank, 1.0), 0.0)
-    return 1.0 - _lists.safe_divide(jnp.sum(ratio, axis=-1), _base.num_positives(labels, where))
+    return 1.0 - _lists.safe_divide(jnp.sum(ratio, axis=-1), _lists.num_positives(labels, where))
 
 
 def blackbox_ap_loss(

@@ -56,7 +56,7 @@ def _sup_recall_kernel(scores, labels, where, positives, *, ks, tau2, **step_kwa
     is_pos = (labels > 0)[..., None, :]
     rank_pos = 1.0 + jnp.sum(others & is_pos & (diff >= 0), axis=-1).astype(jnp.float32)
     rank_neg = jnp.sum(jnp.where(others & ~is_pos, ranking.roadmap_step(diff, **step_kwargs), 0.0), axis=-1)
-    num_pos = _base.num_positives(labels, where)
+    num_pos = _lists.num_positives(labels, where)
     return 1.0 - _smooth_recall(rank_pos + rank_neg, positives, num_pos, ks, tau2, clip=False)
 
 
@@ -107,7 +107,7 @@ def sup_recall_at_k_loss(
 def _rs_at_k_kernel(scores, labels, where, positives, *, ks, tau1, tau2):
     diff, others = ranking.pairwise_differences(scores, where, positives)
     rank = 1.0 + jnp.sum(jnp.where(others, ranking.sigmoid_step(diff, tau1), 0.0), axis=-1)
-    num_pos = _base.num_positives(labels, where)
+    num_pos = _lists.num_positives(labels, where)
     return 1.0 - _smooth_recall(rank, positives, num_pos, ks, tau2, clip=True)
 
 
