@@ -117,6 +117,10 @@ def tiny(config, tmp_path):
         _landmarks_folder(tmp_path)
         ds.root = str(tmp_path)
         ds.csv_file = str(tmp_path / "data.csv")
+    if config.eval_protocol == "revisited":  # 4 query rows, 8 gallery rows in _landmarks_folder
+        gnd = [{"easy": [q], "hard": [q + 4], "junk": []} for q in range(4)]
+        (tmp_path / "gnd.json").write_text(json.dumps(gnd))
+        config.revisited_gnd = str(tmp_path / "gnd.json")
 
     config.batch.classes_per_batch = 2
     config.batch.samples_per_class = 2
@@ -168,7 +172,10 @@ def test_config_trains_and_evaluates_on_mock_data(name, tmp_path):
         (tmp_path / "data").mkdir(exist_ok=True)
         config = tiny(load_config(name), tmp_path / "data")
         final = train_lib.train_and_evaluate(config, str(workdir))
-    assert {"recall@1", "map@r", "map"} <= set(final)
+    if config.eval_protocol == "revisited":
+        assert {"medium/map", "hard/map", "easy/mp@1"} <= set(final)
+    else:
+        assert {"recall@1", "map@r", "map"} <= set(final)
     assert not any(np.isinf(v) for v in final.values())  # NaN: no query with a positive
     losses = [h["loss"] for h in json.loads((workdir / "history.json").read_text()) if "loss" in h]
     assert len(losses) == 1 and np.isfinite(losses[0])

@@ -331,6 +331,7 @@ def load_revisited_gnd(path: str | None) -> list[dict[str, Any]]:
     (``{"gnd": [...], "imlist", "qimlist"}``) or a JSON list of such dicts."""
     if not path:
         raise ValueError("config.revisited_gnd must name the ground-truth file (gnd_roxford5k.pkl)")
+    path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"config.revisited_gnd={path!r} does not exist; get gnd_roxford5k.pkl / gnd_rparis6k.pkl "
