@@ -75,6 +75,23 @@ def masked_mean(values: Array, mask: Array, axis: int = -1) -> Array:
     return _lists.safe_divide(total, jnp.sum(mask, axis=axis).astype(total.dtype))
 
 
+def supap_ranks(
+    scores: Array, labels: Array, where: Array, positives: ranking.Positives, **step_kwargs: Any
+) -> tuple[Array, Array]:
+    """SupAP's rank of the gathered positives for binary relevance, ``[..., C]`` each.
+
+    Returns ``(rank, rank_pos)``: ``rank_pos = 1 + sum_{j in P, j != k} H(s_j - s_k)`` is exact
+    and carries no gradient; ``rank = rank_pos + sum_{j in Neg} h(s_j - s_k)`` with ROADMAP's
+    upper bound ``h`` (``rankax.ranking.roadmap_step``) for the negatives.
+    """
+    diff, others = ranking.pairwise_differences(scores, where, positives)
+    is_pos = (labels > 0)[..., None, :]
+    rank_pos = 1.0 + jnp.sum(others & is_pos & (diff >= 0), axis=-1).astype(jnp.float32)
+    neg_step = ranking.roadmap_step(diff, **step_kwargs)
+    rank_neg = jnp.sum(jnp.where(others & ~is_pos, neg_step, 0.0), axis=-1)
+    return rank_pos + rank_neg, rank_pos
+
+
 def graded_ranks(
     scores: Array, labels: Array, where: Array, positives: ranking.Positives, **step_kwargs: Any
 ) -> tuple[Array, Array, Array]:

@@ -65,20 +65,14 @@ def smooth_ap_loss(
       Brown, Xie, Kalogeiton, Zisserman. "Smooth-AP: Smoothing the Path Towards Large-Scale
       Image Retrieval." ECCV 2020.
     """
-    scores, labels, where = _lists.check_lists(scores, labels, where)
     kernel = functools.partial(_smooth_ap_kernel, temperature=temperature)
-    values = _lists.apply_kernel(kernel, scores, labels, where, max_positives)
-    return _lists.reduce_lists(values, _lists.has_positive(labels, where), reduce_fn)
+    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
 
 
 def _supap_kernel(scores, labels, where, positives, **step_kwargs):
-    diff, others = ranking.pairwise_differences(scores, where, positives)
-    is_pos = (labels > 0)[..., None, :]
     # rank+ is exact and carries no gradient; negatives get the piecewise upper bound.
-    rank_pos = 1.0 + jnp.sum(others & is_pos & (diff >= 0), axis=-1).astype(jnp.float32)
-    neg_step = ranking.roadmap_step(diff, **step_kwargs)
-    rank_neg = jnp.sum(jnp.where(others & ~is_pos, neg_step, 0.0), axis=-1)
-    return 1.0 - _lists.ap_from_ranks(rank_pos + rank_neg, rank_pos, positives)
+    rank, rank_pos = _base.supap_ranks(scores, labels, where, positives, **step_kwargs)
+    return 1.0 - _lists.ap_from_ranks(rank, rank_pos, positives)
 
 
 def supap_loss(
@@ -116,14 +110,11 @@ def supap_loss(
       Ramzi, Thome, Rambour, Audebert, Bitot. "Robust and Decomposable Average Precision for
       Image Retrieval." NeurIPS 2021.
     """
-    if variant not in ranking.ROADMAP_VARIANTS:
-        raise ValueError(f"variant must be one of {ranking.ROADMAP_VARIANTS}, got {variant!r}")
-    scores, labels, where = _lists.check_lists(scores, labels, where)
+    _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
     kernel = functools.partial(
         _supap_kernel, tau=tau, rho=rho, delta=delta, start=start, offset=offset, variant=variant
     )
-    values = _lists.apply_kernel(kernel, scores, labels, where, max_positives)
-    return _lists.reduce_lists(values, _lists.has_positive(labels, where), reduce_fn)
+    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
 
 
 # ----------------------------------------------------------------------------- ROADMAP

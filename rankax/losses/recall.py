@@ -52,12 +52,9 @@ def _smooth_recall(
 
 
 def _sup_recall_kernel(scores, labels, where, positives, *, ks, tau2, **step_kwargs):
-    diff, others = ranking.pairwise_differences(scores, where, positives)
-    is_pos = (labels > 0)[..., None, :]
-    rank_pos = 1.0 + jnp.sum(others & is_pos & (diff >= 0), axis=-1).astype(jnp.float32)
-    rank_neg = jnp.sum(jnp.where(others & ~is_pos, ranking.roadmap_step(diff, **step_kwargs), 0.0), axis=-1)
+    rank, _ = _base.supap_ranks(scores, labels, where, positives, **step_kwargs)
     num_pos = _lists.num_positives(labels, where)
-    return 1.0 - _smooth_recall(rank_pos + rank_neg, positives, num_pos, ks, tau2, clip=False)
+    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, tau2, clip=False)
 
 
 def sup_recall_at_k_loss(
