@@ -156,7 +156,7 @@ def test_flat_losses_train_on_the_finest_level_of_label_paths():
 
 
 def test_revisited_protocol_ranks_the_database_by_similarity(tmp_path):
-    from rankax.retrieval import revisited_map
+    from rankax.retrieval import load_gnd, revisited_from_embeddings, revisited_map
 
     rng = np.random.default_rng(0)
     queries, gallery = rng.normal(size=(3, 4)), rng.normal(size=(12, 4))
@@ -171,17 +171,17 @@ def test_revisited_protocol_ranks_the_database_by_similarity(tmp_path):
         axis=1,
     )
     want = revisited_map(ranks, gnd, kappas=(1, 5))
-    got = train_lib.revisited_metrics(queries, gallery, gnd, (1, 5))
+    got = revisited_from_embeddings(queries, gallery, gnd, (1, 5))
     assert got == pytest.approx(want)
     path = tmp_path / "gnd.pkl"
     import pickle
 
     path.write_bytes(pickle.dumps({"gnd": gnd, "imlist": [], "qimlist": []}))
-    assert train_lib.load_revisited_gnd(str(path)) == gnd
-    with pytest.raises(FileNotFoundError, match="revisited_gnd"):
-        train_lib.load_revisited_gnd(str(tmp_path / "missing.pkl"))
-    with pytest.raises(ValueError, match="3 queries"):
-        train_lib.revisited_metrics(queries[:2], gallery, gnd, (1,))
+    assert load_gnd(str(path)) == gnd
+    with pytest.raises(FileNotFoundError, match="missing.pkl"):
+        load_gnd(str(tmp_path / "missing.pkl"))
+    with pytest.raises(ValueError, match="gnd has 3 queries"):
+        revisited_from_embeddings(queries[:2], gallery, gnd, (1,))
 
 
 def test_unknown_best_metric_fails_before_training(tmp_path):

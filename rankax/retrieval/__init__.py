@@ -12,7 +12,9 @@ ks=(1, 2, 4, 8), ...) -> dict``
     exact blocked top-k in JAX, ScaNN top-k, and ScaNN's recall against exact.
 
 ``revisited_map(ranks, gnd, kappas=(1, 5, 10))``
-    the Revisited Oxford/Paris protocol (Easy / Medium / Hard mAP and mP@k).
+    the Revisited Oxford/Paris protocol (Easy / Medium / Hard mAP and mP@k);
+    ``revisited_from_embeddings`` ranks by inner product first; ``load_gnd`` reads the
+    official ground truth; ``RevisitedEvaluator`` wraps it as an evaluator.
 
 Evaluator interface (for the training loop and ``experiments/evaluate.py``)
 --------------------------------------------------------------------------
@@ -33,9 +35,19 @@ batch padded to ``batch_size`` so that a jitted ``embed_fn`` compiles once), cal
 """
 
 from rankax.retrieval.evaluation import evaluate
-from rankax.retrieval.evaluator import RetrievalEvaluator
+from rankax.retrieval.evaluator import RetrievalEvaluator, RevisitedEvaluator
 from rankax.retrieval.exact import knn
-from rankax.retrieval.revisited import revisited_map
+from rankax.retrieval.revisited import load_gnd, revisited_from_embeddings, revisited_map
 from rankax.retrieval.scann_backend import scann_knn, scann_recall
 
-__all__ = ["RetrievalEvaluator", "evaluate", "knn", "revisited_map", "scann_knn", "scann_recall"]
+__all__ = [
+    "RetrievalEvaluator",
+    "RevisitedEvaluator",
+    "evaluate",
+    "knn",
+    "load_gnd",
+    "revisited_from_embeddings",
+    "revisited_map",
+    "scann_knn",
+    "scann_recall",
+]

@@ -8,17 +8,28 @@ from typing import Any
 import numpy as np
 
 from rankax.retrieval.evaluation import evaluate
+from rankax.retrieval.revisited import revisited_from_embeddings
 
 EmbedFn = Callable[[np.ndarray], Any]
 
 
-def embed_in_batches(embed_fn: EmbedFn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+def _rows(inputs: Any, start: int, stop: int) -> np.ndarray:
+    if hasattr(inputs, "get_batch"):  # a rankax.data Source: test-time preprocessing
+        return np.asarray(inputs.get_batch(np.arange(start, min(stop, len(inputs))), train=False))
+    return inputs[start:stop]
+
+
+def embed_in_batches(embed_fn: EmbedFn, inputs: Any, batch_size: int) -> np.ndarray:
     """``embed_fn`` over ``inputs`` in batches of ``batch_size``; the last batch is padded
-    (repeating its last row) so a jitted ``embed_fn`` sees one shape, and the padding dropped."""
-    inputs = np.asarray(inputs)
+    (repeating its last row) so a jitted ``embed_fn`` sees one shape, and the padding dropped.
+
+    ``inputs`` is an array ``[N, ...]`` or a :class:`rankax.data.Source` (read with
+    ``get_batch(indices, train=False)``, so datasets that do not fit in memory work too)."""
+    if not hasattr(inputs, "get_batch"):
+        inputs = np.asarray(inputs)
     outs = []
     for start in range(0, len(inputs), batch_size):
-        batch = inputs[start : start + batch_size]
+        batch = _rows(inputs, start, start + batch_size)
         m = len(batch)
         if m < batch_size and len(inputs) > batch_size:
             batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - m, axis=0)])
@@ -36,7 +47,7 @@ class RetrievalEvaluator:
     """A retrieval evaluation the training loop calls and the CLI can call alone.
 
     Args:
-      inputs: ``[N, ...]`` model inputs of the query set (numpy).
+      inputs: ``[N, ...]`` model inputs of the query set (numpy), or a ``rankax.data`` Source.
       labels: ``[N]`` class ids or ``[N, L]`` label paths.
       gallery_inputs, gallery_labels: a separate gallery; None (default) = the query set is
         the gallery, each query excluded from its own list.
@@ -70,8 +81,7 @@ class RetrievalEvaluator:
             raise ValueError(f"labels has {len(labels)} rows but inputs has {len(inputs)}")
         if gallery_inputs is not None and len(gallery_inputs) != len(gallery_labels):
             raise ValueError(
-                f"gallery_labels has {len(gallery_labels)} rows but gallery_inputs has "
-                f"{len(gallery_inputs)}"
+                f"gallery_labels has {len(gallery_labels)} rows but gallery_inputs has {len(gallery_inputs)}"
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -89,4 +99,38 @@ class RetrievalEvaluator:
             gallery = embed_in_batches(embed_fn, self.gallery_inputs, self.batch_size)
         result = evaluate(queries, self.labels, gallery, self.gallery_labels, **self.evaluate_kwargs)
         result.pop("per_query", None)
+        return {f"{self.prefix}{key}": value for key, value in result.items()}
+
+
+class RevisitedEvaluator:
+    """The Revisited Oxford/Paris evaluation as an object with ``run(embed_fn)``.
+
+    Args:
+      query_inputs, gallery_inputs: arrays or ``rankax.data`` Sources, in the order of the
+        ground truth's ``qimlist`` / ``imlist``.
+      gnd: per-query dicts ``{"easy", "hard", "junk"}`` of gallery ids (see
+        :func:`rankax.retrieval.revisited.load_gnd`).
+      batch_size: inputs per ``embed_fn`` call; kappas: the ``k`` of mP@k; prefix: key prefix.
+    """
+
+    def __init__(
+        self,
+        query_inputs: Any,
+        gallery_inputs: Any,
+        gnd: Sequence[Any],
+        *,
+        batch_size: int = 64,
+        kappas: Sequence[int] = (1, 5, 10),
+        prefix: str = "",
+    ):
+        if len(gnd) != len(query_inputs):
+            raise ValueError(f"gnd has {len(gnd)} queries but query_inputs has {len(query_inputs)} rows")
+        self.query_inputs, self.gallery_inputs, self.gnd = query_inputs, gallery_inputs, list(gnd)
+        self.batch_size, self.kappas, self.prefix = batch_size, tuple(kappas), prefix
+
+    def run(self, embed_fn: EmbedFn) -> dict[str, float]:
+        """``{"easy/map", "medium/map", "hard/map", ".../mp@k", ".../num_empty"}``."""
+        queries = embed_in_batches(embed_fn, self.query_inputs, self.batch_size)
+        gallery = embed_in_batches(embed_fn, self.gallery_inputs, self.batch_size)
+        result = revisited_from_embeddings(queries, gallery, self.gnd, self.kappas)
         return {f"{self.prefix}{key}": value for key, value in result.items()}

@@ -127,3 +127,49 @@ def revisited_map(
             out[f"{setup}/mp@{kappa}"] = float(v)
         out[f"{setup}/num_empty"] = int(np.isnan(aps).sum())
     return out
+
+
+def revisited_from_embeddings(
+    queries: np.ndarray, gallery: np.ndarray, gnd: Sequence[Mapping], kappas: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """:func:`revisited_map` of ``queries [Q, D]`` against ``gallery [N, D]`` by inner product.
+
+    Ranks the whole database for every query (``np.argsort`` of the ``[N, Q]`` similarity, as
+    the official evaluation does; ROxford5k/RParis6k have 5-6k images).
+    """
+    queries, gallery = np.asarray(queries, np.float32), np.asarray(gallery, np.float32)
+    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"queries [Q, D] and gallery [N, D] must share D, got {queries.shape} and {gallery.shape}"
+        )
+    if len(gnd) != len(queries):
+        raise ValueError(f"gnd has {len(gnd)} queries but queries has {len(queries)} rows")
+    ranks = np.argsort(-(gallery @ queries.T), axis=0, kind="stable")
+    return {k: float(v) for k, v in revisited_map(ranks, gnd, kappas=kappas).items()}
+
+
+def load_gnd(path: str) -> list[dict]:
+    """Per-query ``{"easy", "hard", "junk"}`` id lists from the official ``gnd_*.pkl``
+    (``{"gnd": [...], "imlist", "qimlist"}``) or a JSON list of such dicts.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist (the message says where the files come from).
+    """
+    import json
+    import os
+    import pickle
+
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"ground-truth file {path!r} does not exist; gnd_roxford5k.pkl / gnd_rparis6k.pkl come "
+            "with the Revisited Oxford/Paris release (Radenović et al., CVPR 2018)"
+        )
+    if path.endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+    else:
+        with open(path, "rb") as f:
+            data = pickle.load(f)  # noqa: S301 - the benchmark's own ground-truth format
+    gnd = data["gnd"] if isinstance(data, dict) else data
+    return [dict(g) for g in gnd]

@@ -277,39 +277,9 @@ def training_labels(config: ml_collections.ConfigDict, data: RetrievalDataset) -
 
 def embed_source(state: TrainState, source: Source, batch_size: int = 256) -> np.ndarray:
     """``[N, D]`` float32 embeddings of every item of ``source`` (test-time preprocessing)."""
-    apply = jax.jit(lambda v, x: state.apply_fn(v, x, train=False))
-    out = []
-    for start in range(0, len(source), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(source)))
-        out.append(np.asarray(apply(state.variables(), source.get_batch(idx, train=False))))
-    return np.concatenate(out).astype(np.float32)
+    from rankax.retrieval.evaluator import embed_in_batches
 
-
-def evaluate_state(
-    config: ml_collections.ConfigDict, state: TrainState, data: RetrievalDataset
-) -> dict[str, float]:
-    """Metrics of the test set under ``config.eval_protocol``.
-
-    ``"retrieval"``: :func:`rankax.retrieval.evaluate` (R@k, MAP@R, R-precision, mAP, and the
-    hierarchical metrics for label paths), query set = gallery unless the dataset has one.
-    ``"revisited"``: the Revisited Oxford/Paris protocol (:func:`revisited_metrics`) with the
-    ground truth of ``config.revisited_gnd``; the dataset's test split holds the queries and
-    its gallery the database, in the order of the ground-truth file.
-    """
-    bs = int(config.eval_batch_size)
-    queries = embed_source(state, data.test, bs)
-    gallery = None if data.gallery is None else embed_source(state, data.gallery, bs)
-    protocol = config.get("eval_protocol", "retrieval")
-    if protocol == "revisited":
-        if gallery is None:
-            raise ValueError(
-                "config.eval_protocol='revisited' needs a dataset with a gallery (query/gallery CSVs)"
-            )
-        gnd = load_revisited_gnd(config.revisited_gnd)
-        return revisited_metrics(queries, gallery, gnd, tuple(config.eval_ks))
-    if protocol != "retrieval":
-        raise ValueError(f"config.eval_protocol must be 'retrieval' or 'revisited', got {protocol!r}")
-    return _evaluate_embeddings(config, queries, data.test.labels, gallery, data)
+    return embed_in_batches(embed_fn(state), source, batch_size)
 
 
 def evaluation_keys(config: ml_collections.ConfigDict, labels_ndim: int) -> set[str]:
@@ -326,55 +296,62 @@ def evaluation_keys(config: ml_collections.ConfigDict, labels_ndim: int) -> set[
     return keys
 
 
-def load_revisited_gnd(path: str | None) -> list[dict[str, Any]]:
-    """Per-query ``{"easy", "hard", "junk"}`` id lists from the official ``gnd_*.pkl``
-    (``{"gnd": [...], "imlist", "qimlist"}``) or a JSON list of such dicts."""
-    if not path:
-        raise ValueError("config.revisited_gnd must name the ground-truth file (gnd_roxford5k.pkl)")
-    path = os.path.expanduser(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"config.revisited_gnd={path!r} does not exist; get gnd_roxford5k.pkl / gnd_rparis6k.pkl "
-            "from the Revisited Oxford/Paris release (Radenović et al., CVPR 2018)"
-        )
-    if path.endswith(".json"):
-        with open(path) as f:
-            data = json.load(f)
-    else:
-        import pickle
+def make_evaluator(config: ml_collections.ConfigDict, data: RetrievalDataset) -> Any:
+    """The evaluator object of ``config.eval_protocol`` (``run(embed_fn) -> dict``).
 
-        with open(path, "rb") as f:
-            data = pickle.load(f)  # noqa: S301 - the benchmark's own ground-truth format
-    gnd = data["gnd"] if isinstance(data, dict) else data
-    return [dict(g) for g in gnd]
-
-
-def revisited_metrics(
-    queries: np.ndarray, gallery: np.ndarray, gnd: list[dict[str, Any]], kappas: tuple[int, ...]
-) -> dict[str, float]:
-    """Revisited Oxford/Paris mAP / mP@k of ``queries [Q, D]`` against ``gallery [N, D]``.
-
-    Ranks the whole database by inner product for every query (``np.argsort`` of the
-    ``[N, Q]`` similarity, as the official evaluation does; ROxford/RParis have 5-6k images)
-    and calls :func:`rankax.retrieval.revisited_map`.
+    ``"retrieval"``: :class:`rankax.retrieval.RetrievalEvaluator` on the test split (query =
+    gallery, self excluded, unless the dataset has a gallery): R@k, MAP@R, R-precision, mAP,
+    and H-AP/NDCG/ASI for label paths. ``"revisited"``:
+    :class:`rankax.retrieval.RevisitedEvaluator` with the ground truth of
+    ``config.revisited_gnd``; the test split holds the queries and the gallery the database,
+    in the ground truth's order.
     """
     from rankax import retrieval
 
-    if len(gnd) != len(queries):
-        raise ValueError(f"the ground truth has {len(gnd)} queries but the test split has {len(queries)}")
-    sim = np.asarray(gallery, np.float32) @ np.asarray(queries, np.float32).T
-    ranks = np.argsort(-sim, axis=0, kind="stable")
-    return {k: float(v) for k, v in retrieval.revisited_map(ranks, gnd, kappas=kappas).items()}
-
-
-def _evaluate_embeddings(config, queries, labels, gallery, data) -> dict[str, float]:
-    from rankax import retrieval
-
-    gallery_labels = None if gallery is None else data.gallery.labels
-    out = retrieval.evaluate(
-        queries, labels, gallery, gallery_labels, backend=config.eval_backend, ks=tuple(config.eval_ks)
+    bs = int(config.eval_batch_size)
+    protocol = config.get("eval_protocol", "retrieval")
+    if protocol == "revisited":
+        if data.gallery is None:
+            raise ValueError(
+                "config.eval_protocol='revisited' needs a dataset with a gallery (query/gallery CSVs)"
+            )
+        if not config.revisited_gnd:
+            raise ValueError("config.revisited_gnd must name the ground-truth file (gnd_roxford5k.pkl)")
+        gnd = retrieval.load_gnd(config.revisited_gnd)
+        return retrieval.RevisitedEvaluator(
+            data.test, data.gallery, gnd, batch_size=bs, kappas=tuple(config.eval_ks)
+        )
+    if protocol != "retrieval":
+        raise ValueError(f"config.eval_protocol must be 'retrieval' or 'revisited', got {protocol!r}")
+    gallery_labels = None if data.gallery is None else data.gallery.labels
+    return retrieval.RetrievalEvaluator(
+        data.test,
+        data.test.labels,
+        gallery_inputs=data.gallery,
+        gallery_labels=gallery_labels,
+        batch_size=bs,
+        backend=config.eval_backend,
+        ks=tuple(config.eval_ks),
     )
-    return {k: float(v) for k, v in out.items() if np.isscalar(v) or np.ndim(v) == 0}
+
+
+def embed_fn(state: TrainState) -> Callable[[np.ndarray], np.ndarray]:
+    """``images -> embeddings`` of the model in ``state`` (test mode, jitted)."""
+    apply = jax.jit(lambda v, x: state.apply_fn(v, x, train=False))
+    variables = state.variables()
+    return lambda images: np.asarray(apply(variables, images), np.float32)
+
+
+def evaluate_state(
+    config: ml_collections.ConfigDict, state: TrainState, data: RetrievalDataset, evaluator: Any = None
+) -> dict[str, float]:
+    """Scalar metrics of ``state``'s model by ``evaluator`` (default: :func:`make_evaluator`)."""
+    evaluator = make_evaluator(config, data) if evaluator is None else evaluator
+    return _scalars(evaluator.run(embed_fn(state)))
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
 def restore_for_evaluation(
@@ -434,13 +411,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start = int(state.step)
     writer = _summary_writer(workdir)
 
+    evaluator = make_evaluator(config, data)
     report: dict[str, dict[str, float]] = {}
     if start == 0 and config.eval_baselines:
         if isinstance(data.test, rankax.data.ArraySource):
             flat = data.test.images.reshape(len(data.test), -1).astype(np.float32)
             flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-            report["raw pixels"] = _evaluate_embeddings(config, flat, data.test.labels, None, data)
-        report["untrained"] = evaluate_state(config, state, data)
+            raw = rankax.retrieval.RetrievalEvaluator(
+                flat,
+                data.test.labels,
+                batch_size=len(flat),
+                backend=config.eval_backend,
+                ks=tuple(config.eval_ks),
+            )
+            report["raw pixels"] = _scalars(raw.run(np.asarray))
+        report["untrained"] = evaluate_state(config, state, data, evaluator)
         history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
 
     train_step = make_train_step(config, input_pipeline.augment_fn(config), mesh, train_labels.ndim)
@@ -461,7 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
         done = step + 1 == config.num_steps
         if config.eval_every and (step + 1) % config.eval_every == 0 and not done:
-            ev = evaluate_state(config, state, data)
+            ev = evaluate_state(config, state, data, evaluator)
             history.append({"step": step + 1, **{f"eval/{k}": v for k, v in ev.items()}})
             for k, v in ev.items():
                 writer.add_scalar(f"eval/{k}", v, step + 1)
@@ -470,7 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         progress.update(1)
     progress.close()
 
-    final = evaluate_state(config, state, data)
+    final = evaluate_state(config, state, data, evaluator)
     history.append({"step": int(state.step), **{f"eval/{k}": v for k, v in final.items()}})
     for k, v in final.items():
         writer.add_scalar(f"eval/{k}", v, int(state.step))
