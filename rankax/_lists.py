@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,6 +53,31 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+# The public function being called ("smooth_ap_loss", "batch_loss(supap_loss)", ...), set by
+# ``rankax.losses._base.validated`` and the metrics so that every error names it.
+_CALLER = contextvars.ContextVar("rankax_caller", default="")
+
+
+@contextlib.contextmanager
+def calling(name: str) -> Iterator[None]:
+    """Trace-time context naming the public function in error messages (outermost wins)."""
+    token = _CALLER.set(_CALLER.get() or name)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def caller() -> str:
+    """The name of the public function being called, or ``""``."""
+    return _CALLER.get()
+
+
+def error_prefix() -> str:
+    name = _CALLER.get()
+    return f"{name}: " if name else ""
+
+
 def check_lists(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -60,25 +88,46 @@ def check_lists(
     """Validates and normalises the three list arrays.
 
     Scores are computed in float32 at least (bfloat16/float16 inputs are upcast, so sums of
-    many smooth steps keep their precision); labels become float32 relevances; ``where``
-    becomes boolean (all True when None).
+    many smooth steps keep their precision) and set to 0 at invalid (``where=False``)
+    positions, so padding may hold anything, NaN included; labels become float32 relevances;
+    ``where`` becomes boolean (all True when None).
+
+    Checks happen in three tiers (``docs/behaviour.md``): shapes, dtypes and ranks always, at
+    trace time; values (NaN/inf scores at valid positions, negative/NaN labels, labels other
+    than 0/1 where ``graded=False``) when the arrays are concrete (eager calls); and the same
+    value checks inside ``jit`` when :mod:`rankax.debug` checks are enabled (``checkify``).
 
     Raises:
-      TypeError: ``scores`` is not a floating/integer array, or ``where`` is not boolean.
+      TypeError: ``scores`` is not a floating array (integer scores included: ranks of
+        integers are tied everywhere and have no gradient; cast them), labels are not
+        real/boolean, or ``where`` is not boolean.
       ValueError: ``scores`` is a scalar; ``labels``/``where`` do not have the shape of
-        ``scores``; concrete (non-traced) scores contain NaN/inf; concrete labels are negative.
+        ``scores``; concrete scores contain NaN/inf at valid positions; concrete labels are
+        negative or NaN, or not 0/1 for a binary (``graded=False``) function.
     """
+    prefix = error_prefix()
     scores_arr = jnp.asarray(scores)
-    if not (jnp.issubdtype(scores_arr.dtype, jnp.floating) or jnp.issubdtype(scores_arr.dtype, jnp.integer)):
-        raise TypeError(f"scores must be a real-valued array, got dtype {scores_arr.dtype}")
+    if not jnp.issubdtype(scores_arr.dtype, jnp.floating):
+        raise TypeError(
+            f"{prefix}scores must be a floating-point array (float32/bfloat16/float16/float64), got "
+            f"dtype {scores_arr.dtype}; cast integer scores with .astype(jnp.float32)"
+        )
     if scores_arr.ndim == 0:
-        raise ValueError("scores must have at least one axis (the list axis), got a scalar")
+        raise ValueError(f"{prefix}scores must have at least one axis (the list axis [..., N]), got a scalar")
     scores_arr = scores_arr.astype(jnp.promote_types(scores_arr.dtype, jnp.float32))
-    if jnp.issubdtype(scores_arr.dtype, jnp.integer):
-        scores_arr = scores_arr.astype(jnp.float32)
     labels_arr = jnp.asarray(labels)
     if labels_arr.shape != scores_arr.shape:
-        raise ValueError(f"labels must have the shape of scores {scores_arr.shape}, got {labels_arr.shape}")
+        raise ValueError(
+            f"{prefix}labels must have the shape of scores {scores_arr.shape}, got {labels_arr.shape}"
+        )
+    if not (
+        labels_arr.dtype == jnp.bool_
+        or jnp.issubdtype(labels_arr.dtype, jnp.integer)
+        or jnp.issubdtype(labels_arr.dtype, jnp.floating)
+    ):
+        raise TypeError(
+            f"{prefix}labels must be a boolean, integer or floating array, got dtype {labels_arr.dtype}"
+        )
     if labels_arr.dtype == jnp.bool_ or not jnp.issubdtype(labels_arr.dtype, jnp.floating):
         labels_arr = labels_arr.astype(jnp.float32)
     labels_arr = labels_arr.astype(jnp.promote_types(labels_arr.dtype, jnp.float32))
@@ -87,24 +136,248 @@ def check_lists(
     else:
         where_arr = jnp.asarray(where)
         if where_arr.shape != scores_arr.shape:
-            raise ValueError(f"where must have the shape of scores {scores_arr.shape}, got {where_arr.shape}")
+            raise ValueError(
+                f"{prefix}where must have the shape of scores {scores_arr.shape}, got {where_arr.shape}"
+            )
         if where_arr.dtype != jnp.bool_:
-            raise TypeError(f"where must be a boolean mask, got dtype {where_arr.dtype}")
+            raise TypeError(f"{prefix}where must be a boolean mask, got dtype {where_arr.dtype}")
+    kind = "graded relevance >= 0" if graded else "binary labels (0 or 1)"
     if _is_concrete(scores_arr) and _is_concrete(where_arr):
         bad = ~np.isfinite(np.asarray(scores_arr)) & np.asarray(where_arr)
         if bad.any():
-            raise ValueError(f"scores contain {int(bad.sum())} NaN/inf values at valid positions")
-    if _is_concrete(labels_arr):
-        lab = np.asarray(labels_arr)
-        if np.isnan(lab).any() or (lab < 0).any():
-            kind = "graded relevance" if graded else "binary labels"
-            raise ValueError(f"labels must be {kind} >= 0 without NaN, got min {np.nanmin(lab)}")
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{prefix}scores contain {int(bad.sum())} NaN/inf values at valid positions "
+                f"(first: scores{list(first)} = {np.asarray(scores_arr)[first]})"
+            )
+    if _is_concrete(labels_arr) and _is_concrete(where_arr):
+        lab = np.where(np.asarray(where_arr), np.asarray(labels_arr), 0.0)
+        wrong = np.isnan(lab) | (lab < 0) if graded else ~np.isin(lab, (0.0, 1.0))
+        if wrong.any():
+            first = tuple(int(i) for i in np.argwhere(wrong)[0])
+            hint = "" if graded else " (graded relevance needs a graded loss: hap_loss, sup_ndcg_loss)"
+            raise ValueError(
+                f"{prefix}labels must be {kind} at valid positions, got labels{list(first)} = "
+                f"{lab[first]}{hint}"
+            )
+    from rankax import debug  # noqa: PLC0415 - debug imports this module
+
+    if debug.enabled():
+        debug.check_finite(scores_arr, "scores", where=where_arr)
+        lab = jnp.where(where_arr, labels_arr, 0.0)
+        wrong = jnp.isnan(lab) | (lab < 0) if graded else ~((lab == 0) | (lab == 1))
+        debug.check_none(wrong, f"labels must be {kind} at valid positions", lab, "labels")
+    scores_arr = jnp.where(where_arr, scores_arr, 0.0)
     return scores_arr, labels_arr, where_arr
 
 
+def nonfinite_lists(scores: ArrayLike, where: ArrayLike | None) -> Array:
+    """``[...]`` True for the lists with a NaN/inf score at a valid position."""
+    scores = jnp.asarray(scores)
+    bad = ~jnp.isfinite(scores)
+    if where is not None:
+        bad = bad & jnp.asarray(where, bool)
+    return jnp.any(bad, axis=-1)
+
+
+@jax.custom_vjp
+def _poison(x: Array, bad: Array) -> Array:
+    return jnp.where(bad, jnp.nan, x)
+
+
+def _poison_fwd(x, bad):
+    return _poison(x, bad), bad
+
+
+def _poison_bwd(bad, g):
+    return jnp.where(bad, jnp.nan, g), None
+
+
+_poison.defvjp(_poison_fwd, _poison_bwd)
+
+
+def _nonfinite_or_none(scores: Any, where: Any) -> Array | None:
+    """:func:`nonfinite_lists` for well-formed floating inputs, else ``None``."""
+    s = jnp.asarray(scores)
+    if not jnp.issubdtype(s.dtype, jnp.floating) or s.ndim == 0:
+        return None
+    if where is not None and (jnp.shape(where) != s.shape or jnp.asarray(where).dtype != jnp.bool_):
+        return None
+    return nonfinite_lists(s, where)
+
+
+@jax.custom_vjp
+def _poison_cotangent(scores: Array, bad_lists: Array) -> Array:
+    """Identity whose cotangent is NaN on the lists marked bad (for custom-gradient losses,
+    e.g. BlackBox AP, whose backward pass would turn a NaN cotangent into finite numbers)."""
+    return scores
+
+
+def _poison_cotangent_fwd(scores, bad_lists):
+    return scores, bad_lists
+
+
+def _poison_cotangent_bwd(bad_lists, g):
+    return jnp.where(bad_lists[..., None], jnp.nan, g), None
+
+
+_poison_cotangent.defvjp(_poison_cotangent_fwd, _poison_cotangent_bwd)
+
+
+def propagate_nonfinite(out: Array, bad_lists: Array) -> Array:
+    """Makes ``out`` (and everything differentiated through it) NaN where an input was not finite.
+
+    ``out`` is either per list (the shape of ``bad_lists``) or reduced (any other shape: it
+    becomes NaN if any list is bad). The cotangent is NaN there too, so ``jax.grad`` of a loss
+    of non-finite scores is non-finite instead of a silently finite, wrong number.
+    """
+    out = jnp.asarray(out)
+    bad = bad_lists if out.shape == bad_lists.shape else jnp.broadcast_to(jnp.any(bad_lists), out.shape)
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        return out
+    return _poison(out, bad)
+
+
+# Ranges of the hyperparameters, by argument name (the same name means the same thing in
+# every loss). "positive": finite and > 0; "nonnegative": finite and >= 0; "finite": any
+# finite real. Temperatures and exponents must be > 0 (0 divides, < 0 flips the ranking);
+# ROADMAP's slope rho and width delta, loss weights and MS's epsilon >= 0 (0 switches a
+# branch off); offsets and margins are any finite number.
+HPARAM_RANGES: dict[str, str] = {
+    "temperature": "positive",
+    "tau": "positive",
+    "tau1": "positive",
+    "tau2": "positive",
+    "rho": "nonnegative",
+    "delta": "nonnegative",
+    "lambda_": "positive",
+    "alpha": "positive",
+    "beta": "positive",
+    "b": "positive",
+    "supap_weight": "nonnegative",
+    "calibration_weight": "nonnegative",
+    "epsilon": "nonnegative",
+    "start": "finite",
+    "offset": "finite",
+    "pos_margin": "finite",
+    "neg_margin": "finite",
+    "base": "finite",
+    "margin": "finite",
+}
+_RANGE_TEXT = {
+    "positive": "a finite number > 0",
+    "nonnegative": "a finite number >= 0",
+    "finite": "a finite number",
+}
+
+
+def check_number(name: str, value: Any, kind: str) -> None:
+    """Validates a scalar hyperparameter; traced values pass (their values are unknown)."""
+    if isinstance(value, jax.core.Tracer):
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{error_prefix()}{name} must be a scalar, got shape {jnp.shape(value)}")
+        return
+    ok_type = isinstance(value, int | float | np.number) or (
+        isinstance(value, np.ndarray | jax.Array) and np.ndim(value) == 0
+    )
+    if isinstance(value, bool) or not ok_type:
+        raise TypeError(f"{error_prefix()}{name} must be {_RANGE_TEXT[kind]}, got {value!r}")
+    v = float(value)
+    ok = np.isfinite(v) and (v > 0 if kind == "positive" else v >= 0 if kind == "nonnegative" else True)
+    if not ok:
+        raise ValueError(f"{error_prefix()}{name} must be {_RANGE_TEXT[kind]}, got {value!r}")
+
+
+def check_num_bins(value: Any) -> None:
+    """``num_bins`` of the histogram losses: an int >= 2 (one bin has no ranking)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 2:
+        raise ValueError(f"{error_prefix()}num_bins must be an int >= 2, got {value!r}")
+
+
+_LIST_ARGS = ("scores", "labels", "where", "reduce_fn", "max_positives")
+
+
+def check_hparams(fn_name: str, hparams: dict[str, Any]) -> None:
+    """Checks every hyperparameter named in :data:`HPARAM_RANGES` (and ``num_bins``)."""
+    with calling(fn_name):
+        for name, value in hparams.items():
+            if name in HPARAM_RANGES:
+                check_number(name, value, HPARAM_RANGES[name])
+            elif name == "num_bins":
+                check_num_bins(value)
+
+
+def _bind(fn_name: str, signature: inspect.Signature, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as err:
+        known = [p for p in signature.parameters if p not in ("scores", "labels")]
+        unknown = [k for k in kwargs if k not in signature.parameters]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"{fn_name}() got an unknown argument {unknown[0]!r}{hint} (known: {', '.join(known)})"
+            ) from None
+        raise TypeError(f"{fn_name}(): {err}") from None
+    return bound
+
+
+def validated(
+    fn: Callable[..., Array] | None = None, *, graded: bool = False
+) -> Callable[..., Array]:
+    """Decorator of the public list losses and metrics: names errors, checks hyperparameters, guards NaN.
+
+    At trace time: an unknown keyword raises ``TypeError`` with the closest known name;
+    every hyperparameter in :data:`HPARAM_RANGES` is range-checked (``ValueError`` naming it,
+    the expected range and the value); array errors raised inside are prefixed with the
+    function's name. At run time: a list with a NaN/inf score at a valid position gives a NaN
+    value and NaN gradients (:func:`rankax.propagate_nonfinite`), never a finite
+    number; with :mod:`rankax.debug` checks on, the first such score and a non-finite result
+    from finite inputs are reported instead.
+
+    ``graded=True`` marks functions that read graded relevance (``fn.graded``; the others
+    require binary 0/1 labels, and ``rankax.batch_loss`` binarises graded relevance, ``> 0``,
+    before calling them). Use as ``@validated`` or ``@validated(graded=True)``.
+    """
+    if fn is None:
+        return functools.partial(validated, graded=graded)  # type: ignore[return-value]
+    signature = inspect.signature(fn)
+    fn_name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Array:
+        bound = _bind(fn_name, signature, args, kwargs)
+        hparams = {k: v for k, v in bound.arguments.items() if k not in _LIST_ARGS}
+        check_hparams(fn_name, hparams)
+        with calling(fn_name):
+            scores, where = bound.arguments["scores"], bound.arguments.get("where")
+            bad = _nonfinite_or_none(scores, where)
+            if bad is not None:  # else the arrays are malformed and fn raises a clear error
+                bound.arguments["scores"] = _poison_cotangent(jnp.asarray(scores), bad)
+            out = fn(*bound.args, **bound.kwargs)
+            if bad is None:
+                bad = nonfinite_lists(scores, where)
+            from rankax import debug  # noqa: PLC0415
+
+            if debug.enabled():
+                debug.check_none(
+                    ~jnp.isfinite(out) & ~jnp.broadcast_to(jnp.any(bad), jnp.shape(out)),
+                    "non-finite result from finite scores", out, "result",
+                )
+            return propagate_nonfinite(out, bad)
+
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.graded = graded  # type: ignore[attr-defined]
+    return wrapper
+
+
 def check_capacity(max_positives: int | None) -> None:
-    if max_positives is not None and (not isinstance(max_positives, int | np.integer) or max_positives < 1):
-        raise ValueError(f"max_positives must be a positive int or None, got {max_positives!r}")
+    bad_type = isinstance(max_positives, bool) or not isinstance(max_positives, int | np.integer)
+    if max_positives is not None and (bad_type or max_positives < 1):
+        raise ValueError(
+            f"{error_prefix()}max_positives must be a positive int or None, got {max_positives!r}"
+        )
 
 
 def has_positive(labels: Array, where: Array) -> Array:
@@ -149,6 +422,10 @@ def reduce_lists(values: Array, valid: Array, reduce_fn: ReduceFn) -> Array:
     ``None`` returns the per-list values with 0 for invalid lists; any other callable is
     called as ``reduce_fn(values, where=valid)`` (``jnp.sum`` works).
     """
+    if reduce_fn is not None and not callable(reduce_fn):
+        raise TypeError(
+            f"{error_prefix()}reduce_fn must be jnp.mean, jnp.sum, None or a callable, got {reduce_fn!r}"
+        )
     values = jnp.where(valid, values, 0.0)
     if reduce_fn is None:
         return values

@@ -56,7 +56,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 from jax.typing import ArrayLike
 
-from rankax import _lists
+from rankax import _lists, debug
 
 Array = jax.Array
 LossFn = Callable[..., Array]
@@ -74,18 +74,32 @@ def _is_traced(x: Any) -> bool:
 
 
 def _check_batch(embeddings: ArrayLike, labels: ArrayLike, name: str = "embeddings") -> tuple[Array, Array]:
+    """Shapes/dtypes always; NaN/inf when the embeddings are concrete (eager calls)."""
+    prefix = _lists.error_prefix()
     emb = jnp.asarray(embeddings)
     lab = jnp.asarray(labels)
     if emb.ndim != 2:
-        raise ValueError(f"{name} must be [B, D], got shape {emb.shape}")
+        raise ValueError(f"{prefix}{name} must be [B, D], got shape {emb.shape}")
     if not jnp.issubdtype(emb.dtype, jnp.floating):
-        raise TypeError(f"{name} must be floating point, got dtype {emb.dtype}")
+        raise TypeError(f"{prefix}{name} must be floating point, got dtype {emb.dtype}")
     if lab.ndim not in (1, 2) or lab.shape[0] != emb.shape[0]:
         raise ValueError(
-            f"labels of {name} must be [B] (or [B, L] label paths) with B={emb.shape[0]}, got {lab.shape}"
+            f"{prefix}labels of {name} must be [B] class ids (or [B, L] label paths) with "
+            f"B={emb.shape[0]}, got shape {lab.shape}"
         )
     if not jnp.issubdtype(lab.dtype, jnp.integer):
-        raise TypeError(f"labels of {name} must be integer class ids, got dtype {lab.dtype}")
+        raise TypeError(
+            f"{prefix}labels of {name} must be integer class ids, got dtype {lab.dtype} "
+            "(float labels are not class ids; cast with .astype(jnp.int32) if they are)"
+        )
+    if not _is_traced(emb):
+        bad = ~np.isfinite(np.asarray(emb, np.float32))
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{prefix}{name} contain {int(bad.sum())} NaN/inf values "
+                f"(first: {name}[{row}, {col}] = {np.asarray(emb)[row, col]})"
+            )
     return emb.astype(jnp.promote_types(emb.dtype, jnp.float32)), lab
 
 
@@ -257,6 +271,8 @@ def batch_statistics(
         raise ValueError(f"item_mask must be [{n}], got {mask.shape}")
     qidx = None if query_index is None else jnp.asarray(query_index, jnp.int32)
     rel_fn = default_relevance(q_lab, include_self) if relevance_fn is None else relevance_fn
+    # Binary losses see graded relevance (label paths) as relevant / not relevant.
+    graded = bool(getattr(loss_fn, "graded", False))
 
     exact = exact_capacity(
         query_labels,
@@ -309,6 +325,8 @@ def batch_statistics(
         scores = q_emb[rows] @ i_emb.T
         where = _list_masks(rows, valid, qidx, mask, include_self)
         rel = rel_fn(q_lab[rows], i_lab).astype(jnp.float32)
+        if not graded:
+            rel = (rel > 0).astype(jnp.float32)
         if len(branches) == 1 and capacities[0] >= n:
             return branches[0](scores, rel, where)
         most = jnp.max(jnp.sum((rel > 0) & where, axis=-1))
@@ -427,24 +445,37 @@ def batch_loss(
         loss, grads = jax.value_and_grad(
             lambda e: rankax.batch_loss(rankax.supap_loss, e, labels, max_positives=3))(emb)
     """
-    emb, lab = _check_batch(embeddings, labels)
-    b = emb.shape[0]
-    items, item_labels, item_mask = with_references(
-        emb, lab, references, reference_labels, reference_mask, memory
-    )
-    totals = batch_statistics(
-        loss_fn,
-        emb,
-        lab,
-        items,
-        item_labels,
-        query_index=np.arange(b),  # numpy: stays concrete under jit (exact capacity)
-        item_mask=item_mask,
-        include_self=include_self,
-        max_positives=max_positives,
-        block_size=block_size,
-        max_tile_elements=max_tile_elements, capacity_limit=capacity_limit,
-        relevance_fn=relevance_fn,
-        **hparams,
-    )
-    return _lists.from_statistics(loss_fn, totals, **hparams)
+    if not callable(loss_fn):
+        raise TypeError(f"batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}")
+    with _lists.calling(f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"):
+        emb, lab = _check_batch(embeddings, labels)
+        b = emb.shape[0]
+        items, item_labels, item_mask = with_references(
+            emb, lab, references, reference_labels, reference_mask, memory
+        )
+        debug.check_finite(emb, "embeddings")
+        totals = batch_statistics(
+            loss_fn,
+            emb,
+            lab,
+            items,
+            item_labels,
+            query_index=np.arange(b),  # numpy: stays concrete under jit (exact capacity)
+            item_mask=item_mask,
+            include_self=include_self,
+            max_positives=max_positives,
+            block_size=block_size,
+            max_tile_elements=max_tile_elements, capacity_limit=capacity_limit,
+            relevance_fn=relevance_fn,
+            **hparams,
+        )
+        loss = _lists.from_statistics(loss_fn, totals, **hparams)
+        return _lists.propagate_nonfinite(loss, nonfinite_items(emb, items, item_mask))
+
+
+def nonfinite_items(embeddings: Array, items: Array, item_mask: Array | None) -> Array:
+    """Scalar True if a query embedding or an existing item has a NaN/inf entry."""
+    bad_items = jnp.any(~jnp.isfinite(items), axis=-1)
+    if item_mask is not None:
+        bad_items = bad_items & item_mask
+    return jnp.any(~jnp.isfinite(embeddings)) | jnp.any(bad_items)

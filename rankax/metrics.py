@@ -58,7 +58,8 @@ def _check_k(k: int | None, *, allow_none: bool = False) -> None:
     if k is None and allow_none:
         return
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive int{' or None' if allow_none else ''}, got {k!r}")
+        expected = "a positive int or None" if allow_none else "a positive int"
+        raise ValueError(f"{_lists.error_prefix()}k must be {expected}, got {k!r}")
 
 
 def _metric(kernel, scores, labels, where, reduce_fn, max_positives):
@@ -71,6 +72,7 @@ def _ap_kernel(scores, labels, where, positives):
     return _lists.ap_from_ranks(rank, rank_pos, positives)
 
 
+@_lists.validated(graded=True)
 def average_precision(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -97,6 +99,7 @@ def _recall_kernel(scores, labels, where, positives, *, k):
     return jnp.any(hit, axis=-1).astype(jnp.float32)
 
 
+@_lists.validated(graded=True)
 def recall_at_k(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -125,6 +128,7 @@ def _map_at_r_kernel(scores, labels, where, positives):
     return _lists.safe_divide(jnp.sum(ratio, axis=-1), r)
 
 
+@_lists.validated(graded=True)
 def map_at_r(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -149,6 +153,7 @@ def _r_precision_kernel(scores, labels, where, positives):
     return _lists.safe_divide(hits.astype(jnp.float32), r)
 
 
+@_lists.validated(graded=True)
 def r_precision(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -167,6 +172,7 @@ def _precision_kernel(scores, labels, where, positives, *, k):
     return hits.astype(jnp.float32) / k
 
 
+@_lists.validated(graded=True)
 def precision_at_k(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -209,6 +215,7 @@ def _ndcg_kernel(scores, labels, where, positives, *, k):
     return _lists.safe_divide(dcg, idcg)
 
 
+@_lists.validated(graded=True)
 def ndcg(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -248,6 +255,7 @@ def _hap_kernel(scores, labels, where, positives):
     return _lists.safe_divide(num, den)
 
 
+@_lists.validated(graded=True)
 def hap(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -294,6 +302,7 @@ def _asi_kernel(scores, labels, where, positives):
     return _lists.safe_divide(jnp.sum(terms, axis=-1), r)
 
 
+@_lists.validated(graded=True)
 def asi(
     scores: ArrayLike,
     labels: ArrayLike,

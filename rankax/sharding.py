@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from rankax import _lists, batch
+from rankax import _lists, batch, debug
 
 Array = jax.Array
 AxisName = str | tuple[str, ...]
@@ -113,6 +113,7 @@ def sharded_batch_loss(
     def local_loss(emb: Array, lab: Array, memory: Any) -> Array:
         # emb, lab: this device's queries. Items: the global batch (then the memory).
         emb, lab = batch._check_batch(emb, lab)
+        debug.check_finite(emb, "embeddings")
         global_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
         global_lab = jax.lax.all_gather(lab, axis_name, tiled=True)
         items, item_labels, item_mask = batch.with_references(global_emb, global_lab, memory=memory)
@@ -123,7 +124,13 @@ def sharded_batch_loss(
             query_index=first + jnp.arange(local), item_mask=item_mask, **kwargs,
         )
         totals = jax.lax.psum(totals, axis_name)
-        return _lists.from_statistics(loss_fn, totals, **hparams)
+        loss = _lists.from_statistics(loss_fn, totals, **hparams)
+        # NaN/inf anywhere in the global batch (or the memory) -> NaN loss and gradients.
+        local_bad = jnp.any(~jnp.isfinite(emb)).astype(jnp.int32)
+        bad = jax.lax.psum(local_bad, axis_name) > 0
+        if memory is not None:  # replicated: the same flag on every device
+            bad = bad | jnp.any(jnp.any(~jnp.isfinite(memory.embeddings), axis=-1) & memory.valid)
+        return _lists.propagate_nonfinite(loss, bad)
 
     batch_spec = PartitionSpec(axis_name)
     without_memory = jax.shard_map(

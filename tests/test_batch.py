@@ -57,6 +57,8 @@ def dense_reference(loss_fn, emb, labels, *, include_self=False, relevance_fn=No
     scores = emb @ emb.T
     rel_fn = batch.default_relevance(labels, include_self) if relevance_fn is None else relevance_fn
     rel = rel_fn(labels, labels).astype(jnp.float32)
+    if not getattr(loss_fn, "graded", False):  # binary losses: relevant iff relevance > 0
+        rel = (rel > 0).astype(jnp.float32)
     where = jnp.ones((b, b), bool) if include_self else ~jnp.eye(b, dtype=bool)
     if loss_fn in POOLED:
         return loss_fn(scores, rel, where=where, **hparams)

@@ -66,6 +66,21 @@ SCRIPT = textwrap.dedent(
     hap = getattr(rankax.losses, "hap_loss", rankax.supap_loss)
     check("hap_paths_with_memory", explicit, hap, paths, "shard_map", memory=memory,
           max_positives=4)
+    # A NaN on one device's shard (device 5) or in a filled memory slot: NaN loss and NaN
+    # gradients on every device, never a finite number.
+    loss_of = sharding.sharded_batch_loss(rankax.supap_loss, explicit, "data", max_positives=2)
+    put = lambda x: jax.device_put(x, NamedSharding(explicit, P("data")))
+    g = jax.jit(jax.value_and_grad(lambda x, y, m: loss_of(x, y, m)))
+    flat_memory = xbm.update(xbm.init(12, D), e[:3], lab[:3])
+    nan_memory = xbm.update(xbm.init(12, D), e[:3].at[1, 2].set(jnp.nan), lab[:3])
+    clean_val, _ = g(put(e), put(lab), flat_memory)
+    val, grad = g(put(e.at[21, 0].set(jnp.nan)), put(lab), flat_memory)
+    mem_val, mem_grad = g(put(e), put(lab), nan_memory)
+    results["nonfinite"] = dict(
+        clean_finite=bool(jnp.isfinite(clean_val)),
+        value_nan=bool(jnp.isnan(val)), grad_all_nan=bool(jnp.all(jnp.isnan(grad))),
+        memory_value_nan=bool(jnp.isnan(mem_val)), memory_grad_all_nan=bool(jnp.all(jnp.isnan(mem_grad))),
+    )
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -96,6 +111,12 @@ def test_sharded_equals_single_device(sharded_results, name):
     assert r["grad_norm"] > 1e-3  # a gradient worth comparing
     assert r["value_err"] < 1e-5, r
     assert r["grad_err"] < 1e-5, r
+
+
+def test_sharded_nonfinite_is_nan_everywhere(sharded_results):
+    assert sharded_results["nonfinite"] == dict(
+        clean_finite=True, value_nan=True, grad_all_nan=True, memory_value_nan=True, memory_grad_all_nan=True
+    )
 
 
 def test_batch_must_divide_the_mesh():

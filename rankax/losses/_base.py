@@ -8,6 +8,7 @@ look at the whole list at once: histograms, sorts, hardest pairs). Pair-pooled l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,16 +24,16 @@ DenseKernel = Callable[[Array, Array, Array], Array]
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ValueError(f"{_lists.error_prefix()}{name} must be one of {choices}, got {value!r}")
 
 
 def check_positive(name: str, value: Any) -> None:
-    """Raises if a concrete hyperparameter is not > 0 (traced values, e.g. an annealed
-    temperature inside ``jit``, are accepted unchecked)."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+    """Raises if a concrete hyperparameter is not > 0 (traced values pass unchecked)."""
+    _lists.check_number(name, value, "positive")
+
+
+validated = _lists.validated
+check_hparams = _lists.check_hparams
 
 
 def list_loss(
@@ -115,8 +116,20 @@ def attach_statistics(
     statistics_fn: Callable[..., dict[str, Array]],
     from_statistics_fn: Callable[..., Array],
 ) -> Callable[..., Array]:
-    """Publishes the batch statistics protocol of ``rankax._lists`` on ``loss_fn``."""
-    loss_fn.list_statistics = statistics_fn  # type: ignore[attr-defined]
+    """Publishes the batch statistics protocol of ``rankax._lists`` on ``loss_fn``.
+
+    The statistics function is called by ``rankax.batch_loss`` instead of ``loss_fn``, so it
+    gets the same hyperparameter checks and error names (the batch path guards NaN itself).
+    """
+    fn_name = loss_fn.__name__
+
+    @functools.wraps(statistics_fn)
+    def statistics(scores: Array, labels: Array, where: Array, **kwargs: Any) -> dict[str, Array]:
+        check_hparams(fn_name, {k: v for k, v in kwargs.items() if k != "max_positives"})
+        with _lists.calling(fn_name):
+            return statistics_fn(scores, labels, where, **kwargs)
+
+    loss_fn.list_statistics = statistics  # type: ignore[attr-defined]
     loss_fn.from_statistics = from_statistics_fn  # type: ignore[attr-defined]
     return loss_fn
 

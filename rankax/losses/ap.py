@@ -30,6 +30,7 @@ def _smooth_ap_kernel(scores, labels, where, positives, *, temperature):
     return 1.0 - _lists.ap_from_ranks(rank, rank_pos, positives)
 
 
+@_base.validated
 def smooth_ap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -75,6 +76,7 @@ def _supap_kernel(scores, labels, where, positives, **step_kwargs):
     return 1.0 - _lists.ap_from_ranks(rank, rank_pos, positives)
 
 
+@_base.validated
 def supap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -157,6 +159,7 @@ def _roadmap_from_statistics(
     return supap_weight * supap + calibration_weight * calibration
 
 
+@_base.validated
 def roadmap_loss(
     scores: ArrayLike,
     labels: ArrayLike,

@@ -82,6 +82,7 @@ def _blackbox_ap_kernel(scores, labels, where, *, lambda_, margin, key):
     return 1.0 - _lists.safe_divide(jnp.sum(ratio, axis=-1), _lists.num_positives(labels, where))
 
 
+@_base.validated
 def blackbox_ap_loss(
     scores: ArrayLike,
     labels: ArrayLike,

@@ -74,6 +74,7 @@ def _histogram_ap_kernel(scores, labels, where, *, num_bins, score_range, tie_aw
     return 1.0 - _quantised_ap(count, count_pos, tie_aware)
 
 
+@_base.validated
 def histogram_ap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -110,7 +111,9 @@ def histogram_ap_loss(
         raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
     lo, hi = score_range
     if not hi > lo:
-        raise ValueError(f"score_range must be (min, max) with max > min, got {score_range!r}")
+        raise ValueError(
+            f"{_lists.error_prefix()}score_range must be (min, max) with max > min, got {score_range!r}"
+        )
     kernel = functools.partial(
         _histogram_ap_kernel, num_bins=num_bins, score_range=(float(lo), float(hi)),
         tie_aware=bool(tie_aware),
@@ -126,6 +129,7 @@ def _fast_ap_kernel(scores, labels, where, *, num_bins):
     return 1.0 - _quantised_ap(count, count_pos, tie_aware=False)
 
 
+@_base.validated
 def fast_ap_loss(
     scores: ArrayLike,
     labels: ArrayLike,

@@ -67,6 +67,7 @@ def _calibration_from_statistics(totals: dict[str, Array], **unused) -> Array:
     return pos + neg
 
 
+@_base.validated
 def calibration_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -147,6 +148,7 @@ def _contrastive_from_statistics(totals: dict[str, Array], **unused) -> Array:
     return _lists.safe_divide(totals["contrastive_sum"], totals["contrastive_pairs"])
 
 
+@_base.validated
 def contrastive_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -219,6 +221,7 @@ _searchsorted_left = jnp.vectorize(
 )
 
 
+@_base.validated
 def triplet_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -282,6 +285,7 @@ def _multi_similarity_kernel(scores, labels, where, *, alpha, beta, base, epsilo
     return jnp.where(active, pos_term + neg_term, 0.0)
 
 
+@_base.validated
 def multi_similarity_loss(
     scores: ArrayLike,
     labels: ArrayLike,

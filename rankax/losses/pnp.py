@@ -55,6 +55,7 @@ def _pnp_kernel(scores, labels, where, positives, *, variant, tau, b, alpha):
     return _base.masked_mean(_pnp_transform(r, variant, b, alpha), positives.mask)
 
 
+@_base.validated
 def pnp_loss(
     scores: ArrayLike,
     labels: ArrayLike,

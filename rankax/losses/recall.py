@@ -33,7 +33,9 @@ DEFAULT_KS = (1, 2, 4, 8, 16)
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     ks = tuple(ks)
     if not ks or any(not isinstance(k, int | float) or k <= 0 for k in ks):
-        raise ValueError(f"ks must be a non-empty sequence of positive cut-offs, got {ks!r}")
+        raise ValueError(
+            f"{_lists.error_prefix()}ks must be a non-empty sequence of positive cut-offs, got {ks!r}"
+        )
     return ks
 
 
@@ -57,6 +59,7 @@ def _sup_recall_kernel(scores, labels, where, positives, *, ks, tau2, **step_kwa
     return 1.0 - _smooth_recall(rank, positives, num_pos, ks, tau2, clip=False)
 
 
+@_base.validated
 def sup_recall_at_k_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -108,6 +111,7 @@ def _rs_at_k_kernel(scores, labels, where, positives, *, ks, tau1, tau2):
     return 1.0 - _smooth_recall(rank, positives, num_pos, ks, tau2, clip=True)
 
 
+@_base.validated
 def recall_at_k_surrogate_loss(
     scores: ArrayLike,
     labels: ArrayLike,

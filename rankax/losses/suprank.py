@@ -46,6 +46,7 @@ def _hap_kernel(scores, labels, where, positives, **step_kwargs):
     return 1.0 - _lists.safe_divide(jnp.sum(ratio, axis=-1), total_rel)
 
 
+@_base.validated(graded=True)
 def hap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -105,6 +106,7 @@ def _sup_ndcg_kernel(scores, labels, where, positives, **step_kwargs):
     return 1.0 - _lists.safe_divide(dcg, _ideal_dcg(gains))
 
 
+@_base.validated(graded=True)
 def sup_ndcg_loss(
     scores: ArrayLike,
     labels: ArrayLike,

@@ -1,0 +1,142 @@
+"""Opt-in value checks inside ``jit``: non-finite scores, wrong labels, non-finite outputs.
+
+Shapes, dtypes and hyperparameters of every public loss, metric and ``batch_loss`` are checked
+at trace time, always. *Values* can only be checked when they are concrete; inside ``jit``
+they are not, and by default rankax then only guarantees that a non-finite input never turns
+into a finite, wrong number: the value and the gradient come out NaN
+(``docs/behaviour.md``). To find *where* a NaN comes from, turn the checks on:
+
+.. code-block:: python
+
+    checked_step = rankax.debug.checked(train_step)   # jit + checkify, raises on the host
+    state, metrics = checked_step(state, batch)
+    # CheckError: batch_loss(supap_loss): embeddings has a non-finite value nan at
+    # index [3, 17] (first of 128) ...
+
+While checks are enabled (:func:`checks`, or inside :func:`checked`/:func:`checkify`) the
+rankax functions traced add ``jax.experimental.checkify`` checks that report the *first*
+offending entry with the name of the function: non-finite scores/embeddings at valid
+positions, labels outside the function's domain, and a non-finite result computed from
+finite inputs. The switch is read at trace time: a function already compiled without checks
+keeps running without them, so wrap the Python function (not an already-``jit``-ed one whose
+cache is warm) or build it inside ``with rankax.debug.checks():``.
+
+Checks cost a reduction per checked array and a device-to-host error transfer per call; leave
+them off for speed runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import checkify as _checkify
+
+from rankax import _lists
+
+Array = jax.Array
+
+_ENABLED = contextvars.ContextVar("rankax_debug_checks", default=False)
+
+#: The exception :func:`checked` raises (``error.throw()`` of ``checkify``); a ``ValueError``.
+CheckError = _checkify.JaxRuntimeError
+
+__all__ = ["CheckError", "check_finite", "check_none", "checked", "checkify", "checks", "enabled"]
+
+
+def enabled() -> bool:
+    """Whether functions traced now add value checks."""
+    return _ENABLED.get()
+
+
+@contextlib.contextmanager
+def checks(on: bool = True) -> Iterator[None]:
+    """Trace-time switch for the value checks (see the module docstring)."""
+    token = _ENABLED.set(bool(on))
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def _first(mask: Array, values: Array) -> tuple[Array, Array, Array]:
+    """Index (``[ndim]`` int32), value and count of the first True entry of ``mask``."""
+    flat = jnp.argmax(mask.reshape(-1))
+    index = jnp.stack(jnp.unravel_index(flat, mask.shape)).astype(jnp.int32) if mask.ndim else flat[None]
+    value = values.reshape(-1)[flat]
+    return index, value, jnp.sum(mask)
+
+
+def check_none(wrong: Array, what: str, values: Array, name: str) -> None:
+    """Adds a check that no entry of the boolean ``wrong`` is set (when checks are enabled).
+
+    The message names the calling rankax function, ``name``, the first offending index and its
+    value, and how many entries are wrong.
+    """
+    if not enabled():
+        return
+    wrong = jnp.asarray(wrong, bool)
+    if wrong.ndim == 0:
+        wrong = wrong[None]
+        values = jnp.asarray(values)[None]
+    index, value, count = _first(wrong, jnp.asarray(values).astype(jnp.float32))
+    _checkify.check(
+        ~jnp.any(wrong),
+        f"{_lists.error_prefix()}{what}: {name}{{index}} = {{value}} (first of {{count}} entries)",
+        index=index,
+        value=value,
+        count=count,
+    )
+
+
+def check_finite(x: Array, name: str, *, where: Array | None = None) -> None:
+    """Adds a check that ``x`` (at ``where``) holds no NaN/inf (when checks are enabled)."""
+    if not enabled():
+        return
+    x = jnp.asarray(x)
+    bad = ~jnp.isfinite(x)
+    if where is not None:
+        bad = bad & where
+    check_none(bad, f"{name} has a non-finite value", x, name)
+
+
+def checkify(fn: Callable[..., Any], errors: frozenset = _checkify.user_checks) -> Callable[..., Any]:
+    """``jax.experimental.checkify.checkify`` of ``fn`` traced with rankax's checks enabled.
+
+    Returns ``f(*args, **kwargs) -> (error, out)``; ``jax.jit`` it as you like and call
+    ``error.throw()`` on the host. ``errors`` adds JAX's own checks, e.g.
+    ``checkify.user_checks | checkify.float_checks`` to also locate the primitive that first
+    produced a NaN.
+    """
+
+    @functools.wraps(fn)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        with checks(True):
+            return fn(*args, **kwargs)
+
+    return _checkify.checkify(traced, errors=errors)
+
+
+def checked(
+    fn: Callable[..., Any], errors: frozenset = _checkify.user_checks, **jit_kwargs: Any
+) -> Callable[..., Any]:
+    """``fn`` compiled with rankax's checks; raises the first failed check on the host.
+
+    ``jit_kwargs`` go to ``jax.jit`` (e.g. ``static_argnames``). Raises :data:`CheckError`
+    (checkify's ``JaxRuntimeError``, a ``ValueError``) whose message names the rankax function, the array, the
+    index and the value of the first offending entry.
+    """
+    compiled = jax.jit(checkify(fn, errors), **jit_kwargs)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        err, out = compiled(*args, **kwargs)
+        err.throw()
+        return out
+
+    return run

@@ -1,0 +1,334 @@
+"""Bad input over every public loss, metric and ``batch_loss`` (issue 9, docs/behaviour.md).
+
+Static problems (ranks, shapes, dtypes, hyperparameters, unknown arguments) must raise at trace
+time -- checked with ``jax.eval_shape``, which traces without running -- with a message that
+names the function, the argument and what was expected. Value problems (NaN/inf scores,
+negative or non-binary labels) raise eagerly on concrete arrays; inside ``jit`` they give NaN
+values *and* NaN gradients by default, and are located by ``rankax.debug.checked``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rankax
+from rankax import _lists, losses, metrics
+
+GRADED_LOSSES = (losses.hap_loss, losses.sup_ndcg_loss)
+METRICS = (
+    metrics.average_precision,
+    metrics.recall_at_k,
+    metrics.precision_at_k,
+    metrics.r_precision,
+    metrics.map_at_r,
+    metrics.ndcg,
+    metrics.hap,
+    metrics.asi,
+)
+LIST_FUNCTIONS = losses.LIST_LOSSES + METRICS
+
+
+def _name(fn):
+    return fn.__name__
+
+
+def _lists_data():
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(-1, 1, (3, 7)).astype(np.float32)
+    labels = np.zeros((3, 7), np.float32)
+    labels[0, [1, 4]] = 1
+    labels[1, [0]] = 1
+    labels[2, [2, 3, 6]] = 1
+    return jnp.asarray(scores), jnp.asarray(labels)
+
+
+def _trace(fn, *args, **kwargs):
+    """Traces ``fn`` on abstract arrays only (nothing runs): errors raised are trace-time."""
+    shapes = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.asarray(a).dtype) for a in args]
+    return jax.eval_shape(lambda *xs: fn(*xs, **kwargs), *shapes)
+
+
+def _raises(error, fn, *args, match: tuple[str, ...], **kwargs):
+    """``fn`` raises ``error`` at trace time and the message contains every ``match``."""
+    with pytest.raises(error) as info:
+        _trace(fn, *args, **kwargs)
+    message = str(info.value)
+    for part in match:
+        assert part in message, f"{part!r} not in {message!r}"
+    return message
+
+
+# ----------------------------------------------------------------------------- list functions
+
+
+@pytest.mark.parametrize("fn", LIST_FUNCTIONS, ids=_name)
+def test_shapes_dtypes_and_ranks_raise_at_trace_time(fn):
+    s, y = _lists_data()
+    name = fn.__name__
+    _raises(ValueError, fn, s[0, 0], y[0, 0], match=(name, "scores", "scalar"))
+    _raises(ValueError, fn, s, y[0], match=(name, "labels", str((3, 7)), str((7,))))
+    _raises(ValueError, fn, s, y[:, :5], match=(name, "labels", str((3, 5))))
+    _raises(ValueError, fn, s, y, where=jnp.ones((3, 6), bool), match=(name, "where", str((3, 6))))
+    _raises(TypeError, fn, s, y, where=jnp.ones((3, 7), jnp.int32), match=(name, "where", "bool"))
+    _raises(TypeError, fn, s.astype(jnp.int32), y, match=(name, "scores", "floating", "int32"))
+    _raises(TypeError, fn, s, y.astype(jnp.complex64), match=(name, "labels", "complex64"))
+    _raises(ValueError, fn, s, y, max_positives=0, match=(name, "max_positives"))
+    _raises(TypeError, fn, s, y, reduce_fn="mean", match=(name, "reduce_fn"))
+
+
+@pytest.mark.parametrize("fn", LIST_FUNCTIONS, ids=_name)
+def test_unknown_argument_is_named_with_a_suggestion(fn):
+    s, y = _lists_data()
+    params = [p for p in inspect.signature(fn).parameters if p not in ("scores", "labels")]
+    typo = params[-1] + "x"  # one character off a real argument
+    with pytest.raises(TypeError, match=re.escape(repr(typo))) as info:
+        fn(s, y, **{typo: 1})
+    assert f"did you mean {params[-1]!r}" in str(info.value)
+    assert fn.__name__ in str(info.value)
+
+
+def _bad_values(kind):
+    """Values outside each documented range (``rankax._lists.HPARAM_RANGES``): the range is the
+    spec; every value listed here violates it by construction."""
+    nonfinite = [math.nan, math.inf, -math.inf]
+    return {"positive": [0.0, -1.0, *nonfinite], "nonnegative": [-1e-3, *nonfinite], "finite": nonfinite}[
+        kind
+    ]
+
+
+def _hparam_cases():
+    for fn in losses.LIST_LOSSES:
+        for name in inspect.signature(fn).parameters:
+            if name in _lists.HPARAM_RANGES:
+                kind = _lists.HPARAM_RANGES[name]
+                for value in _bad_values(kind):
+                    yield pytest.param(fn, name, value, id=f"{fn.__name__}-{name}={value}")
+
+
+@pytest.mark.parametrize("fn, name, value", list(_hparam_cases()))
+def test_hyperparameter_out_of_range(fn, name, value):
+    s, y = _lists_data()
+    _raises(ValueError, fn, s, y, match=(fn.__name__, name), **{name: value})
+
+
+def test_every_loss_has_its_hyperparameters_checked():
+    """Every float hyperparameter of every loss is covered by a range (no silent ones)."""
+    for fn in losses.LIST_LOSSES:
+        for name, param in inspect.signature(fn).parameters.items():
+            if isinstance(param.default, float):
+                assert name in _lists.HPARAM_RANGES, (fn.__name__, name)
+
+
+V, T = ValueError, TypeError
+
+
+@pytest.mark.parametrize(
+    "fn, kwargs, error, match",
+    [
+        (losses.smooth_ap_loss, {"temperature": 0.0}, V, "temperature must be a finite number > 0"),
+        (losses.smooth_ap_loss, {"temperature": -0.01}, V, "temperature"),
+        (losses.smooth_ap_loss, {"temperature": "0.01"}, T, "temperature"),
+        (losses.smooth_ap_loss, {"temperature": True}, T, "temperature"),
+        (losses.smooth_ap_loss, {"temperature": np.ones(2)}, T, "temperature"),
+        (losses.histogram_ap_loss, {"num_bins": 1}, V, "num_bins must be an int >= 2"),
+        (losses.histogram_ap_loss, {"num_bins": 2.5}, V, "num_bins"),
+        (losses.fast_ap_loss, {"num_bins": 1}, V, "num_bins must be an int >= 2"),
+        (losses.histogram_ap_loss, {"score_range": (1.0, 0.0)}, V, "score_range"),
+        (losses.supap_loss, {"variant": "icml"}, V, "variant must be one of"),
+        (losses.roadmap_loss, {"variant": "icml"}, V, "variant"),
+        (losses.hap_loss, {"variant": "icml"}, V, "variant"),
+        (losses.sup_ndcg_loss, {"variant": "icml"}, V, "variant"),
+        (losses.sup_recall_at_k_loss, {"variant": "icml"}, V, "variant"),
+        (losses.pnp_loss, {"variant": "Dx"}, V, "variant"),
+        (losses.triplet_loss, {"mining": "hardest"}, V, "mining"),
+        (losses.sup_recall_at_k_loss, {"ks": ()}, V, "ks"),
+        (losses.recall_at_k_surrogate_loss, {"ks": (0, 1)}, V, "ks"),
+        (metrics.recall_at_k, {"k": 0}, V, "k must be a positive int"),
+        (metrics.precision_at_k, {"k": 1.5}, V, "k must be a positive int"),
+        (metrics.ndcg, {"k": -1}, V, "k must be a positive int or None"),
+    ],
+    ids=lambda v: v.__name__ if inspect.isfunction(v) else None,
+)
+def test_named_hyperparameter_errors(fn, kwargs, error, match):
+    s, y = _lists_data()
+    with pytest.raises(error, match=re.escape(match)) as info:
+        _trace(fn, s, y, **kwargs)
+    assert fn.__name__ in str(info.value)
+
+
+def test_traced_hyperparameters_are_accepted():
+    """An annealed temperature inside jit is a tracer: its value cannot be checked, it is used."""
+    s, y = _lists_data()
+    value = jax.jit(lambda t: losses.smooth_ap_loss(s, y, temperature=t))(0.05)
+    assert np.isfinite(value)
+
+
+@pytest.mark.parametrize("fn", LIST_FUNCTIONS, ids=_name)
+def test_label_values(fn):
+    """Negative or NaN relevance is an error everywhere; binary losses also reject labels other
+    than 0/1 (graded losses and metrics read them as graded relevance)."""
+    s, y = _lists_data()
+    for bad in (y.at[1, 3].set(-1.0), y.at[1, 3].set(jnp.nan)):
+        with pytest.raises(ValueError, match=r"labels\[1, 3\]") as info:
+            fn(s, bad)
+        assert fn.__name__ in str(info.value)
+    graded = y.at[2, 3].set(2.0).at[0, 0].set(0.5)
+    if fn in GRADED_LOSSES or fn in METRICS:
+        assert np.isfinite(fn(s, graded))
+    else:
+        with pytest.raises(ValueError, match=r"binary labels \(0 or 1\).*labels\[0, 0\] = 0.5"):
+            fn(s, graded)
+    # Invalid (padded) positions may hold anything.
+    where = jnp.ones((3, 7), bool).at[1, 3].set(False)
+    assert np.isfinite(fn(s.at[1, 3].set(jnp.nan), y.at[1, 3].set(-5.0), where=where))
+
+
+@pytest.mark.parametrize("fn", LIST_FUNCTIONS, ids=_name)
+def test_nonfinite_scores(fn):
+    """Eager: ValueError at the first bad position. jit: NaN value and NaN gradient on the
+    bad list -- never a finite number -- while the other lists keep their values."""
+    s, y = _lists_data()
+    with pytest.raises(ValueError, match=r"scores\[1, 2\] = nan") as info:
+        fn(s.at[1, 2].set(jnp.nan), y)
+    assert fn.__name__ in str(info.value)
+
+    is_loss = fn in losses.LIST_LOSSES
+
+    @jax.jit  # one compilation, called on the clean and on three poisoned inputs
+    def outputs(s):
+        out = {"per_list": fn(s, y, reduce_fn=None), "mean": fn(s, y), "sum": fn(s, y, reduce_fn=jnp.sum)}
+        if is_loss:
+            out["grad"] = jax.grad(lambda s: fn(s, y))(s)
+            out["grad_list1"] = jax.grad(lambda s: fn(s, y, reduce_fn=None)[1])(s)
+        return out
+
+    clean = outputs(s)
+    for bad_value in (jnp.nan, jnp.inf, -jnp.inf):
+        out = outputs(s.at[1, 2].set(bad_value))
+        assert np.isnan(out["per_list"][1])
+        kept = np.asarray(out["per_list"])[[0, 2]]
+        np.testing.assert_array_equal(kept, np.asarray(clean["per_list"])[[0, 2]])
+        assert np.isnan(out["mean"]) and np.isnan(out["sum"])
+        if is_loss:
+            assert np.isnan(np.asarray(out["grad"])[1]).all()
+            assert np.isnan(np.asarray(out["grad_list1"])[1]).all()
+
+
+@pytest.mark.parametrize("fn", losses.LIST_LOSSES, ids=_name)
+def test_checked_mode_locates_the_first_nonfinite_score(fn):
+    s, y = _lists_data()
+    checked = rankax.debug.checked(lambda s: fn(s, y))
+    assert np.isfinite(checked(s))  # clean input passes
+    bad = s.at[2, 5].set(jnp.inf).at[2, 6].set(jnp.nan)
+    with pytest.raises(rankax.debug.CheckError) as info:
+        checked(bad)
+    message = str(info.value)
+    assert fn.__name__ in message and "scores" in message and "inf" in message, message
+    assert re.search(r"\[2,? 5\]", message), message
+    assert "first of 2" in message, message
+
+
+def test_checked_mode_reports_labels_under_jit():
+    s, y = _lists_data()
+    checked = rankax.debug.checked(lambda s, y: losses.supap_loss(s, y))
+    with pytest.raises(rankax.debug.CheckError, match="supap_loss: labels must be binary"):
+        checked(s, y.at[0, 3].set(3.0))
+    checked = rankax.debug.checked(lambda s, y: losses.hap_loss(s, y))
+    assert np.isfinite(checked(s, y.at[0, 3].set(3.0)))
+    with pytest.raises(rankax.debug.CheckError, match="hap_loss: labels must be graded relevance"):
+        checked(s, y.at[0, 3].set(-1.0))
+
+
+def test_checks_are_off_by_default():
+    s, y = _lists_data()
+    assert not rankax.debug.enabled()
+    with rankax.debug.checks():
+        assert rankax.debug.enabled()
+    assert not rankax.debug.enabled()
+    # No checkify: the plain function compiles under jit and returns NaN instead.
+    assert np.isnan(jax.jit(lambda s: losses.supap_loss(s, y))(s.at[0, 0].set(jnp.nan)))
+
+
+# ----------------------------------------------------------------------------- batch_loss
+
+
+def _batch():
+    emb = jax.random.normal(jax.random.key(0), (12, 8))
+    emb = emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
+    return emb, jnp.arange(12) % 4
+
+
+def _batch_loss(loss_fn):
+    return functools.partial(rankax.batch_loss, loss_fn)
+
+
+def test_batch_loss_bad_input_at_trace_time():
+    emb, lab = _batch()
+    loss = losses.supap_loss
+    _raises(ValueError, _batch_loss(loss), emb[0], lab, match=("batch_loss(supap_loss)", "[B, D]"))
+    _raises(ValueError, _batch_loss(loss), emb[None], lab, match=("embeddings", "[B, D]"))
+    _raises(TypeError, _batch_loss(loss), emb.astype(jnp.int32), lab, match=("floating", "int32"))
+    _raises(ValueError, _batch_loss(loss), emb, lab[:5], match=("labels", "B=12", "(5,)"))
+    _raises(ValueError, _batch_loss(loss), emb, lab[:, None, None], match=("labels", "[B, L]"))
+    _raises(TypeError, _batch_loss(loss), emb, lab.astype(jnp.float32), match=("integer class ids",))
+    _raises(ValueError, _batch_loss(loss), emb, lab, max_positives=0, match=("max_positives",))
+    _raises(
+        ValueError, _batch_loss(losses.smooth_ap_loss), emb, lab, temperature=0.0,
+        match=("batch_loss(smooth_ap_loss)", "temperature must be a finite number > 0"),
+    )
+    _raises(
+        ValueError, _batch_loss(losses.roadmap_loss), emb, lab, calibration_weight=-1.0,
+        match=("roadmap_loss", "calibration_weight"),
+    )
+    _raises(
+        TypeError, _batch_loss(losses.pnp_loss), emb, lab, temperature=0.1, match=("'temperature'",)
+    )
+    _raises(
+        ValueError, _batch_loss(loss), emb, lab, references=emb[:, :4], reference_labels=lab,
+        match=("references", "(12, 4)", "do not match"),
+    )
+    with pytest.raises(TypeError, match="loss_fn must be a list loss"):
+        rankax.batch_loss("supap", emb, lab)
+
+
+def test_batch_loss_nonfinite_embeddings():
+    emb, lab = _batch()
+    bad = emb.at[5, 3].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"embeddings\[5, 3\] = nan"):
+        rankax.batch_loss(losses.supap_loss, bad, lab)
+
+    def loss(e):
+        return rankax.batch_loss(losses.supap_loss, e, lab, max_positives=2)
+
+    assert np.isfinite(jax.jit(loss)(emb))
+    for value in (jnp.nan, jnp.inf):
+        bad = emb.at[5, 3].set(value)
+        val, grad = jax.jit(jax.value_and_grad(loss))(bad)
+        assert np.isnan(val)
+        assert np.isnan(np.asarray(grad)).all()
+    with pytest.raises(rankax.debug.CheckError, match=r"batch_loss\(supap_loss\): embeddings") as info:
+        rankax.debug.checked(loss)(emb.at[5, 3].set(jnp.inf))
+    assert re.search(r"\[5,? 3\]", str(info.value))
+    # NaN in the cross-batch memory poisons the loss too (only filled slots count).
+    memory = rankax.xbm.update(rankax.xbm.init(8, 8), emb[:4].at[0, 0].set(jnp.nan), lab[:4])
+    value = jax.jit(lambda e, m: rankax.batch_loss(losses.supap_loss, e, lab, memory=m))(emb, memory)
+    assert np.isnan(value)
+
+
+def test_proxy_loss_bad_input():
+    emb, lab = _batch()
+    proxies = jnp.ones((4, 8))
+    fn = losses.normalized_softmax_loss
+    _raises(TypeError, fn, emb.astype(jnp.int32), lab, proxies, match=("embeddings",))
+    _raises(ValueError, fn, emb, lab, proxies[:, :3], match=("proxies",))
+    _raises(ValueError, fn, emb, lab[:3], proxies, match=("labels",))
+    _raises(TypeError, fn, emb, lab.astype(jnp.float32), proxies, match=("labels", "integer"))
+    _raises(ValueError, fn, emb, lab, proxies, temperature=0.0, match=("temperature",))
