@@ -1,17 +1,31 @@
 """Orbax checkpoints of the train state, keeping the last ``k`` and the best one.
 
 Layout: ``<dir>/<step>/{state,history}``. ``state`` is the pytree (step, params, batch stats,
-optimizer state, RNG, cross-batch memory); ``history`` the logged curve so plots survive a resume. Saving is
-synchronous: when ``save`` returns, the step is on disk, so an interrupted run loses at most
-the steps since the last checkpoint. A checkpoint that cannot be read (partial write,
-corruption) is reported and the previous good one is used.
+optimizer state, RNG, cross-batch memory); ``history`` the logged curve so plots survive a
+resume. Saving is synchronous: when ``save`` returns, the step is on disk, so an interrupted
+run loses at most the steps since the last checkpoint.
+
+Faults (``docs/training.md``, Faults):
+
+* A save writes into ``<dir>/<step>.orbax-checkpoint-tmp*`` and renames it to
+  ``<dir>/<step>`` when complete, so a process killed mid-save leaves a temporary folder,
+  never a step. Opening a writable ``Checkpointer`` removes such leftovers (and says so).
+* A save that fails (disk full, I/O error) removes its partial output, deletes no older
+  checkpoint (orbax garbage-collects only after a complete save) and raises
+  :class:`~rankax.train.CheckpointSaveError` naming the step and directory.
+* :meth:`Checkpointer.restore_latest` skips a step that cannot be read, says which and why,
+  moves it to ``<dir>.corrupt/<step>`` (writable mode) and uses the previous one;
+  :meth:`Checkpointer.restore` of one given step raises
+  :class:`~rankax.train.CheckpointReadError` naming the step and path instead.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -19,7 +33,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rankax.train.errors import CheckpointReadError, CheckpointSaveError
+
 _POLICIES = ocp.checkpoint_managers
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temporary-folder marker (atomic rename)
 
 
 def _saved_fields(state: Any) -> dict[str, Any]:
@@ -33,17 +50,26 @@ def _saved_fields(state: Any) -> dict[str, Any]:
     }
 
 
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else ""
+    return f"{type(err).__name__}: {line[:limit]}"
+
+
 class Checkpointer:
     """Saves/restores a ``TrainState``.
 
     Args:
-      directory: where step folders go (created).
+      directory: where step folders go (created unless ``read_only``).
       config: reads ``keep_checkpoints`` (last k kept) and ``best_metric`` (a key of the
         evaluation dict, higher is better; the best checkpoint is kept too).
+      read_only: for evaluation next to a running job: creates, cleans, moves and deletes
+        nothing (an unreadable step is only skipped).
     """
 
-    def __init__(self, directory: str, config: ml_collections.ConfigDict):
+    def __init__(self, directory: str, config: ml_collections.ConfigDict, read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        self.read_only = bool(read_only)
         best_metric = config.get("best_metric", "map@r")
         self.best_metric = best_metric
         policy = _POLICIES.AnyPreservationPolicy(
@@ -57,61 +83,203 @@ class Checkpointer:
                 ),
             ]
         )
+        if not self.read_only:
+            self._report_leftovers()
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=False, create=True
+            preservation_policy=policy,
+            enable_async_checkpointing=False,
+            create=not self.read_only,
+            read_only=self.read_only,
+            # a save interrupted by a kill leaves <step>.orbax-checkpoint-tmp-*: removed here
+            cleanup_tmp_directories=not self.read_only,
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
+        self.restored_step: int | None = None  # set by restore/restore_latest
+
+    def _partial_saves(self, step: int | None = None) -> list[str]:
+        pattern = f"{'*' if step is None else step}{TMP_SUFFIX}*"
+        return sorted(glob.glob(os.path.join(glob.escape(self.directory), pattern)))
+
+    def _report_leftovers(self) -> None:
+        for path in self._partial_saves():
+            print(
+                f"WARNING: removing {path}: the partial output of a checkpoint save that did not "
+                "complete (process killed or failed mid-write); it was never a usable step"
+            )
 
     def steps(self) -> list[int]:
-        return list(self._mngr.all_steps())
+        """The complete checkpoint steps on disk, ascending."""
+        return sorted(self._mngr.all_steps())
 
     def has(self, step: int) -> bool:
         return step in self._mngr.all_steps()
 
+    def latest(self) -> int | None:
+        """The newest complete step (None: none)."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def step_path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def save(
         self, state: Any, history: list[dict[str, Any]], metrics: dict[str, float] | None = None
     ) -> None:
+        """Writes ``state`` as step ``state.step``; returns when it is on disk.
+
+        Raises:
+          CheckpointSaveError: the write failed (e.g. ``errno.ENOSPC``); its partial output is
+            removed and every older checkpoint is left in place.
+        """
         step = int(state.step)
+        previous = self.latest()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_saved_fields(state)), history=ocp.args.JsonSave(history)
         )
-        self._mngr.save(step, args=args, metrics=metrics, force=True)
-        self._mngr.wait_until_finished()
+        try:
+            self._mngr.save(step, args=args, metrics=metrics, force=True)
+            self._mngr.wait_until_finished()
+        except Exception as err:
+            removed = self._remove_partial_saves(step)
+            self._mngr.reload()
+            kept = "none" if previous is None else f"step {previous} ({self.step_path(previous)}) is intact"
+            raise CheckpointSaveError(
+                f"saving checkpoint step {step} into {self.directory} failed ({_first_line(err)}); "
+                f"its partial output was removed ({len(removed)} folder(s)), no older checkpoint was "
+                f"deleted; newest usable checkpoint: {kept}",
+                step=step,
+                directory=self.directory,
+                previous=previous,
+                errno=getattr(err, "errno", None),
+            ) from err
+
+    def _remove_partial_saves(self, step: int, settle_s: float = 0.3, limit_s: float = 10.0) -> list[str]:
+        """Deletes the temporary folders of a failed save of ``step``. The items of a save are
+        written concurrently, and those still in flight when one failed may land after a first
+        deletion: delete until the folder stays absent for ``settle_s``. (Anything left is
+        removed when a writable ``Checkpointer`` next opens the directory; it is never a step.)"""
+        removed: set[str] = set()
+        quiet_since, deadline = time.monotonic(), time.monotonic() + limit_s
+        while time.monotonic() - quiet_since < settle_s and time.monotonic() < deadline:
+            paths = self._partial_saves(step)
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+            if paths:
+                removed.update(paths)
+                quiet_since = time.monotonic()
+            time.sleep(0.05)
+        return sorted(removed)
+
+    def restore(self, state: Any, step: int) -> tuple[Any, list[dict[str, Any]]]:
+        """``(state, history)`` of checkpoint ``step`` exactly (no fallback).
+
+        Raises:
+          CheckpointReadError: ``step`` is not a complete checkpoint here, or cannot be read
+            (truncated, corrupted, another model's tree); names the step and path, and chains
+            the underlying error.
+        """
+        path = self.step_path(step)
+        if not self.has(step):
+            partial = self._partial_saves(step)
+            why = f"only an incomplete save exists ({partial[0]})" if partial else "it does not exist"
+            raise CheckpointReadError(
+                f"checkpoint step {step} is not usable: {why}; complete steps in {self.directory}: "
+                f"{self.steps()}",
+                step=step,
+                path=path,
+            )
+        try:
+            restored = self._read(state, step)
+        except Exception as err:
+            mismatch = self.mismatch(state, step)
+            why = f"written for another model/config: {mismatch}" if mismatch else "truncated or corrupted"
+            raise CheckpointReadError(
+                f"checkpoint step {step} at {path} cannot be read ({why}; {_first_line(err)}). "
+                f"Other complete steps: {[s for s in self.steps() if s != step]}",
+                step=step,
+                path=path,
+            ) from err
+        self.restored_step = step
+        return restored
+
+    def _read(self, state: Any, step: int) -> tuple[Any, list[dict[str, Any]]]:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_fields(state))
+        restored = self._mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
+            ),
+        )
+        fields = restored["state"]
+        held = int(np.asarray(fields["step"]))
+        if held != step:
+            raise ValueError(f"the folder of step {step} holds the state of step {held}")
+        return state.replace(**fields), list(restored["history"] or [])
 
     def restore_latest(self, state: Any) -> tuple[Any, list[dict[str, Any]]]:
-        """``(state, history)`` from the newest readable checkpoint, or the inputs if none."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_fields(state))
+        """``(state, history)`` from the newest readable checkpoint, or the inputs if none.
+
+        An unreadable step is reported (step, path, error, the step tried next) and, unless
+        ``read_only``, moved to ``<directory>.corrupt/<step>``.
+        """
         for step in sorted(self._mngr.all_steps(), reverse=True):
             try:
-                restored = self._mngr.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
-                    ),
-                )
+                restored = self._read(state, step)
             except Exception as err:  # noqa: BLE001 - any read failure means "not usable"
-                self._quarantine(step, err)
-                continue
-            fields = restored["state"]
-            if int(np.asarray(fields["step"])) != step:
-                print(f"WARNING: checkpoint {step} holds step {int(fields['step'])}; skipping it")
+                mismatch = self.mismatch(state, step)
+                if mismatch:  # readable, but not this config's model: never quarantine that
+                    raise CheckpointReadError(
+                        f"checkpoint step {step} at {self.step_path(step)} was written for another "
+                        f"model/config ({mismatch}); resume with the config it was trained with, or "
+                        "use a fresh workdir",
+                        step=step,
+                        path=self.step_path(step),
+                    ) from err
+                self._skip_unreadable(step, err)
                 continue
             print(f"Resuming from checkpoint step {step} in {self.directory}")
-            return state.replace(**fields), list(restored["history"] or [])
+            self.restored_step = step
+            return restored
         return state, []
 
-    def _quarantine(self, step: int, err: Exception) -> None:
-        """Moves an unreadable step to ``<directory>.corrupt/<step>`` (kept for inspection, out
-        of the way of the step that will be written again)."""
-        aside = os.path.join(self.directory + ".corrupt", str(step))
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        shutil.rmtree(aside, ignore_errors=True)
-        shutil.move(os.path.join(self.directory, str(step)), aside)
-        self._mngr.reload()
-        logging.warning("checkpoint %s/%d is unreadable: %s", self.directory, step, err)
+    def mismatch(self, state: Any, step: int) -> str | None:
+        """How the parameter tree stored at ``step`` differs from ``state.params`` (names,
+        shapes), or None when they agree or the metadata itself cannot be read."""
+        try:
+            meta = ocp.StandardCheckpointer().metadata(os.path.join(self.step_path(step), "state"))
+            stored = ocp.tree.to_flat_dict(meta.item_metadata.tree["params"], sep="/")
+        except Exception:  # noqa: BLE001 - unreadable metadata: corruption, not a mismatch
+            return None
+        wanted = ocp.tree.to_flat_dict(state.params, sep="/")
+        missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+        if missing or extra:
+            return f"params missing from the checkpoint: {missing[:5]}, unexpected: {extra[:5]}"
+        for key in sorted(wanted):
+            got = tuple(getattr(stored[key], "shape", ()) or ())
+            if got != tuple(np.shape(wanted[key])):
+                return f"params/{key} is {got} on disk, {tuple(np.shape(wanted[key]))} in this config"
+        return None
+
+    def _skip_unreadable(self, step: int, err: Exception) -> None:
+        """Reports an unreadable step and (writable mode) moves it to
+        ``<directory>.corrupt/<step>``, kept for inspection, out of the way of the step that
+        will be written again."""
+        path = self.step_path(step)
+        older = [s for s in self.steps() if s < step]
+        fallback = f"trying step {older[-1]}" if older else "no older checkpoint: starting from step 0"
+        if self.read_only:
+            where = "left in place (read-only)"
+        else:
+            aside = os.path.join(self.directory + ".corrupt", str(step))
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            shutil.rmtree(aside, ignore_errors=True)
+            shutil.move(path, aside)
+            self._mngr.reload()
+            where = f"moved to {aside}"
+        logging.warning("checkpoint %s is unreadable: %s", path, err)
         print(
-            f"WARNING: checkpoint step {step} in {self.directory} is unreadable "
-            f"({type(err).__name__}); moved to {aside}, falling back to the previous one"
+            f"WARNING: checkpoint step {step} at {path} is unreadable ({_first_line(err)}); "
+            f"{where}; {fallback}"
         )
 
     def close(self) -> None:
