@@ -60,6 +60,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every = 100
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
+    # A step whose loss, gradient or embeddings are not finite is never applied; then
+    # "raise" stops with NonFiniteLossError (step, batch indices, terms), "skip" goes on to
+    # the next batch and raises after max_consecutive_nonfinite such steps in a row.
+    c.on_nonfinite = "raise"
+    c.max_consecutive_nonfinite = 10
     c.best_metric = "map@r"
     c.eval_protocol = "retrieval"  # or "revisited" (ROxford/RParis, needs revisited_gnd)
     c.revisited_gnd = ml_collections.FieldReference(None, field_type=str)  # gnd_roxford5k.pkl

@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 import rankax
 from rankax import models, xbm
 from rankax.data.base import RetrievalDataset, Source
-from rankax.train import checkpointing, input_pipeline, plotting
+from rankax.train import checkpointing, errors, input_pipeline, plotting
 
 Array = jax.Array
 
@@ -175,24 +175,26 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
     return Mesh(np.asarray(devices[:n]), ("data",))
 
 
-def make_train_step(
-    config: ml_collections.ConfigDict,
-    augment_fn: Callable[[Array, Array], Array],
-    mesh: Mesh,
-    labels_ndim: int = 1,
-) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict[str, Array]]]:
-    """The jitted pure step ``(state, images, labels) -> (state, metrics)``.
+NONFINITE_ACTIONS = ("raise", "skip")
 
-    Data parallel over ``mesh``: the batch is sharded on its first axis, the state replicated
-    and donated. The loss is that of the *global* batch -- every query ranks all ``B``
-    embeddings whichever device computed them, and the mean runs over all queries, so the
-    gradient is that of the full batch on one device. ``config.loss_sharding="shard_map"``
-    (default) uses :func:`rankax.sharding.sharded_batch_loss` (explicit differentiable
-    all-gather, each device ranks its own queries, statistics ``psum``-ed); ``"jit"`` lets
-    XLA partition :func:`rankax.batch_loss`. Both are exact.
-    """
+
+def nonfinite_action(config: ml_collections.ConfigDict) -> str:
+    """``config.on_nonfinite`` checked: ``"raise"`` (default) or ``"skip"``."""
+    action = config.get("on_nonfinite", "raise")
+    if action not in NONFINITE_ACTIONS:
+        raise ValueError(f"config.on_nonfinite must be one of {NONFINITE_ACTIONS}, got {action!r}")
+    return action
+
+
+def _loss_closures(
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    labels_ndim: int,
+    hparams: dict[str, Any],
+) -> tuple[Callable[..., Array], Callable[..., Array]]:
+    """``(batch_of(emb, labels), memory_of(emb, labels, memory))`` for ``config.loss`` with
+    ``hparams``: the global-batch loss, sharded as ``config.loss_sharding`` says."""
     loss_fn = resolve_loss(config.loss.name)
-    hparams = dict(config.loss.hparams.to_dict())
     include_self = bool(config.loss.include_self)
     # A P x K batch has K - 1 positives per query (K with the query itself). With class ids and
     # the P x K sampler that is also the most there can be: compile that one capacity
@@ -214,10 +216,95 @@ def make_train_step(
         )
     else:
         raise ValueError(f"config.loss_sharding must be 'jit' or 'shard_map', got {config.loss_sharding!r}")
+    return batch_of, memory_of
+
+
+def loss_term_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """The weighted terms of ``config.loss`` (``<term>_weight`` keyword arguments of the loss,
+    e.g. ROADMAP's ``supap_weight`` / ``calibration_weight``) and their weights; ``{}`` for a
+    single-term loss."""
+    import inspect
+
+    params = inspect.signature(resolve_loss(config.loss.name)).parameters
+    hparams = config.loss.hparams.to_dict()
+    weights = {
+        name[: -len("_weight")]: float(hparams.get(name, p.default))
+        for name, p in params.items()
+        if name.endswith("_weight") and isinstance(p.default, int | float)
+    }
+    return weights if len(weights) > 1 else {}
+
+
+def _all_finite(tree: Any) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+class TrainStep:
+    """The jitted train step, guarded against non-finite updates, and its diagnosis.
+
+    ``step(state, images, labels, halted=False) -> (state, metrics)``. The update is applied
+    only when everything it produced is finite: the loss, the gradient (global norm), every
+    embedding, the new batch statistics and the new parameters. Otherwise params, optimizer
+    state, batch statistics and the cross-batch memory come back unchanged (``jnp.where``, no
+    NaN is ever written into the state); ``state.step`` advances past the batch with
+    ``config.on_nonfinite="skip"`` and stays (the state is exactly the one before the step)
+    with ``"raise"``. ``halted`` (a device scalar: the previous step's ``metrics["halted"]``)
+    turns the step into a no-op, so the loop can read the finite flag one step late without
+    the next step moving the state on.
+
+    ``metrics``: ``loss`` (the objective: the batch loss, or batch + memory once XBM is on),
+    ``grad_norm``, ``embeddings_finite``, ``finite`` (this step's update was finite),
+    ``applied``, ``halted`` (raise mode: this or an earlier step was non-finite), and with XBM
+    ``memory_active``.
+
+    ``step.diagnose(state, images, labels)`` recomputes the step from the pre-step ``state``
+    (compiled only when called) and returns every term separately: the loss, each weighted
+    term of the loss at its own value (:func:`loss_term_weights`), with XBM the batch-only
+    loss, the gradient norm, the finiteness of each embedding and of each gradient leaf.
+    """
+
+    def __init__(self, step: Callable[..., Any], diagnose: Callable[..., Any], replicated: NamedSharding):
+        self._step = step
+        self._diagnose = diagnose
+        self._replicated = replicated
+
+    def __call__(
+        self, state: TrainState, images: Any, labels: Any, halted: Any = False
+    ) -> tuple[TrainState, dict[str, Array]]:
+        if not isinstance(halted, jax.Array):  # placed as the step's own output is: one compile
+            halted = jax.device_put(np.asarray(halted, bool), self._replicated)
+        return self._step(state, images, labels, halted)
+
+    def diagnose(self, state: TrainState, images: Any, labels: Any) -> dict[str, Any]:
+        """Every term of the step of ``state.step`` on this batch (host numpy values)."""
+        return jax.tree.map(np.asarray, self._diagnose(state, images, labels))
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    augment_fn: Callable[[Array, Array], Array],
+    mesh: Mesh,
+    labels_ndim: int = 1,
+) -> TrainStep:
+    """The jitted pure step ``(state, images, labels[, halted]) -> (state, metrics)``.
+
+    Data parallel over ``mesh``: the batch is sharded on its first axis, the state replicated
+    and donated. The loss is that of the *global* batch -- every query ranks all ``B``
+    embeddings whichever device computed them, and the mean runs over all queries, so the
+    gradient is that of the full batch on one device. ``config.loss_sharding="shard_map"``
+    (default) uses :func:`rankax.sharding.sharded_batch_loss` (explicit differentiable
+    all-gather, each device ranks its own queries, statistics ``psum``-ed); ``"jit"`` lets
+    XLA partition :func:`rankax.batch_loss`. Both are exact. Non-finite updates are never
+    applied (:class:`TrainStep`).
+    """
+    hparams = dict(config.loss.hparams.to_dict())
+    batch_of, memory_of = _loss_closures(config, mesh, labels_ndim, hparams)
     use_memory = bool(config.xbm.size)
     memory_start = int(config.xbm.start_step)
+    skip_mode = nonfinite_action(config) == "skip"
 
-    def step(state: TrainState, images: Array, labels: Array) -> tuple[TrainState, dict[str, Array]]:
+    def forward(state, images, labels, batch_of=batch_of, memory_of=memory_of):
         rng = jax.random.fold_in(state.rng, state.step)
         images = augment_fn(images, rng)
 
@@ -239,25 +326,74 @@ def make_train_step(
             return loss, (updates, emb)
 
         (loss, (updates, emb)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        return loss, updates, emb, grads
+
+    def step(state: TrainState, images: Array, labels: Array, halted: Array) -> tuple[TrainState, dict]:
+        loss, updates, emb, grads = forward(state, images, labels)
+        grad_norm = optax.global_norm(grads)
         tx_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, tx_updates)
+        batch_stats = updates.get("batch_stats", state.batch_stats)
         memory = xbm.update(state.memory, emb, labels) if use_memory else state.memory
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, tx_updates),
-            opt_state=opt_state,
-            batch_stats=updates.get("batch_stats", state.batch_stats),
-            memory=memory,
+        emb_finite = jnp.all(jnp.isfinite(emb))
+        finite = (
+            jnp.isfinite(loss) & jnp.isfinite(grad_norm) & emb_finite
+            & _all_finite(batch_stats) & _all_finite(params)
         )
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        applied = finite & ~halted
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(applied, n, o), new, old)
+        advance = ~halted & (finite | skip_mode)
+        new_state = state.replace(
+            step=state.step + advance.astype(state.step.dtype),
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            batch_stats=keep(batch_stats, state.batch_stats),
+            memory=keep(memory, state.memory),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "embeddings_finite": emb_finite,
+            "finite": finite,
+            "applied": applied,
+            "halted": halted if skip_mode else halted | ~finite,
+        }
+        if use_memory:
+            metrics["memory_active"] = state.step >= memory_start
+        return new_state, metrics
+
+    weights = loss_term_weights(config)
+    term_losses = {}
+    for term in weights:  # each weighted term alone, at weight 1 (diagnosis only)
+        alone = {**hparams, **{f"{t}_weight": float(t == term) for t in weights}}
+        term_losses[term] = _loss_closures(config, mesh, labels_ndim, alone)
+
+    def diagnose(state: TrainState, images: Array, labels: Array) -> dict[str, Any]:
+        loss, _, emb, grads = forward(state, images, labels)
+        out: dict[str, Any] = {"terms": {"loss": loss}}
+        for term, (t_batch, t_memory) in term_losses.items():
+            out["terms"][term] = forward(state, images, labels, t_batch, t_memory)[0]
+        if use_memory:
+            out["terms"]["loss (batch only, without the XBM memory)"] = batch_of(emb, labels)
+            out["memory_active"] = state.step >= memory_start
+        out["terms"]["grad_norm"] = optax.global_norm(grads)
+        out["embeddings_finite"] = jnp.all(jnp.isfinite(emb), axis=-1)
+        out["grads_finite"] = {
+            "/".join(str(getattr(k, "key", k)) for k in path): jnp.all(jnp.isfinite(g))
+            for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+        }
+        return out
 
     replicated = NamedSharding(mesh, P())
     batch = NamedSharding(mesh, P("data"))
-    return jax.jit(
+    jitted = jax.jit(
         step,
-        in_shardings=(replicated, batch, batch),
+        in_shardings=(replicated, batch, batch, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
+    diagnosed = jax.jit(diagnose, in_shardings=(replicated, batch, batch), out_shardings=replicated)
+    return TrainStep(jitted, diagnosed, replicated)
 
 
 def training_labels(config: ml_collections.ConfigDict, data: RetrievalDataset) -> np.ndarray:
@@ -355,12 +491,16 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def restore_for_evaluation(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
 ) -> tuple[TrainState, RetrievalDataset]:
-    """The newest readable checkpoint of ``workdir`` and the dataset of ``config``.
+    """Checkpoint ``step`` (default: the newest readable one) of ``workdir`` and the dataset
+    of ``config``. Read-only: nothing in ``workdir`` is moved or removed, so it is safe next to
+    a running training job (an unreadable newest step is skipped with a warning).
 
     Raises:
       FileNotFoundError: ``workdir/checkpoints`` holds no readable checkpoint.
+      CheckpointReadError: ``step`` was given and is missing, incomplete or unreadable (names
+        the step and path; the orbax/tensorstore error is chained).
     """
     data = input_pipeline.load(config)
     model = build_model(config)
@@ -370,11 +510,17 @@ def restore_for_evaluation(
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints directory in {workdir!r} (expected {directory})")
-    ckpt = checkpointing.Checkpointer(directory, config)
+    ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
     try:
-        if not ckpt.steps():
-            raise FileNotFoundError(f"no checkpoint in {directory}")
-        state, _ = ckpt.restore_latest(state)
+        if step is not None:
+            state, _ = ckpt.restore(state, int(step))
+        else:
+            steps = ckpt.steps()
+            if not steps:
+                raise FileNotFoundError(f"no checkpoint in {directory}")
+            state, _ = ckpt.restore_latest(state)
+            if ckpt.restored_step is None:
+                raise FileNotFoundError(f"no readable checkpoint in {directory} (unreadable steps: {steps})")
     finally:
         ckpt.close()
     return state, data
@@ -405,6 +551,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise ValueError(
             f"config.best_metric={config.best_metric!r} is not an evaluation key; one of {sorted(known)}"
         )
+    nonfinite_action(config)
+    if int(config.get("max_consecutive_nonfinite", 10)) < 1:
+        raise ValueError(
+            f"config.max_consecutive_nonfinite must be >= 1, got {config.max_consecutive_nonfinite}"
+        )
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
     state, history = ckpt.restore_latest(state)
     state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -429,28 +580,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
 
     train_step = make_train_step(config, input_pipeline.augment_fn(config), mesh, train_labels.ndim)
+    guard = _NonFiniteGuard(config, workdir, train_step, train_labels, ckpt, history)
     log_every = max(1, int(config.log_every))
     progress = _progress(start, config.num_steps)
     t0, seen = time.perf_counter(), 0
+    halted: Any = False
+    pending = None  # the last dispatched step, its finite flag not read yet (one step of lag)
     for step in range(start, config.num_steps):
         idx = sampler.indices(step)
         images = data.train.get_batch(idx, train=True, seed=int(config.seed) * 2**32 + step)
-        state, metrics = train_step(state, images, train_labels[idx])
+        state, metrics = train_step(state, images, train_labels[idx], halted)
+        halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
+        if pending is not None:  # step - 1's flag: reading it now lets step run meanwhile
+            guard.check(*pending, state)
+        pending = (step, idx, images, metrics)
         seen += len(idx)
-        if (step + 1) % log_every == 0 or step + 1 == config.num_steps:
-            loss = float(metrics["loss"])
-            rate = seen / (time.perf_counter() - t0)
-            history.append({"step": step + 1, "loss": loss, "images_per_s": rate})
-            writer.add_scalar("train/loss", loss, step + 1)
-            writer.add_scalar("train/images_per_s", rate, step + 1)
-            progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
         done = step + 1 == config.num_steps
-        if config.eval_every and (step + 1) % config.eval_every == 0 and not done:
+        log_now = (step + 1) % log_every == 0 or done
+        eval_now = bool(config.eval_every) and (step + 1) % config.eval_every == 0 and not done
+        save_now = (step + 1) % config.checkpoint_every == 0 and not done
+        if log_now or eval_now or save_now or done:  # these wait for the step anyway
+            guard.check(*pending, state)
+            pending = None
+        if log_now:
+            rate = seen / (time.perf_counter() - t0)
+            entry: dict[str, Any] = {"step": step + 1, "images_per_s": rate}
+            if bool(metrics["finite"]):  # a skipped step logs no loss
+                entry["loss"] = float(metrics["loss"])
+                writer.add_scalar("train/loss", entry["loss"], step + 1)
+                progress.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}")
+            if guard.action == "skip":
+                entry["nonfinite_skipped"] = guard.skipped
+                writer.add_scalar("train/nonfinite_skipped", guard.skipped, step + 1)
+            history.append(entry)
+            writer.add_scalar("train/images_per_s", rate, step + 1)
+        if eval_now:
             ev = evaluate_state(config, state, data, evaluator)
             history.append({"step": step + 1, **{f"eval/{k}": v for k, v in ev.items()}})
             for k, v in ev.items():
                 writer.add_scalar(f"eval/{k}", v, step + 1)
-        if (step + 1) % config.checkpoint_every == 0 and not done:
+        if save_now:
             ckpt.save(state, history)
         progress.update(1)
     progress.close()
@@ -465,10 +634,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.close()
     report["trained"] = final
     _print_table(report)
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump(final, f, indent=2)
-    with open(os.path.join(workdir, "history.json"), "w") as f:
-        json.dump(history, f)
+    _write_json(os.path.join(workdir, "metrics.json"), final, indent=2)
+    _write_json(os.path.join(workdir, "history.json"), history)
     plotting.training_curves(history, os.path.join(workdir, "training_curves.png"))
     if isinstance(data.test, rankax.data.ArraySource):
         emb = embed_source(state, data.test, int(config.eval_batch_size))
@@ -477,6 +644,126 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             emb, labels if labels.ndim == 1 else labels[:, 0], os.path.join(workdir, "test_embeddings.png")
         )
     return final
+
+
+
+def _write_json(path: str, obj: Any, **kwargs: Any) -> None:
+    """Writes ``path`` whole or not at all (a temporary file renamed over it), so a kill never
+    leaves a truncated ``metrics.json``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, **kwargs)
+    os.replace(tmp, path)
+
+
+def _jsonable(x: Any) -> Any:
+    """Floats that JSON can hold (non-finite ones as strings), lists for arrays."""
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    if isinstance(x, float | np.floating):
+        return float(x) if np.isfinite(x) else str(float(x))
+    if isinstance(x, np.integer | np.bool_):
+        return x.item()
+    return x
+
+
+class _NonFiniteGuard:
+    """Reads the finite flag of each step (one step late) and acts on ``config.on_nonfinite``.
+
+    ``"raise"``: :class:`~rankax.train.NonFiniteLossError` at the first non-finite step, after
+    diagnosing it from the (unchanged) pre-step state. ``"skip"``: the step was not applied;
+    it is logged and counted, and more than ``config.max_consecutive_nonfinite`` in a row
+    raise. Every event is appended to ``<workdir>/nonfinite_steps.jsonl``.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        train_step: TrainStep,
+        labels: np.ndarray,
+        ckpt: checkpointing.Checkpointer,
+        history: list[dict[str, Any]],
+    ):
+        self.action = nonfinite_action(config)
+        self.max_consecutive = int(config.get("max_consecutive_nonfinite", 10))
+        if self.max_consecutive < 1:
+            raise ValueError(f"config.max_consecutive_nonfinite must be >= 1, got {self.max_consecutive}")
+        self.report_path = os.path.join(os.path.abspath(workdir), "nonfinite_steps.jsonl")
+        self.train_step, self.labels, self.ckpt = train_step, labels, ckpt
+        logged = [h["nonfinite_skipped"] for h in history if "nonfinite_skipped" in h]
+        self.skipped = int(logged[-1]) if logged else 0  # survives a resume through history
+        self.consecutive = 0
+
+    def check(self, step: int, idx: np.ndarray, images: np.ndarray, metrics: dict, state: Any) -> None:
+        """Acts on the finite flag of ``step`` (``metrics`` of that step; ``state``: the
+        current state, which in raise mode is still the one before ``step``)."""
+        if bool(metrics["finite"]):
+            self.consecutive = 0
+            return
+        bad_inputs = idx[~np.isfinite(np.asarray(images).reshape(len(idx), -1)).all(axis=1)]
+        record: dict[str, Any] = {
+            "step": step,
+            "action": self.action,
+            "indices": idx,
+            "labels": self.labels[idx],
+            "nonfinite_inputs": bad_inputs,
+            "last_checkpoint": self.ckpt.latest(),
+        }
+        if self.action == "raise":  # the state is the pre-step one: recompute every term
+            diag = self.train_step.diagnose(state, images, self.labels[idx])
+            raw = {k: float(v) for k, v in diag["terms"].items()}
+            order = ["loss", *sorted(set(raw) - {"loss", "grad_norm"}), "grad_norm"]
+            terms = {k: raw[k] for k in order}  # the objective first, the gradient last
+            record["nonfinite_embeddings"] = idx[~diag["embeddings_finite"]]
+            record["nonfinite_grads"] = [k for k, ok in diag["grads_finite"].items() if not ok]
+            if "memory_active" in diag:
+                record["memory_active"] = bool(diag["memory_active"])
+        else:
+            terms = {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"])}
+            if not bool(metrics["embeddings_finite"]):
+                terms["embeddings"] = float("nan")
+        record["terms"] = terms
+        with open(self.report_path, "a") as f:
+            f.write(json.dumps(_jsonable(record)) + "\n")
+        bad = {k: v for k, v in terms.items() if not np.isfinite(v)}
+        summary = self._summary(step, idx, bad, terms, record)
+        if self.action == "skip":
+            self.skipped += 1
+            self.consecutive += 1
+            print(f"WARNING: skipped {summary}")
+            if self.consecutive < self.max_consecutive:
+                return
+            summary += f"; {self.consecutive} consecutive non-finite steps (config.max_consecutive_nonfinite)"
+        last = record["last_checkpoint"]
+        intact = f"step {last} ({self.ckpt.step_path(last)})" if last is not None else "none yet"
+        hint = " Set config.on_nonfinite='skip' to skip such steps." if self.action == "raise" else ""
+        raise errors.NonFiniteLossError(
+            f"{summary}. Its update was not applied; newest intact checkpoint: {intact}.{hint}",
+            step=step,
+            indices=idx,
+            terms=terms,
+            last_checkpoint=last,
+            report_path=self.report_path,
+            state=state,
+        )
+
+    def _summary(
+        self, step: int, idx: np.ndarray, bad: dict, terms: dict, record: dict[str, Any]
+    ) -> str:
+        fmt = lambda d: ", ".join(f"{k}={v:.6g}" for k, v in d.items())
+        ok = {k: v for k, v in terms.items() if k not in bad}
+        text = f"non-finite training step {step}: {fmt(bad)}" + (f" (finite: {fmt(ok)})" if ok else "")
+        shown = ", ".join(str(int(i)) for i in idx[:16]) + (", ..." if len(idx) > 16 else "")
+        text += f"; batch dataset indices [{shown}] ({len(idx)}, all in {self.report_path})"
+        for key, what in (("nonfinite_inputs", "inputs"), ("nonfinite_embeddings", "embeddings")):
+            if len(record.get(key, ())):
+                text += f"; non-finite {what} at dataset indices {[int(i) for i in record[key]]}"
+        if record.get("nonfinite_grads"):
+            text += f"; non-finite gradients of {record['nonfinite_grads'][:8]}"
+        return text
 
 
 def _summary_writer(workdir: str):
