@@ -40,9 +40,12 @@ STEPS = 8
 
 
 def fault_config(**overrides):
-    """8 steps of the tiny MLP, checkpoint every 2, no intermediate evaluation."""
+    """8 steps of the tiny MLP, checkpoint every 2, no intermediate evaluation. The loss is the
+    contrastive one: the faults do not depend on it and its step compiles in half the time."""
     base = dict(num_steps=STEPS, checkpoint_every=2, eval_every=0, eval_baselines=False, log_every=1)
-    return tiny_config(**{**base, **overrides})
+    c = tiny_config(**{**base, **overrides})
+    c.loss.name = "contrastive"
+    return c
 
 
 def saved_state(workdir, step):
@@ -121,8 +124,10 @@ def test_nan_batch_raises_with_step_indices_and_terms_then_skip_mode_finishes(tm
     poison(bad)
     workdir = str(tmp_path)
 
+    # Step 5 is neither a log nor a checkpoint step: its flag is read one step late, after
+    # step 6 was dispatched, which must then have been a no-op.
     with pytest.raises(NonFiniteLossError) as info:
-        train_lib.train_and_evaluate(fault_config(), workdir)
+        train_lib.train_and_evaluate(fault_config(checkpoint_every=4, log_every=100), workdir)
     err = info.value
     message = str(err)
     assert err.step == 5 and "step 5" in message
@@ -139,7 +144,7 @@ def test_nan_batch_raises_with_step_indices_and_terms_then_skip_mode_finishes(tm
     # intact (equal to the reference run's) and nothing after it was written.
     assert int(err.state.step) == 5
     assert_same_params(err.state, saved_state(ref_dir, 5))
-    assert steps_on_disk(workdir) == [2, 4]
+    assert steps_on_disk(workdir) == [4]
     assert_same(saved_state(workdir, 4), saved_state(ref_dir, 4))
 
     # Skip mode resumes from step 4, skips step 5 (the only batch holding the bad image), goes on.
@@ -184,6 +189,34 @@ def test_skip_mode_gives_up_after_max_consecutive_nonfinite(tmp_path):
     ckpt.close()
     with pytest.raises(ValueError, match="on_nonfinite"):
         train_lib.train_and_evaluate(fault_config(on_nonfinite="ignore"), str(tmp_path / "x"))
+
+
+def test_skipped_step_leaves_params_optimizer_and_xbm_memory_unchanged():
+    """The jitted step itself, with a cross-batch memory: a poisoned batch changes nothing but
+    the step counter (skip) or nothing at all (raise); the next clean batch trains."""
+    import jax
+
+    cfg = fault_config(on_nonfinite="skip")
+    cfg.xbm.size = 40
+    data = input_pipeline.load(cfg)
+    mesh = train_lib.make_mesh(cfg)
+    sampler = input_pipeline.make_sampler(cfg, data)
+    state = train_lib.create_train_state(cfg, train_lib.build_model(cfg), data.train.images[:2])
+    step = train_lib.make_train_step(cfg, input_pipeline.augment_fn(cfg), mesh)
+    snapshot = lambda s: [np.array(x) for x in jax.tree.leaves((s.params, s.opt_state, s.memory))]
+    idx = sampler.indices(0)
+    images, labels = np.array(data.train.images[idx]), data.train.labels[idx]
+    images[3] = np.nan
+    before = snapshot(state)
+    state, m = step(state, images, labels)
+    assert not bool(m["finite"]) and not bool(m["applied"]) and int(state.step) == 1
+    for a, b in zip(before, snapshot(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(state.memory.valid.sum()) == 0  # no NaN embedding enqueued
+    idx = sampler.indices(1)
+    state, m = step(state, data.train.images[idx], data.train.labels[idx])
+    assert bool(m["applied"]) and int(state.step) == 2 and int(state.memory.valid.sum()) == len(idx)
+    assert all(np.isfinite(x).all() for x in snapshot(state) if x.dtype.kind == "f")
 
 
 # ----------------------------------------------------------------------------- checkpoint faults
