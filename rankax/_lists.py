@@ -49,6 +49,22 @@ def capacity_checked() -> Iterator[None]:
         _CAPACITY_CHECKED.reset(token)
 
 
+# Set (at trace time) by callers that guard non-finite inputs themselves -- ``rankax.
+# batch_loss`` checks the embeddings once, O(B * D), instead of every list, O(B * N) -- so that
+# ``validated`` skips its per-list NaN propagation.
+_FINITE_CHECKED = contextvars.ContextVar("rankax_finite_checked", default=False)
+
+
+@contextlib.contextmanager
+def finite_checked() -> Iterator[None]:
+    """Trace-time context: the caller makes non-finite inputs give NaN values and gradients."""
+    token = _FINITE_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _FINITE_CHECKED.reset(token)
+
+
 def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
@@ -351,6 +367,8 @@ def validated(
         hparams = {k: v for k, v in bound.arguments.items() if k not in _LIST_ARGS}
         check_hparams(fn_name, hparams)
         with calling(fn_name):
+            if _FINITE_CHECKED.get():
+                return fn(*args, **kwargs)
             scores, where = bound.arguments["scores"], bound.arguments.get("where")
             bad = _nonfinite_or_none(scores, where)
             if bad is not None:  # else the arrays are malformed and fn raises a clear error

@@ -337,7 +337,8 @@ def batch_statistics(
         level = jnp.searchsorted(jnp.asarray(capacities), most, side="left")
         return jax.lax.switch(jnp.minimum(level, len(branches) - 1), branches, scores, rel, where)
 
-    with _lists.capacity_checked():
+    # The callers guard non-finite embeddings once for the batch (``nonfinite_items``).
+    with _lists.capacity_checked(), _lists.finite_checked():
         per_block = jax.lax.map(jax.checkpoint(block_statistics, prevent_cse=False), block_rows)
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
 

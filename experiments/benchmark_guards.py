@@ -1,0 +1,87 @@
+"""Cost of rankax's input guards and of the checked (checkify) mode, as ratios in one run.
+
+For a few losses, ``jax.value_and_grad`` is timed in three forms, compiled once each and
+measured alternately (best of ``--repeats``):
+
+* ``bare``: the loss without its decorator (``loss.__wrapped__``), the baseline;
+* ``guarded``: the public loss (``@validated``: NaN propagation to values and gradients);
+* ``checked``: ``rankax.debug.checked`` of the guarded function (checkify value checks).
+
+on two workloads: ``batch`` -- ``rankax.batch_loss`` on a P x K batch (the batch path guards
+the embeddings once, ``O(B D)``, and skips the per-list guard), and ``lists`` -- the loss
+called directly on ``[B, B]`` score lists with a dense mask (the per-list guard, ``O(B N)``,
+next to the loss's ``O(B C N)``). Prints ``guarded / bare`` and ``checked / bare``. Usage::
+
+    python -m experiments.benchmark_guards --batch 2048 --dim 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+import rankax
+
+K = 4
+LOSSES = ("supap_loss", "smooth_ap_loss", "pnp_loss")
+
+
+def _best(fn, args, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    emb = jax.random.normal(jax.random.key(0), (args.batch, args.dim))
+    emb = emb / jnp.linalg.norm(emb, axis=1, keepdims=True)
+    labels = jnp.repeat(jnp.arange(args.batch // K, dtype=jnp.int32), K)
+    print(f"{jax.devices()[0].device_kind}, B={args.batch} D={args.dim} K={K}, best of {args.repeats}")
+    scores = emb @ emb.T
+    rel = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+    where = ~jnp.eye(args.batch, dtype=bool)
+    for name in LOSSES:
+        loss_fn = getattr(rankax.losses, name)
+
+        def batch(e, y, fn=loss_fn):
+            return jax.value_and_grad(
+                lambda e: rankax.batch_loss(fn, e, y, max_positives=K - 1, capacity_limit=K - 1)
+            )(e)
+
+        def lists(s, y, fn=loss_fn):
+            return jax.value_and_grad(lambda s: fn(s, y, where=where, max_positives=K - 1))(s)
+
+        for workload, step, inputs in (("batch", batch, (emb, labels)), ("lists", lists, (scores, rel))):
+            forms = {
+                "bare": jax.jit(functools.partial(step, fn=loss_fn.__wrapped__)),
+                "guarded": jax.jit(step),
+                "checked": rankax.debug.checked(step),
+            }
+            for fn in forms.values():  # compile and warm up
+                jax.block_until_ready(fn(*inputs))
+            times = {key: float("inf") for key in forms}
+            for _ in range(args.repeats):  # alternate so drifts in machine load hit all forms
+                for key, fn in forms.items():
+                    times[key] = min(times[key], _best(fn, inputs, 1))
+            print(
+                f"{name:15s} {workload:6s} bare {times['bare'] * 1e3:7.1f} ms   guarded / bare = "
+                f"{times['guarded'] / times['bare']:.3f}   checked / bare = "
+                f"{times['checked'] / times['bare']:.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
