@@ -30,8 +30,8 @@ _searchsorted_left = jnp.vectorize(
 )
 
 
-def _normalised_ranks(scores: Array, where: Array) -> Array:
-    """Exact ranks with H(0) = 1 among valid items, divided by the number of valid items.
+def _rank_counts(scores: Array, where: Array) -> tuple[Array, Array]:
+    """Integer exact ranks with H(0) = 1 among valid items and the number of valid items.
 
     ``rank(k) = #{valid j : s_j >= s_k}`` (k itself included), by sorting: ``O(N log N)``.
     """
@@ -39,6 +39,12 @@ def _normalised_ranks(scores: Array, where: Array) -> Array:
     ordered = jnp.sort(masked, axis=-1)
     rank = scores.shape[-1] - _searchsorted_left(ordered, scores)
     n_valid = jnp.maximum(jnp.sum(where, axis=-1, keepdims=True), 1)
+    return rank, n_valid
+
+
+def _normalised_ranks(scores: Array, where: Array) -> Array:
+    """Exact ranks (:func:`_rank_counts`) divided by the number of valid items."""
+    rank, n_valid = _rank_counts(scores, where)
     return rank.astype(jnp.float32) / n_valid
 
 
@@ -49,14 +55,18 @@ def blackbox_rank(scores: Array, where: Array, lambda_: float) -> Array:
 
 
 def _blackbox_rank_fwd(scores, where, lambda_):
-    rank = _normalised_ranks(scores, where)
-    return rank, (scores, where, rank)
+    return _normalised_ranks(scores, where), (scores, where)
 
 
 def _blackbox_rank_bwd(lambda_, residuals, g):
-    scores, where, rank = residuals
-    perturbed_rank = _normalised_ranks(scores + lambda_ * g, where)
-    grad = -(rank - perturbed_rank) / lambda_
+    scores, where = residuals
+    # Integer ranks, subtracted before normalising: the gradient is exactly 0 wherever the
+    # perturbation moves no item (e.g. g = 0 for a list without positive). Subtracting two
+    # normalised float ranks left 1-ulp residues when XLA fused the two divisions differently
+    # (inside the batch path's lax.map + checkpoint).
+    rank, n_valid = _rank_counts(scores, where)
+    perturbed_rank, _ = _rank_counts(scores + lambda_ * g, where)
+    grad = -(rank - perturbed_rank).astype(jnp.float32) / n_valid / lambda_
     return jnp.where(where, grad, 0.0).astype(scores.dtype), None
 
 
@@ -109,7 +119,9 @@ def blackbox_ap_loss(
     Args:
       scores, labels, where, reduce_fn: as for every list loss.
       max_positives: unused (the ranks of all items are needed; ``O(N log N)`` by sorting).
-      lambda_: interpolation strength :math:`\\lambda` (4.0).
+      lambda_: interpolation strength :math:`\\lambda` (4.0). The value does not depend on it;
+        the gradient is exactly 0 once :math:`\\lambda g` moves no score past another (tiny
+        :math:`\\lambda`) and at most :math:`1/\\lambda` in size.
       margin: :math:`m` (0.02).
       key: optional PRNG key for the random margin of the authors' code.
 

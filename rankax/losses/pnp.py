@@ -36,13 +36,29 @@ Array = jax.Array
 PNP_VARIANTS = ("O", "Iu", "Ib", "Ds", "Dq")
 
 
+def _x_minus_log1p_over_square(x: Array) -> Array:
+    """``(x - log1p(x)) / x^2`` for ``x >= 0`` (1/2 at 0), so that ``Ib``'s
+    ``(bR - ln(1 + bR)) / b^2 = R^2 (x - log1p(x)) / x^2`` with ``x = bR`` stays accurate and
+    finite for any ``b > 0``: below ``x = 0.1`` the difference cancels (the direct formula gave
+    0 at ``b = 1e-8`` and 0/0 once ``b^2`` underflows), so a series is used there; above, the
+    form ``(1 - log1p(x)/x) / x`` does not overflow for huge ``b``."""
+    small = x < 0.1
+    xs = jnp.where(small, x, 0.0)
+    series = jnp.zeros_like(xs)
+    for n in reversed(range(8)):  # 1/2 - x/3 + x^2/4 - ... - x^7/9, error < x^8/10
+        series = 1.0 / (n + 2) - xs * series
+    xl = jnp.where(small, 1.0, x)
+    direct = (1.0 - jnp.log1p(xl) / xl) / xl
+    return jnp.where(small, series, direct)
+
+
 def _pnp_transform(r: Array, variant: str, b: float, alpha: float) -> Array:
     if variant == "O":
         return r
     if variant == "Iu":
         return (1.0 + r) * jnp.log1p(r)
     if variant == "Ib":
-        return (b * r - jnp.log1p(b * r)) / b**2
+        return r**2 * _x_minus_log1p_over_square(b * r)
     if variant == "Ds":
         return jnp.log1p(r)
     return 1.0 - (1.0 + r) ** (-alpha)
@@ -76,7 +92,8 @@ def pnp_loss(
       scores, labels, where, reduce_fn, max_positives: as for every list loss.
       variant: ``"O"``, ``"Iu"``, ``"Ib"``, ``"Ds"`` or ``"Dq"`` (default, the paper's best).
       tau: sigmoid temperature (0.01, the official ``anneal``).
-      b: the ``Ib`` parameter (2.0).
+      b: the ``Ib`` parameter (2.0); ``b -> 0`` tends to ``R^2 / 2`` (computed accurately for any
+        ``b > 0``), ``b -> inf`` to ``R / b``.
       alpha: the ``Dq`` exponent. Sources disagree (4 vs 8): the authors' README trains its
         best SOP model with ``--alpha 4``, their parser and pytorch-metric-learning's port
         default to 1, and 8 is the other value in circulation. rankax uses 4, the authors'

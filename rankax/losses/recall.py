@@ -88,7 +88,9 @@ def sup_recall_at_k_loss(
       scores, labels, where, reduce_fn, max_positives: as in :func:`rankax.losses.supap_loss`
         (binary: ``labels > 0`` are the positives).
       ks: cut-offs ``K = (1, 2, 4, 8, 16)`` (SupRank's configs).
-      tau2: temperature of the recall sigmoid (1.0).
+      tau2: temperature of the recall sigmoid (1.0). The soft hits are not capped: as ``tau2``
+        grows each tends to 1/2 and the loss to ``1 - mean_k (|P|/2) / min(|P|, k)``, which is
+        negative for ``|P| >= 3``.
       tau, rho, delta, start, offset, variant: the ROADMAP step ``h`` of the negatives.
 
     References:
