@@ -51,7 +51,7 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(data[NPZ_EMBEDDINGS]), np.asarray(data[NPZ_LABELS])
 
 
-def embed_fn_from_checkpoint(checkpoint: str, config: str | None):
+def embed_fn_from_checkpoint(checkpoint: str, config: str | None, step: int | None = None):
     """``(embed_fn, inputs, labels, gallery_inputs, gallery_labels)`` for the test split of
     ``config`` embedded by the model restored from the training workdir ``checkpoint``.
 
@@ -68,9 +68,11 @@ def embed_fn_from_checkpoint(checkpoint: str, config: str | None):
         cfg = runpy.run_path(config)["get_config"]()
     except FileNotFoundError as err:
         raise SystemExit(f"--config {config!r} does not exist") from err
+    from rankax.train import CheckpointReadError
+
     try:
-        state, data = train_lib.restore_for_evaluation(cfg, checkpoint)
-    except FileNotFoundError as err:
+        state, data = train_lib.restore_for_evaluation(cfg, checkpoint, step=step)
+    except (FileNotFoundError, CheckpointReadError) as err:
         raise SystemExit(f"--checkpoint: {err}") from err
     bs = int(cfg.eval_batch_size)
     queries = train_lib.embed_source(state, data.test, bs)
@@ -94,6 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--embeddings", help="queries (and gallery) .npz: embeddings, labels")
     source.add_argument("--checkpoint", help="trained model directory (needs --config)")
     parser.add_argument("--config", help="experiment config, with --checkpoint")
+    parser.add_argument("--step", type=int, help="with --checkpoint: this step (default: newest readable)")
     parser.add_argument("--gallery", help="separate gallery .npz (default: queries = gallery)")
     parser.add_argument("--backend", choices=BACKENDS, default="exact")
     parser.add_argument("--scann-config", choices=SCANN_CONFIGS, default="auto")
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     gallery = gallery_labels = None
     if args.checkpoint:
         embed_fn, inputs, labels, gallery, gallery_labels = embed_fn_from_checkpoint(
-            args.checkpoint, args.config
+            args.checkpoint, args.config, args.step
         )
         if args.save_embeddings:
             np.savez(args.save_embeddings, **{NPZ_EMBEDDINGS: inputs, NPZ_LABELS: labels})

@@ -1,6 +1,7 @@
 """experiments/evaluate.py on small .npz files, run in-process."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -53,3 +54,13 @@ def test_cli_missing_key_and_checkpoint_without_config(tmp_path):
         cli.main(["--embeddings", str(bad)])
     with pytest.raises(SystemExit, match="--checkpoint needs --config"):
         cli.main(["--checkpoint", str(tmp_path)])
+
+
+def test_cli_missing_step_is_a_clear_exit(tmp_path):
+    """A step that was never written: the CLI exits naming the step, not with a traceback."""
+    config = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+    with pytest.raises(SystemExit, match="--checkpoint: no checkpoints directory"):
+        cli.main(["--checkpoint", str(tmp_path), "--config", str(config)])
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(SystemExit, match=r"--checkpoint: .*\b7\b"):
+        cli.main(["--checkpoint", str(tmp_path), "--config", str(config), "--step", "7"])
