@@ -478,6 +478,16 @@ def kernel_lists(
     return reduce_lists(values, has_positive(labels, where), reduce_fn)
 
 
+def ndcg_gains(relevance: Array, top: Array) -> Array:
+    """NDCG's gain ``2^rel - 1`` divided by ``2^top`` (``top``: the list's largest relevance).
+
+    NDCG is a ratio of two sums of gains, so the common factor cancels; scaled, the gains stay
+    finite for any relevance (``2^rel`` overflows float32 from ``rel = 128``) and are exactly 0
+    for ``rel = 0``.
+    """
+    return jnp.exp2(relevance - top) - jnp.exp2(-top)
+
+
 def num_positives(labels: Array, where: Array) -> Array:
     """``[...]`` float number of valid items with relevance > 0."""
     return jnp.sum((labels > 0) & where, axis=-1).astype(jnp.float32)

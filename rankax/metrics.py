@@ -207,7 +207,8 @@ def _ideal_positions(positives: ranking.Positives) -> Array:
 def _ndcg_kernel(scores, labels, where, positives, *, k):
     rank, _ = ranking.exact_ranks(scores, labels, where, positives)
     ideal = _ideal_positions(positives)
-    gain = jnp.where(positives.mask, jnp.exp2(positives.labels) - 1.0, 0.0)
+    top = jnp.max(jnp.where(positives.mask, positives.labels, 0.0), axis=-1, keepdims=True)
+    gain = jnp.where(positives.mask, _lists.ndcg_gains(positives.labels, top), 0.0)
     in_dcg = positives.mask if k is None else positives.mask & (rank <= k)
     in_idcg = positives.mask if k is None else positives.mask & (ideal <= k)
     dcg = jnp.sum(jnp.where(in_dcg, gain / jnp.log2(1.0 + rank), 0.0), axis=-1)

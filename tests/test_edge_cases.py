@@ -527,3 +527,19 @@ def test_far_extremes_stay_finite_on_ties(loss_fn, hparams):
     scores[1, :4] = 0.25
     out = _run(loss_fn, scores, EXTREME_LABELS, **hparams)
     _assert_finite(out)
+
+
+def test_ndcg_gains_do_not_overflow_for_large_relevance():
+    """NDCG with relevance up to 300 (2^300 overflows float32): the metric equals a Python
+    double reference of the formula, and SupNDCG's value and gradient are finite."""
+    import math
+
+    scores = np.array([0.3, 0.9, 0.1, 0.5, -0.2], np.float32)
+    rel = np.array([300.0, 1.0, 0.0, 130.0, 129.0], np.float32)
+    order = np.argsort(-scores)
+    gains = [2.0 ** float(r) - 1.0 for r in rel]
+    dcg = sum(gains[i] / math.log2(2 + place) for place, i in enumerate(order))
+    idcg = sum(g / math.log2(2 + place) for place, g in enumerate(sorted(gains, reverse=True)))
+    np.testing.assert_allclose(float(rankax.metrics.ndcg(scores[None], rel[None])), dcg / idcg, rtol=1e-6)
+    value, grad = jax.value_and_grad(lambda s: rankax.losses.sup_ndcg_loss(s, rel[None]))(scores[None])
+    assert np.isfinite(value) and np.isfinite(np.asarray(grad)).all()

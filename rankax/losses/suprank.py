@@ -100,9 +100,10 @@ def _ideal_dcg(gains: Array) -> Array:
 
 def _sup_ndcg_kernel(scores, labels, where, positives, **step_kwargs):
     rank, _, _ = _base.graded_ranks(scores, labels, where, positives, **step_kwargs)
-    gain_k = jnp.exp2(positives.labels) - 1.0
+    top = jnp.max(jnp.where(where, labels, 0.0), axis=-1, keepdims=True)
+    gain_k = _lists.ndcg_gains(positives.labels, top)
     dcg = jnp.sum(jnp.where(positives.mask, gain_k / jnp.log2(1.0 + rank), 0.0), axis=-1)
-    gains = jnp.where(where, jnp.exp2(labels) - 1.0, 0.0)
+    gains = jnp.where(where, _lists.ndcg_gains(labels, top), 0.0)
     return 1.0 - _lists.safe_divide(dcg, _ideal_dcg(gains))
 
 
