@@ -111,7 +111,8 @@ def checkify(fn: Callable[..., Any], errors: frozenset = _checkify.user_checks) 
     Returns ``f(*args, **kwargs) -> (error, out)``; ``jax.jit`` it as you like and call
     ``error.throw()`` on the host. ``errors`` adds JAX's own checks, e.g.
     ``checkify.user_checks | checkify.float_checks`` to also locate the primitive that first
-    produced a NaN.
+    produced a NaN (not through ``shard_map``: JAX 0.10's checkify cannot carry those
+    across it; rankax's own checks of :mod:`rankax.sharding` run outside it and work).
     """
 
     @functools.wraps(fn)

@@ -113,7 +113,6 @@ def sharded_batch_loss(
     def local_loss(emb: Array, lab: Array, memory: Any) -> Array:
         # emb, lab: this device's queries. Items: the global batch (then the memory).
         emb, lab = batch._check_batch(emb, lab)
-        debug.check_finite(emb, "embeddings")
         global_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
         global_lab = jax.lax.all_gather(lab, axis_name, tiled=True)
         items, item_labels, item_mask = batch.with_references(global_emb, global_lab, memory=memory)
@@ -153,8 +152,13 @@ def sharded_batch_loss(
                 f"the global batch ({b}) must be divisible by the size of axis {axis_name!r} "
                 f"({num_shards})"
             )
-        if memory is None:
-            return without_memory(embeddings, labels)
-        return with_memory(embeddings, labels, memory)
+        with _lists.calling(f"sharded_batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"):
+            # Checked mode: the global batch is checked here, outside shard_map (checkify's
+            # errors cannot cross the scan of the per-device query blocks).
+            debug.check_finite(embeddings, "embeddings")
+            with debug.checks(False):
+                if memory is None:
+                    return without_memory(embeddings, labels)
+                return with_memory(embeddings, labels, memory)
 
     return loss_of

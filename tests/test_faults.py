@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -135,6 +136,10 @@ def test_nan_batch_raises_with_step_indices_and_terms_then_skip_mode_finishes(tm
     assert str(bad) in message and "non-finite inputs at dataset indices [" + str(bad) + "]" in message
     assert not np.isfinite(err.terms["loss"]) and "loss=nan" in message
     assert err.last_checkpoint == 4 and os.path.join(workdir, "checkpoints", "4") in message
+    # The checked (checkify) re-run names the loss and the first non-finite embedding's row.
+    row = int(np.flatnonzero(sampler.indices(5) == bad)[0])
+    checked = rf"first failed check: .*batch_loss\(\w+\): embeddings .*\[{row},? \d+\]"
+    assert re.search(checked, message), message
     # The full record: every index of the batch, the poisoned one named as the bad input.
     with open(err.report_path) as f:
         record = json.loads(f.readlines()[-1])

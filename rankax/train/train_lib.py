@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
+from jax.experimental import checkify
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -264,10 +265,17 @@ class TrainStep:
     loss, the gradient norm, the finiteness of each embedding and of each gradient leaf.
     """
 
-    def __init__(self, step: Callable[..., Any], diagnose: Callable[..., Any], replicated: NamedSharding):
+    def __init__(
+        self,
+        step: Callable[..., Any],
+        diagnose: Callable[..., Any],
+        replicated: NamedSharding,
+        checked_loss: Callable[..., Any] | None = None,
+    ):
         self._step = step
         self._diagnose = diagnose
         self._replicated = replicated
+        self._checked_loss = checked_loss
 
     def __call__(
         self, state: TrainState, images: Any, labels: Any, halted: Any = False
@@ -277,8 +285,18 @@ class TrainStep:
         return self._step(state, images, labels, halted)
 
     def diagnose(self, state: TrainState, images: Any, labels: Any) -> dict[str, Any]:
-        """Every term of the step of ``state.step`` on this batch (host numpy values)."""
-        return jax.tree.map(np.asarray, self._diagnose(state, images, labels))
+        """Every term of the step of ``state.step`` on this batch (host numpy values), and
+        ``first_check``: the first failed :mod:`rankax.debug` check of the loss (``checkify``:
+        the loss's name and the first non-finite embedding; ``None`` if none failed)."""
+        out = jax.tree.map(np.asarray, self._diagnose(state, images, labels))
+        out["first_check"] = None
+        if self._checked_loss is not None:
+            try:
+                err, _ = self._checked_loss(state, images, labels)
+                out["first_check"] = err.get()
+            except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the NaN error
+                out["first_check"] = f"(checked re-run unavailable: {type(exc).__name__}: {exc})"
+        return out
 
 
 def make_train_step(
@@ -393,7 +411,16 @@ def make_train_step(
         donate_argnums=0,
     )
     diagnosed = jax.jit(diagnose, in_shardings=(replicated, batch, batch), out_shardings=replicated)
-    return TrainStep(jitted, diagnosed, replicated)
+    # Compiled only when a step is diagnosed: rankax's value checks (checkify's own NaN
+    # checks are left out: they do not cross shard_map in this JAX version).
+    checked_loss = jax.jit(
+        rankax.debug.checkify(
+            lambda state, images, labels: forward(state, images, labels)[0],
+            errors=checkify.user_checks,
+        ),
+        in_shardings=(replicated, batch, batch),
+    )
+    return TrainStep(jitted, diagnosed, replicated, checked_loss)
 
 
 def training_labels(config: ml_collections.ConfigDict, data: RetrievalDataset) -> np.ndarray:
@@ -721,6 +748,7 @@ class _NonFiniteGuard:
             record["nonfinite_grads"] = [k for k, ok in diag["grads_finite"].items() if not ok]
             if "memory_active" in diag:
                 record["memory_active"] = bool(diag["memory_active"])
+            record["first_check"] = diag["first_check"]
         else:
             terms = {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"])}
             if not bool(metrics["embeddings_finite"]):
@@ -763,6 +791,8 @@ class _NonFiniteGuard:
                 text += f"; non-finite {what} at dataset indices {[int(i) for i in record[key]]}"
         if record.get("nonfinite_grads"):
             text += f"; non-finite gradients of {record['nonfinite_grads'][:8]}"
+        if record.get("first_check"):
+            text += f"; first failed check: {record['first_check'].splitlines()[0]}"
         return text
 
 
