@@ -10,8 +10,8 @@ into a finite, wrong number: the value and the gradient come out NaN
 
     checked_step = rankax.debug.checked(train_step)   # jit + checkify, raises on the host
     state, metrics = checked_step(state, batch)
-    # CheckError: batch_loss(supap_loss): embeddings has a non-finite value nan at
-    # index [3, 17] (first of 128) ...
+    # CheckError: batch_loss(supap_loss): embeddings has a non-finite value:
+    # embeddings[3, 17] = nan (first of 128 entries)
 
 While checks are enabled (:func:`checks`, or inside :func:`checked`/:func:`checkify`) the
 rankax functions traced add ``jax.experimental.checkify`` checks that report the *first*
@@ -64,10 +64,20 @@ def checks(on: bool = True) -> Iterator[None]:
         _ENABLED.reset(token)
 
 
-def _first(mask: Array, values: Array) -> tuple[Array, Array, Array]:
-    """Index (``[ndim]`` int32), value and count of the first True entry of ``mask``."""
+def _unsharded(x: Array) -> Array:
+    """``x`` replicated if its type is sharded over explicit mesh axes (indexing a single entry
+    of a sharded dimension is not defined there); unchanged otherwise."""
+    sharding = jax.typeof(x).sharding
+    spec = getattr(sharding, "spec", None)
+    if spec is not None and any(axis is not None for axis in spec):
+        return jax.sharding.reshard(x, sharding.update(spec=jax.sharding.PartitionSpec()))
+    return x
+
+
+def _first(mask: Array, values: Array) -> tuple[list[Array], Array, Array]:
+    """Index (one int32 scalar per axis), value and count of the first True entry of ``mask``."""
     flat = jnp.argmax(mask.reshape(-1))
-    index = jnp.stack(jnp.unravel_index(flat, mask.shape)).astype(jnp.int32) if mask.ndim else flat[None]
+    index = [i.astype(jnp.int32) for i in jnp.unravel_index(flat, mask.shape)]
     value = values.reshape(-1)[flat]
     return index, value, jnp.sum(mask)
 
@@ -76,7 +86,8 @@ def check_none(wrong: Array, what: str, values: Array, name: str) -> None:
     """Adds a check that no entry of the boolean ``wrong`` is set (when checks are enabled).
 
     The message names the calling rankax function, ``name``, the first offending index and its
-    value, and how many entries are wrong.
+    value, and how many entries are wrong: ``"<fn>: <what>: name[2, 5] = inf (first of 2
+    entries)"``.
     """
     if not enabled():
         return
@@ -84,13 +95,15 @@ def check_none(wrong: Array, what: str, values: Array, name: str) -> None:
     if wrong.ndim == 0:
         wrong = wrong[None]
         values = jnp.asarray(values)[None]
-    index, value, count = _first(wrong, jnp.asarray(values).astype(jnp.float32))
+    index, value, count = _first(_unsharded(wrong), _unsharded(jnp.asarray(values).astype(jnp.float32)))
+    axes = {f"i{d}": i for d, i in enumerate(index)}
+    where = ", ".join(f"{{{key}}}" for key in axes)
     _checkify.check(
         ~jnp.any(wrong),
-        f"{_lists.error_prefix()}{what}: {name}{{index}} = {{value}} (first of {{count}} entries)",
-        index=index,
+        f"{_lists.error_prefix()}{what}: {name}[{where}] = {{value}} (first of {{count}} entries)",
         value=value,
         count=count,
+        **axes,
     )
 
 
@@ -137,7 +150,7 @@ def checked(
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         err, out = compiled(*args, **kwargs)
-        err.throw()
+        jax.device_get(err).throw()  # on the host: per-device error codes may be sharded
         return out
 
     return run

@@ -81,6 +81,11 @@ SCRIPT = textwrap.dedent(
         value_nan=bool(jnp.isnan(val)), grad_all_nan=bool(jnp.all(jnp.isnan(grad))),
         memory_value_nan=bool(jnp.isnan(mem_val)), memory_grad_all_nan=bool(jnp.all(jnp.isnan(mem_grad))),
     )
+    try:  # checked mode on 8 devices: the global batch is checked outside shard_map
+        rankax.debug.checked(lambda x, y: loss_of(x, y, flat_memory))(put(e.at[21, 0].set(jnp.inf)), put(lab))
+        results["checked_message"] = ""
+    except rankax.debug.CheckError as err:
+        results["checked_message"] = str(err)
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -117,6 +122,12 @@ def test_sharded_nonfinite_is_nan_everywhere(sharded_results):
     assert sharded_results["nonfinite"] == dict(
         clean_finite=True, value_nan=True, grad_all_nan=True, memory_value_nan=True, memory_grad_all_nan=True
     )
+
+
+def test_sharded_checked_mode_names_the_first_nonfinite_embedding(sharded_results):
+    message = sharded_results["checked_message"]
+    assert "sharded_batch_loss(supap_loss): embeddings has a non-finite value" in message, message
+    assert "embeddings[21, 0] = inf (first of 1 entries)" in message, message
 
 
 def test_batch_must_divide_the_mesh():
