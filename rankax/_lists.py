@@ -32,22 +32,21 @@ ReduceFn = Callable[..., Array] | None
 Kernel = Callable[[Array, Array, Array, ranking.Positives], Array]
 
 
+@contextlib.contextmanager
+def setting(var: contextvars.ContextVar, value: Any) -> Iterator[None]:
+    """Trace-time context: ``var`` holds ``value`` inside (the flags below, ``rankax.debug``)."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
 # Set (at trace time) by callers that have already checked that no list has more positives
 # than ``max_positives`` -- ``rankax.batch_loss`` dispatches on the true count itself. Inside,
 # ``apply_kernel`` does not build its ``N``-slot fallback branch: XLA sizes a ``lax.cond`` for
 # its larger branch, so the unused fallback would cost ``O(N^2)`` memory per list.
 _CAPACITY_CHECKED = contextvars.ContextVar("rankax_capacity_checked", default=False)
-
-
-@contextlib.contextmanager
-def capacity_checked() -> Iterator[None]:
-    """Trace-time context: the caller guarantees ``max_positives`` is never exceeded."""
-    token = _CAPACITY_CHECKED.set(True)
-    try:
-        yield
-    finally:
-        _CAPACITY_CHECKED.reset(token)
-
 
 # Set (at trace time) by callers that guard non-finite inputs themselves -- ``rankax.
 # batch_loss`` checks the embeddings once, O(B * D), instead of every list, O(B * N) -- so that
@@ -55,14 +54,14 @@ def capacity_checked() -> Iterator[None]:
 _FINITE_CHECKED = contextvars.ContextVar("rankax_finite_checked", default=False)
 
 
-@contextlib.contextmanager
-def finite_checked() -> Iterator[None]:
+def capacity_checked() -> contextlib.AbstractContextManager[None]:
+    """Trace-time context: the caller guarantees ``max_positives`` is never exceeded."""
+    return setting(_CAPACITY_CHECKED, True)
+
+
+def finite_checked() -> contextlib.AbstractContextManager[None]:
     """Trace-time context: the caller makes non-finite inputs give NaN values and gradients."""
-    token = _FINITE_CHECKED.set(True)
-    try:
-        yield
-    finally:
-        _FINITE_CHECKED.reset(token)
+    return setting(_FINITE_CHECKED, True)
 
 
 def _is_concrete(x: Any) -> bool:
@@ -74,14 +73,9 @@ def _is_concrete(x: Any) -> bool:
 _CALLER = contextvars.ContextVar("rankax_caller", default="")
 
 
-@contextlib.contextmanager
-def calling(name: str) -> Iterator[None]:
+def calling(name: str) -> contextlib.AbstractContextManager[None]:
     """Trace-time context naming the public function in error messages (outermost wins)."""
-    token = _CALLER.set(_CALLER.get() or name)
-    try:
-        yield
-    finally:
-        _CALLER.reset(token)
+    return setting(_CALLER, _CALLER.get() or name)
 
 
 def caller() -> str:

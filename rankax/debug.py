@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -54,14 +54,9 @@ def enabled() -> bool:
     return _ENABLED.get()
 
 
-@contextlib.contextmanager
-def checks(on: bool = True) -> Iterator[None]:
+def checks(on: bool = True) -> contextlib.AbstractContextManager[None]:
     """Trace-time switch for the value checks (see the module docstring)."""
-    token = _ENABLED.set(bool(on))
-    try:
-        yield
-    finally:
-        _ENABLED.reset(token)
+    return _lists.setting(_ENABLED, bool(on))
 
 
 def _unsharded(x: Array) -> Array:
