@@ -124,6 +124,10 @@ def check_lists(
         )
     if scores_arr.ndim == 0:
         raise ValueError(f"{prefix}scores must have at least one axis (the list axis [..., N]), got a scalar")
+    if scores_arr.shape[-1] == 0:
+        raise ValueError(
+            f"{prefix}scores must have at least one item on the list axis, got shape {scores_arr.shape}"
+        )
     scores_arr = scores_arr.astype(jnp.promote_types(scores_arr.dtype, jnp.float32))
     labels_arr = jnp.asarray(labels)
     if labels_arr.shape != scores_arr.shape:

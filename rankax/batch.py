@@ -78,8 +78,8 @@ def _check_batch(embeddings: ArrayLike, labels: ArrayLike, name: str = "embeddin
     prefix = _lists.error_prefix()
     emb = jnp.asarray(embeddings)
     lab = jnp.asarray(labels)
-    if emb.ndim != 2:
-        raise ValueError(f"{prefix}{name} must be [B, D], got shape {emb.shape}")
+    if emb.ndim != 2 or emb.shape[1] == 0 or (emb.shape[0] == 0 and name != "references"):
+        raise ValueError(f"{prefix}{name} must be [B, D] with B, D >= 1, got shape {emb.shape}")
     if not jnp.issubdtype(emb.dtype, jnp.floating):
         raise TypeError(f"{prefix}{name} must be floating point, got dtype {emb.dtype}")
     if lab.ndim not in (1, 2) or lab.shape[0] != emb.shape[0]:

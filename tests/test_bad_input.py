@@ -74,6 +74,7 @@ def test_shapes_dtypes_and_ranks_raise_at_trace_time(fn):
     s, y = _lists_data()
     name = fn.__name__
     _raises(ValueError, fn, s[0, 0], y[0, 0], match=(name, "scores", "scalar"))
+    _raises(ValueError, fn, s[:, :0], y[:, :0], match=(name, "scores", "at least one item"))
     _raises(ValueError, fn, s, y[0], match=(name, "labels", str((3, 7)), str((7,))))
     _raises(ValueError, fn, s, y[:, :5], match=(name, "labels", str((3, 5))))
     _raises(ValueError, fn, s, y, where=jnp.ones((3, 6), bool), match=(name, "where", str((3, 6))))
@@ -275,6 +276,8 @@ def test_batch_loss_bad_input_at_trace_time():
     loss = losses.supap_loss
     _raises(ValueError, _batch_loss(loss), emb[0], lab, match=("batch_loss(supap_loss)", "[B, D]"))
     _raises(ValueError, _batch_loss(loss), emb[None], lab, match=("embeddings", "[B, D]"))
+    _raises(ValueError, _batch_loss(loss), emb[:0], lab[:0], match=("embeddings", "B, D >= 1", "(0, 8)"))
+    _raises(ValueError, _batch_loss(loss), emb[:, :0], lab, match=("embeddings", "B, D >= 1", "(12, 0)"))
     _raises(TypeError, _batch_loss(loss), emb.astype(jnp.int32), lab, match=("floating", "int32"))
     _raises(ValueError, _batch_loss(loss), emb, lab[:5], match=("labels", "B=12", "(5,)"))
     _raises(ValueError, _batch_loss(loss), emb, lab[:, None, None], match=("labels", "[B, L]"))
@@ -321,6 +324,13 @@ def test_batch_loss_nonfinite_embeddings():
     memory = rankax.xbm.update(rankax.xbm.init(8, 8), emb[:4].at[0, 0].set(jnp.nan), lab[:4])
     value = jax.jit(lambda e, m: rankax.batch_loss(losses.supap_loss, e, lab, memory=m))(emb, memory)
     assert np.isnan(value)
+
+
+def test_batch_of_one_has_no_positive():
+    """B = 1: the query's list is empty of positives -> 0.0 with a zero gradient."""
+    emb = jnp.full((1, 4), 0.5)
+    value, grad = jax.value_and_grad(lambda e: rankax.batch_loss(losses.supap_loss, e, jnp.array([3])))(emb)
+    assert float(value) == 0.0 and not np.asarray(grad).any()
 
 
 def test_proxy_loss_bad_input():

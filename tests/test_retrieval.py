@@ -249,6 +249,9 @@ def test_evaluator_runs_embed_fn_in_batches():
         ({"query_labels": np.full(4, 0.5)}, "query_labels must hold integer"),
         ({"backend": "faiss"}, "backend must be"),
         ({"ks": (0,)}, "ks must be"),
+        ({"queries": np.zeros((0, 3)), "query_labels": np.zeros(0, int)}, "queries must hold at least one"),
+        ({"queries": np.zeros((4, 0))}, "queries must hold at least one embedding of dimension >= 1"),
+        ({"queries": np.where(np.eye(4, 3, dtype=bool), np.inf, 0.0)}, r"queries\[0, 0\] = inf"),
     ],
 )
 def test_bad_inputs_raise_naming_the_argument(kwargs, match):

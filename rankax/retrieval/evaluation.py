@@ -21,11 +21,18 @@ def _as_embeddings(x, name: str) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim != 2:
         raise ValueError(f"{name} must be a [num, dim] array of embeddings, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} must hold at least one embedding of dimension >= 1, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
     a = a.astype(np.float32)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or inf")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN or inf values "
+            f"(first: {name}[{row}, {col}] = {a[row, col]})"
+        )
     return a
 
 
