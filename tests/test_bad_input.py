@@ -342,3 +342,36 @@ def test_proxy_loss_bad_input():
     _raises(ValueError, fn, emb, lab[:3], proxies, match=("labels",))
     _raises(TypeError, fn, emb, lab.astype(jnp.float32), proxies, match=("labels", "integer"))
     _raises(ValueError, fn, emb, lab, proxies, temperature=0.0, match=("temperature",))
+
+
+def test_proxy_loss_nonfinite():
+    emb, lab = _batch()
+    proxies = jax.random.normal(jax.random.key(1), (4, 8))
+    fn = losses.normalized_softmax_loss
+    first = r"normalized_softmax_loss: embeddings contain NaN/inf \(first: embeddings\[2, 1\]"
+    with pytest.raises(ValueError, match=first):
+        fn(emb.at[2, 1].set(jnp.nan), lab, proxies)
+
+    @jax.jit
+    def outputs(e, p, where):
+        return {
+            "per_row": fn(e, lab, p, where=where, reduce_fn=None),
+            "grad": jax.grad(lambda e, p: fn(e, lab, p, where=where), argnums=(0, 1))(e, p),
+        }
+
+    everywhere = jnp.ones(12, bool)
+    clean = outputs(emb, proxies, everywhere)
+    out = outputs(emb.at[2, 1].set(jnp.inf), proxies, everywhere)
+    assert np.isnan(out["per_row"][2])
+    others = lambda o: np.delete(np.asarray(o["per_row"]), 2)
+    np.testing.assert_array_equal(others(out), others(clean))
+    assert all(np.isnan(np.asarray(g)).all() for g in out["grad"])  # the mean is NaN: so is every gradient
+    assert np.isnan(outputs(emb, proxies.at[1, 0].set(jnp.nan), everywhere)["per_row"]).all()
+    # A masked row may hold NaN: ignored, the others' values and gradients unchanged.
+    masked = outputs(emb.at[2, 1].set(jnp.nan), proxies, everywhere.at[2].set(False))
+    want = outputs(emb, proxies, everywhere.at[2].set(False))
+    proxy_grad = lambda o: np.asarray(o["grad"][1])
+    np.testing.assert_allclose(proxy_grad(masked), proxy_grad(want), rtol=1e-6)
+    message = "normalized_softmax_loss: embeddings has a non-finite"
+    with pytest.raises(rankax.debug.CheckError, match=message):
+        rankax.debug.checked(lambda e: fn(e, lab, proxies))(emb.at[4, 0].set(jnp.nan))

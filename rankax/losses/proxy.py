@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from rankax import _lists
+from rankax import _lists, debug
 
 Array = jax.Array
 
@@ -47,22 +48,42 @@ def normalized_softmax_loss(
     References:
       Zhai, Wu. "Classification is a Strong Baseline for Deep Metric Learning." BMVC 2019.
     """
+    with _lists.calling("normalized_softmax_loss"):
+        return _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperature)
+
+
+def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperature) -> Array:
+    prefix = _lists.error_prefix()
     emb = jnp.asarray(embeddings)
     prox = jnp.asarray(proxies)
     lab = jnp.asarray(labels)
     if emb.ndim < 1 or not jnp.issubdtype(emb.dtype, jnp.floating):
-        raise TypeError(f"embeddings must be a floating [..., D] array, got {emb.dtype} {emb.shape}")
+        raise TypeError(f"{prefix}embeddings must be a floating [..., D] array, got {emb.dtype} {emb.shape}")
     if prox.ndim != 2 or prox.shape[-1] != emb.shape[-1]:
-        raise ValueError(f"proxies must be [C, D] with D={emb.shape[-1]}, got shape {prox.shape}")
+        raise ValueError(f"{prefix}proxies must be [C, D] with D={emb.shape[-1]}, got shape {prox.shape}")
+    if not jnp.issubdtype(prox.dtype, jnp.floating):
+        raise TypeError(f"{prefix}proxies must be floating point, got dtype {prox.dtype}")
     if lab.shape != emb.shape[:-1]:
-        raise ValueError(f"labels must have shape {emb.shape[:-1]}, got {lab.shape}")
+        raise ValueError(f"{prefix}labels must have shape {emb.shape[:-1]}, got {lab.shape}")
     if not jnp.issubdtype(lab.dtype, jnp.integer):
-        raise TypeError(f"labels must be integer class ids, got dtype {lab.dtype}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        raise TypeError(f"{prefix}labels must be integer class ids, got dtype {lab.dtype}")
+    _lists.check_number("temperature", temperature, "positive")
+    valid = jnp.ones(emb.shape[:-1], bool) if where is None else jnp.asarray(where, bool)
+    if valid.shape != emb.shape[:-1]:
+        raise ValueError(f"{prefix}where must have shape {emb.shape[:-1]}, got {valid.shape}")
+    for name, x, mask in (("embeddings", emb, valid[..., None]), ("proxies", prox, True)):
+        if not isinstance(x, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
+            bad_entries = ~np.isfinite(np.asarray(x, np.float32)) & np.asarray(mask)
+            if bad_entries.any():
+                first = [int(i) for i in np.argwhere(bad_entries)[0]]
+                raise ValueError(f"{prefix}{name} contain NaN/inf (first: {name}{first})")
+    debug.check_finite(emb, "embeddings", where=valid[..., None])
+    debug.check_finite(prox, "proxies")
     emb = emb.astype(jnp.promote_types(emb.dtype, jnp.float32))
+    emb = jnp.where(valid[..., None], emb, 0.0)  # masked rows may hold anything, NaN included
     prox = prox.astype(jnp.promote_types(prox.dtype, jnp.float32))
     logits = _l2_normalise(emb) @ _l2_normalise(prox).T / temperature
     values = optax.softmax_cross_entropy_with_integer_labels(logits, lab)
-    valid = jnp.ones(values.shape, bool) if where is None else jnp.asarray(where, bool)
-    return _lists.reduce_lists(values, valid, reduce_fn)
+    # A NaN/inf embedding (its row) or proxy (every row): NaN value and gradients.
+    bad = jnp.any(~jnp.isfinite(emb), axis=-1) | jnp.any(~jnp.isfinite(prox))
+    return _lists.propagate_nonfinite(_lists.reduce_lists(values, valid, reduce_fn), bad)
