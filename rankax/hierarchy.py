@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from rankax import _lists
+
 Array = jax.Array
 
 RELEVANCE_RULES = ("pop", "levels")
@@ -99,6 +101,8 @@ def relevance_from_levels(
     """
     if rule not in RELEVANCE_RULES:
         raise ValueError(f"rule must be one of {RELEVANCE_RULES}, got {rule!r}")
+    # alpha = 0 would give unrelated items (t = 0) the weight 0^0 = 1.
+    _lists.check_number("alpha", alpha, "positive")
     t = jnp.asarray(levels).astype(jnp.int32)
     valid = jnp.ones(t.shape, bool) if where is None else jnp.asarray(where, bool)
     if rule == "levels":
@@ -137,7 +141,10 @@ def path_relevance(
     t = shared_levels(query_paths, item_paths)
     num_levels = jnp.shape(query_paths)[1]
     if where is not None:
-        where = jnp.broadcast_to(jnp.asarray(where, bool), t.shape)
+        where = jnp.asarray(where, bool)
+        if where.shape not in (t.shape, t.shape[-1:]):
+            raise ValueError(f"where must be [Q, N] = {t.shape} or [N], got shape {where.shape}")
+        where = jnp.broadcast_to(where, t.shape)
     return relevance_from_levels(t, num_levels, rule=rule, alpha=alpha, where=where)
 
 

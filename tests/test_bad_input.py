@@ -375,3 +375,14 @@ def test_proxy_loss_nonfinite():
     message = "normalized_softmax_loss: embeddings has a non-finite"
     with pytest.raises(rankax.debug.CheckError, match=message):
         rankax.debug.checked(lambda e: fn(e, lab, proxies))(emb.at[4, 0].set(jnp.nan))
+
+
+def test_hierarchy_bad_input():
+    paths = jnp.array([[0, 0], [1, 0], [2, 1]])
+    rel = rankax.hierarchy.path_relevance
+    _raises(TypeError, rel, paths.astype(jnp.float32), paths, match=("query_paths", "integer"))
+    _raises(ValueError, rel, paths[:, :1], paths, match=("same number of levels",))
+    _raises(ValueError, rel, paths, paths, rule="x", match=("rule must be one of",))
+    for alpha in (0.0, -1.0, math.nan):
+        _raises(ValueError, rel, paths, paths, alpha=alpha, match=("alpha must be a finite number > 0",))
+    _raises(ValueError, rel, paths, paths, where=jnp.ones((3, 2), bool), match=("where must be", "(3, 2)"))
