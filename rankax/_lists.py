@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from rankax import ranking
@@ -54,6 +55,11 @@ _CAPACITY_CHECKED = contextvars.ContextVar("rankax_capacity_checked", default=Fa
 _FINITE_CHECKED = contextvars.ContextVar("rankax_finite_checked", default=False)
 
 
+# Set (at trace time) by ``rankax.debug.checks``: value checks of traced arrays become
+# ``checkify`` checks instead of being skipped.
+_VALUE_CHECKS = contextvars.ContextVar("rankax_value_checks", default=False)
+
+
 def capacity_checked() -> contextlib.AbstractContextManager[None]:
     """Trace-time context: the caller guarantees ``max_positives`` is never exceeded."""
     return setting(_CAPACITY_CHECKED, True)
@@ -66,6 +72,60 @@ def finite_checked() -> contextlib.AbstractContextManager[None]:
 
 def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
+
+
+def _unsharded(x: Array) -> Array:
+    """``x`` replicated if its type is sharded over explicit mesh axes (indexing a single entry
+    of a sharded dimension is not defined there); unchanged otherwise."""
+    sharding = jax.typeof(x).sharding
+    spec = getattr(sharding, "spec", None)
+    if spec is not None and any(axis is not None for axis in spec):
+        return jax.sharding.reshard(x, sharding.update(spec=jax.sharding.PartitionSpec()))
+    return x
+
+
+def value_checks_apply(*arrays: Any) -> bool:
+    """Whether :func:`check_values` would check arrays computed from ``arrays`` (all concrete,
+    or checks on): lets callers skip building the check in a ``jit`` trace."""
+    return _VALUE_CHECKS.get() or all(_is_concrete(a) for a in arrays if a is not None)
+
+
+def check_values(wrong: ArrayLike, what: str, values: ArrayLike, name: str) -> None:
+    """The value check ``not any(wrong)`` of every rankax function, in two modes.
+
+    Concrete arrays (eager calls): ``ValueError`` now. Traced arrays (inside ``jit``/``grad``):
+    a ``checkify`` check when :mod:`rankax.debug` checks are on, else nothing (the NaN guards
+    keep the result honest). Either way the message is ``"<function>: <what>: name[i, j] =
+    value (first of n entries)"``, naming the first offending entry of ``values``.
+    """
+    wrong = jnp.asarray(wrong, bool)
+    values = jnp.asarray(values)
+    if wrong.ndim == 0:
+        wrong, values = wrong[None], values[None]
+    traced = not _is_concrete(wrong)
+    if (traced and not _VALUE_CHECKS.get()) or (not traced and not bool(jnp.any(wrong))):
+        return
+    wrong, values = _unsharded(wrong), _unsharded(values.astype(jnp.float32))
+    flat = jnp.argmax(wrong.reshape(-1))
+    axes = {f"i{d}": i.astype(jnp.int32) for d, i in enumerate(jnp.unravel_index(flat, wrong.shape))}
+    fields = {"value": values.reshape(-1)[flat], "count": jnp.sum(wrong), **axes}
+    index = ", ".join(f"{{{key}}}" for key in axes)
+    message = f"{error_prefix()}{what}: {name}[{index}] = {{value}} (first of {{count}} entries)"
+    if traced:
+        checkify.check(~jnp.any(wrong), message, **fields)
+    else:
+        raise ValueError(message.format(**{k: np.asarray(v).item() for k, v in fields.items()}))
+
+
+def check_finite(x: ArrayLike, name: str, *, where: ArrayLike | None = None) -> None:
+    """:func:`check_values` for NaN/inf in ``x`` (at ``where``, broadcast against ``x``)."""
+    if not value_checks_apply(x, where):
+        return
+    x = jnp.asarray(x)
+    bad = ~jnp.isfinite(x)
+    if where is not None:
+        bad = bad & jnp.asarray(where, bool)
+    check_values(bad, f"{name} has a non-finite value", x, name)
 
 
 # The public function being called ("smooth_ap_loss", "batch_loss(supap_loss)", ...), set by
@@ -104,8 +164,8 @@ def check_lists(
 
     Checks happen in three tiers (``docs/behaviour.md``): shapes, dtypes and ranks always, at
     trace time; values (NaN/inf scores at valid positions, negative/NaN labels, labels other
-    than 0/1 where ``graded=False``) when the arrays are concrete (eager calls); and the same
-    value checks inside ``jit`` when :mod:`rankax.debug` checks are enabled (``checkify``).
+    than 0/1 where ``graded=False``) through :func:`check_values`: when the arrays are
+    concrete (eager calls), and inside ``jit`` when :mod:`rankax.debug` checks are enabled.
 
     Raises:
       TypeError: ``scores`` is not a floating array (integer scores included: ranks of
@@ -155,38 +215,29 @@ def check_lists(
             )
         if where_arr.dtype != jnp.bool_:
             raise TypeError(f"{prefix}where must be a boolean mask, got dtype {where_arr.dtype}")
-    kind = "graded relevance >= 0" if graded else "binary labels (0 or 1)"
-    if _is_concrete(scores_arr) and _is_concrete(where_arr):
-        bad = ~np.isfinite(np.asarray(scores_arr)) & np.asarray(where_arr)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{prefix}scores contain {int(bad.sum())} NaN/inf values at valid positions "
-                f"(first: scores{list(first)} = {np.asarray(scores_arr)[first]})"
-            )
-    if _is_concrete(labels_arr) and _is_concrete(where_arr):
-        lab = np.where(np.asarray(where_arr), np.asarray(labels_arr), 0.0)
-        wrong = np.isnan(lab) | (lab < 0) if graded else ~np.isin(lab, (0.0, 1.0))
-        if wrong.any():
-            first = tuple(int(i) for i in np.argwhere(wrong)[0])
-            hint = "" if graded else " (graded relevance needs a graded loss: hap_loss, sup_ndcg_loss)"
-            raise ValueError(
-                f"{prefix}labels must be {kind} at valid positions, got labels{list(first)} = "
-                f"{lab[first]}{hint}"
-            )
-    from rankax import debug  # noqa: PLC0415 - debug imports this module
-
-    if debug.enabled():
-        debug.check_finite(scores_arr, "scores", where=where_arr)
-        lab = jnp.where(where_arr, labels_arr, 0.0)
-        wrong = jnp.isnan(lab) | (lab < 0) if graded else ~((lab == 0) | (lab == 1))
-        debug.check_none(wrong, f"labels must be {kind} at valid positions", lab, "labels")
+    check_finite(scores_arr, "scores", where=where_arr)
+    if value_checks_apply(labels_arr, where_arr):
+        _check_labels(labels_arr, where_arr, graded)
     scores_arr = jnp.where(where_arr, scores_arr, 0.0)
     return scores_arr, labels_arr, where_arr
 
 
+def _check_labels(labels: Array, where: Array, graded: bool) -> None:
+    lab = jnp.where(where, labels, 0.0)
+    if graded:
+        wrong, what = jnp.isnan(lab) | (lab < 0), "labels must be graded relevance >= 0 at valid positions"
+    else:
+        wrong = ~((lab == 0) | (lab == 1))
+        what = (
+            "labels must be binary labels (0 or 1) at valid positions (graded relevance needs a "
+            "graded loss: hap_loss, sup_ndcg_loss)"
+        )
+    check_values(wrong, what, lab, "labels")
+
+
 def nonfinite_lists(scores: ArrayLike, where: ArrayLike | None) -> Array:
-    """``[...]`` True for the lists with a NaN/inf score at a valid position."""
+    """``[...]`` True for the lists (rows) with a NaN/inf entry at a valid position (``where``
+    broadcasts against ``scores``: ``mask[:, None]`` selects whole rows)."""
     scores = jnp.asarray(scores)
     bad = ~jnp.isfinite(scores)
     if where is not None:
@@ -365,22 +416,17 @@ def validated(
         hparams = {k: v for k, v in bound.arguments.items() if k not in _LIST_ARGS}
         check_hparams(fn_name, hparams)
         with calling(fn_name):
-            if _FINITE_CHECKED.get():
+            bad = None if _FINITE_CHECKED.get() else _nonfinite_or_none(
+                bound.arguments["scores"], bound.arguments.get("where")
+            )
+            if bad is None:  # the caller guards NaN itself, or malformed arrays: fn raises
                 return fn(*args, **kwargs)
-            scores, where = bound.arguments["scores"], bound.arguments.get("where")
-            bad = _nonfinite_or_none(scores, where)
-            if bad is not None:  # else the arrays are malformed and fn raises a clear error
-                bound.arguments["scores"] = _poison_cotangent(jnp.asarray(scores), bad)
+            bound.arguments["scores"] = _poison_cotangent(jnp.asarray(bound.arguments["scores"]), bad)
             out = fn(*bound.args, **bound.kwargs)
-            if bad is None:
-                bad = nonfinite_lists(scores, where)
-            from rankax import debug  # noqa: PLC0415
-
-            if debug.enabled():
-                debug.check_none(
-                    ~jnp.isfinite(out) & ~jnp.broadcast_to(jnp.any(bad), jnp.shape(out)),
-                    "non-finite result from finite scores", out, "result",
-                )
+            if _VALUE_CHECKS.get():
+                from_finite = ~jnp.broadcast_to(jnp.any(bad), jnp.shape(out))
+                wrong = ~jnp.isfinite(out) & from_finite
+                check_values(wrong, "non-finite result from finite scores", out, "result")
             return propagate_nonfinite(out, bad)
 
     wrapper.__signature__ = signature  # type: ignore[attr-defined]

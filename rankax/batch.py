@@ -56,7 +56,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 from jax.typing import ArrayLike
 
-from rankax import _lists, debug
+from rankax import _lists
 
 Array = jax.Array
 LossFn = Callable[..., Array]
@@ -73,8 +73,16 @@ def _is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def _check_batch(embeddings: ArrayLike, labels: ArrayLike, name: str = "embeddings") -> tuple[Array, Array]:
-    """Shapes/dtypes always; NaN/inf when the embeddings are concrete (eager calls)."""
+def _check_batch(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    name: str = "embeddings",
+    *,
+    row_mask: ArrayLike | None = None,
+    values: bool = True,
+) -> tuple[Array, Array]:
+    """Shapes and dtypes always; with ``values``, NaN/inf in the rows of ``row_mask`` (default
+    all) through :func:`rankax._lists.check_finite` (eager calls, or checked mode)."""
     prefix = _lists.error_prefix()
     emb = jnp.asarray(embeddings)
     lab = jnp.asarray(labels)
@@ -92,14 +100,9 @@ def _check_batch(embeddings: ArrayLike, labels: ArrayLike, name: str = "embeddin
             f"{prefix}labels of {name} must be integer class ids, got dtype {lab.dtype} "
             "(float labels are not class ids; cast with .astype(jnp.int32) if they are)"
         )
-    if not _is_traced(emb):
-        bad = ~np.isfinite(np.asarray(emb, np.float32))
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{prefix}{name} contain {int(bad.sum())} NaN/inf values "
-                f"(first: {name}[{row}, {col}] = {np.asarray(emb)[row, col]})"
-            )
+    if values:
+        rows = None if row_mask is None else jnp.asarray(row_mask, bool)[:, None]
+        _lists.check_finite(emb, name, where=rows)
     return emb.astype(jnp.promote_types(emb.dtype, jnp.float32)), lab
 
 
@@ -253,8 +256,9 @@ def batch_statistics(
     Returns:
       ``dict`` of scalar totals (``{"sum", "count"}`` for ordinary list losses).
     """
-    q_emb, q_lab = _check_batch(queries, query_labels, "queries")
-    i_emb, i_lab = _check_batch(items, item_labels, "items")
+    # Values are the callers' to check (batch_loss, sharded_batch_loss): once, not per view.
+    q_emb, q_lab = _check_batch(queries, query_labels, "queries", values=False)
+    i_emb, i_lab = _check_batch(items, item_labels, "items", values=False)
     q_emb, q_lab, i_emb, i_lab = map(_replicated, (q_emb, q_lab, i_emb, i_lab))
     if q_emb.shape[1] != i_emb.shape[1]:
         raise ValueError(
@@ -337,8 +341,7 @@ def batch_statistics(
         level = jnp.searchsorted(jnp.asarray(capacities), most, side="left")
         return jax.lax.switch(jnp.minimum(level, len(branches) - 1), branches, scores, rel, where)
 
-    # The callers guard non-finite embeddings once for the batch (``nonfinite_items``).
-    with _lists.capacity_checked(), _lists.finite_checked():
+    with _lists.capacity_checked():
         per_block = jax.lax.map(jax.checkpoint(block_statistics, prevent_cse=False), block_rows)
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
 
@@ -365,14 +368,14 @@ def with_references(
         return embeddings, labels, None
     if reference_labels is None:
         raise ValueError("references need reference_labels")
-    ref, ref_lab = _check_batch(references, reference_labels, "references")
+    m = jnp.shape(references)[0]
+    ref_mask = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
+    ref, ref_lab = _check_batch(references, reference_labels, "references", row_mask=ref_mask)
     if ref.shape[1] != embeddings.shape[1] or ref_lab.shape[1:] != labels.shape[1:]:
         raise ValueError(
             f"references {ref.shape} / labels {ref_lab.shape} do not match the batch "
             f"{embeddings.shape} / {labels.shape}"
         )
-    m = ref.shape[0]
-    ref_mask = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
     ref_lab = jnp.where(ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1))), ref_lab, -1)
     items = jnp.concatenate([embeddings, jax.lax.stop_gradient(ref.astype(embeddings.dtype))])
     item_labels = jnp.concatenate([labels, ref_lab.astype(labels.dtype)])
@@ -454,29 +457,23 @@ def batch_loss(
         items, item_labels, item_mask = with_references(
             emb, lab, references, reference_labels, reference_mask, memory
         )
-        debug.check_finite(emb, "embeddings")
-        totals = batch_statistics(
-            loss_fn,
-            emb,
-            lab,
-            items,
-            item_labels,
-            query_index=np.arange(b),  # numpy: stays concrete under jit (exact capacity)
-            item_mask=item_mask,
-            include_self=include_self,
-            max_positives=max_positives,
-            block_size=block_size,
-            max_tile_elements=max_tile_elements, capacity_limit=capacity_limit,
-            relevance_fn=relevance_fn,
-            **hparams,
-        )
+        with _lists.finite_checked():  # guarded once below instead of in every list
+            totals = batch_statistics(
+                loss_fn,
+                emb,
+                lab,
+                items,
+                item_labels,
+                query_index=np.arange(b),  # numpy: stays concrete under jit (exact capacity)
+                item_mask=item_mask,
+                include_self=include_self,
+                max_positives=max_positives,
+                block_size=block_size,
+                max_tile_elements=max_tile_elements, capacity_limit=capacity_limit,
+                relevance_fn=relevance_fn,
+                **hparams,
+            )
         loss = _lists.from_statistics(loss_fn, totals, **hparams)
-        return _lists.propagate_nonfinite(loss, nonfinite_items(emb, items, item_mask))
-
-
-def nonfinite_items(embeddings: Array, items: Array, item_mask: Array | None) -> Array:
-    """Scalar True if a query embedding or an existing item has a NaN/inf entry."""
-    bad_items = jnp.any(~jnp.isfinite(items), axis=-1)
-    if item_mask is not None:
-        bad_items = bad_items & item_mask
-    return jnp.any(~jnp.isfinite(embeddings)) | jnp.any(bad_items)
+        # NaN/inf in a query or an existing reference: NaN loss and gradients.
+        rows = None if item_mask is None else item_mask[:, None]
+        return _lists.propagate_nonfinite(loss, _lists.nonfinite_lists(items, rows))

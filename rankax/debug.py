@@ -28,89 +28,34 @@ them off for speed runs.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import checkify as _checkify
 
 from rankax import _lists
 
-Array = jax.Array
-
-_ENABLED = contextvars.ContextVar("rankax_debug_checks", default=False)
-
 #: The exception :func:`checked` raises (``error.throw()`` of ``checkify``); a ``ValueError``.
 CheckError = _checkify.JaxRuntimeError
 
-__all__ = ["CheckError", "check_finite", "check_none", "checked", "checkify", "checks", "enabled"]
+#: The value checks of rankax (eager ``ValueError`` on concrete arrays, ``checkify`` checks on
+#: traced ones while :func:`checks` is on), for use in your own code next to rankax's.
+check_values = _lists.check_values
+check_finite = _lists.check_finite
+
+__all__ = ["CheckError", "check_finite", "check_values", "checked", "checkify", "checks", "enabled"]
 
 
 def enabled() -> bool:
     """Whether functions traced now add value checks."""
-    return _ENABLED.get()
+    return _lists._VALUE_CHECKS.get()
 
 
 def checks(on: bool = True) -> contextlib.AbstractContextManager[None]:
     """Trace-time switch for the value checks (see the module docstring)."""
-    return _lists.setting(_ENABLED, bool(on))
-
-
-def _unsharded(x: Array) -> Array:
-    """``x`` replicated if its type is sharded over explicit mesh axes (indexing a single entry
-    of a sharded dimension is not defined there); unchanged otherwise."""
-    sharding = jax.typeof(x).sharding
-    spec = getattr(sharding, "spec", None)
-    if spec is not None and any(axis is not None for axis in spec):
-        return jax.sharding.reshard(x, sharding.update(spec=jax.sharding.PartitionSpec()))
-    return x
-
-
-def _first(mask: Array, values: Array) -> tuple[list[Array], Array, Array]:
-    """Index (one int32 scalar per axis), value and count of the first True entry of ``mask``."""
-    flat = jnp.argmax(mask.reshape(-1))
-    index = [i.astype(jnp.int32) for i in jnp.unravel_index(flat, mask.shape)]
-    value = values.reshape(-1)[flat]
-    return index, value, jnp.sum(mask)
-
-
-def check_none(wrong: Array, what: str, values: Array, name: str) -> None:
-    """Adds a check that no entry of the boolean ``wrong`` is set (when checks are enabled).
-
-    The message names the calling rankax function, ``name``, the first offending index and its
-    value, and how many entries are wrong: ``"<fn>: <what>: name[2, 5] = inf (first of 2
-    entries)"``.
-    """
-    if not enabled():
-        return
-    wrong = jnp.asarray(wrong, bool)
-    if wrong.ndim == 0:
-        wrong = wrong[None]
-        values = jnp.asarray(values)[None]
-    index, value, count = _first(_unsharded(wrong), _unsharded(jnp.asarray(values).astype(jnp.float32)))
-    axes = {f"i{d}": i for d, i in enumerate(index)}
-    where = ", ".join(f"{{{key}}}" for key in axes)
-    _checkify.check(
-        ~jnp.any(wrong),
-        f"{_lists.error_prefix()}{what}: {name}[{where}] = {{value}} (first of {{count}} entries)",
-        value=value,
-        count=count,
-        **axes,
-    )
-
-
-def check_finite(x: Array, name: str, *, where: Array | None = None) -> None:
-    """Adds a check that ``x`` (at ``where``) holds no NaN/inf (when checks are enabled)."""
-    if not enabled():
-        return
-    x = jnp.asarray(x)
-    bad = ~jnp.isfinite(x)
-    if where is not None:
-        bad = bad & where
-    check_none(bad, f"{name} has a non-finite value", x, name)
+    return _lists.setting(_lists._VALUE_CHECKS, bool(on))
 
 
 def checkify(fn: Callable[..., Any], errors: frozenset = _checkify.user_checks) -> Callable[..., Any]:
@@ -137,8 +82,8 @@ def checked(
     """``fn`` compiled with rankax's checks; raises the first failed check on the host.
 
     ``jit_kwargs`` go to ``jax.jit`` (e.g. ``static_argnames``). Raises :data:`CheckError`
-    (checkify's ``JaxRuntimeError``, a ``ValueError``) whose message names the rankax function, the array, the
-    index and the value of the first offending entry.
+    (checkify's ``JaxRuntimeError``, a ``ValueError``) whose message names the rankax function,
+    the array, the index and the value of the first offending entry.
     """
     compiled = jax.jit(checkify(fn, errors), **jit_kwargs)
 

@@ -112,23 +112,25 @@ def sharded_batch_loss(
 
     def local_loss(emb: Array, lab: Array, memory: Any) -> Array:
         # emb, lab: this device's queries. Items: the global batch (then the memory).
-        emb, lab = batch._check_batch(emb, lab)
+        emb, lab = batch._check_batch(emb, lab, values=False)  # values: checked in loss_of
         global_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
         global_lab = jax.lax.all_gather(lab, axis_name, tiled=True)
         items, item_labels, item_mask = batch.with_references(global_emb, global_lab, memory=memory)
         local = emb.shape[0]
         first = jax.lax.axis_index(axis_name) * local
-        totals = batch.batch_statistics(
-            loss_fn, emb, lab, items, item_labels,
-            query_index=first + jnp.arange(local), item_mask=item_mask, **kwargs,
-        )
+        with _lists.finite_checked():  # guarded once below instead of in every list
+            totals = batch.batch_statistics(
+                loss_fn, emb, lab, items, item_labels,
+                query_index=first + jnp.arange(local), item_mask=item_mask, **kwargs,
+            )
         totals = jax.lax.psum(totals, axis_name)
         loss = _lists.from_statistics(loss_fn, totals, **hparams)
         # NaN/inf anywhere in the global batch (or the memory) -> NaN loss and gradients.
-        local_bad = jnp.any(~jnp.isfinite(emb)).astype(jnp.int32)
+        # Each device's own rows, summed: a flag that is the same (replicated) on every device.
+        local_bad = jnp.any(_lists.nonfinite_lists(emb, None)).astype(jnp.int32)
         bad = jax.lax.psum(local_bad, axis_name) > 0
-        if memory is not None:  # replicated: the same flag on every device
-            bad = bad | jnp.any(jnp.any(~jnp.isfinite(memory.embeddings), axis=-1) & memory.valid)
+        if memory is not None:  # replicated already
+            bad = bad | jnp.any(_lists.nonfinite_lists(memory.embeddings, memory.valid[:, None]))
         return _lists.propagate_nonfinite(loss, bad)
 
     batch_spec = PartitionSpec(axis_name)
@@ -155,7 +157,9 @@ def sharded_batch_loss(
         with _lists.calling(f"sharded_batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"):
             # Checked mode: the global batch is checked here, outside shard_map (checkify's
             # errors cannot cross the scan of the per-device query blocks).
-            debug.check_finite(embeddings, "embeddings")
+            _lists.check_finite(embeddings, "embeddings")
+            if memory is not None:
+                _lists.check_finite(memory.embeddings, "memory embeddings", where=memory.valid[:, None])
             with debug.checks(False):
                 if memory is None:
                     return without_memory(embeddings, labels)

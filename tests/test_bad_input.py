@@ -348,7 +348,7 @@ def test_proxy_loss_nonfinite():
     emb, lab = _batch()
     proxies = jax.random.normal(jax.random.key(1), (4, 8))
     fn = losses.normalized_softmax_loss
-    first = r"normalized_softmax_loss: embeddings contain NaN/inf \(first: embeddings\[2, 1\]"
+    first = r"normalized_softmax_loss: embeddings has a non-finite value: embeddings\[2, 1\] = nan"
     with pytest.raises(ValueError, match=first):
         fn(emb.at[2, 1].set(jnp.nan), lab, proxies)
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from rankax import _lists, debug
+from rankax import _lists
 
 Array = jax.Array
 
@@ -71,19 +70,13 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
     valid = jnp.ones(emb.shape[:-1], bool) if where is None else jnp.asarray(where, bool)
     if valid.shape != emb.shape[:-1]:
         raise ValueError(f"{prefix}where must have shape {emb.shape[:-1]}, got {valid.shape}")
-    for name, x, mask in (("embeddings", emb, valid[..., None]), ("proxies", prox, True)):
-        if not isinstance(x, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
-            bad_entries = ~np.isfinite(np.asarray(x, np.float32)) & np.asarray(mask)
-            if bad_entries.any():
-                first = [int(i) for i in np.argwhere(bad_entries)[0]]
-                raise ValueError(f"{prefix}{name} contain NaN/inf (first: {name}{first})")
-    debug.check_finite(emb, "embeddings", where=valid[..., None])
-    debug.check_finite(prox, "proxies")
+    _lists.check_finite(emb, "embeddings", where=valid[..., None])
+    _lists.check_finite(prox, "proxies")
     emb = emb.astype(jnp.promote_types(emb.dtype, jnp.float32))
     emb = jnp.where(valid[..., None], emb, 0.0)  # masked rows may hold anything, NaN included
     prox = prox.astype(jnp.promote_types(prox.dtype, jnp.float32))
     logits = _l2_normalise(emb) @ _l2_normalise(prox).T / temperature
     values = optax.softmax_cross_entropy_with_integer_labels(logits, lab)
     # A NaN/inf embedding (its row) or proxy (every row): NaN value and gradients.
-    bad = jnp.any(~jnp.isfinite(emb), axis=-1) | jnp.any(~jnp.isfinite(prox))
+    bad = _lists.nonfinite_lists(emb, None) | jnp.any(_lists.nonfinite_lists(prox, None))
     return _lists.propagate_nonfinite(_lists.reduce_lists(values, valid, reduce_fn), bad)
