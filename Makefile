@@ -7,7 +7,7 @@ CORE := $(VENV)/.rankax-core
 TEST := $(VENV)/.rankax-test
 WORKDIR ?= runs/digits
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-gpu lint bench clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +31,21 @@ test: $(TEST)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 -q tests
 
+## The whole suite on a GPU host, with a CUDA jax in the interpreter GPU_PY (default .venv's;
+## e.g. `pip install -U "jax[cuda13]"` there, or `make test-gpu GPU_PY=python3`).
+GPU_PY ?= $(PY)
+GPU_WORKERS ?= 8
+test-gpu:
+	@$(GPU_PY) -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 'test-gpu: jax sees no GPU; install a CUDA jax (pip install -U \"jax[cuda13]\")')"
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(GPU_PY) -m pytest -n $(GPU_WORKERS) -q tests
+
 lint: $(TEST)
 	$(VENV)/bin/ruff check .
 
 ## Speed/memory of the batch path and of retrieval evaluation (writes docs/).
 bench: $(TEST)
 	$(PY) -m experiments.benchmark
+	$(PY) -m experiments.benchmark_paths --sizes 1024,4096 --docs docs
 	$(PY) -m experiments.benchmark_retrieval
 
 clean:

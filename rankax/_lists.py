@@ -447,6 +447,39 @@ def has_positive(labels: Array, where: Array) -> Array:
     return jnp.any((labels > 0) & where, axis=-1)
 
 
+#: Lists up to this length use ``N`` positive slots directly (``O(N^2)`` per list is then
+#: cheaper than compiling a capacity ladder).
+DENSE_LIST_LENGTH = 64
+#: First rung of the capacity ladder when ``max_positives`` is not given (P x K, K <= 5).
+DEFAULT_CAPACITY = 4
+
+
+@jax.custom_batching.custom_vmap
+def most_positives(is_positive: Array) -> Array:
+    """Largest number of positives of any list of ``is_positive [..., N]``, a scalar.
+
+    Under ``jax.vmap`` the maximum is taken over the whole batch of lists and stays
+    *unbatched*, so that a capacity chosen from it (``lax.switch``) remains one branch taken
+    for all lists instead of becoming a select that runs every branch.
+    """
+    return jnp.max(jnp.sum(is_positive, axis=-1), initial=0)
+
+
+@most_positives.def_vmap
+def _most_positives_vmap(axis_size, in_batched, is_positive):
+    del axis_size, in_batched
+    return most_positives(is_positive), False
+
+
+def capacity_ladder(first: int, num_items: int, growth: int = 4) -> tuple[int, ...]:
+    """The static positive capacities ``first, first*growth, ...`` up to ``num_items``."""
+    first = max(1, min(int(first), num_items))
+    ladder = [first]
+    while ladder[-1] < num_items:
+        ladder.append(min(ladder[-1] * growth, num_items))
+    return tuple(ladder)
+
+
 def apply_kernel(
     kernel: Kernel,
     scores: Array,
@@ -454,27 +487,35 @@ def apply_kernel(
     where: Array,
     max_positives: int | None,
 ) -> Array:
-    """Runs ``kernel`` on the positives gathered to ``max_positives`` slots, exactly.
+    """Runs ``kernel`` on the positives gathered to a static number of slots, exactly.
 
-    ``max_positives=None`` uses ``N`` slots (always exact, ``O(N^2)`` per list). With a
-    smaller capacity the cost is ``O(C * N)`` per list; if some list has more positives than
-    slots the whole call takes the exact ``N``-slot path instead (``lax.cond``), so positives
-    are never dropped -- a capacity that is too small costs time, never correctness.
+    The slots come from a ladder of capacities ``C, 4C, 16C, ..., N`` (``C = max_positives``,
+    default :data:`DEFAULT_CAPACITY`; lists of at most :data:`DENSE_LIST_LENGTH` items use
+    ``N`` slots directly): the call takes (``lax.switch``) the smallest capacity that holds the
+    largest positive count of all its lists (:func:`most_positives`, also across ``jax.vmap``),
+    so the cost is ``O(C * N)`` per list for P x K lists and positives are never dropped -- a
+    capacity that is too small costs time, never correctness. Each rung runs under
+    ``jax.checkpoint``, so the rungs not taken keep no residuals for the backward pass.
     """
     check_capacity(max_positives)
     n = scores.shape[-1]
 
-    def run(capacity: int) -> Array:
+    def run(capacity: int, scores: Array, labels: Array, where: Array) -> Array:
         positives, _ = ranking.gather_positives(scores, labels, where, capacity)
         return kernel(scores, labels, where, positives)
 
-    if max_positives is None or max_positives >= n:
-        return run(n)
-    if _CAPACITY_CHECKED.get():
-        return run(max_positives)
-    num_pos = jnp.sum((labels > 0) & where, axis=-1)
-    overflow = jnp.any(num_pos > max_positives)
-    return jax.lax.cond(overflow, lambda: run(n), lambda: run(max_positives))
+    if _CAPACITY_CHECKED.get() and max_positives is not None:
+        return run(min(max_positives, n), scores, labels, where)
+    if max_positives is None and n <= DENSE_LIST_LENGTH:
+        return run(n, scores, labels, where)
+    first = DEFAULT_CAPACITY if max_positives is None else max_positives
+    capacities = capacity_ladder(first, n)
+    if len(capacities) == 1:
+        return run(capacities[0], scores, labels, where)
+    most = most_positives(jax.lax.stop_gradient((labels > 0) & where))
+    level = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), most), len(capacities) - 1)
+    branches = [jax.checkpoint(functools.partial(run, c), prevent_cse=False) for c in capacities]
+    return jax.lax.switch(level, branches, scores, labels, where)
 
 
 def reduce_lists(values: Array, valid: Array, reduce_fn: ReduceFn) -> Array:

@@ -53,6 +53,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 from jax.typing import ArrayLike
 
@@ -65,8 +66,33 @@ RelevanceFn = Callable[[Array, Array], Array]
 #: Capacity used for the first rung of the ladder when labels are traced and
 #: ``max_positives`` is not given (a P x K batch with K <= 5 fits it).
 DEFAULT_TRACED_CAPACITY = 4
-#: Growth factor between the rungs of the capacity ladder.
-CAPACITY_GROWTH = 4
+#: Default precision of the similarity matmul ``E R^T``: float32-exact on every backend (a
+#: GPU's default is TF32, 10-bit mantissas, which moved SupAP's gradient by 5e-3 relative at
+#: B = 4096). Pass ``precision="default"`` (TF32 on NVIDIA GPUs, bfloat16 passes on TPUs) or
+#: ``"high"`` for speed.
+DEFAULT_PRECISION = jax.lax.Precision.HIGHEST
+Precision = jax.lax.PrecisionLike
+
+
+#: With ``block_size="auto"``, the similarity scores of a whole call are kept for the backward
+#: pass (instead of being recomputed, a second ``E R^T`` matmul) up to this many elements:
+#: 256 MiB in float32. An explicit ``block_size`` always recomputes (``O(block * N)`` memory).
+SAVED_SCORES_ELEMENTS = 2**26
+
+
+def default_sizes(num_queries: int, num_items: int, backend: str | None = None) -> tuple[int, int]:
+    """``(block_size, max_tile_elements)`` used for ``block_size="auto"`` / ``max_tile_elements=None``.
+
+    On the CPU, blocks of 256 queries and ``[q, C, N]`` tiles of at most ``2**24`` elements
+    keep the working set in cache. On accelerators every block is a sequential step of a loop
+    (about a dozen kernel launches), so blocks are as large as memory allows: ``2**25 // N``
+    queries (a ``[block, N]`` score matrix of 128 MiB in float32) and tiles of ``2**26``
+    elements -- one block up to ``B = 8192``, and SupAP at ``B = 65536`` within 2 GiB.
+    """
+    backend = jax.default_backend() if backend is None else backend
+    if backend == "cpu":
+        return min(256, max(num_queries, 1)), 2**24
+    return max(1, min(num_queries, 2**25 // max(num_items, 1))), 2**26
 
 
 def _is_traced(x: Any) -> bool:
@@ -139,13 +165,7 @@ def default_relevance(labels: Array, include_self: bool = False) -> RelevanceFn:
     return functools.partial(hierarchical_relevance, include_self=include_self)
 
 
-def capacity_ladder(first: int, num_items: int, growth: int = CAPACITY_GROWTH) -> tuple[int, ...]:
-    """The static positive capacities ``first, first*growth, ...`` up to ``num_items``."""
-    first = max(1, min(int(first), num_items))
-    ladder = [first]
-    while ladder[-1] < num_items:
-        ladder.append(min(ladder[-1] * growth, num_items))
-    return tuple(ladder)
+capacity_ladder = _lists.capacity_ladder  # one ladder for the list and batch paths
 
 
 def default_capacity_limit(num_items: int, max_tile_elements: int) -> int:
@@ -226,10 +246,12 @@ def batch_statistics(
     item_mask: ArrayLike | None = None,
     include_self: bool = False,
     max_positives: int | None = None,
-    block_size: int | None = 256,
-    max_tile_elements: int = 2**24,
+    block_size: int | str | None = "auto",
+    max_tile_elements: int | None = None,
     capacity_limit: int | None = None,
     relevance_fn: RelevanceFn | None = None,
+    precision: Precision = DEFAULT_PRECISION,
+    capacity: int | None = None,
     **hparams: Any,
 ) -> dict[str, Array]:
     """Additive statistics of ``loss_fn`` summed over the lists of ``queries`` ranking ``items``.
@@ -249,9 +271,14 @@ def batch_statistics(
       item_mask: ``[N]`` bool, items that exist (e.g. filled memory slots); default all.
       include_self, max_positives, block_size, relevance_fn, **hparams: see
         :func:`batch_loss`.
-      max_tile_elements: bound on ``queries * capacity * N`` of one ``[q, C, N]`` tile.
+      max_tile_elements: bound on ``queries * capacity * N`` of one ``[q, C, N]`` tile
+        (default from :func:`default_sizes`).
       capacity_limit: largest rung of the capacity ladder (default
         :func:`default_capacity_limit`).
+      precision: of the similarity matmul (``jax.lax.Precision``); default float32-exact.
+      capacity: the exact largest positive count of any list when the caller computed it
+        (:func:`exact_capacity`); skips the ladder. Default: computed here when the labels are
+        concrete.
 
     Returns:
       ``dict`` of scalar totals (``{"sum", "count"}`` for ordinary list losses).
@@ -278,14 +305,21 @@ def batch_statistics(
     # Binary losses see graded relevance (label paths) as relevant / not relevant.
     graded = bool(getattr(loss_fn, "graded", False))
 
-    exact = exact_capacity(
-        query_labels,
-        item_labels,
-        query_index=query_index,
-        item_mask=item_mask,
-        include_self=include_self,
-        relevance_fn=rel_fn,
-    )
+    auto_block, auto_tile = default_sizes(num_q, n)
+    max_tile_elements = auto_tile if max_tile_elements is None else max_tile_elements
+    # An explicit block_size is a memory bound: then the scores are recomputed, never kept.
+    keep_scores = block_size == "auto" and num_q * n <= SAVED_SCORES_ELEMENTS
+    block_size = auto_block if block_size == "auto" else block_size
+    exact = capacity
+    if exact is None:
+        exact = exact_capacity(
+            query_labels,
+            item_labels,
+            query_index=query_index,
+            item_mask=item_mask,
+            include_self=include_self,
+            relevance_fn=rel_fn,
+        )
     if exact is not None:
         capacities = (min(exact, n),)
     else:
@@ -321,28 +355,35 @@ def batch_statistics(
 
         return run
 
-    branches = [at_capacity(c) for c in capacities]
+    # Each rung under its own checkpoint: the switch then keeps only its operands for the backward
+    # pass, not every rung's residuals (zeros of [block, capacity, N] for the rungs not taken).
+    branches = [jax.checkpoint(at_capacity(c), prevent_cse=False) for c in capacities]
 
-    def block_statistics(rows: Array) -> dict[str, Array]:
+    def block_statistics(rows: Array) -> tuple[dict[str, Array], Array]:
         valid = rows < num_q
         rows = jnp.minimum(rows, num_q - 1)
-        scores = q_emb[rows] @ i_emb.T
+        scores = checkpoint_name(jnp.matmul(q_emb[rows], i_emb.T, precision=precision), "rankax_scores")
         where = _list_masks(rows, valid, qidx, mask, include_self)
         rel = rel_fn(q_lab[rows], i_lab).astype(jnp.float32)
         if not graded:
             rel = (rel > 0).astype(jnp.float32)
-        if len(branches) == 1 and capacities[0] >= n:
-            return branches[0](scores, rel, where)
         most = jnp.max(jnp.sum((rel > 0) & where, axis=-1))
-        if capacities[-1] < n and exact is None:
-            jax.debug.callback(_raise_on_overflow, most, capacities[-1])
         if len(branches) == 1:
-            return branches[0](scores, rel, where)
+            return branches[0](scores, rel, where), most
         level = jnp.searchsorted(jnp.asarray(capacities), most, side="left")
-        return jax.lax.switch(jnp.minimum(level, len(branches) - 1), branches, scores, rel, where)
+        stats = jax.lax.switch(jnp.minimum(level, len(branches) - 1), branches, scores, rel, where)
+        return stats, most
 
+    # The backward pass recomputes each block from its query rows; with block_size="auto" the
+    # scores themselves are kept (no second matmul) while all of them fit SAVED_SCORES_ELEMENTS.
+    policy = jax.checkpoint_policies.save_only_these_names("rankax_scores") if keep_scores else None
     with _lists.capacity_checked():
-        per_block = jax.lax.map(jax.checkpoint(block_statistics, prevent_cse=False), block_rows)
+        block_fn = jax.checkpoint(block_statistics, prevent_cse=False, policy=policy)
+        per_block, most = jax.lax.map(block_fn, block_rows)
+    if capacities[-1] < n and exact is None:
+        # One host check per call (not per block): a list beyond the largest rung was computed
+        # with some positives missing, so the call raises instead of returning that value.
+        jax.debug.callback(_raise_on_overflow, jnp.max(most), capacities[-1])
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
 
 
@@ -390,14 +431,15 @@ def batch_loss(
     *,
     include_self: bool = False,
     max_positives: int | None = None,
-    block_size: int | None = 256,
+    block_size: int | str | None = "auto",
     relevance_fn: RelevanceFn | None = None,
     references: ArrayLike | None = None,
     reference_labels: ArrayLike | None = None,
     reference_mask: ArrayLike | None = None,
     memory: Any = None,
-    max_tile_elements: int = 2**24,
+    max_tile_elements: int | None = None,
     capacity_limit: int | None = None,
+    precision: Precision = DEFAULT_PRECISION,
     **hparams: Any,
 ) -> Array:
     """Mean of a list-level loss over the queries of a batch that have a positive.
@@ -422,7 +464,9 @@ def batch_loss(
         (``K`` with ``include_self``). Only a speed hint: with concrete labels the exact
         capacity is computed; under ``jit`` lists with more positives take a larger rung of
         the capacity ladder (never dropped). Default under ``jit``: 4.
-      block_size: queries per block, memory ``O(block * N)``; ``None`` = one block.
+      block_size: queries per block, memory ``O(block * N)``; ``None`` = one block; ``"auto"``
+        (default) = :func:`default_sizes` for the default backend (256 on the CPU, as large as
+        a 128 MiB score block allows on accelerators).
       relevance_fn: ``(query_labels [Q, ...], item_labels [N, ...]) -> [Q, N]`` relevance;
         default binary (same class id) for ``[B]`` labels and
         :func:`rankax.hierarchy.hierarchical_relevance` for ``[B, L]`` paths.
@@ -430,7 +474,8 @@ def batch_loss(
       reference_labels: ``[M]`` or ``[M, L]`` labels of the references.
       reference_mask: optional ``[M]`` bool, which references exist.
       memory: a :class:`rankax.xbm.XBM` cross-batch memory; shorthand for the three above.
-      max_tile_elements: bound on the size of one ``[queries, capacity, N]`` tile.
+      max_tile_elements: bound on the size of one ``[queries, capacity, N]`` tile (default
+        :func:`default_sizes`: ``2**24`` on the CPU, ``2**26`` on accelerators).
       capacity_limit: largest positive capacity the compiled program may use under ``jit``.
         A list with more positives raises :class:`CapacityError` (at run time) instead of
         being computed -- never dropped. Default :func:`default_capacity_limit`: the largest
@@ -439,10 +484,19 @@ def batch_loss(
         the tile budget for rungs that are rarely taken. ``max_positives=K - 1,
         capacity_limit=K - 1`` gives a single-rung program for P x K batches; raise it (up to
         ``N``) for lists with very many graded positives.
+      precision: of the similarity matmul ``E R^T`` (``jax.lax.Precision`` or its name).
+        Default ``"highest"``: float32-exact scores on every backend, as the official PyTorch
+        code computes them; ``"default"`` opts into TF32 (NVIDIA) / bfloat16 passes (TPU).
       **hparams: forwarded to ``loss_fn``.
 
     Returns:
-      Scalar loss (0 when no query has a positive).
+      Scalar float32 loss (0 when no query has a positive).
+
+    Compilation: the loss is computed by one ``jax.jit``-compiled program per loss, shapes and
+    options, cached across calls, so calling ``batch_loss`` (or ``jax.grad`` of it) outside
+    ``jit`` compiles once per shape. Labels that are concrete (numpy or ``jnp`` arrays, also
+    closed over inside the caller's ``jit``) give the exact positive capacity up front; traced
+    labels take the capacity ladder (module doc).
 
     Example::
 
@@ -451,29 +505,82 @@ def batch_loss(
     """
     if not callable(loss_fn):
         raise TypeError(f"batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}")
-    with _lists.calling(f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"):
-        emb, lab = _check_batch(embeddings, labels)
+    caller = f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
+    if not _is_traced(labels):
+        # Concrete labels (numpy included, also closed over in the caller's jit) stay concrete:
+        # the exact capacity is known, and the program gets them as an argument, not a literal.
+        with jax.ensure_compile_time_eval():
+            labels = jnp.asarray(labels)
+    with _lists.calling(caller):
+        # Shapes, dtypes and (eager calls) values, before anything is compiled.
+        _, lab = _check_batch(embeddings, labels)
+        if references is not None and reference_labels is not None:
+            m = jnp.shape(references)[0]
+            ref_rows = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
+            _check_batch(references, reference_labels, "references", row_mask=ref_rows)
+        capacity = None
+        if references is None and memory is None:
+            capacity = exact_capacity(
+                lab, lab, query_index=np.arange(lab.shape[0]), include_self=include_self,
+                relevance_fn=relevance_fn,
+            )
+    static = {k: v for k, v in hparams.items() if _is_static(v)}
+    dynamic = {k: v for k, v in hparams.items() if k not in static}
+    options = dict(
+        include_self=include_self, max_positives=max_positives, block_size=block_size,
+        relevance_fn=relevance_fn, max_tile_elements=max_tile_elements,
+        capacity_limit=capacity_limit, precision=precision, capacity=capacity, **static,
+    )
+    settings = (_lists.caller() or caller, bool(_lists._VALUE_CHECKS.get()))
+    return _batch_loss_compiled(
+        loss_fn, tuple(sorted(options.items())), settings,
+        embeddings, lab, references, reference_labels, reference_mask, memory, dynamic,
+    )
+
+
+def _is_static(value: Any) -> bool:
+    """Hyperparameters compiled into the program (Python scalars, strings, None); arrays are
+    arguments (a temperature annealed inside the caller's ``jit`` stays traced)."""
+    return value is None or isinstance(value, bool | int | float | str | tuple)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _batch_loss_compiled(
+    loss_fn: LossFn,
+    options: tuple[tuple[str, Any], ...],
+    settings: tuple[str, bool],
+    embeddings: Array,
+    labels: Array,
+    references: Array | None,
+    reference_labels: Array | None,
+    reference_mask: Array | None,
+    memory: Any,
+    dynamic_hparams: dict[str, Array],
+) -> Array:
+    """The body of :func:`batch_loss`; its trace-time settings (the public caller's name for
+    error messages, ``rankax.debug`` checks) are part of the cache key."""
+    caller, checks = settings
+    kwargs = {**dict(options), **dynamic_hparams}
+    with _lists.setting(_lists._CALLER, caller), _lists.setting(_lists._VALUE_CHECKS, checks):
+        emb, lab = _check_batch(embeddings, labels, values=False)  # values: checked by the caller
         b = emb.shape[0]
         items, item_labels, item_mask = with_references(
             emb, lab, references, reference_labels, reference_mask, memory
         )
+        hparams = {k: v for k, v in kwargs.items() if k not in _BATCH_OPTIONS}
         with _lists.finite_checked():  # guarded once below instead of in every list
             totals = batch_statistics(
-                loss_fn,
-                emb,
-                lab,
-                items,
-                item_labels,
-                query_index=np.arange(b),  # numpy: stays concrete under jit (exact capacity)
-                item_mask=item_mask,
-                include_self=include_self,
-                max_positives=max_positives,
-                block_size=block_size,
-                max_tile_elements=max_tile_elements, capacity_limit=capacity_limit,
-                relevance_fn=relevance_fn,
-                **hparams,
+                loss_fn, emb, lab, items, item_labels,
+                query_index=np.arange(b),  # numpy: stays concrete under jit
+                item_mask=item_mask, **kwargs,
             )
         loss = _lists.from_statistics(loss_fn, totals, **hparams)
         # NaN/inf in a query or an existing reference: NaN loss and gradients.
         rows = None if item_mask is None else item_mask[:, None]
         return _lists.propagate_nonfinite(loss, _lists.nonfinite_lists(items, rows))
+
+
+_BATCH_OPTIONS = frozenset({
+    "include_self", "max_positives", "block_size", "relevance_fn", "max_tile_elements",
+    "capacity_limit", "precision", "capacity",
+})

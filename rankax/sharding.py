@@ -79,10 +79,11 @@ def sharded_batch_loss(
     *,
     include_self: bool = False,
     max_positives: int | None = None,
-    block_size: int | None = 256,
+    block_size: int | str | None = "auto",
     relevance_fn: batch.RelevanceFn | None = None,
-    max_tile_elements: int = 2**24,
+    max_tile_elements: int | None = None,
     capacity_limit: int | None = None,
+    precision: batch.Precision = batch.DEFAULT_PRECISION,
     **hparams: Any,
 ) -> Callable[..., Array]:
     """``rankax.batch_loss`` for a batch sharded over ``axis_name`` of ``mesh`` (module doc).
@@ -92,7 +93,7 @@ def sharded_batch_loss(
       mesh: the device mesh.
       axis_name: mesh axis (or tuple of axes) the batch is sharded over.
       include_self, max_positives, block_size, relevance_fn, max_tile_elements,
-        capacity_limit, **hparams: as in :func:`rankax.batch_loss`.
+        capacity_limit, precision, **hparams: as in :func:`rankax.batch_loss`.
 
     Returns:
       ``loss_of(embeddings [B, D], labels [B] or [B, L], memory=None) -> scalar``: the mean of
@@ -107,6 +108,7 @@ def sharded_batch_loss(
         relevance_fn=relevance_fn,
         max_tile_elements=max_tile_elements,
         capacity_limit=capacity_limit,
+        precision=precision,
         **hparams,
     )
 

@@ -23,10 +23,12 @@ import re
 import sys
 from pathlib import Path
 
-import ipykernel  # noqa: F401  (test dependency: the kernel below runs it)
-import jupytext
-import nbclient
 import pytest
+
+# Test dependencies (the `test` extra); absent on a bare accelerator image, where these skip.
+pytest.importorskip("ipykernel")  # the kernel below runs it
+jupytext = pytest.importorskip("jupytext")
+nbclient = pytest.importorskip("nbclient")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))

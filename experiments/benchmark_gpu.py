@@ -1,0 +1,246 @@
+"""Every speed and memory figure of the GPU issue, in one run on one accelerator (under 5 minutes).
+
+    python -m experiments.benchmark_gpu [--out docs] [--sizes 1024,4096,16384] [--junit tests.xml]
+    python -m experiments.benchmark_gpu --add-tests tests.xml --out docs   # test counts only
+
+Measured on the default JAX device, each against a baseline measured in the same run:
+
+* every loss of ``experiments.benchmark_paths`` through ``batch_loss`` in the user's ``jit``
+  with traced labels, without and with the capacity hint, as a ratio to the similarity matmul
+  fwd+bwd at the same precision (float32-exact ``"highest"``, the default), and SupAP with the
+  TF32 opt-in (``precision="default"``) against the TF32 matmul;
+* the label paths (numpy / ``jnp`` closed over, traced, no ``jit``) against the fastest;
+* the list API (``jit(grad(mean(vmap(loss))))``) against ``batch_loss``;
+* SupAP fwd+bwd at ``B = 65536`` in a fresh process: time and the device's peak memory;
+* pytorch-metric-learning's SmoothAP, PNP and FastAP at ``B = 1024`` on the same GPU (when
+  torch sees one and the package is importable);
+* retrieval evaluation at 60k x 512 against a blocked PyTorch matmul + top-k loop, and a 1M x
+  512 gallery (``experiments.benchmark_eval_gpu``).
+
+It writes ``benchmarks_gpu.md`` and ``benchmarks_gpu.json`` into ``--out`` (the repository's
+``docs/`` by default) with the device, the jax version and the pass/fail counts of the test
+suite run on the same device (``--junit``: pytest's ``--junitxml`` file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import benchmark_paths as paths
+
+PML = {"smooth-ap": ("SmoothAPLoss", {"temperature": 0.01}),
+       "pnp-Dq": ("PNPLoss", {"variant": "Dq", "alpha": 4, "anneal": 0.01, "b": 2}),
+       "fastap": ("FastAPLoss", {"num_bins": 10})}
+LARGE_B = 65536
+
+
+def _large_child(b: int) -> None:
+    """In a fresh process: SupAP fwd+bwd at ``b`` (hint K - 1), time and peak device memory."""
+    emb, labels = paths.batch(b)
+    y = jnp.asarray(labels)
+    fn = jax.jit(jax.value_and_grad(lambda e, y: paths.rankax.batch_loss(
+        paths.rankax.supap_loss, e, y, max_positives=paths.K - 1, capacity_limit=paths.K - 1)))
+    t = paths.timed(lambda: fn(emb, y), repeats=3)
+    stats = jax.devices()[0].memory_stats() or {}
+    print("RESULT " + json.dumps({"b": b, "time_s": t, "peak_bytes": stats.get("peak_bytes_in_use")}))
+
+
+def large_batch_row(b: int = LARGE_B) -> dict:
+    cmd = [sys.executable, "-m", "experiments.benchmark_gpu", "--large-child", str(b)]
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if not lines:
+        return {"what": "large", "b": b, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    row = {"what": "large", **json.loads(lines[-1][7:])}
+    peak = row.get("peak_bytes")
+    print(f"B={b} supap fwd+bwd {row['time_s'] * 1e3:.0f} ms, peak device memory "
+          f"{peak / 2**30 if peak else float('nan'):.2f} GiB", flush=True)
+    return row
+
+
+def pml_rows(b: int = 1024) -> list[dict]:
+    """pytorch-metric-learning on the same GPU, against rankax's traced-label step."""
+    try:
+        import torch
+        from pytorch_metric_learning import losses as pml_losses
+    except ImportError as err:
+        return [{"what": "pml", "error": f"not installed: {err}"}]
+    if not torch.cuda.is_available():
+        return [{"what": "pml", "error": "torch sees no GPU"}]
+    rows = []
+    emb = torch.nn.functional.normalize(torch.randn(b, paths.D, device="cuda"), dim=1)
+    labels = torch.arange(b // paths.K, device="cuda").repeat_interleave(paths.K)
+    for name, (cls, kw) in PML.items():
+        criterion = getattr(pml_losses, cls)(**kw)
+
+        def step(criterion=criterion):
+            e = emb.clone().requires_grad_(True)
+            criterion(e, labels).backward()
+            torch.cuda.synchronize()
+
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            t = paths.timed(step, repeats=3)
+            peak = torch.cuda.max_memory_allocated()
+        except torch.OutOfMemoryError:
+            rows.append({"what": "pml", "loss": name, "b": b, "error": "out of memory"})
+            continue
+        finally:
+            torch.cuda.empty_cache()
+        ours, _ = paths.step_time(name, b, hint=True, precision="highest")
+        rows.append({"what": "pml", "loss": name, "b": b, "time_s": t, "peak_bytes": peak,
+                     "rankax_time_s": ours, "speedup": t / ours})
+        print(f"B={b} pml {cls} {t * 1e3:9.2f} ms ({peak / 2**30:.1f} GiB) vs rankax {ours * 1e3:.2f} ms "
+              f"= {t / ours:.0f}x", flush=True)
+    return rows
+
+
+def eval_rows() -> dict:
+    try:
+        from experiments import benchmark_eval_gpu
+    except ImportError as err:
+        return {"error": f"experiments.benchmark_eval_gpu unavailable: {err}"}
+    try:
+        return benchmark_eval_gpu.run()
+    except Exception as err:  # noqa: BLE001 -- a failed section must not lose the others
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+
+
+def test_counts(junit: str | None) -> dict | None:
+    if not junit or not Path(junit).exists():
+        return None
+    root = ET.parse(junit).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root)
+    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    failed = total["failures"] + total["errors"]
+    passed = total["tests"] - failed - total["skipped"]
+    return {"passed": passed, "failed": failed, "skipped": total["skipped"]}
+
+
+def summary(rows: list[dict], extra: dict) -> dict:
+    """The JSON the issue asks for: ratios by loss and batch size, list API, evaluation, tests."""
+    losses: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r.get("what") == "loss" and r["precision"] == "highest":
+            key = r["loss"] + ("" if r["hint"] else " (no hint)")
+            losses.setdefault(key, {})[str(r["b"])] = round(r["ratio"], 3)
+    tf32 = {str(r["b"]): round(r["ratio"], 3) for r in rows
+            if r.get("what") == "loss" and r["precision"] == "default" and r["hint"]}
+    list_api = [r for r in rows if r.get("what") == "list_api"]
+    evaluation = extra.get("evaluation", {})
+    return {
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "losses": losses,
+        "supap_tf32_opt_in": tf32,
+        "list_api_ratio": round(list_api[0]["ratio"], 3) if list_api else None,
+        "evaluate_ratio_to_topk_loop": evaluation.get("evaluate_ratio_to_topk_loop"),
+        "gpu_tests": extra.get("gpu_tests"),
+        "labels": {r["path"]: round(r["ratio"], 3) for r in rows if r.get("what") == "labels"},
+        "large_batch": extra.get("large"),
+        "pml": extra.get("pml"),
+        "evaluation": evaluation,
+    }
+
+
+def write(out: Path, result: dict, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks_gpu.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    lines = [
+        "# GPU benchmark",
+        "",
+        f"Generated by `python -m experiments.benchmark_gpu` on **{result['device']}**, jax "
+        f"{result['jax']}. fwd+bwd with respect to the `[B, 512]` embeddings, P x K batches "
+        "(K = 4), median of warm calls; every ratio is against a baseline of the same run.",
+        "",
+        "## Losses / similarity matmul (both float32-exact, `precision=\"highest\"`)",
+        "",
+    ]
+    sizes = sorted({r["b"] for r in rows if r.get("what") == "matmul"})
+    lines += ["| loss | " + " | ".join(f"B={b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for name, by_b in result["losses"].items():
+        cells = " | ".join(f"{by_b.get(str(b), float('nan')):.2f}" for b in sizes)
+        lines.append(f"| {name} | {cells} |")
+    mm = {(r["b"], r["precision"]): r["time_s"] for r in rows if r.get("what") == "matmul"}
+    lines += ["", "Matmul fwd+bwd: " + ", ".join(
+        f"B={b} {p}: {t * 1e3:.2f} ms" for (b, p), t in sorted(mm.items())), ""]
+    if result["supap_tf32_opt_in"]:
+        lines += [f"SupAP with the TF32 opt-in (`precision=\"default\"`) / TF32 matmul: "
+                  f"{result['supap_tf32_opt_in']}", ""]
+    lines += ["## Label paths (Smooth-AP) / fastest", "",
+              *[f"- {k}: {v:.2f}" for k, v in result["labels"].items()], ""]
+    lines += [f"## List API / batch_loss: {result['list_api_ratio']}", ""]
+    if result.get("large_batch"):
+        lines += [f"## SupAP at B = {LARGE_B}: {json.dumps(result['large_batch'])}", ""]
+    if result.get("pml"):
+        lines += ["## pytorch-metric-learning, same GPU", ""]
+        lines += [f"- {json.dumps(r)}" for r in result["pml"]] + [""]
+    evaluation = json.dumps(result["evaluation"], indent=1, default=float)
+    lines += ["## Evaluation", "", f"```\n{evaluation}\n```", ""]
+    lines += [f"## Test suite on this device: {result['gpu_tests']}", ""]
+    (out / "benchmarks_gpu.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="docs")
+    parser.add_argument("--sizes", default="1024,4096,16384")
+    parser.add_argument("--losses", default=",".join(paths.LOSSES))
+    parser.add_argument("--junit", default=None)
+    parser.add_argument("--add-tests", default=None, help="only add test counts to an existing JSON")
+    parser.add_argument("--large", type=int, default=LARGE_B)
+    parser.add_argument("--skip", default="", help="comma list of: pml,eval,large,tf32")
+    parser.add_argument("--large-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.large_child:
+        _large_child(args.large_child)
+        return
+    out = Path(args.out)
+    if args.add_tests:
+        saved = json.loads((out / "benchmarks_gpu.json").read_text())
+        saved["gpu_tests"] = test_counts(args.add_tests)
+        rows = json.loads((out / "benchmarks_gpu_rows.json").read_text())
+        write(out, saved, rows)
+        print("gpu_tests", saved["gpu_tests"])
+        return
+    skip = set(args.skip.split(","))
+    start = time.perf_counter()
+    print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    rows = paths.loss_rows(sizes, args.losses.split(","), "highest")
+    if "tf32" not in skip:
+        rows += paths.loss_rows([s for s in sizes if s >= 4096] or sizes, ["supap"], "default")
+    rows += paths.label_path_rows(min(4096, max(sizes)))
+    rows += paths.list_api_rows(min(1024, max(sizes)))
+    extra: dict = {"gpu_tests": test_counts(args.junit)}
+    if "large" not in skip:
+        extra["large"] = large_batch_row(args.large)
+    if "pml" not in skip:
+        extra["pml"] = pml_rows(min(1024, max(sizes)))
+    if "eval" not in skip:
+        extra["evaluation"] = eval_rows()
+    result = summary(rows, extra)
+    result["elapsed_s"] = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks_gpu_rows.json").write_text(json.dumps(rows, indent=1, default=float))
+    write(out, result, rows)
+    print(json.dumps({k: result[k] for k in ("losses", "list_api_ratio", "evaluate_ratio_to_topk_loop")},
+                     indent=1, default=float))
+    print(f"total {result['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

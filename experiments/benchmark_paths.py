@@ -1,0 +1,244 @@
+"""The call paths users write, each against its baseline measured in the same process and run.
+
+    python -m experiments.benchmark_paths [--sizes 1024,4096] [--losses supap,smooth-ap]
+        [--precision highest] [--json out.json]
+
+On whatever JAX backend is the default (CPU here, one GPU in ``experiments.benchmark_gpu``),
+with ``D = 512`` and P x K batches (``K = 4``), it times fwd+bwd with respect to the embeddings
+(compilation excluded, median of a few warm calls) of:
+
+* ``matmul``: the similarity matmul ``E E^T`` alone, at the loss's precision -- the floor;
+* every loss through ``rankax.batch_loss`` inside the user's ``jax.jit`` with *traced* labels
+  (the training-step path), without and with the capacity hint ``max_positives =
+  capacity_limit = K - 1`` (H-AP: ``[B, 2]`` label paths, 15 graded positives, hint 15);
+* the labels of one loss as numpy / ``jnp`` closed over in the user's ``jit``, as a traced
+  argument, and ``batch_loss`` called without ``jit`` (first call and warm calls);
+* the list API: ``jit(grad(mean(vmap(loss))))`` over the rows of ``E E^T`` with the diagonal
+  masked, against ``batch_loss`` on the same batch.
+
+Every row prints its ratio to its baseline. Ratios, not absolute times, are what to compare:
+the hosts these run on are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rankax
+
+K = 4
+D = 512
+# name -> (rankax.losses attribute, hyperparameters, label kind)
+LOSSES: dict[str, tuple[str, dict, str]] = {
+    "supap": ("supap_loss", {}, "flat"),
+    "roadmap": ("roadmap_loss", {}, "flat"),
+    "smooth-ap": ("smooth_ap_loss", {}, "flat"),
+    "pnp-Dq": ("pnp_loss", {"variant": "Dq", "alpha": 4.0}, "flat"),
+    "fastap": ("fast_ap_loss", {}, "flat"),
+    "hap": ("hap_loss", {}, "paths"),
+}
+HAP_POSITIVES = 4 * K - 1
+
+
+def batch(b: int, kind: str = "flat", d: int = D) -> tuple[jax.Array, np.ndarray]:
+    """L2-normalised random ``[b, d]`` embeddings and numpy labels (``[b]`` class ids, K per
+    class; ``"paths"``: ``[b, 2]`` class and super-class of 4 classes)."""
+    emb = jax.random.normal(jax.random.key(0), (b, d), jnp.float32)
+    emb = emb / jnp.linalg.norm(emb, axis=1, keepdims=True)
+    fine = np.repeat(np.arange(b // K, dtype=np.int32), K)
+    labels = fine if kind == "flat" else np.stack([fine, fine // 4], axis=1)
+    return emb, labels
+
+
+def timed(fn: Callable[[], Any], repeats: int = 7, budget_s: float = 10.0) -> float:
+    """Median seconds of warm calls (the first call, compilation included, is not counted)."""
+    jax.block_until_ready(fn())
+    times: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+        if sum(times) > budget_s:
+            break
+    return float(np.median(times))
+
+
+def matmul_time(b: int, precision: str, d: int = D) -> float:
+    """fwd+bwd of ``<G, E E^T>`` (a fixed cotangent ``G``): the similarity matmul alone."""
+    emb, _ = batch(b, d=d)
+    g = jax.random.normal(jax.random.key(1), (b, b), jnp.float32)
+    fn = jax.jit(jax.value_and_grad(lambda e, g: jnp.vdot(g, jnp.matmul(e, e.T, precision=precision))))
+    return timed(lambda: fn(emb, g))
+
+
+def loss_fn_of(name: str) -> tuple[Callable, dict, str]:
+    attr, hparams, kind = LOSSES[name]
+    return getattr(rankax.losses, attr), hparams, kind
+
+
+def step_time(name: str, b: int, hint: bool, precision: str) -> tuple[float, float]:
+    """(seconds, value) of ``jit(value_and_grad(batch_loss))`` with traced labels."""
+    loss_fn, hparams, kind = loss_fn_of(name)
+    emb, labels = batch(b, kind)
+    cap = (K - 1 if kind == "flat" else HAP_POSITIVES) if hint else None
+    kw = dict(max_positives=cap, capacity_limit=cap) if hint else {}
+
+    fn = jax.jit(jax.value_and_grad(
+        lambda e, y: rankax.batch_loss(loss_fn, e, y, precision=precision, **kw, **hparams)
+    ))
+    y = jnp.asarray(labels)
+    value = float(fn(emb, y)[0])
+    return timed(lambda: fn(emb, y)), value
+
+
+def loss_rows(sizes: list[int], names: list[str], precision: str) -> list[dict]:
+    """Every loss, with and without the hint, as a ratio to the matmul of the same size."""
+    rows = []
+    for b in sizes:
+        mm = matmul_time(b, precision)
+        rows.append(dict(what="matmul", b=b, precision=precision, time_s=mm, ratio=1.0))
+        print(f"B={b:6d} matmul ({precision}) fwd+bwd {mm * 1e3:8.2f} ms", flush=True)
+        for name in names:
+            for hint in (False, True):
+                t, value = step_time(name, b, hint, precision)
+                row = dict(what="loss", loss=name, b=b, hint=hint, precision=precision,
+                           time_s=t, value=value, ratio=t / mm)
+                rows.append(row)
+                print(f"B={b:6d} {name:10s} hint={hint!s:5s} {t * 1e3:8.2f} ms  = {t / mm:5.2f} x matmul",
+                      flush=True)
+    return rows
+
+
+def label_path_rows(b: int, name: str = "smooth-ap") -> list[dict]:
+    """The same loss with labels given five ways; ratios to the fastest of them."""
+    loss_fn, hparams, _ = loss_fn_of(name)
+    emb, labels_np = batch(b)
+    labels_jnp = jnp.asarray(labels_np)
+    grad = lambda f: jax.value_and_grad(f)  # noqa: E731
+    paths: dict[str, Callable[[], Any]] = {}
+    f_np = jax.jit(grad(lambda e: rankax.batch_loss(loss_fn, e, labels_np, **hparams)))
+    paths["numpy closed over"] = lambda: f_np(emb)
+    f_jnp = jax.jit(grad(lambda e: rankax.batch_loss(loss_fn, e, labels_jnp, **hparams)))
+    paths["jnp closed over"] = lambda: f_jnp(emb)
+    f_tr = jax.jit(grad(lambda e, y: rankax.batch_loss(loss_fn, e, y, **hparams)))
+    paths["traced argument"] = lambda: f_tr(emb, labels_jnp)
+    paths["traced + hint"] = (lambda f: lambda: f(emb, labels_jnp))(jax.jit(grad(
+        lambda e, y: rankax.batch_loss(loss_fn, e, y, max_positives=K - 1, capacity_limit=K - 1, **hparams)
+    )))
+    eager = grad(lambda e: rankax.batch_loss(loss_fn, e, labels_np, **hparams))
+    start = time.perf_counter()
+    jax.block_until_ready(eager(emb))
+    first = time.perf_counter() - start
+    paths["no jit (numpy labels)"] = lambda: eager(emb)
+    times = {k: timed(v) for k, v in paths.items()}
+    best = min(times.values())
+    rows = [dict(what="labels", loss=name, b=b, path=k, time_s=t, ratio=t / best) for k, t in times.items()]
+    rows.append(dict(what="labels", loss=name, b=b, path="no jit, first call", time_s=first,
+                     ratio=first / best))
+    for r in rows:
+        print(f"B={b:6d} {name} labels: {r['path']:24s} {r['time_s'] * 1e3:9.2f} ms "
+              f"= {r['ratio']:5.2f} x fastest", flush=True)
+    return rows
+
+
+def list_api_rows(b: int, name: str = "supap") -> list[dict]:
+    """``jit(grad(mean(vmap(loss))))`` over the masked rows of ``E E^T`` vs ``batch_loss``."""
+    loss_fn, hparams, _ = loss_fn_of(name)
+    emb, labels = batch(b)
+    y = jnp.asarray(labels)
+
+    def list_api(e, y):
+        scores = jnp.matmul(e, e.T, precision="highest")
+        rel = (y[:, None] == y[None, :]).astype(jnp.float32)
+        where = ~jnp.eye(e.shape[0], dtype=bool)
+        one_list = lambda s, r, w: loss_fn(s, r, where=w, reduce_fn=None, **hparams)  # noqa: E731
+        return jnp.mean(jax.vmap(one_list)(scores, rel, where))
+
+    start = time.perf_counter()
+    f_list = jax.jit(jax.value_and_grad(list_api)).lower(emb, y).compile()
+    compile_s = time.perf_counter() - start
+    f_batch = jax.jit(jax.value_and_grad(lambda e, y: rankax.batch_loss(loss_fn, e, y, **hparams)))
+    t_list, t_batch = timed(lambda: f_list(emb, y)), timed(lambda: f_batch(emb, y))
+    (v_list, g_list), (v_batch, g_batch) = f_list(emb, y), f_batch(emb, y)
+    err = float(jnp.max(jnp.abs(g_list - g_batch)) / jnp.max(jnp.abs(g_batch)))
+    row = dict(what="list_api", loss=name, b=b, time_s=t_list, batch_time_s=t_batch, ratio=t_list / t_batch,
+               compile_s=compile_s, value_diff=abs(float(v_list) - float(v_batch)), grad_rel_err=err)
+    print(f"B={b:6d} list API ({name}) {t_list * 1e3:8.2f} ms vs batch_loss {t_batch * 1e3:8.2f} ms "
+          f"= {row['ratio']:.2f} x (compiled in {compile_s:.1f} s; |dvalue| {row['value_diff']:.1e}, "
+          f"grad rel err {err:.1e})", flush=True)
+    return [row]
+
+
+def markdown(out: dict) -> str:
+    """The rows as ``docs/benchmarks_paths.md``."""
+    rows = out["rows"]
+    sizes = sorted({r["b"] for r in rows if r["what"] == "matmul"})
+    lines = [
+        "# Call paths against their baselines",
+        "",
+        f"Generated by `python -m experiments.benchmark_paths` (`make bench`) on {out['device']}, "
+        f"jax {out['jax']}, {out['cores']} CPU cores (shared: ratios within one run, not absolute "
+        "times, are the result). fwd+bwd w.r.t. `[B, 512]` embeddings, K = 4, median of warm calls.",
+        "",
+        "## Losses through `batch_loss`, traced labels, / similarity matmul (both `precision=\"highest\"`)",
+        "",
+        "| loss | hint | " + " | ".join(f"B={b}" for b in sizes) + " |",
+        "|---|---|" + "---|" * len(sizes),
+    ]
+    names = list(dict.fromkeys(r["loss"] for r in rows if r["what"] == "loss"))
+    for name in names:
+        for hint in (False, True):
+            by_b = {r["b"]: r["ratio"] for r in rows if r["what"] == "loss" and r["loss"] == name
+                    and r["hint"] == hint}
+            cells = " | ".join(f"{by_b[b]:.2f}" if b in by_b else "" for b in sizes)
+            lines.append(f"| {name} | {'K-1' if hint else 'none'} | {cells} |")
+    mm = ", ".join(f"B={r['b']}: {r['time_s'] * 1e3:.1f} ms" for r in rows if r["what"] == "matmul")
+    lines += ["", f"Matmul fwd+bwd: {mm}.", "", "## Labels given five ways (Smooth-AP) / the fastest", ""]
+    lines += [f"- {r['path']}: {r['time_s'] * 1e3:.1f} ms = {r['ratio']:.2f}x"
+              for r in rows if r["what"] == "labels"]
+    lines += ["", "## The list API (`jit(grad(mean(vmap(loss))))`) / `batch_loss`", ""]
+    lines += [f"- B={r['b']}: {r['time_s'] * 1e3:.1f} ms vs {r['batch_time_s'] * 1e3:.1f} ms = "
+              f"{r['ratio']:.2f}x, compiled in {r['compile_s']:.1f} s"
+              for r in rows if r["what"] == "list_api"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1024,4096")
+    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--precision", default="highest")
+    parser.add_argument("--label-size", type=int, default=1024)
+    parser.add_argument("--list-sizes", default="1024")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--docs", default=None, help="write benchmarks_paths.md into this folder")
+    args = parser.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    names = [x for x in args.losses.split(",") if x]
+    print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
+    rows = loss_rows(sizes, names, args.precision)
+    rows += label_path_rows(args.label_size)
+    for b in [int(x) for x in args.list_sizes.split(",") if x]:
+        rows += list_api_rows(b)
+    out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "cores": os.cpu_count(),
+           "rows": rows}
+    if args.docs:
+        with open(os.path.join(args.docs, "benchmarks_paths.md"), "w") as f:
+            f.write(markdown(out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
