@@ -75,7 +75,8 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
     emb = emb.astype(jnp.promote_types(emb.dtype, jnp.float32))
     emb = jnp.where(valid[..., None], emb, 0.0)  # masked rows may hold anything, NaN included
     prox = prox.astype(jnp.promote_types(prox.dtype, jnp.float32))
-    logits = _l2_normalise(emb) @ _l2_normalise(prox).T / temperature
+    # float32-exact on every backend (a GPU's default matmul is TF32), like the batch path.
+    logits = jnp.matmul(_l2_normalise(emb), _l2_normalise(prox).T, precision="highest") / temperature
     values = optax.softmax_cross_entropy_with_integer_labels(logits, lab)
     # A NaN/inf embedding (its row) or proxy (every row): NaN value and gradients.
     bad = _lists.nonfinite_lists(emb, None) | jnp.any(_lists.nonfinite_lists(prox, None))
