@@ -35,9 +35,10 @@ test: $(TEST)
 ## e.g. `pip install -U "jax[cuda13]"` there, or `make test-gpu GPU_PY=python3`).
 GPU_PY ?= $(PY)
 GPU_WORKERS ?= 8
+PYTEST_ARGS ?=
 test-gpu:
 	@$(GPU_PY) -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 'test-gpu: jax sees no GPU; install a CUDA jax (pip install -U \"jax[cuda13]\")')"
-	XLA_PYTHON_CLIENT_PREALLOCATE=false $(GPU_PY) -m pytest -n $(GPU_WORKERS) -q tests
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(GPU_PY) -m pytest -n $(GPU_WORKERS) -q $(PYTEST_ARGS) tests
 
 lint: $(TEST)
 	$(VENV)/bin/ruff check .

@@ -196,12 +196,14 @@ def write(out: Path, result: dict, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs")
-    parser.add_argument("--sizes", default="1024,4096,16384")
+    parser.add_argument("--sizes", default="4096,16384")
     parser.add_argument("--losses", default=",".join(paths.LOSSES))
     parser.add_argument("--junit", default=None)
     parser.add_argument("--add-tests", default=None, help="only add test counts to an existing JSON")
     parser.add_argument("--large", type=int, default=LARGE_B)
     parser.add_argument("--skip", default="", help="comma list of: pml,eval,large,tf32")
+    parser.add_argument("--budget-s", type=float, default=240.0,
+                        help="the loss sweep stops adding rows after this many seconds")
     parser.add_argument("--large-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.large_child:
@@ -217,10 +219,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     skip = set(args.skip.split(","))
     start = time.perf_counter()
+    paths.DEADLINE = start + args.budget_s * 0.55  # leaves room for the sections after it
     print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
     sizes = [int(x) for x in args.sizes.split(",")]
     rows = paths.loss_rows(sizes, args.losses.split(","), "highest")
     if "tf32" not in skip:
+        paths.DEADLINE += args.budget_s * 0.1
         rows += paths.loss_rows([s for s in sizes if s >= 4096] or sizes, ["supap"], "default")
     rows += paths.label_path_rows(min(4096, max(sizes)))
     rows += paths.list_api_rows(min(1024, max(sizes)))

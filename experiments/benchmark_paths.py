@@ -47,6 +47,8 @@ LOSSES: dict[str, tuple[str, dict, str]] = {
     "hap": ("hap_loss", {}, "paths"),
 }
 HAP_POSITIVES = 4 * K - 1
+#: ``time.perf_counter()`` after which the loops below stop adding rows (a budgeted run).
+DEADLINE = float("inf")
 
 
 def batch(b: int, kind: str = "flat", d: int = D) -> tuple[jax.Array, np.ndarray]:
@@ -109,6 +111,9 @@ def loss_rows(sizes: list[int], names: list[str], precision: str) -> list[dict]:
         print(f"B={b:6d} matmul ({precision}) fwd+bwd {mm * 1e3:8.2f} ms", flush=True)
         for name in names:
             for hint in (False, True):
+                if time.perf_counter() > DEADLINE:
+                    print(f"time budget spent: B={b} {name} hint={hint} and later rows skipped")
+                    return rows
                 t, value = step_time(name, b, hint, precision)
                 row = dict(what="loss", loss=name, b=b, hint=hint, precision=precision,
                            time_s=t, value=value, ratio=t / mm)
