@@ -53,7 +53,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 from jax.typing import ArrayLike
 
@@ -355,31 +354,52 @@ def batch_statistics(
 
         return run
 
-    # Each rung under its own checkpoint: the switch then keeps only its operands for the backward
-    # pass, not every rung's residuals (zeros of [block, capacity, N] for the rungs not taken).
-    branches = [jax.checkpoint(at_capacity(c), prevent_cse=False) for c in capacities]
+    # With block_size="auto" and at most SAVED_SCORES_ELEMENTS scores, the scores are computed
+    # once, outside the block loop, and kept for the backward pass (no second matmul); else each
+    # block computes its own and its backward pass recomputes them (O(block * N) memory).
+    padded = jnp.minimum(block_rows, num_q - 1)
+    kept = None
+    if keep_scores:
+        kept = jnp.matmul(q_emb[padded.reshape(-1)], i_emb.T, precision=precision)
+        kept = kept.reshape(num_blocks, block, n)
 
-    def block_statistics(rows: Array) -> tuple[dict[str, Array], Array]:
+    def block_inputs(rows: Array, scores: Array | None) -> tuple[Array, Array, Array]:
+        """``[block, N]`` scores, relevance and validity of the lists of ``rows``."""
         valid = rows < num_q
         rows = jnp.minimum(rows, num_q - 1)
-        scores = checkpoint_name(jnp.matmul(q_emb[rows], i_emb.T, precision=precision), "rankax_scores")
+        if scores is None:
+            scores = jnp.matmul(q_emb[rows], i_emb.T, precision=precision)
         where = _list_masks(rows, valid, qidx, mask, include_self)
         rel = rel_fn(q_lab[rows], i_lab).astype(jnp.float32)
         if not graded:
             rel = (rel > 0).astype(jnp.float32)
-        most = jnp.max(jnp.sum((rel > 0) & where, axis=-1))
-        if len(branches) == 1:
-            return branches[0](scores, rel, where), most
-        level = jnp.searchsorted(jnp.asarray(capacities), most, side="left")
-        stats = jax.lax.switch(jnp.minimum(level, len(branches) - 1), branches, scores, rel, where)
-        return stats, most
+        return scores, rel, where
 
-    # The backward pass recomputes each block from its query rows; with block_size="auto" the
-    # scores themselves are kept (no second matmul) while all of them fit SAVED_SCORES_ELEMENTS.
-    policy = jax.checkpoint_policies.save_only_these_names("rankax_scores") if keep_scores else None
+    def most_positives(rel: Array, where: Array) -> Array:
+        return jnp.max(jnp.sum((rel > 0) & where, axis=-1))
+
+    def all_blocks(capacity: int) -> tuple[dict[str, Array], Array]:
+        """Statistics of every block at one capacity, and each block's largest positive count
+        (each block checkpointed: its backward pass recomputes it from its inputs)."""
+        tile_fn = at_capacity(capacity)
+
+        def block_statistics(xs: tuple[Array, Array | None]) -> tuple[dict[str, Array], Array]:
+            scores, rel, where = block_inputs(*xs)
+            return tile_fn(scores, rel, where), most_positives(rel, where)
+
+        return jax.lax.map(jax.checkpoint(block_statistics, prevent_cse=False), (block_rows, kept))
+
     with _lists.capacity_checked():
-        block_fn = jax.checkpoint(block_statistics, prevent_cse=False, policy=policy)
-        per_block, most = jax.lax.map(block_fn, block_rows)
+        if len(capacities) == 1:
+            per_block, most = all_blocks(capacities[0])
+        else:
+            # One capacity for the whole call, chosen after a cheap pass that only counts
+            # positives. The switch sits outside the block loops, so the rungs not taken keep no
+            # residuals for the backward pass.
+            counts = jax.lax.map(lambda rows: most_positives(*block_inputs(rows, None)[1:]), block_rows)
+            level = jnp.searchsorted(jnp.asarray(capacities), jnp.max(counts))
+            rungs = [functools.partial(all_blocks, c) for c in capacities]
+            per_block, most = jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
     if capacities[-1] < n and exact is None:
         # One host check per call (not per block): a list beyond the largest rung was computed
         # with some positives missing, so the call raises instead of returning that value.
