@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import jax
@@ -137,58 +136,6 @@ def _topk_step(q, self_index, chunks, *, k: int, n: int):
     return scores, index
 
 
-def _scores_of(q, chunks, columns):
-    """Scores of ``q [b, D]`` against gallery rows ``columns [U]`` with the chunk kernel."""
-    g, d = chunks.shape[1], chunks.shape[2]
-    rows = jnp.take(chunks.reshape(-1, d), columns, axis=0).reshape(-1, g, d)
-    s = jax.lax.map(lambda chunk: _chunk_scores(chunk, q), rows)  # [U / G, G, b]
-    return s.reshape(-1, q.shape[0]).T
-
-
-def _rank_step(q, self_index, pos_slot, pos_mask, union, chunks, *, n: int):
-    """Exact ranks of the positives of one query block.
-
-    Args:
-      q: ``[b, D]`` queries; self_index: ``[b]`` gallery row of the query itself or -1.
-      pos_slot: ``[b, C]`` position of each positive in ``union``; pos_mask: ``[b, C]``.
-      union: ``[U]`` gallery rows holding the positives of the block (U a multiple of G).
-
-    Returns:
-      ``(rank, rank_pos)`` ``[b, C]`` float32: the number of gallery items, and of
-      positives, scoring at least as high as each positive (itself included).
-    """
-    g = chunks.shape[1]
-    pos_index = jnp.take(union, pos_slot)  # [b, C] gallery rows of the positives
-    pos_s = jnp.take_along_axis(_scores_of(q, chunks, union), pos_slot, axis=1)
-    pos_s = jnp.where(pos_mask, pos_s, jnp.inf)  # empty slots count nothing
-
-    b = q.shape[0]
-
-    def count_rows(count, row):  # row: [b] scores of one gallery item
-        return count + (row[:, None] >= pos_s).astype(jnp.int32), None
-
-    def step(carry, xs):
-        count, own_hit = carry
-        c, chunk = xs
-        s = _chunk_scores(chunk, q)  # [G, b]
-        s = jnp.where(_valid_columns(c, g, n, self_index).T, s, -jnp.inf)
-        count, _ = jax.lax.scan(count_rows, count, s, unroll=8)
-        # Whether each positive counted itself (it does when its two scores are bitwise
-        # equal, which the shared kernel gives); corrected below so that it counts once.
-        local = pos_index - c * g
-        here = (local >= 0) & (local < g)
-        own = s[jnp.clip(local, 0, g - 1), jnp.arange(b)[:, None]]
-        own_hit += (here & (own >= pos_s)).astype(jnp.int32)
-        return (count, own_hit), None
-
-    zeros = jnp.zeros(pos_s.shape, jnp.int32)
-    (count, own_hit), _ = jax.lax.scan(step, (zeros, zeros), (jnp.arange(chunks.shape[0]), chunks))
-    count = count - own_hit
-    before_pos = (pos_s[:, None, :] >= pos_s[:, :, None]) & pos_mask[:, None, :]
-    rank_pos = jnp.sum(before_pos, axis=-1)  # includes the positive itself
-    return (1 + count).astype(jnp.float32), rank_pos.astype(jnp.float32)
-
-
 # ----------------------------------------------------------------------------- public API
 
 
@@ -253,71 +200,253 @@ def _query_blocks(queries: np.ndarray, block_size: int, mesh: Mesh | None, self_
         yield start, qb, self_index
 
 
-class PositiveIndex:
-    """For each query, the gallery rows sharing its class (host side, numpy).
+# ----------------------------------------------------------------------------- positive ranks
 
-    Args:
-      query_classes: ``[Q]`` int class ids; gallery_classes: ``[N]`` int class ids.
-      self_excluded: the queries are the gallery; query ``i`` is not its own positive.
+
+class ClassLayout(NamedTuple):
+    """Queries and gallery sorted by ``(gallery size of the class, class)``.
+
+    In that order the gallery rows of a query's class are one run ``[lo, hi)``, the runs of
+    consecutive queries are non-decreasing, and so are the queries' numbers of positives.
+    Everything is indexed in the sorted orders.
     """
 
-    def __init__(self, query_classes: np.ndarray, gallery_classes: np.ndarray, self_excluded: bool):
-        self.order = np.argsort(gallery_classes, kind="stable")
-        sorted_classes = gallery_classes[self.order]
-        self.lo = np.searchsorted(sorted_classes, query_classes, side="left")
-        self.hi = np.searchsorted(sorted_classes, query_classes, side="right")
-        self.counts = self.hi - self.lo - (1 if self_excluded else 0)
-        self.self_excluded = self_excluded
+    query_order: np.ndarray  # [Q] original index of each sorted query
+    gallery_order: np.ndarray  # [N] original index of each sorted gallery row
+    lo: np.ndarray  # [Q] first sorted-gallery row of the query's class
+    hi: np.ndarray  # [Q] one past its last (lo = hi = 0 when the class is not in the gallery)
+    self_index: np.ndarray  # [Q] sorted-gallery row of the query itself, or -1
+    num_pos: np.ndarray  # [Q] number of positives
 
-    def block(self, start: int, b: int, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(pos_slot [b, C], pos_mask [b, C], union [U])`` for queries ``start:start+b``."""
-        stop = min(start + b, len(self.lo))
-        rows = []
-        for q in range(start, stop):
-            r = self.order[self.lo[q] : self.hi[q]]
-            rows.append(r[r != q] if self.self_excluded else r)
-        c = _bucket(max([len(r) for r in rows] + [1]))
-        union = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
-        slot = np.zeros((b, c), np.int32)
-        mask = np.zeros((b, c), bool)
-        for i, r in enumerate(rows):
-            slot[i, : len(r)] = np.searchsorted(union, r)
-            mask[i, : len(r)] = True
-        size = min(_bucket(max(len(union), 1)), len(self.order))  # at most the whole gallery
-        padded_union = np.zeros(_round_up(size, g), np.int32)
-        padded_union[: len(union)] = union
-        return slot, mask, padded_union
+    @property
+    def span(self) -> np.ndarray:
+        return self.hi - self.lo
+
+
+def class_layout(query_classes: np.ndarray, gallery_classes: np.ndarray, self_excluded: bool) -> ClassLayout:
+    """The sorted layout of :class:`ClassLayout` (host side, numpy, ``O(N log N)``)."""
+    classes, first, size = np.unique(gallery_classes, return_index=True, return_counts=True)
+
+    def size_of(c):
+        i = np.clip(np.searchsorted(classes, c), 0, len(classes) - 1)
+        return np.where(classes[i] == c, size[i], 0)
+
+    gallery_order = np.lexsort((gallery_classes, size_of(gallery_classes))).astype(np.int64)
+    sorted_classes = gallery_classes[gallery_order]
+    run_start = np.flatnonzero(np.r_[True, sorted_classes[1:] != sorted_classes[:-1]])
+    run_class = sorted_classes[run_start]
+    if self_excluded:
+        query_order = gallery_order
+        query_size = size_of(sorted_classes)
+    else:
+        query_size = size_of(query_classes)
+        query_order = np.lexsort((query_classes, query_size)).astype(np.int64)
+        query_size = query_size[query_order]
+    sorted_query_classes = query_classes[query_order]
+    by_class = np.argsort(run_class)
+    i = np.clip(np.searchsorted(run_class[by_class], sorted_query_classes), 0, len(run_class) - 1)
+    lo = np.where(query_size > 0, run_start[by_class[i]], 0)
+    hi = lo + query_size
+    q = len(query_order)
+    self_index = np.arange(q) if self_excluded else np.full(q, -1)
+    num_pos = query_size - (1 if self_excluded else 0)
+    return ClassLayout(query_order, gallery_order, lo, hi, self_index, num_pos)
+
+
+def _coarse_bucket(x: int) -> int:
+    """The next of 1, 2, 3, 4, 6, 8, 12, 16, ... (2^k or 3 * 2^(k-1)): at most 50% padding,
+    a handful of compiled shapes across sizes."""
+    p = _bucket(x)
+    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= x else p
+
+
+def _count_at_least(count, s, x, by_rows: bool):
+    """``count[b, C] += #{g : s[g, b] >= x[b, C]}`` for a score tile ``s [G, b]``.
+
+    On the CPU a loop over the tile's rows (each a contiguous ``[b]`` vector) vectorises ~5x
+    better than XLA's reduction of the ``[G, b, C]`` comparison, which is what GPUs want.
+    """
+    if by_rows:
+        return jax.lax.fori_loop(
+            0, s.shape[0], lambda g, c: c + (s[g][:, None] >= x).astype(jnp.int32), count, unroll=8
+        )
+    return count + jnp.sum(s[:, :, None] >= x[None], axis=0, dtype=jnp.int32)
+
+
+def _positive_ranks_block(
+    q, lo, hi, self_index, base, chunks, num_chunks, n, *, c: int, t: int, by_rows: bool
+):
+    """Exact ranks of the positives of one query block: one matmul per gallery chunk.
+
+    Args:
+      q: ``[b, D]`` queries; lo, hi: ``[b]`` their positives' run of gallery rows; self_index:
+        ``[b]`` the query's own row or -1.
+      base: first gallery row of ``t`` chunks' worth of rows holding every run of the block.
+      chunks: ``[num_chunks_padded, G, D]`` gallery (zero rows past ``n``); num_chunks: the
+        chunks holding real rows.
+
+    Returns:
+      ``(rank, rank_pos)`` ``[b, C]`` int32: ``1 +`` the number of gallery items other than the
+      positive (and the query) scoring at least as high as it (:math:`H(0) = 1`), and the same
+      among the positives. Slots ``lo + j`` outside ``[lo, hi)`` or on the query are garbage.
+    """
+    b = q.shape[0]
+    g, d = chunks.shape[1], chunks.shape[2]
+    slot = lo[:, None] + jnp.arange(c)[None, :]  # [b, C] gallery rows
+    in_run = slot < hi[:, None]
+    mask = in_run & (slot != self_index[:, None])
+    # The positives' scores from the very kernel (and tile shape) of the pass below, so that
+    # equal embeddings score bitwise equal and stay tied.
+    rows = jax.lax.dynamic_slice_in_dim(chunks.reshape(-1, d), base, t * g).reshape(t, g, d)
+    run_scores = jax.lax.map(lambda tile: _chunk_scores(tile, q), rows).reshape(t * g, b)
+    cols = jnp.arange(b)[:, None]
+    x = jnp.where(mask, run_scores[jnp.clip(slot - base, 0, t * g - 1), cols], jnp.inf)
+
+    def step(i, carry):
+        count, own = carry
+        chunk = jax.lax.dynamic_index_in_dim(chunks, i, keepdims=False)
+        s = _chunk_scores(chunk, q)  # [G, b]
+        count = _count_at_least(count, s, x, by_rows)
+        # The run's own scores in this pass, to take the positive and the query out of count.
+        local = slot - i * g
+        here = in_run & (local >= 0) & (local < g)
+        own = jnp.where(here, s[jnp.clip(local, 0, g - 1), cols], own)
+        return count, own
+
+    zeros = jnp.zeros((b, c), jnp.int32)
+    count, own = jax.lax.fori_loop(0, num_chunks, step, (zeros, jnp.full((b, c), -jnp.inf)))
+    own_self = jnp.take_along_axis(own, jnp.clip(self_index - lo, 0, c - 1)[:, None], axis=1)
+    count -= (own >= x).astype(jnp.int32)  # the positive itself
+    count -= ((self_index >= 0)[:, None] & (own_self >= x)).astype(jnp.int32)  # the query
+    count -= (num_chunks * g - n) * (0.0 >= x).astype(jnp.int32)  # zero padding rows
+    rank_pos = jnp.sum((x[:, None, :] >= x[:, :, None]) & mask[:, None, :], axis=-1)
+    return 1 + count, rank_pos.astype(jnp.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def _positive_ranks_fn(mesh: Mesh | None, c: int, t: int, by_rows: bool):
+    """One compiled program per ``(mesh, C, T)`` and shapes: a loop over the query blocks."""
+
+    def run(q, lo, hi, self_index, base, num_blocks, chunks, num_chunks, n):
+        nb, b = base.shape[0], q.shape[0] // base.shape[0]
+        block = functools.partial(_positive_ranks_block, c=c, t=t, by_rows=by_rows)
+
+        def step(i, out):
+            sl = lambda a: jax.lax.dynamic_slice_in_dim(a, i * b, b)
+            r = block(sl(q), sl(lo), sl(hi), sl(self_index), base[i], chunks, num_chunks, n)
+            put = lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, i * b, 0)
+            return tuple(put(o, v) for o, v in zip(out, r, strict=True))
+
+        init = (jnp.zeros((nb * b, c), jnp.int32),) * 2
+        return jax.lax.fori_loop(0, num_blocks[0], step, init)
+
+    if mesh is None:
+        return jax.jit(run)
+    q_spec = P(_AXIS)
+    return jax.jit(jax.shard_map(
+        run, mesh=mesh, in_specs=(q_spec,) * 6 + (P(), P(), P()), out_specs=(q_spec, q_spec),
+        check_vma=False,
+    ))
 
 
 def positive_ranks(
     queries: np.ndarray,
-    gallery: Gallery,
-    positives: PositiveIndex,
+    gallery: np.ndarray,
+    layout: ClassLayout,
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    gallery_block_size: int = DEFAULT_GALLERY_BLOCK_SIZE,
     mesh: Mesh | None = None,
-) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Yields ``(start, m, rank [m, C], rank_pos [m, C], mask [m, C])`` block by block.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ranks of every query's positives, in the sorted order of ``layout``.
 
-    ``rank`` counts the gallery items scoring at least as high as the positive (itself
-    included, the query excluded when ``positives.self_excluded``): its exact rank with
-    :math:`H(0) = 1`; ``rank_pos`` the same among the positives.
+    ``queries [Q, D]`` and ``gallery [N, D]`` are in their original order (the same array when
+    the query set is the gallery). Returns ``(rank, rank_pos, mask)``, ``[Q, C]`` for the
+    sorted queries: ``rank`` counts the gallery items scoring at least as high as the positive,
+    itself included and the query excluded -- its exact rank with :math:`H(0) = 1`, counted
+    without any sort; ``rank_pos`` the same among the positives; ``mask`` the filled slots.
+
+    Queries are grouped by the power of two ``C >= 8`` above their run length on the CPU (the
+    count costs ``O(C)`` per score there), in one group on accelerators; each group is one
+    compiled loop over query blocks and gallery chunks, and its results reach the host once.
+    Shapes are padded to coarse buckets so that other sizes mostly reuse the programs.
     """
-    fn = _shard(
-        functools.partial(_rank_step, n=gallery.size), mesh,
-        in_specs=(P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS), P(), P()),
-        out_specs=(P(_AXIS), P(_AXIS)),
-    )
-    g = gallery.chunks.shape[1]
-    for start, qb, self_index in _query_blocks(queries, block_size, mesh, positives.self_excluded):
-        b = qb.shape[0]
-        slot, mask, union = positives.block(start, b, g)
-        rank, rank_pos = fn(
-            _put_queries(qb, mesh), _put_queries(self_index, mesh), _put_queries(slot, mesh),
-            _put_queries(mask, mesh), jnp.asarray(union), gallery.chunks,
-        )
-        m = min(b, queries.shape[0] - start)
-        yield start, m, np.asarray(rank)[:m], np.asarray(rank_pos)[:m], mask[:m]
+    devices = 1 if mesh is None else mesh.size
+    by_rows = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform == "cpu"
+    n, d = gallery.shape
+    g = min(gallery_block_size, _round_up(n, 8))
+    num_chunks = -(-n // g)
+    padded = np.zeros((_coarse_bucket(num_chunks) * g, d), np.float32)
+    padded[:n] = gallery[layout.gallery_order]
+    chunks = padded.reshape(-1, g, d)
+    put = lambda a, spec: jnp.asarray(a) if mesh is None else jax.device_put(a, NamedSharding(mesh, spec))
+    chunks = put(chunks, P())
+    consts = (chunks, put(np.int32(num_chunks), P()), put(np.int32(n), P()))
+
+    span = layout.span
+    c_all = np.maximum(8, [_bucket(v) for v in np.maximum(span, 1)]) if by_rows else None
+    groups = _split_groups(c_all, len(span), max(span.max(initial=1), 1))
+    b = _round_up(min(block_size, len(span)), devices)
+    pending = []
+    for start, stop, c in groups:
+        args, t = _group_inputs(queries, layout, start, stop, b, g, devices, len(padded))
+        fn = _positive_ranks_fn(mesh, c, t, by_rows)
+        rank, rank_pos = fn(*(put(a, P(_AXIS)) for a in args), *consts)
+        pending.append((start, stop, c, rank, rank_pos))
+    c_max = max(c for _, _, c, _, _ in pending)
+    rank = np.ones((len(span), c_max), np.int64)
+    rank_pos = np.ones((len(span), c_max), np.int64)
+    fetched = jax.device_get([(r, rp) for *_, r, rp in pending])  # one transfer
+    for (start, stop, c, _, _), (r, rp) in zip(pending, fetched, strict=True):
+        rows = _device_rows(stop - start, b, devices, r.shape[0])
+        rank[start:stop, :c] = np.asarray(r)[rows]
+        rank_pos[start:stop, :c] = np.asarray(rp)[rows]
+    slot = layout.lo[:, None] + np.arange(c_max)[None, :]
+    mask = (slot < layout.hi[:, None]) & (slot != layout.self_index[:, None])
+    return rank, rank_pos, mask
+
+
+def _split_groups(c_all: np.ndarray | None, q: int, max_span: int) -> list[tuple[int, int, int]]:
+    """``(start, stop, C)`` runs of sorted queries sharing a slot count ``C``."""
+    if c_all is None:
+        return [(0, q, _bucket(max_span))]
+    edges = np.flatnonzero(np.r_[True, c_all[1:] != c_all[:-1], True])
+    return [(int(a), int(z), int(c_all[a])) for a, z in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _device_rows(m: int, b: int, devices: int, total: int) -> np.ndarray:
+    """Rows of the device output holding sorted queries ``0..m-1`` of a group."""
+    per_device = total // devices
+    blocks_per_device = -(-m // (b * devices)) if m else 0
+    used = blocks_per_device * b
+    i = np.arange(m)
+    return (i // used) * per_device + i % used
+
+
+def _group_inputs(queries, layout: ClassLayout, start: int, stop: int, b: int, g: int, devices: int,
+                  padded_rows: int):
+    """Blocked, padded inputs of one group: each device gets a whole number of blocks."""
+    m = stop - start
+    blocks_per_device = -(-m // (b * devices))
+    slots = _coarse_bucket(blocks_per_device)  # padded blocks per device: fewer shapes
+    order = layout.query_order[start:stop]
+    q_rows = np.zeros((devices * slots * b, queries.shape[1]), np.float32)
+    lo = np.zeros(devices * slots * b, np.int32)
+    hi = np.zeros_like(lo)
+    self_index = np.full_like(lo, -1)
+    dest = _device_rows(m, b, devices, len(lo))
+    q_rows[dest] = queries[order]
+    lo[dest], hi[dest] = layout.lo[start:stop], layout.hi[start:stop]
+    self_index[dest] = layout.self_index[start:stop]
+    has = np.zeros(len(lo), bool)
+    has[dest] = layout.num_pos[start:stop] > 0
+    blo = np.where(has, lo, np.iinfo(np.int32).max).reshape(-1, b).min(1)
+    bhi = np.where(has, hi, 0).reshape(-1, b).max(1)
+    width = int(np.max(bhi - np.minimum(blo, bhi), initial=1))
+    t = max(-(-width // g), 1)
+    base = np.clip(np.minimum(blo, bhi), 0, max(padded_rows - t * g, 0)).astype(np.int32)
+    num_blocks = np.full(devices, blocks_per_device, np.int32)
+    return (q_rows, lo, hi, self_index, base, num_blocks), t
 
 
 # ----------------------------------------------------------------------------- hierarchy
