@@ -260,6 +260,11 @@ def _coarse_bucket(x: int) -> int:
     return 3 * p // 4 if p >= 4 and 3 * p // 4 >= x else p
 
 
+def _count_by_rows(platform: str) -> bool:
+    """Whether to count row by row and group queries by slot count (CPU) or not (accelerators)."""
+    return platform == "cpu"
+
+
 def _count_at_least(count, s, x, by_rows: bool):
     """``count[b, C] += #{g : s[g, b] >= x[b, C]}`` for a score tile ``s [G, b]``.
 
@@ -372,7 +377,7 @@ def positive_ranks(
     Shapes are padded to coarse buckets so that other sizes mostly reuse the programs.
     """
     devices = 1 if mesh is None else mesh.size
-    by_rows = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform == "cpu"
+    by_rows = _count_by_rows((mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform)
     n, d = gallery.shape
     g = min(gallery_block_size, _round_up(n, 8))
     num_chunks = -(-n // g)
