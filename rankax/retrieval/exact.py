@@ -34,6 +34,8 @@ Array = jax.Array
 
 DEFAULT_BLOCK_SIZE = 512
 DEFAULT_GALLERY_BLOCK_SIZE = 4096
+# Accelerators: bigger tiles, fewer loop steps (each step costs a few kernel launches).
+ACCELERATOR_BLOCK_SIZES = (2048, 8192)
 _AXIS = "queries"
 
 
@@ -260,6 +262,18 @@ def _coarse_bucket(x: int) -> int:
     return 3 * p // 4 if p >= 4 and 3 * p // 4 >= x else p
 
 
+def block_sizes(block_size: int | None, gallery_block_size: int | None, mesh: Mesh | None = None):
+    """``(block_size, gallery_block_size)``, each None replaced by the default of the platform."""
+    cpu = _platform(mesh) == "cpu"
+    default = (DEFAULT_BLOCK_SIZE, DEFAULT_GALLERY_BLOCK_SIZE) if cpu else ACCELERATOR_BLOCK_SIZES
+    return (default[0] if block_size is None else block_size,
+            default[1] if gallery_block_size is None else gallery_block_size)
+
+
+def _platform(mesh: Mesh | None) -> str:
+    return (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+
+
 def _count_by_rows(platform: str) -> bool:
     """Whether to count row by row and group queries by slot count (CPU) or not (accelerators)."""
     return platform == "cpu"
@@ -332,13 +346,18 @@ def _positive_ranks_block(
 def _positive_ranks_fn(mesh: Mesh | None, c: int, t: int, by_rows: bool):
     """One compiled program per ``(mesh, C, T)`` and shapes: a loop over the query blocks."""
 
-    def run(q, lo, hi, self_index, base, num_blocks, chunks, num_chunks, n):
-        nb, b = base.shape[0], q.shape[0] // base.shape[0]
+    def run(q, lo, hi, self_index, base, num_blocks, chunks, num_chunks, n, q_start):
+        """``q`` ``[nb * b, D]``, or ``[0, D]``: rows ``q_start + ...`` of the gallery."""
+        nb, b = base.shape[0], lo.shape[0] // base.shape[0]
         block = functools.partial(_positive_ranks_block, c=c, t=t, by_rows=by_rows)
 
         def step(i, out):
             sl = lambda a: jax.lax.dynamic_slice_in_dim(a, i * b, b)
-            r = block(sl(q), sl(lo), sl(hi), sl(self_index), base[i], chunks, num_chunks, n)
+            if q.shape[0]:
+                qb = sl(q)
+            else:
+                qb = jax.lax.dynamic_slice_in_dim(chunks.reshape(-1, chunks.shape[2]), q_start + i * b, b)
+            r = block(qb, sl(lo), sl(hi), sl(self_index), base[i], chunks, num_chunks, n)
             put = lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, i * b, 0)
             return tuple(put(o, v) for o, v in zip(out, r, strict=True))
 
@@ -349,7 +368,7 @@ def _positive_ranks_fn(mesh: Mesh | None, c: int, t: int, by_rows: bool):
         return jax.jit(run)
     q_spec = P(_AXIS)
     return jax.jit(jax.shard_map(
-        run, mesh=mesh, in_specs=(q_spec,) * 6 + (P(), P(), P()), out_specs=(q_spec, q_spec),
+        run, mesh=mesh, in_specs=(q_spec,) * 6 + (P(),) * 4, out_specs=(q_spec, q_spec),
         check_vma=False,
     ))
 
@@ -359,8 +378,8 @@ def positive_ranks(
     gallery: np.ndarray,
     layout: ClassLayout,
     *,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    gallery_block_size: int = DEFAULT_GALLERY_BLOCK_SIZE,
+    block_size: int | None = None,
+    gallery_block_size: int | None = None,
     mesh: Mesh | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact ranks of every query's positives, in the sorted order of ``layout``.
@@ -377,12 +396,17 @@ def positive_ranks(
     Shapes are padded to coarse buckets so that other sizes mostly reuse the programs.
     """
     devices = 1 if mesh is None else mesh.size
-    by_rows = _count_by_rows((mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform)
+    by_rows = _count_by_rows(_platform(mesh))
+    block_size, gallery_block_size = block_sizes(block_size, gallery_block_size, mesh)
     n, d = gallery.shape
+    b = _round_up(min(block_size, len(layout.lo)), devices)
     g = min(gallery_block_size, _round_up(n, 8))
     num_chunks = -(-n // g)
-    padded = np.zeros((_coarse_bucket(num_chunks) * g, d), np.float32)
-    padded[:n] = gallery[layout.gallery_order]
+    # The query set is the gallery: blocks of queries are read from the gallery on the device
+    # (which then holds a block of spare rows), not sent twice.
+    from_gallery = mesh is None and bool(np.all(layout.self_index >= 0))
+    padded = np.zeros((_coarse_bucket(-(-(n + b * from_gallery) // g)) * g, d), np.float32)
+    np.take(gallery, layout.gallery_order, axis=0, out=padded[:n])
     chunks = padded.reshape(-1, g, d)
     put = lambda a, spec: jnp.asarray(a) if mesh is None else jax.device_put(a, NamedSharding(mesh, spec))
     chunks = put(chunks, P())
@@ -391,12 +415,12 @@ def positive_ranks(
     span = layout.span
     c_all = np.maximum(8, [_bucket(v) for v in np.maximum(span, 1)]) if by_rows else None
     groups = _split_groups(c_all, len(span), max(span.max(initial=1), 1))
-    b = _round_up(min(block_size, len(span)), devices)
     pending = []
     for start, stop, c in groups:
-        args, t = _group_inputs(queries, layout, start, stop, b, g, devices, len(padded))
+        args, t = _group_inputs(None if from_gallery else queries, layout, start, stop, b, g, devices,
+                                len(padded))
         fn = _positive_ranks_fn(mesh, c, t, by_rows)
-        rank, rank_pos = fn(*(put(a, P(_AXIS)) for a in args), *consts)
+        rank, rank_pos = fn(*(put(a, P(_AXIS)) for a in args), *consts, put(np.int32(start), P()))
         pending.append((start, stop, c, rank, rank_pos))
     c_max = max(c for _, _, c, _, _ in pending)
     rank = np.ones((len(span), c_max), np.int64)
@@ -434,13 +458,15 @@ def _group_inputs(queries, layout: ClassLayout, start: int, stop: int, b: int, g
     m = stop - start
     blocks_per_device = -(-m // (b * devices))
     slots = _coarse_bucket(blocks_per_device)  # padded blocks per device: fewer shapes
-    order = layout.query_order[start:stop]
-    q_rows = np.zeros((devices * slots * b, queries.shape[1]), np.float32)
     lo = np.zeros(devices * slots * b, np.int32)
     hi = np.zeros_like(lo)
     self_index = np.full_like(lo, -1)
     dest = _device_rows(m, b, devices, len(lo))
-    q_rows[dest] = queries[order]
+    if queries is None:  # read from the gallery (see positive_ranks)
+        q_rows = np.zeros((0, 1), np.float32)
+    else:
+        q_rows = np.zeros((len(lo), queries.shape[1]), np.float32)
+        q_rows[dest] = queries[layout.query_order[start:stop]]
     lo[dest], hi[dest] = layout.lo[start:stop], layout.hi[start:stop]
     self_index[dest] = layout.self_index[start:stop]
     has = np.zeros(len(lo), bool)
