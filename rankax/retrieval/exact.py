@@ -293,14 +293,14 @@ def _count_at_least(count, s, x, by_rows: bool):
 
 
 def _positive_ranks_block(
-    q, lo, hi, self_index, base, chunks, num_chunks, n, *, c: int, t: int, by_rows: bool
+    q, lo, hi, self_index, first, chunks, num_chunks, n, *, c: int, t: int, by_rows: bool
 ):
     """Exact ranks of the positives of one query block: one matmul per gallery chunk.
 
     Args:
       q: ``[b, D]`` queries; lo, hi: ``[b]`` their positives' run of gallery rows; self_index:
         ``[b]`` the query's own row or -1.
-      base: first gallery row of ``t`` chunks' worth of rows holding every run of the block.
+      first: the first of ``t`` consecutive chunks holding every run of the block.
       chunks: ``[num_chunks_padded, G, D]`` gallery (zero rows past ``n``); num_chunks: the
         chunks holding real rows.
 
@@ -310,33 +310,26 @@ def _positive_ranks_block(
       among the positives. Slots ``lo + j`` outside ``[lo, hi)`` or on the query are garbage.
     """
     b = q.shape[0]
-    g, d = chunks.shape[1], chunks.shape[2]
+    g = chunks.shape[1]
     slot = lo[:, None] + jnp.arange(c)[None, :]  # [b, C] gallery rows
-    in_run = slot < hi[:, None]
-    mask = in_run & (slot != self_index[:, None])
-    # The positives' scores from the very kernel (and tile shape) of the pass below, so that
+    mask = (slot < hi[:, None]) & (slot != self_index[:, None])
+    # The chunks holding the runs go first: the positives' scores (and the query's own) are read
+    # off their tiles, then counted against like every other chunk's. One kernel, one shape:
     # equal embeddings score bitwise equal and stay tied.
-    rows = jax.lax.dynamic_slice_in_dim(chunks.reshape(-1, d), base, t * g).reshape(t, g, d)
-    run_scores = jax.lax.map(lambda tile: _chunk_scores(tile, q), rows).reshape(t * g, b)
+    run_chunks = jax.lax.dynamic_slice_in_dim(chunks, first, t)
+    run_scores = jax.lax.map(lambda chunk: _chunk_scores(chunk, q), run_chunks).reshape(t * g, b)
     cols = jnp.arange(b)[:, None]
-    x = jnp.where(mask, run_scores[jnp.clip(slot - base, 0, t * g - 1), cols], jnp.inf)
+    at = lambda rows: run_scores[jnp.clip(rows - first * g, 0, t * g - 1), cols]
+    x = jnp.where(mask, at(slot), jnp.inf)
+    count = _count_at_least(jnp.zeros((b, c), jnp.int32), run_scores, x, by_rows)
 
-    def step(i, carry):
-        count, own = carry
-        chunk = jax.lax.dynamic_index_in_dim(chunks, i, keepdims=False)
-        s = _chunk_scores(chunk, q)  # [G, b]
-        count = _count_at_least(count, s, x, by_rows)
-        # The run's own scores in this pass, to take the positive and the query out of count.
-        local = slot - i * g
-        here = in_run & (local >= 0) & (local < g)
-        own = jnp.where(here, s[jnp.clip(local, 0, g - 1), cols], own)
-        return count, own
+    def step(i, count):
+        chunk = jax.lax.dynamic_index_in_dim(chunks, jnp.where(i < first, i, i + t), keepdims=False)
+        return _count_at_least(count, _chunk_scores(chunk, q), x, by_rows)
 
-    zeros = jnp.zeros((b, c), jnp.int32)
-    count, own = jax.lax.fori_loop(0, num_chunks, step, (zeros, jnp.full((b, c), -jnp.inf)))
-    own_self = jnp.take_along_axis(own, jnp.clip(self_index - lo, 0, c - 1)[:, None], axis=1)
-    count -= (own >= x).astype(jnp.int32)  # the positive itself
-    count -= ((self_index >= 0)[:, None] & (own_self >= x)).astype(jnp.int32)  # the query
+    count = jax.lax.fori_loop(0, num_chunks - t, step, count)
+    count -= (at(slot) >= x).astype(jnp.int32)  # the positive itself
+    count -= ((self_index >= 0)[:, None] & (at(self_index[:, None]) >= x)).astype(jnp.int32)  # query
     count -= (num_chunks * g - n) * (0.0 >= x).astype(jnp.int32)  # zero padding rows
     rank_pos = jnp.sum((x[:, None, :] >= x[:, :, None]) & mask[:, None, :], axis=-1)
     return 1 + count, rank_pos.astype(jnp.int32)
@@ -418,7 +411,7 @@ def positive_ranks(
     pending = []
     for start, stop, c in groups:
         args, t = _group_inputs(None if from_gallery else queries, layout, start, stop, b, g, devices,
-                                len(padded))
+                                num_chunks)
         fn = _positive_ranks_fn(mesh, c, t, by_rows)
         rank, rank_pos = fn(*(put(a, P(_AXIS)) for a in args), *consts, put(np.int32(start), P()))
         pending.append((start, stop, c, rank, rank_pos))
@@ -453,7 +446,7 @@ def _device_rows(m: int, b: int, devices: int, total: int) -> np.ndarray:
 
 
 def _group_inputs(queries, layout: ClassLayout, start: int, stop: int, b: int, g: int, devices: int,
-                  padded_rows: int):
+                  num_chunks: int):
     """Blocked, padded inputs of one group: each device gets a whole number of blocks."""
     m = stop - start
     blocks_per_device = -(-m // (b * devices))
@@ -471,11 +464,15 @@ def _group_inputs(queries, layout: ClassLayout, start: int, stop: int, b: int, g
     self_index[dest] = layout.self_index[start:stop]
     has = np.zeros(len(lo), bool)
     has[dest] = layout.num_pos[start:stop] > 0
-    blo = np.where(has, lo, np.iinfo(np.int32).max).reshape(-1, b).min(1)
-    bhi = np.where(has, hi, 0).reshape(-1, b).max(1)
-    width = int(np.max(bhi - np.minimum(blo, bhi), initial=1))
-    t = max(-(-width // g), 1)
-    base = np.clip(np.minimum(blo, bhi), 0, max(padded_rows - t * g, 0)).astype(np.int32)
+    # The chunks holding each block's runs (the query's own row included): t of them from base.
+    in_run = has | (self_index >= 0)
+    blo = np.where(in_run, np.minimum(lo, np.where(self_index >= 0, self_index, lo)), 2**31 - 1)
+    bhi = np.where(in_run, np.maximum(hi, self_index + 1), 0)
+    blo, bhi = blo.reshape(-1, b).min(1), bhi.reshape(-1, b).max(1)
+    first = np.minimum(blo, bhi) // g
+    t = int(np.max(-(-bhi // g) - first, initial=1))
+    t = max(t, 1)
+    base = np.minimum(first, num_chunks - t).astype(np.int32)
     num_blocks = np.full(devices, blocks_per_device, np.int32)
     return (q_rows, lo, hi, self_index, base, num_blocks), t
 
