@@ -26,7 +26,7 @@ def _as_embeddings(x, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold at least one embedding of dimension >= 1, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    a = a.astype(np.float32)
+    a = a.astype(np.float32, copy=False)
     bad = ~np.isfinite(a)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])

@@ -415,15 +415,15 @@ def positive_ranks(
         fn = _positive_ranks_fn(mesh, c, t, by_rows)
         rank, rank_pos = fn(*(put(a, P(_AXIS)) for a in args), *consts, put(np.int32(start), P()))
         pending.append((start, stop, c, rank, rank_pos))
-    c_max = max(c for _, _, c, _, _ in pending)
-    rank = np.ones((len(span), c_max), np.int64)
-    rank_pos = np.ones((len(span), c_max), np.int64)
+    width = int(max(span.max(initial=1), 1))  # slots past the longest run are empty
+    rank = np.ones((len(span), width), np.int32)
+    rank_pos = np.ones((len(span), width), np.int32)
     fetched = jax.device_get([(r, rp) for *_, r, rp in pending])  # one transfer
     for (start, stop, c, _, _), (r, rp) in zip(pending, fetched, strict=True):
         rows = _device_rows(stop - start, b, devices, r.shape[0])
-        rank[start:stop, :c] = np.asarray(r)[rows]
-        rank_pos[start:stop, :c] = np.asarray(rp)[rows]
-    slot = layout.lo[:, None] + np.arange(c_max)[None, :]
+        rank[start:stop, : min(c, width)] = r[rows, :width]
+        rank_pos[start:stop, : min(c, width)] = rp[rows, :width]
+    slot = layout.lo[:, None] + np.arange(width)[None, :]
     mask = (slot < layout.hi[:, None]) & (slot != layout.self_index[:, None])
     return rank, rank_pos, mask
 
