@@ -383,8 +383,9 @@ def positive_ranks(
     itself included and the query excluded -- its exact rank with :math:`H(0) = 1`, counted
     without any sort; ``rank_pos`` the same among the positives; ``mask`` the filled slots.
 
-    Queries are grouped by the power of two ``C >= 8`` above their run length on the CPU (the
-    count costs ``O(C)`` per score there), in one group on accelerators; each group is one
+    On the CPU (where the count costs ``O(C)`` per score) the blocks of sorted queries are
+    grouped by ``C``, the power of two >= 8 above their longest run; on accelerators there is
+    one group. Each group is one
     compiled loop over query blocks and gallery chunks, and its results reach the host once.
     Shapes are padded to coarse buckets so that other sizes mostly reuse the programs.
     """
@@ -399,7 +400,7 @@ def positive_ranks(
     # (which then holds a block of spare rows), not sent twice.
     from_gallery = mesh is None and bool(np.all(layout.self_index >= 0))
     padded = np.zeros((_coarse_bucket(-(-(n + b * from_gallery) // g)) * g, d), np.float32)
-    np.take(gallery, layout.gallery_order, axis=0, out=padded[:n])
+    np.take(gallery, layout.gallery_order, axis=0, out=padded[:n], mode="clip")  # unbuffered
     chunks = padded.reshape(-1, g, d)
     put = lambda a, spec: jnp.asarray(a) if mesh is None else jax.device_put(a, NamedSharding(mesh, spec))
     chunks = put(chunks, P())
@@ -407,7 +408,7 @@ def positive_ranks(
 
     span = layout.span
     c_all = np.maximum(8, [_bucket(v) for v in np.maximum(span, 1)]) if by_rows else None
-    groups = _split_groups(c_all, len(span), max(span.max(initial=1), 1))
+    groups = _split_groups(c_all, len(span), max(span.max(initial=1), 1), b)
     pending = []
     for start, stop, c in groups:
         args, t = _group_inputs(None if from_gallery else queries, layout, start, stop, b, g, devices,
@@ -428,12 +429,15 @@ def positive_ranks(
     return rank, rank_pos, mask
 
 
-def _split_groups(c_all: np.ndarray | None, q: int, max_span: int) -> list[tuple[int, int, int]]:
-    """``(start, stop, C)`` runs of sorted queries sharing a slot count ``C``."""
+def _split_groups(c_all: np.ndarray | None, q: int, max_span: int, b: int) -> list[tuple[int, int, int]]:
+    """``(start, stop, C)`` runs of whole blocks of ``b`` sorted queries sharing a slot count
+    ``C`` (that of the block's last, longest-run query): no block is split between groups."""
     if c_all is None:
         return [(0, q, _bucket(max_span))]
-    edges = np.flatnonzero(np.r_[True, c_all[1:] != c_all[:-1], True])
-    return [(int(a), int(z), int(c_all[a])) for a, z in zip(edges[:-1], edges[1:], strict=True)]
+    c_block = c_all[np.minimum(np.arange(b, q + b, b), q) - 1]
+    edges = np.flatnonzero(np.r_[True, c_block[1:] != c_block[:-1], True])
+    runs = zip(edges[:-1], edges[1:], strict=True)
+    return [(int(a) * b, min(int(z) * b, q), int(c_block[a])) for a, z in runs]
 
 
 def _device_rows(m: int, b: int, devices: int, total: int) -> np.ndarray:
