@@ -1,19 +1,22 @@
-"""Exact retrieval in JAX: blocked top-k and the exact ranks of every query's positives.
+"""Exact retrieval in JAX: blocked top-k, and the exact ranks of every query's positives.
 
-Both stream the gallery: queries are processed in blocks of ``block_size`` (a Python loop,
-one compiled step per block shape), and inside a step the gallery is scanned in chunks of
-``gallery_block_size`` rows, so the largest array is the ``[block, chunk]`` score tile and the
-memory is ``O(block * N)`` at most -- an ``N x N`` score matrix is never formed. Every score
-comes from the same ``[chunk, D] x [D, block]`` product (:func:`_chunk_scores`) with the same
-shapes, so a score computed in two passes agrees (ties between duplicated embeddings stay
-ties); a positive's count of itself is corrected by index, so its rank never depends on it.
-
-With several devices the query block is split over a one-axis mesh (``shard_map``, axis
-``"queries"``); the gallery is replicated. Results do not depend on the number of devices.
+Both stream the gallery in chunks of ``gallery_block_size`` rows, so the largest array is one
+``[chunk, block]`` score tile and an ``N x N`` score matrix is never formed. Every score comes
+from the same ``[chunk, D] x [D, block]`` product (:func:`_chunk_scores`, float32 with
+``Precision.HIGHEST``) with the same shapes, so a score read twice agrees bitwise (ties between
+duplicated embeddings stay ties).
 
 Ranks follow rankax's tie rule :math:`H(0) = 1`: the rank of positive ``p`` of query ``q`` is
-the number of gallery items (the query itself excluded when the query set is the gallery)
-scoring at least ``s_qp``, counted chunk by chunk -- no sort.
+one plus the number of other gallery items (the query itself excluded when the query set is
+the gallery) scoring at least ``s_qp``. :func:`positive_ranks` counts them -- no sort, no
+top-k: queries and gallery are sorted by class (:func:`class_layout`) so that a block's
+positives lie in a few consecutive chunks; those chunks are scored first (giving the
+positives' scores), then every chunk's tile is computed once and compared with them. One
+compiled loop over query blocks and gallery chunks per group of queries, results brought to
+the host once.
+
+With several devices the queries are split over a one-axis mesh (``shard_map``, axis
+``"queries"``); the gallery is replicated. Results do not depend on the number of devices.
 """
 
 from __future__ import annotations
@@ -175,10 +178,7 @@ def knn(
         raise ValueError(f"k must be in [1, {n}] for this gallery, got {k}")
     mesh = query_mesh() if mesh is None else mesh
     gal = put_gallery(gallery, gallery_block_size, mesh)
-    fn = _shard(
-        functools.partial(_topk_step, k=k, n=gal.size), mesh,
-        in_specs=(P(_AXIS), P(_AXIS), P()), out_specs=(P(_AXIS), P(_AXIS)),
-    )
+    fn = _topk_fn(mesh, k, gal.size)
     out_s, out_i = [], []
     for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
         s, i = fn(_put_queries(qb, mesh), _put_queries(self_index, mesh), gal.chunks)
@@ -186,6 +186,15 @@ def knn(
         out_s.append(np.asarray(s)[:m])
         out_i.append(np.asarray(i)[:m])
     return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=32)
+def _topk_fn(mesh: Mesh | None, k: int, n: int):
+    """Compiled once per ``(mesh, k, n)`` (and shapes), not per call."""
+    return _shard(
+        functools.partial(_topk_step, k=k, n=n), mesh,
+        in_specs=(P(_AXIS), P(_AXIS), P()), out_specs=(P(_AXIS), P(_AXIS)),
+    )
 
 
 def _query_blocks(queries: np.ndarray, block_size: int, mesh: Mesh | None, self_excluded: bool):
@@ -556,6 +565,14 @@ def _hierarchy_step(q, self_index, q_paths, chunks, g_paths, *, n: int, rule: st
     return hap, ndcg, asi, has_relevant
 
 
+@functools.lru_cache(maxsize=32)
+def _hierarchy_fn(mesh: Mesh | None, n: int, rule: str, alpha: float):
+    return _shard(
+        functools.partial(_hierarchy_step, n=n, rule=rule, alpha=alpha), mesh,
+        in_specs=(P(_AXIS), P(_AXIS), P(_AXIS), P(), P()), out_specs=(P(_AXIS),) * 4,
+    )
+
+
 def hierarchical_metrics(
     queries: np.ndarray,
     query_paths: np.ndarray,
@@ -569,10 +586,7 @@ def hierarchical_metrics(
     mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-query ``hap``, ``ndcg``, ``asi`` and ``has_relevant`` over the whole gallery."""
-    fn = _shard(
-        functools.partial(_hierarchy_step, n=gallery.size, rule=rule, alpha=alpha), mesh,
-        in_specs=(P(_AXIS), P(_AXIS), P(_AXIS), P(), P()), out_specs=(P(_AXIS),) * 4,
-    )
+    fn = _hierarchy_fn(mesh, gallery.size, rule, alpha)
     g_paths = jnp.asarray(gallery_paths)
     out: dict[str, list] = {"hap": [], "ndcg": [], "asi": [], "has_relevant": []}
     for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
