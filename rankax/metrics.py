@@ -43,8 +43,10 @@ Array = jax.Array
 
 
 __all__ = [
+    "ap_from_ranks",
     "asi",
     "average_precision",
+    "binary_from_ranks",
     "hap",
     "map_at_r",
     "ndcg",
@@ -66,10 +68,67 @@ def _metric(kernel, scores, labels, where, reduce_fn, max_positives):
     return _lists.kernel_lists(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
 
 
+# ----------------------------------------------------------------------------- from exact ranks
+#
+# The one implementation of each binary metric given the exact ranks of the positives. The list
+# metrics below and the dataset-level evaluation (``rankax.retrieval``, which calls them on numpy
+# float64 arrays) both use these; they work on numpy and jax arrays alike.
+
+
+def _xp(x):
+    return jnp if isinstance(x, jax.Array) else np
+
+
+def _per_positive(x, mask, num_pos):
+    """``sum(x over the filled slots) / num_pos`` (0 where ``num_pos = 0``)."""
+    xp = _xp(x)
+    return xp.sum(xp.where(mask, x, 0.0), axis=-1) / xp.maximum(num_pos, 1)
+
+
+def ap_from_ranks(rank, rank_pos, mask, num_pos):
+    """AP, :math:`\\frac{1}{R}\\sum_{p} \\mathrm{rank}^+(p)/\\mathrm{rank}(p)` over the ``[..., C]``
+    slots (``mask``), ``R = num_pos [...]`` (all positives must be in the slots)."""
+    return _per_positive(rank_pos / rank, mask, num_pos)
+
+
+def map_at_r_from_ranks(rank, rank_pos, mask, num_pos):
+    """MAP@R: the AP sum restricted to positives with ``rank <= R``, divided by ``R``."""
+    in_top_r = mask & (rank <= num_pos[..., None])
+    return _per_positive(rank_pos / rank, in_top_r, num_pos)
+
+
+def r_precision_from_ranks(rank, mask, num_pos):
+    """R-precision: ``#{p : rank(p) <= R} / R``."""
+    in_top_r = mask & (rank <= num_pos[..., None])
+    return _per_positive(_xp(rank).ones_like(rank), in_top_r, num_pos)
+
+
+def recall_at_k_from_ranks(rank, mask, k: int):
+    """Metric-learning R@k: 1.0 where some positive has ``rank <= k``."""
+    xp = _xp(rank)
+    return xp.any(mask & (rank <= k), axis=-1).astype(rank.dtype)
+
+
+def binary_from_ranks(rank, rank_pos, mask, num_pos, ks=(), *, full: bool = True) -> dict:
+    """``{"map", "map@r", "r_precision", "recall@k"...}`` per list from exact ranks ``[..., C]``.
+
+    ``full=False`` leaves out ``"map"`` (for ranks known only down to some depth >= R).
+    """
+    out = {"map": ap_from_ranks(rank, rank_pos, mask, num_pos)} if full else {}
+    out["map@r"] = map_at_r_from_ranks(rank, rank_pos, mask, num_pos)
+    out["r_precision"] = r_precision_from_ranks(rank, mask, num_pos)
+    for k in ks:
+        out[f"recall@{k}"] = recall_at_k_from_ranks(rank, mask, k)
+    return out
+
+
+# ----------------------------------------------------------------------------- list metrics
+
+
 def _ap_kernel(scores, labels, where, positives):
     # apply_kernel gathers every positive, so the filled slots are the |P| positives.
     rank, rank_pos = ranking.exact_ranks(scores, labels, where, positives)
-    return _lists.ap_from_ranks(rank, rank_pos, positives)
+    return ap_from_ranks(rank, rank_pos, positives.mask, _lists.num_positives(labels, where))
 
 
 @_lists.validated(graded=True)
@@ -95,8 +154,7 @@ def average_precision(
 
 def _recall_kernel(scores, labels, where, positives, *, k):
     rank, _ = ranking.exact_ranks(scores, labels, where, positives)
-    hit = positives.mask & (rank <= k)
-    return jnp.any(hit, axis=-1).astype(jnp.float32)
+    return recall_at_k_from_ranks(rank, positives.mask, k)
 
 
 @_lists.validated(graded=True)
@@ -122,10 +180,7 @@ def recall_at_k(
 
 def _map_at_r_kernel(scores, labels, where, positives):
     rank, rank_pos = ranking.exact_ranks(scores, labels, where, positives)
-    r = _lists.num_positives(labels, where)
-    in_top_r = positives.mask & (rank <= r[..., None])
-    ratio = jnp.where(in_top_r, rank_pos / rank, 0.0)
-    return _lists.safe_divide(jnp.sum(ratio, axis=-1), r)
+    return map_at_r_from_ranks(rank, rank_pos, positives.mask, _lists.num_positives(labels, where))
 
 
 @_lists.validated(graded=True)
@@ -148,9 +203,7 @@ def map_at_r(
 
 def _r_precision_kernel(scores, labels, where, positives):
     rank, _ = ranking.exact_ranks(scores, labels, where, positives)
-    r = _lists.num_positives(labels, where)
-    hits = jnp.sum(positives.mask & (rank <= r[..., None]), axis=-1)
-    return _lists.safe_divide(hits.astype(jnp.float32), r)
+    return r_precision_from_ranks(rank, positives.mask, _lists.num_positives(labels, where))
 
 
 @_lists.validated(graded=True)

@@ -286,3 +286,104 @@ def test_sharded_equals_single_device():
     assert sharded.keys() == single.keys()
     for key in single:
         assert sharded[key] == pytest.approx(single[key], abs=1e-6), key
+
+
+# ----------------------------------------------------------------------------- exact fast path
+
+
+def np_ranks(s, positive):
+    """Per positive: #items scoring >= it (H(0) = 1), and the same among the positives."""
+    sp = s[positive]
+    return (s[None, :] >= sp[:, None]).sum(1), (sp[None, :] >= sp[:, None]).sum(1)
+
+
+def np_reference(queries, qy, gallery, gy, ks, self_excluded):
+    """Per-query metrics: AP from scikit-learn, the others from the definition; NaN without
+    positives. Scores in float64."""
+    from sklearn.metrics import average_precision_score
+
+    s = queries.astype(np.float64) @ gallery.astype(np.float64).T
+    out = {key: np.full(len(queries), np.nan) for key in ["map", "map@r", "r_precision"]}
+    out.update({f"recall@{k}": np.full(len(queries), np.nan) for k in ks})
+    for i in range(len(queries)):
+        keep = np.arange(len(gallery)) != i if self_excluded else np.ones(len(gallery), bool)
+        si, pos = s[i, keep], gy[keep] == qy[i]
+        if not pos.any():
+            continue
+        r = pos.sum()
+        rank, rank_pos = np_ranks(si, pos)
+        out["map"][i] = average_precision_score(pos, si)
+        out["map@r"][i] = np.sum(np.where(rank <= r, rank_pos / rank, 0.0)) / r
+        out["r_precision"][i] = np.sum(rank <= r) / r
+        for k in ks:
+            out[f"recall@{k}"][i] = float(rank.min() <= k)
+    return out
+
+
+def tied_data(seed, n=150, d=5):
+    """Integer embeddings (exact ties), exact duplicates of float rows, singletons and classes
+    of 1 to 40 items (several slot groups, runs wider than a gallery chunk)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
+    x[n // 2 :] += rng.normal(size=(n - n // 2, d)).astype(np.float32)
+    x[-10:] = x[-20:-10]  # duplicated float rows, same class below: tied positives
+    sizes = [1, 1, 1, 2, 3, 5, 9, 17, 40]
+    y = np.concatenate([np.full(k, c) for c, k in enumerate(sizes)])
+    y = np.concatenate([y, rng.integers(100, 120, size=n - len(y))])
+    y[-10:] = y[-20:-10]
+    return x, y
+
+
+@pytest.mark.parametrize("count_by_rows", [True, False], ids=["cpu-count", "accelerator-count"])
+@pytest.mark.parametrize("separate", [False, True], ids=["self-excluded", "separate-gallery"])
+def test_exact_fast_path_matches_numpy_reference(monkeypatch, count_by_rows, separate):
+    from rankax.retrieval import exact
+
+    monkeypatch.setattr(exact, "_count_by_rows", lambda platform: count_by_rows)
+    x, y = tied_data(8)
+    ks = (1, 3, 10)
+    if separate:
+        q, qy, g, gy = x[::3], y[::3], np.delete(x, np.s_[::3], 0), np.delete(y, np.s_[::3])
+        qy = qy.copy()
+        qy[0] = 999  # a query whose class is not in the gallery
+    else:
+        q, qy, g, gy = x, y, None, None
+    got = retrieval.evaluate(q, qy, g, gy, ks=ks, block_size=16, gallery_block_size=8,
+                             return_per_query=True)
+    want = np_reference(q, qy, x if g is None else g, y if gy is None else gy, ks, not separate)
+    for key, value in want.items():
+        np.testing.assert_allclose(got["per_query"][key], value, atol=1e-12, err_msg=key)
+        assert got[key] == pytest.approx(np.nanmean(value), abs=1e-12), key
+    assert got["num_queries_without_positive"] == int(np.isnan(want["map"]).sum()) >= (1 if separate else 3)
+
+
+def test_exact_float_data_matches_argsort():
+    """No ties: R@k and MAP@R from a plain numpy argsort of float64 scores."""
+    x, y = clustered(9, 700, d=16, clusters=60, noise=1.0)
+    got = retrieval.evaluate(x, y, ks=(1, 5), block_size=128, gallery_block_size=64,
+                             return_per_query=True)
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(s, -np.inf)
+    order = np.argsort(-s, axis=1)[:, :-1]  # the query itself last, dropped
+    match = y[order] == y[:, None]
+    r = match.sum(1)
+    places = np.arange(1, match.shape[1] + 1)
+    has = r > 0
+    prec = np.cumsum(match, 1) / places
+    in_r = match & (places <= r[:, None])
+    map_r = np.where(in_r, prec, 0).sum(1)[has] / r[has]
+    np.testing.assert_allclose(got["per_query"]["map@r"][has], map_r, atol=1e-12)
+    np.testing.assert_allclose(got["per_query"]["recall@5"][has], match[has, :5].any(1))
+    ap = np.where(match, prec, 0).sum(1)[has] / r[has]
+    np.testing.assert_allclose(got["per_query"]["map"][has], ap, atol=1e-12)
+
+
+def test_exact_repeated_calls_reuse_compiled_programs():
+    from rankax.retrieval import exact
+
+    x, y = tied_data(10)
+    retrieval.evaluate(x, y, block_size=16, gallery_block_size=8)
+    before = exact._positive_ranks_fn.cache_info()
+    retrieval.evaluate(x[:140], y[:140], block_size=16, gallery_block_size=8)
+    after = exact._positive_ranks_fn.cache_info()
+    assert after.misses == before.misses  # same groups, slot counts and run widths

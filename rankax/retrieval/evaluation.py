@@ -9,6 +9,7 @@ import numpy as np
 from jax.sharding import Mesh
 from numpy.typing import ArrayLike
 
+from rankax import metrics
 from rankax.retrieval import exact
 
 BACKENDS = ("exact", "scann")
@@ -25,7 +26,7 @@ def _as_embeddings(x, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold at least one embedding of dimension >= 1, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    a = a.astype(np.float32)
+    a = a.astype(np.float32, copy=False)
     bad = ~np.isfinite(a)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -79,35 +80,12 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- metrics
 
 
-def _binary_from_ranks(rank, rank_pos, mask, num_pos, ks) -> dict[str, np.ndarray]:
-    """Per-query binary metrics from the exact ranks of the positives (``[m, C]``)."""
-    r = np.maximum(num_pos, 1)[:, None].astype(np.float64)
-    ratio = np.where(mask, rank_pos / rank, 0.0)
-    in_top_r = mask & (rank <= r)
-    first = np.where(mask, rank, np.inf).min(axis=1)
-    out = {
-        "map": ratio.sum(1) / r[:, 0],
-        "map@r": np.where(in_top_r, ratio, 0.0).sum(1) / r[:, 0],
-        "r_precision": in_top_r.sum(1) / r[:, 0],
-    }
-    for k in ks:
-        out[f"recall@{k}"] = (first <= k).astype(np.float64)
-    return out
-
-
 def _binary_from_neighbours(match: np.ndarray, num_pos: np.ndarray, ks) -> dict[str, np.ndarray]:
-    """Per-query metrics from ``match [Q, K]``: neighbour ``i`` (place ``i + 1``) is relevant."""
-    places = np.arange(1, match.shape[1] + 1)
-    r = np.maximum(num_pos, 1).astype(np.float64)
-    in_top_r = match & (places[None, :] <= r[:, None])
-    precision = np.cumsum(match, axis=1) / places
-    out = {
-        "map@r": np.where(in_top_r, precision, 0.0).sum(1) / r,
-        "r_precision": in_top_r.sum(1) / r,
-    }
-    for k in ks:
-        out[f"recall@{k}"] = match[:, :k].any(axis=1).astype(np.float64)
-    return out
+    """Per-query metrics from ``match [Q, K]`` (neighbour ``i`` at place ``i + 1`` is relevant),
+    ``K >= R``: the positives' ranks are their places, known down to depth ``K``."""
+    place = np.broadcast_to(np.arange(1, match.shape[1] + 1, dtype=np.float64), match.shape)
+    rank_pos = np.cumsum(match, axis=1).astype(np.float64)
+    return metrics.binary_from_ranks(place, rank_pos, match, num_pos.astype(np.float64), ks, full=False)
 
 
 def evaluate(
@@ -118,8 +96,8 @@ def evaluate(
     *,
     backend: str = "exact",
     ks: Sequence[int] = (1, 2, 4, 8),
-    block_size: int = exact.DEFAULT_BLOCK_SIZE,
-    gallery_block_size: int = exact.DEFAULT_GALLERY_BLOCK_SIZE,
+    block_size: int | None = None,
+    gallery_block_size: int | None = None,
     hierarchy_block_size: int = 64,
     normalize: bool = False,
     relevance_rule: str = "pop",
@@ -142,7 +120,9 @@ def evaluate(
         ``"scann"`` (approximate; see :mod:`rankax.retrieval.scann_backend`).
       ks: the ``k`` of ``recall@k``.
       block_size / gallery_block_size: queries per step and gallery rows per chunk (exact);
-        ``hierarchy_block_size`` queries per step for the hierarchical metrics.
+        None: 512 / 4096 on the CPU, 2048 / 8192 on accelerators
+        (:func:`rankax.retrieval.exact.block_sizes`); ``hierarchy_block_size`` queries per
+        step for the hierarchical metrics.
       relevance_rule, relevance_alpha: graded relevance for H-AP
         (:func:`rankax.hierarchy.path_relevance`).
       scann_config: ``"auto"``, ``"brute_force"`` or ``"tree_ah"``.
@@ -200,21 +180,26 @@ def evaluate(
         gallery = queries if self_excluded else _normalise(gallery)
 
     q_classes, g_classes = _finest_classes(query_labels, gallery_labels)
-    positives = exact.PositiveIndex(q_classes, g_classes, self_excluded)
-    num_pos = positives.counts
+    layout = exact.class_layout(q_classes, g_classes, self_excluded)
+    num_pos = np.empty(len(queries), np.int64)
+    num_pos[layout.query_order] = layout.num_pos
     has_pos = num_pos > 0
     num_q = len(queries)
 
     if backend == "exact":
         mesh = exact.query_mesh() if mesh is None else mesh
-        gal = exact.put_gallery(gallery, gallery_block_size, mesh)
-        per_query = {key: np.full(num_q, np.nan) for key in ("map", "map@r", "r_precision")}
-        per_query.update({f"recall@{k}": np.full(num_q, np.nan) for k in ks})
-        blocks = exact.positive_ranks(queries, gal, positives, block_size=block_size, mesh=mesh)
-        for start, m, rank, rank_pos, mask in blocks:
-            values = _binary_from_ranks(rank, rank_pos, mask, num_pos[start : start + m], ks)
-            for key, v in values.items():
-                per_query[key][start : start + m] = v
+        rank, rank_pos, mask = exact.positive_ranks(
+            queries, gallery, layout, block_size=block_size, gallery_block_size=gallery_block_size,
+            mesh=mesh,
+        )
+        values = metrics.binary_from_ranks(
+            rank.astype(np.float64), rank_pos.astype(np.float64), mask,
+            layout.num_pos.astype(np.float64), ks,
+        )
+        per_query = {}
+        for key, v in values.items():
+            per_query[key] = np.empty(num_q)
+            per_query[key][layout.query_order] = v
     else:
         from rankax.retrieval import scann_backend
 
@@ -240,6 +225,7 @@ def evaluate(
         per_query[key] = np.where(has_pos, per_query[key], np.nan)
 
     if query_labels.ndim == 2 and backend == "exact":
+        gal = exact.put_gallery(gallery, exact.block_sizes(None, gallery_block_size, mesh)[1], mesh)
         h = exact.hierarchical_metrics(
             queries, query_labels, gal, gallery_labels, self_excluded=self_excluded,
             block_size=hierarchy_block_size, rule=relevance_rule, alpha=relevance_alpha, mesh=mesh,

@@ -1,0 +1,143 @@
+"""rankax evaluation against a blocked ``q @ g^T`` + ``torch.topk`` loop, on whatever device JAX has.
+
+    from experiments import benchmark_eval_gpu
+    out = benchmark_eval_gpu.run()                     # H200: ~60k x 512, and 1M x 512
+    out = benchmark_eval_gpu.run(sizes=((4000, 64),), large=(20000, 64))   # CPU smoke run
+
+For each ``N x D`` (synthetic clustered, L2-normalised embeddings, ~5 per class; the query set
+is the gallery, self excluded) it times :func:`rankax.retrieval.evaluate` (R@1/2/4/8, MAP@R,
+R-precision and full-gallery mAP) on its first call (compilation included) and warm, and a
+blocked PyTorch loop computing R@1 and MAP@R from ``torch.topk`` of float32 ``q @ g^T``
+(TF32 off; on CUDA when torch sees a GPU, else on the CPU; skipped without torch), and checks
+that both give the same values (to 1e-6). Then it evaluates ``large[1]``-dimensional queries
+(10,000 gallery rows plus a little noise) against a ``large[0]``-row gallery and reports the
+time and the device memory (``memory_stats()``, where the device has them).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from rankax import retrieval
+
+
+def embeddings(n: int, d: int, per_class: float = 5.3, seed: int = 0):
+    """Class centres plus noise (as in ``benchmark_retrieval``), float32 throughout."""
+    rng = np.random.default_rng(seed)
+    num_classes = max(int(n / per_class), 1)
+    y = rng.integers(0, num_classes, size=n)
+    centers = rng.standard_normal((num_classes, d), dtype=np.float32)
+    x = centers[y]
+    x += (1.5 if d <= 128 else 2.25) * rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, y
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def topk_loop(x: np.ndarray, y: np.ndarray, block: int = 4096) -> dict:
+    """R@1 and MAP@R (self excluded) from a blocked float32 ``q @ g^T`` + ``torch.topk`` loop."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        g = torch.from_numpy(x).to(device)
+        labels = torch.from_numpy(y).to(device)
+        num_pos = torch.bincount(labels)[labels] - 1
+        depth = int(num_pos.max()) + 1
+        places = torch.arange(1, depth + 1, device=device)
+        r1 = torch.zeros((), dtype=torch.float64, device=device)
+        map_r = torch.zeros((), dtype=torch.float64, device=device)
+        for start in range(0, len(x), block):
+            stop = min(start + block, len(x))
+            s = g[start:stop] @ g.T
+            rows = torch.arange(start, stop, device=device)
+            s[rows - start, rows] = -torch.inf  # the query itself
+            top = torch.topk(s, depth, dim=1).indices
+            match = labels[top] == labels[start:stop, None]
+            r = num_pos[start:stop]
+            has = r > 0
+            precision = torch.cumsum(match, 1) / places
+            in_r = match & (places[None] <= r[:, None])
+            ap = (precision * in_r).sum(1) / r.clamp(min=1)
+            r1 += match[:, 0][has].sum()
+            map_r += ap[has].sum()
+        count = int((num_pos > 0).sum())
+        return {"recall@1": r1.item() / count, "map@r": map_r.item() / count, "device": str(device)}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _memory() -> dict:
+    stats = jax.devices()[0].memory_stats() or {}
+    return {k: stats[k] for k in ("peak_bytes_in_use", "bytes_limit") if k in stats}
+
+
+def bench_size(n: int, d: int) -> dict:
+    x, y = embeddings(n, d, seed=n + d)
+    first, t_first = _timed(lambda: retrieval.evaluate(x, y))
+    warm, t_warm = _timed(lambda: retrieval.evaluate(x, y))
+    out = {"size": f"{n}x{d}", "evaluate_first_s": t_first, "evaluate_warm_s": t_warm,
+           "recall@1": warm["recall@1"], "map@r": warm["map@r"], "map": warm["map"]}
+    assert first == warm
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("torch not installed: top-k loop skipped")
+        return out
+    topk_loop(x, y)  # warm-up (CUDA context, cuBLAS handles)
+    ref, t_loop = _timed(lambda: topk_loop(x, y))
+    out.update(topk_loop_s=t_loop, topk_loop_device=ref["device"],
+               evaluate_ratio_to_topk_loop=t_warm / t_loop,
+               max_abs_diff=max(abs(ref[k] - warm[k]) for k in ("recall@1", "map@r")))
+    if out["max_abs_diff"] > 1e-6:
+        raise AssertionError(f"rankax and the top-k loop disagree: {ref} vs {warm}")
+    return out
+
+
+def bench_large(n: int, d: int, num_queries: int = 10_000) -> dict:
+    x, y = embeddings(n, d, seed=7)
+    pick = np.random.default_rng(1).choice(n, min(num_queries, n), replace=False)
+    q = x[pick] + 0.05 * np.random.default_rng(2).standard_normal((len(pick), d), dtype=np.float32)
+    first, t_first = _timed(lambda: retrieval.evaluate(q, y[pick], x, y))
+    _, t_warm = _timed(lambda: retrieval.evaluate(q, y[pick], x, y))
+    return {"gallery": n, "queries": len(pick), "dim": d, "evaluate_first_s": t_first,
+            "evaluate_warm_s": t_warm, "recall@1": first["recall@1"], "map": first["map"], **_memory()}
+
+
+def run(sizes=((60000, 512),), large=(1_000_000, 512)) -> dict:
+    """Times everything above; returns the first size's numbers at the top level, every size's
+    under ``"sizes"`` and the large gallery's under ``"large_gallery"``, and prints a table."""
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}")
+    rows = [bench_size(n, d) for n, d in sizes]
+    for row in rows:
+        line = (f"{row['size']:>12}  evaluate first {row['evaluate_first_s']:7.3f} s  "
+                f"warm {row['evaluate_warm_s']:7.3f} s")
+        if "topk_loop_s" in row:
+            line += (f"  | topk loop ({row['topk_loop_device']}) {row['topk_loop_s']:7.3f} s  "
+                     f"ratio {row['evaluate_ratio_to_topk_loop']:5.2f}  |diff| {row['max_abs_diff']:.1e}")
+        print(line + f"  R@1 {row['recall@1']:.4f} MAP@R {row['map@r']:.4f}", flush=True)
+    out = dict(rows[0]) if rows else {}
+    out["sizes"] = rows
+    if large:
+        big = bench_large(*large)
+        out["large_gallery"] = big
+        mem = big.get("peak_bytes_in_use")
+        print(f"{big['queries']} queries x {big['gallery']} x {big['dim']} gallery: first "
+              f"{big['evaluate_first_s']:.3f} s, warm {big['evaluate_warm_s']:.3f} s"
+              + (f", peak device memory {mem / 2**30:.2f} GiB" if mem else ""), flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    run()
