@@ -9,9 +9,9 @@ import numpy as np
 from jax.sharding import Mesh
 from numpy.typing import ArrayLike
 
-from rankax.retrieval import exact
+from rankax.retrieval import exact, scann_backend
 
-BACKENDS = ("exact", "scann")
+BACKENDS = ("auto", "exact", "scann")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -138,8 +138,11 @@ def evaluate(
       gallery, gallery_labels: ``[N, D]`` and labels of the same kind as ``query_labels``; both
         None (default) means the query set is the gallery with each query removed from its own
         list (SOP/CUB/Cars/iNat protocol).
-      backend: ``"exact"`` (blocked JAX search, sharded over the local devices) or
-        ``"scann"`` (approximate; see :mod:`rankax.retrieval.scann_backend`).
+      backend: ``"exact"`` (blocked JAX search, sharded over the local devices),
+        ``"scann"`` (approximate; see :mod:`rankax.retrieval.scann_backend`) or ``"auto"``:
+        ScaNN where :func:`~rankax.retrieval.scann_backend.choose_backend` predicts its
+        build + search faster than exact search (CPU only, class-id labels, >= 100k gallery
+        items), else exact; docs/evaluation.md states the rule.
       ks: the ``k`` of ``recall@k``.
       block_size / gallery_block_size: queries per step and gallery rows per chunk (exact);
         ``hierarchy_block_size`` queries per step for the hierarchical metrics.
@@ -204,6 +207,11 @@ def evaluate(
     num_pos = positives.counts
     has_pos = num_pos > 0
     num_q = len(queries)
+    if backend == "auto":
+        backend = scann_backend.choose_backend(
+            num_q, len(gallery), queries.shape[1], label_paths=query_labels.ndim == 2,
+            platform=None if mesh is None else mesh.devices.flat[0].platform,
+        )
 
     if backend == "exact":
         mesh = exact.query_mesh() if mesh is None else mesh
@@ -216,8 +224,6 @@ def evaluate(
             for key, v in values.items():
                 per_query[key][start : start + m] = v
     else:
-        from rankax.retrieval import scann_backend
-
         depth = min(max(max(ks), int(num_pos.max(initial=1))), len(gallery) - int(self_excluded))
         _, index = scann_backend.scann_knn(
             queries, None if self_excluded else gallery, k=depth, config=scann_config
