@@ -200,7 +200,7 @@ def _documented_rule(q, n, d, platform="cpu", label_paths=False):
     if platform != "cpu" or label_paths or n < 100_000:
         return "exact"
     exact = 4.5e-11 * q * n * d
-    scann = 2.0 + 3.5e-10 * n**1.5 * d + 1.5e-11 * q * n * d
+    scann = 1.7e-10 * d * n**0.5 * (12 * min(n, 100_000) + n) + 1.7e-11 * q * n * d
     return "scann" if scann < exact else "exact"
 
 
@@ -228,13 +228,16 @@ def test_auto_backend_follows_documented_rule(monkeypatch, q, n, d, platform, la
 def test_auto_backend_decisions():
     """The decisions the docs quote, so that a recalibration that flips one is noticed."""
     rule = _documented_rule
-    assert rule(100_000, 100_000, 128) == "scann"
-    assert rule(1_000, 1_000_000, 128) == "exact"
+    assert rule(100_000, 100_000, 128) == "scann"  # gallery=None from 100k items on
+    assert rule(10_000, 200_000, 128) == "exact"
+    assert rule(10_000, 1_000_000, 128) == "exact"
+    assert rule(20_000, 1_000_000, 128) == "scann"
     assert rule(1_000_000, 1_000_000, 128, platform="gpu") == "exact"
-    # The documented break-even: Q* = (b0 + c_b N^1.5 D) / ((c_e - c_s) N D).
-    n, d = 1_000_000, 128
-    q_star = (2.0 + 3.5e-10 * n**1.5 * d) / ((4.5e-11 - 1.5e-11) * n * d)
-    assert rule(int(q_star) - 1, n, d) == "exact" and rule(int(q_star) + 1, n, d) == "scann"
+    # The documented break-even Q*(N) (independent of D): ~25.0k at 100k items, ~13.4k at 1M.
+    for n, q_docs in [(100_000, 24_960), (1_000_000, 13_360)]:
+        q_star = 1.7e-10 * n**0.5 * (12 * min(n, 100_000) + n) / ((4.5e-11 - 1.7e-11) * n)
+        assert abs(q_star - q_docs) < 50
+        assert rule(int(q_star) - 1, n, 128) == "exact" and rule(int(q_star) + 1, n, 128) == "scann"
     if scann_backend.scann_available():
         x, y = clustered(8, 300)
         assert retrieval.evaluate(x, y, backend="auto") == retrieval.evaluate(x, y)

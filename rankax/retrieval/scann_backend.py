@@ -39,16 +39,16 @@ LEAVES_TO_SEARCH_FRACTION = 0.5
 TRAINING_SAMPLE_SIZE = 100_000
 
 # Cost model of backend="auto" (seconds; Q queries, N gallery items, D dimensions), fitted to
-# the runs of experiments/benchmark_scann.py on the 2-core CPU host (docs/benchmarks.md):
+# experiments/benchmark_scann.py on the 2-core CPU host (docs/benchmarks.md, ScaNN section):
 #   exact(Q, N, D) = EXACT_CPU_SECONDS_PER_MAC * Q * N * D
-#   scann(Q, N, D) = SCANN_BUILD_SECONDS + SCANN_BUILD_SECONDS_PER_MAC * N**1.5 * D
+#   scann(Q, N, D) = SCANN_BUILD_SECONDS_PER_MAC * D * sqrt(N) * (12 * min(N, 100_000) + N)
 #                    + SCANN_SEARCH_SECONDS_PER_MAC * Q * N * D
-# (the build assigns N items to sqrt(N) leaves; the search scores half of the items per query
-# with 4-bit hashes).
+# The build runs 12 k-means iterations over the training sample and assigns every item, both
+# against sqrt(N) centres; the search scores half of the items per query with 4-bit hashes.
 EXACT_CPU_SECONDS_PER_MAC = 4.5e-11
-SCANN_BUILD_SECONDS = 2.0
-SCANN_BUILD_SECONDS_PER_MAC = 3.5e-10
-SCANN_SEARCH_SECONDS_PER_MAC = 1.5e-11
+SCANN_BUILD_SECONDS_PER_MAC = 1.7e-10
+SCANN_SEARCH_SECONDS_PER_MAC = 1.7e-11
+KMEANS_ITERATIONS = 12  # ScaNN's default for the tree
 
 
 def _import_scann():
@@ -81,11 +81,12 @@ def resolve_config(config: str, n: int) -> str:
 def predicted_seconds(num_queries: int, num_items: int, dim: int) -> dict[str, float]:
     """The cost model's CPU seconds of exact search and of ScaNN ``tree_ah`` build + search."""
     q, n, d = float(num_queries), float(num_items), float(dim)
+    build = SCANN_BUILD_SECONDS_PER_MAC * d * math.sqrt(n) * (
+        KMEANS_ITERATIONS * min(n, TRAINING_SAMPLE_SIZE) + n
+    )
     return {
         "exact": EXACT_CPU_SECONDS_PER_MAC * q * n * d,
-        "scann": SCANN_BUILD_SECONDS
-        + SCANN_BUILD_SECONDS_PER_MAC * n**1.5 * d
-        + SCANN_SEARCH_SECONDS_PER_MAC * q * n * d,
+        "scann": build + SCANN_SEARCH_SECONDS_PER_MAC * q * n * d,
     }
 
 
