@@ -43,11 +43,14 @@ test-gpu:
 lint: $(TEST)
 	$(VENV)/bin/ruff check .
 
-## Speed/memory of the batch path and of retrieval evaluation (writes docs/).
+## Speed/memory of the batch path and of retrieval evaluation (writes docs/), ScaNN vs exact at
+## 200k x 128 (printed; `python -m experiments.benchmark_scann --large 1000000 --docs
+## docs/benchmarks.md` rewrites the ScaNN section of docs/benchmarks.md).
 bench: $(TEST)
 	$(PY) -m experiments.benchmark
 	$(PY) -m experiments.benchmark_paths --sizes 1024,4096 --docs docs
 	$(PY) -m experiments.benchmark_retrieval
+	$(PY) -m experiments.benchmark_scann
 
 clean:
 	rm -rf $(VENV) runs

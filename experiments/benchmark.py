@@ -332,7 +332,11 @@ def write_docs(rows: list[dict], lines: list[str], docs: Path, elapsed: float) -
         *[_fmt_row(r) for r in rows],
         "",
     ]
-    (docs / "benchmarks.md").write_text("\n".join(header))
+    path = docs / "benchmarks.md"
+    # experiments/benchmark_scann.py owns the "## ScaNN" section: keep it.
+    old = path.read_text() if path.exists() else ""
+    scann = old[old.index("\n## ScaNN"):] if "\n## ScaNN" in old else ""
+    path.write_text("\n".join(header).rstrip("\n") + "\n" + scann)
     plot(rows, docs / "benchmark_batch.png")
 
 

@@ -1,7 +1,7 @@
 """Evaluate retrieval from precomputed embeddings or from a training checkpoint.
 
     python -m experiments.evaluate --embeddings test.npz [--gallery gallery.npz] \
-        [--backend exact|scann] [--scann-config auto|brute_force|tree_ah] \
+        [--backend auto|exact|scann] [--scann-config auto|brute_force|tree_ah] \
         [--ks 1,2,4,8] [--normalize] [--output metrics.json]
 
 Input files are ``.npz`` archives with two arrays:

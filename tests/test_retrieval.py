@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rankax import retrieval
+from rankax.retrieval import scann_backend
 
 # The numpy references live in test_metrics.py; load them by path (works in any import mode).
 _REFS = pathlib.Path(__file__).with_name("test_metrics.py")
@@ -152,6 +153,13 @@ def clustered(seed, n, d=32, clusters=100, noise=0.15):
     return x.astype(np.float32), y
 
 
+# The scann wheel is missing on some platforms (the GPU image): tests that run it skip there.
+needs_scann = pytest.mark.skipif(
+    not scann_backend.scann_available(), reason="scann not installed: pip install 'rankax[scann]'"
+)
+
+
+@needs_scann
 @pytest.mark.parametrize("config", ["brute_force", "tree_ah"])
 def test_scann_recall_at_1_close_to_exact(config):
     x, y = clustered(5, 3000, noise=1.0)
@@ -164,12 +172,75 @@ def test_scann_recall_at_1_close_to_exact(config):
     assert 0.5 < exact["recall@1"] < 0.97  # not a trivial data set
 
 
+@needs_scann
 def test_scann_recall_function():
     x, _ = clustered(6, 2500)
     out = retrieval.scann_recall(x[:500], x, k=10, config="tree_ah")
     assert out["config"] == "tree_ah"
     assert 0.9 <= out["recall@10"] <= 1.0
     assert retrieval.scann_recall(x[:200], x, k=5, config="brute_force")["recall@5"] == 1.0
+
+
+def test_scann_missing_raises_and_auto_falls_back(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scann", None)  # `import scann` now raises ImportError
+    monkeypatch.setitem(sys.modules, "scann.scann_ops_pybind", None)
+    assert not scann_backend.scann_available()
+    x, y = clustered(7, 300)
+    with pytest.raises(ImportError, match=r"pip install 'rankax\[scann\]'"):
+        retrieval.evaluate(x, y, backend="scann")
+    # A size where the cost model prefers ScaNN: without scann, auto is exact search.
+    assert scann_backend.choose_backend(10**6, 10**6, 128, platform="cpu") == "exact"
+    monkeypatch.setattr(scann_backend, "choose_backend", lambda *a, **k: "exact")
+    out = retrieval.evaluate(x, y, backend="auto")
+    assert out == retrieval.evaluate(x, y, backend="exact")
+
+
+def _documented_rule(q, n, d, platform="cpu", label_paths=False):
+    """The rule of docs/evaluation.md ("backend="auto""), written out from the docs."""
+    if platform != "cpu" or label_paths or n < 100_000:
+        return "exact"
+    exact = 4.5e-11 * q * n * d
+    scann = 1.7e-10 * d * n**0.5 * (12 * min(n, 100_000) + n) + 1.7e-11 * q * n * d
+    return "scann" if scann < exact else "exact"
+
+
+@pytest.mark.parametrize(
+    "q, n, d, platform, label_paths",
+    [
+        (20_000, 20_000, 128, "cpu", False),  # below the tree threshold
+        (99_999, 99_999, 512, "cpu", False),
+        (100_000, 100_000, 128, "cpu", False),  # the whole set as queries
+        (1_000, 1_000_000, 128, "cpu", False),  # too few queries to pay for the build
+        (10_000, 1_000_000, 128, "cpu", False),
+        (50_000, 1_000_000, 128, "cpu", False),
+        (1_000_000, 1_000_000, 128, "cpu", False),
+        (1_000_000, 1_000_000, 128, "gpu", False),  # exact search on the accelerator
+        (1_000_000, 1_000_000, 128, "tpu", False),
+        (1_000_000, 1_000_000, 128, "cpu", True),  # label paths: hierarchical metrics
+    ],
+)
+def test_auto_backend_follows_documented_rule(monkeypatch, q, n, d, platform, label_paths):
+    monkeypatch.setattr(scann_backend, "scann_available", lambda: True)
+    got = scann_backend.choose_backend(q, n, d, platform=platform, label_paths=label_paths)
+    assert got == _documented_rule(q, n, d, platform, label_paths)
+
+
+def test_auto_backend_decisions():
+    """The decisions the docs quote, so that a recalibration that flips one is noticed."""
+    rule = _documented_rule
+    assert rule(100_000, 100_000, 128) == "scann"  # gallery=None from 100k items on
+    assert rule(10_000, 200_000, 128) == "exact"
+    assert rule(10_000, 1_000_000, 128) == "exact"
+    assert rule(20_000, 1_000_000, 128) == "scann"
+    assert rule(1_000_000, 1_000_000, 128, platform="gpu") == "exact"
+    # The documented break-even Q*(N) (independent of D): ~25.0k at 100k items, ~13.4k at 1M.
+    for n, q_docs in [(100_000, 24_960), (1_000_000, 13_360)]:
+        q_star = 1.7e-10 * n**0.5 * (12 * min(n, 100_000) + n) / ((4.5e-11 - 1.7e-11) * n)
+        assert abs(q_star - q_docs) < 50
+        assert rule(int(q_star) - 1, n, 128) == "exact" and rule(int(q_star) + 1, n, 128) == "scann"
+    if scann_backend.scann_available():
+        x, y = clustered(8, 300)
+        assert retrieval.evaluate(x, y, backend="auto") == retrieval.evaluate(x, y)
 
 
 def test_revisited_hand_worked():

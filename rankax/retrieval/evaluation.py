@@ -10,9 +10,9 @@ from jax.sharding import Mesh
 from numpy.typing import ArrayLike
 
 from rankax import metrics
-from rankax.retrieval import exact
+from rankax.retrieval import exact, scann_backend
 
-BACKENDS = ("exact", "scann")
+BACKENDS = ("auto", "exact", "scann")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -116,8 +116,11 @@ def evaluate(
       gallery, gallery_labels: ``[N, D]`` and labels of the same kind as ``query_labels``; both
         None (default) means the query set is the gallery with each query removed from its own
         list (SOP/CUB/Cars/iNat protocol).
-      backend: ``"exact"`` (blocked JAX search, sharded over the local devices) or
-        ``"scann"`` (approximate; see :mod:`rankax.retrieval.scann_backend`).
+      backend: ``"exact"`` (blocked JAX search, sharded over the local devices),
+        ``"scann"`` (approximate; see :mod:`rankax.retrieval.scann_backend`) or ``"auto"``:
+        ScaNN where :func:`~rankax.retrieval.scann_backend.choose_backend` predicts its
+        build + search faster than exact search (CPU only, class-id labels, >= 100k gallery
+        items), else exact; docs/evaluation.md states the rule.
       ks: the ``k`` of ``recall@k``.
       block_size / gallery_block_size: queries per step and gallery rows per chunk (exact);
         None: 512 / 4096 on the CPU, 2048 / 8192 on accelerators
@@ -185,6 +188,11 @@ def evaluate(
     num_pos[layout.query_order] = layout.num_pos
     has_pos = num_pos > 0
     num_q = len(queries)
+    if backend == "auto":
+        backend = scann_backend.choose_backend(
+            num_q, len(gallery), queries.shape[1], label_paths=query_labels.ndim == 2,
+            platform=None if mesh is None else mesh.devices.flat[0].platform,
+        )
 
     if backend == "exact":
         mesh = exact.query_mesh() if mesh is None else mesh
@@ -201,8 +209,6 @@ def evaluate(
             per_query[key] = np.empty(num_q)
             per_query[key][layout.query_order] = v
     else:
-        from rankax.retrieval import scann_backend
-
         depth = min(max(max(ks), int(num_pos.max(initial=1))), len(gallery) - int(self_excluded))
         _, index = scann_backend.scann_knn(
             queries, None if self_excluded else gallery, k=depth, config=scann_config

@@ -1,19 +1,28 @@
-"""ScaNN neighbour search (``scann.scann_ops_pybind``) and its recall against exact search.
+"""ScaNN neighbour search (``scann.scann_ops_pybind``), its recall against exact search, and
+the rule by which ``evaluate(backend="auto")`` chooses between ScaNN and exact search.
 
 Two configurations, by inner product (``"dot_product"``):
 
 * ``"brute_force"``: exact float32 scoring of every gallery item inside ScaNN (a check and
   a baseline; same neighbours as :func:`rankax.retrieval.knn` up to ties).
-* ``"tree_ah"``: ScaNN's recommended recipe for large galleries -- a k-means tree of
-  ``num_leaves`` partitions (default ``round(sqrt(N))``) of which ``leaves_to_search``
-  are scored (default ``max(num_leaves // 5, 1)``), asymmetric hashing with 2 dimensions
-  per 4-bit block and anisotropic threshold 0.2, then exact re-scoring of the best
-  ``reorder_k`` candidates (default ``max(250, 2 * k)``).
+* ``"tree_ah"``: a k-means tree of ``num_leaves`` partitions (default ``round(sqrt(N))``)
+  of which ``leaves_to_search`` are scored (default ``ceil(LEAVES_TO_SEARCH_FRACTION *
+  num_leaves)``, half of them), asymmetric hashing with 2 dimensions per 4-bit block and
+  anisotropic threshold 0.2, then exact re-scoring of the best ``reorder_k`` candidates
+  (default ``max(250, 2 * k)``); k-means and AH trained on up to 100,000 items.
 
-``config="auto"`` (the default) is ``"brute_force"`` below 100,000 gallery items and
-``"tree_ah"`` from there on. Below that size ScaNN's brute force is both exact and already
-faster than the tree once the index build is counted (docs/evaluation.md has the numbers),
-and the tree loses recall on hard (spread-out) data: check it with :func:`scann_recall`.
+Queries are searched with ``search_batched_parallel`` (all cores). The defaults were chosen
+at 1M x 128 on SOP-like clustered data (docs/benchmarks.md, ScaNN section): searching half
+the leaves keeps R@1 within 0.01 of exact search, fewer do not (a third of the leaves lost
+0.02), and the partition, not the hashing, is what loses neighbours (a larger ``reorder_k``
+or finer hashing changed R@1 by < 0.001).
+
+``config="auto"`` (the default) is ``"brute_force"`` below ``AUTO_TREE_THRESHOLD`` =
+100,000 gallery items and ``"tree_ah"`` from there on: below that size ScaNN's brute force
+is exact and as fast as the tree once the index build is counted.
+
+:func:`choose_backend` is the cost model of ``evaluate(backend="auto")``; docs/evaluation.md
+states the same rule.
 """
 
 from __future__ import annotations
@@ -26,16 +35,39 @@ import numpy as np
 
 SCANN_CONFIGS = ("auto", "brute_force", "tree_ah")
 AUTO_TREE_THRESHOLD = 100_000
+LEAVES_TO_SEARCH_FRACTION = 0.5
+TRAINING_SAMPLE_SIZE = 100_000
+
+# Cost model of backend="auto" (seconds; Q queries, N gallery items, D dimensions), fitted to
+# experiments/benchmark_scann.py on the 2-core CPU host (docs/benchmarks.md, ScaNN section):
+#   exact(Q, N, D) = EXACT_CPU_SECONDS_PER_MAC * Q * N * D
+#   scann(Q, N, D) = SCANN_BUILD_SECONDS_PER_MAC * D * sqrt(N) * (12 * min(N, 100_000) + N)
+#                    + SCANN_SEARCH_SECONDS_PER_MAC * Q * N * D
+# The build runs 12 k-means iterations over the training sample and assigns every item, both
+# against sqrt(N) centres; the search scores half of the items per query with 4-bit hashes.
+EXACT_CPU_SECONDS_PER_MAC = 4.5e-11
+SCANN_BUILD_SECONDS_PER_MAC = 1.7e-10
+SCANN_SEARCH_SECONDS_PER_MAC = 1.7e-11
+KMEANS_ITERATIONS = 12  # ScaNN's default for the tree
 
 
 def _import_scann():
     try:
         from scann import scann_ops_pybind
-    except ImportError as err:  # pragma: no cover - depends on the environment
+    except ImportError as err:
         raise ImportError(
             "backend='scann' needs the `scann` package: pip install 'rankax[scann]'"
         ) from err
     return scann_ops_pybind
+
+
+def scann_available() -> bool:
+    """Whether ``scann`` can be imported here (it has no wheels for some platforms)."""
+    try:
+        _import_scann()
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_config(config: str, n: int) -> str:
@@ -46,6 +78,52 @@ def resolve_config(config: str, n: int) -> str:
     return config
 
 
+def predicted_seconds(num_queries: int, num_items: int, dim: int) -> dict[str, float]:
+    """The cost model's CPU seconds of exact search and of ScaNN ``tree_ah`` build + search."""
+    q, n, d = float(num_queries), float(num_items), float(dim)
+    build = SCANN_BUILD_SECONDS_PER_MAC * d * math.sqrt(n) * (
+        KMEANS_ITERATIONS * min(n, TRAINING_SAMPLE_SIZE) + n
+    )
+    return {
+        "exact": EXACT_CPU_SECONDS_PER_MAC * q * n * d,
+        "scann": build + SCANN_SEARCH_SECONDS_PER_MAC * q * n * d,
+    }
+
+
+def choose_backend(
+    num_queries: int,
+    num_items: int,
+    dim: int,
+    *,
+    platform: str | None = None,
+    label_paths: bool = False,
+) -> str:
+    """The backend ``evaluate(backend="auto")`` uses: ``"scann"`` or ``"exact"``.
+
+    ``"scann"`` only when all of these hold, else ``"exact"``:
+
+    * the exact search would run on the CPU (``platform``, default
+      ``jax.default_backend()``, is ``"cpu"``): on a GPU or TPU the blocked exact search is
+      one to two orders of magnitude faster than on the host, faster than ScaNN on the host's
+      cores, and computes every metric;
+    * the labels are class ids (``label_paths=False``): H-AP, NDCG and ASI need exact ranks;
+    * ``num_items >= AUTO_TREE_THRESHOLD`` (ScaNN's ``auto`` config is then the tree);
+    * ScaNN is installed;
+    * the cost model predicts build + search faster than exact search:
+      ``predicted_seconds(...)["scann"] < predicted_seconds(...)["exact"]``.
+    """
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    if platform != "cpu" or label_paths or num_items < AUTO_TREE_THRESHOLD:
+        return "exact"
+    cost = predicted_seconds(num_queries, num_items, dim)
+    if cost["scann"] >= cost["exact"] or not scann_available():
+        return "exact"
+    return "scann"
+
+
 def build_searcher(
     gallery: np.ndarray,
     k: int,
@@ -54,9 +132,12 @@ def build_searcher(
     num_leaves: int | None = None,
     leaves_to_search: int | None = None,
     reorder_k: int | None = None,
-    training_sample_size: int = 250_000,
+    training_sample_size: int = TRAINING_SAMPLE_SIZE,
 ) -> Any:
-    """Builds a ScaNN searcher over ``gallery [N, D]`` returning ``k`` neighbours by default."""
+    """Builds a ScaNN searcher over ``gallery [N, D]`` returning ``k`` neighbours by default.
+
+    ``training_sample_size`` items (at most) train the k-means tree and the hashes.
+    """
     scann_ops = _import_scann()
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     n = gallery.shape[0]
@@ -65,15 +146,16 @@ def build_searcher(
     if config == "brute_force":
         return builder.score_brute_force().build()
     num_leaves = num_leaves or max(int(round(math.sqrt(n))), 2)
-    leaves_to_search = leaves_to_search or max(num_leaves // 5, 1)
+    leaves_to_search = leaves_to_search or math.ceil(LEAVES_TO_SEARCH_FRACTION * num_leaves)
     reorder_k = max(reorder_k or max(250, 2 * k), k)
+    sample = min(n, training_sample_size)
     return (
         builder.tree(
             num_leaves=num_leaves,
             num_leaves_to_search=leaves_to_search,
-            training_sample_size=min(n, training_sample_size),
+            training_sample_size=sample,
         )
-        .score_ah(2, anisotropic_quantization_threshold=0.2)
+        .score_ah(2, anisotropic_quantization_threshold=0.2, training_sample_size=sample)
         .reorder(reorder_k)
         .build()
     )
@@ -100,7 +182,7 @@ def scann_knn(
     extra = 1 if self_excluded else 0
     k_search = min(k + extra, gallery.shape[0])
     searcher = build_searcher(gallery, k_search, config=config, **config_kwargs)
-    index, scores = searcher.search_batched(queries, final_num_neighbors=k_search)
+    index, scores = searcher.search_batched_parallel(queries, final_num_neighbors=k_search)
     index = np.asarray(index, np.int64)
     scores = np.asarray(scores, np.float32)
     if self_excluded:
@@ -138,7 +220,7 @@ def scann_recall(
     t0 = time.perf_counter()
     searcher = build_searcher(gallery, k, config=config, **config_kwargs)
     t1 = time.perf_counter()
-    approx, _ = searcher.search_batched(queries, final_num_neighbors=k)
+    approx, _ = searcher.search_batched_parallel(queries, final_num_neighbors=k)
     t2 = time.perf_counter()
     _, exact = knn(queries, gallery, k=k, block_size=block_size)
     t3 = time.perf_counter()
