@@ -236,7 +236,7 @@ class ClassLayout(NamedTuple):
 
 def class_layout(query_classes: np.ndarray, gallery_classes: np.ndarray, self_excluded: bool) -> ClassLayout:
     """The sorted layout of :class:`ClassLayout` (host side, numpy, ``O(N log N)``)."""
-    classes, first, size = np.unique(gallery_classes, return_index=True, return_counts=True)
+    classes, size = np.unique(gallery_classes, return_counts=True)
 
     def size_of(c):
         i = np.clip(np.searchsorted(classes, c), 0, len(classes) - 1)
@@ -394,8 +394,8 @@ def positive_ranks(
 
     On the CPU (where the count costs ``O(C)`` per score) the blocks of sorted queries are
     grouped by ``C``, the power of two >= 8 above their longest run; on accelerators there is
-    one group. Each group is one
-    compiled loop over query blocks and gallery chunks, and its results reach the host once.
+    one group. Each group is one compiled loop over query blocks and gallery chunks, and all
+    the results reach the host at once.
     Shapes are padded to coarse buckets so that other sizes mostly reuse the programs.
     """
     devices = 1 if mesh is None else mesh.size
@@ -416,7 +416,7 @@ def positive_ranks(
     consts = (chunks, put(np.int32(num_chunks), P()), put(np.int32(n), P()))
 
     span = layout.span
-    c_all = np.maximum(8, [_bucket(v) for v in np.maximum(span, 1)]) if by_rows else None
+    c_all = np.maximum(8, 2 ** np.ceil(np.log2(np.maximum(span, 1))).astype(np.int64)) if by_rows else None
     groups = _split_groups(c_all, len(span), max(span.max(initial=1), 1), b)
     pending = []
     for start, stop, c in groups:
@@ -483,8 +483,7 @@ def _group_inputs(queries, layout: ClassLayout, start: int, stop: int, b: int, g
     bhi = np.where(in_run, np.maximum(hi, self_index + 1), 0)
     blo, bhi = blo.reshape(-1, b).min(1), bhi.reshape(-1, b).max(1)
     first = np.minimum(blo, bhi) // g
-    t = int(np.max(-(-bhi // g) - first, initial=1))
-    t = max(t, 1)
+    t = max(int(np.max(-(-bhi // g) - first, initial=1)), 1)
     base = np.minimum(first, num_chunks - t).astype(np.int32)
     num_blocks = np.full(devices, blocks_per_device, np.int32)
     return (q_rows, lo, hi, self_index, base, num_blocks), t
