@@ -119,7 +119,8 @@ negatives_before = positions - np.arange(len(positions))
 
 pull = {}
 for variant in VARIANTS:
-    g = jax.jit(jax.grad(functools.partial(rankax.pnp_loss, labels=labels, variant=variant, temperature=TAU)))(scores)
+    loss = functools.partial(rankax.pnp_loss, labels=labels, variant=variant, temperature=TAU)
+    g = jax.jit(jax.grad(loss))(scores)
     pull[variant] = -np.asarray(g)[positions]
 
 fig, ax = plt.subplots(figsize=(7, 4))

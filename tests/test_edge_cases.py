@@ -442,7 +442,8 @@ EXTREMES = [
     (rankax.recall_at_k_surrogate_loss, {"temperature": HUGE, "k_temperature": HUGE},
      lambda s, y: 1 - np.mean([min(k, _n_p(y)[1] / 2) / min(_n_p(y)[1], k) for k in KS])),
     # PNP-Dq: tau -> 0 counts the negatives above each positive; tau -> inf: R = |Neg| / 2.
-    (rankax.pnp_loss, {"temperature": TINY}, lambda s, y: np.mean(1 - (1 + _negatives_before(s, y, TINY)) ** -4.0)),
+    (rankax.pnp_loss, {"temperature": TINY},
+     lambda s, y: np.mean(1 - (1 + _negatives_before(s, y, TINY)) ** -4.0)),
     (rankax.pnp_loss, {"temperature": HUGE}, lambda s, y: 1 - (1 + (_n_p(y)[0] - _n_p(y)[1]) / 2) ** -4.0),
     (rankax.pnp_loss, {"alpha": HUGE},
      lambda s, y: np.mean(-np.expm1(-HUGE * np.log1p(_negatives_before(s, y, 0.01))))),

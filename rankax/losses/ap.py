@@ -114,7 +114,8 @@ def supap_loss(
     """
     _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
     kernel = functools.partial(
-        _supap_kernel, temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+        _supap_kernel,
+        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant,
     )
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
 
@@ -199,7 +200,9 @@ def roadmap_loss(
       Ramzi, Thome, Rambour, Audebert, Bitot. "Robust and Decomposable Average Precision for
       Image Retrieval." NeurIPS 2021.
     """
-    supap_hparams = dict(temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant)
+    supap_hparams = dict(
+        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+    )
     supap = supap_loss(
         scores, labels, where=where, reduce_fn=reduce_fn, max_positives=max_positives, **supap_hparams
     )

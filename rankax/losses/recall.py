@@ -88,9 +88,9 @@ def sup_recall_at_k_loss(
       scores, labels, where, reduce_fn, max_positives: as in :func:`rankax.losses.supap_loss`
         (binary: ``labels > 0`` are the positives).
       ks: cut-offs ``K = (1, 2, 4, 8, 16)`` (SupRank's configs).
-      k_temperature: temperature of the recall sigmoid (1.0). The soft hits are not capped: as ``k_temperature``
-        grows each tends to 1/2 and the loss to ``1 - mean_k (|P|/2) / min(|P|, k)``, which is
-        negative for ``|P| >= 3``.
+      k_temperature: temperature of the recall sigmoid (1.0). The soft hits are not capped: as
+        ``k_temperature`` grows each tends to 1/2 and the loss to
+        ``1 - mean_k (|P|/2) / min(|P|, k)``, which is negative for ``|P| >= 3``.
       temperature, rho, delta, start, offset, variant: the ROADMAP step ``h`` of the negatives.
 
     References:
@@ -100,8 +100,8 @@ def sup_recall_at_k_loss(
     _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
     _base.check_positive("k_temperature", k_temperature)
     kernel = functools.partial(
-        _sup_recall_kernel, ks=ks, k_temperature=k_temperature, temperature=temperature, rho=rho, delta=delta, start=start,
-        offset=offset, variant=variant,
+        _sup_recall_kernel, ks=ks, k_temperature=k_temperature, temperature=temperature, rho=rho,
+        delta=delta, start=start, offset=offset, variant=variant,
     )
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
 

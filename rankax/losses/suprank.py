@@ -87,7 +87,8 @@ def hap_loss(
     """
     _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
     kernel = functools.partial(
-        _hap_kernel, temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+        _hap_kernel,
+        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant,
     )
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
 
@@ -140,6 +141,7 @@ def sup_ndcg_loss(
     """
     _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
     kernel = functools.partial(
-        _sup_ndcg_kernel, temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+        _sup_ndcg_kernel,
+        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant,
     )
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
