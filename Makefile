@@ -7,7 +7,7 @@ CORE := $(VENV)/.rankax-core
 TEST := $(VENV)/.rankax-test
 WORKDIR ?= runs/digits
 
-.PHONY: demo test test-gpu lint bench clean
+.PHONY: demo test test-quick test-gpu lint bench clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ demo: $(CORE)
 test: $(TEST)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 -q tests
+
+## The core of the suite (losses, batch path, metrics, retrieval, training/CLI on digits):
+## `make test` without the tests marked slow in tests/conftest.py. TESTS=tests/test_x.py narrows it.
+TESTS ?= tests
+test-quick: $(TEST)
+	$(PY) -m pytest -n 2 -q -m "not slow" $(TESTS)
 
 ## The whole suite on a GPU host, with a CUDA jax in the interpreter GPU_PY (default .venv's;
 ## e.g. `pip install -U "jax[cuda13]"` there, or `make test-gpu GPU_PY=python3`).

@@ -1,8 +1,18 @@
-"""Evaluate retrieval from precomputed embeddings or from a training checkpoint.
+"""Evaluate retrieval from precomputed embeddings or from a training workdir.
 
+    python -m experiments.evaluate --workdir runs/digits [--config FILE] [--config.key=value ...]
+        [--step N] [--output metrics.json] [--save_embeddings test.npz]
     python -m experiments.evaluate --embeddings test.npz [--gallery gallery.npz] \
-        [--backend auto|exact|scann] [--scann-config auto|brute_force|tree_ah] \
+        [--backend auto|exact|scann] [--scann_config auto|brute_force|tree_ah] \
         [--ks 1,2,4,8] [--normalize] [--output metrics.json]
+
+A workdir (``--workdir``, or its older name ``--checkpoint``) is evaluated with the config its
+training run recorded (``<workdir>/config.json``), overrides included, so nothing has to be
+repeated; ``--config FILE`` starts from a config file instead, and ``--config.<key>=<value>``
+overrides either, as in ``experiments.train``. The newest readable checkpoint (or ``--step``) is
+restored without changing anything in the workdir, the test split of the config's dataset (and
+its gallery, if any) is embedded and evaluated; ``--save_embeddings FILE.npz`` also writes those
+embeddings.
 
 Input files are ``.npz`` archives with two arrays:
 
@@ -14,23 +24,21 @@ Without ``--gallery`` the file is both the queries and the gallery, each query e
 its own list (SOP/CUB/Cars/iNat); with it, the first file holds the queries. The similarity is
 the inner product (``--normalize`` L2-normalises first, for cosine similarity). The metrics
 are printed as a table and, with ``--output``, written as JSON.
-
-``--checkpoint WORKDIR --config FILE`` restores the newest readable checkpoint of a training
-workdir (``python -m experiments.train --workdir WORKDIR``), embeds the test split of the
-config's dataset (and its gallery, if any) and evaluates it; ``--save-embeddings FILE.npz``
-also writes those embeddings in the format above.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import pathlib
 import sys
 import time
 
 import numpy as np
 
+from experiments import cli
 from rankax.retrieval import RetrievalEvaluator
 from rankax.retrieval.evaluation import BACKENDS
 from rankax.retrieval.scann_backend import SCANN_CONFIGS
@@ -44,36 +52,49 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as data:
         missing = [key for key in (NPZ_EMBEDDINGS, NPZ_LABELS) if key not in data]
         if missing:
-            raise SystemExit(
+            raise cli.CliError(
                 f"{path}: missing array(s) {missing}; expected keys '{NPZ_EMBEDDINGS}' [N, D] and "
                 f"'{NPZ_LABELS}' [N] or [N, L] (found {sorted(data.keys())})"
             )
         return np.asarray(data[NPZ_EMBEDDINGS]), np.asarray(data[NPZ_LABELS])
 
 
-def embed_fn_from_checkpoint(checkpoint: str, config: str | None, step: int | None = None):
+def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--workdir"):
+    """The config to evaluate ``workdir`` with: the file ``config``, or else the one the
+    training run recorded, with ``overrides`` applied."""
+    from rankax.train import workdir as workdir_lib
+
+    if config:
+        cfg = cli.load_config(config)
+    else:
+        record = workdir_lib.read(workdir) if os.path.isdir(workdir) else None
+        if record is None:
+            raise cli.CliError(
+                f"{flag} needs --config (the experiment config it was trained with): {workdir} records "
+                f"none ({workdir_lib.RECORD} is written by experiments.train)"
+            )
+        cfg = cli.config_from_record(record["config"])
+    cli.apply_overrides(cfg, overrides)
+    return cfg
+
+
+def embed_fn_from_checkpoint(
+    checkpoint: str, config: str | None, step: int | None = None, overrides=(), flag: str = "--checkpoint"
+):
     """``(embed_fn, inputs, labels, gallery_inputs, gallery_labels)`` for the test split of
-    ``config`` embedded by the model restored from the training workdir ``checkpoint``.
+    the config (``config``, or the one ``checkpoint`` recorded; ``overrides`` applied) embedded
+    by the model restored from the training workdir ``checkpoint``.
 
     The embeddings are computed here (datasets may not fit in memory as images), so
     ``embed_fn`` is the identity on them.
     """
-    if not config:
-        raise SystemExit("--checkpoint needs --config (the experiment config it was trained with)")
-    import runpy
-
-    from rankax.train import train_lib
-
-    try:
-        cfg = runpy.run_path(config)["get_config"]()
-    except FileNotFoundError as err:
-        raise SystemExit(f"--config {config!r} does not exist") from err
-    from rankax.train import CheckpointReadError
+    cfg = workdir_config(checkpoint, config, overrides, flag)
+    from rankax.train import CheckpointReadError, ConfigError, train_lib
 
     try:
         state, data = train_lib.restore_for_evaluation(cfg, checkpoint, step=step)
-    except (FileNotFoundError, CheckpointReadError) as err:
-        raise SystemExit(f"--checkpoint: {err}") from err
+    except (FileNotFoundError, CheckpointReadError, ConfigError) as err:
+        raise cli.CliError(f"{flag}: {err}") from err
     bs = int(cfg.eval_batch_size)
     queries = train_lib.embed_source(state, data.test, bs)
     gallery = None if data.gallery is None else train_lib.embed_source(state, data.gallery, bs)
@@ -90,34 +111,66 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--embeddings", help="queries (and gallery) .npz: embeddings, labels")
-    source.add_argument("--checkpoint", help="trained model directory (needs --config)")
-    parser.add_argument("--config", help="experiment config, with --checkpoint")
-    parser.add_argument("--step", type=int, help="with --checkpoint: this step (default: newest readable)")
-    parser.add_argument("--gallery", help="separate gallery .npz (default: queries = gallery)")
-    parser.add_argument("--backend", choices=BACKENDS, default="exact")
-    parser.add_argument("--scann-config", choices=SCANN_CONFIGS, default="auto")
-    parser.add_argument("--ks", default="1,2,4,8", help="comma-separated k of recall@k")
-    parser.add_argument("--normalize", action="store_true", help="L2-normalise embeddings")
-    parser.add_argument("--block-size", type=int, default=512, help="queries per step")
-    parser.add_argument("--output", help="write the metrics to this JSON file")
-    parser.add_argument("--save-embeddings", help="with --checkpoint: also write the query embeddings (.npz)")
-    return parser.parse_args(argv)
+FLAGS = {
+    "workdir": "training workdir to evaluate (its recorded config unless --config)",
+    "checkpoint": "older name of --workdir",
+    "config": "experiment config file (default: the one the workdir recorded)",
+    "step": "with --workdir: this checkpoint step (default: the newest readable)",
+    "embeddings": "queries (and gallery) .npz: embeddings, labels",
+    "gallery": "separate gallery .npz (default: queries = gallery)",
+    "backend": f"one of {', '.join(BACKENDS)} (default exact)",
+    "scann_config": f"one of {', '.join(SCANN_CONFIGS)} (default auto)",
+    "ks": "comma-separated k of recall@k (default 1,2,4,8)",
+    "normalize": "L2-normalise the embeddings first",
+    "block_size": "queries per step (default 512)",
+    "output": "write the metrics to this JSON file",
+    "save_embeddings": "with --workdir: also write the query embeddings (.npz)",
+}
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    values, overrides, want_help = cli.parse(argv, FLAGS, bool_flags=("normalize",))
+    if want_help:
+        flags = "\n".join(f"  --{name:<16} {text}" for name, text in FLAGS.items())
+        print(f"{__doc__.split(chr(10) * 2 + 'Input files')[0].strip()}\n\nflags:\n{flags}")
+        raise SystemExit(0)
+    if "workdir" in values and "checkpoint" in values:
+        raise cli.CliError("--workdir and --checkpoint name the same thing: pass one")
+    flag = "--checkpoint" if "checkpoint" in values else "--workdir"
+    workdir = values.get("workdir", values.get("checkpoint"))
+    if (workdir is None) == ("embeddings" not in values):
+        raise cli.CliError("pass one of --workdir DIR (a training run) or --embeddings FILE.npz")
+    if overrides and workdir is None:
+        raise cli.CliError("--config.* overrides apply to --workdir evaluation only")
+    for name, choices in (("backend", BACKENDS), ("scann_config", SCANN_CONFIGS)):
+        if name in values and values[name] not in choices:
+            raise cli.CliError(f"--{name}={values[name]!r}: one of {', '.join(choices)}")
+    try:
+        step = int(values["step"]) if "step" in values else None
+        block_size = int(values.get("block_size", 512))
+    except ValueError as err:
+        raise cli.CliError(f"--step and --block_size take integers ({err})") from None
+    args = argparse.Namespace(
+        checkpoint=workdir, flag=flag, config=values.get("config"), step=step,
+        embeddings=values.get("embeddings"), gallery=values.get("gallery"),
+        backend=values.get("backend", "exact"), scann_config=values.get("scann_config", "auto"),
+        ks=values.get("ks", "1,2,4,8"), normalize=bool(values.get("normalize", False)),
+        block_size=block_size, output=values.get("output"), save_embeddings=values.get("save_embeddings"),
+    )
+    return args, overrides
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notices would bury the result
     try:
         ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
     except ValueError as err:
-        raise SystemExit(f"--ks must be comma-separated integers, got {args.ks!r}") from err
+        raise cli.CliError(f"--ks must be comma-separated integers, got {args.ks!r}") from err
     gallery = gallery_labels = None
     if args.checkpoint:
         embed_fn, inputs, labels, gallery, gallery_labels = embed_fn_from_checkpoint(
-            args.checkpoint, args.config, args.step
+            args.checkpoint, args.config, args.step, overrides, args.flag
         )
         if args.save_embeddings:
             np.savez(args.save_embeddings, **{NPZ_EMBEDDINGS: inputs, NPZ_LABELS: labels})
@@ -139,11 +192,12 @@ def main(argv: list[str] | None = None) -> dict:
         out = pathlib.Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         record = {"metrics": metrics, "backend": args.backend, "embeddings": args.embeddings,
-                  "checkpoint": args.checkpoint, "config": args.config,
+                  "workdir": args.checkpoint, "config": args.config,
+                  "config_overrides": [f"--config.{k}={v}" for k, v in overrides],
                   "gallery": args.gallery, "normalize": args.normalize}
         out.write_text(json.dumps(record, indent=2) + "\n")
     return metrics
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

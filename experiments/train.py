@@ -1,28 +1,67 @@
 """Train and evaluate a rankax experiment.
 
-    python -m experiments.train --config configs/digits.py --workdir runs/digits \
-        [--config.num_steps=50 ...]
+    python -m experiments.train --config configs/digits.py --workdir runs/digits \\
+        [--config.num_steps=50 --config.loss.hparams.temperature=0.05 ...]
 
-Running the same command on a workdir that holds checkpoints resumes from the latest one.
+Running the same command on a workdir that holds checkpoints resumes from the latest one. The
+workdir records the config of its run (config.json); a start with another config stops and
+names the differing keys, unless --allow_config_change=KEY[,KEY] allows them (e.g. more steps:
+--config.num_steps=600 --allow_config_change=num_steps).
+
+Config keys: every key of configs/default.py, overridden by --config.<key>=<value>;
+--print_config prints the resolved config of --config (with overrides) and exits.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from __future__ import annotations
 
-from rankax.train import train_lib
+import logging
+import sys
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.json and plots.")
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+from experiments import cli
+
+FLAGS = {
+    "config": "experiment config file (the list below)",
+    "workdir": "directory for checkpoints, config.json, metrics.json and plots",
+    "allow_config_change": "comma-separated config keys (or groups, or '*') allowed to differ "
+    "from the config the workdir recorded",
+    "print_config": "print the resolved config and exit",
+}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+def usage() -> str:
+    flags = "\n".join(f"  --{name:<20} {text}" for name, text in FLAGS.items())
+    return f"{__doc__.strip()}\n\nflags:\n{flags}\n\nconfigs:\n{cli.configs_listing()}\n"
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    values, overrides, want_help = cli.parse(argv, FLAGS, bool_flags=("print_config",))
+    if want_help:
+        print(usage())
+        return None
+    if "config" not in values:
+        raise cli.CliError(f"--config is required. The experiment configs:\n{cli.configs_listing()}")
+    config = cli.load_config(values["config"])
+    cli.apply_overrides(config, overrides)
+    if values.get("print_config"):
+        print(config)
+        return None
+    if "workdir" not in values:
+        raise cli.CliError("--workdir is required (a new directory, or the one of the run to resume)")
+    # orbax logs every file operation at INFO and a few harmless notices at WARNING
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    from rankax.train import CheckpointReadError, ConfigError, train_lib
+
+    allowed = [k.strip() for k in values.get("allow_config_change", "").split(",") if k.strip()]
+    try:
+        return train_lib.train_and_evaluate(config, values["workdir"], allow_config_change=allowed)
+    except (ConfigError, CheckpointReadError, FileNotFoundError) as err:  # a dataset not prepared
+        raise cli.CliError(str(err)) from None
+    except ValueError as err:  # a config value the program checked: the message names the key
+        if not str(err).startswith("config."):
+            raise
+        raise cli.CliError(str(err)) from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -69,7 +69,7 @@ list_labels = jnp.zeros(M + 1, jnp.int32).at[0].set(1)
 def pnp_of_r(r, variant, alpha=4.0):
     x = TAU * jax.scipy.special.logit(r / M)
     scores = jnp.concatenate([jnp.zeros(1), jnp.full(M, x)])
-    return rankax.pnp_loss(scores, list_labels, variant=variant, tau=TAU, alpha=alpha)
+    return rankax.pnp_loss(scores, list_labels, variant=variant, temperature=TAU, alpha=alpha)
 
 
 r = jnp.linspace(0.01, 30.0, 300)
@@ -119,7 +119,8 @@ negatives_before = positions - np.arange(len(positions))
 
 pull = {}
 for variant in VARIANTS:
-    g = jax.jit(jax.grad(functools.partial(rankax.pnp_loss, labels=labels, variant=variant, tau=TAU)))(scores)
+    loss = functools.partial(rankax.pnp_loss, labels=labels, variant=variant, temperature=TAU)
+    g = jax.jit(jax.grad(loss))(scores)
     pull[variant] = -np.asarray(g)[positions]
 
 fig, ax = plt.subplots(figsize=(7, 4))

@@ -24,7 +24,7 @@ import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
-from rankax import ranking
+from rankax import _renames, ranking
 
 Array = jax.Array
 ReduceFn = Callable[..., Array] | None
@@ -313,6 +313,7 @@ HPARAM_RANGES: dict[str, str] = {
     "tau": "positive",
     "tau1": "positive",
     "tau2": "positive",
+    "k_temperature": "positive",
     "rho": "nonnegative",
     "delta": "nonnegative",
     "lambda_": "positive",
@@ -412,6 +413,7 @@ def validated(
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Array:
+        kwargs = _renames.rename_kwargs(fn_name, signature.parameters, kwargs)  # deprecated names
         bound = _bind(fn_name, signature, args, kwargs)
         hparams = {k: v for k, v in bound.arguments.items() if k not in _LIST_ARGS}
         check_hparams(fn_name, hparams)
@@ -612,6 +614,8 @@ def list_statistics(
     **hparams: Any,
 ) -> dict[str, Array]:
     """Additive per-list statistics of ``loss_fn`` (``[...]`` arrays); see the note above."""
+    name, params = getattr(loss_fn, "__name__", "loss_fn"), inspect.signature(loss_fn).parameters
+    hparams = _renames.rename_kwargs(name, params, hparams)  # deprecated spellings
     custom = getattr(loss_fn, "list_statistics", None)
     if custom is not None:
         return custom(scores, labels, where, max_positives=max_positives, **hparams)
@@ -622,6 +626,8 @@ def list_statistics(
 
 def from_statistics(loss_fn: Callable[..., Array], totals: dict[str, Array], **hparams: Any) -> Array:
     """The batch loss from statistics summed over all lists."""
+    name, params = getattr(loss_fn, "__name__", "loss_fn"), inspect.signature(loss_fn).parameters
+    hparams = _renames.rename_kwargs(name, params, hparams, warn=False)  # warned in list_statistics
     custom = getattr(loss_fn, "from_statistics", None)
     if custom is not None:
         return custom(totals, **hparams)

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from rankax import _renames
+
 Array = jax.Array
 
 ROADMAP_VARIANTS = ("fixed", "neurips")
@@ -52,10 +54,11 @@ def sigmoid_step(x: ArrayLike, temperature: float = 0.01) -> Array:
     return jax.nn.sigmoid(jnp.asarray(x) / temperature)
 
 
+@_renames.accepts_deprecated
 def roadmap_step(
     x: ArrayLike,
     *,
-    tau: float = 0.01,
+    temperature: float = 0.01,
     rho: float = 100.0,
     delta: float = 0.05,
     start: float = 0.5,
@@ -71,7 +74,7 @@ def roadmap_step(
             \\rho (x - \\delta) + \\mathrm{offset} & x > \\delta
         \\end{cases}
 
-    With the defaults (SOP/CUB: ``tau=0.01, rho=100, delta=0.05, start=0.5, offset=1.44``)
+    With the defaults (SOP/CUB: ``temperature=0.01, rho=100, delta=0.05, start=0.5, offset=1.44``)
     :math:`h(x) \\ge H(x)` for every :math:`x \\ne 0`, so the SupAP rank of a positive is an upper
     bound of its exact rank and 1 - SupAP an upper bound of 1 - AP. The linear branch keeps a
     constant slope ``rho`` for negatives ranked well before a positive, where a sigmoid's
@@ -83,7 +86,7 @@ def roadmap_step(
     if variant not in ROADMAP_VARIANTS:
         raise ValueError(f"variant must be one of {ROADMAP_VARIANTS}, got {variant!r}")
     x = jnp.asarray(x)
-    sig = jax.nn.sigmoid(x / tau)
+    sig = jax.nn.sigmoid(x / temperature)
     linear_arg = x - delta if variant == "fixed" else x
     linear = rho * linear_arg + offset
     return jnp.where(x <= 0, sig, jnp.where(x <= delta, start + sig, linear))

@@ -292,7 +292,8 @@ def test_batch_loss_bad_input_at_trace_time():
         match=("roadmap_loss", "calibration_weight"),
     )
     _raises(
-        TypeError, _batch_loss(losses.pnp_loss), emb, lab, temperature=0.1, match=("'temperature'",)
+        TypeError, _batch_loss(losses.pnp_loss), emb, lab, temprature=0.1,  # misspelt: pnp takes temperature
+        match=("'temprature'", "did you mean 'temperature'"),
     )
     _raises(
         ValueError, _batch_loss(loss), emb, lab, references=emb[:, :4], reference_labels=lab,

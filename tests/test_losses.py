@@ -202,12 +202,12 @@ def test_temperatures_can_be_traced():
     @jax.jit
     def step(t):
         return (
-            rankax.pnp_loss(scores, labels, tau=t)
-            + rankax.recall_at_k_surrogate_loss(scores, labels, tau1=t, tau2=10 * t)
+            rankax.pnp_loss(scores, labels, temperature=t)
+            + rankax.recall_at_k_surrogate_loss(scores, labels, temperature=t, k_temperature=10 * t)
         )
 
     expected = (
-        rankax.pnp_loss(scores, labels, tau=0.05)
-        + rankax.recall_at_k_surrogate_loss(scores, labels, tau1=0.05, tau2=0.5)
+        rankax.pnp_loss(scores, labels, temperature=0.05)
+        + rankax.recall_at_k_surrogate_loss(scores, labels, temperature=0.05, k_temperature=0.5)
     )
     _close(step(jnp.float32(0.05)), expected)

@@ -318,16 +318,16 @@ def test_recall_surrogates_reference():
     expected = [ref_sup_recall(s[i], y[i]) for i in range(B)]
     np.testing.assert_allclose(_per_list(rankax.sup_recall_at_k_loss, s, y), expected, RTOL, ATOL)
     expected = [ref_sup_recall(s[i], y[i], ks=(1, 3), tau2=0.5) for i in range(B)]
-    got = _per_list(rankax.sup_recall_at_k_loss, s, y, ks=(1, 3), tau2=0.5)
+    got = _per_list(rankax.sup_recall_at_k_loss, s, y, ks=(1, 3), k_temperature=0.5)
     np.testing.assert_allclose(got, expected, RTOL, ATOL)
     expected = [ref_rs_at_k(s[i], y[i]) for i in range(B)]
     np.testing.assert_allclose(_per_list(rankax.recall_at_k_surrogate_loss, s, y), expected, RTOL, ATOL)
     expected = [ref_rs_at_k(s[i], y[i], (2, 4), 0.05, 0.5) for i in range(B)]
-    got = _per_list(rankax.recall_at_k_surrogate_loss, s, y, ks=(2, 4), tau1=0.05, tau2=0.5)
+    got = _per_list(rankax.recall_at_k_surrogate_loss, s, y, ks=(2, 4), temperature=0.05, k_temperature=0.5)
     np.testing.assert_allclose(got, expected, RTOL, ATOL)
     # A flat recall sigmoid makes the soft hits of the 4-positive list exceed k = 1: capped.
     expected = [ref_rs_at_k(s[i], y[i], (1, 2), 0.01, 5.0) for i in range(B)]
-    got = _per_list(rankax.recall_at_k_surrogate_loss, s, y, ks=(1, 2), tau2=5.0)
+    got = _per_list(rankax.recall_at_k_surrogate_loss, s, y, ks=(1, 2), k_temperature=5.0)
     np.testing.assert_allclose(got, expected, RTOL, ATOL)
     pos = np.flatnonzero(y[3])
     ranks = [1 + sum(sig((s[3, j] - s[3, k]) / 0.01) for j in range(N) if j != k) for k in pos]
@@ -349,7 +349,7 @@ def test_pnp_reference(variant):
     np.testing.assert_allclose(_per_list(rankax.pnp_loss, s, y, variant=variant), expected, RTOL, ATOL)
     if variant == "Dq":
         expected = [ref_pnp(s[i], y[i], "Dq", tau=0.1, alpha=8.0) for i in range(B)]
-        got = _per_list(rankax.pnp_loss, s, y, variant="Dq", tau=0.1, alpha=8.0)
+        got = _per_list(rankax.pnp_loss, s, y, variant="Dq", temperature=0.1, alpha=8.0)
         np.testing.assert_allclose(got, expected, RTOL, ATOL)
 
 
@@ -488,7 +488,7 @@ def test_sup_recall_tends_to_recall_at_k():
     errors = []
     for t in (0.3, 0.1, 0.01):
         loss = rankax.sup_recall_at_k_loss(
-            s, y, ks=ks, tau2=t, tau=t / 10, rho=0.0, start=0.0, offset=1.0
+            s, y, ks=ks, k_temperature=t, temperature=t / 10, rho=0.0, start=0.0, offset=1.0
         )
         errors.append(abs(float(loss) - (1 - recall)))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4, errors
@@ -499,7 +499,7 @@ def test_hap_is_ap_for_binary_relevance():
     np.testing.assert_allclose(
         _per_list(rankax.hap_loss, s, y), _per_list(rankax.supap_loss, s, y), rtol=1e-6, atol=1e-6
     )
-    exact = dict(tau=1e-4, rho=0.0, start=0.0, offset=1.0)
+    exact = dict(temperature=1e-4, rho=0.0, start=0.0, offset=1.0)
     expected = [1 - exact_ap(s[i], y[i]) for i in range(B)]
     np.testing.assert_allclose(_per_list(rankax.hap_loss, s, y, **exact), expected, atol=1e-5)
     s, rel = _graded()
@@ -511,13 +511,13 @@ def test_hap_is_ap_for_binary_relevance():
 
 _SMOOTH = [
     (rankax.smooth_ap_loss, {"temperature": 0.1}),
-    (rankax.supap_loss, {"tau": 0.1}),
+    (rankax.supap_loss, {"temperature": 0.1}),
     (rankax.contrastive_loss, {}),
-    (rankax.pnp_loss, {"tau": 0.1, "variant": "Dq"}),
-    (rankax.sup_recall_at_k_loss, {"tau": 0.1, "ks": (1, 2, 4)}),
-    (rankax.recall_at_k_surrogate_loss, {"tau1": 0.1, "ks": (1, 2, 4)}),
-    (rankax.hap_loss, {"tau": 0.1}),
-    (rankax.sup_ndcg_loss, {"tau": 0.1}),
+    (rankax.pnp_loss, {"temperature": 0.1, "variant": "Dq"}),
+    (rankax.sup_recall_at_k_loss, {"temperature": 0.1, "ks": (1, 2, 4)}),
+    (rankax.recall_at_k_surrogate_loss, {"temperature": 0.1, "ks": (1, 2, 4)}),
+    (rankax.hap_loss, {"temperature": 0.1}),
+    (rankax.sup_ndcg_loss, {"temperature": 0.1}),
     (rankax.histogram_ap_loss, {"num_bins": 10, "score_range": (-1.0, 1.0)}),
     (rankax.histogram_ap_loss, {"num_bins": 10, "score_range": (-1.0, 1.0), "tie_aware": True}),
     (rankax.fast_ap_loss, {}),

@@ -92,7 +92,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
         else:
             entry.unlink()
     cfg = tiny_config(num_steps=10)
-    train_lib.train_and_evaluate(cfg, str(tmp_path))
+    train_lib.train_and_evaluate(cfg, str(tmp_path), allow_config_change=["num_steps"])
     out = capsys.readouterr().out
     assert "checkpoint step 8" in out and "unreadable" in out
     assert (tmp_path / "checkpoints.corrupt" / "8").exists()

@@ -107,7 +107,7 @@ def roadmap_loss(c, *, start, offset):
         {
             "supap_weight": 1.0,
             "calibration_weight": 1.0,
-            "tau": 0.01,  # sigmoid temperature ("temp" in the official yaml)
+            "temperature": 0.01,  # sigmoid temperature ("temp" in the official yaml)
             "rho": 100.0,  # slope after delta ("tau" in the official yaml)
             "delta": 0.05,  # "margin" in the official yaml
             "start": start,
@@ -120,12 +120,19 @@ def roadmap_loss(c, *, start, offset):
 
 
 def hap_loss(c, *, start, offset):
-    """Sets ``c.loss``: H-AP on the label paths (SupRank/HAPPIER ``SupHAPLoss``: tau 0.01,
+    """Sets ``c.loss``: H-AP on the label paths (SupRank/HAPPIER ``SupHAPLoss``: temperature 0.01,
     rho 100, delta 0.05), graded by the hierarchy (``c.loss.hierarchical``)."""
     c.loss.name = "hap"
     c.loss.hierarchical = True  # the loss sees the label paths (graded relevance)
     c.loss.hparams = ml_collections.ConfigDict(
-        {"tau": 0.01, "rho": 100.0, "delta": 0.05, "start": start, "offset": offset, "variant": "fixed"}
+        {
+            "temperature": 0.01,
+            "rho": 100.0,
+            "delta": 0.05,
+            "start": start,
+            "offset": offset,
+            "variant": "fixed",
+        }
     )
 
 
@@ -138,7 +145,7 @@ def pnp(c):
     (``fc_lr=-1``), weight decay 4e-4. Variants: ``--config.loss.hparams.variant=O|Iu|Ib|Ds|Dq``.
     """
     c.loss.name = "pnp"
-    c.loss.hparams = ml_collections.ConfigDict({"variant": "Dq", "tau": 0.01, "alpha": 4.0, "b": 2.0})
+    c.loss.hparams = ml_collections.ConfigDict({"variant": "Dq", "temperature": 0.01, "alpha": 4.0, "b": 2.0})
     resnet(c)
     c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=4e-4)
 

@@ -84,7 +84,7 @@ def supap_loss(
     where: ArrayLike | None = None,
     reduce_fn: _lists.ReduceFn = jnp.mean,
     max_positives: int | None = None,
-    tau: float = 0.01,
+    temperature: float = 0.01,
     rho: float = 100.0,
     delta: float = 0.05,
     start: float = 0.5,
@@ -105,7 +105,7 @@ def supap_loss(
 
     Args:
       scores, labels, where, reduce_fn, max_positives: as in :func:`smooth_ap_loss`.
-      tau, rho, delta, start, offset, variant: the surrogate's parameters; defaults are the
+      temperature, rho, delta, start, offset, variant: the surrogate's parameters; defaults are the
         SOP/CUB values of the paper (iNaturalist: ``start=0.0, offset=1.0``).
 
     References:
@@ -114,7 +114,8 @@ def supap_loss(
     """
     _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
     kernel = functools.partial(
-        _supap_kernel, tau=tau, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+        _supap_kernel,
+        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant,
     )
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
 
@@ -171,7 +172,7 @@ def roadmap_loss(
     calibration_weight: float = 1.0,
     pos_margin: float = 0.9,
     neg_margin: float = 0.6,
-    tau: float = 0.01,
+    temperature: float = 0.01,
     rho: float = 100.0,
     delta: float = 0.05,
     start: float = 0.5,
@@ -193,13 +194,15 @@ def roadmap_loss(
         (per-list ``w1 * supap + w2 * calibration`` on the list's own pairs) or ``jnp.sum``.
       supap_weight, calibration_weight: :math:`w_1, w_2`.
       pos_margin, neg_margin: calibration margins (0.9, 0.6).
-      tau, rho, delta, start, offset, variant: SupAP's surrogate, see :func:`supap_loss`.
+      temperature, rho, delta, start, offset, variant: SupAP's surrogate, see :func:`supap_loss`.
 
     References:
       Ramzi, Thome, Rambour, Audebert, Bitot. "Robust and Decomposable Average Precision for
       Image Retrieval." NeurIPS 2021.
     """
-    supap_hparams = dict(tau=tau, rho=rho, delta=delta, start=start, offset=offset, variant=variant)
+    supap_hparams = dict(
+        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+    )
     supap = supap_loss(
         scores, labels, where=where, reduce_fn=reduce_fn, max_positives=max_positives, **supap_hparams
     )

@@ -64,10 +64,10 @@ def _pnp_transform(r: Array, variant: str, b: float, alpha: float) -> Array:
     return 1.0 - (1.0 + r) ** (-alpha)
 
 
-def _pnp_kernel(scores, labels, where, positives, *, variant, tau, b, alpha):
+def _pnp_kernel(scores, labels, where, positives, *, variant, temperature, b, alpha):
     diff, others = ranking.pairwise_differences(scores, where, positives)
     is_neg = (labels <= 0)[..., None, :]
-    r = jnp.sum(jnp.where(others & is_neg, ranking.sigmoid_step(diff, tau), 0.0), axis=-1)
+    r = jnp.sum(jnp.where(others & is_neg, ranking.sigmoid_step(diff, temperature), 0.0), axis=-1)
     return _base.masked_mean(_pnp_transform(r, variant, b, alpha), positives.mask)
 
 
@@ -80,7 +80,7 @@ def pnp_loss(
     reduce_fn: _lists.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     variant: str = "Dq",
-    tau: float = 0.01,
+    temperature: float = 0.01,
     b: float = 2.0,
     alpha: float = 4.0,
 ) -> Array:
@@ -91,7 +91,7 @@ def pnp_loss(
     Args:
       scores, labels, where, reduce_fn, max_positives: as for every list loss.
       variant: ``"O"``, ``"Iu"``, ``"Ib"``, ``"Ds"`` or ``"Dq"`` (default, the paper's best).
-      tau: sigmoid temperature (0.01, the official ``anneal``).
+      temperature: sigmoid temperature (0.01, the official ``anneal``).
       b: the ``Ib`` parameter (2.0); ``b -> 0`` tends to ``R^2 / 2`` (computed accurately for any
         ``b > 0``), ``b -> inf`` to ``R / b``.
       alpha: the ``Dq`` exponent. Sources disagree (4 vs 8): the authors' README trains its
@@ -105,6 +105,6 @@ def pnp_loss(
       AAAI 2022.
     """
     _base.check_choice("variant", variant, PNP_VARIANTS)
-    _base.check_positive("tau", tau)
-    kernel = functools.partial(_pnp_kernel, variant=variant, tau=tau, b=b, alpha=alpha)
+    _base.check_positive("temperature", temperature)
+    kernel = functools.partial(_pnp_kernel, variant=variant, temperature=temperature, b=b, alpha=alpha)
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)

@@ -40,23 +40,23 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 
 def _smooth_recall(
-    rank: Array, positives: ranking.Positives, num_pos: Array, ks, tau2, clip: bool
+    rank: Array, positives: ranking.Positives, num_pos: Array, ks, k_temperature, clip: bool
 ) -> Array:
-    """``mean_k sum_p sigmoid((k - rank_p)/tau2) / min(|P|, k)`` over the filled slots; with
+    """``mean_k sum_p sigmoid((k - rank_p)/k_temperature) / min(|P|, k)`` over the filled slots; with
     ``clip`` the soft count of hits is first capped at ``k`` (RS@k's code)."""
     recalls = []
     for k in ks:
-        hits = jnp.sum(jnp.where(positives.mask, jax.nn.sigmoid((k - rank) / tau2), 0.0), axis=-1)
+        hits = jnp.sum(jnp.where(positives.mask, jax.nn.sigmoid((k - rank) / k_temperature), 0.0), axis=-1)
         if clip:
             hits = jnp.minimum(hits, float(k))
         recalls.append(_lists.safe_divide(hits, jnp.minimum(num_pos, float(k))))
     return sum(recalls) / len(ks)
 
 
-def _sup_recall_kernel(scores, labels, where, positives, *, ks, tau2, **step_kwargs):
+def _sup_recall_kernel(scores, labels, where, positives, *, ks, k_temperature, **step_kwargs):
     rank, _ = _base.supap_ranks(scores, labels, where, positives, **step_kwargs)
     num_pos = _lists.num_positives(labels, where)
-    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, tau2, clip=False)
+    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, k_temperature, clip=False)
 
 
 @_base.validated
@@ -68,8 +68,8 @@ def sup_recall_at_k_loss(
     reduce_fn: _lists.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
-    tau2: float = 1.0,
-    tau: float = 0.01,
+    k_temperature: float = 1.0,
+    temperature: float = 0.01,
     rho: float = 100.0,
     delta: float = 0.05,
     start: float = 0.5,
@@ -88,29 +88,29 @@ def sup_recall_at_k_loss(
       scores, labels, where, reduce_fn, max_positives: as in :func:`rankax.losses.supap_loss`
         (binary: ``labels > 0`` are the positives).
       ks: cut-offs ``K = (1, 2, 4, 8, 16)`` (SupRank's configs).
-      tau2: temperature of the recall sigmoid (1.0). The soft hits are not capped: as ``tau2``
-        grows each tends to 1/2 and the loss to ``1 - mean_k (|P|/2) / min(|P|, k)``, which is
-        negative for ``|P| >= 3``.
-      tau, rho, delta, start, offset, variant: the ROADMAP step ``h`` of the negatives.
+      k_temperature: temperature of the recall sigmoid (1.0). The soft hits are not capped: as
+        ``k_temperature`` grows each tends to 1/2 and the loss to
+        ``1 - mean_k (|P|/2) / min(|P|, k)``, which is negative for ``|P| >= 3``.
+      temperature, rho, delta, start, offset, variant: the ROADMAP step ``h`` of the negatives.
 
     References:
       Ramzi et al. "Optimization of Rank Losses for Image Retrieval." arXiv:2309.08250.
     """
     ks = _check_ks(ks)
     _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
-    _base.check_positive("tau2", tau2)
+    _base.check_positive("k_temperature", k_temperature)
     kernel = functools.partial(
-        _sup_recall_kernel, ks=ks, tau2=tau2, tau=tau, rho=rho, delta=delta, start=start,
-        offset=offset, variant=variant,
+        _sup_recall_kernel, ks=ks, k_temperature=k_temperature, temperature=temperature, rho=rho,
+        delta=delta, start=start, offset=offset, variant=variant,
     )
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
 
 
-def _rs_at_k_kernel(scores, labels, where, positives, *, ks, tau1, tau2):
+def _rs_at_k_kernel(scores, labels, where, positives, *, ks, temperature, k_temperature):
     diff, others = ranking.pairwise_differences(scores, where, positives)
-    rank = 1.0 + jnp.sum(jnp.where(others, ranking.sigmoid_step(diff, tau1), 0.0), axis=-1)
+    rank = 1.0 + jnp.sum(jnp.where(others, ranking.sigmoid_step(diff, temperature), 0.0), axis=-1)
     num_pos = _lists.num_positives(labels, where)
-    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, tau2, clip=True)
+    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, k_temperature, clip=True)
 
 
 @_base.validated
@@ -122,8 +122,8 @@ def recall_at_k_surrogate_loss(
     reduce_fn: _lists.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
-    tau1: float = 0.01,
-    tau2: float = 1.0,
+    temperature: float = 0.01,
+    k_temperature: float = 1.0,
 ) -> Array:
     """Recall@k surrogate (RS@k), ``1 - RS@k`` averaged over the cut-offs ``ks``.
 
@@ -140,14 +140,14 @@ def recall_at_k_surrogate_loss(
     Args:
       scores, labels, where, reduce_fn, max_positives: as for every list loss.
       ks: cut-offs (the paper uses ``{1, 2, 4, 8, 16}`` on SOP-like datasets).
-      tau1: rank sigmoid temperature (0.01); tau2: recall sigmoid temperature (1.0).
+      temperature: rank sigmoid temperature (0.01); k_temperature: recall sigmoid temperature (1.0).
 
     References:
       Patel, Tolias, Matas. "Recall@k Surrogate Loss with Large Batches and Similarity
       Mixup." CVPR 2022.
     """
     ks = _check_ks(ks)
-    _base.check_positive("tau1", tau1)
-    _base.check_positive("tau2", tau2)
-    kernel = functools.partial(_rs_at_k_kernel, ks=ks, tau1=tau1, tau2=tau2)
+    _base.check_positive("temperature", temperature)
+    _base.check_positive("k_temperature", k_temperature)
+    kernel = functools.partial(_rs_at_k_kernel, ks=ks, temperature=temperature, k_temperature=k_temperature)
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)

@@ -54,7 +54,7 @@ def hap_loss(
     where: ArrayLike | None = None,
     reduce_fn: _lists.ReduceFn = jnp.mean,
     max_positives: int | None = None,
-    tau: float = 0.01,
+    temperature: float = 0.01,
     rho: float = 100.0,
     delta: float = 0.05,
     start: float = 0.5,
@@ -77,7 +77,7 @@ def hap_loss(
       labels: ``[..., N]`` graded relevance >= 0 (> 0: positive), e.g. from
         :func:`rankax.hierarchy.path_relevance` (SupRank's "pop" rule).
       where, reduce_fn, max_positives: as in :func:`rankax.losses.supap_loss`.
-      tau, rho, delta, start, offset, variant: the ROADMAP step ``h`` (SupRank's configs:
+      temperature, rho, delta, start, offset, variant: the ROADMAP step ``h`` (SupRank's configs:
         0.01, 100, 0.05, 0.5, 1.44).
 
     References:
@@ -87,7 +87,8 @@ def hap_loss(
     """
     _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
     kernel = functools.partial(
-        _hap_kernel, tau=tau, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+        _hap_kernel,
+        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant,
     )
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
 
@@ -115,7 +116,7 @@ def sup_ndcg_loss(
     where: ArrayLike | None = None,
     reduce_fn: _lists.ReduceFn = jnp.mean,
     max_positives: int | None = None,
-    tau: float = 0.01,
+    temperature: float = 0.01,
     rho: float = 100.0,
     delta: float = 0.05,
     start: float = 0.5,
@@ -140,6 +141,7 @@ def sup_ndcg_loss(
     """
     _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
     kernel = functools.partial(
-        _sup_ndcg_kernel, tau=tau, rho=rho, delta=delta, start=start, offset=offset, variant=variant
+        _sup_ndcg_kernel,
+        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant,
     )
     return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)

@@ -81,3 +81,21 @@ class CheckpointReadError(OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ConfigError(ValueError):
+    """A config key holds a value this run cannot use (names the key and the fix)."""
+
+
+class WorkdirConfigMismatch(ConfigError):
+    """The workdir holds a run started with another config (``<workdir>/config.json``).
+
+    Attributes:
+      workdir: the directory.
+      differences: ``{key: (recorded value, value now)}`` of the refused keys.
+    """
+
+    def __init__(self, message: str, *, workdir: str, differences: dict[str, tuple]):
+        super().__init__(message)
+        self.workdir = workdir
+        self.differences = differences

@@ -10,11 +10,26 @@ import jax.numpy as jnp
 import ml_collections
 
 from rankax import data as rdata
+from rankax.train.errors import ConfigError
 
 
 def load(config: ml_collections.ConfigDict) -> rdata.RetrievalDataset:
-    """The :class:`~rankax.data.RetrievalDataset` of ``config.dataset``."""
-    return rdata.load_dataset(config.dataset)
+    """The :class:`~rankax.data.RetrievalDataset` of ``config.dataset``.
+
+    Raises:
+      ConfigError: the dataset needs an optional dependency that is not installed (names the
+        extra to install).
+    """
+    try:
+        return rdata.load_dataset(config.dataset)
+    except ModuleNotFoundError as err:
+        if err.name not in ("tensorflow_datasets", "PIL"):
+            raise
+        raise ConfigError(
+            f"config.dataset.name={config.dataset.name!r} needs the optional package {err.name!r}, "
+            "which is not installed: pip install -e '.[data]' (from a clone: .venv/bin/pip install "
+            "-e '.[data]'); the digits configs need nothing more"
+        ) from None
 
 
 def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalDataset):

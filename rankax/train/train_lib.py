@@ -33,6 +33,7 @@ import rankax
 from rankax import models, xbm
 from rankax.data.base import RetrievalDataset, Source
 from rankax.train import checkpointing, errors, input_pipeline, plotting
+from rankax.train import workdir as workdir_lib
 
 Array = jax.Array
 
@@ -556,14 +557,107 @@ def restore_for_evaluation(
 # ----------------------------------------------------------------------------- loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: Any = ()
+) -> dict[str, float]:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
 
-    Writes ``workdir/metrics.json`` (the final evaluation), ``workdir/history.json`` (the
-    training curve), ``workdir/checkpoints/<step>``, TensorBoard events under
-    ``workdir/tensorboard`` and PNG plots. Returns the final metrics.
+    Writes ``workdir/config.json`` (the resolved config, rankax version and commit, at the
+    first start), ``workdir/metrics.json`` (the final evaluation), ``workdir/history.json``
+    (the training curve), ``workdir/baselines.json`` (raw pixels and the untrained network),
+    ``workdir/checkpoints/<step>``, TensorBoard events under ``workdir/tensorboard`` and PNG
+    plots. Returns the final metrics.
+
+    A workdir that records another config stops the run before anything is written
+    (:class:`~rankax.train.WorkdirConfigMismatch` naming the differing keys) unless each
+    differing key is in ``allow_config_change`` (dotted keys, groups, or ``"*"``; see
+    :mod:`rankax.train.workdir`). A run that fails before its first step in a new (or empty)
+    workdir leaves nothing on disk.
     """
-    os.makedirs(workdir, exist_ok=True)
+    existed = os.path.isdir(workdir)
+    fresh = not existed or not os.listdir(workdir)
+    config = check_loss_hparams(config)
+    changes = workdir_lib.check(config, workdir, allow_config_change)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")) and (warning := pretrained_warning(config)):
+        print(warning)
+    progress = {"steps": 0}
+    try:
+        return _train_and_evaluate(config, workdir, changes, progress)
+    except BaseException as err:
+        if fresh and progress["steps"] == 0 and not isinstance(err, errors.NonFiniteLossError):
+            _remove_contents(workdir, keep_dir=existed)  # a failed start leaves no half-made workdir
+        raise
+
+
+def _remove_contents(workdir: str, keep_dir: bool) -> None:
+    import shutil
+
+    if os.path.isdir(workdir):
+        for name in os.listdir(workdir):
+            path = os.path.join(workdir, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        if not keep_dir:
+            os.rmdir(workdir)
+
+
+def pretrained_warning(config: ml_collections.ConfigDict) -> str | None:
+    """A warning when a paper config's backbone (ResNet/DeiT/ViT) has no ``model.pretrained``
+    weights: the papers fine-tune ImageNet weights, random ones do not reproduce them."""
+    name = str(config.model.name)
+    if name == "mlp" or config.model.get("pretrained", None):
+        return None
+    return (
+        f"WARNING: config.model.pretrained is not set: {name} starts from random weights, far from "
+        f"the papers' numbers (they fine-tune ImageNet weights). Set "
+        f"--config.model.pretrained=/path/to/{name}.pth (docs/models.md)"
+    )
+
+
+def check_loss_hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with every key of ``config.loss.hparams`` checked to be a keyword argument of
+    the loss; a deprecated spelling (``tau``) is renamed (a copy of ``config``, with a warning),
+    so the workdir records one name. Raises :class:`~rankax.train.ConfigError` naming the key,
+    the closest argument and all of them."""
+    import difflib
+    import inspect
+
+    from rankax import _renames
+
+    loss_fn = resolve_loss(config.loss.name)
+    params = inspect.signature(loss_fn).parameters
+    known = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n not in _HPARAM_EXCLUDED]
+    renamed = {}
+    for key in config.loss.hparams.keys():
+        if key in known:
+            continue
+        if (new := _renames.new_name(key, params)) is not None:
+            renamed[key] = new
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean config.loss.hparams.{close[0]}? " if close else ""
+        raise errors.ConfigError(
+            f"config.loss.hparams.{key} is not an argument of {loss_fn.__name__}; {hint}"
+            f"its arguments: {', '.join(known)} (docs/losses.md)"
+        )
+    if not renamed:
+        return config
+    config = ml_collections.ConfigDict(config.to_dict())
+    hparams = config.loss.hparams.to_dict()
+    for old, new in renamed.items():
+        if new in hparams:
+            raise errors.ConfigError(f"config.loss.hparams sets both {new!r} and its old spelling {old!r}")
+        print(f"WARNING: config.loss.hparams.{old} is deprecated: use config.loss.hparams.{new}")
+        hparams[new] = hparams.pop(old)
+    config.loss.hparams = ml_collections.ConfigDict(hparams)
+    return config
+
+
+_HPARAM_EXCLUDED = ("where", "reduce_fn", "max_positives", "key")
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, changes: dict, progress_of_run: dict[str, int]
+) -> dict[str, float]:
     data = input_pipeline.load(config)
     mesh = make_mesh(config)
     sampler = input_pipeline.make_sampler(config, data)
@@ -575,7 +669,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = create_train_state(config, model, sample, train_labels.ndim, train_labels.shape[-1])
     known = evaluation_keys(config, np.asarray(data.test.labels).ndim)
     if config.best_metric not in known:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.best_metric={config.best_metric!r} is not an evaluation key; one of {sorted(known)}"
         )
     nonfinite_action(config)
@@ -583,36 +677,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise ValueError(
             f"config.max_consecutive_nonfinite must be >= 1, got {config.max_consecutive_nonfinite}"
         )
+    os.makedirs(workdir, exist_ok=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
     state, history = ckpt.restore_latest(state)
     state = jax.device_put(state, NamedSharding(mesh, P()))
     start = int(state.step)
+    workdir_lib.write(config, workdir, changes)
     writer = _summary_writer(workdir)
 
     evaluator = make_evaluator(config, data)
+    baselines_path = os.path.join(workdir, "baselines.json")
     report: dict[str, dict[str, float]] = {}
     if start == 0 and config.eval_baselines:
         if isinstance(data.test, rankax.data.ArraySource):
-            flat = data.test.images.reshape(len(data.test), -1).astype(np.float32)
-            flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-            raw = rankax.retrieval.RetrievalEvaluator(
-                flat,
-                data.test.labels,
-                batch_size=len(flat),
-                backend=config.eval_backend,
-                ks=tuple(config.eval_ks),
-            )
-            report["raw pixels"] = _scalars(raw.run(np.asarray))
+            report["raw pixels"] = raw_pixel_metrics(config, data)
         report["untrained"] = evaluate_state(config, state, data, evaluator)
         history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
+        _write_json(baselines_path, report, indent=2)
+    elif os.path.exists(baselines_path):  # a resumed or finished run shows its whole table
+        with open(baselines_path) as f:
+            report.update(json.load(f))
 
     train_step = make_train_step(config, input_pipeline.augment_fn(config), mesh, train_labels.ndim)
     guard = _NonFiniteGuard(config, workdir, train_step, train_labels, ckpt, history)
     log_every = max(1, int(config.log_every))
-    progress = _progress(start, config.num_steps)
+    progress = None  # shown from the second step on: the first one compiles (ETA from it is wrong)
     t0, seen = time.perf_counter(), 0
     halted: Any = False
     pending = None  # the last dispatched step, its finite flag not read yet (one step of lag)
+    if start < config.num_steps:
+        print(f"Training steps {start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True)
     for step in range(start, config.num_steps):
         idx = sampler.indices(step)
         images = data.train.get_batch(idx, train=True, seed=int(config.seed) * 2**32 + step)
@@ -635,7 +729,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if bool(metrics["finite"]):  # a skipped step logs no loss
                 entry["loss"] = float(metrics["loss"])
                 writer.add_scalar("train/loss", entry["loss"], step + 1)
-                progress.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}")
+                if progress is not None:
+                    progress.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}")
             if guard.action == "skip":
                 entry["nonfinite_skipped"] = guard.skipped
                 writer.add_scalar("train/nonfinite_skipped", guard.skipped, step + 1)
@@ -648,30 +743,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.add_scalar(f"eval/{k}", v, step + 1)
         if save_now:
             ckpt.save(state, history)
-        progress.update(1)
-    progress.close()
+        progress_of_run["steps"] += 1
+        if progress is None:
+            jax.block_until_ready(state.step)  # the compile is over: the bar's rate starts here
+            progress = _progress(step + 1, config.num_steps)
+        else:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
 
     final = evaluate_state(config, state, data, evaluator)
-    history.append({"step": int(state.step), **{f"eval/{k}": v for k, v in final.items()}})
-    for k, v in final.items():
-        writer.add_scalar(f"eval/{k}", v, int(state.step))
+    last = history[-1] if history else {}
+    if not (last.get("step") == int(state.step) and any(k.startswith("eval/") for k in last)):
+        history.append({"step": int(state.step), **{f"eval/{k}": v for k, v in final.items()}})
+        for k, v in final.items():
+            writer.add_scalar(f"eval/{k}", v, int(state.step))
     writer.close()
     if int(state.step) > start or not ckpt.has(int(state.step)):
         ckpt.save(state, history, metrics=final)
     ckpt.close()
     report["trained"] = final
     _print_table(report)
-    _write_json(os.path.join(workdir, "metrics.json"), final, indent=2)
-    _write_json(os.path.join(workdir, "history.json"), history)
-    plotting.training_curves(history, os.path.join(workdir, "training_curves.png"))
+    outputs = [os.path.join(workdir, n) for n in ("metrics.json", "history.json", "training_curves.png")]
+    _write_json(outputs[0], final, indent=2)
+    _write_json(outputs[1], history)
+    plotting.training_curves(history, outputs[2], baselines=report)
     if isinstance(data.test, rankax.data.ArraySource):
         emb = embed_source(state, data.test, int(config.eval_batch_size))
         labels = np.asarray(data.test.labels)
-        plotting.embedding_projection(
-            emb, labels if labels.ndim == 1 else labels[:, 0], os.path.join(workdir, "test_embeddings.png")
-        )
+        labels = labels if labels.ndim == 1 else labels[:, 0]
+        before = None
+        if config.eval_baselines:  # the untrained network's embeddings, for the "before" panel
+            initial = create_train_state(config, model, sample, train_labels.ndim, train_labels.shape[-1])
+            before = embed_source(initial, data.test, int(config.eval_batch_size))
+        outputs.append(os.path.join(workdir, "test_embeddings.png"))
+        plotting.embedding_projection(emb, labels, outputs[-1], before=before, report=report)
+    print("Wrote " + ", ".join(outputs) + f" (checkpoints in {ckpt.directory})")
     return final
 
+
+def raw_pixel_metrics(config: ml_collections.ConfigDict, data: RetrievalDataset) -> dict[str, float]:
+    """Retrieval on the L2-normalised raw pixels of an in-memory test split (the baseline a
+    trained embedding must beat)."""
+    flat = data.test.images.reshape(len(data.test), -1).astype(np.float32)
+    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    raw = rankax.retrieval.RetrievalEvaluator(
+        flat, data.test.labels, batch_size=len(flat), backend=config.eval_backend, ks=tuple(config.eval_ks)
+    )
+    return _scalars(raw.run(np.asarray))
 
 
 def _write_json(path: str, obj: Any, **kwargs: Any) -> None:

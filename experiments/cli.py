@@ -1,0 +1,205 @@
+"""The command-line convention shared by ``experiments.train`` and ``experiments.evaluate``.
+
+``--config FILE`` names an ``ml_collections`` config file (``get_config()``), and any
+``--config.<key>=<value>`` overrides one of its keys, typed as the key's current value
+(``--config.num_steps=50``, ``--config.eval_ks=1,10``, ``--config.model.pretrained=w.pth``).
+``config.loss.hparams`` is open: ``--config.loss.hparams.temperature=0.05`` adds or replaces a
+keyword argument of the loss (the training program checks it is one). Other flags are
+``--name=value`` or ``--name value`` (``-`` and ``_`` alike). A mistake is reported in one or two
+lines that name the flag or key and the fix, never as a traceback: :class:`CliError` is a
+``SystemExit`` carrying that message.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+import pathlib
+import runpy
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "configs"
+CONFIG_PREFIX = "--config."
+HPARAMS = "loss.hparams"
+
+
+class CliError(SystemExit):
+    """A usage error: ``str(err)`` is the message printed (``error: ...``), exit status 2
+    when uncaught (``SystemExit`` with a string argument prints it and exits 1)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+def available_configs() -> list[tuple[str, str]]:
+    """``(path, first docstring line)`` of every experiment config under ``configs/``."""
+    out = []
+    for path in sorted(CONFIG_DIR.glob("*.py")):
+        if path.stem in ("__init__", "default"):
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        out.append((os.path.relpath(path, os.getcwd()) if path.is_relative_to(os.getcwd()) else str(path),
+                    doc.strip().splitlines()[0] if doc.strip() else ""))
+    return out
+
+
+def configs_listing() -> str:
+    rows = available_configs()
+    width = max((len(p) for p, _ in rows), default=0)
+    return "\n".join(f"  {p:<{width}}  {d}" for p, d in rows)
+
+
+def parse(
+    argv: Sequence[str], flags: dict[str, str], bool_flags: Sequence[str] = ()
+) -> tuple[dict[str, Any], list[tuple[str, str]], bool]:
+    """``(flag values, [(config key, text)], help requested)`` from ``argv`` (program name
+    excluded). ``flags``: name -> help text of the flags this program takes."""
+    values: dict[str, Any] = {}
+    overrides: list[tuple[str, str]] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg in ("-h", "--help", "--helpfull"):
+            return values, overrides, True
+        if arg.startswith(CONFIG_PREFIX):
+            key, eq, text = arg[len(CONFIG_PREFIX) :].partition("=")
+            if not eq:
+                if i >= len(args):
+                    raise CliError(f"--config.{key} needs a value: --config.{key}=VALUE")
+                text, i = args[i], i + 1
+            overrides.append((key, text))
+            continue
+        if not arg.startswith("--"):
+            raise CliError(f"unexpected argument {arg!r}; flags are --name=value (see --help)")
+        name, eq, text = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in flags:
+            close = difflib.get_close_matches(name, list(flags), n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            raise CliError(f"unknown flag --{name}{hint} (flags: {', '.join('--' + f for f in flags)})")
+        if name in bool_flags and not eq:
+            values[name] = True
+            continue
+        if not eq:
+            if i >= len(args):
+                raise CliError(f"--{name} needs a value")
+            text, i = args[i], i + 1
+        if name in bool_flags:
+            values[name] = _parse_bool(f"--{name}", text)
+        else:
+            values[name] = text
+    return values, overrides, False
+
+
+def load_config(path: str, flag: str = "--config") -> ml_collections.ConfigDict:
+    """The ``get_config()`` of the file ``path``; a missing file lists the configs."""
+    if not os.path.isfile(path):
+        raise CliError(f"{flag} {path}: no such config file. The experiment configs:\n{configs_listing()}")
+    if str(ROOT) not in sys.path:  # configs import `configs.default`
+        sys.path.insert(0, str(ROOT))
+    module = runpy.run_path(path)
+    if "get_config" not in module:
+        raise CliError(f"{flag} {path} defines no get_config(); see configs/digits.py for the form")
+    return module["get_config"]()
+
+
+def config_from_record(record: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The ConfigDict of a flat ``{"a.b": value}`` record (``<workdir>/config.json``)."""
+    tree: dict[str, Any] = {}
+    for key, value in record.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    return ml_collections.ConfigDict(tree)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]) -> None:
+    """Sets each ``--config.<key>=<text>`` on ``config``, typed as the key's current value."""
+    for key, text in overrides:
+        parent, leaf = _locate(config, key)
+        if key.startswith(HPARAMS + ".") and key.count(".") == 2:
+            current = parent.get(leaf, None)
+            value = _literal(text) if current is None else _typed(key, text, type(current))
+            parent[leaf] = value
+            continue
+        field_type = parent.get_type(leaf)
+        if isinstance(parent[leaf], ml_collections.ConfigDict):
+            sub = ", ".join(sorted(parent[leaf].keys())) or "none"
+            raise CliError(f"config.{key} is a group of keys ({sub}); set one: --config.{key}.<key>=VALUE")
+        value = _typed(key, text, field_type)
+        try:
+            parent[leaf] = value
+        except (TypeError, ValueError) as err:
+            raise CliError(f"--config.{key}={text}: {err}") from None
+
+
+def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+    node = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        path = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        open_group = ".".join(parts[:depth]) == HPARAMS  # loss.hparams takes any loss argument
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise CliError(f"config.{'.'.join(parts[:depth])} is a value, not a group: no key {path!r}")
+        if part not in node and not (last and open_group):
+            close = difflib.get_close_matches(part, list(node.keys()), n=1)
+            prefix = ".".join(parts[:depth])
+            hint = f"did you mean config.{prefix + '.' if prefix else ''}{close[0]}? " if close else ""
+            where = f"config.{prefix}" if prefix else "the config"
+            raise CliError(
+                f"config.{path} does not exist in {where}; {hint}"
+                f"(keys: {', '.join(sorted(node.keys()))}; all keys: --print_config)"
+            )
+        if last:
+            return node, part
+        node = node[part]
+    raise CliError(f"empty config key in --config.{key}")
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise CliError(f"{name}={text!r} is not a boolean (true/false)")
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _typed(key: str, text: str, field_type: type | None) -> Any:
+    """``text`` as a value of ``field_type`` (None: the key holds None, any literal)."""
+    if text.strip() == "None":
+        return None
+    try:
+        if field_type is bool:
+            return _parse_bool(f"--config.{key}", text)
+        if field_type is int:
+            return int(text)
+        if field_type is float:
+            return float(text)
+        if field_type in (tuple, list):
+            value = _literal(text if "(" in text or "[" in text else f"({text},)")
+            return field_type(value if isinstance(value, tuple | list) else (value,))
+        if field_type is str:
+            return text
+    except (ValueError, SyntaxError):
+        name = getattr(field_type, "__name__", str(field_type))
+        raise CliError(f"--config.{key}={text!r} is not a valid {name}") from None
+    return _literal(text)

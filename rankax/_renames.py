@@ -1,0 +1,70 @@
+"""Deprecated argument spellings, mapped to the current names in one place.
+
+The vocabulary rule (``docs/losses.md``, "One vocabulary"): the temperature of a sigmoid
+applied to score differences is ``temperature`` everywhere (as in optax, rax and
+pytorch-metric-learning); the second temperature of the recall surrogates, applied to
+``k - rank``, is ``k_temperature``. ``tau``, ``tau1`` and ``tau2`` are accepted for one
+release with a ``DeprecationWarning``.
+
+:func:`rename_kwargs` is called by ``rankax._lists.validated`` (every public list loss and
+metric), by the batch statistics path and by ``rankax.ranking``'s step functions, so a loss
+module only spells the new names.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable, Container
+from typing import Any
+
+# old spelling -> new name (applied only where the function takes the new name)
+DEPRECATED: dict[str, str] = {
+    "tau": "temperature",
+    "tau1": "temperature",
+    "tau2": "k_temperature",
+}
+REMOVAL = "rankax 0.3"
+
+
+def new_name(old: str, params: Container[str]) -> str | None:
+    """The current name of the deprecated argument ``old`` of a function taking ``params``."""
+    new = DEPRECATED.get(old)
+    return new if new is not None and new in params and old not in params else None
+
+
+def rename_kwargs(
+    fn_name: str, params: Container[str], kwargs: dict[str, Any], *, warn: bool = True
+) -> dict[str, Any]:
+    """``kwargs`` with deprecated spellings replaced by the names ``params`` takes (a
+    ``DeprecationWarning`` unless ``warn=False``). Both spellings at once raise ``TypeError``."""
+    if not any(k in DEPRECATED for k in kwargs):
+        return kwargs
+    out = dict(kwargs)
+    for old in [k for k in kwargs if k in DEPRECATED]:
+        new = new_name(old, params)
+        if new is None:
+            continue
+        if new in kwargs:
+            raise TypeError(f"{fn_name}() got both {new!r} and its deprecated spelling {old!r}; pass {new!r}")
+        if warn:
+            warnings.warn(
+                f"{fn_name}(): argument {old!r} is deprecated, use {new!r} (the old spelling goes in "
+                f"{REMOVAL})",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+        out[new] = out.pop(old)
+    return out
+
+
+def accepts_deprecated(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: ``fn`` also accepts the deprecated spellings of its keyword arguments."""
+    params = inspect.signature(fn).parameters
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **rename_kwargs(fn.__name__, params, kwargs))
+
+    return wrapper

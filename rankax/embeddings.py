@@ -1,0 +1,102 @@
+"""From a batch of embeddings to the losses: masked lists, and the loss as ``f(embeddings, labels)``.
+
+Two conventions meet here, and this module is where a user of one meets the other:
+
+* **List losses** (``rankax.supap_loss(scores, labels, *, where=None, ...)``, rax's signature)
+  take one ranked list per row: ``scores[..., N]``, and ``labels[..., N]`` the **relevance of
+  each item to the row's query** (0/1, or graded >= 0), never class ids. The query is not
+  an item of its own list: when the list is a row of ``E @ E.T``, the diagonal must be masked
+  out with ``where`` (otherwise every query ranks itself first as a positive, and the loss
+  silently comes out far lower than the metric-learning value).
+  :func:`lists_from_embeddings` builds ``(scores, relevance, where)`` that way from class ids.
+* **Batch losses** take embeddings and **class ids**: ``rankax.batch_loss(loss_fn, embeddings,
+  labels)`` (the loss first, to be ``functools.partial``-ed, as ``optax`` takes the function
+  first) does the above for you, exactly and in ``O(B * K * B)``. :func:`make_batch_loss`
+  returns the same loss as ``f(embeddings, labels)``, the argument order of
+  pytorch-metric-learning's ``loss_fn(embeddings, labels)`` and of ``jax.grad``'s default
+  ``argnums=0``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from rankax.batch import batch_loss
+
+Array = jax.Array
+
+
+def lists_from_embeddings(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    references: ArrayLike | None = None,
+    reference_labels: ArrayLike | None = None,
+    *,
+    include_self: bool = False,
+) -> tuple[Array, Array, Array]:
+    """``(scores, relevance, where)``, each ``[B, N]``: one ranked list per query.
+
+    ``scores = E R^T`` (inner product: pass L2-normalised embeddings for cosine), with
+    ``R = references`` if given, else ``E`` itself; ``relevance[i, j] = 1`` where item ``j``
+    has query ``i``'s class, else 0; ``where`` is False on the diagonal when the queries are
+    their own items (the query is never in its own list) unless ``include_self``, True
+    elsewhere. Feed them to any list loss or metric: ``rankax.supap_loss(*lists)`` with the
+    default mean over lists equals ``rankax.batch_loss(rankax.supap_loss, E, labels)``.
+
+    Args:
+      embeddings: ``[B, D]`` query embeddings.
+      labels: ``[B]`` integer class ids of the queries.
+      references: optional ``[M, D]`` items to rank (a gallery); default the queries.
+      reference_labels: ``[M]`` class ids of ``references`` (required with them).
+      include_self: keep each query in its own list (official PyTorch code's convention).
+    """
+    emb = jnp.asarray(embeddings)
+    lab = jnp.asarray(labels)
+    if emb.ndim != 2:
+        raise ValueError(f"lists_from_embeddings: embeddings must be [B, D], got shape {emb.shape}")
+    if lab.shape != emb.shape[:1]:
+        raise ValueError(
+            f"lists_from_embeddings: labels must be [B] class ids matching embeddings {emb.shape}, got "
+            f"shape {lab.shape} (label paths: build graded relevance with rankax.hierarchy)"
+        )
+    if (references is None) != (reference_labels is None):
+        raise ValueError("lists_from_embeddings: pass references and reference_labels together")
+    ref = emb if references is None else jnp.asarray(references)
+    ref_lab = lab if reference_labels is None else jnp.asarray(reference_labels)
+    if ref.ndim != 2 or ref.shape[1] != emb.shape[1] or ref_lab.shape != ref.shape[:1]:
+        raise ValueError(
+            f"lists_from_embeddings: references must be [M, {emb.shape[1]}] with [M] reference_labels, "
+            f"got {ref.shape} and {ref_lab.shape}"
+        )
+    scores = emb @ ref.T
+    relevance = (lab[:, None] == ref_lab[None, :]).astype(scores.dtype)
+    where = jnp.ones(scores.shape, bool)
+    if references is None and not include_self:
+        where = ~jnp.eye(emb.shape[0], dtype=bool)
+    return scores, relevance, where
+
+
+def make_batch_loss(loss_fn: Callable[..., Array], **kwargs: Any) -> Callable[[ArrayLike, ArrayLike], Array]:
+    """``f(embeddings, labels) = rankax.batch_loss(loss_fn, embeddings, labels, **kwargs)``.
+
+    The order pytorch-metric-learning users expect, and ``jax.grad(f)`` differentiates the
+    embeddings without ``argnums``. ``kwargs``: :func:`rankax.batch_loss`'s options and the
+    loss's hyperparameters, e.g. ``make_batch_loss(rankax.supap_loss, temperature=0.05)``.
+    """
+    if not callable(loss_fn):
+        raise TypeError(
+            f"make_batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}"
+        )
+
+    @functools.wraps(loss_fn)
+    def loss(embeddings: ArrayLike, labels: ArrayLike) -> Array:
+        return batch_loss(loss_fn, embeddings, labels, **kwargs)
+
+    loss.__name__ = f"batch_{getattr(loss_fn, '__name__', 'loss')}"
+    return loss

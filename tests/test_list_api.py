@@ -1,0 +1,92 @@
+"""The list API's conventions: masked lists from embeddings, the batch loss as
+``f(embeddings, labels)``, and the deprecated ``tau`` spellings (numpy references)."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import expit
+
+import rankax
+
+
+def _batch(seed=0, classes=4, per_class=4, dim=8):
+    emb = np.random.default_rng(seed).normal(size=(classes * per_class, dim))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb.astype(np.float32), np.repeat(np.arange(classes), per_class)
+
+
+def _smooth_ap_without_self(emb, labels, t=0.01):
+    """1 - mean over queries of Smooth-AP over the other items (float64 numpy)."""
+    s = emb.astype(np.float64) @ emb.T.astype(np.float64)
+    aps = []
+    for q in range(len(emb)):
+        others = [j for j in range(len(emb)) if j != q]
+        pos = [k for k in others if labels[k] == labels[q]]
+        terms = []
+        for k in pos:
+            rank = 1 + sum(expit((s[q, j] - s[q, k]) / t) for j in others if j != k)
+            rank_pos = 1 + sum(expit((s[q, j] - s[q, k]) / t) for j in pos if j != k)
+            terms.append(rank_pos / rank)
+        aps.append(np.mean(terms))
+    return 1 - np.mean(aps)
+
+
+def test_lists_from_embeddings_masks_the_query_and_gives_relevance():
+    emb, labels = _batch()
+    scores, relevance, where = rankax.lists_from_embeddings(emb, labels)
+    np.testing.assert_allclose(scores, emb.astype(np.float64) @ emb.T.astype(np.float64), atol=1e-6)
+    assert not np.any(np.diag(where)) and np.all(where | np.eye(len(emb), dtype=bool))
+    np.testing.assert_array_equal(relevance, (labels[:, None] == labels[None, :]).astype(np.float32))
+    want = _smooth_ap_without_self(emb, labels)
+    assert float(rankax.smooth_ap_loss(scores, relevance, where=where)) == pytest.approx(want, abs=1e-5)
+    # The trap the helper avoids: the unmasked matrix counts each query as its own first positive.
+    unmasked = float(rankax.smooth_ap_loss(emb @ emb.T, relevance))
+    assert abs(unmasked - want) > 0.05
+    _, _, kept = rankax.lists_from_embeddings(emb, labels, include_self=True)
+    assert np.all(kept)
+    with pytest.raises(ValueError, match="labels must be \\[B\\] class ids"):
+        rankax.lists_from_embeddings(emb, np.stack([labels, labels], 1))
+
+
+def test_make_batch_loss_takes_embeddings_first():
+    emb, labels = _batch(1)
+    f = rankax.make_batch_loss(rankax.smooth_ap_loss, temperature=0.05)
+    assert float(f(emb, labels)) == pytest.approx(_smooth_ap_without_self(emb, labels, 0.05), abs=1e-5)
+    grad = jax.grad(f)(jnp.asarray(emb), labels)  # argnums=0: the embeddings
+    direction = np.random.default_rng(2).normal(size=emb.shape).astype(np.float64)
+    eps = 1e-4
+    numeric = (
+        _smooth_ap_without_self(emb + eps * direction, labels, 0.05)
+        - _smooth_ap_without_self(emb - eps * direction, labels, 0.05)
+    ) / (2 * eps)
+    assert float(np.sum(np.asarray(grad) * direction)) == pytest.approx(numeric, rel=2e-2, abs=1e-4)
+
+
+def _pnp_dq(s, y, t, alpha=4.0):
+    pos, neg = s[y > 0], s[y == 0]
+    r = np.array([np.sum(expit((neg - p) / t)) for p in pos])
+    return np.mean(1 - (1 + r) ** -alpha)
+
+
+def test_old_temperature_spellings_still_work_with_a_deprecation_warning():
+    rng = np.random.default_rng(3)
+    s = rng.uniform(-1, 1, size=12).astype(np.float32)
+    y = (np.arange(12) % 3 == 0).astype(np.float32)
+    with pytest.warns(DeprecationWarning, match="'tau' is deprecated, use 'temperature'"):
+        old = float(rankax.pnp_loss(s, y, tau=0.1))
+    assert old == pytest.approx(_pnp_dq(s.astype(np.float64), y, 0.1), rel=1e-5)
+    with pytest.warns(DeprecationWarning, match="'tau2' is deprecated, use 'k_temperature'"):
+        rankax.recall_at_k_surrogate_loss(s, y, tau1=0.05, tau2=0.5)
+    with pytest.raises(TypeError, match="both 'temperature' and its deprecated spelling 'tau'"):
+        rankax.pnp_loss(s, y, tau=0.1, temperature=0.1)
+    emb, labels = _batch(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new = float(rankax.batch_loss(rankax.roadmap_loss, emb, labels, temperature=0.05))
+    with pytest.warns(DeprecationWarning, match="roadmap_loss"):
+        assert float(rankax.batch_loss(rankax.roadmap_loss, emb, labels, tau=0.05)) == pytest.approx(new)
+    with pytest.warns(DeprecationWarning):
+        assert float(rankax.ranking.roadmap_step(0.01, tau=0.05)) == pytest.approx(0.5 + expit(0.2))

@@ -1,0 +1,168 @@
+"""A researcher's first runs: the workdir records its config, train and evaluate share the
+CLI convention, errors are one line, failed starts leave nothing, reruns show the whole table."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import cli
+from experiments import evaluate as evaluate_cli
+from experiments import train as train_cli
+from rankax.train import ConfigError, WorkdirConfigMismatch, input_pipeline, train_lib
+from tests.test_train import ROOT, tiny_config
+
+DIGITS = os.path.join(ROOT, "configs", "digits.py")
+# The digits config shrunk on the command line, as a user would (3 steps, 8-d embeddings).
+SMALL = [
+    "--config.num_steps=3", "--config.checkpoint_every=3", "--config.eval_every=0",
+    "--config.batch.classes_per_batch=5", "--config.batch.samples_per_class=4",
+    "--config.model.embedding_dim=8", "--config.loss.hparams.temperature=0.05",
+]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A finished 3-step run trained through the CLI with overrides, and its stdout."""
+    workdir = str(tmp_path_factory.mktemp("run") / "wd")
+    final = train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL])
+    return workdir, final
+
+
+def test_workdir_records_the_config_and_refuses_another(small_run, capsys):
+    workdir, _ = small_run
+    record = json.load(open(os.path.join(workdir, "config.json")))
+    assert record["config"]["loss.name"] == "supap" and record["config"]["model.embedding_dim"] == 8
+    assert record["config"]["loss.hparams.temperature"] == 0.05
+    assert record["rankax_version"] and "git_commit" in record
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    with pytest.raises(SystemExit, match=r"another config \(loss.name: 'supap' -> 'smooth_ap'\)") as info:
+        train_cli.main(
+            ["--config", DIGITS, "--workdir", workdir, *SMALL, "--config.loss.name=smooth_ap"]
+        )
+    assert "--allow_config_change=loss.name" in str(info.value)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # nothing touched
+    cfg = tiny_config()
+    with pytest.raises(WorkdirConfigMismatch) as err:
+        train_lib.train_and_evaluate(cfg, workdir)
+    assert "model.embedding_dim" in err.value.differences
+
+
+def test_rerun_of_a_finished_run_prints_the_whole_table_once(small_run, capsys):
+    workdir, final = small_run
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    capsys.readouterr()
+    again = train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL])
+    out = capsys.readouterr().out
+    for row in ("raw pixels", "untrained", "trained"):
+        assert f"\n{row} " in out
+    assert json.load(open(os.path.join(workdir, "history.json"))) == history  # no duplicate row
+    assert again == pytest.approx(final, abs=1e-6)
+    assert f"Wrote {os.path.join(workdir, 'metrics.json')}" in out and "test_embeddings.png" in out
+
+
+def test_allowed_change_continues_the_run_and_is_recorded(tmp_path):
+    workdir = str(tmp_path / "wd")
+    train_lib.train_and_evaluate(tiny_config(num_steps=4), workdir)
+    with pytest.raises(WorkdirConfigMismatch, match="num_steps: 4 -> 6"):
+        train_lib.train_and_evaluate(tiny_config(num_steps=6), workdir)
+    more = tiny_config(num_steps=6, log_every=3)  # log_every may change freely
+    train_lib.train_and_evaluate(more, workdir, allow_config_change=["num_steps"])
+    steps = [h["step"] for h in json.load(open(os.path.join(workdir, "history.json"))) if "loss" in h]
+    assert steps[-1] == 6
+    record = json.load(open(os.path.join(workdir, "config.json")))
+    assert record["config"]["num_steps"] == 6 and record["changes"][-1]["keys"] == {"num_steps": [4, 6]}
+
+
+def test_evaluate_reads_the_recorded_config_or_takes_overrides(small_run):
+    workdir, final = small_run
+    recorded = evaluate_cli.main(["--workdir", workdir])
+    overridden = evaluate_cli.main(["--workdir", workdir, "--config", DIGITS, *SMALL])
+    for got in (recorded, overridden):
+        for key in ("recall@1", "map@r", "map"):
+            assert got[key] == pytest.approx(final[key], abs=1e-6)
+    with pytest.raises(SystemExit, match="another model/config .*embedding_dim|head"):
+        evaluate_cli.main(["--workdir", workdir, "--config.model.embedding_dim=16"])
+
+
+def test_cli_errors_name_the_key_and_the_fix(tmp_path, capsys):
+    config = cli.load_config(DIGITS)
+    with pytest.raises(SystemExit, match=r"config.model.embeding_dim does not exist in config.model; "
+                       r"did you mean config.model.embedding_dim\?"):
+        cli.apply_overrides(config, [("model.embeding_dim", "8")])
+    with pytest.raises(SystemExit, match="is not a valid int"):
+        cli.apply_overrides(config, [("num_steps", "abc")])
+    with pytest.raises(SystemExit, match="(?s)no such config file.*configs/digits.py.*configs/pnp_cub.py"):
+        train_cli.main(["--config", "configs/nope.py", "--workdir", str(tmp_path)])
+    assert train_cli.main(["--help"]) is None
+    shown = capsys.readouterr().out
+    assert "--config.<key>=<value>" in shown and "configs/roadmap_sop_resnet50.py" in shown
+    assert "--print_config" in shown and "--allow_config_change" in shown
+    # Loss hyperparameters: dotted flags add them; the loss's argument names are checked.
+    cli.apply_overrides(config, [("loss.hparams.temperature", "0.05"), ("loss.hparams.rho", "50")])
+    assert config.loss.hparams.temperature == 0.05 and config.loss.hparams.rho == 50
+    config.loss.hparams.temprature = 0.1
+    with pytest.raises(ConfigError, match="hparams.temprature is not an argument of supap_loss; "
+                       "did you mean config.loss.hparams.temperature"):
+        train_lib.check_loss_hparams(config)
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config", DIGITS, "--workdir",
+         str(tmp_path / "x"), "--config.num_stepz=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "did you mean config.num_steps?" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_failed_start_leaves_nothing_on_disk(tmp_path):
+    with pytest.raises(ValueError, match="best_metric"):
+        train_lib.train_and_evaluate(tiny_config(best_metric="map@10"), str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+    cfg = tiny_config()
+    cfg.loss.hparams.temperature = -1.0  # raises when the first step traces the loss
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        train_lib.train_and_evaluate(cfg, str(tmp_path / "b"))
+    assert not (tmp_path / "b").exists()
+    (tmp_path / "c").mkdir()  # an existing empty directory stays, empty
+    with pytest.raises(ValueError):
+        train_lib.train_and_evaluate(cfg, str(tmp_path / "c"))
+    assert os.listdir(tmp_path / "c") == []
+
+
+def test_missing_tfds_and_unset_pretrained_weights_are_explained(monkeypatch):
+    from configs import roadmap_cub_resnet50
+
+    config = roadmap_cub_resnet50.get_config()
+    assert "--config.model.pretrained=" in train_lib.pretrained_warning(config)
+    assert train_lib.pretrained_warning(tiny_config()) is None
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[data\]'"):
+        input_pipeline.load(config)
+
+
+def test_progress_bar_starts_after_the_compiling_step(tmp_path, monkeypatch):
+    starts = []
+    original = train_lib._progress
+    record = lambda start, total: starts.append(start) or original(start, total)
+    monkeypatch.setattr(train_lib, "_progress", record)
+    train_lib.train_and_evaluate(tiny_config(num_steps=4), str(tmp_path))
+    train_lib.train_and_evaluate(tiny_config(num_steps=6), str(tmp_path), allow_config_change=["num_steps"])
+    assert starts == [1, 5]  # after step 1 of the run, after the first resumed step (4 -> 5)
+
+
+def test_demo_figures_show_baselines_and_before_after(small_run):
+    from matplotlib import image
+
+    workdir, _ = small_run
+    baselines = json.load(open(os.path.join(workdir, "baselines.json")))
+    assert {"raw pixels", "untrained"} <= set(baselines)
+    width = image.imread(os.path.join(workdir, "test_embeddings.png")).shape[1]
+    assert width >= 2 * 4.6 * 100  # two panels: untrained and trained
+    assert np.isfinite(baselines["raw pixels"]["map@r"])
