@@ -39,6 +39,7 @@ def lists_from_embeddings(
     reference_labels: ArrayLike | None = None,
     *,
     include_self: bool = False,
+    precision: jax.lax.PrecisionLike = "highest",
 ) -> tuple[Array, Array, Array]:
     """``(scores, relevance, where)``, each ``[B, N]``: one ranked list per query.
 
@@ -55,6 +56,8 @@ def lists_from_embeddings(
       references: optional ``[M, D]`` items to rank (a gallery); default the queries.
       reference_labels: ``[M]`` class ids of ``references`` (required with them).
       include_self: keep each query in its own list (official PyTorch code's convention).
+      precision: of ``E R^T``; default float32-exact on every backend, as ``batch_loss``
+        (``"default"`` opts into TF32 on NVIDIA GPUs).
     """
     emb = jnp.asarray(embeddings)
     lab = jnp.asarray(labels)
@@ -74,7 +77,7 @@ def lists_from_embeddings(
             f"lists_from_embeddings: references must be [M, {emb.shape[1]}] with [M] reference_labels, "
             f"got {ref.shape} and {ref_lab.shape}"
         )
-    scores = emb @ ref.T
+    scores = jnp.matmul(emb, ref.T, precision=precision)
     relevance = (lab[:, None] == ref_lab[None, :]).astype(scores.dtype)
     where = jnp.ones(scores.shape, bool)
     if references is None and not include_self:

@@ -38,7 +38,7 @@ def dense_with_memory(loss_fn, emb, labels, mem, relevance_fn=None):
     mem_labels = jnp.where(mem.valid.reshape(-1, *([1] * (mem.labels.ndim - 1))), mem.labels, -1)
     item_labels = jnp.concatenate([labels, mem_labels])
     b, n = emb.shape[0], items.shape[0]
-    scores = emb @ items.T
+    scores = jnp.matmul(emb, items.T, precision="highest")  # float32-exact as batch_loss (GPU: not TF32)
     rel_fn = batch.default_relevance(labels) if relevance_fn is None else relevance_fn
     rel = rel_fn(labels, item_labels).astype(jnp.float32)
     where = (jnp.arange(b)[:, None] != jnp.arange(n)[None, :]) & jnp.concatenate(
