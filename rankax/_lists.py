@@ -452,8 +452,14 @@ def has_positive(labels: Array, where: Array) -> Array:
 #: Lists up to this length use ``N`` positive slots directly (``O(N^2)`` per list is then
 #: cheaper than compiling a capacity ladder).
 DENSE_LIST_LENGTH = 64
-#: First rung of the capacity ladder when ``max_positives`` is not given (P x K, K <= 5).
+#: First rungs of the capacity ladder when ``max_positives`` is not given: 3 and 4 positives,
+#: a P x K batch with the papers' K = 4 without and with the query in its own list; then x4.
 DEFAULT_CAPACITY = 4
+
+
+def default_ladder(num_items: int) -> tuple[int, ...]:
+    """The capacities tried without a ``max_positives`` hint: ``3, 4, 16, 64, ..., N``."""
+    return tuple(sorted({min(3, num_items), *capacity_ladder(DEFAULT_CAPACITY, num_items)}))
 
 
 @jax.custom_batching.custom_vmap
@@ -491,8 +497,8 @@ def apply_kernel(
 ) -> Array:
     """Runs ``kernel`` on the positives gathered to a static number of slots, exactly.
 
-    The slots come from a ladder of capacities ``C, 4C, 16C, ..., N`` (``C = max_positives``,
-    default :data:`DEFAULT_CAPACITY`; lists of at most :data:`DENSE_LIST_LENGTH` items use
+    The slots come from a ladder of capacities ``C, 4C, 16C, ..., N`` (``C = max_positives``;
+    without it :func:`default_ladder`, ``3, 4, 16, ...``; lists of at most :data:`DENSE_LIST_LENGTH` items use
     ``N`` slots directly): the call takes (``lax.switch``) the smallest capacity that holds the
     largest positive count of all its lists (:func:`most_positives`, also across ``jax.vmap``),
     so the cost is ``O(C * N)`` per list for P x K lists and positives are never dropped -- a
@@ -510,8 +516,7 @@ def apply_kernel(
         return run(min(max_positives, n), scores, labels, where)
     if max_positives is None and n <= DENSE_LIST_LENGTH:
         return run(n, scores, labels, where)
-    first = DEFAULT_CAPACITY if max_positives is None else max_positives
-    capacities = capacity_ladder(first, n)
+    capacities = default_ladder(n) if max_positives is None else capacity_ladder(max_positives, n)
     if len(capacities) == 1:
         return run(capacities[0], scores, labels, where)
     most = most_positives(jax.lax.stop_gradient((labels > 0) & where))

@@ -20,10 +20,13 @@ A dense implementation builds, for every query, the ``N x N`` differences of its
 2. streams over blocks of ``block_size`` queries with ``lax.map``, each block under
    ``jax.checkpoint``: the forward pass keeps nothing per block and the backward pass
    recomputes one block at a time, so peak memory is ``O(block * N + B * D)``
-   (plus ``O(tile)`` for the ``[q, C, N]`` terms, see ``max_tile_elements``);
-3. never drops a positive. Capacities form a ladder ``C, 4C, 16C, ...`` up to
-   ``capacity_limit``; each block takes (``lax.switch``) the smallest capacity that holds its
-   largest positive count, and processes its queries in sub-blocks sized so that
+   (plus ``O(tile)`` for the ``[q, C, N]`` terms, see ``max_tile_elements``). With the
+   default ``block_size="auto"`` the blocks are sized per backend (:func:`default_sizes`)
+   and up to ``SAVED_SCORES_ELEMENTS`` scores are kept instead of recomputed;
+3. never drops a positive. Capacities form a ladder ``C, 4C, 16C, ...`` (without a hint
+   ``3, 4, 16, ...``) up to ``capacity_limit``; a first pass counts the positives of every
+   list and the call takes (one ``lax.switch`` around the block loop) the smallest capacity
+   that holds the largest count, and processes its queries in sub-blocks sized so that
    ``queries * capacity * N`` stays below ``max_tile_elements``. A list with more positives
    than ``max_positives`` therefore costs more time, never correctness, and never more
    memory. A list with more positives than ``capacity_limit`` (by default the largest
@@ -62,9 +65,6 @@ Array = jax.Array
 LossFn = Callable[..., Array]
 RelevanceFn = Callable[[Array, Array], Array]
 
-#: Capacity used for the first rung of the ladder when labels are traced and
-#: ``max_positives`` is not given (a P x K batch with K <= 5 fits it).
-DEFAULT_TRACED_CAPACITY = 4
 #: Default precision of the similarity matmul ``E R^T``: float32-exact on every backend (a
 #: GPU's default is TF32, 10-bit mantissas, which moved SupAP's gradient by 5e-3 relative at
 #: B = 4096). Pass ``precision="default"`` (TF32 on NVIDIA GPUs, bfloat16 passes on TPUs) or
@@ -322,10 +322,12 @@ def batch_statistics(
     if exact is not None:
         capacities = (min(exact, n),)
     else:
-        first = DEFAULT_TRACED_CAPACITY if max_positives is None else max_positives
         limit = default_capacity_limit(n, max_tile_elements) if capacity_limit is None else capacity_limit
         limit = max(1, min(int(limit), n))
-        capacities = capacity_ladder(min(first, limit), limit)
+        if max_positives is None:  # 3, 4, 16, 64, ... (_lists.default_ladder), up to the limit
+            capacities = _lists.default_ladder(limit)
+        else:
+            capacities = capacity_ladder(min(max_positives, limit), limit)
     if exact is not None and capacity_limit is not None and exact > capacity_limit:
         _raise_on_overflow(exact, capacity_limit)
 
@@ -483,7 +485,7 @@ def batch_loss(
       max_positives: static positive capacity per list, e.g. ``K - 1`` for a P x K batch
         (``K`` with ``include_self``). Only a speed hint: with concrete labels the exact
         capacity is computed; under ``jit`` lists with more positives take a larger rung of
-        the capacity ladder (never dropped). Default under ``jit``: 4.
+        the capacity ladder (never dropped). Default under ``jit``: the ladder 3, 4, 16, ....
       block_size: queries per block, memory ``O(block * N)``; ``None`` = one block; ``"auto"``
         (default) = :func:`default_sizes` for the default backend (256 on the CPU, as large as
         a 128 MiB score block allows on accelerators).
