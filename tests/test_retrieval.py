@@ -190,9 +190,28 @@ def test_scann_missing_raises_and_auto_falls_back(monkeypatch):
         retrieval.evaluate(x, y, backend="scann")
     # A size where the cost model prefers ScaNN: without scann, auto is exact search.
     assert scann_backend.choose_backend(10**6, 10**6, 128, platform="cpu") == "exact"
-    monkeypatch.setattr(scann_backend, "choose_backend", lambda *a, **k: "exact")
+    _model_prefers_scann(monkeypatch)
     out = retrieval.evaluate(x, y, backend="auto")
-    assert out == retrieval.evaluate(x, y, backend="exact")
+    assert out == retrieval.evaluate(x, y, backend="exact") and "map" in out
+
+
+def _model_prefers_scann(monkeypatch):
+    """Makes the cost model pick ScaNN at any size (exact search made very expensive)."""
+    monkeypatch.setattr(scann_backend, "AUTO_TREE_THRESHOLD", 0)
+    monkeypatch.setattr(scann_backend, "EXACT_CPU_SECONDS_PER_MAC", 1.0)
+
+
+@needs_scann
+def test_auto_uses_scann_where_the_model_prefers_it(monkeypatch):
+    x, y = clustered(9, 3000, noise=1.0)
+    exact = retrieval.evaluate(x, y, ks=(1, 4))
+    _model_prefers_scann(monkeypatch)
+    auto = retrieval.evaluate(x, y, ks=(1, 4), backend="auto")
+    assert "map" not in auto  # the ScaNN path ran
+    assert abs(auto["recall@1"] - exact["recall@1"]) <= 0.02
+    # label paths need exact ranks: auto stays exact whatever the model says
+    paths = np.stack([y, y // 10], axis=1)
+    assert "hap" in retrieval.evaluate(x[:500], paths[:500], backend="auto")
 
 
 def _documented_rule(q, n, d, platform="cpu", label_paths=False):

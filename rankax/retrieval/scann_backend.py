@@ -14,8 +14,8 @@ Two configurations, by inner product (``"dot_product"``):
 Queries are searched with ``search_batched_parallel`` (all cores). The defaults were chosen
 at 1M x 128 on SOP-like clustered data (docs/benchmarks.md, ScaNN section): searching half
 the leaves keeps R@1 within 0.01 of exact search, fewer do not (a third of the leaves lost
-0.02), and the partition, not the hashing, is what loses neighbours (a larger ``reorder_k``
-or finer hashing changed R@1 by < 0.001).
+0.02), and the partition, not the hashing, is what loses neighbours (a ``reorder_k`` of 100
+or 1000 instead of 250 changed R@1 by < 0.001; 4 dimensions per block lost 0.007-0.02 more).
 
 ``config="auto"`` (the default) is ``"brute_force"`` below ``AUTO_TREE_THRESHOLD`` =
 100,000 gallery items and ``"tree_ah"`` from there on: below that size ScaNN's brute force
@@ -103,9 +103,9 @@ def choose_backend(
     ``"scann"`` only when all of these hold, else ``"exact"``:
 
     * the exact search would run on the CPU (``platform``, default
-      ``jax.default_backend()``, is ``"cpu"``): on a GPU or TPU the blocked exact search is
-      one to two orders of magnitude faster than on the host, faster than ScaNN on the host's
-      cores, and computes every metric;
+      ``jax.default_backend()``, is ``"cpu"``): on a GPU or TPU the blocked exact search runs
+      at accelerator speed, which the CPU-fitted constants below do not describe, and
+      computes every metric;
     * the labels are class ids (``label_paths=False``): H-AP, NDCG and ASI need exact ranks;
     * ``num_items >= AUTO_TREE_THRESHOLD`` (ScaNN's ``auto`` config is then the tree);
     * ScaNN is installed;
