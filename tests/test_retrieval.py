@@ -218,8 +218,8 @@ def _documented_rule(q, n, d, platform="cpu", label_paths=False):
     """The rule of docs/evaluation.md ("backend="auto""), written out from the docs."""
     if platform != "cpu" or label_paths or n < 100_000:
         return "exact"
-    exact = 4.5e-11 * q * n * d
-    scann = 1.7e-10 * d * n**0.5 * (12 * min(n, 100_000) + n) + 1.7e-11 * q * n * d
+    exact = 2.9e-11 * q * n * d
+    scann = 9.2e-11 * d * n**0.5 * (12 * min(n, 100_000) + n) + 8.3e-12 * q * n * d
     return "scann" if scann < exact else "exact"
 
 
@@ -249,12 +249,13 @@ def test_auto_backend_decisions():
     rule = _documented_rule
     assert rule(100_000, 100_000, 128) == "scann"  # gallery=None from 100k items on
     assert rule(10_000, 200_000, 128) == "exact"
-    assert rule(10_000, 1_000_000, 128) == "exact"
-    assert rule(20_000, 1_000_000, 128) == "scann"
+    assert rule(20_000, 200_000, 128) == "scann"
+    assert rule(5_000, 1_000_000, 128) == "exact"
+    assert rule(10_000, 1_000_000, 128) == "scann"
     assert rule(1_000_000, 1_000_000, 128, platform="gpu") == "exact"
-    # The documented break-even Q*(N) (independent of D): ~25.0k at 100k items, ~13.4k at 1M.
-    for n, q_docs in [(100_000, 24_960), (1_000_000, 13_360)]:
-        q_star = 1.7e-10 * n**0.5 * (12 * min(n, 100_000) + n) / ((4.5e-11 - 1.7e-11) * n)
+    # The documented break-even Q*(N) (independent of D): ~18.3k at 100k items, ~9.8k at 1M.
+    for n, q_docs in [(100_000, 18_270), (200_000, 13_910), (1_000_000, 9_780)]:
+        q_star = 9.2e-11 * n**0.5 * (12 * min(n, 100_000) + n) / ((2.9e-11 - 8.3e-12) * n)
         assert abs(q_star - q_docs) < 50
         assert rule(int(q_star) - 1, n, 128) == "exact" and rule(int(q_star) + 1, n, 128) == "scann"
     if scann_backend.scann_available():
