@@ -190,17 +190,36 @@ def test_scann_missing_raises_and_auto_falls_back(monkeypatch):
         retrieval.evaluate(x, y, backend="scann")
     # A size where the cost model prefers ScaNN: without scann, auto is exact search.
     assert scann_backend.choose_backend(10**6, 10**6, 128, platform="cpu") == "exact"
-    monkeypatch.setattr(scann_backend, "choose_backend", lambda *a, **k: "exact")
+    _model_prefers_scann(monkeypatch)
     out = retrieval.evaluate(x, y, backend="auto")
-    assert out == retrieval.evaluate(x, y, backend="exact")
+    assert out == retrieval.evaluate(x, y, backend="exact") and "map" in out
+
+
+def _model_prefers_scann(monkeypatch):
+    """Makes the cost model pick ScaNN at any size (exact search made very expensive)."""
+    monkeypatch.setattr(scann_backend, "AUTO_TREE_THRESHOLD", 0)
+    monkeypatch.setattr(scann_backend, "EXACT_CPU_SECONDS_PER_MAC", 1.0)
+
+
+@needs_scann
+def test_auto_uses_scann_where_the_model_prefers_it(monkeypatch):
+    x, y = clustered(9, 3000, noise=1.0)
+    exact = retrieval.evaluate(x, y, ks=(1, 4))
+    _model_prefers_scann(monkeypatch)
+    auto = retrieval.evaluate(x, y, ks=(1, 4), backend="auto")
+    assert "map" not in auto  # the ScaNN path ran
+    assert abs(auto["recall@1"] - exact["recall@1"]) <= 0.02
+    # label paths need exact ranks: auto stays exact whatever the model says
+    paths = np.stack([y, y // 10], axis=1)
+    assert "hap" in retrieval.evaluate(x[:500], paths[:500], backend="auto")
 
 
 def _documented_rule(q, n, d, platform="cpu", label_paths=False):
     """The rule of docs/evaluation.md ("backend="auto""), written out from the docs."""
     if platform != "cpu" or label_paths or n < 100_000:
         return "exact"
-    exact = 4.5e-11 * q * n * d
-    scann = 1.7e-10 * d * n**0.5 * (12 * min(n, 100_000) + n) + 1.7e-11 * q * n * d
+    exact = 2.9e-11 * q * n * d
+    scann = 9.2e-11 * d * n**0.5 * (12 * min(n, 100_000) + n) + 8.3e-12 * q * n * d
     return "scann" if scann < exact else "exact"
 
 
@@ -230,12 +249,13 @@ def test_auto_backend_decisions():
     rule = _documented_rule
     assert rule(100_000, 100_000, 128) == "scann"  # gallery=None from 100k items on
     assert rule(10_000, 200_000, 128) == "exact"
-    assert rule(10_000, 1_000_000, 128) == "exact"
-    assert rule(20_000, 1_000_000, 128) == "scann"
+    assert rule(20_000, 200_000, 128) == "scann"
+    assert rule(5_000, 1_000_000, 128) == "exact"
+    assert rule(10_000, 1_000_000, 128) == "scann"
     assert rule(1_000_000, 1_000_000, 128, platform="gpu") == "exact"
-    # The documented break-even Q*(N) (independent of D): ~25.0k at 100k items, ~13.4k at 1M.
-    for n, q_docs in [(100_000, 24_960), (1_000_000, 13_360)]:
-        q_star = 1.7e-10 * n**0.5 * (12 * min(n, 100_000) + n) / ((4.5e-11 - 1.7e-11) * n)
+    # The documented break-even Q*(N) (independent of D): ~18.3k at 100k items, ~9.8k at 1M.
+    for n, q_docs in [(100_000, 18_270), (200_000, 13_910), (1_000_000, 9_780)]:
+        q_star = 9.2e-11 * n**0.5 * (12 * min(n, 100_000) + n) / ((2.9e-11 - 8.3e-12) * n)
         assert abs(q_star - q_docs) < 50
         assert rule(int(q_star) - 1, n, 128) == "exact" and rule(int(q_star) + 1, n, 128) == "scann"
     if scann_backend.scann_available():
