@@ -546,6 +546,7 @@ def batch_loss(
                 lab, lab, query_index=np.arange(lab.shape[0]), include_self=include_self,
                 relevance_fn=relevance_fn,
             )
+    hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}  # ks=[1, 2]
     static = {k: v for k, v in hparams.items() if _is_static(v)}
     dynamic = {k: v for k, v in hparams.items() if k not in static}
     options = dict(
