@@ -200,6 +200,32 @@ def _list_masks(
     return where
 
 
+def _check_sizes(block_size: Any, max_tile_elements: Any, precision: Any) -> None:
+    """``block_size``: "auto", None or an int >= 1; ``max_tile_elements``: None or an int >= 1;
+    ``precision``: what ``jax.lax.dot`` accepts."""
+    prefix = _lists.error_prefix()
+
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
+
+    if not (block_size == "auto" or block_size is None or positive_int(block_size)):
+        raise ValueError(
+            f"{prefix}block_size must be 'auto', None (one block) or an int >= 1, got {block_size!r}"
+        )
+    if not (max_tile_elements is None or positive_int(max_tile_elements)):
+        raise ValueError(f"{prefix}max_tile_elements must be None (backend default) or an int >= 1, "
+                         f"got {max_tile_elements!r}")
+    names = ("highest", "float32", "high", "bfloat16_3x", "tensorfloat32", "default", "bfloat16", "fastest")
+    ok = precision is None or isinstance(precision, jax.lax.Precision) or precision in names or (
+        isinstance(precision, tuple) and len(precision) == 2
+    )
+    if not ok:
+        raise ValueError(
+            f"{prefix}precision must be a jax.lax.Precision or one of 'highest' (default, float32-exact), "
+            f"'high', 'default' (TF32 on NVIDIA GPUs), got {precision!r}"
+        )
+
+
 def exact_capacity(
     query_labels: ArrayLike,
     item_labels: ArrayLike,
@@ -295,6 +321,7 @@ def batch_statistics(
             f"query and item labels must have the same shape per sample, got {q_lab.shape} and {i_lab.shape}"
         )
     _lists.check_capacity(max_positives)
+    _check_sizes(block_size, max_tile_elements, precision)
     num_q, n = q_emb.shape[0], i_emb.shape[0]
     mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
     if mask.shape != (n,):

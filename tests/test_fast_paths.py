@@ -141,3 +141,18 @@ def test_accelerator_defaults_equal_cpu_defaults():
     a, c = acc(emb, jnp.asarray(labels)), cpu(emb, jnp.asarray(labels))
     _close(a[0], c[0])
     _close(a[1], c[1])
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(block_size="autoo"), "block_size must be 'auto', None"),
+        (dict(block_size=0), "block_size must be"),
+        (dict(max_tile_elements=0), "max_tile_elements must be None"),
+        (dict(precision="bogus"), "precision must be a jax.lax.Precision"),
+    ],
+)
+def test_bad_sizes_and_precision_name_the_argument(kw, match):
+    emb, labels = _batch(6)
+    with pytest.raises(ValueError, match=r"batch_loss\(supap_loss\): " + match):
+        rankax.batch_loss(supap_loss, emb, labels, **kw)
