@@ -405,7 +405,7 @@ def batch_statistics(
         return scores, rel, where
 
     def most_positives(rel: Array, where: Array) -> Array:
-        return jnp.max(jnp.sum((rel > 0) & where, axis=-1))
+        return _lists.most_positives((rel > 0) & where)
 
     def all_blocks(capacity: int) -> tuple[dict[str, Array], Array]:
         """Statistics of every block at one capacity, and each block's largest positive count
