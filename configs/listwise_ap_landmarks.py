@@ -32,6 +32,7 @@ from configs import common, default
 TRAIN_IMAGES = 42_410  # Landmarks-clean (Gordo et al.), approximate: not checked here
 BATCH = 4096  # 256 landmarks x 16 images: placeholder composition of a 4096-image batch
 EPOCHS = 100  # placeholder
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
@@ -60,7 +61,8 @@ def get_config():
     c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=1e-6, schedule="constant")
 
     # 10 steps an epoch; 100 epochs x 42,410 / 4096 = 1,035 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=10)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=10)
     c.log_every = 10
     c.eval_protocol = "revisited"
     c.revisited_gnd = "~/data/landmarks/gnd_roxford5k.pkl"

@@ -22,17 +22,22 @@ from configs import common, default
 TRAIN_IMAGES = 5_864  # CUB classes 1-100
 BATCH = 112  # 28 classes x 4 images
 EPOCHS = 150
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
     c = default.get_config()
     common.images(c, "cub", crop_scale=(0.08, 1.0))
-    common.pnp(c)
+    common.pnp_loss(c)
+    common.resnet(c)  # resnet50_frozen_normalize
+    # Adam, one learning rate for all parameters (fc_lr=-1)
+    c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=4e-4)
     common.pk_batches(c, BATCH)
     common.step_decay(c, EPOCHS, milestones=(120,))
 
     # 150 epochs x 5,864 / 112 = 7,853 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=10)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=10)
     c.log_every = 50
     c.best_metric = "recall@1"
     c.eval_ks = (1, 2, 4, 8)

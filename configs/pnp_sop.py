@@ -27,18 +27,23 @@ from configs import common, default
 TRAIN_IMAGES = 59_551  # SOP train split
 BATCH = 384  # 96 classes x 4 images
 EPOCHS = 400
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
     c = default.get_config()
     # No resize before the random crop ("base" augmentation); test: shorter side 256.
     common.images(c, "sop", train_resize_size=config_dict.placeholder(int), crop_scale=(0.08, 1.0))
-    common.pnp(c)
+    common.pnp_loss(c)
+    common.resnet(c)  # resnet50_frozen_normalize
+    # Adam, one learning rate for all parameters (fc_lr=-1)
+    c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=4e-4)
     common.pk_batches(c, BATCH)  # "class_random"
     common.step_decay(c, EPOCHS, milestones=(120, 220, 250, 280))
 
     # 155 steps an epoch; 400 epochs x 59,551 / 384 = 62,032 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=10)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=10)
     c.log_every = 100
     c.best_metric = "recall@1"
     c.eval_ks = (1, 10, 100, 1000)

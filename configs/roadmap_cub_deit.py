@@ -23,6 +23,7 @@ from configs import common, default
 TRAIN_IMAGES = 5_864  # CUB classes 1-100
 BATCH = 128  # 32 classes x 4 images
 EPOCHS = 150
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
@@ -34,7 +35,8 @@ def get_config():
     c.optimizer.update(name="adamw", lr=1e-6, head_lr=None, weight_decay=5e-4, schedule="constant")
 
     # 45 steps an epoch; 150 epochs x 5,864 / 128 = 6,871 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=5, checkpoint_every=10)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=10)
     c.log_every = 50
     c.best_metric = "recall@1"
     c.eval_ks = (1, 2, 4, 8)

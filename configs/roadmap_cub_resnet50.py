@@ -26,6 +26,7 @@ from configs import common, default
 TRAIN_IMAGES = 5_864  # CUB classes 1-100
 BATCH = 128  # 32 classes x 4 images
 EPOCHS = 200
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
@@ -38,7 +39,8 @@ def get_config():
     common.step_decay(c, EPOCHS, milestones=(30,))
 
     # 45 steps an epoch; 200 epochs x 5,864 / 128 = 9,162 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=5, checkpoint_every=10)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=10)
     c.log_every = 50
     c.best_metric = "recall@1"
     c.eval_ks = (1, 2, 4, 8)

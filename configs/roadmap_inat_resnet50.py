@@ -29,6 +29,7 @@ from configs import common, default
 TRAIN_IMAGES = 325_846  # iNat 2018, Brown et al.'s 5,690 training species
 BATCH = 384  # 96 classes x 4 images
 EPOCHS = 90
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
@@ -40,7 +41,8 @@ def get_config():
     c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4, schedule="cosine")
 
     # 848 steps an epoch; 90 epochs x 325,846 / 384 = 76,370 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=2)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "recall@1"
     c.eval_ks = (1, 4, 16, 32)

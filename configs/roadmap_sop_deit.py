@@ -22,6 +22,7 @@ from configs import common, default
 TRAIN_IMAGES = 59_551  # SOP train split
 BATCH = 128  # 32 classes x 4 images
 EPOCHS = 75
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
@@ -34,7 +35,8 @@ def get_config():
     common.step_decay(c, EPOCHS, milestones=(25, 50))
 
     # 465 steps an epoch; 75 epochs x 59,551 / 128 = 34,893 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=5)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=5)
     c.log_every = 100
     c.best_metric = "recall@1"
     c.eval_ks = (1, 10, 100, 1000)

@@ -26,6 +26,7 @@ from configs import common, default
 TRAIN_IMAGES = 59_551  # SOP train split (11,318 classes)
 BATCH = 128  # 32 classes x 4 images
 EPOCHS = 100
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
@@ -40,7 +41,8 @@ def get_config():
     c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=1e-4, schedule="constant")
 
     # 465 steps an epoch; 100 epochs x 59,551 / 128 = 46,524 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=10, checkpoint_every=5)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=5)
     c.log_every = 100
     c.best_metric = "recall@1"
     c.eval_ks = (1, 10, 100, 1000)

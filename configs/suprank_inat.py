@@ -32,6 +32,7 @@ from configs import common, default
 TRAIN_IMAGES = 325_846  # iNat 2018, Brown et al.'s training species
 BATCH = 256  # 64 classes x 4 images
 EPOCHS = 100
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
@@ -43,7 +44,8 @@ def get_config():
     c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4, schedule="cosine")
 
     # 1,272 steps an epoch; 100 epochs x 325,846 / 256 = 127,283 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=20, checkpoint_every=2)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=20, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "hap"
     c.eval_ks = (1, 4, 16, 32)

@@ -33,6 +33,7 @@ from configs import common, default
 TRAIN_IMAGES = 59_551  # SOP train split
 BATCH = 256  # 64 classes x 4 images, 2 super-classes per batch
 EPOCHS = 100
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def get_config():
@@ -44,7 +45,8 @@ def get_config():
     c.optimizer.update(name="adam", lr=5e-5, head_lr=1e-4, weight_decay=1e-4, schedule="cosine")
 
     # 232 steps an epoch; 100 epochs x 59,551 / 256 = 23,262 steps
-    common.train_epochs(c, EPOCHS, TRAIN_IMAGES, BATCH, eval_every=20, checkpoint_every=5)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=20, checkpoint_every=5)
     c.log_every = 100
     c.best_metric = "hap"
     c.eval_ks = (1, 10, 100, 1000)
