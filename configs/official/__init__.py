@@ -363,6 +363,12 @@ def _suprank(hier_levels_note, *, lr, wd, final_ratio, final_note, start, offset
             V("loss.hparams.delta", 0.05, loss_src),
             V("loss.hparams.start", start, loss_src),
             V("loss.hparams.offset", offset, loss_src),
+            V(
+                "loss.hparams.variant",
+                "fixed",
+                "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py",
+                "step_rank: rho * (x - delta) + offset above delta",
+            ),
             _pending(
                 LOSS_TERMS,
                 "0.9 hap + 0.1 normalized_softmax (T 0.05, proxies: Adam lr 10, cosine to 0.1)",
