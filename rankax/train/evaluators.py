@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from rankax.data.base import RetrievalDataset, Source
-from rankax.train import checkpointing, input_pipeline, losses
+from rankax.train import checkpointing, input_pipeline
 from rankax.train import state as state_lib
 from rankax.train.state import TrainState
 from rankax.train.step import embed_fn
@@ -144,14 +144,6 @@ def raw_pixel_metrics(config: Config, data: RetrievalDataset) -> dict[str, float
     return scalars(raw.run(np.asarray))
 
 
-def initial_state(config: Config, data: RetrievalDataset, model: Any = None) -> TrainState:
-    """The untrained state of ``config`` for ``data`` (``model``: default :func:`build_model`)."""
-    model = state_lib.build_model(config) if model is None else model
-    labels = losses.training_labels(config, data)
-    sample = data.train.get_batch(np.arange(2), train=False)
-    return state_lib.create_train_state(config, model, sample, labels.ndim, labels.shape[-1])
-
-
 def _restore_readonly(
     ckpt: checkpointing.Checkpointer, state: TrainState, step: int | None, directory: str
 ) -> TrainState:
@@ -179,7 +171,7 @@ def restore_for_evaluation(
         the step and path; the orbax/tensorstore error is chained).
     """
     data = input_pipeline.load(config)
-    state = initial_state(config, data)
+    state = state_lib.initial_state(config, data)
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints directory in {workdir!r} (expected {directory})")

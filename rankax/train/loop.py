@@ -149,25 +149,22 @@ def setup(config: Config, workdir: str, changes: dict) -> Run:
     sampler = input_pipeline.make_sampler(config, data)
     check_run_config(config, data, mesh, sampler)
     model = state_lib.build_model(config)
-    state = evaluators.initial_state(config, data, model)
+    state = state_lib.initial_state(config, data, model)
     ckpt, state, history = restore(config, workdir, state, mesh)
     workdir_lib.write(config, workdir, changes)
-    writer = writers.summary_writer(workdir)
-    evaluator = evaluators.make_evaluator(config, data)
-    labels = losses.training_labels(config, data)
     run = Run(
-        config,
-        workdir,
-        data,
-        mesh,
-        sampler,
-        model,
-        labels,
-        state,
-        ckpt,
-        history,
-        writer,
-        evaluator,
+        config=config,
+        workdir=workdir,
+        data=data,
+        mesh=mesh,
+        sampler=sampler,
+        model=model,
+        labels=losses.training_labels(config, data),
+        state=state,
+        ckpt=ckpt,
+        history=history,
+        writer=writers.summary_writer(workdir),
+        evaluator=evaluators.make_evaluator(config, data),
         start=int(state.step),
     )
     run.report = baselines(run)
@@ -237,6 +234,13 @@ class Meter:
             self.bar.close()
 
 
+def batch_at(run: Run, step: int) -> tuple[np.ndarray, Any]:
+    """The dataset indices and augmented-to-be images of step ``step`` (0-based): a pure
+    function of ``(config.seed, step)``, so a resumed run sees the same batches."""
+    idx = run.sampler.indices(step)
+    return idx, run.data.train.get_batch(idx, train=True, seed=int(run.config.seed) * 2**32 + step)
+
+
 def train(run: Run, counter: dict[str, int]) -> None:
     """Steps ``run.start .. config.num_steps - 1``. Each step's finite flag is read while the
     next step runs (the guard acts one step late; a step that waits anyway reads its own)."""
@@ -249,8 +253,7 @@ def train(run: Run, counter: dict[str, int]) -> None:
             f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
         )
     for step in range(run.start, config.num_steps):
-        idx = run.sampler.indices(step)
-        images = run.data.train.get_batch(idx, train=True, seed=int(config.seed) * 2**32 + step)
+        idx, images = batch_at(run, step)
         run.state, metrics = train_step(run.state, images, run.labels[idx], halted)
         halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
         if pending is not None:  # step - 1's flag: reading it now lets step run meanwhile
@@ -353,6 +356,6 @@ def plot_embeddings(run: Run, path: str) -> None:
     labels = labels if labels.ndim == 1 else labels[:, 0]
     before = None
     if run.config.eval_baselines:  # the untrained network's embeddings, for the "before" panel
-        initial = evaluators.initial_state(run.config, run.data, run.model)
+        initial = state_lib.initial_state(run.config, run.data, run.model)
         before = evaluators.embed_source(initial, run.data.test, bs)
     plotting.embedding_projection(emb, labels, path, before=before, report=run.report)

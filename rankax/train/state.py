@@ -14,7 +14,8 @@ from flax import struct
 from jax.sharding import Mesh
 
 from rankax import models, xbm
-from rankax.train import optim
+from rankax.data.base import RetrievalDataset
+from rankax.train import losses, optim
 
 Array = jax.Array
 
@@ -101,6 +102,14 @@ def create_train_state(
         apply_fn=model.apply,
         tx=tx,
     )
+
+
+def initial_state(config: ml_collections.ConfigDict, data: RetrievalDataset, model: Any = None) -> TrainState:
+    """The untrained state of ``config`` for ``data`` (``model``: default :func:`build_model`)."""
+    model = build_model(config) if model is None else model
+    labels = losses.training_labels(config, data)
+    sample = data.train.get_batch(np.arange(2), train=False)
+    return create_train_state(config, model, sample, labels.ndim, labels.shape[-1])
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
