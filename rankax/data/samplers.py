@@ -2,18 +2,43 @@
 
 A sampler is a pure function of the step: ``sampler.indices(step)`` depends only on the seed
 and the step, so a run resumed at step ``t`` sees exactly the batches an uninterrupted run
-would have seen, with no sampler state to checkpoint.
+would have seen, with no sampler state to checkpoint, and every process of a multi-host run
+knows the global batch of every step. Each sampler reports ``batch_size`` and
+``epoch_length`` (batches per epoch), so that a config can count in epochs.
+
+==========================  ===========================================================
+name (``SAMPLERS``)         behaviour
+==========================  ===========================================================
+``"pk"``                    :class:`PKSampler`: P distinct classes x K items, each step
+                            drawn independently (no epochs; ``epoch_length`` = N // B).
+``"m_per_class"``           :class:`MPerClassEpochSampler`: epochs that go through every
+                            image at most once (no replacement, remainders dropped), as
+                            the ROADMAP / SupRank M-per-class sampler.
+``"hierarchical"``          :class:`HierarchicalSampler`: super-class tuples held for
+                            ``batches_per_super_tuple`` consecutive steps (rankax's own).
+``"hierarchical_pairs"``    :class:`HierarchicalPairsSampler`: epochs made of every pair
+                            of super-classes x ``batches_per_super_pair`` batches, all
+                            shuffled, as ROADMAP / SupRank / pytorch-metric-learning.
+``"pk_replacement"``        :class:`ReplacementPKSampler`: classes and items drawn with
+                            replacement, ``N // B`` batches per epoch, as PNP.
+==========================  ===========================================================
+
+:func:`make` builds one by name.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
 
 class PKSampler:
-    """P classes x K samples per batch (Hermans et al., 2017; the ROADMAP/PNP default).
+    """P classes x K samples per batch (Hermans et al., 2017), each step independent.
 
-    Each step draws ``classes_per_batch`` distinct classes uniformly, then
+    Not one of the official samplers of the rank-loss papers: ROADMAP and SupRank go through
+    the images epoch by epoch (:class:`MPerClassEpochSampler`), PNP draws with replacement
+    (:class:`ReplacementPKSampler`). Each step draws ``classes_per_batch`` distinct classes uniformly, then
     ``samples_per_class`` distinct items of each (with replacement only for a class that has
     fewer than K items). The batch is ordered class by class: ``labels[indices]`` is
     ``[c1]*K + [c2]*K + ...``.
@@ -55,6 +80,7 @@ class PKSampler:
                 f"samples_per_class must be >= 2 so that queries have positives, got {samples_per_class}"
             )
         self._members = [keep[m] for m in _group(inverse, len(self.classes))]
+        self._num_items = len(keep)
         self.classes_per_batch = int(classes_per_batch)
         self.samples_per_class = int(samples_per_class)
         self.seed = int(seed)
@@ -62,6 +88,11 @@ class PKSampler:
     @property
     def batch_size(self) -> int:
         return self.classes_per_batch * self.samples_per_class
+
+    @property
+    def epoch_length(self) -> int:
+        """Nominal batches per epoch, ``N // batch_size`` (steps are independent draws)."""
+        return max(1, self._num_items // self.batch_size)
 
     def indices(self, step: int) -> np.ndarray:
         """``[P * K]`` dataset indices of the batch of ``step``."""
@@ -99,17 +130,22 @@ def _take(rng: np.random.Generator, members: np.ndarray, k: int) -> np.ndarray:
 
 
 class HierarchicalSampler:
-    """Batches of a few super-classes, each filled with P x K fine classes (SupRank's sampler).
+    """Batches of a few super-classes, each filled with P x K fine classes, tuples held for a few steps.
 
     With hierarchical labels, a P x K batch drawn uniformly from thousands of fine classes
     rarely holds two classes of the same super-class, so the intermediate relevance levels of
-    H-AP/NDCG (same super-class, different class) are almost absent. This sampler, the one of
-    the SupRank/HAPPIER code (after pytorch-metric-learning's ``HierarchicalSampler``), draws
+    H-AP/NDCG (same super-class, different class) are almost absent. This sampler draws
     ``super_classes_per_batch`` distinct super-classes; each gets an equal share of the batch,
     ``batch_size / super_classes_per_batch`` items made of
     ``share / samples_per_class`` distinct fine classes of that super-class x ``samples_per_class``
     items each. Consecutive groups of ``batches_per_super_tuple`` steps share the same
-    super-classes, as in the official sampler.
+    super-classes.
+
+    This is *not* the official sampler's epoch structure: the ROADMAP / SupRank / HAPPIER
+    sampler (pytorch-metric-learning's ``HierarchicalSampler``) enumerates every pair of
+    super-classes x ``batches_per_super_pair`` per epoch and shuffles all the batches of the
+    epoch, so consecutive batches rarely share a pair; that one is
+    :class:`HierarchicalPairsSampler`. ``epoch_length`` here is the nominal ``N // batch_size``.
 
     Deterministic given ``(seed, step)``: the super-classes of step ``t`` come from
     ``(seed, t // batches_per_super_tuple)``, the classes and items from ``(seed, t)``.
@@ -188,7 +224,13 @@ class HierarchicalSampler:
         self.super_classes_per_batch = int(super_classes_per_batch)
         self.batches_per_super_tuple = int(batches_per_super_tuple)
         self.classes_per_super_class = self.batch_size // per_super
+        self._num_items = len(keep)
         self.seed = int(seed)
+
+    @property
+    def epoch_length(self) -> int:
+        """Nominal batches per epoch, ``N // batch_size`` (steps are independent draws)."""
+        return max(1, self._num_items // self.batch_size)
 
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
@@ -201,3 +243,325 @@ class HierarchicalSampler:
             for c in _take(rng, self._classes_of[s], self.classes_per_super_class):
                 out.append(_take(rng, self._members[c], self.samples_per_class))
         return np.concatenate(out)
+
+
+def _class_ids(labels: np.ndarray, level: int = 0) -> np.ndarray:
+    """``[N]`` class ids of ``[N]`` labels or of column ``level`` of ``[N, L]`` label paths."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[:, level]
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(
+            f"labels must be non-empty [N] class ids or [N, L] label paths, got shape {labels.shape}"
+        )
+    return labels
+
+
+def _check_pk(batch_size: int, samples_per_class: int) -> int:
+    """``P = batch_size / samples_per_class`` after checking both."""
+    if samples_per_class < 2:
+        raise ValueError(
+            f"samples_per_class must be >= 2 so that queries have positives, got {samples_per_class}"
+        )
+    if batch_size < samples_per_class or batch_size % samples_per_class:
+        raise ValueError(
+            f"batch_size must be a positive multiple of samples_per_class={samples_per_class}, "
+            f"got {batch_size}"
+        )
+    return batch_size // samples_per_class
+
+
+def max_disjoint_batches(groups_per_class: np.ndarray, classes_per_batch: int) -> int:
+    """The most batches of ``classes_per_batch`` distinct classes that disjoint groups allow.
+
+    With ``g_c`` groups of class ``c`` and ``P = classes_per_batch``, ``T`` batches need ``P T``
+    groups with at most ``T`` (one per batch) from each class, so ``T`` is feasible iff
+    ``sum_c min(g_c, T) >= P T``; the left side minus the right is concave in ``T`` and 0 at
+    ``T = 0``, so the feasible ``T`` form an interval and the largest is found by bisection.
+    """
+    g = np.asarray(groups_per_class, np.int64)
+    lo, hi = 0, int(g.sum()) // classes_per_batch
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if np.minimum(g, mid).sum() >= classes_per_batch * mid:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class MPerClassEpochSampler:
+    """Epochs of P classes x M images that visit every image at most once (no replacement).
+
+    The official M-per-class sampler of ROADMAP and SupRank
+    (``elias-ramzi/ROADMAP:roadmap/samplers/m_per_class_sampler.py``, after Smooth-AP) shuffles
+    each class's images and cuts them into groups of ``M = samples_per_class``, forms batches
+    of ``P = batch_size / M`` groups of distinct classes, drops what is left (classes with
+    fewer than ``M`` remaining images, the last incomplete batch) and shuffles the batches.
+    Here, epoch ``e`` (steps ``e T .. e T + T - 1``) is built from ``(seed, e)``:
+
+    1. the images of each class in a random order, cut into ``g_c = floor(n_c / M)`` groups
+       (the ``n_c mod M`` remainder dropped);
+    2. ``T`` = :func:`max_disjoint_batches`, the most batches of ``P`` distinct classes those
+       groups allow; a class keeps at most ``T`` groups;
+    3. the classes in a random order, their groups listed class after class; group ``i`` of
+       the first ``P T`` goes to batch ``i mod T`` (a class's at most ``T`` consecutive groups
+       land in distinct batches), and the batches are shuffled.
+
+    ``T`` depends on the class sizes only, so ``epoch_length`` is the same every epoch and the
+    batch of any step is known without replaying the earlier ones. The official loop takes
+    the first ``P`` classes with ``M`` images left in its shuffled class order and stops
+    when fewer than ``P`` are left, which can end an epoch a few batches earlier than ``T``
+    (e.g. 45 instead of 46 batches on CUB-200 with ``M = 4``, ``B = 128``). The official
+    sampler also shuffles the images inside a batch; here the batch is ordered class by
+    class (``labels[indices]`` = ``[c1]*M + [c2]*M + ...``), which no batch loss depends on.
+
+    Args:
+      labels: ``[N]`` class ids (``[N, L]`` label paths: column ``level``).
+      batch_size: B, a multiple of ``samples_per_class``.
+      samples_per_class: M (>= 2).
+      seed: base seed.
+      level: the label-path column of the classes (0 = finest).
+
+    Raises:
+      ValueError: fewer than ``P`` classes have ``M`` images (no batch can be formed).
+    """
+
+    def __init__(
+        self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0, level: int = 0
+    ):
+        labels = _class_ids(labels, level)
+        self.classes_per_batch = _check_pk(batch_size, samples_per_class)
+        self.samples_per_class = int(samples_per_class)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.classes, self._inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        self._inverse = self._inverse.reshape(-1)
+        self._counts = counts
+        self._groups = counts // self.samples_per_class
+        self.epoch_length = max_disjoint_batches(self._groups, self.classes_per_batch)
+        if self.epoch_length == 0:
+            raise ValueError(
+                f"no batch of {self.classes_per_batch} classes x {samples_per_class} images can be formed: "
+                f"only {int((self._groups > 0).sum())} classes have >= {samples_per_class} images; lower "
+                "batch_size or samples_per_class"
+            )
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """``[epoch_length, batch_size]`` dataset indices of every batch of ``epoch``."""
+        epoch = int(epoch)
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        m, t, p = self.samples_per_class, self.epoch_length, self.classes_per_batch
+        rng = np.random.default_rng([self.seed, 2, epoch])
+        n = len(self._inverse)
+        order = np.lexsort((rng.random(n), self._inverse))  # class by class, random inside
+        cls = self._inverse[order]
+        starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
+        group = (np.arange(n) - starts[cls]) // m
+        keep = group < np.minimum(self._groups, t)[cls]
+        class_rank = rng.permutation(len(self.classes))
+        kept = order[keep]
+        rows = kept[np.lexsort((group[keep], class_rank[cls[keep]]))].reshape(-1, m)[: p * t]
+        batches = rows.reshape(p, t, m).transpose(1, 0, 2).reshape(t, p * m)
+        batches = batches[rng.permutation(t)]
+        self._cache = (epoch, batches)
+        return batches
+
+    def indices(self, step: int) -> np.ndarray:
+        """``[batch_size]`` dataset indices of the batch of ``step``."""
+        epoch, i = divmod(int(step), self.epoch_length)
+        return self.epoch(epoch)[i]
+
+
+class HierarchicalPairsSampler:
+    """Epochs of every pair of super-classes x ``batches_per_super_pair`` batches, shuffled.
+
+    The hierarchical sampler of ROADMAP (``elias-ramzi/ROADMAP:roadmap/samplers/hierarchical_sampler.py``)
+    and of SupRank (pytorch-metric-learning's
+    ``KevinMusgrave/pytorch-metric-learning:src/pytorch_metric_learning/samplers/hierarchical_sampler.py``):
+    an epoch holds ``batches_per_super_pair`` batches for each of the ``C(S, n)`` tuples of
+    ``n = super_classes_per_batch`` distinct super-classes (SOP: ``S = 12``, ``n = 2``: 66
+    pairs), in a random order, so ``epoch_length = C(S, n) * batches_per_super_pair`` (SOP with
+    10 per pair: 660). A batch gives each of its super-classes ``batch_size / n`` items:
+    ``batch_size / (n K)`` distinct fine classes of that super-class, drawn at random, x
+    ``K = samples_per_class`` items each (distinct items when the class has ``K``).
+
+    Deterministic: the order of epoch ``e`` comes from ``(seed, e)``, the classes and items of
+    step ``t`` from ``(seed, t)``. The batch is ordered super-class by super-class, class by
+    class (the official code shuffles it; no batch loss depends on the order).
+
+    Differences from the official samplers, for a fixed batch shape: a super-class with fewer
+    fine classes than its share repeats classes (the official batch is then smaller), and a
+    class with fewer than ``K`` items repeats items (as ROADMAP's ``safe_random_choice``;
+    pytorch-metric-learning takes all of them and fills the rest with further classes).
+
+    Args:
+      labels: ``[N, L]`` label paths.
+      batch_size: B, a multiple of ``super_classes_per_batch * samples_per_class``.
+      samples_per_class: K (>= 2).
+      batches_per_super_pair: batches per tuple of super-classes per epoch (ROADMAP SOP 10,
+        SupRank 5).
+      super_classes_per_batch: n, the official ``nb_categories`` (2).
+      fine_level, coarse_level: label-path columns of the classes and of the super-classes.
+      seed: base seed.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        batch_size: int,
+        samples_per_class: int,
+        batches_per_super_pair: int,
+        super_classes_per_batch: int = 2,
+        fine_level: int = 0,
+        coarse_level: int = 1,
+        seed: int = 0,
+    ):
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise ValueError(f"labels must be [N, L] label paths, got shape {labels.shape}")
+        for name, level in (("fine_level", fine_level), ("coarse_level", coarse_level)):
+            if not 0 <= level < labels.shape[1]:
+                raise ValueError(f"{name} must be in [0, {labels.shape[1]}), got {level}")
+        if batches_per_super_pair < 1:
+            raise ValueError(f"batches_per_super_pair must be >= 1, got {batches_per_super_pair}")
+        if super_classes_per_batch < 1:
+            raise ValueError(f"super_classes_per_batch must be >= 1, got {super_classes_per_batch}")
+        _check_pk(batch_size, samples_per_class)
+        per_super = super_classes_per_batch * samples_per_class
+        if batch_size % per_super:
+            raise ValueError(
+                f"batch_size must be a positive multiple of super_classes_per_batch * samples_per_class "
+                f"= {per_super}, got {batch_size}"
+            )
+        fine, coarse = labels[:, fine_level], labels[:, coarse_level]
+        pairs, pair_inverse = np.unique(np.stack([coarse, fine], 1), axis=0, return_inverse=True)
+        self.super_classes, pair_super = np.unique(pairs[:, 0], return_inverse=True)
+        if super_classes_per_batch > len(self.super_classes):
+            raise ValueError(
+                f"super_classes_per_batch must be <= {len(self.super_classes)} (the number of "
+                f"super-classes), got {super_classes_per_batch}"
+            )
+        self._members = _group(pair_inverse.reshape(-1), len(pairs))
+        self._classes_of = _group(pair_super.reshape(-1), len(self.super_classes))
+        self.super_tuples = np.array(
+            list(itertools.combinations(range(len(self.super_classes)), super_classes_per_batch)), np.int64
+        )
+        self.batch_size = int(batch_size)
+        self.samples_per_class = int(samples_per_class)
+        self.batches_per_super_pair = int(batches_per_super_pair)
+        self.super_classes_per_batch = int(super_classes_per_batch)
+        self.classes_per_super_class = self.batch_size // per_super
+        self.epoch_length = len(self.super_tuples) * self.batches_per_super_pair
+        self.seed = int(seed)
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, np.random.default_rng([self.seed, 3, epoch]).permutation(self.epoch_length))
+        return self._cache[1]
+
+    def super_tuple(self, step: int) -> np.ndarray:
+        """Positions (in ``super_classes``) of the super-classes of the batch of ``step``."""
+        epoch, i = divmod(int(step), self.epoch_length)
+        return self.super_tuples[self._order(epoch)[i] // self.batches_per_super_pair]
+
+    def indices(self, step: int) -> np.ndarray:
+        """``[batch_size]`` dataset indices of the batch of ``step``."""
+        rng = np.random.default_rng([self.seed, 4, int(step)])
+        out = []
+        for s in self.super_tuple(step):
+            for c in _take(rng, self._classes_of[s], self.classes_per_super_class):
+                out.append(_take(rng, self._members[c], self.samples_per_class))
+        return np.concatenate(out)
+
+
+class ReplacementPKSampler:
+    """P x K batches with classes and items drawn with replacement (PNP's sampler).
+
+    ``interestingzhuo/PNPloss:datasampler/class_random_sampler.py`` draws, for each of the
+    ``P = batch_size / K`` slots of a batch, a class uniformly at random (the same class can
+    fill several slots) and then ``K = samples_per_class`` of its images uniformly with
+    replacement; an epoch is ``N // batch_size`` such batches (SOP, B = 384: 155). Each step
+    here is an independent draw from ``(seed, step)``; the batch is ordered slot by slot.
+
+    Args:
+      labels: ``[N]`` class ids (``[N, L]`` label paths: column ``level``).
+      batch_size: B, a multiple of ``samples_per_class``.
+      samples_per_class: K (>= 2).
+      seed: base seed.
+      level: the label-path column of the classes.
+    """
+
+    def __init__(
+        self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0, level: int = 0
+    ):
+        labels = _class_ids(labels, level)
+        self.classes_per_batch = _check_pk(batch_size, samples_per_class)
+        self.batch_size = int(batch_size)
+        self.samples_per_class = int(samples_per_class)
+        self.seed = int(seed)
+        self.classes, inverse, self._counts = np.unique(labels, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        self._order = np.argsort(inverse, kind="stable")
+        self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
+        self.epoch_length = max(1, len(labels) // self.batch_size)
+
+    def indices(self, step: int) -> np.ndarray:
+        """``[batch_size]`` dataset indices of the batch of ``step``."""
+        rng = np.random.default_rng([self.seed, 5, int(step)])
+        cls = np.repeat(rng.integers(len(self.classes), size=self.classes_per_batch), self.samples_per_class)
+        offset = np.floor(rng.random(len(cls)) * self._counts[cls]).astype(np.int64)
+        return self._order[self._starts[cls] + offset]
+
+
+SAMPLERS = ("pk", "m_per_class", "hierarchical", "hierarchical_pairs", "pk_replacement")
+
+
+def make(
+    name: str,
+    labels: np.ndarray,
+    batch_size: int,
+    samples_per_class: int,
+    *,
+    seed: int = 0,
+    super_classes_per_batch: int = 2,
+    batches_per_super_tuple: int = 4,
+    batches_per_super_pair: int = 5,
+):
+    """The sampler ``name`` (one of ``SAMPLERS``, see the module doc) over ``labels``.
+
+    ``batch_size`` and ``samples_per_class`` are B and K of every sampler; the keyword
+    arguments only concern the hierarchical ones (``batches_per_super_tuple``:
+    ``"hierarchical"``; ``batches_per_super_pair``: ``"hierarchical_pairs"``).
+
+    Raises:
+      ValueError: an unknown name (listing the valid ones) or invalid sizes.
+    """
+    if name == "pk":
+        return PKSampler(labels, _check_pk(batch_size, samples_per_class), samples_per_class, seed=seed)
+    if name == "m_per_class":
+        return MPerClassEpochSampler(labels, batch_size, samples_per_class, seed=seed)
+    if name == "hierarchical":
+        return HierarchicalSampler(
+            labels,
+            batch_size,
+            samples_per_class,
+            super_classes_per_batch=super_classes_per_batch,
+            batches_per_super_tuple=batches_per_super_tuple,
+            seed=seed,
+        )
+    if name == "hierarchical_pairs":
+        return HierarchicalPairsSampler(
+            labels,
+            batch_size,
+            samples_per_class,
+            batches_per_super_pair,
+            super_classes_per_batch=super_classes_per_batch,
+            seed=seed,
+        )
+    if name == "pk_replacement":
+        return ReplacementPKSampler(labels, batch_size, samples_per_class, seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; valid names: {', '.join(SAMPLERS)}")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from rankax import data as rdata
+from rankax.data import samplers
 from rankax.train.errors import ConfigError
 
 
@@ -33,23 +34,31 @@ def load(config: ml_collections.ConfigDict) -> rdata.RetrievalDataset:
 
 
 def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalDataset):
-    """``config.batch.sampler``: ``"pk"`` (P x K) or ``"hierarchical"`` (SupRank)."""
+    """The sampler ``config.batch.sampler`` (a name of ``rankax.data.samplers.SAMPLERS``).
+
+    Keys: ``batch.classes_per_batch`` x ``batch.samples_per_class`` = the batch size;
+    ``batch.super_classes_per_batch`` and ``batch.batches_per_super_tuple`` ("hierarchical")
+    or ``batch.batches_per_super_pair`` ("hierarchical_pairs"); ``seed``.
+    """
     b = config.batch
     kind = b.get("sampler", "pk")
-    if kind == "pk":
-        return rdata.PKSampler(
-            dataset.train.labels, b.classes_per_batch, b.samples_per_class, seed=config.seed
+    if kind not in samplers.SAMPLERS:
+        raise ValueError(f"config.batch.sampler must be one of {samplers.SAMPLERS}, got {kind!r}")
+    if kind == "hierarchical_pairs" and b.get("batches_per_super_pair", None) is None:
+        raise ConfigError(
+            "config.batch.sampler='hierarchical_pairs' needs config.batch.batches_per_super_pair "
+            "(batches per pair of super-classes per epoch; ROADMAP SOP 10, SupRank 5)"
         )
-    if kind == "hierarchical":
-        return rdata.HierarchicalSampler(
-            dataset.train.labels,
-            b.classes_per_batch * b.samples_per_class,
-            b.samples_per_class,
-            super_classes_per_batch=b.super_classes_per_batch,
-            batches_per_super_tuple=b.batches_per_super_tuple,
-            seed=config.seed,
-        )
-    raise ValueError(f"config.batch.sampler must be 'pk' or 'hierarchical', got {kind!r}")
+    return samplers.make(
+        kind,
+        dataset.train.labels,
+        b.classes_per_batch * b.samples_per_class,
+        b.samples_per_class,
+        seed=config.seed,
+        super_classes_per_batch=b.get("super_classes_per_batch", 2),
+        batches_per_super_tuple=b.get("batches_per_super_tuple", 4),
+        batches_per_super_pair=b.get("batches_per_super_pair", None) or 1,
+    )
 
 
 def augment_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
