@@ -38,7 +38,10 @@ class PKSampler:
 
     Not one of the official samplers of the rank-loss papers: ROADMAP and SupRank go through
     the images epoch by epoch (:class:`MPerClassEpochSampler`), PNP draws with replacement
-    (:class:`ReplacementPKSampler`). Each step draws ``classes_per_batch`` distinct classes uniformly, then
+    (:class:`ReplacementPKSampler`). It is what pytorch-metric-learning's ``MPerClassSampler``
+    does with a ``batch_size`` (each batch an independent draw of distinct classes).
+
+    Each step draws ``classes_per_batch`` distinct classes uniformly, then
     ``samples_per_class`` distinct items of each (with replacement only for a class that has
     fewer than K items). The batch is ordered class by class: ``labels[indices]`` is
     ``[c1]*K + [c2]*K + ...``.
@@ -294,7 +297,10 @@ class MPerClassEpochSampler:
     """Epochs of P classes x M images that visit every image at most once (no replacement).
 
     The official M-per-class sampler of ROADMAP and SupRank
-    (``elias-ramzi/ROADMAP:roadmap/samplers/m_per_class_sampler.py``, after Smooth-AP) shuffles
+    (``elias-ramzi/ROADMAP:roadmap/samplers/m_per_class_sampler.py``,
+    ``elias-ramzi/SupRank:suprank/datasets/samplers/m_per_class_sampler.py``, after Smooth-AP;
+    not pytorch-metric-learning's ``MPerClassSampler``, which draws a fixed number of batches
+    with replacement across batches) shuffles
     each class's images and cuts them into groups of ``M = samples_per_class``, forms batches
     of ``P = batch_size / M`` groups of distinct classes, drops what is left (classes with
     fewer than ``M`` remaining images, the last incomplete batch) and shuffles the batches.
@@ -379,8 +385,10 @@ class HierarchicalPairsSampler:
     """Epochs of every pair of super-classes x ``batches_per_super_pair`` batches, shuffled.
 
     The hierarchical sampler of ROADMAP (``elias-ramzi/ROADMAP:roadmap/samplers/hierarchical_sampler.py``)
-    and of SupRank (pytorch-metric-learning's
-    ``KevinMusgrave/pytorch-metric-learning:src/pytorch_metric_learning/samplers/hierarchical_sampler.py``):
+    and of SupRank (``elias-ramzi/SupRank:suprank/datasets/samplers/hierarchical_sampler.py``,
+    a subclass of pytorch-metric-learning's
+    ``KevinMusgrave/pytorch-metric-learning:src/pytorch_metric_learning/samplers/hierarchical_sampler.py``,
+    where the count per tuple is called ``batches_per_super_tuple``: SupRank SOP 5):
     an epoch holds ``batches_per_super_pair`` batches for each of the ``C(S, n)`` tuples of
     ``n = super_classes_per_batch`` distinct super-classes (SOP: ``S = 12``, ``n = 2``: 66
     pairs), in a random order, so ``epoch_length = C(S, n) * batches_per_super_pair`` (SOP with
@@ -394,8 +402,9 @@ class HierarchicalPairsSampler:
 
     Differences from the official samplers, for a fixed batch shape: a super-class with fewer
     fine classes than its share repeats classes (the official batch is then smaller), and a
-    class with fewer than ``K`` items repeats items (as ROADMAP's ``safe_random_choice``;
-    pytorch-metric-learning takes all of them and fills the rest with further classes).
+    class with fewer than ``K`` items repeats items (as ROADMAP's and pytorch-metric-learning's
+    ``safe_random_choice``; an older pytorch-metric-learning release took its ``n < K`` items
+    once and filled the rest with further classes).
 
     Args:
       labels: ``[N, L]`` label paths.
