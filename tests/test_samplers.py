@@ -257,3 +257,19 @@ def test_make_sampler_selects_every_name():
     config.batch.batches_per_super_pair = None
     with pytest.raises(Exception, match="batches_per_super_pair"):
         input_pipeline.make_sampler(config, _Dataset())
+
+
+@pytest.mark.parametrize("name", ["m_per_class", "pk_replacement"])
+def test_training_runs_with_new_samplers(tmp_path, name):
+    """The training loop accepts the new sampler names (digits, a few steps)."""
+    from configs import digits
+    from rankax.train import train_lib
+
+    c = digits.get_config()
+    c.num_steps, c.eval_every, c.checkpoint_every, c.log_every = 3, 3, 3, 1
+    c.eval_baselines = False
+    c.batch.sampler = name
+    c.batch.classes_per_batch, c.batch.samples_per_class = 5, 4
+    c.model.hidden, c.model.embedding_dim = (16,), 8
+    final = train_lib.train_and_evaluate(c, str(tmp_path))
+    assert np.isfinite(final["map@r"])
