@@ -60,6 +60,14 @@ def test_whitening_drops_null_directions_and_validates():
         landmarks.learn_whitening(np.ones((4, 3)))
 
 
+def test_whitening_save_load_round_trip(tmp_path):
+    w = landmarks.learn_whitening(np.random.default_rng(5).normal(size=(20, 4)))
+    w.save(str(tmp_path / "w.npz"))
+    back = landmarks.Whitening.load(str(tmp_path / "w.npz"))
+    x = np.random.default_rng(6).normal(size=(3, 4))
+    np.testing.assert_array_equal(landmarks.whiten(x, back), landmarks.whiten(x, w))
+
+
 def test_pool_scales_gem_formula():
     rng = np.random.default_rng(3)
     d = [rng.normal(size=(4, 6)) for _ in range(3)]
@@ -230,3 +238,7 @@ def test_query_crop_and_multiscale_options(synthetic_root):
         landmarks.load_benchmark(str(root / "nowhere"), "rparis6k")
     with pytest.raises(ValueError, match="root"):
         landmarks.evaluator_from_config({})
+    with pytest.raises(ValueError, match="not both"):
+        landmarks.evaluator_from_config(
+            {"root": str(root), "whitening_list": str(root / "train" / "list.txt"), "whitening_file": "w.npz"}
+        )

@@ -64,6 +64,16 @@ class Whitening:
     components: np.ndarray
     explained_variance: np.ndarray
 
+    def save(self, path: str) -> None:
+        """Writes the three arrays to an ``.npz`` file (learn once, evaluate many times)."""
+        np.savez(path, mean=self.mean, components=self.components, explained_variance=self.explained_variance)
+
+    @classmethod
+    def load(cls, path: str) -> Whitening:
+        """Reads a file written by :meth:`save`."""
+        with np.load(os.path.expanduser(path)) as f:
+            return cls(f["mean"], f["components"], f["explained_variance"])
+
 
 def learn_whitening(features: np.ndarray, rel_tol: float = 1e-10) -> Whitening:
     """The PCA of ``features [N, D]`` (``N >= 2``), as scikit-learn's ``PCA(whiten=True).fit``.
@@ -346,13 +356,18 @@ def evaluator_from_config(config: Mapping[str, Any]) -> LandmarkEvaluator:
 
     Keys: ``root`` (required: the data root), ``benchmarks`` (default all of ``BENCHMARKS``),
     ``whitening_list`` (a text file of training image paths, one per line, relative to its
-    own folder; ``None``: no whitening), ``scales`` (``(1.0,)``), ``scale_pooling``
+    own folder, to learn the whitening on) or ``whitening_file`` (a :meth:`Whitening.save`
+    file; neither: no whitening), ``scales`` (``(1.0,)``), ``scale_pooling``
     (``"gem"``), ``scale_gem_p`` (3), ``whiten_power`` (0.25), ``whiten_components``
     (``None``), ``whiten_multiplier`` (1), ``crop_queries`` (True), ``max_size`` (``None``).
     """
     get = config.get
     if not get("root"):
         raise ValueError("landmarks config needs 'root': the folder holding oxford5k/ and paris6k/")
+    if get("whitening_list") and get("whitening_file"):
+        raise ValueError(
+            "landmarks config: give whitening_list (learn a whitening) or whitening_file, not both"
+        )
     names = tuple(get("benchmarks") or BENCHMARKS)
     images = None
     if get("whitening_list"):
@@ -360,9 +375,11 @@ def evaluator_from_config(config: Mapping[str, Any]) -> LandmarkEvaluator:
         with open(list_path) as f:
             lines = [line.strip() for line in f if line.strip()]
         images = [os.path.join(os.path.dirname(list_path), line) for line in lines]
+    whitening = Whitening.load(get("whitening_file")) if get("whitening_file") else None
     return LandmarkEvaluator(
         [load_benchmark(get("root"), n) for n in names],
         whitening_images=images,
+        whitening=whitening,
         scales=tuple(get("scales") or (1.0,)),
         scale_pooling=get("scale_pooling") or "gem",
         scale_gem_p=get("scale_gem_p") or 3.0,
