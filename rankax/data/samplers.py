@@ -317,8 +317,9 @@ class MPerClassEpochSampler:
     ``T`` depends on the class sizes only, so ``epoch_length`` is the same every epoch and the
     batch of any step is known without replaying the earlier ones. The official loop takes
     the first ``P`` classes with ``M`` images left in its shuffled class order and stops
-    when fewer than ``P`` are left, which can end an epoch a few batches earlier than ``T``
-    (e.g. 45 instead of 46 batches on CUB-200 with ``M = 4``, ``B = 128``). The official
+    when fewer than ``P`` are left, so its epoch can be shorter than ``T`` and vary with the
+    shuffle (``P = 2``, classes with 2, 1 and 1 groups: order A, B, C gives 2 batches,
+    order B, C, A gives 1; ``T = 2``). The official
     sampler also shuffles the images inside a batch; here the batch is ordered class by
     class (``labels[indices]`` = ``[c1]*M + [c2]*M + ...``), which no batch loss depends on.
 
