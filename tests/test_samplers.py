@@ -56,20 +56,53 @@ def test_max_disjoint_batches_matches_greedy_construction():
         assert samplers.max_disjoint_batches(groups, p) == _brute_max_batches(groups, p)
 
 
+def _literal_official_loop(class_members, p, m):
+    """The official loop (ROADMAP m_per_class_sampler.reshuffle), restated without its
+    random draws: class_members are the shuffled image lists in the shuffled class order."""
+    left = [list(x) for x in class_members]
+    batches = []
+    while True:
+        batch = []
+        for c in range(len(left)):
+            if len(left[c]) >= m and len(batch) < p:
+                batch.append(left[c][:m])
+                left[c] = left[c][m:]
+        if len(batch) < p:
+            return batches
+        batches.append([i for group in batch for i in group])
+
+
+def test_official_batches_equal_the_literal_loop():
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        sizes = rng.integers(0, 14, size=int(rng.integers(1, 12)))
+        m, p = int(rng.integers(2, 4)), int(rng.integers(1, 5))
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        members = [rng.permutation(np.arange(offsets[c], offsets[c + 1])) for c in range(len(sizes))]
+        got = samplers.official_m_per_class_batches(members, p, m)
+        want = _literal_official_loop(members, p, m)
+        assert got.shape == (len(want), p * m)
+        np.testing.assert_array_equal(got, np.array(want, np.int64).reshape(len(want), p * m))
+
+
+@pytest.mark.parametrize("rule", ["official", "fixed"])
 @pytest.mark.parametrize("sizes,m,batch", [([5, 6, 7, 3, 9, 4, 12, 2], 2, 6), ([60] * 10 + [7, 3], 4, 16)])
-def test_m_per_class_epoch_visits_each_image_at_most_once(sizes, m, batch):
+def test_m_per_class_epoch_visits_each_image_at_most_once(sizes, m, batch, rule):
     labels = _labels(sizes)
-    s = data.MPerClassEpochSampler(labels, batch, m, seed=3)
+    s = data.MPerClassEpochSampler(labels, batch, m, seed=3, rule=rule)
     p = batch // m
     groups = np.array(sizes) // m
-    assert s.epoch_length == _brute_max_batches(list(groups), p)
+    if rule == "fixed":
+        assert s.epoch_length == _brute_max_batches(list(groups), p)
     for epoch in range(3):
-        steps = range(epoch * s.epoch_length, (epoch + 1) * s.epoch_length)
-        idx = np.stack([s.indices(t) for t in steps])
-        assert idx.shape == (s.epoch_length, batch)
+        start, stop = s.epoch_start(epoch), s.epoch_start(epoch + 1)
+        assert stop - start == len(s.epoch(epoch)) <= _brute_max_batches(list(groups), p)
+        idx = np.stack([s.indices(t) for t in range(start, stop)])
+        assert idx.shape == (stop - start, batch)
+        assert s.epoch_of(start) == (epoch, 0) and s.epoch_of(stop - 1) == (epoch, stop - start - 1)
         flat = idx.reshape(-1)
         assert len(np.unique(flat)) == len(flat)  # no image twice in an epoch
-        blocks = labels[idx].reshape(s.epoch_length, p, m)
+        blocks = labels[idx].reshape(len(idx), p, m)
         assert np.all(blocks == blocks[..., :1])  # class by class, M of each
         assert all(len(set(b[:, 0])) == p for b in blocks)  # distinct classes per batch
         # remainders dropped: a class never gives more than floor(n_c / M) groups
@@ -77,10 +110,24 @@ def test_m_per_class_epoch_visits_each_image_at_most_once(sizes, m, batch):
         assert np.all(per_class <= groups * m)
 
 
-def test_m_per_class_epochs_differ_and_are_pure():
+def test_m_per_class_official_epoch_lengths_vary_and_stay_below_the_maximum():
+    labels = _labels([8, 2, 2, 6, 4, 2])  # M = 2: groups 4, 1, 1, 3, 2, 1
+    s = data.MPerClassEpochSampler(labels, 4, 2, seed=0)  # P = 2
+    lengths = [s.epoch_start(e + 1) - s.epoch_start(e) for e in range(40)]
+    assert len(set(lengths)) > 1  # depends on the class order
+    assert max(lengths) <= samplers.max_disjoint_batches([4, 1, 1, 3, 2, 1], 2) == 6
+    assert s.epoch_length == lengths[0]
+    # resuming anywhere gives the same batches: a fresh sampler asked out of order
+    fresh = data.MPerClassEpochSampler(labels, 4, 2, seed=0)
+    for step in [sum(lengths[:7]) + 1, 3, sum(lengths[:20])]:
+        np.testing.assert_array_equal(fresh.indices(step), s.indices(step))
+
+
+@pytest.mark.parametrize("rule", ["official", "fixed"])
+def test_m_per_class_epochs_differ_and_are_pure(rule):
     labels = _labels([8] * 12)
-    a = data.MPerClassEpochSampler(labels, 8, 2, seed=1)
-    b = data.MPerClassEpochSampler(labels, 8, 2, seed=1)
+    a = data.MPerClassEpochSampler(labels, 8, 2, seed=1, rule=rule)
+    b = data.MPerClassEpochSampler(labels, 8, 2, seed=1, rule=rule)
     t = a.epoch_length
     assert t == 12  # 12 classes x 4 groups / 4 classes per batch
     # any order of queries gives the same batches (the cache is only memoisation)
@@ -89,7 +136,7 @@ def test_m_per_class_epochs_differ_and_are_pure():
     assert not np.array_equal(a.epoch(0), a.epoch(1))
     # every image is used each epoch here (no remainders, all classes equal)
     assert set(a.epoch(1).reshape(-1)) == set(range(len(labels)))
-    c = data.MPerClassEpochSampler(labels, 8, 2, seed=2)
+    c = data.MPerClassEpochSampler(labels, 8, 2, seed=2, rule=rule)
     assert not np.array_equal(a.epoch(0), c.epoch(0))
 
 
@@ -100,6 +147,8 @@ def test_m_per_class_validation():
         data.MPerClassEpochSampler(_labels([4, 4]), 5, 2)
     with pytest.raises(ValueError, match="samples_per_class"):
         data.MPerClassEpochSampler(_labels([4, 4]), 4, 1)
+    with pytest.raises(ValueError, match="rule"):
+        data.MPerClassEpochSampler(_labels([4, 4]), 4, 2, rule="greedy")
 
 
 # ---------------------------------------------------------------- all-pairs hierarchical epochs

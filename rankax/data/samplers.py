@@ -3,8 +3,9 @@
 A sampler is a pure function of the step: ``sampler.indices(step)`` depends only on the seed
 and the step, so a run resumed at step ``t`` sees exactly the batches an uninterrupted run
 would have seen, with no sampler state to checkpoint, and every process of a multi-host run
-knows the global batch of every step. Each sampler reports ``batch_size`` and
-``epoch_length`` (batches per epoch), so that a config can count in epochs.
+knows the global batch of every step. Each sampler reports ``batch_size``,
+``epoch_length`` (batches per epoch) and ``epoch_start(e)`` (the first step of epoch ``e``),
+so that a config can count in epochs.
 
 ==========================  ===========================================================
 name (``SAMPLERS``)         behaviour
@@ -28,7 +29,9 @@ name (``SAMPLERS``)         behaviour
 
 from __future__ import annotations
 
+import heapq
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -96,6 +99,10 @@ class PKSampler:
     def epoch_length(self) -> int:
         """Nominal batches per epoch, ``N // batch_size`` (steps are independent draws)."""
         return max(1, self._num_items // self.batch_size)
+
+    def epoch_start(self, epoch: int) -> int:
+        """The first step of ``epoch``: ``epoch * epoch_length``."""
+        return int(epoch) * self.epoch_length
 
     def indices(self, step: int) -> np.ndarray:
         """``[P * K]`` dataset indices of the batch of ``step``."""
@@ -235,6 +242,10 @@ class HierarchicalSampler:
         """Nominal batches per epoch, ``N // batch_size`` (steps are independent draws)."""
         return max(1, self._num_items // self.batch_size)
 
+    def epoch_start(self, epoch: int) -> int:
+        """The first step of ``epoch``: ``epoch * epoch_length``."""
+        return int(epoch) * self.epoch_length
+
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
         step = int(step)
@@ -293,6 +304,53 @@ def max_disjoint_batches(groups_per_class: np.ndarray, classes_per_batch: int) -
     return lo
 
 
+def official_m_per_class_batches(
+    class_members: Sequence[np.ndarray], classes_per_batch: int, m: int
+) -> np.ndarray:
+    """The batches of the official M-per-class loop, before their final shuffle.
+
+    ``class_members`` lists each class's images in the (shuffled) order the official code
+    holds them, classes in its shuffled class order. The official loop
+    (``elias-ramzi/ROADMAP:roadmap/samplers/m_per_class_sampler.py``, ``reshuffle``) repeats:
+    walk the classes in order, and take the next ``m`` images of each of the first
+    ``P = classes_per_batch`` classes that still have ``m``; stop when fewer than ``P`` do.
+    The active classes are thus always the first ``P`` unfinished ones: class ``c``, with
+    ``g_c = floor(n_c / m)`` groups, enters the batches when an earlier one finishes (at
+    batch ``s_c``) and gives its group ``j`` to batch ``s_c + j``; the loop ends when a class
+    finishes and no class is left to replace it. Computed with a heap of finishing times.
+
+    Returns:
+      ``[T, P * m]`` dataset indices, batch ``t`` class by class in the class order.
+    """
+    groups = [len(x) // m for x in class_members]
+    p = classes_per_batch
+    start, total = _official_schedule(groups, p)
+    batches: list[list[np.ndarray]] = [[] for _ in range(total)]
+    for c in sorted(start):
+        for j in range(min(groups[c], total - start[c])):
+            batches[start[c] + j].append(np.asarray(class_members[c][j * m : (j + 1) * m]))
+    return np.array([np.concatenate(b) for b in batches], np.int64).reshape(total, p * m)
+
+
+def _official_schedule(groups: Sequence[int], p: int) -> tuple[dict[int, int], int]:
+    """``({class position: first batch}, number of batches)`` of the official loop, from the
+    groups per class in class order (see :func:`official_m_per_class_batches`)."""
+    eligible = [i for i, g in enumerate(groups) if g > 0]
+    if len(eligible) < p:
+        return {}, 0
+    start = {i: 0 for i in eligible[:p]}
+    heap = [(int(groups[i]), i) for i in eligible[:p]]
+    heapq.heapify(heap)
+    for c in eligible[p:]:
+        finish, _ = heapq.heappop(heap)  # the first active class to run out ...
+        start[c] = finish  # ... is replaced by the next class in order
+        heapq.heappush(heap, (finish + int(groups[c]), c))
+    return start, heap[0][0]  # ends when the next one runs out with no class left
+
+
+M_PER_CLASS_RULES = ("official", "fixed")
+
+
 class MPerClassEpochSampler:
     """Epochs of P classes x M images that visit every image at most once (no replacement).
 
@@ -300,28 +358,31 @@ class MPerClassEpochSampler:
     (``elias-ramzi/ROADMAP:roadmap/samplers/m_per_class_sampler.py``,
     ``elias-ramzi/SupRank:suprank/datasets/samplers/m_per_class_sampler.py``, after Smooth-AP;
     not pytorch-metric-learning's ``MPerClassSampler``, which draws a fixed number of batches
-    with replacement across batches) shuffles
-    each class's images and cuts them into groups of ``M = samples_per_class``, forms batches
-    of ``P = batch_size / M`` groups of distinct classes, drops what is left (classes with
-    fewer than ``M`` remaining images, the last incomplete batch) and shuffles the batches.
-    Here, epoch ``e`` (steps ``e T .. e T + T - 1``) is built from ``(seed, e)``:
+    with replacement across batches) shuffles each class's images and cuts them into groups
+    of ``M = samples_per_class`` (the ``n_c mod M`` remainder dropped), forms batches of
+    ``P = batch_size / M`` groups of distinct classes, drops what is left and shuffles the
+    batches. Epoch ``e`` is built from ``(seed, e)`` by one of two rules:
 
-    1. the images of each class in a random order, cut into ``g_c = floor(n_c / M)`` groups
-       (the ``n_c mod M`` remainder dropped);
-    2. ``T`` = :func:`max_disjoint_batches`, the most batches of ``P`` distinct classes those
-       groups allow; a class keeps at most ``T`` groups;
-    3. the classes in a random order, their groups listed class after class; group ``i`` of
-       the first ``P T`` goes to batch ``i mod T`` (a class's at most ``T`` consecutive groups
-       land in distinct batches), and the batches are shuffled.
+    * ``rule="official"`` (default): the official loop exactly
+      (:func:`official_m_per_class_batches`): classes in a shuffled order, each batch takes
+      the first ``P`` classes with ``M`` images left. Its epoch length depends on the class
+      order, so it varies a little from epoch to epoch (``P = 2``, classes with 2, 1 and 1
+      groups: order A, B, C gives 2 batches, order B, C, A gives 1), and it can be well below
+      the most the groups allow (CUB-like sizes, 100 classes of 41-60 images, ``M = 4``,
+      ``B = 128``: 33-34 batches instead of 38): the classes left at the end are few and
+      large.
+    * ``rule="fixed"``: the most batches the groups allow, ``T`` =
+      :func:`max_disjoint_batches`, every epoch: a class keeps at most ``T`` groups; the
+      classes in a random order, their groups listed class after class, group ``i`` of the
+      first ``P T`` going to batch ``i mod T`` (a class's at most ``T`` consecutive groups
+      land in distinct batches).
 
-    ``T`` depends on the class sizes only, so ``epoch_length`` is the same every epoch and the
-    batch of any step is known without replaying the earlier ones. The official loop takes
-    the first ``P`` classes with ``M`` images left in its shuffled class order and stops
-    when fewer than ``P`` are left, so its epoch can be shorter than ``T`` and vary with the
-    shuffle (``P = 2``, classes with 2, 1 and 1 groups: order A, B, C gives 2 batches,
-    order B, C, A gives 1; ``T = 2``). The official
-    sampler also shuffles the images inside a batch; here the batch is ordered class by
-    class (``labels[indices]`` = ``[c1]*M + [c2]*M + ...``), which no batch loss depends on.
+    Steps run through the epochs back to back: :meth:`epoch_start` gives the first step of an
+    epoch (with ``"official"``, the sum of the earlier epochs' lengths, computed once and
+    memoised; each needs only its class order). ``epoch_length`` is epoch 0's length. The
+    official sampler also shuffles the images inside a batch; here the batch is ordered
+    class by class (``labels[indices]`` = ``[c1]*M + [c2]*M + ...``), which no batch loss
+    depends on.
 
     Args:
       labels: ``[N]`` class ids (``[N, L]`` label paths: column ``level``).
@@ -329,15 +390,25 @@ class MPerClassEpochSampler:
       samples_per_class: M (>= 2).
       seed: base seed.
       level: the label-path column of the classes (0 = finest).
+      rule: ``"official"`` or ``"fixed"``.
 
     Raises:
       ValueError: fewer than ``P`` classes have ``M`` images (no batch can be formed).
     """
 
     def __init__(
-        self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0, level: int = 0
+        self,
+        labels: np.ndarray,
+        batch_size: int,
+        samples_per_class: int,
+        seed: int = 0,
+        level: int = 0,
+        rule: str = "official",
     ):
+        if rule not in M_PER_CLASS_RULES:
+            raise ValueError(f"rule must be one of {M_PER_CLASS_RULES}, got {rule!r}")
         labels = _class_ids(labels, level)
+        self.rule = rule
         self.classes_per_batch = _check_pk(batch_size, samples_per_class)
         self.samples_per_class = int(samples_per_class)
         self.batch_size = int(batch_size)
@@ -346,39 +417,76 @@ class MPerClassEpochSampler:
         self._inverse = self._inverse.reshape(-1)
         self._counts = counts
         self._groups = counts // self.samples_per_class
-        self.epoch_length = max_disjoint_batches(self._groups, self.classes_per_batch)
-        if self.epoch_length == 0:
+        if int((self._groups > 0).sum()) < self.classes_per_batch:
             raise ValueError(
                 f"no batch of {self.classes_per_batch} classes x {samples_per_class} images can be formed: "
                 f"only {int((self._groups > 0).sum())} classes have >= {samples_per_class} images; lower "
                 "batch_size or samples_per_class"
             )
+        self._fixed_length = max_disjoint_batches(self._groups, self.classes_per_batch)
+        self._starts = [0]  # first step of each epoch computed so far
         self._cache: tuple[int, np.ndarray] | None = None
 
+    def _class_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, 2, epoch, 0]).permutation(len(self.classes))
+
+    def _length(self, epoch: int) -> int:
+        if self.rule == "fixed":
+            return self._fixed_length
+        return _official_schedule(self._groups[self._class_order(epoch)], self.classes_per_batch)[1]
+
+    @property
+    def epoch_length(self) -> int:
+        """Batches in epoch 0 (every epoch with ``rule="fixed"``)."""
+        return self._length(0) if self.rule == "official" else self._fixed_length
+
+    def epoch_start(self, epoch: int) -> int:
+        """The first step of ``epoch`` (= the number of steps of epochs ``0 .. epoch - 1``)."""
+        if self.rule == "fixed":
+            return int(epoch) * self._fixed_length
+        while len(self._starts) <= epoch:
+            self._starts.append(self._starts[-1] + self._length(len(self._starts) - 1))
+        return self._starts[epoch]
+
+    def epoch_of(self, step: int) -> tuple[int, int]:
+        """``(epoch, position in the epoch)`` of ``step``."""
+        step = int(step)
+        if self.rule == "fixed":
+            return divmod(step, self._fixed_length)
+        while self.epoch_start(len(self._starts) - 1) <= step:
+            self.epoch_start(len(self._starts))
+        epoch = int(np.searchsorted(self._starts, step, side="right")) - 1
+        return epoch, step - self._starts[epoch]
+
     def epoch(self, epoch: int) -> np.ndarray:
-        """``[epoch_length, batch_size]`` dataset indices of every batch of ``epoch``."""
+        """``[batches in the epoch, batch_size]`` dataset indices of every batch of ``epoch``."""
         epoch = int(epoch)
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
-        m, t, p = self.samples_per_class, self.epoch_length, self.classes_per_batch
-        rng = np.random.default_rng([self.seed, 2, epoch])
+        m, p = self.samples_per_class, self.classes_per_batch
         n = len(self._inverse)
-        order = np.lexsort((rng.random(n), self._inverse))  # class by class, random inside
-        cls = self._inverse[order]
+        order = np.lexsort((np.random.default_rng([self.seed, 2, epoch, 1]).random(n), self._inverse))
+        cls = self._inverse[order]  # images class by class, random order inside a class
         starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
-        group = (np.arange(n) - starts[cls]) // m
-        keep = group < np.minimum(self._groups, t)[cls]
-        class_rank = rng.permutation(len(self.classes))
-        kept = order[keep]
-        rows = kept[np.lexsort((group[keep], class_rank[cls[keep]]))].reshape(-1, m)[: p * t]
-        batches = rows.reshape(p, t, m).transpose(1, 0, 2).reshape(t, p * m)
-        batches = batches[rng.permutation(t)]
+        class_order = self._class_order(epoch)
+        if self.rule == "official":
+            members = [order[starts[c] : starts[c] + self._counts[c]] for c in class_order]
+            batches = official_m_per_class_batches(members, p, m)
+        else:
+            t = self._fixed_length
+            group = (np.arange(n) - starts[cls]) // m
+            keep = group < np.minimum(self._groups, t)[cls]
+            class_rank = np.argsort(class_order)
+            kept = order[keep]
+            rows = kept[np.lexsort((group[keep], class_rank[cls[keep]]))].reshape(-1, m)[: p * t]
+            batches = rows.reshape(p, t, m).transpose(1, 0, 2).reshape(t, p * m)
+        batches = batches[np.random.default_rng([self.seed, 2, epoch, 2]).permutation(len(batches))]
         self._cache = (epoch, batches)
         return batches
 
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
-        epoch, i = divmod(int(step), self.epoch_length)
+        epoch, i = self.epoch_of(step)
         return self.epoch(epoch)[i]
 
 
@@ -478,6 +586,10 @@ class HierarchicalPairsSampler:
         epoch, i = divmod(int(step), self.epoch_length)
         return self.super_tuples[self._order(epoch)[i] // self.batches_per_super_pair]
 
+    def epoch_start(self, epoch: int) -> int:
+        """The first step of ``epoch``: ``epoch * epoch_length``."""
+        return int(epoch) * self.epoch_length
+
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
         rng = np.random.default_rng([self.seed, 4, int(step)])
@@ -519,6 +631,10 @@ class ReplacementPKSampler:
         self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
         self.epoch_length = max(1, len(labels) // self.batch_size)
 
+    def epoch_start(self, epoch: int) -> int:
+        """The first step of ``epoch``: ``epoch * epoch_length``."""
+        return int(epoch) * self.epoch_length
+
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
         rng = np.random.default_rng([self.seed, 5, int(step)])
@@ -540,12 +656,14 @@ def make(
     super_classes_per_batch: int = 2,
     batches_per_super_tuple: int = 4,
     batches_per_super_pair: int = 5,
+    m_per_class_rule: str = "official",
 ):
     """The sampler ``name`` (one of ``SAMPLERS``, see the module doc) over ``labels``.
 
     ``batch_size`` and ``samples_per_class`` are B and K of every sampler; the keyword
-    arguments only concern the hierarchical ones (``batches_per_super_tuple``:
-    ``"hierarchical"``; ``batches_per_super_pair``: ``"hierarchical_pairs"``).
+    arguments concern one sampler each (``batches_per_super_tuple``: ``"hierarchical"``;
+    ``batches_per_super_pair``: ``"hierarchical_pairs"``; ``m_per_class_rule``:
+    ``"m_per_class"``, see :class:`MPerClassEpochSampler`).
 
     Raises:
       ValueError: an unknown name (listing the valid ones) or invalid sizes.
@@ -553,7 +671,7 @@ def make(
     if name == "pk":
         return PKSampler(labels, _check_pk(batch_size, samples_per_class), samples_per_class, seed=seed)
     if name == "m_per_class":
-        return MPerClassEpochSampler(labels, batch_size, samples_per_class, seed=seed)
+        return MPerClassEpochSampler(labels, batch_size, samples_per_class, seed=seed, rule=m_per_class_rule)
     if name == "hierarchical":
         return HierarchicalSampler(
             labels,

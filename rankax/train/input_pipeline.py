@@ -38,7 +38,8 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
 
     Keys: ``batch.classes_per_batch`` x ``batch.samples_per_class`` = the batch size;
     ``batch.super_classes_per_batch`` and ``batch.batches_per_super_tuple`` ("hierarchical")
-    or ``batch.batches_per_super_pair`` ("hierarchical_pairs"); ``seed``.
+    or ``batch.batches_per_super_pair`` ("hierarchical_pairs"); ``batch.m_per_class_rule``
+    ("m_per_class": "official" or "fixed"); ``seed``.
     """
     b = config.batch
     kind = b.get("sampler", "pk")
@@ -58,6 +59,7 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
         super_classes_per_batch=b.get("super_classes_per_batch", 2),
         batches_per_super_tuple=b.get("batches_per_super_tuple", 4),
         batches_per_super_pair=b.get("batches_per_super_pair", None) or 1,
+        m_per_class_rule=b.get("m_per_class_rule", "official"),
     )
 
 
