@@ -157,7 +157,7 @@ def test_m_per_class_validation():
 def test_hierarchical_pairs_epoch_covers_every_pair():
     rng = np.random.default_rng(0)
     paths = _paths([3, 4, 2, 5, 3, 6], rng)  # 6 super-classes: C(6, 2) = 15 pairs
-    s = data.HierarchicalPairsSampler(paths, 8, 2, batches_per_super_pair=3, seed=4)
+    s = data.HierarchicalPairsSampler(paths, 8, 2, batches_per_super_tuple=3, seed=4)
     assert s.epoch_length == math.comb(6, 2) * 3
     for epoch in range(2):
         steps = range(epoch * s.epoch_length, (epoch + 1) * s.epoch_length)
@@ -178,7 +178,7 @@ def test_hierarchical_pairs_consecutive_batches_shuffled():
     rng = np.random.default_rng(1)
     paths = _paths([4] * 8, rng)  # 28 pairs
     bpp = 5
-    s = data.HierarchicalPairsSampler(paths, 8, 2, batches_per_super_pair=bpp, seed=0)
+    s = data.HierarchicalPairsSampler(paths, 8, 2, batches_per_super_tuple=bpp, seed=0)
     t = s.epoch_length
     same = [
         np.array_equal(s.super_tuple(e * t + i), s.super_tuple(e * t + i + 1))
@@ -197,18 +197,18 @@ def test_hierarchical_pairs_consecutive_batches_shuffled():
 def test_hierarchical_pairs_classes_distinct_and_pure():
     rng = np.random.default_rng(2)
     paths = _paths([6, 6, 6], rng)
-    a = data.HierarchicalPairsSampler(paths, 12, 2, batches_per_super_pair=2, seed=7)
-    b = data.HierarchicalPairsSampler(paths, 12, 2, batches_per_super_pair=2, seed=7)
+    a = data.HierarchicalPairsSampler(paths, 12, 2, batches_per_super_tuple=2, seed=7)
+    b = data.HierarchicalPairsSampler(paths, 12, 2, batches_per_super_tuple=2, seed=7)
     for step in [9, 0, 4, 9, 17]:
         np.testing.assert_array_equal(a.indices(step), b.indices(step))
         fine = paths[a.indices(step), 0].reshape(6, 2)
         assert np.all(fine == fine[:, :1]) and len(set(fine[:, 0])) == 6  # 3 classes per super
-    other = data.HierarchicalPairsSampler(paths, 12, 2, batches_per_super_pair=2, seed=8)
+    other = data.HierarchicalPairsSampler(paths, 12, 2, batches_per_super_tuple=2, seed=8)
     assert any(not np.array_equal(a.indices(t), other.indices(t)) for t in range(6))
-    with pytest.raises(ValueError, match="batches_per_super_pair"):
-        data.HierarchicalPairsSampler(paths, 12, 2, batches_per_super_pair=0)
+    with pytest.raises(ValueError, match="batches_per_super_tuple"):
+        data.HierarchicalPairsSampler(paths, 12, 2, batches_per_super_tuple=0)
     with pytest.raises(ValueError, match="super_classes_per_batch"):
-        data.HierarchicalPairsSampler(paths, 24, 2, batches_per_super_pair=1, super_classes_per_batch=4)
+        data.HierarchicalPairsSampler(paths, 24, 2, batches_per_super_tuple=1, super_classes_per_batch=4)
 
 
 # ---------------------------------------------------------------- with-replacement P x K
@@ -289,8 +289,7 @@ def test_make_sampler_selects_every_name():
                     "classes_per_batch": 2,
                     "samples_per_class": 2,
                     "super_classes_per_batch": 2,
-                    "batches_per_super_tuple": 3,
-                    "batches_per_super_pair": 4,
+                    "batches_per_super_tuple": 4,
                 },
             }
         )
@@ -303,8 +302,8 @@ def test_make_sampler_selects_every_name():
     with pytest.raises(ValueError, match="config.batch.sampler"):
         input_pipeline.make_sampler(config, _Dataset())
     config.batch.sampler = "hierarchical_pairs"
-    config.batch.batches_per_super_pair = None
-    with pytest.raises(Exception, match="batches_per_super_pair"):
+    config.batch.batches_per_super_tuple = 0
+    with pytest.raises(ValueError, match="batches_per_super_tuple"):
         input_pipeline.make_sampler(config, _Dataset())
 
 

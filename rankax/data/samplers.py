@@ -18,7 +18,7 @@ name (``SAMPLERS``)         behaviour
 ``"hierarchical"``          :class:`HierarchicalSampler`: super-class tuples held for
                             ``batches_per_super_tuple`` consecutive steps (rankax's own).
 ``"hierarchical_pairs"``    :class:`HierarchicalPairsSampler`: epochs made of every pair
-                            of super-classes x ``batches_per_super_pair`` batches, all
+                            of super-classes x ``batches_per_super_tuple`` batches, all
                             shuffled, as ROADMAP / SupRank / pytorch-metric-learning.
 ``"pk_replacement"``        :class:`ReplacementPKSampler`: classes and items drawn with
                             replacement, ``N // B`` batches per epoch, as PNP.
@@ -153,7 +153,7 @@ class HierarchicalSampler:
 
     This is *not* the official sampler's epoch structure: the ROADMAP / SupRank / HAPPIER
     sampler (pytorch-metric-learning's ``HierarchicalSampler``) enumerates every pair of
-    super-classes x ``batches_per_super_pair`` per epoch and shuffles all the batches of the
+    super-classes x ``batches_per_super_tuple`` per epoch and shuffles all the batches of the
     epoch, so consecutive batches rarely share a pair; that one is
     :class:`HierarchicalPairsSampler`. ``epoch_length`` here is the nominal ``N // batch_size``.
 
@@ -491,16 +491,16 @@ class MPerClassEpochSampler:
 
 
 class HierarchicalPairsSampler:
-    """Epochs of every pair of super-classes x ``batches_per_super_pair`` batches, shuffled.
+    """Epochs of every pair of super-classes x ``batches_per_super_tuple`` batches, shuffled.
 
     The hierarchical sampler of ROADMAP (``elias-ramzi/ROADMAP:roadmap/samplers/hierarchical_sampler.py``)
     and of SupRank (``elias-ramzi/SupRank:suprank/datasets/samplers/hierarchical_sampler.py``,
     a subclass of pytorch-metric-learning's
     ``KevinMusgrave/pytorch-metric-learning:src/pytorch_metric_learning/samplers/hierarchical_sampler.py``,
     where the count per tuple is called ``batches_per_super_tuple``: SupRank SOP 5):
-    an epoch holds ``batches_per_super_pair`` batches for each of the ``C(S, n)`` tuples of
+    an epoch holds ``batches_per_super_tuple`` batches for each of the ``C(S, n)`` tuples of
     ``n = super_classes_per_batch`` distinct super-classes (SOP: ``S = 12``, ``n = 2``: 66
-    pairs), in a random order, so ``epoch_length = C(S, n) * batches_per_super_pair`` (SOP with
+    pairs), in a random order, so ``epoch_length = C(S, n) * batches_per_super_tuple`` (SOP with
     10 per pair: 660). A batch gives each of its super-classes ``batch_size / n`` items:
     ``batch_size / (n K)`` distinct fine classes of that super-class, drawn at random, x
     ``K = samples_per_class`` items each (distinct items when the class has ``K``).
@@ -519,8 +519,8 @@ class HierarchicalPairsSampler:
       labels: ``[N, L]`` label paths.
       batch_size: B, a multiple of ``super_classes_per_batch * samples_per_class``.
       samples_per_class: K (>= 2).
-      batches_per_super_pair: batches per tuple of super-classes per epoch (ROADMAP SOP 10,
-        SupRank 5).
+      batches_per_super_tuple: batches per tuple of super-classes per epoch (SupRank's name;
+        ROADMAP calls it ``batches_per_super_pair``): ROADMAP SOP 10, SupRank SOP 5.
       super_classes_per_batch: n, the official ``nb_categories`` (2).
       fine_level, coarse_level: label-path columns of the classes and of the super-classes.
       seed: base seed.
@@ -531,7 +531,7 @@ class HierarchicalPairsSampler:
         labels: np.ndarray,
         batch_size: int,
         samples_per_class: int,
-        batches_per_super_pair: int,
+        batches_per_super_tuple: int,
         super_classes_per_batch: int = 2,
         fine_level: int = 0,
         coarse_level: int = 1,
@@ -543,8 +543,8 @@ class HierarchicalPairsSampler:
         for name, level in (("fine_level", fine_level), ("coarse_level", coarse_level)):
             if not 0 <= level < labels.shape[1]:
                 raise ValueError(f"{name} must be in [0, {labels.shape[1]}), got {level}")
-        if batches_per_super_pair < 1:
-            raise ValueError(f"batches_per_super_pair must be >= 1, got {batches_per_super_pair}")
+        if batches_per_super_tuple < 1:
+            raise ValueError(f"batches_per_super_tuple must be >= 1, got {batches_per_super_tuple}")
         if super_classes_per_batch < 1:
             raise ValueError(f"super_classes_per_batch must be >= 1, got {super_classes_per_batch}")
         _check_pk(batch_size, samples_per_class)
@@ -569,10 +569,10 @@ class HierarchicalPairsSampler:
         )
         self.batch_size = int(batch_size)
         self.samples_per_class = int(samples_per_class)
-        self.batches_per_super_pair = int(batches_per_super_pair)
+        self.batches_per_super_tuple = int(batches_per_super_tuple)
         self.super_classes_per_batch = int(super_classes_per_batch)
         self.classes_per_super_class = self.batch_size // per_super
-        self.epoch_length = len(self.super_tuples) * self.batches_per_super_pair
+        self.epoch_length = len(self.super_tuples) * self.batches_per_super_tuple
         self.seed = int(seed)
         self._cache: tuple[int, np.ndarray] | None = None
 
@@ -584,7 +584,7 @@ class HierarchicalPairsSampler:
     def super_tuple(self, step: int) -> np.ndarray:
         """Positions (in ``super_classes``) of the super-classes of the batch of ``step``."""
         epoch, i = divmod(int(step), self.epoch_length)
-        return self.super_tuples[self._order(epoch)[i] // self.batches_per_super_pair]
+        return self.super_tuples[self._order(epoch)[i] // self.batches_per_super_tuple]
 
     def epoch_start(self, epoch: int) -> int:
         """The first step of ``epoch``: ``epoch * epoch_length``."""
@@ -655,15 +655,15 @@ def make(
     seed: int = 0,
     super_classes_per_batch: int = 2,
     batches_per_super_tuple: int = 4,
-    batches_per_super_pair: int = 5,
     m_per_class_rule: str = "official",
 ):
     """The sampler ``name`` (one of ``SAMPLERS``, see the module doc) over ``labels``.
 
     ``batch_size`` and ``samples_per_class`` are B and K of every sampler; the keyword
-    arguments concern one sampler each (``batches_per_super_tuple``: ``"hierarchical"``;
-    ``batches_per_super_pair``: ``"hierarchical_pairs"``; ``m_per_class_rule``:
-    ``"m_per_class"``, see :class:`MPerClassEpochSampler`).
+    arguments concern some samplers only (``super_classes_per_batch`` and
+    ``batches_per_super_tuple``: the hierarchical ones, steps sharing one draw of super-classes
+    for ``"hierarchical"``, batches per tuple per epoch for ``"hierarchical_pairs"``;
+    ``m_per_class_rule``: ``"m_per_class"``, see :class:`MPerClassEpochSampler`).
 
     Raises:
       ValueError: an unknown name (listing the valid ones) or invalid sizes.
@@ -686,7 +686,7 @@ def make(
             labels,
             batch_size,
             samples_per_class,
-            batches_per_super_pair,
+            batches_per_super_tuple,
             super_classes_per_batch=super_classes_per_batch,
             seed=seed,
         )

@@ -37,19 +37,15 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
     """The sampler ``config.batch.sampler`` (a name of ``rankax.data.samplers.SAMPLERS``).
 
     Keys: ``batch.classes_per_batch`` x ``batch.samples_per_class`` = the batch size;
-    ``batch.super_classes_per_batch`` and ``batch.batches_per_super_tuple`` ("hierarchical")
-    or ``batch.batches_per_super_pair`` ("hierarchical_pairs"); ``batch.m_per_class_rule``
-    ("m_per_class": "official" or "fixed"); ``seed``.
+    ``batch.super_classes_per_batch`` and ``batch.batches_per_super_tuple`` ("hierarchical":
+    steps sharing one draw of super-classes; "hierarchical_pairs": batches per tuple of
+    super-classes per epoch); ``batch.m_per_class_rule`` ("m_per_class": "official" or
+    "fixed"); ``seed``.
     """
     b = config.batch
     kind = b.get("sampler", "pk")
     if kind not in samplers.SAMPLERS:
         raise ValueError(f"config.batch.sampler must be one of {samplers.SAMPLERS}, got {kind!r}")
-    if kind == "hierarchical_pairs" and b.get("batches_per_super_pair", None) is None:
-        raise ConfigError(
-            "config.batch.sampler='hierarchical_pairs' needs config.batch.batches_per_super_pair "
-            "(batches per pair of super-classes per epoch; ROADMAP SOP 10, SupRank 5)"
-        )
     return samplers.make(
         kind,
         dataset.train.labels,
@@ -58,7 +54,6 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
         seed=config.seed,
         super_classes_per_batch=b.get("super_classes_per_batch", 2),
         batches_per_super_tuple=b.get("batches_per_super_tuple", 4),
-        batches_per_super_pair=b.get("batches_per_super_pair", None) or 1,
         m_per_class_rule=b.get("m_per_class_rule", "official"),
     )
 
