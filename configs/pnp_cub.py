@@ -35,13 +35,14 @@ def get_config():
     common.resnet(c)  # resnet50_frozen_normalize
     # Adam, one learning rate for all parameters (fc_lr=-1)
     c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=4e-4)
-    common.pk_batches(c, BATCH)
-    common.step_decay(c, EPOCHS, milestones=(120,))
+    common.pk_batches(c, BATCH, sampler="pk_replacement")  # the code's class_random sampler
+    common.step_decay(c, milestones=(120,))
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=10)
     c.log_every = 50
     c.best_metric = "recall@1"
+    c.model_selection = "best"  # the code keeps the best-R@1 checkpoint
     c.eval_ks = (1, 2, 4, 8)
     c.eval_baselines = False
 

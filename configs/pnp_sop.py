@@ -43,13 +43,14 @@ def get_config():
     common.resnet(c)  # resnet50_frozen_normalize
     # Adam, one learning rate for all parameters (fc_lr=-1)
     c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=4e-4)
-    common.pk_batches(c, BATCH)  # "class_random"
-    common.step_decay(c, EPOCHS, milestones=(120, 220, 250, 280))
+    common.pk_batches(c, BATCH, sampler="pk_replacement")  # "class_random"
+    common.step_decay(c, milestones=(120, 220, 250, 280))
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # 62,000 steps
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=1, checkpoint_every=10)
     c.log_every = 100
     c.best_metric = "recall@1"
+    c.model_selection = "best"  # storage_metrics e_recall@1: the best checkpoint is kept
     c.eval_ks = (1, 10, 100, 1000)
     c.eval_baselines = False
 

@@ -36,16 +36,18 @@ def get_config():
     c = default.get_config()
     c.seed = 333
     common.images(c, "cub", image_size=256, resize_size=288)  # transform/cub_big.yaml
-    common.resnet(c, pooling="max")  # model/resnet_max_ln.yaml, without its LayerNorm (pending)
+    common.resnet(c, pooling="max", feature_norm="layernorm")  # model/resnet_max_ln.yaml
     common.roadmap_loss(c, start=0.5, offset=1.44)
     c.loss.include_self = True
-    common.pk_batches(c, BATCH)  # MPerClassSampler
+    common.pk_batches(c, BATCH, sampler="m_per_class")  # MPerClassSampler
     c.optimizer.update(name="adam", lr=1e-6, head_lr=None, weight_decay=4e-4, schedule="constant")
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=10)
     c.log_every = 50
     c.best_metric = "recall@1"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the run ends on its last epoch
     c.eval_ks = (1, 2, 4, 8)
     c.eval_baselines = False
 

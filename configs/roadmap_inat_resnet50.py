@@ -41,14 +41,16 @@ def get_config():
     common.resnet(c)
     common.roadmap_loss(c, start=0.0, offset=1.0)  # loss/roadmap_inat.yaml
     c.loss.include_self = True
-    common.pk_batches(c, BATCH)  # MPerClassSampler
+    common.pk_batches(c, BATCH, sampler="m_per_class")  # MPerClassSampler
     c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4)
-    common.step_decay(c, EPOCHS, milestones=(30, 70))
+    common.step_decay(c, milestones=(30, 70))
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "recall@1"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the run ends on its last epoch
     c.eval_ks = (1, 4, 16, 32)
     c.eval_baselines = False
 

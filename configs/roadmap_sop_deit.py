@@ -33,17 +33,19 @@ def get_config():
     c = default.get_config()
     c.seed = 333
     common.images(c, "sop", train_resize_size=256, test_resize_mode="square")  # transform/sop.yaml
-    common.deit(c, "deit_small")
+    common.deit(c, "deit_small", distilled=True)
     common.roadmap_loss(c, start=0.5, offset=1.44)
     c.loss.include_self = True
     common.hierarchical_batches(c, BATCH, batches_per_super_tuple=10)
     c.optimizer.update(name="adamw", lr=1e-5, head_lr=None, weight_decay=5e-4)  # one group
-    common.step_decay(c, EPOCHS, milestones=(25, 50))
+    common.step_decay(c, milestones=(25, 50))
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # 49,500 steps
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=5)
     c.log_every = 100
     c.best_metric = "recall@1"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the run ends on its last epoch
     c.eval_ks = (1, 10, 100, 1000)
     c.eval_baselines = False
 

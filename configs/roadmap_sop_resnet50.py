@@ -42,12 +42,14 @@ def get_config():
     common.hierarchical_batches(c, BATCH, batches_per_super_tuple=10)
     # torch.optim.Adam: L2 penalty added to the gradient.
     c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=1e-4)
-    common.step_decay(c, EPOCHS, milestones=(30, 70))
+    common.step_decay(c, milestones=(30, 70))
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # 66,000 steps
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=5)
     c.log_every = 100
     c.best_metric = "recall@1"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the run ends on its last epoch
     c.eval_ks = (1, 10, 100, 1000)
     c.eval_baselines = False
 

@@ -38,18 +38,23 @@ def get_config():
     c = default.get_config()
     c.seed = 0
     common.inat(c, hierarchy="full")
-    common.resnet(c)  # model/resnet_ln.yaml, without its LayerNorm (pending)
+    common.resnet(c, feature_norm="layernorm")  # model/resnet_ln.yaml (norm_features: True)
     common.hap_loss(c, start=0.0, offset=1.0)
     c.loss.include_self = True
-    common.pk_batches(c, BATCH)  # MPerClassSampler in the official iNat configs
+    c.loss.weight = 0.9  # HAPPIER_inat.yaml: weight [0.9, 0.1]
+    common.cluster_term(c, weight=0.1, temperature=0.05, lr=10.0, final_lr=0.1)
+    common.pk_batches(c, BATCH, sampler="m_per_class")  # MPerClassSampler
     c.optimizer.update(
-        name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4, schedule="cosine", final_lr_ratio=0.1
-    )
+        name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4, schedule="cosine", final_lr=1e-6
+    )  # eta_min 1e-6 absolute, for both groups
+    common.frozen_warmup(c, 5)  # README warmup_step=5, default.yaml warmup_keys: [backbone]
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=20, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "hap"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the last epoch is saved and reported
     c.eval_ks = (1, 4, 16, 32)
     c.eval_baselines = False
 

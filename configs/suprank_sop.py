@@ -38,16 +38,21 @@ def get_config():
     c = default.get_config()
     c.seed = 0
     common.images(c, "sop", train_resize_size=256, test_resize_mode="square")
-    common.resnet(c)  # model/resnet_ln.yaml, without its LayerNorm (pending)
+    common.resnet(c, feature_norm="layernorm")  # model/resnet_ln.yaml (norm_features: True)
     common.hap_loss(c, start=0.5, offset=1.44)  # graded "pop" relevance (batch_loss default)
     c.loss.include_self = True
+    c.loss.weight = 0.9  # HAPPIER_SOP.yaml: weight [0.9, 0.1]
+    common.cluster_term(c, weight=0.1, temperature=0.05, lr=10.0, final_lr=0.1)
     common.hierarchical_batches(c, BATCH, batches_per_super_tuple=5)
-    c.optimizer.update(name="adam", lr=5e-5, head_lr=1e-4, weight_decay=1e-4, schedule="cosine")
+    c.optimizer.update(name="adam", lr=5e-5, head_lr=1e-4, weight_decay=1e-4, schedule="cosine", final_lr=0.0)
+    common.frozen_warmup(c, 5)  # README warmup_step=5, default.yaml warmup_keys: [backbone]
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # 33,000 steps
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=20, checkpoint_every=5)
     c.log_every = 100
     c.best_metric = "hap"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the last epoch is saved and reported
     c.eval_ks = (1, 10, 100, 1000)
     c.eval_baselines = False
 

@@ -393,3 +393,12 @@ def test_last_model_selection_reports_the_final_state(tmp_path):
     assert last["step"] == 6 and final["map@r"] == last["eval/map@r"]
     with pytest.raises(errors.ConfigError, match="model_selection"):
         train_lib.train_and_evaluate(tiny_config(model_selection="first"), str(tmp_path / "bad"))
+
+
+def test_pretrained_distilled_requires_a_distilled_checkpoint(tmp_path):
+    plain = {"cls_token": np.zeros((1, 1, 4)), "pos_embed": np.zeros((1, 5, 4))}
+    np.savez(tmp_path / "plain.npz", **plain)
+    np.savez(tmp_path / "distilled.npz", **plain, dist_token=np.zeros((1, 1, 4)))
+    state.check_distilled(str(tmp_path / "distilled.npz"))
+    with pytest.raises(errors.ConfigError, match="pretrained_distilled"):
+        state.check_distilled(str(tmp_path / "plain.npz"))

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from rankax import models, xbm
 from rankax.data.base import RetrievalDataset
-from rankax.train import input_pipeline, losses, optim
+from rankax.train import errors, input_pipeline, losses, optim
 
 Array = jax.Array
 
@@ -77,6 +77,7 @@ def build_model(config: ml_collections.ConfigDict) -> Any:
     kwargs = dict(config.model.to_dict())
     name = kwargs.pop("name")
     kwargs.pop("pretrained", None)
+    kwargs.pop("pretrained_distilled", None)
     return models.build(name, dtype=dtype, **kwargs)
 
 
@@ -87,8 +88,25 @@ def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array
     if pretrained:
         from rankax.models import convert
 
+        if config.model.get("pretrained_distilled", False):
+            check_distilled(pretrained)
         variables = convert.merge_pretrained(variables, convert.load_pretrained(pretrained))
     return variables
+
+
+def check_distilled(path: str) -> None:
+    """Raises :class:`~rankax.train.ConfigError` unless ``path`` is a distilled DeiT checkpoint
+    (it holds a ``dist_token``): ``config.model.pretrained_distilled=True`` says the recipe
+    starts from the distilled ImageNet weights (ROADMAP's ``vit_deit_distilled``), whose
+    distillation token the conversion drops (:func:`rankax.models.convert.drop_distillation_token`)."""
+    from rankax.models import convert
+
+    if "dist_token" not in convert.load_state_dict(path):
+        raise errors.ConfigError(
+            f"config.model.pretrained_distilled=True but {path} is not a distilled DeiT checkpoint "
+            "(no dist_token): use deit_small_distilled_patch16_224 (docs/models.md), or set "
+            "--config.model.pretrained_distilled=False to start from other weights"
+        )
 
 
 def _init_memory(
