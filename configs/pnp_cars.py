@@ -10,7 +10,9 @@ the schedule and the seed are not determined by the official material. Choices: 
 command's loss and model (PNP-Dq with alpha 4, sigmoid temperature 0.01, 4 images per class,
 ``resnet50_frozen_normalize``, Adam, lr 1e-5, weight decay 4e-4, 512-d, seed 0) with the
 ``parameters.py`` defaults for the rest: batch 112, 150 epochs, x0.3 at epoch 120 (the only
-default milestone inside 150 epochs). The query is its own positive, as in ``criteria/PNP.py``
+default milestone inside 150 epochs), and the code's own sampler and selection: classes and
+images drawn with replacement (``batch.sampler="pk_replacement"``), the best checkpoint by R@1
+reported (``model_selection="best"``). The query is its own positive, as in ``criteria/PNP.py``
 (``loss.include_self=True``).
 Images: random-resized crop 224 (torchvision's default scale (0.08, 1)) and flip; test:
 shorter side 256, centre crop 224.

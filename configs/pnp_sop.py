@@ -16,8 +16,10 @@ scale (0.08, 1) and flip; test: shorter side 256, centre crop 224. An epoch of t
 ``class_random`` sampler is ``len(images) // bs`` = 155 batches (62,000 steps), evaluated after
 every epoch. The query is its own positive in ``criteria/PNP.py`` (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the official sampler draws classes and
-images with replacement, and the run keeps its best checkpoint by R@1.
+The sampler draws classes and images with replacement (``batch.sampler="pk_replacement"``,
+``datasampler/class_random_sampler.py``) and the run reports its best checkpoint by R@1
+(``model_selection="best"``, ``storage_metrics``). Deliberate deviations: none
+(``docs/recipes.md``).
 Variants: ``--config.loss.hparams.variant=O|Iu|Ib|Ds|Dq``. The README gives no number and the
 paper's table was not consulted. Start from ImageNet weights:
 ``--config.model.pretrained=/path/to/resnet50.pth``.

@@ -13,8 +13,12 @@ config follows. Optimizer (``optimizer/cub_deit.yaml``): AdamW, lr 1e-6, weight 
 schedule. Images (``transform/cub.yaml``): random-resized crop 224 (scale 0.16-1); test:
 shorter side 256, centre crop 224. The query is its own positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the distilled initial weights, fp16
-autocast, last-epoch reporting and the official sampler's epoch (at most 45 batches).
+Recipe keys: ``model.pretrained_distilled=True`` (a non-distilled checkpoint is refused; the
+distillation token is dropped on conversion), ``batch.sampler="m_per_class"`` (each image at
+most once an epoch), ``model_selection="last"``. Deliberate deviation: the official fp16
+autocast runs as ``precision="mixed"`` (bfloat16 compute, float32 parameters; bfloat16 needs
+no loss scaling). Not determined: the run length, 150 epochs of at most 45 batches (the
+official epoch varies with the class sizes; the config counts 45).
 
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/deit_small.pth``.
 """

@@ -14,10 +14,12 @@ all parameters, weight decay 4e-4, no schedule), ``transform/cub_big.yaml`` (ran
 linear to 512; BatchNorm statistics frozen while scale/bias train). The query is its own
 positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the feature LayerNorm (rankax's ResNet
-head has none yet), fp16 autocast, last-epoch reporting and the official sampler's epoch
-(each image at most once; its length depends on the class sizes, at most 45 batches: the
-config runs 200 x 45 steps).
+Recipe keys: ``model.feature_norm="layernorm"`` (max pooling -> LayerNorm without affine ->
+linear 512), ``batch.sampler="m_per_class"`` (each image at most once an epoch),
+``model_selection="last"``. Deliberate deviation: the official fp16 autocast runs as
+``precision="mixed"`` (bfloat16 compute, float32 parameters; bfloat16 needs no loss scaling).
+Not determined: the run length (the official epoch varies with the class sizes, at most 45
+batches: the config runs 200 x 45 steps).
 
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
 """

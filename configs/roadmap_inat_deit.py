@@ -13,8 +13,10 @@ distilled model, the 384-d class token without projection, L2-normalised),
 ``loss/roadmap_inat.yaml``, ``transform/inaturalist.yaml``, ``dataset/inaturalist.yaml``
 (``MPerClassSampler``, 4 per class). The query is its own positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the distilled initial weights, fp16
-autocast, last-epoch reporting and the official sampler's epoch.
+Recipe keys: ``model.pretrained_distilled=True``, ``batch.sampler="m_per_class"``, the x0.3
+milestones in the sampler's epochs (``optimizer.schedule="multistep"``), ``model_selection=
+"last"``. Deliberate deviation: fp16 autocast runs as ``precision="mixed"`` (bfloat16 compute,
+float32 parameters; bfloat16 needs no loss scaling).
 
 Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and
 ``--config.model.pretrained=/path/to/deit_small.pth``.

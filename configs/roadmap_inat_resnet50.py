@@ -14,9 +14,12 @@ offset=1`` + calibration, weights 1/1), ``optimizer/inaturalist.yaml`` (Adam, 1e
 scale/bias train), ``dataset/inaturalist.yaml`` (``MPerClassSampler``, 4 per class; trained on
 the species labels only). The query is its own positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): fp16 autocast, last-epoch reporting and
-the official sampler's epoch (each image at most once; at most 848 batches, the config runs
-90 x 848 steps).
+Recipe keys: ``batch.sampler="m_per_class"`` (each image at most once an epoch), the x0.3
+milestones in the sampler's epochs (``optimizer.schedule="multistep"``), ``model_selection=
+"last"``. Deliberate deviation: fp16 autocast runs as ``precision="mixed"`` (bfloat16 compute,
+float32 parameters; bfloat16 needs no loss scaling). Not determined: the run length (the
+official epoch varies with the class sizes, at most 848 batches: the config runs 90 x 848
+steps).
 
 Data: TFDS ``i_naturalist2018`` plus the taxonomy file and the split lists (see
 ``rankax.data.tfds_data.load_inat``); set ``--config.dataset.taxonomy_file`` and

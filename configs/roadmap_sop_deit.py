@@ -14,8 +14,11 @@ distillation token dropped; the 384-d class token without projection, L2-normali
 crop 224), ``loss/roadmap.yaml``, ``dataset/sop.yaml`` (660 batches an epoch: 75 epochs are
 49,500 steps). The query is its own positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the distilled initial weights, fp16
-autocast, last-epoch reporting and the all-pairs sampler epoch.
+Recipe keys: ``model.pretrained_distilled=True``, ``batch.sampler="hierarchical_pairs"``
+(every pair of super-classes 10 times an epoch, shuffled: 660 batches), x0.3 at epochs 25 and
+50 (``optimizer.schedule="multistep"``), ``model_selection="last"``. Deliberate deviation: fp16
+autocast runs as ``precision="mixed"`` (bfloat16 compute, float32 parameters; bfloat16 needs
+no loss scaling).
 
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/deit_small.pth``.
 """

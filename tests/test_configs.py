@@ -124,6 +124,12 @@ def tiny(config, tmp_path):
 
     config.batch.classes_per_batch = 2
     config.batch.samples_per_class = 2
+    if config.batch.sampler == "m_per_class":
+        # The mock records draw labels at random among hundreds of classes: almost no class
+        # has 2 images, so no epoch of disjoint 2 x 2 batches exists. The loop runs the P x K
+        # sampler here; the config's sampler is run on generated labels below and through
+        # the loop on digits (tests/test_train_mechanisms.py).
+        config.batch.sampler = "pk"
     if config.xbm.size:
         config.xbm.size = 8
     config.num_steps = 1
@@ -183,3 +189,85 @@ def test_config_trains_and_evaluates_on_mock_data(name, tmp_path):
     assert "1" in os.listdir(workdir / "checkpoints")
     if config.dataset.name in ("sop", "inat"):  # label paths: hierarchical metrics too
         assert {"hap", "ndcg", "asi"} <= set(final)
+
+
+def _restore(config, workdir, step):
+    """The state saved at ``step`` in ``workdir`` and the untrained state it started from."""
+    from rankax.train import checkpointing, input_pipeline, state
+
+    data = input_pipeline.load(config)
+    template = state.initial_state(config, data)
+    ckpt = checkpointing.Checkpointer(str(workdir / "checkpoints"), config, read_only=True)
+    try:
+        return ckpt.restore(template, step)[0], template
+    finally:
+        ckpt.close()
+
+
+def test_suprank_recipe_pieces_on_mock_data(tmp_path):
+    """suprank_sop's own mechanisms on mock SOP: the cluster term's proxies train from step 0
+    with their own optimizer, the backbone stays frozen for the warm-up epoch (the sampler's
+    epoch 0: ``epoch_start(1)`` steps) and trains from the next step on."""
+    from rankax.train import input_pipeline
+
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE):
+        (tmp_path / "data").mkdir()
+        config = tiny(load_config("suprank_sop"), tmp_path / "data")
+        config.batch.batches_per_super_tuple = 1
+        config.optimizer.frozen_warmup_epochs = 1
+        switch = input_pipeline.make_sampler(config, input_pipeline.load(config)).epoch_start(1)
+        config.num_steps, config.checkpoint_every = switch + 1, switch
+        train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+        at_switch, initial = _restore(config, tmp_path / "run", switch)
+        after, _ = _restore(config, tmp_path / "run", switch + 1)
+    assert config.precision == "mixed" and config.loss.terms.cluster.name == "normalized_softmax"
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+    frozen = [
+        np.array_equal(a, b)
+        for a, b in zip(leaves(initial.params["backbone"]), leaves(at_switch.params["backbone"]), strict=True)
+    ]
+    assert all(frozen), "the backbone moved during the warm-up"
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(leaves(at_switch.params["backbone"]), leaves(after.params["backbone"]), strict=True)
+    ]
+    assert any(moved), "the backbone did not train after the warm-up"
+    assert not np.array_equal(
+        initial.params["head"]["proj"]["kernel"], at_switch.params["head"]["proj"]["kernel"]
+    )
+    proxies = [s.loss_params["cluster"]["proxies"] for s in (initial, at_switch)]
+    assert proxies[0].shape[0] == len(np.unique(np.asarray(input_pipeline.load(config).train.labels)[:, 0]))
+    assert not np.array_equal(*proxies)
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in DIGITS])
+def test_config_sampler_epochs_on_generated_labels(name):
+    """The config's own sampler and batch shape on generated labels (30 classes of 4-11
+    images in 6 super-classes, label paths when the dataset has them): an M-per-class epoch
+    uses each image at most once, an all-pairs epoch has every pair of super-classes
+    ``batches_per_super_tuple`` times."""
+    import itertools
+    import types
+
+    from rankax.train import input_pipeline
+
+    config = load_config(name)
+    b = config.batch
+    rng = np.random.default_rng(0)
+    fine = np.repeat(np.arange(30), rng.integers(4, 12, size=30))
+    labels = np.stack([fine, fine % 6], axis=1) if config.dataset.name in ("sop", "inat") else fine
+    b.classes_per_batch = 2 * b.get("super_classes_per_batch", 1)
+    b.samples_per_class = min(b.samples_per_class, 4)
+    sampler = input_pipeline.make_sampler(
+        config, types.SimpleNamespace(train=types.SimpleNamespace(labels=labels))
+    )
+    steps = range(sampler.epoch_start(0), sampler.epoch_start(1))
+    batches = [sampler.indices(t) for t in steps]
+    assert len(batches) > 0 and all(len(x) == b.classes_per_batch * b.samples_per_class for x in batches)
+    if b.sampler == "m_per_class":
+        seen = np.concatenate(batches)
+        assert len(seen) == len(set(seen.tolist())), "an M-per-class epoch repeats an image"
+    if b.sampler == "hierarchical_pairs":
+        pairs = [tuple(sorted(set(labels[x, 1].tolist()))) for x in batches]
+        want = {p: b.batches_per_super_tuple for p in itertools.combinations(range(6), 2)}
+        assert {p: pairs.count(p) for p in set(pairs)} == want

@@ -402,3 +402,36 @@ def test_pretrained_distilled_requires_a_distilled_checkpoint(tmp_path):
     state.check_distilled(str(tmp_path / "distilled.npz"))
     with pytest.raises(errors.ConfigError, match="pretrained_distilled"):
         state.check_distilled(str(tmp_path / "plain.npz"))
+
+
+def test_per_epoch_cosine_holds_each_epoch_at_its_first_value():
+    """40 steps, epochs of 8: during epoch k the lr is the cosine at k / 5 of the way (torch's
+    CosineAnnealingLR(T_max=5 epochs) stepped once an epoch); with a 1-epoch paused warm-up
+    ("all") the count starts at step 8."""
+    c = _sgd_config(schedule="cosine", schedule_unit="epoch")
+    sched = optim.make_schedule(c, 1.0, epoch_start=lambda e: 8 * e)
+    for t in (0, 7, 8, 15, 16, 39):
+        np.testing.assert_allclose(
+            float(sched(t)), _cosine(1.0, 8 * (t // 8), 40), rtol=1e-6, err_msg=f"t={t}"
+        )
+    paused = optim.make_schedule(c, 1.0, epoch_start=lambda e: 8 * e, offset_epochs=1)
+    for t in (0, 7, 8, 15, 16, 39):
+        want = _cosine(1.0, 8 * (max(t - 8, 0) // 8), 40)
+        np.testing.assert_allclose(float(paused(t)), want, rtol=1e-6, err_msg=f"t={t}")
+
+
+def test_loop_with_the_m_per_class_sampler_and_epoch_schedules(tmp_path):
+    """Digits through the whole loop with the official M-per-class sampler (epochs of varying
+    length) and a multistep schedule in its epochs, stepped per epoch: the run trains, and the
+    schedule's drop sits at the sampler's epoch start."""
+    c = tiny_config(num_steps=60, eval_every=0, checkpoint_every=60)
+    c.batch.sampler = "m_per_class"
+    c.optimizer.update(name="sgd", schedule="multistep", decay_epochs=(1,), schedule_unit="epoch")
+    final = train_lib.train_and_evaluate(c, str(tmp_path))
+    assert np.isfinite(final["map@r"])
+    data = input_pipeline.load(c)
+    sampler = input_pipeline.make_sampler(c, data)
+    start = sampler.epoch_start(1)
+    assert 0 < start < 60
+    sched = optim.make_schedule(c, 1.0, epoch_start=sampler.epoch_start)
+    assert float(sched(start - 1)) == 1.0 and float(sched(start)) == pytest.approx(0.3)

@@ -175,6 +175,7 @@ def step_decay(c, milestones, factor=0.3):
     epoch in ``milestones`` (torch's ``MultiStepLR`` stepped once an epoch), counted in the
     sampler's epochs."""
     c.optimizer.schedule = "multistep"
+    c.optimizer.schedule_unit = "epoch"
     c.optimizer.decay_epochs = tuple(milestones)
     c.optimizer.decay_factor = factor
 
@@ -191,7 +192,7 @@ def cluster_term(c, *, weight, temperature, lr, final_lr):
     """Adds ``c.loss.terms.cluster``: SupRank's ``ClusterLoss``, a normalised softmax over one
     proxy per training class (column 0 of the label paths) with its ``weight`` and
     ``temperature``; the proxies are trained by their own Adam (no weight decay) from ``lr``,
-    cosine to the absolute ``final_lr``."""
+    cosine to the absolute ``final_lr``, stepped once an epoch (the loss's ``on_epoch``)."""
     c.loss.terms.cluster = ml_collections.ConfigDict(
         {
             "name": "normalized_softmax",
@@ -204,6 +205,7 @@ def cluster_term(c, *, weight, temperature, lr, final_lr):
                 "weight_decay": 0.0,
                 "schedule": "cosine",
                 "final_lr": final_lr,
+                "schedule_unit": "epoch",
             },
         }
     )

@@ -240,6 +240,7 @@ def _multistep(milestones, epochs, source, gamma=0.3):
             f"milestones {list(milestones)} of {epochs} epochs (the sampler's epochs)",
         ),
         V("optimizer.decay_factor", gamma, source, "gamma"),
+        V("optimizer.schedule_unit", "epoch", source, "scheduler.step() once an epoch"),
     ]
 
 
@@ -383,6 +384,12 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
                 "CosineAnnealingLR(T_max=max_iter)",
             ),
             V("loss.terms.cluster.optimizer.final_lr", 0.1, loss_src, "eta_min: 0.1"),
+            V(
+                "loss.terms.cluster.optimizer.schedule_unit",
+                "epoch",
+                "elias-ramzi/SupRank:suprank/losses/cluster_loss.py",
+                "on_epoch: the proxies' scheduler steps once an epoch",
+            ),
             V("model.name", "resnet50", SUPRANK + "model/resnet_ln.yaml"),
             V("model.pooling", "avg", SUPRANK + "model/resnet_ln.yaml", "pooling: default (average)"),
             V("model.embedding_dim", 512, SUPRANK + "model/resnet_ln.yaml"),
@@ -399,6 +406,12 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
                 "CosineAnnealingLR over max_iter epochs, stepped per epoch",
             ),
             V("optimizer.final_lr", final_lr, opt_src, final_note),
+            V(
+                "optimizer.schedule_unit",
+                "epoch",
+                "elias-ramzi/SupRank:suprank/engine/train.py",
+                "scheduler.step() once an epoch",
+            ),
             V("optimizer.frozen_warmup_epochs", 5, SUPRANK_README, "warmup_step=5 (epochs 1-5)"),
             V("optimizer.frozen_groups", ("backbone",), SUPRANK + "default.yaml", "warmup_keys: [backbone]"),
             V(

@@ -14,7 +14,9 @@ that owns parameters (``config.loss.terms.<term>``, e.g. class proxies) has its 
 Time: a schedule is a function of the number of updates its group has made. Keys in epochs
 (``decay_epochs``, ``decay_every_epochs``, ``frozen_warmup_epochs``) become steps through the
 sampler's epochs (:class:`Clock`): epoch ``e`` starts at step ``clock.epoch_start(e)``, which is
-exact also for samplers whose epochs differ in length.
+exact also for samplers whose epochs differ in length. ``schedule_unit="epoch"`` holds the
+learning rate constant over each epoch at its value at the epoch's first step, as a torch
+scheduler stepped once an epoch (:func:`per_epoch`); ``"step"`` (default) changes it every step.
 
 Frozen warm-up (``optimizer.frozen_warmup_epochs = W``, ``optimizer.frozen_groups``): during
 the first ``W`` epochs (steps ``0 .. S - 1``, ``S = epoch_start(W)``) the named groups
@@ -47,6 +49,7 @@ Config = ml_collections.ConfigDict
 EpochStart = Callable[[int], int]
 
 MODEL_GROUPS = ("backbone", "head")
+SCHEDULE_UNITS = ("step", "epoch")
 PAUSED_SCHEDULES = ("all", "frozen")
 
 
@@ -183,10 +186,25 @@ def make_schedule(
     section = config.optimizer if section is None else section
     clock = Clock(int(config.num_steps), epoch_start, int(offset_epochs))
     sched = _schedule(section, base_lr, clock)
+    unit = section.get("schedule_unit", "step")
+    if unit not in SCHEDULE_UNITS:
+        raise ConfigError(f"config.optimizer.schedule_unit must be 'step' or 'epoch', got {unit!r}")
+    if unit == "epoch":
+        sched = per_epoch(sched, clock)
     offset = clock.offset
     if not offset:
         return sched
     return lambda count: sched(jnp.maximum(count - offset, 0))
+
+
+def per_epoch(sched: optax.Schedule, clock: Clock) -> optax.Schedule:
+    """``sched`` held constant over each epoch at its value at the epoch's first step (torch's
+    schedulers stepped once an epoch): ``lr(t) = sched(steps(e))`` for ``t`` in epoch ``e``."""
+    starts = [0]
+    while (nxt := clock.steps(len(starts), "optimizer.schedule_unit")) < clock.num_steps:
+        starts.append(nxt)
+    table = jnp.asarray(starts, jnp.int32)
+    return lambda count: sched(table[jnp.searchsorted(table, count, side="right") - 1])
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -359,6 +377,7 @@ TERM_OPTIMIZER_DEFAULTS = {
     "decay_every_epochs": 0,
     "decay_factor": 0.3,
     "warmup_steps": 0,
+    "schedule_unit": "step",
 }
 
 
