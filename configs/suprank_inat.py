@@ -13,7 +13,8 @@ Official files followed: ``suprank/config/loss/HAPPIER_inat.yaml`` (the 0.9 term
 tau 0.01, rho 100, delta 0.05, start 0, offset 1), ``dataset/inat_full.yaml``
 (``MPerClassSampler``, batch 256, 4 per class; random-resized crop 224; test: shorter side 256,
 centre crop 224), ``optimizer/inat.yaml`` (Adam, 1e-5 backbone / 2e-5 head, weight decay 4e-4,
-cosine to an absolute 1e-6 for both groups: ``optimizer.final_lr=1e-6``), ``model/resnet_ln.yaml``. The query is its own positive (``loss.include_self=True``).
+cosine to an absolute 1e-6 for both groups: ``optimizer.final_lr=1e-6``),
+``model/resnet_ln.yaml``. The query is its own positive (``loss.include_self=True``).
 
 Recipe keys: the objective 0.9 x H-AP + 0.1 x ``ClusterLoss`` (``loss.weight=0.9``,
 ``loss.terms.cluster``: normalised softmax over one proxy per species, temperature 0.05, the
