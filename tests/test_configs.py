@@ -87,6 +87,34 @@ def _landmarks_folder(tmp_path):
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
 
 
+def _landmark_benchmarks(tmp_path):
+    """oxford5k/ and paris6k/ with 6 database images, 2 box-annotated queries, the classic
+    and revisited ground truths, and 8 whitening images (naver's layout)."""
+    import pickle
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "benchmarks"
+    write = lambda path, h, w: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    for folder, revisited in (("oxford5k", "roxford5k"), ("paris6k", "rparis6k")):
+        (root / folder / "jpg").mkdir(parents=True)
+        imlist, qimlist = [f"db{i}.png" for i in range(6)], ["q0.png", "q1.png"]
+        for name in imlist + qimlist:
+            write(root / folder / "jpg" / name, 20, 24)
+        box = [2, 2, 18, 14]
+        classic = [{"bbx": box, "ok": [q, q + 2], "junk": [5]} for q in range(2)]
+        revisit = [{"bbx": box, "easy": [q], "hard": [q + 2], "junk": [5]} for q in range(2)]
+        for name, gnd in ((folder, classic), (revisited, revisit)):
+            with open(root / folder / f"gnd_{name}.pkl", "wb") as f:
+                pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
+    (root / "train").mkdir()
+    for i in range(8):
+        write(root / "train" / f"t{i}.png", 20, 24)
+    (root / "train" / "list.txt").write_text("\n".join(f"t{i}.png" for i in range(8)) + "\n")
+    return root
+
+
 def tiny(config, tmp_path):
     """``config`` shrunk for a smoke test (its kinds of model, loss, sampler, optimizer kept)."""
     model = config.model
@@ -117,6 +145,9 @@ def tiny(config, tmp_path):
         _landmarks_folder(tmp_path)
         ds.root = str(tmp_path)
         ds.csv_file = str(tmp_path / "data.csv")
+    if config.eval_protocol == "landmarks":
+        config.landmarks.root = str(_landmark_benchmarks(tmp_path))
+        config.landmarks.whitening_list = str(tmp_path / "benchmarks" / "train" / "list.txt")
     if config.eval_protocol == "revisited":  # 4 query rows, 8 gallery rows in _landmarks_folder
         gnd = [{"easy": [q], "hard": [q + 4], "junk": []} for q in range(4)]
         (tmp_path / "gnd.json").write_text(json.dumps(gnd))
@@ -180,6 +211,8 @@ def test_config_trains_and_evaluates_on_mock_data(name, tmp_path):
         final = train_lib.train_and_evaluate(config, str(workdir))
     if config.eval_protocol == "revisited":
         assert {"medium/map", "hard/map", "easy/mp@1"} <= set(final)
+    elif config.eval_protocol == "landmarks":
+        assert {"oxford5k/map", "paris6k/map", "roxford5k/medium/map", "rparis6k/hard/map"} <= set(final)
     else:
         assert {"recall@1", "map@r", "map"} <= set(final)
     assert not any(np.isinf(v) for v in final.values())  # NaN: no query with a positive

@@ -65,10 +65,6 @@ LAYERNORM = "model.feature_norm"  # "layernorm": LayerNorm without affine on poo
 DISTILLED = "model.pretrained_distilled"  # DeiT weights from the distilled checkpoint
 
 
-def _pending(key: str, value: Any, source: str, note: str) -> Official:
-    return V(key, value, source, f"mechanism pending (issue 18): {note}")
-
-
 def _images(size, resize, *, train_resize, test_mode, source, crop_scale=(0.16, 1.0)):
     out = [
         V("dataset.image_size", size, source, "RandomResizedCrop size / CenterCrop size"),
@@ -631,23 +627,28 @@ LISTWISE = [
     ),
     V("num_steps", UNDETERMINED, NAVER + "README.md", "no training script (placeholder)"),
     V("dataset.image_size", UNDETERMINED, NAVER + "README.md", "no training script (placeholder 800)"),
-    _pending(
-        "eval.whitening",
-        "learned PCA whitening (Landmarks_clean), power 0.25",
-        NAVER + "dirtorch/test_dir.py",
-        "--whiten Landmarks_clean --whitenp 0.25; propose `eval.whitening`",
-    ),
-    _pending(
-        "eval.query_bbox_crop",
-        True,
-        NAVER + "dirtorch/datasets/generic.py",
-        "queries cropped to their bounding box, original resolution; propose `eval.query_bbox_crop=True`",
-    ),
-    _pending(
-        "eval.test_sets",
+    V("eval_protocol", "landmarks", NAVER + "dirtorch/test_dir.py", "eval_model on each test set"),
+    V(
+        "landmarks.benchmarks",
         ("oxford5k", "paris6k", "roxford5k", "rparis6k"),
         NAVER + "README.md",
-        "all four in one evaluation; propose `eval.test_sets`",
+        "the four test sets of the README table, in one evaluation",
+    ),
+    V(
+        "landmarks.crop_queries",
+        True,
+        NAVER + "dirtorch/datasets/generic.py",
+        "ImageListROIs: queries cropped to their bounding box",
+    ),
+    V("landmarks.max_size", None, NAVER + "dirtorch/test_dir.py", "images at their original resolution"),
+    V("landmarks.scales", (1.0,), NAVER + "README.md", "the README's numbers are single scale"),
+    V("landmarks.whiten_power", 0.25, NAVER + "dirtorch/test_dir.py", "--whitenp 0.25"),
+    V(
+        "landmarks.whitening_list",
+        UNDETERMINED,
+        NAVER + "dirtorch/test_dir.py",
+        "--whiten Landmarks_clean: learned on the Landmarks-clean training images, whose list is not "
+        "in the repository; the config reads a list file the user provides",
     ),
     V("reported.oxford5k_map", 89.1, NAVER + "README.md"),
     V("reported.paris6k_map", 93.0, NAVER + "README.md"),
