@@ -253,6 +253,7 @@ def test_suprank_recipe_pieces_on_mock_data(tmp_path):
         train_lib.train_and_evaluate(config, str(tmp_path / "run"))
         at_switch, initial = _restore(config, tmp_path / "run", switch)
         after, _ = _restore(config, tmp_path / "run", switch + 1)
+        train_labels = np.asarray(input_pipeline.load(config).train.labels)
     assert config.precision == "mixed" and config.loss.terms.cluster.name == "normalized_softmax"
     leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
     frozen = [
@@ -269,7 +270,7 @@ def test_suprank_recipe_pieces_on_mock_data(tmp_path):
         initial.params["head"]["proj"]["kernel"], at_switch.params["head"]["proj"]["kernel"]
     )
     proxies = [s.loss_params["cluster"]["proxies"] for s in (initial, at_switch)]
-    assert proxies[0].shape[0] == len(np.unique(np.asarray(input_pipeline.load(config).train.labels)[:, 0]))
+    assert proxies[0].shape[0] == len(np.unique(train_labels[:, 0]))
     assert not np.array_equal(*proxies)
 
 
