@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 import rankax
 from rankax import models, xbm
 from rankax.data.base import RetrievalDataset, Source
-from rankax.train import checkpointing, errors, input_pipeline, plotting
+from rankax.train import checkpointing, distributed, errors, input_pipeline, plotting
 from rankax.train import workdir as workdir_lib
 
 Array = jax.Array
@@ -503,6 +503,8 @@ def embed_fn(state: TrainState) -> Callable[[np.ndarray], np.ndarray]:
     """``images -> embeddings`` of the model in ``state`` (test mode, jitted)."""
     apply = jax.jit(lambda v, x: state.apply_fn(v, x, train=False))
     variables = state.variables()
+    if jax.process_count() > 1:  # [multihost] replicated global params -> this host's copy
+        variables = distributed.host_local(variables)
     return lambda images: np.asarray(apply(variables, images), np.float32)
 
 
@@ -511,7 +513,8 @@ def evaluate_state(
 ) -> dict[str, float]:
     """Scalar metrics of ``state``'s model by ``evaluator`` (default: :func:`make_evaluator`)."""
     evaluator = make_evaluator(config, data) if evaluator is None else evaluator
-    return _scalars(evaluator.run(embed_fn(state)))
+    # [multihost] each process embeds its share of every batch; all get the whole gallery
+    return _scalars(evaluator.run(distributed.sharded_embed_fn(embed_fn(state))))
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -584,7 +587,10 @@ def train_and_evaluate(
     try:
         return _train_and_evaluate(config, workdir, changes, progress)
     except BaseException as err:
-        if fresh and progress["steps"] == 0 and not isinstance(err, errors.NonFiniteLossError):
+        if (
+            fresh and progress["steps"] == 0 and not isinstance(err, errors.NonFiniteLossError)
+            and distributed.is_main()  # [multihost] the shared workdir is cleaned once
+        ):
             _remove_contents(workdir, keep_dir=existed)  # a failed start leaves no half-made workdir
         raise
 
@@ -680,9 +686,10 @@ def _train_and_evaluate(
     os.makedirs(workdir, exist_ok=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
     state, history = ckpt.restore_latest(state)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    state = distributed.replicate(state, mesh)  # [multihost] was jax.device_put(state, replicated)
     start = int(state.step)
-    workdir_lib.write(config, workdir, changes)
+    if distributed.is_main():  # [multihost]
+        workdir_lib.write(config, workdir, changes)
     writer = _summary_writer(workdir)
 
     evaluator = make_evaluator(config, data)
@@ -693,7 +700,8 @@ def _train_and_evaluate(
             report["raw pixels"] = raw_pixel_metrics(config, data)
         report["untrained"] = evaluate_state(config, state, data, evaluator)
         history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
-        _write_json(baselines_path, report, indent=2)
+        if distributed.is_main():  # [multihost]
+            _write_json(baselines_path, report, indent=2)
     elif os.path.exists(baselines_path):  # a resumed or finished run shows its whole table
         with open(baselines_path) as f:
             report.update(json.load(f))
@@ -709,8 +717,11 @@ def _train_and_evaluate(
         print(f"Training steps {start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True)
     for step in range(start, config.num_steps):
         idx = sampler.indices(step)
-        images = data.train.get_batch(idx, train=True, seed=int(config.seed) * 2**32 + step)
-        state, metrics = train_step(state, images, train_labels[idx], halted)
+        images, labels = input_pipeline.global_batch(  # [multihost] this process's rows only
+            data.train, idx, train_labels, seed=int(config.seed) * 2**32 + step,
+            sharding=NamedSharding(mesh, P("data")),
+        )
+        state, metrics = train_step(state, images, labels, halted)
         halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
         if pending is not None:  # step - 1's flag: reading it now lets step run meanwhile
             guard.check(*pending, state)
@@ -763,6 +774,8 @@ def _train_and_evaluate(
         ckpt.save(state, history, metrics=final)
     ckpt.close()
     report["trained"] = final
+    if not distributed.is_main():  # [multihost] tables, metrics.json, history and plots: process 0
+        return final
     _print_table(report)
     outputs = [os.path.join(workdir, n) for n in ("metrics.json", "history.json", "training_curves.png")]
     _write_json(outputs[0], final, indent=2)
@@ -916,12 +929,16 @@ class _NonFiniteGuard:
 
 
 def _summary_writer(workdir: str):
+    if not distributed.is_main():  # [multihost] TensorBoard from process 0 only
+        return distributed.NullWriter()
     from tensorboardX import SummaryWriter
 
     return SummaryWriter(os.path.join(workdir, "tensorboard"))
 
 
 def _progress(start: int, total: int):
+    if not distributed.is_main():  # [multihost] one progress bar: process 0's
+        return distributed.NullWriter()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
