@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,6 +137,12 @@ def initialize(
         return False
     if jax.distributed.is_initialized():
         return False
+    # A process that does not join makes the runtime abort every joined one (in C++, no Python
+    # exception) once initialization_timeout has passed: say why in our words first.
+    warn_after = max(0.5, 0.9 * int(initialization_timeout))
+    watchdog = threading.Timer(warn_after, _not_joined_message, args=(where, int(initialization_timeout)))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         jax.distributed.initialize(**kwargs)
     except Exception as err:  # noqa: BLE001 - the runtime's own error, named and chained
@@ -143,12 +151,26 @@ def initialize(
             f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}. Every process must start "
             f"within --initialization_timeout={initialization_timeout}s and reach the coordinator"
         ) from err
+    finally:
+        watchdog.cancel()
     print(
         f"[rankax] process {jax.process_index()} of {jax.process_count()} ({where}): "
         f"{jax.local_device_count()} local of {jax.device_count()} devices",
         flush=True,
     )
     return True
+
+
+def _not_joined_message(where: str, timeout_s: int) -> None:
+    print(
+        f"[rankax] ERROR: not every process has joined the distributed run ({where}) after "
+        f"{0.9 * timeout_s:.0f}s; the run stops at --initialization_timeout={timeout_s}s "
+        "('DEADLINE_EXCEEDED ... RegisterTask'). Start every process with the same "
+        "--coordinator_address and --num_processes and the process ids 0..N-1, and check that "
+        "the coordinator's HOST:PORT is reachable from every host",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def process_index() -> int:

@@ -1,0 +1,137 @@
+"""Multi-process training on the CPU: 2 processes x 4 devices equal 1 process x 8 devices.
+
+Each test launches ``experiments.train`` on the digits config as separate processes joined by
+``jax.distributed`` over localhost (tests/multihost_launch.py: free ports, hard timeouts,
+kill by PID, every process's log in the failure message). The reference of every comparison is
+a one-process run of the same config: the global batch, its ranking loss and the update are
+the same computation whichever processes hold the devices, so parameters and metrics agree to
+float32 rounding (the reductions are grouped differently).
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.multihost_launch import launch
+
+STEPS = 4
+ARGS = ["--config", "configs/digits.py", f"--config.num_steps={STEPS}", "--config.eval_every=2",
+        "--config.checkpoint_every=2", "--config.log_every=1"]
+TIMEOUT_S = 240
+PARAM_ATOL = 2e-5  # Adam's normalised steps turn float32 rounding of tiny gradients into ~1e-6
+METRIC_ATOL = 1e-4
+
+
+def _params(workdir: str, step: int) -> dict[str, np.ndarray]:
+    """Every float leaf of checkpoint ``step`` as numpy (read onto this process's device,
+    whatever mesh wrote it)."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    ckpt = ocp.StandardCheckpointer()
+    meta = ckpt.metadata(path).item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+    flat = ocp.tree.to_flat_dict(ckpt.restore(path, target), sep="/")
+    return {k: np.asarray(v) for k, v in flat.items() if np.asarray(v).dtype.kind in "fiu"}
+
+
+def _assert_same_state(a: str, b: str, step: int) -> None:
+    pa, pb = _params(a, step), _params(b, step)
+    assert pa.keys() == pb.keys()
+    for key in pa:
+        np.testing.assert_allclose(pa[key], pb[key], rtol=0, atol=PARAM_ATOL, err_msg=key)
+
+
+def _metrics(workdir: str) -> dict[str, float]:
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multihost")
+    one, two = str(root / "one"), str(root / "two")
+    first = launch(one, 1, ARGS)
+    first.check(TIMEOUT_S)
+    second = launch(two, 2, ARGS)
+    second.check(TIMEOUT_S)
+    return root, one, two, second
+
+
+def test_two_processes_train_as_one(runs):
+    _, one, two, second = runs
+    for step in (2, STEPS):
+        _assert_same_state(one, two, step)
+    m1, m2 = _metrics(one), _metrics(two)
+    assert m1.keys() == m2.keys()
+    for key in m1:
+        assert m2[key] == pytest.approx(m1[key], abs=METRIC_ATOL), key
+    # training moved the parameters between the two checkpoints: the comparison is not vacuous
+    early, late = _params(two, 2), _params(two, STEPS)
+    assert any(not np.allclose(early[k], late[k]) for k in early if k.startswith("params/"))
+    # process 0 alone reports and writes: one table, one TensorBoard event file
+    log0, log1 = second.text(0), second.text(1)
+    assert "trained" in log0 and "Wrote" in log0
+    assert "Wrote" not in log1 and "trained " not in log1
+    events = os.listdir(os.path.join(two, "tensorboard"))
+    assert len(events) == 1, events
+
+
+def _resume(root, source: str, name: str, processes: int) -> str:
+    """A copy of ``source`` with its last checkpoint and outputs removed, resumed by
+    ``processes`` processes."""
+    work = str(root / name)
+    shutil.copytree(source, work)
+    shutil.rmtree(os.path.join(work, "checkpoints", str(STEPS)))
+    os.remove(os.path.join(work, "metrics.json"))
+    run = launch(work, processes, ARGS)
+    run.check(TIMEOUT_S)
+    assert "Resuming from checkpoint step 2" in run.text(0), run.all_logs()
+    return work
+
+
+def test_checkpoint_of_two_processes_resumes_in_one(runs):
+    root, one, two, _ = runs
+    resumed = _resume(root, two, "two_to_one", 1)
+    _assert_same_state(resumed, two, STEPS)
+    _assert_same_state(resumed, one, STEPS)
+
+
+def test_checkpoint_of_one_process_resumes_in_two(runs):
+    root, one, _, _ = runs
+    resumed = _resume(root, one, "one_to_two", 2)
+    _assert_same_state(resumed, one, STEPS)
+
+
+def test_killed_process_stops_the_other(tmp_path):
+    """Process 1 is killed mid-run: process 0 exits (non-zero) within the heartbeat timeout
+    plus a margin, naming the dead process, instead of waiting forever in a collective."""
+    import time
+
+    work = str(tmp_path / "killed")
+    args = ["--config", "configs/digits.py", "--config.num_steps=100000", "--config.eval_every=0",
+            "--config.checkpoint_every=100000", "--config.eval_baselines=false", "--config.log_every=1"]
+    run = launch(work, 2, args, extra=["--heartbeat_timeout", "5", "--initialization_timeout", "60"])
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while "train:" not in run.text(1) and "train:" not in run.text(0):
+            assert all(p.poll() is None for p in run.procs), run.all_logs()
+            assert time.monotonic() < deadline, "never started training\n" + run.all_logs()
+            time.sleep(0.5)
+        time.sleep(1.0)
+        run.procs[1].kill()
+        run.procs[1].wait()
+        killed_at = time.monotonic()
+        codes = run.wait(60)
+    finally:
+        run.kill()
+    took = time.monotonic() - killed_at
+    assert codes[0] != 0, run.all_logs()
+    log = run.text(0)
+    clear = ("stopped sending heartbeats", "another task died", "Connection closed by peer")
+    assert any(c in log for c in clear), run.all_logs()
+    assert took < 45, f"process 0 took {took:.0f}s to stop\n{run.all_logs()}"
