@@ -213,9 +213,9 @@ DISTRIBUTED_FLAGS = {
     "num_processes": "multi-process run: the number of processes (one per host)",
     "process_id": "multi-process run: this process's index in [0, num_processes)",
     "initialization_timeout": "multi-process run: seconds to wait for every process to join "
-    f"(default {300})",
+    "(default 300)",
     "heartbeat_timeout": "multi-process run: seconds after which a silent process is declared "
-    f"dead and the others stop (default {100})",
+    "dead and the others stop (default 100)",
 }
 
 
@@ -232,10 +232,9 @@ def start_distributed(values: dict[str, Any]) -> bool:
         except ValueError:
             raise CliError(f"--{name}={values[name]!r} is not an integer") from None
 
-    timeouts = {
-        "initialization_timeout": integer("initialization_timeout") or distributed.DEFAULT_INIT_TIMEOUT_S,
-        "heartbeat_timeout": integer("heartbeat_timeout") or distributed.DEFAULT_HEARTBEAT_TIMEOUT_S,
-    }
+    defaults = {"initialization_timeout": distributed.DEFAULT_INIT_TIMEOUT_S,
+                "heartbeat_timeout": distributed.DEFAULT_HEARTBEAT_TIMEOUT_S}
+    timeouts = {k: v if integer(k) is None else integer(k) for k, v in defaults.items()}
     try:
         return distributed.initialize(
             values.get("coordinator_address"),
