@@ -75,20 +75,20 @@ class Run:
 
 
 def launch(workdir: str, num_processes: int, args: list[str], only: list[int] | None = None,
-           extra: list[str] = ()) -> Run:
-    """Starts processes ``only`` (default: all) of ``num_processes`` on ``workdir``; logs go
-    to ``<workdir>.log<i>``."""
+           extra: list[str] = (), module: str = "experiments.train", log: str | None = None) -> Run:
+    """Starts processes ``only`` (default: all) of ``num_processes`` of ``python -m module
+    --workdir workdir args``; logs go to ``<log or workdir>.log<i>``."""
     devices = TOTAL_DEVICES // num_processes
     port = free_port()
     procs, logs = [], []
     for i in range(num_processes) if only is None else only:
-        cmd = [sys.executable, "-m", "experiments.train", "--workdir", workdir, *args]
+        cmd = [sys.executable, "-m", module, "--workdir", workdir, *args]
         if num_processes > 1:
             cmd += ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", str(num_processes),
                     "--process_id", str(i), *extra]
-        log = f"{workdir}.log{i}"
-        with open(log, "w") as f:
+        path = f"{log or workdir}.log{i}"
+        with open(path, "w") as f:
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=child_env(devices), stdout=f,
                                           stderr=subprocess.STDOUT))
-        logs.append(log)
+        logs.append(path)
     return Run(procs, logs)

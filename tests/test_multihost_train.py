@@ -107,6 +107,20 @@ def test_checkpoint_of_one_process_resumes_in_two(runs):
     _assert_same_state(resumed, one, STEPS)
 
 
+def test_evaluation_across_processes_equals_one_process(runs):
+    """experiments.evaluate on the 2-process workdir: 2 processes (each embeds half of every
+    batch; all rank the whole gallery) report the metrics of a 1-process evaluation."""
+    root, _, two, _ = runs
+    out = {n: str(root / f"eval{n}.json") for n in (1, 2)}
+    for n in (1, 2):
+        run = launch(two, n, ["--output", out[n]], module="experiments.evaluate", log=str(root / f"eval{n}"))
+        run.check(TIMEOUT_S)
+    one, many = (json.loads(open(out[n]).read())["metrics"] for n in (1, 2))
+    for key in one:
+        if key != "seconds":
+            assert many[key] == pytest.approx(one[key], abs=1e-6), key
+
+
 def test_killed_process_stops_the_other(tmp_path):
     """Process 1 is killed mid-run: process 0 exits (non-zero) within the heartbeat timeout
     plus a margin, naming the dead process, instead of waiting forever in a collective."""
