@@ -11,13 +11,16 @@ float32 rounding (the reductions are grouped differently).
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.multihost_launch import launch
+from tests.multihost_launch import ROOT, Run, child_env, free_port, launch
 
 STEPS = 4
 ARGS = ["--config", "configs/digits.py", f"--config.num_steps={STEPS}", "--config.eval_every=0",
@@ -149,3 +152,60 @@ def test_killed_process_stops_the_other(tmp_path):
     clear = ("stopped sending heartbeats", "another task died", "Connection closed by peer")
     assert any(c in log for c in clear), run.all_logs()
     assert took < 45, f"process 0 took {took:.0f}s to stop\n{run.all_logs()}"
+
+
+NAN_SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, sys
+    import numpy as np
+    from rankax.train import distributed
+    address, i, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    distributed.initialize(address, 2, i, initialization_timeout=60, heartbeat_timeout=30)
+    from rankax.data.base import ArraySource
+    from rankax.train import NonFiniteLossError, input_pipeline, train_lib
+    from experiments import cli
+
+    config = cli.load_config("configs/digits.py")
+    config.num_steps, config.eval_every, config.eval_baselines = 6, 0, False
+    config.log_every, config.checkpoint_every = 100, 2
+    sampler = input_pipeline.make_sampler(config, input_pipeline.load(config))
+    bad = int(sampler.indices(3)[-1])  # the last row of step 3: process 1's half
+    first = next(t for t in range(6) if bad in sampler.indices(t))
+    load = input_pipeline.load
+
+    def poisoned(c):
+        data = load(c)
+        images = np.array(data.train.images, copy=True)
+        images[bad] = np.nan
+        return dataclasses.replace(data, train=ArraySource(images, data.train.labels))
+
+    input_pipeline.load = poisoned
+    try:
+        train_lib.train_and_evaluate(config, workdir)
+    except NonFiniteLossError as err:
+        assert err.step == first, (err.step, first)
+        assert f"non-finite inputs at dataset indices [{bad}]" in str(err), str(err)
+        print("NONFINITE-OK", err.step, flush=True)
+        sys.exit(3)
+    """
+)
+
+
+def test_nonfinite_step_is_diagnosed_across_processes(tmp_path):
+    """A NaN image (process 1 loads it at step 3): both processes stop with
+    NonFiniteLossError at the first step whose batch holds it, naming that image (every
+    process's rows are gathered for the report); one record is written, by process 0."""
+    work, port = str(tmp_path / "nan"), free_port()
+    procs, logs = [], []
+    for i in range(2):
+        logs.append(f"{work}.log{i}")
+        with open(logs[-1], "w") as f:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", NAN_SCRIPT, f"127.0.0.1:{port}", str(i), work],
+                cwd=ROOT, env=child_env(4), stdout=f, stderr=subprocess.STDOUT,
+            ))
+    run = Run(procs, logs)
+    assert run.wait(TIMEOUT_S) == [3, 3], run.all_logs()
+    assert all("NONFINITE-OK" in run.text(i) for i in range(2)), run.all_logs()
+    with open(os.path.join(work, "nonfinite_steps.jsonl")) as f:
+        assert len(f.readlines()) == 1

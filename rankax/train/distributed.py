@@ -308,3 +308,24 @@ class NullWriter:
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
+
+
+def host_rows(x: Any) -> Any:
+    """A global array spanning several processes as host numpy (every process's rows,
+    gathered: a collective every process must call); anything else unchanged."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x
+
+
+def like_batch(labels: Any, images: Any) -> Any:
+    """``labels`` (host numpy of the whole global batch) as a global array sharded as the
+    global array ``images`` is, when ``images`` spans several processes; else unchanged."""
+    spans_processes = isinstance(images, jax.Array) and not images.is_fully_addressable
+    if spans_processes and not isinstance(labels, jax.Array):
+        labels = np.asarray(labels)
+        rows = local_slice(len(labels))
+        return global_array(labels[rows], images.sharding, labels.shape)
+    return labels

@@ -289,6 +289,7 @@ class TrainStep:
         """Every term of the step of ``state.step`` on this batch (host numpy values), and
         ``first_check``: the first failed :mod:`rankax.debug` check of the loss (``checkify``:
         the loss's name and the first non-finite embedding; ``None`` if none failed)."""
+        labels = distributed.like_batch(labels, images)  # [multihost] numpy labels -> global
         out = jax.tree.map(np.asarray, self._diagnose(state, images, labels))
         out["first_check"] = None
         if self._checked_loss is not None:
@@ -862,7 +863,8 @@ class _NonFiniteGuard:
         if bool(metrics["finite"]):
             self.consecutive = 0
             return
-        bad_inputs = idx[~np.isfinite(np.asarray(images).reshape(len(idx), -1)).all(axis=1)]
+        pixels = distributed.host_rows(images)  # [multihost] every process's rows, gathered
+        bad_inputs = idx[~np.isfinite(np.asarray(pixels).reshape(len(idx), -1)).all(axis=1)]
         record: dict[str, Any] = {
             "step": step,
             "action": self.action,
@@ -886,8 +888,9 @@ class _NonFiniteGuard:
             if not bool(metrics["embeddings_finite"]):
                 terms["embeddings"] = float("nan")
         record["terms"] = terms
-        with open(self.report_path, "a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
+        if distributed.is_main():  # [multihost] one record per event
+            with open(self.report_path, "a") as f:
+                f.write(json.dumps(_jsonable(record)) + "\n")
         bad = {k: v for k, v in terms.items() if not np.isfinite(v)}
         summary = self._summary(step, idx, bad, terms, record)
         if self.action == "skip":
