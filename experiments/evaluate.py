@@ -90,15 +90,15 @@ def embed_fn_from_checkpoint(
     """
     cfg = workdir_config(checkpoint, config, overrides, flag)
     from rankax.retrieval.evaluator import embed_in_batches
-    from rankax.train import CheckpointReadError, ConfigError, distributed, train_lib
+    from rankax.train import CheckpointReadError, ConfigError, distributed, evaluators
 
     try:
-        state, data = train_lib.restore_for_evaluation(cfg, checkpoint, step=step)
+        state, data = evaluators.restore_for_evaluation(cfg, checkpoint, step=step)
     except (FileNotFoundError, CheckpointReadError, ConfigError) as err:
         raise cli.CliError(f"{flag}: {err}") from err
     bs = int(cfg.eval_batch_size)
     # [multihost] each process embeds its share of every batch; all get every embedding
-    embed = distributed.sharded_embed_fn(train_lib.embed_fn(state))
+    embed = distributed.sharded_embed_fn(evaluators.embed_fn(state))
     queries = embed_in_batches(embed, data.test, bs)
     gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs)
     gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)
