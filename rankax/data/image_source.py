@@ -47,8 +47,15 @@ class ImageSource:
         """One preprocessed ``[S, S, 3]`` float32 image."""
         return self.transform(decode_image(self._read(int(index))), train=train, rng=rng)
 
-    def get_batch(self, indices: np.ndarray, *, train: bool, seed: int = 0) -> np.ndarray:
-        """``[B, S, S, 3]`` float32 images of ``indices`` (augmented when ``train``)."""
+    def get_batch(
+        self, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0
+    ) -> np.ndarray:
+        """``[B, S, S, 3]`` float32 images of ``indices`` (augmented when ``train``).
+
+        Item ``p`` of the batch is augmented with ``np.random.default_rng([seed, offset + p])``:
+        ``offset`` is the position of ``indices[0]`` in a larger batch, so a process that loads
+        rows ``[lo, hi)`` of a global batch (``offset=lo``) augments them as a one-process run
+        loading the whole batch does."""
         indices = np.asarray(indices).reshape(-1)
         n = len(self)
         if len(indices) and (indices.min() < -n or indices.max() >= n):
@@ -56,7 +63,7 @@ class ImageSource:
         indices = indices % max(n, 1)
 
         def work(position: int) -> np.ndarray:
-            rng = np.random.default_rng([int(seed), position]) if train else None
+            rng = np.random.default_rng([int(seed), int(offset) + position]) if train else None
             return self.load(indices[position], train=train, rng=rng)
 
         if self.num_threads == 1 or len(indices) <= 1:

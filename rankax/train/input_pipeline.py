@@ -4,10 +4,12 @@ on-device augmentation for in-memory datasets."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from rankax import data as rdata
 from rankax.data import samplers
@@ -73,3 +75,35 @@ def augment_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Ar
         return jax.vmap(crop)(padded, offsets)
 
     return augment
+
+
+def global_batch(
+    source: rdata.Source,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int,
+    sharding: jax.sharding.Sharding,
+) -> tuple[Any, Any]:
+    """``(images, labels)`` of the global batch ``indices`` (``[B]`` dataset rows, the same
+    on every process: the sampler is a pure function of ``(seed, step)``).
+
+    One process: the numpy batch, loaded whole (``source.get_batch(indices, train=True,
+    seed=seed)``, ``labels[indices]``), as before. Several: each process loads only its rows
+    ``distributed.local_slice(B)`` of the batch -- with ``offset`` = the first row's position,
+    so per-item augmentation draws the same random numbers as in a one-process run -- and the
+    step receives global ``jax.Array`` s of ``sharding`` (``jax.make_array_from_process_local_data``).
+    """
+    from rankax.train import distributed
+
+    indices = np.asarray(indices)
+    if jax.process_count() == 1:
+        return source.get_batch(indices, train=True, seed=seed), labels[indices]
+    rows = distributed.local_slice(len(indices))
+    mine = indices[rows]
+    images = source.get_batch(mine, train=True, seed=seed, offset=rows.start)
+    shape = (len(indices),)
+    return (
+        distributed.global_array(images, sharding, shape + images.shape[1:]),
+        distributed.global_array(labels[mine], sharding, shape + labels.shape[1:]),
+    )

@@ -31,6 +31,7 @@ import rankax
 from rankax.data.base import RetrievalDataset
 from rankax.train import (
     checkpointing,
+    distributed,
     errors,
     evaluators,
     guards,
@@ -75,7 +76,10 @@ def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any
         train(run, counter)
         return finish(run)
     except BaseException as err:
-        if fresh and counter["steps"] == 0 and not isinstance(err, errors.NonFiniteLossError):
+        if (
+            fresh and counter["steps"] == 0 and not isinstance(err, errors.NonFiniteLossError)
+            and distributed.is_main()  # [multihost] the shared workdir is cleaned once
+        ):
             _remove_contents(workdir, keep_dir=existed)  # a failed start leaves no half-made workdir
         raise
 
@@ -163,7 +167,7 @@ def restore(
     os.makedirs(workdir, exist_ok=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
     state, history = ckpt.restore_latest(state)
-    return ckpt, jax.device_put(state, NamedSharding(mesh, P())), history
+    return ckpt, distributed.replicate(state, mesh), history  # [multihost] was jax.device_put
 
 
 def setup(config: Config, workdir: str, changes: dict) -> Run:
@@ -176,7 +180,8 @@ def setup(config: Config, workdir: str, changes: dict) -> Run:
     model = state_lib.build_model(config)
     state = state_lib.initial_state(config, data, model)
     ckpt, state, history = restore(config, workdir, state, mesh)
-    workdir_lib.write(config, workdir, changes)
+    if distributed.is_main():  # [multihost]
+        workdir_lib.write(config, workdir, changes)
     run = Run(
         config=config,
         workdir=workdir,
@@ -206,7 +211,8 @@ def baselines(run: Run) -> dict[str, dict[str, float]]:
             report["raw pixels"] = evaluators.raw_pixel_metrics(run.config, run.data)
         report["untrained"] = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
         run.history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
-        writers.write_json(path, report, indent=2)
+        if distributed.is_main():  # [multihost]
+            writers.write_json(path, report, indent=2)
     elif os.path.exists(path):  # a resumed or finished run shows its whole table
         with open(path) as f:
             report.update(json.load(f))
@@ -259,11 +265,17 @@ class Meter:
             self.bar.close()
 
 
-def batch_at(run: Run, step: int) -> tuple[np.ndarray, Any]:
-    """The dataset indices and augmented-to-be images of step ``step`` (0-based): a pure
-    function of ``(config.seed, step)``, so a resumed run sees the same batches."""
+def batch_at(run: Run, step: int) -> tuple[np.ndarray, Any, Any]:
+    """The dataset indices, augmented-to-be images and labels of step ``step`` (0-based): a
+    pure function of ``(config.seed, step)``, so a resumed run sees the same batches. With
+    several processes each loads only its rows and the images and labels are global arrays
+    (:func:`rankax.train.input_pipeline.global_batch`)."""
     idx = run.sampler.indices(step)
-    return idx, run.data.train.get_batch(idx, train=True, seed=int(run.config.seed) * 2**32 + step)
+    images, labels = input_pipeline.global_batch(  # [multihost] this process's rows only
+        run.data.train, idx, run.labels, seed=int(run.config.seed) * 2**32 + step,
+        sharding=NamedSharding(run.mesh, P("data")),
+    )
+    return idx, images, labels
 
 
 def train(run: Run, counter: dict[str, int]) -> None:
@@ -280,8 +292,8 @@ def train(run: Run, counter: dict[str, int]) -> None:
             f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
         )
     for step in range(run.start, config.num_steps):
-        idx, images = batch_at(run, step)
-        run.state, metrics = train_step(run.state, images, run.labels[idx], halted)
+        idx, images, labels = batch_at(run, step)
+        run.state, metrics = train_step(run.state, images, labels, halted)
         halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
         if pending is not None:  # step - 1's flag: reading it now lets step run meanwhile
             guard.check(*pending, run.state)
@@ -388,8 +400,11 @@ def finish(run: Run) -> dict[str, float]:
     run.report["trained"] = final
     if chosen != step:
         run.report[f"selected (best {run.config.best_metric}, step {chosen})"] = selected
-        print(f"Model selection 'best': step {chosen} has the best {run.config.best_metric}; reporting it")
+        if distributed.is_main():
+            print(f"Model selection 'best': step {chosen} has the best {run.config.best_metric}")
         final = selected
+    if not distributed.is_main():  # [multihost] the table, metrics.json, history and plots: process 0
+        return final
     writers.print_table(run.report)
     outputs = write_outputs(run, final)
     print("Wrote " + ", ".join(outputs) + f" (checkpoints in {run.ckpt.directory})")
