@@ -10,8 +10,8 @@ Status of an entry (computed by ``experiments/recipes.py``, never written here):
 
 * ``match``: the config holds the official value.
 * ``deviation``: the config differs; ``why`` gives the reason.
-* ``pending``: the key does not exist yet because the training mechanism it needs is still to
-  be built (issue 18); the note names the key proposed for it.
+* ``pending``: the config does not set the key (its mechanism or value is still missing); the
+  note says what it needs. No entry is pending today.
 * ``undetermined``: the official material does not fix the value (``UNDETERMINED``); the note
   states the choice the config makes.
 

@@ -152,7 +152,7 @@ def check_run_config(config: Config, data: RetrievalDataset, mesh: Mesh, sampler
         )
     state_lib.compute_dtype(config)
     warm = optim.warmup(config, optim.epoch_clock(sampler, len(data.train.labels)))
-    if warm.epochs:
+    if warm.epochs and distributed.is_main():
         print(
             f"Frozen warm-up: {', '.join(warm.groups)} frozen for {warm.epochs} epochs (steps "
             f"0-{warm.switch_step - 1}); every group trains from step {warm.switch_step} on"
