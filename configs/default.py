@@ -78,6 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_devices = 0  # data-parallel devices (0 = all visible)
     c.loss_sharding = "shard_map"  # or "jit" (see train_lib.make_train_step)
     c.num_steps = 300
+    # > 0: the run lasts this many of the sampler's epochs (num_steps = the first step of epoch
+    # num_epochs, exact for samplers whose epochs vary in length); 0: num_steps decides.
+    c.num_epochs = 0
     c.log_every = 10
     c.eval_every = 100
     c.checkpoint_every = 100

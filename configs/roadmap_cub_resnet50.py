@@ -18,8 +18,8 @@ Recipe keys: ``model.feature_norm="layernorm"`` (max pooling -> LayerNorm withou
 linear 512), ``batch.sampler="m_per_class"`` (each image at most once an epoch),
 ``model_selection="last"``. Deliberate deviation: the official fp16 autocast runs as
 ``precision="mixed"`` (bfloat16 compute, float32 parameters; bfloat16 needs no loss scaling).
-Not determined: the run length (the official epoch varies with the class sizes, at most 45
-batches: the config runs 200 x 45 steps).
+The run lasts 200 of the sampler's epochs (``num_epochs``; each at most 45 batches, its length
+set by the class sizes); periodic evaluation and checkpoints count 45-step epochs.
 
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
 """
@@ -44,7 +44,8 @@ def get_config():
     common.pk_batches(c, BATCH, sampler="m_per_class")  # MPerClassSampler
     c.optimizer.update(name="adam", lr=1e-6, head_lr=None, weight_decay=4e-4, schedule="constant")
 
-    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
+    c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=10)
     c.log_every = 50
     c.best_metric = "recall@1"

@@ -43,7 +43,8 @@ def get_config():
     c.optimizer.update(name="adamw", lr=1e-5, head_lr=None, weight_decay=5e-4)
     common.step_decay(c, milestones=(30, 70))
 
-    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
+    c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "recall@1"

@@ -17,9 +17,8 @@ the species labels only). The query is its own positive (``loss.include_self=Tru
 Recipe keys: ``batch.sampler="m_per_class"`` (each image at most once an epoch), the x0.3
 milestones in the sampler's epochs (``optimizer.schedule="multistep"``), ``model_selection=
 "last"``. Deliberate deviation: fp16 autocast runs as ``precision="mixed"`` (bfloat16 compute,
-float32 parameters; bfloat16 needs no loss scaling). Not determined: the run length (the
-official epoch varies with the class sizes, at most 848 batches: the config runs 90 x 848
-steps).
+float32 parameters; bfloat16 needs no loss scaling). The run lasts 90 of the sampler's
+epochs (``num_epochs``; each at most 848 batches, its length set by the class sizes).
 
 Data: TFDS ``i_naturalist2018`` plus the taxonomy file and the split lists (see
 ``rankax.data.tfds_data.load_inat``); set ``--config.dataset.taxonomy_file`` and
@@ -48,7 +47,8 @@ def get_config():
     c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4)
     common.step_decay(c, milestones=(30, 70))
 
-    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
+    c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "recall@1"

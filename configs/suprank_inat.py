@@ -23,8 +23,8 @@ with the backbone frozen and every schedule paused (``optimizer.frozen_warmup_ep
 the feature LayerNorm (``model.feature_norm``); per-epoch cosines to an absolute 1e-6
 (``optimizer.final_lr``, ``schedule_unit="epoch"``); ``batch.sampler="m_per_class"``;
 ``model_selection="last"``. Deliberate deviation: fp16 autocast runs as ``precision="mixed"``
-(bfloat16 compute, float32 parameters). Not determined: the run length (the official epoch
-varies with the class sizes, at most 1,272 batches: the config runs 100 x 1,272 steps).
+(bfloat16 compute, float32 parameters). The run lasts 100 of the sampler's epochs
+(``num_epochs``; each at most 1,272 batches, its length set by the class sizes).
 
 Evaluation: H-AP, NDCG and ASI over the 7 levels, next to R@k. The paper's numbers were not
 consulted. Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and
@@ -55,7 +55,8 @@ def get_config():
     c.optimizer.schedule_unit = "epoch"  # scheduler.step() once an epoch
     common.frozen_warmup(c, 5)  # README warmup_step=5, default.yaml warmup_keys: [backbone]
 
-    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
+    c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=20, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "hap"

@@ -164,6 +164,7 @@ def tiny(config, tmp_path):
     if config.xbm.size:
         config.xbm.size = 8
     config.num_steps = 1
+    config.num_epochs = 0
     config.checkpoint_every = 1
     config.eval_every = 0
     config.log_every = 1

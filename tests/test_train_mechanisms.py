@@ -435,3 +435,18 @@ def test_loop_with_the_m_per_class_sampler_and_epoch_schedules(tmp_path):
     assert 0 < start < 60
     sched = optim.make_schedule(c, 1.0, epoch_start=sampler.epoch_start)
     assert float(sched(start - 1)) == 1.0 and float(sched(start)) == pytest.approx(0.3)
+
+
+def test_num_epochs_runs_the_samplers_epochs(tmp_path):
+    """``num_epochs=2`` with the M-per-class sampler: the run ends at ``epoch_start(2)``
+    whatever ``num_steps`` says; the workdir records the config as given."""
+    c = tiny_config(num_steps=5, eval_every=0, checkpoint_every=5, num_epochs=2)
+    c.batch.sampler = "m_per_class"
+    data = input_pipeline.load(c)
+    end = input_pipeline.make_sampler(c, data).epoch_start(2)
+    assert end > 5
+    train_lib.train_and_evaluate(c, str(tmp_path))
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert max(h["step"] for h in history) == end
+    recorded = json.loads((tmp_path / "config.json").read_text())["config"]
+    assert recorded["num_steps"] == 5 and recorded["num_epochs"] == 2

@@ -198,11 +198,11 @@ def _m_per_class(batch, epochs, train_images, source):
         V("batch.classes_per_batch", batch // 4, source, f"batch_size {batch} / samples_per_class 4"),
         V("batch.samples_per_class", 4, source),
         V(
-            "num_steps",
-            UNDETERMINED,
-            source,
-            f"epoch = the batches the sampler can fill without reusing an image (at most {per_epoch}; "
-            f"depends on the class sizes); the config runs {epochs} x {per_epoch}",
+            "num_epochs",
+            epochs,
+            ROADMAP_README,
+            f"experience.max_iter={epochs} epochs of the sampler: the batches it fills without reusing "
+            f"an image (at most {per_epoch}; the length depends on the class sizes)",
         ),
     ]
 
@@ -322,10 +322,10 @@ R_INAT_DEIT = (
             f"{_NO_COMMAND}; the yaml says 128, the ResNet-50 command 384: the config takes 384 (96 x 4)",
         ),
         V(
-            "num_steps",
+            "num_epochs",
             UNDETERMINED,
             ROADMAP_README,
-            f"{_NO_COMMAND}; the config takes 90 epochs of the ResNet-50 command, 848 batches each",
+            f"{_NO_COMMAND}; the config takes the 90 epochs of the ResNet-50 command",
         ),
     ]
     + _adam("adamw", 1e-5, None, 5e-4, ROADMAP + "optimizer/inaturalist_deit.yaml")
@@ -490,11 +490,10 @@ S_INAT = (
             V("batch.classes_per_batch", 64, SUPRANK + "dataset/inat_full.yaml", "batch_size 256 / 4"),
             V("batch.samples_per_class", 4, SUPRANK + "dataset/inat_full.yaml"),
             V(
-                "num_steps",
-                UNDETERMINED,
+                "num_epochs",
+                100,
                 SUPRANK + "default.yaml",
-                "max_iter 100 epochs of the sampler's length (at most 1,272 batches, set by the class "
-                "sizes); the config runs 100 x 1,272",
+                "max_iter: 100 epochs of the sampler (at most 1,272 batches each, set by the class sizes)",
             ),
             V("eval_every", 20 * 1272, SUPRANK + "default.yaml", "test_eval_freq: 20 epochs"),
         ],

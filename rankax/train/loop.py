@@ -170,18 +170,36 @@ def restore(
     return ckpt, distributed.replicate(state, mesh), history  # [multihost] was jax.device_put
 
 
+def run_length(config: Config, sampler: Any, num_items: int) -> Config:
+    """``config`` with ``num_steps`` set to the first step of epoch ``config.num_epochs`` of
+    the sampler (``sampler.epoch_start(num_epochs)``: exact for samplers whose epochs vary in
+    length, as the official M-per-class one) when ``num_epochs > 0``; ``config`` itself
+    otherwise. The workdir records the config as given (``num_epochs`` and the nominal
+    ``num_steps``); everything else in the run uses the returned one."""
+    epochs = int(config.get("num_epochs", 0) or 0)
+    if epochs <= 0:
+        return config
+    steps = int(optim.epoch_clock(sampler, num_items)(epochs))
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    resolved.num_steps = steps
+    if distributed.is_main():
+        print(f"config.num_epochs={epochs}: {steps} steps (the sampler's epochs; num_steps ignored)")
+    return resolved
+
+
 def setup(config: Config, workdir: str, changes: dict) -> Run:
     """Loads the data, builds the model and its state, checks the config, restores the newest
     checkpoint, records the config in ``workdir`` and evaluates the baselines of a new run."""
     data = input_pipeline.load(config)
     mesh = state_lib.make_mesh(config)
     sampler = input_pipeline.make_sampler(config, data)
+    recorded, config = config, run_length(config, sampler, len(data.train.labels))
     check_run_config(config, data, mesh, sampler)
     model = state_lib.build_model(config)
     state = state_lib.initial_state(config, data, model)
     ckpt, state, history = restore(config, workdir, state, mesh)
     if distributed.is_main():  # [multihost]
-        workdir_lib.write(config, workdir, changes)
+        workdir_lib.write(recorded, workdir, changes)
     run = Run(
         config=config,
         workdir=workdir,
