@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "supap"
-    c.loss.include_self = False
+    c.loss.include_self = False  # True: the query is its own positive (docs/conventions.md)
     # With [N, L] label paths (SOP, iNat, folder): False trains the loss on the finest level
     # (column 0: class-level positives, as the flat papers do); True hands the whole paths to
     # rankax.batch_loss, whose relevance is then graded by the hierarchy (H-AP, SupNDCG).

@@ -89,15 +89,15 @@ def embed_fn_from_checkpoint(
     ``embed_fn`` is the identity on them.
     """
     cfg = workdir_config(checkpoint, config, overrides, flag)
-    from rankax.train import CheckpointReadError, ConfigError, train_lib
+    from rankax.train import CheckpointReadError, ConfigError, evaluators
 
     try:
-        state, data = train_lib.restore_for_evaluation(cfg, checkpoint, step=step)
+        state, data = evaluators.restore_for_evaluation(cfg, checkpoint, step=step)
     except (FileNotFoundError, CheckpointReadError, ConfigError) as err:
         raise cli.CliError(f"{flag}: {err}") from err
     bs = int(cfg.eval_batch_size)
-    queries = train_lib.embed_source(state, data.test, bs)
-    gallery = None if data.gallery is None else train_lib.embed_source(state, data.gallery, bs)
+    queries = evaluators.embed_source(state, data.test, bs)
+    gallery = None if data.gallery is None else evaluators.embed_source(state, data.gallery, bs)
     gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)
     return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels
 

@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise cli.CliError("--workdir is required (a new directory, or the one of the run to resume)")
     # orbax logs every file operation at INFO and a few harmless notices at WARNING
     logging.getLogger("absl").setLevel(logging.ERROR)
-    from rankax.train import CheckpointReadError, ConfigError, train_lib
+    from rankax.train import CheckpointReadError, ConfigError, loop
 
     allowed = [k.strip() for k in values.get("allow_config_change", "").split(",") if k.strip()]
     try:
-        return train_lib.train_and_evaluate(config, values["workdir"], allow_config_change=allowed)
+        return loop.train_and_evaluate(config, values["workdir"], allow_config_change=allowed)
     except (ConfigError, CheckpointReadError, FileNotFoundError) as err:  # a dataset not prepared
         raise cli.CliError(str(err)) from None
     except ValueError as err:  # a config value the program checked: the message names the key

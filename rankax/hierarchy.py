@@ -18,7 +18,8 @@ Relevance rules, for one query ``q`` and items ``j`` of its list:
   present contributes :math:`w_t` in total. ``L = 1`` uses :math:`w_1 = 1`.
 * ``"levels"``: :math:`\\mathrm{rel}_{qj} = (t_{qj} / L)^\\alpha`.
 
-Items with ``t = 0`` (nothing in common) have relevance 0 under both rules.
+Items with ``t = 0`` (nothing in common) have relevance 0 under both rules. The shared
+conventions (ranks, ties, ``include_self``, reductions) are in ``docs/conventions.md``.
 
 References:
   Ramzi, Thome, Rambour, Audebert, Bitot. "Optimization of Rank Losses for Image Retrieval"

@@ -12,7 +12,7 @@ import pytest
 from experiments import cli
 from experiments import evaluate as evaluate_cli
 from experiments import train as train_cli
-from rankax.train import ConfigError, WorkdirConfigMismatch, input_pipeline, train_lib
+from rankax.train import ConfigError, WorkdirConfigMismatch, input_pipeline, train_lib, writers
 from tests.test_train import ROOT, tiny_config
 
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
@@ -149,9 +149,9 @@ def test_missing_tfds_and_unset_pretrained_weights_are_explained(monkeypatch):
 
 def test_progress_bar_starts_after_the_compiling_step(tmp_path, monkeypatch):
     starts = []
-    original = train_lib._progress
+    original = writers.progress
     record = lambda start, total: starts.append(start) or original(start, total)
-    monkeypatch.setattr(train_lib, "_progress", record)
+    monkeypatch.setattr(writers, "progress", record)
     train_lib.train_and_evaluate(tiny_config(num_steps=4), str(tmp_path))
     train_lib.train_and_evaluate(tiny_config(num_steps=6), str(tmp_path), allow_config_change=["num_steps"])
     assert starts == [1, 5]  # after step 1 of the run, after the first resumed step (4 -> 5)

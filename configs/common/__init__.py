@@ -61,12 +61,13 @@ def inat(c, hierarchy):
 
 
 def resnet(c, name="resnet50", *, pooling="avg", embedding_dim=512, **pooling_args):
-    """Sets ``c.model`` and ``c.optimizer.freeze_bn_params``: a ResNet trunk, ``pooling``, a
-    linear projection to ``embedding_dim`` and L2 normalisation.
+    """Sets ``c.model``: a ResNet trunk, ``pooling``, a linear projection to ``embedding_dim``
+    and L2 normalisation.
 
     BatchNorm layers run in eval mode (running statistics frozen) while their scale and bias
-    still train: the official ``freeze_batch_norm`` of ROADMAP/SupRank, PNP's
-    ``resnet50_frozen_normalize``. ``pooling_args``: e.g. ``gem_p`` for ``pooling="gem"``.
+    still train (``c.optimizer.freeze_bn_params`` stays at its default, False): the official
+    ``freeze_batch_norm`` of ROADMAP/SupRank, PNP's ``resnet50_frozen_normalize``.
+    ``pooling_args``: e.g. ``gem_p`` for ``pooling="gem"``.
     ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
     """
     c.model = ml_collections.ConfigDict(
@@ -79,7 +80,6 @@ def resnet(c, name="resnet50", *, pooling="avg", embedding_dim=512, **pooling_ar
             "pretrained": config_dict.placeholder(str),
         }
     )
-    c.optimizer.freeze_bn_params = False  # BN statistics only (scale/bias train)
 
 
 def deit(c, name):
@@ -136,18 +136,12 @@ def hap_loss(c, *, start, offset):
     )
 
 
-def pnp(c):
-    """Sets ``c.loss``, ``c.model`` and ``c.optimizer`` (but its schedule) to the PNP code's recipe.
-
-    github.com/interestingzhuo/PNPloss, README SOP command and ``parameters.py``: PNP-Dq (alpha
-    4, sigmoid temperature 0.01, ``b=2`` for PNP-Ib), ``resnet50_frozen_normalize`` (average
-    pooling, linear to 512), Adam with one learning rate 1e-5 for all parameters
-    (``fc_lr=-1``), weight decay 4e-4. Variants: ``--config.loss.hparams.variant=O|Iu|Ib|Ds|Dq``.
-    """
+def pnp_loss(c):
+    """Sets ``c.loss``: PNP-Dq as the PNP code runs it (interestingzhuo/PNPloss
+    ``criteria/PNP.py``, ``parameters.py``): alpha 4, sigmoid temperature ("anneal") 0.01,
+    ``b=2`` for PNP-Ib. Variants: ``--config.loss.hparams.variant=O|Iu|Ib|Ds|Dq``."""
     c.loss.name = "pnp"
     c.loss.hparams = ml_collections.ConfigDict({"variant": "Dq", "temperature": 0.01, "alpha": 4.0, "b": 2.0})
-    resnet(c)
-    c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=4e-4)
 
 
 def pk_batches(c, batch_size, samples_per_class=4):
@@ -175,11 +169,13 @@ def step_decay(c, epochs, milestones, factor=0.3):
     c.optimizer.decay_factor = factor
 
 
-def train_epochs(c, epochs, train_images, batch_size, *, eval_every, checkpoint_every):
-    """Sets ``c.num_steps`` to ``epochs`` passes over ``train_images`` in batches of
-    ``batch_size``, and ``c.eval_every`` / ``c.checkpoint_every`` from a number of epochs."""
-    steps_per_epoch = train_images // batch_size
-    c.num_steps = epochs * train_images // batch_size
+def train_epochs(c, epochs, steps_per_epoch):
+    """Sets ``c.num_steps``: ``epochs`` epochs of ``steps_per_epoch`` batches."""
+    c.num_steps = epochs * steps_per_epoch
+
+
+def every_epochs(c, steps_per_epoch, *, eval_every, checkpoint_every):
+    """Sets ``c.eval_every`` and ``c.checkpoint_every`` from a number of epochs."""
     c.eval_every = eval_every * steps_per_epoch
     c.checkpoint_every = checkpoint_every * steps_per_epoch
 

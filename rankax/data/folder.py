@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,6 +49,131 @@ def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
             "columns path,<finest label>,...,<coarsest label>[,split] (split: train/test or "
             "train/query/gallery); see rankax.data.folder and docs/data.md."
         ) from e
+
+
+Rows = dict[str, list[dict[str, str]]]
+
+
+def _resolver(root: str | None) -> Callable[[str], str]:
+    """``path -> path`` relative to ``root`` unless absolute (``~`` expanded)."""
+
+    def resolve(path: str) -> str:
+        path = os.path.expanduser(path)
+        return path if os.path.isabs(path) or root is None else os.path.join(os.path.expanduser(root), path)
+
+    return resolve
+
+
+def _read_combined(path: str, split_column: str) -> tuple[Rows, list[str]]:
+    """The rows of one CSV with a split column, by split (other split values skipped)."""
+    fields, all_rows = _read_csv(path)
+    if split_column not in fields:
+        raise ValueError(f"{path}: no split column {split_column!r} (columns: {fields})")
+    rows: Rows = {s: [] for s in SPLITS}
+    for row in all_rows:
+        split = row[split_column].strip().lower()
+        if split in rows:
+            rows[split].append(row)
+    return rows, fields
+
+
+def _read_per_split(
+    paths: dict[str, str | None], resolve: Callable[[str], str]
+) -> tuple[Rows, list[str], str]:
+    """The rows of one CSV per split (all with the same columns) and the first file's path."""
+    rows: Rows = {s: [] for s in SPLITS}
+    first, fields = None, None
+    for split, path in paths.items():
+        if path is None:
+            continue
+        path = resolve(path)
+        these_fields, rows[split] = _read_csv(path)
+        first = first or path
+        if fields is not None and these_fields != fields:
+            raise ValueError(f"{path}: columns {these_fields} differ from {fields}")
+        fields = these_fields
+    return rows, fields, first
+
+
+def _read_rows(
+    csv_file: str | None, per_split: dict[str, str | None], split_column: str, resolve: Callable[[str], str]
+) -> tuple[Rows, list[str], str]:
+    """``(rows by split, columns, first CSV path)`` from ``csv_file`` or the per-split CSVs."""
+    if csv_file is not None and any(v is not None for v in per_split.values()):
+        raise ValueError("give either csv_file (with a split column) or per-split CSVs, not both")
+    if csv_file is None and all(v is None for v in per_split.values()):
+        raise ValueError("a folder dataset needs csv_file or train_csv/test_csv/query_csv/gallery_csv")
+    if csv_file is not None:
+        first = resolve(csv_file)
+        return (*_read_combined(first, split_column), first)
+    return _read_per_split(per_split, resolve)
+
+
+def _check_columns(
+    first: str, fields: list[str], label_columns: Sequence[str] | None, path_column: str, split_column: str
+) -> list[str]:
+    """The label columns (default: every column but path and split), checked to exist."""
+    if path_column not in fields:
+        raise ValueError(f"{first}: no path column {path_column!r} (columns: {fields})")
+    if label_columns is None:
+        label_columns = [f for f in fields if f not in (path_column, split_column)]
+    label_columns = list(label_columns)
+    missing = [c for c in label_columns if c not in fields]
+    if missing or not label_columns:
+        raise ValueError(f"{first}: label columns {missing or label_columns} not among the columns {fields}")
+    return label_columns
+
+
+def _check_splits(first: str, rows: Rows) -> None:
+    """Either a test split or query (+ gallery) splits, and at least one of them."""
+    if rows["test"] and (rows["query"] or rows["gallery"]):
+        raise ValueError("use either a test split (query = gallery) or query and gallery splits, not both")
+    if rows["gallery"] and not rows["query"]:
+        raise ValueError("a gallery split needs a query split")
+    if not (rows["test"] or rows["query"]):
+        raise ValueError(f"{first}: no test or query rows")
+
+
+def _encode_labels(first: str, ordered: list[dict[str, str]], label_columns: list[str]) -> np.ndarray:
+    """``[N]`` or ``[N, L]`` int32 ids ``0..C-1`` of each label column over all ``ordered`` rows;
+    integer-looking labels are ordered as numbers, others as strings."""
+    columns = []
+    for c in label_columns:
+        values = [r[c].strip() for r in ordered]
+        if any(v == "" for v in values):
+            raise ValueError(f"{first}: empty value in label column {c!r}")
+        try:
+            keys = np.asarray([int(v) for v in values])
+        except ValueError:
+            keys = np.asarray(values)
+        columns.append(np.unique(keys, return_inverse=True)[1].reshape(-1))
+    return (columns[0] if len(columns) == 1 else np.stack(columns, axis=1)).astype(np.int32)
+
+
+def _split_sources(
+    first: str,
+    base: str,
+    rows: Rows,
+    labels: np.ndarray,
+    path_column: str,
+    transform: ImageTransform,
+    num_threads: int,
+) -> dict[str, ImageSource]:
+    """One :class:`ImageSource` per split; ``labels`` are the rows' labels in :data:`SPLITS` order."""
+    sources: dict[str, ImageSource] = {}
+    start = 0
+    for split in SPLITS:
+        paths = [os.path.join(base, r[path_column]) for r in rows[split]]
+        split_labels = labels[start : start + len(paths)]
+        start += len(paths)
+        # Checking one file per split catches a wrong root without a stat of every image.
+        if paths and not os.path.exists(paths[0]):
+            raise DatasetNotPreparedError(
+                f"image {paths[0]!r} listed in {first} does not exist: image paths are relative to "
+                f"root={base!r} (set config.dataset.root)."
+            )
+        sources[split] = ImageSource(paths.__getitem__, split_labels, transform, num_threads)
+    return sources
 
 
 def load_folder(
@@ -82,82 +207,13 @@ def load_folder(
       is ``None`` unless the data has a gallery split.
     """
     per_split = {"train": train_csv, "test": test_csv, "query": query_csv, "gallery": gallery_csv}
-    if csv_file is not None and any(v is not None for v in per_split.values()):
-        raise ValueError("give either csv_file (with a split column) or per-split CSVs, not both")
-    if csv_file is None and all(v is None for v in per_split.values()):
-        raise ValueError("a folder dataset needs csv_file or train_csv/test_csv/query_csv/gallery_csv")
-
-    def resolve(path: str) -> str:
-        path = os.path.expanduser(path)
-        return path if os.path.isabs(path) or root is None else os.path.join(os.path.expanduser(root), path)
-
-    rows: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
-    if csv_file is not None:
-        first = resolve(csv_file)
-        fields, all_rows = _read_csv(first)
-        if split_column not in fields:
-            raise ValueError(f"{first}: no split column {split_column!r} (columns: {fields})")
-        for row in all_rows:
-            split = row[split_column].strip().lower()
-            if split in rows:
-                rows[split].append(row)
-    else:
-        first = None
-        fields = None
-        for split, path in per_split.items():
-            if path is None:
-                continue
-            path = resolve(path)
-            these_fields, rows[split] = _read_csv(path)
-            first = first or path
-            if fields is not None and these_fields != fields:
-                raise ValueError(f"{path}: columns {these_fields} differ from {fields}")
-            fields = these_fields
+    rows, fields, first = _read_rows(csv_file, per_split, split_column, _resolver(root))
     base = os.path.expanduser(root) if root is not None else os.path.dirname(first)
-
-    if path_column not in fields:
-        raise ValueError(f"{first}: no path column {path_column!r} (columns: {fields})")
-    if label_columns is None:
-        label_columns = [f for f in fields if f not in (path_column, split_column)]
-    label_columns = list(label_columns)
-    missing = [c for c in label_columns if c not in fields]
-    if missing or not label_columns:
-        raise ValueError(f"{first}: label columns {missing or label_columns} not among the columns {fields}")
-    if rows["test"] and (rows["query"] or rows["gallery"]):
-        raise ValueError("use either a test split (query = gallery) or query and gallery splits, not both")
-    if rows["gallery"] and not rows["query"]:
-        raise ValueError("a gallery split needs a query split")
-    if not (rows["test"] or rows["query"]):
-        raise ValueError(f"{first}: no test or query rows")
-
-    ordered = [r for s in SPLITS for r in rows[s]]
-    columns = []
-    for c in label_columns:
-        values = [r[c].strip() for r in ordered]
-        if any(v == "" for v in values):
-            raise ValueError(f"{first}: empty value in label column {c!r}")
-        # Integer-looking labels are ordered as numbers, others as strings.
-        try:
-            keys = np.asarray([int(v) for v in values])
-        except ValueError:
-            keys = np.asarray(values)
-        columns.append(np.unique(keys, return_inverse=True)[1].reshape(-1))
-    labels = (columns[0] if len(columns) == 1 else np.stack(columns, axis=1)).astype(np.int32)
-
+    label_columns = _check_columns(first, fields, label_columns, path_column, split_column)
+    _check_splits(first, rows)
+    labels = _encode_labels(first, [r for s in SPLITS for r in rows[s]], label_columns)
     transform = transform or ImageTransform()
-    sources: dict[str, ImageSource] = {}
-    start = 0
-    for split in SPLITS:
-        paths = [os.path.join(base, r[path_column]) for r in rows[split]]
-        split_labels = labels[start : start + len(paths)]
-        start += len(paths)
-        # Checking one file per split catches a wrong root without a stat of every image.
-        if paths and not os.path.exists(paths[0]):
-            raise DatasetNotPreparedError(
-                f"image {paths[0]!r} listed in {first} does not exist: image paths are relative to "
-                f"root={base!r} (set config.dataset.root)."
-            )
-        sources[split] = ImageSource(paths.__getitem__, split_labels, transform, num_threads)
+    sources = _split_sources(first, base, rows, labels, path_column, transform, num_threads)
     test = sources["test"] if rows["test"] else sources["query"]
     gallery = sources["gallery"] if rows["gallery"] else None
     return RetrievalDataset(name, sources["train"], test, gallery)

@@ -1,4 +1,9 @@
-"""The training system: ``train_lib.train_and_evaluate(config, workdir)``.
+"""The training system: ``loop.train_and_evaluate(config, workdir)``.
+
+Modules, in the order a reader meets them: ``optim`` (optimizers, schedules), ``state``
+(train state, model, mesh), ``losses`` (the objective), ``step`` (the pure train/eval steps),
+``guards`` (non-finite steps), ``evaluators``, ``writers``, ``loop``; ``train_lib`` re-exports
+their names for older imports.
 
 The loop's exceptions are exported here: :class:`NonFiniteLossError`,
 :class:`CheckpointSaveError`, :class:`CheckpointReadError` (``docs/training.md``, Faults), and

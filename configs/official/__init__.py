@@ -1,0 +1,667 @@
+"""The official recipe of every published-experiment config, value by value, with its source.
+
+``RECIPES[config_name]`` lists :class:`Official` entries: a config key (dotted, as in
+``config.to_dict()``), the value the official run uses -- written in the config's own units
+(e.g. ``optimizer.decay_at`` as fractions of the run, ``num_steps`` as epochs x the official
+sampler's batches per epoch) -- the ``repo:path`` it comes from, and a note. ``experiments/
+recipes.py`` sets each entry beside the config's value and writes ``docs/recipes.md``.
+
+Status of an entry (computed by ``experiments/recipes.py``, never written here):
+
+* ``match``: the config holds the official value.
+* ``deviation``: the config differs; ``why`` gives the reason.
+* ``pending``: the key does not exist yet because the training mechanism it needs is still to
+  be built (issue 18); the note names the key proposed for it.
+* ``undetermined``: the official material does not fix the value (``UNDETERMINED``); the note
+  states the choice the config makes.
+
+Which official revisions: ROADMAP ``v1.0.0`` (= the initial commit ``6d3c76c``, the NeurIPS'21
+release; later commits change only the README, requirements, the evaluation helper and, in
+2022, the piecewise step function of ``SupAP`` -- the configs keep the release's function,
+``variant="neurips"``); SupRank at its only code commit ``99041e8`` (README updated in
+``d3d0e3c``); HAPPIER ``5af91b3`` (consulted, not followed: the SupRank code supersedes it and
+its iNat proxy term uses the head's optimizer); PNPloss ``582ffab`` (its 2023 commit
+``809a508`` fixes the sign of the PNP-D_q return value); deep-image-retrieval ``610247f``
+(models and evaluation only: no training script).
+
+A package, not ``configs/official.py``: ``tests/test_configs.py`` runs every ``configs/*.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+UNDETERMINED = "not determined by the official material"
+
+ROADMAP = "elias-ramzi/ROADMAP@v1.0.0:roadmap/config/"
+ROADMAP_README = "elias-ramzi/ROADMAP:README.md"
+SUPRANK = "elias-ramzi/SupRank:suprank/config/"
+SUPRANK_README = "elias-ramzi/SupRank:README.md"
+PNP = "interestingzhuo/PNPloss:"
+NAVER = "naver/deep-image-retrieval:"
+PAPER_ARCHIVE = "ROADMAP paper (NeurIPS 2021) tables, via a community archive; not in the repository"
+
+
+@dataclasses.dataclass(frozen=True)
+class Official:
+    """One official value: ``key`` (dotted config key), ``value``, ``source``, ``note``, and
+    ``why``: the reason the config deviates from it (required when it does)."""
+
+    key: str
+    value: Any
+    source: str
+    note: str = ""
+    why: str = ""
+
+
+V = Official  # short alias for the tables below
+
+
+# ----------------------------------------------------------------------------- proposed keys
+# Keys the training code does not understand yet (issue 18). An entry on one of them is
+# "pending" until the mechanism exists and the config sets it.
+PRECISION = "precision"  # "mixed": bf16 compute on accelerators (official: torch fp16 autocast)
+MODEL_SELECTION = "model_selection"  # "last" | "best" (by best_metric)
+LAYERNORM = "model.feature_layernorm"  # LayerNorm without affine on pooled features
+DISTILLED = "model.pretrained_distilled"  # DeiT weights from the distilled checkpoint
+EPOCH_MODE = "batch.epoch_mode"  # "exhaustive" | "all_pairs" | "with_replacement"
+WARMUP = "optimizer.frozen_warmup_epochs"  # groups frozen, schedules paused
+LOSS_TERMS = "loss.terms"  # weighted sum of terms, each with own params/optimizer
+
+
+def _pending(key: str, value: Any, source: str, note: str) -> Official:
+    return V(key, value, source, f"mechanism pending (issue 18): {note}")
+
+
+def _images(size, resize, *, train_resize, test_mode, source, crop_scale=(0.16, 1.0)):
+    out = [
+        V("dataset.image_size", size, source, "RandomResizedCrop size / CenterCrop size"),
+        V("dataset.resize_size", resize, source, "test Resize"),
+        V("dataset.test_resize_mode", test_mode, source, "Resize(int): shorter side; Resize([s, s]): square"),
+        V("dataset.crop_scale", crop_scale, source, "RandomResizedCrop scale"),
+        V("dataset.crop_ratio", (0.75, 1.33), source, "RandomResizedCrop ratio"),
+    ]
+    if train_resize is not None:
+        out.append(V("dataset.train_resize_size", train_resize, source, "Resize before the random crop"))
+    return out
+
+
+def _roadmap_loss(start, offset, source):
+    return [
+        V("loss.name", "roadmap", source, "CalibrationLoss + SupAP"),
+        V("loss.hparams.supap_weight", 1.0, source),
+        V("loss.hparams.calibration_weight", 1.0, source),
+        V("loss.hparams.temperature", 0.01, source, "tau"),
+        V("loss.hparams.rho", 100.0, source),
+        V("loss.hparams.delta", 0.05, source),
+        V("loss.hparams.start", start, source, "SupAP default 0.5 when the yaml omits it"),
+        V("loss.hparams.offset", offset, source),
+        V(
+            "loss.hparams.variant",
+            "neurips",
+            "elias-ramzi/ROADMAP@v1.0.0:roadmap/losses/smooth_rank_ap.py",
+            "step_rank of the release: rho * x + offset above delta",
+        ),
+        V("loss.hparams.pos_margin", 0.9, source),
+        V("loss.hparams.neg_margin", 0.6, source),
+        V(
+            "loss.include_self",
+            True,
+            "elias-ramzi/ROADMAP@v1.0.0:roadmap/losses/smooth_rank_ap.py",
+            "quick_forward: the label matrix keeps the diagonal; the query is its own positive",
+        ),
+        V("loss.hierarchical", False, ROADMAP + "experience/default.yaml", "with_super_labels: False"),
+    ]
+
+
+def _resnet(pooling, source, layernorm):
+    out = [
+        V("model.name", "resnet50", source),
+        V("model.pooling", pooling, source),
+        V("model.embedding_dim", 512, source),
+        V("model.frozen_bn", True, source, "freeze_batch_norm: BN in eval mode"),
+        V("optimizer.freeze_bn_params", False, source, "BN scale/bias still train"),
+    ]
+    if layernorm:
+        out.append(_pending(LAYERNORM, True, source, f"norm_features: True; propose `{LAYERNORM}=True`"))
+    return out
+
+
+def _deit(source):
+    return [
+        V(
+            "model.name",
+            "deit_small",
+            source,
+            "vit_deit_distilled: DeiT-S/16 (384-d) built from the distilled model",
+        ),
+        V("model.pooling", "cls", source, "class token; the distillation token is dropped"),
+        V("model.embedding_dim", None, source, "without_fc: True (384-d class token)"),
+        _pending(
+            DISTILLED,
+            True,
+            "elias-ramzi/ROADMAP@v1.0.0:roadmap/models/net.py",
+            f"from deit_small_distilled_patch16_224 minus its distillation token; propose `{DISTILLED}=True`",
+        ),
+    ]
+
+
+def _common_roadmap(reported, source_reported=PAPER_ARCHIVE):
+    return [
+        V("seed", 333, ROADMAP_README, "experience.seed=333 in every README command"),
+        _pending(
+            PRECISION,
+            "mixed",
+            ROADMAP + "model/resnet.yaml",
+            f'with_autocast: True (fp16 autocast + GradScaler); propose `{PRECISION}="mixed"` (bf16)',
+        ),
+        _pending(
+            MODEL_SELECTION,
+            "last",
+            "elias-ramzi/ROADMAP@v1.0.0:roadmap/engine/train.py",
+            f'the run ends on its last epoch (best_model is only logged); propose `{MODEL_SELECTION}="last"`',
+        ),
+        V("reported.recall_at_1", reported, source_reported),
+    ]
+
+
+def _every(steps_per_epoch, epochs, source, note=""):
+    return V(
+        "eval_every", steps_per_epoch * epochs, source, f"test_eval_freq: {epochs} epochs {note}".strip()
+    )
+
+
+def _hier_sampler(batch, per_pair, steps, epochs, source):
+    return [
+        V("batch.sampler", "hierarchical", source, "HierarchicalSampler"),
+        V("batch.classes_per_batch", batch // 4, source, f"batch_size {batch} / samples_per_class 4"),
+        V("batch.samples_per_class", 4, source),
+        V("batch.super_classes_per_batch", 2, source),
+        V("batch.batches_per_super_tuple", per_pair, source),
+        V(
+            "num_steps",
+            steps * epochs,
+            source,
+            f"{epochs} epochs x C(12, 2) = 66 super-class pairs x {per_pair} = {steps} batches",
+        ),
+        _pending(
+            EPOCH_MODE,
+            "all_pairs",
+            source,
+            f'every pair {per_pair} times an epoch, batches shuffled; propose `{EPOCH_MODE}="all_pairs"`',
+        ),
+    ]
+
+
+def _m_per_class(batch, epochs, train_images, source):
+    per_epoch = train_images // batch
+    return [
+        V("batch.sampler", "pk", source, "MPerClassSampler: P x K batches"),
+        V("batch.classes_per_batch", batch // 4, source, f"batch_size {batch} / samples_per_class 4"),
+        V("batch.samples_per_class", 4, source),
+        V(
+            "num_steps",
+            UNDETERMINED,
+            source,
+            f"epoch = the batches the sampler can fill without reusing an image (at most {per_epoch}; "
+            f"depends on the class sizes); the config runs {epochs} x {per_epoch}",
+        ),
+        _pending(
+            EPOCH_MODE,
+            "exhaustive",
+            source,
+            f'each image at most once per epoch, remainders dropped; propose `{EPOCH_MODE}="exhaustive"`',
+        ),
+    ]
+
+
+def _adam(name, lr, head_lr, wd, source, note=""):
+    return [
+        V("optimizer.name", name, source, note),
+        V(
+            "optimizer.lr",
+            lr,
+            source,
+            "backbone group" if head_lr is not None else "one group, all parameters",
+        ),
+        V(
+            "optimizer.head_lr",
+            head_lr,
+            source,
+            "fc group" if head_lr is not None else "no separate head group",
+        ),
+        V("optimizer.weight_decay", wd, source),
+    ]
+
+
+def _multistep(milestones, epochs, source, gamma=0.3):
+    return [
+        V("optimizer.schedule", "step", source, "MultiStepLR, stepped each epoch"),
+        V(
+            "optimizer.decay_at",
+            tuple(m / epochs for m in milestones),
+            source,
+            f"milestones {list(milestones)} of {epochs} epochs",
+        ),
+        V("optimizer.decay_factor", gamma, source, "gamma"),
+    ]
+
+
+SOP_IMAGES = 59_551
+CUB_IMAGES = 5_864
+CARS_IMAGES = 8_054
+INAT_IMAGES = 325_846
+
+R_SOP_RN = (
+    _images(256, 288, train_resize=288, test_mode="square", source=ROADMAP + "transform/sop_big.yaml")
+    + _resnet("avg", ROADMAP + "model/resnet.yaml", layernorm=False)
+    + _roadmap_loss(0.5, 1.44, ROADMAP + "loss/roadmap.yaml")
+    + _hier_sampler(128, 10, 660, 100, ROADMAP + "dataset/sop.yaml")
+    + _adam("adam", 1e-5, 2e-5, 1e-4, ROADMAP + "optimizer/sop.yaml", "torch Adam: L2 added to the gradient")
+    + _multistep((30, 70), 100, ROADMAP + "optimizer/sop.yaml")
+    + [_every(660, 5, ROADMAP + "experience/default.yaml")]
+    + _common_roadmap(83.1)
+)
+
+R_SOP_DEIT = (
+    _images(224, 256, train_resize=256, test_mode="square", source=ROADMAP + "transform/sop.yaml")
+    + _deit(ROADMAP + "model/deit.yaml")
+    + _roadmap_loss(0.5, 1.44, ROADMAP + "loss/roadmap.yaml")
+    + _hier_sampler(128, 10, 660, 75, ROADMAP + "dataset/sop.yaml")
+    + _adam("adamw", 1e-5, None, 5e-4, ROADMAP + "optimizer/sop_deit.yaml")
+    + _multistep((25, 50), 75, ROADMAP + "optimizer/sop_deit.yaml")
+    + [_every(660, 5, ROADMAP + "experience/default.yaml")]
+    + _common_roadmap(86.0)
+)
+
+R_CUB_RN = (
+    _images(256, 288, train_resize=None, test_mode="shorter", source=ROADMAP + "transform/cub_big.yaml")
+    + _resnet("max", ROADMAP + "model/resnet_max_ln.yaml", layernorm=True)
+    + _roadmap_loss(0.5, 1.44, ROADMAP + "loss/roadmap.yaml")
+    + _m_per_class(128, 200, CUB_IMAGES, ROADMAP + "dataset/cub.yaml")
+    + _adam("adam", 1e-6, None, 4e-4, ROADMAP + "optimizer/cub.yaml")
+    + [V("optimizer.schedule", "constant", ROADMAP + "optimizer/cub.yaml", "no scheduler")]
+    + [_every(45, 5, ROADMAP + "experience/default.yaml", "(45 batches an epoch at most)")]
+    + _common_roadmap(68.5)
+)
+
+R_CUB_DEIT = (
+    _images(224, 256, train_resize=None, test_mode="shorter", source=ROADMAP + "transform/cub.yaml")
+    + _deit(ROADMAP + "model/deit.yaml")
+    + _roadmap_loss(0.5, 1.44, ROADMAP + "loss/roadmap.yaml")
+    + _m_per_class(128, 150, CUB_IMAGES, ROADMAP + "dataset/cub.yaml")
+    + _adam("adamw", 1e-6, None, 5e-4, ROADMAP + "optimizer/cub_deit.yaml")
+    + [V("optimizer.schedule", "constant", ROADMAP + "optimizer/cub_deit.yaml", "no scheduler")]
+    + [_every(45, 5, ROADMAP + "experience/default.yaml", "(45 batches an epoch at most)")]
+    + _common_roadmap(
+        77.4, PAPER_ARCHIVE + " (the archive says DeiT-B; the official command builds DeiT-S distilled)"
+    )
+)
+
+R_INAT_RN = (
+    _images(224, 256, train_resize=None, test_mode="shorter", source=ROADMAP + "transform/inaturalist.yaml")
+    + _resnet("avg", ROADMAP + "model/resnet.yaml", layernorm=False)
+    + _roadmap_loss(0.0, 1.0, ROADMAP + "loss/roadmap_inat.yaml")
+    + _m_per_class(384, 90, INAT_IMAGES, ROADMAP + "dataset/inaturalist.yaml + README batch_size=384")
+    + _adam("adam", 1e-5, 2e-5, 4e-4, ROADMAP + "optimizer/inaturalist.yaml")
+    + _multistep((30, 70), 90, ROADMAP + "optimizer/inaturalist.yaml")
+    + [_every(848, 5, ROADMAP + "experience/default.yaml", "(848 batches an epoch at most)")]
+    + _common_roadmap(69.1)
+)
+
+_NO_COMMAND = "the README has no command for this run"
+R_INAT_DEIT = (
+    _images(224, 256, train_resize=None, test_mode="shorter", source=ROADMAP + "transform/inaturalist.yaml")
+    + _deit(ROADMAP + "model/deit.yaml")
+    + _roadmap_loss(0.0, 1.0, ROADMAP + "loss/roadmap_inat.yaml")
+    + [
+        V("batch.sampler", "pk", ROADMAP + "dataset/inaturalist.yaml", "MPerClassSampler"),
+        V("batch.samples_per_class", 4, ROADMAP + "dataset/inaturalist.yaml"),
+        V(
+            "batch.classes_per_batch",
+            UNDETERMINED,
+            ROADMAP_README,
+            f"{_NO_COMMAND}; the yaml says 128, the ResNet-50 command 384: the config takes 384 (96 x 4)",
+        ),
+        V(
+            "num_steps",
+            UNDETERMINED,
+            ROADMAP_README,
+            f"{_NO_COMMAND}; the config takes 90 epochs of the ResNet-50 command, 848 batches each",
+        ),
+        _pending(
+            EPOCH_MODE,
+            "exhaustive",
+            ROADMAP + "dataset/inaturalist.yaml",
+            f'each image at most once per epoch; propose `{EPOCH_MODE}="exhaustive"`',
+        ),
+    ]
+    + _adam("adamw", 1e-5, None, 5e-4, ROADMAP + "optimizer/inaturalist_deit.yaml")
+    + _multistep((30, 70), 90, ROADMAP + "optimizer/inaturalist_deit.yaml")
+    + [V("seed", UNDETERMINED, ROADMAP_README, f"{_NO_COMMAND}; the config takes 333 as the other runs")]
+    + _common_roadmap(73.6)[1:]
+)
+
+
+def _suprank(hier_levels_note, *, lr, wd, final_ratio, final_note, start, offset, sampler, epochs_source):
+    loss_src = SUPRANK + ("loss/HAPPIER_SOP.yaml" if start else "loss/HAPPIER_inat.yaml")
+    opt_src = SUPRANK + ("optimizer/sop.yaml" if start else "optimizer/inat.yaml")
+    return (
+        [
+            V("seed", 0, SUPRANK_README, "seed=0"),
+            V("loss.name", "hap", loss_src, "SupHAPLoss (the 0.9 term)"),
+            V("loss.hierarchical", True, loss_src, f"hierarchy_level: MULTI; {hier_levels_note}"),
+            V(
+                "loss.include_self",
+                True,
+                "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py",
+                "the query is kept as its own positive",
+            ),
+            V("loss.hparams.temperature", 0.01, loss_src, "tau"),
+            V("loss.hparams.rho", 100.0, loss_src),
+            V("loss.hparams.delta", 0.05, loss_src),
+            V("loss.hparams.start", start, loss_src),
+            V("loss.hparams.offset", offset, loss_src),
+            V(
+                "loss.hparams.variant",
+                "fixed",
+                "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py",
+                "step_rank: rho * (x - delta) + offset above delta",
+            ),
+            _pending(
+                LOSS_TERMS,
+                "0.9 hap + 0.1 normalized_softmax (T 0.05, proxies: Adam lr 10, cosine to 0.1)",
+                loss_src,
+                f"ClusterLoss with its own optimizer; propose `{LOSS_TERMS}` (see docs/recipes.md)",
+            ),
+            V("model.name", "resnet50", SUPRANK + "model/resnet_ln.yaml"),
+            V("model.pooling", "avg", SUPRANK + "model/resnet_ln.yaml", "pooling: default (average)"),
+            V("model.embedding_dim", 512, SUPRANK + "model/resnet_ln.yaml"),
+            V("model.frozen_bn", True, SUPRANK + "model/resnet_ln.yaml", "freeze_batch_norm: True"),
+            _pending(
+                LAYERNORM,
+                True,
+                SUPRANK + "model/resnet_ln.yaml",
+                f"norm_features: True; propose `{LAYERNORM}=True`",
+            ),
+            V("optimizer.name", "adam", opt_src),
+            V("optimizer.lr", lr, opt_src, "backbone"),
+            V("optimizer.head_lr", 2 * lr, opt_src, "head: 2 x backbone"),
+            V("optimizer.weight_decay", wd, opt_src),
+            V(
+                "optimizer.schedule",
+                "cosine",
+                opt_src,
+                "CosineAnnealingLR over max_iter epochs, stepped per epoch",
+            ),
+            V("optimizer.final_lr_ratio", final_ratio, opt_src, final_note),
+            _pending(
+                WARMUP,
+                5,
+                SUPRANK_README,
+                f"warmup_step=5: backbone frozen, schedules paused; propose `{WARMUP}=5`, "
+                '`optimizer.frozen_groups=("backbone",)`',
+            ),
+            _pending(
+                PRECISION,
+                "mixed",
+                SUPRANK + "model/resnet_ln.yaml",
+                f'with_autocast: True; propose `{PRECISION}="mixed"`',
+            ),
+            _pending(
+                MODEL_SELECTION,
+                "last",
+                "elias-ramzi/SupRank:suprank/engine/train.py",
+                f'the last epoch is saved and reported; propose `{MODEL_SELECTION}="last"`',
+            ),
+        ]
+        + sampler
+        + [
+            V(
+                "reported.recall_at_1",
+                UNDETERMINED,
+                epochs_source,
+                "the SupRank/HAPPIER tables were not consulted",
+            ),
+            V("reported.hap", UNDETERMINED, epochs_source, "the SupRank/HAPPIER tables were not consulted"),
+        ]
+    )
+
+
+S_SOP = _images(
+    224, 256, train_resize=256, test_mode="square", source=SUPRANK + "dataset/sop.yaml"
+) + _suprank(
+    "labels [product, category], relevance 'pop', alpha 1",
+    lr=5e-5,
+    wd=1e-4,
+    final_ratio=0.0,
+    final_note="eta_min 0",
+    start=0.5,
+    offset=1.44,
+    sampler=[
+        V(
+            "batch.sampler",
+            "hierarchical",
+            SUPRANK + "dataset/sop.yaml",
+            "HierarchicalSampler (pytorch-metric-learning's)",
+        ),
+        V("batch.classes_per_batch", 64, SUPRANK + "dataset/sop.yaml", "batch_size 256 / 4"),
+        V("batch.samples_per_class", 4, SUPRANK + "dataset/sop.yaml"),
+        V("batch.super_classes_per_batch", 2, SUPRANK + "dataset/sop.yaml"),
+        V("batch.batches_per_super_tuple", 5, SUPRANK + "dataset/sop.yaml"),
+        V("num_steps", 33_000, SUPRANK_README, "max_iter=100 epochs x 66 pairs x 5 = 330 batches"),
+        V("eval_every", 20 * 330, SUPRANK + "default.yaml", "test_eval_freq: 20 epochs"),
+        _pending(
+            EPOCH_MODE,
+            "all_pairs",
+            SUPRANK + "dataset/sop.yaml",
+            f'every pair 5 times per epoch, shuffled; propose `{EPOCH_MODE}="all_pairs"`',
+        ),
+    ],
+    epochs_source=SUPRANK_README,
+)
+
+S_INAT = (
+    _images(224, 256, train_resize=None, test_mode="shorter", source=SUPRANK + "dataset/inat_full.yaml")
+    + [V("dataset.hierarchy", "full", SUPRANK + "dataset/inat_full.yaml", "hierarchy_mode: full (7 levels)")]
+    + _suprank(
+        "7 taxonomy levels, relevance 'pop', alpha 1",
+        lr=1e-5,
+        wd=4e-4,
+        final_ratio=0.1,
+        final_note="eta_min 1e-6 absolute: 0.1 of the backbone lr; the head (2e-5) should end at 0.05",
+        start=0.0,
+        offset=1.0,
+        sampler=[
+            V("batch.sampler", "pk", SUPRANK + "dataset/inat_full.yaml", "MPerClassSampler"),
+            V("batch.classes_per_batch", 64, SUPRANK + "dataset/inat_full.yaml", "batch_size 256 / 4"),
+            V("batch.samples_per_class", 4, SUPRANK + "dataset/inat_full.yaml"),
+            V(
+                "num_steps",
+                UNDETERMINED,
+                SUPRANK + "default.yaml",
+                "max_iter 100 epochs of the sampler's length (at most 1,272 batches, set by the class "
+                "sizes); the config runs 100 x 1,272",
+            ),
+            V("eval_every", 20 * 1272, SUPRANK + "default.yaml", "test_eval_freq: 20 epochs"),
+            _pending(
+                EPOCH_MODE,
+                "exhaustive",
+                SUPRANK + "dataset/inat_full.yaml",
+                f'each image at most once per epoch; propose `{EPOCH_MODE}="exhaustive"`',
+            ),
+        ],
+        epochs_source=SUPRANK_README,
+    )
+)
+
+PNP_SOURCE = PNP + "README.md"
+PNP_PARAMS = PNP + "parameters.py"
+
+
+def _pnp_common():
+    return [
+        V("loss.name", "pnp", PNP + "criteria/PNP.py"),
+        V("loss.hparams.variant", "Dq", PNP_SOURCE, "--variant PNP-D_q"),
+        V("loss.hparams.alpha", 4.0, PNP_SOURCE, "--alpha 4"),
+        V("loss.hparams.temperature", 0.01, PNP_PARAMS, "--anneal 0.01 (sigmoid temperature)"),
+        V(
+            "loss.include_self",
+            True,
+            PNP + "criteria/PNP.py",
+            "the diagonal stays in the positive block: the query is its own positive",
+        ),
+        V("model.name", "resnet50", PNP + "architectures/resnet50.py", "resnet50_frozen_normalize"),
+        V("model.pooling", "avg", PNP + "architectures/resnet50.py"),
+        V("model.frozen_bn", True, PNP + "architectures/resnet50.py", "BatchNorm2d modules in eval mode"),
+        V("optimizer.name", "adam", PNP + "main.py", "torch.optim.Adam (L2 in the gradient)"),
+        V(
+            "dataset.crop_scale",
+            (0.08, 1.0),
+            PNP + "datasets/basic_dataset_scaffold.py",
+            "'base': RandomResizedCrop(224), torchvision's default scale",
+        ),
+        V("dataset.image_size", 224, PNP + "datasets/basic_dataset_scaffold.py"),
+        V(
+            "dataset.resize_size",
+            256,
+            PNP + "datasets/basic_dataset_scaffold.py",
+            "test Resize(256), CenterCrop",
+        ),
+        V("dtype", "float32", PNP + "main.py", "no autocast"),
+    ]
+
+
+P_SOP = _pnp_common() + [
+    V("seed", 0, PNP_SOURCE, "--seed 0"),
+    V("model.embedding_dim", 512, PNP_SOURCE, "--embed_dim 512"),
+    V("batch.sampler", "pk", PNP_SOURCE, "--data_sampler class_random"),
+    V("batch.classes_per_batch", 96, PNP_SOURCE, "--bs 384 / --samples_per_class 4"),
+    V("batch.samples_per_class", 4, PNP_SOURCE),
+    V(
+        "num_steps",
+        62_000,
+        PNP + "datasampler/class_random_sampler.py",
+        "400 epochs x len(images) // bs = 155 batches",
+    ),
+    _pending(
+        EPOCH_MODE,
+        "with_replacement",
+        PNP + "datasampler/class_random_sampler.py",
+        f'classes and images drawn with replacement; propose `{EPOCH_MODE}="with_replacement"`',
+    ),
+    V("optimizer.lr", 1e-5, PNP_SOURCE, "--lr 1e-5"),
+    V("optimizer.head_lr", None, PNP_PARAMS, "fc_lr -1: one learning rate"),
+    V("optimizer.weight_decay", 4e-4, PNP_PARAMS, "--decay"),
+    *_multistep((120, 220, 250, 280), 400, PNP_PARAMS),
+    V("eval_every", 155, PNP + "main.py", "evaluated after every epoch"),
+    _pending(
+        MODEL_SELECTION,
+        "best",
+        PNP_PARAMS,
+        f'storage_metrics e_recall@1: the best checkpoint is kept; propose `{MODEL_SELECTION}="best"`',
+    ),
+    V(
+        "reported.recall_at_1",
+        UNDETERMINED,
+        PNP_SOURCE,
+        "the README gives no number; the paper's table was not consulted",
+    ),
+]
+
+
+def _pnp_other(name):
+    note = f"PNPloss implements only SOP (datasets/): no official {name} run"
+    return _pnp_common() + [
+        V(
+            "batch.classes_per_batch",
+            UNDETERMINED,
+            PNP_PARAMS,
+            f"{note}; the config takes the --bs 112 default (28 x 4)",
+        ),
+        V("num_steps", UNDETERMINED, PNP_PARAMS, f"{note}; the config takes the --n_epochs 150 default"),
+        V(
+            "optimizer.decay_at",
+            UNDETERMINED,
+            PNP_PARAMS,
+            f"{note}; the config keeps the --tau defaults inside 150 epochs (120)",
+        ),
+        V("seed", UNDETERMINED, PNP_SOURCE, f"{note}; the config takes 0 as the SOP command"),
+        V("reported.recall_at_1", UNDETERMINED, PNP_SOURCE, "the paper's table was not consulted"),
+    ]
+
+
+LISTWISE = [
+    V("model.name", "resnet101", NAVER + "README.md", "Resnet101-AP-GeM"),
+    V("model.pooling", "gem", NAVER + "dirtorch/nets/rmac_resnet.py", "GeneralizedMeanPoolingP"),
+    V("model.gem_p", 3.0, NAVER + "dirtorch/nets/rmac_resnet.py", "gemp=3"),
+    V(
+        "model.gem_learnable",
+        True,
+        NAVER + "dirtorch/nets/layers/pooling.py",
+        "GeneralizedMeanPoolingP: p is a parameter",
+    ),
+    V("model.embedding_dim", 2048, NAVER + "dirtorch/nets/rmac_resnet.py", "out_dim=2048"),
+    V("loss.name", "histogram_ap", NAVER + "dirtorch/loss.py", "APLoss"),
+    V("loss.hparams.num_bins", 25, NAVER + "dirtorch/loss.py", "APLoss(nq=25) default"),
+    V("loss.hparams.score_range", (0.0, 1.0), NAVER + "dirtorch/loss.py", "APLoss(min=0, max=1) default"),
+    V("loss.hparams.tie_aware", False, NAVER + "dirtorch/loss.py", "APLoss, not TAPLoss"),
+    V(
+        "optimizer.lr",
+        UNDETERMINED,
+        NAVER + "README.md",
+        "no training script is released: optimizer, batch, steps and resolution are placeholders",
+    ),
+    V(
+        "batch.classes_per_batch",
+        UNDETERMINED,
+        NAVER + "README.md",
+        "no training script (placeholder 256 x 16)",
+    ),
+    V("num_steps", UNDETERMINED, NAVER + "README.md", "no training script (placeholder)"),
+    V("dataset.image_size", UNDETERMINED, NAVER + "README.md", "no training script (placeholder 800)"),
+    _pending(
+        "eval.whitening",
+        "learned PCA whitening (Landmarks_clean), power 0.25",
+        NAVER + "dirtorch/test_dir.py",
+        "--whiten Landmarks_clean --whitenp 0.25; propose `eval.whitening`",
+    ),
+    _pending(
+        "eval.query_bbox_crop",
+        True,
+        NAVER + "dirtorch/datasets/generic.py",
+        "queries cropped to their bounding box, original resolution; propose `eval.query_bbox_crop=True`",
+    ),
+    _pending(
+        "eval.test_sets",
+        ("oxford5k", "paris6k", "roxford5k", "rparis6k"),
+        NAVER + "README.md",
+        "all four in one evaluation; propose `eval.test_sets`",
+    ),
+    V("reported.oxford5k_map", 89.1, NAVER + "README.md"),
+    V("reported.paris6k_map", 93.0, NAVER + "README.md"),
+    V("reported.roxford5k_medium_map", 67.1, NAVER + "README.md"),
+    V("reported.roxford5k_hard_map", 42.3, NAVER + "README.md"),
+    V("reported.rparis6k_medium_map", 80.3, NAVER + "README.md"),
+    V("reported.rparis6k_hard_map", 60.9, NAVER + "README.md"),
+]
+
+
+RECIPES: dict[str, list[Official]] = {
+    "roadmap_sop_resnet50": R_SOP_RN,
+    "roadmap_sop_deit": R_SOP_DEIT,
+    "roadmap_cub_resnet50": R_CUB_RN,
+    "roadmap_cub_deit": R_CUB_DEIT,
+    "roadmap_inat_resnet50": R_INAT_RN,
+    "roadmap_inat_deit": R_INAT_DEIT,
+    "suprank_sop": S_SOP,
+    "suprank_inat": S_INAT,
+    "pnp_sop": P_SOP,
+    "pnp_cub": _pnp_other("CUB-200-2011"),
+    "pnp_cars": _pnp_other("Cars196"),
+    "listwise_ap_landmarks": LISTWISE,
+}
+
+# Configs that are demos, not published experiments: no official recipe.
+NOT_PUBLISHED = ("digits", "digits_open_set")

@@ -1,0 +1,183 @@
+"""Evaluation of a train state: the evaluator of ``config.eval_protocol`` chosen from a registry,
+the metrics it reports, and the restore of a checkpoint to evaluate.
+
+:data:`EVALUATORS` maps a protocol name to an :class:`EvalProtocol`: how to build its
+evaluator from the config and the dataset (an object with ``run(embed_fn) -> dict``), and the
+metric names it returns. A new protocol is one entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from rankax.data.base import RetrievalDataset, Source
+from rankax.train import checkpointing, input_pipeline
+from rankax.train import state as state_lib
+from rankax.train.state import TrainState
+from rankax.train.step import embed_fn
+
+Config = ml_collections.ConfigDict
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalProtocol:
+    """``build(config, data)`` -> an evaluator (``run(embed_fn) -> dict``);
+    ``keys(config, labels_ndim)`` -> the metric names its ``run`` returns."""
+
+    build: Callable[[Config, RetrievalDataset], Any]
+    keys: Callable[[Config, int], set[str]]
+
+
+def _retrieval_evaluator(config: Config, data: RetrievalDataset) -> Any:
+    """:class:`rankax.retrieval.RetrievalEvaluator` on the test split (query = gallery, self
+    excluded, unless the dataset has a gallery)."""
+    from rankax import retrieval
+
+    gallery_labels = None if data.gallery is None else data.gallery.labels
+    return retrieval.RetrievalEvaluator(
+        data.test,
+        data.test.labels,
+        gallery_inputs=data.gallery,
+        gallery_labels=gallery_labels,
+        batch_size=int(config.eval_batch_size),
+        backend=config.eval_backend,
+        ks=tuple(config.eval_ks),
+    )
+
+
+def _retrieval_keys(config: Config, labels_ndim: int) -> set[str]:
+    """R@k, MAP@R, R-precision; with the exact backend mAP, and H-AP/NDCG/ASI for label paths."""
+    keys = {*(f"recall@{k}" for k in config.eval_ks), "map@r", "r_precision"}
+    if config.eval_backend == "exact":
+        keys.add("map")
+        if labels_ndim == 2:
+            keys |= {"hap", "ndcg", "asi"}
+    return keys
+
+
+def _revisited_evaluator(config: Config, data: RetrievalDataset) -> Any:
+    """:class:`rankax.retrieval.RevisitedEvaluator` with the ground truth of
+    ``config.revisited_gnd``: the test split holds the queries and the gallery the database, in
+    the ground truth's order."""
+    from rankax import retrieval
+
+    if data.gallery is None:
+        raise ValueError(
+            "config.eval_protocol='revisited' needs a dataset with a gallery (query/gallery CSVs)"
+        )
+    if not config.revisited_gnd:
+        raise ValueError("config.revisited_gnd must name the ground-truth file (gnd_roxford5k.pkl)")
+    gnd = retrieval.load_gnd(config.revisited_gnd)
+    return retrieval.RevisitedEvaluator(
+        data.test, data.gallery, gnd, batch_size=int(config.eval_batch_size), kappas=tuple(config.eval_ks)
+    )
+
+
+def _revisited_keys(config: Config, labels_ndim: int) -> set[str]:
+    """mAP and mP@k of the easy, medium and hard protocols."""
+    metrics = ("map", *(f"mp@{k}" for k in config.eval_ks))
+    return {f"{s}/{m}" for s in ("easy", "medium", "hard") for m in metrics}
+
+
+EVALUATORS: dict[str, EvalProtocol] = {
+    "retrieval": EvalProtocol(_retrieval_evaluator, _retrieval_keys),
+    "revisited": EvalProtocol(_revisited_evaluator, _revisited_keys),
+}
+
+
+def _protocol(config: Config) -> EvalProtocol:
+    name = config.get("eval_protocol", "retrieval")
+    if name not in EVALUATORS:
+        known = " or ".join(repr(n) for n in EVALUATORS)
+        raise ValueError(f"config.eval_protocol must be {known}, got {name!r}")
+    return EVALUATORS[name]
+
+
+def evaluation_keys(config: Config, labels_ndim: int) -> set[str]:
+    """The metric names :func:`evaluate_state` returns for ``config`` (to check config keys
+    such as ``best_metric`` before training rather than after)."""
+    return _protocol(config).keys(config, labels_ndim)
+
+
+def make_evaluator(config: Config, data: RetrievalDataset) -> Any:
+    """The evaluator object of ``config.eval_protocol`` (``run(embed_fn) -> dict``), from
+    :data:`EVALUATORS`: ``"retrieval"`` (default) or ``"revisited"``."""
+    return _protocol(config).build(config, data)
+
+
+def embed_source(state: TrainState, source: Source, batch_size: int = 256) -> np.ndarray:
+    """``[N, D]`` float32 embeddings of every item of ``source`` (test-time preprocessing)."""
+    from rankax.retrieval.evaluator import embed_in_batches
+
+    return embed_in_batches(embed_fn(state), source, batch_size)
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar entries of ``metrics`` as floats (per-query arrays dropped)."""
+    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+def evaluate_state(
+    config: Config, state: TrainState, data: RetrievalDataset, evaluator: Any = None
+) -> dict[str, float]:
+    """Scalar metrics of ``state``'s model by ``evaluator`` (default: :func:`make_evaluator`)."""
+    evaluator = make_evaluator(config, data) if evaluator is None else evaluator
+    return scalars(evaluator.run(embed_fn(state)))
+
+
+def raw_pixel_metrics(config: Config, data: RetrievalDataset) -> dict[str, float]:
+    """Retrieval on the L2-normalised raw pixels of an in-memory test split (the baseline a
+    trained embedding must beat)."""
+    from rankax import retrieval
+
+    flat = data.test.images.reshape(len(data.test), -1).astype(np.float32)
+    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    raw = retrieval.RetrievalEvaluator(
+        flat, data.test.labels, batch_size=len(flat), backend=config.eval_backend, ks=tuple(config.eval_ks)
+    )
+    return scalars(raw.run(np.asarray))
+
+
+def _restore_readonly(
+    ckpt: checkpointing.Checkpointer, state: TrainState, step: int | None, directory: str
+) -> TrainState:
+    if step is not None:
+        return ckpt.restore(state, int(step))[0]
+    steps = ckpt.steps()
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    state, _ = ckpt.restore_latest(state)
+    if ckpt.restored_step is None:
+        raise FileNotFoundError(f"no readable checkpoint in {directory} (unreadable steps: {steps})")
+    return state
+
+
+def restore_for_evaluation(
+    config: Config, workdir: str, step: int | None = None
+) -> tuple[TrainState, RetrievalDataset]:
+    """Checkpoint ``step`` (default: the newest readable one) of ``workdir`` and the dataset
+    of ``config``. Read-only: nothing in ``workdir`` is moved or removed, so it is safe next to
+    a running training job (an unreadable newest step is skipped with a warning).
+
+    Raises:
+      FileNotFoundError: ``workdir/checkpoints`` holds no readable checkpoint.
+      CheckpointReadError: ``step`` was given and is missing, incomplete or unreadable (names
+        the step and path; the orbax/tensorstore error is chained).
+    """
+    data = input_pipeline.load(config)
+    state = state_lib.initial_state(config, data)
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints directory in {workdir!r} (expected {directory})")
+    ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
+    try:
+        state = _restore_readonly(ckpt, state, step, directory)
+    finally:
+        ckpt.close()
+    return state, data

@@ -1,0 +1,146 @@
+"""The loop's guard against non-finite steps (``config.on_nonfinite``, docs/training.md Faults)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from rankax.train import checkpointing, errors, writers
+
+NONFINITE_ACTIONS = ("raise", "skip")
+
+
+def nonfinite_action(config: ml_collections.ConfigDict) -> str:
+    """``config.on_nonfinite`` checked: ``"raise"`` (default) or ``"skip"``."""
+    action = config.get("on_nonfinite", "raise")
+    if action not in NONFINITE_ACTIONS:
+        raise ValueError(f"config.on_nonfinite must be one of {NONFINITE_ACTIONS}, got {action!r}")
+    return action
+
+
+def max_consecutive_nonfinite(config: ml_collections.ConfigDict) -> int:
+    """``config.max_consecutive_nonfinite`` (default 10) checked to be ``>= 1``."""
+    n = int(config.get("max_consecutive_nonfinite", 10))
+    if n < 1:
+        raise ValueError(f"config.max_consecutive_nonfinite must be >= 1, got {n}")
+    return n
+
+
+class NonFiniteGuard:
+    """Reads the finite flag of each step (one step late) and acts on ``config.on_nonfinite``.
+
+    ``"raise"``: :class:`~rankax.train.NonFiniteLossError` at the first non-finite step, after
+    diagnosing it from the (unchanged) pre-step state. ``"skip"``: the step was not applied;
+    it is logged and counted, and more than ``config.max_consecutive_nonfinite`` in a row
+    raise. Every event is appended to ``<workdir>/nonfinite_steps.jsonl``.
+
+    ``train_step``: the :class:`~rankax.train.step.TrainStep` (its ``diagnose``); ``labels``:
+    the training labels by dataset index; ``history``: the run's history so far (the skip
+    count survives a resume through it).
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        train_step: Any,
+        labels: np.ndarray,
+        ckpt: checkpointing.Checkpointer,
+        history: list[dict[str, Any]],
+    ):
+        self.action = nonfinite_action(config)
+        self.max_consecutive = max_consecutive_nonfinite(config)
+        self.report_path = os.path.join(os.path.abspath(workdir), "nonfinite_steps.jsonl")
+        self.train_step, self.labels, self.ckpt = train_step, labels, ckpt
+        logged = [h["nonfinite_skipped"] for h in history if "nonfinite_skipped" in h]
+        self.skipped = int(logged[-1]) if logged else 0
+        self.consecutive = 0
+
+    def check(self, step: int, idx: np.ndarray, images: np.ndarray, metrics: dict, state: Any) -> None:
+        """Acts on the finite flag of ``step`` (``metrics`` of that step; ``state``: the
+        current state, which in raise mode is still the one before ``step``)."""
+        if bool(metrics["finite"]):
+            self.consecutive = 0
+            return
+        record = self._record(step, idx, images, metrics, state)
+        with open(self.report_path, "a") as f:
+            f.write(json.dumps(writers.jsonable(record)) + "\n")
+        terms = record["terms"]
+        summary = self._summary(
+            step, idx, {k: v for k, v in terms.items() if not np.isfinite(v)}, terms, record
+        )
+        if self.action == "skip":
+            self.skipped += 1
+            self.consecutive += 1
+            print(f"WARNING: skipped {summary}")
+            if self.consecutive < self.max_consecutive:
+                return
+            summary += f"; {self.consecutive} consecutive non-finite steps (config.max_consecutive_nonfinite)"
+        self._raise(step, idx, summary, record, state)
+
+    def _record(self, step: int, idx: np.ndarray, images: np.ndarray, metrics: dict, state: Any) -> dict:
+        """The line of ``nonfinite_steps.jsonl`` for this step; in raise mode with every term
+        recomputed from the pre-step ``state``."""
+        bad_inputs = idx[~np.isfinite(np.asarray(images).reshape(len(idx), -1)).all(axis=1)]
+        record: dict[str, Any] = {
+            "step": step,
+            "action": self.action,
+            "indices": idx,
+            "labels": self.labels[idx],
+            "nonfinite_inputs": bad_inputs,
+            "last_checkpoint": self.ckpt.latest(),
+        }
+        if self.action == "raise":
+            record.update(self._diagnosis(idx, images, state))
+        else:
+            record["terms"] = {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"])}
+            if not bool(metrics["embeddings_finite"]):
+                record["terms"]["embeddings"] = float("nan")
+        return record
+
+    def _diagnosis(self, idx: np.ndarray, images: np.ndarray, state: Any) -> dict[str, Any]:
+        diag = self.train_step.diagnose(state, images, self.labels[idx])
+        raw = {k: float(v) for k, v in diag["terms"].items()}
+        order = ["loss", *sorted(set(raw) - {"loss", "grad_norm"}), "grad_norm"]
+        out: dict[str, Any] = {
+            "nonfinite_embeddings": idx[~diag["embeddings_finite"]],
+            "nonfinite_grads": [k for k, ok in diag["grads_finite"].items() if not ok],
+        }
+        if "memory_active" in diag:
+            out["memory_active"] = bool(diag["memory_active"])
+        out["first_check"] = diag["first_check"]
+        out["terms"] = {k: raw[k] for k in order}  # the objective first, the gradient last
+        return out
+
+    def _raise(self, step: int, idx: np.ndarray, summary: str, record: dict, state: Any) -> None:
+        last = record["last_checkpoint"]
+        intact = f"step {last} ({self.ckpt.step_path(last)})" if last is not None else "none yet"
+        hint = " Set config.on_nonfinite='skip' to skip such steps." if self.action == "raise" else ""
+        raise errors.NonFiniteLossError(
+            f"{summary}. Its update was not applied; newest intact checkpoint: {intact}.{hint}",
+            step=step,
+            indices=idx,
+            terms=record["terms"],
+            last_checkpoint=last,
+            report_path=self.report_path,
+            state=state,
+        )
+
+    def _summary(self, step: int, idx: np.ndarray, bad: dict, terms: dict, record: dict[str, Any]) -> str:
+        fmt = lambda d: ", ".join(f"{k}={v:.6g}" for k, v in d.items())
+        ok = {k: v for k, v in terms.items() if k not in bad}
+        text = f"non-finite training step {step}: {fmt(bad)}" + (f" (finite: {fmt(ok)})" if ok else "")
+        shown = ", ".join(str(int(i)) for i in idx[:16]) + (", ..." if len(idx) > 16 else "")
+        text += f"; batch dataset indices [{shown}] ({len(idx)}, all in {self.report_path})"
+        for key, what in (("nonfinite_inputs", "inputs"), ("nonfinite_embeddings", "embeddings")):
+            if len(record.get(key, ())):
+                text += f"; non-finite {what} at dataset indices {[int(i) for i in record[key]]}"
+        if record.get("nonfinite_grads"):
+            text += f"; non-finite gradients of {record['nonfinite_grads'][:8]}"
+        if record.get("first_check"):
+            text += f"; first failed check: {record['first_check'].splitlines()[0]}"
+        return text

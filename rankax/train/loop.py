@@ -1,0 +1,361 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``, in phases a reader follows top-down.
+
+:func:`setup` (data, mesh, model, config checks, :func:`restore` from the newest checkpoint,
+:func:`baselines`), :func:`train` (per step: sample the batch, dispatch the jitted step, read
+its finite flag one step late; then :func:`log_step`, :func:`evaluate_at`, the periodic
+checkpoint), and :func:`finish` (the final evaluation and checkpoint, ``metrics.json``,
+``history.json``, plots).
+
+Exact resume: batches are a pure function of ``(config.seed, step)`` (``PKSampler``), the
+per-step RNG is ``fold_in(state.rng, step)``, and the checkpoint holds params, batch stats,
+optimizer state, step and RNG; so a run restarted from its latest checkpoint continues
+exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import rankax
+from rankax.data.base import RetrievalDataset
+from rankax.train import checkpointing, errors, evaluators, guards, input_pipeline, losses, plotting, writers
+from rankax.train import state as state_lib
+from rankax.train import workdir as workdir_lib
+from rankax.train.state import TrainState
+from rankax.train.step import make_train_step
+
+Config = ml_collections.ConfigDict
+
+
+def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any = ()) -> dict[str, float]:
+    """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
+
+    Writes ``workdir/config.json`` (the resolved config, rankax version and commit, at the
+    first start), ``workdir/metrics.json`` (the final evaluation), ``workdir/history.json``
+    (the training curve), ``workdir/baselines.json`` (raw pixels and the untrained network),
+    ``workdir/checkpoints/<step>``, TensorBoard events under ``workdir/tensorboard`` and PNG
+    plots. Returns the final metrics.
+
+    A workdir that records another config stops the run before anything is written
+    (:class:`~rankax.train.WorkdirConfigMismatch` naming the differing keys) unless each
+    differing key is in ``allow_config_change`` (dotted keys, groups, or ``"*"``; see
+    :mod:`rankax.train.workdir`). A run that fails before its first step in a new (or empty)
+    workdir leaves nothing on disk.
+    """
+    existed = os.path.isdir(workdir)
+    fresh = not existed or not os.listdir(workdir)
+    config = losses.check_loss_hparams(config)
+    changes = workdir_lib.check(config, workdir, allow_config_change)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")) and (warning := pretrained_warning(config)):
+        print(warning)
+    counter = {"steps": 0}
+    try:
+        run = setup(config, workdir, changes)
+        train(run, counter)
+        return finish(run)
+    except BaseException as err:
+        if fresh and counter["steps"] == 0 and not isinstance(err, errors.NonFiniteLossError):
+            _remove_contents(workdir, keep_dir=existed)  # a failed start leaves no half-made workdir
+        raise
+
+
+def _remove_contents(workdir: str, keep_dir: bool) -> None:
+    if os.path.isdir(workdir):
+        for name in os.listdir(workdir):
+            path = os.path.join(workdir, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        if not keep_dir:
+            os.rmdir(workdir)
+
+
+def pretrained_warning(config: Config) -> str | None:
+    """A warning when a paper config's backbone (ResNet/DeiT/ViT) has no ``model.pretrained``
+    weights: the papers fine-tune ImageNet weights, random ones do not reproduce them."""
+    name = str(config.model.name)
+    if name == "mlp" or config.model.get("pretrained", None):
+        return None
+    return (
+        f"WARNING: config.model.pretrained is not set: {name} starts from random weights, far from "
+        f"the papers' numbers (they fine-tune ImageNet weights). Set "
+        f"--config.model.pretrained=/path/to/{name}.pth (docs/models.md)"
+    )
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass
+class Run:
+    """What the phases of one run share. ``labels``: the training labels the loss sees;
+    ``report``: the baselines' and final metrics by row of the printed table."""
+
+    config: Config
+    workdir: str
+    data: RetrievalDataset
+    mesh: Mesh
+    sampler: Any
+    model: Any
+    labels: np.ndarray
+    state: TrainState
+    ckpt: checkpointing.Checkpointer
+    history: list[dict[str, Any]]
+    writer: Any
+    evaluator: Any
+    start: int
+    report: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+
+def check_run_config(config: Config, data: RetrievalDataset, mesh: Mesh, sampler: Any) -> None:
+    """The config keys a run needs checked before it writes anything: the batch divides over the
+    devices, ``best_metric`` is an evaluation key, the non-finite policy is valid."""
+    if sampler.batch_size % mesh.size:
+        raise ValueError(f"the batch size {sampler.batch_size} is not divisible by the {mesh.size} devices")
+    known = evaluators.evaluation_keys(config, np.asarray(data.test.labels).ndim)
+    if config.best_metric not in known:
+        raise errors.ConfigError(
+            f"config.best_metric={config.best_metric!r} is not an evaluation key; one of {sorted(known)}"
+        )
+    guards.nonfinite_action(config)
+    guards.max_consecutive_nonfinite(config)
+
+
+def restore(
+    config: Config, workdir: str, state: TrainState, mesh: Mesh
+) -> tuple[checkpointing.Checkpointer, TrainState, list[dict[str, Any]]]:
+    """The checkpointer of ``workdir``, the newest readable checkpoint (or ``state``) replicated
+    over ``mesh``, and its history."""
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
+    state, history = ckpt.restore_latest(state)
+    return ckpt, jax.device_put(state, NamedSharding(mesh, P())), history
+
+
+def setup(config: Config, workdir: str, changes: dict) -> Run:
+    """Loads the data, builds the model and its state, checks the config, restores the newest
+    checkpoint, records the config in ``workdir`` and evaluates the baselines of a new run."""
+    data = input_pipeline.load(config)
+    mesh = state_lib.make_mesh(config)
+    sampler = input_pipeline.make_sampler(config, data)
+    check_run_config(config, data, mesh, sampler)
+    model = state_lib.build_model(config)
+    state = state_lib.initial_state(config, data, model)
+    ckpt, state, history = restore(config, workdir, state, mesh)
+    workdir_lib.write(config, workdir, changes)
+    run = Run(
+        config=config,
+        workdir=workdir,
+        data=data,
+        mesh=mesh,
+        sampler=sampler,
+        model=model,
+        labels=losses.training_labels(config, data),
+        state=state,
+        ckpt=ckpt,
+        history=history,
+        writer=writers.summary_writer(workdir),
+        evaluator=evaluators.make_evaluator(config, data),
+        start=int(state.step),
+    )
+    run.report = baselines(run)
+    return run
+
+
+def baselines(run: Run) -> dict[str, dict[str, float]]:
+    """Raw pixels and the untrained network, evaluated at the start of a new run (and written
+    to ``baselines.json``) or read back from it on a resume."""
+    path = os.path.join(run.workdir, "baselines.json")
+    report: dict[str, dict[str, float]] = {}
+    if run.start == 0 and run.config.eval_baselines:
+        if isinstance(run.data.test, rankax.data.ArraySource):
+            report["raw pixels"] = evaluators.raw_pixel_metrics(run.config, run.data)
+        report["untrained"] = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+        run.history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
+        writers.write_json(path, report, indent=2)
+    elif os.path.exists(path):  # a resumed or finished run shows its whole table
+        with open(path) as f:
+            report.update(json.load(f))
+    return report
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+class Due(NamedTuple):
+    """What happens after a step: logging, a periodic evaluation or checkpoint, the end."""
+
+    log: bool
+    eval: bool
+    save: bool
+    done: bool
+
+
+def due_after(config: Config, step: int) -> Due:
+    """:class:`Due` after step ``step`` (0-based; the step counter becomes ``step + 1``)."""
+    n, done = step + 1, step + 1 == config.num_steps
+    return Due(
+        log=n % max(1, int(config.log_every)) == 0 or done,
+        eval=bool(config.eval_every) and n % config.eval_every == 0 and not done,
+        save=n % config.checkpoint_every == 0 and not done,
+        done=done,
+    )
+
+
+class Meter:
+    """Images per second since the loop started, and the progress bar. The bar is shown from
+    the second step on: the first one compiles, so an ETA from it would be wrong."""
+
+    def __init__(self):
+        self.t0, self.seen, self.bar = time.perf_counter(), 0, None
+
+    def rate(self) -> float:
+        return self.seen / (time.perf_counter() - self.t0)
+
+    def tick(self, state: TrainState, step: int, total: int) -> None:
+        """Step ``step`` (0-based) was dispatched."""
+        if self.bar is None:
+            jax.block_until_ready(state.step)  # the compile is over: the bar's rate starts here
+            self.bar = writers.progress(step + 1, total)
+        else:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def batch_at(run: Run, step: int) -> tuple[np.ndarray, Any]:
+    """The dataset indices and augmented-to-be images of step ``step`` (0-based): a pure
+    function of ``(config.seed, step)``, so a resumed run sees the same batches."""
+    idx = run.sampler.indices(step)
+    return idx, run.data.train.get_batch(idx, train=True, seed=int(run.config.seed) * 2**32 + step)
+
+
+def train(run: Run, counter: dict[str, int]) -> None:
+    """Steps ``run.start .. config.num_steps - 1``. Each step's finite flag is read while the
+    next step runs (the guard acts one step late; a step that waits anyway reads its own)."""
+    config = run.config
+    train_step = make_train_step(config, input_pipeline.augment_fn(config), run.mesh, run.labels.ndim)
+    guard = guards.NonFiniteGuard(config, run.workdir, train_step, run.labels, run.ckpt, run.history)
+    meter, halted, pending = Meter(), False, None
+    if run.start < config.num_steps:
+        print(
+            f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
+        )
+    for step in range(run.start, config.num_steps):
+        idx, images = batch_at(run, step)
+        run.state, metrics = train_step(run.state, images, run.labels[idx], halted)
+        halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
+        if pending is not None:  # step - 1's flag: reading it now lets step run meanwhile
+            guard.check(*pending, run.state)
+        pending = (step, idx, images, metrics)
+        meter.seen += len(idx)
+        due = due_after(config, step)
+        if any(due):  # these wait for the step anyway
+            guard.check(*pending, run.state)
+            pending = None
+        after_step(run, step, metrics, due, guard, meter)
+        counter["steps"] += 1
+        meter.tick(run.state, step, config.num_steps)
+    meter.close()
+
+
+def after_step(
+    run: Run, step: int, metrics: dict, due: Due, guard: guards.NonFiniteGuard, meter: Meter
+) -> None:
+    """Logging, periodic evaluation and checkpoint after step ``step`` as ``due`` says."""
+    if due.log:
+        log_step(run, step + 1, metrics, guard, meter)
+    if due.eval:
+        evaluate_at(run, step + 1)
+    if due.save:
+        run.ckpt.save(run.state, run.history)
+
+
+def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, meter: Meter) -> None:
+    """Appends the training entry of step counter ``n`` to the history and TensorBoard: images
+    per second, the loss (a skipped step logs none) and in skip mode the skipped count."""
+    rate = meter.rate()
+    entry: dict[str, Any] = {"step": n, "images_per_s": rate}
+    if bool(metrics["finite"]):
+        entry["loss"] = float(metrics["loss"])
+        run.writer.add_scalar("train/loss", entry["loss"], n)
+        if meter.bar is not None:
+            meter.bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}")
+    if guard.action == "skip":
+        entry["nonfinite_skipped"] = guard.skipped
+        run.writer.add_scalar("train/nonfinite_skipped", guard.skipped, n)
+    run.history.append(entry)
+    run.writer.add_scalar("train/images_per_s", rate, n)
+
+
+def record_eval(run: Run, metrics: dict[str, float], n: int) -> None:
+    """``metrics`` as the evaluation entry of step counter ``n`` (history and TensorBoard)."""
+    run.history.append({"step": n, **{f"eval/{k}": v for k, v in metrics.items()}})
+    writers.write_scalars(run.writer, "eval", metrics, n)
+
+
+def evaluate_at(run: Run, n: int) -> dict[str, float]:
+    """Evaluates the current state and records it at step counter ``n``."""
+    metrics = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+    record_eval(run, metrics, n)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- finish
+
+
+def finish(run: Run) -> dict[str, float]:
+    """The final evaluation (recorded unless this step's is already in the history), the final
+    checkpoint (unless it exists), the printed table and the output files. Returns the metrics."""
+    final = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+    step = int(run.state.step)
+    last = run.history[-1] if run.history else {}
+    if not (last.get("step") == step and any(k.startswith("eval/") for k in last)):
+        record_eval(run, final, step)
+    run.writer.close()
+    if step > run.start or not run.ckpt.has(step):
+        run.ckpt.save(run.state, run.history, metrics=final)
+    run.ckpt.close()
+    run.report["trained"] = final
+    writers.print_table(run.report)
+    outputs = write_outputs(run, final)
+    print("Wrote " + ", ".join(outputs) + f" (checkpoints in {run.ckpt.directory})")
+    return final
+
+
+def write_outputs(run: Run, final: dict[str, float]) -> list[str]:
+    """``metrics.json``, ``history.json``, ``training_curves.png`` and, for an in-memory test
+    split, ``test_embeddings.png``; returns their paths."""
+    outputs = [os.path.join(run.workdir, n) for n in ("metrics.json", "history.json", "training_curves.png")]
+    writers.write_json(outputs[0], final, indent=2)
+    writers.write_json(outputs[1], run.history)
+    plotting.training_curves(run.history, outputs[2], baselines=run.report)
+    if isinstance(run.data.test, rankax.data.ArraySource):
+        outputs.append(os.path.join(run.workdir, "test_embeddings.png"))
+        plot_embeddings(run, outputs[-1])
+    return outputs
+
+
+def plot_embeddings(run: Run, path: str) -> None:
+    """A 2-D projection of the trained test embeddings next to the untrained ones (with
+    ``config.eval_baselines``), coloured by the finest label."""
+    bs = int(run.config.eval_batch_size)
+    emb = evaluators.embed_source(run.state, run.data.test, bs)
+    labels = np.asarray(run.data.test.labels)
+    labels = labels if labels.ndim == 1 else labels[:, 0]
+    before = None
+    if run.config.eval_baselines:  # the untrained network's embeddings, for the "before" panel
+        initial = state_lib.initial_state(run.config, run.data, run.model)
+        before = evaluators.embed_source(initial, run.data.test, bs)
+    plotting.embedding_projection(emb, labels, path, before=before, report=run.report)

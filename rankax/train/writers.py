@@ -1,0 +1,66 @@
+"""What a run writes and prints: JSON files, TensorBoard scalars, the progress bar, the table."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+
+def write_json(path: str, obj: Any, **kwargs: Any) -> None:
+    """Writes ``path`` whole or not at all (a temporary file renamed over it), so a kill never
+    leaves a truncated ``metrics.json``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, **kwargs)
+    os.replace(tmp, path)
+
+
+def jsonable(x: Any) -> Any:
+    """Floats that JSON can hold (non-finite ones as strings), lists for arrays."""
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    if isinstance(x, float | np.floating):
+        return float(x) if np.isfinite(x) else str(float(x))
+    if isinstance(x, np.integer | np.bool_):
+        return x.item()
+    return x
+
+
+def summary_writer(workdir: str) -> Any:
+    """A TensorBoard writer of ``<workdir>/tensorboard`` (``add_scalar(tag, value, step)``)."""
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+
+def write_scalars(writer: Any, prefix: str, values: dict[str, float], step: int) -> None:
+    """``values`` as TensorBoard scalars ``<prefix>/<key>`` at ``step``."""
+    for key, value in values.items():
+        writer.add_scalar(f"{prefix}/{key}", value, step)
+
+
+def progress(start: int, total: int) -> Any:
+    """A tqdm bar of the training steps, starting at ``start`` of ``total``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+TABLE_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "map")
+
+
+def print_table(report: dict[str, dict[str, float]]) -> None:
+    """One row per entry of ``report`` (raw pixels, untrained, trained), one column per metric
+    of :data:`TABLE_KEYS` present (every metric but counts if none is)."""
+    first = next(iter(report.values()))
+    keys = [k for k in TABLE_KEYS if k in first] or [k for k in first if "num_" not in k]
+    width = max(len(n) for n in report) + 2
+    print("\n" + "".ljust(width) + "".join(k.rjust(12) for k in keys))
+    for name, vals in report.items():
+        print(name.ljust(width) + "".join(f"{vals[k]:12.4f}" for k in keys))
+    print()

@@ -1,0 +1,101 @@
+"""The training program's modules on their own: schedules and optimizers against their
+formulas, the evaluator registry, and the module-level pure ``train_step`` as one SGD step."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rankax
+from rankax.train import evaluators, input_pipeline, losses, optim, state, step
+from tests.test_train import tiny_config
+
+
+def _schedule_config(**optimizer):
+    c = tiny_config(num_steps=100)
+    c.optimizer.lr = 0.1
+    for k, v in optimizer.items():
+        setattr(c.optimizer, k, v)
+    return c
+
+
+def test_cosine_with_warmup_follows_its_formula():
+    c = _schedule_config(schedule="cosine", final_lr_ratio=0.2, warmup_steps=10)
+    sched = optim.make_schedule(c, 0.1)
+    for t in (0, 3, 10, 40, 99):
+        if t < 10:  # linear warm-up from 0
+            want = 0.1 * t / 10
+        else:  # cosine over num_steps, counted from the end of the warm-up, floor 0.2 * lr
+            want = 0.1 * (0.2 + 0.8 * (1 + math.cos(math.pi * (t - 10) / 100)) / 2)
+        np.testing.assert_allclose(float(sched(t)), want, rtol=1e-6)
+
+
+def test_step_schedule_decays_at_its_fractions():
+    c = _schedule_config(schedule="step", decay_at=(0.5, 0.75), decay_factor=0.3)
+    sched = optim.make_schedule(c, 0.1)
+    for t, want in ((0, 0.1), (49, 0.1), (51, 0.03), (74, 0.03), (76, 0.009), (99, 0.009)):
+        np.testing.assert_allclose(float(sched(t)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("optimizer", "schedule", "linear"), ("optimizer", "name", "lamb"), (None, "eval_protocol", "knn")],
+)
+def test_unknown_registry_names_are_errors_naming_the_key(section, key, value):
+    c = tiny_config()
+    setattr(c if section is None else c[section], key, value)
+    with pytest.raises(ValueError, match=rf"config\.{'' if section is None else section + '.'}{key} must be"):
+        if section == "optimizer":
+            optim.make_optimizer(c)
+        else:
+            evaluators.evaluation_keys(c, 1)
+
+
+def test_evaluation_keys_of_each_protocol():
+    c = tiny_config()
+    c.eval_ks, c.eval_backend = (1, 5), "exact"
+    assert evaluators.evaluation_keys(c, 2) == {
+        "recall@1", "recall@5", "map@r", "r_precision", "map", "hap", "ndcg", "asi"
+    }  # fmt: skip
+    c.eval_protocol = "revisited"
+    assert evaluators.evaluation_keys(c, 1) == {
+        f"{s}/{m}" for s in ("easy", "medium", "hard") for m in ("map", "mp@1", "mp@5")
+    }
+    assert set(evaluators.EVALUATORS) == {"retrieval", "revisited"}
+
+
+def test_pure_train_step_is_one_sgd_step_on_the_batch_loss():
+    """Unjitted, on one device: the new params are ``params - lr * grad`` of the batch loss
+    written out here (SGD's first step, momentum trace starting at 0)."""
+    c = tiny_config()
+    c.optimizer.name, c.optimizer.weight_decay, c.optimizer.lr = "sgd", 0.0, 0.05
+    c.loss_sharding = "jit"
+    data = input_pipeline.load(c)
+    idx = input_pipeline.make_sampler(c, data).indices(0)
+    images, labels = jnp.asarray(data.train.get_batch(idx, train=False)), jnp.asarray(data.train.labels[idx])
+    model = state.build_model(c)
+    s0 = state.create_train_state(c, model, images[:2])
+    objective = losses.make_objective(c, state.make_mesh(c), 1, {})
+
+    def batch_loss(params):
+        emb = model.apply({"params": params}, images, train=True)
+        k = c.batch.samples_per_class - 1
+        return rankax.batch_loss(rankax.losses.supap_loss, emb, labels, include_self=False, max_positives=k)
+
+    want_loss, grads = jax.value_and_grad(batch_loss)(s0.params)
+    s1, metrics = step.train_step(
+        s0,
+        images,
+        labels,
+        jnp.bool_(False),
+        augment_fn=lambda x, rng: x,
+        objective=objective,
+        skip_mode=False,
+    )
+    assert int(s1.step) == 1 and bool(metrics["applied"]) and bool(metrics["finite"])
+    np.testing.assert_allclose(float(metrics["loss"]), float(want_loss), rtol=1e-6)
+    want = jax.tree.map(lambda p, g: p - 0.05 * g, s0.params, grads)
+    for got, exp in zip(jax.tree.leaves(s1.params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=1e-5, atol=1e-7)
