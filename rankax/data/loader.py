@@ -72,15 +72,18 @@ class TrainBatch:
 
 class EvalBatch:
     """``b -> images of items [b * batch_size, (b + 1) * batch_size)`` with test-time
-    preprocessing (the last batch may be shorter)."""
+    preprocessing (the last batch may be shorter): uint8 :func:`pixels` when ``raw``, else the
+    source's normalised ``get_batch``."""
 
-    def __init__(self, source: Any, batch_size: int):
-        self.source, self.batch_size = source, int(batch_size)
+    def __init__(self, source: Any, batch_size: int, raw: bool = True):
+        self.source, self.batch_size, self.raw = source, int(batch_size), bool(raw)
 
     def __call__(self, b: int) -> np.ndarray:
         start = int(b) * self.batch_size
         indices = np.arange(start, min(start + self.batch_size, len(self.source)))
-        return pixels(self.source, indices, train=False)
+        if self.raw:
+            return pixels(self.source, indices, train=False)
+        return self.source.get_batch(indices, train=False)
 
 
 def _mark_flags_parsed() -> None:
@@ -136,13 +139,27 @@ def train_batches(
 
 
 def eval_batches(
-    source: Any, batch_size: int, *, workers: int = 0, prefetch: int = 2
+    source: Any, batch_size: int, *, workers: int = 0, prefetch: int = 2, raw: bool = True
 ) -> Iterator[np.ndarray]:
-    """``source``'s items in order, ``batch_size`` at a time, with test-time preprocessing."""
+    """``source``'s items in order, ``batch_size`` at a time, with test-time preprocessing
+    (uint8 pixels when ``raw``, else normalised float32), made ahead as :func:`iterate` says."""
     if workers:
         source = _single_threaded(source)
     n = -(-len(source) // int(batch_size))
-    return iterate(EvalBatch(source, batch_size), 0, n, workers=workers, prefetch=prefetch)
+    return iterate(EvalBatch(source, batch_size, raw), 0, n, workers=workers, prefetch=prefetch)
+
+
+def resolve_workers(workers: int) -> int:
+    """``workers`` with -1 resolved to one process per core but one (at least one)."""
+    import os
+
+    workers = int(workers)
+    if workers < -1:
+        raise ValueError(f"workers must be -1 (one per core), 0 (this process) or a count, got {workers}")
+    if workers == -1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) - 1)
+    return workers
 
 
 class Timed:

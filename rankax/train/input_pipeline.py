@@ -1,15 +1,23 @@
-"""Data for a config: the dataset (``rankax.data.load_dataset``), its sampler, and an
-on-device augmentation for in-memory datasets."""
+"""Data for a config: the dataset (``rankax.data.load_dataset``), its sampler, the batches of
+the training loop and of evaluation, and what the step does to images on the device.
+
+Image datasets go through :mod:`rankax.data.loader` (``config.input.workers`` processes,
+``config.input.prefetch`` batches ahead, uint8 to the device, normalised there by
+:func:`device_preprocess`); in-memory datasets (digits) are indexed in the loop's thread as
+before and augmented on the device (``config.dataset.max_shift``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from rankax import data as rdata
+from rankax.data import loader, transforms
 from rankax.train.errors import ConfigError
 
 
@@ -67,3 +75,75 @@ def augment_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Ar
         return jax.vmap(crop)(padded, offsets)
 
     return augment
+
+
+def is_image_source(source: object) -> bool:
+    """Whether ``source`` decodes images (uint8 pixels through the loader) rather than holding
+    model inputs in memory."""
+    return hasattr(source, "get_pixels")
+
+
+def normalizer(source: rdata.Source) -> Callable[[jax.Array], jax.Array]:
+    """``images -> model inputs`` on the device: uint8 pixels normalised with the mean/std of
+    ``source``'s transform (:func:`rankax.data.transforms.normalize_on_device`), other inputs
+    unchanged."""
+    transform = getattr(source, "transform", None)
+    mean = transform.mean if transform is not None else transforms.IMAGENET_MEAN
+    std = transform.std if transform is not None else transforms.IMAGENET_STD
+
+    def normalize(images: jax.Array) -> jax.Array:
+        if images.dtype != jnp.uint8:
+            return images
+        return transforms.normalize_on_device(images, mean, std)
+
+    return normalize
+
+
+def device_preprocess(
+    config: ml_collections.ConfigDict, data: rdata.RetrievalDataset
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``(images, rng) -> model inputs``, inside the jitted step: :func:`normalizer` then
+    :func:`augment_fn`."""
+    normalize, augment = normalizer(data.train), augment_fn(config)
+    return lambda images, rng: augment(normalize(images), rng)
+
+
+def workers(config: ml_collections.ConfigDict) -> int:
+    """``config.input.workers`` resolved (-1: one process per core but one)."""
+    try:
+        return loader.resolve_workers(config.get("input", {}).get("workers", 0))
+    except ValueError as err:
+        raise ConfigError(f"config.input.workers: {err}") from None
+
+
+def prefetch(config: ml_collections.ConfigDict) -> int:
+    value = int(config.get("input", {}).get("prefetch", 2))
+    if value < 1:
+        raise ConfigError(f"config.input.prefetch must be >= 1 batch, got {value}")
+    return value
+
+
+def train_batches(
+    config: ml_collections.ConfigDict, data: rdata.RetrievalDataset, sampler, start: int, stop: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(step, indices, images)`` for steps ``[start, stop)``: a pure function of
+    ``(config.seed, step)`` whatever the worker count, so a resumed run sees the same batches."""
+    if not is_image_source(data.train):
+        for step in range(start, stop):
+            idx = sampler.indices(step)
+            yield step, idx, data.train.get_batch(idx, train=True, seed=loader.step_seed(config.seed, step))
+        return
+    batches = loader.train_batches(
+        data.train, sampler, seed=int(config.seed), start=start, stop=stop,
+        workers=workers(config), prefetch=prefetch(config),
+    )
+    for batch in batches:
+        yield int(batch["step"]), batch["indices"], batch["images"]
+
+
+def eval_reading(config: ml_collections.ConfigDict, data: rdata.RetrievalDataset) -> dict:
+    """How evaluators read ``data``'s sources: ``workers`` processes, uint8 pixels (``raw``)
+    for image datasets (the embedding function normalises them on the device)."""
+    if not is_image_source(data.test):
+        return {"workers": 0, "raw": False}
+    return {"workers": workers(config), "raw": True}
