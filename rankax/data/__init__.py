@@ -9,20 +9,31 @@ from rankax.data.digits import DigitsSplit, load_digits_split
 from rankax.data.folder import load_folder
 from rankax.data.image_source import ImageSource
 from rankax.data.registry import DATASET_KEYS, DATASETS, load_dataset
-from rankax.data.samplers import HierarchicalSampler, PKSampler
+from rankax.data.samplers import (
+    SAMPLERS,
+    HierarchicalPairsSampler,
+    HierarchicalSampler,
+    MPerClassEpochSampler,
+    PKSampler,
+    ReplacementPKSampler,
+)
 from rankax.data.tfds_data import DatasetNotPreparedError, load_cars, load_cub, load_inat, load_sop
 from rankax.data.transforms import ImageTransform
 
 __all__ = [
     "DATASETS",
     "DATASET_KEYS",
+    "SAMPLERS",
     "ArraySource",
     "DatasetNotPreparedError",
     "DigitsSplit",
+    "HierarchicalPairsSampler",
     "HierarchicalSampler",
     "ImageSource",
     "ImageTransform",
+    "MPerClassEpochSampler",
     "PKSampler",
+    "ReplacementPKSampler",
     "RetrievalDataset",
     "Source",
     "load_cars",

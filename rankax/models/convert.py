@@ -36,6 +36,9 @@ projects at the time of writing):
   https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth,
   https://dl.fbaipublicfiles.com/deit/deit_base_patch16_224-b5f2ef4d.pth
   (or ``model.safetensors`` of ``timm/deit_small_patch16_224.fb_in1k`` on the Hugging Face hub).
+* Distilled DeiT-S/16 (ROADMAP's DeiT runs): ``deit_small_distilled_patch16_224-649709d9.pth``
+  from the same site, or ``timm/deit_small_distilled_patch16_224.fb_in1k``; converted for the
+  plain ``"deit_small"`` model with the distillation token dropped (:func:`drop_distillation_token`).
 * ViT-B/16: ``model.safetensors`` of ``timm/vit_base_patch16_224.augreg2_in21k_ft_in1k`` (or
   any timm ``vit_base_patch16_224.*`` tag) on the Hugging Face hub. The original Google ``.npz``
   files use big_vision names (``Transformer/encoderblock_0/...``) and are not accepted; load
@@ -198,17 +201,24 @@ def timm_vit_to_flax(state_dict: Mapping[str, Any]) -> Variables:
     Returns:
       ``{"params": {"backbone": ...}}`` in float32.
 
+    Distilled DeiT (``deit_*_distilled_patch16_224``: a ``dist_token`` and its position
+    after the class token, ``pos_embed [1, 2 + N, D]``, and a ``head_dist`` classifier) is
+    converted as ROADMAP initialises its ``vit_deit_distilled`` backbone
+    (``elias-ramzi/ROADMAP:roadmap/models/net.py``): the distillation token, its position
+    embedding (row 1) and ``head_dist`` are dropped, and the rest is loaded into the plain
+    class-token ViT. See :func:`drop_distillation_token`.
+
     Raises:
-      ValueError: naming the missing and unexpected keys (e.g. ``dist_token`` of the distilled
-        DeiT, which is not supported).
+      ValueError: naming the missing and unexpected keys.
     """
+    state_dict = drop_distillation_token(state_dict)
     params: dict = {}
     depth = 0
     seen: set[str] = set()
     unexpected: set[str] = set()
     for key, value in state_dict.items():
-        if key.startswith("head."):
-            continue  # ImageNet classifier
+        if key.startswith(("head.", "head_dist.")):
+            continue  # ImageNet classifiers
         arr = _to_numpy(value)
         if key in ("cls_token", "pos_embed"):
             seen.add(key)
@@ -240,9 +250,33 @@ def timm_vit_to_flax(state_dict: Mapping[str, Any]) -> Variables:
     for i in range(depth):
         for mod in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
             expected |= {f"blocks.{i}.{mod}.weight", f"blocks.{i}.{mod}.bias"}
-    hint = "(timm VisionTransformer with a class token; distilled DeiT and fc_norm models are not supported)"
+    hint = "(timm VisionTransformer with a class token, or distilled DeiT; fc_norm models are not supported)"
     _report("timm ViT", expected - seen, unexpected, hint)
     return {"params": {"backbone": params}}
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and int(round(n**0.5)) ** 2 == n
+
+
+def drop_distillation_token(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A distilled-DeiT state dict as a plain class-token ViT's: ``dist_token``, ``head_dist.*``
+    and the distillation position (row 1 of ``pos_embed``) removed.
+
+    The dict is taken as distilled when it has ``dist_token`` and its ``pos_embed`` holds
+    ``2 + h * w`` positions (a square patch grid after the two tokens); any other dict is
+    returned unchanged (a stray ``dist_token`` is then reported as an unexpected key).
+    """
+    pos = state_dict.get("pos_embed")
+    if "dist_token" not in state_dict or pos is None or len(np.shape(pos)) != 3:
+        return dict(state_dict)
+    rows = np.shape(pos)[1]
+    if not _is_square(rows - 2) or _is_square(rows - 1):
+        return dict(state_dict)
+    pos = _to_numpy(pos)
+    out = {k: v for k, v in state_dict.items() if k != "dist_token" and not k.startswith("head_dist.")}
+    out["pos_embed"] = np.concatenate([pos[:, :1], pos[:, 2:]], axis=1)
+    return out
 
 
 def merge_pretrained(variables: Variables, pretrained: Variables) -> Variables:

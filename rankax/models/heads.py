@@ -25,6 +25,19 @@ import jax.numpy as jnp
 from rankax.models.mlp import l2_normalize
 
 POOLINGS = ("gem", "avg", "max", "cls")
+FEATURE_NORMS = (None, "layernorm")
+
+
+def standardize(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """LayerNorm without scale or bias over the last axis, in float32.
+
+    ``(x - mean(x)) / sqrt(var(x) + eps)`` with the biased variance, as
+    ``torch.nn.LayerNorm(d, elementwise_affine=False)`` (eps ``1e-5``).
+    """
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
 def gem_pool(x: jax.Array, p: jax.typing.ArrayLike = 3.0, eps: float = 1e-6) -> jax.Array:
@@ -67,7 +80,7 @@ class GeM(nn.Module):
 
 
 class EmbeddingHead(nn.Module):
-    """Pooling -> optional ``Dense(embedding_dim)`` -> L2 normalisation.
+    """Pooling -> optional feature LayerNorm -> optional ``Dense(embedding_dim)`` -> L2 normalisation.
 
     Attributes:
       pooling: ``"gem"``, ``"avg"`` or ``"max"`` for ``[B, H, W, C]`` feature maps;
@@ -79,6 +92,13 @@ class EmbeddingHead(nn.Module):
       gem_eps: GeM's clamp.
       gem_learnable: whether GeM's exponent is a parameter (``params['pool']['p']``).
       dtype: compute dtype of the projection; parameters stay float32.
+      feature_norm: ``None`` (default) or ``"layernorm"``: :func:`standardize` (LayerNorm
+        without affine parameters, eps ``feature_norm_eps``) of the pooled features before
+        the projection. This is ROADMAP's ``norm_features`` / the ``resnet_max_ln`` model
+        (max pooling -> ``LayerNorm(2048, elementwise_affine=False)`` -> ``Linear(2048, 512)``,
+        ``elias-ramzi/ROADMAP:roadmap/models/net.py``) and SupRank's ``standardize`` layer
+        (``elias-ramzi/SupRank:suprank/models/retrieval_net.py``). It has no parameters.
+      feature_norm_eps: the LayerNorm's eps (``1e-5``, torch's default).
 
     Returns (``__call__``): ``[B, embedding_dim or C]`` float32 unit vectors.
     """
@@ -89,10 +109,16 @@ class EmbeddingHead(nn.Module):
     gem_eps: float = 1e-6
     gem_learnable: bool = True
     dtype: jnp.dtype = jnp.float32
+    feature_norm: str | None = None
+    feature_norm_eps: float = 1e-5
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm={self.feature_norm!r}: expected one of {FEATURE_NORMS}")
         x = self._pool(features)
+        if self.feature_norm == "layernorm":
+            x = standardize(x, self.feature_norm_eps)
         if self.embedding_dim is not None:
             x = nn.Dense(self.embedding_dim, dtype=self.dtype, name="proj")(x.astype(self.dtype))
         return l2_normalize(x.astype(jnp.float32))

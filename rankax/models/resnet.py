@@ -145,6 +145,9 @@ class ResNetEmbedding(nn.Module):
         features, L2-normalised.
       gem_p, gem_learnable: GeM's exponent (3) and whether it is learned.
       dtype: compute dtype; the embeddings are float32.
+      feature_norm: ``None`` or ``"layernorm"`` (no-affine LayerNorm of the pooled features
+        before the projection; ``pooling="max"`` + ``"layernorm"`` is ROADMAP's
+        ``resnet_max_ln``). See :class:`~rankax.models.heads.EmbeddingHead`.
 
     ``__call__(x, train=False)``: ``x`` is ``[B, H, W, 3]``; returns ``[B, embedding_dim]``.
     With ``frozen_bn=False`` and ``train=True`` pass ``mutable=["batch_stats"]`` to ``apply``.
@@ -158,6 +161,7 @@ class ResNetEmbedding(nn.Module):
     gem_p: float = 3.0
     gem_learnable: bool = True
     dtype: jnp.dtype = jnp.float32
+    feature_norm: str | None = None
 
     def setup(self) -> None:
         self.backbone = ResNet(self.stage_sizes, self.width, self.frozen_bn, self.dtype)
@@ -167,6 +171,7 @@ class ResNetEmbedding(nn.Module):
             gem_p=self.gem_p,
             gem_learnable=self.gem_learnable,
             dtype=self.dtype,
+            feature_norm=self.feature_norm,
         )
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

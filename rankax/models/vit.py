@@ -1,7 +1,9 @@
 """Vision Transformers (ViT / DeiT) in timm's layout, and the ViT embedding model.
 
 Architecture (Dosovitskiy et al. 2021; DeiT, Touvron et al. 2021, is the same network
-trained differently; the distilled variants are not provided):
+trained differently). Distilled DeiT weights are used as ROADMAP uses them: the distillation
+token is dropped when converting (:func:`rankax.models.convert.drop_distillation_token`), and
+the network is this class-token ViT:
 
     patch_embed: Conv p x p / p  ->  [B, N, D] tokens (row-major over the patch grid)
     prepend cls_token, add pos_embed [1, 1 + N, D]
@@ -170,6 +172,8 @@ class ViTEmbedding(nn.Module):
       pooling: ``"cls"`` (class token, the default) or ``"avg"`` (mean patch token).
       embedding_dim: projection width (512); ``None`` returns the normalised class token.
       dtype: compute dtype; the embeddings are float32.
+      feature_norm: ``None`` or ``"layernorm"`` (no-affine LayerNorm of the pooled token
+        before the projection, see :class:`~rankax.models.heads.EmbeddingHead`).
 
     ``__call__(x, train=False)``: ``x`` is ``[B, H, W, 3]`` with ``H, W`` multiples of
     ``patch_size``; returns ``[B, embedding_dim]``.
@@ -184,6 +188,7 @@ class ViTEmbedding(nn.Module):
     pooling: str = "cls"
     embedding_dim: int | None = 512
     dtype: jnp.dtype = jnp.float32
+    feature_norm: str | None = None
 
     def setup(self) -> None:
         self.backbone = VisionTransformer(
@@ -195,7 +200,12 @@ class ViTEmbedding(nn.Module):
             self.image_size,
             self.dtype,
         )
-        self.head = EmbeddingHead(pooling=self.pooling, embedding_dim=self.embedding_dim, dtype=self.dtype)
+        self.head = EmbeddingHead(
+            pooling=self.pooling,
+            embedding_dim=self.embedding_dim,
+            dtype=self.dtype,
+            feature_norm=self.feature_norm,
+        )
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         return self.head(self.backbone(x, train=train))

@@ -16,6 +16,11 @@ ks=(1, 2, 4, 8), ...) -> dict``
     ``revisited_from_embeddings`` ranks by inner product first; ``load_gnd`` reads the
     official ground truth; ``RevisitedEvaluator`` wraps it as an evaluator.
 
+``LandmarkEvaluator(benchmarks, whitening_images=..., scales=...)`` (:mod:`rankax.retrieval.landmarks`)
+    the landmark protocol of the listwise-AP paper: original-resolution images, queries
+    cropped to their box, learned PCA whitening (power 0.25), optional multi-scale, and
+    Oxford5k / Paris6k / ROxford5k / RParis6k in one run.
+
 Evaluator interface (for the training loop and ``experiments/evaluate.py``)
 --------------------------------------------------------------------------
 ::
@@ -37,10 +42,12 @@ batch padded to ``batch_size`` so that a jitted ``embed_fn`` compiles once), cal
 from rankax.retrieval.evaluation import evaluate
 from rankax.retrieval.evaluator import RetrievalEvaluator, RevisitedEvaluator
 from rankax.retrieval.exact import knn
+from rankax.retrieval.landmarks import LandmarkEvaluator
 from rankax.retrieval.revisited import load_gnd, revisited_from_embeddings, revisited_map
 from rankax.retrieval.scann_backend import scann_knn, scann_recall
 
 __all__ = [
+    "LandmarkEvaluator",
     "RetrievalEvaluator",
     "RevisitedEvaluator",
     "evaluate",

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from rankax import data as rdata
-from rankax.data import loader, transforms
+from rankax.data import loader, samplers, transforms
 from rankax.train.errors import ConfigError
 
 
@@ -41,23 +41,28 @@ def load(config: ml_collections.ConfigDict) -> rdata.RetrievalDataset:
 
 
 def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalDataset):
-    """``config.batch.sampler``: ``"pk"`` (P x K) or ``"hierarchical"`` (SupRank)."""
+    """The sampler ``config.batch.sampler`` (a name of ``rankax.data.samplers.SAMPLERS``).
+
+    Keys: ``batch.classes_per_batch`` x ``batch.samples_per_class`` = the batch size;
+    ``batch.super_classes_per_batch`` and ``batch.batches_per_super_tuple`` ("hierarchical":
+    steps sharing one draw of super-classes; "hierarchical_pairs": batches per tuple of
+    super-classes per epoch); ``batch.m_per_class_rule`` ("m_per_class": "official" or
+    "fixed"); ``seed``.
+    """
     b = config.batch
     kind = b.get("sampler", "pk")
-    if kind == "pk":
-        return rdata.PKSampler(
-            dataset.train.labels, b.classes_per_batch, b.samples_per_class, seed=config.seed
-        )
-    if kind == "hierarchical":
-        return rdata.HierarchicalSampler(
-            dataset.train.labels,
-            b.classes_per_batch * b.samples_per_class,
-            b.samples_per_class,
-            super_classes_per_batch=b.super_classes_per_batch,
-            batches_per_super_tuple=b.batches_per_super_tuple,
-            seed=config.seed,
-        )
-    raise ValueError(f"config.batch.sampler must be 'pk' or 'hierarchical', got {kind!r}")
+    if kind not in samplers.SAMPLERS:
+        raise ValueError(f"config.batch.sampler must be one of {samplers.SAMPLERS}, got {kind!r}")
+    return samplers.make(
+        kind,
+        dataset.train.labels,
+        b.classes_per_batch * b.samples_per_class,
+        b.samples_per_class,
+        seed=config.seed,
+        super_classes_per_batch=b.get("super_classes_per_batch", 2),
+        batches_per_super_tuple=b.get("batches_per_super_tuple", 4),
+        m_per_class_rule=b.get("m_per_class_rule", "official"),
+    )
 
 
 def augment_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -1,0 +1,244 @@
+"""The landmark evaluation protocol (naver/deep-image-retrieval): learned PCA whitening,
+query bounding-box crops, multi-scale pooling, and Oxford5k / Paris6k / ROxford5k / RParis6k
+reported in one run, on generated images."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rankax.retrieval import landmarks
+
+MEAN = np.array(landmarks.IMAGENET_MEAN)
+STD = np.array(landmarks.IMAGENET_STD)
+
+
+# ---------------------------------------------------------------- whitening
+
+
+def test_whitening_matches_eigendecomposition_formula():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6)) + rng.normal(size=6)
+    x = rng.normal(size=(5, 6))
+    w = landmarks.learn_whitening(train)
+    for power, k in [(0.25, None), (0.5, 4), (0.25, 2)]:
+        out = landmarks.whiten(x, w, power=power, num_components=k)
+        # reference: eigenvectors of the sample covariance (N - 1), largest first
+        lam, vec = np.linalg.eigh(np.cov(train, rowvar=False))
+        lam, vec = lam[::-1], vec[:, ::-1]
+        kk = 6 if k is None else k
+        ref = (x - train.mean(0)) @ vec[:, :kk] / lam[:kk] ** power
+        ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+        signs = np.sign(np.sum(w.components[:kk] * vec[:, :kk].T, axis=1))  # eigenvector signs
+        np.testing.assert_allclose(out, ref * signs, atol=1e-5)
+
+
+def test_whitening_matches_sklearn_pca_with_naver_transform():
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(80, 5)) * np.array([3.0, 2.0, 1.0, 0.5, 0.1])
+    x = rng.normal(size=(7, 5))
+    pca = decomposition.PCA(whiten=True).fit(train)
+    # naver dirtorch/utils/common.py transform + whiten_features, written out
+    ref = (x - pca.mean_) @ pca.components_.T / np.power(pca.explained_variance_, 0.25)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    out = landmarks.whiten(x, landmarks.learn_whitening(train), power=0.25)
+    signs = np.sign(np.sum(pca.components_ * landmarks.learn_whitening(train).components, axis=1))
+    np.testing.assert_allclose(out * signs, ref, atol=1e-5)
+
+
+def test_whitening_drops_null_directions_and_validates():
+    train = np.random.default_rng(2).normal(size=(3, 8))  # rank 2 after centring
+    w = landmarks.learn_whitening(train)
+    assert w.components.shape == (2, 8)
+    assert np.all(np.isfinite(landmarks.whiten(np.ones((1, 8)), w)))
+    with pytest.raises(ValueError, match="num_components"):
+        landmarks.whiten(np.ones((1, 8)), w, num_components=3)
+    with pytest.raises(ValueError, match="no variance"):
+        landmarks.learn_whitening(np.ones((4, 3)))
+
+
+def test_whitening_save_load_round_trip(tmp_path):
+    w = landmarks.learn_whitening(np.random.default_rng(5).normal(size=(20, 4)))
+    w.save(str(tmp_path / "w.npz"))
+    back = landmarks.Whitening.load(str(tmp_path / "w.npz"))
+    x = np.random.default_rng(6).normal(size=(3, 4))
+    np.testing.assert_array_equal(landmarks.whiten(x, back), landmarks.whiten(x, w))
+
+
+def test_pool_scales_gem_formula():
+    rng = np.random.default_rng(3)
+    d = [rng.normal(size=(4, 6)) for _ in range(3)]
+    p = 3.0
+    ref = np.cbrt(np.mean([np.sign(x) * np.abs(x) ** p for x in d], axis=0))  # signed cube root
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(landmarks.pool_scales(d, "gem", p), ref, atol=1e-9)
+    mean = np.mean(d, axis=0)
+    np.testing.assert_allclose(
+        landmarks.pool_scales(d, "mean"), mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    )
+
+
+# ---------------------------------------------------------------- images
+
+
+def test_load_image_crops_box_like_pil_and_normalises(tmp_path):
+    h, w = 30, 40
+    yy, xx = np.mgrid[:h, :w]
+    pixels = np.stack([xx, yy, np.full_like(xx, 200)], -1).astype(np.uint8)
+    path = str(tmp_path / "a.png")
+    Image.fromarray(pixels).save(path)
+    raw = landmarks.load_image(path, (3.4, 5.6, 20.2, 17.4), mean=(0, 0, 0), std=(1, 1, 1))
+    # PIL rounds the box: columns 3..19, rows 6..16
+    assert raw.shape == (11, 17, 3)
+    np.testing.assert_allclose(raw[..., 0] * 255, np.tile(np.arange(3, 20), (11, 1)), atol=1e-3)
+    np.testing.assert_allclose(raw[..., 1] * 255, np.tile(np.arange(6, 17)[:, None], (1, 17)), atol=1e-3)
+    full = landmarks.load_image(path)
+    assert full.shape == (h, w, 3)  # original resolution
+    np.testing.assert_allclose(full[0, 0], (pixels[0, 0] / 255 - MEAN) / STD, atol=1e-6)
+    assert landmarks.load_image(path, scale=0.5).shape == (15, 20, 3)
+    assert landmarks.load_image(path, max_size=20).shape == (15, 20, 3)
+
+
+# ---------------------------------------------------------------- four sets in one run
+
+
+def _write(path, color, box=None, outside=(0, 0, 0), size=(24, 32)):
+    img = np.zeros((*size, 3), np.uint8) + np.array(outside, np.uint8)
+    if box is None:
+        img[:] = color
+    else:
+        left, top, right, bottom = box
+        img[top:bottom, left:right] = color
+    Image.fromarray(img).save(path)
+
+
+def _ref_ap(scores, ok, junk):
+    order = [i for i in np.argsort(-scores, kind="stable") if i not in set(junk)]
+    ranks = [r for r, i in enumerate(order) if i in set(ok)]
+    total = 0.0
+    for j, r in enumerate(ranks):
+        prec0 = 1.0 if r == 0 else j / r
+        total += (prec0 + (j + 1) / (r + 1)) / 2
+    return total / len(ok)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    """oxford5k/ and paris6k/ folders: 12 constant-colour database images, 3 queries whose box
+    holds a colour and whose outside is another, classic and revisited ground truths."""
+    root = tmp_path_factory.mktemp("landmarks")
+    rng = np.random.default_rng(4)
+    spec = {}
+    for folder, revisited in (("oxford5k", "roxford5k"), ("paris6k", "rparis6k")):
+        os.makedirs(root / folder / "jpg")
+        db_colors = rng.integers(0, 256, (12, 3))
+        imlist = [f"db{i}.png" for i in range(12)]
+        for name, color in zip(imlist, db_colors, strict=True):
+            _write(root / folder / "jpg" / name, color)
+        q_colors = rng.integers(0, 256, (3, 3))
+        boxes = [(4, 3, 20, 15), (10, 6, 30, 22), (0, 0, 16, 12)]
+        qimlist = [f"q{i}.png" for i in range(3)]
+        for name, color, box in zip(qimlist, q_colors, boxes, strict=True):
+            _write(root / folder / "jpg" / name, color, box, outside=rng.integers(0, 256, 3))
+        classic, revisit = [], []
+        for q in range(3):
+            perm = rng.permutation(12)
+            classic.append({"bbx": list(boxes[q]), "ok": list(perm[:4]), "junk": list(perm[4:6])})
+            revisit.append(
+                {
+                    "bbx": list(boxes[q]),
+                    "easy": list(perm[:2]),
+                    "hard": list(perm[2:5]),
+                    "junk": [int(perm[5])],
+                }
+            )
+        revisit[2]["hard"] = []  # a query without hard positives: left out of the Hard mean
+        for name, gnd in ((folder, classic), (revisited, revisit)):
+            with open(root / folder / f"gnd_{name}.pkl", "wb") as f:
+                pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
+        spec[folder] = (db_colors, q_colors, classic)
+        spec[revisited] = (db_colors, q_colors, revisit)
+    train = root / "train"
+    os.makedirs(train)
+    for i, color in enumerate(rng.integers(0, 256, (10, 3))):
+        _write(train / f"t{i}.png", color)
+    with open(train / "list.txt", "w") as f:
+        f.write("\n".join(f"t{i}.png" for i in range(10)))
+    return root, spec
+
+
+def _embed(images):
+    """A stand-in network: the mean normalised colour plus a constant, as [1, 4]."""
+    m = images.reshape(images.shape[0], -1, 3).mean(axis=1)
+    return np.concatenate([m, np.ones((len(m), 1))], axis=1)
+
+
+def _desc(colors):
+    x = np.concatenate([(np.asarray(colors) / 255 - MEAN) / STD, np.ones((len(colors), 1))], axis=1)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_four_benchmarks_in_one_evaluation(synthetic_root):
+    root, spec = synthetic_root
+    config = {"root": str(root), "whitening_list": str(root / "train" / "list.txt")}
+    ev = landmarks.evaluator_from_config(config)
+    result = ev.run(_embed)
+    # independent reference: descriptors from the colours, sklearn-free PCA, naver's formula
+    train_colors = [np.asarray(Image.open(root / "train" / f"t{i}.png"))[0, 0] for i in range(10)]
+    train = _desc(train_colors)
+    lam, vec = np.linalg.eigh(np.cov(train, rowvar=False))
+    keep = lam > 1e-10 * lam.max()
+    lam, vec = lam[keep], vec[:, keep]
+
+    def white(x):
+        y = (x - train.mean(0)) @ vec / lam**0.25
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    for name in landmarks.BENCHMARKS:
+        db_colors, q_colors, gnd = spec[name]
+        scores = white(_desc(q_colors)) @ white(_desc(db_colors)).T
+        if name in ("oxford5k", "paris6k"):
+            expect = np.mean([_ref_ap(scores[q], g["ok"], g["junk"]) for q, g in enumerate(gnd)])
+            assert result[f"{name}/map"] == pytest.approx(expect, abs=1e-6)
+            continue
+        setups = {
+            "easy": (lambda g: g["easy"], lambda g: g["junk"] + g["hard"]),
+            "medium": (lambda g: g["easy"] + g["hard"], lambda g: g["junk"]),
+            "hard": (lambda g: g["hard"], lambda g: g["junk"] + g["easy"]),
+        }
+        for setup, (pos, junk) in setups.items():
+            aps = [_ref_ap(scores[q], pos(g), junk(g)) for q, g in enumerate(gnd) if pos(g)]
+            assert result[f"{name}/{setup}/map"] == pytest.approx(np.mean(aps), abs=1e-6)
+        assert result[f"{name}/hard/num_empty"] == 1
+    assert {"oxford5k/map", "paris6k/map", "roxford5k/medium/map", "rparis6k/hard/map"} <= set(result)
+
+
+def test_query_crop_and_multiscale_options(synthetic_root):
+    root, spec = synthetic_root
+    bench = landmarks.load_benchmark(str(root), "oxford5k")
+    assert not bench.revisited and bench.query_boxes.shape == (3, 4)
+    assert landmarks.load_benchmark(str(root), "roxford5k").revisited
+    ev = landmarks.LandmarkEvaluator([bench])
+    cropped = ev.describe(_embed, bench.queries[0], bench.query_boxes[0])
+    np.testing.assert_allclose(cropped, _desc(spec["oxford5k"][1][:1])[0], atol=1e-5)  # box colour only
+    full = ev.describe(_embed, bench.queries[0])
+    assert np.abs(full - cropped).max() > 1e-2
+    # constant images: every scale gives the same descriptor, so any pooling returns it
+    multi = landmarks.LandmarkEvaluator([bench], scales=(0.5, 1.0, 1.5))
+    np.testing.assert_allclose(
+        multi.describe(_embed, bench.images[0]), ev.describe(_embed, bench.images[0]), atol=1e-5
+    )
+    seen = []
+    multi.describe(lambda x: seen.append(x.shape) or _embed(x), bench.images[0])
+    assert seen == [(1, 12, 16, 3), (1, 24, 32, 3), (1, 36, 48, 3)]
+    with pytest.raises(FileNotFoundError, match="gnd_rparis6k"):
+        landmarks.load_benchmark(str(root / "nowhere"), "rparis6k")
+    with pytest.raises(ValueError, match="root"):
+        landmarks.evaluator_from_config({})
+    with pytest.raises(ValueError, match="not both"):
+        landmarks.evaluator_from_config(
+            {"root": str(root), "whitening_list": str(root / "train" / "list.txt"), "whitening_file": "w.npz"}
+        )
