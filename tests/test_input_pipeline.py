@@ -2,10 +2,12 @@
 on-device normalisation equal to the host path, draft decoding, and the augmentations'
 distribution against the official parameters (crop scale and ratio, flip rate)."""
 
+import json
 import math
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -174,3 +176,45 @@ def test_prefetch_to_device_keeps_order_and_runs_ahead():
         out.append((y, len(issued)))
     assert [y for y, _ in out] == [0, 10, 20, 30, 40]
     assert out[0][1] == 2  # batch 1 was already issued when batch 0 was handed out
+
+
+def _image_config(root, workers):
+    import configs.default
+
+    c = configs.default.get_config()
+    c.dataset = ml_collections.ConfigDict(
+        {"name": "folder", "root": str(root), "csv_file": str(root / "data.csv"),
+         "image_size": 16, "resize_size": 20, "num_threads": 2}
+    )
+    c.model = ml_collections.ConfigDict(
+        {"name": "resnet_tiny", "embedding_dim": 8}
+    )
+    c.input.workers = workers
+    c.batch.classes_per_batch, c.batch.samples_per_class = 2, 4
+    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 4, 2, 0, 4
+    c.eval_baselines = False
+    c.eval_batch_size = 8
+    return c
+
+
+@pytest.mark.slow
+def test_training_on_images_does_not_depend_on_the_worker_count(tmp_path, monkeypatch):
+    """The same run with the batches decoded in this process (0) and in 2 worker processes:
+    the same batches reach the step, so the trained parameters are equal; the log has the
+    windowed rate, the data-wait share and the evaluation's rate."""
+    from rankax.train import loop
+
+    _folder(tmp_path / "jpegs")
+    out = {}
+    for workers in (0, 2):
+        loop.train_and_evaluate(_image_config(tmp_path / "jpegs", workers), str(tmp_path / f"w{workers}"))
+        with open(tmp_path / f"w{workers}" / "history.json") as f:
+            out[workers] = json.load(f)
+    for a, b in zip(out[0], out[2], strict=True):
+        if "loss" in a:
+            np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+    train_entries = [e for e in out[2] if "images_per_s" in e]
+    assert [e["step"] for e in train_entries] == [2, 4]
+    for e in train_entries:
+        assert e["images_per_s"] > 0 and 0 <= e["data_wait_fraction"] <= 1
+    assert any(e.get("eval_images_per_s", 0) > 0 for e in out[2])

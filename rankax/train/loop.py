@@ -351,20 +351,21 @@ def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, mete
 
 
 def record_eval(run: Run, metrics: dict[str, float], n: int) -> None:
-    """``metrics`` as the evaluation entry of step counter ``n`` (history and TensorBoard)."""
+    """``metrics`` as the evaluation entry of step counter ``n`` (history and TensorBoard), with
+    the rate at which the evaluator embedded its images (``eval_images_per_s``, decoding
+    included) when it measures one."""
     run.history.append({"step": n, **{f"eval/{k}": v for k, v in metrics.items()}})
     writers.write_scalars(run.writer, "eval", metrics, n)
-
-
-def evaluate_at(run: Run, n: int) -> dict[str, float]:
-    """Evaluates the current state and records it at step counter ``n``, with the rate at
-    which the evaluation embedded its images (``eval_images_per_s``, decoding included)."""
-    metrics = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
-    record_eval(run, metrics, n)
     rate = getattr(getattr(run.evaluator, "embedder", None), "images_per_s", None)
     if rate is not None:
         run.history[-1]["eval_images_per_s"] = rate
         run.writer.add_scalar("eval_speed/images_per_s", rate, n)
+
+
+def evaluate_at(run: Run, n: int) -> dict[str, float]:
+    """Evaluates the current state and records it at step counter ``n``."""
+    metrics = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+    record_eval(run, metrics, n)
     return metrics
 
 
