@@ -142,6 +142,75 @@ def dataloader_rate(root: str, args) -> tuple[float, str]:
     return _rate(iter(dl), args.warmup, args.batch), kind
 
 
+def _e2e_config(root: str, args):
+    """ResNet-50 (``--model``) at 224 px on the generated folder, ``--batch`` images per step,
+    float32 or bfloat16 compute, no evaluation before the end."""
+    import ml_collections
+
+    import configs.default
+
+    c = configs.default.get_config()
+    c.dataset = ml_collections.ConfigDict({"name": "folder", "root": root, "csv_file": f"{root}/data.csv"})
+    c.model = ml_collections.ConfigDict({"name": args.model, "embedding_dim": 512})
+    c.dtype = args.dtype
+    c.loss.name = "supap"
+    c.batch.classes_per_batch, c.batch.samples_per_class = args.batch // 4, 4
+    c.input.workers = args.workers
+    c.num_steps = args.warmup + args.steps
+    c.log_every = args.steps  # one window over the timed steps (the first window holds the warm-up)
+    c.eval_every, c.eval_baselines = 0, False
+    c.checkpoint_every = c.num_steps
+    c.eval_batch_size = 64
+    return c
+
+
+def device_fed_rate(config, steps: int) -> float:
+    """Images/s of the same jitted step fed one batch that already sits on the devices."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from rankax.train import input_pipeline, losses, state
+    from rankax.train.step import make_train_step
+
+    data = input_pipeline.load(config)
+    mesh = state.make_mesh(config)
+    sampler = input_pipeline.make_sampler(config, data)
+    labels = losses.training_labels(config, data)
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    st = jax.device_put(state.initial_state(config, data), replicated)
+    step = make_train_step(config, input_pipeline.device_preprocess(config, data), mesh, labels.ndim)
+    idx = sampler.indices(0)
+    images = jax.device_put(data.train.get_pixels(idx, train=True, seed=0), sharded)
+    y = labels[idx]
+    st, m = step(st, images, y)
+    float(m["loss"])  # compiled
+    t = time.perf_counter()
+    for _ in range(steps):
+        st, m = step(st, images, y)
+        bool(m["finite"])  # the loop reads each step's flag too
+    return steps * len(idx) / (time.perf_counter() - t)
+
+
+def end_to_end(root: str, args) -> list[tuple[str, float]]:
+    """``[(what, img/s)]``: the training program on the folder (last window of its log) and the
+    same step fed from device memory."""
+    import json
+
+    from rankax.train import loop
+
+    config = _e2e_config(root, args)
+    workdir = tempfile.mkdtemp(prefix="rankax-e2e-")
+    loop.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "history.json")) as f:
+        rates = [e["images_per_s"] for e in json.load(f) if "images_per_s" in e]
+    fed = device_fed_rate(config, args.steps)
+    return [
+        ("train_and_evaluate on the JPEG folder", rates[-1]),
+        ("the same step fed from device memory", fed),
+    ]
+
+
 def table(rows: list[tuple[str, float]], workers: int, baseline: float) -> str:
     lines = [
         "| pipeline | workers | img/s | img/s per core | vs DataLoader |",
@@ -162,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--dir", default=None, help="reuse/keep the image folder here")
     p.add_argument("--docs", default=None, help="write the table to this markdown file")
+    p.add_argument("--end-to-end", action="store_true", help="also train --model end to end (GPU)")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--dtype", default="float32", help="compute dtype of --end-to-end (bfloat16)")
     args = p.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
     root = args.dir or tempfile.mkdtemp(prefix="rankax-input-")
@@ -179,6 +251,16 @@ def main(argv: list[str] | None = None) -> None:
         f"Input pipeline, {args.images} JPEGs {w}x{h}, batch {args.batch}, {args.steps} timed batches "
         f"after {args.warmup}; host: {host}.\n\n" + table(rows, args.workers, base)
     )
+    if args.end_to_end:
+        import jax
+
+        (name_a, a), (name_b, b) = end_to_end(root, args)
+        device = jax.devices()[0].device_kind
+        text += (
+            f"\n\nEnd to end ({args.model}, {args.dtype}, batch {args.batch}, {device}, "
+            f"jax {jax.__version__}):\n\n| path | img/s |\n|---|---:|\n| {name_a} | {a:.0f} |\n"
+            f"| {name_b} | {b:.0f} |\n| fraction | {a / b:.0%} |"
+        )
     print(text)
     if args.docs:
         with open(args.docs, "w") as f:

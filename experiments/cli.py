@@ -203,3 +203,44 @@ def _typed(key: str, text: str, field_type: type | None) -> Any:
         name = getattr(field_type, "__name__", str(field_type))
         raise CliError(f"--config.{key}={text!r} is not a valid {name}") from None
     return _literal(text)
+
+
+# ----------------------------------------------------------------------------- multi-process
+
+DISTRIBUTED_FLAGS = {
+    "coordinator_address": "multi-process run: HOST:PORT of process 0 (with --num_processes and "
+    "--process_id; a TPU pod slice or SLURM job is detected without them; docs/multihost.md)",
+    "num_processes": "multi-process run: the number of processes (one per host)",
+    "process_id": "multi-process run: this process's index in [0, num_processes)",
+    "initialization_timeout": "multi-process run: seconds to wait for every process to join "
+    "(default 300)",
+    "heartbeat_timeout": "multi-process run: seconds after which a silent process is declared "
+    "dead and the others stop (default 100)",
+}
+
+
+def start_distributed(values: dict[str, Any]) -> bool:
+    """Starts JAX's distributed runtime from the multi-process flags in ``values`` (or a
+    cluster JAX detects); nothing with none of them. Returns True when started."""
+    from rankax.train import distributed
+
+    def integer(name: str) -> int | None:
+        if name not in values:
+            return None
+        try:
+            return int(values[name])
+        except ValueError:
+            raise CliError(f"--{name}={values[name]!r} is not an integer") from None
+
+    defaults = {"initialization_timeout": distributed.DEFAULT_INIT_TIMEOUT_S,
+                "heartbeat_timeout": distributed.DEFAULT_HEARTBEAT_TIMEOUT_S}
+    timeouts = {k: v if integer(k) is None else integer(k) for k, v in defaults.items()}
+    try:
+        return distributed.initialize(
+            values.get("coordinator_address"),
+            integer("num_processes"),
+            integer("process_id"),
+            **timeouts,
+        )
+    except distributed.DistributedError as err:
+        raise CliError(str(err)) from None

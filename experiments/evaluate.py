@@ -89,15 +89,18 @@ def embed_fn_from_checkpoint(
     ``embed_fn`` is the identity on them.
     """
     cfg = workdir_config(checkpoint, config, overrides, flag)
-    from rankax.train import CheckpointReadError, ConfigError, evaluators
+    from rankax.retrieval.evaluator import embed_in_batches
+    from rankax.train import CheckpointReadError, ConfigError, distributed, evaluators
 
     try:
         state, data = evaluators.restore_for_evaluation(cfg, checkpoint, step=step)
     except (FileNotFoundError, CheckpointReadError, ConfigError) as err:
         raise cli.CliError(f"{flag}: {err}") from err
     bs = int(cfg.eval_batch_size)
-    queries = evaluators.embed_source(state, data.test, bs)
-    gallery = None if data.gallery is None else evaluators.embed_source(state, data.gallery, bs)
+    # [multihost] each process embeds its share of every batch; all get every embedding
+    embed = distributed.sharded_embed_fn(evaluators.embed_fn(state))
+    queries = embed_in_batches(embed, data.test, bs)
+    gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs)
     gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)
     return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels
 
@@ -125,6 +128,7 @@ FLAGS = {
     "block_size": "queries per step (default: 512 on the CPU, 2048 on accelerators)",
     "output": "write the metrics to this JSON file",
     "save_embeddings": "with --workdir: also write the query embeddings (.npz)",
+    **cli.DISTRIBUTED_FLAGS,  # [multihost]
 }
 
 
@@ -156,6 +160,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         backend=values.get("backend", "exact"), scann_config=values.get("scann_config", "auto"),
         ks=values.get("ks", "1,2,4,8"), normalize=bool(values.get("normalize", False)),
         block_size=block_size, output=values.get("output"), save_embeddings=values.get("save_embeddings"),
+        distributed={k: values[k] for k in cli.DISTRIBUTED_FLAGS if k in values},  # [multihost]
     )
     return args, overrides
 
@@ -163,6 +168,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notices would bury the result
+    main_process = not cli.start_distributed(args.distributed) or _is_main()  # [multihost]
     try:
         ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
     except ValueError as err:
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         embed_fn, inputs, labels, gallery, gallery_labels = embed_fn_from_checkpoint(
             args.checkpoint, args.config, args.step, overrides, args.flag
         )
-        if args.save_embeddings:
+        if args.save_embeddings and main_process:
             np.savez(args.save_embeddings, **{NPZ_EMBEDDINGS: inputs, NPZ_LABELS: labels})
     else:
         embed_fn = np.asarray  # precomputed embeddings: the identity
@@ -187,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     metrics = evaluator.run(embed_fn)
     metrics["seconds"] = time.perf_counter() - start
+    if not main_process:  # [multihost] process 0 prints and writes
+        return metrics
     print(format_table(metrics))
     if args.output:
         out = pathlib.Path(args.output)
@@ -197,6 +205,12 @@ def main(argv: list[str] | None = None) -> dict:
                   "gallery": args.gallery, "normalize": args.normalize}
         out.write_text(json.dumps(record, indent=2) + "\n")
     return metrics
+
+
+def _is_main() -> bool:
+    from rankax.train import distributed
+
+    return distributed.is_main()
 
 
 if __name__ == "__main__":

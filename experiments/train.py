@@ -25,6 +25,7 @@ FLAGS = {
     "allow_config_change": "comma-separated config keys (or groups, or '*') allowed to differ "
     "from the config the workdir recorded",
     "print_config": "print the resolved config and exit",
+    **cli.DISTRIBUTED_FLAGS,  # [multihost]
 }
 
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise cli.CliError("--workdir is required (a new directory, or the one of the run to resume)")
     # orbax logs every file operation at INFO and a few harmless notices at WARNING
     logging.getLogger("absl").setLevel(logging.ERROR)
+    cli.start_distributed(values)  # [multihost] before anything touches a device
     from rankax.train import CheckpointReadError, ConfigError, loop
 
     allowed = [k.strip() for k in values.get("allow_config_change", "").split(",") if k.strip()]

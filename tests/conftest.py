@@ -29,6 +29,7 @@ SLOW_MODULES = {
     "test_fuzz",
     "test_faults",
     "test_train_sharded",
+    "test_multihost_train",
     "test_sharding",
     "test_data_tfds",
     "test_convert",

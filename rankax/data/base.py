@@ -46,8 +46,8 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.images)
 
-    def get_batch(self, indices: np.ndarray, *, train: bool, seed: int = 0) -> np.ndarray:
-        del train, seed
+    def get_batch(self, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0) -> np.ndarray:
+        del train, seed, offset
         return self.images[np.asarray(indices)]
 
 

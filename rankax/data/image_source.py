@@ -53,14 +53,21 @@ class ImageSource:
         """One ``[S, S, 3]`` uint8 image, cropped and resized but not normalised."""
         return self.transform.pixels(open_image(self._read(int(index))), train=train, rng=rng)
 
-    def get_pixels(self, indices: np.ndarray, *, train: bool, seed: int = 0) -> np.ndarray:
+    def get_pixels(
+        self, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0
+    ) -> np.ndarray:
         """``[B, S, S, 3]`` uint8 images of ``indices`` (augmented when ``train``): what the
         input pipeline ships to the device, normalised there
-        (:func:`rankax.data.transforms.normalize_on_device`)."""
+        (:func:`rankax.data.transforms.normalize_on_device`).
+
+        Item ``p`` of the batch is augmented with ``np.random.default_rng([seed, offset + p])``:
+        ``offset`` is the position of ``indices[0]`` in a larger batch, so a process that loads
+        rows ``[lo, hi)`` of a global batch (``offset=lo``) augments them as a one-process run
+        loading the whole batch does."""
         indices = self._checked(indices)
 
         def work(position: int) -> np.ndarray:
-            rng = np.random.default_rng([int(seed), position]) if train else None
+            rng = np.random.default_rng([int(seed), int(offset) + position]) if train else None
             return self.load_pixels(indices[position], train=train, rng=rng)
 
         if self.num_threads == 1 or len(indices) <= 1:
@@ -74,10 +81,12 @@ class ImageSource:
             return np.zeros((0, s, s, 3), np.uint8)
         return np.stack(images)
 
-    def get_batch(self, indices: np.ndarray, *, train: bool, seed: int = 0) -> np.ndarray:
+    def get_batch(
+        self, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0
+    ) -> np.ndarray:
         """``[B, S, S, 3]`` float32 images of ``indices`` (augmented when ``train``): the
         :meth:`get_pixels` normalised on the host."""
-        pixels = self.get_pixels(indices, train=train, seed=seed)
+        pixels = self.get_pixels(indices, train=train, seed=seed, offset=offset)
         return self.transform.normalize(pixels.astype(np.float32) / 255.0)
 
     def _checked(self, indices: np.ndarray) -> np.ndarray:

@@ -33,12 +33,13 @@ from typing import Any
 import numpy as np
 
 
-def pixels(source: Any, indices: np.ndarray, *, train: bool, seed: int = 0) -> np.ndarray:
+def pixels(source: Any, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0) -> np.ndarray:
     """``source``'s images of ``indices``: uint8 when it has ``get_pixels`` (image sources),
-    else its ``get_batch`` (in-memory arrays, already model inputs)."""
+    else its ``get_batch`` (in-memory arrays, already model inputs). ``offset``: the position
+    of ``indices[0]`` in the batch whose augmentation seed is ``seed``."""
     if hasattr(source, "get_pixels"):
-        return source.get_pixels(indices, train=train, seed=seed)
-    return source.get_batch(indices, train=train, seed=seed)
+        return source.get_pixels(indices, train=train, seed=seed, offset=offset)
+    return source.get_batch(indices, train=train, seed=seed, offset=offset)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -59,14 +60,18 @@ def _single_threaded(source: Any) -> Any:
 
 class TrainBatch:
     """``step -> {"step", "indices", "images"}``: the training batch of ``step`` (picklable, so
-    that grain's worker processes can run it)."""
+    that grain's worker processes can run it). ``indices`` are the whole batch's rows,
+    ``images`` those of ``rows`` only (a process's share of a global batch), augmented as
+    when the whole batch is loaded."""
 
-    def __init__(self, source: Any, sampler: Any, seed: int):
+    def __init__(self, source: Any, sampler: Any, seed: int, rows: slice | None = None):
         self.source, self.sampler, self.seed = source, sampler, int(seed)
+        self.rows = rows or slice(0, None)
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         indices = np.asarray(self.sampler.indices(int(step)))
-        images = pixels(self.source, indices, train=True, seed=step_seed(self.seed, step))
+        seed, offset = step_seed(self.seed, step), self.rows.start or 0
+        images = pixels(self.source, indices[self.rows], train=True, seed=seed, offset=offset)
         return {"step": np.int64(step), "indices": indices, "images": images}
 
 
@@ -130,12 +135,15 @@ def train_batches(
     stop: int,
     workers: int = 0,
     prefetch: int = 2,
+    rows: slice | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The training batches of steps ``[start, stop)`` (``{"step", "indices", "images"}``,
-    images uint8 for image sources), made ``prefetch`` batches ahead of the consumer."""
+    images uint8 for image sources; only ``rows`` of each batch when given, see
+    :class:`TrainBatch`), made ``prefetch`` batches ahead of the consumer."""
     if workers:
         source = _single_threaded(source)
-    return iterate(TrainBatch(source, sampler, seed), start, stop, workers=workers, prefetch=prefetch)
+    fn = TrainBatch(source, sampler, seed, rows)
+    return iterate(fn, start, stop, workers=workers, prefetch=prefetch)
 
 
 def eval_batches(

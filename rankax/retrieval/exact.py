@@ -55,8 +55,10 @@ def _bucket(x: int) -> int:
 
 
 def query_mesh(devices: list | None = None) -> Mesh | None:
-    """One-axis mesh over ``devices`` (default: all), or None with a single device."""
-    devices = jax.devices() if devices is None else list(devices)
+    """One-axis mesh over ``devices`` (default: this process's, ``jax.local_devices()``: all of
+    them in a one-process run; in a multi-process run each process ranks the whole gallery on
+    its own devices), or None with a single device."""
+    devices = jax.local_devices() if devices is None else list(devices)
     if len(devices) <= 1:
         return None
     return Mesh(np.asarray(devices), (_AXIS,))

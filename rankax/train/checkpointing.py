@@ -17,6 +17,15 @@ Faults (``docs/training.md``, Faults):
   moves it to ``<dir>.corrupt/<step>`` (writable mode) and uses the previous one;
   :meth:`Checkpointer.restore` of one given step raises
   :class:`~rankax.train.CheckpointReadError` naming the step and path instead.
+
+Multi-process runs (``docs/multihost.md``): every process constructs the ``Checkpointer`` on
+the same shared directory and calls ``save`` / ``restore`` (orbax coordinates the processes;
+a replicated state is written once, by process 0, and read whole by each). The state is
+stored as whole arrays, whatever the mesh, so a checkpoint written by ``n`` processes
+restores in any other number of processes. Housekeeping of the shared directory -- removing
+the partial output of a failed save, moving an unreadable step to ``<dir>.corrupt`` -- is done
+once, by process 0, and the others wait at a barrier (bounded by ``BARRIER_TIMEOUT_S``) before
+they look at the directory again. Warnings are printed by process 0.
 """
 
 from __future__ import annotations
@@ -33,10 +42,12 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rankax.train import distributed
 from rankax.train.errors import CheckpointReadError, CheckpointSaveError
 
 _POLICIES = ocp.checkpoint_managers
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temporary-folder marker (atomic rename)
+BARRIER_TIMEOUT_S = 300  # multi-process: how long the others wait for process 0's housekeeping
 
 
 def _saved_fields(state: Any) -> dict[str, Any]:
@@ -83,7 +94,7 @@ class Checkpointer:
                 ),
             ]
         )
-        if not self.read_only:
+        if not self.read_only and distributed.is_main():  # orbax removes them on process 0
             self._report_leftovers()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
@@ -140,7 +151,8 @@ class Checkpointer:
             self._mngr.save(step, args=args, metrics=metrics, force=True)
             self._mngr.wait_until_finished()
         except Exception as err:
-            removed = self._remove_partial_saves(step)
+            removed = self._remove_partial_saves(step) if distributed.is_main() else []
+            distributed.barrier(f"failed-save-{step}", BARRIER_TIMEOUT_S)
             self._mngr.reload()
             kept = "none" if previous is None else f"step {previous} ({self.step_path(previous)}) is intact"
             raise CheckpointSaveError(
@@ -237,7 +249,8 @@ class Checkpointer:
                     ) from err
                 self._skip_unreadable(step, err)
                 continue
-            print(f"Resuming from checkpoint step {step} in {self.directory}")
+            if distributed.is_main():
+                print(f"Resuming from checkpoint step {step} in {self.directory}")
             self.restored_step = step
             return restored
         return state, []
@@ -271,12 +284,16 @@ class Checkpointer:
             where = "left in place (read-only)"
         else:
             aside = os.path.join(self.directory + ".corrupt", str(step))
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            shutil.rmtree(aside, ignore_errors=True)
-            shutil.move(path, aside)
+            if distributed.is_main():  # once, on the shared directory; the others wait
+                os.makedirs(os.path.dirname(aside), exist_ok=True)
+                shutil.rmtree(aside, ignore_errors=True)
+                shutil.move(path, aside)
+            distributed.barrier(f"quarantine-{step}", BARRIER_TIMEOUT_S)
             self._mngr.reload()
             where = f"moved to {aside}"
         logging.warning("checkpoint %s is unreadable: %s", path, err)
+        if not distributed.is_main():
+            return
         print(
             f"WARNING: checkpoint step {step} at {path} is unreadable ({_first_line(err)}); "
             f"{where}; {fallback}"

@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from rankax.train import checkpointing, errors, writers
+from rankax.train import checkpointing, distributed, errors, writers
 
 NONFINITE_ACTIONS = ("raise", "skip")
 
@@ -67,8 +67,9 @@ class NonFiniteGuard:
             self.consecutive = 0
             return
         record = self._record(step, idx, images, metrics, state)
-        with open(self.report_path, "a") as f:
-            f.write(json.dumps(writers.jsonable(record)) + "\n")
+        if distributed.is_main():  # [multihost] one record per event
+            with open(self.report_path, "a") as f:
+                f.write(json.dumps(writers.jsonable(record)) + "\n")
         terms = record["terms"]
         summary = self._summary(
             step, idx, {k: v for k, v in terms.items() if not np.isfinite(v)}, terms, record
@@ -85,7 +86,8 @@ class NonFiniteGuard:
     def _record(self, step: int, idx: np.ndarray, images: np.ndarray, metrics: dict, state: Any) -> dict:
         """The line of ``nonfinite_steps.jsonl`` for this step; in raise mode with every term
         recomputed from the pre-step ``state``."""
-        bad_inputs = idx[~np.isfinite(np.asarray(images).reshape(len(idx), -1)).all(axis=1)]
+        pixels = distributed.host_rows(images)  # [multihost] every process's rows, gathered
+        bad_inputs = idx[~np.isfinite(np.asarray(pixels).reshape(len(idx), -1)).all(axis=1)]
         record: dict[str, Any] = {
             "step": step,
             "action": self.action,

@@ -10,6 +10,7 @@ before and augmented on the device (``config.dataset.max_shift``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -128,22 +129,56 @@ def prefetch(config: ml_collections.ConfigDict) -> int:
     return value
 
 
+def process_rows(global_size: int) -> slice:
+    """The rows of a global batch this process loads: all of them with one process, its share
+    (:func:`rankax.train.distributed.local_slice`) with several."""
+    if jax.process_count() == 1:
+        return slice(0, global_size)
+    from rankax.train import distributed
+
+    return distributed.local_slice(global_size)
+
+
 def train_batches(
     config: ml_collections.ConfigDict, data: rdata.RetrievalDataset, sampler, start: int, stop: int
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """``(step, indices, images)`` for steps ``[start, stop)``: a pure function of
-    ``(config.seed, step)`` whatever the worker count, so a resumed run sees the same batches."""
+    """``(step, indices, images)`` for steps ``[start, stop)``: ``indices`` the ``[B]`` rows of
+    the global batch (the same on every process: the sampler is a pure function of
+    ``(config.seed, step)``), ``images`` this process's rows of it (:func:`process_rows`),
+    augmented as a one-process run would (``offset``), whatever the worker count, so a resumed
+    run sees the same batches."""
+    rows = process_rows(sampler.batch_size)
     if not is_image_source(data.train):
         for step in range(start, stop):
             idx = sampler.indices(step)
-            yield step, idx, data.train.get_batch(idx, train=True, seed=loader.step_seed(config.seed, step))
+            seed = loader.step_seed(config.seed, step)
+            yield step, idx, data.train.get_batch(idx[rows], train=True, seed=seed, offset=rows.start)
         return
     batches = loader.train_batches(
         data.train, sampler, seed=int(config.seed), start=start, stop=stop,
-        workers=workers(config), prefetch=prefetch(config),
+        workers=workers(config), prefetch=prefetch(config), rows=rows,
     )
     for batch in batches:
         yield int(batch["step"]), batch["indices"], batch["images"]
+
+
+def place(
+    images: np.ndarray, indices: np.ndarray, labels: np.ndarray, sharding: jax.sharding.Sharding
+) -> tuple[jax.Array, Any]:
+    """``(images, labels)`` of the global batch ``indices`` as the step takes them: this
+    process's ``images`` rows put on its devices as part of the global array of ``sharding``
+    (``jax.make_array_from_process_local_data`` with several processes), and the batch's
+    labels (numpy with one process, a global array with several)."""
+    if jax.process_count() == 1:
+        return jax.device_put(images, sharding), labels[indices]
+    from rankax.train import distributed
+
+    shape = (len(indices),)
+    mine = indices[process_rows(len(indices))]
+    return (
+        distributed.global_array(images, sharding, shape + images.shape[1:]),
+        distributed.global_array(labels[mine], sharding, shape + labels.shape[1:]),
+    )
 
 
 def eval_reading(config: ml_collections.ConfigDict, data: rdata.RetrievalDataset) -> dict:

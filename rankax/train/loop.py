@@ -30,7 +30,17 @@ from jax.sharding import PartitionSpec as P
 import rankax
 from rankax.data import loader
 from rankax.data.base import RetrievalDataset
-from rankax.train import checkpointing, errors, evaluators, guards, input_pipeline, losses, plotting, writers
+from rankax.train import (
+    checkpointing,
+    distributed,
+    errors,
+    evaluators,
+    guards,
+    input_pipeline,
+    losses,
+    plotting,
+    writers,
+)
 from rankax.train import state as state_lib
 from rankax.train import workdir as workdir_lib
 from rankax.train.state import TrainState
@@ -66,7 +76,10 @@ def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any
         train(run, counter)
         return finish(run)
     except BaseException as err:
-        if fresh and counter["steps"] == 0 and not isinstance(err, errors.NonFiniteLossError):
+        if (
+            fresh and counter["steps"] == 0 and not isinstance(err, errors.NonFiniteLossError)
+            and distributed.is_main()  # [multihost] the shared workdir is cleaned once
+        ):
             _remove_contents(workdir, keep_dir=existed)  # a failed start leaves no half-made workdir
         raise
 
@@ -139,7 +152,7 @@ def restore(
     os.makedirs(workdir, exist_ok=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
     state, history = ckpt.restore_latest(state)
-    return ckpt, jax.device_put(state, NamedSharding(mesh, P())), history
+    return ckpt, distributed.replicate(state, mesh), history  # [multihost] was jax.device_put
 
 
 def setup(config: Config, workdir: str, changes: dict) -> Run:
@@ -152,7 +165,8 @@ def setup(config: Config, workdir: str, changes: dict) -> Run:
     model = state_lib.build_model(config)
     state = state_lib.initial_state(config, data, model)
     ckpt, state, history = restore(config, workdir, state, mesh)
-    workdir_lib.write(config, workdir, changes)
+    if distributed.is_main():  # [multihost]
+        workdir_lib.write(config, workdir, changes)
     run = Run(
         config=config,
         workdir=workdir,
@@ -182,7 +196,8 @@ def baselines(run: Run) -> dict[str, dict[str, float]]:
             report["raw pixels"] = evaluators.raw_pixel_metrics(run.config, run.data)
         report["untrained"] = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
         run.history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
-        writers.write_json(path, report, indent=2)
+        if distributed.is_main():  # [multihost]
+            writers.write_json(path, report, indent=2)
     elif os.path.exists(path):  # a resumed or finished run shows its whole table
         with open(path) as f:
             report.update(json.load(f))
@@ -249,23 +264,14 @@ class Meter:
             self.bar.close()
 
 
-def batch_at(run: Run, step: int) -> tuple[np.ndarray, Any]:
-    """The dataset indices and images of step ``step`` (0-based) in host memory: a pure
-    function of ``(config.seed, step)``, so a resumed run sees the same batches (the loop
-    reads them ahead through :func:`batches`; this is the same batch, read directly)."""
-    idx = run.sampler.indices(step)
-    images = loader.pixels(
-        run.data.train, idx, train=True, seed=loader.step_seed(run.config.seed, step)
-    )
-    return idx, images
-
-
 def batches(run: Run) -> loader.Timed:
-    """``(step, indices, images on the devices)`` for the remaining steps: read ahead by the
-    input pipeline (:func:`rankax.train.input_pipeline.train_batches`) and copied to the devices
-    one batch ahead of the step, the time the loop waits for them accounted."""
+    """``(step, indices, images, labels)`` for the remaining steps: read ahead by the input
+    pipeline (:func:`rankax.train.input_pipeline.train_batches`; each process reads only its
+    rows of the global batch) and put on the devices one batch ahead of the step
+    (:func:`rankax.train.input_pipeline.place`: global arrays with several processes), the time
+    the loop waits for them accounted."""
     sharding = NamedSharding(run.mesh, P("data"))
-    put = lambda b: (b[0], b[1], jax.device_put(b[2], sharding))
+    put = lambda b: (b[0], b[1], *input_pipeline.place(b[2], b[1], run.labels, sharding))
     stop = int(run.config.num_steps)
     host = input_pipeline.train_batches(run.config, run.data, run.sampler, run.start, stop)
     return loader.Timed(loader.prefetch_to_device(host, put, size=2))
@@ -284,8 +290,8 @@ def train(run: Run, counter: dict[str, int]) -> None:
             f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
         )
     feed = batches(run)
-    for step, idx, images in feed:
-        run.state, metrics = train_step(run.state, images, run.labels[idx], halted)
+    for step, idx, images, labels in feed:
+        run.state, metrics = train_step(run.state, images, labels, halted)
         halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
         if pending is not None:  # step - 1's flag: reading it now lets step run meanwhile
             guard.check(*pending, run.state)
@@ -385,6 +391,8 @@ def finish(run: Run) -> dict[str, float]:
         run.ckpt.save(run.state, run.history, metrics=final)
     run.ckpt.close()
     run.report["trained"] = final
+    if not distributed.is_main():  # [multihost] the table, metrics.json, history and plots: process 0
+        return final
     writers.print_table(run.report)
     outputs = write_outputs(run, final)
     print("Wrote " + ", ".join(outputs) + f" (checkpoints in {run.ckpt.directory})")

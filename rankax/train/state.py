@@ -118,4 +118,9 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
     n = int(config.get("num_devices", 0)) or len(devices)
     if n > len(devices):
         raise ValueError(f"config.num_devices={n} but only {len(devices)} devices are visible")
+    if jax.process_count() > 1 and n != len(devices):  # [multihost] every process's devices
+        raise ValueError(
+            f"config.num_devices={n}: a run of {jax.process_count()} processes uses all "
+            f"{len(devices)} devices of all processes; set config.num_devices=0"
+        )
     return Mesh(np.asarray(devices[:n]), ("data",))

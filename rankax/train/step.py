@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 import rankax
 from rankax import xbm
-from rankax.train import guards, losses
+from rankax.train import distributed, guards, losses
 from rankax.train.state import TrainState
 
 Array = jax.Array
@@ -163,6 +163,8 @@ def embed_fn(
     numpy); ``preprocess`` runs on the device first."""
     apply = jax.jit(functools.partial(eval_step, state.apply_fn, preprocess=preprocess))
     variables = state.variables()
+    if jax.process_count() > 1:  # [multihost] replicated global params -> this host's copy
+        variables = distributed.host_local(variables)
     return lambda images: np.asarray(apply(variables, images), np.float32)
 
 
@@ -206,6 +208,7 @@ class TrainStep:
         """Every term of the step of ``state.step`` on this batch (host numpy values), and
         ``first_check``: the first failed :mod:`rankax.debug` check of the loss (``checkify``:
         the loss's name and the first non-finite embedding; ``None`` if none failed)."""
+        labels = distributed.like_batch(labels, images)  # [multihost] numpy labels -> global
         out = jax.tree.map(np.asarray, self._diagnose(state, images, labels))
         out["first_check"] = None
         if self._checked_loss is not None:

@@ -32,7 +32,12 @@ def jsonable(x: Any) -> Any:
 
 
 def summary_writer(workdir: str) -> Any:
-    """A TensorBoard writer of ``<workdir>/tensorboard`` (``add_scalar(tag, value, step)``)."""
+    """A TensorBoard writer of ``<workdir>/tensorboard`` (``add_scalar(tag, value, step)``);
+    on processes other than 0 of a multi-process run, one that writes nothing."""
+    from rankax.train import distributed
+
+    if not distributed.is_main():  # [multihost] TensorBoard from process 0 only
+        return distributed.NullWriter()
     from tensorboardX import SummaryWriter
 
     return SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -45,7 +50,11 @@ def write_scalars(writer: Any, prefix: str, values: dict[str, float], step: int)
 
 
 def progress(start: int, total: int) -> Any:
-    """A tqdm bar of the training steps, starting at ``start`` of ``total``."""
+    """A tqdm bar of the training steps, starting at ``start`` of ``total`` (process 0's only)."""
+    from rankax.train import distributed
+
+    if not distributed.is_main():  # [multihost] one progress bar: process 0's
+        return distributed.NullWriter()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)

@@ -1,0 +1,211 @@
+"""Multi-process training on the CPU: 2 processes x 4 devices equal 1 process x 8 devices.
+
+Each test launches ``experiments.train`` on the digits config as separate processes joined by
+``jax.distributed`` over localhost (tests/multihost_launch.py: free ports, hard timeouts,
+kill by PID, every process's log in the failure message). The reference of every comparison is
+a one-process run of the same config: the global batch, its ranking loss and the update are
+the same computation whichever processes hold the devices, so parameters and metrics agree to
+float32 rounding (the reductions are grouped differently).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.multihost_launch import ROOT, Run, child_env, free_port, launch
+
+STEPS = 4
+ARGS = ["--config", "configs/digits.py", f"--config.num_steps={STEPS}", "--config.eval_every=0",
+        "--config.checkpoint_every=2", "--config.log_every=1"]
+TIMEOUT_S = 240
+PARAM_ATOL = 2e-5  # Adam's normalised steps turn float32 rounding of tiny gradients into ~1e-6
+METRIC_ATOL = 1e-4
+
+
+def _params(workdir: str, step: int) -> dict[str, np.ndarray]:
+    """Every float leaf of checkpoint ``step`` as numpy (read onto this process's device,
+    whatever mesh wrote it)."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    ckpt = ocp.StandardCheckpointer()
+    meta = ckpt.metadata(path).item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+    flat = ocp.tree.to_flat_dict(ckpt.restore(path, target), sep="/")
+    return {k: np.asarray(v) for k, v in flat.items() if np.asarray(v).dtype.kind in "fiu"}
+
+
+def _assert_same_state(a: str, b: str, step: int) -> None:
+    pa, pb = _params(a, step), _params(b, step)
+    assert pa.keys() == pb.keys()
+    for key in pa:
+        np.testing.assert_allclose(pa[key], pb[key], rtol=0, atol=PARAM_ATOL, err_msg=key)
+
+
+def _metrics(workdir: str) -> dict[str, float]:
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multihost")
+    one, two = str(root / "one"), str(root / "two")
+    first = launch(one, 1, ARGS)
+    first.check(TIMEOUT_S)
+    second = launch(two, 2, ARGS)
+    second.check(TIMEOUT_S)
+    return root, one, two, second
+
+
+def test_two_processes_train_as_one(runs):
+    _, one, two, second = runs
+    for step in (2, STEPS):
+        _assert_same_state(one, two, step)
+    m1, m2 = _metrics(one), _metrics(two)
+    assert m1.keys() == m2.keys()
+    for key in m1:
+        assert m2[key] == pytest.approx(m1[key], abs=METRIC_ATOL), key
+    # training moved the parameters between the two checkpoints: the comparison is not vacuous
+    early, late = _params(two, 2), _params(two, STEPS)
+    assert any(not np.allclose(early[k], late[k]) for k in early if k.startswith("params/"))
+    # process 0 alone reports and writes: one table, one TensorBoard event file
+    log0, log1 = second.text(0), second.text(1)
+    assert "trained" in log0 and "Wrote" in log0
+    assert "Wrote" not in log1 and "trained " not in log1
+    events = os.listdir(os.path.join(two, "tensorboard"))
+    assert len(events) == 1, events
+
+
+def _resume(root, source: str, name: str, processes: int) -> str:
+    """A copy of ``source`` with its last checkpoint and outputs removed, resumed by
+    ``processes`` processes."""
+    work = str(root / name)
+    shutil.copytree(source, work)
+    shutil.rmtree(os.path.join(work, "checkpoints", str(STEPS)))
+    os.remove(os.path.join(work, "metrics.json"))
+    run = launch(work, processes, ARGS)
+    run.check(TIMEOUT_S)
+    assert "Resuming from checkpoint step 2" in run.text(0), run.all_logs()
+    return work
+
+
+def test_checkpoint_of_two_processes_resumes_in_one(runs):
+    root, one, two, _ = runs
+    resumed = _resume(root, two, "two_to_one", 1)
+    _assert_same_state(resumed, two, STEPS)
+    _assert_same_state(resumed, one, STEPS)
+
+
+def test_checkpoint_of_one_process_resumes_in_two(runs):
+    root, one, _, _ = runs
+    resumed = _resume(root, one, "one_to_two", 2)
+    _assert_same_state(resumed, one, STEPS)
+
+
+def test_evaluation_across_processes_equals_one_process(runs):
+    """experiments.evaluate on the 2-process workdir: 2 processes (each embeds half of every
+    batch; all rank the whole gallery) report the metrics of a 1-process evaluation."""
+    root, _, two, _ = runs
+    out = {n: str(root / f"eval{n}.json") for n in (1, 2)}
+    for n in (1, 2):
+        run = launch(two, n, ["--output", out[n]], module="experiments.evaluate", log=str(root / f"eval{n}"))
+        run.check(TIMEOUT_S)
+    one, many = (json.loads(open(out[n]).read())["metrics"] for n in (1, 2))
+    for key in one:
+        if key != "seconds":
+            assert many[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_killed_process_stops_the_other(tmp_path):
+    """Process 1 is killed mid-run: process 0 exits (non-zero) within the heartbeat timeout
+    plus a margin, naming the dead process, instead of waiting forever in a collective."""
+    import time
+
+    work = str(tmp_path / "killed")
+    args = ["--config", "configs/digits.py", "--config.num_steps=100000", "--config.eval_every=0",
+            "--config.checkpoint_every=100000", "--config.eval_baselines=false", "--config.log_every=1"]
+    run = launch(work, 2, args, extra=["--heartbeat_timeout", "5", "--initialization_timeout", "60"])
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while "train:" not in run.text(1) and "train:" not in run.text(0):
+            assert all(p.poll() is None for p in run.procs), run.all_logs()
+            assert time.monotonic() < deadline, "never started training\n" + run.all_logs()
+            time.sleep(0.5)
+        time.sleep(1.0)
+        run.procs[1].kill()
+        run.procs[1].wait()
+        killed_at = time.monotonic()
+        codes = run.wait(60)
+    finally:
+        run.kill()
+    took = time.monotonic() - killed_at
+    assert codes[0] != 0, run.all_logs()
+    log = run.text(0)
+    clear = ("stopped sending heartbeats", "another task died", "Connection closed by peer")
+    assert any(c in log for c in clear), run.all_logs()
+    assert took < 45, f"process 0 took {took:.0f}s to stop\n{run.all_logs()}"
+
+
+NAN_SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, sys
+    import numpy as np
+    from rankax.train import distributed
+    address, i, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    distributed.initialize(address, 2, i, initialization_timeout=60, heartbeat_timeout=30)
+    from rankax.data.base import ArraySource
+    from rankax.train import NonFiniteLossError, input_pipeline, train_lib
+    from experiments import cli
+
+    config = cli.load_config("configs/digits.py")
+    config.num_steps, config.eval_every, config.eval_baselines = 6, 0, False
+    config.log_every, config.checkpoint_every = 100, 2
+    sampler = input_pipeline.make_sampler(config, input_pipeline.load(config))
+    bad = int(sampler.indices(3)[-1])  # the last row of step 3: process 1's half
+    first = next(t for t in range(6) if bad in sampler.indices(t))
+    load = input_pipeline.load
+
+    def poisoned(c):
+        data = load(c)
+        images = np.array(data.train.images, copy=True)
+        images[bad] = np.nan
+        return dataclasses.replace(data, train=ArraySource(images, data.train.labels))
+
+    input_pipeline.load = poisoned
+    try:
+        train_lib.train_and_evaluate(config, workdir)
+    except NonFiniteLossError as err:
+        assert err.step == first, (err.step, first)
+        assert f"non-finite inputs at dataset indices [{bad}]" in str(err), str(err)
+        print("NONFINITE-OK", err.step, flush=True)
+        sys.exit(3)
+    """
+)
+
+
+def test_nonfinite_step_is_diagnosed_across_processes(tmp_path):
+    """A NaN image (process 1 loads it at step 3): both processes stop with
+    NonFiniteLossError at the first step whose batch holds it, naming that image (every
+    process's rows are gathered for the report); one record is written, by process 0."""
+    work, port = str(tmp_path / "nan"), free_port()
+    procs, logs = [], []
+    for i in range(2):
+        logs.append(f"{work}.log{i}")
+        with open(logs[-1], "w") as f:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", NAN_SCRIPT, f"127.0.0.1:{port}", str(i), work],
+                cwd=ROOT, env=child_env(4), stdout=f, stderr=subprocess.STDOUT,
+            ))
+    run = Run(procs, logs)
+    assert run.wait(TIMEOUT_S) == [3, 3], run.all_logs()
+    assert all("NONFINITE-OK" in run.text(i) for i in range(2)), run.all_logs()
+    with open(os.path.join(work, "nonfinite_steps.jsonl")) as f:
+        assert len(f.readlines()) == 1
