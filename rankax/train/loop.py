@@ -346,7 +346,7 @@ def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, mete
         run.writer.add_scalar("train/images_per_s", rate, n)
         run.writer.add_scalar("train/data_wait_fraction", waiting, n)
         meter.open()
-    if waiting >= INPUT_BOUND and not meter.warned:
+    if waiting >= INPUT_BOUND and not meter.warned and input_pipeline.is_image_source(run.data.train):
         meter.warned = True
         print(
             f"Input-bound: the step waited for data {waiting:.0%} of the time up to step {n} "
