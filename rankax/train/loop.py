@@ -330,7 +330,7 @@ def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, mete
     """Appends the training entry of step counter ``n`` to the history and TensorBoard: images
     per second and the share of time spent waiting for data over the window since the last
     entry, the loss (a skipped step logs none) and in skip mode the skipped count; then opens a
-    new window. An input-bound window is reported once."""
+    new window. An input-bound window of an image dataset is reported once."""
     rate, waiting = meter.window()
     entry: dict[str, Any] = {"step": n, "images_per_s": rate, "data_wait_fraction": waiting}
     if bool(metrics["finite"]):
