@@ -156,8 +156,8 @@ def _e2e_config(root: str, args):
     c.loss.name = "supap"
     c.batch.classes_per_batch, c.batch.samples_per_class = args.batch // 4, 4
     c.input.workers = args.workers
-    c.num_steps = args.warmup + args.steps
-    c.log_every = args.steps  # one window over the timed steps (the first window holds the warm-up)
+    c.num_steps = 2 * args.steps
+    c.log_every = args.steps  # the second window is the timed one (the first holds the warm-up)
     c.eval_every, c.eval_baselines = 0, False
     c.checkpoint_every = c.num_steps
     c.eval_batch_size = 64
