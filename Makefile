@@ -49,7 +49,8 @@ test-gpu:
 lint: $(TEST)
 	$(VENV)/bin/ruff check .
 
-## Speed/memory of the batch path and of retrieval evaluation (writes docs/), ScaNN vs exact at
+## Speed/memory of the batch path and of retrieval evaluation (writes docs/), the image input
+## pipeline against a PyTorch DataLoader (docs/benchmarks_input.md), ScaNN vs exact at
 ## 200k x 128 (printed; `python -m experiments.benchmark_scann --large 1000000 --docs
 ## docs/benchmarks.md` rewrites the ScaNN section of docs/benchmarks.md).
 bench: $(TEST)
@@ -57,6 +58,7 @@ bench: $(TEST)
 	$(PY) -m experiments.benchmark_paths --sizes 1024,4096 --docs docs
 	$(PY) -m experiments.benchmark_retrieval
 	$(PY) -m experiments.benchmark_scann
+	$(PY) -m experiments.benchmark_input --docs docs/benchmarks_input.md
 
 clean:
 	rm -rf $(VENV) runs

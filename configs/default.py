@@ -71,6 +71,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip = 0.0
     c.optimizer.freeze_bn_params = False
 
+    # Image datasets: batches decoded ahead of the step by `workers` processes (-1: one per core
+    # but one; 0: threads of the main process), `prefetch` batches ahead per worker, shipped as
+    # uint8 and normalised on the device (rankax.data.loader). In-memory data ignores this.
+    c.input = ml_collections.ConfigDict()
+    c.input.workers = -1
+    c.input.prefetch = 2
+
     c.xbm = ml_collections.ConfigDict()
     c.xbm.size = 0  # cross-batch memory slots (0 = off)
     c.xbm.start_step = 0  # rank against the memory from this step on

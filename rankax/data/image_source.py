@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rankax.data.transforms import ImageTransform, decode_image
+from rankax.data.transforms import ImageTransform, open_image
 
 
 class ImageSource:
@@ -45,26 +45,30 @@ class ImageSource:
 
     def load(self, index: int, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
         """One preprocessed ``[S, S, 3]`` float32 image."""
-        return self.transform(decode_image(self._read(int(index))), train=train, rng=rng)
+        return self.transform(open_image(self._read(int(index))), train=train, rng=rng)
 
-    def get_batch(
+    def load_pixels(
+        self, index: int, *, train: bool, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """One ``[S, S, 3]`` uint8 image, cropped and resized but not normalised."""
+        return self.transform.pixels(open_image(self._read(int(index))), train=train, rng=rng)
+
+    def get_pixels(
         self, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0
     ) -> np.ndarray:
-        """``[B, S, S, 3]`` float32 images of ``indices`` (augmented when ``train``).
+        """``[B, S, S, 3]`` uint8 images of ``indices`` (augmented when ``train``): what the
+        input pipeline ships to the device, normalised there
+        (:func:`rankax.data.transforms.normalize_on_device`).
 
         Item ``p`` of the batch is augmented with ``np.random.default_rng([seed, offset + p])``:
         ``offset`` is the position of ``indices[0]`` in a larger batch, so a process that loads
         rows ``[lo, hi)`` of a global batch (``offset=lo``) augments them as a one-process run
         loading the whole batch does."""
-        indices = np.asarray(indices).reshape(-1)
-        n = len(self)
-        if len(indices) and (indices.min() < -n or indices.max() >= n):
-            raise IndexError(f"indices out of range for a source of {n} items")
-        indices = indices % max(n, 1)
+        indices = self._checked(indices)
 
         def work(position: int) -> np.ndarray:
             rng = np.random.default_rng([int(seed), int(offset) + position]) if train else None
-            return self.load(indices[position], train=train, rng=rng)
+            return self.load_pixels(indices[position], train=train, rng=rng)
 
         if self.num_threads == 1 or len(indices) <= 1:
             images = [work(p) for p in range(len(indices))]
@@ -74,8 +78,23 @@ class ImageSource:
             images = list(self._pool.map(work, range(len(indices))))
         if not images:
             s = self.transform.image_size
-            return np.zeros((0, s, s, 3), np.float32)
+            return np.zeros((0, s, s, 3), np.uint8)
         return np.stack(images)
+
+    def get_batch(
+        self, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0
+    ) -> np.ndarray:
+        """``[B, S, S, 3]`` float32 images of ``indices`` (augmented when ``train``): the
+        :meth:`get_pixels` normalised on the host."""
+        pixels = self.get_pixels(indices, train=train, seed=seed, offset=offset)
+        return self.transform.normalize(pixels.astype(np.float32) / 255.0)
+
+    def _checked(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices).reshape(-1)
+        n = len(self)
+        if len(indices) and (indices.min() < -n or indices.max() >= n):
+            raise IndexError(f"indices out of range for a source of {n} items")
+        return indices % max(n, 1)
 
     def __getstate__(self):
         state = self.__dict__.copy()

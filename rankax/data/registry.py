@@ -8,7 +8,8 @@ a missing required key.
 Image keys shared by sop, cub, cars, inat and folder (see :class:`ImageTransform`):
 ``image_size`` (224), ``resize_size`` (256), ``test_resize_mode`` ("shorter"; "square" for
 sop), ``train_resize_size`` (None; 256 for sop), ``crop_scale`` ((0.16, 1.0)), ``crop_ratio``
-((0.75, 1.33)), ``flip`` (True), ``num_threads`` (4, decoding threads).
+((0.75, 1.33)), ``flip`` (True), ``draft_train`` (True: JPEG draft decoding of training
+crops) and ``draft_test`` (False), ``num_threads`` (4, decoding threads per process).
 
 * ``digits``: ``protocol`` ("stratified" | "open_set"), ``split_seed`` (0), ``max_shift``
   (0; used by the on-device augmentation of the input pipeline, not here).
@@ -41,6 +42,8 @@ _IMAGE_KEYS: dict[str, Any] = {
     "crop_scale": (0.16, 1.0),
     "crop_ratio": (0.75, 1.33),
     "flip": True,
+    "draft_train": True,
+    "draft_test": False,
     "num_threads": 4,
 }
 _TFDS_KEYS: dict[str, Any] = {**_IMAGE_KEYS, "data_dir": None, "pil_decode": True}
@@ -122,6 +125,8 @@ def _transform(v: dict[str, Any]) -> ImageTransform:
         crop_scale=tuple(float(x) for x in v["crop_scale"]),
         crop_ratio=tuple(float(x) for x in v["crop_ratio"]),
         flip=bool(v["flip"]),
+        draft_train=bool(v["draft_train"]),
+        draft_test=bool(v["draft_test"]),
     )
 
 

@@ -113,12 +113,23 @@ def _dense(*columns: Sequence[Any]) -> np.ndarray:
     return (out[0] if len(out) == 1 else np.stack(out, axis=1)).astype(np.int32)
 
 
+class _ImageReader:
+    """``i -> the encoded image of record rows[i]`` (all records when ``rows`` is None); a
+    class rather than a closure so that input-pipeline worker processes can unpickle it."""
+
+    def __init__(self, source: Any, rows: np.ndarray | None = None):
+        self.source, self.rows = source, rows
+
+    def __call__(self, i: int) -> Any:
+        return self.source[int(i if self.rows is None else self.rows[i])]["image"]
+
+
 def _image_reader(source: Any) -> Any:
-    return lambda i: source[i]["image"]
+    return _ImageReader(source)
 
 
 def _subset_reader(source: Any, rows: np.ndarray) -> Any:
-    return lambda i: source[int(rows[i])]["image"]
+    return _ImageReader(source, np.asarray(rows))
 
 
 def _split_by_class(

@@ -25,8 +25,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("shorter", "square")
 
 
-def decode_image(data: bytes | np.ndarray | Image.Image | str) -> Image.Image:
-    """An RGB PIL image from encoded bytes, a ``[H, W, C]`` uint8 array, a PIL image or a path."""
+def open_image(data: bytes | np.ndarray | Image.Image | str) -> Image.Image:
+    """A PIL image from encoded bytes, a ``[H, W, C]`` uint8 array, a PIL image or a path.
+
+    Encoded images are opened lazily (only the header is read), so that
+    :meth:`ImageTransform.pixels` can ask a JPEG decoder for a reduced size first (draft mode).
+    """
     if isinstance(data, Image.Image):
         image = data
     elif isinstance(data, np.ndarray):
@@ -36,21 +40,54 @@ def decode_image(data: bytes | np.ndarray | Image.Image | str) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     else:
         image = Image.open(data)
+    return image
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB mode (decodes a lazily opened file)."""
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def decode_image(data: bytes | np.ndarray | Image.Image | str) -> Image.Image:
+    """An RGB PIL image from encoded bytes, a ``[H, W, C]`` uint8 array, a PIL image or a path."""
+    return as_rgb(open_image(data))
+
+
+def draft(image: Image.Image, min_size: tuple[int, int]) -> Image.Image:
+    """Asks a lazily opened JPEG for a 1/2, 1/4 or 1/8 scale decode no smaller than ``min_size``
+    (``(width, height)``); other images, and JPEGs already decoded, come back unchanged.
+
+    JPEG stores 8 x 8 DCT blocks, so libjpeg can decode at 1/2, 1/4 or 1/8 scale for a fraction
+    of the cost of a full decode (PIL's ``Image.draft``). The result is then resized as usual;
+    it differs from resizing the full decode by a few grey levels (both are a low-pass filter
+    followed by resampling).
+    """
+    if image.format == "JPEG":  # a no-op once the file is decoded
+        image.draft("RGB", (max(1, int(min_size[0])), max(1, int(min_size[1]))))
+    return image
+
+
+def resized_size(width: int, height: int, size: int, mode: str = "shorter") -> tuple[int, int]:
+    """``(width, height)`` after :func:`resize` of a ``width x height`` image."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    if mode == "square":
+        return size, size
+    if width <= height:
+        return size, max(1, round(height * size / width))
+    return max(1, round(width * size / height)), size
 
 
 def resize(image: Image.Image, size: int, mode: str = "shorter") -> Image.Image:
     """Resizes the shorter side to ``size`` (aspect kept) or the whole image to ``size x size``."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
-    w, h = image.size
-    if mode == "square":
-        new = (size, size)
-    elif w <= h:
-        new = (size, max(1, round(h * size / w)))
-    else:
-        new = (max(1, round(w * size / h)), size)
-    return image if new == (w, h) else image.resize(new, Image.BILINEAR)
+    new = resized_size(*image.size, size, mode)
+    return image if new == image.size else image.resize(new, Image.BILINEAR)
+
+
+def _resize_to(image: Image.Image, new: tuple[int, int], use_draft: bool) -> Image.Image:
+    """``image`` (lazily opened) decoded and resized to ``new`` (size computed on the original)."""
+    image = as_rgb(draft(image, new) if use_draft else image)
+    return image if new == image.size else image.resize(new, Image.BILINEAR)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -110,6 +147,11 @@ class ImageTransform:
         ROADMAP/SupRank configs write it.
       flip: horizontal flip with probability 1/2 at train time.
       mean, std: per-channel normalisation of [0, 1] pixels (ImageNet statistics).
+      draft_train: decode JPEGs at 1/2, 1/4 or 1/8 scale when the random crop, once resized
+        to ``image_size``, still has at least one source pixel per output pixel (see
+        :func:`draft`); about 2x faster on 500 px images. Default True.
+      draft_test: the same for test-time preprocessing; default False, so evaluation decodes
+        at full resolution as the official code does.
     """
 
     image_size: int = 224
@@ -121,6 +163,8 @@ class ImageTransform:
     flip: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    draft_train: bool = True
+    draft_test: bool = False
 
     def __post_init__(self):
         if self.image_size < 1 or self.resize_size < 1:
@@ -139,21 +183,59 @@ class ImageTransform:
         self, image: Image.Image, *, train: bool, rng: np.random.Generator | None = None
     ) -> np.ndarray:
         """``[image_size, image_size, 3]`` float32; ``rng`` is required when ``train``."""
-        if train:
-            if rng is None:
-                raise ValueError("a train transform needs an rng")
-            if self.train_resize_size is not None:
-                image = resize(image, self.train_resize_size, "shorter")
-            box = random_resized_crop_box(*image.size, rng, self.crop_scale, self.crop_ratio)
-            image = image.resize((self.image_size, self.image_size), Image.BILINEAR, box=box)
-            if self.flip and rng.random() < 0.5:
-                image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        else:
-            image = center_crop(resize(image, self.resize_size, self.test_resize_mode), self.image_size)
-        return self.normalize(np.asarray(image, dtype=np.float32) / 255.0)
+        return self.normalize(self.pixels(image, train=train, rng=rng).astype(np.float32) / 255.0)
+
+    def pixels(
+        self, image: Image.Image, *, train: bool, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """``[image_size, image_size, 3]`` uint8, before normalisation (what the input pipeline
+        ships to the device; :func:`normalize_on_device` finishes the job there)."""
+        if not train:
+            new = resized_size(*image.size, self.resize_size, self.test_resize_mode)
+            image = center_crop(_resize_to(image, new, self.draft_test), self.image_size)
+            return np.asarray(image, dtype=np.uint8)
+        if rng is None:
+            raise ValueError("a train transform needs an rng")
+        image, box = self._train_crop(image, rng)
+        image = image.resize((self.image_size, self.image_size), Image.BILINEAR, box=box)
+        if self.flip and rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return np.asarray(image, dtype=np.uint8)
+
+    def _train_crop(self, image: Image.Image, rng: np.random.Generator):
+        """The decoded image and the random-resized-crop box in its coordinates.
+
+        The box is drawn on the original size (or the pre-resized one), so the random draws do
+        not depend on draft decoding; with draft, the box is then scaled to the reduced image.
+        """
+        if self.train_resize_size is not None:
+            new = resized_size(*image.size, self.train_resize_size, "shorter")
+            image = _resize_to(image, new, self.draft_train)
+            return image, random_resized_crop_box(*image.size, rng, self.crop_scale, self.crop_ratio)
+        width, height = image.size
+        box = random_resized_crop_box(width, height, rng, self.crop_scale, self.crop_ratio)
+        if self.draft_train:
+            bw, bh = box[2] - box[0], box[3] - box[1]
+            s = self.image_size
+            image = draft(image, (math.ceil(width * s / bw), math.ceil(height * s / bh)))
+        image = as_rgb(image)
+        if image.size != (width, height):
+            sx, sy = image.size[0] / width, image.size[1] / height
+            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        return image, box
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """``(pixels - mean) / std`` on the channel axis, float32."""
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
         return ((pixels - mean) / std).astype(np.float32)
+
+
+def normalize_on_device(pixels, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """``(pixels / 255 - mean) / std`` in float32 with jax: the device half of
+    :meth:`ImageTransform.pixels` (``[..., 3]`` uint8 in, float32 out), the same arithmetic
+    as :meth:`ImageTransform.__call__` on the host."""
+    import jax.numpy as jnp
+
+    x = jnp.asarray(pixels).astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,23 +14,29 @@ from rankax.retrieval.revisited import revisited_from_embeddings
 EmbedFn = Callable[[np.ndarray], Any]
 
 
-def _rows(inputs: Any, start: int, stop: int) -> np.ndarray:
+def _batches(inputs: Any, batch_size: int, workers: int, raw: bool) -> Iterator[np.ndarray]:
     if hasattr(inputs, "get_batch"):  # a rankax.data Source: test-time preprocessing
-        return np.asarray(inputs.get_batch(np.arange(start, min(stop, len(inputs))), train=False))
-    return inputs[start:stop]
+        from rankax.data import loader
+
+        return loader.eval_batches(inputs, batch_size, workers=workers, raw=raw)
+    return (inputs[s : s + batch_size] for s in range(0, len(inputs), batch_size))
 
 
-def embed_in_batches(embed_fn: EmbedFn, inputs: Any, batch_size: int) -> np.ndarray:
+def embed_in_batches(
+    embed_fn: EmbedFn, inputs: Any, batch_size: int, *, workers: int = 0, raw: bool = False
+) -> np.ndarray:
     """``embed_fn`` over ``inputs`` in batches of ``batch_size``; the last batch is padded
     (repeating its last row) so a jitted ``embed_fn`` sees one shape, and the padding dropped.
 
-    ``inputs`` is an array ``[N, ...]`` or a :class:`rankax.data.Source` (read with
-    ``get_batch(indices, train=False)``, so datasets that do not fit in memory work too)."""
+    ``inputs`` is an array ``[N, ...]`` or a :class:`rankax.data.Source`, read with test-time
+    preprocessing through :func:`rankax.data.loader.eval_batches` (so datasets that do not fit
+    in memory work too): decoded ``workers`` processes ahead (0: in a background thread), as
+    uint8 pixels when ``raw`` (``embed_fn`` then normalises them, e.g. on the device) or
+    normalised float32 (default)."""
     if not hasattr(inputs, "get_batch"):
         inputs = np.asarray(inputs)
     outs = []
-    for start in range(0, len(inputs), batch_size):
-        batch = _rows(inputs, start, start + batch_size)
+    for batch in _batches(inputs, batch_size, workers, raw):
         m = len(batch)
         if m < batch_size and len(inputs) > batch_size:
             batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - m, axis=0)])
@@ -43,6 +50,23 @@ def embed_in_batches(embed_fn: EmbedFn, inputs: Any, batch_size: int) -> np.ndar
     return np.concatenate(outs)
 
 
+class Embedder:
+    """:func:`embed_in_batches` of a query set and an optional gallery with fixed reading
+    options; ``images_per_s`` holds the rate of the last call (decoding included)."""
+
+    def __init__(self, batch_size: int, workers: int = 0, raw: bool = False):
+        self.batch_size, self.workers, self.raw = batch_size, workers, raw
+        self.images_per_s: float | None = None
+
+    def __call__(self, embed_fn: EmbedFn, queries: Any, gallery: Any = None):
+        t = time.perf_counter()
+        kw = dict(workers=self.workers, raw=self.raw)
+        q = embed_in_batches(embed_fn, queries, self.batch_size, **kw)
+        g = None if gallery is None else embed_in_batches(embed_fn, gallery, self.batch_size, **kw)
+        self.images_per_s = (len(q) + (0 if g is None else len(g))) / max(time.perf_counter() - t, 1e-9)
+        return q, g
+
+
 class RetrievalEvaluator:
     """A retrieval evaluation the training loop calls and the CLI can call alone.
 
@@ -54,6 +78,8 @@ class RetrievalEvaluator:
       batch_size: inputs per ``embed_fn`` call.
       backend, ks, normalize, **evaluate_kwargs: passed to :func:`evaluate`.
       prefix: prepended to every metric name (e.g. ``"test/"``).
+      workers, raw: how Sources are read (see :func:`embed_in_batches`); after ``run``,
+        ``images_per_s`` is the embedding rate (decoding included).
 
     Example::
 
@@ -73,6 +99,8 @@ class RetrievalEvaluator:
         ks: Sequence[int] = (1, 2, 4, 8),
         normalize: bool = False,
         prefix: str = "",
+        workers: int = 0,
+        raw: bool = False,
         **evaluate_kwargs: Any,
     ):
         if (gallery_inputs is None) != (gallery_labels is None):
@@ -89,14 +117,12 @@ class RetrievalEvaluator:
         self.gallery_inputs, self.gallery_labels = gallery_inputs, gallery_labels
         self.batch_size = batch_size
         self.prefix = prefix
+        self.embedder = Embedder(batch_size, workers, raw)
         self.evaluate_kwargs = dict(backend=backend, ks=tuple(ks), normalize=normalize, **evaluate_kwargs)
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:
         """Embeds the inputs with ``embed_fn`` and returns the metrics of :func:`evaluate`."""
-        queries = embed_in_batches(embed_fn, self.inputs, self.batch_size)
-        gallery = None
-        if self.gallery_inputs is not None:
-            gallery = embed_in_batches(embed_fn, self.gallery_inputs, self.batch_size)
+        queries, gallery = self.embedder(embed_fn, self.inputs, self.gallery_inputs)
         result = evaluate(queries, self.labels, gallery, self.gallery_labels, **self.evaluate_kwargs)
         result.pop("per_query", None)
         return {f"{self.prefix}{key}": value for key, value in result.items()}
@@ -111,6 +137,7 @@ class RevisitedEvaluator:
       gnd: per-query dicts ``{"easy", "hard", "junk"}`` of gallery ids (see
         :func:`rankax.retrieval.revisited.load_gnd`).
       batch_size: inputs per ``embed_fn`` call; kappas: the ``k`` of mP@k; prefix: key prefix.
+      workers, raw: how Sources are read (see :func:`embed_in_batches`).
     """
 
     def __init__(
@@ -122,15 +149,17 @@ class RevisitedEvaluator:
         batch_size: int = 64,
         kappas: Sequence[int] = (1, 5, 10),
         prefix: str = "",
+        workers: int = 0,
+        raw: bool = False,
     ):
         if len(gnd) != len(query_inputs):
             raise ValueError(f"gnd has {len(gnd)} queries but query_inputs has {len(query_inputs)} rows")
         self.query_inputs, self.gallery_inputs, self.gnd = query_inputs, gallery_inputs, list(gnd)
         self.batch_size, self.kappas, self.prefix = batch_size, tuple(kappas), prefix
+        self.embedder = Embedder(batch_size, workers, raw)
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:
         """``{"easy/map", "medium/map", "hard/map", ".../mp@k", ".../num_empty"}``."""
-        queries = embed_in_batches(embed_fn, self.query_inputs, self.batch_size)
-        gallery = embed_in_batches(embed_fn, self.gallery_inputs, self.batch_size)
+        queries, gallery = self.embedder(embed_fn, self.query_inputs, self.gallery_inputs)
         result = revisited_from_embeddings(queries, gallery, self.gnd, self.kappas)
         return {f"{self.prefix}{key}": value for key, value in result.items()}

@@ -48,6 +48,7 @@ def _retrieval_evaluator(config: Config, data: RetrievalDataset) -> Any:
         batch_size=int(config.eval_batch_size),
         backend=config.eval_backend,
         ks=tuple(config.eval_ks),
+        **input_pipeline.eval_reading(config, data),
     )
 
 
@@ -75,7 +76,12 @@ def _revisited_evaluator(config: Config, data: RetrievalDataset) -> Any:
         raise ValueError("config.revisited_gnd must name the ground-truth file (gnd_roxford5k.pkl)")
     gnd = retrieval.load_gnd(config.revisited_gnd)
     return retrieval.RevisitedEvaluator(
-        data.test, data.gallery, gnd, batch_size=int(config.eval_batch_size), kappas=tuple(config.eval_ks)
+        data.test,
+        data.gallery,
+        gnd,
+        batch_size=int(config.eval_batch_size),
+        kappas=tuple(config.eval_ks),
+        **input_pipeline.eval_reading(config, data),
     )
 
 
@@ -149,11 +155,14 @@ def make_evaluator(config: Config, data: RetrievalDataset) -> Any:
     return _protocol(config).build(config, data)
 
 
-def embed_source(state: TrainState, source: Source, batch_size: int = 256) -> np.ndarray:
-    """``[N, D]`` float32 embeddings of every item of ``source`` (test-time preprocessing)."""
+def embed_source(state: TrainState, source: Source, batch_size: int = 256, *, workers: int = 0) -> np.ndarray:
+    """``[N, D]`` float32 embeddings of every item of ``source`` (test-time preprocessing; an
+    image source is decoded by ``workers`` processes and normalised on the device)."""
     from rankax.retrieval.evaluator import embed_in_batches
 
-    return embed_in_batches(embed_fn(state), source, batch_size)
+    raw = input_pipeline.is_image_source(source)
+    fn = embed_fn(state, input_pipeline.normalizer(source) if raw else None)
+    return embed_in_batches(fn, source, batch_size, workers=workers if raw else 0, raw=raw)
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -167,7 +176,8 @@ def evaluate_state(
     """Scalar metrics of ``state``'s model by ``evaluator`` (default: :func:`make_evaluator`)."""
     evaluator = make_evaluator(config, data) if evaluator is None else evaluator
     # [multihost] each process embeds its share of every batch; all get the whole gallery
-    return scalars(evaluator.run(distributed.sharded_embed_fn(embed_fn(state))))
+    embed = embed_fn(state, input_pipeline.normalizer(data.test))
+    return scalars(evaluator.run(distributed.sharded_embed_fn(embed)))
 
 
 def raw_pixel_metrics(config: Config, data: RetrievalDataset) -> dict[str, float]:

@@ -1,9 +1,15 @@
-"""Data for a config: the dataset (``rankax.data.load_dataset``), its sampler, and an
-on-device augmentation for in-memory datasets."""
+"""Data for a config: the dataset (``rankax.data.load_dataset``), its sampler, the batches of
+the training loop and of evaluation, and what the step does to images on the device.
+
+Image datasets go through :mod:`rankax.data.loader` (``config.input.workers`` processes,
+``config.input.prefetch`` batches ahead, uint8 to the device, normalised there by
+:func:`device_preprocess`); in-memory datasets (digits) are indexed in the loop's thread as
+before and augmented on the device (``config.dataset.max_shift``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -12,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from rankax import data as rdata
-from rankax.data import samplers
+from rankax.data import loader, samplers, transforms
 from rankax.train.errors import ConfigError
 
 
@@ -77,33 +83,107 @@ def augment_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Ar
     return augment
 
 
-def global_batch(
-    source: rdata.Source,
-    indices: np.ndarray,
-    labels: np.ndarray,
-    *,
-    seed: int,
-    sharding: jax.sharding.Sharding,
-) -> tuple[Any, Any]:
-    """``(images, labels)`` of the global batch ``indices`` (``[B]`` dataset rows, the same
-    on every process: the sampler is a pure function of ``(seed, step)``).
+def is_image_source(source: object) -> bool:
+    """Whether ``source`` decodes images (uint8 pixels through the loader) rather than holding
+    model inputs in memory."""
+    return hasattr(source, "get_pixels")
 
-    One process: the numpy batch, loaded whole (``source.get_batch(indices, train=True,
-    seed=seed)``, ``labels[indices]``), as before. Several: each process loads only its rows
-    ``distributed.local_slice(B)`` of the batch -- with ``offset`` = the first row's position,
-    so per-item augmentation draws the same random numbers as in a one-process run -- and the
-    step receives global ``jax.Array`` s of ``sharding`` (``jax.make_array_from_process_local_data``).
-    """
+
+def normalizer(source: rdata.Source) -> Callable[[jax.Array], jax.Array]:
+    """``images -> model inputs`` on the device: uint8 pixels normalised with the mean/std of
+    ``source``'s transform (:func:`rankax.data.transforms.normalize_on_device`), other inputs
+    unchanged."""
+    transform = getattr(source, "transform", None)
+    mean = transform.mean if transform is not None else transforms.IMAGENET_MEAN
+    std = transform.std if transform is not None else transforms.IMAGENET_STD
+
+    def normalize(images: jax.Array) -> jax.Array:
+        if images.dtype != jnp.uint8:
+            return images
+        return transforms.normalize_on_device(images, mean, std)
+
+    return normalize
+
+
+def device_preprocess(
+    config: ml_collections.ConfigDict, data: rdata.RetrievalDataset
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``(images, rng) -> model inputs``, inside the jitted step: :func:`normalizer` then
+    :func:`augment_fn`."""
+    normalize, augment = normalizer(data.train), augment_fn(config)
+    return lambda images, rng: augment(normalize(images), rng)
+
+
+def workers(config: ml_collections.ConfigDict) -> int:
+    """``config.input.workers`` resolved (-1: one process per core but one)."""
+    try:
+        return loader.resolve_workers(config.get("input", {}).get("workers", 0))
+    except ValueError as err:
+        raise ConfigError(f"config.input.workers: {err}") from None
+
+
+def prefetch(config: ml_collections.ConfigDict) -> int:
+    value = int(config.get("input", {}).get("prefetch", 2))
+    if value < 1:
+        raise ConfigError(f"config.input.prefetch must be >= 1 batch, got {value}")
+    return value
+
+
+def process_rows(global_size: int) -> slice:
+    """The rows of a global batch this process loads: all of them with one process, its share
+    (:func:`rankax.train.distributed.local_slice`) with several."""
+    if jax.process_count() == 1:
+        return slice(0, global_size)
     from rankax.train import distributed
 
-    indices = np.asarray(indices)
+    return distributed.local_slice(global_size)
+
+
+def train_batches(
+    config: ml_collections.ConfigDict, data: rdata.RetrievalDataset, sampler, start: int, stop: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(step, indices, images)`` for steps ``[start, stop)``: ``indices`` the ``[B]`` rows of
+    the global batch (the same on every process: the sampler is a pure function of
+    ``(config.seed, step)``), ``images`` this process's rows of it (:func:`process_rows`),
+    augmented as a one-process run would (``offset``), whatever the worker count, so a resumed
+    run sees the same batches."""
+    rows = process_rows(sampler.batch_size)
+    if not is_image_source(data.train):
+        for step in range(start, stop):
+            idx = sampler.indices(step)
+            seed = loader.step_seed(config.seed, step)
+            yield step, idx, data.train.get_batch(idx[rows], train=True, seed=seed, offset=rows.start)
+        return
+    batches = loader.train_batches(
+        data.train, sampler, seed=int(config.seed), start=start, stop=stop,
+        workers=workers(config), prefetch=prefetch(config), rows=rows,
+    )
+    for batch in batches:
+        yield int(batch["step"]), batch["indices"], batch["images"]
+
+
+def place(
+    images: np.ndarray, indices: np.ndarray, labels: np.ndarray, sharding: jax.sharding.Sharding
+) -> tuple[jax.Array, Any]:
+    """``(images, labels)`` of the global batch ``indices`` as the step takes them: this
+    process's ``images`` rows put on its devices as part of the global array of ``sharding``
+    (``jax.make_array_from_process_local_data`` with several processes), and the batch's
+    labels (numpy with one process, a global array with several)."""
     if jax.process_count() == 1:
-        return source.get_batch(indices, train=True, seed=seed), labels[indices]
-    rows = distributed.local_slice(len(indices))
-    mine = indices[rows]
-    images = source.get_batch(mine, train=True, seed=seed, offset=rows.start)
+        return jax.device_put(images, sharding), labels[indices]
+    from rankax.train import distributed
+
     shape = (len(indices),)
+    mine = indices[process_rows(len(indices))]
     return (
         distributed.global_array(images, sharding, shape + images.shape[1:]),
         distributed.global_array(labels[mine], sharding, shape + labels.shape[1:]),
     )
+
+
+def eval_reading(config: ml_collections.ConfigDict, data: rdata.RetrievalDataset) -> dict:
+    """How evaluators read ``data``'s sources: ``workers`` processes, uint8 pixels (``raw``)
+    for image datasets (the embedding function normalises them on the device)."""
+    if not is_image_source(data.test):
+        return {"workers": 0, "raw": False}
+    return {"workers": workers(config), "raw": True}

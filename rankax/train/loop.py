@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rankax
+from rankax.data import loader
 from rankax.data.base import RetrievalDataset
 from rankax.train import (
     checkpointing,
@@ -261,20 +262,34 @@ def due_after(config: Config, step: int) -> Due:
 
 
 class Meter:
-    """Images per second since the loop started, and the progress bar. The bar is shown from
-    the second step on: the first one compiles, so an ETA from it would be wrong."""
+    """Training throughput over the current logging window: images per second without the
+    compile (the window opens once the first step has run), evaluations and checkpoints; the
+    share of the window the loop waited for its input; and the progress bar (shown from the
+    second step on, so its ETA ignores the compile)."""
 
     def __init__(self):
-        self.t0, self.seen, self.bar = time.perf_counter(), 0, None
+        self.bar, self.opened = None, None
+        self.images, self.waited, self.paused = 0, 0.0, 0.0
+        self.warned = False
 
-    def rate(self) -> float:
-        return self.seen / (time.perf_counter() - self.t0)
+    def open(self) -> None:
+        """Starts a new window."""
+        self.opened, self.images, self.waited, self.paused = time.perf_counter(), 0, 0.0, 0.0
+
+    def window(self) -> tuple[float, float]:
+        """``(images per second, fraction of the time spent waiting for data)`` of the window
+        (NaN before it opens)."""
+        if self.opened is None:
+            return float("nan"), float("nan")
+        elapsed = max(time.perf_counter() - self.opened - self.paused, 1e-9)
+        return self.images / elapsed, min(1.0, self.waited / elapsed)
 
     def tick(self, state: TrainState, step: int, total: int) -> None:
         """Step ``step`` (0-based) was dispatched."""
         if self.bar is None:
-            jax.block_until_ready(state.step)  # the compile is over: the bar's rate starts here
+            jax.block_until_ready(state.step)  # the compile is over: rates start here
             self.bar = writers.progress(step + 1, total)
+            self.open()
         else:
             self.bar.update(1)
 
@@ -283,40 +298,40 @@ class Meter:
             self.bar.close()
 
 
-def batch_at(run: Run, step: int) -> tuple[np.ndarray, Any, Any]:
-    """The dataset indices, augmented-to-be images and labels of step ``step`` (0-based): a
-    pure function of ``(config.seed, step)``, so a resumed run sees the same batches. With
-    several processes each loads only its rows and the images and labels are global arrays
-    (:func:`rankax.train.input_pipeline.global_batch`)."""
-    idx = run.sampler.indices(step)
-    images, labels = input_pipeline.global_batch(  # [multihost] this process's rows only
-        run.data.train, idx, run.labels, seed=int(run.config.seed) * 2**32 + step,
-        sharding=NamedSharding(run.mesh, P("data")),
-    )
-    return idx, images, labels
+def batches(run: Run) -> loader.Timed:
+    """``(step, indices, images, labels)`` for the remaining steps: read ahead by the input
+    pipeline (:func:`rankax.train.input_pipeline.train_batches`; each process reads only its
+    rows of the global batch) and put on the devices one batch ahead of the step
+    (:func:`rankax.train.input_pipeline.place`: global arrays with several processes), the time
+    the loop waits for them accounted."""
+    sharding = NamedSharding(run.mesh, P("data"))
+    put = lambda b: (b[0], b[1], *input_pipeline.place(b[2], b[1], run.labels, sharding))
+    stop = int(run.config.num_steps)
+    host = input_pipeline.train_batches(run.config, run.data, run.sampler, run.start, stop)
+    return loader.Timed(loader.prefetch_to_device(host, put, size=2))
 
 
 def train(run: Run, counter: dict[str, int]) -> None:
     """Steps ``run.start .. config.num_steps - 1``. Each step's finite flag is read while the
     next step runs (the guard acts one step late; a step that waits anyway reads its own)."""
     config = run.config
-    train_step = make_train_step(
-        config, input_pipeline.augment_fn(config), run.mesh, run.labels.ndim, train_labels=run.labels
-    )
+    preprocess = input_pipeline.device_preprocess(config, run.data)
+    train_step = make_train_step(config, preprocess, run.mesh, run.labels.ndim, train_labels=run.labels)
     guard = guards.NonFiniteGuard(config, run.workdir, train_step, run.labels, run.ckpt, run.history)
     meter, halted, pending = Meter(), False, None
     if run.start < config.num_steps:
         print(
             f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
         )
-    for step in range(run.start, config.num_steps):
-        idx, images, labels = batch_at(run, step)
+    feed = batches(run)
+    for step, idx, images, labels in feed:
         run.state, metrics = train_step(run.state, images, labels, halted)
         halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
         if pending is not None:  # step - 1's flag: reading it now lets step run meanwhile
             guard.check(*pending, run.state)
         pending = (step, idx, images, metrics)
-        meter.seen += len(idx)
+        meter.images += len(idx)
+        meter.waited += feed.take_waited()
         due = due_after(config, step)
         if any(due):  # these wait for the step anyway
             guard.check(*pending, run.state)
@@ -330,38 +345,63 @@ def train(run: Run, counter: dict[str, int]) -> None:
 def after_step(
     run: Run, step: int, metrics: dict, due: Due, guard: guards.NonFiniteGuard, meter: Meter
 ) -> None:
-    """Logging, periodic evaluation and checkpoint after step ``step`` as ``due`` says. An
-    evaluated step is saved with its metrics (so the checkpointer keeps the best one) when
-    ``due.save`` or when ``config.model_selection="best"`` needs it."""
+    """Logging, periodic evaluation and checkpoint after step ``step`` as ``due`` says (the
+    time of the last two is left out of the throughput window). An evaluated step is saved
+    with its metrics (so the checkpointer keeps the best one) when ``due.save`` or when
+    ``config.model_selection="best"`` needs it."""
     if due.log:
         log_step(run, step + 1, metrics, guard, meter)
+    t = time.perf_counter()
     evaluated = evaluate_at(run, step + 1) if due.eval else None
     best = run.config.get("model_selection", "last") == "best"
     if due.save or (best and evaluated is not None):
         run.ckpt.save(run.state, run.history, metrics=evaluated)
+    meter.paused += time.perf_counter() - t
+
+
+INPUT_BOUND = 0.1  # a window that waited for data this share of its time or more is input-bound
 
 
 def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, meter: Meter) -> None:
     """Appends the training entry of step counter ``n`` to the history and TensorBoard: images
-    per second, the loss (a skipped step logs none) and in skip mode the skipped count."""
-    rate = meter.rate()
-    entry: dict[str, Any] = {"step": n, "images_per_s": rate}
+    per second and the share of time spent waiting for data over the window since the last
+    entry, the loss (a skipped step logs none) and in skip mode the skipped count; then opens a
+    new window. An input-bound window of an image dataset is reported once."""
+    rate, waiting = meter.window()
+    entry: dict[str, Any] = {"step": n, "images_per_s": rate, "data_wait_fraction": waiting}
     if bool(metrics["finite"]):
         entry["loss"] = float(metrics["loss"])
         run.writer.add_scalar("train/loss", entry["loss"], n)
         if meter.bar is not None:
-            meter.bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}")
+            meter.bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}", wait=f"{waiting:.0%}")
     if guard.action == "skip":
         entry["nonfinite_skipped"] = guard.skipped
         run.writer.add_scalar("train/nonfinite_skipped", guard.skipped, n)
     run.history.append(entry)
-    run.writer.add_scalar("train/images_per_s", rate, n)
+    if meter.opened is not None:
+        run.writer.add_scalar("train/images_per_s", rate, n)
+        run.writer.add_scalar("train/data_wait_fraction", waiting, n)
+        meter.open()
+    if waiting >= INPUT_BOUND and not meter.warned and input_pipeline.is_image_source(run.data.train):
+        meter.warned = True
+        print(
+            f"Input-bound: the step waited for data {waiting:.0%} of the time up to step {n} "
+            f"({rate:.0f} img/s); more decoding processes (config.input.workers, now "
+            f"{input_pipeline.workers(run.config)}) or faster storage would speed training up.",
+            flush=True,
+        )
 
 
 def record_eval(run: Run, metrics: dict[str, float], n: int) -> None:
-    """``metrics`` as the evaluation entry of step counter ``n`` (history and TensorBoard)."""
+    """``metrics`` as the evaluation entry of step counter ``n`` (history and TensorBoard), with
+    the rate at which the evaluator embedded its images (``eval_images_per_s``, decoding
+    included) when it measures one."""
     run.history.append({"step": n, **{f"eval/{k}": v for k, v in metrics.items()}})
     writers.write_scalars(run.writer, "eval", metrics, n)
+    rate = getattr(getattr(run.evaluator, "embedder", None), "images_per_s", None)
+    if rate is not None:
+        run.history[-1]["eval_images_per_s"] = rate
+        run.writer.add_scalar("eval_speed/images_per_s", rate, n)
 
 
 def evaluate_at(run: Run, n: int) -> dict[str, float]:

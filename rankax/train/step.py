@@ -169,14 +169,25 @@ def diagnose_step(
     return out
 
 
-def eval_step(apply_fn: Callable[..., Array], variables: dict[str, Any], images: Array) -> Array:
-    """``[B, D]`` embeddings of ``images`` in test mode (no augmentation, running BN stats)."""
+def eval_step(
+    apply_fn: Callable[..., Array],
+    variables: dict[str, Any],
+    images: Array,
+    preprocess: Callable[[Array], Array] | None = None,
+) -> Array:
+    """``[B, D]`` embeddings of ``images`` in test mode (no augmentation, running BN stats),
+    after ``preprocess`` (e.g. the normalisation of uint8 pixels) when given."""
+    if preprocess is not None:
+        images = preprocess(images)
     return apply_fn(variables, images, train=False)
 
 
-def embed_fn(state: TrainState) -> Callable[[np.ndarray], np.ndarray]:
-    """``images -> embeddings`` of the model in ``state`` (:func:`eval_step`, jitted; float32 numpy)."""
-    apply = jax.jit(functools.partial(eval_step, state.apply_fn))
+def embed_fn(
+    state: TrainState, preprocess: Callable[[Array], Array] | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``images -> embeddings`` of the model in ``state`` (:func:`eval_step`, jitted; float32
+    numpy); ``preprocess`` runs on the device first."""
+    apply = jax.jit(functools.partial(eval_step, state.apply_fn, preprocess=preprocess))
     variables = state.variables()
     if jax.process_count() > 1:  # [multihost] replicated global params -> this host's copy
         variables = distributed.host_local(variables)

@@ -28,8 +28,10 @@ import ml_collections
 from rankax.train.errors import WorkdirConfigMismatch
 
 RECORD = "config.json"
-# Keys that never change the trained parameters (resume is exact across them): free to differ.
+# Keys (or whole sections) that never change the trained parameters (resume is exact across
+# them): free to differ.
 RUNTIME_KEYS = frozenset({
+    "input",
     "log_every",
     "eval_every",
     "eval_batch_size",
@@ -90,8 +92,13 @@ def differences(recorded: dict[str, Any], config: ml_collections.ConfigDict) -> 
     return {
         k: (recorded.get(k, absent), now.get(k, absent))
         for k in sorted(set(recorded) | set(now))
-        if recorded.get(k, absent) != now.get(k, absent) and k not in RUNTIME_KEYS
+        if recorded.get(k, absent) != now.get(k, absent) and not is_runtime(k)
     }
+
+
+def is_runtime(key: str) -> bool:
+    """Whether the dotted ``key`` is in :data:`RUNTIME_KEYS` or in a section listed there."""
+    return key in RUNTIME_KEYS or key.split(".", 1)[0] in RUNTIME_KEYS
 
 
 def _format(diff: dict[str, tuple], limit: int = 8) -> str:
