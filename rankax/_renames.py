@@ -6,7 +6,7 @@ pytorch-metric-learning); the second temperature of the recall surrogates, appli
 ``k - rank``, is ``k_temperature``. ``tau``, ``tau1`` and ``tau2`` are accepted for one
 release with a ``DeprecationWarning``.
 
-:func:`rename_kwargs` is called by ``rankax._lists.validated`` (every public list loss and
+:func:`rename_kwargs` is called by ``rankax._core.listfn.list_function`` (every public list loss and
 metric), by the batch statistics path and by ``rankax.ranking``'s step functions, so a loss
 module only spells the new names.
 """

@@ -42,7 +42,7 @@ run-time error should a list ever hold more positives.
 The result equals the dense per-list computation (``jax.vmap`` of the list-level loss over
 the rows of the full score matrix, averaged over the queries that have a positive) in value
 and gradient, up to float32 summation order. Losses pooled over the pairs of the whole batch
-(ROADMAP's calibration term) go through the statistics protocol of :mod:`rankax._lists`:
+(ROADMAP's calibration term) go through the statistics protocol of :mod:`rankax._core.stats`:
 per-list additive statistics are summed over blocks (and devices, :mod:`rankax.sharding`)
 before the loss is formed.
 """
@@ -51,15 +51,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
 from jax.typing import ArrayLike
 
-from rankax import _lists
+from rankax._core import nonfinite, positives, stats, validation
 
 Array = jax.Array
 LossFn = Callable[..., Array]
@@ -98,17 +97,20 @@ def _is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def _check_batch(
+def check_batch(
     embeddings: ArrayLike,
     labels: ArrayLike,
     name: str = "embeddings",
     *,
     row_mask: ArrayLike | None = None,
     values: bool = True,
+    caller: str = "",
 ) -> tuple[Array, Array]:
-    """Shapes and dtypes always; with ``values``, NaN/inf in the rows of ``row_mask`` (default
-    all) through :func:`rankax._lists.check_finite` (eager calls, or checked mode)."""
-    prefix = _lists.error_prefix()
+    """Checks a batch ``([B, D] embeddings, [B] or [B, L] integer labels)``; errors start with
+    ``caller``. Shapes and dtypes always; with ``values``, NaN/inf in the rows of ``row_mask``
+    (default all) through :func:`rankax._core.validation.check_finite` (eager calls, or
+    :mod:`rankax.debug` checks). Returns the embeddings (float32 at least) and the labels."""
+    prefix = validation.prefix(caller)
     emb = jnp.asarray(embeddings)
     lab = jnp.asarray(labels)
     if emb.ndim != 2 or emb.shape[1] == 0 or (emb.shape[0] == 0 and name != "references"):
@@ -127,22 +129,8 @@ def _check_batch(
         )
     if values:
         rows = None if row_mask is None else jnp.asarray(row_mask, bool)[:, None]
-        _lists.check_finite(emb, name, where=rows)
+        validation.check_finite(emb, name, where=rows, caller=caller)
     return emb.astype(jnp.promote_types(emb.dtype, jnp.float32)), lab
-
-
-def _replicated(x: Array) -> Array:
-    """Reshards an array that is sharded at the type level (explicit mesh axes) to replicated.
-
-    Blocks of queries are gathered with dynamic indices, which explicit sharding cannot type;
-    for a batch sharded over devices use :mod:`rankax.sharding`, which keeps queries local.
-    Arrays without explicit sharding (the usual ``jit`` + ``NamedSharding`` case, and inside
-    ``shard_map``) are returned unchanged.
-    """
-    spec = getattr(jax.typeof(x).sharding, "spec", None)
-    if spec is not None and any(axis is not None for axis in spec):
-        return jax.sharding.reshard(x, jax.typeof(x).sharding.update(spec=PartitionSpec()))
-    return x
 
 
 def binary_relevance(query_labels: Array, item_labels: Array) -> Array:
@@ -164,7 +152,7 @@ def default_relevance(labels: Array, include_self: bool = False) -> RelevanceFn:
     return functools.partial(hierarchical_relevance, include_self=include_self)
 
 
-capacity_ladder = _lists.capacity_ladder  # one ladder for the list and batch paths
+capacity_ladder = positives.capacity_ladder  # one ladder for the list and batch paths
 
 
 def default_capacity_limit(num_items: int, max_tile_elements: int) -> int:
@@ -200,10 +188,10 @@ def _list_masks(
     return where
 
 
-def _check_sizes(block_size: Any, max_tile_elements: Any, precision: Any) -> None:
+def _check_sizes(block_size: Any, max_tile_elements: Any, precision: Any, caller: str) -> None:
     """``block_size``: "auto", None or an int >= 1; ``max_tile_elements``: None or an int >= 1;
     ``precision``: what ``jax.lax.dot`` accepts."""
-    prefix = _lists.error_prefix()
+    prefix = validation.prefix(caller)
 
     def positive_int(v: Any) -> bool:
         return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
@@ -277,12 +265,13 @@ def batch_statistics(
     relevance_fn: RelevanceFn | None = None,
     precision: Precision = DEFAULT_PRECISION,
     capacity: int | None = None,
+    caller: str = "",
     **hparams: Any,
 ) -> dict[str, Array]:
     """Additive statistics of ``loss_fn`` summed over the lists of ``queries`` ranking ``items``.
 
     This is the engine behind :func:`batch_loss`, the cross-batch memory and the sharded
-    loss; ``_lists.from_statistics(loss_fn, totals)`` turns its output into the loss.
+    loss; ``rankax._core.stats.from_statistics`` turns its output into the loss.
 
     Args:
       loss_fn: list-level loss (``rankax.losses``).
@@ -304,14 +293,48 @@ def batch_statistics(
       capacity: the exact largest positive count of any list when the caller computed it
         (:func:`exact_capacity`); skips the ladder. Default: computed here when the labels are
         concrete.
+      caller: the public function named in error messages (``"batch_loss(supap_loss)"``).
 
     Returns:
       ``dict`` of scalar totals (``{"sum", "count"}`` for ordinary list losses).
     """
-    # Values are the callers' to check (batch_loss, sharded_batch_loss): once, not per view.
-    q_emb, q_lab = _check_batch(queries, query_labels, "queries", values=False)
-    i_emb, i_lab = _check_batch(items, item_labels, "items", values=False)
-    q_emb, q_lab, i_emb, i_lab = map(_replicated, (q_emb, q_lab, i_emb, i_lab))
+    q_emb, q_lab, i_emb, i_lab = _check_views(queries, query_labels, items, item_labels, caller)
+    validation.check_capacity(max_positives, caller=caller)
+    _check_sizes(block_size, max_tile_elements, precision, caller)
+    hparams = stats.hparams_of(loss_fn, hparams, caller=caller)
+    num_q, n = q_emb.shape[0], i_emb.shape[0]
+    mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
+    if mask.shape != (n,):
+        raise ValueError(f"item_mask must be [{n}], got {mask.shape}")
+    rel_fn = default_relevance(q_lab, include_self) if relevance_fn is None else relevance_fn
+    if capacity is None:
+        capacity = exact_capacity(
+            query_labels, item_labels, query_index=query_index, item_mask=item_mask,
+            include_self=include_self, relevance_fn=rel_fn,
+        )
+    plan = _plan(num_q, n, block_size, max_tile_elements, capacity_limit, max_positives, capacity)
+    views = _Views(
+        q_emb, q_lab, i_emb, i_lab, mask,
+        None if query_index is None else jnp.asarray(query_index, jnp.int32),
+        include_self, rel_fn, bool(getattr(loss_fn, "graded", False)), precision,
+    )
+    tile = functools.partial(_tile_statistics, loss_fn, hparams=hparams, caller=caller)
+    per_block, most = _run_blocks(views, plan, tile)
+    if plan.capacities[-1] < n and capacity is None:
+        # One host check per call (not per block): a list beyond the largest rung was computed
+        # with some positives missing, so the call raises instead of returning that value.
+        jax.debug.callback(_raise_on_overflow, jnp.max(most), plan.capacities[-1])
+    return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
+
+
+def _check_views(
+    queries: ArrayLike, query_labels: ArrayLike, items: ArrayLike, item_labels: ArrayLike, caller: str
+) -> tuple[Array, Array, Array, Array]:
+    """Shapes and dtypes of queries and items (their values are the callers' to check, once),
+    replicated if explicitly sharded (blocks are gathered with dynamic indices)."""
+    q_emb, q_lab = check_batch(queries, query_labels, "queries", values=False, caller=caller)
+    i_emb, i_lab = check_batch(items, item_labels, "items", values=False, caller=caller)
+    q_emb, q_lab, i_emb, i_lab = map(validation.replicated, (q_emb, q_lab, i_emb, i_lab))
     if q_emb.shape[1] != i_emb.shape[1]:
         raise ValueError(
             f"queries and items must have the same dimension, got {q_emb.shape} and {i_emb.shape}"
@@ -320,120 +343,152 @@ def batch_statistics(
         raise ValueError(
             f"query and item labels must have the same shape per sample, got {q_lab.shape} and {i_lab.shape}"
         )
-    _lists.check_capacity(max_positives)
-    _check_sizes(block_size, max_tile_elements, precision)
-    num_q, n = q_emb.shape[0], i_emb.shape[0]
-    mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
-    if mask.shape != (n,):
-        raise ValueError(f"item_mask must be [{n}], got {mask.shape}")
-    qidx = None if query_index is None else jnp.asarray(query_index, jnp.int32)
-    rel_fn = default_relevance(q_lab, include_self) if relevance_fn is None else relevance_fn
-    # Binary losses see graded relevance (label paths) as relevant / not relevant.
-    graded = bool(getattr(loss_fn, "graded", False))
+    return q_emb, q_lab, i_emb, i_lab
 
+
+class _Plan(NamedTuple):
+    """Static layout of one call: ``block`` queries per block (``num_blocks`` of them), the
+    ``[q, C, N]`` tile bound, whether scores are kept for the backward pass, and the capacities
+    (one if the exact largest positive count is known)."""
+
+    block: int
+    num_blocks: int
+    max_tile_elements: int
+    keep_scores: bool
+    capacities: tuple[int, ...]
+
+
+def _plan(
+    num_q: int,
+    n: int,
+    block_size: int | str | None,
+    max_tile_elements: int | None,
+    capacity_limit: int | None,
+    max_positives: int | None,
+    exact: int | None,
+) -> _Plan:
     auto_block, auto_tile = default_sizes(num_q, n)
     max_tile_elements = auto_tile if max_tile_elements is None else max_tile_elements
     # An explicit block_size is a memory bound: then the scores are recomputed, never kept.
     keep_scores = block_size == "auto" and num_q * n <= SAVED_SCORES_ELEMENTS
     block_size = auto_block if block_size == "auto" else block_size
-    exact = capacity
-    if exact is None:
-        exact = exact_capacity(
-            query_labels,
-            item_labels,
-            query_index=query_index,
-            item_mask=item_mask,
-            include_self=include_self,
-            relevance_fn=rel_fn,
-        )
     if exact is not None:
+        if capacity_limit is not None and exact > capacity_limit:
+            _raise_on_overflow(exact, capacity_limit)
         capacities = (min(exact, n),)
     else:
         limit = default_capacity_limit(n, max_tile_elements) if capacity_limit is None else capacity_limit
         limit = max(1, min(int(limit), n))
-        if max_positives is None:  # 3, 4, 16, 64, ... (_lists.default_ladder), up to the limit
-            capacities = _lists.default_ladder(limit)
+        if max_positives is None:  # 3, 4, 16, 64, ... (positives.default_ladder), up to the limit
+            capacities = positives.default_ladder(limit)
         else:
             capacities = capacity_ladder(min(max_positives, limit), limit)
-    if exact is not None and capacity_limit is not None and exact > capacity_limit:
-        _raise_on_overflow(exact, capacity_limit)
-
     block = num_q if block_size is None else max(1, min(int(block_size), num_q))
-    num_blocks = -(-num_q // block)
-    block_rows = jnp.arange(num_blocks * block).reshape(num_blocks, block)
+    return _Plan(block, -(-num_q // block), max_tile_elements, keep_scores, capacities)
 
-    def tile_statistics(scores: Array, rel: Array, where: Array, capacity: int) -> dict[str, Array]:
-        stats = _lists.list_statistics(loss_fn, scores, rel, where, max_positives=capacity, **hparams)
-        return jax.tree.map(lambda v: jnp.sum(v, axis=0), stats)
 
-    def at_capacity(capacity: int) -> Callable[[Array, Array, Array], dict[str, Array]]:
-        rows = max(1, min(block, max_tile_elements // (capacity * n)))
-        if rows >= block:
-            return lambda s, r, w: tile_statistics(s, r, w, capacity)
-        num_tiles = -(-block // rows)
-        pad = num_tiles * rows - block
+class _Views(NamedTuple):
+    """What a block of queries needs to build its lists: the embeddings and labels of queries
+    and items, which items exist, where each query sits among the items, and the options."""
 
-        def run(scores: Array, rel: Array, where: Array) -> dict[str, Array]:
-            tiles = [jnp.pad(a, ((0, pad), (0, 0))).reshape(num_tiles, rows, n) for a in (scores, rel, where)]
-            # Checkpointed too: otherwise the block's backward pass would keep the residuals of
-            # all its tiles, i.e. a [block, capacity, N] tensor again.
-            tile = jax.checkpoint(lambda t: tile_statistics(*t, capacity), prevent_cse=False)
-            per_tile = jax.lax.map(tile, tuple(tiles))
-            return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_tile)
+    q_emb: Array
+    q_lab: Array
+    i_emb: Array
+    i_lab: Array
+    mask: Array
+    query_index: Array | None
+    include_self: bool
+    relevance_fn: RelevanceFn
+    graded: bool
+    precision: Precision
 
-        return run
+    def scores(self, rows: Array) -> Array:
+        return jnp.matmul(self.q_emb[rows], self.i_emb.T, precision=self.precision)
 
-    # With block_size="auto" and at most SAVED_SCORES_ELEMENTS scores, the scores are computed
-    # once, outside the block loop, and kept for the backward pass (no second matmul); else each
-    # block computes its own and its backward pass recomputes them (O(block * N) memory).
-    padded = jnp.minimum(block_rows, num_q - 1)
-    kept = None
-    if keep_scores:
-        kept = jnp.matmul(q_emb[padded.reshape(-1)], i_emb.T, precision=precision)
-        kept = kept.reshape(num_blocks, block, n)
-
-    def block_inputs(rows: Array, scores: Array | None) -> tuple[Array, Array, Array]:
-        """``[block, N]`` scores, relevance and validity of the lists of ``rows``."""
+    def lists(self, rows: Array, scores: Array | None) -> tuple[Array, Array, Array]:
+        """``[block, N]`` scores, relevance and validity of the lists of ``rows`` (row indices
+        past the last query are padding: their lists are empty)."""
+        num_q = self.q_emb.shape[0]
         valid = rows < num_q
         rows = jnp.minimum(rows, num_q - 1)
         if scores is None:
-            scores = jnp.matmul(q_emb[rows], i_emb.T, precision=precision)
-        where = _list_masks(rows, valid, qidx, mask, include_self)
-        rel = rel_fn(q_lab[rows], i_lab).astype(jnp.float32)
-        if not graded:
+            scores = self.scores(rows)
+        where = _list_masks(rows, valid, self.query_index, self.mask, self.include_self)
+        rel = self.relevance_fn(self.q_lab[rows], self.i_lab).astype(jnp.float32)
+        if not self.graded:  # binary losses see graded relevance as relevant / not relevant
             rel = (rel > 0).astype(jnp.float32)
         return scores, rel, where
 
-    def most_positives(rel: Array, where: Array) -> Array:
-        return _lists.most_positives((rel > 0) & where)
+
+def _tile_statistics(
+    loss_fn: LossFn, scores: Array, rel: Array, where: Array, capacity: int, *, hparams: dict, caller: str
+) -> dict[str, Array]:
+    """Statistics of the lists of one tile, summed over its queries."""
+    values = stats.list_statistics(
+        loss_fn, scores, rel, where, capacity=capacity, hparams=hparams, caller=caller
+    )
+    return jax.tree.map(lambda v: jnp.sum(v, axis=0), values)
+
+
+def _at_capacity(tile: Callable[..., dict[str, Array]], capacity: int, plan: _Plan, n: int):
+    """The statistics of a block at one capacity, in sub-blocks (tiles) of at most
+    ``max_tile_elements`` ``[q, C, N]`` terms, each checkpointed."""
+    block = plan.block
+    rows = max(1, min(block, plan.max_tile_elements // (capacity * n)))
+    if rows >= block:
+        return lambda s, r, w: tile(s, r, w, capacity)
+    num_tiles = -(-block // rows)
+    pad = num_tiles * rows - block
+
+    def run(scores: Array, rel: Array, where: Array) -> dict[str, Array]:
+        tiles = [jnp.pad(a, ((0, pad), (0, 0))).reshape(num_tiles, rows, n) for a in (scores, rel, where)]
+        # Checkpointed too: otherwise the block's backward pass would keep the residuals of
+        # all its tiles, i.e. a [block, capacity, N] tensor again.
+        one = jax.checkpoint(lambda t: tile(*t, capacity), prevent_cse=False)
+        per_tile = jax.lax.map(one, tuple(tiles))
+        return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_tile)
+
+    return run
+
+
+def _most_positives(rel: Array, where: Array) -> Array:
+    return positives.most_positives((rel > 0) & where)
+
+
+def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]]):
+    """Per-block statistics and largest positive counts, at the one capacity that fits.
+
+    With several capacities, a cheap first pass counts the positives of every block and one
+    ``lax.switch`` outside the block loops picks the rung, so the rungs not taken keep no
+    residuals for the backward pass.
+    """
+    n = views.i_emb.shape[0]
+    num_q = views.q_emb.shape[0]
+    block_rows = jnp.arange(plan.num_blocks * plan.block).reshape(plan.num_blocks, plan.block)
+    # With block_size="auto" and at most SAVED_SCORES_ELEMENTS scores, the scores are computed
+    # once, outside the block loop, and kept for the backward pass (no second matmul); else each
+    # block computes its own and its backward pass recomputes them (O(block * N) memory).
+    kept = None
+    if plan.keep_scores:
+        padded = jnp.minimum(block_rows, num_q - 1)
+        kept = views.scores(padded.reshape(-1)).reshape(plan.num_blocks, plan.block, n)
 
     def all_blocks(capacity: int) -> tuple[dict[str, Array], Array]:
-        """Statistics of every block at one capacity, and each block's largest positive count
-        (each block checkpointed: its backward pass recomputes it from its inputs)."""
-        tile_fn = at_capacity(capacity)
+        tile_fn = _at_capacity(tile, capacity, plan, n)
 
         def block_statistics(xs: tuple[Array, Array | None]) -> tuple[dict[str, Array], Array]:
-            scores, rel, where = block_inputs(*xs)
-            return tile_fn(scores, rel, where), most_positives(rel, where)
+            scores, rel, where = views.lists(*xs)
+            return tile_fn(scores, rel, where), _most_positives(rel, where)
 
+        # Each block checkpointed: its backward pass recomputes it from its inputs.
         return jax.lax.map(jax.checkpoint(block_statistics, prevent_cse=False), (block_rows, kept))
 
-    with _lists.capacity_checked():
-        if len(capacities) == 1:
-            per_block, most = all_blocks(capacities[0])
-        else:
-            # One capacity for the whole call, chosen after a cheap pass that only counts
-            # positives. The switch sits outside the block loops, so the rungs not taken keep no
-            # residuals for the backward pass.
-            counts = jax.lax.map(lambda rows: most_positives(*block_inputs(rows, None)[1:]), block_rows)
-            level = jnp.searchsorted(jnp.asarray(capacities), jnp.max(counts))
-            rungs = [functools.partial(all_blocks, c) for c in capacities]
-            per_block, most = jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
-    if capacities[-1] < n and exact is None:
-        # One host check per call (not per block): a list beyond the largest rung was computed
-        # with some positives missing, so the call raises instead of returning that value.
-        jax.debug.callback(_raise_on_overflow, jnp.max(most), capacities[-1])
-    return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
+    if len(plan.capacities) == 1:
+        return all_blocks(plan.capacities[0])
+    counts = jax.lax.map(lambda rows: _most_positives(*views.lists(rows, None)[1:]), block_rows)
+    level = jnp.searchsorted(jnp.asarray(plan.capacities), jnp.max(counts))
+    rungs = [functools.partial(all_blocks, c) for c in plan.capacities]
+    return jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
 
 
 def with_references(
@@ -443,6 +498,8 @@ def with_references(
     reference_labels: ArrayLike | None = None,
     reference_mask: ArrayLike | None = None,
     memory: Any = None,
+    *,
+    caller: str = "",
 ) -> tuple[Array, Array, Array | None]:
     """The items ranked by a batch's queries: the batch, then the references (no gradient).
 
@@ -460,7 +517,7 @@ def with_references(
         raise ValueError("references need reference_labels")
     m = jnp.shape(references)[0]
     ref_mask = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
-    ref, ref_lab = _check_batch(references, reference_labels, "references", row_mask=ref_mask)
+    ref, ref_lab = check_batch(references, reference_labels, "references", row_mask=ref_mask, caller=caller)
     if ref.shape[1] != embeddings.shape[1] or ref_lab.shape[1:] != labels.shape[1:]:
         raise ValueError(
             f"references {ref.shape} / labels {ref_lab.shape} do not match the batch "
@@ -499,7 +556,7 @@ def batch_loss(
     where the items ``R`` are the batch ``E`` itself, followed by the ``references`` (no
     gradient) when given, and :math:`Q^+` are the queries with at least one positive. Losses
     that reduce over the pairs of the whole batch (calibration, contrastive, ...) define
-    ``list_statistics``/``from_statistics`` (see :mod:`rankax._lists`) and are pooled over all
+    ``list_statistics``/``from_statistics`` (see :mod:`rankax._core.stats`) and are pooled over all
     pairs instead. Cost ``O(B * C * N)`` time, ``O(block * N + B * D)`` memory (module doc).
 
     Args:
@@ -560,19 +617,18 @@ def batch_loss(
         # the exact capacity is known, and the program gets them as an argument, not a literal.
         with jax.ensure_compile_time_eval():
             labels = jnp.asarray(labels)
-    with _lists.calling(caller):
-        # Shapes, dtypes and (eager calls) values, before anything is compiled.
-        _, lab = _check_batch(embeddings, labels)
-        if references is not None and reference_labels is not None:
-            m = jnp.shape(references)[0]
-            ref_rows = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
-            _check_batch(references, reference_labels, "references", row_mask=ref_rows)
-        capacity = None
-        if references is None and memory is None:
-            capacity = exact_capacity(
-                lab, lab, query_index=np.arange(lab.shape[0]), include_self=include_self,
-                relevance_fn=relevance_fn,
-            )
+    # Shapes, dtypes and (eager calls) values, before anything is compiled.
+    _, lab = check_batch(embeddings, labels, caller=caller)
+    if references is not None and reference_labels is not None:
+        m = jnp.shape(references)[0]
+        ref_rows = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
+        check_batch(references, reference_labels, "references", row_mask=ref_rows, caller=caller)
+    capacity = None
+    if references is None and memory is None:
+        capacity = exact_capacity(
+            lab, lab, query_index=np.arange(lab.shape[0]), include_self=include_self,
+            relevance_fn=relevance_fn,
+        )
     hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}  # ks=[1, 2]
     static = {k: v for k, v in hparams.items() if _is_static(v)}
     dynamic = {k: v for k, v in hparams.items() if k not in static}
@@ -581,7 +637,7 @@ def batch_loss(
         relevance_fn=relevance_fn, max_tile_elements=max_tile_elements,
         capacity_limit=capacity_limit, precision=precision, capacity=capacity, **static,
     )
-    settings = (_lists.caller() or caller, bool(_lists._VALUE_CHECKS.get()))
+    settings = (caller, validation.value_checks_enabled())
     return _batch_loss_compiled(
         loss_fn, tuple(sorted(options.items())), settings,
         embeddings, lab, references, reference_labels, reference_mask, memory, dynamic,
@@ -607,27 +663,27 @@ def _batch_loss_compiled(
     memory: Any,
     dynamic_hparams: dict[str, Array],
 ) -> Array:
-    """The body of :func:`batch_loss`; its trace-time settings (the public caller's name for
-    error messages, ``rankax.debug`` checks) are part of the cache key."""
+    """The body of :func:`batch_loss`; its settings (the caller's name for error messages,
+    whether :mod:`rankax.debug` checks are on) are part of the cache key."""
     caller, checks = settings
     kwargs = {**dict(options), **dynamic_hparams}
-    with _lists.setting(_lists._CALLER, caller), _lists.setting(_lists._VALUE_CHECKS, checks):
-        emb, lab = _check_batch(embeddings, labels, values=False)  # values: checked by the caller
-        b = emb.shape[0]
+    with validation.value_checks(checks):
+        emb, lab = check_batch(embeddings, labels, values=False, caller=caller)  # values: checked
         items, item_labels, item_mask = with_references(
-            emb, lab, references, reference_labels, reference_mask, memory
+            emb, lab, references, reference_labels, reference_mask, memory, caller=caller
+        )
+        # The lists' kernels run unguarded: non-finite inputs are guarded once, here, O(B * D).
+        totals = batch_statistics(
+            loss_fn, emb, lab, items, item_labels,
+            query_index=np.arange(emb.shape[0]),  # numpy: stays concrete under jit
+            item_mask=item_mask, caller=caller, **kwargs,
         )
         hparams = {k: v for k, v in kwargs.items() if k not in _BATCH_OPTIONS}
-        with _lists.finite_checked():  # guarded once below instead of in every list
-            totals = batch_statistics(
-                loss_fn, emb, lab, items, item_labels,
-                query_index=np.arange(b),  # numpy: stays concrete under jit
-                item_mask=item_mask, **kwargs,
-            )
-        loss = _lists.from_statistics(loss_fn, totals, **hparams)
+        hparams = stats.hparams_of(loss_fn, hparams, caller=caller, warn=False)
+        loss = stats.from_statistics(loss_fn, totals, hparams)
         # NaN/inf in a query or an existing reference: NaN loss and gradients.
         rows = None if item_mask is None else item_mask[:, None]
-        return _lists.propagate_nonfinite(loss, _lists.nonfinite_lists(items, rows))
+        return nonfinite.propagate_nonfinite(loss, nonfinite.nonfinite_lists(items, rows))
 
 
 _BATCH_OPTIONS = frozenset({

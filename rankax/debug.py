@@ -35,27 +35,27 @@ from typing import Any
 import jax
 from jax.experimental import checkify as _checkify
 
-from rankax import _lists
+from rankax._core import validation
 
 #: The exception :func:`checked` raises (``error.throw()`` of ``checkify``); a ``ValueError``.
 CheckError = _checkify.JaxRuntimeError
 
 #: The value checks of rankax (eager ``ValueError`` on concrete arrays, ``checkify`` checks on
 #: traced ones while :func:`checks` is on), for use in your own code next to rankax's.
-check_values = _lists.check_values
-check_finite = _lists.check_finite
+check_values = validation.check_values
+check_finite = validation.check_finite
 
 __all__ = ["CheckError", "check_finite", "check_values", "checked", "checkify", "checks", "enabled"]
 
 
 def enabled() -> bool:
     """Whether functions traced now add value checks."""
-    return _lists._VALUE_CHECKS.get()
+    return validation.value_checks_enabled()
 
 
 def checks(on: bool = True) -> contextlib.AbstractContextManager[None]:
     """Trace-time switch for the value checks (see the module docstring)."""
-    return _lists.setting(_lists._VALUE_CHECKS, bool(on))
+    return validation.value_checks(bool(on))
 
 
 def checkify(fn: Callable[..., Any], errors: frozenset = _checkify.user_checks) -> Callable[..., Any]:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rankax import _lists
+from rankax._core import validation
 
 Array = jax.Array
 
@@ -103,7 +103,7 @@ def relevance_from_levels(
     if rule not in RELEVANCE_RULES:
         raise ValueError(f"rule must be one of {RELEVANCE_RULES}, got {rule!r}")
     # alpha = 0 would give unrelated items (t = 0) the weight 0^0 = 1.
-    _lists.check_number("alpha", alpha, "positive")
+    validation.check_number("alpha", alpha, "positive")
     t = jnp.asarray(levels).astype(jnp.int32)
     valid = jnp.ones(t.shape, bool) if where is None else jnp.asarray(where, bool)
     if rule == "levels":

@@ -37,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from rankax import _lists, ranking
+from rankax import ranking
+from rankax._core import listfn, validation
+from rankax._core.positives import num_positives, safe_divide
 
 Array = jax.Array
 
@@ -56,16 +58,18 @@ __all__ = [
 ]
 
 
-def _check_k(k: int | None, *, allow_none: bool = False) -> None:
-    if k is None and allow_none:
-        return
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        expected = "a positive int or None" if allow_none else "a positive int"
-        raise ValueError(f"{_lists.error_prefix()}k must be {expected}, got {k!r}")
+def _check_k(hparams: dict, caller: str) -> None:
+    validation.check_k(hparams["k"], caller=caller)
 
 
-def _metric(kernel, scores, labels, where, reduce_fn, max_positives):
-    return _lists.kernel_lists(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
+def _check_k_or_none(hparams: dict, caller: str) -> None:
+    validation.check_k(hparams["k"], allow_none=True, caller=caller)
+
+
+def _metric(kernel, caller, scores, labels, where, reduce_fn, max_positives):
+    """Checks the lists, runs ``kernel`` on their gathered positives, reduces."""
+    lists = listfn.check(scores, labels, where, max_positives, graded=True, caller=caller)
+    return lists.reduce(lists.gather(kernel), reduce_fn)
 
 
 # ----------------------------------------------------------------------------- from exact ranks
@@ -87,8 +91,48 @@ def _per_positive(x, mask, num_pos):
 
 def ap_from_ranks(rank, rank_pos, mask, num_pos):
     """AP, :math:`\\frac{1}{R}\\sum_{p} \\mathrm{rank}^+(p)/\\mathrm{rank}(p)` over the ``[..., C]``
-    slots (``mask``), ``R = num_pos [...]`` (all positives must be in the slots)."""
-    return _per_positive(rank_pos / rank, mask, num_pos)
+    slots (``mask``), ``R = num_pos [...]`` (all positives must be in the slots). Empty slots
+    neither count nor divide (the guard keeps gradients finite there); with smooth ranks this
+    is the AP of the Smooth-AP and SupAP losses."""
+    xp = _xp(rank)
+    return _per_positive(rank_pos / xp.where(mask, rank, 1.0), mask, num_pos)
+
+
+def hap_from_ranks(h_rank, rank, mask, rel_total):
+    """H-AP, :math:`\\sum_{p} \\mathcal{H}\\text{-rank}(p)/\\mathrm{rank}(p) / \\sum_p rel(p)` over the
+    ``[..., C]`` slots (``mask``); 0 where ``rel_total = 0``."""
+    ratio = jnp.where(mask, h_rank / jnp.where(mask, rank, 1.0), 0.0)
+    return safe_divide(jnp.sum(ratio, axis=-1), rel_total)
+
+
+def ndcg_gains(relevance, top):
+    """NDCG's gain ``2^rel - 1`` divided by ``2^top`` (``top``: the list's largest relevance).
+
+    NDCG is a ratio of two sums of gains, so the common factor cancels; scaled, the gains stay
+    finite for any relevance (``2^rel`` overflows float32 from ``rel = 128``) and are exactly 0
+    for ``rel = 0``.
+    """
+    return jnp.exp2(relevance - top) - jnp.exp2(-top)
+
+
+def dcg(gain, rank, mask):
+    """Discounted cumulative gain :math:`\\sum_{p} g(p) / \\log_2(1 + \\mathrm{rank}(p))` over the
+    ``[..., C]`` slots (``mask``)."""
+    return jnp.sum(jnp.where(mask, gain / jnp.log2(1.0 + rank), 0.0), axis=-1)
+
+
+def harmonic(n):
+    """Harmonic number :math:`H_n = \\sum_{i=1}^n 1/i` (0 for n = 0), for real ``n >= 0``."""
+    return jax.scipy.special.digamma(n + 1.0) + np.euler_gamma
+
+
+def asi_from_depths(depth, mask, num_pos):
+    """ASI up to depth R from the depth at which each positive enters the intersection of the
+    retrieved and the ideal top-n: :math:`\\frac1R \\sum_{p : d_p \\le R} (H_R - H_{d_p - 1})`
+    (``[..., C]`` slots, ``R = num_pos [...]``)."""
+    r = num_pos[..., None]
+    terms = jnp.where(mask & (depth <= r), harmonic(r) - harmonic(depth - 1.0), 0.0)
+    return safe_divide(jnp.sum(terms, axis=-1), num_pos)
 
 
 def map_at_r_from_ranks(rank, rank_pos, mask, num_pos):
@@ -128,16 +172,16 @@ def binary_from_ranks(rank, rank_pos, mask, num_pos, ks=(), *, full: bool = True
 def _ap_kernel(scores, labels, where, positives):
     # apply_kernel gathers every positive, so the filled slots are the |P| positives.
     rank, rank_pos = ranking.exact_ranks(scores, labels, where, positives)
-    return ap_from_ranks(rank, rank_pos, positives.mask, _lists.num_positives(labels, where))
+    return ap_from_ranks(rank, rank_pos, positives.mask, num_positives(labels, where))
 
 
-@_lists.validated(graded=True)
+@listfn.list_function(None, graded=True)
 def average_precision(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
 ) -> Array:
     """Average precision, :math:`\\frac{1}{|P|}\\sum_{k \\in P} \\mathrm{rank}^+(k)/\\mathrm{rank}(k)`.
@@ -149,7 +193,7 @@ def average_precision(
       where: optional ``[..., N]`` mask; reduce_fn: ``jnp.mean`` / ``jnp.sum`` / ``None``;
       max_positives: static positive slots (``None`` = N; exact either way).
     """
-    return _metric(_ap_kernel, scores, labels, where, reduce_fn, max_positives)
+    return _metric(_ap_kernel, "average_precision", scores, labels, where, reduce_fn, max_positives)
 
 
 def _recall_kernel(scores, labels, where, positives, *, k):
@@ -157,14 +201,14 @@ def _recall_kernel(scores, labels, where, positives, *, k):
     return recall_at_k_from_ranks(rank, positives.mask, k)
 
 
-@_lists.validated(graded=True)
+@listfn.list_function(None, graded=True, check_hparams=_check_k)
 def recall_at_k(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     k: int = 1,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
 ) -> Array:
     """Metric-learning Recall@k: 1 if a positive is among the first ``k`` items, else 0.
@@ -173,23 +217,22 @@ def recall_at_k(
     (a pessimistic tie rule). This is the R@k of image-retrieval papers (Musgrave et al.,
     "A Metric Learning Reality Check", ECCV 2020), not the IR recall fraction.
     """
-    _check_k(k)
     kernel = functools.partial(_recall_kernel, k=k)
-    return _metric(kernel, scores, labels, where, reduce_fn, max_positives)
+    return _metric(kernel, "recall_at_k", scores, labels, where, reduce_fn, max_positives)
 
 
 def _map_at_r_kernel(scores, labels, where, positives):
     rank, rank_pos = ranking.exact_ranks(scores, labels, where, positives)
-    return map_at_r_from_ranks(rank, rank_pos, positives.mask, _lists.num_positives(labels, where))
+    return map_at_r_from_ranks(rank, rank_pos, positives.mask, num_positives(labels, where))
 
 
-@_lists.validated(graded=True)
+@listfn.list_function(None, graded=True)
 def map_at_r(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
 ) -> Array:
     """MAP@R (Musgrave et al., ECCV 2020): AP truncated at R = number of positives.
@@ -198,25 +241,25 @@ def map_at_r(
         = \\frac{1}{R} \\sum_{k \\in P,\\ \\mathrm{rank}(k) \\le R}
           \\frac{\\mathrm{rank}^+(k)}{\\mathrm{rank}(k)}
     """
-    return _metric(_map_at_r_kernel, scores, labels, where, reduce_fn, max_positives)
+    return _metric(_map_at_r_kernel, "map_at_r", scores, labels, where, reduce_fn, max_positives)
 
 
 def _r_precision_kernel(scores, labels, where, positives):
     rank, _ = ranking.exact_ranks(scores, labels, where, positives)
-    return r_precision_from_ranks(rank, positives.mask, _lists.num_positives(labels, where))
+    return r_precision_from_ranks(rank, positives.mask, num_positives(labels, where))
 
 
-@_lists.validated(graded=True)
+@listfn.list_function(None, graded=True)
 def r_precision(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
 ) -> Array:
     """R-precision: the fraction of positives among the first R = |P| items."""
-    return _metric(_r_precision_kernel, scores, labels, where, reduce_fn, max_positives)
+    return _metric(_r_precision_kernel, "r_precision", scores, labels, where, reduce_fn, max_positives)
 
 
 def _precision_kernel(scores, labels, where, positives, *, k):
@@ -225,14 +268,14 @@ def _precision_kernel(scores, labels, where, positives, *, k):
     return hits.astype(jnp.float32) / k
 
 
-@_lists.validated(graded=True)
+@listfn.list_function(None, graded=True, check_hparams=_check_k)
 def precision_at_k(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     k: int = 1,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
 ) -> Array:
     """Precision@k, :math:`\\frac{1}{k} \\#\\{p \\in P : \\mathrm{rank}(p) \\le k\\}`.
@@ -241,9 +284,8 @@ def precision_at_k(
     With :math:`H(0) = 1` a positive tied with the item in place ``k`` and beyond does not
     count. ``P@1`` equals ``R@1``.
     """
-    _check_k(k)
     kernel = functools.partial(_precision_kernel, k=k)
-    return _metric(kernel, scores, labels, where, reduce_fn, max_positives)
+    return _metric(kernel, "precision_at_k", scores, labels, where, reduce_fn, max_positives)
 
 
 def _ideal_positions(positives: ranking.Positives) -> Array:
@@ -261,22 +303,20 @@ def _ndcg_kernel(scores, labels, where, positives, *, k):
     rank, _ = ranking.exact_ranks(scores, labels, where, positives)
     ideal = _ideal_positions(positives)
     top = jnp.max(jnp.where(positives.mask, positives.labels, 0.0), axis=-1, keepdims=True)
-    gain = jnp.where(positives.mask, _lists.ndcg_gains(positives.labels, top), 0.0)
+    gain = jnp.where(positives.mask, ndcg_gains(positives.labels, top), 0.0)
     in_dcg = positives.mask if k is None else positives.mask & (rank <= k)
     in_idcg = positives.mask if k is None else positives.mask & (ideal <= k)
-    dcg = jnp.sum(jnp.where(in_dcg, gain / jnp.log2(1.0 + rank), 0.0), axis=-1)
-    idcg = jnp.sum(jnp.where(in_idcg, gain / jnp.log2(1.0 + ideal), 0.0), axis=-1)
-    return _lists.safe_divide(dcg, idcg)
+    return safe_divide(dcg(gain, rank, in_dcg), dcg(gain, ideal, in_idcg))
 
 
-@_lists.validated(graded=True)
+@listfn.list_function(None, graded=True, check_hparams=_check_k_or_none)
 def ndcg(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     k: int | None = None,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
 ) -> Array:
     """Normalised discounted cumulative gain with graded relevance.
@@ -291,9 +331,8 @@ def ndcg(
     list; an integer ``k`` gives NDCG@k. This is the NDCG of SupRank's evaluation (Ramzi et
     al., 2023), which there is applied to the number of shared hierarchy levels.
     """
-    _check_k(k, allow_none=True)
     kernel = functools.partial(_ndcg_kernel, k=k)
-    return _metric(kernel, scores, labels, where, reduce_fn, max_positives)
+    return _metric(kernel, "ndcg", scores, labels, where, reduce_fn, max_positives)
 
 
 def _hap_kernel(scores, labels, where, positives):
@@ -304,18 +343,17 @@ def _hap_kernel(scores, labels, where, positives):
     is_pos = ((labels > 0) & where)[..., None, :]
     shared = jnp.minimum(labels[..., None, :], rel_p)
     h_rank = positives.labels + jnp.sum(jnp.where(before & is_pos, shared, 0.0), axis=-1)
-    num = jnp.sum(jnp.where(positives.mask, h_rank / rank, 0.0), axis=-1)
     den = jnp.sum(jnp.where((labels > 0) & where, labels, 0.0), axis=-1)
-    return _lists.safe_divide(num, den)
+    return hap_from_ranks(h_rank, rank, positives.mask, den)
 
 
-@_lists.validated(graded=True)
+@listfn.list_function(None, graded=True)
 def hap(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
 ) -> Array:
     """Hierarchical average precision (H-AP) with graded relevance ``rel = labels``.
@@ -333,7 +371,7 @@ def hap(
       Ramzi et al., "Hierarchical Average Precision Training for Pertinent Image Retrieval",
       ECCV 2022; "Optimization of Rank Losses for Image Retrieval" (SupRank), 2023.
     """
-    return _metric(_hap_kernel, scores, labels, where, reduce_fn, max_positives)
+    return _metric(_hap_kernel, "hap", scores, labels, where, reduce_fn, max_positives)
 
 
 def _asi_kernel(scores, labels, where, positives):
@@ -348,21 +386,16 @@ def _asi_kernel(scores, labels, where, positives):
     order_in_level = 1 + jnp.sum((lab_o == lab_p) & earlier & mask_o, axis=-1)
     # p belongs to the intersection at every depth n >= depth.
     depth = jnp.maximum(rank, (higher + order_in_level).astype(jnp.float32))
-    r = _lists.num_positives(labels, where)
-    harmonic = lambda n: jax.scipy.special.digamma(n + 1.0) + np.euler_gamma
-    terms = jnp.where(
-        positives.mask & (depth <= r[..., None]), harmonic(r[..., None]) - harmonic(depth - 1.0), 0.0
-    )
-    return _lists.safe_divide(jnp.sum(terms, axis=-1), r)
+    return asi_from_depths(depth, positives.mask, num_positives(labels, where))
 
 
-@_lists.validated(graded=True)
+@listfn.list_function(None, graded=True)
 def asi(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
 ) -> Array:
     """Average set intersection up to depth R = number of relevant items.
@@ -386,4 +419,4 @@ def asi(
     References:
       Ramzi et al., "Optimization of Rank Losses for Image Retrieval" (SupRank), 2023.
     """
-    return _metric(_asi_kernel, scores, labels, where, reduce_fn, max_positives)
+    return _metric(_asi_kernel, "asi", scores, labels, where, reduce_fn, max_positives)

@@ -10,7 +10,7 @@ instead
 2. lets each device rank **its own** queries against the global batch, with the blocked exact
    engine of :mod:`rankax.batch` (``O(B/d * C * B)`` work and ``O(block * B + B * D)`` memory
    per device);
-3. ``psum``\\ s the additive per-list statistics (:mod:`rankax._lists`) over the axis and forms the
+3. ``psum``\\ s the additive per-list statistics (:mod:`rankax._core.stats`) over the axis and forms the
    loss from the totals, so the loss is the mean over *all* queries of the global batch (or the
    pair-pooled value of ROADMAP's calibration) and its gradient equals the single-device gradient
    of :func:`rankax.batch_loss` on the full batch.
@@ -56,7 +56,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from rankax import _lists, batch, debug
+from rankax import batch, debug
+from rankax._core import nonfinite, stats, validation
 
 Array = jax.Array
 AxisName = str | tuple[str, ...]
@@ -101,6 +102,7 @@ def sharded_batch_loss(
       every device; its gradient equals that of :func:`rankax.batch_loss` on the whole batch.
     """
     num_shards = _axis_size(mesh, axis_name)
+    caller = f"sharded_batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
     kwargs = dict(
         include_self=include_self,
         max_positives=max_positives,
@@ -114,26 +116,30 @@ def sharded_batch_loss(
 
     def local_loss(emb: Array, lab: Array, memory: Any) -> Array:
         # emb, lab: this device's queries. Items: the global batch (then the memory).
-        emb, lab = batch._check_batch(emb, lab, values=False)  # values: checked in loss_of
+        emb, lab = batch.check_batch(emb, lab, values=False, caller=caller)  # values: in loss_of
         global_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
         global_lab = jax.lax.all_gather(lab, axis_name, tiled=True)
-        items, item_labels, item_mask = batch.with_references(global_emb, global_lab, memory=memory)
+        items, item_labels, item_mask = batch.with_references(
+            global_emb, global_lab, memory=memory, caller=caller
+        )
         local = emb.shape[0]
         first = jax.lax.axis_index(axis_name) * local
-        with _lists.finite_checked():  # guarded once below instead of in every list
-            totals = batch.batch_statistics(
-                loss_fn, emb, lab, items, item_labels,
-                query_index=first + jnp.arange(local), item_mask=item_mask, **kwargs,
-            )
+        # The lists' kernels run unguarded: non-finite inputs are guarded once, below.
+        totals = batch.batch_statistics(
+            loss_fn, emb, lab, items, item_labels,
+            query_index=first + jnp.arange(local), item_mask=item_mask, caller=caller, **kwargs,
+        )
         totals = jax.lax.psum(totals, axis_name)
-        loss = _lists.from_statistics(loss_fn, totals, **hparams)
+        loss = stats.from_statistics(
+            loss_fn, totals, stats.hparams_of(loss_fn, hparams, caller=caller, warn=False)
+        )
         # NaN/inf anywhere in the global batch (or the memory) -> NaN loss and gradients.
         # Each device's own rows, summed: a flag that is the same (replicated) on every device.
-        local_bad = jnp.any(_lists.nonfinite_lists(emb, None)).astype(jnp.int32)
+        local_bad = jnp.any(nonfinite.nonfinite_lists(emb, None)).astype(jnp.int32)
         bad = jax.lax.psum(local_bad, axis_name) > 0
         if memory is not None:  # replicated already
-            bad = bad | jnp.any(_lists.nonfinite_lists(memory.embeddings, memory.valid[:, None]))
-        return _lists.propagate_nonfinite(loss, bad)
+            bad = bad | jnp.any(nonfinite.nonfinite_lists(memory.embeddings, memory.valid[:, None]))
+        return nonfinite.propagate_nonfinite(loss, bad)
 
     batch_spec = PartitionSpec(axis_name)
     without_memory = jax.shard_map(
@@ -156,15 +162,16 @@ def sharded_batch_loss(
                 f"the global batch ({b}) must be divisible by the size of axis {axis_name!r} "
                 f"({num_shards})"
             )
-        with _lists.calling(f"sharded_batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"):
-            # Checked mode: the global batch is checked here, outside shard_map (checkify's
-            # errors cannot cross the scan of the per-device query blocks).
-            _lists.check_finite(embeddings, "embeddings")
-            if memory is not None:
-                _lists.check_finite(memory.embeddings, "memory embeddings", where=memory.valid[:, None])
-            with debug.checks(False):
-                if memory is None:
-                    return without_memory(embeddings, labels)
-                return with_memory(embeddings, labels, memory)
+        # Checked mode: the global batch is checked here, outside shard_map (checkify's
+        # errors cannot cross the scan of the per-device query blocks).
+        validation.check_finite(embeddings, "embeddings", caller=caller)
+        if memory is not None:
+            validation.check_finite(
+                memory.embeddings, "memory embeddings", where=memory.valid[:, None], caller=caller
+            )
+        with debug.checks(False):
+            if memory is None:
+                return without_memory(embeddings, labels)
+            return with_memory(embeddings, labels, memory)
 
     return loss_of

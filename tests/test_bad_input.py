@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import rankax
-from rankax import _lists, losses, metrics
+from rankax import losses, metrics
+from rankax._core import validation as _lists
 
 GRADED_LOSSES = (losses.hap_loss, losses.sup_ndcg_loss)
 METRICS = (

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import rankax
-from rankax import _lists, batch
+from rankax import batch
+from rankax._core import positives as _lists
 from rankax.losses import smooth_ap_loss, supap_loss
 
 B, D = 48, 8

@@ -10,13 +10,15 @@ and replace the Heaviside step in the ranks by a surrogate; the loss is ``1 - AP
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rankax import _lists, ranking
-from rankax.losses import _base, pairs
+from rankax import metrics, ranking
+from rankax._core import listfn, validation
+from rankax.losses import _ranks, pairs
 
 Array = jax.Array
 
@@ -27,16 +29,25 @@ def _smooth_ap_kernel(scores, labels, where, positives, *, temperature):
     is_pos = (labels > 0)[..., None, :]
     rank = 1.0 + jnp.sum(step, axis=-1)
     rank_pos = 1.0 + jnp.sum(jnp.where(is_pos, step, 0.0), axis=-1)
-    return 1.0 - _lists.ap_from_ranks(rank, rank_pos, positives)
+    return 1.0 - _ap(rank, rank_pos, positives)
 
 
-@_base.validated
+def _ap(rank: Array, rank_pos: Array, positives: ranking.Positives) -> Array:
+    """AP from the ranks of the gathered positives (every positive has a slot)."""
+    return metrics.ap_from_ranks(rank, rank_pos, positives.mask, jnp.sum(positives.mask, axis=-1))
+
+
+def _smooth_ap_values(lists: listfn.Lists, *, temperature: float) -> Array:
+    return lists.gather(functools.partial(_smooth_ap_kernel, temperature=temperature))
+
+
+@listfn.list_function(_smooth_ap_values)
 def smooth_ap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     temperature: float = 0.01,
 ) -> Array:
@@ -66,23 +77,28 @@ def smooth_ap_loss(
       Brown, Xie, Kalogeiton, Zisserman. "Smooth-AP: Smoothing the Path Towards Large-Scale
       Image Retrieval." ECCV 2020.
     """
-    kernel = functools.partial(_smooth_ap_kernel, temperature=temperature)
-    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="smooth_ap_loss")
+    return lists.reduce(_smooth_ap_values(lists, temperature=temperature), reduce_fn)
 
 
-def _supap_kernel(scores, labels, where, positives, **step_kwargs):
+def _supap_kernel(scores, labels, where, positives, **step):
     # rank+ is exact and carries no gradient; negatives get the piecewise upper bound.
-    rank, rank_pos = _base.supap_ranks(scores, labels, where, positives, **step_kwargs)
-    return 1.0 - _lists.ap_from_ranks(rank, rank_pos, positives)
+    rank, rank_pos = _ranks.supap_ranks(scores, labels, where, positives, **step)
+    return 1.0 - _ap(rank, rank_pos, positives)
 
 
-@_base.validated
+def _supap_values(lists: listfn.Lists, **step: Any) -> Array:
+    """Per-list SupAP loss; ``step``: ROADMAP's step parameters (``_ranks.ROADMAP_STEP``)."""
+    return lists.gather(functools.partial(_supap_kernel, **step))
+
+
+@listfn.list_function(_supap_values, choices=_ranks.ROADMAP_CHOICES)
 def supap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     temperature: float = 0.01,
     rho: float = 100.0,
@@ -112,61 +128,60 @@ def supap_loss(
       Ramzi, Thome, Rambour, Audebert, Bitot. "Robust and Decomposable Average Precision for
       Image Retrieval." NeurIPS 2021.
     """
-    _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
-    kernel = functools.partial(
-        _supap_kernel,
-        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant,
-    )
-    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="supap_loss")
+    step = _ranks.roadmap_step_args(locals())
+    return lists.reduce(_supap_values(lists, **step), reduce_fn)
 
 
 # ----------------------------------------------------------------------------- ROADMAP
 
 
 def _roadmap_statistics(
-    scores: ArrayLike,
-    labels: ArrayLike,
-    where: ArrayLike | None,
+    lists: listfn.Lists,
     *,
-    max_positives: int | None = None,
-    pos_margin: float = 0.9,
-    neg_margin: float = 0.6,
-    supap_weight: float = 1.0,
-    calibration_weight: float = 1.0,
-    **supap_hparams,
+    pos_margin: float,
+    neg_margin: float,
+    supap_weight: float,
+    calibration_weight: float,
+    **step: Any,
 ) -> dict[str, Array]:
+    """SupAP's ``{"sum", "count"}`` and the calibration statistics, per list."""
     del supap_weight, calibration_weight
-    stats = _lists.list_statistics(
-        supap_loss, scores, labels, where, max_positives=max_positives, **supap_hparams
-    )
-    stats.update(
-        pairs.calibration_loss.list_statistics(
-            scores, labels, where, pos_margin=pos_margin, neg_margin=neg_margin
-        )
-    )
+    valid = lists.has_positive
+    stats = {
+        "sum": jnp.where(valid, _supap_values(lists, **step), 0.0),
+        "count": valid.astype(jnp.float32),
+    }
+    stats.update(pairs.calibration_statistics(lists, pos_margin=pos_margin, neg_margin=neg_margin))
     return stats
 
 
 def _roadmap_from_statistics(
-    totals: dict[str, Array],
-    *,
-    supap_weight: float = 1.0,
-    calibration_weight: float = 1.0,
-    **unused,
+    totals: dict[str, Array], *, supap_weight: float, calibration_weight: float, **unused: Any
 ) -> Array:
     del unused
     supap = totals["sum"] / jnp.maximum(totals["count"], 1.0)
-    calibration = pairs.calibration_loss.from_statistics(totals)
+    calibration = pairs.calibration_from_statistics(totals)
     return supap_weight * supap + calibration_weight * calibration
 
 
-@_base.validated
+def _roadmap_values(lists: listfn.Lists, **hparams: Any) -> Array:
+    """Per-list ``w1 * SupAP + w2 * calibration`` (each list on its own pairs)."""
+    return _roadmap_from_statistics(_roadmap_statistics(lists, **hparams), **hparams)
+
+
+@listfn.list_function(
+    _roadmap_values,
+    choices=_ranks.ROADMAP_CHOICES,
+    statistics=_roadmap_statistics,
+    from_statistics=_roadmap_from_statistics,
+)
 def roadmap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     supap_weight: float = 1.0,
     calibration_weight: float = 1.0,
@@ -200,16 +215,9 @@ def roadmap_loss(
       Ramzi, Thome, Rambour, Audebert, Bitot. "Robust and Decomposable Average Precision for
       Image Retrieval." NeurIPS 2021.
     """
-    supap_hparams = dict(
-        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant
-    )
-    supap = supap_loss(
-        scores, labels, where=where, reduce_fn=reduce_fn, max_positives=max_positives, **supap_hparams
-    )
-    calibration = pairs.calibration_loss(
-        scores, labels, where=where, reduce_fn=reduce_fn, pos_margin=pos_margin, neg_margin=neg_margin
+    lists = listfn.check(scores, labels, where, max_positives, caller="roadmap_loss")
+    supap = lists.reduce(_supap_values(lists, **_ranks.roadmap_step_args(locals())), reduce_fn)
+    calibration = pairs.reduce_calibration(
+        lists, reduce_fn, pos_margin=pos_margin, neg_margin=neg_margin
     )
     return supap_weight * supap + calibration_weight * calibration
-
-
-_base.attach_statistics(roadmap_loss, _roadmap_statistics, _roadmap_from_statistics)

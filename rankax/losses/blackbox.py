@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rankax import _lists
-from rankax.losses import _base
+from rankax._core import listfn, positives, validation
 
 Array = jax.Array
 
@@ -89,16 +88,24 @@ def _blackbox_ap_kernel(scores, labels, where, *, lambda_, margin, key):
         / jnp.maximum(jnp.sum(where, -1, keepdims=True), 1)
     )
     ratio = jnp.where(is_pos, rank_pos / jnp.where(is_pos, rank, 1.0), 0.0)
-    return 1.0 - _lists.safe_divide(jnp.sum(ratio, axis=-1), _lists.num_positives(labels, where))
+    return 1.0 - positives.safe_divide(jnp.sum(ratio, axis=-1), positives.num_positives(labels, where))
 
 
-@_base.validated
+def _blackbox_ap_values(
+    lists: listfn.Lists, *, lambda_: float, margin: float, key: jax.Array | None
+) -> Array:
+    return _blackbox_ap_kernel(
+        lists.scores, lists.labels, lists.where, lambda_=float(lambda_), margin=margin, key=key
+    )
+
+
+@listfn.list_function(_blackbox_ap_values)
 def blackbox_ap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     lambda_: float = 4.0,
     margin: float = 0.02,
@@ -130,6 +137,5 @@ def blackbox_ap_loss(
       with Blackbox Differentiation." CVPR 2020. Vlastelica, Paulus, Musil, Martius, Rolínek.
       "Differentiation of Blackbox Combinatorial Solvers." ICLR 2020.
     """
-    _base.check_positive("lambda_", lambda_)
-    kernel = functools.partial(_blackbox_ap_kernel, lambda_=float(lambda_), margin=margin, key=key)
-    return _base.dense_list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="blackbox_ap_loss")
+    return lists.reduce(_blackbox_ap_values(lists, lambda_=lambda_, margin=margin, key=key), reduce_fn)

@@ -17,14 +17,13 @@ between two centres is split between them, which leaves an error of at most
 
 from __future__ import annotations
 
-import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rankax import _lists
-from rankax.losses import _base
+from rankax._core import listfn, positives, validation
 
 Array = jax.Array
 
@@ -47,19 +46,19 @@ def _quantised_ap(count: Array, count_pos: Array, tie_aware: bool) -> Array:
     cum_pos = jnp.cumsum(count_pos, axis=-1)
     num_pos = cum_pos[..., -1]
     if not tie_aware:
-        precision = _lists.safe_divide(cum_pos, cum)
-        return _lists.safe_divide(jnp.sum(count_pos * precision, axis=-1), num_pos)
+        precision = positives.safe_divide(cum_pos, cum)
+        return positives.safe_divide(jnp.sum(count_pos * precision, axis=-1), num_pos)
     # Tie-aware AP (He et al. 2018): the items of a bin are tied, each positive of the bin is
     # at a uniformly random position among them. With C_ = C_{m-1}, the bin's positives then
     # have mean precision (1/c) \int_{C_+1}^{C_m+1} (C+_ + 1 + r (u - C_ - 1)) / u du, where
     # r = (c+ - 1)/(c - 1) is the chance that another item of the bin is positive.
     prev = cum - count
     prev_pos = cum_pos - count_pos
-    ratio = _lists.safe_divide(jax.nn.relu(count_pos - 1.0), jax.nn.relu(count - 1.0))
+    ratio = positives.safe_divide(jax.nn.relu(count_pos - 1.0), jax.nn.relu(count - 1.0))
     log_term = jnp.log((cum + 1.0) / (prev + 1.0))
     integral = count * ratio + (prev_pos + 1.0 - ratio * (prev + 1.0)) * log_term
-    mean_precision = _lists.safe_divide(integral, count)
-    return _lists.safe_divide(jnp.sum(count_pos * mean_precision, axis=-1), num_pos)
+    mean_precision = positives.safe_divide(integral, count)
+    return positives.safe_divide(jnp.sum(count_pos * mean_precision, axis=-1), num_pos)
 
 
 def _histogram_ap_kernel(scores, labels, where, *, num_bins, score_range, tie_aware):
@@ -74,13 +73,32 @@ def _histogram_ap_kernel(scores, labels, where, *, num_bins, score_range, tie_aw
     return 1.0 - _quantised_ap(count, count_pos, tie_aware)
 
 
-@_base.validated
+def _histogram_ap_values(
+    lists: listfn.Lists, *, num_bins: int, score_range: tuple[float, float], tie_aware: bool
+) -> Array:
+    lo, hi = score_range
+    return _histogram_ap_kernel(
+        lists.scores, lists.labels, lists.where, num_bins=num_bins, score_range=(float(lo), float(hi)),
+        tie_aware=bool(tie_aware),
+    )
+
+
+def _check_score_range(hparams: dict[str, Any], caller: str) -> None:
+    lo, hi = hparams["score_range"]
+    if not hi > lo:
+        raise ValueError(
+            f"{validation.prefix(caller)}score_range must be (min, max) with max > min, "
+            f"got {hparams['score_range']!r}"
+        )
+
+
+@listfn.list_function(_histogram_ap_values, check_hparams=_check_score_range)
 def histogram_ap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     num_bins: int = 25,
     score_range: tuple[float, float] = (0.0, 1.0),
@@ -107,18 +125,9 @@ def histogram_ap_loss(
       Retrieval with a Listwise Loss." ICCV 2019. He, Lu, Sclaroff. "Local Descriptors
       Optimized for Average Precision." CVPR 2018.
     """
-    if not isinstance(num_bins, int) or num_bins < 2:
-        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
-    lo, hi = score_range
-    if not hi > lo:
-        raise ValueError(
-            f"{_lists.error_prefix()}score_range must be (min, max) with max > min, got {score_range!r}"
-        )
-    kernel = functools.partial(
-        _histogram_ap_kernel, num_bins=num_bins, score_range=(float(lo), float(hi)),
-        tie_aware=bool(tie_aware),
-    )
-    return _base.dense_list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="histogram_ap_loss")
+    values = _histogram_ap_values(lists, num_bins=num_bins, score_range=score_range, tie_aware=tie_aware)
+    return lists.reduce(values, reduce_fn)
 
 
 def _fast_ap_kernel(scores, labels, where, *, num_bins):
@@ -129,13 +138,17 @@ def _fast_ap_kernel(scores, labels, where, *, num_bins):
     return 1.0 - _quantised_ap(count, count_pos, tie_aware=False)
 
 
-@_base.validated
+def _fast_ap_values(lists: listfn.Lists, *, num_bins: int) -> Array:
+    return _fast_ap_kernel(lists.scores, lists.labels, lists.where, num_bins=num_bins)
+
+
+@listfn.list_function(_fast_ap_values)
 def fast_ap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     num_bins: int = 10,
 ) -> Array:
@@ -157,7 +170,5 @@ def fast_ap_loss(
     References:
       Cakir, He, Xia, Kulis, Sclaroff. "Deep Metric Learning to Rank." CVPR 2019.
     """
-    if not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
-    kernel = functools.partial(_fast_ap_kernel, num_bins=num_bins)
-    return _base.dense_list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="fast_ap_loss")
+    return lists.reduce(_fast_ap_values(lists, num_bins=num_bins), reduce_fn)

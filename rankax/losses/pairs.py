@@ -19,13 +19,13 @@ A list is one query's similarities ``s[N]`` to N items with relevance ``labels[N
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rankax import _lists
-from rankax.losses import _base
+from rankax._core import listfn, positives, validation
 
 Array = jax.Array
 
@@ -35,18 +35,9 @@ TRIPLET_MININGS = ("batch_hard", "semi_hard")
 # ----------------------------------------------------------------------------- calibration
 
 
-def _calibration_statistics(
-    scores: ArrayLike,
-    labels: ArrayLike,
-    where: ArrayLike | None,
-    *,
-    max_positives: int | None = None,
-    pos_margin: float = 0.9,
-    neg_margin: float = 0.6,
-    **unused,
-) -> dict[str, Array]:
-    del max_positives, unused
-    scores, labels, where = _lists.check_lists(scores, labels, where)
+def calibration_statistics(lists: listfn.Lists, *, pos_margin: float, neg_margin: float) -> dict[str, Array]:
+    """Per-list sums and counts of the active (non-zero) positive and negative terms."""
+    scores, labels, where = lists.scores, lists.labels, lists.where
     pos = (labels > 0) & where
     neg = (labels <= 0) & where
     pos_terms = jnp.where(pos, jax.nn.relu(pos_margin - scores), 0.0)
@@ -60,20 +51,40 @@ def _calibration_statistics(
     }
 
 
-def _calibration_from_statistics(totals: dict[str, Array], **unused) -> Array:
+def calibration_from_statistics(totals: dict[str, Array], **unused: Any) -> Array:
     del unused
-    pos = _lists.safe_divide(totals["calib_pos_sum"], totals["calib_pos_active"])
-    neg = _lists.safe_divide(totals["calib_neg_sum"], totals["calib_neg_active"])
+    pos = positives.safe_divide(totals["calib_pos_sum"], totals["calib_pos_active"])
+    neg = positives.safe_divide(totals["calib_neg_sum"], totals["calib_neg_active"])
     return pos + neg
 
 
-@_base.validated
+def _calibration_values(lists: listfn.Lists, *, pos_margin: float, neg_margin: float) -> Array:
+    stats = calibration_statistics(lists, pos_margin=pos_margin, neg_margin=neg_margin)
+    return calibration_from_statistics(stats)
+
+
+def reduce_calibration(
+    lists: listfn.Lists, reduce_fn: validation.ReduceFn, *, pos_margin: float, neg_margin: float
+) -> Array:
+    """The calibration loss of ``lists``: pooled over all pairs for ``jnp.mean``, else per list."""
+    stats = calibration_statistics(lists, pos_margin=pos_margin, neg_margin=neg_margin)
+    valid = jnp.any(lists.where, axis=-1)
+    return positives.pooled_or_per_list(
+        stats, calibration_from_statistics, valid, reduce_fn, caller=lists.caller
+    )
+
+
+@listfn.list_function(
+    _calibration_values,
+    statistics=calibration_statistics,
+    from_statistics=calibration_from_statistics,
+)
 def calibration_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     pos_margin: float = 0.9,
     neg_margin: float = 0.6,
@@ -105,32 +116,15 @@ def calibration_loss(
       Ramzi et al. "Robust and Decomposable Average Precision for Image Retrieval." NeurIPS
       2021; Ramzi et al. "Optimization of Rank Losses for Image Retrieval." arXiv:2309.08250.
     """
-    _lists.check_capacity(max_positives)
-    scores, labels, where = _lists.check_lists(scores, labels, where)
-    stats = _calibration_statistics(
-        scores, labels, where, pos_margin=pos_margin, neg_margin=neg_margin
-    )
-    valid = jnp.any(where, axis=-1)
-    return _base.pooled_or_per_list(stats, _calibration_from_statistics, valid, reduce_fn)
-
-
-_base.attach_statistics(calibration_loss, _calibration_statistics, _calibration_from_statistics)
+    lists = listfn.check(scores, labels, where, max_positives, caller="calibration_loss")
+    return reduce_calibration(lists, reduce_fn, pos_margin=pos_margin, neg_margin=neg_margin)
 
 
 # ----------------------------------------------------------------------------- contrastive
 
 
-def _contrastive_statistics(
-    scores: ArrayLike,
-    labels: ArrayLike,
-    where: ArrayLike | None,
-    *,
-    max_positives: int | None = None,
-    margin: float = 1.0,
-    **unused,
-) -> dict[str, Array]:
-    del max_positives, unused
-    scores, labels, where = _lists.check_lists(scores, labels, where)
+def _contrastive_statistics(lists: listfn.Lists, *, margin: float) -> dict[str, Array]:
+    scores, labels, where = lists.scores, lists.labels, lists.where
     pos = (labels > 0) & where
     neg = (labels <= 0) & where
     # Squared Euclidean distance of unit vectors; the floor keeps sqrt's gradient finite at 0.
@@ -143,18 +137,26 @@ def _contrastive_statistics(
     }
 
 
-def _contrastive_from_statistics(totals: dict[str, Array], **unused) -> Array:
+def _contrastive_from_statistics(totals: dict[str, Array], **unused: Any) -> Array:
     del unused
-    return _lists.safe_divide(totals["contrastive_sum"], totals["contrastive_pairs"])
+    return positives.safe_divide(totals["contrastive_sum"], totals["contrastive_pairs"])
 
 
-@_base.validated
+def _contrastive_values(lists: listfn.Lists, *, margin: float) -> Array:
+    return _contrastive_from_statistics(_contrastive_statistics(lists, margin=margin))
+
+
+@listfn.list_function(
+    _contrastive_values,
+    statistics=_contrastive_statistics,
+    from_statistics=_contrastive_from_statistics,
+)
 def contrastive_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     margin: float = 1.0,
 ) -> Array:
@@ -181,14 +183,12 @@ def contrastive_loss(
       Hadsell, Chopra, LeCun. "Dimensionality Reduction by Learning an Invariant Mapping."
       CVPR 2006.
     """
-    _lists.check_capacity(max_positives)
-    scores, labels, where = _lists.check_lists(scores, labels, where)
-    stats = _contrastive_statistics(scores, labels, where, margin=margin)
-    valid = jnp.any(where, axis=-1)
-    return _base.pooled_or_per_list(stats, _contrastive_from_statistics, valid, reduce_fn)
-
-
-_base.attach_statistics(contrastive_loss, _contrastive_statistics, _contrastive_from_statistics)
+    lists = listfn.check(scores, labels, where, max_positives, caller="contrastive_loss")
+    stats = _contrastive_statistics(lists, margin=margin)
+    valid = jnp.any(lists.where, axis=-1)
+    return positives.pooled_or_per_list(
+        stats, _contrastive_from_statistics, valid, reduce_fn, caller=lists.caller
+    )
 
 
 # ----------------------------------------------------------------------------- triplet
@@ -213,7 +213,7 @@ def _triplet_kernel(scores, labels, where, *, margin, mining):
     has_neg = jnp.any(neg, axis=-1, keepdims=True)
     chosen = jnp.where(has_neg, chosen, 0.0)
     per_pos = jax.nn.relu(margin + chosen - scores)
-    return _base.masked_mean(per_pos, pos & has_neg)
+    return positives.masked_mean(per_pos, pos & has_neg)
 
 
 _searchsorted_left = jnp.vectorize(
@@ -221,13 +221,17 @@ _searchsorted_left = jnp.vectorize(
 )
 
 
-@_base.validated
+def _triplet_values(lists: listfn.Lists, *, margin: float, mining: str) -> Array:
+    return _triplet_kernel(lists.scores, lists.labels, lists.where, margin=margin, mining=mining)
+
+
+@listfn.list_function(_triplet_values, choices={"mining": TRIPLET_MININGS})
 def triplet_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     margin: float = 0.1,
     mining: str = "batch_hard",
@@ -255,9 +259,8 @@ def triplet_loss(
       Hermans, Beyer, Leibe. "In Defense of the Triplet Loss for Person Re-Identification."
       arXiv:1703.07737, 2017. Schroff, Kalenichenko, Philbin. "FaceNet." CVPR 2015.
     """
-    _base.check_choice("mining", mining, TRIPLET_MININGS)
-    kernel = functools.partial(_triplet_kernel, margin=margin, mining=mining)
-    return _base.dense_list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="triplet_loss")
+    return lists.reduce(_triplet_values(lists, margin=margin, mining=mining), reduce_fn)
 
 
 # ----------------------------------------------------------------------------- multi-similarity
@@ -285,13 +288,17 @@ def _multi_similarity_kernel(scores, labels, where, *, alpha, beta, base, epsilo
     return jnp.where(active, pos_term + neg_term, 0.0)
 
 
-@_base.validated
+def _multi_similarity_values(lists: listfn.Lists, **hparams: float) -> Array:
+    return _multi_similarity_kernel(lists.scores, lists.labels, lists.where, **hparams)
+
+
+@listfn.list_function(_multi_similarity_values)
 def multi_similarity_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     alpha: float = 2.0,
     beta: float = 50.0,
@@ -322,7 +329,6 @@ def multi_similarity_loss(
       Wang, Han, Huang, Dong, Scott. "Multi-Similarity Loss with General Pair Weighting for
       Deep Metric Learning." CVPR 2019.
     """
-    kernel = functools.partial(
-        _multi_similarity_kernel, alpha=alpha, beta=beta, base=base, epsilon=epsilon
-    )
-    return _base.dense_list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="multi_similarity_loss")
+    values = _multi_similarity_values(lists, alpha=alpha, beta=beta, base=base, epsilon=epsilon)
+    return lists.reduce(values, reduce_fn)

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rankax import _lists, ranking
-from rankax.losses import _base
+from rankax import ranking
+from rankax._core import listfn, positives, validation
 
 Array = jax.Array
 
@@ -64,20 +64,25 @@ def _pnp_transform(r: Array, variant: str, b: float, alpha: float) -> Array:
     return 1.0 - (1.0 + r) ** (-alpha)
 
 
-def _pnp_kernel(scores, labels, where, positives, *, variant, temperature, b, alpha):
-    diff, others = ranking.pairwise_differences(scores, where, positives)
+def _pnp_kernel(scores, labels, where, gathered, *, variant, temperature, b, alpha):
+    diff, others = ranking.pairwise_differences(scores, where, gathered)
     is_neg = (labels <= 0)[..., None, :]
     r = jnp.sum(jnp.where(others & is_neg, ranking.sigmoid_step(diff, temperature), 0.0), axis=-1)
-    return _base.masked_mean(_pnp_transform(r, variant, b, alpha), positives.mask)
+    return positives.masked_mean(_pnp_transform(r, variant, b, alpha), gathered.mask)
 
 
-@_base.validated
+def _pnp_values(lists: listfn.Lists, *, variant: str, temperature: float, b: float, alpha: float) -> Array:
+    kernel = functools.partial(_pnp_kernel, variant=variant, temperature=temperature, b=b, alpha=alpha)
+    return lists.gather(kernel)
+
+
+@listfn.list_function(_pnp_values, choices={"variant": PNP_VARIANTS})
 def pnp_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     variant: str = "Dq",
     temperature: float = 0.01,
@@ -104,7 +109,6 @@ def pnp_loss(
       Precision: Only Penalizing Negative Instances before Positive Ones is Enough."
       AAAI 2022.
     """
-    _base.check_choice("variant", variant, PNP_VARIANTS)
-    _base.check_positive("temperature", temperature)
-    kernel = functools.partial(_pnp_kernel, variant=variant, temperature=temperature, b=b, alpha=alpha)
-    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="pnp_loss")
+    values = _pnp_values(lists, variant=variant, temperature=temperature, b=b, alpha=alpha)
+    return lists.reduce(values, reduce_fn)

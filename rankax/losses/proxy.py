@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from rankax import _lists
+from rankax._core import nonfinite, positives, validation
 
 Array = jax.Array
 
@@ -25,7 +25,7 @@ def normalized_softmax_loss(
     proxies: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     temperature: float = 0.05,
 ) -> Array:
     """Normalised softmax (cosine softmax) cross-entropy against class proxies.
@@ -47,12 +47,14 @@ def normalized_softmax_loss(
     References:
       Zhai, Wu. "Classification is a Strong Baseline for Deep Metric Learning." BMVC 2019.
     """
-    with _lists.calling("normalized_softmax_loss"):
-        return _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperature)
+    return _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperature)
+
+
+_CALLER = "normalized_softmax_loss"
 
 
 def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperature) -> Array:
-    prefix = _lists.error_prefix()
+    prefix = validation.prefix(_CALLER)
     emb = jnp.asarray(embeddings)
     prox = jnp.asarray(proxies)
     lab = jnp.asarray(labels)
@@ -66,12 +68,12 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
         raise ValueError(f"{prefix}labels must have shape {emb.shape[:-1]}, got {lab.shape}")
     if not jnp.issubdtype(lab.dtype, jnp.integer):
         raise TypeError(f"{prefix}labels must be integer class ids, got dtype {lab.dtype}")
-    _lists.check_number("temperature", temperature, "positive")
+    validation.check_number("temperature", temperature, "positive", caller=_CALLER)
     valid = jnp.ones(emb.shape[:-1], bool) if where is None else jnp.asarray(where, bool)
     if valid.shape != emb.shape[:-1]:
         raise ValueError(f"{prefix}where must have shape {emb.shape[:-1]}, got {valid.shape}")
-    _lists.check_finite(emb, "embeddings", where=valid[..., None])
-    _lists.check_finite(prox, "proxies")
+    validation.check_finite(emb, "embeddings", where=valid[..., None], caller=_CALLER)
+    validation.check_finite(prox, "proxies", caller=_CALLER)
     emb = emb.astype(jnp.promote_types(emb.dtype, jnp.float32))
     emb = jnp.where(valid[..., None], emb, 0.0)  # masked rows may hold anything, NaN included
     prox = prox.astype(jnp.promote_types(prox.dtype, jnp.float32))
@@ -79,5 +81,6 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
     logits = jnp.matmul(_l2_normalise(emb), _l2_normalise(prox).T, precision="highest") / temperature
     values = optax.softmax_cross_entropy_with_integer_labels(logits, lab)
     # A NaN/inf embedding (its row) or proxy (every row): NaN value and gradients.
-    bad = _lists.nonfinite_lists(emb, None) | jnp.any(_lists.nonfinite_lists(prox, None))
-    return _lists.propagate_nonfinite(_lists.reduce_lists(values, valid, reduce_fn), bad)
+    bad = nonfinite.nonfinite_lists(emb, None) | jnp.any(nonfinite.nonfinite_lists(prox, None))
+    reduced = positives.reduce_lists(values, valid, reduce_fn, caller=_CALLER)
+    return nonfinite.propagate_nonfinite(reduced, bad)

@@ -17,55 +17,60 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rankax import _lists, ranking
-from rankax.losses import _base
+from rankax import ranking
+from rankax._core import listfn, positives, validation
+from rankax.losses import _ranks
 
 Array = jax.Array
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 
 
-def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
-    ks = tuple(ks)
-    if not ks or any(not isinstance(k, int | float) or k <= 0 for k in ks):
-        raise ValueError(
-            f"{_lists.error_prefix()}ks must be a non-empty sequence of positive cut-offs, got {ks!r}"
-        )
-    return ks
+def _check_ks(hparams: dict[str, Any], caller: str) -> None:
+    validation.check_ks(hparams["ks"], integer=False, caller=caller)
 
 
 def _smooth_recall(
-    rank: Array, positives: ranking.Positives, num_pos: Array, ks, k_temperature, clip: bool
+    rank: Array, gathered: ranking.Positives, num_pos: Array, ks, k_temperature, clip: bool
 ) -> Array:
     """``mean_k sum_p sigmoid((k - rank_p)/k_temperature) / min(|P|, k)`` over the filled slots; with
     ``clip`` the soft count of hits is first capped at ``k`` (RS@k's code)."""
     recalls = []
     for k in ks:
-        hits = jnp.sum(jnp.where(positives.mask, jax.nn.sigmoid((k - rank) / k_temperature), 0.0), axis=-1)
+        hits = jnp.sum(jnp.where(gathered.mask, jax.nn.sigmoid((k - rank) / k_temperature), 0.0), axis=-1)
         if clip:
             hits = jnp.minimum(hits, float(k))
-        recalls.append(_lists.safe_divide(hits, jnp.minimum(num_pos, float(k))))
+        recalls.append(positives.safe_divide(hits, jnp.minimum(num_pos, float(k))))
     return sum(recalls) / len(ks)
 
 
-def _sup_recall_kernel(scores, labels, where, positives, *, ks, k_temperature, **step_kwargs):
-    rank, _ = _base.supap_ranks(scores, labels, where, positives, **step_kwargs)
-    num_pos = _lists.num_positives(labels, where)
-    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, k_temperature, clip=False)
+def _sup_recall_kernel(scores, labels, where, gathered, *, ks, k_temperature, **step):
+    rank, _ = _ranks.supap_ranks(scores, labels, where, gathered, **step)
+    num_pos = positives.num_positives(labels, where)
+    return 1.0 - _smooth_recall(rank, gathered, num_pos, ks, k_temperature, clip=False)
 
 
-@_base.validated
+def _sup_recall_values(
+    lists: listfn.Lists, *, ks: Sequence[float], k_temperature: float, **step: Any
+) -> Array:
+    """Per-list SupR@k loss; ``step``: ROADMAP's step parameters (``_ranks.ROADMAP_STEP``)."""
+    kernel = functools.partial(_sup_recall_kernel, ks=tuple(ks), k_temperature=k_temperature, **step)
+    return lists.gather(kernel)
+
+
+@listfn.list_function(_sup_recall_values, choices=_ranks.ROADMAP_CHOICES, check_hparams=_check_ks)
 def sup_recall_at_k_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     k_temperature: float = 1.0,
@@ -96,30 +101,34 @@ def sup_recall_at_k_loss(
     References:
       Ramzi et al. "Optimization of Rank Losses for Image Retrieval." arXiv:2309.08250.
     """
-    ks = _check_ks(ks)
-    _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
-    _base.check_positive("k_temperature", k_temperature)
-    kernel = functools.partial(
-        _sup_recall_kernel, ks=ks, k_temperature=k_temperature, temperature=temperature, rho=rho,
-        delta=delta, start=start, offset=offset, variant=variant,
-    )
-    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="sup_recall_at_k_loss")
+    step = _ranks.roadmap_step_args(locals())
+    return lists.reduce(_sup_recall_values(lists, ks=ks, k_temperature=k_temperature, **step), reduce_fn)
 
 
-def _rs_at_k_kernel(scores, labels, where, positives, *, ks, temperature, k_temperature):
-    diff, others = ranking.pairwise_differences(scores, where, positives)
+def _rs_at_k_kernel(scores, labels, where, gathered, *, ks, temperature, k_temperature):
+    diff, others = ranking.pairwise_differences(scores, where, gathered)
     rank = 1.0 + jnp.sum(jnp.where(others, ranking.sigmoid_step(diff, temperature), 0.0), axis=-1)
-    num_pos = _lists.num_positives(labels, where)
-    return 1.0 - _smooth_recall(rank, positives, num_pos, ks, k_temperature, clip=True)
+    num_pos = positives.num_positives(labels, where)
+    return 1.0 - _smooth_recall(rank, gathered, num_pos, ks, k_temperature, clip=True)
 
 
-@_base.validated
+def _rs_at_k_values(
+    lists: listfn.Lists, *, ks: Sequence[float], temperature: float, k_temperature: float
+) -> Array:
+    kernel = functools.partial(
+        _rs_at_k_kernel, ks=tuple(ks), temperature=temperature, k_temperature=k_temperature
+    )
+    return lists.gather(kernel)
+
+
+@listfn.list_function(_rs_at_k_values, check_hparams=_check_ks)
 def recall_at_k_surrogate_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     temperature: float = 0.01,
@@ -146,8 +155,6 @@ def recall_at_k_surrogate_loss(
       Patel, Tolias, Matas. "Recall@k Surrogate Loss with Large Batches and Similarity
       Mixup." CVPR 2022.
     """
-    ks = _check_ks(ks)
-    _base.check_positive("temperature", temperature)
-    _base.check_positive("k_temperature", k_temperature)
-    kernel = functools.partial(_rs_at_k_kernel, ks=ks, temperature=temperature, k_temperature=k_temperature)
-    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives)
+    lists = listfn.check(scores, labels, where, max_positives, caller="recall_at_k_surrogate_loss")
+    values = _rs_at_k_values(lists, ks=ks, temperature=temperature, k_temperature=k_temperature)
+    return lists.reduce(values, reduce_fn)

@@ -22,37 +22,43 @@ SupRank's third ingredient, the decomposability loss, is :func:`rankax.losses.ca
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rankax import _lists, ranking
-from rankax.losses import _base
+from rankax import metrics
+from rankax._core import listfn, positives, validation
+from rankax.losses import _ranks
 
 Array = jax.Array
 
 
-def _hap_kernel(scores, labels, where, positives, **step_kwargs):
-    rank, diff, others = _base.graded_ranks(scores, labels, where, positives, **step_kwargs)
-    rel_k = positives.labels[..., :, None]
+def _hap_kernel(scores, labels, where, gathered, **step):
+    rank, diff, others = _ranks.graded_ranks(scores, labels, where, gathered, **step)
+    rel_k = gathered.labels[..., :, None]
     shared = jnp.minimum(labels[..., None, :], rel_k)
     # H-rank: the relevance "earned" at k, counted with the exact step only (no gradient).
-    hrank = positives.labels + jnp.sum(
+    hrank = gathered.labels + jnp.sum(
         jnp.where(others & (diff >= 0), shared, 0.0), axis=-1
     )
-    ratio = jnp.where(positives.mask, hrank / jnp.where(positives.mask, rank, 1.0), 0.0)
     total_rel = jnp.sum(jnp.where(where, labels, 0.0), axis=-1)
-    return 1.0 - _lists.safe_divide(jnp.sum(ratio, axis=-1), total_rel)
+    return 1.0 - metrics.hap_from_ranks(hrank, rank, gathered.mask, total_rel)
 
 
-@_base.validated(graded=True)
+def _hap_values(lists: listfn.Lists, **step: Any) -> Array:
+    """Per-list H-AP loss; ``step``: ROADMAP's step parameters (``_ranks.ROADMAP_STEP``)."""
+    return lists.gather(functools.partial(_hap_kernel, **step))
+
+
+@listfn.list_function(_hap_values, graded=True, choices=_ranks.ROADMAP_CHOICES)
 def hap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     temperature: float = 0.01,
     rho: float = 100.0,
@@ -85,12 +91,8 @@ def hap_loss(
       Retrieval." arXiv:2309.08250 (SupRank); "Hierarchical Average Precision Training for
       Pertinent Image Retrieval." ECCV 2022 (HAPPIER).
     """
-    _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
-    kernel = functools.partial(
-        _hap_kernel,
-        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant,
-    )
-    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
+    lists = listfn.check(scores, labels, where, max_positives, graded=True, caller="hap_loss")
+    return lists.reduce(_hap_values(lists, **_ranks.roadmap_step_args(locals())), reduce_fn)
 
 
 def _ideal_dcg(gains: Array) -> Array:
@@ -99,22 +101,27 @@ def _ideal_dcg(gains: Array) -> Array:
     return jnp.sum(ordered * discount, axis=-1)
 
 
-def _sup_ndcg_kernel(scores, labels, where, positives, **step_kwargs):
-    rank, _, _ = _base.graded_ranks(scores, labels, where, positives, **step_kwargs)
+def _sup_ndcg_kernel(scores, labels, where, gathered, **step):
+    rank, _, _ = _ranks.graded_ranks(scores, labels, where, gathered, **step)
     top = jnp.max(jnp.where(where, labels, 0.0), axis=-1, keepdims=True)
-    gain_k = _lists.ndcg_gains(positives.labels, top)
-    dcg = jnp.sum(jnp.where(positives.mask, gain_k / jnp.log2(1.0 + rank), 0.0), axis=-1)
-    gains = jnp.where(where, _lists.ndcg_gains(labels, top), 0.0)
-    return 1.0 - _lists.safe_divide(dcg, _ideal_dcg(gains))
+    gain_k = metrics.ndcg_gains(gathered.labels, top)
+    dcg = metrics.dcg(gain_k, rank, gathered.mask)
+    gains = jnp.where(where, metrics.ndcg_gains(labels, top), 0.0)
+    return 1.0 - positives.safe_divide(dcg, _ideal_dcg(gains))
 
 
-@_base.validated(graded=True)
+def _sup_ndcg_values(lists: listfn.Lists, **step: Any) -> Array:
+    """Per-list SupNDCG loss; ``step``: ROADMAP's step parameters (``_ranks.ROADMAP_STEP``)."""
+    return lists.gather(functools.partial(_sup_ndcg_kernel, **step))
+
+
+@listfn.list_function(_sup_ndcg_values, graded=True, choices=_ranks.ROADMAP_CHOICES)
 def sup_ndcg_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    reduce_fn: _lists.ReduceFn = jnp.mean,
+    reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     temperature: float = 0.01,
     rho: float = 100.0,
@@ -139,9 +146,5 @@ def sup_ndcg_loss(
     References:
       Ramzi et al. "Optimization of Rank Losses for Image Retrieval." arXiv:2309.08250.
     """
-    _base.check_choice("variant", variant, ranking.ROADMAP_VARIANTS)
-    kernel = functools.partial(
-        _sup_ndcg_kernel,
-        temperature=temperature, rho=rho, delta=delta, start=start, offset=offset, variant=variant,
-    )
-    return _base.list_loss(kernel, scores, labels, where, reduce_fn, max_positives, graded=True)
+    lists = listfn.check(scores, labels, where, max_positives, graded=True, caller="sup_ndcg_loss")
+    return lists.reduce(_sup_ndcg_values(lists, **_ranks.roadmap_step_args(locals())), reduce_fn)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from jax.sharding import Mesh
 from numpy.typing import ArrayLike
 
 from rankax import metrics
+from rankax._core import validation
 from rankax.retrieval import exact, scann_backend
 
 BACKENDS = ("auto", "exact", "scann")
@@ -54,13 +55,6 @@ def _as_labels(y, name: str, num: int, emb_name: str) -> np.ndarray:
         else:
             raise ValueError(f"{name} must hold integer ids, got dtype {a.dtype}")
     return a.astype(np.int64)
-
-
-def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
-    ks = tuple(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 for k in ks):
-        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
-    return tuple(int(k) for k in ks)
 
 
 def _finest_classes(query_labels: np.ndarray, gallery_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +149,47 @@ def evaluate(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    ks = _check_ks(ks)
+    ks = validation.check_ks(ks)
+    data = _checked_sets(queries, query_labels, gallery, gallery_labels, normalize)
+    q_classes, g_classes = _finest_classes(data.query_labels, data.gallery_labels)
+    layout = exact.class_layout(q_classes, g_classes, data.self_excluded)
+    num_pos = np.empty(len(data.queries), np.int64)
+    num_pos[layout.query_order] = layout.num_pos
+    if backend == "auto":
+        backend = scann_backend.choose_backend(
+            len(data.queries), len(data.gallery), data.queries.shape[1],
+            label_paths=data.query_labels.ndim == 2,
+            platform=None if mesh is None else mesh.devices.flat[0].platform,
+        )
+    if backend == "exact":
+        mesh = exact.query_mesh() if mesh is None else mesh
+        per_query = _exact_binary(data, layout, ks, block_size, gallery_block_size, mesh)
+    else:
+        per_query = _scann_binary(data, q_classes, g_classes, num_pos, ks, scann_config)
+    result = _means_over(per_query, num_pos > 0, ks)
+    if data.query_labels.ndim == 2 and backend == "exact":
+        hierarchical = exact.hierarchical_metrics(
+            data.queries, data.query_labels, _gallery_on(data, gallery_block_size, mesh),
+            data.gallery_labels, self_excluded=data.self_excluded, block_size=hierarchy_block_size,
+            rule=relevance_rule, alpha=relevance_alpha, mesh=mesh,
+        )
+        result.update(_hierarchical_means(hierarchical, per_query))
+    if return_per_query:
+        result["per_query"] = per_query
+    return result
+
+
+class _Sets(NamedTuple):
+    """Checked queries and gallery (the queries themselves when ``self_excluded``)."""
+
+    queries: np.ndarray
+    query_labels: np.ndarray
+    gallery: np.ndarray
+    gallery_labels: np.ndarray
+    self_excluded: bool
+
+
+def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: bool) -> _Sets:
     queries = _as_embeddings(queries, "queries")
     query_labels = _as_labels(query_labels, "query_labels", len(queries), "queries")
     if (gallery is None) != (gallery_labels is None):
@@ -181,66 +215,69 @@ def evaluate(
     if normalize:
         queries = _normalise(queries)
         gallery = queries if self_excluded else _normalise(gallery)
+    return _Sets(queries, query_labels, gallery, gallery_labels, self_excluded)
 
-    q_classes, g_classes = _finest_classes(query_labels, gallery_labels)
-    layout = exact.class_layout(q_classes, g_classes, self_excluded)
-    num_pos = np.empty(len(queries), np.int64)
-    num_pos[layout.query_order] = layout.num_pos
-    has_pos = num_pos > 0
-    num_q = len(queries)
-    if backend == "auto":
-        backend = scann_backend.choose_backend(
-            num_q, len(gallery), queries.shape[1], label_paths=query_labels.ndim == 2,
-            platform=None if mesh is None else mesh.devices.flat[0].platform,
-        )
 
-    if backend == "exact":
-        mesh = exact.query_mesh() if mesh is None else mesh
-        rank, rank_pos, mask = exact.positive_ranks(
-            queries, gallery, layout, block_size=block_size, gallery_block_size=gallery_block_size,
-            mesh=mesh,
-        )
-        values = metrics.binary_from_ranks(
-            rank.astype(np.float64), rank_pos.astype(np.float64), mask,
-            layout.num_pos.astype(np.float64), ks,
-        )
-        per_query = {}
-        for key, v in values.items():
-            per_query[key] = np.empty(num_q)
-            per_query[key][layout.query_order] = v
+def _exact_binary(data: _Sets, layout, ks, block_size, gallery_block_size, mesh) -> dict[str, np.ndarray]:
+    """Per-query binary metrics (query order) from the exact ranks of every positive."""
+    rank, rank_pos, mask = exact.positive_ranks(
+        data.queries, data.gallery, layout, block_size=block_size,
+        gallery_block_size=gallery_block_size, mesh=mesh,
+    )
+    values = metrics.binary_from_ranks(
+        rank.astype(np.float64), rank_pos.astype(np.float64), mask,
+        layout.num_pos.astype(np.float64), ks,
+    )
+    per_query = {}
+    for key, v in values.items():
+        per_query[key] = np.empty(len(data.queries))
+        per_query[key][layout.query_order] = v
+    return per_query
+
+
+def _scann_binary(data: _Sets, q_classes, g_classes, num_pos, ks, scann_config) -> dict[str, np.ndarray]:
+    """Per-query binary metrics from ScaNN's neighbours, down to depth ``max(k, R)``."""
+    depth = min(max(max(ks), int(num_pos.max(initial=1))), len(data.gallery) - int(data.self_excluded))
+    _, index = scann_backend.scann_knn(
+        data.queries, None if data.self_excluded else data.gallery, k=depth, config=scann_config
+    )
+    match = g_classes[index] == q_classes[:, None]
+    if depth < max(ks):  # a gallery smaller than k: pad with misses
+        match = np.pad(match, ((0, 0), (0, max(ks) - depth)))
+    return _binary_from_neighbours(match, num_pos, ks)
+
+
+_BINARY_KEYS = ("map@r", "r_precision", "map")
+
+
+def _means_over(per_query: dict[str, np.ndarray], has: np.ndarray, ks) -> dict[str, Any]:
+    """Means over the queries in ``has`` (0 if none) of the metrics, in report order; the
+    per-query values of the others become NaN (in place). With ``ks``, the binary metrics and
+    the query counts."""
+    if ks:
+        keys = [f"recall@{k}" for k in ks] + [k for k in _BINARY_KEYS if k in per_query]
     else:
-        depth = min(max(max(ks), int(num_pos.max(initial=1))), len(gallery) - int(self_excluded))
-        _, index = scann_backend.scann_knn(
-            queries, None if self_excluded else gallery, k=depth, config=scann_config
-        )
-        match = g_classes[index] == q_classes[:, None]
-        if depth < max(ks):  # a gallery smaller than k: pad with misses
-            match = np.pad(match, ((0, 0), (0, max(ks) - depth)))
-        per_query = _binary_from_neighbours(match, num_pos, ks)
-
-    result: dict = {}
-    for k in ks:
-        result[f"recall@{k}"] = per_query[f"recall@{k}"]
-    for key in ("map@r", "r_precision", "map"):
-        if key in per_query:
-            result[key] = per_query[key]
-    result = {key: float(np.mean(v[has_pos])) if has_pos.any() else 0.0 for key, v in result.items()}
-    result["num_queries"] = num_q
-    result["num_queries_without_positive"] = int((~has_pos).sum())
+        keys = list(per_query)
+    result: dict[str, Any] = {key: float(np.mean(per_query[key][has])) if has.any() else 0.0 for key in keys}
+    if ks:
+        result["num_queries"] = len(has)
+        result["num_queries_without_positive"] = int((~has).sum())
     for key in per_query:
-        per_query[key] = np.where(has_pos, per_query[key], np.nan)
-
-    if query_labels.ndim == 2 and backend == "exact":
-        gal = exact.put_gallery(gallery, exact.block_sizes(None, gallery_block_size, mesh)[1], mesh)
-        h = exact.hierarchical_metrics(
-            queries, query_labels, gal, gallery_labels, self_excluded=self_excluded,
-            block_size=hierarchy_block_size, rule=relevance_rule, alpha=relevance_alpha, mesh=mesh,
-        )
-        has_rel = h.pop("has_relevant")
-        for key, v in h.items():
-            result[key] = float(np.mean(v[has_rel])) if has_rel.any() else 0.0
-            per_query[key] = np.where(has_rel, v, np.nan)
-        result["num_queries_without_relevant"] = int((~has_rel).sum())
-    if return_per_query:
-        result["per_query"] = per_query
+        per_query[key] = np.where(has, per_query[key], np.nan)
     return result
+
+
+def _hierarchical_means(
+    hierarchical: dict[str, np.ndarray], per_query: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """Means of H-AP, NDCG and ASI over the queries with a relevant item (their per-query values
+    join ``per_query``, NaN for the others), and the count of queries without one."""
+    has_rel = hierarchical.pop("has_relevant")
+    result = _means_over(hierarchical, has_rel, ())
+    result["num_queries_without_relevant"] = int((~has_rel).sum())
+    per_query.update(hierarchical)
+    return result
+
+
+def _gallery_on(data: _Sets, gallery_block_size, mesh) -> exact.Gallery:
+    return exact.put_gallery(data.gallery, exact.block_sizes(None, gallery_block_size, mesh)[1], mesh)

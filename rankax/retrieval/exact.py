@@ -31,7 +31,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rankax import hierarchy
+from rankax import hierarchy, metrics
+from rankax._core.positives import safe_divide
 
 Array = jax.Array
 
@@ -494,76 +495,96 @@ def _group_inputs(queries, layout: ClassLayout, start: int, stop: int, b: int, g
 # ----------------------------------------------------------------------------- hierarchy
 
 
-def _harmonic(n: Array) -> Array:
-    """Harmonic number :math:`H_n = \\sum_{i=1}^n 1/i` (0 for n = 0)."""
-    return jax.scipy.special.digamma(n + 1.0) + np.euler_gamma
-
-
 def _hierarchy_step(q, self_index, q_paths, chunks, g_paths, *, n: int, rule: str, alpha: float):
     """H-AP, NDCG and ASI of one query block over the whole gallery.
 
     Builds the block's ``[b, N]`` score rows (chunk by chunk, the same kernel) and sorts them:
     with graded relevance every item can be relevant, so counting per positive would cost
     ``O(b * N^2)``; one sort costs ``O(b * N log N)``. Ties follow :math:`H(0) = 1`: every item
-    takes the last place of its tie group.
+    takes the last place of its tie group. The formulas from the ranks are those of
+    :mod:`rankax.metrics` (``hap_from_ranks``, ``dcg``, ``asi_from_depths``).
 
     Returns ``[b]`` arrays ``(hap, ndcg, asi, has_relevant)``.
     """
-    num_levels = q_paths.shape[1]
     s = jax.lax.map(lambda chunk: _chunk_scores(chunk, q), chunks)  # [num_chunks, G, b]
     s = s.reshape(-1, q.shape[0]).T[:, :n]
     valid = jnp.arange(n)[None, :] != self_index[:, None]
     s = jnp.where(valid, s, -jnp.inf)
-    t = hierarchy.shared_levels(q_paths, g_paths)  # [b, N]
+    t = jnp.where(valid, hierarchy.shared_levels(q_paths, g_paths), 0)  # [b, N]
     rel = hierarchy.path_relevance(q_paths, g_paths, rule=rule, alpha=alpha, where=valid)
-    t = jnp.where(valid, t, 0)
+    ranked = _ranked_levels(s, t, rel, q_paths.shape[1])
+    positive = ranked.levels > 0
+    r = jnp.sum(positive, axis=1).astype(jnp.float32)
+    return _hap(ranked, positive), _ndcg(ranked, positive), _asi(ranked, positive, r), r > 0
 
+
+class _RankedLevels(NamedTuple):
+    """A block's items in decreasing score order: their exact rank (``H(0) = 1``), shared
+    level ``t`` and relevance, and the per-level counts the metrics need (``L + 1`` levels)."""
+
+    rank: Array  # [b, N] float, 1-based
+    levels: Array  # [b, N] int, shared levels t of each item
+    rel: Array  # [b, N] relevance
+    at_rank: Array  # [b, N, L+1] items of each level ranked <= rank
+    order_in_level: Array  # [b, N] place of the item within its level, in ranked order
+    per_level: Array  # [b, L+1] items per level
+    higher: Array  # [b, L+1] items of higher levels than each level
+
+
+def _ranked_levels(s: Array, t: Array, rel: Array, num_levels: int) -> _RankedLevels:
+    n = s.shape[1]
     order = jnp.argsort(-s, axis=1, stable=True)
     s_sorted = jnp.take_along_axis(s, order, axis=1)
     t_sorted = jnp.take_along_axis(t, order, axis=1)
-    rel_sorted = jnp.take_along_axis(rel, order, axis=1)
     # rank = number of items scoring >= s (the end of the tie group); -inf rows never count.
     ascending = s_sorted[:, ::-1]
     below = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(ascending, s_sorted)
     rank = (n - below).astype(jnp.int32)  # [b, N], 1-based
     rank = jnp.where(jnp.isfinite(s_sorted), rank, n)
-
-    levels = jnp.arange(num_levels + 1)
-    onehot = (t_sorted[..., None] == levels).astype(jnp.float32)  # [b, N, L+1]
+    onehot = (t_sorted[..., None] == jnp.arange(num_levels + 1)).astype(jnp.float32)  # [b, N, L+1]
     cum = jnp.cumsum(onehot, axis=1)
-    at_rank = jnp.take_along_axis(cum, (rank - 1)[..., None], axis=1)  # [b, N, L+1]
-    per_level = jnp.sum(onehot, axis=1)  # [b, L+1] items per level
+    per_level = jnp.sum(onehot, axis=1)
+    return _RankedLevels(
+        rank=rank.astype(jnp.float32),
+        levels=t_sorted,
+        rel=jnp.take_along_axis(rel, order, axis=1),
+        at_rank=jnp.take_along_axis(cum, (rank - 1)[..., None], axis=1),
+        order_in_level=jnp.take_along_axis(cum, t_sorted[..., None], axis=2)[..., 0],
+        per_level=per_level,
+        higher=jnp.cumsum(per_level[:, ::-1], axis=1)[:, ::-1] - per_level,
+    )
+
+
+def _hap(ranked: _RankedLevels, positive: Array) -> Array:
+    """H-AP: H-rank = sum over levels of min(rel_level, rel_k) * #(level items ranked <= rank)."""
+    onehot = ranked.levels[..., None] == jnp.arange(ranked.per_level.shape[1])
     # Relevance of each level for this query (constant within a level under both rules).
-    level_rel = jnp.max(jnp.where(onehot > 0, rel_sorted[..., None], 0.0), axis=1)  # [b, L+1]
-    positive = t_sorted > 0
-    rank_f = rank.astype(jnp.float32)
+    level_rel = jnp.max(jnp.where(onehot, ranked.rel[..., None], 0.0), axis=1)  # [b, L+1]
+    shared = jnp.minimum(level_rel[:, None, :], ranked.rel[..., None])
+    h_rank = jnp.sum(shared * ranked.at_rank, axis=-1)
+    rel_total = jnp.sum(jnp.where(positive, ranked.rel, 0.0), axis=1)
+    return metrics.hap_from_ranks(h_rank, ranked.rank, positive, rel_total)
 
-    # H-AP: H-rank = sum over levels of min(rel_level, rel_k) * #(level items ranked <= rank).
-    shared = jnp.minimum(level_rel[:, None, :], rel_sorted[..., None])
-    h_rank = jnp.sum(shared * at_rank, axis=-1)
-    rel_total = jnp.sum(jnp.where(positive, rel_sorted, 0.0), axis=1)
-    hap = jnp.sum(jnp.where(positive, h_rank / rank_f, 0.0), axis=1) / jnp.maximum(rel_total, 1e-30)
 
-    # NDCG with gain 2^t - 1 on shared levels (SupRank's evaluation).
-    gain = jnp.exp2(levels.astype(jnp.float32)) - 1.0  # [L+1]
-    dcg = jnp.sum(jnp.where(positive, gain[t_sorted] / jnp.log2(1.0 + rank_f), 0.0), axis=1)
+def _ndcg(ranked: _RankedLevels, positive: Array) -> Array:
+    """NDCG with gain ``2^t - 1`` on shared levels (SupRank's evaluation); the ideal list holds
+    the levels in decreasing order, so IDCG sums each level's gain over its block of places."""
+    n = ranked.rank.shape[1]
+    gain = jnp.exp2(jnp.arange(ranked.per_level.shape[1], dtype=jnp.float32)) - 1.0  # [L+1]
+    dcg = metrics.dcg(gain[ranked.levels], ranked.rank, positive)
     disc = jnp.concatenate([jnp.zeros(1), jnp.cumsum(1.0 / jnp.log2(2.0 + jnp.arange(n)))])
-    higher = jnp.cumsum(per_level[:, ::-1], axis=1)[:, ::-1] - per_level  # items of higher levels
-    start = higher.astype(jnp.int32)
-    stop = (higher + per_level).astype(jnp.int32)
+    start = ranked.higher.astype(jnp.int32)
+    stop = (ranked.higher + ranked.per_level).astype(jnp.int32)
     idcg = jnp.sum(gain[1:] * (disc[stop] - disc[start])[:, 1:], axis=1)
-    ndcg = dcg / jnp.maximum(idcg, 1e-30)
+    return safe_divide(dcg, idcg)
 
-    # ASI up to depth R: an item is in the intersection from depth max(rank, ideal place of
-    # the m-th item of its level), m its order within its level.
-    order_in_level = jnp.take_along_axis(cum, t_sorted[..., None], axis=2)[..., 0]
-    ideal_place = jnp.take_along_axis(higher, t_sorted, axis=1) + order_in_level
-    depth = jnp.maximum(rank_f, ideal_place)
-    r = jnp.sum(positive, axis=1).astype(jnp.float32)
-    terms = jnp.where(positive & (depth <= r[:, None]), _harmonic(r[:, None]) - _harmonic(depth - 1), 0.0)
-    asi = jnp.sum(terms, axis=1) / jnp.maximum(r, 1.0)
-    has_relevant = r > 0
-    return hap, ndcg, asi, has_relevant
+
+def _asi(ranked: _RankedLevels, positive: Array, r: Array) -> Array:
+    """ASI up to depth R: an item is in the intersection from depth max(rank, ideal place of
+    the m-th item of its level), m its order within its level."""
+    ideal_place = jnp.take_along_axis(ranked.higher, ranked.levels, axis=1) + ranked.order_in_level
+    depth = jnp.maximum(ranked.rank, ideal_place)
+    return metrics.asi_from_depths(depth, positive, r)
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,0 +1,165 @@
+"""Each list's positives gathered into a static number of slots, exactly, and per-list reductions.
+
+AP-type formulas only compare the ``C`` positives of a list with its ``N`` items, so kernels
+run on ``[..., C, N]`` terms (``rankax.ranking.gather_positives``). ``C`` must be static; it
+comes from a ladder of capacities and a ``lax.switch`` on the largest positive count, so a
+positive is never dropped and a small capacity only ever costs time.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rankax import ranking
+from rankax._core import validation
+
+Array = jax.Array
+
+# A kernel maps (scores, labels, where, positives) of lists [..., N] to per-list values [...].
+Kernel = Callable[[Array, Array, Array, ranking.Positives], Array]
+
+#: Lists up to this length use ``N`` positive slots directly (``O(N^2)`` per list is then
+#: cheaper than compiling a capacity ladder).
+DENSE_LIST_LENGTH = 64
+#: First rungs of the capacity ladder when ``max_positives`` is not given: 3 and 4 positives,
+#: a P x K batch with the papers' K = 4 without and with the query in its own list; then x4.
+DEFAULT_CAPACITY = 4
+
+
+def has_positive(labels: Array, where: Array) -> Array:
+    """``[...]`` True for lists with at least one valid item of relevance > 0."""
+    return jnp.any((labels > 0) & where, axis=-1)
+
+
+def num_positives(labels: Array, where: Array) -> Array:
+    """``[...]`` float number of valid items with relevance > 0."""
+    return jnp.sum((labels > 0) & where, axis=-1).astype(jnp.float32)
+
+
+@jax.custom_batching.custom_vmap
+def most_positives(is_positive: Array) -> Array:
+    """Largest number of positives of any list of ``is_positive [..., N]``, a scalar.
+
+    Under ``jax.vmap`` the maximum is taken over the whole batch of lists and stays
+    *unbatched*, so that a capacity chosen from it (``lax.switch``) remains one branch taken
+    for all lists instead of becoming a select that runs every branch.
+    """
+    return jnp.max(jnp.sum(is_positive, axis=-1), initial=0)
+
+
+@most_positives.def_vmap
+def _most_positives_vmap(axis_size, in_batched, is_positive):
+    del axis_size, in_batched
+    return most_positives(is_positive), False
+
+
+def capacity_ladder(first: int, num_items: int, growth: int = 4) -> tuple[int, ...]:
+    """The static positive capacities ``first, first*growth, ...`` up to ``num_items``."""
+    first = max(1, min(int(first), num_items))
+    ladder = [first]
+    while ladder[-1] < num_items:
+        ladder.append(min(ladder[-1] * growth, num_items))
+    return tuple(ladder)
+
+
+def default_ladder(num_items: int) -> tuple[int, ...]:
+    """The capacities tried without a ``max_positives`` hint: ``3, 4, 16, 64, ..., N``."""
+    return tuple(sorted({min(3, num_items), *capacity_ladder(DEFAULT_CAPACITY, num_items)}))
+
+
+def apply_kernel(
+    kernel: Kernel,
+    scores: Array,
+    labels: Array,
+    where: Array,
+    max_positives: int | None,
+    *,
+    exact: bool = False,
+) -> Array:
+    """Runs ``kernel`` on the positives gathered to a static number of slots, exactly.
+
+    With ``exact=True`` the caller guarantees that no list has more than ``max_positives``
+    positives (``rankax.batch_loss`` chose it from the true count): one capacity, no ladder --
+    XLA sizes a ``lax.switch`` for its largest branch, so an unused ``N``-slot rung would cost
+    ``O(N^2)`` memory per list.
+
+    Otherwise the slots come from a ladder of capacities ``C, 4C, 16C, ..., N`` (``C =
+    max_positives``; without it :func:`default_ladder`, ``3, 4, 16, ...``; lists of at most
+    :data:`DENSE_LIST_LENGTH` items use ``N`` slots directly): the call takes
+    (``lax.switch``) the smallest capacity that holds the largest positive count of all its
+    lists (:func:`most_positives`, also across ``jax.vmap``), so the cost is ``O(C * N)`` per
+    list for P x K lists and positives are never dropped. Each rung runs under
+    ``jax.checkpoint``, so the rungs not taken keep no residuals for the backward pass.
+    """
+    n = scores.shape[-1]
+
+    def run(capacity: int, scores: Array, labels: Array, where: Array) -> Array:
+        positives, _ = ranking.gather_positives(scores, labels, where, capacity)
+        return kernel(scores, labels, where, positives)
+
+    if exact and max_positives is not None:
+        return run(min(max_positives, n), scores, labels, where)
+    if max_positives is None and n <= DENSE_LIST_LENGTH:
+        return run(n, scores, labels, where)
+    capacities = default_ladder(n) if max_positives is None else capacity_ladder(max_positives, n)
+    if len(capacities) == 1:
+        return run(capacities[0], scores, labels, where)
+    most = most_positives(jax.lax.stop_gradient((labels > 0) & where))
+    level = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), most), len(capacities) - 1)
+    branches = [jax.checkpoint(functools.partial(run, c), prevent_cse=False) for c in capacities]
+    return jax.lax.switch(level, branches, scores, labels, where)
+
+
+# ----------------------------------------------------------------------------- reductions
+
+
+def safe_divide(num: Array, den: Array) -> Array:
+    """``num / den`` with 0 where ``den == 0`` and a gradient that stays finite there."""
+    ok = den != 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def masked_mean(values: Array, mask: Array, axis: int = -1) -> Array:
+    """Mean of ``values`` over ``mask`` along ``axis`` (0 where the mask is empty)."""
+    total = jnp.sum(jnp.where(mask, values, 0.0), axis=axis)
+    return safe_divide(total, jnp.sum(mask, axis=axis).astype(total.dtype))
+
+
+def reduce_lists(values: Array, valid: Array, reduce_fn: validation.ReduceFn, *, caller: str = "") -> Array:
+    """Reduces per-list values over the valid lists.
+
+    ``reduce_fn=jnp.mean`` divides by the number of valid lists (0 when there is none);
+    ``None`` returns the per-list values with 0 for invalid lists; any other callable is
+    called as ``reduce_fn(values, where=valid)`` (``jnp.sum`` works).
+    """
+    validation.check_reduce_fn(reduce_fn, caller=caller)
+    values = jnp.where(valid, values, 0.0)
+    if reduce_fn is None:
+        return values
+    if reduce_fn is jnp.mean:
+        return jnp.sum(values) / jnp.maximum(jnp.sum(valid), 1)
+    return reduce_fn(values, where=valid)
+
+
+def pooled_or_per_list(
+    statistics: dict[str, Array],
+    per_list: Callable[[dict[str, Array]], Array],
+    valid: Array,
+    reduce_fn: validation.ReduceFn,
+    *,
+    caller: str = "",
+) -> Array:
+    """Reduction of a pair-pooled loss called on lists directly.
+
+    ``reduce_fn=jnp.mean`` pools the statistics over all lists (the value ``batch_loss``
+    gives); ``None`` returns the loss of each list on its own pairs; another callable is
+    applied to those per-list values over ``valid`` lists.
+    """
+    if reduce_fn is jnp.mean:
+        totals = jax.tree.map(lambda v: jnp.sum(v), statistics)
+        return per_list(totals)
+    return reduce_lists(per_list(statistics), valid, reduce_fn, caller=caller)
