@@ -7,6 +7,12 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.dtype = "float32"  # or "bfloat16" (compute dtype; params stay float32)
+    # "mixed": bfloat16 compute, float32 params/optimizer/loss (the papers' fp16 autocast);
+    # "float32": compute in `dtype` (rankax.train.state.compute_dtype).
+    c.precision = "float32"
+    # The model the run reports (metrics.json): "last" (the final state) or "best" (the
+    # evaluated checkpoint with the highest `best_metric`).
+    c.model_selection = "last"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "digits"
@@ -27,6 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
     # rankax.batch_loss, whose relevance is then graded by the hierarchy (H-AP, SupNDCG).
     c.loss.hierarchical = False
     c.loss.hparams = ml_collections.ConfigDict()
+    c.loss.weight = 1.0  # the main loss's weight in the objective
+    # Extra weighted terms, each a loss of the embeddings that may own parameters (class
+    # proxies) trained by its own optimizer: terms.<term> = {name, weight, hparams,
+    # label_level, optimizer: {name, lr, weight_decay, schedule, ...}} (docs/training.md).
+    c.loss.terms = ml_collections.ConfigDict()
 
     c.batch = ml_collections.ConfigDict()
     c.batch.classes_per_batch = 10
@@ -39,13 +50,24 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.name = "adamw"
     c.optimizer.lr = 1e-3
     c.optimizer.head_lr = ml_collections.FieldReference(None, field_type=float)
+    c.optimizer.head_weight_decay = ml_collections.FieldReference(None, field_type=float)  # None: same
     c.optimizer.weight_decay = 1e-4
     c.optimizer.momentum = 0.9
     c.optimizer.schedule = "constant"
     c.optimizer.final_lr_ratio = 0.0  # cosine: decay to lr * final_lr_ratio
-    c.optimizer.decay_at = (0.5, 0.75)
+    c.optimizer.final_lr = ml_collections.FieldReference(None, field_type=float)  # absolute floor
+    c.optimizer.decay_at = (0.5, 0.75)  # "step": fractions of the run
+    c.optimizer.decay_epochs = ()  # "multistep": epochs (MultiStepLR milestones)
+    c.optimizer.decay_every_epochs = 0  # "step_epochs": every k epochs (StepLR)
     c.optimizer.decay_factor = 0.3
     c.optimizer.warmup_steps = 0
+    c.optimizer.schedule_unit = "step"  # or "epoch": lr constant within an epoch (torch per-epoch)
+    # Frozen warm-up: `frozen_groups` ("backbone", "head", a loss term) get no update for the
+    # first `frozen_warmup_epochs` epochs; the schedules ("all", or only the "frozen" ones)
+    # start counting when it ends (rankax.train.optim).
+    c.optimizer.frozen_warmup_epochs = 0
+    c.optimizer.frozen_groups = ()
+    c.optimizer.warmup_paused_schedules = "all"
     c.optimizer.grad_clip = 0.0
     c.optimizer.freeze_bn_params = False
 
@@ -63,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_devices = 0  # data-parallel devices (0 = all visible)
     c.loss_sharding = "shard_map"  # or "jit" (see train_lib.make_train_step)
     c.num_steps = 300
+    # > 0: the run lasts this many of the sampler's epochs (num_steps = the first step of epoch
+    # num_epochs, exact for samplers whose epochs vary in length); 0: num_steps decides.
+    c.num_epochs = 0
     c.log_every = 10
     c.eval_every = 100
     c.checkpoint_every = 100

@@ -20,15 +20,18 @@ Data: a folder/CSV dataset (``rankax.data.folder``, layout in ``docs/data.md``),
 ``path,landmark_id,split`` with ``train`` rows for Landmarks-clean and ``query``/``gallery``
 rows for ROxford5k/RParis6k. Set ``--config.dataset.root`` and ``--config.dataset.csv_file``.
 
-Evaluation: the Revisited Oxford/Paris protocol (``eval_protocol="revisited"``: Easy/Medium/
-Hard mAP and mP@k from the official ground truth, ``--config.revisited_gnd=.../gnd_roxford5k.pkl``,
-with the ``query`` rows in ``qimlist`` order and the ``gallery`` rows in ``imlist`` order).
-The official evaluation also crops queries to their bounding box at original resolution,
-applies a PCA whitening learned on Landmarks-clean (power 0.25) and reports the four test sets
-in one run: those wait for the landmark protocol of issue 18 (``docs/recipes.md``).
+Evaluation: the official protocol (``eval_protocol="landmarks"``, ``config.landmarks``,
+``rankax.retrieval.landmarks``; ``dirtorch/test_dir.py``): images at their original
+resolution, queries cropped to their bounding box, a PCA whitening learned on the training
+images of ``landmarks.whitening_list`` (power 0.25), single scale, and Oxford5k, Paris6k,
+ROxford5k and RParis6k in one evaluation. Set ``--config.landmarks.root`` (the folder holding
+``oxford5k/`` and ``paris6k/`` with their ``gnd_*.pkl`` and ``jpg/``) and
+``--config.landmarks.whitening_list`` (a text file of Landmarks-clean image paths; the official
+whitening set is not determined by a file in the repository).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common, default
 
@@ -67,9 +70,19 @@ def get_config():
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=10)
     c.log_every = 10
-    c.eval_protocol = "revisited"
-    c.revisited_gnd = "~/data/landmarks/gnd_roxford5k.pkl"
-    c.best_metric = "medium/map"
+    c.eval_protocol = "landmarks"
+    c.landmarks = ml_collections.ConfigDict(
+        {
+            "root": "~/data/landmarks",
+            "benchmarks": ("oxford5k", "paris6k", "roxford5k", "rparis6k"),
+            "whitening_list": "~/data/landmarks/whitening_list.txt",  # Landmarks-clean images
+            "whiten_power": 0.25,
+            "crop_queries": True,
+            "scales": (1.0,),
+            "max_size": config_dict.placeholder(int),  # None: original resolution
+        }
+    )
+    c.best_metric = "roxford5k/medium/map"
     c.eval_ks = (1, 5, 10)
     c.eval_batch_size = 64
     c.eval_baselines = False

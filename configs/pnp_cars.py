@@ -10,7 +10,9 @@ the schedule and the seed are not determined by the official material. Choices: 
 command's loss and model (PNP-Dq with alpha 4, sigmoid temperature 0.01, 4 images per class,
 ``resnet50_frozen_normalize``, Adam, lr 1e-5, weight decay 4e-4, 512-d, seed 0) with the
 ``parameters.py`` defaults for the rest: batch 112, 150 epochs, x0.3 at epoch 120 (the only
-default milestone inside 150 epochs). The query is its own positive, as in ``criteria/PNP.py``
+default milestone inside 150 epochs), and the code's own sampler and selection: classes and
+images drawn with replacement (``batch.sampler="pk_replacement"``), the best checkpoint by R@1
+reported (``model_selection="best"``). The query is its own positive, as in ``criteria/PNP.py``
 (``loss.include_self=True``).
 Images: random-resized crop 224 (torchvision's default scale (0.08, 1)) and flip; test:
 shorter side 256, centre crop 224.
@@ -35,13 +37,14 @@ def get_config():
     common.resnet(c)  # resnet50_frozen_normalize
     # Adam, one learning rate for all parameters (fc_lr=-1)
     c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=4e-4)
-    common.pk_batches(c, BATCH)
-    common.step_decay(c, EPOCHS, milestones=(120,))
+    common.pk_batches(c, BATCH, sampler="pk_replacement")  # the code's class_random sampler
+    common.step_decay(c, milestones=(120,))
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=10)
     c.log_every = 50
     c.best_metric = "recall@1"
+    c.model_selection = "best"  # the code keeps the best-R@1 checkpoint
     c.eval_ks = (1, 2, 4, 8)
     c.eval_baselines = False
 

@@ -16,8 +16,10 @@ scale (0.08, 1) and flip; test: shorter side 256, centre crop 224. An epoch of t
 ``class_random`` sampler is ``len(images) // bs`` = 155 batches (62,000 steps), evaluated after
 every epoch. The query is its own positive in ``criteria/PNP.py`` (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the official sampler draws classes and
-images with replacement, and the run keeps its best checkpoint by R@1.
+The sampler draws classes and images with replacement (``batch.sampler="pk_replacement"``,
+``datasampler/class_random_sampler.py``) and the run reports its best checkpoint by R@1
+(``model_selection="best"``, ``storage_metrics``). Deliberate deviations: none
+(``docs/recipes.md``).
 Variants: ``--config.loss.hparams.variant=O|Iu|Ib|Ds|Dq``. The README gives no number and the
 paper's table was not consulted. Start from ImageNet weights:
 ``--config.model.pretrained=/path/to/resnet50.pth``.
@@ -43,13 +45,14 @@ def get_config():
     common.resnet(c)  # resnet50_frozen_normalize
     # Adam, one learning rate for all parameters (fc_lr=-1)
     c.optimizer.update(name="adam", lr=1e-5, head_lr=None, weight_decay=4e-4)
-    common.pk_batches(c, BATCH)  # "class_random"
-    common.step_decay(c, EPOCHS, milestones=(120, 220, 250, 280))
+    common.pk_batches(c, BATCH, sampler="pk_replacement")  # "class_random"
+    common.step_decay(c, milestones=(120, 220, 250, 280))
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # 62,000 steps
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=1, checkpoint_every=10)
     c.log_every = 100
     c.best_metric = "recall@1"
+    c.model_selection = "best"  # storage_metrics e_recall@1: the best checkpoint is kept
     c.eval_ks = (1, 10, 100, 1000)
     c.eval_baselines = False
 

@@ -13,8 +13,13 @@ config follows. Optimizer (``optimizer/cub_deit.yaml``): AdamW, lr 1e-6, weight 
 schedule. Images (``transform/cub.yaml``): random-resized crop 224 (scale 0.16-1); test:
 shorter side 256, centre crop 224. The query is its own positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the distilled initial weights, fp16
-autocast, last-epoch reporting and the official sampler's epoch (at most 45 batches).
+Recipe keys: ``model.pretrained_distilled=True`` (a non-distilled checkpoint is refused; the
+distillation token is dropped on conversion), ``batch.sampler="m_per_class"`` (each image at
+most once an epoch), ``model_selection="last"``. Deliberate deviation: the official fp16
+autocast runs as ``precision="mixed"`` (bfloat16 compute, float32 parameters; bfloat16 needs
+no loss scaling). The run lasts 150 of the sampler's epochs (``num_epochs``; each at
+most 45 batches, its length set by the class sizes); periodic evaluation and checkpoints count
+45-step epochs.
 
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/deit_small.pth``.
 """
@@ -33,16 +38,19 @@ def get_config():
     c = default.get_config()
     c.seed = 333
     common.images(c, "cub")  # transform/cub.yaml
-    common.deit(c, "deit_small")  # model/deit.yaml (vit_deit_distilled)
+    common.deit(c, "deit_small", distilled=True)  # model/deit.yaml (vit_deit_distilled)
     common.roadmap_loss(c, start=0.5, offset=1.44)
     c.loss.include_self = True
-    common.pk_batches(c, BATCH)
+    common.pk_batches(c, BATCH, sampler="m_per_class")  # MPerClassSampler
     c.optimizer.update(name="adamw", lr=1e-6, head_lr=None, weight_decay=5e-4, schedule="constant")
 
-    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
+    c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=10)
     c.log_every = 50
     c.best_metric = "recall@1"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the run ends on its last epoch
     c.eval_ks = (1, 2, 4, 8)
     c.eval_baselines = False
 

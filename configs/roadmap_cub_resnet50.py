@@ -14,10 +14,12 @@ all parameters, weight decay 4e-4, no schedule), ``transform/cub_big.yaml`` (ran
 linear to 512; BatchNorm statistics frozen while scale/bias train). The query is its own
 positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the feature LayerNorm (rankax's ResNet
-head has none yet), fp16 autocast, last-epoch reporting and the official sampler's epoch
-(each image at most once; its length depends on the class sizes, at most 45 batches: the
-config runs 200 x 45 steps).
+Recipe keys: ``model.feature_norm="layernorm"`` (max pooling -> LayerNorm without affine ->
+linear 512), ``batch.sampler="m_per_class"`` (each image at most once an epoch),
+``model_selection="last"``. Deliberate deviation: the official fp16 autocast runs as
+``precision="mixed"`` (bfloat16 compute, float32 parameters; bfloat16 needs no loss scaling).
+The run lasts 200 of the sampler's epochs (``num_epochs``; each at most 45 batches, its length
+set by the class sizes); periodic evaluation and checkpoints count 45-step epochs.
 
 Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
 """
@@ -36,16 +38,19 @@ def get_config():
     c = default.get_config()
     c.seed = 333
     common.images(c, "cub", image_size=256, resize_size=288)  # transform/cub_big.yaml
-    common.resnet(c, pooling="max")  # model/resnet_max_ln.yaml, without its LayerNorm (pending)
+    common.resnet(c, pooling="max", feature_norm="layernorm")  # model/resnet_max_ln.yaml
     common.roadmap_loss(c, start=0.5, offset=1.44)
     c.loss.include_self = True
-    common.pk_batches(c, BATCH)  # MPerClassSampler
+    common.pk_batches(c, BATCH, sampler="m_per_class")  # MPerClassSampler
     c.optimizer.update(name="adam", lr=1e-6, head_lr=None, weight_decay=4e-4, schedule="constant")
 
-    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
+    c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=10)
     c.log_every = 50
     c.best_metric = "recall@1"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the run ends on its last epoch
     c.eval_ks = (1, 2, 4, 8)
     c.eval_baselines = False
 

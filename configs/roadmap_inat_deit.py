@@ -13,8 +13,10 @@ distilled model, the 384-d class token without projection, L2-normalised),
 ``loss/roadmap_inat.yaml``, ``transform/inaturalist.yaml``, ``dataset/inaturalist.yaml``
 (``MPerClassSampler``, 4 per class). The query is its own positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the distilled initial weights, fp16
-autocast, last-epoch reporting and the official sampler's epoch.
+Recipe keys: ``model.pretrained_distilled=True``, ``batch.sampler="m_per_class"``, the x0.3
+milestones in the sampler's epochs (``optimizer.schedule="multistep"``), ``model_selection=
+"last"``. Deliberate deviation: fp16 autocast runs as ``precision="mixed"`` (bfloat16 compute,
+float32 parameters; bfloat16 needs no loss scaling).
 
 Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and
 ``--config.model.pretrained=/path/to/deit_small.pth``.
@@ -34,17 +36,20 @@ def get_config():
     c = default.get_config()
     c.seed = 333
     common.inat(c, hierarchy="base")
-    common.deit(c, "deit_small")
+    common.deit(c, "deit_small", distilled=True)
     common.roadmap_loss(c, start=0.0, offset=1.0)  # loss/roadmap_inat.yaml
     c.loss.include_self = True
-    common.pk_batches(c, BATCH)
+    common.pk_batches(c, BATCH, sampler="m_per_class")  # MPerClassSampler
     c.optimizer.update(name="adamw", lr=1e-5, head_lr=None, weight_decay=5e-4)
-    common.step_decay(c, EPOCHS, milestones=(30, 70))
+    common.step_decay(c, milestones=(30, 70))
 
-    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
+    c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "recall@1"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the run ends on its last epoch
     c.eval_ks = (1, 4, 16, 32)
     c.eval_baselines = False
 

@@ -14,9 +14,11 @@ offset=1`` + calibration, weights 1/1), ``optimizer/inaturalist.yaml`` (Adam, 1e
 scale/bias train), ``dataset/inaturalist.yaml`` (``MPerClassSampler``, 4 per class; trained on
 the species labels only). The query is its own positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): fp16 autocast, last-epoch reporting and
-the official sampler's epoch (each image at most once; at most 848 batches, the config runs
-90 x 848 steps).
+Recipe keys: ``batch.sampler="m_per_class"`` (each image at most once an epoch), the x0.3
+milestones in the sampler's epochs (``optimizer.schedule="multistep"``), ``model_selection=
+"last"``. Deliberate deviation: fp16 autocast runs as ``precision="mixed"`` (bfloat16 compute,
+float32 parameters; bfloat16 needs no loss scaling). The run lasts 90 of the sampler's
+epochs (``num_epochs``; each at most 848 batches, its length set by the class sizes).
 
 Data: TFDS ``i_naturalist2018`` plus the taxonomy file and the split lists (see
 ``rankax.data.tfds_data.load_inat``); set ``--config.dataset.taxonomy_file`` and
@@ -41,14 +43,17 @@ def get_config():
     common.resnet(c)
     common.roadmap_loss(c, start=0.0, offset=1.0)  # loss/roadmap_inat.yaml
     c.loss.include_self = True
-    common.pk_batches(c, BATCH)  # MPerClassSampler
+    common.pk_batches(c, BATCH, sampler="m_per_class")  # MPerClassSampler
     c.optimizer.update(name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4)
-    common.step_decay(c, EPOCHS, milestones=(30, 70))
+    common.step_decay(c, milestones=(30, 70))
 
-    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
+    c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "recall@1"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the run ends on its last epoch
     c.eval_ks = (1, 4, 16, 32)
     c.eval_baselines = False
 

@@ -13,13 +13,18 @@ Official files followed: ``suprank/config/loss/HAPPIER_inat.yaml`` (the 0.9 term
 tau 0.01, rho 100, delta 0.05, start 0, offset 1), ``dataset/inat_full.yaml``
 (``MPerClassSampler``, batch 256, 4 per class; random-resized crop 224; test: shorter side 256,
 centre crop 224), ``optimizer/inat.yaml`` (Adam, 1e-5 backbone / 2e-5 head, weight decay 4e-4,
-cosine to an absolute 1e-6: ``final_lr_ratio=0.1`` reaches it for the backbone, the head ends
-at 2e-6), ``model/resnet_ln.yaml``. The query is its own positive (``loss.include_self=True``).
+cosine to an absolute 1e-6 for both groups: ``optimizer.final_lr=1e-6``),
+``model/resnet_ln.yaml``. The query is its own positive (``loss.include_self=True``).
 
-Deviations waiting for issue 18 (``docs/recipes.md``): the 0.1 x ``ClusterLoss`` term with its
-own proxy optimizer, the 5-epoch frozen warm-up, the feature LayerNorm, fp16 autocast,
-last-epoch reporting and the official sampler's epoch (each image at most once; at most 1,272
-batches: the config runs 100 x 1,272 steps).
+Recipe keys: the objective 0.9 x H-AP + 0.1 x ``ClusterLoss`` (``loss.weight=0.9``,
+``loss.terms.cluster``: normalised softmax over one proxy per species, temperature 0.05, the
+proxies trained by their own Adam, lr 10, cosine to 0.1 once an epoch); the 5-epoch warm-up
+with the backbone frozen and every schedule paused (``optimizer.frozen_warmup_epochs=5``);
+the feature LayerNorm (``model.feature_norm``); per-epoch cosines to an absolute 1e-6
+(``optimizer.final_lr``, ``schedule_unit="epoch"``); ``batch.sampler="m_per_class"``;
+``model_selection="last"``. Deliberate deviation: fp16 autocast runs as ``precision="mixed"``
+(bfloat16 compute, float32 parameters). The run lasts 100 of the sampler's epochs
+(``num_epochs``; each at most 1,272 batches, its length set by the class sizes).
 
 Evaluation: H-AP, NDCG and ASI over the 7 levels, next to R@k. The paper's numbers were not
 consulted. Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and
@@ -38,18 +43,25 @@ def get_config():
     c = default.get_config()
     c.seed = 0
     common.inat(c, hierarchy="full")
-    common.resnet(c)  # model/resnet_ln.yaml, without its LayerNorm (pending)
+    common.resnet(c, feature_norm="layernorm")  # model/resnet_ln.yaml (norm_features: True)
     common.hap_loss(c, start=0.0, offset=1.0)
     c.loss.include_self = True
-    common.pk_batches(c, BATCH)  # MPerClassSampler in the official iNat configs
+    c.loss.weight = 0.9  # HAPPIER_inat.yaml: weight [0.9, 0.1]
+    common.cluster_term(c, weight=0.1, temperature=0.05, lr=10.0, final_lr=0.1)
+    common.pk_batches(c, BATCH, sampler="m_per_class")  # MPerClassSampler
     c.optimizer.update(
-        name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4, schedule="cosine", final_lr_ratio=0.1
-    )
+        name="adam", lr=1e-5, head_lr=2e-5, weight_decay=4e-4, schedule="cosine", final_lr=1e-6
+    )  # eta_min 1e-6 absolute, for both groups
+    c.optimizer.schedule_unit = "epoch"  # scheduler.step() once an epoch
+    common.frozen_warmup(c, 5)  # README warmup_step=5, default.yaml warmup_keys: [backbone]
 
-    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
+    common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
+    c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
     common.every_epochs(c, STEPS_PER_EPOCH, eval_every=20, checkpoint_every=2)
     c.log_every = 100
     c.best_metric = "hap"
+    c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
+    c.model_selection = "last"  # the last epoch is saved and reported
     c.eval_ks = (1, 4, 16, 32)
     c.eval_baselines = False
 

@@ -143,13 +143,16 @@ def binary_relevance(query_labels: Array, item_labels: Array) -> Array:
     return (query_labels[:, None] == item_labels[None, :]).astype(jnp.float32)
 
 
-def default_relevance(labels: Array, include_self: bool = False) -> RelevanceFn:
-    """Binary relevance for ``[B]`` class ids, SupRank's ``"pop"`` rule for ``[B, L]`` paths."""
+def default_relevance(labels: Array, include_self: bool = False, rule: str = "pop") -> RelevanceFn:
+    """Binary relevance for ``[B]`` class ids; for ``[B, L]`` paths the
+    :func:`rankax.hierarchy.hierarchical_relevance` of ``rule``: SupRank's ``"pop"`` (H-AP),
+    or ``"count"``, the number of shared levels (SupNDCG: the official gains ``2^t - 1``).
+    :func:`batch_loss` takes ``rule`` from the loss (``loss_fn.path_relevance``)."""
     if jnp.ndim(labels) == 1:
         return binary_relevance
     from rankax.hierarchy import hierarchical_relevance
 
-    return functools.partial(hierarchical_relevance, include_self=include_self)
+    return functools.partial(hierarchical_relevance, include_self=include_self, rule=rule)
 
 
 capacity_ladder = positives.capacity_ladder  # one ladder for the list and batch paths
@@ -306,7 +309,11 @@ def batch_statistics(
     mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
     if mask.shape != (n,):
         raise ValueError(f"item_mask must be [{n}], got {mask.shape}")
-    rel_fn = default_relevance(q_lab, include_self) if relevance_fn is None else relevance_fn
+    if relevance_fn is None:
+        rule = getattr(loss_fn, "path_relevance", "pop")
+        rel_fn = default_relevance(q_lab, include_self, rule)
+    else:
+        rel_fn = relevance_fn
     if capacity is None:
         capacity = exact_capacity(
             query_labels, item_labels, query_index=query_index, item_mask=item_mask,

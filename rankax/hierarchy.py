@@ -17,8 +17,13 @@ Relevance rules, for one query ``q`` and items ``j`` of its list:
   of a level is shared among the items of the list at that level, so that every level
   present contributes :math:`w_t` in total. ``L = 1`` uses :math:`w_1 = 1`.
 * ``"levels"``: :math:`\\mathrm{rel}_{qj} = (t_{qj} / L)^\\alpha`.
+* ``"count"``: :math:`\\mathrm{rel}_{qj} = t_{qj}`, the number of shared levels itself: the
+  relevance official SupRank's NDCG loss turns into gains :math:`2^{t} - 1`
+  (``SupNDCGLoss(hierarchy_level="MULTI")`` reads ``create_label_matrix``, the count of equal
+  columns). :func:`rankax.batch_loss` uses it for :func:`rankax.losses.sup_ndcg_loss`
+  (``sup_ndcg_loss.path_relevance``) and ``"pop"`` for the other graded losses.
 
-Items with ``t = 0`` (nothing in common) have relevance 0 under both rules. The shared
+Items with ``t = 0`` (nothing in common) have relevance 0 under every rule. The shared
 conventions (ranks, ties, ``include_self``, reductions) are in ``docs/conventions.md``.
 
 References:
@@ -37,7 +42,7 @@ from rankax._core import validation
 
 Array = jax.Array
 
-RELEVANCE_RULES = ("pop", "levels")
+RELEVANCE_RULES = ("pop", "levels", "count")
 
 
 def _check_paths(query_paths: ArrayLike, item_paths: ArrayLike) -> tuple[Array, Array]:
@@ -109,6 +114,8 @@ def relevance_from_levels(
     if rule == "levels":
         rel = (t.astype(jnp.float32) / num_levels) ** alpha
         return jnp.where(valid & (t > 0), rel, 0.0)
+    if rule == "count":
+        return jnp.where(valid, t.astype(jnp.float32), 0.0)
     onehot = (t[..., None] == jnp.arange(num_levels + 1)) & valid[..., None]  # [..., N, L+1]
     count = jnp.sum(onehot, axis=-2, keepdims=True)  # [..., 1, L+1]
     share = level_weights(num_levels, alpha) / jnp.maximum(count, 1)
@@ -129,8 +136,8 @@ def path_relevance(
     Args:
       query_paths: ``[Q, L]`` integer label paths (column 0 = finest level).
       item_paths: ``[N, L]`` integer label paths.
-      rule: ``"pop"`` (SupRank's official rule, default) or ``"levels"`` (``(t/L)^alpha``);
-        see the module docstring.
+      rule: ``"pop"`` (SupRank's official rule, default), ``"levels"`` (``(t/L)^alpha``) or
+        ``"count"`` (``t``); see the module docstring.
       alpha: exponent of the level weights (1.0 in SupRank).
       where: optional ``[Q, N]`` (or ``[N]``) boolean mask of the items in each query's
         list (e.g. without the query itself); under ``"pop"`` only these share a level's

@@ -87,6 +87,34 @@ def _landmarks_folder(tmp_path):
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
 
 
+def _landmark_benchmarks(tmp_path):
+    """oxford5k/ and paris6k/ with 6 database images, 2 box-annotated queries, the classic
+    and revisited ground truths, and 8 whitening images (naver's layout)."""
+    import pickle
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "benchmarks"
+    write = lambda path, h, w: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    for folder, revisited in (("oxford5k", "roxford5k"), ("paris6k", "rparis6k")):
+        (root / folder / "jpg").mkdir(parents=True)
+        imlist, qimlist = [f"db{i}.png" for i in range(6)], ["q0.png", "q1.png"]
+        for name in imlist + qimlist:
+            write(root / folder / "jpg" / name, 20, 24)
+        box = [2, 2, 18, 14]
+        classic = [{"bbx": box, "ok": [q, q + 2], "junk": [5]} for q in range(2)]
+        revisit = [{"bbx": box, "easy": [q], "hard": [q + 2], "junk": [5]} for q in range(2)]
+        for name, gnd in ((folder, classic), (revisited, revisit)):
+            with open(root / folder / f"gnd_{name}.pkl", "wb") as f:
+                pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
+    (root / "train").mkdir()
+    for i in range(8):
+        write(root / "train" / f"t{i}.png", 20, 24)
+    (root / "train" / "list.txt").write_text("\n".join(f"t{i}.png" for i in range(8)) + "\n")
+    return root
+
+
 def tiny(config, tmp_path):
     """``config`` shrunk for a smoke test (its kinds of model, loss, sampler, optimizer kept)."""
     model = config.model
@@ -117,6 +145,9 @@ def tiny(config, tmp_path):
         _landmarks_folder(tmp_path)
         ds.root = str(tmp_path)
         ds.csv_file = str(tmp_path / "data.csv")
+    if config.eval_protocol == "landmarks":
+        config.landmarks.root = str(_landmark_benchmarks(tmp_path))
+        config.landmarks.whitening_list = str(tmp_path / "benchmarks" / "train" / "list.txt")
     if config.eval_protocol == "revisited":  # 4 query rows, 8 gallery rows in _landmarks_folder
         gnd = [{"easy": [q], "hard": [q + 4], "junk": []} for q in range(4)]
         (tmp_path / "gnd.json").write_text(json.dumps(gnd))
@@ -124,9 +155,16 @@ def tiny(config, tmp_path):
 
     config.batch.classes_per_batch = 2
     config.batch.samples_per_class = 2
+    if config.batch.sampler == "m_per_class":
+        # The mock records draw labels at random among hundreds of classes: almost no class
+        # has 2 images, so no epoch of disjoint 2 x 2 batches exists. The loop runs the P x K
+        # sampler here; the config's sampler is run on generated labels below and through
+        # the loop on digits (tests/test_train_mechanisms.py).
+        config.batch.sampler = "pk"
     if config.xbm.size:
         config.xbm.size = 8
     config.num_steps = 1
+    config.num_epochs = 0
     config.checkpoint_every = 1
     config.eval_every = 0
     config.log_every = 1
@@ -174,6 +212,8 @@ def test_config_trains_and_evaluates_on_mock_data(name, tmp_path):
         final = train_lib.train_and_evaluate(config, str(workdir))
     if config.eval_protocol == "revisited":
         assert {"medium/map", "hard/map", "easy/mp@1"} <= set(final)
+    elif config.eval_protocol == "landmarks":
+        assert {"oxford5k/map", "paris6k/map", "roxford5k/medium/map", "rparis6k/hard/map"} <= set(final)
     else:
         assert {"recall@1", "map@r", "map"} <= set(final)
     assert not any(np.isinf(v) for v in final.values())  # NaN: no query with a positive
@@ -183,3 +223,86 @@ def test_config_trains_and_evaluates_on_mock_data(name, tmp_path):
     assert "1" in os.listdir(workdir / "checkpoints")
     if config.dataset.name in ("sop", "inat"):  # label paths: hierarchical metrics too
         assert {"hap", "ndcg", "asi"} <= set(final)
+
+
+def _restore(config, workdir, step):
+    """The state saved at ``step`` in ``workdir`` and the untrained state it started from."""
+    from rankax.train import checkpointing, input_pipeline, state
+
+    data = input_pipeline.load(config)
+    template = state.initial_state(config, data)
+    ckpt = checkpointing.Checkpointer(str(workdir / "checkpoints"), config, read_only=True)
+    try:
+        return ckpt.restore(template, step)[0], template
+    finally:
+        ckpt.close()
+
+
+def test_suprank_recipe_pieces_on_mock_data(tmp_path):
+    """suprank_sop's own mechanisms on mock SOP: the cluster term's proxies train from step 0
+    with their own optimizer, the backbone stays frozen for the warm-up epoch (the sampler's
+    epoch 0: ``epoch_start(1)`` steps) and trains from the next step on."""
+    from rankax.train import input_pipeline
+
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE):
+        (tmp_path / "data").mkdir()
+        config = tiny(load_config("suprank_sop"), tmp_path / "data")
+        config.batch.batches_per_super_tuple = 1
+        config.optimizer.frozen_warmup_epochs = 1
+        switch = input_pipeline.make_sampler(config, input_pipeline.load(config)).epoch_start(1)
+        config.num_steps, config.checkpoint_every = switch + 1, switch
+        train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+        at_switch, initial = _restore(config, tmp_path / "run", switch)
+        after, _ = _restore(config, tmp_path / "run", switch + 1)
+        train_labels = np.asarray(input_pipeline.load(config).train.labels)
+    assert config.precision == "mixed" and config.loss.terms.cluster.name == "normalized_softmax"
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+    frozen = [
+        np.array_equal(a, b)
+        for a, b in zip(leaves(initial.params["backbone"]), leaves(at_switch.params["backbone"]), strict=True)
+    ]
+    assert all(frozen), "the backbone moved during the warm-up"
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(leaves(at_switch.params["backbone"]), leaves(after.params["backbone"]), strict=True)
+    ]
+    assert any(moved), "the backbone did not train after the warm-up"
+    assert not np.array_equal(
+        initial.params["head"]["proj"]["kernel"], at_switch.params["head"]["proj"]["kernel"]
+    )
+    proxies = [s.loss_params["cluster"]["proxies"] for s in (initial, at_switch)]
+    assert proxies[0].shape[0] == len(np.unique(train_labels[:, 0]))
+    assert not np.array_equal(*proxies)
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n not in DIGITS])
+def test_config_sampler_epochs_on_generated_labels(name):
+    """The config's own sampler and batch shape on generated labels (30 classes of 4-11
+    images in 6 super-classes, label paths when the dataset has them): an M-per-class epoch
+    uses each image at most once, an all-pairs epoch has every pair of super-classes
+    ``batches_per_super_tuple`` times."""
+    import itertools
+    import types
+
+    from rankax.train import input_pipeline
+
+    config = load_config(name)
+    b = config.batch
+    rng = np.random.default_rng(0)
+    fine = np.repeat(np.arange(30), rng.integers(4, 12, size=30))
+    labels = np.stack([fine, fine % 6], axis=1) if config.dataset.name in ("sop", "inat") else fine
+    b.classes_per_batch = 2 * b.get("super_classes_per_batch", 1)
+    b.samples_per_class = min(b.samples_per_class, 4)
+    sampler = input_pipeline.make_sampler(
+        config, types.SimpleNamespace(train=types.SimpleNamespace(labels=labels))
+    )
+    steps = range(sampler.epoch_start(0), sampler.epoch_start(1))
+    batches = [sampler.indices(t) for t in steps]
+    assert len(batches) > 0 and all(len(x) == b.classes_per_batch * b.samples_per_class for x in batches)
+    if b.sampler == "m_per_class":
+        seen = np.concatenate(batches)
+        assert len(seen) == len(set(seen.tolist())), "an M-per-class epoch repeats an image"
+    if b.sampler == "hierarchical_pairs":
+        pairs = [tuple(sorted(set(labels[x, 1].tolist()))) for x in batches]
+        want = {p: b.batches_per_super_tuple for p in itertools.combinations(range(6), 2)}
+        assert {p: pairs.count(p) for p in set(pairs)} == want

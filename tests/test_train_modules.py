@@ -63,7 +63,7 @@ def test_evaluation_keys_of_each_protocol():
     assert evaluators.evaluation_keys(c, 1) == {
         f"{s}/{m}" for s in ("easy", "medium", "hard") for m in ("map", "mp@1", "mp@5")
     }
-    assert set(evaluators.EVALUATORS) == {"retrieval", "revisited"}
+    assert set(evaluators.EVALUATORS) == {"retrieval", "revisited", "landmarks"}
 
 
 def test_pure_train_step_is_one_sgd_step_on_the_batch_loss():

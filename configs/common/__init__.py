@@ -60,9 +60,11 @@ def inat(c, hierarchy):
     )
 
 
-def resnet(c, name="resnet50", *, pooling="avg", embedding_dim=512, **pooling_args):
-    """Sets ``c.model``: a ResNet trunk, ``pooling``, a linear projection to ``embedding_dim``
-    and L2 normalisation.
+def resnet(c, name="resnet50", *, pooling="avg", embedding_dim=512, feature_norm=None, **pooling_args):
+    """Sets ``c.model``: a ResNet trunk, ``pooling``, an optional feature LayerNorm
+    (``feature_norm="layernorm"``: no affine parameters, ROADMAP's ``resnet_max_ln`` and
+    SupRank's ``norm_features``), a linear projection to ``embedding_dim`` and L2
+    normalisation.
 
     BatchNorm layers run in eval mode (running statistics frozen) while their scale and bias
     still train (``c.optimizer.freeze_bn_params`` stays at its default, False): the official
@@ -77,14 +79,17 @@ def resnet(c, name="resnet50", *, pooling="avg", embedding_dim=512, **pooling_ar
             **pooling_args,
             "embedding_dim": embedding_dim,
             "frozen_bn": True,
+            "feature_norm": config_dict.placeholder(str) if feature_norm is None else feature_norm,
             "pretrained": config_dict.placeholder(str),
         }
     )
 
 
-def deit(c, name):
+def deit(c, name, *, distilled=False):
     """Sets ``c.model``: DeiT (``"deit_small"`` or ``"deit_base"``) at 224 px, the class token
-    without projection (384-d / 768-d), L2-normalised."""
+    without projection (384-d / 768-d), L2-normalised. ``distilled``: the run starts from the
+    distilled ImageNet weights (``model.pretrained_distilled``: a checkpoint without a
+    ``dist_token`` is refused; the token is dropped on conversion)."""
     c.model = ml_collections.ConfigDict(
         {
             "name": name,
@@ -92,6 +97,7 @@ def deit(c, name):
             "pooling": "cls",
             "embedding_dim": config_dict.placeholder(int),  # no projection
             "pretrained": config_dict.placeholder(str),
+            "pretrained_distilled": bool(distilled),
         }
     )
 
@@ -144,29 +150,65 @@ def pnp_loss(c):
     c.loss.hparams = ml_collections.ConfigDict({"variant": "Dq", "temperature": 0.01, "alpha": 4.0, "b": 2.0})
 
 
-def pk_batches(c, batch_size, samples_per_class=4):
+def pk_batches(c, batch_size, samples_per_class=4, *, sampler="pk"):
     """Sets ``c.batch``: P x K batches, ``batch_size // samples_per_class`` classes of
-    ``samples_per_class`` images (``MPerClassSampler``)."""
-    c.batch.sampler = "pk"
+    ``samples_per_class`` images. ``sampler``: ``"m_per_class"`` (the official
+    ``MPerClassSampler`` of ROADMAP/SupRank: epochs that use each image at most once),
+    ``"pk_replacement"`` (PNP's ``class_random``: classes and images drawn with replacement)
+    or ``"pk"`` (rankax's: each step drawn on its own)."""
+    c.batch.sampler = sampler
     c.batch.classes_per_batch = batch_size // samples_per_class
     c.batch.samples_per_class = samples_per_class
 
 
 def hierarchical_batches(c, batch_size, *, batches_per_super_tuple, samples_per_class=4):
-    """Sets ``c.batch``: SupRank's hierarchical sampler, P x K batches drawn from pairs of
-    super-classes, ``batches_per_super_tuple`` batches per pair."""
-    pk_batches(c, batch_size, samples_per_class)
-    c.batch.sampler = "hierarchical"
+    """Sets ``c.batch``: the official hierarchical sampler (``"hierarchical_pairs"``): every
+    epoch holds ``batches_per_super_tuple`` P x K batches for each pair of super-classes, in a
+    shuffled order."""
+    pk_batches(c, batch_size, samples_per_class, sampler="hierarchical_pairs")
     c.batch.super_classes_per_batch = 2
     c.batch.batches_per_super_tuple = batches_per_super_tuple
 
 
-def step_decay(c, epochs, milestones, factor=0.3):
-    """Sets ``c.optimizer``'s schedule: the learning rate x``factor`` after each epoch in
-    ``milestones`` (torch's ``MultiStepLR``) of an ``epochs``-epoch run."""
-    c.optimizer.schedule = "step"
-    c.optimizer.decay_at = tuple(m / epochs for m in milestones)
+def step_decay(c, milestones, factor=0.3):
+    """Sets ``c.optimizer``'s schedule: the learning rate x``factor`` from the start of each
+    epoch in ``milestones`` (torch's ``MultiStepLR`` stepped once an epoch), counted in the
+    sampler's epochs."""
+    c.optimizer.schedule = "multistep"
+    c.optimizer.schedule_unit = "epoch"
+    c.optimizer.decay_epochs = tuple(milestones)
     c.optimizer.decay_factor = factor
+
+
+def frozen_warmup(c, epochs, groups=("backbone",)):
+    """Sets ``c.optimizer``: ``groups`` get no update for the first ``epochs`` epochs and every
+    schedule starts counting after them (SupRank's ``warmup_step``)."""
+    c.optimizer.frozen_warmup_epochs = epochs
+    c.optimizer.frozen_groups = tuple(groups)
+    c.optimizer.warmup_paused_schedules = "all"
+
+
+def cluster_term(c, *, weight, temperature, lr, final_lr):
+    """Adds ``c.loss.terms.cluster``: SupRank's ``ClusterLoss``, a normalised softmax over one
+    proxy per training class (column 0 of the label paths) with its ``weight`` and
+    ``temperature``; the proxies are trained by their own Adam (no weight decay) from ``lr``,
+    cosine to the absolute ``final_lr``, stepped once an epoch (the loss's ``on_epoch``)."""
+    c.loss.terms.cluster = ml_collections.ConfigDict(
+        {
+            "name": "normalized_softmax",
+            "weight": weight,
+            "label_level": 0,
+            "hparams": {"temperature": temperature},
+            "optimizer": {
+                "name": "adam",
+                "lr": lr,
+                "weight_decay": 0.0,
+                "schedule": "cosine",
+                "final_lr": final_lr,
+                "schedule_unit": "epoch",
+            },
+        }
+    )
 
 
 def train_epochs(c, epochs, steps_per_epoch):

@@ -10,8 +10,8 @@ Status of an entry (computed by ``experiments/recipes.py``, never written here):
 
 * ``match``: the config holds the official value.
 * ``deviation``: the config differs; ``why`` gives the reason.
-* ``pending``: the key does not exist yet because the training mechanism it needs is still to
-  be built (issue 18); the note names the key proposed for it.
+* ``pending``: the config does not set the key (its mechanism or value is still missing); the
+  note says what it needs. No entry is pending today.
 * ``undetermined``: the official material does not fix the value (``UNDETERMINED``); the note
   states the choice the config makes.
 
@@ -58,20 +58,11 @@ class Official:
 V = Official  # short alias for the tables below
 
 
-# ----------------------------------------------------------------------------- proposed keys
-# Keys the training code does not understand yet (issue 18). An entry on one of them is
-# "pending" until the mechanism exists and the config sets it.
-PRECISION = "precision"  # "mixed": bf16 compute on accelerators (official: torch fp16 autocast)
+# ----------------------------------------------------------------------------- recipe keys
+PRECISION = "precision"  # "mixed": bf16 compute, float32 params (official: torch fp16 autocast)
 MODEL_SELECTION = "model_selection"  # "last" | "best" (by best_metric)
-LAYERNORM = "model.feature_layernorm"  # LayerNorm without affine on pooled features
+LAYERNORM = "model.feature_norm"  # "layernorm": LayerNorm without affine on pooled features
 DISTILLED = "model.pretrained_distilled"  # DeiT weights from the distilled checkpoint
-EPOCH_MODE = "batch.epoch_mode"  # "exhaustive" | "all_pairs" | "with_replacement"
-WARMUP = "optimizer.frozen_warmup_epochs"  # groups frozen, schedules paused
-LOSS_TERMS = "loss.terms"  # weighted sum of terms, each with own params/optimizer
-
-
-def _pending(key: str, value: Any, source: str, note: str) -> Official:
-    return V(key, value, source, f"mechanism pending (issue 18): {note}")
 
 
 def _images(size, resize, *, train_resize, test_mode, source, crop_scale=(0.16, 1.0)):
@@ -124,7 +115,9 @@ def _resnet(pooling, source, layernorm):
         V("optimizer.freeze_bn_params", False, source, "BN scale/bias still train"),
     ]
     if layernorm:
-        out.append(_pending(LAYERNORM, True, source, f"norm_features: True; propose `{LAYERNORM}=True`"))
+        out.append(V(LAYERNORM, "layernorm", source, "norm_features: True (LayerNorm, no affine)"))
+    else:
+        out.append(V(LAYERNORM, None, source, "norm_features: False"))
     return out
 
 
@@ -138,11 +131,11 @@ def _deit(source):
         ),
         V("model.pooling", "cls", source, "class token; the distillation token is dropped"),
         V("model.embedding_dim", None, source, "without_fc: True (384-d class token)"),
-        _pending(
+        V(
             DISTILLED,
             True,
             "elias-ramzi/ROADMAP@v1.0.0:roadmap/models/net.py",
-            f"from deit_small_distilled_patch16_224 minus its distillation token; propose `{DISTILLED}=True`",
+            "from deit_small_distilled_patch16_224 minus its distillation token",
         ),
     ]
 
@@ -150,17 +143,17 @@ def _deit(source):
 def _common_roadmap(reported, source_reported=PAPER_ARCHIVE):
     return [
         V("seed", 333, ROADMAP_README, "experience.seed=333 in every README command"),
-        _pending(
+        V(
             PRECISION,
             "mixed",
             ROADMAP + "model/resnet.yaml",
-            f'with_autocast: True (fp16 autocast + GradScaler); propose `{PRECISION}="mixed"` (bf16)',
+            "with_autocast: True (fp16 autocast + GradScaler); here bfloat16 compute, float32 params",
         ),
-        _pending(
+        V(
             MODEL_SELECTION,
             "last",
             "elias-ramzi/ROADMAP@v1.0.0:roadmap/engine/train.py",
-            f'the run ends on its last epoch (best_model is only logged); propose `{MODEL_SELECTION}="last"`',
+            "the run ends on its last epoch (best_model is only logged)",
         ),
         V("reported.recall_at_1", reported, source_reported),
     ]
@@ -174,7 +167,12 @@ def _every(steps_per_epoch, epochs, source, note=""):
 
 def _hier_sampler(batch, per_pair, steps, epochs, source):
     return [
-        V("batch.sampler", "hierarchical", source, "HierarchicalSampler"),
+        V(
+            "batch.sampler",
+            "hierarchical_pairs",
+            source,
+            f"HierarchicalSampler: every super-class pair {per_pair} times an epoch, batches shuffled",
+        ),
         V("batch.classes_per_batch", batch // 4, source, f"batch_size {batch} / samples_per_class 4"),
         V("batch.samples_per_class", 4, source),
         V("batch.super_classes_per_batch", 2, source),
@@ -185,33 +183,26 @@ def _hier_sampler(batch, per_pair, steps, epochs, source):
             source,
             f"{epochs} epochs x C(12, 2) = 66 super-class pairs x {per_pair} = {steps} batches",
         ),
-        _pending(
-            EPOCH_MODE,
-            "all_pairs",
-            source,
-            f'every pair {per_pair} times an epoch, batches shuffled; propose `{EPOCH_MODE}="all_pairs"`',
-        ),
     ]
 
 
 def _m_per_class(batch, epochs, train_images, source):
     per_epoch = train_images // batch
     return [
-        V("batch.sampler", "pk", source, "MPerClassSampler: P x K batches"),
+        V(
+            "batch.sampler",
+            "m_per_class",
+            source,
+            "MPerClassSampler: P x K batches, each image at most once an epoch, remainders dropped",
+        ),
         V("batch.classes_per_batch", batch // 4, source, f"batch_size {batch} / samples_per_class 4"),
         V("batch.samples_per_class", 4, source),
         V(
-            "num_steps",
-            UNDETERMINED,
-            source,
-            f"epoch = the batches the sampler can fill without reusing an image (at most {per_epoch}; "
-            f"depends on the class sizes); the config runs {epochs} x {per_epoch}",
-        ),
-        _pending(
-            EPOCH_MODE,
-            "exhaustive",
-            source,
-            f'each image at most once per epoch, remainders dropped; propose `{EPOCH_MODE}="exhaustive"`',
+            "num_epochs",
+            epochs,
+            ROADMAP_README,
+            f"experience.max_iter={epochs} epochs of the sampler: the batches it fills without reusing "
+            f"an image (at most {per_epoch}; the length depends on the class sizes)",
         ),
     ]
 
@@ -237,14 +228,15 @@ def _adam(name, lr, head_lr, wd, source, note=""):
 
 def _multistep(milestones, epochs, source, gamma=0.3):
     return [
-        V("optimizer.schedule", "step", source, "MultiStepLR, stepped each epoch"),
+        V("optimizer.schedule", "multistep", source, "MultiStepLR, stepped each epoch"),
         V(
-            "optimizer.decay_at",
-            tuple(m / epochs for m in milestones),
+            "optimizer.decay_epochs",
+            tuple(milestones),
             source,
-            f"milestones {list(milestones)} of {epochs} epochs",
+            f"milestones {list(milestones)} of {epochs} epochs (the sampler's epochs)",
         ),
         V("optimizer.decay_factor", gamma, source, "gamma"),
+        V("optimizer.schedule_unit", "epoch", source, "scheduler.step() once an epoch"),
     ]
 
 
@@ -316,7 +308,12 @@ R_INAT_DEIT = (
     + _deit(ROADMAP + "model/deit.yaml")
     + _roadmap_loss(0.0, 1.0, ROADMAP + "loss/roadmap_inat.yaml")
     + [
-        V("batch.sampler", "pk", ROADMAP + "dataset/inaturalist.yaml", "MPerClassSampler"),
+        V(
+            "batch.sampler",
+            "m_per_class",
+            ROADMAP + "dataset/inaturalist.yaml",
+            "MPerClassSampler: each image at most once an epoch",
+        ),
         V("batch.samples_per_class", 4, ROADMAP + "dataset/inaturalist.yaml"),
         V(
             "batch.classes_per_batch",
@@ -325,16 +322,10 @@ R_INAT_DEIT = (
             f"{_NO_COMMAND}; the yaml says 128, the ResNet-50 command 384: the config takes 384 (96 x 4)",
         ),
         V(
-            "num_steps",
+            "num_epochs",
             UNDETERMINED,
             ROADMAP_README,
-            f"{_NO_COMMAND}; the config takes 90 epochs of the ResNet-50 command, 848 batches each",
-        ),
-        _pending(
-            EPOCH_MODE,
-            "exhaustive",
-            ROADMAP + "dataset/inaturalist.yaml",
-            f'each image at most once per epoch; propose `{EPOCH_MODE}="exhaustive"`',
+            f"{_NO_COMMAND}; the config takes the 90 epochs of the ResNet-50 command",
         ),
     ]
     + _adam("adamw", 1e-5, None, 5e-4, ROADMAP + "optimizer/inaturalist_deit.yaml")
@@ -344,7 +335,7 @@ R_INAT_DEIT = (
 )
 
 
-def _suprank(hier_levels_note, *, lr, wd, final_ratio, final_note, start, offset, sampler, epochs_source):
+def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, sampler, epochs_source):
     loss_src = SUPRANK + ("loss/HAPPIER_SOP.yaml" if start else "loss/HAPPIER_inat.yaml")
     opt_src = SUPRANK + ("optimizer/sop.yaml" if start else "optimizer/inat.yaml")
     return (
@@ -369,22 +360,37 @@ def _suprank(hier_levels_note, *, lr, wd, final_ratio, final_note, start, offset
                 "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py",
                 "step_rank: rho * (x - delta) + offset above delta",
             ),
-            _pending(
-                LOSS_TERMS,
-                "0.9 hap + 0.1 normalized_softmax (T 0.05, proxies: Adam lr 10, cosine to 0.1)",
+            V("loss.weight", 0.9, loss_src, "weight: [0.9, 0.1], the SupHAPLoss weight"),
+            V(
+                "loss.terms.cluster.name",
+                "normalized_softmax",
                 loss_src,
-                f"ClusterLoss with its own optimizer; propose `{LOSS_TERMS}` (see docs/recipes.md)",
+                "ClusterLoss (one center per class)",
+            ),
+            V("loss.terms.cluster.weight", 0.1, loss_src),
+            V("loss.terms.cluster.label_level", 0, loss_src, "hierarchy_level: 0 (fine classes)"),
+            V("loss.terms.cluster.hparams.temperature", 0.05, loss_src),
+            V("loss.terms.cluster.optimizer.name", "adam", loss_src, "torch.optim.Adam for the proxies"),
+            V("loss.terms.cluster.optimizer.lr", 10.0, loss_src),
+            V("loss.terms.cluster.optimizer.weight_decay", 0.0, loss_src),
+            V(
+                "loss.terms.cluster.optimizer.schedule",
+                "cosine",
+                loss_src,
+                "CosineAnnealingLR(T_max=max_iter)",
+            ),
+            V("loss.terms.cluster.optimizer.final_lr", 0.1, loss_src, "eta_min: 0.1"),
+            V(
+                "loss.terms.cluster.optimizer.schedule_unit",
+                "epoch",
+                "elias-ramzi/SupRank:suprank/losses/cluster_loss.py",
+                "on_epoch: the proxies' scheduler steps once an epoch",
             ),
             V("model.name", "resnet50", SUPRANK + "model/resnet_ln.yaml"),
             V("model.pooling", "avg", SUPRANK + "model/resnet_ln.yaml", "pooling: default (average)"),
             V("model.embedding_dim", 512, SUPRANK + "model/resnet_ln.yaml"),
             V("model.frozen_bn", True, SUPRANK + "model/resnet_ln.yaml", "freeze_batch_norm: True"),
-            _pending(
-                LAYERNORM,
-                True,
-                SUPRANK + "model/resnet_ln.yaml",
-                f"norm_features: True; propose `{LAYERNORM}=True`",
-            ),
+            V(LAYERNORM, "layernorm", SUPRANK + "model/resnet_ln.yaml", "norm_features: True"),
             V("optimizer.name", "adam", opt_src),
             V("optimizer.lr", lr, opt_src, "backbone"),
             V("optimizer.head_lr", 2 * lr, opt_src, "head: 2 x backbone"),
@@ -395,25 +401,32 @@ def _suprank(hier_levels_note, *, lr, wd, final_ratio, final_note, start, offset
                 opt_src,
                 "CosineAnnealingLR over max_iter epochs, stepped per epoch",
             ),
-            V("optimizer.final_lr_ratio", final_ratio, opt_src, final_note),
-            _pending(
-                WARMUP,
-                5,
-                SUPRANK_README,
-                f"warmup_step=5: backbone frozen, schedules paused; propose `{WARMUP}=5`, "
-                '`optimizer.frozen_groups=("backbone",)`',
+            V("optimizer.final_lr", final_lr, opt_src, final_note),
+            V(
+                "optimizer.schedule_unit",
+                "epoch",
+                "elias-ramzi/SupRank:suprank/engine/train.py",
+                "scheduler.step() once an epoch",
             ),
-            _pending(
+            V("optimizer.frozen_warmup_epochs", 5, SUPRANK_README, "warmup_step=5 (epochs 1-5)"),
+            V("optimizer.frozen_groups", ("backbone",), SUPRANK + "default.yaml", "warmup_keys: [backbone]"),
+            V(
+                "optimizer.warmup_paused_schedules",
+                "all",
+                "elias-ramzi/SupRank:suprank/engine/train.py",
+                "no scheduler (nor the proxies' on_epoch) steps while warmup_step >= epoch",
+            ),
+            V(
                 PRECISION,
                 "mixed",
                 SUPRANK + "model/resnet_ln.yaml",
-                f'with_autocast: True; propose `{PRECISION}="mixed"`',
+                "with_autocast: True; here bfloat16 compute, float32 params",
             ),
-            _pending(
+            V(
                 MODEL_SELECTION,
                 "last",
                 "elias-ramzi/SupRank:suprank/engine/train.py",
-                f'the last epoch is saved and reported; propose `{MODEL_SELECTION}="last"`',
+                "the last epoch is saved and reported",
             ),
         ]
         + sampler
@@ -435,16 +448,16 @@ S_SOP = _images(
     "labels [product, category], relevance 'pop', alpha 1",
     lr=5e-5,
     wd=1e-4,
-    final_ratio=0.0,
-    final_note="eta_min 0",
+    final_lr=0.0,
+    final_note="eta_min: 0",
     start=0.5,
     offset=1.44,
     sampler=[
         V(
             "batch.sampler",
-            "hierarchical",
+            "hierarchical_pairs",
             SUPRANK + "dataset/sop.yaml",
-            "HierarchicalSampler (pytorch-metric-learning's)",
+            "HierarchicalSampler (pytorch-metric-learning's): every pair 5 times an epoch, shuffled",
         ),
         V("batch.classes_per_batch", 64, SUPRANK + "dataset/sop.yaml", "batch_size 256 / 4"),
         V("batch.samples_per_class", 4, SUPRANK + "dataset/sop.yaml"),
@@ -452,12 +465,6 @@ S_SOP = _images(
         V("batch.batches_per_super_tuple", 5, SUPRANK + "dataset/sop.yaml"),
         V("num_steps", 33_000, SUPRANK_README, "max_iter=100 epochs x 66 pairs x 5 = 330 batches"),
         V("eval_every", 20 * 330, SUPRANK + "default.yaml", "test_eval_freq: 20 epochs"),
-        _pending(
-            EPOCH_MODE,
-            "all_pairs",
-            SUPRANK + "dataset/sop.yaml",
-            f'every pair 5 times per epoch, shuffled; propose `{EPOCH_MODE}="all_pairs"`',
-        ),
     ],
     epochs_source=SUPRANK_README,
 )
@@ -469,28 +476,26 @@ S_INAT = (
         "7 taxonomy levels, relevance 'pop', alpha 1",
         lr=1e-5,
         wd=4e-4,
-        final_ratio=0.1,
-        final_note="eta_min 1e-6 absolute: 0.1 of the backbone lr; the head (2e-5) should end at 0.05",
+        final_lr=1e-6,
+        final_note="eta_min: 1e-6, absolute, for both groups",
         start=0.0,
         offset=1.0,
         sampler=[
-            V("batch.sampler", "pk", SUPRANK + "dataset/inat_full.yaml", "MPerClassSampler"),
+            V(
+                "batch.sampler",
+                "m_per_class",
+                SUPRANK + "dataset/inat_full.yaml",
+                "MPerClassSampler: each image at most once an epoch",
+            ),
             V("batch.classes_per_batch", 64, SUPRANK + "dataset/inat_full.yaml", "batch_size 256 / 4"),
             V("batch.samples_per_class", 4, SUPRANK + "dataset/inat_full.yaml"),
             V(
-                "num_steps",
-                UNDETERMINED,
+                "num_epochs",
+                100,
                 SUPRANK + "default.yaml",
-                "max_iter 100 epochs of the sampler's length (at most 1,272 batches, set by the class "
-                "sizes); the config runs 100 x 1,272",
+                "max_iter: 100 epochs of the sampler (at most 1,272 batches each, set by the class sizes)",
             ),
             V("eval_every", 20 * 1272, SUPRANK + "default.yaml", "test_eval_freq: 20 epochs"),
-            _pending(
-                EPOCH_MODE,
-                "exhaustive",
-                SUPRANK + "dataset/inat_full.yaml",
-                f'each image at most once per epoch; propose `{EPOCH_MODE}="exhaustive"`',
-            ),
         ],
         epochs_source=SUPRANK_README,
     )
@@ -536,7 +541,12 @@ def _pnp_common():
 P_SOP = _pnp_common() + [
     V("seed", 0, PNP_SOURCE, "--seed 0"),
     V("model.embedding_dim", 512, PNP_SOURCE, "--embed_dim 512"),
-    V("batch.sampler", "pk", PNP_SOURCE, "--data_sampler class_random"),
+    V(
+        "batch.sampler",
+        "pk_replacement",
+        PNP + "datasampler/class_random_sampler.py",
+        "--data_sampler class_random: classes and images drawn with replacement",
+    ),
     V("batch.classes_per_batch", 96, PNP_SOURCE, "--bs 384 / --samples_per_class 4"),
     V("batch.samples_per_class", 4, PNP_SOURCE),
     V(
@@ -545,23 +555,18 @@ P_SOP = _pnp_common() + [
         PNP + "datasampler/class_random_sampler.py",
         "400 epochs x len(images) // bs = 155 batches",
     ),
-    _pending(
-        EPOCH_MODE,
-        "with_replacement",
-        PNP + "datasampler/class_random_sampler.py",
-        f'classes and images drawn with replacement; propose `{EPOCH_MODE}="with_replacement"`',
-    ),
     V("optimizer.lr", 1e-5, PNP_SOURCE, "--lr 1e-5"),
     V("optimizer.head_lr", None, PNP_PARAMS, "fc_lr -1: one learning rate"),
     V("optimizer.weight_decay", 4e-4, PNP_PARAMS, "--decay"),
     *_multistep((120, 220, 250, 280), 400, PNP_PARAMS),
     V("eval_every", 155, PNP + "main.py", "evaluated after every epoch"),
-    _pending(
+    V(
         MODEL_SELECTION,
         "best",
         PNP_PARAMS,
-        f'storage_metrics e_recall@1: the best checkpoint is kept; propose `{MODEL_SELECTION}="best"`',
+        "storage_metrics e_recall@1: the best checkpoint is kept and reported",
     ),
+    V("best_metric", "recall@1", PNP_PARAMS, "storage_metrics: e_recall@1"),
     V(
         "reported.recall_at_1",
         UNDETERMINED,
@@ -582,7 +587,7 @@ def _pnp_other(name):
         ),
         V("num_steps", UNDETERMINED, PNP_PARAMS, f"{note}; the config takes the --n_epochs 150 default"),
         V(
-            "optimizer.decay_at",
+            "optimizer.decay_epochs",
             UNDETERMINED,
             PNP_PARAMS,
             f"{note}; the config keeps the --tau defaults inside 150 epochs (120)",
@@ -621,23 +626,28 @@ LISTWISE = [
     ),
     V("num_steps", UNDETERMINED, NAVER + "README.md", "no training script (placeholder)"),
     V("dataset.image_size", UNDETERMINED, NAVER + "README.md", "no training script (placeholder 800)"),
-    _pending(
-        "eval.whitening",
-        "learned PCA whitening (Landmarks_clean), power 0.25",
-        NAVER + "dirtorch/test_dir.py",
-        "--whiten Landmarks_clean --whitenp 0.25; propose `eval.whitening`",
-    ),
-    _pending(
-        "eval.query_bbox_crop",
-        True,
-        NAVER + "dirtorch/datasets/generic.py",
-        "queries cropped to their bounding box, original resolution; propose `eval.query_bbox_crop=True`",
-    ),
-    _pending(
-        "eval.test_sets",
+    V("eval_protocol", "landmarks", NAVER + "dirtorch/test_dir.py", "eval_model on each test set"),
+    V(
+        "landmarks.benchmarks",
         ("oxford5k", "paris6k", "roxford5k", "rparis6k"),
         NAVER + "README.md",
-        "all four in one evaluation; propose `eval.test_sets`",
+        "the four test sets of the README table, in one evaluation",
+    ),
+    V(
+        "landmarks.crop_queries",
+        True,
+        NAVER + "dirtorch/datasets/generic.py",
+        "ImageListROIs: queries cropped to their bounding box",
+    ),
+    V("landmarks.max_size", None, NAVER + "dirtorch/test_dir.py", "images at their original resolution"),
+    V("landmarks.scales", (1.0,), NAVER + "README.md", "the README's numbers are single scale"),
+    V("landmarks.whiten_power", 0.25, NAVER + "dirtorch/test_dir.py", "--whitenp 0.25"),
+    V(
+        "landmarks.whitening_list",
+        UNDETERMINED,
+        NAVER + "dirtorch/test_dir.py",
+        "--whiten Landmarks_clean: learned on the Landmarks-clean training images, whose list is not "
+        "in the repository; the config reads a list file the user provides",
     ),
     V("reported.oxford5k_map", 89.1, NAVER + "README.md"),
     V("reported.paris6k_map", 93.0, NAVER + "README.md"),

@@ -104,6 +104,7 @@ def list_function(
     check_hparams: Callable[[dict[str, Any], str], None] | None = None,
     statistics: Callable[..., dict[str, Array]] | None = None,
     from_statistics: Callable[..., Array] | None = None,
+    path_relevance: str = "pop",
 ) -> Callable[[Callable[..., Array]], Callable[..., Array]]:
     """Decorator of the public list losses and metrics: checks options, guards NaN.
 
@@ -116,6 +117,8 @@ def list_function(
 
     The decorated function gets the attributes the batch path reads: ``unchecked`` (the
     kernel), ``graded`` (whether it reads graded relevance; binary ones see ``labels > 0``),
+    ``path_relevance`` (the :mod:`rankax.hierarchy` rule that turns label paths into its
+    relevance when ``batch_loss`` is given none: ``"pop"``, or ``"count"`` for SupNDCG),
     ``hparams(given, caller=...)`` (checked hyperparameters with defaults) and, for losses
     pooled over the pairs of a batch, ``list_statistics(lists, **hparams)`` /
     ``from_statistics(totals, **hparams)`` (:mod:`rankax._core.stats`).
@@ -149,6 +152,7 @@ def list_function(
         wrapper.__signature__ = signature  # type: ignore[attr-defined]
         wrapper.unchecked = unchecked  # type: ignore[attr-defined]
         wrapper.graded = graded  # type: ignore[attr-defined]
+        wrapper.path_relevance = path_relevance  # type: ignore[attr-defined]
         wrapper.hparams = hparams  # type: ignore[attr-defined]
         if statistics is not None:
             wrapper.list_statistics = statistics  # type: ignore[attr-defined]

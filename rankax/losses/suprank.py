@@ -115,7 +115,9 @@ def _sup_ndcg_values(lists: listfn.Lists, **step: Any) -> Array:
     return lists.gather(functools.partial(_sup_ndcg_kernel, **step))
 
 
-@listfn.list_function(_sup_ndcg_values, graded=True, choices=_ranks.ROADMAP_CHOICES)
+@listfn.list_function(
+    _sup_ndcg_values, graded=True, choices=_ranks.ROADMAP_CHOICES, path_relevance="count"
+)
 def sup_ndcg_loss(
     scores: ArrayLike,
     labels: ArrayLike,

@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state, keeping the last ``k`` and the best one.
 
 Layout: ``<dir>/<step>/{state,history}``. ``state`` is the pytree (step, params, batch stats,
-optimizer state, RNG, cross-batch memory); ``history`` the logged curve so plots survive a
+optimizer state, RNG, cross-batch memory, and the loss terms' parameters with their optimizer
+state when there are some); ``history`` the logged curve so plots survive a
 resume. Saving is synchronous: when ``save`` returns, the step is on disk, so an interrupted
 run loses at most the steps since the last checkpoint.
 
@@ -51,7 +52,9 @@ BARRIER_TIMEOUT_S = 300  # multi-process: how long the others wait for process 0
 
 
 def _saved_fields(state: Any) -> dict[str, Any]:
-    return {
+    """The saved pytree; the loss terms' parameters and optimizer state only when the state
+    has some (so checkpoints of runs without such terms keep their layout)."""
+    fields = {
         "step": state.step,
         "params": state.params,
         "batch_stats": state.batch_stats,
@@ -59,6 +62,9 @@ def _saved_fields(state: Any) -> dict[str, Any]:
         "rng": state.rng,
         "memory": state.memory,
     }
+    if getattr(state, "loss_params", None):
+        fields.update(loss_params=state.loss_params, loss_opt_state=state.loss_opt_state)
+    return fields
 
 
 def _first_line(err: BaseException, limit: int = 300) -> str:
@@ -88,7 +94,9 @@ class Checkpointer:
                 _POLICIES.LatestN(n=int(config.get("keep_checkpoints", 3))),
                 _POLICIES.BestN(
                     get_metric_fn=lambda m: m[best_metric],
-                    reverse=True,
+                    # ascending sort, the last n kept: the highest metric (reverse=True kept
+                    # the lowest one)
+                    reverse=False,
                     n=1,
                     keep_checkpoints_without_metrics=False,
                 ),

@@ -91,9 +91,47 @@ def _revisited_keys(config: Config, labels_ndim: int) -> set[str]:
     return {f"{s}/{m}" for s in ("easy", "medium", "hard") for m in metrics}
 
 
+def _landmarks_section(config: Config) -> dict:
+    section = config.get("landmarks", None)
+    if not section or not section.get("root"):
+        raise ValueError(
+            "config.eval_protocol='landmarks' needs config.landmarks.root: the folder holding "
+            "oxford5k/ and paris6k/ (their gnd_*.pkl and jpg/), see docs/evaluation.md"
+        )
+    return section.to_dict() if hasattr(section, "to_dict") else dict(section)
+
+
+def _landmarks_evaluator(config: Config, data: RetrievalDataset) -> Any:
+    """:class:`rankax.retrieval.LandmarkEvaluator` from ``config.landmarks``
+    (:func:`rankax.retrieval.landmarks.evaluator_from_config`): the listwise-AP paper's
+    protocol -- original-resolution images, bounding-box-cropped queries, a learned PCA
+    whitening (power 0.25), optional multi-scale, Oxford5k / Paris6k / ROxford5k / RParis6k
+    in one evaluation. The dataset's own test split is not used."""
+    from rankax.retrieval import landmarks
+
+    return landmarks.evaluator_from_config(_landmarks_section(config))
+
+
+def _landmarks_keys(config: Config, labels_ndim: int) -> set[str]:
+    """``<set>/map`` of Oxford5k/Paris6k; ``<set>/<easy|medium|hard>/{map, mp@1, mp@5, mp@10,
+    num_empty}`` of ROxford5k/RParis6k."""
+    from rankax.retrieval import landmarks
+
+    names = tuple(_landmarks_section(config).get("benchmarks") or landmarks.BENCHMARKS)
+    keys: set[str] = set()
+    for name in names:
+        if name in ("oxford5k", "paris6k"):
+            keys.add(f"{name}/map")
+            continue
+        metrics = ("map", "mp@1", "mp@5", "mp@10", "num_empty")
+        keys |= {f"{name}/{s}/{m}" for s in ("easy", "medium", "hard") for m in metrics}
+    return keys
+
+
 EVALUATORS: dict[str, EvalProtocol] = {
     "retrieval": EvalProtocol(_retrieval_evaluator, _retrieval_keys),
     "revisited": EvalProtocol(_revisited_evaluator, _revisited_keys),
+    "landmarks": EvalProtocol(_landmarks_evaluator, _landmarks_keys),
 }
 
 
@@ -113,7 +151,7 @@ def evaluation_keys(config: Config, labels_ndim: int) -> set[str]:
 
 def make_evaluator(config: Config, data: RetrievalDataset) -> Any:
     """The evaluator object of ``config.eval_protocol`` (``run(embed_fn) -> dict``), from
-    :data:`EVALUATORS`: ``"retrieval"`` (default) or ``"revisited"``."""
+    :data:`EVALUATORS`: ``"retrieval"`` (default), ``"revisited"`` or ``"landmarks"``."""
     return _protocol(config).build(config, data)
 
 

@@ -38,6 +38,7 @@ from rankax.train import (
     guards,
     input_pipeline,
     losses,
+    optim,
     plotting,
     writers,
 )
@@ -130,9 +131,13 @@ class Run:
     report: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
+MODEL_SELECTIONS = ("last", "best")
+
+
 def check_run_config(config: Config, data: RetrievalDataset, mesh: Mesh, sampler: Any) -> None:
     """The config keys a run needs checked before it writes anything: the batch divides over the
-    devices, ``best_metric`` is an evaluation key, the non-finite policy is valid."""
+    devices, ``best_metric`` is an evaluation key, the non-finite policy, ``model_selection``,
+    ``precision`` and the frozen warm-up are valid."""
     if sampler.batch_size % mesh.size:
         raise ValueError(f"the batch size {sampler.batch_size} is not divisible by the {mesh.size} devices")
     known = evaluators.evaluation_keys(config, np.asarray(data.test.labels).ndim)
@@ -142,6 +147,17 @@ def check_run_config(config: Config, data: RetrievalDataset, mesh: Mesh, sampler
         )
     guards.nonfinite_action(config)
     guards.max_consecutive_nonfinite(config)
+    if config.get("model_selection", "last") not in MODEL_SELECTIONS:
+        raise errors.ConfigError(
+            f"config.model_selection must be 'last' or 'best', got {config.model_selection!r}"
+        )
+    state_lib.compute_dtype(config)
+    warm = optim.warmup(config, optim.epoch_clock(sampler, len(data.train.labels)))
+    if warm.epochs and distributed.is_main():
+        print(
+            f"Frozen warm-up: {', '.join(warm.groups)} frozen for {warm.epochs} epochs (steps "
+            f"0-{warm.switch_step - 1}); every group trains from step {warm.switch_step} on"
+        )
 
 
 def restore(
@@ -155,18 +171,36 @@ def restore(
     return ckpt, distributed.replicate(state, mesh), history  # [multihost] was jax.device_put
 
 
+def run_length(config: Config, sampler: Any, num_items: int) -> Config:
+    """``config`` with ``num_steps`` set to the first step of epoch ``config.num_epochs`` of
+    the sampler (``sampler.epoch_start(num_epochs)``: exact for samplers whose epochs vary in
+    length, as the official M-per-class one) when ``num_epochs > 0``; ``config`` itself
+    otherwise. The workdir records the config as given (``num_epochs`` and the nominal
+    ``num_steps``); everything else in the run uses the returned one."""
+    epochs = int(config.get("num_epochs", 0) or 0)
+    if epochs <= 0:
+        return config
+    steps = int(optim.epoch_clock(sampler, num_items)(epochs))
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    resolved.num_steps = steps
+    if distributed.is_main():
+        print(f"config.num_epochs={epochs}: {steps} steps (the sampler's epochs; num_steps ignored)")
+    return resolved
+
+
 def setup(config: Config, workdir: str, changes: dict) -> Run:
     """Loads the data, builds the model and its state, checks the config, restores the newest
     checkpoint, records the config in ``workdir`` and evaluates the baselines of a new run."""
     data = input_pipeline.load(config)
     mesh = state_lib.make_mesh(config)
     sampler = input_pipeline.make_sampler(config, data)
+    recorded, config = config, run_length(config, sampler, len(data.train.labels))
     check_run_config(config, data, mesh, sampler)
     model = state_lib.build_model(config)
     state = state_lib.initial_state(config, data, model)
     ckpt, state, history = restore(config, workdir, state, mesh)
     if distributed.is_main():  # [multihost]
-        workdir_lib.write(config, workdir, changes)
+        workdir_lib.write(recorded, workdir, changes)
     run = Run(
         config=config,
         workdir=workdir,
@@ -282,7 +316,7 @@ def train(run: Run, counter: dict[str, int]) -> None:
     next step runs (the guard acts one step late; a step that waits anyway reads its own)."""
     config = run.config
     preprocess = input_pipeline.device_preprocess(config, run.data)
-    train_step = make_train_step(config, preprocess, run.mesh, run.labels.ndim)
+    train_step = make_train_step(config, preprocess, run.mesh, run.labels.ndim, train_labels=run.labels)
     guard = guards.NonFiniteGuard(config, run.workdir, train_step, run.labels, run.ckpt, run.history)
     meter, halted, pending = Meter(), False, None
     if run.start < config.num_steps:
@@ -312,14 +346,16 @@ def after_step(
     run: Run, step: int, metrics: dict, due: Due, guard: guards.NonFiniteGuard, meter: Meter
 ) -> None:
     """Logging, periodic evaluation and checkpoint after step ``step`` as ``due`` says (the
-    time of the last two is left out of the throughput window)."""
+    time of the last two is left out of the throughput window). An evaluated step is saved
+    with its metrics (so the checkpointer keeps the best one) when ``due.save`` or when
+    ``config.model_selection="best"`` needs it."""
     if due.log:
         log_step(run, step + 1, metrics, guard, meter)
     t = time.perf_counter()
-    if due.eval:
-        evaluate_at(run, step + 1)
-    if due.save:
-        run.ckpt.save(run.state, run.history)
+    evaluated = evaluate_at(run, step + 1) if due.eval else None
+    best = run.config.get("model_selection", "last") == "best"
+    if due.save or (best and evaluated is not None):
+        run.ckpt.save(run.state, run.history, metrics=evaluated)
     meter.paused += time.perf_counter() - t
 
 
@@ -378,9 +414,37 @@ def evaluate_at(run: Run, n: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------- finish
 
 
+def best_step(run: Run) -> int | None:
+    """The step of the evaluation with the highest ``config.best_metric`` among the evaluated
+    steps that have a checkpoint (the earliest on a tie, as a keep-if-strictly-better rule
+    does; NaN values never win); ``None`` if there is none."""
+    key = f"eval/{run.config.best_metric}"
+    candidates = [
+        (float(h[key]), -int(h["step"]))
+        for h in run.history
+        if key in h and int(h["step"]) > 0 and np.isfinite(h[key]) and run.ckpt.has(int(h["step"]))
+    ]
+    return -max(candidates)[1] if candidates else None
+
+
+def select_model(run: Run, final: dict[str, float]) -> tuple[dict[str, float], int]:
+    """``(metrics, step)`` of the model the run reports: with ``config.model_selection="last"``
+    the final state; with ``"best"`` the checkpoint of :func:`best_step`, restored and
+    evaluated again (the final state when it is the best)."""
+    step = int(run.state.step)
+    if run.config.get("model_selection", "last") != "best":
+        return final, step
+    chosen = best_step(run)
+    if chosen is None or chosen == step:
+        return final, step
+    state, _ = run.ckpt.restore(run.state, chosen)
+    return evaluators.evaluate_state(run.config, state, run.data, run.evaluator), chosen
+
+
 def finish(run: Run) -> dict[str, float]:
     """The final evaluation (recorded unless this step's is already in the history), the final
-    checkpoint (unless it exists), the printed table and the output files. Returns the metrics."""
+    checkpoint (unless it exists), the model selection (:func:`select_model`), the printed
+    table and the output files. Returns the metrics of the selected model (``metrics.json``)."""
     final = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
     step = int(run.state.step)
     last = run.history[-1] if run.history else {}
@@ -389,8 +453,14 @@ def finish(run: Run) -> dict[str, float]:
     run.writer.close()
     if step > run.start or not run.ckpt.has(step):
         run.ckpt.save(run.state, run.history, metrics=final)
+    selected, chosen = select_model(run, final)
     run.ckpt.close()
     run.report["trained"] = final
+    if chosen != step:
+        run.report[f"selected (best {run.config.best_metric}, step {chosen})"] = selected
+        if distributed.is_main():
+            print(f"Model selection 'best': step {chosen} has the best {run.config.best_metric}")
+        final = selected
     if not distributed.is_main():  # [multihost] the table, metrics.json, history and plots: process 0
         return final
     writers.print_table(run.report)

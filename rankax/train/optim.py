@@ -1,59 +1,213 @@
-"""Optimizers and learning-rate schedules of ``config.optimizer``.
+"""Optimizers and learning-rate schedules: parameter groups, epochs, the frozen warm-up.
 
 Both are chosen by name from a small registry: :data:`SCHEDULES` (``constant``, ``cosine``,
-``step``) and :data:`OPTIMIZERS` (``adam``, ``adamw``, ``sgd``). A new schedule or optimizer
-is one function and one entry. :func:`make_optimizer` puts one optimizer per parameter group
-(:func:`rankax.models.param_labels`: ``backbone``, ``head``, ``frozen``) under
-``optax.multi_transform``.
+``step``, ``multistep``, ``step_epochs``) and :data:`OPTIMIZERS` (``adam``, ``adamw``,
+``sgd``). A new schedule or optimizer is one function and one entry.
+
+An *optimizer section* is a config section with the keys of ``config.optimizer``: ``name``,
+``lr``, ``weight_decay``, ``momentum``, ``schedule`` and the schedule's keys. The model's
+parameter groups (:func:`rankax.models.param_labels`: ``backbone``, ``head``, ``frozen``) use
+``config.optimizer`` (the head with ``head_lr`` / ``head_weight_decay`` when set); a loss term
+that owns parameters (``config.loss.terms.<term>``, e.g. class proxies) has its own section
+``config.loss.terms.<term>.optimizer`` (:func:`make_loss_optimizer`).
+
+Time: a schedule is a function of the number of updates its group has made. Keys in epochs
+(``decay_epochs``, ``decay_every_epochs``, ``frozen_warmup_epochs``) become steps through the
+sampler's epochs (:class:`Clock`): epoch ``e`` starts at step ``clock.epoch_start(e)``, which is
+exact also for samplers whose epochs differ in length. ``schedule_unit="epoch"`` holds the
+learning rate constant over each epoch at its value at the epoch's first step, as a torch
+scheduler stepped once an epoch (:func:`per_epoch`); ``"step"`` (default) changes it every step.
+
+Frozen warm-up (``optimizer.frozen_warmup_epochs = W``, ``optimizer.frozen_groups``): during
+the first ``W`` epochs (steps ``0 .. S - 1``, ``S = epoch_start(W)``) the named groups
+(``"backbone"``, ``"head"`` or a loss term's name) receive no update and their optimizer state
+does not move (:func:`frozen_until`); from step ``S`` on they train as if their optimizer
+started there. The schedules pause during the warm-up: with
+``optimizer.warmup_paused_schedules="all"`` (default, SupRank: ``suprank/engine/train.py`` steps
+no scheduler while ``warmup_step >= epoch``) every group's and every loss term's schedule holds
+its initial value and starts counting at step ``S``; with ``"frozen"`` only the frozen groups'
+schedules wait (the others count from step 0). The schedule length is unchanged (``num_steps``
+from the switch, as the official ``CosineAnnealingLR(T_max=max_iter)`` stepped only after the
+warm-up, so the run ends before the cosine reaches its floor).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 from rankax import models
+from rankax.train.errors import ConfigError
 
 Config = ml_collections.ConfigDict
+EpochStart = Callable[[int], int]
+
+MODEL_GROUPS = ("backbone", "head")
+SCHEDULE_UNITS = ("step", "epoch")
+PAUSED_SCHEDULES = ("all", "frozen")
 
 
-def _constant(config: Config, base_lr: float, steps: int) -> optax.Schedule:
+@dataclasses.dataclass(frozen=True)
+class Clock:
+    """How a schedule counts: ``num_steps`` steps in all, epoch ``e`` of the sampler starting
+    at ``epoch_start(e)`` (``None``: epochs unknown, keys in epochs are an error), and the
+    schedule starting ``offset_epochs`` epochs into the run (the paused warm-up).
+
+    ``steps(e)`` is the step of the schedule's epoch ``e``, counted from its own start:
+    ``epoch_start(offset_epochs + e) - epoch_start(offset_epochs)``."""
+
+    num_steps: int
+    epoch_start: EpochStart | None = None
+    offset_epochs: int = 0
+
+    def start(self, epoch: int, key: str) -> int:
+        """The first step of run epoch ``epoch`` (``key`` names the config key in the error)."""
+        if self.epoch_start is None:
+            raise ConfigError(
+                f"config.{key} counts in epochs, but no sampler was given to count them "
+                "(pass epoch_start, e.g. optim.epoch_clock(sampler, num_items))"
+            )
+        return int(self.epoch_start(int(epoch)))
+
+    def steps(self, epoch: float, key: str) -> int:
+        """Steps from the schedule's start to the start of its epoch ``epoch``."""
+        return self.start(self.offset_epochs + int(epoch), key) - self.start(self.offset_epochs, key)
+
+    @property
+    def offset(self) -> int:
+        """The step the schedule starts counting at (0 without a paused warm-up)."""
+        return self.start(self.offset_epochs, "optimizer.frozen_warmup_epochs") if self.offset_epochs else 0
+
+
+def epoch_clock(sampler: Any, num_items: int) -> EpochStart:
+    """``epoch -> first step`` of ``sampler``: its ``epoch_start`` if it has one, else
+    ``epoch * epoch_length``, else ``epoch * (num_items // batch_size)`` (a P x K sampler's
+    nominal epoch: as many batches as the training set fills)."""
+    if hasattr(sampler, "epoch_start"):
+        return sampler.epoch_start
+    length = getattr(sampler, "epoch_length", None) or max(int(num_items) // int(sampler.batch_size), 1)
+    return lambda epoch: int(epoch) * int(length)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def _constant(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
     return optax.constant_schedule(base_lr)
 
 
-def _cosine(config: Config, base_lr: float, steps: int) -> optax.Schedule:
-    """``lr(t) = base_lr * (a + (1 - a) (1 + cos(pi t / steps)) / 2)``, ``a = final_lr_ratio``."""
-    alpha = float(config.optimizer.get("final_lr_ratio", 0.0))
-    return optax.cosine_decay_schedule(base_lr, steps, alpha=alpha)
+def _final_ratio(opt: Config, base_lr: float) -> float:
+    """``final_lr / base_lr`` when ``opt.final_lr`` (absolute floor, torch's ``eta_min``) is
+    set, else ``opt.final_lr_ratio``."""
+    final_lr = opt.get("final_lr", None)
+    if final_lr is None:
+        return float(opt.get("final_lr_ratio", 0.0))
+    return float(final_lr) / base_lr if base_lr else 0.0
 
 
-def _step(config: Config, base_lr: float, steps: int) -> optax.Schedule:
+def _cosine(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
+    """``lr(t) = base_lr * (a + (1 - a) (1 + cos(pi t / num_steps)) / 2)``, ``a``: the final
+    ratio (``final_lr / base_lr`` when ``final_lr`` is set, else ``final_lr_ratio``)."""
+    return optax.cosine_decay_schedule(base_lr, max(clock.num_steps, 1), alpha=_final_ratio(opt, base_lr))
+
+
+def _step(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
     """``base_lr`` times ``decay_factor`` at each fraction ``decay_at`` of the run."""
-    opt = config.optimizer
-    boundaries = {int(b * steps): opt.decay_factor for b in opt.decay_at}
+    boundaries = {int(b * clock.num_steps): opt.decay_factor for b in opt.decay_at}
     return optax.piecewise_constant_schedule(base_lr, boundaries)
 
 
-SCHEDULES: dict[str, Callable[[Config, float, int], optax.Schedule]] = {
+def _multistep(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
+    """``base_lr`` times ``decay_factor`` from the start of each epoch in ``decay_epochs``
+    (torch's ``MultiStepLR`` stepped once an epoch)."""
+    epochs = tuple(opt.get("decay_epochs", ()) or ())
+    if not epochs:
+        raise ConfigError("config.optimizer.schedule='multistep' needs optimizer.decay_epochs, e.g. (30, 70)")
+    boundaries: dict[int, float] = {}
+    for e in epochs:
+        at = clock.steps(e, "optimizer.decay_epochs")
+        boundaries[at] = boundaries.get(at, 1.0) * float(opt.decay_factor)
+    return optax.piecewise_constant_schedule(base_lr, boundaries)
+
+
+def _step_epochs(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
+    """``base_lr`` times ``decay_factor`` every ``decay_every_epochs`` epochs (torch's
+    ``StepLR`` stepped once an epoch)."""
+    every = int(opt.get("decay_every_epochs", 0) or 0)
+    if every <= 0:
+        raise ConfigError("config.optimizer.schedule='step_epochs' needs optimizer.decay_every_epochs > 0")
+    boundaries, k = {}, 1
+    while (at := clock.steps(k * every, "optimizer.decay_every_epochs")) < clock.num_steps:
+        boundaries[at] = float(opt.decay_factor)
+        k += 1
+    return optax.piecewise_constant_schedule(base_lr, boundaries)
+
+
+SCHEDULES: dict[str, Callable[[Config, float, Clock], optax.Schedule]] = {
     "constant": _constant,
     "cosine": _cosine,
     "step": _step,
+    "multistep": _multistep,
+    "step_epochs": _step_epochs,
 }
 
 
-def make_schedule(config: Config, base_lr: float) -> optax.Schedule:
-    """``config.optimizer.schedule`` over ``config.num_steps`` steps from ``base_lr``, after a
-    linear warm-up from 0 over ``optimizer.warmup_steps`` steps (if any)."""
-    opt = config.optimizer
+def _schedule(opt: Config, base_lr: float, clock: Clock, key: str = "config.optimizer") -> optax.Schedule:
     if opt.schedule not in SCHEDULES:
-        raise ValueError(f"config.optimizer.schedule must be {'|'.join(SCHEDULES)}, got {opt.schedule!r}")
-    sched = SCHEDULES[opt.schedule](config, base_lr, max(int(config.num_steps), 1))
-    if opt.warmup_steps:
-        warm = optax.linear_schedule(0.0, base_lr, int(opt.warmup_steps))
-        sched = optax.join_schedules([warm, sched], [int(opt.warmup_steps)])
+        raise ValueError(f"{key}.schedule must be {'|'.join(SCHEDULES)}, got {opt.schedule!r}")
+    sched = SCHEDULES[opt.schedule](opt, base_lr, clock)
+    warmup = int(opt.get("warmup_steps", 0) or 0)
+    if warmup:
+        warm = optax.linear_schedule(0.0, base_lr, warmup)
+        sched = optax.join_schedules([warm, sched], [warmup])
     return sched
+
+
+def make_schedule(
+    config: Config,
+    base_lr: float,
+    *,
+    section: Config | None = None,
+    epoch_start: EpochStart | None = None,
+    offset_epochs: int = 0,
+) -> optax.Schedule:
+    """The schedule of ``section`` (default ``config.optimizer``) over ``config.num_steps``
+    steps from ``base_lr``, after a linear warm-up from 0 over ``warmup_steps`` steps (if any).
+
+    ``epoch_start``: the sampler's ``epoch -> first step`` (:func:`epoch_clock`; needed by keys
+    in epochs); ``offset_epochs``: the schedule counts from the start of that epoch (its value
+    before is the initial one: the paused warm-up)."""
+    section = config.optimizer if section is None else section
+    clock = Clock(int(config.num_steps), epoch_start, int(offset_epochs))
+    sched = _schedule(section, base_lr, clock)
+    unit = section.get("schedule_unit", "step")
+    if unit not in SCHEDULE_UNITS:
+        raise ConfigError(f"config.optimizer.schedule_unit must be 'step' or 'epoch', got {unit!r}")
+    if unit == "epoch":
+        sched = per_epoch(sched, clock)
+    offset = clock.offset
+    if not offset:
+        return sched
+    return lambda count: sched(jnp.maximum(count - offset, 0))
+
+
+def per_epoch(sched: optax.Schedule, clock: Clock) -> optax.Schedule:
+    """``sched`` held constant over each epoch at its value at the epoch's first step (torch's
+    schedulers stepped once an epoch): ``lr(t) = sched(steps(e))`` for ``t`` in epoch ``e``."""
+    starts = [0]
+    while (nxt := clock.steps(len(starts), "optimizer.schedule_unit")) < clock.num_steps:
+        starts.append(nxt)
+    table = jnp.asarray(starts, jnp.int32)
+    return lambda count: sched(table[jnp.searchsorted(table, count, side="right") - 1])
+
+
+# ----------------------------------------------------------------------------- optimizers
 
 
 def _adam(opt: Config, sched: optax.Schedule) -> optax.GradientTransformation:
@@ -77,27 +231,129 @@ OPTIMIZERS: dict[str, Callable[[Config, optax.Schedule], optax.GradientTransform
 }
 
 
-def _group_optimizer(config: Config, lr: float) -> optax.GradientTransformation:
-    """``config.optimizer.name`` with the schedule of :func:`make_schedule` from ``lr``."""
-    opt, sched = config.optimizer, make_schedule(config, lr)
-    if opt.name not in OPTIMIZERS:
-        raise ValueError(f"config.optimizer.name must be {'|'.join(OPTIMIZERS)}, got {opt.name!r}")
-    return OPTIMIZERS[opt.name](opt, sched)
+class FrozenState(NamedTuple):
+    """:func:`frozen_until`'s state: updates seen and the inner optimizer's state."""
+
+    count: jax.Array
+    inner: Any
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """Adam/AdamW/SGD with separate backbone and head learning rates (``optax.multi_transform``).
+def frozen_until(inner: optax.GradientTransformation, start: int) -> optax.GradientTransformation:
+    """``inner`` from update ``start`` on; before it, zero updates and ``inner``'s state left
+    as it was (its moments and schedule count do not move), so at update ``start`` it acts as
+    if it were starting. ``start <= 0``: ``inner`` itself."""
+    if start <= 0:
+        return inner
+
+    def init(params):
+        return FrozenState(jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        new_updates, new_inner = inner.update(updates, state.inner, params)
+        active = state.count >= start
+        updates = jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
+        kept = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_inner, state.inner)
+        return updates, FrozenState(optax.safe_int32_increment(state.count), kept)
+
+    return optax.GradientTransformation(init, update)
+
+
+@dataclasses.dataclass(frozen=True)
+class Warmup:
+    """The frozen warm-up of ``config.optimizer``: ``epochs`` (0: none), the frozen
+    ``groups``, which schedules pause (``paused``: ``"all"`` or ``"frozen"``) and its last
+    step + 1 (``switch_step``: the first step that trains every group)."""
+
+    epochs: int
+    groups: tuple[str, ...]
+    paused: str
+    switch_step: int
+
+    def frozen(self, group: str) -> bool:
+        return self.epochs > 0 and group in self.groups
+
+    def offset_epochs(self, group: str) -> int:
+        """Epochs the schedule of a group that is not frozen waits (``"all"``: the warm-up;
+        ``"frozen"``: none). A frozen group's schedule needs no offset: its optimizer makes
+        its first update, schedule count 0, at the switch (:func:`frozen_until`)."""
+        if not self.epochs or self.frozen(group):
+            return 0
+        return self.epochs if self.paused == "all" else 0
+
+
+def warmup(config: Config, epoch_start: EpochStart | None = None) -> Warmup:
+    """The checked :class:`Warmup` of ``config.optimizer``; a frozen group is ``"backbone"``,
+    ``"head"`` or the name of a loss term (``config.loss.terms``)."""
+    opt = config.optimizer
+    epochs = int(opt.get("frozen_warmup_epochs", 0) or 0)
+    groups = tuple(opt.get("frozen_groups", ()) or ())
+    paused = opt.get("warmup_paused_schedules", "all")
+    if epochs < 0:
+        raise ConfigError(f"config.optimizer.frozen_warmup_epochs must be >= 0, got {epochs}")
+    if paused not in PAUSED_SCHEDULES:
+        raise ConfigError(
+            f"config.optimizer.warmup_paused_schedules must be 'all' or 'frozen', got {paused!r}"
+        )
+    known = (*MODEL_GROUPS, *config.loss.get("terms", {}).keys())
+    unknown = [g for g in groups if g not in known]
+    if unknown:
+        raise ConfigError(
+            f"config.optimizer.frozen_groups names unknown groups {unknown}; known: {list(known)}"
+        )
+    if epochs and not groups:
+        raise ConfigError(
+            "config.optimizer.frozen_warmup_epochs > 0 needs optimizer.frozen_groups, e.g. ('backbone',)"
+        )
+    clock = Clock(int(config.num_steps), epoch_start)
+    switch = clock.start(epochs, "optimizer.frozen_warmup_epochs") if epochs else 0
+    return Warmup(epochs, groups, paused, switch)
+
+
+def make_group_optimizer(
+    config: Config,
+    section: Config,
+    lr: float,
+    *,
+    group: str,
+    epoch_start: EpochStart | None = None,
+    weight_decay: float | None = None,
+    key: str = "config.optimizer",
+) -> optax.GradientTransformation:
+    """``section.name`` (an :data:`OPTIMIZERS` entry) with its schedule from ``lr`` and
+    ``weight_decay`` (default ``section.weight_decay``), frozen and paused as the warm-up of
+    ``config.optimizer`` says for ``group``."""
+    if section.name not in OPTIMIZERS:
+        raise ValueError(f"{key}.name must be {'|'.join(OPTIMIZERS)}, got {section.name!r}")
+    warm = warmup(config, epoch_start)
+    sched = make_schedule(
+        config, lr, section=section, epoch_start=epoch_start, offset_epochs=warm.offset_epochs(group)
+    )
+    if weight_decay is not None and weight_decay != section.weight_decay:
+        section = ml_collections.ConfigDict({**section.to_dict(), "weight_decay": float(weight_decay)})
+    tx = OPTIMIZERS[section.name](section, sched)
+    return frozen_until(tx, warm.switch_step) if warm.frozen(group) else tx
+
+
+def make_optimizer(config: Config, epoch_start: EpochStart | None = None) -> optax.GradientTransformation:
+    """Adam/AdamW/SGD with separate backbone and head groups (``optax.multi_transform``).
 
     Parameter groups come from :func:`rankax.models.param_labels`: the ``head`` subtree gets
-    ``optimizer.head_lr`` (default: ``optimizer.lr``), the rest ``optimizer.lr``; with
-    ``optimizer.freeze_bn_params`` the backbone's BatchNorm scale/bias are not updated (as in
-    the papers that freeze BN). ``optimizer.grad_clip`` clips the global gradient norm first.
+    ``optimizer.head_lr`` (default: ``optimizer.lr``) and ``optimizer.head_weight_decay``
+    (default: ``optimizer.weight_decay``), the rest ``optimizer.lr`` and
+    ``optimizer.weight_decay``; with ``optimizer.freeze_bn_params`` the backbone's BatchNorm
+    scale/bias are not updated (as in the papers that freeze BN). ``optimizer.grad_clip``
+    clips the global gradient norm first. The frozen warm-up and keys in epochs: module
+    docstring (``epoch_start``: :func:`epoch_clock` of the run's sampler).
     """
     opt = config.optimizer
-    head_lr = opt.head_lr if opt.head_lr is not None else opt.lr
+    head_lr = opt.head_lr if opt.get("head_lr", None) is not None else opt.lr
+    head_wd = opt.get("head_weight_decay", None)
+    group = lambda name, lr, wd=None: make_group_optimizer(
+        config, opt, lr, group=name, epoch_start=epoch_start, weight_decay=wd
+    )
     transforms = {
-        "backbone": _group_optimizer(config, opt.lr),
-        "head": _group_optimizer(config, head_lr),
+        "backbone": group("backbone", opt.lr),
+        "head": group("head", head_lr, head_wd),
         "frozen": optax.set_to_zero(),
     }
     labels = lambda params: models.param_labels(params, freeze_bn=bool(opt.freeze_bn_params))
@@ -105,3 +361,58 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     if opt.grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
     return tx
+
+
+# The optimizer section of a loss term starts from these values (config.loss.terms.<t>.optimizer).
+TERM_OPTIMIZER_DEFAULTS = {
+    "name": "adam",
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "momentum": 0.9,
+    "schedule": "constant",
+    "final_lr_ratio": 0.0,
+    "final_lr": None,
+    "decay_at": (0.5, 0.75),
+    "decay_epochs": (),
+    "decay_every_epochs": 0,
+    "decay_factor": 0.3,
+    "warmup_steps": 0,
+    "schedule_unit": "step",
+}
+
+
+def term_section(config: Config, term: str) -> Config:
+    """The optimizer section of loss term ``term``: :data:`TERM_OPTIMIZER_DEFAULTS` updated by
+    ``config.loss.terms.<term>.optimizer`` (an unknown key is an error naming it)."""
+    given = config.loss.terms[term].get("optimizer", ml_collections.ConfigDict())
+    given = given.to_dict() if isinstance(given, ml_collections.ConfigDict) else dict(given)
+    unknown = sorted(set(given) - set(TERM_OPTIMIZER_DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"config.loss.terms.{term}.optimizer has unknown keys {unknown}; "
+            f"known: {sorted(TERM_OPTIMIZER_DEFAULTS)}"
+        )
+    return ml_collections.ConfigDict({**TERM_OPTIMIZER_DEFAULTS, **given})
+
+
+def make_loss_optimizer(
+    config: Config, terms: tuple[str, ...], epoch_start: EpochStart | None = None
+) -> optax.GradientTransformation:
+    """One optimizer per loss term that owns parameters (``{term: {name: array}}`` trees),
+    each from :func:`term_section`, under ``optax.multi_transform``; the frozen warm-up applies
+    as to the model's groups (a term may be one of ``optimizer.frozen_groups``)."""
+    transforms = {
+        t: make_group_optimizer(
+            config,
+            term_section(config, t),
+            float(term_section(config, t).lr),
+            group=t,
+            epoch_start=epoch_start,
+            key=f"config.loss.terms.{t}.optimizer",
+        )
+        for t in terms
+    }
+    if not transforms:
+        return optax.identity()
+    labels = lambda params: {t: jax.tree.map(lambda _, t=t: t, sub) for t, sub in params.items()}
+    return optax.multi_transform(transforms, labels)

@@ -15,13 +15,18 @@ from jax.sharding import Mesh
 
 from rankax import models, xbm
 from rankax.data.base import RetrievalDataset
-from rankax.train import losses, optim
+from rankax.train import errors, input_pipeline, losses, optim
 
 Array = jax.Array
 
 
 class TrainState(struct.PyTreeNode):
-    """Everything a step changes (and a checkpoint saves)."""
+    """Everything a step changes (and a checkpoint saves).
+
+    ``loss_params``: the parameters the loss terms own (``{term: {name: array}}``, e.g. the
+    class proxies of a ``normalized_softmax`` term; ``{}`` without such a term), trained by
+    ``loss_tx`` (their own optimizers; ``None`` without such a term) from ``loss_opt_state``.
+    """
 
     step: Array
     params: Any
@@ -31,6 +36,9 @@ class TrainState(struct.PyTreeNode):
     memory: Any  # rankax.xbm.XBM cross-batch memory, or {} when disabled
     apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    loss_params: Any = struct.field(default_factory=dict)
+    loss_opt_state: Any = struct.field(default_factory=dict)
+    loss_tx: optax.GradientTransformation | None = struct.field(pytree_node=False, default=None)
 
     def variables(self, params: Any | None = None) -> dict[str, Any]:
         """The model's variables: ``params`` (default: the state's) and batch statistics."""
@@ -41,16 +49,36 @@ class TrainState(struct.PyTreeNode):
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PRECISIONS = ("float32", "mixed")
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+    """The model's compute dtype: bfloat16 with ``config.precision="mixed"``, else
+    ``config.dtype``.
+
+    ``precision="mixed"`` is rankax's form of the official runs' fp16 autocast (ROADMAP,
+    SupRank: ``with_autocast: True``): activations and matmuls in bfloat16 -- the fast type of
+    TPUs and recent GPUs, with float32's exponent range, so no loss scaling is needed --
+    while parameters, optimizer state, BatchNorm statistics, embeddings and the loss stay
+    float32 (the "master" copy). On a CPU it runs too (XLA emulates bfloat16; no faster).
+    ``"float32"`` (default) computes in ``config.dtype`` (``"float32"`` or ``"bfloat16"``).
+    """
+    precision = config.get("precision", "float32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"config.precision must be one of {PRECISIONS}, got {precision!r}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    return jnp.bfloat16 if precision == "mixed" else DTYPES[config.dtype]
 
 
 def build_model(config: ml_collections.ConfigDict) -> Any:
-    """``rankax.models.build(config.model.name, dtype=config.dtype, **config.model)``."""
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    """``rankax.models.build(config.model.name, dtype=compute_dtype(config), **config.model)``."""
+    dtype = compute_dtype(config)
     kwargs = dict(config.model.to_dict())
     name = kwargs.pop("name")
     kwargs.pop("pretrained", None)
-    return models.build(name, dtype=DTYPES[config.dtype], **kwargs)
+    kwargs.pop("pretrained_distilled", None)
+    return models.build(name, dtype=dtype, **kwargs)
 
 
 def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array, rng: Array) -> dict:
@@ -60,8 +88,25 @@ def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array
     if pretrained:
         from rankax.models import convert
 
+        if config.model.get("pretrained_distilled", False):
+            check_distilled(pretrained)
         variables = convert.merge_pretrained(variables, convert.load_pretrained(pretrained))
     return variables
+
+
+def check_distilled(path: str) -> None:
+    """Raises :class:`~rankax.train.ConfigError` unless ``path`` is a distilled DeiT checkpoint
+    (it holds a ``dist_token``): ``config.model.pretrained_distilled=True`` says the recipe
+    starts from the distilled ImageNet weights (ROADMAP's ``vit_deit_distilled``), whose
+    distillation token the conversion drops (:func:`rankax.models.convert.drop_distillation_token`)."""
+    from rankax.models import convert
+
+    if "dist_token" not in convert.load_state_dict(path):
+        raise errors.ConfigError(
+            f"config.model.pretrained_distilled=True but {path} is not a distilled DeiT checkpoint "
+            "(no dist_token): use deit_small_distilled_patch16_224 (docs/models.md), or set "
+            "--config.model.pretrained_distilled=False to start from other weights"
+        )
 
 
 def _init_memory(
@@ -74,24 +119,44 @@ def _init_memory(
     return xbm.init(int(config.xbm.size), dim, label_shape=label_shape)
 
 
+def _init_loss_params(
+    config: ml_collections.ConfigDict, model: Any, variables: dict, sample: Array, train_labels: Any
+) -> dict:
+    """``{term: {name: array}}``: the initial parameters of the loss terms that own some."""
+    terms = [t for t in losses.make_terms(config, train_labels) if t.owned]
+    if not terms:
+        return {}
+    dim = jax.eval_shape(lambda: model.apply(variables, sample, train=False)).shape[-1]
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    return {t.name: t.init(jax.random.fold_in(key, i), dim) for i, t in enumerate(terms)}
+
+
 def create_train_state(
     config: ml_collections.ConfigDict,
     model: Any,
     sample: np.ndarray,
     labels_ndim: int = 1,
     labels_width: int = 1,
+    *,
+    train_labels: np.ndarray | None = None,
+    epoch_start: optim.EpochStart | None = None,
 ) -> TrainState:
-    """Initial state: model variables (optionally pretrained), optimizer state, RNG, XBM.
+    """Initial state: model variables (optionally pretrained), optimizer state, RNG, XBM, and
+    the parameters of the loss terms with their optimizers.
 
     ``sample``: a few input images (their shape and dtype); ``labels_ndim``/``labels_width``:
     the training labels' rank and last dimension (label paths ``[N, L]`` give XBM an ``[L]``
-    label per slot).
+    label per slot); ``train_labels``: the training labels the loss sees (needed by
+    ``config.loss.terms``, to size their proxies); ``epoch_start``: the sampler's epochs
+    (:func:`rankax.train.optim.epoch_clock`; needed by optimizer keys in epochs).
     """
     rng = jax.random.PRNGKey(config.seed)
     sample = jnp.asarray(sample)
     variables = _init_variables(config, model, sample, rng)
     label_shape = () if labels_ndim == 1 else (labels_width,)
-    tx = optim.make_optimizer(config)
+    tx = optim.make_optimizer(config, epoch_start)
+    loss_params = _init_loss_params(config, model, variables, sample, train_labels)
+    loss_tx = optim.make_loss_optimizer(config, tuple(loss_params), epoch_start) if loss_params else None
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
@@ -101,6 +166,9 @@ def create_train_state(
         memory=_init_memory(config, model, variables, sample, label_shape),
         apply_fn=model.apply,
         tx=tx,
+        loss_params=loss_params,
+        loss_opt_state=loss_tx.init(loss_params) if loss_tx is not None else {},
+        loss_tx=loss_tx,
     )
 
 
@@ -109,7 +177,10 @@ def initial_state(config: ml_collections.ConfigDict, data: RetrievalDataset, mod
     model = build_model(config) if model is None else model
     labels = losses.training_labels(config, data)
     sample = data.train.get_batch(np.arange(2), train=False)
-    return create_train_state(config, model, sample, labels.ndim, labels.shape[-1])
+    clock = optim.epoch_clock(input_pipeline.make_sampler(config, data), len(labels))
+    return create_train_state(
+        config, model, sample, labels.ndim, labels.shape[-1], train_labels=labels, epoch_start=clock
+    )
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:

@@ -32,22 +32,26 @@ AugmentFn = Callable[[Array, Array], Array]
 
 def forward(
     state: TrainState, images: Array, labels: Array, *, augment_fn: AugmentFn, objective: losses.Objective
-) -> tuple[Array, dict, Array, Any]:
-    """``(loss, model updates, float32 embeddings, grads)`` of the step ``state.step`` on this
-    batch, augmented with the per-step key ``fold_in(state.rng, state.step)``."""
+) -> tuple[Array, dict, Array, Any, Any]:
+    """``(loss, model updates, float32 embeddings, grads, loss-term grads)`` of the step
+    ``state.step`` on this batch, augmented with the per-step key ``fold_in(state.rng,
+    state.step)``. ``grads`` are those of ``state.params``, the last those of
+    ``state.loss_params`` (``{}`` without loss-term parameters)."""
     images = augment_fn(images, jax.random.fold_in(state.rng, state.step))
 
-    def loss_fn(params):
+    def loss_fn(trainable):
+        params, loss_params = trainable
         variables = state.variables(params)
         if state.batch_stats:
             emb, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
         else:
             emb, updates = state.apply_fn(variables, images, train=True), {}
         emb = emb.astype(jnp.float32)
-        return objective(emb, labels, state.step, state.memory), (updates, emb)
+        return objective(emb, labels, state.step, state.memory, loss_params), (updates, emb)
 
-    (loss, (updates, emb)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return loss, updates, emb, grads
+    trainable = (state.params, state.loss_params)
+    (loss, (updates, emb)), (grads, loss_grads) = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    return loss, updates, emb, grads, loss_grads
 
 
 def _all_finite(tree: Any) -> Array:
@@ -61,6 +65,14 @@ def _apply_if(state: TrainState, applied: Array, advance: Array, **new: Any) -> 
     keep = lambda fresh, old: jax.tree.map(lambda n, o: jnp.where(applied, n, o), fresh, old)
     fields = {name: keep(value, getattr(state, name)) for name, value in new.items()}
     return state.replace(step=state.step + advance.astype(state.step.dtype), **fields)
+
+
+def _loss_params_update(state: TrainState, loss_grads: Any) -> tuple[Any, Any]:
+    """The loss terms' parameters and optimizer state after their own optimizer's update."""
+    if state.loss_tx is None:
+        return state.loss_params, state.loss_opt_state
+    updates, opt_state = state.loss_tx.update(loss_grads, state.loss_opt_state, state.loss_params)
+    return optax.apply_updates(state.loss_params, updates), opt_state
 
 
 def train_step(
@@ -82,10 +94,13 @@ def train_step(
     ``metrics["halted"]``) makes the step a no-op. Metrics are described in :class:`TrainStep`.
     """
     use_memory = objective.memory_start is not None
-    loss, updates, emb, grads = forward(state, images, labels, augment_fn=augment_fn, objective=objective)
-    grad_norm = optax.global_norm(grads)
+    loss, updates, emb, grads, loss_grads = forward(
+        state, images, labels, augment_fn=augment_fn, objective=objective
+    )
+    grad_norm = optax.global_norm((grads, loss_grads))
     tx_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, tx_updates)
+    loss_params, loss_opt_state = _loss_params_update(state, loss_grads)
     batch_stats = updates.get("batch_stats", state.batch_stats)
     memory = xbm.update(state.memory, emb, labels) if use_memory else state.memory
     emb_finite = jnp.all(jnp.isfinite(emb))
@@ -95,11 +110,20 @@ def train_step(
         & emb_finite
         & _all_finite(batch_stats)
         & _all_finite(params)
+        & _all_finite(loss_params)
     )
     applied = finite & ~halted
     advance = ~halted & (finite | skip_mode)
     new_state = _apply_if(
-        state, applied, advance, params=params, opt_state=opt_state, batch_stats=batch_stats, memory=memory
+        state,
+        applied,
+        advance,
+        params=params,
+        opt_state=opt_state,
+        batch_stats=batch_stats,
+        memory=memory,
+        loss_params=loss_params,
+        loss_opt_state=loss_opt_state,
     )
     metrics = {
         "loss": loss,
@@ -127,19 +151,21 @@ def diagnose_step(
     each weighted term of the loss alone (``terms``), with XBM the batch-only loss, the gradient
     norm, the finiteness of each embedding and of each gradient leaf."""
     run = functools.partial(forward, state, images, labels, augment_fn=augment_fn)
-    loss, _, emb, grads = run(objective=objective)
+    loss, _, emb, grads, loss_grads = run(objective=objective)
     out: dict[str, Any] = {"terms": {"loss": loss}}
     for term, term_objective in terms.items():
         out["terms"][term] = run(objective=term_objective)[0]
     if objective.memory_start is not None:
         out["terms"]["loss (batch only, without the XBM memory)"] = objective.batch(emb, labels)
         out["memory_active"] = state.step >= objective.memory_start
-    out["terms"]["grad_norm"] = optax.global_norm(grads)
+    out["terms"]["grad_norm"] = optax.global_norm((grads, loss_grads))
     out["embeddings_finite"] = jnp.all(jnp.isfinite(emb), axis=-1)
+    name = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)
     out["grads_finite"] = {
-        "/".join(str(getattr(k, "key", k)) for k in path): jnp.all(jnp.isfinite(g))
-        for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+        name(path): jnp.all(jnp.isfinite(g)) for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
     }
+    for path, g in jax.tree_util.tree_flatten_with_path(loss_grads)[0]:
+        out["grads_finite"]["loss/" + name(path)] = jnp.all(jnp.isfinite(g))
     return out
 
 
@@ -225,6 +251,7 @@ def make_train_step(
     augment_fn: AugmentFn,
     mesh: Mesh,
     labels_ndim: int = 1,
+    train_labels: np.ndarray | None = None,
 ) -> TrainStep:
     """:func:`train_step` of ``config``, jitted data parallel over ``mesh``.
 
@@ -232,12 +259,14 @@ def make_train_step(
     of the *global* batch -- every query ranks all ``B`` embeddings whichever device computed
     them, and the mean runs over all queries, so the gradient is that of the full batch on one
     device (``config.loss_sharding``: :func:`rankax.train.losses.make_objective`). Non-finite
-    updates are never applied (:class:`TrainStep`).
+    updates are never applied (:class:`TrainStep`). ``train_labels``: the training labels the
+    loss sees (:func:`rankax.train.losses.training_labels`), needed by ``config.loss.terms``.
     """
-    objective = losses.make_objective(config, mesh, labels_ndim, config.loss.hparams.to_dict())
+    terms = losses.make_terms(config, train_labels)
+    objective = losses.make_objective(config, mesh, labels_ndim, config.loss.hparams.to_dict(), terms)
     static = dict(augment_fn=augment_fn, objective=objective)
     skip_mode = guards.nonfinite_action(config) == "skip"
-    terms = losses.term_objectives(config, mesh, labels_ndim)
+    diagnosed_terms = losses.term_objectives(config, mesh, labels_ndim, terms)
     replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     jitted = jax.jit(
         functools.partial(train_step, **static, skip_mode=skip_mode),
@@ -246,7 +275,7 @@ def make_train_step(
         donate_argnums=0,
     )
     diagnosed = jax.jit(
-        functools.partial(diagnose_step, **static, terms=terms),
+        functools.partial(diagnose_step, **static, terms=diagnosed_terms),
         in_shardings=(replicated, batch, batch),
         out_shardings=replicated,
     )
