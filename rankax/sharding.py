@@ -49,6 +49,7 @@ gathers the batch); :func:`sharded_batch_loss` makes the distribution explicit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -101,7 +102,6 @@ def sharded_batch_loss(
       the list loss over all queries of the global batch that have a positive, replicated on
       every device; its gradient equals that of :func:`rankax.batch_loss` on the whole batch.
     """
-    num_shards = _axis_size(mesh, axis_name)
     caller = f"sharded_batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
     kwargs = dict(
         include_self=include_self,
@@ -113,65 +113,85 @@ def sharded_batch_loss(
         precision=precision,
         **hparams,
     )
-
-    def local_loss(emb: Array, lab: Array, memory: Any) -> Array:
-        # emb, lab: this device's queries. Items: the global batch (then the memory).
-        emb, lab = batch.check_batch(emb, lab, values=False, caller=caller)  # values: in loss_of
-        global_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
-        global_lab = jax.lax.all_gather(lab, axis_name, tiled=True)
-        items, item_labels, item_mask = batch.with_references(
-            global_emb, global_lab, memory=memory, caller=caller
-        )
-        local = emb.shape[0]
-        first = jax.lax.axis_index(axis_name) * local
-        # The lists' kernels run unguarded: non-finite inputs are guarded once, below.
-        totals = batch.batch_statistics(
-            loss_fn, emb, lab, items, item_labels,
-            query_index=first + jnp.arange(local), item_mask=item_mask, caller=caller, **kwargs,
-        )
-        totals = jax.lax.psum(totals, axis_name)
-        loss = stats.from_statistics(
-            loss_fn, totals, stats.hparams_of(loss_fn, hparams, caller=caller, warn=False)
-        )
-        # NaN/inf anywhere in the global batch (or the memory) -> NaN loss and gradients.
-        # Each device's own rows, summed: a flag that is the same (replicated) on every device.
-        local_bad = jnp.any(nonfinite.nonfinite_lists(emb, None)).astype(jnp.int32)
-        bad = jax.lax.psum(local_bad, axis_name) > 0
-        if memory is not None:  # replicated already
-            bad = bad | jnp.any(nonfinite.nonfinite_lists(memory.embeddings, memory.valid[:, None]))
-        return nonfinite.propagate_nonfinite(loss, bad)
-
+    local = functools.partial(
+        _local_loss, loss_fn, axis_name=axis_name, caller=caller, hparams=hparams, kwargs=kwargs
+    )
     batch_spec = PartitionSpec(axis_name)
     without_memory = jax.shard_map(
-        lambda emb, lab: local_loss(emb, lab, None),
+        lambda emb, lab: local(emb, lab, None),
         mesh=mesh,
         in_specs=(batch_spec, batch_spec),
         out_specs=PartitionSpec(),
     )
     with_memory = jax.shard_map(
-        local_loss,
+        local,
         mesh=mesh,
         in_specs=(batch_spec, batch_spec, PartitionSpec()),  # the memory is replicated
         out_specs=PartitionSpec(),
     )
+    num_shards = _axis_size(mesh, axis_name)
 
     def loss_of(embeddings: Array, labels: Array, memory: Any = None) -> Array:
-        b = jnp.shape(embeddings)[0]
-        if b % num_shards:
-            raise ValueError(
-                f"the global batch ({b}) must be divisible by the size of axis {axis_name!r} "
-                f"({num_shards})"
-            )
-        # Checked mode: the global batch is checked here, outside shard_map (checkify's
-        # errors cannot cross the scan of the per-device query blocks).
-        validation.check_finite(embeddings, "embeddings", caller=caller)
-        if memory is not None:
-            validation.check_finite(
-                memory.embeddings, "memory embeddings", where=memory.valid[:, None], caller=caller
-            )
+        _check_global(embeddings, memory, num_shards, axis_name, caller)
         with debug.checks(False):
             if memory is None:
                 return without_memory(embeddings, labels)
             return with_memory(embeddings, labels, memory)
 
     return loss_of
+
+
+def _local_loss(
+    loss_fn: batch.LossFn,
+    emb: Array,
+    lab: Array,
+    memory: Any,
+    *,
+    axis_name: AxisName,
+    caller: str,
+    hparams: dict[str, Any],
+    kwargs: dict[str, Any],
+) -> Array:
+    """Inside ``shard_map``: this device's queries ``emb``, ``lab`` ranked against the global
+    batch (all-gathered, then the memory); the statistics summed over devices give the loss of
+    the whole batch, replicated."""
+    emb, lab = batch.check_batch(emb, lab, values=False, caller=caller)  # values: _check_global
+    global_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
+    global_lab = jax.lax.all_gather(lab, axis_name, tiled=True)
+    items, item_labels, item_mask = batch.with_references(
+        global_emb, global_lab, memory=memory, caller=caller
+    )
+    first = jax.lax.axis_index(axis_name) * emb.shape[0]
+    # The lists' kernels run unguarded: non-finite inputs are guarded once, below.
+    totals = batch.batch_statistics(
+        loss_fn, emb, lab, items, item_labels,
+        query_index=first + jnp.arange(emb.shape[0]), item_mask=item_mask, caller=caller, **kwargs,
+    )
+    totals = jax.lax.psum(totals, axis_name)
+    checked = stats.hparams_of(loss_fn, hparams, caller=caller, warn=False)
+    loss = stats.from_statistics(loss_fn, totals, checked)
+    return nonfinite.propagate_nonfinite(loss, _any_nonfinite(emb, memory, axis_name))
+
+
+def _any_nonfinite(emb: Array, memory: Any, axis_name: AxisName) -> Array:
+    """Whether a NaN/inf sits anywhere in the global batch (each device's own rows, summed: the
+    same flag on every device) or in the (replicated) memory."""
+    local_bad = jnp.any(nonfinite.nonfinite_lists(emb, None)).astype(jnp.int32)
+    bad = jax.lax.psum(local_bad, axis_name) > 0
+    if memory is not None:
+        bad = bad | jnp.any(nonfinite.nonfinite_lists(memory.embeddings, memory.valid[:, None]))
+    return bad
+
+
+def _check_global(embeddings: Array, memory: Any, num_shards: int, axis_name: AxisName, caller: str) -> None:
+    """The global batch's size against the mesh, and in checked mode its values (outside
+    ``shard_map``: checkify's errors cannot cross the scan of the per-device query blocks)."""
+    b = jnp.shape(embeddings)[0]
+    if b % num_shards:
+        raise ValueError(
+            f"the global batch ({b}) must be divisible by the size of axis {axis_name!r} ({num_shards})"
+        )
+    validation.check_finite(embeddings, "embeddings", caller=caller)
+    if memory is not None:
+        valid = memory.valid[:, None]
+        validation.check_finite(memory.embeddings, "memory embeddings", where=valid, caller=caller)
