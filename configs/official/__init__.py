@@ -60,6 +60,11 @@ V = Official  # short alias for the tables below
 
 # ----------------------------------------------------------------------------- recipe keys
 PRECISION = "precision"  # "mixed": bf16 compute, float32 params (official: torch fp16 autocast)
+FP16_WHY = (
+    "bfloat16 compute instead of float16: float16 autocast needs loss scaling (GradScaler) and "
+    "overflows where bfloat16, with float32's exponent range, does not; TPUs and recent GPUs "
+    "compute bfloat16 natively; params, optimizer state and the loss stay float32"
+)
 MODEL_SELECTION = "model_selection"  # "last" | "best" (by best_metric)
 LAYERNORM = "model.feature_norm"  # "layernorm": LayerNorm without affine on pooled features
 DISTILLED = "model.pretrained_distilled"  # DeiT weights from the distilled checkpoint
@@ -145,9 +150,10 @@ def _common_roadmap(reported, source_reported=PAPER_ARCHIVE):
         V("seed", 333, ROADMAP_README, "experience.seed=333 in every README command"),
         V(
             PRECISION,
-            "mixed",
+            "fp16 autocast",
             ROADMAP + "model/resnet.yaml",
-            "with_autocast: True (fp16 autocast + GradScaler); here bfloat16 compute, float32 params",
+            "with_autocast: True (torch fp16 autocast + GradScaler); here precision='mixed'",
+            why=FP16_WHY,
         ),
         V(
             MODEL_SELECTION,
@@ -418,9 +424,10 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
             ),
             V(
                 PRECISION,
-                "mixed",
+                "fp16 autocast",
                 SUPRANK + "model/resnet_ln.yaml",
-                "with_autocast: True; here bfloat16 compute, float32 params",
+                "with_autocast: True (torch fp16 autocast); here precision='mixed'",
+                why=FP16_WHY,
             ),
             V(
                 MODEL_SELECTION,
