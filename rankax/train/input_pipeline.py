@@ -135,8 +135,6 @@ def process_rows(global_size: int) -> slice:
     (:func:`rankax.train.distributed.local_slice`) with several."""
     if jax.process_count() == 1:
         return slice(0, global_size)
-    from rankax.train import distributed
-
     return distributed.local_slice(global_size)
 
 
@@ -172,8 +170,6 @@ def place(
     labels (numpy with one process, a global array with several)."""
     if jax.process_count() == 1:
         return jax.device_put(images, sharding), labels[indices]
-    from rankax.train import distributed
-
     shape = (len(indices),)
     mine = indices[process_rows(len(indices))]
     return (
