@@ -336,7 +336,7 @@ def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, mete
     With several processes, the rate counts the global batch and the data-wait share is this
     process's own (its rows, its input pipeline); only process 0's entries are written
     (TensorBoard, ``history.json``) and reported -- the other processes' writer and progress
-    bar are :class:`~rankax.train.distributed.NullWriter`\ s."""
+    bar are each a :class:`~rankax.train.distributed.NullWriter`."""
     rate, waiting = meter.window()
     entry: dict[str, Any] = {"step": n, "images_per_s": rate, "data_wait_fraction": waiting}
     if bool(metrics["finite"]):
