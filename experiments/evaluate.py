@@ -97,10 +97,10 @@ def embed_fn_from_checkpoint(
     except (FileNotFoundError, CheckpointReadError, ConfigError) as err:
         raise cli.CliError(f"{flag}: {err}") from err
     bs = int(cfg.eval_batch_size)
-    # [multihost] each process embeds its share of every batch; all get every embedding
-    embed = distributed.sharded_embed_fn(evaluators.embed_fn(state))
-    queries = embed_in_batches(embed, data.test, bs)
-    gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs)
+    # [multihost] each process reads and embeds its share of every batch; all get every embedding
+    embed, share = evaluators.embed_fn(state), distributed.eval_share()
+    queries = embed_in_batches(embed, data.test, bs, share=share)
+    gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs, share=share)
     gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)
     return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels
 

@@ -5,6 +5,7 @@ The multi-process training runs are in test_multihost_train.py (slow)."""
 
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -86,3 +87,94 @@ def test_process_whose_peers_never_join_stops_with_a_message(tmp_path):
     assert "not every process has joined" in log and "--initialization_timeout=3s" in log, log
     assert took < 90, log
     assert not (tmp_path / "w").exists()  # nothing was written
+
+
+class _Recording:
+    """A Source over ``images`` that records every index it decodes (thread-safe)."""
+
+    def __init__(self, images):
+        self.images, self.labels = images, np.zeros(len(images), np.int32)
+        self.read, self._lock = [], threading.Lock()
+
+    def __len__(self):
+        return len(self.images)
+
+    def get_batch(self, indices, *, train, seed=0, offset=0):
+        with self._lock:
+            self.read.extend(int(i) for i in indices)
+        return self.images[np.asarray(indices)]
+
+
+class _Gather:
+    """``count`` threads standing in for processes: ``gather`` (one call per batch from every
+    thread) returns every thread's rows of that call in thread order, as the collective does."""
+
+    def __init__(self, count):
+        self.count, self.parts = count, {}
+        self.barrier, self.calls = threading.Barrier(count, timeout=60), threading.local()
+
+    def for_process(self, index):
+        def gather(rows):
+            call = getattr(self.calls, "n", 0)
+            self.calls.n = call + 1
+            self.parts[call, index] = np.asarray(rows)
+            self.barrier.wait()
+            return np.concatenate([self.parts[call, j] for j in range(self.count)])
+
+        return gather
+
+
+@pytest.mark.parametrize("n, batch_size, count", [(23, 8, 2), (23, 8, 3), (5, 16, 2), (16, 8, 4), (7, 3, 4)])
+@pytest.mark.parametrize("source", [False, True])
+def test_each_process_reads_only_its_rows_and_all_get_every_embedding(n, batch_size, count, source):
+    """``count`` simulated processes (threads) embed a set of ``n`` items with ``share``: each
+    returns the one-process embeddings (the numpy map of every row), each decoded only its
+    own rows of every batch (a Source), and together they decoded every item."""
+    from rankax.retrieval.evaluator import Share, embed_in_batches
+
+    rng = np.random.default_rng(n + count)
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    w = rng.normal(size=(5, 3)).astype(np.float32)
+    expected = x @ w
+    shapes = set()
+
+    def embed(batch):
+        shapes.add(np.shape(batch))
+        return np.asarray(batch) @ w
+
+    gather = _Gather(count)
+    sources = [_Recording(x) if source else x for _ in range(count)]
+    out = [None] * count
+
+    def process(i):
+        out[i] = embed_in_batches(embed, sources[i], batch_size, share=Share(i, count, gather.for_process(i)))
+
+    threads = [threading.Thread(target=process, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for got in out:
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    per = -(-min(batch_size, n) // count)
+    assert shapes == {(per, 5)}  # one shape for a jitted embed_fn
+    if source:
+        size = min(batch_size, n)
+        reads = [set(s.read) for s in sources]
+        assert set().union(*reads) == set(range(n))
+        for i, r in enumerate(reads):  # process i decodes positions [i * per, (i + 1) * per) of each batch
+            own = {min(b * size + i * per + k, min((b + 1) * size, n) - 1)
+                   for b in range(-(-n // size)) for k in range(per)}
+            assert r == own
+            assert len(sources[i].read) == len(r)  # a repeated (padding) row is decoded once per batch
+        assert sum(len(r) for r in reads) < n + count * -(-n // size)
+
+
+def test_bad_share_is_rejected():
+    from rankax.data import loader
+    from rankax.retrieval.evaluator import Share
+
+    with pytest.raises(ValueError, match="0 <= index < count"):
+        Share(2, 2, np.asarray)
+    with pytest.raises(ValueError, match="share must be"):
+        loader.eval_batches(np.zeros((4, 2)), 2, share=(0, 0))

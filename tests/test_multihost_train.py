@@ -6,6 +6,10 @@ kill by PID, every process's log in the failure message). The reference of every
 a one-process run of the same config: the global batch, its ranking loss and the update are
 the same computation whichever processes hold the devices, so parameters and metrics agree to
 float32 rounding (the reductions are grouped differently).
+
+The digits runs use a cross-batch memory (``config.xbm.size``): every comparison of train states
+(fresh, resumed 2 -> 1 and 1 -> 2) covers the memory too, whose entries come from every
+process's rows. To keep the time down, one pair of runs serves every digits comparison.
 """
 
 import json
@@ -23,8 +27,10 @@ import pytest
 from tests.multihost_launch import ROOT, Run, child_env, free_port, launch
 
 STEPS = 4
+XBM_SIZE = 240  # 1.5 global batches of 160: the ring wraps at the third step
 ARGS = ["--config", "configs/digits.py", f"--config.num_steps={STEPS}", "--config.eval_every=0",
-        "--config.checkpoint_every=2", "--config.log_every=1"]
+        "--config.checkpoint_every=2", "--config.log_every=1", f"--config.xbm.size={XBM_SIZE}",
+        "--config.eval_baselines=false"]
 TIMEOUT_S = 240
 PARAM_ATOL = 2e-5  # Adam's normalised steps turn float32 rounding of tiny gradients into ~1e-6
 METRIC_ATOL = 1e-4
@@ -58,11 +64,19 @@ def _metrics(workdir: str) -> dict[str, float]:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multihost")
     one, two = str(root / "one"), str(root / "two")
-    first = launch(one, 1, ARGS)
-    first.check(TIMEOUT_S)
-    second = launch(two, 2, ARGS)
-    second.check(TIMEOUT_S)
+    first, second = launch(one, 1, ARGS), launch(two, 2, ARGS)  # side by side: less wall time
+    _check_all([first, second])
     return root, one, two, second
+
+
+def _check_all(runs: list[Run]) -> None:
+    """Waits for runs started together (one shared deadline); on a failure kills them all."""
+    try:
+        for run in runs:
+            run.check(TIMEOUT_S)
+    finally:
+        for run in runs:
+            run.kill()
 
 
 def test_two_processes_train_as_one(runs):
@@ -84,44 +98,69 @@ def test_two_processes_train_as_one(runs):
     assert len(events) == 1, events
 
 
-def _resume(root, source: str, name: str, processes: int) -> str:
-    """A copy of ``source`` with its last checkpoint and outputs removed, resumed by
-    ``processes`` processes."""
+def test_cross_batch_memory_is_the_same_across_processes(runs):
+    """The XBM ring buffer (embeddings of all 160 rows of each step, whichever process embedded
+    them, and the labels) after 4 steps of 2 x 4 devices equals the one of 1 x 8 devices; it
+    has wrapped (4 * 160 entries into 240 slots) and the loss used it (a non-empty memory)."""
+    _, one, two, _ = runs
+    m1, m2 = _params(one, STEPS), _params(two, STEPS)
+    memory = [k for k in m1 if k.startswith("memory/")]
+    assert {k.split("/")[-1] for k in memory} >= {"embeddings", "labels", "pointer"}, sorted(m1)
+    for key in memory:
+        np.testing.assert_allclose(m2[key], m1[key], rtol=0, atol=PARAM_ATOL, err_msg=key)
+    emb = next(m1[k] for k in memory if k.endswith("embeddings"))
+    pointer = next(m1[k] for k in memory if k.endswith("pointer"))
+    assert emb.shape[0] == XBM_SIZE and int(pointer) == (STEPS * 160) % XBM_SIZE
+    assert np.all(np.linalg.norm(emb, axis=1) > 0)  # every slot filled
+
+
+def _resumable_copy(root, source: str, name: str) -> str:
+    """A copy of ``source`` with its last checkpoint and outputs removed."""
     work = str(root / name)
     shutil.copytree(source, work)
     shutil.rmtree(os.path.join(work, "checkpoints", str(STEPS)))
     os.remove(os.path.join(work, "metrics.json"))
-    run = launch(work, processes, ARGS)
-    run.check(TIMEOUT_S)
-    assert "Resuming from checkpoint step 2" in run.text(0), run.all_logs()
     return work
 
 
-def test_checkpoint_of_two_processes_resumes_in_one(runs):
+@pytest.fixture(scope="module")
+def resumed(runs):
+    """The 2-process workdir resumed from step 2 by 1 process, and the 1-process one by 2."""
     root, one, two, _ = runs
-    resumed = _resume(root, two, "two_to_one", 1)
-    _assert_same_state(resumed, two, STEPS)
-    _assert_same_state(resumed, one, STEPS)
+    work = {"two_to_one": _resumable_copy(root, two, "two_to_one"),
+            "one_to_two": _resumable_copy(root, one, "one_to_two")}
+    started = [launch(work["two_to_one"], 1, ARGS), launch(work["one_to_two"], 2, ARGS)]
+    _check_all(started)
+    for run in started:
+        assert "Resuming from checkpoint step 2" in run.text(0), run.all_logs()
+    return work
 
 
-def test_checkpoint_of_one_process_resumes_in_two(runs):
-    root, one, _, _ = runs
-    resumed = _resume(root, one, "one_to_two", 2)
-    _assert_same_state(resumed, one, STEPS)
+def test_checkpoint_of_two_processes_resumes_in_one(runs, resumed):
+    _, one, two, _ = runs
+    _assert_same_state(resumed["two_to_one"], two, STEPS)
+    _assert_same_state(resumed["two_to_one"], one, STEPS)
+
+
+def test_checkpoint_of_one_process_resumes_in_two(runs, resumed):
+    _, one, _, _ = runs
+    _assert_same_state(resumed["one_to_two"], one, STEPS)
 
 
 def test_evaluation_across_processes_equals_one_process(runs):
-    """experiments.evaluate on the 2-process workdir: 2 processes (each embeds half of every
-    batch; all rank the whole gallery) report the metrics of a 1-process evaluation."""
-    root, _, two, _ = runs
-    out = {n: str(root / f"eval{n}.json") for n in (1, 2)}
-    for n in (1, 2):
-        run = launch(two, n, ["--output", out[n]], module="experiments.evaluate", log=str(root / f"eval{n}"))
-        run.check(TIMEOUT_S)
-    one, many = (json.loads(open(out[n]).read())["metrics"] for n in (1, 2))
-    for key in one:
-        if key != "seconds":
-            assert many[key] == pytest.approx(one[key], abs=1e-6), key
+    """experiments.evaluate of the 1-process workdir by 2 processes (each reads and embeds
+    half of every test batch of 512; all rank the whole gallery) reports the metrics the
+    1-process training run computed of the same final state."""
+    root, one, _, _ = runs
+    out = str(root / "eval2.json")
+    launch(one, 2, ["--output", out], module="experiments.evaluate", log=str(root / "eval2")).check(TIMEOUT_S)
+    with open(out) as f:
+        many = json.load(f)["metrics"]
+    reference = _metrics(one)
+    shared = [k for k in reference if k in many]
+    assert {"recall@1", "map@r", "map"} <= set(shared), (sorted(reference), sorted(many))
+    for key in shared:
+        assert many[key] == pytest.approx(reference[key], abs=1e-6), key
 
 
 def test_killed_process_stops_the_other(tmp_path):
@@ -209,3 +248,55 @@ def test_nonfinite_step_is_diagnosed_across_processes(tmp_path):
     assert all("NONFINITE-OK" in run.text(i) for i in range(2)), run.all_logs()
     with open(os.path.join(work, "nonfinite_steps.jsonl")) as f:
         assert len(f.readlines()) == 1
+
+
+IMAGE_CONFIG = textwrap.dedent(
+    """
+    import ml_collections
+    from configs import default
+
+    def get_config():
+        c = default.get_config()
+        c.dataset = ml_collections.ConfigDict(
+            {"name": "folder", "root": ROOT, "csv_file": ROOT + "/data.csv",
+             "image_size": 16, "resize_size": 20, "num_threads": 2}
+        )
+        # the MLP (on the flattened pixels) compiles in a fraction of a CNN's time; what is
+        # tested is the input pipeline
+        c.model = ml_collections.ConfigDict({"name": "mlp", "embedding_dim": 8})
+        c.input.workers = 0
+        c.batch.classes_per_batch, c.batch.samples_per_class = 2, 4
+        c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 3, 1, 0, 3
+        c.eval_baselines = False
+        c.eval_batch_size = 8
+        return c
+    """
+)
+
+
+def test_image_folder_trains_across_processes_as_in_one(tmp_path):
+    """A JPEG folder dataset (decoded by the input pipeline, augmented with the seed of each
+    batch position): with 2 processes each decodes its 4 rows of every batch of 8 (augmented
+    at offset 0 or 4) and its half of every test batch of 8 (16 test images); the losses, the
+    trained parameters and the test metrics equal those of one process that decodes
+    everything."""
+    from tests.test_input_pipeline import _folder
+
+    _folder(tmp_path / "jpegs", n=40)  # random JPEGs; the split below: 4 classes in both halves
+    rows = [f"images/{i}.jpg,{i % 4},{'train' if i < 24 else 'test'}" for i in range(40)]
+    (tmp_path / "jpegs" / "data.csv").write_text("path,class,split\n" + "\n".join(rows) + "\n")
+    config = tmp_path / "images_config.py"
+    config.write_text(f"ROOT = {str(tmp_path / 'jpegs')!r}\n" + IMAGE_CONFIG)
+    work = {n: str(tmp_path / f"p{n}") for n in (1, 2)}
+    _check_all([launch(work[n], n, ["--config", str(config)]) for n in (1, 2)])
+    _assert_same_state(work[1], work[2], 3)
+    history = {}
+    for n in (1, 2):
+        with open(os.path.join(work[n], "history.json")) as f:
+            history[n] = [e["loss"] for e in json.load(f) if "loss" in e]
+    assert len(history[1]) == 3
+    np.testing.assert_allclose(history[2], history[1], rtol=1e-5, atol=1e-6)
+    m1, m2 = _metrics(work[1]), _metrics(work[2])
+    assert m1.keys() == m2.keys() and any(k.endswith("recall@1") for k in m1)
+    for key in m1:
+        assert m2[key] == pytest.approx(m1[key], abs=METRIC_ATOL), key

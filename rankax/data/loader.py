@@ -75,20 +75,43 @@ class TrainBatch:
         return {"step": np.int64(step), "indices": indices, "images": images}
 
 
-class EvalBatch:
-    """``b -> images of items [b * batch_size, (b + 1) * batch_size)`` with test-time
-    preprocessing (the last batch may be shorter): uint8 :func:`pixels` when ``raw``, else the
-    source's normalised ``get_batch``."""
+def share_rows(b: int, batch_size: int, num_items: int, index: int = 0, count: int = 1) -> np.ndarray:
+    """The item indices process ``index`` of ``count`` reads of evaluation batch ``b``.
 
-    def __init__(self, source: Any, batch_size: int, raw: bool = True):
+    Batch ``b`` holds items ``[start, stop)`` with ``start = b * batch_size`` and ``stop =
+    min(start + batch_size, num_items)``. One process (``count=1``): all of them (the last
+    batch may be shorter). Several: the batch is split into ``count`` consecutive parts of
+    ``per = ceil(batch_size / count)`` positions, process ``index`` taking positions
+    ``start + index * per + [0, per)``; positions past ``stop - 1`` repeat item ``stop - 1``,
+    so every process reads ``per`` rows of every batch (one shape for a jitted embedding) and
+    the parts, concatenated in process order, begin with the batch's ``stop - start`` items.
+    """
+    start = int(b) * int(batch_size)
+    stop = min(start + int(batch_size), int(num_items))
+    if int(count) == 1:
+        return np.arange(start, stop)
+    per = -(-int(batch_size) // int(count))
+    return np.minimum(start + int(index) * per + np.arange(per), stop - 1)
+
+
+class EvalBatch:
+    """``b -> images of`` :func:`share_rows` ``(b, batch_size, len(source), *share)`` with
+    test-time preprocessing: uint8 :func:`pixels` when ``raw``, else the source's normalised
+    ``get_batch``. ``share = (index, count)``: this process's part of every batch (default: the
+    whole batch, the last one possibly shorter). A repeated row is decoded once."""
+
+    def __init__(self, source: Any, batch_size: int, raw: bool = True, share: tuple[int, int] = (0, 1)):
         self.source, self.batch_size, self.raw = source, int(batch_size), bool(raw)
+        self.share = (int(share[0]), int(share[1]))
 
     def __call__(self, b: int) -> np.ndarray:
-        start = int(b) * self.batch_size
-        indices = np.arange(start, min(start + self.batch_size, len(self.source)))
+        indices = share_rows(b, self.batch_size, len(self.source), *self.share)
+        unique, inverse = np.unique(indices, return_inverse=True)
         if self.raw:
-            return pixels(self.source, indices, train=False)
-        return self.source.get_batch(indices, train=False)
+            images = pixels(self.source, unique, train=False)
+        else:
+            images = self.source.get_batch(unique, train=False)
+        return images if len(unique) == len(indices) else np.asarray(images)[inverse]
 
 
 def _mark_flags_parsed() -> None:
@@ -147,14 +170,30 @@ def train_batches(
 
 
 def eval_batches(
-    source: Any, batch_size: int, *, workers: int = 0, prefetch: int = 2, raw: bool = True
+    source: Any,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    prefetch: int = 2,
+    raw: bool = True,
+    share: tuple[int, int] = (0, 1),
 ) -> Iterator[np.ndarray]:
     """``source``'s items in order, ``batch_size`` at a time, with test-time preprocessing
-    (uint8 pixels when ``raw``, else normalised float32), made ahead as :func:`iterate` says."""
+    (uint8 pixels when ``raw``, else normalised float32), made ahead as :func:`iterate` says.
+    ``share = (index, count)``: only process ``index`` of ``count``'s rows of each batch
+    (:func:`share_rows`), so each process decodes its part of the test set only.
+
+    Raises:
+      ValueError: ``share`` is not ``(index, count)`` with ``0 <= index < count``.
+    """
+    index, count = (int(v) for v in share)
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"share must be (index, count) with 0 <= index < count, got {share!r}")
     if workers:
         source = _single_threaded(source)
     n = -(-len(source) // int(batch_size))
-    return iterate(EvalBatch(source, batch_size, raw), 0, n, workers=workers, prefetch=prefetch)
+    fn = EvalBatch(source, batch_size, raw, (index, count))
+    return iterate(fn, 0, n, workers=workers, prefetch=prefetch)
 
 
 def resolve_workers(workers: int) -> int:

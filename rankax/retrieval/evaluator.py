@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -14,53 +15,93 @@ from rankax.retrieval.revisited import revisited_from_embeddings
 EmbedFn = Callable[[np.ndarray], Any]
 
 
-def _batches(inputs: Any, batch_size: int, workers: int, raw: bool) -> Iterator[np.ndarray]:
-    if hasattr(inputs, "get_batch"):  # a rankax.data Source: test-time preprocessing
-        from rankax.data import loader
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """Process ``index`` of ``count`` embeds only its part of every evaluation batch.
 
-        return loader.eval_batches(inputs, batch_size, workers=workers, raw=raw)
-    return (inputs[s : s + batch_size] for s in range(0, len(inputs), batch_size))
+    ``gather([per, D]) -> [count * per, D]``: every process's part, concatenated in process
+    order (a collective every process calls once per batch, e.g.
+    :func:`rankax.train.distributed.all_gather_rows`). See :func:`embed_in_batches`."""
+
+    index: int
+    count: int
+    gather: Callable[[np.ndarray], np.ndarray]
+
+    def __post_init__(self):
+        if int(self.count) < 1 or not 0 <= int(self.index) < int(self.count):
+            raise ValueError(f"Share needs 0 <= index < count, got index={self.index}, count={self.count}")
+
+
+def _batches(
+    inputs: Any, batch_size: int, workers: int, raw: bool, share: tuple[int, int]
+) -> Iterator[np.ndarray]:
+    from rankax.data import loader
+
+    if hasattr(inputs, "get_batch"):  # a rankax.data Source: test-time preprocessing
+        return loader.eval_batches(inputs, batch_size, workers=workers, raw=raw, share=share)
+    n = -(-len(inputs) // batch_size)
+    return (inputs[loader.share_rows(b, batch_size, len(inputs), *share)] for b in range(n))
 
 
 def embed_in_batches(
-    embed_fn: EmbedFn, inputs: Any, batch_size: int, *, workers: int = 0, raw: bool = False
+    embed_fn: EmbedFn,
+    inputs: Any,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    raw: bool = False,
+    share: Share | None = None,
 ) -> np.ndarray:
-    """``embed_fn`` over ``inputs`` in batches of ``batch_size``; the last batch is padded
-    (repeating its last row) so a jitted ``embed_fn`` sees one shape, and the padding dropped.
+    """``[N, D]``: ``embed_fn`` over ``inputs`` in batches of ``batch_size``; the last batch is
+    padded (repeating its last row) so a jitted ``embed_fn`` sees one shape, and the padding
+    dropped.
 
     ``inputs`` is an array ``[N, ...]`` or a :class:`rankax.data.Source`, read with test-time
     preprocessing through :func:`rankax.data.loader.eval_batches` (so datasets that do not fit
     in memory work too): decoded ``workers`` processes ahead (0: in a background thread), as
     uint8 pixels when ``raw`` (``embed_fn`` then normalises them, e.g. on the device) or
-    normalised float32 (default)."""
+    normalised float32 (default).
+
+    ``share`` (several processes): every process calls this with the same arguments; of each
+    batch of ``b = min(batch_size, N)`` items, process ``share.index`` reads and embeds only
+    its ``ceil(b / share.count)`` rows (:func:`rankax.data.loader.share_rows`), and
+    ``share.gather`` assembles the batch's embeddings, so every process returns all ``[N, D]``
+    -- the rows a one-process call returns, as ``embed_fn`` embeds each row on its own."""
     if not hasattr(inputs, "get_batch"):
         inputs = np.asarray(inputs)
+    n = len(inputs)
+    if n == 0:
+        raise ValueError("embed_in_batches needs at least one input, got an empty set")
+    split = share is not None and share.count > 1
+    parts = (share.index, share.count) if split else (0, 1)
+    size = min(int(batch_size), n)
     outs = []
-    for batch in _batches(inputs, batch_size, workers, raw):
-        m = len(batch)
-        if m < batch_size and len(inputs) > batch_size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - m, axis=0)])
+    for b, batch in enumerate(_batches(inputs, size, workers, raw, parts)):
+        m = min(size, n - b * size)
+        if len(batch) < size and not split:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
         emb = np.asarray(embed_fn(batch), dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(batch):
             raise ValueError(
                 f"embed_fn must map a batch [{len(batch)}, ...] to [{len(batch)}, D] embeddings, "
                 f"got shape {emb.shape}"
             )
-        outs.append(emb[:m])
+        outs.append((np.asarray(share.gather(emb)) if split else emb)[:m])
     return np.concatenate(outs)
 
 
 class Embedder:
     """:func:`embed_in_batches` of a query set and an optional gallery with fixed reading
-    options; ``images_per_s`` holds the rate of the last call (decoding included)."""
+    options (``share``: this process's part of every batch, see :func:`embed_in_batches`);
+    ``images_per_s`` holds the rate of the last call (decoding included)."""
 
-    def __init__(self, batch_size: int, workers: int = 0, raw: bool = False):
-        self.batch_size, self.workers, self.raw = batch_size, workers, raw
+    def __init__(self, batch_size: int, workers: int = 0, raw: bool = False, share: Share | None = None):
+        self.batch_size, self.workers, self.raw, self.share = batch_size, workers, raw, share
         self.images_per_s: float | None = None
 
     def __call__(self, embed_fn: EmbedFn, queries: Any, gallery: Any = None):
         t = time.perf_counter()
-        kw = dict(workers=self.workers, raw=self.raw)
+        kw = dict(workers=self.workers, raw=self.raw, share=self.share)
         q = embed_in_batches(embed_fn, queries, self.batch_size, **kw)
         g = None if gallery is None else embed_in_batches(embed_fn, gallery, self.batch_size, **kw)
         self.images_per_s = (len(q) + (0 if g is None else len(g))) / max(time.perf_counter() - t, 1e-9)
@@ -80,6 +121,8 @@ class RetrievalEvaluator:
       prefix: prepended to every metric name (e.g. ``"test/"``).
       workers, raw: how Sources are read (see :func:`embed_in_batches`); after ``run``,
         ``images_per_s`` is the embedding rate (decoding included).
+      share: several processes: each reads and embeds its part of every batch, and all get
+        every embedding (see :func:`embed_in_batches`); None (default): all of it here.
 
     Example::
 
@@ -101,6 +144,7 @@ class RetrievalEvaluator:
         prefix: str = "",
         workers: int = 0,
         raw: bool = False,
+        share: Share | None = None,
         **evaluate_kwargs: Any,
     ):
         if (gallery_inputs is None) != (gallery_labels is None):
@@ -117,7 +161,7 @@ class RetrievalEvaluator:
         self.gallery_inputs, self.gallery_labels = gallery_inputs, gallery_labels
         self.batch_size = batch_size
         self.prefix = prefix
-        self.embedder = Embedder(batch_size, workers, raw)
+        self.embedder = Embedder(batch_size, workers, raw, share)
         self.evaluate_kwargs = dict(backend=backend, ks=tuple(ks), normalize=normalize, **evaluate_kwargs)
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:
@@ -137,7 +181,7 @@ class RevisitedEvaluator:
       gnd: per-query dicts ``{"easy", "hard", "junk"}`` of gallery ids (see
         :func:`rankax.retrieval.revisited.load_gnd`).
       batch_size: inputs per ``embed_fn`` call; kappas: the ``k`` of mP@k; prefix: key prefix.
-      workers, raw: how Sources are read (see :func:`embed_in_batches`).
+      workers, raw, share: how Sources are read (see :func:`embed_in_batches`).
     """
 
     def __init__(
@@ -151,12 +195,13 @@ class RevisitedEvaluator:
         prefix: str = "",
         workers: int = 0,
         raw: bool = False,
+        share: Share | None = None,
     ):
         if len(gnd) != len(query_inputs):
             raise ValueError(f"gnd has {len(gnd)} queries but query_inputs has {len(query_inputs)} rows")
         self.query_inputs, self.gallery_inputs, self.gnd = query_inputs, gallery_inputs, list(gnd)
         self.batch_size, self.kappas, self.prefix = batch_size, tuple(kappas), prefix
-        self.embedder = Embedder(batch_size, workers, raw)
+        self.embedder = Embedder(batch_size, workers, raw, share)
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:
         """``{"easy/map", "medium/map", "hard/map", ".../mp@k", ".../num_empty"}``."""

@@ -20,6 +20,8 @@ What this module provides:
 * :func:`replicate` -- a pytree every process holds whole, placed replicated on the mesh.
 * :func:`host_local` -- a replicated global pytree as host numpy (every process has it all).
 * :func:`all_gather_rows` -- the rows every process computed, concatenated in process order.
+* :func:`eval_share` -- evaluation: each process reads and embeds its part of every test
+  batch, and the embeddings are gathered (every process holds the whole gallery).
 
 Faults: the coordinator waits ``initialization_timeout`` seconds for every process to join,
 then raises on the ones that did; after that, a process whose heartbeat stops for
@@ -278,14 +280,27 @@ def all_gather_rows(local: np.ndarray) -> np.ndarray:
     return np.asarray(gathered)
 
 
+def eval_share() -> Any:
+    """This process's part of every evaluation batch, as a
+    :class:`rankax.retrieval.evaluator.Share` (gathered with :func:`all_gather_rows`), or
+    None with one process. Evaluators given it read (decode) and embed only this process's
+    rows of each batch; every process then holds every embedding."""
+    if jax.process_count() == 1:
+        return None
+    from rankax.retrieval.evaluator import Share
+
+    return Share(jax.process_index(), jax.process_count(), all_gather_rows)
+
+
 def sharded_embed_fn(embed_fn: Any) -> Any:
     """An ``embed_fn`` (``[m, ...] images -> [m, D]``) whose work is split over processes.
 
-    Every process calls the wrapper with the same batch (an evaluation iterates the same
-    test set in the same order everywhere); each embeds its share of the rows
-    (:func:`local_slice` of the batch, padded to a multiple of the process count by
-    repeating the last row) and the shares are gathered, so every process returns the
-    embeddings of the whole batch -- equal to ``embed_fn(batch)``. One process: ``embed_fn``.
+    Every process calls the wrapper with the same batch (so every process has read all of
+    it: prefer :func:`eval_share`, with which each reads only its rows); each embeds its
+    share of the rows (:func:`local_slice` of the batch, padded to a multiple of the process
+    count by repeating the last row) and the shares are gathered, so every process returns
+    the embeddings of the whole batch -- equal to ``embed_fn(batch)``. One process:
+    ``embed_fn``.
     """
     if jax.process_count() == 1:
         return embed_fn

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from rankax.data.base import RetrievalDataset, Source
-from rankax.train import checkpointing, distributed, input_pipeline
+from rankax.train import checkpointing, input_pipeline
 from rankax.train import state as state_lib
 from rankax.train.state import TrainState
 from rankax.train.step import embed_fn
@@ -175,9 +175,9 @@ def evaluate_state(
 ) -> dict[str, float]:
     """Scalar metrics of ``state``'s model by ``evaluator`` (default: :func:`make_evaluator`)."""
     evaluator = make_evaluator(config, data) if evaluator is None else evaluator
-    # [multihost] each process embeds its share of every batch; all get the whole gallery
-    embed = embed_fn(state, input_pipeline.normalizer(data.test))
-    return scalars(evaluator.run(distributed.sharded_embed_fn(embed)))
+    # [multihost] the evaluator reads and embeds this process's share of every batch
+    # (input_pipeline.eval_reading); every process gets the whole gallery
+    return scalars(evaluator.run(embed_fn(state, input_pipeline.normalizer(data.test))))
 
 
 def raw_pixel_metrics(config: Config, data: RetrievalDataset) -> dict[str, float]:

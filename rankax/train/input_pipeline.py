@@ -19,6 +19,7 @@ import numpy as np
 
 from rankax import data as rdata
 from rankax.data import loader, samplers, transforms
+from rankax.train import distributed
 from rankax.train.errors import ConfigError
 
 
@@ -134,8 +135,6 @@ def process_rows(global_size: int) -> slice:
     (:func:`rankax.train.distributed.local_slice`) with several."""
     if jax.process_count() == 1:
         return slice(0, global_size)
-    from rankax.train import distributed
-
     return distributed.local_slice(global_size)
 
 
@@ -171,8 +170,6 @@ def place(
     labels (numpy with one process, a global array with several)."""
     if jax.process_count() == 1:
         return jax.device_put(images, sharding), labels[indices]
-    from rankax.train import distributed
-
     shape = (len(indices),)
     mine = indices[process_rows(len(indices))]
     return (
@@ -183,7 +180,10 @@ def place(
 
 def eval_reading(config: ml_collections.ConfigDict, data: rdata.RetrievalDataset) -> dict:
     """How evaluators read ``data``'s sources: ``workers`` processes, uint8 pixels (``raw``)
-    for image datasets (the embedding function normalises them on the device)."""
+    for image datasets (the embedding function normalises them on the device), and with
+    several processes each one's ``share`` of every batch
+    (:func:`rankax.train.distributed.eval_share`)."""
+    share = distributed.eval_share()
     if not is_image_source(data.test):
-        return {"workers": 0, "raw": False}
-    return {"workers": workers(config), "raw": True}
+        return {"workers": 0, "raw": False, "share": share}
+    return {"workers": workers(config), "raw": True, "share": share}

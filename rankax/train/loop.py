@@ -69,8 +69,9 @@ def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any
     fresh = not existed or not os.listdir(workdir)
     config = losses.check_loss_hparams(config)
     changes = workdir_lib.check(config, workdir, allow_config_change)
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")) and (warning := pretrained_warning(config)):
-        print(warning)
+    no_checkpoints = not os.path.isdir(os.path.join(workdir, "checkpoints"))
+    if no_checkpoints and distributed.is_main() and (warning := pretrained_warning(config)):
+        print(warning)  # [multihost] the log is process 0's
     counter = {"steps": 0}
     try:
         run = setup(config, workdir, changes)
@@ -319,7 +320,7 @@ def train(run: Run, counter: dict[str, int]) -> None:
     train_step = make_train_step(config, preprocess, run.mesh, run.labels.ndim, train_labels=run.labels)
     guard = guards.NonFiniteGuard(config, run.workdir, train_step, run.labels, run.ckpt, run.history)
     meter, halted, pending = Meter(), False, None
-    if run.start < config.num_steps:
+    if run.start < config.num_steps and distributed.is_main():  # [multihost] process 0 logs
         print(
             f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
         )
@@ -366,7 +367,12 @@ def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, mete
     """Appends the training entry of step counter ``n`` to the history and TensorBoard: images
     per second and the share of time spent waiting for data over the window since the last
     entry, the loss (a skipped step logs none) and in skip mode the skipped count; then opens a
-    new window. An input-bound window of an image dataset is reported once."""
+    new window. An input-bound window of an image dataset is reported once.
+
+    With several processes, the rate counts the global batch and the data-wait share is this
+    process's own (its rows, its input pipeline); only process 0's entries are written
+    (TensorBoard, ``history.json``) and reported -- the other processes' writer and progress
+    bar are each a :class:`~rankax.train.distributed.NullWriter`."""
     rate, waiting = meter.window()
     entry: dict[str, Any] = {"step": n, "images_per_s": rate, "data_wait_fraction": waiting}
     if bool(metrics["finite"]):
@@ -382,7 +388,8 @@ def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, mete
         run.writer.add_scalar("train/images_per_s", rate, n)
         run.writer.add_scalar("train/data_wait_fraction", waiting, n)
         meter.open()
-    if waiting >= INPUT_BOUND and not meter.warned and input_pipeline.is_image_source(run.data.train):
+    input_bound = waiting >= INPUT_BOUND and input_pipeline.is_image_source(run.data.train)
+    if input_bound and not meter.warned and distributed.is_main():  # [multihost] process 0 logs
         meter.warned = True
         print(
             f"Input-bound: the step waited for data {waiting:.0%} of the time up to step {n} "
