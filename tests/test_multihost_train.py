@@ -253,7 +253,7 @@ def test_nonfinite_step_is_diagnosed_across_processes(tmp_path):
 IMAGE_CONFIG = textwrap.dedent(
     """
     import ml_collections
-    from configs import default
+    from configs import common, default
 
     def get_config():
         c = default.get_config()
@@ -265,6 +265,9 @@ IMAGE_CONFIG = textwrap.dedent(
         # tested is the input pipeline
         c.model = ml_collections.ConfigDict({"name": "mlp", "embedding_dim": 8})
         c.input.workers = 0
+        # a loss term owning parameters (one proxy per class, their own Adam): the proxies
+        # and their optimizer state must stay exact across processes too
+        common.cluster_term(c, weight=0.5, temperature=0.05, lr=1.0, final_lr=0.1)
         c.batch.classes_per_batch, c.batch.samples_per_class = 2, 4
         c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 3, 1, 0, 3
         c.eval_baselines = False
@@ -278,8 +281,8 @@ def test_image_folder_trains_across_processes_as_in_one(tmp_path):
     """A JPEG folder dataset (decoded by the input pipeline, augmented with the seed of each
     batch position): with 2 processes each decodes its 4 rows of every batch of 8 (augmented
     at offset 0 or 4) and its half of every test batch of 8 (16 test images); the losses, the
-    trained parameters and the test metrics equal those of one process that decodes
-    everything."""
+    trained parameters (class proxies of a loss term and their optimizer state included) and
+    the test metrics equal those of one process that decodes everything."""
     from tests.test_input_pipeline import _folder
 
     _folder(tmp_path / "jpegs", n=40)  # random JPEGs; the split below: 4 classes in both halves
@@ -290,6 +293,7 @@ def test_image_folder_trains_across_processes_as_in_one(tmp_path):
     work = {n: str(tmp_path / f"p{n}") for n in (1, 2)}
     _check_all([launch(work[n], n, ["--config", str(config)]) for n in (1, 2)])
     _assert_same_state(work[1], work[2], 3)
+    assert any("proxies" in key for key in _params(work[2], 3)), "no proxies in the checkpoint"
     history = {}
     for n in (1, 2):
         with open(os.path.join(work[n], "history.json")) as f:
