@@ -549,7 +549,6 @@ S_SOP_NDCG = _sop_swapped(
 
 # ------------------------------------------------------------------------------ HAPPIER on DyML
 _NO_RESNET34 = "rankax has no basic-block ResNet (ResNet-18/34); ResNet-50 stands in"
-_NO_NESTEROV = "needs a Nesterov switch in rankax.train.optim (optax.sgd(nesterov=True)); SGD runs without it"
 
 
 def _dyml(
@@ -610,7 +609,7 @@ def _dyml(
         ),
         V("optimizer.weight_decay", 1e-4, opt_src),
         V("optimizer.momentum", 0.9, opt_src),
-        V("optimizer.nesterov", True, opt_src, _NO_NESTEROV),
+        V("optimizer.nesterov", True, opt_src, "nesterov: True"),
         V("optimizer.schedule", "cosine", opt_src, "CosineAnnealingLR(T_max=max_iter)"),
         V("optimizer.final_lr", final_lr, opt_src, f"eta_min: {final_lr:g}"),
         V("optimizer.schedule_unit", "epoch", "elias-ramzi/SupRank:suprank/engine/train.py", "once an epoch"),
