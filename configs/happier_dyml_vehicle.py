@@ -25,9 +25,10 @@ sampler depends on the data, so the config evaluates at the end of the run (``ev
 and reads the length from the sampler (``num_epochs``).
 
 Deliberate deviations: ResNet-50 instead of ResNet-34 (rankax has no basic-block ResNet);
-one benchmark per evaluation (``dataset.benchmark``; the
-official number averages the three: run ``experiments/evaluate.py`` once per benchmark);
-bfloat16 mixed precision for fp16 autocast.
+one benchmark per evaluation (``dataset.benchmark``, "fine" here; the
+official number averages the three: evaluate the run again with ``python -m
+experiments.evaluate --workdir <run> --config.dataset.benchmark=middle``, then ``coarse``,
+and average); bfloat16 mixed precision for fp16 autocast.
 
 Data: ``--config.dataset.root=/path/to/dyml_vehicle`` (layout: ``docs/data.md``). Reported
 numbers: the HAPPIER/SupRank tables were not consulted, ``reported`` holds None.
