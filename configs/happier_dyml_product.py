@@ -18,9 +18,9 @@ Not determined by the official material: ``HAPPIER_product.yaml`` gives the prox
 ``backbone`` and ``head``); the config trains them with the head's SGD (lr 0.02, cosine to
 1e-5). Evaluation at the end of the run (the epoch length depends on the data).
 
-Deliberate deviations: ResNet-50 for ResNet-34 (no basic-block ResNet in rankax), bfloat16
-mixed precision. ImageNet weights:
-``--config.model.pretrained=/path/to/resnet50.pth``; data: ``--config.dataset.root``.
+Deliberate deviation: bfloat16 mixed precision for fp16 autocast. ImageNet weights:
+``--config.model.pretrained=/path/to/resnet34.pth`` (torchvision's ``resnet34`` checkpoint);
+data: ``--config.dataset.root``.
 Reported numbers: the HAPPIER/SupRank tables were not consulted, ``reported`` holds None.
 """
 

@@ -13,8 +13,9 @@ temperature 0.05 by default in ``suprank/losses/cluster_loss.py``), ``dataset/dy
 (MPerClassSampler, batch 256, 4 per class; the crops of ``common.dyml``; three test
 benchmarks fine / middle / coarse), ``optimizer/dyml.yaml`` (one SGD group for the whole
 network: lr 0.1, momentum 0.9, Nesterov, weight decay 1e-4, cosine to 1e-6 over the run,
-stepped per epoch), ``model/dyml_resnet34.yaml`` (ResNet-34 from scratch, BatchNorm training,
-average pooling, LayerNorm on the features, linear to 512, fp16 autocast), ``default.yaml``
+stepped per epoch), ``model/dyml_resnet34.yaml`` (ResNet-34, basic blocks, from scratch:
+``pretrained: False``; BatchNorm training, average pooling, LayerNorm on the features, linear
+to 512, fp16 autocast), ``default.yaml``
 (``max_iter: 100`` epochs, no warm-up, evaluation every 20 epochs).
 
 Not determined by the official material: ``HAPPIER.yaml`` gives the proxies
@@ -24,8 +25,7 @@ them with that file's only optimizer (SGD lr 0.1, weight decay 1e-4, cosine to 1
 sampler depends on the data, so the config evaluates at the end of the run (``eval_every=0``)
 and reads the length from the sampler (``num_epochs``).
 
-Deliberate deviations: ResNet-50 instead of ResNet-34 (rankax has no basic-block ResNet);
-one benchmark per evaluation (``dataset.benchmark``, "fine" here; the
+Deliberate deviations: one benchmark per evaluation (``dataset.benchmark``, "fine" here; the
 official number averages the three: evaluate the run again with ``python -m
 experiments.evaluate --workdir <run> --config.dataset.benchmark=middle``, then ``coarse``,
 and average); bfloat16 mixed precision for fp16 autocast.
@@ -45,7 +45,7 @@ def get_config(variant="vehicle", weights=(0.9, 0.1)):
     c = default.get_config()
     c.seed = 0
     common.dyml(c, variant, root=f"~/datasets/dyml_{variant}")
-    common.resnet(c, feature_norm="layernorm")  # ResNet-34 officially (see the docstring)
+    common.resnet(c, "resnet34", feature_norm="layernorm")  # backbone_name: resnet34
     c.model.frozen_bn = False  # freeze_batch_norm: False
     common.hap_loss(c, start=0.5, offset=1.44)
     c.loss.include_self = True

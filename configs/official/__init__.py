@@ -548,7 +548,6 @@ S_SOP_NDCG = _sop_swapped(
 
 
 # ------------------------------------------------------------------------------ HAPPIER on DyML
-_NO_RESNET34 = "rankax has no basic-block ResNet (ResNet-18/34); ResNet-50 stands in"
 
 
 def _dyml(
@@ -594,7 +593,7 @@ def _dyml(
         ),
         V("loss.terms.cluster.optimizer.name", UNDETERMINED, loss_src, proxies),
         V("loss.terms.cluster.optimizer.lr", UNDETERMINED, loss_src, proxies),
-        V("model.name", "resnet34", model_src, "backbone_name: resnet34", why=_NO_RESNET34),
+        V("model.name", "resnet34", model_src, "backbone_name: resnet34 (basic blocks)"),
         V("model.pooling", "avg", model_src, "pooling: default"),
         V("model.embedding_dim", 512, model_src),
         V("model.frozen_bn", product, model_src, f"freeze_batch_norm: {product}"),
