@@ -66,7 +66,7 @@ def get_config(variant="vehicle", weights=(0.9, 0.1)):
     c.best_metric = "recall@1"
     c.precision = "mixed"  # with_autocast: True
     c.model_selection = "last"
-    c.eval_ks = (1, 10, 20)  # recall_for_eval [1] + recall_rate=[10,20]
+    c.eval_ks = (1, 10, 20)  # P@1 (= R@1, always reported) + recall_rate=[10,20]
     c.eval_baselines = False
 
     c.reported = common.unreported(

@@ -18,8 +18,8 @@ material does not fix it).
 On [fine, coarse] label paths ``rankax.batch_loss(sup_ndcg_loss, ...)`` is checked against a
 numpy transcription of the official ``SupNDCGLoss(hierarchy_level="MULTI")`` (gains
 ``2^t - 1`` of the number ``t`` of shared levels) in ``tests/test_supndcg_official.py``.
-Deliberate deviation (as suprank_sop): fp16
-autocast runs as ``precision="mixed"`` (bfloat16).
+Deliberate deviation (as suprank_sop): fp16 autocast runs as ``precision="mixed"``
+(bfloat16).
 
 Reported numbers: the SupRank tables were not consulted, ``reported`` holds None.
 """

@@ -638,7 +638,7 @@ def _dyml(
             "eval_ks",
             (1, 10, 20),
             SUPRANK_README,
-            "recall_for_eval [1] + accuracy_calculator.recall_rate=[10,20]",
+            "P@1 (= R@1, always computed by suprank/engine/metrics.py) + recall_rate=[10,20]",
         ),
         V(PRECISION, "mixed", model_src, "with_autocast: True; here bfloat16 compute, float32 params"),
         V(
