@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.head_weight_decay = ml_collections.FieldReference(None, field_type=float)  # None: same
     c.optimizer.weight_decay = 1e-4
     c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False  # sgd: Nesterov momentum (torch's SGD(nesterov=True))
     c.optimizer.schedule = "constant"
     c.optimizer.final_lr_ratio = 0.0  # cosine: decay to lr * final_lr_ratio
     c.optimizer.final_lr = ml_collections.FieldReference(None, field_type=float)  # absolute floor

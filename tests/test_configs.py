@@ -1,8 +1,8 @@
 """Every experiment config builds and runs end to end on mock data, shrunk to a tiny size.
 
 Each ``configs/*.py`` (except ``default.py``) goes through ``train_lib.train_and_evaluate``:
-its dataset (TFDS ``mock_data`` for sop/cub/cars/inat, generated PNG files + CSV for folder,
-digits as is), its model class, its loss, sampler and optimizer, one train step, a checkpoint
+its dataset (TFDS ``mock_data`` for sop/cub/cars/inat, generated PNG files + CSV for folder
+and dyml, digits as is), its model class, its loss, sampler and optimizer, one train step, a checkpoint
 and one evaluation. What is shrunk: the images (16 px), the batch (2 x 2), the steps (1) and
 the trunk, cut to its stem -- ResNet: the 7x7 convolution, BatchNorm and max-pool with no
 bottleneck stage; ViT: patch embedding, class token, position embedding and final LayerNorm
@@ -145,6 +145,11 @@ def tiny(config, tmp_path):
         _landmarks_folder(tmp_path)
         ds.root = str(tmp_path)
         ds.csv_file = str(tmp_path / "data.csv")
+    if ds.name == "dyml":
+        from tests.test_data_dyml import write_dyml
+
+        write_dyml(tmp_path / "dyml", ds.variant)
+        ds.root = str(tmp_path / "dyml")
     if config.eval_protocol == "landmarks":
         config.landmarks.root = str(_landmark_benchmarks(tmp_path))
         config.landmarks.whitening_list = str(tmp_path / "benchmarks" / "train" / "list.txt")
@@ -186,7 +191,7 @@ def test_config_has_the_cli_keys_and_reported_numbers(name):
     # A number the paper reports, or None with a note saying why it is missing.
     assert all(isinstance(v, float) for v in numbers.values() if v is not None)
     assert all(v is not None for v in numbers.values()) or config.reported.get("note")
-    assert config.dataset.name in ("sop", "cub", "cars", "inat", "folder")
+    assert config.dataset.name in ("sop", "cub", "cars", "inat", "folder", "dyml")
 
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n not in DIGITS])

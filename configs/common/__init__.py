@@ -226,3 +226,24 @@ def unreported(*metrics, note):
     """A ``reported`` section for results not checked yet: each metric None (a float once
     filled in) and ``note``, saying why."""
     return ml_collections.ConfigDict({**{m: config_dict.placeholder(float) for m in metrics}, "note": note})
+
+
+def dyml(c, variant, *, root):
+    """Sets ``c.dataset``: DyML-``variant`` (``rankax.data.dyml``) from ``root``, SupRank's
+    ``dataset/dyml_*.yaml`` pipeline: random-resized crop 224 (area 0.16-1, ratio 0.75-1.33)
+    and flip for training; test resize 256 (shorter side), centre crop 224. Vehicle and
+    Animal evaluate the ``benchmark`` granularity ("fine"; set ``--config.dataset.benchmark``
+    to "middle" or "coarse" for the other two)."""
+    c.dataset = ml_collections.ConfigDict(
+        {
+            "name": "dyml",
+            "variant": variant,
+            "root": root,
+            "benchmark": "fine",
+            "image_size": 224,
+            "resize_size": 256,
+            "test_resize_mode": "shorter",
+            "crop_scale": (0.16, 1.0),
+            "crop_ratio": (0.75, 1.33),
+        }
+    )

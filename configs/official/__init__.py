@@ -508,6 +508,211 @@ S_INAT = (
     )
 )
 
+
+# --------------------------------------------------- SupRank SOP runs with the R@k and NDCG losses
+_SOP_NO_COMMAND = (
+    "the README has no command for this run: the config takes the SOP command with the loss swapped"
+)
+_SOP_HAP_ONLY = ("loss.name", "loss.hierarchical", "loss.weight", "loss.terms.cluster.weight")
+
+
+def _sop_swapped(loss_file, entries):
+    """S_SOP with its loss entries replaced by ``entries`` (from ``loss/<loss_file>``)."""
+    src = SUPRANK + "loss/" + loss_file
+    kept = [
+        e if e.source != SUPRANK + "loss/HAPPIER_SOP.yaml" else dataclasses.replace(e, source=src)
+        for e in S_SOP
+        if e.key not in _SOP_HAP_ONLY and not e.key.startswith("reported.")
+    ]
+    seed = [V("seed", 0, SUPRANK_README, f"seed=0 of the SOP command ({_SOP_NO_COMMAND})")]
+    return seed + [e for e in kept if e.key != "seed"] + [V(k, v, src, n) for k, v, n in entries]
+
+
+S_SOP_RECALL = _sop_swapped(
+    "ROADRatk_pp_SOP.yaml",
+    [
+        ("loss.name", "sup_recall_at_k", "SupRecallLoss"),
+        ("loss.hierarchical", False, "hierarchy_level: 0 (positives: same product)"),
+        ("loss.hparams.ks", (1, 2, 4, 8, 16), "at_k"),
+        ("loss.hparams.k_temperature", 1.0, "temp"),
+        ("loss.weight", 0.5, "weight: empty -> 1 / 2 each (suprank/getter.py get_loss)"),
+        ("loss.terms.cluster.weight", 0.5, "weight: empty -> 1 / 2 each"),
+    ],
+) + [V("reported.recall_at_1", UNDETERMINED, SUPRANK_README, "the SupRank tables were not consulted")]
+
+S_SOP_NDCG = _sop_swapped(
+    "roadndcg_sop.yaml",
+    [
+        ("loss.name", "sup_ndcg", "SupNDCGLoss"),
+        ("loss.hierarchical", True, "hierarchy_level: MULTI (gains from the shared levels)"),
+        ("loss.weight", 0.9, "weight: [0.9, 0.1]"),
+        ("loss.terms.cluster.weight", 0.1, "weight: [0.9, 0.1]"),
+    ],
+) + [
+    V("reported.recall_at_1", UNDETERMINED, SUPRANK_README, "the SupRank tables were not consulted"),
+    V("reported.ndcg", UNDETERMINED, SUPRANK_README, "the SupRank tables were not consulted"),
+]
+
+
+# ------------------------------------------------------------------------------ HAPPIER on DyML
+
+
+def _dyml(
+    variant, *, loss_file, weights, model_file, opt_file, lr, head_lr, final_lr, epochs, warmup, proxies
+):
+    data_src = SUPRANK + f"dataset/dyml_{variant}.yaml"
+    loss_src, model_src, opt_src = SUPRANK + loss_file, SUPRANK + model_file, SUPRANK + opt_file
+    product = variant == "product"
+    entries = [
+        V("seed", 0, SUPRANK_README, "seed=0"),
+        V("dataset.variant", variant, data_src, f"DyMLDataset on dyml_{variant}"),
+        *_images(224, 256, train_resize=None, test_mode="shorter", source=data_src),
+        *(
+            []
+            if product  # one all-in-one benchmark (mini-bmk_all_in_one: 3 levels, queries = gallery)
+            else [
+                V(
+                    "dataset.benchmark",
+                    ("fine", "middle", "coarse"),
+                    data_src,
+                    "three benchmarks, averaged (README accuracy_calculator.overall_accuracy=True)",
+                    why="rankax evaluates one benchmark a run: set dataset.benchmark and average the three",
+                )
+            ]
+        ),
+        V("loss.name", "hap", loss_src, "SupHAPLoss"),
+        V("loss.hierarchical", True, loss_src, "hierarchy_level: MULTI, labels [fine, middle, coarse]"),
+        V("loss.include_self", True, "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py"),
+        V("loss.hparams.temperature", 0.01, loss_src, "tau"),
+        V("loss.hparams.rho", 100.0, loss_src),
+        V("loss.hparams.delta", 0.05, loss_src),
+        V("loss.hparams.start", 0.5, loss_src),
+        V("loss.hparams.offset", 1.44, loss_src),
+        V("loss.weight", weights[0], loss_src, f"weight: {list(weights)}"),
+        V("loss.terms.cluster.name", "normalized_softmax", loss_src, "ClusterLoss"),
+        V("loss.terms.cluster.weight", weights[1], loss_src),
+        V("loss.terms.cluster.label_level", 0, loss_src, "hierarchy_level: 0"),
+        V(
+            "loss.terms.cluster.hparams.temperature",
+            0.05,
+            "elias-ramzi/SupRank:suprank/losses/cluster_loss.py",
+            "temperature (the yaml's or the class default)",
+        ),
+        V("loss.terms.cluster.optimizer.name", UNDETERMINED, loss_src, proxies),
+        V("loss.terms.cluster.optimizer.lr", UNDETERMINED, loss_src, proxies),
+        V("model.name", "resnet34", model_src, "backbone_name: resnet34 (basic blocks)"),
+        V("model.pooling", "avg", model_src, "pooling: default"),
+        V("model.embedding_dim", 512, model_src),
+        V("model.frozen_bn", product, model_src, f"freeze_batch_norm: {product}"),
+        V(LAYERNORM, "layernorm", model_src, "norm_features: True"),
+        V("optimizer.name", "sgd", opt_src, "torch.optim.SGD"),
+        V("optimizer.lr", lr, opt_src, "backbone" if head_lr else "net: one group"),
+        V(
+            "optimizer.head_lr",
+            head_lr,
+            opt_src,
+            "head: 2 x backbone" if head_lr else "no separate head group",
+        ),
+        V("optimizer.weight_decay", 1e-4, opt_src),
+        V("optimizer.momentum", 0.9, opt_src),
+        V("optimizer.nesterov", True, opt_src, "nesterov: True"),
+        V("optimizer.schedule", "cosine", opt_src, "CosineAnnealingLR(T_max=max_iter)"),
+        V("optimizer.final_lr", final_lr, opt_src, f"eta_min: {final_lr:g}"),
+        V("optimizer.schedule_unit", "epoch", "elias-ramzi/SupRank:suprank/engine/train.py", "once an epoch"),
+        V(
+            "optimizer.frozen_warmup_epochs",
+            warmup,
+            SUPRANK_README if warmup else SUPRANK + "default.yaml",
+            "warmup_step=5 (backbone frozen)" if warmup else "warmup_step: null (the command sets none)",
+        ),
+        V("batch.sampler", "m_per_class", data_src, "MPerClassSampler"),
+        V("batch.classes_per_batch", 64, data_src, "batch_size 256 / samples_per_class 4"),
+        V("batch.samples_per_class", 4, data_src),
+        V(
+            "num_epochs",
+            epochs,
+            SUPRANK_README if product else SUPRANK + "default.yaml",
+            f"max_iter: {epochs} epochs of the sampler",
+        ),
+        V(
+            "eval_every",
+            "every 20 epochs",
+            SUPRANK + "default.yaml",
+            "test_eval_freq: 20",
+            why="the epoch length in batches depends on the data; the config evaluates at the end",
+        ),
+        V(
+            "eval_ks",
+            (1, 10, 20),
+            SUPRANK_README,
+            "P@1 (= R@1, always computed by suprank/engine/metrics.py) + recall_rate=[10,20]",
+        ),
+        V(PRECISION, "mixed", model_src, "with_autocast: True; here bfloat16 compute, float32 params"),
+        V(
+            MODEL_SELECTION,
+            "last",
+            "elias-ramzi/SupRank:suprank/engine/train.py",
+            "the last epoch is reported",
+        ),
+        V(
+            "reported.recall_at_1",
+            UNDETERMINED,
+            SUPRANK_README,
+            "the HAPPIER/SupRank tables were not consulted",
+        ),
+    ]
+    return entries
+
+
+_PROXIES_VA = (
+    "loss/HAPPIER*.yaml points the proxies at ${optimizer.opt.head}, which optimizer/dyml.yaml does not "
+    "define; the config takes its one optimizer (SGD lr 0.1, wd 1e-4, cosine to 1e-6), as "
+    "loss/roadndcg_dyml.yaml does with ${optimizer.opt.net}"
+)
+H_DYML_VEHICLE = _dyml(
+    "vehicle",
+    loss_file="loss/HAPPIER.yaml",
+    weights=(0.9, 0.1),
+    model_file="model/dyml_resnet34.yaml",
+    opt_file="optimizer/dyml.yaml",
+    lr=0.1,
+    head_lr=None,
+    final_lr=1e-6,
+    epochs=100,
+    warmup=0,
+    proxies=_PROXIES_VA,
+)
+H_DYML_ANIMAL = _dyml(
+    "animal",
+    loss_file="loss/HAPPIER_5.yaml",
+    weights=(0.5, 0.5),
+    model_file="model/dyml_resnet34.yaml",
+    opt_file="optimizer/dyml.yaml",
+    lr=0.1,
+    head_lr=None,
+    final_lr=1e-6,
+    epochs=100,
+    warmup=0,
+    proxies=_PROXIES_VA,
+)
+H_DYML_PRODUCT = _dyml(
+    "product",
+    loss_file="loss/HAPPIER_product.yaml",
+    weights=(0.9, 0.1),
+    model_file="model/dyml_resnet34_product.yaml",
+    opt_file="optimizer/dyml_product.yaml",
+    lr=0.01,
+    head_lr=0.02,
+    final_lr=1e-5,
+    epochs=20,
+    warmup=5,
+    proxies=(
+        "loss/HAPPIER_product.yaml points the proxies at ${optimizer.opt.net}, which "
+        "optimizer/dyml_product.yaml does not define (backbone, head); the config takes the head's SGD "
+        "(lr 0.02, cosine to 1e-5)"
+    ),
+)
+
 PNP_SOURCE = PNP + "README.md"
 PNP_PARAMS = PNP + "parameters.py"
 
@@ -674,6 +879,11 @@ RECIPES: dict[str, list[Official]] = {
     "roadmap_inat_deit": R_INAT_DEIT,
     "suprank_sop": S_SOP,
     "suprank_inat": S_INAT,
+    "suprank_sop_recall": S_SOP_RECALL,
+    "suprank_sop_ndcg": S_SOP_NDCG,
+    "happier_dyml_vehicle": H_DYML_VEHICLE,
+    "happier_dyml_animal": H_DYML_ANIMAL,
+    "happier_dyml_product": H_DYML_PRODUCT,
     "pnp_sop": P_SOP,
     "pnp_cub": _pnp_other("CUB-200-2011"),
     "pnp_cars": _pnp_other("Cars196"),

@@ -1,12 +1,14 @@
 """Datasets, augmentations and batch samplers. The embedded default is scikit-learn's digits.
 
 ``load_dataset(config.dataset)`` builds any dataset of the experiments (digits, SOP, CUB,
-Cars196, iNaturalist 2018, folder/CSV); see ``docs/data.md``.
+Cars196, iNaturalist 2018, folder/CSV, DyML, H-GLDv2); see ``docs/data.md``.
 """
 
 from rankax.data.base import ArraySource, RetrievalDataset, Source
 from rankax.data.digits import DigitsSplit, load_digits_split
+from rankax.data.dyml import load_dyml
 from rankax.data.folder import load_folder
+from rankax.data.gldv2 import load_hgldv2
 from rankax.data.image_source import ImageSource
 from rankax.data.registry import DATASET_KEYS, DATASETS, load_dataset
 from rankax.data.samplers import (
@@ -40,7 +42,9 @@ __all__ = [
     "load_cub",
     "load_dataset",
     "load_digits_split",
+    "load_dyml",
     "load_folder",
+    "load_hgldv2",
     "load_inat",
     "load_sop",
 ]

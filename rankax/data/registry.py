@@ -5,7 +5,7 @@ that dataset (below, with their defaults). An unknown name raises ``ValueError``
 known ones; a key the dataset does not take raises ``ValueError`` naming the key, and so does
 a missing required key.
 
-Image keys shared by sop, cub, cars, inat and folder (see :class:`ImageTransform`):
+Image keys shared by sop, cub, cars, inat, folder, dyml and hgldv2 (see :class:`ImageTransform`):
 ``image_size`` (224), ``resize_size`` (256), ``test_resize_mode`` ("shorter"; "square" for
 sop), ``train_resize_size`` (None; 256 for sop), ``crop_scale`` ((0.16, 1.0)), ``crop_ratio``
 ((0.75, 1.33)), ``flip`` (True), ``draft_train`` (True: JPEG draft decoding of training
@@ -19,6 +19,11 @@ crops) and ``draft_test`` (False), ``num_threads`` (4, decoding threads per proc
 * ``folder``: ``root`` (None), ``csv_file`` (None), ``train_csv``/``test_csv``/``query_csv``/
   ``gallery_csv`` (None), ``label_columns`` (None: all but path/split), ``path_column``
   ("path"), ``split_column`` ("split"), ``dataset_name`` ("folder").
+* ``dyml``: ``root`` (required: the unpacked DyML-Vehicle/Animal/Product folder), ``variant``
+  ("vehicle" | "animal" | "product"), ``benchmark`` ("fine" | "middle" | "coarse": the test
+  set of Vehicle/Animal); layout in :mod:`rankax.data.dyml`.
+* ``hgldv2``: ``root`` (required: GLDv2 with SupRank's hierarchy files); layout in
+  :mod:`rankax.data.gldv2`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from typing import Any
 
 from rankax.data.base import ArraySource, RetrievalDataset
 from rankax.data.digits import PROTOCOLS, load_digits_split
+from rankax.data.dyml import load_dyml
 from rankax.data.folder import load_folder
+from rankax.data.gldv2 import load_hgldv2
 from rankax.data.tfds_data import load_cars, load_cub, load_inat, load_sop
 from rankax.data.transforms import ImageTransform
 
@@ -67,6 +74,8 @@ DATASET_KEYS: dict[str, dict[str, Any]] = {
         "split_column": "split",
         "dataset_name": "folder",
     },
+    "dyml": {**_IMAGE_KEYS, "root": _REQUIRED, "variant": "vehicle", "benchmark": "fine"},
+    "hgldv2": {**_IMAGE_KEYS, "root": _REQUIRED},
 }
 """Per dataset name, the keys ``load_dataset`` accepts and their defaults."""
 
@@ -176,6 +185,20 @@ def _folder(v: dict[str, Any]) -> RetrievalDataset:
     )
 
 
+def _dyml(v: dict[str, Any]) -> RetrievalDataset:
+    return load_dyml(
+        v["root"],
+        v["variant"],
+        benchmark=v["benchmark"],
+        transform=_transform(v),
+        num_threads=int(v["num_threads"]),
+    )
+
+
+def _hgldv2(v: dict[str, Any]) -> RetrievalDataset:
+    return load_hgldv2(v["root"], transform=_transform(v), num_threads=int(v["num_threads"]))
+
+
 _LOADERS: dict[str, Callable[[dict[str, Any]], RetrievalDataset]] = {
     "digits": _digits,
     "sop": _tfds(load_sop),
@@ -183,6 +206,8 @@ _LOADERS: dict[str, Callable[[dict[str, Any]], RetrievalDataset]] = {
     "cars": _tfds(load_cars),
     "inat": _tfds(load_inat, "taxonomy_file", "split_dir", "hierarchy"),
     "folder": _folder,
+    "dyml": _dyml,
+    "hgldv2": _hgldv2,
 }
 
 DATASETS = tuple(_LOADERS)

@@ -109,22 +109,23 @@ def _report(kind: str, missing: set[str], unexpected: set[str], hint: str = "") 
 
 
 def torchvision_resnet_to_flax(state_dict: Mapping[str, Any]) -> Variables:
-    """Converts a torchvision bottleneck-ResNet state dict for :class:`~rankax.models.ResNetEmbedding`.
+    """Converts a torchvision ResNet state dict for :class:`~rankax.models.ResNetEmbedding`.
 
     The depth is read from the keys (``layer3.22.*`` -> 23 blocks in stage 3), so any
     ``stage_sizes``/``width`` of the rankax model is accepted, provided the model was built
     with the same ones (:func:`merge_pretrained` checks the shapes).
 
     Args:
-      state_dict: ``torchvision.models.resnet50().state_dict()`` or the equivalent mapping of
-        key -> numpy array / torch tensor.
+      state_dict: ``torchvision.models.resnet50().state_dict()`` (bottleneck blocks) or
+        ``resnet34()`` (basic blocks: build the model with ``block="basic"``, as ``"resnet34"``
+        does) or the equivalent mapping of key -> numpy array / torch tensor.
 
     Returns:
       ``{"params": {"backbone": ...}, "batch_stats": {"backbone": ...}}`` in float32.
 
     Raises:
       ValueError: naming the missing and unexpected keys when the dict is not a complete
-        torchvision bottleneck ResNet (basic-block ResNet-18/34 are not supported).
+        torchvision ResNet.
     """
     params: dict = {}
     stats: dict = {}
@@ -163,12 +164,15 @@ def torchvision_resnet_to_flax(state_dict: Mapping[str, Any]) -> Variables:
         else:
             _set(stats, (*path, "mean" if leaf == "running_mean" else "var"), arr)
 
+    # Bottleneck blocks have a conv3; basic blocks (ResNet-18/34) do not, and their first
+    # block of stage 1 keeps the width (no downsample).
+    bottleneck = any(k.startswith("layer1.0.conv3.") for k in seen)
     expected = {"conv1.weight"} | {f"bn1.{s}" for s in ("weight", "bias", "running_mean", "running_var")}
     for stage in range(1, max([4, *stages]) + 1):
         for block in range(stages.get(stage, 1)):
             prefix = f"layer{stage}.{block}."
-            modules = ["conv1", "conv2", "conv3", "bn1", "bn2", "bn3"]
-            if block == 0:
+            modules = ["conv1", "conv2", "bn1", "bn2"] + (["conv3", "bn3"] if bottleneck else [])
+            if block == 0 and (bottleneck or stage > 1):
                 modules += ["downsample.0", "downsample.1"]
             for mod in modules:
                 if "conv" in mod or mod.endswith(".0"):
@@ -179,10 +183,11 @@ def torchvision_resnet_to_flax(state_dict: Mapping[str, Any]) -> Variables:
                     }
     unexpected |= {k for k in seen if not k.endswith("num_batches_tracked") and k not in expected}
     _report(
-        "torchvision bottleneck-ResNet",
+        "torchvision ResNet",
         expected - seen,
         unexpected,
-        "(ResNet-50/101/152 layout: conv1, bn1, layer1-4 of Bottleneck blocks, fc)",
+        "(layout: conv1, bn1, layer1-4 of Bottleneck (ResNet-50/101/152) or BasicBlock (ResNet-18/34) "
+        "blocks, fc)",
     )
     return {"params": {"backbone": params}, "batch_stats": {"backbone": stats}}
 

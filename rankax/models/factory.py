@@ -18,6 +18,7 @@ from rankax.models.vit import ViTEmbedding
 # paths, 30k-130k parameters, any small image size (ViT: a multiple of 4).
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "mlp": (MLPEmbedding, {}),
+    "resnet34": (ResNetEmbedding, {"stage_sizes": RESNET_STAGES[34], "block": "basic"}),
     "resnet50": (ResNetEmbedding, {"stage_sizes": RESNET_STAGES[50]}),
     "resnet101": (ResNetEmbedding, {"stage_sizes": RESNET_STAGES[101]}),
     "deit_small": (ViTEmbedding, {"hidden_size": 384, "depth": 12, "num_heads": 6}),
@@ -41,7 +42,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
 def build(name: str, **overrides: Any) -> nn.Module:
     """Returns the registered model ``name`` with its default attributes updated by ``overrides``.
 
-    Names: ``"mlp"`` (:class:`MLPEmbedding`), ``"resnet50"``, ``"resnet101"``
+    Names: ``"mlp"`` (:class:`MLPEmbedding`), ``"resnet34"``, ``"resnet50"``, ``"resnet101"``
     (:class:`ResNetEmbedding`), ``"deit_small"``, ``"deit_base"``, ``"vit_base"``
     (:class:`ViTEmbedding`), and ``"resnet_tiny"`` / ``"vit_tiny"`` for tests. Any attribute of
     the class can be overridden, e.g. ``build("resnet50", pooling="avg", embedding_dim=None,

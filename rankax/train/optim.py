@@ -5,10 +5,11 @@ Both are chosen by name from a small registry: :data:`SCHEDULES` (``constant``, 
 ``sgd``). A new schedule or optimizer is one function and one entry.
 
 An *optimizer section* is a config section with the keys of ``config.optimizer``: ``name``,
-``lr``, ``weight_decay``, ``momentum``, ``schedule`` and the schedule's keys. The model's
-parameter groups (:func:`rankax.models.param_labels`: ``backbone``, ``head``, ``frozen``) use
-``config.optimizer`` (the head with ``head_lr`` / ``head_weight_decay`` when set); a loss term
-that owns parameters (``config.loss.terms.<term>``, e.g. class proxies) has its own section
+``lr``, ``weight_decay``, ``momentum`` and ``nesterov`` (SGD), ``schedule`` and the schedule's
+keys. The model's parameter groups (:func:`rankax.models.param_labels`: ``backbone``,
+``head``, ``frozen``) use ``config.optimizer`` (the head with ``head_lr`` /
+``head_weight_decay`` when set); a loss term that owns parameters
+(``config.loss.terms.<term>``, e.g. class proxies) has its own section
 ``config.loss.terms.<term>.optimizer`` (:func:`make_loss_optimizer`).
 
 Time: a schedule is a function of the number of updates its group has made. Keys in epochs
@@ -221,7 +222,13 @@ def _adamw(opt: Config, sched: optax.Schedule) -> optax.GradientTransformation:
 
 
 def _sgd(opt: Config, sched: optax.Schedule) -> optax.GradientTransformation:
-    return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.sgd(sched, momentum=opt.momentum))
+    """SGD as ``torch.optim.SGD``: ``g += wd p``; ``b = m b + g``; step ``lr b``, or with
+    ``nesterov`` (torch's ``nesterov=True``) ``lr (g + m b)``."""
+    nesterov = bool(opt.get("nesterov", False))
+    return optax.chain(
+        optax.add_decayed_weights(opt.weight_decay),
+        optax.sgd(sched, momentum=opt.momentum, nesterov=nesterov),
+    )
 
 
 OPTIMIZERS: dict[str, Callable[[Config, optax.Schedule], optax.GradientTransformation]] = {
@@ -369,6 +376,7 @@ TERM_OPTIMIZER_DEFAULTS = {
     "lr": 1e-3,
     "weight_decay": 0.0,
     "momentum": 0.9,
+    "nesterov": False,
     "schedule": "constant",
     "final_lr_ratio": 0.0,
     "final_lr": None,

@@ -1,0 +1,48 @@
+"""SGD with Nesterov momentum (``optimizer.nesterov``) against torch's update rule, written out.
+
+``torch.optim.SGD(lr, momentum=m, weight_decay=wd, nesterov=True)``, per step:
+``g = grad + wd p``; ``b = g`` on the first step, else ``b = m b + g``; ``p -= lr (g + m b)``
+(without Nesterov: ``p -= lr b``). The reference below runs that on a quadratic in numpy.
+"""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from rankax.train import optim
+
+A = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, -0.3], [0.0, -0.3, 3.0]])  # loss 1/2 p^T A p
+
+
+def _torch_sgd(p, steps, lr, m, wd, nesterov):
+    p, b = p.copy(), None
+    for _ in range(steps):
+        g = A @ p + wd * p
+        b = g.copy() if b is None else m * b + g
+        p = p - lr * ((g + m * b) if nesterov else b)
+    return p
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_sgd_matches_torch_rule(nesterov):
+    opt = ml_collections.ConfigDict({"weight_decay": 1e-2, "momentum": 0.9, "nesterov": nesterov})
+    tx = optim.OPTIMIZERS["sgd"](opt, optax.constant_schedule(0.05))
+    p0 = np.array([1.0, -2.0, 0.5])
+    p = jnp.asarray(p0)
+    state = tx.init(p)
+    for _ in range(5):
+        updates, state = tx.update(jnp.asarray(A) @ p, state, p)
+        p = optax.apply_updates(p, updates)
+    want = _torch_sgd(p0, 5, 0.05, 0.9, 1e-2, nesterov)
+    np.testing.assert_allclose(np.asarray(p), want, rtol=1e-5, atol=1e-6)
+    if nesterov:  # the two rules really differ here
+        assert not np.allclose(want, _torch_sgd(p0, 5, 0.05, 0.9, 1e-2, False), atol=1e-3)
+
+
+def test_term_optimizer_takes_nesterov():
+    c = ml_collections.ConfigDict(
+        {"loss": {"terms": {"t": {"optimizer": {"name": "sgd", "nesterov": True}}}}}
+    )
+    assert optim.term_section(c, "t").nesterov is True
