@@ -72,8 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip = 0.0
     c.optimizer.freeze_bn_params = False
 
-    # Image datasets: batches decoded ahead of the step by `workers` processes (-1: one per core
-    # but one; 0: threads of the main process), `prefetch` batches ahead per worker, shipped as
+    # Image datasets: batches decoded ahead of the step by `workers` processes (-1: auto, i.e.
+    # threads of the training process on hosts of <= 4 cores, else one process per core but
+    # one; 0: threads of the training process), `prefetch` batches ahead per worker, shipped as
     # uint8 and normalised on the device (rankax.data.loader). In-memory data ignores this.
     c.input = ml_collections.ConfigDict()
     c.input.workers = -1

@@ -4,9 +4,9 @@ Generates an image folder of JPEGs (default 500 x 400, the size of a typical SOP
 measures images per second of training batches (random-resized crop 224, flip; uint8 for
 rankax, normalised float32 tensors for the baseline, as each hands them to its step):
 
-- ``rankax``: :func:`rankax.data.loader.train_batches` with ``workers`` processes (JPEG draft
-  decoding on, the default);
-- ``rankax (no draft)``: the same with full-resolution decoding;
+- ``rankax``: :func:`rankax.data.loader.train_batches` with ``workers`` grain processes, then
+  with ``workers`` decoding threads in this process (what ``config.input.workers=-1`` picks on
+  small hosts), then processes with full-resolution decoding (no JPEG draft mode);
 - ``DataLoader``: ``torch.utils.data.DataLoader(num_workers=workers)`` over a dataset that
   decodes with PIL and applies torchvision's ``RandomResizedCrop(224, scale=(0.16, 1))``,
   ``RandomHorizontalFlip``, ``ToTensor`` and ``Normalize`` (the official ROADMAP/SupRank/PNP
@@ -68,13 +68,15 @@ def _rate(batches, warmup: int, batch: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def rankax_rate(root: str, args, draft: bool) -> float:
+def rankax_rate(root: str, args, *, workers: int, threads: int = 1, draft: bool = True) -> float:
+    """Images/s of :func:`rankax.data.loader.train_batches` with ``workers`` processes (0: in
+    this process with ``threads`` decoding threads)."""
     transform = transforms.ImageTransform(draft_train=draft)
-    data = folder.load_folder(root, "data.csv", transform=transform, num_threads=1)
+    data = folder.load_folder(root, "data.csv", transform=transform, num_threads=threads)
     sampler = samplers.PKSampler(data.train.labels, args.batch // 4, 4, seed=0)
     steps = args.warmup + args.steps
     batches = loader.train_batches(
-        data.train, sampler, seed=0, start=0, stop=steps, workers=args.workers, prefetch=2
+        data.train, sampler, seed=0, start=0, stop=steps, workers=workers, prefetch=2
     )
     return _rate(batches, args.warmup, args.batch)
 
@@ -240,16 +242,22 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.exists(os.path.join(root, "data.csv")):
         make_folder(root, args.images, (w, h))
     base, kind = dataloader_rate(root, args)
+    auto = loader.resolve_workers(-1)
     rows = [
-        ("rankax (grain workers, uint8, draft)", rankax_rate(root, args, draft=True)),
-        ("rankax (no draft)", rankax_rate(root, args, draft=False)),
-        (f"DataLoader ({kind}, float32)", base),
+        (f"rankax, {args.workers} grain worker processes", rankax_rate(root, args, workers=args.workers)),
+        (f"rankax, {args.workers} threads in the training process",
+         rankax_rate(root, args, workers=0, threads=args.workers)),
+        (f"rankax, {args.workers} grain processes, no draft decoding",
+         rankax_rate(root, args, workers=args.workers, draft=False)),
+        (f"DataLoader, {args.workers} workers ({kind}, float32)", base),
     ]
+    best = "threads" if auto == 0 else "grain worker processes"
     cpu = platform.processor() or platform.machine()
     host = f"{platform.node() or 'host'}, {os.cpu_count()} cores, {cpu}"
     text = (
         f"Input pipeline, {args.images} JPEGs {w}x{h}, batch {args.batch}, {args.steps} timed batches "
-        f"after {args.warmup}; host: {host}.\n\n" + table(rows, args.workers, base)
+        f"after {args.warmup}; host: {host}. `config.input.workers=-1` (auto) uses {best} on this "
+        f"host.\n\n" + table(rows, args.workers, base)
     )
     if args.end_to_end:
         import jax

@@ -196,16 +196,32 @@ def eval_batches(
     return iterate(fn, 0, n, workers=workers, prefetch=prefetch)
 
 
-def resolve_workers(workers: int) -> int:
-    """``workers`` with -1 resolved to one process per core but one (at least one)."""
+SMALL_HOST_CORES = 4  # up to this many cores, auto decodes in threads of the training process
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
     import os
 
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int) -> int:
+    """``workers`` with -1 (auto) resolved: 0 (the source's decoding threads in this process)
+    on a host of at most :data:`SMALL_HOST_CORES` cores, else one worker process per core but
+    one.
+
+    Why: worker processes cost a little per batch (shared-memory hand-off, grain's
+    bookkeeping) that a small host feels -- on 2 cores, 2 decoding threads delivered 1.3x the
+    images per second of 2 worker processes (``experiments/benchmark_input.py``) -- while
+    threads stop scaling on large hosts, PIL holding the GIL for part of each image (16
+    threads gave 40 img/s each where one thread alone gives 364)."""
     workers = int(workers)
     if workers < -1:
-        raise ValueError(f"workers must be -1 (one per core), 0 (this process) or a count, got {workers}")
+        raise ValueError(f"workers must be -1 (auto), 0 (this process) or a count, got {workers}")
     if workers == -1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, (cores or 1) - 1)
+        cores = usable_cores()
+        return 0 if cores <= SMALL_HOST_CORES else cores - 1
     return workers
 
 
