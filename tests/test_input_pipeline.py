@@ -218,3 +218,19 @@ def test_training_on_images_does_not_depend_on_the_worker_count(tmp_path, monkey
     for e in train_entries:
         assert e["images_per_s"] > 0 and 0 <= e["data_wait_fraction"] <= 1
     assert any(e.get("eval_images_per_s", 0) > 0 for e in out[2])
+
+
+def test_in_memory_data_needs_no_grain(monkeypatch):
+    """The core install (no `data` extra, so no grain) trains and evaluates in-memory data:
+    neither its training batches nor its evaluation batches go through grain."""
+    import sys
+
+    from rankax.data.base import ArraySource
+
+    monkeypatch.setitem(sys.modules, "grain", None)  # `import grain` now raises ImportError
+    images = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    source = ArraySource(images, np.arange(10) % 2)
+    got = np.concatenate(list(loader.eval_batches(source, 4, raw=False)))
+    np.testing.assert_array_equal(got, images)
+    with pytest.raises(ImportError):
+        import grain  # noqa: F401

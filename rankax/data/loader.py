@@ -181,7 +181,8 @@ def eval_batches(
     """``source``'s items in order, ``batch_size`` at a time, with test-time preprocessing
     (uint8 pixels when ``raw``, else normalised float32), made ahead as :func:`iterate` says.
     ``share = (index, count)``: only process ``index`` of ``count``'s rows of each batch
-    (:func:`share_rows`), so each process decodes its part of the test set only.
+    (:func:`share_rows`), so each process decodes its part of the test set only. In-memory
+    sources (no ``get_pixels``) are indexed in the caller's thread, without grain.
 
     Raises:
       ValueError: ``share`` is not ``(index, count)`` with ``0 <= index < count``.
@@ -193,6 +194,8 @@ def eval_batches(
         source = _single_threaded(source)
     n = -(-len(source) // int(batch_size))
     fn = EvalBatch(source, batch_size, raw, (index, count))
+    if not hasattr(source, "get_pixels"):  # in memory: rows are read in the caller's thread
+        return (fn(b) for b in range(n))
     return iterate(fn, 0, n, workers=workers, prefetch=prefetch)
 
 
