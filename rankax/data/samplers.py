@@ -81,10 +81,7 @@ class PKSampler:
                 f"classes_per_batch must be in [1, {len(self.classes)}] (the number of classes), "
                 f"got {classes_per_batch}"
             )
-        if samples_per_class < 2:
-            raise ValueError(
-                f"samples_per_class must be >= 2 so that queries have positives, got {samples_per_class}"
-            )
+        _check_samples_per_class(samples_per_class)
         self._members = [keep[m] for m in _group(inverse, len(self.classes))]
         self._num_items = len(keep)
         self.classes_per_batch = int(classes_per_batch)
@@ -132,6 +129,55 @@ def _drop_small_classes(labels: np.ndarray, min_class_size: int) -> tuple[np.nda
     if len(keep) == 0:
         raise ValueError(f"no class has at least min_class_size={min_class_size} items")
     return labels[keep], keep
+
+
+def _check_label_paths(labels: np.ndarray, fine_level: int, coarse_level: int) -> np.ndarray:
+    """``labels`` as ``[N, L]`` label paths after checking the two levels exist."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be [N, L] label paths, got shape {labels.shape}")
+    for name, level in (("fine_level", fine_level), ("coarse_level", coarse_level)):
+        if not 0 <= level < labels.shape[1]:
+            raise ValueError(f"{name} must be in [0, {labels.shape[1]}), got {level}")
+    return labels
+
+
+def _check_super_batch(
+    batch_size: int, samples_per_class: int, super_classes_per_batch: int, batches_per_super_tuple: int
+) -> int:
+    """``super_classes_per_batch * samples_per_class`` after checking that the batch is a
+    positive multiple of it and the counts are positive."""
+    if super_classes_per_batch < 1:
+        raise ValueError(f"super_classes_per_batch must be >= 1, got {super_classes_per_batch}")
+    if batches_per_super_tuple < 1:
+        raise ValueError(f"batches_per_super_tuple must be >= 1, got {batches_per_super_tuple}")
+    per_super = super_classes_per_batch * samples_per_class
+    if batch_size < per_super or batch_size % per_super:
+        raise ValueError(
+            f"batch_size must be a positive multiple of super_classes_per_batch * samples_per_class "
+            f"= {per_super}, got {batch_size}"
+        )
+    return per_super
+
+
+def _super_class_groups(
+    labels: np.ndarray, rows: np.ndarray, fine_level: int, coarse_level: int, super_classes_per_batch: int
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """``(super-class ids, rows of each class, classes of each super-class)`` over ``rows``.
+
+    A fine class belongs to one super-class; (coarse, fine) pairs are the classes, so equal fine
+    ids under different super-classes (ids not unique per level) stay distinct classes."""
+    pairs, pair_inverse = np.unique(
+        np.stack([labels[rows, coarse_level], labels[rows, fine_level]], 1), axis=0, return_inverse=True
+    )
+    super_classes, pair_super = np.unique(pairs[:, 0], return_inverse=True)
+    if super_classes_per_batch > len(super_classes):
+        raise ValueError(
+            f"super_classes_per_batch must be <= {len(super_classes)} (the number of "
+            f"super-classes), got {super_classes_per_batch}"
+        )
+    members = [rows[m] for m in _group(pair_inverse.reshape(-1), len(pairs))]
+    return super_classes, members, _group(pair_super.reshape(-1), len(super_classes))
 
 
 def _take(rng: np.random.Generator, members: np.ndarray, k: int) -> np.ndarray:
@@ -193,42 +239,15 @@ class HierarchicalSampler:
         seed: int = 0,
         min_class_size: int = 1,
     ):
-        labels = np.asarray(labels)
-        if labels.ndim != 2:
-            raise ValueError(f"labels must be [N, L] label paths, got shape {labels.shape}")
-        for name, level in (("fine_level", fine_level), ("coarse_level", coarse_level)):
-            if not 0 <= level < labels.shape[1]:
-                raise ValueError(f"{name} must be in [0, {labels.shape[1]}), got {level}")
-        if samples_per_class < 2:
-            raise ValueError(
-                f"samples_per_class must be >= 2 so that queries have positives, got {samples_per_class}"
-            )
-        if super_classes_per_batch < 1:
-            raise ValueError(f"super_classes_per_batch must be >= 1, got {super_classes_per_batch}")
-        if batches_per_super_tuple < 1:
-            raise ValueError(f"batches_per_super_tuple must be >= 1, got {batches_per_super_tuple}")
-        per_super = super_classes_per_batch * samples_per_class
-        if batch_size < per_super or batch_size % per_super:
-            raise ValueError(
-                f"batch_size must be a positive multiple of super_classes_per_batch * samples_per_class "
-                f"= {per_super}, got {batch_size}"
-            )
+        labels = _check_label_paths(labels, fine_level, coarse_level)
+        _check_samples_per_class(samples_per_class)
+        per_super = _check_super_batch(
+            batch_size, samples_per_class, super_classes_per_batch, batches_per_super_tuple
+        )
         _, keep = _drop_small_classes(labels[:, fine_level], min_class_size)
-        fine = labels[keep, fine_level]
-        coarse = labels[keep, coarse_level]
-        # A fine class belongs to one super-class; pair them so that equal fine ids under
-        # different super-classes (ids not unique per level) stay distinct classes.
-        pairs, pair_inverse = np.unique(np.stack([coarse, fine], 1), axis=0, return_inverse=True)
-        pair_inverse = pair_inverse.reshape(-1)
-        self.super_classes, pair_super = np.unique(pairs[:, 0], return_inverse=True)
-        pair_super = pair_super.reshape(-1)
-        if super_classes_per_batch > len(self.super_classes):
-            raise ValueError(
-                f"super_classes_per_batch must be <= {len(self.super_classes)} (the number of "
-                f"super-classes), got {super_classes_per_batch}"
-            )
-        self._members = [keep[m] for m in _group(pair_inverse, len(pairs))]
-        self._classes_of = _group(pair_super, len(self.super_classes))
+        self.super_classes, self._members, self._classes_of = _super_class_groups(
+            labels, keep, fine_level, coarse_level, super_classes_per_batch
+        )
         self.batch_size = int(batch_size)
         self.samples_per_class = int(samples_per_class)
         self.super_classes_per_batch = int(super_classes_per_batch)
@@ -271,12 +290,16 @@ def _class_ids(labels: np.ndarray, level: int = 0) -> np.ndarray:
     return labels
 
 
-def _check_pk(batch_size: int, samples_per_class: int) -> int:
-    """``P = batch_size / samples_per_class`` after checking both."""
+def _check_samples_per_class(samples_per_class: int) -> None:
     if samples_per_class < 2:
         raise ValueError(
             f"samples_per_class must be >= 2 so that queries have positives, got {samples_per_class}"
         )
+
+
+def _check_pk(batch_size: int, samples_per_class: int) -> int:
+    """``P = batch_size / samples_per_class`` after checking both."""
+    _check_samples_per_class(samples_per_class)
     if batch_size < samples_per_class or batch_size % samples_per_class:
         raise ValueError(
             f"batch_size must be a positive multiple of samples_per_class={samples_per_class}, "
@@ -537,33 +560,14 @@ class HierarchicalPairsSampler:
         coarse_level: int = 1,
         seed: int = 0,
     ):
-        labels = np.asarray(labels)
-        if labels.ndim != 2:
-            raise ValueError(f"labels must be [N, L] label paths, got shape {labels.shape}")
-        for name, level in (("fine_level", fine_level), ("coarse_level", coarse_level)):
-            if not 0 <= level < labels.shape[1]:
-                raise ValueError(f"{name} must be in [0, {labels.shape[1]}), got {level}")
-        if batches_per_super_tuple < 1:
-            raise ValueError(f"batches_per_super_tuple must be >= 1, got {batches_per_super_tuple}")
-        if super_classes_per_batch < 1:
-            raise ValueError(f"super_classes_per_batch must be >= 1, got {super_classes_per_batch}")
+        labels = _check_label_paths(labels, fine_level, coarse_level)
         _check_pk(batch_size, samples_per_class)
-        per_super = super_classes_per_batch * samples_per_class
-        if batch_size % per_super:
-            raise ValueError(
-                f"batch_size must be a positive multiple of super_classes_per_batch * samples_per_class "
-                f"= {per_super}, got {batch_size}"
-            )
-        fine, coarse = labels[:, fine_level], labels[:, coarse_level]
-        pairs, pair_inverse = np.unique(np.stack([coarse, fine], 1), axis=0, return_inverse=True)
-        self.super_classes, pair_super = np.unique(pairs[:, 0], return_inverse=True)
-        if super_classes_per_batch > len(self.super_classes):
-            raise ValueError(
-                f"super_classes_per_batch must be <= {len(self.super_classes)} (the number of "
-                f"super-classes), got {super_classes_per_batch}"
-            )
-        self._members = _group(pair_inverse.reshape(-1), len(pairs))
-        self._classes_of = _group(pair_super.reshape(-1), len(self.super_classes))
+        per_super = _check_super_batch(
+            batch_size, samples_per_class, super_classes_per_batch, batches_per_super_tuple
+        )
+        self.super_classes, self._members, self._classes_of = _super_class_groups(
+            labels, np.arange(len(labels)), fine_level, coarse_level, super_classes_per_batch
+        )
         self.super_tuples = np.array(
             list(itertools.combinations(range(len(self.super_classes)), super_classes_per_batch)), np.int64
         )
