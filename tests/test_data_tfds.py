@@ -163,3 +163,17 @@ def test_real_array_record_with_pil_decoding(tmp_path):
     assert sorted(ds.test.labels.tolist()) == [2, 2, 3, 3]  # 120, 120, 150, 150
     _check_source(ds.train, 1)
     assert "tensorflow" not in sys.modules or sys.modules["tensorflow"] is None
+
+
+def test_tfds_sources_travel_to_input_workers(tmp_path):
+    """The input pipeline's worker processes receive the source by pickling: an ArrayRecord
+    TFDS source survives the round trip and reads the same images."""
+    import pickle
+
+    _build_local_cars(tmp_path)
+    ds = data.load_dataset({"name": "cars", "data_dir": str(tmp_path), "image_size": 16, "resize_size": 20})
+    copy = pickle.loads(pickle.dumps(ds.train))
+    idx = np.arange(len(ds.train))
+    np.testing.assert_array_equal(
+        copy.get_pixels(idx, train=True, seed=5), ds.train.get_pixels(idx, train=True, seed=5)
+    )
