@@ -55,7 +55,10 @@ def _paths(b=B, seed=0):
 def dense_reference(loss_fn, emb, labels, *, include_self=False, relevance_fn=None, **hparams):
     b = emb.shape[0]
     scores = jnp.matmul(emb, emb.T, precision="highest")  # float32-exact as batch_loss (GPU: not TF32)
-    rel_fn = batch.default_relevance(labels, include_self) if relevance_fn is None else relevance_fn
+    # The relevance rule the loss declares for label paths (SupNDCG: shared-level counts, the
+    # official gains; H-AP: SupRank's "pop"), as batch_loss reads it.
+    rule = getattr(loss_fn, "path_relevance", "pop")
+    rel_fn = batch.default_relevance(labels, include_self, rule) if relevance_fn is None else relevance_fn
     rel = rel_fn(labels, labels).astype(jnp.float32)
     if not getattr(loss_fn, "graded", False):  # binary losses: relevant iff relevance > 0
         rel = (rel > 0).astype(jnp.float32)
