@@ -374,7 +374,9 @@ def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, mete
     (TensorBoard, ``history.json``) and reported -- the other processes' writer and progress
     bar are each a :class:`~rankax.train.distributed.NullWriter`."""
     rate, waiting = meter.window()
-    entry: dict[str, Any] = {"step": n, "images_per_s": rate, "data_wait_fraction": waiting}
+    entry: dict[str, Any] = {"step": n}
+    if meter.opened is not None:  # no rate for the compiling first step (history.json has no NaN)
+        entry.update(images_per_s=rate, data_wait_fraction=waiting)
     if bool(metrics["finite"]):
         entry["loss"] = float(metrics["loss"])
         run.writer.add_scalar("train/loss", entry["loss"], n)
