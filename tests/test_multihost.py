@@ -69,8 +69,6 @@ def test_one_process_helpers_are_identities():
     np.testing.assert_array_equal(np.asarray(g), x)
     tree = distributed.replicate({"w": x}, mesh)
     np.testing.assert_array_equal(distributed.host_local(tree)["w"], x)
-    fn = lambda b: b[:, :2]
-    assert distributed.sharded_embed_fn(fn) is fn
 
 
 def test_process_whose_peers_never_join_stops_with_a_message(tmp_path):

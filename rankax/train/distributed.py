@@ -292,31 +292,6 @@ def eval_share() -> Any:
     return Share(jax.process_index(), jax.process_count(), all_gather_rows)
 
 
-def sharded_embed_fn(embed_fn: Any) -> Any:
-    """An ``embed_fn`` (``[m, ...] images -> [m, D]``) whose work is split over processes.
-
-    Every process calls the wrapper with the same batch (so every process has read all of
-    it: prefer :func:`eval_share`, with which each reads only its rows); each embeds its
-    share of the rows (:func:`local_slice` of the batch, padded to a multiple of the process
-    count by repeating the last row) and the shares are gathered, so every process returns
-    the embeddings of the whole batch -- equal to ``embed_fn(batch)``. One process:
-    ``embed_fn``.
-    """
-    if jax.process_count() == 1:
-        return embed_fn
-
-    def embed(batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch)
-        m, n = len(batch), jax.process_count()
-        padded = -(-m // n) * n
-        if padded != m:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], padded - m, axis=0)])
-        mine = np.asarray(embed_fn(batch[local_slice(padded)]), np.float32)
-        return all_gather_rows(mine)[:m]
-
-    return embed
-
-
 class NullWriter:
     """Stands in for a TensorBoard writer or a progress bar on processes other than 0:
     every method call does nothing."""
