@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from rankax import ranking
 from rankax._core import nonfinite, positives, stats, validation
 
 Array = jax.Array
@@ -324,13 +325,14 @@ def batch_statistics(
         q_emb, q_lab, i_emb, i_lab, mask,
         None if query_index is None else jnp.asarray(query_index, jnp.int32),
         include_self, rel_fn, bool(getattr(loss_fn, "graded", False)), precision,
+        keyed=relevance_fn is None,
     )
     tile = functools.partial(_tile_statistics, loss_fn, hparams=hparams, caller=caller)
     per_block, most = _run_blocks(views, plan, tile)
     if plan.capacities[-1] < n and capacity is None:
         # One host check per call (not per block): a list beyond the largest rung was computed
         # with some positives missing, so the call raises instead of returning that value.
-        jax.debug.callback(_raise_on_overflow, jnp.max(most), plan.capacities[-1])
+        jax.debug.callback(_raise_on_overflow, most, plan.capacities[-1])
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
 
 
@@ -408,6 +410,17 @@ class _Views(NamedTuple):
     relevance_fn: RelevanceFn
     graded: bool
     precision: Precision
+    #: The default relevance: an item is a positive iff it has the query's class id (label
+    #: paths: the same coarsest level, where every relevance rule is > 0), so the positives'
+    #: slots come from one sort (``positives.same_key_slots``) instead of scanning each list.
+    keyed: bool = False
+
+    def slots(self, capacity: int) -> tuple[positives.Slots, Array]:
+        """``[Q, capacity]`` slots of every query's positives and ``[Q]`` their counts."""
+        key = lambda lab: lab if lab.ndim == 1 else lab[:, -1]  # noqa: E731
+        return positives.same_key_slots(
+            key(self.q_lab), key(self.i_lab), self.mask, self.query_index, self.include_self, capacity
+        )
 
     def scores(self, rows: Array) -> Array:
         return jnp.matmul(self.q_emb[rows], self.i_emb.T, precision=self.precision)
@@ -428,11 +441,19 @@ class _Views(NamedTuple):
 
 
 def _tile_statistics(
-    loss_fn: LossFn, scores: Array, rel: Array, where: Array, capacity: int, *, hparams: dict, caller: str
+    loss_fn: LossFn,
+    scores: Array,
+    rel: Array,
+    where: Array,
+    capacity: int,
+    slots: positives.Slots | None,
+    *,
+    hparams: dict,
+    caller: str,
 ) -> dict[str, Array]:
     """Statistics of the lists of one tile, summed over its queries."""
     values = stats.list_statistics(
-        loss_fn, scores, rel, where, capacity=capacity, hparams=hparams, caller=caller
+        loss_fn, scores, rel, where, capacity=capacity, hparams=hparams, caller=caller, slots=slots
     )
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), values)
 
@@ -443,23 +464,35 @@ def _at_capacity(tile: Callable[..., dict[str, Array]], capacity: int, plan: _Pl
     block = plan.block
     rows = max(1, min(block, plan.max_tile_elements // (capacity * n)))
     if rows >= block:
-        return lambda s, r, w: tile(s, r, w, capacity)
+        return lambda s, r, w, slots: tile(s, r, w, capacity, slots)
     num_tiles = -(-block // rows)
-    pad = num_tiles * rows - block
 
-    def run(scores: Array, rel: Array, where: Array) -> dict[str, Array]:
-        tiles = [jnp.pad(a, ((0, pad), (0, 0))).reshape(num_tiles, rows, n) for a in (scores, rel, where)]
+    def run(scores: Array, rel: Array, where: Array, slots: positives.Slots | None) -> dict[str, Array]:
+        tiles = jax.tree.map(lambda a: _split_rows(a, num_tiles, rows), (scores, rel, where, slots))
         # Checkpointed too: otherwise the block's backward pass would keep the residuals of
         # all its tiles, i.e. a [block, capacity, N] tensor again.
-        one = jax.checkpoint(lambda t: tile(*t, capacity), prevent_cse=False)
-        per_tile = jax.lax.map(one, tuple(tiles))
+        one = jax.checkpoint(
+            lambda t: tile(*t[:3], capacity, t[3]), prevent_cse=False, policy=_KEEP_STEP_SUMS
+        )
+        per_tile = jax.lax.map(one, tiles)
         return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_tile)
 
     return run
 
 
+#: What a checkpointed block or tile keeps for its backward pass: the ``[q, C]`` step sums of
+#: the losses (:func:`rankax.ranking.step_sums`), so only the ``O(q * N)`` lists are recomputed.
+_KEEP_STEP_SUMS = jax.checkpoint_policies.save_only_these_names(ranking.STEP_SUMS)
+
+
 def _most_positives(rel: Array, where: Array) -> Array:
     return positives.most_positives((rel > 0) & where)
+
+
+def _split_rows(a: Array, num_parts: int, rows: int) -> Array:
+    """``[R, ...]`` padded with zero rows (False masks: empty lists) to ``[num_parts, rows, ...]``."""
+    pad = num_parts * rows - a.shape[0]
+    return jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)).reshape(num_parts, rows, *a.shape[1:])
 
 
 def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]]):
@@ -482,18 +515,30 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
 
     def all_blocks(capacity: int) -> tuple[dict[str, Array], Array]:
         tile_fn = _at_capacity(tile, capacity, plan, n)
+        slots = None
+        if views.keyed:
+            slots = jax.tree.map(
+                lambda a: _split_rows(a, plan.num_blocks, plan.block), views.slots(capacity)[0]
+            )
 
-        def block_statistics(xs: tuple[Array, Array | None]) -> tuple[dict[str, Array], Array]:
-            scores, rel, where = views.lists(*xs)
-            return tile_fn(scores, rel, where), _most_positives(rel, where)
+        def block_statistics(xs: tuple[Array, Array | None, positives.Slots | None]):
+            rows, kept_scores, block_slots = xs
+            scores, rel, where = views.lists(rows, kept_scores)
+            most = jnp.zeros((), jnp.int32) if views.keyed else _most_positives(rel, where)
+            return tile_fn(scores, rel, where, block_slots), most
 
         # Each block checkpointed: its backward pass recomputes it from its inputs.
-        return jax.lax.map(jax.checkpoint(block_statistics, prevent_cse=False), (block_rows, kept))
+        block_fn = jax.checkpoint(block_statistics, prevent_cse=False, policy=_KEEP_STEP_SUMS)
+        per_block, most = jax.lax.map(block_fn, (block_rows, kept, slots))
+        return per_block, jnp.max(views.slots(1)[1], initial=0) if views.keyed else jnp.max(most)
 
     if len(plan.capacities) == 1:
         return all_blocks(plan.capacities[0])
-    counts = jax.lax.map(lambda rows: _most_positives(*views.lists(rows, None)[1:]), block_rows)
-    level = jnp.searchsorted(jnp.asarray(plan.capacities), jnp.max(counts))
+    if views.keyed:  # the counts come with the sort: no pass over the lists
+        most = jnp.max(views.slots(1)[1], initial=0)
+    else:
+        most = jnp.max(jax.lax.map(lambda rows: _most_positives(*views.lists(rows, None)[1:]), block_rows))
+    level = jnp.searchsorted(jnp.asarray(plan.capacities), most)
     rungs = [functools.partial(all_blocks, c) for c in plan.capacities]
     return jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
 

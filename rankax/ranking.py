@@ -18,10 +18,13 @@ This is what makes ``rankax.batch_loss`` cost ``O(B * K * B)`` instead of ``O(B^
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.typing import ArrayLike
 
 from rankax import _renames
@@ -148,14 +151,14 @@ def gather_positives(scores: Array, labels: Array, where: Array, capacity: int) 
         slot = jnp.cumsum(is_pos, axis=-1, dtype=jnp.int32) - 1
         in_slot = is_pos[..., None, :] & (slot[..., None, :] == jnp.arange(capacity)[:, None])
         index, mask = jnp.argmax(in_slot, axis=-1), jnp.any(in_slot, axis=-1)
-    take = lambda a: jnp.take_along_axis(a, index, axis=-1)
-    positives = Positives(
-        scores=take(scores),
-        labels=take(labels),
-        index=index.astype(jnp.int32),
-        mask=mask,
-    )
-    return positives, num_pos
+    return positives_at(scores, labels, index, mask), num_pos
+
+
+def positives_at(scores: Array, labels: Array, index: Array, mask: Array) -> Positives:
+    """The :class:`Positives` of lists ``[..., N]`` whose slots hold the items at ``index``
+    (``[..., C]`` int, valid where ``mask``)."""
+    take = lambda a: jnp.take_along_axis(a, index, axis=-1)  # noqa: E731
+    return Positives(scores=take(scores), labels=take(labels), index=index.astype(jnp.int32), mask=mask)
 
 
 def pairwise_differences(scores: Array, where: Array, positives: Positives) -> tuple[Array, Array]:
@@ -171,6 +174,65 @@ def pairwise_differences(scores: Array, where: Array, positives: Positives) -> t
     not_self = jnp.arange(n) != positives.index[..., :, None]
     others = not_self & where[..., None, :] & positives.mask[..., :, None]
     return diff, others
+
+
+def positive_differences(positives: Positives) -> tuple[Array, Array]:
+    """Differences among the gathered positives, the ``[..., C, C]`` analogue of
+    :func:`pairwise_differences`: ``diff[..., p, q] = s_{k_q} - s_{k_p}``, and ``others[..., p, q]``
+    True when slots ``p != q`` both hold a positive. Empty slots' scores are replaced by 0 so that
+    no garbage value reaches a gradient."""
+    s = jnp.where(positives.mask, positives.scores, 0.0)
+    c = s.shape[-1]
+    diff = s[..., None, :] - s[..., :, None]
+    distinct = jnp.arange(c)[:, None] != jnp.arange(c)[None, :]
+    others = positives.mask[..., :, None] & positives.mask[..., None, :] & distinct
+    return diff, others
+
+
+def negative_scores(scores: Array, labels: Array, where: Array) -> Array:
+    """``[..., N]`` scores of the valid negatives (``labels <= 0``), ``-inf`` elsewhere: the
+    items of :func:`step_sums` for sums over a list's negatives."""
+    return jnp.where(where & (labels <= 0), scores, -jnp.inf)
+
+
+#: Name of :func:`step_sums`' outputs for ``jax.checkpoint`` policies: ``rankax.batch_loss`` keeps
+#: these ``[..., C]`` sums of a checkpointed block, so its backward pass does not redo them.
+STEP_SUMS = "rankax_step_sums"
+
+
+def step_sums(step: Callable[[Array], Array], values: Array, anchors: Array) -> Array:
+    """Sums of an elementwise step over items, one per anchor: ``[..., C]``
+
+    .. math::  T_{p} = \\sum_{j=1}^{N} f(v_j - a_p)
+
+    for ``values [..., N]`` and ``anchors [..., C]`` (a list's items and its gathered positives'
+    scores). Items to leave out are passed as ``-inf``: ``f`` must satisfy ``f(-inf) = 0`` and
+    ``f'(-inf) = 0`` (:func:`sigmoid_step` and :func:`roadmap_step` do), and ``anchors`` must be
+    finite. This is the ``O(C * N)`` part of every AP-type loss; the custom gradient
+    recomputes ``f'`` from ``values`` and ``anchors`` rather than keeping ``[..., C, N]``
+    residuals, and the masks are applied once per list (``O(N)``) instead of per pair.
+    """
+    return checkpoint_name(_step_sums(step, values, anchors), STEP_SUMS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _step_sums(step, values, anchors):
+    return jnp.sum(step(values[..., None, :] - anchors[..., :, None]), axis=-1)
+
+
+def _step_sums_fwd(step, values, anchors):
+    return _step_sums(step, values, anchors), (values, anchors)
+
+
+def _step_sums_bwd(step, residuals, g):
+    values, anchors = residuals
+    x = values[..., None, :] - anchors[..., :, None]
+    _, slope = jax.jvp(step, (x,), (jnp.ones_like(x),))
+    d = slope * g[..., :, None]
+    return jnp.sum(d, axis=-2), -jnp.sum(d, axis=-1)
+
+
+_step_sums.defvjp(_step_sums_fwd, _step_sums_bwd)
 
 
 def exact_ranks(scores: Array, labels: Array, where: Array, positives: Positives) -> tuple[Array, Array]:

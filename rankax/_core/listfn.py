@@ -42,6 +42,8 @@ class Lists(NamedTuple):
     #: ``max_positives`` is the exact largest positive count (the batch path computed it).
     exact_capacity: bool = False
     caller: str = ""
+    #: The positives' positions when the caller knows them (``positives.same_key_slots``).
+    slots: positives.Slots | None = None
 
     @property
     def has_positive(self) -> Array:
@@ -50,7 +52,8 @@ class Lists(NamedTuple):
     def gather(self, kernel: positives.Kernel) -> Array:
         """``kernel`` run on each list's positives gathered to static slots (exactly)."""
         return positives.apply_kernel(
-            kernel, self.scores, self.labels, self.where, self.max_positives, exact=self.exact_capacity
+            kernel, self.scores, self.labels, self.where, self.max_positives,
+            exact=self.exact_capacity, slots=self.slots,
         )
 
     def reduce(self, values: Array, reduce_fn: ReduceFn) -> Array:
@@ -67,11 +70,12 @@ def check(
     graded: bool = False,
     exact_capacity: bool = False,
     caller: str,
+    slots: positives.Slots | None = None,
 ) -> Lists:
     """:func:`rankax._core.validation.check_lists` and ``max_positives``, as :class:`Lists`."""
     validation.check_capacity(max_positives, caller=caller)
     s, y, w = validation.check_lists(scores, labels, where, graded=graded, caller=caller)
-    return Lists(s, y, w, max_positives, exact_capacity, caller)
+    return Lists(s, y, w, max_positives, exact_capacity, caller, slots)
 
 
 def _hparam_checker(

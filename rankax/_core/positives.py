@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,56 @@ DENSE_LIST_LENGTH = 64
 #: First rungs of the capacity ladder when ``max_positives`` is not given: 3 and 4 positives,
 #: a P x K batch with the papers' K = 4 without and with the query in its own list; then x4.
 DEFAULT_CAPACITY = 4
+
+
+class Slots(NamedTuple):
+    """Where each list's positives are, when the caller already knows: ``index [..., C]`` (int)
+    and ``mask [..., C]`` (True for a filled slot). Every positive must have a slot."""
+
+    index: Array
+    mask: Array
+
+
+def same_key_slots(
+    query_keys: Array,
+    item_keys: Array,
+    item_mask: Array,
+    query_index: Array | None,
+    include_self: bool,
+    capacity: int,
+) -> tuple[Slots, Array]:
+    """The slots of lists whose positives are the valid items with the query's key.
+
+    For ``[Q]`` query keys ranking ``[N]`` items (class ids; for label paths the coarsest
+    level), the positives of query ``i`` are the items ``j`` with ``item_mask[j]`` and
+    ``item_keys[j] == query_keys[i]``, without the query itself (item ``query_index[i]``)
+    unless ``include_self``. One stable sort of the items puts each key's items in one run, in
+    list order, so the slots cost ``O(N log N + Q * C)`` instead of scanning every list.
+
+    Returns ``(Slots [Q, capacity], count [Q])``, ``count`` the number of positives of each
+    list (a list with more than ``capacity`` has only its first ``capacity`` in the slots).
+    """
+    n = item_keys.shape[0]
+    big = jnp.iinfo(item_keys.dtype).max
+    keys = jnp.where(item_mask, item_keys, big)  # invalid items sort last, beyond n_valid
+    order = jnp.argsort(keys, stable=True)
+    ordered = keys[order]
+    n_valid = jnp.sum(item_mask)
+    start = jnp.searchsorted(ordered, query_keys, side="left")
+    end = jnp.minimum(jnp.searchsorted(ordered, query_keys, side="right"), n_valid)
+    count = jnp.maximum(end - start, 0)
+    if query_index is None or include_self:
+        skip = jnp.zeros_like(start, dtype=bool)
+        self_pos = jnp.full_like(start, n)
+    else:
+        self_pos = jnp.zeros((n,), start.dtype).at[order].set(jnp.arange(n, dtype=start.dtype))[query_index]
+        skip = item_mask[query_index] & (item_keys[query_index] == query_keys)
+        count = count - skip
+    slot = jnp.arange(capacity, dtype=start.dtype)
+    pos = start[:, None] + slot[None, :]
+    pos = pos + (skip[:, None] & (pos >= self_pos[:, None]))
+    index = order[jnp.clip(pos, 0, n - 1)]
+    return Slots(index.astype(jnp.int32), slot[None, :] < count[:, None]), count
 
 
 def has_positive(labels: Array, where: Array) -> Array:
@@ -79,6 +130,7 @@ def apply_kernel(
     max_positives: int | None,
     *,
     exact: bool = False,
+    slots: Slots | None = None,
 ) -> Array:
     """Runs ``kernel`` on the positives gathered to a static number of slots, exactly.
 

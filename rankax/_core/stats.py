@@ -52,9 +52,11 @@ def list_statistics(
     capacity: int,
     hparams: dict[str, Any],
     caller: str,
+    slots: positives.Slots | None = None,
 ) -> dict[str, Array]:
     """Additive per-list statistics (``[...]`` arrays) of ``loss_fn`` on lists whose largest
-    positive count is ``capacity``; ``hparams`` from :func:`hparams_of`."""
+    positive count is ``capacity``; ``hparams`` from :func:`hparams_of`; ``slots``: where the
+    positives are, when the caller knows (a user's own list loss ignores them)."""
     unchecked = getattr(loss_fn, "unchecked", None)
     custom = getattr(loss_fn, "list_statistics", None)
     if unchecked is None and custom is None:  # a user's own list loss
@@ -62,7 +64,9 @@ def list_statistics(
         valid = positives.has_positive(labels, where)
         return {"sum": jnp.where(valid, values, 0.0), "count": valid.astype(jnp.float32)}
     graded = bool(getattr(loss_fn, "graded", False))
-    lists = listfn.check(scores, labels, where, capacity, graded=graded, exact_capacity=True, caller=caller)
+    lists = listfn.check(
+        scores, labels, where, capacity, graded=graded, exact_capacity=True, caller=caller, slots=slots
+    )
     if custom is not None:
         return custom(lists, **hparams)
     valid = lists.has_positive

@@ -24,11 +24,7 @@ Array = jax.Array
 
 
 def _smooth_ap_kernel(scores, labels, where, positives, *, temperature):
-    diff, others = ranking.pairwise_differences(scores, where, positives)
-    step = jnp.where(others, ranking.sigmoid_step(diff, temperature), 0.0)
-    is_pos = (labels > 0)[..., None, :]
-    rank = 1.0 + jnp.sum(step, axis=-1)
-    rank_pos = 1.0 + jnp.sum(jnp.where(is_pos, step, 0.0), axis=-1)
+    rank, rank_pos = _ranks.sigmoid_ranks(scores, labels, where, positives, temperature)
     return 1.0 - _ap(rank, rank_pos, positives)
 
 

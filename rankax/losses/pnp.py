@@ -30,6 +30,7 @@ from jax.typing import ArrayLike
 
 from rankax import ranking
 from rankax._core import listfn, positives, validation
+from rankax.losses import _ranks
 
 Array = jax.Array
 
@@ -65,9 +66,8 @@ def _pnp_transform(r: Array, variant: str, b: float, alpha: float) -> Array:
 
 
 def _pnp_kernel(scores, labels, where, gathered, *, variant, temperature, b, alpha):
-    diff, others = ranking.pairwise_differences(scores, where, gathered)
-    is_neg = (labels <= 0)[..., None, :]
-    r = jnp.sum(jnp.where(others & is_neg, ranking.sigmoid_step(diff, temperature), 0.0), axis=-1)
+    sigmoid = functools.partial(ranking.sigmoid_step, temperature=temperature)
+    r = _ranks.negative_steps(sigmoid, scores, labels, where, gathered)
     return positives.masked_mean(_pnp_transform(r, variant, b, alpha), gathered.mask)
 
 

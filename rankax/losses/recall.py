@@ -107,8 +107,7 @@ def sup_recall_at_k_loss(
 
 
 def _rs_at_k_kernel(scores, labels, where, gathered, *, ks, temperature, k_temperature):
-    diff, others = ranking.pairwise_differences(scores, where, gathered)
-    rank = 1.0 + jnp.sum(jnp.where(others, ranking.sigmoid_step(diff, temperature), 0.0), axis=-1)
+    rank, _ = _ranks.sigmoid_ranks(scores, labels, where, gathered, temperature)
     num_pos = positives.num_positives(labels, where)
     return 1.0 - _smooth_recall(rank, gathered, num_pos, ks, k_temperature, clip=True)
 

@@ -37,12 +37,10 @@ Array = jax.Array
 
 def _hap_kernel(scores, labels, where, gathered, **step):
     rank, diff, others = _ranks.graded_ranks(scores, labels, where, gathered, **step)
-    rel_k = gathered.labels[..., :, None]
-    shared = jnp.minimum(labels[..., None, :], rel_k)
-    # H-rank: the relevance "earned" at k, counted with the exact step only (no gradient).
-    hrank = gathered.labels + jnp.sum(
-        jnp.where(others & (diff >= 0), shared, 0.0), axis=-1
-    )
+    # H-rank: the relevance "earned" at k, counted with the exact step only (no gradient);
+    # negatives share nothing with k, so the sum runs over the other positives ([C, C]).
+    shared = jnp.minimum(gathered.labels[..., None, :], gathered.labels[..., :, None])
+    hrank = gathered.labels + jnp.sum(jnp.where(others & (diff >= 0), shared, 0.0), axis=-1)
     total_rel = jnp.sum(jnp.where(where, labels, 0.0), axis=-1)
     return 1.0 - metrics.hap_from_ranks(hrank, rank, gathered.mask, total_rel)
 

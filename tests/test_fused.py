@@ -1,0 +1,156 @@
+"""The fused pieces of the batch path: step sums with their custom gradient, positives found by
+sorting class ids, and the checkpoint policy that keeps the sums (issue 16)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import rankax
+from rankax import ranking
+from rankax._core import positives
+
+
+
+def np_sigmoid(x, tau):
+    return 1.0 / (1.0 + np.exp(-x / tau))
+
+
+def np_roadmap(x, tau=0.01, rho=100.0, delta=0.05, start=0.5, offset=1.44):
+    """The ROADMAP paper's piecewise step, elementwise in numpy."""
+    sig = np_sigmoid(x, tau)
+    return np.where(x <= 0, sig, np.where(x <= delta, start + sig, rho * (x - delta) + offset))
+
+
+def np_roadmap_slope(x, tau=0.01, rho=100.0, delta=0.05):
+    sig = np_sigmoid(x, tau)
+    return np.where(x <= delta, sig * (1 - sig) / tau, rho)
+
+
+STEPS = {
+    "sigmoid": (functools.partial(ranking.sigmoid_step, temperature=0.05),
+                lambda x: np_sigmoid(x, 0.05),
+                lambda x: np_sigmoid(x, 0.05) * (1 - np_sigmoid(x, 0.05)) / 0.05),
+    "roadmap": (ranking.roadmap_step, np_roadmap, np_roadmap_slope),
+}
+
+
+def _inputs(seed=0, q=5, c=3, n=40):
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(-0.3, 0.3, (q, n)).astype(np.float32)
+    excluded = rng.random((q, n)) < 0.3
+    anchors = rng.uniform(-0.2, 0.2, (q, c)).astype(np.float32)
+    return values, excluded, anchors
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_step_sums_value_and_gradient_follow_the_formula(name):
+    step, np_step, np_slope = STEPS[name]
+    values, excluded, anchors = _inputs()
+    g = np.random.default_rng(1).normal(size=anchors.shape).astype(np.float32)
+    masked = np.where(excluded, -np.inf, values)
+
+    x = values[:, None, :] - anchors[:, :, None]                    # [q, c, n], float64 below
+    keep = ~excluded[:, None, :]
+    want = np.sum(np.where(keep, np_step(x.astype(np.float64)), 0.0), axis=-1)
+    got = ranking.step_sums(step, jnp.asarray(masked), jnp.asarray(anchors))
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+    # d/dv_j sum_c g_c T_c = sum_c g_c f'(v_j - a_c) on kept items, 0 on excluded ones;
+    # d/da_c = -g_c sum_j f'(v_j - a_c).
+    slope = np.where(keep, np_slope(x.astype(np.float64)), 0.0) * g[:, :, None]
+    dv, da = jax.grad(lambda v, a: jnp.vdot(g, ranking.step_sums(step, v, a)), argnums=(0, 1))(
+        jnp.asarray(masked), jnp.asarray(anchors)
+    )
+    np.testing.assert_allclose(dv, np.sum(slope, axis=1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(da, -np.sum(slope, axis=2), rtol=1e-4, atol=1e-4)
+    assert np.all(np.asarray(dv)[excluded] == 0.0)
+
+
+def test_step_sums_gradient_matches_finite_differences():
+    step = STEPS["sigmoid"][0]
+    values, _, anchors = _inputs(seed=3, q=2, c=2, n=7)
+    f = lambda v, a: jnp.sum(ranking.step_sums(step, v, a) ** 2)  # noqa: E731
+    check_grads(f, (jnp.asarray(values, jnp.float32), jnp.asarray(anchors)), order=1,
+                              modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-3)
+
+
+def np_slots(qk, ik, mask, qidx, include_self, capacity):
+    """Brute force: the first `capacity` valid items with the query's key, in list order."""
+    index = np.zeros((len(qk), capacity), np.int64)
+    filled = np.zeros((len(qk), capacity), bool)
+    count = np.zeros(len(qk), np.int64)
+    for i, key in enumerate(qk):
+        pos = [j for j in range(len(ik)) if mask[j] and ik[j] == key
+               and (include_self or qidx is None or j != qidx[i])]
+        count[i] = len(pos)
+        for p, j in enumerate(pos[:capacity]):
+            index[i, p], filled[i, p] = j, True
+    return index, filled, count
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("capacity", [1, 3, 6])
+def test_same_key_slots_equal_a_brute_force_scan(include_self, capacity):
+    rng = np.random.default_rng(capacity + 10 * include_self)
+    n = 30
+    ik = rng.integers(0, 6, n).astype(np.int32)
+    ik[3] = np.iinfo(np.int32).max  # a class id equal to the sort's sentinel
+    mask = rng.random(n) < 0.8
+    qidx = rng.permutation(n)[:12].astype(np.int32)
+    qk = ik[qidx]
+    slots, count = positives.same_key_slots(
+        jnp.asarray(qk), jnp.asarray(ik), jnp.asarray(mask), jnp.asarray(qidx), include_self, capacity
+    )
+    index, filled, want_count = np_slots(qk, ik, mask, qidx, include_self, capacity)
+    np.testing.assert_array_equal(count, want_count)
+    np.testing.assert_array_equal(slots.mask, filled)
+    np.testing.assert_array_equal(np.where(filled, slots.index, -1), np.where(filled, index, -1))
+
+
+def test_same_key_slots_without_query_positions():
+    ik = np.array([2, 1, 2, 2, 5, 1], np.int32)
+    mask = np.array([True, True, False, True, True, True])
+    qk = np.array([2, 1, 7], np.int32)
+    slots, count = positives.same_key_slots(
+        jnp.asarray(qk), jnp.asarray(ik), jnp.asarray(mask), None, False, 2
+    )
+    index, filled, want_count = np_slots(qk, ik, mask, None, False, 2)
+    np.testing.assert_array_equal(count, want_count)
+    np.testing.assert_array_equal(slots.mask, filled)
+    np.testing.assert_array_equal(np.where(filled, slots.index, -1), np.where(filled, index, -1))
+
+
+def _dense_reference(loss_fn, emb, labels, **hp):
+    """The list API on the rows of E E^T with the diagonal masked, reduced by its mean (over the
+    lists with a positive; ROADMAP's calibration pooled over all pairs): the definition of the
+    batch loss, without slots, blocks or checkpoints."""
+    scores = jnp.matmul(emb, emb.T, precision="highest")
+    rel = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+    where = ~jnp.eye(emb.shape[0], dtype=bool)
+    return loss_fn(scores, rel, where=where, **hp)
+
+
+@pytest.mark.parametrize("loss_name", ["supap_loss", "smooth_ap_loss", "pnp_loss", "roadmap_loss"])
+@pytest.mark.parametrize("traced", [False, True])
+def test_fused_batch_path_equals_the_list_definition(loss_name, traced):
+    """Unequal class sizes (1 to 5 images, one singleton), several blocks, traced or concrete
+    labels: value and gradient of batch_loss equal the dense per-list computation."""
+    loss_fn = getattr(rankax.losses, loss_name)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), rng.integers(1, 6, 12)).astype(np.int32)
+    rng.shuffle(labels)
+    emb = jax.random.normal(jax.random.key(0), (labels.shape[0], 16))
+    emb = emb / jnp.linalg.norm(emb, axis=1, keepdims=True)
+    y = jnp.asarray(labels)
+    ref = jax.value_and_grad(lambda e: _dense_reference(loss_fn, e, y))(emb)
+    if traced:
+        fn = jax.jit(jax.value_and_grad(lambda e, y: rankax.batch_loss(loss_fn, e, y, block_size=7)))
+        got = fn(emb, y)
+    else:
+        got = jax.value_and_grad(lambda e: rankax.batch_loss(loss_fn, e, labels, block_size=7))(emb)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-4, atol=1e-6)
