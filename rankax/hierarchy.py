@@ -77,10 +77,14 @@ def shared_levels(query_paths: ArrayLike, item_paths: ArrayLike) -> Array:
       item_paths: ``[N, L]`` integer label paths, same column order.
     """
     q, it = _check_paths(query_paths, item_paths)
-    equal = q[:, None, :] == it[None, :, :]  # [Q, N, L]
-    # Walk from the coarsest level: a level counts only if all coarser levels agree.
-    agree_from_top = jnp.cumprod(equal[..., ::-1].astype(jnp.int32), axis=-1)
-    return jnp.sum(agree_from_top, axis=-1).astype(jnp.int32)
+    # Walk from the coarsest level: a level counts only if all coarser levels agree. One
+    # [Q, N] pass per level (no [Q, N, L] intermediate).
+    agree = jnp.ones((q.shape[0], it.shape[0]), bool)
+    t = jnp.zeros((q.shape[0], it.shape[0]), jnp.int32)
+    for level in reversed(range(q.shape[1])):
+        agree = agree & (q[:, level, None] == it[None, :, level])
+        t = t + agree.astype(jnp.int32)
+    return t
 
 
 def level_weights(num_levels: int, alpha: float = 1.0) -> Array:
@@ -116,11 +120,24 @@ def relevance_from_levels(
         return jnp.where(valid & (t > 0), rel, 0.0)
     if rule == "count":
         return jnp.where(valid, t.astype(jnp.float32), 0.0)
-    onehot = (t[..., None] == jnp.arange(num_levels + 1)) & valid[..., None]  # [..., N, L+1]
-    count = jnp.sum(onehot, axis=-2, keepdims=True)  # [..., 1, L+1]
-    share = level_weights(num_levels, alpha) / jnp.maximum(count, 1)
-    rel = jnp.sum(jnp.where(onehot, share, 0.0), axis=-1)
-    return jnp.where(valid, rel, 0.0)
+    return _pop_relevance(t, valid, num_levels, alpha, drop_one_top=False)
+
+
+def _pop_relevance(t: Array, valid: Array, num_levels: int, alpha: float, *, drop_one_top: bool) -> Array:
+    """``"pop"``: each level's weight shared among the valid items at that level. With
+    ``drop_one_top`` one item of the finest level (a query counted in its own list) is left
+    out of that level's count; it gets the others' share (0 when it is alone there)."""
+    weights = level_weights(num_levels, alpha)
+    rel = jnp.zeros(t.shape, jnp.float32)
+    for k in range(1, num_levels + 1):  # t = 0 has weight 0
+        at_k = (t == k) & valid
+        count = jnp.sum(at_k, axis=-1, keepdims=True)
+        if drop_one_top and k == num_levels:
+            share = jnp.where(count > 1, weights[k] / jnp.maximum(count - 1, 1), 0.0)
+        else:
+            share = weights[k] / jnp.maximum(count, 1)
+        rel = rel + jnp.where(at_k, share, 0.0)
+    return rel
 
 
 def path_relevance(
@@ -181,13 +198,9 @@ def hierarchical_relevance(
     num_levels = q.shape[1]
     t = shared_levels(q, it)
     if rule == "pop" and not include_self:
-        # Drop one identical path per query from the counts: the query itself.
-        is_top = t == num_levels
-        first_top = is_top & (jnp.cumsum(is_top, axis=-1) == 1)
-        rel = relevance_from_levels(t, num_levels, rule=rule, alpha=alpha, where=~first_top)
-        # The remaining identical paths share w_L among themselves; the dropped slot is the
-        # query (or an identical copy of it: same label path, same relevance), so give it
-        # the same value as the others of its level.
-        top_value = jnp.max(jnp.where(is_top & ~first_top, rel, 0.0), axis=-1, keepdims=True)
-        return jnp.where(first_top, top_value, rel)
+        # Drop one identical path per query from the counts: the query itself. The remaining
+        # identical paths share w_L among themselves, and the dropped one (the query, or an
+        # identical copy of it: same label path, same relevance) gets the same value.
+        validation.check_number("alpha", alpha, "positive")
+        return _pop_relevance(t, jnp.ones(t.shape, bool), num_levels, alpha, drop_one_top=True)
     return relevance_from_levels(t, num_levels, rule=rule, alpha=alpha)

@@ -14,7 +14,6 @@ from rankax import ranking
 from rankax._core import positives
 
 
-
 def np_sigmoid(x, tau):
     return 1.0 / (1.0 + np.exp(-x / tau))
 

@@ -85,6 +85,10 @@ def test_hierarchical_relevance_counts_the_query_as_batch_loss_lists_do(include_
         expected = ref_pop(PATHS[i], PATHS, valid=valid)
         keep = np.array(valid)
         np.testing.assert_allclose(got[i][keep], np.array(expected)[keep], rtol=1e-6)
+        if not include_self:
+            # The query's own entry: the share of its identical copies, or 0 when it has none.
+            copies = [j for j in range(n) if j != i and (PATHS[j] == PATHS[i]).all()]
+            assert got[i][i] == (expected[copies[0]] if copies else 0.0)
 
 
 def test_flat_labels_one_level():

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from rankax import ranking
 from rankax._core import listfn, positives, validation
 
 Array = jax.Array
@@ -134,7 +135,13 @@ def _fast_ap_kernel(scores, labels, where, *, num_bins):
     width = 4.0 / num_bins
     centres = width * jnp.arange(num_bins + 1, dtype=scores.dtype)  # distance 0 = best
     distance = 2.0 - 2.0 * scores
-    count, count_pos = _histograms(_triangle(distance, centres, width), labels, where)
+    # Each bin's soft count is a sum over the items of the triangle at the bin's centre:
+    # ranking.step_sums with the bins as anchors (items left out of a count are -inf, where the
+    # triangle and its slope are 0).
+    triangle = lambda x: jax.nn.relu(1.0 - jnp.abs(x) / width)  # noqa: E731
+    anchors = jnp.broadcast_to(centres, distance.shape[:-1] + centres.shape)
+    count = ranking.step_sums(triangle, jnp.where(where, distance, -jnp.inf), anchors)
+    count_pos = ranking.step_sums(triangle, jnp.where(where & (labels > 0), distance, -jnp.inf), anchors)
     return 1.0 - _quantised_ap(count, count_pos, tie_aware=False)
 
 
