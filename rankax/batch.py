@@ -236,6 +236,8 @@ def exact_capacity(
     args = (query_labels, item_labels, query_index, item_mask)
     if any(_is_traced(a) for a in args if a is not None):
         return None
+    if relevance_fn is None:  # positives = the items with the query's class: count on the host
+        return _count_same_key(query_labels, item_labels, query_index, item_mask, include_self)
     # Inside a jit trace, operations on concrete values would still be traced.
     with jax.ensure_compile_time_eval():
         ql, il = jnp.asarray(query_labels), jnp.asarray(item_labels)
@@ -250,6 +252,27 @@ def exact_capacity(
             rel = rel_fn(ql[rows], il)
             best = max(best, int(jnp.max(jnp.sum((rel > 0) & where, axis=-1))))
     return max(best, 1)
+
+
+def _count_same_key(
+    query_labels: ArrayLike,
+    item_labels: ArrayLike,
+    query_index: ArrayLike | None,
+    item_mask: ArrayLike | None,
+    include_self: bool,
+) -> int:
+    """:func:`exact_capacity` for the default relevance, in numpy: the items relevant to a query
+    are the valid ones with its class id (label paths: its coarsest level), so one sort of the
+    item keys gives every count in ``O((Q + N) log N)``."""
+    ql, il = np.asarray(query_labels), np.asarray(item_labels)
+    qk, ik = (ql if ql.ndim == 1 else ql[:, -1]), (il if il.ndim == 1 else il[:, -1])
+    mask = np.ones(ik.shape, bool) if item_mask is None else np.asarray(item_mask, bool)
+    keys = np.sort(ik[mask])
+    count = np.searchsorted(keys, qk, side="right") - np.searchsorted(keys, qk, side="left")
+    if query_index is not None and not include_self:
+        qidx = np.asarray(query_index)
+        count = count - (mask[qidx] & (ik[qidx] == qk))
+    return max(int(count.max(initial=0)), 1)
 
 
 def batch_statistics(
@@ -460,9 +483,18 @@ def _tile_statistics(
 
 def _at_capacity(tile: Callable[..., dict[str, Array]], capacity: int, plan: _Plan, n: int):
     """The statistics of a block at one capacity, in sub-blocks (tiles) of at most
-    ``max_tile_elements`` ``[q, C, N]`` terms, each checkpointed."""
+    ``max_tile_elements`` ``[q, C, N]`` terms, each checkpointed.
+
+    The rungs above the first of a ladder (lists with more positives than expected, rare) get
+    tiles no larger than the first rung's block, down to one query: a compiled program holds
+    buffers for every rung, and rungs sized to ``max_tile_elements`` made XLA's scratch (which
+    the CPU allocates per call) 25x the first rung's.
+    """
     block = plan.block
-    rows = max(1, min(block, plan.max_tile_elements // (capacity * n)))
+    budget = plan.max_tile_elements
+    if capacity > plan.capacities[0]:
+        budget = min(budget, block * plan.capacities[0] * n)
+    rows = max(1, min(block, budget // (capacity * n)))
     if rows >= block:
         return lambda s, r, w, slots: tile(s, r, w, capacity, slots)
     num_tiles = -(-block // rows)
@@ -664,6 +696,7 @@ def batch_loss(
     if not callable(loss_fn):
         raise TypeError(f"batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}")
     caller = f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
+    given = labels  # numpy labels are counted on the host as they are (no device round trip)
     if not _is_traced(labels):
         # Concrete labels (numpy included, also closed over in the caller's jit) stay concrete:
         # the exact capacity is known, and the program gets them as an argument, not a literal.
@@ -677,8 +710,9 @@ def batch_loss(
         check_batch(references, reference_labels, "references", row_mask=ref_rows, caller=caller)
     capacity = None
     if references is None and memory is None:
+        counted = given if isinstance(given, np.ndarray) else lab
         capacity = exact_capacity(
-            lab, lab, query_index=np.arange(lab.shape[0]), include_self=include_self,
+            counted, counted, query_index=np.arange(lab.shape[0]), include_self=include_self,
             relevance_fn=relevance_fn,
         )
     hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}  # ks=[1, 2]

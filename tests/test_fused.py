@@ -153,3 +153,24 @@ def test_fused_batch_path_equals_the_list_definition(loss_name, traced):
         got = jax.value_and_grad(lambda e: rankax.batch_loss(loss_fn, e, labels, block_size=7))(emb)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("paths", [False, True])
+@pytest.mark.parametrize("include_self", [False, True])
+def test_exact_capacity_of_the_default_relevance_is_the_largest_class_count(paths, include_self):
+    """Counted on the host by sorting: equals a brute-force count of each query's relevant,
+    valid items (label paths: those sharing the coarsest level), self excluded or not."""
+    rng = np.random.default_rng(int(paths) * 2 + int(include_self))
+    n = 40
+    fine = rng.integers(0, 9, n)
+    labels = np.stack([fine, fine // 3], 1) if paths else fine
+    mask = rng.random(n) < 0.7
+    qidx = rng.permutation(n)[:15]
+    key = labels[:, -1] if paths else labels
+    want = max(
+        sum(1 for j in range(n) if mask[j] and key[j] == key[i] and (include_self or j != i)) for i in qidx
+    )
+    got = rankax.batch.exact_capacity(
+        labels[qidx], labels, query_index=qidx, item_mask=mask, include_self=include_self
+    )
+    assert got == max(want, 1)
