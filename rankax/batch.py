@@ -16,7 +16,10 @@ A dense implementation builds, for every query, the ``N x N`` differences of its
 
 1. gathers each query's positives into ``C`` static slots (``C = max_positives``, e.g.
    ``K - 1`` for a P x K batch) and the losses compute ``[queries, C, N]`` terms only --
-   ``O(B * C * N)`` work;
+   ``O(B * C * N)`` work, summed over the negatives by :func:`rankax.ranking.step_sums`
+   without per-pair masks or ``[q, C, N]`` residuals. With the default relevance the slots
+   come from one stable sort of the class ids (label paths: the coarsest level), not from
+   scanning the lists (:func:`rankax._core.positives.same_key_slots`);
 2. streams over blocks of ``block_size`` queries with ``lax.map``, each block under
    ``jax.checkpoint``: the forward pass keeps nothing per block and the backward pass
    recomputes one block at a time, so peak memory is ``O(block * N + B * D)``
