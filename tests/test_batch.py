@@ -201,9 +201,13 @@ def test_peak_memory_is_blocked():
     stats = jax.jit(jax.grad(loss)).lower(emb, lab).compile().memory_analysis()
     if stats is None:
         pytest.skip("backend gives no memory analysis")
+    # The backend's own scratch for one block's matmul (on a GPU, cuBLAS's workspace: tens of
+    # MiB whatever the sizes) is the baseline, measured the same way.
+    one_block = lambda e: jnp.sum(jnp.matmul(e[:64], e.T, precision="highest"))  # noqa: E731
+    base = jax.jit(jax.grad(one_block)).lower(emb).compile().memory_analysis().temp_size_in_bytes
     # One block of scores is 0.5 MiB, a [64, 3, B] tile 1.5 MiB; the B x B score matrix
     # alone would be 16 MiB (and a dense per-query loss B^2 * C, a B^3 one 32 GiB).
-    assert stats.temp_size_in_bytes < 16 * 2**20, stats.temp_size_in_bytes
+    assert stats.temp_size_in_bytes - base < 16 * 2**20, (stats.temp_size_in_bytes, base)
 
 
 def test_input_errors():
