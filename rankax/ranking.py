@@ -206,9 +206,10 @@ def step_sums(step: Callable[[Array], Array], values: Array, anchors: Array) -> 
     .. math::  T_{p} = \\sum_{j=1}^{N} f(v_j - a_p)
 
     for ``values [..., N]`` and ``anchors [..., C]`` (a list's items and its gathered positives'
-    scores). Items to leave out are passed as ``-inf``: ``f`` must satisfy ``f(-inf) = 0`` and
-    ``f'(-inf) = 0`` (:func:`sigmoid_step` and :func:`roadmap_step` do), and ``anchors`` must be
-    finite. This is the ``O(C * N)`` part of every AP-type loss; the custom gradient
+    scores). Items to leave out are passed as ``-inf`` (or ``+inf`` for a step that vanishes
+    there): ``f`` must satisfy ``f(-inf) = 0`` and ``f'(-inf) = 0`` (:func:`sigmoid_step` and
+    :func:`roadmap_step` do), and ``anchors`` must be finite. This is the ``O(C * N)`` part of
+    every AP-type loss (and FastAP's histograms, with the bins as anchors); the custom gradient
     recomputes ``f'`` from ``values`` and ``anchors`` rather than keeping ``[..., C, N]``
     residuals, and the masks are applied once per list (``O(N)``) instead of per pair.
     """

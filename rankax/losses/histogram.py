@@ -9,7 +9,9 @@ Both replace ranks by soft histograms: each item spreads a unit mass over the tw
     C_m = \\sum_{m' \\le m} c_{m'}, \\quad C^+_m = \\sum_{m' \\le m} c^+_{m'},
     \\qquad \\mathrm{AP} \\approx \\frac{1}{|P|} \\sum_m c^+_m \\frac{C^+_m}{C_m}.
 
-Cost is ``O(N M)`` per list; no positive ranks are needed, so ``max_positives`` is unused.
+Cost is ``O(N M)`` per list; no positive ranks are needed, so ``max_positives`` is unused by
+the listwise AP; FastAP builds its positives' histogram from their slots (the negatives' from
+the list), so there it sizes the slots as for the rank losses.
 When every score sits on a distinct bin centre the histogram AP is the exact AP; an item
 between two centres is split between them, which leaves an error of at most
 :math:`w(1-w)/(C+1)` per positive whatever ``M`` (see ``docs/losses.md``).
@@ -17,6 +19,7 @@ between two centres is split between them, which leaves an error of at most
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -131,22 +134,24 @@ def histogram_ap_loss(
     return lists.reduce(values, reduce_fn)
 
 
-def _fast_ap_kernel(scores, labels, where, *, num_bins):
+def _fast_ap_kernel(scores, labels, where, positives, *, num_bins):
     width = 4.0 / num_bins
     centres = width * jnp.arange(num_bins + 1, dtype=scores.dtype)  # distance 0 = best
-    distance = 2.0 - 2.0 * scores
-    # Each bin's soft count is a sum over the items of the triangle at the bin's centre:
-    # ranking.step_sums with the bins as anchors (items left out of a count are -inf, where the
-    # triangle and its slope are 0).
+    # Each bin's soft count is a sum over the items of the triangle at the bin's centre
+    # (ranking.step_sums with the bins as anchors): the negatives' over the list, the positives'
+    # over their slots. Items left out are at distance +inf, where the triangle and its slope
+    # are 0.
     triangle = lambda x: jax.nn.relu(1.0 - jnp.abs(x) / width)  # noqa: E731
-    anchors = jnp.broadcast_to(centres, distance.shape[:-1] + centres.shape)
-    count = ranking.step_sums(triangle, jnp.where(where, distance, -jnp.inf), anchors)
-    count_pos = ranking.step_sums(triangle, jnp.where(where & (labels > 0), distance, -jnp.inf), anchors)
+    anchors = jnp.broadcast_to(centres, scores.shape[:-1] + centres.shape)
+    negatives = 2.0 - 2.0 * ranking.negative_scores(scores, labels, where)
+    positive_distance = jnp.where(positives.mask, 2.0 - 2.0 * positives.scores, jnp.inf)
+    count_pos = ranking.step_sums(triangle, positive_distance, anchors)
+    count = ranking.step_sums(triangle, negatives, anchors) + count_pos
     return 1.0 - _quantised_ap(count, count_pos, tie_aware=False)
 
 
 def _fast_ap_values(lists: listfn.Lists, *, num_bins: int) -> Array:
-    return _fast_ap_kernel(lists.scores, lists.labels, lists.where, num_bins=num_bins)
+    return lists.gather(functools.partial(_fast_ap_kernel, num_bins=num_bins))
 
 
 @listfn.list_function(_fast_ap_values)
@@ -171,7 +176,8 @@ def fast_ap_loss(
     Args:
       scores, labels, where, reduce_fn: as for every list loss (scores are cosine
         similarities in [-1, 1]).
-      max_positives: unused (common signature).
+      max_positives: positive slots per list, as for the rank losses: the positives' histogram
+        is built from their slots, the negatives' from the whole list.
       num_bins: number of intervals of [0, 4] (10 in the paper).
 
     References:
