@@ -97,9 +97,10 @@ def test_same_key_slots_equal_a_brute_force_scan(include_self, capacity):
     rng = np.random.default_rng(capacity + 10 * include_self)
     n = 30
     ik = rng.integers(0, 6, n).astype(np.int32)
-    ik[3] = np.iinfo(np.int32).max  # a class id equal to the sort's sentinel
+    ik[[2, 3, 5]] = np.iinfo(np.int32).max  # a class id equal to the sort's sentinel
     mask = rng.random(n) < 0.8
-    qidx = rng.permutation(n)[:12].astype(np.int32)
+    mask[[2, 3, 5]] = [False, True, True]  # an invalid item before valid ones of that class
+    qidx = np.r_[3, rng.permutation(n)[:12]].astype(np.int32)
     qk = ik[qidx]
     slots, count = positives.same_key_slots(
         jnp.asarray(qk), jnp.asarray(ik), jnp.asarray(mask), jnp.asarray(qidx), include_self, capacity

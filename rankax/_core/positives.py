@@ -60,8 +60,10 @@ def same_key_slots(
     """
     n = item_keys.shape[0]
     big = jnp.iinfo(item_keys.dtype).max
-    keys = jnp.where(item_mask, item_keys, big)  # invalid items sort last, beyond n_valid
-    order = jnp.argsort(keys, stable=True)
+    keys = jnp.where(item_mask, item_keys, big)
+    # Valid items by key, then the invalid ones (two stable sorts: a valid key may equal big).
+    by_key = jnp.argsort(keys, stable=True)
+    order = by_key[jnp.argsort(~item_mask[by_key], stable=True)]
     ordered = keys[order]
     n_valid = jnp.sum(item_mask)
     start = jnp.searchsorted(ordered, query_keys, side="left")
