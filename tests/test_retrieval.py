@@ -194,6 +194,12 @@ def test_scann_tree_with_fewer_dimensions_than_a_hash_block(d):
     assert found >= 0.95
 
 
+def test_scann_rejects_empty_hash_blocks():
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="dimensions_per_block"):
+        scann_backend.build_searcher(x, 2, config="tree_ah", dimensions_per_block=0)
+
+
 def test_scann_missing_raises_and_auto_falls_back(monkeypatch):
     monkeypatch.setitem(sys.modules, "scann", None)  # `import scann` now raises ImportError
     monkeypatch.setitem(sys.modules, "scann.scann_ops_pybind", None)
@@ -232,7 +238,7 @@ def _documented_rule(q, n, d, platform="cpu", label_paths=False):
     if platform != "cpu" or label_paths or n < 100_000:
         return "exact"
     exact = 2.4e-11 * q * n * d
-    scann = 5.0e-11 * d * n**0.5 * (12 * min(n, 100_000) + n) + 9.3e-12 * 0.5 * q * n * d
+    scann = 5.0e-11 * d * n**0.5 * (12 * min(n, 100_000) + n) + 9.7e-12 * 0.45 * q * n * d
     return "scann" if scann < exact else "exact"
 
 
@@ -267,9 +273,9 @@ def test_auto_backend_decisions():
     assert rule(5_000, 1_000_000, 128) == "exact"
     assert rule(10_000, 1_000_000, 128) == "scann"
     assert rule(1_000_000, 1_000_000, 128, platform="gpu") == "exact"
-    # The documented break-even Q*(N) (independent of D): ~10.6k at 100k items, ~5.7k at 1M.
-    for n, q_docs in [(100_000, 10_600), (200_000, 8_100), (1_000_000, 5_700)]:
-        q_star = 5.0e-11 * n**0.5 * (12 * min(n, 100_000) + n) / ((2.4e-11 - 0.5 * 9.3e-12) * n)
+    # The documented break-even Q*(N) (independent of D): ~10.5k at 100k items, ~5.6k at 1M.
+    for n, q_docs in [(100_000, 10_500), (200_000, 8_000), (1_000_000, 5_600)]:
+        q_star = 5.0e-11 * n**0.5 * (12 * min(n, 100_000) + n) / ((2.4e-11 - 0.45 * 9.7e-12) * n)
         assert abs(q_star - q_docs) < 50
         assert rule(int(q_star) - 1, n, 128) == "exact" and rule(int(q_star) + 1, n, 128) == "scann"
     if scann_backend.scann_available():

@@ -7,17 +7,18 @@ Two configurations, by inner product (``"dot_product"``):
   a baseline; same neighbours as :func:`rankax.retrieval.knn` up to ties).
 * ``"tree_ah"``: a k-means tree of ``num_leaves`` partitions (default ``round(sqrt(N))``)
   of which ``leaves_to_search`` are scored (default ``ceil(LEAVES_TO_SEARCH_FRACTION *
-  num_leaves)``, half of them), asymmetric hashing (AH) with 3 dimensions per 4-bit block
+  num_leaves)``, 45 % of them), asymmetric hashing (AH) with 3 dimensions per 4-bit block
   and anisotropic threshold 0.2, then exact re-scoring of the best ``reorder_k`` candidates
   (default ``max(1000, 2 * k)``); k-means and AH trained on up to 100,000 items.
 
 Queries are searched with ``search_batched_parallel`` (all cores). The defaults were chosen
 by ``python -m experiments.sweep_scann`` at 1M x 128 (10,000 queries, SOP-like clustered
 data, best of 2 timings, rankax's exact :func:`~rankax.retrieval.knn` timed in the same
-process before each index; table in docs/evaluation.md): searching half of the 1000 leaves
-with 3-dimension blocks and 1000 re-scored candidates lost 0.005 of R@1 with a search 6.2x
-faster than exact search (build 13 s, apart), where the previous default (2-dimension
-blocks, 250 re-scored, 45 % of the leaves) lost 0.007 at 5.2x. Coarser codes scan faster
+process before each index; table in docs/evaluation.md): searching 45 % of the 1000 leaves
+with 3-dimension blocks and 1000 re-scored candidates lost 0.007 of R@1 with a search 6.7x
+faster than exact search on a quiet host and 5.6x under load (build 13 s, apart), where the
+previous default (2-dimension blocks, 250 re-scored, same leaves) lost the same R@1 at
+5.2x; half of the leaves lost 0.005 but fell to 4.9x under load. Coarser codes scan faster
 and the larger re-scoring pool wins back what they lose (4-dimension blocks needed 2000
 re-scored candidates for the same R@1 and lost more of the exact top 10); 500 or 2000
 leaves lost more R@1 than 1000 for the same share of leaves searched, and a 300,000-item
@@ -42,7 +43,7 @@ import numpy as np
 
 SCANN_CONFIGS = ("auto", "brute_force", "tree_ah")
 AUTO_TREE_THRESHOLD = 100_000
-LEAVES_TO_SEARCH_FRACTION = 0.5
+LEAVES_TO_SEARCH_FRACTION = 0.45
 TRAINING_SAMPLE_SIZE = 100_000
 DIMENSIONS_PER_BLOCK = 3
 ANISOTROPIC_THRESHOLD = 0.2
@@ -59,7 +60,7 @@ REORDER_K = 1000
 # fraction of the items in the searched leaves with 4-bit codes, per item and dimension.
 EXACT_CPU_SECONDS_PER_MAC = 2.4e-11
 SCANN_BUILD_SECONDS_PER_MAC = 5.0e-11
-SCANN_SEARCH_SECONDS_PER_MAC = 9.3e-12
+SCANN_SEARCH_SECONDS_PER_MAC = 9.7e-12
 KMEANS_ITERATIONS = 12  # ScaNN's default for the tree
 
 
@@ -159,9 +160,12 @@ def build_searcher(
     """Builds a ScaNN searcher over ``gallery [N, D]`` returning ``k`` neighbours by default.
 
     ``training_sample_size`` items (at most) train the k-means tree and the hashes;
-    ``dimensions_per_block`` dimensions share one 4-bit code of the asymmetric hashing and
-    ``anisotropic_threshold`` is ScaNN's ``anisotropic_quantization_threshold`` (``tree_ah``).
+    ``dimensions_per_block`` dimensions (at most ``D``; the last block takes the remainder)
+    share one 4-bit code of the asymmetric hashing and ``anisotropic_threshold`` is ScaNN's
+    ``anisotropic_quantization_threshold`` (both ``tree_ah`` only).
     """
+    if dimensions_per_block < 1:
+        raise ValueError(f"dimensions_per_block must be >= 1, got {dimensions_per_block}")
     scann_ops = _import_scann()
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     n = gallery.shape[0]
