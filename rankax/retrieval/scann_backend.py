@@ -21,10 +21,9 @@ previous default (2-dimension blocks, 250 re-scored, same leaves) lost the same 
 5.2x; half of the leaves lost 0.005 but fell to 4.9x under load. On this shared 2-core host
 the ratio depends on other jobs: a benchmark rerun under heavy load measured 3.4x. Coarser
 codes scan faster and the larger re-scoring pool wins back what they lose (4-dimension
-blocks needed 2000
-re-scored candidates for the same R@1 and lost more of the exact top 10); 500 or 2000
-leaves lost more R@1 than 1000 for the same share of leaves searched, and a 300,000-item
-training sample did not help. docs/benchmarks.md (ScaNN section) has the default's numbers
+blocks needed 2000 re-scored candidates for the same R@1 and lost more of the exact top 10);
+500 or 2000 leaves lost more R@1 than 1000 for the same share of leaves searched, and a
+300,000-item training sample did not help. docs/benchmarks.md (ScaNN section) has the default's numbers
 from ``experiments.benchmark_scann``.
 
 ``config="auto"`` (the default) is ``"brute_force"`` below ``AUTO_TREE_THRESHOLD`` =
