@@ -181,6 +181,25 @@ def test_scann_recall_function():
     assert retrieval.scann_recall(x[:200], x, k=5, config="brute_force")["recall@5"] == 1.0
 
 
+@needs_scann
+@pytest.mark.parametrize("d", [2, 5])
+def test_scann_tree_with_fewer_dimensions_than_a_hash_block(d):
+    # The default AH block has 3 dimensions: D=2 is one short block, D=5 a full and a short one.
+    rng = np.random.default_rng(d)
+    x = rng.normal(size=(3000, d)).astype(np.float32)
+    queries = x[:200]
+    _, index = scann_backend.scann_knn(queries, x, k=5, config="tree_ah")
+    exact = np.argsort(-(queries @ x.T), axis=1)[:, :5]  # numpy brute force
+    found = np.mean([len(np.intersect1d(a, e)) / 5 for a, e in zip(index, exact, strict=True)])
+    assert found >= 0.95
+
+
+def test_scann_rejects_empty_hash_blocks():
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="dimensions_per_block"):
+        scann_backend.build_searcher(x, 2, config="tree_ah", dimensions_per_block=0)
+
+
 def test_scann_missing_raises_and_auto_falls_back(monkeypatch):
     monkeypatch.setitem(sys.modules, "scann", None)  # `import scann` now raises ImportError
     monkeypatch.setitem(sys.modules, "scann.scann_ops_pybind", None)
@@ -218,8 +237,8 @@ def _documented_rule(q, n, d, platform="cpu", label_paths=False):
     """The rule of docs/evaluation.md ("backend="auto""), written out from the docs."""
     if platform != "cpu" or label_paths or n < 100_000:
         return "exact"
-    exact = 2.9e-11 * q * n * d
-    scann = 9.2e-11 * d * n**0.5 * (12 * min(n, 100_000) + n) + 8.3e-12 * q * n * d
+    exact = 2.4e-11 * q * n * d
+    scann = 5.0e-11 * d * n**0.5 * (12 * min(n, 100_000) + n) + 9.7e-12 * 0.45 * q * n * d
     return "scann" if scann < exact else "exact"
 
 
@@ -248,14 +267,15 @@ def test_auto_backend_decisions():
     """The decisions the docs quote, so that a recalibration that flips one is noticed."""
     rule = _documented_rule
     assert rule(100_000, 100_000, 128) == "scann"  # gallery=None from 100k items on
-    assert rule(10_000, 200_000, 128) == "exact"
-    assert rule(20_000, 200_000, 128) == "scann"
+    assert rule(5_000, 200_000, 128) == "exact"
+    assert rule(10_000, 200_000, 128) == "scann"
+    assert rule(2_000, 1_000_000, 128) == "exact"
     assert rule(5_000, 1_000_000, 128) == "exact"
     assert rule(10_000, 1_000_000, 128) == "scann"
     assert rule(1_000_000, 1_000_000, 128, platform="gpu") == "exact"
-    # The documented break-even Q*(N) (independent of D): ~18.3k at 100k items, ~9.8k at 1M.
-    for n, q_docs in [(100_000, 18_270), (200_000, 13_910), (1_000_000, 9_780)]:
-        q_star = 9.2e-11 * n**0.5 * (12 * min(n, 100_000) + n) / ((2.9e-11 - 8.3e-12) * n)
+    # The documented break-even Q*(N) (independent of D): ~10.5k at 100k items, ~5.6k at 1M.
+    for n, q_docs in [(100_000, 10_500), (200_000, 8_000), (1_000_000, 5_600)]:
+        q_star = 5.0e-11 * n**0.5 * (12 * min(n, 100_000) + n) / ((2.4e-11 - 0.45 * 9.7e-12) * n)
         assert abs(q_star - q_docs) < 50
         assert rule(int(q_star) - 1, n, 128) == "exact" and rule(int(q_star) + 1, n, 128) == "scann"
     if scann_backend.scann_available():

@@ -7,16 +7,24 @@ Two configurations, by inner product (``"dot_product"``):
   a baseline; same neighbours as :func:`rankax.retrieval.knn` up to ties).
 * ``"tree_ah"``: a k-means tree of ``num_leaves`` partitions (default ``round(sqrt(N))``)
   of which ``leaves_to_search`` are scored (default ``ceil(LEAVES_TO_SEARCH_FRACTION *
-  num_leaves)``, 45 % of them), asymmetric hashing with 2 dimensions per 4-bit block and
-  anisotropic threshold 0.2, then exact re-scoring of the best ``reorder_k`` candidates
-  (default ``max(250, 2 * k)``); k-means and AH trained on up to 100,000 items.
+  num_leaves)``, 45 % of them), asymmetric hashing (AH) with 3 dimensions per 4-bit block
+  and anisotropic threshold 0.2, then exact re-scoring of the best ``reorder_k`` candidates
+  (default ``max(1000, 2 * k)``); k-means and AH trained on up to 100,000 items.
 
 Queries are searched with ``search_batched_parallel`` (all cores). The defaults were chosen
-at 1M x 128 on SOP-like clustered data (docs/benchmarks.md, ScaNN section): searching 45 %
-of the leaves keeps R@1 within 0.01 of exact search (-0.007) with a search 5x faster than
-faiss's flat index, 40 % is at the edge (-0.009), a third loses 0.02; the partition, not the
-hashing, is what loses neighbours (a ``reorder_k`` of 100 or 1000 instead of 250 changed R@1
-by < 0.001; 4 dimensions per block lost 0.007-0.02 more).
+by ``python -m experiments.sweep_scann`` at 1M x 128 (10,000 queries, SOP-like clustered
+data, best of 2 timings, rankax's exact :func:`~rankax.retrieval.knn` timed in the same
+process before each index; table in docs/evaluation.md): searching 45 % of the 1000 leaves
+with 3-dimension blocks and 1000 re-scored candidates lost 0.007 of R@1 with a search 6.7x
+faster than exact search on a quiet host and 5.6x under load (build 13 s, apart), where the
+previous default (2-dimension blocks, 250 re-scored, same leaves) lost the same R@1 at
+5.2x; half of the leaves lost 0.005 but fell to 4.9x under load. On this shared 2-core host
+the ratio depends on other jobs: a benchmark rerun under heavy load measured 3.4x. Coarser
+codes scan faster and the larger re-scoring pool wins back what they lose (4-dimension
+blocks needed 2000 re-scored candidates for the same R@1 and lost more of the exact top 10);
+500 or 2000 leaves lost more R@1 than 1000 for the same share of leaves searched, and a
+300,000-item training sample did not help. docs/benchmarks.md (ScaNN section) has the default's numbers
+from ``experiments.benchmark_scann``.
 
 ``config="auto"`` (the default) is ``"brute_force"`` below ``AUTO_TREE_THRESHOLD`` =
 100,000 gallery items and ``"tree_ah"`` from there on: below that size ScaNN's brute force
@@ -38,17 +46,22 @@ SCANN_CONFIGS = ("auto", "brute_force", "tree_ah")
 AUTO_TREE_THRESHOLD = 100_000
 LEAVES_TO_SEARCH_FRACTION = 0.45
 TRAINING_SAMPLE_SIZE = 100_000
+DIMENSIONS_PER_BLOCK = 3
+ANISOTROPIC_THRESHOLD = 0.2
+REORDER_K = 1000
 
 # Cost model of backend="auto" (seconds; Q queries, N gallery items, D dimensions), fitted to
-# experiments/benchmark_scann.py on the 2-core CPU host (docs/benchmarks.md, ScaNN section):
+# the default configuration's runs of experiments/benchmark_scann.py at 200k and 1M x 128 on
+# the 2-core CPU host (docs/benchmarks.md, ScaNN section; geometric mean of the two sizes):
 #   exact(Q, N, D) = EXACT_CPU_SECONDS_PER_MAC * Q * N * D
 #   scann(Q, N, D) = SCANN_BUILD_SECONDS_PER_MAC * D * sqrt(N) * (12 * min(N, 100_000) + N)
-#                    + SCANN_SEARCH_SECONDS_PER_MAC * Q * N * D
+#                    + SCANN_SEARCH_SECONDS_PER_MAC * LEAVES_TO_SEARCH_FRACTION * Q * N * D
 # The build runs 12 k-means iterations over the training sample and assigns every item, both
-# against sqrt(N) centres; the search scores 45 % of the items per query with 4-bit hashes.
-EXACT_CPU_SECONDS_PER_MAC = 2.9e-11
-SCANN_BUILD_SECONDS_PER_MAC = 9.2e-11
-SCANN_SEARCH_SECONDS_PER_MAC = 8.3e-12
+# against sqrt(N) centres (AH training is folded into the constant); the search scores the
+# fraction of the items in the searched leaves with 4-bit codes, per item and dimension.
+EXACT_CPU_SECONDS_PER_MAC = 2.4e-11
+SCANN_BUILD_SECONDS_PER_MAC = 5.0e-11
+SCANN_SEARCH_SECONDS_PER_MAC = 9.7e-12
 KMEANS_ITERATIONS = 12  # ScaNN's default for the tree
 
 
@@ -79,16 +92,24 @@ def resolve_config(config: str, n: int) -> str:
     return config
 
 
+def default_num_leaves(n: int) -> int:
+    """The ``tree_ah`` default number of k-means leaves for ``n`` gallery items."""
+    return max(int(round(math.sqrt(n))), 2)
+
+
+def default_leaves_to_search(num_leaves: int) -> int:
+    """The ``tree_ah`` default number of leaves scored per query."""
+    return max(math.ceil(LEAVES_TO_SEARCH_FRACTION * num_leaves), 1)
+
+
 def predicted_seconds(num_queries: int, num_items: int, dim: int) -> dict[str, float]:
     """The cost model's CPU seconds of exact search and of ScaNN ``tree_ah`` build + search."""
     q, n, d = float(num_queries), float(num_items), float(dim)
     build = SCANN_BUILD_SECONDS_PER_MAC * d * math.sqrt(n) * (
         KMEANS_ITERATIONS * min(n, TRAINING_SAMPLE_SIZE) + n
     )
-    return {
-        "exact": EXACT_CPU_SECONDS_PER_MAC * q * n * d,
-        "scann": build + SCANN_SEARCH_SECONDS_PER_MAC * q * n * d,
-    }
+    search = SCANN_SEARCH_SECONDS_PER_MAC * LEAVES_TO_SEARCH_FRACTION * q * n * d
+    return {"exact": EXACT_CPU_SECONDS_PER_MAC * q * n * d, "scann": build + search}
 
 
 def choose_backend(
@@ -134,11 +155,18 @@ def build_searcher(
     leaves_to_search: int | None = None,
     reorder_k: int | None = None,
     training_sample_size: int = TRAINING_SAMPLE_SIZE,
+    dimensions_per_block: int = DIMENSIONS_PER_BLOCK,
+    anisotropic_threshold: float = ANISOTROPIC_THRESHOLD,
 ) -> Any:
     """Builds a ScaNN searcher over ``gallery [N, D]`` returning ``k`` neighbours by default.
 
-    ``training_sample_size`` items (at most) train the k-means tree and the hashes.
+    ``training_sample_size`` items (at most) train the k-means tree and the hashes;
+    ``dimensions_per_block`` dimensions (at most ``D``; the last block takes the remainder)
+    share one 4-bit code of the asymmetric hashing and ``anisotropic_threshold`` is ScaNN's
+    ``anisotropic_quantization_threshold`` (both ``tree_ah`` only).
     """
+    if dimensions_per_block < 1:
+        raise ValueError(f"dimensions_per_block must be >= 1, got {dimensions_per_block}")
     scann_ops = _import_scann()
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     n = gallery.shape[0]
@@ -146,9 +174,9 @@ def build_searcher(
     builder = scann_ops.builder(gallery, k, "dot_product")
     if config == "brute_force":
         return builder.score_brute_force().build()
-    num_leaves = num_leaves or max(int(round(math.sqrt(n))), 2)
-    leaves_to_search = leaves_to_search or math.ceil(LEAVES_TO_SEARCH_FRACTION * num_leaves)
-    reorder_k = max(reorder_k or max(250, 2 * k), k)
+    num_leaves = num_leaves or default_num_leaves(n)
+    leaves_to_search = leaves_to_search or default_leaves_to_search(num_leaves)
+    reorder_k = max(reorder_k or max(REORDER_K, 2 * k), k)
     sample = min(n, training_sample_size)
     return (
         builder.tree(
@@ -156,7 +184,11 @@ def build_searcher(
             num_leaves_to_search=leaves_to_search,
             training_sample_size=sample,
         )
-        .score_ah(2, anisotropic_quantization_threshold=0.2, training_sample_size=sample)
+        .score_ah(
+            min(dimensions_per_block, gallery.shape[1]),
+            anisotropic_quantization_threshold=anisotropic_threshold,
+            training_sample_size=sample,
+        )
         .reorder(reorder_k)
         .build()
     )
