@@ -171,7 +171,7 @@ def test_killed_process_stops_the_other(tmp_path):
     work = str(tmp_path / "killed")
     args = ["--config", "configs/digits.py", "--config.num_steps=100000", "--config.eval_every=0",
             "--config.checkpoint_every=100000", "--config.eval_baselines=false", "--config.log_every=1"]
-    run = launch(work, 2, args, extra=["--heartbeat_timeout", "5", "--initialization_timeout", "60"])
+    run = launch(work, 2, args, extra=["--heartbeat_timeout", "10", "--initialization_timeout", "60"])
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while "train:" not in run.text(1) and "train:" not in run.text(0):
