@@ -267,8 +267,8 @@ def _count_same_key(
     """:func:`exact_capacity` for the default relevance, in numpy: the items relevant to a query
     are the valid ones with its class id (label paths: its coarsest level), so one sort of the
     item keys gives every count in ``O((Q + N) log N)``."""
-    ql, il = np.asarray(query_labels), np.asarray(item_labels)
-    qk, ik = (ql if ql.ndim == 1 else ql[:, -1]), (il if il.ndim == 1 else il[:, -1])
+    qk = positives.class_key(np.asarray(query_labels))
+    ik = positives.class_key(np.asarray(item_labels))
     mask = np.ones(ik.shape, bool) if item_mask is None else np.asarray(item_mask, bool)
     keys = np.sort(ik[mask])
     count = np.searchsorted(keys, qk, side="right") - np.searchsorted(keys, qk, side="left")
@@ -443,10 +443,17 @@ class _Views(NamedTuple):
 
     def slots(self, capacity: int) -> tuple[positives.Slots, Array]:
         """``[Q, capacity]`` slots of every query's positives and ``[Q]`` their counts."""
-        key = lambda lab: lab if lab.ndim == 1 else lab[:, -1]  # noqa: E731
         return positives.same_key_slots(
-            key(self.q_lab), key(self.i_lab), self.mask, self.query_index, self.include_self, capacity
+            positives.class_key(self.q_lab), positives.class_key(self.i_lab), self.mask,
+            self.query_index, self.include_self, capacity,
         )
+
+    def most_positives(self, block_rows: Array) -> Array:
+        """The largest positive count of any list: from the sort when keyed, else one pass
+        over the blocks' lists."""
+        if self.keyed:
+            return jnp.max(self.slots(1)[1], initial=0)
+        return jnp.max(jax.lax.map(lambda rows: _most_positives(*self.lists(rows, None)[1:]), block_rows))
 
     def scores(self, rows: Array) -> Array:
         return jnp.matmul(self.q_emb[rows], self.i_emb.T, precision=self.precision)
@@ -565,15 +572,11 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
         # Each block checkpointed: its backward pass recomputes it from its inputs.
         block_fn = jax.checkpoint(block_statistics, prevent_cse=False, policy=_KEEP_STEP_SUMS)
         per_block, most = jax.lax.map(block_fn, (block_rows, kept, slots))
-        return per_block, jnp.max(views.slots(1)[1], initial=0) if views.keyed else jnp.max(most)
+        return per_block, views.most_positives(block_rows) if views.keyed else jnp.max(most)
 
     if len(plan.capacities) == 1:
         return all_blocks(plan.capacities[0])
-    if views.keyed:  # the counts come with the sort: no pass over the lists
-        most = jnp.max(views.slots(1)[1], initial=0)
-    else:
-        most = jnp.max(jax.lax.map(lambda rows: _most_positives(*views.lists(rows, None)[1:]), block_rows))
-    level = jnp.searchsorted(jnp.asarray(plan.capacities), most)
+    level = jnp.searchsorted(jnp.asarray(plan.capacities), views.most_positives(block_rows))
     rungs = [functools.partial(all_blocks, c) for c in plan.capacities]
     return jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,13 @@ class Slots(NamedTuple):
 
     index: Array
     mask: Array
+
+
+def class_key(labels: Any) -> Any:
+    """The key whose equality makes two items relevant under the default relevance: the class
+    id of ``[B]`` labels, the coarsest level (column ``L - 1``) of ``[B, L]`` label paths (every
+    relevance rule is > 0 exactly when that level is shared). numpy or jax arrays."""
+    return labels if labels.ndim == 1 else labels[:, -1]
 
 
 def same_key_slots(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -71,6 +72,15 @@ def _batch_norm(use_running_average: bool, dtype, name: str) -> nn.BatchNorm:
     )
 
 
+def _shortcut(x: jax.Array, out_ch: int, stride: int, norm: Any, dtype: Any) -> jax.Array:
+    """A residual block's shortcut: ``x``, or torchvision's 1x1 conv + BatchNorm projection
+    (``downsample_conv``, ``downsample_bn`` in the calling block) when the shape changes."""
+    if stride != 1 or x.shape[-1] != out_ch:
+        x = _conv(out_ch, 1, stride, dtype, "downsample_conv")(x)
+        x = norm(name="downsample_bn")(x)
+    return x
+
+
 class Bottleneck(nn.Module):
     """torchvision's ``Bottleneck`` (expansion 4, stride on the 3x3 conv).
 
@@ -93,10 +103,7 @@ class Bottleneck(nn.Module):
         y = nn.relu(norm(name="bn1")(_conv(self.width, 1, 1, self.dtype, "conv1")(x)))
         y = nn.relu(norm(name="bn2")(_conv(self.width, 3, self.stride, self.dtype, "conv2")(y)))
         y = norm(name="bn3")(_conv(out_ch, 1, 1, self.dtype, "conv3")(y))
-        if self.stride != 1 or x.shape[-1] != out_ch:
-            x = _conv(out_ch, 1, self.stride, self.dtype, "downsample_conv")(x)
-            x = norm(name="downsample_bn")(x)
-        return nn.relu(y + x)
+        return nn.relu(y + _shortcut(x, out_ch, self.stride, norm, self.dtype))
 
 
 class BasicBlock(nn.Module):
@@ -115,10 +122,7 @@ class BasicBlock(nn.Module):
         norm = partial(_batch_norm, self.use_running_average, self.dtype)
         y = nn.relu(norm(name="bn1")(_conv(self.width, 3, self.stride, self.dtype, "conv1")(x)))
         y = norm(name="bn2")(_conv(self.width, 3, 1, self.dtype, "conv2")(y))
-        if self.stride != 1 or x.shape[-1] != self.width:
-            x = _conv(self.width, 1, self.stride, self.dtype, "downsample_conv")(x)
-            x = norm(name="downsample_bn")(x)
-        return nn.relu(y + x)
+        return nn.relu(y + _shortcut(x, self.width, self.stride, norm, self.dtype))
 
 
 BLOCKS = {"bottleneck": Bottleneck, "basic": BasicBlock}
