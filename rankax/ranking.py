@@ -154,11 +154,15 @@ def gather_positives(scores: Array, labels: Array, where: Array, capacity: int) 
     return positives_at(scores, labels, index, mask), num_pos
 
 
-def positives_at(scores: Array, labels: Array, index: Array, mask: Array) -> Positives:
+def positives_at(
+    scores: Array, labels: Array, index: Array, mask: Array, *, slot_scores: Array | None = None
+) -> Positives:
     """The :class:`Positives` of lists ``[..., N]`` whose slots hold the items at ``index``
-    (``[..., C]`` int, valid where ``mask``)."""
+    (``[..., C]`` int, valid where ``mask``); their scores are ``slot_scores`` when given (the
+    same values computed by the caller), else gathered from ``scores``."""
     take = lambda a: jnp.take_along_axis(a, index, axis=-1)  # noqa: E731
-    return Positives(scores=take(scores), labels=take(labels), index=index.astype(jnp.int32), mask=mask)
+    gathered = take(scores) if slot_scores is None else slot_scores
+    return Positives(scores=gathered, labels=take(labels), index=index.astype(jnp.int32), mask=mask)
 
 
 def pairwise_differences(scores: Array, where: Array, positives: Positives) -> tuple[Array, Array]:

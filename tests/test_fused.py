@@ -175,3 +175,45 @@ def test_exact_capacity_of_the_default_relevance_is_the_largest_class_count(path
         labels[qidx], labels, query_index=qidx, item_mask=mask, include_self=include_self
     )
     assert got == max(want, 1)
+
+
+@pytest.mark.parametrize("loss_name", ["smooth_ap_loss", "supap_loss", "fast_ap_loss", "pnp_loss"])
+@pytest.mark.parametrize("given_scores", [False, True])
+def test_slots_from_the_caller_give_the_list_losses_values(loss_name, given_scores):
+    """Positives placed in slots by the caller (as batch_loss does from its sort), with their
+    scores gathered or given: value and gradient equal the public list loss, which finds the
+    positives itself."""
+    from rankax._core import stats
+
+    loss_fn = getattr(rankax.losses, loss_name)
+    rng = np.random.default_rng(3)
+    q, n, capacity = 6, 30, 7
+    scores = jnp.asarray(rng.uniform(-1, 1, (q, n)).astype(np.float32))
+    labels = jnp.asarray((rng.random((q, n)) < 0.15).astype(np.float32))
+    where = jnp.asarray(rng.random((q, n)) < 0.8)
+    is_pos = np.asarray((labels > 0) & where)
+    index = np.zeros((q, capacity), np.int32)
+    filled = np.zeros((q, capacity), bool)
+    for i in range(q):  # the positives in a shuffled order: the kernels must not rely on it
+        pos = rng.permutation(np.flatnonzero(is_pos[i]))
+        assert len(pos) <= capacity
+        index[i, : len(pos)], filled[i, : len(pos)] = pos, True
+
+    def with_slots(s, shift=0.0):
+        slots = positives.Slots(jnp.asarray(index), jnp.asarray(filled))
+        if given_scores:
+            slots = slots._replace(scores=jnp.take_along_axis(s, slots.index, axis=-1) + shift)
+        hp = stats.hparams_of(loss_fn, {}, caller="test")
+        out = stats.list_statistics(loss_fn, s, labels, where, capacity=capacity, hparams=hp,
+                                    caller="test", slots=slots)
+        return jnp.sum(out["sum"])
+
+    def reference(s):
+        return jnp.sum(loss_fn(s, labels, where=where, reduce_fn=None))
+
+    got = jax.value_and_grad(with_slots)(scores)
+    want = jax.value_and_grad(reference)(scores)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-6)
+    if given_scores:  # the kernel read the given scores: moving them moves the loss
+        assert float(jax.grad(with_slots, argnums=1)(scores, 0.0)) != 0.0

@@ -33,10 +33,16 @@ DEFAULT_CAPACITY = 4
 
 class Slots(NamedTuple):
     """Where each list's positives are, when the caller already knows: ``index [..., C]`` (int)
-    and ``mask [..., C]`` (True for a filled slot). Every positive must have a slot."""
+    and ``mask [..., C]`` (True for a filled slot). Every positive must have a slot.
+
+    ``scores [..., C]``, optional, are the positives' scores when the caller computed them
+    itself (``rankax.batch_loss``: dot products of the embeddings, so the gradient reaches the
+    embeddings without a scatter into the ``[..., N]`` score cotangent); they must equal the
+    lists' scores at ``index`` up to rounding. Default: gathered from the lists."""
 
     index: Array
     mask: Array
+    scores: Array | None = None
 
 
 def class_key(labels: Any) -> Any:
@@ -143,6 +149,9 @@ def apply_kernel(
 ) -> Array:
     """Runs ``kernel`` on the positives gathered to a static number of slots, exactly.
 
+    With ``slots`` (the caller knows where every list's positives are) the kernel gets them
+    directly.
+
     With ``exact=True`` the caller guarantees that no list has more than ``max_positives``
     positives (``rankax.batch_loss`` chose it from the true count): one capacity, no ladder --
     XLA sizes a ``lax.switch`` for its largest branch, so an unused ``N``-slot rung would cost
@@ -162,6 +171,9 @@ def apply_kernel(
         positives, _ = ranking.gather_positives(scores, labels, where, capacity)
         return kernel(scores, labels, where, positives)
 
+    if slots is not None:  # the caller found every positive: no scan, no ladder
+        found = ranking.positives_at(scores, labels, slots.index, slots.mask, slot_scores=slots.scores)
+        return kernel(scores, labels, where, found)
     if exact and max_positives is not None:
         return run(min(max_positives, n), scores, labels, where)
     if max_positives is None and n <= DENSE_LIST_LENGTH:
