@@ -353,7 +353,7 @@ def batch_statistics(
         include_self, rel_fn, bool(getattr(loss_fn, "graded", False)), precision,
         keyed=relevance_fn is None,
     )
-    tile = functools.partial(_tile_statistics, loss_fn, hparams=hparams, caller=caller)
+    tile = functools.partial(_tile_statistics, loss_fn, views, hparams=hparams, caller=caller)
     per_block, most = _run_blocks(views, plan, tile)
     if plan.capacities[-1] < n and capacity is None:
         # One host check per call (not per block): a list beyond the largest rung was computed
@@ -441,19 +441,19 @@ class _Views(NamedTuple):
     #: slots come from one sort (``positives.same_key_slots``) instead of scanning each list.
     keyed: bool = False
 
-    def slots(self, capacity: int) -> tuple[positives.Slots, Array]:
-        """``[Q, capacity]`` slots of every query's positives and ``[Q]`` their counts."""
-        return positives.same_key_slots(
+    def key_runs(self) -> positives.KeyRuns:
+        """The sort that places every query's positives (``keyed`` views)."""
+        return positives.key_runs(
             positives.class_key(self.q_lab), positives.class_key(self.i_lab), self.mask,
-            self.query_index, self.include_self, capacity,
+            self.query_index, self.include_self,
         )
 
-    def most_positives(self, block_rows: Array) -> Array:
-        """The largest positive count of any list: from the sort when keyed, else one pass
-        over the blocks' lists."""
-        if self.keyed:
-            return jnp.max(self.slots(1)[1], initial=0)
-        return jnp.max(jax.lax.map(lambda rows: _most_positives(*self.lists(rows, None)[1:]), block_rows))
+    def slots(self, runs: positives.KeyRuns, rows: Array, capacity: int) -> positives.Slots:
+        """``[block, capacity]`` slots of the positives of the queries ``rows`` (row indices past
+        the last query are padding: no positives)."""
+        num_q = self.q_emb.shape[0]
+        slots = positives.slots_of(runs, capacity, jnp.minimum(rows, num_q - 1))
+        return slots._replace(mask=slots.mask & (rows < num_q)[:, None])
 
     def scores(self, rows: Array) -> Array:
         return jnp.matmul(self.q_emb[rows], self.i_emb.T, precision=self.precision)
@@ -484,6 +484,8 @@ class _Views(NamedTuple):
 
 def _tile_statistics(
     loss_fn: LossFn,
+    views: _Views,
+    query_rows: Array,
     scores: Array,
     rel: Array,
     where: Array,
@@ -493,7 +495,11 @@ def _tile_statistics(
     hparams: dict,
     caller: str,
 ) -> dict[str, Array]:
-    """Statistics of the lists of one tile, summed over its queries."""
+    """Statistics of the lists of one tile (queries ``query_rows``), summed over its queries.
+    Given slots get their scores here, per tile: ``[q, C, D]`` embeddings stay within the tile
+    budget on every rung of the ladder."""
+    if slots is not None:
+        slots = views.slot_scores(query_rows, slots)
     values = stats.list_statistics(
         loss_fn, scores, rel, where, capacity=capacity, hparams=hparams, caller=caller, slots=slots
     )
@@ -515,15 +521,18 @@ def _at_capacity(tile: Callable[..., dict[str, Array]], capacity: int, plan: _Pl
         budget = min(budget, block * plan.capacities[0] * n)
     rows = max(1, min(block, budget // (capacity * n)))
     if rows >= block:
-        return lambda s, r, w, slots: tile(s, r, w, capacity, slots)
+        return lambda q, s, r, w, slots: tile(q, s, r, w, capacity, slots)
     num_tiles = -(-block // rows)
 
-    def run(scores: Array, rel: Array, where: Array, slots: positives.Slots | None) -> dict[str, Array]:
-        tiles = jax.tree.map(lambda a: _split_rows(a, num_tiles, rows), (scores, rel, where, slots))
+    def run(
+        query_rows: Array, scores: Array, rel: Array, where: Array, slots: positives.Slots | None
+    ) -> dict[str, Array]:
+        parts = (query_rows, scores, rel, where, slots)
+        tiles = jax.tree.map(lambda a: _split_rows(a, num_tiles, rows), parts)
         # Checkpointed too: otherwise the block's backward pass would keep the residuals of
         # all its tiles, i.e. a [block, capacity, N] tensor again.
         one = jax.checkpoint(
-            lambda t: tile(*t[:3], capacity, t[3]), prevent_cse=False, policy=_KEEP_STEP_SUMS
+            lambda t: tile(*t[:4], capacity, t[4]), prevent_cse=False, policy=_KEEP_STEP_SUMS
         )
         per_tile = jax.lax.map(one, tiles)
         return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_tile)
@@ -549,9 +558,11 @@ def _split_rows(a: Array, num_parts: int, rows: int) -> Array:
 def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]]):
     """Per-block statistics and largest positive counts, at the one capacity that fits.
 
-    With several capacities, a cheap first pass counts the positives of every block and one
-    ``lax.switch`` outside the block loops picks the rung, so the rungs not taken keep no
-    residuals for the backward pass.
+    With several capacities, the largest positive count (from the sort of keyed views, else a
+    first pass over the lists) picks the rung with one ``lax.switch`` outside the block loops.
+    A switch returns the residuals of every rung (zeros from the rungs not taken), so the rungs
+    keep little: their slots come from one sort done outside them, and only the first rung
+    keeps its step sums.
     """
     n = views.i_emb.shape[0]
     num_q = views.q_emb.shape[0]
@@ -564,30 +575,36 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
         padded = jnp.minimum(block_rows, num_q - 1)
         kept = views.scores(padded.reshape(-1)).reshape(plan.num_blocks, plan.block, n)
 
+    # The sort that places the positives (keyed views) does not depend on the capacity: done
+    # once, outside the rungs; each block takes its slots from it (recomputed, never saved).
+    runs = views.key_runs() if views.keyed else None
+
     def all_blocks(capacity: int) -> tuple[dict[str, Array], Array]:
         tile_fn = _at_capacity(tile, capacity, plan, n)
-        slots = None
-        if views.keyed:
-            slots = jax.tree.map(
-                lambda a: _split_rows(a, plan.num_blocks, plan.block), views.slots(capacity)[0]
-            )
 
-        def block_statistics(xs: tuple[Array, Array | None, positives.Slots | None]):
-            rows, kept_scores, block_slots = xs
+        def block_statistics(xs: tuple[Array, Array | None]):
+            rows, kept_scores = xs
             scores, rel, where = views.lists(rows, kept_scores)
-            if block_slots is not None:
-                block_slots = views.slot_scores(rows, block_slots)
-            most = jnp.zeros((), jnp.int32) if views.keyed else _most_positives(rel, where)
-            return tile_fn(scores, rel, where, block_slots), most
+            if runs is None:
+                return tile_fn(rows, scores, rel, where, None), _most_positives(rel, where)
+            slots = views.slots(runs, rows, capacity)
+            return tile_fn(rows, scores, rel, where, slots), jnp.zeros((), jnp.int32)
 
-        # Each block checkpointed: its backward pass recomputes it from its inputs.
-        block_fn = jax.checkpoint(block_statistics, prevent_cse=False, policy=_KEEP_STEP_SUMS)
-        per_block, most = jax.lax.map(block_fn, (block_rows, kept, slots))
-        return per_block, views.most_positives(block_rows) if views.keyed else jnp.max(most)
+        # Each block checkpointed: its backward pass recomputes it from its inputs. The step sums
+        # are kept on the first rung only: lax.switch returns the residuals of every rung (zeros
+        # for those not taken), so kept sums of the larger rungs would cost writes on every call.
+        policy = _KEEP_STEP_SUMS if capacity == plan.capacities[0] else None
+        block_fn = jax.checkpoint(block_statistics, prevent_cse=False, policy=policy)
+        per_block, most = jax.lax.map(block_fn, (block_rows, kept))
+        return per_block, jnp.max(most) if runs is None else jnp.max(runs.count, initial=0)
 
     if len(plan.capacities) == 1:
         return all_blocks(plan.capacities[0])
-    level = jnp.searchsorted(jnp.asarray(plan.capacities), views.most_positives(block_rows))
+    if runs is None:  # a first pass over the lists counts the positives
+        most = jnp.max(jax.lax.map(lambda rows: _most_positives(*views.lists(rows, None)[1:]), block_rows))
+    else:
+        most = jnp.max(runs.count, initial=0)
+    level = jnp.searchsorted(jnp.asarray(plan.capacities), most)
     rungs = [functools.partial(all_blocks, c) for c in plan.capacities]
     return jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
 

@@ -52,25 +52,32 @@ def class_key(labels: Any) -> Any:
     return labels if labels.ndim == 1 else labels[:, -1]
 
 
-def same_key_slots(
+class KeyRuns(NamedTuple):
+    """Where each query's positives sit in one sort of the items (:func:`key_runs`): the items in
+    ``order [N]`` (valid ones by key, in list order within a key); query ``i``'s positives are
+    ``count[i]`` of the entries from ``start[i]`` on, skipping entry ``self_at[i]`` where
+    ``skip[i]`` (the query itself)."""
+
+    order: Array
+    start: Array
+    count: Array
+    skip: Array
+    self_at: Array
+
+
+def key_runs(
     query_keys: Array,
     item_keys: Array,
     item_mask: Array,
     query_index: Array | None,
     include_self: bool,
-    capacity: int,
-) -> tuple[Slots, Array]:
-    """The slots of lists whose positives are the valid items with the query's key.
-
-    For ``[Q]`` query keys ranking ``[N]`` items (class ids; for label paths the coarsest
+) -> KeyRuns:
+    """One sort for the positives of lists whose positives are the valid items with the query's
+    key: for ``[Q]`` query keys ranking ``[N]`` items (class ids; for label paths the coarsest
     level), the positives of query ``i`` are the items ``j`` with ``item_mask[j]`` and
     ``item_keys[j] == query_keys[i]``, without the query itself (item ``query_index[i]``)
-    unless ``include_self``. One stable sort of the items puts each key's items in one run, in
-    list order, so the slots cost ``O(N log N + Q * C)`` instead of scanning every list.
-
-    Returns ``(Slots [Q, capacity], count [Q])``, ``count`` the number of positives of each
-    list (a list with more than ``capacity`` has only its first ``capacity`` in the slots).
-    """
+    unless ``include_self``. A stable sort of the items puts each key's items in one run, in
+    list order: ``O(N log N + Q log N)``, the same for every capacity (:func:`slots_of`)."""
     n = item_keys.shape[0]
     big = jnp.iinfo(item_keys.dtype).max
     keys = jnp.where(item_mask, item_keys, big)
@@ -84,16 +91,40 @@ def same_key_slots(
     count = jnp.maximum(end - start, 0)
     if query_index is None or include_self:
         skip = jnp.zeros_like(start, dtype=bool)
-        self_pos = jnp.full_like(start, n)
+        self_at = jnp.full_like(start, n)
     else:
-        self_pos = jnp.zeros((n,), start.dtype).at[order].set(jnp.arange(n, dtype=start.dtype))[query_index]
+        self_at = jnp.zeros((n,), start.dtype).at[order].set(jnp.arange(n, dtype=start.dtype))[query_index]
         skip = item_mask[query_index] & (item_keys[query_index] == query_keys)
         count = count - skip
+    return KeyRuns(order.astype(jnp.int32), start, count, skip, self_at)
+
+
+def slots_of(runs: KeyRuns, capacity: int, rows: Array | None = None) -> Slots:
+    """``[Q, capacity]`` (or ``[len(rows), capacity]``) slots of the queries' positives from
+    :func:`key_runs`, in list order; a list with more than ``capacity`` positives has only its
+    first ``capacity`` in the slots. ``O(Q * capacity)``."""
+    start, count, skip, self_at = runs.start, runs.count, runs.skip, runs.self_at
+    if rows is not None:
+        start, count, skip, self_at = start[rows], count[rows], skip[rows], self_at[rows]
+    n = runs.order.shape[0]
     slot = jnp.arange(capacity, dtype=start.dtype)
     pos = start[:, None] + slot[None, :]
-    pos = pos + (skip[:, None] & (pos >= self_pos[:, None]))
-    index = order[jnp.clip(pos, 0, n - 1)]
-    return Slots(index.astype(jnp.int32), slot[None, :] < count[:, None]), count
+    pos = pos + (skip[:, None] & (pos >= self_at[:, None]))
+    return Slots(runs.order[jnp.clip(pos, 0, n - 1)], slot[None, :] < count[:, None])
+
+
+def same_key_slots(
+    query_keys: Array,
+    item_keys: Array,
+    item_mask: Array,
+    query_index: Array | None,
+    include_self: bool,
+    capacity: int,
+) -> tuple[Slots, Array]:
+    """:func:`key_runs` then :func:`slots_of` for every query: ``(Slots [Q, capacity], count
+    [Q])``, ``count`` the number of positives of each list."""
+    runs = key_runs(query_keys, item_keys, item_mask, query_index, include_self)
+    return slots_of(runs, capacity), runs.count
 
 
 def has_positive(labels: Array, where: Array) -> Array:
