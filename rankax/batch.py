@@ -541,8 +541,9 @@ def _at_capacity(tile: Callable[..., dict[str, Array]], capacity: int, plan: _Pl
 
 
 #: What a checkpointed block or tile keeps for its backward pass: the ``[q, C]`` step sums of
-#: the losses (:func:`rankax.ranking.step_sums`), so only the ``O(q * N)`` lists are recomputed.
-_KEEP_STEP_SUMS = jax.checkpoint_policies.save_only_these_names(ranking.STEP_SUMS)
+#: the losses (:func:`rankax.ranking.step_sums`) and the slots found by scanning the lists (custom
+#: relevance), so only the ``O(q * N)`` lists are recomputed.
+_KEEP_STEP_SUMS = ranking.KEEP_SUMS_AND_SLOTS
 
 
 def _most_positives(rel: Array, where: Array) -> Array:

@@ -151,6 +151,7 @@ def gather_positives(scores: Array, labels: Array, where: Array, capacity: int) 
         slot = jnp.cumsum(is_pos, axis=-1, dtype=jnp.int32) - 1
         in_slot = is_pos[..., None, :] & (slot[..., None, :] == jnp.arange(capacity)[:, None])
         index, mask = jnp.argmax(in_slot, axis=-1), jnp.any(in_slot, axis=-1)
+    index, mask = checkpoint_name((index, mask), SLOTS)
     return positives_at(scores, labels, index, mask), num_pos
 
 
@@ -202,6 +203,12 @@ def negative_scores(scores: Array, labels: Array, where: Array) -> Array:
 #: Name of :func:`step_sums`' outputs for ``jax.checkpoint`` policies: ``rankax.batch_loss`` keeps
 #: these ``[..., C]`` sums of a checkpointed block, so its backward pass does not redo them.
 STEP_SUMS = "rankax_step_sums"
+#: Name of :func:`gather_positives`' slot positions (``[..., C]`` int and bool) for the same
+#: policies: a backward pass that recomputes a list keeps them instead of scanning it again.
+SLOTS = "rankax_slots"
+#: The ``jax.checkpoint`` policy of rankax's checkpointed lists, tiles and blocks: keep the
+#: ``O(C)`` step sums and slot positions of each list, recompute its ``O(N)`` arrays.
+KEEP_SUMS_AND_SLOTS = jax.checkpoint_policies.save_only_these_names(STEP_SUMS, SLOTS)
 
 
 def step_sums(step: Callable[[Array], Array], values: Array, anchors: Array) -> Array:
@@ -281,3 +288,4 @@ def smooth_rank(
     others = (~jnp.eye(n, dtype=bool)) & where[..., None, :]
     rank = 1 + jnp.sum(jnp.where(others, step_fn(diff), 0.0), axis=-1)
     return jnp.where(where, rank, 0.0)
+

@@ -194,7 +194,9 @@ def apply_kernel(
     (``lax.switch``) the smallest capacity that holds the largest positive count of all its
     lists (:func:`most_positives`, also across ``jax.vmap``), so the cost is ``O(C * N)`` per
     list for P x K lists and positives are never dropped. Each rung runs under
-    ``jax.checkpoint``, so the rungs not taken keep no residuals for the backward pass.
+    ``jax.checkpoint``: a switch returns the residuals of every rung (zeros from those not
+    taken), so the first rung keeps only its ``O(C)`` step sums and slots per list
+    (:data:`rankax.ranking.KEEP_SUMS_AND_SLOTS`) and the larger rungs keep nothing.
     """
     n = scores.shape[-1]
 
@@ -214,7 +216,13 @@ def apply_kernel(
         return run(capacities[0], scores, labels, where)
     most = most_positives(jax.lax.stop_gradient((labels > 0) & where))
     level = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), most), len(capacities) - 1)
-    branches = [jax.checkpoint(functools.partial(run, c), prevent_cse=False) for c in capacities]
+    # A switch returns the residuals of every branch (zeros from those not taken): the first rung
+    # keeps its step sums and slots, the larger ones (rare) recompute everything.
+    branches = [
+        jax.checkpoint(functools.partial(run, c), prevent_cse=False,
+                       policy=ranking.KEEP_SUMS_AND_SLOTS if i == 0 else None)
+        for i, c in enumerate(capacities)
+    ]
     return jax.lax.switch(level, branches, scores, labels, where)
 
 
