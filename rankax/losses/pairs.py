@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from rankax import ranking
 from rankax._core import listfn, positives, validation
 
 Array = jax.Array
@@ -36,18 +37,19 @@ TRIPLET_MININGS = ("batch_hard", "semi_hard")
 
 
 def calibration_statistics(lists: listfn.Lists, *, pos_margin: float, neg_margin: float) -> dict[str, Array]:
-    """Per-list sums and counts of the active (non-zero) positive and negative terms."""
+    """Per-list sums and counts of the active (non-zero) terms :math:`[m^+ - s_j]_+` of the
+    positives and :math:`[s_j - m^-]_+` of the negatives. The items outside each sum enter at
+    ``+inf`` / ``-inf`` (:func:`rankax.ranking.negative_scores`), where the term and its gradient
+    are 0: the sums need no per-pair mask."""
     scores, labels, where = lists.scores, lists.labels, lists.where
-    pos = (labels > 0) & where
-    neg = (labels <= 0) & where
-    pos_terms = jnp.where(pos, jax.nn.relu(pos_margin - scores), 0.0)
-    neg_terms = jnp.where(neg, jax.nn.relu(scores - neg_margin), 0.0)
+    pos_terms = jax.nn.relu(pos_margin - jnp.where((labels > 0) & where, scores, jnp.inf))
+    neg_terms = jax.nn.relu(ranking.negative_scores(scores, labels, where) - neg_margin)
     f32 = jnp.float32
     return {
         "calib_pos_sum": jnp.sum(pos_terms, axis=-1),
-        "calib_pos_active": jnp.sum(pos_terms > 0, axis=-1).astype(f32),
+        "calib_pos_active": jnp.sum((pos_terms > 0).astype(f32), axis=-1),
         "calib_neg_sum": jnp.sum(neg_terms, axis=-1),
-        "calib_neg_active": jnp.sum(neg_terms > 0, axis=-1).astype(f32),
+        "calib_neg_active": jnp.sum((neg_terms > 0).astype(f32), axis=-1),
     }
 
 
