@@ -238,10 +238,24 @@ def _step_sums_fwd(step, values, anchors):
 
 def _step_sums_bwd(step, residuals, g):
     values, anchors = residuals
-    x = values[..., None, :] - anchors[..., :, None]
-    _, slope = jax.jvp(step, (x,), (jnp.ones_like(x),))
-    d = slope * g[..., :, None]
-    return jnp.sum(d, axis=-2), -jnp.sum(d, axis=-1)
+
+    def slope(x: Array) -> Array:
+        return jax.jvp(step, (x,), (jnp.ones_like(x),))[1]
+
+    d = slope(values[..., None, :] - anchors[..., :, None]) * g[..., :, None]
+    c = anchors.shape[-1]
+    # d/dv_j = sum_p f'(v_j - a_p) g_p. For a few anchors, as that many [..., N] passes: on the
+    # CPU, XLA's reduction of the [..., C, N] product over C cost FastAP (11 bins) 0.4x the
+    # similarity matmul at B = 4096.
+    if c <= _UNROLLED_ANCHORS:
+        d_values = sum(slope(values - anchors[..., p : p + 1]) * g[..., p : p + 1] for p in range(c))
+    else:
+        d_values = jnp.sum(d, axis=-2)
+    return d_values, -jnp.sum(d, axis=-1)
+
+
+#: Up to this many anchors, the values' gradient of :func:`step_sums` is a sum of per-anchor passes.
+_UNROLLED_ANCHORS = 16
 
 
 _step_sums.defvjp(_step_sums_fwd, _step_sums_bwd)

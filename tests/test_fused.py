@@ -46,9 +46,10 @@ def _inputs(seed=0, q=5, c=3, n=40):
 
 
 @pytest.mark.parametrize("name", sorted(STEPS))
-def test_step_sums_value_and_gradient_follow_the_formula(name):
+@pytest.mark.parametrize("num_anchors", [3, 20])  # values' gradient: per-anchor passes, one sum
+def test_step_sums_value_and_gradient_follow_the_formula(name, num_anchors):
     step, np_step, np_slope = STEPS[name]
-    values, excluded, anchors = _inputs()
+    values, excluded, anchors = _inputs(c=num_anchors)
     g = np.random.default_rng(1).normal(size=anchors.shape).astype(np.float32)
     masked = np.where(excluded, -np.inf, values)
 

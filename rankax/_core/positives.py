@@ -134,7 +134,7 @@ def has_positive(labels: Array, where: Array) -> Array:
 
 def num_positives(labels: Array, where: Array) -> Array:
     """``[...]`` float number of valid items with relevance > 0."""
-    return jnp.sum((labels > 0) & where, axis=-1).astype(jnp.float32)
+    return jnp.sum(jnp.where((labels > 0) & where, 1.0, 0.0), axis=-1)  # float sum: vectorises
 
 
 @jax.custom_batching.custom_vmap
