@@ -5,7 +5,7 @@
 
 On whatever JAX backend is the default (CPU here, one GPU in ``experiments.benchmark_gpu``),
 with ``D = 512`` and P x K batches (``K = 4``), it times fwd+bwd with respect to the embeddings
-(compilation excluded, median of a few warm calls) of:
+(compilation excluded) of:
 
 * ``matmul``: the similarity matmul ``E E^T`` alone, at the loss's precision -- the floor;
 * every loss through ``rankax.batch_loss`` inside the user's ``jax.jit`` with *traced* labels
@@ -16,8 +16,10 @@ with ``D = 512`` and P x K batches (``K = 4``), it times fwd+bwd with respect to
 * the list API: ``jit(grad(mean(vmap(loss))))`` over the rows of ``E E^T`` with the diagonal
   masked, against ``batch_loss`` on the same batch.
 
-Every row prints its ratio to its baseline. Ratios, not absolute times, are what to compare:
-the hosts these run on are shared and noisy.
+Every row prints its ratio to its baseline. Each loss and the list API are timed in alternation
+with their baseline, and each ratio is between the fastest warm calls (:func:`interleaved`);
+the label paths take the median of warm calls. Ratios, not absolute times, are what to
+compare: the hosts these run on are shared and noisy.
 """
 
 from __future__ import annotations
@@ -74,12 +76,34 @@ def timed(fn: Callable[[], Any], repeats: int = 7, budget_s: float = 10.0) -> fl
     return float(np.median(times))
 
 
-def matmul_time(b: int, precision: str, d: int = D) -> float:
+def interleaved(fns: list[Callable[[], Any]], rounds: int = 5, budget_s: float = 20.0) -> list[float]:
+    """Fastest warm call of each of ``fns``, called in turn round after round: on a shared host
+    a change of load during the run slows all of them alike, so their ratio holds."""
+    for fn in fns:
+        jax.block_until_ready(fn())
+    best = [float("inf")] * len(fns)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            best[i] = min(best[i], time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return best
+
+
+def matmul_fn(b: int, precision: str, d: int = D) -> Callable[[], Any]:
     """fwd+bwd of ``<G, E E^T>`` (a fixed cotangent ``G``): the similarity matmul alone."""
     emb, _ = batch(b, d=d)
     g = jax.random.normal(jax.random.key(1), (b, b), jnp.float32)
     fn = jax.jit(jax.value_and_grad(lambda e, g: jnp.vdot(g, jnp.matmul(e, e.T, precision=precision))))
-    return timed(lambda: fn(emb, g))
+    return lambda: fn(emb, g)
+
+
+def matmul_time(b: int, precision: str, d: int = D) -> float:
+    """Median seconds of :func:`matmul_fn`."""
+    return timed(matmul_fn(b, precision, d))
 
 
 def loss_fn_of(name: str) -> tuple[Callable, dict, str]:
@@ -89,6 +113,12 @@ def loss_fn_of(name: str) -> tuple[Callable, dict, str]:
 
 def step_time(name: str, b: int, hint: bool, precision: str) -> tuple[float, float]:
     """(seconds, value) of ``jit(value_and_grad(batch_loss))`` with traced labels."""
+    fn, value = step_fn(name, b, hint, precision)
+    return timed(fn), value
+
+
+def step_fn(name: str, b: int, hint: bool, precision: str) -> tuple[Callable[[], Any], float]:
+    """(call, value) of ``jit(value_and_grad(batch_loss))`` with traced labels."""
     loss_fn, hparams, kind = loss_fn_of(name)
     emb, labels = batch(b, kind)
     cap = (K - 1 if kind == "flat" else HAP_POSITIVES) if hint else None
@@ -99,14 +129,16 @@ def step_time(name: str, b: int, hint: bool, precision: str) -> tuple[float, flo
     ))
     y = jnp.asarray(labels)
     value = float(fn(emb, y)[0])
-    return timed(lambda: fn(emb, y)), value
+    return lambda: fn(emb, y), value
 
 
 def loss_rows(sizes: list[int], names: list[str], precision: str) -> list[dict]:
-    """Every loss, with and without the hint, as a ratio to the matmul of the same size."""
+    """Every loss, with and without the hint, as a ratio to the matmul of the same size, the two
+    timed in alternation (:func:`interleaved`)."""
     rows = []
     for b in sizes:
-        mm = matmul_time(b, precision)
+        mm_fn = matmul_fn(b, precision)
+        mm = interleaved([mm_fn])[0]
         rows.append(dict(what="matmul", b=b, precision=precision, time_s=mm, ratio=1.0))
         print(f"B={b:6d} matmul ({precision}) fwd+bwd {mm * 1e3:8.2f} ms", flush=True)
         for name in names:
@@ -114,12 +146,13 @@ def loss_rows(sizes: list[int], names: list[str], precision: str) -> list[dict]:
                 if time.perf_counter() > DEADLINE:
                     print(f"time budget spent: B={b} {name} hint={hint} and later rows skipped")
                     return rows
-                t, value = step_time(name, b, hint, precision)
+                fn, value = step_fn(name, b, hint, precision)
+                t, mm_here = interleaved([fn, mm_fn])
                 row = dict(what="loss", loss=name, b=b, hint=hint, precision=precision,
-                           time_s=t, value=value, ratio=t / mm)
+                           time_s=t, matmul_s=mm_here, value=value, ratio=t / mm_here)
                 rows.append(row)
-                print(f"B={b:6d} {name:10s} hint={hint!s:5s} {t * 1e3:8.2f} ms  = {t / mm:5.2f} x matmul",
-                      flush=True)
+                print(f"B={b:6d} {name:10s} hint={hint!s:5s} {t * 1e3:8.2f} ms  "
+                      f"= {t / mm_here:5.2f} x matmul", flush=True)
     return rows
 
 
@@ -172,7 +205,7 @@ def list_api_rows(b: int, name: str = "supap") -> list[dict]:
     f_list = jax.jit(jax.value_and_grad(list_api)).lower(emb, y).compile()
     compile_s = time.perf_counter() - start
     f_batch = jax.jit(jax.value_and_grad(lambda e, y: rankax.batch_loss(loss_fn, e, y, **hparams)))
-    t_list, t_batch = timed(lambda: f_list(emb, y)), timed(lambda: f_batch(emb, y))
+    t_list, t_batch = interleaved([lambda: f_list(emb, y), lambda: f_batch(emb, y)])
     (v_list, g_list), (v_batch, g_batch) = f_list(emb, y), f_batch(emb, y)
     err = float(jnp.max(jnp.abs(g_list - g_batch)) / jnp.max(jnp.abs(g_batch)))
     row = dict(what="list_api", loss=name, b=b, time_s=t_list, batch_time_s=t_batch, ratio=t_list / t_batch,
@@ -192,7 +225,9 @@ def markdown(out: dict) -> str:
         "",
         f"Generated by `python -m experiments.benchmark_paths` (`make bench`) on {out['device']}, "
         f"jax {out['jax']}, {out['cores']} CPU cores (shared: ratios within one run, not absolute "
-        "times, are the result). fwd+bwd w.r.t. `[B, 512]` embeddings, K = 4, median of warm calls.",
+        "times, are the result). fwd+bwd w.r.t. `[B, 512]` embeddings, K = 4; each loss and the "
+        "list API timed in alternation with their baseline, fastest warm calls; label paths: "
+        "median of warm calls.",
         "",
         "## Losses through `batch_loss`, traced labels, / similarity matmul (both `precision=\"highest\"`)",
         "",
