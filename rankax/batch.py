@@ -19,7 +19,8 @@ A dense implementation builds, for every query, the ``N x N`` differences of its
    ``O(B * C * N)`` work, summed over the negatives by :func:`rankax.ranking.step_sums`
    without per-pair masks or ``[q, C, N]`` residuals. With the default relevance the slots
    come from one stable sort of the class ids (label paths: the coarsest level), not from
-   scanning the lists (:func:`rankax._core.positives.same_key_slots`);
+   scanning the lists (:func:`rankax._core.positives.key_runs`), and their scores are dot
+   products of the embeddings;
 2. streams over blocks of ``block_size`` queries with ``lax.map``, each block under
    ``jax.checkpoint``: the forward pass keeps nothing per block and the backward pass
    recomputes one block at a time, so peak memory is ``O(block * N + B * D)``
@@ -438,7 +439,7 @@ class _Views(NamedTuple):
     precision: Precision
     #: The default relevance: an item is a positive iff it has the query's class id (label
     #: paths: the same coarsest level, where every relevance rule is > 0), so the positives'
-    #: slots come from one sort (``positives.same_key_slots``) instead of scanning each list.
+    #: slots come from one sort (``positives.key_runs``) instead of scanning each list.
     keyed: bool = False
 
     def key_runs(self) -> positives.KeyRuns:
