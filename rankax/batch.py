@@ -563,8 +563,8 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
     With several capacities, the largest positive count (from the sort of keyed views, else a
     first pass over the lists) picks the rung with one ``lax.switch`` outside the block loops.
     A switch returns the residuals of every rung (zeros from the rungs not taken), so the rungs
-    keep little: their slots come from one sort done outside them, and only the first rung
-    keeps its step sums.
+    keep little: their slots come from one sort done outside them, and only the rungs up to
+    ``positives.KEPT_CAPACITY`` keep their step sums.
     """
     n = views.i_emb.shape[0]
     num_q = views.q_emb.shape[0]
@@ -592,10 +592,11 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
             slots = views.slots(runs, rows, capacity)
             return tile_fn(rows, scores, rel, where, slots), jnp.zeros((), jnp.int32)
 
-        # Each block checkpointed: its backward pass recomputes it from its inputs. The step sums
-        # are kept on the first rung only: lax.switch returns the residuals of every rung (zeros
-        # for those not taken), so kept sums of the larger rungs would cost writes on every call.
-        policy = _KEEP_STEP_SUMS if capacity == plan.capacities[0] else None
+        # Each block checkpointed: its backward pass recomputes it from its inputs. On a ladder,
+        # only rungs up to positives.KEPT_CAPACITY keep their step sums (lax.switch returns the
+        # residuals of every rung, zeros for those not taken).
+        small = len(plan.capacities) == 1 or capacity <= positives.KEPT_CAPACITY
+        policy = _KEEP_STEP_SUMS if small else None
         block_fn = jax.checkpoint(block_statistics, prevent_cse=False, policy=policy)
         per_block, most = jax.lax.map(block_fn, (block_rows, kept))
         return per_block, jnp.max(most) if runs is None else jnp.max(runs.count, initial=0)

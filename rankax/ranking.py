@@ -242,7 +242,7 @@ def _step_sums_bwd(step, residuals, g):
     def slope(x: Array) -> Array:
         return jax.jvp(step, (x,), (jnp.ones_like(x),))[1]
 
-    d = slope(values[..., None, :] - anchors[..., :, None]) * g[..., :, None]
+    slopes = slope(values[..., None, :] - anchors[..., :, None])
     c = anchors.shape[-1]
     # d/dv_j = sum_p f'(v_j - a_p) g_p. For a few anchors, as that many [..., N] passes: on the
     # CPU, XLA's reduction of the [..., C, N] product over C cost FastAP (11 bins) 0.4x the
@@ -250,8 +250,10 @@ def _step_sums_bwd(step, residuals, g):
     if c <= _UNROLLED_ANCHORS:
         d_values = sum(slope(values - anchors[..., p : p + 1]) * g[..., p : p + 1] for p in range(c))
     else:
-        d_values = jnp.sum(d, axis=-2)
-    return d_values, -jnp.sum(d, axis=-1)
+        d_values = jnp.sum(slopes * g[..., :, None], axis=-2)
+    # d/da_p = -g_p sum_j f'(v_j - a_p), g applied after the sum: alone, on [4096, 15, 4096]
+    # terms, reducing the product instead took 1.6x as long on the CPU.
+    return d_values, -g * jnp.sum(slopes, axis=-1)
 
 
 #: Up to this many anchors, the values' gradient of :func:`step_sums` is a sum of per-anchor passes.

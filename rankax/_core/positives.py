@@ -154,6 +154,13 @@ def _most_positives_vmap(axis_size, in_batched, is_positive):
     return most_positives(is_positive), False
 
 
+#: Rungs of a capacity ladder with at most this many slots keep their step sums and slot
+#: positions for the backward pass. A ``lax.switch`` returns the residuals of every branch (zeros
+#: from those not taken), so each such rung writes ``O(C)`` values per list on every call; the
+#: larger rungs (rare) recompute everything in the backward pass.
+KEPT_CAPACITY = 64
+
+
 def capacity_ladder(first: int, num_items: int, growth: int = 4) -> tuple[int, ...]:
     """The static positive capacities ``first, first*growth, ...`` up to ``num_items``."""
     first = max(1, min(int(first), num_items))
@@ -195,8 +202,8 @@ def apply_kernel(
     lists (:func:`most_positives`, also across ``jax.vmap``), so the cost is ``O(C * N)`` per
     list for P x K lists and positives are never dropped. Each rung runs under
     ``jax.checkpoint``: a switch returns the residuals of every rung (zeros from those not
-    taken), so the first rung keeps only its ``O(C)`` step sums and slots per list
-    (:data:`rankax.ranking.KEEP_SUMS_AND_SLOTS`) and the larger rungs keep nothing.
+    taken), so the rungs up to :data:`KEPT_CAPACITY` keep only their ``O(C)`` step sums and
+    slots per list (:data:`rankax.ranking.KEEP_SUMS_AND_SLOTS`) and the larger rungs keep nothing.
     """
     n = scores.shape[-1]
 
@@ -216,12 +223,10 @@ def apply_kernel(
         return run(capacities[0], scores, labels, where)
     most = most_positives(jax.lax.stop_gradient((labels > 0) & where))
     level = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), most), len(capacities) - 1)
-    # A switch returns the residuals of every branch (zeros from those not taken): the first rung
-    # keeps its step sums and slots, the larger ones (rare) recompute everything.
     branches = [
         jax.checkpoint(functools.partial(run, c), prevent_cse=False,
-                       policy=ranking.KEEP_SUMS_AND_SLOTS if i == 0 else None)
-        for i, c in enumerate(capacities)
+                       policy=ranking.KEEP_SUMS_AND_SLOTS if c <= KEPT_CAPACITY else None)
+        for c in capacities
     ]
     return jax.lax.switch(level, branches, scores, labels, where)
 
