@@ -533,18 +533,13 @@ def _at_capacity(tile: Callable[..., dict[str, Array]], capacity: int, plan: _Pl
         # Checkpointed too: otherwise the block's backward pass would keep the residuals of
         # all its tiles, i.e. a [block, capacity, N] tensor again.
         one = jax.checkpoint(
-            lambda t: tile(*t[:4], capacity, t[4]), prevent_cse=False, policy=_KEEP_STEP_SUMS
+            lambda t: tile(*t[:4], capacity, t[4]), prevent_cse=False,
+            policy=ranking.KEEP_SUMS_AND_SLOTS,  # the [q, C] step sums and scanned slots
         )
         per_tile = jax.lax.map(one, tiles)
         return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_tile)
 
     return run
-
-
-#: What a checkpointed block or tile keeps for its backward pass: the ``[q, C]`` step sums of
-#: the losses (:func:`rankax.ranking.step_sums`) and the slots found by scanning the lists (custom
-#: relevance), so only the ``O(q * N)`` lists are recomputed.
-_KEEP_STEP_SUMS = ranking.KEEP_SUMS_AND_SLOTS
 
 
 def _most_positives(rel: Array, where: Array) -> Array:
@@ -580,6 +575,7 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
     # The sort that places the positives (keyed views) does not depend on the capacity: done
     # once, outside the rungs; each block takes its slots from it (recomputed, never saved).
     runs = views.key_runs() if views.keyed else None
+    most = None if runs is None else jnp.max(runs.count, initial=0)
 
     def all_blocks(capacity: int) -> tuple[dict[str, Array], Array]:
         tile_fn = _at_capacity(tile, capacity, plan, n)
@@ -596,17 +592,15 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
         # only rungs up to positives.KEPT_CAPACITY keep their step sums (lax.switch returns the
         # residuals of every rung, zeros for those not taken).
         small = len(plan.capacities) == 1 or capacity <= positives.KEPT_CAPACITY
-        policy = _KEEP_STEP_SUMS if small else None
+        policy = ranking.KEEP_SUMS_AND_SLOTS if small else None
         block_fn = jax.checkpoint(block_statistics, prevent_cse=False, policy=policy)
-        per_block, most = jax.lax.map(block_fn, (block_rows, kept))
-        return per_block, jnp.max(most) if runs is None else jnp.max(runs.count, initial=0)
+        per_block, block_most = jax.lax.map(block_fn, (block_rows, kept))
+        return per_block, jnp.max(block_most) if runs is None else most
 
     if len(plan.capacities) == 1:
         return all_blocks(plan.capacities[0])
     if runs is None:  # a first pass over the lists counts the positives
         most = jnp.max(jax.lax.map(lambda rows: _most_positives(*views.lists(rows, None)[1:]), block_rows))
-    else:
-        most = jnp.max(runs.count, initial=0)
     level = jnp.searchsorted(jnp.asarray(plan.capacities), most)
     rungs = [functools.partial(all_blocks, c) for c in plan.capacities]
     return jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
