@@ -244,9 +244,9 @@ def _step_sums_bwd(step, residuals, g):
 
     slopes = slope(values[..., None, :] - anchors[..., :, None])
     c = anchors.shape[-1]
-    # d/dv_j = sum_p f'(v_j - a_p) g_p. For a few anchors, as that many [..., N] passes: on the
-    # CPU, XLA's reduction of the [..., C, N] product over C cost FastAP (11 bins) 0.4x the
-    # similarity matmul at B = 4096.
+    # d/dv_j = sum_p f'(v_j - a_p) g_p. For a few anchors, as that many [..., N] passes, which
+    # recompute the slopes on purpose: on the CPU, XLA's reduction of the [..., C, N] product
+    # over C cost FastAP (11 bins) 0.4x the similarity matmul at B = 4096.
     if c <= _UNROLLED_ANCHORS:
         d_values = sum(slope(values - anchors[..., p : p + 1]) * g[..., p : p + 1] for p in range(c))
     else:
@@ -304,4 +304,3 @@ def smooth_rank(
     others = (~jnp.eye(n, dtype=bool)) & where[..., None, :]
     rank = 1 + jnp.sum(jnp.where(others, step_fn(diff), 0.0), axis=-1)
     return jnp.where(where, rank, 0.0)
-
