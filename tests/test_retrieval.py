@@ -7,11 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rankax import retrieval
-from rankax.retrieval import scann_backend
+from rankax.retrieval import exact, scann_backend
 
 # The numpy references live in test_metrics.py; load them by path (works in any import mode).
 _REFS = pathlib.Path(__file__).with_name("test_metrics.py")
@@ -141,6 +142,69 @@ def test_knn_matches_numpy_and_excludes_self():
     g = rng.normal(size=(37, 8)).astype(np.float32)
     _, gi = retrieval.knn(x, g, k=37, gallery_block_size=8)
     np.testing.assert_array_equal(gi, np.argsort(-(x @ g.T), axis=1, kind="stable"))
+
+
+def _stable_top_k(s, k):
+    """numpy reference: the k largest of each row, lower position first among equal scores."""
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, 1), order
+
+
+@pytest.mark.parametrize("m, k", [(1024, 1), (1024, 10), (4096, 16), (1024, 17), (1000, 3)])
+def test_grouped_top_k_matches_a_stable_sort(m, k):
+    # (1024, 17) and (1000, 3) take plain top_k (2 k 32 > m; m not whole groups), the rest the
+    # grouped path. Few distinct values, -inf and +inf entries: ties across and within groups.
+    rng = np.random.default_rng(m + k)
+    s = rng.integers(-3, 4, size=(64, m)).astype(np.float32)
+    s[rng.random(s.shape) < 0.3] = -np.inf
+    s[:8][rng.random((8, m)) < 0.002] = np.inf
+    s[8:16] = -np.inf  # rows with nothing finite: the lowest positions
+    s[16, : m // 2] = -np.inf  # the best items all in the second half
+    valid = rng.random(s.shape) > 0.1  # masked items count as -inf
+    values, index = exact._top_k(jnp.asarray(s), jnp.asarray(valid), k)
+    s = np.where(valid, s, -np.inf)
+    want_values, want_index = _stable_top_k(s, k)
+    np.testing.assert_array_equal(np.asarray(index), want_index)
+    np.testing.assert_array_equal(np.asarray(values), want_values)
+
+
+@pytest.mark.parametrize("k", [5, 10])
+def test_knn_with_ties_over_several_chunks(k):
+    # Embeddings in {-1, 0, 1}^4: exact integer scores, most of them tied. 3 chunks of 512:
+    # k = 5 uses grouped top-k per chunk (2 * 5 * 32 <= 512), k = 10 plain top-k.
+    rng = np.random.default_rng(k)
+    x = rng.integers(-1, 2, size=(1500, 4)).astype(np.float32)
+    assert exact.knn_chunk_size(len(x), 512) == 512
+    scores, index = retrieval.knn(x, k=k, block_size=256, gallery_block_size=512)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    want_scores, want_index = _stable_top_k(s, k)
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_array_equal(scores, want_scores)
+
+
+@pytest.mark.parametrize(
+    "n, most", [(1, 16384), (100, 16384), (20_000, 16384), (200_000, 16384), (1500, 512), (513, 512)]
+)
+def test_knn_chunk_size_pads_less_than_a_group_per_chunk(n, most):
+    g = exact.knn_chunk_size(n, most)
+    chunks = -(-n // g)
+    assert g % exact.TOP_K_GROUP == 0
+    assert g <= -(-most // exact.TOP_K_GROUP) * exact.TOP_K_GROUP
+    assert chunks == -(-n // most)  # no more chunks than the bound needs
+    assert chunks * g - n < chunks * exact.TOP_K_GROUP
+
+
+def test_knn_bad_input():
+    x = np.ones((10, 4), np.float32)
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match=r"queries contains 1 NaN or inf values \(first: queries\[3, 2\]"):
+        retrieval.knn(bad, k=2)
+    with pytest.raises(ValueError, match="gallery has dimension 3 but queries have dimension 4"):
+        retrieval.knn(x, np.ones((10, 3)), k=2)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 9\]"):
+        retrieval.knn(x, k=10)
 
 
 def clustered(seed, n, d=32, clusters=100, noise=0.15):

@@ -19,25 +19,6 @@ BACKENDS = ("auto", "exact", "scann")
 # ----------------------------------------------------------------------------- input checks
 
 
-def _as_embeddings(x, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a [num, dim] array of embeddings, got shape {a.shape}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{name} must hold at least one embedding of dimension >= 1, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    a = a.astype(np.float32, copy=False)
-    bad = ~np.isfinite(a)
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{name} contains {int(bad.sum())} NaN or inf values "
-            f"(first: {name}[{row}, {col}] = {a[row, col]})"
-        )
-    return a
-
-
 def _as_labels(y, name: str, num: int, emb_name: str) -> np.ndarray:
     a = np.asarray(y)
     if a.ndim not in (1, 2):
@@ -190,7 +171,7 @@ class _Sets(NamedTuple):
 
 
 def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: bool) -> _Sets:
-    queries = _as_embeddings(queries, "queries")
+    queries = exact.as_embeddings(queries, "queries")
     query_labels = _as_labels(query_labels, "query_labels", len(queries), "queries")
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("gallery and gallery_labels must be given together (or both None)")
@@ -198,7 +179,7 @@ def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: boo
     if self_excluded:
         gallery, gallery_labels = queries, query_labels
     else:
-        gallery = _as_embeddings(gallery, "gallery")
+        gallery = exact.as_embeddings(gallery, "gallery")
         if gallery.shape[1] != queries.shape[1]:
             raise ValueError(
                 f"gallery has dimension {gallery.shape[1]} but queries have dimension "

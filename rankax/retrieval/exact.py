@@ -38,12 +38,36 @@ Array = jax.Array
 
 DEFAULT_BLOCK_SIZE = 512
 DEFAULT_GALLERY_BLOCK_SIZE = 4096
+#: knn's gallery rows per chunk: larger than the rank counting's, as its top-k costs per row.
+KNN_GALLERY_BLOCK_SIZE = 16384
+#: Consecutive gallery positions per group in :func:`_top_k`.
+TOP_K_GROUP = 32
 # Accelerators: bigger tiles, fewer loop steps (each step costs a few kernel launches).
 ACCELERATOR_BLOCK_SIZES = (2048, 8192)
 _AXIS = "queries"
 
 
 # ----------------------------------------------------------------------------- layout helpers
+
+
+def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` as a finite float32 ``[num, dim]`` array, or a ValueError naming ``name``."""
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a [num, dim] array of embeddings, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} must hold at least one embedding of dimension >= 1, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
+    a = a.astype(np.float32, copy=False)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN or inf values "
+            f"(first: {name}[{row}, {col}] = {a[row, col]})"
+        )
+    return a
 
 
 def _round_up(x: int, m: int) -> int:
@@ -72,10 +96,13 @@ class Gallery(NamedTuple):
     size: int  # true number of rows N
 
 
-def put_gallery(gallery: np.ndarray, gallery_block_size: int, mesh: Mesh | None) -> Gallery:
-    """Pads ``gallery [N, D]`` to whole chunks and places it (replicated) on the devices."""
+def put_gallery(
+    gallery: np.ndarray, gallery_block_size: int, mesh: Mesh | None, multiple: int = 8
+) -> Gallery:
+    """Pads ``gallery [N, D]`` to whole chunks of ``min(gallery_block_size, N rounded up to
+    a multiple of multiple)`` rows and places it (replicated) on the devices."""
     n, d = gallery.shape
-    g = min(gallery_block_size, _round_up(n, 8))
+    g = min(gallery_block_size, _round_up(n, multiple))
     padded = np.zeros((_round_up(n, g), d), dtype=np.float32)
     padded[:n] = gallery
     chunks = padded.reshape(-1, g, d)
@@ -122,26 +149,73 @@ def _valid_columns(chunk_index: Array, g: int, n: int, self_index: Array) -> Arr
     return (col[None, :] < n) & (col[None, :] != self_index[:, None])
 
 
+def _query_scores(q: Array, chunk: Array) -> Array:
+    """``[b, D] x [G, D] -> [b, G]`` inner products in float32 (``Precision.HIGHEST``): the
+    query-major tile of :func:`knn`, whose top-k runs along the gallery axis (transposing a
+    :func:`_chunk_scores` tile cost XLA's CPU backend more than the product)."""
+    return jnp.einsum(
+        "bd,gd->bg", q, chunk, precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
+
+
+def _top_k(s: Array, valid: Array, k: int) -> tuple[Array, Array]:
+    """``jax.lax.top_k(jnp.where(valid, s, -inf), k)`` of ``[b, M]`` scores without NaN: the
+    ``k`` largest, and among equal scores the lower position first.
+
+    Via the maxima of groups of ``TOP_K_GROUP`` consecutive positions: fewer than ``k`` groups
+    can have a maximum above the ``k``-th largest score ``v``, and the items equal to ``v`` that
+    are kept (the lowest positions) lie in the lowest-indexed groups holding a ``v``; so the
+    ``k`` best groups (ties: lower group first) hold the ``k`` best items, and one max pass over
+    ``s`` plus top-k over ``M / TOP_K_GROUP`` maxima and ``k * TOP_K_GROUP`` candidates (kept in
+    position order) replace a top-k over ``M``. The mask is applied inside the max pass and to
+    the candidates, never written out as a masked ``[b, M]`` copy. Plain ``top_k`` where ``M``
+    is not a whole number of groups or the groups would not cut the work
+    (``2 k TOP_K_GROUP > M``).
+    """
+    b, m = s.shape
+    if m % TOP_K_GROUP or 2 * k * TOP_K_GROUP > m:
+        return jax.lax.top_k(jnp.where(valid, s, -jnp.inf), k)
+    groups = s.reshape(b, m // TOP_K_GROUP, TOP_K_GROUP)
+    valid = valid.reshape(groups.shape)
+    _, best = jax.lax.top_k(jnp.max(jnp.where(valid, groups, -jnp.inf), axis=-1), k)
+    best = jnp.sort(best, axis=-1)[:, :, None]
+    candidates = jnp.where(
+        jnp.take_along_axis(valid, best, axis=1), jnp.take_along_axis(groups, best, axis=1), -jnp.inf
+    )
+    top, at = jax.lax.top_k(candidates.reshape(b, -1), k)
+    position = best * TOP_K_GROUP + jnp.arange(TOP_K_GROUP, dtype=best.dtype)
+    return top, jnp.take_along_axis(position.reshape(b, -1), at, axis=1)
+
+
 def _topk_step(q, self_index, chunks, *, k: int, n: int):
     g = chunks.shape[1]
     b = q.shape[0]
+    kc = min(k, g)  # a chunk holds at most g neighbours
 
     def step(carry, xs):
         best_s, best_i = carry
         c, chunk = xs
-        s = _chunk_scores(chunk, q).T
-        s = jnp.where(_valid_columns(c, g, n, self_index), s, -jnp.inf)
-        idx = jnp.broadcast_to(c * g + jnp.arange(g, dtype=jnp.int32), s.shape)
-        # Earlier items first: among equal scores top_k keeps the lower gallery index.
-        cat_s = jnp.concatenate([best_s, s], axis=1)
-        cat_i = jnp.concatenate([best_i, idx], axis=1)
-        top_s, pos = jax.lax.top_k(cat_s, k)
-        return (top_s, jnp.take_along_axis(cat_i, pos, axis=1)), None
+        valid = jnp.broadcast_to(_valid_columns(c, g, n, self_index), (b, g))
+        top_s, top_p = _top_k(_query_scores(q, chunk), valid, kc)
+        # Earlier chunks first: among equal scores top_k keeps the lower gallery index.
+        cat_s = jnp.concatenate([best_s, top_s], axis=1)
+        cat_i = jnp.concatenate([best_i, c * g + top_p], axis=1)
+        merged_s, pos = jax.lax.top_k(cat_s, k)
+        return (merged_s, jnp.take_along_axis(cat_i, pos, axis=1)), None
 
     init = (jnp.full((b, k), -jnp.inf, jnp.float32), jnp.full((b, k), -1, jnp.int32))
     xs = (jnp.arange(chunks.shape[0]), chunks)
     (scores, index), _ = jax.lax.scan(step, init, xs)
     return scores, index
+
+
+def knn_chunk_size(n: int, gallery_block_size: int) -> int:
+    """Gallery rows per chunk of :func:`knn`: the fewest chunks of at most
+    ``gallery_block_size`` rows, made equal and rounded up to whole ``TOP_K_GROUP`` groups (so
+    padding stays under one group per chunk; e.g. 20,000 items: 2 chunks of 10,016)."""
+    chunks = -(-n // max(gallery_block_size, 1))
+    return _round_up(-(-n // chunks), TOP_K_GROUP)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -153,7 +227,7 @@ def knn(
     *,
     k: int,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    gallery_block_size: int = DEFAULT_GALLERY_BLOCK_SIZE,
+    gallery_block_size: int = KNN_GALLERY_BLOCK_SIZE,
     mesh: Mesh | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` neighbours by inner product, streaming the gallery in chunks.
@@ -164,7 +238,8 @@ def knn(
         excluded from its neighbours.
       k: number of neighbours, ``1 <= k <= N`` (``N - 1`` without a gallery).
       block_size: queries per step (rounded up to a multiple of the device count).
-      gallery_block_size: gallery rows per chunk of the scan.
+      gallery_block_size: at most this many gallery rows per chunk of the scan
+        (:func:`knn_chunk_size`).
       mesh: a one-axis device mesh; default: all devices (see :func:`query_mesh`).
 
     Returns:
@@ -173,14 +248,19 @@ def knn(
 
     Memory is ``O(block_size * (gallery_block_size + k) + N * D)`` per device.
     """
-    queries = np.asarray(queries, np.float32)
+    queries = as_embeddings(queries, "queries")
     self_excluded = gallery is None
-    gallery = queries if gallery is None else np.asarray(gallery, np.float32)
+    gallery = queries if gallery is None else as_embeddings(gallery, "gallery")
+    if gallery.shape[1] != queries.shape[1]:
+        raise ValueError(
+            f"gallery has dimension {gallery.shape[1]} but queries have dimension {queries.shape[1]}"
+        )
     n = gallery.shape[0] - (1 if self_excluded else 0)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}] for this gallery, got {k}")
     mesh = query_mesh() if mesh is None else mesh
-    gal = put_gallery(gallery, gallery_block_size, mesh)
+    chunk = knn_chunk_size(gallery.shape[0], gallery_block_size)
+    gal = put_gallery(gallery, chunk, mesh, multiple=TOP_K_GROUP)
     fn = _topk_fn(mesh, k, gal.size)
     out_s, out_i = [], []
     for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
