@@ -199,7 +199,7 @@ def write_docs(path: Path, results: list[dict], rows: list[str]) -> None:
         "docs/evaluation.md), and the search time grows with it. Exact search computes its `Q x N`",
         "dot products as matrix products that reuse each gallery block for many queries; per item",
         "scored, ScaNN's scan of 4-bit codes (3 dimensions each) and exact re-scoring of 1000",
-        "candidates cost a third (1M) to a half (200k) as much as exact search in the 2-core",
+        "candidates cost about half (1M) to three quarters (200k) as much as exact search in the 2-core",
         "runs, not the 10x less its code size suggests, so the speed-up is about 1 / (share",
         "searched x that cost ratio) here. Build + search beats exact search only with many",
         "queries: the `auto` rule (docs/evaluation.md) is fitted to these runs.",

@@ -301,7 +301,7 @@ def _documented_rule(q, n, d, platform="cpu", label_paths=False):
     """The rule of docs/evaluation.md ("backend="auto""), written out from the docs."""
     if platform != "cpu" or label_paths or n < 100_000:
         return "exact"
-    exact = 2.4e-11 * q * n * d
+    exact = 1.5e-11 * q * n * d
     scann = 5.0e-11 * d * n**0.5 * (12 * min(n, 100_000) + n) + 9.7e-12 * 0.45 * q * n * d
     return "scann" if scann < exact else "exact"
 
@@ -332,14 +332,16 @@ def test_auto_backend_decisions():
     rule = _documented_rule
     assert rule(100_000, 100_000, 128) == "scann"  # gallery=None from 100k items on
     assert rule(5_000, 200_000, 128) == "exact"
-    assert rule(10_000, 200_000, 128) == "scann"
+    assert rule(10_000, 200_000, 128) == "exact"
+    assert rule(20_000, 200_000, 128) == "scann"
     assert rule(2_000, 1_000_000, 128) == "exact"
     assert rule(5_000, 1_000_000, 128) == "exact"
-    assert rule(10_000, 1_000_000, 128) == "scann"
+    assert rule(10_000, 1_000_000, 128) == "exact"
+    assert rule(20_000, 1_000_000, 128) == "scann"
     assert rule(1_000_000, 1_000_000, 128, platform="gpu") == "exact"
-    # The documented break-even Q*(N) (independent of D): ~10.5k at 100k items, ~5.6k at 1M.
-    for n, q_docs in [(100_000, 10_500), (200_000, 8_000), (1_000_000, 5_600)]:
-        q_star = 5.0e-11 * n**0.5 * (12 * min(n, 100_000) + n) / ((2.4e-11 - 0.45 * 9.7e-12) * n)
+    # The documented break-even Q*(N) (independent of D): ~19.3k at 100k items, ~10.3k at 1M.
+    for n, q_docs in [(100_000, 19_300), (200_000, 14_700), (1_000_000, 10_300)]:
+        q_star = 5.0e-11 * n**0.5 * (12 * min(n, 100_000) + n) / ((1.5e-11 - 0.45 * 9.7e-12) * n)
         assert abs(q_star - q_docs) < 50
         assert rule(int(q_star) - 1, n, 128) == "exact" and rule(int(q_star) + 1, n, 128) == "scann"
     if scann_backend.scann_available():
