@@ -448,6 +448,8 @@ def test_sharded_equals_single_device():
         "y = rng.integers(0, 12, size=90)\n"
         "p = np.stack([y, y // 4], 1)\n"
         "r = retrieval.evaluate(x, p, block_size=20, gallery_block_size=32, hierarchy_block_size=8)\n"
+        "z = np.random.default_rng(1).integers(-1, 2, size=(1500, 4)).astype(np.float32)\n"
+        "r['knn'] = retrieval.knn(z, k=5, block_size=64, gallery_block_size=512)[1].tolist()\n"
         "print(json.dumps(r))\n"
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -455,6 +457,11 @@ def test_sharded_equals_single_device():
     import json
 
     sharded = json.loads(out.stdout.strip().splitlines()[-1])
+    # knn on the 4-device mesh, grouped top-k per chunk: the stable order of numpy's sort.
+    z = np.random.default_rng(1).integers(-1, 2, size=(1500, 4)).astype(np.float32)
+    s = z @ z.T
+    np.fill_diagonal(s, -np.inf)
+    np.testing.assert_array_equal(np.array(sharded.pop("knn")), _stable_top_k(s, 5)[1])
     rng = np.random.default_rng(0)
     x = rng.integers(-2, 3, size=(90, 6)).astype(np.float32)
     y = rng.integers(0, 12, size=90)
