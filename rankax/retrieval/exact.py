@@ -1,10 +1,12 @@
 """Exact retrieval in JAX: blocked top-k, and the exact ranks of every query's positives.
 
 Both stream the gallery in chunks of ``gallery_block_size`` rows, so the largest array is one
-``[chunk, block]`` score tile and an ``N x N`` score matrix is never formed. Every score comes
-from the same ``[chunk, D] x [D, block]`` product (:func:`_chunk_scores`, float32 with
-``Precision.HIGHEST``) with the same shapes, so a score read twice agrees bitwise (ties between
-duplicated embeddings stay ties).
+``[chunk, block]`` score tile and an ``N x N`` score matrix is never formed. Every score of the
+rank counting comes from the same ``[chunk, D] x [D, block]`` product (:func:`_chunk_scores`,
+float32 with ``Precision.HIGHEST``) with the same shapes, so a score read twice agrees bitwise
+(ties between duplicated embeddings stay ties); :func:`knn` scores query-major ``[block,
+chunk]`` tiles (:func:`_query_scores`, same precision) and its scores may differ from the rank
+counting's in the last bit.
 
 Ranks follow rankax's tie rule :math:`H(0) = 1`: the rank of positive ``p`` of query ``q`` is
 one plus the number of other gallery items (the query itself excluded when the query set is
@@ -168,10 +170,8 @@ def _top_k(s: Array, valid: Array, k: int) -> tuple[Array, Array]:
     are kept (the lowest positions) lie in the lowest-indexed groups holding a ``v``; so the
     ``k`` best groups (ties: lower group first) hold the ``k`` best items, and one max pass over
     ``s`` plus top-k over ``M / TOP_K_GROUP`` maxima and ``k * TOP_K_GROUP`` candidates (kept in
-    position order) replace a top-k over ``M``. The mask is applied inside the max pass and to
-    the candidates, never written out as a masked ``[b, M]`` copy. Plain ``top_k`` where ``M``
-    is not a whole number of groups or the groups would not cut the work
-    (``2 k TOP_K_GROUP > M``).
+    position order) replace a top-k over ``M``. Plain ``top_k`` where ``M`` is not a whole
+    number of groups or the groups would not cut the work (``2 k TOP_K_GROUP > M``).
     """
     b, m = s.shape
     if m % TOP_K_GROUP or 2 * k * TOP_K_GROUP > m:
