@@ -184,15 +184,20 @@ def test_knn_with_ties_over_several_chunks(k):
 
 
 @pytest.mark.parametrize(
-    "n, most", [(1, 16384), (100, 16384), (20_000, 16384), (200_000, 16384), (1500, 512), (513, 512)]
+    "n, most",
+    [(1, 16384), (100, 16384), (20_000, 16384), (200_000, 16384), (1500, 512), (513, 512), (37, 8),
+     (1999, 1000)],
 )
 def test_knn_chunk_size_pads_less_than_a_group_per_chunk(n, most):
     g = exact.knn_chunk_size(n, most)
     chunks = -(-n // g)
-    assert g % exact.TOP_K_GROUP == 0
-    assert g <= -(-most // exact.TOP_K_GROUP) * exact.TOP_K_GROUP
+    assert g <= most
     assert chunks == -(-n // most)  # no more chunks than the bound needs
     assert chunks * g - n < chunks * exact.TOP_K_GROUP
+    # whole groups (for the grouped top-k) whenever equal chunks rounded up to them fit
+    equal = -(-n // chunks)
+    fits = -(-equal // exact.TOP_K_GROUP) * exact.TOP_K_GROUP <= most
+    assert g % exact.TOP_K_GROUP == 0 if fits else g == equal
 
 
 def test_knn_bad_input():

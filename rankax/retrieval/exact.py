@@ -212,10 +212,13 @@ def _topk_step(q, self_index, chunks, *, k: int, n: int):
 
 def knn_chunk_size(n: int, gallery_block_size: int) -> int:
     """Gallery rows per chunk of :func:`knn`: the fewest chunks of at most
-    ``gallery_block_size`` rows, made equal and rounded up to whole ``TOP_K_GROUP`` groups (so
-    padding stays under one group per chunk; e.g. 20,000 items: 2 chunks of 10,016)."""
+    ``gallery_block_size`` rows, made equal and rounded up to whole ``TOP_K_GROUP`` groups where
+    that stays within the bound (padding under one group per chunk; e.g. 20,000 items: 2 chunks
+    of 10,016), else equal chunks as they come (e.g. 37 items in chunks of at most 8: 8)."""
     chunks = -(-n // max(gallery_block_size, 1))
-    return _round_up(-(-n // chunks), TOP_K_GROUP)
+    size = -(-n // chunks)
+    grouped = _round_up(size, TOP_K_GROUP)
+    return grouped if grouped <= gallery_block_size else size
 
 
 # ----------------------------------------------------------------------------- public API
