@@ -94,7 +94,7 @@ def np_slots(qk, ik, mask, qidx, include_self, capacity):
 
 @pytest.mark.parametrize("include_self", [False, True])
 @pytest.mark.parametrize("capacity", [1, 3, 6])
-def test_same_key_slots_equal_a_brute_force_scan(include_self, capacity):
+def test_key_run_slots_equal_a_brute_force_scan(include_self, capacity):
     rng = np.random.default_rng(capacity + 10 * include_self)
     n = 30
     ik = rng.integers(0, 6, n).astype(np.int32)
@@ -103,24 +103,30 @@ def test_same_key_slots_equal_a_brute_force_scan(include_self, capacity):
     mask[[2, 3, 5]] = [False, True, True]  # an invalid item before valid ones of that class
     qidx = np.r_[3, rng.permutation(n)[:12]].astype(np.int32)
     qk = ik[qidx]
-    slots, count = positives.same_key_slots(
-        jnp.asarray(qk), jnp.asarray(ik), jnp.asarray(mask), jnp.asarray(qidx), include_self, capacity
+    runs = positives.key_runs(
+        jnp.asarray(qk), jnp.asarray(ik), jnp.asarray(mask), jnp.asarray(qidx), include_self
     )
+    slots = positives.slots_of(runs, capacity)
     index, filled, want_count = np_slots(qk, ik, mask, qidx, include_self, capacity)
-    np.testing.assert_array_equal(count, want_count)
+    np.testing.assert_array_equal(runs.count, want_count)
     np.testing.assert_array_equal(slots.mask, filled)
     np.testing.assert_array_equal(np.where(filled, slots.index, -1), np.where(filled, index, -1))
+    # The slots of some rows (the batch path's blocks) are those rows of the brute-force scan.
+    rows = np.array([4, 0, 9])
+    some = positives.slots_of(runs, capacity, jnp.asarray(rows))
+    np.testing.assert_array_equal(some.mask, filled[rows])
+    want = np.where(filled[rows], index[rows], -1)
+    np.testing.assert_array_equal(np.where(filled[rows], some.index, -1), want)
 
 
-def test_same_key_slots_without_query_positions():
+def test_key_run_slots_without_query_positions():
     ik = np.array([2, 1, 2, 2, 5, 1], np.int32)
     mask = np.array([True, True, False, True, True, True])
     qk = np.array([2, 1, 7], np.int32)
-    slots, count = positives.same_key_slots(
-        jnp.asarray(qk), jnp.asarray(ik), jnp.asarray(mask), None, False, 2
-    )
+    runs = positives.key_runs(jnp.asarray(qk), jnp.asarray(ik), jnp.asarray(mask), None, False)
+    slots = positives.slots_of(runs, 2)
     index, filled, want_count = np_slots(qk, ik, mask, None, False, 2)
-    np.testing.assert_array_equal(count, want_count)
+    np.testing.assert_array_equal(runs.count, want_count)
     np.testing.assert_array_equal(slots.mask, filled)
     np.testing.assert_array_equal(np.where(filled, slots.index, -1), np.where(filled, index, -1))
 

@@ -42,7 +42,7 @@ class Lists(NamedTuple):
     #: ``max_positives`` is the exact largest positive count (the batch path computed it).
     exact_capacity: bool = False
     caller: str = ""
-    #: The positives' positions when the caller knows them (``positives.same_key_slots``).
+    #: The positives' positions when the caller knows them (``positives.slots_of``).
     slots: positives.Slots | None = None
 
     @property

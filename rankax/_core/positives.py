@@ -113,20 +113,6 @@ def slots_of(runs: KeyRuns, capacity: int, rows: Array | None = None) -> Slots:
     return Slots(runs.order[jnp.clip(pos, 0, n - 1)], slot[None, :] < count[:, None])
 
 
-def same_key_slots(
-    query_keys: Array,
-    item_keys: Array,
-    item_mask: Array,
-    query_index: Array | None,
-    include_self: bool,
-    capacity: int,
-) -> tuple[Slots, Array]:
-    """:func:`key_runs` then :func:`slots_of` for every query: ``(Slots [Q, capacity], count
-    [Q])``, ``count`` the number of positives of each list."""
-    runs = key_runs(query_keys, item_keys, item_mask, query_index, include_self)
-    return slots_of(runs, capacity), runs.count
-
-
 def has_positive(labels: Array, where: Array) -> Array:
     """``[...]`` True for lists with at least one valid item of relevance > 0."""
     return jnp.any((labels > 0) & where, axis=-1)
