@@ -2,14 +2,20 @@
 
     python -m experiments.sweep_scann [--items 1000000] [--queries 10000] [--dim 128]
         [--config "leaves=2000,dpb=2,threshold=0.2,reorder=250,search=0.25/0.3"]...
-        [--output sweep.json]
+        [--noise 1.0] [--output sweep.json]
 
 Same data, queries and measures as :mod:`experiments.benchmark_scann` (SOP-like clustered
 embeddings, ``--queries`` of them as queries, each excluded from its own list). Each
 ``--config`` is one index: ``leaves`` k-means leaves, ``dpb`` dimensions per 4-bit AH block,
 ``threshold`` the anisotropic quantization threshold, ``reorder`` the exactly re-scored
-candidates, ``sample`` the training sample, and ``search`` the fractions of the leaves
+candidates, ``sample`` the training sample, ``codes`` how the items of the searched leaves
+are scored before re-scoring (``ah``: the 4-bit AH codes of
+:func:`~rankax.retrieval.scann_backend.build_searcher`; ``int8``: ScaNN's int8 scalar
+quantisation, ``score_brute_force(quantize=True)``, nearly exact: it isolates what the
+partition alone loses), and ``search`` the fractions of the leaves
 searched (``/``-separated), each a ``search_batched_parallel`` call on the same index.
+``--noise`` is the per-image noise of :func:`~experiments.benchmark_retrieval.clustered_embeddings`
+(default: its own, 1.5 at D = 128; smaller values give better separated classes).
 Before each index is built, rankax's exact :func:`~rankax.retrieval.knn` runs again, so
 each configuration's speed-up is against an exact search timed next to it (the host is
 shared: load comes and goes), and the best exact time of the run is reported too.
@@ -42,9 +48,13 @@ DEFAULT_CONFIGS = (
 )
 
 
+CODES = ("ah", "int8")
+
+
 def parse_config(text: str) -> dict:
     """``"leaves=2000,dpb=2,search=0.3/0.4"`` -> a dict of build settings and fractions."""
-    out = {"leaves": 0, "dpb": 2, "threshold": 0.2, "reorder": 250, "sample": 100_000, "search": [0.45]}
+    out = {"leaves": 0, "dpb": 2, "threshold": 0.2, "reorder": 250, "sample": 100_000, "codes": "ah",
+           "search": [0.45]}
     for item in text.split(","):
         key, _, value = item.partition("=")
         if key not in out:
@@ -53,6 +63,10 @@ def parse_config(text: str) -> dict:
             out[key] = [float(f) for f in value.split("/")]
         elif key == "threshold":
             out[key] = float(value)
+        elif key == "codes":
+            if value not in CODES:
+                raise ValueError(f"--config codes must be one of {CODES}, got {value!r} in {text!r}")
+            out[key] = value
         else:
             out[key] = int(value)
     return out
@@ -74,8 +88,24 @@ def _best_of(fn, repeats: int):
     return out, wall, cpu
 
 
-def sweep(n: int, num_queries: int, dim: int, configs: list[dict], repeats: int = 1) -> dict:
-    x, y = clustered_embeddings(n, dim, seed=n + dim)  # the data of benchmark_scann
+def _build(x: np.ndarray, cfg: dict, leaves: int):
+    """One ``tree_ah`` index of rankax (``codes=ah``), or the same tree over int8 scoring."""
+    if cfg["codes"] == "ah":
+        return scann_backend.build_searcher(
+            x, K + 1, config="tree_ah", num_leaves=leaves, reorder_k=cfg["reorder"],
+            training_sample_size=cfg["sample"], dimensions_per_block=cfg["dpb"],
+            anisotropic_threshold=cfg["threshold"])
+    from scann import scann_ops_pybind
+
+    sample = min(len(x), cfg["sample"])
+    return (scann_ops_pybind.builder(x, K + 1, "dot_product")
+            .tree(num_leaves=leaves, num_leaves_to_search=1, training_sample_size=sample)
+            .score_brute_force(quantize=True).reorder(max(cfg["reorder"], K + 1)).build())
+
+
+def sweep(n: int, num_queries: int, dim: int, configs: list[dict], repeats: int = 1,
+          noise: float | None = None) -> dict:
+    x, y = clustered_embeddings(n, dim, noise=noise, seed=n + dim)  # the data of benchmark_scann
     ids = np.sort(np.random.default_rng(0).choice(n, num_queries, replace=False))
     queries = x[ids]
     exact_index, first = _timed(lambda: knn(queries, x, k=K + 1)[1])  # compiles
@@ -89,10 +119,7 @@ def sweep(n: int, num_queries: int, dim: int, configs: list[dict], repeats: int 
         exact_times.append(exact_s)
         leaves = cfg["leaves"] or scann_backend.default_num_leaves(n)
         searcher = None  # free the previous index first
-        searcher, build_s = _timed(lambda cfg=cfg, leaves=leaves: scann_backend.build_searcher(
-            x, K + 1, config="tree_ah", num_leaves=leaves, reorder_k=cfg["reorder"],
-            training_sample_size=cfg["sample"], dimensions_per_block=cfg["dpb"],
-            anisotropic_threshold=cfg["threshold"]))
+        searcher, build_s = _timed(lambda cfg=cfg, leaves=leaves: _build(x, cfg, leaves))
         for fraction in cfg["search"]:
             to_search = max(math.ceil(fraction * leaves), 1)
             def search(s=searcher, t=to_search):
@@ -109,11 +136,12 @@ def sweep(n: int, num_queries: int, dim: int, configs: list[dict], repeats: int 
                    "r@1": r1, "r@1_delta": r1 - exact_r1,
                    "recall@10": float(np.mean(hits) / K)}
             rows.append(row)
-            print(f"| L={leaves} dpb={cfg['dpb']} t={cfg['threshold']} reorder={cfg['reorder']} "
+            codes = f"dpb={cfg['dpb']}" if cfg["codes"] == "ah" else "int8"
+            print(f"| L={leaves} {codes} t={cfg['threshold']} reorder={cfg['reorder']} "
                   f"sample={cfg['sample']} search {to_search}/{leaves} | {build_s:.1f} | {search_s:.2f} | "
                   f"{exact_s:.1f} | {row['speedup']:.2f}x | {row['cpu_speedup']:.2f}x | "
                   f"{r1:.4f} ({row['r@1_delta']:+.4f}) | {row['recall@10']:.3f} |", flush=True)
-    return {"items": n, "queries": num_queries, "dim": dim, "exact_r@1": exact_r1,
+    return {"items": n, "queries": num_queries, "dim": dim, "noise": noise, "exact_r@1": exact_r1,
             "exact_seconds": exact_times, "runs": rows}
 
 
@@ -123,11 +151,12 @@ def main(argv=None):
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--config", action="append", help="one index (repeatable); see above")
+    parser.add_argument("--noise", type=float, help="per-image noise of the data (default: the generator's)")
     parser.add_argument("--repeats", type=int, default=1, help="best of this many timings of each search")
     parser.add_argument("--output", help="JSON file for the results")
     args = parser.parse_args(argv)
     configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
-    res = sweep(args.items, min(args.queries, args.items), args.dim, configs, args.repeats)
+    res = sweep(args.items, min(args.queries, args.items), args.dim, configs, args.repeats, args.noise)
     print(f"exact seconds (each before an index build): {[round(t, 1) for t in res['exact_seconds']]}")
     if args.output:
         Path(args.output).write_text(json.dumps(res, indent=2))

@@ -579,3 +579,47 @@ def test_exact_repeated_calls_reuse_compiled_programs():
     retrieval.evaluate(x2, y, block_size=16, gallery_block_size=8)
     after = exact._positive_ranks_fn.cache_info()
     assert after.misses == before.misses and after.hits > before.hits
+
+
+def test_sweep_scann_config_parsing():
+    from experiments.sweep_scann import parse_config
+
+    cfg = parse_config("leaves=10,dpb=3,codes=int8,search=0.2/0.5")
+    assert (cfg["leaves"], cfg["dpb"], cfg["codes"], cfg["search"]) == (10, 3, "int8", [0.2, 0.5])
+    with pytest.raises(ValueError, match="codes must be one of"):
+        parse_config("codes=pq")
+    with pytest.raises(ValueError, match="key must be one of"):
+        parse_config("leafs=10")
+
+
+@needs_scann
+def test_sweep_scann_whole_search_is_exact():
+    # Every leaf searched, int8 scores (near exact), 1000 of 1500 items re-scored exactly:
+    # the exact 10 nearest neighbours are always found, whatever the partition.
+    from experiments.sweep_scann import parse_config, sweep
+
+    cfg = parse_config("leaves=20,codes=int8,reorder=1000,search=1.0")
+    res = sweep(1500, 100, 16, [cfg], noise=1.0)
+    (row,) = res["runs"]
+    assert row["recall@10"] == 1.0 and row["r@1_delta"] == 0.0 and res["noise"] == 1.0
+
+
+def test_evaluate_rejects_unknown_scann_options():
+    x, y = clustered(10, 200)
+    with pytest.raises(ValueError, match=r"scann_options has unknown keys \['leaves'\]"):
+        retrieval.evaluate(x, y, backend="scann", scann_options={"leaves": 3})
+
+
+@needs_scann
+def test_evaluate_passes_scann_options():
+    # One leaf of 64 searched loses neighbours; all 64 searched with every item re-scored
+    # exactly is exact search (R@1 and MAP@R to float rounding).
+    x, y = clustered(11, 3000, noise=1.0)
+    exact_out = retrieval.evaluate(x, y, ks=(1,))
+    narrow = {"num_leaves": 64, "leaves_to_search": 1}
+    whole = {"num_leaves": 64, "leaves_to_search": 64, "reorder_k": 3000}
+    few = retrieval.evaluate(x, y, ks=(1,), backend="scann", scann_config="tree_ah", scann_options=narrow)
+    full = retrieval.evaluate(x, y, ks=(1,), backend="scann", scann_config="tree_ah", scann_options=whole)
+    assert few["recall@1"] < exact_out["recall@1"] - 0.05
+    assert full["recall@1"] == pytest.approx(exact_out["recall@1"], abs=1e-9)
+    assert full["map@r"] == pytest.approx(exact_out["map@r"], abs=1e-6)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -78,6 +78,7 @@ def evaluate(
     relevance_rule: str = "pop",
     relevance_alpha: float = 1.0,
     scann_config: str = "auto",
+    scann_options: Mapping[str, Any] | None = None,
     mesh: Mesh | None = None,
     return_per_query: bool = False,
 ) -> dict[str, Any]:
@@ -104,6 +105,10 @@ def evaluate(
       relevance_rule, relevance_alpha: graded relevance for H-AP
         (:func:`rankax.hierarchy.path_relevance`).
       scann_config: ``"auto"``, ``"brute_force"`` or ``"tree_ah"``.
+      scann_options: ``tree_ah`` settings other than the defaults, as keywords of
+        :func:`~rankax.retrieval.scann_backend.build_searcher` (e.g. ``{"leaves_to_search":
+        300}`` where :func:`~rankax.retrieval.scann_recall` showed that a gallery keeps its
+        neighbours with fewer leaves). ``backend="auto"`` decides with the defaults' cost.
       mesh: device mesh for the exact backend (default: all local devices).
       return_per_query: also return ``"per_query"``: a dict of ``[Q]`` arrays (NaN for
         queries without a positive).
@@ -126,10 +131,12 @@ def evaluate(
 
     Raises:
       ValueError: mismatched lengths, gallery dimension different from the queries',
-        labels of the wrong rank or kind, an unknown backend, bad ``ks``.
+        labels of the wrong rank or kind, an unknown backend, bad ``ks``, unknown
+        ``scann_options`` keys.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    scann_options = scann_backend.check_options(scann_options)
     ks = validation.check_ks(ks)
     data = _checked_sets(queries, query_labels, gallery, gallery_labels, normalize)
     q_classes, g_classes = _finest_classes(data.query_labels, data.gallery_labels)
@@ -146,7 +153,7 @@ def evaluate(
         mesh = exact.query_mesh() if mesh is None else mesh
         per_query = _exact_binary(data, layout, ks, block_size, gallery_block_size, mesh)
     else:
-        per_query = _scann_binary(data, q_classes, g_classes, num_pos, ks, scann_config)
+        per_query = _scann_binary(data, q_classes, g_classes, num_pos, ks, scann_config, scann_options)
     result = _means_over(per_query, num_pos > 0, ks)
     if data.query_labels.ndim == 2 and backend == "exact":
         hierarchical = exact.hierarchical_metrics(
@@ -216,11 +223,14 @@ def _exact_binary(data: _Sets, layout, ks, block_size, gallery_block_size, mesh)
     return per_query
 
 
-def _scann_binary(data: _Sets, q_classes, g_classes, num_pos, ks, scann_config) -> dict[str, np.ndarray]:
+def _scann_binary(
+    data: _Sets, q_classes, g_classes, num_pos, ks, scann_config, scann_options
+) -> dict[str, np.ndarray]:
     """Per-query binary metrics from ScaNN's neighbours, down to depth ``max(k, R)``."""
     depth = min(max(max(ks), int(num_pos.max(initial=1))), len(data.gallery) - int(data.self_excluded))
     _, index = scann_backend.scann_knn(
-        data.queries, None if data.self_excluded else data.gallery, k=depth, config=scann_config
+        data.queries, None if data.self_excluded else data.gallery, k=depth, config=scann_config,
+        **scann_options,
     )
     match = g_classes[index] == q_classes[:, None]
     if depth < max(ks):  # a gallery smaller than k: pad with misses

@@ -25,8 +25,10 @@ blocks needed 2000 re-scored candidates for the same R@1 and lost more of the ex
 500 or 2000 leaves lost more R@1 than 1000 for the same share of leaves searched, and a
 300,000-item training sample did not help. These ratios are against ``knn`` before its grouped
 top-k made exact search 1.5x faster: since then the default searches 4.1x faster than ``knn``
-and 3.0x faster than faiss's flat index at 1M x 128. docs/benchmarks.md (ScaNN section) has
-the default's numbers from ``experiments.benchmark_scann``.
+and 3.0x faster than faiss's flat index at 1M x 128. The R@1 it loses is the partition's:
+int8 scoring of the same leaves loses the same (docs/evaluation.md). docs/benchmarks.md (ScaNN
+section) has the default's numbers from ``experiments.benchmark_scann``. ``evaluate``'s
+``scann_options`` replaces any default (:func:`check_options`).
 
 ``config="auto"`` (the default) is ``"brute_force"`` below ``AUTO_TREE_THRESHOLD`` =
 100,000 gallery items and ``"tree_ah"`` from there on: below that size ScaNN's brute force
@@ -38,8 +40,10 @@ states the same rule.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -194,6 +198,19 @@ def build_searcher(
         .reorder(reorder_k)
         .build()
     )
+
+
+def check_options(options: Mapping[str, Any] | None, name: str = "scann_options") -> dict[str, Any]:
+    """``options`` as a dict of :func:`build_searcher`'s tuning keywords (``num_leaves``,
+    ``leaves_to_search``, ``reorder_k``, ``training_sample_size``, ``dimensions_per_block``,
+    ``anisotropic_threshold``); any other key raises a ``ValueError`` naming ``name``."""
+    options = dict(options or {})
+    known = [p.name for p in inspect.signature(build_searcher).parameters.values()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "config"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{name} has unknown keys {unknown}; the known ones are {known}")
+    return options
 
 
 def scann_knn(
