@@ -4,6 +4,7 @@
         [--step N] [--output metrics.json] [--save_embeddings test.npz]
     python -m experiments.evaluate --embeddings test.npz [--gallery gallery.npz] \
         [--backend auto|exact|scann] [--scann_config auto|brute_force|tree_ah] \
+        [--scann_leaves_to_search N] \
         [--ks 1,2,4,8] [--normalize] [--output metrics.json]
 
 A workdir (``--workdir``, or its older name ``--checkpoint``) is evaluated with the config its
@@ -123,6 +124,7 @@ FLAGS = {
     "gallery": "separate gallery .npz (default: queries = gallery)",
     "backend": f"one of {', '.join(BACKENDS)} (default exact)",
     "scann_config": f"one of {', '.join(SCANN_CONFIGS)} (default auto)",
+    "scann_leaves_to_search": "tree_ah leaves scored per query (default 45 % of them; docs/evaluation.md)",
     "ks": "comma-separated k of recall@k (default 1,2,4,8)",
     "normalize": "L2-normalise the embeddings first",
     "block_size": "queries per step (default: 512 on the CPU, 2048 on accelerators)",
@@ -152,12 +154,18 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     try:
         step = int(values["step"]) if "step" in values else None
         block_size = int(values["block_size"]) if "block_size" in values else None
+        leaves = int(values["scann_leaves_to_search"]) if "scann_leaves_to_search" in values else None
     except ValueError as err:
-        raise cli.CliError(f"--step and --block_size take integers ({err})") from None
+        raise cli.CliError(
+            f"--step, --block_size and --scann_leaves_to_search take integers ({err})"
+        ) from None
+    if leaves is not None and leaves < 1:
+        raise cli.CliError(f"--scann_leaves_to_search must be >= 1, got {leaves}")
     args = argparse.Namespace(
         checkpoint=workdir, flag=flag, config=values.get("config"), step=step,
         embeddings=values.get("embeddings"), gallery=values.get("gallery"),
         backend=values.get("backend", "exact"), scann_config=values.get("scann_config", "auto"),
+        scann_options={} if leaves is None else {"leaves_to_search": leaves},
         ks=values.get("ks", "1,2,4,8"), normalize=bool(values.get("normalize", False)),
         block_size=block_size, output=values.get("output"), save_embeddings=values.get("save_embeddings"),
         distributed={k: values[k] for k in cli.DISTRIBUTED_FLAGS if k in values},  # [multihost]
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     evaluator = RetrievalEvaluator(
         inputs, labels, gallery_inputs=gallery, gallery_labels=gallery_labels,
         batch_size=max(len(inputs), 1), backend=args.backend, ks=ks, normalize=args.normalize,
-        scann_config=args.scann_config, block_size=args.block_size,
+        scann_config=args.scann_config, scann_options=args.scann_options, block_size=args.block_size,
     )
     start = time.perf_counter()
     metrics = evaluator.run(embed_fn)

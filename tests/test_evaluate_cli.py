@@ -64,3 +64,22 @@ def test_cli_missing_step_is_a_clear_exit(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(SystemExit, match=r"--checkpoint: .*\b7\b"):
         cli.main(["--checkpoint", str(tmp_path), "--config", str(config), "--step", "7"])
+
+
+def test_cli_scann_leaves_to_search(tmp_path, monkeypatch):
+    x, y = _data(2)
+    path = _write(tmp_path / "e.npz", x, y)
+    with pytest.raises(SystemExit, match="--scann_leaves_to_search must be >= 1"):
+        cli.main(["--embeddings", path, "--scann_leaves_to_search", "0"])
+    with pytest.raises(SystemExit, match="take integers"):
+        cli.main(["--embeddings", path, "--scann_leaves_to_search", "half"])
+    seen = {}
+    real = retrieval.evaluator.evaluate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **{**kwargs, "backend": "exact"})
+
+    monkeypatch.setattr(retrieval.evaluator, "evaluate", spy)
+    cli.main(["--embeddings", path, "--backend", "scann", "--scann_leaves_to_search", "3"])
+    assert seen["scann_options"] == {"leaves_to_search": 3} and seen["backend"] == "scann"
