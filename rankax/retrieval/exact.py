@@ -107,10 +107,7 @@ def put_gallery(
     g = min(gallery_block_size, _round_up(n, multiple))
     padded = np.zeros((_round_up(n, g), d), dtype=np.float32)
     padded[:n] = gallery
-    chunks = padded.reshape(-1, g, d)
-    if mesh is None:
-        return Gallery(jnp.asarray(chunks), n)
-    return Gallery(jax.device_put(chunks, NamedSharding(mesh, P())), n)
+    return Gallery(put(padded.reshape(-1, g, d), mesh, P()), n)
 
 
 def _shard(fn, mesh: Mesh | None, in_specs, out_specs):
@@ -123,10 +120,16 @@ def _shard(fn, mesh: Mesh | None, in_specs, out_specs):
     )
 
 
+def put(x: np.ndarray, mesh: Mesh | None, spec: P) -> Array:
+    """``x`` on the device (one device) or laid out on ``mesh`` by ``spec``.
+
+    ``jax.device_put``, not ``jnp.asarray``: with jax 0.10 the latter compiles a copy program
+    for every new shape, a cost each first call of ``evaluate`` paid per array it sent."""
+    return jax.device_put(x) if mesh is None else jax.device_put(x, NamedSharding(mesh, spec))
+
+
 def _put_queries(x: np.ndarray, mesh: Mesh | None) -> Array:
-    if mesh is None:
-        return jnp.asarray(x)
-    return jax.device_put(x, NamedSharding(mesh, P(_AXIS)))
+    return put(x, mesh, P(_AXIS))
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -446,8 +449,8 @@ def _positive_ranks_fn(mesh: Mesh | None, c: int, t: int, by_rows: bool):
             else:
                 qb = jax.lax.dynamic_slice_in_dim(chunks.reshape(-1, chunks.shape[2]), q_start + i * b, b)
             r = block(qb, sl(lo), sl(hi), sl(self_index), base[i], chunks, num_chunks, n)
-            put = lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, i * b, 0)
-            return tuple(put(o, v) for o, v in zip(out, r, strict=True))
+            write = lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, i * b, 0)
+            return tuple(write(o, v) for o, v in zip(out, r, strict=True))
 
         init = (jnp.zeros((nb * b, c), jnp.int32),) * 2
         return jax.lax.fori_loop(0, num_blocks[0], step, init)
@@ -497,9 +500,8 @@ def positive_ranks(
     padded = np.zeros((_coarse_bucket(-(-(n + b * from_gallery) // g)) * g, d), np.float32)
     np.take(gallery, layout.gallery_order, axis=0, out=padded[:n], mode="clip")  # unbuffered
     chunks = padded.reshape(-1, g, d)
-    put = lambda a, spec: jnp.asarray(a) if mesh is None else jax.device_put(a, NamedSharding(mesh, spec))
-    chunks = put(chunks, P())
-    consts = (chunks, put(np.int32(num_chunks), P()), put(np.int32(n), P()))
+    chunks = put(chunks, mesh, P())
+    consts = (chunks, put(np.int32(num_chunks), mesh, P()), put(np.int32(n), mesh, P()))
 
     span = layout.span
     c_all = np.maximum(8, 2 ** np.ceil(np.log2(np.maximum(span, 1))).astype(np.int64)) if by_rows else None
@@ -509,7 +511,7 @@ def positive_ranks(
         args, t = _group_inputs(None if from_gallery else queries, layout, start, stop, b, g, devices,
                                 num_chunks)
         fn = _positive_ranks_fn(mesh, c, t, by_rows)
-        rank, rank_pos = fn(*(put(a, P(_AXIS)) for a in args), *consts, put(np.int32(start), P()))
+        rank, rank_pos = fn(*(put(a, mesh, P(_AXIS)) for a in args), *consts, put(np.int32(start), mesh, P()))
         pending.append((start, stop, c, rank, rank_pos))
     width = int(max(span.max(initial=1), 1))  # slots past the longest run are empty
     rank = np.ones((len(span), width), np.int32)
@@ -692,7 +694,7 @@ def hierarchical_metrics(
 ) -> dict[str, np.ndarray]:
     """Per-query ``hap``, ``ndcg``, ``asi`` and ``has_relevant`` over the whole gallery."""
     fn = _hierarchy_fn(mesh, gallery.size, rule, alpha)
-    g_paths = jnp.asarray(gallery_paths)
+    g_paths = put(gallery_paths, mesh, P())
     out: dict[str, list] = {"hap": [], "ndcg": [], "asi": [], "has_relevant": []}
     for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
         b = qb.shape[0]
