@@ -623,3 +623,22 @@ def test_evaluate_passes_scann_options():
     assert few["recall@1"] < exact_out["recall@1"] - 0.05
     assert full["recall@1"] == pytest.approx(exact_out["recall@1"], abs=1e-9)
     assert full["map@r"] == pytest.approx(exact_out["map@r"], abs=1e-6)
+
+
+@needs_scann
+def test_scann_knn_marks_missing_neighbours():
+    # One leaf of 64 searched holds ~50 of 3000 items: k = 200 leaves the rest unfound.
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    q = rng.normal(size=(40, 16)).astype(np.float32)
+    scores, index = scann_backend.scann_knn(q, x, k=200, config="tree_ah", num_leaves=64,
+                                            leaves_to_search=1, reorder_k=200)
+    found = index >= 0
+    # (k-means may leave a leaf empty: a query sent there finds nothing)
+    assert found.any() and found.sum(1).max() < 200
+    assert np.all(found[:, :-1] >= found[:, 1:])  # the missing ones come last
+    assert np.all(scores[~found] == -np.inf)
+    exact_scores = np.einsum("qd,qkd->qk", q, x[np.where(found, index, 0)])  # numpy dot products
+    np.testing.assert_allclose(scores[found], exact_scores[found], rtol=1e-5, atol=1e-5)
+    for row, ok in zip(index, found, strict=True):
+        assert len(set(row[ok])) == ok.sum()

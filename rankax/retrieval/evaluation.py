@@ -232,7 +232,7 @@ def _scann_binary(
         data.queries, None if data.self_excluded else data.gallery, k=depth, config=scann_config,
         **scann_options,
     )
-    match = g_classes[index] == q_classes[:, None]
+    match = (g_classes[index] == q_classes[:, None]) & (index >= 0)  # -1: no neighbour found
     if depth < max(ks):  # a gallery smaller than k: pad with misses
         match = np.pad(match, ((0, 0), (0, max(ks) - depth)))
     return _binary_from_neighbours(match, num_pos, ks)

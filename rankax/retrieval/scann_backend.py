@@ -213,6 +213,17 @@ def check_options(options: Mapping[str, Any] | None, name: str = "scann_options"
     return options
 
 
+def _search(searcher: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(index [Q, k] int64, scores [Q, k] float32)`` of ``search_batched_parallel``, the
+    padding of lists with fewer than ``k`` items found (index 0, NaN score) as ``-1, -inf``."""
+    index, scores = searcher.search_batched_parallel(queries, final_num_neighbors=k)
+    index = np.asarray(index, np.int64)
+    scores = np.asarray(scores, np.float32)
+    missing = np.isnan(scores)
+    index[missing], scores[missing] = -1, -np.inf
+    return index, scores
+
+
 def scann_knn(
     queries: np.ndarray,
     gallery: np.ndarray | None = None,
@@ -226,7 +237,10 @@ def scann_knn(
     ``gallery=None`` searches the queries among themselves, self excluded (one extra
     neighbour is requested and the query's own row removed).
 
-    Returns ``(scores [Q, k] float32, indices [Q, k] int64)``, best first.
+    Returns ``(scores [Q, k] float32, indices [Q, k] int64)``, best first. Where the searched
+    leaves of ``tree_ah`` hold fewer than ``k`` items (few or small leaves searched), the
+    missing neighbours come last as index ``-1`` and score ``-inf`` (ScaNN pads them with
+    index 0 and a NaN score).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     self_excluded = gallery is None
@@ -234,9 +248,7 @@ def scann_knn(
     extra = 1 if self_excluded else 0
     k_search = min(k + extra, gallery.shape[0])
     searcher = build_searcher(gallery, k_search, config=config, **config_kwargs)
-    index, scores = searcher.search_batched_parallel(queries, final_num_neighbors=k_search)
-    index = np.asarray(index, np.int64)
-    scores = np.asarray(scores, np.float32)
+    index, scores = _search(searcher, queries, k_search)
     if self_excluded:
         keep = index != np.arange(len(queries))[:, None]
         # Drop the query itself where found, else the last neighbour.
@@ -272,11 +284,11 @@ def scann_recall(
     t0 = time.perf_counter()
     searcher = build_searcher(gallery, k, config=config, **config_kwargs)
     t1 = time.perf_counter()
-    approx, _ = searcher.search_batched_parallel(queries, final_num_neighbors=k)
+    approx, _ = _search(searcher, queries, k)
     t2 = time.perf_counter()
     _, exact = knn(queries, gallery, k=k, block_size=block_size)
     t3 = time.perf_counter()
-    hits = [len(np.intersect1d(a, e)) for a, e in zip(np.asarray(approx), exact, strict=True)]
+    hits = [len(np.intersect1d(a, e)) for a, e in zip(approx, exact, strict=True)]
     return {
         f"recall@{k}": float(np.mean(hits) / k),
         "scann_build_seconds": t1 - t0,
