@@ -2,6 +2,7 @@
 evaluators, input errors."""
 
 import importlib.util
+import math
 import os
 import pathlib
 import subprocess
@@ -302,12 +303,15 @@ def test_auto_uses_scann_where_the_model_prefers_it(monkeypatch):
     assert "hap" in retrieval.evaluate(x[:500], paths[:500], backend="auto")
 
 
-def _documented_rule(q, n, d, platform="cpu", label_paths=False):
+def _documented_rule(q, n, d, platform="cpu", label_paths=False, leaves=None, searched=None,
+                     sample=100_000):
     """The rule of docs/evaluation.md ("backend="auto""), written out from the docs."""
     if platform != "cpu" or label_paths or n < 100_000:
         return "exact"
+    leaves = leaves or round(n**0.5)
+    share = (searched or math.ceil(0.45 * leaves)) / leaves
     exact = 1.5e-11 * q * n * d
-    scann = 5.0e-11 * d * n**0.5 * (12 * min(n, 100_000) + n) + 9.7e-12 * 0.45 * q * n * d
+    scann = 5.0e-11 * d * leaves * (12 * min(n, sample) + n) + 9.7e-12 * share * q * n * d
     return "scann" if scann < exact else "exact"
 
 
@@ -332,6 +336,26 @@ def test_auto_backend_follows_documented_rule(monkeypatch, q, n, d, platform, la
     assert got == _documented_rule(q, n, d, platform, label_paths)
 
 
+@pytest.mark.parametrize(
+    "q, n, options",
+    [
+        (10_000, 1_000_000, {"leaves_to_search": 300}),  # exact with the defaults
+        (7_000, 1_000_000, {"leaves_to_search": 200, "training_sample_size": 50_000}),
+        (20_000, 1_000_000, {"leaves_to_search": 1000}),  # scann with the defaults
+        (20_000, 1_000_000, {"num_leaves": 4000}),
+        (12_000, 200_000, {"num_leaves": 200, "leaves_to_search": 40}),
+    ],
+)
+def test_auto_backend_prices_scann_options(monkeypatch, q, n, options):
+    monkeypatch.setattr(scann_backend, "scann_available", lambda: True)
+    got = scann_backend.choose_backend(q, n, 128, platform="cpu", scann_options=options)
+    want = _documented_rule(q, n, 128, leaves=options.get("num_leaves"),
+                            searched=options.get("leaves_to_search"),
+                            sample=options.get("training_sample_size", 100_000))
+    assert got == want
+    assert got != _documented_rule(q, n, 128)  # each case flips the default's decision
+
+
 def test_auto_backend_decisions():
     """The decisions the docs quote, so that a recalibration that flips one is noticed."""
     rule = _documented_rule
@@ -344,9 +368,11 @@ def test_auto_backend_decisions():
     assert rule(10_000, 1_000_000, 128) == "exact"
     assert rule(20_000, 1_000_000, 128) == "scann"
     assert rule(1_000_000, 1_000_000, 128, platform="gpu") == "exact"
-    # The documented break-even Q*(N) (independent of D): ~19.3k at 100k items, ~10.3k at 1M.
-    for n, q_docs in [(100_000, 19_300), (200_000, 14_700), (1_000_000, 10_300)]:
-        q_star = 5.0e-11 * n**0.5 * (12 * min(n, 100_000) + n) / ((1.5e-11 - 0.45 * 9.7e-12) * n)
+    # The documented break-even Q*(N) (independent of D): ~19.4k at 100k items, ~10.3k at 1M.
+    for n, q_docs in [(100_000, 19_400), (200_000, 14_700), (1_000_000, 10_300)]:
+        leaves = round(n**0.5)
+        share = math.ceil(0.45 * leaves) / leaves
+        q_star = 5.0e-11 * leaves * (12 * min(n, 100_000) + n) / ((1.5e-11 - share * 9.7e-12) * n)
         assert abs(q_star - q_docs) < 50
         assert rule(int(q_star) - 1, n, 128) == "exact" and rule(int(q_star) + 1, n, 128) == "scann"
     if scann_backend.scann_available():

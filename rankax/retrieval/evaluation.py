@@ -108,7 +108,8 @@ def evaluate(
       scann_options: ``tree_ah`` settings other than the defaults, as keywords of
         :func:`~rankax.retrieval.scann_backend.build_searcher` (e.g. ``{"leaves_to_search":
         300}`` where :func:`~rankax.retrieval.scann_recall` showed that a gallery keeps its
-        neighbours with fewer leaves). ``backend="auto"`` decides with the defaults' cost.
+        neighbours with fewer leaves); ``backend="auto"`` prices the leaves and training sample
+        given here.
       mesh: device mesh for the exact backend (default: all local devices).
       return_per_query: also return ``"per_query"``: a dict of ``[Q]`` arrays (NaN for
         queries without a positive).
@@ -148,6 +149,7 @@ def evaluate(
             len(data.queries), len(data.gallery), data.queries.shape[1],
             label_paths=data.query_labels.ndim == 2,
             platform=None if mesh is None else mesh.devices.flat[0].platform,
+            scann_options=scann_options,
         )
     if backend == "exact":
         mesh = exact.query_mesh() if mesh is None else mesh

@@ -60,8 +60,9 @@ REORDER_K = 1000
 # the default configuration's runs of experiments/benchmark_scann.py at 200k and 1M x 128 on
 # the 2-core CPU host (docs/benchmarks.md, ScaNN section; geometric mean of the two sizes):
 #   exact(Q, N, D) = EXACT_CPU_SECONDS_PER_MAC * Q * N * D
-#   scann(Q, N, D) = SCANN_BUILD_SECONDS_PER_MAC * D * sqrt(N) * (12 * min(N, 100_000) + N)
-#                    + SCANN_SEARCH_SECONDS_PER_MAC * LEAVES_TO_SEARCH_FRACTION * Q * N * D
+#   scann(Q, N, D) = SCANN_BUILD_SECONDS_PER_MAC * D * L * (12 * min(N, 100_000) + N)
+#                    + SCANN_SEARCH_SECONDS_PER_MAC * (leaves searched / L) * Q * N * D
+# with L = sqrt(N) leaves, 45 % of them searched (LEAVES_TO_SEARCH_FRACTION) by default.
 # The build runs 12 k-means iterations over the training sample and assigns every item, both
 # against sqrt(N) centres (AH training is folded into the constant); the search scores the
 # fraction of the items in the searched leaves with 4-bit codes, per item and dimension.
@@ -108,13 +109,27 @@ def default_leaves_to_search(num_leaves: int) -> int:
     return max(math.ceil(LEAVES_TO_SEARCH_FRACTION * num_leaves), 1)
 
 
-def predicted_seconds(num_queries: int, num_items: int, dim: int) -> dict[str, float]:
-    """The cost model's CPU seconds of exact search and of ScaNN ``tree_ah`` build + search."""
+def predicted_seconds(
+    num_queries: int,
+    num_items: int,
+    dim: int,
+    *,
+    num_leaves: int | None = None,
+    leaves_to_search: int | None = None,
+    training_sample_size: int = TRAINING_SAMPLE_SIZE,
+) -> dict[str, float]:
+    """The cost model's CPU seconds of exact search and of ScaNN ``tree_ah`` build + search.
+
+    The ``tree_ah`` settings default as in :func:`build_searcher`: ``L = num_leaves``
+    centres, a share ``leaves_to_search / L`` of the items scored per query, k-means over
+    ``min(N, training_sample_size)`` items (the other settings are not modelled)."""
     q, n, d = float(num_queries), float(num_items), float(dim)
-    build = SCANN_BUILD_SECONDS_PER_MAC * d * math.sqrt(n) * (
-        KMEANS_ITERATIONS * min(n, TRAINING_SAMPLE_SIZE) + n
+    leaves = num_leaves or default_num_leaves(num_items)
+    share = min((leaves_to_search or default_leaves_to_search(leaves)) / leaves, 1.0)
+    build = SCANN_BUILD_SECONDS_PER_MAC * d * leaves * (
+        KMEANS_ITERATIONS * min(n, training_sample_size) + n
     )
-    search = SCANN_SEARCH_SECONDS_PER_MAC * LEAVES_TO_SEARCH_FRACTION * q * n * d
+    search = SCANN_SEARCH_SECONDS_PER_MAC * share * q * n * d
     return {"exact": EXACT_CPU_SECONDS_PER_MAC * q * n * d, "scann": build + search}
 
 
@@ -125,6 +140,7 @@ def choose_backend(
     *,
     platform: str | None = None,
     label_paths: bool = False,
+    scann_options: Mapping[str, Any] | None = None,
 ) -> str:
     """The backend ``evaluate(backend="auto")`` uses: ``"scann"`` or ``"exact"``.
 
@@ -138,7 +154,8 @@ def choose_backend(
     * ``num_items >= AUTO_TREE_THRESHOLD`` (ScaNN's ``auto`` config is then the tree);
     * ScaNN is installed;
     * the cost model predicts build + search faster than exact search:
-      ``predicted_seconds(...)["scann"] < predicted_seconds(...)["exact"]``.
+      ``predicted_seconds(...)["scann"] < predicted_seconds(...)["exact"]``, with the
+      ``tree_ah`` settings of ``scann_options`` (:func:`check_options`) where given.
     """
     if platform is None:
         import jax
@@ -146,7 +163,9 @@ def choose_backend(
         platform = jax.default_backend()
     if platform != "cpu" or label_paths or num_items < AUTO_TREE_THRESHOLD:
         return "exact"
-    cost = predicted_seconds(num_queries, num_items, dim)
+    modelled = ("num_leaves", "leaves_to_search", "training_sample_size")
+    settings = {k: v for k, v in check_options(scann_options).items() if k in modelled}
+    cost = predicted_seconds(num_queries, num_items, dim, **settings)
     if cost["scann"] >= cost["exact"] or not scann_available():
         return "exact"
     return "scann"
