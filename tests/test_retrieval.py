@@ -356,6 +356,15 @@ def test_auto_backend_prices_scann_options(monkeypatch, q, n, options):
     assert got != _documented_rule(q, n, 128)  # each case flips the default's decision
 
 
+def test_auto_backend_never_picks_scann_brute_force(monkeypatch):
+    monkeypatch.setattr(scann_backend, "scann_available", lambda: True)
+    q = n = 1_000_000  # the model's clearest ScaNN case
+    assert scann_backend.choose_backend(q, n, 128, platform="cpu", scann_config="tree_ah") == "scann"
+    assert scann_backend.choose_backend(q, n, 128, platform="cpu", scann_config="brute_force") == "exact"
+    with pytest.raises(ValueError, match="config must be one of"):
+        scann_backend.choose_backend(q, n, 128, platform="cpu", scann_config="ivf")
+
+
 def test_auto_backend_decisions():
     """The decisions the docs quote, so that a recalibration that flips one is noticed."""
     rule = _documented_rule

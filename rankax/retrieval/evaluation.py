@@ -149,7 +149,7 @@ def evaluate(
             len(data.queries), len(data.gallery), data.queries.shape[1],
             label_paths=data.query_labels.ndim == 2,
             platform=None if mesh is None else mesh.devices.flat[0].platform,
-            scann_options=scann_options,
+            scann_config=scann_config, scann_options=scann_options,
         )
     if backend == "exact":
         mesh = exact.query_mesh() if mesh is None else mesh

@@ -140,6 +140,7 @@ def choose_backend(
     *,
     platform: str | None = None,
     label_paths: bool = False,
+    scann_config: str = "auto",
     scann_options: Mapping[str, Any] | None = None,
 ) -> str:
     """The backend ``evaluate(backend="auto")`` uses: ``"scann"`` or ``"exact"``.
@@ -151,7 +152,8 @@ def choose_backend(
       at accelerator speed, which the CPU-fitted constants below do not describe, and
       computes every metric;
     * the labels are class ids (``label_paths=False``): H-AP, NDCG and ASI need exact ranks;
-    * ``num_items >= AUTO_TREE_THRESHOLD`` (ScaNN's ``auto`` config is then the tree);
+    * ``num_items >= AUTO_TREE_THRESHOLD`` and ``scann_config`` is not ``"brute_force"``
+      (ScaNN then searches the tree; its brute force is never faster than exact search);
     * ScaNN is installed;
     * the cost model predicts build + search faster than exact search:
       ``predicted_seconds(...)["scann"] < predicted_seconds(...)["exact"]``, with the
@@ -161,7 +163,8 @@ def choose_backend(
         import jax
 
         platform = jax.default_backend()
-    if platform != "cpu" or label_paths or num_items < AUTO_TREE_THRESHOLD:
+    tree = resolve_config(scann_config, max(num_items, AUTO_TREE_THRESHOLD)) == "tree_ah"
+    if platform != "cpu" or label_paths or num_items < AUTO_TREE_THRESHOLD or not tree:
         return "exact"
     modelled = ("num_leaves", "leaves_to_search", "training_sample_size")
     settings = {k: v for k, v in check_options(scann_options).items() if k in modelled}
