@@ -66,10 +66,7 @@ def faiss_metrics(x, y, ks=(1, 2, 4, 8)):
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     _, nn = index.search(x, depth)
-    # drop the query itself
-    keep = nn != np.arange(len(x))[:, None]
-    keep[keep.all(axis=1), -1] = False
-    nn = nn[keep].reshape(len(x), -1)
+    nn, _ = scann_backend.without_self(nn, np.arange(len(x)))
     match = y[nn] == y[:, None]
     has = counts > 0
     places = np.arange(1, match.shape[1] + 1)

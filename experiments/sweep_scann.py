@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.benchmark_retrieval import clustered_embeddings
-from experiments.benchmark_scann import K, _without_self
+from experiments.benchmark_scann import K, hit_rate_at_1, neighbours
 from rankax.retrieval import knn, scann_backend
 
 DEFAULT_CONFIGS = (
@@ -109,8 +109,8 @@ def sweep(n: int, num_queries: int, dim: int, configs: list[dict], repeats: int 
     ids = np.sort(np.random.default_rng(0).choice(n, num_queries, replace=False))
     queries = x[ids]
     exact_index, first = _timed(lambda: knn(queries, x, k=K + 1)[1])  # compiles
-    exact_index = _without_self(exact_index, ids)
-    exact_r1 = float(np.mean(y[exact_index[:, 0]] == y[ids]))
+    exact_index = neighbours(exact_index, ids)
+    exact_r1 = hit_rate_at_1(exact_index, y, ids)
     print(f"{n} x {dim}, {num_queries} queries: exact R@1 {exact_r1:.4f}, first call {first:.1f} s",
           flush=True)
     rows, exact_times = [], [first]
@@ -123,12 +123,12 @@ def sweep(n: int, num_queries: int, dim: int, configs: list[dict], repeats: int 
         for fraction in cfg["search"]:
             to_search = max(math.ceil(fraction * leaves), 1)
             def search(s=searcher, t=to_search):
-                return s.search_batched_parallel(queries, final_num_neighbors=K + 1, leaves_to_search=t)
+                return scann_backend.search(s, queries, K + 1, leaves_to_search=t)
 
             (index, _), search_s, search_cpu = _best_of(search, repeats)
-            index = _without_self(index, ids)
+            index = neighbours(index, ids)
             hits = [len(np.intersect1d(a, e)) for a, e in zip(index[:, :K], exact_index[:, :K], strict=True)]
-            r1 = float(np.mean(y[index[:, 0]] == y[ids]))
+            r1 = hit_rate_at_1(index, y, ids)
             row = {**cfg, "leaves": leaves, "search": fraction, "leaves_to_search": to_search,
                    "build_seconds": build_s, "search_seconds": search_s, "exact_seconds": exact_s,
                    "speedup": exact_s / search_s, "exact_cpu_seconds": exact_cpu,

@@ -677,3 +677,44 @@ def test_scann_knn_marks_missing_neighbours():
     np.testing.assert_allclose(scores[found], exact_scores[found], rtol=1e-5, atol=1e-5)
     for row, ok in zip(index, found, strict=True):
         assert len(set(row[ok])) == ok.sum()
+
+
+def test_without_self_drops_the_query_or_the_last_entry():
+    index = np.array([[4, 7, 9], [1, 2, 3], [5, -1, -1]])
+    scores = np.array([[0.9, 0.8, 0.7], [0.6, 0.5, 0.4], [0.3, -np.inf, -np.inf]])
+    ids = np.array([7, 8, 5])
+    # Written out: row 0 holds its query (7) in the middle, row 1 does not hold 8 (its worst
+    # entry goes), row 2 holds 5 first and keeps its padding.
+    want_index = [[4, 9], [1, 2], [-1, -1]]
+    want_scores = [[0.9, 0.7], [0.6, 0.5], [-np.inf, -np.inf]]
+    got_index, got_scores = scann_backend.without_self(index, ids, scores)
+    np.testing.assert_array_equal(got_index, want_index)
+    np.testing.assert_array_equal(got_scores, want_scores)
+    assert scann_backend.without_self(index, ids)[1] is None
+
+
+def test_benchmark_hit_rate_counts_padding_as_a_miss():
+    from experiments.benchmark_scann import hit_rate_at_1
+
+    labels = np.array([0, 1, 1, 0, 0])
+    ids = np.array([0, 1, 2])
+    # Query 0's first neighbour is missing (-1); the last item shares its label, so reading -1
+    # as an index would count a hit. Query 1 finds item 2 (same label), query 2 finds item 4
+    # (other label): 1 hit of 3.
+    index = np.array([[-1, 3], [2, 0], [4, 1]])
+    assert hit_rate_at_1(index, labels, ids) == pytest.approx(1 / 3)
+
+
+@needs_scann
+def test_benchmark_scann_search_marks_padding():
+    # The benchmark's search goes through scann_backend.search: one leaf of 64 searched with
+    # k = 200 leaves unfound neighbours, which come back as -1 (ScaNN pads with item 0).
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    searcher = scann_backend.build_searcher(x, 200, config="tree_ah", num_leaves=64, leaves_to_search=1,
+                                            reorder_k=200)
+    index, scores = scann_backend.search(searcher, x[:20], 200, leaves_to_search=1)
+    missing = index < 0
+    assert missing.any() and np.all(scores[missing] == -np.inf) and not np.isnan(scores).any()
+    wider, _ = scann_backend.search(searcher, x[:20], 200, leaves_to_search=64)
+    assert (wider >= 0).all()  # every leaf searched: 3000 items, k = 200 all found

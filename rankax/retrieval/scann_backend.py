@@ -235,15 +235,31 @@ def check_options(options: Mapping[str, Any] | None, name: str = "scann_options"
     return options
 
 
-def _search(searcher: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(index [Q, k] int64, scores [Q, k] float32)`` of ``search_batched_parallel``, the
-    padding of lists with fewer than ``k`` items found (index 0, NaN score) as ``-1, -inf``."""
-    index, scores = searcher.search_batched_parallel(queries, final_num_neighbors=k)
+def search(searcher: Any, queries: np.ndarray, k: int, **options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(index [Q, k] int64, scores [Q, k] float32)`` of ``searcher.search_batched_parallel``
+    (``options``: its keywords, e.g. ``leaves_to_search``), with the padding of lists that
+    found fewer than ``k`` items (ScaNN's index 0 and NaN score) as index ``-1``, score ``-inf``."""
+    index, scores = searcher.search_batched_parallel(queries, final_num_neighbors=k, **options)
     index = np.asarray(index, np.int64)
     scores = np.asarray(scores, np.float32)
     missing = np.isnan(scores)
     index[missing], scores[missing] = -1, -np.inf
     return index, scores
+
+
+def without_self(
+    index: np.ndarray, query_ids: np.ndarray, scores: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Neighbour lists ``[Q, k]`` of queries that are themselves gallery items, less one entry
+    each: the query's own id ``query_ids [Q]`` where it was found, else the last entry (the
+    list's worst). Returns ``(index [Q, k - 1], scores [Q, k - 1] or None)``; the padding
+    ``-1`` of :func:`search` stays in place."""
+    index = np.asarray(index)
+    keep = index != np.asarray(query_ids)[:, None]
+    keep[keep.all(axis=1), -1] = False
+    rows = len(index)
+    kept_scores = None if scores is None else np.asarray(scores)[keep].reshape(rows, -1)
+    return index[keep].reshape(rows, -1), kept_scores
 
 
 def scann_knn(
@@ -270,13 +286,9 @@ def scann_knn(
     extra = 1 if self_excluded else 0
     k_search = min(k + extra, gallery.shape[0])
     searcher = build_searcher(gallery, k_search, config=config, **config_kwargs)
-    index, scores = _search(searcher, queries, k_search)
+    index, scores = search(searcher, queries, k_search)
     if self_excluded:
-        keep = index != np.arange(len(queries))[:, None]
-        # Drop the query itself where found, else the last neighbour.
-        keep[keep.all(axis=1), -1] = False
-        index = index[keep].reshape(len(queries), -1)
-        scores = scores[keep].reshape(len(queries), -1)
+        index, scores = without_self(index, np.arange(len(queries)), scores)
     return scores[:, :k], index[:, :k]
 
 
@@ -306,7 +318,7 @@ def scann_recall(
     t0 = time.perf_counter()
     searcher = build_searcher(gallery, k, config=config, **config_kwargs)
     t1 = time.perf_counter()
-    approx, _ = _search(searcher, queries, k)
+    approx, _ = search(searcher, queries, k)
     t2 = time.perf_counter()
     _, exact = knn(queries, gallery, k=k, block_size=block_size)
     t3 = time.perf_counter()
