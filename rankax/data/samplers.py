@@ -36,7 +36,24 @@ from collections.abc import Sequence
 import numpy as np
 
 
-class PKSampler:
+class _NominalEpochs:
+    """Epoch bookkeeping of the samplers whose steps are independent draws: an epoch is a
+    nominal ``N // batch_size`` steps of ``N`` usable items (``_num_items``)."""
+
+    _num_items: int
+    batch_size: int
+
+    @property
+    def epoch_length(self) -> int:
+        """Nominal batches per epoch, ``N // batch_size`` (steps are independent draws)."""
+        return max(1, self._num_items // self.batch_size)
+
+    def epoch_start(self, epoch: int) -> int:
+        """The first step of ``epoch``: ``epoch * epoch_length``."""
+        return int(epoch) * self.epoch_length
+
+
+class PKSampler(_NominalEpochs):
     """P classes x K samples per batch (Hermans et al., 2017), each step independent.
 
     Not one of the official samplers of the rank-loss papers: ROADMAP and SupRank go through
@@ -91,15 +108,6 @@ class PKSampler:
     @property
     def batch_size(self) -> int:
         return self.classes_per_batch * self.samples_per_class
-
-    @property
-    def epoch_length(self) -> int:
-        """Nominal batches per epoch, ``N // batch_size`` (steps are independent draws)."""
-        return max(1, self._num_items // self.batch_size)
-
-    def epoch_start(self, epoch: int) -> int:
-        """The first step of ``epoch``: ``epoch * epoch_length``."""
-        return int(epoch) * self.epoch_length
 
     def indices(self, step: int) -> np.ndarray:
         """``[P * K]`` dataset indices of the batch of ``step``."""
@@ -185,7 +193,7 @@ def _take(rng: np.random.Generator, members: np.ndarray, k: int) -> np.ndarray:
     return rng.choice(members, size=k, replace=len(members) < k)
 
 
-class HierarchicalSampler:
+class HierarchicalSampler(_NominalEpochs):
     """Batches of a few super-classes, each filled with P x K fine classes, tuples held for a few steps.
 
     With hierarchical labels, a P x K batch drawn uniformly from thousands of fine classes
@@ -255,15 +263,6 @@ class HierarchicalSampler:
         self.classes_per_super_class = self.batch_size // per_super
         self._num_items = len(keep)
         self.seed = int(seed)
-
-    @property
-    def epoch_length(self) -> int:
-        """Nominal batches per epoch, ``N // batch_size`` (steps are independent draws)."""
-        return max(1, self._num_items // self.batch_size)
-
-    def epoch_start(self, epoch: int) -> int:
-        """The first step of ``epoch``: ``epoch * epoch_length``."""
-        return int(epoch) * self.epoch_length
 
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
