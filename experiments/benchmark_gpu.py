@@ -19,7 +19,8 @@ Measured on the default JAX device, each against a baseline measured in the same
 
 It writes ``benchmarks_gpu.md`` and ``benchmarks_gpu.json`` into ``--out`` (the repository's
 ``docs/`` by default) with the device, the jax version and the pass/fail counts of the test
-suite run on the same device (``--junit``: pytest's ``--junitxml`` file).
+suite run on the same device (``--junit``: pytest's ``--junitxml`` file). Both files are
+rewritten after each section, so a run stopped by a time limit keeps the sections it finished.
 """
 
 from __future__ import annotations
@@ -222,24 +223,35 @@ def main(argv: list[str] | None = None) -> None:
     paths.DEADLINE = start + args.budget_s * 0.55  # leaves room for the sections after it
     print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
     sizes = [int(x) for x in args.sizes.split(",")]
-    rows = paths.loss_rows(sizes, args.losses.split(","), "highest")
+    rows: list[dict] = []
+    extra: dict = {"gpu_tests": test_counts(args.junit)}
+
+    def save() -> dict:
+        """Both files as they stand: a run stopped by its time limit keeps what it measured."""
+        result = summary(rows, extra)
+        result["elapsed_s"] = time.perf_counter() - start
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "benchmarks_gpu_rows.json").write_text(json.dumps(rows, indent=1, default=float))
+        write(out, result, rows)
+        return result
+
+    rows += paths.loss_rows(sizes, args.losses.split(","), "highest")
+    save()
     if "tf32" not in skip:
         paths.DEADLINE += args.budget_s * 0.1
         rows += paths.loss_rows([s for s in sizes if s >= 4096] or sizes, ["supap"], "default")
     rows += paths.label_path_rows(min(4096, max(sizes)))
     rows += paths.list_api_rows(min(1024, max(sizes)))
-    extra: dict = {"gpu_tests": test_counts(args.junit)}
+    save()
     if "large" not in skip:
         extra["large"] = large_batch_row(args.large)
+        save()
     if "pml" not in skip:
         extra["pml"] = pml_rows(min(1024, max(sizes)))
+        save()
     if "eval" not in skip:
         extra["evaluation"] = eval_rows()
-    result = summary(rows, extra)
-    result["elapsed_s"] = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks_gpu_rows.json").write_text(json.dumps(rows, indent=1, default=float))
-    write(out, result, rows)
+    result = save()
     print(json.dumps({k: result[k] for k in ("losses", "list_api_ratio", "evaluate_ratio_to_topk_loop")},
                      indent=1, default=float))
     print(f"total {result['elapsed_s']:.0f} s")
