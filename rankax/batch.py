@@ -357,9 +357,13 @@ def batch_statistics(
     tile = functools.partial(_tile_statistics, loss_fn, views, hparams=hparams, caller=caller)
     per_block, most = _run_blocks(views, plan, tile)
     if plan.capacities[-1] < n and capacity is None:
-        # One host check per call (not per block): a list beyond the largest rung was computed
-        # with some positives missing, so the call raises instead of returning that value.
-        jax.debug.callback(_raise_on_overflow, most, plan.capacities[-1])
+        # A list beyond the largest rung was computed with some positives missing, so the call
+        # raises instead of returning that value: a host callback, called only then (inside a
+        # cond: a callback on every call cost ~0.6 ms, a fifth of a B = 256 step on the CPU).
+        limit = plan.capacities[-1]
+        jax.lax.cond(
+            most > limit, lambda m: jax.debug.callback(_raise_on_overflow, m, limit), lambda m: None, most
+        )
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
 
 
