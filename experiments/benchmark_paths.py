@@ -227,7 +227,9 @@ def markdown(out: dict) -> str:
         f"jax {out['jax']}, {out['cores']} CPU cores (shared: ratios within one run, not absolute "
         "times, are the result). fwd+bwd w.r.t. `[B, 512]` embeddings, K = 4; each loss and the "
         "list API timed in alternation with their baseline, the label paths with each other; "
-        "fastest warm calls.",
+        "fastest warm calls"
+        + ("; glibc kept freed memory (`rankax.host.keep_freed_memory()`)." if out.get("keep_freed_memory")
+           else "."),
         "",
         "## Losses through `batch_loss`, traced labels, / similarity matmul (both `precision=\"highest\"`)",
         "",
@@ -261,16 +263,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--list-sizes", default="1024")
     parser.add_argument("--json", default=None)
     parser.add_argument("--docs", default=None, help="write benchmarks_paths.md into this folder")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="first call rankax.host.keep_freed_memory() (glibc keeps freed memory)")
     args = parser.parse_args(argv)
+    kept = args.keep_freed_memory and rankax.host.keep_freed_memory()
     sizes = [int(x) for x in args.sizes.split(",") if x]
     names = [x for x in args.losses.split(",") if x]
-    print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
+    print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, "
+          f"keep_freed_memory: {bool(kept)}", flush=True)
     rows = loss_rows(sizes, names, args.precision)
     rows += label_path_rows(args.label_size)
     for b in [int(x) for x in args.list_sizes.split(",") if x]:
         rows += list_api_rows(b)
     out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "cores": os.cpu_count(),
-           "rows": rows}
+           "keep_freed_memory": bool(kept), "rows": rows}
     if args.docs:
         with open(os.path.join(args.docs, "benchmarks_paths.md"), "w") as f:
             f.write(markdown(out))

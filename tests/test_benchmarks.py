@@ -1,5 +1,7 @@
 """The benchmark scripts' own machinery (not their timings: those are for the scripts to print)."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -35,3 +37,24 @@ def test_profile_step_runs(capsys):
 def test_profile_step_rejects_a_partial_class():
     with pytest.raises(SystemExit):
         profile_step.main(["--batch", "30"])
+
+
+def test_benchmark_paths_records_the_host_memory_setting(tmp_path):
+    # In its own process: the setting is process-wide.
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "paths.json"
+    cmd = [sys.executable, "-m", "experiments.benchmark_paths", "--sizes", "64", "--losses", "supap",
+           "--list-sizes", "", "--label-size", "64", "--keep-freed-memory", "--json", str(out)]
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    from rankax import host
+
+    assert result["keep_freed_memory"] is (host._glibc() is not None)
+    losses = [r for r in result["rows"] if r["what"] == "loss"]
+    assert {(r["loss"], r["hint"]) for r in losses} == {("supap", False), ("supap", True)}
+    assert all(r["ratio"] > 0 for r in losses)
