@@ -110,6 +110,22 @@ def test_cli_errors_name_the_key_and_the_fix(tmp_path, capsys):
         train_lib.check_loss_hparams(config)
 
 
+def test_keep_freed_memory_flag_applies_the_setting_before_training(tmp_path, monkeypatch):
+    import rankax.host
+    from rankax.train import loop
+
+    calls = []
+    monkeypatch.setattr(rankax.host, "keep_freed_memory", lambda: calls.append("host") or True)
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda *a, **k: calls.append("train") or {})
+    args = ["--config", DIGITS, "--workdir", str(tmp_path / "run")]
+    train_cli.main(args)
+    assert calls == ["train"]  # off by default
+    train_cli.main([*args, "--keep_freed_memory"])
+    assert calls == ["train", "host", "train"]
+    with pytest.raises(SystemExit, match="--keep_freed_memory"):
+        train_cli.main([*args, "--keep_freed_memory=maybe"])
+
+
 def test_cli_error_is_one_line_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.train", "--config", DIGITS, "--workdir",
