@@ -53,7 +53,9 @@ before the loss is formed.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -62,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from rankax import ranking
+from rankax import _renames, ranking
 from rankax._core import nonfinite, positives, stats, validation
 
 Array = jax.Array
@@ -148,6 +150,18 @@ def binary_relevance(query_labels: Array, item_labels: Array) -> Array:
     return (query_labels[:, None] == item_labels[None, :]).astype(jnp.float32)
 
 
+def call_relevance(relevance_fn: RelevanceFn, query_labels: Array, item_labels: Array) -> Array:
+    """``relevance_fn(query_labels, item_labels)``, checked to be a real ``[Q, N]`` array."""
+    rel = jnp.asarray(relevance_fn(query_labels, item_labels))
+    want = (query_labels.shape[0], item_labels.shape[0])
+    if rel.shape != want or not (jnp.issubdtype(rel.dtype, jnp.number) or rel.dtype == jnp.bool_):
+        raise ValueError(
+            f"relevance_fn must return a real [Q, N] = {want} array for query labels "
+            f"{query_labels.shape} and item labels {item_labels.shape}, got {rel.dtype}{list(rel.shape)}"
+        )
+    return rel
+
+
 def default_relevance(labels: Array, include_self: bool = False, rule: str = "pop") -> RelevanceFn:
     """Binary relevance for ``[B]`` class ids; for ``[B, L]`` paths the
     :func:`rankax.hierarchy.hierarchical_relevance` of ``rule``: SupRank's ``"pop"`` (H-AP),
@@ -196,9 +210,11 @@ def _list_masks(
     return where
 
 
-def _check_sizes(block_size: Any, max_tile_elements: Any, precision: Any, caller: str) -> None:
-    """``block_size``: "auto", None or an int >= 1; ``max_tile_elements``: None or an int >= 1;
-    ``precision``: what ``jax.lax.dot`` accepts."""
+def _check_sizes(
+    block_size: Any, max_tile_elements: Any, precision: Any, caller: str, capacity_limit: Any = None
+) -> None:
+    """``block_size``: "auto", None or an int >= 1; ``max_tile_elements`` and
+    ``capacity_limit``: None or an int >= 1; ``precision``: what ``jax.lax.dot`` accepts."""
     prefix = validation.prefix(caller)
 
     def positive_int(v: Any) -> bool:
@@ -211,6 +227,9 @@ def _check_sizes(block_size: Any, max_tile_elements: Any, precision: Any, caller
     if not (max_tile_elements is None or positive_int(max_tile_elements)):
         raise ValueError(f"{prefix}max_tile_elements must be None (backend default) or an int >= 1, "
                          f"got {max_tile_elements!r}")
+    if not (capacity_limit is None or positive_int(capacity_limit)):
+        raise ValueError(f"{prefix}capacity_limit must be None (from max_tile_elements) or an int >= 1, "
+                         f"got {capacity_limit!r}")
     names = ("highest", "float32", "high", "bfloat16_3x", "tensorfloat32", "default", "bfloat16", "fastest")
     ok = precision is None or isinstance(precision, jax.lax.Precision) or precision in names or (
         isinstance(precision, tuple) and len(precision) == 2
@@ -253,7 +272,7 @@ def exact_capacity(
         for start in range(0, ql.shape[0], block_size):
             rows = jnp.arange(start, min(start + block_size, ql.shape[0]))
             where = _list_masks(rows, jnp.ones(rows.shape, bool), qidx, mask, include_self)
-            rel = rel_fn(ql[rows], il)
+            rel = call_relevance(rel_fn, ql[rows], il)
             best = max(best, int(jnp.max(jnp.sum((rel > 0) & where, axis=-1))))
     return max(best, 1)
 
@@ -331,7 +350,7 @@ def batch_statistics(
     """
     q_emb, q_lab, i_emb, i_lab = _check_views(queries, query_labels, items, item_labels, caller)
     validation.check_capacity(max_positives, caller=caller)
-    _check_sizes(block_size, max_tile_elements, precision, caller)
+    _check_sizes(block_size, max_tile_elements, precision, caller, capacity_limit)
     hparams = stats.hparams_of(loss_fn, hparams, caller=caller)
     num_q, n = q_emb.shape[0], i_emb.shape[0]
     mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
@@ -481,7 +500,7 @@ class _Views(NamedTuple):
         if scores is None:
             scores = self.scores(rows)
         where = _list_masks(rows, valid, self.query_index, self.mask, self.include_self)
-        rel = self.relevance_fn(self.q_lab[rows], self.i_lab).astype(jnp.float32)
+        rel = call_relevance(self.relevance_fn, self.q_lab[rows], self.i_lab).astype(jnp.float32)
         if not self.graded:  # binary losses see graded relevance as relevant / not relevant
             rel = (rel > 0).astype(jnp.float32)
         return scores, rel, where
@@ -610,6 +629,17 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
     return jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
 
 
+def _reference_rows(m: int, reference_mask: ArrayLike | None, caller: str) -> Array:
+    """``[M]`` flags of the references that exist (all when ``reference_mask`` is None)."""
+    if reference_mask is None:
+        return jnp.ones((m,), bool)
+    mask = jnp.asarray(reference_mask, bool)
+    if mask.shape != (m,):
+        raise ValueError(f"{validation.prefix(caller)}reference_mask must be [M] = [{m}] (one flag per "
+                         f"reference), got shape {mask.shape}")
+    return mask
+
+
 def with_references(
     embeddings: Array,
     labels: Array,
@@ -635,7 +665,7 @@ def with_references(
     if reference_labels is None:
         raise ValueError("references need reference_labels")
     m = jnp.shape(references)[0]
-    ref_mask = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
+    ref_mask = _reference_rows(m, reference_mask, caller)
     ref, ref_lab = check_batch(references, reference_labels, "references", row_mask=ref_mask, caller=caller)
     if ref.shape[1] != embeddings.shape[1] or ref_lab.shape[1:] != labels.shape[1:]:
         raise ValueError(
@@ -702,8 +732,9 @@ def batch_loss(
       max_tile_elements: bound on the size of one ``[queries, capacity, N]`` tile (default
         :func:`default_sizes`: ``2**24`` on the CPU, ``2**26`` on accelerators).
       capacity_limit: largest positive capacity the compiled program may use under ``jit``.
-        A list with more positives raises :class:`CapacityError` (at run time) instead of
-        being computed -- never dropped. Default :func:`default_capacity_limit`: the largest
+        A list with more positives is never dropped: the call raises :class:`CapacityError`
+        (with concrete labels; under ``jit`` at run time, as a ``JaxRuntimeError`` carrying
+        the ``CapacityError``'s message). Default :func:`default_capacity_limit`: the largest
         capacity whose one-query tile ``[1, C, N]`` fits ``max_tile_elements`` (all of ``N``
         up to ``N = 4096`` with the default tile), so XLA never reserves more scratch than
         the tile budget for rungs that are rarely taken. ``max_positives=K - 1,
@@ -731,6 +762,7 @@ def batch_loss(
     if not callable(loss_fn):
         raise TypeError(f"batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}")
     caller = f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
+    _check_loss_options(loss_fn, hparams, references, reference_labels, reference_mask, caller)
     given = labels  # numpy labels are counted on the host as they are (no device round trip)
     if not _is_traced(labels):
         # Concrete labels (numpy included, also closed over in the caller's jit) stay concrete:
@@ -740,8 +772,7 @@ def batch_loss(
     # Shapes, dtypes and (eager calls) values, before anything is compiled.
     _, lab = check_batch(embeddings, labels, caller=caller)
     if references is not None and reference_labels is not None:
-        m = jnp.shape(references)[0]
-        ref_rows = jnp.ones((m,), bool) if reference_mask is None else jnp.asarray(reference_mask, bool)
+        ref_rows = _reference_rows(jnp.shape(references)[0], reference_mask, caller)
         check_batch(references, reference_labels, "references", row_mask=ref_rows, caller=caller)
     capacity = None
     if references is None and memory is None:
@@ -750,7 +781,9 @@ def batch_loss(
             counted, counted, query_index=np.arange(lab.shape[0]), include_self=include_self,
             relevance_fn=relevance_fn,
         )
-    hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}  # ks=[1, 2]
+    # Sequences (ks=[1, 2] or np.array([1, 2])) are static cut-offs, compiled into the program.
+    hparams = {k: _as_tuple(v) if isinstance(v, list | np.ndarray) and np.ndim(v) else v
+               for k, v in hparams.items()}
     static = {k: v for k, v in hparams.items() if _is_static(v)}
     dynamic = {k: v for k, v in hparams.items() if k not in static}
     options = dict(
@@ -763,6 +796,57 @@ def batch_loss(
         loss_fn, tuple(sorted(options.items())), settings,
         embeddings, lab, references, reference_labels, reference_mask, memory, dynamic,
     )
+
+
+# Keywords of the list losses that batch_loss sets itself, and what to use instead.
+_SET_BY_BATCH_LOSS = {
+    "where": "each list is the batch (and references) less the query; exclude items with "
+    "reference_mask=, or the query with include_self=False (default)",
+    "reduce_fn": "the loss is always the mean over the queries that have a positive",
+    "scores": "scores are E R^T of the embeddings", "labels": "pass the batch's labels",
+}
+
+
+def _check_loss_options(loss_fn, hparams, references, reference_labels, reference_mask, caller) -> None:
+    """Eager checks of :func:`batch_loss`'s keywords, before anything is traced: hyperparameters
+    of ``loss_fn`` (names, and the ranges of concrete values: inside the compiled program every
+    array is traced), the keywords batch_loss sets itself, and reference arguments without
+    ``references``."""
+    for name, instead in _SET_BY_BATCH_LOSS.items():
+        if name in hparams:
+            raise TypeError(f"{caller}: {name}= is set by batch_loss, not passed through: {instead}")
+    if references is None and (reference_labels is not None or reference_mask is not None):
+        raise ValueError(f"{caller}: reference_labels/reference_mask need references= (the [M, D] "
+                         "reference embeddings)")
+    name = getattr(loss_fn, "__name__", "loss_fn")
+    checker = getattr(loss_fn, "hparams", None)
+    if checker is None:  # a user's own list loss: it must take what batch_loss passes
+        try:
+            passed = dict(where=None, reduce_fn=None, max_positives=None, **hparams)
+            inspect.signature(loss_fn).bind(None, None, **passed)
+        except TypeError as err:
+            raise TypeError(
+                f"batch_loss: loss_fn must be a list loss fn(scores, labels, *, where, reduce_fn, "
+                f"max_positives, **hparams) such as rankax.supap_loss; {name} does not take that: {err}"
+            ) from None
+        return
+    params = inspect.signature(loss_fn).parameters
+    unknown = [k for k in hparams if k not in params and _renames.new_name(k, params) is None]
+    if unknown:
+        options = sorted(p for p in inspect.signature(batch_loss).parameters
+                         if p not in ("loss_fn", "embeddings", "labels", "hparams"))
+        own = [p for p in params if p not in ("scores", "labels", *_SET_BY_BATCH_LOSS)]
+        close = difflib.get_close_matches(unknown[0], options + own, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(
+            f"{caller} got an unknown argument {unknown[0]!r}{hint} (batch_loss options: "
+            f"{', '.join(options)}; {name} hyperparameters: {', '.join(own)})"
+        )
+    checker(dict(hparams), caller=caller, warn=False)  # names and ranges; traced values pass
+
+
+def _as_tuple(v: list | np.ndarray) -> tuple:
+    return tuple(np.asarray(v).tolist()) if isinstance(v, np.ndarray) else tuple(v)
 
 
 def _is_static(value: Any) -> bool:

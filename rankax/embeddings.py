@@ -47,8 +47,9 @@ def lists_from_embeddings(
     ``R = references`` if given, else ``E`` itself; ``relevance[i, j] = 1`` where item ``j``
     has query ``i``'s class, else 0; ``where`` is False on the diagonal when the queries are
     their own items (the query is never in its own list) unless ``include_self``, True
-    elsewhere. Feed them to any list loss or metric: ``rankax.supap_loss(*lists)`` with the
-    default mean over lists equals ``rankax.batch_loss(rankax.supap_loss, E, labels)``.
+    elsewhere. Feed them to any list loss or metric: with ``s, rel, where = lists``,
+    ``rankax.supap_loss(s, rel, where=where)`` (the default mean over lists) equals
+    ``rankax.batch_loss(rankax.supap_loss, E, labels)``.
 
     Args:
       embeddings: ``[B, D]`` query embeddings.

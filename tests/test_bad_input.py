@@ -304,6 +304,54 @@ def test_batch_loss_bad_input_at_trace_time():
         rankax.batch_loss("supap", emb, lab)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        # A concrete jnp hyperparameter is checked before the program traces it.
+        ({"temperature": jnp.float32(-0.05)}, V, "temperature must be a finite number > 0"),
+        ({"reduce_fn": None}, T, "reduce_fn= is set by batch_loss"),
+        ({"where": np.ones(12, bool)}, T, "where= is set by batch_loss"),
+        ({"reference_labels": np.arange(4)}, V, "reference_labels/reference_mask need references="),
+        ({"capacity_limt": 1}, T, "unknown argument 'capacity_limt'; did you mean 'capacity_limit'?"),
+        ({"capacity_limit": 0}, V, "capacity_limit must be None"),
+        ({"capacity_limit": 1.5}, V, "capacity_limit must be None"),
+        ({"relevance_fn": lambda q, i: q}, V, "relevance_fn must return a real [Q, N] = (12, 12) array"),
+        ({"references": np.zeros((4, 8), np.float32), "reference_labels": np.arange(4),
+          "reference_mask": np.ones(3, bool)}, V, "reference_mask must be [M] = [4]"),
+    ],
+    ids=lambda v: None,
+)
+def test_batch_loss_options_are_checked_before_tracing(kwargs, error, match):
+    emb, lab = _batch()
+    with pytest.raises(error, match=re.escape(match)) as info:
+        rankax.batch_loss(losses.supap_loss, emb, lab, **kwargs)
+    assert str(info.value).startswith("batch_loss(supap_loss)") or "relevance_fn" in match
+
+
+def test_batch_loss_names_what_a_loss_fn_must_take():
+    emb, lab = _batch()
+    for fn in (lambda s, y: jnp.mean(s), losses.normalized_softmax_loss):
+        with pytest.raises(TypeError, match=re.escape("must be a list loss fn(scores, labels, *, where")):
+            rankax.batch_loss(fn, emb, lab)
+    # A user's own list loss with that signature is accepted (it ignores the capacity hint).
+    own = lambda s, y, *, where, reduce_fn, max_positives: losses.supap_loss(s, y, where=where)  # noqa: E731
+    reference = rankax.batch_loss(losses.supap_loss, emb, lab)
+    assert np.isclose(rankax.batch_loss(own, emb, lab), reference, atol=1e-6)
+
+
+def test_batch_loss_cutoffs_as_arrays_are_static():
+    """``ks`` as a numpy array is the tuple of its values (cut-offs set shapes, never traced)."""
+    emb, lab = _batch()
+    as_tuple = rankax.batch_loss(losses.sup_recall_at_k_loss, emb, lab, ks=(1, 2))
+    as_array = rankax.batch_loss(losses.sup_recall_at_k_loss, emb, lab, ks=np.array([1, 2]))
+    assert float(as_array) == float(as_tuple)
+    s, y = _lists_data()
+    with pytest.raises(TypeError, match=re.escape("ks must be a sequence of cut-offs such as (1, 4)")):
+        losses.sup_recall_at_k_loss(s, y, ks=4)
+    with pytest.raises(TypeError, match="ks must be static cut-offs"):
+        jax.jit(lambda k: losses.sup_recall_at_k_loss(s, y, ks=k))(jnp.array([1, 2]))
+
+
 def test_batch_loss_nonfinite_embeddings():
     emb, lab = _batch()
     bad = emb.at[5, 3].set(jnp.nan)

@@ -316,10 +316,21 @@ def check_k(k: Any, *, allow_none: bool = False, caller: str = "") -> None:
 def check_ks(ks: Sequence[Any], *, integer: bool = True, caller: str = "") -> tuple:
     """A non-empty sequence of positive cut-offs, as a tuple (ints where ``integer``; the
     smooth recall losses also accept real cut-offs)."""
+    p = prefix(caller)
+    listed = isinstance(ks, Sequence) and not isinstance(ks, str)
+    if isinstance(ks, jax.core.Tracer) or (listed and any(isinstance(k, jax.core.Tracer) for k in ks)):
+        raise TypeError(f"{p}ks must be static cut-offs, a tuple of Python numbers such as (1, 4), "
+                        "not a traced array (they set the shapes of the computation)")
+    if isinstance(ks, np.ndarray | jax.Array):
+        ks = np.asarray(ks).tolist() if np.ndim(ks) == 1 else ks
+    if isinstance(ks, str) or not isinstance(ks, Sequence | np.ndarray | jax.Array):
+        raise TypeError(
+            f"{p}ks must be a sequence of cut-offs such as (1, 4) (one cut-off k: (k,)), got {ks!r}"
+        )
     ks = tuple(ks)
     if not ks or not all(_is_cutoff(k, integer) for k in ks):
         kind = "ints" if integer else "cut-offs"
-        raise ValueError(f"{prefix(caller)}ks must be a non-empty sequence of positive {kind}, got {ks!r}")
+        raise ValueError(f"{p}ks must be a non-empty sequence of positive {kind}, got {ks!r}")
     return tuple(int(k) for k in ks) if integer else ks
 
 
