@@ -216,10 +216,7 @@ def _check_sizes(
     """``block_size``: "auto", None or an int >= 1; ``max_tile_elements`` and
     ``capacity_limit``: None or an int >= 1; ``precision``: what ``jax.lax.dot`` accepts."""
     prefix = validation.prefix(caller)
-
-    def positive_int(v: Any) -> bool:
-        return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
-
+    positive_int = validation.is_positive_int
     if not (block_size == "auto" or block_size is None or positive_int(block_size)):
         raise ValueError(
             f"{prefix}block_size must be 'auto', None (one block) or an int >= 1, got {block_size!r}"

@@ -436,3 +436,73 @@ def test_hierarchy_bad_input():
     for alpha in (0.0, -1.0, math.nan):
         _raises(ValueError, rel, paths, paths, alpha=alpha, match=("alpha must be a finite number > 0",))
     _raises(ValueError, rel, paths, paths, where=jnp.ones((3, 2), bool), match=("where must be", "(3, 2)"))
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+R = rankax.retrieval
+
+
+def _retrieval_data():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((12, 4)).astype(np.float32), rng.standard_normal((10, 4)).astype(np.float32),
+            np.arange(12) % 4)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda q, g, y: R.knn(q, g, k=2, block_size=0), V, "block_size must be an int >= 1"),
+        (lambda q, g, y: R.knn(q, g, k=2, gallery_block_size=-3), V, "gallery_block_size must"),
+        (lambda q, g, y: R.knn(q, g, k=3.0), V, "k must be an int >= 1, got 3.0"),
+        (lambda q, g, y: R.knn(q, g, k=11), V, "k must be at most 10"),
+        (lambda q, g, y: R.knn(q[:1], k=1), V, "no item besides each query"),
+        (lambda q, g, y: R.evaluate(q, y, gallery_block_size=0), V, "gallery_block_size must be"),
+        (lambda q, g, y: R.evaluate(q, y, ks=4), T, "ks must be a sequence of cut-offs"),
+        (lambda q, g, y: R.evaluate(q, y, relevance_rule="popp"), V, "relevance_rule must be"),
+        (lambda q, g, y: R.evaluate(q, y, relevance_alpha=-1), V, "relevance_alpha must be"),
+        (lambda q, g, y: R.evaluate(q, y, scann_config="tree"), V, "scann_config must be"),
+        (lambda q, g, y: R.evaluate(q.astype(np.complex64), y), V, "queries must hold real"),
+        (lambda q, g, y: R.RetrievalEvaluator(q, y, bacth_size=4), T, "did you mean 'batch_size'"),
+        (lambda q, g, y: R.RetrievalEvaluator(q, y, backend="Exact"), V, "backend must be"),
+        (lambda q, g, y: R.RevisitedEvaluator(q, g, [{}] * 12, kappas=5), T, "kappas must be"),
+    ],
+    ids=lambda v: None,
+)
+def test_retrieval_options_are_checked_up_front(call, error, match):
+    q, g, y = _retrieval_data()
+    with pytest.raises(error, match=re.escape(match)):
+        call(q, g, y)
+
+
+def test_knn_bad_k_leaves_nothing_behind():
+    """A rejected ``k`` must not reach the compiled-program cache (it once poisoned it)."""
+    q, g, _ = _retrieval_data()
+    with pytest.raises(ValueError):
+        rankax.retrieval.knn(q, g, k=3.0)
+    _, index = rankax.retrieval.knn(q, g, k=3)
+    np.testing.assert_array_equal(index, np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :3])
+
+
+def test_bfloat16_embeddings_are_evaluated_in_float32():
+    q, _, y = _retrieval_data()
+    low = jnp.asarray(q, jnp.bfloat16)
+    want = rankax.retrieval.evaluate(np.asarray(low.astype(jnp.float32)), y)
+    assert rankax.retrieval.evaluate(low, y) == want
+
+
+def test_revisited_bad_input():
+    q, g, _ = _retrieval_data()
+    gnd = [{"easy": [0, 1], "hard": [2], "junk": [3]} for _ in range(12)]
+    ranks = np.argsort(-(g @ q.T), axis=0)
+    run = rankax.retrieval.revisited_map
+    with pytest.raises(ValueError, match="not scores"):
+        run(g @ q.T, gnd)
+    with pytest.raises(ValueError, match="distinct database ids"):
+        run(np.zeros_like(ranks), gnd)
+    with pytest.raises(ValueError, match=re.escape("gnd[0] has key 'Easy'")):
+        run(ranks, [{"Easy": [0]}] * 12)
+    with pytest.raises(ValueError, match="negative database id"):
+        run(ranks, [{"easy": [-1]}] * 12)
+    with pytest.raises(ValueError, match=re.escape("queries contains 48 NaN")):
+        rankax.retrieval.revisited_from_embeddings(np.full_like(q, np.nan), g, gnd)

@@ -245,6 +245,11 @@ _RANGE_TEXT = {
 }
 
 
+def is_positive_int(value: Any) -> bool:
+    """An int (Python or numpy, not bool) >= 1: a size, a count, a cut-off."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
+
+
 def check_number(name: str, value: Any, kind: str, *, caller: str = "") -> None:
     """Validates a scalar hyperparameter; traced values pass (their values are unknown)."""
     p = prefix(caller)
@@ -313,24 +318,24 @@ def check_k(k: Any, *, allow_none: bool = False, caller: str = "") -> None:
         raise ValueError(f"{prefix(caller)}k must be {expected}, got {k!r}")
 
 
-def check_ks(ks: Sequence[Any], *, integer: bool = True, caller: str = "") -> tuple:
+def check_ks(ks: Sequence[Any], *, integer: bool = True, caller: str = "", name: str = "ks") -> tuple:
     """A non-empty sequence of positive cut-offs, as a tuple (ints where ``integer``; the
-    smooth recall losses also accept real cut-offs)."""
+    smooth recall losses also accept real cut-offs); errors name the argument ``name``."""
     p = prefix(caller)
     listed = isinstance(ks, Sequence) and not isinstance(ks, str)
     if isinstance(ks, jax.core.Tracer) or (listed and any(isinstance(k, jax.core.Tracer) for k in ks)):
-        raise TypeError(f"{p}ks must be static cut-offs, a tuple of Python numbers such as (1, 4), "
+        raise TypeError(f"{p}{name} must be static cut-offs, a tuple of Python numbers such as (1, 4), "
                         "not a traced array (they set the shapes of the computation)")
     if isinstance(ks, np.ndarray | jax.Array):
         ks = np.asarray(ks).tolist() if np.ndim(ks) == 1 else ks
     if isinstance(ks, str) or not isinstance(ks, Sequence | np.ndarray | jax.Array):
         raise TypeError(
-            f"{p}ks must be a sequence of cut-offs such as (1, 4) (one cut-off k: (k,)), got {ks!r}"
+            f"{p}{name} must be a sequence of cut-offs such as (1, 4) (one cut-off k: (k,)), got {ks!r}"
         )
     ks = tuple(ks)
     if not ks or not all(_is_cutoff(k, integer) for k in ks):
         kind = "ints" if integer else "cut-offs"
-        raise ValueError(f"{p}ks must be a non-empty sequence of positive {kind}, got {ks!r}")
+        raise ValueError(f"{p}{name} must be a non-empty sequence of positive {kind}, got {ks!r}")
     return tuple(int(k) for k in ks) if integer else ks
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from jax.sharding import Mesh
 from numpy.typing import ArrayLike
 
-from rankax import metrics
+from rankax import hierarchy, metrics
 from rankax._core import validation
 from rankax.retrieval import exact, scann_backend
 
@@ -135,10 +135,11 @@ def evaluate(
         labels of the wrong rank or kind, an unknown backend, bad ``ks``, unknown
         ``scann_options`` keys.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    scann_options = scann_backend.check_options(scann_options)
-    ks = validation.check_ks(ks)
+    ks, scann_options = check_options(
+        backend=backend, ks=ks, block_size=block_size, gallery_block_size=gallery_block_size,
+        hierarchy_block_size=hierarchy_block_size, relevance_rule=relevance_rule,
+        relevance_alpha=relevance_alpha, scann_config=scann_config, scann_options=scann_options,
+    )
     data = _checked_sets(queries, query_labels, gallery, gallery_labels, normalize)
     q_classes, g_classes = _finest_classes(data.query_labels, data.gallery_labels)
     layout = exact.class_layout(q_classes, g_classes, data.self_excluded)
@@ -167,6 +168,37 @@ def evaluate(
     if return_per_query:
         result["per_query"] = per_query
     return result
+
+
+def check_options(
+    *,
+    backend: str = "exact",
+    ks: Sequence[int] = (1, 2, 4, 8),
+    block_size: int | None = None,
+    gallery_block_size: int | None = None,
+    hierarchy_block_size: int = 64,
+    relevance_rule: str = "pop",
+    relevance_alpha: float = 1.0,
+    scann_config: str = "auto",
+    scann_options: Mapping[str, Any] | None = None,
+) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """Checks :func:`evaluate`'s options (whatever the labels and backend, so a typo fails
+    before any work); returns ``(ks, scann_options)`` normalised. Errors name the keyword."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    ks = validation.check_ks(ks)
+    sizes = dict(block_size=block_size, gallery_block_size=gallery_block_size)
+    for name, value in (*sizes.items(), ("hierarchy_block_size", hierarchy_block_size)):
+        optional = name in sizes
+        if (value is None and optional) or validation.is_positive_int(value):
+            continue
+        expected = "None (the default) or an int >= 1" if optional else "an int >= 1"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if relevance_rule not in hierarchy.RELEVANCE_RULES:
+        raise ValueError(f"relevance_rule must be one of {hierarchy.RELEVANCE_RULES}, got {relevance_rule!r}")
+    validation.check_number("relevance_alpha", relevance_alpha, "positive")
+    scann_backend.resolve_config(scann_config, 0)
+    return ks, scann_backend.check_options(scann_options)
 
 
 class _Sets(NamedTuple):

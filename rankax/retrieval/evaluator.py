@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from rankax.retrieval.evaluation import evaluate
+from rankax._core import validation
+from rankax.retrieval.evaluation import check_options, evaluate
 from rankax.retrieval.revisited import revisited_from_embeddings
 
 EmbedFn = Callable[[np.ndarray], Any]
@@ -108,6 +111,22 @@ class Embedder:
         return q, g
 
 
+#: :func:`evaluate`'s keywords that ``RetrievalEvaluator(**evaluate_kwargs)`` passes on.
+_EVALUATE_OPTIONS = tuple(p for p in inspect.signature(evaluate).parameters if p not in (
+    "queries", "query_labels", "gallery", "gallery_labels", "backend", "ks", "normalize"))
+
+
+def _check_evaluate_kwargs(kwargs: dict[str, Any]) -> None:
+    """``kwargs`` are keywords of :func:`evaluate` (the ones RetrievalEvaluator sets excluded)."""
+    known = list(_EVALUATE_OPTIONS)
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, [*known, "batch_size", "gallery_inputs", "workers"], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"RetrievalEvaluator got an unknown argument {key!r}{hint} (evaluate options: "
+                            f"{', '.join(known)})")
+
+
 class RetrievalEvaluator:
     """A retrieval evaluation the training loop calls and the CLI can call alone.
 
@@ -157,6 +176,10 @@ class RetrievalEvaluator:
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        _check_evaluate_kwargs(evaluate_kwargs)
+        ks, _ = check_options(backend=backend, ks=ks, **{
+            k: v for k, v in evaluate_kwargs.items() if k in inspect.signature(check_options).parameters
+        })
         self.inputs, self.labels = inputs, labels
         self.gallery_inputs, self.gallery_labels = gallery_inputs, gallery_labels
         self.batch_size = batch_size
@@ -200,7 +223,8 @@ class RevisitedEvaluator:
         if len(gnd) != len(query_inputs):
             raise ValueError(f"gnd has {len(gnd)} queries but query_inputs has {len(query_inputs)} rows")
         self.query_inputs, self.gallery_inputs, self.gnd = query_inputs, gallery_inputs, list(gnd)
-        self.batch_size, self.kappas, self.prefix = batch_size, tuple(kappas), prefix
+        self.batch_size, self.prefix = batch_size, prefix
+        self.kappas = validation.check_ks(kappas, name="kappas")
         self.embedder = Embedder(batch_size, workers, raw, share)
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rankax import hierarchy, metrics
+from rankax._core import validation
 from rankax._core.positives import safe_divide
 
 Array = jax.Array
@@ -59,8 +60,8 @@ def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a [num, dim] array of embeddings, got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{name} must hold at least one embedding of dimension >= 1, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
+    if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)):
+        raise ValueError(f"{name} must hold real numbers (computed in float32), got dtype {a.dtype}")
     a = a.astype(np.float32, copy=False)
     bad = ~np.isfinite(a)
     if bad.any():
@@ -262,8 +263,17 @@ def knn(
             f"gallery has dimension {gallery.shape[1]} but queries have dimension {queries.shape[1]}"
         )
     n = gallery.shape[0] - (1 if self_excluded else 0)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] for this gallery, got {k}")
+    if not validation.is_positive_int(k):
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if n < 1:
+        raise ValueError("the gallery holds no item besides each query (one query, gallery=None)")
+    if k > n:
+        raise ValueError(f"k must be at most {n}, the gallery's items{' besides the query' * self_excluded}; "
+                         f"got {k}")
+    for name, value in (("block_size", block_size), ("gallery_block_size", gallery_block_size)):
+        if not validation.is_positive_int(value):
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    k, block_size, gallery_block_size = int(k), int(block_size), int(gallery_block_size)
     mesh = query_mesh() if mesh is None else mesh
     chunk = knn_chunk_size(gallery.shape[0], gallery_block_size)
     gal = put_gallery(gallery, chunk, mesh, multiple=TOP_K_GROUP)

@@ -34,8 +34,12 @@ Paris: Large-Scale Image Retrieval Benchmarking", CVPR 2018.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from rankax._core import validation
+from rankax.retrieval.exact import as_embeddings
 
 SETUPS = {
     "easy": (("easy",), ("junk", "hard")),
@@ -91,6 +95,39 @@ def protocol_map(
     return float(aps[counted].mean()), aps, prs[counted].mean(axis=0), prs
 
 
+def _check_ranks(ranks: Any, num_queries: int) -> np.ndarray:
+    """``ranks`` as ``[num_database, num_queries]`` distinct non-negative integer ids per column."""
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 2:
+        raise ValueError(f"ranks must be [num_database, num_queries], got shape {ranks.shape}")
+    if ranks.shape[1] != num_queries:
+        raise ValueError(f"ranks has {ranks.shape[1]} query columns but gnd has {num_queries} entries")
+    if not np.issubdtype(ranks.dtype, np.integer):
+        raise ValueError(f"ranks must hold database ids (np.argsort(-similarity, axis=0)), not scores: "
+                         f"got dtype {ranks.dtype}")
+    ordered = np.sort(ranks, axis=0)
+    if ranks.size and (ordered[0].min() < 0 or (np.diff(ordered, axis=0) == 0).any()):
+        raise ValueError("ranks must list distinct database ids >= 0 in each query's column (an argsort of "
+                         "the similarities)")
+    return ranks
+
+
+def _check_gnd(gnd: Sequence[Any]) -> None:
+    """Each entry a mapping; a key that differs from "easy"/"hard"/"junk" only in case is a typo."""
+    keys = ("easy", "hard", "junk")
+    for i, entry in enumerate(gnd):
+        if not isinstance(entry, Mapping):
+            raise ValueError(
+                f"gnd[{i}] must be a dict with id lists 'easy', 'hard', 'junk', got {type(entry).__name__}"
+            )
+        for key in entry:
+            if isinstance(key, str) and key.lower() in keys and key not in keys:
+                raise ValueError(f"gnd[{i}] has key {key!r}; the ground-truth keys are {keys} (lower case)")
+        for key in keys:
+            if np.any(np.asarray(entry.get(key, ()), dtype=np.int64) < 0):
+                raise ValueError(f"gnd[{i}][{key!r}] has a negative database id (ids count from 0)")
+
+
 def revisited_map(
     ranks: np.ndarray, gnd: Sequence[Mapping], kappas: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:
@@ -109,14 +146,9 @@ def revisited_map(
       "hard"}``: means over the queries whose positive set is non-empty in that setup
       (values in [0, 1]; the papers report them x 100).
     """
-    ranks = np.asarray(ranks)
-    if ranks.ndim != 2:
-        raise ValueError(f"ranks must be [num_database, num_queries], got shape {ranks.shape}")
-    if ranks.shape[1] != len(gnd):
-        raise ValueError(f"ranks has {ranks.shape[1]} query columns but gnd has {len(gnd)} entries")
-    kappas = tuple(int(k) for k in kappas)
-    if any(k < 1 for k in kappas):
-        raise ValueError(f"kappas must be positive, got {kappas}")
+    ranks = _check_ranks(ranks, len(gnd))
+    kappas = validation.check_ks(kappas, name="kappas")
+    _check_gnd(gnd)
     out: dict[str, float] = {}
     for setup, (ok_keys, junk_keys) in SETUPS.items():
         ok = [_ids(g, ok_keys) for g in gnd]
@@ -137,8 +169,8 @@ def revisited_from_embeddings(
     Ranks the whole database for every query (``np.argsort`` of the ``[N, Q]`` similarity, as
     the official evaluation does; ROxford5k/RParis6k have 5-6k images).
     """
-    queries, gallery = np.asarray(queries, np.float32), np.asarray(gallery, np.float32)
-    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+    queries, gallery = as_embeddings(queries, "queries"), as_embeddings(gallery, "gallery")
+    if queries.shape[1] != gallery.shape[1]:
         raise ValueError(
             f"queries [Q, D] and gallery [N, D] must share D, got {queries.shape} and {gallery.shape}"
         )

@@ -93,7 +93,7 @@ def scann_available() -> bool:
 
 def resolve_config(config: str, n: int) -> str:
     if config not in SCANN_CONFIGS:
-        raise ValueError(f"config must be one of {SCANN_CONFIGS}, got {config!r}")
+        raise ValueError(f"scann_config must be one of {SCANN_CONFIGS}, got {config!r}")
     if config == "auto":
         return "brute_force" if n < AUTO_TREE_THRESHOLD else "tree_ah"
     return config
