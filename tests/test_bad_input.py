@@ -144,6 +144,13 @@ V, T = ValueError, TypeError
         (losses.histogram_ap_loss, {"num_bins": 2.5}, V, "num_bins"),
         (losses.fast_ap_loss, {"num_bins": 1}, V, "num_bins must be an int >= 2"),
         (losses.histogram_ap_loss, {"score_range": (1.0, 0.0)}, V, "score_range"),
+        (losses.histogram_ap_loss, {"score_range": (-np.inf, 1.0)}, V, "(min, max), finite"),
+        (losses.histogram_ap_loss, {"score_range": 1.0}, V, "score_range must be (min, max)"),
+        (losses.histogram_ap_loss, {"score_range": (0.0, 0.5, 1.0)}, V, "score_range must be (min, max)"),
+        (losses.histogram_ap_loss, {"tie_aware": "no"}, T, "tie_aware must be True or False"),
+        (losses.blackbox_ap_loss, {"key": 0}, T, "key must be None or a PRNG key"),
+        (losses.sup_recall_at_k_loss, {"ks": 4}, T, "ks must be a sequence of cut-offs"),
+        (losses.supap_loss, {"reduce_fn": lambda v: v.mean()}, T, "called as reduce_fn(values, where="),
         (losses.supap_loss, {"variant": "icml"}, V, "variant must be one of"),
         (losses.roadmap_loss, {"variant": "icml"}, V, "variant"),
         (losses.hap_loss, {"variant": "icml"}, V, "variant"),
@@ -245,8 +252,9 @@ def test_checked_mode_reports_labels_under_jit():
         checked(s, y.at[0, 3].set(3.0))
     checked = rankax.debug.checked(lambda s, y: losses.hap_loss(s, y))
     assert np.isfinite(checked(s, y.at[0, 3].set(3.0)))
-    with pytest.raises(rankax.debug.CheckError, match="hap_loss: labels must be graded relevance"):
-        checked(s, y.at[0, 3].set(-1.0))
+    for bad in (-1.0, np.inf):
+        with pytest.raises(rankax.debug.CheckError, match="hap_loss: labels must be finite graded relevance"):
+            checked(s, y.at[0, 3].set(bad))
 
 
 def test_checks_are_off_by_default():
@@ -392,6 +400,12 @@ def test_proxy_loss_bad_input():
     _raises(ValueError, fn, emb, lab[:3], proxies, match=("labels",))
     _raises(TypeError, fn, emb, lab.astype(jnp.float32), proxies, match=("labels", "integer"))
     _raises(ValueError, fn, emb, lab, proxies, temperature=0.0, match=("temperature",))
+    # Class ids must index a proxy row (eager: concrete labels); a masked row may hold anything.
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match=re.escape("labels must be class ids in [0, C) = [0, 4)")):
+            fn(emb, lab.at[2].set(bad), proxies)
+    where = jnp.ones(12, bool).at[2].set(False)
+    assert fn(emb, lab.at[2].set(-1), proxies, where=where) == fn(emb, lab, proxies, where=where)
 
 
 def test_proxy_loss_nonfinite():

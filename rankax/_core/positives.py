@@ -245,7 +245,17 @@ def reduce_lists(values: Array, valid: Array, reduce_fn: validation.ReduceFn, *,
         return values
     if reduce_fn is jnp.mean:
         return jnp.sum(values) / jnp.maximum(jnp.sum(valid), 1)
-    return reduce_fn(values, where=valid)
+    try:
+        return reduce_fn(values, where=valid)
+    except TypeError as err:
+        if "where" not in str(err):
+            raise
+        raise TypeError(
+            f"{validation.prefix(caller)}reduce_fn is called as reduce_fn(values, where=has_positive) "
+            f"(as jnp.mean and jnp.sum take it); {getattr(reduce_fn, '__name__', reduce_fn)!r} does not "
+            "take where=: pass jnp.mean, jnp.sum, None, or wrap it, e.g. "
+            "lambda v, where: jnp.max(jnp.where(where, v, 0.0))"
+        ) from None
 
 
 def pooled_or_per_list(

@@ -162,7 +162,8 @@ def _check_where(where: ArrayLike | None, shape: tuple[int, ...], p: str) -> Arr
 def _check_label_values(labels: Array, where: Array, graded: bool, caller: str) -> None:
     lab = jnp.where(where, labels, 0.0)
     if graded:
-        wrong, what = jnp.isnan(lab) | (lab < 0), "labels must be graded relevance >= 0 at valid positions"
+        wrong = ~jnp.isfinite(lab) | (lab < 0)
+        what = "labels must be finite graded relevance >= 0 at valid positions"
     else:
         wrong = ~((lab == 0) | (lab == 1))
         what = (
@@ -300,7 +301,8 @@ def check_capacity(max_positives: Any, *, caller: str = "") -> None:
 def check_reduce_fn(reduce_fn: Any, *, caller: str = "") -> None:
     if reduce_fn is not None and not callable(reduce_fn):
         raise TypeError(
-            f"{prefix(caller)}reduce_fn must be jnp.mean, jnp.sum, None or a callable, got {reduce_fn!r}"
+            f"{prefix(caller)}reduce_fn must be jnp.mean, jnp.sum, None or a callable "
+            f"reduce_fn(values, where=has_positive), got {reduce_fn!r}"
         )
 
 

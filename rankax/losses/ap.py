@@ -61,7 +61,8 @@ def smooth_ap_loss(
       labels: ``[..., N]`` relevance; items with ``labels > 0`` are positives.
       where: optional ``[..., N]`` boolean mask of valid items.
       reduce_fn: ``jnp.mean`` (over lists with a positive), ``jnp.sum`` or ``None``
-        (``[...]`` per-list values, 0 for lists without a positive).
+        (``[...]`` per-list values, 0 for lists without a positive); any other callable is
+        called as ``reduce_fn(values, where=has_positive)``.
       max_positives: static number of positive slots per list (``None`` = N); lists with
         more positives fall back to the exact path.
       temperature: :math:`\\tau`, 0.01 in the paper.

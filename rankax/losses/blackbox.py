@@ -15,6 +15,7 @@ by the list length as in their code, which sets the scale of :math:`\\lambda`.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,13 @@ def _blackbox_ap_values(
     )
 
 
+def _is_key(key: Any) -> bool:
+    """A typed PRNG key (``jax.random.key``) or a raw ``uint32[2]`` one (``jax.random.PRNGKey``)."""
+    if not isinstance(key, jax.Array):
+        return False
+    return jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
+
+
 @listfn.list_function(_blackbox_ap_values)
 def blackbox_ap_loss(
     scores: ArrayLike,
@@ -138,4 +146,6 @@ def blackbox_ap_loss(
       "Differentiation of Blackbox Combinatorial Solvers." ICLR 2020.
     """
     lists = listfn.check(scores, labels, where, max_positives, caller="blackbox_ap_loss")
+    if key is not None and not _is_key(key):
+        raise TypeError(f"blackbox_ap_loss: key must be None or a PRNG key (jax.random.key(0)), got {key!r}")
     return lists.reduce(_blackbox_ap_values(lists, lambda_=lambda_, margin=margin, key=key), reduce_fn)

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from rankax import ranking
@@ -88,12 +89,16 @@ def _histogram_ap_values(
 
 
 def _check_score_range(hparams: dict[str, Any], caller: str) -> None:
-    lo, hi = hparams["score_range"]
-    if not hi > lo:
-        raise ValueError(
-            f"{validation.prefix(caller)}score_range must be (min, max) with max > min, "
-            f"got {hparams['score_range']!r}"
-        )
+    """``score_range``: two finite numbers, max > min; ``tie_aware``: a bool."""
+    p, value = validation.prefix(caller), hparams["score_range"]
+    if isinstance(value, np.ndarray) and value.shape == (2,):
+        value = tuple(value.tolist())
+    pair = isinstance(value, tuple | list) and len(value) == 2
+    numbers = pair and all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in value)
+    if not (numbers and np.isfinite(value).all() and value[1] > value[0]):
+        raise ValueError(f"{p}score_range must be (min, max), finite numbers with max > min, got {value!r}")
+    if not isinstance(hparams["tie_aware"], bool | np.bool_):
+        raise TypeError(f"{p}tie_aware must be True or False, got {hparams['tie_aware']!r}")
 
 
 @listfn.list_function(_histogram_ap_values, check_hparams=_check_score_range)

@@ -74,6 +74,10 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
         raise ValueError(f"{prefix}where must have shape {emb.shape[:-1]}, got {valid.shape}")
     validation.check_finite(emb, "embeddings", where=valid[..., None], caller=_CALLER)
     validation.check_finite(prox, "proxies", caller=_CALLER)
+    if validation.value_checks_apply(lab, valid):
+        outside = valid & ((lab < 0) | (lab >= prox.shape[0]))
+        what = f"labels must be class ids in [0, C) = [0, {prox.shape[0]}) (one proxy row per class)"
+        validation.check_values(outside, what, lab, "labels", caller=_CALLER)
     emb = emb.astype(jnp.promote_types(emb.dtype, jnp.float32))
     emb = jnp.where(valid[..., None], emb, 0.0)  # masked rows may hold anything, NaN included
     prox = prox.astype(jnp.promote_types(prox.dtype, jnp.float32))
