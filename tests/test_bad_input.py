@@ -358,6 +358,8 @@ def test_batch_loss_cutoffs_as_arrays_are_static():
         losses.sup_recall_at_k_loss(s, y, ks=4)
     with pytest.raises(TypeError, match="ks must be static cut-offs"):
         jax.jit(lambda k: losses.sup_recall_at_k_loss(s, y, ks=k))(jnp.array([1, 2]))
+    with pytest.raises(TypeError, match="k must be a static Python int"):
+        jax.jit(lambda k: metrics.recall_at_k(s, y, k=k))(2)
 
 
 def test_batch_loss_nonfinite_embeddings():

@@ -315,6 +315,9 @@ def check_k(k: Any, *, allow_none: bool = False, caller: str = "") -> None:
     """A rank cut-off ``k``: a positive int (or None where ``allow_none``)."""
     if k is None and allow_none:
         return
+    if isinstance(k, jax.core.Tracer):
+        raise TypeError(f"{prefix(caller)}k must be a static Python int (it sets the computation's shapes), "
+                        "not a traced value: close over it or mark it static in jit")
     if not _is_cutoff(k, integer=True):
         expected = "a positive int or None" if allow_none else "a positive int"
         raise ValueError(f"{prefix(caller)}k must be {expected}, got {k!r}")
