@@ -37,6 +37,29 @@ class CliError(SystemExit):
         super().__init__(f"error: {message}")
 
 
+def check_output_file(flag: str, path: str) -> None:
+    """``path`` can be written as a file: its folder exists (and is one), it is not a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CliError(f"{flag} {path} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise CliError(f"{flag} {path}: the folder {folder} does not exist (or is a file)")
+
+
+def check_workdir(path: str) -> None:
+    """``path`` is a directory, or can be made one: no file in the way, the nearest existing
+    folder above it writable."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CliError(f"--workdir {path} is a file, not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise CliError(f"--workdir {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"--workdir {path}: no permission to write in {existing}")
+
+
 def available_configs() -> list[tuple[str, str]]:
     """``(path, first docstring line)`` of every experiment config under ``configs/``."""
     out = []
@@ -85,6 +108,10 @@ def parse(
             close = difflib.get_close_matches(name, list(flags), n=1)
             hint = f"; did you mean --{close[0]}?" if close else ""
             raise CliError(f"unknown flag --{name}{hint} (flags: {', '.join('--' + f for f in flags)})")
+        if name in values:
+            raise CliError(f"--{name} is given twice; pass it once")
+        if eq and not text and name not in bool_flags:
+            raise CliError(f"--{name}= needs a value")
         if name in bool_flags and not eq:
             values[name] = True
             continue
@@ -195,13 +222,14 @@ def _typed(key: str, text: str, field_type: type | None) -> Any:
         if field_type is float:
             return float(text)
         if field_type in (tuple, list):
-            value = _literal(text if "(" in text or "[" in text else f"({text},)")
+            value = ast.literal_eval(text if "(" in text or "[" in text else f"({text},)")
             return field_type(value if isinstance(value, tuple | list) else (value,))
         if field_type is str:
             return text
     except (ValueError, SyntaxError):
         name = getattr(field_type, "__name__", str(field_type))
-        raise CliError(f"--config.{key}={text!r} is not a valid {name}") from None
+        example = " (comma-separated values, e.g. 1,2,4)" if field_type in (tuple, list) else ""
+        raise CliError(f"--config.{key}={text!r} is not a valid {name}{example}") from None
     return _literal(text)
 
 

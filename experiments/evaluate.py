@@ -65,10 +65,16 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
     training run recorded, with ``overrides`` applied."""
     from rankax.train import workdir as workdir_lib
 
+    if not os.path.isdir(workdir):
+        what = "is not a directory" if os.path.exists(workdir) else "does not exist"
+        raise cli.CliError(f"{flag} {workdir} {what} (the --workdir of a training run)")
     if config:
         cfg = cli.load_config(config)
     else:
-        record = workdir_lib.read(workdir) if os.path.isdir(workdir) else None
+        try:
+            record = workdir_lib.read(workdir)
+        except ValueError as err:  # a config.json that is not JSON
+            raise cli.CliError(f"{flag}: {err}") from None
         if record is None:
             raise cli.CliError(
                 f"{flag} needs --config (the experiment config it was trained with): {workdir} records "
@@ -97,6 +103,8 @@ def embed_fn_from_checkpoint(
         state, data = evaluators.restore_for_evaluation(cfg, checkpoint, step=step)
     except (FileNotFoundError, CheckpointReadError, ConfigError) as err:
         raise cli.CliError(f"{flag}: {err}") from err
+    except ValueError as err:  # a config value the data or model code checked (names the key)
+        raise cli.CliError(f"{flag}: {err}") from None
     bs = int(cfg.eval_batch_size)
     # [multihost] each process reads and embeds its share of every batch; all get every embedding
     embed, share = evaluators.embed_fn(state), distributed.eval_share()
@@ -161,6 +169,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         ) from None
     if leaves is not None and leaves < 1:
         raise cli.CliError(f"--scann_leaves_to_search must be >= 1, got {leaves}")
+    for name in ("output", "save_embeddings"):
+        if name in values:
+            cli.check_output_file(f"--{name}", values[name])
     args = argparse.Namespace(
         checkpoint=workdir, flag=flag, config=values.get("config"), step=step,
         embeddings=values.get("embeddings"), gallery=values.get("gallery"),

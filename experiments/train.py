@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     if "workdir" not in values:
         raise cli.CliError("--workdir is required (a new directory, or the one of the run to resume)")
+    cli.check_workdir(values["workdir"])
     # orbax logs every file operation at INFO and a few harmless notices at WARNING
     logging.getLogger("absl").setLevel(logging.ERROR)
     if values.get("keep_freed_memory"):
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         if not str(err).startswith("config."):
             raise
         raise cli.CliError(str(err)) from None
+    except KeyboardInterrupt:
+        print(f"interrupted: the same command resumes from the newest checkpoint in {values['workdir']}",
+              file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ CLI convention, errors are one line, failed starts leave nothing, reruns show th
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -137,18 +138,29 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_failed_start_leaves_nothing_on_disk(tmp_path):
+def test_failed_start_leaves_nothing_on_disk(tmp_path, monkeypatch):
+    from rankax.train import loop
+
     with pytest.raises(ValueError, match="best_metric"):
         train_lib.train_and_evaluate(tiny_config(best_metric="map@10"), str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()
     cfg = tiny_config()
-    cfg.loss.hparams.temperature = -1.0  # raises when the first step traces the loss
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+    cfg.loss.hparams.temperature = -1.0  # refused before anything is written
+    with pytest.raises(ConfigError, match="config.loss.hparams: temperature must be a finite number > 0"):
         train_lib.train_and_evaluate(cfg, str(tmp_path / "b"))
     assert not (tmp_path / "b").exists()
+
+    def fail(run):  # after the workdir, its config.json and the checkpointer exist
+        assert os.path.exists(os.path.join(run.workdir, "config.json"))
+        raise RuntimeError("failed after the workdir was made")
+
+    monkeypatch.setattr(loop, "baselines", fail)
+    with pytest.raises(RuntimeError, match="after the workdir"):
+        train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "p" / "q" / "run"))
+    assert not (tmp_path / "p").exists()  # the parents the run made go too
     (tmp_path / "c").mkdir()  # an existing empty directory stays, empty
-    with pytest.raises(ValueError):
-        train_lib.train_and_evaluate(cfg, str(tmp_path / "c"))
+    with pytest.raises(RuntimeError):
+        train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "c" / "run"))
     assert os.listdir(tmp_path / "c") == []
 
 
@@ -182,3 +194,91 @@ def test_demo_figures_show_baselines_and_before_after(small_run):
     width = image.imread(os.path.join(workdir, "test_embeddings.png")).shape[1]
     assert width >= 2 * 4.6 * 100  # two panels: untrained and trained
     assert np.isfinite(baselines["raw pixels"]["map@r"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.name=5", "config.model.name must be one of"),
+        ("checkpoint_every=0", "config.checkpoint_every must be an int >= 1, got 0"),
+        ("keep_checkpoints=0", "config.keep_checkpoints must be an int >= 1"),
+        ("num_steps=-3", "config.num_steps must be an int >= 0, got -3"),
+        ("num_steps=None", "config.num_steps must be an int >= 0, got None"),
+        ("num_steps=0", "config.num_steps must be >= 1 (or set config.num_epochs)"),
+        ("batch.samples_per_class=1", "config.batch.samples_per_class must be an int >= 2"),
+        ("batch.classes_per_batch=1", "config.batch.classes_per_batch must be an int >= 2"),
+        ("batch.classes_per_batch=11", "config.batch ('pk' sampler on the digits training split): "
+         "classes_per_batch must be in [1, 10]"),
+        ("model.embedding_dim=0", "config.model.embedding_dim must be None or an int >= 1"),
+        ("optimizer.lr=-0.1", "config.optimizer.lr must be a finite number > 0, got -0.1"),
+        ("optimizer.lr=nan", "config.optimizer.lr must be a finite number > 0, got nan"),
+        ("optimizer.momentum=1.5", "config.optimizer.momentum must be a finite number in [0, 1)"),
+        ("optimizer.weight_decay=-5", "config.optimizer.weight_decay must be a finite number >= 0"),
+        ("loss.weight=0", "config.loss.weight is 0 and no loss term has a weight > 0"),
+        ("loss.hparams.temperature=-1", "config.loss.hparams: temperature must be a finite number > 0"),
+        ("xbm.size=-5", "config.xbm.size must be an int >= 0"),
+        ("eval_batch_size=0", "config.eval_batch_size must be an int >= 1"),
+        ("eval_backend=fast", "config.eval_backend must be one of"),
+        ("eval_ks=0,1", "config.eval_ks must be a non-empty sequence of positive ints"),
+        ("eval_ks=1,x", "--config.eval_ks='1,x' is not a valid tuple (comma-separated values"),
+        ("dataset.max_shift=-1", "config.dataset.max_shift must be an int >= 0"),
+    ],
+)
+def test_config_values_are_checked_before_the_workdir_is_touched(tmp_path, override, message):
+    workdir = tmp_path / "new" / "run"
+    with pytest.raises(SystemExit) as info:
+        train_cli.main(["--config", DIGITS, "--workdir", str(workdir), f"--config.{override}"])
+    assert message in str(info.value.code)
+    assert not (tmp_path / "new").exists()
+
+
+def test_every_experiment_config_passes_the_value_checks():
+    from rankax.train import config_checks
+
+    for path, _ in cli.available_configs():
+        config = cli.load_config(path)
+        config_checks.check_config(config)  # raises naming the key otherwise
+        train_lib.check_loss_hparams(config)
+
+
+def test_cli_refuses_unusable_workdirs_and_repeated_flags(tmp_path, monkeypatch):
+    from rankax.train import loop
+
+    file = tmp_path / "file"
+    file.write_text("x")
+    run = lambda *a: train_cli.main(["--config", DIGITS, *a])  # noqa: E731
+    for workdir, message in ((file, "is a file, not a directory"), (file / "sub", f"{file} is a file")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            run("--workdir", str(workdir))
+    with pytest.raises(SystemExit, match="--workdir= needs a value"):
+        run("--workdir=")
+    with pytest.raises(SystemExit, match="--config is given twice"):
+        run("--workdir", str(tmp_path / "w"), "--config", DIGITS)
+    # Ctrl-C: one line saying how to resume, exit status 130 (no traceback).
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(SystemExit) as info:
+        run("--workdir", str(tmp_path / "w"))
+    assert info.value.code == 130
+
+
+def test_workdir_record_must_be_readable_and_present_with_checkpoints(tmp_path):
+    from rankax.train import workdir as workdir_lib
+
+    config = tiny_config()
+    (tmp_path / "config.json").write_text('{"created":')
+    with pytest.raises(ConfigError, match="config.json is not valid JSON"):
+        workdir_lib.check(config, str(tmp_path))
+    with pytest.raises(SystemExit, match="config.json is not valid JSON"):
+        evaluate_cli.main(["--workdir", str(tmp_path)])
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)  # another run's, or an old one's
+    with pytest.raises(WorkdirConfigMismatch, match="holds checkpoints but no config.json"):
+        workdir_lib.check(config, str(tmp_path))
+    assert workdir_lib.check(config, str(tmp_path), ["*"]) == {}
+
+
+def test_evaluate_cli_names_missing_workdirs_and_output_folders(tmp_path):
+    with pytest.raises(SystemExit, match="--workdir .* does not exist"):
+        evaluate_cli.main(["--workdir", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="the folder .* does not exist"):
+        evaluate_cli.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "no" / "m.json")])

@@ -55,16 +55,20 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
     kind = b.get("sampler", "pk")
     if kind not in samplers.SAMPLERS:
         raise ValueError(f"config.batch.sampler must be one of {samplers.SAMPLERS}, got {kind!r}")
-    return samplers.make(
-        kind,
-        dataset.train.labels,
-        b.classes_per_batch * b.samples_per_class,
-        b.samples_per_class,
-        seed=config.seed,
-        super_classes_per_batch=b.get("super_classes_per_batch", 2),
-        batches_per_super_tuple=b.get("batches_per_super_tuple", 4),
-        m_per_class_rule=b.get("m_per_class_rule", "official"),
-    )
+    try:
+        return samplers.make(
+            kind,
+            dataset.train.labels,
+            b.classes_per_batch * b.samples_per_class,
+            b.samples_per_class,
+            seed=config.seed,
+            super_classes_per_batch=b.get("super_classes_per_batch", 2),
+            batches_per_super_tuple=b.get("batches_per_super_tuple", 4),
+            m_per_class_rule=b.get("m_per_class_rule", "official"),
+        )
+    except ValueError as err:  # the sampler names its argument: say which config keys set it
+        where = f"{kind!r} sampler on the {config.dataset.name} training split"
+        raise ConfigError(f"config.batch ({where}): {err}") from None
 
 
 def augment_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:

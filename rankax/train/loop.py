@@ -32,6 +32,7 @@ from rankax.data import loader
 from rankax.data.base import RetrievalDataset
 from rankax.train import (
     checkpointing,
+    config_checks,
     distributed,
     errors,
     evaluators,
@@ -67,6 +68,8 @@ def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any
     """
     existed = os.path.isdir(workdir)
     fresh = not existed or not os.listdir(workdir)
+    made = _first_missing(workdir)  # the folder a failed start removes (with the parents it made)
+    config_checks.check_config(config)
     config = losses.check_loss_hparams(config)
     changes = workdir_lib.check(config, workdir, allow_config_change)
     no_checkpoints = not os.path.isdir(os.path.join(workdir, "checkpoints"))
@@ -82,17 +85,33 @@ def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any
             fresh and counter["steps"] == 0 and not isinstance(err, errors.NonFiniteLossError)
             and distributed.is_main()  # [multihost] the shared workdir is cleaned once
         ):
-            _remove_contents(workdir, keep_dir=existed)  # a failed start leaves no half-made workdir
+            _remove_contents(workdir, made)  # a failed start leaves no half-made workdir
         raise
 
 
-def _remove_contents(workdir: str, keep_dir: bool) -> None:
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself, or a parent
+    that creating it would make); None if ``path`` exists."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def _remove_contents(workdir: str, made: str | None) -> None:
+    """Empties ``workdir``; if this run ``made`` it (and parents), removes those folders too."""
     if os.path.isdir(workdir):
         for name in os.listdir(workdir):
             path = os.path.join(workdir, name)
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-        if not keep_dir:
-            os.rmdir(workdir)
+    if made is not None and os.path.isdir(made):
+        folder = os.path.abspath(workdir)
+        while os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+            if folder == made:
+                break
+            folder = os.path.dirname(folder)
 
 
 def pretrained_warning(config: Config) -> str | None:

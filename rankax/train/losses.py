@@ -72,12 +72,26 @@ def _hparam_renames(config: ml_collections.ConfigDict) -> dict[str, str]:
     return renamed
 
 
+def _check_hparam_values(config: ml_collections.ConfigDict, renamed: dict[str, str]) -> None:
+    """The ranges and types of ``config.loss.hparams`` (``temperature > 0``, ...), by the loss's
+    own checks (rankax list losses; other callables are checked when called)."""
+    checker = getattr(resolve_loss(config.loss.name), "hparams", None)
+    if checker is None:
+        return
+    hparams = {renamed.get(k, k): v for k, v in config.loss.hparams.to_dict().items()}
+    try:
+        checker(hparams, caller="config.loss.hparams", warn=False)
+    except (TypeError, ValueError) as err:
+        raise errors.ConfigError(str(err)) from None
+
+
 def check_loss_hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``config`` with every key of ``config.loss.hparams`` checked to be a keyword argument of
     the loss; a deprecated spelling (``tau``) is renamed (a copy of ``config``, with a warning),
     so the workdir records one name. Raises :class:`~rankax.train.ConfigError` naming the key,
     the closest argument and all of them."""
     renamed = _hparam_renames(config)
+    _check_hparam_values(config, renamed)
     if not renamed:
         return config
     config = ml_collections.ConfigDict(config.to_dict())

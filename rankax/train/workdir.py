@@ -25,7 +25,7 @@ from typing import Any
 
 import ml_collections
 
-from rankax.train.errors import WorkdirConfigMismatch
+from rankax.train.errors import ConfigError, WorkdirConfigMismatch
 
 RECORD = "config.json"
 # Keys (or whole sections) that never change the trained parameters (resume is exact across
@@ -81,8 +81,14 @@ def read(workdir: str) -> dict[str, Any] | None:
     path = os.path.join(workdir, RECORD)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"{path} is not valid JSON ({err}): it records the workdir's run; restore it, or use a "
+            "new --workdir"
+        ) from None
 
 
 def differences(recorded: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, tuple]:
@@ -117,10 +123,17 @@ def check(
     differences (empty for a first start or an identical config). Writes nothing.
     """
     record = read(workdir)
+    allowed = set(allow_changes)
     if record is None:
+        checkpoints = os.path.join(workdir, "checkpoints")
+        if os.path.isdir(checkpoints) and os.listdir(checkpoints) and "*" not in allowed:
+            raise WorkdirConfigMismatch(
+                f"workdir {workdir} holds checkpoints but no {RECORD}, so nothing shows they come from "
+                "this config. Use a new --workdir, or resume them anyway with --allow_config_change='*'",
+                workdir=workdir, differences={},
+            )
         return {}
     diff = differences(record.get("config", {}), config)
-    allowed = set(allow_changes)
     ok = lambda k: "*" in allowed or any(k == a or k.startswith(a + ".") for a in allowed)
     refused = {k: v for k, v in diff.items() if not ok(k)}
     if refused:

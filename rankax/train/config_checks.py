@@ -1,0 +1,149 @@
+"""Values of the generic config keys, checked before a run touches its workdir.
+
+Each key has a rule (an int with a lower bound, a finite float in a range, one of a few
+names); a value that breaks it raises :class:`~rankax.train.ConfigError` naming the dotted key,
+the rule and the value, so a typo such as ``--config.checkpoint_every=0`` or
+``--config.optimizer.lr=-0.1`` stops the start instead of a traceback deep in the loop or a
+run that trains nonsense. Keys that only some pieces read (dataset, sampler, schedule) are
+checked by those pieces; the loss's hyperparameters by the loss's own ranges
+(:func:`rankax.train.losses.check_loss_hparams`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+from rankax.train.errors import ConfigError
+
+Config = ml_collections.ConfigDict
+
+# dotted key -> smallest allowed int
+INT_KEYS: dict[str, int] = {
+    "num_steps": 0,  # 0 only with num_epochs > 0 (check_config)
+    "num_epochs": 0,
+    "log_every": 1,
+    "eval_every": 0,  # 0: evaluate at the end only
+    "checkpoint_every": 1,
+    "keep_checkpoints": 1,
+    "eval_batch_size": 1,
+    "max_consecutive_nonfinite": 1,
+    "num_devices": 0,  # 0: all visible devices
+    "model.embedding_dim": 1,  # or None: no projection head (DeiT's class token)
+    "batch.classes_per_batch": 2,  # one class: no negatives, the ranking losses are 0
+    "batch.samples_per_class": 2,  # one sample: no positives
+    "xbm.size": 0,
+    "xbm.start_step": 0,
+    "optimizer.warmup_steps": 0,
+    "optimizer.decay_every_epochs": 0,
+    "dataset.max_shift": 0,
+}
+OPTIONAL_INT_KEYS = frozenset({"model.embedding_dim"})
+# dotted key -> (lowest, highest, whether lowest itself is allowed); None allowed where marked.
+FLOAT_KEYS: dict[str, tuple[float, float, bool]] = {
+    "optimizer.lr": (0.0, math.inf, False),
+    "optimizer.weight_decay": (0.0, math.inf, True),
+    "optimizer.momentum": (0.0, 1.0, True),
+    "optimizer.decay_factor": (0.0, math.inf, False),
+    "optimizer.final_lr_ratio": (0.0, math.inf, True),
+    "optimizer.grad_clip": (0.0, math.inf, True),
+    "loss.weight": (0.0, math.inf, True),
+}
+OPTIONAL_FLOAT_KEYS: dict[str, tuple[float, float, bool]] = {
+    "optimizer.head_lr": (0.0, math.inf, False),
+    "optimizer.head_weight_decay": (0.0, math.inf, True),
+    "optimizer.final_lr": (0.0, math.inf, True),
+}
+
+
+def _get(config: Config, key: str) -> tuple[bool, Any]:
+    node: Any = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _range_text(low: float, high: float, closed: bool) -> str:
+    left = f">= {low:g}" if closed else f"> {low:g}"
+    return left if high == math.inf else f"in {'[' if closed else '('}{low:g}, {high:g})"
+
+
+def check_float(key: str, value: Any, low: float, high: float, closed: bool, optional: bool = False) -> None:
+    """``value`` is a finite number in the range (``None`` too where ``optional``)."""
+    if value is None and optional:
+        return
+    ok = _is_real(value) and math.isfinite(value) and value < high
+    if not (ok and (value >= low if closed else value > low)):
+        expected = f"{'None or ' * optional}a finite number {_range_text(low, high, closed)}"
+        raise ConfigError(f"config.{key} must be {expected}, got {value!r}")
+
+
+def check_config(config: Config) -> None:
+    """Checks :data:`INT_KEYS`, :data:`FLOAT_KEYS`, :data:`OPTIONAL_FLOAT_KEYS` (where the
+    config has them), the run length, ``eval_ks``, ``eval_backend``, ``model.name``, and the
+    weights and optimizers of ``loss.terms``."""
+    for key, low in INT_KEYS.items():
+        present, value = _get(config, key)
+        optional = key in OPTIONAL_INT_KEYS
+        if present and not (_is_int(value) and value >= low) and not (optional and value is None):
+            raise ConfigError(f"config.{key} must be {'None or ' * optional}an int >= {low}, got {value!r}")
+    for keys, optional in ((FLOAT_KEYS, False), (OPTIONAL_FLOAT_KEYS, True)):
+        for key, (low, high, closed) in keys.items():
+            present, value = _get(config, key)
+            if present:
+                check_float(key, value, low, high, closed, optional)
+    if config.get("num_steps", 1) == 0 and not config.get("num_epochs", 0):
+        raise ConfigError("config.num_steps must be >= 1 (or set config.num_epochs), got 0")
+    _check_evaluation(config)
+    _check_model(config)
+    _check_terms(config)
+
+
+def _check_evaluation(config: Config) -> None:
+    from rankax._core import validation
+    from rankax.retrieval.evaluation import BACKENDS
+
+    if "eval_ks" in config:
+        try:
+            validation.check_ks(config.eval_ks, name="config.eval_ks")
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{err} (on the command line: --config.eval_ks=1,2,4,8)") from None
+    if config.get("eval_backend", "exact") not in BACKENDS:
+        raise ConfigError(f"config.eval_backend must be one of {BACKENDS}, got {config.eval_backend!r}")
+
+
+def _check_model(config: Config) -> None:
+    from rankax.models.factory import MODELS
+
+    present, name = _get(config, "model.name")
+    if present and name not in MODELS:
+        raise ConfigError(f"config.model.name must be one of {', '.join(sorted(MODELS))}, got {name!r}")
+
+
+def _check_terms(config: Config) -> None:
+    present, terms = _get(config, "loss.terms")
+    terms = terms.to_dict() if present and hasattr(terms, "to_dict") else {}
+    for term, spec in terms.items():
+        if not isinstance(spec, dict):
+            continue  # the loss-term builder names a malformed term
+        if "weight" in spec:
+            check_float(f"loss.terms.{term}.weight", spec["weight"], 0.0, math.inf, True)
+        for key, (low, high, closed) in (("lr", FLOAT_KEYS["optimizer.lr"]),
+                                          ("weight_decay", FLOAT_KEYS["optimizer.weight_decay"])):
+            if key in spec.get("optimizer", {}):
+                check_float(f"loss.terms.{term}.optimizer.{key}", spec["optimizer"][key], low, high, closed)
+    weighted = [t for t, s in terms.items() if isinstance(s, dict) and s.get("weight", 0) > 0]
+    if config.get("loss", {}).get("weight", 1.0) == 0 and not weighted:
+        raise ConfigError("config.loss.weight is 0 and no loss term has a weight > 0: nothing would train")
