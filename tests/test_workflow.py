@@ -282,3 +282,17 @@ def test_evaluate_cli_names_missing_workdirs_and_output_folders(tmp_path):
         evaluate_cli.main(["--workdir", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="the folder .* does not exist"):
         evaluate_cli.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "no" / "m.json")])
+
+
+def test_a_workdir_in_use_refuses_a_second_run(tmp_path):
+    from rankax.train import workdir as workdir_lib
+
+    workdir = tmp_path / "run"
+    with workdir_lib.locked(str(workdir)):  # as a run in another process would hold it
+        (workdir / "config.json").write_text("{}")
+        with pytest.raises(ConfigError, match="is in use by another run"):
+            train_lib.train_and_evaluate(tiny_config(), str(workdir))
+        assert sorted(os.listdir(workdir)) == [".lock", "config.json"]  # nothing removed or added
+    # Released with the block (and by the OS when a process dies): the next start proceeds.
+    with workdir_lib.locked(str(workdir)):
+        pass

@@ -14,6 +14,7 @@ exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -64,19 +65,26 @@ def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any
     (:class:`~rankax.train.WorkdirConfigMismatch` naming the differing keys) unless each
     differing key is in ``allow_config_change`` (dotted keys, groups, or ``"*"``; see
     :mod:`rankax.train.workdir`). A run that fails before its first step in a new (or empty)
-    workdir leaves nothing on disk.
+    workdir leaves nothing on disk. One run at a time holds a workdir
+    (:func:`rankax.train.workdir.locked`): a second start on it stops with a ``ConfigError``.
     """
-    existed = os.path.isdir(workdir)
-    fresh = not existed or not os.listdir(workdir)
-    made = _first_missing(workdir)  # the folder a failed start removes (with the parents it made)
     config_checks.check_config(config)
     config = losses.check_loss_hparams(config)
-    changes = workdir_lib.check(config, workdir, allow_config_change)
-    no_checkpoints = not os.path.isdir(os.path.join(workdir, "checkpoints"))
-    if no_checkpoints and distributed.is_main() and (warning := pretrained_warning(config)):
-        print(warning)  # [multihost] the log is process 0's
+    existed = os.path.isdir(workdir)
+    fresh = not existed or not set(os.listdir(workdir)) - {workdir_lib.LOCK}
+    made = _first_missing(workdir)  # the folder a failed start removes (with the parents it made)
+    lock = workdir_lib.locked(workdir) if distributed.is_main() else contextlib.nullcontext()
+    with lock:  # [multihost] process 0 holds the shared workdir
+        return _locked_run(config, workdir, allow_config_change, fresh, made)
+
+
+def _locked_run(config: Config, workdir: str, allow_config_change: Any, fresh: bool, made: str | None):
     counter = {"steps": 0}
     try:
+        changes = workdir_lib.check(config, workdir, allow_config_change)
+        no_checkpoints = not os.path.isdir(os.path.join(workdir, "checkpoints"))
+        if no_checkpoints and distributed.is_main() and (warning := pretrained_warning(config)):
+            print(warning)  # [multihost] the log is process 0's
         run = setup(config, workdir, changes)
         train(run, counter)
         return finish(run)

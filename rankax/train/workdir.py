@@ -16,11 +16,13 @@ when a step already failed) may change freely. An allowed change is recorded in 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ml_collections
@@ -145,6 +147,34 @@ def check(
             differences=refused,
         )
     return diff
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+    """Holds ``<workdir>/.lock`` (an exclusive ``flock``, made with the workdir if needed) for
+    the block: a second run starting on the same workdir meanwhile raises
+    :class:`~rankax.train.ConfigError` instead of mixing its checkpoints and records with the
+    first's. The operating system drops the lock when the process ends, killed or not."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"workdir {workdir} is in use by another run (it holds {path}): wait for that run to end, "
+            "or use another --workdir"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def write(config: ml_collections.ConfigDict, workdir: str, changes: dict[str, tuple] | None = None) -> None:
