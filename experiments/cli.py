@@ -38,12 +38,15 @@ class CliError(SystemExit):
 
 
 def check_output_file(flag: str, path: str) -> None:
-    """``path`` can be written as a file: its folder exists (and is one), it is not a folder."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """``path`` can be written as a file (its missing folders made): it is not a folder, and no
+    file stands where a folder above it would go."""
     if os.path.isdir(path):
         raise CliError(f"{flag} {path} is a directory; give a file name")
-    if not os.path.isdir(folder):
-        raise CliError(f"{flag} {path}: the folder {folder} does not exist (or is a file)")
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise CliError(f"{flag} {path}: {existing} is a file, not a folder")
 
 
 def check_workdir(path: str) -> None:

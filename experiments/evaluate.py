@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.checkpoint, args.config, args.step, overrides, args.flag
         )
         if args.save_embeddings and main_process:
+            pathlib.Path(args.save_embeddings).parent.mkdir(parents=True, exist_ok=True)
             np.savez(args.save_embeddings, **{NPZ_EMBEDDINGS: inputs, NPZ_LABELS: labels})
     else:
         embed_fn = np.asarray  # precomputed embeddings: the identity

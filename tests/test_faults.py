@@ -27,6 +27,7 @@ from rankax.train import (
     CheckpointReadError,
     CheckpointSaveError,
     NonFiniteLossError,
+    WorkdirConfigMismatch,
     checkpointing,
     input_pipeline,
     train_lib,
@@ -332,11 +333,15 @@ def test_truncated_checkpoint_clear_errors_and_resume_from_the_last_good_one(tmp
     assert int(state.step) == STEPS - 1
     assert_same_params(state, saved_state(ref_dir, STEPS - 1))
 
-    # A checkpoint of another model is not "corrupt": it is refused, and never moved aside.
+    # A checkpoint of another model is not "corrupt": it is refused, and never moved aside. (The
+    # copied checkpoints come without config.json, which alone stops a start unless every change
+    # is allowed; this checks the second line of defence, the checkpoint's own structure.)
     other = fault_config()
     other.model.embedding_dim = 8
-    with pytest.raises(CheckpointReadError, match=f"step {STEPS - 1} .*another model/config.*head"):
+    with pytest.raises(WorkdirConfigMismatch, match="holds checkpoints but no config.json"):
         train_lib.train_and_evaluate(other, workdir)
+    with pytest.raises(CheckpointReadError, match=f"step {STEPS - 1} .*another model/config.*head"):
+        train_lib.train_and_evaluate(other, workdir, allow_config_change=["*"])
     assert steps_on_disk(workdir) == list(range(1, STEPS))
 
 

@@ -139,6 +139,9 @@ def test_evaluate_cli_restores_a_checkpoint(tmp_path):
     )
     for key in ("recall@1", "map@r", "map"):
         assert got[key] == pytest.approx(final[key], abs=1e-6)
+    with pytest.raises(SystemExit, match="empty does not exist"):
+        evaluate.main(["--checkpoint", str(tmp_path / "empty"), "--config", str(cfg)])
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no checkpoint"):
         evaluate.main(["--checkpoint", str(tmp_path / "empty"), "--config", str(cfg)])
 

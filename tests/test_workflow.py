@@ -280,8 +280,9 @@ def test_workdir_record_must_be_readable_and_present_with_checkpoints(tmp_path):
 def test_evaluate_cli_names_missing_workdirs_and_output_folders(tmp_path):
     with pytest.raises(SystemExit, match="--workdir .* does not exist"):
         evaluate_cli.main(["--workdir", str(tmp_path / "nope")])
-    with pytest.raises(SystemExit, match="the folder .* does not exist"):
-        evaluate_cli.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "no" / "m.json")])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="file is a file, not a folder"):
+        evaluate_cli.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "file" / "m.json")])
 
 
 def test_a_workdir_in_use_refuses_a_second_run(tmp_path):

@@ -49,7 +49,6 @@ FLOAT_KEYS: dict[str, tuple[float, float, bool]] = {
     "optimizer.decay_factor": (0.0, math.inf, False),
     "optimizer.final_lr_ratio": (0.0, math.inf, True),
     "optimizer.grad_clip": (0.0, math.inf, True),
-    "loss.weight": (0.0, math.inf, True),
 }
 OPTIONAL_FLOAT_KEYS: dict[str, tuple[float, float, bool]] = {
     "optimizer.head_lr": (0.0, math.inf, False),
@@ -76,6 +75,8 @@ def _is_real(value: Any) -> bool:
 
 
 def _range_text(low: float, high: float, closed: bool) -> str:
+    if low == -math.inf:
+        return ""
     left = f">= {low:g}" if closed else f"> {low:g}"
     return left if high == math.inf else f"in {'[' if closed else '('}{low:g}, {high:g})"
 
@@ -86,7 +87,7 @@ def check_float(key: str, value: Any, low: float, high: float, closed: bool, opt
         return
     ok = _is_real(value) and math.isfinite(value) and value < high
     if not (ok and (value >= low if closed else value > low)):
-        expected = f"{'None or ' * optional}a finite number {_range_text(low, high, closed)}"
+        expected = f"{'None or ' * optional}a finite number {_range_text(low, high, closed)}".rstrip()
         raise ConfigError(f"config.{key} must be {expected}, got {value!r}")
 
 
@@ -144,6 +145,9 @@ def _check_terms(config: Config) -> None:
                                           ("weight_decay", FLOAT_KEYS["optimizer.weight_decay"])):
             if key in spec.get("optimizer", {}):
                 check_float(f"loss.terms.{term}.optimizer.{key}", spec["optimizer"][key], low, high, closed)
+    present, weight = _get(config, "loss.weight")
+    if present:  # any finite number: a negative weight maximises the loss (a test's worsening run)
+        check_float("loss.weight", weight, -math.inf, math.inf, True)
     weighted = [t for t, s in terms.items() if isinstance(s, dict) and s.get("weight", 0) > 0]
-    if config.get("loss", {}).get("weight", 1.0) == 0 and not weighted:
+    if present and weight == 0 and not weighted:
         raise ConfigError("config.loss.weight is 0 and no loss term has a weight > 0: nothing would train")
