@@ -187,6 +187,11 @@ def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections
             prefix = ".".join(parts[:depth])
             hint = f"did you mean config.{prefix + '.' if prefix else ''}{close[0]}? " if close else ""
             where = f"config.{prefix}" if prefix else "the config"
+            if not node.keys():  # an empty group, e.g. loss.terms: its entries come from a config file
+                raise CliError(
+                    f"config.{path} does not exist: config.{prefix} is empty in this config; add the "
+                    f"whole entry in a config file (docs/training.md shows loss.terms)"
+                )
             raise CliError(
                 f"config.{path} does not exist in {where}; {hint}"
                 f"(keys: {', '.join(sorted(node.keys()))}; all keys: --print_config)"

@@ -254,6 +254,8 @@ def test_cli_refuses_unusable_workdirs_and_repeated_flags(tmp_path, monkeypatch)
         run("--workdir=")
     with pytest.raises(SystemExit, match="--config is given twice"):
         run("--workdir", str(tmp_path / "w"), "--config", DIGITS)
+    with pytest.raises(SystemExit, match="config.loss.terms is empty in this config; add the whole entry"):
+        run("--workdir", str(tmp_path / "w"), "--config.loss.terms.foo.weight=1")
     # Ctrl-C: one line saying how to resume, exit status 130 (no traceback).
     monkeypatch.setattr(loop, "train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(SystemExit) as info:
