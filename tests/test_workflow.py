@@ -207,7 +207,7 @@ def test_demo_figures_show_baselines_and_before_after(small_run):
         ("num_steps=0", "config.num_steps must be >= 1 (or set config.num_epochs)"),
         ("batch.samples_per_class=1", "config.batch.samples_per_class must be an int >= 2"),
         ("batch.classes_per_batch=1", "config.batch.classes_per_batch must be an int >= 2"),
-        ("batch.classes_per_batch=11", "config.batch ('pk' sampler on the digits training split): "
+        ("batch.classes_per_batch=11", "config.batch ('pk' sampler on the training split of digits): "
          "classes_per_batch must be in [1, 10]"),
         ("model.embedding_dim=0", "config.model.embedding_dim must be None or an int >= 1"),
         ("optimizer.lr=-0.1", "config.optimizer.lr must be a finite number > 0, got -0.1"),

@@ -67,7 +67,8 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
             m_per_class_rule=b.get("m_per_class_rule", "official"),
         )
     except ValueError as err:  # the sampler names its argument: say which config keys set it
-        where = f"{kind!r} sampler on the {config.dataset.name} training split"
+        name = config.get("dataset", {}).get("name", None)
+        where = f"{kind!r} sampler on the training split" + (f" of {name}" if name else "")
         raise ConfigError(f"config.batch ({where}): {err}") from None
 
 
