@@ -150,7 +150,7 @@ def binary_relevance(query_labels: Array, item_labels: Array) -> Array:
     return (query_labels[:, None] == item_labels[None, :]).astype(jnp.float32)
 
 
-def call_relevance(relevance_fn: RelevanceFn, query_labels: Array, item_labels: Array) -> Array:
+def _call_relevance(relevance_fn: RelevanceFn, query_labels: Array, item_labels: Array) -> Array:
     """``relevance_fn(query_labels, item_labels)``, checked to be a real ``[Q, N]`` array."""
     rel = jnp.asarray(relevance_fn(query_labels, item_labels))
     want = (query_labels.shape[0], item_labels.shape[0])
@@ -269,7 +269,7 @@ def exact_capacity(
         for start in range(0, ql.shape[0], block_size):
             rows = jnp.arange(start, min(start + block_size, ql.shape[0]))
             where = _list_masks(rows, jnp.ones(rows.shape, bool), qidx, mask, include_self)
-            rel = call_relevance(rel_fn, ql[rows], il)
+            rel = _call_relevance(rel_fn, ql[rows], il)
             best = max(best, int(jnp.max(jnp.sum((rel > 0) & where, axis=-1))))
     return max(best, 1)
 
@@ -497,7 +497,7 @@ class _Views(NamedTuple):
         if scores is None:
             scores = self.scores(rows)
         where = _list_masks(rows, valid, self.query_index, self.mask, self.include_self)
-        rel = call_relevance(self.relevance_fn, self.q_lab[rows], self.i_lab).astype(jnp.float32)
+        rel = _call_relevance(self.relevance_fn, self.q_lab[rows], self.i_lab).astype(jnp.float32)
         if not self.graded:  # binary losses see graded relevance as relevant / not relevant
             rel = (rel > 0).astype(jnp.float32)
         return scores, rel, where
