@@ -87,6 +87,15 @@ def test_evaluate_reads_the_recorded_config_or_takes_overrides(small_run):
             assert got[key] == pytest.approx(final[key], abs=1e-6)
     with pytest.raises(SystemExit, match="another model/config .*embedding_dim|head"):
         evaluate_cli.main(["--workdir", workdir, "--config.model.embedding_dim=16"])
+    # From the shell: that one line and nothing else (the shapes are compared before any read,
+    # so no half-done orbax read dies noisily on a closed event loop).
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.evaluate", "--workdir", workdir,
+         "--config.model.embedding_dim=16"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert "another model/config" in proc.stderr
 
 
 def test_cli_errors_name_the_key_and_the_fix(tmp_path, capsys):

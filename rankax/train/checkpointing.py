@@ -208,14 +208,22 @@ class Checkpointer:
                 step=step,
                 path=path,
             )
+        others = f"Other complete steps: {[s for s in self.steps() if s != step]}"
+        # Compared before reading: a read that fails part-way leaves orbax's pending reads to
+        # die noisily on a closed event loop.
+        if mismatch := self.mismatch(state, step):
+            raise CheckpointReadError(
+                f"checkpoint step {step} at {path} cannot be read (written for another model/config: "
+                f"{mismatch}). {others}",
+                step=step,
+                path=path,
+            )
         try:
             restored = self._read(state, step)
         except Exception as err:
-            mismatch = self.mismatch(state, step)
-            why = f"written for another model/config: {mismatch}" if mismatch else "truncated or corrupted"
             raise CheckpointReadError(
-                f"checkpoint step {step} at {path} cannot be read ({why}; {_first_line(err)}). "
-                f"Other complete steps: {[s for s in self.steps() if s != step]}",
+                f"checkpoint step {step} at {path} cannot be read (truncated or corrupted; "
+                f"{_first_line(err)}). {others}",
                 step=step,
                 path=path,
             ) from err
@@ -243,18 +251,17 @@ class Checkpointer:
         ``read_only``, moved to ``<directory>.corrupt/<step>``.
         """
         for step in sorted(self._mngr.all_steps(), reverse=True):
+            if mismatch := self.mismatch(state, step):  # not this config's model: never quarantined
+                raise CheckpointReadError(
+                    f"checkpoint step {step} at {self.step_path(step)} was written for another "
+                    f"model/config ({mismatch}); resume with the config it was trained with, or "
+                    "use a fresh workdir",
+                    step=step,
+                    path=self.step_path(step),
+                )
             try:
                 restored = self._read(state, step)
             except Exception as err:  # noqa: BLE001 - any read failure means "not usable"
-                mismatch = self.mismatch(state, step)
-                if mismatch:  # readable, but not this config's model: never quarantine that
-                    raise CheckpointReadError(
-                        f"checkpoint step {step} at {self.step_path(step)} was written for another "
-                        f"model/config ({mismatch}); resume with the config it was trained with, or "
-                        "use a fresh workdir",
-                        step=step,
-                        path=self.step_path(step),
-                    ) from err
                 self._skip_unreadable(step, err)
                 continue
             if distributed.is_main():
