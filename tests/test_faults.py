@@ -137,6 +137,7 @@ def test_nan_batch_raises_with_step_indices_and_terms_then_skip_mode_finishes(tm
     assert str(bad) in message and "non-finite inputs at dataset indices [" + str(bad) + "]" in message
     assert not np.isfinite(err.terms["loss"]) and "loss=nan" in message
     assert err.last_checkpoint == 4 and os.path.join(workdir, "checkpoints", "4") in message
+    assert "config.on_nonfinite='skip' skips them" in message and "the learning rate" in message
     # The checked (checkify) re-run names the loss and the first non-finite embedding's row.
     row = int(np.flatnonzero(sampler.indices(5) == bad)[0])
     checked = rf"first failed check: .*batch_loss\(\w+\): embeddings .*\[{row},? \d+\]"

@@ -121,7 +121,11 @@ class NonFiniteGuard:
     def _raise(self, step: int, idx: np.ndarray, summary: str, record: dict, state: Any) -> None:
         last = record["last_checkpoint"]
         intact = f"step {last} ({self.ckpt.step_path(last)})" if last is not None else "none yet"
-        hint = " Set config.on_nonfinite='skip' to skip such steps." if self.action == "raise" else ""
+        hint = (
+            " If a few batches go non-finite, config.on_nonfinite='skip' skips them; if every step "
+            "does (from the first one), look at the learning rate and the loss's hyperparameters."
+            if self.action == "raise" else ""
+        )
         raise errors.NonFiniteLossError(
             f"{summary}. Its update was not applied; newest intact checkpoint: {intact}.{hint}",
             step=step,
