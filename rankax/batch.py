@@ -626,6 +626,15 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
     return jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
 
 
+def _check_memory(memory: Any, references: Any, caller: str) -> None:
+    """``memory`` is an XBM (``rankax.xbm.init`` / ``update``), and not given with references."""
+    if references is not None:
+        raise ValueError(f"{validation.prefix(caller)}pass either memory= or references=, not both")
+    if not all(hasattr(memory, k) for k in ("embeddings", "labels", "valid")):
+        raise TypeError(f"{validation.prefix(caller)}memory must be a rankax.xbm.XBM (from xbm.init and "
+                        f"xbm.update), got {type(memory).__name__}")
+
+
 def _reference_rows(m: int, reference_mask: ArrayLike | None, caller: str) -> Array:
     """``[M]`` flags of the references that exist (all when ``reference_mask`` is None)."""
     if reference_mask is None:
@@ -653,21 +662,22 @@ def with_references(
     slots get label ``-1`` on every level, so they neither are relevant nor share a level's
     weight in graded relevance.
     """
+    name = "references"
     if memory is not None:
-        if references is not None:
-            raise ValueError("pass either memory= or references=, not both")
+        _check_memory(memory, references, caller)
         references, reference_labels, reference_mask = memory.embeddings, memory.labels, memory.valid
+        name = "memory"
     if references is None:
         return embeddings, labels, None
     if reference_labels is None:
         raise ValueError("references need reference_labels")
     m = jnp.shape(references)[0]
     ref_mask = _reference_rows(m, reference_mask, caller)
-    ref, ref_lab = check_batch(references, reference_labels, "references", row_mask=ref_mask, caller=caller)
+    ref, ref_lab = check_batch(references, reference_labels, name, row_mask=ref_mask, caller=caller)
     if ref.shape[1] != embeddings.shape[1] or ref_lab.shape[1:] != labels.shape[1:]:
         raise ValueError(
-            f"references {ref.shape} / labels {ref_lab.shape} do not match the batch "
-            f"{embeddings.shape} / {labels.shape}"
+            f"{validation.prefix(caller)}{name} {ref.shape} / labels {ref_lab.shape} do not match the "
+            f"batch {embeddings.shape} / {labels.shape}: same embedding dimension and label kind needed"
         )
     ref_lab = jnp.where(ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1))), ref_lab, -1)
     items = jnp.concatenate([embeddings, jax.lax.stop_gradient(ref.astype(embeddings.dtype))])
@@ -771,6 +781,9 @@ def batch_loss(
     if references is not None and reference_labels is not None:
         ref_rows = _reference_rows(jnp.shape(references)[0], reference_mask, caller)
         check_batch(references, reference_labels, "references", row_mask=ref_rows, caller=caller)
+    if memory is not None:  # NaN/inf in a filled slot: eager error, as for references
+        _check_memory(memory, references, caller)
+        check_batch(memory.embeddings, memory.labels, "memory", row_mask=memory.valid, caller=caller)
     capacity = None
     if references is None and memory is None:
         counted = given if isinstance(given, np.ndarray) else lab

@@ -133,6 +133,7 @@ def sharded_batch_loss(
 
     def loss_of(embeddings: Array, labels: Array, memory: Any = None) -> Array:
         _check_global(embeddings, memory, num_shards, axis_name, caller)
+        _check_capacity(labels, memory, num_shards, kwargs)
         with debug.checks(False):
             if memory is None:
                 return without_memory(embeddings, labels)
@@ -181,6 +182,31 @@ def _any_nonfinite(emb: Array, memory: Any, axis_name: AxisName) -> Array:
     if memory is not None:
         bad = bad | jnp.any(nonfinite.nonfinite_lists(memory.embeddings, memory.valid[:, None]))
     return bad
+
+
+def _check_capacity(labels: Array, memory: Any, num_shards: int, kwargs: dict[str, Any]) -> None:
+    """Concrete labels (an eager call): a list beyond the largest rung raises
+    :class:`rankax.batch.CapacityError` now, as :func:`rankax.batch_loss` does; inside
+    ``shard_map`` the host callback that reports it under ``jit`` is not raised by an eager call."""
+    traced = lambda x: isinstance(x, jax.core.Tracer)  # noqa: E731
+    if traced(labels) or (memory is not None and traced(memory.labels)):
+        return
+    b = jnp.shape(labels)[0]
+    items, mask = labels, None
+    if memory is not None:
+        items = jnp.concatenate([jnp.asarray(labels), memory.labels.astype(jnp.asarray(labels).dtype)])
+        mask = jnp.concatenate([jnp.ones((b,), bool), memory.valid])
+    exact = batch.exact_capacity(
+        labels, items, query_index=jnp.arange(b), item_mask=mask,
+        include_self=kwargs["include_self"], relevance_fn=kwargs["relevance_fn"],
+    )
+    n = jnp.shape(items)[0]
+    limit = kwargs["capacity_limit"]
+    if limit is None:
+        tile = kwargs["max_tile_elements"] or batch.default_sizes(b // num_shards, n)[1]
+        limit = batch.default_capacity_limit(n, tile)
+    if exact is not None and exact > min(limit, n):
+        batch._raise_on_overflow(exact, limit)
 
 
 def _check_global(embeddings: Array, memory: Any, num_shards: int, axis_name: AxisName, caller: str) -> None:

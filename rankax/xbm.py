@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 Array = jax.Array
@@ -85,8 +86,15 @@ def init(
         computed in float32 anyway).
       label_dtype: integer dtype of the labels.
     """
-    if size < 1 or dim < 1:
-        raise ValueError(f"size and dim must be >= 1, got size={size}, dim={dim}")
+    for name, value in (("size", size), ("dim", dim)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"xbm.init: {name} must be an int >= 1, got {value!r}")
+    if not isinstance(label_shape, tuple):
+        raise TypeError(f"xbm.init: label_shape must be a tuple, () for class ids or (L,) for paths, "
+                        f"got {label_shape!r}")
+    if not jnp.issubdtype(label_dtype, jnp.signedinteger):
+        raise TypeError(f"xbm.init: label_dtype must be a signed integer dtype (empty slots hold "
+                        f"{EMPTY_LABEL}), got {jnp.dtype(label_dtype)}")
     return XBM(
         embeddings=jnp.zeros((size, dim), dtype),
         labels=jnp.full((size, *label_shape), EMPTY_LABEL, label_dtype),
@@ -112,12 +120,14 @@ def update(memory: XBM, embeddings: ArrayLike, labels: ArrayLike) -> XBM:
     m = memory.size
     if emb.ndim != 2 or emb.shape[1] != memory.embeddings.shape[1]:
         raise ValueError(
-            f"embeddings must be [B, {memory.embeddings.shape[1]}], got {emb.shape}"
+            f"xbm.update: embeddings must be [B, {memory.embeddings.shape[1]}], got {emb.shape}"
         )
     if lab.shape != (emb.shape[0], *memory.labels.shape[1:]):
         raise ValueError(
-            f"labels must be {(emb.shape[0], *memory.labels.shape[1:])}, got {lab.shape}"
+            f"xbm.update: labels must be {(emb.shape[0], *memory.labels.shape[1:])}, got {lab.shape}"
         )
+    if not jnp.issubdtype(lab.dtype, jnp.integer):
+        raise TypeError(f"xbm.update: labels must be integer class ids, got dtype {lab.dtype}")
     b = emb.shape[0]
     pointer = memory.pointer
     if b > m:  # only the newest m entries survive

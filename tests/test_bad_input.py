@@ -522,3 +522,44 @@ def test_revisited_bad_input():
         run(ranks, [{"easy": [-1]}] * 12)
     with pytest.raises(ValueError, match=re.escape("queries contains 48 NaN")):
         rankax.retrieval.revisited_from_embeddings(np.full_like(q, np.nan), g, gnd)
+
+
+# ----------------------------------------------------------------------------- memory and samplers
+
+
+def test_memory_bad_input():
+    from rankax import xbm
+
+    emb, lab = _batch()
+    filled = xbm.update(xbm.init(6, 8), emb[:2], lab[:2])
+    with pytest.raises(ValueError, match=re.escape("batch_loss(supap_loss): memory has a non-finite value")):
+        rankax.batch_loss(losses.supap_loss, emb, lab, memory=filled._replace(
+            embeddings=filled.embeddings.at[1, 0].set(jnp.nan)))
+    # NaN in an empty slot is no entry: ignored.
+    empty_nan = filled._replace(embeddings=filled.embeddings.at[4, 0].set(jnp.nan))
+    assert rankax.batch_loss(losses.supap_loss, emb, lab, memory=empty_nan) == rankax.batch_loss(
+        losses.supap_loss, emb, lab, memory=filled)
+    with pytest.raises(ValueError, match=re.escape("memory (6, 5) / labels (6,) do not match the batch")):
+        rankax.batch_loss(losses.supap_loss, emb, lab, memory=xbm.init(6, 5))
+    with pytest.raises(TypeError, match="memory must be a rankax.xbm.XBM"):
+        rankax.batch_loss(losses.supap_loss, emb, lab, memory=(emb, lab))
+    with pytest.raises(ValueError, match="xbm.init: size must be an int >= 1, got 4.0"):
+        xbm.init(4.0, 8)
+    with pytest.raises(TypeError, match="label_dtype must be a signed integer dtype"):
+        xbm.init(4, 8, label_dtype=jnp.float32)
+    with pytest.raises(TypeError, match="xbm.update: labels must be integer class ids"):
+        xbm.update(filled, emb[:2], jnp.array([0.5, 1.7]))
+
+
+def test_sampler_steps_and_epochs_are_nonnegative_ints():
+    from rankax.data import samplers
+
+    labels = np.repeat(np.arange(4), 4)
+    for sampler in (samplers.PKSampler(labels, 2, 2), samplers.MPerClassEpochSampler(labels, 4, 2),
+                    samplers.ReplacementPKSampler(labels, 2, 2)):
+        for bad in (-1, 1.7):
+            with pytest.raises(ValueError, match=f"step must be an int >= 0, got {bad}"):
+                sampler.indices(bad)
+        with pytest.raises(ValueError, match="epoch must be an int >= 0, got -1"):
+            sampler.epoch_start(-1)
+        np.testing.assert_array_equal(sampler.indices(np.int64(3)), sampler.indices(3))

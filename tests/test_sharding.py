@@ -86,6 +86,15 @@ SCRIPT = textwrap.dedent(
         results["checked_message"] = ""
     except rankax.debug.CheckError as err:
         results["checked_message"] = str(err)
+    # An eager call whose lists overflow capacity_limit raises CapacityError, as batch_loss does
+    # (inside shard_map the host callback would only be logged).
+    auto_put = lambda x: jax.device_put(x, NamedSharding(auto, P("data")))
+    small = sharding.sharded_batch_loss(rankax.supap_loss, auto, "data", capacity_limit=2)
+    try:
+        small(auto_put(e), auto_put(lab))
+        results["eager_overflow"] = ""
+    except rankax.batch.CapacityError as err:
+        results["eager_overflow"] = str(err)
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -128,6 +137,10 @@ def test_sharded_checked_mode_names_the_first_nonfinite_embedding(sharded_result
     message = sharded_results["checked_message"]
     assert "sharded_batch_loss(supap_loss): embeddings has a non-finite value" in message, message
     assert "embeddings[21, 0] = inf (first of 1 entries)" in message, message
+
+
+def test_sharded_eager_overflow_raises_capacity_error(sharded_results):
+    assert "a query has 3 positives but capacity_limit=2" in sharded_results["eager_overflow"]
 
 
 def test_batch_must_divide_the_mesh():

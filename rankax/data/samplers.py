@@ -36,6 +36,13 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def _index(name: str, value: object) -> int:
+    """A step or epoch number: an int (Python or numpy) >= 0, or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
 class _NominalEpochs:
     """Epoch bookkeeping of the samplers whose steps are independent draws: an epoch is a
     nominal ``N // batch_size`` steps of ``N`` usable items (``_num_items``)."""
@@ -50,7 +57,7 @@ class _NominalEpochs:
 
     def epoch_start(self, epoch: int) -> int:
         """The first step of ``epoch``: ``epoch * epoch_length``."""
-        return int(epoch) * self.epoch_length
+        return _index("epoch", epoch) * self.epoch_length
 
 
 class PKSampler(_NominalEpochs):
@@ -111,7 +118,7 @@ class PKSampler(_NominalEpochs):
 
     def indices(self, step: int) -> np.ndarray:
         """``[P * K]`` dataset indices of the batch of ``step``."""
-        rng = np.random.default_rng([self.seed, int(step)])
+        rng = np.random.default_rng([self.seed, _index("step", step)])
         chosen = rng.choice(len(self.classes), size=self.classes_per_batch, replace=False)
         out = []
         for c in chosen:
@@ -266,7 +273,7 @@ class HierarchicalSampler(_NominalEpochs):
 
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
-        step = int(step)
+        step = _index("step", step)
         tuple_rng = np.random.default_rng([self.seed, 1, step // self.batches_per_super_tuple])
         supers = tuple_rng.choice(len(self.super_classes), size=self.super_classes_per_batch, replace=False)
         rng = np.random.default_rng([self.seed, 0, step])
@@ -464,15 +471,16 @@ class MPerClassEpochSampler:
 
     def epoch_start(self, epoch: int) -> int:
         """The first step of ``epoch`` (= the number of steps of epochs ``0 .. epoch - 1``)."""
+        epoch = _index("epoch", epoch)
         if self.rule == "fixed":
-            return int(epoch) * self._fixed_length
+            return epoch * self._fixed_length
         while len(self._starts) <= epoch:
             self._starts.append(self._starts[-1] + self._length(len(self._starts) - 1))
         return self._starts[epoch]
 
     def epoch_of(self, step: int) -> tuple[int, int]:
         """``(epoch, position in the epoch)`` of ``step``."""
-        step = int(step)
+        step = _index("step", step)
         if self.rule == "fixed":
             return divmod(step, self._fixed_length)
         while self.epoch_start(len(self._starts) - 1) <= step:
@@ -482,7 +490,7 @@ class MPerClassEpochSampler:
 
     def epoch(self, epoch: int) -> np.ndarray:
         """``[batches in the epoch, batch_size]`` dataset indices of every batch of ``epoch``."""
-        epoch = int(epoch)
+        epoch = _index("epoch", epoch)
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
         m, p = self.samples_per_class, self.classes_per_batch
@@ -586,16 +594,16 @@ class HierarchicalPairsSampler:
 
     def super_tuple(self, step: int) -> np.ndarray:
         """Positions (in ``super_classes``) of the super-classes of the batch of ``step``."""
-        epoch, i = divmod(int(step), self.epoch_length)
+        epoch, i = divmod(_index("step", step), self.epoch_length)
         return self.super_tuples[self._order(epoch)[i] // self.batches_per_super_tuple]
 
     def epoch_start(self, epoch: int) -> int:
         """The first step of ``epoch``: ``epoch * epoch_length``."""
-        return int(epoch) * self.epoch_length
+        return _index("epoch", epoch) * self.epoch_length
 
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
-        rng = np.random.default_rng([self.seed, 4, int(step)])
+        rng = np.random.default_rng([self.seed, 4, _index("step", step)])
         out = []
         for s in self.super_tuple(step):
             for c in _take(rng, self._classes_of[s], self.classes_per_super_class):
@@ -636,11 +644,11 @@ class ReplacementPKSampler:
 
     def epoch_start(self, epoch: int) -> int:
         """The first step of ``epoch``: ``epoch * epoch_length``."""
-        return int(epoch) * self.epoch_length
+        return _index("epoch", epoch) * self.epoch_length
 
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
-        rng = np.random.default_rng([self.seed, 5, int(step)])
+        rng = np.random.default_rng([self.seed, 5, _index("step", step)])
         cls = np.repeat(rng.integers(len(self.classes), size=self.classes_per_batch), self.samples_per_class)
         offset = np.floor(rng.random(len(cls)) * self._counts[cls]).astype(np.int64)
         return self._order[self._starts[cls] + offset]
