@@ -836,8 +836,9 @@ def _check_loss_options(loss_fn, hparams, references, reference_labels, referenc
             inspect.signature(loss_fn).bind(None, None, **passed)
         except TypeError as err:
             raise TypeError(
-                f"batch_loss: loss_fn must be a list loss fn(scores, labels, *, where, reduce_fn, "
-                f"max_positives, **hparams) such as rankax.supap_loss; {name} does not take that: {err}"
+                f"{caller.split('(')[0]}: loss_fn must be a list loss fn(scores, labels, *, where, "
+                f"reduce_fn, max_positives, **hparams) such as rankax.supap_loss; {name} does not take "
+                f"that: {err}"
             ) from None
         return
     params = inspect.signature(loss_fn).parameters

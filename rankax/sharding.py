@@ -102,7 +102,17 @@ def sharded_batch_loss(
       the list loss over all queries of the global batch that have a positive, replicated on
       every device; its gradient equals that of :func:`rankax.batch_loss` on the whole batch.
     """
+    if not callable(loss_fn):
+        raise TypeError(f"sharded_batch_loss: loss_fn must be a list loss such as rankax.supap_loss, "
+                        f"got {loss_fn!r}")
     caller = f"sharded_batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"{caller}: mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((n,), ('data',))), "
+                        f"got {type(mesh).__name__}")
+    if not (isinstance(axis_name, str) or (isinstance(axis_name, tuple) and all(
+            isinstance(a, str) for a in axis_name))):
+        raise TypeError(f"{caller}: axis_name must be a mesh axis name or a tuple of them, got {axis_name!r}")
+    batch._check_loss_options(loss_fn, hparams, None, None, None, caller)  # names and ranges, now
     kwargs = dict(
         include_self=include_self,
         max_positives=max_positives,
@@ -132,6 +142,7 @@ def sharded_batch_loss(
     num_shards = _axis_size(mesh, axis_name)
 
     def loss_of(embeddings: Array, labels: Array, memory: Any = None) -> Array:
+        batch.check_batch(embeddings, labels, values=False, caller=caller)  # shapes, dtypes first
         _check_global(embeddings, memory, num_shards, axis_name, caller)
         _check_capacity(labels, memory, num_shards, kwargs)
         with debug.checks(False):

@@ -152,5 +152,16 @@ def test_batch_must_divide_the_mesh():
     mesh = jax.make_mesh((1,), ("data",))
     with pytest.raises(ValueError, match="not an axis"):
         sharding.sharded_batch_loss(supap_loss, mesh, "model")
+    # Built with bad arguments: refused at once, not at the first call.
+    with pytest.raises(TypeError, match="loss_fn must be a list loss"):
+        sharding.sharded_batch_loss("supap", mesh)
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        sharding.sharded_batch_loss(supap_loss, None)
+    with pytest.raises(TypeError, match="axis_name must be a mesh axis name"):
+        sharding.sharded_batch_loss(supap_loss, mesh, 0)
+    with pytest.raises(TypeError, match="unknown argument 'temprature'; did you mean 'temperature'"):
+        sharding.sharded_batch_loss(supap_loss, mesh, temprature=0.1)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        sharding.sharded_batch_loss(supap_loss, mesh, temperature=-1.0)
     loss_of = sharding.sharded_batch_loss(supap_loss, mesh, "data")
     assert callable(loss_of)
