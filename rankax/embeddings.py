@@ -62,8 +62,14 @@ def lists_from_embeddings(
     """
     emb = jnp.asarray(embeddings)
     lab = jnp.asarray(labels)
-    if emb.ndim != 2:
-        raise ValueError(f"lists_from_embeddings: embeddings must be [B, D], got shape {emb.shape}")
+    if emb.ndim != 2 or emb.shape[1] == 0:
+        raise ValueError(
+            f"lists_from_embeddings: embeddings must be [B, D] with D >= 1, got shape {emb.shape}"
+        )
+    for name, x, kind in (("embeddings", emb, jnp.floating), ("labels", lab, jnp.integer)):
+        if not jnp.issubdtype(x.dtype, kind):
+            what = "floating point" if kind is jnp.floating else "integer class ids"
+            raise TypeError(f"lists_from_embeddings: {name} must be {what}, got dtype {x.dtype}")
     if lab.shape != emb.shape[:1]:
         raise ValueError(
             f"lists_from_embeddings: labels must be [B] class ids matching embeddings {emb.shape}, got "

@@ -452,6 +452,24 @@ def test_hierarchy_bad_input():
     for alpha in (0.0, -1.0, math.nan):
         _raises(ValueError, rel, paths, paths, alpha=alpha, match=("alpha must be a finite number > 0",))
     _raises(ValueError, rel, paths, paths, where=jnp.ones((3, 2), bool), match=("where must be", "(3, 2)"))
+    with pytest.raises(ValueError, match="level_weights: alpha must be a finite number > 0"):
+        rankax.hierarchy.level_weights(3, -1.0)
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="num_levels must be an int >= 1"):
+            rankax.hierarchy.level_weights(bad)
+        with pytest.raises(ValueError, match="num_levels must be an int >= 1"):
+            rankax.hierarchy.relevance_from_levels(jnp.zeros(3, jnp.int32), bad, rule="levels")
+
+
+def test_lists_from_embeddings_bad_input():
+    emb, lab = _batch()
+    make = rankax.lists_from_embeddings
+    with pytest.raises(TypeError, match="embeddings must be floating point"):
+        make(emb.astype(jnp.int32), lab)
+    with pytest.raises(TypeError, match="labels must be integer class ids"):
+        make(emb, lab.astype(jnp.float32))
+    with pytest.raises(ValueError, match="D >= 1"):
+        make(emb[:, :0], lab)
 
 
 # ----------------------------------------------------------------------------- retrieval
