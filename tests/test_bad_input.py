@@ -581,3 +581,13 @@ def test_sampler_steps_and_epochs_are_nonnegative_ints():
         with pytest.raises(ValueError, match="epoch must be an int >= 0, got -1"):
             sampler.epoch_start(-1)
         np.testing.assert_array_equal(sampler.indices(np.int64(3)), sampler.indices(3))
+    for kwargs, match in (({"samples_per_class": 2.0}, "samples_per_class must be an int >= 1, got 2.0"),
+                          ({"seed": -1}, "seed must be an int >= 0, got -1"),
+                          ({"level": 5}, "level must be in [0, 2)")):
+        paths = np.stack([labels, labels // 2], 1)
+        args = {"labels": paths, "batch_size": 4, "samples_per_class": 2, **kwargs}
+        for cls in (samplers.MPerClassEpochSampler, samplers.ReplacementPKSampler):
+            with pytest.raises(ValueError, match=re.escape(match)):
+                cls(**args)
+    with pytest.raises(ValueError, match=re.escape("classes_per_batch must be an int >= 1, got 2.5")):
+        samplers.PKSampler(labels, 2.5, 2)

@@ -93,6 +93,8 @@ class PKSampler(_NominalEpochs):
         seed: int = 0,
         min_class_size: int = 1,
     ):
+        _check_ints(classes_per_batch=classes_per_batch, samples_per_class=samples_per_class, seed=seed,
+                    min_class_size=min_class_size)
         labels = np.asarray(labels)
         if labels.ndim == 2:
             labels = labels[:, 0]
@@ -254,6 +256,10 @@ class HierarchicalSampler(_NominalEpochs):
         seed: int = 0,
         min_class_size: int = 1,
     ):
+        _check_ints(batch_size=batch_size, samples_per_class=samples_per_class, seed=seed,
+                    super_classes_per_batch=super_classes_per_batch, min_class_size=min_class_size,
+                    batches_per_super_tuple=batches_per_super_tuple, fine_level=fine_level,
+                    coarse_level=coarse_level)
         labels = _check_label_paths(labels, fine_level, coarse_level)
         _check_samples_per_class(samples_per_class)
         per_super = _check_super_batch(
@@ -284,10 +290,22 @@ class HierarchicalSampler(_NominalEpochs):
         return np.concatenate(out)
 
 
+def _check_ints(**values: object) -> None:
+    """Integer arguments of the samplers: sizes and counts >= 1, ``seed`` and levels >= 0."""
+    for name, value in values.items():
+        low = 0 if name == "seed" or name.endswith("level") else 1
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
 def _class_ids(labels: np.ndarray, level: int = 0) -> np.ndarray:
     """``[N]`` class ids of ``[N]`` labels or of column ``level`` of ``[N, L]`` label paths."""
     labels = np.asarray(labels)
     if labels.ndim == 2:
+        if not 0 <= level < labels.shape[1]:
+            raise ValueError(
+                f"level must be in [0, {labels.shape[1]}) for label paths {labels.shape}, got {level}"
+            )
         labels = labels[:, level]
     if labels.ndim != 1 or len(labels) == 0:
         raise ValueError(
@@ -434,6 +452,7 @@ class MPerClassEpochSampler:
         level: int = 0,
         rule: str = "official",
     ):
+        _check_ints(batch_size=batch_size, samples_per_class=samples_per_class, seed=seed, level=level)
         if rule not in M_PER_CLASS_RULES:
             raise ValueError(f"rule must be one of {M_PER_CLASS_RULES}, got {rule!r}")
         labels = _class_ids(labels, level)
@@ -567,6 +586,10 @@ class HierarchicalPairsSampler:
         coarse_level: int = 1,
         seed: int = 0,
     ):
+        _check_ints(batch_size=batch_size, samples_per_class=samples_per_class, seed=seed,
+                    batches_per_super_tuple=batches_per_super_tuple,
+                    super_classes_per_batch=super_classes_per_batch, fine_level=fine_level,
+                    coarse_level=coarse_level)
         labels = _check_label_paths(labels, fine_level, coarse_level)
         _check_pk(batch_size, samples_per_class)
         per_super = _check_super_batch(
@@ -631,6 +654,7 @@ class ReplacementPKSampler:
     def __init__(
         self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0, level: int = 0
     ):
+        _check_ints(batch_size=batch_size, samples_per_class=samples_per_class, seed=seed, level=level)
         labels = _class_ids(labels, level)
         self.classes_per_batch = _check_pk(batch_size, samples_per_class)
         self.batch_size = int(batch_size)
