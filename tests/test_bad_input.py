@@ -591,3 +591,16 @@ def test_sampler_steps_and_epochs_are_nonnegative_ints():
                 cls(**args)
     with pytest.raises(ValueError, match=re.escape("classes_per_batch must be an int >= 1, got 2.5")):
         samplers.PKSampler(labels, 2.5, 2)
+
+
+def test_dataset_keys_are_checked_by_kind():
+    from rankax.data import load_dataset
+
+    with pytest.raises(ValueError, match="config.dataset.root is required for dataset 'dyml', got None"):
+        load_dataset({"name": "dyml", "root": None})
+    with pytest.raises(ValueError, match=re.escape("crop_scale of dataset 'folder' must be like")):
+        load_dataset({"name": "folder", "root": "/tmp", "crop_scale": ("a", "b")})
+    # numpy integers are ints; the split they give is the one of the same Python int.
+    a = load_dataset({"name": "digits", "split_seed": np.int64(3)})
+    b = load_dataset({"name": "digits", "split_seed": 3})
+    np.testing.assert_array_equal(a.train.labels, b.train.labels)

@@ -31,6 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from rankax.data.base import ArraySource, RetrievalDataset
 from rankax.data.digits import PROTOCOLS, load_digits_split
 from rankax.data.dyml import load_dyml
@@ -105,20 +107,30 @@ def _resolve(name: str, given: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _check_type(name: str, key: str, default: Any, value: Any) -> None:
-    if value is None or default is None or default is _REQUIRED:
-        return
+def _like(default: Any, value: Any) -> bool:
+    """Whether ``value`` has the kind of ``default`` (numpy scalars count as numbers)."""
     if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    elif isinstance(default, tuple):
-        ok = isinstance(value, tuple | list) and len(value) == len(default)
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
+        return isinstance(value, bool | np.bool_)
+    if isinstance(default, int):
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, tuple | list) and len(value) == len(default) and all(
+            _like(d, v) for d, v in zip(default, value, strict=True))
+    return isinstance(value, type(default))
+
+
+def _check_type(name: str, key: str, default: Any, value: Any) -> None:
+    """``value`` of ``config.dataset.<key>`` has its default's kind, or is None (the key's
+    "off" or "unset", e.g. no resize); a required key takes any value but None."""
+    if default is None or (value is None and default is not _REQUIRED):
+        return
+    if default is _REQUIRED:
+        if value is None:
+            raise ValueError(f"config.dataset.{key} is required for dataset {name!r}, got None")
+        return
+    if not _like(default, value):
         raise ValueError(
             f"config.dataset.{key} of dataset {name!r} must be like {default!r} "
             f"({type(default).__name__}), got {value!r}"
