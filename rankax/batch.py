@@ -182,11 +182,22 @@ def default_capacity_limit(num_items: int, max_tile_elements: int) -> int:
     return max(1, min(num_items, max_tile_elements // max(num_items, 1)))
 
 
+def ladder_limit(num_q: int, n: int, max_tile_elements: int | None, capacity_limit: int | None) -> int:
+    """The largest rung of the capacity ladder for ``num_q`` queries (per device) ranking ``n``
+    items: ``capacity_limit``, else :func:`default_capacity_limit` of the tile bound (default
+    :func:`default_sizes`), at most ``n``."""
+    if capacity_limit is None:
+        tile = default_sizes(num_q, n)[1] if max_tile_elements is None else max_tile_elements
+        capacity_limit = default_capacity_limit(n, tile)
+    return max(1, min(int(capacity_limit), n))
+
+
 class CapacityError(ValueError):
     """A list has more positives than ``capacity_limit`` allows."""
 
 
-def _raise_on_overflow(most: Any, limit: int) -> None:
+def raise_on_overflow(most: Any, limit: int) -> None:
+    """:class:`CapacityError` if a list's positive count ``most`` exceeds the ladder's ``limit``."""
     if int(most) > limit:
         raise CapacityError(
             f"a query has {int(most)} positives but capacity_limit={limit}: pass a larger "
@@ -216,7 +227,7 @@ def _check_sizes(
     """``block_size``: "auto", None or an int >= 1; ``max_tile_elements`` and
     ``capacity_limit``: None or an int >= 1; ``precision``: what ``jax.lax.dot`` accepts."""
     prefix = validation.prefix(caller)
-    positive_int = validation.is_positive_int
+    positive_int = validation.is_int_at_least
     if not (block_size == "auto" or block_size is None or positive_int(block_size)):
         raise ValueError(
             f"{prefix}block_size must be 'auto', None (one block) or an int >= 1, got {block_size!r}"
@@ -224,9 +235,7 @@ def _check_sizes(
     if not (max_tile_elements is None or positive_int(max_tile_elements)):
         raise ValueError(f"{prefix}max_tile_elements must be None (backend default) or an int >= 1, "
                          f"got {max_tile_elements!r}")
-    if not (capacity_limit is None or positive_int(capacity_limit)):
-        raise ValueError(f"{prefix}capacity_limit must be None (from max_tile_elements) or an int >= 1, "
-                         f"got {capacity_limit!r}")
+    validation.check_int("capacity_limit", capacity_limit, optional=True, caller=caller)
     names = ("highest", "float32", "high", "bfloat16_3x", "tensorfloat32", "default", "bfloat16", "fastest")
     ok = precision is None or isinstance(precision, jax.lax.Precision) or precision in names or (
         isinstance(precision, tuple) and len(precision) == 2
@@ -378,7 +387,7 @@ def batch_statistics(
         # cond: a callback on every call cost ~0.6 ms, a fifth of a B = 256 step on the CPU).
         limit = plan.capacities[-1]
         jax.lax.cond(
-            most > limit, lambda m: jax.debug.callback(_raise_on_overflow, m, limit), lambda m: None, most
+            most > limit, lambda m: jax.debug.callback(raise_on_overflow, m, limit), lambda m: None, most
         )
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
 
@@ -430,11 +439,10 @@ def _plan(
     block_size = auto_block if block_size == "auto" else block_size
     if exact is not None:
         if capacity_limit is not None and exact > capacity_limit:
-            _raise_on_overflow(exact, capacity_limit)
+            raise_on_overflow(exact, capacity_limit)
         capacities = (min(exact, n),)
     else:
-        limit = default_capacity_limit(n, max_tile_elements) if capacity_limit is None else capacity_limit
-        limit = max(1, min(int(limit), n))
+        limit = ladder_limit(num_q, n, max_tile_elements, capacity_limit)
         if max_positives is None:  # 3, 4, 16, 64, ... (positives.default_ladder), up to the limit
             capacities = positives.default_ladder(limit)
         else:

@@ -92,8 +92,7 @@ def level_weights(num_levels: int, alpha: float = 1.0) -> Array:
 
     ``L = 1`` (flat labels) uses ``[0, 1]``.
     """
-    if not validation.is_positive_int(num_levels):
-        raise ValueError(f"level_weights: num_levels must be an int >= 1, got {num_levels!r}")
+    validation.check_int("num_levels", num_levels, caller="level_weights")
     validation.check_number("alpha", alpha, "positive", caller="level_weights")
     t = jnp.arange(num_levels + 1, dtype=jnp.float32)
     return (t / max(num_levels - 1, 1)) ** alpha
@@ -114,8 +113,7 @@ def relevance_from_levels(
     """
     if rule not in RELEVANCE_RULES:
         raise ValueError(f"rule must be one of {RELEVANCE_RULES}, got {rule!r}")
-    if not validation.is_positive_int(num_levels):
-        raise ValueError(f"num_levels must be an int >= 1 (the label paths' length), got {num_levels!r}")
+    validation.check_int("num_levels", num_levels)
     # alpha = 0 would give unrelated items (t = 0) the weight 0^0 = 1.
     validation.check_number("alpha", alpha, "positive")
     t = jnp.asarray(levels).astype(jnp.int32)

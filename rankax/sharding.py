@@ -211,13 +211,10 @@ def _check_capacity(labels: Array, memory: Any, num_shards: int, kwargs: dict[st
         labels, items, query_index=jnp.arange(b), item_mask=mask,
         include_self=kwargs["include_self"], relevance_fn=kwargs["relevance_fn"],
     )
-    n = jnp.shape(items)[0]
-    limit = kwargs["capacity_limit"]
-    if limit is None:
-        tile = kwargs["max_tile_elements"] or batch.default_sizes(b // num_shards, n)[1]
-        limit = batch.default_capacity_limit(n, tile)
-    if exact is not None and exact > min(limit, n):
-        batch._raise_on_overflow(exact, limit)
+    limit = batch.ladder_limit(b // num_shards, jnp.shape(items)[0], kwargs["max_tile_elements"],
+                               kwargs["capacity_limit"])
+    if exact is not None and exact > limit:
+        batch.raise_on_overflow(exact, limit)
 
 
 def _check_global(embeddings: Array, memory: Any, num_shards: int, axis_name: AxisName, caller: str) -> None:

@@ -38,8 +38,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
+
+from rankax._core import validation
 
 Array = jax.Array
 
@@ -86,9 +87,8 @@ def init(
         computed in float32 anyway).
       label_dtype: integer dtype of the labels.
     """
-    for name, value in (("size", size), ("dim", dim)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"xbm.init: {name} must be an int >= 1, got {value!r}")
+    size = validation.check_int("size", size, caller="xbm.init")
+    dim = validation.check_int("dim", dim, caller="xbm.init")
     if not isinstance(label_shape, tuple):
         raise TypeError(f"xbm.init: label_shape must be a tuple, () for class ids or (L,) for paths, "
                         f"got {label_shape!r}")

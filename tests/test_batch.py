@@ -220,13 +220,13 @@ def test_overflow_check_calls_the_host_only_on_overflow(monkeypatch):
     # lists all fit never reaches the host (the callback cost ~0.6 ms per call when it ran
     # every time); one that overflows does, and raises.
     calls = []
-    original = batch._raise_on_overflow
+    original = batch.raise_on_overflow
 
     def counted(most, limit):
         calls.append(int(most))
         original(most, limit)
 
-    monkeypatch.setattr(batch, "_raise_on_overflow", counted)
+    monkeypatch.setattr(batch, "raise_on_overflow", counted)
     emb, lab = _embeddings(), _labels()  # the largest class has 6 samples: 5 positives
     fits = jax.jit(lambda e, y: rankax.batch_loss(supap_loss, e, y, max_positives=5, capacity_limit=5))
     for _ in range(3):

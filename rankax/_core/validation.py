@@ -246,9 +246,20 @@ _RANGE_TEXT = {
 }
 
 
-def is_positive_int(value: Any) -> bool:
-    """An int (Python or numpy, not bool) >= 1: a size, a count, a cut-off."""
-    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
+def is_int_at_least(value: Any, low: int = 1) -> bool:
+    """An int (Python or numpy, not bool) >= ``low``: a size, a count, a step."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= low
+
+
+def check_int(name: str, value: Any, low: int = 1, *, optional: bool = False, caller: str = "") -> int | None:
+    """``value`` as an int >= ``low`` (``None`` passes where ``optional``), or a ValueError
+    ``"<caller>: <name> must be [None or ]an int >= <low>, got <value>"``."""
+    if value is None and optional:
+        return None
+    if not is_int_at_least(value, low):
+        expected = f"{'None or ' * optional}an int >= {low}"
+        raise ValueError(f"{prefix(caller)}{name} must be {expected}, got {value!r}")
+    return int(value)
 
 
 def check_number(name: str, value: Any, kind: str, *, caller: str = "") -> None:

@@ -35,12 +35,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rankax._core import validation
+
 
 def _index(name: str, value: object) -> int:
     """A step or epoch number: an int (Python or numpy) >= 0, or a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return int(value)
+    return validation.check_int(name, value, 0)
 
 
 class _NominalEpochs:
@@ -293,9 +293,7 @@ class HierarchicalSampler(_NominalEpochs):
 def _check_ints(**values: object) -> None:
     """Integer arguments of the samplers: sizes and counts >= 1, ``seed`` and levels >= 0."""
     for name, value in values.items():
-        low = 0 if name == "seed" or name.endswith("level") else 1
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        validation.check_int(name, value, 0 if name == "seed" or name.endswith("level") else 1)
 
 
 def _class_ids(labels: np.ndarray, level: int = 0) -> np.ndarray:

@@ -187,13 +187,9 @@ def check_options(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     ks = validation.check_ks(ks)
-    sizes = dict(block_size=block_size, gallery_block_size=gallery_block_size)
-    for name, value in (*sizes.items(), ("hierarchy_block_size", hierarchy_block_size)):
-        optional = name in sizes
-        if (value is None and optional) or validation.is_positive_int(value):
-            continue
-        expected = "None (the default) or an int >= 1" if optional else "an int >= 1"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    validation.check_int("block_size", block_size, optional=True)
+    validation.check_int("gallery_block_size", gallery_block_size, optional=True)
+    validation.check_int("hierarchy_block_size", hierarchy_block_size)
     if relevance_rule not in hierarchy.RELEVANCE_RULES:
         raise ValueError(f"relevance_rule must be one of {hierarchy.RELEVANCE_RULES}, got {relevance_rule!r}")
     validation.check_number("relevance_alpha", relevance_alpha, "positive")

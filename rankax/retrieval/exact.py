@@ -263,17 +263,14 @@ def knn(
             f"gallery has dimension {gallery.shape[1]} but queries have dimension {queries.shape[1]}"
         )
     n = gallery.shape[0] - (1 if self_excluded else 0)
-    if not validation.is_positive_int(k):
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    k = validation.check_int("k", k)
     if n < 1:
         raise ValueError("the gallery holds no item besides each query (one query, gallery=None)")
     if k > n:
         raise ValueError(f"k must be at most {n}, the gallery's items{' besides the query' * self_excluded}; "
                          f"got {k}")
-    for name, value in (("block_size", block_size), ("gallery_block_size", gallery_block_size)):
-        if not validation.is_positive_int(value):
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    k, block_size, gallery_block_size = int(k), int(block_size), int(gallery_block_size)
+    block_size = validation.check_int("block_size", block_size)
+    gallery_block_size = validation.check_int("gallery_block_size", gallery_block_size)
     mesh = query_mesh() if mesh is None else mesh
     chunk = knn_chunk_size(gallery.shape[0], gallery_block_size)
     gal = put_gallery(gallery, chunk, mesh, multiple=TOP_K_GROUP)
