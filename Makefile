@@ -7,7 +7,7 @@ CORE := $(VENV)/.rankax-core
 TEST := $(VENV)/.rankax-test
 WORKDIR ?= runs/digits
 
-.PHONY: demo test test-quick test-gpu lint bench clean
+.PHONY: demo test test-quick test-gpu gpu-wheels lint bench clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,23 @@ PYTEST_ARGS ?=
 test-gpu:
 	@$(GPU_PY) -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 'test-gpu: jax sees no GPU; install a CUDA jax (pip install -U \"jax[cuda13]\")')"
 	XLA_PYTHON_CLIENT_PREALLOCATE=false $(GPU_PY) -m pytest -n $(GPU_WORKERS) -q $(PYTEST_ARGS) tests
+
+## Wheels (CPython 3.12, x86-64 Linux) of the packages a CUDA image with jax, flax, optax, orbax,
+## torch, pytest and hypothesis lacks, downloaded here into .whl/ for `experiments/gpu_check.sh`,
+## which installs them there without an index. Versions: those this repository is tested with.
+GPU_WHEEL_DIR ?= .whl
+GPU_WHEELS := ml_collections==1.1.0 tensorboardX==2.6.5 scann==1.4.2 pytorch-metric-learning==2.9.0 \
+	grain==0.2.18 array_record==0.8.6 dm-tree==0.1.10 tensorflow-datasets==4.9.10 \
+	tensorflow-metadata==1.21.0 googleapis-common-protos==1.76.0 immutabledict==4.3.1 \
+	simple-parsing==0.1.9 docstring-parser==0.18.0 termcolor==3.3.0 toml==0.10.2
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
+	manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(addprefix --platform ,$(GPU_PLATFORMS)) -d $(GPU_WHEEL_DIR) $(GPU_WHEELS)
+	@# promise (a tensorflow-datasets dependency) is published as a source archive only.
+	$(PYTHON) -m pip wheel --quiet --no-deps -w $(GPU_WHEEL_DIR) promise==2.3
+	@du -sh $(GPU_WHEEL_DIR)
 
 lint: $(TEST)
 	$(VENV)/bin/ruff check .

@@ -2,6 +2,9 @@
 
     python -m experiments.benchmark_gpu [--out docs] [--sizes 1024,4096,16384] [--junit tests.xml]
     python -m experiments.benchmark_gpu --add-tests tests.xml --out docs   # test counts only
+    python -m experiments.benchmark_gpu --table docs                       # print the summary
+
+``experiments/gpu_check.sh`` runs the test suite and this script in one command on a GPU host.
 
 Measured on the default JAX device, each against a baseline measured in the same run:
 
@@ -15,7 +18,8 @@ Measured on the default JAX device, each against a baseline measured in the same
 * pytorch-metric-learning's SmoothAP, PNP and FastAP at ``B = 1024`` on the same GPU (when
   torch sees one and the package is importable);
 * retrieval evaluation at 60k x 512 against a blocked PyTorch matmul + top-k loop, and a 1M x
-  512 gallery (``experiments.benchmark_eval_gpu``).
+  512 gallery (``experiments.benchmark_eval_gpu``; ``--eval-sizes`` / ``--eval-large`` change
+  the sizes, e.g. for a smoke run on a CPU).
 
 It writes ``benchmarks_gpu.md`` and ``benchmarks_gpu.json`` into ``--out`` (the repository's
 ``docs/`` by default) with the device, the jax version and the pass/fail counts of the test
@@ -108,18 +112,20 @@ def pml_rows(b: int = 1024) -> list[dict]:
     return rows
 
 
-def eval_rows() -> dict:
+def eval_rows(sizes: tuple[tuple[int, int], ...], large: tuple[int, int] | None) -> dict:
     try:
         from experiments import benchmark_eval_gpu
     except ImportError as err:
         return {"error": f"experiments.benchmark_eval_gpu unavailable: {err}"}
     try:
-        return benchmark_eval_gpu.run()
+        return benchmark_eval_gpu.run(sizes=sizes, large=large)
     except Exception as err:  # noqa: BLE001 -- a failed section must not lose the others
         return {"error": f"{type(err).__name__}: {err}"[:300]}
 
 
-def test_counts(junit: str | None) -> dict | None:
+def test_counts(junit: str | None, partial: bool = False) -> dict | None:
+    """Passed / failed (failures + errors) / skipped from pytest's ``--junitxml`` file (``None``
+    when there is none); ``partial``: the run was stopped at its time limit before the end."""
     if not junit or not Path(junit).exists():
         return None
     root = ET.parse(junit).getroot()
@@ -127,7 +133,8 @@ def test_counts(junit: str | None) -> dict | None:
     total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
     failed = total["failures"] + total["errors"]
     passed = total["tests"] - failed - total["skipped"]
-    return {"passed": passed, "failed": failed, "skipped": total["skipped"]}
+    counts = {"passed": passed, "failed": failed, "skipped": total["skipped"]}
+    return {**counts, "partial": True} if partial else counts
 
 
 def summary(rows: list[dict], extra: dict) -> dict:
@@ -194,6 +201,50 @@ def write(out: Path, result: dict, rows: list[dict]) -> None:
     (out / "benchmarks_gpu.md").write_text("\n".join(lines))
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``"60000x512"`` -> ``(60000, 512)``."""
+    try:
+        n, d = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxDIM such as 60000x512, got {text!r}") from None
+    if n < 2 or d < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 2 rows and 1 dimension, got {text!r}")
+    return n, d
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(result: dict) -> str:
+    """A short plain-text summary of ``benchmarks_gpu.json``: what the issue's targets read."""
+    sizes = sorted({int(b) for by_b in result.get("losses", {}).values() for b in by_b})
+    lines = [f"{result.get('device')} / jax {result.get('jax')}",
+             f"{'loss / matmul':<22}" + "".join(f"{'B=' + str(b):>10}" for b in sizes)]
+    for name, by_b in result.get("losses", {}).items():
+        lines.append(f"{name:<22}" + "".join(f"{_fmt(by_b.get(str(b))):>10}" for b in sizes))
+    labels = result.get("labels") or {}
+    if labels:
+        lines.append("label paths / fastest: " + ", ".join(f"{k} {v:.2f}" for k, v in labels.items()))
+    lines.append(f"list API / batch_loss: {_fmt(result.get('list_api_ratio'))}")
+    evaluation = result.get("evaluation") or {}
+    lines.append(f"evaluate {evaluation.get('size', '?')}: / top-k loop "
+                 f"{_fmt(evaluation.get('evaluate_ratio_to_topk_loop'))}, first call "
+                 f"{_fmt(evaluation.get('evaluate_first_s'))} s"
+                 + (f" ({evaluation['error']})" if "error" in evaluation else ""))
+    big = evaluation.get("large_gallery") or {}
+    if big:
+        lines.append(f"{big['queries']} queries x {big['gallery']} x {big['dim']}: warm "
+                     f"{_fmt(big.get('evaluate_warm_s'))} s, first {_fmt(big.get('evaluate_first_s'))} s")
+    large = result.get("large_batch") or {}
+    if large.get("time_s") is not None:
+        peak = large.get("peak_bytes")
+        lines.append(f"SupAP B={large['b']}: {large['time_s'] * 1e3:.0f} ms, peak "
+                     f"{_fmt(peak / 2**30 if peak else None)} GiB")
+    lines.append(f"tests on this device: {result.get('gpu_tests')}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs")
@@ -201,7 +252,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--losses", default=",".join(paths.LOSSES))
     parser.add_argument("--junit", default=None)
     parser.add_argument("--add-tests", default=None, help="only add test counts to an existing JSON")
+    parser.add_argument("--tests-partial", action="store_true",
+                        help="with --add-tests: the test run was stopped at its time limit")
     parser.add_argument("--large", type=int, default=LARGE_B)
+    parser.add_argument("--eval-sizes", default="60000x512",
+                        help="comma list of ROWSxDIM sets evaluated against the top-k loop")
+    parser.add_argument("--eval-large", default="1000000x512",
+                        help="GALLERYxDIM of the large-gallery evaluation (10,000 queries), or none")
+    parser.add_argument("--table", default=None, metavar="DIR",
+                        help="only print the summary table of DIR/benchmarks_gpu.json")
     parser.add_argument("--skip", default="", help="comma list of: pml,eval,large,tf32")
     parser.add_argument("--budget-s", type=float, default=240.0,
                         help="the loss sweep stops adding rows after this many seconds")
@@ -210,13 +269,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.large_child:
         _large_child(args.large_child)
         return
+    eval_sizes = tuple(_size(v) for v in args.eval_sizes.split(",") if v)
+    eval_large = None if args.eval_large.lower() == "none" else _size(args.eval_large)
+    if args.table:
+        print(table(json.loads((Path(args.table) / "benchmarks_gpu.json").read_text())))
+        return
     out = Path(args.out)
     if args.add_tests:
         saved = json.loads((out / "benchmarks_gpu.json").read_text())
-        saved["gpu_tests"] = test_counts(args.add_tests)
+        saved["gpu_tests"] = test_counts(args.add_tests, args.tests_partial)
         rows = json.loads((out / "benchmarks_gpu_rows.json").read_text())
         write(out, saved, rows)
-        print("gpu_tests", saved["gpu_tests"])
+        print(table(saved))
         return
     skip = set(args.skip.split(","))
     start = time.perf_counter()
@@ -250,10 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         extra["pml"] = pml_rows(min(1024, max(sizes)))
         save()
     if "eval" not in skip:
-        extra["evaluation"] = eval_rows()
+        extra["evaluation"] = eval_rows(eval_sizes, eval_large)
     result = save()
-    print(json.dumps({k: result[k] for k in ("losses", "list_api_ratio", "evaluate_ratio_to_topk_loop")},
-                     indent=1, default=float))
+    print(table(result))
     print(f"total {result['elapsed_s']:.0f} s")
 
 

@@ -58,3 +58,87 @@ def test_benchmark_paths_records_the_host_memory_setting(tmp_path):
     losses = [r for r in result["rows"] if r["what"] == "loss"]
     assert {(r["loss"], r["hint"]) for r in losses} == {("supap", False), ("supap", True)}
     assert all(r["ratio"] > 0 for r in losses)
+
+
+def _junit(path: Path, suites: list[dict], wrapped: bool) -> None:
+    body = "".join('<testsuite name="pytest" ' + " ".join(f'{k}="{v}"' for k, v in s.items()) + "/>"
+                   for s in suites)
+    path.write_text(f"<testsuites>{body}</testsuites>" if wrapped else body)
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_gpu_test_counts_read_pytest_junit(tmp_path, wrapped):
+    from experiments import benchmark_gpu
+
+    # 10 tests, 2 failures + 1 error, 3 skipped: 4 passed (pytest-xdist writes one <testsuite>,
+    # under <testsuites>; older pytest wrote a bare <testsuite>).
+    junit = tmp_path / "t.xml"
+    _junit(junit, [{"tests": 10, "failures": 2, "errors": 1, "skipped": 3}], wrapped)
+    assert benchmark_gpu.test_counts(str(junit)) == {"passed": 4, "failed": 3, "skipped": 3}
+    assert benchmark_gpu.test_counts(str(junit), partial=True)["partial"] is True
+    assert benchmark_gpu.test_counts(str(tmp_path / "missing.xml")) is None
+
+
+def test_gpu_table_reads_a_partial_result():
+    # A run stopped after the loss sweep: only the sections it finished are in the JSON, and the
+    # table shows them and a dash for the rest instead of raising.
+    from experiments import benchmark_gpu
+
+    result = {"device": "NVIDIA H200", "jax": "0.11.2", "list_api_ratio": None, "gpu_tests": None,
+              "losses": {"supap": {"4096": 2.004}, "hap (no hint)": {"4096": 5.109, "16384": 3.25}},
+              "evaluation": {}, "labels": {}}
+    text = benchmark_gpu.table(result)
+    lines = text.splitlines()
+    assert lines[0] == "NVIDIA H200 / jax 0.11.2"
+    assert lines[1].split() == ["loss", "/", "matmul", "B=4096", "B=16384"]
+    assert lines[2].split() == ["supap", "2.00", "-"]
+    assert lines[3].split() == ["hap", "(no", "hint)", "5.11", "3.25"]
+    assert "list API / batch_loss: -" in text and "first call - s" in text
+
+
+def test_gpu_check_refuses_a_host_without_a_gpu(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path),
+           "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)}
+    run = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
+                         timeout=300, cwd=root, env=env)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "jax sees no GPU" in run.stdout
+    assert not (tmp_path / "benchmarks_gpu.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
+    # The GPU script's smoke run (ALLOW_CPU=1, tiny sizes, one small test module): every file it
+    # promises comes back, and the JSON has the keys the GPU issue names, test counts included.
+    import json
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    bench = ("--sizes 128 --losses supap --skip pml,large,tf32 --budget-s 30 "
+             "--eval-sizes 600x16 --eval-large none")
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "OUT": str(out), "WHEELS": str(tmp_path),
+           "ALLOW_CPU": "1", "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path), "BENCH_ARGS": bench,
+           "TESTS": "tests/test_repository.py", "WORKERS": "1", "TOTAL_S": "400"}
+    run = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
+                         timeout=600, cwd=root, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    files = {"benchmarks_gpu.md", "benchmarks_gpu.json", "benchmarks_gpu_rows.json", "bench.log",
+             "tests.xml", "tests.log", "failed.txt", "env.txt"}
+    assert {p.name for p in out.iterdir()} == files
+    result = json.loads((out / "benchmarks_gpu.json").read_text())
+    assert {"device", "jax", "losses", "list_api_ratio", "evaluate_ratio_to_topk_loop",
+            "gpu_tests"} <= set(result)
+    assert set(result["losses"]) == {"supap", "supap (no hint)"}
+    assert all(set(by_b) == {"128"} and by_b["128"] > 0 for by_b in result["losses"].values())
+    assert result["list_api_ratio"] > 0
+    suite = ET.parse(out / "tests.xml").getroot().find("testsuite")
+    assert result["gpu_tests"] == {"passed": int(suite.get("tests")), "failed": 0, "skipped": 0}
+    assert (out / "failed.txt").read_text() == ""
+    assert run.stdout.rstrip().splitlines()[-1].startswith("gpu_check: benchmark exit 0, pytest exit 0")

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Every GPU figure and the test suite's verdict, in one command on a GPU host:
+#
+#   make gpu-wheels                  # on a machine with network: wheels a bare CUDA image lacks -> .whl/
+#   bash experiments/gpu_check.sh    # on the GPU host, from the repository's root
+#
+# 1. installs the wheels of $WHEELS (default .whl/, when it holds any) into a private folder
+#    (pip --target, no index, no dependencies) and puts it and the repository on PYTHONPATH;
+# 2. refuses to go on unless jax's default backend is the GPU (ALLOW_CPU=1: smoke-test on a CPU);
+# 3. runs `python -m experiments.benchmark_gpu` (losses, label paths, list API, SupAP at
+#    B = 65536, pytorch-metric-learning, evaluation) under BENCH_LIMIT_S, writing into $OUT;
+# 4. runs the test suite on the same GPU with what is left of TOTAL_S, stopped by SIGINT at that
+#    limit so pytest still writes its JUnit file, and adds the counts to the benchmark's JSON;
+# 5. prints the summary table last.
+#
+# $OUT (default runs/gpu) receives at most 8 files: benchmarks_gpu.{md,json},
+# benchmarks_gpu_rows.json, bench.log, tests.xml, tests.log, failed.txt, env.txt. Copy the first
+# two into docs/ to publish a run. The exit status is the benchmark's, or pytest's when that is
+# non-zero (the table is printed either way).
+#
+# Environment (defaults): PY (python3), OUT (runs/gpu), WHEELS (.whl), TOTAL_S (570),
+# BENCH_LIMIT_S (300), BENCH_ARGS (none; e.g. "--sizes 4096 --skip pml"), TESTS (tests),
+# PYTEST_ARGS (none; e.g. '-m "not slow"'), WORKERS (8), ALLOW_CPU (0).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+PY=${PY:-python3}
+OUT=${OUT:-runs/gpu}
+WHEELS=${WHEELS:-.whl}
+TOTAL_S=${TOTAL_S:-570}
+BENCH_LIMIT_S=${BENCH_LIMIT_S:-300}
+WORKERS=${WORKERS:-8}
+TESTS=${TESTS:-tests}
+mkdir -p "$OUT"
+
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  site=${TMPDIR:-/tmp}/rankax-site
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" "$WHEELS"/*.whl || { echo "gpu_check: installing $WHEELS/*.whl failed"; exit 3; }
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+{
+  date -u
+  nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not found"
+  "$PY" -c "import jax, sys; print(sys.version.split()[0], 'jax', jax.__version__, jax.devices())"
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+if [ "${ALLOW_CPU:-0}" != 1 ] &&
+   ! "$PY" -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
+  echo "gpu_check: jax sees no GPU (install a CUDA jax, or ALLOW_CPU=1 for a smoke run)"
+  exit 2
+fi
+
+# The benchmark first: its figures are the run's purpose, and nothing else loads the GPU then.
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+timeout -s INT -k 20 "$BENCH_LIMIT_S" "$PY" -m experiments.benchmark_gpu --out "$OUT" $BENCH_ARGS \
+  >"$OUT/bench.log" 2>&1
+bench_rc=$?
+tail -n 25 "$OUT/bench.log"
+
+left=$((TOTAL_S - ($(date +%s) - start) - 20))
+test_rc=0
+if [ "$left" -lt 30 ]; then
+  echo "gpu_check: ${left}s left of TOTAL_S=$TOTAL_S, the test suite is not run"
+else
+  echo "gpu_check: test suite, ${left}s at most"
+  # SIGINT, not SIGKILL, at the limit: pytest then reports what ran and writes the JUnit file.
+  # shellcheck disable=SC2086  # PYTEST_ARGS and TESTS are lists
+  eval "timeout -s INT -k 30 $left env XLA_PYTHON_CLIENT_PREALLOCATE=false \"\$PY\" -m pytest \
+    -n $WORKERS -q -p no:cacheprovider --junitxml=\"\$OUT/tests.xml\" ${PYTEST_ARGS:-} $TESTS" \
+    >"$OUT/tests.log" 2>&1
+  test_rc=$?
+  grep -E "^(FAILED|ERROR) " "$OUT/tests.log" >"$OUT/failed.txt"
+  tail -n 3 "$OUT/tests.log"
+  if [ "$test_rc" -eq 124 ] || [ "$test_rc" -eq 137 ]; then
+    partial=--tests-partial
+    echo "gpu_check: the test suite was stopped at ${left}s; its counts are partial"
+  fi
+fi
+
+if [ -f "$OUT/benchmarks_gpu.json" ] && [ -f "$OUT/benchmarks_gpu_rows.json" ]; then
+  "$PY" -m experiments.benchmark_gpu --out "$OUT" --add-tests "$OUT/tests.xml" ${partial:-}
+else
+  echo "gpu_check: the benchmark wrote no JSON (exit $bench_rc); see $OUT/bench.log"
+fi
+echo "gpu_check: benchmark exit $bench_rc, pytest exit $test_rc, $(($(date +%s) - start)) s"
+[ "$bench_rc" -ne 0 ] && exit "$bench_rc"
+exit "$test_rc"
