@@ -118,8 +118,8 @@ def check_batch(
     (default all) through :func:`rankax._core.validation.check_finite` (eager calls, or
     :mod:`rankax.debug` checks). Returns the embeddings (float32 at least) and the labels."""
     prefix = validation.prefix(caller)
-    emb = jnp.asarray(embeddings)
-    lab = jnp.asarray(labels)
+    emb = embeddings if isinstance(embeddings, jax.Array) else jnp.asarray(embeddings)
+    lab = labels if isinstance(labels, jax.Array) else jnp.asarray(labels)
     if emb.ndim != 2 or emb.shape[1] == 0 or (emb.shape[0] == 0 and name != "references"):
         raise ValueError(f"{prefix}{name} must be [B, D] with B, D >= 1, got shape {emb.shape}")
     if not jnp.issubdtype(emb.dtype, jnp.floating):
@@ -137,7 +137,9 @@ def check_batch(
     if values:
         rows = None if row_mask is None else jnp.asarray(row_mask, bool)[:, None]
         validation.check_finite(emb, name, where=rows, caller=caller)
-    return emb.astype(jnp.promote_types(emb.dtype, jnp.float32)), lab
+    dtype = jnp.promote_types(emb.dtype, jnp.float32)
+    # No cast when it would change nothing: under an eager grad each bind costs a linearization.
+    return (emb if emb.dtype == dtype else emb.astype(dtype)), lab
 
 
 def binary_relevance(query_labels: Array, item_labels: Array) -> Array:
