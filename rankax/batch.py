@@ -35,13 +35,16 @@ A dense implementation builds, for every query, the ``N x N`` differences of its
    than ``max_positives`` therefore costs more time, never correctness, and never more
    memory. A list with more positives than ``capacity_limit`` (by default the largest
    capacity whose one-query tile fits ``max_tile_elements``: all of ``N`` for ``N <= 4096``)
-   raises :class:`CapacityError` -- the overflow rule is "exact or a clear error". When the
-   labels are concrete (outside ``jit``) the exact capacity is computed up front and the
-   ladder is skipped.
+   is never computed without some of them: with concrete labels (outside ``jit``, also numpy
+   labels closed over inside it) the exact capacity is computed up front, the ladder is
+   skipped and such a call raises :class:`CapacityError`; with traced labels the value and
+   every gradient are NaN, and :mod:`rankax.debug` checks name the count -- the tiers of
+   every other value check (docs/behaviour.md). No host callback sits in the program: one
+   that raised would stop its device and leave the others of a mesh in their collectives.
 
 In a P x K train step pass ``max_positives=K - 1`` (``K`` with ``include_self``); adding
-``capacity_limit=K - 1`` compiles a single rung (smaller program, faster compile), with a
-run-time error should a list ever hold more positives.
+``capacity_limit=K - 1`` compiles a single rung (smaller program, faster compile), and a
+batch whose lists ever held more positives would come out NaN.
 
 The result equals the dense per-list computation (``jax.vmap`` of the list-level loss over
 the rows of the full score matrix, averaged over the queries that have a positive) in value
@@ -62,6 +65,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from rankax import _renames, ranking
@@ -198,14 +202,19 @@ class CapacityError(ValueError):
     """A list has more positives than ``capacity_limit`` allows."""
 
 
+def overflow_message(most: Any, limit: int) -> str:
+    """What a list with ``most`` positives over ``capacity_limit=limit`` is told."""
+    return (
+        f"a query has {most} positives but capacity_limit={limit}: pass a larger capacity_limit "
+        "(up to the list length; each query then needs a [capacity, N] tile) or "
+        "max_tile_elements; positives are never dropped"
+    )
+
+
 def raise_on_overflow(most: Any, limit: int) -> None:
     """:class:`CapacityError` if a list's positive count ``most`` exceeds the ladder's ``limit``."""
     if int(most) > limit:
-        raise CapacityError(
-            f"a query has {int(most)} positives but capacity_limit={limit}: pass a larger "
-            "capacity_limit (up to the list length; each query then needs a [capacity, N] tile) "
-            "or max_tile_elements; positives are never dropped"
-        )
+        raise CapacityError(overflow_message(int(most), limit))
 
 
 def _list_masks(
@@ -381,17 +390,33 @@ def batch_statistics(
         include_self, rel_fn, bool(getattr(loss_fn, "graded", False)), precision,
         keyed=relevance_fn is None,
     )
+    block_rows = jnp.arange(plan.num_blocks * plan.block).reshape(plan.num_blocks, plan.block)
+    # The sort that places the positives (keyed views) does not depend on the capacity: done
+    # once, outside the rungs; each block takes its slots from it (recomputed, never saved).
+    runs = views.key_runs() if views.keyed else None
+    checked = plan.capacities[-1] < n and capacity is None  # a list may exceed the largest rung
+    most = _most_positives(views, runs, block_rows) if checked or len(plan.capacities) > 1 else None
+    if checked:
+        views = views._replace(q_emb=_overflow_guard(views.q_emb, most, plan.capacities[-1], caller))
     tile = functools.partial(_tile_statistics, loss_fn, views, hparams=hparams, caller=caller)
-    per_block, most = _run_blocks(views, plan, tile)
-    if plan.capacities[-1] < n and capacity is None:
-        # A list beyond the largest rung was computed with some positives missing, so the call
-        # raises instead of returning that value: a host callback, called only then (inside a
-        # cond: a callback on every call cost ~0.6 ms, a fifth of a B = 256 step on the CPU).
-        limit = plan.capacities[-1]
-        jax.lax.cond(
-            most > limit, lambda m: jax.debug.callback(raise_on_overflow, m, limit), lambda m: None, most
-        )
+    per_block = _run_blocks(views, plan, tile, block_rows, runs, most)
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
+
+
+def _overflow_guard(queries: Array, most: Array, limit: int, caller: str) -> Array:
+    """``queries``, or NaN if a list has ``most > limit`` positives (traced labels).
+
+    Such a list would be computed with some positives missing, so the value and every gradient
+    come out NaN instead; with :mod:`rankax.debug` checks on, a ``checkify`` check names the
+    count (:func:`overflow_message`). Concrete labels raise :class:`CapacityError` before
+    anything runs. No host callback: one that raises stops its device, and on a mesh the others
+    then wait in their collectives until the runtime aborts the process; and one with a JAX
+    effect loses ``jit``'s fast dispatch (~0.5 ms per call of a B = 256 step on the CPU).
+    """
+    over = most > limit
+    if validation.value_checks_enabled():
+        checkify.check(~over, validation.prefix(caller) + overflow_message("{most}", limit), most=most)
+    return queries + jnp.where(over, jnp.nan, 0.0).astype(queries.dtype)
 
 
 def _check_views(
@@ -572,8 +597,17 @@ def _at_capacity(tile: Callable[..., dict[str, Array]], capacity: int, plan: _Pl
     return run
 
 
-def _most_positives(rel: Array, where: Array) -> Array:
-    return positives.most_positives((rel > 0) & where)
+def _most_positives(views: _Views, runs: positives.KeyRuns | None, block_rows: Array) -> Array:
+    """The largest positive count of any list: from the sort of keyed views, else from a pass
+    over the lists' relevance (their scores unused, so never computed)."""
+    if runs is not None:
+        return jnp.max(runs.count, initial=0)
+
+    def block_most(rows: Array) -> Array:
+        _, rel, where = views.lists(rows, None)
+        return positives.most_positives((rel > 0) & where)
+
+    return jnp.max(jax.lax.map(block_most, block_rows))
 
 
 def _split_rows(a: Array, num_parts: int, rows: int) -> Array:
@@ -582,18 +616,24 @@ def _split_rows(a: Array, num_parts: int, rows: int) -> Array:
     return jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)).reshape(num_parts, rows, *a.shape[1:])
 
 
-def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]]):
-    """Per-block statistics and largest positive counts, at the one capacity that fits.
+def _run_blocks(
+    views: _Views,
+    plan: _Plan,
+    tile: Callable[..., dict[str, Array]],
+    block_rows: Array,
+    runs: positives.KeyRuns | None,
+    most: Array | None,
+) -> dict[str, Array]:
+    """Per-block statistics ``[num_blocks]`` at the one capacity that fits.
 
-    With several capacities, the largest positive count (from the sort of keyed views, else a
-    first pass over the lists) picks the rung with one ``lax.switch`` outside the block loops.
-    A switch returns the residuals of every rung (zeros from the rungs not taken), so the rungs
-    keep little: their slots come from one sort done outside them, and only the rungs up to
-    ``positives.KEPT_CAPACITY`` keep their step sums.
+    With several capacities, the largest positive count ``most`` picks the rung with one
+    ``lax.switch`` outside the block loops. A switch returns the residuals of every rung (zeros
+    from the rungs not taken), so the rungs keep little: their slots come from ``runs``, the one
+    sort of keyed views, and only the rungs up to ``positives.KEPT_CAPACITY`` keep their step
+    sums.
     """
     n = views.i_emb.shape[0]
     num_q = views.q_emb.shape[0]
-    block_rows = jnp.arange(plan.num_blocks * plan.block).reshape(plan.num_blocks, plan.block)
     # With block_size="auto" and at most SAVED_SCORES_ELEMENTS scores, the scores are computed
     # once, outside the block loop, and kept for the backward pass (no second matmul); else each
     # block computes its own and its backward pass recomputes them (O(block * N) memory).
@@ -602,21 +642,14 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
         padded = jnp.minimum(block_rows, num_q - 1)
         kept = views.scores(padded.reshape(-1)).reshape(plan.num_blocks, plan.block, n)
 
-    # The sort that places the positives (keyed views) does not depend on the capacity: done
-    # once, outside the rungs; each block takes its slots from it (recomputed, never saved).
-    runs = views.key_runs() if views.keyed else None
-    most = None if runs is None else jnp.max(runs.count, initial=0)
-
-    def all_blocks(capacity: int) -> tuple[dict[str, Array], Array]:
+    def all_blocks(capacity: int) -> dict[str, Array]:
         tile_fn = _at_capacity(tile, capacity, plan, n)
 
-        def block_statistics(xs: tuple[Array, Array | None]):
+        def block_statistics(xs: tuple[Array, Array | None]) -> dict[str, Array]:
             rows, kept_scores = xs
             scores, rel, where = views.lists(rows, kept_scores)
-            if runs is None:
-                return tile_fn(rows, scores, rel, where, None), _most_positives(rel, where)
-            slots = views.slots(runs, rows, capacity)
-            return tile_fn(rows, scores, rel, where, slots), jnp.zeros((), jnp.int32)
+            slots = None if runs is None else views.slots(runs, rows, capacity)
+            return tile_fn(rows, scores, rel, where, slots)
 
         # Each block checkpointed: its backward pass recomputes it from its inputs. On a ladder,
         # only rungs up to positives.KEPT_CAPACITY keep their step sums (lax.switch returns the
@@ -624,13 +657,10 @@ def _run_blocks(views: _Views, plan: _Plan, tile: Callable[..., dict[str, Array]
         small = len(plan.capacities) == 1 or capacity <= positives.KEPT_CAPACITY
         policy = ranking.KEEP_SUMS_AND_SLOTS if small else None
         block_fn = jax.checkpoint(block_statistics, prevent_cse=False, policy=policy)
-        per_block, block_most = jax.lax.map(block_fn, (block_rows, kept))
-        return per_block, jnp.max(block_most) if runs is None else most
+        return jax.lax.map(block_fn, (block_rows, kept))
 
     if len(plan.capacities) == 1:
         return all_blocks(plan.capacities[0])
-    if runs is None:  # a first pass over the lists counts the positives
-        most = jnp.max(jax.lax.map(lambda rows: _most_positives(*views.lists(rows, None)[1:]), block_rows))
     level = jnp.searchsorted(jnp.asarray(plan.capacities), most)
     rungs = [functools.partial(all_blocks, c) for c in plan.capacities]
     return jax.lax.switch(jnp.minimum(level, len(rungs) - 1), rungs)
@@ -749,12 +779,13 @@ def batch_loss(
       max_tile_elements: bound on the size of one ``[queries, capacity, N]`` tile (default
         :func:`default_sizes`: ``2**24`` on the CPU, ``2**26`` on accelerators).
       capacity_limit: largest positive capacity the compiled program may use under ``jit``.
-        A list with more positives is never dropped: the call raises :class:`CapacityError`
-        (with concrete labels; under ``jit`` at run time, as a ``JaxRuntimeError`` carrying
-        the ``CapacityError``'s message). Default :func:`default_capacity_limit`: the largest
-        capacity whose one-query tile ``[1, C, N]`` fits ``max_tile_elements`` (all of ``N``
-        up to ``N = 4096`` with the default tile), so XLA never reserves more scratch than
-        the tile budget for rungs that are rarely taken. ``max_positives=K - 1,
+        A list with more positives is never computed without some: with concrete labels the
+        call raises :class:`CapacityError`; with traced labels its value and gradients are
+        NaN (with :mod:`rankax.debug` checks on, a check names the count). Default
+        :func:`default_capacity_limit`: the largest capacity whose one-query tile
+        ``[1, C, N]`` fits ``max_tile_elements`` (all of ``N`` up to ``N = 4096`` with the
+        default tile), so XLA never reserves more scratch than the tile budget for rungs that
+        are rarely taken. ``max_positives=K - 1,
         capacity_limit=K - 1`` gives a single-rung program for P x K batches; raise it (up to
         ``N``) for lists with very many graded positives.
       precision: of the similarity matmul ``E R^T`` (``jax.lax.Precision`` or its name).

@@ -197,8 +197,8 @@ def _any_nonfinite(emb: Array, memory: Any, axis_name: AxisName) -> Array:
 
 def _check_capacity(labels: Array, memory: Any, num_shards: int, kwargs: dict[str, Any]) -> None:
     """Concrete labels (an eager call): a list beyond the largest rung raises
-    :class:`rankax.batch.CapacityError` now, as :func:`rankax.batch_loss` does; inside
-    ``shard_map`` the host callback that reports it under ``jit`` is not raised by an eager call."""
+    :class:`rankax.batch.CapacityError` now, as :func:`rankax.batch_loss` does (traced labels:
+    NaN value and gradients, from the engine)."""
     traced = lambda x: isinstance(x, jax.core.Tracer)  # noqa: E731
     if traced(labels) or (memory is not None and traced(memory.labels)):
         return

@@ -95,6 +95,16 @@ SCRIPT = textwrap.dedent(
         results["eager_overflow"] = ""
     except rankax.batch.CapacityError as err:
         results["eager_overflow"] = str(err)
+    # Under jit (traced labels) on 8 devices, sharded or partitioned by XLA: NaN value and
+    # gradients. A host callback that raised here had stopped one device and left the others
+    # in their all-reduce until the runtime aborted the process.
+    over = {
+        "shard_map": small,
+        "jit": lambda x, y: rankax.batch_loss(rankax.supap_loss, x, y, max_positives=2, capacity_limit=2),
+    }
+    for mode, fn in over.items():
+        val, grad = jax.jit(jax.value_and_grad(fn))(auto_put(e), auto_put(lab))
+        results["jit_overflow_" + mode] = [bool(jnp.isnan(val)), bool(jnp.all(jnp.isnan(grad)))]
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -141,6 +151,11 @@ def test_sharded_checked_mode_names_the_first_nonfinite_embedding(sharded_result
 
 def test_sharded_eager_overflow_raises_capacity_error(sharded_results):
     assert "a query has 3 positives but capacity_limit=2" in sharded_results["eager_overflow"]
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "jit"])
+def test_sharded_jit_overflow_is_nan_not_a_hang(sharded_results, mode):
+    assert sharded_results["jit_overflow_" + mode] == [True, True]
 
 
 def test_batch_must_divide_the_mesh():
