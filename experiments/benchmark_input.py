@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from experiments import machine
 from rankax.data import folder, loader, samplers, transforms
 
 
@@ -252,8 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         (f"DataLoader, {args.workers} workers ({kind}, float32)", base),
     ]
     best = "threads" if auto == 0 else "grain worker processes"
-    cpu = platform.processor() or platform.machine()
-    host = f"{platform.node() or 'host'}, {os.cpu_count()} cores, {cpu}"
+    host = f"{platform.node() or 'host'}, {machine.cpu_summary()}"
     text = (
         f"Input pipeline, {args.images} JPEGs {w}x{h}, batch {args.batch}, {args.steps} timed batches "
         f"after {args.warmup}; host: {host}. `config.input.workers=-1` (auto) uses {best} on this "

@@ -1,5 +1,6 @@
 """The benchmark scripts' own machinery (not their timings: those are for the scripts to print)."""
 
+import os
 from pathlib import Path
 
 import jax
@@ -101,7 +102,7 @@ def test_gpu_check_refuses_a_host_without_a_gpu(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path),
+    env = {"PATH": os.environ["PATH"], "PY": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path),
            "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)}
     run = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
                          timeout=300, cwd=root, env=env)
@@ -123,7 +124,7 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     out = tmp_path / "out"
     bench = ("--sizes 128 --losses supap --skip pml,large,tf32 --budget-s 30 "
              "--eval-sizes 600x16 --eval-large none")
-    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "OUT": str(out), "WHEELS": str(tmp_path),
+    env = {"PATH": os.environ["PATH"], "PY": sys.executable, "OUT": str(out), "WHEELS": str(tmp_path),
            "ALLOW_CPU": "1", "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path), "BENCH_ARGS": bench,
            "TESTS": "tests/test_repository.py", "WORKERS": "1", "TOTAL_S": "400"}
     run = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
