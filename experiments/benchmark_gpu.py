@@ -124,12 +124,16 @@ def eval_rows(sizes: tuple[tuple[int, int], ...], large: tuple[int, int] | None)
 
 
 def test_counts(junit: str | None, partial: bool = False) -> dict | None:
-    """Passed / failed (failures + errors) / skipped from pytest's ``--junitxml`` file (``None``
-    when there is none); ``partial``: the run was stopped at its time limit before the end."""
-    if not junit or not Path(junit).exists():
+    """Passed / failed (failures + errors) / skipped, summed over pytest's ``--junitxml`` files
+    (``junit``: their paths, comma-separated; those missing are left out, ``None`` when all
+    are); ``partial``: a run was stopped at its time limit before the end."""
+    files = [Path(f) for f in (junit or "").split(",") if f and Path(f).exists()]
+    if not files:
         return None
-    root = ET.parse(junit).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root)
+    suites = []
+    for f in files:
+        root = ET.parse(f).getroot()
+        suites += [root] if root.tag == "testsuite" else list(root)
     total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
     failed = total["failures"] + total["errors"]
     passed = total["tests"] - failed - total["skipped"]
@@ -228,10 +232,14 @@ def table(result: dict) -> str:
         lines.append("label paths / fastest: " + ", ".join(f"{k} {v:.2f}" for k, v in labels.items()))
     lines.append(f"list API / batch_loss: {_fmt(result.get('list_api_ratio'))}")
     evaluation = result.get("evaluation") or {}
-    lines.append(f"evaluate {evaluation.get('size', '?')}: / top-k loop "
-                 f"{_fmt(evaluation.get('evaluate_ratio_to_topk_loop'))}, first call "
-                 f"{_fmt(evaluation.get('evaluate_first_s'))} s"
-                 + (f" ({evaluation['error']})" if "error" in evaluation else ""))
+    if "error" in evaluation:
+        lines.append(f"evaluate: {evaluation['error']}")
+    elif evaluation:
+        lines.append(f"evaluate {evaluation.get('size')}: / top-k loop "
+                     f"{_fmt(evaluation.get('evaluate_ratio_to_topk_loop'))}, first call "
+                     f"{_fmt(evaluation.get('evaluate_first_s'))} s")
+    else:
+        lines.append("evaluate: not run")
     big = evaluation.get("large_gallery") or {}
     if big:
         lines.append(f"{big['queries']} queries x {big['gallery']} x {big['dim']}: warm "
@@ -251,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="4096,16384")
     parser.add_argument("--losses", default=",".join(paths.LOSSES))
     parser.add_argument("--junit", default=None)
-    parser.add_argument("--add-tests", default=None, help="only add test counts to an existing JSON")
+    parser.add_argument("--add-tests", default=None,
+                        help="only add test counts (pytest JUnit files, comma-separated) to an existing JSON")
     parser.add_argument("--tests-partial", action="store_true",
                         help="with --add-tests: the test run was stopped at its time limit")
     parser.add_argument("--large", type=int, default=LARGE_B)

@@ -9,18 +9,20 @@
 # 2. refuses to go on unless jax's default backend is the GPU (ALLOW_CPU=1: smoke-test on a CPU);
 # 3. runs `python -m experiments.benchmark_gpu` (losses, label paths, list API, SupAP at
 #    B = 65536, pytorch-metric-learning, evaluation) under BENCH_LIMIT_S, writing into $OUT;
-# 4. runs the test suite on the same GPU with what is left of TOTAL_S, stopped by SIGINT at that
-#    limit so pytest still writes its JUnit file, and adds the counts to the benchmark's JSON;
+# 4. runs the test suite on the same GPU with what is left of TOTAL_S: the tests not marked slow
+#    first, then the slow ones (end-to-end configs, notebooks, multi-device on the host), each
+#    stopped by SIGINT at the limit so pytest still writes its JUnit file; adds the counts to
+#    the benchmark's JSON ("partial" when a tier was stopped or not reached);
 # 5. prints the summary table last.
 #
 # $OUT (default runs/gpu) receives at most 8 files: benchmarks_gpu.{md,json},
-# benchmarks_gpu_rows.json, bench.log, tests.xml, tests.log, failed.txt, env.txt. Copy the first
-# two into docs/ to publish a run. The exit status is the benchmark's, or pytest's when that is
-# non-zero (the table is printed either way).
+# benchmarks_gpu_rows.json, bench.log (the machine first), tests.xml, tests_slow.xml, tests.log,
+# failed.txt. Copy the first two into docs/ to publish a run. The exit status is the
+# benchmark's, or pytest's when that is non-zero (the table is printed either way).
 #
 # Environment (defaults): PY (python3), OUT (runs/gpu), WHEELS (.whl), TOTAL_S (570),
 # BENCH_LIMIT_S (300), BENCH_ARGS (none; e.g. "--sizes 4096 --skip pml"), TESTS (tests),
-# PYTEST_ARGS (none; e.g. '-m "not slow"'), WORKERS (8), ALLOW_CPU (0).
+# PYTEST_ARGS (none; e.g. "-x"), WORKERS (8), ALLOW_CPU (0).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -45,8 +47,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   date -u
   nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not found"
   "$PY" -c "import jax, sys; print(sys.version.split()[0], 'jax', jax.__version__, jax.devices())"
-} >"$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+} >"$OUT/bench.log" 2>&1
+cat "$OUT/bench.log"
 if [ "${ALLOW_CPU:-0}" != 1 ] &&
    ! "$PY" -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
   echo "gpu_check: jax sees no GPU (install a CUDA jax, or ALLOW_CPU=1 for a smoke run)"
@@ -56,32 +58,40 @@ fi
 # The benchmark first: its figures are the run's purpose, and nothing else loads the GPU then.
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
 timeout -s INT -k 20 "$BENCH_LIMIT_S" "$PY" -m experiments.benchmark_gpu --out "$OUT" $BENCH_ARGS \
-  >"$OUT/bench.log" 2>&1
+  >>"$OUT/bench.log" 2>&1
 bench_rc=$?
 tail -n 25 "$OUT/bench.log"
 
-left=$((TOTAL_S - ($(date +%s) - start) - 20))
 test_rc=0
-if [ "$left" -lt 30 ]; then
-  echo "gpu_check: ${left}s left of TOTAL_S=$TOTAL_S, the test suite is not run"
-else
-  echo "gpu_check: test suite, ${left}s at most"
+partial=
+: >"$OUT/tests.log"
+run_tier() {  # run_tier MARKER JUNIT: one tier of the suite in the time left
+  local left=$((TOTAL_S - ($(date +%s) - start) - 20)) rc
+  if [ "$left" -lt 30 ]; then
+    echo "gpu_check: ${left}s left of TOTAL_S=$TOTAL_S, tests '-m $1' not run" | tee -a "$OUT/tests.log"
+    partial=--tests-partial
+    return
+  fi
+  echo "gpu_check: tests '-m $1', ${left}s at most" | tee -a "$OUT/tests.log"
   # SIGINT, not SIGKILL, at the limit: pytest then reports what ran and writes the JUnit file.
   # shellcheck disable=SC2086  # PYTEST_ARGS and TESTS are lists
-  eval "timeout -s INT -k 30 $left env XLA_PYTHON_CLIENT_PREALLOCATE=false \"\$PY\" -m pytest \
-    -n $WORKERS -q -p no:cacheprovider --junitxml=\"\$OUT/tests.xml\" ${PYTEST_ARGS:-} $TESTS" \
-    >"$OUT/tests.log" 2>&1
-  test_rc=$?
-  grep -E "^(FAILED|ERROR) " "$OUT/tests.log" >"$OUT/failed.txt"
-  tail -n 3 "$OUT/tests.log"
-  if [ "$test_rc" -eq 124 ] || [ "$test_rc" -eq 137 ]; then
-    partial=--tests-partial
-    echo "gpu_check: the test suite was stopped at ${left}s; its counts are partial"
-  fi
-fi
+  timeout -s INT -k 30 "$left" env XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -n "$WORKERS" \
+    -q -p no:cacheprovider -m "$1" --junitxml="$2" ${PYTEST_ARGS:-} $TESTS >>"$OUT/tests.log" 2>&1
+  rc=$?
+  tail -n 2 "$OUT/tests.log"
+  case $rc in
+    0 | 5) ;;  # 5: no test of this tier among TESTS
+    124 | 137) partial=--tests-partial; test_rc=$rc
+               echo "gpu_check: tests '-m $1' stopped at ${left}s; counts are partial" ;;
+    *) test_rc=$rc ;;
+  esac
+}
+run_tier "not slow" "$OUT/tests.xml"
+run_tier "slow" "$OUT/tests_slow.xml"
+grep -E "^(FAILED|ERROR) " "$OUT/tests.log" >"$OUT/failed.txt"
 
 if [ -f "$OUT/benchmarks_gpu.json" ] && [ -f "$OUT/benchmarks_gpu_rows.json" ]; then
-  "$PY" -m experiments.benchmark_gpu --out "$OUT" --add-tests "$OUT/tests.xml" ${partial:-}
+  "$PY" -m experiments.benchmark_gpu --out "$OUT" --add-tests "$OUT/tests.xml,$OUT/tests_slow.xml" $partial
 else
   echo "gpu_check: the benchmark wrote no JSON (exit $bench_rc); see $OUT/bench.log"
 fi

@@ -73,11 +73,15 @@ def test_gpu_test_counts_read_pytest_junit(tmp_path, wrapped):
 
     # 10 tests, 2 failures + 1 error, 3 skipped: 4 passed (pytest-xdist writes one <testsuite>,
     # under <testsuites>; older pytest wrote a bare <testsuite>).
-    junit = tmp_path / "t.xml"
+    junit, slow, missing = tmp_path / "t.xml", tmp_path / "slow.xml", str(tmp_path / "missing.xml")
     _junit(junit, [{"tests": 10, "failures": 2, "errors": 1, "skipped": 3}], wrapped)
     assert benchmark_gpu.test_counts(str(junit)) == {"passed": 4, "failed": 3, "skipped": 3}
     assert benchmark_gpu.test_counts(str(junit), partial=True)["partial"] is True
-    assert benchmark_gpu.test_counts(str(tmp_path / "missing.xml")) is None
+    assert benchmark_gpu.test_counts(missing) is None
+    # Two tiers (the quick tests, then the slow ones) add up; a tier never run is left out.
+    _junit(slow, [{"tests": 5, "failures": 0, "errors": 0, "skipped": 1}], wrapped)
+    both = benchmark_gpu.test_counts(f"{junit},{slow},{missing}")
+    assert both == {"passed": 8, "failed": 3, "skipped": 4}
 
 
 def test_gpu_table_reads_a_partial_result():
@@ -94,7 +98,7 @@ def test_gpu_table_reads_a_partial_result():
     assert lines[1].split() == ["loss", "/", "matmul", "B=4096", "B=16384"]
     assert lines[2].split() == ["supap", "2.00", "-"]
     assert lines[3].split() == ["hap", "(no", "hint)", "5.11", "3.25"]
-    assert "list API / batch_loss: -" in text and "first call - s" in text
+    assert "list API / batch_loss: -" in text and "evaluate: not run" in text
 
 
 def test_gpu_check_refuses_a_host_without_a_gpu(tmp_path):
@@ -131,7 +135,7 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
                          timeout=600, cwd=root, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     files = {"benchmarks_gpu.md", "benchmarks_gpu.json", "benchmarks_gpu_rows.json", "bench.log",
-             "tests.xml", "tests.log", "failed.txt", "env.txt"}
+             "tests.xml", "tests_slow.xml", "tests.log", "failed.txt"}
     assert {p.name for p in out.iterdir()} == files
     result = json.loads((out / "benchmarks_gpu.json").read_text())
     assert {"device", "jax", "losses", "list_api_ratio", "evaluate_ratio_to_topk_loop",
