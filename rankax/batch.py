@@ -785,9 +785,9 @@ def batch_loss(
         :func:`default_capacity_limit`: the largest capacity whose one-query tile
         ``[1, C, N]`` fits ``max_tile_elements`` (all of ``N`` up to ``N = 4096`` with the
         default tile), so XLA never reserves more scratch than the tile budget for rungs that
-        are rarely taken. ``max_positives=K - 1,
-        capacity_limit=K - 1`` gives a single-rung program for P x K batches; raise it (up to
-        ``N``) for lists with very many graded positives.
+        are rarely taken. ``max_positives=K - 1, capacity_limit=K - 1`` gives a single-rung
+        program for P x K batches; raise it (up to ``N``) for lists with very many graded
+        positives.
       precision: of the similarity matmul ``E R^T`` (``jax.lax.Precision`` or its name).
         Default ``"highest"``: float32-exact scores on every backend, as the official PyTorch
         code computes them; ``"default"`` opts into TF32 (NVIDIA) / bfloat16 passes (TPU).
