@@ -68,6 +68,14 @@ def test_load_dataset_unknown_name_lists_known_names():
         ({"name": "inat", "split_dir": "/x"}, "taxonomy_file"),
         ({"name": "cars", "image_size": "224"}, "image_size"),
         ({"name": "sop", "crop_scale": (0.1, 0.5, 1.0)}, "crop_scale"),
+        # Keys without a default value: paths are non-empty strings, label columns names.
+        ({"name": "folder", "root": 3}, "root"),
+        ({"name": "hgldv2", "root": ""}, "root"),
+        ({"name": "dyml", "root": None}, "root"),
+        ({"name": "cub", "data_dir": ["/data"]}, "data_dir"),
+        ({"name": "folder", "label_columns": ["species", 2]}, "label_columns"),
+        ({"name": "folder", "label_columns": []}, "label_columns"),
+        ({"name": "cars", "train_resize_size": 0}, "train_resize_size"),
     ],
 )
 def test_load_dataset_bad_key_names_the_key(config, key):
@@ -357,5 +365,10 @@ def test_folder_errors(tmp_path):
         )
     with pytest.raises(ValueError, match="label columns"):
         data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", label_columns=["species"]))
+    # One column may be named by a string (it used to be split into its characters).
+    with pytest.raises(ValueError, match=r"label columns \['species'\]"):
+        data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", label_columns="species"))
+    named = data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", label_columns="label"))
+    assert named.train.labels.shape == (1,)
     with pytest.raises(ValueError, match="either"):
         data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", train_csv="data.csv"))

@@ -17,7 +17,8 @@ crops) and ``draft_test`` (False), ``num_threads`` (4, decoding threads per proc
 * ``inat``: ``taxonomy_file`` and ``split_dir`` (required), ``hierarchy`` ("full" | "base"),
   ``data_dir``, ``pil_decode``.
 * ``folder``: ``root`` (None), ``csv_file`` (None), ``train_csv``/``test_csv``/``query_csv``/
-  ``gallery_csv`` (None), ``label_columns`` (None: all but path/split), ``path_column``
+  ``gallery_csv`` (None), ``label_columns`` (None: all but path/split; one name or a list
+  of names), ``path_column``
   ("path"), ``split_column`` ("split"), ``dataset_name`` ("folder").
 * ``dyml``: ``root`` (required: the unpacked DyML-Vehicle/Animal/Product folder), ``variant``
   ("vehicle" | "animal" | "product"), ``benchmark`` ("fine" | "middle" | "coarse": the test
@@ -28,8 +29,9 @@ crops) and ``draft_test`` (False), ``num_threads`` (4, decoding threads per proc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,13 +43,41 @@ from rankax.data.gldv2 import load_hgldv2
 from rankax.data.tfds_data import load_cars, load_cub, load_inat, load_sop
 from rankax.data.transforms import ImageTransform
 
-_REQUIRED = object()
+
+class _Kind(NamedTuple):
+    """What a key without a default value accepts: optional (None when not given) or required."""
+
+    what: str
+    accepts: Callable[[Any], bool]
+    required: bool = False
+
+    def __repr__(self) -> str:
+        return f"<{'required' if self.required else 'optional'} {self.what}>"
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str | os.PathLike) and os.fspath(value) != ""
+
+
+def _is_columns(value: Any) -> bool:
+    names = [value] if isinstance(value, str) else value
+    return isinstance(names, list | tuple) and len(names) > 0 and all(isinstance(c, str) and c for c in names)
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
+
+
+_PATH = _Kind("path (a non-empty str)", _is_path)
+_REQUIRED = _Kind("path (a non-empty str)", _is_path, required=True)
+_COLUMNS = _Kind("column name or list of column names", _is_columns)
+_SIZE = _Kind("size in pixels (an int > 0)", _is_size)
 
 _IMAGE_KEYS: dict[str, Any] = {
     "image_size": 224,
     "resize_size": 256,
     "test_resize_mode": "shorter",
-    "train_resize_size": None,
+    "train_resize_size": _SIZE,
     "crop_scale": (0.16, 1.0),
     "crop_ratio": (0.75, 1.33),
     "flip": True,
@@ -55,7 +85,7 @@ _IMAGE_KEYS: dict[str, Any] = {
     "draft_test": False,
     "num_threads": 4,
 }
-_TFDS_KEYS: dict[str, Any] = {**_IMAGE_KEYS, "data_dir": None, "pil_decode": True}
+_TFDS_KEYS: dict[str, Any] = {**_IMAGE_KEYS, "data_dir": _PATH, "pil_decode": True}
 
 DATASET_KEYS: dict[str, dict[str, Any]] = {
     "digits": {"protocol": "stratified", "split_seed": 0, "max_shift": 0},
@@ -65,13 +95,13 @@ DATASET_KEYS: dict[str, dict[str, Any]] = {
     "inat": {**_TFDS_KEYS, "taxonomy_file": _REQUIRED, "split_dir": _REQUIRED, "hierarchy": "full"},
     "folder": {
         **_IMAGE_KEYS,
-        "root": None,
-        "csv_file": None,
-        "train_csv": None,
-        "test_csv": None,
-        "query_csv": None,
-        "gallery_csv": None,
-        "label_columns": None,
+        "root": _PATH,
+        "csv_file": _PATH,
+        "train_csv": _PATH,
+        "test_csv": _PATH,
+        "query_csv": _PATH,
+        "gallery_csv": _PATH,
+        "label_columns": _COLUMNS,
         "path_column": "path",
         "split_column": "split",
         "dataset_name": "folder",
@@ -101,10 +131,10 @@ def _resolve(name: str, given: dict[str, Any]) -> dict[str, Any]:
     for key, value in given.items():
         _check_type(name, key, allowed[key], value)
     values = {**allowed, **given}
-    missing = sorted(k for k, v in values.items() if v is _REQUIRED)
+    missing = sorted(k for k, v in values.items() if isinstance(v, _Kind) and v.required)
     if missing:
         raise ValueError(f"config.dataset.{missing[0]} is required for dataset {name!r} (missing: {missing})")
-    return values
+    return {k: None if isinstance(v, _Kind) else v for k, v in values.items()}
 
 
 def _like(default: Any, value: Any) -> bool:
@@ -123,12 +153,17 @@ def _like(default: Any, value: Any) -> bool:
 
 def _check_type(name: str, key: str, default: Any, value: Any) -> None:
     """``value`` of ``config.dataset.<key>`` has its default's kind, or is None (the key's
-    "off" or "unset", e.g. no resize); a required key takes any value but None."""
-    if default is None or (value is None and default is not _REQUIRED):
-        return
-    if default is _REQUIRED:
-        if value is None:
+    "off" or "unset", e.g. no resize); a key without a default value (:class:`_Kind`) takes
+    what its kind accepts, and None only when optional."""
+    if isinstance(default, _Kind):
+        if value is None and default.required:
             raise ValueError(f"config.dataset.{key} is required for dataset {name!r}, got None")
+        if value is not None and not default.accepts(value):
+            raise ValueError(
+                f"config.dataset.{key} of dataset {name!r} must be a {default.what}, got {value!r}"
+            )
+        return
+    if value is None:
         return
     if not _like(default, value):
         raise ValueError(
@@ -181,6 +216,8 @@ def _tfds(
 
 def _folder(v: dict[str, Any]) -> RetrievalDataset:
     label_columns = v["label_columns"]
+    if isinstance(label_columns, str):  # one column, not its characters
+        label_columns = [label_columns]
     return load_folder(
         v["root"],
         v["csv_file"],
