@@ -55,10 +55,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 from jax.sharding import Mesh, PartitionSpec
 
 from rankax import batch, debug
-from rankax._core import nonfinite, stats, validation
+from rankax._core import nonfinite, positives, stats, validation
 
 Array = jax.Array
 AxisName = str | tuple[str, ...]
@@ -144,7 +145,7 @@ def sharded_batch_loss(
     def loss_of(embeddings: Array, labels: Array, memory: Any = None) -> Array:
         batch.check_batch(embeddings, labels, values=False, caller=caller)  # shapes, dtypes first
         _check_global(embeddings, memory, num_shards, axis_name, caller)
-        _check_capacity(labels, memory, num_shards, kwargs)
+        _check_capacity(loss_fn, labels, memory, num_shards, kwargs, caller)
         with debug.checks(False):
             if memory is None:
                 return without_memory(embeddings, labels)
@@ -195,26 +196,41 @@ def _any_nonfinite(emb: Array, memory: Any, axis_name: AxisName) -> Array:
     return bad
 
 
-def _check_capacity(labels: Array, memory: Any, num_shards: int, kwargs: dict[str, Any]) -> None:
-    """Concrete labels (an eager call): a list beyond the largest rung raises
-    :class:`rankax.batch.CapacityError` now, as :func:`rankax.batch_loss` does (traced labels:
-    NaN value and gradients, from the engine)."""
-    traced = lambda x: isinstance(x, jax.core.Tracer)  # noqa: E731
-    if traced(labels) or (memory is not None and traced(memory.labels)):
-        return
+def _check_capacity(
+    loss_fn: batch.LossFn, labels: Array, memory: Any, num_shards: int, kwargs: dict[str, Any], caller: str
+) -> None:
+    """A list beyond the largest rung of each device's ladder: with concrete labels (an eager
+    call) :class:`rankax.batch.CapacityError` now, as :func:`rankax.batch_loss` raises; with
+    traced ones the engine returns NaN, and while :mod:`rankax.debug` checks are on a check
+    here, outside ``shard_map`` (whose body runs without checks), names the count."""
     b = jnp.shape(labels)[0]
-    items, mask = labels, None
+    n = b + (0 if memory is None else jnp.shape(memory.labels)[0])
+    limit = batch.ladder_limit(b // num_shards, n, kwargs["max_tile_elements"], kwargs["capacity_limit"])
+    traced = lambda x: isinstance(x, jax.core.Tracer)  # noqa: E731
+    concrete = not (traced(labels) or (memory is not None and traced(memory.labels)))
+    if limit >= n or not (concrete or validation.value_checks_enabled()):
+        return
+    labels = validation.replicated(jnp.asarray(labels))
+    items, mask = labels, jnp.ones((n,), bool)
     if memory is not None:
-        items = jnp.concatenate([jnp.asarray(labels), memory.labels.astype(jnp.asarray(labels).dtype)])
+        items = jnp.concatenate([labels, memory.labels.astype(labels.dtype)])
         mask = jnp.concatenate([jnp.ones((b,), bool), memory.valid])
-    exact = batch.exact_capacity(
-        labels, items, query_index=jnp.arange(b), item_mask=mask,
-        include_self=kwargs["include_self"], relevance_fn=kwargs["relevance_fn"],
-    )
-    limit = batch.ladder_limit(b // num_shards, jnp.shape(items)[0], kwargs["max_tile_elements"],
-                               kwargs["capacity_limit"])
-    if exact is not None and exact > limit:
-        batch.raise_on_overflow(exact, limit)
+    if concrete:
+        exact = batch.exact_capacity(
+            labels, items, query_index=jnp.arange(b), item_mask=mask,
+            include_self=kwargs["include_self"], relevance_fn=kwargs["relevance_fn"],
+        )
+        if exact is not None and exact > limit:
+            batch.raise_on_overflow(exact, limit)
+    else:
+        rule = getattr(loss_fn, "path_relevance", "pop")
+        relevance = kwargs["relevance_fn"] or batch.default_relevance(labels, kwargs["include_self"], rule)
+        rel = batch._call_relevance(relevance, labels, items)
+        rows = jnp.arange(b)
+        where = batch._list_masks(rows, jnp.ones((b,), bool), rows, mask, kwargs["include_self"])
+        most = positives.most_positives((rel > 0) & where)
+        checkify.check(most <= limit, validation.prefix(caller) + batch.overflow_message("{most}", limit),
+                       most=most)
 
 
 def _check_global(embeddings: Array, memory: Any, num_shards: int, axis_name: AxisName, caller: str) -> None:

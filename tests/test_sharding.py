@@ -105,6 +105,11 @@ SCRIPT = textwrap.dedent(
     for mode, fn in over.items():
         val, grad = jax.jit(jax.value_and_grad(fn))(auto_put(e), auto_put(lab))
         results["jit_overflow_" + mode] = [bool(jnp.isnan(val)), bool(jnp.all(jnp.isnan(grad)))]
+        try:  # checked mode names the count
+            rankax.debug.checked(fn)(auto_put(e), auto_put(lab))
+            results["checked_overflow_" + mode] = ""
+        except rankax.debug.CheckError as err:
+            results["checked_overflow_" + mode] = str(err)
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -156,6 +161,7 @@ def test_sharded_eager_overflow_raises_capacity_error(sharded_results):
 @pytest.mark.parametrize("mode", ["shard_map", "jit"])
 def test_sharded_jit_overflow_is_nan_not_a_hang(sharded_results, mode):
     assert sharded_results["jit_overflow_" + mode] == [True, True]
+    assert "a query has 3 positives but capacity_limit=2" in sharded_results["checked_overflow_" + mode]
 
 
 def test_batch_must_divide_the_mesh():
