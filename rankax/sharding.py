@@ -56,7 +56,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rankax import batch, debug
 from rankax._core import nonfinite, positives, stats, validation
@@ -102,6 +102,8 @@ def sharded_batch_loss(
       ``loss_of(embeddings [B, D], labels [B] or [B, L], memory=None) -> scalar``: the mean of
       the list loss over all queries of the global batch that have a positive, replicated on
       every device; its gradient equals that of :func:`rankax.batch_loss` on the whole batch.
+      Inputs may come with any sharding (numpy labels too): ``shard_map`` reshards them on a
+      mesh of ``Auto`` axes, and on one of ``Explicit`` axes ``loss_of`` does.
     """
     if not callable(loss_fn):
         raise TypeError(f"sharded_batch_loss: loss_fn must be a list loss such as rankax.supap_loss, "
@@ -141,9 +143,16 @@ def sharded_batch_loss(
         out_specs=PartitionSpec(),
     )
     num_shards = _axis_size(mesh, axis_name)
+    names = (axis_name,) if isinstance(axis_name, str) else axis_name
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    explicit = any(types[a] == jax.sharding.AxisType.Explicit for a in names)
 
     def loss_of(embeddings: Array, labels: Array, memory: Any = None) -> Array:
         batch.check_batch(embeddings, labels, values=False, caller=caller)  # shapes, dtypes first
+        if explicit:  # shard_map wants its in_specs as the arrays' types; others reshard alone
+            embeddings, labels = (_reshard(x, mesh, batch_spec) for x in (embeddings, labels))
+            memory = None if memory is None else jax.tree.map(
+                lambda x: _reshard(x, mesh, PartitionSpec()), memory)
         _check_global(embeddings, memory, num_shards, axis_name, caller)
         _check_capacity(loss_fn, labels, memory, num_shards, kwargs, caller)
         with debug.checks(False):
@@ -152,6 +161,11 @@ def sharded_batch_loss(
             return with_memory(embeddings, labels, memory)
 
     return loss_of
+
+
+def _reshard(x: Any, mesh: Mesh, spec: PartitionSpec) -> Array:
+    """``x`` (any array, numpy included) with the sharding ``spec`` over ``mesh``."""
+    return jax.sharding.reshard(jnp.asarray(x), NamedSharding(mesh, spec))
 
 
 def _local_loss(

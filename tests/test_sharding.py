@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 # One subprocess for the module: keep its tests on one xdist worker (`make test` uses
@@ -110,6 +111,14 @@ SCRIPT = textwrap.dedent(
             results["checked_overflow_" + mode] = ""
         except rankax.debug.CheckError as err:
             results["checked_overflow_" + mode] = str(err)
+    # An explicit mesh takes arrays of any sharding (numpy labels, unsharded embeddings, a
+    # memory on one device): the loss reshards them to its in_specs, eagerly and under jit.
+    explicit_loss = sharding.sharded_batch_loss(rankax.supap_loss, explicit, "data")
+    exp_put = lambda x: jax.device_put(x, NamedSharding(explicit, P("data")))
+    want = float(explicit_loss(exp_put(e), exp_put(lab)))
+    got = [float(explicit_loss(e, fine.astype(np.int32))), float(jax.jit(explicit_loss)(e, lab)),
+           float(jax.jit(explicit_loss)(exp_put(e), fine.astype(np.int32)))]
+    results["explicit_any_sharding"] = [want, got]
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -162,6 +171,11 @@ def test_sharded_eager_overflow_raises_capacity_error(sharded_results):
 def test_sharded_jit_overflow_is_nan_not_a_hang(sharded_results, mode):
     assert sharded_results["jit_overflow_" + mode] == [True, True]
     assert "a query has 3 positives but capacity_limit=2" in sharded_results["checked_overflow_" + mode]
+
+
+def test_explicit_mesh_reshards_its_inputs(sharded_results):
+    want, got = sharded_results["explicit_any_sharding"]
+    np.testing.assert_allclose(got, [want] * 3, rtol=1e-6)
 
 
 def test_batch_must_divide_the_mesh():
