@@ -180,6 +180,16 @@ def default_relevance(labels: Array, include_self: bool = False, rule: str = "po
     return functools.partial(hierarchical_relevance, include_self=include_self, rule=rule)
 
 
+def relevance_of(
+    loss_fn: LossFn, labels: Array, include_self: bool, relevance_fn: RelevanceFn | None = None
+) -> RelevanceFn:
+    """``relevance_fn``, else :func:`default_relevance` of ``labels`` with the loss's rule
+    (``loss_fn.path_relevance``; ``"pop"`` for losses that do not set one)."""
+    if relevance_fn is not None:
+        return relevance_fn
+    return default_relevance(labels, include_self, getattr(loss_fn, "path_relevance", "pop"))
+
+
 capacity_ladder = positives.capacity_ladder  # one ladder for the list and batch paths
 
 
@@ -373,11 +383,7 @@ def batch_statistics(
     mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
     if mask.shape != (n,):
         raise ValueError(f"item_mask must be [{n}], got {mask.shape}")
-    if relevance_fn is None:
-        rule = getattr(loss_fn, "path_relevance", "pop")
-        rel_fn = default_relevance(q_lab, include_self, rule)
-    else:
-        rel_fn = relevance_fn
+    rel_fn = relevance_of(loss_fn, q_lab, include_self, relevance_fn)
     if capacity is None:
         capacity = exact_capacity(
             query_labels, item_labels, query_index=query_index, item_mask=item_mask,

@@ -237,8 +237,7 @@ def _check_capacity(
         if exact is not None and exact > limit:
             batch.raise_on_overflow(exact, limit)
     else:
-        rule = getattr(loss_fn, "path_relevance", "pop")
-        relevance = kwargs["relevance_fn"] or batch.default_relevance(labels, kwargs["include_self"], rule)
+        relevance = batch.relevance_of(loss_fn, labels, kwargs["include_self"], kwargs["relevance_fn"])
         rel = batch._call_relevance(relevance, labels, items)
         rows = jnp.arange(b)
         where = batch._list_masks(rows, jnp.ones((b,), bool), rows, mask, kwargs["include_self"])
