@@ -149,11 +149,11 @@ def sharded_batch_loss(
 
     def loss_of(embeddings: Array, labels: Array, memory: Any = None) -> Array:
         batch.check_batch(embeddings, labels, values=False, caller=caller)  # shapes, dtypes first
+        _check_global(embeddings, memory, num_shards, axis_name, caller)  # the batch divides the mesh
         if explicit:  # shard_map wants its in_specs as the arrays' types; others reshard alone
             embeddings, labels = (_reshard(x, mesh, batch_spec) for x in (embeddings, labels))
             memory = None if memory is None else jax.tree.map(
                 lambda x: _reshard(x, mesh, PartitionSpec()), memory)
-        _check_global(embeddings, memory, num_shards, axis_name, caller)
         _check_capacity(loss_fn, labels, memory, num_shards, kwargs, caller)
         with debug.checks(False):
             if memory is None:

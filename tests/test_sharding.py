@@ -119,6 +119,11 @@ SCRIPT = textwrap.dedent(
     got = [float(explicit_loss(e, fine.astype(np.int32))), float(jax.jit(explicit_loss)(e, lab)),
            float(jax.jit(explicit_loss)(exp_put(e), fine.astype(np.int32)))]
     results["explicit_any_sharding"] = [want, got]
+    try:  # a batch the mesh does not divide: named before any resharding is tried
+        explicit_loss(e[:30], lab[:30])
+        results["explicit_indivisible"] = ""
+    except ValueError as err:
+        results["explicit_indivisible"] = str(err)
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -176,6 +181,7 @@ def test_sharded_jit_overflow_is_nan_not_a_hang(sharded_results, mode):
 def test_explicit_mesh_reshards_its_inputs(sharded_results):
     want, got = sharded_results["explicit_any_sharding"]
     np.testing.assert_allclose(got, [want] * 3, rtol=1e-6)
+    assert "global batch (30) must be divisible" in sharded_results["explicit_indivisible"]
 
 
 def test_batch_must_divide_the_mesh():

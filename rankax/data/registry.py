@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rankax._core import validation
 from rankax.data.base import ArraySource, RetrievalDataset
 from rankax.data.digits import PROTOCOLS, load_digits_split
 from rankax.data.dyml import load_dyml
@@ -64,14 +65,10 @@ def _is_columns(value: Any) -> bool:
     return isinstance(names, list | tuple) and len(names) > 0 and all(isinstance(c, str) and c for c in names)
 
 
-def _is_size(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
-
-
 _PATH = _Kind("path (a non-empty str)", _is_path)
 _REQUIRED = _Kind("path (a non-empty str)", _is_path, required=True)
 _COLUMNS = _Kind("column name or list of column names", _is_columns)
-_SIZE = _Kind("size in pixels (an int > 0)", _is_size)
+_SIZE = _Kind("size in pixels (an int > 0)", validation.is_int_at_least)
 
 _IMAGE_KEYS: dict[str, Any] = {
     "image_size": 224,
