@@ -33,6 +33,11 @@ TOTAL_S=${TOTAL_S:-570}
 BENCH_LIMIT_S=${BENCH_LIMIT_S:-300}
 WORKERS=${WORKERS:-8}
 TESTS=${TESTS:-tests}
+for name in TOTAL_S BENCH_LIMIT_S WORKERS; do
+  case ${!name} in
+    '' | *[!0-9]*) echo "gpu_check: $name must be a whole number, got '${!name}'"; exit 2 ;;
+  esac
+done
 mkdir -p "$OUT"
 
 if compgen -G "$WHEELS/*.whl" >/dev/null; then

@@ -113,6 +113,9 @@ def test_gpu_check_refuses_a_host_without_a_gpu(tmp_path):
     assert run.returncode == 2, run.stdout + run.stderr
     assert "jax sees no GPU" in run.stdout
     assert not (tmp_path / "benchmarks_gpu.json").exists()
+    bad = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
+                         timeout=60, cwd=root, env={**env, "TOTAL_S": "10m"})
+    assert bad.returncode == 2 and "TOTAL_S must be a whole number, got '10m'" in bad.stdout
 
 
 @pytest.mark.slow
