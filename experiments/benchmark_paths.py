@@ -118,17 +118,22 @@ def step_time(name: str, b: int, hint: bool, precision: str) -> tuple[float, flo
     return timed(fn), value
 
 
-def step_fn(name: str, b: int, hint: bool, precision: str) -> tuple[Callable[[], Any], float]:
-    """(call, value) of ``jit(value_and_grad(batch_loss))`` with traced labels."""
+def step_parts(name: str, b: int, hint: bool, precision: str) -> tuple[Any, jax.Array, jax.Array]:
+    """``(fn, embeddings, labels)``: ``fn = jit(value_and_grad(batch_loss))`` of one loss with
+    the labels as a traced argument, and a batch to call it with."""
     loss_fn, hparams, kind = loss_fn_of(name)
     emb, labels = batch(b, kind)
     cap = (K - 1 if kind == "flat" else HAP_POSITIVES) if hint else None
     kw = dict(max_positives=cap, capacity_limit=cap) if hint else {}
-
     fn = jax.jit(jax.value_and_grad(
         lambda e, y: rankax.batch_loss(loss_fn, e, y, precision=precision, **kw, **hparams)
     ))
-    y = jnp.asarray(labels)
+    return fn, emb, jnp.asarray(labels)
+
+
+def step_fn(name: str, b: int, hint: bool, precision: str) -> tuple[Callable[[], Any], float]:
+    """(call, value) of :func:`step_parts`'s step on its batch."""
+    fn, emb, y = step_parts(name, b, hint, precision)
     value = float(fn(emb, y)[0])
     return lambda: fn(emb, y), value
 

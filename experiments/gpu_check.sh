@@ -9,20 +9,23 @@
 # 2. refuses to go on unless jax's default backend is the GPU (ALLOW_CPU=1: smoke-test on a CPU);
 # 3. runs `python -m experiments.benchmark_gpu` (losses, label paths, list API, SupAP at
 #    B = 65536, pytorch-metric-learning, evaluation) under BENCH_LIMIT_S, writing into $OUT;
-# 4. runs the test suite on the same GPU with what is left of TOTAL_S: the tests not marked slow
+# 4. profiles three training steps at B = PROFILE_B (SupAP with and without the capacity hint,
+#    H-AP: `python -m experiments.profile_step`) in PROFILE_S at most: their most expensive
+#    device ops, then the optimised HLO of each step, in profile.txt;
+# 5. runs the test suite on the same GPU with what is left of TOTAL_S: the tests not marked slow
 #    first, then the slow ones (end-to-end configs, notebooks, multi-device on the host), each
 #    stopped by SIGINT at the limit so pytest still writes its JUnit file; adds the counts to
 #    the benchmark's JSON ("partial" when a tier was stopped or not reached);
-# 5. prints the summary table last.
+# 6. prints the summary table and the failed tests' names last.
 #
 # $OUT (default runs/gpu) receives at most 8 files: benchmarks_gpu.{md,json},
-# benchmarks_gpu_rows.json, bench.log (the machine first), tests.xml, tests_slow.xml, tests.log,
-# failed.txt. Copy the first two into docs/ to publish a run. The exit status is the
+# benchmarks_gpu_rows.json, bench.log (the machine first), profile.txt, tests.xml, tests_slow.xml,
+# tests.log. Copy the first two into docs/ to publish a run. The exit status is the
 # benchmark's, or pytest's when that is non-zero (the table is printed either way).
 #
 # Environment (defaults): PY (python3), OUT (runs/gpu), WHEELS (.whl), TOTAL_S (570),
 # BENCH_LIMIT_S (300), BENCH_ARGS (none; e.g. "--sizes 4096 --skip pml"), TESTS (tests),
-# PYTEST_ARGS (none; e.g. "-x"), WORKERS (8), ALLOW_CPU (0).
+# PYTEST_ARGS (none; e.g. "-x"), WORKERS (8), PROFILE_S (90), PROFILE_B (4096), ALLOW_CPU (0).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -32,8 +35,10 @@ WHEELS=${WHEELS:-.whl}
 TOTAL_S=${TOTAL_S:-570}
 BENCH_LIMIT_S=${BENCH_LIMIT_S:-300}
 WORKERS=${WORKERS:-8}
+PROFILE_S=${PROFILE_S:-90}
+PROFILE_B=${PROFILE_B:-4096}
 TESTS=${TESTS:-tests}
-for name in TOTAL_S BENCH_LIMIT_S WORKERS; do
+for name in TOTAL_S BENCH_LIMIT_S WORKERS PROFILE_S PROFILE_B; do
   case ${!name} in
     '' | *[!0-9]*) echo "gpu_check: $name must be a whole number, got '${!name}'"; exit 2 ;;
   esac
@@ -67,6 +72,23 @@ timeout -s INT -k 20 "$BENCH_LIMIT_S" "$PY" -m experiments.benchmark_gpu --out "
 bench_rc=$?
 tail -n 25 "$OUT/bench.log"
 
+# The profile next: where a ratio above misses its target, the ops to look at.
+hlo=$(mktemp)
+: >"$OUT/profile.txt"
+stop=$(( $(date +%s) + PROFILE_S ))
+for spec in "--loss supap" "--loss supap --no-hint" "--loss hap"; do
+  left=$(( stop - $(date +%s) ))
+  if [ "$left" -lt 15 ]; then
+    echo "gpu_check: PROFILE_S=$PROFILE_S spent before profile_step $spec" >>"$OUT/profile.txt"
+    break
+  fi
+  # shellcheck disable=SC2086  # spec is a list of flags
+  timeout -s INT -k 10 "$left" "$PY" -m experiments.profile_step $spec --batch "$PROFILE_B" --top 25 \
+    --hlo "$hlo" >>"$OUT/profile.txt" 2>&1 || echo "gpu_check: profile_step $spec: exit $?" >>"$OUT/profile.txt"
+done
+cat "$hlo" >>"$OUT/profile.txt"
+rm -f "$hlo"
+
 test_rc=0
 partial=
 : >"$OUT/tests.log"
@@ -93,13 +115,13 @@ run_tier() {  # run_tier MARKER JUNIT: one tier of the suite in the time left
 }
 run_tier "not slow" "$OUT/tests.xml"
 run_tier "slow" "$OUT/tests_slow.xml"
-grep -E "^(FAILED|ERROR) " "$OUT/tests.log" >"$OUT/failed.txt"
 
 if [ -f "$OUT/benchmarks_gpu.json" ] && [ -f "$OUT/benchmarks_gpu_rows.json" ]; then
   "$PY" -m experiments.benchmark_gpu --out "$OUT" --add-tests "$OUT/tests.xml,$OUT/tests_slow.xml" $partial
 else
   echo "gpu_check: the benchmark wrote no JSON (exit $bench_rc); see $OUT/bench.log"
 fi
+grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -n 60
 echo "gpu_check: benchmark exit $bench_rc, pytest exit $test_rc, $(($(date +%s) - start)) s"
 [ "$bench_rc" -ne 0 ] && exit "$bench_rc"
 exit "$test_rc"

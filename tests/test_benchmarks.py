@@ -29,10 +29,48 @@ def test_is_op_leaves_out_the_runtime():
         assert not profile_step._is_op(name)
 
 
-def test_profile_step_runs(capsys):
-    profile_step.main(["--loss", "supap", "--batch", "64", "--top", "3", "--steps", "1"])
+def _meta(pid, kind, name, tid=None):
+    event = {"ph": "M", "pid": pid, "name": kind, "args": {"name": name}}
+    return event if tid is None else {**event, "tid": tid}
+
+
+def test_op_events_on_a_gpu_trace_takes_the_device_ops_line():
+    # A hand-written trace in the layout of a GPU profile: the host's runtime events, and a
+    # device process whose "XLA Ops" line and stream both hold the same fusion (once each) and
+    # whose kernels may have spaces in their names. Each op is counted once, from "XLA Ops".
+    host, gpu = 1, 2
+    events = [
+        _meta(host, "process_name", "/host:CPU"), _meta(gpu, "process_name", "/device:GPU:0"),
+        _meta(host, "thread_name", "python", 10), _meta(gpu, "thread_name", "XLA Modules", 20),
+        _meta(gpu, "thread_name", "XLA Ops", 21), _meta(gpu, "thread_name", "Stream #13(Compute)", 22),
+        {"ph": "X", "pid": host, "tid": 10, "name": "dot.5", "dur": 900},  # an HLO-like name on the host
+        {"ph": "X", "pid": gpu, "tid": 20, "name": "jit_step", "dur": 70},
+        {"ph": "X", "pid": gpu, "tid": 21, "name": "loop_fusion.3", "dur": 40},
+        {"ph": "X", "pid": gpu, "tid": 21, "name": "custom-call.1", "dur": 25},
+        {"ph": "X", "pid": gpu, "tid": 22, "name": "loop_fusion_3", "dur": 40},
+        {"ph": "X", "pid": gpu, "tid": 22, "name": "void cutlass::Kernel<gemm>", "dur": 25},
+    ]
+    assert profile_step.op_events(events) == [("loop_fusion.3", 40), ("custom-call.1", 25)]
+    # Without an "XLA Ops" line, the streams' kernels, names with spaces included.
+    no_ops_line = [e for e in events if e.get("tid") != 21]
+    assert profile_step.op_events(no_ops_line) == [("loop_fusion_3", 40), ("void cutlass::Kernel<gemm>", 25)]
+
+
+def test_op_events_on_a_cpu_trace_takes_the_hlo_names():
+    events = [_meta(1, "process_name", "/host:CPU"), _meta(1, "thread_name", "python", 10),
+              {"ph": "X", "pid": 1, "tid": 10, "name": "ThunkExecutor::Execute", "dur": 5},
+              {"ph": "X", "pid": 1, "tid": 11, "name": "ynn_fusion", "dur": 7},
+              {"ph": "i", "pid": 1, "tid": 11, "name": "dot.1"}]
+    assert profile_step.op_events(events) == [("ynn_fusion", 7)]
+
+
+def test_profile_step_runs(capsys, tmp_path):
+    hlo = tmp_path / "step.hlo.txt"
+    profile_step.main(["--loss", "supap", "--batch", "64", "--top", "3", "--steps", "1", "--hlo", str(hlo)])
     out = capsys.readouterr().out
     assert "similarity matmul fwd+bwd" in out and "supap fwd+bwd (hint)" in out and "x the matmul" in out
+    text = hlo.read_text()
+    assert text.startswith("# supap fwd+bwd (hint), B=64") and "HloModule" in text and "ENTRY" in text
 
 
 def test_profile_step_rejects_a_partial_class():
@@ -133,12 +171,13 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
              "--eval-sizes 600x16 --eval-large none")
     env = {"PATH": os.environ["PATH"], "PY": sys.executable, "OUT": str(out), "WHEELS": str(tmp_path),
            "ALLOW_CPU": "1", "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path), "BENCH_ARGS": bench,
-           "TESTS": "tests/test_repository.py", "WORKERS": "1", "TOTAL_S": "400"}
+           "TESTS": "tests/test_repository.py", "WORKERS": "1", "TOTAL_S": "400", "PROFILE_B": "64",
+           "PROFILE_S": "120"}
     run = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
                          timeout=600, cwd=root, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     files = {"benchmarks_gpu.md", "benchmarks_gpu.json", "benchmarks_gpu_rows.json", "bench.log",
-             "tests.xml", "tests_slow.xml", "tests.log", "failed.txt"}
+             "profile.txt", "tests.xml", "tests_slow.xml", "tests.log"}
     assert {p.name for p in out.iterdir()} == files
     result = json.loads((out / "benchmarks_gpu.json").read_text())
     assert {"device", "jax", "losses", "list_api_ratio", "evaluate_ratio_to_topk_loop",
@@ -148,5 +187,8 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     assert result["list_api_ratio"] > 0
     suite = ET.parse(out / "tests.xml").getroot().find("testsuite")
     assert result["gpu_tests"] == {"passed": int(suite.get("tests")), "failed": 0, "skipped": 0}
-    assert (out / "failed.txt").read_text() == ""
+    profile = (out / "profile.txt").read_text()
+    assert profile.count("x the matmul") == 3 and profile.count("HloModule") == 3, profile[-3000:]
+    assert "supap fwd+bwd (no hint)" in profile and "hap fwd+bwd (hint)" in profile
+    assert "FAILED" not in run.stdout
     assert run.stdout.rstrip().splitlines()[-1].startswith("gpu_check: benchmark exit 0, pytest exit 0")
