@@ -7,7 +7,7 @@ CORE := $(VENV)/.rankax-core
 TEST := $(VENV)/.rankax-test
 WORKDIR ?= runs/digits
 
-.PHONY: demo test test-quick test-gpu gpu-wheels lint bench clean
+.PHONY: demo test test-quick test-tf32 test-gpu gpu-wheels lint bench clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: $(TEST)
 TESTS ?= tests
 test-quick: $(TEST)
 	$(PY) -m pytest -n 2 -q -m "not slow" $(TESTS)
+
+## The core of the suite on the CPU with a GPU's default matmul precision emulated: every matrix
+## product and convolution not asking for float32-exact products gets TF32 operands
+## (RANKAX_EMULATE_TF32 in tests/conftest.py). A test that fails only here would fail on a GPU.
+test-tf32: $(TEST)
+	RANKAX_EMULATE_TF32=1 $(PY) -m pytest -n 2 -q -m "not slow" $(TESTS)
 
 ## The whole suite on a GPU host, with a CUDA jax in the interpreter GPU_PY (default .venv's;
 ## e.g. `pip install -U "jax[cuda13]"` there, or `make test-gpu GPU_PY=python3`).

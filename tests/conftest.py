@@ -11,6 +11,12 @@ processes, so a run resumed in another process would differ from the uninterrupt
 last bits. The resume tests assert bitwise equality, so the test run asks XLA for deterministic
 kernels (``--xla_gpu_deterministic_ops``; ignored on the CPU). Training users who need bitwise
 resume on a GPU set the same flag (docs/training.md, Faults).
+
+GPU precision on a CPU: ``RANKAX_EMULATE_TF32=1`` (``make test-tf32``) rounds the float32 operands
+of every matrix product and convolution that does not ask for ``Precision.HIGHEST`` to TF32 (10 explicit
+mantissa bits, what an NVIDIA GPU computes them with by default) when the test process lowers
+it, backward passes included, so that a test that would fail on a GPU for want of
+``precision="highest"`` fails here too. Subprocesses started by tests are not emulated.
 """
 
 from __future__ import annotations
@@ -22,6 +28,77 @@ import pytest
 _FLAG = "--xla_gpu_deterministic_ops=true"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+
+
+
+def round_to_tf32(x):
+    """The TF32 value nearest to each float32 of ``x`` (ties away from zero): the low 13 of the 23
+    mantissa bits cleared after rounding; inf and NaN are kept (a mantissa carry into the
+    exponent is the correct rounding)."""
+    import jax
+    import jax.numpy as jnp
+
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    finite = jnp.isfinite(x)
+    rounded = (bits + jnp.uint32(1 << 12)) & jnp.uint32(0xFFFFE000)
+    return jnp.where(finite, jax.lax.bitcast_convert_type(rounded, jnp.float32), x)
+
+
+def _float32_exact(precision) -> bool:
+    """Whether a dot/conv ``precision`` parameter asks for float32-exact products."""
+    import jax
+
+    if precision is None:
+        return jax.config.jax_default_matmul_precision in ("highest", "float32")
+    if isinstance(precision, tuple):
+        return all(p == jax.lax.Precision.HIGHEST for p in precision)
+    return "TF32" not in str(precision) and "BF16" not in str(precision)  # a DotAlgorithmPreset
+
+
+def _is_gemm(avals, dimension_numbers) -> bool:
+    """Whether a GPU computes the op as a matrix product, where TF32 applies: convolutions
+    (whose ``dimension_numbers`` are not a pair), and dots that contract a dimension and keep a
+    free one on either side. XLA's GPU compiler turns the other dots into exact float32
+    multiplies and sums: those without a contracted dimension (outer products, ``vdot``'s
+    transpose) and vector-vector dots (``vdot``), which its algebraic simplifier strength-reduces."""
+    if not (isinstance(dimension_numbers, tuple) and len(dimension_numbers) == 2):
+        return True
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    lhs_free = avals[0].ndim - len(lhs_contract) - len(lhs_batch)
+    rhs_free = avals[1].ndim - len(rhs_contract) - len(rhs_batch)
+    return len(lhs_contract) > 0 and (lhs_free > 0 or rhs_free > 0)
+
+
+def emulate_tf32() -> None:
+    """Registers CPU lowerings of ``dot_general`` and ``conv_general_dilated`` that round their
+    float32 operands with :func:`round_to_tf32` unless the op asks for float32-exact products."""
+    import numpy as np
+    from jax._src.interpreters import mlir
+    from jax._src.lax import convolution
+    from jax._src.lax import lax as lax_internal
+
+    round_lowered = mlir.lower_fun(round_to_tf32, multiple_results=False)
+
+    def rounded(ctx, value, aval):
+        if aval.dtype != np.float32:
+            return value
+        (value,) = round_lowered(ctx.replace(primitive=None, avals_in=[aval], avals_out=[aval]), value)
+        return value
+
+    for prim in (lax_internal.dot_general_p, convolution.conv_general_dilated_p):
+        entry = mlir._platform_specific_lowerings["cpu"].get(prim) or mlir._lowerings[prim]
+
+        def rule(ctx, lhs, rhs, *, precision, _inner=entry.rule, **params):
+            if not _float32_exact(precision) and _is_gemm(ctx.avals_in, params.get("dimension_numbers")):
+                lhs, rhs = rounded(ctx, lhs, ctx.avals_in[0]), rounded(ctx, rhs, ctx.avals_in[1])
+            return _inner(ctx, lhs, rhs, precision=precision, **params)
+
+        mlir.register_lowering(prim, rule, platform="cpu")
+
+
+if os.environ.get("RANKAX_EMULATE_TF32") == "1":
+    emulate_tf32()
+
 
 SLOW_MODULES = {
     "test_configs",
@@ -41,3 +118,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def float32_matmuls():
+    """Float32-exact matrix products for the test (``jax.default_matmul_precision("highest")``):
+    for tests that compare two differently compiled programs to float32 tolerances, which TF32
+    products (a GPU's default, or ``RANKAX_EMULATE_TF32``) would not meet."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield

@@ -33,7 +33,8 @@ def test_sgd_matches_torch_rule(nesterov):
     p = jnp.asarray(p0)
     state = tx.init(p)
     for _ in range(5):
-        updates, state = tx.update(jnp.asarray(A) @ p, state, p)
+        grad = jnp.matmul(jnp.asarray(A), p, precision="highest")  # float32 (a GPU's default: TF32)
+        updates, state = tx.update(grad, state, p)
         p = optax.apply_updates(p, updates)
     want = _torch_sgd(p0, 5, 0.05, 0.9, 1e-2, nesterov)
     np.testing.assert_allclose(np.asarray(p), want, rtol=1e-5, atol=1e-6)

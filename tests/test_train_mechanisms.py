@@ -234,6 +234,7 @@ def test_term_reads_its_level_of_label_paths():
         losses.make_terms(c, paths)
 
 
+@pytest.mark.usefixtures("float32_matmuls")  # two programs compared to 1e-4: no TF32 on a GPU
 def test_proxies_are_trained_by_their_own_optimizer():
     """One step: the model's params move by -lr_model * grad, the proxies by -10 * grad (SGD),
     both gradients of 0.9 * batch loss + 0.1 * normalized softmax written out here."""
