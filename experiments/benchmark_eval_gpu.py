@@ -6,7 +6,8 @@
 
 For each ``N x D`` (synthetic clustered, L2-normalised embeddings, ~5 per class; the query set
 is the gallery, self excluded) it times :func:`rankax.retrieval.evaluate` (R@1/2/4/8, MAP@R,
-R-precision and full-gallery mAP) on its first call (compilation included) and warm, and a
+R-precision and full-gallery mAP) on its first call (compilation included, and reported apart:
+the backend compile seconds JAX's monitoring events count) and warm, and a
 blocked PyTorch loop computing R@1 and MAP@R from ``torch.topk`` of float32 ``q @ g^T``
 (TF32 off; on CUDA when torch sees a GPU, else on the CPU; skipped without torch), and checks
 that both give the same values (to 1e-6). Then it evaluates ``large[1]``-dimensional queries
@@ -40,6 +41,26 @@ def _timed(fn):
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def _timed_compiling(fn):
+    """``(out, seconds, compile seconds)``: the backend compilations (XLA's passes, and on a GPU
+    its GEMM autotuning) that ``fn`` triggered, summed from JAX's monitoring events."""
+    compiles: list[float] = []
+
+    def record(event: str, seconds: float, **_: object) -> None:
+        if event == _COMPILE_EVENT:
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(record)
+    try:
+        out, seconds = _timed(fn)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(record)
+    return out, seconds, sum(compiles)
 
 
 def topk_loop(x: np.ndarray, y: np.ndarray, block: int = 4096) -> dict:
@@ -84,9 +105,10 @@ def _memory() -> dict:
 
 def bench_size(n: int, d: int) -> dict:
     x, y = embeddings(n, d, seed=n + d)
-    first, t_first = _timed(lambda: retrieval.evaluate(x, y))
+    first, t_first, t_compile = _timed_compiling(lambda: retrieval.evaluate(x, y))
     warm, t_warm = _timed(lambda: retrieval.evaluate(x, y))
-    out = {"size": f"{n}x{d}", "evaluate_first_s": t_first, "evaluate_warm_s": t_warm,
+    out = {"size": f"{n}x{d}", "evaluate_first_s": t_first, "evaluate_first_compile_s": t_compile,
+           "evaluate_warm_s": t_warm,
            "recall@1": warm["recall@1"], "map@r": warm["map@r"], "map": warm["map"]}
     assert first == warm
     try:
@@ -121,8 +143,8 @@ def run(sizes=((60000, 512),), large=(1_000_000, 512)) -> dict:
     print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}")
     rows = [bench_size(n, d) for n, d in sizes]
     for row in rows:
-        line = (f"{row['size']:>12}  evaluate first {row['evaluate_first_s']:7.3f} s  "
-                f"warm {row['evaluate_warm_s']:7.3f} s")
+        line = (f"{row['size']:>12}  evaluate first {row['evaluate_first_s']:7.3f} s "
+                f"(compiling {row['evaluate_first_compile_s']:.3f} s)  warm {row['evaluate_warm_s']:7.3f} s")
         if "topk_loop_s" in row:
             line += (f"  | topk loop ({row['topk_loop_device']}) {row['topk_loop_s']:7.3f} s  "
                      f"ratio {row['evaluate_ratio_to_topk_loop']:5.2f}  |diff| {row['max_abs_diff']:.1e}")

@@ -73,6 +73,17 @@ def test_profile_step_runs(capsys, tmp_path):
     assert text.startswith("# supap fwd+bwd (hint), B=64") and "HloModule" in text and "ENTRY" in text
 
 
+def test_timed_compiling_counts_the_compilations_of_the_call():
+    from experiments import benchmark_eval_gpu
+
+    fn = jax.jit(lambda v: jnp.sin(v) * 3.0 + 1.0)  # new: compiled by its first call
+    x = jnp.ones(17)
+    _, seconds, compiling = benchmark_eval_gpu._timed_compiling(lambda: fn(x).block_until_ready())
+    assert 0 < compiling <= seconds
+    _, _, again = benchmark_eval_gpu._timed_compiling(lambda: fn(x).block_until_ready())
+    assert again == 0  # cached: nothing compiled
+
+
 def test_profile_step_rejects_a_partial_class():
     with pytest.raises(SystemExit):
         profile_step.main(["--batch", "30"])
@@ -185,6 +196,8 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     assert set(result["losses"]) == {"supap", "supap (no hint)"}
     assert all(set(by_b) == {"128"} and by_b["128"] > 0 for by_b in result["losses"].values())
     assert result["list_api_ratio"] > 0
+    evaluation = result["evaluation"]
+    assert 0 < evaluation["evaluate_first_compile_s"] <= evaluation["evaluate_first_s"]
     suite = ET.parse(out / "tests.xml").getroot().find("testsuite")
     assert result["gpu_tests"] == {"passed": int(suite.get("tests")), "failed": 0, "skipped": 0}
     profile = (out / "profile.txt").read_text()
