@@ -11,7 +11,7 @@
 #    B = 65536, pytorch-metric-learning, evaluation) under BENCH_LIMIT_S, writing into $OUT;
 # 4. profiles three training steps at B = PROFILE_B (SupAP with and without the capacity hint,
 #    H-AP: `python -m experiments.profile_step`) in PROFILE_S at most: their most expensive
-#    device ops, then the optimised HLO of each step, in profile.txt;
+#    device ops, then the optimised HLO of each step, in profile.txt (within TOTAL_S too);
 # 5. runs the test suite on the same GPU with what is left of TOTAL_S: the tests not marked slow
 #    first, then the slow ones (end-to-end configs, notebooks, multi-device on the host), each
 #    stopped by SIGINT at the limit so pytest still writes its JUnit file; adds the counts to
@@ -76,10 +76,11 @@ tail -n 25 "$OUT/bench.log"
 hlo=$(mktemp)
 : >"$OUT/profile.txt"
 stop=$(( $(date +%s) + PROFILE_S ))
+[ "$stop" -gt $((start + TOTAL_S - 20)) ] && stop=$((start + TOTAL_S - 20))  # within TOTAL_S too
 for spec in "--loss supap" "--loss supap --no-hint" "--loss hap"; do
   left=$(( stop - $(date +%s) ))
   if [ "$left" -lt 15 ]; then
-    echo "gpu_check: PROFILE_S=$PROFILE_S spent before profile_step $spec" >>"$OUT/profile.txt"
+    echo "gpu_check: PROFILE_S=$PROFILE_S or TOTAL_S=$TOTAL_S spent before profile_step $spec" >>"$OUT/profile.txt"
     break
   fi
   # shellcheck disable=SC2086  # spec is a list of flags
