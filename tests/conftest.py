@@ -30,7 +30,6 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 
 
-
 def round_to_tf32(x):
     """The TF32 value nearest to each float32 of ``x`` (ties away from zero): the low 13 of the 23
     mantissa bits cleared after rounding; inf and NaN are kept (a mantissa carry into the
@@ -96,7 +95,10 @@ def emulate_tf32() -> None:
         mlir.register_lowering(prim, rule, platform="cpu")
 
 
-if os.environ.get("RANKAX_EMULATE_TF32") == "1":
+_EMULATE = os.environ.get("RANKAX_EMULATE_TF32", "0")
+if _EMULATE not in ("0", "1", ""):
+    raise ValueError(f"RANKAX_EMULATE_TF32 must be 1 (emulate TF32 products) or 0, got {_EMULATE!r}")
+if _EMULATE == "1":
     emulate_tf32()
 
 

@@ -97,3 +97,11 @@ def test_emulation_rounds_default_precision_products_only():
     # ... while the TF32 opt-in is rounded under the emulation and exact without it.
     assert off["batch_loss_tf32"] == off["batch_loss_exact"]
     assert on["batch_loss_tf32"] != on["batch_loss_exact"]
+
+
+def test_emulation_setting_must_be_0_or_1():
+    env = {**os.environ, "RANKAX_EMULATE_TF32": "true", "PYTHONPATH": str(ROOT / "tests")}
+    run = subprocess.run([sys.executable, "-c", "import conftest"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert run.returncode != 0
+    assert "RANKAX_EMULATE_TF32 must be 1 (emulate TF32 products) or 0, got 'true'" in run.stderr
