@@ -84,6 +84,17 @@ def test_timed_compiling_counts_the_compilations_of_the_call():
     assert again == 0  # cached: nothing compiled
 
 
+def test_profile_step_keeps_the_step_times_when_the_profiler_fails(capsys, monkeypatch):
+    def no_profiler(fn, steps=3):
+        raise RuntimeError("CUPTI unavailable")
+
+    monkeypatch.setattr(profile_step, "op_times", no_profiler)
+    profile_step.main(["--loss", "supap", "--batch", "64", "--steps", "1"])
+    out = capsys.readouterr().out
+    assert "jax.profiler failed on this host (RuntimeError: CUPTI unavailable)" in out
+    assert "supap fwd+bwd (hint)" in out and "x the matmul" in out
+
+
 def test_profile_step_rejects_a_partial_class():
     with pytest.raises(SystemExit):
         profile_step.main(["--batch", "30"])
