@@ -97,7 +97,7 @@ def train_step(
     loss, updates, emb, grads, loss_grads = forward(
         state, images, labels, augment_fn=augment_fn, objective=objective
     )
-    grad_norm = optax.global_norm((grads, loss_grads))
+    grad_norm = optax.tree.norm((grads, loss_grads))
     tx_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, tx_updates)
     loss_params, loss_opt_state = _loss_params_update(state, loss_grads)
@@ -158,7 +158,7 @@ def diagnose_step(
     if objective.memory_start is not None:
         out["terms"]["loss (batch only, without the XBM memory)"] = objective.batch(emb, labels)
         out["memory_active"] = state.step >= objective.memory_start
-    out["terms"]["grad_norm"] = optax.global_norm((grads, loss_grads))
+    out["terms"]["grad_norm"] = optax.tree.norm((grads, loss_grads))
     out["embeddings_finite"] = jnp.all(jnp.isfinite(emb), axis=-1)
     name = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)
     out["grads_finite"] = {
