@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jax_core
 from scipy.special import expit
 from sklearn.metrics import average_precision_score
 
@@ -348,6 +349,79 @@ def test_low_precision_lists(loss_fn, dtype):
     np.testing.assert_allclose(low["per_list"], ref["per_list"], rtol=1e-5, atol=1e-6)
     for g in ("grad_sum", "grad_mean"):
         np.testing.assert_allclose(low[g], ref[g], rtol=GRAD_RTOL[dtype], atol=GRAD_ATOL[dtype] + 1e-7)
+
+
+# Primitives that only move, compare or test values: exact in any dtype. Everything else that
+# reads or writes a bfloat16/float16 value is arithmetic in that dtype.
+EXACT_PRIMITIVES = {
+    "convert_element_type", "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose",
+    "slice", "dynamic_slice", "dynamic_update_slice", "concatenate", "gather", "scatter", "copy",
+    "copy_p", "select_n", "is_finite", "eq", "ne", "lt", "le", "gt", "ge", "sharding_constraint",
+}
+
+
+def _low_precision_arithmetic(jaxpr) -> list[str]:
+    """Primitives outside ``EXACT_PRIMITIVES`` with a bfloat16/float16 operand or result,
+    searched through every nested program (jit, custom_vjp, cond, scan, ...)."""
+    low = {np.dtype(jnp.bfloat16), np.dtype(jnp.float16)}
+    found = []
+    for eqn in jaxpr.eqns:
+        nested = [
+            x.jaxpr if isinstance(x, jax_core.ClosedJaxpr) else x
+            for v in eqn.params.values()
+            for x in (v if isinstance(v, (tuple, list)) else (v,))
+            if isinstance(x, (jax_core.ClosedJaxpr, jax_core.Jaxpr))
+        ]
+        for sub in nested:
+            found += _low_precision_arithmetic(sub)
+        dtypes = {getattr(v.aval, "dtype", None) for v in (*eqn.invars, *eqn.outvars)}
+        if not nested and eqn.primitive.name not in EXACT_PRIMITIVES and dtypes & low:
+            found.append(eqn.primitive.name)
+    return found
+
+
+LOW_PRECISION_METRICS = (rankax.metrics.average_precision, rankax.metrics.map_at_r, rankax.metrics.ndcg)
+
+
+@pytest.mark.parametrize("fn", LOSSES + LOW_PRECISION_METRICS, ids=ids)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_low_precision_inputs_are_computed_in_float32(fn, dtype):
+    """No arithmetic in bfloat16/float16, forward or backward, in a list function or in
+    batch_loss: only the conversions at the edges touch the low-precision values. XLA:CPU
+    computes low-precision elementwise ops in float32 anyway, so the value tests above would
+    pass on the CPU even for a loss written in bfloat16, where a GPU computes them natively.
+    This inspects the traced program, which is the same on every backend (docs/benchmarks.md,
+    "Call paths and the GPU")."""
+    rng = np.random.default_rng(0)
+    scores = jnp.asarray(rng.uniform(-1, 1, (2, 8)), dtype)
+    labels = np.float32(rng.uniform(size=(2, 8)) < 0.4)
+    labels[:, 0] = 1.0
+    program = jax.make_jaxpr(jax.value_and_grad(lambda s: fn(s, labels)))(scores)
+    assert _low_precision_arithmetic(program.jaxpr) == []
+    if fn in LOW_PRECISION_METRICS:
+        return
+    emb = jnp.asarray(_embeddings(), dtype)
+    hierarchical = fn in (rankax.hap_loss, rankax.sup_ndcg_loss)
+    batch_labels = np.stack([BATCH_CASES["pk"]] * 2, axis=1) if hierarchical else BATCH_CASES["pk"]
+    closed_over = jax.make_jaxpr(jax.value_and_grad(lambda e: rankax.batch_loss(fn, e, batch_labels)))(emb)
+    traced = jax.make_jaxpr(jax.value_and_grad(lambda e, y: rankax.batch_loss(fn, e, y)))(emb, batch_labels)
+    for program in (closed_over, traced):
+        assert _low_precision_arithmetic(program.jaxpr) == []
+
+
+def test_low_precision_check_sees_arithmetic():
+    """The inspection above finds bfloat16 arithmetic nested in jit and custom_vjp programs."""
+
+    @jax.custom_vjp
+    def double(x):
+        return 2 * x
+
+    double.defvjp(lambda x: (2 * x, None), lambda _, g: (2 * g,))
+    nested = jax.jit(lambda s: jnp.sum(double(jnp.exp(s)).astype(jnp.float32)))
+    program = jax.make_jaxpr(jax.value_and_grad(nested))(jnp.ones(3, jnp.bfloat16))
+    assert {"exp", "mul"} <= set(_low_precision_arithmetic(program.jaxpr))
+    converted = jax.make_jaxpr(lambda s: jnp.exp(s.astype(jnp.float32)))(jnp.ones(3, jnp.bfloat16))
+    assert _low_precision_arithmetic(converted.jaxpr) == []
 
 
 # ----------------------------------------------------------------------------- extreme temperatures
