@@ -40,3 +40,19 @@ def test_relative_links_in_docs_resolve():
             if not os.path.exists(os.path.join(ROOT, os.path.dirname(path), file)):
                 broken.append(f"{path} -> {target}")
     assert not broken, f"links to missing files: {broken}"
+
+
+def test_readme_python_example_runs():
+    """The README's Python example, as a newcomer copies it: it runs and gives a finite loss
+    with one gradient row per embedding."""
+    import numpy as np
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.M | re.S)
+    assert blocks, "README.md has no ```python block"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert np.isfinite(namespace["loss"]) and np.shape(namespace["loss"]) == ()
+    assert namespace["grads"].shape == namespace["emb"].shape
+    assert np.all(np.isfinite(namespace["grads"]))
