@@ -409,6 +409,20 @@ def test_low_precision_inputs_are_computed_in_float32(fn, dtype):
         assert _low_precision_arithmetic(program.jaxpr) == []
 
 
+def test_bfloat16_cross_batch_memory_is_scored_in_float32():
+    """rankax.xbm stores bfloat16 embeddings on request (docs: "the scores are computed in
+    float32 anyway"): enqueuing and ranking against that memory does no bfloat16 arithmetic."""
+    emb = _embeddings()
+
+    def step(e, memory):
+        memory = rankax.xbm.update(memory, e, BATCH_CASES["pk"])
+        return rankax.batch_loss(rankax.supap_loss, e, BATCH_CASES["pk"], memory=memory)
+
+    memory = rankax.xbm.init(2 * B, D, dtype=jnp.bfloat16)
+    program = jax.make_jaxpr(jax.value_and_grad(step))(emb, memory)
+    assert _low_precision_arithmetic(program.jaxpr) == []
+
+
 def test_low_precision_check_sees_arithmetic():
     """The inspection above finds bfloat16 arithmetic nested in jit and custom_vjp programs."""
 
