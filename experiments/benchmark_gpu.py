@@ -238,7 +238,8 @@ def table(result: dict) -> str:
         lines.append(f"evaluate {evaluation.get('size')}: / top-k loop "
                      f"{_fmt(evaluation.get('evaluate_ratio_to_topk_loop'))}, first call "
                      f"{_fmt(evaluation.get('evaluate_first_s'))} s (compiling "
-                     f"{_fmt(evaluation.get('evaluate_first_compile_s'))} s)")
+                     f"{_fmt(evaluation.get('evaluate_first_compile_s'))} s; without autotuning "
+                     f"{_fmt(evaluation.get('evaluate_recompile_s'))} s)")
     else:
         lines.append("evaluate: not run")
     big = evaluation.get("large_gallery") or {}
