@@ -132,7 +132,7 @@ def recompile_seconds(fn) -> float:
     """Backend compile seconds of ``fn`` once JAX's caches are emptied. XLA keeps the results
     of GPU GEMM autotuning for the life of the process, apart from JAX's caches, so this
     compilation repeats XLA's passes without the autotuning: next to the first call's compile
-    seconds it shows the autotuning's share (on a CPU, which does not autotune, the two agree)."""
+    seconds it shows the autotuning's share (on a CPU, which does not autotune, the two are close)."""
     jax.clear_caches()
     return _timed_compiling(fn)[2]
 
