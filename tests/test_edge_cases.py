@@ -25,6 +25,8 @@ LOSSES = losses.LIST_LOSSES
 PAIR_POOLED = set(losses.PAIR_POOLED_LOSSES)
 KS = (1, 2, 4, 8, 16)  # the recall losses' default cut-offs
 ids = lambda f: f.__name__  # noqa: E731
+# Losses of graded relevance, run through batch_loss on [B, 2] label paths.
+HIERARCHICAL = {rankax.hap_loss, rankax.sup_ndcg_loss}
 # Losses of score differences only: L(s + c) = L(s), so their gradient sums to 0 over a list.
 SHIFT_INVARIANT = {
     rankax.smooth_ap_loss, rankax.supap_loss, rankax.sup_recall_at_k_loss, rankax.sup_ndcg_loss,
@@ -258,7 +260,7 @@ def _batch_outputs(loss_fn):
         out["float16"] = value_and_grad(emb16, labels[2])
         return out
 
-    hierarchical = loss_fn in (rankax.hap_loss, rankax.sup_ndcg_loss)
+    hierarchical = loss_fn in HIERARCHICAL
     paths = np.stack(list(PATH_CASES.values())) if hierarchical else None
     labels = np.stack(list(BATCH_CASES.values()))
     emb = _embeddings()  # float16 made outside jit: an argument, no round trip to elide
@@ -401,8 +403,8 @@ def test_low_precision_inputs_are_computed_in_float32(fn, dtype):
     if fn in LOW_PRECISION_METRICS:
         return
     emb = jnp.asarray(_embeddings(), dtype)
-    hierarchical = fn in (rankax.hap_loss, rankax.sup_ndcg_loss)
-    batch_labels = np.stack([BATCH_CASES["pk"]] * 2, axis=1) if hierarchical else BATCH_CASES["pk"]
+    pk = BATCH_CASES["pk"]
+    batch_labels = np.stack([pk, pk], axis=1) if fn in HIERARCHICAL else pk
     closed_over = jax.make_jaxpr(jax.value_and_grad(lambda e: rankax.batch_loss(fn, e, batch_labels)))(emb)
     traced = jax.make_jaxpr(jax.value_and_grad(lambda e, y: rankax.batch_loss(fn, e, y)))(emb, batch_labels)
     for program in (closed_over, traced):
