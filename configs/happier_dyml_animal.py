@@ -2,7 +2,7 @@
 
 The README command is the DyML-Vehicle one with ``dataset=dyml_animal loss=HAPPIER_5``; this
 config is ``configs/happier_dyml_vehicle.py`` (see its docstring for the official files,
-the undetermined proxy optimizer and the deviations) with those two changes:
+the proxies' optimizer and the deviations) with those two changes:
 ``suprank/config/dataset/dyml_animal.yaml`` (same sampler and transforms, the ``dyml_animal``
 folder) and ``suprank/config/loss/HAPPIER_5.yaml`` (weights 0.5 / 0.5 instead of 0.9 / 0.1,
 ClusterLoss temperature 0.05).

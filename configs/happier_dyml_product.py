@@ -13,10 +13,13 @@ queries = gallery), ``optimizer/dyml_product.yaml`` (SGD, momentum 0.9, Nesterov
 on the average-pooled features, linear to 512, fp16 autocast); 20 epochs of which the first 5
 train with the backbone frozen (``warmup_step=5``, ``default.yaml`` ``warmup_keys: [backbone]``).
 
-Not determined by the official material: ``HAPPIER_product.yaml`` gives the proxies
-``${optimizer.opt.net}``, which ``optimizer/dyml_product.yaml`` does not define (it has
-``backbone`` and ``head``); the config trains them with the head's SGD (lr 0.02, cosine to
-1e-5). Evaluation at the end of the run (the epoch length depends on the data).
+The proxies' optimizer: SupRank's ``HAPPIER_product.yaml`` points it at ``${optimizer.opt.net}``,
+which its ``optimizer/dyml_product.yaml`` does not define (it has ``backbone`` and ``head``);
+the HAPPIER release (``elias-ramzi/HAPPIER@5af91b3:happier/config/loss/HAPPIER_product.yaml``)
+points it at ``${optimizer.opt.1}`` of ``happier/config/optimizer/dyml_product.yaml``, the
+``fc`` group: SGD lr 0.02 (2 x 0.01), momentum 0.9, Nesterov, weight decay 1e-4, cosine to
+1e-5. The config follows HAPPIER there. Evaluation at the end of the run (the epoch length
+depends on the data).
 
 Deliberate deviation: bfloat16 mixed precision for fp16 autocast. ImageNet weights:
 ``--config.model.pretrained=/path/to/resnet34.pth`` (torchvision's ``resnet34`` checkpoint);

@@ -18,10 +18,12 @@ stepped per epoch), ``model/dyml_resnet34.yaml`` (ResNet-34, basic blocks, from 
 to 512, fp16 autocast), ``default.yaml``
 (``max_iter: 100`` epochs, no warm-up, evaluation every 20 epochs).
 
-Not determined by the official material: ``HAPPIER.yaml`` gives the proxies
-``${optimizer.opt.head}``, which ``optimizer/dyml.yaml`` does not define; the config trains
-them with that file's only optimizer (SGD lr 0.1, weight decay 1e-4, cosine to 1e-6), as
-``loss/roadndcg_dyml.yaml`` does with ``${optimizer.opt.net}``. The epoch length of the
+The proxies' optimizer: SupRank's ``HAPPIER.yaml`` points it at ``${optimizer.opt.head}``, which
+its ``optimizer/dyml.yaml`` does not define; the HAPPIER release of the same run
+(``elias-ramzi/HAPPIER@5af91b3:happier/config/loss/HAPPIER.yaml``) points it at
+``${optimizer.opt.0}``, the one optimizer of ``happier/config/optimizer/dyml.yaml`` (SGD lr
+0.1, momentum 0.9, Nesterov, weight decay 1e-4, cosine to 1e-6), which ``happier/getter.py``
+copies for the loss's parameters. The config follows HAPPIER there. The epoch length of the
 sampler depends on the data, so the config evaluates at the end of the run (``eval_every=0``)
 and reads the length from the sampler (``num_epochs``).
 

@@ -13,8 +13,12 @@ Official values followed: ResNet-101, GeM pooling with a learned p starting at 3
 (``dirtorch/loss.py`` ``APLoss(nq=25, min=0, max=1)``: 25 triangular bins on [0, 1]).
 Not determined by the official material (no training script): the optimizer, learning rate and
 weight decay, the batch composition (the paper ranks batches of thousands of images by
-multi-staged back-propagation), the number of steps and the training resolution. The values
-below are placeholders, marked as such.
+multi-staged back-propagation), the number of steps, the training resolution and augmentation
+(the config takes ROADMAP's random-resized crop, scale 0.16-1, ratio 0.75-1.33), and whether
+BatchNorm statistics train (``dirtorch/nets/backbones/resnet.py`` builds plain
+``nn.BatchNorm2d`` layers; how the released model was trained is not in the repository: the
+config keeps ``common.resnet``'s frozen statistics, the usual choice for fine-tuning with
+batches of few images per landmark). The values below are placeholders, marked as such.
 
 Data: a folder/CSV dataset (``rankax.data.folder``, layout in ``docs/data.md``), e.g.
 ``path,landmark_id,split`` with ``train`` rows for Landmarks-clean and ``query``/``gallery``
@@ -53,11 +57,12 @@ def get_config():
             "image_size": 800,  # placeholder: not determined by the official material
             "resize_size": 800,
             "test_resize_mode": "shorter",
-            "crop_scale": (0.16, 1.0),
-            "crop_ratio": (0.75, 1.33),
+            "crop_scale": (0.16, 1.0),  # placeholder: ROADMAP's augmentation
+            "crop_ratio": (0.75, 1.33),  # placeholder: ROADMAP's augmentation
         }
     )
     common.resnet(c, "resnet101", pooling="gem", gem_p=3.0, gem_learnable=True, embedding_dim=2048)
+    # model.frozen_bn=True (common.resnet's): placeholder, not determined by the official material
     c.loss.name = "histogram_ap"
     c.loss.hparams = ml_collections.ConfigDict(
         {"num_bins": 25, "score_range": (0.0, 1.0), "tie_aware": False}  # APLoss defaults

@@ -14,8 +14,9 @@ default milestone inside 150 epochs), and the code's own sampler and selection: 
 images drawn with replacement (``batch.sampler="pk_replacement"``), the best checkpoint by R@1
 reported (``model_selection="best"``). The query is its own positive, as in ``criteria/PNP.py``
 (``loss.include_self=True``).
-Images: random-resized crop 224 (torchvision's default scale (0.08, 1)) and flip; test:
-shorter side 256, centre crop 224.
+Images: random-resized crop 224 (torchvision's default scale (0.08, 1) and ratio (3/4, 4/3))
+and flip; test: shorter side 256, centre crop 224. Evaluated after every epoch, as ``main.py``
+does, so that the best checkpoint is chosen among the same epochs.
 
 Variants: ``--config.loss.hparams.variant=O|Iu|Ib|Ds|Dq``. The paper's table was not
 consulted. Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``.
@@ -31,7 +32,7 @@ STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 def get_config():
     c = default.get_config()
-    common.images(c, "cars", crop_scale=(0.08, 1.0))
+    common.images(c, "cars", crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3))
     common.pnp_loss(c)
     c.loss.include_self = True
     common.resnet(c)  # resnet50_frozen_normalize
@@ -41,7 +42,7 @@ def get_config():
     common.step_decay(c, milestones=(120,))
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)
-    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=10)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=1, checkpoint_every=10)  # main.py: every epoch
     c.log_every = 50
     c.best_metric = "recall@1"
     c.model_selection = "best"  # the code keeps the best-R@1 checkpoint

@@ -12,7 +12,7 @@ learning rate for all parameters (``fc_lr=-1``), x0.3 at epochs 120, 220, 250, 2
 temperature ("anneal") 0.01, ``b=2`` for PNP-Ib. ``resnet50_frozen_normalize``: BatchNorm
 layers in eval mode while their scale/bias train, average pooling, linear to 512, L2
 normalisation. Images ("base" augmentation): random-resized crop 224 with torchvision's default
-scale (0.08, 1) and flip; test: shorter side 256, centre crop 224. An epoch of the
+scale (0.08, 1) and ratio (3/4, 4/3) and flip; test: shorter side 256, centre crop 224. An epoch of the
 ``class_random`` sampler is ``len(images) // bs`` = 155 batches (62,000 steps), evaluated after
 every epoch. The query is its own positive in ``criteria/PNP.py`` (``loss.include_self=True``).
 
@@ -39,7 +39,10 @@ def get_config():
     c = default.get_config()
     c.seed = 0
     # No resize before the random crop ("base" augmentation); test: shorter side 256.
-    common.images(c, "sop", train_resize_size=config_dict.placeholder(int), crop_scale=(0.08, 1.0))
+    common.images(
+        c, "sop", train_resize_size=config_dict.placeholder(int), crop_scale=(0.08, 1.0),
+        crop_ratio=(3 / 4, 4 / 3),
+    )
     common.pnp_loss(c)
     c.loss.include_self = True
     common.resnet(c)  # resnet50_frozen_normalize

@@ -45,7 +45,7 @@ def get_config():
 
     common.train_epochs(c, EPOCHS, STEPS_PER_EPOCH)  # nominal; the run counts num_epochs
     c.num_epochs = EPOCHS  # the official sampler's epochs (their length varies with the class sizes)
-    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=10, checkpoint_every=2)
+    common.every_epochs(c, STEPS_PER_EPOCH, eval_every=5, checkpoint_every=2)  # test_eval_freq: 5
     c.log_every = 100
     c.best_metric = "recall@1"
     c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)

@@ -24,7 +24,8 @@ the feature LayerNorm (``model.feature_norm``); per-epoch cosines to an absolute
 (``optimizer.final_lr``, ``schedule_unit="epoch"``); ``batch.sampler="m_per_class"``;
 ``model_selection="last"``. Deliberate deviation: fp16 autocast runs as ``precision="mixed"``
 (bfloat16 compute, float32 parameters). The run lasts 100 of the sampler's epochs
-(``num_epochs``; each at most 1,272 batches, its length set by the class sizes).
+(``num_epochs``; each at most 1,272 batches, its length set by the class sizes); periodic
+evaluation (every 20 epochs, ``default.yaml``) and checkpoints count 1,272-step epochs.
 
 Evaluation: H-AP, NDCG and ASI over the 7 levels, next to R@k. The paper's numbers were not
 consulted. Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and

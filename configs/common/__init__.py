@@ -24,13 +24,15 @@ def images(
     train_resize_size=None,
     test_resize_mode="shorter",
     crop_scale=(0.16, 1.0),
+    crop_ratio=(0.75, 1.33),
     **source,
 ):
     """Sets ``c.dataset``: a TFDS retrieval dataset and its image pipeline.
 
-    Train: random-resized crop ``image_size`` (area ``crop_scale``, aspect ratio 0.75-1.33) and
-    flip, after resizing to ``train_resize_size`` when it is given (None: no such key); test:
-    ``resize_size`` (the shorter side, or ``"square"``), then centre crop ``image_size``.
+    Train: random-resized crop ``image_size`` (area ``crop_scale``, aspect ratio ``crop_ratio``:
+    ROADMAP/SupRank's 0.75-1.33 by default) and flip, after resizing to ``train_resize_size``
+    when it is given (None: no such key); test: ``resize_size`` (the shorter side, or
+    ``"square"``), then centre crop ``image_size``.
     ``source``: the dataset's own keys (iNat: ``hierarchy``, ``taxonomy_file``, ``split_dir``).
     """
     dataset = {"name": name, **source, "image_size": image_size, "resize_size": resize_size}
@@ -39,7 +41,7 @@ def images(
     dataset.update(
         test_resize_mode=test_resize_mode,
         crop_scale=crop_scale,
-        crop_ratio=(0.75, 1.33),
+        crop_ratio=crop_ratio,
         data_dir=config_dict.placeholder(str),
     )
     c.dataset = ml_collections.ConfigDict(dataset)
@@ -113,9 +115,9 @@ def roadmap_loss(c, *, start, offset):
         {
             "supap_weight": 1.0,
             "calibration_weight": 1.0,
-            "temperature": 0.01,  # sigmoid temperature ("temp" in the official yaml)
-            "rho": 100.0,  # slope after delta ("tau" in the official yaml)
-            "delta": 0.05,  # "margin" in the official yaml
+            "temperature": 0.01,  # sigmoid temperature ("tau" in v1.0.0's loss/roadmap.yaml)
+            "rho": 100.0,  # slope after delta ("rho" there)
+            "delta": 0.05,  # "delta" there (the pre-release yamls: temp, tau, margin)
             "start": start,
             "offset": offset,
             "variant": "neurips",  # the NeurIPS'21 release's piecewise function (docs/losses.md)

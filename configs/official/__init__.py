@@ -15,12 +15,17 @@ Status of an entry (computed by ``experiments/recipes.py``, never written here):
 * ``undetermined``: the official material does not fix the value (``UNDETERMINED``); the note
   states the choice the config makes.
 
-Which official revisions: ROADMAP ``v1.0.0`` (= the initial commit ``6d3c76c``, the NeurIPS'21
-release; later commits change only the README, requirements, the evaluation helper and, in
-2022, the piecewise step function of ``SupAP`` -- the configs keep the release's function,
-``variant="neurips"``); SupRank at its only code commit ``99041e8`` (README updated in
-``d3d0e3c``); HAPPIER ``5af91b3`` (consulted, not followed: the SupRank code supersedes it and
-its iNat proxy term uses the head's optimizer); PNPloss ``582ffab`` (its 2023 commit
+Which official revisions: ROADMAP ``v1.0.0`` (= ``6d3c76c`` of 2021-12-10, the NeurIPS'21 release,
+published without parent commits; the development history of April-June 2021 survives on the
+pull-request refs, ``refs/pull/3/head`` = ``e0e57df``, with older key names such as ``temp`` and
+``margin``). Later commits change the README, requirements, the evaluation helper, make the
+``ray`` imports of ``engine/train.py``, ``engine/chepoint.py``, ``run.py`` and
+``single_experiment_runner.py`` lazy (no change to training) and, in 2022, change the piecewise
+step function of ``SupAP`` -- the configs keep the release's function, ``variant="neurips"``.
+SupRank at its only code commit ``99041e8`` (README updated in ``d3d0e3c``). HAPPIER
+``5af91b3``: the SupRank code supersedes it, except where SupRank's DyML loss yamls name an
+optimizer for the proxies that their optimizer files lack; the HAPPIER release of those runs
+names it, and the configs follow it. PNPloss ``582ffab`` (its 2023 commit
 ``809a508`` fixes the sign of the PNP-D_q return value); deep-image-retrieval ``610247f``
 (models and evaluation only: no training script).
 
@@ -270,7 +275,9 @@ R_SOP_DEIT = (
     + _adam("adamw", 1e-5, None, 5e-4, ROADMAP + "optimizer/sop_deit.yaml")
     + _multistep((25, 50), 75, ROADMAP + "optimizer/sop_deit.yaml")
     + [_every(660, 5, ROADMAP + "experience/default.yaml")]
-    + _common_roadmap(86.0)
+    + _common_roadmap(
+        86.0, PAPER_ARCHIVE + " (the archive says DeiT-B; the official command builds DeiT-S distilled)"
+    )
 )
 
 R_CUB_RN = (
@@ -336,6 +343,7 @@ R_INAT_DEIT = (
     ]
     + _adam("adamw", 1e-5, None, 5e-4, ROADMAP + "optimizer/inaturalist_deit.yaml")
     + _multistep((30, 70), 90, ROADMAP + "optimizer/inaturalist_deit.yaml")
+    + [_every(848, 5, ROADMAP + "experience/default.yaml", "(848 batches an epoch at most)")]
     + [V("seed", UNDETERMINED, ROADMAP_README, f"{_NO_COMMAND}; the config takes 333 as the other runs")]
     + _common_roadmap(73.6)[1:]
 )
@@ -598,8 +606,8 @@ def _dyml(
             "elias-ramzi/SupRank:suprank/losses/cluster_loss.py",
             "temperature (the yaml's or the class default)",
         ),
-        V("loss.terms.cluster.optimizer.name", UNDETERMINED, loss_src, proxies),
-        V("loss.terms.cluster.optimizer.lr", UNDETERMINED, loss_src, proxies),
+        V("loss.terms.cluster.optimizer.name", "sgd", proxies[0], proxies[2]),
+        V("loss.terms.cluster.optimizer.lr", proxies[1], proxies[0], proxies[2]),
         V("model.name", "resnet34", model_src, "backbone_name: resnet34 (basic blocks)"),
         V("model.pooling", "avg", model_src, "pooling: default"),
         V("model.embedding_dim", 512, model_src),
@@ -664,11 +672,17 @@ def _dyml(
     return entries
 
 
+HAPPIER = "elias-ramzi/HAPPIER@5af91b3:happier/config/"
+# The proxies' optimizer, as (source, lr, note): SupRank's loss yamls point it at an optimizer
+# their optimizer files lack; the HAPPIER release of the same runs names it.
 _PROXIES_VA = (
-    "loss/HAPPIER*.yaml points the proxies at ${optimizer.opt.head}, which optimizer/dyml.yaml does not "
-    "define; the config takes its one optimizer (SGD lr 0.1, wd 1e-4, cosine to 1e-6), as "
-    "loss/roadndcg_dyml.yaml does with ${optimizer.opt.net}"
+    HAPPIER + "loss/HAPPIER.yaml",
+    0.1,
+    "SupRank's loss/HAPPIER*.yaml names ${optimizer.opt.head}, which its optimizer/dyml.yaml lacks; "
+    "HAPPIER's names ${optimizer.opt.0}: optimizer/dyml.yaml's SGD (lr 0.1, wd 1e-4, cosine to 1e-6)",
 )
+
+
 H_DYML_VEHICLE = _dyml(
     "vehicle",
     loss_file="loss/HAPPIER.yaml",
@@ -707,9 +721,11 @@ H_DYML_PRODUCT = _dyml(
     epochs=20,
     warmup=5,
     proxies=(
-        "loss/HAPPIER_product.yaml points the proxies at ${optimizer.opt.net}, which "
-        "optimizer/dyml_product.yaml does not define (backbone, head); the config takes the head's SGD "
-        "(lr 0.02, cosine to 1e-5)"
+        HAPPIER + "loss/HAPPIER_product.yaml",
+        0.02,
+        "SupRank's loss/HAPPIER_product.yaml names ${optimizer.opt.net}, which its "
+        "optimizer/dyml_product.yaml lacks; HAPPIER's names ${optimizer.opt.1}: the fc group's SGD "
+        "(lr 2 x 0.01, cosine to 1e-5)",
     ),
 )
 
@@ -738,6 +754,12 @@ def _pnp_common():
             (0.08, 1.0),
             PNP + "datasets/basic_dataset_scaffold.py",
             "'base': RandomResizedCrop(224), torchvision's default scale",
+        ),
+        V(
+            "dataset.crop_ratio",
+            (3 / 4, 4 / 3),
+            PNP + "datasets/basic_dataset_scaffold.py",
+            "'base': RandomResizedCrop(224), torchvision's default ratio",
         ),
         V("dataset.image_size", 224, PNP + "datasets/basic_dataset_scaffold.py"),
         V(
@@ -788,9 +810,15 @@ P_SOP = _pnp_common() + [
 ]
 
 
-def _pnp_other(name):
+def _pnp_other(name, steps_per_epoch):
     note = f"PNPloss implements only SOP (datasets/): no official {name} run"
     return _pnp_common() + [
+        V(
+            "eval_every",
+            steps_per_epoch,
+            PNP + "main.py",
+            "evaluated after every epoch (of the config's batches), as for SOP",
+        ),
         V(
             "batch.classes_per_batch",
             UNDETERMINED,
@@ -838,6 +866,19 @@ LISTWISE = [
     ),
     V("num_steps", UNDETERMINED, NAVER + "README.md", "no training script (placeholder)"),
     V("dataset.image_size", UNDETERMINED, NAVER + "README.md", "no training script (placeholder 800)"),
+    V(
+        "dataset.crop_scale",
+        UNDETERMINED,
+        NAVER + "README.md",
+        "no training script (placeholder: ROADMAP's random-resized crop, scale 0.16-1, ratio 0.75-1.33)",
+    ),
+    V(
+        "model.frozen_bn",
+        UNDETERMINED,
+        NAVER + "dirtorch/nets/backbones/resnet.py",
+        "plain nn.BatchNorm2d layers; how the model was trained is not released (placeholder: frozen "
+        "statistics, common.resnet's)",
+    ),
     V("eval_protocol", "landmarks", NAVER + "dirtorch/test_dir.py", "eval_model on each test set"),
     V(
         "landmarks.benchmarks",
@@ -885,8 +926,8 @@ RECIPES: dict[str, list[Official]] = {
     "happier_dyml_animal": H_DYML_ANIMAL,
     "happier_dyml_product": H_DYML_PRODUCT,
     "pnp_sop": P_SOP,
-    "pnp_cub": _pnp_other("CUB-200-2011"),
-    "pnp_cars": _pnp_other("Cars196"),
+    "pnp_cub": _pnp_other("CUB-200-2011", 5_864 // 112),
+    "pnp_cars": _pnp_other("Cars196", 8_054 // 112),
     "listwise_ap_landmarks": LISTWISE,
 }
 
