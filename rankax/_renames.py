@@ -19,6 +19,8 @@ import warnings
 from collections.abc import Callable, Container
 from typing import Any
 
+from rankax._core import validation
+
 # old spelling -> new name (applied only where the function takes the new name)
 DEPRECATED: dict[str, str] = {
     "tau": "temperature",
@@ -60,11 +62,15 @@ def rename_kwargs(
 
 
 def accepts_deprecated(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator: ``fn`` also accepts the deprecated spellings of its keyword arguments."""
-    params = inspect.signature(fn).parameters
+    """Decorator of public functions that are not list losses or metrics: ``fn`` also accepts
+    the deprecated spellings of its keyword arguments, and an unknown keyword raises
+    ``TypeError`` naming the closest argument (as ``list_function`` does for the list API)."""
+    signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **rename_kwargs(fn.__name__, params, kwargs))
+        kwargs = rename_kwargs(fn.__name__, signature.parameters, kwargs)
+        validation.bind(fn.__name__, signature, args, kwargs)
+        return fn(*args, **kwargs)
 
     return wrapper

@@ -265,7 +265,7 @@ def r_precision(
 def _precision_kernel(scores, labels, where, positives, *, k):
     rank, _ = ranking.exact_ranks(scores, labels, where, positives)
     hits = jnp.sum(positives.mask & (rank <= k), axis=-1)
-    return hits.astype(jnp.float32) / k
+    return hits.astype(rank.dtype) / k
 
 
 @listfn.list_function(None, graded=True, check_hparams=_check_k)
@@ -301,9 +301,10 @@ def _ideal_positions(positives: ranking.Positives) -> Array:
 
 def _ndcg_kernel(scores, labels, where, positives, *, k):
     rank, _ = ranking.exact_ranks(scores, labels, where, positives)
-    ideal = _ideal_positions(positives)
-    top = jnp.max(jnp.where(positives.mask, positives.labels, 0.0), axis=-1, keepdims=True)
-    gain = jnp.where(positives.mask, ndcg_gains(positives.labels, top), 0.0)
+    ideal = _ideal_positions(positives).astype(rank.dtype)
+    rel = positives.labels.astype(rank.dtype)  # float64 gains for float64 scores
+    top = jnp.max(jnp.where(positives.mask, rel, 0.0), axis=-1, keepdims=True)
+    gain = jnp.where(positives.mask, ndcg_gains(rel, top), 0.0)
     in_dcg = positives.mask if k is None else positives.mask & (rank <= k)
     in_idcg = positives.mask if k is None else positives.mask & (ideal <= k)
     return safe_divide(dcg(gain, rank, in_dcg), dcg(gain, ideal, in_idcg))
@@ -338,7 +339,7 @@ def ndcg(
 def _hap_kernel(scores, labels, where, positives):
     diff, others = ranking.pairwise_differences(scores, where, positives)
     before = (diff >= 0) & others
-    rank = 1.0 + jnp.sum(before, axis=-1)
+    rank = 1.0 + jnp.sum(before, axis=-1).astype(jnp.result_type(scores, jnp.float32))
     rel_p = positives.labels[..., :, None]
     is_pos = ((labels > 0) & where)[..., None, :]
     shared = jnp.minimum(labels[..., None, :], rel_p)
@@ -385,7 +386,7 @@ def _asi_kernel(scores, labels, where, positives):
     earlier = (rank_o < rank_p) | ((rank_o == rank_p) & (idx_o < idx_p))
     order_in_level = 1 + jnp.sum((lab_o == lab_p) & earlier & mask_o, axis=-1)
     # p belongs to the intersection at every depth n >= depth.
-    depth = jnp.maximum(rank, (higher + order_in_level).astype(jnp.float32))
+    depth = jnp.maximum(rank, (higher + order_in_level).astype(rank.dtype))
     return asi_from_depths(depth, positives.mask, num_positives(labels, where))
 
 

@@ -276,7 +276,8 @@ def exact_ranks(scores: Array, labels: Array, where: Array, positives: Positives
     is_pos = (labels > 0)[..., None, :]
     rank = 1 + jnp.sum(before, axis=-1)
     rank_pos = 1 + jnp.sum(before & is_pos, axis=-1)
-    return rank.astype(jnp.float32), rank_pos.astype(jnp.float32)
+    dtype = jnp.result_type(scores, jnp.float32)  # float32, or float64 for float64 scores
+    return rank.astype(dtype), rank_pos.astype(dtype)
 
 
 def smooth_rank(

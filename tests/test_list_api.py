@@ -93,3 +93,24 @@ def test_old_temperature_spellings_still_work_with_a_deprecation_warning():
         assert float(rankax.batch_loss(rankax.roadmap_loss, emb, labels, tau=0.05)) == pytest.approx(new)
     with pytest.warns(DeprecationWarning):
         assert float(rankax.ranking.roadmap_step(0.01, tau=0.05)) == pytest.approx(0.5 + expit(0.2))
+
+
+def _normalized_softmax(e, y, p, t):
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    p = p / np.linalg.norm(p, axis=1, keepdims=True)
+    logits = e @ p.T / t
+    log_z = np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), 1)) + logits.max(1)
+    return np.mean(log_z - logits[np.arange(len(y)), y])
+
+
+def test_functions_outside_the_list_api_take_the_old_spelling_and_name_unknown_arguments():
+    rng = np.random.default_rng(4)
+    e, p = rng.normal(size=(6, 4)), rng.normal(size=(3, 4))
+    y = np.array([0, 1, 2, 0, 1, 2])
+    with pytest.warns(DeprecationWarning, match="normalized_softmax_loss\\(\\): argument 'tau'"):
+        old = float(rankax.losses.normalized_softmax_loss(e.astype("f4"), y, p.astype("f4"), tau=0.1))
+    assert old == pytest.approx(_normalized_softmax(e, y, p, 0.1), rel=1e-5)
+    with pytest.raises(TypeError, match="'temprature'; did you mean 'temperature'"):
+        rankax.losses.normalized_softmax_loss(e, y, p, temprature=0.1)
+    with pytest.raises(TypeError, match="roadmap_step\\(\\) got an unknown argument 'rh'; did you mean"):
+        rankax.ranking.roadmap_step(0.1, rh=3.0)

@@ -130,6 +130,17 @@ def test_metric_matches_reference_with_ties(fn, ref, kw):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("fn,ref,kw", BINARY + GRADED, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_float64_scores_are_ranked_and_scored_in_float64(fn, ref, kw):
+    # Integer labels (held as float32 by the checks) must not pull the result down to float32:
+    # at 1e-12 a float32 ratio of ranks (~6e-8 relative error) fails.
+    s, y = random_lists(seed=3, levels=3)
+    with jax.enable_x64(True):
+        got = fn(jnp.asarray(s, jnp.float64), jnp.asarray(y, jnp.int32), reduce_fn=None, **kw)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got), per_list(ref, s.astype(np.float64), y, **kw), rtol=1e-12)
+
+
 @pytest.mark.parametrize("fn,ref", [(metrics.map_at_r, np_map_at_r), (metrics.asi, np_asi)])
 def test_mean_is_over_lists_with_a_positive(fn, ref):
     s, y = random_lists(seed=2, levels=2)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
+from rankax import _renames
 from rankax._core import nonfinite, positives, validation
 
 Array = jax.Array
@@ -19,6 +20,7 @@ def _l2_normalise(x: Array) -> Array:
     return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
+@_renames.accepts_deprecated
 def normalized_softmax_loss(
     embeddings: ArrayLike,
     labels: ArrayLike,
