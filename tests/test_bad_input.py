@@ -500,6 +500,8 @@ def _retrieval_data():
         (lambda q, g, y: R.RetrievalEvaluator(q, y, bacth_size=4), T, "did you mean 'batch_size'"),
         (lambda q, g, y: R.RetrievalEvaluator(q, y, backend="Exact"), V, "backend must be"),
         (lambda q, g, y: R.RevisitedEvaluator(q, g, [{}] * 12, kappas=5), T, "kappas must be"),
+        (lambda q, g, y: R.RevisitedEvaluator(q, g, [{}] * 12, batch_size=0), V, "batch_size must be an int"),
+        (lambda q, g, y: R.RetrievalEvaluator(q, y, batch_size=2.0), V, "batch_size must be an int >= 1"),
     ],
     ids=lambda v: None,
 )

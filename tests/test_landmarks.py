@@ -100,6 +100,9 @@ def test_load_image_crops_box_like_pil_and_normalises(tmp_path):
     np.testing.assert_allclose(full[0, 0], (pixels[0, 0] / 255 - MEAN) / STD, atol=1e-6)
     assert landmarks.load_image(path, scale=0.5).shape == (15, 20, 3)
     assert landmarks.load_image(path, max_size=20).shape == (15, 20, 3)
+    # The cap applies before the scale: scales of a capped image stay distinct (40 -> 20 -> 14).
+    assert landmarks.load_image(path, scale=0.7, max_size=20).shape == (10, 14, 3)
+    assert landmarks.load_image(path, scale=2.0, max_size=20).shape == (30, 40, 3)
 
 
 # ---------------------------------------------------------------- four sets in one run

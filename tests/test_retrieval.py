@@ -446,7 +446,7 @@ def test_evaluator_runs_embed_fn_in_batches():
         calls.append(len(batch))
         return 2.0 * batch  # scaling does not change any ranking
 
-    ev = retrieval.RetrievalEvaluator(x, y, batch_size=32, ks=(1, 2), prefix="val/")
+    ev = retrieval.RetrievalEvaluator(x, y, batch_size=np.int64(32), ks=(1, 2), prefix="val/")
     got = ev.run(embed)
     assert calls == [32, 32, 32]  # the last batch is padded to one shape
     want = retrieval.evaluate(x, y, ks=(1, 2))
@@ -464,6 +464,7 @@ def test_evaluator_runs_embed_fn_in_batches():
         ({"queries": np.zeros(4)}, "queries must be a"),
         ({"gallery": np.zeros((6, 3))}, "gallery and gallery_labels"),
         ({"query_labels": np.full(4, 0.5)}, "query_labels must hold integer"),
+        ({"query_labels": np.array([0.0, 0.0, np.inf, -np.inf])}, "query_labels must hold integer"),
         ({"backend": "faiss"}, "backend must be"),
         ({"ks": (0,)}, "ks must be"),
         ({"queries": np.zeros((0, 3)), "query_labels": np.zeros(0, int)}, "queries must hold at least one"),
@@ -490,6 +491,8 @@ def test_sharded_equals_single_device():
         "r = retrieval.evaluate(x, p, block_size=20, gallery_block_size=32, hierarchy_block_size=8)\n"
         "z = np.random.default_rng(1).integers(-1, 2, size=(1500, 4)).astype(np.float32)\n"
         "r['knn'] = retrieval.knn(z, k=5, block_size=64, gallery_block_size=512)[1].tolist()\n"
+        # 30 queries a block round up to 32 on 4 devices: every row must still come back once
+        "r['knn30'] = retrieval.knn(z, k=5, block_size=30, gallery_block_size=512)[1].tolist()\n"
         "print(json.dumps(r))\n"
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -502,6 +505,7 @@ def test_sharded_equals_single_device():
     s = z @ z.T
     np.fill_diagonal(s, -np.inf)
     np.testing.assert_array_equal(np.array(sharded.pop("knn")), _stable_top_k(s, 5)[1])
+    np.testing.assert_array_equal(np.array(sharded.pop("knn30")), _stable_top_k(s, 5)[1])
     rng = np.random.default_rng(0)
     x = rng.integers(-2, 3, size=(90, 6)).astype(np.float32)
     y = rng.integers(0, 12, size=90)
@@ -677,6 +681,31 @@ def test_scann_knn_marks_missing_neighbours():
     np.testing.assert_allclose(scores[found], exact_scores[found], rtol=1e-5, atol=1e-5)
     for row, ok in zip(index, found, strict=True):
         assert len(set(row[ok])) == ok.sum()
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"k": 6}, ValueError, r"k must be at most 5, the gallery's items besides the query; got 6"),
+        ({"k": 0}, ValueError, "k must be an int >= 1"),
+        ({"k": 2, "nan": True}, ValueError, r"queries contains 1 NaN or inf values \(first: queries\[1, 0\]"),
+        ({"k": 2, "config": "tree_ah", "num_leaves": 0}, ValueError, "num_leaves must be None or an int"),
+        ({"k": 2, "config": "tree_ah", "reorder_k": -3}, ValueError, "reorder_k must be None or an int >= 1"),
+        ({"k": 2, "config": "tree_ah", "leaves_to_search": 2.5}, ValueError, "leaves_to_search must be"),
+        ({"k": 2, "config": "tree_ah", "training_sample_size": 0}, ValueError, "training_sample_size must"),
+        ({"k": 2, "config": "tree_ah"}, ValueError, r"at least 16 items, got 6 .*config='brute_force'"),
+    ],
+)
+def test_scann_knn_checks_its_input_as_knn(kwargs, error, match):
+    # Raised before ScaNN is imported or built, so this runs without scann too.
+    x = np.random.default_rng(13).normal(size=(6, 4)).astype(np.float32)
+    if kwargs.pop("nan", False):
+        x[1, 0] = np.nan
+    with pytest.raises(error, match=match):
+        scann_backend.scann_knn(x, **kwargs)
+    if "config" not in kwargs:  # the exact search raises the same
+        with pytest.raises(error, match=match):
+            retrieval.knn(x, k=kwargs["k"])
 
 
 def test_without_self_drops_the_query_or_the_last_entry():

@@ -31,10 +31,10 @@ def _as_labels(y, name: str, num: int, emb_name: str) -> np.ndarray:
     if a.ndim == 2 and a.shape[1] < 1:
         raise ValueError(f"{name} label paths need at least one level, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.integer):
-        if np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)):
-            a = a.astype(np.int64)
-        else:
-            raise ValueError(f"{name} must hold integer ids, got dtype {a.dtype}")
+        whole = np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a) & (a == np.round(a)))
+        if not whole:
+            raise ValueError(f"{name} must hold integer ids (finite whole numbers), got dtype {a.dtype}")
+        a = a.astype(np.int64)
     return a.astype(np.int64)
 
 
@@ -110,7 +110,8 @@ def evaluate(
         300}`` where :func:`~rankax.retrieval.scann_recall` showed that a gallery keeps its
         neighbours with fewer leaves); ``backend="auto"`` prices the leaves and training sample
         given here.
-      mesh: device mesh for the exact backend (default: all local devices).
+      mesh: one-axis device mesh for the exact backend, its axis named ``"queries"``
+        (default: all local devices, :func:`rankax.retrieval.exact.query_mesh`).
       return_per_query: also return ``"per_query"``: a dict of ``[Q]`` arrays (NaN for
         queries without a positive).
 

@@ -99,6 +99,7 @@ class Embedder:
     ``images_per_s`` holds the rate of the last call (decoding included)."""
 
     def __init__(self, batch_size: int, workers: int = 0, raw: bool = False, share: Share | None = None):
+        batch_size = validation.check_int("batch_size", batch_size)  # numpy ints too
         self.batch_size, self.workers, self.raw, self.share = batch_size, workers, raw, share
         self.images_per_s: float | None = None
 
@@ -174,17 +175,15 @@ class RetrievalEvaluator:
             raise ValueError(
                 f"gallery_labels has {len(gallery_labels)} rows but gallery_inputs has {len(gallery_inputs)}"
             )
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         _check_evaluate_kwargs(evaluate_kwargs)
         ks, _ = check_options(backend=backend, ks=ks, **{
             k: v for k, v in evaluate_kwargs.items() if k in inspect.signature(check_options).parameters
         })
         self.inputs, self.labels = inputs, labels
         self.gallery_inputs, self.gallery_labels = gallery_inputs, gallery_labels
-        self.batch_size = batch_size
-        self.prefix = prefix
         self.embedder = Embedder(batch_size, workers, raw, share)
+        self.batch_size = self.embedder.batch_size
+        self.prefix = prefix
         self.evaluate_kwargs = dict(backend=backend, ks=tuple(ks), normalize=normalize, **evaluate_kwargs)
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:
@@ -223,9 +222,9 @@ class RevisitedEvaluator:
         if len(gnd) != len(query_inputs):
             raise ValueError(f"gnd has {len(gnd)} queries but query_inputs has {len(query_inputs)} rows")
         self.query_inputs, self.gallery_inputs, self.gnd = query_inputs, gallery_inputs, list(gnd)
-        self.batch_size, self.prefix = batch_size, prefix
         self.kappas = validation.check_ks(kappas, name="kappas")
         self.embedder = Embedder(batch_size, workers, raw, share)
+        self.batch_size, self.prefix = self.embedder.batch_size, prefix
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:
         """``{"easy/map", "medium/map", "hard/map", ".../mp@k", ".../num_empty"}``."""

@@ -247,7 +247,8 @@ def knn(
       block_size: queries per step (rounded up to a multiple of the device count).
       gallery_block_size: at most this many gallery rows per chunk of the scan
         (:func:`knn_chunk_size`).
-      mesh: a one-axis device mesh; default: all devices (see :func:`query_mesh`).
+      mesh: a one-axis device mesh whose axis is named ``"queries"``; default: all local
+        devices (see :func:`query_mesh`).
 
     Returns:
       ``(scores, indices)``, ``[Q, k]`` float32 and int64 numpy arrays sorted by decreasing
@@ -255,6 +256,29 @@ def knn(
 
     Memory is ``O(block_size * (gallery_block_size + k) + N * D)`` per device.
     """
+    self_excluded = gallery is None
+    queries, gallery, k = check_knn(queries, gallery, k)
+    block_size = validation.check_int("block_size", block_size)
+    gallery_block_size = validation.check_int("gallery_block_size", gallery_block_size)
+    mesh = query_mesh() if mesh is None else mesh
+    chunk = knn_chunk_size(gallery.shape[0], gallery_block_size)
+    gal = put_gallery(gallery, chunk, mesh, multiple=TOP_K_GROUP)
+    fn = _topk_fn(mesh, k, gal.size)
+    out_s, out_i = [], []
+    for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
+        s, i = fn(_put_queries(qb, mesh), _put_queries(self_index, mesh), gal.chunks)
+        m = min(len(qb), queries.shape[0] - start)  # the block's rows, padded to the devices
+        out_s.append(np.asarray(s)[:m])
+        out_i.append(np.asarray(i)[:m])
+    return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
+
+
+def check_knn(
+    queries: np.ndarray, gallery: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The checks of a top-``k`` search (:func:`knn`, ``scann_knn``): finite float32
+    ``[Q, D]`` queries and ``[N, D]`` gallery (the queries themselves for ``gallery=None``)
+    and ``1 <= k <= N`` (``N - 1`` without a gallery); ValueErrors name the argument."""
     queries = as_embeddings(queries, "queries")
     self_excluded = gallery is None
     gallery = queries if gallery is None else as_embeddings(gallery, "gallery")
@@ -269,19 +293,7 @@ def knn(
     if k > n:
         raise ValueError(f"k must be at most {n}, the gallery's items{' besides the query' * self_excluded}; "
                          f"got {k}")
-    block_size = validation.check_int("block_size", block_size)
-    gallery_block_size = validation.check_int("gallery_block_size", gallery_block_size)
-    mesh = query_mesh() if mesh is None else mesh
-    chunk = knn_chunk_size(gallery.shape[0], gallery_block_size)
-    gal = put_gallery(gallery, chunk, mesh, multiple=TOP_K_GROUP)
-    fn = _topk_fn(mesh, k, gal.size)
-    out_s, out_i = [], []
-    for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
-        s, i = fn(_put_queries(qb, mesh), _put_queries(self_index, mesh), gal.chunks)
-        m = min(block_size, queries.shape[0] - start)
-        out_s.append(np.asarray(s)[:m])
-        out_i.append(np.asarray(i)[:m])
-    return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
+    return queries, gallery, k
 
 
 @functools.lru_cache(maxsize=32)

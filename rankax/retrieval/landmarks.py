@@ -228,9 +228,8 @@ def load_image(
     if box is not None:
         img = img.crop(tuple(float(v) for v in box))
     w, h = img.size
-    factor = float(scale)
-    if max_size is not None and max(w, h) * factor > max_size:
-        factor = max_size / max(w, h)
+    cap = 1.0 if max_size is None or max(w, h) <= max_size else max_size / max(w, h)
+    factor = cap * float(scale)  # each scale of the capped image, so scales stay distinct
     if factor != 1.0:
         img = img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BILINEAR)
     pixels = np.asarray(img, np.float32) / 255.0

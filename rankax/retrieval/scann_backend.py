@@ -48,6 +48,9 @@ from typing import Any
 
 import numpy as np
 
+from rankax._core import validation
+from rankax.retrieval import exact
+
 SCANN_CONFIGS = ("auto", "brute_force", "tree_ah")
 AUTO_TREE_THRESHOLD = 100_000
 LEAVES_TO_SEARCH_FRACTION = 0.45
@@ -55,6 +58,9 @@ TRAINING_SAMPLE_SIZE = 100_000
 DIMENSIONS_PER_BLOCK = 3
 ANISOTROPIC_THRESHOLD = 0.2
 REORDER_K = 1000
+#: Codes per block of ScaNN's asymmetric hashing (4 bits): ``tree_ah`` trains them by k-means on
+#: at least this many items.
+AH_CODEBOOK_SIZE = 16
 
 # Cost model of backend="auto" (seconds; Q queries, N gallery items, D dimensions), fitted to
 # the default configuration's runs of experiments/benchmark_scann.py at 200k and 1M x 128 on
@@ -191,21 +197,33 @@ def build_searcher(
     ``training_sample_size`` items (at most) train the k-means tree and the hashes;
     ``dimensions_per_block`` dimensions (at most ``D``; the last block takes the remainder)
     share one 4-bit code of the asymmetric hashing and ``anisotropic_threshold`` is ScaNN's
-    ``anisotropic_quantization_threshold`` (both ``tree_ah`` only).
+    ``anisotropic_quantization_threshold`` (both ``tree_ah`` only). A bad value raises a
+    ``ValueError`` naming the keyword; ``tree_ah`` needs at least :data:`AH_CODEBOOK_SIZE`
+    training items.
     """
-    if dimensions_per_block < 1:
-        raise ValueError(f"dimensions_per_block must be >= 1, got {dimensions_per_block}")
-    scann_ops = _import_scann()
+    num_leaves, leaves_to_search, reorder_k = (
+        validation.check_int(name, value, optional=True)
+        for name, value in (("num_leaves", num_leaves), ("leaves_to_search", leaves_to_search),
+                            ("reorder_k", reorder_k))
+    )
+    training_sample_size = validation.check_int("training_sample_size", training_sample_size)
+    dimensions_per_block = validation.check_int("dimensions_per_block", dimensions_per_block)
+    validation.check_number("anisotropic_threshold", anisotropic_threshold, "finite")
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     n = gallery.shape[0]
     config = resolve_config(config, n)
-    builder = scann_ops.builder(gallery, k, "dot_product")
+    sample = min(n, training_sample_size)
+    if config == "tree_ah" and sample < AH_CODEBOOK_SIZE:
+        raise ValueError(
+            f"tree_ah trains its 4-bit codes on at least {AH_CODEBOOK_SIZE} items, got {sample} "
+            f"(gallery {n}, training_sample_size {training_sample_size}): use config='brute_force'"
+        )
+    builder = _import_scann().builder(gallery, k, "dot_product")
     if config == "brute_force":
         return builder.score_brute_force().build()
-    num_leaves = num_leaves or default_num_leaves(n)
-    leaves_to_search = leaves_to_search or default_leaves_to_search(num_leaves)
-    reorder_k = max(reorder_k or max(REORDER_K, 2 * k), k)
-    sample = min(n, training_sample_size)
+    num_leaves = default_num_leaves(n) if num_leaves is None else num_leaves
+    leaves_to_search = default_leaves_to_search(num_leaves) if leaves_to_search is None else leaves_to_search
+    reorder_k = max(max(REORDER_K, 2 * k) if reorder_k is None else reorder_k, k)
     return (
         builder.tree(
             num_leaves=num_leaves,
@@ -280,11 +298,9 @@ def scann_knn(
     missing neighbours come last as index ``-1`` and score ``-inf`` (ScaNN pads them with
     index 0 and a NaN score).
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
     self_excluded = gallery is None
-    gallery = queries if self_excluded else np.ascontiguousarray(gallery, dtype=np.float32)
-    extra = 1 if self_excluded else 0
-    k_search = min(k + extra, gallery.shape[0])
+    queries, gallery, k = exact.check_knn(queries, gallery, k)
+    k_search = k + 1 if self_excluded else k  # at most N: check_knn bounds k by N - 1 there
     searcher = build_searcher(gallery, k_search, config=config, **config_kwargs)
     index, scores = search(searcher, queries, k_search)
     if self_excluded:
