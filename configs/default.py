@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch.sampler = "pk"  # or "hierarchical" (SupRank)
     c.batch.super_classes_per_batch = 2  # hierarchical sampler only
     c.batch.batches_per_super_tuple = 5  # hierarchical sampler only
+    c.batch.m_per_class_rule = "official"  # m_per_class sampler only: or "fixed" (docs/data.md)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"

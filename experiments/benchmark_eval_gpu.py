@@ -174,5 +174,21 @@ def run(sizes=((60000, 512),), large=(1_000_000, 512)) -> dict:
     return out
 
 
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="60000x512", help="comma-separated N x D, e.g. 4000x64,8000x64")
+    parser.add_argument("--large", default="1000000x512", help="gallery rows x D, or 'none'")
+    args = parser.parse_args(argv)
+
+    def pair(text: str) -> tuple[int, int]:
+        n, d = text.lower().split("x")
+        return int(n), int(d)
+
+    run(sizes=tuple(pair(s) for s in args.sizes.split(",")),
+        large=None if args.large == "none" else pair(args.large))
+
+
 if __name__ == "__main__":
-    run()
+    main()

@@ -156,14 +156,17 @@ def binary_relevance(query_labels: Array, item_labels: Array) -> Array:
     return (query_labels[:, None] == item_labels[None, :]).astype(jnp.float32)
 
 
-def _call_relevance(relevance_fn: RelevanceFn, query_labels: Array, item_labels: Array) -> Array:
+def _call_relevance(
+    relevance_fn: RelevanceFn, query_labels: Array, item_labels: Array, caller: str = ""
+) -> Array:
     """``relevance_fn(query_labels, item_labels)``, checked to be a real ``[Q, N]`` array."""
     rel = jnp.asarray(relevance_fn(query_labels, item_labels))
     want = (query_labels.shape[0], item_labels.shape[0])
     if rel.shape != want or not (jnp.issubdtype(rel.dtype, jnp.number) or rel.dtype == jnp.bool_):
         raise ValueError(
-            f"relevance_fn must return a real [Q, N] = {want} array for query labels "
-            f"{query_labels.shape} and item labels {item_labels.shape}, got {rel.dtype}{list(rel.shape)}"
+            f"{validation.prefix(caller)}relevance_fn must return a real [Q, N] = {want} array for "
+            f"query labels {query_labels.shape} and item labels {item_labels.shape}, got "
+            f"{rel.dtype}{list(rel.shape)}"
         )
     return rel
 
@@ -277,6 +280,7 @@ def exact_capacity(
     include_self: bool = False,
     relevance_fn: RelevanceFn | None = None,
     block_size: int = 1024,
+    caller: str = "",
 ) -> int | None:
     """Largest number of positives of any query's list, from concrete labels; else ``None``.
 
@@ -299,7 +303,7 @@ def exact_capacity(
         for start in range(0, ql.shape[0], block_size):
             rows = jnp.arange(start, min(start + block_size, ql.shape[0]))
             where = _list_masks(rows, jnp.ones(rows.shape, bool), qidx, mask, include_self)
-            rel = _call_relevance(rel_fn, ql[rows], il)
+            rel = _call_relevance(rel_fn, ql[rows], il, caller)
             best = max(best, int(jnp.max(jnp.sum((rel > 0) & where, axis=-1))))
     return max(best, 1)
 
@@ -382,19 +386,19 @@ def batch_statistics(
     num_q, n = q_emb.shape[0], i_emb.shape[0]
     mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
     if mask.shape != (n,):
-        raise ValueError(f"item_mask must be [{n}], got {mask.shape}")
+        raise ValueError(f"{validation.prefix(caller)}item_mask must be [{n}], got {mask.shape}")
     rel_fn = relevance_of(loss_fn, q_lab, include_self, relevance_fn)
     if capacity is None:
         capacity = exact_capacity(
             query_labels, item_labels, query_index=query_index, item_mask=item_mask,
-            include_self=include_self, relevance_fn=rel_fn,
+            include_self=include_self, relevance_fn=rel_fn, caller=caller,
         )
     plan = _plan(num_q, n, block_size, max_tile_elements, capacity_limit, max_positives, capacity)
     views = _Views(
         q_emb, q_lab, i_emb, i_lab, mask,
         None if query_index is None else jnp.asarray(query_index, jnp.int32),
         include_self, rel_fn, bool(getattr(loss_fn, "graded", False)), precision,
-        keyed=relevance_fn is None,
+        keyed=relevance_fn is None, caller=caller,
     )
     block_rows = jnp.arange(plan.num_blocks * plan.block).reshape(plan.num_blocks, plan.block)
     # The sort that places the positives (keyed views) does not depend on the capacity: done
@@ -435,11 +439,13 @@ def _check_views(
     q_emb, q_lab, i_emb, i_lab = map(validation.replicated, (q_emb, q_lab, i_emb, i_lab))
     if q_emb.shape[1] != i_emb.shape[1]:
         raise ValueError(
-            f"queries and items must have the same dimension, got {q_emb.shape} and {i_emb.shape}"
+            f"{validation.prefix(caller)}queries and items must have the same dimension, got "
+            f"{q_emb.shape} and {i_emb.shape}"
         )
     if q_lab.shape[1:] != i_lab.shape[1:]:
         raise ValueError(
-            f"query and item labels must have the same shape per sample, got {q_lab.shape} and {i_lab.shape}"
+            f"{validation.prefix(caller)}query and item labels must have the same shape per sample, "
+            f"got {q_lab.shape} and {i_lab.shape}"
         )
     return q_emb, q_lab, i_emb, i_lab
 
@@ -502,6 +508,8 @@ class _Views(NamedTuple):
     #: paths: the same coarsest level, where every relevance rule is > 0), so the positives'
     #: slots come from one sort (``positives.key_runs``) instead of scanning each list.
     keyed: bool = False
+    #: Named in errors (``batch_loss(<loss>)``).
+    caller: str = ""
 
     def key_runs(self) -> positives.KeyRuns:
         """The sort that places every query's positives (``keyed`` views)."""
@@ -538,7 +546,8 @@ class _Views(NamedTuple):
         if scores is None:
             scores = self.scores(rows)
         where = _list_masks(rows, valid, self.query_index, self.mask, self.include_self)
-        rel = _call_relevance(self.relevance_fn, self.q_lab[rows], self.i_lab).astype(jnp.float32)
+        rel = _call_relevance(self.relevance_fn, self.q_lab[rows], self.i_lab, self.caller)
+        rel = rel.astype(jnp.float32)
         if not self.graded:  # binary losses see graded relevance as relevant / not relevant
             rel = (rel > 0).astype(jnp.float32)
         return scores, rel, where
@@ -716,7 +725,9 @@ def with_references(
     if references is None:
         return embeddings, labels, None
     if reference_labels is None:
-        raise ValueError("references need reference_labels")
+        raise ValueError(
+            f"{validation.prefix(caller)}{name}= needs reference_labels= (their [M] or [M, L] labels)"
+        )
     m = jnp.shape(references)[0]
     ref_mask = _reference_rows(m, reference_mask, caller)
     ref, ref_lab = check_batch(references, reference_labels, name, row_mask=ref_mask, caller=caller)
@@ -800,7 +811,8 @@ def batch_loss(
       **hparams: forwarded to ``loss_fn``.
 
     Returns:
-      Scalar float32 loss (0 when no query has a positive).
+      Scalar loss, float32 (float64 for float64 embeddings with x64 enabled); 0 when no query
+      has a positive.
 
     Compilation: the loss is computed by one ``jax.jit``-compiled program per loss, shapes and
     options, cached across calls, so calling ``batch_loss`` (or ``jax.grad`` of it) outside
@@ -836,7 +848,7 @@ def batch_loss(
         counted = given if isinstance(given, np.ndarray) else lab
         capacity = exact_capacity(
             counted, counted, query_index=np.arange(lab.shape[0]), include_self=include_self,
-            relevance_fn=relevance_fn,
+            relevance_fn=relevance_fn, caller=caller,
         )
     # Sequences (ks=[1, 2] or np.array([1, 2])) are static cut-offs, compiled into the program.
     hparams = {k: _as_tuple(v) if isinstance(v, list | np.ndarray) and np.ndim(v) else v

@@ -232,13 +232,13 @@ def _check_capacity(
     if concrete:
         exact = batch.exact_capacity(
             labels, items, query_index=jnp.arange(b), item_mask=mask,
-            include_self=kwargs["include_self"], relevance_fn=kwargs["relevance_fn"],
+            include_self=kwargs["include_self"], relevance_fn=kwargs["relevance_fn"], caller=caller,
         )
         if exact is not None and exact > limit:
             batch.raise_on_overflow(exact, limit)
     else:
         relevance = batch.relevance_of(loss_fn, labels, kwargs["include_self"], kwargs["relevance_fn"])
-        rel = batch._call_relevance(relevance, labels, items)
+        rel = batch._call_relevance(relevance, labels, items, caller)
         rows = jnp.arange(b)
         where = batch._list_masks(rows, jnp.ones((b,), bool), rows, mask, kwargs["include_self"])
         most = positives.most_positives((rel > 0) & where)
