@@ -198,6 +198,62 @@ def test_skip_mode_gives_up_after_max_consecutive_nonfinite(tmp_path):
         train_lib.train_and_evaluate(fault_config(on_nonfinite="ignore"), str(tmp_path / "x"))
 
 
+def _history_without_timing(workdir):
+    with open(os.path.join(workdir, "history.json")) as f:
+        return [{k: v for k, v in h.items() if not k.endswith(("_per_s", "wait_fraction"))}
+                for h in json.load(f)]
+
+
+def _interrupted_at(monkeypatch, step):
+    """Makes the sampler raise KeyboardInterrupt when asked for the batch of ``step``."""
+    original = input_pipeline.samplers.PKSampler.indices
+
+    def crash(self, t):
+        if t == step:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, t)
+
+    monkeypatch.setattr(input_pipeline.samplers.PKSampler, "indices", crash)
+    return lambda: monkeypatch.setattr(input_pipeline.samplers.PKSampler, "indices", original)
+
+
+def test_skip_counters_survive_a_resume(tmp_path, poison, monkeypatch):
+    """The skipped count and the current run of non-finite steps are restored with the
+    checkpoint: a resumed run logs the same history as an uninterrupted one, and gives up at
+    the same step. Steps 3 and 4 are skipped, the checkpoint after step 4 holds the count."""
+    for bad in (3, 4):
+        poison(poisoned_example(bad)[0])
+    cfg = fault_config(on_nonfinite="skip", log_every=100, checkpoint_every=5)
+    full, broken = str(tmp_path / "full"), str(tmp_path / "broken")
+    train_lib.train_and_evaluate(cfg, full)
+    restore = _interrupted_at(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train_and_evaluate(cfg, broken)
+    restore()
+    assert steps_on_disk(broken) == [5]
+    train_lib.train_and_evaluate(cfg, broken)
+    history = _history_without_timing(full)
+    assert history == _history_without_timing(broken)
+    counts = {h["step"]: (h["nonfinite_skipped"], h["nonfinite_consecutive"]) for h in history
+              if "nonfinite_skipped" in h}
+    assert counts == {5: (2, 2), STEPS: (2, 0)}  # logged at the checkpoint (5) and the end
+
+    # A third bad step in a row (5) reaches max_consecutive_nonfinite=3 with or without a resume.
+    poison(poisoned_example(5)[0])
+    strict = fault_config(on_nonfinite="skip", log_every=100, checkpoint_every=5, max_consecutive_nonfinite=3)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite steps") as info:
+        train_lib.train_and_evaluate(strict, str(tmp_path / "strict_full"))
+    assert info.value.step == 5
+    restore = _interrupted_at(monkeypatch, 6)  # before step 5's flag is read
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train_and_evaluate(strict, str(tmp_path / "strict_broken"))
+    restore()
+    assert steps_on_disk(str(tmp_path / "strict_broken")) == [5]
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite steps") as info:
+        train_lib.train_and_evaluate(strict, str(tmp_path / "strict_broken"))
+    assert info.value.step == 5
+
+
 def test_skipped_step_leaves_params_optimizer_and_xbm_memory_unchanged():
     """The jitted step itself, with a cross-batch memory: a poisoned batch changes nothing but
     the step counter (skip) or nothing at all (raise); the next clean batch trains."""
@@ -376,3 +432,31 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, referen
     ckpt = checkpointing.Checkpointer(directory, cfg)
     assert ckpt.steps() == [4] and partial_saves(workdir) == []
     ckpt.close()
+
+
+def test_a_resume_that_fails_before_its_first_step_keeps_the_record(tmp_path, monkeypatch):
+    """Allowed changes reach config.json only once the changed run has trained a step: a start
+    that fails while building its step leaves the record of the checkpoints on disk, so the
+    original command still resumes."""
+    from rankax.train import loop
+
+    workdir = str(tmp_path)
+    train_lib.train_and_evaluate(fault_config(num_steps=4), workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        before = json.load(f)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the step does not build")
+
+    monkeypatch.setattr(loop, "make_train_step", broken)
+    with pytest.raises(RuntimeError, match="does not build"):
+        train_lib.train_and_evaluate(fault_config(num_steps=6), workdir, allow_config_change=["num_steps"])
+    monkeypatch.undo()
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f) == before
+    train_lib.train_and_evaluate(fault_config(num_steps=4), workdir)  # not refused
+    train_lib.train_and_evaluate(fault_config(num_steps=6), workdir, allow_config_change=["num_steps"])
+    with open(os.path.join(workdir, "config.json")) as f:
+        record = json.load(f)
+    assert record["config"]["num_steps"] == 6 and record["changes"][-1]["keys"] == {"num_steps": [4, 6]}
+    assert steps_on_disk(workdir)[-1] == 6

@@ -54,6 +54,49 @@ def test_run_writes_metrics_plots_and_checkpoints(tmp_path):
     assert steps[-1] == 12 and len(steps) <= 3 + 1  # last k plus possibly the best
 
 
+def tensorboard_steps(workdir, tag):
+    """Steps of the scalar ``tag`` in ``<workdir>/tensorboard`` as TensorBoard shows them: event
+    files in name order, and a ``SessionLog.START`` event at step ``s`` drops the events read so
+    far at steps ``>= s`` (TensorBoard's purge of a restarted run). Read from the raw records
+    (8-byte length, 4-byte CRC, the event, 4-byte CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    seen = []
+    folder = os.path.join(workdir, "tensorboard")
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            data = f.read()
+        i = 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                seen = [(step, t) for step, t in seen if step < event.step]
+            seen += [(event.step, v.tag) for v in event.summary.value]
+    return sorted(step for step, t in seen if t == tag)
+
+
+def test_a_resumed_writer_hides_the_events_it_writes_again(tmp_path):
+    from rankax.train import writers
+
+    first = writers.summary_writer(str(tmp_path))  # a new run, interrupted after step 10
+    for step in range(11):
+        first.add_scalar("train/loss", 1.0, step)
+    first.close()
+    again = writers.summary_writer(str(tmp_path), start=8)  # resumed from checkpoint 8
+    for step in range(9, 13):
+        again.add_scalar("train/loss", 2.0, step)
+    again.close()
+    assert tensorboard_steps(str(tmp_path), "train/loss") == list(range(13))
+    rerun = writers.summary_writer(str(tmp_path))  # the same workdir started again from 0
+    rerun.add_scalar("train/loss", 3.0, 1)
+    rerun.close()
+    assert tensorboard_steps(str(tmp_path), "train/loss") == [1]
+
+
 def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     full, broken = str(tmp_path / "full"), str(tmp_path / "broken")
     want = train_lib.train_and_evaluate(tiny_config(), full)
@@ -71,7 +114,13 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(samplers.PKSampler, "indices", original)
     # The kill happened after the step-8 checkpoint: steps 9-10 are redone on resume.
     assert max(int(p) for p in os.listdir(os.path.join(broken, "checkpoints")) if p.isdigit()) == 8
+    # The writer was flushed before that checkpoint: no event up to it depends on a later flush.
+    assert {2, 4, 6, 8} <= set(tensorboard_steps(broken, "train/loss"))
     got = train_lib.train_and_evaluate(tiny_config(), broken)
+    # TensorBoard shows each step once, as for the uninterrupted run.
+    for tag in ("train/loss", "eval/map@r"):
+        assert tensorboard_steps(broken, tag) == tensorboard_steps(full, tag), tag
+    assert tensorboard_steps(full, "train/loss") == [2, 4, 6, 8, 10, 12]
 
     assert got == pytest.approx(want, abs=0)
     a, b = load_params(full, 12), load_params(broken, 12)

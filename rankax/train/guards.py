@@ -40,7 +40,8 @@ class NonFiniteGuard:
 
     ``train_step``: the :class:`~rankax.train.step.TrainStep` (its ``diagnose``); ``labels``:
     the training labels by dataset index; ``history``: the run's history so far (the skip
-    count survives a resume through it).
+    count and the current run of non-finite steps survive a resume through it: in skip mode
+    the loop logs both at every step it may checkpoint).
     """
 
     def __init__(
@@ -56,9 +57,9 @@ class NonFiniteGuard:
         self.max_consecutive = max_consecutive_nonfinite(config)
         self.report_path = os.path.join(os.path.abspath(workdir), "nonfinite_steps.jsonl")
         self.train_step, self.labels, self.ckpt = train_step, labels, ckpt
-        logged = [h["nonfinite_skipped"] for h in history if "nonfinite_skipped" in h]
-        self.skipped = int(logged[-1]) if logged else 0
-        self.consecutive = 0
+        logged = [h for h in history if "nonfinite_skipped" in h]
+        self.skipped = int(logged[-1]["nonfinite_skipped"]) if logged else 0
+        self.consecutive = int(logged[-1].get("nonfinite_consecutive", 0)) if logged else 0
 
     def check(self, step: int, idx: np.ndarray, images: np.ndarray, metrics: dict, state: Any) -> None:
         """Acts on the finite flag of ``step`` (``metrics`` of that step; ``state``: the

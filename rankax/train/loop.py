@@ -157,6 +157,11 @@ class Run:
     evaluator: Any
     start: int
     report: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    #: Allowed config changes of a resumed run and the config they lead to, recorded in
+    #: ``config.json`` once the run has trained a step (or finished): a start that fails before
+    #: that leaves the record describing the checkpoints.
+    changes: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    recorded: Config | None = None
 
 
 MODEL_SELECTIONS = ("last", "best")
@@ -227,8 +232,8 @@ def setup(config: Config, workdir: str, changes: dict) -> Run:
     model = state_lib.build_model(config)
     state = state_lib.initial_state(config, data, model)
     ckpt, state, history = restore(config, workdir, state, mesh)
-    if distributed.is_main():  # [multihost]
-        workdir_lib.write(recorded, workdir, changes)
+    if distributed.is_main():  # [multihost] a new workdir's record; changes wait (record_changes)
+        workdir_lib.write(recorded, workdir)
     run = Run(
         config=config,
         workdir=workdir,
@@ -240,9 +245,11 @@ def setup(config: Config, workdir: str, changes: dict) -> Run:
         state=state,
         ckpt=ckpt,
         history=history,
-        writer=writers.summary_writer(workdir),
+        writer=writers.summary_writer(workdir, int(state.step)),
         evaluator=evaluators.make_evaluator(config, data),
         start=int(state.step),
+        changes=dict(changes),
+        recorded=recorded,
     )
     run.report = baselines(run)
     return run
@@ -281,10 +288,15 @@ class Due(NamedTuple):
 def due_after(config: Config, step: int) -> Due:
     """:class:`Due` after step ``step`` (0-based; the step counter becomes ``step + 1``)."""
     n, done = step + 1, step + 1 == config.num_steps
+    evaluate = bool(config.eval_every) and n % config.eval_every == 0 and not done
+    save = n % config.checkpoint_every == 0 and not done
+    # Skip mode logs its counters at every step that may be saved (evaluated steps are saved
+    # under model_selection="best"): a resume restores them from the history.
+    skip = guards.nonfinite_action(config) == "skip"
     return Due(
-        log=n % max(1, int(config.log_every)) == 0 or done,
-        eval=bool(config.eval_every) and n % config.eval_every == 0 and not done,
-        save=n % config.checkpoint_every == 0 and not done,
+        log=n % max(1, int(config.log_every)) == 0 or done or (skip and (save or evaluate)),
+        eval=evaluate,
+        save=save,
         done=done,
     )
 
@@ -370,6 +382,13 @@ def train(run: Run, counter: dict[str, int]) -> None:
     meter.close()
 
 
+def record_changes(run: Run) -> None:
+    """Appends the run's allowed config changes to ``config.json`` (once)."""
+    if run.changes and distributed.is_main():  # [multihost]
+        workdir_lib.write(run.recorded, run.workdir, run.changes)
+    run.changes = {}
+
+
 def after_step(
     run: Run, step: int, metrics: dict, due: Due, guard: guards.NonFiniteGuard, meter: Meter
 ) -> None:
@@ -377,12 +396,14 @@ def after_step(
     time of the last two is left out of the throughput window). An evaluated step is saved
     with its metrics (so the checkpointer keeps the best one) when ``due.save`` or when
     ``config.model_selection="best"`` needs it."""
+    record_changes(run)
     if due.log:
         log_step(run, step + 1, metrics, guard, meter)
     t = time.perf_counter()
     evaluated = evaluate_at(run, step + 1) if due.eval else None
     best = run.config.get("model_selection", "last") == "best"
     if due.save or (best and evaluated is not None):
+        run.writer.flush()  # the events up to this checkpoint survive a kill
         run.ckpt.save(run.state, run.history, metrics=evaluated)
     meter.paused += time.perf_counter() - t
 
@@ -410,7 +431,7 @@ def log_step(run: Run, n: int, metrics: dict, guard: guards.NonFiniteGuard, mete
         if meter.bar is not None:
             meter.bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}", wait=f"{waiting:.0%}")
     if guard.action == "skip":
-        entry["nonfinite_skipped"] = guard.skipped
+        entry.update(nonfinite_skipped=guard.skipped, nonfinite_consecutive=guard.consecutive)
         run.writer.add_scalar("train/nonfinite_skipped", guard.skipped, n)
     run.history.append(entry)
     if meter.opened is not None:
@@ -482,6 +503,7 @@ def finish(run: Run) -> dict[str, float]:
     checkpoint (unless it exists), the model selection (:func:`select_model`), the printed
     table and the output files. Returns the metrics of the selected model (``metrics.json``)."""
     final = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+    record_changes(run)  # a resume that trained no step records its changes here
     step = int(run.state.step)
     last = run.history[-1] if run.history else {}
     if not (last.get("step") == step and any(k.startswith("eval/") for k in last)):

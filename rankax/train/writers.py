@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -31,16 +32,29 @@ def jsonable(x: Any) -> Any:
     return x
 
 
-def summary_writer(workdir: str) -> Any:
-    """A TensorBoard writer of ``<workdir>/tensorboard`` (``add_scalar(tag, value, step)``);
-    on processes other than 0 of a multi-process run, one that writes nothing."""
+def summary_writer(workdir: str, start: int = 0) -> Any:
+    """A TensorBoard writer of ``<workdir>/tensorboard`` (``add_scalar(tag, value, step)``) for
+    a run that starts after step ``start`` (0: a new run, which writes its baselines at step
+    0); on processes other than 0 of a multi-process run, one that writes nothing.
+
+    Its file begins with a purge marker: TensorBoard drops the events of earlier files at
+    steps the run writes again (from ``start + 1`` on a resume, everything on a new run), so
+    an interrupted run's events after its checkpoint never show twice. The loop flushes the
+    writer before each checkpoint, so a kill loses no event up to the checkpoint it resumes
+    from."""
     from rankax.train import distributed
 
     if not distributed.is_main():  # [multihost] TensorBoard from process 0 only
         return distributed.NullWriter()
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(os.path.join(workdir, "tensorboard"))
+    # tensorboardX names a file by the second it was made and truncates an existing one: the
+    # nanosecond suffix keeps two writers of the same second apart, in the order they were made
+    # (the order TensorBoard reads them in).
+    return SummaryWriter(
+        os.path.join(workdir, "tensorboard"), purge_step=start + 1 if start else 0,
+        filename_suffix=f".{time.time_ns()}",
+    )
 
 
 def write_scalars(writer: Any, prefix: str, values: dict[str, float], step: int) -> None:
