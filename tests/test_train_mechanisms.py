@@ -134,6 +134,27 @@ def test_frozen_warmup_switches_at_the_epoch_start_and_pauses_schedules(paused):
         np.testing.assert_allclose(upd["head"]["kernel"], -_cosine(0.2, head_count, 40) * 0.5, rtol=1e-6)
 
 
+def test_frozen_group_counts_the_epochs_from_the_switch_when_they_differ_in_length():
+    """Epochs of 2, 7, 3, 5, 4, 6, 3, 8 steps (an M-per-class sampler's), a per-epoch cosine
+    and a 2-epoch warm-up that freezes the backbone and pauses every schedule: from the switch
+    (step 9) both groups hold, over run epoch e, the cosine at epoch_start(e) - 9, so they change
+    only at epoch starts and agree with each other (the backbone used to count its epochs from
+    step 0 and changed inside epoch 2)."""
+    starts = np.cumsum([0, 2, 7, 3, 5, 4, 6, 3, 8] + [5] * 10)  # the run ends at starts[8]
+    c = _sgd_config(
+        schedule="cosine", schedule_unit="epoch", head_lr=0.1,
+        frozen_warmup_epochs=2, frozen_groups=("backbone",), warmup_paused_schedules="all",
+    )
+    c.num_steps = int(starts[8])
+    tx = optim.make_optimizer(c, epoch_start=lambda e: int(starts[int(e)]))
+    for t, upd in enumerate(_updates(tx, PARAMS, GRADS, c.num_steps)):
+        epoch = int(np.searchsorted(starts, t, side="right") - 1)
+        lr = _cosine(0.1, max(int(starts[epoch]) - 9, 0), c.num_steps)
+        np.testing.assert_allclose(upd["head"]["kernel"], -lr * 0.5, rtol=1e-6, err_msg=f"t={t}")
+        backbone = 0.0 if t < 9 else -lr * 0.5
+        np.testing.assert_allclose(upd["Dense_0"]["kernel"], backbone, rtol=1e-6, atol=0, err_msg=f"t={t}")
+
+
 def test_frozen_adam_starts_fresh_at_the_switch():
     """Adam's first update is -lr * g / (|g| + eps) (bias-corrected moments of one gradient):
     the frozen group's first real update (at the switch) is exactly that, its moments having

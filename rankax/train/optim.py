@@ -177,13 +177,16 @@ def make_schedule(
     section: Config | None = None,
     epoch_start: EpochStart | None = None,
     offset_epochs: int = 0,
+    counted_from_offset: bool = False,
 ) -> optax.Schedule:
     """The schedule of ``section`` (default ``config.optimizer``) over ``config.num_steps``
     steps from ``base_lr``, after a linear warm-up from 0 over ``warmup_steps`` steps (if any).
 
     ``epoch_start``: the sampler's ``epoch -> first step`` (:func:`epoch_clock`; needed by keys
-    in epochs); ``offset_epochs``: the schedule counts from the start of that epoch (its value
-    before is the initial one: the paused warm-up)."""
+    in epochs); ``offset_epochs``: the schedule counts from the start of that epoch, and its
+    epochs are the run's from there on (its value before is the initial one: the paused
+    warm-up). ``counted_from_offset``: the count it is called with already starts at 0 at
+    that epoch (a frozen group's optimizer, :func:`frozen_until`); else it is the run's step."""
     section = config.optimizer if section is None else section
     clock = Clock(int(config.num_steps), epoch_start, int(offset_epochs))
     sched = _schedule(section, base_lr, clock)
@@ -192,7 +195,7 @@ def make_schedule(
         raise ConfigError(f"config.optimizer.schedule_unit must be 'step' or 'epoch', got {unit!r}")
     if unit == "epoch":
         sched = per_epoch(sched, clock)
-    offset = clock.offset
+    offset = 0 if counted_from_offset else clock.offset
     if not offset:
         return sched
     return lambda count: sched(jnp.maximum(count - offset, 0))
@@ -280,12 +283,13 @@ class Warmup:
         return self.epochs > 0 and group in self.groups
 
     def offset_epochs(self, group: str) -> int:
-        """Epochs the schedule of a group that is not frozen waits (``"all"``: the warm-up;
-        ``"frozen"``: none). A frozen group's schedule needs no offset: its optimizer makes
-        its first update, schedule count 0, at the switch (:func:`frozen_until`)."""
-        if not self.epochs or self.frozen(group):
+        """Epochs into the run at which the schedule of ``group`` starts: the warm-up for a
+        frozen group (its optimizer makes its first update, schedule count 0, at the switch:
+        :func:`frozen_until`) and, with ``paused="all"``, for every group; else 0. The
+        schedule's epochs are the run's from there on (epochs may differ in length)."""
+        if not self.epochs:
             return 0
-        return self.epochs if self.paused == "all" else 0
+        return self.epochs if self.frozen(group) or self.paused == "all" else 0
 
 
 def warmup(config: Config, epoch_start: EpochStart | None = None) -> Warmup:
@@ -333,7 +337,8 @@ def make_group_optimizer(
         raise ValueError(f"{key}.name must be {'|'.join(OPTIMIZERS)}, got {section.name!r}")
     warm = warmup(config, epoch_start)
     sched = make_schedule(
-        config, lr, section=section, epoch_start=epoch_start, offset_epochs=warm.offset_epochs(group)
+        config, lr, section=section, epoch_start=epoch_start, offset_epochs=warm.offset_epochs(group),
+        counted_from_offset=warm.frozen(group),
     )
     if weight_decay is not None and weight_decay != section.weight_decay:
         section = ml_collections.ConfigDict({**section.to_dict(), "weight_decay": float(weight_decay)})
