@@ -26,6 +26,7 @@ from rankax.data import ArraySource
 from rankax.train import (
     CheckpointReadError,
     CheckpointSaveError,
+    ConfigError,
     NonFiniteLossError,
     WorkdirConfigMismatch,
     checkpointing,
@@ -460,3 +461,16 @@ def test_a_resume_that_fails_before_its_first_step_keeps_the_record(tmp_path, mo
         record = json.load(f)
     assert record["config"]["num_steps"] == 6 and record["changes"][-1]["keys"] == {"num_steps": [4, 6]}
     assert steps_on_disk(workdir)[-1] == 6
+
+
+def test_a_checkpoint_past_num_steps_is_refused(tmp_path):
+    """Lowering num_steps (allowed) below the newest checkpoint would report the longer run's
+    model as the shorter one's: refused, naming the key, and the record is left alone."""
+    workdir = str(tmp_path)
+    train_lib.train_and_evaluate(fault_config(num_steps=4), workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        before = json.load(f)
+    with pytest.raises(ConfigError, match=r"checkpoint of step 4, past config.num_steps=2"):
+        train_lib.train_and_evaluate(fault_config(num_steps=2), workdir, allow_config_change=["num_steps"])
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f) == before

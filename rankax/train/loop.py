@@ -232,6 +232,13 @@ def setup(config: Config, workdir: str, changes: dict) -> Run:
     model = state_lib.build_model(config)
     state = state_lib.initial_state(config, data, model)
     ckpt, state, history = restore(config, workdir, state, mesh)
+    if int(state.step) > int(config.num_steps):
+        ckpt.close()
+        raise errors.ConfigError(
+            f"workdir {workdir} holds a checkpoint of step {int(state.step)}, past config.num_steps="
+            f"{int(config.num_steps)}: its model would be reported as the shorter run's. Evaluate an "
+            "earlier step with experiments.evaluate --workdir DIR --step N, or use another --workdir"
+        )
     if distributed.is_main():  # [multihost] a new workdir's record; changes wait (record_changes)
         workdir_lib.write(recorded, workdir)
     run = Run(
