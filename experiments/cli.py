@@ -2,7 +2,8 @@
 
 ``--config FILE`` names an ``ml_collections`` config file (``get_config()``), and any
 ``--config.<key>=<value>`` overrides one of its keys, typed as the key's current value
-(``--config.num_steps=50``, ``--config.eval_ks=1,10``, ``--config.model.pretrained=w.pth``).
+(``--config.num_steps=50``, ``--config.eval_ks=1,10``, ``--config.model.pretrained=w.pth``;
+a tuple of strings as ``--config.optimizer.frozen_groups=backbone,head`` or ``=head``).
 ``config.loss.hparams`` is open: ``--config.loss.hparams.temperature=0.05`` adds or replaces a
 keyword argument of the loss (the training program checks it is one). Other flags are
 ``--name=value`` or ``--name value`` (``-`` and ``_`` alike). A mistake is reported in one or two
@@ -159,14 +160,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple
         parent, leaf = _locate(config, key)
         if key.startswith(HPARAMS + ".") and key.count(".") == 2:
             current = parent.get(leaf, None)
-            value = _literal(text) if current is None else _typed(key, text, type(current))
+            value = _literal(text) if current is None else _typed(key, text, type(current), current)
             parent[leaf] = value
             continue
         field_type = parent.get_type(leaf)
         if isinstance(parent[leaf], ml_collections.ConfigDict):
             sub = ", ".join(sorted(parent[leaf].keys())) or "none"
             raise CliError(f"config.{key} is a group of keys ({sub}); set one: --config.{key}.<key>=VALUE")
-        value = _typed(key, text, field_type)
+        value = _typed(key, text, field_type, parent[leaf])
         try:
             parent[leaf] = value
         except (TypeError, ValueError) as err:
@@ -218,8 +219,9 @@ def _literal(text: str) -> Any:
         return text
 
 
-def _typed(key: str, text: str, field_type: type | None) -> Any:
-    """``text`` as a value of ``field_type`` (None: the key holds None, any literal)."""
+def _typed(key: str, text: str, field_type: type | None, current: Any = None) -> Any:
+    """``text`` as a value of ``field_type`` (None: the key holds None, any literal);
+    ``current``, the key's value now, tells a tuple of strings from one of numbers."""
     if text.strip() == "None":
         return None
     try:
@@ -230,15 +232,60 @@ def _typed(key: str, text: str, field_type: type | None) -> Any:
         if field_type is float:
             return float(text)
         if field_type in (tuple, list):
-            value = ast.literal_eval(text if "(" in text or "[" in text else f"({text},)")
-            return field_type(value if isinstance(value, tuple | list) else (value,))
+            return field_type(_sequence(text, current))
         if field_type is str:
             return text
     except (ValueError, SyntaxError):
         name = getattr(field_type, "__name__", str(field_type))
-        example = " (comma-separated values, e.g. 1,2,4)" if field_type in (tuple, list) else ""
+        listed = field_type in (tuple, list)
+        example = f" (comma-separated values, e.g. {_example(current)})" if listed else ""
         raise CliError(f"--config.{key}={text!r} is not a valid {name}{example}") from None
     return _literal(text)
+
+
+def _holds_strings(current: Any) -> bool:
+    return bool(current) and all(isinstance(v, str) for v in current)
+
+
+def _example(current: Any) -> str:
+    if not current:
+        return "1,2,4 or a,b"
+    return "a,b" if _holds_strings(current) else "1,2,4"
+
+
+def _sequence(text: str, current: Any) -> tuple:
+    """The entries of a tuple written as a Python literal (``(1, 2)``, ``['a']``) or separated
+    by commas: ``1,2,4``, and ``backbone,head`` or ``head`` where the key holds strings (bare
+    words) or is empty (then each entry is a literal if it parses as one, else a word)."""
+    if "(" in text or "[" in text:
+        value = ast.literal_eval(text)
+        return tuple(value) if isinstance(value, tuple | list) else (value,)
+    items = [item.strip() for item in text.split(",")]
+    if len(items) > 1 and not items[-1]:  # "head,": one entry
+        items.pop()
+    if _holds_strings(current):
+        return tuple(_word(item) for item in items)
+    if current:  # numbers: every entry must be one (a literal)
+        return tuple(ast.literal_eval(item) for item in items)
+    return tuple(_literal_or_word(item) for item in items)
+
+
+def _word(item: str) -> str:
+    """A string entry: quoted (``'head'``) or a bare word (``head``: no spaces or quotes)."""
+    if item[:1] in ("'", '"'):
+        value = ast.literal_eval(item)
+        if isinstance(value, str):
+            return value
+    if not item or any(c.isspace() or c in "'\"" for c in item):
+        raise ValueError(f"not a string entry: {item!r}")
+    return item
+
+
+def _literal_or_word(item: str) -> Any:
+    try:
+        return ast.literal_eval(item)
+    except (ValueError, SyntaxError):
+        return _word(item)
 
 
 # ----------------------------------------------------------------------------- multi-process

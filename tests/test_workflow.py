@@ -231,6 +231,23 @@ def test_demo_figures_show_baselines_and_before_after(small_run):
         ("eval_ks=0,1", "config.eval_ks must be a non-empty sequence of positive ints"),
         ("eval_ks=1,x", "--config.eval_ks='1,x' is not a valid tuple (comma-separated values"),
         ("dataset.max_shift=-1", "config.dataset.max_shift must be an int >= 0"),
+        ("dataset.split_seed=-1", "config.dataset.split_seed must be an int >= 0, got -1"),
+        ("seed=-1", "config.seed must be an int in [0, 4294967295]"),
+        ("seed=None", "config.seed must be an int in [0, 4294967295] (jax.random.PRNGKey keeps only its "
+         "low 32 bits), got None"),
+        ("seed=4294967296", "config.seed must be an int in [0, 4294967295]"),  # 2**32: the same key as 0
+        ("loss.name=normalized_softmax", "config.loss.name='normalized_softmax' is a loss of the embeddings"),
+        ("loss.name=normalized_softmax", "add it as a term under config.loss.terms"),
+        ("loss.name=supapp", "config.loss.name must be one of blackbox_ap, calibration,"),
+        ("optimizer.decay_at=-0.1,0.5", "config.optimizer.decay_at must be fractions of the run in (0, 1]"),
+        ("optimizer.decay_at=0.5,1.5", "config.optimizer.decay_at must be fractions of the run in (0, 1]"),
+        ("optimizer.decay_at=0.5,0.5", "config.optimizer.decay_at must be fractions of the run in (0, 1], "
+         "increasing, each once"),
+        ("optimizer.decay_at=0.75,0.5", "config.optimizer.decay_at must be"),
+        ("optimizer.decay_epochs=0.5", "config.optimizer.decay_epochs must be epochs, ints >= 1"),
+        ("optimizer.decay_epochs=0", "config.optimizer.decay_epochs must be epochs, ints >= 1"),
+        ("optimizer.decay_epochs=70,30", "config.optimizer.decay_epochs must be epochs, ints >= 1, in order"),
+        ("optimizer.frozen_groups=a b", "--config.optimizer.frozen_groups='a b' is not a valid tuple"),
     ],
 )
 def test_config_values_are_checked_before_the_workdir_is_touched(tmp_path, override, message):
@@ -239,6 +256,70 @@ def test_config_values_are_checked_before_the_workdir_is_touched(tmp_path, overr
         train_cli.main(["--config", DIGITS, "--workdir", str(workdir), f"--config.{override}"])
     assert message in str(info.value.code)
     assert not (tmp_path / "new").exists()
+
+
+def test_schedule_points_and_list_losses_that_are_allowed_pass_the_checks():
+    from rankax.train import config_checks
+
+    config = cli.load_config(DIGITS)
+    # An epoch listed twice decays twice (torch's MultiStepLR); a decay at the end of the run.
+    cli.apply_overrides(config, [("optimizer.decay_epochs", "30,30,70"), ("optimizer.decay_at", "0.5,1")])
+    cli.apply_overrides(config, [("loss.name", "calibration"), ("seed", "4294967295")])
+    config_checks.check_config(config)
+    assert config.optimizer.decay_epochs == (30, 30, 70) and config.optimizer.decay_at == (0.5, 1)
+
+
+def test_a_loss_terms_schedule_points_are_checked_as_the_optimizers():
+    from configs import suprank_sop
+    from rankax.train import config_checks
+
+    config = suprank_sop.get_config()  # a `cluster` term with its own optimizer
+    config.loss.terms.cluster.optimizer.decay_epochs = (5, 2)
+    with pytest.raises(ConfigError, match=r"config.loss.terms.cluster.optimizer.decay_epochs must be epochs, "
+                       r"ints >= 1, in order .*got \(5, 2\)"):
+        config_checks.check_config(config)
+
+
+def test_tuple_overrides_take_words_and_numbers():
+    from configs import suprank_sop
+
+    config = cli.load_config(DIGITS)  # frozen_groups is () here: entries of no known type yet
+    cli.apply_overrides(config, [("optimizer.frozen_groups", "head")])
+    assert config.optimizer.frozen_groups == ("head",)
+    cli.apply_overrides(config, [("optimizer.frozen_groups", "backbone, head")])
+    assert config.optimizer.frozen_groups == ("backbone", "head")
+    cli.apply_overrides(config, [("eval_ks", "1,2,4"), ("optimizer.decay_at", "0.25")])
+    assert config.eval_ks == (1, 2, 4) and config.optimizer.decay_at == (0.25,)
+    strings = suprank_sop.get_config()  # frozen_groups holds strings: every entry is one
+    assert strings.optimizer.frozen_groups == ("backbone",)
+    cli.apply_overrides(strings, [("optimizer.frozen_groups", "backbone,cluster")])
+    assert strings.optimizer.frozen_groups == ("backbone", "cluster")
+    cli.apply_overrides(strings, [("optimizer.frozen_groups", "head,'1'")])
+    assert strings.optimizer.frozen_groups == ("head", "1")
+    cli.apply_overrides(strings, [("optimizer.frozen_groups", "('a', 'b')")])
+    assert strings.optimizer.frozen_groups == ("a", "b")
+    for bad in ("a,,b", "'a,b", "a b"):
+        with pytest.raises(SystemExit, match=r"--config.optimizer.frozen_groups=.* is not a valid tuple "
+                           r"\(comma-separated values, e.g. a,b\)"):
+            cli.apply_overrides(strings, [("optimizer.frozen_groups", bad)])
+
+
+def test_mlp_without_projection_returns_its_normalised_trunk_features():
+    import jax
+
+    from rankax.models import factory
+
+    model = factory.build("mlp", hidden=(6,), embedding_dim=None)
+    x = np.random.default_rng(0).random((3, 2, 2, 1)).astype(np.float32)
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    assert "head" not in params
+    dense, norm = params["Dense_0"], params["LayerNorm_0"]
+    h = x.reshape(3, -1) @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+    h = (h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + 1e-6)  # flax's eps
+    h = h * np.asarray(norm["scale"]) + np.asarray(norm["bias"])
+    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))  # tanh GELU
+    expected = h / np.linalg.norm(h, axis=1, keepdims=True)
+    np.testing.assert_allclose(model.apply({"params": params}, x), expected, atol=1e-5)
 
 
 def test_every_experiment_config_passes_the_value_checks():

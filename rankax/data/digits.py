@@ -35,6 +35,8 @@ def load_digits_split(protocol: str = "stratified", seed: int = 0) -> DigitsSpli
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed (the split's) must be an int >= 0, got {seed!r}")
     from sklearn.datasets import load_digits
 
     digits = load_digits()

@@ -21,12 +21,14 @@ class MLPEmbedding(nn.Module):
 
     Attributes:
       hidden: widths of the hidden layers.
-      embedding_dim: output dimension; outputs are L2-normalised.
+      embedding_dim: output dimension (the ``"head"`` projection); ``None``: no projection, the
+        output is the last hidden layer's features (as the other models' heads do with
+        ``None``). Outputs are L2-normalised.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
     """
 
     hidden: Sequence[int] = (256, 256)
-    embedding_dim: int = 64
+    embedding_dim: int | None = 64
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -37,5 +39,6 @@ class MLPEmbedding(nn.Module):
             x = nn.Dense(width, dtype=self.dtype)(x)
             x = nn.LayerNorm(dtype=self.dtype)(x)
             x = nn.gelu(x)
-        x = nn.Dense(self.embedding_dim, dtype=self.dtype, name="head")(x)
+        if self.embedding_dim is not None:
+            x = nn.Dense(self.embedding_dim, dtype=self.dtype, name="head")(x)
         return l2_normalize(x.astype(jnp.float32))

@@ -4,13 +4,14 @@ Each key has a rule (an int with a lower bound, a finite float in a range, one o
 names); a value that breaks it raises :class:`~rankax.train.ConfigError` naming the dotted key,
 the rule and the value, so a typo such as ``--config.checkpoint_every=0`` or
 ``--config.optimizer.lr=-0.1`` stops the start instead of a traceback deep in the loop or a
-run that trains nonsense. Keys that only some pieces read (dataset, sampler, schedule) are
-checked by those pieces; the loss's hyperparameters by the loss's own ranges
+run that trains nonsense. Keys that only some pieces read (dataset names, samplers, which
+schedule) are checked by those pieces; the loss's hyperparameters by the loss's own ranges
 (:func:`rankax.train.losses.check_loss_hparams`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -22,6 +23,8 @@ Config = ml_collections.ConfigDict
 
 # dotted key -> smallest allowed int
 INT_KEYS: dict[str, int] = {
+    "seed": 0,
+    "dataset.split_seed": 0,  # digits: numpy's default_rng takes no negative seed
     "num_steps": 0,  # 0 only with num_epochs > 0 (check_config)
     "num_epochs": 0,
     "log_every": 1,
@@ -41,6 +44,11 @@ INT_KEYS: dict[str, int] = {
     "dataset.max_shift": 0,
 }
 OPTIONAL_INT_KEYS = frozenset({"model.embedding_dim"})
+# dotted key -> (largest allowed int, why): jax.random.PRNGKey keeps only the low 32 bits of a
+# seed, so seeds 2**32 apart would give the same run.
+INT_MAXIMA: dict[str, tuple[int, str]] = {
+    "seed": (2**32 - 1, "jax.random.PRNGKey keeps only its low 32 bits"),
+}
 # dotted key -> (lowest, highest, whether lowest itself is allowed); None allowed where marked.
 FLOAT_KEYS: dict[str, tuple[float, float, bool]] = {
     "optimizer.lr": (0.0, math.inf, False),
@@ -54,6 +62,14 @@ OPTIONAL_FLOAT_KEYS: dict[str, tuple[float, float, bool]] = {
     "optimizer.head_lr": (0.0, math.inf, False),
     "optimizer.head_weight_decay": (0.0, math.inf, True),
     "optimizer.final_lr": (0.0, math.inf, True),
+}
+# dotted key -> (what its entries are, whether an entry may repeat). "step" decays at each
+# fraction of the run, and a fraction listed twice decays once (rankax.train.optim._step);
+# "multistep" at the start of each epoch listed, and an epoch listed twice decays twice, as in
+# torch's MultiStepLR (it counts its milestones): allowed.
+SCHEDULE_POINTS: dict[str, tuple[str, bool]] = {
+    "optimizer.decay_at": ("fraction", False),
+    "optimizer.decay_epochs": ("epoch", True),
 }
 
 
@@ -91,24 +107,63 @@ def check_float(key: str, value: Any, low: float, high: float, closed: bool, opt
         raise ConfigError(f"config.{key} must be {expected}, got {value!r}")
 
 
+def check_int(key: str, value: Any, low: int, optional: bool = False) -> None:
+    """``value`` is an int >= ``low``, and <= its bound in :data:`INT_MAXIMA` if it has one
+    (``None`` too where ``optional``)."""
+    if value is None and optional:
+        return
+    high, why = INT_MAXIMA.get(key, (math.inf, ""))
+    if _is_int(value) and low <= value <= high:
+        return
+    rule = f">= {low}" if high == math.inf else f"in [{low}, {high}] ({why})"
+    raise ConfigError(f"config.{key} must be {'None or ' * optional}an int {rule}, got {value!r}")
+
+
+def _is_fraction(value: Any) -> bool:
+    return _is_real(value) and 0 < value <= 1
+
+
+def _is_epoch(value: Any) -> bool:
+    return _is_int(value) and value >= 1
+
+
+def check_schedule_points(key: str, values: Any, kind: str, repeats: bool) -> None:
+    """``values`` is a sorted sequence of fractions of the run in (0, 1] (``kind="fraction"``)
+    or of epochs, ints >= 1 (``kind="epoch"``), with no entry twice unless ``repeats``."""
+    fraction = kind == "fraction"
+    valid = _is_fraction if fraction else _is_epoch
+    if isinstance(values, tuple | list) and all(map(valid, values)):
+        if all(a < b or (repeats and a == b) for a, b in itertools.pairwise(values)):
+            return
+    rule = "fractions of the run in (0, 1]" if fraction else "epochs, ints >= 1"
+    order = "in order (one listed twice decays twice, as MultiStepLR)" if repeats else "increasing, each once"
+    example = "(0.5, 0.75)" if fraction else "(30, 70)"
+    raise ConfigError(f"config.{key} must be {rule}, {order}, e.g. {example}; got {values!r}")
+
+
 def check_config(config: Config) -> None:
-    """Checks :data:`INT_KEYS`, :data:`FLOAT_KEYS`, :data:`OPTIONAL_FLOAT_KEYS` (where the
-    config has them), the run length, ``eval_ks``, ``eval_backend``, ``model.name``, and the
-    weights and optimizers of ``loss.terms``."""
+    """Checks :data:`INT_KEYS` (with :data:`INT_MAXIMA`), :data:`FLOAT_KEYS`,
+    :data:`OPTIONAL_FLOAT_KEYS`, :data:`SCHEDULE_POINTS` (where the config has them), the run
+    length, ``eval_ks``, ``eval_backend``, ``model.name``, ``loss.name``, and the weights and
+    optimizers of ``loss.terms``."""
     for key, low in INT_KEYS.items():
         present, value = _get(config, key)
-        optional = key in OPTIONAL_INT_KEYS
-        if present and not (_is_int(value) and value >= low) and not (optional and value is None):
-            raise ConfigError(f"config.{key} must be {'None or ' * optional}an int >= {low}, got {value!r}")
+        if present:
+            check_int(key, value, low, key in OPTIONAL_INT_KEYS)
     for keys, optional in ((FLOAT_KEYS, False), (OPTIONAL_FLOAT_KEYS, True)):
         for key, (low, high, closed) in keys.items():
             present, value = _get(config, key)
             if present:
                 check_float(key, value, low, high, closed, optional)
+    for key, (kind, repeats) in SCHEDULE_POINTS.items():
+        present, value = _get(config, key)
+        if present:
+            check_schedule_points(key, value, kind, repeats)
     if config.get("num_steps", 1) == 0 and not config.get("num_epochs", 0):
         raise ConfigError("config.num_steps must be >= 1 (or set config.num_epochs), got 0")
     _check_evaluation(config)
     _check_model(config)
+    _check_loss_name(config)
     _check_terms(config)
 
 
@@ -133,6 +188,22 @@ def _check_model(config: Config) -> None:
         raise ConfigError(f"config.model.name must be one of {', '.join(sorted(MODELS))}, got {name!r}")
 
 
+def _check_loss_name(config: Config) -> None:
+    from rankax.train import losses
+
+    present, name = _get(config, "loss.name")
+    if not present or name in losses.loss_names(losses.LIST_LOSS_ARG):
+        return
+    if name in losses.loss_names(losses.TERM_LOSS_ARG):
+        raise ConfigError(
+            f"config.loss.name={name!r} is a loss of the embeddings (with class proxies), not a list "
+            "loss: add it as a term under config.loss.terms (docs/training.md); loss.name takes a list loss"
+        )
+    raise ConfigError(
+        f"config.loss.name must be one of {', '.join(losses.loss_names(losses.LIST_LOSS_ARG))}, got {name!r}"
+    )
+
+
 def _check_terms(config: Config) -> None:
     present, terms = _get(config, "loss.terms")
     terms = terms.to_dict() if present and hasattr(terms, "to_dict") else {}
@@ -145,6 +216,10 @@ def _check_terms(config: Config) -> None:
                                           ("weight_decay", FLOAT_KEYS["optimizer.weight_decay"])):
             if key in spec.get("optimizer", {}):
                 check_float(f"loss.terms.{term}.optimizer.{key}", spec["optimizer"][key], low, high, closed)
+        for key, (kind, repeats) in SCHEDULE_POINTS.items():
+            leaf = key.removeprefix("optimizer.")
+            if leaf in spec.get("optimizer", {}):
+                check_schedule_points(f"loss.terms.{term}.{key}", spec["optimizer"][leaf], kind, repeats)
     present, weight = _get(config, "loss.weight")
     if present:  # any finite number: a negative weight maximises the loss (a test's worsening run)
         check_float("loss.weight", weight, -math.inf, math.inf, True)

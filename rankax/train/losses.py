@@ -39,12 +39,34 @@ Array = jax.Array
 _HPARAM_EXCLUDED = ("where", "reduce_fn", "max_positives", "key")
 
 
-def resolve_loss(name: str) -> Callable[..., Array]:
-    """``"supap"`` -> ``rankax.losses.supap_loss`` (clear error for an unknown name)."""
+# The first argument of a list loss (the main loss, config.loss.name: the scores of a query
+# against the batch) and of a loss of the embeddings (an extra term under config.loss.terms,
+# e.g. normalized_softmax and its class proxies).
+LIST_LOSS_ARG = "scores"
+TERM_LOSS_ARG = "embeddings"
+
+
+def loss_names(first_arg: str) -> list[str]:
+    """The sorted names of the rankax losses whose first argument is ``first_arg``
+    (:data:`LIST_LOSS_ARG` or :data:`TERM_LOSS_ARG`), without the ``_loss`` suffix."""
+    names = (n for n in rankax.losses.__all__ if n.endswith("_loss"))
+    return sorted(
+        n[: -len("_loss")]
+        for n in names
+        if next(iter(inspect.signature(getattr(rankax.losses, n)).parameters), None) == first_arg
+    )
+
+
+def resolve_loss(name: str, key: str = "config.loss.name") -> Callable[..., Array]:
+    """``"supap"`` -> ``rankax.losses.supap_loss``; an unknown name raises ``ValueError``
+    naming ``key`` and listing the list losses and the losses of the embeddings apart."""
     fn = getattr(rankax.losses, f"{name}_loss", None)
     if fn is None:
-        known = sorted(n[: -len("_loss")] for n in rankax.losses.__all__ if n.endswith("_loss"))
-        raise ValueError(f"config.loss.name {name!r} is not a rankax loss; known: {known}")
+        raise ValueError(
+            f"{key} {name!r} is not a rankax loss; list losses (config.loss.name): "
+            f"{loss_names(LIST_LOSS_ARG)}; losses of the embeddings (config.loss.terms): "
+            f"{loss_names(TERM_LOSS_ARG)}"
+        )
     return fn
 
 
@@ -290,9 +312,9 @@ def _term(name: str, section: ml_collections.ConfigDict, train_labels: np.ndarra
     key = f"config.loss.terms.{name}"
     if "name" not in section or "weight" not in section:
         raise errors.ConfigError(f"{key} needs a loss `name` and a `weight`")
-    loss_fn = resolve_loss(section.name)
+    loss_fn = resolve_loss(section.name, f"{key}.name")
     params = inspect.signature(loss_fn).parameters
-    if next(iter(params), None) != "embeddings":
+    if next(iter(params), None) != TERM_LOSS_ARG:
         raise errors.ConfigError(
             f"{key}.name={section.name!r}: an extra term must be a loss of the embeddings "
             "(e.g. 'normalized_softmax'); a ranking loss is the main loss (config.loss.name)"
