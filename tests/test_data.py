@@ -237,6 +237,22 @@ def test_transform_test_resize_modes():
     assert transforms.center_crop(transforms.resize(image, 20), 16).size == (16, 16)
 
 
+def test_resize_and_crop_follow_torchvision():
+    # torchvision's Resize(256) of 500 x 366: the longer side int(256 * 500 / 366) = 349 (not 350).
+    assert transforms.resized_size(500, 366, 256) == (349, 256)
+    assert transforms.resized_size(366, 500, 256) == (256, 349)
+    # The random-resized crop is cut out, then resized: pixels outside the box never enter.
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(40, 60, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)  # not a JPEG: no draft decoding
+    t = transforms.ImageTransform(image_size=16, resize_size=20, flip=False, crop_scale=(0.2, 0.5))
+    got = t.pixels(image, train=True, rng=np.random.default_rng(7))
+    box = transforms.random_resized_crop_box(60, 40, np.random.default_rng(7), t.crop_scale, t.crop_ratio)
+    left, top, right, bottom = box
+    inside = Image.fromarray(pixels[top:bottom, left:right]).resize((16, 16), Image.BILINEAR)
+    np.testing.assert_array_equal(got, np.asarray(inside))
+
+
 def test_random_resized_crop_box_within_bounds_and_scale():
     rng = np.random.default_rng(0)
     areas = []
@@ -372,3 +388,35 @@ def test_folder_errors(tmp_path):
     assert named.train.labels.shape == (1,)
     with pytest.raises(ValueError, match="either"):
         data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", train_csv="data.csv"))
+
+
+def test_folder_per_split_csvs_in_their_own_folders(tmp_path):
+    # Without a root, each split's image paths are relative to that split's CSV.
+    train_dir, test_dir = tmp_path / "train", tmp_path / "test"
+    train_dir.mkdir()
+    test_dir.mkdir()
+    _write_folder(train_dir, [{"label": "a"}, {"label": "b"}], "train.csv")
+    _write_folder(test_dir, [{"label": "a"}, {"label": "b"}, {"label": "c"}], "test.csv")
+    ds = data.folder.load_folder(train_csv=str(train_dir / "train.csv"), test_csv=str(test_dir / "test.csv"))
+    assert len(ds.train) == 2 and len(ds.test) == 3
+    assert ds.test.get_batch(np.arange(3), train=False).shape[0] == 3
+    # A missing image names the CSV that lists it.
+    (test_dir / "images" / "test_0.png").unlink()
+    with pytest.raises(data.DatasetNotPreparedError, match=r"listed in .*test\.csv does not exist"):
+        data.folder.load_folder(train_csv=str(train_dir / "train.csv"), test_csv=str(test_dir / "test.csv"))
+
+
+def test_folder_csv_rows_of_the_wrong_length_and_a_byte_order_mark(tmp_path):
+    rows = [{"label": "a", "split": "train"}, {"label": "a", "split": "test"}]
+    path = _write_folder(tmp_path, rows)
+    text = path.read_text()
+    (tmp_path / "bom.csv").write_text(text, encoding="utf-8-sig")  # as Excel saves CSV
+    ds = data.folder.load_folder(root=str(tmp_path), csv_file="bom.csv")
+    assert len(ds.train) == 1 and len(ds.test) == 1
+    lines = text.splitlines()
+    (tmp_path / "short.csv").write_text("\n".join([*lines, "images/data_0.png,a"]) + "\n")
+    with pytest.raises(ValueError, match=r"short\.csv, line 4: 2 values for the 3 columns"):
+        data.folder.load_folder(root=str(tmp_path), csv_file="short.csv")
+    (tmp_path / "long.csv").write_text("\n".join([*lines, "images/data_0.png,a,test,extra"]) + "\n")
+    with pytest.raises(ValueError, match=r"long\.csv, line 4: 4 values for the 3 columns"):
+        data.folder.load_folder(root=str(tmp_path), csv_file="long.csv")

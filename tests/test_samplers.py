@@ -211,6 +211,23 @@ def test_hierarchical_pairs_classes_distinct_and_pure():
         data.HierarchicalPairsSampler(paths, 24, 2, batches_per_super_tuple=1, super_classes_per_batch=4)
 
 
+@pytest.mark.parametrize("kind", ["tuples", "pairs"])
+def test_a_small_super_class_puts_each_of_its_classes_in_every_batch(kind):
+    # Super-class 0 has 2 fine classes for a share of 3: the official sampler includes both
+    # (in a smaller batch); rankax includes both and draws the third place again.
+    rng = np.random.default_rng(3)
+    paths = _paths([2, 5], rng)
+    if kind == "pairs":
+        s = data.HierarchicalPairsSampler(paths, 12, 2, batches_per_super_tuple=1, seed=1)
+    else:
+        s = data.HierarchicalSampler(paths, 12, 2, batches_per_super_tuple=1, seed=1)
+    small = set(paths[paths[:, 1] == 0, 0].tolist())
+    for step in range(50):
+        batch = paths[s.indices(step)]
+        assert len(batch) == 12
+        assert set(batch[batch[:, 1] == 0, 0].tolist()) == small, step
+
+
 # ---------------------------------------------------------------- with-replacement P x K
 
 

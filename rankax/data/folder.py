@@ -38,10 +38,22 @@ SPLITS = ("train", "test", "query", "gallery")
 
 
 def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of ``path`` (a UTF-8 byte-order mark is skipped); a row with more
+    or fewer values than columns raises ``ValueError`` naming its line."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, skipinitialspace=True)
-            rows = list(reader)
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():  # extra values / missing values
+                    fields = reader.fieldnames or []
+                    count = len([v for k, v in row.items() if k is not None and v is not None])
+                    count += len(row.get(None) or [])
+                    raise ValueError(
+                        f"{path}, line {reader.line_num}: {count} values for the {len(fields)} "
+                        f"columns {fields}"
+                    )
+                rows.append(row)
             return list(reader.fieldnames or []), rows
     except FileNotFoundError as e:
         raise DatasetNotPreparedError(
@@ -79,33 +91,34 @@ def _read_combined(path: str, split_column: str) -> tuple[Rows, list[str]]:
 
 def _read_per_split(
     paths: dict[str, str | None], resolve: Callable[[str], str]
-) -> tuple[Rows, list[str], str]:
-    """The rows of one CSV per split (all with the same columns) and the first file's path."""
+) -> tuple[Rows, list[str], dict[str, str]]:
+    """The rows of one CSV per split (all with the same columns) and each split's file."""
     rows: Rows = {s: [] for s in SPLITS}
-    first, fields = None, None
+    files: dict[str, str] = {}
+    fields = None
     for split, path in paths.items():
         if path is None:
             continue
-        path = resolve(path)
+        path = files[split] = resolve(path)
         these_fields, rows[split] = _read_csv(path)
-        first = first or path
         if fields is not None and these_fields != fields:
             raise ValueError(f"{path}: columns {these_fields} differ from {fields}")
         fields = these_fields
-    return rows, fields, first
+    return rows, fields, files
 
 
 def _read_rows(
     csv_file: str | None, per_split: dict[str, str | None], split_column: str, resolve: Callable[[str], str]
-) -> tuple[Rows, list[str], str]:
-    """``(rows by split, columns, first CSV path)`` from ``csv_file`` or the per-split CSVs."""
+) -> tuple[Rows, list[str], dict[str, str]]:
+    """``(rows by split, columns, the CSV of each split)`` from ``csv_file`` or the per-split
+    CSVs."""
     if csv_file is not None and any(v is not None for v in per_split.values()):
         raise ValueError("give either csv_file (with a split column) or per-split CSVs, not both")
     if csv_file is None and all(v is None for v in per_split.values()):
         raise ValueError("a folder dataset needs csv_file or train_csv/test_csv/query_csv/gallery_csv")
     if csv_file is not None:
-        first = resolve(csv_file)
-        return (*_read_combined(first, split_column), first)
+        path = resolve(csv_file)
+        return (*_read_combined(path, split_column), dict.fromkeys(SPLITS, path))
     return _read_per_split(per_split, resolve)
 
 
@@ -151,26 +164,29 @@ def _encode_labels(first: str, ordered: list[dict[str, str]], label_columns: lis
 
 
 def _split_sources(
-    first: str,
-    base: str,
+    files: dict[str, str],
+    root: str | None,
     rows: Rows,
     labels: np.ndarray,
     path_column: str,
     transform: ImageTransform,
     num_threads: int,
 ) -> dict[str, ImageSource]:
-    """One :class:`ImageSource` per split; ``labels`` are the rows' labels in :data:`SPLITS` order."""
+    """One :class:`ImageSource` per split; ``labels`` are the rows' labels in :data:`SPLITS`
+    order; image paths are relative to ``root``, or to the folder of the split's CSV."""
     sources: dict[str, ImageSource] = {}
     start = 0
     for split in SPLITS:
+        csv_path = files.get(split, "")
+        base = os.path.expanduser(root) if root is not None else os.path.dirname(csv_path)
         paths = [os.path.join(base, r[path_column]) for r in rows[split]]
         split_labels = labels[start : start + len(paths)]
         start += len(paths)
         # Checking one file per split catches a wrong root without a stat of every image.
         if paths and not os.path.exists(paths[0]):
             raise DatasetNotPreparedError(
-                f"image {paths[0]!r} listed in {first} does not exist: image paths are relative to "
-                f"root={base!r} (set config.dataset.root)."
+                f"image {paths[0]!r} listed in {csv_path} does not exist: image paths are relative "
+                f"to root={base!r} (set config.dataset.root)."
             )
         sources[split] = ImageSource(paths.__getitem__, split_labels, transform, num_threads)
     return sources
@@ -194,7 +210,7 @@ def load_folder(
     """Builds a :class:`RetrievalDataset` from CSV files (layout in the module docstring).
 
     Args:
-      root: folder the image paths are relative to (default: the folder of the first CSV).
+      root: folder the image paths are relative to (default: the folder of each split's CSV).
       csv_file: one CSV with a ``split_column``; or leave it ``None`` and give the per-split files.
       train_csv, test_csv, query_csv, gallery_csv: per-split CSVs (relative to ``root`` if not absolute).
       label_columns: label columns finest first (default: every column but path and split, in
@@ -207,13 +223,13 @@ def load_folder(
       is ``None`` unless the data has a gallery split.
     """
     per_split = {"train": train_csv, "test": test_csv, "query": query_csv, "gallery": gallery_csv}
-    rows, fields, first = _read_rows(csv_file, per_split, split_column, _resolver(root))
-    base = os.path.expanduser(root) if root is not None else os.path.dirname(first)
+    rows, fields, files = _read_rows(csv_file, per_split, split_column, _resolver(root))
+    first = next(iter(files.values()))
     label_columns = _check_columns(first, fields, label_columns, path_column, split_column)
     _check_splits(first, rows)
     labels = _encode_labels(first, [r for s in SPLITS for r in rows[s]], label_columns)
     transform = transform or ImageTransform()
-    sources = _split_sources(first, base, rows, labels, path_column, transform, num_threads)
+    sources = _split_sources(files, root, rows, labels, path_column, transform, num_threads)
     test = sources["test"] if rows["test"] else sources["query"]
     gallery = sources["gallery"] if rows["gallery"] else None
     return RetrievalDataset(name, sources["train"], test, gallery)

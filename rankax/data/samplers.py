@@ -202,6 +202,15 @@ def _take(rng: np.random.Generator, members: np.ndarray, k: int) -> np.ndarray:
     return rng.choice(members, size=k, replace=len(members) < k)
 
 
+def _take_each(rng: np.random.Generator, members: np.ndarray, k: int) -> np.ndarray:
+    """``k`` distinct members; when there are fewer than ``k``, every member once (shuffled)
+    and the remaining slots drawn with replacement (the batch keeps its static size, where the
+    official hierarchical sampler returns a smaller batch holding each member once)."""
+    if len(members) >= k:
+        return rng.choice(members, size=k, replace=False)
+    return np.concatenate([rng.permutation(members), rng.choice(members, size=k - len(members))])
+
+
 class HierarchicalSampler(_NominalEpochs):
     """Batches of a few super-classes, each filled with P x K fine classes, tuples held for a few steps.
 
@@ -285,7 +294,7 @@ class HierarchicalSampler(_NominalEpochs):
         rng = np.random.default_rng([self.seed, 0, step])
         out = []
         for s in supers:
-            for c in _take(rng, self._classes_of[s], self.classes_per_super_class):
+            for c in _take_each(rng, self._classes_of[s], self.classes_per_super_class):
                 out.append(_take(rng, self._members[c], self.samples_per_class))
         return np.concatenate(out)
 
@@ -627,7 +636,7 @@ class HierarchicalPairsSampler:
         rng = np.random.default_rng([self.seed, 4, _index("step", step)])
         out = []
         for s in self.super_tuple(step):
-            for c in _take(rng, self._classes_of[s], self.classes_per_super_class):
+            for c in _take_each(rng, self._classes_of[s], self.classes_per_super_class):
                 out.append(_take(rng, self._members[c], self.samples_per_class))
         return np.concatenate(out)
 

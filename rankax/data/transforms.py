@@ -1,8 +1,9 @@
 """The papers' image augmentations in numpy/PIL, deterministic given a numpy ``Generator``.
 
 Train (ROADMAP, SupRank, PNP; the official configs): optional resize of the shorter side
-(SOP only, 256), ``RandomResizedCrop(224, scale=(0.16, 1), ratio=(0.75, 1.33))``, horizontal
-flip with probability 1/2, ImageNet mean/std normalisation. Test: resize to 256 (shorter
+(SOP only, 256), ``RandomResizedCrop(224, scale=(0.16, 1), ratio=(0.75, 1.33))`` (PNP:
+torchvision's defaults, ``scale=(0.08, 1), ratio=(3/4, 4/3)``), horizontal flip with
+probability 1/2, ImageNet mean/std normalisation. Test: resize to 256 (shorter
 side, or to a 256 x 256 square as the SOP configs do), center crop 224, the same normalisation.
 
 All sizes are fields of :class:`ImageTransform`, so smoke tests can use 16-32 px images.
@@ -73,9 +74,10 @@ def resized_size(width: int, height: int, size: int, mode: str = "shorter") -> t
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     if mode == "square":
         return size, size
+    # The longer side truncated, as torchvision's Resize(int) computes it.
     if width <= height:
-        return size, max(1, round(height * size / width))
-    return max(1, round(width * size / height)), size
+        return size, max(1, int(height * size / width))
+    return max(1, int(width * size / height)), size
 
 
 def resize(image: Image.Image, size: int, mode: str = "shorter") -> Image.Image:
@@ -142,9 +144,10 @@ class ImageTransform:
       test_resize_mode: ``"shorter"`` (resize the shorter side) or ``"square"`` (SOP configs).
       train_resize_size: optional shorter-side resize before the random crop (256 for SOP in
         the SupRank configs; ``None`` elsewhere).
-      crop_scale: area fraction range of the random crop; (0.16, 1) in ROADMAP/SupRank/PNP.
+      crop_scale: area fraction range of the random crop; (0.16, 1) in ROADMAP/SupRank,
+        torchvision's default (0.08, 1) in PNP.
       crop_ratio: aspect ratio range of the random crop; (0.75, 1.33) as the official
-        ROADMAP/SupRank configs write it.
+        ROADMAP/SupRank configs write it, torchvision's default (3/4, 4/3) in PNP.
       flip: horizontal flip with probability 1/2 at train time.
       mean, std: per-channel normalisation of [0, 1] pixels (ImageNet statistics).
       draft_train: decode JPEGs at 1/2, 1/4 or 1/8 scale when the random crop, once resized
@@ -197,7 +200,11 @@ class ImageTransform:
         if rng is None:
             raise ValueError("a train transform needs an rng")
         image, box = self._train_crop(image, rng)
-        image = image.resize((self.image_size, self.image_size), Image.BILINEAR, box=box)
+        size = (self.image_size, self.image_size)
+        if all(float(v).is_integer() for v in box):  # torchvision's resized_crop: crop, then resize
+            image = image.crop(tuple(int(v) for v in box)).resize(size, Image.BILINEAR)
+        else:  # a box scaled to a draft decode: resampled from the reduced image directly
+            image = image.resize(size, Image.BILINEAR, box=box)
         if self.flip and rng.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         return np.asarray(image, dtype=np.uint8)
