@@ -387,7 +387,9 @@ def batch_statistics(
     mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
     if mask.shape != (n,):
         raise ValueError(f"{validation.prefix(caller)}item_mask must be [{n}], got {mask.shape}")
-    rel_fn = relevance_of(loss_fn, q_lab, include_self, relevance_fn)
+    # Queries that are not items (query_index None) are never in their own lists: the
+    # default relevance then counts every item, as with include_self.
+    rel_fn = relevance_of(loss_fn, q_lab, include_self or query_index is None, relevance_fn)
     if capacity is None:
         capacity = exact_capacity(
             query_labels, item_labels, query_index=query_index, item_mask=item_mask,
@@ -528,14 +530,19 @@ class _Views(NamedTuple):
     def scores(self, rows: Array) -> Array:
         return jnp.matmul(self.q_emb[rows], self.i_emb.T, precision=self.precision)
 
-    def slot_scores(self, rows: Array, slots: positives.Slots) -> positives.Slots:
-        """``slots`` of the queries ``rows`` with their positives' scores ``[block, C]``, as dot
-        products of the embeddings: their gradient reaches the embeddings directly, where
-        gathering them from the ``[block, N]`` scores would scatter it back into that matrix
-        (on the CPU that scatter cost half the similarity matmul at B = 4096)."""
+    def slot_scores(self, rows: Array, slots: positives.Slots, scores: Array) -> positives.Slots:
+        """``slots`` of the queries ``rows`` with their positives' scores ``[block, C]``.
+
+        Their values are those of the lists' ``[block, N]`` ``scores``, bit for bit: a dot
+        product computed apart can differ in the last bit, and a positive tied with a
+        negative then falls on either side of a step (ROADMAP's jumps by ``start`` at 0).
+        Their gradient is that of dot products of the embeddings, which reaches the
+        embeddings directly, where the gather's would scatter into the ``[block, N]``
+        cotangent (on the CPU that scatter cost half the similarity matmul at B = 4096)."""
         q = self.q_emb[jnp.minimum(rows, self.q_emb.shape[0] - 1)]
         s = jnp.einsum("qd,qcd->qc", q, self.i_emb[slots.index], precision=self.precision)
-        return slots._replace(scores=s)
+        exact = jnp.take_along_axis(jax.lax.stop_gradient(scores), slots.index, axis=-1)
+        return slots._replace(scores=exact + (s - jax.lax.stop_gradient(s)))
 
     def lists(self, rows: Array, scores: Array | None) -> tuple[Array, Array, Array]:
         """``[block, N]`` scores, relevance and validity of the lists of ``rows`` (row indices
@@ -570,7 +577,7 @@ def _tile_statistics(
     Given slots get their scores here, per tile: ``[q, C, D]`` embeddings stay within the tile
     budget on every rung of the ladder."""
     if slots is not None:
-        slots = views.slot_scores(query_rows, slots)
+        slots = views.slot_scores(query_rows, slots, scores)
     values = stats.list_statistics(
         loss_fn, scores, rel, where, capacity=capacity, hparams=hparams, caller=caller, slots=slots
     )

@@ -76,3 +76,51 @@ def test_hap_with_label_paths_through_batch_loss():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # batch_loss's default relevance for [B, L] paths is the same rule
     np.testing.assert_allclose(rankax.batch_loss(rankax.hap_loss, emb, paths), expected, rtol=1e-5)
+
+
+TIED_STEP_LOSSES = [rankax.supap_loss, rankax.roadmap_loss, rankax.hap_loss, rankax.sup_recall_at_k_loss,
+                    rankax.sup_ndcg_loss]
+
+
+@pytest.mark.parametrize("loss_fn", TIED_STEP_LOSSES, ids=lambda f: f.__name__)
+def test_batch_loss_keeps_exact_ties_between_positives_and_negatives(loss_fn):
+    """Collapsed embeddings tie every score. A positive's score must then equal its tied
+    negatives' bit for bit: ROADMAP's step jumps by ``start`` at 0, so one ulp moved a tied
+    negative from 1/2 to 1 (1 seed in 10 did, when the positives' scores were dot products
+    computed apart from the lists'). SupAP's value is the closed form of docs/losses.md:
+    rank = P + Neg / 2 for every positive, so 1 - P / (P + Neg / 2); the other losses equal
+    their list API on the same similarity matrix."""
+    b, k, d = 16, 4, 512
+    labels = np.repeat(np.arange(b // k), k)
+    rel = (labels[:, None] == labels[None]).astype(np.float32)
+    off = ~np.eye(b, dtype=bool)
+    for seed in range(10):
+        v = np.random.default_rng(seed).normal(size=d).astype(np.float32)
+        emb = np.repeat((v / np.linalg.norm(v))[None], b, 0)
+        got = float(rankax.batch_loss(loss_fn, emb, labels))
+        if loss_fn is rankax.supap_loss:
+            p, neg = k - 1, b - k
+            assert got == pytest.approx(1 - p / (p + neg / 2), rel=1e-6), seed
+        else:
+            sim = np.asarray(emb @ emb.T)
+            assert got == pytest.approx(float(loss_fn(sim, rel, where=off)), rel=1e-6), seed
+
+
+def test_queries_that_are_not_items_count_every_item_of_their_path():
+    """``batch_statistics`` with ``query_index=None`` (queries ranking a gallery they are not
+    part of) and label paths: SupRank's "pop" relevance of the gallery, every item counted
+    (``hierarchy.path_relevance`` with no mask), not one dropped as if it were the query."""
+    from rankax import batch
+    from rankax._core import stats
+
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(3, 5)).astype(np.float32)
+    items = rng.normal(size=(7, 5)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    q_paths = np.array([[0, 0], [1, 0], [3, 1]])
+    i_paths = np.array([[0, 0], [0, 0], [1, 0], [2, 0], [3, 1], [3, 1], [4, 1]])
+    totals = batch.batch_statistics(rankax.hap_loss, queries, q_paths, items, i_paths, caller="test")
+    got = stats.from_statistics(rankax.hap_loss, totals, stats.hparams_of(rankax.hap_loss, {}, caller="test"))
+    expected = rankax.hap_loss(queries @ items.T, hierarchy.path_relevance(q_paths, i_paths))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
