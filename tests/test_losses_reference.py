@@ -122,7 +122,9 @@ def ref_multi_similarity(s, y, alpha=2.0, beta=50.0, base=0.5, eps=0.1):
 
 
 def _recall_from_ranks(ranks, num_pos, ks, tau2, cap=False):
-    hits = [sum(sig((k - r) / tau2) for r in ranks) for k in ks]
+    """``tau2``: one temperature, one per cut-off, or None for tau2 = k (RS@k's default)."""
+    taus = ks if tau2 is None else tau2 if isinstance(tau2, tuple | list) else [tau2] * len(ks)
+    hits = [sum(sig((k - r) / t) for r in ranks) for k, t in zip(ks, taus, strict=True)]
     if cap:  # RS@k caps the soft number of hits at k
         hits = [min(h, k) for h, k in zip(hits, ks, strict=True)]
     return np.mean([h / min(num_pos, k) for h, k in zip(hits, ks, strict=True)])
@@ -138,7 +140,7 @@ def ref_sup_recall(s, y, ks=(1, 2, 4, 8, 16), tau2=1.0, **kw):
     return 1 - _recall_from_ranks(ranks, len(pos), ks, tau2)
 
 
-def ref_rs_at_k(s, y, ks=(1, 2, 4, 8, 16), tau1=0.01, tau2=1.0):
+def ref_rs_at_k(s, y, ks=(1, 2, 4, 8, 16), tau1=0.01, tau2=None):
     pos = np.flatnonzero(y > 0)
     ranks = [1 + sum(sig((s[j] - s[k]) / tau1) for j in range(len(s)) if j != k) for k in pos]
     return 1 - _recall_from_ranks(ranks, len(pos), ks, tau2, cap=True)
@@ -332,6 +334,17 @@ def test_recall_surrogates_reference():
     pos = np.flatnonzero(y[3])
     ranks = [1 + sum(sig((s[3, j] - s[3, k]) / 0.01) for j in range(N) if j != k) for k in pos]
     assert 1 - _recall_from_ranks(ranks, len(pos), (1, 2), 5.0) < got[3] - 1e-3
+    # One temperature per cut-off (a list too), for both surrogates.
+    expected = [ref_rs_at_k(s[i], y[i], (1, 4), 0.01, (0.5, 3.0)) for i in range(B)]
+    got = _per_list(rankax.recall_at_k_surrogate_loss, s, y, ks=(1, 4), k_temperature=[0.5, 3.0])
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+    expected = [ref_sup_recall(s[i], y[i], ks=(1, 3), tau2=(2.0, 0.5)) for i in range(B)]
+    got = _per_list(rankax.sup_recall_at_k_loss, s, y, ks=(1, 3), k_temperature=(2.0, 0.5))
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+    with pytest.raises(ValueError, match=r"k_temperature must be one temperature or one per cut-off"):
+        rankax.recall_at_k_surrogate_loss(s, y, ks=(1, 2), k_temperature=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match=r"k_temperature must be a finite number > 0"):
+        rankax.sup_recall_at_k_loss(s, y, ks=(1, 2), k_temperature=(1.0, -2.0))
 
 
 def test_hap_and_sup_ndcg_reference():

@@ -217,6 +217,8 @@ def check_lists(
 # finite real. Temperatures and exponents must be > 0 (0 divides, < 0 flips the ranking);
 # ROADMAP's slope rho and width delta, loss weights and MS's epsilon >= 0 (0 switches a
 # branch off); offsets and margins are any finite number.
+#: Hyperparameters that may also be ``None`` or one value per cut-off ``ks`` (the recall losses).
+PER_CUTOFF_HPARAMS = frozenset({"k_temperature"})
 HPARAM_RANGES: dict[str, str] = {
     "temperature": "positive",
     "tau": "positive",
@@ -294,7 +296,10 @@ def check_choice(name: str, value: Any, choices: tuple, *, caller: str = "") -> 
 def check_hparams(hparams: dict[str, Any], *, caller: str = "") -> None:
     """Checks every hyperparameter named in :data:`HPARAM_RANGES` (and ``num_bins``)."""
     for name, value in hparams.items():
-        if name in HPARAM_RANGES:
+        if name in PER_CUTOFF_HPARAMS and (value is None or isinstance(value, list | tuple)):
+            for entry in value or ():  # None: the loss's own per-cut-off default
+                check_number(name, entry, HPARAM_RANGES[name], caller=caller)
+        elif name in HPARAM_RANGES:
             check_number(name, value, HPARAM_RANGES[name], caller=caller)
         elif name == "num_bins":
             check_num_bins(value, caller=caller)

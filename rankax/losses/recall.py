@@ -33,17 +33,36 @@ DEFAULT_KS = (1, 2, 4, 8, 16)
 
 
 def _check_ks(hparams: dict[str, Any], caller: str) -> None:
-    validation.check_ks(hparams["ks"], integer=False, caller=caller)
+    """``ks``, and ``k_temperature``: one per cut-off when it is a sequence."""
+    ks = validation.check_ks(hparams["ks"], integer=False, caller=caller)
+    temps = hparams["k_temperature"]
+    if isinstance(temps, list | tuple) and len(temps) != len(ks):
+        raise ValueError(
+            f"{validation.prefix(caller)}k_temperature must be one temperature or one per cut-off "
+            f"of ks={tuple(ks)}, got {tuple(temps)}"
+        )
+
+
+def k_temperatures(ks: Sequence[float], k_temperature: Any) -> tuple[Any, ...]:
+    """The recall temperature of each cut-off: ``k_temperature`` for all, one per cut-off
+    from a sequence, or ``k`` itself for ``None`` (RS@k's code: ``--k_temperatures 1 2 4 8 16``
+    for ``--k_vals_train 1 2 4 8 16``)."""
+    if k_temperature is None:
+        return tuple(ks)
+    if isinstance(k_temperature, list | tuple):
+        return tuple(k_temperature)
+    return (k_temperature,) * len(ks)
 
 
 def _smooth_recall(
     rank: Array, gathered: ranking.Positives, num_pos: Array, ks, k_temperature, clip: bool
 ) -> Array:
-    """``mean_k sum_p sigmoid((k - rank_p)/k_temperature) / min(|P|, k)`` over the filled slots; with
-    ``clip`` the soft count of hits is first capped at ``k`` (RS@k's code)."""
+    """``mean_k sum_p sigmoid((k - rank_p)/tau_k) / min(|P|, k)`` over the filled slots, ``tau_k``
+    from :func:`k_temperatures`; with ``clip`` the soft count of hits is first capped at ``k``
+    (RS@k's code)."""
     recalls = []
-    for k in ks:
-        hits = jnp.sum(jnp.where(gathered.mask, jax.nn.sigmoid((k - rank) / k_temperature), 0.0), axis=-1)
+    for k, tau in zip(ks, k_temperatures(ks, k_temperature), strict=True):
+        hits = jnp.sum(jnp.where(gathered.mask, jax.nn.sigmoid((k - rank) / tau), 0.0), axis=-1)
         if clip:
             hits = jnp.minimum(hits, float(k))
         recalls.append(positives.safe_divide(hits, jnp.minimum(num_pos, float(k))))
@@ -57,7 +76,7 @@ def _sup_recall_kernel(scores, labels, where, gathered, *, ks, k_temperature, **
 
 
 def _sup_recall_values(
-    lists: listfn.Lists, *, ks: Sequence[float], k_temperature: float, **step: Any
+    lists: listfn.Lists, *, ks: Sequence[float], k_temperature: Any, **step: Any
 ) -> Array:
     """Per-list SupR@k loss; ``step``: ROADMAP's step parameters (``_ranks.ROADMAP_STEP``)."""
     kernel = functools.partial(_sup_recall_kernel, ks=tuple(ks), k_temperature=k_temperature, **step)
@@ -73,7 +92,7 @@ def sup_recall_at_k_loss(
     reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
-    k_temperature: float = 1.0,
+    k_temperature: float | Sequence[float] | None = 1.0,
     temperature: float = 0.01,
     rho: float = 100.0,
     delta: float = 0.05,
@@ -93,9 +112,11 @@ def sup_recall_at_k_loss(
       scores, labels, where, reduce_fn, max_positives: as in :func:`rankax.losses.supap_loss`
         (binary: ``labels > 0`` are the positives).
       ks: cut-offs ``K = (1, 2, 4, 8, 16)`` (SupRank's configs).
-      k_temperature: temperature of the recall sigmoid (1.0). The soft hits are not capped: as
-        ``k_temperature`` grows each tends to 1/2 and the loss to
-        ``1 - mean_k (|P|/2) / min(|P|, k)``, which is negative for ``|P| >= 3``.
+      k_temperature: temperature of the recall sigmoid (1.0, SupRank's ``temp``); a sequence
+        gives one per cut-off, ``None`` takes ``k`` for cut-off ``k``. The soft hits are not
+        capped: as ``k_temperature`` grows each tends to 1/2 and the loss to
+        ``1 - mean_k (|P|/2) / min(|P|, k)``, which is negative once that mean exceeds 1
+        (from ``|P| = 5`` with the default ``ks``).
       temperature, rho, delta, start, offset, variant: the ROADMAP step ``h`` of the negatives.
 
     References:
@@ -113,7 +134,7 @@ def _rs_at_k_kernel(scores, labels, where, gathered, *, ks, temperature, k_tempe
 
 
 def _rs_at_k_values(
-    lists: listfn.Lists, *, ks: Sequence[float], temperature: float, k_temperature: float
+    lists: listfn.Lists, *, ks: Sequence[float], temperature: float, k_temperature: Any
 ) -> Array:
     kernel = functools.partial(
         _rs_at_k_kernel, ks=tuple(ks), temperature=temperature, k_temperature=k_temperature
@@ -131,7 +152,7 @@ def recall_at_k_surrogate_loss(
     max_positives: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     temperature: float = 0.01,
-    k_temperature: float = 1.0,
+    k_temperature: float | Sequence[float] | None = None,
 ) -> Array:
     """Recall@k surrogate (RS@k), ``1 - RS@k`` averaged over the cut-offs ``ks``.
 
@@ -148,7 +169,11 @@ def recall_at_k_surrogate_loss(
     Args:
       scores, labels, where, reduce_fn, max_positives: as for every list loss.
       ks: cut-offs (the paper uses ``{1, 2, 4, 8, 16}`` on SOP-like datasets).
-      temperature: rank sigmoid temperature (0.01); k_temperature: recall sigmoid temperature (1.0).
+      temperature: rank sigmoid temperature (0.01, ``--sigmoid_temperature``).
+      k_temperature: recall sigmoid temperature: ``None`` (default) takes ``k`` for cut-off
+        ``k``, as the authors' code (``yash0307/RecallatK_surrogate:src/main.py``,
+        ``--k_temperatures`` defaults to ``--k_vals_train``, 1 2 4 8 16); one number for every
+        cut-off, or one per cut-off.
 
     References:
       Patel, Tolias, Matas. "Recall@k Surrogate Loss with Large Batches and Similarity
