@@ -554,9 +554,10 @@ class _Views(NamedTuple):
             scores = self.scores(rows)
         where = _list_masks(rows, valid, self.query_index, self.mask, self.include_self)
         rel = _call_relevance(self.relevance_fn, self.q_lab[rows], self.i_lab, self.caller)
-        rel = rel.astype(jnp.float32)
+        dtype = jnp.result_type(scores, jnp.float32)  # float64 relevance for float64 embeddings
+        rel = rel.astype(dtype)
         if not self.graded:  # binary losses see graded relevance as relevant / not relevant
-            rel = (rel > 0).astype(jnp.float32)
+            rel = (rel > 0).astype(dtype)
         return scores, rel, where
 
 

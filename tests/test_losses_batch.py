@@ -124,3 +124,39 @@ def test_queries_that_are_not_items_count_every_item_of_their_path():
     got = stats.from_statistics(rankax.hap_loss, totals, stats.hparams_of(rankax.hap_loss, {}, caller="test"))
     expected = rankax.hap_loss(queries @ items.T, hierarchy.path_relevance(q_paths, i_paths))
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", [rankax.sup_ndcg_loss, rankax.hap_loss, rankax.blackbox_ap_loss],
+                         ids=lambda f: f.__name__)
+def test_float64_embeddings_are_ranked_with_float64_relevance(loss_fn):
+    """Under x64, float64 embeddings give a float64 loss computed in float64 throughout: the
+    batch path's relevance (graded: label paths) and BlackBox's normalised ranks used to be
+    float32, 5e-9 to 5e-8 away; the list API on the float64 similarity matrix is the reference."""
+    import jax
+
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(B, 6))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    fine = np.repeat(np.arange(6), 2)
+    paths = np.stack([fine, fine // 2, fine // 4], axis=1)
+    labels = fine if loss_fn is rankax.blackbox_ap_loss else paths
+    with jax.enable_x64(True):
+        got = rankax.batch_loss(loss_fn, emb, labels)
+        assert got.dtype == np.float64
+        off = ~np.eye(B, dtype=bool)
+        if labels.ndim == 2:
+            rule = "count" if loss_fn is rankax.sup_ndcg_loss else "pop"
+            rel = hierarchy.path_relevance(labels, labels, where=off, rule=rule)
+            expected = loss_fn(emb @ emb.T, np.asarray(rel, np.float64), where=off)
+        else:  # 1 - AP of the margin-shifted scores (docstring), written out in numpy
+            sim = emb @ emb.T
+            expected = np.mean([_shifted_ap_loss(np.delete(sim[i], i), np.delete(fine == fine[i], i))
+                                for i in range(B)])
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def _shifted_ap_loss(s, positive, margin=0.02):
+    shifted = s - margin / 2 * (2 * positive - 1)
+    pos = shifted[positive]
+    ratios = [np.sum(pos >= p) / np.sum(shifted >= p) for p in pos]
+    return 1 - np.mean(ratios)

@@ -45,7 +45,7 @@ def _rank_counts(scores: Array, where: Array) -> tuple[Array, Array]:
 def _normalised_ranks(scores: Array, where: Array) -> Array:
     """Exact ranks (:func:`_rank_counts`) divided by the number of valid items."""
     rank, n_valid = _rank_counts(scores, where)
-    return rank.astype(jnp.float32) / n_valid
+    return rank.astype(jnp.result_type(scores, jnp.float32)) / n_valid
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -66,7 +66,7 @@ def _blackbox_rank_bwd(lambda_, residuals, g):
     # (inside the batch path's lax.map + checkpoint).
     rank, n_valid = _rank_counts(scores, where)
     perturbed_rank, _ = _rank_counts(scores + lambda_ * g, where)
-    grad = -(rank - perturbed_rank).astype(jnp.float32) / n_valid / lambda_
+    grad = -(rank - perturbed_rank).astype(jnp.result_type(scores, jnp.float32)) / n_valid / lambda_
     return jnp.where(where, grad, 0.0).astype(scores.dtype), None
 
 
