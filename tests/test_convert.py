@@ -264,6 +264,10 @@ def test_resnet_bad_keys_are_named(torch_resnet):
         torchvision_resnet_to_flax({**sd, "layer1.0.se.weight": sd["fc.bias"]})
     with pytest.raises(ValueError, match=r"unexpected keys: conv1\.bias"):
         torchvision_resnet_to_flax({**sd, "conv1.bias": sd["bn1.bias"]})
+    # The block type is read from any conv3/bn3 key, so a missing first conv3 is named too.
+    no_conv3 = {k: v for k, v in sd.items() if k != "layer1.0.conv3.weight"}
+    with pytest.raises(ValueError, match=r"missing keys: layer1\.0\.conv3\.weight\n"):
+        torchvision_resnet_to_flax(no_conv3)
     no_stage4 = {k: v for k, v in sd.items() if not k.startswith("layer4")}
     with pytest.raises(ValueError, match=r"missing keys: layer4\.0\.bn1\.bias"):
         torchvision_resnet_to_flax(no_stage4)

@@ -204,6 +204,9 @@ def test_factory_errors_name_the_options():
         jax.eval_shape(build("vit_tiny", pooling="mean").init, KEY, _images())
     with pytest.raises(ValueError, match="for feature maps"):
         jax.eval_shape(build("vit_tiny", pooling="gem").init, KEY, _images())
+    vit = build("vit_tiny")
+    with pytest.raises(ValueError, match=r"ViT input 33 x 35 is not a multiple of patch_size="):
+        jax.eval_shape(vit.init, KEY, jnp.ones((1, 33, 35, 3)))
 
 
 # Backbone parameter counts of torchvision / timm without their ImageNet classifier

@@ -166,7 +166,7 @@ def torchvision_resnet_to_flax(state_dict: Mapping[str, Any]) -> Variables:
 
     # Bottleneck blocks have a conv3; basic blocks (ResNet-18/34) do not, and their first
     # block of stage 1 keeps the width (no downsample).
-    bottleneck = any(k.startswith("layer1.0.conv3.") for k in seen)
+    bottleneck = any(".conv3." in k or ".bn3." in k for k in seen)
     expected = {"conv1.weight"} | {f"bn1.{s}" for s in ("weight", "bias", "running_mean", "running_var")}
     for stage in range(1, max([4, *stages]) + 1):
         for block in range(stages.get(stage, 1)):

@@ -105,8 +105,11 @@ def resample_pos_embed(pos_embed: jax.Array, grid: tuple[int, int]) -> jax.Array
     """Resizes a ``[1, 1 + h*w, D]`` position embedding (square ``h = w``) to ``[1, 1 + grid, D]``.
 
     The class position is kept; the patch positions are resized bicubically as an image with
-    ``jax.image.resize`` (Keys kernel a = -0.5, antialiased when shrinking), which is close to
-    but not the same as timm's ``F.interpolate(mode="bicubic")`` (a = -0.75).
+    ``jax.image.resize`` (Keys kernel a = -0.5, antialiased when shrinking): the same as
+    ``F.interpolate(mode="bicubic", antialias=True)``, what timm's ``resample_abs_pos_embed``
+    does from timm 0.9 on (to ~1e-6). timm 0.4.12, which the ROADMAP code pins, interpolated
+    without antialiasing (a = -0.75), a different result; the papers' 224 px runs resize
+    nothing.
     """
     cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
     side = int(round(patch_pos.shape[1] ** 0.5))
@@ -142,6 +145,11 @@ class VisionTransformer(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # no dropout / drop-path: retrieval fine-tuning recipes use none
         p, d = self.patch_size, self.hidden_size
+        if x.shape[1] % p or x.shape[2] % p:  # a VALID convolution would drop the border
+            raise ValueError(
+                f"ViT input {x.shape[1]} x {x.shape[2]} is not a multiple of patch_size={p}: "
+                f"resize or crop the images to a multiple (e.g. {self.image_size})"
+            )
         x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed")(
             x.astype(self.dtype)
         )
