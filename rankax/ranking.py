@@ -211,7 +211,9 @@ SLOTS = "rankax_slots"
 KEEP_SUMS_AND_SLOTS = jax.checkpoint_policies.save_only_these_names(STEP_SUMS, SLOTS)
 
 
-def step_sums(step: Callable[[Array], Array], values: Array, anchors: Array) -> Array:
+def step_sums(
+    step: Callable[[Array], Array], values: Array, anchors: Array, *, constant_anchors: bool = False
+) -> Array:
     """Sums of an elementwise step over items, one per anchor: ``[..., C]``
 
     .. math::  T_{p} = \\sum_{j=1}^{N} f(v_j - a_p)
@@ -223,27 +225,33 @@ def step_sums(step: Callable[[Array], Array], values: Array, anchors: Array) -> 
     every AP-type loss (and FastAP's histograms, with the bins as anchors); the custom gradient
     recomputes ``f'`` from ``values`` and ``anchors`` rather than keeping ``[..., C, N]``
     residuals, and the masks are applied once per list (``O(N)``) instead of per pair.
+
+    ``constant_anchors``: the anchors are constants (FastAP's bin centres), given a zero
+    cotangent of their own type. Inside ``shard_map`` a constant is the same on every device
+    while the values differ, and a cotangent computed from the values would not be.
     """
-    return checkpoint_name(_step_sums(step, values, anchors), STEP_SUMS)
+    return checkpoint_name(_step_sums(step, constant_anchors, values, anchors), STEP_SUMS)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _step_sums(step, values, anchors):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _step_sums(step, constant_anchors, values, anchors):
+    del constant_anchors
     return jnp.sum(step(values[..., None, :] - anchors[..., :, None]), axis=-1)
 
 
-def _step_sums_fwd(step, values, anchors):
-    return _step_sums(step, values, anchors), (values, anchors)
+def _step_sums_fwd(step, constant_anchors, values, anchors):
+    return _step_sums(step, constant_anchors, values, anchors), (values, anchors)
 
 
-def _step_sums_bwd(step, residuals, g):
+def _step_sums_bwd(step, constant_anchors, residuals, g):
     values, anchors = residuals
 
     def slope(x: Array) -> Array:
         return jax.jvp(step, (x,), (jnp.ones_like(x),))[1]
 
-    slopes = slope(values[..., None, :] - anchors[..., :, None])
     c = anchors.shape[-1]
+    needed = c > _UNROLLED_ANCHORS or not constant_anchors
+    slopes = slope(values[..., None, :] - anchors[..., :, None]) if needed else None
     # d/dv_j = sum_p f'(v_j - a_p) g_p. For a few anchors, as that many [..., N] passes, which
     # recompute the slopes on purpose: on the CPU, XLA's reduction of the [..., C, N] product
     # over C cost FastAP (11 bins) 0.4x the similarity matmul at B = 4096.
@@ -251,6 +259,8 @@ def _step_sums_bwd(step, residuals, g):
         d_values = sum(slope(values - anchors[..., p : p + 1]) * g[..., p : p + 1] for p in range(c))
     else:
         d_values = jnp.sum(slopes * g[..., :, None], axis=-2)
+    if constant_anchors:
+        return d_values, jnp.zeros_like(anchors)
     # d/da_p = -g_p sum_j f'(v_j - a_p), g applied after the sum: alone, on [4096, 15, 4096]
     # terms, reducing the product instead took 1.6x as long on the CPU.
     return d_values, -g * jnp.sum(slopes, axis=-1)

@@ -115,8 +115,10 @@ def update(memory: XBM, embeddings: ArrayLike, labels: ArrayLike) -> XBM:
       The new memory. Jit-friendly (static shapes, a scatter at ``pointer``); with ``B > M``
       only the last ``M`` entries of the batch are kept.
     """
-    emb = jax.lax.stop_gradient(jnp.asarray(embeddings))
-    lab = jnp.asarray(labels)
+    # A batch sharded over explicit mesh axes (jax.make_mesh) is gathered first: the memory is
+    # replicated, and its scatter and the slice of the newest entries are not typed for it.
+    emb = validation.replicated(jax.lax.stop_gradient(jnp.asarray(embeddings)))
+    lab = validation.replicated(jnp.asarray(labels))
     m = memory.size
     if emb.ndim != 2 or emb.shape[1] != memory.embeddings.shape[1]:
         raise ValueError(

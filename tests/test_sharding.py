@@ -67,6 +67,20 @@ SCRIPT = textwrap.dedent(
     hap = getattr(rankax.losses, "hap_loss", rankax.supap_loss)
     check("hap_paths_with_memory", explicit, hap, paths, "shard_map", memory=memory,
           max_positives=4)
+    # Every list loss, value and gradient through shard_map (FastAP's constant bin centres
+    # once made its backward pass fail there: a cotangent that varied over the devices).
+    for fn in rankax.losses.LIST_LOSSES:
+        check("every_" + fn.__name__, explicit, fn, lab, "shard_map")
+    # The memory takes a batch sharded over the explicit mesh (smaller and larger than it).
+    on_explicit = lambda x: jax.device_put(x, NamedSharding(explicit, P("data")))
+    for size in (20, 40):
+        want = xbm.update(xbm.init(size, D), e, lab)
+        got = jax.jit(xbm.update)(xbm.init(size, D), on_explicit(e), on_explicit(lab))
+        results[f"xbm_explicit_{size}"] = [
+            bool(jnp.array_equal(got.labels, want.labels)),
+            bool(jnp.array_equal(got.embeddings, want.embeddings)),
+            int(got.pointer) == int(want.pointer),
+        ]
     # A NaN on one device's shard (device 5) or in a filled memory slot: NaN loss and NaN
     # gradients on every device, never a finite number.
     loss_of = sharding.sharded_batch_loss(rankax.supap_loss, explicit, "data", max_positives=2)
@@ -154,6 +168,24 @@ def test_sharded_equals_single_device(sharded_results, name):
     assert r["grad_norm"] > 1e-3  # a gradient worth comparing
     assert r["value_err"] < 1e-5, r
     assert r["grad_err"] < 1e-5, r
+
+
+def _list_loss_names():
+    from rankax.losses import LIST_LOSSES
+
+    return [fn.__name__ for fn in LIST_LOSSES]
+
+
+@pytest.mark.parametrize("name", _list_loss_names())
+def test_every_list_loss_shards_with_its_gradient(sharded_results, name):
+    r = sharded_results["every_" + name]
+    assert r["value_err"] < 1e-5, r
+    assert r["grad_err"] < 1e-5, r
+
+
+@pytest.mark.parametrize("size", [20, 40])
+def test_memory_takes_a_batch_sharded_over_an_explicit_mesh(sharded_results, size):
+    assert sharded_results[f"xbm_explicit_{size}"] == [True, True, True]
 
 
 def test_sharded_nonfinite_is_nan_everywhere(sharded_results):

@@ -150,8 +150,8 @@ def _fast_ap_kernel(scores, labels, where, positives, *, num_bins):
     anchors = jnp.broadcast_to(centres, scores.shape[:-1] + centres.shape)
     negatives = 2.0 - 2.0 * ranking.negative_scores(scores, labels, where)
     positive_distance = jnp.where(positives.mask, 2.0 - 2.0 * positives.scores, jnp.inf)
-    count_pos = ranking.step_sums(triangle, positive_distance, anchors)
-    count = ranking.step_sums(triangle, negatives, anchors) + count_pos
+    count_pos = ranking.step_sums(triangle, positive_distance, anchors, constant_anchors=True)
+    count = ranking.step_sums(triangle, negatives, anchors, constant_anchors=True) + count_pos
     return 1.0 - _quantised_ap(count, count_pos, tie_aware=False)
 
 
