@@ -2,9 +2,9 @@
 
     python -m experiments.evaluate --workdir runs/digits [--config FILE] [--config.key=value ...]
         [--step N] [--output metrics.json] [--save_embeddings test.npz]
-    python -m experiments.evaluate --embeddings test.npz [--gallery gallery.npz] \
-        [--backend auto|exact|scann] [--scann_config auto|brute_force|tree_ah] \
-        [--scann_leaves_to_search N] \
+    python -m experiments.evaluate --embeddings test.npz [--gallery gallery.npz] \\
+        [--backend auto|exact|scann] [--scann_config auto|brute_force|tree_ah] \\
+        [--scann_leaves_to_search N] \\
         [--ks 1,2,4,8] [--normalize] [--output metrics.json]
 
 A workdir (``--workdir``, or its older name ``--checkpoint``) is evaluated with the config its
@@ -12,8 +12,10 @@ training run recorded (``<workdir>/config.json``), overrides included, so nothin
 repeated; ``--config FILE`` starts from a config file instead, and ``--config.<key>=<value>``
 overrides either, as in ``experiments.train``. The newest readable checkpoint (or ``--step``) is
 restored without changing anything in the workdir, the test split of the config's dataset (and
-its gallery, if any) is embedded and evaluated; ``--save_embeddings FILE.npz`` also writes those
-embeddings.
+its gallery, if any) is embedded and evaluated as the training run evaluates it: its
+``eval_ks`` and ``eval_backend`` unless ``--ks`` / ``--backend`` are given, and its
+``eval_protocol`` (``revisited`` / ``landmarks`` runs get their protocol's metrics);
+``--save_embeddings FILE.npz`` also writes those embeddings.
 
 Input files are ``.npz`` archives with two arrays:
 
@@ -49,15 +51,26 @@ NPZ_LABELS = "labels"
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(embeddings, labels)`` from an ``.npz`` file with the keys above."""
-    with np.load(path) as data:
+    """``(embeddings, labels)`` from an ``.npz`` file with the keys above; anything else is a
+    one-line error."""
+    expected = f"an .npz archive with arrays '{NPZ_EMBEDDINGS}' [N, D] and '{NPZ_LABELS}' [N] or [N, L]"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:  # missing, unreadable, or not an array file
+        raise cli.CliError(f"{path}: cannot read {expected} ({err})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise cli.CliError(f"{path}: a single array, not {expected} (np.savez writes one)")
+    with data:
         missing = [key for key in (NPZ_EMBEDDINGS, NPZ_LABELS) if key not in data]
         if missing:
             raise cli.CliError(
                 f"{path}: missing array(s) {missing}; expected keys '{NPZ_EMBEDDINGS}' [N, D] and "
                 f"'{NPZ_LABELS}' [N] or [N, L] (found {sorted(data.keys())})"
             )
-        return np.asarray(data[NPZ_EMBEDDINGS]), np.asarray(data[NPZ_LABELS])
+        embeddings, labels = np.asarray(data[NPZ_EMBEDDINGS]), np.asarray(data[NPZ_LABELS])
+    if embeddings.ndim != 2:
+        raise cli.CliError(f"{path}: '{NPZ_EMBEDDINGS}' must be [N, D], got shape {embeddings.shape}")
+    return embeddings, labels
 
 
 def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--workdir"):
@@ -85,26 +98,30 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
     return cfg
 
 
-def embed_fn_from_checkpoint(
-    checkpoint: str, config: str | None, step: int | None = None, overrides=(), flag: str = "--checkpoint"
-):
-    """``(embed_fn, inputs, labels, gallery_inputs, gallery_labels)`` for the test split of
-    the config (``config``, or the one ``checkpoint`` recorded; ``overrides`` applied) embedded
-    by the model restored from the training workdir ``checkpoint``.
-
-    The embeddings are computed here (datasets may not fit in memory as images), so
-    ``embed_fn`` is the identity on them.
-    """
-    cfg = workdir_config(checkpoint, config, overrides, flag)
-    from rankax.retrieval.evaluator import embed_in_batches
-    from rankax.train import CheckpointReadError, ConfigError, distributed, evaluators
+def restore(cfg, checkpoint: str, step: int | None, flag: str):
+    """``(state, data)``: checkpoint ``step`` of the workdir ``checkpoint`` and the dataset of
+    ``cfg``, read-only; errors as one-line CLI errors."""
+    from rankax.train import CheckpointReadError, ConfigError, evaluators
 
     try:
-        state, data = evaluators.restore_for_evaluation(cfg, checkpoint, step=step)
+        return evaluators.restore_for_evaluation(cfg, checkpoint, step=step)
     except (FileNotFoundError, CheckpointReadError, ConfigError) as err:
         raise cli.CliError(f"{flag}: {err}") from err
     except ValueError as err:  # a config value the data or model code checked (names the key)
         raise cli.CliError(f"{flag}: {err}") from None
+
+
+def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag: str = "--checkpoint"):
+    """``(embed_fn, inputs, labels, gallery_inputs, gallery_labels)`` for the test split of
+    ``cfg`` embedded by the model restored from the training workdir ``checkpoint``.
+
+    The embeddings are computed here (datasets may not fit in memory as images), so
+    ``embed_fn`` is the identity on them.
+    """
+    from rankax.retrieval.evaluator import embed_in_batches
+    from rankax.train import distributed, evaluators
+
+    state, data = restore(cfg, checkpoint, step, flag)
     bs = int(cfg.eval_batch_size)
     # [multihost] each process reads and embeds its share of every batch; all get every embedding
     embed, share = evaluators.embed_fn(state), distributed.eval_share()
@@ -130,10 +147,10 @@ FLAGS = {
     "step": "with --workdir: this checkpoint step (default: the newest readable)",
     "embeddings": "queries (and gallery) .npz: embeddings, labels",
     "gallery": "separate gallery .npz (default: queries = gallery)",
-    "backend": f"one of {', '.join(BACKENDS)} (default exact)",
+    "backend": f"one of {', '.join(BACKENDS)} (default: the run's eval_backend, else exact)",
     "scann_config": f"one of {', '.join(SCANN_CONFIGS)} (default auto)",
     "scann_leaves_to_search": "tree_ah leaves scored per query (default 45 % of them; docs/evaluation.md)",
-    "ks": "comma-separated k of recall@k (default 1,2,4,8)",
+    "ks": "comma-separated k of recall@k (default: the run's eval_ks, else 1,2,4,8)",
     "normalize": "L2-normalise the embeddings first",
     "block_size": "queries per step (default: 512 on the CPU, 2048 on accelerators)",
     "output": "write the metrics to this JSON file",
@@ -156,6 +173,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         raise cli.CliError("pass one of --workdir DIR (a training run) or --embeddings FILE.npz")
     if overrides and workdir is None:
         raise cli.CliError("--config.* overrides apply to --workdir evaluation only")
+    given = [f"--{name}" for name in ("step", "save_embeddings", "config") if name in values]
+    if given and workdir is None:
+        raise cli.CliError(f"{', '.join(given)} apply to --workdir evaluation only")
     for name, choices in (("backend", BACKENDS), ("scann_config", SCANN_CONFIGS)):
         if name in values and values[name] not in choices:
             raise cli.CliError(f"--{name}={values[name]!r}: one of {', '.join(choices)}")
@@ -175,9 +195,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     args = argparse.Namespace(
         checkpoint=workdir, flag=flag, config=values.get("config"), step=step,
         embeddings=values.get("embeddings"), gallery=values.get("gallery"),
-        backend=values.get("backend", "exact"), scann_config=values.get("scann_config", "auto"),
+        backend=values.get("backend"), scann_config=values.get("scann_config", "auto"),
         scann_options={} if leaves is None else {"leaves_to_search": leaves},
-        ks=values.get("ks", "1,2,4,8"), normalize=bool(values.get("normalize", False)),
+        ks=values.get("ks"), normalize=bool(values.get("normalize", False)),
         block_size=block_size, output=values.get("output"), save_embeddings=values.get("save_embeddings"),
         distributed={k: values[k] for k in cli.DISTRIBUTED_FLAGS if k in values},  # [multihost]
     )
@@ -189,13 +209,22 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notices would bury the result
     main_process = not cli.start_distributed(args.distributed) or _is_main()  # [multihost]
     try:
-        ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
+        ks = None if args.ks is None else tuple(int(k) for k in args.ks.split(",") if k.strip())
     except ValueError as err:
         raise cli.CliError(f"--ks must be comma-separated integers, got {args.ks!r}") from err
     gallery = gallery_labels = None
+    backend = args.backend or "exact"
+    ks = ks or (1, 2, 4, 8)
     if args.checkpoint:
+        cfg = workdir_config(args.checkpoint, args.config, overrides, args.flag)
+        # The run's own evaluation unless the command line says otherwise.
+        cfg.eval_ks = ks if args.ks is not None else tuple(cfg.eval_ks)
+        cfg.eval_backend = backend if args.backend is not None else cfg.eval_backend
+        ks, backend = tuple(cfg.eval_ks), cfg.eval_backend
+        if cfg.get("eval_protocol", "retrieval") != "retrieval":  # revisited / landmarks
+            return _report(args, overrides, backend, _protocol_metrics(cfg, args), main_process)
         embed_fn, inputs, labels, gallery, gallery_labels = embed_fn_from_checkpoint(
-            args.checkpoint, args.config, args.step, overrides, args.flag
+            cfg, args.checkpoint, args.step, args.flag
         )
         if args.save_embeddings and main_process:
             pathlib.Path(args.save_embeddings).parent.mkdir(parents=True, exist_ok=True)
@@ -205,21 +234,42 @@ def main(argv: list[str] | None = None) -> dict:
         inputs, labels = load_npz(args.embeddings)
         if args.gallery:
             gallery, gallery_labels = load_npz(args.gallery)
-    evaluator = RetrievalEvaluator(
-        inputs, labels, gallery_inputs=gallery, gallery_labels=gallery_labels,
-        batch_size=max(len(inputs), 1), backend=args.backend, ks=ks, normalize=args.normalize,
-        scann_config=args.scann_config, scann_options=args.scann_options, block_size=args.block_size,
-    )
     start = time.perf_counter()
-    metrics = evaluator.run(embed_fn)
+    try:  # shapes, labels and values the evaluation checks (each names its argument)
+        evaluator = RetrievalEvaluator(
+            inputs, labels, gallery_inputs=gallery, gallery_labels=gallery_labels,
+            batch_size=max(len(inputs), 1), backend=backend, ks=ks, normalize=args.normalize,
+            scann_config=args.scann_config, scann_options=args.scann_options, block_size=args.block_size,
+        )
+        metrics = evaluator.run(embed_fn)
+    except (ValueError, TypeError) as err:
+        source = args.embeddings or args.checkpoint
+        raise cli.CliError(f"{source}: {err}") from None
     metrics["seconds"] = time.perf_counter() - start
+    return _report(args, overrides, backend, metrics, main_process)
+
+
+def _protocol_metrics(cfg, args) -> dict:
+    """The metrics of the run's own evaluation protocol (``eval_protocol``) on the restored
+    checkpoint, as the training run computes them."""
+    from rankax.train import evaluators
+
+    state, data = restore(cfg, args.checkpoint, args.step, args.flag)
+    start = time.perf_counter()
+    metrics = evaluators.evaluate_state(cfg, state, data)
+    metrics["seconds"] = time.perf_counter() - start
+    return metrics
+
+
+def _report(args, overrides, backend: str, metrics: dict, main_process: bool) -> dict:
+    """Prints the table and writes ``--output`` (process 0 only)."""
     if not main_process:  # [multihost] process 0 prints and writes
         return metrics
     print(format_table(metrics))
     if args.output:
         out = pathlib.Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"metrics": metrics, "backend": args.backend, "embeddings": args.embeddings,
+        record = {"metrics": metrics, "backend": backend, "embeddings": args.embeddings,
                   "workdir": args.checkpoint, "config": args.config,
                   "config_overrides": [f"--config.{k}={v}" for k, v in overrides],
                   "gallery": args.gallery, "normalize": args.normalize}

@@ -78,6 +78,35 @@ def test_allowed_change_continues_the_run_and_is_recorded(tmp_path):
     assert record["config"]["num_steps"] == 6 and record["changes"][-1]["keys"] == {"num_steps": [4, 6]}
 
 
+def test_evaluate_uses_the_runs_cut_offs_unless_given(tmp_path):
+    workdir = str(tmp_path / "wd")
+    final = train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL, "--config.eval_ks=1,3"])
+    got = evaluate_cli.main(["--workdir", workdir])
+    assert sorted(k for k in got if k.startswith("recall@")) == ["recall@1", "recall@3"]
+    assert got["recall@3"] == pytest.approx(final["recall@3"], abs=1e-6)
+    asked = evaluate_cli.main(["--workdir", workdir, "--ks", "2"])
+    assert [k for k in asked if k.startswith("recall@")] == ["recall@2"]
+
+
+def test_evaluate_embeddings_errors_are_one_line(tmp_path):
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    np.save(tmp_path / "single.npy", x)
+    np.savez(tmp_path / "flat.npz", embeddings=x[:, 0], labels=np.arange(10))
+    np.savez(tmp_path / "rows.npz", embeddings=x, labels=np.arange(11))
+    (tmp_path / "text.npz").write_text("not an archive")
+    cases = [
+        (["--embeddings", str(tmp_path / "single.npy")], "a single array, not an .npz archive"),
+        (["--embeddings", str(tmp_path / "missing.npz")], "cannot read an .npz archive"),
+        (["--embeddings", str(tmp_path / "text.npz")], "cannot read an .npz archive"),
+        (["--embeddings", str(tmp_path / "flat.npz")], r"'embeddings' must be \[N, D\], got shape \(10,\)"),
+        (["--embeddings", str(tmp_path / "rows.npz")], "labels has 11 rows but inputs has 10"),
+        (["--embeddings", str(tmp_path / "rows.npz"), "--step", "3"], "--step apply to --workdir"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            evaluate_cli.main(argv)
+
+
 def test_evaluate_reads_the_recorded_config_or_takes_overrides(small_run):
     workdir, final = small_run
     recorded = evaluate_cli.main(["--workdir", workdir])

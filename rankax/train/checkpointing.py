@@ -265,7 +265,8 @@ class Checkpointer:
                 self._skip_unreadable(step, err)
                 continue
             if distributed.is_main():
-                print(f"Resuming from checkpoint step {step} in {self.directory}")
+                action = "Reading" if self.read_only else "Resuming from"  # evaluation / training
+                print(f"{action} checkpoint step {step} in {self.directory}")
             self.restored_step = step
             return restored
         return state, []
