@@ -32,29 +32,56 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+class EventWriter:
+    """TensorBoard scalars written as they come (``add_scalar(tag, value, step)``, ``flush``,
+    ``close``): tensorboardX's own ``SummaryWriter`` hands events to a thread, and its
+    ``flush`` does not wait for that thread, so "flushed" events could still be missing from
+    the file. This writes each event to the file object at once, in tensorboardX's format
+    (its ``EventsWriter`` and ``summary.scalar``); ``flush`` makes all of them durable.
+
+    The file begins with a purge marker at ``purge_step``: TensorBoard drops the events of
+    earlier files at that step and after. Its name ends in the nanosecond it was made
+    (tensorboardX names a file by the second and would truncate a same-named one).
+    """
+
+    def __init__(self, logdir: str, purge_step: int):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        os.makedirs(logdir, exist_ok=True)
+        self._writer = EventsWriter(os.path.join(logdir, "events"), f".{time.time_ns()}")
+        start = SessionLog(status=SessionLog.START)
+        self._writer.write_event(Event(wall_time=time.time(), step=purge_step, session_log=start))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        summary = scalar(tag, float(value))
+        self._writer.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 def summary_writer(workdir: str, start: int = 0) -> Any:
     """A TensorBoard writer of ``<workdir>/tensorboard`` (``add_scalar(tag, value, step)``) for
     a run that starts after step ``start`` (0: a new run, which writes its baselines at step
     0); on processes other than 0 of a multi-process run, one that writes nothing.
 
-    Its file begins with a purge marker: TensorBoard drops the events of earlier files at
-    steps the run writes again (from ``start + 1`` on a resume, everything on a new run), so
-    an interrupted run's events after its checkpoint never show twice. The loop flushes the
-    writer before each checkpoint, so a kill loses no event up to the checkpoint it resumes
-    from."""
+    Its file begins with a purge marker (:class:`EventWriter`): TensorBoard drops the events of
+    earlier files at steps the run writes again (from ``start + 1`` on a resume, everything on
+    a new run), so an interrupted run's events after its checkpoint never show twice. The loop
+    flushes the writer before each checkpoint, so a kill loses no event up to the checkpoint
+    it resumes from."""
     from rankax.train import distributed
 
     if not distributed.is_main():  # [multihost] TensorBoard from process 0 only
         return distributed.NullWriter()
-    from tensorboardX import SummaryWriter
-
-    # tensorboardX names a file by the second it was made and truncates an existing one: the
-    # nanosecond suffix keeps two writers of the same second apart, in the order they were made
-    # (the order TensorBoard reads them in).
-    return SummaryWriter(
-        os.path.join(workdir, "tensorboard"), purge_step=start + 1 if start else 0,
-        filename_suffix=f".{time.time_ns()}",
-    )
+    return EventWriter(os.path.join(workdir, "tensorboard"), start + 1 if start else 0)
 
 
 def write_scalars(writer: Any, prefix: str, values: dict[str, float], step: int) -> None:
