@@ -56,7 +56,7 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     expected = f"an .npz archive with arrays '{NPZ_EMBEDDINGS}' [N, D] and '{NPZ_LABELS}' [N] or [N, L]"
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:  # missing, unreadable, or not an array file
+    except (OSError, ValueError, EOFError) as err:  # missing, unreadable, empty, not an array file
         raise cli.CliError(f"{path}: cannot read {expected} ({err})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise cli.CliError(f"{path}: a single array, not {expected} (np.savez writes one)")
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise cli.CliError(f"--ks must be comma-separated integers, got {args.ks!r}") from err
     gallery = gallery_labels = None
     backend = args.backend or "exact"
-    ks = ks or (1, 2, 4, 8)
+    ks = (1, 2, 4, 8) if ks is None else ks
     if args.checkpoint:
         cfg = workdir_config(args.checkpoint, args.config, overrides, args.flag)
         # The run's own evaluation unless the command line says otherwise.

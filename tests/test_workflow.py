@@ -94,10 +94,14 @@ def test_evaluate_embeddings_errors_are_one_line(tmp_path):
     np.savez(tmp_path / "flat.npz", embeddings=x[:, 0], labels=np.arange(10))
     np.savez(tmp_path / "rows.npz", embeddings=x, labels=np.arange(11))
     (tmp_path / "text.npz").write_text("not an archive")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.savez(tmp_path / "good.npz", embeddings=x, labels=np.arange(10) % 3)
     cases = [
         (["--embeddings", str(tmp_path / "single.npy")], "a single array, not an .npz archive"),
         (["--embeddings", str(tmp_path / "missing.npz")], "cannot read an .npz archive"),
         (["--embeddings", str(tmp_path / "text.npz")], "cannot read an .npz archive"),
+        (["--embeddings", str(tmp_path / "empty.npz")], "cannot read an .npz archive"),
+        (["--embeddings", str(tmp_path / "good.npz"), "--ks", ""], r"ks must be a non-empty sequence"),
         (["--embeddings", str(tmp_path / "flat.npz")], r"'embeddings' must be \[N, D\], got shape \(10,\)"),
         (["--embeddings", str(tmp_path / "rows.npz")], "labels has 11 rows but inputs has 10"),
         (["--embeddings", str(tmp_path / "rows.npz"), "--step", "3"], "--step apply to --workdir"),

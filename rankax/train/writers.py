@@ -37,7 +37,8 @@ class EventWriter:
     ``close``): tensorboardX's own ``SummaryWriter`` hands events to a thread, and its
     ``flush`` does not wait for that thread, so "flushed" events could still be missing from
     the file. This writes each event to the file object at once, in tensorboardX's format
-    (its ``EventsWriter`` and ``summary.scalar``); ``flush`` makes all of them durable.
+    (its ``EventsWriter`` and ``summary.scalar``); ``flush`` hands all of them to the operating
+    system, so they outlive a killed process.
 
     The file begins with a purge marker at ``purge_step``: TensorBoard drops the events of
     earlier files at that step and after. Its name ends in the nanosecond it was made
