@@ -99,3 +99,22 @@ def test_pure_train_step_is_one_sgd_step_on_the_batch_loss():
     want = jax.tree.map(lambda p, g: p - 0.05 * g, s0.params, grads)
     for got, exp in zip(jax.tree.leaves(s1.params), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=1e-5, atol=1e-7)
+
+
+def test_augmentation_keys_are_not_the_initialisation_keys():
+    """The per-step augmentation key ``fold_in(state.rng, step)`` is never the key that
+    initialised the model or the loss terms' parameters (step 1's once equalled the model's)."""
+    c = tiny_config()
+    data = input_pipeline.load(c)
+    sample = jnp.asarray(data.train.get_batch([0, 1], train=False))
+    s0 = state.create_train_state(c, state.build_model(c), sample)
+    root = jax.random.PRNGKey(c.seed)
+    keys = (state.INIT_KEY, state.LOSS_PARAMS_KEY)
+    init_keys = {tuple(np.asarray(jax.random.fold_in(root, k))) for k in keys}
+    assert len(init_keys) == 2
+    for step_ in range(8):
+        assert tuple(np.asarray(jax.random.fold_in(s0.rng, step_))) not in init_keys
+    # the model's initialisation is the one the INIT_KEY stream gives
+    want = state.build_model(c).init(jax.random.fold_in(root, state.INIT_KEY), sample, train=False)
+    for got, exp in zip(jax.tree.leaves(s0.params), jax.tree.leaves(want["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(exp))

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rankax.data import streams
 from rankax.data.transforms import ImageTransform, open_image
 
 
@@ -15,7 +16,8 @@ class ImageSource:
     """Images read on demand by index, decoded with PIL and transformed.
 
     ``get_batch(indices, train=True, seed=s)`` draws the augmentation of the item at position
-    ``p`` of the batch from ``np.random.default_rng([s, p])``: the batch is a pure function of
+    ``p`` of the batch from ``streams.generator(s, Stream.AUGMENT, p)``
+    (:mod:`rankax.data.streams`): the batch is a pure function of
     ``(indices, seed)``, independent of the thread pool.
 
     Args:
@@ -60,14 +62,15 @@ class ImageSource:
         input pipeline ships to the device, normalised there
         (:func:`rankax.data.transforms.normalize_on_device`).
 
-        Item ``p`` of the batch is augmented with ``np.random.default_rng([seed, offset + p])``:
+        Item ``p`` of the batch is augmented with ``streams.generator(seed, Stream.AUGMENT,
+        offset + p)``:
         ``offset`` is the position of ``indices[0]`` in a larger batch, so a process that loads
         rows ``[lo, hi)`` of a global batch (``offset=lo``) augments them as a one-process run
         loading the whole batch does."""
         indices = self._checked(indices)
 
         def work(position: int) -> np.ndarray:
-            rng = np.random.default_rng([int(seed), int(offset) + position]) if train else None
+            rng = streams.generator(seed, streams.Stream.AUGMENT, int(offset) + position) if train else None
             return self.load_pixels(indices[position], train=train, rng=rng)
 
         if self.num_threads == 1 or len(indices) <= 1:

@@ -3,7 +3,8 @@ processes, shipped as uint8 and prefetched to the device.
 
 A training batch is a pure function of ``(seed, step)``: the sampler gives the indices of
 ``step``, and the source draws the augmentation of batch position ``p`` from
-``np.random.default_rng([seed * 2**32 + step, p])``. The pipeline is therefore the map
+``streams.generator(seed * 2**32 + step, Stream.AUGMENT, p)`` (:mod:`rankax.data.streams`:
+no sampler draw shares it). The pipeline is therefore the map
 ``step -> batch`` over ``range(start, stop)``, and it is built on grain (the JAX ecosystem's
 input-pipeline library) as ``MapDataset.range(start, stop).map(...)``:
 

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rankax._core import validation
+from rankax.data import streams
 
 
 def _index(name: str, value: object) -> int:
@@ -120,7 +121,7 @@ class PKSampler(_NominalEpochs):
 
     def indices(self, step: int) -> np.ndarray:
         """``[P * K]`` dataset indices of the batch of ``step``."""
-        rng = np.random.default_rng([self.seed, _index("step", step)])
+        rng = streams.generator(self.seed, streams.Stream.PK_STEP, _index("step", step))
         chosen = rng.choice(len(self.classes), size=self.classes_per_batch, replace=False)
         out = []
         for c in chosen:
@@ -289,9 +290,11 @@ class HierarchicalSampler(_NominalEpochs):
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
         step = _index("step", step)
-        tuple_rng = np.random.default_rng([self.seed, 1, step // self.batches_per_super_tuple])
+        tuple_rng = streams.generator(
+            self.seed, streams.Stream.HIERARCHICAL_SUPER, step // self.batches_per_super_tuple
+        )
         supers = tuple_rng.choice(len(self.super_classes), size=self.super_classes_per_batch, replace=False)
-        rng = np.random.default_rng([self.seed, 0, step])
+        rng = streams.generator(self.seed, streams.Stream.HIERARCHICAL_STEP, step)
         out = []
         for s in supers:
             for c in _take_each(rng, self._classes_of[s], self.classes_per_super_class):
@@ -483,7 +486,8 @@ class MPerClassEpochSampler:
         self._cache: tuple[int, np.ndarray] | None = None
 
     def _class_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, 2, epoch, 0]).permutation(len(self.classes))
+        rng = streams.generator(self.seed, streams.Stream.EPOCH_CLASSES, epoch)
+        return rng.permutation(len(self.classes))
 
     def _length(self, epoch: int) -> int:
         if self.rule == "fixed":
@@ -521,7 +525,8 @@ class MPerClassEpochSampler:
             return self._cache[1]
         m, p = self.samples_per_class, self.classes_per_batch
         n = len(self._inverse)
-        order = np.lexsort((np.random.default_rng([self.seed, 2, epoch, 1]).random(n), self._inverse))
+        ties = streams.generator(self.seed, streams.Stream.EPOCH_ITEMS, epoch).random(n)
+        order = np.lexsort((ties, self._inverse))
         cls = self._inverse[order]  # images class by class, random order inside a class
         starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
         class_order = self._class_order(epoch)
@@ -536,7 +541,8 @@ class MPerClassEpochSampler:
             kept = order[keep]
             rows = kept[np.lexsort((group[keep], class_rank[cls[keep]]))].reshape(-1, m)[: p * t]
             batches = rows.reshape(p, t, m).transpose(1, 0, 2).reshape(t, p * m)
-        batches = batches[np.random.default_rng([self.seed, 2, epoch, 2]).permutation(len(batches))]
+        rng = streams.generator(self.seed, streams.Stream.EPOCH_BATCHES, epoch)
+        batches = batches[rng.permutation(len(batches))]
         self._cache = (epoch, batches)
         return batches
 
@@ -619,7 +625,8 @@ class HierarchicalPairsSampler:
 
     def _order(self, epoch: int) -> np.ndarray:
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, np.random.default_rng([self.seed, 3, epoch]).permutation(self.epoch_length))
+            rng = streams.generator(self.seed, streams.Stream.PAIRS_EPOCH, epoch)
+            self._cache = (epoch, rng.permutation(self.epoch_length))
         return self._cache[1]
 
     def super_tuple(self, step: int) -> np.ndarray:
@@ -633,7 +640,7 @@ class HierarchicalPairsSampler:
 
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
-        rng = np.random.default_rng([self.seed, 4, _index("step", step)])
+        rng = streams.generator(self.seed, streams.Stream.PAIRS_STEP, _index("step", step))
         out = []
         for s in self.super_tuple(step):
             for c in _take_each(rng, self._classes_of[s], self.classes_per_super_class):
@@ -679,7 +686,7 @@ class ReplacementPKSampler:
 
     def indices(self, step: int) -> np.ndarray:
         """``[batch_size]`` dataset indices of the batch of ``step``."""
-        rng = np.random.default_rng([self.seed, 5, _index("step", step)])
+        rng = streams.generator(self.seed, streams.Stream.REPLACEMENT_STEP, _index("step", step))
         cls = np.repeat(rng.integers(len(self.classes), size=self.classes_per_batch), self.samples_per_class)
         offset = np.floor(rng.random(len(cls)) * self._counts[cls]).astype(np.int64)
         return self._order[self._starts[cls] + offset]

@@ -81,9 +81,16 @@ def build_model(config: ml_collections.ConfigDict) -> Any:
     return models.build(name, dtype=dtype, **kwargs)
 
 
+# The device-side streams of a run: keys folded into ``PRNGKey(config.seed)`` with distinct
+# numbers, so the model's initialisation, the loss terms' parameters and the per-step
+# augmentation (``fold_in(state.rng, step)``, ``state.rng = fold_in(root, AUGMENT_KEY)``) never
+# share a key. (The host-side streams are :mod:`rankax.data.streams`.)
+INIT_KEY, LOSS_PARAMS_KEY, AUGMENT_KEY = 1, 2, 3
+
+
 def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array, rng: Array) -> dict:
     """The model's variables at ``sample``, merged with ``config.model.pretrained`` weights."""
-    variables = model.init(jax.random.fold_in(rng, 1), sample, train=False)
+    variables = model.init(jax.random.fold_in(rng, INIT_KEY), sample, train=False)
     pretrained = config.model.get("pretrained", None)
     if pretrained:
         from rankax.models import convert
@@ -127,7 +134,7 @@ def _init_loss_params(
     if not terms:
         return {}
     dim = jax.eval_shape(lambda: model.apply(variables, sample, train=False)).shape[-1]
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), LOSS_PARAMS_KEY)
     return {t.name: t.init(jax.random.fold_in(key, i), dim) for i, t in enumerate(terms)}
 
 
@@ -162,7 +169,7 @@ def create_train_state(
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(variables["params"]),
-        rng=rng,
+        rng=jax.random.fold_in(rng, AUGMENT_KEY),
         memory=_init_memory(config, model, variables, sample, label_shape),
         apply_fn=model.apply,
         tx=tx,
