@@ -5,7 +5,9 @@ Precision: Training Image Retrieval with a Listwise Loss", ICCV 2019. Official c
 naver/deep-image-retrieval, which releases the models, the loss and the evaluation but no
 training script ("Resnet101-AP-GeM": trained on Landmarks-clean fine-tuning from ImageNet,
 single resolution, learned whitening; Oxford5K 89.1, Paris6K 93.0, ROxford5K M/H 67.1/42.3,
-RParis6K M/H 80.3/60.9 mAP, README table).
+RParis6K M/H 80.3/60.9 mAP, README table as of commit 3da005b, "update mAP numbers", measured
+with the trapezoidal AP that ``rankax.retrieval.landmarks`` computes; the table before it, 89.3
+and 67.4/42.8, came from scikit-learn's step-wise AP).
 
 Official values followed: ResNet-101, GeM pooling with a learned p starting at 3
 (``dirtorch/nets/layers/pooling.py`` ``GeneralizedMeanPoolingP``), a linear projection to

@@ -200,6 +200,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         ks=values.get("ks"), normalize=bool(values.get("normalize", False)),
         block_size=block_size, output=values.get("output"), save_embeddings=values.get("save_embeddings"),
         distributed={k: values[k] for k in cli.DISTRIBUTED_FLAGS if k in values},  # [multihost]
+        given=frozenset(values),
     )
     return args, overrides
 
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.eval_backend = backend if args.backend is not None else cfg.eval_backend
         ks, backend = tuple(cfg.eval_ks), cfg.eval_backend
         if cfg.get("eval_protocol", "retrieval") != "retrieval":  # revisited / landmarks
+            _check_protocol_flags(args, cfg.eval_protocol)
             return _report(args, overrides, backend, _protocol_metrics(cfg, args), main_process)
         embed_fn, inputs, labels, gallery, gallery_labels = embed_fn_from_checkpoint(
             cfg, args.checkpoint, args.step, args.flag
@@ -247,6 +249,21 @@ def main(argv: list[str] | None = None) -> dict:
         raise cli.CliError(f"{source}: {err}") from None
     metrics["seconds"] = time.perf_counter() - start
     return _report(args, overrides, backend, metrics, main_process)
+
+
+#: Flags of the label-based evaluation that the revisited and landmarks protocols do not take.
+RETRIEVAL_ONLY_FLAGS = ("backend", "normalize", "block_size", "scann_config", "scann_leaves_to_search",
+                        "save_embeddings")
+
+
+def _check_protocol_flags(args, protocol: str) -> None:
+    """A :class:`cli.CliError` naming the flags given that a ``protocol`` run would ignore."""
+    ignored = [f"--{name}" for name in RETRIEVAL_ONLY_FLAGS if name in args.given]
+    if ignored:
+        raise cli.CliError(
+            f"{', '.join(ignored)} apply to eval_protocol='retrieval' runs; this run evaluates with "
+            f"eval_protocol={protocol!r}, whose settings come from its config (--config.* overrides)"
+        )
 
 
 def _protocol_metrics(cfg, args) -> dict:

@@ -253,6 +253,20 @@ def test_resize_and_crop_follow_torchvision():
     np.testing.assert_array_equal(got, np.asarray(inside))
 
 
+@pytest.mark.parametrize("w, h", [(5, 9), (3, 8), (8, 8), (12, 1), (13, 11)])
+def test_center_crop_pads_and_crops_as_torchvision(w, h):
+    """torchvision's ``CenterCrop(8)``, written out with numpy: a short side is padded with
+    ``(8 - side) // 2`` zeros before it and the rest after, a long one cropped from
+    ``round((side - 8) / 2)`` (Python's rounding, as torchvision)."""
+    pixels = np.random.default_rng(w * h).integers(1, 256, size=(h, w, 3), dtype=np.uint8)
+    pad = [(max(8 - n, 0) // 2, max(8 - n, 0) - max(8 - n, 0) // 2) for n in (h, w)]
+    want = np.pad(pixels, [*pad, (0, 0)])
+    top, left = (round((n - 8) / 2) if n > 8 else 0 for n in (h, w))
+    want = want[top : top + 8, left : left + 8]
+    got = np.asarray(transforms.center_crop(Image.fromarray(pixels), 8))
+    np.testing.assert_array_equal(got, want)
+
+
 def test_random_resized_crop_box_within_bounds_and_scale():
     rng = np.random.default_rng(0)
     areas = []
@@ -420,3 +434,43 @@ def test_folder_csv_rows_of_the_wrong_length_and_a_byte_order_mark(tmp_path):
     (tmp_path / "long.csv").write_text("\n".join([*lines, "images/data_0.png,a,test,extra"]) + "\n")
     with pytest.raises(ValueError, match=r"long\.csv, line 4: 4 values for the 3 columns"):
         data.folder.load_folder(root=str(tmp_path), csv_file="long.csv")
+
+
+def test_image_source_boxes_cut_each_image_before_the_transform():
+    """``with_boxes``: each image is cut to its box first, so a query's pixels come only from
+    its box (the Oxford/Paris protocols crop queries to their ``bbx``)."""
+    from rankax.data.image_source import ImageSource
+
+    images = np.zeros((2, 20, 24, 3), np.uint8)
+    images[0, 5:15, 2:12] = 200  # box (left 2, top 5, right 12, bottom 15) of image 0
+    images[1, :10, 12:] = 90  # box (12, 0, 24, 10) of image 1
+    boxes = np.array([[2, 5, 12, 15], [12, 0, 24, 10]], np.float64)
+    t = transforms.ImageTransform(image_size=8, resize_size=8)
+    whole = ImageSource(lambda i: images[i], np.arange(2), t, num_threads=1)
+    cut = whole.with_boxes(boxes)
+    pixels = cut.get_pixels(np.arange(2), train=False)
+    np.testing.assert_array_equal(pixels[0], 200)
+    np.testing.assert_array_equal(pixels[1], 90)
+    assert whole.get_pixels(np.arange(2), train=False).min() == 0  # unboxed: the zeros around
+    with pytest.raises(ValueError, match=r"boxes must be \[2, 4\]"):
+        whole.with_boxes(boxes[:1])
+
+
+def test_revisited_evaluator_crops_queries_to_their_boxes(tmp_path):
+    """``eval_protocol="revisited"``: image-file queries are cut to the ground truth's ``bbx``."""
+    import json
+
+    from rankax.data.image_source import ImageSource
+    from rankax.train import evaluators
+    from tests.test_train import tiny_config
+
+    t = transforms.ImageTransform(image_size=8, resize_size=8)
+    src = ImageSource(lambda i: np.zeros((20, 24, 3), np.uint8), np.arange(2), t, num_threads=1)
+    gnd = [{"bbx": [1, 2, 9, 10], "easy": [0], "hard": [], "junk": []},
+           {"bbx": [0, 0, 5.5, 7], "easy": [1], "hard": [], "junk": []}]
+    (tmp_path / "gnd.json").write_text(json.dumps(gnd))
+    c = tiny_config()
+    c.eval_protocol, c.revisited_gnd = "revisited", str(tmp_path / "gnd.json")
+    evaluator = evaluators.make_evaluator(c, data.RetrievalDataset("toy", src, src, src))
+    np.testing.assert_array_equal(evaluator.query_inputs.boxes, [g["bbx"] for g in gnd])
+    assert evaluator.gallery_inputs.boxes is None

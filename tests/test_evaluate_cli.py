@@ -83,3 +83,19 @@ def test_cli_scann_leaves_to_search(tmp_path, monkeypatch):
     monkeypatch.setattr(retrieval.evaluator, "evaluate", spy)
     cli.main(["--embeddings", path, "--backend", "scann", "--scann_leaves_to_search", "3"])
     assert seen["scann_options"] == {"leaves_to_search": 3} and seen["backend"] == "scann"
+
+
+@pytest.mark.parametrize("protocol", ["revisited", "landmarks"])
+def test_cli_refuses_retrieval_flags_for_protocol_runs(tmp_path, monkeypatch, protocol):
+    """A revisited/landmarks run takes its evaluation from its config: the label-based flags
+    it would ignore are refused by name, before anything is restored."""
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict({"eval_protocol": protocol, "eval_ks": (1,), "eval_backend": "exact"})
+    monkeypatch.setattr(cli, "workdir_config", lambda *a, **k: cfg)
+    monkeypatch.setattr(cli, "_protocol_metrics", lambda *a: pytest.fail("restored despite the flags"))
+    argv = ["--workdir", str(tmp_path), "--normalize", "--save_embeddings", str(tmp_path / "e.npz")]
+    with pytest.raises(cli.cli.CliError, match=f"--normalize, --save_embeddings apply to .*{protocol}"):
+        cli.main(argv)
+    monkeypatch.setattr(cli, "_protocol_metrics", lambda *a: {"medium/map": 0.5})
+    assert cli.main(["--workdir", str(tmp_path), "--ks", "1"]) == {"medium/map": 0.5}

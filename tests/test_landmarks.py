@@ -101,8 +101,16 @@ def test_load_image_crops_box_like_pil_and_normalises(tmp_path):
     assert landmarks.load_image(path, scale=0.5).shape == (15, 20, 3)
     assert landmarks.load_image(path, max_size=20).shape == (15, 20, 3)
     # The cap applies before the scale: scales of a capped image stay distinct (40 -> 20 -> 14).
-    assert landmarks.load_image(path, scale=0.7, max_size=20).shape == (10, 14, 3)
+    assert landmarks.load_image(path, scale=0.7, max_size=20).shape == (11, 14, 3)  # 10.5 up
     assert landmarks.load_image(path, scale=2.0, max_size=20).shape == (30, 40, 3)
+    # A crop takes the whole image's cap (40 -> 20: 0.5), as its database image does.
+    assert landmarks.load_image(path, (0, 0, 20, 10), max_size=20).shape == (5, 10, 3)
+    assert landmarks.load_image(path, (0, 0, 20, 10), max_size=40).shape == (10, 20, 3)
+    # Sides round half up, as dirtorch's Scale (int(0.5 + s * w)): 201 x 131 at 0.5 -> 101 x 66.
+    odd = str(tmp_path / "odd.png")
+    Image.fromarray(np.zeros((131, 201, 3), np.uint8)).save(odd)
+    assert landmarks.load_image(odd, scale=0.5).shape == (66, 101, 3)
+    assert landmarks.load_image(odd, scale=2.5).shape == (328, 503, 3)
 
 
 # ---------------------------------------------------------------- four sets in one run

@@ -25,6 +25,9 @@ class ImageSource:
       labels: ``[N]`` class ids or ``[N, L]`` label paths (column 0 = finest), int32.
       transform: the train/test preprocessing.
       num_threads: decoding threads (1: decode in the calling thread).
+      boxes: ``[N, 4]`` boxes ``(left, top, right, bottom)`` in pixels of the decoded images,
+        cut out (as PIL's ``Image.crop`` rounds them) before the transform: the query boxes of
+        the Oxford/Paris protocols (:meth:`with_boxes`). ``None``: whole images.
     """
 
     def __init__(
@@ -33,6 +36,7 @@ class ImageSource:
         labels: np.ndarray,
         transform: ImageTransform | None = None,
         num_threads: int = 4,
+        boxes: np.ndarray | None = None,
     ):
         self._read = read
         self.labels = np.asarray(labels)
@@ -41,19 +45,34 @@ class ImageSource:
         self.transform = transform or ImageTransform()
         self.num_threads = max(1, int(num_threads))
         self._pool: ThreadPoolExecutor | None = None
+        self.boxes = None if boxes is None else np.asarray(boxes, np.float64)
+        if self.boxes is not None and self.boxes.shape != (len(self.labels), 4):
+            raise ValueError(
+                f"boxes must be [{len(self.labels)}, 4] (one box per image), got shape {self.boxes.shape}"
+            )
+
+    def with_boxes(self, boxes: np.ndarray | None) -> ImageSource:
+        """This source with each image cut to its box of ``boxes [N, 4]`` first."""
+        return ImageSource(self._read, self.labels, self.transform, self.num_threads, boxes)
+
+    def _open(self, index: int) -> Any:
+        image = open_image(self._read(index))
+        if self.boxes is not None:
+            image = image.crop(tuple(float(v) for v in self.boxes[index]))
+        return image
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def load(self, index: int, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
         """One preprocessed ``[S, S, 3]`` float32 image."""
-        return self.transform(open_image(self._read(int(index))), train=train, rng=rng)
+        return self.transform(self._open(int(index)), train=train, rng=rng)
 
     def load_pixels(
         self, index: int, *, train: bool, rng: np.random.Generator | None = None
     ) -> np.ndarray:
         """One ``[S, S, 3]`` uint8 image, cropped and resized but not normalised."""
-        return self.transform.pixels(open_image(self._read(int(index))), train=train, rng=rng)
+        return self.transform.pixels(self._open(int(index)), train=train, rng=rng)
 
     def get_pixels(
         self, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0

@@ -93,9 +93,15 @@ def _resize_to(image: Image.Image, new: tuple[int, int], use_draft: bool) -> Ima
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """The central ``size x size`` window (padded by PIL with black if the image is smaller)."""
+    """The central ``size x size`` window, as torchvision's ``CenterCrop`` places it: a side
+    longer than ``size`` starts at ``round((side - size) / 2)``; a shorter one is padded with
+    black, ``(size - side) // 2`` pixels before it (the rest after)."""
     w, h = image.size
-    left, top = round((w - size) / 2), round((h - size) / 2)
+
+    def start(side: int) -> int:
+        return round((side - size) / 2) if side >= size else -((size - side) // 2)
+
+    left, top = start(w), start(h)
     return image.crop((left, top, left + size, top + size))
 
 

@@ -21,7 +21,12 @@ Oxford5k, Paris6k, ROxford5k and RParis6k in one evaluation:
 4. **Scores** ``q . x`` between whitened descriptors, and the trapezoidal AP of the
    Oxford/Paris protocol (:mod:`rankax.retrieval.revisited`) with junk images removed:
    Oxford5k/Paris6k count ``ok`` images (good + ok) as positives, ROxford5k/RParis6k report
-   the Easy/Medium/Hard setups. Queries without positives are left out of a mean.
+   the Easy/Medium/Hard setups. Queries without positives are left out of a mean. This is
+   the AP of dirtorch since commit 50cbe41 (2019-08-27, ``compute_average_precision`` in
+   ``dirtorch/utils/evaluation.py``); its first commit (1e7de62) used scikit-learn's step-wise
+   ``average_precision_score``, which is never lower. The README's numbers were remeasured
+   with the trapezoid (commit 3da005b, 2019-09-05, "update mAP numbers": Resnet101-AP-GeM
+   Oxford5k 89.3 -> 89.1), so those are the numbers this protocol reproduces.
 
 Reference: J. Revaud, J. Almazán, R. S. Rezende, C. R. de Souza, "Learning with Average
 Precision: Training Image Retrieval with a Listwise Loss", ICCV 2019.
@@ -218,20 +223,24 @@ def load_image(
     """``[H, W, 3]`` float32 image, normalised by ``mean``/``std``, at its own resolution.
 
     ``box`` ``(left, top, right, bottom)`` crops first (rounded to whole pixels as PIL does);
-    then the longer side is capped at ``max_size`` (if given) and the image is resized by
-    ``scale`` (bilinear; sides rounded, at least 1 pixel).
+    then the image is resized by ``cap * scale`` (bilinear; sides rounded half up as
+    ``dirtorch/utils/transforms.py`` ``Scale`` rounds them, at least 1 pixel),
+    where ``cap = min(1, max_size / longer side of the whole image)`` (1 without ``max_size``):
+    the cap is that of the whole image, so a query crop keeps the scale of its database image
+    (cirtorch's and SupRank's ``imresize(crop, imsize * max(crop) / max(image))``).
     """
     from PIL import Image
 
     with Image.open(path) as img:
         img = img.convert("RGB")
+    full = max(img.size)
     if box is not None:
         img = img.crop(tuple(float(v) for v in box))
     w, h = img.size
-    cap = 1.0 if max_size is None or max(w, h) <= max_size else max_size / max(w, h)
+    cap = 1.0 if max_size is None or full <= max_size else max_size / full
     factor = cap * float(scale)  # each scale of the capped image, so scales stay distinct
     if factor != 1.0:
-        img = img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BILINEAR)
+        img = img.resize((max(1, int(w * factor + 0.5)), max(1, int(h * factor + 0.5))), Image.BILINEAR)
     pixels = np.asarray(img, np.float32) / 255.0
     return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 

@@ -65,8 +65,11 @@ def _retrieval_keys(config: Config, labels_ndim: int) -> set[str]:
 def _revisited_evaluator(config: Config, data: RetrievalDataset) -> Any:
     """:class:`rankax.retrieval.RevisitedEvaluator` with the ground truth of
     ``config.revisited_gnd``: the test split holds the queries and the gallery the database, in
-    the ground truth's order."""
+    the ground truth's order. Queries read from image files are cut to the ground truth's
+    ``bbx`` boxes before the test transform, as the protocol asks (revisitop; SupRank's
+    ``suprank/datasets/revisited_dataset.py``); in-memory query arrays are taken as given."""
     from rankax import retrieval
+    from rankax.data.image_source import ImageSource
 
     if data.gallery is None:
         raise ValueError(
@@ -75,8 +78,11 @@ def _revisited_evaluator(config: Config, data: RetrievalDataset) -> Any:
     if not config.revisited_gnd:
         raise ValueError("config.revisited_gnd must name the ground-truth file (gnd_roxford5k.pkl)")
     gnd = retrieval.load_gnd(config.revisited_gnd)
+    queries = data.test
+    if isinstance(queries, ImageSource) and len(gnd) == len(queries) and all("bbx" in g for g in gnd):
+        queries = queries.with_boxes(np.array([g["bbx"] for g in gnd], np.float64))
     return retrieval.RevisitedEvaluator(
-        data.test,
+        queries,
         data.gallery,
         gnd,
         batch_size=int(config.eval_batch_size),
