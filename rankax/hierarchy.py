@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from rankax._core import validation
@@ -130,17 +131,42 @@ def _pop_relevance(t: Array, valid: Array, num_levels: int, alpha: float, *, dro
     """``"pop"``: each level's weight shared among the valid items at that level. With
     ``drop_one_top`` one item of the finest level (a query counted in its own list) is left
     out of that level's count; it gets the others' share (0 when it is alone there)."""
-    weights = level_weights(num_levels, alpha)
-    rel = jnp.zeros(t.shape, jnp.float32)
-    for k in range(1, num_levels + 1):  # t = 0 has weight 0
-        at_k = (t == k) & valid
-        count = jnp.sum(at_k, axis=-1, keepdims=True)
-        if drop_one_top and k == num_levels:
-            share = jnp.where(count > 1, weights[k] / jnp.maximum(count - 1, 1), 0.0)
-        else:
-            share = weights[k] / jnp.maximum(count, 1)
-        rel = rel + jnp.where(at_k, share, 0.0)
-    return rel
+    counts = jnp.stack([jnp.sum((t == k) & valid, axis=-1) for k in range(num_levels + 1)], axis=-1)
+    if drop_one_top:
+        counts = counts.at[..., num_levels].add(-1)
+    return jnp.where(valid, pop_relevance_from_counts(t, counts, num_levels, alpha), 0.0)
+
+
+def pop_relevance_from_counts(
+    levels: ArrayLike, counts: ArrayLike, num_levels: int, alpha: float = 1.0
+) -> Array:
+    """``"pop"`` relevance ``w_t / n_t`` ``[..., N]`` of items sharing ``levels`` ``t`` (0..L)
+    with their query, given the query's count ``n_t`` of items at each level ``counts``
+    ``[..., L + 1]``: 0 where ``t = 0`` or ``n_t <= 0``. The counts may come from the list
+    itself (:func:`relevance_from_levels`) or from another population: the official
+    evaluation counts the query set, query included (:func:`level_counts`)."""
+    t = jnp.asarray(levels).astype(jnp.int32)
+    n = jnp.take_along_axis(jnp.asarray(counts), t, axis=-1).astype(jnp.float32)
+    share = level_weights(num_levels, alpha)[t] / jnp.maximum(n, 1.0)
+    return jnp.where((t > 0) & (n > 0), share, 0.0)
+
+
+def level_counts(query_paths: np.ndarray, population_paths: np.ndarray) -> np.ndarray:
+    """``[Q, L + 1]`` int64: how many rows of ``population_paths [M, L]`` share exactly ``t``
+    levels with each query path (:func:`shared_levels`), ``t = 0..L``. On the host, without a
+    ``[Q, M]`` matrix: the rows sharing at least ``t`` levels are those with the query's ``t``
+    coarsest columns, counted per distinct prefix."""
+    q, pop = np.asarray(query_paths), np.asarray(population_paths)
+    num_levels = q.shape[1]
+    at_least = np.zeros((len(q), num_levels + 2), np.int64)
+    at_least[:, 0] = len(pop)
+    for t in range(1, num_levels + 1):
+        cols = slice(num_levels - t, num_levels)
+        keys, inverse = np.unique(np.concatenate([pop[:, cols], q[:, cols]]), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        per_key = np.bincount(inverse[: len(pop)], minlength=len(keys))
+        at_least[:, t] = per_key[inverse[len(pop) :]]
+    return at_least[:, :-1] - at_least[:, 1:]
 
 
 def path_relevance(

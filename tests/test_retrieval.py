@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rankax import retrieval
+from rankax import hierarchy, retrieval
 from rankax.retrieval import exact, scann_backend
 
 # The numpy references live in test_metrics.py; load them by path (works in any import mode).
@@ -86,22 +86,32 @@ def test_exact_float_embeddings_match_sklearn_ap():
     np.testing.assert_allclose(got["per_query"]["map"], aps, atol=1e-6)
 
 
-def np_pop_relevance(qp, gp, keep, alpha=1.0):
-    """SupRank 'pop' relevance from the formula: w_t / #items of the list at level t."""
-    num_levels = qp.shape[0]
+def np_shared_levels(qp, gp):
+    """Levels shared with ``qp``, walking from the coarsest column."""
     t = np.zeros(len(gp), int)
     for j, p in enumerate(gp):
-        for lvl in range(num_levels - 1, -1, -1):  # from the coarsest column
+        for lvl in range(len(qp) - 1, -1, -1):
             if p[lvl] != qp[lvl]:
                 break
             t[j] += 1
+    return t
+
+
+def np_pop_relevance(qp, gp, keep, alpha=1.0, population=None):
+    """SupRank 'pop' relevance from the formula: w_t / #items at level t, counted among the
+    list's items (``gp[keep]``) or among the rows of ``population`` (the official evaluation:
+    the query set, the query included)."""
+    num_levels = qp.shape[0]
+    t = np_shared_levels(qp, gp)
     t[~keep] = 0
+    counted = t[keep] if population is None else np_shared_levels(qp, population)
     w = (np.arange(num_levels + 1) / max(num_levels - 1, 1)) ** alpha
-    rel = np.array([w[tj] / np.sum(t[keep] == tj) if keep[j] else 0.0 for j, tj in enumerate(t)])
+    rel = np.array([w[tj] / np.sum(counted == tj) if keep[j] and tj else 0.0 for j, tj in enumerate(t)])
     return t, rel
 
 
-def test_hierarchical_metrics_match_references():
+@pytest.mark.parametrize("counts", ["official", "list"])
+def test_hierarchical_metrics_match_references(counts):
     rng = np.random.default_rng(3)
     n = 90
     x = rng.integers(-2, 3, size=(n, 5)).astype(np.float32)
@@ -109,12 +119,12 @@ def test_hierarchical_metrics_match_references():
     paths = np.stack([fine, fine // 6], axis=1)  # [class, super-class], finest first
     paths[0] = [500, 99]  # shares nothing with anybody
     got = retrieval.evaluate(x, paths, ks=(1,), block_size=32, gallery_block_size=32,
-                             hierarchy_block_size=16)
+                             hierarchy_block_size=16, relevance_counts=counts)
     s = x.astype(np.float64) @ x.T.astype(np.float64)
     want = {"hap": [], "ndcg": [], "asi": []}
     for i in range(n):
         keep = np.arange(n) != i
-        t, rel = np_pop_relevance(paths[i], paths, keep)
+        t, rel = np_pop_relevance(paths[i], paths, keep, population=paths if counts == "official" else None)
         if not (t > 0).any():
             continue
         si = s[i, keep]
@@ -129,6 +139,39 @@ def test_hierarchical_metrics_match_references():
     flat = retrieval.evaluate(x, flat_ids, ks=(1,))
     for key in ("recall@1", "map@r", "map", "num_queries_without_positive"):
         assert got[key] == flat[key]
+
+
+def test_official_relevance_counts_the_query_split_with_a_separate_gallery():
+    """With a separate gallery, ``"official"`` shares each level's weight among the query
+    split's items at that level (the query included), as HAPPIER's evaluation does;
+    ``"list"`` among the gallery's. Three levels, so the weights of the levels matter."""
+    rng = np.random.default_rng(5)
+    paths = np.stack([rng.integers(0, 12, 70), rng.integers(0, 12, 70) // 4], axis=1)
+    paths = np.stack([paths[:, 0] + 100 * paths[:, 1], paths[:, 1], paths[:, 1] // 2], axis=1)
+    x = rng.normal(size=(70, 6)).astype(np.float32)
+    q, g, qp, gp = x[:30], x[30:], paths[:30], paths[30:]
+    s = q.astype(np.float64) @ g.T.astype(np.float64)
+    keep = np.ones(len(g), bool)
+    for counts, population in (("official", qp), ("list", None)):
+        got = retrieval.evaluate(q, qp, g, gp, ks=(1,), relevance_counts=counts)
+        want = []
+        for i in range(len(q)):
+            t, rel = np_pop_relevance(qp[i], gp, keep, population=population)
+            if (t > 0).any():
+                want.append(ref.np_hap(s[i], rel))
+        assert got["hap"] == pytest.approx(np.mean(want), rel=1e-5), counts
+    with pytest.raises(ValueError, match="relevance_counts must be one of"):
+        retrieval.evaluate(q, qp, g, gp, relevance_counts="gallery")
+
+
+def test_level_counts_match_shared_levels():
+    rng = np.random.default_rng(6)
+    fine = rng.integers(0, 20, 50)
+    paths = np.stack([fine, fine // 5, fine // 10], axis=1)
+    queries = np.concatenate([paths[:7], [[999, 998, 0]]])
+    got = hierarchy.level_counts(queries, paths)
+    for qi, qp in enumerate(queries):
+        np.testing.assert_array_equal(got[qi], np.bincount(np_shared_levels(qp, paths), minlength=4))
 
 
 def test_knn_matches_numpy_and_excludes_self():

@@ -14,6 +14,8 @@ from rankax._core import validation
 from rankax.retrieval import exact, scann_backend
 
 BACKENDS = ("auto", "exact", "scann")
+#: Where the "pop" relevance of H-AP counts the items of each level (`evaluate`'s `relevance_counts`).
+RELEVANCE_COUNTS = ("official", "list")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -77,6 +79,7 @@ def evaluate(
     normalize: bool = False,
     relevance_rule: str = "pop",
     relevance_alpha: float = 1.0,
+    relevance_counts: str = "official",
     scann_config: str = "auto",
     scann_options: Mapping[str, Any] | None = None,
     mesh: Mesh | None = None,
@@ -104,6 +107,14 @@ def evaluate(
         step for the hierarchical metrics.
       relevance_rule, relevance_alpha: graded relevance for H-AP
         (:func:`rankax.hierarchy.path_relevance`).
+      relevance_counts: the items among which ``"pop"`` shares each level's weight:
+        ``"official"`` (default) the query set, the query included, as the official HAPPIER
+        and SupRank evaluations count them (``elias-ramzi/HAPPIER@5af91b3:``
+        ``happier/datasets/base_dataset.py``,
+        ``get_all_relevance``: the relevances of a split's labels against themselves, with a
+        separate gallery those of the query split), so ``hap`` compares with the papers'
+        tables; ``"list"`` the items of each query's ranked list (the gallery, the query
+        excluded), the papers' formula read literally.
       scann_config: ``"auto"``, ``"brute_force"`` or ``"tree_ah"``.
       scann_options: ``tree_ah`` settings other than the defaults, as keywords of
         :func:`~rankax.retrieval.scann_backend.build_searcher` (e.g. ``{"leaves_to_search":
@@ -139,7 +150,8 @@ def evaluate(
     ks, scann_options = check_options(
         backend=backend, ks=ks, block_size=block_size, gallery_block_size=gallery_block_size,
         hierarchy_block_size=hierarchy_block_size, relevance_rule=relevance_rule,
-        relevance_alpha=relevance_alpha, scann_config=scann_config, scann_options=scann_options,
+        relevance_alpha=relevance_alpha, relevance_counts=relevance_counts, scann_config=scann_config,
+        scann_options=scann_options,
     )
     data = _checked_sets(queries, query_labels, gallery, gallery_labels, normalize)
     q_classes, g_classes = _finest_classes(data.query_labels, data.gallery_labels)
@@ -164,6 +176,8 @@ def evaluate(
             data.queries, data.query_labels, _gallery_on(data, gallery_block_size, mesh),
             data.gallery_labels, self_excluded=data.self_excluded, block_size=hierarchy_block_size,
             rule=relevance_rule, alpha=relevance_alpha, mesh=mesh,
+            level_counts=hierarchy.level_counts(data.query_labels, data.query_labels)
+            if relevance_counts == "official" else None,
         )
         result.update(_hierarchical_means(hierarchical, per_query))
     if return_per_query:
@@ -180,6 +194,7 @@ def check_options(
     hierarchy_block_size: int = 64,
     relevance_rule: str = "pop",
     relevance_alpha: float = 1.0,
+    relevance_counts: str = "official",
     scann_config: str = "auto",
     scann_options: Mapping[str, Any] | None = None,
 ) -> tuple[tuple[int, ...], dict[str, Any]]:
@@ -194,6 +209,8 @@ def check_options(
     if relevance_rule not in hierarchy.RELEVANCE_RULES:
         raise ValueError(f"relevance_rule must be one of {hierarchy.RELEVANCE_RULES}, got {relevance_rule!r}")
     validation.check_number("relevance_alpha", relevance_alpha, "positive")
+    if relevance_counts not in RELEVANCE_COUNTS:
+        raise ValueError(f"relevance_counts must be one of {RELEVANCE_COUNTS}, got {relevance_counts!r}")
     scann_backend.resolve_config(scann_config, 0)
     return ks, scann_backend.check_options(scann_options)
 

@@ -599,8 +599,11 @@ def _group_inputs(queries, layout: ClassLayout, start: int, stop: int, b: int, g
 # ----------------------------------------------------------------------------- hierarchy
 
 
-def _hierarchy_step(q, self_index, q_paths, chunks, g_paths, *, n: int, rule: str, alpha: float):
+def _hierarchy_step(q, self_index, q_paths, counts, chunks, g_paths, *, n: int, rule: str, alpha: float):
     """H-AP, NDCG and ASI of one query block over the whole gallery.
+
+    ``counts [b, L + 1]``: each query's count of items per shared level, which the ``"pop"``
+    rule divides each level's weight by (:func:`rankax.hierarchy.pop_relevance_from_counts`).
 
     Builds the block's ``[b, N]`` score rows (chunk by chunk, the same kernel) and sorts them:
     with graded relevance every item can be relevant, so counting per positive would cost
@@ -615,7 +618,10 @@ def _hierarchy_step(q, self_index, q_paths, chunks, g_paths, *, n: int, rule: st
     valid = jnp.arange(n)[None, :] != self_index[:, None]
     s = jnp.where(valid, s, -jnp.inf)
     t = jnp.where(valid, hierarchy.shared_levels(q_paths, g_paths), 0)  # [b, N]
-    rel = hierarchy.path_relevance(q_paths, g_paths, rule=rule, alpha=alpha, where=valid)
+    if rule == "pop":
+        rel = jnp.where(valid, hierarchy.pop_relevance_from_counts(t, counts, q_paths.shape[1], alpha), 0.0)
+    else:
+        rel = hierarchy.path_relevance(q_paths, g_paths, rule=rule, alpha=alpha, where=valid)
     ranked = _ranked_levels(s, t, rel, q_paths.shape[1])
     positive = ranked.levels > 0
     r = jnp.sum(positive, axis=1).astype(jnp.float32)
@@ -695,7 +701,7 @@ def _asi(ranked: _RankedLevels, positive: Array, r: Array) -> Array:
 def _hierarchy_fn(mesh: Mesh | None, n: int, rule: str, alpha: float):
     return _shard(
         functools.partial(_hierarchy_step, n=n, rule=rule, alpha=alpha), mesh,
-        in_specs=(P(_AXIS), P(_AXIS), P(_AXIS), P(), P()), out_specs=(P(_AXIS),) * 4,
+        in_specs=(P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS), P(), P()), out_specs=(P(_AXIS),) * 4,
     )
 
 
@@ -709,9 +715,18 @@ def hierarchical_metrics(
     block_size: int = 64,
     rule: str = "pop",
     alpha: float = 1.0,
+    level_counts: np.ndarray | None = None,
     mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-query ``hap``, ``ndcg``, ``asi`` and ``has_relevant`` over the whole gallery."""
+    """Per-query ``hap``, ``ndcg``, ``asi`` and ``has_relevant`` over the whole gallery.
+
+    ``level_counts [Q, L + 1]``: under ``"pop"``, each query's items per shared level that a
+    level's weight is shared among (:func:`rankax.hierarchy.level_counts`); ``None``: those
+    of its own list (the gallery, without the query where ``self_excluded``)."""
+    if level_counts is None:
+        level_counts = hierarchy.level_counts(query_paths, gallery_paths)
+        if self_excluded:
+            level_counts[:, -1] -= 1
     fn = _hierarchy_fn(mesh, gallery.size, rule, alpha)
     g_paths = put(gallery_paths, mesh, P())
     out: dict[str, list] = {"hap": [], "ndcg": [], "asi": [], "has_relevant": []}
@@ -720,9 +735,11 @@ def hierarchical_metrics(
         m = min(b, queries.shape[0] - start)
         paths = np.zeros((b, query_paths.shape[1]), query_paths.dtype)
         paths[:m] = query_paths[start : start + m]
+        counts = np.zeros((b, level_counts.shape[1]), np.float32)
+        counts[:m] = level_counts[start : start + m]
         values = fn(
             _put_queries(qb, mesh), _put_queries(self_index, mesh), _put_queries(paths, mesh),
-            gallery.chunks, g_paths,
+            _put_queries(counts, mesh), gallery.chunks, g_paths,
         )
         for key, v in zip(out, values, strict=True):
             out[key].append(np.asarray(v)[:m])
