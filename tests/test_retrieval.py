@@ -737,11 +737,15 @@ def test_scann_knn_marks_missing_neighbours():
         ({"k": 2, "config": "tree_ah", "leaves_to_search": 2.5}, ValueError, "leaves_to_search must be"),
         ({"k": 2, "config": "tree_ah", "training_sample_size": 0}, ValueError, "training_sample_size must"),
         ({"k": 2, "config": "tree_ah"}, ValueError, r"at least 16 items, got 6 .*config='brute_force'"),
+        ({"k": 2, "config": "tree_ah", "training_sample_size": 20, "num_leaves": 21, "big": True},
+         ValueError, r"num_leaves=21 is more than the 20 items k-means trains on"),
+        ({"k": 2, "config": "tree_ah", "num_leaves": 4, "leaves_to_search": 5, "big": True},
+         ValueError, r"leaves_to_search=5 is more than num_leaves=4"),
     ],
 )
 def test_scann_knn_checks_its_input_as_knn(kwargs, error, match):
     # Raised before ScaNN is imported or built, so this runs without scann too.
-    x = np.random.default_rng(13).normal(size=(6, 4)).astype(np.float32)
+    x = np.random.default_rng(13).normal(size=(40 if kwargs.pop("big", False) else 6, 4)).astype(np.float32)
     if kwargs.pop("nan", False):
         x[1, 0] = np.nan
     with pytest.raises(error, match=match):

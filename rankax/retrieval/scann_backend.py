@@ -199,7 +199,8 @@ def build_searcher(
     share one 4-bit code of the asymmetric hashing and ``anisotropic_threshold`` is ScaNN's
     ``anisotropic_quantization_threshold`` (both ``tree_ah`` only). A bad value raises a
     ``ValueError`` naming the keyword; ``tree_ah`` needs at least :data:`AH_CODEBOOK_SIZE`
-    training items.
+    training items, at most as many leaves as training items (k-means needs one item per
+    centre) and ``leaves_to_search <= num_leaves``.
     """
     num_leaves, leaves_to_search, reorder_k = (
         validation.check_int(name, value, optional=True)
@@ -218,12 +219,22 @@ def build_searcher(
             f"tree_ah trains its 4-bit codes on at least {AH_CODEBOOK_SIZE} items, got {sample} "
             f"(gallery {n}, training_sample_size {training_sample_size}): use config='brute_force'"
         )
+    num_leaves = default_num_leaves(n) if num_leaves is None else num_leaves
+    leaves_to_search = default_leaves_to_search(num_leaves) if leaves_to_search is None else leaves_to_search
+    if config == "tree_ah" and num_leaves > sample:
+        raise ValueError(
+            f"num_leaves={num_leaves} is more than the {sample} items k-means trains on (gallery {n}, "
+            f"training_sample_size {training_sample_size}): use num_leaves <= {sample}"
+        )
+    if config == "tree_ah" and leaves_to_search > num_leaves:
+        raise ValueError(
+            f"leaves_to_search={leaves_to_search} is more than num_leaves={num_leaves}: "
+            f"use leaves_to_search <= {num_leaves} (= num_leaves searches every leaf)"
+        )
+    reorder_k = max(max(REORDER_K, 2 * k) if reorder_k is None else reorder_k, k)
     builder = _import_scann().builder(gallery, k, "dot_product")
     if config == "brute_force":
         return builder.score_brute_force().build()
-    num_leaves = default_num_leaves(n) if num_leaves is None else num_leaves
-    leaves_to_search = default_leaves_to_search(num_leaves) if leaves_to_search is None else leaves_to_search
-    reorder_k = max(max(REORDER_K, 2 * k) if reorder_k is None else reorder_k, k)
     return (
         builder.tree(
             num_leaves=num_leaves,
