@@ -95,6 +95,11 @@ def test_a_resumed_writer_hides_the_events_it_writes_again(tmp_path):
     rerun.add_scalar("train/loss", 3.0, 1)
     rerun.close()
     assert tensorboard_steps(str(tmp_path), "train/loss") == [1]
+    files = sorted(os.listdir(tmp_path / "tensorboard"))
+    idle = writers.summary_writer(str(tmp_path), start=12)  # a finished run started again
+    idle.flush()
+    idle.close()
+    assert sorted(os.listdir(tmp_path / "tensorboard")) == files  # no file without an event
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):

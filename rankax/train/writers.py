@@ -42,30 +42,39 @@ class EventWriter:
 
     The file begins with a purge marker at ``purge_step``: TensorBoard drops the events of
     earlier files at that step and after. Its name ends in the nanosecond it was made
-    (tensorboardX names a file by the second and would truncate a same-named one).
+    (tensorboardX names a file by the second and would truncate a same-named one). It is made
+    at the first event, so a start that writes nothing (a finished run started again) leaves
+    no file.
     """
 
     def __init__(self, logdir: str, purge_step: int):
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        self._logdir, self._purge_step, self._writer = logdir, int(purge_step), None
 
-        os.makedirs(logdir, exist_ok=True)
-        self._writer = EventsWriter(os.path.join(logdir, "events"), f".{time.time_ns()}")
-        start = SessionLog(status=SessionLog.START)
-        self._writer.write_event(Event(wall_time=time.time(), step=purge_step, session_log=start))
+    def _events(self) -> Any:
+        if self._writer is None:
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+            os.makedirs(self._logdir, exist_ok=True)
+            self._writer = EventsWriter(os.path.join(self._logdir, "events"), f".{time.time_ns()}")
+            start = SessionLog(status=SessionLog.START)
+            self._writer.write_event(Event(wall_time=time.time(), step=self._purge_step, session_log=start))
+        return self._writer
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.summary import scalar
 
         summary = scalar(tag, float(value))
-        self._writer.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
+        self._events().write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def flush(self) -> None:
-        self._writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 def summary_writer(workdir: str, start: int = 0) -> Any:
