@@ -59,7 +59,7 @@ GPU_WHEEL_DIR ?= .whl
 GPU_WHEELS := ml_collections==1.1.0 tensorboardX==2.6.5 scann==1.4.2 pytorch-metric-learning==2.9.0 \
 	grain==0.2.18 array_record==0.8.6 dm-tree==0.1.10 tensorflow-datasets==4.9.10 \
 	tensorflow-metadata==1.21.0 googleapis-common-protos==1.76.0 immutabledict==4.3.1 \
-	simple-parsing==0.1.9 docstring-parser==0.18.0 termcolor==3.3.0 toml==0.10.2
+	simple-parsing==0.1.9 docstring-parser==0.18.0 termcolor==3.3.0 toml==0.10.2 portpicker==1.6.0
 GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
 	manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
 gpu-wheels:

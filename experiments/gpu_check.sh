@@ -26,6 +26,9 @@
 # Environment (defaults): PY (python3), OUT (runs/gpu), WHEELS (.whl), TOTAL_S (570),
 # BENCH_LIMIT_S (300), BENCH_ARGS (none; e.g. "--sizes 4096 --skip pml"), TESTS (tests),
 # PYTEST_ARGS (none; e.g. "-x"), WORKERS (8), PROFILE_S (90), PROFILE_B (4096), ALLOW_CPU (0).
+# On a machine lent for a limited time, set TOTAL_S to what the run may take after the machine
+# has started (e.g. the time left minus 3 minutes): the script then ends, table printed, before
+# it is stopped from outside. It ends within TOTAL_S + 15 s at worst.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -57,6 +60,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   date -u
   nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not found"
   "$PY" -c "import jax, sys; print(sys.version.split()[0], 'jax', jax.__version__, jax.devices())"
+  "$PY" -c "import google.protobuf as p; print('protobuf', p.__version__)" 2>&1 | tail -n 1
 } >"$OUT/bench.log" 2>&1
 cat "$OUT/bench.log"
 if [ "${ALLOW_CPU:-0}" != 1 ] &&
@@ -94,7 +98,8 @@ test_rc=0
 partial=
 : >"$OUT/tests.log"
 run_tier() {  # run_tier MARKER JUNIT: one tier of the suite in the time left
-  local left=$((TOTAL_S - ($(date +%s) - start) - 20)) rc
+  # 45 s kept back: SIGKILL may follow SIGINT by 30 s, then the counts and the table.
+  local left=$((TOTAL_S - ($(date +%s) - start) - 45)) rc workers=()
   if [ "$left" -lt 30 ]; then
     echo "gpu_check: ${left}s left of TOTAL_S=$TOTAL_S, tests '-m $1' not run" | tee -a "$OUT/tests.log"
     partial=--tests-partial
@@ -103,7 +108,9 @@ run_tier() {  # run_tier MARKER JUNIT: one tier of the suite in the time left
   echo "gpu_check: tests '-m $1', ${left}s at most" | tee -a "$OUT/tests.log"
   # SIGINT, not SIGKILL, at the limit: pytest then reports what ran and writes the JUnit file.
   # shellcheck disable=SC2086  # PYTEST_ARGS and TESTS are lists
-  timeout -s INT -k 30 "$left" env XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -n "$WORKERS" \
+  # pytest-xdist is in the CUDA image; without it (or with WORKERS=0) the tier runs in one process.
+  if [ "$WORKERS" -gt 0 ] && "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "$WORKERS"); fi
+  timeout -s INT -k 30 "$left" env XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest "${workers[@]}" \
     -q -p no:cacheprovider -m "$1" --junitxml="$2" ${PYTEST_ARGS:-} $TESTS >>"$OUT/tests.log" 2>&1
   rc=$?
   tail -n 2 "$OUT/tests.log"

@@ -77,8 +77,9 @@ print(json.dumps(dict(
 def _run(emulate: bool) -> dict:
     import json
 
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "RANKAX_EMULATE_TF32": "1" if emulate else "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+           "PYTHONPATH": path}
     code = "import conftest\n" + _EMULATED  # importing conftest applies the setting, as pytest does
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
