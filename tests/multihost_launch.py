@@ -77,11 +77,13 @@ class Run:
 
 
 def launch(workdir: str, num_processes: int, args: list[str], only: list[int] | None = None,
-           extra: list[str] = (), module: str = "experiments.train", log: str | None = None) -> Run:
+           extra: list[str] = (), module: str = "experiments.train", log: str | None = None,
+           port: int | None = None) -> Run:
     """Starts processes ``only`` (default: all) of ``num_processes`` of ``python -m module
-    --workdir workdir args``; logs go to ``<log or workdir>.log<i>``."""
+    --workdir workdir args``; logs go to ``<log or workdir>.log<i>``. ``port``: the
+    coordinator's (default: a free one), to start the processes of one run in several calls."""
     devices = TOTAL_DEVICES // num_processes
-    port = free_port()
+    port = free_port() if port is None else port
     procs, logs = [], []
     for i in range(num_processes) if only is None else only:
         cmd = [sys.executable, "-m", module, "--workdir", workdir, *args]

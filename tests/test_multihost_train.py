@@ -147,7 +147,30 @@ def resumed(runs):
     _check_all(started)
     for run in started:
         assert "Resuming from checkpoint step 2" in run.text(0), run.all_logs()
+        # The other topology is said and recorded (the resume is exact to float32 rounding only).
+        assert "Resuming a run recorded on" in run.text(0), run.all_logs()
+    for name, (old, new) in (("two_to_one", (2, 1)), ("one_to_two", (1, 2))):
+        with open(os.path.join(work[name], "config.json")) as f:
+            record = json.load(f)
+        topology = record["changes"][-1]["keys"]["topology"]
+        assert [t["processes"] for t in topology] == [old, new]
+        assert record["topology"]["processes"] == new
     return work
+
+
+def test_processes_started_with_different_configs_are_refused(tmp_path):
+    """Process 1 alone gets another temperature: both processes stop, before anything is
+    written, and process 1 names the key (nothing else compares the processes' commands)."""
+    work, port = str(tmp_path / "mixed"), free_port()
+    first = launch(work, 2, ARGS, only=[0], port=port)
+    second = launch(work, 2, [*ARGS, "--config.loss.hparams.temperature=0.05"], only=[1], port=port,
+                    log=str(tmp_path / "second"))
+    both = Run(first.procs + second.procs, first.logs + second.logs)
+    codes = both.wait(TIMEOUT_S)
+    assert all(code != 0 for code in codes), both.all_logs()
+    assert "started with different configs" in both.text(0), both.all_logs()
+    assert "config.loss.hparams.temperature" in both.text(1), both.all_logs()
+    assert not os.path.exists(os.path.join(work, "checkpoints")), both.all_logs()
 
 
 def test_checkpoint_of_two_processes_resumes_in_one(runs, resumed):

@@ -422,3 +422,46 @@ def test_a_workdir_in_use_refuses_a_second_run(tmp_path):
     # Released with the block (and by the OS when a process dies): the next start proceeds.
     with workdir_lib.locked(str(workdir)):
         pass
+
+
+def test_workdir_refuses_other_data_and_records_other_code(small_run, tmp_path, monkeypatch, capsys):
+    """The record holds the data (counts, label hashes) and topology: a resume on relabelled
+    training data is refused unless allowed; one with other code goes on, said and recorded."""
+    import shutil
+
+    from rankax.train import input_pipeline
+    from rankax.train import workdir as workdir_lib
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(small_run[0], workdir)
+    record = json.load(open(os.path.join(workdir, "config.json")))
+    assert record["topology"]["devices"] >= 1 and record["topology"]["processes"] == 1
+    train = record["data"]["train"]
+    load = input_pipeline.load
+
+    def relabelled(config):
+        data = load(config)
+        data.train.labels = data.train.labels.copy()
+        data.train.labels[0] = (data.train.labels[0] + 1) % 10
+        return data
+
+    monkeypatch.setattr(input_pipeline, "load", relabelled)
+    argv = ["--config", DIGITS, "--workdir", workdir, *SMALL]
+    with pytest.raises(SystemExit, match=rf"other data \(train {train['items']} -> {train['items']} items, "
+                                         r"other labels\).*--allow_config_change=data"):
+        train_cli.main(argv)
+    train_cli.main([*argv, "--allow_config_change=data"])
+    record = json.load(open(os.path.join(workdir, "config.json")))
+    old, new = record["changes"][-1]["keys"]["data"]
+    assert old["train"] == train and new["train"]["labels_sha256"] != train["labels_sha256"]
+    assert record["data"] == new  # later starts compare with the data the run went on with
+
+    monkeypatch.setattr(input_pipeline, "load", relabelled)
+    real = workdir_lib.code_version()
+    monkeypatch.setattr(workdir_lib, "code_version", lambda: {**real, "git_commit": "0" * 40})
+    capsys.readouterr()
+    train_cli.main(argv)
+    assert "Resuming a run recorded with other code" in capsys.readouterr().out
+    record = json.load(open(os.path.join(workdir, "config.json")))
+    assert record["changes"][-1]["keys"]["code"][1]["git_commit"] == "0" * 40
+    assert "data" not in record["changes"][-1]["keys"]  # the relabelled data are the record's now

@@ -204,6 +204,44 @@ def barrier(name: str, timeout_s: int | None = None) -> None:
     multihost_utils.sync_global_devices(f"rankax:{name}")
 
 
+def check_same_everywhere(values: dict[str, Any], what: str) -> None:
+    """Raises :class:`~rankax.train.ConfigError` on every process unless each process's
+    ``values`` (a flat dict of JSON values) equal process 0's; a no-op with one process.
+
+    Processes started with different commands would otherwise train one run mixing both:
+    nothing else compares them (the workdir's record is written by process 0 alone). Each
+    process's error names the keys where it differs from process 0."""
+    if jax.process_count() == 1:
+        return
+    import hashlib
+    import json
+
+    from jax.experimental import multihost_utils
+
+    from rankax.train.errors import ConfigError
+
+    text = json.dumps(values, sort_keys=True, default=str).encode()
+    digest = np.frombuffer(hashlib.sha256(text).digest(), np.uint8)
+    digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(jax.process_count(), -1)
+    differ = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
+    if not differ:
+        return
+    size = int(multihost_utils.broadcast_one_to_all(np.int64(len(text))))
+    main = np.zeros(size, np.uint8)
+    if is_main():
+        main[:] = np.frombuffer(text, np.uint8)
+    main_values = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(main))).decode())
+    keys = [k for k in sorted(set(values) | set(main_values)) if values.get(k) != main_values.get(k)]
+    shown = "; ".join(f"{k}: {main_values.get(k, '<absent>')!r} here {values.get(k, '<absent>')!r}"
+                      for k in keys[:6])
+    where = f"process {process_index()} differs from process 0 ({shown})" if keys else (
+        f"processes {differ} differ from process 0")
+    raise ConfigError(
+        f"the processes were started with different {what}: {where}. Start every process with the "
+        "same command and code"
+    )
+
+
 def _client():
     try:
         from jax._src import distributed as _dist

@@ -70,6 +70,13 @@ def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any
     """
     config_checks.check_config(config)
     config = losses.check_loss_hparams(config)
+    if jax.process_count() > 1:  # [multihost] one command and one code on every process
+        distributed.check_same_everywhere(
+            {**{f"config.{k}": v for k, v in workdir_lib.flat(config).items()},
+             **{f"code.{k}": v for k, v in workdir_lib.code_version().items()},
+             "allow_config_change": sorted(allow_config_change)},
+            "configs",
+        )
     existed = os.path.isdir(workdir)
     fresh = not existed or not set(os.listdir(workdir)) - {workdir_lib.LOCK}
     made = _first_missing(workdir)  # the folder a failed start removes (with the parents it made)
@@ -85,7 +92,7 @@ def _locked_run(config: Config, workdir: str, allow_config_change: Any, fresh: b
         no_checkpoints = not os.path.isdir(os.path.join(workdir, "checkpoints"))
         if no_checkpoints and distributed.is_main() and (warning := pretrained_warning(config)):
             print(warning)  # [multihost] the log is process 0's
-        run = setup(config, workdir, changes)
+        run = setup(config, workdir, changes, allow_config_change)
         train(run, counter)
         return finish(run)
     except BaseException as err:
@@ -162,6 +169,7 @@ class Run:
     #: that leaves the record describing the checkpoints.
     changes: dict[str, tuple] = dataclasses.field(default_factory=dict)
     recorded: Config | None = None
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)  # workdir.run_facts
 
 
 MODEL_SELECTIONS = ("last", "best")
@@ -221,14 +229,19 @@ def run_length(config: Config, sampler: Any, num_items: int) -> Config:
     return resolved
 
 
-def setup(config: Config, workdir: str, changes: dict) -> Run:
-    """Loads the data, builds the model and its state, checks the config, restores the newest
-    checkpoint, records the config in ``workdir`` and evaluates the baselines of a new run."""
+def setup(config: Config, workdir: str, changes: dict, allow_config_change: Any = ()) -> Run:
+    """Loads the data, builds the model and its state, checks the config and the data against
+    the workdir's record, restores the newest checkpoint, records the config in ``workdir``
+    and evaluates the baselines of a new run."""
     data = input_pipeline.load(config)
     mesh = state_lib.make_mesh(config)
     sampler = input_pipeline.make_sampler(config, data)
     recorded, config = config, run_length(config, sampler, len(data.train.labels))
     check_run_config(config, data, mesh, sampler)
+    facts = workdir_lib.run_facts(data, mesh.size, jax.process_count())
+    changes = {**changes, **workdir_lib.fact_changes(workdir, facts, allow_config_change)}
+    if distributed.is_main():  # [multihost] the log is process 0's
+        print_fact_changes(changes)
     model = state_lib.build_model(config)
     state = state_lib.initial_state(config, data, model)
     ckpt, state, history = restore(config, workdir, state, mesh)
@@ -240,7 +253,7 @@ def setup(config: Config, workdir: str, changes: dict) -> Run:
             "earlier step with experiments.evaluate --workdir DIR --step N, or use another --workdir"
         )
     if distributed.is_main():  # [multihost] a new workdir's record; changes wait (record_changes)
-        workdir_lib.write(recorded, workdir)
+        workdir_lib.write(recorded, workdir, facts=facts)
     run = Run(
         config=config,
         workdir=workdir,
@@ -257,9 +270,29 @@ def setup(config: Config, workdir: str, changes: dict) -> Run:
         start=int(state.step),
         changes=dict(changes),
         recorded=recorded,
+        facts=facts,
     )
     run.report = baselines(run)
     return run
+
+
+def print_fact_changes(changes: dict[str, tuple]) -> None:
+    """Says what a resumed run changes besides its config (recorded in ``config.json``)."""
+    if "topology" in changes:
+        (old, new) = changes["topology"]
+        print(
+            f"Resuming a run recorded on {old['processes']} process(es) x {old['devices']} devices on "
+            f"{new['processes']} x {new['devices']}: it continues to within float32 rounding, not bit "
+            "for bit (recorded in config.json)"
+        )
+    if "code" in changes:
+        (old, new) = changes["code"]
+        print(
+            f"Resuming a run recorded with other code (rankax {old['rankax_version']}, commit "
+            f"{old['git_commit']}; now {new['rankax_version']}, {new['git_commit']}): recorded in config.json"
+        )
+    if "data" in changes:
+        print("Resuming a run recorded on other data (--allow_config_change=data): recorded in config.json")
 
 
 def baselines(run: Run) -> dict[str, dict[str, float]]:
@@ -392,7 +425,7 @@ def train(run: Run, counter: dict[str, int]) -> None:
 def record_changes(run: Run) -> None:
     """Appends the run's allowed config changes to ``config.json`` (once)."""
     if run.changes and distributed.is_main():  # [multihost]
-        workdir_lib.write(run.recorded, run.workdir, run.changes)
+        workdir_lib.write(run.recorded, run.workdir, run.changes, run.facts)
     run.changes = {}
 
 

@@ -12,12 +12,21 @@ Keys that never change the parameters a run trains (:data:`RUNTIME_KEYS`: loggin
 evaluation and checkpoint cadence, evaluation batch size, the non-finite policy, which only acts
 when a step already failed) may change freely. An allowed change is recorded in the file's
 ``changes`` list.
+
+Besides the config, the record holds what else makes a run (:func:`run_facts`): the data
+(item counts and a hash of the labels of each split) and the topology (processes, devices).
+A later start on other data is refused like a config change (``--allow_config_change=data``
+lets it go on); a start on another topology or with other code (rankax version, git commit)
+goes on, since both are legitimate (an elastic resume, a fixed bug), but is printed and
+recorded in ``changes`` (:func:`fact_changes`): a resume on another topology is exact only
+to float32 rounding, and other code may train differently.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -26,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from rankax.train.errors import ConfigError, WorkdirConfigMismatch
 
@@ -77,6 +87,61 @@ def code_version() -> dict[str, str | None]:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"rankax_version": rankax.__version__, "git_commit": commit}
+
+
+def run_facts(data: Any, devices: int, processes: int) -> dict[str, Any]:
+    """What a run depends on besides its config: ``{"data": {split: {"items", "labels_sha256"}},
+    "topology": {"processes", "devices"}}`` (splits ``train``, ``test`` and, if any,
+    ``gallery``; the hash covers the labels' dtype, shape and values)."""
+    splits = {"train": data.train, "test": data.test}
+    if getattr(data, "gallery", None) is not None:
+        splits["gallery"] = data.gallery
+    described = {}
+    for name, source in splits.items():
+        labels = np.ascontiguousarray(source.labels)
+        digest = hashlib.sha256(f"{labels.dtype.str}{labels.shape}".encode())
+        digest.update(labels.tobytes())
+        described[name] = {"items": int(len(labels)), "labels_sha256": digest.hexdigest()}
+    return {"data": described, "topology": {"processes": int(processes), "devices": int(devices)}}
+
+
+def _recorded_code(record: dict[str, Any]) -> dict[str, Any]:
+    """The code of the newest start the record knows of (its last change, else its creation)."""
+    entries = [record, *record.get("changes", [])]
+    newest = [e for e in entries if "rankax_version" in e][-1:] or [{}]
+    return {k: newest[0].get(k) for k in ("rankax_version", "git_commit")}
+
+
+def fact_changes(workdir: str, facts: dict[str, Any], allow_changes: Iterable[str] = ()) -> dict[str, tuple]:
+    """``{"topology" | "code": (recorded, now)}`` where this start differs from the record in
+    topology or code (changes that go on, recorded); raises :class:`WorkdirConfigMismatch` if
+    the data differ, unless ``"data"`` (or ``"*"``) is in ``allow_changes`` (then ``"data"`` is
+    among the returned changes). Records without these facts (older ones) are not compared."""
+    record = read(workdir)
+    if record is None:
+        return {}
+    out = {}
+    code = code_version()
+    if _recorded_code(record) != code:
+        out["code"] = (_recorded_code(record), code)
+    for key in ("topology", "data"):
+        if key in record and record[key] != facts[key]:
+            out[key] = (record[key], facts[key])
+    allowed = set(allow_changes)
+    if "data" in out and not allowed & {"data", "*"}:
+        old, new = out["data"]
+        differ = [
+            f"{split} {old.get(split, {}).get('items', 0)} -> {new.get(split, {}).get('items', 0)} items"
+            + ("" if old.get(split, {}).get("labels_sha256") == new.get(split, {}).get("labels_sha256")
+               else ", other labels")
+            for split in sorted(set(old) | set(new)) if old.get(split) != new.get(split)
+        ]
+        raise WorkdirConfigMismatch(
+            f"workdir {workdir} holds a run trained on other data ({'; '.join(differ)}). Use a new "
+            "--workdir, or continue this run on these data: --allow_config_change=data",
+            workdir=workdir, differences={"data": out["data"]},
+        )
+    return out
 
 
 def read(workdir: str) -> dict[str, Any] | None:
@@ -177,14 +242,22 @@ def locked(workdir: str) -> Iterator[None]:
         os.close(fd)
 
 
-def write(config: ml_collections.ConfigDict, workdir: str, changes: dict[str, tuple] | None = None) -> None:
-    """Records ``config`` (first start) or appends the allowed ``changes`` (later starts)."""
+def write(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    changes: dict[str, tuple] | None = None,
+    facts: dict[str, Any] | None = None,
+) -> None:
+    """Records ``config`` and ``facts`` (:func:`run_facts`) at the first start, or appends the
+    ``changes`` of a later start (allowed config keys and :func:`fact_changes`) and records
+    its config and facts."""
     record = read(workdir)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     if record is None:
-        record = {"created": stamp, **code_version(), "config": flat(config), "changes": []}
+        record = {"created": stamp, **code_version(), "config": flat(config), **(facts or {}), "changes": []}
     elif changes:
         record["config"] = flat(config)
+        record.update(facts or {})
         record.setdefault("changes", []).append(
             {"time": stamp, **code_version(), "keys": {k: list(v) for k, v in changes.items()}}
         )
