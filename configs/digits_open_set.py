@@ -1,10 +1,10 @@
 """Class-disjoint digits: train on digits 0-4, retrieve among the images of 5-9.
 
 With five training classes this is hard: raw pixels give MAP@R ~0.61 and a classifier's
-features ~0.45 on the unseen classes. Measured here (2-core CPU, MAP@R on digits 5-9):
-SupAP 100 steps with +-1 px shifts 0.50 (the best we found); without shifts 0.41 (30-300
-steps); Smooth-AP 0.41, PNP-Dq 0.42, ROADMAP 0.33 (100 steps, no shifts). Longer training
-overfits the five seen classes (300 steps with shifts: 0.46). The rank losses beat a
+features ~0.45 on the unseen classes. Measured here (2-core AMD EPYC CPU, MAP@R on digits
+5-9): SupAP 100 steps with +-1 px shifts 0.47 (the best we found); without shifts 0.38-0.40
+(30-300 steps); Smooth-AP 0.39, PNP-Dq 0.39, ROADMAP 0.32 (100 steps, no shifts). Longer
+training does not help (300 steps with shifts: 0.467 against 0.475 at 100). The rank losses beat a
 classifier's features but not raw pixels on unseen digits.
 """
 
