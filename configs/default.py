@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.decay_epochs = ()  # "multistep": epochs (MultiStepLR milestones)
     c.optimizer.decay_every_epochs = 0  # "step_epochs": every k epochs (StepLR)
     c.optimizer.decay_factor = 0.3
-    c.optimizer.warmup_steps = 0
+    c.optimizer.warmup_steps = 0  # linear warm-up from 0 replacing the first steps (shifts no milestone)
     c.optimizer.schedule_unit = "step"  # or "epoch": lr constant within an epoch (torch per-epoch)
     # Frozen warm-up: `frozen_groups` ("backbone", "head", a loss term) get no update for the
     # first `frozen_warmup_epochs` epochs; the schedules ("all", or only the "frozen" ones)

@@ -27,9 +27,21 @@ def test_cosine_with_warmup_follows_its_formula():
     for t in (0, 3, 10, 40, 99):
         if t < 10:  # linear warm-up from 0
             want = 0.1 * t / 10
-        else:  # cosine over num_steps, counted from the end of the warm-up, floor 0.2 * lr
-            want = 0.1 * (0.2 + 0.8 * (1 + math.cos(math.pi * (t - 10) / 100)) / 2)
+        else:  # cosine over num_steps, counted from step 0 (the warm-up shifts nothing), floor 0.2 * lr
+            want = 0.1 * (0.2 + 0.8 * (1 + math.cos(math.pi * t / 100)) / 2)
         np.testing.assert_allclose(float(sched(t)), want, rtol=1e-6)
+
+
+def test_warmup_is_per_step_and_keeps_epoch_milestones():
+    """With a schedule that moves once an epoch (100 steps here), the warm-up still ramps step
+    by step, and a decay at epoch 3 happens at step 300 (before, the first epoch trained at lr 0
+    and the decay came warmup_steps late)."""
+    c = _schedule_config(schedule="multistep", decay_epochs=(3,), decay_factor=0.1, warmup_steps=50,
+                         schedule_unit="epoch")
+    c.num_steps = 1000
+    sched = optim.make_schedule(c, 0.1, epoch_start=lambda e: 100 * e)
+    for t, want in ((0, 0.0), (25, 0.05), (49, 0.098), (50, 0.1), (99, 0.1), (299, 0.1), (300, 0.01)):
+        np.testing.assert_allclose(float(sched(t)), want, rtol=1e-6, atol=1e-9, err_msg=str(t))
 
 
 def test_step_schedule_decays_at_its_fractions():
@@ -118,3 +130,26 @@ def test_augmentation_keys_are_not_the_initialisation_keys():
     want = state.build_model(c).init(jax.random.fold_in(root, state.INIT_KEY), sample, train=False)
     for got, exp in zip(jax.tree.leaves(s0.params), jax.tree.leaves(want["params"]), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(exp))
+
+
+def test_gradient_clipping_leaves_frozen_batchnorm_out_of_the_norm():
+    """``grad_clip`` with ``freeze_bn_params``: the norm is that of the trained parameters
+    only (torch's ``clip_grad_norm_`` skips parameters without a gradient), so the conv and
+    head gradients (norm 1.0 here) are not scaled down by the frozen scale's large gradient."""
+    from configs import default
+
+    c = default.get_config()
+    c.num_steps = 10
+    c.optimizer.update(name="sgd", lr=1.0, weight_decay=0.0, momentum=0.0, grad_clip=0.5)
+    c.optimizer.freeze_bn_params = True
+    params = {"backbone": {"conv1": {"kernel": jnp.zeros(2)}, "bn1": {"scale": jnp.ones(2)}},
+              "head": {"w": jnp.zeros(1)}}
+    grads = {"backbone": {"conv1": {"kernel": jnp.array([0.6, 0.0])},
+                          "bn1": {"scale": jnp.array([10.0, 0.0])}},
+             "head": {"w": jnp.array([0.8])}}
+    tx = optim.make_optimizer(c)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # SGD, lr 1: update = -g * 0.5 / ||(0.6, 0, 0.8)|| = -g / 2; the frozen scale does not move.
+    np.testing.assert_allclose(updates["backbone"]["conv1"]["kernel"], [-0.3, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(updates["head"]["w"], [-0.4], rtol=1e-6)
+    np.testing.assert_array_equal(updates["backbone"]["bn1"]["scale"], [0.0, 0.0])

@@ -162,12 +162,17 @@ SCHEDULES: dict[str, Callable[[Config, float, Clock], optax.Schedule]] = {
 def _schedule(opt: Config, base_lr: float, clock: Clock, key: str = "config.optimizer") -> optax.Schedule:
     if opt.schedule not in SCHEDULES:
         raise ValueError(f"{key}.schedule must be {'|'.join(SCHEDULES)}, got {opt.schedule!r}")
-    sched = SCHEDULES[opt.schedule](opt, base_lr, clock)
-    warmup = int(opt.get("warmup_steps", 0) or 0)
-    if warmup:
-        warm = optax.linear_schedule(0.0, base_lr, warmup)
-        sched = optax.join_schedules([warm, sched], [warmup])
-    return sched
+    return SCHEDULES[opt.schedule](opt, base_lr, clock)
+
+
+def with_warmup(sched: optax.Schedule, base_lr: float, warmup_steps: int) -> optax.Schedule:
+    """``base_lr * t / warmup_steps`` for the first ``warmup_steps`` steps ``t``, then ``sched``
+    at the same step: the warm-up replaces the schedule's first steps and shifts nothing, so
+    decay milestones and epochs stay where the schedule puts them."""
+    if not warmup_steps:
+        return sched
+    warm = optax.linear_schedule(0.0, base_lr, warmup_steps)
+    return lambda count: jnp.where(count < warmup_steps, warm(count), sched(count))
 
 
 def make_schedule(
@@ -180,7 +185,8 @@ def make_schedule(
     counted_from_offset: bool = False,
 ) -> optax.Schedule:
     """The schedule of ``section`` (default ``config.optimizer``) over ``config.num_steps``
-    steps from ``base_lr``, after a linear warm-up from 0 over ``warmup_steps`` steps (if any).
+    steps from ``base_lr``, its first ``warmup_steps`` steps (if any) replaced by a linear
+    warm-up from 0, step by step even when the schedule moves once an epoch (:func:`with_warmup`).
 
     ``epoch_start``: the sampler's ``epoch -> first step`` (:func:`epoch_clock`; needed by keys
     in epochs); ``offset_epochs``: the schedule counts from the start of that epoch, and its
@@ -195,6 +201,7 @@ def make_schedule(
         raise ConfigError(f"config.optimizer.schedule_unit must be 'step' or 'epoch', got {unit!r}")
     if unit == "epoch":
         sched = per_epoch(sched, clock)
+    sched = with_warmup(sched, base_lr, int(section.get("warmup_steps", 0) or 0))
     offset = 0 if counted_from_offset else clock.offset
     if not offset:
         return sched
@@ -371,7 +378,10 @@ def make_optimizer(config: Config, epoch_start: EpochStart | None = None) -> opt
     labels = lambda params: models.param_labels(params, freeze_bn=bool(opt.freeze_bn_params))
     tx = optax.multi_transform(transforms, labels)
     if opt.grad_clip:
-        tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
+        # The norm of the trained parameters only, as torch's clip_grad_norm_ skips parameters
+        # that have no gradient (the frozen BatchNorm ones): their gradients are zeroed first.
+        trained = {"backbone": optax.identity(), "head": optax.identity(), "frozen": optax.set_to_zero()}
+        tx = optax.chain(optax.multi_transform(trained, labels), optax.clip_by_global_norm(opt.grad_clip), tx)
     return tx
 
 
