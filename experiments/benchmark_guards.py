@@ -4,7 +4,7 @@ For a few losses, ``jax.value_and_grad`` is timed in three forms, compiled once 
 measured alternately (best of ``--repeats``):
 
 * ``bare``: the loss without its decorator (``loss.__wrapped__``), the baseline;
-* ``guarded``: the public loss (``@validated``: NaN propagation to values and gradients);
+* ``guarded``: the public loss (``@listfn.list_function``: NaN propagation to values and gradients);
 * ``checked``: ``rankax.debug.checked`` of the guarded function (checkify value checks).
 
 on two workloads: ``batch`` -- ``rankax.batch_loss`` on a P x K batch (the batch path guards
@@ -12,7 +12,7 @@ the embeddings once, ``O(B D)``, and skips the per-list guard), and ``lists`` --
 called directly on ``[B, B]`` score lists with a dense mask (the per-list guard, ``O(B N)``,
 next to the loss's ``O(B C N)``). Prints ``guarded / bare`` and ``checked / bare``. Usage::
 
-    python -m experiments.benchmark_guards --batch 2048 --dim 128
+    python -m experiments.benchmark_guards --batch 512 --dim 128   # lists reserve O(B^3) memory
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _best(fn, args, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)

@@ -22,7 +22,8 @@
 # the held-out half during training and reporting `rankax.retrieval.evaluate` at the end.
 # The loop is written out (a dozen lines of optax) so that every step is visible. The experiment
 # system runs this kind of comparison with checkpoints and logging:
-# `python -m experiments.train --config configs/digits.py --config.loss.name=smooth_ap` (its
+# `python -m experiments.train --config configs/digits.py --workdir runs/digits_smooth_ap
+# --config.loss.name=smooth_ap` (its
 # batches and network are larger than here: 10 x 16 images, two hidden layers).
 
 # %%
