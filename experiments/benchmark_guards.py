@@ -12,7 +12,7 @@ the embeddings once, ``O(B D)``, and skips the per-list guard), and ``lists`` --
 called directly on ``[B, B]`` score lists with a dense mask (the per-list guard, ``O(B N)``,
 next to the loss's ``O(B C N)``). Prints ``guarded / bare`` and ``checked / bare``. Usage::
 
-    python -m experiments.benchmark_guards --batch 512 --dim 128   # lists reserve O(B^3) memory
+    python -m experiments.benchmark_guards --batch 2048 --dim 128
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _best(fn, args, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)

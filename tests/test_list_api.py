@@ -114,3 +114,37 @@ def test_functions_outside_the_list_api_take_the_old_spelling_and_name_unknown_a
         rankax.losses.normalized_softmax_loss(e, y, p, temprature=0.1)
     with pytest.raises(TypeError, match="roadmap_step\\(\\) got an unknown argument 'rh'; did you mean"):
         rankax.ranking.roadmap_step(0.1, rh=3.0)
+
+
+@pytest.mark.parametrize("name", ["supap_loss", "smooth_ap_loss", "pnp_loss", "fast_ap_loss"])
+def test_ladder_rungs_run_their_lists_in_groups_with_bounded_memory(name, monkeypatch):
+    """A rung whose [lists, C, N] terms exceed LADDER_TILE_ELEMENTS runs its lists in groups
+    (lax.map, padded): the value and gradient equal batch_loss's (a separate implementation:
+    sorted slots, query blocks) on lists with more positives than max_positives, and the
+    memory XLA reserves falls (every rung of the lax.switch is sized, taken or not)."""
+    from rankax._core import positives
+
+    fn = getattr(rankax.losses, name)
+    rng = np.random.default_rng(11)
+    emb = jnp.asarray(rng.normal(size=(70, 6)).astype(np.float32))
+    emb = emb / jnp.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(7), 10)  # 9 positives per list, max_positives=2: rung 8 or 32
+    rel = jnp.asarray((labels[:, None] == labels[None, :]).astype(np.float32))
+    where = jnp.asarray(~np.eye(70, dtype=bool))
+
+    def lists(e):
+        return jnp.mean(fn(e @ e.T, rel, where=where, max_positives=2))
+
+    def compiled_temp(tile):
+        monkeypatch.setattr(positives, "LADDER_TILE_ELEMENTS", tile)
+        f = jax.jit(jax.value_and_grad(lists))
+        return f, f.lower(emb).compile().memory_analysis().temp_size_in_bytes
+
+    batch = lambda e: rankax.batch_loss(fn, e, labels, max_positives=9)
+    want_value, want_grad = jax.value_and_grad(batch)(emb)
+    _, whole = compiled_temp(2**26)
+    grouped, small = compiled_temp(70 * 70 * 3)  # top rung (70 slots): 3 lists a group, 24 groups
+    value, grad = grouped(emb)
+    np.testing.assert_allclose(float(value), float(want_value), rtol=2e-5)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=2e-4, atol=1e-6)
+    assert small < whole / 4, (small, whole)

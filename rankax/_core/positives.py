@@ -26,6 +26,10 @@ Kernel = Callable[[Array, Array, Array, ranking.Positives], Array]
 #: Lists up to this length use ``N`` positive slots directly (``O(N^2)`` per list is then
 #: cheaper than compiling a capacity ladder).
 DENSE_LIST_LENGTH = 64
+#: Largest ``[lists, C, N]`` tile a rung of the ladder computes at once: more lists are run in
+#: sequence (``lax.map``), so that the memory XLA reserves for the largest rung of a
+#: ``lax.switch`` -- taken or not -- stays bounded (``N`` slots cost ``N^2`` per list).
+LADDER_TILE_ELEMENTS = 2**26
 #: First rungs of the capacity ladder when ``max_positives`` is not given: 3 and 4 positives,
 #: a P x K batch with the papers' K = 4 without and with the query in its own list; then x4.
 DEFAULT_CAPACITY = 4
@@ -190,6 +194,8 @@ def apply_kernel(
     ``jax.checkpoint``: a switch returns the residuals of every rung (zeros from those not
     taken), so the rungs up to :data:`KEPT_CAPACITY` keep only their ``O(C)`` step sums and
     slots per list (:data:`rankax.ranking.KEEP_SUMS_AND_SLOTS`) and the larger rungs keep nothing.
+    A rung whose ``[lists, C, N]`` terms exceed :data:`LADDER_TILE_ELEMENTS` runs its lists in
+    groups, one after the other (:func:`in_groups`), so the memory of a call stays bounded.
     """
     n = scores.shape[-1]
 
@@ -197,24 +203,50 @@ def apply_kernel(
         positives, _ = ranking.gather_positives(scores, labels, where, capacity)
         return kernel(scores, labels, where, positives)
 
+    def run_in_groups(capacity: int, scores: Array, labels: Array, where: Array) -> Array:
+        size = max(1, LADDER_TILE_ELEMENTS // (capacity * n))
+        return in_groups(functools.partial(run, capacity), size, scores, labels, where)
+
     if slots is not None:  # the caller found every positive: no scan, no ladder
         found = ranking.positives_at(scores, labels, slots.index, slots.mask, slot_scores=slots.scores)
         return kernel(scores, labels, where, found)
     if exact and max_positives is not None:
         return run(min(max_positives, n), scores, labels, where)
     if max_positives is None and n <= DENSE_LIST_LENGTH:
-        return run(n, scores, labels, where)
+        return run_in_groups(n, scores, labels, where)
     capacities = default_ladder(n) if max_positives is None else capacity_ladder(max_positives, n)
     if len(capacities) == 1:
-        return run(capacities[0], scores, labels, where)
+        return run_in_groups(capacities[0], scores, labels, where)
     most = most_positives(jax.lax.stop_gradient((labels > 0) & where))
     level = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), most), len(capacities) - 1)
     branches = [
-        jax.checkpoint(functools.partial(run, c), prevent_cse=False,
+        jax.checkpoint(functools.partial(run_in_groups, c), prevent_cse=False,
                        policy=ranking.KEEP_SUMS_AND_SLOTS if c <= KEPT_CAPACITY else None)
         for c in capacities
     ]
     return jax.lax.switch(level, branches, scores, labels, where)
+
+
+def in_groups(fn: Callable[[Array, Array, Array], Array], size: int, scores: Array, labels: Array,
+              where: Array) -> Array:
+    """``fn(scores, labels, where)`` on lists ``[..., N]`` -> ``[...]``, computed ``size`` lists
+    at a time with ``lax.map`` when there are more (padded with empty lists, dropped after)."""
+    lead, n = scores.shape[:-1], scores.shape[-1]
+    count = 1
+    for d in lead:
+        count *= d
+    if count <= size:
+        return fn(scores, labels, where)
+    pad = -count % size
+
+    def grouped(x: Array) -> Array:
+        return jnp.pad(x.reshape(count, n), ((0, pad), (0, 0))).reshape(-1, size, n)
+
+    # Each group under jax.checkpoint: the backward pass recomputes one group at a time instead
+    # of keeping every group's [size, C, N] residuals.
+    group = jax.checkpoint(lambda a: fn(*a), prevent_cse=False)
+    out = jax.lax.map(group, (grouped(scores), grouped(labels), grouped(where)))
+    return out.reshape(-1)[:count].reshape(lead)
 
 
 # ----------------------------------------------------------------------------- reductions
