@@ -638,3 +638,34 @@ def test_ndcg_gains_do_not_overflow_for_large_relevance():
     np.testing.assert_allclose(float(rankax.metrics.ndcg(scores[None], rel[None])), dcg / idcg, rtol=1e-6)
     value, grad = jax.value_and_grad(lambda s: rankax.losses.sup_ndcg_loss(s, rel[None]))(scores[None])
     assert np.isfinite(value) and np.isfinite(np.asarray(grad)).all()
+
+
+def test_fast_ap_scores_above_one_count_as_one():
+    """FastAP's distance 2 - 2s is a squared distance, never negative: a positive at a score a
+    rounding above 1 (or at 1.1) is ranked as at 1, with no gradient pushing it down (before,
+    the triangle below bin 0 made the loss rise with its score there)."""
+    y = jnp.array([1.0, 0, 1, 0, 0, 0, 0, 0])
+    rest = jnp.array([0.5, 0.2, 0.1, -0.3, 0.0, 0.4, 0.3])
+    loss = lambda top: rankax.fast_ap_loss(jnp.concatenate([top[None], rest]), y)  # noqa: E731
+    at_one = float(loss(jnp.float32(1.0)))
+    for top in (np.nextafter(np.float32(1), np.float32(2)), np.float32(1.05), np.float32(1.1)):
+        value, grad = jax.value_and_grad(loss)(jnp.float32(top))
+        assert float(value) == pytest.approx(at_one, abs=1e-6) and float(grad) == 0.0
+    assert float(jax.grad(loss)(jnp.float32(0.7))) < 0  # below 1, where it shares bins, it is raised
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16])
+def test_normalized_softmax_zero_rows_get_a_zero_gradient(dtype):
+    """A zero embedding or proxy has no direction: its gradient is 0 (through torch's clamp it
+    was 1e12, inf in float16), and the value is that of a zero logit row, ln(#proxies)."""
+    proxies = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), dtype)
+    labels = jnp.array([0, 1])
+    loss = lambda e, p: rankax.losses.normalized_softmax_loss(e, labels, proxies=p)  # noqa: E731
+    value, (ge, gp) = jax.value_and_grad(loss, argnums=(0, 1))(jnp.zeros((2, 4), dtype), proxies)
+    assert float(value) == pytest.approx(math.log(3), rel=1e-3)
+    np.testing.assert_array_equal(np.asarray(ge, np.float32), 0.0)
+    assert np.isfinite(np.asarray(gp, np.float32)).all()
+    zero_proxy = proxies.at[2].set(0)
+    emb = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4)), dtype)
+    _, gp = jax.grad(loss, argnums=(0, 1))(emb, zero_proxy)
+    np.testing.assert_array_equal(np.asarray(gp[2], np.float32), 0.0)

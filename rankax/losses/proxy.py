@@ -17,7 +17,12 @@ Array = jax.Array
 
 
 def _l2_normalise(x: Array) -> Array:
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+    """``x / max(||x||, 1e-12)`` row by row (torch's ``F.normalize``), except that an all-zero
+    row stays 0 with a zero gradient: through the clamp it would get ``1e12`` (``inf`` in
+    float16), which no step should follow."""
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    nonzero = sq > 0
+    return jnp.where(nonzero, x / jnp.sqrt(jnp.maximum(jnp.where(nonzero, sq, 1.0), 1e-24)), 0.0)
 
 
 @_renames.accepts_deprecated
