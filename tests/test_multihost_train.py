@@ -225,7 +225,11 @@ def test_killed_process_stops_the_other(tmp_path):
     took = time.monotonic() - killed_at
     assert codes[0] != 0, run.all_logs()
     log = run.text(0)
-    clear = ("stopped sending heartbeats", "another task died", "Connection closed by peer")
+    # How the runtime tells it: the coordinator's heartbeat, or gloo when the socket closes --
+    # cleanly, or in the middle of a message (the next read then finds another op's bytes:
+    # "Received data size doesn't match expected size", seen once under load).
+    clear = ("stopped sending heartbeats", "another task died", "Connection closed by peer",
+             "Received data size doesn't match expected size")
     assert any(c in log for c in clear), run.all_logs()
     assert took < 45, f"process 0 took {took:.0f}s to stop\n{run.all_logs()}"
 
