@@ -9,6 +9,7 @@ positive is never dropped and a small capacity only ever costs time.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -232,9 +233,7 @@ def in_groups(fn: Callable[[Array, Array, Array], Array], size: int, scores: Arr
     """``fn(scores, labels, where)`` on lists ``[..., N]`` -> ``[...]``, computed ``size`` lists
     at a time with ``lax.map`` when there are more (padded with empty lists, dropped after)."""
     lead, n = scores.shape[:-1], scores.shape[-1]
-    count = 1
-    for d in lead:
-        count *= d
+    count = math.prod(lead)
     if count <= size:
         return fn(scores, labels, where)
     pad = -count % size

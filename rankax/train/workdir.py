@@ -121,9 +121,9 @@ def fact_changes(workdir: str, facts: dict[str, Any], allow_changes: Iterable[st
     if record is None:
         return {}
     out = {}
-    code = code_version()
-    if _recorded_code(record) != code:
-        out["code"] = (_recorded_code(record), code)
+    recorded, code = _recorded_code(record), code_version()
+    if recorded != code:
+        out["code"] = (recorded, code)
     for key in ("topology", "data"):
         if key in record and record[key] != facts[key]:
             out[key] = (record[key], facts[key])
