@@ -148,3 +148,65 @@ def test_ladder_rungs_run_their_lists_in_groups_with_bounded_memory(name, monkey
     np.testing.assert_allclose(float(value), float(want_value), rtol=2e-5)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=2e-4, atol=1e-6)
     assert small < whole / 4, (small, whole)
+
+
+def _pk_lists(seed=11, classes=7, per_class=10, dim=6):
+    rng = np.random.default_rng(seed)
+    emb = jnp.asarray(rng.normal(size=(classes * per_class, dim)).astype(np.float32))
+    emb = emb / jnp.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(classes), per_class)
+    rel = jnp.asarray((labels[:, None] == labels[None, :]).astype(np.float32))
+    return emb, labels, rel, jnp.asarray(~np.eye(len(labels), dtype=bool))
+
+
+@pytest.mark.parametrize("name", ["supap_loss", "smooth_ap_loss"])
+def test_a_vmapped_loss_groups_every_list_of_the_vmap(name, monkeypatch):
+    """Under jit(grad(mean(vmap(loss)))) each call sees one list; the rungs above
+    KEPT_CAPACITY (here the 70-slot one, taken: 34 positives > 32) see the whole vmapped batch
+    and group it, so the reserved memory falls with the tile as it does without vmap, and the
+    value and gradient equal batch_loss's (a separate implementation)."""
+    from rankax._core import positives
+
+    fn = getattr(rankax.losses, name)
+    emb, labels, rel, where = _pk_lists(classes=2, per_class=35)
+
+    def mean_of_vmap(e):
+        one = lambda s, r, w: fn(s, r, where=w, max_positives=2)  # rungs 2, 8, 32, 70
+        return jnp.mean(jax.vmap(one)(e @ e.T, rel, where))
+
+    def compiled(tile):
+        monkeypatch.setattr(positives, "LADDER_TILE_ELEMENTS", tile)
+        f = jax.jit(jax.value_and_grad(mean_of_vmap))
+        return f, f.lower(emb).compile().memory_analysis().temp_size_in_bytes
+
+    batch = lambda e: rankax.batch_loss(fn, e, labels, max_positives=34)
+    want_value, want_grad = jax.value_and_grad(batch)(emb)
+    _, whole = compiled(2**26)
+    grouped, small = compiled(70 * 70 * 3)
+    value, grad = grouped(emb)
+    np.testing.assert_allclose(float(value), float(want_value), rtol=2e-5)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=2e-4, atol=1e-6)
+    assert small < whole / 4, (small, whole)
+
+
+def test_per_list_gradients_and_second_derivatives_through_a_grouped_rung():
+    """vmap(grad(loss)) gives each list its own gradient (that of a call on that list alone),
+    and a second reverse-mode derivative through the 70-slot rung (40 positives, hint 2: rungs
+    2, 8, 32, 70) matches central differences of the gradient (Smooth-AP: smooth)."""
+    emb, _, rel, where = _pk_lists(classes=2, per_class=35, seed=12)
+    scores = emb @ emb.T
+    loss = lambda s, r, w: rankax.smooth_ap_loss(s, r, where=w, temperature=0.05, max_positives=2)
+    per_list = jax.vmap(jax.grad(loss))(scores, rel, where)
+    one_grad = jax.jit(jax.grad(loss))
+    each = np.stack([one_grad(scores[i], rel[i], where[i]) for i in range(len(scores))])
+    np.testing.assert_allclose(np.asarray(per_list), np.asarray(each), rtol=1e-5, atol=1e-7)
+
+    rng = np.random.default_rng(0)
+    s = scores[0]
+    r = jnp.asarray((np.arange(70) % 7 < 4).astype(np.float32))  # 40 positives
+    direction, probe = (jnp.asarray(rng.normal(size=70).astype(np.float32)) for _ in range(2))
+    grad_dot = lambda s: jnp.vdot(jax.grad(loss)(s, r, where[0]), direction)
+    hvp = jax.grad(grad_dot)(s)
+    eps = 1e-3
+    numeric = (grad_dot(s + eps * probe) - grad_dot(s - eps * probe)) / (2 * eps)
+    assert float(jnp.vdot(hvp, probe)) == pytest.approx(float(numeric), rel=2e-2, abs=1e-3)

@@ -196,7 +196,10 @@ def apply_kernel(
     taken), so the rungs up to :data:`KEPT_CAPACITY` keep only their ``O(C)`` step sums and
     slots per list (:data:`rankax.ranking.KEEP_SUMS_AND_SLOTS`) and the larger rungs keep nothing.
     A rung whose ``[lists, C, N]`` terms exceed :data:`LADDER_TILE_ELEMENTS` runs its lists in
-    groups, one after the other (:func:`in_groups`), so the memory of a call stays bounded.
+    groups, one after the other (:func:`in_groups`), so the memory of a call stays bounded; the
+    rungs above :data:`KEPT_CAPACITY` also see every list of an enclosing ``jax.vmap``
+    (:func:`grouped_under_vmap`), so a loss vmapped over ``Q`` lists of ``N`` items no longer
+    reserves the ``O(Q * N^2)`` of its ``N``-slot rung.
     """
     n = scores.shape[-1]
 
@@ -208,6 +211,10 @@ def apply_kernel(
         size = max(1, LADDER_TILE_ELEMENTS // (capacity * n))
         return in_groups(functools.partial(run, capacity), size, scores, labels, where)
 
+    def rung(capacity: int) -> Callable[[Array, Array, Array], Array]:
+        grouped = functools.partial(run_in_groups, capacity)
+        return grouped if capacity <= KEPT_CAPACITY else grouped_under_vmap(grouped)
+
     if slots is not None:  # the caller found every positive: no scan, no ladder
         found = ranking.positives_at(scores, labels, slots.index, slots.mask, slot_scores=slots.scores)
         return kernel(scores, labels, where, found)
@@ -217,15 +224,71 @@ def apply_kernel(
         return run_in_groups(n, scores, labels, where)
     capacities = default_ladder(n) if max_positives is None else capacity_ladder(max_positives, n)
     if len(capacities) == 1:
-        return run_in_groups(capacities[0], scores, labels, where)
+        return rung(capacities[0])(scores, labels, where)
     most = most_positives(jax.lax.stop_gradient((labels > 0) & where))
     level = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), most), len(capacities) - 1)
     branches = [
-        jax.checkpoint(functools.partial(run_in_groups, c), prevent_cse=False,
-                       policy=ranking.KEEP_SUMS_AND_SLOTS if c <= KEPT_CAPACITY else None)
+        jax.checkpoint(rung(c), prevent_cse=False, policy=ranking.KEEP_SUMS_AND_SLOTS)
+        if c <= KEPT_CAPACITY else rung(c)
         for c in capacities
     ]
     return jax.lax.switch(level, branches, scores, labels, where)
+
+
+ListsFn = Callable[[Array, Array, Array], Array]
+
+
+def _stacked_lists(fn: Callable[..., Array]) -> Callable[..., Array]:
+    """``fn``, whose arguments are lists ``[..., N]``, with a ``jax.vmap`` rule that calls it once
+    on the mapped lists stacked into a leading axis (an unmapped argument is broadcast)."""
+    stacked = jax.custom_batching.custom_vmap(fn)
+
+    @stacked.def_vmap
+    def _rule(axis_size: int, in_batched: Any, *args: Array) -> tuple[Array, bool]:
+        args = [x if mapped else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+                for x, mapped in zip(args, in_batched, strict=True)]
+        return fn(*args), True
+
+    return stacked
+
+
+def _with_vjp(
+    primal: Callable[..., Array], vjp: Callable[..., tuple[Array | None, ...]]
+) -> Callable[..., Array]:
+    """``primal`` with the reverse-mode derivative ``vjp(args, cotangent)`` (its forward pass keeps
+    the arguments only)."""
+    call = jax.custom_vjp(lambda *args: primal(*args))
+    call.defvjp(lambda *args: (primal(*args), args), vjp)
+    return call
+
+
+def grouped_under_vmap(fn: ListsFn) -> ListsFn:
+    """``fn(scores, labels, where)`` on lists ``[..., N]`` -> ``[...]``, which bounds its own
+    memory by grouping its lists (:func:`in_groups`), made to see every list of an enclosing
+    ``jax.vmap``: without this, a vmapped call sees one list, never groups, and the batch of
+    ``Q`` lists costs ``Q`` times one list's memory (``O(Q * N^2)`` for an ``N``-slot rung).
+
+    The value and the scores' gradient each carry a vmap rule that calls ``fn`` (or its VJP) on
+    the stacked lists; the gradient reaches ``scores`` only and recomputes ``fn``'s forward pass,
+    as ``jax.checkpoint`` without a policy would. Second reverse-mode derivatives work (not
+    grouped under ``vmap``). One level of ``jax.vmap`` is stacked: the lists of an outer ``vmap``
+    of a ``vmap`` are batched as usual.
+    """
+
+    def pullback(scores: Array, labels: Array, where: Array, cotangent: Array) -> Array:
+        return jax.vjp(lambda s: fn(s, labels, where), scores)[1](cotangent)[0]
+
+    def pullback_vjp(args: tuple[Array, ...], cotangent: Array) -> tuple[Array | None, ...]:
+        scores, labels, where, outer = args
+        grads = jax.vjp(lambda s, o: pullback(s, labels, where, o), scores, outer)[1](cotangent)
+        return grads[0], None, None, grads[1]
+
+    # Both the value and the gradient are custom_vjp functions: a derivative of either (the
+    # forward pass of an outer grad included) must not reach the custom_vmap, which JAX can
+    # only differentiate in forward mode.
+    scores_vjp = _with_vjp(_stacked_lists(pullback), pullback_vjp)
+    value = _with_vjp(_stacked_lists(fn), lambda args, cotangent: (pullback(*args, cotangent), None, None))
+    return _with_vjp(value, lambda args, cotangent: (scores_vjp(*args, cotangent), None, None))
 
 
 def in_groups(fn: Callable[[Array, Array, Array], Array], size: int, scores: Array, labels: Array,
