@@ -20,6 +20,7 @@ Two conventions meet here, and this module is where a user of one meets the othe
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from rankax import batch
 from rankax.batch import batch_loss
 
 Array = jax.Array
@@ -92,6 +94,12 @@ def lists_from_embeddings(
     return scores, relevance, where
 
 
+#: batch_loss's own keywords: everything else make_batch_loss receives is the loss's.
+_BATCH_LOSS_OPTIONS = frozenset(
+    name for name, p in inspect.signature(batch_loss).parameters.items() if p.kind is p.KEYWORD_ONLY
+)
+
+
 def make_batch_loss(loss_fn: Callable[..., Array], **kwargs: Any) -> Callable[[ArrayLike, ArrayLike], Array]:
     """``f(embeddings, labels) = rankax.batch_loss(loss_fn, embeddings, labels, **kwargs)``.
 
@@ -103,6 +111,12 @@ def make_batch_loss(loss_fn: Callable[..., Array], **kwargs: Any) -> Callable[[A
         raise TypeError(
             f"make_batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}"
         )
+    # The loss's hyperparameters (names and concrete ranges) are checked now, not at the first
+    # call inside a training step; batch_loss checks its own options when called.
+    hparams = {k: v for k, v in kwargs.items() if k not in _BATCH_LOSS_OPTIONS}
+    references = [kwargs.get(k) for k in ("references", "reference_labels", "reference_mask")]
+    caller = f"make_batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
+    batch._check_loss_options(loss_fn, hparams, *references, caller)
 
     @functools.wraps(loss_fn)
     def loss(embeddings: ArrayLike, labels: ArrayLike) -> Array:

@@ -65,6 +65,18 @@ def test_make_batch_loss_takes_embeddings_first():
     assert float(np.sum(np.asarray(grad) * direction)) == pytest.approx(numeric, rel=2e-2, abs=1e-4)
 
 
+def test_make_batch_loss_checks_the_hyperparameters_when_built():
+    """A misspelt or out-of-range hyperparameter is named when the loss is made, not at its
+    first call inside a training step; batch_loss's own options pass through."""
+    with pytest.raises(TypeError, match="make_batch_loss\\(supap_loss\\).*'temprature'; did you mean"):
+        rankax.make_batch_loss(rankax.supap_loss, temprature=0.05)
+    with pytest.raises(ValueError, match="make_batch_loss\\(supap_loss\\): temperature must be"):
+        rankax.make_batch_loss(rankax.supap_loss, temperature=-1.0)
+    emb, labels = _batch(2)
+    f = rankax.make_batch_loss(rankax.smooth_ap_loss, temperature=0.05, max_positives=3, block_size=8)
+    assert float(f(emb, labels)) == pytest.approx(_smooth_ap_without_self(emb, labels, 0.05), abs=1e-5)
+
+
 def _pnp_dq(s, y, t, alpha=4.0):
     pos, neg = s[y > 0], s[y == 0]
     r = np.array([np.sum(expit((neg - p) / t)) for p in pos])
