@@ -101,6 +101,21 @@ def test_mlp_unchanged():
     np.testing.assert_allclose(models.l2_normalize(jnp.array([[3.0, 4.0]])), [[0.6, 0.8]])
 
 
+def test_l2_normalize_gradient_of_a_zero_row_is_zero():
+    """A head whose pooled features are all zero gets a zero row and a zero gradient (not the
+    NaN of sqrt at 0); other rows get the projection (I - u u^T) / ||x|| (a closed form)."""
+    x = jnp.array([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]])
+    w = jnp.array([[1.0, -1.0, 0.5], [0.5, 1.0, -2.0]])
+    out, grad = jax.value_and_grad(lambda x: jnp.sum(models.l2_normalize(x) * w))(x)
+    np.testing.assert_array_equal(np.asarray(grad[0]), 0.0)
+    u = np.array([1.0, 2.0, 2.0]) / 3.0
+    want = (np.eye(3) - np.outer(u, u)) @ np.asarray(w[1]) / 3.0
+    np.testing.assert_allclose(np.asarray(grad[1]), want, rtol=1e-6)
+    assert float(out) == pytest.approx(float(np.dot(u, w[1])), rel=1e-6)
+    half = models.l2_normalize(jnp.array([[3.0, 4.0]], jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16
+
+
 @pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny"])
 def test_bfloat16_compute_float32_params(name):
     x = _images(size=32)
@@ -113,6 +128,31 @@ def test_bfloat16_compute_float32_params(name):
     assert emb16.dtype == jnp.float32 and np.isfinite(emb16).all()
     cos = np.sum(np.asarray(emb16) * np.asarray(model32.apply(variables, x)), axis=-1)
     assert (cos > 0.95).all(), cos
+    # The trunk's convolutions / matmuls really run in bfloat16 (not a float32 model whose
+    # output is merely close), and the float32 model runs none.
+    assert _heavy_ops_by_dtype(model16, variables, x).get(np.dtype(jnp.bfloat16), 0) > 0
+    assert np.dtype(jnp.bfloat16) not in _heavy_ops_by_dtype(model32, variables, x)
+
+
+def _heavy_ops_by_dtype(model, variables, x) -> dict:
+    """How many conv_general_dilated / dot_general of model.apply take operands of each
+    dtype, searched through nested programs (remat, scan, custom_vjp, ...)."""
+    counts: dict = {}
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            for v in eqn.params.values():
+                for sub in v if isinstance(v, (tuple, list)) else (v,):
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        walk(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        walk(sub)
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                dtype = np.dtype(eqn.invars[0].aval.dtype)
+                counts[dtype] = counts.get(dtype, 0) + 1
+
+    walk(jax.make_jaxpr(model.apply)(variables, x).jaxpr)
+    return counts
 
 
 def test_frozen_bn_keeps_running_statistics():

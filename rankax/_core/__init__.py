@@ -8,4 +8,5 @@
 * :mod:`~rankax._core.listfn` -- the checked public wrapper of a list function and the
   validated :class:`~rankax._core.listfn.Lists` its unchecked kernel receives.
 * :mod:`~rankax._core.stats` -- the additive per-list statistics the batch path sums.
+* :mod:`~rankax._core.normalize` -- L2 normalisation of embedding rows (device and host).
 """

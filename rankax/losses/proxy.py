@@ -12,17 +12,9 @@ from jax.typing import ArrayLike
 
 from rankax import _renames
 from rankax._core import nonfinite, positives, validation
+from rankax._core.normalize import l2_normalize
 
 Array = jax.Array
-
-
-def _l2_normalise(x: Array) -> Array:
-    """``x / max(||x||, 1e-12)`` row by row (torch's ``F.normalize``), except that an all-zero
-    row stays 0 with a zero gradient: through the clamp it would get ``1e12`` (``inf`` in
-    float16), which no step should follow."""
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    nonzero = sq > 0
-    return jnp.where(nonzero, x / jnp.sqrt(jnp.maximum(jnp.where(nonzero, sq, 1.0), 1e-24)), 0.0)
 
 
 @_renames.accepts_deprecated
@@ -89,7 +81,7 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
     emb = jnp.where(valid[..., None], emb, 0.0)  # masked rows may hold anything, NaN included
     prox = prox.astype(jnp.promote_types(prox.dtype, jnp.float32))
     # float32-exact on every backend (a GPU's default matmul is TF32), like the batch path.
-    logits = jnp.matmul(_l2_normalise(emb), _l2_normalise(prox).T, precision="highest") / temperature
+    logits = jnp.matmul(l2_normalize(emb), l2_normalize(prox).T, precision="highest") / temperature
     values = optax.softmax_cross_entropy_with_integer_labels(logits, lab)
     # A NaN/inf embedding (its row) or proxy (every row): NaN value and gradients.
     bad = nonfinite.nonfinite_lists(emb, None) | jnp.any(nonfinite.nonfinite_lists(prox, None))

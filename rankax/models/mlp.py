@@ -8,12 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Rows divided by their L2 norm (computed in float32), ``x / max(||x||, eps)``."""
-    x32 = x.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True))
-    return (x32 / jnp.maximum(norm, eps)).astype(x.dtype)
+from rankax._core.normalize import l2_normalize
 
 
 class MLPEmbedding(nn.Module):

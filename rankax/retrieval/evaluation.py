@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike
 
 from rankax import hierarchy, metrics
 from rankax._core import validation
+from rankax._core.normalize import l2_normalize_host
 from rankax.retrieval import exact, scann_backend
 
 BACKENDS = ("auto", "exact", "scann")
@@ -48,10 +49,6 @@ def _finest_classes(query_labels: np.ndarray, gallery_labels: np.ndarray) -> tup
     _, ids = np.unique(both, axis=0, return_inverse=True)
     ids = ids.reshape(-1)
     return ids[: len(query_labels)], ids[len(query_labels) :]
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -249,8 +246,8 @@ def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: boo
     if len(gallery) - int(self_excluded) < 1:
         raise ValueError("the gallery must hold at least one item besides the query")
     if normalize:
-        queries = _normalise(queries)
-        gallery = queries if self_excluded else _normalise(gallery)
+        queries = l2_normalize_host(queries)
+        gallery = queries if self_excluded else l2_normalize_host(gallery)
     return _Sets(queries, query_labels, gallery, gallery_labels, self_excluded)
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from rankax._core.normalize import l2_normalize_host
 from rankax.retrieval import revisited
 
 BENCHMARKS = ("oxford5k", "paris6k", "roxford5k", "rparis6k")
@@ -116,11 +117,7 @@ def whiten(
     x = np.asarray(x, np.float64)
     y = (x - whitening.mean) @ whitening.components[:k].T
     y /= multiplier * whitening.explained_variance[:k] ** power
-    return _l2(y).astype(np.float32)
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return l2_normalize_host(y).astype(np.float32)
 
 
 # ---------------------------------------------------------------- multi-scale pooling
@@ -136,14 +133,14 @@ def pool_scales(descriptors: Sequence[np.ndarray], pooling: str = "gem", p: floa
         raise ValueError(f"pooling must be 'gem' or 'mean', got {pooling!r}")
     d = np.stack([np.asarray(x, np.float64) for x in descriptors])
     if len(d) == 1:
-        return _l2(d[0])
+        return l2_normalize_host(d[0])
     if pooling == "mean":
-        return _l2(d.mean(axis=0))
+        return l2_normalize_host(d.mean(axis=0))
 
     def sympow(x: np.ndarray, q: float) -> np.ndarray:
         return np.sign(x) * np.maximum(np.abs(x), 1e-6) ** q
 
-    return _l2(sympow(sympow(d, p).mean(axis=0), 1.0 / p))
+    return l2_normalize_host(sympow(sympow(d, p).mean(axis=0), 1.0 / p))
 
 
 # ---------------------------------------------------------------- data

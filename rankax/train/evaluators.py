@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from rankax._core.normalize import l2_normalize_host
 from rankax.data.base import RetrievalDataset, Source
 from rankax.train import checkpointing, input_pipeline
 from rankax.train import state as state_lib
@@ -192,7 +193,7 @@ def raw_pixel_metrics(config: Config, data: RetrievalDataset) -> dict[str, float
     from rankax import retrieval
 
     flat = data.test.images.reshape(len(data.test), -1).astype(np.float32)
-    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    flat = l2_normalize_host(flat)
     raw = retrieval.RetrievalEvaluator(
         flat, data.test.labels, batch_size=len(flat), backend=config.eval_backend, ks=tuple(config.eval_ks)
     )

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from rankax._core.normalize import l2_normalize_host
+
 
 def _pyplot():
     import matplotlib
@@ -57,7 +59,7 @@ def training_curves(
 
 
 def _pca(embeddings: np.ndarray) -> np.ndarray:
-    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    x = l2_normalize_host(embeddings)
     x = x - x.mean(0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     return x @ vt[:2].T
