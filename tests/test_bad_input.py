@@ -198,6 +198,13 @@ def test_label_values(fn):
     # Invalid (padded) positions may hold anything.
     where = jnp.ones((3, 7), bool).at[1, 3].set(False)
     assert np.isfinite(fn(s.at[1, 3].set(jnp.nan), y.at[1, 3].set(-5.0), where=where))
+    # Under jit (unchecked) a negative, NaN or infinite label is "not relevant": the value of a
+    # label 0 there, graded sums included (behaviour.md).
+    traced = jax.jit(lambda s, y: fn(s, y, reduce_fn=None))
+    base = graded if fn in GRADED_LOSSES or fn in METRICS else y
+    want = np.asarray(traced(s, base.at[1, 3].set(0.0)))
+    for bad_value in (-1.0, -5.0, jnp.nan, jnp.inf):
+        np.testing.assert_allclose(np.asarray(traced(s, base.at[1, 3].set(bad_value))), want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("fn", LIST_FUNCTIONS, ids=_name)
@@ -409,6 +416,13 @@ def test_proxy_loss_bad_input():
             fn(emb, lab.at[2].set(bad), proxies)
     where = jnp.ones(12, bool).at[2].set(False)
     assert fn(emb, lab.at[2].set(-1), proxies, where=where) == fn(emb, lab, proxies, where=where)
+    # Traced class ids are not checked: one outside [0, C) makes its row NaN (optax alone would
+    # read -1 as the last class, a silent wrong value), the other rows keep their values.
+    rows = jax.jit(lambda lab: fn(emb, lab, proxies, reduce_fn=None))
+    clean = np.asarray(rows(lab))
+    for bad in (-1, 4):
+        out = np.asarray(rows(lab.at[2].set(bad)))
+        assert np.isnan(out[2]) and np.array_equal(np.delete(out, 2), np.delete(clean, 2)), (bad, out)
 
 
 def test_proxy_loss_nonfinite():

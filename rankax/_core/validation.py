@@ -186,7 +186,8 @@ def check_lists(
     Scores are computed in float32 at least (bfloat16/float16 inputs are upcast, so sums of
     many smooth steps keep their precision) and set to 0 at invalid (``where=False``)
     positions, so padding may hold anything, NaN included; labels become float32 relevances;
-    ``where`` becomes boolean (all True when None). Values (NaN/inf scores at valid positions,
+    ``where`` becomes boolean (all True when None); labels that are not a finite value > 0, and
+    every label at an invalid position, become 0. Values (NaN/inf scores at valid positions,
     negative/NaN labels, labels other than 0/1 where ``graded=False``) go through
     :func:`check_values`.
 
@@ -205,6 +206,9 @@ def check_lists(
     check_finite(scores_arr, "scores", where=where_arr, caller=caller)
     if value_checks_apply(labels_arr, where_arr):
         _check_label_values(labels_arr, where_arr, graded, caller)
+    # Unchecked (traced) labels: a negative, NaN or infinite relevance is "not relevant", for
+    # the graded sums (H-AP's total relevance, NDCG's gains) as for the binary `labels > 0`.
+    labels_arr = jnp.where(where_arr & (labels_arr > 0) & jnp.isfinite(labels_arr), labels_arr, 0.0)
     scores_arr = jnp.where(where_arr, scores_arr, 0.0)
     return scores_arr, labels_arr, where_arr
 

@@ -64,7 +64,8 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
     if not jnp.issubdtype(prox.dtype, jnp.floating):
         raise TypeError(f"{prefix}proxies must be floating point, got dtype {prox.dtype}")
     if lab.shape != emb.shape[:-1]:
-        raise ValueError(f"{prefix}labels must have shape {emb.shape[:-1]}, got {lab.shape}")
+        raise ValueError(f"{prefix}labels must have shape {emb.shape[:-1]}, the leading shape of the "
+                         f"[..., D] embeddings {emb.shape}, got {lab.shape}")
     if not jnp.issubdtype(lab.dtype, jnp.integer):
         raise TypeError(f"{prefix}labels must be integer class ids, got dtype {lab.dtype}")
     validation.check_number("temperature", temperature, "positive", caller=_CALLER)
@@ -73,8 +74,8 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
         raise ValueError(f"{prefix}where must have shape {emb.shape[:-1]}, got {valid.shape}")
     validation.check_finite(emb, "embeddings", where=valid[..., None], caller=_CALLER)
     validation.check_finite(prox, "proxies", caller=_CALLER)
+    outside = valid & ((lab < 0) | (lab >= prox.shape[0]))
     if validation.value_checks_apply(lab, valid):
-        outside = valid & ((lab < 0) | (lab >= prox.shape[0]))
         what = f"labels must be class ids in [0, C) = [0, {prox.shape[0]}) (one proxy row per class)"
         validation.check_values(outside, what, lab, "labels", caller=_CALLER)
     emb = emb.astype(jnp.promote_types(emb.dtype, jnp.float32))
@@ -83,7 +84,8 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
     # float32-exact on every backend (a GPU's default matmul is TF32), like the batch path.
     logits = jnp.matmul(l2_normalize(emb), l2_normalize(prox).T, precision="highest") / temperature
     values = optax.softmax_cross_entropy_with_integer_labels(logits, lab)
-    # A NaN/inf embedding (its row) or proxy (every row): NaN value and gradients.
-    bad = nonfinite.nonfinite_lists(emb, None) | jnp.any(nonfinite.nonfinite_lists(prox, None))
+    # A NaN/inf embedding or a class id outside [0, C) (its row; traced, unchecked: optax would
+    # read -1 as the last class) or a NaN/inf proxy (every row): NaN value and gradients.
+    bad = nonfinite.nonfinite_lists(emb, None) | jnp.any(nonfinite.nonfinite_lists(prox, None)) | outside
     reduced = positives.reduce_lists(values, valid, reduce_fn, caller=_CALLER)
     return nonfinite.propagate_nonfinite(reduced, bad)
