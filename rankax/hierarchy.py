@@ -34,6 +34,8 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,24 +48,40 @@ Array = jax.Array
 RELEVANCE_RULES = ("pop", "levels", "count")
 
 
-def _check_paths(query_paths: ArrayLike, item_paths: ArrayLike) -> tuple[Array, Array]:
-    q = jnp.asarray(query_paths)
-    it = jnp.asarray(item_paths)
-    if q.ndim != 2:
-        raise ValueError(f"query_paths must be [Q, L] label paths, got shape {q.shape}")
-    if it.ndim != 2:
-        raise ValueError(f"item_paths must be [N, L] label paths, got shape {it.shape}")
+def _check_path_shapes(q: Any, it: Any, names: tuple[str, str], caller: str) -> None:
+    """Shapes and dtypes of two ``[., L]`` label-path arrays (numpy or jnp)."""
+    p = validation.prefix(caller)
+    for name, a, rows in ((names[0], q, "Q"), (names[1], it, "N")):
+        if a.ndim != 2:
+            raise ValueError(f"{p}{name} must be [{rows}, L] label paths, got shape {a.shape}")
     if q.shape[1] != it.shape[1]:
         raise ValueError(
-            f"query_paths and item_paths must have the same number of levels L, "
+            f"{p}{names[0]} and {names[1]} must have the same number of levels L, "
             f"got {q.shape[1]} and {it.shape[1]}"
         )
     if q.shape[1] < 1:
-        raise ValueError("label paths need at least one level (L >= 1)")
-    for name, a in (("query_paths", q), ("item_paths", it)):
-        if not jnp.issubdtype(a.dtype, jnp.integer):
-            raise TypeError(f"{name} must be integer label ids, got dtype {a.dtype}")
+        raise ValueError(f"{p}label paths need at least one level (L >= 1)")
+    for name, a in zip(names, (q, it), strict=True):
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"{p}{name} must be integer label ids, got dtype {a.dtype}")
+
+
+def _check_paths(query_paths: ArrayLike, item_paths: ArrayLike, caller: str = "") -> tuple[Array, Array]:
+    q, it = jnp.asarray(query_paths), jnp.asarray(item_paths)
+    _check_path_shapes(q, it, ("query_paths", "item_paths"), caller)
     return q, it
+
+
+def _check_levels(levels: ArrayLike, num_levels: int, caller: str) -> Array:
+    """Shared-level counts ``t`` as int32, integer and (concrete values) within ``0..L``."""
+    t = jnp.asarray(levels)
+    if not jnp.issubdtype(t.dtype, jnp.integer):
+        raise TypeError(f"{validation.prefix(caller)}levels must be integer shared-level counts "
+                        f"0..L (shared_levels), got dtype {t.dtype}")
+    if validation.value_checks_apply(t):
+        validation.check_values((t < 0) | (t > num_levels), f"levels must lie in 0..L = 0..{num_levels}",
+                                t, "levels", caller=caller)
+    return t.astype(jnp.int32)
 
 
 def shared_levels(query_paths: ArrayLike, item_paths: ArrayLike) -> Array:
@@ -77,7 +95,7 @@ def shared_levels(query_paths: ArrayLike, item_paths: ArrayLike) -> Array:
       query_paths: ``[Q, L]`` integer label paths, column 0 = finest level.
       item_paths: ``[N, L]`` integer label paths, same column order.
     """
-    q, it = _check_paths(query_paths, item_paths)
+    q, it = _check_paths(query_paths, item_paths, "shared_levels")
     # Walk from the coarsest level: a level counts only if all coarser levels agree. One
     # [Q, N] pass per level (no [Q, N, L] intermediate).
     agree = jnp.ones((q.shape[0], it.shape[0]), bool)
@@ -107,18 +125,26 @@ def relevance_from_levels(
     alpha: float = 1.0,
     where: ArrayLike | None = None,
 ) -> Array:
-    """Graded relevance ``[..., N]`` from shared-level counts ``t`` ``[..., N]`` (0..L).
+    """Graded relevance ``[..., N]`` float32 from shared-level counts ``t`` ``[..., N]`` (integers
+    0..L, :func:`shared_levels`), by ``rule`` (module docstring):
 
-    ``where`` (``[..., N]`` bool) restricts the items that share a level's weight under
-    ``"pop"``; invalid items get relevance 0.
+    * ``"pop"`` (default): :math:`w_t / n_t`, the weight :math:`w_t = (t / (L - 1))^\\alpha`
+      (:func:`level_weights`) shared among the :math:`n_t` valid items of the list at level ``t``;
+    * ``"levels"``: :math:`(t / L)^\\alpha`;
+    * ``"count"``: ``t``.
+
+    Items with ``t = 0`` get 0. ``where`` (``[..., N]`` bool, default all True) restricts the
+    items that share a level's weight under ``"pop"``; invalid items get relevance 0.
+    ``alpha`` > 0 (default 1.0, SupRank's). Concrete ``levels`` outside ``0..L`` are an error.
     """
+    caller = "relevance_from_levels"
     if rule not in RELEVANCE_RULES:
-        raise ValueError(f"rule must be one of {RELEVANCE_RULES}, got {rule!r}")
-    validation.check_int("num_levels", num_levels)
+        raise ValueError(f"{caller}: rule must be one of {RELEVANCE_RULES}, got {rule!r}")
+    validation.check_int("num_levels", num_levels, caller=caller)
     # alpha = 0 would give unrelated items (t = 0) the weight 0^0 = 1.
-    validation.check_number("alpha", alpha, "positive")
-    t = jnp.asarray(levels).astype(jnp.int32)
-    valid = jnp.ones(t.shape, bool) if where is None else jnp.asarray(where, bool)
+    validation.check_number("alpha", alpha, "positive", caller=caller)
+    t = _check_levels(levels, num_levels, caller)
+    valid = jnp.ones(t.shape, bool) if where is None else _check_where(where, t.shape, caller)
     if rule == "levels":
         rel = (t.astype(jnp.float32) / num_levels) ** alpha
         return jnp.where(valid & (t > 0), rel, 0.0)
@@ -145,8 +171,15 @@ def pop_relevance_from_counts(
     ``[..., L + 1]``: 0 where ``t = 0`` or ``n_t <= 0``. The counts may come from the list
     itself (:func:`relevance_from_levels`) or from another population: the official
     evaluation counts the query set, query included (:func:`level_counts`)."""
-    t = jnp.asarray(levels).astype(jnp.int32)
-    n = jnp.take_along_axis(jnp.asarray(counts), t, axis=-1).astype(jnp.float32)
+    caller = "pop_relevance_from_counts"
+    validation.check_int("num_levels", num_levels, caller=caller)
+    validation.check_number("alpha", alpha, "positive", caller=caller)
+    t = _check_levels(levels, num_levels, caller)
+    counts = jnp.asarray(counts)
+    if counts.shape != (*t.shape[:-1], num_levels + 1):
+        raise ValueError(f"{caller}: counts must be [..., L + 1] = [..., {num_levels + 1}] with the "
+                         f"lists' leading shape {t.shape[:-1]}, got shape {counts.shape}")
+    n = jnp.take_along_axis(counts, t, axis=-1).astype(jnp.float32)
     share = level_weights(num_levels, alpha)[t] / jnp.maximum(n, 1.0)
     return jnp.where((t > 0) & (n > 0), share, 0.0)
 
@@ -157,6 +190,7 @@ def level_counts(query_paths: np.ndarray, population_paths: np.ndarray) -> np.nd
     ``[Q, M]`` matrix: the rows sharing at least ``t`` levels are those with the query's ``t``
     coarsest columns, counted per distinct prefix."""
     q, pop = np.asarray(query_paths), np.asarray(population_paths)
+    _check_path_shapes(q, pop, ("query_paths", "population_paths"), "level_counts")
     num_levels = q.shape[1]
     at_least = np.zeros((len(q), num_levels + 2), np.int64)
     at_least[:, 0] = len(pop)
@@ -195,11 +229,19 @@ def path_relevance(
     t = shared_levels(query_paths, item_paths)
     num_levels = jnp.shape(query_paths)[1]
     if where is not None:
-        where = jnp.asarray(where, bool)
-        if where.shape not in (t.shape, t.shape[-1:]):
-            raise ValueError(f"where must be [Q, N] = {t.shape} or [N], got shape {where.shape}")
-        where = jnp.broadcast_to(where, t.shape)
+        where = jnp.broadcast_to(_check_where(where, (t.shape, t.shape[-1:]), "path_relevance"), t.shape)
     return relevance_from_levels(t, num_levels, rule=rule, alpha=alpha, where=where)
+
+
+def _check_where(where: ArrayLike, shapes: Any, caller: str) -> Array:
+    """``where`` as a boolean array of one of ``shapes`` (a shape or a tuple of shapes)."""
+    w = jnp.asarray(where)
+    shapes = shapes if isinstance(shapes[0], tuple) else (shapes,)
+    if w.dtype != jnp.bool_:
+        raise TypeError(f"{caller}: where must be a boolean mask, got dtype {w.dtype}")
+    if w.shape not in shapes:
+        raise ValueError(f"{caller}: where must have shape {' or '.join(map(str, shapes))}, got {w.shape}")
+    return w
 
 
 def hierarchical_relevance(
@@ -223,7 +265,7 @@ def hierarchical_relevance(
 
         loss = rankax.batch_loss(rankax.hap_loss, emb, paths, relevance_fn=hierarchical_relevance)
     """
-    q, it = _check_paths(query_paths, item_paths)
+    q, it = _check_paths(query_paths, item_paths, "hierarchical_relevance")
     num_levels = q.shape[1]
     t = shared_levels(q, it)
     if rule == "pop" and not include_self:

@@ -466,7 +466,8 @@ def test_hierarchy_bad_input():
     _raises(ValueError, rel, paths, paths, rule="x", match=("rule must be one of",))
     for alpha in (0.0, -1.0, math.nan):
         _raises(ValueError, rel, paths, paths, alpha=alpha, match=("alpha must be a finite number > 0",))
-    _raises(ValueError, rel, paths, paths, where=jnp.ones((3, 2), bool), match=("where must be", "(3, 2)"))
+    wrong = jnp.ones((3, 2), bool)
+    _raises(ValueError, rel, paths, paths, where=wrong, match=("where must have shape", "(3, 2)"))
     with pytest.raises(ValueError, match="level_weights: alpha must be a finite number > 0"):
         rankax.hierarchy.level_weights(3, -1.0)
     for bad in (0, 2.5):

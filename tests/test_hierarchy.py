@@ -64,13 +64,14 @@ def test_pop_relevance_matches_rule(alpha):
     assert got.dtype == np.float32 and got.shape == (len(PATHS), len(PATHS))
 
 
-def test_pop_relevance_with_where_and_levels_rule():
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 0.5])
+def test_pop_relevance_with_where_and_levels_rule(alpha):
     where = ~np.eye(len(PATHS), dtype=bool)
-    got = np.asarray(hierarchy.path_relevance(PATHS, PATHS, where=where))
-    expected = [ref_pop(p, PATHS, valid=list(where[i])) for i, p in enumerate(PATHS)]
+    got = np.asarray(hierarchy.path_relevance(PATHS, PATHS, where=where, alpha=alpha))
+    expected = [ref_pop(p, PATHS, alpha, valid=list(where[i])) for i, p in enumerate(PATHS)]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
-    got = np.asarray(hierarchy.path_relevance(PATHS[:2], PATHS, rule="levels"))
-    expected = [[ref_levels(p, q) / 3 for q in PATHS] for p in PATHS[:2]]
+    got = np.asarray(hierarchy.path_relevance(PATHS[:2], PATHS, rule="levels", alpha=alpha))
+    expected = [[(ref_levels(p, q) / 3) ** alpha for q in PATHS] for p in PATHS[:2]]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
@@ -110,3 +111,29 @@ def test_bad_paths_name_the_argument():
         hierarchy.path_relevance(PATHS.astype(np.float32), PATHS)
     with pytest.raises(ValueError, match="rule"):
         hierarchy.path_relevance(PATHS, PATHS, rule="lca")
+
+
+def test_bad_levels_counts_and_masks_name_the_argument():
+    """The helpers on shared-level counts name the function and the argument: float or
+    out-of-range levels (a level above L would give a relevance above 1), counts without
+    L + 1 columns, a mask of another shape or not boolean, and mismatched host paths."""
+    t = np.array([[0, 1, 2, 2]])
+    with pytest.raises(TypeError, match="relevance_from_levels: levels must be integer"):
+        hierarchy.relevance_from_levels(t.astype(np.float32), 2)
+    for bad in (5, -1):
+        with pytest.raises(ValueError, match=r"relevance_from_levels: levels must lie in 0..L = 0..2"):
+            hierarchy.relevance_from_levels(np.array([[0, 1, 2, bad]]), 2, rule="levels")
+    with pytest.raises(ValueError, match="relevance_from_levels: where must have shape"):
+        hierarchy.relevance_from_levels(t, 2, where=np.ones(2, bool))
+    with pytest.raises(ValueError, match=r"pop_relevance_from_counts: counts must be \[\.\.\., L \+ 1\]"):
+        hierarchy.pop_relevance_from_counts(t, np.array([[3, 1]]), num_levels=2)
+    with pytest.raises(ValueError, match="pop_relevance_from_counts: alpha must be"):
+        hierarchy.pop_relevance_from_counts(t, np.array([[1, 1, 2]]), num_levels=2, alpha=0.0)
+    with pytest.raises(TypeError, match="path_relevance: where must be a boolean mask"):
+        hierarchy.path_relevance(PATHS, PATHS, where=np.full((len(PATHS),) * 2, 0.5))
+    with pytest.raises(ValueError, match="level_counts: query_paths and population_paths must have the same"):
+        hierarchy.level_counts(PATHS, PATHS[:, :2])
+    with pytest.raises(ValueError, match=r"level_counts: query_paths must be \[Q, L\]"):
+        hierarchy.level_counts(PATHS[:, 0], PATHS)
+    with pytest.raises(TypeError, match="level_counts: population_paths must be integer"):
+        hierarchy.level_counts(PATHS, PATHS.astype(np.float32))
