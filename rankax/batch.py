@@ -224,10 +224,10 @@ def overflow_message(most: Any, limit: int) -> str:
     )
 
 
-def raise_on_overflow(most: Any, limit: int) -> None:
+def raise_on_overflow(most: Any, limit: int | None, caller: str) -> None:
     """:class:`CapacityError` if a list's positive count ``most`` exceeds the ladder's ``limit``."""
-    if int(most) > limit:
-        raise CapacityError(overflow_message(int(most), limit))
+    if limit is not None and int(most) > limit:
+        raise CapacityError(validation.prefix(caller) + overflow_message(int(most), limit))
 
 
 def _list_masks(
@@ -395,6 +395,8 @@ def batch_statistics(
             query_labels, item_labels, query_index=query_index, item_mask=item_mask,
             include_self=include_self, relevance_fn=rel_fn, caller=caller,
         )
+    if capacity is not None:
+        raise_on_overflow(capacity, capacity_limit, caller)
     plan = _plan(num_q, n, block_size, max_tile_elements, capacity_limit, max_positives, capacity)
     views = _Views(
         q_emb, q_lab, i_emb, i_lab, mask,
@@ -478,9 +480,7 @@ def _plan(
     # An explicit block_size is a memory bound: then the scores are recomputed, never kept.
     keep_scores = block_size == "auto" and num_q * n <= SAVED_SCORES_ELEMENTS
     block_size = auto_block if block_size == "auto" else block_size
-    if exact is not None:
-        if capacity_limit is not None and exact > capacity_limit:
-            raise_on_overflow(exact, capacity_limit)
+    if exact is not None:  # within capacity_limit (raise_on_overflow)
         capacities = (min(exact, n),)
     else:
         limit = ladder_limit(num_q, n, max_tile_elements, capacity_limit)

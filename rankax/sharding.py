@@ -234,8 +234,8 @@ def _check_capacity(
             labels, items, query_index=jnp.arange(b), item_mask=mask,
             include_self=kwargs["include_self"], relevance_fn=kwargs["relevance_fn"], caller=caller,
         )
-        if exact is not None and exact > limit:
-            batch.raise_on_overflow(exact, limit)
+        if exact is not None:
+            batch.raise_on_overflow(exact, limit, caller)
     else:
         relevance = batch.relevance_of(loss_fn, labels, kwargs["include_self"], kwargs["relevance_fn"])
         rel = batch._call_relevance(relevance, labels, items, caller)

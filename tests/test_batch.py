@@ -251,7 +251,7 @@ def test_input_errors():
 
 def test_capacity_limit_raises_instead_of_dropping():
     emb, lab = _embeddings(), _labels()  # the largest class has 6 samples: 5 positives
-    with pytest.raises(batch.CapacityError, match="5 positives"):
+    with pytest.raises(batch.CapacityError, match=r"^batch_loss\(supap_loss\): a query has 5 positives"):
         rankax.batch_loss(supap_loss, emb, lab, capacity_limit=4)
     # numpy labels closed over in jit stay concrete: the same error, at trace time.
     with pytest.raises(batch.CapacityError, match="5 positives"):
