@@ -180,3 +180,20 @@ def test_drop_distillation_token_only_for_distilled_layouts():
     assert convert.drop_distillation_token(stray).keys() == stray.keys()
     with pytest.raises(ValueError, match="unexpected keys: dist_token"):
         convert.timm_vit_to_flax(stray)
+
+
+@pytest.mark.parametrize("side, grid", [(8, (4, 4)), (4, (8, 8)), (14, (16, 16)), (14, (7, 10)), (6, (6, 9))])
+def test_resample_pos_embed_matches_torch_bicubic_antialiased(side, grid):
+    """ViT position embeddings resized for another grid (evaluation at the images' own size)
+    equal torch's F.interpolate(bicubic, antialias=True) of the patch positions (what timm's
+    resample_abs_pos_embed does); the class position is kept as is."""
+    torch = pytest.importorskip("torch")
+    from rankax.models.vit import resample_pos_embed
+
+    d = 5
+    pe = np.random.default_rng(side).normal(size=(1, 1 + side * side, d)).astype(np.float32)
+    got = np.asarray(resample_pos_embed(jnp.asarray(pe), grid))
+    patch = torch.tensor(pe[:, 1:]).reshape(1, side, side, d).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(patch, size=grid, mode="bicubic", antialias=True)
+    np.testing.assert_allclose(got[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, -1, d).numpy(), atol=1e-5)
+    np.testing.assert_array_equal(got[:, 0], pe[:, 0])

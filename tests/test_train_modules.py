@@ -45,9 +45,11 @@ def test_warmup_is_per_step_and_keeps_epoch_milestones():
 
 
 def test_step_schedule_decays_at_its_fractions():
+    """Fractions 0.5 and 0.75 of 100 steps: steps 0..49 at the base rate, the first decayed
+    step is 50 (torch's MultiStepLR stepped per step: after 50 steps), the second 75."""
     c = _schedule_config(schedule="step", decay_at=(0.5, 0.75), decay_factor=0.3)
     sched = optim.make_schedule(c, 0.1)
-    for t, want in ((0, 0.1), (49, 0.1), (51, 0.03), (74, 0.03), (76, 0.009), (99, 0.009)):
+    for t, want in ((0, 0.1), (49, 0.1), (50, 0.03), (51, 0.03), (74, 0.03), (75, 0.009), (99, 0.009)):
         np.testing.assert_allclose(float(sched(t)), want, rtol=1e-6)
 
 
