@@ -114,6 +114,10 @@ def test_l2_normalize_gradient_of_a_zero_row_is_zero():
     assert float(out) == pytest.approx(float(np.dot(u, w[1])), rel=1e-6)
     half = models.l2_normalize(jnp.array([[3.0, 4.0]], jnp.bfloat16))
     assert half.dtype == jnp.bfloat16
+    # Non-finite rows stay non-finite (never a silent zero embedding).
+    bad = models.l2_normalize(jnp.array([[jnp.nan, 1.0], [jnp.inf, 1.0], [1.0, 0.0]]))
+    assert np.isnan(np.asarray(bad[0])).all() and np.isnan(np.asarray(bad[1, 0]))
+    np.testing.assert_array_equal(np.asarray(bad[2]), [1.0, 0.0])
 
 
 @pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny"])

@@ -18,11 +18,12 @@ EPS = 1e-12
 
 def l2_normalize(x: ArrayLike, eps: float = EPS) -> jax.Array:
     """``x / max(||x||, eps)`` along the last axis, computed in at least float32 and returned
-    in ``x``'s dtype; an all-zero row is 0 with a zero gradient."""
+    in ``x``'s dtype; an all-zero row is 0 with a zero gradient; a row holding NaN or inf comes out
+    with NaN entries (never as a silent zero row)."""
     x = jnp.asarray(x)
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     sq = jnp.sum(x32 * x32, axis=-1, keepdims=True)
-    nonzero = sq > 0
+    nonzero = sq != 0  # not `> 0`: a NaN row must stay NaN (the training step's guard sees it)
     norm = jnp.sqrt(jnp.maximum(jnp.where(nonzero, sq, 1.0), eps * eps))
     return jnp.where(nonzero, x32 / norm, 0.0).astype(x.dtype)
 
