@@ -401,6 +401,24 @@ def test_truncated_checkpoint_clear_errors_and_resume_from_the_last_good_one(tmp
     with pytest.raises(CheckpointReadError, match=f"step {STEPS - 1} .*another model/config.*head"):
         train_lib.train_and_evaluate(other, workdir, allow_config_change=["*"])
     assert steps_on_disk(workdir) == list(range(1, STEPS))
+    # So is an allowed change that reshapes the rest of the state (another optimizer: other
+    # moments), naming the entry; before, the steps were taken for corrupt, moved aside one by
+    # one, and training restarted from step 0.
+    other = fault_config()
+    other.optimizer.name = "sgd" if cfg.optimizer.name != "sgd" else "adam"
+    with pytest.raises(CheckpointReadError, match=f"step {STEPS - 1} .*another model/config.*opt_state"):
+        train_lib.train_and_evaluate(other, workdir, allow_config_change=["*"])
+    assert steps_on_disk(workdir) == list(range(1, STEPS))
+
+    # The same step unreadable a second time is moved aside under a new name: what was moved
+    # aside before (maybe another run's only copy) is never replaced.
+    shutil.copytree(os.path.join(ref_dir, "checkpoints", str(STEPS)), path)
+    truncate_step(workdir, STEPS)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+    ckpt.restore_latest(fresh)
+    ckpt.close()
+    assert f"moved to {workdir}/checkpoints.corrupt/{STEPS}.1; trying" in capsys.readouterr().out
+    assert sorted(os.listdir(f"{workdir}/checkpoints.corrupt")) == [str(STEPS), f"{STEPS}.1"]
 
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch):
@@ -474,3 +492,39 @@ def test_a_checkpoint_past_num_steps_is_refused(tmp_path):
         train_lib.train_and_evaluate(fault_config(num_steps=2), workdir, allow_config_change=["num_steps"])
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f) == before
+
+
+def test_the_best_checkpoint_survives_a_resume(tmp_path):
+    """keep_checkpoints=1 keeps the newest step and the best evaluated one. The metrics that
+    decide "best" are stored with each step: a new process (a resume) that saves again keeps
+    the best step of the earlier process (before, it knew no metrics and deleted it)."""
+    import flax
+    import ml_collections
+
+    @flax.struct.dataclass
+    class State:
+        step: np.ndarray
+        params: dict
+        batch_stats: dict
+        opt_state: dict
+        rng: np.ndarray
+        memory: dict
+
+    def state(step):
+        params = {"w": np.full(3, step, np.float32)}
+        return State(np.asarray(step, np.int32), params, {}, {}, np.zeros(2, np.uint32), {})
+
+    config = ml_collections.ConfigDict({"keep_checkpoints": 1, "best_metric": "map@r"})
+    directory = str(tmp_path / "checkpoints")
+    first = checkpointing.Checkpointer(directory, config)
+    first.save(state(10), [], metrics={"map@r": 0.9})
+    first.save(state(20), [], metrics={"map@r": 0.5})
+    assert first.steps() == [10, 20]
+    first.close()
+    resumed = checkpointing.Checkpointer(directory, config)  # another process
+    resumed.save(state(30), [], metrics={"map@r": 0.4})
+    resumed.save(state(40), [])  # a periodic save without an evaluation
+    assert resumed.steps() == [10, 40]
+    restored, _ = resumed.restore(state(0), 10)
+    np.testing.assert_array_equal(restored.params["w"], 10.0)
+    resumed.close()

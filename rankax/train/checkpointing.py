@@ -15,7 +15,9 @@ Faults (``docs/training.md``, Faults):
   checkpoint (orbax garbage-collects only after a complete save) and raises
   :class:`~rankax.train.CheckpointSaveError` naming the step and directory.
 * :meth:`Checkpointer.restore_latest` skips a step that cannot be read, says which and why,
-  moves it to ``<dir>.corrupt/<step>`` (writable mode) and uses the previous one;
+  moves it to ``<dir>.corrupt/<step>`` (writable mode; ``<step>.1``, ... if taken: never
+  replacing what was moved aside before) and uses the previous one; a step written for another
+  model or config (:meth:`Checkpointer.mismatch`) is refused, never moved;
   :meth:`Checkpointer.restore` of one given step raises
   :class:`~rankax.train.CheckpointReadError` naming the step and path instead.
 
@@ -51,6 +53,17 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temporary-folder marker (atomic 
 BARRIER_TIMEOUT_S = 300  # multi-process: how long the others wait for process 0's housekeeping
 
 
+class _NoMetricsWarning(logging.Filter):
+    """Drops orbax's warning that a save came without metrics (``best_fn`` is set so that the
+    metrics of evaluated steps are stored; the periodic saves between evaluations have none)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricsWarning())
+
+
 def _saved_fields(state: Any) -> dict[str, Any]:
     """The saved pytree; the loss terms' parameters and optimizer state only when the state
     has some (so checkpoints of runs without such terms keep their layout)."""
@@ -65,6 +78,16 @@ def _saved_fields(state: Any) -> dict[str, Any]:
     if getattr(state, "loss_params", None):
         fields.update(loss_params=state.loss_params, loss_opt_state=state.loss_opt_state)
     return fields
+
+
+def _unused_path(path: str) -> str:
+    """``path``, or ``path.1``, ``path.2``, ... the first that does not exist: a step moved
+    aside never replaces one moved aside before (which may be another run's only copy)."""
+    candidate, n = path, 0
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f"{path}.{n}"
+    return candidate
 
 
 def _first_line(err: BaseException, limit: int = 300) -> str:
@@ -106,6 +129,11 @@ class Checkpointer:
             self._report_leftovers()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
+            # With a best_fn orbax writes each step's metrics into its folder and reads them
+            # back on open; without one the BestN policy above only knew the metrics of this
+            # process's saves, and the first save after a resume deleted the best checkpoint.
+            best_fn=lambda m: m[best_metric],
+            best_mode="max",
             enable_async_checkpointing=False,
             create=not self.read_only,
             read_only=self.read_only,
@@ -272,21 +300,26 @@ class Checkpointer:
         return state, []
 
     def mismatch(self, state: Any, step: int) -> str | None:
-        """How the parameter tree stored at ``step`` differs from ``state.params`` (names,
-        shapes), or None when they agree or the metadata itself cannot be read."""
+        """How the tree stored at ``step`` differs from this config's state (names and shapes of
+        the parameters, batch statistics, optimizer state, cross-batch memory and loss-term
+        state), or None when they agree or the metadata itself cannot be read.
+
+        A difference means another model or config wrote the step (an allowed config change
+        that reshapes the state, e.g. ``xbm.size`` or ``optimizer.name``, included): the caller
+        refuses it, never treats it as corruption."""
         try:
             meta = ocp.StandardCheckpointer().metadata(os.path.join(self.step_path(step), "state"))
-            stored = ocp.tree.to_flat_dict(meta.item_metadata.tree["params"], sep="/")
+            stored = ocp.tree.to_flat_dict(meta.item_metadata.tree, sep="/")
         except Exception:  # noqa: BLE001 - unreadable metadata: corruption, not a mismatch
             return None
-        wanted = ocp.tree.to_flat_dict(state.params, sep="/")
+        wanted = ocp.tree.to_flat_dict(_saved_fields(state), sep="/")
         missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
         if missing or extra:
-            return f"params missing from the checkpoint: {missing[:5]}, unexpected: {extra[:5]}"
+            return f"missing from the checkpoint: {missing[:5]}, not in this config's state: {extra[:5]}"
         for key in sorted(wanted):
             got = tuple(getattr(stored[key], "shape", ()) or ())
             if got != tuple(np.shape(wanted[key])):
-                return f"params/{key} is {got} on disk, {tuple(np.shape(wanted[key]))} in this config"
+                return f"{key} is {got} on disk, {tuple(np.shape(wanted[key]))} in this config"
         return None
 
     def _skip_unreadable(self, step: int, err: Exception) -> None:
@@ -299,10 +332,9 @@ class Checkpointer:
         if self.read_only:
             where = "left in place (read-only)"
         else:
-            aside = os.path.join(self.directory + ".corrupt", str(step))
+            aside = _unused_path(os.path.join(self.directory + ".corrupt", str(step)))
             if distributed.is_main():  # once, on the shared directory; the others wait
                 os.makedirs(os.path.dirname(aside), exist_ok=True)
-                shutil.rmtree(aside, ignore_errors=True)
                 shutil.move(path, aside)
             distributed.barrier(f"quarantine-{step}", BARRIER_TIMEOUT_S)
             self._mngr.reload()
