@@ -474,3 +474,49 @@ def test_revisited_evaluator_crops_queries_to_their_boxes(tmp_path):
     evaluator = evaluators.make_evaluator(c, data.RetrievalDataset("toy", src, src, src))
     np.testing.assert_array_equal(evaluator.query_inputs.boxes, [g["bbx"] for g in gnd])
     assert evaluator.gallery_inputs.boxes is None
+
+
+def test_run_record_tells_other_images_with_the_same_labels(tmp_path):
+    """The run record hashes each split's items as well as its labels: the CSV's relative image
+    paths (a copy of the dataset under another root is the same data), or the pixels of an
+    in-memory source. A CSV edited to point at other images with the same labels is refused
+    as other data; a record written before the items' hash existed is compared without it."""
+    import json
+    import shutil
+
+    from rankax.train import WorkdirConfigMismatch
+    from rankax.train import workdir as workdir_lib
+
+    rows = [{"cls": c, "split": s} for c, s in [("a", "train"), ("a", "train"), ("b", "train"),
+                                                 ("b", "train"), ("a", "test"), ("b", "test")]]
+    (tmp_path / "one").mkdir()
+    _write_folder(tmp_path / "one", rows)
+    config = lambda root: _folder_config(root=str(root), csv_file="data.csv")
+    facts = lambda root: workdir_lib.run_facts(data.load_dataset(config(root)), 1, 1)
+    first = facts(tmp_path / "one")
+    assert first["data"]["train"]["items_sha256"] is not None
+    shutil.copytree(tmp_path / "one", tmp_path / "moved")
+    assert facts(tmp_path / "moved") == first
+
+    # The train rows swapped with each other within a class: same labels, other files.
+    lines = (tmp_path / "moved" / "data.csv").read_text().splitlines()
+    lines[1], lines[2] = lines[2], lines[1]
+    (tmp_path / "moved" / "data.csv").write_text("\n".join(lines) + "\n")
+    edited = facts(tmp_path / "moved")
+    assert edited["data"]["train"]["labels_sha256"] == first["data"]["train"]["labels_sha256"]
+    assert edited["data"]["train"]["items_sha256"] != first["data"]["train"]["items_sha256"]
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"data": first["data"], "topology": first["topology"]}))
+    with pytest.raises(WorkdirConfigMismatch, match=r"other data \(train 4 -> 4 items, other items\)"):
+        workdir_lib.fact_changes(str(workdir), edited)
+    assert "data" in workdir_lib.fact_changes(str(workdir), edited, allow_changes=["data"])
+    older = {split: {k: v for k, v in d.items() if k != "items_sha256"} for split, d in first["data"].items()}
+    (workdir / "config.json").write_text(json.dumps({"data": older, "topology": first["topology"]}))
+    assert "data" not in workdir_lib.fact_changes(str(workdir), edited)
+
+    # In-memory images: their pixels.
+    src = data.ArraySource(np.zeros((3, 2, 2, 1), np.float32), np.arange(3))
+    other = data.ArraySource(np.ones((3, 2, 2, 1), np.float32), np.arange(3))
+    assert workdir_lib._items_sha256(src) != workdir_lib._items_sha256(other)

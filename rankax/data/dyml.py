@@ -93,7 +93,7 @@ def _source(
             f"DyML image {paths[0]!r} is listed but missing: the images belong in "
             f"{os.path.join(root, image_folder)!r} (unpack the archive in place)."
         )
-    return ImageSource(paths.__getitem__, labels, transform, num_threads)
+    return ImageSource(paths.__getitem__, labels, transform, num_threads, names=names)
 
 
 def load_dyml(

@@ -179,7 +179,8 @@ def _split_sources(
     for split in SPLITS:
         csv_path = files.get(split, "")
         base = os.path.expanduser(root) if root is not None else os.path.dirname(csv_path)
-        paths = [os.path.join(base, r[path_column]) for r in rows[split]]
+        names = [r[path_column] for r in rows[split]]
+        paths = [os.path.join(base, name) for name in names]
         split_labels = labels[start : start + len(paths)]
         start += len(paths)
         # Checking one file per split catches a wrong root without a stat of every image.
@@ -188,7 +189,7 @@ def _split_sources(
                 f"image {paths[0]!r} listed in {csv_path} does not exist: image paths are relative "
                 f"to root={base!r} (set config.dataset.root)."
             )
-        sources[split] = ImageSource(paths.__getitem__, split_labels, transform, num_threads)
+        sources[split] = ImageSource(paths.__getitem__, split_labels, transform, num_threads, names=names)
     return sources
 
 

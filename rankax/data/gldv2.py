@@ -99,7 +99,7 @@ def _source(
             f"H-GLDv2 image {paths[0]!r} is listed but missing: unpack the {folder} images under "
             f"{os.path.join(root, folder)!r} in GLDv2's a/b/c/<id>.jpg tree."
         )
-    return ImageSource(paths.__getitem__, labels, transform, threads)
+    return ImageSource(paths.__getitem__, labels, transform, threads, names=ids)
 
 
 _LEVELS = ["landmark", "cluster", "overall"]

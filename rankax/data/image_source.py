@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,6 +28,9 @@ class ImageSource:
       boxes: ``[N, 4]`` boxes ``(left, top, right, bottom)`` in pixels of the decoded images,
         cut out (as PIL's ``Image.crop`` rounds them) before the transform: the query boxes of
         the Oxford/Paris protocols (:meth:`with_boxes`). ``None``: whole images.
+      names: ``[N]`` each item's identity, e.g. its image path relative to the dataset root:
+        a run's record hashes them (``rankax.train.workdir.run_facts``), so a start on other
+        images with the same labels is noticed. ``None``: unknown (only labels are compared).
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class ImageSource:
         transform: ImageTransform | None = None,
         num_threads: int = 4,
         boxes: np.ndarray | None = None,
+        names: Sequence[str] | None = None,
     ):
         self._read = read
         self.labels = np.asarray(labels)
@@ -45,6 +49,10 @@ class ImageSource:
         self.transform = transform or ImageTransform()
         self.num_threads = max(1, int(num_threads))
         self._pool: ThreadPoolExecutor | None = None
+        self.names = None if names is None else [str(n) for n in names]
+        if self.names is not None and len(self.names) != len(self.labels):
+            raise ValueError(f"names must hold one name per image ({len(self.labels)}), "
+                             f"got {len(self.names)}")
         self.boxes = None if boxes is None else np.asarray(boxes, np.float64)
         if self.boxes is not None and self.boxes.shape != (len(self.labels), 4):
             raise ValueError(
@@ -53,7 +61,7 @@ class ImageSource:
 
     def with_boxes(self, boxes: np.ndarray | None) -> ImageSource:
         """This source with each image cut to its box of ``boxes [N, 4]`` first."""
-        return ImageSource(self._read, self.labels, self.transform, self.num_threads, boxes)
+        return ImageSource(self._read, self.labels, self.transform, self.num_threads, boxes, self.names)
 
     def _open(self, index: int) -> Any:
         image = open_image(self._read(index))

@@ -25,6 +25,7 @@ to float32 rounding, and other code may train differently.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import hashlib
 import json
@@ -89,20 +90,52 @@ def code_version() -> dict[str, str | None]:
     return {"rankax_version": rankax.__version__, "git_commit": commit}
 
 
+def _array_sha256(a: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and values."""
+    a = np.ascontiguousarray(a)
+    digest = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def _items_sha256(source: Any) -> str | None:
+    """SHA-256 of what the items of ``source`` are: the pixels of an in-memory source, the names
+    (relative image paths, record ids) of an image source that has them; None otherwise."""
+    if getattr(source, "images", None) is not None:
+        return _array_sha256(np.asarray(source.images))
+    names = getattr(source, "names", None)
+    if names is not None:
+        return hashlib.sha256("\0".join(names).encode()).hexdigest()
+    return None
+
+
 def run_facts(data: Any, devices: int, processes: int) -> dict[str, Any]:
-    """What a run depends on besides its config: ``{"data": {split: {"items", "labels_sha256"}},
-    "topology": {"processes", "devices"}}`` (splits ``train``, ``test`` and, if any,
-    ``gallery``; the hash covers the labels' dtype, shape and values)."""
+    """What a run depends on besides its config: ``{"data": {split: {"items", "labels_sha256",
+    "items_sha256"}}, "topology": {"processes", "devices"}}`` (splits ``train``, ``test`` and,
+    if any, ``gallery``). The labels' hash covers their dtype, shape and values; the items'
+    hash the pixels of in-memory images or the names of image files (``ImageSource.names``:
+    paths relative to the dataset root, so a moved dataset is the same data), ``None`` for a
+    source without names (TFDS: its split and version are in the config)."""
     splits = {"train": data.train, "test": data.test}
     if getattr(data, "gallery", None) is not None:
         splits["gallery"] = data.gallery
     described = {}
     for name, source in splits.items():
-        labels = np.ascontiguousarray(source.labels)
-        digest = hashlib.sha256(f"{labels.dtype.str}{labels.shape}".encode())
-        digest.update(labels.tobytes())
-        described[name] = {"items": int(len(labels)), "labels_sha256": digest.hexdigest()}
+        described[name] = {
+            "items": int(len(source.labels)),
+            "labels_sha256": _array_sha256(np.asarray(source.labels)),
+            "items_sha256": _items_sha256(source),
+        }
     return {"data": described, "topology": {"processes": int(processes), "devices": int(devices)}}
+
+
+def _data_as_recorded(recorded: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """``now`` with only the fields each recorded split has (records written before a field
+    existed are compared on the fields they hold)."""
+    return {
+        split: {k: v for k, v in facts.items() if k in recorded.get(split, facts)}
+        for split, facts in now.items()
+    }
 
 
 def _recorded_code(record: dict[str, Any]) -> dict[str, Any]:
@@ -124,16 +157,22 @@ def fact_changes(workdir: str, facts: dict[str, Any], allow_changes: Iterable[st
     recorded, code = _recorded_code(record), code_version()
     if recorded != code:
         out["code"] = (recorded, code)
+    comparable = dict(facts)
+    if "data" in record:
+        comparable["data"] = _data_as_recorded(record["data"], facts["data"])
     for key in ("topology", "data"):
-        if key in record and record[key] != facts[key]:
-            out[key] = (record[key], facts[key])
+        if key in record and record[key] != comparable[key]:
+            out[key] = (record[key], comparable[key])
     allowed = set(allow_changes)
     if "data" in out and not allowed & {"data", "*"}:
         old, new = out["data"]
         differ = [
             f"{split} {old.get(split, {}).get('items', 0)} -> {new.get(split, {}).get('items', 0)} items"
-            + ("" if old.get(split, {}).get("labels_sha256") == new.get(split, {}).get("labels_sha256")
-               else ", other labels")
+            + "".join(
+                f", other {what}" for what in ("labels", "items")
+                if f"{what}_sha256" in old.get(split, {})
+                and old[split][f"{what}_sha256"] != new.get(split, {}).get(f"{what}_sha256")
+            )
             for split in sorted(set(old) | set(new)) if old.get(split) != new.get(split)
         ]
         raise WorkdirConfigMismatch(
@@ -180,6 +219,20 @@ def _format(diff: dict[str, tuple], limit: int = 8) -> str:
     return "; ".join(shown) + more
 
 
+#: The ``changes`` key of a start that adopted checkpoints written without a record.
+UNRECORDED = "unrecorded_checkpoints"
+
+
+def _check_allowed_keys(allowed: set[str], keys: set[str]) -> None:
+    """A ``--allow_config_change`` entry that is neither ``"*"``, ``"data"``, a config key nor a
+    section of keys (of the recorded or the new config) is a typo: a ConfigError names it."""
+    sections = {k.rsplit(".", i)[0] for k in keys for i in range(k.count(".") + 1)}
+    for name in sorted(allowed - {"*", "data"} - sections):
+        close = difflib.get_close_matches(name, sorted(sections), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"--allow_config_change: {name!r} is not a config key or section{hint}")
+
+
 def check(
     config: ml_collections.ConfigDict, workdir: str, allow_changes: Iterable[str] = ()
 ) -> dict[str, tuple]:
@@ -193,13 +246,17 @@ def check(
     allowed = set(allow_changes)
     if record is None:
         checkpoints = os.path.join(workdir, "checkpoints")
-        if os.path.isdir(checkpoints) and os.listdir(checkpoints) and "*" not in allowed:
+        if not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+            return {}
+        if "*" not in allowed:
             raise WorkdirConfigMismatch(
                 f"workdir {workdir} holds checkpoints but no {RECORD}, so nothing shows they come from "
                 "this config. Use a new --workdir, or resume them anyway with --allow_config_change='*'",
                 workdir=workdir, differences={},
             )
-        return {}
+        # Adopted: the record this start creates says so under "changes" (after its first step).
+        return {UNRECORDED: ("checkpoints without a record", "adopted with --allow_config_change='*'")}
+    _check_allowed_keys(allowed, set(record.get("config", {})) | set(flat(config)))
     diff = differences(record.get("config", {}), config)
     ok = lambda k: "*" in allowed or any(k == a or k.startswith(a + ".") for a in allowed)
     refused = {k: v for k, v in diff.items() if not ok(k)}
