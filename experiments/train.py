@@ -59,12 +59,15 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         rankax.host.keep_freed_memory()
     cli.start_distributed(values)  # [multihost] before anything touches a device
-    from rankax.train import CheckpointReadError, ConfigError, loop
+    from rankax.train import CheckpointReadError, CheckpointSaveError, ConfigError, NonFiniteLossError, loop
+
+    # Errors whose message says what happened and what to do: the message, not a traceback.
+    explained = (ConfigError, CheckpointReadError, CheckpointSaveError, NonFiniteLossError, FileNotFoundError)
 
     allowed = [k.strip() for k in values.get("allow_config_change", "").split(",") if k.strip()]
     try:
         return loop.train_and_evaluate(config, values["workdir"], allow_config_change=allowed)
-    except (ConfigError, CheckpointReadError, FileNotFoundError) as err:  # a dataset not prepared
+    except explained as err:  # a dataset not prepared is a FileNotFoundError
         raise cli.CliError(str(err)) from None
     except ValueError as err:  # a config value the program checked: the message names the key
         if not str(err).startswith("config."):

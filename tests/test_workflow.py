@@ -46,6 +46,12 @@ def test_workdir_records_the_config_and_refuses_another(small_run, capsys):
         )
     assert "--allow_config_change=loss.name" in str(info.value)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # nothing touched
+    # A misspelt key in the allow list is named, with the key it resembles (a section works).
+    typo = r"'los.name' is not a config key or section; did you mean 'loss.name'"
+    with pytest.raises(SystemExit, match=typo):
+        train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL, "--config.loss.name=smooth_ap",
+                        "--allow_config_change=los.name"])
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
     cfg = tiny_config()
     with pytest.raises(WorkdirConfigMismatch) as err:
         train_lib.train_and_evaluate(cfg, workdir)
@@ -399,7 +405,23 @@ def test_workdir_record_must_be_readable_and_present_with_checkpoints(tmp_path):
     (tmp_path / "checkpoints" / "2").mkdir(parents=True)  # another run's, or an old one's
     with pytest.raises(WorkdirConfigMismatch, match="holds checkpoints but no config.json"):
         workdir_lib.check(config, str(tmp_path))
-    assert workdir_lib.check(config, str(tmp_path), ["*"]) == {}
+    adopted = workdir_lib.check(config, str(tmp_path), ["*"])
+    assert list(adopted) == [workdir_lib.UNRECORDED]
+
+
+def test_adopted_checkpoints_are_recorded_as_a_change(small_run, tmp_path):
+    """Checkpoints without config.json (an older or copied run) resumed with '*': the record
+    the start creates says that it adopted them, under changes."""
+    import shutil
+
+    from rankax.train import workdir as workdir_lib
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(small_run[0], workdir)
+    os.remove(os.path.join(workdir, "config.json"))
+    train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL, "--allow_config_change=*"])
+    record = json.load(open(os.path.join(workdir, "config.json")))
+    assert [list(c["keys"]) for c in record["changes"]] == [[workdir_lib.UNRECORDED]]
 
 
 def test_evaluate_cli_names_missing_workdirs_and_output_folders(tmp_path):
