@@ -487,3 +487,21 @@ def test_workdir_refuses_other_data_and_records_other_code(small_run, tmp_path, 
     record = json.load(open(os.path.join(workdir, "config.json")))
     assert record["changes"][-1]["keys"]["code"][1]["git_commit"] == "0" * 40
     assert "data" not in record["changes"][-1]["keys"]  # the relabelled data are the record's now
+
+
+@pytest.mark.parametrize("error", ["save", "nonfinite"])
+def test_train_cli_ends_an_explained_failure_with_its_message(error, tmp_path, monkeypatch):
+    """A failed checkpoint save or a non-finite step stops the CLI with its message (what
+    happened, what to do) and a non-zero status, not a traceback."""
+    from rankax.train import CheckpointSaveError, NonFiniteLossError, loop
+
+    def fail(*args, **kwargs):
+        if error == "save":
+            raise CheckpointSaveError("saving checkpoint step 4 failed (disk full)", step=4,
+                                      directory=str(tmp_path), previous=2, errno=28)
+        raise NonFiniteLossError("step 5: non-finite loss; config.on_nonfinite='skip' skips them", step=5,
+                                 indices=np.arange(4), terms={}, last_checkpoint=4, report_path=None)
+
+    monkeypatch.setattr(loop, "train_and_evaluate", fail)
+    with pytest.raises(SystemExit, match="disk full" if error == "save" else "on_nonfinite='skip'"):
+        train_cli.main(["--config", DIGITS, "--workdir", str(tmp_path / "wd"), *SMALL])
