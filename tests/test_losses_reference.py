@@ -366,6 +366,47 @@ def test_pnp_reference(variant):
         np.testing.assert_allclose(got, expected, RTOL, ATOL)
 
 
+def official_tap_loss(x, label, nq=25, lo=0.0, hi=1.0):
+    """Per-list ``1 - AP`` of naver/deep-image-retrieval's ``TAPLoss`` (``dirtorch/loss.py``,
+    ``simplified=False``), written in float64 numpy from that code: its quantiser is a 1x1
+    convolution with ``2 nq`` channels (slopes ``-a`` then ``+a``, ``a = (nq - 1) / (hi - lo)``,
+    the first and last channel flat at 1), the bin weight the smaller of a channel pair,
+    clamped at 0; then the counts, their cumulative sums and the tie-aware closed form with
+    its ``eps = 1e-8``."""
+    x, label = np.asarray(x, np.float64), np.asarray(label, np.float64)
+    a = (nq - 1) / (hi - lo)
+    weight = np.concatenate([np.full(nq, -a), np.full(nq, a)])
+    bias = np.concatenate([a * lo + np.arange(nq, 0, -1), np.arange(2 - nq, 2, 1) - a * lo])
+    weight[0] = weight[-1] = 0.0
+    bias[0] = bias[-1] = 1.0
+    lines = weight[None, :, None] * x[:, None, :] + bias[None, :, None]  # [N, 2 nq, M]
+    q = np.maximum(np.minimum(lines[:, :nq], lines[:, nq:]), 0.0)
+    c = q.sum(-1)
+    cp = (q * label[:, None, :]).sum(-1)
+    big_c, big_cp = np.cumsum(c, -1), np.cumsum(cp, -1)
+    c_before = np.concatenate([np.zeros((len(x), 1)), big_c[:, :-1]], -1)
+    cp_before = np.concatenate([np.zeros((len(x), 1)), big_cp[:, :-1]], -1)
+    eps = 1e-8
+    ratio = np.maximum(cp - 1, 0) / (np.maximum(c - 1, 0) + eps)
+    log_term = np.log((big_c + 1) / (c_before + 1))
+    aps = cp * (c * ratio + (cp_before + 1 - ratio * (c_before + 1)) * log_term) / (c + eps)
+    return 1.0 - aps.sum(-1) / label.sum(-1)
+
+
+@pytest.mark.parametrize(("num_bins", "score_range"), [(25, (0.0, 1.0)), (20, (-1.0, 1.0))])
+def test_tie_aware_histogram_ap_equals_the_official_tap_loss(num_bins, score_range):
+    """The tie-aware variant against the official code's arithmetic (not rankax's closed form),
+    scores spilling past both ends of the range (the flat end bins)."""
+    rng = np.random.default_rng(5)
+    lo, hi = score_range
+    s = rng.uniform(lo - 0.2, hi + 0.2, (6, 30)).astype(np.float32)
+    y = (rng.uniform(size=(6, 30)) < 0.3).astype(np.float32)
+    y[:, 0] = 1
+    options = dict(num_bins=num_bins, score_range=score_range, tie_aware=True)
+    got = _per_list(rankax.histogram_ap_loss, s, y, **options)
+    np.testing.assert_allclose(got, official_tap_loss(s, y, num_bins, lo, hi), rtol=2e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("tie_aware", [False, True])
 def test_histogram_ap_reference(tie_aware):
     s, y = _lists()
