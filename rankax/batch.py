@@ -72,6 +72,20 @@ from rankax import _renames, ranking
 from rankax._core import nonfinite, positives, stats, validation
 
 Array = jax.Array
+
+__all__ = [
+    "CapacityError",
+    "DEFAULT_PRECISION",
+    "SAVED_SCORES_ELEMENTS",
+    "batch_loss",
+    "batch_statistics",
+    "binary_relevance",
+    "default_capacity_limit",
+    "default_relevance",
+    "default_sizes",
+    "exact_capacity",
+    "with_references",
+]
 LossFn = Callable[..., Array]
 RelevanceFn = Callable[[Array, Array], Array]
 

@@ -33,6 +33,11 @@ from rankax.batch import batch_loss
 
 Array = jax.Array
 
+__all__ = [
+    "lists_from_embeddings",
+    "make_batch_loss",
+]
+
 
 def lists_from_embeddings(
     embeddings: ArrayLike,

@@ -45,6 +45,17 @@ from rankax._core import validation
 
 Array = jax.Array
 
+__all__ = [
+    "RELEVANCE_RULES",
+    "hierarchical_relevance",
+    "level_counts",
+    "level_weights",
+    "path_relevance",
+    "pop_relevance_from_counts",
+    "relevance_from_levels",
+    "shared_levels",
+]
+
 RELEVANCE_RULES = ("pop", "levels", "count")
 
 

@@ -21,6 +21,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
+__all__ = [
+    "keep_freed_memory",
+]
+
 #: glibc's ``mallopt`` parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

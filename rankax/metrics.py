@@ -79,7 +79,11 @@ def _metric(kernel, caller, scores, labels, where, reduce_fn, max_positives):
 # float64 arrays) both use these; they work on numpy and jax arrays alike.
 
 
-def _xp(x):
+#: A jax or numpy array: the from-ranks helpers run on both (device lists, host evaluation).
+AnyArray = Array | np.ndarray
+
+
+def _xp(x: AnyArray):
     return jnp if isinstance(x, jax.Array) else np
 
 
@@ -89,11 +93,20 @@ def _per_positive(x, mask, num_pos):
     return xp.sum(xp.where(mask, x, 0.0), axis=-1) / xp.maximum(num_pos, 1)
 
 
-def ap_from_ranks(rank, rank_pos, mask, num_pos):
+def ap_from_ranks(rank: AnyArray, rank_pos: AnyArray, mask: AnyArray, num_pos: AnyArray) -> AnyArray:
     """AP, :math:`\\frac{1}{R}\\sum_{p} \\mathrm{rank}^+(p)/\\mathrm{rank}(p)` over the ``[..., C]``
     slots (``mask``), ``R = num_pos [...]`` (all positives must be in the slots). Empty slots
     neither count nor divide (the guard keeps gradients finite there); with smooth ranks this
-    is the AP of the Smooth-AP and SupAP losses."""
+    is the AP of the Smooth-AP and SupAP losses.
+
+    Args:
+      rank: ``[..., C]`` rank of each positive among all items (1-based, exact or smooth).
+      rank_pos: ``[..., C]`` its rank among the positives.
+      mask: ``[..., C]`` bool, the filled slots.
+      num_pos: ``[...]`` the number of positives ``R`` of each list.
+
+    Returns ``[...]``, 0 for a list without positives (numpy in, numpy out).
+    """
     xp = _xp(rank)
     return _per_positive(rank_pos / xp.where(mask, rank, 1.0), mask, num_pos)
 
@@ -153,8 +166,24 @@ def recall_at_k_from_ranks(rank, mask, k: int):
     return xp.any(mask & (rank <= k), axis=-1).astype(rank.dtype)
 
 
-def binary_from_ranks(rank, rank_pos, mask, num_pos, ks=(), *, full: bool = True) -> dict:
-    """``{"map", "map@r", "r_precision", "recall@k"...}`` per list from exact ranks ``[..., C]``.
+def binary_from_ranks(
+    rank: AnyArray,
+    rank_pos: AnyArray,
+    mask: AnyArray,
+    num_pos: AnyArray,
+    ks: tuple[int, ...] = (),
+    *,
+    full: bool = True,
+) -> dict[str, AnyArray]:
+    """``{"map", "map@r", "r_precision", "recall@k"...}`` per list ``[...]`` from the exact ranks
+    of the positives (arguments as in :func:`ap_from_ranks`; :math:`H(0) = 1`: a tie ranks
+    every tied item last among them):
+
+    * ``map``: :func:`ap_from_ranks`;
+    * ``map@r`` (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020):
+      :math:`\\frac1R \\sum_{p : \\mathrm{rank}(p) \\le R} \\mathrm{rank}^+(p)/\\mathrm{rank}(p)`;
+    * ``r_precision``: :math:`\\#\\{p : \\mathrm{rank}(p) \\le R\\} / R`;
+    * ``recall@k`` for each ``k`` of ``ks``: 1 if some positive has :math:`\\mathrm{rank} \\le k`.
 
     ``full=False`` leaves out ``"map"`` (for ranks known only down to some depth >= R).
     """
@@ -258,7 +287,20 @@ def r_precision(
     reduce_fn: validation.ReduceFn = jnp.mean,
     max_positives: int | None = None,
 ) -> Array:
-    """R-precision: the fraction of positives among the first R = |P| items."""
+    """R-precision, :math:`\\frac1R \\#\\{p \\in P : \\mathrm{rank}(p) \\le R\\}` with ``R = |P|``: the
+    fraction of positives among the first ``R`` items (Musgrave et al., "A Metric Learning
+    Reality Check", ECCV 2020). Exact ranks, :math:`H(0) = 1` (a positive tied with the item in
+    place ``R`` does not count).
+
+    Args:
+      scores: ``[..., N]`` float scores of each list's items.
+      labels: ``[..., N]`` relevance; ``> 0`` is positive.
+      where: optional ``[..., N]`` bool, the valid items.
+      reduce_fn: ``jnp.mean`` (default) over the lists, ``None`` per list.
+      max_positives: optional hint of the largest positive count (speed only).
+
+    Returns the reduced value (float32), 0 for a list without positives.
+    """
     return _metric(_r_precision_kernel, "r_precision", scores, labels, where, reduce_fn, max_positives)
 
 

@@ -31,6 +31,25 @@ from rankax import _renames
 
 Array = jax.Array
 
+__all__ = [
+    "KEEP_SUMS_AND_SLOTS",
+    "Positives",
+    "ROADMAP_VARIANTS",
+    "SLOTS",
+    "STEP_SUMS",
+    "exact_ranks",
+    "gather_positives",
+    "heaviside",
+    "negative_scores",
+    "pairwise_differences",
+    "positive_differences",
+    "positives_at",
+    "roadmap_step",
+    "sigmoid_step",
+    "smooth_rank",
+    "step_sums",
+]
+
 ROADMAP_VARIANTS = ("fixed", "neurips")
 # gather_positives finds up to this many slots by repeated argmax, more with a prefix sum.
 _SCAN_GATHER_MAX = 8
@@ -294,7 +313,7 @@ def smooth_rank(
     scores: ArrayLike,
     *,
     where: ArrayLike | None = None,
-    step_fn=sigmoid_step,
+    step_fn: Callable[[Array], Array] = sigmoid_step,
 ) -> Array:
     """Smooth rank of every item of a list, :math:`1 + \\sum_{j \\ne k} h(s_j - s_k)`.
 

@@ -62,6 +62,10 @@ from rankax import batch, debug
 from rankax._core import nonfinite, positives, stats, validation
 
 Array = jax.Array
+
+__all__ = [
+    "sharded_batch_loss",
+]
 AxisName = str | tuple[str, ...]
 
 

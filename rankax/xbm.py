@@ -44,6 +44,14 @@ from rankax._core import validation
 
 Array = jax.Array
 
+__all__ = [
+    "EMPTY_LABEL",
+    "XBM",
+    "init",
+    "num_entries",
+    "update",
+]
+
 #: Label of an empty memory slot.
 EMPTY_LABEL = -1
 

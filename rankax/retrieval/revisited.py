@@ -167,7 +167,10 @@ def revisited_from_embeddings(
     """:func:`revisited_map` of ``queries [Q, D]`` against ``gallery [N, D]`` by inner product.
 
     Ranks the whole database for every query (``np.argsort`` of the ``[N, Q]`` similarity, as
-    the official evaluation does; ROxford5k/RParis6k have 5-6k images).
+    the official evaluation does; ROxford5k/RParis6k have 5-6k images). ``gnd``: one
+    ``{"easy", "hard", "junk"}`` dict of database ids per query (:func:`load_gnd`); ``kappas``:
+    the cut-offs of the mean precision ``mP@k`` (revisitop's 1, 5, 10). Returns
+    :func:`revisited_map`'s dict (mAP and mP@k of the Easy, Medium and Hard protocols).
     """
     queries, gallery = as_embeddings(queries, "queries"), as_embeddings(gallery, "gallery")
     if queries.shape[1] != gallery.shape[1]:

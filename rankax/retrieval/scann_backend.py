@@ -1,6 +1,9 @@
 """ScaNN neighbour search (``scann.scann_ops_pybind``), its recall against exact search, and
 the rule by which ``evaluate(backend="auto")`` chooses between ScaNN and exact search.
 
+ScaNN: Guo, Sun, Lindgren, Geng, Simcha, Chern, Kumar. "Accelerating Large-Scale Inference
+with Anisotropic Vector Quantization." ICML 2020.
+
 Two configurations, by inner product (``"dot_product"``):
 
 * ``"brute_force"``: exact float32 scoring of every gallery item inside ScaNN (a check and
@@ -299,10 +302,15 @@ def scann_knn(
     config: str = "auto",
     **config_kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate top-``k`` neighbours with ScaNN; same contract as :func:`~.exact.knn`.
+    """Approximate top-``k`` neighbours by inner product with ScaNN (Guo et al., "Accelerating
+    Large-Scale Inference with Anisotropic Vector Quantization", ICML 2020); same contract as
+    :func:`~.exact.knn`.
 
     ``gallery=None`` searches the queries among themselves, self excluded (one extra
-    neighbour is requested and the query's own row removed).
+    neighbour is requested and the query's own row removed). ``config``: ``"auto"`` (default:
+    ``"brute_force"`` below :data:`AUTO_TREE_THRESHOLD` gallery items, else ``"tree_ah"``),
+    ``"brute_force"`` or ``"tree_ah"`` (module docstring: leaves, hashing, re-scoring and their
+    defaults); ``config_kwargs``: :func:`build_searcher`'s keywords, replacing those defaults.
 
     Returns ``(scores [Q, k] float32, indices [Q, k] int64)``, best first. Where the searched
     leaves of ``tree_ah`` hold fewer than ``k`` items (few or small leaves searched), the
@@ -333,6 +341,8 @@ def scann_recall(
     Args:
       queries: ``[Q, D]``; gallery: ``[N, D]`` (a separate gallery).
       k, config, **config_kwargs: as for :func:`build_searcher`.
+      block_size: queries per block of the exact search it is compared with
+        (:func:`rankax.retrieval.knn`).
 
     Returns:
       ``{"recall@k": mean over queries of |ScaNN top-k ∩ exact top-k| / k,
