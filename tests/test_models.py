@@ -68,6 +68,9 @@ def test_heads(pooling, embedding_dim, gem_learnable, features):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
     if embedding_dim is None and pooling == "avg":
         np.testing.assert_allclose(emb, models.l2_normalize(x[:, 1:].mean(axis=1)), rtol=1e-6)
+    if embedding_dim is None and pooling == "gem":  # GeM p = 3 (Radenovic et al.), then L2
+        pooled = np.mean(np.maximum(np.asarray(x, np.float64), 1e-6) ** 3, axis=(1, 2)) ** (1 / 3)
+        np.testing.assert_allclose(emb, pooled / np.linalg.norm(pooled, axis=-1, keepdims=True), rtol=1e-5)
 
 
 @pytest.mark.parametrize(
