@@ -48,6 +48,7 @@ __all__ = [
     "sigmoid_step",
     "smooth_rank",
     "step_sums",
+    "unit_squared_distance",
 ]
 
 ROADMAP_VARIANTS = ("fixed", "neurips")
@@ -56,6 +57,13 @@ _SCAN_GATHER_MAX = 8
 
 
 # ----------------------------------------------------------------------------- step functions
+
+
+def unit_squared_distance(scores: Array) -> Array:
+    """``max(2 - 2 s, 0)``: the squared Euclidean distance of two unit vectors whose dot product
+    is ``s`` (:math:`\\|a - b\\|^2 = 2 - 2 a \\cdot b`), never negative (a score a rounding above
+    1, as between duplicated embeddings, is at distance 0)."""
+    return jnp.maximum(2.0 - 2.0 * scores, 0.0)
 
 
 def heaviside(x: ArrayLike) -> Array:

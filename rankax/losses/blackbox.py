@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from rankax import metrics
 from rankax._core import listfn, positives, validation
 
 Array = jax.Array
@@ -88,8 +89,7 @@ def _blackbox_ap_kernel(scores, labels, where, *, lambda_, margin, key):
         * jnp.maximum(jnp.sum(is_pos, -1, keepdims=True), 1)
         / jnp.maximum(jnp.sum(where, -1, keepdims=True), 1)
     )
-    ratio = jnp.where(is_pos, rank_pos / jnp.where(is_pos, rank, 1.0), 0.0)
-    return 1.0 - positives.safe_divide(jnp.sum(ratio, axis=-1), positives.num_positives(labels, where))
+    return 1.0 - metrics.ap_from_ranks(rank, rank_pos, is_pos, positives.num_positives(labels, where))
 
 
 def _blackbox_ap_values(

@@ -148,10 +148,10 @@ def _fast_ap_kernel(scores, labels, where, positives, *, num_bins):
     # are 0.
     triangle = lambda x: jax.nn.relu(1.0 - jnp.abs(x) / width)  # noqa: E731
     anchors = jnp.broadcast_to(centres, scores.shape[:-1] + centres.shape)
-    # d = 2 - 2s is the squared distance of unit vectors, which is never negative: a score a
-    # rounding above 1 (duplicated embeddings) is at distance 0, not in the band below bin 0
-    # where the triangle's slope would push a top-ranked positive down.
-    distance = lambda s: jnp.maximum(2.0 - 2.0 * s, 0.0)  # noqa: E731
+    # The squared distance of unit vectors, never negative: a score a rounding above 1
+    # (duplicated embeddings) is at distance 0, not in the band below bin 0 where the
+    # triangle's slope would push a top-ranked positive down.
+    distance = ranking.unit_squared_distance
     negatives = distance(ranking.negative_scores(scores, labels, where))
     positive_distance = jnp.where(positives.mask, distance(positives.scores), jnp.inf)
     count_pos = ranking.step_sums(triangle, positive_distance, anchors, constant_anchors=True)

@@ -130,7 +130,7 @@ def _contrastive_statistics(lists: listfn.Lists, *, margin: float) -> dict[str, 
     pos = (labels > 0) & where
     neg = (labels <= 0) & where
     # Squared Euclidean distance of unit vectors; the floor keeps sqrt's gradient finite at 0.
-    sq_dist = jnp.maximum(2.0 - 2.0 * scores, 0.0)
+    sq_dist = ranking.unit_squared_distance(scores)
     dist = jnp.sqrt(jnp.maximum(sq_dist, 1e-12))
     terms = jnp.where(pos, 0.5 * sq_dist, 0.0) + jnp.where(neg, 0.5 * jax.nn.relu(margin - dist) ** 2, 0.0)
     return {
