@@ -17,6 +17,8 @@ import sys
 import textwrap
 import time
 
+import flax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -494,26 +496,27 @@ def test_a_checkpoint_past_num_steps_is_refused(tmp_path):
         assert json.load(f) == before
 
 
+@flax.struct.dataclass
+class ToyState:
+    """The fields a Checkpointer saves, without a model."""
+
+    step: np.ndarray
+    params: dict
+    batch_stats: dict
+    opt_state: dict
+    rng: np.ndarray
+    memory: dict
+
+
+def _toy_state(step, w):
+    return ToyState(np.asarray(step, np.int32), {"w": w}, {}, {}, np.zeros(2, np.uint32), {})
+
+
 def test_the_best_checkpoint_survives_a_resume(tmp_path):
     """keep_checkpoints=1 keeps the newest step and the best evaluated one. The metrics that
     decide "best" are stored with each step: a new process (a resume) that saves again keeps
     the best step of the earlier process (before, it knew no metrics and deleted it)."""
-    import flax
-    import ml_collections
-
-    @flax.struct.dataclass
-    class State:
-        step: np.ndarray
-        params: dict
-        batch_stats: dict
-        opt_state: dict
-        rng: np.ndarray
-        memory: dict
-
-    def state(step):
-        params = {"w": np.full(3, step, np.float32)}
-        return State(np.asarray(step, np.int32), params, {}, {}, np.zeros(2, np.uint32), {})
-
+    state = lambda step: _toy_state(step, np.full(3, step, np.float32))
     config = ml_collections.ConfigDict({"keep_checkpoints": 1, "best_metric": "map@r"})
     directory = str(tmp_path / "checkpoints")
     first = checkpointing.Checkpointer(directory, config)
@@ -528,3 +531,29 @@ def test_the_best_checkpoint_survives_a_resume(tmp_path):
     restored, _ = resumed.restore(state(0), 10)
     np.testing.assert_array_equal(restored.params["w"], 10.0)
     resumed.close()
+
+
+def test_a_step_whose_bytes_changed_on_disk_is_not_restored(tmp_path, capsys):
+    """A flipped bit in an array file can still decompress, into a wrong value. Each step
+    stores a SHA-256 of its arrays; a step whose data no longer match is unreadable: moved
+    aside, and the previous step restored (before, the wrong weights were restored)."""
+    config = ml_collections.ConfigDict({"keep_checkpoints": 3, "best_metric": "map@r"})
+    weights = {s: np.random.default_rng(s).normal(size=4096).astype(np.float32) for s in (10, 20)}
+    directory = str(tmp_path / "checkpoints")
+    ckpt = checkpointing.Checkpointer(directory, config)
+    for step, w in weights.items():
+        ckpt.save(_toy_state(step, w), [])
+    ckpt.close()
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(directory, "20", "state")) for f in fs]
+    data_file = max(files, key=os.path.getsize)  # the 16 KiB of w: stored nearly raw
+    data = bytearray(open(data_file, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(data_file, "wb").write(bytes(data))
+
+    ckpt = checkpointing.Checkpointer(directory, config)
+    restored, _ = ckpt.restore_latest(_toy_state(0, np.zeros(4096, np.float32)))
+    ckpt.close()
+    assert int(restored.step) == 10
+    np.testing.assert_array_equal(restored.params["w"], weights[10])
+    out = capsys.readouterr().out
+    assert "the data of params/w differ from the checksum" in out and "trying step 10" in out

@@ -1,9 +1,11 @@
 """Orbax checkpoints of the train state, keeping the last ``k`` and the best one.
 
-Layout: ``<dir>/<step>/{state,history}``. ``state`` is the pytree (step, params, batch stats,
-optimizer state, RNG, cross-batch memory, and the loss terms' parameters with their optimizer
-state when there are some); ``history`` the logged curve so plots survive a
-resume. Saving is synchronous: when ``save`` returns, the step is on disk, so an interrupted
+Layout: ``<dir>/<step>/{state,history,checksums,metrics}``. ``state`` is the pytree (step,
+params, batch stats, optimizer state, RNG, cross-batch memory, and the loss terms' parameters
+with their optimizer state when there are some); ``history`` the logged curve so plots survive
+a resume; ``checksums`` a SHA-256 of every array of ``state`` (:func:`leaf_checksums`, checked
+when the step is read; steps written before it existed are read unchecked); ``metrics`` the
+evaluation of an evaluated step (which one is best survives a restart). Saving is synchronous: when ``save`` returns, the step is on disk, so an interrupted
 run loses at most the steps since the last checkpoint.
 
 Faults (``docs/training.md``, Faults):
@@ -34,6 +36,7 @@ they look at the directory again. Warnings are printed by process 0.
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -88,6 +91,42 @@ def _unused_path(path: str) -> str:
         n += 1
         candidate = f"{path}.{n}"
     return candidate
+
+
+#: The item of a step that holds a SHA-256 of every array of its state.
+CHECKSUMS = "checksums"
+
+
+def _leaf_checksum(x: Any) -> str | None:
+    """SHA-256 of an array's dtype, shape and bytes; None for an array split across processes
+    (its bytes are not all here, and another topology would split them otherwise)."""
+    if isinstance(x, jax.Array):
+        if not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                return None
+            x = x.addressable_data(0)
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+    a = np.ascontiguousarray(np.asarray(x))
+    digest = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def leaf_checksums(fields: dict[str, Any]) -> dict[str, str | None]:
+    """``{"params/Dense_0/kernel": sha256, ...}`` for every array of a saved state: written with
+    each step and compared when it is read, so that data changed on disk (flipped bits, an
+    incomplete copy that still decompresses) is an unreadable step, not a silently wrong model."""
+    return {k: _leaf_checksum(v) for k, v in ocp.tree.to_flat_dict(fields, sep="/").items()}
+
+
+def _checksum_mismatch(fields: dict[str, Any], stored: dict[str, str | None]) -> str | None:
+    """The first array of ``fields`` whose checksum differs from ``stored`` (None: all agree)."""
+    now = leaf_checksums(fields)
+    for key in sorted(stored):
+        if stored[key] is not None and now.get(key) is not None and now[key] != stored[key]:
+            return key
+    return None
 
 
 def _first_line(err: BaseException, limit: int = 300) -> str:
@@ -180,8 +219,11 @@ class Checkpointer:
         """
         step = int(state.step)
         previous = self.latest()
+        fields = _saved_fields(state)
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(_saved_fields(state)), history=ocp.args.JsonSave(history)
+            state=ocp.args.StandardSave(fields),
+            history=ocp.args.JsonSave(history),
+            checksums=ocp.args.JsonSave(leaf_checksums(fields)),
         )
         try:
             self._mngr.save(step, args=args, metrics=metrics, force=True)
@@ -260,13 +302,15 @@ class Checkpointer:
 
     def _read(self, state: Any, step: int) -> tuple[Any, list[dict[str, Any]]]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_fields(state))
-        restored = self._mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
-            ),
-        )
+        items = dict(state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore())
+        checked = os.path.isdir(os.path.join(self.step_path(step), CHECKSUMS))  # older steps: none
+        if checked:
+            items[CHECKSUMS] = ocp.args.JsonRestore()
+        restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
         fields = restored["state"]
+        if checked and (wrong := _checksum_mismatch(fields, restored[CHECKSUMS])):
+            raise ValueError(f"the data of {wrong} differ from the checksum written with them (bit rot, "
+                             "or a file edited or copied incompletely)")
         held = int(np.asarray(fields["step"]))
         if held != step:
             raise ValueError(f"the folder of step {step} holds the state of step {held}")
