@@ -18,13 +18,16 @@ def _batch(seed=0, classes=4, per_class=4, dim=8):
     return emb.astype(np.float32), np.repeat(np.arange(classes), per_class)
 
 
-def _smooth_ap_without_self(emb, labels, t=0.01):
-    """1 - mean over queries of Smooth-AP over the other items (float64 numpy)."""
-    s = emb.astype(np.float64) @ emb.T.astype(np.float64)
+def _smooth_ap_without_self(emb, labels, t=0.01, refs=None, ref_labels=None):
+    """1 - mean over queries of Smooth-AP over the other items and the references, if any
+    (float64 numpy)."""
+    items = emb if refs is None else np.concatenate([emb, refs])
+    item_labels = labels if refs is None else np.concatenate([labels, ref_labels])
+    s = emb.astype(np.float64) @ items.T.astype(np.float64)
     aps = []
     for q in range(len(emb)):
-        others = [j for j in range(len(emb)) if j != q]
-        pos = [k for k in others if labels[k] == labels[q]]
+        others = [j for j in range(len(items)) if j != q]
+        pos = [k for k in others if item_labels[k] == labels[q]]
         terms = []
         for k in pos:
             rank = 1 + sum(expit((s[q, j] - s[q, k]) / t) for j in others if j != k)
@@ -128,40 +131,6 @@ def test_functions_outside_the_list_api_take_the_old_spelling_and_name_unknown_a
         rankax.ranking.roadmap_step(0.1, rh=3.0)
 
 
-@pytest.mark.parametrize("name", ["supap_loss", "smooth_ap_loss", "pnp_loss", "fast_ap_loss"])
-def test_ladder_rungs_run_their_lists_in_groups_with_bounded_memory(name, monkeypatch):
-    """A rung whose [lists, C, N] terms exceed LADDER_TILE_ELEMENTS runs its lists in groups
-    (lax.map, padded): the value and gradient equal batch_loss's (a separate implementation:
-    sorted slots, query blocks) on lists with more positives than max_positives, and the
-    memory XLA reserves falls (every rung of the lax.switch is sized, taken or not)."""
-    from rankax._core import positives
-
-    fn = getattr(rankax.losses, name)
-    rng = np.random.default_rng(11)
-    emb = jnp.asarray(rng.normal(size=(70, 6)).astype(np.float32))
-    emb = emb / jnp.linalg.norm(emb, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(7), 10)  # 9 positives per list, max_positives=2: rung 8 or 32
-    rel = jnp.asarray((labels[:, None] == labels[None, :]).astype(np.float32))
-    where = jnp.asarray(~np.eye(70, dtype=bool))
-
-    def lists(e):
-        return jnp.mean(fn(e @ e.T, rel, where=where, max_positives=2))
-
-    def compiled_temp(tile):
-        monkeypatch.setattr(positives, "LADDER_TILE_ELEMENTS", tile)
-        f = jax.jit(jax.value_and_grad(lists))
-        return f, f.lower(emb).compile().memory_analysis().temp_size_in_bytes
-
-    batch = lambda e: rankax.batch_loss(fn, e, labels, max_positives=9)
-    want_value, want_grad = jax.value_and_grad(batch)(emb)
-    _, whole = compiled_temp(2**26)
-    grouped, small = compiled_temp(70 * 70 * 3)  # top rung (70 slots): 3 lists a group, 24 groups
-    value, grad = grouped(emb)
-    np.testing.assert_allclose(float(value), float(want_value), rtol=2e-5)
-    np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=2e-4, atol=1e-6)
-    assert small < whole / 4, (small, whole)
-
-
 def _pk_lists(seed=11, classes=7, per_class=10, dim=6):
     rng = np.random.default_rng(seed)
     emb = jnp.asarray(rng.normal(size=(classes * per_class, dim)).astype(np.float32))
@@ -171,34 +140,49 @@ def _pk_lists(seed=11, classes=7, per_class=10, dim=6):
     return emb, labels, rel, jnp.asarray(~np.eye(len(labels), dtype=bool))
 
 
-@pytest.mark.parametrize("name", ["supap_loss", "smooth_ap_loss"])
-def test_a_vmapped_loss_groups_every_list_of_the_vmap(name, monkeypatch):
-    """Under jit(grad(mean(vmap(loss)))) each call sees one list; the rungs above
-    KEPT_CAPACITY (here the 70-slot one, taken: 34 positives > 32) see the whole vmapped batch
-    and group it, so the reserved memory falls with the tile as it does without vmap, and the
-    value and gradient equal batch_loss's (a separate implementation)."""
+def _assert_grouped_like_batch_loss(fn, loss_of, emb, labels, monkeypatch):
+    """``loss_of(emb)`` (a mean over the 70 lists of ``E E^T``) compiled with the default tile
+    and with a tile of 3 lists of the 70-slot rung: the value and gradient equal batch_loss's
+    (a separate implementation: sorted slots, query blocks), and the reserved memory falls."""
     from rankax._core import positives
-
-    fn = getattr(rankax.losses, name)
-    emb, labels, rel, where = _pk_lists(classes=2, per_class=35)
-
-    def mean_of_vmap(e):
-        one = lambda s, r, w: fn(s, r, where=w, max_positives=2)  # rungs 2, 8, 32, 70
-        return jnp.mean(jax.vmap(one)(e @ e.T, rel, where))
 
     def compiled(tile):
         monkeypatch.setattr(positives, "LADDER_TILE_ELEMENTS", tile)
-        f = jax.jit(jax.value_and_grad(mean_of_vmap))
+        f = jax.jit(jax.value_and_grad(loss_of))
         return f, f.lower(emb).compile().memory_analysis().temp_size_in_bytes
 
-    batch = lambda e: rankax.batch_loss(fn, e, labels, max_positives=34)
+    most = int(np.max(np.bincount(labels))) - 1
+    batch = lambda e: rankax.batch_loss(fn, e, labels, max_positives=most)
     want_value, want_grad = jax.value_and_grad(batch)(emb)
     _, whole = compiled(2**26)
-    grouped, small = compiled(70 * 70 * 3)
+    grouped, small = compiled(70 * 70 * 3)  # top rung (70 slots): 3 lists a group, 24 groups
     value, grad = grouped(emb)
     np.testing.assert_allclose(float(value), float(want_value), rtol=2e-5)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=2e-4, atol=1e-6)
     assert small < whole / 4, (small, whole)
+
+
+@pytest.mark.parametrize("name", ["supap_loss", "smooth_ap_loss", "pnp_loss", "fast_ap_loss"])
+def test_ladder_rungs_run_their_lists_in_groups_with_bounded_memory(name, monkeypatch):
+    """A rung whose [lists, C, N] terms exceed LADDER_TILE_ELEMENTS runs its lists in groups
+    (lax.map, padded), on lists with more positives than max_positives (every rung of the
+    lax.switch is sized, taken or not)."""
+    fn = getattr(rankax.losses, name)
+    emb, labels, rel, where = _pk_lists()  # 9 positives per list, max_positives=2: rung 8 or 32
+    loss_of = lambda e: jnp.mean(fn(e @ e.T, rel, where=where, max_positives=2))
+    _assert_grouped_like_batch_loss(fn, loss_of, emb, labels, monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["supap_loss", "smooth_ap_loss"])
+def test_a_vmapped_loss_groups_every_list_of_the_vmap(name, monkeypatch):
+    """Under jit(grad(mean(vmap(loss)))) each call sees one list; the rungs above
+    KEPT_CAPACITY (here the 70-slot one, taken: 34 positives > 32) see the whole vmapped batch
+    and group it, as without vmap."""
+    fn = getattr(rankax.losses, name)
+    emb, labels, rel, where = _pk_lists(classes=2, per_class=35)
+    one = lambda s, r, w: fn(s, r, where=w, max_positives=2)  # rungs 2, 8, 32, 70
+    loss_of = lambda e: jnp.mean(jax.vmap(one)(e @ e.T, rel, where))
+    _assert_grouped_like_batch_loss(fn, loss_of, emb, labels, monkeypatch)
 
 
 def test_per_list_gradients_and_second_derivatives_through_a_grouped_rung():
@@ -236,21 +220,8 @@ def test_batch_loss_with_references_ranks_them_in_every_list():
     ref_labels = np.array([0, 1, 2, 0, 1])
     mask = np.array([True, True, False, True, True])  # the third reference does not exist
 
-    def reference(e, t=0.05):
-        items = np.concatenate([e, refs[mask]]).astype(np.float64)
-        item_labels = np.concatenate([labels, ref_labels[mask]])
-        s = e.astype(np.float64) @ items.T
-        aps = []
-        for q in range(len(e)):
-            others = [j for j in range(len(items)) if j != q]
-            pos = [k for k in others if item_labels[k] == labels[q]]
-            terms = []
-            for k in pos:
-                rank = 1 + sum(expit((s[q, j] - s[q, k]) / t) for j in others if j != k)
-                rank_pos = 1 + sum(expit((s[q, j] - s[q, k]) / t) for j in pos if j != k)
-                terms.append(rank_pos / rank)
-            aps.append(np.mean(terms))
-        return 1 - np.mean(aps)
+    def reference(e):
+        return _smooth_ap_without_self(e.astype(np.float64), labels, 0.05, refs[mask], ref_labels[mask])
 
     extra = dict(reference_labels=ref_labels, reference_mask=mask, temperature=0.05)
     f = lambda e, r: rankax.batch_loss(rankax.smooth_ap_loss, e, labels, references=r, **extra)
