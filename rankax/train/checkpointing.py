@@ -5,8 +5,9 @@ params, batch stats, optimizer state, RNG, cross-batch memory, and the loss term
 with their optimizer state when there are some); ``history`` the logged curve so plots survive
 a resume; ``checksums`` a SHA-256 of every array of ``state`` (:func:`leaf_checksums`, checked
 when the step is read; steps written before it existed are read unchecked); ``metrics`` the
-evaluation of an evaluated step (which one is best survives a restart). Saving is synchronous: when ``save`` returns, the step is on disk, so an interrupted
-run loses at most the steps since the last checkpoint.
+evaluation of an evaluated step (which one is best survives a restart). Saving is
+synchronous: when ``save`` returns, the step is on disk, so an interrupted run loses at most
+the steps since the last checkpoint.
 
 Faults (``docs/training.md``, Faults):
 
