@@ -531,6 +531,14 @@ def test_the_best_checkpoint_survives_a_resume(tmp_path):
     restored, _ = resumed.restore(state(0), 10)
     np.testing.assert_array_equal(restored.params["w"], 10.0)
     resumed.close()
+    # Another best_metric (an allowed change): the steps evaluated without it rank last, the
+    # saves go on, and the best step by the new metric is kept.
+    config.best_metric = "recall@1"
+    other = checkpointing.Checkpointer(directory, config)
+    other.save(state(50), [], metrics={"recall@1": 0.7})
+    other.save(state(60), [], metrics={"recall@1": 0.6})
+    assert other.steps() == [50, 60]
+    other.close()
 
 
 def test_a_step_whose_bytes_changed_on_disk_is_not_restored(tmp_path, capsys):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import math
 import os
 import shutil
 import time
@@ -152,11 +153,14 @@ class Checkpointer:
         self.read_only = bool(read_only)
         best_metric = config.get("best_metric", "map@r")
         self.best_metric = best_metric
+        # A step evaluated before best_metric changed (allowed config change, other eval_ks) may
+        # lack the key: it ranks last instead of failing every later save.
+        metric_of = lambda m: float(m.get(best_metric, -math.inf))  # noqa: E731
         policy = _POLICIES.AnyPreservationPolicy(
             policies=[
                 _POLICIES.LatestN(n=int(config.get("keep_checkpoints", 3))),
                 _POLICIES.BestN(
-                    get_metric_fn=lambda m: m[best_metric],
+                    get_metric_fn=metric_of,
                     # ascending sort, the last n kept: the highest metric (reverse=True kept
                     # the lowest one)
                     reverse=False,
@@ -172,7 +176,7 @@ class Checkpointer:
             # With a best_fn orbax writes each step's metrics into its folder and reads them
             # back on open; without one the BestN policy above only knew the metrics of this
             # process's saves, and the first save after a resume deleted the best checkpoint.
-            best_fn=lambda m: m[best_metric],
+            best_fn=metric_of,
             best_mode="max",
             enable_async_checkpointing=False,
             create=not self.read_only,
