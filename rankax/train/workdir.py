@@ -38,6 +38,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from rankax.train import distributed
 from rankax.train.errors import ConfigError, WorkdirConfigMismatch
 
 RECORD = "config.json"
@@ -223,14 +224,17 @@ def _format(diff: dict[str, tuple], limit: int = 8) -> str:
 UNRECORDED = "unrecorded_checkpoints"
 
 
-def _check_allowed_keys(allowed: set[str], keys: set[str]) -> None:
-    """A ``--allow_config_change`` entry that is neither ``"*"``, ``"data"``, a config key nor a
-    section of keys (of the recorded or the new config) is a typo: a ConfigError names it."""
+def _warn_unknown_allowed_keys(allowed: set[str], keys: set[str]) -> None:
+    """Says which ``--allow_config_change`` entries are neither ``"*"``, ``"data"``, a config key
+    nor a section of keys (of the recorded or the new config): a typo allows nothing (the
+    refusal then names the real key), while one allow list shared by several configs may name
+    a section one of them lacks -- so a warning, not an error."""
     sections = {k.rsplit(".", i)[0] for k in keys for i in range(k.count(".") + 1)}
-    for name in sorted(allowed - {"*", "data"} - sections):
+    for name in sorted(allowed - {"*", "data"} - sections) if distributed.is_main() else ():
         close = difflib.get_close_matches(name, sorted(sections), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"--allow_config_change: {name!r} is not a config key or section{hint}")
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"WARNING: --allow_config_change: {name!r} is not a key or section of this config{hint}; "
+              "it allows nothing")
 
 
 def check(
@@ -256,7 +260,7 @@ def check(
             )
         # Adopted: the record this start creates says so under "changes" (after its first step).
         return {UNRECORDED: ("checkpoints without a record", "adopted with --allow_config_change='*'")}
-    _check_allowed_keys(allowed, set(record.get("config", {})) | set(flat(config)))
+    _warn_unknown_allowed_keys(allowed, set(record.get("config", {})) | set(flat(config)))
     diff = differences(record.get("config", {}), config)
     ok = lambda k: "*" in allowed or any(k == a or k.startswith(a + ".") for a in allowed)
     refused = {k: v for k, v in diff.items() if not ok(k)}
