@@ -187,9 +187,11 @@ def pop_relevance_from_counts(
     validation.check_number("alpha", alpha, "positive", caller=caller)
     t = _check_levels(levels, num_levels, caller)
     counts = jnp.asarray(counts)
-    if counts.shape != (*t.shape[:-1], num_levels + 1):
-        raise ValueError(f"{caller}: counts must be [..., L + 1] = [..., {num_levels + 1}] with the "
-                         f"lists' leading shape {t.shape[:-1]}, got shape {counts.shape}")
+    lead = counts.shape[:-1]
+    fits = counts.ndim == t.ndim and counts.shape[-1] == num_levels + 1
+    if not (fits and all(c in (1, n) for c, n in zip(lead, t.shape[:-1], strict=True))):
+        raise ValueError(f"{caller}: counts must be [..., L + 1] = [..., {num_levels + 1}], its leading "
+                         f"shape broadcasting to the lists' {t.shape[:-1]}; got shape {counts.shape}")
     n = jnp.take_along_axis(counts, t, axis=-1).astype(jnp.float32)
     share = level_weights(num_levels, alpha)[t] / jnp.maximum(n, 1.0)
     return jnp.where((t > 0) & (n > 0), share, 0.0)

@@ -127,6 +127,10 @@ def test_bad_levels_counts_and_masks_name_the_argument():
         hierarchy.relevance_from_levels(t, 2, where=np.ones(2, bool))
     with pytest.raises(ValueError, match=r"pop_relevance_from_counts: counts must be \[\.\.\., L \+ 1\]"):
         hierarchy.pop_relevance_from_counts(t, np.array([[3, 1]]), num_levels=2)
+    shared = np.array([[1, 1, 2]])  # one count row for every list broadcasts, as numpy does
+    two = np.stack([t[0], t[0]])
+    np.testing.assert_array_equal(hierarchy.pop_relevance_from_counts(two, shared, 2),
+                                  hierarchy.pop_relevance_from_counts(two, shared[[0, 0]], 2))
     with pytest.raises(ValueError, match="pop_relevance_from_counts: alpha must be"):
         hierarchy.pop_relevance_from_counts(t, np.array([[1, 1, 2]]), num_levels=2, alpha=0.0)
     with pytest.raises(TypeError, match="path_relevance: where must be a boolean mask"):
