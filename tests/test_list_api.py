@@ -232,3 +232,34 @@ def test_batch_loss_with_references_ranks_them_in_every_list():
     eps = 1e-4
     numeric = (reference(emb + eps * direction) - reference(emb - eps * direction)) / (2 * eps)
     assert float(np.sum(np.asarray(grad) * direction)) == pytest.approx(numeric, rel=2e-2, abs=1e-4)
+
+
+def test_hyperparameters_vmapped_and_graded_labels_differentiated_through_a_large_rung():
+    """Lists of 80 items take a ladder up to the 80-slot rung (grouped under vmap). A loss
+    vmapped over its temperature (a tracer the rung closes over) equals one call per value;
+    and the gradient w.r.t. graded labels reaches them through that rung (central
+    differences on continuous relevances: min(rel_j, rel_k) is smooth away from ties)."""
+    rng = np.random.default_rng(3)
+    s = jnp.asarray(rng.normal(size=80).astype(np.float32))
+    r = jnp.asarray((rng.random(80) < 0.5).astype(np.float32))
+    temps = jnp.array([0.01, 0.05])
+    got = jax.vmap(lambda t: rankax.smooth_ap_loss(s, r, temperature=t))(temps)
+    want = [float(rankax.smooth_ap_loss(s, r, temperature=float(t))) for t in temps]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    lists = jnp.stack([s, s[::-1]]), jnp.stack([r, r])
+    per_rho = lambda rho: jax.vmap(lambda a, b: rankax.supap_loss(a, b, rho=rho))(*lists)
+    nested = jax.vmap(per_rho)(jnp.array([10.0, 100.0]))
+    for row, rho in zip(np.asarray(nested), (10.0, 100.0), strict=True):
+        want = rankax.supap_loss(*lists, rho=rho, reduce_fn=None)
+        np.testing.assert_allclose(row, np.asarray(want), rtol=1e-6)
+
+    scores, rel = rng.normal(size=(2, 100)), rng.uniform(0.5, 2.5, (2, 100)) * (rng.random((2, 100)) < 0.8)
+    direction = rng.normal(size=rel.shape) * (rel > 0)  # move the positives' relevance only
+    with jax.enable_x64(True):  # float64: central differences to 1e-10 (80 positives: rung 100)
+        loss = lambda y: rankax.hap_loss(jnp.asarray(scores), y, max_positives=2)
+        grad = np.asarray(jax.grad(loss)(jnp.asarray(rel)))
+        eps = 1e-5
+        numeric = (float(loss(jnp.asarray(rel + eps * direction)))
+                   - float(loss(jnp.asarray(rel - eps * direction)))) / (2 * eps)
+    assert np.abs(grad).max() > 1e-4
+    assert float(np.sum(grad * direction)) == pytest.approx(numeric, rel=1e-6)

@@ -238,28 +238,57 @@ def apply_kernel(
 ListsFn = Callable[[Array, Array, Array], Array]
 
 
-def _stacked_lists(fn: Callable[..., Array]) -> Callable[..., Array]:
-    """``fn``, whose arguments are lists ``[..., N]``, with a ``jax.vmap`` rule that calls it once
-    on the mapped lists stacked into a leading axis (an unmapped argument is broadcast)."""
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _stacked_lists(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, whose arguments are lists ``[..., N]`` (or per-list values), with a ``jax.vmap``
+    rule that calls it once on the mapped lists stacked into a leading axis (an unmapped
+    argument is broadcast)."""
     stacked = jax.custom_batching.custom_vmap(fn)
 
     @stacked.def_vmap
-    def _rule(axis_size: int, in_batched: Any, *args: Array) -> tuple[Array, bool]:
-        args = [x if mapped else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-                for x, mapped in zip(args, in_batched, strict=True)]
-        return fn(*args), True
+    def _rule(axis_size: int, in_batched: Any, *args: Any) -> tuple[Any, Any]:
+        out = fn(*[x if mapped else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+                   for x, mapped in zip(args, in_batched, strict=True)])
+        return out, jax.tree.map(lambda _: True, out)
 
     return stacked
 
 
-def _with_vjp(
-    primal: Callable[..., Array], vjp: Callable[..., tuple[Array | None, ...]]
-) -> Callable[..., Array]:
+def _vjp_at(fn: Callable[..., Any], positions: tuple[int, ...]) -> Callable[..., tuple[Any, ...]]:
+    """``(args, cotangent) ->`` the cotangents of ``fn``'s arguments at ``positions`` (None at
+    the others), by ``jax.vjp``."""
+
+    def vjp(args: tuple[Any, ...], cotangent: Any) -> tuple[Any, ...]:
+        def at(*chosen: Any) -> Any:
+            full = list(args)
+            for i, x in zip(positions, chosen, strict=True):
+                full[i] = x
+            return fn(*full)
+
+        grads = jax.vjp(at, *(args[i] for i in positions))[1](cotangent)
+        out: list[Any] = [None] * len(args)
+        for i, g in zip(positions, grads, strict=True):
+            out[i] = g
+        return tuple(out)
+
+    return vjp
+
+
+def _with_vjp(primal: Callable[..., Any], vjp: Callable[..., tuple[Any, ...]]) -> Callable[..., Any]:
     """``primal`` with the reverse-mode derivative ``vjp(args, cotangent)`` (its forward pass keeps
     the arguments only)."""
     call = jax.custom_vjp(lambda *args: primal(*args))
     call.defvjp(lambda *args: (primal(*args), args), vjp)
     return call
+
+
+def _closes_over_tracers(fn: Callable[..., Any], *args: Any) -> bool:
+    """Whether ``fn`` (traced on ``args``) closes over a traced value: a hyperparameter that is
+    vmapped, differentiated or a ``jit`` argument."""
+    return any(isinstance(c, jax.core.Tracer) for c in jax.make_jaxpr(fn)(*args).consts)
 
 
 def grouped_under_vmap(fn: ListsFn) -> ListsFn:
@@ -268,27 +297,42 @@ def grouped_under_vmap(fn: ListsFn) -> ListsFn:
     ``jax.vmap``: without this, a vmapped call sees one list, never groups, and the batch of
     ``Q`` lists costs ``Q`` times one list's memory (``O(Q * N^2)`` for an ``N``-slot rung).
 
-    The value and the scores' gradient each carry a vmap rule that calls ``fn`` (or its VJP) on
-    the stacked lists; the gradient reaches ``scores`` only and recomputes ``fn``'s forward pass,
-    as ``jax.checkpoint`` without a policy would. Second reverse-mode derivatives work (not
-    grouped under ``vmap``). One level of ``jax.vmap`` is stacked: the lists of an outer ``vmap``
-    of a ``vmap`` are batched as usual.
+    The value and its gradient each carry a vmap rule that calls ``fn`` (or its VJP) on the
+    stacked lists; the gradient recomputes ``fn``'s forward pass, as ``jax.checkpoint`` without
+    a policy would, and reaches the scores and float labels (graded relevance). Second
+    reverse-mode derivatives work (not grouped). One level of ``jax.vmap`` is stacked: an outer
+    ``vmap`` of a ``vmap`` batches as usual.
+
+    When ``fn`` closes over a traced value (a hyperparameter that is vmapped, differentiated or
+    passed into ``jit``), it runs as ``jax.checkpoint(fn)`` instead, batched as usual:
+    ``custom_vmap`` cannot take a tracer of its own ``vmap``, and a ``custom_vjp`` would give
+    a closed-over value a zero gradient.
     """
+    checkpointed = jax.checkpoint(fn, prevent_cse=False)
 
-    def pullback(scores: Array, labels: Array, where: Array, cotangent: Array) -> Array:
-        return jax.vjp(lambda s: fn(s, labels, where), scores)[1](cotangent)[0]
+    def call(scores: Array, labels: Array, where: Array) -> Array:
+        if _closes_over_tracers(fn, scores, labels, where):
+            return checkpointed(scores, labels, where)
+        args = (scores, labels, where)
+        diff = (0, 1) if _is_float(labels) else (0,)
 
-    def pullback_vjp(args: tuple[Array, ...], cotangent: Array) -> tuple[Array | None, ...]:
-        scores, labels, where, outer = args
-        grads = jax.vjp(lambda s, o: pullback(s, labels, where, o), scores, outer)[1](cotangent)
-        return grads[0], None, None, grads[1]
+        def pullback(scores: Array, labels: Array, where: Array, cotangent: Array) -> tuple[Array, ...]:
+            grads = _vjp_at(fn, diff)((scores, labels, where), cotangent)
+            return tuple(grads[i] for i in diff)
 
-    # Both the value and the gradient are custom_vjp functions: a derivative of either (the
-    # forward pass of an outer grad included) must not reach the custom_vmap, which JAX can
-    # only differentiate in forward mode.
-    scores_vjp = _with_vjp(_stacked_lists(pullback), pullback_vjp)
-    value = _with_vjp(_stacked_lists(fn), lambda args, cotangent: (pullback(*args, cotangent), None, None))
-    return _with_vjp(value, lambda args, cotangent: (scores_vjp(*args, cotangent), None, None))
+        # Both the value and the pullback are custom_vjp functions: a derivative of either
+        # (the forward pass of an outer grad included) must not reach the custom_vmap, which
+        # JAX can only differentiate in forward mode.
+        grouped_pullback = _with_vjp(_stacked_lists(pullback), _vjp_at(pullback, (*diff, 3)))
+        value = _with_vjp(_stacked_lists(fn), _vjp_at(fn, diff))
+
+        def value_vjp(res: tuple[Array, ...], cotangent: Array) -> tuple[Array | None, ...]:
+            grads = dict(zip(diff, grouped_pullback(*res, cotangent), strict=True))
+            return tuple(grads.get(i) for i in range(3))
+
+        return _with_vjp(value, value_vjp)(*args)
+
+    return call
 
 
 def in_groups(fn: Callable[[Array, Array, Array], Array], size: int, scores: Array, labels: Array,
