@@ -37,7 +37,6 @@ they look at the directory again. Warnings are printed by process 0.
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import math
 import os
@@ -50,7 +49,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rankax.train import distributed
+from rankax.train import distributed, workdir
 from rankax.train.errors import CheckpointReadError, CheckpointSaveError
 
 _POLICIES = ocp.checkpoint_managers
@@ -109,10 +108,7 @@ def _leaf_checksum(x: Any) -> str | None:
             x = x.addressable_data(0)
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x = jax.random.key_data(x)
-    a = np.ascontiguousarray(np.asarray(x))
-    digest = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    digest.update(a.tobytes())
-    return digest.hexdigest()
+    return workdir.array_sha256(np.asarray(x))
 
 
 def leaf_checksums(fields: dict[str, Any]) -> dict[str, str | None]:

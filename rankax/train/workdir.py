@@ -91,8 +91,9 @@ def code_version() -> dict[str, str | None]:
     return {"rankax_version": rankax.__version__, "git_commit": commit}
 
 
-def _array_sha256(a: np.ndarray) -> str:
-    """SHA-256 of an array's dtype, shape and values."""
+def array_sha256(a: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and values (the run record's data hashes and the
+    checkpoints' checksums)."""
     a = np.ascontiguousarray(a)
     digest = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
     digest.update(a.tobytes())
@@ -103,7 +104,7 @@ def _items_sha256(source: Any) -> str | None:
     """SHA-256 of what the items of ``source`` are: the pixels of an in-memory source, the names
     (relative image paths, record ids) of an image source that has them; None otherwise."""
     if getattr(source, "images", None) is not None:
-        return _array_sha256(np.asarray(source.images))
+        return array_sha256(np.asarray(source.images))
     names = getattr(source, "names", None)
     if names is not None:
         return hashlib.sha256("\0".join(names).encode()).hexdigest()
@@ -124,7 +125,7 @@ def run_facts(data: Any, devices: int, processes: int) -> dict[str, Any]:
     for name, source in splits.items():
         described[name] = {
             "items": int(len(source.labels)),
-            "labels_sha256": _array_sha256(np.asarray(source.labels)),
+            "labels_sha256": array_sha256(np.asarray(source.labels)),
             "items_sha256": _items_sha256(source),
         }
     return {"data": described, "topology": {"processes": int(processes), "devices": int(devices)}}
