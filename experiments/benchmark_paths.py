@@ -194,6 +194,13 @@ def label_path_rows(b: int, name: str = "smooth-ap") -> list[dict]:
     return rows
 
 
+def _temp_bytes(compiled: Any) -> int | None:
+    try:
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - a backend without memory analysis
+        return None
+
+
 def list_api_rows(b: int, name: str = "supap") -> list[dict]:
     """``jit(grad(mean(vmap(loss))))`` over the masked rows of ``E E^T`` vs ``batch_loss``."""
     loss_fn, hparams, _ = loss_fn_of(name)
@@ -211,14 +218,22 @@ def list_api_rows(b: int, name: str = "supap") -> list[dict]:
     f_list = jax.jit(jax.value_and_grad(list_api)).lower(emb, y).compile()
     compile_s = time.perf_counter() - start
     f_batch = jax.jit(jax.value_and_grad(lambda e, y: rankax.batch_loss(loss_fn, e, y, **hparams)))
+    # XLA's scratch for each program (None where the backend does not say): the list API's was
+    # O(Q N^2) before its large rungs grouped the vmapped lists (docs/losses.md, Cost).
+    temp = [_temp_bytes(f) for f in (f_list, f_batch.lower(emb, y).compile())]
     t_list, t_batch = interleaved([lambda: f_list(emb, y), lambda: f_batch(emb, y)])
     (v_list, g_list), (v_batch, g_batch) = f_list(emb, y), f_batch(emb, y)
     err = float(jnp.max(jnp.abs(g_list - g_batch)) / jnp.max(jnp.abs(g_batch)))
     row = dict(what="list_api", loss=name, b=b, time_s=t_list, batch_time_s=t_batch, ratio=t_list / t_batch,
-               compile_s=compile_s, value_diff=abs(float(v_list) - float(v_batch)), grad_rel_err=err)
+               compile_s=compile_s, value_diff=abs(float(v_list) - float(v_batch)), grad_rel_err=err,
+               temp_bytes=temp[0], batch_temp_bytes=temp[1])
+    memory = ""
+    if None not in temp and temp[1]:
+        mib = [t / 2**20 for t in temp]
+        memory = f"; XLA scratch {mib[0]:.0f} MiB vs {mib[1]:.0f} MiB = {temp[0] / temp[1]:.1f} x"
     print(f"B={b:6d} list API ({name}) {t_list * 1e3:8.2f} ms vs batch_loss {t_batch * 1e3:8.2f} ms "
           f"= {row['ratio']:.2f} x (compiled in {compile_s:.1f} s; |dvalue| {row['value_diff']:.1e}, "
-          f"grad rel err {err:.1e})", flush=True)
+          f"grad rel err {err:.1e}{memory})", flush=True)
     return [row]
 
 
@@ -256,6 +271,8 @@ def markdown(out: dict) -> str:
     lines += ["", "## The list API (`jit(grad(mean(vmap(loss))))`) / `batch_loss`", ""]
     lines += [f"- B={r['b']}: {r['time_s'] * 1e3:.1f} ms vs {r['batch_time_s'] * 1e3:.1f} ms = "
               f"{r['ratio']:.2f}x, compiled in {r['compile_s']:.1f} s"
+              + (f"; XLA scratch {r['temp_bytes'] / 2**20:.0f} MiB vs {r['batch_temp_bytes'] / 2**20:.0f} MiB"
+                 if r.get("temp_bytes") is not None and r.get("batch_temp_bytes") is not None else "")
               for r in rows if r["what"] == "list_api"]
     return "\n".join(lines) + "\n"
 
