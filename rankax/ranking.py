@@ -25,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from rankax import _renames
@@ -253,25 +254,67 @@ def step_sums(
     recomputes ``f'`` from ``values`` and ``anchors`` rather than keeping ``[..., C, N]``
     residuals, and the masks are applied once per list (``O(N)``) instead of per pair.
 
+    ``step`` is a function of ``x``. Its parameters get a gradient (a learned temperature, say)
+    when ``step`` is a ``functools.partial`` (or ``jax.tree_util.Partial``) that binds them as
+    JAX arrays, e.g. ``functools.partial(sigmoid_step, temperature=tau)``: those arguments are
+    inputs of the custom gradient, whose cotangent, :math:`\\sum_p g_p \\sum_j
+    \\partial f(v_j - a_p) / \\partial \\theta` over the finite items, costs one more
+    ``[..., C, N]`` pass in the backward pass, only where they are differentiated. A step that
+    closes over a differentiated value any other way (a lambda) makes JAX raise an
+    ``UnexpectedTracerError``.
+
     ``constant_anchors``: the anchors are constants (FastAP's bin centres), given a zero
     cotangent of their own type. Inside ``shard_map`` a constant is the same on every device
     while the values differ, and a cotangent computed from the values would not be.
     """
-    return checkpoint_name(_step_sums(step, constant_anchors, values, anchors), STEP_SUMS)
+    fn, params = _step_parameters(step)
+    return checkpoint_name(_step_sums(fn, constant_anchors, values, anchors, params), STEP_SUMS)
+
+
+def _step_parameters(step: Callable[[Array], Array]) -> tuple[Callable[[Array, tuple], Array], tuple]:
+    """``(fn, params)`` with ``fn(x, params) == step(x)``: the JAX-array arguments that a
+    ``functools.partial`` ``step`` binds are taken out as ``params``, everything else stays bound."""
+    if not isinstance(step, functools.partial):
+        return (lambda x, params: step(x)), ()
+    args, keywords = list(step.args), dict(step.keywords)
+    at = [i for i, a in enumerate(args) if isinstance(a, jax.Array)]
+    names = sorted(k for k, v in keywords.items() if isinstance(v, jax.Array))
+    params = tuple(args[i] for i in at) + tuple(keywords[k] for k in names)
+    for i in at:
+        args[i] = None  # not closed over: fn gets them back as params
+    for k in names:
+        keywords[k] = None
+
+    def fn(x: Array, params: tuple) -> Array:
+        bound_args, bound_keywords = list(args), dict(keywords)
+        for i, p in zip(at, params[: len(at)], strict=True):
+            bound_args[i] = p
+        bound_keywords.update(zip(names, params[len(at) :], strict=True))
+        return step.func(*bound_args, x, **bound_keywords)
+
+    return fn, params
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _step_sums(step, constant_anchors, values, anchors):
+def _step_sums(fn, constant_anchors, values, anchors, params):
     del constant_anchors
-    return jnp.sum(step(values[..., None, :] - anchors[..., :, None]), axis=-1)
+    return jnp.sum(fn(values[..., None, :] - anchors[..., :, None], params), axis=-1)
 
 
-def _step_sums_fwd(step, constant_anchors, values, anchors):
-    return _step_sums(step, constant_anchors, values, anchors), (values, anchors)
+def _step_sums_fwd(fn, constant_anchors, values, anchors, params):
+    # symbolic_zeros: the primals come as CustomVJPPrimal; the step's parameters are kept for
+    # the backward pass only when they are differentiated (None: their cotangent is zero).
+    values, anchors, perturbed = values.value, anchors.value, any(p.perturbed for p in params)
+    params = tuple(p.value for p in params)
+    out = _step_sums(fn, constant_anchors, values, anchors, params)
+    return out, (values, anchors, params, params if perturbed else None)
 
 
-def _step_sums_bwd(step, constant_anchors, residuals, g):
-    values, anchors = residuals
+def _step_sums_bwd(fn, constant_anchors, residuals, g):
+    values, anchors, params, differentiated = residuals
+    if isinstance(g, SymbolicZero):
+        g = jnp.zeros(g.shape, g.dtype)
+    step = functools.partial(lambda x, p: fn(x, p), p=params)
 
     def slope(x: Array) -> Array:
         return jax.jvp(step, (x,), (jnp.ones_like(x),))[1]
@@ -286,18 +329,32 @@ def _step_sums_bwd(step, constant_anchors, residuals, g):
         d_values = sum(slope(values - anchors[..., p : p + 1]) * g[..., p : p + 1] for p in range(c))
     else:
         d_values = jnp.sum(slopes * g[..., :, None], axis=-2)
+    d_params = None if differentiated is None else _parameter_cotangent(fn, values, anchors, params, g)
     if constant_anchors:
-        return d_values, jnp.zeros_like(anchors)
+        return d_values, jnp.zeros_like(anchors), d_params
     # d/da_p = -g_p sum_j f'(v_j - a_p), g applied after the sum: alone, on [4096, 15, 4096]
     # terms, reducing the product instead took 1.6x as long on the CPU.
-    return d_values, -g * jnp.sum(slopes, axis=-1)
+    return d_values, -g * jnp.sum(slopes, axis=-1), d_params
+
+
+def _parameter_cotangent(fn, values: Array, anchors: Array, params: tuple, g: Array) -> tuple:
+    """The step parameters' cotangent, ``sum_p g_p sum_j d f(v_j - a_p) / d params`` over the
+    finite items (a left-out item at ``-inf`` has ``f = 0`` but can have a NaN parameter slope)."""
+    finite = jnp.isfinite(values)
+    safe = jnp.where(finite, values, 0.0)
+
+    def weighted(p: tuple) -> Array:
+        terms = jnp.where(finite[..., None, :], fn(safe[..., None, :] - anchors[..., :, None], p), 0.0)
+        return jnp.sum(g * jnp.sum(terms, axis=-1))
+
+    return jax.grad(weighted)(params)
 
 
 #: Up to this many anchors, the values' gradient of :func:`step_sums` is a sum of per-anchor passes.
 _UNROLLED_ANCHORS = 16
 
 
-_step_sums.defvjp(_step_sums_fwd, _step_sums_bwd)
+_step_sums.defvjp(_step_sums_fwd, _step_sums_bwd, symbolic_zeros=True)
 
 
 def exact_ranks(scores: Array, labels: Array, where: Array, positives: Positives) -> tuple[Array, Array]:

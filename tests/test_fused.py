@@ -224,3 +224,66 @@ def test_slots_from_the_caller_give_the_list_losses_values(loss_name, given_scor
     np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-6)
     if given_scores:  # the kernel read the given scores: moving them moves the loss
         assert float(jax.grad(with_slots, argnums=1)(scores, 0.0)) != 0.0
+
+
+def np_roadmap_parameter_slopes(x, tau=0.01, rho=100.0, delta=0.05):
+    """d h(x) / d (temperature, rho, delta, start, offset) of the ROADMAP step, by hand."""
+    sig = np_sigmoid(x, tau)
+    d_tau = np.where(x <= delta, -sig * (1 - sig) * x / tau**2, 0.0)
+    linear = x > delta
+    middle = (x > 0) & ~linear
+    return {"temperature": d_tau, "rho": np.where(linear, x - delta, 0.0),
+            "delta": np.where(linear, -rho, 0.0), "start": middle.astype(float),
+            "offset": linear.astype(float)}
+
+
+@pytest.mark.parametrize("num_anchors", [3, 20])
+def test_step_parameters_bound_as_arrays_get_their_gradient(num_anchors):
+    """A step's parameters bound as JAX arrays by functools.partial are differentiated:
+    d/dθ sum_c g_c T_c = sum_c g_c sum_j ∂f(v_j - a_c)/∂θ over the kept items (excluded
+    items at -inf contribute 0, not NaN). Sigmoid: ∂σ(x/τ)/∂τ = -σ(1 - σ) x / τ²."""
+    values, excluded, anchors = _inputs(seed=5, c=num_anchors)
+    g = np.random.default_rng(2).normal(size=anchors.shape).astype(np.float32)
+    masked = jnp.asarray(np.where(excluded, -np.inf, values))
+    x = (values[:, None, :] - anchors[:, :, None]).astype(np.float64)
+    keep = ~excluded[:, None, :]
+
+    def want(slope):
+        return np.sum(np.where(keep, slope, 0.0) * g[:, :, None])
+
+    def sigmoid_sums(tau):
+        return jnp.vdot(g, ranking.step_sums(
+            functools.partial(ranking.sigmoid_step, temperature=tau), masked, jnp.asarray(anchors)))
+
+    tau = 0.05
+    s = np_sigmoid(x, tau)
+    np.testing.assert_allclose(jax.grad(sigmoid_sums)(jnp.float32(tau)),
+                               want(-s * (1 - s) * x / tau**2), rtol=1e-4)
+
+    params = {"temperature": 0.01, "rho": 100.0, "delta": 0.05, "start": 0.5, "offset": 1.44}
+
+    def roadmap_sums(p):
+        step = functools.partial(ranking.roadmap_step, variant="fixed", **p)
+        return jnp.vdot(g, ranking.step_sums(step, masked, jnp.asarray(anchors)))
+
+    got = jax.jit(jax.grad(roadmap_sums))({k: jnp.float32(v) for k, v in params.items()})
+    slopes = np_roadmap_parameter_slopes(x, params["temperature"], params["rho"], params["delta"])
+    for name, slope in slopes.items():
+        np.testing.assert_allclose(got[name], want(slope), rtol=1e-4, atol=1e-3, err_msg=name)
+
+
+def test_step_parameters_traced_but_not_differentiated_change_nothing():
+    """A temperature passed into jit (traced, not differentiated) gives the values and gradients
+    of the same temperature as a Python float."""
+    values, excluded, anchors = _inputs(seed=6)
+    masked = jnp.asarray(np.where(excluded, -np.inf, values))
+
+    def total(v, a, tau):
+        step = functools.partial(ranking.sigmoid_step, temperature=tau)
+        return jnp.sum(ranking.step_sums(step, v, a) ** 2)
+
+    traced = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(masked, jnp.asarray(anchors), 0.05)
+    concrete = jax.value_and_grad(lambda v, a: total(v, a, 0.05), argnums=(0, 1))(
+        masked, jnp.asarray(anchors))
+    for t, c in zip(jax.tree.leaves(traced), jax.tree.leaves(concrete), strict=True):
+        np.testing.assert_allclose(t, c, rtol=1e-6, atol=1e-7)

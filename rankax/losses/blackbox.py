@@ -49,18 +49,21 @@ def _normalised_ranks(scores: Array, where: Array) -> Array:
     return rank.astype(jnp.result_type(scores, jnp.float32)) / n_valid
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def blackbox_rank(scores: Array, where: Array, lambda_: float) -> Array:
-    """Normalised exact ranks ``[..., N]`` whose VJP is the blackbox-differentiation rule."""
+@jax.custom_vjp
+def blackbox_rank(scores: Array, where: Array, lambda_: float | Array) -> Array:
+    """Normalised exact ranks ``[..., N]`` whose VJP is the blackbox-differentiation rule.
+
+    ``lambda_`` may be traced (a ``jit`` argument, vmapped); the ranks do not depend on it, so
+    its cotangent is zero."""
     return _normalised_ranks(scores, where)
 
 
 def _blackbox_rank_fwd(scores, where, lambda_):
-    return _normalised_ranks(scores, where), (scores, where)
+    return _normalised_ranks(scores, where), (scores, where, lambda_)
 
 
-def _blackbox_rank_bwd(lambda_, residuals, g):
-    scores, where = residuals
+def _blackbox_rank_bwd(residuals, g):
+    scores, where, lambda_ = residuals
     # Integer ranks, subtracted before normalising: the gradient is exactly 0 wherever the
     # perturbation moves no item (e.g. g = 0 for a list without positive). Subtracting two
     # normalised float ranks left 1-ulp residues when XLA fused the two divisions differently
@@ -68,7 +71,7 @@ def _blackbox_rank_bwd(lambda_, residuals, g):
     rank, n_valid = _rank_counts(scores, where)
     perturbed_rank, _ = _rank_counts(scores + lambda_ * g, where)
     grad = -(rank - perturbed_rank).astype(jnp.result_type(scores, jnp.float32)) / n_valid / lambda_
-    return jnp.where(where, grad, 0.0).astype(scores.dtype), None
+    return jnp.where(where, grad, 0.0).astype(scores.dtype), None, None
 
 
 blackbox_rank.defvjp(_blackbox_rank_fwd, _blackbox_rank_bwd)
@@ -96,7 +99,7 @@ def _blackbox_ap_values(
     lists: listfn.Lists, *, lambda_: float, margin: float, key: jax.Array | None
 ) -> Array:
     return _blackbox_ap_kernel(
-        lists.scores, lists.labels, lists.where, lambda_=float(lambda_), margin=margin, key=key
+        lists.scores, lists.labels, lists.where, lambda_=lambda_, margin=margin, key=key
     )
 
 
