@@ -302,12 +302,12 @@ def _step_sums(fn, constant_anchors, values, anchors, params):
 
 
 def _step_sums_fwd(fn, constant_anchors, values, anchors, params):
-    # symbolic_zeros: the primals come as CustomVJPPrimal; the step's parameters are kept for
-    # the backward pass only when they are differentiated (None: their cotangent is zero).
-    values, anchors, perturbed = values.value, anchors.value, any(p.perturbed for p in params)
-    params = tuple(p.value for p in params)
+    # symbolic_zeros: the primals come as CustomVJPPrimal. `differentiated` marks the step's
+    # parameters that get a cotangent (None for the others: a zero cotangent, no extra pass).
+    differentiated = tuple(True if p.perturbed else None for p in params)
+    values, anchors, params = values.value, anchors.value, tuple(p.value for p in params)
     out = _step_sums(fn, constant_anchors, values, anchors, params)
-    return out, (values, anchors, params, params if perturbed else None)
+    return out, (values, anchors, params, differentiated)
 
 
 def _step_sums_bwd(fn, constant_anchors, residuals, g):
@@ -329,7 +329,7 @@ def _step_sums_bwd(fn, constant_anchors, residuals, g):
         d_values = sum(slope(values - anchors[..., p : p + 1]) * g[..., p : p + 1] for p in range(c))
     else:
         d_values = jnp.sum(slopes * g[..., :, None], axis=-2)
-    d_params = None if differentiated is None else _parameter_cotangent(fn, values, anchors, params, g)
+    d_params = _parameter_cotangent(fn, values, anchors, params, differentiated, g)
     if constant_anchors:
         return d_values, jnp.zeros_like(anchors), d_params
     # d/da_p = -g_p sum_j f'(v_j - a_p), g applied after the sum: alone, on [4096, 15, 4096]
@@ -337,17 +337,28 @@ def _step_sums_bwd(fn, constant_anchors, residuals, g):
     return d_values, -g * jnp.sum(slopes, axis=-1), d_params
 
 
-def _parameter_cotangent(fn, values: Array, anchors: Array, params: tuple, g: Array) -> tuple:
+def _parameter_cotangent(fn, values: Array, anchors: Array, params: tuple, differentiated: tuple,
+                         g: Array) -> tuple:
     """The step parameters' cotangent, ``sum_p g_p sum_j d f(v_j - a_p) / d params`` over the
-    finite items (a left-out item at ``-inf`` has ``f = 0`` but can have a NaN parameter slope)."""
+    finite items (a left-out item at ``-inf`` has ``f = 0`` but can have a NaN parameter slope),
+    for the parameters marked in ``differentiated`` (None for the others): one more ``[..., C, N]``
+    pass when there is any."""
+    wanted = [i for i, d in enumerate(differentiated) if d]
+    if not wanted:
+        return tuple(None for _ in params)
     finite = jnp.isfinite(values)
     safe = jnp.where(finite, values, 0.0)
 
-    def weighted(p: tuple) -> Array:
-        terms = jnp.where(finite[..., None, :], fn(safe[..., None, :] - anchors[..., :, None], p), 0.0)
+    def weighted(*chosen: Array) -> Array:
+        p = list(params)
+        for i, x in zip(wanted, chosen, strict=True):
+            p[i] = x
+        terms = jnp.where(finite[..., None, :], fn(safe[..., None, :] - anchors[..., :, None], tuple(p)), 0.0)
         return jnp.sum(g * jnp.sum(terms, axis=-1))
 
-    return jax.grad(weighted)(params)
+    grads = dict(zip(wanted, jax.grad(weighted, argnums=tuple(range(len(wanted))))(
+        *(params[i] for i in wanted)), strict=True))
+    return tuple(grads.get(i) for i in range(len(params)))
 
 
 #: Up to this many anchors, the values' gradient of :func:`step_sums` is a sum of per-anchor passes.

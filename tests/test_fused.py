@@ -287,3 +287,22 @@ def test_step_parameters_traced_but_not_differentiated_change_nothing():
         masked, jnp.asarray(anchors))
     for t, c in zip(jax.tree.leaves(traced), jax.tree.leaves(concrete), strict=True):
         np.testing.assert_allclose(t, c, rtol=1e-6, atol=1e-7)
+
+
+def test_an_integer_array_parameter_beside_a_differentiated_one():
+    """A step binding an integer JAX array (no gradient) next to a differentiated temperature:
+    the temperature's derivative is d/dτ Σ k σ(x/τ) = -k Σ σ(1 - σ) x / τ² (kept items only)."""
+    values, excluded, anchors = _inputs(seed=7, c=2, n=12)
+    masked = jnp.asarray(np.where(excluded, -np.inf, values))
+
+    def scaled_sigmoid(x, temperature, k):
+        return k * ranking.sigmoid_step(x, temperature)
+
+    def total(tau):
+        step = functools.partial(scaled_sigmoid, temperature=tau, k=jnp.int32(3))
+        return jnp.sum(ranking.step_sums(step, masked, jnp.asarray(anchors)))
+
+    x = (values[:, None, :] - anchors[:, :, None]).astype(np.float64)
+    s = np_sigmoid(x, 0.1)
+    want = np.sum(np.where(~excluded[:, None, :], -3 * s * (1 - s) * x / 0.1**2, 0.0))
+    np.testing.assert_allclose(jax.grad(total)(jnp.float32(0.1)), want, rtol=1e-4)
