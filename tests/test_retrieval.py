@@ -106,7 +106,8 @@ def np_pop_relevance(qp, gp, keep, alpha=1.0, population=None):
     t[~keep] = 0
     counted = t[keep] if population is None else np_shared_levels(qp, population)
     w = (np.arange(num_levels + 1) / max(num_levels - 1, 1)) ** alpha
-    rel = np.array([w[tj] / np.sum(counted == tj) if keep[j] and tj else 0.0 for j, tj in enumerate(t)])
+    count = np.bincount(counted, minlength=num_levels + 1)  # a level nobody holds weighs 0
+    rel = np.array([w[tj] / count[tj] if keep[j] and tj and count[tj] else 0.0 for j, tj in enumerate(t)])
     return t, rel
 
 
@@ -162,6 +163,33 @@ def test_official_relevance_counts_the_query_split_with_a_separate_gallery():
         assert got["hap"] == pytest.approx(np.mean(want), rel=1e-5), counts
     with pytest.raises(ValueError, match="relevance_counts must be one of"):
         retrieval.evaluate(q, qp, g, gp, relevance_counts="gallery")
+
+
+def test_hap_leaves_out_a_query_whose_relevant_items_weigh_nothing():
+    """Separate gallery, official counts: query 0 shares only the coarse level with its gallery
+    items and no other query shares that level, so that level weighs 0 / 1 = 0 and its H-AP is
+    0 / 0 (NaN in the official code). It is left out of hap's mean (NaN per query) and counted;
+    NDCG and ASI, which use the levels, keep it."""
+    rng = np.random.default_rng(8)
+    qp = np.array([[0, 5], [1, 6], [1, 6], [2, 6], [3, 7]])
+    gp = np.array([[10, 5], [11, 5], [1, 6], [4, 6], [2, 6], [3, 7], [12, 7]])
+    q = rng.normal(size=(5, 4)).astype(np.float32)
+    g = rng.normal(size=(7, 4)).astype(np.float32)
+    got = retrieval.evaluate(q, qp, g, gp, ks=(1,), return_per_query=True)
+    s = q.astype(np.float64) @ g.T.astype(np.float64)
+    keep = np.ones(len(g), bool)
+    want = {"hap": [], "ndcg": []}
+    for i in range(len(q)):
+        t, rel = np_pop_relevance(qp[i], gp, keep, population=qp)
+        assert (t > 0).any()
+        if rel.sum() > 0:
+            want["hap"].append(ref.np_hap(s[i], rel))
+        want["ndcg"].append(ref.np_ndcg(s[i], t))
+    assert got["hap"] == pytest.approx(np.mean(want["hap"]), rel=1e-5)
+    assert got["ndcg"] == pytest.approx(np.mean(want["ndcg"]), rel=1e-5)
+    assert np.isnan(got["per_query"]["hap"][0]) and not np.isnan(got["per_query"]["hap"][1:]).any()
+    assert got["num_queries_without_hap_relevance"] == 1
+    assert got["num_queries_without_relevant"] == 0
 
 
 def test_level_counts_match_shared_levels():

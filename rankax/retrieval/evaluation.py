@@ -133,8 +133,11 @@ def evaluate(
       With ``[N, L]`` label paths (exact backend), also ``"hap"`` (H-AP with
       ``relevance_rule``), ``"ndcg"`` and ``"asi"`` (gain ``2^t - 1`` and levels ``t`` =
       number of shared hierarchy levels, as SupRank's evaluation does), averaged over the
-      queries sharing at least one level with some gallery item, and
-      ``"num_queries_without_relevant"``.
+      queries sharing at least one level with some gallery item (H-AP: whose relevant items'
+      relevance sums to more than 0), ``"num_queries_without_relevant"`` and
+      ``"num_queries_without_hap_relevance"`` (queries with a relevant item left out of H-AP's
+      mean: under ``relevance_counts="official"`` with a separate gallery, a level that no
+      other query shares weighs 0, and H-AP would be 0 / 0).
 
     Ties: an item scoring exactly as a positive counts as ranked before it (:math:`H(0)=1`)
     with the exact backend; ScaNN returns neighbours in its own order.
@@ -306,12 +309,16 @@ def _means_over(per_query: dict[str, np.ndarray], has: np.ndarray, ks) -> dict[s
 def _hierarchical_means(
     hierarchical: dict[str, np.ndarray], per_query: dict[str, np.ndarray]
 ) -> dict[str, Any]:
-    """Means of H-AP, NDCG and ASI over the queries with a relevant item (their per-query values
-    join ``per_query``, NaN for the others), and the count of queries without one."""
+    """Means of NDCG and ASI over the queries with a relevant item, of H-AP over those whose
+    relevant items weigh more than 0 in total (their per-query values join ``per_query``, NaN
+    for the others), and the counts of the queries left out."""
     has_rel = hierarchical.pop("has_relevant")
-    result = _means_over(hierarchical, has_rel, ())
+    has_weight = hierarchical.pop("has_relevance")
+    hap = {"hap": hierarchical.pop("hap")}
+    result = {**_means_over(hap, has_weight, ()), **_means_over(hierarchical, has_rel, ())}
     result["num_queries_without_relevant"] = int((~has_rel).sum())
-    per_query.update(hierarchical)
+    result["num_queries_without_hap_relevance"] = int((has_rel & ~has_weight).sum())
+    per_query.update(hap, **hierarchical)
     return result
 
 

@@ -611,7 +611,9 @@ def _hierarchy_step(q, self_index, q_paths, counts, chunks, g_paths, *, n: int, 
     takes the last place of its tie group. The formulas from the ranks are those of
     :mod:`rankax.metrics` (``hap_from_ranks``, ``dcg``, ``asi_from_depths``).
 
-    Returns ``[b]`` arrays ``(hap, ndcg, asi, has_relevant)``.
+    Returns ``[b]`` arrays ``(hap, ndcg, asi, has_relevant, has_relevance)``: whether some item
+    shares a level with the query, and whether those items' relevance sums to more than 0 (under
+    ``"pop"`` with another population's counts a level can weigh 0: H-AP is 0 / 0 there).
     """
     s = jax.lax.map(lambda chunk: _chunk_scores(chunk, q), chunks)  # [num_chunks, G, b]
     s = s.reshape(-1, q.shape[0]).T[:, :n]
@@ -625,7 +627,8 @@ def _hierarchy_step(q, self_index, q_paths, counts, chunks, g_paths, *, n: int, 
     ranked = _ranked_levels(s, t, rel, q_paths.shape[1])
     positive = ranked.levels > 0
     r = jnp.sum(positive, axis=1).astype(jnp.float32)
-    return _hap(ranked, positive), _ndcg(ranked, positive), _asi(ranked, positive, r), r > 0
+    has_relevance = jnp.sum(jnp.where(positive, ranked.rel, 0.0), axis=1) > 0
+    return _hap(ranked, positive), _ndcg(ranked, positive), _asi(ranked, positive, r), r > 0, has_relevance
 
 
 class _RankedLevels(NamedTuple):
@@ -701,7 +704,7 @@ def _asi(ranked: _RankedLevels, positive: Array, r: Array) -> Array:
 def _hierarchy_fn(mesh: Mesh | None, n: int, rule: str, alpha: float):
     return _shard(
         functools.partial(_hierarchy_step, n=n, rule=rule, alpha=alpha), mesh,
-        in_specs=(P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS), P(), P()), out_specs=(P(_AXIS),) * 4,
+        in_specs=(P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS), P(), P()), out_specs=(P(_AXIS),) * 5,
     )
 
 
@@ -718,7 +721,8 @@ def hierarchical_metrics(
     level_counts: np.ndarray | None = None,
     mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-query ``hap``, ``ndcg``, ``asi`` and ``has_relevant`` over the whole gallery.
+    """Per-query ``hap``, ``ndcg``, ``asi``, ``has_relevant`` and ``has_relevance``
+    (:func:`_hierarchy_step`) over the whole gallery.
 
     ``level_counts [Q, L + 1]``: under ``"pop"``, each query's items per shared level that a
     level's weight is shared among (:func:`rankax.hierarchy.level_counts`); ``None``: those
@@ -729,7 +733,7 @@ def hierarchical_metrics(
             level_counts[:, -1] -= 1
     fn = _hierarchy_fn(mesh, gallery.size, rule, alpha)
     g_paths = put(gallery_paths, mesh, P())
-    out: dict[str, list] = {"hap": [], "ndcg": [], "asi": [], "has_relevant": []}
+    out: dict[str, list] = {"hap": [], "ndcg": [], "asi": [], "has_relevant": [], "has_relevance": []}
     for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
         b = qb.shape[0]
         m = min(b, queries.shape[0] - start)
