@@ -536,6 +536,9 @@ def test_evaluator_runs_embed_fn_in_batches():
         ({"gallery": np.zeros((6, 3))}, "gallery and gallery_labels"),
         ({"query_labels": np.full(4, 0.5)}, "query_labels must hold integer"),
         ({"query_labels": np.array([0.0, 0.0, np.inf, -np.inf])}, "query_labels must hold integer"),
+        # 1e19 and 2e19 both overflowed to INT64_MIN (one class); 2**53 + 1 rounds to 2**53.
+        ({"query_labels": np.array([1e19, 2e19, 1e19, 3e19])}, "query_labels: float ids beyond 2"),
+        ({"query_labels": np.array([0, 1, 2, 2**64 - 1], np.uint64)}, "query_labels: uint64 ids above"),
         ({"backend": "faiss"}, "backend must be"),
         ({"ks": (0,)}, "ks must be"),
         ({"queries": np.zeros((0, 3)), "query_labels": np.zeros(0, int)}, "queries must hold at least one"),

@@ -37,8 +37,17 @@ def _as_labels(y, name: str, num: int, emb_name: str) -> np.ndarray:
         whole = np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a) & (a == np.round(a)))
         if not whole:
             raise ValueError(f"{name} must hold integer ids (finite whole numbers), got dtype {a.dtype}")
-        a = a.astype(np.int64)
+        if a.size and np.max(np.abs(a)) > _EXACT_FLOAT_IDS:
+            raise ValueError(f"{name}: float ids beyond 2**53 are not exact (distinct ids can round to "
+                             f"one float, or overflow int64); pass integer ids")
+    elif a.dtype == np.uint64 and a.size and np.max(a) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: uint64 ids above 2**63 - 1 do not fit int64; renumber them "
+                         f"(e.g. np.unique(ids, return_inverse=True)[1])")
     return a.astype(np.int64)
+
+
+#: The largest magnitude up to which every whole float64 is a distinct, exact integer id.
+_EXACT_FLOAT_IDS = 2.0**53
 
 
 def _finest_classes(query_labels: np.ndarray, gallery_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
