@@ -47,14 +47,23 @@ Array = jax.Array
 __all__ = [
     "ap_from_ranks",
     "asi",
+    "asi_from_depths",
     "average_precision",
     "binary_from_ranks",
+    "dcg",
     "hap",
+    "hap_from_ranks",
+    "harmonic",
     "map_at_r",
+    "map_at_r_from_ranks",
     "ndcg",
+    "ndcg_from_dcgs",
+    "ndcg_gains",
     "precision_at_k",
     "r_precision",
+    "r_precision_from_ranks",
     "recall_at_k",
+    "recall_at_k_from_ranks",
 ]
 
 
@@ -74,9 +83,11 @@ def _metric(kernel, caller, scores, labels, where, reduce_fn, max_positives):
 
 # ----------------------------------------------------------------------------- from exact ranks
 #
-# The one implementation of each binary metric given the exact ranks of the positives. The list
-# metrics below and the dataset-level evaluation (``rankax.retrieval``, which calls them on numpy
-# float64 arrays) both use these; they work on numpy and jax arrays alike.
+# The one implementation of each metric given the exact ranks of the positives. The list metrics
+# below and the dataset-level evaluation (``rankax.retrieval``) both use these. The binary ones
+# (AP, MAP@R, R-precision, R@k), which the evaluation calls on numpy float64 arrays, work on numpy
+# and jax arrays alike (numpy in, numpy out); the graded ones (H-AP, DCG/NDCG, ASI) take either
+# and return jax arrays.
 
 
 #: A jax or numpy array: the from-ranks helpers run on both (device lists, host evaluation).
@@ -134,6 +145,12 @@ def dcg(gain, rank, mask):
     return jnp.sum(jnp.where(mask, gain / jnp.log2(1.0 + rank), 0.0), axis=-1)
 
 
+def ndcg_from_dcgs(dcg_value, ideal_dcg):
+    """NDCG = DCG / IDCG, 0 where IDCG = 0, at most 1: the two sums hold the same gains in
+    different orders, so a perfect ranking could round a float32 ulp above 1."""
+    return jnp.minimum(safe_divide(dcg_value, ideal_dcg), 1.0)
+
+
 def harmonic(n):
     """Harmonic number :math:`H_n = \\sum_{i=1}^n 1/i` (0 for n = 0), for real ``n >= 0``."""
     return jax.scipy.special.digamma(n + 1.0) + np.euler_gamma
@@ -142,10 +159,11 @@ def harmonic(n):
 def asi_from_depths(depth, mask, num_pos):
     """ASI up to depth R from the depth at which each positive enters the intersection of the
     retrieved and the ideal top-n: :math:`\\frac1R \\sum_{p : d_p \\le R} (H_R - H_{d_p - 1})`
-    (``[..., C]`` slots, ``R = num_pos [...]``)."""
+    (``[..., C]`` slots, ``R = num_pos [...]``), at most 1: the float32 harmonic numbers (from
+    the digamma function) are a few ulps off, which put a perfect ranking at 1 + 2e-7 at R = 100."""
     r = num_pos[..., None]
     terms = jnp.where(mask & (depth <= r), harmonic(r) - harmonic(depth - 1.0), 0.0)
-    return safe_divide(jnp.sum(terms, axis=-1), num_pos)
+    return jnp.minimum(safe_divide(jnp.sum(terms, axis=-1), num_pos), 1.0)
 
 
 def map_at_r_from_ranks(rank, rank_pos, mask, num_pos):
@@ -161,9 +179,9 @@ def r_precision_from_ranks(rank, mask, num_pos):
 
 
 def recall_at_k_from_ranks(rank, mask, k: int):
-    """Metric-learning R@k: 1.0 where some positive has ``rank <= k``."""
+    """Metric-learning R@k: 1.0 where some positive has ``rank <= k`` (float: float32 at least)."""
     xp = _xp(rank)
-    return xp.any(mask & (rank <= k), axis=-1).astype(rank.dtype)
+    return xp.any(mask & (rank <= k), axis=-1).astype(xp.result_type(rank.dtype, xp.float32))
 
 
 def binary_from_ranks(
@@ -349,7 +367,7 @@ def _ndcg_kernel(scores, labels, where, positives, *, k):
     gain = jnp.where(positives.mask, ndcg_gains(rel, top), 0.0)
     in_dcg = positives.mask if k is None else positives.mask & (rank <= k)
     in_idcg = positives.mask if k is None else positives.mask & (ideal <= k)
-    return safe_divide(dcg(gain, rank, in_dcg), dcg(gain, ideal, in_idcg))
+    return ndcg_from_dcgs(dcg(gain, rank, in_dcg), dcg(gain, ideal, in_idcg))
 
 
 @listfn.list_function(None, graded=True, check_hparams=_check_k_or_none)

@@ -212,3 +212,28 @@ def test_bad_k_raises(fn):
 def test_shape_mismatch_names_labels():
     with pytest.raises(ValueError, match="labels"):
         metrics.asi(np.zeros((2, 3)), np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("r", [100, 1000, 4000])
+def test_graded_metrics_of_a_perfect_ranking_stay_within_one(r):
+    """A perfect ranking has NDCG = ASI = 1 (bounds of the definitions); float32 rounding of
+    the DCG sums and of the digamma harmonic numbers must not put them above 1 (ASI drifted
+    to 1 + 2.4e-7 at R = 100)."""
+    rng = np.random.default_rng(r)
+    labels = np.concatenate([np.sort(rng.integers(1, 4, r))[::-1], np.zeros(50)]).astype(np.float32)
+    scores = np.linspace(1.0, -1.0, labels.size).astype(np.float32)  # relevance never increases
+    for fn in (metrics.ndcg, metrics.asi):
+        value = float(fn(scores[None], labels[None]))
+        assert value <= 1.0 and value == pytest.approx(1.0, abs=2e-6), fn.__name__
+
+
+def test_rank_helpers_are_exported_and_recall_is_float():
+    """evaluation.md points at the ``*_from_ranks`` helpers: they are public, and R@k of integer
+    ranks is a float fraction like the other metrics."""
+    for name in ("map_at_r_from_ranks", "r_precision_from_ranks", "recall_at_k_from_ranks",
+                 "hap_from_ranks", "asi_from_depths", "dcg", "ndcg_gains", "ndcg_from_dcgs"):
+        assert name in metrics.__all__, name
+    rank = np.array([[1, 4], [3, 5]])
+    got = metrics.recall_at_k_from_ranks(rank, np.ones((2, 2), bool), 2)
+    assert got.dtype.kind == "f"
+    np.testing.assert_array_equal(got, [1.0, 0.0])

@@ -35,7 +35,6 @@ from jax.sharding import PartitionSpec as P
 
 from rankax import hierarchy, metrics
 from rankax._core import validation
-from rankax._core.positives import safe_divide
 
 Array = jax.Array
 
@@ -689,7 +688,7 @@ def _ndcg(ranked: _RankedLevels, positive: Array) -> Array:
     start = ranked.higher.astype(jnp.int32)
     stop = (ranked.higher + ranked.per_level).astype(jnp.int32)
     idcg = jnp.sum(gain[1:] * (disc[stop] - disc[start])[:, 1:], axis=1)
-    return safe_divide(dcg, idcg)
+    return metrics.ndcg_from_dcgs(dcg, idcg)
 
 
 def _asi(ranked: _RankedLevels, positive: Array, r: Array) -> Array:
