@@ -82,6 +82,8 @@ def test_shapes_dtypes_and_ranks_raise_at_trace_time(fn):
     _raises(TypeError, fn, s, y, where=jnp.ones((3, 7), jnp.int32), match=(name, "where", "bool"))
     _raises(TypeError, fn, s.astype(jnp.int32), y, match=(name, "scores", "floating", "int32"))
     _raises(TypeError, fn, s, y.astype(jnp.complex64), match=(name, "labels", "complex64"))
+    with pytest.raises(TypeError, match=f"{name}: labels must be a boolean, integer or floating"):
+        fn(s, np.full(s.shape, "a"))  # no JAX type: refused before jnp.asarray
     _raises(ValueError, fn, s, y, max_positives=0, match=(name, "max_positives"))
     _raises(TypeError, fn, s, y, reduce_fn="mean", match=(name, "reduce_fn"))
 
@@ -151,6 +153,8 @@ V, T = ValueError, TypeError
         (losses.blackbox_ap_loss, {"key": 0}, T, "key must be None or a PRNG key"),
         (losses.sup_recall_at_k_loss, {"ks": 4}, T, "ks must be a sequence of cut-offs"),
         (losses.supap_loss, {"reduce_fn": lambda v: v.mean()}, T, "called as reduce_fn(values, where="),
+        # jnp.max takes where= only with initial=: its ValueError gets the same explanation.
+        (losses.supap_loss, {"reduce_fn": jnp.max}, V, "called as reduce_fn(values, where="),
         (losses.supap_loss, {"variant": "icml"}, V, "variant must be one of"),
         (losses.roadmap_loss, {"variant": "icml"}, V, "variant"),
         (losses.hap_loss, {"variant": "icml"}, V, "variant"),

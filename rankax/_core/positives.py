@@ -385,14 +385,16 @@ def reduce_lists(values: Array, valid: Array, reduce_fn: validation.ReduceFn, *,
         return jnp.sum(values) / jnp.maximum(jnp.sum(valid), 1)
     try:
         return reduce_fn(values, where=valid)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
+        # A function without where= (TypeError), or a reduction without an identity such as
+        # jnp.max, which takes where= only with initial= (ValueError).
         if "where" not in str(err):
             raise
-        raise TypeError(
+        raise type(err)(
             f"{validation.prefix(caller)}reduce_fn is called as reduce_fn(values, where=has_positive) "
-            f"(as jnp.mean and jnp.sum take it); {getattr(reduce_fn, '__name__', reduce_fn)!r} does not "
-            "take where=: pass jnp.mean, jnp.sum, None, or wrap it, e.g. "
-            "lambda v, where: jnp.max(jnp.where(where, v, 0.0))"
+            f"(as jnp.mean and jnp.sum take it); {getattr(reduce_fn, '__name__', reduce_fn)!r} failed "
+            f"with where= ({err}): pass jnp.mean, jnp.sum, None, or wrap it, e.g. "
+            "lambda v, where: jnp.max(v, where=where, initial=0.0)"
         ) from None
 
 
