@@ -213,3 +213,22 @@ def test_temperatures_can_be_traced():
         + rankax.recall_at_k_surrogate_loss(scores, labels, temperature=0.05, k_temperature=0.5)
     )
     _close(step(jnp.float32(0.05)), expected)
+
+
+METRICS = (rankax.metrics.average_precision, rankax.metrics.map_at_r, rankax.metrics.r_precision,
+           rankax.metrics.ndcg, rankax.metrics.hap, rankax.metrics.asi)
+
+
+@pytest.mark.parametrize("fn", losses.LIST_LOSSES + METRICS, ids=lambda f: f.__name__)
+def test_float32_and_bfloat16_scores_give_float32_under_x64(fn):
+    """losses.md § Dtypes: the value is float32 unless the scores are float64, also with
+    jax_enable_x64 on, where a Python float constant summed on its own becomes float64
+    (BlackBox AP, the R@k losses and AP returned float64 through the positives' count)."""
+    scores, labels = _data()
+    with jax.enable_x64(True):
+        for dtype in (jnp.float32, jnp.bfloat16):
+            s = jnp.asarray(scores, dtype)
+            assert fn(s, labels).dtype == jnp.float32, dtype
+        if fn not in METRICS:
+            grad = jax.grad(lambda s: fn(s, labels))(jnp.asarray(scores))
+            assert grad.dtype == jnp.float32

@@ -125,7 +125,8 @@ def has_positive(labels: Array, where: Array) -> Array:
 
 def num_positives(labels: Array, where: Array) -> Array:
     """``[...]`` float number of valid items with relevance > 0."""
-    return jnp.sum(jnp.where((labels > 0) & where, 1.0, 0.0), axis=-1)  # float sum: vectorises
+    one = jnp.ones((), labels.dtype)  # not a Python 1.0, which would sum in float64 under x64
+    return jnp.sum(jnp.where((labels > 0) & where, one, 0), axis=-1)  # float sum: vectorises
 
 
 @jax.custom_batching.custom_vmap
