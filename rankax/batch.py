@@ -873,8 +873,7 @@ def batch_loss(
             relevance_fn=relevance_fn, caller=caller,
         )
     # Sequences (ks=[1, 2] or np.array([1, 2])) are static cut-offs, compiled into the program.
-    hparams = {k: _as_tuple(v) if isinstance(v, list | np.ndarray) and np.ndim(v) else v
-               for k, v in hparams.items()}
+    hparams = {k: _static_form(v) for k, v in hparams.items()}
     static = {k: v for k, v in hparams.items() if _is_static(v)}
     dynamic = {k: v for k, v in hparams.items() if k not in static}
     options = dict(
@@ -939,6 +938,21 @@ def _check_loss_options(loss_fn, hparams, references, reference_labels, referenc
 
 def _as_tuple(v: list | np.ndarray) -> tuple:
     return tuple(np.asarray(v).tolist()) if isinstance(v, np.ndarray) else tuple(v)
+
+
+def _static_form(value: Any) -> Any:
+    """A hyperparameter as the list loss would read it: numpy scalars and 0-d arrays become Python
+    scalars, sequences tuples, and concrete integer or boolean JAX arrays (``num_bins``, ``ks``,
+    ``tie_aware``) Python values, all compiled into the program; floating JAX arrays and tracers
+    stay arguments."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    if isinstance(value, list | np.ndarray):
+        return _as_tuple(value)
+    concrete = isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+    if concrete and not jnp.issubdtype(value.dtype, jnp.inexact):
+        return value.item() if value.ndim == 0 else tuple(value.tolist())
+    return value
 
 
 def _is_static(value: Any) -> bool:

@@ -626,3 +626,30 @@ def test_dataset_keys_are_checked_by_kind():
     a = load_dataset({"name": "digits", "split_seed": np.int64(3)})
     b = load_dataset({"name": "digits", "split_seed": 3})
     np.testing.assert_array_equal(a.train.labels, b.train.labels)
+
+
+@pytest.mark.parametrize("fn, name, value", [
+    (losses.fast_ap_loss, "num_bins", 10),
+    (losses.histogram_ap_loss, "tie_aware", True),
+    (losses.supap_loss, "max_positives", 3),
+    (metrics.recall_at_k, "k", 2),
+])
+def test_a_traced_static_option_is_named_as_static(fn, name, value):
+    """Options that set shapes or the program, passed as jit arguments, get the message that
+    says so (not a range error showing a JitTracer)."""
+    s, y = _lists_data()
+    with pytest.raises(TypeError, match=f"{name} must be a static Python"):
+        jax.jit(lambda v: fn(s, y, **{name: v}))(value)
+
+
+def test_batch_loss_reads_numpy_and_concrete_integer_options_as_static():
+    """batch_loss compiles numpy scalars and concrete integer JAX arrays as the list loss reads
+    them: the values equal those of the Python numbers."""
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(16, 8)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    y = np.repeat(np.arange(4), 4)
+    want = rankax.batch_loss(losses.fast_ap_loss, e, y, num_bins=10)
+    assert rankax.batch_loss(losses.fast_ap_loss, e, y, num_bins=np.int64(10)) == want
+    want = rankax.batch_loss(losses.recall_at_k_surrogate_loss, e, y, ks=(1, 2))
+    assert rankax.batch_loss(losses.recall_at_k_surrogate_loss, e, y, ks=jnp.array([1, 2])) == want

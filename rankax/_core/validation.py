@@ -260,11 +260,19 @@ def is_int_at_least(value: Any, low: int = 1) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= low
 
 
+def not_static(name: str, kind: str, caller: str = "") -> TypeError:
+    """The error for a traced value where a static one is needed (it sets shapes or the program)."""
+    return TypeError(f"{prefix(caller)}{name} must be a static Python {kind} (it sets the computation's "
+                     "shapes or program), not a traced value: close over it or mark it static in jit")
+
+
 def check_int(name: str, value: Any, low: int = 1, *, optional: bool = False, caller: str = "") -> int | None:
     """``value`` as an int >= ``low`` (``None`` passes where ``optional``), or a ValueError
     ``"<caller>: <name> must be [None or ]an int >= <low>, got <value>"``."""
     if value is None and optional:
         return None
+    if isinstance(value, jax.core.Tracer):
+        raise not_static(name, "int", caller)
     if not is_int_at_least(value, low):
         expected = f"{'None or ' * optional}an int >= {low}"
         raise ValueError(f"{prefix(caller)}{name} must be {expected}, got {value!r}")
@@ -291,6 +299,8 @@ def check_number(name: str, value: Any, kind: str, *, caller: str = "") -> None:
 
 def check_num_bins(value: Any, *, caller: str = "") -> None:
     """``num_bins`` of the histogram losses: an int >= 2 (one bin has no ranking)."""
+    if isinstance(value, jax.core.Tracer):
+        raise not_static("num_bins", "int", caller)
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 2:
         raise ValueError(f"{prefix(caller)}num_bins must be an int >= 2, got {value!r}")
 
@@ -314,6 +324,8 @@ def check_hparams(hparams: dict[str, Any], *, caller: str = "") -> None:
 
 def check_capacity(max_positives: Any, *, caller: str = "") -> None:
     """``max_positives``: None or an int >= 1."""
+    if isinstance(max_positives, jax.core.Tracer):
+        raise not_static("max_positives", "int", caller)
     bad_type = isinstance(max_positives, bool) or not isinstance(max_positives, int | np.integer)
     if max_positives is not None and (bad_type or max_positives < 1):
         raise ValueError(
@@ -339,8 +351,7 @@ def check_k(k: Any, *, allow_none: bool = False, caller: str = "") -> None:
     if k is None and allow_none:
         return
     if isinstance(k, jax.core.Tracer):
-        raise TypeError(f"{prefix(caller)}k must be a static Python int (it sets the computation's shapes), "
-                        "not a traced value: close over it or mark it static in jit")
+        raise not_static("k", "int", caller)
     if not _is_cutoff(k, integer=True):
         expected = "a positive int or None" if allow_none else "a positive int"
         raise ValueError(f"{prefix(caller)}k must be {expected}, got {k!r}")

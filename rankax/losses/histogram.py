@@ -94,9 +94,13 @@ def _check_score_range(hparams: dict[str, Any], caller: str) -> None:
     if isinstance(value, np.ndarray) and value.shape == (2,):
         value = tuple(value.tolist())
     pair = isinstance(value, tuple | list) and len(value) == 2
+    if pair and any(isinstance(v, jax.core.Tracer) for v in value):
+        raise validation.not_static("score_range", "(min, max) pair", caller)
     numbers = pair and all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in value)
     if not (numbers and np.isfinite(value).all() and value[1] > value[0]):
         raise ValueError(f"{p}score_range must be (min, max), finite numbers with max > min, got {value!r}")
+    if isinstance(hparams["tie_aware"], jax.core.Tracer):
+        raise validation.not_static("tie_aware", "bool", caller)
     if not isinstance(hparams["tie_aware"], bool | np.bool_):
         raise TypeError(f"{p}tie_aware must be True or False, got {hparams['tie_aware']!r}")
 
