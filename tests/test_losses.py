@@ -232,3 +232,17 @@ def test_float32_and_bfloat16_scores_give_float32_under_x64(fn):
         if fn not in METRICS:
             grad = jax.grad(lambda s: fn(s, labels))(jnp.asarray(scores))
             assert grad.dtype == jnp.float32
+
+
+def test_blackbox_ranks_for_explicit_meshes_count_like_the_search():
+    """The two-sort ranks that BlackBox AP uses on an Explicit mesh: #{valid j : s_j >= s_k}
+    for each valid k, ties included (numpy count from the definition)."""
+    from rankax.losses import blackbox
+
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=(4, 30)), 1).astype(np.float32)  # many exact ties
+    where = rng.random((4, 30)) < 0.8
+    masked = jnp.where(where, scores, -jnp.inf)
+    got = np.asarray(blackbox._ranks_by_two_sorts(masked))
+    want = np.sum(np.where(where[:, None, :], scores[:, None, :] >= scores[:, :, None], False), axis=-1)
+    np.testing.assert_array_equal(got[where], want[where])

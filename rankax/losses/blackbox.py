@@ -34,13 +34,35 @@ _searchsorted_left = jnp.vectorize(
 def _rank_counts(scores: Array, where: Array) -> tuple[Array, Array]:
     """Integer exact ranks with H(0) = 1 among valid items and the number of valid items.
 
-    ``rank(k) = #{valid j : s_j >= s_k}`` (k itself included), by sorting: ``O(N log N)``.
+    ``rank(k) = #{valid j : s_j >= s_k}`` (k itself included) for each valid ``k``, by sorting:
+    ``O(N log N)`` (invalid items get an unspecified rank).
     """
     masked = jnp.where(where, scores, -jnp.inf)
-    ordered = jnp.sort(masked, axis=-1)
-    rank = scores.shape[-1] - _searchsorted_left(ordered, scores)
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types:
+        rank = _ranks_by_two_sorts(masked)
+    else:
+        rank = scores.shape[-1] - _searchsorted_left(jnp.sort(masked, axis=-1), scores)
     n_valid = jnp.maximum(jnp.sum(where, axis=-1, keepdims=True), 1)
     return rank, n_valid
+
+
+def _ranks_by_two_sorts(masked: Array) -> Array:
+    """``#{j : masked_j >= masked_k}`` for every ``k`` of each list, the ranks of
+    :func:`_rank_counts` for lists sharded over an ``Explicit`` mesh axis, where the batched
+    ``searchsorted`` fails (its scan loses the sharding; its sort method sorts operands of
+    unequal shardings). Sorts ``(score, position)`` ascending, takes the first place of each
+    tie group with a running maximum (``n`` minus it is the count), and sorts the counts back
+    by position: about 2x the search on the CPU."""
+    # Integer counts: no gradient, and none asked of the sort (its JVP sorts an unsharded iota).
+    masked = jax.lax.stop_gradient(masked)
+    axis, n = masked.ndim - 1, masked.shape[-1]
+    position = jnp.zeros_like(masked, dtype=jnp.int32) + jnp.arange(n, dtype=jnp.int32)
+    ordered, order = jax.lax.sort((masked, position), dimension=axis, num_keys=1)
+    changes = ordered[..., 1:] != ordered[..., :-1]
+    first = jnp.concatenate([jnp.ones_like(ordered[..., :1], dtype=bool), changes], axis=-1)
+    start = jax.lax.cummax(jnp.where(first, position, 0), axis=axis)
+    return jax.lax.sort((order, n - start), dimension=axis, num_keys=1)[1]
 
 
 def _normalised_ranks(scores: Array, where: Array) -> Array:
