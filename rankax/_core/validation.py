@@ -134,10 +134,11 @@ def _check_scores(scores: ArrayLike, p: str) -> Array:
 
 
 def _check_labels_array(labels: ArrayLike, shape: tuple[int, ...], p: str) -> Array:
-    kind = getattr(np.asarray(labels) if isinstance(labels, list | tuple) else labels, "dtype", None)
-    if kind is not None and np.dtype(kind).kind in "USOV":  # str, bytes, object, void: not JAX types
-        raise TypeError(f"{p}labels must be a boolean, integer or floating array, got dtype {kind}")
-    labels = jnp.asarray(labels)
+    try:
+        labels = jnp.asarray(labels)
+    except TypeError:  # str, bytes, object arrays: not JAX types
+        kind = getattr(labels, "dtype", type(labels).__name__)
+        raise TypeError(f"{p}labels must be a boolean, integer or floating array, got {kind}") from None
     if labels.shape != shape:
         raise ValueError(f"{p}labels must have the shape of scores {shape}, got {labels.shape}")
     if not (
