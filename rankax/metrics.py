@@ -161,7 +161,7 @@ def asi_from_depths(depth, mask, num_pos):
     retrieved and the ideal top-n: :math:`\\frac1R \\sum_{p : d_p \\le R} (H_R - H_{d_p - 1})`
     (``[..., C]`` slots, ``R = num_pos [...]``), at most 1: the float32 harmonic numbers (from
     the digamma function) are a few ulps off, which put a perfect ranking at 1 + 2e-7 at R = 100."""
-    r = num_pos[..., None]
+    r = num_pos[..., None].astype(jnp.result_type(depth, num_pos))  # H_R in the depths' precision
     terms = jnp.where(mask & (depth <= r), harmonic(r) - harmonic(depth - 1.0), 0.0)
     return jnp.minimum(safe_divide(jnp.sum(terms, axis=-1), num_pos), 1.0)
 
