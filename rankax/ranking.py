@@ -314,10 +314,8 @@ def _step_sums_bwd(fn, constant_anchors, residuals, g):
     values, anchors, params, differentiated = residuals
     if isinstance(g, SymbolicZero):
         g = jnp.zeros(g.shape, g.dtype)
-    step = functools.partial(lambda x, p: fn(x, p), p=params)
-
     def slope(x: Array) -> Array:
-        return jax.jvp(step, (x,), (jnp.ones_like(x),))[1]
+        return jax.jvp(lambda y: fn(y, params), (x,), (jnp.ones_like(x),))[1]
 
     c = anchors.shape[-1]
     needed = c > _UNROLLED_ANCHORS or not constant_anchors
@@ -349,16 +347,17 @@ def _parameter_cotangent(fn, values: Array, anchors: Array, params: tuple, diffe
     finite = jnp.isfinite(values)
     safe = jnp.where(finite, values, 0.0)
 
-    def weighted(*chosen: Array) -> Array:
+    def weighted(chosen: tuple) -> Array:
         p = list(params)
         for i, x in zip(wanted, chosen, strict=True):
             p[i] = x
         terms = jnp.where(finite[..., None, :], fn(safe[..., None, :] - anchors[..., :, None], tuple(p)), 0.0)
         return jnp.sum(g * jnp.sum(terms, axis=-1))
 
-    grads = dict(zip(wanted, jax.grad(weighted, argnums=tuple(range(len(wanted))))(
-        *(params[i] for i in wanted)), strict=True))
-    return tuple(grads.get(i) for i in range(len(params)))
+    out: list[Array | None] = [None] * len(params)
+    for i, grad in zip(wanted, jax.grad(weighted)(tuple(params[i] for i in wanted)), strict=True):
+        out[i] = grad
+    return tuple(out)
 
 
 #: Up to this many anchors, the values' gradient of :func:`step_sums` is a sum of per-anchor passes.
