@@ -5,9 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORE := $(VENV)/.rankax-core
 TEST := $(VENV)/.rankax-test
+BENCH := $(VENV)/.rankax-bench
 WORKDIR ?= runs/digits
 
-.PHONY: demo test test-quick test-tf32 test-gpu gpu-wheels lint bench clean
+.PHONY: demo test test-quick test-tf32 test-gpu gpu-wheels lint bench clean torch
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,30 +18,40 @@ $(CORE): pyproject.toml
 
 $(TEST): $(CORE)
 	$(PY) -m pip install --quiet -e '.[test]'
-	@# Optional: the CPU torch wheel enables the PyTorch comparison tests (weight conversion);
-	@# where it is not available those tests are skipped. rankax itself never imports torch.
-	$(PY) -m pip install --quiet torch==2.13.0 || echo "torch==2.13.0 unavailable: torch comparison tests will be skipped"
 	touch $(TEST)
+
+## Optional: the CPU torch wheel enables the PyTorch comparison tests (weight conversion, the
+## official losses); where it is not available those tests are skipped. Tried on every test run
+## until it is installed (rankax imports torch only to read .pth weights).
+torch: $(TEST)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0 \
+		|| echo "torch==2.13.0 unavailable: torch comparison tests will be skipped"
+
+## The baselines of `make bench` (faiss, pytorch-metric-learning; torch first, pinned).
+$(BENCH): $(TEST)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH)
 
 ## Train and evaluate the default config (scikit-learn digits) on the CPU.
 demo: $(CORE)
 	$(PY) -m experiments.train --config configs/digits.py --workdir $(WORKDIR)
 
 ## Lint, then the whole test suite (notebooks included).
-test: $(TEST)
+test: $(TEST) torch
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 -q tests
 
 ## The core of the suite (losses, batch path, metrics, retrieval, training/CLI on digits):
 ## `make test` without the tests marked slow in tests/conftest.py. TESTS=tests/test_x.py narrows it.
 TESTS ?= tests
-test-quick: $(TEST)
+test-quick: $(TEST) torch
 	$(PY) -m pytest -n 2 -q -m "not slow" $(TESTS)
 
 ## The core of the suite on the CPU with a GPU's default matmul precision emulated: every matrix
 ## product and convolution not asking for float32-exact products gets TF32 operands
 ## (RANKAX_EMULATE_TF32 in tests/conftest.py). A test that fails only here would fail on a GPU.
-test-tf32: $(TEST)
+test-tf32: $(TEST) torch
 	RANKAX_EMULATE_TF32=1 $(PY) -m pytest -n 2 -q -m "not slow" $(TESTS)
 
 ## The whole suite on a GPU host, with a CUDA jax in the interpreter GPU_PY (default .venv's;
@@ -76,7 +87,7 @@ lint: $(TEST)
 ## pipeline against a PyTorch DataLoader (docs/benchmarks_input.md), ScaNN vs exact at
 ## 200k x 128 (printed; `python -m experiments.benchmark_scann --large 1000000 --docs
 ## docs/benchmarks.md` rewrites the ScaNN section of docs/benchmarks.md).
-bench: $(TEST)
+bench: $(BENCH)
 	$(PY) -m experiments.benchmark
 	$(PY) -m experiments.benchmark_paths --sizes 1024,4096 --docs docs
 	$(PY) -m experiments.benchmark_retrieval

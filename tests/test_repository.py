@@ -56,3 +56,12 @@ def test_readme_python_example_runs():
     assert np.isfinite(namespace["loss"]) and np.shape(namespace["loss"]) == ()
     assert namespace["grads"].shape == namespace["emb"].shape
     assert np.all(np.isfinite(namespace["grads"]))
+
+
+def test_the_version_is_the_one_in_pyproject():
+    import tomllib
+
+    import rankax
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert rankax.__version__ == tomllib.load(f)["project"]["version"]

@@ -222,8 +222,56 @@ def test_missing_tfds_and_unset_pretrained_weights_are_explained(monkeypatch):
     assert "--config.model.pretrained=" in train_lib.pretrained_warning(config)
     assert train_lib.pretrained_warning(tiny_config()) is None
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
-    with pytest.raises(ConfigError, match=r"pip install -e '\.\[data\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'rankax\[data\]'"):
         input_pipeline.load(config)
+
+
+def test_missing_grain_is_explained_when_the_dataset_loads(monkeypatch):
+    # An image dataset is decoded by grain's pipeline: the run stops before training, not at
+    # its first evaluation.
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from configs import roadmap_cub_resnet50
+
+    config = roadmap_cub_resnet50.get_config()
+    config.dataset.pil_decode = False  # mock_data serves decoded images only
+    monkeypatch.setitem(sys.modules, "grain", None)  # as if not installed
+    with tfds.testing.mock_data(num_examples=4):
+        with pytest.raises(ConfigError, match=r"'grain'.*pip install 'rankax\[data\]'"):
+            input_pipeline.load(config)
+
+
+@pytest.mark.parametrize(
+    "module, what, fix",
+    [
+        ("grain", "the input pipeline", "pip install 'rankax[data]'"),
+        ("tensorflow_datasets", "load_sop", "pip install 'rankax[data]'"),
+        ("scann.scann_ops_pybind", "backend='scann'", "pip install 'rankax[scann]'"),
+        ("safetensors.numpy", "reading w.safetensors", "pip install 'rankax[weights]'"),
+        ("torch", "reading w.pth", "pip install torch"),
+    ],
+)
+def test_a_missing_optional_package_names_its_extra(monkeypatch, module, what, fix):
+    from rankax._core import optional
+
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ModuleNotFoundError) as err:
+        optional.require(module, what)
+    assert err.value.name == module and what in str(err.value) and fix in str(err.value)
+
+
+def test_the_loaders_name_the_extra_of_a_missing_package(monkeypatch, tmp_path):
+    from rankax.data import loader
+    from rankax.models import convert
+
+    monkeypatch.setitem(sys.modules, "grain", None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'rankax\[data\]'"):
+        loader.iterate(lambda i: i, 0, 3)
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'rankax\[weights\]'"):
+        convert.load_state_dict(tmp_path / "w.safetensors")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ModuleNotFoundError, match=r"w\.pth.*\.npz.*pip install torch"):
+        convert.load_state_dict(tmp_path / "w.pth")
 
 
 def test_progress_bar_starts_after_the_compiling_step(tmp_path, monkeypatch):
@@ -522,3 +570,27 @@ def test_train_cli_ends_an_explained_failure_with_its_message(error, tmp_path, m
     monkeypatch.setattr(loop, "train_and_evaluate", fail)
     with pytest.raises(SystemExit, match="disk full" if error == "save" else "on_nonfinite='skip'"):
         train_cli.main(["--config", DIGITS, "--workdir", str(tmp_path / "wd"), *SMALL])
+
+
+def test_the_commit_is_taken_only_from_a_checkout_of_rankax(tmp_path):
+    """A wheel installed into a virtual environment inside the user's own repository records
+    no commit (that commit is the user's code); a checkout records its HEAD, +dirty once a
+    tracked file changes."""
+    from rankax.train import workdir as workdir_lib
+
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True,
+                                    text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    site = tmp_path / ".venv" / "lib" / "site-packages" / "rankax"
+    site.mkdir(parents=True)
+    (tmp_path / "rankax").mkdir()
+    (tmp_path / "rankax" / "__init__.py").write_text("")
+    git("add", "pyproject.toml", "rankax/__init__.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    head = git("rev-parse", "HEAD")
+    assert workdir_lib.checkout_commit(str(site)) is None
+    assert workdir_lib.checkout_commit(str(tmp_path / "rankax")) == head
+    (tmp_path / "rankax" / "__init__.py").write_text("x = 1\n")
+    assert workdir_lib.checkout_commit(str(tmp_path / "rankax")) == head + "+dirty"
+    assert workdir_lib.checkout_commit(str(tmp_path / "nowhere" / "rankax")) is None

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from rankax._core import optional
+
 
 def pixels(source: Any, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0) -> np.ndarray:
     """``source``'s images of ``indices``: uint8 when it has ``get_pixels`` (image sources),
@@ -138,8 +140,7 @@ def iterate(
     _check(workers, prefetch)
     if stop <= start:
         return iter(())
-    import grain
-
+    grain = optional.require("grain", "the input pipeline (rankax.data.loader)")
     _mark_flags_parsed()
     dataset = grain.MapDataset.range(int(start), int(stop)).map(fn)
     read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=int(prefetch))

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from rankax._core import optional
 from rankax.data.base import RetrievalDataset
 from rankax.data.image_source import ImageSource
 from rankax.data.transforms import ImageTransform
@@ -87,7 +88,7 @@ def preparation_steps(name: str, data_dir: str | None = None) -> str:
 
 
 def _data_source(name: str, split: str, data_dir: str | None, skip: Sequence[str], pil_decode: bool) -> Any:
-    import tensorflow_datasets as tfds
+    tfds = optional.require("tensorflow_datasets", f"the TFDS dataset {name!r}")
 
     # Without TensorFlow, tfds.testing.mock_data can only serve decoded examples (it would
     # have to encode its random images to honour SkipDecoding), hence pil_decode=False there.
@@ -283,7 +284,7 @@ def load_inat(
     if hierarchy not in INAT_HIERARCHIES:
         raise ValueError(f"hierarchy must be one of {INAT_HIERARCHIES}, got {hierarchy!r}")
     transform = transform or ImageTransform()
-    import tensorflow_datasets as tfds
+    tfds = optional.require("tensorflow_datasets", "load_inat")
 
     taxonomy = _read_taxonomy(taxonomy_file)
     split_ids = {s: _read_split_ids(split_dir, s) for s in ("train", "test")}

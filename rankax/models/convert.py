@@ -59,6 +59,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from rankax._core import optional
+
 Variables = dict[str, Any]
 
 _RESNET_KEY = re.compile(
@@ -353,13 +355,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext in (".pth", ".pt", ".bin"):
-        try:
-            import torch
-        except ImportError as e:
-            raise ImportError(
-                f"reading {path} needs torch (pip install torch); or convert it once elsewhere to .npz: "
-                "np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})"
-            ) from e
+        how = "np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})"
+        torch = optional.require("torch", f"reading {path} (or save it as .npz where torch is: {how})")
         obj = torch.load(path, map_location="cpu", weights_only=True)
     elif ext == ".npz":
         with np.load(path) as f:
@@ -370,13 +367,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 "PyTorch (timm/torchvision) key names: load it with timm and save its state_dict()"
             )
     elif ext == ".safetensors":
-        try:
-            from safetensors.numpy import load_file
-        except ImportError as e:
-            raise ImportError(
-                f"reading {path} needs the safetensors package (pip install safetensors)"
-            ) from e
-        obj = load_file(path)
+        obj = optional.require("safetensors.numpy", f"reading {path}").load_file(path)
     else:
         raise ValueError(
             f"{path}: unknown weight format {ext!r}; expected .pth, .pt, .bin, .npz or .safetensors"

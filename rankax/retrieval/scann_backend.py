@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from rankax._core import validation
+from rankax._core import optional, validation
 from rankax.retrieval import exact
 
 SCANN_CONFIGS = ("auto", "brute_force", "tree_ah")
@@ -82,13 +82,7 @@ KMEANS_ITERATIONS = 12  # ScaNN's default for the tree
 
 
 def _import_scann():
-    try:
-        from scann import scann_ops_pybind
-    except ImportError as err:
-        raise ImportError(
-            "backend='scann' needs the `scann` package: pip install 'rankax[scann]'"
-        ) from err
-    return scann_ops_pybind
+    return optional.require("scann.scann_ops_pybind", "backend='scann'")
 
 
 def scann_available() -> bool:

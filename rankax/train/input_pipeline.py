@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from rankax import data as rdata
+from rankax._core import optional
 from rankax.data import loader, samplers, transforms
 from rankax.train import distributed
 from rankax.train.errors import ConfigError
@@ -31,15 +32,18 @@ def load(config: ml_collections.ConfigDict) -> rdata.RetrievalDataset:
         extra to install).
     """
     try:
-        return rdata.load_dataset(config.dataset)
+        dataset = rdata.load_dataset(config.dataset)
+        if hasattr(dataset.train, "get_pixels"):  # image sources are decoded by grain's pipeline
+            optional.require("grain", "the image input pipeline")
     except ModuleNotFoundError as err:
-        if err.name not in ("tensorflow_datasets", "PIL"):
+        if err.name not in optional.EXTRAS:
             raise
         raise ConfigError(
             f"config.dataset.name={config.dataset.name!r} needs the optional package {err.name!r}, "
-            "which is not installed: pip install -e '.[data]' (from a clone: .venv/bin/pip install "
+            "which is not installed: pip install 'rankax[data]' (in a clone: .venv/bin/pip install "
             "-e '.[data]'); the digits configs need nothing more"
         ) from None
+    return dataset
 
 
 def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalDataset):

@@ -74,21 +74,34 @@ def flat(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
 
 
 def code_version() -> dict[str, str | None]:
-    """The rankax version and, from a git checkout, the commit (``+dirty`` if modified)."""
+    """The rankax version and, from a git checkout of rankax, the commit (``+dirty`` if
+    modified); ``git_commit`` is None for an installed wheel."""
     import rankax
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(rankax.__file__)))
-    commit = None
+    commit = checkout_commit(os.path.dirname(rankax.__file__))
+    return {"rankax_version": rankax.__version__, "git_commit": commit}
+
+
+def checkout_commit(package_dir: str) -> str | None:
+    """The commit of the git checkout whose top level holds ``package_dir`` and a
+    ``pyproject.toml``, with ``+dirty`` if tracked files differ from it; None otherwise. A
+    package installed into a virtual environment inside some other repository is not that
+    repository's code, so its commit is not taken."""
+    root = os.path.dirname(os.path.realpath(package_dir))
+    if not os.path.isfile(os.path.join(root, "pyproject.toml")):
+        return None
     try:
         git = lambda *a: subprocess.run(
             ["git", "-C", root, *a], capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != root:
+            return None
         commit = git("rev-parse", "HEAD") or None
         if commit and git("status", "--porcelain", "--untracked-files=no"):
             commit += "+dirty"
     except (OSError, subprocess.SubprocessError):
-        pass
-    return {"rankax_version": rankax.__version__, "git_commit": commit}
+        return None
+    return commit
 
 
 def array_sha256(a: np.ndarray) -> str:
