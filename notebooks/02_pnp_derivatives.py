@@ -87,7 +87,9 @@ closed = {
     "Dq (alpha=4)": 1 - (1 + r) ** -4.0,
 }
 for name, ref in closed.items():
-    print(f"{name:14s} max |F_loss - F_formula| = {float(jnp.max(jnp.abs(curves[name][0] - ref))):.1e}")
+    error = float(jnp.max(jnp.abs(curves[name][0] - ref)))
+    print(f"{name:14s} max |F_loss - F_formula| = {error:.1e}")
+    assert error < 1e-4, f"{name}: the loss's F is not the closed form"
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 for name, (f, df) in curves.items():
@@ -141,9 +143,10 @@ for variant in VARIANTS:
 
 # %% [markdown]
 # **Reading.** The top positive has no negative before it ($R$ is only the sigmoid tail of the
-# negative just below it), so its pull is set by $F'$ near 0: largest for Dq and Ds, tiny for Ib
-# ($F'(0) = 0$). Further down, O pulls every positive with the same force, Iu and Ib pull harder
-# the further down a positive is, and Ds and Dq decay: Dq with $\alpha = 4$ pulls the positive
+# negative just below it), so its pull is set by $F'$ near 0: largest for Dq
+# ($F'(0) = \alpha = 4$), about 1 for O, Iu and Ds ($F'(0) = 1$), tiny for Ib ($F'(0) = 0$).
+# Further down, O pulls every positive with the same force, Iu and Ib pull harder the further
+# down a positive is, and Ds and Dq decay: Dq with $\alpha = 4$ pulls the positive
 # behind 45 negatives about $10^{-7}$ times as hard as the one behind a single negative (numbers
 # above). That is the paper's argument for PNP-D: spend the gradient where a small move changes
 # AP the most, and do not let a few hopeless positives dominate the batch.

@@ -75,6 +75,12 @@ print("positives at ranks", (np.flatnonzero(np.asarray(labels)) + 1).tolist(), f
 values_and_grads = {name: jax.jit(jax.value_and_grad(fn))(scores, labels) for name, fn in LOSSES.items()}
 values = {name: float(v) for name, (v, _) in values_and_grads.items()}
 grads = {name: np.asarray(g) for name, (_, g) in values_and_grads.items()}
+# BlackBox AP's value: 1 - AP once positives move down and negatives up by half the margin.
+shifted = scores - 0.02 * (labels - 0.5)
+shifted_ap = float(rankax.metrics.average_precision(shifted, labels))
+print(f"BlackBox AP loss {values['BlackBox AP (lambda=4)']:.3f} = 1 - AP of the shifted scores "
+      f"({1 - shifted_ap:.3f}); 1 - AP = {1 - ap:.3f}")
+assert abs(values["BlackBox AP (lambda=4)"] - (1 - shifted_ap)) < 1e-6
 
 fig, axes = plt.subplots(len(LOSSES), 1, figsize=(10, 2.0 * len(LOSSES)), sharex=True)
 colours = np.where(np.asarray(labels) > 0, "tab:green", "tab:red")
@@ -139,6 +145,8 @@ plt.show()
 #   are pushed *down* (histogram AP, ranks 12-13). Their gradients do not sum to zero over the
 #   list, unlike the rank-based losses, because the bins quantise absolute scores, not
 #   differences.
-# * **BlackBox AP** has exact-AP values and a gradient that is piecewise constant in the score,
-#   small (about 0.1 here) and spread over a wide range of scores set by $\lambda$, not by the
-#   neighbours.
+# * **BlackBox AP** has the exact AP of the margin-shifted scores as its value (positives moved
+#   down and negatives up by half the margin of 0.02: the loss is 0.653 here where 1 - AP is
+#   0.570, since the top positive falls below the negative 0.012 under it) and a gradient
+#   that is piecewise constant in the score, small (about 0.1 here) and spread over a wide
+#   range of scores set by $\lambda$, not by the neighbours.

@@ -111,7 +111,8 @@ def roadmap_step(
     constant slope ``rho`` for negatives ranked well before a positive, where a sigmoid's
     gradient would vanish. ``variant="neurips"`` is the first code release, which used
     ``rho * x + offset`` on the last branch (a jump from about 1.49 to about 6.44 at ``delta``);
-    ``"fixed"`` is the later, continuous-at-offset form. iNaturalist configs use
+    ``"fixed"`` is the later form, whose last branch starts at ``offset`` (a drop from about 1.49
+    to 1.44 at ``delta``: nearly continuous, not monotone). iNaturalist configs use
     ``start=0, offset=1``.
     """
     if variant not in ROADMAP_VARIANTS:
