@@ -117,7 +117,9 @@ def update(memory: XBM, embeddings: ArrayLike, labels: ArrayLike) -> XBM:
     Args:
       memory: the current memory.
       embeddings: ``[B, D]`` embeddings of the batch (the gradient is stopped here).
-      labels: ``[B]`` or ``[B, L]`` labels, same per-sample shape as ``memory.labels``.
+      labels: ``[B]`` or ``[B, L]`` labels, same per-sample shape as ``memory.labels``, of an
+        integer dtype that casts safely to the memory's (int64 ids, the default under
+        ``jax_enable_x64``, need ``init(..., label_dtype=jnp.int64)``; a TypeError says so).
 
     Returns:
       The new memory. Jit-friendly (static shapes, a scatter at ``pointer``); with ``B > M``
@@ -138,6 +140,12 @@ def update(memory: XBM, embeddings: ArrayLike, labels: ArrayLike) -> XBM:
         )
     if not jnp.issubdtype(lab.dtype, jnp.integer):
         raise TypeError(f"xbm.update: labels must be integer class ids, got dtype {lab.dtype}")
+    if not jnp.can_cast(lab.dtype, memory.labels.dtype, casting="safe"):
+        # A narrowing cast would wrap large ids onto other classes' ids: false positives.
+        raise TypeError(
+            f"xbm.update: labels of dtype {lab.dtype} do not fit the memory's {memory.labels.dtype} "
+            f"labels: create it with xbm.init(..., label_dtype=jnp.{lab.dtype}) or cast the labels"
+        )
     b = emb.shape[0]
     pointer = memory.pointer
     if b > m:  # only the newest m entries survive

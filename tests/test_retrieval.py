@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -216,6 +217,23 @@ def test_knn_matches_numpy_and_excludes_self():
     np.testing.assert_array_equal(gi, np.argsort(-(x @ g.T), axis=1, kind="stable"))
 
 
+def test_knn_under_x64_and_with_one_transfer_of_every_block(monkeypatch):
+    # Under jax_enable_x64 the chunk indices were int64 and the scan's carry int32. The
+    # blocks' results come back in one device_get (no block waits on the host's read).
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(70, 6)).astype(np.float32)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    want = np.argsort(-s, axis=1, kind="stable")[:, :4]
+    reads = []
+    real_get = jax.device_get
+    monkeypatch.setattr(exact.jax, "device_get", lambda x: reads.append(1) or real_get(x))
+    with jax.enable_x64(True):
+        _, index = retrieval.knn(x, k=4, block_size=16, gallery_block_size=32)
+    np.testing.assert_array_equal(index, want)
+    assert len(reads) == 1
+
+
 def _stable_top_k(s, k):
     """numpy reference: the k largest of each row, lower position first among equal scores."""
     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
@@ -298,6 +316,14 @@ def clustered(seed, n, d=32, clusters=100, noise=0.15):
 needs_scann = pytest.mark.skipif(
     not scann_backend.scann_available(), reason="scann not installed: pip install 'rankax[scann]'"
 )
+
+
+def test_an_installed_scann_is_found():
+    # The ScaNN tests skip where scann is absent; where it is installed, a broken import in
+    # rankax must not make them skip silently.
+    if importlib.util.find_spec("scann") is None:
+        pytest.skip("scann not installed")
+    assert scann_backend.scann_available()
 
 
 @needs_scann

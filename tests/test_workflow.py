@@ -245,7 +245,7 @@ def test_missing_grain_is_explained_when_the_dataset_loads(monkeypatch):
     [
         ("grain", "the input pipeline", "pip install 'rankax[data]'"),
         ("tensorflow_datasets", "load_sop", "pip install 'rankax[data]'"),
-        ("scann.scann_ops_pybind", "backend='scann'", "pip install 'rankax[scann]'"),
+        ("scann", "backend='scann'", "pip install 'rankax[scann]'"),
         ("safetensors.numpy", "reading w.safetensors", "pip install 'rankax[weights]'"),
         ("torch", "reading w.pth", "pip install torch"),
     ],

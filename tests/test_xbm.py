@@ -68,6 +68,20 @@ def test_ring_buffer():
     np.testing.assert_array_equal(np.asarray(big.labels), [4, 5, 2, 3])
 
 
+def test_update_refuses_ids_that_the_memory_would_narrow():
+    # int64 ids into the default int32 memory would wrap 2**32 + 1 onto class 1.
+    with jax.enable_x64(True):
+        ids = jnp.asarray([2**32 + 1, 7], jnp.int64)
+        with pytest.raises(TypeError, match=r"label_dtype=jnp.int64"):
+            xbm.update(xbm.init(4, 2), jnp.ones((2, 2)), ids)
+        kept = xbm.update(xbm.init(4, 2, label_dtype=jnp.int64), jnp.ones((2, 2)), ids)
+        assert int(kept.labels[0]) == 2**32 + 1
+    with pytest.raises(TypeError, match=r"uint32 do not fit the memory's int32"):
+        xbm.update(xbm.init(4, 2), jnp.ones((2, 2)), jnp.asarray([1, 2], jnp.uint32))
+    small = xbm.update(xbm.init(4, 2), jnp.ones((2, 2)), jnp.asarray([1, 2], jnp.uint8))  # widened
+    np.testing.assert_array_equal(np.asarray(small.labels[:2]), [1, 2])
+
+
 def test_update_is_jittable_and_a_pytree():
     mem = xbm.init(8, 3, label_shape=(2,))
     step = jax.jit(xbm.update)

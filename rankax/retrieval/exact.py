@@ -208,7 +208,7 @@ def _topk_step(q, self_index, chunks, *, k: int, n: int):
         return (merged_s, jnp.take_along_axis(cat_i, pos, axis=1)), None
 
     init = (jnp.full((b, k), -jnp.inf, jnp.float32), jnp.full((b, k), -1, jnp.int32))
-    xs = (jnp.arange(chunks.shape[0]), chunks)
+    xs = (jnp.arange(chunks.shape[0], dtype=jnp.int32), chunks)  # int32 indices under x64 too
     (scores, index), _ = jax.lax.scan(step, init, xs)
     return scores, index
 
@@ -263,12 +263,13 @@ def knn(
     chunk = knn_chunk_size(gallery.shape[0], gallery_block_size)
     gal = put_gallery(gallery, chunk, mesh, multiple=TOP_K_GROUP)
     fn = _topk_fn(mesh, k, gal.size)
-    out_s, out_i = [], []
+    pending, rows = [], []
     for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
-        s, i = fn(_put_queries(qb, mesh), _put_queries(self_index, mesh), gal.chunks)
-        m = min(len(qb), queries.shape[0] - start)  # the block's rows, padded to the devices
-        out_s.append(np.asarray(s)[:m])
-        out_i.append(np.asarray(i)[:m])
+        pending.append(fn(_put_queries(qb, mesh), _put_queries(self_index, mesh), gal.chunks))
+        rows.append(min(len(qb), queries.shape[0] - start))  # the block's rows, padded to the devices
+    fetched = jax.device_get(pending)  # one transfer: no block waits for the host
+    out_s = [s[:m] for (s, _), m in zip(fetched, rows, strict=True)]
+    out_i = [i[:m] for (_, i), m in zip(fetched, rows, strict=True)]
     return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
 
 
@@ -732,7 +733,8 @@ def hierarchical_metrics(
             level_counts[:, -1] -= 1
     fn = _hierarchy_fn(mesh, gallery.size, rule, alpha)
     g_paths = put(gallery_paths, mesh, P())
-    out: dict[str, list] = {"hap": [], "ndcg": [], "asi": [], "has_relevant": [], "has_relevance": []}
+    keys = ("hap", "ndcg", "asi", "has_relevant", "has_relevance")
+    pending, rows = [], []
     for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
         b = qb.shape[0]
         m = min(b, queries.shape[0] - start)
@@ -740,10 +742,13 @@ def hierarchical_metrics(
         paths[:m] = query_paths[start : start + m]
         counts = np.zeros((b, level_counts.shape[1]), np.float32)
         counts[:m] = level_counts[start : start + m]
-        values = fn(
+        pending.append(fn(
             _put_queries(qb, mesh), _put_queries(self_index, mesh), _put_queries(paths, mesh),
             _put_queries(counts, mesh), gallery.chunks, g_paths,
-        )
-        for key, v in zip(out, values, strict=True):
-            out[key].append(np.asarray(v)[:m])
-    return {key: np.concatenate(v) for key, v in out.items()}
+        ))
+        rows.append(m)
+    fetched = jax.device_get(pending)  # one transfer: no block waits for the host
+    return {
+        key: np.concatenate([np.asarray(values[j])[:m] for values, m in zip(fetched, rows, strict=True)])
+        for j, key in enumerate(keys)
+    }

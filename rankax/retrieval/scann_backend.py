@@ -82,7 +82,7 @@ KMEANS_ITERATIONS = 12  # ScaNN's default for the tree
 
 
 def _import_scann():
-    return optional.require("scann.scann_ops_pybind", "backend='scann'")
+    return optional.require("scann", "backend='scann'").scann_ops_pybind
 
 
 def scann_available() -> bool:
