@@ -37,10 +37,12 @@ def new_name(old: str, params: Container[str]) -> str | None:
 
 
 def rename_kwargs(
-    fn_name: str, params: Container[str], kwargs: dict[str, Any], *, warn: bool = True
+    fn_name: str, params: Container[str], kwargs: dict[str, Any], *, warn: bool = True, stacklevel: int = 3
 ) -> dict[str, Any]:
     """``kwargs`` with deprecated spellings replaced by the names ``params`` takes (a
-    ``DeprecationWarning`` unless ``warn=False``). Both spellings at once raise ``TypeError``."""
+    ``DeprecationWarning`` unless ``warn=False``, attributed to the frame ``stacklevel`` levels
+    up: 3, the caller of the public function that called this one). Two spellings of one
+    argument at once (``tau`` and ``temperature``, or ``tau`` and ``tau1``) raise ``TypeError``."""
     if not any(k in DEPRECATED for k in kwargs):
         return kwargs
     out = dict(kwargs)
@@ -48,14 +50,14 @@ def rename_kwargs(
         new = new_name(old, params)
         if new is None:
             continue
-        if new in kwargs:
-            raise TypeError(f"{fn_name}() got both {new!r} and its deprecated spelling {old!r}; pass {new!r}")
+        if new in out:  # given as such, or already renamed from another old spelling
+            raise TypeError(f"{fn_name}() got {old!r} and another spelling of {new!r}; pass {new!r} only")
         if warn:
             warnings.warn(
                 f"{fn_name}(): argument {old!r} is deprecated, use {new!r} (the old spelling goes in "
                 f"{REMOVAL})",
                 DeprecationWarning,
-                stacklevel=4,
+                stacklevel=stacklevel,
             )
         out[new] = out.pop(old)
     return out

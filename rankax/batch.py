@@ -850,7 +850,7 @@ def batch_loss(
     if not callable(loss_fn):
         raise TypeError(f"batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}")
     caller = f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
-    _check_loss_options(loss_fn, hparams, references, reference_labels, reference_mask, caller)
+    hparams = _check_loss_options(loss_fn, hparams, references, reference_labels, reference_mask, caller)
     given = labels  # numpy labels are counted on the host as they are (no device round trip)
     if not _is_traced(labels):
         # Concrete labels (numpy included, also closed over in the caller's jit) stay concrete:
@@ -897,11 +897,15 @@ _SET_BY_BATCH_LOSS = {
 }
 
 
-def _check_loss_options(loss_fn, hparams, references, reference_labels, reference_mask, caller) -> None:
+def _check_loss_options(
+    loss_fn, hparams, references, reference_labels, reference_mask, caller
+) -> dict[str, Any]:
     """Eager checks of :func:`batch_loss`'s keywords, before anything is traced: hyperparameters
     of ``loss_fn`` (names, and the ranges of concrete values: inside the compiled program every
     array is traced), the keywords batch_loss sets itself, and reference arguments without
-    ``references``."""
+    ``references``. Returns the hyperparameters with rankax's deprecated spellings renamed; the
+    ``DeprecationWarning`` points at the line that called the public function that called this
+    (``batch_loss``, ``make_batch_loss``, ``sharded_batch_loss``)."""
     for name, instead in _SET_BY_BATCH_LOSS.items():
         if name in hparams:
             raise TypeError(f"{caller}: {name}= is set by batch_loss, not passed through: {instead}")
@@ -920,7 +924,7 @@ def _check_loss_options(loss_fn, hparams, references, reference_labels, referenc
                 f"reduce_fn, max_positives, **hparams) such as rankax.supap_loss; {name} does not take "
                 f"that: {err}"
             ) from None
-        return
+        return hparams
     params = inspect.signature(loss_fn).parameters
     unknown = [k for k in hparams if k not in params and _renames.new_name(k, params) is None]
     if unknown:
@@ -933,7 +937,9 @@ def _check_loss_options(loss_fn, hparams, references, reference_labels, referenc
             f"{caller} got an unknown argument {unknown[0]!r}{hint} (batch_loss options: "
             f"{', '.join(options)}; {name} hyperparameters: {', '.join(own)})"
         )
+    hparams = _renames.rename_kwargs(name, params, hparams, stacklevel=4)
     checker(dict(hparams), caller=caller, warn=False)  # names and ranges; traced values pass
+    return hparams
 
 
 def _as_tuple(v: list | np.ndarray) -> tuple:

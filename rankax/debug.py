@@ -13,13 +13,16 @@ into a finite, wrong number: the value and the gradient come out NaN
     # CheckError: batch_loss(supap_loss): embeddings has a non-finite value:
     # embeddings[3, 17] = nan (first of 128 entries)
 
-While checks are enabled (:func:`checks`, or inside :func:`checked`/:func:`checkify`) the
-rankax functions traced add ``jax.experimental.checkify`` checks that report the *first*
-offending entry with the name of the function: non-finite scores/embeddings at valid
-positions, labels outside the function's domain, and a non-finite result computed from
-finite inputs. The switch is read at trace time: a function already compiled without checks
-keeps running without them, so wrap the Python function (not an already-``jit``-ed one whose
-cache is warm) or build it inside ``with rankax.debug.checks():``.
+Inside :func:`checked` or :func:`checkify` the rankax functions traced add
+``jax.experimental.checkify`` checks that report the *first* offending entry with the name of
+the function: non-finite scores/embeddings at valid positions, labels outside the function's
+domain, and a non-finite result computed from finite inputs. The switch is read at trace time:
+a function already compiled without checks keeps running without them, so wrap the Python
+function (not an already-``jit``-ed one whose cache is warm). :func:`checks` is that switch
+alone: what is traced under it needs ``checkify`` around it (``jax.jit`` or a ``batch_loss``
+call under ``checks()`` without one raises JAX's "checkify.check which was not
+functionalized"), so use :func:`checked` or :func:`checkify` unless you apply
+``jax.experimental.checkify.checkify`` yourself.
 
 Checks cost a reduction per checked array and a device-to-host error transfer per call; leave
 them off for speed runs.
@@ -54,7 +57,10 @@ def enabled() -> bool:
 
 
 def checks(on: bool = True) -> contextlib.AbstractContextManager[None]:
-    """Trace-time switch for the value checks (see the module docstring)."""
+    """Trace-time switch for the value checks: rankax functions traced under ``checks(True)``
+    add ``checkify`` checks, so they must be traced inside ``checkify.checkify`` (which
+    :func:`checkify` and :func:`checked` do for you); ``checks(False)`` turns them off inside
+    those. See the module docstring."""
     return validation.value_checks(bool(on))
 
 

@@ -19,7 +19,6 @@ Two conventions meet here, and this module is where a user of one meets the othe
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +65,11 @@ def lists_from_embeddings(
       include_self: keep each query in its own list (official PyTorch code's convention).
       precision: of ``E R^T``; default float32-exact on every backend, as ``batch_loss``
         (``"default"`` opts into TF32 on NVIDIA GPUs).
+
+    Returns:
+      ``scores`` in the embeddings' dtype promoted to at least float32 (bfloat16 and float16
+      are scored in float32, as ``batch_loss`` does), ``relevance`` in the same dtype, and
+      ``where`` bool.
     """
     emb = jnp.asarray(embeddings)
     lab = jnp.asarray(labels)
@@ -73,10 +77,7 @@ def lists_from_embeddings(
         raise ValueError(
             f"lists_from_embeddings: embeddings must be [B, D] with D >= 1, got shape {emb.shape}"
         )
-    for name, x, kind in (("embeddings", emb, jnp.floating), ("labels", lab, jnp.integer)):
-        if not jnp.issubdtype(x.dtype, kind):
-            what = "floating point" if kind is jnp.floating else "integer class ids"
-            raise TypeError(f"lists_from_embeddings: {name} must be {what}, got dtype {x.dtype}")
+    _check_dtypes(("embeddings", emb), ("labels", lab))
     if lab.shape != emb.shape[:1]:
         raise ValueError(
             f"lists_from_embeddings: labels must be [B] class ids matching embeddings {emb.shape}, got "
@@ -86,17 +87,28 @@ def lists_from_embeddings(
         raise ValueError("lists_from_embeddings: pass references and reference_labels together")
     ref = emb if references is None else jnp.asarray(references)
     ref_lab = lab if reference_labels is None else jnp.asarray(reference_labels)
+    _check_dtypes(("references", ref), ("reference_labels", ref_lab))
     if ref.ndim != 2 or ref.shape[1] != emb.shape[1] or ref_lab.shape != ref.shape[:1]:
         raise ValueError(
             f"lists_from_embeddings: references must be [M, {emb.shape[1]}] with [M] reference_labels, "
             f"got {ref.shape} and {ref_lab.shape}"
         )
-    scores = jnp.matmul(emb, ref.T, precision=precision)
+    # In at least float32, as batch_loss scores (half-precision embeddings are upcast first).
+    dtype = jnp.promote_types(jnp.result_type(emb, ref), jnp.float32)
+    scores = jnp.matmul(emb.astype(dtype), ref.T.astype(dtype), precision=precision)
     relevance = (lab[:, None] == ref_lab[None, :]).astype(scores.dtype)
     where = jnp.ones(scores.shape, bool)
     if references is None and not include_self:
         where = ~jnp.eye(emb.shape[0], dtype=bool)
     return scores, relevance, where
+
+
+def _check_dtypes(embeddings: tuple[str, Array], labels: tuple[str, Array]) -> None:
+    """TypeErrors naming the argument: embeddings must be floating, labels integer class ids."""
+    for (name, x), kind in ((embeddings, jnp.floating), (labels, jnp.integer)):
+        if not jnp.issubdtype(x.dtype, kind):
+            what = "floating point" if kind is jnp.floating else "integer class ids"
+            raise TypeError(f"lists_from_embeddings: {name} must be {what}, got dtype {x.dtype}")
 
 
 #: batch_loss's own keywords: everything else make_batch_loss receives is the loss's.
@@ -120,12 +132,15 @@ def make_batch_loss(loss_fn: Callable[..., Array], **kwargs: Any) -> Callable[[A
     # call inside a training step; batch_loss checks its own options when called.
     hparams = {k: v for k, v in kwargs.items() if k not in _BATCH_LOSS_OPTIONS}
     references = [kwargs.get(k) for k in ("references", "reference_labels", "reference_mask")]
-    caller = f"make_batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
-    batch._check_loss_options(loss_fn, hparams, *references, caller)
+    name = getattr(loss_fn, "__name__", "loss_fn")
+    hparams = batch._check_loss_options(loss_fn, hparams, *references, f"make_batch_loss({name})")
+    kwargs = {**{k: v for k, v in kwargs.items() if k in _BATCH_LOSS_OPTIONS}, **hparams}
 
-    @functools.wraps(loss_fn)
+    # Not functools.wraps: the result takes (embeddings, labels), so it must not look like (or
+    # be unwrapped to) the list loss, whose signature and attributes batch_loss reads.
     def loss(embeddings: ArrayLike, labels: ArrayLike) -> Array:
         return batch_loss(loss_fn, embeddings, labels, **kwargs)
 
-    loss.__name__ = f"batch_{getattr(loss_fn, '__name__', 'loss')}"
+    loss.__name__ = loss.__qualname__ = f"batch_{name}"
+    loss.__doc__ = f"rankax.batch_loss({name}, embeddings, labels, **kwargs), kwargs: {', '.join(kwargs)}"
     return loss

@@ -61,8 +61,11 @@ def keep_freed_memory(max_chunk_bytes: int = 2**30) -> bool:
 
 
 def _glibc() -> ctypes.CDLL | None:
-    """The process's C library if it is glibc (it has ``gnu_get_libc_version``), else None."""
+    """The process's C library if it is glibc (it has ``gnu_get_libc_version``), else None
+    (also where no C library is found by that name, as on Windows)."""
     name = ctypes.util.find_library("c")
+    if name is None:
+        return None
     try:
         libc = ctypes.CDLL(name)
     except OSError:

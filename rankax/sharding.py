@@ -119,7 +119,7 @@ def sharded_batch_loss(
     if not (isinstance(axis_name, str) or (isinstance(axis_name, tuple) and all(
             isinstance(a, str) for a in axis_name))):
         raise TypeError(f"{caller}: axis_name must be a mesh axis name or a tuple of them, got {axis_name!r}")
-    batch._check_loss_options(loss_fn, hparams, None, None, None, caller)  # names and ranges, now
+    hparams = batch._check_loss_options(loss_fn, hparams, None, None, None, caller)  # names, ranges: now
     kwargs = dict(
         include_self=include_self,
         max_positives=max_positives,

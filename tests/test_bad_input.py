@@ -490,6 +490,10 @@ def test_lists_from_embeddings_bad_input():
         make(emb, lab.astype(jnp.float32))
     with pytest.raises(ValueError, match="D >= 1"):
         make(emb[:, :0], lab)
+    with pytest.raises(TypeError, match="reference_labels must be integer class ids"):
+        make(emb, lab, emb[:3], np.array([0.5, 1.0, 2.0]))  # 0.5 would match no class
+    with pytest.raises(TypeError, match="references must be floating point"):
+        make(emb, lab, np.ones((3, emb.shape[1]), np.int32), lab[:3])
 
 
 # ----------------------------------------------------------------------------- retrieval

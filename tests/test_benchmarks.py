@@ -191,7 +191,7 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "out"
-    bench = ("--sizes 128 --losses supap --skip pml,large,tf32 --budget-s 30 "
+    bench = ("--sizes 128 --losses supap --skip pml,large,tf32 --budget-s 120 "
              "--eval-sizes 600x16 --eval-large none")
     env = {"PATH": os.environ["PATH"], "PY": sys.executable, "OUT": str(out), "WHEELS": str(tmp_path),
            "ALLOW_CPU": "1", "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path), "BENCH_ARGS": bench,

@@ -53,3 +53,13 @@ def test_keep_freed_memory_checks_its_argument():
 def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
     monkeypatch.setattr(host, "_glibc", lambda: None)
     assert host.keep_freed_memory() is False
+
+
+def test_no_c_library_by_name_means_no_glibc(monkeypatch):
+    # Windows: find_library("c") is None, and ctypes.CDLL(None) raises TypeError there.
+    def cdll(name):
+        raise TypeError("argument of type 'NoneType' is not iterable")
+
+    monkeypatch.setattr(host.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(host.ctypes, "CDLL", cdll)
+    assert host.keep_freed_memory() is False

@@ -1,6 +1,7 @@
 """The list API's conventions: masked lists from embeddings, the batch loss as
 ``f(embeddings, labels)``, and the deprecated ``tau`` spellings (numpy references)."""
 
+import inspect
 import warnings
 
 import jax
@@ -54,6 +55,18 @@ def test_lists_from_embeddings_masks_the_query_and_gives_relevance():
         rankax.lists_from_embeddings(emb, np.stack([labels, labels], 1))
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_lists_from_half_precision_embeddings_are_scored_in_float32(dtype):
+    emb, labels = _batch()
+    half = jnp.asarray(emb, dtype)
+    scores, relevance, where = rankax.lists_from_embeddings(half, labels)
+    assert scores.dtype == relevance.dtype == jnp.float32
+    rounded = np.asarray(half, np.float64)  # the half-precision values, multiplied exactly
+    np.testing.assert_allclose(scores, rounded @ rounded.T, atol=1e-6)
+    lists = float(rankax.supap_loss(scores, relevance, where=where))
+    assert lists == pytest.approx(float(rankax.batch_loss(rankax.supap_loss, half, labels)), abs=1e-6)
+
+
 def test_make_batch_loss_takes_embeddings_first():
     emb, labels = _batch(1)
     f = rankax.make_batch_loss(rankax.smooth_ap_loss, temperature=0.05)
@@ -98,8 +111,10 @@ def test_old_temperature_spellings_still_work_with_a_deprecation_warning():
     messages = " ".join(str(w.message) for w in caught)
     assert "'tau1' is deprecated, use 'temperature'" in messages
     assert "'tau2' is deprecated, use 'k_temperature'" in messages
-    with pytest.raises(TypeError, match="both 'temperature' and its deprecated spelling 'tau'"):
+    with pytest.raises(TypeError, match="'tau' and another spelling of 'temperature'"):
         rankax.pnp_loss(s, y, tau=0.1, temperature=0.1)
+    with pytest.raises(TypeError, match="'tau1' and another spelling of 'temperature'"):
+        rankax.pnp_loss(s, y, tau=0.1, tau1=0.5)  # two old spellings of one argument
     emb, labels = _batch(4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
@@ -108,6 +123,37 @@ def test_old_temperature_spellings_still_work_with_a_deprecation_warning():
         assert float(rankax.batch_loss(rankax.roadmap_loss, emb, labels, tau=0.05)) == pytest.approx(new)
     with pytest.warns(DeprecationWarning):
         assert float(rankax.ranking.roadmap_step(0.01, tau=0.05)) == pytest.approx(0.5 + expit(0.2))
+
+
+def test_deprecation_warnings_point_at_the_callers_line():
+    # Python shows a DeprecationWarning by default only where it is attributed to __main__: it
+    # must name the user's line, not a line of rankax (nor "sys:1"), and come once per call of
+    # the batch path, not from inside its compiled program.
+    s, y = np.linspace(0, 1, 8, dtype=np.float32), (np.arange(8) % 2).astype(np.float32)
+    emb, labels = _batch(5)
+    e, p = emb[:, :3], np.eye(3, dtype=np.float32)
+    calls = {
+        "list loss": lambda: rankax.pnp_loss(s, y, tau=0.1),
+        "batch_loss": lambda: rankax.batch_loss(rankax.smooth_ap_loss, emb, labels, tau=0.05),
+        "make_batch_loss": lambda: rankax.make_batch_loss(rankax.smooth_ap_loss, tau=0.5),
+        "step function": lambda: rankax.ranking.roadmap_step(0.1, tau=0.5),
+        "other function": lambda: rankax.losses.normalized_softmax_loss(e, labels % 3, p, tau=0.1),
+    }
+    for what, call in calls.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert [w.filename for w in deprecations] == [__file__], what
+
+
+def test_make_batch_loss_gives_a_function_of_embeddings_and_labels():
+    f = rankax.make_batch_loss(rankax.smooth_ap_loss, temperature=0.5)
+    assert list(inspect.signature(f).parameters) == ["embeddings", "labels"]
+    assert f.__name__ == "batch_smooth_ap_loss" and "temperature" in f.__doc__
+    emb, labels = _batch(6)
+    with pytest.raises(TypeError, match="loss_fn must be a list loss"):  # not read as the list loss
+        rankax.batch_loss(f, emb, labels)
 
 
 def _normalized_softmax(e, y, p, t):

@@ -123,6 +123,25 @@ def test_l2_normalize_gradient_of_a_zero_row_is_zero():
     np.testing.assert_array_equal(np.asarray(bad[2]), [1.0, 0.0])
 
 
+def test_l2_normalize_of_rows_whose_square_overflows_or_underflows():
+    """||x||^2 of a float32 row overflows past ~1.8e19 and underflows below ~1e-19: the row is
+    still x / max(||x||, eps) (not a silent zero row), with the projection gradient
+    (I - u u^T) w / ||x||; the host version agrees, float16 rows too."""
+    from rankax._core.normalize import l2_normalize_host
+
+    x = np.array([[3e19, 1e19, 0.0], [3e-25, 4e-25, 0.0], [300.0, 400.0, 0.0]])
+    norms = np.linalg.norm(x, axis=1, keepdims=True)  # float64: no overflow
+    want = x / np.maximum(norms, 1e-12)
+    np.testing.assert_allclose(models.l2_normalize(jnp.asarray(x, jnp.float32)), want, rtol=1e-6)
+    np.testing.assert_allclose(l2_normalize_host(x.astype(np.float32)), want, rtol=1e-6)
+    half = l2_normalize_host(np.array([[300.0, 400.0, 0.0], [0.0, 0.0, 0.0]], np.float16))
+    np.testing.assert_allclose(half, [[0.6, 0.8, 0.0], [0.0, 0.0, 0.0]], atol=1e-3)
+    w = np.array([1.0, 2.0, 3.0])
+    grad = jax.grad(lambda r: jnp.sum(models.l2_normalize(r) * w))(jnp.asarray(x[:1], jnp.float32))
+    u = x[0] / norms[0]
+    np.testing.assert_allclose(np.asarray(grad[0]), (w - u * (u @ w)) / norms[0], rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny"])
 def test_bfloat16_compute_float32_params(name):
     x = _images(size=32)
