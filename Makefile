@@ -21,8 +21,8 @@ $(TEST): $(CORE)
 	touch $(TEST)
 
 ## Optional: the CPU torch wheel enables the PyTorch comparison tests (weight conversion, the
-## official losses); where it is not available those tests are skipped. Tried on every test run
-## until it is installed (rankax imports torch only to read .pth weights).
+## official losses); where it is not available those tests are skipped. `make test` tries it on
+## every run until it is installed (rankax imports torch only to read .pth weights).
 torch: $(TEST)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0 \
 		|| echo "torch==2.13.0 unavailable: torch comparison tests will be skipped"
@@ -45,13 +45,13 @@ test: $(TEST) torch
 ## The core of the suite (losses, batch path, metrics, retrieval, training/CLI on digits):
 ## `make test` without the tests marked slow in tests/conftest.py. TESTS=tests/test_x.py narrows it.
 TESTS ?= tests
-test-quick: $(TEST) torch
+test-quick: $(TEST)
 	$(PY) -m pytest -n 2 -q -m "not slow" $(TESTS)
 
 ## The core of the suite on the CPU with a GPU's default matmul precision emulated: every matrix
 ## product and convolution not asking for float32-exact products gets TF32 operands
 ## (RANKAX_EMULATE_TF32 in tests/conftest.py). A test that fails only here would fail on a GPU.
-test-tf32: $(TEST) torch
+test-tf32: $(TEST)
 	RANKAX_EMULATE_TF32=1 $(PY) -m pytest -n 2 -q -m "not slow" $(TESTS)
 
 ## The whole suite on a GPU host, with a CUDA jax in the interpreter GPU_PY (default .venv's;

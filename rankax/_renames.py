@@ -45,13 +45,12 @@ def rename_kwargs(
     argument at once (``tau`` and ``temperature``, or ``tau`` and ``tau1``) raise ``TypeError``."""
     if not any(k in DEPRECATED for k in kwargs):
         return kwargs
-    out = dict(kwargs)
-    for old in [k for k in kwargs if k in DEPRECATED]:
-        new = new_name(old, params)
-        if new is None:
-            continue
-        if new in out:  # given as such, or already renamed from another old spelling
+    renames = {old: new for old in kwargs if (new := new_name(old, params)) is not None}
+    for old, new in renames.items():  # every conflict first: no warning before the error
+        if new in kwargs or list(renames.values()).count(new) > 1:
             raise TypeError(f"{fn_name}() got {old!r} and another spelling of {new!r}; pass {new!r} only")
+    out = dict(kwargs)
+    for old, new in renames.items():
         if warn:
             warnings.warn(
                 f"{fn_name}(): argument {old!r} is deprecated, use {new!r} (the old spelling goes in "

@@ -396,6 +396,9 @@ def batch_statistics(
     q_emb, q_lab, i_emb, i_lab = _check_views(queries, query_labels, items, item_labels, caller)
     validation.check_capacity(max_positives, caller=caller)
     _check_sizes(block_size, max_tile_elements, precision, caller, capacity_limit)
+    name = getattr(loss_fn, "__name__", "loss_fn")
+    # Deprecated spellings renamed here: the warning names the caller's line.
+    hparams = _renames.rename_kwargs(name, inspect.signature(loss_fn).parameters, hparams)
     hparams = stats.hparams_of(loss_fn, hparams, caller=caller)
     num_q, n = q_emb.shape[0], i_emb.shape[0]
     mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
@@ -913,6 +916,8 @@ def _check_loss_options(
         raise ValueError(f"{caller}: reference_labels/reference_mask need references= (the [M, D] "
                          "reference embeddings)")
     name = getattr(loss_fn, "__name__", "loss_fn")
+    params = inspect.signature(loss_fn).parameters
+    hparams = _renames.rename_kwargs(name, params, hparams, stacklevel=4)
     checker = getattr(loss_fn, "hparams", None)
     if checker is None:  # a user's own list loss: it must take what batch_loss passes
         try:
@@ -925,8 +930,7 @@ def _check_loss_options(
                 f"that: {err}"
             ) from None
         return hparams
-    params = inspect.signature(loss_fn).parameters
-    unknown = [k for k in hparams if k not in params and _renames.new_name(k, params) is None]
+    unknown = [k for k in hparams if k not in params]
     if unknown:
         options = sorted(p for p in inspect.signature(batch_loss).parameters
                          if p not in ("loss_fn", "embeddings", "labels", "hparams"))
@@ -937,7 +941,6 @@ def _check_loss_options(
             f"{caller} got an unknown argument {unknown[0]!r}{hint} (batch_loss options: "
             f"{', '.join(options)}; {name} hyperparameters: {', '.join(own)})"
         )
-    hparams = _renames.rename_kwargs(name, params, hparams, stacklevel=4)
     checker(dict(hparams), caller=caller, warn=False)  # names and ranges; traced values pass
     return hparams
 

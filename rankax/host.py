@@ -61,14 +61,11 @@ def keep_freed_memory(max_chunk_bytes: int = 2**30) -> bool:
 
 
 def _glibc() -> ctypes.CDLL | None:
-    """The process's C library if it is glibc (it has ``gnu_get_libc_version``), else None
-    (also where no C library is found by that name, as on Windows)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
+    """The process's C library if it is glibc (it has ``gnu_get_libc_version``), else None."""
+    name = ctypes.util.find_library("c")  # None on Windows, and on Linux hosts without ldconfig,
+    try:  # where CDLL(None) opens the process's own symbols: glibc's among them
         libc = ctypes.CDLL(name)
-    except OSError:
+    except (OSError, TypeError):  # TypeError: CDLL(None) on Windows
         return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
         return None

@@ -142,9 +142,12 @@ def update(memory: XBM, embeddings: ArrayLike, labels: ArrayLike) -> XBM:
         raise TypeError(f"xbm.update: labels must be integer class ids, got dtype {lab.dtype}")
     if not jnp.can_cast(lab.dtype, memory.labels.dtype, casting="safe"):
         # A narrowing cast would wrap large ids onto other classes' ids: false positives.
+        # An int64 memory (JAX has one under jax_enable_x64) holds every integer dtype but uint64.
+        wider = jax.config.jax_enable_x64 and jnp.can_cast(lab.dtype, jnp.int64, casting="safe")
+        fix = "create it with xbm.init(..., label_dtype=jnp.int64) or " if wider else ""
         raise TypeError(
             f"xbm.update: labels of dtype {lab.dtype} do not fit the memory's {memory.labels.dtype} "
-            f"labels: create it with xbm.init(..., label_dtype=jnp.{lab.dtype}) or cast the labels"
+            f"labels: {fix}cast the labels to {memory.labels.dtype} if their values fit"
         )
     b = emb.shape[0]
     pointer = memory.pointer

@@ -113,7 +113,7 @@ def test_old_temperature_spellings_still_work_with_a_deprecation_warning():
     assert "'tau2' is deprecated, use 'k_temperature'" in messages
     with pytest.raises(TypeError, match="'tau' and another spelling of 'temperature'"):
         rankax.pnp_loss(s, y, tau=0.1, temperature=0.1)
-    with pytest.raises(TypeError, match="'tau1' and another spelling of 'temperature'"):
+    with pytest.raises(TypeError, match="'tau' and another spelling of 'temperature'"):
         rankax.pnp_loss(s, y, tau=0.1, tau1=0.5)  # two old spellings of one argument
     emb, labels = _batch(4)
     with warnings.catch_warnings():
@@ -132,10 +132,16 @@ def test_deprecation_warnings_point_at_the_callers_line():
     s, y = np.linspace(0, 1, 8, dtype=np.float32), (np.arange(8) % 2).astype(np.float32)
     emb, labels = _batch(5)
     e, p = emb[:, :3], np.eye(3, dtype=np.float32)
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    items = jnp.asarray(emb)
     calls = {
         "list loss": lambda: rankax.pnp_loss(s, y, tau=0.1),
         "batch_loss": lambda: rankax.batch_loss(rankax.smooth_ap_loss, emb, labels, tau=0.05),
         "make_batch_loss": lambda: rankax.make_batch_loss(rankax.smooth_ap_loss, tau=0.5),
+        "sharded_batch_loss": lambda: rankax.sharding.sharded_batch_loss(
+            rankax.smooth_ap_loss, mesh, tau=0.5),
+        "batch_statistics": lambda: rankax.batch.batch_statistics(
+            rankax.smooth_ap_loss, items, labels, items, labels, query_index=np.arange(len(labels)), tau=0.5),
         "step function": lambda: rankax.ranking.roadmap_step(0.1, tau=0.5),
         "other function": lambda: rankax.losses.normalized_softmax_loss(e, labels % 3, p, tau=0.1),
     }
@@ -143,8 +149,8 @@ def test_deprecation_warnings_point_at_the_callers_line():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             call()
-        deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
-        assert [w.filename for w in deprecations] == [__file__], what
+        deprecations = [(w.filename, w.lineno) for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert deprecations == [(__file__, call.__code__.co_firstlineno)], what
 
 
 def test_make_batch_loss_gives_a_function_of_embeddings_and_labels():

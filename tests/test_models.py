@@ -136,6 +136,9 @@ def test_l2_normalize_of_rows_whose_square_overflows_or_underflows():
     np.testing.assert_allclose(l2_normalize_host(x.astype(np.float32)), want, rtol=1e-6)
     half = l2_normalize_host(np.array([[300.0, 400.0, 0.0], [0.0, 0.0, 0.0]], np.float16))
     np.testing.assert_allclose(half, [[0.6, 0.8, 0.0], [0.0, 0.0, 0.0]], atol=1e-3)
+    inf_row = models.l2_normalize(jnp.array([[np.inf, 1.0, 0.0]]))
+    assert np.isnan(np.asarray(inf_row)).all()  # a NaN row, never a finite one
+    assert models.l2_normalize(jnp.zeros((2, 0))).shape == (2, 0)
     w = np.array([1.0, 2.0, 3.0])
     grad = jax.grad(lambda r: jnp.sum(models.l2_normalize(r) * w))(jnp.asarray(x[:1], jnp.float32))
     u = x[0] / norms[0]

@@ -590,6 +590,10 @@ def test_the_commit_is_taken_only_from_a_checkout_of_rankax(tmp_path):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
     head = git("rev-parse", "HEAD")
     assert workdir_lib.checkout_commit(str(site)) is None
+    nested = tmp_path / "vendor" / "rankax"  # a rankax tree with its own pyproject.toml, not a checkout
+    nested.mkdir(parents=True)
+    (tmp_path / "vendor" / "pyproject.toml").write_text("[project]\nname = 'rankax'\n")
+    assert workdir_lib.checkout_commit(str(nested)) is None
     assert workdir_lib.checkout_commit(str(tmp_path / "rankax")) == head
     (tmp_path / "rankax" / "__init__.py").write_text("x = 1\n")
     assert workdir_lib.checkout_commit(str(tmp_path / "rankax")) == head + "+dirty"

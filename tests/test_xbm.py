@@ -76,8 +76,14 @@ def test_update_refuses_ids_that_the_memory_would_narrow():
             xbm.update(xbm.init(4, 2), jnp.ones((2, 2)), ids)
         kept = xbm.update(xbm.init(4, 2, label_dtype=jnp.int64), jnp.ones((2, 2)), ids)
         assert int(kept.labels[0]) == 2**32 + 1
-    with pytest.raises(TypeError, match=r"uint32 do not fit the memory's int32"):
+    with pytest.raises(TypeError, match=r"uint32 do not fit the memory's int32 labels: cast the labels"):
         xbm.update(xbm.init(4, 2), jnp.ones((2, 2)), jnp.asarray([1, 2], jnp.uint32))
+    with jax.enable_x64(True):  # the advice given there works
+        ids = jnp.asarray([2**32 - 1, 2], jnp.uint32)
+        with pytest.raises(TypeError, match=r"label_dtype=jnp.int64"):
+            xbm.update(xbm.init(4, 2), jnp.ones((2, 2)), ids)
+        kept = xbm.update(xbm.init(4, 2, label_dtype=jnp.int64), jnp.ones((2, 2)), ids)
+        assert int(kept.labels[0]) == 2**32 - 1
     small = xbm.update(xbm.init(4, 2), jnp.ones((2, 2)), jnp.asarray([1, 2], jnp.uint8))  # widened
     np.testing.assert_array_equal(np.asarray(small.labels[:2]), [1, 2])
 

@@ -26,6 +26,8 @@ def l2_normalize(x: ArrayLike, eps: float = EPS) -> jax.Array:
     in ``x``'s dtype; an all-zero row is 0 with a zero gradient; a row holding NaN or inf comes out
     with NaN entries (never as a silent zero row)."""
     x = jnp.asarray(x)
+    if x.shape[-1] == 0:  # rows of no entries: nothing to scale
+        return x
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     # The scale m is a constant for the gradient: x / (m ||x / m||) does not depend on it.
     m = jax.lax.stop_gradient(jnp.max(jnp.abs(x32), axis=-1, keepdims=True))
@@ -40,6 +42,8 @@ def l2_normalize(x: ArrayLike, eps: float = EPS) -> jax.Array:
 
 def l2_normalize_host(x: np.ndarray, eps: float = EPS) -> np.ndarray:
     """The same on the host, in ``x``'s floating dtype (no gradient to protect)."""
+    if x.shape[-1] == 0:
+        return x
     m = np.max(np.abs(x), axis=-1, keepdims=True)
     zero = m == 0
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN/inf rows: NaN

@@ -28,10 +28,13 @@ def require(module: str, what: str) -> ModuleType:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
         package = module.split(".")[0]
-        if package == "torch":
+        if package in EXTRAS:
+            extra = EXTRAS[package]
+            fix = f"pip install 'rankax[{extra}]' (in a clone of rankax: pip install -e '.[{extra}]')"
+        elif package == "torch":
             fix = "pip install torch (a CPU-only build: --index-url https://download.pytorch.org/whl/cpu)"
         else:
-            fix = f"pip install 'rankax[{EXTRAS[package]}]'"
+            fix = f"pip install {package}"
         raise ModuleNotFoundError(
             f"{what} needs the optional package {package!r} (missing: {err.name!r}): {fix}", name=err.name
         ) from err

@@ -33,10 +33,10 @@ def load(config: ml_collections.ConfigDict) -> rdata.RetrievalDataset:
     """
     try:
         dataset = rdata.load_dataset(config.dataset)
-        if hasattr(dataset.train, "get_pixels"):  # image sources are decoded by grain's pipeline
+        if is_image_source(dataset.train):  # image sources are decoded by grain's pipeline
             optional.require("grain", "the image input pipeline")
     except ModuleNotFoundError as err:
-        if err.name not in optional.EXTRAS:
+        if err.name not in ("tensorflow_datasets", "grain"):  # the data extra's packages
             raise
         raise ConfigError(
             f"config.dataset.name={config.dataset.name!r} needs the optional package {err.name!r}, "

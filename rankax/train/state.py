@@ -123,7 +123,9 @@ def _init_memory(
     if not config.xbm.size:
         return {}
     dim = jax.eval_shape(lambda: model.apply(variables, sample, train=False)).shape[-1]
-    return xbm.init(int(config.xbm.size), dim, label_shape=label_shape)
+    # int64 ids under jax_enable_x64 (numpy's default integers) fit only an int64 memory.
+    label_dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+    return xbm.init(int(config.xbm.size), dim, label_shape=label_shape, label_dtype=label_dtype)
 
 
 def _init_loss_params(
