@@ -132,6 +132,12 @@ def _put_queries(x: np.ndarray, mesh: Mesh | None) -> Array:
     return put(x, mesh, P(_AXIS))
 
 
+def _fetch_blocks(pending: list, rows: list[int]) -> list[tuple[np.ndarray, ...]]:
+    """The outputs of every dispatched query block in one ``device_get`` (no block waits for a
+    host read), each cut to the block's real rows (``rows``; blocks are padded to the devices)."""
+    return [tuple(v[:m] for v in out) for out, m in zip(jax.device_get(pending), rows, strict=True)]
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -266,11 +272,9 @@ def knn(
     pending, rows = [], []
     for start, qb, self_index in _query_blocks(queries, block_size, mesh, self_excluded):
         pending.append(fn(_put_queries(qb, mesh), _put_queries(self_index, mesh), gal.chunks))
-        rows.append(min(len(qb), queries.shape[0] - start))  # the block's rows, padded to the devices
-    fetched = jax.device_get(pending)  # one transfer: no block waits for the host
-    out_s = [s[:m] for (s, _), m in zip(fetched, rows, strict=True)]
-    out_i = [i[:m] for (_, i), m in zip(fetched, rows, strict=True)]
-    return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
+        rows.append(min(len(qb), queries.shape[0] - start))
+    blocks = _fetch_blocks(pending, rows)
+    return np.concatenate([s for s, _ in blocks]), np.concatenate([i for _, i in blocks]).astype(np.int64)
 
 
 def check_knn(
@@ -747,8 +751,5 @@ def hierarchical_metrics(
             _put_queries(counts, mesh), gallery.chunks, g_paths,
         ))
         rows.append(m)
-    fetched = jax.device_get(pending)  # one transfer: no block waits for the host
-    return {
-        key: np.concatenate([np.asarray(values[j])[:m] for values, m in zip(fetched, rows, strict=True)])
-        for j, key in enumerate(keys)
-    }
+    blocks = _fetch_blocks(pending, rows)
+    return {key: np.concatenate([block[j] for block in blocks]) for j, key in enumerate(keys)}
