@@ -151,6 +151,24 @@ def test_m_per_class_validation():
         data.MPerClassEpochSampler(_labels([4, 4]), 4, 2, rule="greedy")
 
 
+def test_hierarchical_min_class_size_counts_classes_by_super_class_and_fine_id():
+    """Fine id 0 names two classes (one item under super-class 0, six under 1): with
+    ``min_class_size=2`` the one-item class is never drawn, so no batch repeats an item."""
+    fine = np.array([0] + [0] * 6 + [1] * 6 + [1] * 6)
+    coarse = np.array([0] + [1] * 6 + [0] * 6 + [1] * 6)
+    s = data.HierarchicalSampler(np.stack([fine, coarse], 1), 4, 2, min_class_size=2, seed=0)
+    for step in range(20):
+        idx = s.indices(step)
+        assert 0 not in idx
+        assert len(set(idx.tolist())) == len(idx)
+
+
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
+def test_empty_labels_are_named_as_such(name):
+    with pytest.raises(ValueError, match="non-empty"):
+        samplers.make(name, np.zeros((0, 2), np.int64), 8, 2)
+
+
 # ---------------------------------------------------------------- all-pairs hierarchical epochs
 
 

@@ -96,12 +96,7 @@ class PKSampler(_NominalEpochs):
     ):
         _check_ints(classes_per_batch=classes_per_batch, samples_per_class=samples_per_class, seed=seed,
                     min_class_size=min_class_size)
-        labels = np.asarray(labels)
-        if labels.ndim == 2:
-            labels = labels[:, 0]
-        if labels.ndim != 1:
-            raise ValueError(f"labels must be [N] class ids or [N, L] label paths, got shape {labels.shape}")
-        labels, keep = _drop_small_classes(labels, min_class_size)
+        labels, keep = _drop_small_classes(_class_ids(labels), min_class_size)
         self.classes, inverse = np.unique(labels, return_inverse=True)
         if not 1 <= classes_per_batch <= len(self.classes):
             raise ValueError(
@@ -152,8 +147,8 @@ def _drop_small_classes(labels: np.ndarray, min_class_size: int) -> tuple[np.nda
 def _check_label_paths(labels: np.ndarray, fine_level: int, coarse_level: int) -> np.ndarray:
     """``labels`` as ``[N, L]`` label paths after checking the two levels exist."""
     labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be [N, L] label paths, got shape {labels.shape}")
+    if labels.ndim != 2 or len(labels) == 0:
+        raise ValueError(f"labels must be non-empty [N, L] label paths, got shape {labels.shape}")
     for name, level in (("fine_level", fine_level), ("coarse_level", coarse_level)):
         if not 0 <= level < labels.shape[1]:
             raise ValueError(f"{name} must be in [0, {labels.shape[1]}), got {level}")
@@ -275,7 +270,9 @@ class HierarchicalSampler(_NominalEpochs):
         per_super = _check_super_batch(
             batch_size, samples_per_class, super_classes_per_batch, batches_per_super_tuple
         )
-        _, keep = _drop_small_classes(labels[:, fine_level], min_class_size)
+        # Count the classes' items by (coarse, fine) pair: fine ids may repeat across super-classes.
+        pairs = np.unique(labels[:, [coarse_level, fine_level]], axis=0, return_inverse=True)[1]
+        _, keep = _drop_small_classes(pairs.reshape(-1), min_class_size)
         self.super_classes, self._members, self._classes_of = _super_class_groups(
             labels, keep, fine_level, coarse_level, super_classes_per_batch
         )
@@ -479,7 +476,7 @@ class MPerClassEpochSampler:
             raise ValueError(
                 f"no batch of {self.classes_per_batch} classes x {samples_per_class} images can be formed: "
                 f"only {int((self._groups > 0).sum())} classes have >= {samples_per_class} images; lower "
-                "batch_size or samples_per_class"
+                "batch_size (fewer classes per batch) or samples_per_class"
             )
         self._fixed_length = max_disjoint_batches(self._groups, self.classes_per_batch)
         self._starts = [0]  # first step of each epoch computed so far

@@ -73,7 +73,9 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
     except ValueError as err:  # the sampler names its argument: say which config keys set it
         name = config.get("dataset", {}).get("name", None)
         where = f"{kind!r} sampler on the training split" + (f" of {name}" if name else "")
-        raise ConfigError(f"config.batch ({where}): {err}") from None
+        sizes = (f"batch_size = classes_per_batch x samples_per_class = "
+                 f"{b.classes_per_batch} x {b.samples_per_class}")
+        raise ConfigError(f"config.batch ({where}; {sizes}): {err}") from None
 
 
 def augment_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
