@@ -88,7 +88,7 @@ lint: $(TEST)
 ## 200k x 128 (printed; `python -m experiments.benchmark_scann --large 1000000 --docs
 ## docs/benchmarks.md` rewrites the ScaNN section of docs/benchmarks.md).
 bench: $(BENCH)
-	$(PY) -m experiments.benchmark
+	$(PY) -m experiments.benchmark --docs docs
 	$(PY) -m experiments.benchmark_paths --sizes 1024,4096 --docs docs
 	$(PY) -m experiments.benchmark_retrieval
 	$(PY) -m experiments.benchmark_scann

@@ -23,6 +23,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import flags
 from rankax import retrieval
 
 
@@ -174,20 +175,26 @@ def run(sizes=((60000, 512),), large=(1_000_000, 512)) -> dict:
     return out
 
 
+def gallery_sizes(text: str) -> list[tuple[int, int]]:
+    """``--sizes``: ``N x D`` sets of at least 2 rows (each query needs another row)."""
+    return [flags.size(item, min_rows=2) for item in text.split(",") if item]
+
+
+def large_gallery(text: str) -> tuple[int, int] | None:
+    """``--large``: gallery rows x D, or ``"none"``."""
+    return None if text.lower() == "none" else flags.size(text, min_rows=2)
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="60000x512", help="comma-separated N x D, e.g. 4000x64,8000x64")
-    parser.add_argument("--large", default="1000000x512", help="gallery rows x D, or 'none'")
+    parser.add_argument("--sizes", type=gallery_sizes, default="60000x512",
+                        help="comma-separated N x D, e.g. 4000x64,8000x64")
+    parser.add_argument("--large", type=large_gallery, default="1000000x512",
+                        help="gallery rows x D, or 'none'")
     args = parser.parse_args(argv)
-
-    def pair(text: str) -> tuple[int, int]:
-        n, d = text.lower().split("x")
-        return int(n), int(d)
-
-    run(sizes=tuple(pair(s) for s in args.sizes.split(",")),
-        large=None if args.large == "none" else pair(args.large))
+    run(sizes=tuple(args.sizes), large=args.large)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Every speed and memory figure of the GPU issue, in one run on one accelerator (under 5 minutes).
 
     python -m experiments.benchmark_gpu [--out docs] [--sizes 1024,4096,16384] [--junit tests.xml]
-    python -m experiments.benchmark_gpu --add-tests tests.xml --out docs   # test counts only
+    python -m experiments.benchmark_gpu --add-tests tests.xml --out runs/gpu  # test counts only
     python -m experiments.benchmark_gpu --table docs                       # print the summary
 
 ``experiments/gpu_check.sh`` runs the test suite and this script in one command on a GPU host.
@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import benchmark_eval_gpu, flags
 from experiments import benchmark_paths as paths
 
 PML = {"smooth-ap": ("SmoothAPLoss", {"temperature": 0.01}),
@@ -113,10 +114,6 @@ def pml_rows(b: int = 1024) -> list[dict]:
 
 
 def eval_rows(sizes: tuple[tuple[int, int], ...], large: tuple[int, int] | None) -> dict:
-    try:
-        from experiments import benchmark_eval_gpu
-    except ImportError as err:
-        return {"error": f"experiments.benchmark_eval_gpu unavailable: {err}"}
     try:
         return benchmark_eval_gpu.run(sizes=sizes, large=large)
     except Exception as err:  # noqa: BLE001 -- a failed section must not lose the others
@@ -205,15 +202,7 @@ def write(out: Path, result: dict, rows: list[dict]) -> None:
     (out / "benchmarks_gpu.md").write_text("\n".join(lines))
 
 
-def _size(text: str) -> tuple[int, int]:
-    """``"60000x512"`` -> ``(60000, 512)``."""
-    try:
-        n, d = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ROWSxDIM such as 60000x512, got {text!r}") from None
-    if n < 2 or d < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 2 rows and 1 dimension, got {text!r}")
-    return n, d
+SKIPPABLE = ("pml", "eval", "large", "tf32")
 
 
 def _fmt(value, spec: str = ".2f") -> str:
@@ -258,21 +247,22 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs")
-    parser.add_argument("--sizes", default="4096,16384")
-    parser.add_argument("--losses", default=",".join(paths.LOSSES))
+    parser.add_argument("--sizes", type=flags.ints, default="4096,16384")
+    parser.add_argument("--losses", type=flags.names(paths.LOSSES), default=",".join(paths.LOSSES))
     parser.add_argument("--junit", default=None)
     parser.add_argument("--add-tests", default=None,
                         help="only add test counts (pytest JUnit files, comma-separated) to an existing JSON")
     parser.add_argument("--tests-partial", action="store_true",
                         help="with --add-tests: the test run was stopped at its time limit")
     parser.add_argument("--large", type=int, default=LARGE_B)
-    parser.add_argument("--eval-sizes", default="60000x512",
+    parser.add_argument("--eval-sizes", type=benchmark_eval_gpu.gallery_sizes, default="60000x512",
                         help="comma list of ROWSxDIM sets evaluated against the top-k loop")
-    parser.add_argument("--eval-large", default="1000000x512",
+    parser.add_argument("--eval-large", type=benchmark_eval_gpu.large_gallery, default="1000000x512",
                         help="GALLERYxDIM of the large-gallery evaluation (10,000 queries), or none")
     parser.add_argument("--table", default=None, metavar="DIR",
                         help="only print the summary table of DIR/benchmarks_gpu.json")
-    parser.add_argument("--skip", default="", help="comma list of: pml,eval,large,tf32")
+    parser.add_argument("--skip", type=flags.names(SKIPPABLE, empty_ok=True), default="",
+                        help=f"comma list of: {','.join(SKIPPABLE)}")
     parser.add_argument("--budget-s", type=float, default=240.0,
                         help="the loss sweep stops adding rows after this many seconds")
     parser.add_argument("--large-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -280,24 +270,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.large_child:
         _large_child(args.large_child)
         return
-    eval_sizes = tuple(_size(v) for v in args.eval_sizes.split(",") if v)
-    eval_large = None if args.eval_large.lower() == "none" else _size(args.eval_large)
     if args.table:
         print(table(json.loads((Path(args.table) / "benchmarks_gpu.json").read_text())))
         return
     out = Path(args.out)
     if args.add_tests:
+        missing = [f for f in ("benchmarks_gpu.json", "benchmarks_gpu_rows.json") if not (out / f).exists()]
+        if missing:
+            parser.error(f"--add-tests needs {' and '.join(missing)} in --out {out}: the folder a full "
+                         "run wrote (gpu_check.sh's $OUT; docs/ holds no rows file)")
         saved = json.loads((out / "benchmarks_gpu.json").read_text())
         saved["gpu_tests"] = test_counts(args.add_tests, args.tests_partial)
         rows = json.loads((out / "benchmarks_gpu_rows.json").read_text())
         write(out, saved, rows)
         print(table(saved))
         return
-    skip = set(args.skip.split(","))
+    skip = set(args.skip)
     start = time.perf_counter()
     paths.DEADLINE = start + args.budget_s * 0.55  # leaves room for the sections after it
     print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
-    sizes = [int(x) for x in args.sizes.split(",")]
+    sizes = args.sizes
     rows: list[dict] = []
     extra: dict = {"gpu_tests": test_counts(args.junit)}
 
@@ -310,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         write(out, result, rows)
         return result
 
-    rows += paths.loss_rows(sizes, args.losses.split(","), "highest")
+    rows += paths.loss_rows(sizes, args.losses, "highest")
     save()
     if "tf32" not in skip:
         paths.DEADLINE += args.budget_s * 0.1
@@ -325,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         extra["pml"] = pml_rows(min(1024, max(sizes)))
         save()
     if "eval" not in skip:
-        extra["evaluation"] = eval_rows(eval_sizes, eval_large)
+        extra["evaluation"] = eval_rows(tuple(args.eval_sizes), args.eval_large)
     result = save()
     print(table(result))
     print(f"total {result['elapsed_s']:.0f} s")

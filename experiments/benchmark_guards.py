@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 import rankax
+from experiments import flags
 
 K = 4
 LOSSES = ("supap_loss", "smooth_ap_loss", "pnp_loss")
@@ -41,10 +42,12 @@ def _best(fn, args, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=2048)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=flags.positive_int, default=2048, help=f"a multiple of K = {K}")
+    parser.add_argument("--dim", type=flags.positive_int, default=128)
+    parser.add_argument("--repeats", type=flags.positive_int, default=5)
     args = parser.parse_args(argv)
+    if args.batch % K:
+        parser.error(f"argument --batch: expected a multiple of K = {K}, got {args.batch}")
 
     emb = jax.random.normal(jax.random.key(0), (args.batch, args.dim))
     emb = emb / jnp.linalg.norm(emb, axis=1, keepdims=True)

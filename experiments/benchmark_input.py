@@ -31,12 +31,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-from experiments import machine
+from experiments import flags, machine
 from rankax.data import folder, loader, samplers, transforms
 
 
@@ -226,19 +228,21 @@ def table(rows: list[tuple[str, float]], workers: int, baseline: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--images", type=int, default=512)
-    p.add_argument("--size", default="500x400", help="W x H of the generated JPEGs")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=16, help="timed batches per pipeline")
+    p.add_argument("--images", type=flags.positive_int, default=512)
+    p.add_argument("--size", type=flags.size, default="500x400", help="W x H of the generated JPEGs")
+    p.add_argument("--batch", type=flags.positive_int, default=64)
+    p.add_argument("--steps", type=flags.positive_int, default=16, help="timed batches per pipeline")
     p.add_argument("--warmup", type=int, default=4, help="untimed first batches")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=flags.positive_int, default=os.cpu_count() or 1)
     p.add_argument("--dir", default=None, help="reuse/keep the image folder here")
     p.add_argument("--docs", default=None, help="write the table to this markdown file")
     p.add_argument("--end-to-end", action="store_true", help="also train --model end to end (GPU)")
     p.add_argument("--model", default="resnet50")
     p.add_argument("--dtype", default="float32", help="compute dtype of --end-to-end (bfloat16)")
     args = p.parse_args(argv)
-    w, h = (int(v) for v in args.size.split("x"))
+    if args.warmup < 0:
+        p.error(f"argument --warmup: expected an integer >= 0, got {args.warmup}")
+    w, h = args.size
     root = args.dir or tempfile.mkdtemp(prefix="rankax-input-")
     if not os.path.exists(os.path.join(root, "data.csv")):
         make_folder(root, args.images, (w, h))
@@ -272,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.docs:
         with open(args.docs, "w") as f:
-            f.write("# Input pipeline throughput\n\nWritten by `python -m experiments.benchmark_input "
-                    f"--docs {args.docs}`.\n\n{text}\n")
+            command = shlex.join(sys.argv[1:] if argv is None else argv)
+            f.write(f"# Input pipeline throughput\n\nWritten by `python -m experiments.benchmark_input "
+                    f"{command}`.\n\n{text}\n")
 
 
 if __name__ == "__main__":

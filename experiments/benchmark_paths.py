@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rankax
-from experiments import machine
+from experiments import flags, machine
 
 K = 4
 D = 512
@@ -279,24 +279,23 @@ def markdown(out: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1024,4096")
-    parser.add_argument("--losses", default=",".join(LOSSES))
-    parser.add_argument("--precision", default="highest")
-    parser.add_argument("--label-size", type=int, default=1024)
-    parser.add_argument("--list-sizes", default="1024")
+    parser.add_argument("--sizes", type=flags.ints, default="1024,4096")
+    parser.add_argument("--losses", type=flags.names(LOSSES), default=",".join(LOSSES))
+    parser.add_argument("--precision", default="highest", choices=("highest", "high", "default"))
+    parser.add_argument("--label-size", type=flags.positive_int, default=1024)
+    parser.add_argument("--list-sizes", type=flags.ints_or_none, default="1024",
+                        help='batch sizes of the list API rows ("": none)')
     parser.add_argument("--json", default=None)
     parser.add_argument("--docs", default=None, help="write benchmarks_paths.md into this folder")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="first call rankax.host.keep_freed_memory() (glibc keeps freed memory)")
     args = parser.parse_args(argv)
     kept = args.keep_freed_memory and rankax.host.keep_freed_memory()
-    sizes = [int(x) for x in args.sizes.split(",") if x]
-    names = [x for x in args.losses.split(",") if x]
     print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, "
           f"keep_freed_memory: {bool(kept)}", flush=True)
-    rows = loss_rows(sizes, names, args.precision)
+    rows = loss_rows(args.sizes, args.losses, args.precision)
     rows += label_path_rows(args.label_size)
-    for b in [int(x) for x in args.list_sizes.split(",") if x]:
+    for b in args.list_sizes:
         rows += list_api_rows(b)
     out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpu": machine.cpu_summary(),
            "keep_freed_memory": bool(kept), "rows": rows}

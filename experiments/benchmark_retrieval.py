@@ -1,7 +1,7 @@
 """Timing of retrieval evaluation: rankax exact and ScaNN vs faiss and pytorch-metric-learning.
 
     python -m experiments.benchmark_retrieval [--sizes 20000x128,60000x512] [--large 200000]
-        [--large-queries 2000] [--output bench.json]
+        [--large-queries 10000] [--skip scann,faiss,pml] [--output bench.json]
 
 For each ``N x D`` (synthetic clustered, L2-normalised embeddings; ~5 images per class as in
 Stanford Online Products; the query set is the gallery, self excluded) it times, in the same
@@ -31,6 +31,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import flags
 from rankax import retrieval
 from rankax.retrieval import scann_backend
 
@@ -146,18 +147,21 @@ def bench_large(n: int, num_queries: int, d: int = 128, k: int = 10) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="20000x128,60000x512")
-    parser.add_argument("--large", type=int, default=200_000, help="gallery size for ScaNN vs exact")
-    parser.add_argument("--large-queries", type=int, default=10_000)
-    parser.add_argument("--skip", default="", help="comma-separated: scann,faiss,pml")
+    parser.add_argument("--sizes", type=flags.sizes, default="20000x128,60000x512")
+    parser.add_argument("--large", type=int, default=200_000,
+                        help="gallery size for ScaNN vs exact (0: skip)")
+    parser.add_argument("--large-queries", type=flags.positive_int, default=10_000)
+    parser.add_argument("--skip", type=flags.names(("scann", "faiss", "pml"), empty_ok=True), default="",
+                        help="comma-separated: scann,faiss,pml")
     parser.add_argument("--output", help="JSON file for the results")
     args = parser.parse_args(argv)
-    skip = {s for s in args.skip.split(",") if s}
+    if args.large < 0:
+        parser.error(f"argument --large: expected a gallery size >= 0 (0: skip), got {args.large}")
+    skip = set(args.skip)
     print(f"cpus: {os.cpu_count()}")
     print(f"jax {jax.__version__}, backend {jax.default_backend()}")
     rows, summaries = [], []
-    for size in args.sizes.split(","):
-        n, d = (int(v) for v in size.split("x"))
+    for n, d in args.sizes:
         size_rows = bench_size(n, d, skip)
         for row in size_rows:
             rows.append(row)

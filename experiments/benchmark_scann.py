@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import machine
+from experiments import flags, machine
 from experiments.benchmark_retrieval import clustered_embeddings
 from rankax.retrieval import knn, scann_backend
 
@@ -222,28 +222,35 @@ def write_docs(path: Path, results: list[dict], rows: list[str]) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--items", type=int, default=200_000, help="gallery size of the quick run")
+    parser.add_argument("--items", type=flags.positive_int, default=200_000,
+                        help="gallery size of the quick run")
     parser.add_argument("--large", type=int, default=0, help="also this gallery size (e.g. 1000000)")
-    parser.add_argument("--queries", type=int, default=10_000, help="queries sampled from the gallery")
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--fractions", default="0.4,0.5", help="other fractions of leaves searched")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds; the best time of each is kept")
+    parser.add_argument("--queries", type=flags.positive_int, default=10_000,
+                        help="queries sampled from the gallery")
+    parser.add_argument("--dim", type=flags.positive_int, default=128)
+    parser.add_argument("--fractions", type=flags.fractions, default="0.4,0.5",
+                        help="other fractions of leaves searched")
+    parser.add_argument("--repeats", type=flags.positive_int, default=2,
+                        help="rounds; the best time of each is kept")
     parser.add_argument("--skip-faiss", action="store_true")
     parser.add_argument("--docs", help="markdown file whose '## ScaNN' section is rewritten")
     parser.add_argument("--output", help="JSON file for the results")
     parser.add_argument("--from-json", help="rewrite --docs from an --output file instead of measuring")
     args = parser.parse_args(argv)
+    if args.large < 0:
+        parser.error(f"argument --large: expected a gallery size >= 0 (0: none), got {args.large}")
+    if args.from_json and not args.docs:
+        parser.error("--from-json rewrites the docs: give --docs FILE")
     if args.from_json:
         results = [with_cost_model(res) for res in json.loads(Path(args.from_json).read_text())]
         rows = [row for res in results for row in report(res)]
         write_docs(Path(args.docs), results, rows)
         return
-    fractions = [float(f) for f in args.fractions.split(",") if f]
     print(f"cpus: {os.cpu_count()}; {args.queries} queries sampled from the gallery, self excluded")
     print("| N x D | method | build s | search s | speed | R@1 (vs exact) | recall@10 | build + search |")
     results, rows = [], []
     for n in [args.items] + ([args.large] if args.large else []):
-        res = bench(n, min(args.queries, n), args.dim, fractions, not args.skip_faiss, args.repeats)
+        res = bench(n, min(args.queries, n), args.dim, args.fractions, not args.skip_faiss, args.repeats)
         results.append(res)
         rows += report(res)
     if args.docs:

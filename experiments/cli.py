@@ -31,8 +31,8 @@ HPARAMS = "loss.hparams"
 
 
 class CliError(SystemExit):
-    """A usage error: ``str(err)`` is the message printed (``error: ...``), exit status 2
-    when uncaught (``SystemExit`` with a string argument prints it and exits 1)."""
+    """A usage error: ``str(err)`` is the message printed (``error: ...``); uncaught, it exits
+    with status 1 (a ``SystemExit`` with a string argument prints it and exits 1)."""
 
     def __init__(self, message: str):
         super().__init__(f"error: {message}")

@@ -187,8 +187,20 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         raise cli.CliError(
             f"--step, --block_size and --scann_leaves_to_search take integers ({err})"
         ) from None
-    if leaves is not None and leaves < 1:
-        raise cli.CliError(f"--scann_leaves_to_search must be >= 1, got {leaves}")
+    bounds = (("step", step, 0), ("block_size", block_size, 1), ("scann_leaves_to_search", leaves, 1))
+    for name, value, low in bounds:
+        if value is not None and value < low:
+            raise cli.CliError(f"--{name} must be >= {low}, got {value}")
+    ks = None
+    if "ks" in values:
+        try:
+            ks = tuple(int(k) for k in values["ks"].split(",") if k.strip())
+        except ValueError:
+            ks = ()
+        if not ks or min(ks) < 1:
+            raise cli.CliError(
+                f"--ks must be comma-separated integers >= 1 (e.g. 1,2,4,8), got {values['ks']!r}"
+            )
     for name in ("output", "save_embeddings"):
         if name in values:
             cli.check_output_file(f"--{name}", values[name])
@@ -197,7 +209,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         embeddings=values.get("embeddings"), gallery=values.get("gallery"),
         backend=values.get("backend"), scann_config=values.get("scann_config", "auto"),
         scann_options={} if leaves is None else {"leaves_to_search": leaves},
-        ks=values.get("ks"), normalize=bool(values.get("normalize", False)),
+        ks=ks, normalize=bool(values.get("normalize", False)),
         block_size=block_size, output=values.get("output"), save_embeddings=values.get("save_embeddings"),
         distributed={k: values[k] for k in cli.DISTRIBUTED_FLAGS if k in values},  # [multihost]
         given=frozenset(values),
@@ -209,13 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notices would bury the result
     main_process = not cli.start_distributed(args.distributed) or _is_main()  # [multihost]
-    try:
-        ks = None if args.ks is None else tuple(int(k) for k in args.ks.split(",") if k.strip())
-    except ValueError as err:
-        raise cli.CliError(f"--ks must be comma-separated integers, got {args.ks!r}") from err
     gallery = gallery_labels = None
     backend = args.backend or "exact"
-    ks = (1, 2, 4, 8) if ks is None else ks
+    ks = (1, 2, 4, 8) if args.ks is None else args.ks
     if args.checkpoint:
         cfg = workdir_config(args.checkpoint, args.config, overrides, args.flag)
         # The run's own evaluation unless the command line says otherwise.

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import flags
 from experiments.benchmark_retrieval import clustered_embeddings
 from experiments.benchmark_scann import K, hit_rate_at_1, neighbours
 from rankax.retrieval import knn, scann_backend
@@ -58,18 +59,29 @@ def parse_config(text: str) -> dict:
     for item in text.split(","):
         key, _, value = item.partition("=")
         if key not in out:
-            raise ValueError(f"--config key must be one of {sorted(out)}, got {key!r} in {text!r}")
-        if key == "search":
-            out[key] = [float(f) for f in value.split("/")]
-        elif key == "threshold":
-            out[key] = float(value)
-        elif key == "codes":
+            raise ValueError(f"key must be one of {sorted(out)}, got {key!r} in {text!r}")
+        if key == "codes":
             if value not in CODES:
-                raise ValueError(f"--config codes must be one of {CODES}, got {value!r} in {text!r}")
+                raise ValueError(f"codes must be one of {CODES}, got {value!r} in {text!r}")
             out[key] = value
-        else:
-            out[key] = int(value)
+            continue
+        try:
+            if key == "search":
+                out[key] = [float(f) for f in value.split("/")]
+            else:
+                out[key] = float(value) if key == "threshold" else int(value)
+        except ValueError:
+            kind = "fractions separated by /" if key == "search" else "a number"
+            raise ValueError(f"{key} must be {kind}, got {value!r} in {text!r}") from None
     return out
+
+
+def _config_flag(text: str) -> dict:
+    """``--config``: :func:`parse_config`'s errors as usage errors."""
+    try:
+        return parse_config(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _timed(fn):
@@ -147,15 +159,19 @@ def sweep(n: int, num_queries: int, dim: int, configs: list[dict], repeats: int 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--config", action="append", help="one index (repeatable); see above")
+    parser.add_argument("--items", type=flags.positive_int, default=1_000_000)
+    parser.add_argument("--queries", type=flags.positive_int, default=10_000)
+    parser.add_argument("--dim", type=flags.positive_int, default=128)
+    parser.add_argument("--config", action="append", type=_config_flag,
+                        help="one index (repeatable): comma-separated key=value of leaves, dpb, threshold, "
+                             "reorder, sample, codes (ah or int8) and search (fractions separated by /), "
+                             "e.g. leaves=2000,dpb=2,search=0.3/0.4")
     parser.add_argument("--noise", type=float, help="per-image noise of the data (default: the generator's)")
-    parser.add_argument("--repeats", type=int, default=1, help="best of this many timings of each search")
+    parser.add_argument("--repeats", type=flags.positive_int, default=1,
+                        help="best of this many timings of each search")
     parser.add_argument("--output", help="JSON file for the results")
     args = parser.parse_args(argv)
-    configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
+    configs = args.config or [parse_config(c) for c in DEFAULT_CONFIGS]
     res = sweep(args.items, min(args.queries, args.items), args.dim, configs, args.repeats, args.noise)
     print(f"exact seconds (each before an index build): {[round(t, 1) for t in res['exact_seconds']]}")
     if args.output:

@@ -1,5 +1,6 @@
 """The benchmark scripts' own machinery (not their timings: those are for the scripts to print)."""
 
+import argparse
 import os
 from pathlib import Path
 
@@ -219,3 +220,51 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     assert "supap fwd+bwd (no hint)" in profile and "hap fwd+bwd (hint)" in profile
     assert "FAILED" not in run.stdout
     assert run.stdout.rstrip().splitlines()[-1].startswith("gpu_check: benchmark exit 0, pytest exit 0")
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("benchmark_paths", ["--sizes", "abc"], "argument --sizes: expected an integer >= 1, got 'abc'"),
+        ("benchmark_paths", ["--losses", "supap,nosuch"], "argument --losses: unknown nosuch; valid: supap"),
+        ("benchmark_paths", ["--precision", "fast"], "argument --precision: invalid choice"),
+        ("benchmark_gpu", ["--skip", "pml,foo"], "argument --skip: unknown foo"),
+        ("benchmark_gpu", ["--eval-sizes", "1x4"], "argument --eval-sizes: expected at least 2 rows"),
+        ("benchmark_gpu", ["--add-tests", "t.xml", "--out", "{tmp}"], "--add-tests needs benchmarks_gpu"),
+        ("benchmark_eval_gpu", ["--large", "1000000"], "argument --large: expected two integers joined by x"),
+        ("benchmark_retrieval", ["--sizes", "20000x128,60000"], "argument --sizes: expected two integers"),
+        ("benchmark_retrieval", ["--skip", "torch"], "argument --skip: unknown torch"),
+        ("benchmark_scann", ["--fractions", "0.4,1.5"], "argument --fractions: expected fractions in (0, 1]"),
+        ("benchmark_scann", ["--from-json", "x.json"], "--from-json rewrites the docs"),
+        ("benchmark_input", ["--warmup", "-1"], "argument --warmup: expected an integer >= 0"),
+        ("benchmark_guards", ["--batch", "6"], "argument --batch: expected a multiple of K = 4"),
+        ("sweep_scann", ["--config", "leafs=10"], "argument --config: key must be one of"),
+        ("sweep_scann", ["--config", "leaves=ten"], "argument --config: leaves must be a number, got 'ten'"),
+        ("benchmark", ["--from-json", "x.json"], "--from-json rewrites the docs: give --docs"),
+    ],
+)
+def test_benchmark_scripts_report_bad_flags_as_usage_errors(module, argv, message, tmp_path, capsys):
+    """A bad value stops the script before any work, with argparse's exit status 2 and one line
+    naming the flag (not a traceback from deep inside the run)."""
+    import importlib
+
+    main = importlib.import_module(f"experiments.{module}").main
+    with pytest.raises(SystemExit) as err:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_flag_types_parse_what_the_scripts_document():
+    from experiments import flags
+
+    assert flags.ints("1024, 4096,") == [1024, 4096]
+    assert flags.ints_or_none("") == []
+    assert flags.sizes("20000x128,60000X512") == [(20000, 128), (60000, 512)]
+    assert flags.fractions("0.25,1") == [0.25, 1.0]
+    assert flags.names(("a", "b"), empty_ok=True)("") == []
+    assert flags.names(("a", "b"))("b,a") == ["b", "a"]
+    for parse, text in ((flags.ints, ""), (flags.fractions, "nan"), (flags.fractions, "0"),
+                        (flags.size, "3x0"), (flags.names(("a",)), "")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)

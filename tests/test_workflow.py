@@ -110,7 +110,12 @@ def test_evaluate_embeddings_errors_are_one_line(tmp_path):
         (["--embeddings", str(tmp_path / "missing.npz")], "cannot read an .npz archive"),
         (["--embeddings", str(tmp_path / "text.npz")], "cannot read an .npz archive"),
         (["--embeddings", str(tmp_path / "empty.npz")], "cannot read an .npz archive"),
-        (["--embeddings", str(tmp_path / "good.npz"), "--ks", ""], r"ks must be a non-empty sequence"),
+        (["--embeddings", str(tmp_path / "good.npz"), "--ks", ""], r"--ks must be .* got ''"),
+        (["--embeddings", str(tmp_path / "good.npz"), "--ks", "0"], r"--ks must be .* got '0'"),
+        (["--embeddings", str(tmp_path / "good.npz"), "--ks", "1,x"], r"--ks must be .* got '1,x'"),
+        (["--embeddings", str(tmp_path / "good.npz"), "--block_size", "0"], "--block_size must be >= 1"),
+        # checked before anything is read: the workdir need not exist
+        (["--workdir", str(tmp_path / "none"), "--ks", "-1"], r"--ks must be .* got '-1'"),
         (["--embeddings", str(tmp_path / "flat.npz")], r"'embeddings' must be \[N, D\], got shape \(10,\)"),
         (["--embeddings", str(tmp_path / "rows.npz")], "labels has 11 rows but inputs has 10"),
         (["--embeddings", str(tmp_path / "rows.npz"), "--step", "3"], "--step apply to --workdir"),
@@ -320,7 +325,8 @@ def test_demo_figures_show_baselines_and_before_after(small_run):
         ("num_steps=0", "config.num_steps must be >= 1 (or set config.num_epochs)"),
         ("batch.samples_per_class=1", "config.batch.samples_per_class must be an int >= 2"),
         ("batch.classes_per_batch=1", "config.batch.classes_per_batch must be an int >= 2"),
-        ("batch.classes_per_batch=11", "config.batch ('pk' sampler on the training split of digits): "
+        ("batch.classes_per_batch=11", "config.batch ('pk' sampler on the training split of digits; "
+         "batch_size = classes_per_batch x samples_per_class = 11 x 16): "
          "classes_per_batch must be in [1, 10]"),
         ("model.embedding_dim=0", "config.model.embedding_dim must be None or an int >= 1"),
         ("optimizer.lr=-0.1", "config.optimizer.lr must be a finite number > 0, got -0.1"),
