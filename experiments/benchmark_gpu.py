@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="only add test counts (pytest JUnit files, comma-separated) to an existing JSON")
     parser.add_argument("--tests-partial", action="store_true",
                         help="with --add-tests: the test run was stopped at its time limit")
-    parser.add_argument("--large", type=int, default=LARGE_B)
+    parser.add_argument("--large", type=flags.positive_int, default=LARGE_B)
     parser.add_argument("--eval-sizes", type=benchmark_eval_gpu.gallery_sizes, default="60000x512",
                         help="comma list of ROWSxDIM sets evaluated against the top-k loop")
     parser.add_argument("--eval-large", type=benchmark_eval_gpu.large_gallery, default="1000000x512",
