@@ -11,7 +11,11 @@ WORKDIR ?= runs/digits
 .PHONY: demo test test-quick test-tf32 test-gpu gpu-wheels lint bench clean torch
 
 $(CORE): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH (rankax needs Python >= 3.11)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and \
+		f"make: rankax needs Python >= 3.11, $(PYTHON) is {sys.version.split()[0]}; run make PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "make: $(PYTHON) -m venv failed;" \
+		"on Debian/Ubuntu install the venv module (apt install python3.11-venv), then rerun"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
 	touch $(CORE)
