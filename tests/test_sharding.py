@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent(
 
     def check(name, mesh, fn, labels, mode, memory=None, **kw):
         put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
-        ref = jax.value_and_grad(lambda x: rankax.batch_loss(fn, x, labels, memory=memory, **kw))(e)
+        ref = jax.jit(jax.value_and_grad(lambda x: rankax.batch_loss(fn, x, labels, memory=memory, **kw)))(e)
         if mode == "shard_map":
             loss_of = sharding.sharded_batch_loss(fn, mesh, "data", block_size=3, **kw)
             f = lambda x, y: loss_of(x, y, memory)
