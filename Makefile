@@ -12,10 +12,11 @@ WORKDIR ?= runs/digits
 
 $(CORE): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH (rankax needs Python >= 3.11)"; exit 1; }
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and \
-		f"make: rankax needs Python >= 3.11, $(PYTHON) is {sys.version.split()[0]}; run make PYTHON=python3.11")'
-	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "make: $(PYTHON) -m venv failed;" \
-		"on Debian/Ubuntu install the venv module (apt install python3.11-venv), then rerun"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "make: rankax needs Python >= 3.11," \
+		" $(PYTHON) is %s; run make PYTHON=python3.11" % sys.version.split()[0])'
+	@new=$$(test -d $(VENV) || echo 1); $(PYTHON) -m venv $(VENV) || { test -z "$$new" || rm -rf $(VENV); \
+		echo "make: $(PYTHON) -m venv failed; on Debian/Ubuntu install the venv module (apt install" \
+		"$$($(PYTHON) -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])')), then rerun"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
 	touch $(CORE)

@@ -177,12 +177,12 @@ def run(sizes=((60000, 512),), large=(1_000_000, 512)) -> dict:
 
 def gallery_sizes(text: str) -> list[tuple[int, int]]:
     """``--sizes``: ``N x D`` sets of at least 2 rows (each query needs another row)."""
-    return [flags.size(item, min_rows=2) for item in text.split(",") if item]
+    return flags.sizes(text, min_first=2, empty_ok=True)
 
 
 def large_gallery(text: str) -> tuple[int, int] | None:
     """``--large``: gallery rows x D, or ``"none"``."""
-    return None if text.lower() == "none" else flags.size(text, min_rows=2)
+    return None if text.strip().lower() == "none" else flags.size(text, min_first=2)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -192,7 +192,8 @@ def write(out: Path, result: dict, rows: list[dict]) -> None:
               *[f"- {k}: {v:.2f}" for k, v in result["labels"].items()], ""]
     lines += [f"## List API / batch_loss: {result['list_api_ratio']}", ""]
     if result.get("large_batch"):
-        lines += [f"## SupAP at B = {LARGE_B}: {json.dumps(result['large_batch'])}", ""]
+        b = result["large_batch"].get("b", LARGE_B)
+        lines += [f"## SupAP at B = {b}: {json.dumps(result['large_batch'])}", ""]
     if result.get("pml"):
         lines += ["## pytorch-metric-learning, same GPU", ""]
         lines += [f"- {json.dumps(r)}" for r in result["pml"]] + [""]
@@ -247,14 +248,14 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs")
-    parser.add_argument("--sizes", type=flags.ints, default="4096,16384")
+    parser.add_argument("--sizes", type=flags.multiples(paths.BATCH_MULTIPLE), default="4096,16384")
     parser.add_argument("--losses", type=flags.names(paths.LOSSES), default=",".join(paths.LOSSES))
     parser.add_argument("--junit", default=None)
     parser.add_argument("--add-tests", default=None,
                         help="only add test counts (pytest JUnit files, comma-separated) to an existing JSON")
     parser.add_argument("--tests-partial", action="store_true",
                         help="with --add-tests: the test run was stopped at its time limit")
-    parser.add_argument("--large", type=flags.positive_int, default=LARGE_B)
+    parser.add_argument("--large", type=flags.multiple(paths.BATCH_MULTIPLE), default=LARGE_B)
     parser.add_argument("--eval-sizes", type=benchmark_eval_gpu.gallery_sizes, default="60000x512",
                         help="comma list of ROWSxDIM sets evaluated against the top-k loop")
     parser.add_argument("--eval-large", type=benchmark_eval_gpu.large_gallery, default="1000000x512",

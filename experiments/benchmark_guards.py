@@ -42,12 +42,10 @@ def _best(fn, args, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=flags.positive_int, default=2048, help=f"a multiple of K = {K}")
+    parser.add_argument("--batch", type=flags.multiple(K), default=2048, help=f"a multiple of K = {K}")
     parser.add_argument("--dim", type=flags.positive_int, default=128)
     parser.add_argument("--repeats", type=flags.positive_int, default=5)
     args = parser.parse_args(argv)
-    if args.batch % K:
-        parser.error(f"argument --batch: expected a multiple of K = {K}, got {args.batch}")
 
     emb = jax.random.normal(jax.random.key(0), (args.batch, args.dim))
     emb = emb / jnp.linalg.norm(emb, axis=1, keepdims=True)

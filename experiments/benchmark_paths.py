@@ -40,6 +40,8 @@ from experiments import flags, machine
 
 K = 4
 D = 512
+#: Batch sizes are whole super-classes (4 classes of K images: H-AP's label paths).
+BATCH_MULTIPLE = 4 * K
 # name -> (rankax.losses attribute, hyperparameters, label kind)
 LOSSES: dict[str, tuple[str, dict, str]] = {
     "supap": ("supap_loss", {}, "flat"),
@@ -279,11 +281,12 @@ def markdown(out: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=flags.ints, default="1024,4096")
-    parser.add_argument("--losses", type=flags.names(LOSSES), default=",".join(LOSSES))
-    parser.add_argument("--precision", default="highest", choices=("highest", "high", "default"))
-    parser.add_argument("--label-size", type=flags.positive_int, default=1024)
-    parser.add_argument("--list-sizes", type=flags.ints_or_none, default="1024",
+    parser.add_argument("--sizes", type=flags.multiples(BATCH_MULTIPLE, empty_ok=True), default="1024,4096",
+                        help=f'batch sizes of the loss rows, multiples of {BATCH_MULTIPLE} ("": none)')
+    parser.add_argument("--losses", type=flags.names(LOSSES, empty_ok=True), default=",".join(LOSSES))
+    parser.add_argument("--precision", default="highest", choices=rankax.batch.PRECISION_NAMES)
+    parser.add_argument("--label-size", type=flags.multiple(BATCH_MULTIPLE), default=1024)
+    parser.add_argument("--list-sizes", type=flags.multiples(BATCH_MULTIPLE, empty_ok=True), default="1024",
                         help='batch sizes of the list API rows ("": none)')
     parser.add_argument("--json", default=None)
     parser.add_argument("--docs", default=None, help="write benchmarks_paths.md into this folder")

@@ -30,20 +30,10 @@ def positive_int(text: str) -> int:
     return value
 
 
-def ints(text: str) -> list[int]:
-    """``"1024,4096"`` -> ``[1024, 4096]``; each at least 1."""
-    return [positive_int(item) for item in _items(text)]
-
-
-def ints_or_none(text: str) -> list[int]:
-    """As :func:`ints`, with ``""`` -> ``[]`` (a flag whose empty value skips a section)."""
-    return [positive_int(item) for item in _items(text, empty_ok=True)]
-
-
 def fractions(text: str) -> list[float]:
-    """``"0.4,0.5"`` -> ``[0.4, 0.5]``; each in ``(0, 1]``."""
+    """``"0.4,0.5"`` -> ``[0.4, 0.5]``; each in ``(0, 1]`` (``""`` -> ``[]``: none)."""
     out = []
-    for item in _items(text):
+    for item in _items(text, empty_ok=True):
         try:
             value = float(item)
         except ValueError:
@@ -54,22 +44,40 @@ def fractions(text: str) -> list[float]:
     return out
 
 
-def size(text: str, min_rows: int = 1) -> tuple[int, int]:
-    """``"60000x512"`` -> ``(60000, 512)``: rows x columns, at least ``min_rows`` x 1."""
+def multiple(m: int) -> Callable[[str], int]:
+    """A type for an integer that is a positive multiple of ``m``."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value % m:
+            raise argparse.ArgumentTypeError(f"expected a multiple of {m}, got {text!r}")
+        return value
+
+    return parse
+
+
+def multiples(m: int, empty_ok: bool = False) -> Callable[[str], list[int]]:
+    """A type for ``"a,b"`` lists of positive multiples of ``m`` (``""`` -> ``[]`` when ``empty_ok``)."""
+    one = multiple(m)
+    return lambda text: [one(item) for item in _items(text, empty_ok)]
+
+
+def size(text: str, min_first: int = 1) -> tuple[int, int]:
+    """``"60000x512"`` -> ``(60000, 512)``: two integers, at least ``min_first`` and 1."""
     try:
-        n, d = (int(v) for v in text.lower().split("x"))
+        n, d = (int(v) for v in text.strip().lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected two integers joined by x, such as 60000x512, got {text!r}"
         ) from None
-    if n < min_rows or d < 1:
-        raise argparse.ArgumentTypeError(f"expected at least {min_rows} rows and 1 column, got {text!r}")
+    if n < min_first or d < 1:
+        raise argparse.ArgumentTypeError(f"expected at least {min_first}x1, got {text!r}")
     return n, d
 
 
-def sizes(text: str) -> list[tuple[int, int]]:
+def sizes(text: str, min_first: int = 1, empty_ok: bool = False) -> list[tuple[int, int]]:
     """``"20000x128,60000x512"`` -> ``[(20000, 128), (60000, 512)]``."""
-    return [size(item) for item in _items(text)]
+    return [size(item, min_first) for item in _items(text, empty_ok)]
 
 
 def names(valid: Iterable[str], empty_ok: bool = False) -> Callable[[str], list[str]]:

@@ -34,6 +34,7 @@ from typing import Any
 import jax
 
 from experiments import benchmark_paths as paths
+from experiments import flags
 
 
 def _is_op(name: str) -> bool:
@@ -98,15 +99,14 @@ def report(title: str, step_s: float, ops: list[tuple[str, float, int]], top: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--loss", default="hap", choices=sorted(paths.LOSSES))
-    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--batch", type=flags.multiple(paths.BATCH_MULTIPLE), default=4096,
+                        help="whole classes and super-classes")
     parser.add_argument("--precision", default="highest")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-hint", action="store_true")
     parser.add_argument("--hlo", default=None, help="append the step's optimised HLO to this file")
     args = parser.parse_args(argv)
-    if args.batch < 2 * paths.K or args.batch % (4 * paths.K):
-        parser.error(f"--batch must be a multiple of {4 * paths.K} (whole classes and super-classes)")
     fn, emb, labels = paths.step_parts(args.loss, args.batch, not args.no_hint, args.precision)
     step = functools.partial(fn, emb, labels)
     hint = "no hint" if args.no_hint else "hint"

@@ -95,6 +95,9 @@ RelevanceFn = Callable[[Array, Array], Array]
 #: ``"high"`` for speed.
 DEFAULT_PRECISION = jax.lax.Precision.HIGHEST
 Precision = jax.lax.PrecisionLike
+#: The precision names ``precision=`` takes (``jax.lax.Precision``'s string forms).
+PRECISION_NAMES = ("highest", "float32", "high", "bfloat16_3x", "tensorfloat32", "default", "bfloat16",
+                   "fastest")
 
 
 #: With ``block_size="auto"``, the similarity scores of a whole call are kept for the backward
@@ -274,8 +277,7 @@ def _check_sizes(
         raise ValueError(f"{prefix}max_tile_elements must be None (backend default) or an int >= 1, "
                          f"got {max_tile_elements!r}")
     validation.check_int("capacity_limit", capacity_limit, optional=True, caller=caller)
-    names = ("highest", "float32", "high", "bfloat16_3x", "tensorfloat32", "default", "bfloat16", "fastest")
-    ok = precision is None or isinstance(precision, jax.lax.Precision) or precision in names or (
+    ok = precision is None or isinstance(precision, jax.lax.Precision) or precision in PRECISION_NAMES or (
         isinstance(precision, tuple) and len(precision) == 2
     )
     if not ok:
