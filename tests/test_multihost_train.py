@@ -26,6 +26,9 @@ import pytest
 
 from tests.multihost_launch import ROOT, Run, child_env, free_port, launch
 
+# Its module fixtures (2-process trainings) run once: keep the module on one xdist worker.
+pytestmark = pytest.mark.xdist_group("multihost_train")
+
 STEPS = 4
 XBM_SIZE = 240  # 1.5 global batches of 160: the ring wraps at the third step
 ARGS = ["--config", "configs/digits.py", f"--config.num_steps={STEPS}", "--config.eval_every=0",
