@@ -42,23 +42,24 @@ $(BENCH): $(TEST)
 demo: $(CORE)
 	$(PY) -m experiments.train --config configs/digits.py --workdir $(WORKDIR)
 
-## Lint, then the whole test suite (notebooks included). `--dist loadgroup`: the tests of a module
-## marked `xdist_group` (one expensive module fixture, e.g. a subprocess) stay on one worker.
+## Lint, then the whole test suite (notebooks included). xdist's default `load` distribution:
+## `--dist loadgroup` (which would keep each `xdist_group` module on one worker) took 29:10 for the
+## suite against 25:48 for `load`, fresh clones in the same hour on the 2-core host.
 test: $(TEST) torch
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n 2 --dist loadgroup -q tests
+	$(PY) -m pytest -n 2 -q tests
 
 ## The core of the suite (losses, batch path, metrics, retrieval, training/CLI on digits):
 ## `make test` without the tests marked slow in tests/conftest.py. TESTS=tests/test_x.py narrows it.
 TESTS ?= tests
 test-quick: $(TEST)
-	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow" $(TESTS)
+	$(PY) -m pytest -n 2 -q -m "not slow" $(TESTS)
 
 ## The core of the suite on the CPU with a GPU's default matmul precision emulated: every matrix
 ## product and convolution not asking for float32-exact products gets TF32 operands
 ## (RANKAX_EMULATE_TF32 in tests/conftest.py). A test that fails only here would fail on a GPU.
 test-tf32: $(TEST)
-	RANKAX_EMULATE_TF32=1 $(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow" $(TESTS)
+	RANKAX_EMULATE_TF32=1 $(PY) -m pytest -n 2 -q -m "not slow" $(TESTS)
 
 ## The whole suite on a GPU host, with a CUDA jax in the interpreter GPU_PY (default .venv's;
 ## e.g. `pip install -U "jax[cuda13]"` there, or `make test-gpu GPU_PY=python3`).
@@ -67,7 +68,7 @@ GPU_WORKERS ?= 8
 PYTEST_ARGS ?=
 test-gpu:
 	@$(GPU_PY) -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 'test-gpu: jax sees no GPU; install a CUDA jax (pip install -U \"jax[cuda13]\")')"
-	XLA_PYTHON_CLIENT_PREALLOCATE=false $(GPU_PY) -m pytest -n $(GPU_WORKERS) --dist loadgroup -q $(PYTEST_ARGS) tests
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(GPU_PY) -m pytest -n $(GPU_WORKERS) -q $(PYTEST_ARGS) tests
 
 ## Wheels (CPython 3.12, x86-64 Linux) of the packages a CUDA image with jax, flax, optax, orbax,
 ## torch, pytest and hypothesis lacks, downloaded here into .whl/ for `experiments/gpu_check.sh`,

@@ -109,7 +109,7 @@ run_tier() {  # run_tier MARKER JUNIT: one tier of the suite in the time left
   # SIGINT, not SIGKILL, at the limit: pytest then reports what ran and writes the JUnit file.
   # shellcheck disable=SC2086  # PYTEST_ARGS and TESTS are lists
   # pytest-xdist is in the CUDA image; without it (or with WORKERS=0) the tier runs in one process.
-  if [ "$WORKERS" -gt 0 ] && "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "$WORKERS" --dist loadgroup); fi
+  if [ "$WORKERS" -gt 0 ] && "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "$WORKERS"); fi
   timeout -s INT -k 30 "$left" env XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest "${workers[@]}" \
     -q -p no:cacheprovider -m "$1" --junitxml="$2" ${PYTEST_ARGS:-} $TESTS >>"$OUT/tests.log" 2>&1
   rc=$?

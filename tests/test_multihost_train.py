@@ -26,7 +26,7 @@ import pytest
 
 from tests.multihost_launch import ROOT, Run, child_env, free_port, launch
 
-# Its module fixtures (2-process trainings) run once: keep the module on one xdist worker.
+# Its module fixtures (2-process trainings): with `--dist loadgroup`, one xdist worker runs them.
 pytestmark = pytest.mark.xdist_group("multihost_train")
 
 STEPS = 4

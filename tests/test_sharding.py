@@ -16,8 +16,9 @@ import textwrap
 import numpy as np
 import pytest
 
-# One subprocess for the module: keep its tests on one xdist worker (`make test` uses
-# --dist loadgroup).
+# One subprocess for the module: with `--dist loadgroup` its tests stay on one xdist worker.
+# `make test` uses the default `load` distribution (faster here overall), which hands out
+# consecutive tests in chunks, so the module may rarely be split and its fixture run twice.
 pytestmark = pytest.mark.xdist_group("sharding_subprocess")
 
 SCRIPT = textwrap.dedent(
