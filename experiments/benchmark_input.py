@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=flags.size, default="500x400", help="W x H of the generated JPEGs")
     p.add_argument("--batch", type=flags.positive_int, default=64)
     p.add_argument("--steps", type=flags.positive_int, default=16, help="timed batches per pipeline")
-    p.add_argument("--warmup", type=int, default=4, help="untimed first batches")
+    p.add_argument("--warmup", type=flags.non_negative_int, default=4, help="untimed first batches")
     p.add_argument("--workers", type=flags.positive_int, default=os.cpu_count() or 1)
     p.add_argument("--dir", default=None, help="reuse/keep the image folder here")
     p.add_argument("--docs", default=None, help="write the table to this markdown file")
@@ -240,8 +240,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="resnet50")
     p.add_argument("--dtype", default="float32", help="compute dtype of --end-to-end (bfloat16)")
     args = p.parse_args(argv)
-    if args.warmup < 0:
-        p.error(f"argument --warmup: expected an integer >= 0, got {args.warmup}")
     w, h = args.size
     root = args.dir or tempfile.mkdtemp(prefix="rankax-input-")
     if not os.path.exists(os.path.join(root, "data.csv")):

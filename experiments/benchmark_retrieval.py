@@ -148,15 +148,13 @@ def bench_large(n: int, num_queries: int, d: int = 128, k: int = 10) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=flags.sizes, default="20000x128,60000x512")
-    parser.add_argument("--large", type=int, default=200_000,
+    parser.add_argument("--large", type=flags.non_negative_int, default=200_000,
                         help="gallery size for ScaNN vs exact (0: skip)")
     parser.add_argument("--large-queries", type=flags.positive_int, default=10_000)
     parser.add_argument("--skip", type=flags.names(("scann", "faiss", "pml"), empty_ok=True), default="",
                         help="comma-separated: scann,faiss,pml")
     parser.add_argument("--output", help="JSON file for the results")
     args = parser.parse_args(argv)
-    if args.large < 0:
-        parser.error(f"argument --large: expected a gallery size >= 0 (0: skip), got {args.large}")
     skip = set(args.skip)
     print(f"cpus: {os.cpu_count()}")
     print(f"jax {jax.__version__}, backend {jax.default_backend()}")

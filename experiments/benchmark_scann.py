@@ -224,7 +224,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=flags.positive_int, default=200_000,
                         help="gallery size of the quick run")
-    parser.add_argument("--large", type=int, default=0, help="also this gallery size (e.g. 1000000)")
+    parser.add_argument("--large", type=flags.non_negative_int, default=0,
+                        help="also this gallery size (e.g. 1000000; 0: none)")
     parser.add_argument("--queries", type=flags.positive_int, default=10_000,
                         help="queries sampled from the gallery")
     parser.add_argument("--dim", type=flags.positive_int, default=128)
@@ -237,8 +238,6 @@ def main(argv=None):
     parser.add_argument("--output", help="JSON file for the results")
     parser.add_argument("--from-json", help="rewrite --docs from an --output file instead of measuring")
     args = parser.parse_args(argv)
-    if args.large < 0:
-        parser.error(f"argument --large: expected a gallery size >= 0 (0: none), got {args.large}")
     if args.from_json and not args.docs:
         parser.error("--from-json rewrites the docs: give --docs FILE")
     if args.from_json:

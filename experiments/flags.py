@@ -19,15 +19,24 @@ def _items(text: str, empty_ok: bool = False) -> list[str]:
     return items
 
 
-def positive_int(text: str) -> int:
-    """``"4096"`` -> 4096; at least 1."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """``"4096"`` -> 4096; at least 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """``"0"`` -> 0; at least 0 (where 0 means none)."""
+    return _int_at_least(text, 0)
 
 
 def fractions(text: str) -> list[float]:
