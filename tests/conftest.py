@@ -17,13 +17,45 @@ of every matrix product and convolution that does not ask for ``Precision.HIGHES
 mantissa bits, what an NVIDIA GPU computes them with by default) when the test process lowers
 it, backward passes included, so that a test that would fail on a GPU for want of
 ``precision="highest"`` fails here too. Subprocesses started by tests are not emulated.
+
+Compilation cache: compiling is most of the suite's CPU time, and many tests compile programs
+another test (or the same test's subprocess: training runs, resumes, two-process runs) has
+compiled already. The test run therefore shares one JAX persistent compilation cache between
+its processes: a fresh temporary directory per run (``JAX_COMPILATION_CACHE_DIR``, every
+program cached), made by the process pytest starts, inherited by its xdist workers and the
+subprocesses tests start, and removed when pytest exits; each run compiles every program at
+least once. A ``JAX_COMPILATION_CACHE_DIR`` set by the caller is used as it is and kept;
+``RANKAX_TEST_COMPILE_CACHE=0`` turns the cache off.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 
 import pytest
+
+_CACHE_SWITCH = os.environ.get("RANKAX_TEST_COMPILE_CACHE", "1")
+if _CACHE_SWITCH not in ("0", "1", ""):
+    raise ValueError(f"RANKAX_TEST_COMPILE_CACHE must be 1 (share compiled programs) or 0, "
+                     f"got {_CACHE_SWITCH!r}")
+_OWN_CACHE = None  # the directory this process made (and removes), if any
+_MAKES_CACHE = "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _CACHE_SWITCH != "0" and _MAKES_CACHE:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="rankax-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    if "jax" in sys.modules:  # imported before this file (a plugin): set the running process too
+        sys.modules["jax"].config.update("jax_compilation_cache_dir", _OWN_CACHE)
+        sys.modules["jax"].config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 _FLAG = "--xla_gpu_deterministic_ops=true"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
