@@ -398,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-json", default=None, help="rewrite the docs from a --json dump")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    machine.cold_compiles()
     if args.from_json and not args.docs:
         parser.error("--from-json rewrites the docs: give --docs (e.g. --docs docs)")
     if args.child:

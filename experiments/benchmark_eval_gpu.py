@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from experiments import flags
+from experiments import flags, machine
 from rankax import retrieval
 
 
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--large", type=large_gallery, default="1000000x512",
                         help="gallery rows x D, or 'none'")
     args = parser.parse_args(argv)
+    machine.cold_compiles()
     run(sizes=tuple(args.sizes), large=args.large)
 
 

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import benchmark_eval_gpu, flags
+from experiments import benchmark_eval_gpu, flags, machine
 from experiments import benchmark_paths as paths
 
 PML = {"smooth-ap": ("SmoothAPLoss", {"temperature": 0.01}),
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the loss sweep stops adding rows after this many seconds")
     parser.add_argument("--large-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    machine.cold_compiles()
     if args.large_child:
         _large_child(args.large_child)
         return

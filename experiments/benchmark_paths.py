@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="first call rankax.host.keep_freed_memory() (glibc keeps freed memory)")
     args = parser.parse_args(argv)
+    machine.cold_compiles()
     kept = args.keep_freed_memory and rankax.host.keep_freed_memory()
     print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, "
           f"keep_freed_memory: {bool(kept)}", flush=True)
