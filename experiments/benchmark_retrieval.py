@@ -31,7 +31,7 @@ import time
 import jax
 import numpy as np
 
-from experiments import flags
+from experiments import flags, machine
 from rankax import retrieval
 from rankax.retrieval import scann_backend
 
@@ -155,6 +155,7 @@ def main(argv=None):
                         help="comma-separated: scann,faiss,pml")
     parser.add_argument("--output", help="JSON file for the results")
     args = parser.parse_args(argv)
+    machine.cold_compiles()
     skip = set(args.skip)
     print(f"cpus: {os.cpu_count()}")
     print(f"jax {jax.__version__}, backend {jax.default_backend()}")

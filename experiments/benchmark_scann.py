@@ -245,6 +245,7 @@ def main(argv=None):
         rows = [row for res in results for row in report(res)]
         write_docs(Path(args.docs), results, rows)
         return
+    machine.cold_compiles()
     print(f"cpus: {os.cpu_count()}; {args.queries} queries sampled from the gallery, self excluded")
     print("| N x D | method | build s | search s | speed | R@1 (vs exact) | recall@10 | build + search |")
     results, rows = [], []

@@ -1,4 +1,5 @@
-"""What the benchmark reports say about the machine they ran on."""
+"""The machine under the benchmarks: what their reports say about it, and JAX's persistent
+compilation cache kept out of their timings."""
 
 from __future__ import annotations
 

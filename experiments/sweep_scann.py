@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import flags
+from experiments import flags, machine
 from experiments.benchmark_retrieval import clustered_embeddings
 from experiments.benchmark_scann import K, hit_rate_at_1, neighbours
 from rankax.retrieval import knn, scann_backend
@@ -171,6 +171,7 @@ def main(argv=None):
                         help="best of this many timings of each search")
     parser.add_argument("--output", help="JSON file for the results")
     args = parser.parse_args(argv)
+    machine.cold_compiles()
     configs = args.config or [parse_config(c) for c in DEFAULT_CONFIGS]
     res = sweep(args.items, min(args.queries, args.items), args.dim, configs, args.repeats, args.noise)
     print(f"exact seconds (each before an index build): {[round(t, 1) for t in res['exact_seconds']]}")

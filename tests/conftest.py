@@ -27,7 +27,9 @@ removed when pytest exits; each run compiles every program at least once. It kee
 that took a second or more to compile (JAX's default threshold): keeping every program made
 compile-bound tests slower (test_sharding.py 276 s against 161 s without a cache and 156 s with
 this one). A ``JAX_COMPILATION_CACHE_DIR`` set by the caller is used as it is and kept;
-``RANKAX_TEST_COMPILE_CACHE=0`` turns the cache off.
+``RANKAX_TEST_COMPILE_CACHE=0`` turns any persistent cache off, the caller's too. On a GPU the
+folder also holds XLA's autotuning results (JAX enables that cache with it). A test that times or
+counts compiles takes the ``cold_compiles`` fixture.
 """
 
 from __future__ import annotations
@@ -39,17 +41,30 @@ import tempfile
 
 import pytest
 
-_CACHE_SWITCH = os.environ.get("RANKAX_TEST_COMPILE_CACHE", "1")
-if _CACHE_SWITCH not in ("0", "1", ""):
-    raise ValueError(f"RANKAX_TEST_COMPILE_CACHE must be 1 (share compiled programs) or 0, "
-                     f"got {_CACHE_SWITCH!r}")
-_OWN_CACHE = None  # the directory this process made (and removes), if any
-_MAKES_CACHE = "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ
-if _CACHE_SWITCH != "0" and _MAKES_CACHE:
-    _OWN_CACHE = tempfile.mkdtemp(prefix="rankax-test-jax-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+
+def _switch(name: str, default: str, meaning: str) -> bool:
+    """Whether the environment variable ``name`` (``default`` when unset) is 1, or a ValueError."""
+    value = os.environ.get(name, default)
+    if value not in ("0", "1", ""):
+        raise ValueError(f"{name} must be 1 ({meaning}) or 0, got {value!r}")
+    return value == "1"
+
+
+def _shared_compilation_cache() -> str | None:
+    """Sets up the run's compilation cache (module docstring); the folder this process made."""
+    if not _switch("RANKAX_TEST_COMPILE_CACHE", "1", "share compiled programs"):
+        os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # a caller's cache folder too
+        return None
+    if "PYTEST_XDIST_WORKER" in os.environ or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return None  # a worker (the folder is inherited) or the caller's folder
+    folder = tempfile.mkdtemp(prefix="rankax-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
     if "jax" in sys.modules:  # imported before this file (a plugin): set the running process too
-        sys.modules["jax"].config.update("jax_compilation_cache_dir", _OWN_CACHE)
+        sys.modules["jax"].config.update("jax_compilation_cache_dir", folder)
+    return folder
+
+
+_OWN_CACHE = _shared_compilation_cache()
 
 
 def pytest_unconfigure(config):
@@ -127,10 +142,7 @@ def emulate_tf32() -> None:
         mlir.register_lowering(prim, rule, platform="cpu")
 
 
-_EMULATE = os.environ.get("RANKAX_EMULATE_TF32", "0")
-if _EMULATE not in ("0", "1", ""):
-    raise ValueError(f"RANKAX_EMULATE_TF32 must be 1 (emulate TF32 products) or 0, got {_EMULATE!r}")
-if _EMULATE == "1":
+if _switch("RANKAX_EMULATE_TF32", "0", "emulate TF32 products"):
     emulate_tf32()
 
 
@@ -163,3 +175,21 @@ def float32_matmuls():
 
     with jax.default_matmul_precision("highest"):
         yield
+
+
+@pytest.fixture
+def cold_compiles(monkeypatch):
+    """JAX's persistent compilation cache off in this process for the test (as the benchmark
+    scripts run, ``experiments.machine.cold_compiles``), restored after it: for tests that time
+    or count compiles, which the run's shared cache would turn into reads."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    from experiments import machine
+
+    monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "false")  # monkeypatch restores the variable
+    before = jax.config.jax_enable_compilation_cache
+    machine.cold_compiles()
+    yield
+    jax.config.update("jax_enable_compilation_cache", before)
+    compilation_cache.reset_cache()
