@@ -295,6 +295,7 @@ def test_benchmark_scripts_report_bad_flags_as_usage_errors(module, argv, messag
     import importlib
 
     main = importlib.import_module(f"experiments.{module}").main
+
     def cache_setting():
         return os.environ.get("JAX_ENABLE_COMPILATION_CACHE"), jax.config.jax_enable_compilation_cache
 
