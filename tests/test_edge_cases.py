@@ -247,10 +247,15 @@ GRAD_ATOL = {jnp.bfloat16: 0.0, jnp.float16: 6e-8}
 
 def _batch_outputs(loss_fn):
     """(value, gradient) of batch_loss for every case below, compiled once: the label cases
-    are traced and vmapped (batch_loss then takes its capacity ladder)."""
+    are traced and vmapped, so batch_loss takes its capacity ladder: under vmap every rung is
+    computed for every case, and each case keeps its own rung's result (rungs 3 and 11 with the
+    P x K hint; the default ladder 3, 4, 11 would only add a third rung to compile)."""
 
     def value_and_grad(emb, labels):
-        return jax.value_and_grad(lambda e: rankax.batch_loss(loss_fn, e, labels, block_size=None))(emb)
+        def loss(e):
+            return rankax.batch_loss(loss_fn, e, labels, block_size=None, max_positives=3)
+
+        return jax.value_and_grad(loss)(emb)
 
     def outputs(emb, emb16, labels, paths):
         values, grads = jax.vmap(value_and_grad, in_axes=(None, 0))(emb, labels)

@@ -69,9 +69,10 @@ SCRIPT = textwrap.dedent(
     check("hap_paths_with_memory", explicit, hap, paths, "shard_map", memory=memory,
           max_positives=4)
     # Every list loss, value and gradient through shard_map (FastAP's constant bin centres
-    # once made its backward pass fail there: a cotangent that varied over the devices).
+    # once made its backward pass fail there: a cotangent that varied over the devices), on the
+    # training step's single rung (the ladder on every device is checked above, once).
     for fn in rankax.losses.LIST_LOSSES:
-        check("every_" + fn.__name__, explicit, fn, lab, "shard_map")
+        check("every_" + fn.__name__, explicit, fn, lab, "shard_map", max_positives=3, capacity_limit=3)
     # The memory takes a batch sharded over the explicit mesh (smaller and larger than it).
     on_explicit = lambda x: jax.device_put(x, NamedSharding(explicit, P("data")))
     for size in (20, 40):
@@ -128,7 +129,8 @@ SCRIPT = textwrap.dedent(
             results["checked_overflow_" + mode] = str(err)
     # An explicit mesh takes arrays of any sharding (numpy labels, unsharded embeddings, a
     # memory on one device): the loss reshards them to its in_specs, eagerly and under jit.
-    explicit_loss = sharding.sharded_batch_loss(rankax.supap_loss, explicit, "data")
+    explicit_loss = sharding.sharded_batch_loss(rankax.supap_loss, explicit, "data", max_positives=3,
+                                                capacity_limit=3)
     exp_put = lambda x: jax.device_put(x, NamedSharding(explicit, P("data")))
     want = float(explicit_loss(exp_put(e), exp_put(lab)))
     got = [float(explicit_loss(e, fine.astype(np.int32))), float(jax.jit(explicit_loss)(e, lab)),
@@ -145,8 +147,8 @@ SCRIPT = textwrap.dedent(
     rel = (jax.random.uniform(jax.random.key(3), (8, 40)) < 0.2).astype(jnp.float32)
     for fn in (rankax.losses.blackbox_ap_loss, rankax.losses.supap_loss, rankax.losses.histogram_ap_loss):
         per_list = lambda s, y: fn(s, y, reduce_fn=None)
-        want_value = per_list(lists, rel)
-        want_grad = jax.grad(lambda s: jnp.sum(per_list(s, rel)))(lists)
+        want_value = jax.jit(per_list)(lists, rel)  # one device: the arguments are unsharded
+        want_grad = jax.jit(jax.grad(lambda s: jnp.sum(per_list(s, rel))))(lists)
         with jax.set_mesh(explicit):
             s_, y_ = exp_put(lists), exp_put(rel)
             value = jax.jit(per_list)(s_, y_)
