@@ -35,6 +35,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
 FIGURES = ROOT / "docs" / "notebooks"
 CELL_TIMEOUT_S = 300
 KERNEL_NAME = "rankax-notebook-test"
+# Notebooks that spend more time running their programs than compiling them (four trainings
+# of 100 steps and their held-out evaluations): the kernel compiles them with XLA's full
+# optimisation, which the test run otherwise turns down on a CPU (tests/conftest.py).
+RUN_BOUND = {"05_training_comparison"}
 
 
 def _install_kernelspec(jupyter_path: Path) -> None:
@@ -60,6 +64,8 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("RANKAX_NOTEBOOK_FIGURES", str(figures))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    if path.stem in RUN_BOUND:  # conftest: optimising its programs pays
+        monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
     _install_kernelspec(tmp_path / "jupyter")
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     # The checkout's rankax, also when it is not installed in the environment.
