@@ -33,8 +33,9 @@ counts compiles takes the ``cold_compiles`` fixture.
 
 Compiler effort: on a CPU-only host the test run also sets ``JAX_DISABLE_MOST_OPTIMIZATIONS=1``
 (JAX's switch for programs that compile longer than they run: LLVM at ``-O0`` without its
-expensive passes; XLA's HLO optimisations, fusion and buffer assignment are unchanged), for its
-processes and the subprocesses they start. The suite's programs are small and run a few times,
+expensive passes; XLA's HLO optimisations, fusion and buffer assignment are unchanged, but
+LLVM then fuses no multiply-add, so a product may round once more than in a user's program),
+for its processes and the subprocesses they start. The suite's programs are small and run a few times,
 so compiling is most of their cost: the edge-case batch tests took 25 % less time. A test
 whose programs run longer than they compile sets ``JAX_DISABLE_MOST_OPTIMIZATIONS=0`` for the
 processes it starts (the training-comparison notebook: 35 s against 53 s without
