@@ -77,9 +77,7 @@ curves = {}
 for variant, alpha in [(v, 4.0) for v in VARIANTS] + [("Dq", 8.0)]:
     name = variant if variant != "Dq" else f"Dq (alpha={alpha:g})"
     f_of_r = functools.partial(pnp_of_r, variant=variant, alpha=alpha)
-    f = jax.jit(jax.vmap(f_of_r))(r)
-    df = jax.jit(jax.vmap(jax.grad(f_of_r)))(r)
-    curves[name] = (f, df)
+    curves[name] = jax.jit(jax.vmap(jax.value_and_grad(f_of_r)))(r)  # (F, F')
 
 # The docstring's closed forms, as a check of the construction.
 closed = {
