@@ -33,19 +33,20 @@ counts compiles takes the ``cold_compiles`` fixture.
 
 Compiler effort: on a CPU-only host the test run also sets ``JAX_DISABLE_MOST_OPTIMIZATIONS=1``
 (JAX's switch for programs that compile longer than they run: LLVM at ``-O0`` without its
-expensive passes; XLA's HLO optimisations, fusion and buffer assignment are unchanged, but
-LLVM then fuses no multiply-add, so a product may round once more than in a user's program),
+expensive passes; XLA's HLO optimisations, fusion and buffer assignment are unchanged, but the
+machine code differs, so a result may differ from a user's program in its last bits),
 for its processes and the subprocesses they start. The suite's programs are small and run a few times,
 so compiling is most of their cost: the edge-case batch tests took 25 % less time. A test
 whose programs run longer than they compile sets ``JAX_DISABLE_MOST_OPTIMIZATIONS=0`` for the
-processes it starts (the training-comparison notebook: 35 s against 53 s without
-optimisation). A ``JAX_DISABLE_MOST_OPTIMIZATIONS`` set by the caller is kept;
+processes it starts, over any other setting (the training-comparison notebook: 35 s against
+53 s without optimisation). Otherwise a ``JAX_DISABLE_MOST_OPTIMIZATIONS`` set by the caller is kept;
 ``RANKAX_TEST_FAST_COMPILE=0`` compiles with the full optimisation, and a host with a CUDA,
 ROCm or TPU plugin for JAX (unless ``JAX_PLATFORMS=cpu``) always does, as users run there.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -86,10 +87,13 @@ def pytest_unconfigure(config):
 
 
 def _cpu_only() -> bool:
-    """Whether JAX will run on the CPU alone: ``JAX_PLATFORMS=cpu``, or no accelerator plugin
-    (CUDA and ROCm plugins live in the ``jax_plugins`` namespace; TPUs need ``libtpu``)."""
+    """Whether JAX will run on the CPU alone: ``JAX_PLATFORMS=cpu``, or none of the ways JAX
+    finds an accelerator: the ``jax_plugins`` namespace (CUDA, ROCm), a ``jax_plugins`` entry
+    point, ``libtpu`` or ``TPU_LIBRARY_PATH``."""
     if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
         return True
+    if os.environ.get("TPU_LIBRARY_PATH") or importlib.metadata.entry_points(group="jax_plugins"):
+        return False
     return not any(importlib.util.find_spec(name) for name in ("jax_plugins", "libtpu"))
 
 

@@ -248,8 +248,9 @@ GRAD_ATOL = {jnp.bfloat16: 0.0, jnp.float16: 6e-8}
 def _batch_outputs(loss_fn):
     """(value, gradient) of batch_loss for every case below, compiled once: the label cases
     are traced and vmapped, so batch_loss takes its capacity ladder: under vmap every rung is
-    computed for every case, and each case keeps its own rung's result (rungs 3 and 11 with the
-    P x K hint; the default ladder 3, 4, 11 would only add a third rung to compile)."""
+    computed for every case, and each case keeps its own rung's result. ``max_positives=3``, the
+    default ladder's first rung, leaves rungs 3 and 12 (the 12 items include the masked query);
+    the default ladder 3, 4, 12 would add a rung that no case takes."""
 
     def value_and_grad(emb, labels):
         def loss(e):

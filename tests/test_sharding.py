@@ -70,7 +70,9 @@ SCRIPT = textwrap.dedent(
           max_positives=4)
     # Every list loss, value and gradient through shard_map (FastAP's constant bin centres
     # once made its backward pass fail there: a cotangent that varied over the devices), on the
-    # training step's single rung (the ladder on every device is checked above, once).
+    # single rung of a P x K step without memory. The ladder's switch inside shard_map (traced
+    # labels past the hint, as with a cross-batch memory or label paths) is checked above for
+    # SupAP, ROADMAP and H-AP only.
     for fn in rankax.losses.LIST_LOSSES:
         check("every_" + fn.__name__, explicit, fn, lab, "shard_map", max_positives=3, capacity_limit=3)
     # The memory takes a batch sharded over the explicit mesh (smaller and larger than it).
