@@ -32,16 +32,16 @@ folder also holds XLA's autotuning results (JAX enables that cache with it). A t
 counts compiles takes the ``cold_compiles`` fixture.
 
 Compiler effort: on a CPU-only host the test run also sets ``JAX_DISABLE_MOST_OPTIMIZATIONS=1``
-(JAX's switch for programs that compile longer than they run: LLVM at ``-O0`` without its
-expensive passes; XLA's HLO optimisations, fusion and buffer assignment are unchanged, but the
-machine code differs, so a result may differ from a user's program in its last bits),
-for its processes and the subprocesses they start. The suite's programs are small and run a few times,
-so compiling is most of their cost: the edge-case batch tests took 25 % less time. A test
-whose programs run longer than they compile sets ``JAX_DISABLE_MOST_OPTIMIZATIONS=0`` for the
-processes it starts, over any other setting (the training-comparison notebook: 35 s against
-53 s without optimisation). Otherwise a ``JAX_DISABLE_MOST_OPTIMIZATIONS`` set by the caller is kept;
-``RANKAX_TEST_FAST_COMPILE=0`` compiles with the full optimisation, and a host with a CUDA,
-ROCm or TPU plugin for JAX (unless ``JAX_PLATFORMS=cpu``) always does, as users run there.
+for its processes and the subprocesses they start. It is JAX's switch for programs that compile
+longer than they run: LLVM at ``-O0`` without its expensive passes. XLA's HLO optimisations,
+fusion and buffer assignment are unchanged, but the machine code differs, so a result may differ
+from a user's program in its last bits. The suite's programs are small and run a few times, so
+compiling is most of their cost: the edge-case batch tests took 25 % less time. A test whose
+programs run longer than they compile sets ``JAX_DISABLE_MOST_OPTIMIZATIONS=0`` for the processes
+it starts, over any other setting (the training-comparison notebook: 35 s against 53 s without
+optimisation). Otherwise a ``JAX_DISABLE_MOST_OPTIMIZATIONS`` set by the caller is kept;
+``RANKAX_TEST_FAST_COMPILE=0`` compiles with the full optimisation, and so does a host with a
+CUDA, ROCm or TPU plugin for JAX (unless ``JAX_PLATFORMS=cpu``), as users run there.
 """
 
 from __future__ import annotations
