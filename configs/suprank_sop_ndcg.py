@@ -30,6 +30,7 @@ from configs import common, suprank_sop
 def get_config():
     c = suprank_sop.get_config()
     c.loss.name = "sup_ndcg"  # hierarchy_level: MULTI (loss.hierarchical stays True)
+    common.without_h_rank(c)
     c.best_metric = "ndcg"
     c.reported = common.unreported("recall_at_1", "ndcg", note="the SupRank tables were not consulted")
     return c

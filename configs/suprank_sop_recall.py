@@ -30,6 +30,7 @@ from configs import common, suprank_sop
 def get_config():
     c = suprank_sop.get_config()
     c.loss.name = "sup_recall_at_k"
+    common.without_h_rank(c)
     c.loss.hierarchical = False  # hierarchy_level: 0
     c.loss.hparams.update(ks=(1, 2, 4, 8, 16), k_temperature=1.0)  # at_k, temp
     c.loss.weight = 0.5  # weight: (empty) -> 1 / number of terms

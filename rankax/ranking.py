@@ -41,6 +41,7 @@ __all__ = [
     "exact_ranks",
     "gather_positives",
     "heaviside",
+    "hrank_step",
     "negative_scores",
     "pairwise_differences",
     "positive_differences",
@@ -122,6 +123,29 @@ def roadmap_step(
     linear_arg = x - delta if variant == "fixed" else x
     linear = rho * linear_arg + offset
     return jnp.where(x <= 0, sig, jnp.where(x <= delta, start + sig, linear))
+
+
+def hrank_step(x: ArrayLike, *, beta: float = 25.0, gamma: float = 0.5, leak: float = 10.0) -> Array:
+    """HAPPIER's smoothed step of the H-rank for an item *more* relevant than the ranked one.
+
+    .. math::
+        g(x) = \\begin{cases}
+            \\mathrm{leak} \\cdot x & x \\le 0 \\\\
+            \\min(\\beta x + \\gamma, 1) & x > 0,\\ \\gamma \\le 1 \\\\
+            1 & x > 0,\\ \\gamma > 1
+        \\end{cases}
+
+    ``x = s_j - s_k``: item ``j`` scores above positive ``k`` when ``x > 0``. Below it the value
+    is negative (a leak, not a step): a more relevant item ranked after ``k`` lowers ``k``'s
+    H-rank, so its gradient pushes ``j`` up. This is ``step_hrank`` of the official code
+    (``elias-ramzi/HAPPIER@5af91b3:happier/losses/hap_loss.py``, the same in
+    ``elias-ramzi/SupRank@d3d0e3c:suprank/losses/tools/differentiable_rank.py``), used when
+    ``with_hrank=True``; the defaults are the values of the official loss configs
+    (``happier/config/loss/HAPPIER.yaml``: beta 25, gamma 0.5, leak 10).
+    """
+    x = jnp.asarray(x)
+    above = jnp.where(gamma > 1.0, 1.0, jnp.minimum(beta * x + gamma, 1.0))
+    return jnp.where(x > 0, above, leak * x)
 
 
 # ----------------------------------------------------------------------------- positives

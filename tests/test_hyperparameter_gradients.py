@@ -59,6 +59,15 @@ def test_float_hyperparameters_have_their_derivative(loss_fn):
     _check(lambda p: loss_fn(scores, labels, **p), params)
 
 
+def test_h_rank_hyperparameters_have_their_derivative():
+    """H-AP with HAPPIER's smoothed H-rank (``with_hrank=True``), where beta, gamma and leak
+    enter the value (they do not without it)."""
+    params = _float_hyperparameters(losses.hap_loss)
+    with jax.enable_x64(True):
+        scores, labels = _lists(graded=True)
+    _check(lambda p: losses.hap_loss(scores, labels, with_hrank=True, **p), params)
+
+
 def test_temperature_of_the_list_api_beyond_the_grouped_rungs():
     """The list API (jit(grad(mean(vmap(loss))))) on lists with more positives than the rungs
     kept as they are (64), so the grouped rung falls back to its checkpoint."""

@@ -129,7 +129,10 @@ def roadmap_loss(c, *, start, offset):
 
 def hap_loss(c, *, start, offset):
     """Sets ``c.loss``: H-AP on the label paths (SupRank/HAPPIER ``SupHAPLoss``: temperature 0.01,
-    rho 100, delta 0.05), graded by the hierarchy (``c.loss.hierarchical``)."""
+    rho 100, delta 0.05), graded by the hierarchy (``c.loss.hierarchical``). The H-rank options
+    are those of ``elias-ramzi/SupRank@d3d0e3c:suprank/config/loss/HAPPIER.yaml`` (and every
+    other HAPPIER loss yaml there): ``with_hrank: False``, so ``beta`` 25, ``gamma`` 0.5 and
+    ``leak`` 10 are listed only to be overridable (``--config.loss.hparams.with_hrank=True``)."""
     c.loss.name = "hap"
     c.loss.hierarchical = True  # the loss sees the label paths (graded relevance)
     c.loss.hparams = ml_collections.ConfigDict(
@@ -140,8 +143,23 @@ def hap_loss(c, *, start, offset):
             "start": start,
             "offset": offset,
             "variant": "fixed",
+            "with_hrank": False,
+            "beta": 25.0,
+            "gamma": 0.5,
+            "leak": 10.0,
         }
     )
+
+
+#: The hyperparameters :func:`hap_loss` sets that only H-AP takes.
+HRANK_HPARAMS = ("with_hrank", "beta", "gamma", "leak")
+
+
+def without_h_rank(c):
+    """Drops H-AP's H-rank options from ``c.loss.hparams``: for the SupRank losses that start
+    from an H-AP config and share only its ROADMAP step (SupNDCG, SupR@k)."""
+    for name in HRANK_HPARAMS:
+        del c.loss.hparams[name]
 
 
 def pnp_loss(c):

@@ -242,6 +242,8 @@ HPARAM_RANGES: dict[str, str] = {
     "supap_weight": "nonnegative",
     "calibration_weight": "nonnegative",
     "epsilon": "nonnegative",
+    "leak": "nonnegative",
+    "gamma": "finite",
     "start": "finite",
     "offset": "finite",
     "pos_margin": "finite",

@@ -26,31 +26,55 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
-from rankax import metrics
+from rankax import metrics, ranking
 from rankax._core import listfn, positives, validation
 from rankax.losses import _ranks
 
 Array = jax.Array
 
 
-def _hap_kernel(scores, labels, where, gathered, **step):
+def _hrank_steps(diff, rel, with_hrank, beta, gamma, leak):
+    """``[..., C, C]`` step of the H-rank between gathered positives (row ``k``, column ``j``):
+    exact ``H(s_j - s_k)`` (no gradient), or with ``with_hrank`` HAPPIER's
+    :func:`rankax.ranking.hrank_step` where ``j`` is more relevant than ``k``."""
+    exact = ranking.heaviside(diff)
+    if not with_hrank:
+        return exact
+    more = rel[..., None, :] > rel[..., :, None]
+    return jnp.where(more, ranking.hrank_step(diff, beta=beta, gamma=gamma, leak=leak), exact)
+
+
+def _hap_kernel(scores, labels, where, gathered, *, with_hrank, beta, gamma, leak, **step):
     rank, diff, others = _ranks.graded_ranks(scores, labels, where, gathered, **step)
-    # H-rank: the relevance "earned" at k, counted with the exact step only (no gradient);
-    # negatives share nothing with k, so the sum runs over the other positives ([C, C]).
+    # H-rank: the relevance "earned" at k; negatives share nothing with k, so the sum runs over
+    # the other positives ([C, C]).
     shared = jnp.minimum(gathered.labels[..., None, :], gathered.labels[..., :, None])
-    hrank = gathered.labels + jnp.sum(jnp.where(others & (diff >= 0), shared, 0.0), axis=-1)
+    steps = _hrank_steps(diff, gathered.labels, with_hrank, beta, gamma, leak)
+    hrank = gathered.labels + jnp.sum(jnp.where(others, shared * steps, 0.0), axis=-1)
     total_rel = jnp.sum(jnp.where(where, labels, 0.0), axis=-1)
     return 1.0 - metrics.hap_from_ranks(hrank, rank, gathered.mask, total_rel)
 
 
-def _hap_values(lists: listfn.Lists, **step: Any) -> Array:
-    """Per-list H-AP loss; ``step``: ROADMAP's step parameters (``_ranks.ROADMAP_STEP``)."""
-    return lists.gather(functools.partial(_hap_kernel, **step))
+def _hap_values(lists: listfn.Lists, **hparams: Any) -> Array:
+    """Per-list H-AP loss; ``hparams``: ROADMAP's step parameters (``_ranks.ROADMAP_STEP``) and
+    the H-rank's (``with_hrank``, ``beta``, ``gamma``, ``leak``)."""
+    return lists.gather(functools.partial(_hap_kernel, **hparams))
 
 
-@listfn.list_function(_hap_values, graded=True, choices=_ranks.ROADMAP_CHOICES)
+def _check_with_hrank(hparams: dict[str, Any], caller: str) -> None:
+    if not isinstance(hparams["with_hrank"], bool | np.bool_):
+        raise TypeError(
+            f"{validation.prefix(caller)}with_hrank must be a static Python bool (it selects the "
+            f"H-rank's step), got {hparams['with_hrank']!r}"
+        )
+
+
+@listfn.list_function(
+    _hap_values, graded=True, choices=_ranks.ROADMAP_CHOICES, check_hparams=_check_with_hrank
+)
 def hap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -64,6 +88,10 @@ def hap_loss(
     start: float = 0.5,
     offset: float = 1.44,
     variant: str = "fixed",
+    with_hrank: bool = False,
+    beta: float = 25.0,
+    gamma: float = 0.5,
+    leak: float = 10.0,
 ) -> Array:
     """SupRank's hierarchical AP loss, ``1 - H-AP`` with the SupRank rank.
 
@@ -76,6 +104,12 @@ def hap_loss(
     with ``rank`` the SupRank rank of the module docstring. With exact steps and binary
     relevance H-AP is AP; with this surrogate and binary relevance the loss is SupAP.
 
+    The H-rank's step is exact and carries no gradient (``with_hrank=False``, as in the official
+    configs). With ``with_hrank=True``, the official code's other option, the step of each more
+    relevant positive (``rel_j > rel_k``) is HAPPIER's :func:`rankax.ranking.hrank_step`
+    ``g(s_j - s_k)`` (``beta``, ``gamma``, ``leak``), so the H-rank has a gradient too;
+    items as or less relevant keep ``H``.
+
     Args:
       scores: ``[..., N]`` similarities of a query to N items.
       labels: ``[..., N]`` graded relevance >= 0 (> 0: positive), e.g. from
@@ -83,6 +117,11 @@ def hap_loss(
       where, reduce_fn, max_positives: as in :func:`rankax.losses.supap_loss`.
       temperature, rho, delta, start, offset, variant: the ROADMAP step ``h`` (SupRank's configs:
         0.01, 100, 0.05, 0.5, 1.44).
+      with_hrank: a static bool: smooth the H-rank with ``hrank_step`` (default False, as in
+        every loss config of ``elias-ramzi/SupRank@d3d0e3c:suprank/config/loss/`` and all but
+        the unused ``HAPPIER_5_SOP.yaml`` of ``elias-ramzi/HAPPIER@5af91b3``).
+      beta, gamma, leak: ``hrank_step``'s slope above, offset above and slope below (the
+        official configs' 25, 0.5, 10); used only with ``with_hrank``.
 
     References:
       Ramzi, Thome, Rambour, Audebert, Bitot. "Optimization of Rank Losses for Image
@@ -90,7 +129,8 @@ def hap_loss(
       Pertinent Image Retrieval." ECCV 2022 (HAPPIER).
     """
     lists = listfn.check(scores, labels, where, max_positives, graded=True, caller="hap_loss")
-    return lists.reduce(_hap_values(lists, **_ranks.roadmap_step_args(locals())), reduce_fn)
+    hrank = {"with_hrank": with_hrank, "beta": beta, "gamma": gamma, "leak": leak}
+    return lists.reduce(_hap_values(lists, **_ranks.roadmap_step_args(locals()), **hrank), reduce_fn)
 
 
 def _ideal_dcg(gains: Array) -> Array:

@@ -1,0 +1,134 @@
+"""H-AP against a numpy transcription of the official loss, both H-rank options.
+
+``HAPLoss`` (elias-ramzi/HAPPIER@5af91b3: ``happier/losses/hap_loss.py``, ``quick_forward``;
+the same ``SupHAPLoss`` in elias-ramzi/SupRank@d3d0e3c) ranks each item ``a`` of a list against
+every other item ``b`` on ``x = s_b - s_a``:
+
+* rank: ROADMAP's step where ``b`` is less relevant than ``a``, else Heaviside (1 at a tie);
+* H-rank: ``rel_a + sum_b min(rel_a, rel_b) g(x)`` with ``g`` Heaviside (``with_hrank=False``)
+  or, with ``with_hrank=True``, ``step_hrank``: Heaviside where ``b`` is as or less relevant,
+  else ``leak * x`` for ``x <= 0`` and ``min(beta * x + gamma, 1)`` (1 if ``gamma > 1``) above;
+* loss ``1 - sum_a hrank_a / rank_a / sum_a rel_a``.
+
+The reference below is written from that code in float64, independently of rankax; values are
+compared directly and gradients against its central finite differences.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rankax
+
+
+def _sigmoid(x, tau):
+    return 1.0 / (1.0 + np.exp(np.clip(-x / tau, -50, 50)))
+
+
+def _roadmap(x, tau=0.01, rho=100.0, delta=0.05, start=0.5, offset=1.44):
+    if x > delta:
+        return rho * (x - delta) + offset
+    if x > 0:
+        return start + _sigmoid(x, tau)
+    return _sigmoid(x, tau)
+
+
+def _official_hrank_step(x, beta, gamma, leak):
+    if x <= 0:
+        return leak * x
+    return 1.0 if gamma > 1.0 else min(beta * x + gamma, 1.0)
+
+
+def official_hap_loss(s, level, rel, *, with_hrank, beta=25.0, gamma=0.5, leak=10.0):
+    """One list: scores ``s``, hierarchy levels shared with the query ``level`` (the official
+    ``target``), relevance ``rel`` (increasing with the level)."""
+    n = len(s)
+    total = 0.0
+    for a in range(n):
+        rank, hrank = 1.0, rel[a]
+        for b in range(n):
+            if b == a:
+                continue
+            x = s[b] - s[a]
+            heaviside = 1.0 if x >= 0 else 0.0
+            rank += _roadmap(x) if level[a] > level[b] else heaviside
+            if with_hrank and level[b] > level[a]:
+                g = _official_hrank_step(x, beta, gamma, leak)
+            else:
+                g = heaviside
+            hrank += min(rel[a], rel[b]) * g
+        total += hrank / rank
+    return 1.0 - total / np.sum(rel)
+
+
+def _list(seed, n=30):
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(-0.4, 0.4, n)
+    level = rng.choice([0, 1, 2, 3], n, p=[0.55, 0.2, 0.15, 0.1])
+    level[:3] = [1, 2, 3]  # every level present
+    rel = level / 3.0
+    return s, level, rel
+
+
+@pytest.mark.parametrize("with_hrank", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hap_loss_equals_the_official_loss_and_its_gradient(with_hrank, seed):
+    s, level, rel = _list(seed)
+    want = official_hap_loss(s, level, rel, with_hrank=with_hrank)
+    with jax.enable_x64(True):
+        y = jnp.asarray(rel)
+        value_and_grad = jax.jit(jax.value_and_grad(
+            lambda t: rankax.hap_loss(t, y, with_hrank=with_hrank)
+        ))
+        got, grad = value_and_grad(jnp.asarray(s))
+    np.testing.assert_allclose(float(got), want, rtol=1e-10)
+    h = 1e-7
+    fd = [(official_hap_loss(s + h * e, level, rel, with_hrank=with_hrank)
+           - official_hap_loss(s - h * e, level, rel, with_hrank=with_hrank)) / (2 * h)
+          for e in np.eye(len(s))]
+    np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-5, atol=1e-8)
+
+
+def test_the_smoothed_h_rank_moves_the_more_relevant_items_up():
+    """Only with ``with_hrank`` does the H-rank carry a gradient: on a list where a fine positive
+    (relevance 1) sits below a coarse one (relevance 1/2), the descent direction of the loss
+    raises the fine positive more than the exact H-rank alone does."""
+    s = jnp.array([0.30, 0.10, -0.20, -0.25, 0.0])
+    y = jnp.array([0.5, 1.0, 0.0, 0.0, 0.0])
+    g_exact = jax.grad(lambda t: rankax.hap_loss(t, y))(s)
+    g_smooth = jax.grad(lambda t: rankax.hap_loss(t, y, with_hrank=True))(s)
+    # The difference is the H-rank's own gradient: leak * rel_k / rank_k on j (the fine item,
+    # index 1, under k = the coarse item, index 0), the opposite on k.
+    rank_k = 1.0 + sum(float(jax.nn.sigmoid(x / 0.01)) for x in (-0.5, -0.55, -0.3))
+    expected = 10.0 * 0.5 / rank_k / 1.5
+    np.testing.assert_allclose(float(g_exact[1] - g_smooth[1]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(g_smooth[0] - g_exact[0]), expected, rtol=1e-5)
+
+
+def test_with_hrank_needs_a_static_bool():
+    s, y = jnp.zeros(4), jnp.array([1.0, 0.5, 0.0, 0.0])
+    with pytest.raises(TypeError, match="with_hrank must be a static Python bool"):
+        rankax.hap_loss(s, y, with_hrank=1)
+    with pytest.raises(ValueError, match="beta"):
+        rankax.hap_loss(s, y, with_hrank=True, beta=-1.0)
+
+
+def test_batch_loss_passes_with_hrank_through():
+    """batch_loss on label paths equals the mean of the per-list official losses (each query in
+    its own list, as the official quick_forward ranks it), with the smoothed H-rank."""
+    rng = np.random.default_rng(3)
+    fine = np.repeat(np.arange(6), 3)
+    paths = np.stack([fine, fine // 2], axis=1)
+    emb = rng.normal(size=(len(fine), 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    level = (paths[:, None, :] == paths[None, :, :]).sum(-1)
+    rel = level / 2.0
+    scores = emb @ emb.T
+    want = np.mean([official_hap_loss(scores[i], level[i], rel[i], with_hrank=True)
+                    for i in range(len(fine))])
+    got = rankax.batch_loss(
+        rankax.losses.hap_loss, jnp.asarray(emb, jnp.float32), jnp.asarray(paths), include_self=True,
+        relevance_fn=lambda q, i: (q[:, None, :] == i[None, :, :]).sum(-1) / 2.0, with_hrank=True,
+    )
+    np.testing.assert_allclose(float(got), want, rtol=2e-5)
