@@ -135,16 +135,18 @@ def hrank_step(x: ArrayLike, *, beta: float = 25.0, gamma: float = 0.5, leak: fl
             1 & x > 0,\\ \\gamma > 1
         \\end{cases}
 
-    ``x = s_j - s_k``: item ``j`` scores above positive ``k`` when ``x > 0``. Below it the value
-    is negative (a leak, not a step): a more relevant item ranked after ``k`` lowers ``k``'s
-    H-rank, so its gradient pushes ``j`` up. This is ``step_hrank`` of the official code
+    ``x = s_j - s_k``: item ``j`` scores above positive ``k`` when ``x > 0``. At 0 the value is
+    0 and below it negative (a leak, not a step): a more relevant item ranked after ``k`` lowers
+    ``k``'s H-rank, so its gradient pushes ``j`` up. Where ``beta x + gamma = 1`` the derivative
+    is ``beta``, as ``torch.clamp`` passes it at its bound. This is ``step_hrank`` of the official code
     (``elias-ramzi/HAPPIER@5af91b3:happier/losses/hap_loss.py``, the same in
     ``elias-ramzi/SupRank@d3d0e3c:suprank/losses/tools/differentiable_rank.py``), used when
     ``with_hrank=True``; the defaults are the values of the official loss configs
     (``happier/config/loss/HAPPIER.yaml``: beta 25, gamma 0.5, leak 10).
     """
     x = jnp.asarray(x)
-    above = jnp.where(gamma > 1.0, 1.0, jnp.minimum(beta * x + gamma, 1.0))
+    linear = beta * x + gamma
+    above = jnp.where(gamma > 1.0, 1.0, jnp.where(linear <= 1.0, linear, 1.0))
     return jnp.where(x > 0, above, leak * x)
 
 

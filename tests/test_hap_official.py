@@ -71,23 +71,55 @@ def _list(seed, n=30):
     return s, level, rel
 
 
-@pytest.mark.parametrize("with_hrank", [False, True])
+SETTINGS = [  # (with_hrank, beta, gamma, leak): the configs' values, a gamma > 1, a gentler step
+    (False, 25.0, 0.5, 10.0), (True, 25.0, 0.5, 10.0), (True, 25.0, 1.5, 10.0), (True, 5.0, 0.2, 3.0),
+]
+
+
+@pytest.mark.parametrize(("with_hrank", "beta", "gamma", "leak"), SETTINGS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_hap_loss_equals_the_official_loss_and_its_gradient(with_hrank, seed):
+def test_hap_loss_equals_the_official_loss_and_its_gradient(with_hrank, beta, gamma, leak, seed):
     s, level, rel = _list(seed)
-    want = official_hap_loss(s, level, rel, with_hrank=with_hrank)
+    kw = {"with_hrank": with_hrank, "beta": beta, "gamma": gamma, "leak": leak}
+    want = official_hap_loss(s, level, rel, **kw)
     with jax.enable_x64(True):
         y = jnp.asarray(rel)
-        value_and_grad = jax.jit(jax.value_and_grad(
-            lambda t: rankax.hap_loss(t, y, with_hrank=with_hrank)
-        ))
+        value_and_grad = jax.jit(jax.value_and_grad(lambda t: rankax.hap_loss(t, y, **kw)))
         got, grad = value_and_grad(jnp.asarray(s))
     np.testing.assert_allclose(float(got), want, rtol=1e-10)
     h = 1e-7
-    fd = [(official_hap_loss(s + h * e, level, rel, with_hrank=with_hrank)
-           - official_hap_loss(s - h * e, level, rel, with_hrank=with_hrank)) / (2 * h)
-          for e in np.eye(len(s))]
+    fd = [(official_hap_loss(s + h * e, level, rel, **kw) - official_hap_loss(s - h * e, level, rel, **kw))
+          / (2 * h) for e in np.eye(len(s))]
     np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize(("with_hrank", "beta", "gamma", "leak"), SETTINGS)
+def test_hap_loss_on_tied_scores_equals_the_official_loss(with_hrank, beta, gamma, leak):
+    """Scores on a 0.01 grid: items tied with a positive (the exact step counts 1, the smoothed
+    one 0 for a more relevant item) and differences on the clamp's corner (beta x + gamma = 1)."""
+    s, level, rel = _list(2)
+    s = np.round(s * 100) / 100
+    s[1] = s[0]  # levels 2 and 1: a more relevant item tied with a positive
+    s[2] = s[0] + 0.02  # level 3 over level 1 on the corner beta x + gamma = 1 (25, 0.5)
+    s[3] = s[2] - 0.16  # ... and on the corner of (5, 0.2) below it when it is a positive
+    s[4:6] = s[0]  # two more items tied with it, of whatever relevance
+    kw = {"with_hrank": with_hrank, "beta": beta, "gamma": gamma, "leak": leak}
+    with jax.enable_x64(True):
+        got = rankax.hap_loss(jnp.asarray(s), jnp.asarray(rel), **kw)
+    np.testing.assert_allclose(float(got), official_hap_loss(s, level, rel, **kw), rtol=1e-10)
+
+
+def test_hrank_step_at_its_corners():
+    """Values and slopes of HAPPIER's step from its formula: ``leak`` at and below 0 (value 0 at
+    0), ``beta`` up to and at the clamp (``torch.clamp`` passes the gradient at its bound), 0
+    above it, and 0 everywhere above 0 when ``gamma > 1``."""
+    step = lambda x, **kw: rankax.ranking.hrank_step(x, beta=4.0, leak=3.0, **kw)
+    x = jnp.array([-0.5, 0.0, 0.0625, 0.125, 0.25])  # beta x + gamma = 1 at 0.125 (exact in binary)
+    np.testing.assert_array_equal(step(x, gamma=0.5), [-1.5, 0.0, 0.75, 1.0, 1.0])
+    slope = jax.vmap(jax.grad(lambda t: step(t, gamma=0.5)))(x)
+    np.testing.assert_array_equal(slope, [3.0, 3.0, 4.0, 4.0, 0.0])
+    np.testing.assert_array_equal(step(x, gamma=1.5), [-1.5, 0.0, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(jax.vmap(jax.grad(lambda t: step(t, gamma=1.5)))(x), [3.0, 3.0, 0, 0, 0])
 
 
 def test_the_smoothed_h_rank_moves_the_more_relevant_items_up():

@@ -130,8 +130,9 @@ def roadmap_loss(c, *, start, offset):
 def hap_loss(c, *, start, offset):
     """Sets ``c.loss``: H-AP on the label paths (SupRank/HAPPIER ``SupHAPLoss``: temperature 0.01,
     rho 100, delta 0.05), graded by the hierarchy (``c.loss.hierarchical``). The H-rank options
-    are those of ``elias-ramzi/SupRank@d3d0e3c:suprank/config/loss/HAPPIER.yaml`` (and every
-    other HAPPIER loss yaml there): ``with_hrank: False``, so ``beta`` 25, ``gamma`` 0.5 and
+    are those of ``elias-ramzi/SupRank@d3d0e3c:suprank/config/loss/HAPPIER.yaml`` (and of the
+    other HAPPIER loss yamls there but ``HAPPIER_pp_LM.yaml``, which sets none of them):
+    ``with_hrank: False``, so ``beta`` 25, ``gamma`` 0.5 and
     ``leak`` 10 are listed only to be overridable (``--config.loss.hparams.with_hrank=True``)."""
     c.loss.name = "hap"
     c.loss.hierarchical = True  # the loss sees the label paths (graded relevance)

@@ -349,6 +349,15 @@ R_INAT_DEIT = (
 )
 
 
+_H_RANK = (("with_hrank", False), ("beta", 25.0), ("gamma", 0.5), ("leak", 10.0))
+
+
+def _h_rank(loss_src):
+    """SupHAPLoss's H-rank options as the loss yaml sets them (``with_hrank: False``: the
+    others unused)."""
+    return [V(f"loss.hparams.{name}", value, loss_src) for name, value in _H_RANK]
+
+
 def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, sampler, epochs_source):
     loss_src = SUPRANK + ("loss/HAPPIER_SOP.yaml" if start else "loss/HAPPIER_inat.yaml")
     opt_src = SUPRANK + ("optimizer/sop.yaml" if start else "optimizer/inat.yaml")
@@ -374,6 +383,7 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
                 "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py",
                 "step_rank: rho * (x - delta) + offset above delta",
             ),
+            *_h_rank(loss_src),
             V("loss.weight", 0.9, loss_src, "weight: [0.9, 0.1], the SupHAPLoss weight"),
             V(
                 "loss.terms.cluster.name",
@@ -521,7 +531,10 @@ S_INAT = (
 _SOP_NO_COMMAND = (
     "the README has no command for this run: the config takes the SOP command with the loss swapped"
 )
-_SOP_HAP_ONLY = ("loss.name", "loss.hierarchical", "loss.weight", "loss.terms.cluster.weight")
+_SOP_HAP_ONLY = (
+    "loss.name", "loss.hierarchical", "loss.weight", "loss.terms.cluster.weight",
+    *(f"loss.hparams.{name}" for name, _ in _H_RANK),
+)
 
 
 def _sop_swapped(loss_file, entries):
@@ -596,6 +609,7 @@ def _dyml(
         V("loss.hparams.delta", 0.05, loss_src),
         V("loss.hparams.start", 0.5, loss_src),
         V("loss.hparams.offset", 1.44, loss_src),
+        *_h_rank(loss_src),
         V("loss.weight", weights[0], loss_src, f"weight: {list(weights)}"),
         V("loss.terms.cluster.name", "normalized_softmax", loss_src, "ClusterLoss"),
         V("loss.terms.cluster.weight", weights[1], loss_src),
