@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -85,6 +86,28 @@ def test_timed_compiling_counts_the_compilations_of_the_call(cold_compiles):
     assert again == 0  # cached: nothing compiled
     # Once JAX's caches are emptied the same call compiles again.
     assert benchmark_eval_gpu.recompile_seconds(lambda: fn(x).block_until_ready()) > 0
+
+
+def test_device_wait_counts_only_the_time_inside_device_get(monkeypatch):
+    from experiments import benchmark_eval_gpu
+
+    original = jax.device_get
+
+    def device_get(x):  # a device that takes 0.2 s to deliver
+        time.sleep(0.2)
+        return original(x)
+
+    monkeypatch.setattr(jax, "device_get", device_get)
+
+    def host_then_fetch():
+        time.sleep(0.3)
+        return jax.device_get(jnp.ones(3))
+
+    start = time.perf_counter()
+    wait = benchmark_eval_gpu.device_wait_seconds(host_then_fetch)
+    total = time.perf_counter() - start
+    assert 0.2 <= wait < total - 0.3
+    assert benchmark_eval_gpu.device_wait_seconds(lambda: time.sleep(0.05)) == 0
 
 
 COMPILE_TWICE = """
@@ -255,6 +278,7 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     evaluation = result["evaluation"]
     assert 0 < evaluation["evaluate_first_compile_s"] <= evaluation["evaluate_first_s"]
     assert evaluation["evaluate_recompile_s"] > 0  # the CPU has no autotuning to skip
+    assert 0 < evaluation["evaluate_device_wait_s"] < evaluation["evaluate_warm_s"]
     suite = ET.parse(out / "tests.xml").getroot().find("testsuite")
     assert result["gpu_tests"] == {"passed": int(suite.get("tests")), "failed": 0, "skipped": 0}
     profile = (out / "profile.txt").read_text()
