@@ -246,7 +246,9 @@ def _restore(config, workdir, step):
 def test_suprank_recipe_pieces_on_mock_data(tmp_path):
     """suprank_sop's own mechanisms on mock SOP: the cluster term's proxies train from step 0
     with their own optimizer, the backbone stays frozen for the warm-up epoch (the sampler's
-    epoch 0: ``epoch_start(1)`` steps) and trains from the next step on."""
+    epoch 0: ``epoch_start(1)`` steps) and trains from the next step on. It runs HAPPIER's
+    smoothed H-rank (``--config.loss.hparams.with_hrank=True``), a static option the training
+    step must keep static."""
     from rankax.train import input_pipeline
 
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -254,6 +256,7 @@ def test_suprank_recipe_pieces_on_mock_data(tmp_path):
         config = tiny(load_config("suprank_sop"), tmp_path / "data")
         config.batch.batches_per_super_tuple = 1
         config.optimizer.frozen_warmup_epochs = 1
+        config.loss.hparams.with_hrank = True
         switch = input_pipeline.make_sampler(config, input_pipeline.load(config)).epoch_start(1)
         config.num_steps, config.checkpoint_every = switch + 1, switch
         train_lib.train_and_evaluate(config, str(tmp_path / "run"))
