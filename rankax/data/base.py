@@ -2,9 +2,10 @@
 
 A dataset is a :class:`RetrievalDataset` of random-access :class:`Source`\\ s. The training
 loop draws indices with a sampler that is a pure function of ``(seed, step)`` (P x K or
-hierarchical) and asks the train source for exactly those items, passing the step as the
-augmentation seed -- so batches, augmentations included, are reproducible and a resumed run
-sees the same batches as an uninterrupted one.
+hierarchical) and asks the train source for exactly those items, passing ``seed * 2**32 +
+step`` (:func:`rankax.data.loader.step_seed`) as the augmentation seed -- so batches,
+augmentations included, are reproducible and a resumed run sees the same batches as an
+uninterrupted one.
 """
 
 from __future__ import annotations
