@@ -50,6 +50,7 @@ LOSSES: dict[str, tuple[str, dict, str]] = {
     "pnp-Dq": ("pnp_loss", {"variant": "Dq", "alpha": 4.0}, "flat"),
     "fastap": ("fast_ap_loss", {}, "flat"),
     "hap": ("hap_loss", {}, "paths"),
+    "sup-ndcg": ("sup_ndcg_loss", {}, "paths"),
 }
 HAP_POSITIVES = 4 * K - 1
 #: ``time.perf_counter()`` after which the loops below stop adding rows (a budgeted run).

@@ -54,6 +54,7 @@ __all__ = [
     "hap",
     "hap_from_ranks",
     "harmonic",
+    "ideal_positions",
     "map_at_r",
     "map_at_r_from_ranks",
     "ndcg",
@@ -348,8 +349,13 @@ def precision_at_k(
     return _metric(kernel, "precision_at_k", scores, labels, where, reduce_fn, max_positives)
 
 
-def _ideal_positions(positives: ranking.Positives) -> Array:
-    """``[..., C]`` place of each gathered positive in the ideal order (relevance descending)."""
+def ideal_positions(positives: ranking.Positives) -> Array:
+    """``[..., C]`` place of each gathered positive in the ideal order (relevance descending,
+    equal relevance by list position): a permutation of ``1..P`` over the ``P`` filled slots.
+
+    The ideal DCG is ``dcg(gain, ideal_positions(positives), positives.mask)``: items with
+    relevance 0 have gain 0, so with every positive gathered this is the DCG of the whole
+    list sorted by relevance, in ``O(C^2)`` per list instead of a sort of its ``N`` items."""
     lab_p = positives.labels[..., :, None]
     lab_o = positives.labels[..., None, :]
     idx_p = positives.index[..., :, None]
@@ -361,7 +367,7 @@ def _ideal_positions(positives: ranking.Positives) -> Array:
 
 def _ndcg_kernel(scores, labels, where, positives, *, k):
     rank, _ = ranking.exact_ranks(scores, labels, where, positives)
-    ideal = _ideal_positions(positives).astype(rank.dtype)
+    ideal = ideal_positions(positives).astype(rank.dtype)
     rel = positives.labels.astype(rank.dtype)  # float64 gains for float64 scores
     top = jnp.max(jnp.where(positives.mask, rel, 0.0), axis=-1, keepdims=True)
     gain = jnp.where(positives.mask, ndcg_gains(rel, top), 0.0)

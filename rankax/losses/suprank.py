@@ -133,19 +133,15 @@ def hap_loss(
     return lists.reduce(_hap_values(lists, **_ranks.roadmap_step_args(locals()), **hrank), reduce_fn)
 
 
-def _ideal_dcg(gains: Array) -> Array:
-    ordered = -jnp.sort(-gains, axis=-1)
-    discount = 1.0 / jnp.log2(2.0 + jnp.arange(gains.shape[-1], dtype=gains.dtype))
-    return jnp.sum(ordered * discount, axis=-1)
-
-
 def _sup_ndcg_kernel(scores, labels, where, gathered, **step):
     rank, _, _ = _ranks.graded_ranks(scores, labels, where, gathered, **step)
-    top = jnp.max(jnp.where(where, labels, 0.0), axis=-1, keepdims=True)
+    # Every positive is gathered and the other items' gain is 0: the largest relevance and
+    # the ideal DCG come from the slots, with no sort of the list.
+    top = jnp.max(jnp.where(gathered.mask, gathered.labels, 0.0), axis=-1, keepdims=True)
     gain_k = metrics.ndcg_gains(gathered.labels, top)
     dcg = metrics.dcg(gain_k, rank, gathered.mask)
-    gains = jnp.where(where, metrics.ndcg_gains(labels, top), 0.0)
-    return 1.0 - positives.safe_divide(dcg, _ideal_dcg(gains))
+    ideal = metrics.ideal_positions(gathered).astype(rank.dtype)
+    return 1.0 - positives.safe_divide(dcg, metrics.dcg(gain_k, ideal, gathered.mask))
 
 
 def _sup_ndcg_values(lists: listfn.Lists, **step: Any) -> Array:
