@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs")
     parser.add_argument("--sizes", type=flags.multiples(paths.BATCH_MULTIPLE), default="4096,16384")
-    parser.add_argument("--losses", type=flags.names(paths.LOSSES), default=",".join(paths.LOSSES))
+    parser.add_argument("--losses", type=flags.names(paths.LOSSES), default=",".join(paths.ISSUE_LOSSES))
     parser.add_argument("--junit", default=None)
     parser.add_argument("--add-tests", default=None,
                         help="only add test counts (pytest JUnit files, comma-separated) to an existing JSON")

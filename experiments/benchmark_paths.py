@@ -51,7 +51,10 @@ LOSSES: dict[str, tuple[str, dict, str]] = {
     "fastap": ("fast_ap_loss", {}, "flat"),
     "hap": ("hap_loss", {}, "paths"),
     "sup-ndcg": ("sup_ndcg_loss", {}, "paths"),
+    "histogram-ap": ("histogram_ap_loss", {}, "flat"),
 }
+#: The losses the GPU issue names (``benchmark_gpu``'s default: its run has a time budget).
+ISSUE_LOSSES = ("supap", "roadmap", "smooth-ap", "pnp-Dq", "fastap", "hap")
 HAP_POSITIVES = 4 * K - 1
 #: ``time.perf_counter()`` after which the loops below stop adding rows (a budgeted run).
 DEADLINE = float("inf")
