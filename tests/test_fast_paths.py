@@ -6,12 +6,14 @@
   closed over or traced, and with or without ``jit``; called without ``jit`` it compiles once;
 * the similarity is float32-exact by default (``precision="highest"``), against float64 numpy;
 * keeping the scores for the backward pass equals recomputing them;
-* the accelerator block/tile defaults equal the CPU ones.
+* the accelerator block/tile defaults equal the CPU ones;
+* SupNDCG's ideal DCG sorts nothing (its values are checked against references elsewhere).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -157,3 +159,28 @@ def test_bad_sizes_and_precision_name_the_argument(kw, match):
     emb, labels = _batch(6)
     with pytest.raises(ValueError, match=r"batch_loss\(supap_loss\): " + match):
         rankax.batch_loss(supap_loss, emb, labels, **kw)
+
+
+def _primitives(fn, *args):
+    """Names of every primitive in ``fn``'s jaxpr, nested jaxprs (jit, custom_vjp, scan) included."""
+    names = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            names.add(eqn.primitive.name)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return names
+
+
+def test_sup_ndcg_ideal_dcg_sorts_nothing():
+    """SupNDCG's ideal DCG comes from the gathered positives' places (``O(C^2)``), not from a
+    sort of the list's ``N`` gains, which cost several times the rest of the loss; the
+    reference suites check its values (test_supndcg_official, test_losses_reference)."""
+    rng = np.random.default_rng(0)
+    scores = jnp.asarray(rng.uniform(-1, 1, (4, 64)), jnp.float32)
+    rel = jnp.asarray(rng.integers(0, 3, (4, 64)), jnp.float32)
+    value_and_grad = jax.value_and_grad(lambda s: rankax.sup_ndcg_loss(s, rel, max_positives=64))
+    assert "sort" not in _primitives(value_and_grad, scores)
