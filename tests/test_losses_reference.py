@@ -519,6 +519,33 @@ def test_histogram_ap_tends_to_ap_as_bins_grow():
     assert errors[3] > errors[9] > errors[33] and errors[33] < 1e-6, errors
 
 
+@pytest.mark.parametrize(("num_bins", "score_range"), [(25, (0.0, 1.0)), (2, (0.0, 1.0)), (3, (0.0, 1.0)),
+                                                      (7, (0.1, 0.9))])
+def test_histogram_ends_are_flat_and_keep_each_item_s_mass(num_bins, score_range):
+    """Every item weighs 1 in total over the bins (a partition of unity), so no score can move
+    the total: its derivative is 0 everywhere, at the range's ends and one bin beyond them too.
+    A score at or beyond an end sits in the flat end bin: the loss's gradient there is 0 (a
+    top positive at ``hi``, e.g. a duplicate embedding, is not pushed down)."""
+    from rankax.losses import histogram
+
+    lo, hi = score_range
+    w = (hi - lo) / (num_bins - 1)
+    # (Off the inner centres, where the triangle's own kink has one-sided slopes.)
+    points = jnp.array([lo, hi, hi + w, lo - w, hi + 0.3, lo - 0.3, (lo + hi) / 2 + w / 7, lo + w / 3])
+    labels, where = jnp.ones_like(points), jnp.ones(points.shape, bool)
+
+    def total(s):
+        count, _ = histogram._histograms(s, labels, where, num_bins=num_bins, score_range=score_range)
+        return jnp.sum(count)
+
+    np.testing.assert_allclose(float(total(points)), len(points), rtol=1e-6)
+    np.testing.assert_array_equal(jax.grad(total)(points), np.zeros(len(points)))
+    s = jnp.array([hi, lo + 0.3 * w, hi + 0.1, lo, lo - 0.2, (lo + hi) / 2])
+    y = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    grad = jax.grad(lambda t: rankax.histogram_ap_loss(t, y, num_bins=num_bins, score_range=score_range))(s)
+    np.testing.assert_array_equal(np.asarray(grad)[[0, 2, 3, 4]], 0.0)
+
+
 def test_supap_upper_bounds_one_minus_ap():
     rng = np.random.default_rng(7)
     s = rng.uniform(-1, 1, (B, N)).astype(np.float32)

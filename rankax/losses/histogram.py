@@ -33,34 +33,23 @@ from rankax._core import listfn, positives, validation
 Array = jax.Array
 
 
-def _end_bins(scores: Array, mask: Array, lo: float, hi: float, width: float, num_bins: int) -> Array:
-    """``[..., M]``: what the flat end bins add to their triangles, summed over the items of
-    ``mask``: a score ``x`` above ``hi`` weighs 1 in bin 0, where the triangle gives
-    ``1 - min((x - hi) / width, 1)``; likewise below ``lo`` in the last bin. 0 in the others."""
-    def excess(x: Array) -> Array:
-        return jnp.sum(jnp.where(mask, jnp.minimum(jax.nn.relu(x) / width, 1.0), 0.0), axis=-1)
-
-    bins = jnp.arange(num_bins)
-    first, last = (bins == 0).astype(scores.dtype), (bins == num_bins - 1).astype(scores.dtype)
-    return excess(scores - hi)[..., None] * first + excess(lo - scores)[..., None] * last
-
-
 def _histograms(
     scores: Array, labels: Array, where: Array, *, num_bins: int, score_range: tuple[float, float]
 ) -> tuple[Array, Array]:
     """Soft counts ``(c, c+)`` per bin, ``[..., M]`` each: the triangles' sums over the items by
     :func:`rankax.ranking.step_sums` with the bin centres as anchors (``O(N M)`` per list, no
-    ``[..., N, M]`` weights kept), plus the flat end bins (:func:`_end_bins`)."""
+    ``[..., N, M]`` weights kept). The end bins extend flat beyond the range: a score outside
+    it counts as the range's end, with no gradient (at ``hi`` and ``lo`` exactly too)."""
     lo, hi = score_range
     width = (hi - lo) / (num_bins - 1)
     centres = hi - width * jnp.arange(num_bins, dtype=scores.dtype)  # best bin first
     anchors = jnp.broadcast_to(centres, scores.shape[:-1] + centres.shape)
     triangle = lambda x: jax.nn.relu(1.0 - jnp.abs(x) / width)  # noqa: E731
+    inside = jnp.where(scores >= hi, hi, jnp.where(scores <= lo, lo, scores)).astype(scores.dtype)
     counts = []
     for mask in (where, where & (labels > 0)):
-        items = jnp.where(mask, scores, -jnp.inf)  # left out: the triangle is 0 at -inf
-        sums = ranking.step_sums(triangle, items, anchors, constant_anchors=True)
-        counts.append(sums + _end_bins(scores, mask, lo, hi, width, num_bins))
+        items = jnp.where(mask, inside, -jnp.inf)  # left out: the triangle is 0 at -inf
+        counts.append(ranking.step_sums(triangle, items, anchors, constant_anchors=True))
     return counts[0], counts[1]
 
 
@@ -85,7 +74,6 @@ def _quantised_ap(count: Array, count_pos: Array, tie_aware: bool) -> Array:
 
 
 def _histogram_ap_kernel(scores, labels, where, *, num_bins, score_range, tie_aware):
-    # The end bins extend flat beyond the range, so every item keeps a unit mass.
     count, count_pos = _histograms(scores, labels, where, num_bins=num_bins, score_range=score_range)
     return 1.0 - _quantised_ap(count, count_pos, tie_aware)
 
