@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.extend import core as jax_core
 from scipy.special import expit
 from sklearn.metrics import average_precision_score
 
 import rankax
 from rankax import losses
+from tests import jaxprs
 
 LOSSES = losses.LIST_LOSSES
 PAIR_POOLED = set(losses.PAIR_POOLED_LOSSES)
@@ -374,17 +374,9 @@ def _low_precision_arithmetic(jaxpr) -> list[str]:
     searched through every nested program (jit, custom_vjp, cond, scan, ...)."""
     low = {np.dtype(jnp.bfloat16), np.dtype(jnp.float16)}
     found = []
-    for eqn in jaxpr.eqns:
-        nested = [
-            x.jaxpr if isinstance(x, jax_core.ClosedJaxpr) else x
-            for v in eqn.params.values()
-            for x in (v if isinstance(v, (tuple, list)) else (v,))
-            if isinstance(x, (jax_core.ClosedJaxpr, jax_core.Jaxpr))
-        ]
-        for sub in nested:
-            found += _low_precision_arithmetic(sub)
+    for eqn in jaxprs.equations(jaxpr):
         dtypes = {getattr(v.aval, "dtype", None) for v in (*eqn.invars, *eqn.outvars)}
-        if not nested and eqn.primitive.name not in EXACT_PRIMITIVES and dtypes & low:
+        if not jaxprs.nested(eqn) and eqn.primitive.name not in EXACT_PRIMITIVES and dtypes & low:
             found.append(eqn.primitive.name)
     return found
 

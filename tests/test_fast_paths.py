@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ import rankax
 from rankax import batch
 from rankax._core import positives as _lists
 from rankax.losses import smooth_ap_loss, supap_loss
+from tests import jaxprs
 
 B, D = 48, 8
 
@@ -163,16 +163,7 @@ def test_bad_sizes_and_precision_name_the_argument(kw, match):
 
 def _primitives(fn, *args):
     """Names of every primitive in ``fn``'s jaxpr, nested jaxprs (jit, custom_vjp, scan) included."""
-    names = set()
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            names.add(eqn.primitive.name)
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return names
+    return {eqn.primitive.name for eqn in jaxprs.equations(jax.make_jaxpr(fn)(*args).jaxpr)}
 
 
 def test_sup_ndcg_ideal_dcg_sorts_nothing():

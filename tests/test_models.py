@@ -13,6 +13,7 @@ import pytest
 
 from rankax import models
 from rankax.models import build, gem_pool, param_labels
+from tests import jaxprs
 
 TINY_VIT = dict(patch_size=4, hidden_size=32, depth=2, num_heads=2, image_size=16)
 KEY = jax.random.key(0)
@@ -168,19 +169,10 @@ def _heavy_ops_by_dtype(model, variables, x) -> dict:
     dtype, searched through nested programs (remat, scan, custom_vjp, ...)."""
     counts: dict = {}
 
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            for v in eqn.params.values():
-                for sub in v if isinstance(v, (tuple, list)) else (v,):
-                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                        walk(sub.jaxpr)
-                    elif isinstance(sub, jax.extend.core.Jaxpr):
-                        walk(sub)
-            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
-                dtype = np.dtype(eqn.invars[0].aval.dtype)
-                counts[dtype] = counts.get(dtype, 0) + 1
-
-    walk(jax.make_jaxpr(model.apply)(variables, x).jaxpr)
+    for eqn in jaxprs.equations(jax.make_jaxpr(model.apply)(variables, x).jaxpr):
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+            dtype = np.dtype(eqn.invars[0].aval.dtype)
+            counts[dtype] = counts.get(dtype, 0) + 1
     return counts
 
 

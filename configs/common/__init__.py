@@ -127,6 +127,10 @@ def roadmap_loss(c, *, start, offset):
     )
 
 
+#: The H-rank options only :func:`hap_loss` sets (the official yamls' values, see there).
+H_RANK = {"with_hrank": False, "beta": 25.0, "gamma": 0.5, "leak": 10.0}
+
+
 def hap_loss(c, *, start, offset):
     """Sets ``c.loss``: H-AP on the label paths (SupRank/HAPPIER ``SupHAPLoss``: temperature 0.01,
     rho 100, delta 0.05), graded by the hierarchy (``c.loss.hierarchical``). The H-rank options
@@ -144,22 +148,15 @@ def hap_loss(c, *, start, offset):
             "start": start,
             "offset": offset,
             "variant": "fixed",
-            "with_hrank": False,
-            "beta": 25.0,
-            "gamma": 0.5,
-            "leak": 10.0,
+            **H_RANK,
         }
     )
 
 
-#: The hyperparameters :func:`hap_loss` sets that only H-AP takes.
-HRANK_HPARAMS = ("with_hrank", "beta", "gamma", "leak")
-
-
 def without_h_rank(c):
-    """Drops H-AP's H-rank options from ``c.loss.hparams``: for the SupRank losses that start
-    from an H-AP config and share only its ROADMAP step (SupNDCG, SupR@k)."""
-    for name in HRANK_HPARAMS:
+    """Drops H-AP's H-rank options (:data:`H_RANK`) from ``c.loss.hparams``: for the SupRank
+    losses that start from an H-AP config and share only its ROADMAP step (SupNDCG, SupR@k)."""
+    for name in H_RANK:
         del c.loss.hparams[name]
 
 
