@@ -230,15 +230,18 @@ def table(result: dict) -> str:
                      f"{_fmt(evaluation.get('evaluate_first_s'))} s (compiling "
                      f"{_fmt(evaluation.get('evaluate_first_compile_s'))} s; without autotuning "
                      f"{_fmt(evaluation.get('evaluate_recompile_s'))} s), warm "
-                     f"{_fmt(evaluation.get('evaluate_warm_s'))} s of which "
-                     f"{_fmt(evaluation.get('evaluate_device_wait_s'))} s on the device")
+                     f"{_fmt(evaluation.get('evaluate_warm_s'))} s; a profiled call "
+                     f"{_fmt(evaluation.get('evaluate_profiled_s'))} s, "
+                     f"{_fmt(evaluation.get('evaluate_device_wait_s'))} s of it on the device")
     else:
         lines.append("evaluate: not run")
     big = evaluation.get("large_gallery") or {}
     if big:
         lines.append(f"{big['queries']} queries x {big['gallery']} x {big['dim']}: warm "
-                     f"{_fmt(big.get('evaluate_warm_s'))} s ({_fmt(big.get('evaluate_device_wait_s'))} s "
-                     f"on the device), first {_fmt(big.get('evaluate_first_s'))} s")
+                     f"{_fmt(big.get('evaluate_warm_s'))} s "
+                     f"(profiled {_fmt(big.get('evaluate_profiled_s'))} s, "
+                     f"{_fmt(big.get('evaluate_device_wait_s'))} s of it on the device), first "
+                     f"{_fmt(big.get('evaluate_first_s'))} s")
     large = result.get("large_batch") or {}
     if large.get("time_s") is not None:
         peak = large.get("peak_bytes")
