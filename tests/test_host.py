@@ -1,8 +1,11 @@
-"""rankax.host: glibc keeps and reuses freed memory, measured by the page faults it saves."""
+"""rankax.host: glibc keeps and reuses freed memory, measured by the page faults it saves;
+aligned buffers that XLA:CPU uses in place."""
 
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from rankax import host
@@ -63,3 +66,30 @@ def test_no_c_library_by_name_means_no_glibc(monkeypatch):
     monkeypatch.setattr(host.ctypes.util, "find_library", lambda name: None)
     monkeypatch.setattr(host.ctypes, "CDLL", cdll)
     assert host.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("shape, dtype", [((5, 3), np.float32), ((7,), np.int32), (4, np.bool_),
+                                          ((0, 16), np.float32), ((3, 1, 2), np.float64)])
+def test_aligned_zeros_are_zeros_on_the_boundary(shape, dtype):
+    a = host.aligned_zeros(shape, dtype)
+    expected = np.zeros(shape, dtype)
+    assert a.shape == expected.shape and a.dtype == expected.dtype
+    assert a.flags.c_contiguous and a.flags.writeable
+    np.testing.assert_array_equal(a, expected)
+    if a.size:
+        assert a.ctypes.data % host.XLA_CPU_ALIGNMENT == 0
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's zero-copy transfer")
+def test_xla_cpu_uses_an_aligned_buffer_in_place_and_copies_a_misaligned_one():
+    # Why rankax.retrieval builds its blocks in aligned buffers: an aligned array is aliased,
+    # a numpy array starting 16 bytes off the boundary is copied.
+    a = host.aligned_zeros((64, 32), np.float32)
+    a[:] = np.arange(a.size, dtype=np.float32).reshape(a.shape)
+    on_device = jax.device_put(a)
+    assert np.shares_memory(np.asarray(on_device), a)
+    raw = host.aligned_zeros(64 * 32 * 4 + 16, np.uint8)
+    off = raw[16:].view(np.float32).reshape(64, 32)
+    off[:] = a
+    assert not np.shares_memory(np.asarray(jax.device_put(off)), off)
+    np.testing.assert_array_equal(np.asarray(on_device), np.asarray(jax.device_put(off)))

@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rankax import hierarchy, metrics
+from rankax import hierarchy, host, metrics
 from rankax._core import validation
 
 Array = jax.Array
@@ -105,7 +105,7 @@ def put_gallery(
     a multiple of multiple)`` rows and places it (replicated) on the devices."""
     n, d = gallery.shape
     g = min(gallery_block_size, _round_up(n, multiple))
-    padded = np.zeros((_round_up(n, g), d), dtype=np.float32)
+    padded = host.aligned_zeros((_round_up(n, g), d), np.float32)  # aliased on XLA:CPU
     padded[:n] = gallery
     return Gallery(put(padded.reshape(-1, g, d), mesh, P()), n)
 
@@ -124,7 +124,9 @@ def put(x: np.ndarray, mesh: Mesh | None, spec: P) -> Array:
     """``x`` on the device (one device) or laid out on ``mesh`` by ``spec``.
 
     ``jax.device_put``, not ``jnp.asarray``: with jax 0.10 the latter compiles a copy program
-    for every new shape, a cost each first call of ``evaluate`` paid per array it sent."""
+    for every new shape, a cost each first call of ``evaluate`` paid per array it sent. The
+    large blocks are built in :func:`rankax.host.aligned_zeros` buffers, which XLA:CPU uses in
+    place instead of copying them."""
     return jax.device_put(x) if mesh is None else jax.device_put(x, NamedSharding(mesh, spec))
 
 
@@ -314,7 +316,7 @@ def _query_blocks(queries: np.ndarray, block_size: int, mesh: Mesh | None, self_
     devices = 1 if mesh is None else mesh.size
     b = _round_up(min(block_size, queries.shape[0]), devices)
     for start in range(0, queries.shape[0], b):
-        qb = np.zeros((b, queries.shape[1]), np.float32)
+        qb = host.aligned_zeros((b, queries.shape[1]), np.float32)
         m = min(b, queries.shape[0] - start)
         qb[:m] = queries[start : start + m]
         self_index = np.full(b, -1, np.int32)
@@ -520,7 +522,7 @@ def positive_ranks(
     # The query set is the gallery: blocks of queries are read from the gallery on the device
     # (which then holds a block of spare rows), not sent twice.
     from_gallery = mesh is None and bool(np.all(layout.self_index >= 0))
-    padded = np.zeros((_coarse_bucket(-(-(n + b * from_gallery) // g)) * g, d), np.float32)
+    padded = host.aligned_zeros((_coarse_bucket(-(-(n + b * from_gallery) // g)) * g, d), np.float32)
     np.take(gallery, layout.gallery_order, axis=0, out=padded[:n], mode="clip")  # unbuffered
     chunks = padded.reshape(-1, g, d)
     chunks = put(chunks, mesh, P())
@@ -582,7 +584,7 @@ def _group_inputs(queries, layout: ClassLayout, start: int, stop: int, b: int, g
     if queries is None:  # read from the gallery (see positive_ranks)
         q_rows = np.zeros((0, 1), np.float32)
     else:
-        q_rows = np.zeros((len(lo), queries.shape[1]), np.float32)
+        q_rows = host.aligned_zeros((len(lo), queries.shape[1]), np.float32)
         q_rows[dest] = queries[layout.query_order[start:stop]]
     lo[dest], hi[dest] = layout.lo[start:stop], layout.hi[start:stop]
     self_index[dest] = layout.self_index[start:stop]
