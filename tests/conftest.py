@@ -46,8 +46,10 @@ CUDA, ROCm or TPU plugin for JAX (unless ``JAX_PLATFORMS=cpu``), as users run th
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -234,3 +236,30 @@ def cold_compiles(monkeypatch):
     yield
     jax.config.update("jax_enable_compilation_cache", before)
     compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="session")
+def once_per_run(tmp_path_factory):
+    """``once_per_run(name, compute)``: the JSON value of ``compute()``, computed by one process
+    of the test run and read from a file by the others. xdist's default ``load`` distribution
+    (``make test``) may split a module between the two workers, and a module fixture that runs
+    an expensive subprocess would then run twice at once on the 2-core host. The workers share
+    their base folder's parent; a lock file makes the second wait for the first's result (if
+    the first fails, the second computes it itself). Without xdist: ``compute()``."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return lambda name, compute: compute()
+    shared = tmp_path_factory.getbasetemp().parent
+
+    def get(name: str, compute):
+        path = shared / f"once-{name}.json"
+        with open(shared / f"once-{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if path.exists():
+                return json.loads(path.read_text())
+            value = compute()
+            partial = path.with_suffix(".partial")
+            partial.write_text(json.dumps(value))
+            partial.replace(path)
+            return value
+
+    return get

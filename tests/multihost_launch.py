@@ -9,6 +9,7 @@ running are killed by PID and every process's log is part of the assertion messa
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_DEVICES = 8
 
 
+# Below Linux's default ephemeral range (32768-60999), from which the OS picks the local ports
+# of outgoing connections (the other test worker's gloo and gRPC clients among them): a port
+# taken from there by bind(0) could be taken again in the seconds before process 0 listens.
+_PORTS = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A localhost port nothing listens on now, outside the ephemeral range."""
+    rng = random.Random()  # seeded from the OS: two test workers draw independently
+    for _ in range(200):
+        port = rng.randrange(*_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free localhost port in {_PORTS}")
 
 
 def child_env(devices: int) -> dict[str, str]:

@@ -230,9 +230,11 @@ def test_killed_process_stops_the_other(tmp_path):
     log = run.text(0)
     # How the runtime tells it: the coordinator's heartbeat, or gloo when the socket closes --
     # cleanly, or in the middle of a message (the next read then finds another op's bytes:
-    # "Received data size doesn't match expected size", seen once under load).
+    # "Received data size doesn't match expected size", seen once under load), or the socket
+    # error of a write or read that met the dead peer's closed connection.
     clear = ("stopped sending heartbeats", "another task died", "Connection closed by peer",
-             "Received data size doesn't match expected size")
+             "Received data size doesn't match expected size", "Connection reset by peer",
+             "Broken pipe")
     assert any(c in log for c in clear), run.all_logs()
     assert took < 45, f"process 0 took {took:.0f}s to stop\n{run.all_logs()}"
 

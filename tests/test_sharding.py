@@ -18,7 +18,8 @@ import pytest
 
 # One subprocess for the module: with `--dist loadgroup` its tests stay on one xdist worker.
 # `make test` uses the default `load` distribution (faster here overall), which hands out
-# consecutive tests in chunks, so the module may rarely be split and its fixture run twice.
+# consecutive tests in chunks and may split the module; the second worker then reads the first
+# one's results (the `once_per_run` fixture of tests/conftest.py) instead of running it again.
 pytestmark = pytest.mark.xdist_group("sharding_subprocess")
 
 SCRIPT = textwrap.dedent(
@@ -162,8 +163,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def sharded_results():
+def _run_script() -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
@@ -171,6 +171,11 @@ def sharded_results():
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULTS"))
     return json.loads(line[len("RESULTS") :])
+
+
+@pytest.fixture(scope="module")
+def sharded_results(once_per_run):
+    return once_per_run("sharding_subprocess", _run_script)
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,7 @@ def checkout_commit(package_dir: str) -> str | None:
         return None
     try:
         git = lambda *a: subprocess.run(
-            ["git", "-C", root, *a], capture_output=True, text=True, timeout=10, check=True
+            ["git", "-C", root, *a], capture_output=True, text=True, timeout=60, check=True
         ).stdout.strip()
         if os.path.realpath(git("rev-parse", "--show-toplevel")) != root:
             return None
