@@ -851,3 +851,60 @@ def test_benchmark_scann_search_marks_padding():
     assert missing.any() and np.all(scores[missing] == -np.inf) and not np.isnan(scores).any()
     wider, _ = scann_backend.search(searcher, x[:20], 200, leaves_to_search=64)
     assert (wider >= 0).all()  # every leaf searched: 3000 items, k = 200 all found
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("self_excluded", [True, False])
+def test_class_layout_follows_its_definition(seed, self_excluded):
+    # ClassLayout's definition, checked row by row: the gallery sorted by (class size, class),
+    # stable; the sorted queries likewise by their class's gallery size; each query's run
+    # [lo, hi) holds exactly its class's gallery rows (lo = hi = 0 for a class not in the gallery).
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    gallery = rng.integers(-3, int(rng.integers(1, 40)), n) * 7  # negative and sparse class ids
+    queries = gallery if self_excluded else rng.integers(-5, 50, int(rng.integers(1, 60))) * 7
+    layout = exact.class_layout(queries, gallery, self_excluded)
+    size = {c: int(np.sum(gallery == c)) for c in np.union1d(gallery, queries)}
+
+    def expected_order(classes):
+        return sorted(range(len(classes)), key=lambda i: (size[classes[i]], classes[i], i))
+
+    np.testing.assert_array_equal(layout.gallery_order, expected_order(gallery))
+    np.testing.assert_array_equal(layout.query_order, expected_order(queries))
+    sorted_gallery = gallery[layout.gallery_order]
+    for row, q in enumerate(layout.query_order):
+        c = queries[q]
+        rows = np.flatnonzero(sorted_gallery == c)
+        if len(rows):
+            assert (layout.lo[row], layout.hi[row]) == (rows[0], rows[-1] + 1) and len(rows) == size[c]
+        else:
+            assert layout.lo[row] == layout.hi[row] == 0
+        assert layout.self_index[row] == (row if self_excluded else -1)
+        assert layout.num_pos[row] == size[c] - self_excluded
+    if self_excluded:  # the query's own row lies in its run
+        assert np.all((layout.lo <= layout.self_index) & (layout.self_index < layout.hi))
+
+
+def test_host_work_in_row_chunks_matches_whole_array_numpy(monkeypatch):
+    # Chunks of 4 rows (the default is 32,768): the finite check finds a value in any chunk and
+    # names the first, the gathers write every row, and evaluate's metrics do not change.
+    x, y = integer_data(3, n=37)
+    whole = retrieval.evaluate(x, y, return_per_query=True)
+    monkeypatch.setattr(exact, "HOST_CHUNK_ROWS", 4)
+    for rows in ([36], [9, 35], [0, 36]):
+        bad = x.copy()
+        bad[rows, 1] = [np.inf, np.nan][: len(rows)] if len(rows) == 2 else np.nan
+        with pytest.raises(ValueError, match=rf"gallery contains {len(rows)} NaN or inf values \(first: "
+                                             rf"gallery\[{rows[0]}, 1\]"):
+            exact.as_embeddings(bad, "gallery")
+    np.testing.assert_array_equal(exact.as_embeddings(x, "gallery"), x)
+    order = np.random.default_rng(0).permutation(len(x))
+    for index in (None, order, order[:10]):
+        out = np.full((len(x) + 3, x.shape[1]), -7.0, np.float32)
+        exact._gather_rows(out, x, index)
+        m = len(x) if index is None else len(index)
+        np.testing.assert_array_equal(out[:m], x if index is None else x[index])
+        assert np.all(out[m:] == -7.0)
+    chunked = retrieval.evaluate(x, y, return_per_query=True)
+    for key, v in whole["per_query"].items():
+        np.testing.assert_array_equal(chunked["per_query"][key], v, err_msg=key)
