@@ -9,9 +9,9 @@ Both replace ranks by soft histograms: each item spreads a unit mass over the tw
     C_m = \\sum_{m' \\le m} c_{m'}, \\quad C^+_m = \\sum_{m' \\le m} c^+_{m'},
     \\qquad \\mathrm{AP} \\approx \\frac{1}{|P|} \\sum_m c^+_m \\frac{C^+_m}{C_m}.
 
-Cost is ``O(N M)`` per list; no positive ranks are needed, so ``max_positives`` is unused by
-the listwise AP; FastAP builds its positives' histogram from their slots (the negatives' from
-the list), so there it sizes the slots as for the rank losses.
+Cost is ``O(N M)`` per list; no positive ranks are needed. Both build the positives'
+histogram from their slots and the negatives' from the list, so ``max_positives`` sizes the
+slots as for the rank losses.
 When every score sits on a distinct bin centre the histogram AP is the exact AP; an item
 between two centres is split between them, which leaves an error of at most
 :math:`w(1-w)/(C+1)` per positive whatever ``M`` (see ``docs/losses.md``).
@@ -33,24 +33,22 @@ from rankax._core import listfn, positives, validation
 Array = jax.Array
 
 
-def _histograms(
-    scores: Array, labels: Array, where: Array, *, num_bins: int, score_range: tuple[float, float]
-) -> tuple[Array, Array]:
-    """Soft counts ``(c, c+)`` per bin, ``[..., M]`` each: the triangles' sums over the items by
-    :func:`rankax.ranking.step_sums` with the bin centres as anchors (``O(N M)`` per list, no
-    ``[..., N, M]`` weights kept). The end bins extend flat beyond the range: a score outside
-    it counts as the range's end, with no gradient (at ``hi`` and ``lo`` exactly too)."""
+def _bin_counts(
+    scores: Array, mask: Array, *, num_bins: int, score_range: tuple[float, float]
+) -> Array:
+    """Soft counts ``[..., M]`` of the items ``mask`` selects among ``scores [..., K]``: the
+    triangles' sums over them by :func:`rankax.ranking.step_sums` with the bin centres as
+    anchors (``O(K M)`` per list, no ``[..., K, M]`` weights kept). The end bins extend flat
+    beyond the range: a score outside it counts as the range's end, with no gradient (at ``hi``
+    and ``lo`` exactly too)."""
     lo, hi = score_range
     width = (hi - lo) / (num_bins - 1)
     centres = hi - width * jnp.arange(num_bins, dtype=scores.dtype)  # best bin first
     anchors = jnp.broadcast_to(centres, scores.shape[:-1] + centres.shape)
     triangle = lambda x: jax.nn.relu(1.0 - jnp.abs(x) / width)  # noqa: E731
     inside = jnp.where(scores >= hi, hi, jnp.where(scores <= lo, lo, scores)).astype(scores.dtype)
-    counts = []
-    for mask in (where, where & (labels > 0)):
-        items = jnp.where(mask, inside, -jnp.inf)  # left out: the triangle is 0 at -inf
-        counts.append(ranking.step_sums(triangle, items, anchors, constant_anchors=True))
-    return counts[0], counts[1]
+    items = jnp.where(mask, inside, -jnp.inf)  # left out: the triangle is 0 at -inf
+    return ranking.step_sums(triangle, items, anchors, constant_anchors=True)
 
 
 def _quantised_ap(count: Array, count_pos: Array, tie_aware: bool) -> Array:
@@ -73,8 +71,11 @@ def _quantised_ap(count: Array, count_pos: Array, tie_aware: bool) -> Array:
     return positives.safe_divide(jnp.sum(count_pos * mean_precision, axis=-1), num_pos)
 
 
-def _histogram_ap_kernel(scores, labels, where, *, num_bins, score_range, tie_aware):
-    count, count_pos = _histograms(scores, labels, where, num_bins=num_bins, score_range=score_range)
+def _histogram_ap_kernel(scores, labels, where, positives, *, num_bins, score_range, tie_aware):
+    # The positives' histogram from their slots, the negatives' from the list (as FastAP's).
+    counts = functools.partial(_bin_counts, num_bins=num_bins, score_range=score_range)
+    count_pos = counts(positives.scores, positives.mask)
+    count = counts(scores, where & (labels <= 0)) + count_pos
     return 1.0 - _quantised_ap(count, count_pos, tie_aware)
 
 
@@ -82,10 +83,10 @@ def _histogram_ap_values(
     lists: listfn.Lists, *, num_bins: int, score_range: tuple[float, float], tie_aware: bool
 ) -> Array:
     lo, hi = score_range
-    return _histogram_ap_kernel(
-        lists.scores, lists.labels, lists.where, num_bins=num_bins, score_range=(float(lo), float(hi)),
+    return lists.gather(functools.partial(
+        _histogram_ap_kernel, num_bins=num_bins, score_range=(float(lo), float(hi)),
         tie_aware=bool(tie_aware),
-    )
+    ))
 
 
 def _check_score_range(hparams: dict[str, Any], caller: str) -> None:
@@ -128,7 +129,8 @@ def histogram_ap_loss(
 
     Args:
       scores, labels, where, reduce_fn: as for every list loss.
-      max_positives: unused (common signature).
+      max_positives: positive slots per list, as for the rank losses: the positives'
+        histogram is built from their slots, the negatives' from the whole list.
       num_bins: ``M >= 2`` (25 in the paper's code on [0, 1]; 20 on [-1, 1] is also common).
       score_range: ``(min, max)`` of the quantiser.
       tie_aware: see above.
