@@ -315,3 +315,64 @@ def test_hyperparameters_vmapped_and_graded_labels_differentiated_through_a_larg
                    - float(loss(jnp.asarray(rel - eps * direction)))) / (2 * eps)
     assert np.abs(grad).max() > 1e-4
     assert float(np.sum(grad * direction)) == pytest.approx(numeric, rel=1e-6)
+
+
+def _export_lists(seed, b, n=12):
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(-1, 1, (b, n)).astype(np.float32)
+    labels = (rng.uniform(size=(b, n)) < 0.3).astype(np.float32)
+    labels[:, 0] = 1.0
+    return scores, labels
+
+
+def _round_trip(exported):
+    """The export itself, or (with the optional ``flatbuffers`` package) its serialised copy."""
+    from jax import export
+
+    try:
+        import flatbuffers  # noqa: F401
+    except ImportError:
+        return exported
+    return export.deserialize(exported.serialize())
+
+
+def test_exported_loss_and_gradient_give_the_direct_values():
+    # docs/losses.md, "Export": a loss and its gradient export (and serialise, where flatbuffers
+    # is installed) and run with concrete shapes (values as the direct call's).
+    from jax import export
+
+    s, y = _export_lists(0, 5)
+    for loss in (rankax.supap_loss, rankax.smooth_ap_loss, rankax.hap_loss):
+        fn = jax.jit(jax.value_and_grad(lambda t, lab, loss=loss: loss(t, lab)))
+        exported = _round_trip(export.export(fn)(s, y))
+        (value, grad), (want, want_grad) = exported.call(s, y), fn(s, y)
+        np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=loss.__name__)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7, err_msg=loss.__name__)
+
+
+@pytest.mark.parametrize("name", ["histogram_ap_loss", "blackbox_ap_loss", "triplet_loss",
+                                  "multi_similarity_loss", "contrastive_loss"])
+def test_losses_without_positive_slots_export_with_a_symbolic_number_of_lists(name):
+    # docs/losses.md, "Export": these losses never compare the number of lists with a tile
+    # size, so one program serves every number of lists.
+    from jax import export
+
+    loss = getattr(rankax, name)
+    fn = jax.jit(jax.value_and_grad(lambda t, lab: loss(t, lab)))
+    b = export.symbolic_shape("b")[0]
+    spec = jax.ShapeDtypeStruct((b, 12), jnp.float32)
+    exported = _round_trip(export.export(fn)(spec, spec))
+    for num_lists in (1, 6):
+        s, y = _export_lists(num_lists, num_lists)
+        (value, grad), (want, want_grad) = exported.call(s, y), fn(s, y)
+        np.testing.assert_allclose(value, want, rtol=1e-6)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_rank_losses_name_the_symbolic_dimension_they_cannot_export():
+    from jax import export
+
+    b = export.symbolic_shape("b")[0]
+    spec = jax.ShapeDtypeStruct((b, 12), jnp.float32)
+    with pytest.raises(Exception, match="'b'"):
+        export.export(jax.jit(rankax.supap_loss))(spec, spec)

@@ -9,9 +9,11 @@ Both replace ranks by soft histograms: each item spreads a unit mass over the tw
     C_m = \\sum_{m' \\le m} c_{m'}, \\quad C^+_m = \\sum_{m' \\le m} c^+_{m'},
     \\qquad \\mathrm{AP} \\approx \\frac{1}{|P|} \\sum_m c^+_m \\frac{C^+_m}{C_m}.
 
-Cost is ``O(N M)`` per list; no positive ranks are needed. Both build the positives'
+Cost is ``O(N M)`` per list; no positive ranks are needed. FastAP builds its positives'
 histogram from their slots and the negatives' from the list, so ``max_positives`` sizes the
-slots as for the rank losses.
+slots as for the rank losses. The listwise AP does the same in ``batch_loss``, which finds
+every list's positives with one sort; given lists, it makes two masked passes instead and
+``max_positives`` is unused.
 When every score sits on a distinct bin centre the histogram AP is the exact AP; an item
 between two centres is split between them, which leaves an error of at most
 :math:`w(1-w)/(C+1)` per positive whatever ``M`` (see ``docs/losses.md``).
@@ -71,10 +73,15 @@ def _quantised_ap(count: Array, count_pos: Array, tie_aware: bool) -> Array:
     return positives.safe_divide(jnp.sum(count_pos * mean_precision, axis=-1), num_pos)
 
 
-def _histogram_ap_kernel(scores, labels, where, positives, *, num_bins, score_range, tie_aware):
-    # The positives' histogram from their slots, the negatives' from the list (as FastAP's).
+def _histogram_ap_kernel(scores, labels, where, positives=None, *, num_bins, score_range, tie_aware):
+    """``positives``: the gathered positives (``batch_loss``, which knows where they are from one
+    sort): their histogram from the slots, the negatives' from the list, as FastAP's. None: both
+    from masked passes over the list, which needs no search for the positives."""
     counts = functools.partial(_bin_counts, num_bins=num_bins, score_range=score_range)
-    count_pos = counts(positives.scores, positives.mask)
+    if positives is None:
+        count_pos = counts(scores, where & (labels > 0))
+    else:
+        count_pos = counts(positives.scores, positives.mask)
     count = counts(scores, where & (labels <= 0)) + count_pos
     return 1.0 - _quantised_ap(count, count_pos, tie_aware)
 
@@ -83,10 +90,14 @@ def _histogram_ap_values(
     lists: listfn.Lists, *, num_bins: int, score_range: tuple[float, float], tie_aware: bool
 ) -> Array:
     lo, hi = score_range
-    return lists.gather(functools.partial(
-        _histogram_ap_kernel, num_bins=num_bins, score_range=(float(lo), float(hi)),
-        tie_aware=bool(tie_aware),
-    ))
+    kernel = functools.partial(
+        _histogram_ap_kernel, num_bins=num_bins, score_range=(float(lo), float(hi)), tie_aware=bool(tie_aware)
+    )
+    # Slots only where they come for free: locating each list's positives costs more than the
+    # second [N, M] pass they save (the list API, and batch_loss with its own relevance_fn).
+    if lists.slots is None:
+        return kernel(lists.scores, lists.labels, lists.where)
+    return lists.gather(kernel)
 
 
 def _check_score_range(hparams: dict[str, Any], caller: str) -> None:
@@ -129,8 +140,8 @@ def histogram_ap_loss(
 
     Args:
       scores, labels, where, reduce_fn: as for every list loss.
-      max_positives: positive slots per list, as for the rank losses: the positives'
-        histogram is built from their slots, the negatives' from the whole list.
+      max_positives: unused (common signature): the positives' histogram comes from a
+        masked pass over the list (``batch_loss`` takes it from the slots of its sort).
       num_bins: ``M >= 2`` (25 in the paper's code on [0, 1]; 20 on [-1, 1] is also common).
       score_range: ``(min, max)`` of the quantiser.
       tie_aware: see above.
