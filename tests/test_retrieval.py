@@ -908,3 +908,27 @@ def test_host_work_in_row_chunks_matches_whole_array_numpy(monkeypatch):
     chunked = retrieval.evaluate(x, y, return_per_query=True)
     for key, v in whole["per_query"].items():
         np.testing.assert_array_equal(chunked["per_query"][key], v, err_msg=key)
+
+
+FORKED_CHECK = """
+import os, numpy as np
+from rankax.retrieval import exact
+exact.HOST_CHUNK_ROWS = 4
+x = np.ones((40, 3), np.float32)
+exact.as_embeddings(x, "x")  # the parent's pool of host threads exists (and is busy no more)
+pid = os.fork()
+if pid == 0:
+    exact.as_embeddings(x, "x")
+    os._exit(0)
+print("child", os.waitpid(pid, 0)[1])
+"""
+
+
+def test_host_work_runs_in_a_forked_child():
+    # A forked child inherits the parent's thread pool object but none of its threads: with
+    # the parent's pool its chunks would wait forever (checked by hand: a 20 s timeout).
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", FORKED_CHECK], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert run.returncode == 0 and "child 0" in run.stdout, run.stdout + run.stderr[-2000:]

@@ -80,7 +80,13 @@ HOST_CHUNK_ROWS = 32768
 
 @functools.cache
 def _host_pool() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rankax-host")
+    """One thread per core this process may run on (the affinity mask, where the OS has one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return concurrent.futures.ThreadPoolExecutor(cores or 1, thread_name_prefix="rankax-host")
+
+
+# A forked child has none of the parent's threads: it makes its own pool.
+os.register_at_fork(after_in_child=_host_pool.cache_clear)
 
 
 def _by_row_chunks(fn, num_rows: int) -> list:
