@@ -8,7 +8,7 @@
 * keeping the scores for the backward pass equals recomputing them;
 * the accelerator block/tile defaults equal the CPU ones;
 * SupNDCG's ideal DCG sorts nothing (its values are checked against references elsewhere);
-* the listwise AP searches for no positives on given lists.
+* the histogram losses search for no positives on given lists.
 """
 
 from __future__ import annotations
@@ -178,14 +178,16 @@ def test_sup_ndcg_ideal_dcg_sorts_nothing():
     assert "sort" not in _primitives(value_and_grad, scores)
 
 
-def test_histogram_ap_locates_positives_only_where_batch_loss_sorted_them():
-    """The listwise AP takes its positives' histogram from slots only where ``batch_loss``'s
-    sort gave them: on given lists it makes two masked passes, with no search for the positives
-    (no ``argmax``/``gather``/``scatter-add`` of the slots, no capacity ladder's ``cond``), which
-    cost it 2-150x on the CPU."""
+@pytest.mark.parametrize("name", ["histogram_ap_loss", "fast_ap_loss"])
+def test_histogram_losses_locate_positives_only_where_batch_loss_sorted_them(name):
+    """The histogram losses take their positives' histogram from slots only where
+    ``batch_loss``'s sort gave them: on given lists they make two masked passes, with no search
+    for the positives (no ``argmax``/``gather``/``scatter-add`` of the slots, no capacity
+    ladder's ``cond``), which cost the listwise AP 2-150x on the CPU."""
     rng = np.random.default_rng(0)
     scores = jnp.asarray(rng.uniform(-1, 1, (4, 64)), jnp.float32)
     labels = jnp.asarray(rng.uniform(size=(4, 64)) < 0.5, jnp.float32)
-    value_and_grad = jax.value_and_grad(lambda s, y: rankax.histogram_ap_loss(s, y))
+    loss = getattr(rankax, name)
+    value_and_grad = jax.value_and_grad(lambda s, y: loss(s, y))
     found = _primitives(value_and_grad, scores, labels)
     assert not found & {"argmax", "gather", "scatter-add", "cond", "sort"}, found

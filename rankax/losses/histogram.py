@@ -9,11 +9,10 @@ Both replace ranks by soft histograms: each item spreads a unit mass over the tw
     C_m = \\sum_{m' \\le m} c_{m'}, \\quad C^+_m = \\sum_{m' \\le m} c^+_{m'},
     \\qquad \\mathrm{AP} \\approx \\frac{1}{|P|} \\sum_m c^+_m \\frac{C^+_m}{C_m}.
 
-Cost is ``O(N M)`` per list; no positive ranks are needed. FastAP builds its positives'
-histogram from their slots and the negatives' from the list, so ``max_positives`` sizes the
-slots as for the rank losses. The listwise AP does the same in ``batch_loss``, which finds
-every list's positives with one sort; given lists, it makes two masked passes instead and
-``max_positives`` is unused.
+Cost is ``O(N M)`` per list; no positive ranks are needed, and ``max_positives`` is unused.
+In ``batch_loss``, which finds every list's positives with one sort, both build the positives'
+histogram from their slots and the negatives' from the list; given lists, they make two
+masked passes instead (locating the positives would cost more than the pass it saves).
 When every score sits on a distinct bin centre the histogram AP is the exact AP; an item
 between two centres is split between them, which leaves an error of at most
 :math:`w(1-w)/(C+1)` per positive whatever ``M`` (see ``docs/losses.md``).
@@ -93,8 +92,14 @@ def _histogram_ap_values(
     kernel = functools.partial(
         _histogram_ap_kernel, num_bins=num_bins, score_range=(float(lo), float(hi)), tie_aware=bool(tie_aware)
     )
-    # Slots only where they come for free: locating each list's positives costs more than the
-    # second [N, M] pass they save (the list API, and batch_loss with its own relevance_fn).
+    return _histogram_values(lists, kernel)
+
+
+def _histogram_values(lists: listfn.Lists, kernel) -> Array:
+    """``kernel`` on the slots of ``lists``' positives where ``batch_loss``'s sort found them,
+    else on the lists alone: locating each list's positives costs more than the second
+    ``[N, M]`` pass the slots save (the list API, and ``batch_loss`` with its own
+    ``relevance_fn``)."""
     if lists.slots is None:
         return kernel(lists.scores, lists.labels, lists.where)
     return lists.gather(kernel)
@@ -156,13 +161,14 @@ def histogram_ap_loss(
     return lists.reduce(values, reduce_fn)
 
 
-def _fast_ap_kernel(scores, labels, where, positives, *, num_bins):
+def _fast_ap_kernel(scores, labels, where, positives=None, *, num_bins):
+    """``positives`` as for :func:`_histogram_ap_kernel`: the slots ``batch_loss`` found, or None
+    (a masked pass over the list)."""
     width = 4.0 / num_bins
     centres = width * jnp.arange(num_bins + 1, dtype=scores.dtype)  # distance 0 = best
     # Each bin's soft count is a sum over the items of the triangle at the bin's centre
-    # (ranking.step_sums with the bins as anchors): the negatives' over the list, the positives'
-    # over their slots. Items left out are at distance +inf, where the triangle and its slope
-    # are 0.
+    # (ranking.step_sums with the bins as anchors). Items left out are at distance +inf, where
+    # the triangle and its slope are 0.
     triangle = lambda x: jax.nn.relu(1.0 - jnp.abs(x) / width)  # noqa: E731
     anchors = jnp.broadcast_to(centres, scores.shape[:-1] + centres.shape)
     # The squared distance of unit vectors, never negative: a score a rounding above 1
@@ -170,14 +176,17 @@ def _fast_ap_kernel(scores, labels, where, positives, *, num_bins):
     # triangle's slope would push a top-ranked positive down.
     distance = ranking.unit_squared_distance
     negatives = distance(ranking.negative_scores(scores, labels, where))
-    positive_distance = jnp.where(positives.mask, distance(positives.scores), jnp.inf)
+    if positives is None:
+        positive_distance = jnp.where(where & (labels > 0), distance(scores), jnp.inf)
+    else:
+        positive_distance = jnp.where(positives.mask, distance(positives.scores), jnp.inf)
     count_pos = ranking.step_sums(triangle, positive_distance, anchors, constant_anchors=True)
     count = ranking.step_sums(triangle, negatives, anchors, constant_anchors=True) + count_pos
     return 1.0 - _quantised_ap(count, count_pos, tie_aware=False)
 
 
 def _fast_ap_values(lists: listfn.Lists, *, num_bins: int) -> Array:
-    return lists.gather(functools.partial(_fast_ap_kernel, num_bins=num_bins))
+    return _histogram_values(lists, functools.partial(_fast_ap_kernel, num_bins=num_bins))
 
 
 @listfn.list_function(_fast_ap_values)
@@ -202,8 +211,7 @@ def fast_ap_loss(
     Args:
       scores, labels, where, reduce_fn: as for every list loss (scores are cosine
         similarities in [-1, 1]).
-      max_positives: positive slots per list, as for the rank losses: the positives' histogram
-        is built from their slots, the negatives' from the whole list.
+      max_positives: unused (common signature), as for :func:`histogram_ap_loss`.
       num_bins: number of intervals of [0, 4] (10 in the paper).
 
     References:
