@@ -77,10 +77,7 @@ def _histogram_ap_kernel(scores, labels, where, positives=None, *, num_bins, sco
     sort): their histogram from the slots, the negatives' from the list, as FastAP's. None: both
     from masked passes over the list, which needs no search for the positives."""
     counts = functools.partial(_bin_counts, num_bins=num_bins, score_range=score_range)
-    if positives is None:
-        count_pos = counts(scores, where & (labels > 0))
-    else:
-        count_pos = counts(positives.scores, positives.mask)
+    count_pos = counts(*_positives_of(scores, labels, where, positives))
     count = counts(scores, where & (labels <= 0)) + count_pos
     return 1.0 - _quantised_ap(count, count_pos, tie_aware)
 
@@ -93,6 +90,14 @@ def _histogram_ap_values(
         _histogram_ap_kernel, num_bins=num_bins, score_range=(float(lo), float(hi)), tie_aware=bool(tie_aware)
     )
     return _histogram_values(lists, kernel)
+
+
+def _positives_of(scores, labels, where, positives) -> tuple[Array, Array]:
+    """``(scores, mask)`` of the positives: their slots where ``batch_loss`` gave them, else the
+    list's own scores with the positives masked in."""
+    if positives is None:
+        return scores, where & (labels > 0)
+    return positives.scores, positives.mask
 
 
 def _histogram_values(lists: listfn.Lists, kernel) -> Array:
@@ -176,10 +181,8 @@ def _fast_ap_kernel(scores, labels, where, positives=None, *, num_bins):
     # triangle's slope would push a top-ranked positive down.
     distance = ranking.unit_squared_distance
     negatives = distance(ranking.negative_scores(scores, labels, where))
-    if positives is None:
-        positive_distance = jnp.where(where & (labels > 0), distance(scores), jnp.inf)
-    else:
-        positive_distance = jnp.where(positives.mask, distance(positives.scores), jnp.inf)
+    positive_scores, is_positive = _positives_of(scores, labels, where, positives)
+    positive_distance = jnp.where(is_positive, distance(positive_scores), jnp.inf)
     count_pos = ranking.step_sums(triangle, positive_distance, anchors, constant_anchors=True)
     count = ranking.step_sums(triangle, negatives, anchors, constant_anchors=True) + count_pos
     return 1.0 - _quantised_ap(count, count_pos, tie_aware=False)
