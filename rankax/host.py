@@ -97,6 +97,8 @@ def aligned_zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.float3
     accelerators the alignment changes nothing (the data are copied to the device anyway)."""
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not all(isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ValueError(f"aligned_zeros: shape must be non-negative ints, got {shape!r}")
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.zeros(nbytes + XLA_CPU_ALIGNMENT, np.uint8)  # calloc: untouched pages cost nothing
     start = -raw.ctypes.data % XLA_CPU_ALIGNMENT

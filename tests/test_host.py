@@ -80,6 +80,12 @@ def test_aligned_zeros_are_zeros_on_the_boundary(shape, dtype):
         assert a.ctypes.data % host.XLA_CPU_ALIGNMENT == 0
 
 
+@pytest.mark.parametrize("shape", [(-1,), (3, -2), (2.0, 3), (True,)])
+def test_aligned_zeros_names_a_bad_shape(shape):
+    with pytest.raises(ValueError, match="aligned_zeros: shape must be non-negative ints"):
+        host.aligned_zeros(shape)
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's zero-copy transfer")
 def test_xla_cpu_uses_an_aligned_buffer_in_place_and_copies_a_misaligned_one():
     # Why rankax.retrieval builds its blocks in aligned buffers: an aligned array is aliased,
