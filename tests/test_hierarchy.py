@@ -141,3 +141,54 @@ def test_bad_levels_counts_and_masks_name_the_argument():
         hierarchy.level_counts(PATHS[:, 0], PATHS)
     with pytest.raises(TypeError, match="level_counts: population_paths must be integer"):
         hierarchy.level_counts(PATHS, PATHS.astype(np.float32))
+
+
+def _unique_rows(rows):
+    """numpy's own row numbering: ids in lexicographic order of the distinct rows."""
+    distinct, ids = np.unique(rows, axis=0, return_inverse=True)
+    return ids.reshape(-1), len(distinct)
+
+
+ROW_CASES = {
+    "small ids": np.random.default_rng(0).integers(0, 4, (200, 3)),
+    "negative ids": np.random.default_rng(1).integers(-50, 50, (200, 2)),
+    "int8 range wider than int8": np.random.default_rng(2).integers(-128, 128, (300, 2)).astype(np.int8),
+    "uint64 beyond int64": np.array([[2**64 - 1, 3], [0, 3], [2**63, 3], [2**64 - 1, 3], [0, 2]], np.uint64),
+    "int64 extremes": np.array([[np.iinfo(np.int64).min, 1], [np.iinfo(np.int64).max, 1],
+                                [0, 1], [np.iinfo(np.int64).min, 1]], np.int64),
+    "ranges whose product overflows": np.random.default_rng(3).integers(0, 2**20, (500, 8)) * 4099,
+    "one column": np.random.default_rng(4).integers(0, 9, (40, 1)),
+    "one row": np.array([[7, -3, 2]]),
+    "constant": np.full((6, 3), 5),
+}
+
+
+@pytest.mark.parametrize("name", list(ROW_CASES))
+def test_row_ids_number_rows_as_numpy_unique_does(name):
+    rows = ROW_CASES[name]
+    ids, count = hierarchy.row_ids(rows)
+    want_ids, want_count = _unique_rows(rows)
+    assert ids.dtype == np.int64 and count == want_count
+    np.testing.assert_array_equal(ids, want_ids)
+
+
+def test_row_ids_of_no_rows_and_bad_input():
+    ids, count = hierarchy.row_ids(np.zeros((0, 3), np.int64))
+    assert ids.shape == (0,) and count == 0
+    with pytest.raises(ValueError, match=r"row_ids: rows must be an integer \[N, C\] array"):
+        hierarchy.row_ids(np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match=r"row_ids: rows must be an integer \[N, C\] array"):
+        hierarchy.row_ids(np.zeros(4, np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.int16])
+def test_level_counts_with_ids_repeated_across_levels(dtype):
+    """Fine ids reused under different parents (not unique per level): levels are counted
+    from the coarsest, as the lowest common ancestor's depth."""
+    rng = np.random.default_rng(7)
+    paths = rng.integers(0, 3, (80, 3)).astype(dtype)
+    queries = np.concatenate([paths[:9], rng.integers(0, 4, (3, 3)).astype(dtype)])
+    got = hierarchy.level_counts(queries, paths)
+    for qi, qp in enumerate(queries):
+        want = np.bincount([ref_levels(qp, p) for p in paths], minlength=4)
+        np.testing.assert_array_equal(got[qi], want)

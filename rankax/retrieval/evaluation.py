@@ -54,9 +54,7 @@ def _finest_classes(query_labels: np.ndarray, gallery_labels: np.ndarray) -> tup
     """Class ids for binary relevance: the label itself, or the whole path for ``[N, L]``."""
     if query_labels.ndim == 1:
         return query_labels, gallery_labels
-    both = np.concatenate([query_labels, gallery_labels])
-    _, ids = np.unique(both, axis=0, return_inverse=True)
-    ids = ids.reshape(-1)
+    ids, _ = hierarchy.row_ids(np.concatenate([query_labels, gallery_labels]))
     return ids[: len(query_labels)], ids[len(query_labels) :]
 
 
