@@ -52,6 +52,7 @@ LOSSES: dict[str, tuple[str, dict, str]] = {
     "hap": ("hap_loss", {}, "paths"),
     "sup-ndcg": ("sup_ndcg_loss", {}, "paths"),
     "histogram-ap": ("histogram_ap_loss", {}, "flat"),
+    "blackbox-ap": ("blackbox_ap_loss", {}, "flat"),
 }
 #: The losses the GPU issue names (``benchmark_gpu``'s default: its run has a time budget).
 ISSUE_LOSSES = ("supap", "roadmap", "smooth-ap", "pnp-Dq", "fastap", "hap")

@@ -954,14 +954,16 @@ def _as_tuple(v: list | np.ndarray) -> tuple:
 def _static_form(value: Any) -> Any:
     """A hyperparameter as the list loss would read it: numpy scalars and 0-d arrays become Python
     scalars, sequences tuples, and concrete integer or boolean JAX arrays (``ks``, ``tie_aware``)
-    Python values, all compiled into the program; floating JAX arrays and tracers stay
-    arguments. (A size such as ``num_bins`` is checked before, as the list losses check it: a
-    Python or numpy int, not a JAX array.)"""
+    Python values, all compiled into the program; floating JAX arrays, PRNG keys (typed, or
+    raw ``uint32[2]``) and tracers stay arguments. (A size such as ``num_bins`` is checked
+    before, as the list losses check it: a Python or numpy int, not a JAX array.)"""
     if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
         return value.item()
     if isinstance(value, list | np.ndarray):
         return _as_tuple(value)
     concrete = isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+    if concrete and validation.is_prng_key(value):
+        return value
     if concrete and not jnp.issubdtype(value.dtype, jnp.inexact):
         return value.item() if value.ndim == 0 else tuple(value.tolist())
     return value

@@ -345,12 +345,12 @@ def _step_sums_bwd(fn, constant_anchors, residuals, g):
         return jax.jvp(lambda y: fn(y, params), (x,), (jnp.ones_like(x),))[1]
 
     c = anchors.shape[-1]
-    needed = c > _UNROLLED_ANCHORS or not constant_anchors
+    needed = c > UNROLLED_ANCHORS or not constant_anchors
     slopes = slope(values[..., None, :] - anchors[..., :, None]) if needed else None
     # d/dv_j = sum_p f'(v_j - a_p) g_p. For a few anchors, as that many [..., N] passes, which
     # recompute the slopes on purpose: on the CPU, XLA's reduction of the [..., C, N] product
     # over C cost FastAP (11 bins) 0.4x the similarity matmul at B = 4096.
-    if c <= _UNROLLED_ANCHORS:
+    if c <= UNROLLED_ANCHORS:
         d_values = sum(slope(values - anchors[..., p : p + 1]) * g[..., p : p + 1] for p in range(c))
     else:
         d_values = jnp.sum(slopes * g[..., :, None], axis=-2)
@@ -388,7 +388,7 @@ def _parameter_cotangent(fn, values: Array, anchors: Array, params: tuple, diffe
 
 
 #: Up to this many anchors, the values' gradient of :func:`step_sums` is a sum of per-anchor passes.
-_UNROLLED_ANCHORS = 16
+UNROLLED_ANCHORS = 16
 
 
 _step_sums.defvjp(_step_sums_fwd, _step_sums_bwd, symbolic_zeros=True)

@@ -460,6 +460,94 @@ def test_blackbox_random_margin_matches_official_shift():
     np.testing.assert_allclose(rankax.blackbox_ap_loss(s, y, key=key), expected, RTOL, ATOL)
 
 
+def _blackbox_rule(shifted, positive, valid, lam):
+    """1 - AP and its gradient by the blackbox rule on one list, in numpy from the definition:
+    normalised ranks #{valid j : v_j >= v_k} / n, rank among positives alike, AP's cotangent
+    on the positives' ranks, ranks of the perturbed scores, -(r - r') / lambda."""
+    v, pos = shifted.astype(np.float64), positive & valid
+    n = max(valid.sum(), 1)
+
+    def ranks(x):
+        return np.array([np.sum(valid & (x >= x[k])) for k in range(len(x))]) / n
+
+    r = ranks(v)
+    r_pos = np.array([np.sum(pos & (v >= v[k])) for k in range(len(v))]) / n
+    loss = 1 - np.mean(r_pos[pos] / r[pos])
+    g = np.zeros(len(v))
+    g[pos] = r_pos[pos] / r[pos] ** 2 / pos.sum()
+    grad = np.where(valid, -(r - ranks(v + lam * g)) / lam, 0.0)
+    return loss, grad
+
+
+@pytest.mark.parametrize("lam", [0.05, 4.0, 300.0])
+def test_blackbox_slots_and_sort_follow_the_rule(lam):
+    """BlackBox AP's two algorithms -- ranks by sorting every list (given lists) and counts
+    against the positives' slots (the ``batch_loss`` path) -- against the rule in numpy, on
+    lists with exact ties (scores on a 0.05 grid) and invalid items."""
+    from rankax import ranking
+    from rankax.losses import blackbox
+
+    rng = np.random.default_rng(11)
+    s = (np.round(rng.uniform(-1, 1, (6, 40)) * 20) / 20).astype(np.float32)
+    y = rng.random((6, 40)) < 0.2
+    y[:, 0] = True
+    w = rng.random((6, 40)) < 0.85
+    w[:, 0] = True
+    s, y, w = jnp.asarray(s), jnp.asarray(y, jnp.float32), jnp.asarray(w)
+    kw = dict(lambda_=lam, margin=0.02, key=None)
+
+    def sorted_path(t):
+        return jnp.sum(blackbox._blackbox_ap_kernel(t, y, w, **kw))
+
+    def slot_path(t):
+        found, _ = ranking.gather_positives(t, y, w, 40)
+        return jnp.sum(blackbox._blackbox_ap_kernel(t, y, w, found, **kw))
+
+    # The shifted scores as the kernel computes them (float32), then the rule in float64.
+    shifted = np.asarray(s - 0.02 * jnp.ones_like(s) * (((y > 0) & w).astype(jnp.float32) - 0.5))
+    want = [_blackbox_rule(shifted[i], np.asarray(y[i] > 0), np.asarray(w[i]), lam) for i in range(6)]
+    for path in (sorted_path, slot_path):
+        value, grad = jax.jit(jax.value_and_grad(path))(s)
+        np.testing.assert_allclose(value, sum(v for v, _ in want), rtol=1e-6, err_msg=path.__name__)
+        np.testing.assert_allclose(grad, np.stack([g for _, g in want]), rtol=1e-5, atol=1e-6,
+                                   err_msg=path.__name__)
+
+
+def test_blackbox_batch_loss_equals_the_list_api_with_ties():
+    """``batch_loss`` (slot counts, dot products in tiles) against the list API on ``E E^T``
+    (sorted ranks): embeddings on a coarse grid make exact ties between items; concrete labels,
+    traced labels, traced with the capacity hint; also with a random margin's key."""
+    rng = np.random.default_rng(12)
+    b = 48
+    e = np.round(rng.normal(size=(b, 4)) * 2) / 4  # exact products: ties between items
+    e = jnp.asarray(e, jnp.float32)
+    labels = np.repeat(np.arange(b // 4), 4)
+    off = ~np.eye(b, dtype=bool)
+    same = (labels[:, None] == labels[None, :]).astype(np.float32)
+
+    def listwise(t, key=None):
+        return rankax.blackbox_ap_loss(t @ t.T, same, where=off, key=key)
+
+    want_value, want_grad = jax.value_and_grad(listwise)(e)
+    calls = {
+        "concrete": lambda t, lab: rankax.batch_loss(rankax.blackbox_ap_loss, t, labels),
+        "traced": lambda t, lab: rankax.batch_loss(rankax.blackbox_ap_loss, t, lab),
+        "hint": lambda t, lab: rankax.batch_loss(rankax.blackbox_ap_loss, t, lab, max_positives=3,
+                                                capacity_limit=3),
+    }
+    for name, fn in calls.items():
+        value, grad = jax.jit(jax.value_and_grad(fn))(e, jnp.asarray(labels))
+        np.testing.assert_allclose(value, want_value, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6, err_msg=name)
+    # One block: the batch path draws the key's magnitudes over the same [B, N] lists. Keys
+    # typed and raw, given to batch_loss eagerly (they used to be turned into tuples).
+    for key in (jax.random.key(3), jax.random.PRNGKey(3)):
+        value, grad = jax.value_and_grad(
+            lambda t, key=key: rankax.batch_loss(rankax.blackbox_ap_loss, t, labels, key=key))(e)
+        want_value, want_grad = jax.value_and_grad(lambda t, key=key: listwise(t, key))(e)
+        np.testing.assert_allclose(value, want_value, rtol=1e-6)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+
 def test_normalized_softmax_reference():
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(6, 5)).astype(np.float32)

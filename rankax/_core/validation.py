@@ -258,6 +258,13 @@ _RANGE_TEXT = {
 }
 
 
+def is_prng_key(x: Any) -> bool:
+    """A typed PRNG key (``jax.random.key``) or a raw ``uint32[2]`` one (``jax.random.PRNGKey``)."""
+    if not isinstance(x, jax.Array):
+        return False
+    return jnp.issubdtype(x.dtype, jax.dtypes.prng_key) or (x.dtype == jnp.uint32 and x.shape == (2,))
+
+
 def is_int_at_least(value: Any, low: int = 1) -> bool:
     """An int (Python or numpy, not bool) >= ``low``: a size, a count, a step."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= low
