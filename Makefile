@@ -81,6 +81,8 @@ GPU_WHEELS := ml_collections==1.1.0 tensorboardX==2.6.5 scann==1.4.2 pytorch-met
 GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
 	manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
 gpu-wheels:
+	@# A fresh folder: gpu_check.sh installs every wheel in it, and two versions of one would clash.
+	rm -rf $(GPU_WHEEL_DIR)
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp $(addprefix --platform ,$(GPU_PLATFORMS)) -d $(GPU_WHEEL_DIR) $(GPU_WHEELS)
 	@# promise (a tensorflow-datasets dependency) is published as a source archive only.

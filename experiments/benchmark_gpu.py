@@ -36,7 +36,9 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -113,13 +115,6 @@ def pml_rows(b: int = 1024) -> list[dict]:
     return rows
 
 
-def eval_rows(sizes: tuple[tuple[int, int], ...], large: tuple[int, int] | None) -> dict:
-    try:
-        return benchmark_eval_gpu.run(sizes=sizes, large=large)
-    except Exception as err:  # noqa: BLE001 -- a failed section must not lose the others
-        return {"error": f"{type(err).__name__}: {err}"[:300]}
-
-
 def test_counts(junit: str | None, partial: bool = False) -> dict | None:
     """Passed / failed (failures + errors) / skipped, summed over pytest's ``--junitxml`` files
     (``junit``: their paths, comma-separated; those missing are left out, ``None`` when all
@@ -166,7 +161,7 @@ def summary(rows: list[dict], extra: dict) -> dict:
 
 def write(out: Path, result: dict, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks_gpu.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    _write_text(out / "benchmarks_gpu.json", json.dumps(result, indent=1, default=float) + "\n")
     lines = [
         "# GPU benchmark",
         "",
@@ -200,7 +195,7 @@ def write(out: Path, result: dict, rows: list[dict]) -> None:
     evaluation = json.dumps(result["evaluation"], indent=1, default=float)
     lines += ["## Evaluation", "", f"```\n{evaluation}\n```", ""]
     lines += [f"## Test suite on this device: {result['gpu_tests']}", ""]
-    (out / "benchmarks_gpu.md").write_text("\n".join(lines))
+    _write_text(out / "benchmarks_gpu.md", "\n".join(lines))
 
 
 SKIPPABLE = ("pml", "eval", "large", "tf32")
@@ -236,7 +231,9 @@ def table(result: dict) -> str:
     else:
         lines.append("evaluate: not run")
     big = evaluation.get("large_gallery") or {}
-    if big:
+    if "error" in big:
+        lines.append(f"large gallery: {big['error']}")
+    elif big:
         lines.append(f"{big['queries']} queries x {big['gallery']} x {big['dim']}: warm "
                      f"{_fmt(big.get('evaluate_warm_s'))} s "
                      f"(profiled {_fmt(big.get('evaluate_profiled_s'))} s, "
@@ -306,30 +303,66 @@ def main(argv: list[str] | None = None) -> None:
         """Both files as they stand: a run stopped by its time limit keeps what it measured."""
         result = summary(rows, extra)
         result["elapsed_s"] = time.perf_counter() - start
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "benchmarks_gpu_rows.json").write_text(json.dumps(rows, indent=1, default=float))
+        _write_text(out / "benchmarks_gpu_rows.json", json.dumps(rows, indent=1, default=float))
         write(out, result, rows)
         return result
 
+    def section(name: str, fn: Callable[[], Any], failed: Callable[[str], Any]) -> Any:
+        """``fn()``, or ``failed(reason)`` when it raises or the budget is spent: one section's
+        error must not cost the sections after it."""
+        if time.perf_counter() - start > args.budget_s:
+            print(f"time budget spent: {name} skipped", flush=True)
+            return failed(f"skipped: --budget-s {args.budget_s:.0f} spent")
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 -- recorded in the JSON instead
+            print(f"{name}: {type(err).__name__}: {err}", flush=True)
+            return failed(f"{type(err).__name__}: {err}"[:300])
+
+    def no_rows(reason: str) -> list[dict]:
+        return [{"what": "error", "error": reason}]
+
+    # The figures the issue's JSON names first (losses, list API, evaluation at 60k), each saved
+    # as soon as it is measured; then the others, each within what is left of --budget-s.
     rows += paths.loss_rows(sizes, args.losses, "highest")
     save()
-    if "tf32" not in skip:
-        paths.DEADLINE += args.budget_s * 0.1
-        rows += paths.loss_rows([s for s in sizes if s >= 4096] or sizes, ["supap"], "default")
-    rows += paths.label_path_rows(min(4096, max(sizes)))
-    rows += paths.list_api_rows(min(1024, max(sizes)))
+    rows += section("label paths", lambda: paths.label_path_rows(min(4096, max(sizes))), no_rows)
+    rows += section("list API", lambda: paths.list_api_rows(min(1024, max(sizes))), no_rows)
     save()
+    if "eval" not in skip:
+        extra["evaluation"] = section(
+            "evaluation", lambda: benchmark_eval_gpu.run(sizes=tuple(args.eval_sizes), large=None),
+            lambda reason: {"error": reason})
+        save()
+    if "tf32" not in skip:
+        paths.DEADLINE = max(paths.DEADLINE, time.perf_counter() + args.budget_s * 0.1)
+        rows += section("tf32", lambda: paths.loss_rows(
+            [s for s in sizes if s >= 4096] or sizes, ["supap"], "default"), no_rows)
+        save()
     if "large" not in skip:
-        extra["large"] = large_batch_row(args.large)
+        extra["large"] = section("large batch", lambda: large_batch_row(args.large),
+                                 lambda reason: {"what": "large", "b": args.large, "error": reason})
         save()
     if "pml" not in skip:
-        extra["pml"] = pml_rows(min(1024, max(sizes)))
+        extra["pml"] = section("pytorch-metric-learning", lambda: pml_rows(min(1024, max(sizes))),
+                               lambda reason: [{"what": "pml", "error": reason}])
         save()
-    if "eval" not in skip:
-        extra["evaluation"] = eval_rows(tuple(args.eval_sizes), args.eval_large)
+    if "eval" not in skip and args.eval_large and "error" not in extra["evaluation"]:
+        extra["evaluation"]["large_gallery"] = section(
+            "large gallery", lambda: benchmark_eval_gpu.bench_large(*args.eval_large),
+            lambda reason: {"error": reason})
     result = save()
     print(table(result))
     print(f"total {result['elapsed_s']:.0f} s")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """``path`` replaced whole (a temporary file renamed over it): a run stopped mid-write keeps
+    the previous version, never half a JSON file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

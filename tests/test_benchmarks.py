@@ -244,6 +244,13 @@ def test_gpu_check_refuses_a_host_without_a_gpu(tmp_path):
     bad = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
                          timeout=60, cwd=root, env={**env, "TOTAL_S": "10m"})
     assert bad.returncode == 2 and "TOTAL_S must be a whole number, got '10m'" in bad.stdout
+    bad = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
+                         timeout=60, cwd=root, env={**env, "PHASES": "bench benchmark"})
+    assert bad.returncode == 2 and "PHASES takes bench, profile and tests, got 'benchmark'" in bad.stdout
+    # A lent machine stops a command at 600 s: a longer TOTAL_S is cut, with a warning.
+    long = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
+                          timeout=300, cwd=root, env={**env, "TOTAL_S": "720"})
+    assert long.returncode == 2 and "TOTAL_S=720 cut to TOTAL_S_MAX=570" in long.stdout
 
 
 @pytest.mark.slow
@@ -289,6 +296,14 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     assert "supap fwd+bwd (no hint)" in profile and "hap fwd+bwd (hint)" in profile
     assert "FAILED" not in run.stdout
     assert run.stdout.rstrip().splitlines()[-1].startswith("gpu_check: benchmark exit 0, pytest exit 0")
+    # The split for a lent machine: the tests alone in a second call print their counts.
+    split = {**env, "PHASES": "tests", "OUT": str(tmp_path / "t")}
+    tests_only = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
+                                timeout=600, cwd=root, env=split)
+    assert tests_only.returncode == 0, tests_only.stdout[-3000:] + tests_only.stderr[-3000:]
+    assert {p.name for p in (tmp_path / "t").iterdir()} == {
+        "bench.log", "profile.txt", "tests.xml", "tests_slow.xml", "tests.log"}
+    assert f"tests on this device: {result['gpu_tests']}" in tests_only.stdout
 
 
 @pytest.mark.parametrize(
