@@ -140,7 +140,7 @@ def check_batch(
     :mod:`rankax.debug` checks). Returns the embeddings (float32 at least) and the labels."""
     prefix = validation.prefix(caller)
     emb = embeddings if isinstance(embeddings, jax.Array) else jnp.asarray(embeddings)
-    lab = labels if isinstance(labels, jax.Array) else jnp.asarray(labels)
+    lab = validation.int_ids(labels, "labels" if name == "embeddings" else f"labels of {name}", caller=caller)
     if emb.ndim != 2 or emb.shape[1] == 0 or (emb.shape[0] == 0 and name != "references"):
         raise ValueError(f"{prefix}{name} must be [B, D] with B, D >= 1, got shape {emb.shape}")
     if not jnp.issubdtype(emb.dtype, jnp.floating):
@@ -861,7 +861,7 @@ def batch_loss(
         # Concrete labels (numpy included, also closed over in the caller's jit) stay concrete:
         # the exact capacity is known, and the program gets them as an argument, not a literal.
         with jax.ensure_compile_time_eval():
-            labels = jnp.asarray(labels)
+            labels = validation.int_ids(labels, "labels", caller=caller)
     # Shapes, dtypes and (eager calls) values, before anything is compiled.
     _, lab = check_batch(embeddings, labels, caller=caller)
     if references is not None and reference_labels is not None:

@@ -79,7 +79,8 @@ def _check_path_shapes(q: Any, it: Any, names: tuple[str, str], caller: str) -> 
 
 
 def _check_paths(query_paths: ArrayLike, item_paths: ArrayLike, caller: str = "") -> tuple[Array, Array]:
-    q, it = jnp.asarray(query_paths), jnp.asarray(item_paths)
+    q = validation.int_ids(query_paths, "query_paths", caller=caller)
+    it = validation.int_ids(item_paths, "item_paths", caller=caller)
     _check_path_shapes(q, it, ("query_paths", "item_paths"), caller)
     return q, it
 

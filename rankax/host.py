@@ -96,7 +96,7 @@ def aligned_zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.float3
     handed to JAX and leave it alone after: the array JAX returns may share its memory. On
     accelerators the alignment changes nothing (the data are copied to the device anyway)."""
     dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = (shape,) if isinstance(shape, int | np.integer) else tuple(shape)
     if not all(isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in shape):
         raise ValueError(f"aligned_zeros: shape must be non-negative ints, got {shape!r}")
     nbytes = math.prod(shape) * dtype.itemsize

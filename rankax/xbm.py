@@ -128,7 +128,7 @@ def update(memory: XBM, embeddings: ArrayLike, labels: ArrayLike) -> XBM:
     # A batch sharded over explicit mesh axes (jax.make_mesh) is gathered first: the memory is
     # replicated, and its scatter and the slice of the newest entries are not typed for it.
     emb = validation.replicated(jax.lax.stop_gradient(jnp.asarray(embeddings)))
-    lab = validation.replicated(jnp.asarray(labels))
+    lab = validation.replicated(validation.int_ids(labels, "labels", caller="xbm.update"))
     m = memory.size
     if emb.ndim != 2 or emb.shape[1] != memory.embeddings.shape[1]:
         raise ValueError(

@@ -657,3 +657,27 @@ def test_batch_loss_reads_numpy_and_concrete_integer_options_as_static():
     assert rankax.batch_loss(losses.fast_ap_loss, e, y, num_bins=np.int64(10)) == want
     want = rankax.batch_loss(losses.recall_at_k_surrogate_loss, e, y, ks=(1, 2))
     assert rankax.batch_loss(losses.recall_at_k_surrogate_loss, e, y, ks=jnp.array([1, 2])) == want
+
+
+def test_class_ids_that_jax_would_wrap_are_refused():
+    """Without x64 JAX turns int64 ids into int32 modulo 2**32: 2**32 and 0 became one class
+    and batch_loss returned another batch's loss. Such ids now raise, naming the argument;
+    with x64 on they are kept, and the loss is that of the same classes numbered 0..3."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(8, 4)).astype(np.float32)
+    huge = np.array([0, 0, 2**32, 2**32, 1, 1, 2**32 + 1, 2**32 + 1])
+    small = np.array([0, 0, 2, 2, 1, 1, 3, 3])
+    wrap = r"ids 0\.\.4294967297 do not fit int32, and JAX would wrap them"
+    with pytest.raises(ValueError, match=r"batch_loss\(supap_loss\): labels: " + wrap):
+        rankax.batch_loss(rankax.supap_loss, emb, huge)
+    with pytest.raises(ValueError, match=r"batch_loss\(supap_loss\): labels: " + wrap):
+        jax.jit(lambda e: rankax.batch_loss(rankax.supap_loss, e, huge))(emb)
+    with pytest.raises(ValueError, match=r"shared_levels: item_paths: ids 7\.\.4294967296 do not fit"):
+        rankax.hierarchy.shared_levels([[0, 7]], [[2**32, 7]])
+    memory = rankax.xbm.init(4, 4)
+    with pytest.raises(ValueError, match=r"xbm.update: labels: " + wrap):
+        rankax.xbm.update(memory, emb, huge)
+    with jax.enable_x64(True):
+        got = rankax.batch_loss(rankax.supap_loss, emb, huge)
+        want = rankax.batch_loss(rankax.supap_loss, emb, small)
+    np.testing.assert_allclose(got, want, rtol=1e-6)

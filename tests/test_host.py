@@ -69,7 +69,8 @@ def test_no_c_library_by_name_means_no_glibc(monkeypatch):
 
 
 @pytest.mark.parametrize("shape, dtype", [((5, 3), np.float32), ((7,), np.int32), (4, np.bool_),
-                                          ((0, 16), np.float32), ((3, 1, 2), np.float64)])
+                                          ((0, 16), np.float32), ((3, 1, 2), np.float64),
+                                          (np.int64(5), np.float32)])
 def test_aligned_zeros_are_zeros_on_the_boundary(shape, dtype):
     a = host.aligned_zeros(shape, dtype)
     expected = np.zeros(shape, dtype)

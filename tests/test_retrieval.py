@@ -5,6 +5,7 @@ import importlib.util
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -747,6 +748,42 @@ def test_evaluate_rejects_unknown_scann_options():
     x, y = clustered(10, 200)
     with pytest.raises(ValueError, match=r"scann_options has unknown keys \['leaves'\]"):
         retrieval.evaluate(x, y, backend="scann", scann_options={"leaves": 3})
+
+
+@pytest.mark.parametrize("backend", ["exact", "auto", "scann"])
+@pytest.mark.parametrize("options, message", [
+    ({"num_leaves": -3}, "num_leaves must be None or an int >= 1, got -3"),
+    ({"reorder_k": "x"}, "reorder_k must be None or an int >= 1, got 'x'"),
+    ({"training_sample_size": 0}, "training_sample_size must be an int >= 1, got 0"),
+    ({"anisotropic_threshold": float("nan")}, "anisotropic_threshold must be a finite number"),
+])
+def test_evaluate_checks_scann_option_values_before_any_work(backend, options, message):
+    x, y = clustered(10, 200)
+    with pytest.raises(ValueError, match=re.escape(f"scann_options: {message}")):
+        retrieval.evaluate(x, y, backend=backend, scann_options=options)
+
+
+def test_embeddings_beyond_float32_are_named_as_such():
+    x = np.full((3, 2), 1e39)  # finite float64, inf once in float32
+    with pytest.raises(ValueError, match=re.escape("queries has 6 values that are NaN, inf or beyond "
+                                                   "float32's range, in which it is scored (first: "
+                                                   "queries[0, 0] = 1e+39)")):
+        retrieval.evaluate(x, [0, 0, 1])
+
+
+def test_label_path_ids_beyond_int32_give_the_metrics_of_small_ids():
+    """The device holds int32 paths (no x64): ids past 2**31 are renumbered per column, not
+    wrapped (2**32 + 1 used to become 1 and join that class); renaming ids keeps every metric."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(30, 6)).astype(np.float32)
+    fine = rng.integers(0, 6, 30)
+    small = np.stack([fine, fine // 3], axis=1)
+    names = np.array([1, 2**32 + 1, 7, -(2**40), 2**62, 3])  # fine class -> huge id (2**32 + 1 wraps to 1)
+    huge = np.stack([names[fine], (fine // 3) + 2**33], axis=1)
+    got, want = retrieval.evaluate(x, huge), retrieval.evaluate(x, small)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=key)
 
 
 @needs_scann

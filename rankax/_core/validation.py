@@ -116,6 +116,27 @@ def check_finite(x: ArrayLike, name: str, *, where: ArrayLike | None = None, cal
     check_values(bad, f"{name} has a non-finite value", x, name, caller=caller)
 
 
+def int_ids(x: ArrayLike, name: str, *, caller: str = "") -> Array:
+    """``x`` (class ids, label paths) as a JAX array, refusing integers that JAX would wrap:
+    without ``jax_enable_x64``, an int64 (uint64) array becomes int32 (uint32) *modulo*
+    ``2**32`` -- ids ``2**32`` and ``0`` would become one class. JAX arrays are taken as they are
+    (their conversion already happened)."""
+    if isinstance(x, jax.Array):
+        return x
+    a = np.asarray(x)
+    target = jax.dtypes.canonicalize_dtype(a.dtype)
+    if a.dtype.kind in "iu" and target != a.dtype and a.size:
+        info = np.iinfo(target)
+        low, high = a.min(), a.max()
+        if low < info.min or high > info.max:
+            raise ValueError(
+                f"{prefix(caller)}{name}: ids {low}..{high} do not fit {target}, and JAX would wrap "
+                f"them (jax_enable_x64 is off): renumber them (np.unique({name}, "
+                "return_inverse=True)[1], per column for label paths) or enable x64"
+            )
+    return jnp.asarray(a)
+
+
 # ----------------------------------------------------------------------------- list arrays
 
 

@@ -63,10 +63,16 @@ def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold at least one embedding of dimension >= 1, got shape {a.shape}")
     if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)):
         raise ValueError(f"{name} must hold real numbers (computed in float32), got dtype {a.dtype}")
-    a = a.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # reported below, with the value as given
+        given, a = a, a.astype(np.float32, copy=False)
     if not all(_by_row_chunks(lambda lo, hi: bool(np.isfinite(a[lo:hi]).all()), len(a))):
         bad = ~np.isfinite(a)
         row, col = (int(i) for i in np.argwhere(bad)[0])
+        if np.isfinite(given[row, col]):  # finite as given, beyond float32 once cast
+            raise ValueError(
+                f"{name} has {int(bad.sum())} values that are NaN, inf or beyond float32's range, "
+                f"in which it is scored (first: {name}[{row}, {col}] = {given[row, col]}): rescale them"
+            )
         raise ValueError(
             f"{name} contains {int(bad.sum())} NaN or inf values "
             f"(first: {name}[{row}, {col}] = {a[row, col]})"
@@ -753,6 +759,20 @@ def _hierarchy_fn(mesh: Mesh | None, n: int, rule: str, alpha: float):
     )
 
 
+def _paths_for_device(query_paths: np.ndarray, gallery_paths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The paths as the device holds them (int32 without ``jax_enable_x64``): ids outside that
+    range are renumbered per column over both sets (:func:`rankax.hierarchy.row_ids` of each
+    column), which keeps which ids are equal, hence the shared levels, where JAX would wrap them."""
+    both = np.concatenate([query_paths, gallery_paths])
+    target = jax.dtypes.canonicalize_dtype(both.dtype)
+    info = np.iinfo(target)
+    if not both.size or (both.min() >= info.min and both.max() <= info.max):
+        return query_paths, gallery_paths
+    ids = np.stack([hierarchy.row_ids(both[:, [j]])[0] for j in range(both.shape[1])], axis=1)
+    ids = ids.astype(target)
+    return ids[: len(query_paths)], ids[len(query_paths) :]
+
+
 def hierarchical_metrics(
     queries: np.ndarray,
     query_paths: np.ndarray,
@@ -776,6 +796,7 @@ def hierarchical_metrics(
         level_counts = hierarchy.level_counts(query_paths, gallery_paths)
         if self_excluded:
             level_counts[:, -1] -= 1
+    query_paths, gallery_paths = _paths_for_device(query_paths, gallery_paths)
     fn = _hierarchy_fn(mesh, gallery.size, rule, alpha)
     g_paths = put(gallery_paths, mesh, P())
     keys = ("hap", "ndcg", "asi", "has_relevant", "has_relevance")

@@ -127,8 +127,9 @@ def predicted_seconds(
     centres, a share ``leaves_to_search / L`` of the items scored per query, k-means over
     ``min(N, training_sample_size)`` items (the other settings are not modelled)."""
     q, n, d = float(num_queries), float(num_items), float(dim)
-    leaves = num_leaves or default_num_leaves(num_items)
-    share = min((leaves_to_search or default_leaves_to_search(leaves)) / leaves, 1.0)
+    leaves = default_num_leaves(num_items) if num_leaves is None else num_leaves
+    searched = default_leaves_to_search(leaves) if leaves_to_search is None else leaves_to_search
+    share = min(searched / leaves, 1.0)
     build = SCANN_BUILD_SECONDS_PER_MAC * d * leaves * (
         KMEANS_ITERATIONS * min(n, training_sample_size) + n
     )
@@ -199,14 +200,15 @@ def build_searcher(
     training items, at most as many leaves as training items (k-means needs one item per
     centre) and ``leaves_to_search <= num_leaves``.
     """
-    num_leaves, leaves_to_search, reorder_k = (
-        validation.check_int(name, value, optional=True)
-        for name, value in (("num_leaves", num_leaves), ("leaves_to_search", leaves_to_search),
-                            ("reorder_k", reorder_k))
+    checked = _check_tuning(
+        num_leaves=num_leaves, leaves_to_search=leaves_to_search, reorder_k=reorder_k,
+        training_sample_size=training_sample_size, dimensions_per_block=dimensions_per_block,
+        anisotropic_threshold=anisotropic_threshold,
     )
-    training_sample_size = validation.check_int("training_sample_size", training_sample_size)
-    dimensions_per_block = validation.check_int("dimensions_per_block", dimensions_per_block)
-    validation.check_number("anisotropic_threshold", anisotropic_threshold, "finite")
+    num_leaves, leaves_to_search, reorder_k, training_sample_size, dimensions_per_block = (
+        checked[k] for k in ("num_leaves", "leaves_to_search", "reorder_k", "training_sample_size",
+                             "dimensions_per_block")
+    )
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     n = gallery.shape[0]
     config = resolve_config(config, n)
@@ -214,7 +216,8 @@ def build_searcher(
     if config == "tree_ah" and sample < AH_CODEBOOK_SIZE:
         raise ValueError(
             f"tree_ah trains its 4-bit codes on at least {AH_CODEBOOK_SIZE} items, got {sample} "
-            f"(gallery {n}, training_sample_size {training_sample_size}): use config='brute_force'"
+            f"(gallery {n}, training_sample_size {training_sample_size}): use config='brute_force' "
+            "(evaluate's scann_config)"
         )
     num_leaves = default_num_leaves(n) if num_leaves is None else num_leaves
     leaves_to_search = default_leaves_to_search(num_leaves) if leaves_to_search is None else leaves_to_search
@@ -258,7 +261,23 @@ def check_options(options: Mapping[str, Any] | None, name: str = "scann_options"
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"{name} has unknown keys {unknown}; the known ones are {known}")
+    _check_tuning(**options, caller=name)
     return options
+
+
+def _check_tuning(*, caller: str = "", **options: Any) -> dict[str, Any]:
+    """:func:`build_searcher`'s tuning keywords that are given, checked: whole numbers ``>= 1``
+    as ints (``num_leaves``, ``leaves_to_search`` and ``reorder_k`` may be None: the default)
+    and a finite ``anisotropic_threshold``; a ValueError names the keyword (and ``caller``)."""
+    checked = {}
+    for key, value in options.items():
+        if key == "anisotropic_threshold":
+            validation.check_number(key, value, "finite", caller=caller)
+            checked[key] = value
+        else:
+            optional = key in ("num_leaves", "leaves_to_search", "reorder_k")
+            checked[key] = validation.check_int(key, value, optional=optional, caller=caller)
+    return checked
 
 
 def search(searcher: Any, queries: np.ndarray, k: int, **options: Any) -> tuple[np.ndarray, np.ndarray]:
