@@ -584,6 +584,9 @@ def _dyml(
     data_src = SUPRANK + f"dataset/dyml_{variant}.yaml"
     loss_src, model_src, opt_src = SUPRANK + loss_file, SUPRANK + model_file, SUPRANK + opt_file
     product = variant == "product"
+    # The proxies' optimizer is HAPPIER's (see _PROXIES_VA): its optimizer file of the same name.
+    proxy_opt_src = HAPPIER + opt_file
+    proxy_group = "opt.1 (fc), as opt.0" if head_lr else "opt.0"
     entries = [
         V("seed", 0, SUPRANK_README, "seed=0"),
         V("dataset.variant", variant, data_src, f"DyMLDataset on dyml_{variant}"),
@@ -609,6 +612,12 @@ def _dyml(
         V("loss.hparams.delta", 0.05, loss_src),
         V("loss.hparams.start", 0.5, loss_src),
         V("loss.hparams.offset", 1.44, loss_src),
+        V(
+            "loss.hparams.variant",
+            "fixed",
+            "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py",
+            "step_rank: rho * (x - delta) + offset above delta (HAPPIER's losses/hap_loss.py: the same)",
+        ),
         *_h_rank(loss_src),
         V("loss.weight", weights[0], loss_src, f"weight: {list(weights)}"),
         V("loss.terms.cluster.name", "normalized_softmax", loss_src, "ClusterLoss"),
@@ -622,6 +631,22 @@ def _dyml(
         ),
         V("loss.terms.cluster.optimizer.name", "sgd", proxies[0], proxies[2]),
         V("loss.terms.cluster.optimizer.lr", proxies[1], proxies[0], proxies[2]),
+        *(
+            V(f"loss.terms.cluster.optimizer.{key}", value, proxy_opt_src, f"{proxy_group}: {note}")
+            for key, value, note in (
+                ("weight_decay", 1e-4, "weight_decay: 0.0001"),
+                ("momentum", 0.9, "momentum: 0.9"),
+                ("nesterov", True, "nesterov: True"),
+                ("schedule", "cosine", "scheduler_on_epoch: CosineAnnealingLR(T_max=max_iter)"),
+                ("final_lr", final_lr, f"eta_min: {final_lr:g}"),
+            )
+        ),
+        V(
+            "loss.terms.cluster.optimizer.schedule_unit",
+            "epoch",
+            "elias-ramzi/HAPPIER@5af91b3:happier/engine/train.py",
+            "scheduler_on_epoch: ClusterLoss.on_epoch() steps it once an epoch",
+        ),
         V("model.name", "resnet34", model_src, "backbone_name: resnet34 (basic blocks)"),
         V("model.pooling", "avg", model_src, "pooling: default"),
         V("model.embedding_dim", 512, model_src),
@@ -646,6 +671,11 @@ def _dyml(
             warmup,
             SUPRANK_README if warmup else SUPRANK + "default.yaml",
             "warmup_step=5 (backbone frozen)" if warmup else "warmup_step: null (the command sets none)",
+        ),
+        *(
+            [V("optimizer.frozen_groups", ("backbone",), SUPRANK + "default.yaml", "warmup_keys: [backbone]")]
+            if warmup
+            else []
         ),
         V("batch.sampler", "m_per_class", data_src, "MPerClassSampler"),
         V("batch.classes_per_batch", 64, data_src, "batch_size 256 / samples_per_class 4"),
@@ -753,6 +783,7 @@ def _pnp_common():
         V("loss.hparams.variant", "Dq", PNP_SOURCE, "--variant PNP-D_q"),
         V("loss.hparams.alpha", 4.0, PNP_SOURCE, "--alpha 4"),
         V("loss.hparams.temperature", 0.01, PNP_PARAMS, "--anneal 0.01 (sigmoid temperature)"),
+        V("loss.hparams.b", 2.0, PNP_PARAMS, "--b default 2 (used by PNP-I_b only)"),
         V(
             "loss.include_self",
             True,
@@ -762,6 +793,12 @@ def _pnp_common():
         V("model.name", "resnet50", PNP + "architectures/resnet50.py", "resnet50_frozen_normalize"),
         V("model.pooling", "avg", PNP + "architectures/resnet50.py"),
         V("model.frozen_bn", True, PNP + "architectures/resnet50.py", "BatchNorm2d modules in eval mode"),
+        V(
+            LAYERNORM,
+            None,
+            PNP + "architectures/resnet50.py",
+            "avgpool -> last_linear: no normalisation of the pooled features",
+        ),
         V("optimizer.name", "adam", PNP + "main.py", "torch.optim.Adam (L2 in the gradient)"),
         V(
             "dataset.crop_scale",
@@ -781,6 +818,12 @@ def _pnp_common():
             256,
             PNP + "datasets/basic_dataset_scaffold.py",
             "test Resize(256), CenterCrop",
+        ),
+        V(
+            "dataset.test_resize_mode",
+            "shorter",
+            PNP + "datasets/basic_dataset_scaffold.py",
+            "Resize(256) with an int: the shorter side",
         ),
         V("dtype", "float32", PNP + "main.py", "no autocast"),
     ]
@@ -826,7 +869,38 @@ P_SOP = _pnp_common() + [
 
 def _pnp_other(name, steps_per_epoch):
     note = f"PNPloss implements only SOP (datasets/): no official {name} run"
+    kept = "(the SOP command keeps it)"
     return _pnp_common() + [
+        V("optimizer.lr", 1e-5, PNP_PARAMS, f"--lr default 1e-5 {kept}"),
+        V("optimizer.head_lr", None, PNP_PARAMS, "fc_lr -1: one learning rate"),
+        V("optimizer.weight_decay", 4e-4, PNP_PARAMS, f"--decay default 4e-4 {kept}"),
+        V("optimizer.schedule", "multistep", PNP + "main.py", "MultiStepLR(milestones=--tau, gamma=--gamma)"),
+        V("optimizer.decay_factor", 0.3, PNP_PARAMS, f"--gamma default 0.3 {kept}"),
+        V("optimizer.schedule_unit", "epoch", PNP + "main.py", "scheduler.step() once an epoch"),
+        V(
+            "batch.sampler",
+            "pk_replacement",
+            PNP + "datasampler/class_random_sampler.py",
+            f"--data_sampler default class_random {kept}: classes and images drawn with replacement",
+        ),
+        V(
+            "batch.samples_per_class",
+            UNDETERMINED,
+            PNP_PARAMS,
+            f"{note}; --samples_per_class defaults to 2, the SOP command sets 4: the config takes 4",
+        ),
+        V(
+            "model.embedding_dim",
+            UNDETERMINED,
+            PNP_PARAMS,
+            f"{note}; --embed_dim defaults to 128, the SOP command sets 512: the config takes 512",
+        ),
+        V(
+            MODEL_SELECTION,
+            "best",
+            PNP + "evaluation/__init__.py",
+            "storage_metrics (default e_recall@1): a checkpoint each time the test R@1 improves",
+        ),
         V(
             "eval_every",
             steps_per_epoch,
