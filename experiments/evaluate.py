@@ -10,7 +10,8 @@
 A workdir (``--workdir``, or its older name ``--checkpoint``) is evaluated with the config its
 training run recorded (``<workdir>/config.json``), overrides included, so nothing has to be
 repeated; ``--config FILE`` starts from a config file instead, and ``--config.<key>=<value>``
-overrides either, as in ``experiments.train``. The newest readable checkpoint (or ``--step``) is
+overrides either, as in ``experiments.train``. The model the run reports (the newest readable
+checkpoint, or under ``model_selection="best"`` the best step of its history), or ``--step``, is
 restored without changing anything in the workdir, the test split of the config's dataset (and
 its gallery, if any) is embedded and evaluated as the training run evaluates it: its
 ``eval_ks`` and ``eval_backend`` unless ``--ks`` / ``--backend`` are given, and its
@@ -144,7 +145,8 @@ FLAGS = {
     "workdir": "training workdir to evaluate (its recorded config unless --config)",
     "checkpoint": "older name of --workdir",
     "config": "experiment config file (default: the one the workdir recorded)",
-    "step": "with --workdir: this checkpoint step (default: the newest readable)",
+    "step": "with --workdir: this checkpoint step (default: the model the run reports: the newest "
+            "readable, or its best step under model_selection='best')",
     "embeddings": "queries (and gallery) .npz: embeddings, labels",
     "gallery": "separate gallery .npz (default: queries = gallery)",
     "backend": f"one of {', '.join(BACKENDS)} (default: the run's eval_backend, else exact)",
@@ -262,11 +264,13 @@ def main(argv: list[str] | None = None) -> dict:
 #: Flags of the label-based evaluation that the revisited and landmarks protocols do not take.
 RETRIEVAL_ONLY_FLAGS = ("backend", "normalize", "block_size", "scann_config", "scann_leaves_to_search",
                         "save_embeddings")
+#: The revisited protocol reads ``--ks`` as its mP@k cut-offs; the landmarks one has its own.
+IGNORED_BY = {"revisited": RETRIEVAL_ONLY_FLAGS, "landmarks": (*RETRIEVAL_ONLY_FLAGS, "ks")}
 
 
 def _check_protocol_flags(args, protocol: str) -> None:
     """A :class:`cli.CliError` naming the flags given that a ``protocol`` run would ignore."""
-    ignored = [f"--{name}" for name in RETRIEVAL_ONLY_FLAGS if name in args.given]
+    ignored = [f"--{name}" for name in IGNORED_BY.get(protocol, RETRIEVAL_ONLY_FLAGS) if name in args.given]
     if ignored:
         raise cli.CliError(
             f"{', '.join(ignored)} apply to eval_protocol='retrieval' runs; this run evaluates with "

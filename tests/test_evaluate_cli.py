@@ -98,4 +98,9 @@ def test_cli_refuses_retrieval_flags_for_protocol_runs(tmp_path, monkeypatch, pr
     with pytest.raises(cli.cli.CliError, match=f"--normalize, --save_embeddings apply to .*{protocol}"):
         cli.main(argv)
     monkeypatch.setattr(cli, "_protocol_metrics", lambda *a: {"medium/map": 0.5})
-    assert cli.main(["--workdir", str(tmp_path), "--ks", "1"]) == {"medium/map": 0.5}
+    if protocol == "revisited":  # its mP@k cut-offs
+        assert cli.main(["--workdir", str(tmp_path), "--ks", "1"]) == {"medium/map": 0.5}
+    else:  # the landmarks protocol reports its own mP@1/5/10: --ks was silently ignored
+        with pytest.raises(cli.cli.CliError, match="--ks apply to .*landmarks"):
+            cli.main(["--workdir", str(tmp_path), "--ks", "1"])
+        assert cli.main(["--workdir", str(tmp_path)]) == {"medium/map": 0.5}

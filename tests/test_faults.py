@@ -565,3 +565,16 @@ def test_a_step_whose_bytes_changed_on_disk_is_not_restored(tmp_path, capsys):
     np.testing.assert_array_equal(restored.params["w"], weights[10])
     out = capsys.readouterr().out
     assert "the data of params/w differ from the checksum" in out and "trying step 10" in out
+
+
+def test_an_overflowing_update_is_named_as_such(tmp_path):
+    """Finite loss and gradients, an update beyond float32 (a learning rate of 1e39 is inf in
+    float32): the error says which leaves the update made non-finite; it listed no term."""
+    config = fault_config(checkpoint_every=4, log_every=100)
+    config.optimizer.lr = 1e39
+    with pytest.raises(NonFiniteLossError) as info:
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    message = str(info.value)
+    assert info.value.step == 0 and np.isfinite(info.value.terms["loss"]), message
+    assert np.isfinite(info.value.terms["grad_norm"]), message
+    assert re.search(r"finite gradients, but the update makes \['params/[^]]+\] non-finite", message), message

@@ -319,6 +319,20 @@ def test_proxy_term_schedule_and_warmup_pause():
         np.testing.assert_allclose(upd["cluster"]["proxies"], want, rtol=1e-5, err_msg=f"t={t}")
 
 
+@pytest.mark.parametrize("section, message", [
+    ({"schedule": "cosin"}, r"config\.loss\.terms\.cluster\.optimizer\.schedule must be"),
+    ({"schedule_unit": "epochs"}, r"config\.loss\.terms\.cluster\.optimizer\.schedule_unit must be"),
+    ({"schedule": "multistep"}, r"config\.loss\.terms\.cluster\.optimizer\.schedule='multistep' needs "
+                                r"config\.loss\.terms\.cluster\.optimizer\.decay_epochs"),
+    ({"schedule": "step_epochs"}, r"config\.loss\.terms\.cluster\.optimizer\.decay_every_epochs > 0"),
+])
+def test_a_loss_terms_optimizer_errors_name_its_own_keys(section, message):
+    # They named config.optimizer, the model's section, which the user had not touched.
+    c = _proxy_config(**section)
+    with pytest.raises((ValueError, errors.ConfigError), match=message):
+        optim.make_loss_optimizer(c, ("cluster",), epoch_start=lambda e: 4 * e)
+
+
 def test_proxies_are_checkpointed_and_resume_exactly(tmp_path, monkeypatch):
     from rankax.data import samplers
 
@@ -405,6 +419,12 @@ def test_best_model_selection_reports_the_best_checkpoint(tmp_path):
         assert evals[best][f"eval/{k}"] == pytest.approx(v, abs=1e-6), k
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(final)
     assert final["map@r"] > evals[12]["eval/map@r"]
+    # experiments.evaluate --workdir reports that model too (it restored the newest, step 12).
+    from experiments import evaluate as evaluate_cli
+
+    again = evaluate_cli.main(["--workdir", str(tmp_path)])
+    for k in ("recall@1", "map@r"):
+        assert again[k] == pytest.approx(final[k], abs=1e-6), k
 
 
 def test_last_model_selection_reports_the_final_state(tmp_path):
@@ -472,3 +492,16 @@ def test_num_epochs_runs_the_samplers_epochs(tmp_path):
     assert max(h["step"] for h in history) == end
     recorded = json.loads((tmp_path / "config.json").read_text())["config"]
     assert recorded["num_steps"] == 5 and recorded["num_epochs"] == 2
+
+
+def test_a_batch_that_does_not_divide_over_the_devices_names_the_keys():
+    """It was a bare ValueError (a traceback naming no key); the mesh and sampler only need
+    their sizes for this check, which runs first."""
+    import types
+
+    from rankax.train import loop
+
+    message = r"config\.batch: the batch of 160 images .* the 3 devices .*config\.num_devices to a divisor"
+    with pytest.raises(errors.ConfigError, match=message):
+        loop.check_run_config(tiny_config(), None, types.SimpleNamespace(size=3),
+                              types.SimpleNamespace(batch_size=160))

@@ -495,6 +495,70 @@ def test_adopted_checkpoints_are_recorded_as_a_change(small_run, tmp_path):
     assert [list(c["keys"]) for c in record["changes"]] == [[workdir_lib.UNRECORDED]]
 
 
+def test_adoption_is_recorded_even_when_the_start_fails_before_a_step(small_run, tmp_path, monkeypatch):
+    """The record a start creates over adopted checkpoints notes the adoption at once: it used
+    to wait for the first step, so a start that failed before it left a plain record, and the
+    next start (without '*') resumed the unrecorded checkpoints silently."""
+    import shutil
+
+    from rankax.train import loop
+    from rankax.train import workdir as workdir_lib
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(small_run[0], workdir)
+    os.remove(os.path.join(workdir, "config.json"))
+
+    def fail(run):
+        raise OSError("input pipeline down")
+
+    monkeypatch.setattr(loop, "batches", fail)
+    more = [*SMALL, "--config.num_steps=6", "--allow_config_change=*"]
+    with pytest.raises((OSError, SystemExit), match="input pipeline down"):
+        train_cli.main(["--config", DIGITS, "--workdir", workdir, *more])
+    record = json.load(open(os.path.join(workdir, "config.json")))
+    assert [list(c["keys"]) for c in record["changes"]] == [[workdir_lib.UNRECORDED]]
+
+
+def test_a_change_is_recorded_only_once_a_step_trained_with_it(small_run, tmp_path):
+    """A resumed run's allowed change whose first step is non-finite (raise mode) is not
+    recorded, whatever the logging cadence: the original config still resumes."""
+    import shutil
+
+    from rankax.train import NonFiniteLossError
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(small_run[0], workdir)
+    before = json.load(open(os.path.join(workdir, "config.json")))
+    for log_every in (1, 10):
+        bad = [*SMALL, "--config.num_steps=6", "--config.optimizer.lr=1e39",
+               f"--config.log_every={log_every}", "--allow_config_change=num_steps,optimizer.lr,log_every"]
+        with pytest.raises((NonFiniteLossError, SystemExit), match="non-finite"):
+            train_cli.main(["--config", DIGITS, "--workdir", workdir, *bad])
+        after = json.load(open(os.path.join(workdir, "config.json")))
+        assert after["changes"] == before["changes"] and after["config"] == before["config"], log_every
+    train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL])  # the recorded run, unchanged
+
+
+def test_a_resume_and_an_evaluation_do_not_read_the_pretrained_weights(small_run, tmp_path):
+    """The checkpoint replaces the pretrained weights, so a run moved to a node without their
+    file resumes and evaluates; only a start with no readable checkpoint reads them."""
+    import shutil
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(small_run[0], workdir)
+    gone = str(tmp_path / "gone.pth")
+    moved = [*SMALL, f"--config.model.pretrained={gone}"]
+    train_cli.main(["--config", DIGITS, "--workdir", workdir, *moved, "--config.num_steps=4",
+                    "--allow_config_change=num_steps,model.pretrained"])
+    assert json.load(open(os.path.join(workdir, "metrics.json")))
+    evaluate_cli.main(["--workdir", workdir])
+    for step in os.listdir(os.path.join(workdir, "checkpoints")):  # none readable: a fresh start
+        shutil.rmtree(os.path.join(workdir, "checkpoints", step))
+        os.makedirs(os.path.join(workdir, "checkpoints", step, "garbage"))
+    with pytest.raises((OSError, SystemExit), match="gone.pth"):
+        train_cli.main(["--config", DIGITS, "--workdir", workdir, *moved, "--config.num_steps=4"])
+
+
 def test_evaluate_cli_names_missing_workdirs_and_output_folders(tmp_path):
     with pytest.raises(SystemExit, match="--workdir .* does not exist"):
         evaluate_cli.main(["--workdir", str(tmp_path / "nope")])

@@ -200,25 +200,45 @@ def raw_pixel_metrics(config: Config, data: RetrievalDataset) -> dict[str, float
     return scalars(raw.run(np.asarray))
 
 
+def best_step(history: list[dict[str, Any]], best_metric: str, has: Callable[[int], bool]) -> int | None:
+    """The step of the evaluation with the highest ``best_metric`` among the evaluated steps
+    of ``history`` that have a checkpoint (``has(step)``; the earliest on a tie, as a
+    keep-if-strictly-better rule does; NaN values never win); ``None`` if there is none."""
+    key = f"eval/{best_metric}"
+    candidates = [
+        (float(h[key]), -int(h["step"]))
+        for h in history
+        if key in h and int(h["step"]) > 0 and np.isfinite(h[key]) and has(int(h["step"]))
+    ]
+    return -max(candidates)[1] if candidates else None
+
+
 def _restore_readonly(
-    ckpt: checkpointing.Checkpointer, state: TrainState, step: int | None, directory: str
+    config: Config, ckpt: checkpointing.Checkpointer, state: TrainState, step: int | None, directory: str
 ) -> TrainState:
+    """Checkpoint ``step``; by default the model the run reports: the newest readable
+    checkpoint, or with ``config.model_selection="best"`` the best step of its history."""
     if step is not None:
         return ckpt.restore(state, int(step))[0]
     steps = ckpt.steps()
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {directory}")
-    state, _ = ckpt.restore_latest(state)
+    restored, history = ckpt.restore_latest(state)
     if ckpt.restored_step is None:
         raise FileNotFoundError(f"no readable checkpoint in {directory} (unreadable steps: {steps})")
-    return state
+    if config.get("model_selection", "last") == "best":
+        chosen = best_step(history, config.best_metric, ckpt.has)
+        if chosen is not None and chosen != ckpt.restored_step:
+            return ckpt.restore(state, chosen)[0]
+    return restored
 
 
 def restore_for_evaluation(
     config: Config, workdir: str, step: int | None = None
 ) -> tuple[TrainState, RetrievalDataset]:
-    """Checkpoint ``step`` (default: the newest readable one) of ``workdir`` and the dataset
-    of ``config``. Read-only: nothing in ``workdir`` is moved or removed, so it is safe next to
+    """Checkpoint ``step`` of ``workdir`` (default: the model the run reports, the newest
+    readable checkpoint or, under ``config.model_selection="best"``, its best step) and the
+    dataset of ``config``. Read-only: nothing in ``workdir`` is moved or removed, so it is safe next to
     a running training job (an unreadable newest step is skipped with a warning).
 
     Raises:
@@ -227,13 +247,13 @@ def restore_for_evaluation(
         the step and path; the orbax/tensorstore error is chained).
     """
     data = input_pipeline.load(config)
-    state = state_lib.initial_state(config, data)
+    state = state_lib.initial_state(config, data, pretrained=False)  # a template: restored below
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints directory in {workdir!r} (expected {directory})")
     ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
     try:
-        state = _restore_readonly(ckpt, state, step, directory)
+        state = _restore_readonly(config, ckpt, state, step, directory)
     finally:
         ckpt.close()
     return state, data

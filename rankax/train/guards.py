@@ -61,12 +61,13 @@ class NonFiniteGuard:
         self.skipped = int(logged[-1]["nonfinite_skipped"]) if logged else 0
         self.consecutive = int(logged[-1].get("nonfinite_consecutive", 0)) if logged else 0
 
-    def check(self, step: int, idx: np.ndarray, images: np.ndarray, metrics: dict, state: Any) -> None:
+    def check(self, step: int, idx: np.ndarray, images: np.ndarray, metrics: dict, state: Any) -> bool:
         """Acts on the finite flag of ``step`` (``metrics`` of that step; ``state``: the
-        current state, which in raise mode is still the one before ``step``)."""
+        current state, which in raise mode is still the one before ``step``). True when the
+        step was finite (it trained); False when it was skipped; raises otherwise."""
         if bool(metrics["finite"]):
             self.consecutive = 0
-            return
+            return True
         record = self._record(step, idx, images, metrics, state)
         if distributed.is_main():  # [multihost] one record per event
             with open(self.report_path, "a") as f:
@@ -80,7 +81,7 @@ class NonFiniteGuard:
             self.consecutive += 1
             print(f"WARNING: skipped {summary}")
             if self.consecutive < self.max_consecutive:
-                return
+                return False
             summary += f"; {self.consecutive} consecutive non-finite steps (config.max_consecutive_nonfinite)"
         self._raise(step, idx, summary, record, state)
 
@@ -112,6 +113,7 @@ class NonFiniteGuard:
         out: dict[str, Any] = {
             "nonfinite_embeddings": idx[~diag["embeddings_finite"]],
             "nonfinite_grads": [k for k, ok in diag["grads_finite"].items() if not ok],
+            "nonfinite_updates": [k for k, ok in diag["updated_finite"].items() if not ok],
         }
         if "memory_active" in diag:
             out["memory_active"] = bool(diag["memory_active"])
@@ -148,6 +150,9 @@ class NonFiniteGuard:
                 text += f"; non-finite {what} at dataset indices {[int(i) for i in record[key]]}"
         if record.get("nonfinite_grads"):
             text += f"; non-finite gradients of {record['nonfinite_grads'][:8]}"
+        elif record.get("nonfinite_updates"):  # finite gradients, an overflowing update
+            text += (f"; finite gradients, but the update makes {record['nonfinite_updates'][:8]} "
+                     "non-finite (the learning rate?)")
         if record.get("first_check"):
             text += f"; first failed check: {record['first_check'].splitlines()[0]}"
         return text

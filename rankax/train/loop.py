@@ -180,7 +180,11 @@ def check_run_config(config: Config, data: RetrievalDataset, mesh: Mesh, sampler
     devices, ``best_metric`` is an evaluation key, the non-finite policy, ``model_selection``,
     ``precision`` and the frozen warm-up are valid."""
     if sampler.batch_size % mesh.size:
-        raise ValueError(f"the batch size {sampler.batch_size} is not divisible by the {mesh.size} devices")
+        raise errors.ConfigError(
+            f"config.batch: the batch of {sampler.batch_size} images (classes_per_batch x "
+            f"samples_per_class) does not divide over the {mesh.size} devices of the mesh: make it a "
+            f"multiple of {mesh.size}, or set config.num_devices to a divisor of {sampler.batch_size}"
+        )
     known = evaluators.evaluation_keys(config, np.asarray(data.test.labels).ndim)
     if config.best_metric not in known:
         raise errors.ConfigError(
@@ -243,8 +247,14 @@ def setup(config: Config, workdir: str, changes: dict, allow_config_change: Any 
     if distributed.is_main():  # [multihost] the log is process 0's
         print_fact_changes(changes)
     model = state_lib.build_model(config)
-    state = state_lib.initial_state(config, data, model)
+    # A checkpoint replaces the pretrained weights: a resume does not read their file (it may be
+    # gone from a new node), unless no checkpoint turns out readable and the run starts afresh.
+    resuming = bool(os.path.isdir(os.path.join(workdir, "checkpoints"))
+                    and os.listdir(os.path.join(workdir, "checkpoints")))
+    state = state_lib.initial_state(config, data, model, pretrained=not resuming)
     ckpt, state, history = restore(config, workdir, state, mesh)
+    if resuming and ckpt.restored_step is None:
+        state = distributed.replicate(state_lib.initial_state(config, data, model), mesh)
     if int(state.step) > int(config.num_steps):
         ckpt.close()
         raise errors.ConfigError(
@@ -252,8 +262,12 @@ def setup(config: Config, workdir: str, changes: dict, allow_config_change: Any 
             f"{int(config.num_steps)}: its model would be reported as the shorter run's. Evaluate an "
             "earlier step with experiments.evaluate --workdir DIR --step N, or use another --workdir"
         )
-    if distributed.is_main():  # [multihost] a new workdir's record; changes wait (record_changes)
-        workdir_lib.write(recorded, workdir, facts=facts)
+    # A new workdir's record; adopted checkpoints are noted in it at once (a start that fails
+    # before its first step must not leave a record that hides them); changes wait (record_changes).
+    adopted = {k: v for k, v in changes.items() if k == workdir_lib.UNRECORDED}
+    changes = {k: v for k, v in changes.items() if k not in adopted}
+    if distributed.is_main():  # [multihost]
+        workdir_lib.write(recorded, workdir, adopted, facts=facts)
     run = Run(
         config=config,
         workdir=workdir,
@@ -407,14 +421,15 @@ def train(run: Run, counter: dict[str, int]) -> None:
     for step, idx, images, labels in feed:
         run.state, metrics = train_step(run.state, images, labels, halted)
         halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
-        if pending is not None:  # step - 1's flag: reading it now lets step run meanwhile
-            guard.check(*pending, run.state)
+        if pending is not None and guard.check(*pending, run.state):  # step - 1's flag, read
+            record_changes(run)  # while step runs; a change is recorded once a step trained
         pending = (step, idx, images, metrics)
         meter.images += len(idx)
         meter.waited += feed.take_waited()
         due = due_after(config, step)
         if any(due):  # these wait for the step anyway
-            guard.check(*pending, run.state)
+            if guard.check(*pending, run.state):
+                record_changes(run)
             pending = None
         after_step(run, step, metrics, due, guard, meter)
         counter["steps"] += 1
@@ -436,7 +451,6 @@ def after_step(
     time of the last two is left out of the throughput window). An evaluated step is saved
     with its metrics (so the checkpointer keeps the best one) when ``due.save`` or when
     ``config.model_selection="best"`` needs it."""
-    record_changes(run)
     if due.log:
         log_step(run, step + 1, metrics, guard, meter)
     t = time.perf_counter()
@@ -512,16 +526,8 @@ def evaluate_at(run: Run, n: int) -> dict[str, float]:
 
 
 def best_step(run: Run) -> int | None:
-    """The step of the evaluation with the highest ``config.best_metric`` among the evaluated
-    steps that have a checkpoint (the earliest on a tie, as a keep-if-strictly-better rule
-    does; NaN values never win); ``None`` if there is none."""
-    key = f"eval/{run.config.best_metric}"
-    candidates = [
-        (float(h[key]), -int(h["step"]))
-        for h in run.history
-        if key in h and int(h["step"]) > 0 and np.isfinite(h[key]) and run.ckpt.has(int(h["step"]))
-    ]
-    return -max(candidates)[1] if candidates else None
+    """:func:`rankax.train.evaluators.best_step` of the run's history and checkpoints."""
+    return evaluators.best_step(run.history, run.config.best_metric, run.ckpt.has)
 
 
 def select_model(run: Run, final: dict[str, float]) -> tuple[dict[str, float], int]:
@@ -589,6 +595,10 @@ def plot_embeddings(run: Run, path: str) -> None:
     labels = labels if labels.ndim == 1 else labels[:, 0]
     before = None
     if run.config.eval_baselines:  # the untrained network's embeddings, for the "before" panel
-        initial = state_lib.initial_state(run.config, run.data, run.model)
-        before = evaluators.embed_source(initial, run.data.test, bs)
+        try:
+            initial = state_lib.initial_state(run.config, run.data, run.model)
+        except OSError as err:  # a resume on a node without the pretrained weights: no panel
+            print(f"test_embeddings.png: no 'before' panel ({err})")
+        else:
+            before = evaluators.embed_source(initial, run.data.test, bs)
     plotting.embedding_projection(emb, labels, path, before=before, report=run.report)

@@ -99,7 +99,7 @@ def epoch_clock(sampler: Any, num_items: int) -> EpochStart:
 # ----------------------------------------------------------------------------- schedules
 
 
-def _constant(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
+def _constant(opt: Config, base_lr: float, clock: Clock, key: str) -> optax.Schedule:
     return optax.constant_schedule(base_lr)
 
 
@@ -112,45 +112,45 @@ def _final_ratio(opt: Config, base_lr: float) -> float:
     return float(final_lr) / base_lr if base_lr else 0.0
 
 
-def _cosine(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
+def _cosine(opt: Config, base_lr: float, clock: Clock, key: str) -> optax.Schedule:
     """``lr(t) = base_lr * (a + (1 - a) (1 + cos(pi t / num_steps)) / 2)``, ``a``: the final
     ratio (``final_lr / base_lr`` when ``final_lr`` is set, else ``final_lr_ratio``)."""
     return optax.cosine_decay_schedule(base_lr, max(clock.num_steps, 1), alpha=_final_ratio(opt, base_lr))
 
 
-def _step(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
+def _step(opt: Config, base_lr: float, clock: Clock, key: str) -> optax.Schedule:
     """``base_lr`` times ``decay_factor`` at each fraction ``decay_at`` of the run."""
     boundaries = {int(b * clock.num_steps): opt.decay_factor for b in opt.decay_at}
     return optax.piecewise_constant_schedule(base_lr, boundaries)
 
 
-def _multistep(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
+def _multistep(opt: Config, base_lr: float, clock: Clock, key: str) -> optax.Schedule:
     """``base_lr`` times ``decay_factor`` from the start of each epoch in ``decay_epochs``
     (torch's ``MultiStepLR`` stepped once an epoch)."""
     epochs = tuple(opt.get("decay_epochs", ()) or ())
     if not epochs:
-        raise ConfigError("config.optimizer.schedule='multistep' needs optimizer.decay_epochs, e.g. (30, 70)")
+        raise ConfigError(f"{key}.schedule='multistep' needs {key}.decay_epochs, e.g. (30, 70)")
     boundaries: dict[int, float] = {}
     for e in epochs:
-        at = clock.steps(e, "optimizer.decay_epochs")
+        at = clock.steps(e, f"{key}.decay_epochs".removeprefix("config."))
         boundaries[at] = boundaries.get(at, 1.0) * float(opt.decay_factor)
     return optax.piecewise_constant_schedule(base_lr, boundaries)
 
 
-def _step_epochs(opt: Config, base_lr: float, clock: Clock) -> optax.Schedule:
+def _step_epochs(opt: Config, base_lr: float, clock: Clock, key: str) -> optax.Schedule:
     """``base_lr`` times ``decay_factor`` every ``decay_every_epochs`` epochs (torch's
     ``StepLR`` stepped once an epoch)."""
     every = int(opt.get("decay_every_epochs", 0) or 0)
     if every <= 0:
-        raise ConfigError("config.optimizer.schedule='step_epochs' needs optimizer.decay_every_epochs > 0")
-    boundaries, k = {}, 1
-    while (at := clock.steps(k * every, "optimizer.decay_every_epochs")) < clock.num_steps:
+        raise ConfigError(f"{key}.schedule='step_epochs' needs {key}.decay_every_epochs > 0")
+    boundaries, k, name = {}, 1, f"{key}.decay_every_epochs".removeprefix("config.")
+    while (at := clock.steps(k * every, name)) < clock.num_steps:
         boundaries[at] = float(opt.decay_factor)
         k += 1
     return optax.piecewise_constant_schedule(base_lr, boundaries)
 
 
-SCHEDULES: dict[str, Callable[[Config, float, Clock], optax.Schedule]] = {
+SCHEDULES: dict[str, Callable[[Config, float, Clock, str], optax.Schedule]] = {
     "constant": _constant,
     "cosine": _cosine,
     "step": _step,
@@ -159,10 +159,11 @@ SCHEDULES: dict[str, Callable[[Config, float, Clock], optax.Schedule]] = {
 }
 
 
-def _schedule(opt: Config, base_lr: float, clock: Clock, key: str = "config.optimizer") -> optax.Schedule:
+def _schedule(opt: Config, base_lr: float, clock: Clock, key: str) -> optax.Schedule:
+    """``opt``'s schedule; ``key`` names the section in errors (``config.optimizer``)."""
     if opt.schedule not in SCHEDULES:
         raise ValueError(f"{key}.schedule must be {'|'.join(SCHEDULES)}, got {opt.schedule!r}")
-    return SCHEDULES[opt.schedule](opt, base_lr, clock)
+    return SCHEDULES[opt.schedule](opt, base_lr, clock, key)
 
 
 def with_warmup(sched: optax.Schedule, base_lr: float, warmup_steps: int) -> optax.Schedule:
@@ -183,6 +184,7 @@ def make_schedule(
     epoch_start: EpochStart | None = None,
     offset_epochs: int = 0,
     counted_from_offset: bool = False,
+    key: str = "config.optimizer",
 ) -> optax.Schedule:
     """The schedule of ``section`` (default ``config.optimizer``) over ``config.num_steps``
     steps from ``base_lr``, its first ``warmup_steps`` steps (if any) replaced by a linear
@@ -192,13 +194,14 @@ def make_schedule(
     in epochs); ``offset_epochs``: the schedule counts from the start of that epoch, and its
     epochs are the run's from there on (its value before is the initial one: the paused
     warm-up). ``counted_from_offset``: the count it is called with already starts at 0 at
-    that epoch (a frozen group's optimizer, :func:`frozen_until`); else it is the run's step."""
+    that epoch (a frozen group's optimizer, :func:`frozen_until`); else it is the run's step.
+    ``key``: the section's name in errors."""
     section = config.optimizer if section is None else section
     clock = Clock(int(config.num_steps), epoch_start, int(offset_epochs))
-    sched = _schedule(section, base_lr, clock)
+    sched = _schedule(section, base_lr, clock, key)
     unit = section.get("schedule_unit", "step")
     if unit not in SCHEDULE_UNITS:
-        raise ConfigError(f"config.optimizer.schedule_unit must be 'step' or 'epoch', got {unit!r}")
+        raise ConfigError(f"{key}.schedule_unit must be 'step' or 'epoch', got {unit!r}")
     if unit == "epoch":
         sched = per_epoch(sched, clock)
     sched = with_warmup(sched, base_lr, int(section.get("warmup_steps", 0) or 0))
@@ -345,7 +348,7 @@ def make_group_optimizer(
     warm = warmup(config, epoch_start)
     sched = make_schedule(
         config, lr, section=section, epoch_start=epoch_start, offset_epochs=warm.offset_epochs(group),
-        counted_from_offset=warm.frozen(group),
+        counted_from_offset=warm.frozen(group), key=key,
     )
     if weight_decay is not None and weight_decay != section.weight_decay:
         section = ml_collections.ConfigDict({**section.to_dict(), "weight_decay": float(weight_decay)})

@@ -181,9 +181,16 @@ def create_train_state(
     )
 
 
-def initial_state(config: ml_collections.ConfigDict, data: RetrievalDataset, model: Any = None) -> TrainState:
-    """The untrained state of ``config`` for ``data`` (``model``: default :func:`build_model`)."""
+def initial_state(
+    config: ml_collections.ConfigDict, data: RetrievalDataset, model: Any = None, *, pretrained: bool = True
+) -> TrainState:
+    """The untrained state of ``config`` for ``data`` (``model``: default :func:`build_model`).
+    ``pretrained=False``: without reading ``config.model.pretrained`` (a template that a
+    checkpoint will overwrite: a resumed run needs no weights file)."""
     model = build_model(config) if model is None else model
+    if not pretrained and config.model.get("pretrained", None):
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.model.pretrained = None
     labels = losses.training_labels(config, data)
     sample = data.train.get_batch(np.arange(2), train=False)
     clock = optim.epoch_clock(input_pipeline.make_sampler(config, data), len(labels))

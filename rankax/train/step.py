@@ -149,9 +149,10 @@ def diagnose_step(
 ) -> dict[str, Any]:
     """Every term of the step of ``state.step`` on this batch, computed separately: the loss,
     each weighted term of the loss alone (``terms``), with XBM the batch-only loss, the gradient
-    norm, the finiteness of each embedding and of each gradient leaf."""
+    norm, the finiteness of each embedding, of each gradient leaf and of each leaf the step
+    would write (parameters after the optimizer's update, batch statistics, loss parameters)."""
     run = functools.partial(forward, state, images, labels, augment_fn=augment_fn)
-    loss, _, emb, grads, loss_grads = run(objective=objective)
+    loss, updates, emb, grads, loss_grads = run(objective=objective)
     out: dict[str, Any] = {"terms": {"loss": loss}}
     for term, term_objective in terms.items():
         out["terms"][term] = run(objective=term_objective)[0]
@@ -166,6 +167,16 @@ def diagnose_step(
     }
     for path, g in jax.tree_util.tree_flatten_with_path(loss_grads)[0]:
         out["grads_finite"]["loss/" + name(path)] = jnp.all(jnp.isfinite(g))
+    # What the step would have written: finite gradients can still overflow the parameters.
+    tx_updates, _ = state.tx.update(grads, state.opt_state, state.params)
+    written = {
+        "params": optax.apply_updates(state.params, tx_updates),
+        "batch_stats": updates.get("batch_stats", state.batch_stats),
+        "loss": _loss_params_update(state, loss_grads)[0],
+    }
+    out["updated_finite"] = {
+        name(path): jnp.all(jnp.isfinite(x)) for path, x in jax.tree_util.tree_flatten_with_path(written)[0]
+    }
     return out
 
 

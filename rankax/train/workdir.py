@@ -323,19 +323,19 @@ def write(
     changes: dict[str, tuple] | None = None,
     facts: dict[str, Any] | None = None,
 ) -> None:
-    """Records ``config`` and ``facts`` (:func:`run_facts`) at the first start, or appends the
-    ``changes`` of a later start (allowed config keys and :func:`fact_changes`) and records
-    its config and facts."""
+    """Records ``config`` and ``facts`` (:func:`run_facts`) at the first start (with ``changes``
+    there: checkpoints adopted without a record), or appends the ``changes`` of a later start
+    (allowed config keys and :func:`fact_changes`) and records its config and facts."""
     record = read(workdir)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    if record is None:
-        record = {"created": stamp, **code_version(), "config": flat(config), **(facts or {}), "changes": []}
+    entry = {"time": stamp, **code_version(), "keys": {k: list(v) for k, v in (changes or {}).items()}}
+    if record is None:  # changes here: checkpoints adopted without a record (check's UNRECORDED)
+        record = {"created": stamp, **code_version(), "config": flat(config), **(facts or {}),
+                  "changes": [entry] if changes else []}
     elif changes:
         record["config"] = flat(config)
         record.update(facts or {})
-        record.setdefault("changes", []).append(
-            {"time": stamp, **code_version(), "keys": {k: list(v) for k, v in changes.items()}}
-        )
+        record.setdefault("changes", []).append(entry)
     else:
         return
     path = os.path.join(workdir, RECORD)
