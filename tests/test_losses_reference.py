@@ -513,6 +513,26 @@ def test_blackbox_slots_and_sort_follow_the_rule(lam):
                                    err_msg=path.__name__)
 
 
+@pytest.mark.parametrize("max_positives", [1, 3, 40])
+def test_blackbox_list_api_with_max_positives_counts_as_the_sort_does(max_positives):
+    """Given lists with ``max_positives`` are counted against slots (1: the ladder's larger
+    rungs hold the lists with more positives), without it sorted: the same values and
+    gradients under jit(grad(vmap)), on lists with exact ties and invalid items."""
+    rng = np.random.default_rng(13)
+    s = jnp.asarray(np.round(rng.uniform(-1, 1, (8, 40)) * 20) / 20, jnp.float32)
+    y = jnp.asarray(rng.random((8, 40)) < 0.15, jnp.float32)
+    w = jnp.asarray(rng.random((8, 40)) < 0.9)
+
+    def mean_loss(t, mp):
+        one = lambda a, b, c: rankax.blackbox_ap_loss(a, b, where=c, reduce_fn=None, max_positives=mp)  # noqa: E731
+        return jnp.mean(jax.vmap(one)(t, y, w))
+
+    want_value, want_grad = jax.jit(jax.value_and_grad(lambda t: mean_loss(t, None)))(s)
+    value, grad = jax.jit(jax.value_and_grad(lambda t: mean_loss(t, max_positives)))(s)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
 def test_blackbox_batch_loss_equals_the_list_api_with_ties():
     """``batch_loss`` (slot counts, dot products in tiles) against the list API on ``E E^T``
     (sorted ranks): embeddings on a coarse grid make exact ties between items; concrete labels,
