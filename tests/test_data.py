@@ -350,6 +350,18 @@ def test_folder_single_csv_with_hierarchy(tmp_path):
     assert ds.train.get_batch(sampler.indices(0), train=True, seed=0).shape == (4, 8, 8, 3)
 
 
+def test_folder_labels_are_one_class_per_string_in_numeric_order(tmp_path):
+    """"01" and "1" are two classes (they were merged as the number 1); integer-looking labels
+    keep their numeric order (2 before 10), the spelling breaking ties."""
+    labels = ["01", "1", "10", "2", "1", "10", "2", "01"]
+    splits = ["train"] * 4 + ["test"] * 4
+    _write_folder(tmp_path, [{"label": v, "split": s} for v, s in zip(labels, splits, strict=True)])
+    ds = data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv"))
+    order = sorted(set(labels), key=lambda v: (int(v), v))  # "01", "1", "2", "10"
+    want = [order.index(v) for v in labels]
+    np.testing.assert_array_equal(np.concatenate([ds.train.labels, ds.test.labels]), want)
+
+
 def test_folder_threads_do_not_change_batches(tmp_path):
     rows = [{"label": str(i % 3), "split": "train" if i < 6 else "test"} for i in range(9)]
     _write_folder(tmp_path, rows, fmt="jpg")

@@ -109,3 +109,16 @@ def test_hgldv2_bad_columns(tmp_path):
     (tmp_path / "train_clean.csv").write_text("landmark,images\n10,aaa0\n")
     with pytest.raises(ValueError, match=r"train_clean\.csv: no column\(s\) \['landmark_id'\]"):
         load_hgldv2(str(tmp_path))
+
+
+def test_hgldv2_clustered_landmark_without_overall_cluster_names_the_file_and_line(tmp_path):
+    # It said "train_clean.csv: empty value in label column 'overall'", a file without it.
+    write_hgldv2(tmp_path)
+    path = tmp_path / "train_label_to_subcategory_with_clusters.csv"
+    lines = path.read_text().splitlines()
+    lines[1] = ",".join(lines[1].split(",")[:-1]) + ","  # first landmark: overall_cluster empty
+    path.write_text("\n".join(lines) + "\n")
+    landmark = lines[1].split(",")[0]
+    with pytest.raises(ValueError, match=rf"train_label_to_subcategory_with_clusters\.csv, line 2: "
+                                         rf"landmark {landmark} has a cluster but an empty overall_cluster"):
+        load_hgldv2(str(tmp_path))

@@ -148,18 +148,22 @@ def _check_splits(first: str, rows: Rows) -> None:
 
 
 def _encode_labels(first: str, ordered: list[dict[str, str]], label_columns: list[str]) -> np.ndarray:
-    """``[N]`` or ``[N, L]`` int32 ids ``0..C-1`` of each label column over all ``ordered`` rows;
-    integer-looking labels are ordered as numbers, others as strings."""
+    """``[N]`` or ``[N, L]`` int32 ids ``0..C-1`` of each label column over all ``ordered`` rows:
+    one class per distinct string, numbered in numeric order when every label looks like an
+    integer (``"01"`` and ``"1"`` stay two classes, ``"01"`` first), else in string order."""
     columns = []
     for c in label_columns:
         values = [r[c].strip() for r in ordered]
         if any(v == "" for v in values):
             raise ValueError(f"{first}: empty value in label column {c!r}")
+        distinct, inverse = np.unique(np.asarray(values), return_inverse=True)
         try:
-            keys = np.asarray([int(v) for v in values])
+            order = sorted(range(len(distinct)), key=lambda i: (int(distinct[i]), distinct[i]))
         except ValueError:
-            keys = np.asarray(values)
-        columns.append(np.unique(keys, return_inverse=True)[1].reshape(-1))
+            order = list(range(len(distinct)))  # np.unique's string order
+        rank = np.empty(len(distinct), np.int64)
+        rank[order] = np.arange(len(distinct))
+        columns.append(rank[inverse.reshape(-1)])
     return (columns[0] if len(columns) == 1 else np.stack(columns, axis=1)).astype(np.int32)
 
 

@@ -72,8 +72,15 @@ def _table(root: str, name: str, columns: tuple[str, ...]) -> list[dict[str, str
 
 
 def _hierarchy(root: str, name: str) -> dict[str, tuple[str, str]]:
-    """``landmark_id -> (cluster, overall_cluster)`` of the landmarks that have a cluster."""
+    """``landmark_id -> (cluster, overall_cluster)`` of the landmarks that have a cluster (a
+    clustered landmark without an ``overall_cluster`` is an error naming the file and row)."""
     rows = _table(root, name, ("landmark_id", "cluster", "overall_cluster"))
+    for line, r in enumerate(rows, start=2):  # line 1: the header
+        if r["cluster"].strip() and not r["overall_cluster"].strip():
+            raise ValueError(
+                f"{os.path.join(root, name)}, line {line}: landmark {r['landmark_id'].strip()} has a "
+                "cluster but an empty overall_cluster; fill it in (the hierarchy needs both levels)"
+            )
     return {
         r["landmark_id"].strip(): (r["cluster"].strip(), r["overall_cluster"].strip())
         for r in rows
