@@ -567,6 +567,7 @@ def test_a_step_whose_bytes_changed_on_disk_is_not_restored(tmp_path, capsys):
     assert "the data of params/w differ from the checksum" in out and "trying step 10" in out
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # lr 1e39
 def test_an_overflowing_update_is_named_as_such(tmp_path):
     """Finite loss and gradients, an update beyond float32 (a learning rate of 1e39 is inf in
     float32): the error says which leaves the update made non-finite; it listed no term."""
