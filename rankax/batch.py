@@ -843,9 +843,10 @@ def batch_loss(
 
     Compilation: the loss is computed by one ``jax.jit``-compiled program per loss, shapes and
     options, cached across calls, so calling ``batch_loss`` (or ``jax.grad`` of it) outside
-    ``jit`` compiles once per shape. Labels that are concrete (numpy or ``jnp`` arrays, also
-    closed over inside the caller's ``jit``) give the exact positive capacity up front; traced
-    labels take the capacity ladder (module doc).
+    ``jit`` compiles once per shape and largest number of positives of a list (constant for
+    P x K batches; a sampler whose batches vary in it compiles once per value met). Labels that
+    are concrete (numpy or ``jnp`` arrays, also closed over inside the caller's ``jit``) give
+    that exact positive capacity up front; traced labels take the capacity ladder (module doc).
 
     Example::
 
