@@ -728,6 +728,25 @@ def _reference_rows(m: int, reference_mask: ArrayLike | None, caller: str) -> Ar
     return mask
 
 
+def _concrete_items(
+    labels: Array, reference_labels: Any, reference_mask: Any, references: Any, memory: Any, caller: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(item labels, item mask)`` of the lists of a batch with references or memory (the
+    batch first, as :func:`with_references` orders them) when all of them are concrete; else
+    ``None``."""
+    if memory is not None:
+        reference_labels, reference_mask, m = memory.labels, memory.valid, jnp.shape(memory.labels)[0]
+    else:
+        m = jnp.shape(references)[0]
+    parts = [labels, reference_labels, reference_mask]
+    if reference_labels is None or any(_is_traced(x) for x in parts if x is not None):
+        return None
+    mask = np.asarray(_reference_rows(m, reference_mask, caller))
+    lab = np.asarray(labels)
+    items = np.concatenate([lab, np.asarray(reference_labels).astype(lab.dtype)])
+    return items, np.concatenate([np.ones(len(lab), bool), mask])
+
+
 def with_references(
     embeddings: Array,
     labels: Array,
@@ -878,6 +897,16 @@ def batch_loss(
             counted, counted, query_index=np.arange(lab.shape[0]), include_self=include_self,
             relevance_fn=relevance_fn, caller=caller,
         )
+    elif capacity_limit is not None and (joined := _concrete_items(lab, reference_labels, reference_mask,
+                                                                    references, memory, caller)):
+        # Concrete labels with references or memory: an overflow raises here too (in the
+        # program the labels are traced, and it would turn the loss NaN).
+        most = exact_capacity(
+            lab, joined[0], query_index=np.arange(lab.shape[0]), item_mask=joined[1],
+            include_self=include_self, relevance_fn=relevance_fn, caller=caller,
+        )
+        if most is not None:
+            raise_on_overflow(most, capacity_limit, caller)
     # Sequences (ks=[1, 2] or np.array([1, 2])) are static cut-offs, compiled into the program.
     hparams = {k: _static_form(v) for k, v in hparams.items()}
     static = {k: v for k, v in hparams.items() if _is_static(v)}

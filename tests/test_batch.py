@@ -249,6 +249,29 @@ def test_input_errors():
         rankax.batch_loss(supap_loss, emb, lab, references=emb)
 
 
+def test_capacity_limit_counts_references_and_memory_with_concrete_labels():
+    """With references or XBM memory, concrete labels are counted over the batch and the
+    filled slots before anything runs (they returned NaN); masked slots do not count."""
+    from rankax import xbm
+
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(7, 8)).astype(np.float32)
+    lab = np.array([0, 0, 0, 0, 1, 1, 2])  # class 0: 3 positives within the batch
+    refs = rng.normal(size=(3, 8)).astype(np.float32)
+    with pytest.raises(batch.CapacityError, match=r"^batch_loss\(supap_loss\): a query has 4 positives"):
+        rankax.batch_loss(supap_loss, emb, lab, capacity_limit=3, references=refs,
+                          reference_labels=np.array([0, 1, 2]))
+    memory = xbm.update(xbm.init(3, 8), refs, np.array([0, 1, 2]))
+    with pytest.raises(batch.CapacityError, match="a query has 4 positives"):
+        rankax.batch_loss(supap_loss, emb, lab, capacity_limit=3, memory=memory)
+    # A masked class-0 reference does not count: 3 positives fit, the value is the list API's.
+    mask = np.array([True, True, False])
+    got = rankax.batch_loss(supap_loss, emb, lab, capacity_limit=3, references=refs,
+                            reference_labels=np.array([1, 1, 0]), reference_mask=mask)
+    want = rankax.batch_loss(supap_loss, emb, lab, references=refs[:2], reference_labels=np.array([1, 1]))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_capacity_limit_raises_instead_of_dropping():
     emb, lab = _embeddings(), _labels()  # the largest class has 6 samples: 5 positives
     with pytest.raises(batch.CapacityError, match=r"^batch_loss\(supap_loss\): a query has 5 positives"):
