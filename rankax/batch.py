@@ -760,8 +760,9 @@ def with_references(
     """The items ranked by a batch's queries: the batch, then the references (no gradient).
 
     Returns ``(items [B + M, D], item_labels, item_mask [B + M] or None)``. Empty reference
-    slots get label ``-1`` on every level, so they neither are relevant nor share a level's
-    weight in graded relevance.
+    slots get, on every level, an id below every other (the smallest of the batch and the
+    filled slots, minus one), so they neither are relevant nor share a level's weight in
+    graded relevance, whatever ids the labels use.
     """
     name = "references"
     if memory is not None:
@@ -782,9 +783,15 @@ def with_references(
             f"{validation.prefix(caller)}{name} {ref.shape} / labels {ref_lab.shape} do not match the "
             f"batch {embeddings.shape} / {labels.shape}: same embedding dimension and label kind needed"
         )
-    ref_lab = jnp.where(ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1))), ref_lab, -1)
+    filled = ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1)))
+    ref_lab = ref_lab.astype(labels.dtype)
+    # An empty slot's id, on every level: one below every id of the batch and the filled slots,
+    # so it matches no item's (ids may be negative: -1 would join a class -1's level counts).
+    top = jnp.iinfo(labels.dtype).max
+    lowest = jnp.minimum(jnp.min(labels, axis=0), jnp.min(jnp.where(filled, ref_lab, top), axis=0))
+    ref_lab = jnp.where(filled, ref_lab, lowest - 1)
     items = jnp.concatenate([embeddings, jax.lax.stop_gradient(ref.astype(embeddings.dtype))])
-    item_labels = jnp.concatenate([labels, ref_lab.astype(labels.dtype)])
+    item_labels = jnp.concatenate([labels, ref_lab])
     item_mask = jnp.concatenate([jnp.ones((embeddings.shape[0],), bool), ref_mask])
     return items, item_labels, item_mask
 

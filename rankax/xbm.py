@@ -26,7 +26,8 @@ with the same blocked, exact engine as the batch (:mod:`rankax.batch`): cost
 ``O(B * C * (B + M))`` and ``O(block * (B + M) + (B + M) * D)`` memory.
 
 Label paths ``[B, L]`` work the same way; empty slots hold label ``-1`` on every level and are
-masked out (``valid``), so they neither count as items nor share a level's relevance.
+masked out (``valid``): ``rankax.batch_loss`` gives them an id below every real one on each
+level, so they neither count as items nor share a level's relevance, whatever ids are used.
 
 References:
   Wang, Zhang, Huang, Scott. "Cross-Batch Memory for Embedding Learning." CVPR 2020.

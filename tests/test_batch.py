@@ -272,6 +272,28 @@ def test_capacity_limit_counts_references_and_memory_with_concrete_labels():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_empty_reference_slots_share_no_level_with_negative_path_ids():
+    """Empty reference / XBM slots were labelled -1 on every level: with label paths whose
+    coarsest id is -1 they joined that level's "pop" population and diluted H-AP. Masked
+    slots must count as absent, whatever the ids (here: shifted by one, or removed)."""
+    from rankax import xbm
+
+    rng = np.random.default_rng(8)
+    paths = np.array([[0, -1], [0, -1], [1, -1], [2, 0], [3, 0]])
+    emb = rng.normal(size=(5, 6)).astype(np.float32)
+    refs = rng.normal(size=(3, 6)).astype(np.float32)
+    ref_paths, mask = np.array([[9, 9], [9, 9], [1, -1]]), np.array([False, False, True])
+    hap = functools.partial(rankax.batch_loss, rankax.hap_loss, emb)
+    masked = hap(paths, references=refs, reference_labels=ref_paths, reference_mask=mask)
+    removed = hap(paths, references=refs[2:], reference_labels=ref_paths[2:])
+    shifted = hap(paths + 1, references=refs, reference_labels=ref_paths + 1, reference_mask=mask)
+    np.testing.assert_allclose(masked, removed, rtol=1e-6)
+    np.testing.assert_allclose(masked, shifted, rtol=1e-6)
+    empty = xbm.init(4, 6, label_shape=(2,))
+    np.testing.assert_allclose(rankax.batch_loss(rankax.hap_loss, emb, paths, memory=empty),
+                               rankax.batch_loss(rankax.hap_loss, emb, paths), rtol=1e-6)
+
+
 def test_capacity_limit_raises_instead_of_dropping():
     emb, lab = _embeddings(), _labels()  # the largest class has 6 samples: 5 positives
     with pytest.raises(batch.CapacityError, match=r"^batch_loss\(supap_loss\): a query has 5 positives"):
