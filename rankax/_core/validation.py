@@ -124,17 +124,24 @@ def int_ids(x: ArrayLike, name: str, *, caller: str = "") -> Array:
     if isinstance(x, jax.Array):
         return x
     a = np.asarray(x)
-    target = jax.dtypes.canonicalize_dtype(a.dtype)
-    if a.dtype.kind in "iu" and target != a.dtype and a.size:
-        info = np.iinfo(target)
-        low, high = a.min(), a.max()
-        if low < info.min or high > info.max:
-            raise ValueError(
-                f"{prefix(caller)}{name}: ids {low}..{high} do not fit {target}, and JAX would wrap "
-                f"them (jax_enable_x64 is off): renumber them (np.unique({name}, "
-                "return_inverse=True)[1], per column for label paths) or enable x64"
-            )
+    if wraps_on_device(a):
+        raise ValueError(
+            f"{prefix(caller)}{name}: ids {a.min()}..{a.max()} do not fit "
+            f"{jax.dtypes.canonicalize_dtype(a.dtype)}, and JAX would wrap them (jax_enable_x64 is "
+            f"off): renumber them (np.unique({name}, return_inverse=True)[1], per column for label "
+            "paths) or enable x64"
+        )
     return jnp.asarray(a)
+
+
+def wraps_on_device(a: np.ndarray) -> bool:
+    """Whether integers ``a`` leave the range of the dtype JAX would hold them in (int32 /
+    uint32 without ``jax_enable_x64``), so that converting them would wrap some."""
+    target = jax.dtypes.canonicalize_dtype(a.dtype)
+    if a.dtype.kind not in "iu" or target == a.dtype or not a.size:
+        return False
+    info = np.iinfo(target)
+    return bool(a.min() < info.min or a.max() > info.max)
 
 
 # ----------------------------------------------------------------------------- list arrays

@@ -764,12 +764,10 @@ def _paths_for_device(query_paths: np.ndarray, gallery_paths: np.ndarray) -> tup
     range are renumbered per column over both sets (:func:`rankax.hierarchy.row_ids` of each
     column), which keeps which ids are equal, hence the shared levels, where JAX would wrap them."""
     both = np.concatenate([query_paths, gallery_paths])
-    target = jax.dtypes.canonicalize_dtype(both.dtype)
-    info = np.iinfo(target)
-    if not both.size or (both.min() >= info.min and both.max() <= info.max):
+    if not validation.wraps_on_device(both):
         return query_paths, gallery_paths
     ids = np.stack([hierarchy.row_ids(both[:, [j]])[0] for j in range(both.shape[1])], axis=1)
-    ids = ids.astype(target)
+    ids = ids.astype(jax.dtypes.canonicalize_dtype(both.dtype))
     return ids[: len(query_paths)], ids[len(query_paths) :]
 
 
