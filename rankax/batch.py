@@ -598,10 +598,23 @@ def _tile_statistics(
     budget on every rung of the ladder."""
     if slots is not None:
         slots = views.slot_scores(query_rows, slots, scores)
+    hparams = _keys_per_list(hparams, views, query_rows)
     values = stats.list_statistics(
         loss_fn, scores, rel, where, capacity=capacity, hparams=hparams, caller=caller, slots=slots
     )
     return jax.tree.map(lambda v: jnp.sum(v, axis=0), values)
+
+
+def _keys_per_list(hparams: dict[str, Any], views: _Views, rows: Array) -> dict[str, Any]:
+    """PRNG-key hyperparameters (BlackBox AP's ``key``) as one key per list: the list of query
+    ``r`` (its position among the items, else its row) gets ``fold_in(key, r)``
+    (:func:`rankax._core.validation.list_keys`), as row ``r`` of the full scores does in the list
+    API, so a loss's noise does not depend on the blocks, tiles or devices."""
+    if not any(validation.is_prng_key(v) for v in hparams.values()):
+        return hparams
+    rows = jnp.minimum(rows, views.q_emb.shape[0] - 1)
+    ids = rows if views.query_index is None else views.query_index[rows]
+    return {k: validation.list_keys(v, ids) if validation.is_prng_key(v) else v for k, v in hparams.items()}
 
 
 def _at_capacity(tile: Callable[..., dict[str, Array]], capacity: int, plan: _Plan, n: int):
@@ -981,6 +994,10 @@ def _check_loss_options(
             f"{', '.join(options)}; {name} hyperparameters: {', '.join(own)})"
         )
     checker(dict(hparams), caller=caller, warn=False)  # names and ranges; traced values pass
+    for k, v in hparams.items():
+        if validation.is_prng_key(v) and jnp.issubdtype(v.dtype, jax.dtypes.prng_key) and v.shape:
+            raise ValueError(f"{caller}: {k} must be one PRNG key (the list of query r gets "
+                             f"jax.random.fold_in({k}, r)), got shape {v.shape}")
     return hparams
 
 

@@ -453,11 +453,15 @@ def test_blackbox_ap_forward_and_rule():
 
 def test_blackbox_random_margin_matches_official_shift():
     s, y = _lists()
+    s = s * np.float32(0.02)  # scores as close as the margin: the noise reorders them
     key = jax.random.PRNGKey(0)
-    z = np.abs(np.asarray(jax.random.normal(key, s.shape, jnp.float32)))
+    # List i draws its N values from fold_in(key, i) (the batch path's rule, block-independent).
+    z = np.abs(np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, i), s.shape[1:]))
+                         for i in range(B)]))
     shifted = s - 0.02 * z * ((y > 0) - 0.5)
     expected = np.mean([1 - exact_ap(shifted[i], y[i]) for i in range(B)])
     np.testing.assert_allclose(rankax.blackbox_ap_loss(s, y, key=key), expected, RTOL, ATOL)
+    assert abs(float(rankax.blackbox_ap_loss(s, y)) - expected) > 1e-3  # the draws matter
 
 
 def _blackbox_rule(shifted, positive, valid, lam):
@@ -484,9 +488,6 @@ def test_blackbox_slots_and_sort_follow_the_rule(lam):
     """BlackBox AP's two algorithms -- ranks by sorting every list (given lists) and counts
     against the positives' slots (the ``batch_loss`` path) -- against the rule in numpy, on
     lists with exact ties (scores on a 0.05 grid) and invalid items."""
-    from rankax import ranking
-    from rankax.losses import blackbox
-
     rng = np.random.default_rng(11)
     s = (np.round(rng.uniform(-1, 1, (6, 40)) * 20) / 20).astype(np.float32)
     y = rng.random((6, 40)) < 0.2
@@ -494,16 +495,14 @@ def test_blackbox_slots_and_sort_follow_the_rule(lam):
     w = rng.random((6, 40)) < 0.85
     w[:, 0] = True
     s, y, w = jnp.asarray(s), jnp.asarray(y, jnp.float32), jnp.asarray(w)
-    kw = dict(lambda_=lam, margin=0.02, key=None)
-
     def sorted_path(t):
-        return jnp.sum(blackbox._blackbox_ap_kernel(t, y, w, **kw))
+        return rankax.blackbox_ap_loss(t, y, where=w, lambda_=lam, margin=0.02, reduce_fn=jnp.sum)
 
-    def slot_path(t):
-        found, _ = ranking.gather_positives(t, y, w, 40)
-        return jnp.sum(blackbox._blackbox_ap_kernel(t, y, w, found, **kw))
+    def slot_path(t):  # the slots of all 40 items
+        return rankax.blackbox_ap_loss(t, y, where=w, lambda_=lam, margin=0.02, reduce_fn=jnp.sum,
+                                       max_positives=40)
 
-    # The shifted scores as the kernel computes them (float32), then the rule in float64.
+    # The shifted scores as the loss computes them (float32), then the rule in float64.
     shifted = np.asarray(s - 0.02 * jnp.ones_like(s) * (((y > 0) & w).astype(jnp.float32) - 0.5))
     want = [_blackbox_rule(shifted[i], np.asarray(y[i] > 0), np.asarray(w[i]), lam) for i in range(6)]
     for path in (sorted_path, slot_path):
@@ -559,14 +558,36 @@ def test_blackbox_batch_loss_equals_the_list_api_with_ties():
         value, grad = jax.jit(jax.value_and_grad(fn))(e, jnp.asarray(labels))
         np.testing.assert_allclose(value, want_value, rtol=1e-6, err_msg=name)
         np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6, err_msg=name)
-    # One block: the batch path draws the key's magnitudes over the same [B, N] lists. Keys
-    # typed and raw, given to batch_loss eagerly (they used to be turned into tuples).
+    # The random margin: query r's list draws from fold_in(key, r) in the batch path, whatever
+    # its blocks and tiles (one block, 16 rows, 7 rows with 3-row tiles), as row r of the list
+    # API does, and as a vmap over the rows given those keys. Keys typed and raw, given to
+    # batch_loss eagerly (they used to be turned into tuples) and traced.
     for key in (jax.random.key(3), jax.random.PRNGKey(3)):
-        value, grad = jax.value_and_grad(
-            lambda t, key=key: rankax.batch_loss(rankax.blackbox_ap_loss, t, labels, key=key))(e)
         want_value, want_grad = jax.value_and_grad(lambda t, key=key: listwise(t, key))(e)
+        assert abs(float(want_value) - float(listwise(e))) > 1e-4  # the noise changes the loss
+        for block, tile in (("auto", None), (16, None), (7, 3 * 3 * b)):
+            value, grad = jax.value_and_grad(lambda t, key=key, block=block, tile=tile: rankax.batch_loss(
+                rankax.blackbox_ap_loss, t, labels, key=key, block_size=block, max_tile_elements=tile))(e)
+            np.testing.assert_allclose(value, want_value, rtol=1e-6, err_msg=str(block))
+            np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6, err_msg=str(block))
+        traced = jax.jit(jax.value_and_grad(lambda t, lab, k: rankax.batch_loss(
+            rankax.blackbox_ap_loss, t, lab, key=k, block_size=16)))
+        value, grad = traced(e, jnp.asarray(labels), key)
         np.testing.assert_allclose(value, want_value, rtol=1e-6)
         np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+    key = jax.random.key(3)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(b, dtype=jnp.uint32))
+    per_list = jax.vmap(lambda s, y, w, k: rankax.blackbox_ap_loss(s, y, where=w, key=k))
+    np.testing.assert_allclose(jnp.mean(per_list(e @ e.T, same, off, keys)), listwise(e, key), rtol=1e-6)
+    # One key per list, given whole: used as given (the batch path's form).
+    np.testing.assert_allclose(rankax.blackbox_ap_loss(e @ e.T, same, where=off, key=keys),
+                               listwise(e, key), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"key must be one key, or one per list \(shape \(48,\)\)"):
+        rankax.blackbox_ap_loss(e @ e.T, same, where=off, key=keys[:3])
+    with pytest.raises(ValueError, match="key must be one PRNG key"):
+        rankax.batch_loss(rankax.blackbox_ap_loss, e, labels, key=keys)
+    with pytest.raises(TypeError, match=r"batch_loss\(blackbox_ap_loss\): key must be None or a PRNG key"):
+        rankax.batch_loss(rankax.blackbox_ap_loss, e, labels, key=3)
 
 def test_normalized_softmax_reference():
     rng = np.random.default_rng(3)

@@ -76,6 +76,10 @@ SCRIPT = textwrap.dedent(
     # SupAP, ROADMAP and H-AP only.
     for fn in rankax.losses.LIST_LOSSES:
         check("every_" + fn.__name__, explicit, fn, lab, "shard_map", max_positives=3, capacity_limit=3)
+    # BlackBox AP's random margin: the list of query r draws from fold_in(key, r) on whichever
+    # device it sits (with the device's own rows it had repeated the first device's noise).
+    check("blackbox_key_shard_map", explicit, rankax.blackbox_ap_loss, lab, "shard_map", max_positives=3,
+          capacity_limit=3, key=jax.random.key(7))
     # The memory takes a batch sharded over the explicit mesh (smaller and larger than it).
     on_explicit = lambda x: jax.device_put(x, NamedSharding(explicit, P("data")))
     for size in (20, 40):
@@ -158,6 +162,12 @@ SCRIPT = textwrap.dedent(
             grad = jax.jit(jax.grad(lambda s, y: jnp.sum(per_list(s, y))))(s_, y_)
         results["explicit_list_" + fn.__name__] = [float(jnp.max(jnp.abs(value - want_value))),
                                                    float(jnp.max(jnp.abs(grad - want_grad)))]
+    # BlackBox AP's random margin on sharded lists: each list's draws, as on one device.
+    keyed = lambda s, y: rankax.losses.blackbox_ap_loss(s, y, reduce_fn=None, key=jax.random.key(5))
+    want_value = jax.jit(keyed)(lists, rel)
+    with jax.set_mesh(explicit):
+        value = jax.jit(keyed)(exp_put(lists), exp_put(rel))
+    results["explicit_list_blackbox_key"] = [float(jnp.max(jnp.abs(value - want_value))), 0.0]
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -185,6 +195,7 @@ def sharded_results(once_per_run):
         "supap_jit_named_sharding",
         "roadmap_pooled_include_self",
         "hap_paths_with_memory",
+        "blackbox_key_shard_map",
     ],
 )
 def test_sharded_equals_single_device(sharded_results, name):
@@ -240,7 +251,7 @@ def test_explicit_mesh_reshards_its_inputs(sharded_results):
     assert "global batch (30) must be divisible" in sharded_results["explicit_indivisible"]
 
 
-@pytest.mark.parametrize("name", ["blackbox_ap_loss", "supap_loss", "histogram_ap_loss"])
+@pytest.mark.parametrize("name", ["blackbox_ap_loss", "supap_loss", "histogram_ap_loss", "blackbox_key"])
 def test_list_losses_under_jit_on_an_explicit_mesh(sharded_results, name):
     """Values and gradients of lists sharded over an Explicit mesh equal the unsharded ones."""
     value_err, grad_err = sharded_results["explicit_list_" + name]

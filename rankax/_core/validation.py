@@ -293,6 +293,18 @@ def is_prng_key(x: Any) -> bool:
     return jnp.issubdtype(x.dtype, jax.dtypes.prng_key) or (x.dtype == jnp.uint32 and x.shape == (2,))
 
 
+def list_keys(key: jax.Array, ids: Any) -> jax.Array:
+    """Typed PRNG keys, one per list: ``fold_in(key, r)`` for each list id ``r`` in ``ids`` (a
+    raw ``uint32[2]`` key is wrapped first). A loss drawing per-item noise gives list ``r`` of its
+    ``[..., N]`` scores (``r`` the flat index over the leading axes) this key, and
+    ``rankax.batch_loss`` gives the list of query ``r`` of the batch the same one, so the noise
+    does not depend on how lists are split into blocks, devices or calls."""
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    ids = jnp.asarray(ids, jnp.uint32)
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, ids.reshape(-1)).reshape(ids.shape)
+
+
 def is_int_at_least(value: Any, low: int = 1) -> bool:
     """An int (Python or numpy, not bool) >= ``low``: a size, a count, a step."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= low

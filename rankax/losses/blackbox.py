@@ -23,9 +23,12 @@ only them, so an item's rank changes by the positives that cross it (``O(C * N)`
 from __future__ import annotations
 
 import functools
+import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from rankax import metrics, ranking
@@ -107,30 +110,39 @@ def _blackbox_rank_bwd(residuals, g):
 blackbox_rank.defvjp(_blackbox_rank_fwd, _blackbox_rank_bwd)
 
 
-def _blackbox_ap_kernel(scores, labels, where, positives=None, *, lambda_, margin, key):
-    """``1 - AP`` of one batch of lists ``[..., N]``: from sorted ranks of every item, or, with
-    ``positives`` (the slots ``batch_loss`` found), from counts against the positives' slots."""
-    is_pos = (labels > 0) & where
-    if key is None:
-        magnitude = jnp.ones_like(scores)
-    else:
-        magnitude = jnp.abs(jax.random.normal(key, scores.shape, scores.dtype))
-    # Positives are pushed down and negatives up by margin/2: AP asks for a gap of `margin`.
-    shifted = scores - margin * magnitude * (is_pos.astype(scores.dtype) - 0.5)
+def _blackbox_ap_kernel(scores, labels, where, positives=None, *, lambda_):
+    """``1 - AP`` of one batch of lists ``[..., N]`` of margin-shifted scores: from sorted ranks
+    of every item, or, with ``positives`` (their slots), from counts against the slots."""
     if positives is not None:
-        shift = margin * jnp.take_along_axis(magnitude, positives.index, axis=-1) * 0.5
-        return _slot_ap_loss(ranking.negative_scores(shifted, labels, where),
-                             positives.scores - shift, positives.mask, where, lambda_)
-    rank = blackbox_rank(shifted, where, lambda_)
+        return _slot_ap_loss(ranking.negative_scores(scores, labels, where),
+                             positives.scores, positives.mask, where, lambda_)
+    is_pos = (labels > 0) & where
+    rank = blackbox_rank(scores, where, lambda_)
     # Rank among positives: a constant of the ranking (no gradient), same normalisation.
     rank_pos = jax.lax.stop_gradient(
-        _normalised_ranks(shifted, is_pos)
+        _normalised_ranks(scores, is_pos)
         * jnp.maximum(jnp.sum(is_pos, -1, keepdims=True), 1)
         / jnp.maximum(jnp.sum(where, -1, keepdims=True), 1)
     )
     return 1.0 - metrics.ap_from_ranks(rank, rank_pos, is_pos, positives_lib.num_positives(labels, where))
 
 
+def _margin_shifts(scores: Array, margin: float | Array, key: jax.Array | None) -> Array:
+    """``[..., N]`` half-margins ``m |z_j| / 2`` (``m / 2`` without ``key``): one list draws its
+    ``z`` from ``key``, lists ``[..., N]`` list ``r`` (flat index over the leading axes) from
+    ``validation.list_keys(key, r)``, or each from its own when ``key`` has the lists' leading
+    shape (``rankax.batch_loss``)."""
+    if key is None:
+        return margin * jnp.ones_like(scores) * 0.5
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    lead, n = scores.shape[:-1], scores.shape[-1]
+    keys = key if key.shape == lead else validation.list_keys(key, np.arange(math.prod(lead)).reshape(lead))
+    z = jax.vmap(lambda k: jax.random.normal(k, (n,), scores.dtype))(keys.reshape(-1)).reshape(scores.shape)
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types:  # as the scores are
+        z = jax.sharding.reshard(z, jax.typeof(scores).sharding.spec)
+    return margin * jnp.abs(z) * 0.5
 def _slot_ap_loss(
     negatives: Array, anchors: Array, mask: Array, where: Array, lambda_: float | Array
 ) -> Array:
@@ -210,13 +222,33 @@ slot_ranks.defvjp(_slot_ranks_fwd, _slot_ranks_bwd)
 def _blackbox_ap_values(
     lists: listfn.Lists, *, lambda_: float, margin: float, key: jax.Array | None
 ) -> Array:
-    kernel = functools.partial(_blackbox_ap_kernel, lambda_=lambda_, margin=margin, key=key)
+    # Positives are pushed down and negatives up by margin/2: AP asks for a gap of `margin`.
+    shift = _margin_shifts(lists.scores, margin, key)
+    is_pos = (lists.labels > 0) & lists.where
+    lists = lists._replace(scores=lists.scores - jnp.where(is_pos, shift, -shift))
+    if lists.slots is not None:  # their scores: the lists' own, shifted the same way
+        slot_shift = jnp.take_along_axis(shift, lists.slots.index, axis=-1)
+        lists = lists._replace(slots=lists.slots._replace(scores=lists.slots.scores - slot_shift))
+    kernel = functools.partial(_blackbox_ap_kernel, lambda_=lambda_)
     if lists.slots is None and lists.max_positives is None:  # sort (any number of positives)
         return kernel(lists.scores, lists.labels, lists.where)
     return lists.gather(kernel)  # count against the slots batch_loss found, or max_positives
 
 
-@listfn.list_function(_blackbox_ap_values)
+def _check_key_type(hparams: dict[str, Any], caller: str) -> None:
+    key = hparams["key"]
+    if key is not None and not validation.is_prng_key(key):
+        raise TypeError(f"{validation.prefix(caller)}key must be None or a PRNG key (jax.random.key(0)), "
+                        f"got {key!r}")
+
+
+def _check_key_shape(key: Any, lead: tuple[int, ...]) -> None:
+    if key is not None and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape not in ((), lead):
+        raise ValueError(f"blackbox_ap_loss: key must be one key, or one per list (shape {lead}), "
+                         f"got shape {key.shape}")
+
+
+@listfn.list_function(_blackbox_ap_values, check_hparams=_check_key_type)
 def blackbox_ap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -238,7 +270,12 @@ def blackbox_ap_loss(
     on :math:`\\tilde s` with exact ranks (``H(0) = 1``); ``rank`` carries the blackbox gradient
     of the module docstring, ``rank+`` none. The authors' code draws the shift of each item as
     :math:`m |z| / 2`, :math:`z \\sim N(0, 1)`: pass ``key`` for that; without it the shift is
-    the deterministic ``m / 2`` (so the loss is a pure function of its inputs).
+    the deterministic ``m / 2`` (so the loss is a pure function of its inputs). One list
+    (``scores [N]``) draws its ``N`` values of ``z`` from ``key``; of lists ``[..., N]``, list
+    ``r`` (its flat index over the leading axes) draws them from ``jax.random.fold_in(key, r)``,
+    and ``rankax.batch_loss`` draws query ``r``'s list from the same key, whatever its blocks
+    or devices: the batch loss equals this function on the rows of ``E E^T``, and so does a
+    ``jax.vmap`` over the rows given the keys ``fold_in(key, r)``.
 
     Args:
       scores, labels, where, reduce_fn: as for every list loss.
@@ -251,7 +288,8 @@ def blackbox_ap_loss(
         the gradient is exactly 0 once :math:`\\lambda g` moves no score past another (tiny
         :math:`\\lambda`) and at most :math:`1/\\lambda` in size.
       margin: :math:`m` (0.02).
-      key: optional PRNG key for the random margin of the authors' code.
+      key: optional PRNG key for the random margin of the authors' code: one key, or typed keys
+        of the lists' leading shape (one per list, used as given).
 
     References:
       Rolínek, Musil, Paulus, Vlastelica, Michaelis, Martius. "Optimizing Rank-Based Metrics
@@ -259,6 +297,5 @@ def blackbox_ap_loss(
       "Differentiation of Blackbox Combinatorial Solvers." ICLR 2020.
     """
     lists = listfn.check(scores, labels, where, max_positives, caller="blackbox_ap_loss")
-    if key is not None and not validation.is_prng_key(key):
-        raise TypeError(f"blackbox_ap_loss: key must be None or a PRNG key (jax.random.key(0)), got {key!r}")
+    _check_key_shape(key, lists.scores.shape[:-1])
     return lists.reduce(_blackbox_ap_values(lists, lambda_=lambda_, margin=margin, key=key), reduce_fn)
