@@ -772,10 +772,12 @@ def with_references(
 ) -> tuple[Array, Array, Array | None]:
     """The items ranked by a batch's queries: the batch, then the references (no gradient).
 
-    Returns ``(items [B + M, D], item_labels, item_mask [B + M] or None)``. Empty reference
-    slots get, on every level, an id below every other (the smallest of the batch and the
-    filled slots, minus one), so they neither are relevant nor share a level's weight in
-    graded relevance, whatever ids the labels use.
+    Returns ``(items [B + M, D], item_labels, item_mask [B + M] or None)``; item labels are at
+    least int32. Empty reference slots get zero embeddings and, on every level, an id below
+    every other (the smallest of the batch and the filled slots, minus one; one above the
+    largest where the smallest is int32's least), so they neither are relevant nor share a
+    level's weight in graded relevance, whatever ids the labels use (ids that reach both ends
+    of int32 on one level leave no such id: then an empty slot shares the largest's).
     """
     name = "references"
     if memory is not None:
@@ -797,14 +799,21 @@ def with_references(
             f"batch {embeddings.shape} / {labels.shape}: same embedding dimension and label kind needed"
         )
     filled = ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1)))
-    ref_lab = ref_lab.astype(labels.dtype)
-    # An empty slot's id, on every level: one below every id of the batch and the filled slots,
-    # so it matches no item's (ids may be negative: -1 would join a class -1's level counts).
-    top = jnp.iinfo(labels.dtype).max
-    lowest = jnp.minimum(jnp.min(labels, axis=0), jnp.min(jnp.where(filled, ref_lab, top), axis=0))
-    ref_lab = jnp.where(filled, ref_lab, lowest - 1)
+    wide = jnp.promote_types(labels.dtype, jnp.int32)  # uint8 ids 0..255 leave no spare id
+    ref_lab = ref_lab.astype(wide)
+    # An empty slot's id, on every level: one below every id of the batch and the filled slots
+    # (above them if the lowest is the dtype's least), so it matches no item's (ids may be
+    # negative: -1 would join a class -1's level counts).
+    info = jnp.iinfo(wide)
+    lowest = jnp.minimum(jnp.min(labels, axis=0), jnp.min(jnp.where(filled, ref_lab, info.max), axis=0))
+    highest = jnp.maximum(jnp.max(labels, axis=0), jnp.max(jnp.where(filled, ref_lab, info.min), axis=0))
+    spare = jnp.where(lowest > info.min, lowest.astype(wide) - 1, highest.astype(wide) + 1)
+    ref_lab = jnp.where(filled, ref_lab, spare)
+    # Empty slots hold whatever was there (NaN included): zeros, so that no NaN reaches the
+    # gradient through the similarity matmul's backward pass (0 * NaN).
+    ref = jnp.where(ref_mask[:, None], ref, 0)
     items = jnp.concatenate([embeddings, jax.lax.stop_gradient(ref.astype(embeddings.dtype))])
-    item_labels = jnp.concatenate([labels, ref_lab])
+    item_labels = jnp.concatenate([labels.astype(wide), ref_lab])
     item_mask = jnp.concatenate([jnp.ones((embeddings.shape[0],), bool), ref_mask])
     return items, item_labels, item_mask
 
@@ -917,16 +926,17 @@ def batch_loss(
             counted, counted, query_index=np.arange(lab.shape[0]), include_self=include_self,
             relevance_fn=relevance_fn, caller=caller,
         )
-    elif capacity_limit is not None and (joined := _concrete_items(lab, reference_labels, reference_mask,
-                                                                    references, memory, caller)):
-        # Concrete labels with references or memory: an overflow raises here too (in the
-        # program the labels are traced, and it would turn the loss NaN).
+    elif joined := _concrete_items(lab, reference_labels, reference_mask, references, memory, caller):
+        # Concrete labels with references or memory: an overflow of the ladder's largest rung
+        # (capacity_limit, else the tile bound's) raises here too (in the program the labels
+        # are traced, and it would turn the loss NaN).
+        limit = ladder_limit(lab.shape[0], joined[0].shape[0], max_tile_elements, capacity_limit)
         most = exact_capacity(
             lab, joined[0], query_index=np.arange(lab.shape[0]), item_mask=joined[1],
             include_self=include_self, relevance_fn=relevance_fn, caller=caller,
         )
         if most is not None:
-            raise_on_overflow(most, capacity_limit, caller)
+            raise_on_overflow(most, limit, caller)
     # Sequences (ks=[1, 2] or np.array([1, 2])) are static cut-offs, compiled into the program.
     hparams = {k: _static_form(v) for k, v in hparams.items()}
     static = {k: v for k, v in hparams.items() if _is_static(v)}

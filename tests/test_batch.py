@@ -292,6 +292,61 @@ def test_empty_reference_slots_share_no_level_with_negative_path_ids():
     empty = xbm.init(4, 6, label_shape=(2,))
     np.testing.assert_allclose(rankax.batch_loss(rankax.hap_loss, emb, paths, memory=empty),
                                rankax.batch_loss(rankax.hap_loss, emb, paths), rtol=1e-6)
+    # Ids at the ends of their dtype: uint8 paths using 0 and 255 (an empty slot's id had
+    # wrapped from -1 to 255, joining the fine class 255 under the coarse class 255 that also
+    # holds class 2: graded relevance), and the same ids moved to int32's least; masked = removed.
+    small = np.array([[0, 0], [0, 0], [2, 255], [2, 255], [255, 255], [255, 255]], np.uint8)
+    emb6 = rng.normal(size=(6, 6)).astype(np.float32)
+    hap6 = functools.partial(rankax.batch_loss, rankax.hap_loss, emb6)
+    for ids in (small, small.astype(np.int32) + np.iinfo(np.int32).min):
+        refs_ids = np.array([ids[0], ids[0], ids[4]])
+        masked = hap6(ids, references=refs, reference_labels=refs_ids, reference_mask=mask)
+        removed = hap6(ids, references=refs[2:], reference_labels=refs_ids[2:])
+        np.testing.assert_allclose(masked, removed, rtol=1e-6, err_msg=str(ids.dtype))
+    np.testing.assert_allclose(hap6(small, references=refs[2:], reference_labels=small[4:5]),
+                               hap6(small.astype(np.int32), references=refs[2:],
+                                    reference_labels=small[4:5].astype(np.int32)), rtol=1e-6)
+
+
+def test_nan_in_an_empty_reference_slot_reaches_neither_value_nor_gradient():
+    """An empty slot holds no entry: a NaN left there is ignored by the value and (it had
+    turned a column of the gradient NaN through the matmul's backward pass) the gradient."""
+    from rankax import xbm
+
+    rng = np.random.default_rng(9)
+    emb = rng.normal(size=(8, 4)).astype(np.float32)
+    lab = np.repeat(np.arange(4), 2)
+    filled = xbm.update(xbm.init(6, 4), emb[:3] * 0.5, lab[:3])
+    nan_slot = filled._replace(embeddings=filled.embeddings.at[4, 0].set(jnp.nan))
+    refs = dict(references=nan_slot.embeddings, reference_labels=nan_slot.labels,
+                reference_mask=nan_slot.valid)
+    for fn in (supap_loss, rankax.smooth_ap_loss, rankax.blackbox_ap_loss):
+        grads = [jax.value_and_grad(lambda e, m=m, fn=fn: rankax.batch_loss(fn, e, lab, memory=m))(emb)
+                 for m in (filled, nan_slot)]
+        np.testing.assert_array_equal(grads[1][0], grads[0][0])
+        np.testing.assert_array_equal(grads[1][1], grads[0][1])
+        grad = jax.jit(jax.grad(lambda e, fn=fn: rankax.batch_loss(fn, e, lab, **refs)))(emb)
+        np.testing.assert_allclose(grad, grads[0][1], rtol=1e-6, atol=1e-10)  # finite, same
+
+
+def test_eager_overflow_with_memory_raises_at_the_default_limit():
+    """Concrete labels with a memory past the ladder's default largest rung (the tile bound's,
+    here 200 // 48 = 4): CapacityError naming the count, as with capacity_limit= given (it
+    returned NaN); under jit the labels are traced and the loss is NaN."""
+    from rankax import xbm
+
+    rng = np.random.default_rng(10)
+    emb = rng.normal(size=(8, 4)).astype(np.float32)
+    lab = np.repeat(np.arange(4), 2).astype(np.int32)
+    memory = xbm.update(xbm.init(40, 4), rng.normal(size=(40, 4)).astype(np.float32), np.zeros(40, np.int32))
+    with pytest.raises(batch.CapacityError, match=r"^batch_loss\(supap_loss\): a query has 41 positives "
+                                                  r"but capacity_limit=4"):
+        rankax.batch_loss(supap_loss, emb, lab, memory=memory, max_tile_elements=200)
+    value = jax.jit(lambda e, y, m: rankax.batch_loss(supap_loss, e, y, memory=m, max_tile_elements=200))(
+        emb, lab, memory)
+    assert np.isnan(value)
+    # Within the limit: no error (41 positives fit a tile bound of 41 * 48).
+    assert np.isfinite(rankax.batch_loss(supap_loss, emb, lab, memory=memory, max_tile_elements=41 * 48))
 
 
 def test_capacity_limit_raises_instead_of_dropping():
