@@ -483,6 +483,34 @@ def test_a_resume_that_fails_before_its_first_step_keeps_the_record(tmp_path, mo
     assert steps_on_disk(workdir)[-1] == 6
 
 
+def test_extending_a_finished_run_sets_its_metrics_aside(tmp_path, monkeypatch):
+    """A finished run given more steps: its metrics.json becomes metrics.step<N>.json as
+    training resumes, so a run stopped before its new end has no metrics.json that looks
+    final; the new end writes its own."""
+    from rankax.train import loop
+
+    workdir = str(tmp_path)
+    first = train_lib.train_and_evaluate(fault_config(num_steps=4), workdir)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        assert json.load(f) == pytest.approx(first)
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped during the extension")
+
+    monkeypatch.setattr(loop, "after_step", stopped)
+    with pytest.raises(RuntimeError, match="stopped during"):
+        train_lib.train_and_evaluate(fault_config(num_steps=6), workdir, allow_config_change=["num_steps"])
+    monkeypatch.undo()
+    assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+    with open(os.path.join(workdir, "metrics.step4.json")) as f:
+        assert json.load(f) == pytest.approx(first)
+    final = train_lib.train_and_evaluate(fault_config(num_steps=6), workdir,
+                                         allow_config_change=["num_steps"])
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        assert json.load(f) == pytest.approx(final)
+    assert os.path.exists(os.path.join(workdir, "metrics.step4.json"))
+
+
 def test_a_checkpoint_past_num_steps_is_refused(tmp_path):
     """Lowering num_steps (allowed) below the newest checkpoint would report the longer run's
     model as the shorter one's: refused, naming the key, and the record is left alone."""
@@ -539,6 +567,20 @@ def test_the_best_checkpoint_survives_a_resume(tmp_path):
     other.save(state(60), [], metrics={"recall@1": 0.6})
     assert other.steps() == [50, 60]
     other.close()
+
+
+def test_a_nan_evaluation_is_never_the_best_checkpoint(tmp_path):
+    """A diverged evaluation (NaN) ranks below every number: the best step survives it (orbax
+    had kept the NaN step as the best and deleted step 10)."""
+    state = lambda step: _toy_state(step, np.full(3, step, np.float32))
+    config = ml_collections.ConfigDict({"keep_checkpoints": 1, "best_metric": "map@r"})
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), config)
+    kept = []
+    for step, value in [(10, 0.5), (20, float("nan")), (30, 0.3), (40, float("nan"))]:
+        ckpt.save(state(step), [], metrics={"map@r": value})
+        kept.append(ckpt.steps())
+    assert kept == [[10], [10, 20], [10, 30], [10, 40]]
+    ckpt.close()
 
 
 def test_a_step_whose_bytes_changed_on_disk_is_not_restored(tmp_path, capsys):

@@ -150,8 +150,11 @@ class Checkpointer:
         best_metric = config.get("best_metric", "map@r")
         self.best_metric = best_metric
         # A step evaluated before best_metric changed (allowed config change, other eval_ks) may
-        # lack the key: it ranks last instead of failing every later save.
-        metric_of = lambda m: float(m.get(best_metric, -math.inf))  # noqa: E731
+        # lack the key, and a diverged evaluation is NaN: both rank last (orbax compared NaN as
+        # it came, kept a NaN step as the best and deleted the real one).
+        def metric_of(metrics: dict[str, Any]) -> float:
+            value = float(metrics.get(best_metric, -math.inf))
+            return -math.inf if math.isnan(value) else value
         policy = _POLICIES.AnyPreservationPolicy(
             policies=[
                 _POLICIES.LatestN(n=int(config.get("keep_checkpoints", 3))),

@@ -414,6 +414,7 @@ def train(run: Run, counter: dict[str, int]) -> None:
     guard = guards.NonFiniteGuard(config, run.workdir, train_step, run.labels, run.ckpt, run.history)
     meter, halted, pending = Meter(), False, None
     if run.start < config.num_steps and distributed.is_main():  # [multihost] process 0 logs
+        set_aside_final_metrics(run.workdir, run.start)
         print(
             f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
         )
@@ -435,6 +436,17 @@ def train(run: Run, counter: dict[str, int]) -> None:
         counter["steps"] += 1
         meter.tick(run.state, step, config.num_steps)
     meter.close()
+
+
+def set_aside_final_metrics(workdir: str, start: int) -> None:
+    """A run extended past its end (more steps): the ``metrics.json`` of that end, at step
+    ``start``, becomes ``metrics.step<start>.json``, so that a ``metrics.json`` always belongs
+    to the run's latest end, never to an earlier one while training goes on."""
+    path = os.path.join(workdir, "metrics.json")
+    if os.path.exists(path):
+        kept = os.path.join(workdir, f"metrics.step{start}.json")
+        os.replace(path, kept)
+        print(f"Training on past step {start}: its final metrics are now {kept}")
 
 
 def record_changes(run: Run) -> None:
