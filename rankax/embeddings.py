@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from rankax import batch
+from rankax._core import validation
 from rankax.batch import batch_loss
 
 Array = jax.Array
@@ -72,7 +73,7 @@ def lists_from_embeddings(
       ``where`` bool.
     """
     emb = jnp.asarray(embeddings)
-    lab = jnp.asarray(labels)
+    lab = validation.int_ids(labels, "labels", caller="lists_from_embeddings")
     if emb.ndim != 2 or emb.shape[1] == 0:
         raise ValueError(
             f"lists_from_embeddings: embeddings must be [B, D] with D >= 1, got shape {emb.shape}"
@@ -86,7 +87,8 @@ def lists_from_embeddings(
     if (references is None) != (reference_labels is None):
         raise ValueError("lists_from_embeddings: pass references and reference_labels together")
     ref = emb if references is None else jnp.asarray(references)
-    ref_lab = lab if reference_labels is None else jnp.asarray(reference_labels)
+    ref_lab = lab if reference_labels is None else validation.int_ids(
+        reference_labels, "reference_labels", caller="lists_from_embeddings")
     _check_dtypes(("references", ref), ("reference_labels", ref_lab))
     if ref.ndim != 2 or ref.shape[1] != emb.shape[1] or ref_lab.shape != ref.shape[:1]:
         raise ValueError(

@@ -64,10 +64,13 @@ def keep_freed_memory(max_chunk_bytes: int = 2**30) -> bool:
       True if the C library is glibc and accepted both settings; False elsewhere (other C
       libraries, e.g. macOS or musl), where nothing is changed.
     """
-    if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, int):
-        raise TypeError(f"max_chunk_bytes must be an int, got {type(max_chunk_bytes).__name__}")
+    if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, int | np.integer):
+        raise TypeError(f"keep_freed_memory: max_chunk_bytes must be an int, got "
+                        f"{type(max_chunk_bytes).__name__}")
+    max_chunk_bytes = int(max_chunk_bytes)
     if not 128 * 1024 <= max_chunk_bytes <= _INT_MAX:
-        raise ValueError(f"max_chunk_bytes must be in [131072, {_INT_MAX}] bytes, got {max_chunk_bytes}")
+        raise ValueError(f"keep_freed_memory: max_chunk_bytes must be in [131072, {_INT_MAX}] bytes, "
+                         f"got {max_chunk_bytes}")
     libc = _glibc()
     if libc is None:
         return False
@@ -96,6 +99,8 @@ def aligned_zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.float3
     handed to JAX and leave it alone after: the array JAX returns may share its memory. On
     accelerators the alignment changes nothing (the data are copied to the device anyway)."""
     dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise TypeError(f"aligned_zeros: dtype must hold plain numbers (a buffer JAX can use), got {dtype}")
     shape = (shape,) if isinstance(shape, int | np.integer) else tuple(shape)
     if not all(isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in shape):
         raise ValueError(f"aligned_zeros: shape must be non-negative ints, got {shape!r}")

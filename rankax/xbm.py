@@ -101,6 +101,12 @@ def init(
     if not isinstance(label_shape, tuple):
         raise TypeError(f"xbm.init: label_shape must be a tuple, () for class ids or (L,) for paths, "
                         f"got {label_shape!r}")
+    if len(label_shape) > 1 or not all(validation.is_int_at_least(n, 1) for n in label_shape):
+        raise ValueError(f"xbm.init: label_shape must be () for class ids or (L,) with L >= 1 for label "
+                         f"paths, got {label_shape!r}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"xbm.init: dtype must be a floating dtype (float32, bfloat16) for the stored "
+                        f"embeddings, got {jnp.dtype(dtype)}")
     if not jnp.issubdtype(label_dtype, jnp.signedinteger):
         raise TypeError(f"xbm.init: label_dtype must be a signed integer dtype (empty slots hold "
                         f"{EMPTY_LABEL}), got {jnp.dtype(label_dtype)}")

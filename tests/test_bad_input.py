@@ -494,6 +494,14 @@ def test_lists_from_embeddings_bad_input():
         make(emb, lab, emb[:3], np.array([0.5, 1.0, 2.0]))  # 0.5 would match no class
     with pytest.raises(TypeError, match="references must be floating point"):
         make(emb, lab, np.ones((3, emb.shape[1]), np.int32), lab[:3])
+    # int64 ids past int32: refused as batch_loss refuses them (JAX would wrap 2**32 onto 0).
+    wide = np.array([0, 2**32, 5], np.int64)
+    with pytest.raises(ValueError, match=r"lists_from_embeddings: labels: ids 0\.\.4294967296 do not fit"):
+        make(np.eye(3, dtype=np.float32), wide)
+    with pytest.raises(ValueError, match="lists_from_embeddings: reference_labels: ids"):
+        make(np.eye(3, dtype=np.float32), np.arange(3), np.eye(3, dtype=np.float32), wide)
+    np.testing.assert_array_equal(make(np.eye(3, dtype=np.float32), np.array([0, 2**31 - 1, 5]))[1],
+                                  np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]]))  # in range: kept
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -591,6 +599,12 @@ def test_memory_bad_input():
         xbm.init(4.0, 8)
     with pytest.raises(TypeError, match="label_dtype must be a signed integer dtype"):
         xbm.init(4, 8, label_dtype=jnp.float32)
+    # Refused at init, not later (an int memory truncated 0.7 to 0; a [M, 2, 3] label tensor).
+    with pytest.raises(TypeError, match="xbm.init: dtype must be a floating dtype .* got int32"):
+        xbm.init(4, 8, dtype=jnp.int32)
+    for shape in ((2, 3), (0,)):
+        with pytest.raises(ValueError, match=r"xbm.init: label_shape must be \(\) for class ids or \(L,\)"):
+            xbm.init(4, 8, label_shape=shape)
     with pytest.raises(TypeError, match="xbm.update: labels must be integer class ids"):
         xbm.update(filled, emb[:2], jnp.array([0.5, 1.7]))
 

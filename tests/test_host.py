@@ -49,8 +49,23 @@ def test_freed_memory_is_reused_without_page_faults():
 def test_keep_freed_memory_checks_its_argument():
     with pytest.raises(ValueError, match="max_chunk_bytes must be in"):
         host.keep_freed_memory(1024)
-    with pytest.raises(TypeError, match="max_chunk_bytes must be an int"):
+    with pytest.raises(TypeError, match="keep_freed_memory: max_chunk_bytes must be an int"):
         host.keep_freed_memory(2.0**30)
+    with pytest.raises(ValueError, match="keep_freed_memory: max_chunk_bytes must be in"):
+        host.keep_freed_memory(np.int64(1024))  # numpy ints are ints, checked as such
+
+
+def test_keep_freed_memory_takes_numpy_ints(monkeypatch):
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, option, value):
+            calls.append((option, value, type(value)))
+            return 1
+
+    monkeypatch.setattr(host, "_glibc", lambda: FakeLibc())
+    assert host.keep_freed_memory(np.int64(2**20)) is True
+    assert calls[0][1:] == (2**20, int)  # handed to ctypes as a Python int
 
 
 def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
@@ -79,6 +94,11 @@ def test_aligned_zeros_are_zeros_on_the_boundary(shape, dtype):
     np.testing.assert_array_equal(a, expected)
     if a.size:
         assert a.ctypes.data % host.XLA_CPU_ALIGNMENT == 0
+
+
+def test_aligned_zeros_refuses_object_dtypes():
+    with pytest.raises(TypeError, match="aligned_zeros: dtype must hold plain numbers"):
+        host.aligned_zeros((2,), object)
 
 
 @pytest.mark.parametrize("shape", [(-1,), (3, -2), (2.0, 3), (True,)])
