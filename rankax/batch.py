@@ -963,7 +963,7 @@ _SET_BY_BATCH_LOSS = {
 
 
 def _check_loss_options(
-    loss_fn, hparams, references, reference_labels, reference_mask, caller
+    loss_fn, hparams, references, reference_labels, reference_mask, caller, options_of=None
 ) -> dict[str, Any]:
     """Eager checks of :func:`batch_loss`'s keywords, before anything is traced: hyperparameters
     of ``loss_fn`` (names, and the ranges of concrete values: inside the compiled program every
@@ -994,13 +994,14 @@ def _check_loss_options(
         return hparams
     unknown = [k for k in hparams if k not in params]
     if unknown:
-        options = sorted(p for p in inspect.signature(batch_loss).parameters
-                         if p not in ("loss_fn", "embeddings", "labels", "hparams"))
+        options = sorted(p for p in inspect.signature(options_of or batch_loss).parameters
+                         if p not in ("loss_fn", "embeddings", "labels", "hparams", "mesh", "axis_name"))
         own = [p for p in params if p not in ("scores", "labels", *_SET_BY_BATCH_LOSS)]
         close = difflib.get_close_matches(unknown[0], options + own, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        factory = (options_of or batch_loss).__name__
         raise TypeError(
-            f"{caller} got an unknown argument {unknown[0]!r}{hint} (batch_loss options: "
+            f"{caller} got an unknown argument {unknown[0]!r}{hint} ({factory} options: "
             f"{', '.join(options)}; {name} hyperparameters: {', '.join(own)})"
         )
     checker(dict(hparams), caller=caller, warn=False)  # names and ranges; traced values pass

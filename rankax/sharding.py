@@ -69,14 +69,26 @@ __all__ = [
 AxisName = str | tuple[str, ...]
 
 
-def _axis_size(mesh: Mesh, axis_name: AxisName) -> int:
+def _axis_size(mesh: Mesh, axis_name: AxisName, caller: str) -> int:
     names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+    if len(set(names)) < len(names):
+        raise ValueError(f"{caller}: axis_name {axis_name!r} repeats an axis: name each mesh axis once")
     size = 1
     for name in names:
         if name not in mesh.shape:
-            raise ValueError(f"axis {name!r} is not an axis of the mesh {dict(mesh.shape)}")
+            raise ValueError(f"{caller}: axis_name {name!r} is not an axis of the mesh {dict(mesh.shape)}: "
+                             f"pass one of {tuple(mesh.shape)}")
         size *= mesh.shape[name]
     return size
+
+
+#: batch_loss's arguments that loss_of takes instead, or that the sharded loss does not take.
+_NOT_FACTORY_OPTIONS = {
+    "memory": "pass the cross-batch memory to the returned function: loss_of(embeddings, labels, memory)",
+    "references": "the sharded loss ranks the global batch and an optional memory only: keep the "
+    "references in an XBM (rankax.xbm) and pass it as loss_of(embeddings, labels, memory), or use "
+    "rankax.batch_loss",
+}
 
 
 def sharded_batch_loss(
@@ -119,7 +131,12 @@ def sharded_batch_loss(
     if not (isinstance(axis_name, str) or (isinstance(axis_name, tuple) and all(
             isinstance(a, str) for a in axis_name))):
         raise TypeError(f"{caller}: axis_name must be a mesh axis name or a tuple of them, got {axis_name!r}")
-    hparams = batch._check_loss_options(loss_fn, hparams, None, None, None, caller)  # names, ranges: now
+    for name in ("memory", "references", "reference_labels", "reference_mask"):
+        if name in hparams:
+            reason = _NOT_FACTORY_OPTIONS.get(name, _NOT_FACTORY_OPTIONS["references"])
+            raise TypeError(f"{caller}: {name}= is not an option of sharded_batch_loss: {reason}")
+    hparams = batch._check_loss_options(loss_fn, hparams, None, None, None, caller,
+                                        options_of=sharded_batch_loss)  # names, ranges: now
     kwargs = dict(
         include_self=include_self,
         max_positives=max_positives,
@@ -134,25 +151,29 @@ def sharded_batch_loss(
         _local_loss, loss_fn, axis_name=axis_name, caller=caller, hparams=hparams, kwargs=kwargs
     )
     batch_spec = PartitionSpec(axis_name)
-    without_memory = jax.shard_map(
+    # Jitted: an eager loss_of compiles once per shape (an eager shard_map traced and compiled
+    # its body at every call); inside the caller's jit they are inlined.
+    without_memory = jax.jit(jax.shard_map(
         lambda emb, lab: local(emb, lab, None),
         mesh=mesh,
         in_specs=(batch_spec, batch_spec),
         out_specs=PartitionSpec(),
-    )
-    with_memory = jax.shard_map(
+    ))
+    with_memory = jax.jit(jax.shard_map(
         local,
         mesh=mesh,
         in_specs=(batch_spec, batch_spec, PartitionSpec()),  # the memory is replicated
         out_specs=PartitionSpec(),
-    )
-    num_shards = _axis_size(mesh, axis_name)
+    ))
+    num_shards = _axis_size(mesh, axis_name, caller)
     names = (axis_name,) if isinstance(axis_name, str) else axis_name
     types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
     explicit = any(types[a] == jax.sharding.AxisType.Explicit for a in names)
 
     def loss_of(embeddings: Array, labels: Array, memory: Any = None) -> Array:
         batch.check_batch(embeddings, labels, values=False, caller=caller)  # shapes, dtypes first
+        if memory is not None:
+            batch._check_memory(memory, None, caller)
         _check_global(embeddings, memory, num_shards, axis_name, caller)  # the batch divides the mesh
         if explicit:  # shard_map wants its in_specs as the arrays' types; others reshard alone
             embeddings, labels = (_reshard(x, mesh, batch_spec) for x in (embeddings, labels))
@@ -256,7 +277,9 @@ def _check_global(embeddings: Array, memory: Any, num_shards: int, axis_name: Ax
     b = jnp.shape(embeddings)[0]
     if b % num_shards:
         raise ValueError(
-            f"the global batch ({b}) must be divisible by the size of axis {axis_name!r} ({num_shards})"
+            f"{caller}: the global batch ({b}) must be divisible by the size of axis {axis_name!r} "
+            f"({num_shards}): give every device the same number of rows (pad the batch, or choose a "
+            f"batch size that is a multiple of {num_shards})"
         )
     validation.check_finite(embeddings, "embeddings", caller=caller)
     if memory is not None:

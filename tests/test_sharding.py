@@ -248,7 +248,9 @@ def test_sharded_jit_overflow_is_nan_not_a_hang(sharded_results, mode):
 def test_explicit_mesh_reshards_its_inputs(sharded_results):
     want, got = sharded_results["explicit_any_sharding"]
     np.testing.assert_allclose(got, [want] * 3, rtol=1e-6)
-    assert "global batch (30) must be divisible" in sharded_results["explicit_indivisible"]
+    message = sharded_results["explicit_indivisible"]
+    assert message.startswith("sharded_batch_loss(supap_loss): the global batch (30) must be divisible")
+    assert "a multiple of 8" in message
 
 
 @pytest.mark.parametrize("name", ["blackbox_ap_loss", "supap_loss", "histogram_ap_loss", "blackbox_key"])
@@ -265,8 +267,21 @@ def test_batch_must_divide_the_mesh():
     from rankax.losses import supap_loss
 
     mesh = jax.make_mesh((1,), ("data",))
-    with pytest.raises(ValueError, match="not an axis"):
+    with pytest.raises(ValueError, match=r"^sharded_batch_loss\(supap_loss\): axis_name 'model' is not an "
+                                         r"axis of the mesh \{'data': 1\}: pass one of \('data',\)"):
         sharding.sharded_batch_loss(supap_loss, mesh, "model")
+    with pytest.raises(ValueError, match=r"axis_name \('data', 'data'\) repeats an axis"):
+        sharding.sharded_batch_loss(supap_loss, mesh, ("data", "data"))
+    # batch_loss's memory/references: the memory goes to loss_of, references are not taken.
+    with pytest.raises(TypeError, match=r"memory= is not an option of sharded_batch_loss: pass the cross-batch "
+                                        r"memory to the returned function: loss_of\(embeddings, labels, memory\)"):
+        sharding.sharded_batch_loss(supap_loss, mesh, memory=None)
+    with pytest.raises(TypeError, match="reference_mask= is not an option of sharded_batch_loss: the sharded"):
+        sharding.sharded_batch_loss(supap_loss, mesh, reference_mask=None)
+    with pytest.raises(TypeError, match=r"\(sharded_batch_loss options: block_size, capacity_limit, "
+                                        r"include_self, max_positives, max_tile_elements, precision, "
+                                        r"relevance_fn;"):
+        sharding.sharded_batch_loss(supap_loss, mesh, blok_size=3)
     # Built with bad arguments: refused at once, not at the first call.
     with pytest.raises(TypeError, match="loss_fn must be a list loss"):
         sharding.sharded_batch_loss("supap", mesh)
@@ -280,3 +295,28 @@ def test_batch_must_divide_the_mesh():
         sharding.sharded_batch_loss(supap_loss, mesh, temperature=-1.0)
     loss_of = sharding.sharded_batch_loss(supap_loss, mesh, "data")
     assert callable(loss_of)
+    emb, lab = np.ones((4, 3), np.float32), np.arange(4) // 2
+    with pytest.raises(TypeError, match=r"sharded_batch_loss\(supap_loss\): memory must be a rankax.xbm.XBM"):
+        loss_of(emb, lab, (emb, lab))
+
+
+def test_an_eager_sharded_loss_compiles_once_per_shape(monkeypatch):
+    """Eager calls of loss_of reuse one compiled program (an eager shard_map had traced and
+    compiled its body at every call: 12 s each for a 16-row batch on 2 CPU devices)."""
+    import jax
+
+    import rankax
+    from rankax import sharding
+
+    traced = []
+    local = sharding._local_loss
+    monkeypatch.setattr(sharding, "_local_loss", lambda *a, **k: traced.append(1) or local(*a, **k))
+    mesh = jax.make_mesh((1,), ("data",))
+    loss_of = sharding.sharded_batch_loss(rankax.supap_loss, mesh, "data")
+    rng = np.random.default_rng(0)
+    emb, lab = rng.normal(size=(8, 4)).astype(np.float32), np.repeat(np.arange(4), 2)
+    values = [float(loss_of(emb, lab)) for _ in range(3)]
+    assert len(traced) == 1
+    np.testing.assert_allclose(values, [float(rankax.batch_loss(rankax.supap_loss, emb, lab))] * 3, rtol=1e-6)
+    loss_of(emb[:6], lab[:6])  # another shape: compiled once more
+    assert len(traced) == 2
