@@ -273,10 +273,11 @@ def test_batch_must_divide_the_mesh():
     with pytest.raises(ValueError, match=r"axis_name \('data', 'data'\) repeats an axis"):
         sharding.sharded_batch_loss(supap_loss, mesh, ("data", "data"))
     # batch_loss's memory/references: the memory goes to loss_of, references are not taken.
-    with pytest.raises(TypeError, match=r"memory= is not an option of sharded_batch_loss: pass the cross-batch "
-                                        r"memory to the returned function: loss_of\(embeddings, labels, memory\)"):
+    with pytest.raises(TypeError, match=r"memory= is not an option of sharded_batch_loss: pass the "
+                                        r"cross-batch memory to the returned function: "
+                                        r"loss_of\(embeddings, labels, memory\)"):
         sharding.sharded_batch_loss(supap_loss, mesh, memory=None)
-    with pytest.raises(TypeError, match="reference_mask= is not an option of sharded_batch_loss: the sharded"):
+    with pytest.raises(TypeError, match="reference_mask= is not an option of sharded_batch_loss: the "):
         sharding.sharded_batch_loss(supap_loss, mesh, reference_mask=None)
     with pytest.raises(TypeError, match=r"\(sharded_batch_loss options: block_size, capacity_limit, "
                                         r"include_self, max_positives, max_tile_elements, precision, "
