@@ -349,6 +349,25 @@ def test_scann_recall_function():
     assert retrieval.scann_recall(x[:200], x, k=5, config="brute_force")["recall@5"] == 1.0
 
 
+def test_scann_recall_checks_its_arguments_before_the_build(monkeypatch):
+    """A bad argument is named before ScaNN builds (minutes at a million items)."""
+    from rankax.retrieval import scann_backend
+
+    def build(*args, **kwargs):
+        raise AssertionError("the searcher was built before the arguments were checked")
+
+    monkeypatch.setattr(scann_backend, "build_searcher", build)
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    cases = [((x[:5, :3], x), {}, "gallery has dimension 4 but queries have dimension 3"),
+             ((x[:5], x), {"k": 51}, "k must be at most 50"),
+             ((x[:5], x), {"block_size": 0}, "scann_recall: block_size must be an int >= 1"),
+             ((x[:5], None), {}, "scann_recall: gallery must be an"),
+             ((x[:5] * np.nan, x), {}, "queries")]
+    for args, kwargs, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            scann_backend.scann_recall(*args, **kwargs)
+
+
 @needs_scann
 @pytest.mark.parametrize("d", [2, 5])
 def test_scann_tree_with_fewer_dimensions_than_a_hash_block(d):
