@@ -543,6 +543,23 @@ def test_retrieval_options_are_checked_up_front(call, error, match):
         call(q, g, y)
 
 
+def test_scores_that_could_overflow_float32_are_refused():
+    """Embeddings of norm 3e20: every q . g overflows float32, and R@1 was 1.0 (ranks of inf
+    scores). The bound is Cauchy-Schwarz's: norms whose product passes half of float32's
+    largest value; normalize=True (scale-safe) and norms up to 1e19 pass."""
+    q, g, y = _retrieval_data()
+    big = q / np.linalg.norm(q, axis=1, keepdims=True) * np.float32(3e20)
+    for call in (lambda: R.evaluate(big, y), lambda: R.knn(big, k=2), lambda: R.knn(q * 1e19, big, k=2)):
+        with pytest.raises(ValueError, match=r"scores could overflow float32: the largest query and gallery "
+                                             r"norms are .*; rescale the embeddings or pass normalize=True"):
+            call()
+    assert R.evaluate(big, y, normalize=True) == R.evaluate(q, y, normalize=True)
+    fine = q / np.linalg.norm(q, axis=1, keepdims=True) * np.float32(1e19)  # 1e38 < 1.7e38
+    unit = q / np.linalg.norm(q, axis=1, keepdims=True)
+    np.testing.assert_array_equal(R.knn(fine, k=2)[1], R.knn(unit, k=2)[1])
+    np.testing.assert_array_equal(R.knn(q, big, k=2)[1], R.knn(q, unit, k=2)[1])  # 6e20: fine
+
+
 def test_knn_bad_k_leaves_nothing_behind():
     """A rejected ``k`` must not reach the compiled-program cache (it once poisoned it)."""
     q, g, _ = _retrieval_data()

@@ -258,6 +258,8 @@ def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: boo
     if normalize:
         queries = l2_normalize_host(queries)
         gallery = queries if self_excluded else l2_normalize_host(gallery)
+    else:
+        exact.check_score_range(queries, gallery, "evaluate")
     return _Sets(queries, query_labels, gallery, gallery_labels, self_excluded)
 
 

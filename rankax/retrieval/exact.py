@@ -95,6 +95,32 @@ def _host_pool() -> concurrent.futures.ThreadPoolExecutor:
 os.register_at_fork(after_in_child=_host_pool.cache_clear)
 
 
+def check_score_range(queries: np.ndarray, gallery: np.ndarray, caller: str) -> None:
+    """A ValueError where a float32 score ``q . g`` could overflow: where the largest query
+    and gallery norms (Cauchy-Schwarz; first bounded by ``D * max|q| * max|g|``, one pass of
+    each) multiply past half of float32's largest value, rather than ranking by infinite
+    scores. Embeddings of norm below about ``1e19`` always pass."""
+    limit = float(np.finfo(np.float32).max) / 2
+
+    def peak(x: np.ndarray, fn) -> float:
+        return max(_by_row_chunks(lambda lo, hi: fn(x[lo:hi]), len(x)))
+
+    def abs_max(block):
+        return float(np.max(np.abs(block)))
+
+    def norm_max(block):
+        return float(np.linalg.norm(block.astype(np.float64), axis=1).max())
+
+    if queries.shape[1] * peak(queries, abs_max) * peak(gallery, abs_max) <= limit:
+        return
+    nq, ng = peak(queries, norm_max), peak(gallery, norm_max)
+    if nq * ng > limit:
+        raise ValueError(
+            f"{caller}: scores could overflow float32: the largest query and gallery norms are "
+            f"{nq:.3g} and {ng:.3g}; rescale the embeddings or pass normalize=True (cosine similarity)"
+        )
+
+
 def _by_row_chunks(fn, num_rows: int) -> list:
     """``[fn(lo, hi), ...]`` over consecutive row ranges of at most :data:`HOST_CHUNK_ROWS`,
     run on the host's cores: numpy's copies, gathers and ufuncs release the GIL, and a
@@ -338,6 +364,7 @@ def check_knn(
         raise ValueError(
             f"gallery has dimension {gallery.shape[1]} but queries have dimension {queries.shape[1]}"
         )
+    check_score_range(queries, gallery, "knn")
     n = gallery.shape[0] - (1 if self_excluded else 0)
     k = validation.check_int("k", k)
     if n < 1:
