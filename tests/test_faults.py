@@ -509,6 +509,12 @@ def test_extending_a_finished_run_sets_its_metrics_aside(tmp_path, monkeypatch):
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert json.load(f) == pytest.approx(final)
     assert os.path.exists(os.path.join(workdir, "metrics.step4.json"))
+    # Its final checkpoint unreadable, the run resumes from step 4, but the metrics set aside are
+    # those of its end at step 6: named by the history written with them.
+    truncate_step(workdir, 6)
+    train_lib.train_and_evaluate(fault_config(num_steps=8), workdir, allow_config_change=["num_steps"])
+    with open(os.path.join(workdir, "metrics.step6.json")) as f:
+        assert json.load(f) == pytest.approx(final)
 
 
 def test_a_checkpoint_past_num_steps_is_refused(tmp_path):

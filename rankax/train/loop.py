@@ -131,9 +131,10 @@ def _remove_contents(workdir: str, made: str | None) -> None:
 
 def pretrained_warning(config: Config) -> str | None:
     """A warning when a paper config's backbone (ResNet/DeiT/ViT) has no ``model.pretrained``
-    weights: the papers fine-tune ImageNet weights, random ones do not reproduce them."""
+    weights: the papers fine-tune ImageNet weights, random ones do not reproduce them. A config
+    whose official run trains from scratch (DyML) sets ``model.pretrained = ""``: no warning."""
     name = str(config.model.name)
-    if name == "mlp" or config.model.get("pretrained", None):
+    if name == "mlp" or config.model.get("pretrained", None) is not None:
         return None
     return (
         f"WARNING: config.model.pretrained is not set: {name} starts from random weights, far from "
@@ -414,7 +415,7 @@ def train(run: Run, counter: dict[str, int]) -> None:
     guard = guards.NonFiniteGuard(config, run.workdir, train_step, run.labels, run.ckpt, run.history)
     meter, halted, pending = Meter(), False, None
     if run.start < config.num_steps and distributed.is_main():  # [multihost] process 0 logs
-        set_aside_final_metrics(run.workdir, run.start)
+        set_aside_final_metrics(run.workdir)
         print(
             f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
         )
@@ -438,15 +439,22 @@ def train(run: Run, counter: dict[str, int]) -> None:
     meter.close()
 
 
-def set_aside_final_metrics(workdir: str, start: int) -> None:
-    """A run extended past its end (more steps): the ``metrics.json`` of that end, at step
-    ``start``, becomes ``metrics.step<start>.json``, so that a ``metrics.json`` always belongs
-    to the run's latest end, never to an earlier one while training goes on."""
+def set_aside_final_metrics(workdir: str) -> None:
+    """A run extended past its end (more steps): the ``metrics.json`` of that end becomes
+    ``metrics.step<N>.json``, N the last step of the ``history.json`` written with it (the
+    resume may start from an earlier checkpoint), so that a ``metrics.json`` always belongs to
+    the run's latest end, never to an earlier one while training goes on."""
     path = os.path.join(workdir, "metrics.json")
-    if os.path.exists(path):
-        kept = os.path.join(workdir, f"metrics.step{start}.json")
-        os.replace(path, kept)
-        print(f"Training on past step {start}: its final metrics are now {kept}")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(os.path.join(workdir, "history.json")) as f:
+            name = f"metrics.step{int(json.load(f)[-1]['step'])}.json"
+    except (OSError, ValueError, LookupError, TypeError):  # no readable history: no step to name
+        name = "metrics.previous.json"
+    kept = os.path.join(workdir, name)
+    os.replace(path, kept)
+    print(f"Training past the run's earlier end: its final metrics are now {kept}")
 
 
 def record_changes(run: Run) -> None:
