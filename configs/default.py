@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"
     c.model.embedding_dim = 64
-    c.model.pretrained = ml_collections.FieldReference(None, field_type=str)  # .pth/.npz weights
+    # .pth/.npz weights; None: not set (paper backbones warn); "": from scratch on purpose
+    c.model.pretrained = ml_collections.FieldReference(None, field_type=str)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "supap"

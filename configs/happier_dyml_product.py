@@ -35,6 +35,7 @@ EPOCHS = 20  # README max_iter=20
 def get_config():
     c = happier_dyml_vehicle.get_config(variant="product", weights=(0.9, 0.1))
     c.model.frozen_bn = True  # freeze_batch_norm: True
+    c.model.pretrained = None  # ImageNet weights (pretrained: True): set the path, or be warned
     c.optimizer.update(lr=0.01, head_lr=0.02, final_lr=1e-5)
     c.loss.terms.cluster.optimizer.update(lr=0.02, final_lr=1e-5)
     common.frozen_warmup(c, 5)

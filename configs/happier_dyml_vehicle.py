@@ -48,6 +48,7 @@ def get_config(variant="vehicle", weights=(0.9, 0.1)):
     c.seed = 0
     common.dyml(c, variant, root=f"~/datasets/dyml_{variant}")
     common.resnet(c, "resnet34", feature_norm="layernorm")  # backbone_name: resnet34
+    c.model.pretrained = ""  # pretrained: False -- from scratch, on purpose (no warning)
     c.model.frozen_bn = False  # freeze_batch_norm: False
     common.hap_loss(c, start=0.5, offset=1.44)
     c.loss.include_self = True

@@ -226,6 +226,13 @@ def test_missing_tfds_and_unset_pretrained_weights_are_explained(monkeypatch):
     config = roadmap_cub_resnet50.get_config()
     assert "--config.model.pretrained=" in train_lib.pretrained_warning(config)
     assert train_lib.pretrained_warning(tiny_config()) is None
+    # DyML's official runs train ResNet-34 from scratch (model/dyml_resnet34.yaml: pretrained:
+    # False): model.pretrained = "" says so, and no warning; DyML-Product fine-tunes ImageNet.
+    from configs import happier_dyml_animal, happier_dyml_product, happier_dyml_vehicle
+
+    assert train_lib.pretrained_warning(happier_dyml_vehicle.get_config()) is None
+    assert train_lib.pretrained_warning(happier_dyml_animal.get_config()) is None
+    assert "resnet34.pth" in train_lib.pretrained_warning(happier_dyml_product.get_config())
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"pip install 'rankax\[data\]'"):
         input_pipeline.load(config)
