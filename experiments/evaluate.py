@@ -16,7 +16,8 @@ restored without changing anything in the workdir, the test split of the config'
 its gallery, if any) is embedded and evaluated as the training run evaluates it: its
 ``eval_ks`` and ``eval_backend`` unless ``--ks`` / ``--backend`` are given, and its
 ``eval_protocol`` (``revisited`` / ``landmarks`` runs get their protocol's metrics);
-``--save_embeddings FILE.npz`` also writes those embeddings.
+``--save_embeddings FILE.npz`` also writes those embeddings. The metrics of a workdir include
+``step``, the checkpoint evaluated.
 
 Input files are ``.npz`` archives with two arrays:
 
@@ -96,6 +97,12 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
             )
         cfg = cli.config_from_record(record["config"])
     cli.apply_overrides(cfg, overrides)
+    from rankax.train import ConfigError, config_checks
+
+    try:  # the checks of experiments.train: a bad override is one line naming the key
+        config_checks.check_config(cfg)
+    except ConfigError as err:
+        raise cli.CliError(f"{flag}: {err}") from None
     return cfg
 
 
@@ -113,8 +120,9 @@ def restore(cfg, checkpoint: str, step: int | None, flag: str):
 
 
 def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag: str = "--checkpoint"):
-    """``(embed_fn, inputs, labels, gallery_inputs, gallery_labels)`` for the test split of
-    ``cfg`` embedded by the model restored from the training workdir ``checkpoint``.
+    """``(embed_fn, inputs, labels, gallery_inputs, gallery_labels, step)`` for the test split
+    of ``cfg`` embedded by the model restored from the training workdir ``checkpoint`` (at
+    ``step``).
 
     The embeddings are computed here (datasets may not fit in memory as images), so
     ``embed_fn`` is the identity on them.
@@ -129,7 +137,7 @@ def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag
     queries = embed_in_batches(embed, data.test, bs, share=share)
     gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs, share=share)
     gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)
-    return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels
+    return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels, int(state.step)
 
 
 def format_table(metrics: dict) -> str:
@@ -235,14 +243,14 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.get("eval_protocol", "retrieval") != "retrieval":  # revisited / landmarks
             _check_protocol_flags(args, cfg.eval_protocol)
             return _report(args, overrides, backend, _protocol_metrics(cfg, args), main_process)
-        embed_fn, inputs, labels, gallery, gallery_labels = embed_fn_from_checkpoint(
+        embed_fn, inputs, labels, gallery, gallery_labels, step = embed_fn_from_checkpoint(
             cfg, args.checkpoint, args.step, args.flag
         )
         if args.save_embeddings and main_process:
             pathlib.Path(args.save_embeddings).parent.mkdir(parents=True, exist_ok=True)
             np.savez(args.save_embeddings, **{NPZ_EMBEDDINGS: inputs, NPZ_LABELS: labels})
     else:
-        embed_fn = np.asarray  # precomputed embeddings: the identity
+        embed_fn, step = np.asarray, None  # precomputed embeddings: the identity
         inputs, labels = load_npz(args.embeddings)
         if args.gallery:
             gallery, gallery_labels = load_npz(args.gallery)
@@ -258,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
         source = args.embeddings or args.checkpoint
         raise cli.CliError(f"{source}: {err}") from None
     metrics["seconds"] = time.perf_counter() - start
+    if step is not None:  # the checkpoint evaluated (the best one under model_selection="best")
+        metrics["step"] = step
     return _report(args, overrides, backend, metrics, main_process)
 
 
@@ -285,8 +295,14 @@ def _protocol_metrics(cfg, args) -> dict:
 
     state, data = restore(cfg, args.checkpoint, args.step, args.flag)
     start = time.perf_counter()
-    metrics = evaluators.evaluate_state(cfg, state, data)
+    try:
+        metrics = evaluators.evaluate_state(cfg, state, data)
+    except ValueError as err:  # the protocol's own config keys (named in the message)
+        if not str(err).startswith("config."):
+            raise
+        raise cli.CliError(f"{args.flag}: {err}") from None
     metrics["seconds"] = time.perf_counter() - start
+    metrics["step"] = int(state.step)
     return metrics
 
 

@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import re
+import types
 
 import numpy as np
 import pytest
@@ -83,6 +85,28 @@ def test_cli_scann_leaves_to_search(tmp_path, monkeypatch):
     monkeypatch.setattr(retrieval.evaluator, "evaluate", spy)
     cli.main(["--embeddings", path, "--backend", "scann", "--scann_leaves_to_search", "3"])
     assert seen["scann_options"] == {"leaves_to_search": 3} and seen["backend"] == "scann"
+
+
+def test_cli_checks_config_overrides_as_train_does(tmp_path, monkeypatch):
+    """--config.* overrides of a workdir's recorded config are checked as experiments.train
+    checks them (they ended in a ZeroDivisionError or a flax traceback), and a protocol's own
+    config errors are one line too."""
+    digits = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+    for override, message in [(("eval_batch_size", "0"), "config.eval_batch_size must be an int >= 1, got 0"),
+                              (("model.embedding_dim", "0"), "config.model.embedding_dim must be None or")]:
+        with pytest.raises(cli.cli.CliError, match=f"^error: --workdir: {re.escape(message)}"):
+            cli.workdir_config(str(tmp_path), str(digits), [override])
+    from rankax.train import evaluators
+
+    monkeypatch.setattr(cli, "restore", lambda *a: (None, None))
+
+    def evaluate_state(cfg, state, data):
+        raise ValueError("config.eval_protocol='revisited' needs a dataset with a gallery")
+
+    monkeypatch.setattr(evaluators, "evaluate_state", evaluate_state)
+    args = types.SimpleNamespace(checkpoint=str(tmp_path), step=None, flag="--workdir")
+    with pytest.raises(cli.cli.CliError, match=r"^error: --workdir: config.eval_protocol=.revisited. needs"):
+        cli._protocol_metrics(None, args)
 
 
 @pytest.mark.parametrize("protocol", ["revisited", "landmarks"])

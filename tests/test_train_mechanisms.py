@@ -402,7 +402,7 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_params(tmp_path):
         state.build_model(tiny_config(precision="fp16"))
 
 
-def test_best_model_selection_reports_the_best_checkpoint(tmp_path):
+def test_best_model_selection_reports_the_best_checkpoint(tmp_path, capsys):
     """A negative loss weight makes training worsen retrieval, so the best evaluation is an
     early one; the reported metrics are those recorded at that step (its checkpoint restored
     and evaluated again) and the best of all evaluations."""
@@ -422,9 +422,13 @@ def test_best_model_selection_reports_the_best_checkpoint(tmp_path):
     # experiments.evaluate --workdir reports that model too (it restored the newest, step 12).
     from experiments import evaluate as evaluate_cli
 
+    capsys.readouterr()
     again = evaluate_cli.main(["--workdir", str(tmp_path)])
     for k in ("recall@1", "map@r"):
         assert again[k] == pytest.approx(final[k], abs=1e-6), k
+    # It says which step it evaluated (it had printed only "Reading checkpoint step 12").
+    assert again["step"] == best
+    assert f"Model selection 'best': evaluating step {best}" in capsys.readouterr().out
 
 
 def test_last_model_selection_reports_the_final_state(tmp_path):

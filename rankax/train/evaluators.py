@@ -18,7 +18,7 @@ import numpy as np
 
 from rankax._core.normalize import l2_normalize_host
 from rankax.data.base import RetrievalDataset, Source
-from rankax.train import checkpointing, input_pipeline
+from rankax.train import checkpointing, distributed, input_pipeline
 from rankax.train import state as state_lib
 from rankax.train.state import TrainState
 from rankax.train.step import embed_fn
@@ -229,6 +229,9 @@ def _restore_readonly(
     if config.get("model_selection", "last") == "best":
         chosen = best_step(history, config.best_metric, ckpt.has)
         if chosen is not None and chosen != ckpt.restored_step:
+            if distributed.is_main():
+                print(f"Model selection 'best': evaluating step {chosen}, the best {config.best_metric} "
+                      f"(not the newest step {ckpt.restored_step})")
             return ckpt.restore(state, chosen)[0]
     return restored
 
