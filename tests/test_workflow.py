@@ -220,6 +220,23 @@ def test_failed_start_leaves_nothing_on_disk(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "c") == []
 
 
+def test_pretrained_weights_that_cannot_be_loaded_name_the_key(tmp_path):
+    """A missing file, an unknown format or a file that holds no known model's weights: a
+    ConfigError naming config.model.pretrained (they were a traceback, or an OSError that did
+    not say which key), and nothing left in the new workdir."""
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    (tmp_path / "w.json").write_text("{}")
+    cases = {str(tmp_path / "missing.pth"): "No such file", str(tmp_path / "w.json"): "weight format",
+             str(tmp_path / "other.npz"): "neither a torchvision ResNet nor a timm ViT"}
+    for path, reason in cases.items():
+        config = tiny_config()
+        config.model.pretrained = path
+        with pytest.raises(ConfigError, match=rf"^config.model.pretrained='{re.escape(path)}' cannot be "
+                                              rf"loaded: .*{reason}"):
+            train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+        assert not (tmp_path / "run").exists()
+
+
 def test_missing_tfds_and_unset_pretrained_weights_are_explained(monkeypatch):
     from configs import roadmap_cub_resnet50
 

@@ -617,7 +617,7 @@ def plot_embeddings(run: Run, path: str) -> None:
     if run.config.eval_baselines:  # the untrained network's embeddings, for the "before" panel
         try:
             initial = state_lib.initial_state(run.config, run.data, run.model)
-        except OSError as err:  # a resume on a node without the pretrained weights: no panel
+        except errors.ConfigError as err:  # a resume on a node without the pretrained weights: no panel
             print(f"test_embeddings.png: no 'before' panel ({err})")
         else:
             before = evaluators.embed_source(initial, run.data.test, bs)

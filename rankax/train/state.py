@@ -95,9 +95,19 @@ def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array
     if pretrained:
         from rankax.models import convert
 
-        if config.model.get("pretrained_distilled", False):
-            check_distilled(pretrained)
-        variables = convert.merge_pretrained(variables, convert.load_pretrained(pretrained))
+        try:
+            if config.model.get("pretrained_distilled", False):
+                check_distilled(pretrained)
+            weights = convert.load_pretrained(pretrained)
+        except errors.ConfigError:
+            raise
+        except (OSError, ValueError) as err:  # missing, unreadable, or not weights of a known model
+            raise errors.ConfigError(
+                f"config.model.pretrained={pretrained!r} cannot be loaded: {err}. Pass a torchvision "
+                "ResNet or timm ViT/DeiT checkpoint (.pth, or .npz from rankax.models.convert) "
+                "(docs/models.md)"
+            ) from err
+        variables = convert.merge_pretrained(variables, weights)
     return variables
 
 
