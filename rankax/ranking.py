@@ -434,5 +434,8 @@ def smooth_rank(
     where = jnp.ones(scores.shape, bool) if where is None else jnp.asarray(where, bool)
     diff = scores[..., None, :] - scores[..., :, None]  # [.., k, j] = s_j - s_k
     others = (~jnp.eye(n, dtype=bool)) & where[..., None, :]
+    # Differences with an invalid item are zeroed before the step: NaN padding would reach the
+    # gradient through the step's derivative (0 * NaN), as in the list losses.
+    diff = jnp.where(others & where[..., :, None], diff, 0.0)
     rank = 1 + jnp.sum(jnp.where(others, step_fn(diff), 0.0), axis=-1)
     return jnp.where(where, rank, 0.0)

@@ -308,6 +308,17 @@ def test_empty_reference_slots_share_no_level_with_negative_path_ids():
                                     reference_labels=small[4:5].astype(np.int32)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int8, np.int16])
+def test_unsigned_and_narrow_class_ids_rank_as_int32_ones(dtype):
+    """Any integer ids in range: uint32 ones raised an OverflowError (the sort's sentinel, a
+    Python int, was read as int32), eagerly and under jit."""
+    emb, lab = _embeddings(), _labels()
+    want = rankax.batch_loss(supap_loss, emb, lab.astype(np.int32))
+    np.testing.assert_allclose(rankax.batch_loss(supap_loss, emb, lab.astype(dtype)), want, rtol=1e-6)
+    traced = jax.jit(lambda e, y: rankax.batch_loss(supap_loss, e, y))(emb, jnp.asarray(lab.astype(dtype)))
+    np.testing.assert_allclose(traced, want, rtol=1e-6)
+
+
 def test_nan_in_an_empty_reference_slot_reaches_neither_value_nor_gradient():
     """An empty slot holds no entry: a NaN left there is ignored by the value and (it had
     turned a column of the gradient NaN through the matmul's backward pass) the gradient."""

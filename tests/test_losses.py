@@ -229,9 +229,18 @@ def test_float32_and_bfloat16_scores_give_float32_under_x64(fn):
         for dtype in (jnp.float32, jnp.bfloat16):
             s = jnp.asarray(scores, dtype)
             assert fn(s, labels).dtype == jnp.float32, dtype
+            # float64 labels (numpy's default) beside float32 scores: relevance in the scores'
+            # dtype (H-AP, NDCG, BlackBox AP, the R@k losses and AP had returned float64).
+            assert fn(s, labels.astype(np.float64)).dtype == jnp.float32, dtype
         if fn not in METRICS:
             grad = jax.grad(lambda s: fn(s, labels))(jnp.asarray(scores))
             assert grad.dtype == jnp.float32
+            # float64 scores, also with max_positives (BlackBox AP's count against the slots
+            # gave a float32 cotangent, which JAX's custom VJP refused).
+            s64 = jnp.asarray(scores, jnp.float64)
+            for kwargs in ({}, {"max_positives": 3}):
+                value, grad = jax.value_and_grad(lambda s, kw=kwargs: fn(s, labels, **kw))(s64)
+                assert value.dtype == jnp.float64 and grad.dtype == jnp.float64, kwargs
 
 
 def test_blackbox_ranks_for_explicit_meshes_count_like_the_search():

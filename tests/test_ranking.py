@@ -76,6 +76,23 @@ def test_smooth_rank_exact_with_heaviside_and_limit():
     np.testing.assert_allclose(smooth, np_ranks(s2, where), atol=1e-3)
 
 
+def test_smooth_rank_ignores_nan_padding_in_value_and_gradient():
+    """Invalid items neither count nor get a rank: NaN there had made every gradient NaN
+    (the step's derivative at a NaN difference, times 0)."""
+    from rankax import ranking
+
+    where = jnp.array([True, False, True, True])
+    padded = jnp.array([0.3, jnp.nan, 0.5, 0.1])
+    clean = jnp.array([0.3, 0.0, 0.5, 0.1])
+    for s in (padded, clean):
+        np.testing.assert_allclose(ranking.smooth_rank(s, where=where),
+                                   ranking.smooth_rank(clean, where=where), rtol=1e-6)
+    grads = [jax.grad(lambda s: jnp.sum(ranking.smooth_rank(s, where=where) * jnp.arange(4.0)))(s)
+             for s in (padded, clean)]
+    assert np.all(np.isfinite(grads[0]))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+
+
 def test_smooth_rank_gradient_matches_finite_differences():
     s = jnp.asarray(np.random.default_rng(1).normal(size=6))
     f = lambda x: ranking.smooth_rank(x, step_fn=lambda d: ranking.sigmoid_step(d, 0.5))

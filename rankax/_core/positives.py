@@ -84,7 +84,7 @@ def key_runs(
     unless ``include_self``. A stable sort of the items puts each key's items in one run, in
     list order: ``O(N log N + Q log N)``, the same for every capacity (:func:`slots_of`)."""
     n = item_keys.shape[0]
-    big = jnp.iinfo(item_keys.dtype).max
+    big = jnp.asarray(jnp.iinfo(item_keys.dtype).max, item_keys.dtype)  # a Python int overflowed int32
     keys = jnp.where(item_mask, item_keys, big)
     # Valid items by key, then the invalid ones (two stable sorts: a valid key may equal big).
     by_key = jnp.argsort(keys, stable=True)

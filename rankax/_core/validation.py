@@ -217,7 +217,8 @@ def check_lists(
 
     Scores are computed in float32 at least (bfloat16/float16 inputs are upcast, so sums of
     many smooth steps keep their precision) and set to 0 at invalid (``where=False``)
-    positions, so padding may hold anything, NaN included; labels become float32 relevances;
+    positions, so padding may hold anything, NaN included; labels become relevances in the
+    scores' dtype (float32, float64 for float64 scores);
     ``where`` becomes boolean (all True when None); labels that are not a finite value > 0, and
     every label at an invalid position, become 0. Values (NaN/inf scores at valid positions,
     negative/NaN labels, labels other than 0/1 where ``graded=False``) go through
@@ -241,6 +242,9 @@ def check_lists(
     # Unchecked (traced) labels: a negative, NaN or infinite relevance is "not relevant", for
     # the graded sums (H-AP's total relevance, NDCG's gains) as for the binary `labels > 0`.
     labels_arr = jnp.where(where_arr & (labels_arr > 0) & jnp.isfinite(labels_arr), labels_arr, 0.0)
+    # In the scores' dtype: float64 labels (numpy's default, under x64) beside float32 scores
+    # made some losses' values float64.
+    labels_arr = labels_arr.astype(scores_arr.dtype)
     scores_arr = jnp.where(where_arr, scores_arr, 0.0)
     return scores_arr, labels_arr, where_arr
 

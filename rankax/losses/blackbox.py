@@ -149,7 +149,8 @@ def _slot_ap_loss(
     """``1 - AP`` from the ``[..., C]`` positives' shifted scores ``anchors`` (slots ``mask``) and
     the lists' shifted negative scores ``[..., N]`` (``-inf`` elsewhere), with the ranks of
     :func:`slot_ranks`: ``O(C * N)`` comparisons instead of sorting every list."""
-    n_valid = jnp.maximum(jnp.sum(where, axis=-1, dtype=jnp.float32), 1.0)[..., None]
+    # In the scores' dtype: a float32 count made float64 scores' cotangent float32.
+    n_valid = jnp.maximum(jnp.sum(where, axis=-1, dtype=negatives.dtype), 1.0)[..., None]
     anchors = jnp.where(mask, anchors, 0.0)
     rank = slot_ranks(negatives, anchors, mask, n_valid, lambda_)
     rank_pos = jax.lax.stop_gradient(1.0 + _positives_above(anchors, mask)) / n_valid
