@@ -108,7 +108,11 @@ def shared_levels(query_paths: ArrayLike, item_paths: ArrayLike) -> Array:
       query_paths: ``[Q, L]`` integer label paths, column 0 = finest level.
       item_paths: ``[N, L]`` integer label paths, same column order.
     """
-    q, it = _check_paths(query_paths, item_paths, "shared_levels")
+    return _shared_levels(*_check_paths(query_paths, item_paths, "shared_levels"))
+
+
+def _shared_levels(q: Array, it: Array) -> Array:
+    """:func:`shared_levels` of checked paths."""
     # Walk from the coarsest level: a level counts only if all coarser levels agree. One
     # [Q, N] pass per level (no [Q, N, L] intermediate).
     agree = jnp.ones((q.shape[0], it.shape[0]), bool)
@@ -151,13 +155,22 @@ def relevance_from_levels(
     ``alpha`` > 0 (default 1.0, SupRank's). Concrete ``levels`` outside ``0..L`` are an error.
     """
     caller = "relevance_from_levels"
-    if rule not in RELEVANCE_RULES:
-        raise ValueError(f"{caller}: rule must be one of {RELEVANCE_RULES}, got {rule!r}")
+    _check_rule(rule, alpha, caller)
     validation.check_int("num_levels", num_levels, caller=caller)
-    # alpha = 0 would give unrelated items (t = 0) the weight 0^0 = 1.
-    validation.check_number("alpha", alpha, "positive", caller=caller)
     t = _check_levels(levels, num_levels, caller)
     valid = jnp.ones(t.shape, bool) if where is None else _check_where(where, t.shape, caller)
+    return _levels_relevance(t, num_levels, rule, alpha, valid)
+
+
+def _check_rule(rule: str, alpha: float, caller: str) -> None:
+    if rule not in RELEVANCE_RULES:
+        raise ValueError(f"{caller}: rule must be one of {RELEVANCE_RULES}, got {rule!r}")
+    # alpha = 0 would give unrelated items (t = 0) the weight 0^0 = 1.
+    validation.check_number("alpha", alpha, "positive", caller=caller)
+
+
+def _levels_relevance(t: Array, num_levels: int, rule: str, alpha: float, valid: Array) -> Array:
+    """:func:`relevance_from_levels` of checked arguments."""
     if rule == "levels":
         rel = (t.astype(jnp.float32) / num_levels) ** alpha
         return jnp.where(valid & (t > 0), rel, 0.0)
@@ -283,11 +296,13 @@ def path_relevance(
     Returns:
       ``[Q, N]`` relevance, > 0 exactly for items sharing at least one level with the query.
     """
-    t = shared_levels(query_paths, item_paths)
-    num_levels = jnp.shape(query_paths)[1]
+    caller = "path_relevance"
+    _check_rule(rule, alpha, caller)
+    t = _shared_levels(*_check_paths(query_paths, item_paths, caller))
+    valid = jnp.ones(t.shape, bool)
     if where is not None:
-        where = jnp.broadcast_to(_check_where(where, (t.shape, t.shape[-1:]), "path_relevance"), t.shape)
-    return relevance_from_levels(t, num_levels, rule=rule, alpha=alpha, where=where)
+        valid = jnp.broadcast_to(_check_where(where, (t.shape, t.shape[-1:]), caller), t.shape)
+    return _levels_relevance(t, jnp.shape(query_paths)[1], rule, alpha, valid)
 
 
 def _check_where(where: ArrayLike, shapes: Any, caller: str) -> Array:
@@ -322,13 +337,15 @@ def hierarchical_relevance(
 
         loss = rankax.batch_loss(rankax.hap_loss, emb, paths, relevance_fn=hierarchical_relevance)
     """
-    q, it = _check_paths(query_paths, item_paths, "hierarchical_relevance")
+    caller = "hierarchical_relevance"
+    _check_rule(rule, alpha, caller)
+    q, it = _check_paths(query_paths, item_paths, caller)
     num_levels = q.shape[1]
-    t = shared_levels(q, it)
+    t = _shared_levels(q, it)
+    valid = jnp.ones(t.shape, bool)
     if rule == "pop" and not include_self:
         # Drop one identical path per query from the counts: the query itself. The remaining
         # identical paths share w_L among themselves, and the dropped one (the query, or an
         # identical copy of it: same label path, same relevance) gets the same value.
-        validation.check_number("alpha", alpha, "positive")
-        return _pop_relevance(t, jnp.ones(t.shape, bool), num_levels, alpha, drop_one_top=True)
-    return relevance_from_levels(t, num_levels, rule=rule, alpha=alpha)
+        return _pop_relevance(t, valid, num_levels, alpha, drop_one_top=True)
+    return _levels_relevance(t, num_levels, rule, alpha, valid)

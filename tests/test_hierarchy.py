@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -192,3 +194,20 @@ def test_level_counts_with_ids_repeated_across_levels(dtype):
     for qi, qp in enumerate(queries):
         want = np.bincount([ref_levels(qp, p) for p in paths], minlength=4)
         np.testing.assert_array_equal(got[qi], want)
+
+
+def test_errors_name_the_function_called():
+    """path_relevance and hierarchical_relevance check their own arguments: the errors named
+    shared_levels / relevance_from_levels, or no function at all (hierarchical_relevance's alpha)."""
+    p = np.array([[0, 0], [1, 0]])
+    cases = [
+        (lambda: hierarchy.hierarchical_relevance(p, p, alpha=0), "hierarchical_relevance: alpha must be"),
+        (lambda: hierarchy.hierarchical_relevance(p, p, rule="x"), "hierarchical_relevance: rule must be"),
+        (lambda: hierarchy.hierarchical_relevance(p.astype(float), p), "hierarchical_relevance: query_paths"),
+        (lambda: hierarchy.path_relevance(p.astype(float), p), "path_relevance: query_paths must be integer"),
+        (lambda: hierarchy.path_relevance(p, p, rule="x"), "path_relevance: rule must be"),
+        (lambda: hierarchy.path_relevance(p, p, alpha=-1.0), "path_relevance: alpha must be"),
+    ]
+    for call, message in cases:
+        with pytest.raises((ValueError, TypeError), match="^" + re.escape(message)):
+            call()
