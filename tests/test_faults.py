@@ -627,3 +627,5 @@ def test_an_overflowing_update_is_named_as_such(tmp_path):
     assert info.value.step == 0 and np.isfinite(info.value.terms["loss"]), message
     assert np.isfinite(info.value.terms["grad_norm"]), message
     assert re.search(r"finite gradients, but the update makes \['params/[^]]+\] non-finite", message), message
+    # No empty list of non-finite terms ("step 0:  (finite: ...)").
+    assert message.startswith("non-finite training step 0 (its loss terms are finite: loss="), message

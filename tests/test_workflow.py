@@ -77,14 +77,33 @@ def test_rerun_of_a_finished_run_prints_the_whole_table_once(small_run, capsys):
 def test_allowed_change_continues_the_run_and_is_recorded(tmp_path):
     workdir = str(tmp_path / "wd")
     train_lib.train_and_evaluate(tiny_config(num_steps=4), workdir)
-    with pytest.raises(WorkdirConfigMismatch, match="num_steps: 4 -> 6"):
+    with pytest.raises(WorkdirConfigMismatch, match="num_steps: 4 -> 6") as info:
         train_lib.train_and_evaluate(tiny_config(num_steps=6), workdir)
+    assert "no checkpoint" not in str(info.value)
     more = tiny_config(num_steps=6, log_every=3)  # log_every may change freely
     train_lib.train_and_evaluate(more, workdir, allow_config_change=["num_steps"])
     steps = [h["step"] for h in json.load(open(os.path.join(workdir, "history.json"))) if "loss" in h]
     assert steps[-1] == 6
     record = json.load(open(os.path.join(workdir, "config.json")))
     assert record["config"]["num_steps"] == 6 and record["changes"][-1]["keys"] == {"num_steps": [4, 6]}
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # lr 1e39
+def test_a_workdir_without_checkpoints_says_so_when_it_refuses_a_change(tmp_path):
+    """A run stopped by a non-finite first step keeps its report and record: a corrected
+    command is refused (the record differs), and the error says there is no checkpoint, so
+    removing the workdir loses nothing."""
+    from rankax.train import NonFiniteLossError
+
+    workdir = str(tmp_path / "wd")
+    diverging = tiny_config(num_steps=3)
+    diverging.optimizer.lr = 1e39
+    with pytest.raises(NonFiniteLossError):
+        train_lib.train_and_evaluate(diverging, workdir)
+    assert os.path.exists(os.path.join(workdir, "nonfinite_steps.jsonl"))
+    with pytest.raises(WorkdirConfigMismatch, match=r"optimizer.lr: 1e\+39 -> 0.001\); it holds no "
+                                                    r"checkpoint \(that run stopped before its first save"):
+        train_lib.train_and_evaluate(tiny_config(num_steps=3), workdir)
 
 
 def test_evaluate_uses_the_runs_cut_offs_unless_given(tmp_path):
@@ -693,3 +712,21 @@ def test_the_commit_is_taken_only_from_a_checkout_of_rankax(tmp_path):
     (tmp_path / "rankax" / "__init__.py").write_text("x = 1\n")
     assert workdir_lib.checkout_commit(str(tmp_path / "rankax")) == head + "+dirty"
     assert workdir_lib.checkout_commit(str(tmp_path / "nowhere" / "rankax")) is None
+
+
+def test_the_printed_table_shows_the_runs_cut_offs_and_metrics(capsys):
+    """Every recall@k of the run (DyML's 1/10/20, SOP's 1/10/100/1000: it showed only the
+    fixed 1/2/4/8, so recall@1 alone), by k, then the other metrics; counts and timings left
+    out; a metric another row lacks shows as nan; long names keep their columns apart."""
+    report = {
+        "untrained": {"recall@1": 0.5, "recall@20": 0.9, "recall@10": 0.8, "map@r": 0.25, "hap": 0.4,
+                      "medium/mp@10": 0.125, "num_queries": 5, "seconds": 1.5},
+        "trained": {"recall@1": 0.75, "recall@10": 0.875, "recall@20": 0.95, "map@r": 0.5, "hap": 0.625},
+    }
+    assert writers.table_keys(report["untrained"]) == [
+        "recall@1", "recall@10", "recall@20", "map@r", "hap", "medium/mp@10"]
+    writers.print_table(report)
+    lines = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert lines[0] == ["recall@1", "recall@10", "recall@20", "map@r", "hap", "medium/mp@10"]
+    assert lines[1] == ["untrained", "0.5000", "0.8000", "0.9000", "0.2500", "0.4000", "0.1250"]
+    assert lines[2] == ["trained", "0.7500", "0.8750", "0.9500", "0.5000", "0.6250", "nan"]

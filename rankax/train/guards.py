@@ -142,7 +142,10 @@ class NonFiniteGuard:
     def _summary(self, step: int, idx: np.ndarray, bad: dict, terms: dict, record: dict[str, Any]) -> str:
         fmt = lambda d: ", ".join(f"{k}={v:.6g}" for k, v in d.items())
         ok = {k: v for k, v in terms.items() if k not in bad}
-        text = f"non-finite training step {step}: {fmt(bad)}" + (f" (finite: {fmt(ok)})" if ok else "")
+        if bad:
+            text = f"non-finite training step {step}: {fmt(bad)}" + (f" (finite: {fmt(ok)})" if ok else "")
+        else:  # finite loss and gradient: a non-finite update, embedding or statistic (below)
+            text = f"non-finite training step {step} (its loss terms are finite: {fmt(ok)})"
         shown = ", ".join(str(int(i)) for i in idx[:16]) + (", ..." if len(idx) > 16 else "")
         text += f"; batch dataset indices [{shown}] ({len(idx)}, all in {self.report_path})"
         for key, what in (("nonfinite_inputs", "inputs"), ("nonfinite_embeddings", "embeddings")):

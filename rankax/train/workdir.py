@@ -280,8 +280,13 @@ def check(
     refused = {k: v for k, v in diff.items() if not ok(k)}
     if refused:
         keys = ",".join(refused)
+        checkpoints = os.path.join(workdir, "checkpoints")
+        empty = "" if os.path.isdir(checkpoints) and os.listdir(checkpoints) else (
+            "; it holds no checkpoint (that run stopped before its first save, e.g. on a non-finite "
+            "first step: its report is nonfinite_steps.jsonl), so removing it starts afresh"
+        )
         raise WorkdirConfigMismatch(
-            f"workdir {workdir} holds a run with another config ({_format(refused)}). Use a new "
+            f"workdir {workdir} holds a run with another config ({_format(refused)}){empty}. Use a new "
             f"--workdir, or continue this run with the change: --allow_config_change={keys}",
             workdir=workdir,
             differences=refused,

@@ -111,16 +111,23 @@ def progress(start: int, total: int) -> Any:
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
-TABLE_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "map")
+def table_keys(metrics: dict[str, float]) -> list[str]:
+    """The metrics a table shows: every ``recall@k`` (by ``k``: the run's ``eval_ks``, e.g.
+    DyML's 1/10/20 or SOP's 1/10/100/1000), then the other metrics in their order; counts and
+    timings left out."""
+    recall = sorted((k for k in metrics if k.startswith("recall@")), key=lambda k: int(k.split("@")[1]))
+    rest = [k for k in metrics if not k.startswith("recall@") and "num_" not in k and k != "seconds"]
+    return recall + rest
 
 
 def print_table(report: dict[str, dict[str, float]]) -> None:
     """One row per entry of ``report`` (raw pixels, untrained, trained), one column per metric
-    of :data:`TABLE_KEYS` present (every metric but counts if none is)."""
-    first = next(iter(report.values()))
-    keys = [k for k in TABLE_KEYS if k in first] or [k for k in first if "num_" not in k]
+    of the first row (:func:`table_keys`); a metric a row lacks shows as nan."""
+    keys = table_keys(next(iter(report.values())))
     width = max(len(n) for n in report) + 2
-    print("\n" + "".ljust(width) + "".join(k.rjust(12) for k in keys))
+    columns = [max(12, len(k) + 2) for k in keys]
+    print("\n" + "".ljust(width) + "".join(k.rjust(c) for k, c in zip(keys, columns, strict=True)))
     for name, vals in report.items():
-        print(name.ljust(width) + "".join(f"{vals[k]:12.4f}" for k in keys))
+        cells = (f"{vals.get(k, float('nan')):{c}.4f}" for k, c in zip(keys, columns, strict=True))
+        print(name.ljust(width) + "".join(cells))
     print()
