@@ -396,7 +396,7 @@ def batch_statistics(
       ``dict`` of scalar totals (``{"sum", "count"}`` for ordinary list losses).
     """
     q_emb, q_lab, i_emb, i_lab = _check_views(queries, query_labels, items, item_labels, caller)
-    validation.check_capacity(max_positives, caller=caller)
+    max_positives = validation.check_capacity(max_positives, caller=caller)
     _check_sizes(block_size, max_tile_elements, precision, caller, capacity_limit)
     name = getattr(loss_fn, "__name__", "loss_fn")
     # Deprecated spellings renamed here: the warning names the caller's line.
@@ -905,6 +905,7 @@ def batch_loss(
         raise TypeError(f"batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}")
     caller = f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
     hparams = _check_loss_options(loss_fn, hparams, references, reference_labels, reference_mask, caller)
+    max_positives = validation.check_capacity(max_positives, caller=caller)  # a Python int: static
     given = labels  # numpy labels are counted on the host as they are (no device round trip)
     if not _is_traced(labels):
         # Concrete labels (numpy included, also closed over in the caller's jit) stay concrete:

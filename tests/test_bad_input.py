@@ -85,7 +85,9 @@ def test_shapes_dtypes_and_ranks_raise_at_trace_time(fn):
     with pytest.raises(TypeError, match=f"{name}: labels must be a boolean, integer or floating"):
         fn(s, np.full(s.shape, "a"))  # no JAX type: refused before jnp.asarray
     _raises(ValueError, fn, s, y, max_positives=0, match=(name, "max_positives"))
+    _raises(ValueError, fn, s, y, max_positives=jnp.float32(3), match=(name, "max_positives"))
     _raises(TypeError, fn, s, y, reduce_fn="mean", match=(name, "reduce_fn"))
+    _raises(TypeError, fn, s > 0, y, match=(name, "cast integer or boolean scores"))
 
 
 @pytest.mark.parametrize("fn", LIST_FUNCTIONS, ids=_name)

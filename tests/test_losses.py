@@ -255,3 +255,17 @@ def test_blackbox_ranks_for_explicit_meshes_count_like_the_search():
     got = np.asarray(blackbox._ranks_by_two_sorts(masked))
     want = np.sum(np.where(where[:, None, :], scores[:, None, :] >= scores[:, :, None], False), axis=-1)
     np.testing.assert_array_equal(got[where], want[where])
+
+
+def test_max_positives_takes_numpy_and_concrete_jax_ints():
+    """A concrete 0-d JAX integer is an int like numpy's (it was refused); the value is the
+    same whatever the form, for the list API and batch_loss."""
+    scores, labels = _data()
+    want = rankax.supap_loss(scores, labels, max_positives=3)
+    for form in (np.int64(3), jnp.int32(3)):
+        np.testing.assert_array_equal(rankax.supap_loss(scores, labels, max_positives=form), want)
+    emb = np.random.default_rng(1).normal(size=(12, 5)).astype(np.float32)
+    lab = np.repeat(np.arange(3), 4)
+    want = rankax.batch_loss(rankax.supap_loss, emb, lab, max_positives=3)
+    got = rankax.batch_loss(rankax.supap_loss, emb, lab, max_positives=jnp.int32(3))
+    np.testing.assert_array_equal(got, want)

@@ -341,6 +341,11 @@ def test_recall_surrogates_reference():
     expected = [ref_sup_recall(s[i], y[i], ks=(1, 3), tau2=(2.0, 0.5)) for i in range(B)]
     got = _per_list(rankax.sup_recall_at_k_loss, s, y, ks=(1, 3), k_temperature=(2.0, 0.5))
     np.testing.assert_allclose(got, expected, RTOL, ATOL)
+    # A numpy array is a sequence too, as for ks (it was refused as "a finite number").
+    got = _per_list(rankax.sup_recall_at_k_loss, s, y, ks=(1, 3), k_temperature=np.array([2.0, 0.5]))
+    np.testing.assert_allclose(got, expected, RTOL, ATOL)
+    with pytest.raises(ValueError, match=r"one per cut-off of ks=\(1, 2\), got \(1.0, 2.0, 3.0\)"):
+        rankax.sup_recall_at_k_loss(s, y, ks=(1, 2), k_temperature=np.array([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match=r"k_temperature must be one temperature or one per cut-off"):
         rankax.recall_at_k_surrogate_loss(s, y, ks=(1, 2), k_temperature=(1.0, 2.0, 3.0))
     with pytest.raises(ValueError, match=r"k_temperature must be a finite number > 0"):

@@ -73,7 +73,7 @@ def check(
     slots: positives.Slots | None = None,
 ) -> Lists:
     """:func:`rankax._core.validation.check_lists` and ``max_positives``, as :class:`Lists`."""
-    validation.check_capacity(max_positives, caller=caller)
+    max_positives = validation.check_capacity(max_positives, caller=caller)
     s, y, w = validation.check_lists(scores, labels, where, graded=graded, caller=caller)
     return Lists(s, y, w, max_positives, exact_capacity, caller, slots)
 

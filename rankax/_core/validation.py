@@ -152,7 +152,7 @@ def _check_scores(scores: ArrayLike, p: str) -> Array:
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         raise TypeError(
             f"{p}scores must be a floating-point array (float32/bfloat16/float16/float64), got "
-            f"dtype {scores.dtype}; cast integer scores with .astype(jnp.float32)"
+            f"dtype {scores.dtype}; cast integer or boolean scores with .astype(jnp.float32)"
         )
     if scores.ndim == 0:
         raise ValueError(f"{p}scores must have at least one axis (the list axis [..., N]), got a scalar")
@@ -364,11 +364,16 @@ def check_choice(name: str, value: Any, choices: tuple, *, caller: str = "") -> 
         raise ValueError(f"{prefix(caller)}{name} must be one of {choices}, got {value!r}")
 
 
+def is_sequence(value: Any) -> bool:
+    """A list, tuple or 1-D numpy array: one value per cut-off (``ks``, ``k_temperature``)."""
+    return isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim == 1)
+
+
 def check_hparams(hparams: dict[str, Any], *, caller: str = "") -> None:
     """Checks every hyperparameter named in :data:`HPARAM_RANGES` (and ``num_bins``)."""
     for name, value in hparams.items():
-        if name in PER_CUTOFF_HPARAMS and (value is None or isinstance(value, list | tuple)):
-            for entry in value or ():  # None: the loss's own per-cut-off default
+        if name in PER_CUTOFF_HPARAMS and (value is None or is_sequence(value)):
+            for entry in () if value is None else value:  # None: the loss's own per-cut-off default
                 check_number(name, entry, HPARAM_RANGES[name], caller=caller)
         elif name in HPARAM_RANGES:
             check_number(name, value, HPARAM_RANGES[name], caller=caller)
@@ -376,15 +381,20 @@ def check_hparams(hparams: dict[str, Any], *, caller: str = "") -> None:
             check_num_bins(value, caller=caller)
 
 
-def check_capacity(max_positives: Any, *, caller: str = "") -> None:
-    """``max_positives``: None or an int >= 1."""
+def check_capacity(max_positives: Any, *, caller: str = "") -> int | None:
+    """``max_positives``: None or an int >= 1 (Python, numpy, or a concrete 0-d JAX integer),
+    returned as a Python int."""
     if isinstance(max_positives, jax.core.Tracer):
         raise not_static("max_positives", "int", caller)
+    if isinstance(max_positives, jax.Array) and max_positives.ndim == 0 and jnp.issubdtype(
+            max_positives.dtype, jnp.integer):
+        max_positives = int(max_positives)
     bad_type = isinstance(max_positives, bool) or not isinstance(max_positives, int | np.integer)
     if max_positives is not None and (bad_type or max_positives < 1):
         raise ValueError(
             f"{prefix(caller)}max_positives must be a positive int or None, got {max_positives!r}"
         )
+    return None if max_positives is None else int(max_positives)
 
 
 def check_reduce_fn(reduce_fn: Any, *, caller: str = "") -> None:

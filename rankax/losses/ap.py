@@ -63,8 +63,9 @@ def smooth_ap_loss(
       reduce_fn: ``jnp.mean`` (over lists with a positive), ``jnp.sum`` or ``None``
         (``[...]`` per-list values, 0 for lists without a positive); any other callable is
         called as ``reduce_fn(values, where=has_positive)``.
-      max_positives: static number of positive slots per list (``None`` = N); lists with
-        more positives fall back to the exact path.
+      max_positives: static number of positive slots per list (``None``: the default ladder);
+        a call whose lists have more positives takes the next rung of the capacity ladder
+        (4x the slots), so the value is exact either way.
       temperature: :math:`\\tau`, 0.01 in the paper.
 
     Returns:

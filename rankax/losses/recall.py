@@ -36,10 +36,10 @@ def _check_ks(hparams: dict[str, Any], caller: str) -> None:
     """``ks``, and ``k_temperature``: one per cut-off when it is a sequence."""
     ks = validation.check_ks(hparams["ks"], integer=False, caller=caller)
     temps = hparams["k_temperature"]
-    if isinstance(temps, list | tuple) and len(temps) != len(ks):
+    if validation.is_sequence(temps) and len(temps) != len(ks):
         raise ValueError(
             f"{validation.prefix(caller)}k_temperature must be one temperature or one per cut-off "
-            f"of ks={tuple(ks)}, got {tuple(temps)}"
+            f"of ks={tuple(ks)}, got {tuple(float(t) for t in temps)}"
         )
 
 
@@ -49,7 +49,7 @@ def k_temperatures(ks: Sequence[float], k_temperature: Any) -> tuple[Any, ...]:
     for ``--k_vals_train 1 2 4 8 16``)."""
     if k_temperature is None:
         return tuple(ks)
-    if isinstance(k_temperature, list | tuple):
+    if validation.is_sequence(k_temperature):
         return tuple(k_temperature)
     return (k_temperature,) * len(ks)
 

@@ -174,8 +174,9 @@ def sup_ndcg_loss(
         \\mathrm{IDCG} = \\sum_{i=1}^{N} \\frac{2^{rel_{(i)}} - 1}{\\log_2(1 + i)}
 
     with :math:`rel_{(i)}` the relevances sorted in decreasing order (the ideal ranking) and
-    ``rank`` the SupRank rank of the module docstring (an upper bound of the exact rank, so
-    the surrogate NDCG is below the exact one).
+    ``rank`` the SupRank rank of the module docstring (for tie-free scores an upper bound of
+    the exact rank, so the surrogate NDCG is below the exact one; a less relevant item tied
+    with a positive counts ``h(0) = 1/2`` where the exact step counts 1).
 
     Args and defaults: as in :func:`hap_loss`.
 
