@@ -189,6 +189,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     for name, choices in (("backend", BACKENDS), ("scann_config", SCANN_CONFIGS)):
         if name in values and values[name] not in choices:
             raise cli.CliError(f"--{name}={values[name]!r}: one of {', '.join(choices)}")
+    scann_flags = [f"--{n}" for n in ("scann_config", "scann_leaves_to_search") if n in values]
+    if scann_flags and values.get("backend") == "exact":  # they were silently ignored
+        raise cli.CliError(f"{', '.join(scann_flags)} apply to --backend scann or auto, not exact")
     try:
         step = int(values["step"]) if "step" in values else None
         block_size = int(values["block_size"]) if "block_size" in values else None

@@ -75,6 +75,9 @@ def test_cli_scann_leaves_to_search(tmp_path, monkeypatch):
         cli.main(["--embeddings", path, "--scann_leaves_to_search", "0"])
     with pytest.raises(SystemExit, match="take integers"):
         cli.main(["--embeddings", path, "--scann_leaves_to_search", "half"])
+    for flags in (["--scann_config", "tree_ah"], ["--scann_leaves_to_search", "3"]):  # were ignored
+        with pytest.raises(SystemExit, match=f"{flags[0]} apply to --backend scann or auto, not exact"):
+            cli.main(["--embeddings", path, "--backend", "exact", *flags])
     seen = {}
     real = retrieval.evaluator.evaluate
 

@@ -583,6 +583,35 @@ def test_a_change_is_recorded_only_once_a_step_trained_with_it(small_run, tmp_pa
     train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL])  # the recorded run, unchanged
 
 
+def test_baselines_of_another_test_split_are_set_aside(small_run, tmp_path, monkeypatch, capsys):
+    """A resume onto another test split (--allow_config_change=data): the raw-pixel and
+    untrained rows were evaluated on the old one, so they move to baselines.previous_data.json
+    and leave the table (they had been shown beside the trained row of the new split)."""
+    import shutil
+
+    from rankax.train import input_pipeline
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(small_run[0], workdir)
+    before = json.load(open(os.path.join(workdir, "baselines.json")))
+    load = input_pipeline.load
+
+    def relabelled(config):
+        data = load(config)
+        data.test.labels = data.test.labels.copy()
+        data.test.labels[0] = (data.test.labels[0] + 1) % 10
+        return data
+
+    monkeypatch.setattr(input_pipeline, "load", relabelled)
+    capsys.readouterr()
+    train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL, "--allow_config_change=data"])
+    out = capsys.readouterr().out
+    assert not os.path.exists(os.path.join(workdir, "baselines.json"))
+    assert json.load(open(os.path.join(workdir, "baselines.previous_data.json"))) == before
+    rows = [line for line in out.splitlines() if line.startswith(("untrained", "raw pixels"))]
+    assert "moved to" in out and not rows
+
+
 def test_a_resume_and_an_evaluation_do_not_read_the_pretrained_weights(small_run, tmp_path):
     """The checkpoint replaces the pretrained weights, so a run moved to a node without their
     file resumes and evaluates; only a start with no readable checkpoint reads them."""
@@ -656,6 +685,7 @@ def test_workdir_refuses_other_data_and_records_other_code(small_run, tmp_path, 
     old, new = record["changes"][-1]["keys"]["data"]
     assert old["train"] == train and new["train"]["labels_sha256"] != train["labels_sha256"]
     assert record["data"] == new  # later starts compare with the data the run went on with
+    assert os.path.exists(os.path.join(workdir, "baselines.json"))  # the test split is the same
 
     monkeypatch.setattr(input_pipeline, "load", relabelled)
     real = workdir_lib.code_version()

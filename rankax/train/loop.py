@@ -310,9 +310,20 @@ def print_fact_changes(changes: dict[str, tuple]) -> None:
         print("Resuming a run recorded on other data (--allow_config_change=data): recorded in config.json")
 
 
+def _evaluation_data_changed(changes: dict[str, tuple]) -> bool:
+    """Whether this start's data change (``--allow_config_change=data``) touches the splits
+    the run evaluates (test, gallery), not only the training split."""
+    if "data" not in changes:
+        return False
+    old, new = changes["data"]
+    return any(old.get(split) != new.get(split) for split in ("test", "gallery"))
+
+
 def baselines(run: Run) -> dict[str, dict[str, float]]:
     """Raw pixels and the untrained network, evaluated at the start of a new run (and written
-    to ``baselines.json``) or read back from it on a resume."""
+    to ``baselines.json``) or read back from it on a resume; a resume onto another test split
+    (``--allow_config_change=data``) moves them to ``baselines.previous_data.json``: they were
+    not evaluated on the split the run now evaluates."""
     path = os.path.join(run.workdir, "baselines.json")
     report: dict[str, dict[str, float]] = {}
     if run.start == 0 and run.config.eval_baselines:
@@ -322,6 +333,11 @@ def baselines(run: Run) -> dict[str, dict[str, float]]:
         run.history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
         if distributed.is_main():  # [multihost]
             writers.write_json(path, report, indent=2)
+    elif os.path.exists(path) and _evaluation_data_changed(run.changes):  # on data it no longer uses
+        if distributed.is_main():  # [multihost]
+            kept = os.path.join(run.workdir, "baselines.previous_data.json")
+            os.replace(path, kept)
+            print(f"The baselines were evaluated on the run's earlier data: moved to {kept}, not shown")
     elif os.path.exists(path):  # a resumed or finished run shows its whole table
         with open(path) as f:
             report.update(json.load(f))
