@@ -137,9 +137,10 @@ def test_frozen_warmup_switches_at_the_epoch_start_and_pauses_schedules(paused):
 def test_frozen_group_counts_the_epochs_from_the_switch_when_they_differ_in_length():
     """Epochs of 2, 7, 3, 5, 4, 6, 3, 8 steps (an M-per-class sampler's), a per-epoch cosine
     and a 2-epoch warm-up that freezes the backbone and pauses every schedule: from the switch
-    (step 9) both groups hold, over run epoch e, the cosine at epoch_start(e) - 9, so they change
-    only at epoch starts and agree with each other (the backbone used to count its epochs from
-    step 0 and changed inside epoch 2)."""
+    (step 9) both groups hold, over run epoch e, torch's CosineAnnealingLR(T_max=8) stepped
+    once an epoch from the switch, cos(pi (e - 2) / 8), so they change only at epoch starts and
+    agree with each other (the backbone used to count its epochs from step 0 and changed inside
+    epoch 2; the cosine was read at epoch_start(e) - 9 of 38 steps, off where lengths differ)."""
     starts = np.cumsum([0, 2, 7, 3, 5, 4, 6, 3, 8] + [5] * 10)  # the run ends at starts[8]
     c = _sgd_config(
         schedule="cosine", schedule_unit="epoch", head_lr=0.1,
@@ -149,10 +150,28 @@ def test_frozen_group_counts_the_epochs_from_the_switch_when_they_differ_in_leng
     tx = optim.make_optimizer(c, epoch_start=lambda e: int(starts[int(e)]))
     for t, upd in enumerate(_updates(tx, PARAMS, GRADS, c.num_steps)):
         epoch = int(np.searchsorted(starts, t, side="right") - 1)
-        lr = _cosine(0.1, max(int(starts[epoch]) - 9, 0), c.num_steps)
+        lr = _cosine(0.1, max(epoch - 2, 0), 8)
         np.testing.assert_allclose(upd["head"]["kernel"], -lr * 0.5, rtol=1e-6, err_msg=f"t={t}")
         backbone = 0.0 if t < 9 else -lr * 0.5
         np.testing.assert_allclose(upd["Dense_0"]["kernel"], backbone, rtol=1e-6, atol=0, err_msg=f"t={t}")
+
+
+def test_a_linear_warmup_counts_each_groups_own_updates_under_a_frozen_warmup():
+    """warmup_steps=4 with a 2-epoch frozen warm-up (epochs of 10 steps, every schedule
+    paused): the head, which trains during the frozen epochs, ramps up over its first 4 steps
+    and holds the cosine's initial value until the switch (it had learning rate 0 until the
+    switch: the ramp ran on the paused count); the backbone ramps over its first 4 steps from
+    the switch; both follow the cosine from the switch on."""
+    c = _sgd_config(schedule="cosine", head_lr=0.2, warmup_steps=4, frozen_warmup_epochs=2,
+                    frozen_groups=("backbone",), warmup_paused_schedules="all")
+    tx = optim.make_optimizer(c, epoch_start=lambda e: 10 * int(e))
+    for t, upd in enumerate(_updates(tx, PARAMS, GRADS, c.num_steps)):
+        head = 0.2 * t / 4 if t < 4 else _cosine(0.2, max(t - 20, 0), c.num_steps)
+        np.testing.assert_allclose(upd["head"]["kernel"], -head * 0.5, rtol=1e-6, err_msg=f"t={t}")
+        own = t - 20  # the backbone's updates, from the switch
+        backbone = 0.0 if own < 0 else 0.1 * own / 4 if own < 4 else _cosine(0.1, own, c.num_steps)
+        np.testing.assert_allclose(upd["Dense_0"]["kernel"], -backbone * 0.5, rtol=1e-6, atol=0,
+                                   err_msg=f"t={t}")
 
 
 def test_frozen_adam_starts_fresh_at_the_switch():
