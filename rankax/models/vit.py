@@ -20,9 +20,9 @@ DeiT-B/16  768    12     12     85.8 M
 ViT-B/16   768    12     12     85.8 M
 =========  =====  =====  =====  ==========
 
-Inputs are NHWC images normalised as the checkpoint expects (ImageNet mean/std for DeiT
-and timm's ``vit_base_patch16_224.augreg2_in21k_ft_in1k``; 0.5/0.5 for the original Google
-ViT weights). ``pos_embed`` is stored for ``image_size``; another input size resamples it
+Inputs are NHWC images normalised with ImageNet mean/std by the data pipeline, as DeiT was
+trained (timm's ViT-B checkpoints, e.g. ``vit_base_patch16_224.augreg2_in21k_ft_in1k``, were
+trained with 0.5/0.5; SupRank feeds them ImageNet statistics too: docs/models.md). ``pos_embed`` is stored for ``image_size``; another input size resamples it
 (bicubic over the patch grid, class position untouched), so pretrained 224px weights
 serve any resolution.
 
@@ -177,8 +177,10 @@ class ViTEmbedding(nn.Module):
     Attributes:
       patch_size, hidden_size, depth, num_heads, mlp_ratio, image_size: as in
         :class:`VisionTransformer` (defaults: ViT-B/16 at 224px).
-      pooling: ``"cls"`` (class token, the default) or ``"avg"`` (mean patch token).
-      embedding_dim: projection width (512); ``None`` returns the normalised class token.
+      pooling: ``"cls"`` (class token, the default) or ``"avg"`` (mean of the patch tokens
+        after the final LayerNorm; timm's ``global_pool="avg"`` checkpoints, which average
+        before an ``fc_norm``, are refused by the converter).
+      embedding_dim: projection width (512); ``None`` returns the normalised pooled token.
       dtype: compute dtype; the embeddings are float32.
       feature_norm: ``None`` or ``"layernorm"`` (no-affine LayerNorm of the pooled token
         before the projection, see :class:`~rankax.models.heads.EmbeddingHead`).
