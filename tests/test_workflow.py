@@ -583,26 +583,33 @@ def test_a_change_is_recorded_only_once_a_step_trained_with_it(small_run, tmp_pa
     train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL])  # the recorded run, unchanged
 
 
+def _relabel_first_item(monkeypatch, split: str):
+    """Makes ``input_pipeline.load`` give ``split`` with its first label changed (other data of
+    the same size); returns the patched loader."""
+    load = input_pipeline.load
+
+    def relabelled(config):
+        data = load(config)
+        source = getattr(data, split)
+        source.labels = source.labels.copy()
+        source.labels[0] = (source.labels[0] + 1) % 10
+        return data
+
+    monkeypatch.setattr(input_pipeline, "load", relabelled)
+    return relabelled
+
+
 def test_baselines_of_another_test_split_are_set_aside(small_run, tmp_path, monkeypatch, capsys):
     """A resume onto another test split (--allow_config_change=data): the raw-pixel and
     untrained rows were evaluated on the old one, so they move to baselines.previous_data.json
     and leave the table (they had been shown beside the trained row of the new split)."""
     import shutil
 
-    from rankax.train import input_pipeline
 
     workdir = str(tmp_path / "copy")
     shutil.copytree(small_run[0], workdir)
     before = json.load(open(os.path.join(workdir, "baselines.json")))
-    load = input_pipeline.load
-
-    def relabelled(config):
-        data = load(config)
-        data.test.labels = data.test.labels.copy()
-        data.test.labels[0] = (data.test.labels[0] + 1) % 10
-        return data
-
-    monkeypatch.setattr(input_pipeline, "load", relabelled)
+    _relabel_first_item(monkeypatch, "test")
     capsys.readouterr()
     train_cli.main(["--config", DIGITS, "--workdir", workdir, *SMALL, "--allow_config_change=data"])
     out = capsys.readouterr().out
@@ -667,15 +674,7 @@ def test_workdir_refuses_other_data_and_records_other_code(small_run, tmp_path, 
     record = json.load(open(os.path.join(workdir, "config.json")))
     assert record["topology"]["devices"] >= 1 and record["topology"]["processes"] == 1
     train = record["data"]["train"]
-    load = input_pipeline.load
-
-    def relabelled(config):
-        data = load(config)
-        data.train.labels = data.train.labels.copy()
-        data.train.labels[0] = (data.train.labels[0] + 1) % 10
-        return data
-
-    monkeypatch.setattr(input_pipeline, "load", relabelled)
+    relabelled = _relabel_first_item(monkeypatch, "train")
     argv = ["--config", DIGITS, "--workdir", workdir, *SMALL]
     with pytest.raises(SystemExit, match=rf"other data \(train {train['items']} -> {train['items']} items, "
                                          r"other labels\).*--allow_config_change=data"):
