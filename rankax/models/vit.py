@@ -22,9 +22,9 @@ ViT-B/16   768    12     12     85.8 M
 
 Inputs are NHWC images normalised with ImageNet mean/std by the data pipeline, as DeiT was
 trained (timm's ViT-B checkpoints, e.g. ``vit_base_patch16_224.augreg2_in21k_ft_in1k``, were
-trained with 0.5/0.5; SupRank feeds them ImageNet statistics too: docs/models.md). ``pos_embed`` is stored for ``image_size``; another input size resamples it
-(bicubic over the patch grid, class position untouched), so pretrained 224px weights
-serve any resolution.
+trained with 0.5/0.5; SupRank feeds them ImageNet statistics too: docs/models.md).
+``pos_embed`` is stored for ``image_size``; another input size resamples it (bicubic over the
+patch grid, class position untouched), so pretrained 224px weights serve any resolution.
 
 Submodule names follow timm's state-dict keys (``blocks.3.attn.qkv`` ->
 ``blocks_3/attn/qkv``), so :func:`rankax.models.convert.timm_vit_to_flax` is a key rename.
