@@ -458,6 +458,13 @@ def test_last_model_selection_reports_the_final_state(tmp_path):
     assert last["step"] == 6 and final["map@r"] == last["eval/map@r"]
     with pytest.raises(errors.ConfigError, match="model_selection"):
         train_lib.train_and_evaluate(tiny_config(model_selection="first"), str(tmp_path / "bad"))
+    # Label paths asked of flat class ids (digits): refused (it was silently ignored).
+    flat = tiny_config()
+    flat.loss.hierarchical = True
+    with pytest.raises(errors.ConfigError, match=r"config.loss.hierarchical=True ranks by label paths, but "
+                                                 r"the training labels are flat class ids"):
+        train_lib.train_and_evaluate(flat, str(tmp_path / "flat"))
+    assert not (tmp_path / "flat").exists()
 
 
 def test_pretrained_distilled_requires_a_distilled_checkpoint(tmp_path):

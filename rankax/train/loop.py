@@ -178,8 +178,8 @@ MODEL_SELECTIONS = ("last", "best")
 
 def check_run_config(config: Config, data: RetrievalDataset, mesh: Mesh, sampler: Any) -> None:
     """The config keys a run needs checked before it writes anything: the batch divides over the
-    devices, ``best_metric`` is an evaluation key, the non-finite policy, ``model_selection``,
-    ``precision`` and the frozen warm-up are valid."""
+    devices, ``best_metric`` is an evaluation key, ``loss.hierarchical`` has label paths, the
+    non-finite policy, ``model_selection``, ``precision`` and the frozen warm-up are valid."""
     if sampler.batch_size % mesh.size:
         raise errors.ConfigError(
             f"config.batch: the batch of {sampler.batch_size} images (classes_per_batch x "
@@ -190,6 +190,12 @@ def check_run_config(config: Config, data: RetrievalDataset, mesh: Mesh, sampler
     if config.best_metric not in known:
         raise errors.ConfigError(
             f"config.best_metric={config.best_metric!r} is not an evaluation key; one of {sorted(known)}"
+        )
+    if config.loss.get("hierarchical", False) and np.asarray(data.train.labels).ndim != 2:
+        raise errors.ConfigError(
+            "config.loss.hierarchical=True ranks by label paths, but the training labels are flat "
+            "class ids: set it False, or use a dataset with label paths (SOP, iNat, DyML, "
+            "H-GLDv2, folders with a hierarchy; docs/data.md)"
         )
     guards.nonfinite_action(config)
     guards.max_consecutive_nonfinite(config)
