@@ -134,14 +134,17 @@ def test_frozen_warmup_switches_at_the_epoch_start_and_pauses_schedules(paused):
         np.testing.assert_allclose(upd["head"]["kernel"], -_cosine(0.2, head_count, 40) * 0.5, rtol=1e-6)
 
 
-def test_frozen_group_counts_the_epochs_from_the_switch_when_they_differ_in_length():
+@pytest.mark.parametrize("tail", [5, 3])
+def test_frozen_group_counts_the_epochs_from_the_switch_when_they_differ_in_length(tail):
     """Epochs of 2, 7, 3, 5, 4, 6, 3, 8 steps (an M-per-class sampler's), a per-epoch cosine
     and a 2-epoch warm-up that freezes the backbone and pauses every schedule: from the switch
     (step 9) both groups hold, over run epoch e, torch's CosineAnnealingLR(T_max=8) stepped
     once an epoch from the switch, cos(pi (e - 2) / 8), so they change only at epoch starts and
     agree with each other (the backbone used to count its epochs from step 0 and changed inside
-    epoch 2; the cosine was read at epoch_start(e) - 9 of 38 steps, off where lengths differ)."""
-    starts = np.cumsum([0, 2, 7, 3, 5, 4, 6, 3, 8] + [5] * 10)  # the run ends at starts[8]
+    epoch 2; the cosine was read at epoch_start(e) - 9 of 38 steps, off where lengths differ).
+    T_max is the run's 8 epochs also where the epochs after its end (``tail`` steps each) are
+    shorter than the warm-up's: 38 - 9 steps from the switch then hold 9 epochs' starts."""
+    starts = np.cumsum([0, 2, 7, 3, 5, 4, 6, 3, 8] + [tail] * 10)  # the run ends at starts[8]
     c = _sgd_config(
         schedule="cosine", schedule_unit="epoch", head_lr=0.1,
         frozen_warmup_epochs=2, frozen_groups=("backbone",), warmup_paused_schedules="all",

@@ -32,7 +32,9 @@ def images(
     Train: random-resized crop ``image_size`` (area ``crop_scale``, aspect ratio ``crop_ratio``:
     ROADMAP/SupRank's 0.75-1.33 by default) and flip, after resizing to ``train_resize_size``
     when it is given (None: no such key); test: ``resize_size`` (the shorter side, or
-    ``"square"``), then centre crop ``image_size``.
+    ``"square"``), then centre crop ``image_size``. Images are decoded whole, as the official
+    code does (``draft_train=False``; the registry's default draft decoding changes pixels by a
+    few grey levels for little speed on images of ~500 px: docs/benchmarks_input.md).
     ``source``: the dataset's own keys (iNat: ``hierarchy``, ``taxonomy_file``, ``split_dir``).
     """
     dataset = {"name": name, **source, "image_size": image_size, "resize_size": resize_size}
@@ -42,6 +44,7 @@ def images(
         test_resize_mode=test_resize_mode,
         crop_scale=crop_scale,
         crop_ratio=crop_ratio,
+        draft_train=False,  # full decode, as the official code (True: faster JPEG draft decoding)
         data_dir=config_dict.placeholder(str),
     )
     c.dataset = ml_collections.ConfigDict(dataset)
@@ -263,5 +266,6 @@ def dyml(c, variant, *, root):
             "test_resize_mode": "shorter",
             "crop_scale": (0.16, 1.0),
             "crop_ratio": (0.75, 1.33),
+            "draft_train": False,  # full decode, as the official code (True: JPEG draft decoding)
         }
     )

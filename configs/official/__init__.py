@@ -75,6 +75,10 @@ LAYERNORM = "model.feature_norm"  # "layernorm": LayerNorm without affine on poo
 DISTILLED = "model.pretrained_distilled"  # DeiT weights from the distilled checkpoint
 
 
+def _full_decode(source):
+    return V("dataset.draft_train", False, source, "PIL decodes the whole image before RandomResizedCrop")
+
+
 def _images(size, resize, *, train_resize, test_mode, source, crop_scale=(0.16, 1.0)):
     out = [
         V("dataset.image_size", size, source, "RandomResizedCrop size / CenterCrop size"),
@@ -85,7 +89,7 @@ def _images(size, resize, *, train_resize, test_mode, source, crop_scale=(0.16, 
     ]
     if train_resize is not None:
         out.append(V("dataset.train_resize_size", train_resize, source, "Resize before the random crop"))
-    return out
+    return [*out, _full_decode(source)]
 
 
 def _roadmap_loss(start, offset, source):
@@ -813,6 +817,7 @@ def _pnp_common():
             "'base': RandomResizedCrop(224), torchvision's default ratio",
         ),
         V("dataset.image_size", 224, PNP + "datasets/basic_dataset_scaffold.py"),
+        _full_decode(PNP + "datasets/basic_dataset_scaffold.py"),
         V(
             "dataset.resize_size",
             256,

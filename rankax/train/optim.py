@@ -230,17 +230,27 @@ def make_schedule(
     return with_warmup(sched, base_lr, int(section.get("warmup_steps", 0) or 0))
 
 
+def run_epochs(clock: Clock, key: str) -> int:
+    """The number of the run's epochs: those that start before ``clock.num_steps``, counted
+    from step 0 (``config.num_epochs`` when the run is given in epochs)."""
+    epochs = 1
+    while clock.start(epochs, key) < clock.num_steps:
+        epochs += 1
+    return epochs
+
+
 def per_epoch(
     sched: optax.Schedule, clock: Clock, by_index: Callable[[int], optax.Schedule] | None = None
 ) -> optax.Schedule:
     """``sched`` held constant over each epoch (torch's schedulers stepped once an epoch): at
     its value at the epoch's first step, ``lr(t) = sched(steps(e))`` for ``t`` in epoch ``e``;
     or, with ``by_index`` (``E -> schedule of the epoch index``, :data:`EPOCH_INDEXED`), at
-    ``by_index(E)(e)`` with ``E`` the run's epochs, which differs from the first form where
-    epochs differ in length (the ``m_per_class`` sampler's official rule: up to 0.36 % in a
+    ``by_index(E)(e)`` with ``E`` the run's epochs (:func:`run_epochs`), which differs from the
+    first form where epochs differ in length (the ``m_per_class`` sampler's official rule: up to 0.36 % in a
     cosine's learning rate)."""
+    key = "optimizer.schedule_unit"
     starts = [0]
-    while (nxt := clock.steps(len(starts), "optimizer.schedule_unit")) < clock.num_steps:
+    while (nxt := clock.steps(len(starts), key)) < clock.num_steps:
         starts.append(nxt)
     table = jnp.asarray(starts, jnp.int32)
 
@@ -248,7 +258,10 @@ def per_epoch(
         return jnp.searchsorted(table, count, side="right") - 1
 
     if by_index is not None:
-        indexed = by_index(len(starts))
+        # E: the run's epochs, counted from step 0 (T_max = max_iter also under a paused
+        # warm-up); counted from the switch it could be one more where the epochs after the
+        # run's end are shorter than the warm-up's.
+        indexed = by_index(run_epochs(clock, key))
         return lambda count: indexed(epoch(count))
     return lambda count: sched(table[epoch(count)])
 
