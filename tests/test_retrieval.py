@@ -705,6 +705,52 @@ def test_exact_fast_path_matches_numpy_reference(monkeypatch, count_by_rows, sep
     assert got["num_queries_without_positive"] == int(np.isnan(want["map"]).sum()) >= (1 if separate else 3)
 
 
+@pytest.mark.parametrize("kept", [0, 10**6], ids=["read-in-a-pass", "kept-tiles"])
+def test_exact_both_ways_of_reading_the_positives_match_numpy(monkeypatch, kept):
+    """Runs of positives kept as score tiles or read in a first pass over their chunks (forced
+    here for every block) give the reference's values, ties and duplicates included."""
+    monkeypatch.setattr(exact, "MAX_KEPT_RUN_CHUNKS", kept)
+    exact._positive_ranks_fn.cache_clear()
+    x, y = tied_data(3)
+    for q, qy, g, gy in ((x, y, None, None), (x[::3], y[::3], x[1::3], y[1::3])):
+        got = retrieval.evaluate(q, qy, g, gy, ks=(1, 4), block_size=8, gallery_block_size=8,
+                                 return_per_query=True)
+        want = np_reference(q, qy, x if g is None else g, y if gy is None else gy, (1, 4), g is None)
+        for key, value in want.items():
+            np.testing.assert_allclose(got["per_query"][key], value, atol=1e-12, err_msg=key)
+    exact._positive_ranks_fn.cache_clear()
+
+
+def test_exact_memory_of_a_gallery_apart_does_not_grow_with_the_runs(monkeypatch):
+    """One query per class, 20 gallery items per class: a block of 64 queries has positives
+    in all 1280 gallery rows (40 chunks of 32). The program keeps no [1280, 64] score tile
+    (it used to: block x most of the gallery), only chunk-sized ones; the values are exact."""
+    rng = np.random.default_rng(0)
+    gy = np.repeat(np.arange(64), 20)
+    g = rng.normal(size=(1280, 4)).astype(np.float32)
+    q, qy = rng.normal(size=(64, 4)).astype(np.float32), np.arange(64)
+    layout = exact.class_layout(qy, gy, self_excluded=False)
+    args, t = exact._group_inputs(q, layout, 0, 64, 64, 32, 1, 40)
+    assert t == 40 > exact.MAX_KEPT_RUN_CHUNKS
+    chunks = jnp.zeros((40, 32, 4), jnp.float32)
+    consts = (chunks, np.int32(40), np.int32(1280), np.int32(0))
+
+    def hlo():
+        exact._positive_ranks_fn.cache_clear()
+        return exact._positive_ranks_fn(None, 32, t, True).lower(*args, *consts).as_text()
+
+    assert "1280x64xf32" not in hlo() and "32x64xf32" in hlo()
+    monkeypatch.setattr(exact, "MAX_KEPT_RUN_CHUNKS", 10**6)
+    assert "1280x64xf32" in hlo()  # the kept tiles: what the check above would see
+    monkeypatch.undo()
+    exact._positive_ranks_fn.cache_clear()
+    got = retrieval.evaluate(q, qy, g, gy, ks=(1,), block_size=64, gallery_block_size=32,
+                             return_per_query=True)
+    want = np_reference(q, qy, g, gy, (1,), False)
+    for key, value in want.items():
+        np.testing.assert_allclose(got["per_query"][key], value, atol=1e-12, err_msg=key)
+
+
 def test_exact_float_data_matches_argsort():
     """No ties: R@k and MAP@R from a plain numpy argsort of float64 scores."""
     x, y = clustered(9, 700, d=16, clusters=60, noise=1.0)

@@ -48,6 +48,11 @@ KNN_GALLERY_BLOCK_SIZE = 16384
 TOP_K_GROUP = 32
 # Accelerators: bigger tiles, fewer loop steps (each step costs a few kernel launches).
 ACCELERATOR_BLOCK_SIZES = (2048, 8192)
+#: Most gallery chunks a query block's positive runs may span for their score tiles to be
+#: kept (``[t * G, b]``) and counted from; blocks whose runs span more (a gallery apart from
+#: the queries, few queries per class) read the positives' scores in a first pass over those
+#: chunks and count in a second, in ``O(G * b)`` memory.
+MAX_KEPT_RUN_CHUNKS = 4
 _AXIS = "queries"
 
 
@@ -508,26 +513,51 @@ def _positive_ranks_block(
     g = chunks.shape[1]
     slot = lo[:, None] + jnp.arange(c)[None, :]  # [b, C] gallery rows
     mask = (slot < hi[:, None]) & (slot != self_index[:, None])
-    # The chunks holding the runs go first: the positives' scores (and the query's own) are read
-    # off their tiles, then counted against like every other chunk's. One kernel, one shape:
-    # equal embeddings score bitwise equal and stay tied.
-    run_chunks = jax.lax.dynamic_slice_in_dim(chunks, first, t)
-    run_scores = jax.lax.map(lambda chunk: _chunk_scores(chunk, q), run_chunks).reshape(t * g, b)
-    cols = jnp.arange(b)[:, None]
-    at = lambda rows: run_scores[jnp.clip(rows - first * g, 0, t * g - 1), cols]
-    x = jnp.where(mask, at(slot), jnp.inf)
-    count = _count_at_least(jnp.zeros((b, c), jnp.int32), run_scores, x, by_rows)
-
-    def step(i, count):
-        chunk = jax.lax.dynamic_index_in_dim(chunks, jnp.where(i < first, i, i + t), keepdims=False)
-        return _count_at_least(count, _chunk_scores(chunk, q), x, by_rows)
-
-    count = jax.lax.fori_loop(0, num_chunks - t, step, count)
-    count -= (at(slot) >= x).astype(jnp.int32)  # the positive itself
-    count -= ((self_index >= 0)[:, None] & (at(self_index[:, None]) >= x)).astype(jnp.int32)  # query
+    # One kernel, one shape for every score: equal embeddings score bitwise equal, stay tied.
+    score = lambda i: _chunk_scores(jax.lax.dynamic_index_in_dim(chunks, i, keepdims=False), q)
+    if t <= MAX_KEPT_RUN_CHUNKS:
+        # The chunks holding the runs go first: the positives' scores (and the query's own)
+        # are read off their kept tiles, then counted against like every other chunk's.
+        run_chunks = jax.lax.dynamic_slice_in_dim(chunks, first, t)
+        run_scores = jax.lax.map(lambda chunk: _chunk_scores(chunk, q), run_chunks).reshape(t * g, b)
+        cols = jnp.arange(b)[:, None]
+        at = lambda rows: run_scores[jnp.clip(rows - first * g, 0, t * g - 1), cols]
+        x = jnp.where(mask, at(slot), jnp.inf)
+        own = at(self_index[:, None])
+        count = _count_at_least(jnp.zeros((b, c), jnp.int32), run_scores, x, by_rows)
+        count = jax.lax.fori_loop(
+            0, num_chunks - t,
+            lambda i, count: _count_at_least(count, score(jnp.where(i < first, i, i + t)), x, by_rows),
+            count,
+        )
+    else:  # runs too wide to keep: read the scores chunk by chunk, then count over them all
+        x, own = jax.lax.fori_loop(
+            first, first + t, lambda i, xo: _read_rows(score(i), i * g, (slot, self_index[:, None]), xo),
+            (jnp.full((b, c), jnp.inf), jnp.full((b, 1), jnp.inf)),
+        )
+        x = jnp.where(mask, x, jnp.inf)
+        count = jax.lax.fori_loop(
+            0, num_chunks, lambda i, count: _count_at_least(count, score(i), x, by_rows),
+            jnp.zeros((b, c), jnp.int32),
+        )
+    count -= mask.astype(jnp.int32)  # the positive itself (its score is x)
+    count -= ((self_index >= 0)[:, None] & (own >= x)).astype(jnp.int32)  # the query
     count -= (num_chunks * g - n) * (0.0 >= x).astype(jnp.int32)  # zero padding rows
     rank_pos = jnp.sum((x[:, None, :] >= x[:, :, None]) & mask[:, None, :], axis=-1)
     return 1 + count, rank_pos.astype(jnp.int32)
+
+
+def _read_rows(s: Array, row0: int, rows: tuple[Array, ...], values: tuple[Array, ...]) -> tuple[Array, ...]:
+    """Each ``values[k][i, j]`` replaced by ``s[rows[k][i, j] - row0, i]`` where that row lies in
+    the tile ``s [G, b]`` of gallery rows ``row0 .. row0 + G - 1``."""
+    g = s.shape[0]
+    cols = jnp.arange(s.shape[1])[:, None]
+
+    def read(r, v):
+        inside = (r >= row0) & (r < row0 + g)
+        return jnp.where(inside, s[jnp.clip(r - row0, 0, g - 1), cols], v)
+
+    return tuple(read(r, v) for r, v in zip(rows, values, strict=True))
 
 
 @functools.lru_cache(maxsize=64)
