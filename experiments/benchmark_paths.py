@@ -25,6 +25,7 @@ compare: the hosts these run on are shared and noisy.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import time
@@ -145,27 +146,55 @@ def step_fn(name: str, b: int, hint: bool, precision: str) -> tuple[Callable[[],
     return lambda: fn(emb, y), value
 
 
+def compiled_steps(b: int, specs: list[tuple[str, bool]], precision: str) -> list[Any]:
+    """:func:`step_parts`'s steps of ``(loss, hint)`` pairs at batch ``b``, compiled ahead of
+    time in threads (XLA compiles outside the GIL: most of a row's time on a many-core GPU host
+    was its compilation, one after the other): ``(compiled, embeddings, labels)`` each, or the
+    exception that building or compiling it raised."""
+
+    def build(spec: tuple[str, bool]) -> Any:
+        try:
+            fn, emb, y = step_parts(spec[0], b, spec[1], precision)
+            return fn.lower(emb, y).compile(), emb, y
+        except Exception as err:  # noqa: BLE001 -- one row's error, recorded by loss_rows
+            return err
+
+    workers = max(1, min(len(specs), (os.cpu_count() or 1)))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(build, specs))
+
+
 def loss_rows(sizes: list[int], names: list[str], precision: str) -> list[dict]:
     """Every loss, with and without the hint, as a ratio to the matmul of the same size, the two
-    timed in alternation (:func:`interleaved`)."""
+    timed in alternation (:func:`interleaved`). A row that raises (out of memory, a compile
+    error) is an ``"error"`` row; the others are still measured. A size starts only before
+    :data:`DEADLINE`; once its rows are compiled, all of them are measured."""
     rows = []
     for b in sizes:
+        if time.perf_counter() > DEADLINE:  # checked per size: its rows compile together
+            print(f"time budget spent: B={b} and later sizes skipped")
+            return rows
         mm_fn = matmul_fn(b, precision)
         mm = interleaved([mm_fn])[0]
         rows.append(dict(what="matmul", b=b, precision=precision, time_s=mm, ratio=1.0))
         print(f"B={b:6d} matmul ({precision}) fwd+bwd {mm * 1e3:8.2f} ms", flush=True)
-        for name in names:
-            for hint in (False, True):
-                if time.perf_counter() > DEADLINE:
-                    print(f"time budget spent: B={b} {name} hint={hint} and later rows skipped")
-                    return rows
-                fn, value = step_fn(name, b, hint, precision)
-                t, mm_here = interleaved([fn, mm_fn])
-                row = dict(what="loss", loss=name, b=b, hint=hint, precision=precision,
-                           time_s=t, matmul_s=mm_here, value=value, ratio=t / mm_here)
-                rows.append(row)
-                print(f"B={b:6d} {name:10s} hint={hint!s:5s} {t * 1e3:8.2f} ms  "
-                      f"= {t / mm_here:5.2f} x matmul", flush=True)
+        specs = [(name, hint) for name in names for hint in (False, True)]
+        for (name, hint), built in zip(specs, compiled_steps(b, specs, precision), strict=True):
+            try:
+                if isinstance(built, Exception):
+                    raise built
+                compiled, emb, y = built
+                value = float(compiled(emb, y)[0])
+                t, mm_here = interleaved([lambda: compiled(emb, y), mm_fn])  # noqa: B023
+            except Exception as err:  # noqa: BLE001 -- recorded; the other rows go on
+                rows.append(dict(what="error", loss=name, b=b, hint=hint, precision=precision,
+                                 error=f"{type(err).__name__}: {err}"[:300]))
+                print(f"B={b:6d} {name:10s} hint={hint!s:5s} {type(err).__name__}: {err}"[:300], flush=True)
+                continue
+            rows.append(dict(what="loss", loss=name, b=b, hint=hint, precision=precision,
+                             time_s=t, matmul_s=mm_here, value=value, ratio=t / mm_here))
+            print(f"B={b:6d} {name:10s} hint={hint!s:5s} {t * 1e3:8.2f} ms  "
+                  f"= {t / mm_here:5.2f} x matmul", flush=True)
     return rows
 
 
@@ -247,7 +276,8 @@ def list_api_rows(b: int, name: str = "supap") -> list[dict]:
 def markdown(out: dict) -> str:
     """The rows as ``docs/benchmarks_paths.md``."""
     rows = out["rows"]
-    sizes = sorted({r["b"] for r in rows if r["what"] == "matmul"})
+    sizes = sorted({r["b"] for r in rows if r["what"] == "loss"})
+    precision = next((r["precision"] for r in rows if r["what"] == "matmul"), "highest")
     lines = [
         "# Call paths against their baselines",
         "",
@@ -259,7 +289,8 @@ def markdown(out: dict) -> str:
         + ("; glibc kept freed memory (`rankax.host.keep_freed_memory()`)." if out.get("keep_freed_memory")
            else "."),
         "",
-        "## Losses through `batch_loss`, traced labels, / similarity matmul (both `precision=\"highest\"`)",
+        "## Losses through `batch_loss`, traced labels, / similarity matmul (both "
+        f'`precision="{precision}"`)',
         "",
         "| loss | hint | " + " | ".join(f"B={b}" for b in sizes) + " |",
         "|---|---|" + "---|" * len(sizes),
@@ -270,7 +301,8 @@ def markdown(out: dict) -> str:
             by_b = {r["b"]: r["ratio"] for r in rows if r["what"] == "loss" and r["loss"] == name
                     and r["hint"] == hint}
             cells = " | ".join(f"{by_b[b]:.2f}" if b in by_b else "" for b in sizes)
-            lines.append(f"| {name} | {'K-1' if hint else 'none'} | {cells} |")
+            cap = (K - 1 if LOSSES[name][2] == "flat" else HAP_POSITIVES) if hint else "none"
+            lines.append(f"| {name} | {cap} | {cells} |")
     mm = ", ".join(f"B={r['b']}: {r['time_s'] * 1e3:.1f} ms" for r in rows if r["what"] == "matmul")
     lines += ["", f"Matmul fwd+bwd: {mm}.", "", "## Labels given five ways (Smooth-AP) / the fastest", ""]
     lines += [f"- {r['path']}: {r['time_s'] * 1e3:.1f} ms = {r['ratio']:.2f}x"

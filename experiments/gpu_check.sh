@@ -31,8 +31,9 @@
 # has started (e.g. the time left minus 3 minutes): the script then ends, table printed, before
 # it is stopped from outside. It ends within TOTAL_S + 15 s at worst. TOTAL_S above TOTAL_S_MAX
 # is cut to it, with a warning: a lent machine stops a command at 600 s (raise TOTAL_S_MAX
-# where there is no such limit). The benchmark gets min(BENCH_LIMIT_S, TOTAL_S - 30) and a
-# --budget-s 40 s below that (BENCH_ARGS may set its own).
+# where there is no such limit). The benchmark gets min(BENCH_LIMIT_S, what is left of TOTAL_S
+# after the set-up - 30 s), and is not run with less than 60 s; its --budget-s is 40 s below
+# that (BENCH_ARGS may set its own).
 # One call cannot hold everything in 600 s (the suite alone takes longer): split it by PHASES,
 # e.g. "bench profile" in a first call and "tests" in a second on the same warm machine; the
 # second prints the test counts, and `python -m experiments.benchmark_gpu --out DIR
@@ -48,6 +49,7 @@ TOTAL_S=${TOTAL_S:-570}
 TOTAL_S_MAX=${TOTAL_S_MAX:-570}
 PHASES=${PHASES:-bench profile tests}
 BENCH_LIMIT_S=${BENCH_LIMIT_S:-300}
+BENCH_ARGS=${BENCH_ARGS:-}
 WORKERS=${WORKERS:-8}
 PROFILE_S=${PROFILE_S:-90}
 PROFILE_B=${PROFILE_B:-4096}
@@ -68,8 +70,6 @@ if [ "$TOTAL_S" -gt "$TOTAL_S_MAX" ]; then
   echo "gpu_check: warning: TOTAL_S=$TOTAL_S cut to TOTAL_S_MAX=$TOTAL_S_MAX (a lent machine stops a command at 600 s)"
   TOTAL_S=$TOTAL_S_MAX
 fi
-[ "$BENCH_LIMIT_S" -gt $((TOTAL_S - 30)) ] && BENCH_LIMIT_S=$((TOTAL_S - 30))
-[ "$BENCH_LIMIT_S" -lt 60 ] && BENCH_LIMIT_S=60
 mkdir -p "$OUT"
 
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
@@ -96,8 +96,14 @@ fi
 
 # The benchmark first: its figures are the run's purpose, and nothing else loads the GPU then.
 # No preallocation: its child process (SupAP at B = 65536) and PyTorch share the GPU with it.
+# Its limit: what is left of TOTAL_S after the set-up above, less 30 s for the end.
+room=$((TOTAL_S - ($(date +%s) - start) - 30))
+[ "$BENCH_LIMIT_S" -gt "$room" ] && BENCH_LIMIT_S=$room
 bench_rc=0
-if has_phase bench; then
+if has_phase bench && [ "$BENCH_LIMIT_S" -lt 60 ]; then
+  echo "gpu_check: ${BENCH_LIMIT_S}s left of TOTAL_S=$TOTAL_S for the benchmark (60 s at least): not run"
+  bench_rc=124
+elif has_phase bench; then
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
   timeout -s INT -k 20 "$BENCH_LIMIT_S" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
     "$PY" -m experiments.benchmark_gpu --out "$OUT" --budget-s $((BENCH_LIMIT_S - 40)) $BENCH_ARGS \

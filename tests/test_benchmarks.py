@@ -253,6 +253,33 @@ def test_gpu_check_refuses_a_host_without_a_gpu(tmp_path):
     assert long.returncode == 2 and "TOTAL_S=720 cut to TOTAL_S_MAX=570" in long.stdout
 
 
+def test_gpu_check_defaults_and_time_left(tmp_path):
+    """The documented plain call (no BENCH_ARGS: it stopped at 'unbound variable' before the
+    benchmark) passes the budget from BENCH_LIMIT_S; with too little of TOTAL_S left the
+    benchmark is not started. A stand-in python records its arguments (no JAX needed)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "PY": str(fake), "OUT": str(tmp_path / "out"),
+           "WHEELS": str(tmp_path), "ALLOW_CPU": "1", "PHASES": "bench", "HOME": str(tmp_path)}
+    run = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
+                         timeout=120, cwd=root, env=env)
+    assert run.returncode == 0 and "unbound" not in run.stderr, run.stdout + run.stderr
+    calls = [line for line in log.read_text().splitlines() if "experiments.benchmark_gpu" in line]
+    assert calls == [f"-m experiments.benchmark_gpu --out {tmp_path / 'out'} --budget-s 260"]
+    assert "the benchmark wrote no JSON (exit 0)" in run.stdout
+    log.unlink()
+    short = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
+                           timeout=120, cwd=root, env={**env, "TOTAL_S": "80"})
+    assert short.returncode == 124, short.stdout + short.stderr
+    assert "left of TOTAL_S=80 for the benchmark (60 s at least): not run" in short.stdout
+    assert "experiments.benchmark_gpu" not in log.read_text()
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     # The GPU script's smoke run (ALLOW_CPU=1, tiny sizes, one small test module): every file it
