@@ -45,8 +45,8 @@ def _check_ks(hparams: dict[str, Any], caller: str) -> None:
 
 def k_temperatures(ks: Sequence[float], k_temperature: Any) -> tuple[Any, ...]:
     """The recall temperature of each cut-off: ``k_temperature`` for all, one per cut-off
-    from a sequence, or ``k`` itself for ``None`` (RS@k's code: ``--k_temperatures 1 2 4 8 16``
-    for ``--k_vals_train 1 2 4 8 16``)."""
+    from a sequence, or ``k`` itself for ``None`` (RS@k's code until 2024:
+    ``--k_temperatures 1 2 4 8 16`` for ``--k_vals_train 1 2 4 8 16``)."""
     if k_temperature is None:
         return tuple(ks)
     if validation.is_sequence(k_temperature):
@@ -171,9 +171,10 @@ def recall_at_k_surrogate_loss(
       ks: cut-offs (the paper uses ``{1, 2, 4, 8, 16}`` on SOP-like datasets).
       temperature: rank sigmoid temperature (0.01, ``--sigmoid_temperature``).
       k_temperature: recall sigmoid temperature: ``None`` (default) takes ``k`` for cut-off
-        ``k``, as the authors' code (``yash0307/RecallatK_surrogate:src/main.py``,
-        ``--k_temperatures`` defaults to ``--k_vals_train``, 1 2 4 8 16); one number for every
-        cut-off, or one per cut-off.
+        ``k``, as the authors' code when the paper's numbers were made
+        (``yash0307/RecallatK_surrogate@44b7011:src/main.py``, ``--k_temperatures`` defaults
+        to ``--k_vals_train``, 1 2 4 8 16; its 2024 commit ``ed05202`` sets 1 for every
+        cut-off: ``k_temperature=1.0``); one number for every cut-off, or one per cut-off.
 
     References:
       Patel, Tolias, Matas. "Recall@k Surrogate Loss with Large Batches and Similarity

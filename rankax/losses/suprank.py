@@ -13,8 +13,10 @@ gradient only moves less relevant items below ``k``. For binary relevance this i
 rank, and :func:`hap_loss` equals :func:`rankax.losses.supap_loss`.
 
 The official code decides "less relevant" by comparing hierarchy levels, rankax by comparing
-relevance values; they agree whenever relevance increases with the shared level (rule
-``"levels"``, or ``"pop"`` with comparable level sizes).
+relevance values; they agree whenever relevance increases with the shared level (rules
+``"levels"`` and ``"count"``, or ``"pop"`` where each coarser level's items outnumber the
+finer level's enough). Under ``"pop"`` with a coarser level of few items in the list the two
+differ (an open deviation, measured in docs/losses.md).
 
 SupRank's third ingredient, the decomposability loss, is :func:`rankax.losses.calibration_loss`.
 """
