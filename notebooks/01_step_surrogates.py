@@ -171,7 +171,7 @@ ax = axes[2]
 for v, gap in supap_gap.items():
     ax.scatter(exact, gap, s=8, label=f"SupAP variant={v!r}")
 ax.axhline(0.0, color="k", lw=0.5)
-ax.set(title="SupAP is a lower bound of AP (1 - SupAP <= 1 - AP)", xlabel="exact AP",
+ax.set(title="SupAP is a lower bound of AP (1 - SupAP loss <= AP)", xlabel="exact AP",
        ylabel="(1 - SupAP loss) - AP")
 ax.legend()
 fig.tight_layout()

@@ -219,11 +219,11 @@ print(f"cosine(local-only gradient, global gradient):     {cosine:.3f}")
 # **Reading.** Small batches overestimate AP: a positive in a batch of 8 has far fewer
 # negatives that can precede it than in the whole set, so the batch-averaged AP sits above the
 # whole-set AP and converges to it only as $B$ grows. Measured on the 2-core CPU with the default
-# settings: the gap at $B = 8$ is +0.19 AP for the random projection, +0.055 for SupAP and +0.044
+# settings: the gap at $B = 8$ is +0.19 AP for the random projection, +0.055 for SupAP and +0.051
 # for ROADMAP; at $B = 256$ it is below 0.01 for all three. The loss the model is trained on has
 # the same bias, so a small-batch loss is a biased estimate of the quantity we care about. The
 # calibration term shrinks the gap a little at small $B$ here, but the ROADMAP model also has a
-# higher AP (0.92 vs 0.91), and better embeddings have smaller gaps anyway: on digits the two
+# higher AP (0.914 vs 0.907), and better embeddings have smaller gaps anyway: on digits the two
 # effects are not separated (one seed, one short run). Global-batch ranking removes the factor
 # $d$ on the list length for free: the sharded loss equals the single-device loss on the whole
 # batch of 256 (gradient difference ~1e-9), while ranking only each device's 64 optimises a
