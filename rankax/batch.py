@@ -210,6 +210,30 @@ def relevance_of(
     return default_relevance(labels, include_self, getattr(loss_fn, "path_relevance", "pop"))
 
 
+def levels_for_loss(
+    loss_fn: LossFn, labels: Array, relevance_fn: RelevanceFn | None, hparams: dict[str, Any], caller: str
+) -> tuple[RelevanceFn | None, dict[str, Any]]:
+    """``(relevance_fn, hparams)`` for ``[B, L]`` label paths without a ``relevance_fn`` and a
+    loss that reads shared levels (``rule`` / ``num_levels`` hyperparameters:
+    :func:`rankax.losses.hap_loss`): its lists get the shared levels as labels, and the loss
+    its rule (``rule``, else ``loss_fn.path_relevance``) and ``num_levels = L``, so that it
+    computes the relevance of each list and compares levels, as the official code does.
+    Otherwise both unchanged."""
+    if relevance_fn is not None or jnp.ndim(labels) != 2 or not {"rule", "num_levels"} <= set(hparams):
+        return relevance_fn, hparams
+    num_levels = int(jnp.shape(labels)[1])
+    if hparams["num_levels"] not in (None, num_levels):
+        raise ValueError(
+            f"{validation.prefix(caller)}num_levels={hparams['num_levels']!r} differs from the label "
+            f"paths' L = {num_levels}: leave num_levels out (batch_loss sets it from the paths)"
+        )
+    from rankax.hierarchy import hierarchical_relevance
+
+    rule = hparams["rule"] or getattr(loss_fn, "path_relevance", "pop")
+    levels = functools.partial(hierarchical_relevance, rule="count")  # t, the shared levels
+    return levels, {**hparams, "rule": rule, "num_levels": num_levels}
+
+
 capacity_ladder = positives.capacity_ladder  # one ladder for the list and batch paths
 
 
@@ -408,7 +432,8 @@ def batch_statistics(
         raise ValueError(f"{validation.prefix(caller)}item_mask must be [{n}], got {mask.shape}")
     # Queries that are not items (query_index None) are never in their own lists: the
     # default relevance then counts every item, as with include_self.
-    rel_fn = relevance_of(loss_fn, q_lab, include_self or query_index is None, relevance_fn)
+    levels_fn, hparams = levels_for_loss(loss_fn, q_lab, relevance_fn, hparams, caller)
+    rel_fn = relevance_of(loss_fn, q_lab, include_self or query_index is None, levels_fn)
     if capacity is None:
         capacity = exact_capacity(
             query_labels, item_labels, query_index=query_index, item_mask=item_mask,
@@ -863,7 +888,8 @@ def batch_loss(
         a 128 MiB score block allows on accelerators).
       relevance_fn: ``(query_labels [Q, ...], item_labels [N, ...]) -> [Q, N]`` relevance;
         default binary (same class id) for ``[B]`` labels and
-        :func:`rankax.hierarchy.hierarchical_relevance` for ``[B, L]`` paths.
+        :func:`rankax.hierarchy.hierarchical_relevance` for ``[B, L]`` paths (H-AP gets the
+        shared levels and its rule instead: :func:`levels_for_loss`).
       references: optional ``[M, D]`` extra items every query also ranks (gradient stopped).
       reference_labels: ``[M]`` or ``[M, L]`` labels of the references.
       reference_mask: optional ``[M]`` bool, which references exist.

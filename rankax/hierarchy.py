@@ -21,7 +21,9 @@ Relevance rules, for one query ``q`` and items ``j`` of its list:
   relevance official SupRank's NDCG loss turns into gains :math:`2^{t} - 1`
   (``SupNDCGLoss(hierarchy_level="MULTI")`` reads ``create_label_matrix``, the count of equal
   columns). :func:`rankax.batch_loss` uses it for :func:`rankax.losses.sup_ndcg_loss`
-  (``sup_ndcg_loss.path_relevance``) and ``"pop"`` for the other graded losses.
+  (``sup_ndcg_loss.path_relevance``) and ``"pop"`` for the other graded losses
+  (:func:`rankax.losses.hap_loss` gets the shared levels and computes "pop" per list:
+  :func:`relevance_from_levels` over its valid items, the same values).
 
 Items with ``t = 0`` (nothing in common) have relevance 0 under every rule. The shared
 conventions (ranks, ties, ``include_self``, reductions) are in ``docs/conventions.md``.
@@ -47,6 +49,7 @@ Array = jax.Array
 
 __all__ = [
     "RELEVANCE_RULES",
+    "check_levels",
     "hierarchical_relevance",
     "level_counts",
     "level_weights",
@@ -83,6 +86,13 @@ def _check_paths(query_paths: ArrayLike, item_paths: ArrayLike, caller: str = ""
     it = validation.int_ids(item_paths, "item_paths", caller=caller)
     _check_path_shapes(q, it, ("query_paths", "item_paths"), caller)
     return q, it
+
+
+def check_levels(levels: ArrayLike, num_levels: int, *, caller: str) -> Array:
+    """``levels``, shared-level counts ``t`` (:func:`shared_levels`), as int32: a ``TypeError``
+    naming ``caller`` unless they are integers, a ``ValueError`` where concrete values (or, in
+    :mod:`rankax.debug` checked mode, traced ones) fall outside ``0..num_levels``."""
+    return _check_levels(levels, num_levels, caller)
 
 
 def _check_levels(levels: ArrayLike, num_levels: int, caller: str) -> Array:
@@ -123,14 +133,15 @@ def _shared_levels(q: Array, it: Array) -> Array:
     return t
 
 
-def level_weights(num_levels: int, alpha: float = 1.0) -> Array:
-    """The ``"pop"`` weights :math:`w_t = (t / (L - 1))^\\alpha`, ``t = 0..L`` (``[L + 1]``).
+def level_weights(num_levels: int, alpha: float = 1.0, *, dtype: Any = jnp.float32) -> Array:
+    """The ``"pop"`` weights :math:`w_t = (t / (L - 1))^\\alpha`, ``t = 0..L`` (``[L + 1]``,
+    ``dtype``, float32 by default).
 
     ``L = 1`` (flat labels) uses ``[0, 1]``.
     """
     validation.check_int("num_levels", num_levels, caller="level_weights")
     validation.check_number("alpha", alpha, "positive", caller="level_weights")
-    t = jnp.arange(num_levels + 1, dtype=jnp.float32)
+    t = jnp.arange(num_levels + 1, dtype=dtype)
     return (t / max(num_levels - 1, 1)) ** alpha
 
 
@@ -141,9 +152,10 @@ def relevance_from_levels(
     rule: str = "pop",
     alpha: float = 1.0,
     where: ArrayLike | None = None,
+    dtype: Any = jnp.float32,
 ) -> Array:
-    """Graded relevance ``[..., N]`` float32 from shared-level counts ``t`` ``[..., N]`` (integers
-    0..L, :func:`shared_levels`), by ``rule`` (module docstring):
+    """Graded relevance ``[..., N]`` (``dtype``, float32 by default) from shared-level counts
+    ``t`` ``[..., N]`` (integers 0..L, :func:`shared_levels`), by ``rule`` (module docstring):
 
     * ``"pop"`` (default): :math:`w_t / n_t`, the weight :math:`w_t = (t / (L - 1))^\\alpha`
       (:func:`level_weights`) shared among the :math:`n_t` valid items of the list at level ``t``;
@@ -159,7 +171,7 @@ def relevance_from_levels(
     validation.check_int("num_levels", num_levels, caller=caller)
     t = _check_levels(levels, num_levels, caller)
     valid = jnp.ones(t.shape, bool) if where is None else _check_where(where, t.shape, caller)
-    return _levels_relevance(t, num_levels, rule, alpha, valid)
+    return _levels_relevance(t, num_levels, rule, alpha, valid, dtype)
 
 
 def _check_rule(rule: str, alpha: float, caller: str) -> None:
@@ -169,34 +181,40 @@ def _check_rule(rule: str, alpha: float, caller: str) -> None:
     validation.check_number("alpha", alpha, "positive", caller=caller)
 
 
-def _levels_relevance(t: Array, num_levels: int, rule: str, alpha: float, valid: Array) -> Array:
+def _levels_relevance(
+    t: Array, num_levels: int, rule: str, alpha: float, valid: Array, dtype: Any = jnp.float32
+) -> Array:
     """:func:`relevance_from_levels` of checked arguments."""
+    zero = jnp.zeros((), dtype)
     if rule == "levels":
-        rel = (t.astype(jnp.float32) / num_levels) ** alpha
-        return jnp.where(valid & (t > 0), rel, 0.0)
+        rel = (t.astype(dtype) / num_levels) ** alpha
+        return jnp.where(valid & (t > 0), rel, zero)
     if rule == "count":
-        return jnp.where(valid, t.astype(jnp.float32), 0.0)
-    return _pop_relevance(t, valid, num_levels, alpha, drop_one_top=False)
+        return jnp.where(valid, t.astype(dtype), zero)
+    return _pop_relevance(t, valid, num_levels, alpha, drop_one_top=False, dtype=dtype)
 
 
-def _pop_relevance(t: Array, valid: Array, num_levels: int, alpha: float, *, drop_one_top: bool) -> Array:
+def _pop_relevance(
+    t: Array, valid: Array, num_levels: int, alpha: float, *, drop_one_top: bool, dtype: Any = jnp.float32
+) -> Array:
     """``"pop"``: each level's weight shared among the valid items at that level. With
     ``drop_one_top`` one item of the finest level (a query counted in its own list) is left
     out of that level's count; it gets the others' share (0 when it is alone there)."""
     counts = jnp.stack([jnp.sum((t == k) & valid, axis=-1) for k in range(num_levels + 1)], axis=-1)
     if drop_one_top:
         counts = counts.at[..., num_levels].add(-1)
-    return jnp.where(valid, pop_relevance_from_counts(t, counts, num_levels, alpha), 0.0)
+    rel = pop_relevance_from_counts(t, counts, num_levels, alpha, dtype=dtype)
+    return jnp.where(valid, rel, jnp.zeros((), dtype))
 
 
 def pop_relevance_from_counts(
-    levels: ArrayLike, counts: ArrayLike, num_levels: int, alpha: float = 1.0
+    levels: ArrayLike, counts: ArrayLike, num_levels: int, alpha: float = 1.0, *, dtype: Any = jnp.float32
 ) -> Array:
-    """``"pop"`` relevance ``w_t / n_t`` ``[..., N]`` of items sharing ``levels`` ``t`` (0..L)
-    with their query, given the query's count ``n_t`` of items at each level ``counts``
-    ``[..., L + 1]``: 0 where ``t = 0`` or ``n_t <= 0``. The counts may come from the list
-    itself (:func:`relevance_from_levels`) or from another population: the official
-    evaluation counts the query set, query included (:func:`level_counts`)."""
+    """``"pop"`` relevance ``w_t / n_t`` ``[..., N]`` (``dtype``, float32 by default) of items
+    sharing ``levels`` ``t`` (0..L) with their query, given the query's count ``n_t`` of items
+    at each level ``counts`` ``[..., L + 1]``: 0 where ``t = 0`` or ``n_t <= 0``. The counts
+    may come from the list itself (:func:`relevance_from_levels`) or from another population:
+    the official evaluation counts the query set, query included (:func:`level_counts`)."""
     caller = "pop_relevance_from_counts"
     validation.check_int("num_levels", num_levels, caller=caller)
     validation.check_number("alpha", alpha, "positive", caller=caller)
@@ -207,9 +225,9 @@ def pop_relevance_from_counts(
     if not (fits and all(c in (1, n) for c, n in zip(lead, t.shape[:-1], strict=True))):
         raise ValueError(f"{caller}: counts must be [..., L + 1] = [..., {num_levels + 1}], its leading "
                          f"shape broadcasting to the lists' {t.shape[:-1]}; got shape {counts.shape}")
-    n = jnp.take_along_axis(counts, t, axis=-1).astype(jnp.float32)
-    share = level_weights(num_levels, alpha)[t] / jnp.maximum(n, 1.0)
-    return jnp.where((t > 0) & (n > 0), share, 0.0)
+    n = jnp.take_along_axis(counts, t, axis=-1).astype(dtype)
+    share = level_weights(num_levels, alpha, dtype=dtype)[t] / jnp.maximum(n, 1.0)
+    return jnp.where((t > 0) & (n > 0), share, jnp.zeros((), dtype))
 
 
 #: Mixed-radix keys of :func:`row_ids` stay below this bound (int64 without overflow).

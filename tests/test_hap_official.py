@@ -164,3 +164,94 @@ def test_batch_loss_passes_with_hrank_through():
         relevance_fn=lambda q, i: (q[:, None, :] == i[None, :, :]).sum(-1) / 2.0, with_hrank=True,
     )
     np.testing.assert_allclose(float(got), want, rtol=2e-5)
+
+
+def np_pop(level, num_levels, alpha=1.0):
+    """SupRank's ``get_relevances_pop`` for one list: ``w_t / n_t``, ``w_t = (t / (L - 1))^alpha``
+    (``[0, 1]`` for ``L = 1``), ``n_t`` the list's items at level ``t``; 0 at ``t = 0``."""
+    weights = (np.arange(num_levels + 1) / max(num_levels - 1, 1)) ** alpha
+    counts = np.bincount(level, minlength=num_levels + 1)
+    return np.where(level > 0, weights[level] / np.maximum(counts[level], 1), 0.0)
+
+
+def _uneven_list(seed, n=24):
+    """Levels 1..3 of a skewed tree: few items at the coarse levels, so their "pop" share is
+    as large as or larger than a finer level's (relevance not increasing with the level)."""
+    rng = np.random.default_rng(seed)
+    level = np.zeros(n, np.int64)
+    level[:8] = [3, 3, 3, 3, 2, 1, 2, 1]  # 4 at level 3, 2 at level 2, 2 at level 1
+    rng.shuffle(level)
+    return rng.uniform(-0.4, 0.4, n), level
+
+
+@pytest.mark.parametrize(("with_hrank", "beta", "gamma", "leak"), SETTINGS[:2])
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_hap_loss_reads_shared_levels_as_the_official_code(with_hrank, beta, gamma, leak, alpha):
+    """rule="pop": labels are the shared levels, the relevance is the list's pop share and
+    "less relevant" compares levels. Here pop gives the 4 items of level 3 (weight 1.5 with
+    alpha 1) less relevance each than the 2 of level 2 (weight 1): comparing values, as
+    without a rule, smooths the wrong items."""
+    s, level = _uneven_list(0)
+    rel = np_pop(level, 3, alpha)
+    assert rel[level == 3][0] < rel[level == 2][0]  # relevance not increasing with the level
+    kw = {"with_hrank": with_hrank, "beta": beta, "gamma": gamma, "leak": leak}
+    want = official_hap_loss(s, level, rel, **kw)
+    with jax.enable_x64(True):
+        fn = jax.jit(jax.value_and_grad(lambda t: rankax.hap_loss(
+            t, jnp.asarray(level), rule="pop", num_levels=3, alpha=alpha, **kw)))
+        got, grad = fn(jnp.asarray(s))
+        by_value = rankax.hap_loss(jnp.asarray(s), jnp.asarray(rel), **kw)
+    np.testing.assert_allclose(float(got), want, rtol=1e-10)
+    assert abs(float(by_value) - want) > 1e-4  # comparing values is not the official loss here
+    h = 1e-7
+    fd = [(official_hap_loss(s + h * e, level, rel, **kw) - official_hap_loss(s - h * e, level, rel, **kw))
+          / (2 * h) for e in np.eye(len(s))]
+    np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-5, atol=1e-8)
+
+
+def test_batch_loss_on_uneven_label_paths_equals_the_official_loss():
+    """batch_loss on [B, 3] paths of a skewed tree (default relevance: pop over each list, the
+    query in its own list): the mean of the official per-list losses, which compare levels."""
+    rng = np.random.default_rng(5)
+    # classes of 3 images; super-classes of 1 or 3 classes; one root of everything.
+    fine = np.repeat(np.arange(8), 3)
+    middle = np.array([0, 1, 1, 1, 2, 3, 3, 3])[fine]
+    paths = np.stack([fine, middle, middle // 2], axis=1)
+    emb = rng.normal(size=(len(fine), 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    level = np.zeros((len(fine), len(fine)), np.int64)  # shared levels, from the coarsest
+    agree = np.ones_like(level, bool)
+    for col in (2, 1, 0):
+        agree &= paths[:, None, col] == paths[None, :, col]
+        level += agree
+    rel = np.stack([np_pop(row, 3) for row in level])
+    scores = emb @ emb.T
+    want = np.mean([official_hap_loss(scores[i], level[i], rel[i], with_hrank=False)
+                    for i in range(len(fine))])
+    with jax.enable_x64(True):
+        got = rankax.batch_loss(rankax.losses.hap_loss, jnp.asarray(emb), jnp.asarray(paths),
+                                include_self=True)
+    np.testing.assert_allclose(float(got), want, rtol=1e-10)
+    with jax.enable_x64(True):  # comparing relevance values (the hierarchical_relevance given)
+        by_value = rankax.batch_loss(rankax.losses.hap_loss, jnp.asarray(emb), jnp.asarray(paths),
+                                     include_self=True, relevance_fn=hierarchical_relevance_with_self)
+    assert abs(float(by_value) - want) > 1e-4
+
+
+def hierarchical_relevance_with_self(q, items):
+    return rankax.hierarchy.hierarchical_relevance(q, items, include_self=True)
+
+
+def test_hap_loss_levels_errors():
+    s = jnp.zeros(4)
+    with pytest.raises(ValueError, match="pass num_levels=L"):
+        rankax.hap_loss(s, jnp.array([3, 1, 0, 0]), rule="pop")
+    with pytest.raises(ValueError, match="rule must be None"):
+        rankax.hap_loss(s, jnp.array([3, 1, 0, 0]), rule="popularity", num_levels=3)
+    with pytest.raises(TypeError, match="levels must be integer"):
+        rankax.hap_loss(s, jnp.array([1.0, 0.5, 0.0, 0.0]), rule="pop", num_levels=3)
+    with pytest.raises(ValueError, match="levels must lie in 0..L = 0..2"):
+        rankax.hap_loss(s, jnp.array([3, 1, 0, 0]), rule="pop", num_levels=2)
+    paths = jnp.array([[0, 0], [0, 0], [1, 0], [2, 1]])
+    with pytest.raises(ValueError, match="num_levels=3 differs from the label paths' L = 2"):
+        rankax.batch_loss(rankax.losses.hap_loss, jnp.eye(4), paths, num_levels=3)

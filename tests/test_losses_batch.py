@@ -109,7 +109,9 @@ def test_batch_loss_keeps_exact_ties_between_positives_and_negatives(loss_fn):
 def test_queries_that_are_not_items_count_every_item_of_their_path():
     """``batch_statistics`` with ``query_index=None`` (queries ranking a gallery they are not
     part of) and label paths: SupRank's "pop" relevance of the gallery, every item counted
-    (``hierarchy.path_relevance`` with no mask), not one dropped as if it were the query."""
+    (``hierarchy.path_relevance`` with no mask), not one dropped as if it were the query. The
+    third query's levels 1 and 2 get the same share (1/1 and 2/2): H-AP compares their levels,
+    as the official code, so the list API is given the shared levels and the rule."""
     from rankax import batch
     from rankax._core import stats
 
@@ -122,8 +124,11 @@ def test_queries_that_are_not_items_count_every_item_of_their_path():
     i_paths = np.array([[0, 0], [0, 0], [1, 0], [2, 0], [3, 1], [3, 1], [4, 1]])
     totals = batch.batch_statistics(rankax.hap_loss, queries, q_paths, items, i_paths, caller="test")
     got = stats.from_statistics(rankax.hap_loss, totals, stats.hparams_of(rankax.hap_loss, {}, caller="test"))
-    expected = rankax.hap_loss(queries @ items.T, hierarchy.path_relevance(q_paths, i_paths))
+    levels = hierarchy.shared_levels(q_paths, i_paths)
+    expected = rankax.hap_loss(queries @ items.T, levels, rule="pop", num_levels=2)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(  # the relevance is the path relevance of the gallery
+        hierarchy.relevance_from_levels(levels, 2), hierarchy.path_relevance(q_paths, i_paths))
 
 
 @pytest.mark.parametrize("loss_fn", [rankax.sup_ndcg_loss, rankax.hap_loss, rankax.blackbox_ap_loss],

@@ -12,11 +12,10 @@ with ``h`` ROADMAP's upper bound of the step (:func:`rankax.ranking.roadmap_step
 gradient only moves less relevant items below ``k``. For binary relevance this is exactly SupAP's
 rank, and :func:`hap_loss` equals :func:`rankax.losses.supap_loss`.
 
-The official code decides "less relevant" by comparing hierarchy levels, rankax by comparing
-relevance values; they agree whenever relevance increases with the shared level (rules
-``"levels"`` and ``"count"``, or ``"pop"`` where each coarser level's items outnumber the
-finer level's enough). Under ``"pop"`` with a coarser level of few items in the list the two
-differ (an open deviation, measured in docs/losses.md).
+"Less relevant" compares the relevance values given as ``labels``, or, with ``rule`` (H-AP:
+``labels`` are then shared hierarchy levels), the levels, as the official code does; the two
+differ under the ``"pop"`` rule where a coarser level has few items in the list.
+:func:`rankax.batch_loss` on ``[B, L]`` label paths gives H-AP the levels.
 
 SupRank's third ingredient, the decomposability loss, is :func:`rankax.losses.calibration_loss`.
 """
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from rankax import metrics, ranking
+from rankax import hierarchy, metrics, ranking
 from rankax._core import listfn, positives, validation
 from rankax.losses import _ranks
 
@@ -49,34 +48,58 @@ def _hrank_steps(diff, rel, with_hrank, beta, gamma, leak):
     return jnp.where(more, ranking.hrank_step(diff, beta=beta, gamma=gamma, leak=leak), exact)
 
 
-def _hap_kernel(scores, labels, where, gathered, *, with_hrank, beta, gamma, leak, **step):
+def _relevance_of(labels, where, gathered, rule, num_levels, alpha):
+    """``(relevance [..., N], the positives' relevance [..., C])``: ``labels`` themselves, or,
+    with a ``rule``, the relevance of that rule computed per list from the shared levels that
+    ``labels`` then hold (:func:`rankax.hierarchy.relevance_from_levels`)."""
+    if rule is None:
+        return labels, gathered.labels
+    t = labels.astype(jnp.int32)  # whole numbers 0..L (checked by hap_loss / batch_loss)
+    rel = hierarchy.relevance_from_levels(
+        t, num_levels, rule=rule, alpha=alpha, where=where, dtype=labels.dtype
+    )
+    return rel, jnp.take_along_axis(rel, gathered.index, axis=-1)
+
+
+def _hap_kernel(scores, labels, where, gathered, *, with_hrank, beta, gamma, leak, rule, num_levels,
+                alpha, **step):
+    # Which items are less (more) relevant than a positive: gathered.labels, the relevance or,
+    # with a rule, the shared levels (the official code's comparison).
     rank, diff, others = _ranks.graded_ranks(scores, labels, where, gathered, **step)
+    rel, rel_pos = _relevance_of(labels, where, gathered, rule, num_levels, alpha)
     # H-rank: the relevance "earned" at k; negatives share nothing with k, so the sum runs over
     # the other positives ([C, C]).
-    shared = jnp.minimum(gathered.labels[..., None, :], gathered.labels[..., :, None])
+    shared = jnp.minimum(rel_pos[..., None, :], rel_pos[..., :, None])
     steps = _hrank_steps(diff, gathered.labels, with_hrank, beta, gamma, leak)
-    hrank = gathered.labels + jnp.sum(jnp.where(others, shared * steps, 0.0), axis=-1)
-    total_rel = jnp.sum(jnp.where(where, labels, 0.0), axis=-1)
+    hrank = rel_pos + jnp.sum(jnp.where(others, shared * steps, 0.0), axis=-1)
+    total_rel = jnp.sum(jnp.where(where, rel, 0.0), axis=-1)
     return 1.0 - metrics.hap_from_ranks(hrank, rank, gathered.mask, total_rel)
 
 
 def _hap_values(lists: listfn.Lists, **hparams: Any) -> Array:
-    """Per-list H-AP loss; ``hparams``: ROADMAP's step parameters (``_ranks.ROADMAP_STEP``) and
-    the H-rank's (``with_hrank``, ``beta``, ``gamma``, ``leak``)."""
+    """Per-list H-AP loss; ``hparams``: ROADMAP's step parameters (``_ranks.ROADMAP_STEP``),
+    the H-rank's (``with_hrank``, ``beta``, ``gamma``, ``leak``) and the relevance's
+    (``rule``, ``num_levels``, ``alpha``)."""
     return lists.gather(functools.partial(_hap_kernel, **hparams))
 
 
-def _check_with_hrank(hparams: dict[str, Any], caller: str) -> None:
+def _check_hap(hparams: dict[str, Any], caller: str) -> None:
+    p = validation.prefix(caller)
     if not isinstance(hparams["with_hrank"], bool | np.bool_):
         raise TypeError(
-            f"{validation.prefix(caller)}with_hrank must be a static Python bool (it selects the "
-            f"H-rank's step), got {hparams['with_hrank']!r}"
+            f"{p}with_hrank must be a static Python bool (it selects the H-rank's step), got "
+            f"{hparams['with_hrank']!r}"
         )
+    rule, num_levels = hparams["rule"], hparams["num_levels"]
+    if rule is not None and rule not in hierarchy.RELEVANCE_RULES:
+        raise ValueError(f"{p}rule must be None (labels are relevance values) or one of "
+                         f"{hierarchy.RELEVANCE_RULES} (labels are shared levels), got {rule!r}")
+    if rule is not None and not validation.is_int_at_least(num_levels, 1):
+        raise ValueError(f"{p}rule={rule!r} reads labels as shared levels 0..L: pass num_levels=L, "
+                         f"the number of hierarchy levels (an int >= 1), got {num_levels!r}")
 
 
-@listfn.list_function(
-    _hap_values, graded=True, choices=_ranks.ROADMAP_CHOICES, check_hparams=_check_with_hrank
-)
+@listfn.list_function(_hap_values, graded=True, choices=_ranks.ROADMAP_CHOICES, check_hparams=_check_hap)
 def hap_loss(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -94,6 +117,9 @@ def hap_loss(
     beta: float = 25.0,
     gamma: float = 0.5,
     leak: float = 10.0,
+    rule: str | None = None,
+    num_levels: int | None = None,
+    alpha: float = 1.0,
 ) -> Array:
     """SupRank's hierarchical AP loss, ``1 - H-AP`` with the SupRank rank.
 
@@ -124,15 +150,33 @@ def hap_loss(
         the unused ``HAPPIER_5_SOP.yaml`` of ``elias-ramzi/HAPPIER@5af91b3``).
       beta, gamma, leak: ``hrank_step``'s slope above, offset above and slope below (the
         official configs' 25, 0.5, 10); used only with ``with_hrank``.
+      rule: ``None`` (default): ``labels`` are relevance values, and "less (more) relevant"
+        compares them. ``"pop"``, ``"levels"`` or ``"count"``: ``labels`` are the numbers of
+        hierarchy levels each item shares with the query (whole numbers ``0..num_levels``,
+        :func:`rankax.hierarchy.shared_levels`), the relevance is
+        :func:`rankax.hierarchy.relevance_from_levels` of that rule over each list's valid
+        items, and "less (more) relevant" compares the levels, as the official code does
+        (``inferior_relevance`` of ``target``, the shared levels, in
+        ``elias-ramzi/SupRank@d3d0e3c:suprank/losses/tools/differentiable_rank.py``). The two
+        differ under ``"pop"`` (``w_t / n_t``) where a coarser level has few items in the list
+        and its share is as large as a finer level's. :func:`rankax.batch_loss` with ``[B, L]``
+        label paths (and no ``relevance_fn``) passes the shared levels with ``rule="pop"``.
+      num_levels: ``L``, the hierarchy's number of levels (needed with a ``rule``).
+      alpha: the exponent of the rule's level weights (SupRank's 1.0).
 
     References:
       Ramzi, Thome, Rambour, Audebert, Bitot. "Optimization of Rank Losses for Image
       Retrieval." arXiv:2309.08250 (SupRank); "Hierarchical Average Precision Training for
       Pertinent Image Retrieval." ECCV 2022 (HAPPIER).
     """
+    if rule is not None:  # labels are shared levels: whole numbers 0..L
+        hierarchy.check_levels(labels, num_levels, caller="hap_loss")
     lists = listfn.check(scores, labels, where, max_positives, graded=True, caller="hap_loss")
     hrank = {"with_hrank": with_hrank, "beta": beta, "gamma": gamma, "leak": leak}
-    return lists.reduce(_hap_values(lists, **_ranks.roadmap_step_args(locals()), **hrank), reduce_fn)
+    relevance = {"rule": rule, "num_levels": num_levels, "alpha": alpha}
+    return lists.reduce(
+        _hap_values(lists, **_ranks.roadmap_step_args(locals()), **hrank, **relevance), reduce_fn
+    )
 
 
 def _sup_ndcg_kernel(scores, labels, where, gathered, **step):
