@@ -301,13 +301,19 @@ def _check_sizes(
         raise ValueError(f"{prefix}max_tile_elements must be None (backend default) or an int >= 1, "
                          f"got {max_tile_elements!r}")
     validation.check_int("capacity_limit", capacity_limit, optional=True, caller=caller)
+    check_precision(precision, caller)
+
+
+def check_precision(precision: Any, caller: str) -> None:
+    """``precision`` of a similarity matmul: what ``jax.lax.dot`` accepts (a ValueError naming
+    ``caller`` otherwise)."""
     ok = precision is None or isinstance(precision, jax.lax.Precision) or precision in PRECISION_NAMES or (
         isinstance(precision, tuple) and len(precision) == 2
     )
     if not ok:
         raise ValueError(
-            f"{prefix}precision must be a jax.lax.Precision or one of 'highest' (default, float32-exact), "
-            f"'high', 'default' (TF32 on NVIDIA GPUs), got {precision!r}"
+            f"{validation.prefix(caller)}precision must be a jax.lax.Precision or one of 'highest' "
+            f"(default, float32-exact), 'high', 'default' (TF32 on NVIDIA GPUs), got {precision!r}"
         )
 
 
@@ -420,11 +426,13 @@ def batch_statistics(
       ``dict`` of scalar totals (``{"sum", "count"}`` for ordinary list losses).
     """
     q_emb, q_lab, i_emb, i_lab = _check_views(queries, query_labels, items, item_labels, caller)
+    validation.check_flag("include_self", include_self, caller=caller)
     max_positives = validation.check_capacity(max_positives, caller=caller)
     _check_sizes(block_size, max_tile_elements, precision, caller, capacity_limit)
     name = getattr(loss_fn, "__name__", "loss_fn")
-    # Deprecated spellings renamed here: the warning names the caller's line.
-    hparams = _renames.rename_kwargs(name, inspect.signature(loss_fn).parameters, hparams)
+    # Deprecated spellings of rankax's losses renamed here: the warning names the caller's line.
+    if getattr(loss_fn, "hparams", None) is not None:
+        hparams = _renames.rename_kwargs(name, inspect.signature(loss_fn).parameters, hparams)
     hparams = stats.hparams_of(loss_fn, hparams, caller=caller)
     num_q, n = q_emb.shape[0], i_emb.shape[0]
     mask = jnp.ones((n,), bool) if item_mask is None else jnp.asarray(item_mask, bool)
@@ -458,7 +466,12 @@ def batch_statistics(
         views = views._replace(q_emb=_overflow_guard(views.q_emb, most, plan.capacities[-1], caller))
     tile = functools.partial(_tile_statistics, loss_fn, views, hparams=hparams, caller=caller)
     per_block = _run_blocks(views, plan, tile, block_rows, runs, most)
-    return jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
+    totals = jax.tree.map(lambda v: jnp.sum(v, axis=0), per_block)
+    if checked:  # the NaN queries need not reach every statistic (masks, a loss of its own)
+        nan = jnp.where(most > plan.capacities[-1], jnp.nan, 0.0)
+        floating = lambda v: jnp.issubdtype(v.dtype, jnp.floating)  # noqa: E731
+        totals = jax.tree.map(lambda v: v + nan.astype(v.dtype) if floating(v) else v, totals)
+    return totals
 
 
 def _overflow_guard(queries: Array, most: Array, limit: int, caller: str) -> Array:
@@ -767,22 +780,36 @@ def _reference_rows(m: int, reference_mask: ArrayLike | None, caller: str) -> Ar
 
 
 def _concrete_items(
-    labels: Array, reference_labels: Any, reference_mask: Any, references: Any, memory: Any, caller: str
+    labels: Array, reference_labels: Any, reference_mask: Any, references: Any, memory: Any, caller: str,
+    embeddings: Any,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(item labels, item mask)`` of the lists of a batch with references or memory (the
     batch first, as :func:`with_references` orders them) when all of them are concrete; else
     ``None``."""
+    name = "references"
     if memory is not None:
-        reference_labels, reference_mask, m = memory.labels, memory.valid, jnp.shape(memory.labels)[0]
-    else:
-        m = jnp.shape(references)[0]
+        references, reference_labels, reference_mask = memory.embeddings, memory.labels, memory.valid
+        name = "memory"
+    m = np.shape(references)[0]
     parts = [labels, reference_labels, reference_mask]
     if reference_labels is None or any(_is_traced(x) for x in parts if x is not None):
         return None
+    _check_matches_batch(np.shape(embeddings), np.shape(labels), np.shape(references),
+                         np.shape(reference_labels), name, caller)
     mask = np.asarray(_reference_rows(m, reference_mask, caller))
     lab = np.asarray(labels)
     items = np.concatenate([lab, np.asarray(reference_labels).astype(lab.dtype)])
     return items, np.concatenate([np.ones(len(lab), bool), mask])
+
+
+def _check_matches_batch(emb_shape, lab_shape, ref_shape, ref_lab_shape, name: str, caller: str) -> None:
+    """References (or memory) of the batch's embedding dimension and label kind."""
+    if ref_shape[1:] != emb_shape[1:] or tuple(ref_lab_shape[1:]) != tuple(lab_shape[1:]):
+        raise ValueError(
+            f"{validation.prefix(caller)}{name} {tuple(ref_shape)} / labels {tuple(ref_lab_shape)} do "
+            f"not match the batch {tuple(emb_shape)} / {tuple(lab_shape)}: same embedding dimension "
+            "and label kind needed"
+        )
 
 
 def with_references(
@@ -815,14 +842,10 @@ def with_references(
         raise ValueError(
             f"{validation.prefix(caller)}{name}= needs reference_labels= (their [M] or [M, L] labels)"
         )
-    m = jnp.shape(references)[0]
+    m = np.shape(references)[0]
     ref_mask = _reference_rows(m, reference_mask, caller)
     ref, ref_lab = check_batch(references, reference_labels, name, row_mask=ref_mask, caller=caller)
-    if ref.shape[1] != embeddings.shape[1] or ref_lab.shape[1:] != labels.shape[1:]:
-        raise ValueError(
-            f"{validation.prefix(caller)}{name} {ref.shape} / labels {ref_lab.shape} do not match the "
-            f"batch {embeddings.shape} / {labels.shape}: same embedding dimension and label kind needed"
-        )
+    _check_matches_batch(embeddings.shape, labels.shape, ref.shape, ref_lab.shape, name, caller)
     filled = ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1)))
     wide = jnp.promote_types(labels.dtype, jnp.int32)  # uint8 ids 0..255 leave no spare id
     ref_lab = ref_lab.astype(wide)
@@ -932,6 +955,11 @@ def batch_loss(
     caller = f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
     hparams = _check_loss_options(loss_fn, hparams, references, reference_labels, reference_mask, caller)
     max_positives = validation.check_capacity(max_positives, caller=caller)  # a Python int: static
+    # Python lists as arrays: as jit arguments they would be pytrees of scalars.
+    references, reference_labels, reference_mask = (
+        np.asarray(x) if isinstance(x, list | tuple) else x
+        for x in (references, reference_labels, reference_mask)
+    )
     given = labels  # numpy labels are counted on the host as they are (no device round trip)
     if not _is_traced(labels):
         # Concrete labels (numpy included, also closed over in the caller's jit) stay concrete:
@@ -941,7 +969,7 @@ def batch_loss(
     # Shapes, dtypes and (eager calls) values, before anything is compiled.
     _, lab = check_batch(embeddings, labels, caller=caller)
     if references is not None and reference_labels is not None:
-        ref_rows = _reference_rows(jnp.shape(references)[0], reference_mask, caller)
+        ref_rows = _reference_rows(np.shape(references)[0], reference_mask, caller)
         check_batch(references, reference_labels, "references", row_mask=ref_rows, caller=caller)
     if memory is not None:  # NaN/inf in a filled slot: eager error, as for references
         _check_memory(memory, references, caller)
@@ -953,7 +981,8 @@ def batch_loss(
             counted, counted, query_index=np.arange(lab.shape[0]), include_self=include_self,
             relevance_fn=relevance_fn, caller=caller,
         )
-    elif joined := _concrete_items(lab, reference_labels, reference_mask, references, memory, caller):
+    elif joined := _concrete_items(lab, reference_labels, reference_mask, references, memory, caller,
+                                   embeddings):
         # Concrete labels with references or memory: an overflow of the ladder's largest rung
         # (capacity_limit, else the tile bound's) raises here too (in the program the labels
         # are traced, and it would turn the loss NaN).
@@ -1006,8 +1035,9 @@ def _check_loss_options(
                          "reference embeddings)")
     name = getattr(loss_fn, "__name__", "loss_fn")
     params = inspect.signature(loss_fn).parameters
-    hparams = _renames.rename_kwargs(name, params, hparams, stacklevel=4)
     checker = getattr(loss_fn, "hparams", None)
+    if checker is not None:  # rankax's own deprecated spellings, not a user loss's
+        hparams = _renames.rename_kwargs(name, params, hparams, stacklevel=4)
     if checker is None:  # a user's own list loss: it must take what batch_loss passes
         try:
             passed = dict(where=None, reduce_fn=None, max_positives=None, **hparams)
@@ -1086,10 +1116,14 @@ def _batch_loss_compiled(
     kwargs = {**dict(options), **dynamic_hparams}
     with validation.value_checks(checks):
         emb, lab = check_batch(embeddings, labels, values=False, caller=caller)  # values: checked
-        items, item_labels, item_mask = with_references(
-            emb, lab, references, reference_labels, reference_mask, memory, caller=caller
-        )
-        # The lists' kernels run unguarded: non-finite inputs are guarded once, here, O(B * D).
+        refs = (references, reference_labels, reference_mask, memory)
+        items, _, item_mask = with_references(emb, lab, *refs, caller=caller)
+        # The lists' kernels run unguarded: non-finite inputs are guarded once, here, O(B * D):
+        # a NaN/inf in a query or an existing reference makes the loss and every embedding's
+        # gradient NaN (the kernels' masks would keep some of them finite).
+        bad = jnp.any(nonfinite.nonfinite_lists(items, None if item_mask is None else item_mask[:, None]))
+        emb = nonfinite.poison_cotangent(emb, jnp.broadcast_to(bad, emb.shape[:1]))
+        items, item_labels, item_mask = with_references(emb, lab, *refs, caller=caller)
         totals = batch_statistics(
             loss_fn, emb, lab, items, item_labels,
             query_index=np.arange(emb.shape[0]),  # numpy: stays concrete under jit
@@ -1098,9 +1132,7 @@ def _batch_loss_compiled(
         hparams = {k: v for k, v in kwargs.items() if k not in _BATCH_OPTIONS}
         hparams = stats.hparams_of(loss_fn, hparams, caller=caller, warn=False)
         loss = stats.from_statistics(loss_fn, totals, hparams)
-        # NaN/inf in a query or an existing reference: NaN loss and gradients.
-        rows = None if item_mask is None else item_mask[:, None]
-        return nonfinite.propagate_nonfinite(loss, nonfinite.nonfinite_lists(items, rows))
+        return nonfinite.propagate_nonfinite(loss, bad)
 
 
 _BATCH_OPTIONS = frozenset({

@@ -86,6 +86,8 @@ def lists_from_embeddings(
         )
     if (references is None) != (reference_labels is None):
         raise ValueError("lists_from_embeddings: pass references and reference_labels together")
+    validation.check_flag("include_self", include_self, caller="lists_from_embeddings")
+    batch.check_precision(precision, "lists_from_embeddings")
     ref = emb if references is None else jnp.asarray(references)
     ref_lab = lab if reference_labels is None else validation.int_ids(
         reference_labels, "reference_labels", caller="lists_from_embeddings")

@@ -99,8 +99,10 @@ def aligned_zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.float3
     handed to JAX and leave it alone after: the array JAX returns may share its memory. On
     accelerators the alignment changes nothing (the data are copied to the device anyway)."""
     dtype = np.dtype(dtype)
-    if dtype.hasobject:
+    if dtype.hasobject or dtype.kind not in "biufc":
         raise TypeError(f"aligned_zeros: dtype must hold plain numbers (a buffer JAX can use), got {dtype}")
+    if not isinstance(shape, int | np.integer | tuple | list):
+        raise TypeError(f"aligned_zeros: shape must be an int or a tuple of ints, got {shape!r}")
     shape = (shape,) if isinstance(shape, int | np.integer) else tuple(shape)
     if not all(isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in shape):
         raise ValueError(f"aligned_zeros: shape must be non-negative ints, got {shape!r}")

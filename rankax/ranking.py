@@ -117,7 +117,9 @@ def roadmap_step(
     ``start=0, offset=1``.
     """
     if variant not in ROADMAP_VARIANTS:
-        raise ValueError(f"variant must be one of {ROADMAP_VARIANTS}, got {variant!r}")
+        raise ValueError(f"roadmap_step: variant must be one of {ROADMAP_VARIANTS}, got {variant!r}")
+    if isinstance(temperature, int | float) and not temperature > 0:  # arrays: the losses check them
+        raise ValueError(f"roadmap_step: temperature must be a finite number > 0, got {temperature!r}")
     x = jnp.asarray(x)
     sig = jax.nn.sigmoid(x / temperature)
     linear_arg = x - delta if variant == "fixed" else x

@@ -55,6 +55,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -208,6 +209,9 @@ def _local_loss(
     batch (all-gathered, then the memory); the statistics summed over devices give the loss of
     the whole batch, replicated."""
     emb, lab = batch.check_batch(emb, lab, values=False, caller=caller)  # values: _check_global
+    # A NaN/inf anywhere: the loss and every embedding's gradient NaN (batch_loss's guard).
+    bad = _any_nonfinite(emb, memory, axis_name)
+    emb = nonfinite.poison_cotangent(emb, jnp.broadcast_to(bad, emb.shape[:1]))
     global_emb = jax.lax.all_gather(emb, axis_name, tiled=True)
     global_lab = jax.lax.all_gather(lab, axis_name, tiled=True)
     items, item_labels, item_mask = batch.with_references(
@@ -222,7 +226,7 @@ def _local_loss(
     totals = jax.lax.psum(totals, axis_name)
     checked = stats.hparams_of(loss_fn, hparams, caller=caller, warn=False)
     loss = stats.from_statistics(loss_fn, totals, checked)
-    return nonfinite.propagate_nonfinite(loss, _any_nonfinite(emb, memory, axis_name))
+    return nonfinite.propagate_nonfinite(loss, bad)
 
 
 def _any_nonfinite(emb: Array, memory: Any, axis_name: AxisName) -> Array:
@@ -242,7 +246,7 @@ def _check_capacity(
     call) :class:`rankax.batch.CapacityError` now, as :func:`rankax.batch_loss` raises; with
     traced ones the engine returns NaN, and while :mod:`rankax.debug` checks are on a check
     here, outside ``shard_map`` (whose body runs without checks), names the count."""
-    b = jnp.shape(labels)[0]
+    b = np.shape(labels)[0]
     n = b + (0 if memory is None else jnp.shape(memory.labels)[0])
     limit = batch.ladder_limit(b // num_shards, n, kwargs["max_tile_elements"], kwargs["capacity_limit"])
     traced = lambda x: isinstance(x, jax.core.Tracer)  # noqa: E731

@@ -132,9 +132,14 @@ def update(memory: XBM, embeddings: ArrayLike, labels: ArrayLike) -> XBM:
       The new memory. Jit-friendly (static shapes, a scatter at ``pointer``); with ``B > M``
       only the last ``M`` entries of the batch are kept.
     """
+    if not all(hasattr(memory, k) for k in ("embeddings", "labels", "valid", "pointer")):
+        raise TypeError(f"xbm.update: memory must be a rankax.xbm.XBM (from xbm.init), got "
+                        f"{type(memory).__name__}")
     # A batch sharded over explicit mesh axes (jax.make_mesh) is gathered first: the memory is
     # replicated, and its scatter and the slice of the newest entries are not typed for it.
     emb = validation.replicated(jax.lax.stop_gradient(jnp.asarray(embeddings)))
+    if not jnp.issubdtype(emb.dtype, jnp.floating):  # complex would lose its imaginary part
+        raise TypeError(f"xbm.update: embeddings must be floating point, got dtype {emb.dtype}")
     lab = validation.replicated(validation.int_ids(labels, "labels", caller="xbm.update"))
     m = memory.size
     if emb.ndim != 2 or emb.shape[1] != memory.embeddings.shape[1]:

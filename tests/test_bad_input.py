@@ -355,10 +355,16 @@ def test_batch_loss_names_what_a_loss_fn_must_take():
     for fn in (lambda s, y: jnp.mean(s), losses.normalized_softmax_loss):
         with pytest.raises(TypeError, match=re.escape("must be a list loss fn(scores, labels, *, where")):
             rankax.batch_loss(fn, emb, lab)
-    # A user's own list loss with that signature is accepted (it ignores the capacity hint).
-    own = lambda s, y, *, where, reduce_fn, max_positives: losses.supap_loss(s, y, where=where)  # noqa: E731
+    # A user's own list loss with that signature is accepted (it ignores the capacity hint)...
+    own = lambda s, y, *, where, reduce_fn, max_positives: losses.supap_loss(  # noqa: E731
+        s, y, where=where, reduce_fn=reduce_fn)
     reference = rankax.batch_loss(losses.supap_loss, emb, lab)
     assert np.isclose(rankax.batch_loss(own, emb, lab), reference, atol=1e-6)
+    # ... when it returns one value per list for reduce_fn=None: a scalar (reduce_fn ignored)
+    # would be weighted by blocks, not lists.
+    scalar = lambda s, y, *, where, reduce_fn, max_positives: losses.supap_loss(s, y, where=where)  # noqa: E731
+    with pytest.raises(TypeError, match=r"must return one value per list, shape \(\d+,\) here, got \(\)"):
+        rankax.batch_loss(scalar, emb, lab)
 
 
 def test_batch_loss_cutoffs_as_arrays_are_static():
@@ -714,3 +720,100 @@ def test_class_ids_that_jax_would_wrap_are_refused():
         got = rankax.batch_loss(rankax.supap_loss, emb, huge)
         want = rankax.batch_loss(rankax.supap_loss, emb, small)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_reference_and_memory_labels_of_another_kind_name_the_argument_eagerly():
+    """Memory or references with label paths against a batch of class ids: the same one-line
+    error eagerly as under jit (eagerly, numpy's concatenate error came first)."""
+    emb, lab = _batch()
+    memory = rankax.xbm.init(4, emb.shape[1], label_shape=(2,))
+    refs = dict(references=emb[:4], reference_labels=jnp.zeros((4, 2), jnp.int32))
+    for kw, name in ((dict(memory=memory), "memory"), (refs, "references")):
+        def loss(e, kw=kw):
+            return rankax.batch_loss(losses.supap_loss, e, lab, **kw)
+
+        for call in (loss, jax.jit(loss)):
+            with pytest.raises(ValueError, match=rf"batch_loss\(supap_loss\): {name} .* do not match"):
+                call(emb)
+
+
+def test_batch_loss_takes_python_lists_of_references():
+    emb, lab = _batch()
+    as_lists = rankax.batch_loss(losses.supap_loss, emb, lab, references=np.asarray(emb[:4]).tolist(),
+                                 reference_labels=np.asarray(lab[:4]).tolist(), reference_mask=[True] * 4)
+    as_arrays = rankax.batch_loss(losses.supap_loss, emb, lab, references=emb[:4], reference_labels=lab[:4])
+    assert float(as_lists) == pytest.approx(float(as_arrays), rel=1e-6)
+
+
+def test_a_users_loss_of_the_wrong_shape_and_rankax_renames():
+    """A user's list loss must return one value per list (it gave a non-scalar batch_loss), and
+    rankax's deprecated spellings are rankax's: batch_loss passes a user's keywords as given,
+    so tau= is refused as the function itself refuses it (it was renamed to temperature)."""
+    emb, lab = _batch()
+
+    def per_item(scores, labels, *, where=None, reduce_fn=jnp.mean, max_positives=None):
+        return jnp.where(where, scores * (1 - labels), 0.0)
+
+    with pytest.raises(TypeError, match=r"must return one value per list, shape \(\d+,\) here"):
+        rankax.batch_loss(per_item, emb, lab)
+
+    def mine(scores, labels, *, where=None, reduce_fn=jnp.mean, max_positives=None, temperature=0.1):
+        return losses.smooth_ap_loss(scores, labels, where=where, reduce_fn=reduce_fn,
+                                     temperature=temperature)
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tau'"):
+        rankax.batch_loss(mine, emb, lab, tau=0.5)
+    with pytest.warns(DeprecationWarning, match="'tau' is deprecated"):
+        rankax.batch_loss(losses.smooth_ap_loss, emb, lab, tau=0.5)
+
+
+def test_small_input_checks():
+    emb, lab = _batch()
+    proxies = jnp.eye(4, emb.shape[1])
+    e2, l2 = emb[:2], np.array([0, 2**33])
+    with pytest.raises(ValueError, match=r"labels: ids 0..8589934592 do not fit"):
+        losses.normalized_softmax_loss(e2, l2, proxies)
+    with pytest.raises(TypeError, match="where must be a boolean mask"):
+        losses.normalized_softmax_loss(e2, np.array([0, 1]), proxies, where=jnp.array([0.5, 0.0]))
+    memory = rankax.xbm.init(4, emb.shape[1])
+    with pytest.raises(TypeError, match="xbm.update: embeddings must be floating point, got dtype complex64"):
+        rankax.xbm.update(memory, emb[:1].astype(jnp.complex64), lab[:1])
+    with pytest.raises(TypeError, match="xbm.update: memory must be a rankax.xbm.XBM"):
+        rankax.xbm.update(None, emb[:1], lab[:1])
+    with pytest.raises(TypeError, match="include_self must be True or False, got 'no'"):
+        rankax.batch_loss(losses.supap_loss, emb, lab, include_self="no")
+    with pytest.raises(TypeError, match="lists_from_embeddings: include_self must be True or False"):
+        rankax.lists_from_embeddings(emb, lab, include_self=1)
+    with pytest.raises(ValueError, match="lists_from_embeddings: precision must be"):
+        rankax.lists_from_embeddings(emb, lab, precision="bogus")
+    s, y = jnp.zeros((2, 6)), jnp.ones((2, 6))
+    with pytest.raises(TypeError, match="ks must be a sequence of cut-offs"):
+        losses.recall_at_k_surrogate_loss(s, y, ks=np.array(2))
+    with pytest.raises(TypeError, match="temperature must be a finite number > 0"):
+        losses.recall_at_k_surrogate_loss(s, y, temperature=np.complex64(0.05 + 1j))
+    with pytest.raises(ValueError, match="roadmap_step: temperature must be a finite number > 0, got -1"):
+        rankax.ranking.roadmap_step(jnp.array([0.1]), temperature=-1)
+    with pytest.raises(TypeError, match="aligned_zeros: shape must be an int or a tuple of ints"):
+        rankax.host.aligned_zeros(2.0)
+    with pytest.raises(TypeError, match="aligned_zeros: dtype must hold plain numbers"):
+        rankax.host.aligned_zeros(3, "U4")
+
+
+def test_per_cutoff_temperatures_as_jax_arrays():
+    """k_temperature as a JAX array, concrete or traced (a jit argument, a gradient), is one
+    temperature per cut-off like a tuple (a concrete one was refused as not a number, a traced
+    one through batch_loss as not a scalar)."""
+    rng = np.random.default_rng(0)
+    s = jnp.asarray(rng.normal(size=(3, 8)), jnp.float32)
+    y = jnp.asarray(rng.random((3, 8)) < 0.4, jnp.float32)
+    temps = (1.0, 2.0, 3.0, 4.0, 5.0)
+    want = float(losses.recall_at_k_surrogate_loss(s, y, k_temperature=temps))
+    got = losses.recall_at_k_surrogate_loss(s, y, k_temperature=jnp.asarray(temps))
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    traced = jax.jit(lambda t: losses.recall_at_k_surrogate_loss(s, y, k_temperature=t))(jnp.asarray(temps))
+    assert float(traced) == pytest.approx(want, rel=1e-6)
+    emb, lab = _batch()
+    by_tuple = rankax.batch_loss(losses.recall_at_k_surrogate_loss, emb, lab, k_temperature=temps)
+    by_array = rankax.batch_loss(losses.recall_at_k_surrogate_loss, emb, lab,
+                                 k_temperature=jnp.asarray(temps))
+    assert float(by_array) == pytest.approx(float(by_tuple), rel=1e-6)

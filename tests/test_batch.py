@@ -235,6 +235,24 @@ def test_overflow_of_traced_labels_is_nan_and_named_by_checks():
     _assert_close(fits(emb, lab), dense_reference(supap_loss, emb, lab))
 
 
+@pytest.mark.parametrize("name", ["calibration_loss", "blackbox_ap_loss", "triplet_loss",
+                                  "multi_similarity_loss"])
+def test_overflow_and_nonfinite_are_nan_for_losses_that_mask(name):
+    """Losses whose kernels select or mask (the NaN of a poisoned query need not reach their
+    value, and their backward passes drop a NaN cotangent): an overflowing list under jit,
+    and a NaN embedding, still give a NaN value and every embedding's gradient NaN (they gave
+    0.0, and 2 to 16 finite gradients of 24)."""
+    fn = getattr(rankax.losses, name)
+    emb, lab = _embeddings(), _labels()  # the largest class has 6 samples: 5 positives
+    over = lambda e, y: rankax.batch_loss(fn, e, y, max_positives=2, capacity_limit=4)  # noqa: E731
+    value, grads = jax.jit(jax.value_and_grad(over))(emb, lab)
+    assert np.isnan(value) and np.all(np.isnan(grads))
+    fits = lambda e: rankax.batch_loss(fn, e, lab)  # noqa: E731
+    assert np.isfinite(jax.jit(fits)(emb))
+    value, grads = jax.jit(jax.value_and_grad(fits))(emb.at[3, 1].set(jnp.nan))
+    assert np.isnan(value) and np.all(np.isnan(grads))
+
+
 def test_input_errors():
     emb, lab = _embeddings(), _labels()
     with pytest.raises(ValueError, match="embeddings must be"):

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 Array = jax.Array
@@ -33,7 +34,7 @@ def nonfinite_or_none(scores: Any, where: Any) -> Array | None:
     s = jnp.asarray(scores)
     if not jnp.issubdtype(s.dtype, jnp.floating) or s.ndim == 0:
         return None
-    if where is not None and (jnp.shape(where) != s.shape or jnp.asarray(where).dtype != jnp.bool_):
+    if where is not None and (np.shape(where) != s.shape or jnp.asarray(where).dtype != jnp.bool_):
         return None
     return nonfinite_lists(s, where)
 

@@ -18,15 +18,13 @@ works too: it is called with ``reduce_fn=None`` on the raw lists.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from rankax import _renames
-from rankax._core import listfn, positives
+from rankax._core import listfn, positives, validation
 
 Array = jax.Array
 
@@ -35,12 +33,11 @@ def hparams_of(
     loss_fn: Callable[..., Array], given: dict[str, Any], *, caller: str, warn: bool = True
 ) -> dict[str, Any]:
     """``given`` hyperparameters of ``loss_fn``, checked and completed with its defaults (a
-    rankax list function), or only renamed from deprecated spellings (any other callable)."""
+    rankax list function), or as given (any other callable)."""
     checker = getattr(loss_fn, "hparams", None)
     if checker is not None:
         return checker(given, caller=caller, warn=warn)
-    name = getattr(loss_fn, "__name__", "loss_fn")
-    return _renames.rename_kwargs(name, inspect.signature(loss_fn).parameters, given, warn=warn)
+    return dict(given)  # a user's loss: its keywords as given (rankax's renames are rankax's)
 
 
 def list_statistics(
@@ -62,6 +59,11 @@ def list_statistics(
     if unchecked is None and custom is None:  # a user's own list loss
         values = loss_fn(scores, labels, where=where, reduce_fn=None, max_positives=capacity, **hparams)
         valid = positives.has_positive(labels, where)
+        if jnp.shape(values) != valid.shape:
+            raise TypeError(
+                f"{validation.prefix(caller)}loss_fn(..., reduce_fn=None) must return one value per "
+                f"list, shape {valid.shape} here, got {jnp.shape(values)}"
+            )
         return {"sum": jnp.where(valid, values, 0.0), "count": valid.astype(jnp.float32)}
     graded = bool(getattr(loss_fn, "graded", False))
     lists = listfn.check(

@@ -343,12 +343,20 @@ def check_number(name: str, value: Any, kind: str, *, caller: str = "") -> None:
     ok_type = isinstance(value, int | float | np.number) or (
         isinstance(value, np.ndarray | jax.Array) and np.ndim(value) == 0
     )
+    if ok_type and np.iscomplexobj(value):  # float() would drop the imaginary part (or raise)
+        ok_type = False
     if isinstance(value, bool) or not ok_type:
         raise TypeError(f"{p}{name} must be {_RANGE_TEXT[kind]}, got {value!r}")
     v = float(value)
     ok = np.isfinite(v) and (v > 0 if kind == "positive" else v >= 0 if kind == "nonnegative" else True)
     if not ok:
         raise ValueError(f"{p}{name} must be {_RANGE_TEXT[kind]}, got {value!r}")
+
+
+def check_flag(name: str, value: Any, *, caller: str = "") -> None:
+    """A Python or numpy bool (a string such as "no" would read as True)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{prefix(caller)}{name} must be True or False, got {value!r}")
 
 
 def check_num_bins(value: Any, *, caller: str = "") -> None:
@@ -365,8 +373,9 @@ def check_choice(name: str, value: Any, choices: tuple, *, caller: str = "") -> 
 
 
 def is_sequence(value: Any) -> bool:
-    """A list, tuple or 1-D numpy array: one value per cut-off (``ks``, ``k_temperature``)."""
-    return isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim == 1)
+    """A list, tuple or 1-D numpy or JAX array (traced included): one value per cut-off
+    (``k_temperature``; ``ks`` must be static, :func:`check_ks`)."""
+    return isinstance(value, list | tuple) or (isinstance(value, np.ndarray | jax.Array) and value.ndim == 1)
 
 
 def check_hparams(hparams: dict[str, Any], *, caller: str = "") -> None:
@@ -431,7 +440,7 @@ def check_ks(ks: Sequence[Any], *, integer: bool = True, caller: str = "", name:
                         "not a traced array (they set the shapes of the computation)")
     if isinstance(ks, np.ndarray | jax.Array):
         ks = np.asarray(ks).tolist() if np.ndim(ks) == 1 else ks
-    if isinstance(ks, str) or not isinstance(ks, Sequence | np.ndarray | jax.Array):
+    if isinstance(ks, str) or not isinstance(ks, Sequence):  # a 0-d or n-d array among them
         raise TypeError(
             f"{p}{name} must be a sequence of cut-offs such as (1, 4) (one cut-off k: (k,)), got {ks!r}"
         )

@@ -56,7 +56,7 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
     prefix = validation.prefix(_CALLER)
     emb = jnp.asarray(embeddings)
     prox = jnp.asarray(proxies)
-    lab = jnp.asarray(labels)
+    lab = validation.int_ids(labels, "labels", caller=_CALLER)  # ids past int32 are not wrapped
     if emb.ndim < 1 or not jnp.issubdtype(emb.dtype, jnp.floating):
         raise TypeError(f"{prefix}embeddings must be a floating [..., D] array, got {emb.dtype} {emb.shape}")
     if prox.ndim != 2 or prox.shape[-1] != emb.shape[-1]:
@@ -69,7 +69,9 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
     if not jnp.issubdtype(lab.dtype, jnp.integer):
         raise TypeError(f"{prefix}labels must be integer class ids, got dtype {lab.dtype}")
     validation.check_number("temperature", temperature, "positive", caller=_CALLER)
-    valid = jnp.ones(emb.shape[:-1], bool) if where is None else jnp.asarray(where, bool)
+    valid = jnp.ones(emb.shape[:-1], bool) if where is None else jnp.asarray(where)
+    if valid.dtype != jnp.bool_:
+        raise TypeError(f"{prefix}where must be a boolean mask, got dtype {valid.dtype}")
     if valid.shape != emb.shape[:-1]:
         raise ValueError(f"{prefix}where must have shape {emb.shape[:-1]}, got {valid.shape}")
     validation.check_finite(emb, "embeddings", where=valid[..., None], caller=_CALLER)
