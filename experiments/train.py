@@ -15,6 +15,7 @@ Config keys: every key of configs/default.py, overridden by --config.<key>=<valu
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from experiments import cli
@@ -59,10 +60,18 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         rankax.host.keep_freed_memory()
     cli.start_distributed(values)  # [multihost] before anything touches a device
-    from rankax.train import CheckpointReadError, CheckpointSaveError, ConfigError, NonFiniteLossError, loop
+    from rankax.train import (
+        CheckpointReadError,
+        CheckpointSaveError,
+        ConfigError,
+        NonFiniteEvaluationError,
+        NonFiniteLossError,
+        loop,
+    )
 
     # Errors whose message says what happened and what to do: the message, not a traceback.
-    explained = (ConfigError, CheckpointReadError, CheckpointSaveError, NonFiniteLossError, FileNotFoundError)
+    explained = (ConfigError, CheckpointReadError, CheckpointSaveError, NonFiniteLossError,
+                 NonFiniteEvaluationError, FileNotFoundError)
 
     allowed = [k.strip() for k in values.get("allow_config_change", "").split(",") if k.strip()]
     try:
@@ -74,8 +83,11 @@ def main(argv: list[str] | None = None) -> dict | None:
             raise
         raise cli.CliError(str(err)) from None
     except KeyboardInterrupt:
-        print(f"interrupted: the same command resumes from the newest checkpoint in {values['workdir']}",
-              file=sys.stderr)
+        saved = os.path.isdir(os.path.join(values["workdir"], "checkpoints")) and any(
+            name.isdigit() for name in os.listdir(os.path.join(values["workdir"], "checkpoints")))
+        where = (f"resumes from the newest checkpoint in {values['workdir']}" if saved
+                 else "starts afresh (no checkpoint was written)")
+        print(f"interrupted: the same command {where}", file=sys.stderr)
         raise SystemExit(130) from None
 
 

@@ -123,6 +123,11 @@ def test_missing_dataset_gives_preparation_steps(tmp_path):
     assert "cars_train.tgz" in message
     for name in ("stanford_online_products", "caltech_birds2011", "i_naturalist2018"):
         assert f"tfds build {name}" in tfds_data.preparation_steps(name)
+    # A data_dir that does not exist says so (TFDS's message described a prepared dataset).
+    with pytest.raises(data.DatasetNotPreparedError) as info:
+        data.load_dataset({"name": "cars", "data_dir": str(tmp_path / "nowhere")})
+    assert f"config.dataset.data_dir {tmp_path / 'nowhere'} does not exist" in str(info.value)
+    assert "already prepared" not in str(info.value)
 
 
 def _build_local_cars(tmp_path):

@@ -629,3 +629,48 @@ def test_an_overflowing_update_is_named_as_such(tmp_path):
     assert re.search(r"finite gradients, but the update makes \['params/[^]]+\] non-finite", message), message
     # No empty list of non-finite terms ("step 0:  (finite: ...)").
     assert message.startswith("non-finite training step 0 (its loss terms are finite: loss="), message
+
+
+def test_nonfinite_test_embeddings_are_a_named_error(monkeypatch):
+    """A run that diverged in skip mode (finite parameters, NaN embeddings) stops at its next
+    evaluation with a NonFiniteEvaluationError saying what to do, which the CLI prints as one
+    line (it was the retrieval's ValueError, printed as a traceback)."""
+    import types
+
+    from rankax.retrieval import exact
+    from rankax.train import NonFiniteEvaluationError, loop
+
+    def nan_embeddings(*args):
+        return exact.as_embeddings(np.full((3, 2), np.nan, np.float32), "queries")
+
+    monkeypatch.setattr(loop.evaluators, "evaluate_state", nan_embeddings)
+    run = types.SimpleNamespace(config=None, state=None, data=None, evaluator=None)
+    with pytest.raises(NonFiniteEvaluationError, match="test embeddings at step 10 are not finite") as info:
+        loop.evaluate_at(run, 10)
+    assert info.value.step == 10 and isinstance(info.value.__cause__, ValueError)
+    assert "config.optimizer.lr" in str(info.value)
+
+
+def test_final_metrics_set_aside_say_why(tmp_path, capsys):
+    """The final metrics found when training resumes are kept as metrics.step<N>.json, and the
+    message says whether the run is extended past N or redoes steps up to N (it said
+    "extended" in both cases)."""
+    from rankax.train import loop
+
+    def workdir(name, end):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text("{}")
+        if end is not None:
+            (d / "history.json").write_text(json.dumps([{"step": 1}, {"step": end}]))
+        return str(d)
+
+    loop.set_aside_final_metrics(workdir("longer", 100), 150)
+    assert "past the run's earlier end (step 100) to step 150" in capsys.readouterr().out
+    assert (tmp_path / "longer" / "metrics.step100.json").exists()
+    loop.set_aside_final_metrics(workdir("redo", 100), 100)
+    assert "Training again up to step 100, from an earlier checkpoint" in capsys.readouterr().out
+    loop.set_aside_final_metrics(workdir("none", None), 100)
+    out = capsys.readouterr().out
+    assert "without a readable history.json" in out and "metrics.previous.json" in out
+    assert not (tmp_path / "none" / "metrics.json").exists()

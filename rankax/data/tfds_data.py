@@ -96,7 +96,10 @@ def _data_source(name: str, split: str, data_dir: str | None, skip: Sequence[str
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
     except Exception as e:  # tfds raises AssertionError/DatasetNotFoundError/ValueError by case
-        raise DatasetNotPreparedError(f"{preparation_steps(name, data_dir)}\n(TFDS said: {e})") from e
+        # A data_dir that does not exist: TFDS's own message would describe a prepared dataset.
+        missing = data_dir and not os.path.isdir(data_dir)
+        said = f"(config.dataset.data_dir {data_dir} does not exist)" if missing else f"(TFDS said: {e})"
+        raise DatasetNotPreparedError(f"{preparation_steps(name, data_dir)}\n{said}") from e
 
 
 def _read_column(source: Any, keys: Sequence[str]) -> list[tuple]:

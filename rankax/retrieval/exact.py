@@ -59,6 +59,10 @@ _AXIS = "queries"
 # ----------------------------------------------------------------------------- layout helpers
 
 
+class NonFiniteEmbeddingsError(ValueError):
+    """Embeddings given to the retrieval evaluation hold NaN or inf (a ``ValueError``)."""
+
+
 def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
     """``x`` as a finite float32 ``[num, dim]`` array, or a ValueError naming ``name``."""
     a = np.asarray(x)
@@ -78,7 +82,7 @@ def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
                 f"{name} has {int(bad.sum())} values that are NaN, inf or beyond float32's range, "
                 f"in which it is scored (first: {name}[{row}, {col}] = {given[row, col]}): rescale them"
             )
-        raise ValueError(
+        raise NonFiniteEmbeddingsError(
             f"{name} contains {int(bad.sum())} NaN or inf values "
             f"(first: {name}[{row}, {col}] = {a[row, col]})"
         )

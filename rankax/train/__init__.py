@@ -6,15 +6,17 @@ Modules, in the order a reader meets them: ``optim`` (optimizers, schedules), ``
 their names for older imports.
 
 The loop's exceptions are exported here: :class:`NonFiniteLossError`,
-:class:`CheckpointSaveError`, :class:`CheckpointReadError` (``docs/training.md``, Faults), and
-the config errors a CLI reports in one line: :class:`ConfigError` and its subclass
-:class:`WorkdirConfigMismatch` (the workdir records another run's config).
+:class:`NonFiniteEvaluationError`, :class:`CheckpointSaveError`, :class:`CheckpointReadError`
+(``docs/training.md``, Faults), and the config errors a CLI reports in one line:
+:class:`ConfigError` and its subclass :class:`WorkdirConfigMismatch` (the workdir records
+another run's config).
 """
 
 from rankax.train.errors import (
     CheckpointReadError,
     CheckpointSaveError,
     ConfigError,
+    NonFiniteEvaluationError,
     NonFiniteLossError,
     WorkdirConfigMismatch,
 )
@@ -23,6 +25,7 @@ __all__ = [
     "CheckpointReadError",
     "CheckpointSaveError",
     "ConfigError",
+    "NonFiniteEvaluationError",
     "NonFiniteLossError",
     "WorkdirConfigMismatch",
 ]

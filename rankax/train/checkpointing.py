@@ -387,7 +387,8 @@ class Checkpointer:
             distributed.barrier(f"quarantine-{step}", BARRIER_TIMEOUT_S)
             self._mngr.reload()
             where = f"moved to {aside}"
-        logging.warning("checkpoint %s is unreadable: %s", path, err)
+        # The whole error (KBs of tensorstore spec) at INFO; the warning below prints its first line.
+        logging.info("checkpoint %s is unreadable: %s", path, err)
         if not distributed.is_main():
             return
         print(

@@ -46,6 +46,16 @@ class NonFiniteLossError(FloatingPointError):
         self.state = state
 
 
+class NonFiniteEvaluationError(FloatingPointError):
+    """The model's test embeddings are NaN or inf at ``step``: the run diverged (with
+    ``config.on_nonfinite="skip"`` the steps that were skipped left the parameters finite but
+    the model useless). The original error is chained (``__cause__``)."""
+
+    def __init__(self, message: str, *, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 class CheckpointSaveError(OSError):
     """Writing checkpoint ``step`` into ``directory`` failed (disk full, I/O error ...).
 

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 import rankax
 from rankax.data import loader
 from rankax.data.base import RetrievalDataset
+from rankax.retrieval import exact
 from rankax.train import (
     checkpointing,
     config_checks,
@@ -437,7 +438,7 @@ def train(run: Run, counter: dict[str, int]) -> None:
     guard = guards.NonFiniteGuard(config, run.workdir, train_step, run.labels, run.ckpt, run.history)
     meter, halted, pending = Meter(), False, None
     if run.start < config.num_steps and distributed.is_main():  # [multihost] process 0 logs
-        set_aside_final_metrics(run.workdir)
+        set_aside_final_metrics(run.workdir, int(config.num_steps))
         print(
             f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
         )
@@ -461,22 +462,30 @@ def train(run: Run, counter: dict[str, int]) -> None:
     meter.close()
 
 
-def set_aside_final_metrics(workdir: str) -> None:
-    """A run extended past its end (more steps): the ``metrics.json`` of that end becomes
-    ``metrics.step<N>.json``, N the last step of the ``history.json`` written with it (the
-    resume may start from an earlier checkpoint), so that a ``metrics.json`` always belongs to
-    the run's latest end, never to an earlier one while training goes on."""
+def set_aside_final_metrics(workdir: str, num_steps: int) -> None:
+    """Training resumes in a workdir holding final metrics: the ``metrics.json`` of that end
+    becomes ``metrics.step<N>.json``, N the last step of the ``history.json`` written with it
+    (the resume may start from an earlier checkpoint), so that a ``metrics.json`` always belongs
+    to the run's latest end, never to an earlier one while training goes on. The message says
+    why: a run extended past N (``num_steps`` > N), or steps up to N redone (its newest
+    checkpoints were unreadable)."""
     path = os.path.join(workdir, "metrics.json")
     if not os.path.exists(path):
         return
     try:
         with open(os.path.join(workdir, "history.json")) as f:
-            name = f"metrics.step{int(json.load(f)[-1]['step'])}.json"
+            end = int(json.load(f)[-1]["step"])
     except (OSError, ValueError, LookupError, TypeError):  # no readable history: no step to name
-        name = "metrics.previous.json"
-    kept = os.path.join(workdir, name)
+        end = None
+    kept = os.path.join(workdir, "metrics.previous.json" if end is None else f"metrics.step{end}.json")
     os.replace(path, kept)
-    print(f"Training past the run's earlier end: its final metrics are now {kept}")
+    if end is not None and end < num_steps:
+        why = f"Training past the run's earlier end (step {end}) to step {num_steps}"
+    elif end is not None:
+        why = f"Training again up to step {end}, from an earlier checkpoint than the run's end"
+    else:
+        why = "Training in a workdir holding final metrics without a readable history.json"
+    print(f"{why}: the final metrics found are now {kept}")
 
 
 def record_changes(run: Run) -> None:
@@ -558,8 +567,16 @@ def record_eval(run: Run, metrics: dict[str, float], n: int) -> None:
 
 
 def evaluate_at(run: Run, n: int) -> dict[str, float]:
-    """Evaluates the current state and records it at step counter ``n``."""
-    metrics = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+    """Evaluates the current state and records it at step counter ``n``; a
+    :class:`NonFiniteEvaluationError` if the model's test embeddings are not finite."""
+    try:
+        metrics = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+    except exact.NonFiniteEmbeddingsError as err:
+        raise errors.NonFiniteEvaluationError(
+            f"the model's test embeddings at step {n} are not finite ({err}): the run diverged. Resume "
+            "from an earlier checkpoint with a lower config.optimizer.lr, or set "
+            "config.on_nonfinite='raise' to stop at the first non-finite training step", step=n,
+        ) from err
     record_eval(run, metrics, n)
     return metrics
 
