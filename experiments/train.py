@@ -55,6 +55,20 @@ def main(argv: list[str] | None = None) -> dict | None:
     cli.check_workdir(values["workdir"])
     # orbax logs every file operation at INFO and a few harmless notices at WARNING
     logging.getLogger("absl").setLevel(logging.ERROR)
+    try:  # an interrupt while JAX and orbax load, too
+        return _train(values, config)
+    except KeyboardInterrupt:
+        checkpoints = os.path.join(values["workdir"], "checkpoints")
+        saved = os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
+        where = (f"resumes from the newest checkpoint in {values['workdir']}" if saved
+                 else "starts afresh (no checkpoint was written)")
+        print(f"interrupted: the same command {where}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _train(values: dict, config) -> dict:
+    """``train_and_evaluate`` of the parsed command line; the loop's explained errors as a
+    :class:`cli.CliError` (one line)."""
     if values.get("keep_freed_memory"):
         import rankax.host
 
@@ -82,13 +96,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         if not str(err).startswith("config."):
             raise
         raise cli.CliError(str(err)) from None
-    except KeyboardInterrupt:
-        saved = os.path.isdir(os.path.join(values["workdir"], "checkpoints")) and any(
-            name.isdigit() for name in os.listdir(os.path.join(values["workdir"], "checkpoints")))
-        where = (f"resumes from the newest checkpoint in {values['workdir']}" if saved
-                 else "starts afresh (no checkpoint was written)")
-        print(f"interrupted: the same command {where}", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -131,3 +131,25 @@ def test_cli_refuses_retrieval_flags_for_protocol_runs(tmp_path, monkeypatch, pr
         with pytest.raises(cli.cli.CliError, match="--ks apply to .*landmarks"):
             cli.main(["--workdir", str(tmp_path), "--ks", "1"])
         assert cli.main(["--workdir", str(tmp_path)]) == {"medium/map": 0.5}
+
+
+def test_train_interrupted_says_whether_a_checkpoint_resumes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (also while JAX loads) ends with one line and status 130; without a checkpoint
+    the line says the command starts afresh (it promised a resume from none)."""
+    from experiments import train
+
+    def interrupted(values, config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_train", interrupted)
+    workdir = tmp_path / "run"
+    argv = ["--config", "configs/digits.py", "--workdir", str(workdir)]
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    assert info.value.code == 130
+    message = capsys.readouterr().err
+    assert "interrupted: the same command starts afresh (no checkpoint was written)" in message
+    (workdir / "checkpoints" / "50").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        train.main(argv)
+    assert f"resumes from the newest checkpoint in {workdir}" in capsys.readouterr().err
