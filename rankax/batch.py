@@ -897,7 +897,8 @@ def batch_loss(
 
     Args:
       loss_fn: a list-level loss ``fn(scores, labels, *, where, reduce_fn, max_positives,
-        **hparams)`` such as :func:`rankax.losses.supap_loss`.
+        **hparams)`` such as :func:`rankax.losses.supap_loss`; a function of one's own must
+        return one value per list for ``reduce_fn=None`` and gets its keywords as given.
       embeddings: ``[B, D]`` L2-normalised embeddings.
       labels: ``[B]`` integer class ids or ``[B, L]`` label paths (column 0 finest).
       include_self: keep each query in its own list as a positive (official PyTorch code's
