@@ -53,9 +53,11 @@ __all__ = [
     "hierarchical_relevance",
     "level_counts",
     "level_weights",
+    "list_level_counts",
     "path_relevance",
     "pop_relevance_from_counts",
     "row_ids",
+    "relevance_at_levels",
     "relevance_from_levels",
     "shared_levels",
 ]
@@ -200,11 +202,32 @@ def _pop_relevance(
     """``"pop"``: each level's weight shared among the valid items at that level. With
     ``drop_one_top`` one item of the finest level (a query counted in its own list) is left
     out of that level's count; it gets the others' share (0 when it is alone there)."""
-    counts = jnp.stack([jnp.sum((t == k) & valid, axis=-1) for k in range(num_levels + 1)], axis=-1)
+    counts = list_level_counts(t, valid, num_levels)
     if drop_one_top:
         counts = counts.at[..., num_levels].add(-1)
     rel = pop_relevance_from_counts(t, counts, num_levels, alpha, dtype=dtype)
     return jnp.where(valid, rel, jnp.zeros((), dtype))
+
+
+def list_level_counts(levels: Array, valid: Array, num_levels: int) -> Array:
+    """``[..., L + 1]`` int32: how many valid items of each list ``[..., N]`` share ``k`` levels
+    with its query, ``k = 0..L`` (``levels``: :func:`shared_levels`; ``valid``: bool)."""
+    return jnp.stack([jnp.sum((levels == k) & valid, axis=-1) for k in range(num_levels + 1)], axis=-1)
+
+
+def relevance_at_levels(
+    levels: ArrayLike, counts: ArrayLike, num_levels: int, *, rule: str = "pop", alpha: float = 1.0,
+    dtype: Any = jnp.float32,
+) -> Array:
+    """The rule's relevance (module docstring) ``[..., M]`` of items sharing ``levels`` (0..L)
+    with the query of a list whose valid items number ``counts`` ``[..., L + 1]`` at each
+    level (:func:`list_level_counts`; read by ``"pop"`` only). With ``levels`` the list's
+    own, this is :func:`relevance_from_levels`; with a few of them (a list's positives) or
+    ``0..L`` it gives their relevance without an ``[..., N]`` array."""
+    if rule == "pop":
+        return pop_relevance_from_counts(levels, counts, num_levels, alpha, dtype=dtype)
+    t = _check_levels(levels, num_levels, "relevance_at_levels")
+    return _levels_relevance(t, num_levels, rule, alpha, jnp.ones(t.shape, bool), dtype)
 
 
 def pop_relevance_from_counts(
@@ -225,9 +248,14 @@ def pop_relevance_from_counts(
     if not (fits and all(c in (1, n) for c, n in zip(lead, t.shape[:-1], strict=True))):
         raise ValueError(f"{caller}: counts must be [..., L + 1] = [..., {num_levels + 1}], its leading "
                          f"shape broadcasting to the lists' {t.shape[:-1]}; got shape {counts.shape}")
-    n = jnp.take_along_axis(counts, t, axis=-1).astype(dtype)
-    share = level_weights(num_levels, alpha, dtype=dtype)[t] / jnp.maximum(n, 1.0)
-    return jnp.where((t > 0) & (n > 0), share, jnp.zeros((), dtype))
+    weights, counts = level_weights(num_levels, alpha, dtype=dtype), counts.astype(dtype)
+    # One select per level rather than gathers at [..., N] indices, which XLA's CPU backend
+    # runs several times slower (H-AP computes this inside its kernel, for every list).
+    share = jnp.zeros(t.shape, dtype)
+    for k in range(1, num_levels + 1):
+        n = counts[..., k : k + 1]
+        share = jnp.where((t == k) & (n > 0), weights[k] / jnp.maximum(n, 1.0), share)
+    return share
 
 
 #: Mixed-radix keys of :func:`row_ids` stay below this bound (int64 without overflow).

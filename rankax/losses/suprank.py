@@ -49,16 +49,20 @@ def _hrank_steps(diff, rel, with_hrank, beta, gamma, leak):
 
 
 def _relevance_of(labels, where, gathered, rule, num_levels, alpha):
-    """``(relevance [..., N], the positives' relevance [..., C])``: ``labels`` themselves, or,
-    with a ``rule``, the relevance of that rule computed per list from the shared levels that
-    ``labels`` then hold (:func:`rankax.hierarchy.relevance_from_levels`)."""
+    """``(total relevance of each list [...], the positives' relevance [..., C])``: from
+    ``labels`` themselves, or, with a ``rule``, the relevance of that rule computed per list
+    from the shared levels that ``labels`` then hold (counted per level: no ``[..., N]``
+    relevance array, :func:`rankax.hierarchy.relevance_at_levels`)."""
     if rule is None:
-        return labels, gathered.labels
-    t = labels.astype(jnp.int32)  # whole numbers 0..L (checked by hap_loss / batch_loss)
-    rel = hierarchy.relevance_from_levels(
-        t, num_levels, rule=rule, alpha=alpha, where=where, dtype=labels.dtype
+        return jnp.sum(jnp.where(where, labels, 0.0), axis=-1), gathered.labels
+    counts = hierarchy.list_level_counts(labels.astype(jnp.int32), where, num_levels)  # whole 0..L
+    relevance = functools.partial(
+        hierarchy.relevance_at_levels, counts=counts, num_levels=num_levels, rule=rule, alpha=alpha,
+        dtype=labels.dtype,
     )
-    return rel, jnp.take_along_axis(rel, gathered.index, axis=-1)
+    per_level = relevance(jnp.broadcast_to(jnp.arange(num_levels + 1), counts.shape))
+    total = jnp.sum(per_level * counts, axis=-1)  # sum over the valid items, level by level
+    return total, relevance(gathered.labels.astype(jnp.int32))
 
 
 def _hap_kernel(scores, labels, where, gathered, *, with_hrank, beta, gamma, leak, rule, num_levels,
@@ -66,13 +70,12 @@ def _hap_kernel(scores, labels, where, gathered, *, with_hrank, beta, gamma, lea
     # Which items are less (more) relevant than a positive: gathered.labels, the relevance or,
     # with a rule, the shared levels (the official code's comparison).
     rank, diff, others = _ranks.graded_ranks(scores, labels, where, gathered, **step)
-    rel, rel_pos = _relevance_of(labels, where, gathered, rule, num_levels, alpha)
+    total_rel, rel_pos = _relevance_of(labels, where, gathered, rule, num_levels, alpha)
     # H-rank: the relevance "earned" at k; negatives share nothing with k, so the sum runs over
     # the other positives ([C, C]).
     shared = jnp.minimum(rel_pos[..., None, :], rel_pos[..., :, None])
     steps = _hrank_steps(diff, gathered.labels, with_hrank, beta, gamma, leak)
     hrank = rel_pos + jnp.sum(jnp.where(others, shared * steps, 0.0), axis=-1)
-    total_rel = jnp.sum(jnp.where(where, rel, 0.0), axis=-1)
     return 1.0 - metrics.hap_from_ranks(hrank, rank, gathered.mask, total_rel)
 
 
