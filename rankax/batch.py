@@ -1037,9 +1037,7 @@ def _check_loss_options(
     name = getattr(loss_fn, "__name__", "loss_fn")
     params = inspect.signature(loss_fn).parameters
     checker = getattr(loss_fn, "hparams", None)
-    if checker is not None:  # rankax's own deprecated spellings, not a user loss's
-        hparams = _renames.rename_kwargs(name, params, hparams, stacklevel=4)
-    if checker is None:  # a user's own list loss: it must take what batch_loss passes
+    if checker is None:  # a user's own list loss: it must take what batch_loss passes (as given)
         try:
             passed = dict(where=None, reduce_fn=None, max_positives=None, **hparams)
             inspect.signature(loss_fn).bind(None, None, **passed)
@@ -1050,6 +1048,7 @@ def _check_loss_options(
                 f"that: {err}"
             ) from None
         return hparams
+    hparams = _renames.rename_kwargs(name, params, hparams, stacklevel=4)  # rankax's own old names
     unknown = [k for k in hparams if k not in params]
     if unknown:
         options = sorted(p for p in inspect.signature(options_of or batch_loss).parameters
@@ -1117,14 +1116,15 @@ def _batch_loss_compiled(
     kwargs = {**dict(options), **dynamic_hparams}
     with validation.value_checks(checks):
         emb, lab = check_batch(embeddings, labels, values=False, caller=caller)  # values: checked
-        refs = (references, reference_labels, reference_mask, memory)
-        items, _, item_mask = with_references(emb, lab, *refs, caller=caller)
+        items, item_labels, item_mask = with_references(
+            emb, lab, references, reference_labels, reference_mask, memory, caller=caller
+        )
         # The lists' kernels run unguarded: non-finite inputs are guarded once, here, O(B * D):
         # a NaN/inf in a query or an existing reference makes the loss and every embedding's
-        # gradient NaN (the kernels' masks would keep some of them finite).
+        # gradient NaN (the kernels' masks would keep some of them finite), through the
+        # queries and through the items.
         bad = jnp.any(nonfinite.nonfinite_lists(items, None if item_mask is None else item_mask[:, None]))
-        emb = nonfinite.poison_cotangent(emb, jnp.broadcast_to(bad, emb.shape[:1]))
-        items, item_labels, item_mask = with_references(emb, lab, *refs, caller=caller)
+        emb, items = (nonfinite.poison_cotangent(x, jnp.broadcast_to(bad, x.shape[:1])) for x in (emb, items))
         totals = batch_statistics(
             loss_fn, emb, lab, items, item_labels,
             query_index=np.arange(emb.shape[0]),  # numpy: stays concrete under jit
