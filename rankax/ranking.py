@@ -29,6 +29,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from rankax import _renames
+from rankax._core import validation
 
 Array = jax.Array
 
@@ -430,10 +431,15 @@ def smooth_rank(
     Returns:
       ``[..., N]`` ranks (1 = first). This is the dense ``O(N^2)`` operator for exploration;
       the losses use the gathered form above.
+
+    Raises:
+      TypeError: ``scores`` is not floating or ``where`` is not boolean.
+      ValueError: ``scores`` is a scalar or has no items, or ``where`` does not have its shape.
     """
-    scores = jnp.asarray(scores, dtype=jnp.promote_types(jnp.asarray(scores).dtype, jnp.float32))
+    p = validation.prefix("smooth_rank")
+    scores = validation._check_scores(scores, p)
     n = scores.shape[-1]
-    where = jnp.ones(scores.shape, bool) if where is None else jnp.asarray(where, bool)
+    where = validation._check_where(where, scores.shape, p)
     diff = scores[..., None, :] - scores[..., :, None]  # [.., k, j] = s_j - s_k
     others = (~jnp.eye(n, dtype=bool)) & where[..., None, :]
     # Differences with an invalid item are zeroed before the step: NaN padding would reach the

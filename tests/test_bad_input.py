@@ -817,3 +817,13 @@ def test_per_cutoff_temperatures_as_jax_arrays():
     by_array = rankax.batch_loss(losses.recall_at_k_surrogate_loss, emb, lab,
                                  k_temperature=jnp.asarray(temps))
     assert float(by_array) == pytest.approx(float(by_tuple), rel=1e-6)
+
+
+@pytest.mark.parametrize("fn", [losses.smooth_ap_loss, losses.supap_loss, losses.roadmap_loss])
+def test_temperature_past_float32_reciprocal_is_refused(fn):
+    """A temperature above 1e37 has a float32 reciprocal flushed to zero: the -inf of a left-out
+    negative divided by it was NaN (1e38 gave a NaN loss). Just below the bound the loss is finite."""
+    s, y = jnp.array([0.3, 0.1, 0.5, -0.2]), jnp.array([1, 0, 1, 0])
+    assert np.isfinite(float(fn(s, y, temperature=1e37)))
+    with pytest.raises(ValueError, match=f"{fn.__name__}: temperature must be at most 1e\\+37"):
+        fn(s, y, temperature=1e38)

@@ -119,3 +119,17 @@ def test_gather_positives_and_exact_ranks():
 def test_gather_positives_capacity_is_static_under_jit():
     f = jax.jit(lambda s, y: ranking.gather_positives(s, y, jnp.ones_like(s, bool), 3)[0].index)
     assert f(jnp.zeros(8), jnp.ones(8)).shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "scores, where, error, words",
+    [
+        (np.zeros(4, np.float32), np.ones(3, bool), ValueError, "where must have the shape of scores"),
+        (np.zeros(4, np.float32), np.ones(4, np.int32), TypeError, "where must be a boolean mask"),
+        (np.zeros(4, np.int32), None, TypeError, "scores must be a floating-point array"),
+        (np.float32(1.0), None, ValueError, "scores must have at least one axis"),
+    ],
+)
+def test_smooth_rank_names_bad_input(scores, where, error, words):
+    with pytest.raises(error, match=f"smooth_rank: {words}"):
+        ranking.smooth_rank(scores, where=where)

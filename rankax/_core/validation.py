@@ -351,6 +351,15 @@ def check_number(name: str, value: Any, kind: str, *, caller: str = "") -> None:
     ok = np.isfinite(v) and (v > 0 if kind == "positive" else v >= 0 if kind == "nonnegative" else True)
     if not ok:
         raise ValueError(f"{p}{name} must be {_RANGE_TEXT[kind]}, got {value!r}")
+    if kind == "positive" and v > LARGEST_POSITIVE:
+        raise ValueError(f"{p}{name} must be at most {LARGEST_POSITIVE:g} (float32 flushes its reciprocal "
+                         f"to zero, and a left-out item's -inf divided by it is NaN), got {value!r}")
+
+
+#: The largest ``"positive"`` hyperparameter (a temperature, a scale): its float32 reciprocal is
+#: still a normal number, 1 / 1.18e-38 = 8.5e37. Above it, XLA's division by it multiplies by a
+#: reciprocal flushed to zero, and the ``-inf`` of a left-out item gives NaN.
+LARGEST_POSITIVE = 1e37
 
 
 def check_flag(name: str, value: Any, *, caller: str = "") -> None:
