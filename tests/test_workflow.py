@@ -523,6 +523,23 @@ def test_workdir_record_must_be_readable_and_present_with_checkpoints(tmp_path):
     assert list(adopted) == [workdir_lib.UNRECORDED]
 
 
+@pytest.mark.parametrize("files", [["metrics.json"], ["history.json"], ["metrics.json", "history.json"]])
+def test_results_without_a_record_are_refused_like_checkpoints(tmp_path, files):
+    """Another run's metrics.json / history.json in a workdir without config.json: a start used
+    to take them as this run's (renaming them as its earlier end); now it is refused unless '*'."""
+    from rankax.train import workdir as workdir_lib
+
+    for name in files:
+        (tmp_path / name).write_text("[]")
+    with pytest.raises(WorkdirConfigMismatch, match=f"holds {' and '.join(files)} but no config.json"):
+        workdir_lib.check(tiny_config(), str(tmp_path))
+    assert list(workdir_lib.check(tiny_config(), str(tmp_path), ["*"])) == [workdir_lib.UNRECORDED]
+    (tmp_path / "events.out.tfevents.1").write_text("")  # other files do not count
+    for name in files:
+        (tmp_path / name).unlink()
+    assert workdir_lib.check(tiny_config(), str(tmp_path)) == {}
+
+
 def test_adopted_checkpoints_are_recorded_as_a_change(small_run, tmp_path):
     """Checkpoints without config.json (an older or copied run) resumed with '*': the record
     the start creates says that it adopted them, under changes."""

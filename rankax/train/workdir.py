@@ -251,6 +251,17 @@ def _warn_unknown_allowed_keys(allowed: set[str], keys: set[str]) -> None:
               "it allows nothing")
 
 
+#: A run's result files: found without a record, they belong to a run nothing identifies.
+RESULT_FILES = ("metrics.json", "history.json")
+
+
+def unrecorded_outputs(workdir: str) -> list[str]:
+    """What of a run's outputs ``workdir`` holds (``"checkpoints"``, the :data:`RESULT_FILES`)."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    found = ["checkpoints"] if os.path.isdir(checkpoints) and os.listdir(checkpoints) else []
+    return found + [name for name in RESULT_FILES if os.path.exists(os.path.join(workdir, name))]
+
+
 def check(
     config: ml_collections.ConfigDict, workdir: str, allow_changes: Iterable[str] = ()
 ) -> dict[str, tuple]:
@@ -263,17 +274,19 @@ def check(
     record = read(workdir)
     allowed = set(allow_changes)
     if record is None:
-        checkpoints = os.path.join(workdir, "checkpoints")
-        if not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+        found = unrecorded_outputs(workdir)
+        if not found:
             return {}
         if "*" not in allowed:
             raise WorkdirConfigMismatch(
-                f"workdir {workdir} holds checkpoints but no {RECORD}, so nothing shows they come from "
-                "this config. Use a new --workdir, or resume them anyway with --allow_config_change='*'",
+                f"workdir {workdir} holds {' and '.join(found)} but no {RECORD}, so nothing shows they come "
+                "from this config. Use a new --workdir, or go on with them anyway with "
+                "--allow_config_change='*'",
                 workdir=workdir, differences={},
             )
         # Adopted: the record this start creates says so under "changes" (after its first step).
-        return {UNRECORDED: ("checkpoints without a record", "adopted with --allow_config_change='*'")}
+        what = f"{' and '.join(found)} without a record"
+        return {UNRECORDED: (what, "adopted with --allow_config_change='*'")}
     _warn_unknown_allowed_keys(allowed, set(record.get("config", {})) | set(flat(config)))
     diff = differences(record.get("config", {}), config)
     ok = lambda k: "*" in allowed or any(k == a or k.startswith(a + ".") for a in allowed)
