@@ -13,13 +13,18 @@ lines that name the flag or key and the fix, never as a traceback: :class:`CliEr
 
 from __future__ import annotations
 
+import _thread
 import ast
+import contextlib
 import difflib
+import gc
 import os
 import pathlib
 import runpy
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -36,6 +41,48 @@ class CliError(SystemExit):
 
     def __init__(self, message: str):
         super().__init__(f"error: {message}")
+
+
+@contextlib.contextmanager
+def prompt_interrupts() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` where the command's code sees it; yields an
+    event set once it has.
+
+    Python's own handler raises it in whatever code runs when the signal arrives. In a ``gc``
+    callback (JAX registers one that runs at every collection, often while JAX loads) it is
+    printed as "Exception ignored" and dropped, and the run went on: there this handler asks
+    again 50 ms later instead. In a C extension's initialisation (numpy's, while JAX loads) it
+    becomes an ``ImportError``: the event tells the caller that this one was the interrupt. A
+    SIGINT that the parent set to be ignored (a background job) stays ignored, and the previous
+    handler comes back on exit."""
+    raised = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
+        yield raised
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if _in_gc_callback(frame):
+            threading.Timer(0.05, _thread.interrupt_main).start()
+            return
+        raised.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield raised
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _in_gc_callback(frame: Any) -> bool:
+    """Whether ``frame`` runs in a ``gc`` callback, where a raised exception is dropped."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def check_output_file(flag: str, path: str) -> None:

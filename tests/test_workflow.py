@@ -776,3 +776,57 @@ def test_the_printed_table_shows_the_runs_cut_offs_and_metrics(capsys):
     assert lines[0] == ["recall@1", "recall@10", "recall@20", "map@r", "hap", "medium/mp@10"]
     assert lines[1] == ["untrained", "0.5000", "0.8000", "0.9000", "0.2500", "0.4000", "0.1250"]
     assert lines[2] == ["trained", "0.7500", "0.8750", "0.9500", "0.5000", "0.6250", "nan"]
+
+
+_GC_INTERRUPT = """
+import gc, signal, sys, time
+from experiments import cli
+fired = []
+def callback(phase, info):  # a SIGINT arriving while a gc callback (JAX's) runs
+    if phase == "start" and not fired:
+        fired.append(1)
+        signal.raise_signal(signal.SIGINT)
+context = cli.prompt_interrupts() if sys.argv[1] == "handled" else __import__("contextlib").nullcontext()
+try:
+    with context:
+        gc.callbacks.append(callback)
+        gc.collect()
+        time.sleep(3)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("mode, expected", [("plain", "not interrupted"), ("handled", "interrupted")])
+def test_an_interrupt_during_a_gc_callback_is_not_lost(mode, expected):
+    """Python raises KeyboardInterrupt inside the gc callback, which drops it ("Exception ignored"):
+    a Ctrl-C while JAX loaded was lost and the run trained on. cli.prompt_interrupts asks again."""
+    out = subprocess.run([sys.executable, "-c", _GC_INTERRUPT, mode], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.stdout.strip() == expected, out.stderr
+    assert ("Exception ignored" in out.stderr) == (mode == "plain")
+
+
+def test_an_interrupt_turned_into_an_import_error_exits_130(monkeypatch, tmp_path, capsys):
+    """A Ctrl-C inside a C extension's initialisation (numpy's, while JAX loads) reaches the
+    command as an ImportError: it is reported as the interrupt; an ImportError without one is not."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def interrupted_import(values, config):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise ImportError("Encountered an error while initializing the extension.") from None
+
+    monkeypatch.setattr(train_cli, "_train", interrupted_import)
+    with pytest.raises(SystemExit) as info:
+        train_cli.main(["--config", DIGITS, "--workdir", str(tmp_path / "w")])
+    assert info.value.code == 130
+    assert "interrupted: the same command starts afresh" in capsys.readouterr().err
+    monkeypatch.setattr(train_cli, "_train", lambda values, config: __import__("no_such_module_here"))
+    with pytest.raises(ImportError, match="no_such_module_here"):
+        train_cli.main(["--config", DIGITS, "--workdir", str(tmp_path / "w")])
+    assert signal.getsignal(signal.SIGINT) is before
