@@ -43,9 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch = ml_collections.ConfigDict()
     c.batch.classes_per_batch = 10
     c.batch.samples_per_class = 16
-    c.batch.sampler = "pk"  # or "hierarchical" (SupRank)
-    c.batch.super_classes_per_batch = 2  # hierarchical sampler only
-    c.batch.batches_per_super_tuple = 5  # hierarchical sampler only
+    # or "m_per_class", "hierarchical" (rankax's own), "hierarchical_pairs" (ROADMAP's and
+    # SupRank's), "pk_replacement" (docs/data.md)
+    c.batch.sampler = "pk"
+    c.batch.super_classes_per_batch = 2  # hierarchical samplers only
+    c.batch.batches_per_super_tuple = 5  # hierarchical samplers only (SupRank's SOP yaml: 5)
     c.batch.m_per_class_rule = "official"  # m_per_class sampler only: or "fixed" (docs/data.md)
 
     c.optimizer = ml_collections.ConfigDict()

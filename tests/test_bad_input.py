@@ -665,6 +665,14 @@ def test_dataset_keys_are_checked_by_kind():
         load_dataset({"name": "dyml", "root": None})
     with pytest.raises(ValueError, match=re.escape("crop_scale of dataset 'folder' must be like")):
         load_dataset({"name": "folder", "root": "/tmp", "crop_scale": ("a", "b")})
+    # None where the key has a default value: a bare TypeError from int(None), or a bool key
+    # (flip, draft_train) silently off; now the key is named.
+    for key, name in (("image_size", "cub"), ("flip", "cub"), ("draft_train", "folder"),
+                      ("split_seed", "digits"), ("crop_scale", "sop")):
+        given = {"name": name, key: None, **({"root": "/tmp"} if name == "folder" else {})}
+        words = f"config.dataset.{key} of dataset {name!r} must be like"
+        with pytest.raises(ValueError, match=re.escape(words)):
+            load_dataset(given)
     # numpy integers are ints; the split they give is the one of the same Python int.
     a = load_dataset({"name": "digits", "split_seed": np.int64(3)})
     b = load_dataset({"name": "digits", "split_seed": 3})

@@ -416,6 +416,22 @@ def test_folder_errors(tmp_path):
         data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv", train_csv="data.csv"))
 
 
+@pytest.mark.parametrize("gallery_name", ["galery", "index", None])
+def test_folder_queries_without_a_gallery_are_refused(tmp_path, gallery_name):
+    """Query rows without gallery rows (a gallery split misspelt or named otherwise, so skipped; or
+    query_csv without gallery_csv) silently became queries retrieved among themselves."""
+    rows = [{"label": "a", "split": "train"}, {"label": "a", "split": "train"},
+            {"label": "b", "split": "query"}, {"label": "b", "split": "query"}]
+    if gallery_name is not None:
+        rows += [{"label": "b", "split": gallery_name}]
+        config = _folder_config(root=str(tmp_path), csv_file="data.csv")
+    else:
+        config = _folder_config(root=str(tmp_path), train_csv="data.csv", query_csv="data.csv")
+    _write_folder(tmp_path, rows)
+    with pytest.raises(ValueError, match="a query split needs a gallery split to retrieve from"):
+        data.load_dataset(config)
+
+
 def test_folder_per_split_csvs_in_their_own_folders(tmp_path):
     # Without a root, each split's image paths are relative to that split's CSV.
     train_dir, test_dir = tmp_path / "train", tmp_path / "test"

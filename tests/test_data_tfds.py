@@ -130,6 +130,15 @@ def test_missing_dataset_gives_preparation_steps(tmp_path):
     assert "already prepared" not in str(info.value)
 
 
+def test_a_home_relative_data_dir_that_exists_is_not_called_missing(tmp_path, monkeypatch):
+    """TFDS expands ``~``; the check for a missing data_dir did not, and hid TFDS's reason."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "tfds").mkdir()
+    with pytest.raises(data.DatasetNotPreparedError) as info:
+        data.load_dataset({"name": "cars", "data_dir": "~/tfds"})
+    assert "does not exist" not in str(info.value) and "TFDS said" in str(info.value)
+
+
 def _build_local_cars(tmp_path):
     """A real ``cars196`` ArrayRecord dataset of 8 PNG images (the builder's features, our files)."""
     from PIL import Image

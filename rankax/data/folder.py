@@ -138,11 +138,17 @@ def _check_columns(
 
 
 def _check_splits(first: str, rows: Rows) -> None:
-    """Either a test split or query (+ gallery) splits, and at least one of them."""
+    """Either a test split or query + gallery splits, and at least one of them."""
     if rows["test"] and (rows["query"] or rows["gallery"]):
         raise ValueError("use either a test split (query = gallery) or query and gallery splits, not both")
     if rows["gallery"] and not rows["query"]:
-        raise ValueError("a gallery split needs a query split")
+        raise ValueError(f"{first}: a gallery split needs a query split")
+    if rows["query"] and not rows["gallery"]:
+        raise ValueError(
+            f"{first}: a query split needs a gallery split to retrieve from (rows whose split is not "
+            "train/test/query/gallery are skipped: name it 'gallery', or give gallery_csv). For "
+            "queries retrieved among themselves, name their split 'test'"
+        )
     if not (rows["test"] or rows["query"]):
         raise ValueError(f"{first}: no test or query rows")
 

@@ -148,10 +148,16 @@ def _like(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+#: Keys with a default value that also take None: ``train_resize_size`` (256 for ``sop``; None:
+#: the random crop reads the decoded image).
+NONE_ALLOWED = frozenset({"train_resize_size"})
+
+
 def _check_type(name: str, key: str, default: Any, value: Any) -> None:
-    """``value`` of ``config.dataset.<key>`` has its default's kind, or is None (the key's
-    "off" or "unset", e.g. no resize); a key without a default value (:class:`_Kind`) takes
-    what its kind accepts, and None only when optional."""
+    """``value`` of ``config.dataset.<key>`` has its default's kind, and is None only for the
+    keys of :data:`NONE_ALLOWED` (elsewhere ``int(None)`` failed unnamed, and a bool key read it
+    as off); a key without a default value (:class:`_Kind`) takes what its kind accepts, and
+    None only when optional."""
     if isinstance(default, _Kind):
         if value is None and default.required:
             raise ValueError(f"config.dataset.{key} is required for dataset {name!r}, got None")
@@ -160,7 +166,7 @@ def _check_type(name: str, key: str, default: Any, value: Any) -> None:
                 f"config.dataset.{key} of dataset {name!r} must be a {default.what}, got {value!r}"
             )
         return
-    if value is None:
+    if value is None and key in NONE_ALLOWED:
         return
     if not _like(default, value):
         raise ValueError(

@@ -97,7 +97,7 @@ def _data_source(name: str, split: str, data_dir: str | None, skip: Sequence[str
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
     except Exception as e:  # tfds raises AssertionError/DatasetNotFoundError/ValueError by case
         # A data_dir that does not exist: TFDS's own message would describe a prepared dataset.
-        missing = data_dir and not os.path.isdir(data_dir)
+        missing = data_dir and not os.path.isdir(os.path.expanduser(data_dir))  # TFDS expands ~ too
         said = f"(config.dataset.data_dir {data_dir} does not exist)" if missing else f"(TFDS said: {e})"
         raise DatasetNotPreparedError(f"{preparation_steps(name, data_dir)}\n{said}") from e
 
