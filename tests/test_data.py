@@ -432,6 +432,27 @@ def test_folder_queries_without_a_gallery_are_refused(tmp_path, gallery_name):
         data.load_dataset(config)
 
 
+def test_folder_image_that_cannot_be_read_is_named(tmp_path):
+    """A later image missing, truncated or not an image failed in a loader worker with PIL's
+    message alone (a BytesIO or no path at all): the error names the image, its CSV and root."""
+    rows = [{"label": str(i % 2), "split": "train" if i < 4 else "test"} for i in range(6)]
+    _write_folder(tmp_path, rows)
+    ds = data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv"))
+    (tmp_path / "images" / "data_2.png").unlink()
+    whole = (tmp_path / "images" / "data_3.png").read_bytes()
+    (tmp_path / "images" / "data_3.png").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "images" / "data_1.png").write_bytes(b"not an image")
+    for index, cause in ((2, "FileNotFoundError"), (3, "OSError"), (1, "UnidentifiedImageError")):
+        with pytest.raises(data.ImageReadError) as info:
+            ds.train.get_pixels(np.array([0, index]), train=True)
+        message = str(info.value)
+        named = f"image {index} (images/data_{index}.png) of split 'train' listed in {tmp_path / 'data.csv'}"
+        assert named in message
+        assert f"relative to {tmp_path}" in message and cause in message, message
+        assert isinstance(info.value, OSError)
+    assert ds.train.get_pixels(np.array([0]), train=False).shape == (1, 8, 8, 3)
+
+
 def test_folder_per_split_csvs_in_their_own_folders(tmp_path):
     # Without a root, each split's image paths are relative to that split's CSV.
     train_dir, test_dir = tmp_path / "train", tmp_path / "test"

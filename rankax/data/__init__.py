@@ -9,7 +9,7 @@ from rankax.data.digits import DigitsSplit, load_digits_split
 from rankax.data.dyml import load_dyml
 from rankax.data.folder import load_folder
 from rankax.data.gldv2 import load_hgldv2
-from rankax.data.image_source import ImageSource
+from rankax.data.image_source import ImageReadError, ImageSource
 from rankax.data.registry import DATASET_KEYS, DATASETS, load_dataset
 from rankax.data.samplers import (
     SAMPLERS,
@@ -31,6 +31,7 @@ __all__ = [
     "DigitsSplit",
     "HierarchicalPairsSampler",
     "HierarchicalSampler",
+    "ImageReadError",
     "ImageSource",
     "ImageTransform",
     "MPerClassEpochSampler",

@@ -93,7 +93,8 @@ def _source(
             f"DyML image {paths[0]!r} is listed but missing: the images belong in "
             f"{os.path.join(root, image_folder)!r} (unpack the archive in place)."
         )
-    return ImageSource(paths.__getitem__, labels, transform, num_threads, names=names)
+    return ImageSource(paths.__getitem__, labels, transform, num_threads, names=names,
+                       origin=f"DyML's images under {os.path.join(root, image_folder)}")
 
 
 def load_dyml(

@@ -199,7 +199,9 @@ def _split_sources(
                 f"image {paths[0]!r} listed in {csv_path} does not exist: image paths are relative "
                 f"to root={base!r} (set config.dataset.root)."
             )
-        sources[split] = ImageSource(paths.__getitem__, split_labels, transform, num_threads, names=names)
+        origin = f"split {split!r} listed in {csv_path} (image paths relative to {base})"
+        sources[split] = ImageSource(paths.__getitem__, split_labels, transform, num_threads, names=names,
+                                     origin=origin)
     return sources
 
 

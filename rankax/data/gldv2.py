@@ -106,7 +106,8 @@ def _source(
             f"H-GLDv2 image {paths[0]!r} is listed but missing: unpack the {folder} images under "
             f"{os.path.join(root, folder)!r} in GLDv2's a/b/c/<id>.jpg tree."
         )
-    return ImageSource(paths.__getitem__, labels, transform, threads, names=ids)
+    return ImageSource(paths.__getitem__, labels, transform, threads, names=ids,
+                       origin=f"H-GLDv2's images under {os.path.join(root, folder)}")
 
 
 _LEVELS = ["landmark", "cluster", "overall"]

@@ -12,6 +12,11 @@ from rankax.data import streams
 from rankax.data.transforms import ImageTransform, open_image
 
 
+class ImageReadError(OSError):
+    """An image of a source cannot be opened or decoded (missing, truncated, not an image); the
+    message names it: its index, name and where the source's list comes from."""
+
+
 class ImageSource:
     """Images read on demand by index, decoded with PIL and transformed.
 
@@ -31,6 +36,8 @@ class ImageSource:
       names: ``[N]`` each item's identity, e.g. its image path relative to the dataset root:
         a run's record hashes them (``rankax.train.workdir.run_facts``), so a start on other
         images with the same labels is noticed. ``None``: unknown (only labels are compared).
+      origin: where the images are listed (``"split 'train' listed in data.csv (root /data)"``),
+        for the :class:`ImageReadError` of an image that cannot be read.
     """
 
     def __init__(
@@ -41,8 +48,10 @@ class ImageSource:
         num_threads: int = 4,
         boxes: np.ndarray | None = None,
         names: Sequence[str] | None = None,
+        origin: str = "",
     ):
         self._read = read
+        self.origin = origin
         self.labels = np.asarray(labels)
         if self.labels.ndim not in (1, 2):
             raise ValueError(f"labels must be [N] or [N, L], got shape {self.labels.shape}")
@@ -61,7 +70,8 @@ class ImageSource:
 
     def with_boxes(self, boxes: np.ndarray | None) -> ImageSource:
         """This source with each image cut to its box of ``boxes [N, 4]`` first."""
-        return ImageSource(self._read, self.labels, self.transform, self.num_threads, boxes, self.names)
+        return ImageSource(self._read, self.labels, self.transform, self.num_threads, boxes, self.names,
+                           self.origin)
 
     def _open(self, index: int) -> Any:
         image = open_image(self._read(index))
@@ -69,18 +79,31 @@ class ImageSource:
             image = image.crop(tuple(float(v) for v in self.boxes[index]))
         return image
 
+    def _transformed(self, index: int, fn: Callable[..., np.ndarray], **kwargs: Any) -> np.ndarray:
+        """``fn(image, **kwargs)`` of item ``index``; PIL's errors (raised when the lazily opened
+        image decodes, in the transform) as an :class:`ImageReadError` that names the image."""
+        try:
+            return fn(self._open(index), **kwargs)
+        except (OSError, SyntaxError) as err:  # PIL: missing, truncated, unidentified; bad PNG chunks
+            name = f" ({self.names[index]})" if self.names is not None else ""
+            where = f" of {self.origin}" if self.origin else ""
+            raise ImageReadError(
+                f"image {index}{name}{where} cannot be read: {type(err).__name__}: {err}. Restore the "
+                "file, or remove it from the dataset's list"
+            ) from err
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def load(self, index: int, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
         """One preprocessed ``[S, S, 3]`` float32 image."""
-        return self.transform(self._open(int(index)), train=train, rng=rng)
+        return self._transformed(int(index), self.transform, train=train, rng=rng)
 
     def load_pixels(
         self, index: int, *, train: bool, rng: np.random.Generator | None = None
     ) -> np.ndarray:
         """One ``[S, S, 3]`` uint8 image, cropped and resized but not normalised."""
-        return self.transform.pixels(self._open(int(index)), train=train, rng=rng)
+        return self._transformed(int(index), self.transform.pixels, train=train, rng=rng)
 
     def get_pixels(
         self, indices: np.ndarray, *, train: bool, seed: int = 0, offset: int = 0

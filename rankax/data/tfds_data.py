@@ -153,12 +153,8 @@ def _split_by_class(
     }
     dense = _dense(labels)
     parts = {
-        k: ImageSource(
-            _subset_reader(source, r),
-            dense[r],
-            transform,
-            num_threads,
-        )
+        k: ImageSource(_subset_reader(source, r), dense[r], transform, num_threads,
+                       origin=f"TFDS {name}'s {k} classes")
         for k, r in rows.items()
     }
     return RetrievalDataset(name, parts["train"], parts["test"])
@@ -221,8 +217,9 @@ def load_sop(
     both = records["train"] + records["test"]
     labels = _dense([r[0] for r in both], [r[1] for r in both])
     parts = {
-        "train": ImageSource(_image_reader(sources["train"]), labels[:n_train], transform, num_threads),
-        "test": ImageSource(_image_reader(sources["test"]), labels[n_train:], transform, num_threads),
+        s: ImageSource(_image_reader(sources[s]), part, transform, num_threads,
+                       origin=f"TFDS stanford_online_products, split {s!r}")
+        for s, part in (("train", labels[:n_train]), ("test", labels[n_train:]))
     }
     return RetrievalDataset("sop", parts["train"], parts["test"])
 
@@ -315,7 +312,8 @@ def load_inat(
         labels = _dense(species, *taxa)
     n_train = len(rows["train"])
     parts = {
-        "train": ImageSource(_subset_reader(source, rows["train"]), labels[:n_train], transform, num_threads),
-        "test": ImageSource(_subset_reader(source, rows["test"]), labels[n_train:], transform, num_threads),
+        s: ImageSource(_subset_reader(source, rows[s]), part, transform, num_threads,
+                       origin=f"TFDS i_naturalist2018, the {s} list of split_dir")
+        for s, part in (("train", labels[:n_train]), ("test", labels[n_train:]))
     }
     return RetrievalDataset(f"inat_{hierarchy}", parts["train"], parts["test"])
