@@ -256,6 +256,30 @@ def test_pretrained_weights_that_cannot_be_loaded_name_the_key(tmp_path):
         assert not (tmp_path / "run").exists()
 
 
+def test_pretrained_weights_of_another_model_or_with_pickled_objects_name_the_key(tmp_path):
+    """ResNet weights for another model (merge_pretrained's ValueError was a traceback) and a
+    checkpoint pickling an argparse.Namespace beside its tensors (torch's UnpicklingError was a
+    traceback): ConfigErrors naming config.model.pretrained and the fix."""
+    torch = pytest.importorskip("torch")
+    import argparse
+
+    from tests.test_convert import TorchResNet, _randomize
+
+    weights = _randomize(TorchResNet([1, 1, 1, 1], width=8)).state_dict()
+    torch.save(weights, tmp_path / "resnet.pth")
+    torch.save({"state_dict": weights, "args": argparse.Namespace(lr=0.1)}, tmp_path / "args.pth")
+    cases = {"resnet.pth": r"does not fit config.model.name='mlp': .*params/backbone is not in the model.*"
+                           r"set --config.model.name to the model they belong to",
+             "args.pth": r"cannot be loaded: it holds objects besides tensors \(.*argparse.Namespace.*\)\. "
+                         r"Pass .*re-save"}
+    for name, words in cases.items():
+        config = tiny_config()
+        config.model.pretrained = str(tmp_path / name)
+        key = f"config.model.pretrained='{re.escape(str(tmp_path / name))}'"
+        with pytest.raises(ConfigError, match=rf"(?s)^{key} {words}"):
+            train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+
+
 def test_missing_tfds_and_unset_pretrained_weights_are_explained(monkeypatch):
     from configs import roadmap_cub_resnet50
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -101,14 +102,33 @@ def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array
             weights = convert.load_pretrained(pretrained)
         except errors.ConfigError:
             raise
-        except (OSError, ValueError) as err:  # missing, unreadable, or not weights of a known model
+        # Missing, unreadable, not weights of a known model, or pickled objects besides tensors
+        # (torch.load(weights_only=True) raises pickle.UnpicklingError for those).
+        except (OSError, ValueError, pickle.UnpicklingError) as err:
             raise errors.ConfigError(
-                f"config.model.pretrained={pretrained!r} cannot be loaded: {err}. Pass a torchvision "
-                "ResNet or timm ViT/DeiT checkpoint (.pth, or .npz from rankax.models.convert) "
+                f"config.model.pretrained={pretrained!r} cannot be loaded: {_reason(err)}. Pass a "
+                "torchvision ResNet or timm ViT/DeiT checkpoint (.pth holding only tensors: re-save "
+                "a checkpoint with other objects as its state_dict, or as .npz with rankax.models.convert) "
                 "(docs/models.md)"
             ) from err
-        variables = convert.merge_pretrained(variables, weights)
+        try:
+            variables = convert.merge_pretrained(variables, weights)
+        except ValueError as err:  # weights of another architecture or size
+            raise errors.ConfigError(
+                f"config.model.pretrained={pretrained!r} does not fit config.model.name="
+                f"{config.model.name!r}: {err}. Pass the weights of that model, or set "
+                "--config.model.name to the model they belong to (docs/models.md)"
+            ) from err
     return variables
+
+
+def _reason(err: Exception) -> str:
+    """``err``'s message; of torch's refusal to unpickle objects, the line naming the object."""
+    if isinstance(err, pickle.UnpicklingError):
+        named = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        if named:
+            return f"it holds objects besides tensors ({named[0].split('. Please')[0]})"
+    return str(err)
 
 
 def check_distilled(path: str) -> None:
