@@ -16,7 +16,8 @@ restored without changing anything in the workdir, the test split of the config'
 its gallery, if any) is embedded and evaluated as the training run evaluates it: its
 ``eval_ks`` and ``eval_backend`` unless ``--ks`` / ``--backend`` are given, and its
 ``eval_protocol`` (``revisited`` / ``landmarks`` runs get their protocol's metrics);
-``--save_embeddings FILE.npz`` also writes those embeddings. The metrics of a workdir include
+``--save_embeddings FILE.npz`` also writes those embeddings (a separate gallery to
+``FILE_gallery.npz``). The metrics of a workdir include
 ``step``, the checkpoint evaluated.
 
 Input files are ``.npz`` archives with two arrays:
@@ -83,20 +84,22 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
     if not os.path.isdir(workdir):
         what = "is not a directory" if os.path.exists(workdir) else "does not exist"
         raise cli.CliError(f"{flag} {workdir} {what} (the --workdir of a training run)")
+    try:
+        record = workdir_lib.read(workdir)
+    except ValueError as err:  # a config.json that is not JSON
+        raise cli.CliError(f"{flag}: {err}") from None
     if config:
         cfg = cli.load_config(config)
+    elif record is None:
+        raise cli.CliError(
+            f"{flag} needs --config (the experiment config it was trained with): {workdir} records "
+            f"none ({workdir_lib.RECORD} is written by experiments.train)"
+        )
     else:
-        try:
-            record = workdir_lib.read(workdir)
-        except ValueError as err:  # a config.json that is not JSON
-            raise cli.CliError(f"{flag}: {err}") from None
-        if record is None:
-            raise cli.CliError(
-                f"{flag} needs --config (the experiment config it was trained with): {workdir} records "
-                f"none ({workdir_lib.RECORD} is written by experiments.train)"
-            )
         cfg = cli.config_from_record(record["config"])
     cli.apply_overrides(cfg, overrides)
+    if config and record is not None:
+        _check_model_keys(cfg, record, {key for key, _ in overrides}, workdir, config)
     from rankax.train import ConfigError, config_checks
 
     try:  # the checks of experiments.train: a bad override is one line naming the key
@@ -104,6 +107,28 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
     except ConfigError as err:
         raise cli.CliError(f"{flag}: {err}") from None
     return cfg
+
+
+#: Model keys that only choose the starting weights: a checkpoint replaces them.
+INIT_ONLY_KEYS = frozenset({"model.pretrained", "model.pretrained_distilled"})
+
+
+def _check_model_keys(cfg, record: dict, overridden: set[str], workdir: str, config: str) -> None:
+    """A :class:`cli.CliError` where the file ``config`` changes ``model.*`` keys from the
+    config ``workdir`` recorded without a ``--config.model.*`` override saying so: keys that
+    add no parameters (pooling, feature_norm, frozen_bn, dtype) restore without complaint and
+    would evaluate another network than the one trained."""
+    from rankax.train import workdir as workdir_lib
+
+    changed = {k: v for k, v in workdir_lib.differences(record.get("config", {}), cfg).items()
+               if k.startswith("model.") and k not in overridden and k not in INIT_ONLY_KEYS}
+    if changed:
+        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise cli.CliError(
+            f"--config {config} builds another network than the one {workdir} trained ({shown}). "
+            "Drop --config to evaluate with the recorded config, or override those keys explicitly "
+            f"(--config.{next(iter(changed))}=...) to evaluate the checkpoint in another network"
+        )
 
 
 def restore(cfg, checkpoint: str, step: int | None, flag: str):
@@ -140,6 +165,26 @@ def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag
     return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels, int(state.step)
 
 
+def gallery_path(path: str) -> str:
+    """Where ``--save_embeddings path`` writes the gallery: ``<stem>_gallery.npz`` beside it."""
+    stem = path[: -len(".npz")] if path.endswith(".npz") else path
+    return f"{stem}_gallery.npz"
+
+
+def save_embeddings(path: str, queries: np.ndarray, labels: np.ndarray, gallery: np.ndarray | None,
+                    gallery_labels: np.ndarray | None) -> None:
+    """Writes the query embeddings to ``path`` and a separate gallery to :func:`gallery_path`
+    (the queries alone would be re-evaluated as their own gallery), and says how to evaluate them."""
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{NPZ_EMBEDDINGS: queries, NPZ_LABELS: labels})
+    if gallery is None:
+        print(f"Wrote {path} (evaluate again with --embeddings {path})")
+        return
+    np.savez(gallery_path(path), **{NPZ_EMBEDDINGS: gallery, NPZ_LABELS: gallery_labels})
+    print(f"Wrote {path} and {gallery_path(path)} (evaluate again with --embeddings {path} "
+          f"--gallery {gallery_path(path)})")
+
+
 def format_table(metrics: dict) -> str:
     width = max(len(k) for k in metrics)
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ---------"]
@@ -164,7 +209,8 @@ FLAGS = {
     "normalize": "L2-normalise the embeddings first",
     "block_size": "queries per step (default: 512 on the CPU, 2048 on accelerators)",
     "output": "write the metrics to this JSON file",
-    "save_embeddings": "with --workdir: also write the query embeddings (.npz)",
+    "save_embeddings": "with --workdir: also write the query embeddings (.npz; a separate gallery "
+                       "goes to <name>_gallery.npz)",
     **cli.DISTRIBUTED_FLAGS,  # [multihost]
 }
 
@@ -192,6 +238,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     scann_flags = [f"--{n}" for n in ("scann_config", "scann_leaves_to_search") if n in values]
     if scann_flags and values.get("backend") == "exact":  # they were silently ignored
         raise cli.CliError(f"{', '.join(scann_flags)} apply to --backend scann or auto, not exact")
+    if "scann_leaves_to_search" in values and values.get("scann_config") == "brute_force":
+        raise cli.CliError("--scann_leaves_to_search applies to --scann_config tree_ah or auto (a tree); "
+                           "brute_force has no leaves")
     try:
         step = int(values["step"]) if "step" in values else None
         block_size = int(values["block_size"]) if "block_size" in values else None
@@ -250,8 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
             cfg, args.checkpoint, args.step, args.flag
         )
         if args.save_embeddings and main_process:
-            pathlib.Path(args.save_embeddings).parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.save_embeddings, **{NPZ_EMBEDDINGS: inputs, NPZ_LABELS: labels})
+            save_embeddings(args.save_embeddings, inputs, labels, gallery, gallery_labels)
     else:
         embed_fn, step = np.asarray, None  # precomputed embeddings: the identity
         inputs, labels = load_npz(args.embeddings)
@@ -266,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         metrics = evaluator.run(embed_fn)
     except (ValueError, TypeError) as err:
-        source = args.embeddings or args.checkpoint
+        source = args.checkpoint or (
+            f"--embeddings {args.embeddings} --gallery {args.gallery}" if args.gallery else args.embeddings)
         raise cli.CliError(f"{source}: {err}") from None
     metrics["seconds"] = time.perf_counter() - start
     if step is not None:  # the checkpoint evaluated (the best one under model_selection="best")
@@ -300,6 +349,9 @@ def _protocol_metrics(cfg, args) -> dict:
     start = time.perf_counter()
     try:
         metrics = evaluators.evaluate_state(cfg, state, data)
+    except FileNotFoundError as err:  # the protocol's ground truth (its message names the files)
+        hint = " (--config.landmarks.root=DIR sets their folder)" if cfg.eval_protocol == "landmarks" else ""
+        raise cli.CliError(f"{args.flag}: {err}{hint}") from None
     except ValueError as err:  # the protocol's own config keys (named in the message)
         if not str(err).startswith("config."):
             raise

@@ -112,6 +112,56 @@ def test_cli_checks_config_overrides_as_train_does(tmp_path, monkeypatch):
         cli._protocol_metrics(None, args)
 
 
+def test_a_config_file_that_changes_the_network_is_refused(tmp_path):
+    """--config FILE was never compared with the workdir's record: a model key that adds no
+    parameter (pooling, feature_norm) restored silently into another network. Model keys the file
+    changes are refused unless overridden explicitly; the starting weights do not count."""
+    from rankax.train import workdir as workdir_lib
+
+    digits = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+    recorded = cli.cli.load_config(str(digits))
+    recorded.model.embedding_dim = 32
+    recorded.model.pretrained = "imagenet.pth"
+    workdir_lib.write(recorded, str(tmp_path))
+    with pytest.raises(cli.cli.CliError, match=re.escape(
+            f"--config {digits} builds another network than the one {tmp_path} trained "
+            "(model.embedding_dim: 32 -> 64). Drop --config")):
+        cli.workdir_config(str(tmp_path), str(digits), [])
+    cfg = cli.workdir_config(str(tmp_path), str(digits), [("model.embedding_dim", "48")])
+    assert cfg.model.embedding_dim == 48
+    assert cli.workdir_config(str(tmp_path), None, []).model.embedding_dim == 32
+
+
+def test_saved_embeddings_keep_a_separate_gallery(tmp_path, capsys):
+    """--save_embeddings wrote the queries alone: evaluated again, they became their own gallery
+    and the metrics changed. The gallery goes to <name>_gallery.npz and the pair evaluates as the
+    evaluator does on the arrays."""
+    queries, labels = _data(1, n=12)
+    gallery, gallery_labels = _data(2, n=30)
+    path = str(tmp_path / "out" / "test.npz")
+    cli.save_embeddings(path, queries, labels, gallery, gallery_labels)
+    assert cli.gallery_path(path) == str(tmp_path / "out" / "test_gallery.npz")
+    assert f"--embeddings {path} --gallery {cli.gallery_path(path)}" in capsys.readouterr().out
+    again = cli.main(["--embeddings", path, "--gallery", cli.gallery_path(path), "--ks", "1"])
+    want = retrieval.evaluate(queries, labels, gallery, gallery_labels, ks=(1,))
+    for key in ("recall@1", "map@r"):
+        assert again[key] == pytest.approx(float(want[key]), abs=1e-6)
+    cli.save_embeddings(str(tmp_path / "alone.npz"), queries, labels, None, None)
+    assert not (tmp_path / "alone_gallery.npz").exists()
+
+
+def test_gallery_file_errors_and_brute_force_leaves_name_their_flags(tmp_path):
+    x, y = _data(0, n=20)
+    queries = _write(tmp_path / "q.npz", x, y)
+    gallery = _write(tmp_path / "g.npz", x, np.stack([y, y], 1))  # label paths against class ids
+    with pytest.raises(cli.cli.CliError, match=f"--embeddings {queries} --gallery {gallery}: "):
+        cli.main(["--embeddings", queries, "--gallery", gallery])
+    words = "--scann_leaves_to_search applies to .*brute_force has no leaves"
+    with pytest.raises(cli.cli.CliError, match=words):
+        cli.main(["--embeddings", queries, "--backend", "scann", "--scann_config", "brute_force",
+                  "--scann_leaves_to_search", "3"])
+
+
 @pytest.mark.parametrize("protocol", ["revisited", "landmarks"])
 def test_cli_refuses_retrieval_flags_for_protocol_runs(tmp_path, monkeypatch, protocol):
     """A revisited/landmarks run takes its evaluation from its config: the label-based flags

@@ -151,8 +151,11 @@ def test_evaluate_reads_the_recorded_config_or_takes_overrides(small_run):
     for got in (recorded, overridden):
         for key in ("recall@1", "map@r", "map"):
             assert got[key] == pytest.approx(final[key], abs=1e-6)
-    with pytest.raises(SystemExit, match="another model/config .*embedding_dim|head"):
+    with pytest.raises(SystemExit, match="another model/config .*embedding_dim|head") as info:
         evaluate_cli.main(["--workdir", workdir, "--config.model.embedding_dim=16"])
+    # Evaluation's advice (it said "resume ... or use a fresh workdir", training's).
+    assert "evaluate it with the config it was trained with" in str(info.value.code)
+    assert "resume" not in str(info.value.code)
     # From the shell: that one line and nothing else (the shapes are compared before any read,
     # so no half-done orbax read dies noisily on a closed event loop).
     proc = subprocess.run(

@@ -328,10 +328,12 @@ class Checkpointer:
         """
         for step in sorted(self._mngr.all_steps(), reverse=True):
             if mismatch := self.mismatch(state, step):  # not this config's model: never quarantined
+                fix = ("evaluate it with the config it was trained with (the workdir's record, without "
+                       "--config or --config.model.* overrides)" if self.read_only else
+                       "resume with the config it was trained with, or use a fresh workdir")
                 raise CheckpointReadError(
                     f"checkpoint step {step} at {self.step_path(step)} was written for another "
-                    f"model/config ({mismatch}); resume with the config it was trained with, or "
-                    "use a fresh workdir",
+                    f"model/config ({mismatch}); {fix}",
                     step=step,
                     path=self.step_path(step),
                 )
