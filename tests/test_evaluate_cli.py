@@ -111,6 +111,17 @@ def test_cli_checks_config_overrides_as_train_does(tmp_path, monkeypatch):
     with pytest.raises(cli.cli.CliError, match=r"^error: --workdir: config.eval_protocol=.revisited. needs"):
         cli._protocol_metrics(None, args)
 
+    def no_ground_truth(cfg, state, data):  # what landmarks.load_benchmark raises (a traceback before)
+        raise FileNotFoundError("no ground truth for 'oxford5k': tried /nope/oxford5k/gnd_oxford5k.pkl")
+
+    monkeypatch.setattr(evaluators, "evaluate_state", no_ground_truth)
+    import ml_collections
+
+    landmarks = ml_collections.ConfigDict({"eval_protocol": "landmarks"})
+    with pytest.raises(cli.cli.CliError, match=r"^error: --workdir: no ground truth for 'oxford5k'.*"
+                                               r"\(--config.landmarks.root=DIR sets their folder\)"):
+        cli._protocol_metrics(landmarks, args)
+
 
 def test_a_config_file_that_changes_the_network_is_refused(tmp_path):
     """--config FILE was never compared with the workdir's record: a model key that adds no
