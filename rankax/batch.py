@@ -447,8 +447,8 @@ def batch_statistics(
             query_labels, item_labels, query_index=query_index, item_mask=item_mask,
             include_self=include_self, relevance_fn=rel_fn, caller=caller,
         )
-    if capacity is not None:
-        raise_on_overflow(capacity, capacity_limit, caller)
+    if capacity is not None:  # the ladder's largest rung bounds a concrete count too (as when traced)
+        raise_on_overflow(capacity, ladder_limit(num_q, n, max_tile_elements, capacity_limit), caller)
     plan = _plan(num_q, n, block_size, max_tile_elements, capacity_limit, max_positives, capacity)
     views = _Views(
         q_emb, q_lab, i_emb, i_lab, mask,
@@ -537,7 +537,7 @@ def _plan(
     # An explicit block_size is a memory bound: then the scores are recomputed, never kept.
     keep_scores = block_size == "auto" and num_q * n <= SAVED_SCORES_ELEMENTS
     block_size = auto_block if block_size == "auto" else block_size
-    if exact is not None:  # within capacity_limit (raise_on_overflow)
+    if exact is not None:  # within the ladder's limit (raise_on_overflow)
         capacities = (min(exact, n),)
     else:
         limit = ladder_limit(num_q, n, max_tile_elements, capacity_limit)

@@ -120,7 +120,10 @@ def sharded_batch_loss(
       the list loss over all queries of the global batch that have a positive, replicated on
       every device; its gradient equals that of :func:`rankax.batch_loss` on the whole batch.
       Inputs may come with any sharding (numpy labels too): ``shard_map`` reshards them on a
-      mesh of ``Auto`` axes, and on one of ``Explicit`` axes ``loss_of`` does.
+      mesh of ``Auto`` axes, and on one of ``Explicit`` axes ``loss_of`` does. On an ``Explicit``
+      mesh (``jax.make_mesh``'s default) differentiate it inside ``jax.jit`` or ``with
+      jax.set_mesh(mesh)``: eager ``jax.grad`` builds the scalar's cotangent on one device, and
+      JAX refuses to place it on the mesh ("Please enter your `jit` into a mesh context").
     """
     if not callable(loss_fn):
         raise TypeError(f"sharded_batch_loss: loss_fn must be a list loss such as rankax.supap_loss, "
@@ -138,6 +141,8 @@ def sharded_batch_loss(
             raise TypeError(f"{caller}: {name}= is not an option of sharded_batch_loss: {reason}")
     hparams = batch._check_loss_options(loss_fn, hparams, None, None, None, caller,
                                         options_of=sharded_batch_loss)  # names, ranges: now
+    # As batch_loss reads them: integer JAX arrays (ks, tie_aware) static, sequences tuples.
+    hparams = {k: batch._static_form(v) for k, v in hparams.items()}
     kwargs = dict(
         include_self=include_self,
         max_positives=max_positives,
@@ -172,7 +177,8 @@ def sharded_batch_loss(
     explicit = any(types[a] == jax.sharding.AxisType.Explicit for a in names)
 
     def loss_of(embeddings: Array, labels: Array, memory: Any = None) -> Array:
-        batch.check_batch(embeddings, labels, values=False, caller=caller)  # shapes, dtypes first
+        # Shapes and dtypes first; lists become arrays (shard_map takes no Python lists).
+        embeddings, labels = batch.check_batch(embeddings, labels, values=False, caller=caller)
         if memory is not None:
             batch._check_memory(memory, None, caller)
         _check_global(embeddings, memory, num_shards, axis_name, caller)  # the batch divides the mesh
@@ -282,8 +288,8 @@ def _check_global(embeddings: Array, memory: Any, num_shards: int, axis_name: Ax
     if b % num_shards:
         raise ValueError(
             f"{caller}: the global batch ({b}) must be divisible by the size of axis {axis_name!r} "
-            f"({num_shards}): give every device the same number of rows (pad the batch, or choose a "
-            f"batch size that is a multiple of {num_shards})"
+            f"({num_shards}): choose a batch size that is a multiple of {num_shards} (padding rows would "
+            "change the loss: they rank as negatives in every list)"
         )
     validation.check_finite(embeddings, "embeddings", caller=caller)
     if memory is not None:

@@ -385,9 +385,12 @@ def test_capacity_limit_raises_instead_of_dropping():
     # numpy labels closed over in jit stay concrete: the same error, at trace time.
     with pytest.raises(batch.CapacityError, match="5 positives"):
         jax.jit(lambda e: rankax.batch_loss(supap_loss, e, np.asarray(lab), capacity_limit=4))(emb)
-    # Traced labels: the default limit comes from the tile budget (4 * B elements allow 4
-    # positives); concrete ones use their exact capacity whatever the tile budget.
-    _assert_close(rankax.batch_loss(supap_loss, emb, lab, max_tile_elements=4 * B),
+    # Without capacity_limit the limit comes from the tile budget (4 * B elements allow 4
+    # positives), for concrete labels as for traced ones and the sharded loss: concrete labels
+    # used to take their exact capacity whatever the budget (a value eagerly, NaN under jit).
+    with pytest.raises(batch.CapacityError, match="a query has 5 positives but capacity_limit=4"):
+        rankax.batch_loss(supap_loss, emb, lab, max_tile_elements=4 * B)
+    _assert_close(rankax.batch_loss(supap_loss, emb, lab, max_tile_elements=5 * B),
                   dense_reference(supap_loss, emb, lab))
     small_tile = jax.jit(
         lambda e, y: rankax.batch_loss(supap_loss, e, y, max_positives=2, max_tile_elements=4 * B)

@@ -168,6 +168,20 @@ SCRIPT = textwrap.dedent(
     with jax.set_mesh(explicit):
         value = jax.jit(keyed)(exp_put(lists), exp_put(rel))
     results["explicit_list_blackbox_key"] = [float(jnp.max(jnp.abs(value - want_value))), 0.0]
+    # As batch_loss takes them: Python lists on an Auto mesh (they reached shard_map, which
+    # refused them) and an integer JAX array ks (it was traced into the list loss and failed).
+    auto_loss = sharding.sharded_batch_loss(rankax.supap_loss, auto, "data", max_positives=3)
+    results["auto_python_lists"] = [float(rankax.batch_loss(rankax.supap_loss, e, lab)),
+                                    float(auto_loss(e.tolist(), fine.tolist()))]
+    recall = rankax.losses.sup_recall_at_k_loss
+    by_array = sharding.sharded_batch_loss(recall, auto, "data", ks=jnp.array([1, 2, 4]))
+    results["ks_as_jax_array"] = [float(rankax.batch_loss(recall, e, lab, ks=(1, 2, 4))),
+                                  float(by_array(auto_put(e), auto_put(lab)))]
+    # Eager jax.grad on an Explicit mesh inside jax.set_mesh, as the docstring says.
+    ref_grad = jax.grad(lambda x: rankax.batch_loss(rankax.supap_loss, x, lab))(e)
+    with jax.set_mesh(explicit):
+        eager_grad = jax.grad(lambda x: explicit_loss(x, lab))(exp_put(e))
+    results["explicit_eager_grad"] = float(jnp.max(jnp.abs(eager_grad - ref_grad)))
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -251,6 +265,18 @@ def test_explicit_mesh_reshards_its_inputs(sharded_results):
     message = sharded_results["explicit_indivisible"]
     assert message.startswith("sharded_batch_loss(supap_loss): the global batch (30) must be divisible")
     assert "a multiple of 8" in message
+    # Padding was advised: padded rows rank as negatives in every list and change the loss.
+    assert "pad the batch" not in message and "padding rows would change the loss" in message
+
+
+def test_python_lists_and_array_ks_shard_as_batch_loss_takes_them(sharded_results):
+    for name in ("auto_python_lists", "ks_as_jax_array"):
+        want, got = sharded_results[name]
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=name)
+
+
+def test_eager_grad_on_an_explicit_mesh_inside_set_mesh(sharded_results):
+    assert sharded_results["explicit_eager_grad"] <= 1e-6
 
 
 @pytest.mark.parametrize("name", ["blackbox_ap_loss", "supap_loss", "histogram_ap_loss", "blackbox_key"])
