@@ -289,3 +289,20 @@ def test_full_size_parameter_counts(name, backbone_params, width):
     assert _count(shapes["params"]["head"]["proj"]) == (width + 1) * 512
     features = jax.eval_shape(lambda v, x: model.apply(v, x, method=lambda m, x: m.backbone(x)), shapes, x)
     assert features.shape == ((1, 7, 7, 2048) if "resnet" in name else (1, 197, width))
+
+
+def test_projection_starts_as_torch_linear():
+    """The official nets' projection is a plain torch.nn.Linear: kernel and bias uniform in
+    +-1/sqrt(fan_in), so std 1/sqrt(3 fan_in) (flax's default kernel had std 1/sqrt(fan_in) and a
+    zero bias: a sqrt(3) larger start that takes relatively smaller steps once normalised)."""
+    fan_in, dim = 2048, 512
+    head = models.EmbeddingHead("avg", dim)
+    params = head.init(jax.random.key(0), jnp.ones((2, 3, 3, fan_in)))["params"]["proj"]
+    bound = 1 / np.sqrt(fan_in)
+    kernel, bias = np.asarray(params["kernel"]), np.asarray(params["bias"])
+    assert kernel.shape == (fan_in, dim) and bias.shape == (dim,)
+    for w in (kernel, bias):
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.98 * bound
+    np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.01)
+    np.testing.assert_allclose(bias.std(), bound / np.sqrt(3), rtol=0.1)
+    assert abs(kernel.mean()) < 0.01 * bound

@@ -18,6 +18,10 @@ References:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -79,6 +83,18 @@ class GeM(nn.Module):
         return gem_pool(x, p, self.eps)
 
 
+def torch_linear_init(fan_in: int) -> tuple[Callable, Callable]:
+    """``(kernel_init, bias_init)`` of ``torch.nn.Linear(fan_in, ...)``'s default: both uniform
+    in ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` (torch's
+    ``kaiming_uniform_(a=sqrt(5))`` kernel has that bound)."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def uniform(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return uniform, uniform
+
+
 class EmbeddingHead(nn.Module):
     """Pooling -> optional feature LayerNorm -> optional ``Dense(embedding_dim)`` -> L2 normalisation.
 
@@ -87,7 +103,12 @@ class EmbeddingHead(nn.Module):
         ``"cls"`` (class token) or ``"avg"`` (mean of the patch tokens) for ``[B, 1 + N, D]``
         token sequences.
       embedding_dim: output width of the linear projection (submodule ``"proj"``); ``None``
-        keeps the pooled features (e.g. 2048 for ResNet-50) without projection.
+        keeps the pooled features (e.g. 2048 for ResNet-50) without projection. The projection
+        starts as the official nets' ``torch.nn.Linear`` does (ROADMAP, SupRank and HAPPIER
+        build it without re-initialising it): kernel and bias uniform in
+        ``+-1/sqrt(fan_in)`` (:func:`torch_linear_init`), not flax's
+        truncated LeCun normal kernel and zero bias, whose kernel is sqrt(3) times
+        larger and so takes relatively smaller steps once the output is normalised.
       gem_p: GeM's initial/fixed exponent.
       gem_eps: GeM's clamp.
       gem_learnable: whether GeM's exponent is a parameter (``params['pool']['p']``).
@@ -120,7 +141,9 @@ class EmbeddingHead(nn.Module):
         if self.feature_norm == "layernorm":
             x = standardize(x, self.feature_norm_eps)
         if self.embedding_dim is not None:
-            x = nn.Dense(self.embedding_dim, dtype=self.dtype, name="proj")(x.astype(self.dtype))
+            kernel_init, bias_init = torch_linear_init(x.shape[-1])
+            x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=kernel_init, bias_init=bias_init,
+                         name="proj")(x.astype(self.dtype))
         return l2_normalize(x.astype(jnp.float32))
 
     def _pool(self, x: jax.Array) -> jax.Array:
