@@ -153,14 +153,18 @@ def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag
     ``embed_fn`` is the identity on them.
     """
     from rankax.retrieval.evaluator import embed_in_batches
-    from rankax.train import distributed, evaluators
+    from rankax.train import evaluators, input_pipeline
 
     state, data = restore(cfg, checkpoint, step, flag)
     bs = int(cfg.eval_batch_size)
-    # [multihost] each process reads and embeds its share of every batch; all get every embedding
-    embed, share = evaluators.embed_fn(state), distributed.eval_share()
-    queries = embed_in_batches(embed, data.test, bs, share=share)
-    gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs, share=share)
+    # Read as the training run's evaluation reads: image datasets by config.input.workers
+    # processes as uint8 pixels normalised on the device (it used one thread and float32 pixels
+    # normalised on the host, 4x the bytes); [multihost] each process embeds its share of every
+    # batch and all get every embedding.
+    reading = input_pipeline.eval_reading(cfg, data)
+    embed = evaluators.embed_fn(state, input_pipeline.normalizer(data.test) if reading["raw"] else None)
+    queries = embed_in_batches(embed, data.test, bs, **reading)
+    gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs, **reading)
     gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)
     return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels, int(state.step)
 

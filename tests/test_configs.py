@@ -215,6 +215,12 @@ def test_config_trains_and_evaluates_on_mock_data(name, tmp_path):
         (tmp_path / "data").mkdir(exist_ok=True)
         config = tiny(load_config(name), tmp_path / "data")
         final = train_lib.train_and_evaluate(config, str(workdir))
+        if name == "roadmap_cub_resnet50":  # the evaluate CLI reads images as training evaluates
+            from experiments import evaluate as evaluate_cli
+
+            again = evaluate_cli.main(["--workdir", str(workdir)])
+            for key in ("recall@1", "map@r", "map"):
+                assert again[key] == pytest.approx(final[key], abs=1e-6), key
     if config.eval_protocol == "revisited":
         assert {"medium/map", "hard/map", "easy/mp@1"} <= set(final)
     elif config.eval_protocol == "landmarks":
