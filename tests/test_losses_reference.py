@@ -141,9 +141,13 @@ def ref_sup_recall(s, y, ks=(1, 2, 4, 8, 16), tau2=1.0, **kw):
 
 
 def ref_rs_at_k(s, y, ks=(1, 2, 4, 8, 16), tau1=0.01, tau2=None):
+    """RS@k as the authors' code computes it: cut-offs past the list taken as its length
+    (``min(batch_size, k)``), each keeping the temperature of the cut-off as given."""
     pos = np.flatnonzero(y > 0)
     ranks = [1 + sum(sig((s[j] - s[k]) / tau1) for j in range(len(s)) if j != k) for k in pos]
-    return 1 - _recall_from_ranks(ranks, len(pos), ks, tau2, cap=True)
+    taus = ks if tau2 is None else tau2 if isinstance(tau2, tuple | list) else [tau2] * len(ks)
+    clamped = [min(k, len(s)) for k in ks]
+    return 1 - _recall_from_ranks(ranks, len(pos), clamped, list(taus), cap=True)
 
 
 def _suprank_rank(s, rel, k, **kw):

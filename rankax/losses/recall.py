@@ -55,24 +55,27 @@ def k_temperatures(ks: Sequence[float], k_temperature: Any) -> tuple[Any, ...]:
 
 
 def _smooth_recall(
-    rank: Array, gathered: ranking.Positives, num_pos: Array, ks, k_temperature, clip: bool
+    rank: Array, gathered: ranking.Positives, num_pos: Array, ks, k_temperature, length: Array | None
 ) -> Array:
     """``mean_k sum_p sigmoid((k - rank_p)/tau_k) / min(|P|, k)`` over the filled slots, ``tau_k``
-    from :func:`k_temperatures`; with ``clip`` the soft count of hits is first capped at ``k``
-    (RS@k's code)."""
+    from :func:`k_temperatures`. RS@k's code (``length``: each list's number of items) first
+    takes ``k = min(k, length)`` (its ``min(batch_size, k)``; ``tau_k`` stays that of the
+    cut-off as given) and caps the soft count of hits at ``k``."""
     recalls = []
     for k, tau in zip(ks, k_temperatures(ks, k_temperature), strict=True):
+        k = float(k) if length is None else jnp.minimum(float(k), length)[..., None]
         hits = jnp.sum(jnp.where(gathered.mask, jax.nn.sigmoid((k - rank) / tau), 0.0), axis=-1)
-        if clip:
-            hits = jnp.minimum(hits, float(k))
-        recalls.append(positives.safe_divide(hits, jnp.minimum(num_pos, float(k))))
+        if length is not None:
+            k = k[..., 0]
+            hits = jnp.minimum(hits, k)
+        recalls.append(positives.safe_divide(hits, jnp.minimum(num_pos, k)))
     return sum(recalls) / len(ks)
 
 
 def _sup_recall_kernel(scores, labels, where, gathered, *, ks, k_temperature, **step):
     rank, _ = _ranks.supap_ranks(scores, labels, where, gathered, **step)
     num_pos = positives.num_positives(labels, where)
-    return 1.0 - _smooth_recall(rank, gathered, num_pos, ks, k_temperature, clip=False)
+    return 1.0 - _smooth_recall(rank, gathered, num_pos, ks, k_temperature, length=None)
 
 
 def _sup_recall_values(
@@ -130,7 +133,8 @@ def sup_recall_at_k_loss(
 def _rs_at_k_kernel(scores, labels, where, gathered, *, ks, temperature, k_temperature):
     rank, _ = _ranks.sigmoid_ranks(scores, labels, where, gathered, temperature)
     num_pos = positives.num_positives(labels, where)
-    return 1.0 - _smooth_recall(rank, gathered, num_pos, ks, k_temperature, clip=True)
+    length = jnp.sum(where, axis=-1).astype(rank.dtype)
+    return 1.0 - _smooth_recall(rank, gathered, num_pos, ks, k_temperature, length=length)
 
 
 def _rs_at_k_values(
@@ -162,9 +166,11 @@ def recall_at_k_surrogate_loss(
             \\sigma((k - \\mathrm{rank}(p)) / \\tau_2)\\big)}{\\min(|P|, k)}
 
     The soft number of hits is capped at ``k`` as in the authors' code (with a soft rank many
-    positives can each look "in the top k"). Their batch code keeps the query in its own list
-    as an extra item ranked before every positive (not as a positive); rankax's default list
-    excludes it.
+    positives can each look "in the top k"), and, as there, a cut-off beyond the list is taken
+    as its length (``k = min(k, N)``, N the valid items; their ``min(batch_size, k)``), its
+    ``tau_2`` unchanged. Their batch code keeps the query in its own list as an extra item
+    ranked before every positive (not as a positive); rankax's default list excludes it
+    (``include_self=True`` counts it, as a positive).
 
     Args:
       scores, labels, where, reduce_fn, max_positives: as for every list loss.
