@@ -589,6 +589,26 @@ def test_a_nan_evaluation_is_never_the_best_checkpoint(tmp_path):
     ckpt.close()
 
 
+def test_a_tie_keeps_the_earliest_best_step_whatever_keep_checkpoints(tmp_path):
+    """Two evaluations tie at the best value: the earliest is kept, the step best_step reports
+    (orbax's BestN kept the latest tied step, so with keep_checkpoints=1 the reported model was
+    step 30 instead of 10: the result depended on a key recorded as not changing it)."""
+    from rankax.train import evaluators
+
+    state = lambda step: _toy_state(step, np.full(3, step, np.float32))
+    history = []
+    for keep in (1, 5):
+        config = ml_collections.ConfigDict({"keep_checkpoints": keep, "best_metric": "recall@1"})
+        ckpt = checkpointing.Checkpointer(str(tmp_path / f"keep{keep}"), config)
+        history = []
+        for step, value in [(10, 0.9), (20, 0.5), (30, 0.9), (40, 0.7), (50, 0.6)]:
+            ckpt.save(state(step), [], metrics={"recall@1": value})
+            history.append({"step": step, "eval/recall@1": value})
+        assert 10 in ckpt.steps() and (keep > 1 or ckpt.steps() == [10, 50])
+        assert evaluators.best_step(history, "recall@1", ckpt.has) == 10
+        ckpt.close()
+
+
 def test_a_step_whose_bytes_changed_on_disk_is_not_restored(tmp_path, capsys):
     """A flipped bit in an array file can still decompress, into a wrong value. Each step
     stores a SHA-256 of its arrays; a step whose data no longer match is unreadable: moved

@@ -36,12 +36,14 @@ they look at the directory again. Warnings are printed by process 0.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -133,6 +135,24 @@ def _first_line(err: BaseException, limit: int = 300) -> str:
     return f"{type(err).__name__}: {line[:limit]}"
 
 
+@dataclasses.dataclass
+class EarliestBest:
+    """Orbax preservation policy keeping the one checkpoint with the highest ``metric_of(metrics)``,
+    the earliest step on a tie: :func:`rankax.train.evaluators.best_step`'s rule, which reports
+    it. (orbax's ``BestN`` kept the latest tied step, so the earlier one, the step reported, was
+    deleted once it left the last ``keep_checkpoints`` saves: the model reported depended on
+    ``keep_checkpoints``.) Steps without metrics are not kept by this policy."""
+
+    metric_of: Callable[[Any], float]
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        del context
+        scored = [(self.metric_of(c.metrics), -int(c.step), i)
+                  for i, c in enumerate(checkpoints) if c.metrics is not None]
+        best = max(scored)[2] if scored else None
+        return [i == best for i in range(len(checkpoints))]
+
+
 class Checkpointer:
     """Saves/restores a ``TrainState``.
 
@@ -158,14 +178,7 @@ class Checkpointer:
         policy = _POLICIES.AnyPreservationPolicy(
             policies=[
                 _POLICIES.LatestN(n=int(config.get("keep_checkpoints", 3))),
-                _POLICIES.BestN(
-                    get_metric_fn=metric_of,
-                    # ascending sort, the last n kept: the highest metric (reverse=True kept
-                    # the lowest one)
-                    reverse=False,
-                    n=1,
-                    keep_checkpoints_without_metrics=False,
-                ),
+                EarliestBest(metric_of),
             ]
         )
         if not self.read_only and distributed.is_main():  # orbax removes them on process 0
