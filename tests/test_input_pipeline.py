@@ -234,3 +234,16 @@ def test_in_memory_data_needs_no_grain(monkeypatch):
     np.testing.assert_array_equal(got, images)
     with pytest.raises(ImportError):
         import grain  # noqa: F401
+
+
+def _sigint_ignored(i):
+    import signal
+
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_worker_processes_leave_ctrl_c_to_the_main_process():
+    """A terminal's Ctrl-C reaches every process of its group: each grain worker printed its own
+    KeyboardInterrupt traceback. The workers ignore SIGINT; the main process stops them."""
+    assert list(loader.iterate(_sigint_ignored, 0, 3, workers=1)) == [True] * 3
+    assert list(loader.iterate(_sigint_ignored, 0, 1, workers=0)) == [_sigint_ignored(0)]  # untouched here

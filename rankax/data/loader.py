@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -147,8 +148,16 @@ def iterate(
     it = dataset.to_iter_dataset(read)
     if workers:
         options = grain.MultiprocessingOptions(num_workers=int(workers), per_worker_buffer_size=int(prefetch))
-        it = it.mp_prefetch(options)
+        it = it.mp_prefetch(options, worker_init_fn=_ignore_interrupts)
     return iter(it)
+
+
+def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+    """In each worker process: a terminal's Ctrl-C (SIGINT to the whole process group) is the main
+    process's to handle; it stops the workers. (Each worker printed its own KeyboardInterrupt
+    traceback and grain's shared-memory leak warnings.)"""
+    del worker_index, worker_count
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def train_batches(
