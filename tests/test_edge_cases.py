@@ -69,12 +69,15 @@ def _assert_finite(out):
         assert np.all(np.isfinite(value)), name
 
 
-def _recall_from_ranks(ranks, num_pos, tau2=1.0, cap=False):
-    """1 - mean_k sum_p sigmoid((k - rank_p) / tau2) / min(|P|, k) (RS@k caps the sum at k);
-    ``tau2=None``: tau2 = k at cut-off k (RS@k's default)."""
+def _recall_from_ranks(ranks, num_pos, tau2=1.0, cap=False, length=None):
+    """1 - mean_k sum_p sigmoid((k - rank_p) / tau2) / min(|P|, k) (RS@k caps the sum at k, and
+    with the list's ``length`` takes k = min(k, length)); ``tau2=None``: tau2 = k at cut-off k as
+    given (RS@k's default)."""
     terms = []
     for k in KS:
-        hits = np.sum(expit((k - np.asarray(ranks, np.float64)) / (k if tau2 is None else tau2)))
+        tau = k if tau2 is None else tau2
+        k = k if length is None else min(k, length)
+        hits = np.sum(expit((k - np.asarray(ranks, np.float64)) / tau))
         terms.append((min(hits, k) if cap else hits) / min(num_pos, k))
     return 1.0 - np.mean(terms)
 
@@ -83,7 +86,7 @@ def _rs_at_k_ref(s, y, tau1=0.01, tau2=None):
     s = np.asarray(s, np.float64)
     pos = np.flatnonzero(y > 0)
     ranks = [1 + sum(expit((s[j] - s[p]) / tau1) for j in range(len(s)) if j != p) for p in pos]
-    return _recall_from_ranks(ranks, len(pos), tau2, cap=True)
+    return _recall_from_ranks(ranks, len(pos), tau2, cap=True, length=len(s))
 
 
 # ----------------------------------------------------------------------------- all scores tied
@@ -113,7 +116,8 @@ def _tied_value(fn, t, n=N_TIED, p=3):
         "histogram_ap_loss": 1 - p / n,  # one (split) bin: precision p/n for every positive
         "fast_ap_loss": 1 - p / n,
         "blackbox_ap_loss": 1 - p / n,  # margin puts negatives first; positives tied: rank n
-        "recall_at_k_surrogate_loss": _recall_from_ranks([1 + (n - 1) / 2] * p, p, tau2=None, cap=True),
+        "recall_at_k_surrogate_loss": _recall_from_ranks([1 + (n - 1) / 2] * p, p, tau2=None, cap=True,
+                                                         length=n),
         # d = sqrt(2 - 2t) > margin 1: negative terms vanish; positives d^2 / 2 = 1 - t.
         "contrastive_loss": p * (1 - t) / n,
         "triplet_loss": 0.1,  # margin + max_n s - min_p s = margin
