@@ -33,6 +33,7 @@ computes the same quantities without building one list per query.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -141,7 +142,7 @@ def ndcg_gains(relevance, top):
     of two powers cancelled there (SupRank's "pop" relevance of about 5e-4 lost 1e-5 of it).
     """
     small = relevance < 1.0
-    tiny = jnp.exp2(-top) * jnp.expm1(jnp.where(small, relevance, 0.0) * np.log(2.0))
+    tiny = jnp.exp2(-top) * jnp.expm1(jnp.where(small, relevance, 0.0) * math.log(2.0))
     return jnp.where(small, tiny, jnp.exp2(relevance - top) - jnp.exp2(-top))
 
 
