@@ -808,6 +808,8 @@ def test_the_printed_table_shows_the_runs_cut_offs_and_metrics(capsys):
 _GC_INTERRUPT = """
 import gc, signal, sys, time
 from experiments import cli
+# Python's handler, as a terminal's process has it (a background job's parent may ignore SIGINT)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 fired = []
 def callback(phase, info):  # a SIGINT arriving while a gc callback (JAX's) runs
     if phase == "start" and not fired:
@@ -835,12 +837,22 @@ def test_an_interrupt_during_a_gc_callback_is_not_lost(mode, expected):
     assert ("Exception ignored" in out.stderr) == (mode == "plain")
 
 
-def test_an_interrupt_turned_into_an_import_error_exits_130(monkeypatch, tmp_path, capsys):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler, as a terminal's process has it, restored afterwards: a
+    background job (CI under nohup) may inherit SIGINT ignored, which prompt_interrupts keeps."""
+    import signal
+
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)
+
+
+def test_an_interrupt_turned_into_an_import_error_exits_130(monkeypatch, tmp_path, capsys,
+                                                            python_sigint_handler):
     """A Ctrl-C inside a C extension's initialisation (numpy's, while JAX loads) reaches the
     command as an ImportError: it is reported as the interrupt; an ImportError without one is not."""
     import signal
-
-    before = signal.getsignal(signal.SIGINT)
 
     def interrupted_import(values, config):
         try:
@@ -856,4 +868,18 @@ def test_an_interrupt_turned_into_an_import_error_exits_130(monkeypatch, tmp_pat
     monkeypatch.setattr(train_cli, "_train", lambda values, config: __import__("no_such_module_here"))
     with pytest.raises(ImportError, match="no_such_module_here"):
         train_cli.main(["--config", DIGITS, "--workdir", str(tmp_path / "w")])
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_an_ignored_sigint_stays_ignored():
+    """A background job whose parent ignores SIGINT keeps ignoring it under prompt_interrupts."""
+    import signal
+
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with cli.prompt_interrupts() as raised:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+        assert not raised.is_set()
+    finally:
+        signal.signal(signal.SIGINT, saved)
