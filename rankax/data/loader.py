@@ -155,7 +155,7 @@ def iterate(
 def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
     """In each worker process: a terminal's Ctrl-C (SIGINT to the whole process group) is the main
     process's to handle; it stops the workers. (Each worker printed its own KeyboardInterrupt
-    traceback and grain's shared-memory leak warnings.)"""
+    traceback.)"""
     del worker_index, worker_count
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

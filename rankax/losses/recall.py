@@ -63,10 +63,10 @@ def _smooth_recall(
     cut-off as given) and caps the soft count of hits at ``k``."""
     recalls = []
     for k, tau in zip(ks, k_temperatures(ks, k_temperature), strict=True):
-        k = float(k) if length is None else jnp.minimum(float(k), length)[..., None]
-        hits = jnp.sum(jnp.where(gathered.mask, jax.nn.sigmoid((k - rank) / tau), 0.0), axis=-1)
+        k = float(k) if length is None else jnp.minimum(float(k), length)  # [...] per list for RS@k
+        per_slot = k if length is None else k[..., None]
+        hits = jnp.sum(jnp.where(gathered.mask, jax.nn.sigmoid((per_slot - rank) / tau), 0.0), axis=-1)
         if length is not None:
-            k = k[..., 0]
             hits = jnp.minimum(hits, k)
         recalls.append(positives.safe_divide(hits, jnp.minimum(num_pos, k)))
     return sum(recalls) / len(ks)
