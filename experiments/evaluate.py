@@ -154,15 +154,18 @@ def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag
     """
     from rankax.retrieval.evaluator import embed_in_batches
     from rankax.train import evaluators, input_pipeline
+    from rankax.train import state as state_lib
 
     state, data = restore(cfg, checkpoint, step, flag)
     bs = int(cfg.eval_batch_size)
     # Read as the training run's evaluation reads: image datasets by config.input.workers
     # processes as uint8 pixels normalised on the device (it used one thread and float32 pixels
     # normalised on the host, 4x the bytes); [multihost] each process embeds its share of every
-    # batch and all get every embedding.
+    # batch and all get every embedding. Each batch is split over the devices of
+    # config.num_devices, as in training.
     reading = input_pipeline.eval_reading(cfg, data)
-    embed = evaluators.embed_fn(state, input_pipeline.normalizer(data.test) if reading["raw"] else None)
+    normalize = input_pipeline.normalizer(data.test) if reading["raw"] else None
+    embed = evaluators.embed_fn(state, normalize, state_lib.local_devices(cfg))
     queries = embed_in_batches(embed, data.test, bs, **reading)
     gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs, **reading)
     gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)

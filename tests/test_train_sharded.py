@@ -61,3 +61,52 @@ def test_sharded_step_matches_single_device():
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "SHARDED-OK" in proc.stdout
+
+
+EMBED_SCRIPT = textwrap.dedent(
+    """
+    import jax, numpy as np
+    assert jax.device_count() == 8, jax.devices()
+    from tests.test_train import tiny_config
+    from rankax.train import evaluators, input_pipeline, train_lib
+    from rankax.train.step import embed_fn
+
+    c = tiny_config(num_devices=4)
+    data = input_pipeline.load(c)
+    state = train_lib.create_train_state(c, train_lib.build_model(c), data.train.images[:2])
+    devices = train_lib.local_devices(c)
+    assert devices == jax.devices()[:4], devices
+    seen = []
+    def apply(variables, images, train):  # records how the batch is laid out on the devices
+        jax.debug.inspect_array_sharding(images, callback=lambda s: seen.append(s))
+        return state.apply_fn(variables, images, train=train)
+    spy = state.replace(apply_fn=apply)
+    images = np.asarray(data.test.images[:10])  # 10 rows: padded to 12 on 4 devices
+    one = embed_fn(spy, None)(images)
+    four = embed_fn(spy, None, devices)(images)
+    assert len(seen) == 2 and len(seen[0].device_set) == 1, seen
+    rest = images.shape[1:]
+    assert seen[1].device_set == set(devices) and seen[1].shard_shape((12, *rest)) == (3, *rest), seen
+    assert one.shape == four.shape == (10, c.model.embedding_dim), (one.shape, four.shape)
+    np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-6)
+    # the training run's evaluation uses them: the same metrics as one device
+    m4 = evaluators.evaluate_state(c, state, data)
+    c1 = tiny_config(num_devices=1)
+    m1 = evaluators.evaluate_state(c1, state, data)
+    assert m4.keys() == m1.keys()
+    for key in m1:
+        np.testing.assert_allclose(m4[key], m1[key], atol=1e-6, err_msg=key)
+    print("EMBED-OK", m4)
+    """
+)
+
+
+def test_evaluation_embeds_each_batch_over_the_mesh_devices():
+    """``config.num_devices`` devices split each evaluation batch (rows padded to a multiple of
+    their count); the embeddings and metrics equal one device's."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", EMBED_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "EMBED-OK" in proc.stdout

@@ -162,13 +162,16 @@ def make_evaluator(config: Config, data: RetrievalDataset) -> Any:
     return _protocol(config).build(config, data)
 
 
-def embed_source(state: TrainState, source: Source, batch_size: int = 256, *, workers: int = 0) -> np.ndarray:
+def embed_source(
+    state: TrainState, source: Source, batch_size: int = 256, *, workers: int = 0, devices: Any = None
+) -> np.ndarray:
     """``[N, D]`` float32 embeddings of every item of ``source`` (test-time preprocessing; an
-    image source is decoded by ``workers`` processes and normalised on the device)."""
+    image source is decoded by ``workers`` processes and normalised on the device), each batch
+    split over ``devices`` (see :func:`rankax.train.step.embed_fn`)."""
     from rankax.retrieval.evaluator import embed_in_batches
 
     raw = input_pipeline.is_image_source(source)
-    fn = embed_fn(state, input_pipeline.normalizer(source) if raw else None)
+    fn = embed_fn(state, input_pipeline.normalizer(source) if raw else None, devices)
     return embed_in_batches(fn, source, batch_size, workers=workers if raw else 0, raw=raw)
 
 
@@ -180,11 +183,14 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
 def evaluate_state(
     config: Config, state: TrainState, data: RetrievalDataset, evaluator: Any = None
 ) -> dict[str, float]:
-    """Scalar metrics of ``state``'s model by ``evaluator`` (default: :func:`make_evaluator`)."""
+    """Scalar metrics of ``state``'s model by ``evaluator`` (default: :func:`make_evaluator`),
+    each batch of images embedded data parallel over this process's devices of the mesh
+    (``config.num_devices``)."""
     evaluator = make_evaluator(config, data) if evaluator is None else evaluator
     # [multihost] the evaluator reads and embeds this process's share of every batch
-    # (input_pipeline.eval_reading); every process gets the whole gallery
-    return scalars(evaluator.run(embed_fn(state, input_pipeline.normalizer(data.test))))
+    # (input_pipeline.eval_reading), split over its devices; every process gets the whole gallery
+    embed = embed_fn(state, input_pipeline.normalizer(data.test), state_lib.local_devices(config))
+    return scalars(evaluator.run(embed))
 
 
 def raw_pixel_metrics(config: Config, data: RetrievalDataset) -> dict[str, float]:

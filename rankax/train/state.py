@@ -241,3 +241,9 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
             f"{len(devices)} devices of all processes; set config.num_devices=0"
         )
     return Mesh(np.asarray(devices[:n]), ("data",))
+
+
+def local_devices(config: ml_collections.ConfigDict) -> list[jax.Device]:
+    """This process's devices of :func:`make_mesh` (``config.num_devices``; with several
+    processes, all of its devices): those evaluation splits each batch of images over."""
+    return [d for d in make_mesh(config).devices.flat if d.process_index == jax.process_index()]

@@ -9,7 +9,7 @@ and compiles it data parallel over a mesh (:class:`TrainStep`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -194,15 +194,35 @@ def eval_step(
 
 
 def embed_fn(
-    state: TrainState, preprocess: Callable[[Array], Array] | None = None
+    state: TrainState,
+    preprocess: Callable[[Array], Array] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """``images -> embeddings`` of the model in ``state`` (:func:`eval_step`, jitted; float32
-    numpy); ``preprocess`` runs on the device first."""
-    apply = jax.jit(functools.partial(eval_step, state.apply_fn, preprocess=preprocess))
+    """``images [n, ...] -> [n, D]`` float32 numpy embeddings of the model in ``state``
+    (:func:`eval_step`, jitted); ``preprocess`` runs on the device first.
+
+    ``devices``: this process's devices each batch is split over, data parallel (default: its
+    first device; :func:`rankax.train.state.local_devices` gives those of ``config.num_devices``).
+    A batch of ``n`` rows is padded to a multiple of their count by repeating its last row, and
+    the padding dropped; each row's embedding does not depend on the others (test mode).
+    """
+    devices = list(devices) if devices else jax.local_devices()[:1]
+    mesh = Mesh(np.asarray(devices), ("data",))
+    rows = NamedSharding(mesh, P("data"))
     variables = state.variables()
     if jax.process_count() > 1:  # [multihost] replicated global params -> this host's copy
         variables = distributed.host_local(variables)
-    return lambda images: np.asarray(apply(variables, images), np.float32)
+    variables = jax.device_put(variables, NamedSharding(mesh, P()))
+    apply = jax.jit(functools.partial(eval_step, state.apply_fn, preprocess=preprocess), out_shardings=rows)
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        if n % len(devices):
+            pad = np.repeat(np.asarray(images)[-1:], -n % len(devices), axis=0)
+            images = np.concatenate([np.asarray(images), pad])
+        return np.asarray(apply(variables, jax.device_put(images, rows)), np.float32)[:n]
+
+    return embed
 
 
 class TrainStep:

@@ -5,7 +5,7 @@ The program lives in small modules; ``train_lib.<name>`` keeps working for each 
 * :mod:`rankax.train.optim`: ``make_optimizer``, ``make_schedule`` (registries of schedules
   and optimizers);
 * :mod:`rankax.train.state`: ``TrainState``, ``build_model``, ``create_train_state``,
-  ``make_mesh``;
+  ``make_mesh``, ``local_devices``;
 * :mod:`rankax.train.losses`: ``resolve_loss``, ``check_loss_hparams``,
   ``loss_term_weights``, ``training_labels``, ``make_objective``;
 * :mod:`rankax.train.step`: the pure ``train_step``, ``diagnose_step``, ``eval_step`` and
@@ -36,7 +36,7 @@ from rankax.train.losses import (
     training_labels,
 )
 from rankax.train.optim import make_optimizer, make_schedule
-from rankax.train.state import TrainState, build_model, create_train_state, make_mesh
+from rankax.train.state import TrainState, build_model, create_train_state, local_devices, make_mesh
 from rankax.train.step import TrainStep, diagnose_step, embed_fn, eval_step, make_train_step, train_step
 
 _NonFiniteGuard = NonFiniteGuard  # its former private name (tests build one directly)
@@ -58,6 +58,7 @@ __all__ = [
     "evaluation_keys",
     "loss_term_weights",
     "make_evaluator",
+    "local_devices",
     "make_mesh",
     "make_objective",
     "make_optimizer",
