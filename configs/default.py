@@ -108,6 +108,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.revisited_gnd = ml_collections.FieldReference(None, field_type=str)  # gnd_roxford5k.pkl
     c.eval_backend = "exact"
     c.eval_ks = (1, 2, 4, 8)
+    # Label levels evaluated one by one (rankax.retrieval.evaluate_levels: binary metrics per
+    # level and their means, DyML's protocol), e.g. (0, 1, 2); (): the labels as given.
+    c.eval_levels = ()
     c.eval_batch_size = 512
     c.eval_baselines = True  # raw pixels (in-memory data) and the untrained network
     return c

@@ -3,9 +3,18 @@
 References: E. Ramzi, N. Audebert, N. Thome, C. Rambour, X. Bitot. "Hierarchical Average
 Precision Training for Pertinent Image Retrieval" (HAPPIER), ECCV 2022; SupRank, TPAMI 2025,
 arXiv:2309.08250; DyML: Y. Sun et al., "Dynamic Metric Learning", CVPR 2021. Official code:
-elias-ramzi/SupRank, README command ``seed=0 optimizer=dyml model=dyml_resnet34
-dataset=dyml_vehicle loss=HAPPIER`` with ``accuracy_calculator.recall_rate=[10,20]``,
-``overall_accuracy=True`` and ``compute_for_hierarchy_levels=[0]``.
+elias-ramzi/SupRank at ``99041e8`` (its only code commit; README of ``d3d0e3c``), command
+``seed=0 optimizer=dyml model=dyml_resnet34 dataset=dyml_vehicle loss=HAPPIER`` with
+``accuracy_calculator.recall_rate=[10,20]``, ``overall_accuracy=True``,
+``compute_for_hierarchy_levels=[0]``, ``exclude=[NDCG,H-AP]`` and ``with_binary_asi=True``.
+HAPPIER's own release (``5af91b3``; its README gives the same command since ``4d7c054``, the
+first commit whose loss configs name classes that exist: those of ``dcd0c82`` name
+``SupHAP`` and ``NormalizedSoftmaxLoss``, which it does not define) agrees except where noted.
+
+Evaluation (``eval_levels=(0,)``, :func:`rankax.retrieval.evaluate_levels`): the benchmark's
+AP (``map``), P@1 (= ``recall@1``), mAP@R, R@10, R@20 and the binary ASI
+(``asi`` = (1/R) sum_{k<=R} P@k), the official ``binary`` metrics with ``with_binary_asi``;
+H-AP and NDCG are excluded there.
 
 Official files followed: ``suprank/config/loss/HAPPIER.yaml`` (0.9 x ``SupHAPLoss`` -- tau
 0.01, rho 100, delta 0.05, start 0.5, offset 1.44, label paths -- + 0.1 x ``ClusterLoss``,
@@ -70,9 +79,10 @@ def get_config(variant="vehicle", weights=(0.9, 0.1)):
     c.precision = "mixed"  # with_autocast: True
     c.model_selection = "last"
     c.eval_ks = (1, 10, 20)  # P@1 (= R@1, always reported) + recall_rate=[10,20]
+    c.eval_levels = (0,)  # compute_for_hierarchy_levels=[0] with with_binary_asi=True: + binary ASI
     c.eval_baselines = False
 
     c.reported = common.unreported(
-        "recall_at_1", "map_at_r", note="the HAPPIER/SupRank tables were not consulted"
+        "recall_at_1", "map", "asi", note="the HAPPIER/SupRank tables were not consulted"
     )
     return c

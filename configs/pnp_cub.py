@@ -2,7 +2,10 @@
 
 Reference: Z. Li, W. Min, J. Song, Y. Zhu, L. Kang, X. Wei, X. Wei, S. Jiang. "Rethinking the
 Optimization of Average Precision: Only Penalizing Negative Instances before Positive Ones is
-Enough" (PNP), AAAI 2022. Official code: interestingzhuo/PNPloss.
+Enough" (PNP), AAAI 2022. Official code: interestingzhuo/PNPloss at ``582ffab``
+(``809a508``, 2023, made PNP-D_q return ``1 - loss``; the AAAI-era first commit ``9ce1751``
+tested a variant name no run uses, so PNP-D_q returned ``loss``, whose gradient has the wrong
+sign: the config follows the fix).
 
 The PNP code implements only Stanford Online Products (its ``datasets/`` has no CUB-200-2011
 loader), so no official recipe exists for this dataset: the batch size, the number of epochs,

@@ -2,10 +2,12 @@
 
 Reference: Z. Li, W. Min, J. Song, Y. Zhu, L. Kang, X. Wei, X. Wei, S. Jiang. "Rethinking the
 Optimization of Average Precision: Only Penalizing Negative Instances before Positive Ones is
-Enough" (PNP), AAAI 2022. Official code: interestingzhuo/PNPloss (README command:
-``--loss PNP --seed 0 --bs 384 --data_sampler class_random --samples_per_class 4
+Enough" (PNP), AAAI 2022. Official code: interestingzhuo/PNPloss at ``582ffab`` (README
+command: ``--loss PNP --seed 0 --bs 384 --data_sampler class_random --samples_per_class 4
 --arch resnet50_frozen_normalize --n_epochs 400 --lr 1e-5 --embed_dim 512
---dataset online_products --variant PNP-D_q --alpha 4``).
+--dataset online_products --variant PNP-D_q --alpha 4``). ``809a508`` (2023) made PNP-D_q
+return ``1 - loss``; the AAAI-era first commit ``9ce1751`` tested a variant name no run uses,
+so PNP-D_q returned ``loss``, whose gradient has the wrong sign. The config follows the fix.
 
 Other values are the repository's ``parameters.py`` defaults: Adam, weight decay 4e-4, one
 learning rate for all parameters (``fc_lr=-1``), x0.3 at epochs 120, 220, 250, 280, sigmoid

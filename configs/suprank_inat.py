@@ -3,9 +3,9 @@
 References: E. Ramzi, N. Audebert, C. Rambour, A. Araujo, X. Bitot, N. Thome. "Optimization of
 Rank Losses for Image Retrieval" (SupRank), TPAMI 2025, arXiv:2309.08250; E. Ramzi et al.
 "Hierarchical Average Precision Training for Pertinent Image Retrieval" (HAPPIER), ECCV 2022.
-Official code: elias-ramzi/SupRank (README "iNat-full" command: ``seed=0 warmup_step=5
-optimizer=inat model=resnet_ln dataset=inat_full loss=HAPPIER_inat``, ``max_iter`` 100 by
-default).
+Official code: elias-ramzi/SupRank at ``99041e8`` (README of ``d3d0e3c``, "iNat-full"
+command: ``seed=0 warmup_step=5 optimizer=inat model=resnet_ln dataset=inat_full
+loss=HAPPIER_inat``, ``max_iter`` 100 by default).
 
 Labels: ``hierarchy="full"``, paths [species, genus, family, order, class, phylum, kingdom]
 (``--config.dataset.hierarchy=base`` gives iNat-base, [species, supercategory]).
@@ -18,7 +18,11 @@ cosine to an absolute 1e-6 for both groups: ``optimizer.final_lr=1e-6``),
 
 Recipe keys: the objective 0.9 x H-AP + 0.1 x ``ClusterLoss`` (``loss.weight=0.9``,
 ``loss.terms.cluster``: normalised softmax over one proxy per species, temperature 0.05, the
-proxies trained by their own Adam, lr 10, cosine to 0.1 once an epoch); the 5-epoch warm-up
+proxies trained by their own Adam, lr 10, cosine to 0.1 once an epoch, as SupRank's
+``loss/HAPPIER_inat.yaml`` says; HAPPIER's release of the run, ``elias-ramzi/HAPPIER@5af91b3:
+happier/config/loss/HAPPIER_inat.yaml``, points them at ``${optimizer.opt.1}`` instead, the
+head's Adam of its ``optimizer/inat.yaml``: lr 2e-5, weight decay 4e-4, cosine to 1e-6; the
+config follows SupRank, the later release); the 5-epoch warm-up
 with the backbone frozen and every schedule paused (``optimizer.frozen_warmup_epochs=5``);
 the feature LayerNorm (``model.feature_norm``); per-epoch cosines to an absolute 1e-6
 (``optimizer.final_lr``, ``schedule_unit="epoch"``); ``batch.sampler="m_per_class"``;

@@ -3,16 +3,19 @@
 References: E. Ramzi, N. Audebert, C. Rambour, A. Araujo, X. Bitot, N. Thome. "Optimization of
 Rank Losses for Image Retrieval" (SupRank), TPAMI 2025, arXiv:2309.08250; E. Ramzi,
 N. Audebert, N. Thome, C. Rambour, X. Bitot. "Hierarchical Average Precision Training for
-Pertinent Image Retrieval" (HAPPIER), ECCV 2022. Official code: elias-ramzi/SupRank (README
-"SOP" command: ``seed=0 max_iter=100 warmup_step=5 optimizer=sop model=resnet_ln dataset=sop
-loss=HAPPIER_SOP``); elias-ramzi/HAPPIER holds the ECCV release of the same recipe.
+Pertinent Image Retrieval" (HAPPIER), ECCV 2022. Official code: elias-ramzi/SupRank at
+``99041e8``, its only code commit (README of ``d3d0e3c``, "SOP" command: ``seed=0
+max_iter=100 warmup_step=5 optimizer=sop model=resnet_ln dataset=sop loss=HAPPIER_SOP``);
+elias-ramzi/HAPPIER (``5af91b3``) holds the ECCV release of the same recipe.
 
 Official files followed: ``suprank/config/loss/HAPPIER_SOP.yaml`` (the 0.9 term: ``SupHAPLoss``
 with tau 0.01, rho 100, delta 0.05, start 0.5, offset 1.44 on the label paths, "pop"
 relevance), ``dataset/sop.yaml`` (hierarchical sampler, batch 256, 4 per class, 2
 super-classes, 5 batches per pair: 66 x 5 = 330 batches an epoch, 33,000 steps; resize 256,
 random-resized crop 224; test 256 x 256, centre crop 224), ``optimizer/sop.yaml`` (Adam,
-5e-5 backbone / 1e-4 head, weight decay 1e-4, cosine to 0 over the run), ``model/resnet_ln.yaml``
+5e-5 backbone / 1e-4 head, weight decay 1e-4, cosine to 0 with ``T_max=max_iter=100``, stepped
+once an epoch after the 5 warm-up epochs: 95 steps, so the run ends at about 0.6 % of the base
+rate, not 0), ``model/resnet_ln.yaml``
 (average pooling, linear to 512, BatchNorm statistics frozen). The query is its own positive
 (``loss.include_self=True``).
 

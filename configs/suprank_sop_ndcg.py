@@ -2,7 +2,7 @@
 
 References: E. Ramzi, N. Audebert, C. Rambour, A. Araujo, X. Bitot, N. Thome. "Optimization of
 Rank Losses for Image Retrieval" (SupRank), TPAMI 2025, arXiv:2309.08250. Official code:
-elias-ramzi/SupRank.
+elias-ramzi/SupRank at ``99041e8`` (README of ``d3d0e3c``).
 
 Official files followed: ``suprank/config/loss/roadndcg_sop.yaml`` (``name: ROAD_NDCG``,
 ``weight: [0.9, 0.1]``: ``SupNDCGLoss`` with tau 0.01, rho 100, delta 0.05, start 0.5,

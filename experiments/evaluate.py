@@ -5,7 +5,7 @@
     python -m experiments.evaluate --embeddings test.npz [--gallery gallery.npz] \\
         [--backend auto|exact|scann] [--scann_config auto|brute_force|tree_ah] \\
         [--scann_leaves_to_search N] \\
-        [--ks 1,2,4,8] [--normalize] [--output metrics.json]
+        [--ks 1,2,4,8] [--levels 0,1,2] [--normalize] [--output metrics.json]
 
 A workdir (``--workdir``, or its older name ``--checkpoint``) is evaluated with the config its
 training run recorded (``<workdir>/config.json``), overrides included, so nothing has to be
@@ -14,8 +14,8 @@ overrides either, as in ``experiments.train``. The model the run reports (the ne
 checkpoint, or under ``model_selection="best"`` the best step of its history), or ``--step``, is
 restored without changing anything in the workdir, the test split of the config's dataset (and
 its gallery, if any) is embedded and evaluated as the training run evaluates it: its
-``eval_ks`` and ``eval_backend`` unless ``--ks`` / ``--backend`` are given, and its
-``eval_protocol`` (``revisited`` / ``landmarks`` runs get their protocol's metrics);
+``eval_ks``, ``eval_levels`` and ``eval_backend`` unless ``--ks`` / ``--levels`` / ``--backend``
+are given, and its ``eval_protocol`` (``revisited`` / ``landmarks`` runs get their protocol's metrics);
 ``--save_embeddings FILE.npz`` also writes those embeddings (a separate gallery to
 ``FILE_gallery.npz``). The metrics of a workdir include
 ``step``, the checkpoint evaluated.
@@ -213,6 +213,8 @@ FLAGS = {
     "scann_config": f"one of {', '.join(SCANN_CONFIGS)} (default auto)",
     "scann_leaves_to_search": "tree_ah leaves scored per query (default 45 % of them; docs/evaluation.md)",
     "ks": "comma-separated k of recall@k (default: the run's eval_ks, else 1,2,4,8)",
+    "levels": "comma-separated label columns evaluated one by one, with their means (DyML's "
+              "protocol; default: the run's eval_levels, else the labels as given)",
     "normalize": "L2-normalise the embeddings first",
     "block_size": "queries per step (default: 512 on the CPU, 2048 on accelerators)",
     "output": "write the metrics to this JSON file",
@@ -220,6 +222,20 @@ FLAGS = {
                        "goes to <name>_gallery.npz)",
     **cli.DISTRIBUTED_FLAGS,  # [multihost]
 }
+
+
+def _int_list(values: dict, name: str, low: int, example: str) -> tuple[int, ...] | None:
+    """``--name=a,b,c`` as a tuple of integers ``>= low`` (None when not given)."""
+    if name not in values:
+        return None
+    try:
+        out = tuple(int(k) for k in values[name].split(",") if k.strip())
+    except ValueError:
+        out = ()
+    if not out or min(out) < low:
+        raise cli.CliError(f"--{name} must be comma-separated integers >= {low} (e.g. {example}), "
+                           f"got {values[name]!r}")
+    return out
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
@@ -260,16 +276,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     for name, value, low in bounds:
         if value is not None and value < low:
             raise cli.CliError(f"--{name} must be >= {low}, got {value}")
-    ks = None
-    if "ks" in values:
-        try:
-            ks = tuple(int(k) for k in values["ks"].split(",") if k.strip())
-        except ValueError:
-            ks = ()
-        if not ks or min(ks) < 1:
-            raise cli.CliError(
-                f"--ks must be comma-separated integers >= 1 (e.g. 1,2,4,8), got {values['ks']!r}"
-            )
+    ks = _int_list(values, "ks", 1, "1,2,4,8")
+    levels = _int_list(values, "levels", 0, "0,1,2")
     for name in ("output", "save_embeddings"):
         if name in values:
             cli.check_output_file(f"--{name}", values[name])
@@ -278,7 +286,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         embeddings=values.get("embeddings"), gallery=values.get("gallery"),
         backend=values.get("backend"), scann_config=values.get("scann_config", "auto"),
         scann_options={} if leaves is None else {"leaves_to_search": leaves},
-        ks=ks, normalize=bool(values.get("normalize", False)),
+        ks=ks, levels=levels, normalize=bool(values.get("normalize", False)),
         block_size=block_size, output=values.get("output"), save_embeddings=values.get("save_embeddings"),
         distributed={k: values[k] for k in cli.DISTRIBUTED_FLAGS if k in values},  # [multihost]
         given=frozenset(values),
@@ -293,12 +301,16 @@ def main(argv: list[str] | None = None) -> dict:
     gallery = gallery_labels = None
     backend = args.backend or "exact"
     ks = (1, 2, 4, 8) if args.ks is None else args.ks
+    levels = args.levels or ()
     if args.checkpoint:
         cfg = workdir_config(args.checkpoint, args.config, overrides, args.flag)
         # The run's own evaluation unless the command line says otherwise.
         cfg.eval_ks = ks if args.ks is not None else tuple(cfg.eval_ks)
         cfg.eval_backend = backend if args.backend is not None else cfg.eval_backend
+        if args.levels is not None:
+            cfg.eval_levels = args.levels
         ks, backend = tuple(cfg.eval_ks), cfg.eval_backend
+        levels = tuple(cfg.get("eval_levels", ()) or ())
         if cfg.get("eval_protocol", "retrieval") != "retrieval":  # revisited / landmarks
             _check_protocol_flags(args, cfg.eval_protocol)
             return _report(args, overrides, backend, _protocol_metrics(cfg, args), main_process)
@@ -316,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:  # shapes, labels and values the evaluation checks (each names its argument)
         evaluator = RetrievalEvaluator(
             inputs, labels, gallery_inputs=gallery, gallery_labels=gallery_labels,
-            batch_size=max(len(inputs), 1), backend=backend, ks=ks, normalize=args.normalize,
+            batch_size=max(len(inputs), 1), backend=backend, ks=ks, levels=levels, normalize=args.normalize,
             scann_config=args.scann_config, scann_options=args.scann_options, block_size=args.block_size,
         )
         metrics = evaluator.run(embed_fn)
@@ -332,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 #: Flags of the label-based evaluation that the revisited and landmarks protocols do not take.
 RETRIEVAL_ONLY_FLAGS = ("backend", "normalize", "block_size", "scann_config", "scann_leaves_to_search",
-                        "save_embeddings")
+                        "save_embeddings", "levels")
 #: The revisited protocol reads ``--ks`` as its mP@k cut-offs; the landmarks one has its own.
 IGNORED_BY = {"revisited": RETRIEVAL_ONLY_FLAGS, "landmarks": (*RETRIEVAL_ONLY_FLAGS, "ks")}
 

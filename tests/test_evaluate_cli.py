@@ -214,3 +214,27 @@ def test_train_interrupted_says_whether_a_checkpoint_resumes(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         train.main(argv)
     assert f"resumes from the newest checkpoint in {workdir}" in capsys.readouterr().err
+
+
+def test_levels_flag_and_config_key(tmp_path):
+    """``--levels`` evaluates the label columns one by one as SupRank's DyML evaluation does
+    (the numpy transcription of tests/test_levels.py); ``--config.eval_levels`` is checked."""
+    from tests.test_levels import _official
+
+    fine = np.repeat(np.arange(20), 3)
+    paths = np.stack([fine, fine // 2, fine // 4], 1)
+    x = np.random.default_rng(3).normal(size=(60, 8)).astype(np.float32)
+    path = _write(tmp_path / "p.npz", x, paths)
+    metrics = cli.main(["--embeddings", path, "--levels", "0,2", "--ks", "1,10"])
+    want = _official(x, paths, None, None, (0, 2), (10,))
+    for ours, theirs in {"map": "AP", "recall@10": "R@10", "asi": "ASI"}.items():
+        assert metrics[f"level2/{ours}"] == pytest.approx(want[f"{theirs}_level2"], abs=2e-6)
+        assert metrics[ours] == pytest.approx(want[theirs], abs=2e-6)
+    with pytest.raises(cli.cli.CliError, match=r"p\.npz: levels must be distinct label columns 0\.\.2"):
+        cli.main(["--embeddings", path, "--levels", "3"])
+    with pytest.raises(cli.cli.CliError, match=r"--levels must be comma-separated integers >= 0"):
+        cli.main(["--embeddings", path, "--levels", "fine"])
+    digits = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+    assert cli.workdir_config(str(tmp_path), str(digits), [("eval_levels", "0")]).eval_levels == (0,)
+    with pytest.raises(cli.cli.CliError, match=r"config\.eval_levels must be distinct label columns"):
+        cli.workdir_config(str(tmp_path), str(digits), [("eval_levels", "0,0")])

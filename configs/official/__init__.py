@@ -40,11 +40,12 @@ from typing import Any
 UNDETERMINED = "not determined by the official material"
 
 ROADMAP = "elias-ramzi/ROADMAP@v1.0.0:roadmap/config/"
-ROADMAP_README = "elias-ramzi/ROADMAP:README.md"
-SUPRANK = "elias-ramzi/SupRank:suprank/config/"
-SUPRANK_README = "elias-ramzi/SupRank:README.md"
-PNP = "interestingzhuo/PNPloss:"
-NAVER = "naver/deep-image-retrieval:"
+ROADMAP_README = "elias-ramzi/ROADMAP@v1.0.0:README.md"
+SUPRANK_CODE = "elias-ramzi/SupRank@99041e8:suprank/"
+SUPRANK = SUPRANK_CODE + "config/"
+SUPRANK_README = "elias-ramzi/SupRank@d3d0e3c:README.md"
+PNP = "interestingzhuo/PNPloss@582ffab:"
+NAVER = "naver/deep-image-retrieval@610247f:"
 PAPER_ARCHIVE = "ROADMAP paper (NeurIPS 2021) tables, via a community archive; not in the repository"
 
 
@@ -170,6 +171,13 @@ def _common_roadmap(reported, source_reported=PAPER_ARCHIVE):
             "elias-ramzi/ROADMAP@v1.0.0:roadmap/engine/train.py",
             "the run ends on its last epoch (best_model is only logged)",
         ),
+        V(
+            "best_metric",
+            "map@r",
+            ROADMAP + "experience/default.yaml",
+            "principal_metric: mean_average_precision_at_r_level0, the metric best_model is logged by "
+            "(unused here: model_selection='last')",
+        ),
         V("reported.recall_at_1", reported, source_reported),
     ]
 
@@ -280,7 +288,9 @@ R_SOP_DEIT = (
     + _multistep((25, 50), 75, ROADMAP + "optimizer/sop_deit.yaml")
     + [_every(660, 5, ROADMAP + "experience/default.yaml")]
     + _common_roadmap(
-        86.0, PAPER_ARCHIVE + " (the archive says DeiT-B; the official command builds DeiT-S distilled)"
+        86.0,
+        PAPER_ARCHIVE + " (the archive lists 86 under both DeiT-B and DeiT-S; the official command builds "
+        "DeiT-S distilled)"
     )
 )
 
@@ -373,7 +383,7 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
             V(
                 "loss.include_self",
                 True,
-                "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py",
+                SUPRANK_CODE + "losses/tools/differentiable_rank.py",
                 "the query is kept as its own positive",
             ),
             V("loss.hparams.temperature", 0.01, loss_src, "tau"),
@@ -384,7 +394,7 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
             V(
                 "loss.hparams.variant",
                 "fixed",
-                "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py",
+                SUPRANK_CODE + "losses/tools/differentiable_rank.py",
                 "step_rank: rho * (x - delta) + offset above delta",
             ),
             *_h_rank(loss_src),
@@ -411,7 +421,7 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
             V(
                 "loss.terms.cluster.optimizer.schedule_unit",
                 "epoch",
-                "elias-ramzi/SupRank:suprank/losses/cluster_loss.py",
+                SUPRANK_CODE + "losses/cluster_loss.py",
                 "on_epoch: the proxies' scheduler steps once an epoch",
             ),
             V("model.name", "resnet50", SUPRANK + "model/resnet_ln.yaml"),
@@ -433,7 +443,7 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
             V(
                 "optimizer.schedule_unit",
                 "epoch",
-                "elias-ramzi/SupRank:suprank/engine/train.py",
+                SUPRANK_CODE + "engine/train.py",
                 "scheduler.step() once an epoch",
             ),
             V("optimizer.frozen_warmup_epochs", 5, SUPRANK_README, "warmup_step=5 (epochs 1-5)"),
@@ -441,7 +451,7 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
             V(
                 "optimizer.warmup_paused_schedules",
                 "all",
-                "elias-ramzi/SupRank:suprank/engine/train.py",
+                SUPRANK_CODE + "engine/train.py",
                 "no scheduler (nor the proxies' on_epoch) steps while warmup_step >= epoch",
             ),
             V(
@@ -454,7 +464,7 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
             V(
                 MODEL_SELECTION,
                 "last",
-                "elias-ramzi/SupRank:suprank/engine/train.py",
+                SUPRANK_CODE + "engine/train.py",
                 "the last epoch is saved and reported",
             ),
         ]
@@ -541,16 +551,35 @@ _SOP_HAP_ONLY = (
 )
 
 
+#: Keys where a bare ``loss=<file>`` command (``default.yaml``: ``model: resnet_ln_gem``,
+#: ``warmup_step: null``) and the SOP command differ; elsewhere the two agree.
+_SOP_COMMAND_ONLY = (
+    "model.pooling", "optimizer.frozen_warmup_epochs", "optimizer.frozen_groups",
+    "optimizer.warmup_paused_schedules",
+)
+
+
 def _sop_swapped(loss_file, entries):
-    """S_SOP with its loss entries replaced by ``entries`` (from ``loss/<loss_file>``)."""
+    """S_SOP with its loss entries replaced by ``entries`` (from ``loss/<loss_file>``); the
+    values a bare command would set otherwise become the config's choice."""
     src = SUPRANK + "loss/" + loss_file
     kept = [
         e if e.source != SUPRANK + "loss/HAPPIER_SOP.yaml" else dataclasses.replace(e, source=src)
         for e in S_SOP
         if e.key not in _SOP_HAP_ONLY and not e.key.startswith("reported.")
     ]
-    seed = [V("seed", 0, SUPRANK_README, f"seed=0 of the SOP command ({_SOP_NO_COMMAND})")]
+    kept = [_from_sop(e) if e.key in _SOP_COMMAND_ONLY else e for e in kept]
+    seed = [V("seed", 0, SUPRANK + "default.yaml", f"seed: 0, as the SOP command's ({_SOP_NO_COMMAND})")]
     return seed + [e for e in kept if e.key != "seed"] + [V(k, v, src, n) for k, v, n in entries]
+
+
+def _from_sop(entry):
+    """An entry where the SOP command and a bare command (``default.yaml``) differ: the
+    config's choice, the SOP command's value kept in the note."""
+    shown = entry.value if isinstance(entry.value, str) else repr(entry.value)
+    note = (f"{_SOP_NO_COMMAND}, {shown} ({entry.note}); a bare command gets default.yaml's "
+            "model: resnet_ln_gem (GeM pooling) and warmup_step: null")
+    return dataclasses.replace(entry, value=UNDETERMINED, note=note, why="")
 
 
 S_SOP_RECALL = _sop_swapped(
@@ -610,7 +639,7 @@ def _dyml(
         ),
         V("loss.name", "hap", loss_src, "SupHAPLoss"),
         V("loss.hierarchical", True, loss_src, "hierarchy_level: MULTI, labels [fine, middle, coarse]"),
-        V("loss.include_self", True, "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py"),
+        V("loss.include_self", True, SUPRANK_CODE + "losses/tools/differentiable_rank.py"),
         V("loss.hparams.temperature", 0.01, loss_src, "tau"),
         V("loss.hparams.rho", 100.0, loss_src),
         V("loss.hparams.delta", 0.05, loss_src),
@@ -619,8 +648,10 @@ def _dyml(
         V(
             "loss.hparams.variant",
             "fixed",
-            "elias-ramzi/SupRank:suprank/losses/tools/differentiable_rank.py",
-            "step_rank: rho * (x - delta) + offset above delta (HAPPIER's losses/hap_loss.py: the same)",
+            SUPRANK_CODE + "losses/tools/differentiable_rank.py",
+            "step_rank: rho * (x - delta) + offset above delta (HAPPIER@5af91b3's losses/hap_loss.py: the "
+            "same; its first commit dcd0c82 had rho * x + offset, but its loss configs name classes it "
+            "lacks, SupHAP and NormalizedSoftmaxLoss: 4d7c054 made them run and changed the step)",
         ),
         *_h_rank(loss_src),
         V("loss.weight", weights[0], loss_src, f"weight: {list(weights)}"),
@@ -630,7 +661,7 @@ def _dyml(
         V(
             "loss.terms.cluster.hparams.temperature",
             0.05,
-            "elias-ramzi/SupRank:suprank/losses/cluster_loss.py",
+            SUPRANK_CODE + "losses/cluster_loss.py",
             "temperature (the yaml's or the class default)",
         ),
         V("loss.terms.cluster.optimizer.name", "sgd", proxies[0], proxies[2]),
@@ -669,7 +700,7 @@ def _dyml(
         V("optimizer.nesterov", True, opt_src, "nesterov: True"),
         V("optimizer.schedule", "cosine", opt_src, "CosineAnnealingLR(T_max=max_iter)"),
         V("optimizer.final_lr", final_lr, opt_src, f"eta_min: {final_lr:g}"),
-        V("optimizer.schedule_unit", "epoch", "elias-ramzi/SupRank:suprank/engine/train.py", "once an epoch"),
+        V("optimizer.schedule_unit", "epoch", SUPRANK_CODE + "engine/train.py", "once an epoch"),
         V(
             "optimizer.frozen_warmup_epochs",
             warmup,
@@ -703,11 +734,27 @@ def _dyml(
             SUPRANK_README,
             "P@1 (= R@1, always computed by suprank/engine/metrics.py) + recall_rate=[10,20]",
         ),
+        V(
+            "eval_levels",
+            (0, 1, 2) if product else (0,),
+            SUPRANK_README,
+            f"compute_for_hierarchy_levels=[{'0,1,2' if product else '0'}], overall_accuracy=True, "
+            "with_binary_asi=True, exclude=[NDCG,H-AP]: AP, P@1, mAP@R, R@10/20 and binary ASI per level, "
+            + ("averaged over the levels (intra_set_overall_accuracy_hook; its ASI also averages ASI_multi)"
+               if product else "averaged over the three benchmarks (inter_set_overall_accuracy_hook)")
+            + " -- suprank/engine/accuracy_calculator.py, overall_accuracy_hook.py",
+        ),
+        V(
+            "best_metric",
+            "recall@1",
+            SUPRANK_CODE + "engine/train.py",
+            "unused: the last epoch is reported (model_selection='last'); P@1 is one of the official metrics",
+        ),
         V(PRECISION, "mixed", model_src, "with_autocast: True; here bfloat16 compute, float32 params"),
         V(
             MODEL_SELECTION,
             "last",
-            "elias-ramzi/SupRank:suprank/engine/train.py",
+            SUPRANK_CODE + "engine/train.py",
             "the last epoch is reported",
         ),
         V(
@@ -942,7 +989,12 @@ LISTWISE = [
     ),
     V("model.embedding_dim", 2048, NAVER + "dirtorch/nets/rmac_resnet.py", "out_dim=2048"),
     V("loss.name", "histogram_ap", NAVER + "dirtorch/loss.py", "APLoss"),
-    V("loss.hparams.num_bins", 25, NAVER + "dirtorch/loss.py", "APLoss(nq=25) default"),
+    V(
+        "loss.hparams.num_bins",
+        UNDETERMINED,
+        NAVER + "dirtorch/loss.py",
+        "no training script: the config takes APLoss's default nq=25 (the paper was not consulted)",
+    ),
     V("loss.hparams.score_range", (0.0, 1.0), NAVER + "dirtorch/loss.py", "APLoss(min=0, max=1) default"),
     V("loss.hparams.tie_aware", False, NAVER + "dirtorch/loss.py", "APLoss, not TAPLoss"),
     V(

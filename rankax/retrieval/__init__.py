@@ -8,6 +8,10 @@ ks=(1, 2, 4, 8), ...) -> dict``
     paths), ``num_queries`` and ``num_queries_without_positive``. ``gallery=None``: the query
     set is the gallery, self excluded. See :func:`rankax.retrieval.evaluation.evaluate`.
 
+``evaluate_levels(queries, query_labels, ..., levels=(0, 1, 2))``
+    the binary metrics at each label level and their means over the levels (the DyML
+    evaluation of SupRank/HAPPIER). See :func:`rankax.retrieval.evaluation.evaluate_levels`.
+
 ``knn(queries, gallery=None, *, k)`` / ``scann_knn(...)`` / ``scann_recall(...)``
     exact blocked top-k in JAX, ScaNN top-k, and ScaNN's recall against exact.
 
@@ -39,7 +43,7 @@ batch padded to ``batch_size`` so that a jitted ``embed_fn`` compiles once), cal
 :func:`evaluate` and returns its scalar metrics, keys prefixed by ``prefix``.
 """
 
-from rankax.retrieval.evaluation import evaluate
+from rankax.retrieval.evaluation import evaluate, evaluate_levels
 from rankax.retrieval.evaluator import RetrievalEvaluator, RevisitedEvaluator
 from rankax.retrieval.exact import knn
 from rankax.retrieval.landmarks import LandmarkEvaluator
@@ -51,6 +55,7 @@ __all__ = [
     "RetrievalEvaluator",
     "RevisitedEvaluator",
     "evaluate",
+    "evaluate_levels",
     "knn",
     "load_gnd",
     "revisited_from_embeddings",

@@ -192,6 +192,92 @@ def evaluate(
     return result
 
 
+#: The per-level metrics :func:`evaluate_levels` averages over the levels (those present).
+LEVEL_KEYS = ("map@r", "r_precision", "map", "asi")
+
+
+def evaluate_levels(
+    queries: ArrayLike,
+    query_labels: ArrayLike,
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    *,
+    levels: Sequence[int],
+    **options: Any,
+) -> dict[str, Any]:
+    """Binary retrieval metrics at each level of the labels, and their means over the levels:
+    the DyML evaluation of SupRank and HAPPIER (``accuracy_calculator.compute_for_hierarchy_levels``
+    with ``overall_accuracy=True`` and ``with_binary_asi=True``).
+
+    At level ``l`` an item is a positive of a query when their labels agree in column ``l``
+    (``elias-ramzi/SupRank@99041e8:suprank/lib/create_label_matrix.py``; ``[N]`` class ids
+    are level 0). :func:`evaluate` on those labels gives ``level{l}/recall@k``,
+    ``level{l}/map@r``, ``level{l}/r_precision``, ``level{l}/map`` and
+    ``level{l}/num_queries_without_positive``, and with the exact backend the binary ASI
+    ``level{l}/asi`` :math:`= \\frac{1}{R}\\sum_{k \\le R} P@k` (``R``: the query's positives).
+    The plain names (``recall@k``, ``map@r``, ``r_precision``, ``map``, ``asi``) are the means
+    of the levels' values: the official "overall accuracy" of one test set
+    (``suprank/engine/overall_accuracy_hook.py``, ``intra_set_overall_accuracy_hook``).
+
+    With ``[N, L]`` label paths of ``L > 1`` levels and the exact backend, the path metrics
+    of :func:`evaluate` come as ``multi/hap``, ``multi/ndcg`` and ``multi/asi``, and the
+    plain ``asi`` averages ``multi/asi`` with the levels' binary ASIs: the official hook
+    averages every metric named ``ASI_*``, the multi-level ``ASI_multi`` included.
+
+    Args:
+      queries, query_labels, gallery, gallery_labels: as :func:`evaluate`.
+      levels: the label columns to evaluate, e.g. ``(0, 1, 2)`` for DyML-Product's fine,
+        middle and coarse labels; ``(0,)`` for one level.
+      **options: keywords of :func:`evaluate` (``return_per_query`` excepted).
+
+    Queries without a positive at a level are left out of that level's means and counted,
+    as :func:`evaluate` does (the official code averages over every query; every DyML query
+    has positives at every level).
+    """
+    if options.get("return_per_query"):
+        raise TypeError("evaluate_levels does not return per-query values; call evaluate per level")
+    labels = np.asarray(query_labels)
+    other = None if gallery_labels is None else np.asarray(gallery_labels)
+    width = labels.shape[1] if labels.ndim == 2 else 1
+    levels = check_levels(levels, width)
+
+    def column(y: np.ndarray, level: int) -> np.ndarray:
+        return (y[:, level] if y.ndim == 2 else y)[:, None]  # one-level paths: binary ASI too
+
+    result: dict[str, Any] = {}
+    for level in levels:
+        gallery_column = None if other is None else column(other, level)
+        one = evaluate(queries, column(labels, level), gallery, gallery_column, **options)
+        for key in ("hap", "ndcg", "num_queries_without_relevant", "num_queries_without_hap_relevance"):
+            one.pop(key, None)  # one level: H-AP is AP; the counts repeat num_queries_without_positive
+        result["num_queries"] = one.pop("num_queries")
+        result.update({f"level{level}/{key}": value for key, value in one.items()})
+    averaged = [key for key in one if key in LEVEL_KEYS or key.startswith("recall@")]  # report order
+    means = {key: float(np.mean([result[f"level{level}/{key}"] for level in levels])) for key in averaged}
+    if width > 1 and "asi" in means:
+        multi = evaluate(queries, labels, gallery, other, **options)
+        result.update({f"multi/{key}": multi[key] for key in ("hap", "ndcg", "asi")})
+        asis = [result[f"level{level}/asi"] for level in levels]
+        means["asi"] = float(np.mean([multi["asi"], *asis]))
+    return {**means, **result}
+
+
+def check_levels(levels: Sequence[int], width: int, name: str = "levels") -> tuple[int, ...]:
+    """``levels`` as a tuple of distinct label columns ``0 <= l < width``; else a ValueError
+    naming ``name``."""
+    try:
+        out = tuple(int(level) for level in levels)
+        ok = all(float(a) == b for a, b in zip(levels, out, strict=True))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not out or len(set(out)) != len(out) or not all(0 <= level < width for level in out):
+        raise ValueError(
+            f"{name} must be distinct label columns 0..{width - 1} (the labels have {width} "
+            f"level{'s' if width > 1 else ''}), e.g. (0,), got {levels!r}"
+        )
+    return out
+
+
 def check_options(
     *,
     backend: str = "exact",

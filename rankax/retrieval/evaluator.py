@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from rankax._core import validation
-from rankax.retrieval.evaluation import check_options, evaluate
+from rankax.retrieval.evaluation import check_levels, check_options, evaluate, evaluate_levels
 from rankax.retrieval.revisited import revisited_from_embeddings
 
 EmbedFn = Callable[[np.ndarray], Any]
@@ -139,6 +139,8 @@ class RetrievalEvaluator:
       batch_size: inputs per ``embed_fn`` call.
       backend, ks, normalize, **evaluate_kwargs: passed to :func:`evaluate`.
       prefix: prepended to every metric name (e.g. ``"test/"``).
+      levels: label levels to evaluate one by one with :func:`evaluate_levels` (their binary
+        metrics and the means over them, DyML's protocol); empty (default): :func:`evaluate`.
       workers, raw: how Sources are read (see :func:`embed_in_batches`); after ``run``,
         ``images_per_s`` is the embedding rate (decoding included).
       share: several processes: each reads and embeds its part of every batch, and all get
@@ -162,6 +164,7 @@ class RetrievalEvaluator:
         ks: Sequence[int] = (1, 2, 4, 8),
         normalize: bool = False,
         prefix: str = "",
+        levels: Sequence[int] = (),
         workers: int = 0,
         raw: bool = False,
         share: Share | None = None,
@@ -184,12 +187,21 @@ class RetrievalEvaluator:
         self.embedder = Embedder(batch_size, workers, raw, share)
         self.batch_size = self.embedder.batch_size
         self.prefix = prefix
+        self.levels = tuple(levels)
+        if self.levels:  # checked against the labels now, not after embedding
+            width = np.shape(labels)[1] if np.ndim(labels) == 2 else 1
+            check_levels(self.levels, width)
         self.evaluate_kwargs = dict(backend=backend, ks=tuple(ks), normalize=normalize, **evaluate_kwargs)
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:
-        """Embeds the inputs with ``embed_fn`` and returns the metrics of :func:`evaluate`."""
+        """Embeds the inputs with ``embed_fn`` and returns the metrics of :func:`evaluate`
+        (:func:`evaluate_levels` with ``levels``)."""
         queries, gallery = self.embedder(embed_fn, self.inputs, self.gallery_inputs)
-        result = evaluate(queries, self.labels, gallery, self.gallery_labels, **self.evaluate_kwargs)
+        if self.levels:
+            result = evaluate_levels(queries, self.labels, gallery, self.gallery_labels, levels=self.levels,
+                                     **self.evaluate_kwargs)
+        else:
+            result = evaluate(queries, self.labels, gallery, self.gallery_labels, **self.evaluate_kwargs)
         result.pop("per_query", None)
         return {f"{self.prefix}{key}": value for key, value in result.items()}
 

@@ -178,6 +178,16 @@ def _check_evaluation(config: Config) -> None:
             raise ConfigError(f"{err} (on the command line: --config.eval_ks=1,2,4,8)") from None
     if config.get("eval_backend", "exact") not in BACKENDS:
         raise ConfigError(f"config.eval_backend must be one of {BACKENDS}, got {config.eval_backend!r}")
+    levels = config.get("eval_levels", ()) or ()
+    if levels:
+        if config.get("eval_protocol", "retrieval") != "retrieval":
+            raise ConfigError(f"config.eval_levels applies to eval_protocol='retrieval', not "
+                              f"{config.eval_protocol!r}; set config.eval_levels=()")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in levels) or (
+            len(set(levels)) != len(levels)
+        ):
+            raise ConfigError(f"config.eval_levels must be distinct label columns >= 0, e.g. (0, 1, 2); "
+                              f"got {tuple(levels)!r} (on the command line: --config.eval_levels=0,1,2)")
 
 
 def _check_model(config: Config) -> None:

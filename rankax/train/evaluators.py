@@ -49,17 +49,33 @@ def _retrieval_evaluator(config: Config, data: RetrievalDataset) -> Any:
         batch_size=int(config.eval_batch_size),
         backend=config.eval_backend,
         ks=tuple(config.eval_ks),
+        levels=_eval_levels(config, data.test.labels),
         **input_pipeline.eval_reading(config, data),
     )
 
 
+def _eval_levels(config: Config, labels: Any) -> tuple[int, ...]:
+    """``config.eval_levels`` checked against the columns of the test labels (``()``: none)."""
+    from rankax.retrieval.evaluation import check_levels
+
+    levels = tuple(config.get("eval_levels", ()) or ())
+    width = np.shape(labels)[1] if np.ndim(labels) == 2 else 1
+    return check_levels(levels, width, "config.eval_levels") if levels else ()
+
+
 def _retrieval_keys(config: Config, labels_ndim: int) -> set[str]:
-    """R@k, MAP@R, R-precision; with the exact backend mAP, and H-AP/NDCG/ASI for label paths."""
-    keys = {*(f"recall@{k}" for k in config.eval_ks), "map@r", "r_precision"}
-    if config.eval_backend == "exact":
-        keys.add("map")
-        if labels_ndim == 2:
-            keys |= {"hap", "ndcg", "asi"}
+    """R@k, MAP@R, R-precision; with the exact backend mAP, and H-AP/NDCG/ASI for label paths.
+    With ``config.eval_levels``: those of :func:`rankax.retrieval.evaluate_levels`."""
+    exact = config.eval_backend == "exact"
+    keys = {*(f"recall@{k}" for k in config.eval_ks), "map@r", "r_precision", *(("map",) if exact else ())}
+    levels = tuple(config.get("eval_levels", ()) or ())
+    if levels:
+        binary = keys | ({"asi"} if exact else set())
+        keys = binary | {f"level{level}/{key}" for level in levels for key in binary}
+        if exact and labels_ndim == 2:
+            keys |= {"multi/hap", "multi/ndcg", "multi/asi"}
+    elif exact and labels_ndim == 2:
+        keys |= {"hap", "ndcg", "asi"}
     return keys
 
 

@@ -212,9 +212,16 @@ def read(workdir: str) -> dict[str, Any] | None:
         ) from None
 
 
+#: Config keys added after runs were recorded, each with the value that does what those runs
+#: did: a record without the key reads as that value.
+ADDED_KEYS: dict[str, Any] = {"eval_levels": []}
+
+
 def differences(recorded: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, tuple]:
-    """``{key: (recorded value, value now)}`` for every key that differs (absent: ``"<absent>"``)."""
+    """``{key: (recorded value, value now)}`` for every key that differs (absent: ``"<absent>"``;
+    a key of :data:`ADDED_KEYS` absent from the record reads as its value there)."""
     now = flat(config)
+    recorded = {**ADDED_KEYS, **recorded}
     absent = "<absent>"
     return {
         k: (recorded.get(k, absent), now.get(k, absent))

@@ -113,10 +113,12 @@ def progress(start: int, total: int) -> Any:
 
 def table_keys(metrics: dict[str, float]) -> list[str]:
     """The metrics a table shows: every ``recall@k`` (by ``k``: the run's ``eval_ks``, e.g.
-    DyML's 1/10/20 or SOP's 1/10/100/1000), then the other metrics in their order; counts and
-    timings left out."""
-    recall = sorted((k for k in metrics if k.startswith("recall@")), key=lambda k: int(k.split("@")[1]))
-    rest = [k for k in metrics if not k.startswith("recall@") and "num_" not in k and k != "seconds"]
+    DyML's 1/10/20 or SOP's 1/10/100/1000), then the other metrics in their order; counts,
+    timings and the per-level values of ``eval_levels`` (``level<l>/...``, ``multi/...``: the
+    table shows their means; ``metrics.json`` keeps them) left out."""
+    shown = [k for k in metrics if not k.startswith(("level", "multi/"))]
+    recall = sorted((k for k in shown if k.startswith("recall@")), key=lambda k: int(k.split("@")[1]))
+    rest = [k for k in shown if not k.startswith("recall@") and "num_" not in k and k != "seconds"]
     return recall + rest
 
 
