@@ -247,3 +247,53 @@ def test_worker_processes_leave_ctrl_c_to_the_main_process():
     KeyboardInterrupt traceback. The workers ignore SIGINT; the main process stops them."""
     assert list(loader.iterate(_sigint_ignored, 0, 3, workers=1)) == [True] * 3
     assert list(loader.iterate(_sigint_ignored, 0, 1, workers=0)) == [_sigint_ignored(0)]  # untouched here
+
+
+def _workers_alive():
+    import multiprocessing
+
+    return len(multiprocessing.active_children())
+
+
+def test_closing_the_feed_stops_the_worker_processes(data):
+    """Closing the training feed (Timed over prefetch_to_device over the grain iterator, as the
+    loop builds it) closes each layer: the worker processes stop at once, not when the garbage
+    collector gets to them (after an error the traceback keeps them alive, and their
+    shared-memory batches were reported as leaked at exit)."""
+    sampler = samplers.PKSampler(data.train.labels, 2, 4, seed=1)
+    host = loader.train_batches(data.train, sampler, seed=3, start=0, stop=50, workers=2)
+    feed = loader.Timed(loader.prefetch_to_device(host, lambda b: b, size=2))
+    next(feed)
+    assert _workers_alive() == 2
+    feed.close()
+    assert _workers_alive() == 0
+    loader.close(iter(()))  # an iterator without close(): nothing to do
+
+
+def test_a_failing_run_stops_its_input_workers_before_the_error_leaves(tmp_path, monkeypatch):
+    from rankax.train import loop
+
+    _folder(tmp_path / "jpegs")
+    config = _image_config(tmp_path / "jpegs", workers=2)
+    config.num_steps = 40
+
+    def fail(run, step, *args, **kwargs):
+        if step == 1:
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(loop, "after_step", fail)
+    with pytest.raises(RuntimeError, match="stop here") as caught:
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert caught.value.__traceback__ is not None  # the frames are still alive here
+    assert _workers_alive() == 0
+
+
+def test_embedding_stops_its_reading_workers_on_an_error(data):
+    from rankax.retrieval.evaluator import embed_in_batches
+
+    def broken(batch):
+        raise ValueError("no model")
+
+    with pytest.raises(ValueError, match="no model"):
+        embed_in_batches(broken, data.test, 2, workers=2, raw=True)
+    assert _workers_alive() == 0

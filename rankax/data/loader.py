@@ -239,9 +239,19 @@ def resolve_workers(workers: int) -> int:
     return workers
 
 
+def close(iterator: Any) -> None:
+    """Closes ``iterator`` if it can be closed (a generator, grain's iterators: the worker
+    processes stop and their shared-memory batches are freed now, not by Python's resource
+    tracker at exit, which warns of "leaked shared_memory objects")."""
+    closer = getattr(iterator, "close", None)
+    if closer is not None:
+        closer()
+
+
 class Timed:
     """An iterator that adds the seconds its consumer waited in ``next()`` to ``waited``
-    (read and reset by the training loop's logging window)."""
+    (read and reset by the training loop's logging window); ``close()`` closes the iterator
+    it wraps."""
 
     def __init__(self, iterator: Iterator[Any]):
         self._it = iter(iterator)
@@ -262,19 +272,25 @@ class Timed:
         waited, self.waited = self.waited, 0.0
         return waited
 
+    def close(self) -> None:
+        close(self._it)
+
 
 def prefetch_to_device(
     iterator: Iterator[Any], put: Callable[[Any], Any], size: int = 2
 ) -> Iterator[Any]:
     """``put(batch)`` (e.g. ``jax.device_put`` with the step's input sharding) issued ``size``
     batches ahead, so the copy of the next batch overlaps the current step (double buffering
-    for ``size=2``)."""
+    for ``size=2``). Closing it closes ``iterator``."""
     if int(size) < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     queue: collections.deque = collections.deque()
-    for batch in iterator:
-        queue.append(put(batch))
-        if len(queue) >= size:
+    try:
+        for batch in iterator:
+            queue.append(put(batch))
+            if len(queue) >= size:
+                yield queue.popleft()
+        while queue:
             yield queue.popleft()
-    while queue:
-        yield queue.popleft()
+    finally:  # closed early (an error, an interrupt): so is the source
+        close(iterator)

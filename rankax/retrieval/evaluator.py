@@ -70,6 +70,8 @@ def embed_in_batches(
     its ``ceil(b / share.count)`` rows (:func:`rankax.data.loader.share_rows`), and
     ``share.gather`` assembles the batch's embeddings, so every process returns all ``[N, D]``
     -- the rows a one-process call returns, as ``embed_fn`` embeds each row on its own."""
+    from rankax.data import loader
+
     if not hasattr(inputs, "get_batch"):
         inputs = np.asarray(inputs)
     n = len(inputs)
@@ -79,17 +81,21 @@ def embed_in_batches(
     parts = (share.index, share.count) if split else (0, 1)
     size = min(int(batch_size), n)
     outs = []
-    for b, batch in enumerate(_batches(inputs, size, workers, raw, parts)):
-        m = min(size, n - b * size)
-        if len(batch) < size and not split:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
-        emb = np.asarray(embed_fn(batch), dtype=np.float32)
-        if emb.ndim != 2 or emb.shape[0] != len(batch):
-            raise ValueError(
-                f"embed_fn must map a batch [{len(batch)}, ...] to [{len(batch)}, D] embeddings, "
-                f"got shape {emb.shape}"
-            )
-        outs.append((np.asarray(share.gather(emb)) if split else emb)[:m])
+    batches = _batches(inputs, size, workers, raw, parts)
+    try:
+        for b, batch in enumerate(batches):
+            m = min(size, n - b * size)
+            if len(batch) < size and not split:
+                batch = np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
+            emb = np.asarray(embed_fn(batch), dtype=np.float32)
+            if emb.ndim != 2 or emb.shape[0] != len(batch):
+                raise ValueError(
+                    f"embed_fn must map a batch [{len(batch)}, ...] to [{len(batch)}, D] embeddings, "
+                    f"got shape {emb.shape}"
+                )
+            outs.append((np.asarray(share.gather(emb)) if split else emb)[:m])
+    finally:  # the reading workers stop now, also on an error
+        loader.close(batches)
     return np.concatenate(outs)
 
 

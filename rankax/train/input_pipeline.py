@@ -168,8 +168,11 @@ def train_batches(
         data.train, sampler, seed=int(config.seed), start=start, stop=stop,
         workers=workers(config), prefetch=prefetch(config), rows=rows,
     )
-    for batch in batches:
-        yield int(batch["step"]), batch["indices"], batch["images"]
+    try:
+        for batch in batches:
+            yield int(batch["step"]), batch["indices"], batch["images"]
+    finally:  # closed early (an error, an interrupt): the workers stop now
+        loader.close(batches)
 
 
 def place(

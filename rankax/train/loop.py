@@ -442,23 +442,23 @@ def train(run: Run, counter: dict[str, int]) -> None:
         print(
             f"Training steps {run.start + 1}-{int(config.num_steps)} (the first one compiles) ...", flush=True
         )
-    feed = batches(run)
-    for step, idx, images, labels in feed:
-        run.state, metrics = train_step(run.state, images, labels, halted)
-        halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
-        if pending is not None and guard.check(*pending, run.state):  # step - 1's flag, read
-            record_changes(run)  # while step runs; a change is recorded once a step trained
-        pending = (step, idx, images, metrics)
-        meter.images += len(idx)
-        meter.waited += feed.take_waited()
-        due = due_after(config, step)
-        if any(due):  # these wait for the step anyway
-            if guard.check(*pending, run.state):
-                record_changes(run)
-            pending = None
-        after_step(run, step, metrics, due, guard, meter)
-        counter["steps"] += 1
-        meter.tick(run.state, step, config.num_steps)
+    with contextlib.closing(batches(run)) as feed:  # an error or Ctrl-C stops the input workers
+        for step, idx, images, labels in feed:
+            run.state, metrics = train_step(run.state, images, labels, halted)
+            halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
+            if pending is not None and guard.check(*pending, run.state):  # step - 1's flag, read
+                record_changes(run)  # while step runs; a change is recorded once a step trained
+            pending = (step, idx, images, metrics)
+            meter.images += len(idx)
+            meter.waited += feed.take_waited()
+            due = due_after(config, step)
+            if any(due):  # these wait for the step anyway
+                if guard.check(*pending, run.state):
+                    record_changes(run)
+                pending = None
+            after_step(run, step, metrics, due, guard, meter)
+            counter["steps"] += 1
+            meter.tick(run.state, step, config.num_steps)
     meter.close()
 
 
