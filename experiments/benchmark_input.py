@@ -81,7 +81,10 @@ def rankax_rate(root: str, args, *, workers: int, threads: int = 1, draft: bool 
     batches = loader.train_batches(
         data.train, sampler, seed=0, start=0, stop=steps, workers=workers, prefetch=2
     )
-    return _rate(batches, args.warmup, args.batch)
+    try:
+        return _rate(batches, args.warmup, args.batch)
+    finally:  # the workers and their shared-memory batches go now
+        loader.close(batches)
 
 
 def _torch_transform():
