@@ -349,6 +349,52 @@ DISTRIBUTED_FLAGS = {
 }
 
 
+def run(main: Any) -> None:
+    """Runs a command's ``main()``. In a multi-process run, a process that fails (an error,
+    Ctrl-C, a :class:`CliError`) prints what Python would print and leaves at once with
+    ``os._exit``: Python's exit would run JAX's shutdown, which waits up to 300 s for the
+    other processes while they wait for this one in the step's collectives, and then every
+    process aborted ("Shutdown barrier has failed") without saying why. Gone, the others stop
+    within seconds (their collective's connection is reset, or its heartbeat stops). One
+    process, or a process that succeeds: an ordinary return."""
+    try:
+        main()
+    except BaseException as err:
+        code = _exit_status(err)
+        if code == 0 or not _distributed_started():
+            raise
+        import traceback
+
+        if isinstance(err, SystemExit):  # a CliError's message, or an exit status alone
+            if not isinstance(err.code, int) and err.code is not None:
+                print(err.code, file=sys.stderr)
+        elif not isinstance(err, KeyboardInterrupt):
+            traceback.print_exc()
+        print(f"[rankax] process {_process_index()} failed: leaving now (exit status {code}) so that the "
+              "other processes stop too; start them all again with the same command", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _exit_status(err: BaseException) -> int:
+    """The status Python would exit with on ``err``."""
+    if isinstance(err, SystemExit):
+        return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    return 130 if isinstance(err, KeyboardInterrupt) else 1
+
+
+def _distributed_started() -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
 def start_distributed(values: dict[str, Any]) -> bool:
     """Starts JAX's distributed runtime from the multi-process flags in ``values`` (or a
     cluster JAX detects); nothing with none of them. Returns True when started."""

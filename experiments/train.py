@@ -111,4 +111,4 @@ def _train(values: dict, config) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

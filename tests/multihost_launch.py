@@ -93,11 +93,12 @@ class Run:
 
 def launch(workdir: str, num_processes: int, args: list[str], only: list[int] | None = None,
            extra: list[str] = (), module: str = "experiments.train", log: str | None = None,
-           port: int | None = None) -> Run:
+           port: int | None = None, devices: int | None = None) -> Run:
     """Starts processes ``only`` (default: all) of ``num_processes`` of ``python -m module
     --workdir workdir args``; logs go to ``<log or workdir>.log<i>``. ``port``: the
-    coordinator's (default: a free one), to start the processes of one run in several calls."""
-    devices = TOTAL_DEVICES // num_processes
+    coordinator's (default: a free one), to start the processes of one run in several calls;
+    ``devices``: each process's CPU devices (default ``8 / num_processes``)."""
+    devices = TOTAL_DEVICES // num_processes if devices is None else devices
     port = free_port() if port is None else port
     procs, logs = [], []
     for i in range(num_processes) if only is None else only:

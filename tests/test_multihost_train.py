@@ -239,6 +239,97 @@ def test_killed_process_stops_the_other(tmp_path):
     assert took < 45, f"process 0 took {took:.0f}s to stop\n{run.all_logs()}"
 
 
+def test_an_error_on_one_process_stops_every_process(tmp_path, monkeypatch):
+    """Process 1 fails alone at step 3 (an image it cannot read): it prints the error and
+    leaves at once, and process 0, waiting for it in the step, stops within seconds. (Both
+    waited 300 s in JAX's shutdown and then aborted without saying why.)"""
+    import time
+
+    monkeypatch.setenv("RANKAX_TEST_FAULT", "read:1:3")
+    work = str(tmp_path / "fails")
+    args = ["--config", "configs/digits.py", "--config.num_steps=100000", "--config.eval_every=0",
+            "--config.checkpoint_every=100000", "--config.eval_baselines=false", "--config.log_every=1"]
+    started = time.monotonic()
+    run = launch(work, 2, args, extra=["--heartbeat_timeout", "10", "--initialization_timeout", "60"],
+                 module="tests.multihost_fail")
+    try:
+        codes = run.wait(TIMEOUT_S)
+    finally:
+        run.kill()
+    took = time.monotonic() - started
+    assert codes[1] == 1 and codes[0] != 0, run.all_logs()
+    failed = run.text(1)
+    assert "error: cannot read image 7 (injected on process 1 at step 3)" in failed, run.all_logs()
+    assert "[rankax] process 1 failed: leaving now (exit status 1)" in failed, run.all_logs()
+    assert took < 120, f"the processes took {took:.0f}s to stop\n{run.all_logs()}"
+
+
+FAULT_ARGS = ["--config", "configs/digits.py", "--config.num_steps=6", "--config.eval_every=0",
+              "--config.checkpoint_every=3", "--config.eval_baselines=false"]
+FAULT_EXTRA = ["--heartbeat_timeout", "10", "--initialization_timeout", "60"]
+
+
+def _refused_everywhere(run: Run, message: str) -> None:
+    try:
+        codes = run.wait(TIMEOUT_S)
+    finally:
+        run.kill()
+    assert all(code != 0 for code in codes), run.all_logs()
+    for i in range(len(run.procs)):
+        assert message in run.text(i), run.all_logs()
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [("data:1", "the processes were started with different data: process 1 differs from process 0 "
+                "(train.labels_sha256"),
+     ("params:1", "the processes were started with different train states: process 1 differs from "
+                  "process 0 (params/")],
+)
+def test_processes_with_other_data_or_weights_are_refused(tmp_path, monkeypatch, fault, message):
+    """One host lists other items, or starts from other weights: every process refuses
+    (each process built its replicated state from its own copy and trained on the mix)."""
+    monkeypatch.setenv("RANKAX_TEST_FAULT", fault)
+    run = launch(str(tmp_path / "w"), 2, FAULT_ARGS, extra=FAULT_EXTRA, module="tests.multihost_fail")
+    try:
+        codes = run.wait(TIMEOUT_S)
+    finally:
+        run.kill()
+    assert all(code != 0 for code in codes), run.all_logs()
+    assert message in run.text(1), run.all_logs()
+    assert "process 1 differs" not in run.text(0) and "error: the processes were started" in run.text(0)
+
+
+def test_a_workdir_that_is_not_shared_is_refused(tmp_path):
+    """Each process given its own local directory: refused at the start on every process (both
+    waited in the first checkpoint save without a word)."""
+    port = free_port()
+    runs = [launch(str(tmp_path / f"host{i}"), 2, FAULT_ARGS, only=[i], port=port, extra=FAULT_EXTRA)
+            for i in (0, 1)]
+    run = Run([r.procs[0] for r in runs], [r.logs[0] for r in runs])
+    _refused_everywhere(run, "is not shared: process(es) [1] do not see the file process 0 wrote there")
+
+
+def test_processes_with_other_device_counts_or_process_counts_are_refused(tmp_path):
+    port = free_port()
+    work = str(tmp_path / "w")
+    first = launch(work, 2, FAULT_ARGS, only=[0], port=port, extra=FAULT_EXTRA)  # 4 devices
+    second = launch(work, 2, FAULT_ARGS, only=[1], port=port, extra=FAULT_EXTRA, devices=2)
+    _refused_everywhere(Run(first.procs + second.procs, first.logs + second.logs),
+                        "the processes hold different numbers of devices (process 0: 4, process 1: 2)")
+    port = free_port()
+    work = str(tmp_path / "w3")
+    first = launch(work, 2, FAULT_ARGS, only=[0], port=port, extra=FAULT_EXTRA)
+    second = launch(work, 3, FAULT_ARGS, only=[1], port=port, extra=FAULT_EXTRA, devices=4)
+    run = Run(first.procs + second.procs, first.logs + second.logs)
+    try:
+        codes = run.wait(TIMEOUT_S)
+    finally:
+        run.kill()
+    assert codes[1] != 0 and "--num_processes=3 here, but the coordinator's run has 2" in run.text(1), (
+        run.all_logs())
+
+
 NAN_SCRIPT = textwrap.dedent(
     """
     import dataclasses, sys

@@ -113,6 +113,12 @@ def _leaf_checksum(x: Any) -> str | None:
     return workdir.array_sha256(np.asarray(x))
 
 
+def state_checksums(state: Any) -> dict[str, str | None]:
+    """:func:`leaf_checksums` of everything a checkpoint saves of ``state`` (with several
+    processes, of this process's copy of each replicated array)."""
+    return leaf_checksums(_saved_fields(state))
+
+
 def leaf_checksums(fields: dict[str, Any]) -> dict[str, str | None]:
     """``{"params/Dense_0/kernel": sha256, ...}`` for every array of a saved state: written with
     each step and compared when it is read, so that data changed on disk (flipped bits, an

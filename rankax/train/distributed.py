@@ -31,6 +31,7 @@ collective (a collective with a dead peer also fails on its own transport deadli
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import sys
@@ -155,12 +156,31 @@ def initialize(
         ) from err
     finally:
         watchdog.cancel()
+    _check_topology(int(num_processes) if given else None)
     print(
         f"[rankax] process {jax.process_index()} of {jax.process_count()} ({where}): "
         f"{jax.local_device_count()} local of {jax.device_count()} devices",
         flush=True,
     )
     return True
+
+
+def _check_topology(num_processes: int | None) -> None:
+    """A :class:`DistributedError` when this process was told another process count than the
+    coordinator's, or when the processes hold different numbers of devices (the data-parallel
+    mesh and each process's rows of a batch assume the same number on every host)."""
+    if num_processes is not None and jax.process_count() != num_processes:
+        raise DistributedError(
+            f"--num_processes={num_processes} here, but the coordinator's run has {jax.process_count()} "
+            "processes: start every process with the same --num_processes"
+        )
+    counts = collections.Counter(d.process_index for d in jax.devices())
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"process {i}: {counts[i]}" for i in sorted(counts))
+        raise DistributedError(
+            f"the processes hold different numbers of devices ({shown}); a data-parallel run needs the "
+            "same number on every host (set CUDA_VISIBLE_DEVICES or JAX_NUM_CPU_DEVICES alike)"
+        )
 
 
 def _not_joined_message(where: str, timeout_s: int) -> None:
@@ -204,7 +224,9 @@ def barrier(name: str, timeout_s: int | None = None) -> None:
     multihost_utils.sync_global_devices(f"rankax:{name}")
 
 
-def check_same_everywhere(values: dict[str, Any], what: str) -> None:
+def check_same_everywhere(
+    values: dict[str, Any], what: str, advice: str = "Start every process with the same command and code"
+) -> None:
     """Raises :class:`~rankax.train.ConfigError` on every process unless each process's
     ``values`` (a flat dict of JSON values) equal process 0's; a no-op with one process.
 
@@ -236,10 +258,46 @@ def check_same_everywhere(values: dict[str, Any], what: str) -> None:
                       for k in keys[:6])
     where = f"process {process_index()} differs from process 0 ({shown})" if keys else (
         f"processes {differ} differ from process 0")
-    raise ConfigError(
-        f"the processes were started with different {what}: {where}. Start every process with the "
-        "same command and code"
-    )
+    raise ConfigError(f"the processes were started with different {what}: {where}. {advice}")
+
+
+def check_shared_directory(path: str, what: str) -> None:
+    """Raises :class:`~rankax.train.ConfigError` on every process unless every process sees
+    the file process 0 writes in ``path``: orbax and the workdir's record need one directory
+    that all processes read and write (a shared file system). Each process with its own local
+    directory of that name waited in the first save without a word. A no-op with one
+    process."""
+    if jax.process_count() == 1:
+        return
+    import secrets
+
+    from jax.experimental import multihost_utils
+
+    from rankax.train.errors import ConfigError
+
+    token = np.zeros(16, np.uint8)
+    marker = os.path.join(path, ".rankax-shared")
+    if is_main():
+        token[:] = np.frombuffer(secrets.token_bytes(16), np.uint8)
+        os.makedirs(path, exist_ok=True)
+        with open(marker, "wb") as f:
+            f.write(token.tobytes())
+    token = np.asarray(multihost_utils.broadcast_one_to_all(token))  # after process 0 wrote it
+    try:
+        with open(marker, "rb") as f:
+            seen = f.read() == token.tobytes()
+    except OSError:
+        seen = False
+    seen_by = np.asarray(multihost_utils.process_allgather(np.int32(seen))).reshape(-1)
+    if is_main():
+        os.remove(marker)
+    blind = [i for i, ok in enumerate(seen_by) if not ok]
+    if blind:
+        raise ConfigError(
+            f"{what} {path!r} is not shared: process(es) {blind} do not see the file process 0 wrote "
+            f"there. A multi-process run needs one {what} that every process reads and writes (a "
+            "shared file system mounted on every host)"
+        )
 
 
 def _client():

@@ -83,6 +83,8 @@ def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any
     made = _first_missing(workdir)  # the folder a failed start removes (with the parents it made)
     lock = workdir_lib.locked(workdir) if distributed.is_main() else contextlib.nullcontext()
     with lock:  # [multihost] process 0 holds the shared workdir
+        if jax.process_count() > 1:
+            distributed.check_shared_directory(workdir, "workdir")
         return _locked_run(config, workdir, allow_config_change, fresh, made)
 
 
@@ -251,6 +253,12 @@ def setup(config: Config, workdir: str, changes: dict, allow_config_change: Any 
     recorded, config = config, run_length(config, sampler, len(data.train.labels))
     check_run_config(config, data, mesh, sampler)
     facts = workdir_lib.run_facts(data, mesh.size, jax.process_count())
+    if jax.process_count() > 1:  # [multihost] each host lists its own files: the same ones?
+        distributed.check_same_everywhere(
+            workdir_lib.flat(facts["data"]), "data",
+            "Every host must list the same items in the same order (the same dataset files, CSV and "
+            "splits)",
+        )
     changes = {**changes, **workdir_lib.fact_changes(workdir, facts, allow_config_change)}
     if distributed.is_main():  # [multihost] the log is process 0's
         print_fact_changes(changes)
@@ -263,6 +271,12 @@ def setup(config: Config, workdir: str, changes: dict, allow_config_change: Any 
     ckpt, state, history = restore(config, workdir, state, mesh)
     if resuming and ckpt.restored_step is None:
         state = distributed.replicate(state_lib.initial_state(config, data, model), mesh)
+    if jax.process_count() > 1:  # [multihost] replicate() trusts that every copy is the same
+        distributed.check_same_everywhere(
+            {"restored_step": ckpt.restored_step, **checkpointing.state_checksums(state)}, "train states",
+            "Every process must read the same checkpoints (a workdir shared by every host) and the "
+            "same pretrained weights (config.model.pretrained)",
+        )
     if int(state.step) > int(config.num_steps):
         ckpt.close()
         raise errors.ConfigError(
