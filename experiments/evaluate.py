@@ -258,9 +258,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     for name, choices in (("backend", BACKENDS), ("scann_config", SCANN_CONFIGS)):
         if name in values and values[name] not in choices:
             raise cli.CliError(f"--{name}={values[name]!r}: one of {', '.join(choices)}")
-    scann_flags = [f"--{n}" for n in ("scann_config", "scann_leaves_to_search") if n in values]
-    if scann_flags and values.get("backend") == "exact":  # they were silently ignored
-        raise cli.CliError(f"{', '.join(scann_flags)} apply to --backend scann or auto, not exact")
     if "scann_leaves_to_search" in values and values.get("scann_config") == "brute_force":
         raise cli.CliError("--scann_leaves_to_search applies to --scann_config tree_ah or auto (a tree); "
                            "brute_force has no leaves")
@@ -324,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         inputs, labels = load_npz(args.embeddings)
         if args.gallery:
             gallery, gallery_labels = load_npz(args.gallery)
+    _check_scann_flags(args, backend)
     start = time.perf_counter()
     try:  # shapes, labels and values the evaluation checks (each names its argument)
         evaluator = RetrievalEvaluator(
@@ -340,6 +338,15 @@ def main(argv: list[str] | None = None) -> dict:
     if step is not None:  # the checkpoint evaluated (the best one under model_selection="best")
         metrics["step"] = step
     return _report(args, overrides, backend, metrics, main_process)
+
+
+def _check_scann_flags(args, backend: str) -> None:
+    """ScaNN's flags with the exact backend (given, the run's, or the default) were ignored."""
+    scann_flags = [f"--{n}" for n in ("scann_config", "scann_leaves_to_search") if n in args.given]
+    if scann_flags and backend == "exact":
+        where = "--backend exact" if args.backend else "the exact backend (pass --backend scann or auto)"
+        raise cli.CliError(f"{', '.join(scann_flags)} only apply to --backend scann or auto; this evaluation "
+                           f"uses {where}")
 
 
 #: Flags of the label-based evaluation that the revisited and landmarks protocols do not take.
@@ -403,4 +410,4 @@ def _is_main() -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -76,8 +76,12 @@ def test_cli_scann_leaves_to_search(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="take integers"):
         cli.main(["--embeddings", path, "--scann_leaves_to_search", "half"])
     for flags in (["--scann_config", "tree_ah"], ["--scann_leaves_to_search", "3"]):  # were ignored
-        with pytest.raises(SystemExit, match=f"{flags[0]} apply to --backend scann or auto, not exact"):
+        with pytest.raises(SystemExit, match=f"{flags[0]} only apply to --backend scann or auto; this "
+                                             "evaluation uses --backend exact"):
             cli.main(["--embeddings", path, "--backend", "exact", *flags])
+        # without --backend the evaluation is exact too: they were ignored there as well
+        with pytest.raises(SystemExit, match=f"{flags[0]} only apply .* uses the exact backend"):
+            cli.main(["--embeddings", path, *flags])
     seen = {}
     real = retrieval.evaluator.evaluate
 
