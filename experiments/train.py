@@ -47,7 +47,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise cli.CliError(f"--config is required. The experiment configs:\n{cli.configs_listing()}")
     config = cli.load_config(values["config"])
     cli.apply_overrides(config, overrides)
-    if values.get("print_config"):
+    if values.get("print_config"):  # checked as a run checks it: a typo is an error here too
+        from rankax.train import ConfigError, config_checks, losses
+
+        try:
+            config_checks.check_config(config)
+            losses.check_loss_hparams(config)
+        except ConfigError as err:
+            raise cli.CliError(str(err)) from None
         print(config)
         return None
     if "workdir" not in values:

@@ -419,6 +419,7 @@ def test_demo_figures_show_baselines_and_before_after(small_run):
         ("loss.name=normalized_softmax", "config.loss.name='normalized_softmax' is a loss of the embeddings"),
         ("loss.name=normalized_softmax", "add it as a term under config.loss.terms"),
         ("loss.name=supapp", "config.loss.name must be one of blackbox_ap, calibration,"),
+        ("loss.name=smoothap", "got 'smoothap'; did you mean 'smooth_ap'?"),
         ("optimizer.decay_at=-0.1,0.5", "config.optimizer.decay_at must be fractions of the run in (0, 1]"),
         ("optimizer.decay_at=0.5,1.5", "config.optimizer.decay_at must be fractions of the run in (0, 1]"),
         ("optimizer.decay_at=0.5,0.5", "config.optimizer.decay_at must be fractions of the run in (0, 1], "
@@ -883,3 +884,18 @@ def test_an_ignored_sigint_stays_ignored():
         assert not raised.is_set()
     finally:
         signal.signal(signal.SIGINT, saved)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("loss.hparams.temprature=0.05", "did you mean config.loss.hparams.temperature?"),
+     ("loss.hparams.temperature=-1", "config.loss.hparams: temperature must be a finite number > 0"),
+     ("loss.name=smoothap", "did you mean 'smooth_ap'?")],
+)
+def test_print_config_checks_the_config_as_a_run_does(override, message, capsys):
+    """``--print_config`` printed a config with a typo and exited 0; the run then refused it."""
+    with pytest.raises(SystemExit) as info:
+        train_cli.main(["--config", DIGITS, "--print_config", f"--config.{override}"])
+    assert message in str(info.value.code)
+    assert train_cli.main(["--config", DIGITS, "--print_config"]) is None
+    assert "loss:" in capsys.readouterr().out

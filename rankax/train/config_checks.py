@@ -11,6 +11,7 @@ schedule) are checked by those pieces; the loss's hyperparameters by the loss's 
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 from typing import Any
@@ -209,9 +210,10 @@ def _check_loss_name(config: Config) -> None:
             f"config.loss.name={name!r} is a loss of the embeddings (with class proxies), not a list "
             "loss: add it as a term under config.loss.terms (docs/training.md); loss.name takes a list loss"
         )
-    raise ConfigError(
-        f"config.loss.name must be one of {', '.join(losses.loss_names(losses.LIST_LOSS_ARG))}, got {name!r}"
-    )
+    names = losses.loss_names(losses.LIST_LOSS_ARG)
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"config.loss.name must be one of {', '.join(names)}, got {name!r}{hint}")
 
 
 def _check_terms(config: Config) -> None:
