@@ -951,8 +951,7 @@ def batch_loss(
         loss, grads = jax.value_and_grad(
             lambda e: rankax.batch_loss(rankax.supap_loss, e, labels, max_positives=3))(emb)
     """
-    if not callable(loss_fn):
-        raise TypeError(f"batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}")
+    validation.check_loss_fn(loss_fn, "batch_loss", "batch_loss(loss_fn, embeddings, labels, ...)")
     caller = f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
     hparams = _check_loss_options(loss_fn, hparams, references, reference_labels, reference_mask, caller)
     max_positives = validation.check_capacity(max_positives, caller=caller)  # a Python int: static

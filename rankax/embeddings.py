@@ -128,10 +128,8 @@ def make_batch_loss(loss_fn: Callable[..., Array], **kwargs: Any) -> Callable[[A
     embeddings without ``argnums``. ``kwargs``: :func:`rankax.batch_loss`'s options and the
     loss's hyperparameters, e.g. ``make_batch_loss(rankax.supap_loss, temperature=0.05)``.
     """
-    if not callable(loss_fn):
-        raise TypeError(
-            f"make_batch_loss: loss_fn must be a list loss such as rankax.supap_loss, got {loss_fn!r}"
-        )
+    call = "make_batch_loss(loss_fn, **options)(embeddings, labels)"
+    validation.check_loss_fn(loss_fn, "make_batch_loss", call)
     # The loss's hyperparameters (names and concrete ranges) are checked now, not at the first
     # call inside a training step; batch_loss checks its own options when called.
     hparams = {k: v for k, v in kwargs.items() if k not in _BATCH_LOSS_OPTIONS}

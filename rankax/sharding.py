@@ -125,9 +125,7 @@ def sharded_batch_loss(
       jax.set_mesh(mesh)``: eager ``jax.grad`` builds the scalar's cotangent on one device, and
       JAX refuses to place it on the mesh ("Please enter your `jit` into a mesh context").
     """
-    if not callable(loss_fn):
-        raise TypeError(f"sharded_batch_loss: loss_fn must be a list loss such as rankax.supap_loss, "
-                        f"got {loss_fn!r}")
+    validation.check_loss_fn(loss_fn, "sharded_batch_loss", "sharded_batch_loss(loss_fn, mesh, ...)")
     caller = f"sharded_batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
     if not isinstance(mesh, Mesh):
         raise TypeError(f"{caller}: mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((n,), ('data',))), "

@@ -323,6 +323,15 @@ def test_batch_loss_bad_input_at_trace_time():
     )
     with pytest.raises(TypeError, match="loss_fn must be a list loss"):
         rankax.batch_loss("supap", emb, lab)
+    # the embeddings first, by mistake (make_batch_loss's returned function takes them first):
+    # the message names the array by its type and shape (it printed every value) and the order
+    for call in (lambda: rankax.batch_loss(emb, lab, losses.supap_loss),
+                 lambda: rankax.make_batch_loss(emb)):
+        with pytest.raises(TypeError) as info:
+            call()
+        message = str(info.value)
+        assert f"got ArrayImpl of shape {tuple(emb.shape)}; the call is " in message, message
+        assert len(message) < 220 and str(float(emb[0, 0]))[:6] not in message, message
 
 
 @pytest.mark.parametrize(

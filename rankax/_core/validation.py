@@ -474,3 +474,16 @@ def bind(caller: str, signature: inspect.Signature, args: tuple, kwargs: dict) -
                 f"{caller}() got an unknown argument {unknown[0]!r}{hint} (known: {', '.join(known)})"
             ) from None
         raise TypeError(f"{caller}(): {err}") from None
+
+
+def check_loss_fn(loss_fn: Any, caller: str, call: str) -> None:
+    """A TypeError unless ``loss_fn`` is callable, naming what was passed by its type and shape
+    (an array passed first by mistake printed all of its values) and the call's order
+    ``call``."""
+    if callable(loss_fn):
+        return
+    shape = getattr(loss_fn, "shape", None)
+    got = type(loss_fn).__name__ + ("" if shape is None else f" of shape {tuple(shape)}")
+    raise TypeError(
+        f"{caller}: loss_fn must be a list loss such as rankax.supap_loss, got {got}; the call is {call}"
+    )
