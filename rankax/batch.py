@@ -953,6 +953,8 @@ def batch_loss(
     """
     validation.check_loss_fn(loss_fn, "batch_loss", "batch_loss(loss_fn, embeddings, labels, ...)")
     caller = f"batch_loss({getattr(loss_fn, '__name__', 'loss_fn')})"
+    validation.reject_torch(caller, embeddings=embeddings, labels=labels, references=references,
+                            reference_labels=reference_labels)
     hparams = _check_loss_options(loss_fn, hparams, references, reference_labels, reference_mask, caller)
     max_positives = validation.check_capacity(max_positives, caller=caller)  # a Python int: static
     # Python lists as arrays: as jit arguments they would be pytrees of scalars.

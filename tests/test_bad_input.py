@@ -844,3 +844,19 @@ def test_temperature_past_float32_reciprocal_is_refused(fn):
     assert np.isfinite(float(fn(s, y, temperature=1e37)))
     with pytest.raises(ValueError, match=f"{fn.__name__}: temperature must be at most 1e\\+37"):
         fn(s, y, temperature=1e38)
+
+
+def test_torch_tensors_are_refused_naming_the_argument():
+    """rankax computes in JAX: a torch tensor is named with the conversion (batch_loss failed
+    in JAX's argument handling, a tensor requiring grad in numpy, and list losses converted
+    the others silently, as if a gradient could flow back to torch)."""
+    torch = pytest.importorskip("torch")
+    emb, labels = torch.randn(16, 8), torch.arange(4).repeat_interleave(4)
+    with pytest.raises(TypeError, match=r"^batch_loss\(supap_loss\): embeddings is a torch\.Tensor: .*"
+                                        r"jnp\.asarray\(embeddings\.detach\(\)\.cpu\(\)\.numpy\(\)\)"):
+        rankax.batch_loss(losses.supap_loss, emb, labels)
+    with pytest.raises(TypeError, match=r"batch_loss\(supap_loss\): labels is a torch\.Tensor"):
+        rankax.batch_loss(losses.supap_loss, jnp.asarray(emb.numpy()), labels)
+    scores = torch.randn(8, requires_grad=True)
+    with pytest.raises(TypeError, match=r"^smooth_ap_loss: scores is a torch\.Tensor"):
+        losses.smooth_ap_loss(scores, jnp.array([1, 0, 1, 0, 0, 0, 1, 0]))

@@ -29,6 +29,7 @@ Array = jax.Array
 ReduceFn = validation.ReduceFn
 
 _LIST_ARGS = ("scores", "labels", "where", "reduce_fn", "max_positives")
+_ARRAY_ARGS = ("scores", "labels", "where")  # a torch tensor among them is refused
 
 
 class Lists(NamedTuple):
@@ -138,6 +139,7 @@ def list_function(
         def wrapper(*args: Any, **kwargs: Any) -> Array:
             kwargs = _renames.rename_kwargs(fn_name, signature.parameters, kwargs)  # deprecated names
             bound = validation.bind(fn_name, signature, args, kwargs)
+            validation.reject_torch(fn_name, **{k: bound.arguments.get(k) for k in _ARRAY_ARGS})
             given = {k: v for k, v in bound.arguments.items() if k not in _LIST_ARGS}
             hparams(given, caller=fn_name, warn=False)
             bad = nonfinite.nonfinite_or_none(bound.arguments["scores"], bound.arguments.get("where"))

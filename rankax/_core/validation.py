@@ -487,3 +487,16 @@ def check_loss_fn(loss_fn: Any, caller: str, call: str) -> None:
     raise TypeError(
         f"{caller}: loss_fn must be a list loss such as rankax.supap_loss, got {got}; the call is {call}"
     )
+
+
+def reject_torch(caller: str, **arrays: Any) -> None:
+    """A TypeError naming the argument when one of ``arrays`` is a torch tensor: rankax
+    computes in JAX, and no gradient flows back to torch (``batch_loss`` failed in JAX's
+    argument handling with no fix, a tensor that requires grad failed in numpy, and the list
+    losses converted the others silently)."""
+    for name, x in arrays.items():
+        if type(x).__module__.split(".")[0] == "torch":
+            raise TypeError(
+                f"{prefix(caller)}{name} is a torch.{type(x).__name__}: rankax computes in JAX; pass "
+                f"jnp.asarray({name}.detach().cpu().numpy()) (no gradient flows back to torch)"
+            )
