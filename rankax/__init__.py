@@ -10,5 +10,6 @@ from rankax.losses import __all__ as _losses_all
 __version__ = "0.1.0"
 __all__ = [
     "batch_loss", "lists_from_embeddings", "make_batch_loss",
-    "debug", "hierarchy", "host", "losses", "metrics", "ranking", "sharding", "xbm", *_losses_all,
+    "debug", "hierarchy", "host", "losses", "metrics", "ranking", "retrieval", "sharding", "xbm",
+    *_losses_all,
 ]

@@ -155,3 +155,14 @@ def test_gradient_clipping_leaves_frozen_batchnorm_out_of_the_norm():
     np.testing.assert_allclose(updates["backbone"]["conv1"]["kernel"], [-0.3, 0.0], rtol=1e-6)
     np.testing.assert_allclose(updates["head"]["w"], [-0.4], rtol=1e-6)
     np.testing.assert_array_equal(updates["backbone"]["bn1"]["scale"], [0.0, 0.0])
+
+
+def test_an_empty_training_split_names_the_dataset_not_the_batch():
+    """A CSV with only evaluation rows: the sampler's error blamed config.batch."""
+    import types
+
+    c = tiny_config()
+    c.dataset.name = "folder"
+    empty = types.SimpleNamespace(train=types.SimpleNamespace(labels=np.zeros(0, np.int64)))
+    with pytest.raises(ValueError, match=r"^config\.dataset: the training split of 'folder' has no items"):
+        input_pipeline.make_sampler(c, empty)

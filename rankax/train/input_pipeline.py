@@ -59,6 +59,10 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
     kind = b.get("sampler", "pk")
     if kind not in samplers.SAMPLERS:
         raise ValueError(f"config.batch.sampler must be one of {samplers.SAMPLERS}, got {kind!r}")
+    if len(dataset.train.labels) == 0:  # the sampler blamed config.batch
+        name = config.dataset.get("name", "the dataset")
+        raise ConfigError(f"config.dataset: the training split of {name!r} has no items (a folder "
+                          "dataset's CSV needs rows whose split is 'train')")
     try:
         return samplers.make(
             kind,
