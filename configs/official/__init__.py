@@ -1010,6 +1010,18 @@ LISTWISE = [
         "no training script (placeholder 256 x 16)",
     ),
     V("num_steps", UNDETERMINED, NAVER + "README.md", "no training script (placeholder)"),
+    *(
+        V(key, UNDETERMINED, NAVER + "README.md", f"no training script (placeholder: {note})")
+        for key, note in (
+            ("optimizer.name", "Adam"),
+            ("optimizer.weight_decay", "1e-6"),
+            ("batch.samples_per_class", "16 images per landmark"),
+            ("loss.include_self", "the query is not its own positive, default.py's"),
+            ("model_selection", "the last step, default.py's"),
+            ("eval_every", "every 10 epochs of 10 steps"),
+            ("seed", "default.py's 0"),
+        )
+    ),
     V("dataset.image_size", UNDETERMINED, NAVER + "README.md", "no training script (placeholder 800)"),
     V(
         "dataset.crop_scale",
