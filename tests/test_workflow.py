@@ -61,6 +61,22 @@ def test_workdir_records_the_config_and_refuses_another(small_run, capsys):
     assert "model.embedding_dim" in err.value.differences
 
 
+def test_a_resume_without_the_runs_overrides_is_told_them(small_run):
+    """Continuing a run with more steps but without the overrides it was started with: the
+    refusal gives the flags that keep the recorded values (allowing the changes would have
+    switched the run's loss and network), and they work."""
+    workdir, _ = small_run
+    with pytest.raises(SystemExit) as info:
+        train_cli.main(["--config", DIGITS, "--workdir", workdir, "--config.num_steps=4",
+                        "--allow_config_change=num_steps"])
+    message = str(info.value.code)
+    keep = message.split("or keep the run's values: ")[1].split()
+    runtime = ("num_steps", "checkpoint_every", "eval_every")  # num_steps allowed, the others free
+    assert sorted(keep) == sorted(f for f in SMALL if not any(k in f for k in runtime)), message
+    rerun = train_cli.main(["--config", DIGITS, "--workdir", workdir, *keep, "--config.num_steps=3"])
+    assert "recall@1" in rerun  # the same run: re-evaluated, not refused
+
+
 def test_rerun_of_a_finished_run_prints_the_whole_table_once(small_run, capsys):
     workdir, final = small_run
     history = json.load(open(os.path.join(workdir, "history.json")))

@@ -307,11 +307,27 @@ def check(
         )
         raise WorkdirConfigMismatch(
             f"workdir {workdir} holds a run with another config ({_format(refused)}){empty}. Use a new "
-            f"--workdir, or continue this run with the change: --allow_config_change={keys}",
+            f"--workdir, or continue this run with the change: --allow_config_change={keys}"
+            f"{_keep_recorded(refused)}",
             workdir=workdir,
             differences=refused,
         )
     return diff
+
+
+def _keep_recorded(refused: dict[str, tuple]) -> str:
+    """The flags that give the refused keys their recorded values back (a resume that left out
+    the overrides the run was started with), when all of them can be written so."""
+    flags = []
+    for key, (old, _) in refused.items():
+        if old == "<absent>" or old is None or isinstance(old, dict):
+            return ""
+        shown = ",".join(map(str, old)) if isinstance(old, list) else str(old).lower() if isinstance(
+            old, bool) else str(old)
+        if not shown or any(c.isspace() for c in shown):
+            return ""
+        flags.append(f"--config.{key}={shown}")
+    return f", or keep the run's values: {' '.join(flags)}"
 
 
 LOCK = ".lock"
