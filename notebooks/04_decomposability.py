@@ -219,12 +219,13 @@ print(f"cosine(local-only gradient, global gradient):     {cosine:.3f}")
 # **Reading.** Small batches overestimate AP: a positive in a batch of 8 has far fewer
 # negatives that can precede it than in the whole set, so the batch-averaged AP sits above the
 # whole-set AP and converges to it only as $B$ grows. Measured on the 2-core CPU with the default
-# settings: the gap at $B = 8$ is +0.19 AP for the random projection, +0.055 for SupAP and +0.051
+# settings: the gap at $B = 8$ is +0.19 AP for the random projection, +0.055 for SupAP and +0.045
 # for ROADMAP; at $B = 256$ it is below 0.01 for all three. The loss the model is trained on has
 # the same bias, so a small-batch loss is a biased estimate of the quantity we care about. The
 # calibration term shrinks the gap a little at small $B$ here, but the ROADMAP model also has a
-# higher AP (0.914 vs 0.907), and better embeddings have smaller gaps anyway: on digits the two
-# effects are not separated (one seed, one short run). Global-batch ranking removes the factor
+# higher AP (0.922 vs 0.907), and better embeddings have smaller gaps anyway: on digits the two
+# effects are not separated (one seed, one short run; rounding-level changes to the library
+# move the trained models' figures by up to ~0.01). Global-batch ranking removes the factor
 # $d$ on the list length for free: the sharded loss equals the single-device loss on the whole
 # batch of 256 (gradient difference ~1e-9), while ranking only each device's 64 optimises a
 # different loss (0.122 instead of 0.127) whose gradient has cosine 0.77 with the right one.

@@ -175,8 +175,8 @@ plt.show()
 # neighbour 98% of the time; the untrained MLP is slightly worse than pixels); MAP@R and mAP,
 # which look at every positive, separate the models. All four AP surrogates take MAP@R from 0.48
 # (untrained) to about 0.91-0.93 in 300 steps of 64 images (measured on the 2-core CPU:
-# SupAP 0.920, Smooth-AP 0.920, PNP-Dq 0.913, ROADMAP 0.928; rounding-level changes to the
+# SupAP 0.918, Smooth-AP 0.919, PNP-Dq 0.918, ROADMAP 0.926; rounding-level changes to the
 # library move these by up to ~0.01 over 300 Adam steps). ROADMAP's calibration term, which
-# pushes same-class similarities above 0.9 and others below 0.6, gives the best MAP@R and mAP
-# and the lowest R@1 here. One seed, one learning rate and 8x8 images: read the ordering as an
+# pushes same-class similarities above 0.9 and others below 0.6, gives the best MAP@R (mAP
+# 0.963, as Smooth-AP's) and an R@1 below SupAP's and Smooth-AP's here. One seed, one learning rate and 8x8 images: read the ordering as an
 # illustration, not a benchmark.
