@@ -82,7 +82,9 @@ def lists_from_embeddings(
     if lab.shape != emb.shape[:1]:
         raise ValueError(
             f"lists_from_embeddings: labels must be [B] class ids matching embeddings {emb.shape}, got "
-            f"shape {lab.shape} (label paths: build graded relevance with rankax.hierarchy)"
+            f"shape {lab.shape} ("
+            + ("one column: pass labels[:, 0]; " if lab.shape == (*emb.shape[:1], 1) else "")
+            + "label paths: build graded relevance with rankax.hierarchy, or use rankax.batch_loss)"
         )
     if (references is None) != (reference_labels is None):
         raise ValueError("lists_from_embeddings: pass references and reference_labels together")
@@ -112,7 +114,8 @@ def _check_dtypes(embeddings: tuple[str, Array], labels: tuple[str, Array]) -> N
     for (name, x), kind in ((embeddings, jnp.floating), (labels, jnp.integer)):
         if not jnp.issubdtype(x.dtype, kind):
             what = "floating point" if kind is jnp.floating else "integer class ids"
-            raise TypeError(f"lists_from_embeddings: {name} must be {what}, got dtype {x.dtype}")
+            cast = "" if kind is jnp.floating else " (cast with .astype(jnp.int32) if they are class ids)"
+            raise TypeError(f"lists_from_embeddings: {name} must be {what}, got dtype {x.dtype}{cast}")
 
 
 #: batch_loss's own keywords: everything else make_batch_loss receives is the loss's.

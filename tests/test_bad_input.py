@@ -860,3 +860,14 @@ def test_torch_tensors_are_refused_naming_the_argument():
     scores = torch.randn(8, requires_grad=True)
     with pytest.raises(TypeError, match=r"^smooth_ap_loss: scores is a torch\.Tensor"):
         losses.smooth_ap_loss(scores, jnp.array([1, 0, 1, 0, 0, 0, 1, 0]))
+
+
+def test_a_trailing_label_axis_of_one_gets_the_fix():
+    """``(B, 1)`` labels where ``(B,)`` are meant: the messages say which index to pass."""
+    with pytest.raises(ValueError, match=r"got \(8, 1\) \(a trailing axis of 1: pass labels\[\.\.\., 0\]\)"):
+        losses.smooth_ap_loss(jnp.zeros(8), jnp.zeros((8, 1)))
+    emb = jnp.eye(6, 3)
+    with pytest.raises(ValueError, match=r"one column: pass labels\[:, 0\]"):
+        rankax.lists_from_embeddings(emb, jnp.zeros((6, 1), jnp.int32))
+    with pytest.raises(TypeError, match=r"cast with \.astype\(jnp\.int32\)"):
+        rankax.lists_from_embeddings(emb, jnp.zeros(6))

@@ -168,7 +168,10 @@ def _check_labels_array(labels: ArrayLike, shape: tuple[int, ...], p: str) -> Ar
         kind = getattr(labels, "dtype", type(labels).__name__)
         raise TypeError(f"{p}labels must be a boolean, integer or floating array, got {kind}") from None
     if labels.shape != shape:
-        raise ValueError(f"{p}labels must have the shape of scores {shape}, got {labels.shape}")
+        hint = ""
+        if labels.shape == (*shape, 1):
+            hint = " (a trailing axis of 1: pass labels[..., 0])"
+        raise ValueError(f"{p}labels must have the shape of scores {shape}, got {labels.shape}{hint}")
     if not (
         labels.dtype == jnp.bool_
         or jnp.issubdtype(labels.dtype, jnp.integer)
