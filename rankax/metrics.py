@@ -126,14 +126,14 @@ def ap_from_ranks(rank: AnyArray, rank_pos: AnyArray, mask: AnyArray, num_pos: A
     return _per_positive(rank_pos / xp.where(mask, rank, 1.0), mask, num_pos)
 
 
-def hap_from_ranks(h_rank, rank, mask, rel_total):
+def hap_from_ranks(h_rank: Array, rank: Array, mask: Array, rel_total: Array) -> Array:
     """H-AP, :math:`\\sum_{p} \\mathcal{H}\\text{-rank}(p)/\\mathrm{rank}(p) / \\sum_p rel(p)` over the
     ``[..., C]`` slots (``mask``); 0 where ``rel_total = 0``."""
     ratio = jnp.where(mask, h_rank / jnp.where(mask, rank, 1.0), 0.0)
     return safe_divide(jnp.sum(ratio, axis=-1), rel_total)
 
 
-def ndcg_gains(relevance, top):
+def ndcg_gains(relevance: Array, top: Array) -> Array:
     """NDCG's gain ``2^rel - 1`` divided by ``2^top`` (``top``: the list's largest relevance).
 
     NDCG is a ratio of two sums of gains, so the common factor cancels; scaled, the gains stay
@@ -146,24 +146,24 @@ def ndcg_gains(relevance, top):
     return jnp.where(small, tiny, jnp.exp2(relevance - top) - jnp.exp2(-top))
 
 
-def dcg(gain, rank, mask):
+def dcg(gain: Array, rank: Array, mask: Array) -> Array:
     """Discounted cumulative gain :math:`\\sum_{p} g(p) / \\log_2(1 + \\mathrm{rank}(p))` over the
     ``[..., C]`` slots (``mask``)."""
     return jnp.sum(jnp.where(mask, gain / jnp.log2(1.0 + rank), 0.0), axis=-1)
 
 
-def ndcg_from_dcgs(dcg_value, ideal_dcg):
+def ndcg_from_dcgs(dcg_value: Array, ideal_dcg: Array) -> Array:
     """NDCG = DCG / IDCG, 0 where IDCG = 0, at most 1: the two sums hold the same gains in
     different orders, so a perfect ranking could round a float32 ulp above 1."""
     return jnp.minimum(safe_divide(dcg_value, ideal_dcg), 1.0)
 
 
-def harmonic(n):
+def harmonic(n: ArrayLike) -> Array:
     """Harmonic number :math:`H_n = \\sum_{i=1}^n 1/i` (0 for n = 0), for real ``n >= 0``."""
     return jax.scipy.special.digamma(n + 1.0) + np.euler_gamma
 
 
-def asi_from_depths(depth, mask, num_pos):
+def asi_from_depths(depth: Array, mask: Array, num_pos: Array) -> Array:
     """ASI up to depth R from the depth at which each positive enters the intersection of the
     retrieved and the ideal top-n: :math:`\\frac1R \\sum_{p : d_p \\le R} (H_R - H_{d_p - 1})`
     (``[..., C]`` slots, ``R = num_pos [...]``), at most 1: the float32 harmonic numbers (from
@@ -173,19 +173,19 @@ def asi_from_depths(depth, mask, num_pos):
     return jnp.minimum(safe_divide(jnp.sum(terms, axis=-1), num_pos), 1.0)
 
 
-def map_at_r_from_ranks(rank, rank_pos, mask, num_pos):
+def map_at_r_from_ranks(rank: AnyArray, rank_pos: AnyArray, mask: AnyArray, num_pos: AnyArray) -> AnyArray:
     """MAP@R: the AP sum restricted to positives with ``rank <= R``, divided by ``R``."""
     in_top_r = mask & (rank <= num_pos[..., None])
     return _per_positive(rank_pos / rank, in_top_r, num_pos)
 
 
-def r_precision_from_ranks(rank, mask, num_pos):
+def r_precision_from_ranks(rank: AnyArray, mask: AnyArray, num_pos: AnyArray) -> AnyArray:
     """R-precision: ``#{p : rank(p) <= R} / R``."""
     in_top_r = mask & (rank <= num_pos[..., None])
     return _per_positive(_xp(rank).ones_like(rank), in_top_r, num_pos)
 
 
-def recall_at_k_from_ranks(rank, mask, k: int):
+def recall_at_k_from_ranks(rank: AnyArray, mask: AnyArray, k: int) -> AnyArray:
     """Metric-learning R@k: 1.0 where some positive has ``rank <= k`` (float: float32 at least)."""
     xp = _xp(rank)
     return xp.any(mask & (rank <= k), axis=-1).astype(xp.result_type(rank.dtype, xp.float32))
