@@ -178,5 +178,5 @@ plt.show()
 # SupAP 0.918, Smooth-AP 0.919, PNP-Dq 0.918, ROADMAP 0.926; rounding-level changes to the
 # library move these by up to ~0.01 over 300 Adam steps). ROADMAP's calibration term, which
 # pushes same-class similarities above 0.9 and others below 0.6, gives the best MAP@R (mAP
-# 0.963, as Smooth-AP's) and an R@1 below SupAP's and Smooth-AP's here. One seed, one learning rate and 8x8 images: read the ordering as an
-# illustration, not a benchmark.
+# 0.963, as Smooth-AP's) and an R@1 below SupAP's and Smooth-AP's here. One seed, one
+# learning rate and 8x8 images: read the ordering as an illustration, not a benchmark.
