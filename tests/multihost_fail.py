@@ -3,7 +3,9 @@ command is: ``python -m tests.multihost_fail <train flags>`` with ``RANKAX_TEST_
 
 * ``read:<process>:<step>``: an ImageReadError at that step (a missing image on one host);
 * ``data:<process>``: that process's training labels differ in one item (another CSV there);
-* ``params:<process>``: that process's initial parameters differ (other pretrained weights).
+* ``params:<process>``: that process's initial parameters differ (other pretrained weights);
+* ``unreadable:<process>:<step>``: that checkpoint fails its checksum on that process alone
+  (its host's copy or cache of the files differs).
 """
 
 import dataclasses
@@ -15,11 +17,12 @@ import numpy as np
 
 from experiments import cli, train
 from rankax.data.base import ArraySource
-from rankax.train import input_pipeline, state
+from rankax.train import checkpointing, input_pipeline, state
 
 KIND, PROCESS, *REST = os.environ["RANKAX_TEST_FAULT"].split(":")
 PROCESS = int(PROCESS)
 _batches, _load, _initial = input_pipeline.train_batches, input_pipeline.load, state.initial_state
+_read = checkpointing.Checkpointer._read
 
 
 def _failing_batches(config, data, sampler, start, stop):
@@ -47,6 +50,13 @@ def _other_params(*args, **kwargs):
     return initial.replace(params=jax.tree.map(lambda x: x * 1.5, initial.params))
 
 
+def _unreadable_here(self, template, step):
+    restored = _read(self, template, step)  # orbax's collective read happens on every process
+    if jax.process_index() == PROCESS and step == int(REST[0]):
+        raise ValueError(f"injected: the data of step {step} differ from their checksum on process {PROCESS}")
+    return restored
+
+
 if __name__ == "__main__":
     if KIND == "read":
         input_pipeline.train_batches = _failing_batches
@@ -54,4 +64,6 @@ if __name__ == "__main__":
         input_pipeline.load = _other_data
     elif KIND == "params":
         state.initial_state = _other_params
+    elif KIND == "unreadable":
+        checkpointing.Checkpointer._read = _unreadable_here
     cli.run(lambda: train.main(sys.argv[1:]))

@@ -300,6 +300,24 @@ def test_processes_with_other_data_or_weights_are_refused(tmp_path, monkeypatch,
     assert "process 1 differs" not in run.text(0) and "error: the processes were started" in run.text(0)
 
 
+def test_a_checkpoint_unreadable_on_one_process_is_skipped_by_all(tmp_path, monkeypatch):
+    """Step 6 fails its checksum on process 1 only: every process skips it and resumes from
+    step 3 (process 1 waited in the quarantine barrier while process 0 went on: a 300 s stall)."""
+    work = str(tmp_path / "w")
+    launch(work, 2, FAULT_ARGS, extra=FAULT_EXTRA).check(TIMEOUT_S)
+    monkeypatch.setenv("RANKAX_TEST_FAULT", "unreadable:1:6")
+    longer = [a for a in FAULT_ARGS if "num_steps" not in a] + ["--config.num_steps=9",
+                                                                "--allow_config_change=num_steps"]
+    run = launch(work, 2, longer, extra=FAULT_EXTRA, module="tests.multihost_fail", log=work + ".again")
+    run.check(TIMEOUT_S)
+    log = run.text(0)
+    assert "checkpoint step 6 at" in log and "unreadable on process(es) [1]" in log, run.all_logs()
+    assert "Resuming from checkpoint step 3" in log, run.all_logs()
+    assert sorted(os.listdir(os.path.join(work, "checkpoints.corrupt"))) == ["6"]
+    with open(os.path.join(work, "history.json")) as f:
+        assert json.load(f)[-1]["step"] == 9
+
+
 def test_a_workdir_that_is_not_shared_is_refused(tmp_path):
     """Each process given its own local directory: refused at the start on every process (both
     waited in the first checkpoint save without a word)."""

@@ -357,9 +357,16 @@ class Checkpointer:
                     path=self.step_path(step),
                 )
             try:
-                restored = self._read(state, step)
+                restored, error = self._read(state, step), None
             except Exception as err:  # noqa: BLE001 - any read failure means "not usable"
-                self._skip_unreadable(step, err)
+                restored, error = None, err
+            # [multihost] one verdict for all: a step unreadable on one host is skipped by every
+            # process (each went on with its own choice and met the others in no collective)
+            failed = distributed.processes_where(error is not None)
+            if failed and error is None:
+                error = OSError(f"unreadable on process(es) {failed}")
+            if error is not None:
+                self._skip_unreadable(step, error)
                 continue
             if distributed.is_main():
                 action = "Reading" if self.read_only else "Resuming from"  # evaluation / training

@@ -365,6 +365,17 @@ def host_local(tree: Any) -> Any:
     return jax.tree.map(np.asarray, tree)
 
 
+def processes_where(flag: bool) -> list[int]:
+    """The processes whose ``flag`` is true (every process calls it); ``[0]`` or ``[]`` with
+    one process."""
+    if jax.process_count() == 1:
+        return [0] if flag else []
+    from jax.experimental import multihost_utils
+
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(bool(flag)))).reshape(-1)
+    return [int(i) for i in np.flatnonzero(flags)]
+
+
 def all_gather_rows(local: np.ndarray) -> np.ndarray:
     """``[n * m, ...]``: the ``[m, ...]`` rows of every process, in process order (every
     process calls it with the same ``m``). One process: ``local`` itself."""
