@@ -53,9 +53,12 @@ CODES = ("ah", "int8")
 
 
 def parse_config(text: str) -> dict:
-    """``"leaves=2000,dpb=2,search=0.3/0.4"`` -> a dict of build settings and fractions."""
-    out = {"leaves": 0, "dpb": 2, "threshold": 0.2, "reorder": 250, "sample": 100_000, "codes": "ah",
-           "search": [0.45]}
+    """``"leaves=2000,dpb=2,search=0.3/0.4"`` -> a dict of build settings and fractions; a key
+    left out takes the library's default (``rankax.retrieval.scann_backend``: dpb 3, threshold
+    0.2, reorder 1000, sample 100,000, search 0.45; leaves 0: its rule for the gallery)."""
+    out = {"leaves": 0, "dpb": scann_backend.DIMENSIONS_PER_BLOCK,
+           "threshold": scann_backend.ANISOTROPIC_THRESHOLD, "reorder": scann_backend.REORDER_K,
+           "sample": scann_backend.TRAINING_SAMPLE_SIZE, "codes": "ah", "search": [0.45]}
     for item in text.split(","):
         key, _, value = item.partition("=")
         if key not in out:

@@ -201,3 +201,17 @@ def test_a_record_without_eval_levels_resumes():
     assert workdir.differences(recorded, c) == {}
     c.eval_levels = (0,)
     assert workdir.differences(recorded, c) == {"eval_levels": ([], [0])}
+
+
+@pytest.mark.parametrize("gallery_shape", [(40,), (40, 2), (40, 4)])
+def test_gallery_labels_of_another_kind_are_refused(gallery_shape):
+    """Each level compares a query's column with the gallery's: [N] or other-width gallery
+    labels were compared with the wrong column (ScaNN: silently) or raised an IndexError."""
+    rng = np.random.default_rng(4)
+    q_labels = _paths(rng, 30)
+    g_labels = rng.integers(0, 3, size=gallery_shape)
+    x, g = rng.normal(size=(30, 4)).astype(np.float32), rng.normal(size=(40, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"gallery_labels must be of the kind of query_labels"):
+        retrieval.evaluate_levels(x, q_labels, g, g_labels, levels=(0, 1))
+    with pytest.raises(ValueError, match=r"gallery_labels must be of the kind of query_labels"):
+        retrieval.RetrievalEvaluator(x, q_labels, gallery_inputs=g, gallery_labels=g_labels, levels=(0,))

@@ -791,6 +791,9 @@ def test_sweep_scann_config_parsing():
 
     cfg = parse_config("leaves=10,dpb=3,codes=int8,search=0.2/0.5")
     assert (cfg["leaves"], cfg["dpb"], cfg["codes"], cfg["search"]) == (10, 3, "int8", [0.2, 0.5])
+    # keys left out are the library's defaults, not those of an earlier version (dpb 2, reorder 250)
+    defaults = parse_config("leaves=1000")
+    assert (defaults["dpb"], defaults["reorder"]) == (3, 1000)
     with pytest.raises(ValueError, match="codes must be one of"):
         parse_config("codes=pq")
     with pytest.raises(ValueError, match="key must be one of"):
@@ -1034,3 +1037,20 @@ def test_host_work_runs_in_a_forked_child():
     run = subprocess.run([sys.executable, "-W", "ignore", "-c", FORKED_CHECK], capture_output=True,
                          text=True, timeout=120, env=env)
     assert run.returncode == 0 and "child 0" in run.stdout, run.stdout + run.stderr[-2000:]
+
+
+def test_float64_embeddings_beyond_float32_are_normalised_first_when_asked():
+    """Finite float64 values beyond float32's range: ``normalize=True`` normalises them in
+    float64 (they were cast to inf first and refused); without it the error says to rescale."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(20, 4)) * 1e39
+    y = np.repeat(np.arange(5), 4)
+    got = retrieval.evaluate(x, y, normalize=True)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    want = retrieval.evaluate(unit.astype(np.float32), y)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        retrieval.evaluate(x, y)
+    with pytest.raises(ValueError, match="beyond float32's range"):  # through the evaluator too
+        retrieval.RetrievalEvaluator(x, y, batch_size=8).run(np.asarray)

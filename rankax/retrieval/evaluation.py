@@ -228,7 +228,10 @@ def evaluate_levels(
       queries, query_labels, gallery, gallery_labels: as :func:`evaluate`.
       levels: the label columns to evaluate, e.g. ``(0, 1, 2)`` for DyML-Product's fine,
         middle and coarse labels; ``(0,)`` for one level.
-      **options: keywords of :func:`evaluate` (``return_per_query`` excepted).
+      **options: keywords of :func:`evaluate` (``return_per_query`` excepted). Each level is
+        evaluated on one-level label paths, so ``backend="auto"`` resolves as for label paths:
+        exact (the binary ASI needs it); ``backend="scann"`` gives each level's R@k, MAP@R
+        and R-precision, without ``map`` and ``asi``.
 
     Queries without a positive at a level are left out of that level's means and counted,
     as :func:`evaluate` does (the official code averages over every query; every DyML query
@@ -238,7 +241,7 @@ def evaluate_levels(
         raise TypeError("evaluate_levels does not return per-query values; call evaluate per level")
     labels = np.asarray(query_labels)
     other = None if gallery_labels is None else np.asarray(gallery_labels)
-    width = labels.shape[1] if labels.ndim == 2 else 1
+    width = check_level_labels(labels, other)
     levels = check_levels(levels, width)
 
     def column(y: np.ndarray, level: int) -> np.ndarray:
@@ -260,6 +263,19 @@ def evaluate_levels(
         asis = [result[f"level{level}/asi"] for level in levels]
         means["asi"] = float(np.mean([multi["asi"], *asis]))
     return {**means, **result}
+
+
+def check_level_labels(query_labels: ArrayLike, gallery_labels: ArrayLike | None) -> int:
+    """The number of label levels (columns; ``[N]`` class ids: 1), or a ValueError when the
+    gallery's labels are of another kind (each level compares a query's column with the
+    gallery's)."""
+    shape = np.shape(query_labels)
+    if gallery_labels is not None and np.shape(gallery_labels)[1:] != shape[1:]:
+        raise ValueError(
+            f"gallery_labels must be of the kind of query_labels (the same columns): got shapes "
+            f"{np.shape(gallery_labels)} and {shape}"
+        )
+    return shape[1] if len(shape) == 2 else 1
 
 
 def check_levels(levels: Sequence[int], width: int, name: str = "levels") -> tuple[int, ...]:
@@ -318,7 +334,17 @@ class _Sets(NamedTuple):
     self_excluded: bool
 
 
+def _wide_normalized(x: Any, normalize: bool) -> Any:
+    """With ``normalize``, float64 embeddings L2-normalised in float64 first: values beyond
+    float32's range (finite as given) were refused by the float32 cast before normalising."""
+    a = np.asarray(x) if normalize and x is not None else None
+    if a is None or a.dtype != np.float64 or a.ndim != 2:
+        return x
+    return l2_normalize_host(a)
+
+
 def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: bool) -> _Sets:
+    queries, gallery = _wide_normalized(queries, normalize), _wide_normalized(gallery, normalize)
     queries = exact.as_embeddings(queries, "queries")
     query_labels = _as_labels(query_labels, "query_labels", len(queries), "queries")
     if (gallery is None) != (gallery_labels is None):

@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from rankax._core import validation
-from rankax.retrieval.evaluation import check_levels, check_options, evaluate, evaluate_levels
+from rankax.retrieval.evaluation import (
+    check_level_labels,
+    check_levels,
+    check_options,
+    evaluate,
+    evaluate_levels,
+)
 from rankax.retrieval.revisited import revisited_from_embeddings
 
 EmbedFn = Callable[[np.ndarray], Any]
@@ -55,7 +61,8 @@ def embed_in_batches(
     raw: bool = False,
     share: Share | None = None,
 ) -> np.ndarray:
-    """``[N, D]``: ``embed_fn`` over ``inputs`` in batches of ``batch_size``; the last batch is
+    """``[N, D]`` float32 (float64 if ``embed_fn`` returns it): ``embed_fn`` over ``inputs`` in
+    batches of ``batch_size``; the last batch is
     padded (repeating its last row) so a jitted ``embed_fn`` sees one shape, and the padding
     dropped.
 
@@ -87,7 +94,9 @@ def embed_in_batches(
             m = min(size, n - b * size)
             if len(batch) < size and not split:
                 batch = np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
-            emb = np.asarray(embed_fn(batch), dtype=np.float32)
+            emb = np.asarray(embed_fn(batch))
+            if emb.dtype != np.float64:  # float64 stays: evaluate reports values beyond float32's range
+                emb = emb.astype(np.float32, copy=False)
             if emb.ndim != 2 or emb.shape[0] != len(batch):
                 raise ValueError(
                     f"embed_fn must map a batch [{len(batch)}, ...] to [{len(batch)}, D] embeddings, "
@@ -195,8 +204,7 @@ class RetrievalEvaluator:
         self.prefix = prefix
         self.levels = tuple(levels)
         if self.levels:  # checked against the labels now, not after embedding
-            width = np.shape(labels)[1] if np.ndim(labels) == 2 else 1
-            check_levels(self.levels, width)
+            check_levels(self.levels, check_level_labels(labels, gallery_labels))
         self.evaluate_kwargs = dict(backend=backend, ks=tuple(ks), normalize=normalize, **evaluate_kwargs)
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:

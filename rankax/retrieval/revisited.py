@@ -144,7 +144,8 @@ def revisited_map(
     Returns:
       ``{"easy/map", "easy/mp@k" (each k), "easy/num_empty", same for "medium" and
       "hard"}``: means over the queries whose positive set is non-empty in that setup
-      (values in [0, 1]; the papers report them x 100).
+      (values in [0, 1]; the papers report them x 100); NaN in a setup where no query has a
+      positive (``num_empty`` is then the number of queries).
     """
     ranks = _check_ranks(ranks, len(gnd))
     kappas = validation.check_ks(kappas, name="kappas")
