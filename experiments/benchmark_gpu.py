@@ -119,6 +119,10 @@ def pml_rows(b: int = 1024) -> list[dict]:
     return rows
 
 
+#: The file gpu_check.sh writes beside the JUnit files when a tier was stopped or not reached.
+PARTIAL_MARK = "tests_partial"
+
+
 def test_counts(junit: str | None, partial: bool = False) -> dict | None:
     """Passed / failed (failures + errors) / skipped, summed over pytest's ``--junitxml`` files
     (``junit``: their paths, comma-separated; those missing are left out, ``None`` when all
@@ -263,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--add-tests", default=None,
                         help="only add test counts (pytest JUnit files, comma-separated) to an existing JSON")
     parser.add_argument("--tests-partial", action="store_true",
-                        help="with --add-tests: the test run was stopped at its time limit")
+                        help="with --add-tests: the test run was stopped at its time limit (also "
+                             "read from a missing file or a tests_partial file beside them)")
     parser.add_argument("--large", type=flags.multiple(paths.BATCH_MULTIPLE), default=LARGE_B)
     parser.add_argument("--eval-sizes", type=benchmark_eval_gpu.gallery_sizes, default="60000x512",
                         help="comma list of ROWSxDIM sets evaluated against the top-k loop")
@@ -290,8 +295,15 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             parser.error(f"--add-tests needs {' and '.join(missing)} in --out {out}: the folder a full "
                          "run wrote (gpu_check.sh's $OUT; docs/ holds no rows file)")
+        junits = [Path(f) for f in args.add_tests.split(",") if f]
+        if not any(f.exists() for f in junits):
+            parser.error(f"--add-tests: none of {args.add_tests} exists (the saved counts are kept)")
+        # A tier not reached, or stopped (gpu_check.sh leaves tests_partial beside the files):
+        # the counts are partial whoever merges them.
+        partial = args.tests_partial or any(not f.exists() or (f.parent / PARTIAL_MARK).exists()
+                                            for f in junits)
         saved = json.loads((out / "benchmarks_gpu.json").read_text())
-        saved["gpu_tests"] = test_counts(args.add_tests, args.tests_partial)
+        saved["gpu_tests"] = test_counts(args.add_tests, partial)
         rows = json.loads((out / "benchmarks_gpu_rows.json").read_text())
         write(out, saved, rows)
         print(table(saved))

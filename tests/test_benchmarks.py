@@ -393,3 +393,39 @@ def test_flag_types_parse_what_the_scripts_document():
                         (flags.size, "3x0"), (flags.names(("a",)), ""), (flags.multiple(16), "24")):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(text)
+
+
+def test_merging_test_counts_keeps_them_partial_and_refuses_no_files(tmp_path, capsys):
+    """The counts merged on another machine are partial when a tier's file is missing or
+    gpu_check.sh marked the run (a stopped tier's JUnit file looks complete); a --add-tests
+    naming no existing file is refused instead of wiping the saved counts."""
+    import json
+
+    from experiments import benchmark_gpu
+
+    out = tmp_path / "out"
+    out.mkdir()
+    saved = {"device": "NVIDIA H200", "jax": "0.11.2", "losses": {"supap": {"4096": 2.0}},
+             "list_api_ratio": 1.1, "evaluate_ratio_to_topk_loop": 1.5, "gpu_tests": None,
+             "evaluation": {}, "labels": {}, "supap_tf32_opt_in": None, "large_batch": None, "pml": None}
+    (out / "benchmarks_gpu.json").write_text(json.dumps(saved))
+    (out / "benchmarks_gpu_rows.json").write_text("[]")
+    tests = tmp_path / "calls"
+    tests.mkdir()
+    _junit(tests / "tests.xml", [{"tests": 10, "failures": 0, "errors": 0, "skipped": 1}], True)
+
+    def merged(*files):
+        benchmark_gpu.main(["--out", str(out), "--add-tests", ",".join(str(tests / f) for f in files)])
+        return json.loads((out / "benchmarks_gpu.json").read_text())["gpu_tests"]
+
+    _junit(tests / "tests_slow.xml", [{"tests": 2, "failures": 0, "errors": 0, "skipped": 0}], True)
+    assert merged("tests.xml", "tests_slow.xml") == {"passed": 11, "failed": 0, "skipped": 1}
+    (tests / "tests_slow.xml").unlink()  # the slow tier never ran
+    assert merged("tests.xml", "tests_slow.xml")["partial"] is True
+    _junit(tests / "tests_slow.xml", [{"tests": 2, "failures": 0, "errors": 0, "skipped": 0}], True)
+    (tests / "tests_partial").write_text("a test tier was stopped or not reached\n")
+    assert merged("tests.xml", "tests_slow.xml")["partial"] is True
+    with pytest.raises(SystemExit):
+        merged("nothere.xml")
+    assert "none of" in capsys.readouterr().err
+    assert json.loads((out / "benchmarks_gpu.json").read_text())["gpu_tests"]["passed"] == 11  # kept
