@@ -154,9 +154,12 @@ def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag
     """
     from rankax.retrieval.evaluator import embed_in_batches
     from rankax.train import evaluators, input_pipeline
-    from rankax.train import state as state_lib
 
     state, data = restore(cfg, checkpoint, step, flag)
+    try:  # checked before the test split is embedded
+        evaluators.eval_levels(cfg, data.test.labels)
+    except ValueError as err:
+        raise cli.CliError(f"{flag}: {err} (--levels or the run's eval_levels)") from None
     bs = int(cfg.eval_batch_size)
     # Read as the training run's evaluation reads: image datasets by config.input.workers
     # processes as uint8 pixels normalised on the device (it used one thread and float32 pixels
@@ -165,11 +168,24 @@ def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag
     # config.num_devices, as in training.
     reading = input_pipeline.eval_reading(cfg, data)
     normalize = input_pipeline.normalizer(data.test) if reading["raw"] else None
-    embed = evaluators.embed_fn(state, normalize, state_lib.local_devices(cfg))
+    embed = evaluators.embed_fn(state, normalize, _devices(cfg))
     queries = embed_in_batches(embed, data.test, bs, **reading)
     gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs, **reading)
     gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)
     return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels, int(state.step)
+
+
+def _devices(cfg) -> list:
+    """This process's devices of the run's ``num_devices``, or all of them on a machine with
+    fewer (the embeddings do not depend on the count)."""
+    import jax
+
+    from rankax.train import state as state_lib
+
+    try:
+        return state_lib.local_devices(cfg)
+    except ValueError:  # trained on more devices than this machine has
+        return jax.local_devices()
 
 
 def gallery_path(path: str) -> str:

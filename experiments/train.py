@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         try:
             config_checks.check_config(config)
-            losses.check_loss_hparams(config)
+            config = losses.check_loss_hparams(config)  # deprecated spellings as the run records them
         except ConfigError as err:
             raise cli.CliError(str(err)) from None
         print(config)

@@ -175,6 +175,12 @@ def test_evaluation_keys_with_levels_on_label_paths():
     binary = {"recall@1", "map@r", "r_precision", "map", "asi"}
     per_level = {f"level{lv}/{k}" for lv in (0, 2) for k in binary}
     assert evaluators.evaluation_keys(c, 2) == binary | per_level | {"multi/hap", "multi/ndcg", "multi/asi"}
+    c.eval_backend = "auto"  # resolves to exact for one-level paths: the same keys
+    assert evaluators.evaluation_keys(c, 2) == binary | per_level | {"multi/hap", "multi/ndcg", "multi/asi"}
+    c.eval_levels = ()
+    assert {"map", "hap", "ndcg", "asi"} <= evaluators.evaluation_keys(c, 2)  # label paths: exact too
+    assert "map" not in evaluators.evaluation_keys(c, 1)  # class ids: auto may pick ScaNN
+    c.eval_levels = (0, 2)
     c.eval_backend = "scann"  # no full-gallery AP, no ASI
     assert evaluators.evaluation_keys(c, 2) == {"recall@1", "map@r", "r_precision"} | {
         f"level{lv}/{k}" for lv in (0, 2) for k in ("recall@1", "map@r", "r_precision")}

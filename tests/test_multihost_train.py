@@ -326,6 +326,7 @@ def test_a_workdir_that_is_not_shared_is_refused(tmp_path):
             for i in (0, 1)]
     run = Run([r.procs[0] for r in runs], [r.logs[0] for r in runs])
     _refused_everywhere(run, "is not shared: process(es) [1] do not see the file process 0 wrote there")
+    assert not (tmp_path / "host0").exists() and not (tmp_path / "host1").exists()  # nothing half-made
 
 
 def test_processes_with_other_device_counts_or_process_counts_are_refused(tmp_path):

@@ -89,6 +89,15 @@ EMBED_SCRIPT = textwrap.dedent(
     assert seen[1].device_set == set(devices) and seen[1].shard_shape((12, *rest)) == (3, *rest), seen
     assert one.shape == four.shape == (10, c.model.embedding_dim), (one.shape, four.shape)
     np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-6)
+    # the mesh's own device array works as well (an ndarray, not a list); none is an error
+    on_mesh = embed_fn(state, None, train_lib.make_mesh(c).devices)(images)
+    np.testing.assert_allclose(on_mesh, one, rtol=1e-5, atol=1e-6)
+    try:
+        embed_fn(state, None, [])
+    except ValueError as err:
+        assert "devices is empty" in str(err)
+    else:
+        raise AssertionError("an empty device list was accepted")
     # the training run's evaluation uses them: the same metrics as one device
     m4 = evaluators.evaluate_state(c, state, data)
     c1 = tiny_config(num_devices=1)

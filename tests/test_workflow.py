@@ -915,3 +915,16 @@ def test_print_config_checks_the_config_as_a_run_does(override, message, capsys)
     assert message in str(info.value.code)
     assert train_cli.main(["--config", DIGITS, "--print_config"]) is None
     assert "loss:" in capsys.readouterr().out
+
+
+def test_keep_recorded_offers_no_flag_for_a_key_absent_either_side():
+    """A flag cannot remove a key, nor set one the config lacks (the CLI refuses it) outside
+    the loss's open keyword arguments."""
+    from rankax.train import workdir
+
+    assert workdir._keep_recorded({"old_key": (3, "<absent>")}) == ""
+    assert workdir._keep_recorded({"loss.hparams.temperature": ("<absent>", 0.05)}) == ""
+    assert workdir._keep_recorded({"num_steps": (3, 6)}).endswith("--config.num_steps=3")
+    # the loss's keyword arguments are an open section: a flag adds the recorded one back
+    assert workdir._keep_recorded({"loss.hparams.temperature": (0.05, "<absent>")}).endswith(
+        "--config.loss.hparams.temperature=0.05")

@@ -239,6 +239,15 @@ def resolve_workers(workers: int) -> int:
     return workers
 
 
+def pad_rows(batch: np.ndarray, size: int) -> np.ndarray:
+    """``batch`` with its last row repeated up to ``size`` rows (a jitted function then sees
+    one shape; the caller drops the padding's outputs)."""
+    batch = np.asarray(batch)
+    if len(batch) >= size:
+        return batch
+    return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
+
+
 def close(iterator: Any) -> None:
     """Closes ``iterator`` if it can be closed (a generator, grain's iterators: the worker
     processes stop and their shared-memory batches are freed now, not by Python's resource

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -278,19 +279,18 @@ def check_level_labels(query_labels: ArrayLike, gallery_labels: ArrayLike | None
     return shape[1] if len(shape) == 2 else 1
 
 
-def check_levels(levels: Sequence[int], width: int, name: str = "levels") -> tuple[int, ...]:
-    """``levels`` as a tuple of distinct label columns ``0 <= l < width``; else a ValueError
-    naming ``name``."""
-    try:
-        out = tuple(int(level) for level in levels)
-        ok = all(float(a) == b for a, b in zip(levels, out, strict=True))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or not out or len(set(out)) != len(out) or not all(0 <= level < width for level in out):
-        raise ValueError(
-            f"{name} must be distinct label columns 0..{width - 1} (the labels have {width} "
-            f"level{'s' if width > 1 else ''}), e.g. (0,), got {levels!r}"
-        )
+def check_levels(levels: Sequence[int], width: int | None, name: str = "levels") -> tuple[int, ...]:
+    """``levels`` as a tuple of distinct label columns ``0 <= l < width`` (``width`` None: the
+    labels are not known yet, any ``l >= 0``); else a ValueError naming ``name``. Integers
+    only: no strings, booleans or fractions."""
+    items = () if isinstance(levels, str | bytes) or not hasattr(levels, "__iter__") else tuple(levels)
+    whole = all(isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_) for v in items)
+    out = tuple(int(v) for v in items) if whole else ()
+    top = math.inf if width is None else width
+    if not out or len(set(out)) != len(out) or not all(0 <= level < top for level in out):
+        columns = "label columns >= 0" if width is None else (
+            f"label columns 0..{width - 1} (the labels have {width} level{'s' if width > 1 else ''})")
+        raise ValueError(f"{name} must be distinct {columns}, e.g. (0, 1, 2); got {levels!r}")
     return out
 
 

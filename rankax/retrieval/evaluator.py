@@ -92,8 +92,8 @@ def embed_in_batches(
     try:
         for b, batch in enumerate(batches):
             m = min(size, n - b * size)
-            if len(batch) < size and not split:
-                batch = np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
+            if not split:
+                batch = loader.pad_rows(batch, size)
             emb = np.asarray(embed_fn(batch))
             if emb.dtype != np.float64:  # float64 stays: evaluate reports values beyond float32's range
                 emb = emb.astype(np.float32, copy=False)

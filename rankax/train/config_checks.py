@@ -184,11 +184,12 @@ def _check_evaluation(config: Config) -> None:
         if config.get("eval_protocol", "retrieval") != "retrieval":
             raise ConfigError(f"config.eval_levels applies to eval_protocol='retrieval', not "
                               f"{config.eval_protocol!r}; set config.eval_levels=()")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in levels) or (
-            len(set(levels)) != len(levels)
-        ):
-            raise ConfigError(f"config.eval_levels must be distinct label columns >= 0, e.g. (0, 1, 2); "
-                              f"got {tuple(levels)!r} (on the command line: --config.eval_levels=0,1,2)")
+        from rankax.retrieval.evaluation import check_levels
+
+        try:
+            check_levels(levels, None, "config.eval_levels")
+        except ValueError as err:
+            raise ConfigError(f"{err} (on the command line: --config.eval_levels=0,1,2)") from None
 
 
 def _check_model(config: Config) -> None:

@@ -261,6 +261,10 @@ def check_same_everywhere(
     raise ConfigError(f"the processes were started with different {what}: {where}. {advice}")
 
 
+#: The file :func:`check_shared_directory` writes in the directory for a moment.
+SHARED_MARK = ".rankax-shared"
+
+
 def check_shared_directory(path: str, what: str) -> None:
     """Raises :class:`~rankax.train.ConfigError` on every process unless every process sees
     the file process 0 writes in ``path``: orbax and the workdir's record need one directory
@@ -276,21 +280,23 @@ def check_shared_directory(path: str, what: str) -> None:
     from rankax.train.errors import ConfigError
 
     token = np.zeros(16, np.uint8)
-    marker = os.path.join(path, ".rankax-shared")
-    if is_main():
-        token[:] = np.frombuffer(secrets.token_bytes(16), np.uint8)
-        os.makedirs(path, exist_ok=True)
-        with open(marker, "wb") as f:
-            f.write(token.tobytes())
-    token = np.asarray(multihost_utils.broadcast_one_to_all(token))  # after process 0 wrote it
+    marker = os.path.join(path, SHARED_MARK)
     try:
-        with open(marker, "rb") as f:
-            seen = f.read() == token.tobytes()
-    except OSError:
-        seen = False
-    seen_by = np.asarray(multihost_utils.process_allgather(np.int32(seen))).reshape(-1)
-    if is_main():
-        os.remove(marker)
+        if is_main():
+            token[:] = np.frombuffer(secrets.token_bytes(16), np.uint8)
+            os.makedirs(path, exist_ok=True)
+            with open(marker, "wb") as f:
+                f.write(token.tobytes())
+        token = np.asarray(multihost_utils.broadcast_one_to_all(token))  # after process 0 wrote it
+        try:
+            with open(marker, "rb") as f:
+                seen = f.read() == token.tobytes()
+        except OSError:
+            seen = False
+        seen_by = np.asarray(multihost_utils.process_allgather(np.int32(seen))).reshape(-1)
+    finally:  # also when a peer failed between the write and the gather
+        if is_main() and os.path.exists(marker):
+            os.remove(marker)
     blind = [i for i, ok in enumerate(seen_by) if not ok]
     if blind:
         raise ConfigError(

@@ -49,12 +49,12 @@ def _retrieval_evaluator(config: Config, data: RetrievalDataset) -> Any:
         batch_size=int(config.eval_batch_size),
         backend=config.eval_backend,
         ks=tuple(config.eval_ks),
-        levels=_eval_levels(config, data.test.labels),
+        levels=eval_levels(config, data.test.labels),
         **input_pipeline.eval_reading(config, data),
     )
 
 
-def _eval_levels(config: Config, labels: Any) -> tuple[int, ...]:
+def eval_levels(config: Config, labels: Any) -> tuple[int, ...]:
     """``config.eval_levels`` checked against the columns of the test labels (``()``: none)."""
     from rankax.retrieval.evaluation import check_levels
 
@@ -64,11 +64,13 @@ def _eval_levels(config: Config, labels: Any) -> tuple[int, ...]:
 
 
 def _retrieval_keys(config: Config, labels_ndim: int) -> set[str]:
-    """R@k, MAP@R, R-precision; with the exact backend mAP, and H-AP/NDCG/ASI for label paths.
-    With ``config.eval_levels``: those of :func:`rankax.retrieval.evaluate_levels`."""
-    exact = config.eval_backend == "exact"
-    keys = {*(f"recall@{k}" for k in config.eval_ks), "map@r", "r_precision", *(("map",) if exact else ())}
+    """R@k, MAP@R, R-precision; with the exact backend (or ``"auto"``, which resolves to it
+    for label paths and levels) mAP, and H-AP/NDCG/ASI for label paths. With
+    ``config.eval_levels``: those of :func:`rankax.retrieval.evaluate_levels`."""
     levels = tuple(config.get("eval_levels", ()) or ())
+    # "auto" picks exact search for label paths, and levels are evaluated as one-level paths
+    exact = config.eval_backend == "exact" or (config.eval_backend == "auto" and (levels or labels_ndim == 2))
+    keys = {*(f"recall@{k}" for k in config.eval_ks), "map@r", "r_precision", *(("map",) if exact else ())}
     if levels:
         binary = keys | ({"asi"} if exact else set())
         keys = binary | {f"level{level}/{key}" for level in levels for key in binary}

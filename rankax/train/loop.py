@@ -79,18 +79,18 @@ def train_and_evaluate(config: Config, workdir: str, *, allow_config_change: Any
             "configs",
         )
     existed = os.path.isdir(workdir)
-    fresh = not existed or not set(os.listdir(workdir)) - {workdir_lib.LOCK}
+    fresh = not existed or not set(os.listdir(workdir)) - {workdir_lib.LOCK, distributed.SHARED_MARK}
     made = _first_missing(workdir)  # the folder a failed start removes (with the parents it made)
     lock = workdir_lib.locked(workdir) if distributed.is_main() else contextlib.nullcontext()
     with lock:  # [multihost] process 0 holds the shared workdir
-        if jax.process_count() > 1:
-            distributed.check_shared_directory(workdir, "workdir")
         return _locked_run(config, workdir, allow_config_change, fresh, made)
 
 
 def _locked_run(config: Config, workdir: str, allow_config_change: Any, fresh: bool, made: str | None):
     counter = {"steps": 0}
     try:
+        if jax.process_count() > 1:  # inside: a refused start leaves no half-made workdir
+            distributed.check_shared_directory(workdir, "workdir")
         changes = workdir_lib.check(config, workdir, allow_config_change)
         no_checkpoints = not os.path.isdir(os.path.join(workdir, "checkpoints"))
         if no_checkpoints and distributed.is_main() and (warning := pretrained_warning(config)):

@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 import rankax
 from rankax import xbm
+from rankax.data import loader
 from rankax.train import distributed, guards, losses
 from rankax.train.state import TrainState
 
@@ -201,12 +202,18 @@ def embed_fn(
     """``images [n, ...] -> [n, D]`` float32 numpy embeddings of the model in ``state``
     (:func:`eval_step`, jitted); ``preprocess`` runs on the device first.
 
-    ``devices``: this process's devices each batch is split over, data parallel (default: its
-    first device; :func:`rankax.train.state.local_devices` gives those of ``config.num_devices``).
-    A batch of ``n`` rows is padded to a multiple of their count by repeating its last row, and
-    the padding dropped; each row's embedding does not depend on the others (test mode).
+    ``devices``: this process's devices each batch is split over, data parallel (a sequence or
+    an array such as ``mesh.devices``; default None: its first device;
+    :func:`rankax.train.state.local_devices` gives those of ``config.num_devices``). A batch
+    of ``n`` rows is padded to a multiple of their count by repeating its last row, and the
+    padding dropped; each row's embedding does not depend on the others (test mode).
+
+    Raises:
+      ValueError: ``devices`` is empty.
     """
-    devices = list(devices) if devices else jax.local_devices()[:1]
+    devices = jax.local_devices()[:1] if devices is None else list(np.ravel(np.asarray(devices, object)))
+    if not devices:
+        raise ValueError("embed_fn: devices is empty; pass None for this process's first device")
     mesh = Mesh(np.asarray(devices), ("data",))
     rows = NamedSharding(mesh, P("data"))
     variables = state.variables()
@@ -217,9 +224,7 @@ def embed_fn(
 
     def embed(images: np.ndarray) -> np.ndarray:
         n = len(images)
-        if n % len(devices):
-            pad = np.repeat(np.asarray(images)[-1:], -n % len(devices), axis=0)
-            images = np.concatenate([np.asarray(images), pad])
+        images = loader.pad_rows(images, n + -n % len(devices))
         return np.asarray(apply(variables, jax.device_put(images, rows)), np.float32)[:n]
 
     return embed

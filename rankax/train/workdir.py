@@ -315,12 +315,18 @@ def check(
     return diff
 
 
+#: Config sections whose keys a ``--config.<key>=`` flag may add (the loss's keyword
+#: arguments, ``experiments/cli.py``); elsewhere a flag only sets keys the config has.
+OPEN_SECTIONS = ("loss.hparams.",)
+
+
 def _keep_recorded(refused: dict[str, tuple]) -> str:
     """The flags that give the refused keys their recorded values back (a resume that left out
     the overrides the run was started with), when all of them can be written so."""
     flags = []
-    for key, (old, _) in refused.items():
-        if old == "<absent>" or old is None or isinstance(old, dict):
+    for key, (old, new) in refused.items():
+        settable = new != "<absent>" or key.startswith(OPEN_SECTIONS)  # a flag adds no other key
+        if not settable or old == "<absent>" or old is None or isinstance(old, dict):
             return ""
         shown = ",".join(map(str, old)) if isinstance(old, list) else str(old).lower() if isinstance(
             old, bool) else str(old)
