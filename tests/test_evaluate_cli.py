@@ -242,3 +242,20 @@ def test_levels_flag_and_config_key(tmp_path):
     assert cli.workdir_config(str(tmp_path), str(digits), [("eval_levels", "0")]).eval_levels == (0,)
     with pytest.raises(cli.cli.CliError, match=r"config\.eval_levels must be distinct label columns"):
         cli.workdir_config(str(tmp_path), str(digits), [("eval_levels", "0,0")])
+
+
+def test_workdir_levels_are_checked_before_embedding_and_devices_fall_back(tmp_path, monkeypatch):
+    """A bad --levels is refused before the test split is embedded (it was refused after); a
+    run recorded on more devices than this machine has embeds on all of this machine's."""
+    import jax
+
+    digits = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+    cfg = cli.workdir_config(str(tmp_path), str(digits), [("eval_levels", "3")])
+    data = types.SimpleNamespace(test=types.SimpleNamespace(labels=np.arange(6) % 2))
+    monkeypatch.setattr(cli, "restore", lambda *a: (None, data))  # embedding None would fail
+    with pytest.raises(cli.cli.CliError, match=r"config\.eval_levels must be distinct label columns 0\.\.0"):
+        cli.embed_fn_from_checkpoint(cfg, str(tmp_path), None, "--workdir")
+    cfg.num_devices = len(jax.devices()) + 7
+    assert cli._devices(cfg) == jax.local_devices()
+    cfg.num_devices = 1
+    assert cli._devices(cfg) == jax.local_devices()[:1]
