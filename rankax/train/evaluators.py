@@ -56,11 +56,10 @@ def _retrieval_evaluator(config: Config, data: RetrievalDataset) -> Any:
 
 def eval_levels(config: Config, labels: Any) -> tuple[int, ...]:
     """``config.eval_levels`` checked against the columns of the test labels (``()``: none)."""
-    from rankax.retrieval.evaluation import check_levels
+    from rankax.retrieval.evaluation import check_level_labels, check_levels
 
     levels = tuple(config.get("eval_levels", ()) or ())
-    width = np.shape(labels)[1] if np.ndim(labels) == 2 else 1
-    return check_levels(levels, width, "config.eval_levels") if levels else ()
+    return check_levels(levels, check_level_labels(labels, None), "config.eval_levels") if levels else ()
 
 
 def _retrieval_keys(config: Config, labels_ndim: int) -> set[str]:

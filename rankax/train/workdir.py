@@ -328,12 +328,18 @@ def _keep_recorded(refused: dict[str, tuple]) -> str:
         settable = new != "<absent>" or key.startswith(OPEN_SECTIONS)  # a flag adds no other key
         if not settable or old == "<absent>" or old is None or isinstance(old, dict):
             return ""
-        shown = ",".join(map(str, old)) if isinstance(old, list) else str(old).lower() if isinstance(
-            old, bool) else str(old)
+        shown = _as_flag_value(old)
         if not shown or any(c.isspace() for c in shown):
             return ""
         flags.append(f"--config.{key}={shown}")
     return f", or keep the run's values: {' '.join(flags)}"
+
+
+def _as_flag_value(value: Any) -> str:
+    """A recorded JSON value as ``--config.<key>=`` takes it (lists comma-separated)."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 LOCK = ".lock"
