@@ -165,12 +165,28 @@ def harmonic(n: ArrayLike) -> Array:
 
 def asi_from_depths(depth: Array, mask: Array, num_pos: Array) -> Array:
     """ASI up to depth R from the depth at which each positive enters the intersection of the
-    retrieved and the ideal top-n: :math:`\\frac1R \\sum_{p : d_p \\le R} (H_R - H_{d_p - 1})`
-    (``[..., C]`` slots, ``R = num_pos [...]``), at most 1: the float32 harmonic numbers (from
-    the digamma function) are a few ulps off, which put a perfect ranking at 1 + 2e-7 at R = 100."""
-    r = num_pos[..., None].astype(jnp.result_type(depth, num_pos))  # H_R in the depths' precision
-    terms = jnp.where(mask & (depth <= r), harmonic(r) - harmonic(depth - 1.0), 0.0)
-    return jnp.minimum(safe_divide(jnp.sum(terms, axis=-1), num_pos), 1.0)
+    retrieved and the ideal top-n (``[..., C]`` slots, ``R = num_pos [...]``; 0 where R = 0):
+
+    .. math::
+        \\mathrm{ASI} = \\frac1R \\sum_{p : d_p \\le R} (H_R - H_{d_p - 1})
+            = 1 - \\frac1R \\sum_{m=1}^{R} \\big(H_{\\min(d_{(m)} - 1,\\, R)} - H_{m - 1}\\big)
+
+    with :math:`d_{(m)}` the m-th smallest depth (:math:`+\\infty` past the filled slots), at
+    least ``m`` because the ideal places are distinct; the two forms are equal since
+    :math:`\\sum_{m=1}^{R} (H_R - H_{m-1}) = R`. The second is computed: a positive entering
+    at its ideal depth adds exactly 0 to the deficit, so a perfect ranking scores exactly 1
+    although the float32 harmonic numbers (from the digamma function) are a few ulps off."""
+    dtype = jnp.result_type(depth, num_pos, jnp.float32)
+    r = num_pos[..., None].astype(dtype)
+    d = jnp.sort(jnp.where(mask, depth.astype(dtype), jnp.inf), axis=-1)
+    m = jnp.arange(1, d.shape[-1] + 1, dtype=dtype)
+    deficit = jnp.where(m <= r, harmonic(jnp.minimum(d - 1.0, r)) - harmonic(m - 1.0), 0.0)
+    # Places m > C (a list with fewer slots than positives, e.g. a truncated neighbour list):
+    # sum_{m=C+1}^{R} (H_R - H_{m-1}) = (R - C) - C (H_R - H_C).
+    c = jnp.asarray(d.shape[-1], dtype)
+    rest = jnp.where(r > c, (r - c) - c * (harmonic(r) - harmonic(c)), 0.0)
+    lost = jnp.sum(jnp.maximum(deficit, 0.0), axis=-1) + rest[..., 0]
+    return jnp.where(num_pos > 0, jnp.clip(1.0 - safe_divide(lost, num_pos.astype(dtype)), 0.0, 1.0), 0.0)
 
 
 def map_at_r_from_ranks(rank: AnyArray, rank_pos: AnyArray, mask: AnyArray, num_pos: AnyArray) -> AnyArray:

@@ -237,3 +237,30 @@ def test_rank_helpers_are_exported_and_recall_is_float():
     got = metrics.recall_at_k_from_ranks(rank, np.ones((2, 2), bool), 2)
     assert got.dtype.kind == "f"
     np.testing.assert_array_equal(got, [1.0, 0.0])
+
+
+@pytest.mark.parametrize("num_pos", [1, 7, 100, 1000])
+def test_asi_of_a_perfect_ranking_is_exactly_one(num_pos):
+    # Binary and graded: positives first, in decreasing relevance, then the negatives.
+    rel = np.r_[np.repeat([3.0, 2.0, 1.0], [num_pos - 2 * (num_pos // 3), num_pos // 3, num_pos // 3]),
+                np.zeros(20)]
+    s = np.linspace(1.0, -1.0, rel.size, dtype=np.float32)
+    assert float(metrics.asi(s, rel)) == 1.0
+    assert float(metrics.asi(s, (rel > 0).astype(np.float32))) == 1.0
+
+
+def test_asi_from_depths_with_fewer_slots_than_positives():
+    # A truncated neighbour list: R = 6 positives, only 3 slots (the others lie deeper than R).
+    # Reference: the first form, (1/R) sum over the listed positives with d <= R of H_R - H_{d-1}.
+    def h(n):
+        return sum(1.0 / i for i in range(1, n + 1))
+
+    depth = np.array([[1.0, 4.0, 2.0], [2.0, 7.0, 3.0]], np.float32)
+    mask = np.array([[True, True, True], [True, True, False]])
+    r = 6
+    want = [sum(h(r) - h(int(d) - 1) for d, m in zip(row, mrow, strict=True) if m and d <= r) / r
+            for row, mrow in zip(depth, mask, strict=True)]
+    got = metrics.asi_from_depths(jnp.asarray(depth), jnp.asarray(mask), jnp.asarray([r, r]))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    # No positive: 0.
+    assert float(metrics.asi_from_depths(jnp.ones((1, 3)), jnp.zeros((1, 3), bool), jnp.zeros(1))[0]) == 0.0
