@@ -453,6 +453,20 @@ def test_folder_image_that_cannot_be_read_is_named(tmp_path):
     assert ds.train.get_pixels(np.array([0]), train=False).shape == (1, 8, 8, 3)
 
 
+def test_folder_image_over_pils_pixel_limit_is_named(tmp_path, monkeypatch):
+    """PIL refuses an image of more than twice MAX_IMAGE_PIXELS (a decompression bomb) with an
+    error that is neither an OSError nor a SyntaxError: it is named as the others are."""
+    from PIL import Image
+
+    rows = [{"label": str(i % 2), "split": "train" if i < 4 else "test"} for i in range(6)]
+    _write_folder(tmp_path, rows)
+    ds = data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # the 8 x 8 images hold 64 > 2 * 20 pixels
+    with pytest.raises(data.ImageReadError, match=r"image 1 \(images/data_1.png\).*DecompressionBombError"
+                       r".*raise PIL.Image.MAX_IMAGE_PIXELS"):
+        ds.train.get_pixels(np.array([1]), train=True)
+
+
 def test_folder_per_split_csvs_in_their_own_folders(tmp_path):
     # Without a root, each split's image paths are relative to that split's CSV.
     train_dir, test_dir = tmp_path / "train", tmp_path / "test"

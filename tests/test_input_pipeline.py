@@ -82,22 +82,39 @@ def test_device_normalisation_equals_the_host_path(data):
     np.testing.assert_allclose(np.asarray(dev), host, rtol=0, atol=2e-6)
 
 
-def test_draft_decoding_is_close_to_full_decoding(tmp_path):
+@pytest.mark.parametrize("size", [(800, 640), (1003, 757)])
+def test_draft_decoding_is_close_to_full_decoding(tmp_path, size):
     """Draft mode changes the decoder's scale, not the crop: the same rng gives the same
-    crop, a few grey levels apart (both are low-pass + resample)."""
+    crop, a few grey levels apart (both are low-pass + resample). 1003 x 757 is not a
+    multiple of the draft scales: the reduced image's last pixel covers a partial block, so
+    the box maps by 1/s, not by the ratio of the sizes (which shifted crops by up to s - 1
+    pixels: 12 grey levels apart on average here)."""
     rng = np.random.default_rng(0)
     low = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
     path = tmp_path / "big.jpg"
-    Image.fromarray(low).resize((800, 640), Image.BICUBIC).save(path, quality=95)
-    t_draft = transforms.ImageTransform(image_size=64, crop_scale=(0.5, 1.0))
-    t_full = transforms.ImageTransform(image_size=64, crop_scale=(0.5, 1.0), draft_train=False)
+    Image.fromarray(low).resize(size, Image.BICUBIC).save(path, quality=95)
+    common = dict(image_size=64, crop_scale=(0.5, 1.0), resize_size=80)
+    t_draft = transforms.ImageTransform(**common, draft_test=True)
+    t_full = transforms.ImageTransform(**common, draft_train=False)
     for seed in range(4):
         a = t_draft.pixels(transforms.open_image(str(path)), train=True, rng=np.random.default_rng(seed))
         b = t_full.pixels(transforms.open_image(str(path)), train=True, rng=np.random.default_rng(seed))
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 4.0
-    image = transforms.open_image(str(path))
-    transforms.draft(image, (200, 160))
-    assert image.size == (200, 160)  # 1/4 scale is the smallest at least (200, 160)
+    a = t_draft.pixels(transforms.open_image(str(path)), train=False)
+    b = t_full.pixels(transforms.open_image(str(path)), train=False)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 4.0
+
+
+def test_draft_returns_the_box_covering_the_original(tmp_path):
+    path = tmp_path / "odd.jpg"
+    Image.new("RGB", (803, 645)).save(path)
+    image, box = transforms.draft(transforms.open_image(str(path)), (200, 160))
+    assert image.size == (201, 162)  # 1/4 scale, the smallest at least (200, 160): ceil(803 / 4)
+    assert box == (0.0, 0.0, 803 / 4, 645 / 4)
+    png = tmp_path / "odd.png"
+    Image.new("RGB", (803, 645)).save(png)
+    image, box = transforms.draft(transforms.open_image(str(png)), (200, 160))
+    assert image.size == (803, 645) and box == (0.0, 0.0, 803.0, 645.0)  # not a JPEG: unchanged
 
 
 def _crop_laws(scale, size=1000, n=4000, seed=0):

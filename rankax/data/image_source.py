@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from rankax.data import streams
 from rankax.data.transforms import ImageTransform, open_image
@@ -84,12 +85,15 @@ class ImageSource:
         image decodes, in the transform) as an :class:`ImageReadError` that names the image."""
         try:
             return fn(self._open(index), **kwargs)
-        except (OSError, SyntaxError) as err:  # PIL: missing, truncated, unidentified; bad PNG chunks
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            # PIL: missing, truncated, unidentified; bad PNG chunks; over twice MAX_IMAGE_PIXELS
             name = f" ({self.names[index]})" if self.names is not None else ""
             where = f" of {self.origin}" if self.origin else ""
+            fix = ("If the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS; else remove it from the "
+                   "dataset's list" if isinstance(err, Image.DecompressionBombError)
+                   else "Restore the file, or remove it from the dataset's list")
             raise ImageReadError(
-                f"image {index}{name}{where} cannot be read: {type(err).__name__}: {err}. Restore the "
-                "file, or remove it from the dataset's list"
+                f"image {index}{name}{where} cannot be read: {type(err).__name__}: {err}. {fix}"
             ) from err
 
     def __len__(self) -> int:

@@ -54,18 +54,27 @@ def decode_image(data: bytes | np.ndarray | Image.Image | str) -> Image.Image:
     return as_rgb(open_image(data))
 
 
-def draft(image: Image.Image, min_size: tuple[int, int]) -> Image.Image:
+Box = tuple[float, float, float, float]
+
+
+def draft(image: Image.Image, min_size: tuple[int, int]) -> tuple[Image.Image, Box]:
     """Asks a lazily opened JPEG for a 1/2, 1/4 or 1/8 scale decode no smaller than ``min_size``
-    (``(width, height)``); other images, and JPEGs already decoded, come back unchanged.
+    (``(width, height)``). Returns the image and the box of it that covers the original,
+    ``(0, 0, W / s, H / s)`` for scale ``1/s``; other images, and JPEGs already decoded, come
+    back unchanged with the box ``(0, 0, W, H)``.
 
     JPEG stores 8 x 8 DCT blocks, so libjpeg can decode at 1/2, 1/4 or 1/8 scale for a fraction
-    of the cost of a full decode (PIL's ``Image.draft``). The result is then resized as usual;
+    of the cost of a full decode (PIL's ``Image.draft``). The reduced image is ``ceil(W / s)``
+    pixels wide, its last column covering only the ``W mod s`` pixels left, so coordinates map
+    by ``1 / s`` (the box), not by the ratio of the sizes. The result is then resized as usual;
     it differs from resizing the full decode by a few grey levels (both are a low-pass filter
     followed by resampling).
     """
-    if image.format == "JPEG":  # a no-op once the file is decoded
-        image.draft("RGB", (max(1, int(min_size[0])), max(1, int(min_size[1]))))
-    return image
+    full = (0.0, 0.0, float(image.size[0]), float(image.size[1]))
+    if image.format != "JPEG":
+        return image, full
+    drafted = image.draft("RGB", (max(1, int(min_size[0])), max(1, int(min_size[1]))))
+    return image, full if drafted is None else tuple(float(v) for v in drafted[1])  # None: decoded
 
 
 def resized_size(width: int, height: int, size: int, mode: str = "shorter") -> tuple[int, int]:
@@ -88,8 +97,13 @@ def resize(image: Image.Image, size: int, mode: str = "shorter") -> Image.Image:
 
 def _resize_to(image: Image.Image, new: tuple[int, int], use_draft: bool) -> Image.Image:
     """``image`` (lazily opened) decoded and resized to ``new`` (size computed on the original)."""
-    image = as_rgb(draft(image, new) if use_draft else image)
-    return image if new == image.size else image.resize(new, Image.BILINEAR)
+    if not use_draft:
+        image = as_rgb(image)
+        return image if new == image.size else image.resize(new, Image.BILINEAR)
+    image, region = draft(image, new)
+    image = as_rgb(image)
+    whole = region == (0.0, 0.0, float(image.size[0]), float(image.size[1]))
+    return image if whole and new == image.size else image.resize(new, Image.BILINEAR, box=region)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -227,13 +241,14 @@ class ImageTransform:
             return image, random_resized_crop_box(*image.size, rng, self.crop_scale, self.crop_ratio)
         width, height = image.size
         box = random_resized_crop_box(width, height, rng, self.crop_scale, self.crop_ratio)
+        region = (0.0, 0.0, float(width), float(height))
         if self.draft_train:
             bw, bh = box[2] - box[0], box[3] - box[1]
             s = self.image_size
-            image = draft(image, (math.ceil(width * s / bw), math.ceil(height * s / bh)))
+            image, region = draft(image, (math.ceil(width * s / bw), math.ceil(height * s / bh)))
         image = as_rgb(image)
-        if image.size != (width, height):
-            sx, sy = image.size[0] / width, image.size[1] / height
+        if region[2:] != (width, height):  # decoded at 1/s: the box in the reduced image's coordinates
+            sx, sy = region[2] / width, region[3] / height
             box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
         return image, box
 
@@ -246,8 +261,9 @@ class ImageTransform:
 
 def normalize_on_device(pixels, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """``(pixels / 255 - mean) / std`` in float32 with jax: the device half of
-    :meth:`ImageTransform.pixels` (``[..., 3]`` uint8 in, float32 out), the same arithmetic
-    as :meth:`ImageTransform.__call__` on the host."""
+    :meth:`ImageTransform.pixels` (``[..., 3]`` uint8 in, float32 out), the same operations
+    as :meth:`ImageTransform.__call__` on the host, within 1 ulp of it (XLA's float32 division
+    is not always correctly rounded)."""
     import jax.numpy as jnp
 
     x = jnp.asarray(pixels).astype(jnp.float32) / 255.0
