@@ -1,6 +1,7 @@
 """Digits splits, the dataset registry, samplers, augmentations and the folder/CSV dataset."""
 
 import csv
+import warnings
 
 import ml_collections
 import numpy as np
@@ -430,6 +431,26 @@ def test_folder_queries_without_a_gallery_are_refused(tmp_path, gallery_name):
     _write_folder(tmp_path, rows)
     with pytest.raises(ValueError, match="a query split needs a gallery split to retrieve from"):
         data.load_dataset(config)
+
+
+@pytest.mark.parametrize("three", [False, True])
+def test_folder_warns_when_labels_are_not_a_tree(tmp_path, three):
+    """A product id reused under two categories ("1" is a mug and a chair) is one class for the
+    binary metrics but two for the hierarchy's shared levels: the loader warns and names it."""
+    names = [("1", "mug"), ("1", "mug"), ("1", "chair"), ("1", "chair"), ("2", "mug"), ("2", "mug")]
+    rows = [{"product": p, "category": c, **({"kind": "home"} if three else {}), "split": "train"}
+            for p, c in names] + [{"product": "3", "category": "mug", **({"kind": "home"} if three else {}),
+                                   "split": "test"}]
+    _write_folder(tmp_path, rows)
+    with pytest.warns(UserWarning, match=r"label '1' of column 'product' lies under 2 labels of column "
+                      r"'category' \('chair', 'mug'\); 1 such labels.*make the 'product' values unique"):
+        data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv"))
+    # A tree (ids unique across categories) loads without a warning.
+    rows[2]["product"] = rows[3]["product"] = "4"
+    _write_folder(tmp_path, rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.load_dataset(_folder_config(root=str(tmp_path), csv_file="data.csv"))
 
 
 def test_folder_image_that_cannot_be_read_is_named(tmp_path):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -299,6 +300,12 @@ def load_inat(
             raise DatasetNotPreparedError(
                 f"none of the {len(ids)} images of the iNaturalist {split} list is in the TFDS data "
                 f"({len(records)} images): check split_dir and that TFDS holds train+validation."
+            )
+        if len(rows[split]) < len(ids):  # a partly built TFDS dataset would change the benchmark
+            warnings.warn(
+                f"{len(ids) - len(rows[split])} of the {len(ids)} images of the iNaturalist {split} list "
+                f"are not in the TFDS data ({len(records)} images) and are left out",
+                stacklevel=2,
             )
     all_rows = np.concatenate([rows["train"], rows["test"]])
     species = [int(records[r][1]) for r in all_rows]
