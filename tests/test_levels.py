@@ -163,7 +163,7 @@ def test_config_eval_levels_in_the_training_evaluation():
     s = state.create_train_state(c, state.build_model(c), data.train.images[:2])
     metrics = evaluators.evaluate_state(c, s, data)
     shown = {k for k in metrics if "num_" not in k}
-    assert shown == evaluators.evaluation_keys(c, 1)
+    assert shown == evaluators.evaluation_keys(c, ())
     assert "level0/asi" in shown and metrics["map"] == metrics["level0/map"]
     c.eval_levels = (1,)
     with pytest.raises(ValueError, match=r"config\.eval_levels must be distinct label columns 0\.\.0"):
@@ -174,15 +174,23 @@ def test_evaluation_keys_with_levels_on_label_paths():
     c = tiny_config(eval_levels=(0, 2), eval_ks=(1,))
     binary = {"recall@1", "map@r", "r_precision", "map", "asi"}
     per_level = {f"level{lv}/{k}" for lv in (0, 2) for k in binary}
-    assert evaluators.evaluation_keys(c, 2) == binary | per_level | {"multi/hap", "multi/ndcg", "multi/asi"}
+    multi = {"multi/hap", "multi/ndcg", "multi/asi"}
+    assert evaluators.evaluation_keys(c, (3,)) == binary | per_level | multi
     c.eval_backend = "auto"  # resolves to exact for one-level paths: the same keys
-    assert evaluators.evaluation_keys(c, 2) == binary | per_level | {"multi/hap", "multi/ndcg", "multi/asi"}
+    assert evaluators.evaluation_keys(c, (3,)) == binary | per_level | multi
     c.eval_levels = ()
-    assert {"map", "hap", "ndcg", "asi"} <= evaluators.evaluation_keys(c, 2)  # label paths: exact too
-    assert "map" not in evaluators.evaluation_keys(c, 1)  # class ids: auto may pick ScaNN
+    assert {"map", "hap", "ndcg", "asi"} <= evaluators.evaluation_keys(c, (3,))  # label paths: exact too
+    assert "map" not in evaluators.evaluation_keys(c, ())  # class ids: auto may pick ScaNN
+    c.eval_levels, c.eval_backend = (0,), "exact"
+    rng = np.random.default_rng(0)
+    one_column = retrieval.evaluate_levels(
+        rng.normal(size=(12, 4)), rng.integers(0, 3, (12, 1)), levels=(0,), ks=(1,))
+    keys = {k for k in one_column if "num_" not in k}
+    assert evaluators.evaluation_keys(c, (1,)) == keys  # one-level paths: no multi/*
+    assert not any(k.startswith("multi/") for k in keys)
     c.eval_levels = (0, 2)
     c.eval_backend = "scann"  # no full-gallery AP, no ASI
-    assert evaluators.evaluation_keys(c, 2) == {"recall@1", "map@r", "r_precision"} | {
+    assert evaluators.evaluation_keys(c, (3,)) == {"recall@1", "map@r", "r_precision"} | {
         f"level{lv}/{k}" for lv in (0, 2) for k in ("recall@1", "map@r", "r_precision")}
 
 

@@ -64,17 +64,17 @@ def test_unknown_registry_names_are_errors_naming_the_key(section, key, value):
         if section == "optimizer":
             optim.make_optimizer(c)
         else:
-            evaluators.evaluation_keys(c, 1)
+            evaluators.evaluation_keys(c, ())
 
 
 def test_evaluation_keys_of_each_protocol():
     c = tiny_config()
     c.eval_ks, c.eval_backend = (1, 5), "exact"
-    assert evaluators.evaluation_keys(c, 2) == {
+    assert evaluators.evaluation_keys(c, (3,)) == {
         "recall@1", "recall@5", "map@r", "r_precision", "map", "hap", "ndcg", "asi"
     }  # fmt: skip
     c.eval_protocol = "revisited"
-    assert evaluators.evaluation_keys(c, 1) == {
+    assert evaluators.evaluation_keys(c, ()) == {
         f"{s}/{m}" for s in ("easy", "medium", "hard") for m in ("map", "mp@1", "mp@5")
     }
     assert set(evaluators.EVALUATORS) == {"retrieval", "revisited", "landmarks"}

@@ -29,10 +29,11 @@ Config = ml_collections.ConfigDict
 @dataclasses.dataclass(frozen=True)
 class EvalProtocol:
     """``build(config, data)`` -> an evaluator (``run(embed_fn) -> dict``);
-    ``keys(config, labels_ndim)`` -> the metric names its ``run`` returns."""
+    ``keys(config, label_shape)`` -> the metric names its ``run`` returns for test labels whose
+    items have the shape ``label_shape`` (``()``: class ids; ``(L,)``: label paths)."""
 
     build: Callable[[Config, RetrievalDataset], Any]
-    keys: Callable[[Config, int], set[str]]
+    keys: Callable[[Config, tuple[int, ...]], set[str]]
 
 
 def _retrieval_evaluator(config: Config, data: RetrievalDataset) -> Any:
@@ -62,20 +63,22 @@ def eval_levels(config: Config, labels: Any) -> tuple[int, ...]:
     return check_levels(levels, check_level_labels(labels, None), "config.eval_levels") if levels else ()
 
 
-def _retrieval_keys(config: Config, labels_ndim: int) -> set[str]:
+def _retrieval_keys(config: Config, label_shape: tuple[int, ...]) -> set[str]:
     """R@k, MAP@R, R-precision; with the exact backend (or ``"auto"``, which resolves to it
     for label paths and levels) mAP, and H-AP/NDCG/ASI for label paths. With
-    ``config.eval_levels``: those of :func:`rankax.retrieval.evaluate_levels`."""
+    ``config.eval_levels``: those of :func:`rankax.retrieval.evaluate_levels` (``multi/*``
+    for paths of more than one level)."""
     levels = tuple(config.get("eval_levels", ()) or ())
+    paths = len(label_shape) == 1
     # "auto" picks exact search for label paths, and levels are evaluated as one-level paths
-    exact = config.eval_backend == "exact" or (config.eval_backend == "auto" and (levels or labels_ndim == 2))
+    exact = config.eval_backend == "exact" or (config.eval_backend == "auto" and (levels or paths))
     keys = {*(f"recall@{k}" for k in config.eval_ks), "map@r", "r_precision", *(("map",) if exact else ())}
     if levels:
         binary = keys | ({"asi"} if exact else set())
         keys = binary | {f"level{level}/{key}" for level in levels for key in binary}
-        if exact and labels_ndim == 2:
+        if exact and paths and label_shape[0] > 1:
             keys |= {"multi/hap", "multi/ndcg", "multi/asi"}
-    elif exact and labels_ndim == 2:
+    elif exact and paths:
         keys |= {"hap", "ndcg", "asi"}
     return keys
 
@@ -109,7 +112,7 @@ def _revisited_evaluator(config: Config, data: RetrievalDataset) -> Any:
     )
 
 
-def _revisited_keys(config: Config, labels_ndim: int) -> set[str]:
+def _revisited_keys(config: Config, label_shape: tuple[int, ...]) -> set[str]:
     """mAP and mP@k of the easy, medium and hard protocols."""
     metrics = ("map", *(f"mp@{k}" for k in config.eval_ks))
     return {f"{s}/{m}" for s in ("easy", "medium", "hard") for m in metrics}
@@ -136,7 +139,7 @@ def _landmarks_evaluator(config: Config, data: RetrievalDataset) -> Any:
     return landmarks.evaluator_from_config(_landmarks_section(config))
 
 
-def _landmarks_keys(config: Config, labels_ndim: int) -> set[str]:
+def _landmarks_keys(config: Config, label_shape: tuple[int, ...]) -> set[str]:
     """``<set>/map`` of Oxford5k/Paris6k; ``<set>/<easy|medium|hard>/{map, mp@1, mp@5, mp@10,
     num_empty}`` of ROxford5k/RParis6k."""
     from rankax.retrieval import landmarks
@@ -167,10 +170,10 @@ def _protocol(config: Config) -> EvalProtocol:
     return EVALUATORS[name]
 
 
-def evaluation_keys(config: Config, labels_ndim: int) -> set[str]:
+def evaluation_keys(config: Config, label_shape: tuple[int, ...]) -> set[str]:
     """The metric names :func:`evaluate_state` returns for ``config`` (to check config keys
     such as ``best_metric`` before training rather than after)."""
-    return _protocol(config).keys(config, labels_ndim)
+    return _protocol(config).keys(config, tuple(label_shape))
 
 
 def make_evaluator(config: Config, data: RetrievalDataset) -> Any:

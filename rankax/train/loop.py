@@ -189,7 +189,7 @@ def check_run_config(config: Config, data: RetrievalDataset, mesh: Mesh, sampler
             f"samples_per_class) does not divide over the {mesh.size} devices of the mesh: make it a "
             f"multiple of {mesh.size}, or set config.num_devices to a divisor of {sampler.batch_size}"
         )
-    known = evaluators.evaluation_keys(config, np.asarray(data.test.labels).ndim)
+    known = evaluators.evaluation_keys(config, np.shape(data.test.labels)[1:])
     if config.best_metric not in known:
         raise errors.ConfigError(
             f"config.best_metric={config.best_metric!r} is not an evaluation key; one of {sorted(known)}"
