@@ -547,8 +547,16 @@ def _positive_ranks_block(
     count -= mask.astype(jnp.int32)  # the positive itself (its score is x)
     count -= ((self_index >= 0)[:, None] & (own >= x)).astype(jnp.int32)  # the query
     count -= (num_chunks * g - n) * (0.0 >= x).astype(jnp.int32)  # zero padding rows
-    rank_pos = jnp.sum((x[:, None, :] >= x[:, :, None]) & mask[:, None, :], axis=-1)
-    return 1 + count, rank_pos.astype(jnp.int32)
+    return 1 + count, _count_positives_at_least(x, mask)
+
+
+def _count_positives_at_least(x: Array, mask: Array) -> Array:
+    """``[b, C]`` int32 ``#{j : mask_j, x_j >= x_k}`` for each slot ``k`` (itself included), from
+    one sort of each row: ``O(b C log C)`` time and ``O(b C)`` memory, where comparing every
+    pair took ``[b, C, C]`` (35 GB at ``C = 4096`` and the default block)."""
+    ascending = jnp.sort(jnp.where(mask, x, -jnp.inf), axis=1)
+    below = jax.vmap(lambda row, v: jnp.searchsorted(row, v, side="left"))(ascending, x)
+    return (x.shape[1] - below).astype(jnp.int32)
 
 
 def _read_rows(s: Array, row0: int, rows: tuple[Array, ...], values: tuple[Array, ...]) -> tuple[Array, ...]:
