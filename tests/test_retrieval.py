@@ -599,6 +599,19 @@ def test_bad_inputs_raise_naming_the_argument(kwargs, match):
         retrieval.evaluate(**args)
 
 
+def test_normalize_and_mesh_are_checked():
+    import jax
+    from jax.sharding import Mesh
+
+    x, y = np.eye(4, 3), np.zeros(4, int)
+    with pytest.raises(TypeError, match="normalize must be True or False, got 'no'"):
+        retrieval.evaluate(x, y, normalize="no")  # a non-empty string used to normalise
+    other = Mesh(np.array(jax.devices()[:1]), ("data",))
+    for call in (lambda: retrieval.evaluate(x, y, mesh=other), lambda: retrieval.knn(x, k=1, mesh=other)):
+        with pytest.raises(ValueError, match=r"mesh must be None or a one-axis .* named 'queries'.*'data'"):
+            call()
+
+
 def test_sharded_equals_single_device():
     code = (
         "import numpy as np, jax, json\n"

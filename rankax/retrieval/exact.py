@@ -27,7 +27,7 @@ import concurrent.futures
 import functools
 import math
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -160,6 +160,16 @@ def _round_up(x: int, m: int) -> int:
 def _bucket(x: int) -> int:
     """Next power of two (at least 1): limits the number of compiled shapes."""
     return 1 << max(int(x) - 1, 0).bit_length()
+
+
+def check_mesh(mesh: Any) -> None:
+    """A ValueError naming ``mesh=`` unless it is None or a one-axis mesh named ``"queries"``."""
+    if mesh is not None and (not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != (_AXIS,)):
+        names = getattr(mesh, "axis_names", None)
+        raise ValueError(
+            f"mesh must be None or a one-axis jax.sharding.Mesh whose axis is named {_AXIS!r} (the query "
+            f"blocks are split over it), e.g. rankax.retrieval.exact.query_mesh(devices); got axes {names!r}"
+        )
 
 
 def query_mesh(devices: list | None = None) -> Mesh | None:
@@ -348,6 +358,7 @@ def knn(
     queries, gallery, k = check_knn(queries, gallery, k)
     block_size = validation.check_int("block_size", block_size)
     gallery_block_size = validation.check_int("gallery_block_size", gallery_block_size)
+    check_mesh(mesh)
     mesh = query_mesh() if mesh is None else mesh
     chunk = knn_chunk_size(gallery.shape[0], gallery_block_size)
     gal = put_gallery(gallery, chunk, mesh, multiple=TOP_K_GROUP)
