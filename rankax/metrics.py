@@ -16,9 +16,11 @@ Every metric is ``fn(scores, labels, *, where=None, reduce_fn=jnp.mean, max_posi
 
 All of them use the exact rank with the tie convention :math:`H(0) = 1`,
 :math:`\\mathrm{rank}(k) = 1 + \\sum_{j \\ne k} H(s_j - s_k)`: an item tied with ``k`` counts as
-ranked before it, so tied items all take the *last* of the places they share (R@k, P@k,
-R-precision and NDCG are then at most their value under any order of the ties; AP, MAP@R and
-H-AP take each tied positive's precision at the group's end, as scikit-learn's AP does).
+ranked before it, so tied items all take the *last* of the places they share. R@k, P@k,
+R-precision and NDCG are then at most their value under any order of the ties, and below
+every order where positives tie with each other (two identical positives tied first: R@1 =
+0); AP, MAP@R and H-AP take each tied positive's precision at the group's end, as
+scikit-learn's AP does, which can lie above or below every order (docs/evaluation.md).
 Ranks are computed without sorting from the ``[C, N]`` comparisons of the ``C`` positives
 with every item (``rankax.ranking``); ``max_positives`` bounds ``C`` statically (exact either
 way). ``labels`` are relevances: > 0 is relevant, larger is more relevant where the metric

@@ -250,7 +250,10 @@ EmbedFn = Callable[[np.ndarray], Any]
 
 def classic_map(scores: np.ndarray, gnd: Sequence[Mapping]) -> float:
     """Oxford5k/Paris6k mAP of ``scores [Q, N]``: positives ``ok``, ``junk`` removed,
-    trapezoidal AP; queries without ``ok`` images are left out."""
+    trapezoidal AP; queries without ``ok`` images are left out (as revisitop's ``compute_map``;
+    dirtorch's classic evaluation would score them 0 and keep them, naver/deep-image-retrieval
+    ``dirtorch/datasets/generic.py`` ``eval_query_AP``; every Oxford5k/Paris6k query has ``ok``
+    images)."""
     ranks = np.argsort(-np.asarray(scores), axis=1, kind="stable").T
     ok = [np.asarray(g.get("ok", ()), np.int64) for g in gnd]
     junk = [np.asarray(g.get("junk", ()), np.int64) for g in gnd]
