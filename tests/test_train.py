@@ -153,6 +153,31 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     assert "Resuming from checkpoint step 4" in out
 
 
+def test_unreadable_metrics_file_sets_its_step_aside(tmp_path, capsys):
+    """orbax reads every step's metrics when it opens the directory: a metrics file that is not
+    JSON (an edit, an incomplete copy) stopped training and evaluation with a bare
+    JSONDecodeError. Training now sets that step aside; evaluation reads the others."""
+    from rankax.train import checkpointing
+
+    cfg = tiny_config(num_steps=8, eval_every=4)
+    train_lib.train_and_evaluate(cfg, str(tmp_path))
+    steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+    with_metrics = [s for s in steps if (tmp_path / "checkpoints" / str(s) / "metrics" / "metrics").is_file()]
+    assert with_metrics and with_metrics[0] < 8, (steps, with_metrics)
+    bad = with_metrics[0]
+    (tmp_path / "checkpoints" / str(bad) / "metrics" / "metrics").write_text("garbage")
+    # Read-only (evaluation): the other steps read as before, nothing moved.
+    reader = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), cfg, read_only=True)
+    assert reader.steps() == steps
+    reader.close()
+    train_lib.train_and_evaluate(tiny_config(num_steps=10, eval_every=4), str(tmp_path),
+                                 allow_config_change=["num_steps"])
+    out = capsys.readouterr().out
+    assert f"checkpoint step {bad}: its metrics file" in out and "unreadable" in out
+    assert (tmp_path / "checkpoints.corrupt" / str(bad)).exists()
+    assert "Resuming from checkpoint step 8" in out
+
+
 def run_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "experiments.train", *args],

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
+import json
 import logging
 import math
 import os
@@ -55,7 +57,9 @@ from rankax.train import distributed, workdir
 from rankax.train.errors import CheckpointReadError, CheckpointSaveError
 
 _POLICIES = ocp.checkpoint_managers
+METRICS_ITEM = "metrics"  # orbax's folder and file of a step's metrics: <step>/metrics/metrics
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temporary-folder marker (atomic rename)
+_SCANS = itertools.count()  # barrier names unique per writable Checkpointer of a process
 BARRIER_TIMEOUT_S = 300  # multi-process: how long the others wait for process 0's housekeeping
 
 
@@ -135,6 +139,22 @@ def _checksum_mismatch(fields: dict[str, Any], stored: dict[str, str | None]) ->
     return None
 
 
+def _unreadable_metrics(directory: str) -> list[tuple[int, str, Exception]]:
+    """``(step, path, error)`` of each step folder whose orbax ``metrics`` file is not JSON."""
+    found = []
+    names = sorted(n for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+    for name in names:
+        path = os.path.join(directory, name, METRICS_ITEM, METRICS_ITEM)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, "rb") as f:
+                json.loads(f.read())
+        except (ValueError, OSError) as err:  # JSONDecodeError, UnicodeDecodeError, unreadable
+            found.append((int(name), path, err))
+    return found
+
+
 def _first_line(err: BaseException, limit: int = 300) -> str:
     text = str(err).strip().splitlines()
     line = text[0] if text else ""
@@ -189,6 +209,8 @@ class Checkpointer:
         )
         if not self.read_only and distributed.is_main():  # orbax removes them on process 0
             self._report_leftovers()
+        if not self.read_only:
+            self._set_aside_unreadable_metrics()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
             # With a best_fn orbax writes each step's metrics into its folder and reads them
@@ -201,9 +223,27 @@ class Checkpointer:
             read_only=self.read_only,
             # a save interrupted by a kill leaves <step>.orbax-checkpoint-tmp-*: removed here
             cleanup_tmp_directories=not self.read_only,
+            # Read-only: no step's metrics read on open (orbax reads every step's, and one
+            # unreadable file would stop evaluating any step; the best step comes from history).
+            lightweight_initialize=self.read_only,
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
         self.restored_step: int | None = None  # set by restore/restore_latest
+
+    def _set_aside_unreadable_metrics(self) -> None:
+        """Moves each step whose ``metrics`` file is not JSON (edited, or copied incompletely)
+        to ``<directory>.corrupt/<step>`` before orbax opens the directory: orbax reads every
+        step's metrics on open, and one such file stopped the run with a bare JSONDecodeError.
+        The step's state is not used, as for any unreadable step (at most one checkpoint
+        interval is lost when it was the newest). Process 0 moves; the others wait."""
+        if distributed.is_main():
+            for step, path, err in _unreadable_metrics(self.directory):
+                aside = _unused_path(os.path.join(self.directory + ".corrupt", str(step)))
+                os.makedirs(os.path.dirname(aside), exist_ok=True)
+                shutil.move(self.step_path(step), aside)
+                print(f"WARNING: checkpoint step {step}: its metrics file {path} is unreadable "
+                      f"({_first_line(err)}); moved to {aside}")
+        distributed.barrier(f"metrics-scan-{next(_SCANS)}", BARRIER_TIMEOUT_S)
 
     def _partial_saves(self, step: int | None = None) -> list[str]:
         pattern = f"{'*' if step is None else step}{TMP_SUFFIX}*"
