@@ -671,6 +671,24 @@ def test_nonfinite_test_embeddings_are_a_named_error(monkeypatch):
     assert "config.optimizer.lr" in str(info.value)
 
 
+def test_nonfinite_final_evaluation_is_the_same_named_error(tmp_path, monkeypatch):
+    """With eval_every=0 every divergence meets the final evaluation, which called the
+    evaluation directly and ended in the retrieval's traceback: it now raises the same
+    NonFiniteEvaluationError as a periodic one (and the baselines and the selected model's)."""
+    from rankax.retrieval import exact
+    from rankax.train import NonFiniteEvaluationError, loop
+
+    def nan_embeddings(*args):
+        return exact.as_embeddings(np.full((3, 2), np.nan, np.float32), "queries")
+
+    monkeypatch.setattr(loop.evaluators, "evaluate_state", nan_embeddings)
+    cfg = tiny_config(num_steps=4, eval_every=0, eval_baselines=False)
+    with pytest.raises(NonFiniteEvaluationError, match="test embeddings at step 4 are not finite"):
+        train_lib.train_and_evaluate(cfg, str(tmp_path / "final"))
+    with pytest.raises(NonFiniteEvaluationError, match="test embeddings at step 0 are not finite"):
+        train_lib.train_and_evaluate(tiny_config(num_steps=4, eval_every=0), str(tmp_path / "baseline"))
+
+
 def test_final_metrics_set_aside_say_why(tmp_path, capsys):
     """The final metrics found when training resumes are kept as metrics.step<N>.json, and the
     message says whether the run is extended past N or redoes steps up to N (it said

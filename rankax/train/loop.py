@@ -350,7 +350,7 @@ def baselines(run: Run) -> dict[str, dict[str, float]]:
     if run.start == 0 and run.config.eval_baselines:
         if isinstance(run.data.test, rankax.data.ArraySource):
             report["raw pixels"] = evaluators.raw_pixel_metrics(run.config, run.data)
-        report["untrained"] = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+        report["untrained"] = evaluate_model(run, run.state, 0)
         run.history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
         if distributed.is_main():  # [multihost]
             writers.write_json(path, report, indent=2)
@@ -583,16 +583,23 @@ def record_eval(run: Run, metrics: dict[str, float], n: int) -> None:
 def evaluate_at(run: Run, n: int) -> dict[str, float]:
     """Evaluates the current state and records it at step counter ``n``; a
     :class:`NonFiniteEvaluationError` if the model's test embeddings are not finite."""
+    metrics = evaluate_model(run, run.state, n)
+    record_eval(run, metrics, n)
+    return metrics
+
+
+def evaluate_model(run: Run, state: Any, n: int) -> dict[str, float]:
+    """The evaluation of ``state`` (the model at step ``n``), or a
+    :class:`NonFiniteEvaluationError` naming the step if its test embeddings are not finite
+    (every evaluation of a run: baseline, periodic, final and the selected model's)."""
     try:
-        metrics = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+        return evaluators.evaluate_state(run.config, state, run.data, run.evaluator)
     except exact.NonFiniteEmbeddingsError as err:
         raise errors.NonFiniteEvaluationError(
             f"the model's test embeddings at step {n} are not finite ({err}): the run diverged. Resume "
             "from an earlier checkpoint with a lower config.optimizer.lr, or set "
             "config.on_nonfinite='raise' to stop at the first non-finite training step", step=n,
         ) from err
-    record_eval(run, metrics, n)
-    return metrics
 
 
 # ----------------------------------------------------------------------------- finish
@@ -614,14 +621,14 @@ def select_model(run: Run, final: dict[str, float]) -> tuple[dict[str, float], i
     if chosen is None or chosen == step:
         return final, step
     state, _ = run.ckpt.restore(run.state, chosen)
-    return evaluators.evaluate_state(run.config, state, run.data, run.evaluator), chosen
+    return evaluate_model(run, state, chosen), chosen
 
 
 def finish(run: Run) -> dict[str, float]:
     """The final evaluation (recorded unless this step's is already in the history), the final
     checkpoint (unless it exists), the model selection (:func:`select_model`), the printed
     table and the output files. Returns the metrics of the selected model (``metrics.json``)."""
-    final = evaluators.evaluate_state(run.config, run.state, run.data, run.evaluator)
+    final = evaluate_model(run, run.state, int(run.state.step))
     record_changes(run)  # a resume that trained no step records its changes here
     step = int(run.state.step)
     last = run.history[-1] if run.history else {}
