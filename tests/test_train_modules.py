@@ -67,6 +67,31 @@ def test_unknown_registry_names_are_errors_naming_the_key(section, key, value):
             evaluators.evaluation_keys(c, ())
 
 
+def test_settings_that_never_take_effect_are_named():
+    """Keys accepted silently although the run never reaches them (a review ran each for 12
+    steps with no word): each is named; a plain config has none."""
+    every_5 = lambda epoch: 5 * epoch  # noqa: E731 - the sampler's epoch -> first step
+    c = tiny_config(num_steps=12)
+    assert optim.inert_settings(c, every_5) == []
+    c.optimizer.frozen_warmup_epochs, c.optimizer.frozen_groups = 100, ("backbone",)
+    c.optimizer.decay_epochs = (1, 2)  # with the default constant schedule
+    c.optimizer.warmup_steps = 12
+    c.xbm.size, c.xbm.start_step = 100, 12
+    found = "\n".join(optim.inert_settings(c, every_5))
+    for key in ("frozen_warmup_epochs=100 ends at step 500", "(backbone) never train",
+                "decay_epochs is read by schedule='multistep' only, not 'constant'",
+                "warmup_steps=12 is not below num_steps=12", "xbm.start_step=12"):
+        assert key in found, (key, found)
+    c = tiny_config(num_steps=12)
+    c.optimizer.frozen_groups = ("backbone",)
+    assert "frozen_groups has no effect" in optim.inert_settings(c, every_5)[0]
+    c = tiny_config(num_steps=12)
+    c.optimizer.schedule, c.optimizer.decay_epochs = "multistep", (3,)  # epoch 3 starts at step 15
+    assert "never decays" in optim.inert_settings(c, every_5)[0]
+    c.optimizer.decay_epochs = (2, 3)  # epoch 2 starts at step 10: one decay inside the run
+    assert optim.inert_settings(c, every_5) == []
+
+
 def test_evaluation_keys_of_each_protocol():
     c = tiny_config()
     c.eval_ks, c.eval_backend = (1, 5), "exact"

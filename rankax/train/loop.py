@@ -207,7 +207,10 @@ def check_run_config(config: Config, data: RetrievalDataset, mesh: Mesh, sampler
             f"config.model_selection must be 'last' or 'best', got {config.model_selection!r}"
         )
     state_lib.compute_dtype(config)
-    warm = optim.warmup(config, optim.epoch_clock(sampler, len(data.train.labels)))
+    epoch_start = optim.epoch_clock(sampler, len(data.train.labels))
+    warm = optim.warmup(config, epoch_start)
+    for finding in optim.inert_settings(config, epoch_start) if distributed.is_main() else ():
+        print(f"WARNING: {finding}")
     if warm.epochs and distributed.is_main():
         print(
             f"Frozen warm-up: {', '.join(warm.groups)} frozen for {warm.epochs} epochs (steps "

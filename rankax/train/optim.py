@@ -375,6 +375,47 @@ def warmup(config: Config, epoch_start: EpochStart | None = None) -> Warmup:
     return Warmup(epochs, groups, paused, switch)
 
 
+def inert_settings(config: Config, epoch_start: EpochStart | None = None) -> list[str]:
+    """What in ``config`` can never take effect in a run of ``config.num_steps`` steps: a
+    frozen warm-up that outlasts the run or has no length, decay keys of another schedule,
+    ``multistep`` milestones past the end, a linear warm-up as long as the run, a cross-batch
+    memory that starts after it. One sentence per finding, naming the key (the run warns: a
+    short debugging run may mean it)."""
+    n, opt = int(config.num_steps), config.optimizer
+    warm = warmup(config, epoch_start)
+    found = []
+    if warm.epochs and warm.switch_step >= n:
+        found.append(f"config.optimizer.frozen_warmup_epochs={warm.epochs} ends at step {warm.switch_step}, "
+                     f"not before num_steps={n}: the frozen groups ({', '.join(warm.groups)}) never train")
+    if tuple(opt.get("frozen_groups", ()) or ()) and not warm.epochs:
+        found.append("config.optimizer.frozen_groups has no effect without "
+                     "optimizer.frozen_warmup_epochs > 0")
+    sections = [("config.optimizer", opt, [warm.offset_epochs(g) for g in MODEL_GROUPS])]
+    for term, section in config.loss.get("terms", {}).items():
+        if "optimizer" in section:
+            key = f"config.loss.terms.{term}.optimizer"
+            sections.append((key, section.optimizer, [warm.offset_epochs(term)]))
+    for key, section, offsets in sections:
+        schedule = section.get("schedule", "constant")
+        epochs = tuple(section.get("decay_epochs", ()) or ())
+        if epochs and schedule != "multistep":
+            found.append(f"{key}.decay_epochs is read by schedule='multistep' only, not {schedule!r}")
+        if int(section.get("decay_every_epochs", 0) or 0) and schedule != "step_epochs":
+            found.append(f"{key}.decay_every_epochs is read by schedule='step_epochs' only, not {schedule!r}")
+        if epochs and schedule == "multistep" and epoch_start is not None:
+            if all(epoch_start(o + int(e)) >= n for o in offsets for e in epochs):
+                found.append(f"{key}.decay_epochs={epochs} all start at or after step {n} (num_steps): "
+                             "the learning rate never decays")
+        if int(section.get("warmup_steps", 0) or 0) >= n:
+            found.append(f"{key}.warmup_steps={section.warmup_steps} is not below num_steps={n}: the "
+                         "learning rate never reaches its base value")
+    xbm = config.get("xbm", None)
+    if xbm is not None and int(xbm.get("size", 0) or 0) and int(xbm.get("start_step", 0) or 0) >= n:
+        found.append(f"config.xbm.start_step={xbm.start_step} is not below num_steps={n}: the cross-batch "
+                     "memory is never used")
+    return found
+
+
 def make_group_optimizer(
     config: Config,
     section: Config,
