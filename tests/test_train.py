@@ -123,9 +123,10 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     assert {2, 4, 6, 8} <= set(tensorboard_steps(broken, "train/loss"))
     got = train_lib.train_and_evaluate(tiny_config(), broken)
     # TensorBoard shows each step once, as for the uninterrupted run.
-    for tag in ("train/loss", "eval/map@r"):
+    for tag in ("train/loss", "eval/map_r"):  # tensorboardX writes map@r as map_r
         assert tensorboard_steps(broken, tag) == tensorboard_steps(full, tag), tag
     assert tensorboard_steps(full, "train/loss") == [2, 4, 6, 8, 10, 12]
+    assert tensorboard_steps(full, "eval/map_r") == [0, 6, 12]  # the untrained baseline at 0, as history
 
     assert got == pytest.approx(want, abs=0)
     a, b = load_params(full, 12), load_params(broken, 12)

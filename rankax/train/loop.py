@@ -354,7 +354,7 @@ def baselines(run: Run) -> dict[str, dict[str, float]]:
         if isinstance(run.data.test, rankax.data.ArraySource):
             report["raw pixels"] = evaluators.raw_pixel_metrics(run.config, run.data)
         report["untrained"] = evaluate_model(run, run.state, 0)
-        run.history.append({"step": 0, **{f"eval/{k}": v for k, v in report["untrained"].items()}})
+        record_eval(run, report["untrained"], 0)  # history and TensorBoard, at step 0
         if distributed.is_main():  # [multihost]
             writers.write_json(path, report, indent=2)
     elif os.path.exists(path) and _evaluation_data_changed(run.changes):  # on data it no longer uses
