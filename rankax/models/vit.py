@@ -84,7 +84,12 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    With a low-precision ``dtype`` only the attention and MLP compute in it: the residual
+    stream and the LayerNorms stay float32, as under torch's autocast (``layer_norm`` runs in
+    float32 there and a float32 + float16 add is float32), which the papers' fp16 runs used.
+    """
 
     num_heads: int
     mlp_ratio: float = 4.0
@@ -94,10 +99,10 @@ class Block(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
         x = x + Attention(self.num_heads, self.dtype, name="attn")(
-            nn.LayerNorm(_LN_EPS, dtype=self.dtype, name="norm1")(x)
+            nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="norm1")(x)
         )
         return x + Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
-            nn.LayerNorm(_LN_EPS, dtype=self.dtype, name="norm2")(x)
+            nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="norm2")(x)
         )
 
 
@@ -162,11 +167,12 @@ class VisionTransformer(nn.Module):
         )
         if (gh, gw) != (side, side):
             pos_embed = resample_pos_embed(pos_embed, (gh, gw))
-        x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(self.dtype), (b, 1, d)), x], axis=1)
-        x = x + pos_embed.astype(self.dtype)
+        # The residual stream is float32 whatever the compute dtype (Block).
+        x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, d)), x.astype(jnp.float32)], axis=1)
+        x = x + pos_embed
         for i in range(self.depth):
             x = Block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x)
-        return nn.LayerNorm(_LN_EPS, dtype=self.dtype, name="norm")(x)
+        return nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="norm")(x)
 
 
 class ViTEmbedding(nn.Module):
