@@ -332,6 +332,9 @@ def test_load_pretrained_files(torch_resnet, torch_vit, tmp_path):
     wrapped = {"model": {"module." + k: v for k, v in torch_vit.state_dict().items()}, "epoch": 3}
     torch.save(wrapped, tmp_path / "deit.pth")
     _same(load_pretrained(tmp_path / "deit.pth"), expected_vit)
+    # ROADMAP/SupRank/HAPPIER training checkpoints: {"net_state": ...}, often named .pth.tar
+    torch.save({"net_state": torch_resnet.state_dict(), "epoch": 1}, tmp_path / "official.pth.tar")
+    _same(load_pretrained(tmp_path / "official.pth.tar"), expected_resnet)
     np.savez(tmp_path / "vit.npz", **{k: v.numpy() for k, v in torch_vit.state_dict().items()})
     _same(load_pretrained(tmp_path / "vit.npz"), expected_vit)
     # half-precision checkpoints come back as float32

@@ -71,7 +71,8 @@ _VIT_KEY = re.compile(
     r"^(?P<module>patch_embed\.proj|norm|blocks\.(?P<block>\d+)\."
     r"(?:norm[12]|attn\.qkv|attn\.proj|mlp\.fc[12]))\.(?P<leaf>weight|bias)$"
 )
-_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema")
+# Where training checkpoints keep the weights ("net_state": ROADMAP/SupRank/HAPPIER's).
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema", "net_state")
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -343,10 +344,12 @@ def _unwrap(obj: Any) -> dict[str, Any]:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a PyTorch-layout state dict from ``.pth``/``.pt``/``.bin``, ``.npz`` or ``.safetensors``.
+    """Reads a PyTorch-layout state dict from ``.pth``/``.pt``/``.bin`` (also ``.pth.tar``),
+    ``.npz`` or ``.safetensors``.
 
-    Checkpoints wrapping the weights (``{"model": ...}`` as DeiT's, ``{"state_dict": ...}``)
-    are unwrapped and a ``module.`` prefix is removed.
+    Checkpoints wrapping the weights (``{"model": ...}`` as DeiT's, ``{"state_dict": ...}``,
+    ``{"net_state": ...}`` as ROADMAP/SupRank/HAPPIER's) are unwrapped and a ``module.``
+    prefix is removed.
 
     Raises:
       ImportError: when the format needs ``torch`` or ``safetensors`` and it is not installed.
@@ -354,6 +357,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
+    if path.lower().endswith((".pth.tar", ".pt.tar")):  # torch.save's common checkpoint names
+        ext = ".pth"
     if ext in (".pth", ".pt", ".bin"):
         how = "np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})"
         torch = optional.require("torch", f"reading {path} (or save it as .npz where torch is: {how})")
@@ -370,7 +375,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         obj = optional.require("safetensors.numpy", f"reading {path}").load_file(path)
     else:
         raise ValueError(
-            f"{path}: unknown weight format {ext!r}; expected .pth, .pt, .bin, .npz or .safetensors"
+            f"{path}: unknown weight format {ext!r}; expected .pth (.pth.tar), .pt, .bin, .npz or "
+            ".safetensors"
         )
     return {k: _to_numpy(v) for k, v in _unwrap(obj).items()}
 
