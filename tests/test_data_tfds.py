@@ -105,6 +105,20 @@ def test_inat_taxonomy_and_split(mock, tmp_path, hierarchy, levels):
                 assert len(np.unique(both[both[:, level] == value, level + 1])) == 1
 
 
+def test_inat_genus_name_in_two_families_is_warned_about(mock, tmp_path):
+    """A genus name used in two families (as Prunella, a plant and a bird genus) is one genus id
+    (SupRank's loader does the same): loading says so, naming the genus and the families."""
+    _inat_files(tmp_path)
+    taxonomy = json.loads((tmp_path / "categories.json").read_text())
+    taxonomy[-1]["genus"] = taxonomy[0]["genus"]  # the last species joins g0, in another family
+    assert taxonomy[-1]["family"] != taxonomy[0]["family"]
+    (tmp_path / "categories.json").write_text(json.dumps(taxonomy))
+    config = {"name": "inat", "taxonomy_file": str(tmp_path / "categories.json"), "split_dir": str(tmp_path)}
+    genus = r"label 'g0' of column 'genus' lies under 2 labels of column 'family'"
+    with pytest.warns(UserWarning, match=genus):
+        data.load_dataset({**config, "hierarchy": "full", **SMALL})
+
+
 def test_inat_missing_files_say_where_to_get_them(mock, tmp_path):
     _inat_files(tmp_path)
     config = {"name": "inat", "split_dir": str(tmp_path), **SMALL}

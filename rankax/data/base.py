@@ -11,6 +11,8 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -66,3 +68,35 @@ class RetrievalDataset:
         """``[N]`` finest-level training labels (what P x K samples by)."""
         labels = np.asarray(self.train.labels)
         return labels if labels.ndim == 1 else labels[:, 0]
+
+
+def warn_unless_tree(
+    origin: str, ids: np.ndarray, columns: Sequence[str], label_of: Callable[[int, int], str] | None = None
+) -> None:
+    """Warns when a label of a column has two parents in the next coarser column of the
+    ``[N, L]`` label paths ``ids`` (column 0 finest; ``columns`` their names, ``label_of(level,
+    row)`` the label as the source writes it, default the id): ids unique only within their
+    parent ("1" under "mug" and under "chair"), or a name shared by two taxa (a genus name
+    used in two families). The label is then one class for the binary metrics and losses at
+    that level, but several for :func:`rankax.hierarchy.shared_levels` (read from the coarsest
+    level), the hierarchical samplers, and the official code's count of equal columns, which
+    differs from both. Kept, as the official loaders keep it."""
+    label_of = label_of or (lambda level, row: str(ids[row, level]))
+    for level in range(ids.shape[1] - 1):
+        pairs = np.unique(ids[:, level : level + 2], axis=0)
+        child, counts = np.unique(pairs[:, 0], return_counts=True)
+        if np.all(counts == 1):
+            continue
+        bad = child[counts > 1][0]
+        rows = np.flatnonzero(ids[:, level] == bad)
+        fine, coarse = columns[level], columns[level + 1]
+        parents = sorted({label_of(level + 1, int(r)) for r in rows})
+        shown = ", ".join(map(repr, parents[:3])) + (", ..." if len(parents) > 3 else "")
+        warnings.warn(
+            f"{origin}: label {label_of(level, int(rows[0]))!r} of column {fine!r} lies under "
+            f"{len(parents)} labels of column {coarse!r} ({shown}); {int(np.sum(counts > 1))} such "
+            f"labels. The binary metrics and losses at level {level} take each as one class, the "
+            f"hierarchy's shared levels as several. If they are different classes, make the {fine!r} "
+            f"values unique (e.g. prefix them with the {coarse!r} value)",
+            stacklevel=3,
+        )

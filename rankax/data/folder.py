@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from rankax.data.base import RetrievalDataset
+from rankax.data.base import RetrievalDataset, warn_unless_tree
 from rankax.data.image_source import ImageSource
 from rankax.data.tfds_data import DatasetNotPreparedError
 from rankax.data.transforms import ImageTransform
@@ -172,36 +171,9 @@ def _encode_labels(first: str, ordered: list[dict[str, str]], label_columns: lis
         rank[order] = np.arange(len(distinct))
         columns.append(rank[inverse.reshape(-1)])
     if len(columns) > 1:
-        _warn_unless_tree(first, ordered, label_columns, np.stack(columns, axis=1))
+        warn_unless_tree(first, np.stack(columns, axis=1), label_columns,
+                         lambda level, row: ordered[row][label_columns[level]].strip())
     return (columns[0] if len(columns) == 1 else np.stack(columns, axis=1)).astype(np.int32)
-
-
-def _warn_unless_tree(
-    first: str, ordered: list[dict[str, str]], label_columns: list[str], ids: np.ndarray
-) -> None:
-    """Warns when a label of a column has two parents in the next coarser column (ids unique only
-    within their parent: "1" under "mug" and under "chair"). The label is then one class for the
-    binary metrics and losses at that level, but two for :func:`rankax.hierarchy.shared_levels`
-    (read from the coarsest level) and the hierarchical samplers. Kept, as the official loaders
-    (``set_labels_to_range``) keep it."""
-    for level in range(ids.shape[1] - 1):
-        pairs = np.unique(ids[:, level : level + 2], axis=0)
-        child, counts = np.unique(pairs[:, 0], return_counts=True)
-        if np.all(counts == 1):
-            continue
-        bad = child[counts > 1][0]
-        rows = [r for r, i in zip(ordered, ids[:, level], strict=True) if i == bad]
-        fine, coarse = label_columns[level], label_columns[level + 1]
-        parents = sorted({r[coarse].strip() for r in rows})
-        shown = ", ".join(map(repr, parents[:3])) + (", ..." if len(parents) > 3 else "")
-        warnings.warn(
-            f"{first}: label {rows[0][fine].strip()!r} of column {fine!r} lies under {len(parents)} "
-            f"labels of column {coarse!r} ({shown}); "
-            f"{int(np.sum(counts > 1))} such labels. The binary metrics and losses at level {level} take "
-            f"each as one class, the hierarchy's shared levels as several. If they are different "
-            f"classes, make the {fine!r} values unique (e.g. prefix them with the {coarse!r} value)",
-            stacklevel=3,
-        )
 
 
 def _split_sources(

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from rankax._core import optional
-from rankax.data.base import RetrievalDataset
+from rankax.data.base import RetrievalDataset, warn_unless_tree
 from rankax.data.image_source import ImageSource
 from rankax.data.transforms import ImageTransform
 
@@ -317,6 +317,12 @@ def load_inat(
                 raise ValueError(f"species {names[label]!r} (TFDS label {label}) is not in {taxonomy_file}")
         taxa = [[str(taxonomy[names[label]][level]) for label in species] for level in INAT_LEVELS[1:]]
         labels = _dense(species, *taxa)
+        # A name shared by two taxa (a genus name in two families) is one id per level here, as
+        # in SupRank's loader; warned about, as the folder loaders do.
+        warn_unless_tree(
+            f"the iNaturalist taxonomy {taxonomy_file}", labels, INAT_LEVELS,
+            lambda level, row: names[species[row]] if level == 0 else taxa[level - 1][row],
+        )
     n_train = len(rows["train"])
     parts = {
         s: ImageSource(_subset_reader(source, rows[s]), part, transform, num_threads,
