@@ -103,7 +103,8 @@ def _child_jax(impl: str, loss: str, b: int, d: int, repeats: int) -> dict:
     if impl == "matmul":
         emb, _ = _jax_inputs(b, d, "flat")
         cotangent = jax.random.normal(jax.random.key(1), (b, b), jnp.float32)
-        fn = jax.jit(jax.value_and_grad(lambda e, g: jnp.vdot(g, e @ e.T)))
+        # The loss's similarity precision ("highest", batch_loss's default): float32 on every backend.
+        fn = jax.jit(jax.value_and_grad(lambda e, g: jnp.vdot(g, jnp.matmul(e, e.T, precision="highest"))))
         args = (emb, cotangent)
     else:
         attr, hparams, kind, _ = LOSSES[loss]
@@ -281,6 +282,36 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def reading(rows: list[dict]) -> list[str]:
+    """The notes under the targets, their figures read from ``rows`` (a note whose rows are
+    missing says so)."""
+    mm = max((r for r in rows if r["impl"] == "matmul" and "peak_rss_mib" in r), key=lambda r: r["b"],
+             default=None)
+    big = f"{mm['peak_rss_mib'] / 1024:.1f} GiB of RSS at B = {mm['b']}" if mm else "(not run)"
+    hap, sup = _find(rows, "rankax", "hap", 4096, 512), _find(rows, "rankax", "supap", 4096, 512)
+    times = f"{hap['time_s'] / sup['time_s']:.1f}x SupAP's time" if hap and sup else "(not run)"
+    fast, peer = _find(rows, "rankax", "fastap", 512, 512), _find(rows, "pml", "fastap", 512, 512)
+    gap = f"{peer['time_s'] / fast['time_s']:.1f}x at B = 512" if fast and peer else "(not run)"
+    return [
+        "- `rankax` costs `O(B * C * B)` with `C` positive slots. Up to `2**26` scores",
+        "  (B = 8192) it keeps the `B x B` similarity matrix for the backward pass; beyond that it",
+        "  never materialises one and recomputes each block's scores in the backward pass: its",
+        "  memory stays near the bare process up to B = 32768. The `matmul` reference needs its",
+        f"  `[B, B]` cotangent as an input, which the benchmark draws at random: {big}, most of",
+        "  it that draw (the cotangent itself is `4 B^2` bytes, 1 GiB at B = 16384). rankax's time",
+        "  is the similarity matmul (forward, the two backward matmuls, and the recomputation above",
+        "  the kept size) and elementwise work proportional to `C`.",
+        "- `hap` runs on `[B, 2]` label paths where every query has 15 graded positives",
+        f"  (`C = 15` instead of 3): {times} at B = 4096, D = 512.",
+        "- `dense-jax` calls the list API on the dense `[B, B]` scores: its reserved memory grows as",
+        "  `B^3` (the capacity ladder's tiles), its time about as rankax's; `pml` builds `[B, B, B]`",
+        "  tensors, time and memory `B^3`. pytorch-metric-learning's losses count the query as its",
+        "  own positive (`include_self=True` in rankax terms), so their values differ; only the cost",
+        "  is compared.",
+        f"- FastAP is a histogram loss (`O(B * B * bins)` in both libraries): pml / rankax {gap}.",
+    ]
+
+
 def _fmt_row(r: dict) -> str:
     if "error" in r:
         return f"| {r['impl']} | {r['loss']} | {r['b']} | {r['d']} | {r['error']} | | |"
@@ -315,19 +346,7 @@ def write_docs(rows: list[dict], lines: list[str], docs: Path, elapsed: float) -
         "",
         "Reading the numbers:",
         "",
-        "- `rankax` costs `O(B * C * B)` with `C` positive slots. Up to `2**26` scores",
-        "  (B = 8192) it keeps the `B x B` similarity matrix for the backward pass; beyond that it",
-        "  never materialises one and recomputes each block's scores in the backward pass: its",
-        "  memory stays near the bare process up to B = 32768, while the `matmul` reference (which",
-        "  holds `E E^T` and its cotangent) needs 4.3 GiB at B = 16384. Its time is the similarity",
-        "  matmul (forward, the two backward matmuls, and the recomputation above the kept size)",
-        "  and elementwise work proportional to `C`.",
-        "- `hap` runs on `[B, 2]` label paths where every query has 15 graded positives",
-        "  (`C = 15` instead of 3), hence about twice the time of the P x K losses at B = 4096.",
-        "- `dense-jax` and `pml` build `[B, B, B]` tensors: time and memory grow as `B^3`.",
-        "  pytorch-metric-learning's losses count the query as its own positive",
-        "  (`include_self=True` in rankax terms), so their values differ; only the cost is compared.",
-        "- FastAP is a histogram loss (`O(B * B * bins)` in both libraries): the gap is small.",
+        *reading(rows),
         "",
         "## All configurations",
         "",
@@ -406,10 +425,13 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(lines))
         write_docs(saved["rows"], lines, Path(args.docs), saved["elapsed_s"])
         return
-    machine.cold_compiles()  # here and in the children it starts
     if args.child:
-        child_main(json.loads(args.child))
+        spec = json.loads(args.child)
+        if spec["impl"] != "pml":  # a pml child imports no jax: its peak RSS is torch's alone
+            machine.cold_compiles()
+        child_main(spec)
         return
+    machine.cold_compiles()  # here and in the JAX children it starts (through the environment)
     start = time.perf_counter()
     rows = []
     for impl, loss, b, d, repeats in plan(args.quick):

@@ -147,7 +147,7 @@ def bench_size(n: int, d: int) -> dict:
     topk_loop(x, y)  # warm-up (CUDA context, cuBLAS handles)
     # The ratio from the fastest of PAIRS calls of each, in alternation: one call of each,
     # moments apart, moved it by the host's noise.
-    t_eval, t_loop = [t_warm], []
+    t_eval, t_loop = [], []  # PAIRS of each (the earlier warm call is reported on its own)
     for _ in range(PAIRS):
         t_eval.append(_timed(lambda: retrieval.evaluate(x, y))[1])
         ref, seconds = _timed(lambda: topk_loop(x, y))
@@ -173,7 +173,8 @@ def recompile_seconds(fn) -> float:
     """Backend compile seconds of ``fn`` once JAX's caches are emptied. XLA keeps the results
     of GPU GEMM autotuning for the life of the process, apart from JAX's caches, so this
     compilation repeats XLA's passes without the autotuning: next to the first call's compile
-    seconds it shows the autotuning's share (on a CPU, which does not autotune, the two are close)."""
+    seconds it shows the autotuning's share (a CPU does not autotune, but there the first
+    compile also pays one-off costs, e.g. 3.2 s first against 1.4-1.9 s again in a review)."""
     jax.clear_caches()
     return _timed_compiling(fn)[2]
 

@@ -40,12 +40,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# torch runs in this process too (the pytorch-metric-learning rows): JAX must not reserve 75 %
+# of the device first, and its peaks are then what each phase allocates. Set before jax loads.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from experiments import benchmark_eval_gpu, flags, machine
-from experiments import benchmark_paths as paths
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments import benchmark_eval_gpu, flags, machine  # noqa: E402
+from experiments import benchmark_paths as paths  # noqa: E402
 
 PML = {"smooth-ap": ("SmoothAPLoss", {"temperature": 0.01}),
        "pnp-Dq": ("PNPLoss", {"variant": "Dq", "alpha": 4, "anneal": 0.01, "b": 2}),
@@ -64,22 +68,47 @@ def _large_child(b: int) -> None:
     print("RESULT " + json.dumps({"b": b, "time_s": t, "peak_bytes": stats.get("peak_bytes_in_use")}))
 
 
-def large_batch_row(b: int = LARGE_B, timeout_s: float = 240.0) -> dict:
-    """SupAP at ``b`` in a child process (:func:`_large_child`), stopped after ``timeout_s``."""
-    cmd = [sys.executable, "-m", "experiments.benchmark_gpu", "--large-child", str(b)]
+def _in_child(flag: str, value: str, timeout_s: float) -> dict:
+    """The ``RESULT`` JSON line of ``python -m experiments.benchmark_gpu <flag> <value>`` run in a
+    fresh process (its device-memory peak is its own), or ``{"error": ...}``."""
+    cmd = [sys.executable, "-m", "experiments.benchmark_gpu", flag, value]
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        return {"what": "large", "b": b, "error": f"stopped after {timeout_s:.0f} s (--budget-s)"}
+        return {"error": f"stopped after {timeout_s:.0f} s (--budget-s)"}
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if not lines:
-        return {"what": "large", "b": b, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    row = {"what": "large", **json.loads(lines[-1][7:])}
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    return json.loads(lines[-1][7:])
+
+
+def large_batch_row(b: int = LARGE_B, timeout_s: float = 240.0) -> dict:
+    """SupAP at ``b`` in a child process (:func:`_large_child`), stopped after ``timeout_s``."""
+    row = {"what": "large", "b": b, **_in_child("--large-child", str(b), timeout_s)}
+    if "error" in row:
+        return row
     peak = row.get("peak_bytes")
     print(f"B={b} supap fwd+bwd {row['time_s'] * 1e3:.0f} ms, peak device memory "
           f"{peak / 2**30 if peak else float('nan'):.2f} GiB", flush=True)
     return row
+
+
+def _large_gallery_child(size: str) -> None:
+    """In a fresh process: :func:`benchmark_eval_gpu.bench_large` of ``GALLERYxDIM``, whose peak
+    device memory is then this evaluation's alone (JAX's peak counter cannot be reset)."""
+    print("RESULT " + json.dumps(benchmark_eval_gpu.bench_large(*benchmark_eval_gpu.large_gallery(size))))
+
+
+def large_gallery_row(size: tuple[int, int], timeout_s: float = 300.0) -> dict:
+    """The large-gallery evaluation in a child process (:func:`_large_gallery_child`)."""
+    big = _in_child("--large-gallery-child", f"{size[0]}x{size[1]}", timeout_s)
+    if "error" not in big:
+        mem = big.get("peak_bytes_in_use")
+        print(f"{big['queries']} queries x {big['gallery']} x {big['dim']} gallery: first "
+              f"{big['evaluate_first_s']:.3f} s, warm {big['evaluate_warm_s']:.3f} s"
+              + (f", peak device memory {mem / 2**30:.2f} GiB (its own process)" if mem else ""), flush=True)
+    return big
 
 
 def pml_rows(b: int = 1024) -> list[dict]:
@@ -281,10 +310,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=240.0,
                         help="the loss sweep stops adding rows after this many seconds")
     parser.add_argument("--large-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--large-gallery-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.large_child:
         machine.cold_compiles()
         _large_child(args.large_child)
+        return
+    if args.large_gallery_child:
+        _large_gallery_child(args.large_gallery_child)
         return
     if args.table:
         print(table(json.loads((Path(args.table) / "benchmarks_gpu.json").read_text())))
@@ -369,10 +402,9 @@ def main(argv: list[str] | None = None) -> None:
         extra["pml"] = section("pytorch-metric-learning", lambda: pml_rows(min(1024, max(sizes))),
                                lambda reason: [{"what": "pml", "error": reason}])
         save()
-    if "eval" not in skip and args.eval_large and "error" not in extra["evaluation"]:
+    if "eval" not in skip and args.eval_large:  # tried even when the 60k evaluation failed
         extra["evaluation"]["large_gallery"] = section(
-            "large gallery", lambda: benchmark_eval_gpu.bench_large(*args.eval_large),
-            lambda reason: {"error": reason})
+            "large gallery", lambda: large_gallery_row(args.eval_large), lambda reason: {"error": reason})
     result = save()
     print(table(result))
     print(f"total {result['elapsed_s']:.0f} s")

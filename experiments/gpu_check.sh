@@ -18,9 +18,11 @@
 #    the benchmark's JSON ("partial" when a tier was stopped or not reached);
 # 6. prints the summary table and the failed tests' names last.
 #
-# $OUT (default runs/gpu) receives at most 8 files: benchmarks_gpu.{md,json},
-# benchmarks_gpu_rows.json, bench.log (the machine first), profile.txt, tests.xml, tests_slow.xml,
-# tests.log. Copy the first two into docs/ to publish a run. The exit status is the
+# $OUT (default runs/gpu) receives at most 10 files: device.log (the machine), and per phase
+# bench: benchmarks_gpu.{md,json}, benchmarks_gpu_rows.json, bench.log; profile: profile.txt;
+# tests: tests.xml, tests_slow.xml, tests.log (tests_partial when a tier was stopped). A call
+# rewrites only its phases' files, so a second call on the same $OUT keeps the first's, and
+# removes its own phases' old ones first. Copy benchmarks_gpu.{md,json} into docs/ to publish. The exit status is the
 # benchmark's, or pytest's when that is non-zero (the table is printed either way).
 #
 # Environment (defaults): PY (python3), OUT (runs/gpu), WHEELS (.whl), TOTAL_S (570),
@@ -86,8 +88,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not found"
   "$PY" -c "import jax, sys; print(sys.version.split()[0], 'jax', jax.__version__, jax.devices())"
   "$PY" -c "import google.protobuf as p; print('protobuf', p.__version__)" 2>&1 | tail -n 1
-} >"$OUT/bench.log" 2>&1
-cat "$OUT/bench.log"
+} >"$OUT/device.log" 2>&1
+cat "$OUT/device.log"
 if [ "${ALLOW_CPU:-0}" != 1 ] &&
    ! "$PY" -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
   echo "gpu_check: jax sees no GPU (install a CUDA jax, or ALLOW_CPU=1 for a smoke run)"
@@ -107,14 +109,15 @@ elif has_phase bench; then
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
   timeout -s INT -k 20 "$BENCH_LIMIT_S" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
     "$PY" -m experiments.benchmark_gpu --out "$OUT" --budget-s $((BENCH_LIMIT_S - 40)) $BENCH_ARGS \
-    >>"$OUT/bench.log" 2>&1
+    >"$OUT/bench.log" 2>&1
   bench_rc=$?
   tail -n 25 "$OUT/bench.log"
 fi
 
 # The profile next: where a ratio above misses its target, the ops to look at.
 hlo=$(mktemp)
-: >"$OUT/profile.txt"
+# Each phase rewrites only its own files: a later call on the same $OUT keeps the others.
+has_phase profile && : >"$OUT/profile.txt"
 stop=$(( $(date +%s) + PROFILE_S ))
 [ "$stop" -gt $((start + TOTAL_S - 20)) ] && stop=$((start + TOTAL_S - 20))  # within TOTAL_S too
 for spec in "--loss supap" "--loss supap --no-hint" "--loss hap"; do
@@ -128,12 +131,11 @@ for spec in "--loss supap" "--loss supap --no-hint" "--loss hap"; do
   timeout -s INT -k 10 "$left" "$PY" -m experiments.profile_step $spec --batch "$PROFILE_B" --top 25 \
     --hlo "$hlo" >>"$OUT/profile.txt" 2>&1 || echo "gpu_check: profile_step $spec: exit $?" >>"$OUT/profile.txt"
 done
-cat "$hlo" >>"$OUT/profile.txt"
+has_phase profile && cat "$hlo" >>"$OUT/profile.txt"
 rm -f "$hlo"
 
 test_rc=0
 partial=
-: >"$OUT/tests.log"
 run_tier() {  # run_tier MARKER JUNIT: one tier of the suite in the time left
   # 45 s kept back: SIGKILL may follow SIGINT by 30 s, then the counts and the table.
   local left=$((TOTAL_S - ($(date +%s) - start) - 45)) rc workers=()
@@ -159,6 +161,9 @@ run_tier() {  # run_tier MARKER JUNIT: one tier of the suite in the time left
   esac
 }
 if has_phase tests; then
+  # An earlier call's results on the same $OUT must not pass for this one's.
+  rm -f "$OUT/tests.xml" "$OUT/tests_slow.xml" "$OUT/tests_partial"
+  : >"$OUT/tests.log"
   run_tier "not slow" "$OUT/tests.xml"
   run_tier "slow" "$OUT/tests_slow.xml"
   for xml in "$OUT/tests.xml" "$OUT/tests_slow.xml"; do  # a tier stopped hard writes none
@@ -169,16 +174,19 @@ if has_phase tests; then
 fi
 
 junits="$OUT/tests.xml,$OUT/tests_slow.xml"
-if [ -f "$OUT/benchmarks_gpu.json" ] && [ -f "$OUT/benchmarks_gpu_rows.json" ]; then
+json_there=0
+[ -f "$OUT/benchmarks_gpu.json" ] && [ -f "$OUT/benchmarks_gpu_rows.json" ] && json_there=1
+if has_phase tests && [ "$json_there" = 1 ]; then  # this call's counts into the benchmark's JSON
   # shellcheck disable=SC2086  # partial is one flag or none
   "$PY" -m experiments.benchmark_gpu --out "$OUT" --add-tests "$junits" $partial
-elif has_phase bench; then
+fi
+if has_phase bench && [ "$json_there" = 0 ]; then
   echo "gpu_check: the benchmark wrote no JSON (exit $bench_rc); see $OUT/bench.log"
 fi
 if ! has_phase bench && has_phase tests; then
   "$PY" -c "import sys; from experiments.benchmark_gpu import test_counts; print('tests on this device:', test_counts(sys.argv[1], sys.argv[2] == '1'))" "$junits" "$([ -n "$partial" ] && echo 1 || echo 0)"
 fi
-grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -n 60
+has_phase tests && grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -n 60
 echo "gpu_check: benchmark exit $bench_rc, pytest exit $test_rc, $(($(date +%s) - start)) s"
 [ "$bench_rc" -ne 0 ] && exit "$bench_rc"
 exit "$test_rc"

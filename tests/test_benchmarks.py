@@ -303,7 +303,7 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
                          timeout=600, cwd=root, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     files = {"benchmarks_gpu.md", "benchmarks_gpu.json", "benchmarks_gpu_rows.json", "bench.log",
-             "profile.txt", "tests.xml", "tests_slow.xml", "tests.log"}
+             "device.log", "profile.txt", "tests.xml", "tests_slow.xml", "tests.log"}
     assert {p.name for p in out.iterdir()} == files
     result = json.loads((out / "benchmarks_gpu.json").read_text())
     assert {"device", "jax", "losses", "list_api_ratio", "evaluate_ratio_to_topk_loop",
@@ -323,14 +323,25 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     assert "supap fwd+bwd (no hint)" in profile and "hap fwd+bwd (hint)" in profile
     assert "FAILED" not in run.stdout
     assert run.stdout.rstrip().splitlines()[-1].startswith("gpu_check: benchmark exit 0, pytest exit 0")
-    # The split for a lent machine: the tests alone in a second call print their counts.
-    split = {**env, "PHASES": "tests", "OUT": str(tmp_path / "t")}
+    # The split for a lent machine: the tests alone in a second call on the same folder print
+    # their counts, keep the first call's files and merge into its JSON; a stale
+    # tests_partial from an earlier call is removed, not merged.
+    kept = {name: (out / name).read_bytes() for name in ("bench.log", "profile.txt")}
+    (out / "tests_partial").write_text("left by an earlier call")
+    split = {**env, "PHASES": "tests"}
     tests_only = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
                                 timeout=600, cwd=root, env=split)
     assert tests_only.returncode == 0, tests_only.stdout[-3000:] + tests_only.stderr[-3000:]
-    assert {p.name for p in (tmp_path / "t").iterdir()} == {
-        "bench.log", "profile.txt", "tests.xml", "tests_slow.xml", "tests.log"}
+    assert {p.name for p in out.iterdir()} == files
+    assert all((out / name).read_bytes() == data for name, data in kept.items())
     assert f"tests on this device: {result['gpu_tests']}" in tests_only.stdout
+    assert json.loads((out / "benchmarks_gpu.json").read_text())["gpu_tests"] == result["gpu_tests"]
+    # The benchmark alone: no test files to merge, no usage error.
+    alone = {**env, "PHASES": "bench", "OUT": str(tmp_path / "b")}
+    bench_only = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True,
+                                timeout=600, cwd=root, env=alone)
+    assert bench_only.returncode == 0 and "usage:" not in bench_only.stdout + bench_only.stderr, (
+        bench_only.stdout[-3000:] + bench_only.stderr[-3000:])
 
 
 @pytest.mark.parametrize(
