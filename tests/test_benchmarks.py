@@ -440,3 +440,26 @@ def test_merging_test_counts_keeps_them_partial_and_refuses_no_files(tmp_path, c
         merged("nothere.xml")
     assert "none of" in capsys.readouterr().err
     assert json.loads((out / "benchmarks_gpu.json").read_text())["gpu_tests"]["passed"] == 11  # kept
+
+
+def test_batch_benchmark_docs_come_from_the_rows_and_their_host(tmp_path):
+    """The notes under the targets are computed from the rows (they were fixed text: "4.3 GiB",
+    "about twice the time"), and --from-json names the host of the dump, not the rewriting one."""
+    import json
+
+    from experiments import benchmark
+
+    rows = [
+        {"impl": "matmul", "loss": "-", "b": 2048, "d": 128, "time_s": 0.05, "peak_rss_mib": 3 * 1024},
+        {"impl": "rankax", "loss": "supap", "b": 4096, "d": 512, "time_s": 0.3, "peak_rss_mib": 600},
+        {"impl": "rankax", "loss": "hap", "b": 4096, "d": 512, "time_s": 0.9, "peak_rss_mib": 700},
+    ]
+    dump = tmp_path / "rows.json"
+    dump.write_text(json.dumps({"rows": rows, "elapsed_s": 60.0,
+                                "host": {"cpu": "Test CPU, 99 CPU cores", "jax": "9.9", "backend": "cpu"}}))
+    benchmark.main(["--from-json", str(dump), "--docs", str(tmp_path / "docs")])
+    text = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "Host: Test CPU, 99 CPU cores" in text and "jax 9.9" in text
+    assert "3.0 GiB of RSS at B = 2048" in text  # the largest matmul row's peak
+    assert "3.0x SupAP's time at B = 4096" in text  # 0.9 / 0.3
+    assert "pml / rankax (not run)" in text  # no FastAP rows
