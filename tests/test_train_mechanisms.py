@@ -453,6 +453,20 @@ def test_best_model_selection_reports_the_best_checkpoint(tmp_path, capsys):
     assert f"Model selection 'best': evaluating step {best}" in capsys.readouterr().out
 
 
+def test_eval_every_is_compared_on_resume_only_under_best_selection():
+    """eval_every never changes the trained parameters, but under model_selection="best" it
+    decides which steps are candidates, so which model the run reports: compared then."""
+    from rankax.train import workdir
+
+    for selection, compared in (("last", False), ("best", True)):
+        c = tiny_config(eval_every=3, model_selection=selection)
+        recorded = workdir.flat(c)
+        c.eval_every = 5
+        assert workdir.differences(recorded, c) == ({"eval_every": (3, 5)} if compared else {}), selection
+        c.log_every = 7  # a runtime key that chooses nothing: never compared
+        assert "log_every" not in workdir.differences(recorded, c)
+
+
 def test_last_model_selection_reports_the_final_state(tmp_path):
     c = tiny_config(num_steps=6, eval_every=3, checkpoint_every=6)
     final = train_lib.train_and_evaluate(c, str(tmp_path))

@@ -223,11 +223,19 @@ def differences(recorded: dict[str, Any], config: ml_collections.ConfigDict) -> 
     now = flat(config)
     recorded = {**ADDED_KEYS, **recorded}
     absent = "<absent>"
+    # Under model_selection="best" the evaluated steps are the candidate models: which one the
+    # run reports depends on eval_every, so it is compared then.
+    best = "best" in (recorded.get("model_selection"), now.get("model_selection"))
     return {
         k: (recorded.get(k, absent), now.get(k, absent))
         for k in sorted(set(recorded) | set(now))
-        if recorded.get(k, absent) != now.get(k, absent) and not is_runtime(k)
+        if recorded.get(k, absent) != now.get(k, absent)
+        and not (is_runtime(k) and not (best and k in SELECTION_KEYS))
     }
+
+
+#: Runtime keys that choose the model a ``model_selection="best"`` run reports.
+SELECTION_KEYS = frozenset({"eval_every"})
 
 
 def is_runtime(key: str) -> bool:
