@@ -38,6 +38,8 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -83,6 +85,11 @@ class Mlp(nn.Module):
         return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(x)
 
 
+def _stream(dtype: Any) -> Any:
+    """The dtype of the residual stream and LayerNorms: float32, or ``dtype`` when wider."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
@@ -99,10 +106,10 @@ class Block(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
         x = x + Attention(self.num_heads, self.dtype, name="attn")(
-            nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="norm1")(x)
+            nn.LayerNorm(_LN_EPS, dtype=_stream(self.dtype), name="norm1")(x)
         )
         return x + Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
-            nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="norm2")(x)
+            nn.LayerNorm(_LN_EPS, dtype=_stream(self.dtype), name="norm2")(x)
         )
 
 
@@ -168,11 +175,12 @@ class VisionTransformer(nn.Module):
         if (gh, gw) != (side, side):
             pos_embed = resample_pos_embed(pos_embed, (gh, gw))
         # The residual stream is float32 whatever the compute dtype (Block).
-        x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, d)), x.astype(jnp.float32)], axis=1)
-        x = x + pos_embed
+        stream = _stream(self.dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, d)), x], axis=1).astype(stream)
+        x = x + pos_embed.astype(stream)
         for i in range(self.depth):
             x = Block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x)
-        return nn.LayerNorm(_LN_EPS, dtype=jnp.float32, name="norm")(x)
+        return nn.LayerNorm(_LN_EPS, dtype=stream, name="norm")(x)
 
 
 class ViTEmbedding(nn.Module):
