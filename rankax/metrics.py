@@ -175,12 +175,20 @@ def asi_from_depths(depth: Array, mask: Array, num_pos: Array) -> Array:
 
     with :math:`d_{(m)}` the m-th smallest depth (:math:`+\\infty` past the filled slots), at
     least ``m`` because the ideal places are distinct; the two forms are equal since
-    :math:`\\sum_{m=1}^{R} (H_R - H_{m-1}) = R`. The second is computed: a positive entering
-    at its ideal depth adds exactly 0 to the deficit, so a perfect ranking scores exactly 1
-    although the float32 harmonic numbers (from the digamma function) are a few ulps off."""
-    dtype = jnp.result_type(depth, num_pos, jnp.float32)
+    :math:`\\sum_{m=1}^{R} (H_R - H_{m-1}) = R`. Values below 1/2 come from the first form
+    (exactly 0 when no positive enters by depth R, small values to their relative precision),
+    the others from the second: a positive entering at its ideal depth adds exactly 0 to the
+    deficit, so a perfect ranking scores exactly 1 although the float32 harmonic numbers (from
+    the digamma function) are a few ulps off."""
+    # float32 at least; float64 under x64 for float64 or integer inputs (the default float).
+    dtype = jnp.promote_types(jnp.result_type(depth, num_pos, 1.0), jnp.float32)
     r = num_pos[..., None].astype(dtype)
-    d = jnp.sort(jnp.where(mask, depth.astype(dtype), jnp.inf), axis=-1)
+    depth = depth.astype(dtype)
+    # Direct form: exact 0 when no positive enters by depth R, and small values keep their
+    # relative precision.
+    direct = jnp.sum(jnp.where(mask & (depth <= r), harmonic(r) - harmonic(depth - 1.0), 0.0), axis=-1)
+    # Deficit form: exact 1 for a perfect ranking.
+    d = jnp.sort(jnp.where(mask, depth, jnp.inf), axis=-1)
     m = jnp.arange(1, d.shape[-1] + 1, dtype=dtype)
     deficit = jnp.where(m <= r, harmonic(jnp.minimum(d - 1.0, r)) - harmonic(m - 1.0), 0.0)
     # Places m > C (a list with fewer slots than positives, e.g. a truncated neighbour list):
@@ -188,7 +196,9 @@ def asi_from_depths(depth: Array, mask: Array, num_pos: Array) -> Array:
     c = jnp.asarray(d.shape[-1], dtype)
     rest = jnp.where(r > c, (r - c) - c * (harmonic(r) - harmonic(c)), 0.0)
     lost = jnp.sum(jnp.maximum(deficit, 0.0), axis=-1) + rest[..., 0]
-    return jnp.where(num_pos > 0, jnp.clip(1.0 - safe_divide(lost, num_pos.astype(dtype)), 0.0, 1.0), 0.0)
+    n = num_pos.astype(dtype)
+    low, high = safe_divide(direct, n), 1.0 - safe_divide(lost, n)
+    return jnp.where(num_pos > 0, jnp.clip(jnp.where(low < 0.5, low, high), 0.0, 1.0), 0.0)
 
 
 def map_at_r_from_ranks(rank: AnyArray, rank_pos: AnyArray, mask: AnyArray, num_pos: AnyArray) -> AnyArray:

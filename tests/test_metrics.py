@@ -249,6 +249,13 @@ def test_asi_of_a_perfect_ranking_is_exactly_one(num_pos):
     assert float(metrics.asi(s, (rel > 0).astype(np.float32))) == 1.0
 
 
+@pytest.mark.parametrize("num_pos", [1, 7, 1000])
+def test_asi_with_every_positive_past_depth_r_is_exactly_zero(num_pos):
+    rel = np.r_[np.zeros(num_pos + 3), np.ones(num_pos)]  # the positives after num_pos + 3 negatives
+    s = np.linspace(1.0, -1.0, rel.size, dtype=np.float32)
+    assert float(metrics.asi(s, rel)) == 0.0
+
+
 def test_asi_from_depths_with_fewer_slots_than_positives():
     # A truncated neighbour list: R = 6 positives, only 3 slots (the others lie deeper than R).
     # Reference: the first form, (1/R) sum over the listed positives with d <= R of H_R - H_{d-1}.
