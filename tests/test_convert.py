@@ -332,9 +332,18 @@ def test_load_pretrained_files(torch_resnet, torch_vit, tmp_path):
     wrapped = {"model": {"module." + k: v for k, v in torch_vit.state_dict().items()}, "epoch": 3}
     torch.save(wrapped, tmp_path / "deit.pth")
     _same(load_pretrained(tmp_path / "deit.pth"), expected_vit)
-    # ROADMAP/SupRank/HAPPIER training checkpoints: {"net_state": ...}, often named .pth.tar
-    torch.save({"net_state": torch_resnet.state_dict(), "epoch": 1}, tmp_path / "official.pth.tar")
-    _same(load_pretrained(tmp_path / "official.pth.tar"), expected_resnet)
+    # Checkpoints wrapping the weights as {"net_state": ...}, named .pth.tar or .ckpt
+    torch.save({"net_state": torch_resnet.state_dict(), "epoch": 1}, tmp_path / "net.pth.tar")
+    _same(load_pretrained(tmp_path / "net.pth.tar"), expected_resnet)
+    # The official ROADMAP/SupRank ones (engine/checkpoint.py) also pickle numpy's RNG state,
+    # which a tensors-only load refuses: the error says how to take the weights out.
+    rng_state = np.random.get_state()  # noqa: NPY002 - what the official code saves
+    official = {"net_state": torch_resnet.state_dict(), "epoch": 3, "NP_STATE": rng_state}
+    torch.save(official, tmp_path / "epoch_3.ckpt")
+    with pytest.raises(ValueError, match=r"epoch_3.ckpt holds objects besides tensors.*\['net_state'\]"):
+        load_pretrained(tmp_path / "epoch_3.ckpt")
+    torch.save({"net_state": torch_resnet.state_dict(), "epoch": 3}, tmp_path / "rolling.ckpt")
+    _same(load_pretrained(tmp_path / "rolling.ckpt"), expected_resnet)
     np.savez(tmp_path / "vit.npz", **{k: v.numpy() for k, v in torch_vit.state_dict().items()})
     _same(load_pretrained(tmp_path / "vit.npz"), expected_vit)
     # half-precision checkpoints come back as float32

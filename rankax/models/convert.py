@@ -52,6 +52,7 @@ rankax never imports torch at module import time.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -73,6 +74,11 @@ _VIT_KEY = re.compile(
 )
 # Where training checkpoints keep the weights ("net_state": ROADMAP/SupRank/HAPPIER's).
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema", "net_state")
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:limit]
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -344,8 +350,8 @@ def _unwrap(obj: Any) -> dict[str, Any]:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a PyTorch-layout state dict from ``.pth``/``.pt``/``.bin`` (also ``.pth.tar``),
-    ``.npz`` or ``.safetensors``.
+    """Reads a PyTorch-layout state dict from ``.pth``/``.pt``/``.bin``/``.ckpt`` (also
+    ``.pth.tar``; tensors only: ``torch.load(weights_only=True)``), ``.npz`` or ``.safetensors``.
 
     Checkpoints wrapping the weights (``{"model": ...}`` as DeiT's, ``{"state_dict": ...}``,
     ``{"net_state": ...}`` as ROADMAP/SupRank/HAPPIER's) are unwrapped and a ``module.``
@@ -359,10 +365,20 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ext = os.path.splitext(path)[1].lower()
     if path.lower().endswith((".pth.tar", ".pt.tar")):  # torch.save's common checkpoint names
         ext = ".pth"
-    if ext in (".pth", ".pt", ".bin"):
+    if ext in (".pth", ".pt", ".bin", ".ckpt"):
         how = "np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})"
         torch = optional.require("torch", f"reading {path} (or save it as .npz where torch is: {how})")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            # Training checkpoints also pickle other objects (the official ones: numpy's RNG
+            # state, an OmegaConf config), which only an unrestricted unpickler reads.
+            raise ValueError(
+                f"{path} holds objects besides tensors, which rankax does not unpickle (only a "
+                "file you trust may run code when loaded): where it is trusted, save its weights "
+                "alone, e.g. torch.save(torch.load(path, weights_only=False)['net_state'], 'net.pth'), "
+                f"and load that ({_first_line(err)})"
+            ) from None
     elif ext == ".npz":
         with np.load(path) as f:
             obj = {k: f[k] for k in f.files}
@@ -375,8 +391,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         obj = optional.require("safetensors.numpy", f"reading {path}").load_file(path)
     else:
         raise ValueError(
-            f"{path}: unknown weight format {ext!r}; expected .pth (.pth.tar), .pt, .bin, .npz or "
-            ".safetensors"
+            f"{path}: unknown weight format {ext!r}; expected .pth (.pth.tar), .pt, .bin, .ckpt, .npz "
+            "or .safetensors"
         )
     return {k: _to_numpy(v) for k, v in _unwrap(obj).items()}
 
