@@ -106,6 +106,8 @@ if has_phase bench && [ "$BENCH_LIMIT_S" -lt 60 ]; then
   echo "gpu_check: ${BENCH_LIMIT_S}s left of TOTAL_S=$TOTAL_S for the benchmark (60 s at least): not run"
   bench_rc=124
 elif has_phase bench; then
+  # An earlier call's figures must not pass for this one's when it dies before writing any.
+  rm -f "$OUT/benchmarks_gpu.md" "$OUT/benchmarks_gpu.json" "$OUT/benchmarks_gpu_rows.json"
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
   timeout -s INT -k 20 "$BENCH_LIMIT_S" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
     "$PY" -m experiments.benchmark_gpu --out "$OUT" --budget-s $((BENCH_LIMIT_S - 40)) $BENCH_ARGS \

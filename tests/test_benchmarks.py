@@ -342,6 +342,12 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
                                 timeout=600, cwd=root, env=alone)
     assert bench_only.returncode == 0 and "usage:" not in bench_only.stdout + bench_only.stderr, (
         bench_only.stdout[-3000:] + bench_only.stderr[-3000:])
+    # A benchmark that dies before writing: an earlier call's JSON is not left to pass for it.
+    (tmp_path / "b" / "benchmarks_gpu.json").write_text('{"stale": true}')
+    dies = subprocess.run(["bash", "experiments/gpu_check.sh"], capture_output=True, text=True, timeout=600,
+                          cwd=root, env={**alone, "BENCH_ARGS": "--sizes abc"})
+    assert dies.returncode != 0 and "the benchmark wrote no JSON" in dies.stdout, dies.stdout[-3000:]
+    assert not (tmp_path / "b" / "benchmarks_gpu.json").exists()
 
 
 @pytest.mark.parametrize(

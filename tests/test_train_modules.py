@@ -90,10 +90,16 @@ def test_settings_that_never_take_effect_are_named():
     assert "never decays" in optim.inert_settings(c, every_5)[0]
     c.optimizer.decay_epochs = (2, 3)  # epoch 2 starts at step 10: one decay inside the run
     assert optim.inert_settings(c, every_5) == []
+    # Without the sampler's clock the keys in epochs are not placed (no error), the rest checked.
+    c.optimizer.frozen_warmup_epochs, c.optimizer.frozen_groups = 100, ("backbone",)
+    c.xbm.size, c.xbm.start_step = 100, 12
+    assert [f.split("=")[0] for f in optim.inert_settings(c)] == ["config.xbm.start_step"]
 
 
 def test_evaluation_keys_of_each_protocol():
     c = tiny_config()
+    with pytest.raises(TypeError, match=r"label_shape is the shape of one test label.*got 2"):
+        evaluators.evaluation_keys(c, 2)  # the old labels_ndim argument
     c.eval_ks, c.eval_backend = (1, 5), "exact"
     assert evaluators.evaluation_keys(c, (3,)) == {
         "recall@1", "recall@5", "map@r", "r_precision", "map", "hap", "ndcg", "asi"

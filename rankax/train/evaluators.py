@@ -173,6 +173,9 @@ def _protocol(config: Config) -> EvalProtocol:
 def evaluation_keys(config: Config, label_shape: tuple[int, ...]) -> set[str]:
     """The metric names :func:`evaluate_state` returns for ``config`` (to check config keys
     such as ``best_metric`` before training rather than after)."""
+    if not isinstance(label_shape, tuple | list):
+        raise TypeError(f"evaluation_keys: label_shape is the shape of one test label, np.shape(labels)[1:] "
+                        f"(() for class ids, (L,) for label paths), got {label_shape!r}")
     return _protocol(config).keys(config, tuple(label_shape))
 
 

@@ -380,21 +380,24 @@ def inert_settings(config: Config, epoch_start: EpochStart | None = None) -> lis
     frozen warm-up that outlasts the run or has no length, decay keys of another schedule,
     ``multistep`` milestones past the end, a linear warm-up as long as the run, a cross-batch
     memory that starts after it. One sentence per finding, naming the key (the run warns: a
-    short debugging run may mean it)."""
+    short debugging run may mean it). Without ``epoch_start`` (the sampler's clock) the keys in
+    epochs are not placed: the frozen warm-up and the milestones are not checked."""
     n, opt = int(config.num_steps), config.optimizer
-    warm = warmup(config, epoch_start)
-    found = []
-    if warm.epochs and warm.switch_step >= n:
+    found: list[str] = []
+    placed = epoch_start is not None or not int(opt.get("frozen_warmup_epochs", 0) or 0)
+    warm = warmup(config, epoch_start) if placed else None
+    if warm is not None and warm.epochs and warm.switch_step >= n:
         found.append(f"config.optimizer.frozen_warmup_epochs={warm.epochs} ends at step {warm.switch_step}, "
                      f"not before num_steps={n}: the frozen groups ({', '.join(warm.groups)}) never train")
-    if tuple(opt.get("frozen_groups", ()) or ()) and not warm.epochs:
+    if warm is not None and tuple(opt.get("frozen_groups", ()) or ()) and not warm.epochs:
         found.append("config.optimizer.frozen_groups has no effect without "
                      "optimizer.frozen_warmup_epochs > 0")
-    sections = [("config.optimizer", opt, [warm.offset_epochs(g) for g in MODEL_GROUPS])]
+    offset = (lambda group: 0) if warm is None else warm.offset_epochs  # noqa: E731
+    sections = [("config.optimizer", opt, [offset(g) for g in MODEL_GROUPS])]
     for term, section in config.loss.get("terms", {}).items():
         if "optimizer" in section:
             key = f"config.loss.terms.{term}.optimizer"
-            sections.append((key, section.optimizer, [warm.offset_epochs(term)]))
+            sections.append((key, section.optimizer, [offset(term)]))
     for key, section, offsets in sections:
         schedule = section.get("schedule", "constant")
         epochs = tuple(section.get("decay_epochs", ()) or ())
@@ -402,7 +405,7 @@ def inert_settings(config: Config, epoch_start: EpochStart | None = None) -> lis
             found.append(f"{key}.decay_epochs is read by schedule='multistep' only, not {schedule!r}")
         if int(section.get("decay_every_epochs", 0) or 0) and schedule != "step_epochs":
             found.append(f"{key}.decay_every_epochs is read by schedule='step_epochs' only, not {schedule!r}")
-        if epochs and schedule == "multistep" and epoch_start is not None:
+        if epochs and schedule == "multistep" and epoch_start is not None and warm is not None:
             if all(epoch_start(o + int(e)) >= n for o in offsets for e in epochs):
                 found.append(f"{key}.decay_epochs={epochs} all start at or after step {n} (num_steps): "
                              "the learning rate never decays")
