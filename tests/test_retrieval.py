@@ -1067,3 +1067,18 @@ def test_float64_embeddings_beyond_float32_are_normalised_first_when_asked():
         retrieval.evaluate(x, y)
     with pytest.raises(ValueError, match="beyond float32's range"):  # through the evaluator too
         retrieval.RetrievalEvaluator(x, y, batch_size=8).run(np.asarray)
+
+
+def test_positive_counts_from_one_sort_equal_the_pairwise_count():
+    """Each positive's count of positives scoring at least as high (itself included), from a
+    sort per row: equal to counting every pair (which took a [block, C, C] array), with ties
+    and empty slots."""
+    from rankax.retrieval import exact
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(50, 16)).astype(np.float32)  # many ties
+    mask = rng.random((50, 16)) < 0.7
+    x = np.where(mask, x, np.inf)  # empty slots hold +inf, as in the kernel
+    want = np.sum((x[:, None, :] >= x[:, :, None]) & mask[:, None, :], axis=-1)
+    got = np.asarray(exact._count_positives_at_least(jnp.asarray(x), jnp.asarray(mask)))
+    np.testing.assert_array_equal(got[mask], want[mask])
