@@ -105,6 +105,7 @@ def test_inat_taxonomy_and_split(mock, tmp_path, hierarchy, levels):
                 assert len(np.unique(both[both[:, level] == value, level + 1])) == 1
 
 
+@pytest.mark.filterwarnings("ignore:1 of the .* images of the iNaturalist train list")  # _inat_files' extra
 def test_inat_genus_name_in_two_families_is_warned_about(mock, tmp_path):
     """A genus name used in two families (as Prunella, a plant and a bird genus) is one genus id
     (SupRank's loader does the same): loading says so, naming the genus and the families."""
