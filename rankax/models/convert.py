@@ -76,9 +76,11 @@ _VIT_KEY = re.compile(
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema", "net_state")
 
 
-def _first_line(err: BaseException, limit: int = 200) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:limit]
+def _unpickled_global(err: BaseException) -> str:
+    """Of torch's refusal to unpickle an object, the line that names it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "Unsupported global" in line]
+    return (named[0].split(". Please")[0] if named else (lines[0] if lines else type(err).__name__))[:200]
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -372,12 +374,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             # Training checkpoints also pickle other objects (the official ones: numpy's RNG
-            # state, an OmegaConf config), which only an unrestricted unpickler reads.
+            # state, an OmegaConf config; others argparse namespaces), which only an
+            # unrestricted unpickler reads.
             raise ValueError(
-                f"{path} holds objects besides tensors, which rankax does not unpickle (only a "
-                "file you trust may run code when loaded): where it is trusted, save its weights "
-                "alone, e.g. torch.save(torch.load(path, weights_only=False)['net_state'], 'net.pth'), "
-                f"and load that ({_first_line(err)})"
+                f"{path} holds objects besides tensors ({_unpickled_global(err)}), which rankax does not "
+                "unpickle (a file can run code when unpickled): from a file you trust, save the weights "
+                "alone, e.g. torch.save(torch.load(path, weights_only=False)['net_state'], 'weights.pth') "
+                "('net_state' for the official ROADMAP/SupRank/HAPPIER checkpoints)"
             ) from None
     elif ext == ".npz":
         with np.load(path) as f:

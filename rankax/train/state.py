@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -103,13 +102,11 @@ def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array
         except errors.ConfigError:
             raise
         # Missing, unreadable, not weights of a known model, or pickled objects besides tensors
-        # (torch.load(weights_only=True) raises pickle.UnpicklingError for those).
-        except (OSError, ValueError, pickle.UnpicklingError) as err:
+        # (convert.load_state_dict names the object and how to save the weights alone).
+        except (OSError, ValueError) as err:
             raise errors.ConfigError(
-                f"config.model.pretrained={pretrained!r} cannot be loaded: {_reason(err)}. Pass a "
-                "torchvision ResNet or timm ViT/DeiT checkpoint (.pth holding only tensors: re-save "
-                "a checkpoint with other objects as its state_dict, or as .npz with rankax.models.convert) "
-                "(docs/models.md)"
+                f"config.model.pretrained={pretrained!r} cannot be loaded: {err}. Pass a torchvision "
+                "ResNet or timm ViT/DeiT checkpoint of tensors (.pth, .npz, .safetensors; docs/models.md)"
             ) from err
         try:
             variables = convert.merge_pretrained(variables, weights)
@@ -120,15 +117,6 @@ def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array
                 "--config.model.name to the model they belong to (docs/models.md)"
             ) from err
     return variables
-
-
-def _reason(err: Exception) -> str:
-    """``err``'s message; of torch's refusal to unpickle objects, the line naming the object."""
-    if isinstance(err, pickle.UnpicklingError):
-        named = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
-        if named:
-            return f"it holds objects besides tensors ({named[0].split('. Please')[0]})"
-    return str(err)
 
 
 def check_distilled(path: str) -> None:
