@@ -37,10 +37,14 @@ HPARAMS = "loss.hparams"
 
 class CliError(SystemExit):
     """A usage error: ``str(err)`` is the message printed (``error: ...``); uncaught, it exits
-    with status 1 (a ``SystemExit`` with a string argument prints it and exits 1)."""
+    with status 1 (a ``SystemExit`` with a string argument prints it and exits 1). ``cause``: the
+    error it reports, whose mark of being raised on every process it keeps
+    (:func:`rankax.train.distributed.on_every_process`)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, cause: BaseException | None = None):
         super().__init__(f"error: {message}")
+        if getattr(cause, "on_every_process", False):
+            self.on_every_process = True
 
 
 @contextlib.contextmanager
@@ -374,7 +378,20 @@ def run(main: Any) -> None:
               "other processes stop too; start them all again with the same command", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
+        if getattr(err, "on_every_process", False):  # every process refuses: let each say why first
+            _wait_for_the_others()
         os._exit(code)
+
+
+def _wait_for_the_others(timeout_s: int = 30) -> None:
+    """A barrier of at most ``timeout_s`` before leaving (best effort: a peer gone meanwhile
+    only shortens it)."""
+    try:
+        from rankax.train import distributed
+
+        distributed.barrier("refused-everywhere", timeout_s)
+    except BaseException:  # noqa: BLE001 - leaving anyway
+        pass
 
 
 def _exit_status(err: BaseException) -> int:
@@ -419,4 +436,4 @@ def start_distributed(values: dict[str, Any]) -> bool:
             **timeouts,
         )
     except distributed.DistributedError as err:
-        raise CliError(str(err)) from None
+        raise CliError(str(err), err) from None

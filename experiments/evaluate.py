@@ -87,7 +87,7 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
     try:
         record = workdir_lib.read(workdir)
     except ValueError as err:  # a config.json that is not JSON
-        raise cli.CliError(f"{flag}: {err}") from None
+        raise cli.CliError(f"{flag}: {err}", err) from None
     if config:
         cfg = cli.load_config(config)
     elif record is None:
@@ -105,7 +105,7 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
     try:  # the checks of experiments.train: a bad override is one line naming the key
         config_checks.check_config(cfg)
     except ConfigError as err:
-        raise cli.CliError(f"{flag}: {err}") from None
+        raise cli.CliError(f"{flag}: {err}", err) from None
     return cfg
 
 
@@ -139,7 +139,7 @@ def restore(cfg, checkpoint: str, step: int | None, flag: str):
     try:
         return evaluators.restore_for_evaluation(cfg, checkpoint, step=step)
     except (FileNotFoundError, CheckpointReadError, ConfigError) as err:
-        raise cli.CliError(f"{flag}: {err}") from err
+        raise cli.CliError(f"{flag}: {err}", err) from err
     except ValueError as err:  # a config value the data or model code checked (names the key)
         raise cli.CliError(f"{flag}: {err}") from None
 

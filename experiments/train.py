@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             config_checks.check_config(config)
             config = losses.check_loss_hparams(config)  # deprecated spellings as the run records them
         except ConfigError as err:
-            raise cli.CliError(str(err)) from None
+            raise cli.CliError(str(err), err) from None
         print(config)
         return None
     if "workdir" not in values:
@@ -110,11 +110,11 @@ def _train(values: dict, config) -> dict:
     try:
         return loop.train_and_evaluate(config, values["workdir"], allow_config_change=allowed)
     except explained as err:  # a dataset not prepared is a FileNotFoundError
-        raise cli.CliError(str(err)) from None
+        raise cli.CliError(str(err), err) from None
     except ValueError as err:  # a config value the program checked: the message names the key
         if not str(err).startswith("config."):
             raise
-        raise cli.CliError(str(err)) from None
+        raise cli.CliError(str(err), err) from None
 
 
 if __name__ == "__main__":

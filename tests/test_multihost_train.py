@@ -460,3 +460,17 @@ def test_image_folder_trains_across_processes_as_in_one(tmp_path):
     assert m1.keys() == m2.keys() and any(k.endswith("recall@1") for k in m1)
     for key in m1:
         assert m2[key] == pytest.approx(m1[key], abs=METRIC_ATOL), key
+
+
+def test_a_refusal_every_process_raises_keeps_its_mark_through_the_cli_error():
+    """A refusal computed alike on every process (other devices, configs, data, an unshared
+    workdir) makes the failing command wait for the others to print theirs before it leaves:
+    leaving at once, process 0 took the coordination service down and process 1 aborted
+    before saying why (seen once in CI). The mark survives the CLI's error."""
+    from experiments import cli
+    from rankax.train import distributed
+    from rankax.train.errors import ConfigError
+
+    marked = distributed.on_every_process(ConfigError("the processes were started with different ..."))
+    assert cli.CliError(str(marked), marked).on_every_process
+    assert not hasattr(cli.CliError("alone", ConfigError("one process only")), "on_every_process")

@@ -52,6 +52,15 @@ class DistributedError(RuntimeError):
     """A multi-process setting that cannot work (bad flags, a process that did not join)."""
 
 
+def on_every_process(err: Exception) -> Exception:
+    """``err`` marked as raised by every process alike (a refusal all of them computed from the
+    same facts): a failing command then waits for the others to print theirs before it leaves
+    (``experiments.cli.run``); leaving at once, process 0 took down the coordination service
+    and a peer aborted before it could say why."""
+    err.on_every_process = True  # type: ignore[attr-defined]
+    return err
+
+
 def detected_cluster() -> str | None:
     """The name of the cluster environment JAX would auto-detect (``"SlurmCluster"``,
     ``"GceTpuCluster"``, ...), or None when there is none.
@@ -170,17 +179,17 @@ def _check_topology(num_processes: int | None) -> None:
     coordinator's, or when the processes hold different numbers of devices (the data-parallel
     mesh and each process's rows of a batch assume the same number on every host)."""
     if num_processes is not None and jax.process_count() != num_processes:
-        raise DistributedError(
+        raise on_every_process(DistributedError(
             f"--num_processes={num_processes} here, but the coordinator's run has {jax.process_count()} "
             "processes: start every process with the same --num_processes"
-        )
+        ))
     counts = collections.Counter(d.process_index for d in jax.devices())
     if len(set(counts.values())) > 1:
         shown = ", ".join(f"process {i}: {counts[i]}" for i in sorted(counts))
-        raise DistributedError(
+        raise on_every_process(DistributedError(
             f"the processes hold different numbers of devices ({shown}); a data-parallel run needs the "
             "same number on every host (set CUDA_VISIBLE_DEVICES or JAX_NUM_CPU_DEVICES alike)"
-        )
+        ))
 
 
 def _not_joined_message(where: str, timeout_s: int) -> None:
@@ -258,7 +267,8 @@ def check_same_everywhere(
                       for k in keys[:6])
     where = f"process {process_index()} differs from process 0 ({shown})" if keys else (
         f"processes {differ} differ from process 0")
-    raise ConfigError(f"the processes were started with different {what}: {where}. {advice}")
+    raise on_every_process(
+        ConfigError(f"the processes were started with different {what}: {where}. {advice}"))
 
 
 #: The file :func:`check_shared_directory` writes in the directory for a moment.
@@ -299,11 +309,11 @@ def check_shared_directory(path: str, what: str) -> None:
             os.remove(marker)
     blind = [i for i, ok in enumerate(seen_by) if not ok]
     if blind:
-        raise ConfigError(
+        raise on_every_process(ConfigError(
             f"{what} {path!r} is not shared: process(es) {blind} do not see the file process 0 wrote "
             f"there. A multi-process run needs one {what} that every process reads and writes (a "
             "shared file system mounted on every host)"
-        )
+        ))
 
 
 def _client():
