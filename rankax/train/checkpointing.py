@@ -238,12 +238,21 @@ class Checkpointer:
         interval is lost when it was the newest). Process 0 moves; the others wait."""
         if distributed.is_main():
             for step, path, err in _unreadable_metrics(self.directory):
-                aside = _unused_path(os.path.join(self.directory + ".corrupt", str(step)))
-                os.makedirs(os.path.dirname(aside), exist_ok=True)
-                shutil.move(self.step_path(step), aside)
+                aside = self._move_aside(step)
                 print(f"WARNING: checkpoint step {step}: its metrics file {path} is unreadable "
                       f"({_first_line(err)}); moved to {aside}")
         distributed.barrier(f"metrics-scan-{next(_SCANS)}", BARRIER_TIMEOUT_S)
+
+    def _corrupt_path(self, step: int) -> str:
+        return os.path.join(self.directory + ".corrupt", str(step))
+
+    def _move_aside(self, step: int) -> str:
+        """Moves step ``step`` to ``<directory>.corrupt/<step>`` (``<step>.1``, ... if taken: never
+        replacing what was moved before); returns where (the caller is process 0)."""
+        aside = _unused_path(self._corrupt_path(step))
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(self.step_path(step), aside)
+        return aside
 
     def _partial_saves(self, step: int | None = None) -> list[str]:
         pattern = f"{'*' if step is None else step}{TMP_SUFFIX}*"
@@ -448,10 +457,9 @@ class Checkpointer:
         if self.read_only:
             where = "left in place (read-only)"
         else:
-            aside = _unused_path(os.path.join(self.directory + ".corrupt", str(step)))
+            aside = _unused_path(self._corrupt_path(step))
             if distributed.is_main():  # once, on the shared directory; the others wait
-                os.makedirs(os.path.dirname(aside), exist_ok=True)
-                shutil.move(path, aside)
+                aside = self._move_aside(step)
             distributed.barrier(f"quarantine-{step}", BARRIER_TIMEOUT_S)
             self._mngr.reload()
             where = f"moved to {aside}"
