@@ -2,6 +2,8 @@
 
     python -m experiments.evaluate --workdir runs/digits [--config FILE] [--config.key=value ...]
         [--step N] [--output metrics.json] [--save_embeddings test.npz]
+    python -m experiments.evaluate --config FILE --weights net.pth [--config.key=value ...]
+        [--output metrics.json] [--save_embeddings test.npz]
     python -m experiments.evaluate --embeddings test.npz [--gallery gallery.npz] \\
         [--backend auto|exact|scann] [--scann_config auto|brute_force|tree_ah] \\
         [--scann_leaves_to_search N] \\
@@ -19,6 +21,13 @@ are given, and its ``eval_protocol`` (``revisited`` / ``landmarks`` runs get the
 ``--save_embeddings FILE.npz`` also writes those embeddings (a separate gallery to
 ``FILE_gallery.npz``). The metrics of a workdir include
 ``step``, the checkpoint evaluated.
+
+``--weights FILE`` with ``--config FILE`` evaluates the config's model with the weights of a
+file instead of a training run: a network trained by the official ROADMAP/SupRank/HAPPIER
+code (its ``net_state``, see ``rankax.models.convert.retrievalnet_to_flax``), or ImageNet
+weights for a baseline before training. It is the config's own evaluation, as above, with
+``model.pretrained`` set to the file; the file must hold tensors only (the official
+``epoch_N.ckpt`` also pickle other objects: save their ``net_state`` alone first, docs/models.md).
 
 Input files are ``.npz`` archives with two arrays:
 
@@ -144,18 +153,48 @@ def restore(cfg, checkpoint: str, step: int | None, flag: str):
         raise cli.CliError(f"{flag}: {err}") from None
 
 
-def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag: str = "--checkpoint"):
-    """``(embed_fn, inputs, labels, gallery_inputs, gallery_labels, step)`` for the test split
-    of ``cfg`` embedded by the model restored from the training workdir ``checkpoint`` (at
-    ``step``).
+def weights_config(config: str, weights: str, overrides) -> object:
+    """The config file ``config`` with ``overrides``, its model starting from the file ``weights``."""
+    from rankax.train import ConfigError, config_checks
 
-    The embeddings are computed here (datasets may not fit in memory as images), so
-    ``embed_fn`` is the identity on them.
-    """
+    if not os.path.isfile(weights):
+        raise cli.CliError(f"--weights {weights}: no such file (a .pth/.npz/.safetensors file of tensors)")
+    cfg = cli.load_config(config)
+    cli.apply_overrides(cfg, overrides)
+    cfg.model.pretrained = weights
+    if cfg.model.get("pretrained_distilled", False):  # says which ImageNet file a recipe starts from;
+        cfg.model.pretrained_distilled = False  # a trained DeiT net has no distillation token left
+    try:
+        config_checks.check_config(cfg)
+    except ConfigError as err:
+        raise cli.CliError(f"--config {config}: {err}", err) from None
+    return cfg
+
+
+def load_model(cfg, args):
+    """``(state, data)``: the model ``args`` names (a workdir's checkpoint, or the config's
+    model with ``--weights``) and the dataset of ``cfg``; errors as one-line CLI errors."""
+    if args.checkpoint:
+        return restore(cfg, args.checkpoint, args.step, args.flag)
+    from rankax.train import ConfigError, input_pipeline
+    from rankax.train import state as state_lib
+
+    try:
+        data = input_pipeline.load(cfg)
+        return state_lib.initial_state(cfg, data), data
+    except ConfigError as err:  # the weights: unreadable, or not this config's model
+        raise cli.CliError(f"--weights: {err}", err) from None
+    except ValueError as err:  # a config value the data or model code checked (names the key)
+        raise cli.CliError(f"--config {args.config}: {err}") from None
+
+
+def embed_test_split(cfg, state, data, flag: str = "--workdir"):
+    """``(inputs, labels, gallery_inputs, gallery_labels)``: the test split of ``cfg`` (and its
+    gallery, if any) embedded by ``state``'s model, as the training run's evaluation embeds it.
+    The embeddings are computed here: datasets may not fit in memory as images."""
     from rankax.retrieval.evaluator import embed_in_batches
     from rankax.train import evaluators, input_pipeline
 
-    state, data = restore(cfg, checkpoint, step, flag)
     try:  # checked before the test split is embedded
         evaluators.eval_levels(cfg, data.test.labels)
     except ValueError as err:
@@ -172,7 +211,7 @@ def embed_fn_from_checkpoint(cfg, checkpoint: str, step: int | None = None, flag
     queries = embed_in_batches(embed, data.test, bs, **reading)
     gallery = None if data.gallery is None else embed_in_batches(embed, data.gallery, bs, **reading)
     gallery_labels = None if data.gallery is None else np.asarray(data.gallery.labels)
-    return np.asarray, queries, np.asarray(data.test.labels), gallery, gallery_labels, int(state.step)
+    return queries, np.asarray(data.test.labels), gallery, gallery_labels
 
 
 def _devices(cfg) -> list:
@@ -223,6 +262,8 @@ FLAGS = {
     "config": "experiment config file (default: the one the workdir recorded)",
     "step": "with --workdir: this checkpoint step (default: the model the run reports: the newest "
             "readable, or its best step under model_selection='best')",
+    "weights": "with --config: evaluate the config's model with these weights (torchvision, timm, or a "
+               "trained official RetrievalNet's net_state) instead of a training run",
     "embeddings": "queries (and gallery) .npz: embeddings, labels",
     "gallery": "separate gallery .npz (default: queries = gallery)",
     "backend": f"one of {', '.join(BACKENDS)} (default: the run's eval_backend, else exact)",
@@ -234,8 +275,8 @@ FLAGS = {
     "normalize": "L2-normalise the embeddings first",
     "block_size": "queries per step (default: 512 on the CPU, 2048 on accelerators)",
     "output": "write the metrics to this JSON file",
-    "save_embeddings": "with --workdir: also write the query embeddings (.npz; a separate gallery "
-                       "goes to <name>_gallery.npz)",
+    "save_embeddings": "with --workdir or --weights: also write the query embeddings (.npz; a separate "
+                       "gallery goes to <name>_gallery.npz)",
     **cli.DISTRIBUTED_FLAGS,  # [multihost]
 }
 
@@ -264,13 +305,23 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         raise cli.CliError("--workdir and --checkpoint name the same thing: pass one")
     flag = "--checkpoint" if "checkpoint" in values else "--workdir"
     workdir = values.get("workdir", values.get("checkpoint"))
-    if (workdir is None) == ("embeddings" not in values):
-        raise cli.CliError("pass one of --workdir DIR (a training run) or --embeddings FILE.npz")
-    if overrides and workdir is None:
-        raise cli.CliError("--config.* overrides apply to --workdir evaluation only")
-    given = [f"--{name}" for name in ("step", "save_embeddings", "config") if name in values]
-    if given and workdir is None:
-        raise cli.CliError(f"{', '.join(given)} apply to --workdir evaluation only")
+    given_sources = (("--workdir", workdir is not None), ("--weights", "weights" in values),
+                     ("--embeddings", "embeddings" in values))
+    sources = [name for name, given in given_sources if given]
+    if len(sources) != 1:
+        raise cli.CliError("pass one of --workdir DIR (a training run), --config FILE --weights FILE (a "
+                           "network's weights) or --embeddings FILE.npz" + (f"; got {', '.join(sources)}"
+                                                                            if sources else ""))
+    if "weights" in values and "config" not in values:
+        raise cli.CliError("--weights needs --config FILE: the experiment config whose model and data to use")
+    if "step" in values and workdir is None:
+        raise cli.CliError("--step applies to --workdir evaluation only")
+    if "embeddings" in values:
+        given = [f"--{name}" for name in ("save_embeddings", "config") if name in values]
+        given += ["--config.* overrides"] if overrides else []
+        if given:
+            raise cli.CliError(f"{', '.join(given)} apply to --workdir or --weights evaluation, "
+                               "not --embeddings")
     for name, choices in (("backend", BACKENDS), ("scann_config", SCANN_CONFIGS)):
         if name in values and values[name] not in choices:
             raise cli.CliError(f"--{name}={values[name]!r}: one of {', '.join(choices)}")
@@ -295,7 +346,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         if name in values:
             cli.check_output_file(f"--{name}", values[name])
     args = argparse.Namespace(
-        checkpoint=workdir, flag=flag, config=values.get("config"), step=step,
+        checkpoint=workdir, flag=flag if workdir else "--weights", config=values.get("config"), step=step,
+        weights=values.get("weights"),
         embeddings=values.get("embeddings"), gallery=values.get("gallery"),
         backend=values.get("backend"), scann_config=values.get("scann_config", "auto"),
         scann_options={} if leaves is None else {"leaves_to_search": leaves},
@@ -315,8 +367,11 @@ def main(argv: list[str] | None = None) -> dict:
     backend = args.backend or "exact"
     ks = (1, 2, 4, 8) if args.ks is None else args.ks
     levels = args.levels or ()
-    if args.checkpoint:
-        cfg = workdir_config(args.checkpoint, args.config, overrides, args.flag)
+    if args.checkpoint or args.weights:
+        if args.checkpoint:
+            cfg = workdir_config(args.checkpoint, args.config, overrides, args.flag)
+        else:
+            cfg = weights_config(args.config, args.weights, overrides)
         # The run's own evaluation unless the command line says otherwise.
         cfg.eval_ks = ks if args.ks is not None else tuple(cfg.eval_ks)
         cfg.eval_backend = backend if args.backend is not None else cfg.eval_backend
@@ -327,9 +382,9 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.get("eval_protocol", "retrieval") != "retrieval":  # revisited / landmarks
             _check_protocol_flags(args, cfg.eval_protocol)
             return _report(args, overrides, backend, _protocol_metrics(cfg, args), main_process)
-        embed_fn, inputs, labels, gallery, gallery_labels, step = embed_fn_from_checkpoint(
-            cfg, args.checkpoint, args.step, args.flag
-        )
+        state, data = load_model(cfg, args)
+        inputs, labels, gallery, gallery_labels = embed_test_split(cfg, state, data, args.flag)
+        embed_fn, step = np.asarray, (int(state.step) if args.checkpoint else None)  # embedded above
         if args.save_embeddings and main_process:
             save_embeddings(args.save_embeddings, inputs, labels, gallery, gallery_labels)
     else:
@@ -347,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         metrics = evaluator.run(embed_fn)
     except (ValueError, TypeError) as err:
-        source = args.checkpoint or (
+        source = args.checkpoint or args.weights or (
             f"--embeddings {args.embeddings} --gallery {args.gallery}" if args.gallery else args.embeddings)
         raise cli.CliError(f"{source}: {err}") from None
     metrics["seconds"] = time.perf_counter() - start
@@ -387,7 +442,7 @@ def _protocol_metrics(cfg, args) -> dict:
     checkpoint, as the training run computes them."""
     from rankax.train import evaluators
 
-    state, data = restore(cfg, args.checkpoint, args.step, args.flag)
+    state, data = load_model(cfg, args)
     start = time.perf_counter()
     try:
         metrics = evaluators.evaluate_state(cfg, state, data)
@@ -399,7 +454,8 @@ def _protocol_metrics(cfg, args) -> dict:
             raise
         raise cli.CliError(f"{args.flag}: {err}") from None
     metrics["seconds"] = time.perf_counter() - start
-    metrics["step"] = int(state.step)
+    if args.checkpoint:
+        metrics["step"] = int(state.step)
     return metrics
 
 
@@ -412,7 +468,7 @@ def _report(args, overrides, backend: str, metrics: dict, main_process: bool) ->
         out = pathlib.Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         record = {"metrics": metrics, "backend": backend, "embeddings": args.embeddings,
-                  "workdir": args.checkpoint, "config": args.config,
+                  "workdir": args.checkpoint, "weights": args.weights, "config": args.config,
                   "config_overrides": [f"--config.{k}={v}" for k, v in overrides],
                   "gallery": args.gallery, "normalize": args.normalize}
         out.write_text(json.dumps(record, indent=2) + "\n")

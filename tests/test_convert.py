@@ -7,8 +7,11 @@ those of ``torchvision.models.resnet.ResNet`` (Bottleneck) and
 are importable, ``test_against_real_torchvision_and_timm`` compares with them too.
 """
 
+import argparse
 import copy
+import importlib
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +26,7 @@ from rankax.models.convert import (  # noqa: E402
     load_pretrained,
     load_state_dict,
     merge_pretrained,
+    retrievalnet_to_flax,
     timm_vit_to_flax,
     torchvision_resnet_to_flax,
 )
@@ -314,6 +318,156 @@ def test_vit_bad_keys_are_named(torch_vit):
         timm_vit_to_flax({k: v for k, v in sd.items() if not k.endswith("_token") and k != "pos_embed"})
 
 
+# ---------------------------------------------------------------- official RetrievalNet
+
+
+class TorchGeM(nn.Module):
+    """GeM with its exponent saved as a ``[1]`` parameter ``p``, as the official nets' GeM."""
+
+    def __init__(self, p=3.0):
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+
+    def forward(self, x):
+        return x.clamp(min=1e-6).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
+
+
+class TorchRetrievalNet(nn.Module):
+    """The layout of the official trained nets (ROADMAP/SupRank/HAPPIER ``RetrievalNet``): a
+    torchvision ResNet without avgpool/fc as ``nn.Sequential`` (or a timm ViT without its
+    classifier) under ``backbone``, ``pooling``, a LayerNorm without weights, ``fc``; SupRank
+    also registers the pooling -> fc chain a second time as ``head``."""
+
+    def __init__(self, backbone, pooling, features, embed_dim=None, norm_features=False,
+                 repeat_as_head=False):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        no_weights = nn.LayerNorm(features, elementwise_affine=False)
+        self.standardize = no_weights if norm_features else nn.Identity()
+        self.fc = nn.Identity() if embed_dim is None else nn.Linear(features, embed_dim)
+        if repeat_as_head:
+            self.head = nn.Sequential(self.pooling, nn.Flatten(), self.standardize, self.fc)
+
+    def forward(self, x):
+        x = self.fc(self.standardize(self.pooling(self.backbone(x)).flatten(1)))
+        return nn.functional.normalize(x, dim=-1)
+
+
+class TorchClassToken(nn.Module):
+    """The ViT backbone's class token, as timm's ``forward`` without a classifier returns it."""
+
+    def __init__(self, vit):
+        super().__init__()
+        for name in ("patch_embed", "blocks", "norm"):
+            setattr(self, name, getattr(vit, name))
+        self.cls_token, self.pos_embed = vit.cls_token, vit.pos_embed
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.norm(self.blocks(x))[:, 0]
+
+
+@pytest.fixture(scope="module")
+def official_resnet_net(torch_resnet):
+    torch.manual_seed(2)
+    backbone = nn.Sequential(*list(copy.deepcopy(torch_resnet).children())[:-2])
+    net = TorchRetrievalNet(backbone, TorchGeM(), 256, embed_dim=16, norm_features=True, repeat_as_head=True)
+    with torch.no_grad():
+        net.pooling.p.fill_(2.5)  # a trained exponent, not GeM's initial 3
+    return net.eval()
+
+
+def _embed(model, variables, x):
+    with jax.default_matmul_precision("highest"):
+        return np.asarray(model.apply(variables, x))
+
+
+def test_retrievalnet_resnet_gem_layernorm_fc_matches_torch(official_resnet_net):
+    x = _images()
+    sd = official_resnet_net.state_dict()
+    assert {"head.0.p", "head.3.weight", "backbone.4.0.conv1.weight"} <= set(sd)  # the official layout
+    model = build("resnet50", stage_sizes=(1, 2, 1, 1), width=8, pooling="gem", feature_norm="layernorm",
+                  embedding_dim=16)
+    init = model.init(jax.random.key(0), x)
+    variables = merge_pretrained(init, retrievalnet_to_flax(sd))
+    with torch.no_grad():
+        ref = official_resnet_net(_nchw(x)).numpy()
+    err = np.abs(_embed(model, variables, x) - ref).max()
+    print(f"RetrievalNet ResNet + GeM + LayerNorm + fc: max |diff| embedding {err:.2e}")
+    assert err < ATOL
+    assert float(variables["params"]["head"]["pool"]["p"]) == 2.5
+
+    # a model whose head differs from the checkpoint's is refused, not left random
+    no_gem = build("resnet50", stage_sizes=(1, 2, 1, 1), width=8, pooling="avg", embedding_dim=16)
+    with pytest.raises(ValueError, match=r"params/head\['pool'\]\['p'\]: not in the model"):
+        merge_pretrained(no_gem.init(jax.random.key(0), x), retrievalnet_to_flax(sd))
+
+
+def test_retrievalnet_vit_without_fc_matches_torch(torch_vit):
+    x = _images(size=16)
+    net = TorchRetrievalNet(TorchClassToken(copy.deepcopy(torch_vit)), nn.Identity(), 32).eval()
+    sd = net.state_dict()
+    model = build("vit_base", patch_size=4, hidden_size=32, depth=2, num_heads=4, image_size=16,
+                  embedding_dim=None)
+    variables = merge_pretrained(model.init(jax.random.key(0), x), retrievalnet_to_flax(sd))
+    with torch.no_grad():
+        ref = net(_nchw(x)).numpy()
+    err = np.abs(_embed(model, variables, x) - ref).max()
+    print(f"RetrievalNet DeiT without fc: max |diff| embedding {err:.2e}")
+    assert err < ATOL
+    # a projection the checkpoint does not have would stay random: refused
+    projected = build("vit_base", patch_size=4, hidden_size=32, depth=2, num_heads=4, image_size=16,
+                      embedding_dim=8)
+    with pytest.raises(ValueError, match=r"params/head\['proj'\]\['kernel'\]: missing from the pretrained"):
+        merge_pretrained(projected.init(jax.random.key(0), x), retrievalnet_to_flax(sd))
+
+
+def test_retrievalnet_bad_keys_are_named(official_resnet_net):
+    sd = {k: v.numpy() for k, v in official_resnet_net.state_dict().items()}
+    # ROADMAP's create_projection_head with a list of widths: an MLP rankax's head does not have
+    mlp = {k: v for k, v in sd.items() if not k.startswith(("fc.", "head."))}
+    mlp |= {"fc.0.weight": np.ones((8, 256)), "fc.0.bias": np.ones(8), "fc.2.weight": np.ones((4, 8))}
+    with pytest.raises(ValueError, match=r"not a RetrievalNet state dict:\n  unexpected keys: fc\.0\.bias, "
+                                         r"fc\.0\.weight, fc\.2\.weight"):
+        retrievalnet_to_flax(mlp)
+    with pytest.raises(ValueError, match=r"missing keys: fc\.bias"):
+        retrievalnet_to_flax({k: v for k, v in sd.items() if k != "fc.bias"})
+    # a head.* entry that is not a second name of pooling/fc
+    with pytest.raises(ValueError, match=r"unexpected keys: head\.3\.bias"):
+        retrievalnet_to_flax({**sd, "head.3.bias": sd["fc.bias"] + 1})
+    with pytest.raises(ValueError, match=r"(?s)backbone of a RetrievalNet .*torchvision ResNet.*missing "
+                                         r"keys: layer2\.1\.bn2\.running_var"):
+        retrievalnet_to_flax({k: v for k, v in sd.items() if k != "backbone.5.1.bn2.running_var"})
+
+
+def test_official_checkpoint_needs_allow_pickle(official_resnet_net, tmp_path, monkeypatch):
+    """The official checkpoints (``engine/checkpoint.py`` of the three repositories) hold the
+    net under ``net_state`` beside pickled objects and torch's RNG state, itself a tensor."""
+    checkpoint = {
+        "net_state": official_resnet_net.state_dict(), "epoch": 3, "config": argparse.Namespace(lr=1e-5),
+        "NP_STATE": np.random.get_state(),  # noqa: NPY002 - what the official code saves
+        "TORCH_STATE": torch.random.get_rng_state(),
+    }
+    torch.save(checkpoint, tmp_path / "epoch_3.ckpt")
+    with pytest.raises(ValueError, match=r"holds objects besides tensors .* pass allow_pickle=True"):
+        load_pretrained(tmp_path / "epoch_3.ckpt")
+    expected = retrievalnet_to_flax(official_resnet_net.state_dict())
+    _same(load_pretrained(tmp_path / "epoch_3.ckpt", allow_pickle=True), expected)
+    # the pickled objects' package missing where the file is read: named, as an ImportError
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "trainer_only_pkg.py").write_text("class Config:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    torch.save({"net_state": official_resnet_net.state_dict(),
+                "config": importlib.import_module("trainer_only_pkg").Config()}, tmp_path / "b.ckpt")
+    monkeypatch.delitem(sys.modules, "trainer_only_pkg")
+    sys.path.remove(str(tmp_path / "pkg"))
+    importlib.invalidate_caches()
+    with pytest.raises(ImportError, match=r"package 'trainer_only_pkg', which is not installed"):
+        load_state_dict(tmp_path / "b.ckpt", allow_pickle=True)
+
+
 # ---------------------------------------------------------------- files
 
 
@@ -355,7 +509,7 @@ def test_load_pretrained_files(torch_resnet, torch_vit, tmp_path):
     with pytest.raises(ValueError, match="big_vision"):
         load_pretrained(tmp_path / "bigvision.npz")
     np.savez(tmp_path / "other.npz", w=np.ones(3))
-    with pytest.raises(ValueError, match="neither a torchvision ResNet nor a timm ViT"):
+    with pytest.raises(ValueError, match="neither a torchvision ResNet, a timm ViT nor a RetrievalNet"):
         load_pretrained(tmp_path / "other.npz")
     with pytest.raises(ValueError, match="unknown weight format '.h5'"):
         load_pretrained(tmp_path / "weights.h5")

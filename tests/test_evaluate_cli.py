@@ -244,7 +244,7 @@ def test_levels_flag_and_config_key(tmp_path):
         cli.workdir_config(str(tmp_path), str(digits), [("eval_levels", "0,0")])
 
 
-def test_workdir_levels_are_checked_before_embedding_and_devices_fall_back(tmp_path, monkeypatch):
+def test_workdir_levels_are_checked_before_embedding_and_devices_fall_back(tmp_path):
     """A bad --levels is refused before the test split is embedded (it was refused after); a
     run recorded on more devices than this machine has embeds on all of this machine's."""
     import jax
@@ -252,10 +252,63 @@ def test_workdir_levels_are_checked_before_embedding_and_devices_fall_back(tmp_p
     digits = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
     cfg = cli.workdir_config(str(tmp_path), str(digits), [("eval_levels", "3")])
     data = types.SimpleNamespace(test=types.SimpleNamespace(labels=np.arange(6) % 2))
-    monkeypatch.setattr(cli, "restore", lambda *a: (None, data))  # embedding None would fail
     with pytest.raises(cli.cli.CliError, match=r"config\.eval_levels must be distinct label columns 0\.\.0"):
-        cli.embed_fn_from_checkpoint(cfg, str(tmp_path), None, "--workdir")
+        cli.embed_test_split(cfg, None, data, "--workdir")  # embedding with state None would fail
     cfg.num_devices = len(jax.devices()) + 7
     assert cli._devices(cfg) == jax.local_devices()
     cfg.num_devices = 1
     assert cli._devices(cfg) == jax.local_devices()[:1]
+
+
+def test_weights_evaluate_a_trained_official_net_as_torch_embeds(tmp_path):
+    """``--config FILE --weights FILE``: the config's model with the weights of a network trained
+    by the official code (a RetrievalNet's ``net_state``): its test split embedded as the
+    PyTorch net embeds the same images, and those embeddings' metrics."""
+    torch = pytest.importorskip("torch")
+    from rankax.train import input_pipeline
+    from tests.test_convert import TorchGeM, TorchResNet, TorchRetrievalNet, _nchw, _randomize
+    from tests.test_input_pipeline import _folder
+
+    _folder(tmp_path / "jpegs", n=24)
+    csv = tmp_path / "jpegs" / "data.csv"  # a test split of 3 classes (12 images), not 1
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0]] + [f"images/{i}.jpg,{i % 6},{'test' if i % 2 == 0 else 'train'}"
+                                            for i in range(24)]) + "\n")
+    config_file = tmp_path / "images_config.py"
+    config_file.write_text(
+        "import pathlib\nfrom tests.test_input_pipeline import _image_config\n\n\ndef get_config():\n"
+        f"    config = _image_config(pathlib.Path({str(tmp_path / 'jpegs')!r}), 0)\n"
+        "    config.model.pretrained_distilled = True  # as the DeiT recipes: not a check of --weights\n"
+        "    return config\n"
+    )
+    backbone = torch.nn.Sequential(*list(_randomize(TorchResNet([1, 1, 1, 1], width=8)).children())[:-2])
+    net = _randomize(TorchRetrievalNet(backbone, TorchGeM(), 256, embed_dim=8), seed=3)
+    torch.save(net.state_dict(), tmp_path / "net_state.pth")
+    saved = tmp_path / "test.npz"
+    metrics = cli.main(["--config", str(config_file), "--weights", str(tmp_path / "net_state.pth"),
+                        "--config.eval_ks=1,2", "--save_embeddings", str(saved)])
+
+    cfg = cli.cli.load_config(str(config_file))
+    test = input_pipeline.load(cfg).test
+    with torch.no_grad():
+        want = net(_nchw(test.get_batch(np.arange(len(test)), train=False))).numpy()
+    with np.load(saved) as f:
+        got, labels = f["embeddings"], f["labels"]
+    print(f"--weights: max |diff| from the torch net's embeddings {np.abs(got - want).max():.2e}")
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    for key, value in retrieval.evaluate(want, labels, ks=(1, 2)).items():
+        assert metrics[key] == pytest.approx(value, abs=1e-6)
+    assert "step" not in metrics and metrics["num_queries"] == 12 and 0 < metrics["map@r"] < 1
+
+    # weights of another model, and flags of other sources, are one line naming the flag
+    torch.save(TorchResNet([1, 2, 1, 1], width=8).state_dict(), tmp_path / "deeper.pth")
+    with pytest.raises(cli.cli.CliError, match=r"--weights: config\.model\.pretrained=.* does not fit"):
+        cli.main(["--config", str(config_file), "--weights", str(tmp_path / "deeper.pth")])
+    with pytest.raises(cli.cli.CliError, match=r"--weights needs --config FILE"):
+        cli.main(["--weights", str(tmp_path / "net_state.pth")])
+    with pytest.raises(cli.cli.CliError, match=r"pass one of .*; got --workdir, --weights"):
+        cli.main(["--workdir", str(tmp_path), "--config", str(config_file), "--weights", str(tmp_path)])
+    with pytest.raises(cli.cli.CliError, match=r"--step applies to --workdir evaluation only"):
+        cli.main(["--config", str(config_file), "--weights", str(tmp_path / "net_state.pth"), "--step", "3"])
+    with pytest.raises(cli.cli.CliError, match=r"--weights .*missing.pth: no such file"):
+        cli.main(["--config", str(config_file), "--weights", str(tmp_path / "missing.pth")])

@@ -153,7 +153,10 @@ def test_evaluate_embeddings_errors_are_one_line(tmp_path):
         (["--workdir", str(tmp_path / "none"), "--ks", "-1"], r"--ks must be .* got '-1'"),
         (["--embeddings", str(tmp_path / "flat.npz")], r"'embeddings' must be \[N, D\], got shape \(10,\)"),
         (["--embeddings", str(tmp_path / "rows.npz")], "labels has 11 rows but inputs has 10"),
-        (["--embeddings", str(tmp_path / "rows.npz"), "--step", "3"], "--step apply to --workdir"),
+        (["--embeddings", str(tmp_path / "rows.npz"), "--step", "3"], "--step applies to --workdir"),
+        (["--embeddings", str(tmp_path / "rows.npz"), "--save_embeddings", "o.npz"],
+         "--save_embeddings apply to --workdir or --weights evaluation, not --embeddings"),
+        (["--embeddings", str(tmp_path / "rows.npz"), "--config.eval_ks=1"], "--config.\\* overrides apply"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit, match=message):
@@ -265,7 +268,7 @@ def test_pretrained_weights_that_cannot_be_loaded_name_the_key(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     (tmp_path / "w.json").write_text("{}")
     cases = {str(tmp_path / "missing.pth"): "No such file", str(tmp_path / "w.json"): "weight format",
-             str(tmp_path / "other.npz"): "neither a torchvision ResNet nor a timm ViT"}
+             str(tmp_path / "other.npz"): "neither a torchvision ResNet, a timm ViT nor a RetrievalNet"}
     for path, reason in cases.items():
         config = tiny_config()
         config.model.pretrained = path

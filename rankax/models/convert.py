@@ -1,4 +1,6 @@
-"""ImageNet-pretrained weights: torchvision ResNet / timm ViT state dicts -> rankax variables.
+"""PyTorch weights -> rankax variables: torchvision ResNet and timm ViT (ImageNet-pretrained
+backbones), and networks trained by the official ROADMAP/SupRank/HAPPIER code
+(:func:`retrievalnet_to_flax`).
 
 Converting is a key rename plus a layout change:
 
@@ -295,6 +297,97 @@ def drop_distillation_token(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# torchvision's ResNet children, of which the official nets keep the first eight as
+# ``backbone = nn.Sequential(*children[:-2])``: conv1, bn1, relu, maxpool, layer1-4.
+_SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+_RETRIEVALNET_HINT = (
+    "(ROADMAP/SupRank/HAPPIER RetrievalNet: backbone.* (a torchvision ResNet as nn.Sequential, or a "
+    "timm ViT), pooling.p for GeM, fc.weight / fc.bias for one linear projection)"
+)
+
+
+def _repeats(value: Any, others: Mapping[str, Any]) -> bool:
+    """Whether ``value`` equals one of ``others`` (the same array saved under a second name)."""
+    value = _to_numpy(value)
+    return any(np.shape(o) == value.shape and np.array_equal(_to_numpy(o), value) for o in others.values())
+
+
+def retrievalnet_to_flax(state_dict: Mapping[str, Any]) -> Variables:
+    """Converts a trained official ``RetrievalNet`` (ROADMAP, SupRank, HAPPIER) for the rankax model.
+
+    The official nets (``elias-ramzi/ROADMAP:roadmap/models/net.py``,
+    ``elias-ramzi/SupRank:suprank/models/retrieval_net.py``,
+    ``elias-ramzi/HAPPIER:happier/models/retrieval_net.py``) save
+
+    ==============================================  ==========================================
+    official key                                    rankax
+    ==============================================  ==========================================
+    ``backbone.0`` / ``backbone.1``                 ``backbone/conv1`` / ``bn1`` (ResNet)
+    ``backbone.4`` ... ``backbone.7``               ``backbone/layer1_*`` ... ``layer4_*``
+    ``backbone.<timm key>``                         ``backbone/...`` (ViT / DeiT, as timm)
+    ``pooling.p`` ``[1]`` (GeM)                     ``params/head/pool/p`` ``[]``
+    ``fc.weight`` ``[E, F]``, ``fc.bias``           ``params/head/proj/kernel`` ``[F, E]``, ``bias``
+    ``head.<i>.*`` (SupRank)                        dropped: the same arrays as ``pooling``/``fc``
+    ==============================================  ==========================================
+
+    Pooling type, the feature LayerNorm (``norm_features``) and the final normalisation have
+    no weights: build the rankax model with the run's settings (``pooling``,
+    ``feature_norm="layernorm"``, ``embedding_dim=None`` for ``without_fc``; the paper configs
+    in ``configs/`` have them). The returned ``params`` always hold a ``head`` subtree (empty
+    without GeM and projection), so :func:`merge_pretrained` refuses a model whose head has
+    weights the checkpoint lacks instead of keeping them random.
+
+    Args:
+      state_dict: the ``net_state`` of an official checkpoint (see :func:`load_state_dict`),
+        keys to numpy arrays / torch tensors.
+
+    Returns:
+      ``{"params": {"backbone": ..., "head": ...}, "batch_stats": {"backbone": ...}}`` (no
+      ``batch_stats`` for ViTs) in float32.
+
+    Raises:
+      ValueError: naming the keys that do not fit (a multi-layer projection head, a missing
+        ``fc.bias``, an unknown module), or the backbone's own missing or unexpected keys.
+    """
+    head_keys = {k: v for k, v in state_dict.items() if k.startswith(("pooling.", "fc."))}
+    backbone = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+    unexpected = {
+        k for k, v in state_dict.items()
+        if not k.startswith(("backbone.", "pooling.", "fc."))
+        and not (k.startswith("head.") and _repeats(v, head_keys))
+    }
+    if "patch_embed.proj.weight" in backbone:
+        convert, kind = timm_vit_to_flax, "timm ViT"
+    else:
+        convert, kind = torchvision_resnet_to_flax, "torchvision ResNet"
+        backbone = {_sequential_to_resnet(k): v for k, v in backbone.items()}
+    try:
+        variables = convert(backbone)
+    except ValueError as err:
+        raise ValueError(
+            f"the backbone of a RetrievalNet (keys after 'backbone.', as a {kind}): {err}"
+        ) from None
+    head: dict[str, Any] = {}
+    if "pooling.p" in head_keys:
+        head["pool"] = {"p": _to_numpy(head_keys.pop("pooling.p")).reshape(())}
+    linear = {"fc.weight", "fc.bias"}
+    missing = linear - set(head_keys) if linear & set(head_keys) else set()
+    if not missing and "fc.weight" in head_keys and np.ndim(head_keys["fc.weight"]) == 2:
+        kernel, bias = _to_numpy(head_keys.pop("fc.weight")), _to_numpy(head_keys.pop("fc.bias"))
+        head["proj"] = {"kernel": kernel.T, "bias": bias}
+    unexpected |= set(head_keys)
+    _report("RetrievalNet", missing, unexpected, _RETRIEVALNET_HINT)
+    variables["params"]["head"] = head
+    return variables
+
+
+def _sequential_to_resnet(key: str) -> str:
+    """``4.0.conv1.weight`` (a child of ``nn.Sequential(*resnet.children()[:-2])``) as
+    torchvision's ``layer1.0.conv1.weight``; other keys unchanged (reported by the converter)."""
+    index, _, rest = key.partition(".")
+    return f"{_SEQUENTIAL_RESNET[index]}.{rest}" if index in _SEQUENTIAL_RESNET else key
+
+
 def merge_pretrained(variables: Variables, pretrained: Variables) -> Variables:
     """Returns ``variables`` with every array that ``pretrained`` provides replaced by it.
 
@@ -314,6 +407,8 @@ def merge_pretrained(variables: Variables, pretrained: Variables) -> Variables:
         out[col] = dict(variables[col])
         for top, tree in subtrees.items():
             target = variables[col].get(top)
+            if target is None and not jax.tree.leaves(tree):  # e.g. a head without weights on both sides
+                continue
             if target is None:
                 problems.append(f"{col}/{top} is not in the model")
                 continue
@@ -340,8 +435,11 @@ def merge_pretrained(variables: Variables, pretrained: Variables) -> Variables:
 
 
 def _unwrap(obj: Any) -> dict[str, Any]:
-    """Finds the state dict inside a training checkpoint; strips DataParallel's ``module.``."""
-    while isinstance(obj, Mapping) and not any(hasattr(v, "shape") for v in obj.values()):
+    """Finds the state dict inside a training checkpoint; strips DataParallel's ``module.``.
+
+    A container key wins over arrays beside it: the official training checkpoints keep torch's
+    RNG state (a tensor) next to ``net_state``."""
+    while isinstance(obj, Mapping):
         inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break
@@ -351,17 +449,26 @@ def _unwrap(obj: Any) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in obj.items() if hasattr(v, "shape")}
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """Reads a PyTorch-layout state dict from ``.pth``/``.pt``/``.bin``/``.ckpt`` (also
-    ``.pth.tar``; tensors only: ``torch.load(weights_only=True)``), ``.npz`` or ``.safetensors``.
+    ``.pth.tar``), ``.npz`` or ``.safetensors``.
 
     Checkpoints wrapping the weights (``{"model": ...}`` as DeiT's, ``{"state_dict": ...}``,
     ``{"net_state": ...}`` as ROADMAP/SupRank/HAPPIER's) are unwrapped and a ``module.``
     prefix is removed.
 
+    Args:
+      path: the file; the format is chosen by its extension.
+      allow_pickle: torch files are read as tensors only (``torch.load(weights_only=True)``)
+        unless this is True, as numpy's ``np.load(allow_pickle=...)``. Training checkpoints that
+        pickle other objects (the official ROADMAP/SupRank/HAPPIER ones: numpy's RNG state and
+        an OmegaConf config, which needs ``omegaconf`` installed) need it. Unpickling can run
+        code from the file: pass True only for files you trust.
+
     Raises:
       ImportError: when the format needs ``torch`` or ``safetensors`` and it is not installed.
-      ValueError: for an unknown extension or a big_vision ``.npz``.
+      ValueError: for an unknown extension, a big_vision ``.npz``, or objects besides tensors
+        without ``allow_pickle``.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -371,17 +478,23 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         how = "np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})"
         torch = optional.require("torch", f"reading {path} (or save it as .npz where torch is: {how})")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
         except pickle.UnpicklingError as err:
             # Training checkpoints also pickle other objects (the official ones: numpy's RNG
             # state, an OmegaConf config; others argparse namespaces), which only an
             # unrestricted unpickler reads.
             raise ValueError(
                 f"{path} holds objects besides tensors ({_unpickled_global(err)}), which rankax does not "
-                "unpickle (a file can run code when unpickled): from a file you trust, save the weights "
-                "alone, e.g. torch.save(torch.load(path, weights_only=False)['net_state'], 'weights.pth') "
-                "('net_state' for the official ROADMAP/SupRank/HAPPIER checkpoints)"
+                "unpickle unless told to (a file can run code when unpickled): for a file you trust, pass "
+                "allow_pickle=True, or save the weights alone, e.g. torch.save(torch.load(path, "
+                "weights_only=False)['net_state'], 'weights.pth') ('net_state' for the official "
+                "ROADMAP/SupRank/HAPPIER checkpoints)"
             ) from None
+        except ModuleNotFoundError as err:  # allow_pickle: the pickled objects' package is missing
+            raise ImportError(
+                f"{path} pickles objects of the package {err.name!r}, which is not installed: install it "
+                "(the official checkpoints' configs need omegaconf), or save the weights alone where it is"
+            ) from err
     elif ext == ".npz":
         with np.load(path) as f:
             obj = {k: f[k] for k in f.files}
@@ -400,17 +513,24 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {k: _to_numpy(v) for k, v in _unwrap(obj).items()}
 
 
-def load_pretrained(path: str | os.PathLike) -> Variables:
-    """Reads a torchvision ResNet or timm ViT/DeiT weight file and converts it (see the module doc).
+def load_pretrained(path: str | os.PathLike, *, allow_pickle: bool = False) -> Variables:
+    """Reads a torchvision ResNet, timm ViT/DeiT or official ``RetrievalNet`` weight file and
+    converts it (see the module doc and :func:`retrievalnet_to_flax`).
 
     The architecture is recognised from the keys (``patch_embed.proj.weight``: ViT;
-    ``layer1.0.conv1.weight``: ResNet). Combine with the model's own initial variables with
-    :func:`merge_pretrained`.
+    ``layer1.0.conv1.weight``: ResNet; ``backbone.*``: a trained ROADMAP/SupRank/HAPPIER
+    net, backbone and head). Combine with the model's own initial variables with
+    :func:`merge_pretrained`. ``allow_pickle``: as :func:`load_state_dict`.
     """
-    state_dict = load_state_dict(path)
+    state_dict = load_state_dict(path, allow_pickle=allow_pickle)
     if "patch_embed.proj.weight" in state_dict:
         return timm_vit_to_flax(state_dict)
     if "layer1.0.conv1.weight" in state_dict:
         return torchvision_resnet_to_flax(state_dict)
+    if any(k.startswith("backbone.") for k in state_dict):
+        return retrievalnet_to_flax(state_dict)
     sample = ", ".join(sorted(state_dict)[:8])
-    raise ValueError(f"{path}: neither a torchvision ResNet nor a timm ViT state dict (keys: {sample}, ...)")
+    raise ValueError(
+        f"{path}: neither a torchvision ResNet, a timm ViT nor a RetrievalNet state dict "
+        f"(keys: {sample}, ...)"
+    )

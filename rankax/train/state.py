@@ -106,7 +106,8 @@ def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array
         except (OSError, ValueError) as err:
             raise errors.ConfigError(
                 f"config.model.pretrained={pretrained!r} cannot be loaded: {err}. Pass a torchvision "
-                "ResNet or timm ViT/DeiT checkpoint of tensors (.pth, .npz, .safetensors; docs/models.md)"
+                "ResNet, timm ViT/DeiT or official RetrievalNet checkpoint of tensors (.pth, .npz, "
+                ".safetensors; docs/models.md)"
             ) from err
         try:
             variables = convert.merge_pretrained(variables, weights)
