@@ -766,3 +766,56 @@ def test_normalized_softmax_gradients():
         labels = jnp.array([0, 1, 2, 0, 1])
         fn = jax.jit(lambda e, p: rankax.normalized_softmax_loss(e, labels, p))
         check_grads(fn, (emb, proxies), order=1, modes=("rev",), eps=1e-5)
+
+
+def ref_rs_at_k_authors_batch(x, y, ks=(1, 2, 4, 8, 16), tau1=0.01):
+    """The RS@k of a batch as the authors' code computes it (``yash0307/RecallatK_surrogate:
+    src/losses.py``), transcribed in float64: every item of the batch, the query included with
+    its score ``x_q . x_q``, ranks each positive ``p != q`` of the query's class,
+    ``rank_p = 1 + sum_{j != p} sigmoid((s_j - s_p) / tau1)``; cut-offs ``k' = min(k, n)`` with
+    temperature ``k``, hits capped at ``k'``, over ``min(k', |P|)``; the mean of ``1 - RS@k``."""
+    n = len(x)
+    s = x @ x.T
+    losses = []
+    for q in range(n):
+        pos = [p for p in range(n) if y[p] == y[q] and p != q]
+        ranks = np.array([1 + sum(sig((s[q, j] - s[q, p]) / tau1) for j in range(n) if j != p) for p in pos])
+        terms = []
+        for k in ks:
+            kk = min(k, n)
+            terms.append(min(kk, np.sum(sig((kk - ranks) / k))) / min(kk, len(pos)))
+        losses.append(1 - np.mean(terms))
+    return np.mean(losses)
+
+
+def test_rs_at_k_self_score_gives_the_authors_batch_loss():
+    """``self_score=1.0`` with the default list (the query left out) is the authors' batch loss
+    for unit-norm embeddings, value and gradient; without it the loss is another one."""
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(6), 4)
+    centres = rng.normal(size=(6, 12))
+    emb = centres[y] + 0.8 * rng.normal(size=(24, 12))  # classes that overlap a little
+
+    def unit(e):
+        return e / np.linalg.norm(e, axis=-1, keepdims=True)
+
+    def ours(e, **kw):
+        e = e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+        return rankax.batch_loss(rankax.recall_at_k_surrogate_loss, e, jnp.asarray(y), **kw)
+
+    with jax.enable_x64(True):
+        want = ref_rs_at_k_authors_batch(unit(emb), y)
+        got = float(ours(jnp.asarray(emb), self_score=1.0))
+        without = float(ours(jnp.asarray(emb)))
+        print(f"RS@k batch: authors {want:.6f}, self_score=1.0 {got:.6f}, without {without:.6f}")
+        assert got == pytest.approx(want, rel=1e-10)
+        assert abs(without - want) > 1e-2
+        # the gradient along a random direction, from central differences of the transcription
+        direction = rng.normal(size=emb.shape)
+        eps = 1e-6
+        fd = (ref_rs_at_k_authors_batch(unit(emb + eps * direction), y)
+              - ref_rs_at_k_authors_batch(unit(emb - eps * direction), y)) / (2 * eps)
+        grad = jax.grad(lambda e: ours(e, self_score=1.0))(jnp.asarray(emb))
+        assert float(jnp.sum(grad * direction)) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    with pytest.raises(ValueError, match=r"self_score must be a finite number, got nan"):
+        rankax.recall_at_k_surrogate_loss(np.zeros((1, 3)), np.ones((1, 3)), self_score=float("nan"))
