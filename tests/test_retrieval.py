@@ -612,6 +612,26 @@ def test_normalize_and_mesh_are_checked():
             call()
 
 
+def test_all_zero_embeddings_are_named_in_a_warning():
+    """An all-zero row scores 0 against everything, normalised or not: a warning counts them
+    (they used to form one silent tie group); none without such rows."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(10, 4)), np.arange(10) % 3
+    x[[2, 7]] = 0.0
+    g, gy = rng.normal(size=(5, 4)), np.arange(5) % 3
+    g[4] = 0.0
+    for normalize in (False, True):
+        with pytest.warns(UserWarning, match=r"evaluate: 2 of 10 queries are all-zero embeddings"):
+            retrieval.evaluate(x, y, normalize=normalize)
+    with pytest.warns(UserWarning, match=r"2 of 10 queries and 1 of 5 gallery items are all-zero"):
+        retrieval.evaluate(x, y, g, gy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        retrieval.evaluate(x[[0, 1, 3, 4, 5, 6, 8, 9]], y[[0, 1, 3, 4, 5, 6, 8, 9]], normalize=True)
+
+
 def test_sharded_equals_single_device():
     code = (
         "import numpy as np, jax, json\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -346,6 +347,22 @@ def _wide_normalized(x: Any, normalize: bool) -> Any:
     return l2_normalize_host(a)
 
 
+def warn_zero_rows(queries: np.ndarray, gallery: np.ndarray | None) -> None:
+    """A warning naming how many query (and separate gallery) embeddings are all zero: each
+    scores 0 against every item, normalised or not, so its list is one tie group and the tie
+    rule decides its metrics (a dead or collapsed embedding is the usual cause)."""
+    counts = [(name, int(np.sum(~np.any(x != 0, axis=1))), len(x))
+              for name, x in (("queries", queries), ("gallery items", gallery)) if x is not None]
+    found = [f"{zero} of {total} {name}" for name, zero, total in counts if zero]
+    if found:
+        warnings.warn(
+            f"evaluate: {' and '.join(found)} are all-zero embeddings: they score 0 against every "
+            "item, so their lists are ties that the tie rule orders (docs/evaluation.md); check the "
+            "model's output",
+            stacklevel=4,  # the caller of evaluate
+        )
+
+
 def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: bool) -> _Sets:
     queries, gallery = _wide_normalized(queries, normalize), _wide_normalized(gallery, normalize)
     queries = exact.as_embeddings(queries, "queries")
@@ -370,6 +387,7 @@ def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: boo
             )
     if len(gallery) - int(self_excluded) < 1:
         raise ValueError("the gallery must hold at least one item besides the query")
+    warn_zero_rows(queries, None if self_excluded else gallery)
     if normalize:
         queries = l2_normalize_host(queries)
         gallery = queries if self_excluded else l2_normalize_host(gallery)
