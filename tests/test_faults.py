@@ -455,6 +455,44 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, referen
     ckpt.close()
 
 
+def test_a_failed_array_write_is_one_error_line_not_orbax_tracebacks(tmp_path, monkeypatch, caplog):
+    """A write that fails in orbax's writer threads (a full disk on a real run: tensorstore's
+    RESOURCE_EXHAUSTED) was logged by each thread with its whole traceback, about 50 lines of
+    orbax internals each, above rankax's own error: one line per thread now, and the error."""
+    from orbax.checkpoint._src.serialization import serialization
+
+    async def disk_full(*args, **kwargs):
+        raise ValueError("RESOURCE_EXHAUSTED: Failed to write: No space left on device")
+
+    monkeypatch.setattr(serialization, "async_serialize_from_host", disk_full)
+    with pytest.raises(CheckpointSaveError, match=r"saving checkpoint step 2 .*RESOURCE_EXHAUSTED"):
+        train_lib.train_and_evaluate(fault_config(), str(tmp_path))
+    logged = [r for r in caplog.records if "_SignalingThread.run() raised an exception" in r.getMessage()]
+    assert logged  # orbax still says which thread failed, in one line each
+    assert all(r.exc_info is None for r in logged)
+    assert "Traceback" not in caplog.text and "asyncio_utils.py" not in caplog.text, caplog.text
+
+    # The writes still in flight then finish on orbax's closed event loop, each printing
+    # "RuntimeError: Event loop is closed" through sys.unraisablehook: those are dropped, others kept.
+    seen = []
+
+    class Complains:
+        def __init__(self, message):
+            self.message = message
+
+        def __del__(self):
+            raise RuntimeError(self.message)
+
+    hook = sys.unraisablehook
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+    with pytest.raises(CheckpointSaveError):
+        train_lib.train_and_evaluate(fault_config(), str(tmp_path / "again"))
+    assert sys.unraisablehook is not hook
+    Complains("Event loop is closed")  # collected at once: its __del__ raises
+    Complains("something else")
+    assert seen == ["something else"]
+
+
 def test_a_resume_that_fails_before_its_first_step_keeps_the_record(tmp_path, monkeypatch):
     """Allowed changes reach config.json only once the changed run has trained a step: a start
     that fails while building its step leaves the record of the checkpoints on disk, so the

@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,7 +72,39 @@ class _NoMetricsWarning(logging.Filter):
         return "did not provide metrics" not in record.getMessage()
 
 
+class _OneLineWriteErrors(logging.Filter):
+    """Keeps one line of each error orbax's writer threads log (``_SignalingThread.run()
+    raised an exception: ...``) and drops its traceback, about 50 lines of orbax internals per
+    thread. The same exception then reaches :meth:`Checkpointer.save` /
+    :meth:`Checkpointer.wait`, which raise :class:`CheckpointSaveError` with it chained."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "_SignalingThread.run() raised an exception" in record.getMessage():
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 logging.getLogger("absl").addFilter(_NoMetricsWarning())
+logging.getLogger("absl").addFilter(_OneLineWriteErrors())
+
+
+def _quiet_closed_loops() -> None:
+    """When a save fails, the writes orbax still had in flight complete on the event loop it
+    has closed, and Python prints each one's ``RuntimeError: Event loop is closed`` with its
+    traceback (a dozen on a full disk) through ``sys.unraisablehook``: drop exactly those, and
+    pass every other unraisable exception to the hook installed before. Installed by the
+    first save of the process (the complaints arrive while that save is awaited)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "rankax_quiet_closed_loops", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.rankax_quiet_closed_loops = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _saved_fields(state: Any) -> dict[str, Any]:
@@ -292,6 +325,7 @@ class Checkpointer:
         step = int(state.step)
         previous = self.latest()
         fields = _saved_fields(state)
+        _quiet_closed_loops()  # before: a failing save's complaints arrive while it is waited for
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(fields),
             history=ocp.args.JsonSave(history),
