@@ -23,8 +23,9 @@ import pathlib
 import runpy
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -79,6 +80,22 @@ def prompt_interrupts() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
+def interruptible(run: Callable[[], Any], after: Callable[[], str]) -> Any:
+    """``run()`` under :func:`prompt_interrupts`; on Ctrl-C one line, ``interrupted: `` and
+    ``after()`` (what the interrupted command left), and exit status 130 instead of a traceback."""
+    interrupt = None
+    try:  # an interrupt while JAX and orbax load, too
+        with prompt_interrupts() as interrupt:
+            return run()
+    except KeyboardInterrupt:
+        pass
+    except ImportError:  # an interrupt inside a C extension's initialisation becomes one
+        if interrupt is None or not interrupt.is_set():
+            raise
+    print(f"interrupted: {after()}", file=sys.stderr)
+    raise SystemExit(130) from None
+
+
 def _in_gc_callback(frame: Any) -> bool:
     """Whether ``frame`` runs in a ``gc`` callback, where a raised exception is dropped."""
     callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
@@ -99,6 +116,14 @@ def check_output_file(flag: str, path: str) -> None:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise CliError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:  # checked now, not after the work (permissions, a read-only or immutable folder or file)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+        if os.path.exists(path):
+            with open(path, "ab"):
+                pass
+    except OSError as err:
+        raise CliError(f"{flag} {path} cannot be written ({err.strerror or err})") from None
 
 
 def check_workdir(path: str) -> None:
@@ -176,8 +201,10 @@ def parse(
             text, i = args[i], i + 1
         if name in bool_flags:
             values[name] = _parse_bool(f"--{name}", text)
+        elif not text:  # `--workdir "$RUN"` with RUN unset
+            raise CliError(f"--{name} was given an empty value")
         else:
-            values[name] = text
+            values[name] = os.path.expanduser(text)  # `--workdir=~/run`: no shell expands it
     return values, overrides, False
 
 

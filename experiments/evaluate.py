@@ -316,6 +316,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         raise cli.CliError("--weights needs --config FILE: the experiment config whose model and data to use")
     if "step" in values and workdir is None:
         raise cli.CliError("--step applies to --workdir evaluation only")
+    if "gallery" in values and "embeddings" not in values:
+        raise cli.CliError("--gallery applies to --embeddings evaluation; a run's or config's gallery is its "
+                           "dataset's (--config.dataset.* chooses the data)")
+    if "weights" in values and any(key == "model.pretrained" for key, _ in overrides):
+        raise cli.CliError("--weights sets model.pretrained: drop --config.model.pretrained")
     if "embeddings" in values:
         given = [f"--{name}" for name in ("save_embeddings", "config") if name in values]
         given += ["--config.* overrides"] if overrides else []
@@ -342,9 +347,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
             raise cli.CliError(f"--{name} must be >= {low}, got {value}")
     ks = _int_list(values, "ks", 1, "1,2,4,8")
     levels = _int_list(values, "levels", 0, "0,1,2")
+    if "save_embeddings" in values and not values["save_embeddings"].endswith(".npz"):
+        values["save_embeddings"] += ".npz"  # where np.savez writes it
     for name in ("output", "save_embeddings"):
         if name in values:
             cli.check_output_file(f"--{name}", values[name])
+    _check_outputs_spare_inputs(values, workdir)
     args = argparse.Namespace(
         checkpoint=workdir, flag=flag if workdir else "--weights", config=values.get("config"), step=step,
         weights=values.get("weights"),
@@ -359,8 +367,36 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     return args, overrides
 
 
+def _check_outputs_spare_inputs(values: dict, workdir: str | None) -> None:
+    """A :class:`cli.CliError` where ``--output`` or ``--save_embeddings`` (with its gallery
+    file) would overwrite an input, each other, or a file in the evaluated workdir (which
+    evaluation leaves as it is)."""
+    def same(a: str, b: str) -> bool:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+    written = [("--output", values.get("output"))]
+    if "save_embeddings" in values:
+        written += [("--save_embeddings", values["save_embeddings"]),
+                    ("--save_embeddings", gallery_path(values["save_embeddings"]))]
+    written = [(flag, path) for flag, path in written if path]
+    read = [(f"--{name}", values[name]) for name in ("embeddings", "gallery", "weights", "config")
+            if name in values]
+    for i, (flag, path) in enumerate(written):
+        for other_flag, other in read + written[:i]:
+            if same(path, other) and flag != other_flag:
+                raise cli.CliError(f"{flag} {path} would overwrite {other_flag} {other}: write another file")
+        inside = workdir and os.path.commonpath([os.path.abspath(path), os.path.abspath(workdir)])
+        if inside and inside == os.path.abspath(workdir):
+            raise cli.CliError(f"{flag} {path} is inside the evaluated workdir {workdir}, which evaluation "
+                               "leaves unchanged: write it elsewhere")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    return cli.interruptible(lambda: _evaluate(args, overrides), lambda: "nothing was written")
+
+
+def _evaluate(args, overrides) -> dict:
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notices would bury the result
     main_process = not cli.start_distributed(args.distributed) or _is_main()  # [multihost]
     gallery = gallery_labels = None

@@ -62,26 +62,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     cli.check_workdir(values["workdir"])
     # orbax logs every file operation at INFO and a few harmless notices at WARNING
     logging.getLogger("absl").setLevel(logging.ERROR)
-    interrupt = None
-    try:  # an interrupt while JAX and orbax load, too
-        with cli.prompt_interrupts() as interrupt:
-            return _train(values, config)
-    except KeyboardInterrupt:
-        _interrupted(values["workdir"])
-    except ImportError:  # an interrupt inside a C extension's initialisation becomes one
-        if interrupt is None or not interrupt.is_set():
-            raise
-        _interrupted(values["workdir"])
+    return cli.interruptible(lambda: _train(values, config), lambda: _resumes(values["workdir"]))
 
 
-def _interrupted(workdir: str) -> None:
-    """The one line after Ctrl-C, and exit status 130."""
+def _resumes(workdir: str) -> str:
+    """What the same command does after Ctrl-C."""
     checkpoints = os.path.join(workdir, "checkpoints")
     saved = os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
     where = (f"resumes from the newest checkpoint in {workdir}" if saved
              else "starts afresh (no checkpoint was written)")
-    print(f"interrupted: the same command {where}", file=sys.stderr)
-    raise SystemExit(130) from None
+    return f"the same command {where}"
 
 
 def _train(values: dict, config) -> dict:

@@ -451,7 +451,8 @@ def test_official_checkpoint_needs_allow_pickle(official_resnet_net, tmp_path, m
         "TORCH_STATE": torch.random.get_rng_state(),
     }
     torch.save(checkpoint, tmp_path / "epoch_3.ckpt")
-    with pytest.raises(ValueError, match=r"holds objects besides tensors .* pass allow_pickle=True"):
+    unpickle = r"holds objects besides tensors .*load_state_dict\(path, allow_pickle=True\)"
+    with pytest.raises(ValueError, match=unpickle):
         load_pretrained(tmp_path / "epoch_3.ckpt")
     expected = retrievalnet_to_flax(official_resnet_net.state_dict())
     _same(load_pretrained(tmp_path / "epoch_3.ckpt", allow_pickle=True), expected)
@@ -513,6 +514,24 @@ def test_load_pretrained_files(torch_resnet, torch_vit, tmp_path):
         load_pretrained(tmp_path / "other.npz")
     with pytest.raises(ValueError, match="unknown weight format '.h5'"):
         load_pretrained(tmp_path / "weights.h5")
+
+
+def test_truncated_or_corrupt_files_are_one_value_error(torch_resnet, tmp_path):
+    """A partial download or a text file under a weights name: a ValueError naming the file
+    (they were torch's RuntimeError, EOFError, zipfile.BadZipFile, numpy's pickle advice)."""
+    torch.save(torch_resnet.state_dict(), tmp_path / "full.pth")
+    np.savez(tmp_path / "full.npz", **{k: v.numpy() for k, v in torch_resnet.state_dict().items()})
+    for name in ("full.pth", "full.npz"):
+        data = (tmp_path / name).read_bytes()
+        ext = name.split(".")[1]
+        (tmp_path / f"half.{ext}").write_bytes(data[: len(data) // 2])
+        (tmp_path / f"empty.{ext}").write_bytes(b"")
+    (tmp_path / "text.npz").write_text('{"not": "weights"}')
+    for name in ("half.pth", "empty.pth", "half.npz", "empty.npz", "text.npz"):
+        with pytest.raises(ValueError, match=rf"{name} cannot be read as weights \(.*\); is it truncated"):
+            load_state_dict(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        load_state_dict(tmp_path / "missing.pth")
 
 
 def test_load_safetensors(torch_vit, tmp_path):

@@ -186,7 +186,7 @@ def test_cli_refuses_retrieval_flags_for_protocol_runs(tmp_path, monkeypatch, pr
     cfg = ml_collections.ConfigDict({"eval_protocol": protocol, "eval_ks": (1,), "eval_backend": "exact"})
     monkeypatch.setattr(cli, "workdir_config", lambda *a, **k: cfg)
     monkeypatch.setattr(cli, "_protocol_metrics", lambda *a: pytest.fail("restored despite the flags"))
-    argv = ["--workdir", str(tmp_path), "--normalize", "--save_embeddings", str(tmp_path / "e.npz")]
+    argv = ["--workdir", str(tmp_path / "run"), "--normalize", "--save_embeddings", str(tmp_path / "e.npz")]
     with pytest.raises(cli.cli.CliError, match=f"--normalize, --save_embeddings apply to .*{protocol}"):
         cli.main(argv)
     monkeypatch.setattr(cli, "_protocol_metrics", lambda *a: {"medium/map": 0.5})
@@ -218,6 +218,31 @@ def test_train_interrupted_says_whether_a_checkpoint_resumes(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         train.main(argv)
     assert f"resumes from the newest checkpoint in {workdir}" in capsys.readouterr().err
+
+
+def test_evaluate_interrupted_is_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during an evaluation: one line and status 130, as training (it was a traceback)."""
+    def interrupted(args, overrides):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_evaluate", interrupted)
+    x, y = _data(0)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--embeddings", _write(tmp_path / "e.npz", x, y)])
+    assert info.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: nothing was written"
+
+
+def test_empty_and_home_relative_flag_values(tmp_path, monkeypatch):
+    """`--workdir "$RUN"` with RUN unset was taken as no --workdir (then a TypeError); `~` in a
+    `--flag=~/path` value, which no shell expands, made a folder named "~"."""
+    with pytest.raises(cli.cli.CliError, match=r"--workdir was given an empty value"):
+        cli.main(["--workdir", ""])
+    monkeypatch.setenv("HOME", str(tmp_path))
+    x, y = _data(0)
+    _write(tmp_path / "e.npz", x, y)
+    cli.main(["--embeddings=~/e.npz", "--output=~/out/m.json"])
+    assert (tmp_path / "out" / "m.json").is_file()
 
 
 def test_levels_flag_and_config_key(tmp_path):
@@ -312,3 +337,56 @@ def test_weights_evaluate_a_trained_official_net_as_torch_embeds(tmp_path):
         cli.main(["--config", str(config_file), "--weights", str(tmp_path / "net_state.pth"), "--step", "3"])
     with pytest.raises(cli.cli.CliError, match=r"--weights .*missing.pth: no such file"):
         cli.main(["--config", str(config_file), "--weights", str(tmp_path / "missing.pth")])
+
+
+def test_outputs_never_overwrite_inputs_or_the_workdir(tmp_path):
+    """--output onto the embeddings it evaluates, onto --save_embeddings, or into the workdir
+    (whose metrics.json it replaced): refused before any work; --save_embeddings without .npz
+    is written, and named, with it (np.savez adds it)."""
+    x, y = _data(0)
+    emb = _write(tmp_path / "e.npz", x, y)
+    digits = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py")
+    (tmp_path / "run").mkdir()
+    cases = [
+        (["--embeddings", emb, "--output", emb], r"--output .*e\.npz would overwrite --embeddings"),
+        (["--workdir", str(tmp_path / "run"), "--save_embeddings", str(tmp_path / "s.npz"),
+          "--output", str(tmp_path / "s.npz")], r"--save_embeddings .*s\.npz would overwrite --output"),
+        (["--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "run" / "metrics.json")],
+         r"--output .*metrics\.json is inside the evaluated workdir"),
+        (["--config", digits, "--weights", str(tmp_path / "w.pth"), "--save_embeddings", digits],
+         r"--save_embeddings .*digits\.py\.npz"),  # not digits.py itself: .npz is added
+        (["--workdir", str(tmp_path / "run"), "--gallery", emb], r"--gallery applies to --embeddings"),
+        (["--config", digits, "--weights", emb, "--config.model.pretrained=x"],
+         r"drop --config\.model\.pretrained"),
+    ]
+    for argv, message in cases[:3] + cases[4:]:
+        with pytest.raises(cli.cli.CliError, match=message):
+            cli.parse_args(argv)
+    args, _ = cli.parse_args(cases[3][0])
+    assert args.save_embeddings == digits + ".npz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz", "run"]
+
+
+def test_an_unwritable_output_is_refused_before_the_evaluation(tmp_path):
+    """A folder it cannot write into: refused when parsed (it was a PermissionError traceback
+    after the whole evaluation). Read-only for a user; immutable (chattr +i) for root."""
+    import os
+    import shutil
+    import subprocess
+
+    x, y = _data(0)
+    emb = _write(tmp_path / "e.npz", x, y)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() != 0:
+        os.chmod(locked, 0o500)
+        unlock = ["chmod", "700", str(locked)]
+    elif shutil.which("chattr") and subprocess.run(["chattr", "+i", str(locked)]).returncode == 0:
+        unlock = ["chattr", "-i", str(locked)]
+    else:
+        pytest.skip("root without chattr (or a file system without immutable folders)")
+    try:
+        with pytest.raises(cli.cli.CliError, match=r"--output .*m\.json cannot be written"):
+            cli.parse_args(["--embeddings", emb, "--output", str(locked / "sub" / "m.json")])
+    finally:
+        subprocess.run(unlock, check=True)

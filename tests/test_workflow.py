@@ -145,7 +145,7 @@ def test_evaluate_embeddings_errors_are_one_line(tmp_path):
         (["--embeddings", str(tmp_path / "missing.npz")], "cannot read an .npz archive"),
         (["--embeddings", str(tmp_path / "text.npz")], "cannot read an .npz archive"),
         (["--embeddings", str(tmp_path / "empty.npz")], "cannot read an .npz archive"),
-        (["--embeddings", str(tmp_path / "good.npz"), "--ks", ""], r"--ks must be .* got ''"),
+        (["--embeddings", str(tmp_path / "good.npz"), "--ks", ""], r"--ks was given an empty value"),
         (["--embeddings", str(tmp_path / "good.npz"), "--ks", "0"], r"--ks must be .* got '0'"),
         (["--embeddings", str(tmp_path / "good.npz"), "--ks", "1,x"], r"--ks must be .* got '1,x'"),
         (["--embeddings", str(tmp_path / "good.npz"), "--block_size", "0"], "--block_size must be >= 1"),
@@ -267,7 +267,9 @@ def test_pretrained_weights_that_cannot_be_loaded_name_the_key(tmp_path):
     not say which key), and nothing left in the new workdir."""
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     (tmp_path / "w.json").write_text("{}")
+    (tmp_path / "empty.npz").write_bytes(b"")
     cases = {str(tmp_path / "missing.pth"): "No such file", str(tmp_path / "w.json"): "weight format",
+             str(tmp_path / "empty.npz"): "is it truncated or corrupt",
              str(tmp_path / "other.npz"): "neither a torchvision ResNet, a timm ViT nor a RetrievalNet"}
     for path, reason in cases.items():
         config = tiny_config()

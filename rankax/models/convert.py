@@ -56,7 +56,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -449,6 +449,30 @@ def _unwrap(obj: Any) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in obj.items() if hasattr(v, "shape")}
 
 
+def _npz_arrays(path: str) -> dict[str, np.ndarray]:
+    data = _readable(path, lambda: np.load(path, allow_pickle=False))
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not an .npz archive of named arrays")
+    with data:
+        return _readable(path, lambda: {k: data[k] for k in data.files})
+
+
+def _readable(path: str, read: Callable[[], Any]) -> Any:
+    """``read()``, with a truncated or corrupt file (torch's ``RuntimeError``, ``EOFError``, a
+    bad zip, safetensors' header error, a text file under a weights name) as one ``ValueError``
+    naming the file. Unpickling refusals and a missing file or package pass through."""
+    try:
+        return read()
+    except (pickle.UnpicklingError, ImportError, FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - every reader's own way of saying "not readable"
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise ValueError(
+            f"{path} cannot be read as weights ({type(err).__name__}: {first}); is it truncated or "
+            "corrupt? (a partial download: fetch it again)"
+        ) from err
+
+
 def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """Reads a PyTorch-layout state dict from ``.pth``/``.pt``/``.bin``/``.ckpt`` (also
     ``.pth.tar``), ``.npz`` or ``.safetensors``.
@@ -478,15 +502,16 @@ def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
         how = "np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})"
         torch = optional.require("torch", f"reading {path} (or save it as .npz where torch is: {how})")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+            obj = _readable(path, lambda: torch.load(path, map_location="cpu", weights_only=not allow_pickle))
         except pickle.UnpicklingError as err:
             # Training checkpoints also pickle other objects (the official ones: numpy's RNG
             # state, an OmegaConf config; others argparse namespaces), which only an
             # unrestricted unpickler reads.
             raise ValueError(
                 f"{path} holds objects besides tensors ({_unpickled_global(err)}), which rankax does not "
-                "unpickle unless told to (a file can run code when unpickled): for a file you trust, pass "
-                "allow_pickle=True, or save the weights alone, e.g. torch.save(torch.load(path, "
+                "unpickle unless told to (a file can run code when unpickled): for a file you trust, read it "
+                "with rankax.models.convert.load_state_dict(path, allow_pickle=True) in Python, or save the "
+                "weights alone, e.g. torch.save(torch.load(path, "
                 "weights_only=False)['net_state'], 'weights.pth') ('net_state' for the official "
                 "ROADMAP/SupRank/HAPPIER checkpoints)"
             ) from None
@@ -496,15 +521,15 @@ def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
                 "(the official checkpoints' configs need omegaconf), or save the weights alone where it is"
             ) from err
     elif ext == ".npz":
-        with np.load(path) as f:
-            obj = {k: f[k] for k in f.files}
+        obj = _npz_arrays(path)
         if any("/" in k for k in obj):
             raise ValueError(
                 f"{path} uses big_vision/flax names ({next(k for k in obj if '/' in k)!r}); rankax reads "
                 "PyTorch (timm/torchvision) key names: load it with timm and save its state_dict()"
             )
     elif ext == ".safetensors":
-        obj = optional.require("safetensors.numpy", f"reading {path}").load_file(path)
+        reader = optional.require("safetensors.numpy", f"reading {path}")
+        obj = _readable(path, lambda: reader.load_file(path))
     else:
         raise ValueError(
             f"{path}: unknown weight format {ext!r}; expected .pth (.pth.tar), .pt, .bin, .ckpt, .npz "
