@@ -434,6 +434,8 @@ def test_retrievalnet_bad_keys_are_named(official_resnet_net):
         retrievalnet_to_flax(mlp)
     with pytest.raises(ValueError, match=r"missing keys: fc\.bias"):
         retrievalnet_to_flax({k: v for k, v in sd.items() if k != "fc.bias"})
+    with pytest.raises(ValueError, match=r"unexpected keys: .*pooling\.p"):  # not one GeM exponent
+        retrievalnet_to_flax({**sd, "pooling.p": np.ones(256)})
     # a head.* entry that is not a second name of pooling/fc
     with pytest.raises(ValueError, match=r"unexpected keys: head\.3\.bias"):
         retrievalnet_to_flax({**sd, "head.3.bias": sd["fc.bias"] + 1})

@@ -810,6 +810,12 @@ def test_rs_at_k_self_score_gives_the_authors_batch_loss():
         print(f"RS@k batch: authors {want:.6f}, self_score=1.0 {got:.6f}, without {without:.6f}")
         assert got == pytest.approx(want, rel=1e-10)
         assert abs(without - want) > 1e-2
+        # 9 items: cut-offs 16 and 8... reach past the list, where k = min(k, n) counts the query
+        small = np.r_[0:3, 4:7, 8:11]
+        want = ref_rs_at_k_authors_batch(unit(emb[small]), y[small])
+        got = rankax.batch_loss(rankax.recall_at_k_surrogate_loss, jnp.asarray(unit(emb[small])),
+                                jnp.asarray(y[small]), self_score=1.0)
+        assert float(got) == pytest.approx(want, rel=1e-10)
         # the gradient along a random direction, from central differences of the transcription
         direction = rng.normal(size=emb.shape)
         eps = 1e-6

@@ -331,11 +331,16 @@ def retrievalnet_to_flax(state_dict: Mapping[str, Any]) -> Variables:
     ==============================================  ==========================================
 
     Pooling type, the feature LayerNorm (``norm_features``) and the final normalisation have
-    no weights: build the rankax model with the run's settings (``pooling``,
-    ``feature_norm="layernorm"``, ``embedding_dim=None`` for ``without_fc``; the paper configs
-    in ``configs/`` have them). The returned ``params`` always hold a ``head`` subtree (empty
-    without GeM and projection), so :func:`merge_pretrained` refuses a model whose head has
-    weights the checkpoint lacks instead of keeping them random.
+    no weights, so nothing here can check them: build the rankax model with the run's settings
+    (``pooling``, ``feature_norm="layernorm"``, ``embedding_dim=None`` for ``without_fc``; the
+    paper configs in ``configs/`` have them; docs/models.md maps each official model file).
+    Settings rankax has no counterpart for convert without error and give other embeddings:
+    SupRank's ``whiten`` (a normalisation before ``fc``), ``meanmax`` and ``none`` pooling, and
+    HAPPIER's pooling by ``torch.nn`` class name. The returned ``params`` always hold a ``head``
+    subtree (empty without GeM and projection), so :func:`merge_pretrained` refuses a model
+    whose head has weights the checkpoint lacks instead of keeping them random; a GeM exponent
+    (learnable or ``gem_froze``) needs ``gem_learnable=True`` (for a frozen one, also keep it
+    out of the optimizer, or build ``gem_learnable=False, gem_p=<its value>`` and drop ``p``).
 
     Args:
       state_dict: the ``net_state`` of an official checkpoint (see :func:`load_state_dict`),
@@ -368,7 +373,7 @@ def retrievalnet_to_flax(state_dict: Mapping[str, Any]) -> Variables:
             f"the backbone of a RetrievalNet (keys after 'backbone.', as a {kind}): {err}"
         ) from None
     head: dict[str, Any] = {}
-    if "pooling.p" in head_keys:
+    if "pooling.p" in head_keys and _to_numpy(head_keys["pooling.p"]).size == 1:  # GeM's exponent
         head["pool"] = {"p": _to_numpy(head_keys.pop("pooling.p")).reshape(())}
     linear = {"fc.weight", "fc.bias"}
     missing = linear - set(head_keys) if linear & set(head_keys) else set()
