@@ -217,7 +217,30 @@ def load_config(path: str, flag: str = "--config") -> ml_collections.ConfigDict:
     module = runpy.run_path(path)
     if "get_config" not in module:
         raise CliError(f"{flag} {path} defines no get_config(); see configs/digits.py for the form")
-    return module["get_config"]()
+    config = module["get_config"]()
+    check_known_keys(config, f"{flag} {path}")
+    return config
+
+
+#: Groups whose keys depend on the model, dataset, loss or protocol: any key is accepted there.
+OPEN_GROUPS = ("model", "dataset", "loss.hparams", "loss.terms", "landmarks", "reported")
+
+
+def check_known_keys(config: ml_collections.ConfigDict, where: str) -> None:
+    """A :class:`CliError` naming a key of ``config`` that ``configs/default.py`` does not have,
+    outside :data:`OPEN_GROUPS`: a misspelt key in a config file (``c.num_stepz = 3``) was kept
+    and ignored, the run using the default."""
+    from configs import default
+    from rankax.train import workdir
+
+    known = set(workdir.flat(default.get_config()))
+    for key in workdir.flat(config):
+        if key in known or any(key == g or key.startswith(g + ".") for g in OPEN_GROUPS):
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"; did you mean config.{close[0]}?" if close else ""
+        raise CliError(f"{where}: config.{key} is not a key of configs/default.py{hint} (a key it does "
+                       f"not know would be ignored; keys of their own: {', '.join(OPEN_GROUPS)})")
 
 
 def config_from_record(record: dict[str, Any]) -> ml_collections.ConfigDict:

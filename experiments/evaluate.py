@@ -108,7 +108,7 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
         cfg = cli.config_from_record(record["config"])
     cli.apply_overrides(cfg, overrides)
     if config and record is not None:
-        _check_model_keys(cfg, record, {key for key, _ in overrides}, workdir, config)
+        _check_evaluated_keys(cfg, record, {key for key, _ in overrides}, workdir, config)
     from rankax.train import ConfigError, config_checks
 
     try:  # the checks of experiments.train: a bad override is one line naming the key
@@ -122,21 +122,23 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
 INIT_ONLY_KEYS = frozenset({"model.pretrained", "model.pretrained_distilled"})
 
 
-def _check_model_keys(cfg, record: dict, overridden: set[str], workdir: str, config: str) -> None:
-    """A :class:`cli.CliError` where the file ``config`` changes ``model.*`` keys from the
-    config ``workdir`` recorded without a ``--config.model.*`` override saying so: keys that
-    add no parameters (pooling, feature_norm, frozen_bn, dtype) restore without complaint and
-    would evaluate another network than the one trained."""
+def _check_evaluated_keys(cfg, record: dict, overridden: set[str], workdir: str, config: str) -> None:
+    """A :class:`cli.CliError` where the file ``config`` changes ``model.*`` or ``dataset.*`` keys
+    from the config ``workdir`` recorded without a ``--config.<key>`` override saying so. Model
+    keys that add no parameters (pooling, feature_norm, frozen_bn, dtype) restore without
+    complaint and would evaluate another network than the one trained; dataset keys (protocol,
+    split seed, name) choose the test split, which another one can make overlap the training
+    images."""
     from rankax.train import workdir as workdir_lib
 
     changed = {k: v for k, v in workdir_lib.differences(record.get("config", {}), cfg).items()
-               if k.startswith("model.") and k not in overridden and k not in INIT_ONLY_KEYS}
+               if k.startswith(("model.", "dataset.")) and k not in overridden and k not in INIT_ONLY_KEYS}
     if changed:
         shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise cli.CliError(
-            f"--config {config} builds another network than the one {workdir} trained ({shown}). "
-            "Drop --config to evaluate with the recorded config, or override those keys explicitly "
-            f"(--config.{next(iter(changed))}=...) to evaluate the checkpoint in another network"
+            f"--config {config} evaluates another network or test split than the one {workdir} trained "
+            f"({shown}). Drop --config to evaluate with the recorded config, or override those keys "
+            f"explicitly (--config.{next(iter(changed))}=...) to evaluate the checkpoint that way"
         )
 
 

@@ -139,12 +139,23 @@ def test_a_config_file_that_changes_the_network_is_refused(tmp_path):
     recorded.model.pretrained = "imagenet.pth"
     workdir_lib.write(recorded, str(tmp_path))
     with pytest.raises(cli.cli.CliError, match=re.escape(
-            f"--config {digits} builds another network than the one {tmp_path} trained "
-            "(model.embedding_dim: 32 -> 64). Drop --config")):
+            f"--config {digits} evaluates another network or test split than the one {tmp_path} "
+            "trained (model.embedding_dim: 32 -> 64). Drop --config")):
         cli.workdir_config(str(tmp_path), str(digits), [])
     cfg = cli.workdir_config(str(tmp_path), str(digits), [("model.embedding_dim", "48")])
     assert cfg.model.embedding_dim == 48
     assert cli.workdir_config(str(tmp_path), None, []).model.embedding_dim == 32
+    # another test split (the open-set protocol of the same digits) was evaluated silently
+    open_set = digits.parent / "digits_open_set.py"
+    recorded = cli.cli.load_config(str(open_set))
+    (tmp_path / "closed").mkdir()
+    workdir_lib.write(cli.cli.load_config(str(digits)), str(tmp_path / "closed"))
+    closed = cli.cli.load_config(str(digits))
+    differing = {k for k in workdir_lib.differences(workdir_lib.flat(recorded), closed)
+                 if k.startswith("dataset.")}
+    assert differing  # the two configs differ in their data
+    with pytest.raises(cli.cli.CliError, match=r"another network or test split .*dataset\."):
+        cli.workdir_config(str(tmp_path / "closed"), str(open_set), [])
 
 
 def test_saved_embeddings_keep_a_separate_gallery(tmp_path, capsys):
@@ -390,3 +401,24 @@ def test_an_unwritable_output_is_refused_before_the_evaluation(tmp_path):
             cli.parse_args(["--embeddings", emb, "--output", str(locked / "sub" / "m.json")])
     finally:
         subprocess.run(unlock, check=True)
+
+
+def test_a_misspelt_key_in_a_config_file_is_named(tmp_path):
+    """`c.num_stepz = 3` in a config file was kept, ignored, and the run used the default:
+    refused with the key and the closest one; keys of the model, data and loss are free."""
+    bad = tmp_path / "typo.py"
+    bad.write_text(
+        "from configs import digits\n\n\ndef get_config():\n    c = digits.get_config()\n"
+        "    c.num_stepz = 3\n    c.model.any_attribute = 1\n    return c\n"
+    )
+    with pytest.raises(cli.cli.CliError, match=r"typo\.py: config\.num_stepz is not a key of "
+                                               r"configs/default\.py; did you mean config\.num_steps\?"):
+        cli.cli.load_config(str(bad))
+    nested = tmp_path / "nested.py"
+    nested.write_text(
+        "from configs import digits\n\n\ndef get_config():\n    c = digits.get_config()\n"
+        "    c.optimizer.weight_decy = 0.5\n    c.loss.hparams.anything = 2\n    return c\n"
+    )
+    with pytest.raises(cli.cli.CliError, match=r"config\.optimizer\.weight_decy is not a key .*"
+                                               r"did you mean config\.optimizer\.weight_decay\?"):
+        cli.cli.load_config(str(nested))
