@@ -318,6 +318,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         raise cli.CliError("--weights needs --config FILE: the experiment config whose model and data to use")
     if "step" in values and workdir is None:
         raise cli.CliError("--step applies to --workdir evaluation only")
+    same_file = "gallery" in values and "embeddings" in values and (
+        os.path.abspath(values["gallery"]) == os.path.abspath(values["embeddings"]))
+    if same_file:
+        raise cli.CliError("--gallery is the --embeddings file: omit --gallery to evaluate the set against "
+                           "itself (each query then leaves itself out of its list; as its own gallery it "
+                           "would find itself first)")
     if "gallery" in values and "embeddings" not in values:
         raise cli.CliError("--gallery applies to --embeddings evaluation; a run's or config's gallery is its "
                            "dataset's (--config.dataset.* chooses the data)")

@@ -367,6 +367,7 @@ def test_outputs_never_overwrite_inputs_or_the_workdir(tmp_path):
         (["--config", digits, "--weights", str(tmp_path / "w.pth"), "--save_embeddings", digits],
          r"--save_embeddings .*digits\.py\.npz"),  # not digits.py itself: .npz is added
         (["--workdir", str(tmp_path / "run"), "--gallery", emb], r"--gallery applies to --embeddings"),
+        (["--embeddings", emb, "--gallery", emb], r"--gallery is the --embeddings file: omit --gallery"),
         (["--config", digits, "--weights", emb, "--config.model.pretrained=x"],
          r"drop --config\.model\.pretrained"),
     ]

@@ -631,6 +631,11 @@ def test_all_zero_embeddings_are_named_in_a_warning():
         warnings.simplefilter("error")
         retrieval.evaluate(x[[0, 1, 3, 4, 5, 6, 8, 9]], y[[0, 1, 3, 4, 5, 6, 8, 9]], normalize=True)
 
+    # labels sharing no class: every metric 0.0, said in a warning (it looked like a bad model)
+    with pytest.warns(UserWarning, match=r"none of the 10 queries has a positive .* reported as 0\.0"):
+        got = retrieval.evaluate(rng.normal(size=(10, 4)), np.arange(10))
+    assert got["recall@1"] == 0.0 and got["num_queries_without_positive"] == 10
+
 
 def test_sharded_equals_single_device():
     code = (

@@ -183,6 +183,12 @@ def evaluate(
     else:
         per_query = _scann_binary(data, q_classes, g_classes, num_pos, ks, scann_config, scann_options)
     result = _means_over(per_query, num_pos > 0, ks)
+    if not np.any(num_pos > 0):
+        warnings.warn(
+            f"evaluate: none of the {len(num_pos)} queries has a positive in the gallery (labels that "
+            "share no class?): every binary metric is reported as 0.0",
+            stacklevel=2,
+        )
     if data.query_labels.ndim == 2 and backend == "exact":
         hierarchical = exact.hierarchical_metrics(
             data.queries, data.query_labels, _gallery_on(data, gallery_block_size, mesh),
