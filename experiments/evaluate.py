@@ -69,7 +69,8 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:  # missing, unreadable, empty, not an array file
-        raise cli.CliError(f"{path}: cannot read {expected} ({err})") from None
+        why = "not a numpy file" if "pickled" in str(err) else err  # numpy's guess: a pickle
+        raise cli.CliError(f"{path}: cannot read {expected} ({why})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise cli.CliError(f"{path}: a single array, not {expected} (np.savez writes one)")
     with data:
@@ -82,6 +83,8 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         embeddings, labels = np.asarray(data[NPZ_EMBEDDINGS]), np.asarray(data[NPZ_LABELS])
     if embeddings.ndim != 2:
         raise cli.CliError(f"{path}: '{NPZ_EMBEDDINGS}' must be [N, D], got shape {embeddings.shape}")
+    if len(embeddings) == 0:
+        raise cli.CliError(f"{path} holds no embeddings ('{NPZ_EMBEDDINGS}' has shape {embeddings.shape})")
     return embeddings, labels
 
 

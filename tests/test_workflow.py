@@ -140,10 +140,13 @@ def test_evaluate_embeddings_errors_are_one_line(tmp_path):
     (tmp_path / "text.npz").write_text("not an archive")
     (tmp_path / "empty.npz").write_bytes(b"")
     np.savez(tmp_path / "good.npz", embeddings=x, labels=np.arange(10) % 3)
+    np.savez(tmp_path / "none.npz", embeddings=np.zeros((0, 4)), labels=np.zeros(0, int))
     cases = [
         (["--embeddings", str(tmp_path / "single.npy")], "a single array, not an .npz archive"),
         (["--embeddings", str(tmp_path / "missing.npz")], "cannot read an .npz archive"),
-        (["--embeddings", str(tmp_path / "text.npz")], "cannot read an .npz archive"),
+        (["--embeddings", str(tmp_path / "text.npz")], r"cannot read an .npz archive .*\(not a numpy file\)"),
+        (["--embeddings", str(tmp_path / "none.npz")],
+         r"none.npz holds no embeddings \('embeddings' has shape \(0, 4\)\)"),
         (["--embeddings", str(tmp_path / "empty.npz")], "cannot read an .npz archive"),
         (["--embeddings", str(tmp_path / "good.npz"), "--ks", ""], r"--ks was given an empty value"),
         (["--embeddings", str(tmp_path / "good.npz"), "--ks", "0"], r"--ks must be .* got '0'"),
