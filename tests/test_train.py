@@ -154,6 +154,29 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     assert "Resuming from checkpoint step 4" in out
 
 
+def test_extending_a_decaying_schedule_says_where_the_rate_goes(tmp_path, capsys):
+    """A cosine run of 4 steps extended to 6: the schedule spans the new length, so the rate at
+    step 4 goes from 0 (where the 4-step run ended) back to a quarter of the peak,
+    lr (1 + cos(pi 4/6)) / 2. That restart was silent; a constant schedule says nothing."""
+    import math
+
+    cfg = tiny_config(num_steps=4, eval_every=0)
+    cfg.optimizer.schedule, cfg.optimizer.lr = "cosine", 0.002
+    train_lib.train_and_evaluate(cfg, str(tmp_path / "cos"))
+    capsys.readouterr()
+    cfg.num_steps = 6
+    train_lib.train_and_evaluate(cfg, str(tmp_path / "cos"), allow_config_change=["num_steps"])
+    want = 0.002 * (1 + math.cos(math.pi * 4 / 6)) / 2
+    assert (f"config.num_steps 4 -> 6: the 'cosine' learning-rate schedule spans the new length, so at "
+            f"the resumed step 4 the rate goes from 0 (where the 4-step run was) to {want:.3g}"
+            in capsys.readouterr().out)
+    constant = tiny_config(num_steps=4, eval_every=0)
+    train_lib.train_and_evaluate(constant, str(tmp_path / "const"))
+    constant.num_steps = 6
+    train_lib.train_and_evaluate(constant, str(tmp_path / "const"), allow_config_change=["num_steps"])
+    assert "learning-rate schedule spans" not in capsys.readouterr().out
+
+
 def test_unreadable_metrics_file_sets_its_step_aside(tmp_path, capsys):
     """orbax reads every step's metrics when it opens the directory: a metrics file that is not
     JSON (an edit, an incomplete copy) stopped training and evaluation with a bare

@@ -280,6 +280,8 @@ def setup(config: Config, workdir: str, changes: dict, allow_config_change: Any 
             "Every process must read the same checkpoints (a workdir shared by every host) and the "
             "same pretrained weights (config.model.pretrained)",
         )
+    if distributed.is_main() and (note := schedule_jump(config, changes, int(state.step))):
+        print(note)  # [multihost] the log is process 0's
     if int(state.step) > int(config.num_steps):
         ckpt.close()
         raise errors.ConfigError(
@@ -313,6 +315,29 @@ def setup(config: Config, workdir: str, changes: dict, allow_config_change: Any 
     )
     run.report = baselines(run)
     return run
+
+
+def schedule_jump(config: Config, changes: dict[str, tuple], step: int) -> str | None:
+    """What a resume at ``step`` with an allowed ``num_steps`` change does to the learning
+    rate: the schedule spans the run's length, so a decaying one restarts part-way (a cosine
+    run extended from 40 to 60 steps goes from 0 back to a quarter of its peak). None when
+    the rate at ``step`` stays within 0.1 % (a constant schedule), or for keys in epochs, which
+    need the sampler's clock."""
+    if "num_steps" not in changes or step == 0:
+        return None
+    old, new = changes["num_steps"]
+    earlier = ml_collections.ConfigDict(config.to_dict())
+    earlier.num_steps = old
+    base = float(config.optimizer.lr)
+    try:
+        before, after = (float(optim.make_schedule(c, base)(step)) for c in (earlier, config))
+    except (errors.ConfigError, ValueError, TypeError):
+        return None
+    if abs(after - before) <= 1e-3 * max(abs(before), abs(after)):
+        return None
+    return (f"config.num_steps {old} -> {new}: the {config.optimizer.schedule!r} learning-rate schedule "
+            f"spans the new length, so at the resumed step {step} the rate goes from {before:.3g} (where "
+            f"the {old}-step run was) to {after:.3g}")
 
 
 def print_fact_changes(changes: dict[str, tuple]) -> None:
