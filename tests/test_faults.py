@@ -689,6 +689,24 @@ def test_an_overflowing_update_is_named_as_such(tmp_path):
     assert message.startswith("non-finite training step 0 (its loss terms are finite: loss="), message
 
 
+def test_a_model_broken_by_its_first_update_is_not_blamed_on_the_batch(tmp_path):
+    """A learning rate of 1e30: the first update is finite but huge, and the second step's
+    embeddings are all NaN. The error listed that batch's 40 indices as if the data were at
+    fault; it now says every embedding is non-finite from finite inputs and gives the largest
+    parameter magnitude, which is about lr times the first update's size (Adam: about 1)."""
+    config = fault_config(checkpoint_every=4, log_every=100)
+    config.optimizer.lr = 1e30
+    with pytest.raises(NonFiniteLossError) as info:
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    message = str(info.value)
+    assert info.value.step == 1, message
+    found = re.search(r"every embedding of the batch is non-finite, from finite inputs: the model rather "
+                      r"than this batch \(its largest parameter magnitude is ([0-9.e+]+): a learning rate",
+                      message)
+    assert found and 1e29 <= float(found.group(1)) <= 1e31, message
+    assert "non-finite embeddings at dataset indices" not in message
+
+
 def test_nonfinite_test_embeddings_are_a_named_error(monkeypatch):
     """A run that diverged in skip mode (finite parameters, NaN embeddings) stops at its next
     evaluation with a NonFiniteEvaluationError saying what to do, which the CLI prints as one

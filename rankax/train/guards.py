@@ -6,6 +6,8 @@ import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -115,6 +117,9 @@ class NonFiniteGuard:
             "nonfinite_grads": [k for k, ok in diag["grads_finite"].items() if not ok],
             "nonfinite_updates": [k for k, ok in diag["updated_finite"].items() if not ok],
         }
+        if len(out["nonfinite_embeddings"]) == len(idx):  # the model, rather than this batch?
+            leaves = [x for x in jax.tree.leaves(state.params) if jnp.issubdtype(x.dtype, jnp.inexact)]
+            out["largest_parameter"] = max((float(jnp.max(jnp.abs(x))) for x in leaves), default=0.0)
         if "memory_active" in diag:
             out["memory_active"] = bool(diag["memory_active"])
         out["first_check"] = diag["first_check"]
@@ -148,9 +153,14 @@ class NonFiniteGuard:
             text = f"non-finite training step {step} (its loss terms are finite: {fmt(ok)})"
         shown = ", ".join(str(int(i)) for i in idx[:16]) + (", ..." if len(idx) > 16 else "")
         text += f"; batch dataset indices [{shown}] ({len(idx)}, all in {self.report_path})"
+        every = "largest_parameter" in record and not len(record.get("nonfinite_inputs", ()))
         for key, what in (("nonfinite_inputs", "inputs"), ("nonfinite_embeddings", "embeddings")):
-            if len(record.get(key, ())):
+            if len(record.get(key, ())) and not (every and key == "nonfinite_embeddings"):
                 text += f"; non-finite {what} at dataset indices {[int(i) for i in record[key]]}"
+        if every:
+            text += (f"; every embedding of the batch is non-finite, from finite inputs: the model rather "
+                     f"than this batch (its largest parameter magnitude is "
+                     f"{record['largest_parameter']:.3g}: a learning rate too large?)")
         if record.get("nonfinite_grads"):
             text += f"; non-finite gradients of {record['nonfinite_grads'][:8]}"
         elif record.get("nonfinite_updates"):  # finite gradients, an overflowing update
