@@ -181,6 +181,10 @@ def parse(
             overrides.append((key, text))
             continue
         if not arg.startswith("--"):
+            previous = args[i - 2][2:].replace("-", "_") if i >= 2 and args[i - 2].startswith("--") else ""
+            if previous in bool_flags and arg.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+                raise CliError(f"--{previous} is a switch: write --{previous}={arg} (or --{previous} alone "
+                               "for true)")
             raise CliError(f"unexpected argument {arg!r}; flags are --name=value (see --help)")
         name, eq, text = arg[2:].partition("=")
         name = name.replace("-", "_")

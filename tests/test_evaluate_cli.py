@@ -249,6 +249,8 @@ def test_empty_and_home_relative_flag_values(tmp_path, monkeypatch):
     `--flag=~/path` value, which no shell expands, made a folder named "~"."""
     with pytest.raises(cli.cli.CliError, match=r"--workdir was given an empty value"):
         cli.main(["--workdir", ""])
+    with pytest.raises(cli.cli.CliError, match=r"--normalize is a switch: write --normalize=false"):
+        cli.main(["--embeddings", "e.npz", "--normalize", "false"])
     monkeypatch.setenv("HOME", str(tmp_path))
     x, y = _data(0)
     _write(tmp_path / "e.npz", x, y)

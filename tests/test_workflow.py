@@ -716,6 +716,15 @@ def test_evaluate_cli_names_missing_workdirs_and_output_folders(tmp_path):
         evaluate_cli.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "file" / "m.json")])
 
 
+def test_another_tools_config_json_is_not_read_as_a_run(tmp_path):
+    """A Hugging Face config.json in the workdir was compared key by key with the config ("holds
+    a run with another config ... and 45 more"), and allowing the changes merged into it."""
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["ViTModel"], "hidden_size": 768}))
+    with pytest.raises(ConfigError, match=r"config\.json is not a rankax run record .*another tool's"):
+        train_lib.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["hidden_size"] == 768
+
+
 def test_a_workdir_in_use_refuses_a_second_run(tmp_path):
     from rankax.train import workdir as workdir_lib
 

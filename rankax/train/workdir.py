@@ -204,12 +204,22 @@ def read(workdir: str) -> dict[str, Any] | None:
         return None
     try:
         with open(path) as f:
-            return json.load(f)
+            record = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(
             f"{path} is not valid JSON ({err}): it records the workdir's run; restore it, or use a "
             "new --workdir"
         ) from None
+    if not isinstance(record, dict) or (record and not record.keys() & RECORD_KEYS):
+        raise ConfigError(
+            f"{path} is not a rankax run record (none of {sorted(RECORD_KEYS)}; another tool's "
+            f"{RECORD}?): use a new --workdir, or move that file away"
+        )
+    return record
+
+
+#: Keys every rankax record has one of (older records: some of them).
+RECORD_KEYS = frozenset({"config", "rankax_version", "created", "data", "topology"})
 
 
 #: Config keys added after runs were recorded, each with the value that does what those runs
