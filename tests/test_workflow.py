@@ -923,7 +923,14 @@ def test_an_ignored_sigint_stays_ignored():
     ("override", "message"),
     [("loss.hparams.temprature=0.05", "did you mean config.loss.hparams.temperature?"),
      ("loss.hparams.temperature=-1", "config.loss.hparams: temperature must be a finite number > 0"),
-     ("loss.name=smoothap", "did you mean 'smooth_ap'?")],
+     ("loss.name=smoothap", "did you mean 'smooth_ap'?"),
+     # names of a fixed set, which a run refused only once its data had loaded
+     ("dtype=float16", "config.dtype must be one of ['float32', 'bfloat16'], got 'float16'"),
+     ("dataset.name=digitz", "did you mean 'digits'?"),
+     ("precision=half", "config.precision must be one of ['float32', 'mixed']"),
+     ("batch.sampler=pk_replacment", "did you mean 'pk_replacement'?"),
+     ("model_selection=worst", "config.model_selection must be one of ['last', 'best']"),
+     ("on_nonfinite=ignore", "config.on_nonfinite must be one of ['raise', 'skip']")],
 )
 def test_print_config_checks_the_config_as_a_run_does(override, message, capsys):
     """``--print_config`` printed a config with a typo and exited 0; the run then refused it."""

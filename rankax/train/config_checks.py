@@ -166,6 +166,30 @@ def check_config(config: Config) -> None:
     _check_model(config)
     _check_loss_name(config)
     _check_terms(config)
+    _check_choices(config)
+
+
+def _check_choices(config: Config) -> None:
+    """The keys that name one of a fixed set (dataset, sampler, dtype, precision, model
+    selection, non-finite action): checked here too so that ``--print_config`` refuses what a
+    run would (they were checked only once the data had loaded)."""
+    from rankax.data import registry, samplers
+    from rankax.train import guards, loop, state
+
+    choices = {
+        "dataset.name": registry.DATASETS,
+        "batch.sampler": samplers.SAMPLERS,
+        "dtype": tuple(state.DTYPES),
+        "precision": state.PRECISIONS,
+        "model_selection": loop.MODEL_SELECTIONS,
+        "on_nonfinite": guards.NONFINITE_ACTIONS,
+    }
+    for key, allowed in choices.items():
+        present, value = _get(config, key)
+        if present and value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"config.{key} must be one of {list(allowed)}, got {value!r}{hint}")
 
 
 def _check_evaluation(config: Config) -> None:
