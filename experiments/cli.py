@@ -116,11 +116,14 @@ def check_output_file(flag: str, path: str) -> None:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise CliError(f"{flag} {path}: {existing} is a file, not a folder")
+    if os.path.exists(path) and not os.path.isfile(path):
+        return  # /dev/stdout, a pipe, a FIFO: opening it to probe would consume or block it
     try:  # checked now, not after the work (permissions, a read-only or immutable folder or file)
-        with tempfile.TemporaryFile(dir=existing):
-            pass
         if os.path.exists(path):
             with open(path, "ab"):
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=existing):
                 pass
     except OSError as err:
         raise CliError(f"{flag} {path} cannot be written ({err.strerror or err})") from None
@@ -156,6 +159,11 @@ def configs_listing() -> str:
     rows = available_configs()
     width = max((len(p) for p, _ in rows), default=0)
     return "\n".join(f"  {p:<{width}}  {d}" for p, d in rows)
+
+
+#: Flags naming a file or folder: an empty value is refused, ``~`` expanded.
+PATH_FLAGS = frozenset({"workdir", "checkpoint", "config", "embeddings", "gallery", "weights", "output",
+                        "save_embeddings"})
 
 
 def parse(
@@ -205,10 +213,10 @@ def parse(
             text, i = args[i], i + 1
         if name in bool_flags:
             values[name] = _parse_bool(f"--{name}", text)
-        elif not text:  # `--workdir "$RUN"` with RUN unset
+        elif name in PATH_FLAGS and not text:  # `--workdir "$RUN"` with RUN unset
             raise CliError(f"--{name} was given an empty value")
-        else:
-            values[name] = os.path.expanduser(text)  # `--workdir=~/run`: no shell expands it
+        else:  # `--workdir=~/run`: no shell expands it
+            values[name] = os.path.expanduser(text) if name in PATH_FLAGS else text
     return values, overrides, False
 
 
@@ -241,10 +249,12 @@ def check_known_keys(config: ml_collections.ConfigDict, where: str) -> None:
     for key in workdir.flat(config):
         if key in known or any(key == g or key.startswith(g + ".") for g in OPEN_GROUPS):
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        hint = f"; did you mean config.{close[0]}?" if close else ""
-        raise CliError(f"{where}: config.{key} is not a key of configs/default.py{hint} (a key it does "
-                       f"not know would be ignored; keys of their own: {', '.join(OPEN_GROUPS)})")
+        group, _, leaf = key.rpartition(".")
+        siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == group}
+        close = difflib.get_close_matches(leaf, sorted(siblings), n=1)
+        hint = f"; did you mean config.{siblings[close[0]]}?" if close else ""
+        raise CliError(f"{where}: config.{key} is not a key of configs/default.py{hint} (rankax would "
+                       f"ignore it; the groups {', '.join(OPEN_GROUPS)} take keys of their own)")
 
 
 def config_from_record(record: dict[str, Any]) -> ml_collections.ConfigDict:

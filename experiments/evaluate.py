@@ -107,6 +107,8 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
             f"{flag} needs --config (the experiment config it was trained with): {workdir} records "
             f"none ({workdir_lib.RECORD} is written by experiments.train)"
         )
+    elif not isinstance(record.get("config"), dict):
+        raise cli.CliError(f"{flag} needs --config: {workdir}'s {workdir_lib.RECORD} records no config")
     else:
         cfg = cli.config_from_record(record["config"])
     cli.apply_overrides(cfg, overrides)
@@ -123,19 +125,29 @@ def workdir_config(workdir: str, config: str | None, overrides, flag: str = "--w
 
 #: Model keys that only choose the starting weights: a checkpoint replaces them.
 INIT_ONLY_KEYS = frozenset({"model.pretrained", "model.pretrained_distilled"})
+#: Dataset keys that choose the test split (rankax.data.registry): another value evaluates
+#: other images, which can overlap the run's training split. Keys that locate the files
+#: (root, data_dir) or shape training only (max_shift, crops) are free.
+SPLIT_KEYS = frozenset({"dataset.name", "dataset.protocol", "dataset.split_seed", "dataset.split_dir",
+                        "dataset.hierarchy", "dataset.variant", "dataset.benchmark", "dataset.split_column",
+                        "dataset.gallery_csv", "dataset.csv_file", "dataset.label_columns"})
 
 
 def _check_evaluated_keys(cfg, record: dict, overridden: set[str], workdir: str, config: str) -> None:
-    """A :class:`cli.CliError` where the file ``config`` changes ``model.*`` or ``dataset.*`` keys
-    from the config ``workdir`` recorded without a ``--config.<key>`` override saying so. Model
-    keys that add no parameters (pooling, feature_norm, frozen_bn, dtype) restore without
-    complaint and would evaluate another network than the one trained; dataset keys (protocol,
-    split seed, name) choose the test split, which another one can make overlap the training
+    """A :class:`cli.CliError` where the file ``config`` changes ``model.*`` keys or the
+    :data:`SPLIT_KEYS` from the config ``workdir`` recorded without a ``--config.<key>``
+    override saying so. Model keys that add no parameters (pooling, feature_norm, frozen_bn,
+    dtype) restore without complaint and would evaluate another network than the one trained;
+    the split keys choose the test split, which another one can make overlap the training
     images."""
     from rankax.train import workdir as workdir_lib
 
+    def compared(key: str, old: object) -> bool:  # a split key an older record lacks: no change
+        split = key in SPLIT_KEYS and old != "<absent>"
+        return (key.startswith("model.") or split) and key not in INIT_ONLY_KEYS
+
     changed = {k: v for k, v in workdir_lib.differences(record.get("config", {}), cfg).items()
-               if k.startswith(("model.", "dataset.")) and k not in overridden and k not in INIT_ONLY_KEYS}
+               if compared(k, v[0]) and k not in overridden}
     if changed:
         shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise cli.CliError(
@@ -378,10 +390,25 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     return args, overrides
 
 
+#: What a training run writes in its workdir (files, and folders whose whole content is its).
+RUN_FILES = ("config.json", "metrics.json", "history.json", "baselines.json", "baselines.previous_data.json",
+             "nonfinite_steps.jsonl", "training_curves.png", "test_embeddings.png", ".lock")
+RUN_FOLDERS = ("checkpoints", "checkpoints.corrupt", "tensorboard")
+
+
+def _run_owned(path: str, workdir: str) -> bool:
+    """Whether ``path`` is a file the training run in ``workdir`` writes (new files beside them,
+    ``--output runs/x/eval.json``, are the user's)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(workdir))
+    first = rel.split(os.sep)[0]
+    return (rel in RUN_FILES or first in RUN_FOLDERS
+            or (rel.startswith("metrics.step") and rel.endswith(".json")))
+
+
 def _check_outputs_spare_inputs(values: dict, workdir: str | None) -> None:
     """A :class:`cli.CliError` where ``--output`` or ``--save_embeddings`` (with its gallery
-    file) would overwrite an input, each other, or a file in the evaluated workdir (which
-    evaluation leaves as it is)."""
+    file) would overwrite an input, each other, or one of the evaluated run's own files
+    (:func:`_run_owned`; evaluation leaves them as they are)."""
     def same(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
@@ -396,15 +423,15 @@ def _check_outputs_spare_inputs(values: dict, workdir: str | None) -> None:
         for other_flag, other in read + written[:i]:
             if same(path, other) and flag != other_flag:
                 raise cli.CliError(f"{flag} {path} would overwrite {other_flag} {other}: write another file")
-        inside = workdir and os.path.commonpath([os.path.abspath(path), os.path.abspath(workdir)])
-        if inside and inside == os.path.abspath(workdir):
-            raise cli.CliError(f"{flag} {path} is inside the evaluated workdir {workdir}, which evaluation "
-                               "leaves unchanged: write it elsewhere")
+        if workdir and _run_owned(path, workdir):
+            raise cli.CliError(f"{flag} {path} is one of the training run's own files in {workdir}, which "
+                               "evaluation leaves unchanged: write another file")
 
 
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    return cli.interruptible(lambda: _evaluate(args, overrides), lambda: "nothing was written")
+    return cli.interruptible(lambda: _evaluate(args, overrides),
+                             lambda: "the evaluation stopped; the same command runs it again")
 
 
 def _evaluate(args, overrides) -> dict:

@@ -156,6 +156,21 @@ def test_a_config_file_that_changes_the_network_is_refused(tmp_path):
     assert differing  # the two configs differ in their data
     with pytest.raises(cli.cli.CliError, match=r"another network or test split .*dataset\."):
         cli.workdir_config(str(tmp_path / "closed"), str(open_set), [])
+    # keys that shape training only, or that an older record lacks, are not another split
+    (tmp_path / "shifted").mkdir()
+    shifted = cli.cli.load_config(str(digits))
+    shifted.dataset.max_shift = 1
+    workdir_lib.write(shifted, str(tmp_path / "shifted"))
+    assert cli.workdir_config(str(tmp_path / "shifted"), str(digits), []).dataset.max_shift == 0
+    record = json.loads((tmp_path / "shifted" / "config.json").read_text())
+    del record["config"]["dataset.split_seed"]
+    (tmp_path / "shifted" / "config.json").write_text(json.dumps(record))
+    cli.workdir_config(str(tmp_path / "shifted"), str(digits), [])
+    # a record without a config (an empty config.json): one line, not a KeyError
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(cli.cli.CliError, match=r"--workdir needs --config: .*records no config"):
+        cli.workdir_config(str(tmp_path / "empty"), None, [])
 
 
 def test_saved_embeddings_keep_a_separate_gallery(tmp_path, capsys):
@@ -241,7 +256,8 @@ def test_evaluate_interrupted_is_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--embeddings", _write(tmp_path / "e.npz", x, y)])
     assert info.value.code == 130
-    assert capsys.readouterr().err.strip() == "interrupted: nothing was written"
+    said = capsys.readouterr().err.strip()
+    assert said == "interrupted: the evaluation stopped; the same command runs it again"
 
 
 def test_empty_and_home_relative_flag_values(tmp_path, monkeypatch):
@@ -365,7 +381,7 @@ def test_outputs_never_overwrite_inputs_or_the_workdir(tmp_path):
         (["--workdir", str(tmp_path / "run"), "--save_embeddings", str(tmp_path / "s.npz"),
           "--output", str(tmp_path / "s.npz")], r"--save_embeddings .*s\.npz would overwrite --output"),
         (["--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "run" / "metrics.json")],
-         r"--output .*metrics\.json is inside the evaluated workdir"),
+         r"--output .*metrics\.json is one of the training run's own files"),
         (["--config", digits, "--weights", str(tmp_path / "w.pth"), "--save_embeddings", digits],
          r"--save_embeddings .*digits\.py\.npz"),  # not digits.py itself: .npz is added
         (["--workdir", str(tmp_path / "run"), "--gallery", emb], r"--gallery applies to --embeddings"),
@@ -378,7 +394,17 @@ def test_outputs_never_overwrite_inputs_or_the_workdir(tmp_path):
             cli.parse_args(argv)
     args, _ = cli.parse_args(cases[3][0])
     assert args.save_embeddings == digits + ".npz"
+    # new files beside the run's own are the user's (docs/training.md writes eval.json there)
+    beside = ["--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "run" / "eval.json"),
+              "--save_embeddings", str(tmp_path / "run" / "test.npz")]
+    assert cli.parse_args(beside)[0].output == str(tmp_path / "run" / "eval.json")
+    for owned in ("checkpoints/4/state", "metrics.step40.json", "tensorboard/x"):
+        with pytest.raises(cli.cli.CliError, match="training run's own files"):
+            cli.parse_args(["--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "run" / owned)])
+    # a pipe or a device is not probed (opening a FIFO to probe it left the real write blocked)
+    assert cli.parse_args(["--embeddings", emb, "--output", "/dev/stdout"])[0].output == "/dev/stdout"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz", "run"]
+    assert list((tmp_path / "run").iterdir()) == []
 
 
 def test_an_unwritable_output_is_refused_before_the_evaluation(tmp_path):

@@ -148,7 +148,7 @@ def test_evaluate_embeddings_errors_are_one_line(tmp_path):
         (["--embeddings", str(tmp_path / "none.npz")],
          r"none.npz holds no embeddings \('embeddings' has shape \(0, 4\)\)"),
         (["--embeddings", str(tmp_path / "empty.npz")], "cannot read an .npz archive"),
-        (["--embeddings", str(tmp_path / "good.npz"), "--ks", ""], r"--ks was given an empty value"),
+        (["--embeddings", str(tmp_path / "good.npz"), "--ks", ""], r"--ks must be .* got ''"),
         (["--embeddings", str(tmp_path / "good.npz"), "--ks", "0"], r"--ks must be .* got '0'"),
         (["--embeddings", str(tmp_path / "good.npz"), "--ks", "1,x"], r"--ks must be .* got '1,x'"),
         (["--embeddings", str(tmp_path / "good.npz"), "--block_size", "0"], "--block_size must be >= 1"),
@@ -283,7 +283,7 @@ def test_pretrained_weights_that_cannot_be_loaded_name_the_key(tmp_path):
         assert not (tmp_path / "run").exists()
 
 
-def test_pretrained_weights_of_another_model_or_with_pickled_objects_name_the_key(tmp_path):
+def test_pretrained_weights_of_another_model_or_with_pickled_objects_name_the_key(tmp_path, monkeypatch):
     """ResNet weights for another model (merge_pretrained's ValueError was a traceback) and a
     checkpoint pickling an argparse.Namespace beside its tensors (torch's UnpicklingError was a
     traceback): ConfigErrors naming config.model.pretrained and the fix."""
@@ -305,6 +305,12 @@ def test_pretrained_weights_of_another_model_or_with_pickled_objects_name_the_ke
         key = f"config.model.pretrained='{re.escape(str(tmp_path / name))}'"
         with pytest.raises(ConfigError, match=rf"(?s)^{key} {words}"):
             train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    # `~` in the key, which no shell expands after `=`: the file is found
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = tiny_config()
+    config.model.pretrained = "~/resnet.pth"
+    with pytest.raises(ConfigError, match=r"does not fit config.model.name='mlp'"):
+        train_lib.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_missing_tfds_and_unset_pretrained_weights_are_explained(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -93,6 +94,7 @@ def _init_variables(config: ml_collections.ConfigDict, model: Any, sample: Array
     variables = model.init(jax.random.fold_in(rng, INIT_KEY), sample, train=False)
     pretrained = config.model.get("pretrained", None)
     if pretrained:
+        pretrained = os.path.expanduser(pretrained)  # `--config.model.pretrained=~/w.pth`
         from rankax.models import convert
 
         try:
