@@ -435,19 +435,18 @@ def test_an_unwritable_output_is_refused_before_the_evaluation(tmp_path):
 def test_a_misspelt_key_in_a_config_file_is_named(tmp_path):
     """`c.num_stepz = 3` in a config file was kept, ignored, and the run used the default:
     refused with the key and the closest one; keys of the model, data and loss are free."""
-    bad = tmp_path / "typo.py"
-    bad.write_text(
-        "from configs import digits\n\n\ndef get_config():\n    c = digits.get_config()\n"
-        "    c.num_stepz = 3\n    c.model.any_attribute = 1\n    return c\n"
-    )
-    with pytest.raises(cli.cli.CliError, match=r"typo\.py: config\.num_stepz is not a key of "
-                                               r"configs/default\.py; did you mean config\.num_steps\?"):
-        cli.cli.load_config(str(bad))
-    nested = tmp_path / "nested.py"
-    nested.write_text(
-        "from configs import digits\n\n\ndef get_config():\n    c = digits.get_config()\n"
-        "    c.optimizer.weight_decy = 0.5\n    c.loss.hparams.anything = 2\n    return c\n"
-    )
-    with pytest.raises(cli.cli.CliError, match=r"config\.optimizer\.weight_decy is not a key .*"
-                                               r"did you mean config\.optimizer\.weight_decay\?"):
-        cli.cli.load_config(str(nested))
+    cases = {
+        "    c.num_stepz = 3\n    c.model.any_attribute = 1\n":
+            r"typo\.py: config\.num_stepz is not a key of configs/default\.py; did you mean "
+            r"config\.num_steps\?",
+        "    c.optimizer.weight_decy = 0.5\n    c.loss.hparams.anything = 2\n":
+            r"typo\.py: config\.optimizer\.weight_decy is not a key .*did you mean "
+            r"config\.optimizer\.weight_decay\?",
+    }
+    for lines, message in cases.items():
+        (tmp_path / "typo.py").write_text(
+            "from configs import digits\n\n\ndef get_config():\n    c = digits.get_config()\n"
+            + lines + "    return c\n"
+        )
+        with pytest.raises(cli.cli.CliError, match=message):
+            cli.cli.load_config(str(tmp_path / "typo.py"))
