@@ -458,6 +458,8 @@ def test_official_checkpoint_needs_allow_pickle(official_resnet_net, tmp_path, m
         load_pretrained(tmp_path / "epoch_3.ckpt")
     expected = retrievalnet_to_flax(official_resnet_net.state_dict())
     _same(load_pretrained(tmp_path / "epoch_3.ckpt", allow_pickle=True), expected)
+    with pytest.raises(TypeError, match=r"load_state_dict: allow_pickle must be True or False, got 'no'"):
+        load_pretrained(tmp_path / "epoch_3.ckpt", allow_pickle="no")  # a truthy string would unpickle
     # the pickled objects' package missing where the file is read: named, as an ImportError
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "trainer_only_pkg.py").write_text("class Config:\n    pass\n")

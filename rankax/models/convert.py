@@ -62,7 +62,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rankax._core import optional
+from rankax._core import optional, validation
 
 Variables = dict[str, Any]
 
@@ -498,7 +498,9 @@ def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
       ImportError: when the format needs ``torch`` or ``safetensors`` and it is not installed.
       ValueError: for an unknown extension, a big_vision ``.npz``, or objects besides tensors
         without ``allow_pickle``.
+      TypeError: ``allow_pickle`` is not a bool (a string such as "no" would read as True).
     """
+    validation.check_flag("allow_pickle", allow_pickle, caller="load_state_dict")
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if path.lower().endswith((".pth.tar", ".pt.tar")):  # torch.save's common checkpoint names
