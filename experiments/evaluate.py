@@ -193,12 +193,11 @@ def load_model(cfg, args):
     model with ``--weights``) and the dataset of ``cfg``; errors as one-line CLI errors."""
     if args.checkpoint:
         return restore(cfg, args.checkpoint, args.step, args.flag)
-    from rankax.train import ConfigError, input_pipeline
-    from rankax.train import state as state_lib
+    from rankax.train import ConfigError, evaluators, input_pipeline
 
     try:
         data = input_pipeline.load(cfg)
-        return state_lib.initial_state(cfg, data), data
+        return evaluators.evaluation_state(cfg, data), data
     except ConfigError as err:  # the weights: unreadable, or not this config's model
         raise cli.CliError(f"--weights: {err}", err) from None
     except ValueError as err:  # a config value the data or model code checked (names the key)

@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import digits
+from rankax import retrieval
 from rankax.data import samplers
 from rankax.train import train_lib
 
@@ -247,6 +248,29 @@ def test_evaluate_cli_restores_a_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no checkpoint"):
         evaluate.main(["--checkpoint", str(tmp_path / "empty"), "--config", str(cfg)])
+
+
+def test_evaluate_another_protocol_without_the_training_sampler(tmp_path):
+    """Evaluating a run on another split (``--config.dataset.protocol=open_set``) built the
+    run's training sampler on the new training split, whose 5 classes cannot fill the run's 8
+    classes per batch: the evaluation of the test split failed with the sampler's error."""
+    from experiments import evaluate
+    from rankax.data.digits import load_digits_split
+
+    workdir = tmp_path / "run"
+    train_lib.train_and_evaluate(tiny_config(num_steps=2, eval_every=2), str(workdir))
+    record = json.loads((workdir / "config.json").read_text())
+    record["config"]["batch.classes_per_batch"] = 8  # the recorded run batched 8 of 10 classes
+    (workdir / "config.json").write_text(json.dumps(record))
+    saved = tmp_path / "open_set.npz"
+    got = evaluate.main(["--workdir", str(workdir), "--config.dataset.protocol=open_set",
+                         "--save_embeddings", str(saved)])
+    test_labels = load_digits_split("open_set").test_labels
+    with np.load(saved) as f:
+        np.testing.assert_array_equal(f["labels"], test_labels)
+        reference = retrieval.evaluate(f["embeddings"], f["labels"], ks=(1,))
+    assert got["num_queries"] == len(test_labels)
+    assert got["recall@1"] == pytest.approx(reference["recall@1"], abs=1e-6)
 
 
 def test_flat_losses_train_on_the_finest_level_of_label_paths():

@@ -265,6 +265,19 @@ def _restore_readonly(
     return restored
 
 
+def evaluation_state(config: Config, data: RetrievalDataset, *, pretrained: bool = True) -> TrainState:
+    """The untrained state of ``config`` on ``data`` for evaluation: the model as training builds
+    it, and an optimizer that is never stepped, built on a nominal clock (epoch ``e`` starts at
+    step ``e``) instead of the training sampler's. The sampler is not built: a dataset override
+    (another protocol, say) can leave a training split the run's batch settings cannot sample,
+    which the evaluation of its test split does not need."""
+    return state_lib.initial_state(config, data, pretrained=pretrained, epoch_start=_nominal_epochs)
+
+
+def _nominal_epochs(epoch: int) -> int:
+    return int(epoch)
+
+
 def restore_for_evaluation(
     config: Config, workdir: str, step: int | None = None
 ) -> tuple[TrainState, RetrievalDataset]:
@@ -279,7 +292,7 @@ def restore_for_evaluation(
         the step and path; the orbax/tensorstore error is chained).
     """
     data = input_pipeline.load(config)
-    state = state_lib.initial_state(config, data, pretrained=False)  # a template: restored below
+    state = evaluation_state(config, data, pretrained=False)  # a template: restored below
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints directory in {workdir!r} (expected {directory})")

@@ -203,20 +203,28 @@ def create_train_state(
 
 
 def initial_state(
-    config: ml_collections.ConfigDict, data: RetrievalDataset, model: Any = None, *, pretrained: bool = True
+    config: ml_collections.ConfigDict,
+    data: RetrievalDataset,
+    model: Any = None,
+    *,
+    pretrained: bool = True,
+    epoch_start: optim.EpochStart | None = None,
 ) -> TrainState:
     """The untrained state of ``config`` for ``data`` (``model``: default :func:`build_model`).
     ``pretrained=False``: without reading ``config.model.pretrained`` (a template that a
-    checkpoint will overwrite: a resumed run needs no weights file)."""
+    checkpoint will overwrite: a resumed run needs no weights file). ``epoch_start``: the
+    optimizer's epoch clock (default: that of the training sampler of ``config``, which is
+    built and checked against the training split for it)."""
     model = build_model(config) if model is None else model
     if not pretrained and config.model.get("pretrained", None):
         config = ml_collections.ConfigDict(config.to_dict())
         config.model.pretrained = None
     labels = losses.training_labels(config, data)
     sample = data.train.get_batch(np.arange(2), train=False)
-    clock = optim.epoch_clock(input_pipeline.make_sampler(config, data), len(labels))
+    if epoch_start is None:
+        epoch_start = optim.epoch_clock(input_pipeline.make_sampler(config, data), len(labels))
     return create_train_state(
-        config, model, sample, labels.ndim, labels.shape[-1], train_labels=labels, epoch_start=clock
+        config, model, sample, labels.ndim, labels.shape[-1], train_labels=labels, epoch_start=epoch_start
     )
 
 
