@@ -372,7 +372,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     if "save_embeddings" in values and not values["save_embeddings"].endswith(".npz"):
         values["save_embeddings"] += ".npz"  # where np.savez writes it
     for name in ("output", "save_embeddings"):
-        if name in values:
+        if name in values and values.get("process_id", "0") in ("0", ""):  # [multihost] process 0 writes
             cli.check_output_file(f"--{name}", values[name])
     _check_outputs_spare_inputs(values, workdir)
     args = argparse.Namespace(
@@ -481,7 +481,7 @@ def _evaluate(args, overrides) -> dict:
     metrics["seconds"] = time.perf_counter() - start
     if step is not None:  # the checkpoint evaluated (the best one under model_selection="best")
         metrics["step"] = step
-    return _report(args, overrides, backend, metrics, main_process)
+    return _report(args, overrides, backend, metrics, main_process, used=evaluator.backend_used)
 
 
 def _check_scann_flags(args, backend: str) -> None:
@@ -532,15 +532,17 @@ def _protocol_metrics(cfg, args) -> dict:
     return metrics
 
 
-def _report(args, overrides, backend: str, metrics: dict, main_process: bool) -> dict:
-    """Prints the table and writes ``--output`` (process 0 only)."""
+def _report(args, overrides, backend: str, metrics: dict, main_process: bool,
+            used: str | None = None) -> dict:
+    """Prints the table and writes ``--output`` (process 0 only): the ``backend`` requested and,
+    where the label-based evaluation ran, the one ``auto`` resolved to (``used``)."""
     if not main_process:  # [multihost] process 0 prints and writes
         return metrics
     print(format_table(metrics))
     if args.output:
         out = pathlib.Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"metrics": metrics, "backend": backend, "embeddings": args.embeddings,
+        record = {"metrics": metrics, "backend": backend, "backend_used": used, "embeddings": args.embeddings,
                   "workdir": args.checkpoint, "weights": args.weights, "config": args.config,
                   "config_overrides": [f"--config.{k}={v}" for k, v in overrides],
                   "gallery": args.gallery, "normalize": args.normalize}

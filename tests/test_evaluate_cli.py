@@ -36,6 +36,26 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
         assert metrics[key] == pytest.approx(value)
 
 
+def test_output_records_the_backend_auto_resolved_to(tmp_path, monkeypatch):
+    """``--backend auto`` was recorded as "auto": whether the metrics were exact or ScaNN's
+    approximation was not in the file."""
+    x, y = _data(3)
+    path, out = _write(tmp_path / "e.npz", x, y), tmp_path / "m.json"
+    cli.main(["--embeddings", path, "--backend", "auto", "--output", str(out)])  # 60 items: exact
+    record = json.loads(out.read_text())
+    assert (record["backend"], record["backend_used"]) == ("auto", "exact")
+    cli.main(["--embeddings", path, "--ks", "1", "--levels", "0", "--output", str(out)])
+    assert json.loads(out.read_text())["backend_used"] == "exact"
+    pytest.importorskip("scann")
+    from rankax.retrieval import scann_backend
+
+    monkeypatch.setattr(scann_backend, "choose_backend", lambda *a, **k: "scann")  # as for a large gallery
+    cli.main(["--embeddings", path, "--backend", "auto", "--ks", "1", "--output", str(out)])
+    record = json.loads(out.read_text())
+    assert (record["backend"], record["backend_used"]) == ("auto", "scann")
+    assert "map" not in record["metrics"]  # ScaNN's metrics indeed: no full-gallery mAP
+
+
 def test_cli_separate_gallery_and_label_paths(tmp_path):
     x, y = _data(1, n=80)
     paths = np.stack([y, y // 3], axis=1)
@@ -428,6 +448,12 @@ def test_an_unwritable_output_is_refused_before_the_evaluation(tmp_path):
     try:
         with pytest.raises(cli.cli.CliError, match=r"--output .*m\.json cannot be written"):
             cli.parse_args(["--embeddings", emb, "--output", str(locked / "sub" / "m.json")])
+        # [multihost] only process 0 writes: another process leaving here made the others wait
+        # out the distributed start's timeout
+        other = ["--num_processes", "2", "--coordinator_address", "127.0.0.1:1", "--process_id"]
+        cli.parse_args(["--embeddings", emb, "--output", str(locked / "sub" / "m.json"), *other, "1"])
+        with pytest.raises(cli.cli.CliError, match=r"cannot be written"):
+            cli.parse_args(["--embeddings", emb, "--output", str(locked / "sub" / "m.json"), *other, "0"])
     finally:
         subprocess.run(unlock, check=True)
 

@@ -170,13 +170,10 @@ def evaluate(
     layout = exact.class_layout(q_classes, g_classes, data.self_excluded)
     num_pos = np.empty(len(data.queries), np.int64)
     num_pos[layout.query_order] = layout.num_pos
-    if backend == "auto":
-        backend = scann_backend.choose_backend(
-            len(data.queries), len(data.gallery), data.queries.shape[1],
-            label_paths=data.query_labels.ndim == 2,
-            platform=None if mesh is None else mesh.devices.flat[0].platform,
-            scann_config=scann_config, scann_options=scann_options,
-        )
+    backend = resolve_backend(
+        backend, data.queries.shape, data.gallery.shape, label_paths=data.query_labels.ndim == 2, mesh=mesh,
+        scann_config=scann_config, scann_options=scann_options,
+    )
     if backend == "exact":
         mesh = exact.query_mesh() if mesh is None else mesh
         per_query = _exact_binary(data, layout, ks, block_size, gallery_block_size, mesh)
@@ -201,6 +198,29 @@ def evaluate(
     if return_per_query:
         result["per_query"] = per_query
     return result
+
+
+def resolve_backend(
+    backend: str,
+    queries_shape: tuple[int, ...],
+    gallery_shape: tuple[int, ...],
+    *,
+    label_paths: bool,
+    mesh: Mesh | None = None,
+    scann_config: str = "auto",
+    scann_options: Mapping[str, Any] | None = None,
+) -> str:
+    """The backend :func:`evaluate` searches with: ``backend`` itself, or for ``"auto"`` the
+    choice of :func:`~rankax.retrieval.scann_backend.choose_backend` for ``[Q, D]`` queries
+    against an ``[N, D]`` gallery (``label_paths``: the labels are ``[Q, L]`` paths; the
+    platform is the ``mesh``'s, default JAX's)."""
+    if backend != "auto":
+        return backend
+    return scann_backend.choose_backend(
+        queries_shape[0], gallery_shape[0], queries_shape[1], label_paths=label_paths,
+        platform=None if mesh is None else mesh.devices.flat[0].platform,
+        scann_config=scann_config, scann_options=scann_options,
+    )
 
 
 #: The per-level metrics :func:`evaluate_levels` averages over the levels (those present).

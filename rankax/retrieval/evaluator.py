@@ -18,6 +18,7 @@ from rankax.retrieval.evaluation import (
     check_options,
     evaluate,
     evaluate_levels,
+    resolve_backend,
 )
 from rankax.retrieval.revisited import revisited_from_embeddings
 
@@ -209,7 +210,8 @@ class RetrievalEvaluator:
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:
         """Embeds the inputs with ``embed_fn`` and returns the metrics of :func:`evaluate`
-        (:func:`evaluate_levels` with ``levels``)."""
+        (:func:`evaluate_levels` with ``levels``). Sets ``backend_used``: ``"exact"`` or
+        ``"scann"``, what ``backend="auto"`` resolved to."""
         queries, gallery = self.embedder(embed_fn, self.inputs, self.gallery_inputs)
         if self.levels:
             result = evaluate_levels(queries, self.labels, gallery, self.gallery_labels, levels=self.levels,
@@ -217,6 +219,12 @@ class RetrievalEvaluator:
         else:
             result = evaluate(queries, self.labels, gallery, self.gallery_labels, **self.evaluate_kwargs)
         result.pop("per_query", None)
+        kw = self.evaluate_kwargs  # the inputs are valid: evaluate has checked them
+        self.backend_used = resolve_backend(  # each level is evaluated on one-level label paths
+            kw["backend"], np.shape(queries), np.shape(queries if gallery is None else gallery),
+            label_paths=bool(self.levels) or np.ndim(self.labels) == 2, mesh=kw.get("mesh"),
+            scann_config=kw.get("scann_config", "auto"), scann_options=kw.get("scann_options"),
+        )
         return {f"{self.prefix}{key}": value for key, value in result.items()}
 
 
