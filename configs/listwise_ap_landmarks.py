@@ -23,8 +23,10 @@ config keeps ``common.resnet``'s frozen statistics, the usual choice for fine-tu
 batches of few images per landmark). The values below are placeholders, marked as such.
 
 Data: a folder/CSV dataset (``rankax.data.folder``, layout in ``docs/data.md``), e.g.
-``path,landmark_id,split`` with ``train`` rows for Landmarks-clean and ``query``/``gallery``
-rows for ROxford5k/RParis6k. Set ``--config.dataset.root`` and ``--config.dataset.csv_file``.
+``path,landmark_id,split`` with ``train`` rows for Landmarks-clean. The folder loader also
+wants ``test`` (or ``query``/``gallery``) rows, which this protocol does not evaluate: it reads
+Oxford/Paris from ``landmarks.root`` (a few held-out Landmarks-clean images will do). Set
+``--config.dataset.root`` and ``--config.dataset.csv_file``.
 
 Evaluation: the official protocol (``eval_protocol="landmarks"``, ``config.landmarks``,
 ``rankax.retrieval.landmarks``; ``dirtorch/test_dir.py``): images at their original

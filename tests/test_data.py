@@ -558,6 +558,11 @@ def test_revisited_evaluator_crops_queries_to_their_boxes(tmp_path):
     evaluator = evaluators.make_evaluator(c, data.RetrievalDataset("toy", src, src, src))
     np.testing.assert_array_equal(evaluator.query_inputs.boxes, [g["bbx"] for g in gnd])
     assert evaluator.gallery_inputs.boxes is None
+    # without boxes the queries are embedded whole: said, no longer silent
+    (tmp_path / "gnd.json").write_text(json.dumps([{k: v for k, v in g.items() if k != "bbx"} for g in gnd]))
+    with pytest.warns(UserWarning, match=r"no query boxes \('bbx'\): the queries are embedded whole"):
+        evaluator = evaluators.make_evaluator(c, data.RetrievalDataset("toy", src, src, src))
+    assert evaluator.query_inputs.boxes is None
 
 
 def test_run_record_tells_other_images_with_the_same_labels(tmp_path):

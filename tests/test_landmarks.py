@@ -253,3 +253,117 @@ def test_query_crop_and_multiscale_options(synthetic_root):
         landmarks.evaluator_from_config(
             {"root": str(root), "whitening_list": str(root / "train" / "list.txt"), "whitening_file": "w.npz"}
         )
+
+
+def _gnd_file(folder, name, gnd, imlist=12, qimlist=None):
+    os.makedirs(folder, exist_ok=True)
+    data = {"imlist": [f"db{i}" for i in range(imlist)],
+            "qimlist": [f"q{i}" for i in range(len(gnd) if qimlist is None else qimlist)], "gnd": gnd}
+    with open(os.path.join(folder, f"gnd_{name}.pkl"), "wb") as f:
+        pickle.dump(data, f)
+    return os.path.join(folder, f"gnd_{name}.pkl")
+
+
+@pytest.mark.parametrize("gnd, qimlist, match", [
+    ([{"bbx": [0, 0, 4, 4], "ok": [1]}] * 2, 3, r"3 query images \(qimlist\) but 2 ground-truth entries"),
+    ([], 0, r"non-empty list of per-query dicts, got an empty list"),
+    ([{"bbx": [0, 0, 4, 4, 1, 2], "ok": [1]}], None, r"\[0\]\['bbx'\] must be \(left, top, right, bottom\)"),
+    ([{"bbx": [5, 0, 4, 4], "ok": [1]}], None, r"left < right"),
+    ([{"ok": [1]}], None, r"\[0\]\['bbx'\] must be"),
+    ([{"bbx": [0, 0, 4, 4], "ok": [1], "junk": [-2]}], None, r"\[0\]\['junk'\] has database id -2"),
+    ([{"bbx": [0, 0, 4, 4], "ok": [12]}], None, r"\[0\]\['ok'\] has database id 12: .* < 12"),
+    ([{"bbx": [0, 0, 4, 4], "ok": [1.7]}], None, r"\[0\]\['ok'\] must be a list of integer database ids"),
+    ([{"bbx": [0, 0, 4, 4], "ok": [1]}, {"bbx": [0, 0, 4, 4], "easy": [1], "hard": []}], None,
+     r"\[1\] is a revisited entry but the ground truth is classic"),
+    ([{"bbx": [0, 0, 4, 4], "Easy": [1], "hard": [2]}], None, r"has key 'Easy'"),
+])
+def test_a_malformed_ground_truth_is_refused_before_any_image(tmp_path, gnd, qimlist, match):
+    """Each of these was accepted and failed only after every image was embedded (a zip error,
+    an IndexError, PIL's error on a regrouped box), or scored silently: ids beyond ``imlist``
+    never retrieved, negative or fractional ids dropped or truncated, the first entries of a
+    longer ground truth scored, a mixed file's other entries empty."""
+    path = _gnd_file(str(tmp_path / "oxford5k"), "oxford5k", gnd, qimlist=qimlist)
+    with pytest.raises(ValueError, match=match) as err:
+        landmarks.load_benchmark(str(tmp_path), "oxford5k")
+    assert path in str(err.value)
+
+
+def test_a_ground_truth_file_without_its_lists_names_them(tmp_path):
+    os.makedirs(tmp_path / "paris6k")
+    with open(tmp_path / "paris6k" / "gnd_paris6k.pkl", "wb") as f:
+        pickle.dump({"gnd": [{"bbx": [0, 0, 1, 1], "ok": [0]}]}, f)
+    with pytest.raises(ValueError, match=r"gnd_paris6k\.pkl: .*\['imlist', 'qimlist'\] missing"):
+        landmarks.load_benchmark(str(tmp_path), "paris6k")
+
+
+def test_revisited_ground_truth_files_are_checked_as_they_load(tmp_path):
+    """``load_gnd`` (eval_protocol="revisited"): the same checks; boxes for all queries or none
+    (some boxes made the evaluator skip cropping every query without a word)."""
+    from rankax.retrieval import load_gnd
+
+    box = [0, 0, 4, 4]
+    path = _gnd_file(str(tmp_path), "a", [{"bbx": box, "easy": [1], "hard": [12], "junk": []}])
+    with pytest.raises(ValueError, match=r"\[0\]\['hard'\] has database id 12"):
+        load_gnd(path)
+    path = _gnd_file(str(tmp_path), "b", [{"bbx": box, "easy": [1]}, {"easy": [2]}])
+    with pytest.raises(ValueError, match=r"\[1\]\['bbx'\] must be"):
+        load_gnd(path)
+    path = _gnd_file(str(tmp_path), "c", [{"bbx": box, "ok": [1]}])
+    with pytest.raises(ValueError, match=r"\[0\] is a classic entry but the ground truth is revisited"):
+        load_gnd(path)
+    with pytest.raises(ValueError, match=r"no 'gnd' key"):
+        with open(tmp_path / "d.pkl", "wb") as f:
+            pickle.dump({"imlist": []}, f)
+        load_gnd(str(tmp_path / "d.pkl"))
+    good = [{"easy": [1], "hard": [2, 3], "junk": [0]}, {"easy": [], "hard": [4]}]
+    assert load_gnd(_gnd_file(str(tmp_path), "e", good)) == good  # no boxes at all: accepted
+
+
+def _official_compute_map(ranks, gnd, kappas):
+    """revisitop's ``compute_map`` (python/compute.py), written out from its published formula:
+    per query, positions of the positives among the ranks after removing junk, trapezoidal AP
+    over ``len(ok)``, and ``P@k`` with ``k`` clipped to the last positive's 1-based position;
+    queries without positives are NaN and left out of both means."""
+    aps, prs = [], []
+    for i, g in enumerate(gnd):
+        ok, junk = np.asarray(g["ok"]), np.asarray(g["junk"])
+        if len(ok) == 0:
+            continue
+        kept = [x for x in ranks[:, i] if x not in set(junk.tolist())]
+        pos = np.array([r for r, x in enumerate(kept) if x in set(ok.tolist())])
+        ap = 0.0
+        for j, r in enumerate(pos):
+            prec0 = 1.0 if r == 0 else j / r
+            ap += (prec0 + (j + 1) / (r + 1)) / 2 / len(ok)
+        aps.append(ap)
+        pos1 = pos + 1
+        prs.append([np.sum(pos1 <= min(pos1.max(), k)) / min(pos1.max(), k) for k in kappas])
+    return np.mean(aps), np.mean(prs, axis=0)
+
+
+def test_mp_at_k_and_map_match_the_official_formula_on_random_ground_truths():
+    """mP@k was checked only on hand-worked cases: here against the official formula, with junk
+    before and among positives, k beyond the number of positives, and queries without one."""
+    from rankax.retrieval import revisited
+
+    rng = np.random.default_rng(11)
+    kappas = (1, 5, 10)
+    for trial in range(40):
+        n, q = int(rng.integers(8, 40)), int(rng.integers(1, 6))
+        gnd = []
+        for _ in range(q):
+            perm = rng.permutation(n)
+            a, b, c = sorted(rng.integers(0, min(n, 12), 3))
+            gnd.append({"easy": perm[:a].tolist(), "hard": perm[a:b].tolist(), "junk": perm[b:c].tolist()})
+        ranks = np.stack([rng.permutation(n) for _ in range(q)], axis=1)
+        got = revisited.revisited_map(ranks, gnd, kappas)
+        for setup, (ok_keys, junk_keys) in revisited.SETUPS.items():
+            official = [{"ok": sum((g[k] for k in ok_keys), []), "junk": sum((g[k] for k in junk_keys), [])}
+                        for g in gnd]
+            if not any(len(g["ok"]) for g in official):
+                assert np.isnan(got[f"{setup}/map"]) and got[f"{setup}/num_empty"] == q
+                continue
+            want_map, want_mp = _official_compute_map(ranks, official, kappas)
+            assert got[f"{setup}/map"] == pytest.approx(want_map, abs=1e-12), trial
+            for k, v in zip(kappas, want_mp, strict=True):
+                assert got[f"{setup}/mp@{k}"] == pytest.approx(v, abs=1e-12), (trial, k)

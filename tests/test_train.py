@@ -306,7 +306,8 @@ def test_revisited_protocol_ranks_the_database_by_similarity(tmp_path):
     path = tmp_path / "gnd.pkl"
     import pickle
 
-    path.write_bytes(pickle.dumps({"gnd": gnd, "imlist": [], "qimlist": []}))
+    names = {"imlist": [f"db{i}" for i in range(12)], "qimlist": ["a", "b", "c"]}
+    path.write_bytes(pickle.dumps({"gnd": gnd, **names}))
     assert load_gnd(str(path)) == gnd
     with pytest.raises(FileNotFoundError, match="missing.pkl"):
         load_gnd(str(tmp_path / "missing.pkl"))

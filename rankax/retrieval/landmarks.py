@@ -21,10 +21,12 @@ Oxford5k, Paris6k, ROxford5k and RParis6k in one evaluation:
 4. **Scores** ``q . x`` between whitened descriptors, and the trapezoidal AP of the
    Oxford/Paris protocol (:mod:`rankax.retrieval.revisited`) with junk images removed:
    Oxford5k/Paris6k count ``ok`` images (good + ok) as positives, ROxford5k/RParis6k report
-   the Easy/Medium/Hard setups. Queries without positives are left out of a mean. This is
-   the AP of dirtorch since commit 50cbe41 (2019-08-27, ``compute_average_precision`` in
-   ``dirtorch/utils/evaluation.py``); its first commit (1e7de62) used scikit-learn's step-wise
-   ``average_precision_score``, which is never lower. The README's numbers were remeasured
+   the Easy/Medium/Hard setups. Queries without positives are left out of a mean. Scores are
+   float64 and ranked by a stable sort (dirtorch: float32, ``argsort`` reversed; only tied
+   or nearly tied scores can order differently). This is the AP of dirtorch since commit
+   50cbe41 (2019-08-27, ``compute_average_precision`` in ``dirtorch/utils/evaluation.py``);
+   its first commit (1e7de62) used scikit-learn's step-wise ``average_precision_score``,
+   which is never lower. The README's numbers were remeasured
    with the trapezoid (commit 3da005b, 2019-09-05, "update mAP numbers": Resnet101-AP-GeM
    Oxford5k 89.3 -> 89.1), so those are the numbers this protocol reproduces.
 
@@ -182,7 +184,10 @@ def load_benchmark(root: str, name: str) -> LandmarkBenchmark:
 
     Raises:
       FileNotFoundError: naming the paths tried.
-      ValueError: an entry without ``bbx`` or without ``ok``/``easy``+``hard``.
+      ValueError: a malformed file, before any image is read
+        (:func:`rankax.retrieval.revisited.check_ground_truth`: every entry classic or every
+        one revisited, integer ids of ``imlist`` images, a box per query; one entry per
+        ``qimlist`` image).
     """
     folders = _FOLDERS.get(name, (name,))
     tried = [os.path.join(os.path.expanduser(root), f, f"gnd_{name}.pkl") for f in folders]
@@ -194,11 +199,16 @@ def load_benchmark(root: str, name: str) -> LandmarkBenchmark:
         )
     with open(path, "rb") as f:
         data = pickle.load(f)  # noqa: S301 - the benchmark's own ground-truth format
+    missing = [k for k in ("gnd", "imlist", "qimlist") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path}: a ground-truth file holds 'gnd', 'imlist' and 'qimlist'; "
+                         f"{missing} missing")
     folder = os.path.dirname(path)
-    gnd = [dict(g) for g in data["gnd"]]
-    for i, g in enumerate(gnd):
-        if "bbx" not in g or not ("ok" in g or ("easy" in g and "hard" in g)):
-            raise ValueError(f"{path}: query {i} lacks 'bbx' or its 'ok' / 'easy'+'hard' lists")
+    gnd = [dict(g) if isinstance(g, Mapping) else g for g in data["gnd"]]
+    revisited.check_ground_truth(gnd, kind=None, num_database=len(data["imlist"]), boxes=True, source=path)
+    if len(data["qimlist"]) != len(gnd):
+        raise ValueError(f"{path}: {len(data['qimlist'])} query images (qimlist) but {len(gnd)} ground-truth "
+                         "entries (gnd)")
     return LandmarkBenchmark(
         name=name,
         images=[_image_path(folder, n) for n in data["imlist"]],

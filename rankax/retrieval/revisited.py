@@ -112,20 +112,75 @@ def _check_ranks(ranks: Any, num_queries: int) -> np.ndarray:
     return ranks
 
 
-def _check_gnd(gnd: Sequence[Any]) -> None:
-    """Each entry a mapping; a key that differs from "easy"/"hard"/"junk" only in case is a typo."""
-    keys = ("easy", "hard", "junk")
+#: The id lists of one query's ground truth: classic Oxford5k/Paris6k files, revisited ones.
+CLASSIC_KEYS = ("ok", "junk")
+REVISITED_KEYS = ("easy", "hard", "junk")
+
+
+def check_ground_truth(
+    gnd: Sequence[Any],
+    *,
+    kind: str | None = "revisited",
+    num_database: int | None = None,
+    boxes: bool = False,
+    source: str = "gnd",
+) -> str:
+    """Checks a ground truth before any image is embedded; returns its kind.
+
+    ``gnd``: a non-empty list of one mapping per query, all of ``kind`` (``None``: either, as
+    the first entry says): ``"revisited"`` entries hold id lists among :data:`REVISITED_KEYS`
+    (a missing list is empty), ``"classic"`` ones an ``"ok"`` list and optionally ``"junk"``.
+    Ids are integers in ``[0, num_database)`` (``num_database`` None: ``>= 0``); with
+    ``boxes`` each entry has a ``"bbx"`` of four numbers ``(left, top, right, bottom)``,
+    ``left < right`` and ``top < bottom``. Errors are ValueErrors naming ``source``, the
+    query and the key.
+    """
+    sized = hasattr(gnd, "__len__") and not isinstance(gnd, Mapping | str | bytes)
+    if not sized or not len(gnd):
+        what = f"an empty {type(gnd).__name__}" if sized else type(gnd).__name__
+        raise ValueError(f"{source}: the ground truth must be a non-empty list of per-query dicts, "
+                         f"got {what}")
     for i, entry in enumerate(gnd):
         if not isinstance(entry, Mapping):
-            raise ValueError(
-                f"gnd[{i}] must be a dict with id lists 'easy', 'hard', 'junk', got {type(entry).__name__}"
-            )
+            raise ValueError(f"{source}[{i}] must be a dict of id lists, got {type(entry).__name__}")
+        this = "classic" if "ok" in entry else "revisited"
+        kind = this if kind is None else kind
+        if this != kind:
+            want = "'ok' (and 'junk')" if kind == "classic" else "'easy', 'hard', 'junk'"
+            raise ValueError(f"{source}[{i}] is a {this} entry but the ground truth is {kind}: its id lists "
+                             f"are {want}, got keys {sorted(map(str, entry))}")
+        keys = CLASSIC_KEYS if kind == "classic" else REVISITED_KEYS
         for key in entry:
             if isinstance(key, str) and key.lower() in keys and key not in keys:
-                raise ValueError(f"gnd[{i}] has key {key!r}; the ground-truth keys are {keys} (lower case)")
+                raise ValueError(f"{source}[{i}] has key {key!r}; the ground-truth keys are {keys} "
+                                 "(lower case)")
         for key in keys:
-            if np.any(np.asarray(entry.get(key, ()), dtype=np.int64) < 0):
-                raise ValueError(f"gnd[{i}][{key!r}] has a negative database id (ids count from 0)")
+            _check_ids(entry.get(key, ()), num_database, f"{source}[{i}][{key!r}]")
+        if boxes:
+            _check_box(entry.get("bbx"), f"{source}[{i}]['bbx']")
+    return kind
+
+
+def _check_ids(ids: Any, num_database: int | None, where: str) -> None:
+    a = np.asarray(ids)
+    if a.size == 0:
+        return
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{where} must be a list of integer database ids, got {a.dtype} of shape "
+                         f"{a.shape}")
+    top = np.inf if num_database is None else num_database
+    if a.min() < 0 or a.max() >= top:
+        bound = "" if num_database is None else f" and < {num_database} (the images of imlist)"
+        raise ValueError(f"{where} has database id {a.min() if a.min() < 0 else a.max()}: ids count "
+                         f"from 0{bound}")
+
+
+def _check_box(box: Any, where: str) -> None:
+    b = np.asarray(box if box is not None else (), dtype=object)
+    ok = b.shape == (4,) and all(isinstance(v, int | float | np.integer | np.floating) for v in b)
+    if not ok or not (float(b[0]) < float(b[2]) and float(b[1]) < float(b[3])):
+        raise ValueError(f"{where} must be (left, top, right, bottom) in pixels with left < right and "
+                         f"top < bottom, got {box!r}")
 
 
 def revisited_map(
@@ -149,7 +204,7 @@ def revisited_map(
     """
     ranks = _check_ranks(ranks, len(gnd))
     kappas = validation.check_ks(kappas, name="kappas")
-    _check_gnd(gnd)
+    check_ground_truth(gnd)
     out: dict[str, float] = {}
     for setup, (ok_keys, junk_keys) in SETUPS.items():
         ok = [_ids(g, ok_keys) for g in gnd]
@@ -190,6 +245,8 @@ def load_gnd(path: str) -> list[dict]:
 
     Raises:
       FileNotFoundError: ``path`` does not exist (the message says where the files come from).
+      ValueError: a malformed ground truth (:func:`check_ground_truth`: ids outside ``imlist``,
+        a ``qimlist`` of another length, boxes for some queries only), naming ``path``.
     """
     import json
     import os
@@ -207,5 +264,15 @@ def load_gnd(path: str) -> list[dict]:
     else:
         with open(path, "rb") as f:
             data = pickle.load(f)  # noqa: S301 - the benchmark's own ground-truth format
+    if isinstance(data, dict) and "gnd" not in data:
+        raise ValueError(f"{path}: no 'gnd' key (a ground-truth file holds 'gnd', 'imlist', 'qimlist'); "
+                         f"got keys {sorted(map(str, data))}")
     gnd = data["gnd"] if isinstance(data, dict) else data
+    num_database = len(data["imlist"]) if isinstance(data, dict) and "imlist" in data else None
+    check_ground_truth(gnd, num_database=num_database, source=path)
+    if isinstance(data, dict) and "qimlist" in data and len(data["qimlist"]) != len(gnd):
+        raise ValueError(f"{path}: {len(data['qimlist'])} query images (qimlist) but {len(gnd)} ground-truth "
+                         "entries (gnd)")
+    if any("bbx" in g for g in gnd):  # boxes for all queries or for none
+        check_ground_truth(gnd, num_database=num_database, boxes=True, source=path)
     return [dict(g) for g in gnd]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -88,7 +89,8 @@ def _revisited_evaluator(config: Config, data: RetrievalDataset) -> Any:
     ``config.revisited_gnd``: the test split holds the queries and the gallery the database, in
     the ground truth's order. Queries read from image files are cut to the ground truth's
     ``bbx`` boxes before the test transform, as the protocol asks (revisitop; SupRank's
-    ``suprank/datasets/revisited_dataset.py``); in-memory query arrays are taken as given."""
+    ``suprank/datasets/revisited_dataset.py``), with a warning where the ground truth has no
+    boxes (a JSON one, say); in-memory query arrays are taken as given."""
     from rankax import retrieval
     from rankax.data.image_source import ImageSource
 
@@ -100,8 +102,13 @@ def _revisited_evaluator(config: Config, data: RetrievalDataset) -> Any:
         raise ValueError("config.revisited_gnd must name the ground-truth file (gnd_roxford5k.pkl)")
     gnd = retrieval.load_gnd(config.revisited_gnd)
     queries = data.test
-    if isinstance(queries, ImageSource) and len(gnd) == len(queries) and all("bbx" in g for g in gnd):
-        queries = queries.with_boxes(np.array([g["bbx"] for g in gnd], np.float64))
+    if isinstance(queries, ImageSource) and len(gnd) == len(queries):  # else the evaluator's error
+        if "bbx" in gnd[0]:  # load_gnd: boxes for every query or for none
+            queries = queries.with_boxes(np.array([g["bbx"] for g in gnd], np.float64))
+        else:
+            warnings.warn(f"config.revisited_gnd={config.revisited_gnd!r} has no query boxes ('bbx'): "
+                          "the queries are embedded whole, not cropped as the revisited protocol does",
+                          stacklevel=2)
     return retrieval.RevisitedEvaluator(
         queries,
         data.gallery,
