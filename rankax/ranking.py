@@ -348,20 +348,27 @@ def _step_sums_bwd(fn, constant_anchors, residuals, g):
         return jax.jvp(lambda y: fn(y, params), (x,), (jnp.ones_like(x),))[1]
 
     c = anchors.shape[-1]
-    needed = c > UNROLLED_ANCHORS or not constant_anchors
-    slopes = slope(values[..., None, :] - anchors[..., :, None]) if needed else None
-    # d/dv_j = sum_p f'(v_j - a_p) g_p. For a few anchors, as that many [..., N] passes, which
-    # recompute the slopes on purpose: on the CPU, XLA's reduction of the [..., C, N] product
-    # over C cost FastAP (11 bins) 0.4x the similarity matmul at B = 4096.
-    if c <= UNROLLED_ANCHORS:
-        d_values = sum(slope(values - anchors[..., p : p + 1]) * g[..., p : p + 1] for p in range(c))
-    else:
-        d_values = jnp.sum(slopes * g[..., :, None], axis=-2)
     d_params = _parameter_cotangent(fn, values, anchors, params, differentiated, g)
+    # d/dv_j = sum_p f'(v_j - a_p) g_p and d/da_p = -g_p sum_j f'(v_j - a_p). For a few anchors,
+    # one [..., N] pass per anchor gives both (its slopes computed once): on the CPU, XLA's
+    # reduction of the [..., C, N] product over C cost FastAP (11 bins) 0.4x the similarity
+    # matmul at B = 4096, and a separate [..., C, N] slope pass for the anchors cost 12-27 % of
+    # the step's fwd+bwd (C = 15 and 3, B = 4096 and 2048).
+    if c <= UNROLLED_ANCHORS:
+        d_values, d_anchors = jnp.zeros_like(values), []
+        for p in range(c):
+            s = slope(values - anchors[..., p : p + 1])
+            d_values = d_values + s * g[..., p : p + 1]
+            if not constant_anchors:
+                d_anchors.append(-g[..., p] * jnp.sum(s, axis=-1))
+        d_anchors = jnp.zeros_like(anchors) if constant_anchors else jnp.stack(d_anchors, axis=-1)
+        return d_values, d_anchors, d_params
+    slopes = slope(values[..., None, :] - anchors[..., :, None])
+    d_values = jnp.sum(slopes * g[..., :, None], axis=-2)
     if constant_anchors:
         return d_values, jnp.zeros_like(anchors), d_params
-    # d/da_p = -g_p sum_j f'(v_j - a_p), g applied after the sum: alone, on [4096, 15, 4096]
-    # terms, reducing the product instead took 1.6x as long on the CPU.
+    # g applied after the sum: alone, on [4096, 15, 4096] terms, reducing the product instead
+    # took 1.6x as long on the CPU.
     return d_values, -g * jnp.sum(slopes, axis=-1), d_params
 
 
