@@ -768,3 +768,34 @@ def test_final_metrics_set_aside_say_why(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "without a readable history.json" in out and "metrics.previous.json" in out
     assert not (tmp_path / "none" / "metrics.json").exists()
+
+
+def test_an_unretrieved_write_error_of_a_failed_save_is_one_line(caplog):
+    """After a failed save (a full disk), asyncio logged "Task exception was never retrieved"
+    for orbax's unawaited writes with a full traceback each; the save's CheckpointSaveError
+    already reports the error. An OSError keeps one line; other exceptions keep theirs."""
+    import asyncio
+    import gc
+    import logging
+
+    from rankax.train import checkpointing  # noqa: F401 - installs the filter
+
+    async def fail(exc):
+        raise exc
+
+    def unretrieved(exc):
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(fail(exc))
+        loop.run_until_complete(asyncio.sleep(0.01))  # the task fails; nobody awaits it
+        loop.close()
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            del task
+            gc.collect()
+        return [r for r in caplog.records if r.name == "asyncio"]
+
+    (record,) = unretrieved(OSError(28, "No space left on device"))
+    assert record.exc_info is None and record.getMessage().startswith("Task exception was never retrieved")
+    assert "No space left on device" in record.getMessage() and "\n" not in record.getMessage()
+    (record,) = unretrieved(ValueError("a bug"))
+    assert record.exc_info is not None  # not a write error: the traceback stays

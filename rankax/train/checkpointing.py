@@ -84,8 +84,23 @@ class _OneLineWriteErrors(logging.Filter):
         return True
 
 
+class _OneLineUnretrievedWrites(logging.Filter):
+    """Keeps one line of asyncio's "Task exception was never retrieved" for an ``OSError``
+    (a write of a failed save, on a full disk say, that orbax never awaited) and drops its
+    traceback: the save's :class:`CheckpointSaveError` reports the error. Other records, and
+    other exceptions, pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if "exception was never retrieved" in record.getMessage() and isinstance(exc, OSError):
+            record.msg, record.args = f"{record.getMessage().splitlines()[0]}: {exc!r}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 logging.getLogger("absl").addFilter(_NoMetricsWarning())
 logging.getLogger("absl").addFilter(_OneLineWriteErrors())
+logging.getLogger("asyncio").addFilter(_OneLineUnretrievedWrites())
 
 
 def _quiet_closed_loops() -> None:
