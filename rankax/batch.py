@@ -139,8 +139,12 @@ def check_batch(
     (default all) through :func:`rankax._core.validation.check_finite` (eager calls, or
     :mod:`rankax.debug` checks). Returns the embeddings (float32 at least) and the labels."""
     prefix = validation.prefix(caller)
-    emb = embeddings if isinstance(embeddings, jax.Array) else jnp.asarray(embeddings)
-    lab = validation.int_ids(labels, "labels" if name == "embeddings" else f"labels of {name}", caller=caller)
+    emb = validation.as_array(embeddings, name, prefix)
+    label_name = "labels" if name == "embeddings" else f"labels of {name}"
+    lab = validation.int_ids(labels, label_name, caller=caller)
+    if lab.ndim == 2 and lab.shape[1] == 0:
+        raise ValueError(f"{prefix}{label_name} as [B, L] label paths need L >= 1 levels, got shape "
+                         f"{lab.shape}")
     if emb.ndim != 2 or emb.shape[1] == 0 or (emb.shape[0] == 0 and name != "references"):
         raise ValueError(f"{prefix}{name} must be [B, D] with B, D >= 1, got shape {emb.shape}")
     if not jnp.issubdtype(emb.dtype, jnp.floating):
@@ -177,6 +181,9 @@ def _call_relevance(
     relevance_fn: RelevanceFn, query_labels: Array, item_labels: Array, caller: str = ""
 ) -> Array:
     """``relevance_fn(query_labels, item_labels)``, checked to be a real ``[Q, N]`` array."""
+    if not callable(relevance_fn):
+        raise TypeError(f"{validation.prefix(caller)}relevance_fn must be a function (query_labels [Q], "
+                        f"item_labels [N]) -> [Q, N] relevance, got {relevance_fn!r}")
     rel = jnp.asarray(relevance_fn(query_labels, item_labels))
     want = (query_labels.shape[0], item_labels.shape[0])
     if rel.shape != want or not (jnp.issubdtype(rel.dtype, jnp.number) or rel.dtype == jnp.bool_):
@@ -186,6 +193,17 @@ def _call_relevance(
             f"{rel.dtype}{list(rel.shape)}"
         )
     return rel
+
+
+def _check_relevance_values(rel: Array, where: Array, caller: str) -> None:
+    """Finite relevance ``>= 0`` at the lists' valid items: a ValueError for concrete values,
+    a check in :mod:`rankax.debug` checked mode for traced ones (otherwise, as for list labels,
+    a NaN or negative relevance reads as not relevant)."""
+    if not validation.value_checks_apply(rel, where):
+        return
+    r = jnp.where(where, rel, 0)
+    validation.check_values(~jnp.isfinite(r) | (r < 0), "relevance_fn must return finite relevance >= 0",
+                            r, "relevance", caller=caller)
 
 
 def default_relevance(labels: Array, include_self: bool = False, rule: str = "pop") -> RelevanceFn:
@@ -350,6 +368,7 @@ def exact_capacity(
             rows = jnp.arange(start, min(start + block_size, ql.shape[0]))
             where = _list_masks(rows, jnp.ones(rows.shape, bool), qidx, mask, include_self)
             rel = _call_relevance(rel_fn, ql[rows], il, caller)
+            _check_relevance_values(rel, where, caller)
             best = max(best, int(jnp.max(jnp.sum((rel > 0) & where, axis=-1))))
     return max(best, 1)
 
@@ -611,6 +630,7 @@ class _Views(NamedTuple):
             scores = self.scores(rows)
         where = _list_masks(rows, valid, self.query_index, self.mask, self.include_self)
         rel = _call_relevance(self.relevance_fn, self.q_lab[rows], self.i_lab, self.caller)
+        _check_relevance_values(rel, where, self.caller)
         dtype = jnp.result_type(scores, jnp.float32)  # float64 relevance for float64 embeddings
         rel = rel.astype(dtype)
         if not self.graded:  # binary losses see graded relevance as relevant / not relevant
@@ -796,7 +816,8 @@ def _concrete_items(
         return None
     _check_matches_batch(np.shape(embeddings), np.shape(labels), np.shape(references),
                          np.shape(reference_labels), name, caller)
-    mask = np.asarray(_reference_rows(m, reference_mask, caller))
+    with jax.ensure_compile_time_eval():  # inside the caller's jit: concrete, not staged
+        mask = np.asarray(_reference_rows(m, reference_mask, caller))
     lab = np.asarray(labels)
     items = np.concatenate([lab, np.asarray(reference_labels).astype(lab.dtype)])
     return items, np.concatenate([np.ones(len(lab), bool), mask])
@@ -846,6 +867,8 @@ def with_references(
     ref_mask = _reference_rows(m, reference_mask, caller)
     ref, ref_lab = check_batch(references, reference_labels, name, row_mask=ref_mask, caller=caller)
     _check_matches_batch(embeddings.shape, labels.shape, ref.shape, ref_lab.shape, name, caller)
+    if m == 0:  # an empty reference set: the lists are the batch's
+        return embeddings, labels, None
     filled = ref_mask.reshape(-1, *([1] * (ref_lab.ndim - 1)))
     wide = jnp.promote_types(labels.dtype, jnp.int32)  # uint8 ids 0..255 leave no spare id
     ref_lab = ref_lab.astype(wide)

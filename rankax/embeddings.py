@@ -139,6 +139,11 @@ def make_batch_loss(loss_fn: Callable[..., Array], **kwargs: Any) -> Callable[[A
     references = [kwargs.get(k) for k in ("references", "reference_labels", "reference_mask")]
     name = getattr(loss_fn, "__name__", "loss_fn")
     hparams = batch._check_loss_options(loss_fn, hparams, *references, f"make_batch_loss({name})")
+    batch._check_sizes(kwargs.get("block_size", "auto"), kwargs.get("max_tile_elements"),
+                       kwargs.get("precision", batch.DEFAULT_PRECISION), f"make_batch_loss({name})",
+                       kwargs.get("capacity_limit"))
+    if "include_self" in kwargs:
+        validation.check_flag("include_self", kwargs["include_self"], caller=f"make_batch_loss({name})")
     kwargs = {**{k: v for k, v in kwargs.items() if k in _BATCH_LOSS_OPTIONS}, **hparams}
 
     # Not functools.wraps: the result takes (embeddings, labels), so it must not look like (or

@@ -94,22 +94,23 @@ def _check_paths(query_paths: ArrayLike, item_paths: ArrayLike, caller: str = ""
     return q, it
 
 
-def check_levels(levels: ArrayLike, num_levels: int, *, caller: str) -> Array:
+def check_levels(levels: ArrayLike, num_levels: int, *, caller: str, name: str = "levels") -> Array:
     """``levels``, shared-level counts ``t`` (:func:`shared_levels`), as int32: a ``TypeError``
-    naming ``caller`` unless they are integers, a ``ValueError`` where concrete values (or, in
-    :mod:`rankax.debug` checked mode, traced ones) fall outside ``0..num_levels``."""
-    return _check_levels(levels, num_levels, caller)
+    naming ``caller`` and the argument ``name`` unless they are integers, a ``ValueError`` where
+    concrete values (or, in :mod:`rankax.debug` checked mode, traced ones) fall outside
+    ``0..num_levels``."""
+    return _check_levels(levels, num_levels, caller, name)
 
 
-def _check_levels(levels: ArrayLike, num_levels: int, caller: str) -> Array:
+def _check_levels(levels: ArrayLike, num_levels: int, caller: str, name: str = "levels") -> Array:
     """Shared-level counts ``t`` as int32, integer and (concrete values) within ``0..L``."""
-    t = jnp.asarray(levels)
+    t = validation.as_array(levels, name, validation.prefix(caller))
     if not jnp.issubdtype(t.dtype, jnp.integer):
-        raise TypeError(f"{validation.prefix(caller)}levels must be integer shared-level counts "
+        raise TypeError(f"{validation.prefix(caller)}{name} must be integer shared-level counts "
                         f"0..L (shared_levels), got dtype {t.dtype}")
     if validation.value_checks_apply(t):
-        validation.check_values((t < 0) | (t > num_levels), f"levels must lie in 0..L = 0..{num_levels}",
-                                t, "levels", caller=caller)
+        validation.check_values((t < 0) | (t > num_levels), f"{name} must lie in 0..L = 0..{num_levels}",
+                                t, name, caller=caller)
     return t.astype(jnp.int32)
 
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
@@ -84,7 +85,17 @@ def sigmoid_step(x: ArrayLike, temperature: float = 0.01) -> Array:
     Used by Smooth-AP (Brown et al., ECCV 2020) with :math:`\\tau = 0.01`. It tends to
     :math:`H` as :math:`\\tau \\to 0` everywhere except at :math:`x = 0`, where it is 1/2.
     """
+    _check_step_hparams("sigmoid_step", temperature=temperature)
     return jax.nn.sigmoid(jnp.asarray(x) / temperature)
+
+
+def _check_step_hparams(caller: str, **values: Any) -> None:
+    """The ranges of the losses' hyperparameters (:data:`rankax._core.validation.HPARAM_RANGES`)
+    for a step's scalar arguments whose values are known (traced ones and arrays broadcast
+    against ``x`` pass: their values are the callers' to check)."""
+    for name, value in values.items():
+        if not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0:
+            validation.check_number(name, value, validation.HPARAM_RANGES[name], caller=caller)
 
 
 @_renames.accepts_deprecated
@@ -119,8 +130,8 @@ def roadmap_step(
     """
     if variant not in ROADMAP_VARIANTS:
         raise ValueError(f"roadmap_step: variant must be one of {ROADMAP_VARIANTS}, got {variant!r}")
-    if isinstance(temperature, int | float) and not temperature > 0:  # arrays: the losses check them
-        raise ValueError(f"roadmap_step: temperature must be a finite number > 0, got {temperature!r}")
+    _check_step_hparams("roadmap_step", temperature=temperature, rho=rho, delta=delta, start=start,
+                        offset=offset)
     x = jnp.asarray(x)
     sig = jax.nn.sigmoid(x / temperature)
     linear_arg = x - delta if variant == "fixed" else x
@@ -444,6 +455,9 @@ def smooth_rank(
       ValueError: ``scores`` is a scalar or has no items, or ``where`` does not have its shape.
     """
     p = validation.prefix("smooth_rank")
+    if not callable(step_fn):
+        raise TypeError(f"{p}step_fn must be a function of the score differences (sigmoid_step, "
+                        f"heaviside, a functools.partial of roadmap_step), got {step_fn!r}")
     scores = validation._check_scores(scores, p)
     n = scores.shape[-1]
     where = validation._check_where(where, scores.shape, p)

@@ -604,7 +604,7 @@ def test_revisited_bad_input():
         run(np.zeros_like(ranks), gnd)
     with pytest.raises(ValueError, match=re.escape("gnd[0] has key 'Easy'")):
         run(ranks, [{"Easy": [0]}] * 12)
-    with pytest.raises(ValueError, match="negative database id"):
+    with pytest.raises(ValueError, match=re.escape("gnd[0]['easy'] has database id -1: ids count from 0")):
         run(ranks, [{"easy": [-1]}] * 12)
     with pytest.raises(ValueError, match=re.escape("queries contains 48 NaN")):
         rankax.retrieval.revisited_from_embeddings(np.full_like(q, np.nan), g, gnd)
@@ -871,3 +871,124 @@ def test_a_trailing_label_axis_of_one_gets_the_fix():
         rankax.lists_from_embeddings(emb, jnp.zeros((6, 1), jnp.int32))
     with pytest.raises(TypeError, match=r"cast with \.astype\(jnp\.int32\)"):
         rankax.lists_from_embeddings(emb, jnp.zeros(6))
+
+
+def _unit_batch(seed=0, b=8, d=4):
+    rng = np.random.default_rng(seed)
+    e = rng.normal(size=(b, d)).astype(np.float32)
+    return jnp.asarray(e / np.linalg.norm(e, axis=1, keepdims=True)), np.arange(b) // 2
+
+
+def test_a_relevance_fn_returning_nan_or_negative_values_is_refused_eagerly():
+    """A ``relevance_fn`` returning NaN gave H-AP 0.0 (the loss is 0.664 on this batch), and a
+    negative or NaN entry changed SupAP silently, even outside ``jit``. Eager calls now raise;
+    inside ``jit`` the values read as "not relevant", as list labels do (docs/behaviour.md), and
+    checked mode reports them."""
+    e, lab = _unit_batch()
+    same = lambda q, i: (q[:, None] == i[None, :]).astype(jnp.float32)  # noqa: E731
+    want = rankax.batch_loss(losses.supap_loss, e, lab)
+    got = rankax.batch_loss(losses.supap_loss, e, lab, relevance_fn=same)
+    assert float(got) == pytest.approx(float(want))
+    for bad, shown in ((lambda q, i: same(q, i) * jnp.nan, "nan"), (lambda q, i: same(q, i) - 0.5, "-0.5"),
+                       (lambda q, i: same(q, i) * jnp.inf, "inf")):
+        for loss in (losses.hap_loss, losses.supap_loss):
+            with pytest.raises(ValueError, match=rf"relevance_fn must return finite relevance >= 0: "
+                                                 rf"relevance\[0, \d+\] = {shown}"):
+                rankax.batch_loss(loss, e, lab, relevance_fn=bad)
+    nan_rel = lambda q, i: same(q, i) * jnp.nan  # noqa: E731
+    loss = lambda x, y: rankax.batch_loss(losses.supap_loss, x, y, relevance_fn=nan_rel)  # noqa: E731
+    assert float(jax.jit(loss)(e, lab)) == 0.0  # no item relevant: no query has a positive
+    with pytest.raises(rankax.debug.CheckError, match="relevance_fn must return finite relevance"):
+        rankax.debug.checked(loss)(e, lab)
+    with pytest.raises(TypeError, match=r"relevance_fn must be a function \(query_labels"):
+        rankax.batch_loss(losses.supap_loss, e, lab, relevance_fn=3)
+
+
+def test_degenerate_inputs_get_a_defined_answer_or_a_named_error():
+    """Each of these failed inside JAX or numpy (an IndexError, a reduction over an empty
+    array, "None is not a valid value"), or was accepted with a meaningless value."""
+    e, lab = _unit_batch()
+    s = jnp.array([[0.9, 0.5, 0.3]])
+    # an empty reference set is no reference set: the batch's own value and gradient
+    empty = dict(references=np.zeros((0, 4), np.float32), reference_labels=np.zeros(0, int))
+    want = rankax.batch_loss(losses.supap_loss, e, lab)
+    assert float(rankax.batch_loss(losses.supap_loss, e, lab, **empty)) == float(want)
+    traced = jax.jit(lambda x: rankax.batch_loss(losses.supap_loss, x, lab, **empty))
+    assert float(traced(e)) == float(want)
+    grad = jax.grad(lambda x, kw: rankax.batch_loss(losses.supap_loss, x, lab, **kw))
+    np.testing.assert_array_equal(grad(e, empty), grad(e, {}))
+    cases = [
+        (lambda: rankax.batch_loss(losses.supap_loss, jnp.eye(4), np.zeros((4, 0), int)), ValueError,
+         r"labels as \[B, L\] label paths need L >= 1 levels"),
+        (lambda: losses.supap_loss(s, None), TypeError,
+         r"supap_loss: labels must be a boolean, integer or floating array, got NoneType"),
+        (lambda: metrics.average_precision(s, None), TypeError,
+         r"average_precision: labels must be a boolean, integer or floating"),
+        (lambda: rankax.batch_loss(losses.supap_loss, jnp.eye(3), None), TypeError,
+         r"batch_loss\(supap_loss\): labels must be a numeric array, got NoneType"),
+        (lambda: losses.supap_loss(np.array([["a", "b", "c"]]), jnp.ones((1, 3))), TypeError,
+         r"supap_loss: scores must be a numeric array, got dtype <U1"),
+        (lambda: rankax.ranking.smooth_rank(s, step_fn=0.1), TypeError,
+         r"smooth_rank: step_fn must be a function"),
+        (lambda: losses.normalized_softmax_loss(jnp.zeros((5, 0)), jnp.arange(5) % 4, jnp.zeros((4, 0))),
+         ValueError, r"embeddings must be \[\.\.\., D\] with D >= 1"),
+        (lambda: rankax.make_batch_loss(losses.supap_loss, block_size=0), ValueError,
+         r"make_batch_loss\(supap_loss\): block_size must be"),
+        (lambda: rankax.retrieval.evaluate(np.eye(4, dtype=np.float32), np.arange(4) // 2,
+                                           return_per_query="y"),
+         TypeError, r"return_per_query must be True or False"),
+        (lambda: rankax.retrieval.RetrievalEvaluator(np.zeros((0, 3), np.float32), np.zeros(0, int)),
+         ValueError, r"inputs is empty"),
+        (lambda: rankax.retrieval.RetrievalEvaluator(
+            np.zeros((3, 3), np.float32), np.zeros(3, int), gallery_inputs=np.zeros((0, 3), np.float32),
+            gallery_labels=np.zeros(0, int)), ValueError, r"gallery_inputs is empty"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+
+
+@pytest.mark.parametrize("step, kwargs, match", [
+    ("sigmoid_step", {"temperature": 0.0}, r"sigmoid_step: temperature must be a finite number > 0"),
+    ("sigmoid_step", {"temperature": -1.0}, r"temperature must be a finite number > 0"),
+    ("roadmap_step", {"temperature": np.float32(0)}, r"roadmap_step: temperature must be"),
+    ("roadmap_step", {"temperature": jnp.float32(0)}, r"roadmap_step: temperature must be"),
+    ("roadmap_step", {"rho": -1.0}, r"roadmap_step: rho must be a finite number >= 0"),
+    ("roadmap_step", {"delta": -1.0}, r"roadmap_step: delta must be a finite number >= 0"),
+    ("roadmap_step", {"rho": float("nan")}, r"rho must be"),
+])
+def test_the_public_steps_check_their_hyperparameters_as_the_losses_do(step, kwargs, match):
+    """sigmoid_step(x, temperature=0) was NaN, a negative temperature flipped the step, and
+    roadmap_step checked only Python-float temperatures."""
+    with pytest.raises(ValueError, match=match):
+        getattr(rankax.ranking, step)(jnp.array([0.0, 0.1]), **kwargs)
+    x = jnp.array([-0.2, 0.0, 0.03, 0.2])  # traced hyperparameters pass, as in the losses
+    tau = jnp.float32(0.05)
+    got = jax.jit(lambda t: rankax.ranking.sigmoid_step(x, temperature=t))(tau)
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-np.asarray(x) / 0.05)), rtol=1e-6)
+
+
+def test_references_closed_over_in_the_users_jit():
+    """Concrete labels and references inside the caller's ``jit`` (the fast path for numpy
+    labels) raised TracerArrayConversionError when no ``reference_mask`` was given: the mask of
+    all references was built as a traced array. Checked against the list loss on the dense
+    ``E [E; R]^T`` lists, the query left out of its own."""
+    e, lab = _unit_batch(1)
+    refs, ref_lab = _unit_batch(2, b=6)
+    ref_lab = ref_lab + 1  # classes 1..3: shared with some of the batch
+    mask = np.array([True, True, False, True, True, True])
+    for given in (None, mask):
+        got = jax.jit(lambda x, m=given: rankax.batch_loss(
+            losses.supap_loss, x, lab, references=np.asarray(refs), reference_labels=ref_lab,
+            reference_mask=m))(e)
+        keep = np.ones(6, bool) if given is None else given
+        items = np.concatenate([np.asarray(e), np.asarray(refs)[keep]])
+        item_lab = np.concatenate([lab, ref_lab[keep]])
+        scores = np.asarray(e) @ items.T
+        where = np.ones(scores.shape, bool)
+        where[np.arange(8), np.arange(8)] = False
+        rel = (lab[:, None] == item_lab[None, :]) & where
+        per_query = losses.supap_loss(jnp.asarray(scores), jnp.asarray(rel), where=jnp.asarray(where),
+                                      reduce_fn=None)
+        has = rel.any(axis=1)
+        assert float(got) == pytest.approx(float(np.mean(np.asarray(per_query)[has])), abs=1e-6)

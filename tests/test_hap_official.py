@@ -248,10 +248,17 @@ def test_hap_loss_levels_errors():
         rankax.hap_loss(s, jnp.array([3, 1, 0, 0]), rule="pop")
     with pytest.raises(ValueError, match="rule must be None"):
         rankax.hap_loss(s, jnp.array([3, 1, 0, 0]), rule="popularity", num_levels=3)
-    with pytest.raises(TypeError, match="levels must be integer"):
+    with pytest.raises(TypeError, match="hap_loss: labels must be integer shared-level counts"):
         rankax.hap_loss(s, jnp.array([1.0, 0.5, 0.0, 0.0]), rule="pop", num_levels=3)
-    with pytest.raises(ValueError, match="levels must lie in 0..L = 0..2"):
+    with pytest.raises(ValueError, match=r"hap_loss: labels must lie in 0..L = 0..2: labels\[0\] = 3"):
         rankax.hap_loss(s, jnp.array([3, 1, 0, 0]), rule="pop", num_levels=2)
+    # under jit (unchecked) a level above L reads as level 0, relevance 0, as negative ones do
+    # (it was given relevance 0 but still compared as the most relevant item: 0.9458 here)
+    traced = jax.jit(lambda sc, y: rankax.hap_loss(sc, y, rule="pop", num_levels=2))
+    sc = jnp.array([0.9, 0.5, 0.3, 0.1])
+    at_zero = rankax.hap_loss(sc, jnp.array([0, 0, 1, 0]), rule="pop", num_levels=2)
+    for level in (3, 7, -1):
+        assert float(traced(sc, jnp.array([level, 0, 1, 0]))) == pytest.approx(float(at_zero), abs=1e-7)
     paths = jnp.array([[0, 0], [0, 0], [1, 0], [2, 1]])
     with pytest.raises(ValueError, match="num_levels=3 differs from the label paths' L = 2"):
         rankax.batch_loss(rankax.losses.hap_loss, jnp.eye(4), paths, num_levels=3)

@@ -31,7 +31,10 @@ def nonfinite_lists(scores: ArrayLike, where: ArrayLike | None) -> Array:
 def nonfinite_or_none(scores: Any, where: Any) -> Array | None:
     """:func:`nonfinite_lists` for well-formed floating inputs, else ``None`` (the function
     called next raises the shape or dtype error)."""
-    s = jnp.asarray(scores)
+    try:
+        s = jnp.asarray(scores)
+    except (TypeError, ValueError):  # None, strings, objects
+        return None
     if not jnp.issubdtype(s.dtype, jnp.floating) or s.ndim == 0:
         return None
     if where is not None and (np.shape(where) != s.shape or jnp.asarray(where).dtype != jnp.bool_):

@@ -116,6 +116,18 @@ def check_finite(x: ArrayLike, name: str, *, where: ArrayLike | None = None, cal
     check_values(bad, f"{name} has a non-finite value", x, name, caller=caller)
 
 
+def as_array(x: Any, name: str, p: str = "", what: str = "a numeric array") -> Array:
+    """``jnp.asarray(x)``, or a TypeError naming ``name`` (``p``: the caller's prefix) where
+    ``x`` is None or not of a JAX type (strings, Python objects); JAX arrays as they are."""
+    if isinstance(x, jax.Array):
+        return x
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError):
+        kind = f"dtype {x.dtype}" if hasattr(x, "dtype") else type(x).__name__
+        raise TypeError(f"{p}{name} must be {what}, got {kind}") from None
+
+
 def int_ids(x: ArrayLike, name: str, *, caller: str = "") -> Array:
     """``x`` (class ids, label paths) as a JAX array, refusing integers that JAX would wrap:
     without ``jax_enable_x64``, an int64 (uint64) array becomes int32 (uint32) *modulo*
@@ -124,6 +136,8 @@ def int_ids(x: ArrayLike, name: str, *, caller: str = "") -> Array:
     if isinstance(x, jax.Array):
         return x
     a = np.asarray(x)
+    if a.dtype.kind not in "biufc":  # None, strings, objects
+        return as_array(x, name, prefix(caller))
     if wraps_on_device(a):
         raise ValueError(
             f"{prefix(caller)}{name}: ids {a.min()}..{a.max()} do not fit "
@@ -148,7 +162,7 @@ def wraps_on_device(a: np.ndarray) -> bool:
 
 
 def _check_scores(scores: ArrayLike, p: str) -> Array:
-    scores = jnp.asarray(scores)
+    scores = as_array(scores, "scores", p)
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         raise TypeError(
             f"{p}scores must be a floating-point array (float32/bfloat16/float16/float64), got "
@@ -162,11 +176,7 @@ def _check_scores(scores: ArrayLike, p: str) -> Array:
 
 
 def _check_labels_array(labels: ArrayLike, shape: tuple[int, ...], p: str) -> Array:
-    try:
-        labels = jnp.asarray(labels)
-    except TypeError:  # str, bytes, object arrays: not JAX types
-        kind = getattr(labels, "dtype", type(labels).__name__)
-        raise TypeError(f"{p}labels must be a boolean, integer or floating array, got {kind}") from None
+    labels = as_array(labels, "labels", p, "a boolean, integer or floating array")  # None, str, objects
     if labels.shape != shape:
         hint = ""
         if labels.shape == (*shape, 1):
@@ -186,7 +196,7 @@ def _check_labels_array(labels: ArrayLike, shape: tuple[int, ...], p: str) -> Ar
 def _check_where(where: ArrayLike | None, shape: tuple[int, ...], p: str) -> Array:
     if where is None:
         return jnp.ones(shape, dtype=bool)
-    where = jnp.asarray(where)
+    where = as_array(where, "where", p)
     if where.shape != shape:
         raise ValueError(f"{p}where must have the shape of scores {shape}, got {where.shape}")
     if where.dtype != jnp.bool_:

@@ -59,6 +59,8 @@ def _normalized_softmax(embeddings, labels, proxies, where, reduce_fn, temperatu
     lab = validation.int_ids(labels, "labels", caller=_CALLER)  # ids past int32 are not wrapped
     if emb.ndim < 1 or not jnp.issubdtype(emb.dtype, jnp.floating):
         raise TypeError(f"{prefix}embeddings must be a floating [..., D] array, got {emb.dtype} {emb.shape}")
+    if emb.shape[-1] == 0:
+        raise ValueError(f"{prefix}embeddings must be [..., D] with D >= 1, got shape {emb.shape}")
     if prox.ndim != 2 or prox.shape[-1] != emb.shape[-1]:
         raise ValueError(f"{prefix}proxies must be [C, D] with D={emb.shape[-1]}, got shape {prox.shape}")
     if not jnp.issubdtype(prox.dtype, jnp.floating):

@@ -173,7 +173,10 @@ def hap_loss(
       Pertinent Image Retrieval." ECCV 2022 (HAPPIER).
     """
     if rule is not None:  # labels are shared levels: whole numbers 0..L
-        hierarchy.check_levels(labels, num_levels, caller="hap_loss")
+        t = hierarchy.check_levels(labels, num_levels, caller="hap_loss", name="labels")
+        # out of 0..L (traced, unchecked): level 0, relevance 0 as for any invalid label; a level
+        # above L would still rank as the most relevant
+        labels = jnp.where((t >= 0) & (t <= num_levels), t, 0)
     lists = listfn.check(scores, labels, where, max_positives, graded=True, caller="hap_loss")
     hrank = {"with_hrank": with_hrank, "beta": beta, "gamma": gamma, "leak": leak}
     relevance = {"rule": rule, "num_levels": num_levels, "alpha": alpha}

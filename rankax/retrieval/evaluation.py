@@ -162,8 +162,9 @@ def evaluate(
         relevance_alpha=relevance_alpha, relevance_counts=relevance_counts, scann_config=scann_config,
         scann_options=scann_options,
     )
-    if not isinstance(normalize, bool | np.bool_):
-        raise TypeError(f"normalize must be True or False, got {normalize!r}")
+    for name, flag in (("normalize", normalize), ("return_per_query", return_per_query)):
+        if not isinstance(flag, bool | np.bool_):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     exact.check_mesh(mesh)
     data = _checked_sets(queries, query_labels, gallery, gallery_labels, normalize)
     q_classes, g_classes = _finest_classes(data.query_labels, data.gallery_labels)

@@ -190,6 +190,9 @@ class RetrievalEvaluator:
             raise ValueError("gallery_inputs and gallery_labels must be given together")
         if len(inputs) != len(labels):
             raise ValueError(f"labels has {len(labels)} rows but inputs has {len(inputs)}")
+        for name, rows in (("inputs", inputs), ("gallery_inputs", gallery_inputs)):
+            if rows is not None and len(rows) == 0:
+                raise ValueError(f"{name} is empty: nothing to embed and evaluate")
         if gallery_inputs is not None and len(gallery_inputs) != len(gallery_labels):
             raise ValueError(
                 f"gallery_labels has {len(gallery_labels)} rows but gallery_inputs has {len(gallery_inputs)}"
