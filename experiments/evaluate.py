@@ -372,7 +372,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     if "save_embeddings" in values and not values["save_embeddings"].endswith(".npz"):
         values["save_embeddings"] += ".npz"  # where np.savez writes it
     for name in ("output", "save_embeddings"):
-        if name in values and values.get("process_id", "0") in ("0", ""):  # [multihost] process 0 writes
+        if name in values and _is_process_zero(values):  # [multihost] process 0 writes
             cli.check_output_file(f"--{name}", values[name])
     _check_outputs_spare_inputs(values, workdir)
     args = argparse.Namespace(
@@ -387,6 +387,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         given=frozenset(values),
     )
     return args, overrides
+
+
+def _is_process_zero(values: dict) -> bool:
+    """Whether ``--process_id`` is absent or names process 0 (a value that is not an integer is
+    refused when the distributed runtime starts)."""
+    try:
+        return int(values.get("process_id") or 0) == 0
+    except ValueError:
+        return True
 
 
 #: What a training run writes in its workdir (files, and folders whose whole content is its).
@@ -513,6 +522,7 @@ def _check_protocol_flags(args, protocol: str) -> None:
 def _protocol_metrics(cfg, args) -> dict:
     """The metrics of the run's own evaluation protocol (``eval_protocol``) on the restored
     checkpoint, as the training run computes them."""
+    from rankax.retrieval.revisited import GroundTruthError
     from rankax.train import evaluators
 
     state, data = load_model(cfg, args)
@@ -522,6 +532,8 @@ def _protocol_metrics(cfg, args) -> dict:
     except FileNotFoundError as err:  # the protocol's ground truth (its message names the files)
         hint = " (--config.landmarks.root=DIR sets their folder)" if cfg.eval_protocol == "landmarks" else ""
         raise cli.CliError(f"{args.flag}: {err}{hint}") from None
+    except GroundTruthError as err:  # a malformed ground-truth file (named in the message)
+        raise cli.CliError(f"{args.flag}: {err}") from None
     except ValueError as err:  # the protocol's own config keys (named in the message)
         if not str(err).startswith("config."):
             raise

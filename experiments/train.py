@@ -83,6 +83,7 @@ def _train(values: dict, config) -> dict:
         rankax.host.keep_freed_memory()
     cli.start_distributed(values)  # [multihost] before anything touches a device
     from rankax.data import ImageReadError
+    from rankax.retrieval.revisited import GroundTruthError
     from rankax.train import (
         CheckpointReadError,
         CheckpointSaveError,
@@ -94,7 +95,7 @@ def _train(values: dict, config) -> dict:
 
     # Errors whose message says what happened and what to do: the message, not a traceback.
     explained = (ConfigError, CheckpointReadError, CheckpointSaveError, NonFiniteLossError,
-                 NonFiniteEvaluationError, FileNotFoundError, ImageReadError)
+                 NonFiniteEvaluationError, FileNotFoundError, ImageReadError, GroundTruthError)
 
     allowed = [k.strip() for k in values.get("allow_config_change", "").split(",") if k.strip()]
     try:

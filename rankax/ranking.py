@@ -91,10 +91,11 @@ def sigmoid_step(x: ArrayLike, temperature: float = 0.01) -> Array:
 
 def _check_step_hparams(caller: str, **values: Any) -> None:
     """The ranges of the losses' hyperparameters (:data:`rankax._core.validation.HPARAM_RANGES`)
-    for a step's scalar arguments whose values are known (traced ones and arrays broadcast
-    against ``x`` pass: their values are the callers' to check)."""
+    for a step's Python or numpy scalar arguments. JAX arrays pass (traced ones have no value;
+    reading a concrete one is a device-to-host wait on every call, and the losses that call the
+    steps have checked their hyperparameters once already), as do arrays broadcast against ``x``."""
     for name, value in values.items():
-        if not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0:
+        if not isinstance(value, jax.Array) and np.ndim(value) == 0:
             validation.check_number(name, value, validation.HPARAM_RANGES[name], caller=caller)
 
 

@@ -244,6 +244,34 @@ def test_cli_refuses_retrieval_flags_for_protocol_runs(tmp_path, monkeypatch, pr
         assert cli.main(["--workdir", str(tmp_path)]) == {"medium/map": 0.5}
 
 
+def test_a_malformed_ground_truth_under_evaluate_is_one_line(tmp_path, monkeypatch):
+    """A ground truth refused by check_ground_truth ended the protocol evaluation in a
+    traceback (only messages about config keys became one line)."""
+    import ml_collections
+
+    from rankax.retrieval import revisited
+    from rankax.train import evaluators
+
+    cfg = ml_collections.ConfigDict({"eval_protocol": "revisited", "eval_ks": (1,), "eval_backend": "exact"})
+    monkeypatch.setattr(cli, "workdir_config", lambda *a, **k: cfg)
+    monkeypatch.setattr(cli, "load_model", lambda *a: (None, None))
+
+    def malformed(*a):
+        revisited.load_gnd(_gnd_with_a_bad_id(tmp_path))
+
+    monkeypatch.setattr(evaluators, "evaluate_state", malformed)
+    with pytest.raises(cli.cli.CliError, match=r"--workdir: .*gnd\.pkl\[0\]\['easy'\] has database id 9"):
+        cli.main(["--workdir", str(tmp_path)])
+
+
+def _gnd_with_a_bad_id(tmp_path) -> str:
+    import pickle
+
+    path = tmp_path / "gnd.pkl"
+    path.write_bytes(pickle.dumps({"gnd": [{"easy": [9]}], "imlist": ["a", "b"], "qimlist": ["q"]}))
+    return str(path)
+
+
 def test_train_interrupted_says_whether_a_checkpoint_resumes(tmp_path, monkeypatch, capsys):
     """Ctrl-C (also while JAX loads) ends with one line and status 130; without a checkpoint
     the line says the command starts afresh (it promised a resume from none)."""
@@ -452,8 +480,10 @@ def test_an_unwritable_output_is_refused_before_the_evaluation(tmp_path):
         # out the distributed start's timeout
         other = ["--num_processes", "2", "--coordinator_address", "127.0.0.1:1", "--process_id"]
         cli.parse_args(["--embeddings", emb, "--output", str(locked / "sub" / "m.json"), *other, "1"])
-        with pytest.raises(cli.cli.CliError, match=r"cannot be written"):
-            cli.parse_args(["--embeddings", emb, "--output", str(locked / "sub" / "m.json"), *other, "0"])
+        for zero in ("0", "00"):
+            with pytest.raises(cli.cli.CliError, match=r"cannot be written"):
+                cli.parse_args(["--embeddings", emb, "--output", str(locked / "sub" / "m.json"), *other,
+                                zero])
     finally:
         subprocess.run(unlock, check=True)
 

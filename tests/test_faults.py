@@ -783,9 +783,15 @@ def test_an_unretrieved_write_error_of_a_failed_save_is_one_line(caplog):
     async def fail(exc):
         raise exc
 
-    def unretrieved(exc):
+    async def orbax_write(exc):  # as if defined in orbax's package (the task's repr says where)
+        raise exc
+
+    orbax_write.__code__ = orbax_write.__code__.replace(
+        co_filename=os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "write.py"))
+
+    def unretrieved(exc, coroutine=orbax_write):
         loop = asyncio.new_event_loop()
-        task = loop.create_task(fail(exc))
+        task = loop.create_task(coroutine(exc))
         loop.run_until_complete(asyncio.sleep(0.01))  # the task fails; nobody awaits it
         loop.close()
         caplog.clear()
@@ -799,3 +805,5 @@ def test_an_unretrieved_write_error_of_a_failed_save_is_one_line(caplog):
     assert "No space left on device" in record.getMessage() and "\n" not in record.getMessage()
     (record,) = unretrieved(ValueError("a bug"))
     assert record.exc_info is not None  # not a write error: the traceback stays
+    (record,) = unretrieved(ConnectionResetError(), coroutine=fail)
+    assert record.exc_info is not None  # another coroutine's OSError (the user's): unchanged

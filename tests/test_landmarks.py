@@ -272,7 +272,9 @@ def _gnd_file(folder, name, gnd, imlist=12, qimlist=None):
     ([{"ok": [1]}], None, r"\[0\]\['bbx'\] must be"),
     ([{"bbx": [0, 0, 4, 4], "ok": [1], "junk": [-2]}], None, r"\[0\]\['junk'\] has database id -2"),
     ([{"bbx": [0, 0, 4, 4], "ok": [12]}], None, r"\[0\]\['ok'\] has database id 12: .* < 12"),
-    ([{"bbx": [0, 0, 4, 4], "ok": [1.7]}], None, r"\[0\]\['ok'\] must be a list of integer database ids"),
+    ([{"bbx": [0, 0, 4, 4], "ok": [1.7]}], None, r"\[0\]\['ok'\] must hold integer database ids"),
+    ([{"bbx": [0, 0, 4, 4], "ok": [True, False]}], None, r"\[0\]\['ok'\] must hold integer database ids"),
+    ([{"bbx": [0, 0, 4, 4], "good": [1], "junk": [2]}], None, r"\[0\] has no positives list .*\['good'\]"),
     ([{"bbx": [0, 0, 4, 4], "ok": [1]}, {"bbx": [0, 0, 4, 4], "easy": [1], "hard": []}], None,
      r"\[1\] is a revisited entry but the ground truth is classic"),
     ([{"bbx": [0, 0, 4, 4], "Easy": [1], "hard": [2]}], None, r"has key 'Easy'"),
@@ -317,6 +319,21 @@ def test_revisited_ground_truth_files_are_checked_as_they_load(tmp_path):
         load_gnd(str(tmp_path / "d.pkl"))
     good = [{"easy": [1], "hard": [2, 3], "junk": [0]}, {"easy": [], "hard": [4]}]
     assert load_gnd(_gnd_file(str(tmp_path), "e", good)) == good  # no boxes at all: accepted
+    with pytest.raises(ValueError, match=r"\[1\] has no positives list .*\['eazy'\]"):
+        load_gnd(_gnd_file(str(tmp_path), "f", [{"easy": [1]}, {"eazy": [2]}]))
+
+
+def test_ids_stored_as_whole_floats_or_other_shapes_read_as_before():
+    """Whole-number float ids and ``[1, n]`` arrays were read as integers before the checks;
+    they still are (the same mAP as plain lists), while fractional ids and booleans are refused."""
+    from rankax.retrieval import revisited
+
+    rng = np.random.default_rng(3)
+    ranks = np.stack([rng.permutation(10) for _ in range(2)], axis=1)
+    plain = [{"easy": [1, 2], "hard": [3], "junk": [4]}, {"easy": [5], "hard": [6, 7], "junk": []}]
+    stored = [{"easy": np.array([[1.0, 2.0]]), "hard": np.array([3.0]), "junk": np.array([[4]])},
+              {"easy": np.array([5.0]), "hard": np.array([[6], [7]]), "junk": np.zeros(0)}]
+    assert revisited.revisited_map(ranks, stored) == revisited.revisited_map(ranks, plain)
 
 
 def _official_compute_map(ranks, gnd, kappas):

@@ -201,14 +201,14 @@ def load_benchmark(root: str, name: str) -> LandmarkBenchmark:
         data = pickle.load(f)  # noqa: S301 - the benchmark's own ground-truth format
     missing = [k for k in ("gnd", "imlist", "qimlist") if not isinstance(data, dict) or k not in data]
     if missing:
-        raise ValueError(f"{path}: a ground-truth file holds 'gnd', 'imlist' and 'qimlist'; "
-                         f"{missing} missing")
+        raise revisited.GroundTruthError(f"{path}: a ground-truth file holds 'gnd', 'imlist' and "
+                                         f"'qimlist'; {missing} missing")
     folder = os.path.dirname(path)
     gnd = [dict(g) if isinstance(g, Mapping) else g for g in data["gnd"]]
     revisited.check_ground_truth(gnd, kind=None, num_database=len(data["imlist"]), boxes=True, source=path)
     if len(data["qimlist"]) != len(gnd):
-        raise ValueError(f"{path}: {len(data['qimlist'])} query images (qimlist) but {len(gnd)} ground-truth "
-                         "entries (gnd)")
+        raise revisited.GroundTruthError(f"{path}: {len(data['qimlist'])} query images (qimlist) but "
+                                         f"{len(gnd)} ground-truth entries (gnd)")
     return LandmarkBenchmark(
         name=name,
         images=[_image_path(folder, n) for n in data["imlist"]],

@@ -117,6 +117,10 @@ CLASSIC_KEYS = ("ok", "junk")
 REVISITED_KEYS = ("easy", "hard", "junk")
 
 
+class GroundTruthError(ValueError):
+    """A malformed Oxford/Paris ground truth (:func:`check_ground_truth`)."""
+
+
 def check_ground_truth(
     gnd: Sequence[Any],
     *,
@@ -132,28 +136,32 @@ def check_ground_truth(
     (a missing list is empty), ``"classic"`` ones an ``"ok"`` list and optionally ``"junk"``.
     Ids are integers in ``[0, num_database)`` (``num_database`` None: ``>= 0``); with
     ``boxes`` each entry has a ``"bbx"`` of four numbers ``(left, top, right, bottom)``,
-    ``left < right`` and ``top < bottom``. Errors are ValueErrors naming ``source``, the
-    query and the key.
+    ``left < right`` and ``top < bottom``. An entry with other keys but none of ``"ok"``,
+    ``"easy"``, ``"hard"`` is refused (a misnamed list: ``"good"``, ``"eazy"``). Errors are
+    :class:`GroundTruthError` (a ValueError) naming ``source``, the query and the key.
     """
     sized = hasattr(gnd, "__len__") and not isinstance(gnd, Mapping | str | bytes)
     if not sized or not len(gnd):
         what = f"an empty {type(gnd).__name__}" if sized else type(gnd).__name__
-        raise ValueError(f"{source}: the ground truth must be a non-empty list of per-query dicts, "
-                         f"got {what}")
+        raise GroundTruthError(f"{source}: the ground truth must be a non-empty list of per-query dicts, "
+                               f"got {what}")
     for i, entry in enumerate(gnd):
         if not isinstance(entry, Mapping):
-            raise ValueError(f"{source}[{i}] must be a dict of id lists, got {type(entry).__name__}")
+            raise GroundTruthError(f"{source}[{i}] must be a dict of id lists, got {type(entry).__name__}")
         this = "classic" if "ok" in entry else "revisited"
         kind = this if kind is None else kind
-        if this != kind:
-            want = "'ok' (and 'junk')" if kind == "classic" else "'easy', 'hard', 'junk'"
-            raise ValueError(f"{source}[{i}] is a {this} entry but the ground truth is {kind}: its id lists "
-                             f"are {want}, got keys {sorted(map(str, entry))}")
         keys = CLASSIC_KEYS if kind == "classic" else REVISITED_KEYS
+        if this != kind:
+            raise GroundTruthError(f"{source}[{i}] is a {this} entry but the ground truth is {kind}: its id "
+                                   f"lists are {keys}, got keys {sorted(map(str, entry))}")
         for key in entry:
             if isinstance(key, str) and key.lower() in keys and key not in keys:
-                raise ValueError(f"{source}[{i}] has key {key!r}; the ground-truth keys are {keys} "
-                                 "(lower case)")
+                raise GroundTruthError(f"{source}[{i}] has key {key!r}; the ground-truth keys are {keys} "
+                                       "(lower case)")
+        unknown = sorted(str(k) for k in entry if k not in (*keys, "bbx"))
+        if unknown and not any(k in entry for k in ("ok", "easy", "hard")):
+            raise GroundTruthError(f"{source}[{i}] has no positives list ('ok', or 'easy' and 'hard') but "
+                                   f"keys {unknown}; the ground-truth keys are {keys} and 'bbx'")
         for key in keys:
             _check_ids(entry.get(key, ()), num_database, f"{source}[{i}][{key!r}]")
         if boxes:
@@ -162,25 +170,29 @@ def check_ground_truth(
 
 
 def _check_ids(ids: Any, num_database: int | None, where: str) -> None:
-    a = np.asarray(ids)
+    """Database ids: integers (whole-number floats too), in any array shape, as the setups
+    read them (``_ids``); not booleans."""
+    a = np.asarray(ids).reshape(-1)
     if a.size == 0:
         return
-    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{where} must be a list of integer database ids, got {a.dtype} of shape "
-                         f"{a.shape}")
+    whole = np.issubdtype(a.dtype, np.integer) or (
+        np.issubdtype(a.dtype, np.floating) and bool(np.all(np.isfinite(a) & (a == np.round(a)))))
+    if not whole:
+        raise GroundTruthError(f"{where} must hold integer database ids, got {a.dtype} values such as "
+                               f"{a[0]!r}")
     top = np.inf if num_database is None else num_database
     if a.min() < 0 or a.max() >= top:
         bound = "" if num_database is None else f" and < {num_database} (the images of imlist)"
-        raise ValueError(f"{where} has database id {a.min() if a.min() < 0 else a.max()}: ids count "
-                         f"from 0{bound}")
+        raise GroundTruthError(f"{where} has database id {a.min() if a.min() < 0 else a.max()}: ids count "
+                               f"from 0{bound}")
 
 
 def _check_box(box: Any, where: str) -> None:
     b = np.asarray(box if box is not None else (), dtype=object)
     ok = b.shape == (4,) and all(isinstance(v, int | float | np.integer | np.floating) for v in b)
     if not ok or not (float(b[0]) < float(b[2]) and float(b[1]) < float(b[3])):
-        raise ValueError(f"{where} must be (left, top, right, bottom) in pixels with left < right and "
-                         f"top < bottom, got {box!r}")
+        raise GroundTruthError(f"{where} must be (left, top, right, bottom) in pixels with left < right "
+                               f"and top < bottom, got {box!r}")
 
 
 def revisited_map(
@@ -265,14 +277,14 @@ def load_gnd(path: str) -> list[dict]:
         with open(path, "rb") as f:
             data = pickle.load(f)  # noqa: S301 - the benchmark's own ground-truth format
     if isinstance(data, dict) and "gnd" not in data:
-        raise ValueError(f"{path}: no 'gnd' key (a ground-truth file holds 'gnd', 'imlist', 'qimlist'); "
-                         f"got keys {sorted(map(str, data))}")
+        raise GroundTruthError(f"{path}: no 'gnd' key (a ground-truth file holds 'gnd', 'imlist', "
+                               f"'qimlist'); got keys {sorted(map(str, data))}")
     gnd = data["gnd"] if isinstance(data, dict) else data
     num_database = len(data["imlist"]) if isinstance(data, dict) and "imlist" in data else None
     check_ground_truth(gnd, num_database=num_database, source=path)
     if isinstance(data, dict) and "qimlist" in data and len(data["qimlist"]) != len(gnd):
-        raise ValueError(f"{path}: {len(data['qimlist'])} query images (qimlist) but {len(gnd)} ground-truth "
-                         "entries (gnd)")
+        raise GroundTruthError(f"{path}: {len(data['qimlist'])} query images (qimlist) but {len(gnd)} "
+                               "ground-truth entries (gnd)")
     if any("bbx" in g for g in gnd):  # boxes for all queries or for none
         check_ground_truth(gnd, num_database=num_database, boxes=True, source=path)
     return [dict(g) for g in gnd]

@@ -85,14 +85,16 @@ class _OneLineWriteErrors(logging.Filter):
 
 
 class _OneLineUnretrievedWrites(logging.Filter):
-    """Keeps one line of asyncio's "Task exception was never retrieved" for an ``OSError``
-    (a write of a failed save, on a full disk say, that orbax never awaited) and drops its
-    traceback: the save's :class:`CheckpointSaveError` reports the error. Other records, and
-    other exceptions, pass unchanged."""
+    """Keeps one line of asyncio's "Task exception was never retrieved" for an ``OSError`` of
+    an orbax coroutine (a write of a failed save, on a full disk say, that orbax never awaited)
+    and drops its traceback: the save's :class:`CheckpointSaveError` reports the error. Other
+    records, other exceptions and other coroutines' errors pass unchanged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if "exception was never retrieved" in record.getMessage() and isinstance(exc, OSError):
+        message = record.getMessage()
+        orbax = f"{os.sep}orbax{os.sep}" in message  # the task's coroutine: defined at .../orbax/...
+        if "exception was never retrieved" in message and isinstance(exc, OSError) and orbax:
             record.msg, record.args = f"{record.getMessage().splitlines()[0]}: {exc!r}", ()
             record.exc_info, record.exc_text = None, None
         return True
