@@ -448,7 +448,9 @@ class Checkpointer:
         for step in sorted(self._mngr.all_steps(), reverse=True):
             if mismatch := self.mismatch(state, step):  # not this config's model: never quarantined
                 fix = ("evaluate it with the config it was trained with (the workdir's record, without "
-                       "--config or --config.model.* overrides)" if self.read_only else
+                       "--config or --config.model.* overrides; a --config.dataset.* override that "
+                       "changes the number of training classes resizes a loss's proxies)"
+                       if self.read_only else
                        "resume with the config it was trained with, or use a fresh workdir")
                 raise CheckpointReadError(
                     f"checkpoint step {step} at {self.step_path(step)} was written for another "
