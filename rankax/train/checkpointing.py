@@ -95,7 +95,7 @@ class _OneLineUnretrievedWrites(logging.Filter):
         message = record.getMessage()
         orbax = f"{os.sep}orbax{os.sep}" in message  # the task's coroutine: defined at .../orbax/...
         if "exception was never retrieved" in message and isinstance(exc, OSError) and orbax:
-            record.msg, record.args = f"{record.getMessage().splitlines()[0]}: {exc!r}", ()
+            record.msg, record.args = f"{message.splitlines()[0]}: {exc!r}", ()
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -278,11 +278,7 @@ def evaluation_state(config: Config, data: RetrievalDataset, *, pretrained: bool
     step ``e``) instead of the training sampler's. The sampler is not built: a dataset override
     (another protocol, say) can leave a training split the run's batch settings cannot sample,
     which the evaluation of its test split does not need."""
-    return state_lib.initial_state(config, data, pretrained=pretrained, epoch_start=_nominal_epochs)
-
-
-def _nominal_epochs(epoch: int) -> int:
-    return int(epoch)
+    return state_lib.initial_state(config, data, pretrained=pretrained, epoch_start=int)
 
 
 def restore_for_evaluation(
