@@ -313,6 +313,9 @@ def test_revisited_ground_truth_files_are_checked_as_they_load(tmp_path):
     path = _gnd_file(str(tmp_path), "c", [{"bbx": box, "ok": [1]}])
     with pytest.raises(ValueError, match=r"\[0\] is a classic entry but the ground truth is revisited"):
         load_gnd(path)
+    path = _gnd_file(str(tmp_path), "g", [{"bbx": box, "easy": [1]}], qimlist=3)
+    with pytest.raises(ValueError, match=r"3 query images \(qimlist\) but 1 ground-truth entries"):
+        load_gnd(path)
     with pytest.raises(ValueError, match=r"no 'gnd' key"):
         with open(tmp_path / "d.pkl", "wb") as f:
             pickle.dump({"imlist": []}, f)

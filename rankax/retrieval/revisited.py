@@ -126,6 +126,7 @@ def check_ground_truth(
     *,
     kind: str | None = "revisited",
     num_database: int | None = None,
+    num_queries: int | None = None,
     boxes: bool = False,
     source: str = "gnd",
 ) -> str:
@@ -134,6 +135,7 @@ def check_ground_truth(
     ``gnd``: a non-empty list of one mapping per query, all of ``kind`` (``None``: either, as
     the first entry says): ``"revisited"`` entries hold id lists among :data:`REVISITED_KEYS`
     (a missing list is empty), ``"classic"`` ones an ``"ok"`` list and optionally ``"junk"``.
+    One entry per query image when ``num_queries`` (a file's ``qimlist`` length) is given.
     Ids are integers in ``[0, num_database)`` (``num_database`` None: ``>= 0``); with
     ``boxes`` each entry has a ``"bbx"`` of four numbers ``(left, top, right, bottom)``,
     ``left < right`` and ``top < bottom``. An entry with other keys but none of ``"ok"``,
@@ -145,6 +147,9 @@ def check_ground_truth(
         what = f"an empty {type(gnd).__name__}" if sized else type(gnd).__name__
         raise GroundTruthError(f"{source}: the ground truth must be a non-empty list of per-query dicts, "
                                f"got {what}")
+    if num_queries is not None and num_queries != len(gnd):
+        raise GroundTruthError(f"{source}: {num_queries} query images (qimlist) but {len(gnd)} ground-truth "
+                               "entries (gnd)")
     for i, entry in enumerate(gnd):
         if not isinstance(entry, Mapping):
             raise GroundTruthError(f"{source}[{i}] must be a dict of id lists, got {type(entry).__name__}")
@@ -281,10 +286,8 @@ def load_gnd(path: str) -> list[dict]:
                                f"'qimlist'); got keys {sorted(map(str, data))}")
     gnd = data["gnd"] if isinstance(data, dict) else data
     num_database = len(data["imlist"]) if isinstance(data, dict) and "imlist" in data else None
-    check_ground_truth(gnd, num_database=num_database, source=path)
-    if isinstance(data, dict) and "qimlist" in data and len(data["qimlist"]) != len(gnd):
-        raise GroundTruthError(f"{path}: {len(data['qimlist'])} query images (qimlist) but {len(gnd)} "
-                               "ground-truth entries (gnd)")
-    if any("bbx" in g for g in gnd):  # boxes for all queries or for none
-        check_ground_truth(gnd, num_database=num_database, boxes=True, source=path)
+    num_queries = len(data["qimlist"]) if isinstance(data, dict) and "qimlist" in data else None
+    # boxes for all queries or for none
+    boxes = isinstance(gnd, list | tuple) and any(isinstance(g, Mapping) and "bbx" in g for g in gnd)
+    check_ground_truth(gnd, num_database=num_database, num_queries=num_queries, boxes=boxes, source=path)
     return [dict(g) for g in gnd]
