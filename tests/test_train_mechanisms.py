@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import rankax
@@ -385,6 +386,37 @@ def test_proxies_are_checkpointed_and_resume_exactly(tmp_path, monkeypatch):
     for x, y in zip(jax.tree.leaves((a.loss_params, a.loss_opt_state, a.params)),
                     jax.tree.leaves((b.loss_params, b.loss_opt_state, b.params)), strict=True):  # fmt: skip
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_evaluation_under_a_dataset_override_reads_the_model_not_the_proxies(tmp_path):
+    """Evaluating a run with proxies on another split (the open-set digits: 5 training classes
+    instead of 10) was refused: the checkpoint's proxies are [10, D] and the config's [5, D].
+    Evaluation reads the step and the model's variables only; a model change is still refused."""
+    from experiments import evaluate
+    from rankax.retrieval import evaluate as reference_evaluate
+
+    workdir = str(tmp_path / "run")
+    train_lib.train_and_evaluate(_proxy_config(), workdir)
+    stored = ocp.CheckpointManager(f"{workdir}/checkpoints").restore(
+        6, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    assert np.shape(stored["loss_params"]["cluster"]["proxies"])[0] == 10
+    open_set = _proxy_config()
+    open_set.dataset.protocol = "open_set"
+    restored, data = train_lib.restore_for_evaluation(open_set, workdir)
+    assert int(restored.step) == 6
+    for x, y in zip(jax.tree.leaves((restored.params, restored.batch_stats)),
+                    jax.tree.leaves((stored["params"], stored["batch_stats"])), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert np.shape(restored.loss_params["cluster"]["proxies"])[0] == 5  # the config's, unused
+    saved = tmp_path / "open_set.npz"
+    got = evaluate.main(["--workdir", workdir, "--config.dataset.protocol=open_set",
+                         "--save_embeddings", str(saved)])
+    with np.load(saved) as f:
+        np.testing.assert_array_equal(f["labels"], data.test.labels)
+        want = reference_evaluate(f["embeddings"], f["labels"], ks=(1,))
+    assert got["step"] == 6 and got["recall@1"] == pytest.approx(want["recall@1"], abs=1e-6)
+    with pytest.raises(SystemExit, match=r"model/config \(params/.* on disk"):
+        evaluate.main(["--workdir", workdir, "--config.model.embedding_dim=8"])
 
 
 def test_term_config_errors_name_the_key():

@@ -140,6 +140,11 @@ def _saved_fields(state: Any) -> dict[str, Any]:
     return fields
 
 
+#: The fields of a saved state that a ``model_only`` restore reads into the template: the step
+#: counter and the model's variables, what evaluation uses.
+MODEL_FIELDS = ("step", "params", "batch_stats")
+
+
 def _unused_path(path: str) -> str:
     """``path``, or ``path.1``, ``path.2``, ... the first that does not exist: a step moved
     aside never replaces one moved aside before (which may be another run's only copy)."""
@@ -238,11 +243,18 @@ class Checkpointer:
         evaluation dict, higher is better; the best checkpoint is kept too).
       read_only: for evaluation next to a running job: creates, cleans, moves and deletes
         nothing (an unreadable step is only skipped).
+      model_only: restore the step and the model's variables (``MODEL_FIELDS``) and compare only
+        those with the template; the template keeps its optimizer state, RNG, cross-batch
+        memory and loss-term state. For evaluation, where a config override may reshape what
+        the model does not use (a dataset with another number of training classes resizes a
+        loss's proxies, another ``xbm.size`` its memory).
     """
 
-    def __init__(self, directory: str, config: ml_collections.ConfigDict, read_only: bool = False):
+    def __init__(self, directory: str, config: ml_collections.ConfigDict, read_only: bool = False,
+                 model_only: bool = False):
         self.directory = os.path.abspath(directory)
         self.read_only = bool(read_only)
+        self.model_only = bool(model_only)
         best_metric = config.get("best_metric", "map@r")
         self.best_metric = best_metric
         # A step evaluated before best_metric changed (allowed config change, other eval_ks) may
@@ -425,6 +437,8 @@ class Checkpointer:
 
     def _read(self, state: Any, step: int) -> tuple[Any, list[dict[str, Any]]]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_fields(state))
+        if self.model_only:
+            abstract = self._as_stored_beyond_model(abstract, step)
         items = dict(state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore())
         checked = os.path.isdir(os.path.join(self.step_path(step), CHECKSUMS))  # older steps: none
         if checked:
@@ -437,7 +451,30 @@ class Checkpointer:
         held = int(np.asarray(fields["step"]))
         if held != step:
             raise ValueError(f"the folder of step {step} holds the state of step {held}")
+        if self.model_only:
+            fields = {name: fields[name] for name in MODEL_FIELDS}
         return state.replace(**fields), list(restored["history"] or [])
+
+    def _as_stored_beyond_model(self, abstract: dict[str, Any], step: int) -> dict[str, Any]:
+        """``abstract`` for the model's fields and, for the others, the shapes and dtypes stored
+        at ``step`` (read whole, replicated like the step counter, then dropped): the
+        checksums and orbax's tree check cover every saved array, whatever this config makes
+        of them."""
+        stored = self._stored_tree(step)
+        like = abstract["step"].sharding
+
+        def spec(meta: Any) -> jax.ShapeDtypeStruct:
+            return jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=like)
+
+        out = {name: abstract[name] for name in MODEL_FIELDS}
+        out.update({name: jax.tree.map(spec, tree)
+                    for name, tree in stored.items() if name not in MODEL_FIELDS})
+        return out
+
+    def _stored_tree(self, step: int) -> dict[str, Any]:
+        """The metadata tree (one ``ArrayMetadata`` per array) of the state saved at ``step``."""
+        meta = ocp.StandardCheckpointer().metadata(os.path.join(self.step_path(step), "state"))
+        return meta.item_metadata.tree
 
     def restore_latest(self, state: Any) -> tuple[Any, list[dict[str, Any]]]:
         """``(state, history)`` from the newest readable checkpoint, or the inputs if none.
@@ -448,8 +485,7 @@ class Checkpointer:
         for step in sorted(self._mngr.all_steps(), reverse=True):
             if mismatch := self.mismatch(state, step):  # not this config's model: never quarantined
                 fix = ("evaluate it with the config it was trained with (the workdir's record, without "
-                       "--config or --config.model.* overrides; a --config.dataset.* override that "
-                       "changes the number of training classes resizes a loss's proxies)"
+                       "--config or --config.model.* overrides)"
                        if self.read_only else
                        "resume with the config it was trained with, or use a fresh workdir")
                 raise CheckpointReadError(
@@ -480,17 +516,17 @@ class Checkpointer:
     def mismatch(self, state: Any, step: int) -> str | None:
         """How the tree stored at ``step`` differs from this config's state (names and shapes of
         the parameters, batch statistics, optimizer state, cross-batch memory and loss-term
-        state), or None when they agree or the metadata itself cannot be read.
+        state; under ``model_only`` of the step and the model's variables only), or None when
+        they agree or the metadata itself cannot be read.
 
         A difference means another model or config wrote the step (an allowed config change
         that reshapes the state, e.g. ``xbm.size`` or ``optimizer.name``, included): the caller
         refuses it, never treats it as corruption."""
         try:
-            meta = ocp.StandardCheckpointer().metadata(os.path.join(self.step_path(step), "state"))
-            stored = ocp.tree.to_flat_dict(meta.item_metadata.tree, sep="/")
+            stored = self._compared(ocp.tree.to_flat_dict(self._stored_tree(step), sep="/"))
         except Exception:  # noqa: BLE001 - unreadable metadata: corruption, not a mismatch
             return None
-        wanted = ocp.tree.to_flat_dict(_saved_fields(state), sep="/")
+        wanted = self._compared(ocp.tree.to_flat_dict(_saved_fields(state), sep="/"))
         missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
         if missing or extra:
             return f"missing from the checkpoint: {missing[:5]}, not in this config's state: {extra[:5]}"
@@ -499,6 +535,13 @@ class Checkpointer:
             if got != tuple(np.shape(wanted[key])):
                 return f"{key} is {got} on disk, {tuple(np.shape(wanted[key]))} in this config"
         return None
+
+    def _compared(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """The entries of a flat state tree that a restore uses: all of them, or under
+        ``model_only`` those of ``MODEL_FIELDS``."""
+        if not self.model_only:
+            return flat
+        return {key: value for key, value in flat.items() if key.split("/", 1)[0] in MODEL_FIELDS}
 
     def _skip_unreadable(self, step: int, err: Exception) -> None:
         """Reports an unreadable step and (writable mode) moves it to

@@ -299,7 +299,9 @@ def restore_for_evaluation(
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints directory in {workdir!r} (expected {directory})")
-    ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
+    # The model only: a dataset override may resize what evaluation never uses (the proxies of
+    # a loss term, sized by the number of training classes).
+    ckpt = checkpointing.Checkpointer(directory, config, read_only=True, model_only=True)
     try:
         state = _restore_readonly(config, ckpt, state, step, directory)
     finally:
