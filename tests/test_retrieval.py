@@ -869,6 +869,21 @@ def test_evaluate_checks_scann_option_values_before_any_work(backend, options, m
         retrieval.evaluate(x, y, backend=backend, scann_options=options)
 
 
+@pytest.mark.parametrize("options", [
+    {"scann_options": {"leaves_to_search": 3}},
+    {"scann_config": "tree_ah"},
+    {"scann_config": "brute_force", "scann_options": {"reorder_k": 50}},
+])
+def test_exact_backend_refuses_scann_settings_it_would_ignore(options):
+    """``backend="exact"`` ignored ``scann_config`` and ``scann_options`` (the CLI refused its
+    flags; the library evaluated without a word). The defaults still pass."""
+    x, y = clustered(10, 200)
+    with pytest.raises(ValueError, match=r"backend='exact' does not use ScaNN, so scann_\w+"):
+        retrieval.evaluate(x, y, backend="exact", **options)
+    got = retrieval.evaluate(x, y, ks=(1,), backend="exact", scann_config="auto", scann_options={})
+    assert 0.0 <= got["recall@1"] <= 1.0
+
+
 def test_embeddings_beyond_float32_are_named_as_such():
     x = np.full((3, 2), 1e39)  # finite float64, inf once in float32
     with pytest.raises(ValueError, match=re.escape("queries has 6 values that are NaN, inf or beyond "

@@ -126,7 +126,8 @@ def evaluate(
         :func:`~rankax.retrieval.scann_backend.build_searcher` (e.g. ``{"leaves_to_search":
         300}`` where :func:`~rankax.retrieval.scann_recall` showed that a gallery keeps its
         neighbours with fewer leaves); ``backend="auto"`` prices the leaves and training sample
-        given here.
+        given here. With ``backend="exact"`` a ``scann_config`` other than ``"auto"`` or any
+        ``scann_options`` is refused (it was ignored).
       mesh: one-axis device mesh for the exact backend, its axis named ``"queries"``
         (default: all local devices, :func:`rankax.retrieval.exact.query_mesh`).
       return_per_query: also return ``"per_query"``: a dict of ``[Q]`` arrays (NaN for
@@ -352,7 +353,13 @@ def check_options(
     if relevance_counts not in RELEVANCE_COUNTS:
         raise ValueError(f"relevance_counts must be one of {RELEVANCE_COUNTS}, got {relevance_counts!r}")
     scann_backend.resolve_config(scann_config, 0)
-    return ks, scann_backend.check_options(scann_options)
+    options = scann_backend.check_options(scann_options)
+    if backend == "exact" and (options or scann_config != "auto"):
+        given = " and ".join(name for name, on in (("scann_config", scann_config != "auto"),
+                                                    ("scann_options", bool(options))) if on)
+        raise ValueError(f"backend='exact' does not use ScaNN, so {given} would be ignored: drop it, or "
+                         "choose backend='scann' or 'auto' (which prices ScaNN's settings)")
+    return ks, options
 
 
 class _Sets(NamedTuple):
