@@ -262,3 +262,32 @@ def test_hap_loss_levels_errors():
     paths = jnp.array([[0, 0], [0, 0], [1, 0], [2, 1]])
     with pytest.raises(ValueError, match="num_levels=3 differs from the label paths' L = 2"):
         rankax.batch_loss(rankax.losses.hap_loss, jnp.eye(4), paths, num_levels=3)
+
+
+def test_alpha_without_a_rule_is_refused_not_ignored():
+    """``alpha`` weights a rule's levels; with ``rule=None`` (relevance values, or a batch of flat
+    labels or of a ``relevance_fn``) it was ignored without a word. Label paths in ``batch_loss``
+    get a rule, so there it changes the value (the pop weights ``(t / (L - 1))^alpha``)."""
+    s, rel = jnp.array([0.9, 0.5, 0.3, 0.1]), jnp.array([2.0, 0.0, 1.0, 0.0])
+    for call in (lambda: rankax.hap_loss(s, rel, alpha=0.5),
+                 lambda: jax.jit(lambda x: rankax.hap_loss(x, rel, alpha=0.5))(s),
+                 lambda: rankax.batch_loss(rankax.losses.hap_loss, jnp.eye(4), np.array([0, 0, 1, 1]),
+                                           alpha=2.0)):
+        with pytest.raises(ValueError, match=r"hap_loss: alpha=.* rule=None .* would ignore it"):
+            call()
+    assert float(rankax.hap_loss(s, rel, alpha=1.0)) == float(rankax.hap_loss(s, rel))
+    emb = jax.random.normal(jax.random.key(0), (8, 4))
+    paths = np.array([[0, 0], [0, 0], [1, 0], [1, 0], [2, 1], [2, 1], [3, 1], [3, 1]])
+    level = np.asarray(rankax.hierarchy.shared_levels(paths, paths))
+    values = []
+    for alpha in (0.5, 2.0):
+        got = rankax.batch_loss(rankax.losses.hap_loss, emb, paths, alpha=alpha)
+        values.append(float(got))
+        scores = emb @ emb.T
+        off = ~np.eye(8, dtype=bool)
+        want = jnp.mean(jnp.stack([
+            rankax.hap_loss(scores[i][off[i]], jnp.asarray(level[i][off[i]]), rule="pop", num_levels=2,
+                            alpha=alpha)
+            for i in range(8)]))
+        assert float(got) == pytest.approx(float(want), abs=1e-6)
+    assert abs(values[0] - values[1]) > 1e-3  # alpha is used

@@ -54,6 +54,12 @@ def _relevance_of(labels, where, gathered, rule, num_levels, alpha):
     from the shared levels that ``labels`` then hold (counted per level: no ``[..., N]``
     relevance array, :func:`rankax.hierarchy.relevance_at_levels`)."""
     if rule is None:
+        # Checked here, where the rule is final (batch_loss gives label paths theirs after the
+        # loss's options are checked): without one, alpha would be ignored.
+        if not isinstance(alpha, jax.Array) and np.ndim(alpha) == 0 and alpha != 1.0:
+            raise ValueError(f"hap_loss: alpha={alpha!r} weights the levels of a rule, and rule=None (labels "
+                             "are relevance values) would ignore it: pass rule= with num_levels=, or [B, L] "
+                             "label paths to batch_loss without a relevance_fn, or leave alpha out")
         return jnp.sum(jnp.where(where, labels, 0.0), axis=-1), gathered.labels
     counts = hierarchy.list_level_counts(labels.astype(jnp.int32), where, num_levels)  # whole 0..L
     relevance = functools.partial(
@@ -165,7 +171,8 @@ def hap_loss(
         and its share is as large as a finer level's. :func:`rankax.batch_loss` with ``[B, L]``
         label paths (and no ``relevance_fn``) passes the shared levels with ``rule="pop"``.
       num_levels: ``L``, the hierarchy's number of levels (needed with a ``rule``).
-      alpha: the exponent of the rule's level weights (SupRank's 1.0).
+      alpha: the exponent of the rule's level weights (SupRank's 1.0); only with a ``rule``
+        (another value without one is refused: it would be ignored).
 
     References:
       Ramzi, Thome, Rambour, Audebert, Bitot. "Optimization of Rank Losses for Image
