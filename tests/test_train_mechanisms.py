@@ -417,6 +417,14 @@ def test_evaluation_under_a_dataset_override_reads_the_model_not_the_proxies(tmp
     assert got["step"] == 6 and got["recall@1"] == pytest.approx(want["recall@1"], abs=1e-6)
     with pytest.raises(SystemExit, match=r"model/config \(params/.* on disk"):
         evaluate.main(["--workdir", workdir, "--config.model.embedding_dim=8"])
+    # Unreadable metadata of the newest step: the error says why (orbax returns no metadata tree
+    # then; the first version of this read failed on it with an AttributeError), and the
+    # default evaluation falls back to step 3.
+    meta = tmp_path / "run" / "checkpoints" / "6" / "state" / "_METADATA"
+    meta.write_bytes(meta.read_bytes()[: len(meta.read_bytes()) // 2])
+    with pytest.raises(errors.CheckpointReadError, match="JSONDecodeError"):
+        train_lib.restore_for_evaluation(open_set, workdir, step=6)
+    assert int(train_lib.restore_for_evaluation(open_set, workdir)[0].step) == 3
 
 
 def test_term_config_errors_name_the_key():

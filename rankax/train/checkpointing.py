@@ -461,6 +461,8 @@ class Checkpointer:
         checksums and orbax's tree check cover every saved array, whatever this config makes
         of them."""
         stored = self._stored_tree(step)
+        if stored is None:  # unreadable metadata: orbax's read of the template says why
+            return abstract
         like = abstract["step"].sharding
 
         def spec(meta: Any) -> jax.ShapeDtypeStruct:
@@ -471,10 +473,11 @@ class Checkpointer:
                     for name, tree in stored.items() if name not in MODEL_FIELDS})
         return out
 
-    def _stored_tree(self, step: int) -> dict[str, Any]:
-        """The metadata tree (one ``ArrayMetadata`` per array) of the state saved at ``step``."""
+    def _stored_tree(self, step: int) -> dict[str, Any] | None:
+        """The metadata tree (one ``ArrayMetadata`` per array) of the state saved at ``step``, or
+        None when orbax cannot read it (it returns no tree rather than raising)."""
         meta = ocp.StandardCheckpointer().metadata(os.path.join(self.step_path(step), "state"))
-        return meta.item_metadata.tree
+        return None if meta.item_metadata is None else meta.item_metadata.tree
 
     def restore_latest(self, state: Any) -> tuple[Any, list[dict[str, Any]]]:
         """``(state, history)`` from the newest readable checkpoint, or the inputs if none.
@@ -523,7 +526,10 @@ class Checkpointer:
         that reshapes the state, e.g. ``xbm.size`` or ``optimizer.name``, included): the caller
         refuses it, never treats it as corruption."""
         try:
-            stored = self._compared(ocp.tree.to_flat_dict(self._stored_tree(step), sep="/"))
+            tree = self._stored_tree(step)
+            if tree is None:
+                return None
+            stored = self._compared(ocp.tree.to_flat_dict(tree, sep="/"))
         except Exception:  # noqa: BLE001 - unreadable metadata: corruption, not a mismatch
             return None
         wanted = self._compared(ocp.tree.to_flat_dict(_saved_fields(state), sep="/"))

@@ -284,10 +284,16 @@ def evaluation_state(config: Config, data: RetrievalDataset, *, pretrained: bool
 def restore_for_evaluation(
     config: Config, workdir: str, step: int | None = None
 ) -> tuple[TrainState, RetrievalDataset]:
-    """Checkpoint ``step`` of ``workdir`` (default: the model the run reports, the newest
-    readable checkpoint or, under ``config.model_selection="best"``, its best step) and the
-    dataset of ``config``. Read-only: nothing in ``workdir`` is moved or removed, so it is safe next to
-    a running training job (an unreadable newest step is skipped with a warning).
+    """The model of checkpoint ``step`` of ``workdir`` (default: the model the run reports, the
+    newest readable checkpoint or, under ``config.model_selection="best"``, its best step) and
+    the dataset of ``config``. Read-only: nothing in ``workdir`` is moved or removed, so it is safe
+    next to a running training job (an unreadable newest step is skipped with a warning).
+
+    The returned state holds the checkpoint's step and model variables (``params``,
+    ``batch_stats``) only; its optimizer state, RNG, cross-batch memory and loss-term state
+    (proxies) are ``config``'s untrained ones, which evaluation does not use (they may have other
+    shapes under a config override). To read a checkpoint whole, use
+    ``checkpointing.Checkpointer(directory, config, read_only=True).restore(template, step)``.
 
     Raises:
       FileNotFoundError: ``workdir/checkpoints`` holds no readable checkpoint.
