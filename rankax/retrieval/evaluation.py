@@ -357,8 +357,9 @@ def check_options(
     if backend == "exact" and (options or scann_config != "auto"):
         given = " and ".join(name for name, on in (("scann_config", scann_config != "auto"),
                                                     ("scann_options", bool(options))) if on)
-        raise ValueError(f"backend='exact' does not use ScaNN, so {given} would be ignored: drop it, or "
-                         "choose backend='scann' or 'auto' (which prices ScaNN's settings)")
+        them = "them" if " and " in given else "it"
+        raise ValueError(f"backend='exact' does not use ScaNN, so {given} would be ignored: leave {them} "
+                         "out, or choose backend='scann' or 'auto' (which prices ScaNN's settings)")
     return ks, options
 
 

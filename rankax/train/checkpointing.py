@@ -457,7 +457,7 @@ class Checkpointer:
 
     def _as_stored_beyond_model(self, abstract: dict[str, Any], step: int) -> dict[str, Any]:
         """``abstract`` for the model's fields and, for the others, the shapes and dtypes stored
-        at ``step`` (read whole, replicated like the step counter, then dropped): the
+        at ``step`` (each read whole onto the step counter's devices, then dropped): the
         checksums and orbax's tree check cover every saved array, whatever this config makes
         of them."""
         stored = self._stored_tree(step)
