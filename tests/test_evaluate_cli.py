@@ -107,7 +107,8 @@ def test_cli_scann_leaves_to_search(tmp_path, monkeypatch):
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
-        return real(*args, **{**kwargs, "backend": "exact"})
+        # evaluated without ScaNN (absent here), whose settings the exact backend refuses
+        return real(*args, **{**kwargs, "backend": "exact", "scann_config": "auto", "scann_options": None})
 
     monkeypatch.setattr(retrieval.evaluator, "evaluate", spy)
     cli.main(["--embeddings", path, "--backend", "scann", "--scann_leaves_to_search", "3"])
