@@ -291,3 +291,23 @@ def test_alpha_without_a_rule_is_refused_not_ignored():
             for i in range(8)]))
         assert float(got) == pytest.approx(float(want), abs=1e-6)
     assert abs(values[0] - values[1]) > 1e-3  # alpha is used
+
+
+def test_hrank_parameters_without_with_hrank_are_refused_not_ignored():
+    """``beta``, ``gamma`` and ``leak`` shape HAPPIER's smoothed H-rank step; with
+    ``with_hrank=False`` the step is exact and they were ignored without a word. Their defaults
+    pass; with ``with_hrank=True`` each changes the value (they are used there)."""
+    # the item of relevance 1 (0.44) has one of relevance 2 just above it (beta, gamma) and one below (leak)
+    s, rel = jnp.array([0.9, 0.5, 0.44, 0.1, 0.45, 0.3]), jnp.array([2.0, 0.0, 1.0, 0.0, 2.0, 2.0])
+    for kw in ({"beta": 30.0}, {"gamma": 0.2, "leak": 1.0}):
+        for call in (lambda kw=kw: rankax.hap_loss(s, rel, **kw),
+                     lambda kw=kw: jax.jit(lambda x: rankax.hap_loss(x, rel, **kw))(s),
+                     lambda kw=kw: rankax.batch_loss(rankax.losses.hap_loss, jnp.eye(4),
+                                                     np.array([0, 0, 1, 1]), **kw)):
+            with pytest.raises(ValueError, match=r"hap_loss\)?: (beta|gamma)=.* with_hrank=False does not"):
+                call()
+    defaults = {"beta": 25.0, "gamma": 0.5, "leak": 10.0}
+    assert float(rankax.hap_loss(s, rel, **defaults)) == float(rankax.hap_loss(s, rel))
+    smoothed = float(rankax.hap_loss(s, rel, with_hrank=True))
+    for key, value in (("beta", 5.0), ("gamma", 0.1), ("leak", 1.0)):
+        assert abs(float(rankax.hap_loss(s, rel, with_hrank=True, **{key: value})) - smoothed) > 1e-4, key

@@ -92,6 +92,11 @@ def _hap_values(lists: listfn.Lists, **hparams: Any) -> Array:
     return lists.gather(functools.partial(_hap_kernel, **hparams))
 
 
+#: ``hap_loss``'s defaults of the smoothed H-rank's parameters (HAPPIER's configs), which
+#: ``with_hrank=False`` does not use.
+_HRANK_DEFAULTS = {"beta": 25.0, "gamma": 0.5, "leak": 10.0}
+
+
 def _check_hap(hparams: dict[str, Any], caller: str) -> None:
     p = validation.prefix(caller)
     if not isinstance(hparams["with_hrank"], bool | np.bool_):
@@ -106,6 +111,13 @@ def _check_hap(hparams: dict[str, Any], caller: str) -> None:
     if rule is not None and not validation.is_int_at_least(num_levels, 1):
         raise ValueError(f"{p}rule={rule!r} reads labels as shared levels 0..L: pass num_levels=L, "
                          f"the number of hierarchy levels (an int >= 1), got {num_levels!r}")
+    if not hparams["with_hrank"]:  # the exact H-rank step has no parameters: they would be ignored
+        changed = [f"{k}={hparams[k]!r}" for k, v in _HRANK_DEFAULTS.items()
+                   if not isinstance(hparams[k], jax.Array) and np.ndim(hparams[k]) == 0 and hparams[k] != v]
+        if changed:
+            them = "them" if len(changed) > 1 else "it"
+            raise ValueError(f"{p}{', '.join(changed)}: the smoothed H-rank's step, which with_hrank=False "
+                             f"does not use (its step is exact): pass with_hrank=True, or leave {them} out")
 
 
 @listfn.list_function(_hap_values, graded=True, choices=_ranks.ROADMAP_CHOICES, check_hparams=_check_hap)
@@ -158,7 +170,8 @@ def hap_loss(
         every loss config of ``elias-ramzi/SupRank@d3d0e3c:suprank/config/loss/`` and all but
         the unused ``HAPPIER_5_SOP.yaml`` of ``elias-ramzi/HAPPIER@5af91b3``).
       beta, gamma, leak: ``hrank_step``'s slope above, offset above and slope below (the
-        official configs' 25, 0.5, 10); used only with ``with_hrank``.
+        official configs' 25, 0.5, 10); used only with ``with_hrank`` (other values without it
+        are refused: they would be ignored).
       rule: ``None`` (default): ``labels`` are relevance values, and "less (more) relevant"
         compares them. ``"pop"``, ``"levels"`` or ``"count"``: ``labels`` are the numbers of
         hierarchy levels each item shares with the query (whole numbers ``0..num_levels``,
