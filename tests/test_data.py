@@ -520,6 +520,24 @@ def test_folder_csv_rows_of_the_wrong_length_and_a_byte_order_mark(tmp_path):
         data.folder.load_folder(root=str(tmp_path), csv_file="long.csv")
 
 
+def test_folder_repeated_column_name_is_refused(tmp_path):
+    # path,label,label,split: both splits were labelled from the second "label" column.
+    rows = [{"label": "x", "other": "y", "split": "train"}, {"label": "x", "other": "z", "split": "test"}]
+    path = _write_folder(tmp_path, rows, "dup.csv")
+    path.write_text(path.read_text().replace("path,label,other,split", "path,label,label,split"))
+    with pytest.raises(ValueError, match=r"dup\.csv: column 'label' appears 2 times in the header "
+                                         r"\['path', 'label', 'label', 'split'\]; give each column"):
+        data.folder.load_folder(root=str(tmp_path), csv_file="dup.csv")
+
+
+def test_folder_empty_label_names_the_csv_that_has_it(tmp_path):
+    # With one CSV per split, it named the first CSV (train.csv) whatever held the empty label.
+    _write_folder(tmp_path, [{"label": "a"}, {"label": "b"}], "train.csv")
+    _write_folder(tmp_path, [{"label": "a"}, {"label": ""}, {"label": "b"}], "test.csv")
+    with pytest.raises(ValueError, match=r"test\.csv: empty value in label column 'label' in 1 row"):
+        data.folder.load_folder(root=str(tmp_path), train_csv="train.csv", test_csv="test.csv")
+
+
 def test_image_source_boxes_cut_each_image_before_the_transform():
     """``with_boxes``: each image is cut to its box first, so a query's pixels come only from
     its box (the Oxford/Paris protocols crop queries to their ``bbx``)."""

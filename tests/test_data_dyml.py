@@ -131,3 +131,26 @@ def test_dyml_bad_keys(tmp_path):
         data.load_dataset({"name": "dyml", "root": str(tmp_path), "variant": "plants"})
     with pytest.raises(ValueError, match="config.dataset.benchmark"):
         data.load_dataset({"name": "dyml", "root": str(tmp_path), "benchmark": "finest"})
+
+
+def _edit_line(path, index, text):
+    lines = path.read_text().splitlines()
+    lines[index] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_dyml_empty_gallery_label_names_the_gallery_file_and_its_column(tmp_path):
+    # It said "bmk_fine/query.csv: empty value in label column 'label'" (neither is so).
+    write_dyml(tmp_path, "vehicle")
+    _edit_line(tmp_path / "bmk_fine" / "gallery.csv", 2, "g2_1.png, ")
+    with pytest.raises(ValueError, match=r"bmk_fine/gallery\.csv: empty value in label column 'labels0\.jpg' "
+                                         r"in 1 row\(s\); fill it in"):
+        load_dyml(str(tmp_path), "vehicle")
+
+
+def test_dyml_repeated_column_name_is_refused(tmp_path):
+    # The second "middle_id" column was read for both (csv.DictReader keeps the last one).
+    write_dyml(tmp_path, "vehicle")
+    _edit_line(tmp_path / "train" / "label.csv", 0, "fname, fine_id0.jpg, middle_id, middle_id")
+    with pytest.raises(ValueError, match=r"train/label\.csv: column 'middle_id' appears 2 times"):
+        load_dyml(str(tmp_path), "vehicle")

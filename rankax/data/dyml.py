@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from rankax.data.base import RetrievalDataset
-from rankax.data.folder import _encode_labels, _read_csv
+from rankax.data.folder import _check_filled, _encode_labels, _read_csv
 from rankax.data.image_source import ImageSource
 from rankax.data.tfds_data import DatasetNotPreparedError
 from rankax.data.transforms import ImageTransform
@@ -61,7 +61,7 @@ def _rows(
     root: str, folder: str, csv_name: str, variant: str, num_labels: int
 ) -> tuple[list[str], list[dict[str, str]], str]:
     """``(label columns, rows, path)`` of ``<root>/<folder>/<csv_name>``, checked to have a
-    file-name column and ``num_labels`` label columns."""
+    file-name column and ``num_labels`` label columns, none with an empty value."""
     path = os.path.join(root, folder, csv_name)
     if not os.path.exists(path):
         raise DatasetNotPreparedError(
@@ -72,6 +72,7 @@ def _rows(
         raise ValueError(
             f"{path}: expected a file-name column and {num_labels} label column(s), got {fields}"
         )
+    _check_filled(path, rows, fields[1 : 1 + num_labels])
     return fields[1 : 1 + num_labels], [{**r, _NAME: r[fields[0]].strip()} for r in rows], path
 
 

@@ -37,12 +37,25 @@ from rankax.data.transforms import ImageTransform
 SPLITS = ("train", "test", "query", "gallery")
 
 
+def _check_unique(path: str, fields: list[str]) -> None:
+    """``ValueError`` naming ``path`` and the column if the header repeats a name (a
+    ``csv.DictReader`` row would keep only the last of its columns)."""
+    repeated = next((f for f in fields if fields.count(f) > 1), None)
+    if repeated is not None:
+        raise ValueError(
+            f"{path}: column {repeated!r} appears {fields.count(repeated)} times in the header "
+            f"{fields}; give each column its own name (only the last one would be read)"
+        )
+
+
 def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
-    """The columns and rows of ``path`` (a UTF-8 byte-order mark is skipped); a row with more
-    or fewer values than columns raises ``ValueError`` naming its line."""
+    """The columns and rows of ``path`` (a UTF-8 byte-order mark is skipped); a header that
+    repeats a column name, or a row with more or fewer values than columns (naming its line),
+    raises ``ValueError``."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, skipinitialspace=True)
+            _check_unique(path, list(reader.fieldnames or []))
             rows = []
             for row in reader:
                 if None in row or None in row.values():  # extra values / missing values
@@ -153,15 +166,32 @@ def _check_splits(first: str, rows: Rows) -> None:
         raise ValueError(f"{first}: no test or query rows")
 
 
+def _check_filled(path: str, rows: list[dict[str, str]], label_columns: list[str]) -> None:
+    """``ValueError`` naming ``path`` and the column if a row has an empty label."""
+    for c in label_columns:
+        empty = sum(r[c].strip() == "" for r in rows)
+        if empty:
+            raise ValueError(f"{path}: empty value in label column {c!r} in {empty} row(s); fill it in "
+                             "or remove those rows")
+
+
+def _check_files_filled(files: dict[str, str], rows: Rows, label_columns: list[str]) -> None:
+    """:func:`_check_filled` on the rows of each CSV (one CSV may hold several splits)."""
+    by_file: dict[str, list[dict[str, str]]] = {}
+    for split, path in files.items():
+        by_file.setdefault(path, []).extend(rows[split])
+    for path, file_rows in by_file.items():
+        _check_filled(path, file_rows, label_columns)
+
+
 def _encode_labels(first: str, ordered: list[dict[str, str]], label_columns: list[str]) -> np.ndarray:
     """``[N]`` or ``[N, L]`` int32 ids ``0..C-1`` of each label column over all ``ordered`` rows:
     one class per distinct string, numbered in numeric order when every label looks like an
     integer (``"01"`` and ``"1"`` stay two classes, ``"01"`` first), else in string order."""
+    _check_filled(first, ordered, label_columns)
     columns = []
     for c in label_columns:
         values = [r[c].strip() for r in ordered]
-        if any(v == "" for v in values):
-            raise ValueError(f"{first}: empty value in label column {c!r}")
         distinct, inverse = np.unique(np.asarray(values), return_inverse=True)
         try:
             order = sorted(range(len(distinct)), key=lambda i: (int(distinct[i]), distinct[i]))
@@ -243,6 +273,7 @@ def load_folder(
     first = next(iter(files.values()))
     label_columns = _check_columns(first, fields, label_columns, path_column, split_column)
     _check_splits(first, rows)
+    _check_files_filled(files, rows, label_columns)
     labels = _encode_labels(first, [r for s in SPLITS for r in rows[s]], label_columns)
     transform = transform or ImageTransform()
     sources = _split_sources(files, root, rows, labels, path_column, transform, num_threads)

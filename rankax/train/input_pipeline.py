@@ -61,8 +61,9 @@ def make_sampler(config: ml_collections.ConfigDict, dataset: rdata.RetrievalData
         raise ValueError(f"config.batch.sampler must be one of {samplers.SAMPLERS}, got {kind!r}")
     if len(dataset.train.labels) == 0:  # the sampler blamed config.batch
         name = config.dataset.get("name", "the dataset")
-        raise ConfigError(f"config.dataset: the training split of {name!r} has no items (a folder "
-                          "dataset's CSV needs rows whose split is 'train')")
+        hint = ("its CSV needs rows whose split is 'train'" if name == "folder"
+                else "check its training files against docs/data.md, and the loader's warnings")
+        raise ConfigError(f"config.dataset: the training split of {name!r} has no items ({hint})")
     try:
         return samplers.make(
             kind,
