@@ -111,6 +111,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Label levels evaluated one by one (rankax.retrieval.evaluate_levels: binary metrics per
     # level and their means, DyML's protocol), e.g. (0, 1, 2); (): the labels as given.
     c.eval_levels = ()
+    # With eval_levels: True reports the means over the levels under the plain metric names
+    # (DyML's "overall accuracy"); False keeps the plain names for the labels as given and adds
+    # the levels' metrics beside them (SupRank's SOP and iNaturalist runs).
+    c.eval_level_means = True
     c.eval_batch_size = 512
     c.eval_baselines = True  # raw pixels (in-memory data) and the untrained network
     return c

@@ -31,8 +31,12 @@ the feature LayerNorm (``model.feature_norm``); per-epoch cosines to an absolute
 (``num_epochs``; each at most 1,272 batches, its length set by the class sizes); periodic
 evaluation (every 20 epochs, ``default.yaml``) and checkpoints count 1,272-step epochs.
 
-Evaluation: H-AP, NDCG and ASI over the 7 levels, next to R@k. The paper's numbers were not
-consulted. Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and
+Evaluation: H-AP, NDCG and ASI over the 7 levels, next to R@k of the species; ``eval_levels``
+0..6 adds the binary metrics at each taxonomy level (``level<l>/*``), as the iNat-full command's
+``accuracy_calculator.compute_for_hierarchy_levels=[0,1,2,3,4,5,6]`` does
+(``elias-ramzi/SupRank@d3d0e3c:README.md``), without averaging them (``eval_level_means=False``:
+``overall_accuracy: False`` of ``suprank/config/evaluation/accuracy_calculator.yaml``). The
+paper's numbers were not consulted. Set ``--config.dataset.taxonomy_file``, ``--config.dataset.split_dir`` and
 ``--config.model.pretrained=/path/to/resnet50.pth``.
 """
 
@@ -68,6 +72,8 @@ def get_config():
     c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
     c.model_selection = "last"  # the last epoch is saved and reported
     c.eval_ks = (1, 4, 16, 32)
+    c.eval_levels = tuple(range(7))  # README compute_for_hierarchy_levels=[0,1,2,3,4,5,6]
+    c.eval_level_means = False  # accuracy_calculator.yaml overall_accuracy: False
     c.eval_baselines = False
 
     c.reported = common.unreported(

@@ -29,7 +29,12 @@ the per-epoch cosine (``optimizer.schedule_unit="epoch"``); ``batch.sampler=
 ``precision="mixed"`` (bfloat16 compute, float32 parameters; bfloat16 needs no loss scaling).
 
 Evaluation: with [N, 2] label paths ``rankax.retrieval.evaluate`` reports H-AP, NDCG and ASI
-next to R@k and mAP@R. The paper's numbers were not consulted: ``reported`` holds None.
+next to R@k and mAP@R of the products; ``eval_levels=(0, 1)`` adds AP, R@k, MAP@R and
+R-precision at the product and the category level (``level0/*``, ``level1/*``), as the SOP
+command's ``accuracy_calculator.compute_for_hierarchy_levels=[0,1]`` does
+(``elias-ramzi/SupRank@d3d0e3c:README.md``), without averaging them (``eval_level_means=False``:
+``overall_accuracy: False`` of ``suprank/config/evaluation/accuracy_calculator.yaml``). The
+paper's numbers were not consulted: ``reported`` holds None.
 """
 
 from configs import common, default
@@ -60,6 +65,8 @@ def get_config():
     c.precision = "mixed"  # with_autocast: True (fp16 autocast; here bfloat16)
     c.model_selection = "last"  # the last epoch is saved and reported
     c.eval_ks = (1, 10, 100, 1000)
+    c.eval_levels = (0, 1)  # README compute_for_hierarchy_levels=[0,1]
+    c.eval_level_means = False  # accuracy_calculator.yaml overall_accuracy: False
     c.eval_baselines = False
 
     c.reported = common.unreported(

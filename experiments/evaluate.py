@@ -287,7 +287,8 @@ FLAGS = {
     "scann_leaves_to_search": "tree_ah leaves scored per query (default 45 % of them; docs/evaluation.md)",
     "ks": "comma-separated k of recall@k (default: the run's eval_ks, else 1,2,4,8)",
     "levels": "comma-separated label columns evaluated one by one, with their means (DyML's "
-              "protocol; default: the run's eval_levels, else the labels as given)",
+              "protocol; default: the run's eval_levels, else the labels as given; a run with "
+              "eval_level_means=False keeps its plain names for the labels as given)",
     "normalize": "L2-normalise the embeddings first",
     "block_size": "queries per step (default: 512 on the CPU, 2048 on accelerators)",
     "output": "write the metrics to this JSON file",
@@ -448,7 +449,7 @@ def _evaluate(args, overrides) -> dict:
     gallery = gallery_labels = None
     backend = args.backend or "exact"
     ks = (1, 2, 4, 8) if args.ks is None else args.ks
-    levels = args.levels or ()
+    levels, level_means = args.levels or (), True
     if args.checkpoint or args.weights:
         if args.checkpoint:
             cfg = workdir_config(args.checkpoint, args.config, overrides, args.flag)
@@ -461,6 +462,7 @@ def _evaluate(args, overrides) -> dict:
             cfg.eval_levels = args.levels
         ks, backend = tuple(cfg.eval_ks), cfg.eval_backend
         levels = tuple(cfg.get("eval_levels", ()) or ())
+        level_means = bool(cfg.get("eval_level_means", True))
         if cfg.get("eval_protocol", "retrieval") != "retrieval":  # revisited / landmarks
             _check_protocol_flags(args, cfg.eval_protocol)
             return _report(args, overrides, backend, _protocol_metrics(cfg, args), main_process)
@@ -479,8 +481,9 @@ def _evaluate(args, overrides) -> dict:
     try:  # shapes, labels and values the evaluation checks (each names its argument)
         evaluator = RetrievalEvaluator(
             inputs, labels, gallery_inputs=gallery, gallery_labels=gallery_labels,
-            batch_size=max(len(inputs), 1), backend=backend, ks=ks, levels=levels, normalize=args.normalize,
-            scann_config=args.scann_config, scann_options=args.scann_options, block_size=args.block_size,
+            batch_size=max(len(inputs), 1), backend=backend, ks=ks, levels=levels, level_means=level_means,
+            normalize=args.normalize, scann_config=args.scann_config, scann_options=args.scann_options,
+            block_size=args.block_size,
         )
         metrics = evaluator.run(embed_fn)
     except (ValueError, TypeError) as err:

@@ -347,6 +347,32 @@ def test_levels_flag_and_config_key(tmp_path):
         cli.workdir_config(str(tmp_path), str(digits), [("eval_levels", "0,0")])
 
 
+def test_workdir_evaluation_keeps_the_runs_level_means(tmp_path, monkeypatch):
+    """A run with ``eval_level_means=False`` (SupRank's SOP/iNat evaluation) is evaluated so:
+    the plain names of the paths as given, the levels' beside them (the numpy transcription of
+    tests/test_levels.py); the restore and the embedding are stand-ins."""
+    import types
+
+    from tests.test_levels import _official
+
+    fine = np.repeat(np.arange(20), 3)
+    paths = np.stack([fine, fine // 2, fine // 4], 1)
+    x = np.random.default_rng(4).normal(size=(60, 8)).astype(np.float32)
+    digits = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+    overrides = [("eval_levels", "0,1"), ("eval_level_means", "False"), ("eval_ks", "1,10")]
+    cfg = cli.workdir_config(str(tmp_path), str(digits), overrides)
+    monkeypatch.setattr(cli, "workdir_config", lambda *a, **k: cfg)
+    monkeypatch.setattr(cli, "load_model", lambda *a: (types.SimpleNamespace(step=3), None))
+    monkeypatch.setattr(cli, "embed_test_split", lambda *a: (x, paths, None, None))
+    metrics = cli.main(["--workdir", str(tmp_path / "run")])
+    want = _official(x, paths, None, None, (0, 1), (10,))
+    assert metrics["asi"] == pytest.approx(want["ASI_multi"], abs=2e-6)  # the paths', not a mean
+    for ours, theirs in {"map": "AP", "recall@10": "R@10"}.items():
+        assert metrics[ours] == pytest.approx(want[f"{theirs}_level0"], abs=2e-6)
+        assert metrics[f"level1/{ours}"] == pytest.approx(want[f"{theirs}_level1"], abs=2e-6)
+    assert "hap" in metrics and metrics["step"] == 3
+
+
 def test_workdir_levels_are_checked_before_embedding_and_devices_fall_back(tmp_path):
     """A bad --levels is refused before the test split is embedded (it was refused after); a
     run recorded on more devices than this machine has embeds on all of this machine's."""

@@ -115,6 +115,31 @@ def test_levels_equal_the_official_dyml_evaluation(separate_gallery):
     assert got["num_queries"] == len(queries)
 
 
+@pytest.mark.parametrize("separate_gallery", [False, True])
+def test_levels_beside_the_labels_as_given_without_means(separate_gallery):
+    """``means=False``: SupRank's SOP/iNat evaluation (``overall_accuracy: False``): each level's
+    binary metrics as ``level<l>/*`` (the official ``<metric>_level<l>``), and the plain names
+    those of the labels as given: the whole path's binary metrics (here the fine level: fine
+    classes determine their paths) and the path's ASI (``ASI_multi``); no mean, no ``multi/*``."""
+    rng = np.random.default_rng(5)
+    labels = _paths(rng, 60)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    sets = (x[:25], labels[:25], x, labels) if separate_gallery else (x, labels, None, None)
+    got = retrieval.evaluate_levels(*sets, levels=(0, 1, 2), ks=(1, 10), means=False)
+    want = _official(*sets, (0, 1, 2), (10,))
+    for ours, theirs in NAMES.items():
+        for level in (0, 1, 2):
+            assert got[f"level{level}/{ours}"] == pytest.approx(want[f"{theirs}_level{level}"], abs=2e-6)
+        if ours != "asi":
+            assert got[ours] == pytest.approx(want[f"{theirs}_level0"], abs=2e-6), ours
+    assert got["asi"] == pytest.approx(want["ASI_multi"], abs=2e-6)
+    assert abs(got["map"] - want["AP"]) > 1e-4  # not the mean over the levels
+    assert {"hap", "ndcg"} <= got.keys() and not any(k.startswith("multi/") for k in got)
+    assert got["num_queries"] == len(sets[0])
+    with pytest.raises(TypeError, match="means must be True or False"):
+        retrieval.evaluate_levels(*sets, levels=(0,), means="no")
+
+
 def test_one_level_and_class_ids():
     """``[N]`` class ids are level 0: the plain names equal the level's values, and the binary
     ASI is ``(1/R) sum_{k<=R} P@k``."""
@@ -188,7 +213,9 @@ def test_evaluation_keys_with_levels_on_label_paths():
     keys = {k for k in one_column if "num_" not in k}
     assert evaluators.evaluation_keys(c, (1,)) == keys  # one-level paths: no multi/*
     assert not any(k.startswith("multi/") for k in keys)
-    c.eval_levels = (0, 2)
+    c.eval_levels, c.eval_level_means = (0, 2), False  # plain names of the paths as given, no multi/*
+    assert evaluators.evaluation_keys(c, (3,)) == binary | {"hap", "ndcg"} | per_level
+    c.eval_level_means = True
     c.eval_backend = "scann"  # no full-gallery AP, no ASI
     assert evaluators.evaluation_keys(c, (3,)) == {"recall@1", "map@r", "r_precision"} | {
         f"level{lv}/{k}" for lv in (0, 2) for k in ("recall@1", "map@r", "r_precision")}
@@ -205,16 +232,37 @@ def test_bad_eval_levels_config(levels, protocol, match):
         config_checks.check_config(c)
 
 
+def test_eval_level_means_without_levels_is_refused():
+    """``eval_level_means=False`` without levels would be ignored."""
+    c = tiny_config()
+    c.eval_level_means = False
+    with pytest.raises(config_checks.ConfigError, match=r"means=False .*eval_levels, which is empty"):
+        config_checks.check_config(c)
+
+
+def test_config_eval_level_means_reaches_the_evaluation():
+    """``eval_level_means=False``: the run's evaluation returns ``evaluation_keys``' names, its
+    plain values those of the labels as given (here class ids: level 0 itself)."""
+    c = tiny_config(eval_levels=(0,))
+    c.eval_level_means = False
+    data = input_pipeline.load(c)
+    s = state.create_train_state(c, state.build_model(c), data.train.images[:2])
+    metrics = evaluators.evaluate_state(c, s, data)
+    assert {k for k in metrics if "num_" not in k} == evaluators.evaluation_keys(c, ())
+    assert "asi" not in metrics and metrics["map"] == metrics["level0/map"]
+
+
 def test_a_record_without_eval_levels_resumes():
-    """Runs recorded before ``eval_levels`` existed read as ``eval_levels=()``."""
+    """Runs recorded before ``eval_levels`` and ``eval_level_means`` existed read as
+    ``eval_levels=()`` and ``eval_level_means=True``."""
     from rankax.train import workdir
 
     c = tiny_config()
     recorded = workdir.flat(c)
-    del recorded["eval_levels"]
+    del recorded["eval_levels"], recorded["eval_level_means"]
     assert workdir.differences(recorded, c) == {}
-    c.eval_levels = (0,)
-    assert workdir.differences(recorded, c) == {"eval_levels": ([], [0])}
+    c.eval_levels, c.eval_level_means = (0,), False
+    assert workdir.differences(recorded, c) == {"eval_levels": ([], [0]), "eval_level_means": (True, False)}
 
 
 @pytest.mark.parametrize("gallery_shape", [(40,), (40, 2), (40, 4)])

@@ -330,6 +330,10 @@ R_INAT_RN = (
 )
 
 _NO_COMMAND = "the README has no command for this run"
+#: The pre-release DeiT iNat runs: they support the choices below without fixing them.
+_DEIT_INAT_DEV = ("elias-ramzi/ROADMAP@e0e57df (refs/pull/3/head):jean-zay/submit_scripts/"
+                  "train_inaturalist_transformer_abs.slurm runs it at batch 128, 224 and 384, max_iter=90, "
+                  "seed=333 (which gave the paper's number is not recorded)")
 R_INAT_DEIT = (
     _images(224, 256, train_resize=None, test_mode="shorter", source=ROADMAP + "transform/inaturalist.yaml")
     + _deit(ROADMAP + "model/deit.yaml")
@@ -346,19 +350,21 @@ R_INAT_DEIT = (
             "batch.classes_per_batch",
             UNDETERMINED,
             ROADMAP_README,
-            f"{_NO_COMMAND}; the yaml says 128, the ResNet-50 command 384: the config takes 384 (96 x 4)",
+            f"{_NO_COMMAND}; the yaml says 128, the ResNet-50 command 384: the config takes 384 (96 x 4); "
+            + _DEIT_INAT_DEV,
         ),
         V(
             "num_epochs",
             UNDETERMINED,
             ROADMAP_README,
-            f"{_NO_COMMAND}; the config takes the 90 epochs of the ResNet-50 command",
+            f"{_NO_COMMAND}; the config takes the 90 epochs of the ResNet-50 command; " + _DEIT_INAT_DEV,
         ),
     ]
     + _adam("adamw", 1e-5, None, 5e-4, ROADMAP + "optimizer/inaturalist_deit.yaml")
     + _multistep((30, 70), 90, ROADMAP + "optimizer/inaturalist_deit.yaml")
     + [_every(848, 5, ROADMAP + "experience/default.yaml", "(848 batches an epoch at most)")]
-    + [V("seed", UNDETERMINED, ROADMAP_README, f"{_NO_COMMAND}; the config takes 333 as the other runs")]
+    + [V("seed", UNDETERMINED, ROADMAP_README,
+         f"{_NO_COMMAND}; the config takes 333 as the other runs; " + _DEIT_INAT_DEV)]
     + _common_roadmap(73.6)[1:]
 )
 
@@ -467,6 +473,13 @@ def _suprank(hier_levels_note, *, lr, wd, final_lr, final_note, start, offset, s
                 SUPRANK_CODE + "engine/train.py",
                 "the last epoch is saved and reported",
             ),
+            V(
+                "eval_level_means",
+                False,
+                SUPRANK + "evaluation/accuracy_calculator.yaml",
+                "overall_accuracy: False: each level's metrics (<metric>_level<l>) beside H-AP, NDCG and "
+                "ASI of the paths (<metric>_multi), no mean over the levels",
+            ),
         ]
         + sampler
         + [
@@ -504,6 +517,13 @@ S_SOP = _images(
         V("batch.batches_per_super_tuple", 5, SUPRANK + "dataset/sop.yaml"),
         V("num_steps", 33_000, SUPRANK_README, "max_iter=100 epochs x 66 pairs x 5 = 330 batches"),
         V("eval_every", 20 * 330, SUPRANK + "default.yaml", "test_eval_freq: 20 epochs"),
+        V(
+            "eval_levels",
+            (0, 1),
+            SUPRANK_README,
+            "accuracy_calculator.compute_for_hierarchy_levels=[0,1]: AP, P@1, mAP@R, R@k at the product "
+            "and category levels (suprank/engine/accuracy_calculator.py batch_metrics)",
+        ),
     ],
     epochs_source=SUPRANK_README,
 )
@@ -535,6 +555,13 @@ S_INAT = (
                 "max_iter: 100 epochs of the sampler (at most 1,272 batches each, set by the class sizes)",
             ),
             V("eval_every", 20 * 1272, SUPRANK + "default.yaml", "test_eval_freq: 20 epochs"),
+            V(
+                "eval_levels",
+                (0, 1, 2, 3, 4, 5, 6),
+                SUPRANK_README,
+                "accuracy_calculator.compute_for_hierarchy_levels=[0,1,2,3,4,5,6] (iNat-full): AP, P@1, "
+                "mAP@R, R@k at each taxonomy level (suprank/engine/accuracy_calculator.py batch_metrics)",
+            ),
         ],
         epochs_source=SUPRANK_README,
     )
@@ -555,7 +582,7 @@ _SOP_HAP_ONLY = (
 #: ``warmup_step: null``) and the SOP command differ; elsewhere the two agree.
 _SOP_COMMAND_ONLY = (
     "model.pooling", "optimizer.frozen_warmup_epochs", "optimizer.frozen_groups",
-    "optimizer.warmup_paused_schedules",
+    "optimizer.warmup_paused_schedules", "eval_levels",
 )
 
 
@@ -578,7 +605,8 @@ def _from_sop(entry):
     config's choice, the SOP command's value kept in the note."""
     shown = entry.value if isinstance(entry.value, str) else repr(entry.value)
     note = (f"{_SOP_NO_COMMAND}, {shown} ({entry.note}); a bare command gets default.yaml's "
-            "model: resnet_ln_gem (GeM pooling) and warmup_step: null")
+            "model: resnet_ln_gem (GeM pooling), warmup_step: null and evaluation/accuracy_calculator.yaml's "
+            "compute_for_hierarchy_levels: [0]")
     return dataclasses.replace(entry, value=UNDETERMINED, note=note, why="")
 
 

@@ -236,11 +236,14 @@ def evaluate_levels(
     gallery_labels: ArrayLike | None = None,
     *,
     levels: Sequence[int],
+    means: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
     """Binary retrieval metrics at each level of the labels, and their means over the levels:
     the DyML evaluation of SupRank and HAPPIER (``accuracy_calculator.compute_for_hierarchy_levels``
-    with ``overall_accuracy=True`` and ``with_binary_asi=True``).
+    with ``overall_accuracy=True`` and ``with_binary_asi=True``); with ``means=False`` the
+    levels' metrics beside :func:`evaluate`'s on the labels as given, as their SOP and
+    iNaturalist runs report them (``overall_accuracy=False``).
 
     At level ``l`` an item is a positive of a query when their labels agree in column ``l``
     (``elias-ramzi/SupRank@99041e8:suprank/lib/create_label_matrix.py``; ``[N]`` class ids
@@ -261,6 +264,11 @@ def evaluate_levels(
       queries, query_labels, gallery, gallery_labels: as :func:`evaluate`.
       levels: the label columns to evaluate, e.g. ``(0, 1, 2)`` for DyML-Product's fine,
         middle and coarse labels; ``(0,)`` for one level.
+      means: True (default): the plain names are the means over the levels (above). False:
+        they are :func:`evaluate`'s on the labels as given (for ``[N, L]`` paths: binary metrics
+        of the whole path, ``hap``, ``ndcg``, ``asi``; no ``multi/*``), and ``level{l}/*`` come
+        beside them: the official ``<metric>_multi`` and ``<metric>_level<l>`` of
+        ``suprank/engine/accuracy_calculator.py`` ``batch_metrics``.
       **options: keywords of :func:`evaluate` (``return_per_query`` excepted). Each level is
         evaluated on one-level label paths, so ``backend="auto"`` resolves as for label paths:
         exact (the binary ASI needs it); ``backend="scann"`` gives each level's R@k, MAP@R
@@ -272,6 +280,8 @@ def evaluate_levels(
     """
     if options.get("return_per_query"):
         raise TypeError("evaluate_levels does not return per-query values; call evaluate per level")
+    if not isinstance(means, bool | np.bool_):
+        raise TypeError(f"means must be True or False, got {means!r}")
     labels = np.asarray(query_labels)
     other = None if gallery_labels is None else np.asarray(gallery_labels)
     width = check_level_labels(labels, other)
@@ -288,6 +298,8 @@ def evaluate_levels(
             one.pop(key, None)  # one level: H-AP is AP; the counts repeat num_queries_without_positive
         result["num_queries"] = one.pop("num_queries")
         result.update({f"level{level}/{key}": value for key, value in one.items()})
+    if not means:
+        return {**evaluate(queries, labels, gallery, other, **options), **result}
     averaged = [key for key in one if key in LEVEL_KEYS or key.startswith("recall@")]  # report order
     means = {key: float(np.mean([result[f"level{level}/{key}"] for level in levels])) for key in averaged}
     if width > 1 and "asi" in means:

@@ -157,6 +157,8 @@ class RetrievalEvaluator:
       prefix: prepended to every metric name (e.g. ``"test/"``).
       levels: label levels to evaluate one by one with :func:`evaluate_levels` (their binary
         metrics and the means over them, DyML's protocol); empty (default): :func:`evaluate`.
+      level_means: with ``levels``, :func:`evaluate_levels`' ``means`` (default True; False:
+        the plain names are :func:`evaluate`'s on the labels as given, the levels' beside them).
       workers, raw: how Sources are read (see :func:`embed_in_batches`); after ``run``,
         ``images_per_s`` is the embedding rate (decoding included).
       share: several processes: each reads and embeds its part of every batch, and all get
@@ -181,6 +183,7 @@ class RetrievalEvaluator:
         normalize: bool = False,
         prefix: str = "",
         levels: Sequence[int] = (),
+        level_means: bool = True,
         workers: int = 0,
         raw: bool = False,
         share: Share | None = None,
@@ -209,6 +212,9 @@ class RetrievalEvaluator:
         self.levels = tuple(levels)
         if self.levels:  # checked against the labels now, not after embedding
             check_levels(self.levels, check_level_labels(labels, gallery_labels))
+        if not isinstance(level_means, bool | np.bool_):
+            raise TypeError(f"level_means must be True or False, got {level_means!r}")
+        self.level_means = level_means
         self.evaluate_kwargs = dict(backend=backend, ks=tuple(ks), normalize=normalize, **evaluate_kwargs)
 
     def run(self, embed_fn: EmbedFn) -> dict[str, float]:
@@ -218,7 +224,7 @@ class RetrievalEvaluator:
         queries, gallery = self.embedder(embed_fn, self.inputs, self.gallery_inputs)
         if self.levels:
             result = evaluate_levels(queries, self.labels, gallery, self.gallery_labels, levels=self.levels,
-                                     **self.evaluate_kwargs)
+                                     means=self.level_means, **self.evaluate_kwargs)
         else:
             result = evaluate(queries, self.labels, gallery, self.gallery_labels, **self.evaluate_kwargs)
         result.pop("per_query", None)

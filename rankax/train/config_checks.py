@@ -204,6 +204,10 @@ def _check_evaluation(config: Config) -> None:
     if config.get("eval_backend", "exact") not in BACKENDS:
         raise ConfigError(f"config.eval_backend must be one of {BACKENDS}, got {config.eval_backend!r}")
     levels = config.get("eval_levels", ()) or ()
+    if not config.get("eval_level_means", True) and not levels:
+        raise ConfigError("config.eval_level_means=False keeps the plain metric names for the labels "
+                          "as given beside the levels of config.eval_levels, which is empty: set "
+                          "config.eval_levels (e.g. 0,1) or leave eval_level_means at True")
     if levels:
         if config.get("eval_protocol", "retrieval") != "retrieval":
             raise ConfigError(f"config.eval_levels applies to eval_protocol='retrieval', not "

@@ -52,6 +52,7 @@ def _retrieval_evaluator(config: Config, data: RetrievalDataset) -> Any:
         backend=config.eval_backend,
         ks=tuple(config.eval_ks),
         levels=eval_levels(config, data.test.labels),
+        level_means=bool(config.get("eval_level_means", True)),
         **input_pipeline.eval_reading(config, data),
     )
 
@@ -68,15 +69,20 @@ def _retrieval_keys(config: Config, label_shape: tuple[int, ...]) -> set[str]:
     """R@k, MAP@R, R-precision; with the exact backend (or ``"auto"``, which resolves to it
     for label paths and levels) mAP, and H-AP/NDCG/ASI for label paths. With
     ``config.eval_levels``: those of :func:`rankax.retrieval.evaluate_levels` (``multi/*``
-    for paths of more than one level)."""
+    for paths of more than one level; with ``config.eval_level_means=False`` the plain names
+    of the labels as given, no ``multi/*``)."""
     levels = tuple(config.get("eval_levels", ()) or ())
     paths = len(label_shape) == 1
     # "auto" picks exact search for label paths, and levels are evaluated as one-level paths
     exact = config.eval_backend == "exact" or (config.eval_backend == "auto" and (levels or paths))
     keys = {*(f"recall@{k}" for k in config.eval_ks), "map@r", "r_precision", *(("map",) if exact else ())}
+    means = bool(config.get("eval_level_means", True))
     if levels:
         binary = keys | ({"asi"} if exact else set())
-        keys = binary | {f"level{level}/{key}" for level in levels for key in binary}
+        by_level = {f"level{level}/{key}" for level in levels for key in binary}
+        if not means:  # evaluate's names on the labels as given, the levels' beside them
+            return by_level | keys | ({"hap", "ndcg", "asi"} if exact and paths else set())
+        keys = binary | by_level
         if exact and paths and label_shape[0] > 1:
             keys |= {"multi/hap", "multi/ndcg", "multi/asi"}
     elif exact and paths:

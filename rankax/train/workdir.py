@@ -224,7 +224,7 @@ RECORD_KEYS = frozenset({"config", "rankax_version", "created", "data", "topolog
 
 #: Config keys added after runs were recorded, each with the value that does what those runs
 #: did: a record without the key reads as that value.
-ADDED_KEYS: dict[str, Any] = {"eval_levels": []}
+ADDED_KEYS: dict[str, Any] = {"eval_levels": [], "eval_level_means": True}
 
 
 def differences(recorded: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, tuple]:
