@@ -3,7 +3,9 @@
 README command: ``seed=0 max_iter=20 warmup_step=5 optimizer=dyml_product
 model=dyml_resnet34_product dataset=dyml_product loss=HAPPIER_product`` with
 ``compute_for_hierarchy_levels=[0,1,2]``, ``overall_accuracy=True``, ``exclude=[NDCG,H-AP]``,
-``recall_rate=[10,20]`` and ``with_binary_asi=True``.
+``recall_rate=[10,20]`` and ``with_binary_asi=True``. Which revision of the official code
+produced the HAPPIER paper's numbers is not recorded (``configs/happier_dyml_vehicle.py`` says
+how the first commit differs, e.g. ``eta_min`` 1e-6 there against 1e-5 here).
 
 Evaluation (``eval_levels=(0, 1, 2)``, :func:`rankax.retrieval.evaluate_levels`): at each of
 the fine, middle and coarse levels the binary AP, P@1 (= R@1), mAP@R, R@10, R@20 and binary

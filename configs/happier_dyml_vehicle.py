@@ -10,6 +10,14 @@ elias-ramzi/SupRank at ``99041e8`` (its only code commit; README of ``d3d0e3c``)
 HAPPIER's own release (``5af91b3``; its README gives the same command since ``4d7c054``, the
 first commit whose loss configs name classes that exist: those of ``dcd0c82`` name
 ``SupHAP`` and ``NormalizedSoftmaxLoss``, which it does not define) agrees except where noted.
+Which code produced the HAPPIER paper's DyML numbers is not recorded: every runnable revision
+postdates ECCV'22 (HAPPIER ``4d7c054`` of 2022-11-15 and ``5af91b3`` of 2023; SupRank
+``99041e8`` of 2024), and the one before it, ``dcd0c82`` (2022-03-28), differs besides the
+class names: ``happier/config/experience/default.yaml`` ``max_iter: 50`` and
+``test_eval_freq: 5``, the H-AP step of ``happier/losses/hap_loss.py`` (``rho * x + offset``
+past ``delta``: ROADMAP's NeurIPS'21 ``variant="neurips"``, not ``"fixed"``), ``eta_min`` 1e-6
+in ``optimizer/dyml_product.yaml`` (1e-5 later) and which optimizer the proxies share. The
+configs follow SupRank's code, the code of the SupRank paper's tables.
 
 Evaluation (``eval_levels=(0,)``, :func:`rankax.retrieval.evaluate_levels`): the benchmark's
 AP (``map``), P@1 (= ``recall@1``), mAP@R, R@10, R@20 and the binary ASI

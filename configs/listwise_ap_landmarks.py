@@ -9,10 +9,14 @@ RParis6K M/H 80.3/60.9 mAP, README table as of commit 3da005b, "update mAP numbe
 with the trapezoidal AP that ``rankax.retrieval.landmarks`` computes; the table before it, 89.3
 and 67.4/42.8, came from scikit-learn's step-wise AP).
 
-Official values followed: ResNet-101, GeM pooling with a learned p starting at 3
-(``dirtorch/nets/layers/pooling.py`` ``GeneralizedMeanPoolingP``), a linear projection to
-2048-d and L2 normalisation (``dirtorch/nets/rmac_resnet.py``), the AP loss with its defaults
-(``dirtorch/loss.py`` ``APLoss(nq=25, min=0, max=1)``: 25 triangular bins on [0, 1]).
+Official values followed: ResNet-101 (the README's model name), GeM pooling with a learned p
+starting at 3 (``dirtorch/nets/layers/pooling.py`` ``GeneralizedMeanPoolingP``), a linear
+projection to 2048-d and L2 normalisation (``dirtorch/nets/rmac_resnet.py``), the AP loss
+``APLoss`` with ``min=0, max=1`` (``dirtorch/loss.py``). These are the defaults of the
+constructors: the released model's own options are stored in its checkpoint
+(``checkpoint['model_options']``, read by ``load_model`` in ``dirtorch/test_dir.py``), not in
+the repository. The number of bins is not determined either (no training script): the config
+takes ``APLoss``'s default ``nq=25`` (25 triangular bins on [0, 1]).
 Not determined by the official material (no training script): the optimizer, learning rate and
 weight decay, the batch composition (the paper ranks batches of thousands of images by
 multi-staged back-propagation), the number of steps, the training resolution and augmentation
@@ -20,7 +24,9 @@ multi-staged back-propagation), the number of steps, the training resolution and
 BatchNorm statistics train (``dirtorch/nets/backbones/resnet.py`` builds plain
 ``nn.BatchNorm2d`` layers; how the released model was trained is not in the repository: the
 config keeps ``common.resnet``'s frozen statistics, the usual choice for fine-tuning with
-batches of few images per landmark). The values below are placeholders, marked as such.
+batches of few images per landmark), whether the query counts as its own positive
+(``loss.include_self``: no, default.py's), the seed and the model selection (the last step).
+The values below are placeholders, marked as such.
 
 Data: a folder/CSV dataset (``rankax.data.folder``, layout in ``docs/data.md``), e.g.
 ``path,landmark_id,split`` with ``train`` rows for Landmarks-clean. The folder loader also

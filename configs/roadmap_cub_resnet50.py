@@ -25,7 +25,10 @@ Start from ImageNet weights: ``--config.model.pretrained=/path/to/resnet50.pth``
 
 The reported R@1 is the paper's; the v1.0.0 README itself warns that the release does not give
 exactly the paper's numbers ("my code changed a bit (for instance the random seed are not the
-same)", ``elias-ramzi/ROADMAP@v1.0.0:README.md``), so it is the target, not a guarantee.
+same)", ``elias-ramzi/ROADMAP@v1.0.0:README.md``), so it is the target, not a guarantee. The
+model file in particular is not known to have produced it: the development history of
+April-June 2021 (``refs/pull/3/head`` = ``e0e57df``) has only ``model/resnet.yaml`` and
+``model/deit.yaml``, and ``model/resnet_max_ln.yaml`` first appears in the parentless release.
 """
 
 import ml_collections

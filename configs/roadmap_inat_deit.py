@@ -4,9 +4,14 @@ Reference: E. Ramzi, N. Thome, C. Rambour, N. Audebert, X. Bitot. "Robust and De
 Average Precision for Image Retrieval" (ROADMAP), NeurIPS 2021. Official code:
 elias-ramzi/ROADMAP, release v1.0.0.
 
-The README gives no command for this run, so the batch size, the number of epochs and the seed
-are not determined by the official material. Choices: batch 384 and 90 epochs of the ResNet-50
-iNat command, seed 333 as every README command. Official files followed:
+The README gives no command for this run, so the release does not determine the batch size,
+the number of epochs or the seed. Choices: batch 384 and 90 epochs of the ResNet-50 iNat
+command, seed 333 as every README command. The development history supports them without
+fixing them: ``jean-zay/submit_scripts/train_inaturalist_transformer_abs.slurm`` of
+``elias-ramzi/ROADMAP@e0e57df`` (``refs/pull/3/head``, June 2021) trains DeiT on iNat with
+``experience.seed=333`` and ``experience.max_iter=90`` at batch sizes 128, 224 and 384, with the
+loss under its pre-release name ``marginap_sigmo_abs_inat``; which of them gave the paper's
+number is not recorded. Official files followed:
 ``roadmap/config/optimizer/inaturalist_deit.yaml`` (AdamW, lr 1e-5 for the whole network,
 weight decay 5e-4, x0.3 at epochs 30 and 70), ``model/deit.yaml`` (DeiT-S/16 from the
 distilled model, the 384-d class token without projection, L2-normalised),

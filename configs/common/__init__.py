@@ -111,7 +111,9 @@ def roadmap_loss(c, *, start, offset):
     """Sets ``c.loss``: ROADMAP, smooth-rank AP (SupAP) + calibration with weights 1/1, margins
     0.9/0.6 (``loss/roadmap.yaml``), the NeurIPS'21 release's piecewise function.
 
-    ``start``/``offset``: 0.5/1.44 (``loss/roadmap.yaml``) or 0/1 (``loss/roadmap_inat.yaml``).
+    ``start``/``offset``: 0.5/1.44 (``loss/roadmap.yaml`` sets ``offset: 1.44`` and no ``start``,
+    so ``SupAP.__init__``'s default ``start=0.5`` applies, ``elias-ramzi/ROADMAP@v1.0.0:``
+    ``roadmap/losses/smooth_rank_ap.py``) or 0/1 (``loss/roadmap_inat.yaml`` sets both).
     """
     c.loss.name = "roadmap"
     c.loss.hparams = ml_collections.ConfigDict(
