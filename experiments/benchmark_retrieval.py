@@ -3,6 +3,7 @@
     python -m experiments.benchmark_retrieval [--sizes 20000x128,60000x512] [--large 200000]
         [--large-queries 10000] [--skip scann,faiss,pml] [--output bench.json]
     python -m experiments.benchmark_retrieval --interleave 5 [--sizes ...]
+    python -m experiments.benchmark_retrieval --coarse 8000
 
 For each ``N x D`` (synthetic clustered, L2-normalised embeddings; ~5 images per class as in
 Stanford Online Products; the query set is the gallery, self excluded) it times, in the same
@@ -20,6 +21,11 @@ and prints each time with its ratio to ``rankax exact``, then rankax's first and
 over faiss's (the evaluation issue's target: at most 1). Then, on a ``--large`` gallery, it
 compares ScaNN's ``tree_ah`` configuration with rankax's exact kNN: recall@10 of the true
 neighbours and time. The optional baselines come with ``pip install 'rankax[bench]'``.
+
+``--coarse N`` times instead, on ``N`` items of 64 dimensions with 64, 16, 4 and 2 classes
+(N/64 ... N/2 positives per query), both ways of ranking the positives in the same run: counted
+per positive, and one sort of each query's list (:data:`rankax.retrieval.exact.SORT_ABOVE` is
+where :func:`~rankax.retrieval.evaluate` switches between them).
 
 ``--interleave ROUNDS`` prints instead, per size, the first call and then ROUNDS pairs of a
 warm ``evaluate`` and faiss in alternation: each one's minimum and the median of the pairs'
@@ -161,6 +167,29 @@ def interleaved(n: int, d: int, rounds: int) -> dict:
             "median_pair_ratio": float(np.median(ratios))}
 
 
+def coarse(n: int, classes: tuple[int, ...] = (64, 16, 4, 2), d: int = 64) -> list[dict]:
+    """Warm ``evaluate`` of ``n`` items with few classes, the positives counted (the threshold
+    above every class) and sorted (below every class), in alternation; each a second call."""
+    from rankax.retrieval import exact
+
+    saved, rows = dict(exact.SORT_ABOVE), []
+    try:
+        for c in classes:
+            x, _ = clustered_embeddings(n, d, seed=c)
+            y = np.random.default_rng(c).integers(0, c, n)
+            times = {}
+            for way, above in (("count", n), ("sort", 0)):
+                exact.SORT_ABOVE.update(cpu=above, accelerator=above)
+                retrieval.evaluate(x, y, ks=(1,))  # compiles
+                out, times[way] = _timed(lambda: retrieval.evaluate(x, y, ks=(1,)))  # noqa: B023
+            rows.append({"items": n, "classes": c, "positives": n // c, "count_s": times["count"],
+                         "sort_s": times["sort"], "sort_over_count": times["sort"] / times["count"],
+                         "map": out["map"]})
+    finally:
+        exact.SORT_ABOVE.update(saved)
+    return rows
+
+
 def bench_large(n: int, num_queries: int, d: int = 128, k: int = 10) -> dict:
     x, _ = clustered_embeddings(n, d, per_class=20, noise=1.0, seed=7)
     queries = x[np.random.default_rng(1).choice(n, num_queries, replace=False)]
@@ -180,9 +209,19 @@ def main(argv=None):
                         help="comma-separated: scann,faiss,pml")
     parser.add_argument("--interleave", type=flags.non_negative_int, default=0, metavar="ROUNDS",
                         help="instead: ROUNDS warm evaluate / faiss pairs per size (needs faiss)")
+    parser.add_argument("--coarse", type=flags.non_negative_int, default=0, metavar="N",
+                        help="instead: counted vs sorted positives on N items of 64 to 2 classes")
     parser.add_argument("--output", help="JSON file for the results")
     args = parser.parse_args(argv)
     machine.cold_compiles()
+    if args.coarse:
+        print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} cpus")
+        print("| items | classes | positives / query | counted | sorted | sorted / counted |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for r in coarse(args.coarse):
+            print(f"| {r['items']} | {r['classes']} | {r['positives']} | {r['count_s']:.2f} s | "
+                  f"{r['sort_s']:.2f} s | {r['sort_over_count']:.2f} |", flush=True)
+        return
     if args.interleave:
         print("| N x D | rankax first call | rankax warm (min) | faiss (min) | warm / faiss |")
         print("|---|---:|---:|---:|---:|")

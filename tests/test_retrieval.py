@@ -651,6 +651,10 @@ def test_sharded_equals_single_device():
         "r['knn'] = retrieval.knn(z, k=5, block_size=64, gallery_block_size=512)[1].tolist()\n"
         # 30 queries a block round up to 32 on 4 devices: every row must still come back once
         "r['knn30'] = retrieval.knn(z, k=5, block_size=30, gallery_block_size=512)[1].tolist()\n"
+        # queries of more than 4 positives ranked by sorting their lists, blocks split over the mesh
+        "from rankax.retrieval import exact\n"
+        "exact.SORT_ABOVE.update(cpu=4)\n"
+        "r['sorted'] = retrieval.evaluate(x, y, ks=(1, 3))\n"
         "print(json.dumps(r))\n"
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -667,6 +671,10 @@ def test_sharded_equals_single_device():
     rng = np.random.default_rng(0)
     x = rng.integers(-2, 3, size=(90, 6)).astype(np.float32)
     y = rng.integers(0, 12, size=90)
+    want = np_reference(x, y, x, y, (1, 3), True)
+    for key, value in want.items():
+        assert sharded["sorted"][key] == pytest.approx(np.nanmean(value), abs=1e-6), key
+    del sharded["sorted"]
     single = retrieval.evaluate(x, np.stack([y, y // 4], 1), block_size=20, gallery_block_size=32,
                                 hierarchy_block_size=8)
     assert sharded.keys() == single.keys()
@@ -722,10 +730,16 @@ def tied_data(seed, n=150, d=5):
 
 @pytest.mark.parametrize("count_by_rows", [True, False], ids=["cpu-count", "accelerator-count"])
 @pytest.mark.parametrize("separate", [False, True], ids=["self-excluded", "separate-gallery"])
-def test_exact_fast_path_matches_numpy_reference(monkeypatch, count_by_rows, separate):
+@pytest.mark.parametrize("sort_above", [None, 8], ids=["count", "sort-above-8"])
+def test_exact_fast_path_matches_numpy_reference(monkeypatch, count_by_rows, separate, sort_above):
+    """Both ways of ranking positives, in one call with ``sort_above=8``: counted for the queries
+    of at most 8 positives, one sort of the whole list for the classes of 9, 17 and 40 (their
+    sums in float32 on the device: 1e-6)."""
     from rankax.retrieval import exact
 
     monkeypatch.setattr(exact, "_count_by_rows", lambda platform: count_by_rows)
+    if sort_above is not None:
+        monkeypatch.setattr(exact, "SORT_ABOVE", {"cpu": sort_above, "accelerator": sort_above})
     x, y = tied_data(8)
     ks = (1, 3, 10)
     if separate:
@@ -737,9 +751,10 @@ def test_exact_fast_path_matches_numpy_reference(monkeypatch, count_by_rows, sep
     got = retrieval.evaluate(q, qy, g, gy, ks=ks, block_size=16, gallery_block_size=8,
                              return_per_query=True)
     want = np_reference(q, qy, x if g is None else g, y if gy is None else gy, ks, not separate)
+    tol = 1e-12 if sort_above is None else 1e-6
     for key, value in want.items():
-        np.testing.assert_allclose(got["per_query"][key], value, atol=1e-12, err_msg=key)
-        assert got[key] == pytest.approx(np.nanmean(value), abs=1e-12), key
+        np.testing.assert_allclose(got["per_query"][key], value, atol=tol, err_msg=key)
+        assert got[key] == pytest.approx(np.nanmean(value), abs=tol), key
     assert got["num_queries_without_positive"] == int(np.isnan(want["map"]).sum()) >= (1 if separate else 3)
 
 

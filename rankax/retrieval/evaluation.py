@@ -178,7 +178,9 @@ def evaluate(
     )
     if backend == "exact":
         mesh = exact.query_mesh() if mesh is None else mesh
-        per_query = _exact_binary(data, layout, ks, block_size, gallery_block_size, mesh)
+        per_query = _exact_binary(
+            data, layout, (q_classes, g_classes), ks, block_size, gallery_block_size, mesh
+        )
     else:
         per_query = _scann_binary(data, q_classes, g_classes, num_pos, ks, scann_config, scann_options)
     result = _means_over(per_query, num_pos > 0, ks)
@@ -443,21 +445,42 @@ def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: boo
     return _Sets(queries, query_labels, gallery, gallery_labels, self_excluded)
 
 
-def _exact_binary(data: _Sets, layout, ks, block_size, gallery_block_size, mesh) -> dict[str, np.ndarray]:
-    """Per-query binary metrics (query order) from the exact ranks of every positive."""
-    rank, rank_pos, mask = exact.positive_ranks(
-        data.queries, data.gallery, layout, block_size=block_size,
-        gallery_block_size=gallery_block_size, mesh=mesh,
-    )
-    values = metrics.binary_from_ranks(
-        rank.astype(np.float64), rank_pos.astype(np.float64), mask,
-        layout.num_pos.astype(np.float64), ks,
-    )
+def _exact_binary(
+    data: _Sets, layout, classes, ks, block_size, gallery_block_size, mesh
+) -> dict[str, np.ndarray]:
+    """Per-query binary metrics (query order) from the exact ranks of every positive: counted
+    per positive for the queries with at most :data:`~rankax.retrieval.exact.SORT_ABOVE`
+    positives, from one sort of the whole list for the others (``classes``: the query and
+    gallery class ids)."""
+    narrow = int(np.searchsorted(layout.span, exact.sort_above(mesh), side="right"))  # spans ascend
+    values = {}
+    if narrow:
+        head = layout._replace(**{k: getattr(layout, k)[:narrow] for k in _QUERY_FIELDS})
+        rank, rank_pos, mask = exact.positive_ranks(
+            data.queries, data.gallery, head, block_size=block_size,
+            gallery_block_size=gallery_block_size, mesh=mesh,
+        )
+        values = metrics.binary_from_ranks(
+            rank.astype(np.float64), rank_pos.astype(np.float64), mask, head.num_pos.astype(np.float64), ks,
+        )
+    if narrow < len(layout.span):
+        rows = layout.query_order[narrow:]
+        ids = np.unique(np.concatenate(classes), return_inverse=True)[1].reshape(-1).astype(np.int32)
+        wide = exact.sorted_binary_metrics(
+            data.queries[rows], ids[: len(data.queries)][rows], _gallery_on(data, gallery_block_size, mesh),
+            ids[len(data.queries) :], self_rows=rows if data.self_excluded else None, ks=tuple(ks),
+            mesh=mesh,
+        )
+        values = {key: np.concatenate([values[key], wide[key]]) if narrow else wide[key] for key in wide}
     per_query = {}
     for key, v in values.items():
         per_query[key] = np.empty(len(data.queries))
         per_query[key][layout.query_order] = v
     return per_query
+
+
+#: The fields of :class:`~rankax.retrieval.exact.ClassLayout` indexed by sorted query.
+_QUERY_FIELDS = ("query_order", "lo", "hi", "self_index", "num_pos")
 
 
 def _scann_binary(

@@ -676,6 +676,78 @@ def positive_ranks(
     return rank, rank_pos, mask
 
 
+#: Queries with more positives than this are ranked by one sort of their whole list
+#: (:func:`sorted_binary_metrics`, ``O(N log N)`` each) instead of counting the items above each
+#: positive (:func:`positive_ranks`, ``O(N C)`` each, and ``[Q, C]`` ranks on the host): coarse
+#: labels, a few classes over the whole gallery, need it. On the CPU, where XLA sorts about
+#: 4M items a second, the two cost the same near C = 4096 at N = 8000 (``experiments.
+#: benchmark_retrieval --coarse``); on accelerators, which sort fast and count a ``[G, b, C]``
+#: comparison, 1024 is an estimate awaiting a GPU measurement.
+SORT_ABOVE = {"cpu": 4096, "accelerator": 1024}
+
+
+def sort_above(mesh: Mesh | None) -> int:
+    """The :data:`SORT_ABOVE` threshold of the platform of ``mesh`` (default: JAX's)."""
+    return SORT_ABOVE["cpu" if _platform(mesh) == "cpu" else "accelerator"]
+
+
+def _binary_sorted_step(q, self_index, q_class, chunks, g_class, *, n: int, ks: tuple[int, ...]):
+    """The binary metrics of one query block from one sort of its ``[b, N]`` score rows:
+    ``rank`` and ``rank_pos`` of every item at its place (ties: :math:`H(0) = 1`), the positives
+    masked, into :func:`rankax.metrics.binary_from_ranks` (float32 sums over the list)."""
+    s, valid = _block_scores(q, self_index, chunks, n)
+    rank, positive = _sorted_ranks(s, valid & (g_class[None, :] == q_class[:, None]))
+    cum = jnp.cumsum(positive, axis=1, dtype=jnp.int32)
+    rank_pos = jnp.take_along_axis(cum, rank - 1, axis=1)
+    values = metrics.binary_from_ranks(rank.astype(jnp.float32), rank_pos.astype(jnp.float32), positive,
+                                       cum[:, -1].astype(jnp.float32), ks)
+    return tuple(values[key] for key in sorted(values))
+
+
+@functools.lru_cache(maxsize=32)
+def _binary_sorted_fn(mesh: Mesh | None, n: int, ks: tuple[int, ...]):
+    return _shard(
+        functools.partial(_binary_sorted_step, n=n, ks=ks), mesh,
+        in_specs=(P(_AXIS), P(_AXIS), P(_AXIS), P(), P()), out_specs=(P(_AXIS),) * (3 + len(ks)),
+    )
+
+
+def sorted_binary_metrics(
+    queries: np.ndarray,
+    query_classes: np.ndarray,
+    gallery: Gallery,
+    gallery_classes: np.ndarray,
+    *,
+    self_rows: np.ndarray | None,
+    ks: tuple[int, ...],
+    block_size: int = 64,
+    mesh: Mesh | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-query ``map``, ``map@r``, ``r_precision`` and ``recall@k`` (:func:`rankax.metrics.
+    binary_from_ranks`) of ``queries [Q, D]`` against the whole ``gallery`` (original order),
+    from one sort of each query's list: the path of queries with many positives.
+
+    ``query_classes [Q]``, ``gallery_classes [N]``: int32 class ids (a positive shares the
+    query's); ``self_rows [Q]``: each query's own gallery row, left out of its list (None: the
+    gallery is apart)."""
+    fn = _binary_sorted_fn(mesh, gallery.size, ks)
+    g_class = put(gallery_classes.astype(np.int32), mesh, P())
+    rows = np.full(len(queries), -1, np.int32) if self_rows is None else self_rows.astype(np.int32)
+    pending, counts = [], []
+    for start, qb, _ in _query_blocks(queries, block_size, mesh, False):
+        b = qb.shape[0]
+        m = min(b, queries.shape[0] - start)
+        self_index, q_class = np.full(b, -1, np.int32), np.full(b, -1, np.int32)
+        self_index[:m], q_class[:m] = rows[start : start + m], query_classes[start : start + m]
+        pending.append(fn(_put_queries(qb, mesh), _put_queries(self_index, mesh),
+                          _put_queries(q_class, mesh), gallery.chunks, g_class))
+        counts.append(m)
+    blocks = _fetch_blocks(pending, counts)
+    keys = sorted(("map", "map@r", "r_precision", *(f"recall@{k}" for k in ks)))
+    return {key: np.concatenate([block[j] for block in blocks]).astype(np.float64)
+            for j, key in enumerate(keys)}
+
+
 def _split_groups(c_all: np.ndarray | None, q: int, max_span: int, b: int) -> list[tuple[int, int, int]]:
     """``(start, stop, C)`` runs of whole blocks of ``b`` sorted queries sharing a slot count
     ``C`` (that of the block's last, longest-run query): no block is split between groups."""
@@ -746,10 +818,7 @@ def _hierarchy_step(q, self_index, q_paths, counts, chunks, g_paths, *, n: int, 
     shares a level with the query, and whether those items' relevance sums to more than 0 (under
     ``"pop"`` with another population's counts a level can weigh 0: H-AP is 0 / 0 there).
     """
-    s = jax.lax.map(lambda chunk: _chunk_scores(chunk, q), chunks)  # [num_chunks, G, b]
-    s = s.reshape(-1, q.shape[0]).T[:, :n]
-    valid = jnp.arange(n)[None, :] != self_index[:, None]
-    s = jnp.where(valid, s, -jnp.inf)
+    s, valid = _block_scores(q, self_index, chunks, n)
     t = jnp.where(valid, hierarchy.shared_levels(q_paths, g_paths), 0)  # [b, N]
     if rule == "pop":
         rel = jnp.where(valid, hierarchy.pop_relevance_from_counts(t, counts, q_paths.shape[1], alpha), 0.0)
@@ -775,23 +844,38 @@ class _RankedLevels(NamedTuple):
     higher: Array  # [b, L+1] items of higher levels than each level
 
 
-def _ranked_levels(s: Array, t: Array, rel: Array, num_levels: int) -> _RankedLevels:
+def _block_scores(q: Array, self_index: Array, chunks: Array, n: int) -> tuple[Array, Array]:
+    """``(s, valid)``: ``[b, N]`` scores of a query block against the whole gallery (the one
+    kernel, chunk by chunk), ``-inf`` on each query's own row, and where they are not."""
+    s = jax.lax.map(lambda chunk: _chunk_scores(chunk, q), chunks)  # [num_chunks, G, b]
+    s = s.reshape(-1, q.shape[0]).T[:, :n]
+    valid = jnp.arange(n)[None, :] != self_index[:, None]
+    return jnp.where(valid, s, -jnp.inf), valid
+
+
+def _sorted_ranks(s: Array, *carried: Array) -> tuple[Array, ...]:
+    """``(rank, *carried)`` in the decreasing order of each row of ``s [b, N]`` (one stable
+    sort that carries the ``[b, N]`` arrays ``carried`` along): ``rank`` is the rank of the item
+    at each place, 1-based, the number of items scoring at least as high (the end of its tie
+    group, :math:`H(0) = 1`, found by a reversed running minimum); ``-inf`` items rank ``N``
+    and never count."""
     n = s.shape[1]
-    order = jnp.argsort(-s, axis=1, stable=True)
-    s_sorted = jnp.take_along_axis(s, order, axis=1)
-    t_sorted = jnp.take_along_axis(t, order, axis=1)
-    # rank = number of items scoring >= s (the end of the tie group); -inf rows never count.
-    ascending = s_sorted[:, ::-1]
-    below = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(ascending, s_sorted)
-    rank = (n - below).astype(jnp.int32)  # [b, N], 1-based
-    rank = jnp.where(jnp.isfinite(s_sorted), rank, n)
+    descending, *carried = jax.lax.sort((-s, *carried), dimension=1, is_stable=True, num_keys=1)
+    place = jnp.arange(n, dtype=jnp.int32)
+    group_end = jnp.concatenate([descending[:, 1:] != descending[:, :-1], jnp.ones_like(s[:, :1], bool)], 1)
+    rank = jax.lax.cummin(jnp.where(group_end, place, n - 1), axis=1, reverse=True) + 1
+    return (jnp.where(jnp.isfinite(descending), rank, n), *carried)
+
+
+def _ranked_levels(s: Array, t: Array, rel: Array, num_levels: int) -> _RankedLevels:
+    rank, t_sorted, rel_sorted = _sorted_ranks(s, t, rel)
     onehot = (t_sorted[..., None] == jnp.arange(num_levels + 1)).astype(jnp.float32)  # [b, N, L+1]
     cum = jnp.cumsum(onehot, axis=1)
     per_level = jnp.sum(onehot, axis=1)
     return _RankedLevels(
         rank=rank.astype(jnp.float32),
         levels=t_sorted,
-        rel=jnp.take_along_axis(rel, order, axis=1),
+        rel=rel_sorted,
         at_rank=jnp.take_along_axis(cum, (rank - 1)[..., None], axis=1),
         order_in_level=jnp.take_along_axis(cum, t_sorted[..., None], axis=2)[..., 0],
         per_level=per_level,
