@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import profile_step
@@ -469,3 +470,35 @@ def test_batch_benchmark_docs_come_from_the_rows_and_their_host(tmp_path):
     assert "3.0 GiB of RSS at B = 2048" in text  # the largest matmul row's peak
     assert "3.0x SupAP's time at B = 4096" in text  # 0.9 / 0.3
     assert "pml / rankax (not run)" in text  # no FastAP rows
+
+
+def test_coarse_retrieval_benchmark_times_both_ways_and_restores_the_threshold(capsys):
+    """``benchmark_retrieval --coarse``: counted and sorted positives on the same items give
+    the same mAP (the table's rows), and the threshold it varies is restored."""
+    from experiments import benchmark_retrieval
+    from rankax.retrieval import exact
+
+    saved = dict(exact.SORT_ABOVE)
+    rows = benchmark_retrieval.coarse(96, classes=(4, 2), d=8)
+    assert exact.SORT_ABOVE == saved
+    assert [r["positives"] for r in rows] == [24, 48]
+    x, _ = benchmark_retrieval.clustered_embeddings(96, 8, seed=2)
+    y = np.random.default_rng(2).integers(0, 2, 96)
+    assert rows[1]["map"] == pytest.approx(retrieval_map(x, y), abs=1e-6)
+    benchmark_retrieval.main(["--coarse", "64"])
+    assert "| 64 | 2 | 32 |" in capsys.readouterr().out
+
+
+def retrieval_map(x, y):
+    """Full-gallery mAP from the definition (self excluded, ties: H(0) = 1), in float64."""
+    s = x.astype(np.float64) @ x.astype(np.float64).T
+    aps = []
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        si, pos = s[i, keep], y[keep] == y[i]
+        if not pos.any():
+            continue
+        rank = (si[None, :] >= si[pos][:, None]).sum(1)
+        rank_pos = (si[pos][None, :] >= si[pos][:, None]).sum(1)
+        aps.append(np.mean(rank_pos / rank))
+    return float(np.mean(aps))
