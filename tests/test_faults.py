@@ -129,13 +129,13 @@ def test_nan_batch_raises_with_step_indices_and_terms_then_skip_mode_finishes(tm
     poison(bad)
     workdir = str(tmp_path)
 
-    # Step 5 is neither a log nor a checkpoint step: its flag is read one step late, after
-    # step 6 was dispatched, which must then have been a no-op.
+    # Step 6 (batch 5) is neither a log nor a checkpoint step: its flag is read one step late,
+    # after step 7 was dispatched, which must then have been a no-op.
     with pytest.raises(NonFiniteLossError) as info:
         train_lib.train_and_evaluate(fault_config(checkpoint_every=4, log_every=100), workdir)
     err = info.value
     message = str(err)
-    assert err.step == 5 and "step 5" in message
+    assert err.step == 6 and "step 6" in message  # the 6th step (sampler batch 5), 1-based
     np.testing.assert_array_equal(err.indices, sampler.indices(5))
     assert str(bad) in message and "non-finite inputs at dataset indices [" + str(bad) + "]" in message
     assert not np.isfinite(err.terms["loss"]) and "loss=nan" in message
@@ -148,19 +148,19 @@ def test_nan_batch_raises_with_step_indices_and_terms_then_skip_mode_finishes(tm
     # The full record: every index of the batch, the poisoned one named as the bad input.
     with open(err.report_path) as f:
         record = json.loads(f.readlines()[-1])
-    assert record["step"] == 5 and record["indices"] == sampler.indices(5).tolist()
+    assert record["step"] == 6 and record["indices"] == sampler.indices(5).tolist()
     assert record["nonfinite_inputs"] == [bad] and record["terms"]["loss"] == "nan"
-    # The in-memory state is the one before step 5, bit for bit; the checkpoint of step 4 is
+    # The in-memory state is the one before step 6 (after 5 steps), bit for bit; the checkpoint of step 4 is
     # intact (equal to the reference run's) and nothing after it was written.
     assert int(err.state.step) == 5
     assert_same_params(err.state, saved_state(ref_dir, 5))
     assert steps_on_disk(workdir) == [4]
     assert_same(saved_state(workdir, 4), saved_state(ref_dir, 4))
 
-    # Skip mode resumes from step 4, skips step 5 (the only batch holding the bad image), goes on.
+    # Skip mode resumes from step 4, skips step 6 (the only batch holding the bad image), goes on.
     final = train_lib.train_and_evaluate(fault_config(on_nonfinite="skip"), workdir)
     assert all(np.isfinite(v) for v in final.values())
-    after_skip = saved_state(workdir, 6)  # the state after the skipped step 5 ...
+    after_skip = saved_state(workdir, 6)  # the state after the skipped step 6 ...
     assert_same(after_skip, saved_state(ref_dir, 5), skip=("step",))  # ... is the one before it
     assert int(after_skip[("step",)]) == 6
     assert all(np.isfinite(v).all() for k, v in saved_state(workdir, STEPS).items() if v.dtype.kind == "f")
@@ -168,10 +168,10 @@ def test_nan_batch_raises_with_step_indices_and_terms_then_skip_mode_finishes(tm
         history = json.load(f)
     counts = {h["step"]: h["nonfinite_skipped"] for h in history if "nonfinite_skipped" in h}
     assert counts[5] == 0 and counts[6] == 1 and counts[STEPS] == 1
-    assert not any("loss" in h for h in history if h["step"] == 6)  # no loss logged for step 5
+    assert not any("loss" in h for h in history if h["step"] == 6)  # no loss logged for the skipped step 6
     with open(err.report_path) as f:
         actions = [(r["step"], r["action"]) for r in map(json.loads, f)]
-    assert actions == [(5, "raise"), (5, "skip")]
+    assert actions == [(6, "raise"), (6, "skip")]
 
 
 def test_skip_mode_gives_up_after_max_consecutive_nonfinite(tmp_path):
@@ -223,7 +223,7 @@ def _interrupted_at(monkeypatch, step):
 def test_skip_counters_survive_a_resume(tmp_path, poison, monkeypatch):
     """The skipped count and the current run of non-finite steps are restored with the
     checkpoint: a resumed run logs the same history as an uninterrupted one, and gives up at
-    the same step. Steps 3 and 4 are skipped, the checkpoint after step 4 holds the count."""
+    the same step. Steps 4 and 5 (batches 3 and 4) are skipped; checkpoint 5 holds the count."""
     for bad in (3, 4):
         poison(poisoned_example(bad)[0])
     cfg = fault_config(on_nonfinite="skip", log_every=100, checkpoint_every=5)
@@ -241,20 +241,21 @@ def test_skip_counters_survive_a_resume(tmp_path, poison, monkeypatch):
               if "nonfinite_skipped" in h}
     assert counts == {5: (2, 2), STEPS: (2, 0)}  # logged at the checkpoint (5) and the end
 
-    # A third bad step in a row (5) reaches max_consecutive_nonfinite=3 with or without a resume.
+    # A third bad step in a row (step 6, batch 5) reaches max_consecutive_nonfinite=3 with or
+    # without a resume.
     poison(poisoned_example(5)[0])
     strict = fault_config(on_nonfinite="skip", log_every=100, checkpoint_every=5, max_consecutive_nonfinite=3)
     with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite steps") as info:
         train_lib.train_and_evaluate(strict, str(tmp_path / "strict_full"))
-    assert info.value.step == 5
-    restore = _interrupted_at(monkeypatch, 6)  # before step 5's flag is read
+    assert info.value.step == 6
+    restore = _interrupted_at(monkeypatch, 6)  # before step 6's flag is read
     with pytest.raises(KeyboardInterrupt):
         train_lib.train_and_evaluate(strict, str(tmp_path / "strict_broken"))
     restore()
     assert steps_on_disk(str(tmp_path / "strict_broken")) == [5]
     with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite steps") as info:
         train_lib.train_and_evaluate(strict, str(tmp_path / "strict_broken"))
-    assert info.value.step == 5
+    assert info.value.step == 6
 
 
 def test_skipped_step_leaves_params_optimizer_and_xbm_memory_unchanged():
@@ -682,11 +683,11 @@ def test_an_overflowing_update_is_named_as_such(tmp_path):
     with pytest.raises(NonFiniteLossError) as info:
         train_lib.train_and_evaluate(config, str(tmp_path))
     message = str(info.value)
-    assert info.value.step == 0 and np.isfinite(info.value.terms["loss"]), message
+    assert info.value.step == 1 and np.isfinite(info.value.terms["loss"]), message
     assert np.isfinite(info.value.terms["grad_norm"]), message
     assert re.search(r"finite gradients, but the update makes \['params/[^]]+\] non-finite", message), message
-    # No empty list of non-finite terms ("step 0:  (finite: ...)").
-    assert message.startswith("non-finite training step 0 (its loss terms are finite: loss="), message
+    # No empty list of non-finite terms ("step 1:  (finite: ...)"); the first step is step 1.
+    assert message.startswith("non-finite training step 1 (its loss terms are finite: loss="), message
 
 
 def test_a_model_broken_by_its_first_update_is_not_blamed_on_the_batch(tmp_path):
@@ -699,7 +700,7 @@ def test_a_model_broken_by_its_first_update_is_not_blamed_on_the_batch(tmp_path)
     with pytest.raises(NonFiniteLossError) as info:
         train_lib.train_and_evaluate(config, str(tmp_path))
     message = str(info.value)
-    assert info.value.step == 1, message
+    assert info.value.step == 2, message
     found = re.search(r"every embedding of the batch is non-finite, from finite inputs: the model rather "
                       r"than this batch \(its largest parameter magnitude is ([0-9.e+]+): a learning rate",
                       message)

@@ -365,7 +365,7 @@ NAN_SCRIPT = textwrap.dedent(
     config.log_every, config.checkpoint_every = 100, 2
     sampler = input_pipeline.make_sampler(config, input_pipeline.load(config))
     bad = int(sampler.indices(3)[-1])  # the last row of step 3: process 1's half
-    first = next(t for t in range(6) if bad in sampler.indices(t))
+    first = 1 + next(t for t in range(6) if bad in sampler.indices(t))  # its number, 1-based
     load = input_pipeline.load
 
     def poisoned(c):

@@ -16,7 +16,8 @@ class NonFiniteLossError(FloatingPointError):
     failing step was not applied.
 
     Attributes:
-      step: the step (0-based batch number) whose update was non-finite.
+      step: the number of the step whose update was non-finite, 1-based as checkpoints, history
+        and the progress bar count (the ``state.step`` it would have made).
       indices: ``[B]`` dataset indices of that step's batch (``sampler.indices(step)``).
       terms: name -> value of what the step computed (loss, its terms, gradient norm ...);
         the non-finite ones are listed in the message.

@@ -64,7 +64,8 @@ class NonFiniteGuard:
         self.consecutive = int(logged[-1].get("nonfinite_consecutive", 0)) if logged else 0
 
     def check(self, step: int, idx: np.ndarray, images: np.ndarray, metrics: dict, state: Any) -> bool:
-        """Acts on the finite flag of ``step`` (``metrics`` of that step; ``state``: the
+        """Acts on the finite flag of ``step`` (its number, 1-based: the ``state.step`` it makes;
+        ``metrics`` of that step; ``state``: the
         current state, which in raise mode is still the one before ``step``). True when the
         step was finite (it trained); False when it was skipped; raises otherwise."""
         if bool(metrics["finite"]):

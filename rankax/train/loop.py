@@ -490,7 +490,7 @@ def train(run: Run, counter: dict[str, int]) -> None:
             halted = metrics["halted"]  # raise mode: a non-finite step makes the next one a no-op
             if pending is not None and guard.check(*pending, run.state):  # step - 1's flag, read
                 record_changes(run)  # while step runs; a change is recorded once a step trained
-            pending = (step, idx, images, metrics)
+            pending = (step + 1, idx, images, metrics)  # the step's number, as checkpoints count
             meter.images += len(idx)
             meter.waited += feed.take_waited()
             due = due_after(config, step)
