@@ -54,9 +54,9 @@ import time
 import numpy as np
 
 from experiments import cli
-from rankax.retrieval import RetrievalEvaluator
-from rankax.retrieval.evaluation import BACKENDS
-from rankax.retrieval.scann_backend import SCANN_CONFIGS
+
+# rankax (and so JAX, seconds to import) is imported inside the functions: the command's Ctrl-C
+# handler is installed before (cli.interruptible).
 
 NPZ_EMBEDDINGS = "embeddings"
 NPZ_LABELS = "labels"
@@ -282,8 +282,8 @@ FLAGS = {
                "trained official RetrievalNet's net_state) instead of a training run",
     "embeddings": "queries (and gallery) .npz: embeddings, labels",
     "gallery": "separate gallery .npz (default: queries = gallery)",
-    "backend": f"one of {', '.join(BACKENDS)} (default: the run's eval_backend, else exact)",
-    "scann_config": f"one of {', '.join(SCANN_CONFIGS)} (default auto)",
+    "backend": "one of auto, exact, scann (default: the run's eval_backend, else exact)",
+    "scann_config": "one of auto, brute_force, tree_ah (default auto)",
     "scann_leaves_to_search": "tree_ah leaves scored per query (default 45 % of them; docs/evaluation.md)",
     "ks": "comma-separated k of recall@k (default: the run's eval_ks, else 1,2,4,8)",
     "levels": "comma-separated label columns evaluated one by one, with their means (DyML's "
@@ -350,6 +350,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         if given:
             raise cli.CliError(f"{', '.join(given)} apply to --workdir or --weights evaluation, "
                                "not --embeddings")
+    from rankax.retrieval.evaluation import BACKENDS
+    from rankax.retrieval.scann_backend import SCANN_CONFIGS
+
     for name, choices in (("backend", BACKENDS), ("scann_config", SCANN_CONFIGS)):
         if name in values and values[name] not in choices:
             raise cli.CliError(f"--{name}={values[name]!r}: one of {', '.join(choices)}")
@@ -438,8 +441,8 @@ def _check_outputs_spare_inputs(values: dict, workdir: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    return cli.interruptible(lambda: _evaluate(args, overrides),
+    argv = sys.argv[1:] if argv is None else argv
+    return cli.interruptible(lambda: _evaluate(*parse_args(argv)),  # parsing imports JAX too
                              lambda: "the evaluation stopped; the same command runs it again")
 
 
@@ -477,6 +480,8 @@ def _evaluate(args, overrides) -> dict:
         if args.gallery:
             gallery, gallery_labels = load_npz(args.gallery)
     _check_scann_flags(args, backend)
+    from rankax.retrieval import RetrievalEvaluator
+
     start = time.perf_counter()
     try:  # shapes, labels and values the evaluation checks (each names its argument)
         evaluator = RetrievalEvaluator(

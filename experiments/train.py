@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     if "config" not in values:
         raise cli.CliError(f"--config is required. The experiment configs:\n{cli.configs_listing()}")
+    # Reading the config imports JAX (seconds): Ctrl-C there is handled as in the run itself.
+    after = (lambda: _resumes(values["workdir"])) if "workdir" in values else (lambda: "nothing was written")
+    return cli.interruptible(lambda: _configured(values, overrides), after)
+
+
+def _configured(values: dict, overrides: list) -> dict | None:
+    """The config of the command line, printed (``--print_config``) or trained."""
     config = cli.load_config(values["config"])
     cli.apply_overrides(config, overrides)
     if values.get("print_config"):  # checked as a run checks it: a typo is an error here too
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     cli.check_workdir(values["workdir"])
     # orbax logs every file operation at INFO and a few harmless notices at WARNING
     logging.getLogger("absl").setLevel(logging.ERROR)
-    return cli.interruptible(lambda: _train(values, config), lambda: _resumes(values["workdir"]))
+    return _train(values, config)
 
 
 def _resumes(workdir: str) -> str:

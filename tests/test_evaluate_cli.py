@@ -295,6 +295,43 @@ def test_train_interrupted_says_whether_a_checkpoint_resumes(tmp_path, monkeypat
     assert f"resumes from the newest checkpoint in {workdir}" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_the_config_or_jax_loads_is_the_commands_interrupt(tmp_path, monkeypatch, capsys):
+    """Reading a config imports JAX (seconds): Ctrl-C there was Python's (a traceback, or lost
+    in JAX's gc callback and the run went on). The commands' modules import no JAX, and the
+    reading runs under their handler: one line, status 130."""
+    import subprocess
+    import sys
+
+    from experiments import cli as common
+    from experiments import train
+
+    code = "import sys, experiments.train, experiments.evaluate; print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "load_config", interrupted)
+    with pytest.raises(SystemExit) as info:
+        train.main(["--config", "configs/digits.py", "--workdir", str(tmp_path / "run")])
+    assert info.value.code == 130
+    assert "interrupted: the same command starts afresh" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "parse_args", interrupted)  # evaluate's parsing imports JAX
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--embeddings", "e.npz"])
+    assert info.value.code == 130 and capsys.readouterr().err.startswith("interrupted: ")
+
+
+def test_evaluate_flag_help_lists_the_librarys_choices():
+    """The help's choices are written out (the module imports no JAX): they are rankax's."""
+    from rankax.retrieval.evaluation import BACKENDS
+    from rankax.retrieval.scann_backend import SCANN_CONFIGS
+
+    for flag, choices in (("backend", BACKENDS), ("scann_config", SCANN_CONFIGS)):
+        assert cli.FLAGS[flag].startswith(f"one of {', '.join(choices)} ("), flag
+
+
 def test_evaluate_interrupted_is_one_line(tmp_path, monkeypatch, capsys):
     """Ctrl-C during an evaluation: one line and status 130, as training (it was a traceback)."""
     def interrupted(args, overrides):
