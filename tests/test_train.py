@@ -103,6 +103,21 @@ def test_a_resumed_writer_hides_the_events_it_writes_again(tmp_path):
     assert sorted(os.listdir(tmp_path / "tensorboard")) == files  # no file without an event
 
 
+def test_the_writer_imports_tensorboardx_when_made_not_at_its_first_event(tmp_path):
+    """tensorboardX takes seconds to import: a resumed run paid them at its first log step,
+    inside the progress bar's rate. The writer, made before the loop, imports it (and still
+    writes no file before an event)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rankax.train import writers\n"
+            f"writers.summary_writer({str(tmp_path)!r}, start=8)\n"
+            "print('tensorboardX.summary' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "True"
+    assert not (tmp_path / "tensorboard").exists()
+
+
 def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     full, broken = str(tmp_path / "full"), str(tmp_path / "broken")
     want = train_lib.train_and_evaluate(tiny_config(), full)

@@ -49,6 +49,10 @@ class EventWriter:
 
     def __init__(self, logdir: str, purge_step: int):
         self._logdir, self._purge_step, self._writer = logdir, int(purge_step), None
+        # tensorboardX takes seconds to import (its protobufs): here, before the loop times its
+        # steps, not at the first event (inside a resumed run's progress-bar rate).
+        import tensorboardX.event_file_writer  # noqa: F401
+        import tensorboardX.summary  # noqa: F401
 
     def _events(self) -> Any:
         if self._writer is None:
