@@ -418,6 +418,7 @@ def test_demo_figures_show_baselines_and_before_after(small_run):
     "override, message",
     [
         ("model.name=5", "config.model.name must be one of"),
+        ("model.name=resnet5", "got 'resnet5'; did you mean 'resnet50'?"),
         ("checkpoint_every=0", "config.checkpoint_every must be an int >= 1, got 0"),
         ("keep_checkpoints=0", "config.keep_checkpoints must be an int >= 1"),
         ("num_steps=-3", "config.num_steps must be an int >= 0, got -3"),

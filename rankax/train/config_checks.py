@@ -163,20 +163,21 @@ def check_config(config: Config) -> None:
     if config.get("num_steps", 1) == 0 and not config.get("num_epochs", 0):
         raise ConfigError("config.num_steps must be >= 1 (or set config.num_epochs), got 0")
     _check_evaluation(config)
-    _check_model(config)
     _check_loss_name(config)
     _check_terms(config)
     _check_choices(config)
 
 
 def _check_choices(config: Config) -> None:
-    """The keys that name one of a fixed set (dataset, sampler, dtype, precision, model
+    """The keys that name one of a fixed set (model, dataset, sampler, dtype, precision, model
     selection, non-finite action): checked here too so that ``--print_config`` refuses what a
-    run would (they were checked only once the data had loaded)."""
+    run would (they were checked only once the data had loaded); a near miss is suggested."""
     from rankax.data import registry, samplers
+    from rankax.models.factory import MODELS
     from rankax.train import guards, loop, state
 
     choices = {
+        "model.name": tuple(sorted(MODELS)),
         "dataset.name": registry.DATASETS,
         "batch.sampler": samplers.SAMPLERS,
         "dtype": tuple(state.DTYPES),
@@ -218,14 +219,6 @@ def _check_evaluation(config: Config) -> None:
             check_levels(levels, None, "config.eval_levels")
         except ValueError as err:
             raise ConfigError(f"{err} (on the command line: --config.eval_levels=0,1,2)") from None
-
-
-def _check_model(config: Config) -> None:
-    from rankax.models.factory import MODELS
-
-    present, name = _get(config, "model.name")
-    if present and name not in MODELS:
-        raise ConfigError(f"config.model.name must be one of {', '.join(sorted(MODELS))}, got {name!r}")
 
 
 def _check_loss_name(config: Config) -> None:
