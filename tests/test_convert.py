@@ -531,7 +531,8 @@ def test_truncated_or_corrupt_files_are_one_value_error(torch_resnet, tmp_path):
         (tmp_path / f"half.{ext}").write_bytes(data[: len(data) // 2])
         (tmp_path / f"empty.{ext}").write_bytes(b"")
     (tmp_path / "text.npz").write_text('{"not": "weights"}')
-    for name in ("half.pth", "empty.pth", "half.npz", "empty.npz", "text.npz"):
+    (tmp_path / "text.pth").write_text("not a model file\n")  # a bad pickle opcode, not an object
+    for name in ("half.pth", "empty.pth", "half.npz", "empty.npz", "text.npz", "text.pth"):
         with pytest.raises(ValueError, match=rf"{name} cannot be read as weights \(.*\); is it truncated"):
             load_state_dict(tmp_path / name)
     with pytest.raises(FileNotFoundError):

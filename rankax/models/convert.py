@@ -468,14 +468,24 @@ def _readable(path: str, read: Callable[[], Any]) -> Any:
     naming the file. Unpickling refusals and a missing file or package pass through."""
     try:
         return read()
-    except (pickle.UnpicklingError, ImportError, FileNotFoundError, PermissionError, IsADirectoryError):
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):  # a pickled object torch would not load: refused
+            raise
+        return _unreadable(path, err)  # a bad opcode: not a pickle (a text file, a corrupt one)
+    except (ImportError, FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except Exception as err:  # noqa: BLE001 - every reader's own way of saying "not readable"
-        first = (str(err).strip().splitlines() or [""])[0][:160]
-        raise ValueError(
-            f"{path} cannot be read as weights ({type(err).__name__}: {first}); is it truncated or "
-            "corrupt? (a partial download: fetch it again)"
-        ) from err
+        return _unreadable(path, err)
+
+
+def _unreadable(path: str, err: BaseException) -> Any:
+    """The ``ValueError`` of a weights file that is not one (truncated, corrupt, another kind)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")[:160]
+    raise ValueError(
+        f"{path} cannot be read as weights ({type(err).__name__}: {said}); is it truncated or "
+        "corrupt, or not a weights file? (a partial download: fetch it again)"
+    ) from err
 
 
 def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
