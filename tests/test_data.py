@@ -528,6 +528,12 @@ def test_folder_repeated_column_name_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"dup\.csv: column 'label' appears 2 times in the header "
                                          r"\['path', 'label', 'label', 'split'\]; give each column"):
         data.folder.load_folder(root=str(tmp_path), csv_file="dup.csv")
+    # Unnamed trailing columns (a spreadsheet's export: `path,label,split,,`) are never read: no error.
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0].replace("label,label", "label,other") + ",,"]
+                               + [line + ",," for line in lines[1:]]) + "\n")
+    loaded = data.folder.load_folder(root=str(tmp_path), csv_file="dup.csv", label_columns=["label"])
+    assert len(loaded.train) == 1 and len(loaded.test) == 1
 
 
 def test_folder_empty_label_names_the_csv_that_has_it(tmp_path):

@@ -215,7 +215,9 @@ def test_evaluation_keys_with_levels_on_label_paths():
     assert not any(k.startswith("multi/") for k in keys)
     c.eval_levels, c.eval_level_means = (0, 2), False  # plain names of the paths as given, no multi/*
     assert evaluators.evaluation_keys(c, (3,)) == binary | {"hap", "ndcg"} | per_level
-    c.eval_level_means = True
+    c.eval_backend = "auto"  # class ids as given: auto may pick ScaNN there (no map), not for levels
+    assert evaluators.evaluation_keys(c, ()) == {"recall@1", "map@r", "r_precision"} | per_level
+    c.eval_backend, c.eval_level_means = "exact", True
     c.eval_backend = "scann"  # no full-gallery AP, no ASI
     assert evaluators.evaluation_keys(c, (3,)) == {"recall@1", "map@r", "r_precision"} | {
         f"level{lv}/{k}" for lv in (0, 2) for k in ("recall@1", "map@r", "r_precision")}

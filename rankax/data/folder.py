@@ -40,10 +40,11 @@ SPLITS = ("train", "test", "query", "gallery")
 def _check_unique(path: str, fields: list[str]) -> None:
     """``ValueError`` naming ``path`` and the column if the header repeats a name (a
     ``csv.DictReader`` row would keep only the last of its columns)."""
-    repeated = next((f for f in fields if fields.count(f) > 1), None)
+    named = [f for f in fields if f.strip()]  # unnamed trailing columns (`a,b,,`) are never read
+    repeated = next((f for f in named if named.count(f) > 1), None)
     if repeated is not None:
         raise ValueError(
-            f"{path}: column {repeated!r} appears {fields.count(repeated)} times in the header "
+            f"{path}: column {repeated!r} appears {named.count(repeated)} times in the header "
             f"{fields}; give each column its own name (only the last one would be read)"
         )
 

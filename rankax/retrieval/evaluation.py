@@ -452,7 +452,7 @@ def _exact_binary(
     per positive for the queries with at most :data:`~rankax.retrieval.exact.SORT_ABOVE`
     positives, from one sort of the whole list for the others (``classes``: the query and
     gallery class ids)."""
-    narrow = int(np.searchsorted(layout.span, exact.sort_above(mesh), side="right"))  # spans ascend
+    narrow = int(np.searchsorted(layout.num_pos, exact.sort_above(mesh), side="right"))  # they ascend
     values = {}
     if narrow:
         head = layout._replace(**{k: getattr(layout, k)[:narrow] for k in _QUERY_FIELDS})
@@ -469,7 +469,7 @@ def _exact_binary(
         wide = exact.sorted_binary_metrics(
             data.queries[rows], ids[: len(data.queries)][rows], _gallery_on(data, gallery_block_size, mesh),
             ids[len(data.queries) :], self_rows=rows if data.self_excluded else None, ks=tuple(ks),
-            mesh=mesh,
+            block_size=min(exact.SORTED_BLOCK_SIZE, block_size or exact.SORTED_BLOCK_SIZE), mesh=mesh,
         )
         values = {key: np.concatenate([values[key], wide[key]]) if narrow else wide[key] for key in wide}
     per_query = {}

@@ -231,7 +231,8 @@ class RetrievalEvaluator:
         kw = self.evaluate_kwargs  # the inputs are valid: evaluate has checked them
         self.backend_used = resolve_backend(  # each level is evaluated on one-level label paths
             kw["backend"], np.shape(queries), np.shape(queries if gallery is None else gallery),
-            label_paths=bool(self.levels) or np.ndim(self.labels) == 2, mesh=kw.get("mesh"),
+            label_paths=bool(self.levels and self.level_means) or np.ndim(self.labels) == 2,
+            mesh=kw.get("mesh"),
             scann_config=kw.get("scann_config", "auto"), scann_options=kw.get("scann_options"),
         )
         return {f"{self.prefix}{key}": value for key, value in result.items()}

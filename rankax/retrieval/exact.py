@@ -684,6 +684,9 @@ def positive_ranks(
 #: benchmark_retrieval --coarse``); on accelerators, which sort fast and count a ``[G, b, C]``
 #: comparison, 1024 is an estimate awaiting a GPU measurement.
 SORT_ABOVE = {"cpu": 4096, "accelerator": 1024}
+#: Queries per block of :func:`sorted_binary_metrics` (``[b, N]`` score rows are sorted at once);
+#: ``evaluate``'s ``block_size`` lowers it.
+SORTED_BLOCK_SIZE = 64
 
 
 def sort_above(mesh: Mesh | None) -> int:
@@ -720,7 +723,7 @@ def sorted_binary_metrics(
     *,
     self_rows: np.ndarray | None,
     ks: tuple[int, ...],
-    block_size: int = 64,
+    block_size: int = SORTED_BLOCK_SIZE,
     mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-query ``map``, ``map@r``, ``r_precision`` and ``recall@k`` (:func:`rankax.metrics.
@@ -729,7 +732,8 @@ def sorted_binary_metrics(
 
     ``query_classes [Q]``, ``gallery_classes [N]``: int32 class ids (a positive shares the
     query's); ``self_rows [Q]``: each query's own gallery row, left out of its list (None: the
-    gallery is apart)."""
+    gallery is apart). Repeated ``ks`` are one metric, as in :func:`rankax.metrics.binary_from_ranks`."""
+    ks = tuple(sorted(set(ks)))
     fn = _binary_sorted_fn(mesh, gallery.size, ks)
     g_class = put(gallery_classes.astype(np.int32), mesh, P())
     rows = np.full(len(queries), -1, np.int32) if self_rows is None else self_rows.astype(np.int32)

@@ -18,7 +18,8 @@ class NonFiniteLossError(FloatingPointError):
     Attributes:
       step: the number of the step whose update was non-finite, 1-based as checkpoints, history
         and the progress bar count (the ``state.step`` it would have made).
-      indices: ``[B]`` dataset indices of that step's batch (``sampler.indices(step)``).
+      indices: ``[B]`` dataset indices of that step's batch (``sampler.indices(step - 1)``: the
+        samplers number their batches from 0).
       terms: name -> value of what the step computed (loss, its terms, gradient norm ...);
         the non-finite ones are listed in the message.
       last_checkpoint: the newest intact checkpoint step on disk (None: none yet).

@@ -73,21 +73,23 @@ def _retrieval_keys(config: Config, label_shape: tuple[int, ...]) -> set[str]:
     of the labels as given, no ``multi/*``)."""
     levels = tuple(config.get("eval_levels", ()) or ())
     paths = len(label_shape) == 1
+
+    def binary(exact: bool) -> set[str]:
+        recalls = {f"recall@{k}" for k in config.eval_ks}
+        return recalls | {"map@r", "r_precision"} | ({"map"} if exact else set())
+
     # "auto" picks exact search for label paths, and levels are evaluated as one-level paths
-    exact = config.eval_backend == "exact" or (config.eval_backend == "auto" and (levels or paths))
-    keys = {*(f"recall@{k}" for k in config.eval_ks), "map@r", "r_precision", *(("map",) if exact else ())}
-    means = bool(config.get("eval_level_means", True))
-    if levels:
-        binary = keys | ({"asi"} if exact else set())
-        by_level = {f"level{level}/{key}" for level in levels for key in binary}
-        if not means:  # evaluate's names on the labels as given, the levels' beside them
-            return by_level | keys | ({"hap", "ndcg", "asi"} if exact and paths else set())
-        keys = binary | by_level
-        if exact and paths and label_shape[0] > 1:
-            keys |= {"multi/hap", "multi/ndcg", "multi/asi"}
-    elif exact and paths:
-        keys |= {"hap", "ndcg", "asi"}
-    return keys
+    exact_for = lambda one_level_paths: config.eval_backend == "exact" or (
+        config.eval_backend == "auto" and one_level_paths)
+    plain = binary(exact_for(paths)) | ({"hap", "ndcg", "asi"} if exact_for(paths) and paths else set())
+    if not levels:
+        return plain
+    per_level = binary(exact_for(True)) | ({"asi"} if exact_for(True) else set())
+    by_level = {f"level{level}/{key}" for level in levels for key in per_level}
+    if not config.get("eval_level_means", True):  # the labels as given, the levels beside them
+        return plain | by_level
+    several = exact_for(True) and paths and label_shape[0] > 1
+    return per_level | by_level | ({"multi/hap", "multi/ndcg", "multi/asi"} if several else set())
 
 
 def _revisited_evaluator(config: Config, data: RetrievalDataset) -> Any:
