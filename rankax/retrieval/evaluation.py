@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -178,8 +179,11 @@ def evaluate(
     )
     if backend == "exact":
         mesh = exact.query_mesh() if mesh is None else mesh
+        # The gallery in original order on the devices, sent once for the sorted binary metrics
+        # and the hierarchical ones (whichever needs it first).
+        placed = functools.cache(lambda: _gallery_on(data, gallery_block_size, mesh))
         per_query = _exact_binary(
-            data, layout, (q_classes, g_classes), ks, block_size, gallery_block_size, mesh
+            data, layout, (q_classes, g_classes), ks, block_size, gallery_block_size, mesh, placed
         )
     else:
         per_query = _scann_binary(data, q_classes, g_classes, num_pos, ks, scann_config, scann_options)
@@ -192,8 +196,8 @@ def evaluate(
         )
     if data.query_labels.ndim == 2 and backend == "exact":
         hierarchical = exact.hierarchical_metrics(
-            data.queries, data.query_labels, _gallery_on(data, gallery_block_size, mesh),
-            data.gallery_labels, self_excluded=data.self_excluded, block_size=hierarchy_block_size,
+            data.queries, data.query_labels, placed(), data.gallery_labels,
+            self_excluded=data.self_excluded, block_size=hierarchy_block_size,
             rule=relevance_rule, alpha=relevance_alpha, mesh=mesh,
             level_counts=hierarchy.level_counts(data.query_labels, data.query_labels)
             if relevance_counts == "official" else None,
@@ -446,12 +450,12 @@ def _checked_sets(queries, query_labels, gallery, gallery_labels, normalize: boo
 
 
 def _exact_binary(
-    data: _Sets, layout, classes, ks, block_size, gallery_block_size, mesh
+    data: _Sets, layout, classes, ks, block_size, gallery_block_size, mesh, placed
 ) -> dict[str, np.ndarray]:
     """Per-query binary metrics (query order) from the exact ranks of every positive: counted
     per positive for the queries with at most :data:`~rankax.retrieval.exact.SORT_ABOVE`
     positives, from one sort of the whole list for the others (``classes``: the query and
-    gallery class ids)."""
+    gallery class ids; ``placed()``: the gallery on the devices, for the sorted ones)."""
     narrow = int(np.searchsorted(layout.num_pos, exact.sort_above(mesh), side="right"))  # they ascend
     values = {}
     if narrow:
@@ -467,8 +471,8 @@ def _exact_binary(
         rows = layout.query_order[narrow:]
         ids = np.unique(np.concatenate(classes), return_inverse=True)[1].reshape(-1).astype(np.int32)
         wide = exact.sorted_binary_metrics(
-            data.queries[rows], ids[: len(data.queries)][rows], _gallery_on(data, gallery_block_size, mesh),
-            ids[len(data.queries) :], self_rows=rows if data.self_excluded else None, ks=tuple(ks),
+            data.queries[rows], ids[: len(data.queries)][rows], placed(), ids[len(data.queries) :],
+            self_rows=rows if data.self_excluded else None, ks=tuple(ks),
             block_size=min(exact.SORTED_BLOCK_SIZE, block_size or exact.SORTED_BLOCK_SIZE), mesh=mesh,
         )
         values = {key: np.concatenate([values[key], wide[key]]) if narrow else wide[key] for key in wide}
